@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Installs what Hearth needs on Debian 12 (as root): host packages and a virtualenv with Hearth.
+# Idempotent and quick when everything is already there. Used by setup.sh and test.sh.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(
+  qemu-system-x86 qemu-utils        # VMs (TCG where /dev/kvm is not usable)
+  debootstrap e2fsprogs e2tools     # golden images without mounting
+  busybox-static cpio lz4           # initramfs, vmlinux extraction
+  iproute2 procps ca-certificates   # host networking, process checks
+  python3 python3-venv python3-pip  # the controller's interpreter
+)
+
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+  echo "install: apt packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# The guest kernel is fetched with apt-get download, which needs package lists.
+if ! apt-cache show linux-image-cloud-amd64 >/dev/null 2>&1; then
+  apt-get update -qq
+fi
+
+PYTHON=${PYTHON:-python3}
+if [[ ! -x .venv/bin/python ]]; then
+  "$PYTHON" -m venv .venv
+fi
+stamp=.venv/.hearth-install-stamp
+want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+if [[ ! -f $stamp || "$(cat "$stamp")" != "$want" ]]; then
+  .venv/bin/pip install -q --upgrade pip
+  .venv/bin/pip install -q -e '.[dev]'
+  echo "$want" > "$stamp"
+fi

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The whole test suite, exactly as CI runs it: installs what the tests need, then lint, types, tests.
+# Images are cached under ${HEARTH_CACHE_DIR:-/var/cache/hearth} by content hash.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install.sh
+mkdir -p artifacts
+.venv/bin/ruff check src tests
+.venv/bin/ruff format --check src tests
+.venv/bin/mypy
+.venv/bin/pytest -v --durations=15 --junitxml=artifacts/junit.xml "$@"

@@ -1,0 +1,173 @@
+"""Hearth's exception tree: every error the product raises, each with a client code and HTTP status.
+
+    HearthError                      root; never raised itself
+    ├── ConfigError                  settings invalid at start (400 never reaches a client)
+    ├── NotFound                     a resource the caller may see does not exist (404)
+    ├── InvalidInput                 bad input a client sent (422)
+    ├── Conflict                     the resource is in a state that forbids the action (409)
+    ├── ImageError                   golden images: build, install-agent, verify, rollback
+    │   ├── NotAnImage               the path is missing or is not an ext4 filesystem image
+    │   ├── ImageReadOnly            the image (or its directory) cannot be written
+    │   ├── ImageNoSpace             not enough free space to do the change safely
+    │   ├── ImageVerifyFailed        the image lacks something Hearth needs (names what)
+    │   ├── NoBackup                 rollback asked for but no backup exists
+    │   └── BuildFailed              a build phase (debootstrap, kernel, mkfs, ...) failed
+    ├── ToolMissing                  a host program Hearth needs is not installed
+    └── VmError                      the VM layer
+        ├── VmNotReady               the agent did not answer healthy before the deadline
+        ├── VmProcessExited          the VMM process died (exit status + console tail)
+        ├── VmStateError             an illegal lifecycle transition
+        ├── SnapshotError            saving or restoring a VM state failed
+        └── BackendError             the VMM refused a request (e.g. Firecracker fault_message)
+
+Lower-layer errors (OSError, subprocess failures, httpx errors) are translated into these at the
+boundary with ``raise ... from exc``; the API maps them to HTTP in exactly one table. Messages
+never contain secrets.
+"""
+
+from __future__ import annotations
+
+
+class HearthError(Exception):
+    """Root of every error Hearth raises on purpose."""
+
+    code: str = "internal"
+    http_status: int = 500
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def to_dict(self) -> dict[str, dict[str, str]]:
+        """The wire shape every client gets: ``{"error": {"code", "message"}}``."""
+        return {"error": {"code": self.code, "message": self.message}}
+
+
+class ConfigError(HearthError):
+    """Settings are invalid; raised at start before anything runs."""
+
+    code = "config_invalid"
+    http_status = 500
+
+
+class NotFound(HearthError):
+    """A resource the caller may see does not exist."""
+
+    code = "not_found"
+    http_status = 404
+
+
+class InvalidInput(HearthError):
+    """The client sent input that fails validation."""
+
+    code = "invalid_input"
+    http_status = 422
+
+
+class Conflict(HearthError):
+    """The resource's current state forbids the requested action."""
+
+    code = "conflict"
+    http_status = 409
+
+
+class ToolMissing(HearthError):
+    """A host program Hearth needs is not installed."""
+
+    code = "tool_missing"
+    http_status = 503
+
+
+class ImageError(HearthError):
+    """Something went wrong with a golden image."""
+
+    code = "image_error"
+    http_status = 500
+
+
+class NotAnImage(ImageError):
+    """The path is missing or is not an ext4 filesystem image."""
+
+    code = "not_an_image"
+    http_status = 422
+
+
+class ImageReadOnly(ImageError):
+    """The image or its directory cannot be written."""
+
+    code = "image_read_only"
+    http_status = 409
+
+
+class ImageNoSpace(ImageError):
+    """There is not enough free space to change the image safely."""
+
+    code = "image_no_space"
+    http_status = 507
+
+
+class ImageVerifyFailed(ImageError):
+    """The image lacks something Hearth needs; ``missing`` names each item."""
+
+    code = "image_verify_failed"
+    http_status = 422
+
+    def __init__(self, message: str, *, missing: list[str]) -> None:
+        super().__init__(message)
+        self.missing = missing
+
+
+class NoBackup(ImageError):
+    """Rollback was asked for but the image has no backup."""
+
+    code = "no_backup"
+    http_status = 404
+
+
+class BuildFailed(ImageError):
+    """A build phase failed; the message names the phase and the tool's last output."""
+
+    code = "image_build_failed"
+    http_status = 500
+
+
+class VmError(HearthError):
+    """Something went wrong in the VM layer."""
+
+    code = "vm_error"
+    http_status = 500
+
+
+class VmNotReady(VmError):
+    """The VM's agent did not answer healthy before the deadline."""
+
+    code = "vm_not_ready"
+    http_status = 504
+
+
+class VmProcessExited(VmError):
+    """The VMM process exited; the message carries its status and the console's last lines."""
+
+    code = "vm_process_exited"
+    http_status = 502
+
+
+class VmStateError(VmError):
+    """A lifecycle transition that the state table forbids."""
+
+    code = "vm_state_conflict"
+    http_status = 409
+
+
+class SnapshotError(VmError):
+    """Saving or restoring a VM state failed."""
+
+    code = "snapshot_failed"
+    http_status = 500
+
+
+class BackendError(VmError):
+    """The VMM refused a request; the message quotes the VMM's own reason."""
+
+    code = "backend_error"
+    http_status = 502

@@ -1,0 +1,1 @@
+"""Golden images: recipes, builds, cache, and agent install/verify/rollback."""

@@ -1,0 +1,199 @@
+"""install-agent, verify and rollback on golden images: never mounted, never changed in place.
+
+Every change is made on a sparse copy next to the image, checked (e2fsck + verify), and only then
+renamed over the image; the previous image is kept as a hard link in ``<image>.backups/``. A failure
+at any step leaves the original image byte-for-byte untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hearth.errors import ImageError, ImageNoSpace, ImageReadOnly, ImageVerifyFailed, NoBackup
+from hearth.images.ext4 import Ext4Image, allocated_bytes, check_ext4
+from hearth.images.layout import (
+    AGENT_MANIFEST,
+    GUEST_PYTHON,
+    TOKEN_DIR,
+    UNIT_LINK,
+    UNIT_PATH,
+    AgentPayload,
+    build_payload,
+    payload_edits,
+)
+from hearth.tools import run_tool
+
+_SPACE_MARGIN = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    """The outcome of ``verify``: what agent is installed and what is missing or wrong."""
+
+    image: Path
+    agent_version: str | None
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when nothing is missing or wrong."""
+        return not self.problems
+
+
+@dataclass(frozen=True)
+class InstallResult:
+    """The outcome of ``install_agent``."""
+
+    image: Path
+    agent_version: str
+    changed: bool
+    backup: Path | None
+
+
+def backups_dir(image: Path) -> Path:
+    """Where backups of ``image`` are kept."""
+    return image.with_name(image.name + ".backups")
+
+
+def list_backups(image: Path) -> list[Path]:
+    """The image's backups, oldest first."""
+    directory = backups_dir(image)
+    if not directory.is_dir():
+        return []
+    return sorted(p for p in directory.iterdir() if p.suffix == ".ext4")
+
+
+def verify_image(image: Path, payload: AgentPayload | None = None) -> VerifyReport:
+    """Check the agent files, unit, enabled symlink, init and version inside ``image``."""
+    payload = payload or build_payload()
+    ext4 = Ext4Image(image)
+    problems: list[str] = []
+    raw_manifest = ext4.read(AGENT_MANIFEST)
+    installed_version: str | None = None
+    if raw_manifest is None:
+        problems.append(f"agent manifest {AGENT_MANIFEST} is missing")
+    else:
+        try:
+            installed_version = str(json.loads(raw_manifest)["agent_version"])
+        except (ValueError, KeyError, TypeError):
+            problems.append(f"agent manifest {AGENT_MANIFEST} is unreadable")
+    if installed_version is not None and installed_version != payload.version:
+        problems.append(f"agent version is {installed_version}, expected {payload.version}")
+    for path, data in sorted(payload.files.items()):
+        found = ext4.read(path)
+        if found is None:
+            problems.append(f"{path} is missing")
+        elif found != data:
+            problems.append(f"{path} differs from agent {payload.version}")
+    link = ext4.stat(UNIT_LINK)
+    if link is None or link.kind != "symlink":
+        problems.append(f"{UNIT_LINK} (the unit's enabled symlink) is missing")
+    elif link.link_target != UNIT_PATH:
+        problems.append(f"{UNIT_LINK} points at {link.link_target}, expected {UNIT_PATH}")
+    token_dir = ext4.stat(TOKEN_DIR)
+    if token_dir is None or token_dir.kind != "directory":
+        problems.append(f"{TOKEN_DIR} is missing")
+    elif token_dir.mode & 0o077:
+        problems.append(f"{TOKEN_DIR} has mode {token_dir.mode:o}, expected 700")
+    if ext4.stat(GUEST_PYTHON) is None:
+        problems.append(f"{GUEST_PYTHON} is missing (the agent needs the guest's python3)")
+    return VerifyReport(image=image, agent_version=installed_version, problems=problems)
+
+
+def _require_writable(image: Path) -> None:
+    st = image.stat()
+    if not st.st_mode & stat.S_IWUSR:
+        raise ImageReadOnly(f"{image} is read-only (mode {stat.S_IMODE(st.st_mode):o})")
+    if not os.access(image.parent, os.W_OK):
+        raise ImageReadOnly(f"{image.parent} is not writable")
+
+
+def _require_space(image: Path, needed: int) -> None:
+    free = shutil.disk_usage(image.parent).free
+    if free < needed + _SPACE_MARGIN:
+        raise ImageNoSpace(
+            f"{image.parent} has {free // 2**20} MiB free; changing {image.name} safely needs "
+            f"{(needed + _SPACE_MARGIN) // 2**20} MiB"
+        )
+
+
+def _sparse_copy(source: Path, dest: Path) -> None:
+    run_tool(
+        ["cp", "--sparse=always", "--reflink=auto", source, dest],
+        what=f"copy {source.name}",
+        error=ImageError,
+    )
+
+
+def _swap_in(image: Path, candidate: Path, *, keep_backup: bool) -> Path | None:
+    """Rename ``candidate`` over ``image``, keeping the old one as a hard-linked backup."""
+    backup: Path | None = None
+    if keep_backup:
+        directory = backups_dir(image)
+        directory.mkdir(mode=0o700, exist_ok=True)
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        backup = directory / f"{stamp}-{time.time_ns() % 10**9:09d}.ext4"
+        try:
+            os.link(image, backup)
+        except OSError:
+            _sparse_copy(image, backup)
+    os.replace(candidate, image)
+    dir_fd = os.open(image.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return backup
+
+
+def install_agent(image: Path, payload: AgentPayload | None = None) -> InstallResult:
+    """Install or upgrade the agent in ``image``; a no-op when it is already up to date."""
+    payload = payload or build_payload()
+    check_ext4(image)
+    if verify_image(image, payload).ok:
+        return InstallResult(image=image, agent_version=payload.version, changed=False, backup=None)
+    _require_writable(image)
+    _require_space(image, allocated_bytes(image))
+    candidate = image.with_name(f".{image.name}.install-{os.getpid()}")
+    try:
+        _sparse_copy(image, candidate)
+        edited = Ext4Image(candidate)
+        edited.apply(payload_edits(payload))
+        edited.fsck()
+        report = verify_image(candidate, payload)
+        if not report.ok:
+            raise ImageVerifyFailed(
+                f"agent install did not verify: {'; '.join(report.problems)}",
+                missing=report.problems,
+            )
+        backup = _swap_in(image, candidate, keep_backup=True)
+    except BaseException:
+        candidate.unlink(missing_ok=True)
+        raise
+    return InstallResult(image=image, agent_version=payload.version, changed=True, backup=backup)
+
+
+def rollback_image(image: Path) -> Path:
+    """Restore the latest backup over ``image``; returns the backup used. Repeatable."""
+    backups = list_backups(image)
+    if not backups:
+        raise NoBackup(f"{image} has no backup in {backups_dir(image)}")
+    latest = backups[-1]
+    check_ext4(latest)
+    if image.exists():
+        _require_writable(image)
+    _require_space(image, allocated_bytes(latest))
+    candidate = image.with_name(f".{image.name}.rollback-{os.getpid()}")
+    try:
+        _sparse_copy(latest, candidate)
+        _swap_in(image, candidate, keep_backup=False)
+    except BaseException:
+        candidate.unlink(missing_ok=True)
+        raise
+    return latest

@@ -1,0 +1,76 @@
+"""Running host programs (debootstrap, debugfs, qemu-img, ...) with their failures translated."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from hearth.errors import BuildFailed, HearthError, ToolMissing
+
+_TAIL_LINES = 15
+
+# Which Debian package provides each host program, so a missing one is named with its fix.
+_PACKAGE_OF = {
+    "debootstrap": "debootstrap",
+    "debugfs": "e2fsprogs",
+    "mkfs.ext4": "e2fsprogs",
+    "e2fsck": "e2fsprogs",
+    "dumpe2fs": "e2fsprogs",
+    "qemu-img": "qemu-utils",
+    "qemu-system-x86_64": "qemu-system-x86",
+    "cpio": "cpio",
+    "lz4": "lz4",
+    "busybox": "busybox-static",
+    "apt-get": "apt",
+    "dpkg-deb": "dpkg",
+}
+
+
+def require_tool(name: str) -> str:
+    """Return the absolute path of a host program, or raise ToolMissing naming its package."""
+    found = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin:/usr/bin:/bin")
+    if found is None:
+        package = _PACKAGE_OF.get(name, name)
+        raise ToolMissing(f"{name} is not installed (apt-get install {package})")
+    return found
+
+
+def tail(text: str, lines: int = _TAIL_LINES) -> str:
+    """The last lines of a program's output, for error messages."""
+    return "\n".join(text.strip().splitlines()[-lines:])
+
+
+def run_tool(
+    args: Sequence[str | Path],
+    *,
+    what: str,
+    error: type[HearthError] = BuildFailed,
+    timeout: float = 600.0,
+    cwd: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    input_bytes: bytes | None = None,
+    check: bool = True,
+) -> subprocess.CompletedProcess[bytes]:
+    """Run a host program; on failure raise ``error`` quoting ``what`` and the output's tail."""
+    argv = [str(a) for a in args]
+    argv[0] = require_tool(argv[0])
+    try:
+        proc = subprocess.run(
+            argv,
+            capture_output=True,
+            timeout=timeout,
+            cwd=cwd,
+            env=dict(env) if env is not None else None,
+            input=input_bytes,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise error(f"{what}: {Path(argv[0]).name} timed out after {timeout:.0f} s") from exc
+    except OSError as exc:
+        raise error(f"{what}: could not run {Path(argv[0]).name}: {exc.strerror}") from exc
+    if check and proc.returncode != 0:
+        output = tail(proc.stderr.decode(errors="replace") or proc.stdout.decode(errors="replace"))
+        raise error(f"{what}: {Path(argv[0]).name} exited {proc.returncode}: {output}")
+    return proc

@@ -1,0 +1,1 @@
+"""The VM layer: one backend Protocol, value types, lifecycle states and readiness."""

@@ -1,0 +1,442 @@
+"""QemuBackend: QEMU processes with qcow2 overlays, QMP control and snapshot-restore starts."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+
+from hearth.errors import HearthError, SnapshotError, VmError, VmProcessExited
+from hearth.images.manifest import ImageDir
+from hearth.logging import get_logger
+from hearth.tools import require_tool, tail
+from hearth.vm.qemu.accel import Accel, detect_accel
+from hearth.vm.qemu.command import VmPaths, qemu_argv
+from hearth.vm.qemu.disks import bytes_on_disk, create_overlay
+from hearth.vm.qemu.monitor import Monitor
+from hearth.vm.qemu.templates import Template, TemplateStore, template_key
+from hearth.vm.readiness import (
+    COLD_BOOT_DEADLINE_S,
+    RESTORE_DEADLINE_S,
+    Deadline,
+    wait_until_healthy,
+)
+from hearth.vm.types import BootMode, NetworkMode, Vm, VmSpec, VmState
+
+_log = get_logger("vm.qemu")
+_STOP_GRACE_S = 3.0
+DEFAULT_RUN_DIR = Path("/run/hearth")
+_SAVE_DEADLINE_S = 120.0
+
+
+def new_vm_id() -> str:
+    """A fresh VM id."""
+    return f"vm-{uuid.uuid4()}"
+
+
+def free_local_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class QemuBackend:
+    """Runs VMs as QEMU processes (KVM where usable, TCG otherwise)."""
+
+    name = "qemu"
+
+    def __init__(
+        self,
+        *,
+        state_dir: Path,
+        run_dir: Path = DEFAULT_RUN_DIR,
+        accel: Accel | None = None,
+        use_templates: bool = True,
+        cold_deadline_s: float = COLD_BOOT_DEADLINE_S,
+        restore_deadline_s: float = RESTORE_DEADLINE_S,
+    ) -> None:
+        self.binary = require_tool("qemu-system-x86_64")
+        require_tool("qemu-img")
+        self.accel = accel or detect_accel(override=os.environ.get("HEARTH_QEMU_ACCEL", "auto"))
+        self.vms_dir = state_dir / "vms"
+        self.run_dir = run_dir
+        self.templates = TemplateStore(state_dir / "templates")
+        self.use_templates = use_templates
+        self.cold_deadline_s = cold_deadline_s
+        self.restore_deadline_s = restore_deadline_s
+        self._procs: dict[str, asyncio.subprocess.Process] = {}
+        self._watchers: dict[str, asyncio.Task[None]] = {}
+
+    def _paths(self, vm_id: str, workdir: Path) -> VmPaths:
+        self.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return VmPaths(workdir=workdir, run_dir=self.run_dir, vm_id=vm_id)
+
+    # ---- create -------------------------------------------------------------------------
+
+    async def create(
+        self,
+        image: ImageDir,
+        spec: VmSpec,
+        *,
+        vm_id: str | None = None,
+        boot_mode: BootMode | None = None,
+    ) -> Vm:
+        """Start a VM (restored from a template when possible), healthy and claimed."""
+        if spec.network is not NetworkMode.USER:
+            raise VmError(f"the qemu backend supports network mode 'user' only, not {spec.network}")
+        vm_id = vm_id or new_vm_id()
+        want_restore = boot_mode is not BootMode.COLD and self.use_templates
+        if want_restore:
+            template: Template | None = None
+            try:
+                template = await self._template_for(image, spec)
+                return await self._start(vm_id, image, spec, template=template, claim=True)
+            except HearthError as exc:
+                _log.warning(
+                    "restore_failed_cold_boot_instead", vm_id=vm_id, error=exc.message[:500]
+                )
+                if template is not None:
+                    # A template that cannot be restored is rebuilt on the next create.
+                    self.templates.discard(template)
+        return await self._start(vm_id, image, spec, template=None, claim=True)
+
+    async def _template_for(self, image: ImageDir, spec: VmSpec) -> Template:
+        key = template_key(image, spec, self.accel)
+
+        async def build(directory: Path) -> None:
+            await self._build_template(image, spec, directory)
+
+        template, built = await self.templates.ensure(
+            key, origin=f"{image.path.resolve()}:{spec.size_key}", build=build
+        )
+        if built:
+            _log.info("template_ready", key=key, size=spec.size_key)
+        return template
+
+    async def _build_template(self, image: ImageDir, spec: VmSpec, directory: Path) -> None:
+        """Boot a VM into ``directory``, wait healthy (unclaimed), save disk and memory state."""
+        vm_id = f"template-{directory.name.lstrip('.')}"
+        vm = await self._start(
+            vm_id, image, spec, template=None, claim=False, workdir=directory, record=False
+        )
+        monitor = await Monitor.connect(
+            vm_id, self._paths(vm_id, directory).qmp, deadline=Deadline.after(10)
+        )
+        try:
+            await monitor.execute("stop")
+            partial = directory / "state.bin.partial"
+            await monitor.execute("migrate", {"uri": f"exec:cat > {partial}"})
+            await monitor.wait_migration(deadline=Deadline.after(_SAVE_DEADLINE_S))
+            partial.rename(directory / "state.bin")
+        finally:
+            await monitor.close()
+        await self._stop_process(vm)
+        for leftover in ("qemu.pid", "vm.json"):
+            (directory / leftover).unlink(missing_ok=True)
+        self._paths(vm_id, directory).qmp.unlink(missing_ok=True)
+
+    async def _start(
+        self,
+        vm_id: str,
+        image: ImageDir,
+        spec: VmSpec,
+        *,
+        template: Template | None,
+        claim: bool,
+        workdir: Path | None = None,
+        record: bool = True,
+    ) -> Vm:
+        paths = self._paths(vm_id, workdir or self.vms_dir / vm_id)
+        paths.workdir.mkdir(mode=0o700, parents=True, exist_ok=workdir is not None)
+        vm = Vm(
+            id=vm_id,
+            spec=spec,
+            backend=self.name,
+            workdir=paths.workdir,
+            boot_mode=BootMode.RESTORE if template else BootMode.COLD,
+        )
+        try:
+            if template:
+                vm.disk_bytes = create_overlay(
+                    template.overlay, paths.overlay, backing_format="qcow2"
+                )
+            else:
+                vm.disk_bytes = create_overlay(image.rootfs, paths.overlay, backing_format="raw")
+            port = free_local_port()
+            vm.agent_url = f"http://127.0.0.1:{port}"
+            argv = qemu_argv(
+                binary=self.binary,
+                vm_id=vm_id,
+                image=image,
+                spec=spec,
+                accel=self.accel,
+                paths=paths,
+                host_port=port,
+                incoming_state=template.state if template else None,
+            )
+            with paths.stderr.open("wb") as stderr:
+                proc = await asyncio.create_subprocess_exec(
+                    *argv,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=asyncio.subprocess.DEVNULL,
+                    stderr=stderr,
+                    start_new_session=True,
+                )
+            self._procs[vm_id] = proc
+            vm.pid = proc.pid
+            if record:
+                self._write_record(vm, paths, port)
+            vm.move_to(VmState.BOOTING)
+            _log.info("vm_booting", vm_id=vm_id, boot_mode=vm.boot_mode.value, pid=proc.pid)
+            started = time.monotonic()
+            if template:
+                await self._finish_restore(vm, paths)
+                deadline = Deadline.after(self.restore_deadline_s)
+            else:
+                deadline = Deadline.after(self.cold_deadline_s)
+            await wait_until_healthy(
+                vm.agent_url,
+                vm_id=vm_id,
+                deadline=deadline,
+                exit_status=lambda: proc.returncode,
+                console_tail=lambda: self.console_tail(vm),
+            )
+            if claim:
+                vm.token = await self._claim(vm)
+            vm.time_to_healthy_s = time.monotonic() - started
+            vm.ready_at = time.time()
+            vm.move_to(VmState.READY)
+        except BaseException as exc:
+            vm.error = exc.message if isinstance(exc, HearthError) else type(exc).__name__
+            if vm.state is not VmState.FAILED:
+                vm.move_to(VmState.FAILED)
+            await self.destroy(vm)
+            raise
+        _log.info(
+            "vm_ready",
+            vm_id=vm_id,
+            boot_mode=vm.boot_mode.value,
+            time_to_healthy_s=round(vm.time_to_healthy_s, 3),
+        )
+        if claim:
+            self._watchers[vm_id] = asyncio.create_task(self._watch(vm, proc))
+        return vm
+
+    async def _finish_restore(self, vm: Vm, paths: VmPaths) -> None:
+        proc = self._procs[vm.id]
+        monitor = await Monitor.connect(vm.id, paths.qmp, deadline=Deadline.after(10))
+        try:
+            deadline = Deadline.after(self.restore_deadline_s)
+            while (status := await monitor.status()) == "inmigrate":
+                if proc.returncode is not None or deadline.expired:
+                    break
+                await asyncio.sleep(0.01)
+            if proc.returncode is not None:
+                raise VmProcessExited(
+                    f"VM {vm.id} exited with status {proc.returncode} while restoring: "
+                    f"{tail(paths.stderr.read_text(errors='replace'), 5)}"
+                )
+            if status == "inmigrate":
+                raise SnapshotError(f"VM {vm.id}: restore did not finish in time")
+            await monitor.execute("cont")
+        finally:
+            await monitor.close()
+
+    async def _claim(self, vm: Vm) -> str:
+        """Give the VM's agent its own token, fresh clock and entropy (``POST /init``)."""
+        token = secrets.token_urlsafe(32)
+        body = {
+            "token": token,
+            "time": time.time(),
+            "entropy": base64.b64encode(os.urandom(64)).decode(),
+        }
+        try:
+            async with httpx.AsyncClient(timeout=10) as client:
+                response = await client.post(f"{vm.agent_url}/init", json=body)
+        except httpx.HTTPError as exc:
+            raise VmError(f"VM {vm.id}: claiming the agent failed: {type(exc).__name__}") from exc
+        if response.status_code != 200:
+            raise VmError(
+                f"VM {vm.id}: the agent refused its token (HTTP {response.status_code}); "
+                "was the template claimed?"
+            )
+        return token
+
+    def _write_record(self, vm: Vm, paths: VmPaths, port: int) -> None:
+        record = {
+            "id": vm.id,
+            "pid": vm.pid,
+            "host_port": port,
+            "vm_type": vm.spec.vm_type.value,
+            "vcpus": vm.spec.vcpus,
+            "mem_mib": vm.spec.mem_mib,
+            "boot_mode": vm.boot_mode.value,
+            "created_at": vm.created_at,
+        }
+        paths.record.write_text(json.dumps(record))
+
+    # ---- watch, pause, resume -------------------------------------------------------------
+
+    async def _watch(self, vm: Vm, proc: asyncio.subprocess.Process) -> None:
+        status = await proc.wait()
+        if vm.state in (VmState.STOPPING, VmState.DESTROYED):
+            return
+        vm.error = (
+            f"VM {vm.id}: QEMU exited with status {status}; console:\n{self.console_tail(vm, 15)}"
+        )
+        vm.move_to(VmState.FAILED)
+        _log.warning("vm_process_exited", vm_id=vm.id, status=status)
+
+    async def wait_exit(self, vm: Vm) -> None:
+        """Return once the VM's watcher has seen its process exit."""
+        watcher = self._watchers.get(vm.id)
+        if watcher is not None:
+            await asyncio.shield(watcher)
+
+    async def pause(self, vm: Vm) -> None:
+        """Stop the vCPUs (QMP ``stop``)."""
+        await self._qmp(vm, "stop")
+        vm.move_to(VmState.PAUSED)
+
+    async def resume(self, vm: Vm) -> None:
+        """Continue the vCPUs (QMP ``cont``)."""
+        await self._qmp(vm, "cont")
+        vm.move_to(VmState.READY)
+
+    async def _qmp(self, vm: Vm, command: str) -> None:
+        if vm.workdir is None:
+            raise VmError(f"VM {vm.id} has no work directory")
+        monitor = await Monitor.connect(
+            vm.id, self._paths(vm.id, vm.workdir).qmp, deadline=Deadline.after(5)
+        )
+        try:
+            await monitor.execute(command)
+        finally:
+            await monitor.close()
+
+    # ---- list, console ----------------------------------------------------------------
+
+    async def list_running(self) -> list[Vm]:
+        """VMs under this backend's directory whose QEMU process is alive."""
+        found: list[Vm] = []
+        if not self.vms_dir.is_dir():
+            return found
+        for workdir in sorted(self.vms_dir.iterdir()):
+            paths = self._paths(workdir.name, workdir)
+            try:
+                record = json.loads(paths.record.read_text())
+            except (OSError, ValueError):
+                continue
+            pid = int(record.get("pid") or 0)
+            if not _is_our_process(pid, workdir):
+                continue
+            spec = VmSpec(vcpus=int(record["vcpus"]), mem_mib=int(record["mem_mib"]))
+            found.append(
+                Vm(
+                    id=record["id"],
+                    spec=spec,
+                    backend=self.name,
+                    state=VmState.READY,
+                    agent_url=f"http://127.0.0.1:{record['host_port']}",
+                    pid=pid,
+                    workdir=workdir,
+                    boot_mode=BootMode(record["boot_mode"]),
+                    created_at=float(record["created_at"]),
+                    disk_bytes=bytes_on_disk(paths.overlay),
+                )
+            )
+        return found
+
+    def console_tail(self, vm: Vm, lines: int = 40) -> str:
+        """The last lines of the serial console (and QEMU's stderr when it said anything)."""
+        if vm.workdir is None:
+            return ""
+        paths = self._paths(vm.id, vm.workdir)
+        text = ""
+        with contextlib.suppress(OSError):
+            text = tail(paths.console.read_text(errors="replace"), lines)
+        with contextlib.suppress(OSError):
+            stderr = paths.stderr.read_text(errors="replace").strip()
+            if stderr:
+                text += f"\n[qemu stderr] {tail(stderr, 5)}"
+        return text
+
+    # ---- destroy --------------------------------------------------------------------------
+
+    async def destroy(self, vm: Vm) -> None:
+        """Stop QEMU (SIGTERM, then SIGKILL), remove overlay, sockets, pidfile; idempotent."""
+        if vm.state is VmState.DESTROYED:
+            return
+        if vm.state is not VmState.STOPPING:
+            vm.move_to(VmState.STOPPING)
+        errors: list[str] = []
+        try:
+            await self._stop_process(vm)
+        except (OSError, VmError) as exc:
+            errors.append(f"stop: {exc}")
+        watcher = self._watchers.pop(vm.id, None)
+        if watcher is not None:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+        if vm.workdir is not None:
+            self._paths(vm.id, vm.workdir).qmp.unlink(missing_ok=True)
+        if vm.workdir is not None and vm.workdir.parent == self.vms_dir:
+            try:
+                shutil.rmtree(vm.workdir)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                errors.append(f"remove {vm.workdir}: {exc.strerror}")
+        vm.move_to(VmState.DESTROYED)
+        _log.info("vm_destroyed", vm_id=vm.id)
+        if errors:
+            raise VmError(f"VM {vm.id} destroyed with errors: {'; '.join(errors)}")
+
+    async def _stop_process(self, vm: Vm) -> None:
+        proc = self._procs.pop(vm.id, None)
+        if proc is not None:
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(signal.SIGTERM)
+                try:
+                    await asyncio.wait_for(proc.wait(), _STOP_GRACE_S)
+                except TimeoutError:
+                    with contextlib.suppress(ProcessLookupError):
+                        proc.kill()
+                    await proc.wait()
+            return
+        # Not our child (e.g. found again after a controller restart): signal it by PID, if ours.
+        if vm.pid and vm.workdir and _is_our_process(vm.pid, vm.workdir):
+            os.kill(vm.pid, signal.SIGTERM)
+            deadline = Deadline.after(_STOP_GRACE_S)
+            while _is_our_process(vm.pid, vm.workdir) and not deadline.expired:
+                await asyncio.sleep(0.05)
+            if _is_our_process(vm.pid, vm.workdir):
+                os.kill(vm.pid, signal.SIGKILL)
+
+
+def _is_our_process(pid: int, workdir: Path) -> bool:
+    """True when ``pid`` is alive and is the QEMU running from ``workdir`` (not a reused PID)."""
+    if pid <= 0:
+        return False
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    if stat.rsplit(")", 1)[-1].split()[0] == "Z":
+        return False
+    return str(workdir).encode() in cmdline

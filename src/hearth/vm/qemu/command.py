@@ -1,0 +1,123 @@
+"""The QEMU command line of a VM, identical for a template and its clones except for host paths."""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+from hearth.images.manifest import ImageDir
+from hearth.vm.qemu.accel import Accel
+from hearth.vm.types import VmSpec
+
+AGENT_PORT = 8080
+GUEST_MAC = "52:54:00:48:45:01"
+# Only the kernel's own command line: clones must boot with what their template booted with.
+KERNEL_APPEND = "console=ttyS0 root=/dev/vda rw panic=-1 loglevel=4"
+
+
+@dataclass(frozen=True, kw_only=True)
+class VmPaths:
+    """Host-side files of one VM: its work directory, and its QMP socket in the runtime dir.
+
+    Unix socket paths must stay under 108 bytes, which deep state dirs (e.g. pytest's) exceed,
+    so sockets live in a short runtime directory named after the VM.
+    """
+
+    workdir: Path
+    run_dir: Path
+    vm_id: str
+
+    @property
+    def overlay(self) -> Path:
+        """The VM's copy-on-write disk."""
+        return self.workdir / "disk.qcow2"
+
+    @property
+    def qmp(self) -> Path:
+        """The QMP socket."""
+        return self.run_dir / f"{self.vm_id}.qmp"
+
+    @property
+    def console(self) -> Path:
+        """The serial console log."""
+        return self.workdir / "console.log"
+
+    @property
+    def stderr(self) -> Path:
+        """QEMU's own stderr."""
+        return self.workdir / "qemu.stderr"
+
+    @property
+    def pidfile(self) -> Path:
+        """QEMU's pidfile."""
+        return self.workdir / "qemu.pid"
+
+    @property
+    def record(self) -> Path:
+        """The JSON record used to find the VM again after a controller restart."""
+        return self.workdir / "vm.json"
+
+
+def qemu_argv(
+    *,
+    binary: str,
+    vm_id: str,
+    image: ImageDir,
+    spec: VmSpec,
+    accel: Accel,
+    paths: VmPaths,
+    host_port: int,
+    incoming_state: Path | None = None,
+) -> list[str]:
+    """Build the argv; ``incoming_state`` restores a saved template state instead of booting."""
+    accel_opt = (
+        f"{accel.name},thread=multi" if accel.name == "tcg" and spec.vcpus > 1 else accel.name
+    )
+    netdev = f"user,id=net0,hostfwd=tcp:127.0.0.1:{host_port}-:{AGENT_PORT}"
+    if not spec.allow_egress:
+        # restrict=on: the guest reaches nothing outside, not even the host; forwards still work.
+        netdev += ",restrict=on"
+    argv = [
+        binary,
+        "-name",
+        f"hearth-{vm_id}",
+        "-machine",
+        "pc",
+        "-accel",
+        accel_opt,
+        "-cpu",
+        accel.cpu_model,
+        "-smp",
+        str(spec.vcpus),
+        "-m",
+        str(spec.mem_mib),
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-no-reboot",
+        "-kernel",
+        str(image.kernel),
+        "-initrd",
+        str(image.initramfs),
+        "-append",
+        KERNEL_APPEND,
+        "-drive",
+        f"file={paths.overlay},if=virtio,format=qcow2,cache=writeback,discard=unmap",
+        "-netdev",
+        netdev,
+        "-device",
+        f"virtio-net-pci,netdev=net0,mac={GUEST_MAC}",
+        "-device",
+        "virtio-rng-pci",
+        "-serial",
+        f"file:{paths.console}",
+        "-qmp",
+        f"unix:{paths.qmp},server=on,wait=off",
+        "-pidfile",
+        str(paths.pidfile),
+    ]
+    if incoming_state is not None:
+        argv += ["-incoming", f"exec:cat {shlex.quote(str(incoming_state))}"]
+    return argv

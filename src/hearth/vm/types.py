@@ -1,0 +1,112 @@
+"""Value types of the VM layer: specs, states and their transition table, VM records."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+
+from hearth.errors import InvalidInput, VmStateError
+
+
+class VmType(StrEnum):
+    """What a VM is for."""
+
+    CLI = "cli"  # runs the AI coding CLIs and receives credentials
+    BROWSER = "browser"  # runs Chromium for the user's provider login
+
+
+class NetworkMode(StrEnum):
+    """How a VM is attached to the network."""
+
+    USER = "user"  # QEMU user-net; the agent port forwarded to 127.0.0.1; egress restricted
+    NETNS = "netns"  # a network namespace per VM with the VM's tap inside it
+
+
+class BootMode(StrEnum):
+    """How a VM got to running."""
+
+    COLD = "cold"  # kernel boot from the golden image
+    RESTORE = "restore"  # restored from a template's saved state
+    POOL = "pool"  # handed out from the warm pool (itself restored or cold)
+
+
+class VmState(StrEnum):
+    """Lifecycle of a VM."""
+
+    CREATING = "creating"  # resources (disk, network) being prepared
+    BOOTING = "booting"  # VMM running, agent not yet healthy
+    READY = "ready"  # agent healthy and claimed with this VM's token
+    PAUSED = "paused"  # vCPUs stopped, memory kept
+    STOPPING = "stopping"  # teardown under way
+    DESTROYED = "destroyed"  # nothing of it is left
+    FAILED = "failed"  # died or never became healthy; error says why
+
+
+TRANSITIONS: dict[VmState, frozenset[VmState]] = {
+    VmState.CREATING: frozenset({VmState.BOOTING, VmState.FAILED, VmState.STOPPING}),
+    VmState.BOOTING: frozenset({VmState.READY, VmState.FAILED, VmState.STOPPING}),
+    VmState.READY: frozenset({VmState.PAUSED, VmState.FAILED, VmState.STOPPING}),
+    VmState.PAUSED: frozenset({VmState.READY, VmState.FAILED, VmState.STOPPING}),
+    VmState.STOPPING: frozenset({VmState.DESTROYED, VmState.FAILED}),
+    VmState.FAILED: frozenset({VmState.STOPPING, VmState.DESTROYED}),
+    VmState.DESTROYED: frozenset(),
+}
+
+
+def check_transition(vm_id: str, old: VmState, new: VmState) -> None:
+    """Raise VmStateError unless the table allows ``old → new``."""
+    if new not in TRANSITIONS[old]:
+        raise VmStateError(f"VM {vm_id} cannot go from {old.value} to {new.value}")
+
+
+MAX_VCPUS = 16
+MAX_MEM_MIB = 64 * 1024
+
+
+@dataclass(frozen=True, kw_only=True)
+class VmSpec:
+    """What to run: size, type and network policy."""
+
+    vm_type: VmType = VmType.CLI
+    vcpus: int = 1
+    mem_mib: int = 512
+    network: NetworkMode = NetworkMode.USER
+    allow_egress: bool = False
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.vcpus <= MAX_VCPUS:
+            raise InvalidInput(f"vcpus must be between 1 and {MAX_VCPUS}, got {self.vcpus}")
+        if not 128 <= self.mem_mib <= MAX_MEM_MIB:
+            raise InvalidInput(f"mem_mib must be between 128 and {MAX_MEM_MIB}, got {self.mem_mib}")
+
+    @property
+    def size_key(self) -> str:
+        """Identifies VMs that can share one snapshot template."""
+        return f"{self.vm_type.value}-{self.vcpus}c-{self.mem_mib}m"
+
+
+@dataclass(kw_only=True)
+class Vm:
+    """A VM the backend runs: identity, where it is reachable, and how it got there."""
+
+    id: str
+    spec: VmSpec
+    backend: str
+    state: VmState = VmState.CREATING
+    agent_url: str | None = None
+    token: str | None = field(default=None, repr=False)
+    pid: int | None = None
+    workdir: Path | None = None
+    boot_mode: BootMode = BootMode.COLD
+    created_at: float = field(default_factory=time.time)
+    ready_at: float | None = None
+    time_to_healthy_s: float | None = None
+    disk_bytes: int | None = None
+    error: str | None = None
+
+    def move_to(self, new: VmState) -> None:
+        """Change state through the transition table."""
+        check_transition(self.id, self.state, new)
+        self.state = new

@@ -1,0 +1,163 @@
+"""Command line: ``python3 -m hearth_agent [--listen HOST:PORT] [--home DIR] [auth options]``."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+from hearth_agent import SUPPORTED_PROVIDERS, __version__
+from hearth_agent.app import AgentApp
+from hearth_agent.claim import AuthGate, AuthMode
+from hearth_agent.errors import ConfigError
+from hearth_agent.log import JsonLogger
+from hearth_agent.metrics import AgentMetrics
+from hearth_agent.server import AgentHTTPServer
+from hearth_agent.storage import CredentialStore
+
+EXIT_OK = 0
+EXIT_LISTEN_FAILED = 1
+EXIT_CONFIG = 2
+# How long SIGTERM waits for requests already being handled (a credential write) to finish.
+SHUTDOWN_GRACE_S = 5.0
+
+
+@dataclass(frozen=True)
+class Options:
+    """The parsed command line."""
+
+    host: str
+    port: int
+    home: Path
+    token_file: Path | None
+    insecure: bool
+    allow_claim: bool
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """Split ``HOST:PORT`` (``[v6]:PORT`` for IPv6); port 0 asks the kernel for a free one."""
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not host or not port_text.isdigit() or int(port_text) > 65535:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host, int(port_text)
+
+
+def parse_options(argv: list[str] | None = None) -> Options:
+    """Parse the command line (argparse exits with code 2 on bad usage)."""
+    parser = argparse.ArgumentParser(
+        prog="python3 -m hearth_agent",
+        description="Hearth in-VM agent: stores AI CLI credentials delivered by the controller.",
+    )
+    parser.add_argument(
+        "--listen",
+        type=parse_listen,
+        default=("0.0.0.0", 8080),
+        metavar="HOST:PORT",
+        help="address to listen on (default 0.0.0.0:8080; port 0 picks a free port)",
+    )
+    parser.add_argument(
+        "--home",
+        type=Path,
+        default=Path("/root"),
+        metavar="DIR",
+        help="home directory every credential path is relative to (default /root)",
+    )
+    parser.add_argument(
+        "--token-file",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="file holding the bearer token every endpoint but /health requires",
+    )
+    parser.add_argument(
+        "--allow-claim",
+        action="store_true",
+        help="if the token file is missing or empty, accept one token through POST /init",
+    )
+    parser.add_argument(
+        "--insecure-no-auth",
+        action="store_true",
+        help="serve without any authentication (development only)",
+    )
+    parser.add_argument("--version", action="version", version=__version__)
+    args = parser.parse_args(argv)
+    host, port = args.listen
+    return Options(
+        host=host,
+        port=port,
+        home=args.home,
+        token_file=args.token_file,
+        insecure=args.insecure_no_auth,
+        allow_claim=args.allow_claim,
+    )
+
+
+def run(options: Options, logger: JsonLogger) -> int:
+    """Serve until SIGTERM or SIGINT; return the process exit code."""
+    try:
+        gate = AuthGate.from_options(
+            token_file=options.token_file,
+            insecure=options.insecure,
+            allow_claim=options.allow_claim,
+            logger=logger,
+        )
+    except ConfigError as exc:
+        logger.error("config_error", message=exc.message)
+        return EXIT_CONFIG
+    if gate.mode is AuthMode.INSECURE:
+        logger.warning(
+            "insecure_no_auth",
+            message="authentication is disabled (--insecure-no-auth): anyone who can reach "
+            "the agent can read and replace credentials",
+        )
+    app = AgentApp(
+        store=CredentialStore(home=options.home, logger=logger),
+        gate=gate,
+        metrics=AgentMetrics(version=__version__, providers=SUPPORTED_PROVIDERS),
+        logger=logger,
+    )
+    try:
+        server = AgentHTTPServer((options.host, options.port), app=app, logger=logger)
+    except OSError as exc:
+        logger.error("listen_failed", host=options.host, port=options.port, reason=exc.strerror)
+        return EXIT_LISTEN_FAILED
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        logger.info("stopping", signal=signal.Signals(signum).name)
+        # shutdown() waits for serve_forever to return, so it cannot run on this (main) thread.
+        threading.Thread(target=server.shutdown, name="shutdown", daemon=True).start()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    logger.info(
+        "listening",
+        host=options.host,
+        port=server.port,
+        home=str(options.home),
+        auth=gate.mode.value,
+        version=__version__,
+    )
+    try:
+        server.serve_forever(poll_interval=0.5)
+    finally:
+        server.server_close()
+    unfinished = server.wait_until_idle(SHUTDOWN_GRACE_S)
+    if unfinished:
+        logger.warning("stopped_with_requests_in_flight", requests=unfinished)
+    logger.info("stopped")
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python3 -m hearth_agent``."""
+    return run(parse_options(argv), JsonLogger())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

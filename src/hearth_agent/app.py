@@ -1,0 +1,351 @@
+"""The agent's endpoints: a route table, one handler per endpoint, and the one error mapping."""
+
+from __future__ import annotations
+
+import json
+import platform
+import re
+import traceback
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from hearth_agent import __version__
+from hearth_agent.claim import AuthGate, parse_claim
+from hearth_agent.errors import (
+    AgentError,
+    CorruptDocument,
+    InvalidDocument,
+    InvalidInput,
+    MalformedJson,
+    MethodNotAllowed,
+    NotFound,
+    StorageError,
+)
+from hearth_agent.jsontext import JsonTextError, decode_json
+from hearth_agent.log import JsonLogger
+from hearth_agent.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from hearth_agent.metrics import AgentMetrics, WriteOutcome
+from hearth_agent.providers import SUPPORTED_PROVIDERS, Provider, get_provider
+from hearth_agent.storage import CredentialStore, WriteResult
+
+JSON_CONTENT_TYPE = "application/json"
+UNMATCHED_ROUTE = "unmatched"
+
+
+@dataclass(frozen=True)
+class Request:
+    """What an endpoint sees of an HTTP request; the body is read only when asked for."""
+
+    method: str
+    path: str
+    query: Mapping[str, list[str]]
+    authorization: str | None
+    read_body: Callable[[], bytes] = field(repr=False)
+
+
+@dataclass(frozen=True)
+class Response:
+    """A complete HTTP response: status, body bytes and any extra headers."""
+
+    status: int
+    body: bytes
+    content_type: str = JSON_CONTENT_TYPE
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+def json_response(status: int, payload: object) -> Response:
+    """A JSON response with the given status."""
+    return Response(status=status, body=json.dumps(payload).encode("utf-8"))
+
+
+def error_response(
+    status: int, code: str, message: str, headers: tuple[tuple[str, str], ...] = ()
+) -> Response:
+    """The one error body shape: ``{"error": {"code": ..., "message": ...}}``."""
+    payload = {"error": {"code": code, "message": message}}
+    return Response(status=status, body=json.dumps(payload).encode("utf-8"), headers=headers)
+
+
+def response_for(error: AgentError) -> Response:
+    """Map an AgentError to HTTP: its status and code, plus the headers some statuses need."""
+    headers: tuple[tuple[str, str], ...] = ()
+    if isinstance(error, MethodNotAllowed):
+        headers = (("Allow", ", ".join(error.allow)),)
+    elif error.http_status == 401:
+        headers = (("WWW-Authenticate", 'Bearer realm="hearth-agent"'),)
+    return error_response(error.http_status, error.code, error.message, headers)
+
+
+def read_json(request: Request) -> object:
+    """Read and strictly decode the request body, raising MalformedJson if it is not JSON."""
+    body = request.read_body()
+    if not body:
+        raise MalformedJson("request body is empty; a JSON document is required")
+    try:
+        return decode_json(body)
+    except JsonTextError as exc:
+        raise MalformedJson(f"request body is not valid JSON: {exc}") from exc
+
+
+def query_flag(request: Request, name: str) -> bool:
+    """A boolean query parameter: absent, ``false`` or ``0`` is False; ``true`` or ``1`` is True."""
+    values = request.query.get(name)
+    if not values:
+        return False
+    value = values[-1].lower()
+    if value in ("true", "1"):
+        return True
+    if value in ("false", "0", ""):
+        return False
+    raise InvalidInput(f"query parameter '{name}' must be true or false")
+
+
+Handler = Callable[[Request, Mapping[str, str]], Response]
+
+
+@dataclass(frozen=True)
+class Route:
+    """One path template, the handler per method, and whether it is open without a token."""
+
+    template: str
+    handlers: Mapping[str, Handler]
+    public: bool = False
+
+    @property
+    def pattern(self) -> re.Pattern[str]:
+        """The template compiled to a regex; ``{name}`` matches one path segment."""
+        regex = re.sub(r"\\\{(\w+)\\\}", r"(?P<\1>[^/]+)", re.escape(self.template))
+        return re.compile(regex)
+
+    @property
+    def allow(self) -> tuple[str, ...]:
+        """The methods the route accepts, for the Allow header."""
+        return tuple(self.handlers)
+
+
+class AgentApp:
+    """Dispatches requests to endpoints and turns every outcome into a Response."""
+
+    def __init__(
+        self,
+        *,
+        store: CredentialStore,
+        gate: AuthGate,
+        metrics: AgentMetrics,
+        logger: JsonLogger,
+    ) -> None:
+        self._store = store
+        self._gate = gate
+        self._metrics = metrics
+        self._logger = logger
+        # Literal routes first: /credentials/write must win over /credentials/{provider}.
+        self._routes = tuple(
+            (route, route.pattern)
+            for route in (
+                Route("/health", {"GET": self._health}, public=True),
+                Route("/init", {"POST": self._init}, public=True),
+                Route("/version", {"GET": self._version}),
+                Route("/metrics", {"GET": self._metrics_text}),
+                Route("/credentials/write", {"POST": self._write_compat}),
+                Route(
+                    "/credentials/{provider}",
+                    {
+                        "GET": self._get_credentials,
+                        "PUT": self._put_credentials,
+                        "DELETE": self._delete_credentials,
+                    },
+                ),
+            )
+        )
+
+    @property
+    def metrics(self) -> AgentMetrics:
+        """The counters this app updates."""
+        return self._metrics
+
+    def dispatch(self, request: Request) -> tuple[str, Response]:
+        """Route and run a request; return the route template (for metrics) and the response.
+
+        Never raises: AgentErrors become their HTTP error, anything else a generic 500 whose
+        detail goes to the log under a request id.
+        """
+        template = UNMATCHED_ROUTE
+        try:
+            route, params = self._match(request.path)
+            template = route.template
+            handler = route.handlers.get(request.method)
+            if handler is None:
+                raise MethodNotAllowed(
+                    f"{request.method} is not allowed on {route.template}", allow=route.allow
+                )
+            if not route.public:
+                self._gate.authorize(request.authorization)
+            return template, handler(request, params)
+        except AgentError as error:
+            return template, response_for(error)
+        except Exception as exc:
+            request_id = uuid.uuid4().hex[:12]
+            self._logger.error(
+                "internal_error",
+                request_id=request_id,
+                route=template,
+                error_type=type(exc).__name__,
+                frames=[
+                    f"{f.filename}:{f.lineno} {f.name}"
+                    for f in traceback.extract_tb(exc.__traceback__)
+                ],
+            )
+            return template, error_response(
+                500, "internal", f"internal error (request id {request_id})"
+            )
+
+    def _match(self, path: str) -> tuple[Route, dict[str, str]]:
+        for route, pattern in self._routes:
+            matched = pattern.fullmatch(path)
+            if matched is not None:
+                return route, matched.groupdict()
+        raise NotFound("no such endpoint")
+
+    def _health(self, request: Request, params: Mapping[str, str]) -> Response:
+        return json_response(
+            200,
+            {
+                "status": "ok",
+                "version": __version__,
+                "uptime_s": round(self._metrics.uptime(), 3),
+                "claimed": self._gate.claimed,
+                "auth": self._gate.mode.value,
+            },
+        )
+
+    def _version(self, request: Request, params: Mapping[str, str]) -> Response:
+        return json_response(
+            200,
+            {
+                "version": __version__,
+                "python": platform.python_version(),
+                "providers": list(SUPPORTED_PROVIDERS),
+            },
+        )
+
+    def _metrics_text(self, request: Request, params: Mapping[str, str]) -> Response:
+        return Response(
+            status=200,
+            body=self._metrics.render().encode("utf-8"),
+            content_type=METRICS_CONTENT_TYPE,
+        )
+
+    def _init(self, request: Request, params: Mapping[str, str]) -> Response:
+        self._gate.ensure_claimable()
+        result = self._gate.claim(parse_claim(read_json(request)))
+        return json_response(
+            200,
+            {"claimed": True, "clock_set": result.clock_set, "entropy_added": result.entropy_added},
+        )
+
+    def _get_credentials(self, request: Request, params: Mapping[str, str]) -> Response:
+        provider = get_provider(params["provider"])
+        with_content = query_flag(request, "content")
+        stored = self._store.read(provider)
+        if stored is None:
+            if with_content:
+                raise NotFound(f"no credentials stored for provider {provider.name!r}")
+            return json_response(
+                200,
+                {
+                    "provider": provider.name,
+                    "present": False,
+                    "sha256": None,
+                    "bytes": None,
+                    "mtime": None,
+                    "expires_at": None,
+                },
+            )
+        document: object = None
+        try:
+            document = decode_json(stored.content)
+        except JsonTextError as exc:
+            if with_content:
+                raise CorruptDocument(
+                    f"stored credentials for provider {provider.name!r} are not valid JSON"
+                ) from exc
+        payload: dict[str, object] = {
+            "provider": provider.name,
+            "present": True,
+            "sha256": stored.sha256,
+            "bytes": len(stored.content),
+            "mtime": stored.mtime,
+            "expires_at": provider.expires_at(document),
+        }
+        if with_content:
+            payload["document"] = document
+        return json_response(200, payload)
+
+    def _put_credentials(self, request: Request, params: Mapping[str, str]) -> Response:
+        provider = get_provider(params["provider"])
+
+        def document_bytes() -> bytes:
+            body = request.read_body()
+            if not body:
+                raise MalformedJson("request body is empty; a JSON document is required")
+            try:
+                provider.validate(decode_json(body))
+            except JsonTextError as exc:
+                raise MalformedJson(f"request body is not valid JSON: {exc}") from exc
+            return body
+
+        return self._write(provider, document_bytes)
+
+    def _write_compat(self, request: Request, params: Mapping[str, str]) -> Response:
+        envelope = read_json(request)
+        if not isinstance(envelope, dict):
+            raise InvalidInput("body must be a JSON object with 'provider' and 'credentials'")
+        if "path" in envelope:
+            raise InvalidInput("field 'path' is not accepted: paths are decided by the agent")
+        name = envelope.get("provider")
+        if name is None:
+            raise InvalidInput("field 'provider' is required")
+        if not isinstance(name, str):
+            raise InvalidInput("field 'provider' must be a string")
+        provider = get_provider(name)
+
+        def document_bytes() -> bytes:
+            if "credentials" not in envelope:
+                raise InvalidDocument("field 'credentials' is required")
+            credentials = provider.validate(envelope["credentials"])
+            return (json.dumps(credentials, indent=2, sort_keys=False) + "\n").encode("utf-8")
+
+        return self._write(provider, document_bytes)
+
+    def _write(self, provider: Provider, document_bytes: Callable[[], bytes]) -> Response:
+        """Validate, store and count one write; the outcome label follows where it failed."""
+        try:
+            data = document_bytes()
+        except AgentError:
+            self._metrics.observe_write(provider=provider.name, outcome=WriteOutcome.INVALID)
+            raise
+        try:
+            result: WriteResult = self._store.write(provider, data)
+        except StorageError:
+            self._metrics.observe_write(provider=provider.name, outcome=WriteOutcome.ERROR)
+            raise
+        self._metrics.observe_write(provider=provider.name, outcome=WriteOutcome.OK)
+        self._logger.info(
+            "credentials_written", provider=provider.name, bytes=result.size, sha256=result.sha256
+        )
+        return json_response(
+            200,
+            {
+                "provider": provider.name,
+                "sha256": result.sha256,
+                "bytes": result.size,
+                "path": result.display_path,
+            },
+        )
+
+    def _delete_credentials(self, request: Request, params: Mapping[str, str]) -> Response:
+        provider = get_provider(params["provider"])
+        deleted = self._store.delete(provider)
+        self._logger.info("credentials_deleted", provider=provider.name, deleted=deleted)
+        return json_response(200, {"provider": provider.name, "deleted": deleted})

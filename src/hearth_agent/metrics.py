@@ -1,0 +1,88 @@
+"""Agent metrics rendered by hand in the Prometheus text exposition format (version 0.0.4)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from enum import StrEnum
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+KNOWN_METHODS = frozenset({"GET", "PUT", "POST", "DELETE", "PATCH", "HEAD", "OPTIONS"})
+
+
+class WriteOutcome(StrEnum):
+    """Result label of a credential write."""
+
+    OK = "ok"  # stored
+    INVALID = "invalid"  # refused: malformed JSON or failed validation
+    ERROR = "error"  # accepted but the filesystem failed
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _labels(pairs: tuple[tuple[str, str], ...]) -> str:
+    return "{" + ",".join(f'{name}="{_escape(value)}"' for name, value in pairs) + "}"
+
+
+class AgentMetrics:
+    """Thread-safe counters for requests and credential writes, plus uptime and version info."""
+
+    def __init__(self, *, version: str, providers: tuple[str, ...]) -> None:
+        self._version = version
+        self._started = time.monotonic()
+        self._lock = threading.Lock()
+        self._requests: Counter[tuple[str, str, str]] = Counter()
+        # Every provider/outcome series exists from the start so rates work from the first scrape.
+        self._writes: Counter[tuple[str, str]] = Counter(
+            {(provider, outcome.value): 0 for provider in providers for outcome in WriteOutcome}
+        )
+
+    def uptime(self) -> float:
+        """Seconds since the agent started."""
+        return time.monotonic() - self._started
+
+    def observe_request(self, *, route: str, method: str, status: int) -> None:
+        """Count one HTTP response; ``route`` is the template, never the raw path."""
+        label = method if method in KNOWN_METHODS else "other"
+        with self._lock:
+            self._requests[(route, label, str(status))] += 1
+
+    def observe_write(self, *, provider: str, outcome: WriteOutcome) -> None:
+        """Count one credential write attempt for a known provider."""
+        with self._lock:
+            self._writes[(provider, outcome.value)] += 1
+
+    def render(self) -> str:
+        """The exposition text, one family after another, ending with a newline."""
+        with self._lock:
+            requests = sorted(self._requests.items())
+            writes = sorted(self._writes.items())
+        lines = [
+            "# HELP hearth_agent_http_requests_total HTTP responses by route template, method and"
+            " status.",
+            "# TYPE hearth_agent_http_requests_total counter",
+        ]
+        for (route, method, status), count in requests:
+            labels = _labels((("route", route), ("method", method), ("status", status)))
+            lines.append(f"hearth_agent_http_requests_total{labels} {count}")
+        lines += [
+            "# HELP hearth_agent_credential_writes_total Credential write attempts by provider and"
+            " result.",
+            "# TYPE hearth_agent_credential_writes_total counter",
+        ]
+        for (provider, result), count in writes:
+            labels = _labels((("provider", provider), ("result", result)))
+            lines.append(f"hearth_agent_credential_writes_total{labels} {count}")
+        lines += [
+            "# HELP hearth_agent_uptime_seconds Seconds since the agent started.",
+            "# TYPE hearth_agent_uptime_seconds gauge",
+            f"hearth_agent_uptime_seconds {self.uptime():.3f}",
+            "# HELP hearth_agent_info Agent build information.",
+            "# TYPE hearth_agent_info gauge",
+            f"hearth_agent_info{_labels((('version', self._version),))} 1",
+        ]
+        return "\n".join(lines) + "\n"

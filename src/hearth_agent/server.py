@@ -1,0 +1,252 @@
+"""The HTTP layer: a threading server whose handler answers everything in JSON, errors included."""
+
+from __future__ import annotations
+
+import re
+import socket
+import socketserver
+import sys
+import threading
+import time
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from hearth_agent import __version__
+from hearth_agent.app import UNMATCHED_ROUTE, AgentApp, Request, Response, error_response
+from hearth_agent.errors import BadRequest, BodyTooLarge, LengthRequired
+from hearth_agent.log import JsonLogger
+
+MAX_BODY_BYTES = 1024 * 1024
+SOCKET_TIMEOUT_S = 30.0
+# After answering without reading a body, keep reading (and discarding) a little so the client
+# gets our response instead of a TCP reset; bounded so a huge upload cannot hold a thread.
+DRAIN_LIMIT_BYTES = 4 * MAX_BODY_BYTES
+DRAIN_DEADLINE_S = 2.0
+
+_DIGITS = re.compile(r"[0-9]{1,19}")
+
+# Errors the standard library raises before a request reaches our routing.
+_PROTOCOL_ERRORS: dict[int, tuple[str, str]] = {
+    400: ("bad_request", "malformed request line or headers"),
+    414: ("uri_too_long", "request URI is too long"),
+    431: ("headers_too_large", "request headers are too large"),
+    501: ("method_not_implemented", "HTTP method is not supported"),
+    505: ("http_version_not_supported", "HTTP version is not supported"),
+}
+
+
+class AgentRequestHandler(BaseHTTPRequestHandler):
+    """Turns one HTTP exchange into a Request for the app and writes back its Response."""
+
+    protocol_version = "HTTP/1.1"
+    server_version = f"hearth-agent/{__version__}"
+    timeout = SOCKET_TIMEOUT_S
+    server: AgentHTTPServer
+
+    _started: float | None = None
+    _body_consumed = False
+
+    def do_GET(self) -> None:
+        """Handle GET."""
+        self._handle()
+
+    def do_PUT(self) -> None:
+        """Handle PUT."""
+        self._handle()
+
+    def do_POST(self) -> None:
+        """Handle POST."""
+        self._handle()
+
+    def do_DELETE(self) -> None:
+        """Handle DELETE."""
+        self._handle()
+
+    def do_PATCH(self) -> None:
+        """Handle PATCH (no route accepts it: 405 on known paths)."""
+        self._handle()
+
+    def do_HEAD(self) -> None:
+        """Handle HEAD (no route accepts it: 405 on known paths, without a body)."""
+        self._handle()
+
+    def do_OPTIONS(self) -> None:
+        """Handle OPTIONS (no route accepts it: 405 with the Allow header on known paths)."""
+        self._handle()
+
+    def version_string(self) -> str:
+        """The Server header: agent name and version only."""
+        return self.server_version
+
+    def parse_request(self) -> bool:
+        """Start the request clock, then let the standard library parse line and headers."""
+        self._started = time.monotonic()
+        return super().parse_request()
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """Answer protocol-level failures (bad request line, unsupported method...) in JSON.
+
+        The standard library's message quotes the raw request line; it is not echoed back.
+        """
+        error_code, text = _PROTOCOL_ERRORS.get(code, ("http_error", _phrase(code)))
+        if getattr(self, "request_version", "HTTP/0.9") == "HTTP/0.9":
+            # A garbled request line leaves the 0.9 default, which would suppress the status
+            # line and headers; nobody speaks 0.9 to the agent, so answer in 1.1.
+            self.request_version = "HTTP/1.1"
+        self._send(error_response(code, error_code, text))
+        self._finish(UNMATCHED_ROUTE, code)
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        """Silenced: the handler logs its own JSON line per request, without the raw path."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Route the standard library's remaining messages (timeouts...) to the JSON log."""
+        self.server.logger.warning("http_server_message", message=format % args)
+
+    def _handle(self) -> None:
+        split = urlsplit(self.path)
+        request = Request(
+            method=self.command,
+            path=split.path,
+            query=parse_qs(split.query, keep_blank_values=True),
+            authorization=self.headers.get("Authorization"),
+            read_body=self._read_body,
+        )
+        template, response = self.server.app.dispatch(request)
+        self._send(response)
+        self._finish(template, response.status)
+
+    def _read_body(self) -> bytes:
+        """Read exactly Content-Length bytes, refusing missing, chunked or oversized bodies."""
+        lengths = self.headers.get_all("Content-Length") or []
+        if self.headers.get("Transfer-Encoding") is not None:
+            raise LengthRequired("chunked bodies are not supported; send Content-Length")
+        if not lengths:
+            raise LengthRequired("Content-Length is required")
+        if len(set(lengths)) != 1 or not _DIGITS.fullmatch(lengths[0].strip()):
+            raise BadRequest("Content-Length is not a valid length")
+        length = int(lengths[0])
+        if length > MAX_BODY_BYTES:
+            raise BodyTooLarge(f"body of {length} bytes exceeds the limit of {MAX_BODY_BYTES}")
+        try:
+            body = self.rfile.read(length)
+        except OSError as exc:
+            raise BadRequest("could not read the request body") from exc
+        self._body_consumed = True
+        if len(body) != length:
+            raise BadRequest("request body is shorter than its Content-Length")
+        return body
+
+    def _send(self, response: Response) -> None:
+        self.send_response(response.status)
+        self.send_header("Content-Type", response.content_type)
+        self.send_header("Content-Length", str(len(response.body)))
+        self.send_header("Cache-Control", "no-store")
+        for name, value in response.headers:
+            self.send_header(name, value)
+        self.send_header("Connection", "close")
+        self.end_headers()
+        if self.command != "HEAD" and response.status >= 200 and response.status not in (204, 304):
+            self.wfile.write(response.body)
+        self.close_connection = True
+
+    def _finish(self, route: str, status: int) -> None:
+        method = self.command or "-"
+        self.server.app.metrics.observe_request(route=route, method=method, status=status)
+        started = self._started if self._started is not None else time.monotonic()
+        self.server.logger.info(
+            "http_request",
+            method=method,
+            route=route,
+            status=status,
+            duration_ms=round((time.monotonic() - started) * 1000.0, 3),
+        )
+        self._discard_unread_body()
+
+    def _discard_unread_body(self) -> None:
+        headers = getattr(self, "headers", None)
+        if self._body_consumed or headers is None:
+            return
+        declared = headers.get("Content-Length", "").strip()
+        if not (_DIGITS.fullmatch(declared) and int(declared) > 0) and not headers.get(
+            "Transfer-Encoding"
+        ):
+            return
+        remaining = int(declared) if _DIGITS.fullmatch(declared) else DRAIN_LIMIT_BYTES
+        remaining = min(remaining, DRAIN_LIMIT_BYTES)
+        deadline = time.monotonic() + DRAIN_DEADLINE_S
+        try:
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_WR)
+            self.connection.settimeout(DRAIN_DEADLINE_S)
+            while remaining > 0 and time.monotonic() < deadline:
+                chunk = self.rfile.read1(min(65536, remaining))
+                if not chunk:
+                    break
+                remaining -= len(chunk)
+        except OSError:
+            pass  # the client went away or stalled: nothing left to protect
+
+
+def _phrase(code: int) -> str:
+    try:
+        return HTTPStatus(code).phrase
+    except ValueError:
+        return "HTTP error"
+
+
+class AgentHTTPServer(ThreadingHTTPServer):
+    """A ThreadingHTTPServer that carries the app and logger and logs errors as JSON.
+
+    Request threads are daemons so a stalled client cannot block exit, but the server counts
+    them, so shutdown can give in-flight writes a bounded time to finish.
+    """
+
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], *, app: AgentApp, logger: JsonLogger) -> None:
+        self.app = app
+        self.logger = logger
+        self._idle = threading.Condition()
+        self._in_flight = 0
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
+        super().__init__(address, AgentRequestHandler)
+
+    def server_bind(self) -> None:
+        """Bind without HTTPServer's reverse-DNS lookup of the host, which can hang in a VM."""
+        socketserver.TCPServer.server_bind(self)
+        host, port = self.server_address[:2]
+        self.server_name = str(host)
+        self.server_port = int(port)
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful when listening on port 0)."""
+        return int(self.server_address[1])
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        """Handle one connection on its own thread, counted as in flight while it runs."""
+        with self._idle:
+            self._in_flight += 1
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            with self._idle:
+                self._in_flight -= 1
+                self._idle.notify_all()
+
+    def wait_until_idle(self, deadline_s: float) -> int:
+        """Wait up to ``deadline_s`` for in-flight connections; return how many remain."""
+        with self._idle:
+            self._idle.wait_for(lambda: self._in_flight == 0, timeout=deadline_s)
+            return self._in_flight
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Log a failed connection (client reset, broken pipe) as JSON instead of a traceback."""
+        exc = sys.exc_info()[1]
+        self.logger.warning(
+            "connection_error", error_type=type(exc).__name__ if exc is not None else "unknown"
+        )

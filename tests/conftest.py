@@ -1,0 +1,74 @@
+"""Fixtures shared by every test layer: settings on temp dirs, and the real minimal image.
+
+The minimal image is built once per session through the real CLI (``hearth image build``); the
+heavy parts are cached under HEARTH_CACHE_DIR by content hash, so reruns take seconds.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hearth.config import Settings
+from hearth.images.manifest import ImageDir
+
+REPO = Path(__file__).resolve().parent.parent
+HEARTH = [sys.executable, "-m", "hearth"]
+
+
+def hearth_cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 1800
+) -> subprocess.CompletedProcess[str]:
+    """Run the real ``hearth`` command line and capture its output."""
+    return subprocess.run(
+        [*HEARTH, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "HEARTH_LOG_FORMAT": "json", **(env or {})},
+        check=False,
+    )
+
+
+def require_tools(*tools: str) -> None:
+    """Skip, naming what is missing, when a host program the test needs is not installed."""
+    missing = [t for t in tools if shutil.which(t, path="/usr/sbin:/usr/bin:/sbin:/bin") is None]
+    if missing:
+        pytest.skip(f"needs {', '.join(missing)} (run scripts/install.sh)")
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    """Settings with a private state dir and the shared image cache."""
+    return Settings.from_env(
+        {
+            "HEARTH_STATE_DIR": str(tmp_path / "state"),
+            "HEARTH_CACHE_DIR": os.environ.get("HEARTH_CACHE_DIR", "/var/cache/hearth"),
+        }
+    )
+
+
+@pytest.fixture(scope="session")
+def minimal_image_build(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[ImageDir, subprocess.CompletedProcess[str]]:
+    """``hearth image build --recipe minimal`` run once for the session, with its output."""
+    require_tools("debootstrap", "debugfs", "mkfs.ext4", "qemu-img", "cpio", "lz4", "busybox")
+    out = tmp_path_factory.mktemp("image-minimal")
+    result = hearth_cli("image", "build", "--recipe", "minimal", "--out", str(out))
+    if result.returncode != 0:
+        pytest.fail(f"hearth image build failed:\n{result.stdout}\n{result.stderr}")
+    return ImageDir(out), result
+
+
+@pytest.fixture(scope="session")
+def minimal_image(
+    minimal_image_build: tuple[ImageDir, subprocess.CompletedProcess[str]],
+) -> ImageDir:
+    """The built minimal image directory."""
+    return minimal_image_build[0]

@@ -1,0 +1,122 @@
+"""The /init body rules and the bearer-token gate, without a server."""
+
+from __future__ import annotations
+
+import base64
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from hearth_agent.claim import AuthGate, AuthMode, ClaimRequest, parse_claim
+from hearth_agent.errors import AlreadyClaimed, ConfigError, InvalidInput, Unauthorized, Unclaimed
+from hearth_agent.log import JsonLogger
+
+TOKEN = "T" * 32 + "_-abc123"
+
+
+@pytest.fixture
+def logger() -> JsonLogger:
+    """A logger writing to the test's stderr."""
+    return JsonLogger()
+
+
+def test_parse_claim_accepts_token_time_and_entropy() -> None:
+    request = parse_claim({"token": TOKEN, "time": 1_700_000_000, "entropy": "AAEC"})
+    assert request == ClaimRequest(token=TOKEN, time=1_700_000_000.0, entropy=b"\x00\x01\x02")
+
+
+def test_claim_request_repr_hides_the_token() -> None:
+    assert TOKEN not in repr(parse_claim({"token": TOKEN}))
+
+
+@pytest.mark.parametrize(
+    ("body", "field_name"),
+    [
+        ({"token": "a" * 31}, "token"),
+        ({"token": "a" * 513}, "token"),
+        ({"token": "a" * 40 + " "}, "token"),
+        ({"token": "a" * 40 + "=" }, "token"),
+        ({"token": TOKEN, "time": float("inf")}, "time"),
+        ({"token": TOKEN, "time": -5}, "time"),
+        ({"token": TOKEN, "time": False}, "time"),
+        ({"token": TOKEN, "entropy": 5}, "entropy"),
+        ({"token": TOKEN, "entropy": "é"}, "entropy"),
+        ({"token": TOKEN, "entropy": base64.b64encode(bytes(4097)).decode()}, "entropy"),
+    ],
+)  # fmt: skip
+def test_parse_claim_names_the_bad_field(body: dict[str, object], field_name: str) -> None:
+    with pytest.raises(InvalidInput) as caught:
+        parse_claim(body)
+    assert f"'{field_name}'" in caught.value.message
+    assert TOKEN not in caught.value.message
+
+
+def test_parse_claim_accepts_the_length_limits() -> None:
+    parse_claim({"token": "a" * 32})
+    parse_claim({"token": "a" * 512, "entropy": base64.b64encode(bytes(4096)).decode()})
+
+
+def test_gate_without_token_file_or_insecure_flag_refuses_to_start(logger: JsonLogger) -> None:
+    with pytest.raises(ConfigError, match="token file"):
+        AuthGate.from_options(token_file=None, insecure=False, allow_claim=False, logger=logger)
+
+
+def test_gate_with_an_empty_token_file_and_allow_claim_is_unclaimed(
+    tmp_path: Path, logger: JsonLogger
+) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("\n")
+    gate = AuthGate.from_options(
+        token_file=token_file, insecure=False, allow_claim=True, logger=logger
+    )
+    assert gate.mode is AuthMode.UNCLAIMED
+    with pytest.raises(Unclaimed):
+        gate.authorize(f"Bearer {TOKEN}")
+
+
+def test_gate_checks_the_bearer_token(tmp_path: Path, logger: JsonLogger) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text(f"  {TOKEN}\n")
+    gate = AuthGate.from_options(
+        token_file=token_file, insecure=False, allow_claim=False, logger=logger
+    )
+
+    gate.authorize(f"Bearer {TOKEN}")
+    gate.authorize(f"bearer {TOKEN}")
+    for header in (None, "", TOKEN, f"Basic {TOKEN}", "Bearer ", f"Bearer {TOKEN}x"):
+        with pytest.raises(Unauthorized) as caught:
+            gate.authorize(header)
+        assert not isinstance(caught.value, Unclaimed)
+    with pytest.raises(AlreadyClaimed):
+        gate.ensure_claimable()
+
+
+def test_claim_writes_the_token_file_privately_once(tmp_path: Path, logger: JsonLogger) -> None:
+    token_file = tmp_path / "run" / "hearth" / "token"
+    gate = AuthGate.from_options(
+        token_file=token_file, insecure=False, allow_claim=True, logger=logger
+    )
+
+    result = gate.claim(parse_claim({"token": TOKEN}))
+
+    assert (result.clock_set, result.entropy_added) == (False, 0)
+    assert token_file.read_text().strip() == TOKEN
+    assert stat.S_IMODE(os.stat(token_file).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(token_file.parent).st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(token_file.parent.parent).st_mode) == 0o700
+    gate.authorize(f"Bearer {TOKEN}")
+    with pytest.raises(AlreadyClaimed):
+        gate.claim(parse_claim({"token": "b" * 40}))
+    assert token_file.read_text().strip() == TOKEN
+
+
+def test_insecure_gate_lets_everything_through_and_cannot_be_claimed(
+    logger: JsonLogger,
+) -> None:
+    gate = AuthGate.from_options(token_file=None, insecure=True, allow_claim=False, logger=logger)
+    gate.authorize(None)
+    assert gate.claimed is False
+    with pytest.raises(AlreadyClaimed):
+        gate.claim(parse_claim({"token": TOKEN}))
