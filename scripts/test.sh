@@ -5,6 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
 mkdir -p artifacts
+# The store's tests run on SQLite and on this PostgreSQL (started here if it is not running).
+HEARTH_TEST_DATABASE_URL=$(bash scripts/postgres.sh)
+export HEARTH_TEST_DATABASE_URL
 .venv/bin/ruff check src tests
 .venv/bin/ruff format --check src tests
 .venv/bin/mypy

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from hearth.errors import ConfigError
@@ -24,6 +24,35 @@ class Settings:
     debian_mirror: str | None = None
     debian_suite: str = "bookworm"
     log_json: bool | None = None
+    # Controller
+    host: str = "127.0.0.1"
+    port: int = 4000
+    database_url: str | None = None
+    admin_key: str | None = field(default=None, repr=False)
+    network_mode: str = "user"
+    network_pool: str = "169.254.0.0/16"
+    template_dir: Path | None = None
+    # Quotas: VMs per user and type, Browser VMs host-wide, memory admission.
+    max_cli_per_user: int = 1
+    max_browser_per_user: int = 1
+    max_browser_vms: int = 2
+    memory_share: float = 0.8
+    # Warm pool: healthy, unclaimed VMs kept ready per type (0 = off).
+    pool_cli: int = 0
+    pool_browser: int = 0
+    default_vcpus: int = 1
+    default_mem_mib: int = 512
+    browser_vcpus: int = 2
+    browser_mem_mib: int = 2048
+
+    @property
+    def images_dir(self) -> Path:
+        """Where built images live, one directory per recipe."""
+        return self.state_dir / "images"
+
+    def database(self) -> str:
+        """The database URL: ``HEARTH_DATABASE_URL`` or a SQLite file in the state dir."""
+        return self.database_url or f"sqlite+aiosqlite:///{self.state_dir / 'hearth.db'}"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -40,13 +69,38 @@ class Settings:
         log_format = env.get("HEARTH_LOG_FORMAT", "auto")
         if log_format not in {"auto", "json", "console"}:
             raise ConfigError("HEARTH_LOG_FORMAT must be one of auto, json, console")
+        admin_key = env.get("HEARTH_ADMIN_KEY") or None
+        if admin_key is not None and not (32 <= len(admin_key) <= 512 and admin_key.isprintable()):
+            raise ConfigError("HEARTH_ADMIN_KEY must be 32 to 512 printable characters")
+        network_mode = env.get("HEARTH_NETWORK_MODE", "user")
+        if network_mode not in {"user", "netns"}:
+            raise ConfigError("HEARTH_NETWORK_MODE must be user or netns")
         return cls(
             state_dir=state_dir,
             cache_dir=cache_dir,
             debian_mirror=mirror,
             debian_suite=env.get("HEARTH_DEBIAN_SUITE", "bookworm"),
             log_json=None if log_format == "auto" else log_format == "json",
+            host=env.get("HEARTH_HOST", "127.0.0.1"),
+            port=_int(env, "HEARTH_PORT", 4000, 1, 65535),
+            database_url=env.get("HEARTH_DATABASE_URL") or None,
+            admin_key=admin_key,
+            network_mode=network_mode,
+            network_pool=env.get("HEARTH_NETWORK_POOL", "169.254.0.0/16"),
+            template_dir=Path(env["HEARTH_TEMPLATE_DIR"])
+            if env.get("HEARTH_TEMPLATE_DIR")
+            else None,
+            max_cli_per_user=_int(env, "HEARTH_MAX_CLI_PER_USER", 1, 0, 1000),
+            max_browser_per_user=_int(env, "HEARTH_MAX_BROWSER_PER_USER", 1, 0, 1000),
+            max_browser_vms=_int(env, "HEARTH_MAX_BROWSER_VMS", 2, 0, 10000),
+            memory_share=_float(env, "HEARTH_MEMORY_SHARE", 0.8, 0.01, 1.0),
+            pool_cli=_int(env, "HEARTH_POOL_CLI", 0, 0, 100),
+            pool_browser=_int(env, "HEARTH_POOL_BROWSER", 0, 0, 100),
         )
+
+    def with_overrides(self, **changes: object) -> Settings:
+        """A copy with some fields changed (for the CLI's flags and for tests)."""
+        return replace(self, **changes)  # type: ignore[arg-type]
 
     def resolve_debian_mirror(self) -> str:
         """The Debian mirror for debootstrap: the configured one, else the host's apt source."""
@@ -58,6 +112,32 @@ class Settings:
                 "no Debian mirror found in the host's apt sources; set HEARTH_DEBIAN_MIRROR"
             )
         return found
+
+
+def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+    if not low <= value <= high:
+        raise ConfigError(f"{name} must be between {low} and {high}, got {value}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float, low: float, high: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+    if not low <= value <= high:
+        raise ConfigError(f"{name} must be between {low} and {high}, got {value}")
+    return value
 
 
 def mirror_from_apt_sources(suite: str, roots: tuple[Path, ...] = _APT_SOURCES) -> str | None:

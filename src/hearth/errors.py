@@ -5,12 +5,17 @@
     ├── NotFound                     a resource the caller may see does not exist (404)
     ├── InvalidInput                 bad input a client sent (422)
     ├── Conflict                     the resource is in a state that forbids the action (409)
+    │   └── QuotaExceeded            the user already has as many VMs of that type as allowed
+    ├── CapacityExhausted            the host has no room: Browser VM slots or memory (429)
+    ├── Unauthorized                 missing or wrong API key (401)
+    ├── Forbidden                    the key may not do this (admin only) (403)
     ├── ImageError                   golden images: build, install-agent, verify, rollback
     │   ├── NotAnImage               the path is missing or is not an ext4 filesystem image
     │   ├── ImageReadOnly            the image (or its directory) cannot be written
     │   ├── ImageNoSpace             not enough free space to do the change safely
     │   ├── ImageVerifyFailed        the image lacks something Hearth needs (names what)
     │   ├── NoBackup                 rollback asked for but no backup exists
+    │   ├── ImageNotBuilt            the image a VM type needs has not been built yet
     │   └── BuildFailed              a build phase (debootstrap, kernel, mkfs, ...) failed
     ├── ToolMissing                  a host program Hearth needs is not installed
     └── VmError                      the VM layer
@@ -71,6 +76,34 @@ class Conflict(HearthError):
     http_status = 409
 
 
+class QuotaExceeded(Conflict):
+    """The user already has as many VMs of that type as the quota allows."""
+
+    code = "quota_exceeded"
+    http_status = 409
+
+
+class CapacityExhausted(HearthError):
+    """The host has no room for the VM (Browser VM slots or memory); retry later."""
+
+    code = "capacity_exhausted"
+    http_status = 429
+
+
+class Unauthorized(HearthError):
+    """The request carries no API key, or one that is unknown or revoked."""
+
+    code = "unauthorized"
+    http_status = 401
+
+
+class Forbidden(HearthError):
+    """The API key is valid but may not do this (admin only)."""
+
+    code = "forbidden"
+    http_status = 403
+
+
 class ToolMissing(HearthError):
     """A host program Hearth needs is not installed."""
 
@@ -122,6 +155,13 @@ class NoBackup(ImageError):
 
     code = "no_backup"
     http_status = 404
+
+
+class ImageNotBuilt(ImageError):
+    """The image a VM type needs has not been built; the message says how to build it."""
+
+    code = "image_not_built"
+    http_status = 503
 
 
 class BuildFailed(ImageError):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -22,7 +21,7 @@ from hearth_agent.storage import CredentialStore
 EXIT_OK = 0
 EXIT_LISTEN_FAILED = 1
 EXIT_CONFIG = 2
-# How long SIGTERM waits for requests already being handled (a credential write) to finish.
+# How long a stop (signal or /admin/restart) waits for requests in flight (a credential write).
 SHUTDOWN_GRACE_S = 5.0
 
 
@@ -99,7 +98,7 @@ def parse_options(argv: list[str] | None = None) -> Options:
 
 
 def run(options: Options, logger: JsonLogger) -> int:
-    """Serve until SIGTERM or SIGINT; return the process exit code."""
+    """Serve until SIGTERM, SIGINT or POST /admin/restart; return the process exit code."""
     try:
         gate = AuthGate.from_options(
             token_file=options.token_file,
@@ -129,9 +128,7 @@ def run(options: Options, logger: JsonLogger) -> int:
         return EXIT_LISTEN_FAILED
 
     def stop(signum: int, frame: FrameType | None) -> None:
-        logger.info("stopping", signal=signal.Signals(signum).name)
-        # shutdown() waits for serve_forever to return, so it cannot run on this (main) thread.
-        threading.Thread(target=server.shutdown, name="shutdown", daemon=True).start()
+        server.request_shutdown(reason=signal.Signals(signum).name)
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import platform
 import re
+import time
 import traceback
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from hearth_agent import __version__
 from hearth_agent.claim import AuthGate, parse_claim
@@ -26,6 +27,7 @@ from hearth_agent.jsontext import JsonTextError, decode_json
 from hearth_agent.log import JsonLogger
 from hearth_agent.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from hearth_agent.metrics import AgentMetrics, WriteOutcome
+from hearth_agent.probe import parse_probe, probe_tcp
 from hearth_agent.providers import SUPPORTED_PROVIDERS, Provider, get_provider
 from hearth_agent.storage import CredentialStore, WriteResult
 
@@ -46,12 +48,14 @@ class Request:
 
 @dataclass(frozen=True)
 class Response:
-    """A complete HTTP response: status, body bytes and any extra headers."""
+    """A complete HTTP response: status, body bytes, any extra headers, and what follows it."""
 
     status: int
     body: bytes
     content_type: str = JSON_CONTENT_TYPE
     headers: tuple[tuple[str, str], ...] = ()
+    # The agent stops (exit code 0) once this response has been sent; its supervisor restarts it.
+    exit_after: bool = False
 
 
 def json_response(status: int, payload: object) -> Response:
@@ -147,6 +151,8 @@ class AgentApp:
                 Route("/init", {"POST": self._init}, public=True),
                 Route("/version", {"GET": self._version}),
                 Route("/metrics", {"GET": self._metrics_text}),
+                Route("/probe/tcp", {"POST": self._probe_tcp}),
+                Route("/admin/restart", {"POST": self._restart}),
                 Route("/credentials/write", {"POST": self._write_compat}),
                 Route(
                     "/credentials/{provider}",
@@ -216,6 +222,8 @@ class AgentApp:
                 "uptime_s": round(self._metrics.uptime(), 3),
                 "claimed": self._gate.claimed,
                 "auth": self._gate.mode.value,
+                # The guest's wall clock, so the controller can check /init set it after a restore.
+                "time": time.time(),
             },
         )
 
@@ -235,6 +243,32 @@ class AgentApp:
             body=self._metrics.render().encode("utf-8"),
             content_type=METRICS_CONTENT_TYPE,
         )
+
+    def _probe_tcp(self, request: Request, params: Mapping[str, str]) -> Response:
+        target = parse_probe(read_json(request))
+        result = probe_tcp(target)
+        self._metrics.observe_probe(result.outcome)
+        self._logger.info(
+            "tcp_probe",
+            host=target.host,
+            port=target.port,
+            result=result.outcome.value,
+            elapsed_ms=result.elapsed_ms,
+        )
+        return json_response(
+            200,
+            {
+                "host": target.host,
+                "port": target.port,
+                "connected": result.connected,
+                "error": result.error,
+                "elapsed_ms": result.elapsed_ms,
+            },
+        )
+
+    def _restart(self, request: Request, params: Mapping[str, str]) -> Response:
+        self._logger.info("restart_requested")
+        return replace(json_response(202, {"restarting": True}), exit_after=True)
 
     def _init(self, request: Request, params: Mapping[str, str]) -> Response:
         self._gate.ensure_claimable()

@@ -7,6 +7,8 @@ import time
 from collections import Counter
 from enum import StrEnum
 
+from hearth_agent.probe import ProbeOutcome
+
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 KNOWN_METHODS = frozenset({"GET", "PUT", "POST", "DELETE", "PATCH", "HEAD", "OPTIONS"})
@@ -29,7 +31,7 @@ def _labels(pairs: tuple[tuple[str, str], ...]) -> str:
 
 
 class AgentMetrics:
-    """Thread-safe counters for requests and credential writes, plus uptime and version info."""
+    """Thread-safe counters for requests, credential writes and TCP probes, plus uptime and info."""
 
     def __init__(self, *, version: str, providers: tuple[str, ...]) -> None:
         self._version = version
@@ -40,6 +42,7 @@ class AgentMetrics:
         self._writes: Counter[tuple[str, str]] = Counter(
             {(provider, outcome.value): 0 for provider in providers for outcome in WriteOutcome}
         )
+        self._probes: Counter[str] = Counter({outcome.value: 0 for outcome in ProbeOutcome})
 
     def uptime(self) -> float:
         """Seconds since the agent started."""
@@ -56,11 +59,17 @@ class AgentMetrics:
         with self._lock:
             self._writes[(provider, outcome.value)] += 1
 
+    def observe_probe(self, outcome: ProbeOutcome) -> None:
+        """Count one TCP probe that ran (refused bodies are not probes)."""
+        with self._lock:
+            self._probes[outcome.value] += 1
+
     def render(self) -> str:
         """The exposition text, one family after another, ending with a newline."""
         with self._lock:
             requests = sorted(self._requests.items())
             writes = sorted(self._writes.items())
+            probes = sorted(self._probes.items())
         lines = [
             "# HELP hearth_agent_http_requests_total HTTP responses by route template, method and"
             " status.",
@@ -77,6 +86,12 @@ class AgentMetrics:
         for (provider, result), count in writes:
             labels = _labels((("provider", provider), ("result", result)))
             lines.append(f"hearth_agent_credential_writes_total{labels} {count}")
+        lines += [
+            "# HELP hearth_agent_probes_total TCP probes run from inside the VM, by result.",
+            "# TYPE hearth_agent_probes_total counter",
+        ]
+        for result, count in probes:
+            lines.append(f"hearth_agent_probes_total{_labels((('result', result),))} {count}")
         lines += [
             "# HELP hearth_agent_uptime_seconds Seconds since the agent started.",
             "# TYPE hearth_agent_uptime_seconds gauge",

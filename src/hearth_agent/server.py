@@ -117,6 +117,10 @@ class AgentRequestHandler(BaseHTTPRequestHandler):
         template, response = self.server.app.dispatch(request)
         self._send(response)
         self._finish(template, response.status)
+        if response.exit_after:
+            # Only now: the response is on the wire and counted. serve_forever returns, and the
+            # process exits once this connection (and any other in flight) has been closed.
+            self.server.request_shutdown(reason="admin_restart")
 
     def _read_body(self) -> bytes:
         """Read exactly Content-Length bytes, refusing missing, chunked or oversized bodies."""
@@ -211,6 +215,9 @@ class AgentHTTPServer(ThreadingHTTPServer):
         self.logger = logger
         self._idle = threading.Condition()
         self._in_flight = 0
+        # Taken once and never released: the first shutdown request wins, later ones are no-ops.
+        # Non-blocking, so a signal handler interrupting the main thread can never deadlock on it.
+        self._shutdown_once = threading.Lock()
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         super().__init__(address, AgentRequestHandler)
@@ -226,6 +233,17 @@ class AgentHTTPServer(ThreadingHTTPServer):
     def port(self) -> int:
         """The bound port (useful when listening on port 0)."""
         return int(self.server_address[1])
+
+    def request_shutdown(self, *, reason: str) -> None:
+        """Make serve_forever return, from any thread or a signal handler; only once.
+
+        ``shutdown()`` waits for serve_forever to return, so it runs on a thread of its own: it
+        would deadlock on the thread serving the loop or on a request thread being waited for.
+        """
+        if not self._shutdown_once.acquire(blocking=False):
+            return
+        self.logger.info("stopping", reason=reason)
+        threading.Thread(target=self.shutdown, name="shutdown", daemon=True).start()
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         """Handle one connection on its own thread, counted as in flight while it runs."""

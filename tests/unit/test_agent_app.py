@@ -71,6 +71,18 @@ def test_an_unexpected_exception_becomes_a_generic_500_with_a_request_id(
     assert "s3cret" not in log_stream.getvalue()
 
 
+def test_restart_answers_202_and_asks_the_server_to_exit_after_sending(app: AgentApp) -> None:
+    route, response = app.dispatch(request("POST", "/admin/restart"))
+
+    assert (route, response.status, response.exit_after) == ("/admin/restart", 202, True)
+    assert json.loads(response.body) == {"restarting": True}
+
+
+def test_only_restart_asks_the_server_to_exit(app: AgentApp) -> None:
+    for method, path in [("GET", "/health"), ("GET", "/admin/restart"), ("GET", "/version")]:
+        assert app.dispatch(request(method, path))[1].exit_after is False
+
+
 def test_unmatched_paths_are_reported_under_one_route_label(app: AgentApp) -> None:
     route, response = app.dispatch(request("GET", "/etc/passwd"))
     assert (route, response.status) == ("unmatched", 404)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from hearth_agent.metrics import AgentMetrics, WriteOutcome
+from hearth_agent.probe import ProbeOutcome
 
 
 def test_render_counts_requests_by_route_template_and_writes_by_result() -> None:
@@ -28,6 +29,18 @@ def test_render_counts_requests_by_route_template_and_writes_by_result() -> None
     assert 'hearth_agent_info{version="0.1.0"} 1' in lines
     assert "# TYPE hearth_agent_http_requests_total counter" in lines
     assert "# TYPE hearth_agent_uptime_seconds gauge" in lines
+
+
+def test_every_probe_result_series_exists_from_the_start() -> None:
+    metrics = AgentMetrics(version="0.1.0", providers=())
+    metrics.observe_probe(ProbeOutcome.TIMEOUT)
+
+    lines = metrics.render().splitlines()
+
+    assert "# TYPE hearth_agent_probes_total counter" in lines
+    assert 'hearth_agent_probes_total{result="timeout"} 1' in lines
+    for result in ("connected", "refused", "error"):
+        assert f'hearth_agent_probes_total{{result="{result}"}} 0' in lines
 
 
 def test_label_values_are_escaped() -> None:

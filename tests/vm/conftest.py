@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from hearth.network.namespace import list_namespaces, names_for
 from hearth.vm.qemu.backend import QemuBackend
 from hearth.vm.types import Vm
 from tests.conftest import require_tools
@@ -80,3 +81,7 @@ async def qemu_backend(
     sockets = [backend.run_dir / f"{vm.id}.qmp" for vm in backend.created]
     assert [s for s in sockets if s.exists()] == [], "QMP sockets left behind"
     assert list(backend.run_dir.glob("template-*.qmp")) == [], "template sockets left behind"
+    ours = {names_for(vm.id)[0] for vm in backend.created}
+    assert ours.isdisjoint(list_namespaces()), "network namespaces left behind"
+    assert not any(name.startswith("hearth-t") for name in list_namespaces()), "template netns left"
+    assert backend.pool.claims() == {}, "network slots left claimed"

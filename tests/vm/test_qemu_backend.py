@@ -6,6 +6,7 @@ import asyncio
 import os
 import shutil
 import signal
+import time
 from pathlib import Path
 
 import httpx
@@ -172,3 +173,50 @@ async def test_template_is_rebuilt_when_the_image_changes(
         assert backend.templates.lookup(old_key) is None
     finally:
         await backend.destroy(vm)
+
+
+async def test_agent_that_exits_inside_the_vm_is_respawned_and_stays_claimed(
+    minimal_image: ImageDir, qemu_backend: TrackingBackend
+) -> None:
+    vm = await qemu_backend.create(minimal_image, VmSpec())
+    async with httpx.AsyncClient() as client:
+        before = (await client.get(f"{vm.agent_url}/health")).json()
+        restart = await client.post(f"{vm.agent_url}/admin/restart", headers=auth(vm.token))
+        assert restart.status_code == 202
+        # hearth-init restarts the agent 0.5 s after it exits; poll until a new one answers.
+        deadline = asyncio.get_running_loop().time() + 30
+        while True:
+            try:
+                health = await client.get(f"{vm.agent_url}/health", timeout=2)
+                if health.status_code == 200 and health.json()["uptime_s"] < before["uptime_s"]:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert asyncio.get_running_loop().time() < deadline, "agent was not respawned"
+            await asyncio.sleep(0.1)
+        assert health.json()["claimed"] is True
+        version = await client.get(f"{vm.agent_url}/version", headers=auth(vm.token))
+        assert version.status_code == 200
+    assert "restarting" in qemu_backend.console_tail(vm, 200)
+
+
+async def test_clone_of_an_old_template_gets_the_current_clock_when_claimed(
+    minimal_image: ImageDir, tmp_path: Path
+) -> None:
+    backend = QemuBackend(state_dir=tmp_path / "state")
+    spec = VmSpec(mem_mib=384)
+    first = await backend.create(minimal_image, spec)
+    await backend.destroy(first)
+    # The template was saved at least this long ago when the clone wakes up.
+    await asyncio.sleep(6)
+    clone = await backend.create(minimal_image, spec, claim=False)
+    try:
+        async with httpx.AsyncClient() as client:
+            stale = (await client.get(f"{clone.agent_url}/health")).json()
+            assert time.time() - stale["time"] > 5, "an unclaimed clone should lag behind"
+            await backend.claim(clone)
+            fresh = (await client.get(f"{clone.agent_url}/health")).json()
+            assert abs(time.time() - fresh["time"]) < 2
+            assert fresh["claimed"] is True
+    finally:
+        await backend.destroy(clone)

@@ -62,6 +62,7 @@ def check_transition(vm_id: str, old: VmState, new: VmState) -> None:
 
 
 MAX_VCPUS = 16
+MIN_MEM_MIB = 256
 MAX_MEM_MIB = 64 * 1024
 
 
@@ -78,8 +79,10 @@ class VmSpec:
     def __post_init__(self) -> None:
         if not 1 <= self.vcpus <= MAX_VCPUS:
             raise InvalidInput(f"vcpus must be between 1 and {MAX_VCPUS}, got {self.vcpus}")
-        if not 128 <= self.mem_mib <= MAX_MEM_MIB:
-            raise InvalidInput(f"mem_mib must be between 128 and {MAX_MEM_MIB}, got {self.mem_mib}")
+        if not MIN_MEM_MIB <= self.mem_mib <= MAX_MEM_MIB:
+            raise InvalidInput(
+                f"mem_mib must be between {MIN_MEM_MIB} and {MAX_MEM_MIB}, got {self.mem_mib}"
+            )
 
     @property
     def size_key(self) -> str:

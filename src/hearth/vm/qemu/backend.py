@@ -17,9 +17,11 @@ from pathlib import Path
 
 import httpx
 
-from hearth.errors import HearthError, SnapshotError, VmError, VmProcessExited
+from hearth.errors import HearthError, InvalidInput, SnapshotError, VmError, VmProcessExited
 from hearth.images.manifest import ImageDir
 from hearth.logging import get_logger
+from hearth.network.namespace import NetworkSlot, create_namespace, delete_namespace, names_for
+from hearth.network.pool import DEFAULT_POOL, SlotPool
 from hearth.tools import require_tool, tail
 from hearth.vm.qemu.accel import Accel, detect_accel
 from hearth.vm.qemu.command import VmPaths, qemu_argv
@@ -32,7 +34,7 @@ from hearth.vm.readiness import (
     Deadline,
     wait_until_healthy,
 )
-from hearth.vm.types import BootMode, NetworkMode, Vm, VmSpec, VmState
+from hearth.vm.types import BootMode, NetworkMode, Vm, VmSpec, VmState, VmType
 
 _log = get_logger("vm.qemu")
 _STOP_GRACE_S = 3.0
@@ -62,6 +64,8 @@ class QemuBackend:
         *,
         state_dir: Path,
         run_dir: Path = DEFAULT_RUN_DIR,
+        network_pool: str = DEFAULT_POOL,
+        template_dir: Path | None = None,
         accel: Accel | None = None,
         use_templates: bool = True,
         cold_deadline_s: float = COLD_BOOT_DEADLINE_S,
@@ -72,7 +76,9 @@ class QemuBackend:
         self.accel = accel or detect_accel(override=os.environ.get("HEARTH_QEMU_ACCEL", "auto"))
         self.vms_dir = state_dir / "vms"
         self.run_dir = run_dir
-        self.templates = TemplateStore(state_dir / "templates")
+        self.pool = SlotPool(cidr=network_pool, claims_dir=state_dir / "net" / "slots")
+        self._networks: dict[str, NetworkSlot] = {}
+        self.templates = TemplateStore(template_dir or state_dir / "templates")
         self.use_templates = use_templates
         self.cold_deadline_s = cold_deadline_s
         self.restore_deadline_s = restore_deadline_s
@@ -92,17 +98,19 @@ class QemuBackend:
         *,
         vm_id: str | None = None,
         boot_mode: BootMode | None = None,
+        claim: bool = True,
     ) -> Vm:
-        """Start a VM (restored from a template when possible), healthy and claimed."""
-        if spec.network is not NetworkMode.USER:
-            raise VmError(f"the qemu backend supports network mode 'user' only, not {spec.network}")
+        """Start a VM (restored from a template when possible), healthy and, unless told
+        otherwise (warm-pool VMs are claimed when handed out), claimed with its own token."""
+        if spec.network is NetworkMode.NETNS and spec.allow_egress:
+            raise InvalidInput("network mode netns does not offer guest egress yet; use user")
         vm_id = vm_id or new_vm_id()
         want_restore = boot_mode is not BootMode.COLD and self.use_templates
         if want_restore:
             template: Template | None = None
             try:
                 template = await self._template_for(image, spec)
-                return await self._start(vm_id, image, spec, template=template, claim=True)
+                return await self._start(vm_id, image, spec, template=template, claim=claim)
             except HearthError as exc:
                 _log.warning(
                     "restore_failed_cold_boot_instead", vm_id=vm_id, error=exc.message[:500]
@@ -110,7 +118,55 @@ class QemuBackend:
                 if template is not None:
                     # A template that cannot be restored is rebuilt on the next create.
                     self.templates.discard(template)
-        return await self._start(vm_id, image, spec, template=None, claim=True)
+        return await self._start(vm_id, image, spec, template=None, claim=claim)
+
+    async def claim(self, vm: Vm) -> str:
+        """Claim an unclaimed (pooled) VM's agent with a fresh token of its own."""
+        if vm.token is not None:
+            raise VmError(f"VM {vm.id} is already claimed")
+        vm.token = await self._claim(vm)
+        if vm.workdir is not None:
+            self._write_token(vm.workdir, vm.token)
+        return vm.token
+
+    def alive(self, vm: Vm) -> bool:
+        """True while the VM's QEMU process runs."""
+        return bool(vm.pid and vm.workdir and _is_our_process(vm.pid, vm.workdir))
+
+    async def reap(self, keep: set[str]) -> list[str]:
+        """Destroy every VM, work dir, namespace and slot of this backend not in ``keep``."""
+        reaped: list[str] = []
+        if self.vms_dir.is_dir():
+            for workdir in sorted(self.vms_dir.iterdir()):
+                if workdir.name in keep:
+                    continue
+                vm = self._vm_from_record(workdir) or Vm(
+                    id=workdir.name, spec=VmSpec(), backend=self.name, workdir=workdir
+                )
+                vm.state = VmState.FAILED
+                await self.destroy(vm)
+                reaped.append(vm.id)
+        for staging in self.templates.abandoned_builds():
+            for pid in _pids_running_from(staging):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            shutil.rmtree(staging, ignore_errors=True)
+            reaped.append(staging.name)
+        for index, owner in self.pool.claims().items():
+            if owner not in keep:
+                netns, host_veth = names_for(owner)
+                slot = self.pool.addresses(index)
+                delete_namespace(NetworkSlot(netns=netns, host_veth=host_veth, slot=slot))
+                self.pool.release(index, owner)
+                reaped.append(owner)
+        return sorted(set(reaped))
+
+    @staticmethod
+    def _write_token(workdir: Path, token: str) -> None:
+        path = workdir / "agent.token"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(token)
 
     async def _template_for(self, image: ImageDir, spec: VmSpec) -> Template:
         key = template_key(image, spec, self.accel)
@@ -119,7 +175,9 @@ class QemuBackend:
             await self._build_template(image, spec, directory)
 
         template, built = await self.templates.ensure(
-            key, origin=f"{image.path.resolve()}:{spec.size_key}", build=build
+            key,
+            origin=f"{image.path.resolve()}:{spec.size_key}:{spec.network.value}",
+            build=build,
         )
         if built:
             _log.info("template_ready", key=key, size=spec.size_key)
@@ -143,6 +201,7 @@ class QemuBackend:
         finally:
             await monitor.close()
         await self._stop_process(vm)
+        self._delete_network(vm_id, None)
         for leftover in ("qemu.pid", "vm.json"):
             (directory / leftover).unlink(missing_ok=True)
         self._paths(vm_id, directory).qmp.unlink(missing_ok=True)
@@ -174,8 +233,14 @@ class QemuBackend:
                 )
             else:
                 vm.disk_bytes = create_overlay(image.rootfs, paths.overlay, backing_format="raw")
-            port = free_local_port()
-            vm.agent_url = f"http://127.0.0.1:{port}"
+            port: int | None = None
+            network: NetworkSlot | None = None
+            if spec.network is NetworkMode.NETNS:
+                network = self._create_network(vm_id)
+                vm.agent_url = network.agent_url
+            else:
+                port = free_local_port()
+                vm.agent_url = f"http://127.0.0.1:{port}"
             argv = qemu_argv(
                 binary=self.binary,
                 vm_id=vm_id,
@@ -184,6 +249,7 @@ class QemuBackend:
                 accel=self.accel,
                 paths=paths,
                 host_port=port,
+                network=network,
                 incoming_state=template.state if template else None,
             )
             with paths.stderr.open("wb") as stderr:
@@ -197,7 +263,7 @@ class QemuBackend:
             self._procs[vm_id] = proc
             vm.pid = proc.pid
             if record:
-                self._write_record(vm, paths, port)
+                self._write_record(vm, paths, port, network)
             vm.move_to(VmState.BOOTING)
             _log.info("vm_booting", vm_id=vm_id, boot_mode=vm.boot_mode.value, pid=proc.pid)
             started = time.monotonic()
@@ -215,6 +281,8 @@ class QemuBackend:
             )
             if claim:
                 vm.token = await self._claim(vm)
+                if record:
+                    self._write_token(paths.workdir, vm.token)
             vm.time_to_healthy_s = time.monotonic() - started
             vm.ready_at = time.time()
             vm.move_to(VmState.READY)
@@ -230,7 +298,7 @@ class QemuBackend:
             boot_mode=vm.boot_mode.value,
             time_to_healthy_s=round(vm.time_to_healthy_s, 3),
         )
-        if claim:
+        if record:
             self._watchers[vm_id] = asyncio.create_task(self._watch(vm, proc))
         return vm
 
@@ -274,11 +342,36 @@ class QemuBackend:
             )
         return token
 
-    def _write_record(self, vm: Vm, paths: VmPaths, port: int) -> None:
+    def _create_network(self, vm_id: str) -> NetworkSlot:
+        slot = self.pool.claim(vm_id)
+        try:
+            network = create_namespace(vm_id, slot)
+        except BaseException:
+            self.pool.release(slot.index, vm_id)
+            raise
+        self._networks[vm_id] = network
+        return network
+
+    def _delete_network(self, vm_id: str, record: dict[str, object] | None) -> None:
+        network = self._networks.pop(vm_id, None)
+        if network is None and record and record.get("slot") is not None:
+            netns, host_veth = names_for(vm_id)
+            slot = self.pool.addresses(int(str(record["slot"])))
+            network = NetworkSlot(netns=netns, host_veth=host_veth, slot=slot)
+        if network is not None:
+            delete_namespace(network)
+            self.pool.release(network.slot.index, vm_id)
+
+    def _write_record(
+        self, vm: Vm, paths: VmPaths, port: int | None, network: NetworkSlot | None
+    ) -> None:
         record = {
             "id": vm.id,
             "pid": vm.pid,
             "host_port": port,
+            "network": vm.spec.network.value,
+            "slot": network.slot.index if network else None,
+            "agent_url": vm.agent_url,
             "vm_type": vm.spec.vm_type.value,
             "vcpus": vm.spec.vcpus,
             "mem_mib": vm.spec.mem_mib,
@@ -334,30 +427,39 @@ class QemuBackend:
         if not self.vms_dir.is_dir():
             return found
         for workdir in sorted(self.vms_dir.iterdir()):
-            paths = self._paths(workdir.name, workdir)
-            try:
-                record = json.loads(paths.record.read_text())
-            except (OSError, ValueError):
-                continue
-            pid = int(record.get("pid") or 0)
-            if not _is_our_process(pid, workdir):
-                continue
-            spec = VmSpec(vcpus=int(record["vcpus"]), mem_mib=int(record["mem_mib"]))
-            found.append(
-                Vm(
-                    id=record["id"],
-                    spec=spec,
-                    backend=self.name,
-                    state=VmState.READY,
-                    agent_url=f"http://127.0.0.1:{record['host_port']}",
-                    pid=pid,
-                    workdir=workdir,
-                    boot_mode=BootMode(record["boot_mode"]),
-                    created_at=float(record["created_at"]),
-                    disk_bytes=bytes_on_disk(paths.overlay),
-                )
-            )
+            vm = self._vm_from_record(workdir)
+            if vm is not None and vm.pid and _is_our_process(vm.pid, workdir):
+                found.append(vm)
         return found
+
+    def _vm_from_record(self, workdir: Path) -> Vm | None:
+        """Rebuild a Vm from its work directory's record (and token file), if readable."""
+        try:
+            record = json.loads((workdir / "vm.json").read_text())
+            spec = VmSpec(
+                vm_type=VmType(record.get("vm_type", "cli")),
+                vcpus=int(record["vcpus"]),
+                mem_mib=int(record["mem_mib"]),
+                network=NetworkMode(record.get("network", "user")),
+            )
+        except (OSError, ValueError, KeyError, HearthError):
+            return None
+        token: str | None = None
+        with contextlib.suppress(OSError):
+            token = (workdir / "agent.token").read_text().strip() or None
+        return Vm(
+            id=str(record["id"]),
+            spec=spec,
+            backend=self.name,
+            state=VmState.READY,
+            agent_url=record.get("agent_url"),
+            token=token,
+            pid=int(record.get("pid") or 0) or None,
+            workdir=workdir,
+            boot_mode=BootMode(record.get("boot_mode", "cold")),
+            created_at=float(record.get("created_at", 0.0)),
+            disk_bytes=bytes_on_disk(workdir / "disk.qcow2"),
+        )
 
     def console_tail(self, vm: Vm, lines: int = 40) -> str:
         """The last lines of the serial console (and QEMU's stderr when it said anything)."""
@@ -386,6 +488,10 @@ class QemuBackend:
             await self._stop_process(vm)
         except (OSError, VmError) as exc:
             errors.append(f"stop: {exc}")
+        try:
+            self._delete_network(vm.id, self._read_record(vm))
+        except (OSError, VmError) as exc:
+            errors.append(f"network: {exc}")
         watcher = self._watchers.pop(vm.id, None)
         if watcher is not None:
             watcher.cancel()
@@ -404,6 +510,15 @@ class QemuBackend:
         _log.info("vm_destroyed", vm_id=vm.id)
         if errors:
             raise VmError(f"VM {vm.id} destroyed with errors: {'; '.join(errors)}")
+
+    def _read_record(self, vm: Vm) -> dict[str, object] | None:
+        if vm.workdir is None:
+            return None
+        try:
+            data = json.loads((vm.workdir / "vm.json").read_text())
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
 
     async def _stop_process(self, vm: Vm) -> None:
         proc = self._procs.pop(vm.id, None)
@@ -426,6 +541,19 @@ class QemuBackend:
                 await asyncio.sleep(0.05)
             if _is_our_process(vm.pid, vm.workdir):
                 os.kill(vm.pid, signal.SIGKILL)
+
+
+def _pids_running_from(directory: Path) -> list[int]:
+    """Live QEMU processes whose command line names ``directory``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and _is_our_process(int(entry.name), directory):
+            try:
+                if b"qemu-system" in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
 
 
 def _is_our_process(pid: int, workdir: Path) -> bool:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hearth.images.manifest import ImageDir
+from hearth.network.namespace import TAP_NAME, NetworkSlot
 from hearth.vm.qemu.accel import Accel
 from hearth.vm.types import VmSpec
 
@@ -67,18 +68,26 @@ def qemu_argv(
     spec: VmSpec,
     accel: Accel,
     paths: VmPaths,
-    host_port: int,
+    host_port: int | None,
+    network: NetworkSlot | None = None,
     incoming_state: Path | None = None,
 ) -> list[str]:
     """Build the argv; ``incoming_state`` restores a saved template state instead of booting."""
     accel_opt = (
         f"{accel.name},thread=multi" if accel.name == "tcg" and spec.vcpus > 1 else accel.name
     )
-    netdev = f"user,id=net0,hostfwd=tcp:127.0.0.1:{host_port}-:{AGENT_PORT}"
-    if not spec.allow_egress:
-        # restrict=on: the guest reaches nothing outside, not even the host; forwards still work.
-        netdev += ",restrict=on"
+    prefix: list[str] = []
+    if network is not None:
+        # The VM's tap lives in its own namespace; QEMU is started inside it.
+        prefix = ["ip", "netns", "exec", network.netns]
+        netdev = f"tap,id=net0,ifname={TAP_NAME},script=no,downscript=no"
+    else:
+        netdev = f"user,id=net0,hostfwd=tcp:127.0.0.1:{host_port}-:{AGENT_PORT}"
+        if not spec.allow_egress:
+            # restrict=on: the guest reaches nothing outside, not even the host; forwards work.
+            netdev += ",restrict=on"
     argv = [
+        *prefix,
         binary,
         "-name",
         f"hearth-{vm_id}",

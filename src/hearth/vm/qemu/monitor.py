@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,9 @@ from qemu.qmp import QMPClient, QMPError
 
 from hearth.errors import SnapshotError, VmError
 from hearth.vm.readiness import Backoff, Deadline
+
+# qemu.qmp logs every refused connect at ERROR; Monitor.connect retries those on purpose.
+logging.getLogger("qemu.qmp").setLevel(logging.CRITICAL)
 
 
 class Monitor:

@@ -58,6 +58,7 @@ def template_key(image: ImageDir, spec: VmSpec, accel: Accel) -> str:
         "content_hash": manifest.content_hash if manifest else None,
         "files": identity,
         "size": spec.size_key,
+        "network": spec.network.value,
         "accel": accel.name,
     }
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:20]
@@ -120,6 +121,24 @@ class TemplateStore:
                     return Template(key, self.root / key), True
                 finally:
                     fcntl.flock(lock_file, fcntl.LOCK_UN)
+
+    def abandoned_builds(self) -> list[Path]:
+        """Staging dirs of template builds that nobody is running (their builder died)."""
+        if not self.root.is_dir():
+            return []
+        found = []
+        for staging in sorted(self.root.glob(".*-*")):
+            if not staging.is_dir():
+                continue
+            key = staging.name[1:].rsplit("-", 1)[0]
+            with (self.root / f".{key}.lock").open("w") as lock_file:
+                try:
+                    fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue
+                fcntl.flock(lock_file, fcntl.LOCK_UN)
+            found.append(staging)
+        return found
 
     def discard(self, template: Template) -> None:
         """Remove a template (e.g. one that failed to restore) so the next create rebuilds it."""

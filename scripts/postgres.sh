@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Ensures Debian's PostgreSQL is installed and running, with a `hearth` role and database for
+# the test suite. Prints the database URL. Idempotent; used by test.sh.
+set -euo pipefail
+if ! command -v pg_lsclusters >/dev/null 2>&1; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql >/dev/null
+fi
+cluster=$(pg_lsclusters --no-header | awk 'NR==1 {print $1" "$2}')
+if [[ -z "$cluster" ]]; then
+  version=$(ls /usr/lib/postgresql | sort -V | tail -1)
+  pg_createcluster "$version" main >/dev/null
+  cluster="$version main"
+fi
+read -r version name <<<"$cluster"
+if ! pg_lsclusters --no-header | awk -v v="$version" -v n="$name" '$1==v && $2==n {print $4}' | grep -q online; then
+  pg_ctlcluster "$version" "$name" start
+fi
+port=$(pg_lsclusters --no-header | awk -v v="$version" -v n="$name" '$1==v && $2==n {print $3}')
+password=hearth-test
+runuser -u postgres -- psql -q -p "$port" -v ON_ERROR_STOP=1 <<SQL >/dev/null
+DO \$\$ BEGIN
+  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'hearth') THEN
+    CREATE ROLE hearth LOGIN PASSWORD '$password' CREATEDB;
+  END IF;
+END \$\$;
+SQL
+if ! runuser -u postgres -- psql -p "$port" -tAc "SELECT 1 FROM pg_database WHERE datname='hearth_test'" | grep -q 1; then
+  runuser -u postgres -- createdb -p "$port" -O hearth hearth_test
+fi
+echo "postgresql+psycopg://hearth:$password@127.0.0.1:$port/hearth_test"

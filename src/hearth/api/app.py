@@ -1,0 +1,145 @@
+"""The app factory: lifespan (store, reconciliation, monitor, pool), middleware, routes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import structlog
+from fastapi import FastAPI, Request, Response
+
+from hearth import __version__
+from hearth.api.context import Controller
+from hearth.api.errors import install_error_handlers
+from hearth.api.routes import keys, system, vms
+from hearth.config import Settings
+from hearth.control.images import ImageCatalog
+from hearth.control.pool import WarmPool
+from hearth.control.quotas import Quotas
+from hearth.control.vms import VmService
+from hearth.logging import get_logger
+from hearth.metrics import ControllerMetrics
+from hearth.store import Store
+from hearth.vm.qemu.backend import QemuBackend
+from hearth.vm.types import VmType
+
+_log = get_logger("api")
+ADMIN_USER = "admin"
+ADMIN_KEY_FILE = "admin.key"
+
+
+async def ensure_admin_key(store: Store, settings: Settings) -> Path | None:
+    """Import ``HEARTH_ADMIN_KEY``, or on first start mint one into a 0600 file; return its path."""
+    if settings.admin_key:
+        await store.api_keys.import_key(settings.admin_key, user_id=ADMIN_USER, admin=True)
+        return None
+    path = settings.state_dir / ADMIN_KEY_FILE
+    if any(k.is_admin and not k.is_revoked for k in await store.api_keys.list()):
+        return path if path.exists() else None
+    plaintext, _ = await store.api_keys.create(ADMIN_USER, admin=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(plaintext + "\n")
+    _log.info("admin_key_created", path=str(path))
+    return path
+
+
+def create_app(
+    settings: Settings,
+    *,
+    backend: QemuBackend | None = None,
+    images: ImageCatalog | None = None,
+    quotas: Quotas | None = None,
+    destroy_on_exit: bool = False,
+    monitor_interval_s: float = 1.0,
+) -> FastAPI:
+    """Build the controller app; its parts start in the lifespan and stop on shutdown."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        store = await Store.open(settings.database())
+        metrics = ControllerMetrics()
+        service = VmService(
+            settings=settings,
+            store=store,
+            backend=backend
+            or QemuBackend(
+                state_dir=settings.state_dir,
+                network_pool=settings.network_pool,
+                template_dir=settings.template_dir,
+            ),
+            images=images or ImageCatalog(settings),
+            metrics=metrics,
+            quotas=quotas or Quotas.from_settings(settings),
+        )
+        await ensure_admin_key(store, settings)
+        await service.reconcile()
+        app.state.controller = Controller(
+            settings=settings, store=store, vms=service, metrics=metrics
+        )
+        pool = WarmPool(
+            service, sizes={VmType.CLI: settings.pool_cli, VmType.BROWSER: settings.pool_browser}
+        )
+        service.pool = pool if pool.enabled else None
+        monitor = asyncio.create_task(service.monitor(monitor_interval_s))
+        if pool.enabled:
+            pool.start()
+        _log.info("controller_started", version=__version__, store=store.url_for_log())
+        try:
+            yield
+        finally:
+            monitor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await monitor
+            await pool.stop()
+            await service.shutdown(destroy_vms=destroy_on_exit)
+            await store.close()
+            _log.info("controller_stopped")
+
+    app = FastAPI(
+        title="Hearth",
+        version=__version__,
+        description="Isolated microVMs for AI coding CLIs. Every route but /health needs "
+        '`Authorization: Bearer <key>`. Errors are `{"error": {"code", "message"}}`.',
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+
+    @app.middleware("http")
+    async def observe(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex[:16]
+        request.state.request_id = request_id
+        structlog.contextvars.bind_contextvars(request_id=request_id)
+        started = time.perf_counter()
+        status = 500
+        try:
+            response = await call_next(request)
+            status = response.status_code
+            response.headers["X-Request-Id"] = request_id
+            return response
+        finally:
+            route = request.scope.get("route")
+            template = getattr(route, "path", "unmatched")
+            ctl: Controller | None = getattr(request.app.state, "controller", None)
+            if ctl is not None:
+                ctl.metrics.http_requests.labels(
+                    method=request.method, route=template, status=str(status)
+                ).inc()
+                ctl.metrics.http_latency.labels(route=template).observe(
+                    time.perf_counter() - started
+                )
+            structlog.contextvars.unbind_contextvars("request_id")
+
+    app.include_router(system.router)
+    app.include_router(vms.router)
+    app.include_router(keys.router)
+    return app

@@ -1,0 +1,88 @@
+"""The one place errors become HTTP: HearthError, validation, routing and anything unexpected."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from hearth.errors import HearthError
+from hearth.logging import get_logger
+
+_log = get_logger("api")
+
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "body_too_large",
+    415: "unsupported_media_type",
+    422: "invalid_input",
+    429: "too_many_requests",
+}
+
+
+def error_body(code: str, message: str) -> dict[str, dict[str, str]]:
+    """``{"error": {"code", "message"}}``."""
+    return {"error": {"code": code, "message": message}}
+
+
+def _field(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path")]
+    return ".".join(parts) or "body"
+
+
+def validation_message(exc: RequestValidationError) -> tuple[int, str, str]:
+    """Status, code and a message naming every offending field."""
+    errors = exc.errors()
+    if any(e.get("type") == "json_invalid" for e in errors):
+        return 400, "malformed_json", "the request body is not valid JSON"
+    parts = []
+    for error in errors[:10]:
+        if error.get("type") == "extra_forbidden":
+            parts.append(f"{_field(tuple(error['loc']))}: unknown field")
+        else:
+            parts.append(f"{_field(tuple(error['loc']))}: {error.get('msg', 'invalid')}")
+    return 422, "invalid_input", "; ".join(parts)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Register the handlers; every error leaves in the one JSON shape."""
+
+    @app.exception_handler(HearthError)
+    async def hearth_error(request: Request, exc: HearthError) -> JSONResponse:
+        if exc.http_status >= 500:
+            _log.warning("request_failed", code=exc.code, error=exc.message[:500])
+        headers = {"WWW-Authenticate": "Bearer"} if exc.http_status == 401 else None
+        return JSONResponse(
+            error_body(exc.code, exc.message), status_code=exc.http_status, headers=headers
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        status, code, message = validation_message(exc)
+        return JSONResponse(error_body(code, message), status_code=status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = _HTTP_CODES.get(exc.status_code, "error")
+        message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
+        return JSONResponse(
+            error_body(code, message), status_code=exc.status_code, headers=exc.headers
+        )
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        request_id = getattr(request.state, "request_id", "-")
+        _log.error(
+            "unhandled_error", request_id=request_id, error_type=type(exc).__name__, exc_info=exc
+        )
+        return JSONResponse(
+            error_body("internal", f"internal error; request id {request_id}"), status_code=500
+        )

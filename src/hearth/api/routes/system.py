@@ -1,0 +1,42 @@
+"""``/health`` (no auth, no secrets) and ``/metrics`` (Prometheus, admin key)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Response
+
+from hearth import __version__
+from hearth.api.auth import AdminKey, Ctl
+from hearth.metrics import CONTENT_TYPE
+
+router = APIRouter(tags=["system"])
+
+
+@router.get("/health")
+async def health(ctl: Ctl, response: Response) -> dict[str, Any]:
+    """Store and backend status; 503 when the store does not answer."""
+    store_ok = await ctl.store.ping()
+    backend = ctl.vms.backend
+    body = {
+        "status": "ok" if store_ok else "degraded",
+        "version": __version__,
+        "store": {"ok": store_ok, "url": ctl.store.url_for_log().split("://", 1)[0]},
+        "backend": {
+            "name": backend.name,
+            "accel": backend.accel.name,
+            "reason": backend.accel.reason,
+        },
+        "images": ctl.vms.images.status(),
+        "vms": {"live": len(ctl.vms.live)},
+    }
+    if not store_ok:
+        response.status_code = 503
+    return body
+
+
+@router.get("/metrics", responses={200: {"content": {CONTENT_TYPE: {}}}})
+async def metrics(key: AdminKey, ctl: Ctl) -> Response:
+    """Prometheus text: VMs by status, create→healthy by boot mode, failures, HTTP requests."""
+    await ctl.vms.refresh_gauges()
+    return Response(ctl.metrics.render(), media_type=CONTENT_TYPE)

@@ -1,0 +1,103 @@
+"""``/api/vms``: create, list, show, destroy, pause, resume, console."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response
+from fastapi.responses import PlainTextResponse
+
+from hearth.api.auth import AdminKey, Ctl, Key, scope_of
+from hearth.api.schemas import ERROR_RESPONSES, VmCreate, VmList, VmOut
+from hearth.errors import Forbidden, InvalidInput
+from hearth.vm.types import VmState, VmType
+
+router = APIRouter(tags=["vms"], responses=ERROR_RESPONSES)
+
+
+async def _create(body: VmCreate, key: Key, ctl: Ctl, response: Response, wait: bool) -> VmOut:
+    user_id = body.user_id or (None if key.is_admin else key.user_id)
+    if user_id is None:
+        raise InvalidInput("userId: required with an admin key")
+    if not key.is_admin and user_id != key.user_id:
+        raise Forbidden(f"this key belongs to user {key.user_id}, not {user_id}")
+    spec = ctl.vms.spec_for(VmType(body.vm_type), body.vcpus, body.mem_mib)
+    record = await ctl.vms.create(user_id=user_id, spec=spec, wait=wait)
+    if not wait or record.status is not VmState.READY:
+        response.status_code = 202
+        return VmOut.of(record)
+    response.status_code = 201
+    return VmOut.of(record, agent_token=ctl.vms.agent_token(record.id))
+
+
+_ACCEPTED: dict[int | str, dict[str, object]] = {
+    202: {"model": VmOut, "description": "Accepted (wait=false, or not ready yet); poll it"}
+}
+
+
+@router.post("/api/vms", status_code=201, responses=_ACCEPTED)
+async def create_vm(
+    body: VmCreate,
+    key: Key,
+    ctl: Ctl,
+    response: Response,
+    wait: Annotated[
+        bool, Query(description="false: answer 202 at once and boot in the background")
+    ] = True,
+) -> VmOut:
+    """Create a VM; 201 once its agent is healthy (``agentToken`` is shown this once)."""
+    return await _create(body, key, ctl, response, wait)
+
+
+@router.post("/api/vm/create", status_code=201, responses=_ACCEPTED)
+async def create_vm_compat(
+    body: VmCreate,
+    key: Key,
+    ctl: Ctl,
+    response: Response,
+    wait: Annotated[bool, Query()] = True,
+) -> VmOut:
+    """Alias of ``POST /api/vms`` kept for the original controller's clients."""
+    return await _create(body, key, ctl, response, wait)
+
+
+@router.get("/api/vms")
+async def list_vms(key: Key, ctl: Ctl) -> VmList:
+    """The caller's VMs (an admin key sees everybody's)."""
+    records = await ctl.vms.list_vms(user_id=scope_of(key))
+    return VmList(vms=[VmOut.of(r) for r in records])
+
+
+@router.get("/api/vms/{vm_id}")
+async def get_vm(vm_id: str, key: Key, ctl: Ctl) -> VmOut:
+    """One VM; another user's VM is 404."""
+    return VmOut.of(await ctl.vms.get(vm_id, user_id=scope_of(key)))
+
+
+@router.delete("/api/vms/{vm_id}")
+async def destroy_vm(vm_id: str, key: Key, ctl: Ctl) -> VmOut:
+    """Destroy a VM (idempotent)."""
+    return VmOut.of(await ctl.vms.destroy(vm_id, user_id=scope_of(key)))
+
+
+@router.post("/api/vms/{vm_id}/pause")
+async def pause_vm(vm_id: str, key: Key, ctl: Ctl) -> VmOut:
+    """Pause a ready VM."""
+    return VmOut.of(await ctl.vms.pause(vm_id, user_id=scope_of(key)))
+
+
+@router.post("/api/vms/{vm_id}/resume")
+async def resume_vm(vm_id: str, key: Key, ctl: Ctl) -> VmOut:
+    """Resume a paused VM."""
+    return VmOut.of(await ctl.vms.resume(vm_id, user_id=scope_of(key)))
+
+
+@router.get("/api/vms/{vm_id}/console", response_class=PlainTextResponse)
+async def vm_console(
+    vm_id: str,
+    key: AdminKey,
+    ctl: Ctl,
+    lines: Annotated[int, Query(ge=1, le=5000)] = 100,
+) -> str:
+    """The VM's serial console tail (admin only)."""
+    return ctl.vms.console(await ctl.vms.get(vm_id), lines)

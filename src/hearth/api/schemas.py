@@ -1,0 +1,150 @@
+"""Wire schemas of the API (camelCase JSON, unknown fields rejected)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
+from pydantic.alias_generators import to_camel
+
+from hearth.store import ApiKeyRecord, VmRecord
+from hearth.vm.types import MAX_MEM_MIB, MAX_VCPUS, MIN_MEM_MIB
+
+UserId = Annotated[
+    str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._@-]*$")
+]
+
+
+class WireModel(BaseModel):
+    """camelCase on the wire, snake_case in Python, nothing unknown accepted."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
+    )
+
+
+class VmCreate(WireModel):
+    """``POST /api/vms``."""
+
+    user_id: UserId | None = None
+    vm_type: Literal["cli", "browser"] = "cli"
+    vcpus: Annotated[StrictInt, Field(ge=1, le=MAX_VCPUS)] | None = None
+    mem_mib: Annotated[StrictInt, Field(ge=MIN_MEM_MIB, le=MAX_MEM_MIB)] | None = None
+
+
+class VmOut(WireModel):
+    """A VM as the API shows it (never its token, except once at creation)."""
+
+    id: str
+    user_id: str
+    vm_type: str
+    status: str
+    backend: str
+    vcpus: int
+    mem_mib: int
+    agent_url: str | None
+    boot_mode: str | None
+    disk_bytes: int | None
+    created_at: datetime
+    ready_at: datetime | None
+    destroyed_at: datetime | None
+    error: str | None
+    agent_token: str | None = None
+
+    @classmethod
+    def of(cls, record: VmRecord, *, agent_token: str | None = None) -> VmOut:
+        """The wire form of a VM record."""
+        return cls(
+            id=record.id,
+            user_id=record.user_id,
+            vm_type=record.vm_type.value,
+            status=record.status.value,
+            backend=record.backend,
+            vcpus=record.vcpus,
+            mem_mib=record.mem_mib,
+            agent_url=record.agent_url,
+            boot_mode=record.boot_mode.value if record.boot_mode else None,
+            disk_bytes=record.disk_bytes,
+            created_at=record.created_at,
+            ready_at=record.ready_at,
+            destroyed_at=record.destroyed_at,
+            error=record.error,
+            agent_token=agent_token,
+        )
+
+
+class VmList(WireModel):
+    """``GET /api/vms``."""
+
+    vms: list[VmOut]
+
+
+class KeyCreate(WireModel):
+    """``POST /api/keys``."""
+
+    user_id: UserId
+    admin: StrictBool = False
+
+
+class KeyOut(WireModel):
+    """An API key's metadata; ``key`` is present only in the response that created it."""
+
+    id: str
+    user_id: str
+    admin: bool
+    prefix: str
+    created_at: datetime
+    last_used_at: datetime | None = None
+    revoked_at: datetime | None = None
+    key: str | None = None
+
+    @classmethod
+    def of(cls, record: ApiKeyRecord, *, key: str | None = None) -> KeyOut:
+        """The wire form of a key record."""
+        return cls(
+            id=record.id,
+            user_id=record.user_id,
+            admin=record.is_admin,
+            prefix=record.prefix,
+            created_at=record.created_at,
+            last_used_at=record.last_used_at,
+            revoked_at=record.revoked_at,
+            key=key,
+        )
+
+
+class KeyList(WireModel):
+    """``GET /api/keys``."""
+
+    keys: list[KeyOut]
+
+
+class ErrorDetail(BaseModel):
+    """The inner error object."""
+
+    code: str
+    message: str
+
+
+class ErrorOut(BaseModel):
+    """Every error response."""
+
+    error: ErrorDetail
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
+    status: {"model": ErrorOut, "description": text, "content": {"application/json": {}}}
+    for status, text in {
+        400: "Malformed request",
+        401: "Missing or wrong API key",
+        403: "Not allowed for this key",
+        404: "Not found (or not yours)",
+        409: "Conflict or quota exceeded",
+        422: "Invalid input; the message names the field",
+        429: "Host capacity exhausted",
+        500: "Internal error (generic message with a request id)",
+    }.items()
+}
+
+HealthStatus = Literal["ok", "degraded"]

@@ -1,0 +1,1 @@
+"""The auth flow: session state machine, runner, providers."""

@@ -1,0 +1,25 @@
+"""The ``hearth`` command line: serve, image, vm, keys, doctor."""
+
+from __future__ import annotations
+
+import typer
+
+from hearth.cli.doctor import doctor
+from hearth.cli.images import image_app
+from hearth.cli.server import keys_app, serve
+from hearth.cli.vms import vm_app
+
+app = typer.Typer(help="Hearth: isolated microVMs for AI coding CLIs.", no_args_is_help=True)
+app.add_typer(image_app, name="image")
+app.add_typer(vm_app, name="vm")
+app.add_typer(keys_app, name="keys")
+app.command("serve")(serve)
+app.command("doctor")(doctor)
+
+
+def main() -> None:
+    """Entry point for ``python -m hearth``."""
+    app(prog_name="hearth")
+
+
+__all__ = ["app", "main"]

@@ -1,0 +1,67 @@
+"""A small client of the controller's API for the CLI: base URL and key from env or config."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from hearth.errors import HearthError, Unauthorized
+
+CONFIG_FILE = Path.home() / ".config" / "hearth" / "cli.json"
+DEFAULT_URL = "http://127.0.0.1:4000"
+
+
+class ApiError(HearthError):
+    """An error the controller answered with; carries its code and HTTP status."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.http_status = status
+
+
+def _config() -> dict[str, str]:
+    try:
+        data = json.loads(CONFIG_FILE.read_text())
+    except (OSError, ValueError):
+        return {}
+    return {k: str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+
+class ApiClient:
+    """Calls the controller; key and URL from the environment or ``~/.config/hearth/cli.json``."""
+
+    def __init__(self, *, url: str | None = None, key: str | None = None) -> None:
+        config = _config()
+        self.url = url or os.environ.get("HEARTH_URL") or config.get("url") or DEFAULT_URL
+        self.key = key or os.environ.get("HEARTH_API_KEY") or config.get("key")
+        if not self.key:
+            raise Unauthorized(
+                f'no API key: set HEARTH_API_KEY or put {{"key": ...}} in {CONFIG_FILE}'
+            )
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        """Send one request; a JSON error body becomes ApiError."""
+        try:
+            response = httpx.request(
+                method,
+                f"{self.url}{path}",
+                headers={"Authorization": f"Bearer {self.key}"},
+                timeout=kwargs.pop("timeout", 300),
+                **kwargs,
+            )
+        except httpx.HTTPError as exc:
+            raise ApiError(0, "unreachable", f"cannot reach {self.url}: {exc}") from exc
+        if response.status_code >= 400:
+            try:
+                error = response.json()["error"]
+                raise ApiError(response.status_code, error["code"], error["message"])
+            except (ValueError, KeyError, TypeError):
+                raise ApiError(response.status_code, "error", response.text[:300]) from None
+        if response.headers.get("content-type", "").startswith("application/json"):
+            return response.json()
+        return response.text

@@ -1,0 +1,31 @@
+"""What every command module shares: consoles, settings, error exit."""
+
+from __future__ import annotations
+
+from typing import NoReturn
+
+import typer
+from rich.console import Console
+
+from hearth.config import Settings
+from hearth.errors import HearthError
+from hearth.logging import configure_logging
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def load_settings() -> Settings:
+    """Settings from the environment, with logging configured; exits on a bad setting."""
+    try:
+        settings = Settings.from_env()
+    except HearthError as exc:
+        fail(exc)
+    configure_logging(json=settings.log_json)
+    return settings
+
+
+def fail(exc: HearthError, *, code: int = 1) -> NoReturn:
+    """Print the error's code and message (never a traceback) and exit."""
+    err_console.print(f"[red]error[/red] ({exc.code}): {exc.message}")
+    raise typer.Exit(code)

@@ -1,0 +1,66 @@
+"""``hearth doctor``: can this host run Hearth?"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from hearth.cli.common import console, load_settings
+from hearth.errors import HearthError
+from hearth.images.build import default_output_dir
+from hearth.images.initramfs import static_busybox
+from hearth.images.manifest import ImageDir
+from hearth.images.recipes import RECIPES
+from hearth.tools import require_tool
+from hearth.vm.qemu.accel import detect_accel
+
+
+def doctor() -> None:
+    """Check the host: accelerator, QEMU and image tools, state dir, built images."""
+    settings = load_settings()
+    checks: list[tuple[str, bool, str]] = []
+    accel = detect_accel(override=os.environ.get("HEARTH_QEMU_ACCEL", "auto"))
+    checks.append(("accelerator", True, f"{accel.name}: {accel.reason}"))
+    for tool in ("qemu-system-x86_64", "qemu-img", "debootstrap", "debugfs", "mkfs.ext4", "cpio"):
+        try:
+            checks.append((tool, True, require_tool(tool)))
+        except HearthError as exc:
+            checks.append((tool, False, exc.message))
+    try:
+        checks.append(("busybox (static)", True, str(static_busybox())))
+    except HearthError as exc:
+        checks.append(("busybox (static)", False, exc.message))
+    state_ok = _writable_dir(settings.state_dir)
+    checks.append(
+        (
+            "state dir",
+            state_ok,
+            f"{settings.state_dir} {'writable' if state_ok else 'not writable'}",
+        )
+    )
+    for name, recipe in sorted(RECIPES.items()):
+        manifest = ImageDir(default_output_dir(settings, recipe)).manifest
+        detail = (
+            f"agent {manifest.agent_version}, {manifest.content_hash}" if manifest else "not built"
+        )
+        checks.append((f"image {name}", True, detail))
+    table = Table(title="hearth doctor")
+    table.add_column("check")
+    table.add_column("ok")
+    table.add_column("detail")
+    for name, ok, detail in checks:
+        table.add_row(name, "[green]yes[/green]" if ok else "[red]no[/red]", detail)
+    console.print(table)
+    if not all(ok for _, ok, _ in checks):
+        raise typer.Exit(1)
+
+
+def _writable_dir(path: Path) -> bool:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return False
+    return os.access(path, os.W_OK)

@@ -1,0 +1,86 @@
+"""``hearth image …``: build, install-agent, verify, rollback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from hearth.cli.common import console, err_console, fail, load_settings
+from hearth.errors import HearthError, ImageVerifyFailed
+from hearth.images.agent_install import install_agent, list_backups, rollback_image, verify_image
+from hearth.images.build import build_image, default_output_dir
+from hearth.images.recipes import RECIPES, get_recipe
+from hearth.progress import default_progress
+
+image_app = typer.Typer(help="Build, repair and check golden images.", no_args_is_help=True)
+
+
+@image_app.command("build")
+def image_build(
+    recipe: Annotated[str, typer.Option(help=f"One of: {', '.join(sorted(RECIPES))}.")] = "minimal",
+    out: Annotated[Path | None, typer.Option(help="Output directory.")] = None,
+) -> None:
+    """Build a golden image (rootfs, kernel, initramfs, vmlinux, manifest); cached by content."""
+    settings = load_settings()
+    try:
+        chosen = get_recipe(recipe)
+        out_dir = (out or default_output_dir(settings, chosen)).absolute()
+        manifest, cached = build_image(
+            chosen, settings=settings, out_dir=out_dir, progress=default_progress("image")
+        )
+    except HearthError as exc:
+        fail(exc)
+    table = Table(title=f"image {manifest.recipe} → {out_dir}", show_header=False)
+    table.add_row("content hash", manifest.content_hash)
+    table.add_row("agent", manifest.agent_version)
+    table.add_row("kernel", f"{manifest.kernel_package} {manifest.kernel_version}")
+    table.add_row("cache", "reused" if cached else "built")
+    for name, size in sorted(manifest.sizes.items()):
+        table.add_row(name, f"{size / 2**20:.1f} MiB")
+    console.print(table)
+
+
+@image_app.command("install-agent")
+def image_install_agent(image: Path) -> None:
+    """Install or upgrade the agent inside an ext4 image without mounting it (keeps a backup)."""
+    load_settings()
+    try:
+        result = install_agent(image.absolute())
+    except HearthError as exc:
+        fail(exc)
+    if result.changed:
+        console.print(
+            f"installed agent {result.agent_version} into {image} (backup: {result.backup})"
+        )
+    else:
+        console.print(f"agent {result.agent_version} already installed in {image}; nothing to do")
+
+
+@image_app.command("verify")
+def image_verify(image: Path) -> None:
+    """Check the agent files, unit, enabled symlink and version; exit 1 naming what is missing."""
+    load_settings()
+    try:
+        report = verify_image(image.absolute())
+    except HearthError as exc:
+        fail(exc, code=2)
+    if report.ok:
+        console.print(f"[green]ok[/green] {image}: agent {report.agent_version}")
+        return
+    for problem in report.problems:
+        err_console.print(f"[red]missing[/red] {problem}")
+    fail(ImageVerifyFailed(f"{image} failed verification", missing=report.problems))
+
+
+@image_app.command("rollback")
+def image_rollback(image: Path) -> None:
+    """Restore the image's latest backup (made by install-agent)."""
+    load_settings()
+    try:
+        used = rollback_image(image.absolute())
+    except HearthError as exc:
+        fail(exc)
+    console.print(f"restored {image} from {used} ({len(list_backups(image))} backups kept)")

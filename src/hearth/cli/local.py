@@ -1,0 +1,83 @@
+"""``hearth vm run``: one VM straight from the QEMU backend, without a controller."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from hearth.cli.common import console, err_console, fail, load_settings
+from hearth.config import Settings
+from hearth.errors import HearthError, NotAnImage
+from hearth.images.build import default_output_dir
+from hearth.images.manifest import ImageDir
+from hearth.images.recipes import get_recipe
+from hearth.vm.qemu.backend import QemuBackend
+from hearth.vm.types import BootMode, VmSpec
+
+
+def vm_run(
+    recipe: Annotated[str, typer.Option(help="Image recipe (under the state dir).")] = "minimal",
+    image: Annotated[
+        Path | None, typer.Option(help="Image directory (overrides --recipe).")
+    ] = None,
+    vcpus: Annotated[int, typer.Option(min=1, max=16)] = 1,
+    mem_mib: Annotated[int, typer.Option(min=128, max=65536)] = 512,
+    cold: Annotated[bool, typer.Option(help="Cold boot; skip the snapshot template.")] = False,
+    once: Annotated[bool, typer.Option(help="Destroy as soon as it is healthy.")] = False,
+) -> None:
+    """Start one VM with the QEMU backend, prove its agent healthy, keep it until Ctrl-C."""
+    settings = load_settings()
+    try:
+        asyncio.run(
+            _vm_run(settings, recipe, image, VmSpec(vcpus=vcpus, mem_mib=mem_mib), cold, once)
+        )
+    except HearthError as exc:
+        fail(exc)
+
+
+async def _vm_run(
+    settings: Settings, recipe: str, image: Path | None, spec: VmSpec, cold: bool, once: bool
+) -> None:
+    image_dir = ImageDir(image or default_output_dir(settings, get_recipe(recipe)))
+    if image_dir.manifest is None:
+        raise NotAnImage(f"{image_dir.path} holds no built image; run hearth image build first")
+    backend = QemuBackend(state_dir=settings.state_dir)
+    with err_console.status(f"starting a VM from {image_dir.path} ({backend.accel.name}) …"):
+        vm = await backend.create(image_dir, spec, boot_mode=BootMode.COLD if cold else None)
+    assert vm.workdir is not None
+    assert vm.token is not None
+    token_file = vm.workdir / "agent.token"
+    token_file.touch(mode=0o600)
+    token_file.write_text(vm.token)
+    table = Table(title=f"VM {vm.id}", show_header=False)
+    table.add_row("state", vm.state.value)
+    table.add_row("boot", f"{vm.boot_mode.value} via {backend.accel.name} ({backend.accel.reason})")
+    table.add_row("time to healthy", f"{vm.time_to_healthy_s or 0:.2f} s")
+    table.add_row("agent", f"{vm.agent_url}")
+    table.add_row("disk added", f"{(vm.disk_bytes or 0) / 1024:.0f} KiB (qcow2 overlay)")
+    table.add_row(
+        "try", f'curl -H "Authorization: Bearer $(cat {token_file})" {vm.agent_url}/version'
+    )
+    console.print(table)
+    try:
+        if not once:
+            console.print("[dim]Ctrl-C destroys the VM.[/dim]")
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop.set)
+            exited = asyncio.create_task(backend.wait_exit(vm))
+            waiter = asyncio.create_task(stop.wait())
+            await asyncio.wait({exited, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+            exited.cancel()
+            if vm.error:
+                err_console.print(f"[red]{vm.error}[/red]")
+    finally:
+        await backend.destroy(vm)
+        console.print(f"destroyed {vm.id}")

@@ -1,0 +1,94 @@
+"""``hearth serve`` and ``hearth keys …``: run the controller; mint keys against its store."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated
+
+import typer
+import uvicorn
+
+from hearth.api.app import ADMIN_USER, create_app, ensure_admin_key
+from hearth.cli.common import console, fail, load_settings
+from hearth.config import Settings
+from hearth.errors import HearthError
+from hearth.store import Store
+
+keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
+
+
+def serve(
+    host: Annotated[str | None, typer.Option(help="Address to listen on.")] = None,
+    port: Annotated[int | None, typer.Option(min=1, max=65535)] = None,
+    state_dir: Annotated[Path | None, typer.Option(help="Overrides HEARTH_STATE_DIR.")] = None,
+    destroy_on_exit: Annotated[
+        bool, typer.Option(help="Destroy every VM on shutdown (default: keep them running).")
+    ] = False,
+) -> None:
+    """Run the controller (REST API, reconciliation, monitor, warm pool)."""
+    settings = _with(load_settings(), state_dir)
+    settings = settings.with_overrides(host=host or settings.host, port=port or settings.port)
+    app = create_app(settings, destroy_on_exit=destroy_on_exit)
+    console.print(
+        f"hearth controller on http://{settings.host}:{settings.port} (state {settings.state_dir})"
+    )
+    config = uvicorn.Config(
+        app, host=settings.host, port=settings.port, log_config=None, access_log=False
+    )
+    asyncio.run(_GracefulServer(config).serve())
+
+
+class _GracefulServer(uvicorn.Server):
+    """uvicorn, but SIGTERM/SIGINT end in a clean exit 0 instead of re-raising the signal."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.handle_exit, sig, None)
+        try:
+            yield
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+
+
+def _with(settings: Settings, state_dir: Path | None) -> Settings:
+    if state_dir is None:
+        return settings
+    return settings.with_overrides(state_dir=state_dir.absolute())
+
+
+@keys_app.command("create")
+def keys_create(
+    user: Annotated[str, typer.Option(help="The user the key acts for.")],
+    admin: Annotated[
+        bool, typer.Option(help="An admin key (sees and manages everything).")
+    ] = False,
+    state_dir: Annotated[Path | None, typer.Option(help="Overrides HEARTH_STATE_DIR.")] = None,
+) -> None:
+    """Mint an API key straight in the store; it is printed once and stored hashed."""
+    settings = _with(load_settings(), state_dir)
+
+    async def mint() -> str:
+        settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        store = await Store.open(settings.database())
+        try:
+            await ensure_admin_key(store, settings)
+            plaintext, _ = await store.api_keys.create(user, admin=admin)
+            return plaintext
+        finally:
+            await store.close()
+
+    try:
+        key = asyncio.run(mint())
+    except HearthError as exc:
+        fail(exc)
+    console.print(key)
+
+
+__all__ = ["ADMIN_USER", "keys_app", "serve"]

@@ -1,0 +1,95 @@
+"""``hearth vm …``: create, list, show and destroy VMs through the controller's API."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from hearth.cli.client import ApiClient
+from hearth.cli.common import console, err_console, fail
+from hearth.cli.local import vm_run
+from hearth.errors import HearthError
+
+vm_app = typer.Typer(
+    help="VMs: through the controller's API (run: directly).", no_args_is_help=True
+)
+vm_app.command("run")(vm_run)
+
+
+def _table(vms: list[dict[str, Any]]) -> Table:
+    table = Table()
+    for column in ("id", "user", "type", "status", "boot", "agent", "created"):
+        table.add_column(column)
+    for vm in vms:
+        table.add_row(
+            vm["id"],
+            vm["userId"],
+            vm["vmType"],
+            vm["status"],
+            vm.get("bootMode") or "-",
+            vm.get("agentUrl") or "-",
+            vm["createdAt"][:19],
+        )
+    return table
+
+
+@vm_app.command("create")
+def vm_create(
+    user: Annotated[str | None, typer.Option(help="Owner (required with an admin key).")] = None,
+    vm_type: Annotated[str, typer.Option("--type", help="cli or browser")] = "cli",
+    vcpus: Annotated[int | None, typer.Option()] = None,
+    mem_mib: Annotated[int | None, typer.Option()] = None,
+) -> None:
+    """Create a VM and wait until its agent is healthy."""
+    body: dict[str, Any] = {"vmType": vm_type}
+    if user:
+        body["userId"] = user
+    if vcpus:
+        body["vcpus"] = vcpus
+    if mem_mib:
+        body["memMib"] = mem_mib
+    try:
+        with err_console.status("creating VM …"):
+            vm = ApiClient().request("POST", "/api/vms", json=body)
+    except HearthError as exc:
+        fail(exc)
+    console.print(_table([vm]))
+    if vm.get("agentToken"):
+        console.print(
+            f'agent: curl -H "Authorization: Bearer {vm["agentToken"]}" {vm["agentUrl"]}/health'
+        )
+
+
+@vm_app.command("list")
+def vm_list() -> None:
+    """List VMs (yours, or everybody's with an admin key)."""
+    try:
+        vms = ApiClient().request("GET", "/api/vms")["vms"]
+    except HearthError as exc:
+        fail(exc)
+    console.print(_table(vms))
+
+
+@vm_app.command("show")
+def vm_show(vm_id: str) -> None:
+    """Show one VM."""
+    try:
+        vm = ApiClient().request("GET", f"/api/vms/{vm_id}")
+    except HearthError as exc:
+        fail(exc)
+    table = Table(show_header=False, title=vm_id)
+    for key, value in vm.items():
+        table.add_row(key, str(value))
+    console.print(table)
+
+
+@vm_app.command("destroy")
+def vm_destroy(vm_id: str) -> None:
+    """Destroy a VM."""
+    try:
+        vm = ApiClient().request("DELETE", f"/api/vms/{vm_id}")
+    except HearthError as exc:
+        fail(exc)
+    console.print(f"{vm['id']}: {vm['status']}")

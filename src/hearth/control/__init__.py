@@ -1,0 +1,1 @@
+"""The controller's core: VM lifecycle with quotas, reconciliation, monitoring and a warm pool."""

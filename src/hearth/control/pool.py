@@ -1,0 +1,117 @@
+"""The warm pool: N healthy, unclaimed VMs per type, handed out on create and refilled behind.
+
+Pooled VMs are restored from the template like any other, but never claimed: they carry no
+token and no user's data. A hand-out claims the VM with a fresh token of its own (``POST
+/init`` also sets its clock and entropy) and gives the row to the user; the refill loop then
+boots a replacement in the background.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+from hearth.control.vms import POOL_USER, VmService, token_hash
+from hearth.errors import HearthError
+from hearth.logging import get_logger
+from hearth.store import VmRecord
+from hearth.vm.types import VmSpec, VmState, VmType
+
+_log = get_logger("control.pool")
+
+
+class WarmPool:
+    """Keeps ``sizes[vm_type]`` ready VMs of each type's default spec."""
+
+    def __init__(
+        self, service: VmService, *, sizes: dict[VmType, int], refill_interval_s: float = 0.5
+    ) -> None:
+        self.service = service
+        self.sizes = {t: n for t, n in sizes.items() if n > 0}
+        self.refill_interval_s = refill_interval_s
+        self._ready: dict[VmType, list[str]] = {t: [] for t in VmType}
+        self._task: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+
+    @property
+    def enabled(self) -> bool:
+        """Whether any type has a pool."""
+        return bool(self.sizes)
+
+    def spec(self, vm_type: VmType) -> VmSpec:
+        """The spec pooled VMs of a type are made with (the type's defaults)."""
+        return self.service.spec_for(vm_type, None, None)
+
+    def start(self) -> None:
+        """Adopt pooled VMs that survived a restart, then refill in the background."""
+        for vm_id, vm in self.service.live.items():
+            if vm.token is None:
+                self._ready[vm.spec.vm_type].append(vm_id)
+        self._task = asyncio.create_task(self._refill_forever())
+
+    async def stop(self) -> None:
+        """Stop refilling and destroy the unassigned VMs."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for vm_type in VmType:
+            while self._ready[vm_type]:
+                vm_id = self._ready[vm_type].pop()
+                with contextlib.suppress(HearthError):
+                    await self.service.destroy(vm_id, user_id=None, include_pooled=True)
+
+    def size(self, vm_type: VmType) -> int:
+        """How many ready VMs of a type wait in the pool."""
+        return len(self._ready[vm_type])
+
+    async def take(self, user_id: str, spec: VmSpec) -> VmRecord | None:
+        """Hand a pooled VM matching ``spec`` to ``user_id``, claimed; None when none waits."""
+        if spec != self.spec(spec.vm_type):
+            return None
+        started = time.monotonic()
+        while self._ready[spec.vm_type]:
+            vm_id = self._ready[spec.vm_type].pop(0)
+            vm = self.service.live.get(vm_id)
+            if vm is None or not self.service.backend.alive(vm):
+                continue
+            try:
+                token = await self.service.backend.claim(vm)
+                record = await self.service.store.vms.update(
+                    vm_id, user_id=user_id, pooled=False, token_hash=token_hash(token)
+                )
+            except HearthError as exc:
+                _log.warning("pool_handout_failed", vm_id=vm_id, error=exc.message[:300])
+                with contextlib.suppress(HearthError):
+                    await self.service.destroy(vm_id, user_id=None, include_pooled=True)
+                continue
+            self.service.metrics.pool_handouts.labels(vm_type=spec.vm_type.value).inc()
+            self.service.metrics.pool_size.labels(vm_type=spec.vm_type.value).set(
+                self.size(spec.vm_type)
+            )
+            self.service.metrics.create_to_healthy.labels(boot_mode="pool").observe(
+                time.monotonic() - started
+            )
+            _log.info("pool_handout", vm_id=vm_id, user_id=user_id)
+            return record
+        return None
+
+    async def _refill_forever(self) -> None:
+        while True:
+            for vm_type, wanted in self.sizes.items():
+                while self.size(vm_type) < wanted:
+                    try:
+                        record = await self.service.create(
+                            user_id=POOL_USER, spec=self.spec(vm_type), wait=True, pooled=True
+                        )
+                    except HearthError as exc:
+                        _log.warning("pool_refill_failed", vm_type=vm_type.value, error=exc.message)
+                        break
+                    if record.status is not VmState.READY:
+                        break
+                    self._ready[vm_type].append(record.id)
+                    self.service.metrics.pool_size.labels(vm_type=vm_type.value).set(
+                        self.size(vm_type)
+                    )
+            await asyncio.sleep(self.refill_interval_s)

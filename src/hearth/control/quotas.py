@@ -1,0 +1,69 @@
+"""Admission: VMs per user and type, Browser VMs host-wide, and memory against host RAM."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from hearth.config import Settings
+from hearth.errors import CapacityExhausted, QuotaExceeded
+from hearth.store import Store
+from hearth.vm.types import VmSpec, VmType
+
+
+def host_memory_mib(meminfo: Path = Path("/proc/meminfo")) -> int:
+    """Total host RAM in MiB."""
+    for line in meminfo.read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            return int(line.split()[1]) // 1024
+    return 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class Quotas:
+    """The limits a create request must fit in."""
+
+    per_user: dict[VmType, int]
+    max_browser_vms: int
+    memory_limit_mib: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, host_mib: int | None = None) -> Quotas:
+        """Limits from the settings; memory is a share of this host's RAM."""
+        total = host_memory_mib() if host_mib is None else host_mib
+        return cls(
+            per_user={
+                VmType.CLI: settings.max_cli_per_user,
+                VmType.BROWSER: settings.max_browser_per_user,
+            },
+            max_browser_vms=settings.max_browser_vms,
+            memory_limit_mib=int(total * settings.memory_share),
+        )
+
+    async def admit(
+        self, store: Store, *, user_id: str, spec: VmSpec, new_memory: bool = True
+    ) -> None:
+        """Raise QuotaExceeded (409) or CapacityExhausted (429) unless the VM fits.
+
+        ``new_memory`` is false for a warm-pool hand-out, whose memory is already counted.
+        """
+        limit = self.per_user[spec.vm_type]
+        have = await store.vms.count_active(user_id=user_id, vm_type=spec.vm_type)
+        if have >= limit:
+            raise QuotaExceeded(
+                f"user {user_id} already has {have} {spec.vm_type.value} VM(s); the limit is "
+                f"{limit}. Destroy one first."
+            )
+        if spec.vm_type is VmType.BROWSER:
+            browsers = await store.vms.count_active(vm_type=VmType.BROWSER)
+            if browsers >= self.max_browser_vms:
+                raise CapacityExhausted(
+                    f"{browsers} Browser VMs are running, the host-wide limit is "
+                    f"{self.max_browser_vms}; retry later"
+                )
+        used = await store.vms.sum_active_mem_mib()
+        if new_memory and used + spec.mem_mib > self.memory_limit_mib:
+            raise CapacityExhausted(
+                f"not enough memory: {used} MiB in use + {spec.mem_mib} MiB requested exceeds "
+                f"the admission limit of {self.memory_limit_mib} MiB; retry later"
+            )

@@ -1,0 +1,345 @@
+"""VmService: the controller's VM lifecycle — admission, boot, persistence, teardown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import time
+from collections.abc import Coroutine
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from hearth.config import Settings
+from hearth.control.images import ImageCatalog
+from hearth.control.quotas import Quotas
+from hearth.errors import Conflict, HearthError, NotFound, VmError
+from hearth.logging import get_logger
+from hearth.metrics import ControllerMetrics
+from hearth.store import Store, VmRecord
+from hearth.vm.qemu.backend import QemuBackend, new_vm_id
+from hearth.vm.types import NetworkMode, Vm, VmSpec, VmState, VmType
+
+_log = get_logger("control.vms")
+ACTIVE = (VmState.CREATING, VmState.BOOTING, VmState.READY, VmState.PAUSED, VmState.STOPPING)
+POOL_USER = "hearth-pool"
+
+
+def token_hash(token: str) -> str:
+    """What the store keeps of a VM's agent token."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _ts(epoch: float | None) -> datetime | None:
+    return datetime.fromtimestamp(epoch, UTC) if epoch is not None else None
+
+
+class VmService:
+    """Creates, tracks and destroys users' VMs; the only writer of VM rows."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        store: Store,
+        backend: QemuBackend,
+        images: ImageCatalog,
+        metrics: ControllerMetrics,
+        quotas: Quotas,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.backend = backend
+        self.images = images
+        self.metrics = metrics
+        self.quotas = quotas
+        self.live: dict[str, Vm] = {}
+        self._admission = asyncio.Lock()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.pool: Any = None  # set by the app when a warm pool is configured
+
+    # ---- create ----------------------------------------------------------------------------
+
+    def spec_for(self, vm_type: VmType, vcpus: int | None, mem_mib: int | None) -> VmSpec:
+        """The VmSpec of a request, with the configured defaults per type."""
+        browser = vm_type is VmType.BROWSER
+        default_vcpus = self.settings.browser_vcpus if browser else self.settings.default_vcpus
+        default_mem = self.settings.browser_mem_mib if browser else self.settings.default_mem_mib
+        return VmSpec(
+            vm_type=vm_type,
+            vcpus=vcpus or default_vcpus,
+            mem_mib=mem_mib or default_mem,
+            network=NetworkMode(self.settings.network_mode),
+        )
+
+    async def create(
+        self, *, user_id: str, spec: VmSpec, wait: bool = True, pooled: bool = False
+    ) -> VmRecord:
+        """Admit, persist and boot a VM; with ``wait`` return it healthy, else at once."""
+        owner = POOL_USER if pooled else user_id
+        self.images.image_for(spec.vm_type)
+        await self.store.users.ensure(owner)
+        async with self._admission:
+            if not pooled:
+                from_pool = self.pool is not None and self.pool.size(spec.vm_type) > 0
+                await self.quotas.admit(
+                    self.store, user_id=user_id, spec=spec, new_memory=not from_pool
+                )
+                if self.pool is not None:
+                    handed: VmRecord | None = await self.pool.take(user_id, spec)
+                    if handed is not None:
+                        return handed
+            record = await self.store.vms.insert(
+                VmRecord(
+                    id=new_vm_id(),
+                    user_id=owner,
+                    vm_type=spec.vm_type,
+                    backend=self.backend.name,
+                    vcpus=spec.vcpus,
+                    mem_mib=spec.mem_mib,
+                    pooled=pooled,
+                )
+            )
+        _log.info("vm_create_accepted", vm_id=record.id, user_id=owner, vm_type=spec.vm_type.value)
+        task = self._spawn(self._boot(record, spec, pooled=pooled))
+        if not wait:
+            return record
+        return await asyncio.shield(task)
+
+    def _spawn(self, coro: Coroutine[Any, Any, VmRecord]) -> asyncio.Task[VmRecord]:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        # Failures are recorded on the row; a caller that did not wait never reads the task.
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        return task
+
+    async def _boot(self, record: VmRecord, spec: VmSpec, *, pooled: bool) -> VmRecord:
+        started = time.monotonic()
+        try:
+            await self.store.vms.transition(record.id, VmState.CREATING, VmState.BOOTING)
+            vm = await self.backend.create(
+                self.images.image_for(spec.vm_type), spec, vm_id=record.id, claim=not pooled
+            )
+        except HearthError as exc:
+            return await self._fail(record.id, stage="boot", error=exc)
+        except Exception as exc:
+            _log.exception("vm_boot_crashed", vm_id=record.id)
+            await self._fail(record.id, stage="boot", error=VmError(f"{type(exc).__name__}"))
+            raise
+        self.live[vm.id] = vm
+        elapsed = time.monotonic() - started
+        self.metrics.create_to_healthy.labels(boot_mode=vm.boot_mode.value).observe(elapsed)
+        try:
+            return await self.store.vms.transition(
+                vm.id, VmState.BOOTING, VmState.READY, **self._fields_of(vm)
+            )
+        except Conflict:
+            # Destroyed (or failed) while booting: the row already says so; drop the VM.
+            await self._discard(vm)
+            return await self.store.vms.get(vm.id)
+
+    def _fields_of(self, vm: Vm) -> dict[str, object]:
+        return {
+            "agent_url": vm.agent_url,
+            "ip": vm.agent_url.split("//", 1)[1].rsplit(":", 1)[0] if vm.agent_url else None,
+            "host_port": int(vm.agent_url.rsplit(":", 1)[1]) if vm.agent_url else None,
+            "pid": vm.pid,
+            "workdir": vm.workdir,
+            "disk_path": vm.workdir / "disk.qcow2" if vm.workdir else None,
+            "disk_bytes": vm.disk_bytes,
+            "token_hash": token_hash(vm.token) if vm.token else None,
+            "boot_mode": vm.boot_mode,
+            "ready_at": _ts(vm.ready_at),
+        }
+
+    async def _fail(self, vm_id: str, *, stage: str, error: HearthError) -> VmRecord:
+        self.metrics.failures.labels(stage=stage).inc()
+        _log.warning("vm_failed", vm_id=vm_id, stage=stage, error=error.message[:300])
+        vm = self.live.pop(vm_id, None)
+        if vm is not None:
+            await self._discard(vm)
+        try:
+            record = await self.store.vms.transition(
+                vm_id,
+                (VmState.CREATING, VmState.BOOTING, VmState.READY, VmState.PAUSED),
+                VmState.FAILED,
+                error=error.message[:2000],
+            )
+        except Conflict:
+            record = await self.store.vms.get(vm_id)
+        if record.status is VmState.FAILED and not record.pooled:
+            raise error
+        return record
+
+    async def _discard(self, vm: Vm) -> None:
+        try:
+            await self.backend.destroy(vm)
+        except HearthError as exc:
+            _log.warning("vm_destroy_error", vm_id=vm.id, error=exc.message[:300])
+
+    # ---- read ------------------------------------------------------------------------------
+
+    async def get(
+        self, vm_id: str, *, user_id: str | None = None, include_pooled: bool = False
+    ) -> VmRecord:
+        """The VM, if it exists and (for a user key) belongs to ``user_id``; else NotFound."""
+        record = await self.store.vms.get(vm_id)
+        if (user_id is not None and record.user_id != user_id) or (
+            record.pooled and not include_pooled
+        ):
+            raise NotFound(f"VM {vm_id} does not exist")
+        return record
+
+    async def list_vms(self, *, user_id: str | None = None) -> list[VmRecord]:
+        """Users' VMs (pooled ones are not anybody's yet)."""
+        return [r for r in await self.store.vms.list(user_id=user_id) if not r.pooled]
+
+    def console(self, record: VmRecord, lines: int = 100) -> str:
+        """The VM's serial console tail."""
+        vm = self.live.get(record.id)
+        if vm is None:
+            if record.workdir is None:
+                return ""
+            vm = Vm(id=record.id, spec=VmSpec(), backend=record.backend, workdir=record.workdir)
+        return self.backend.console_tail(vm, lines)
+
+    def agent_token(self, vm_id: str) -> str | None:
+        """The live VM's agent token (held in memory and in its 0600 work-dir file only)."""
+        vm = self.live.get(vm_id)
+        return vm.token if vm else None
+
+    def live_vm(self, vm_id: str) -> Vm:
+        """The running VM object; NotFound when the controller holds none."""
+        vm = self.live.get(vm_id)
+        if vm is None:
+            raise NotFound(f"VM {vm_id} is not running")
+        return vm
+
+    # ---- change ----------------------------------------------------------------------------
+
+    async def destroy(
+        self, vm_id: str, *, user_id: str | None = None, include_pooled: bool = False
+    ) -> VmRecord:
+        """Tear the VM down and mark it destroyed; destroying a destroyed VM is a no-op."""
+        record = await self.get(vm_id, user_id=user_id, include_pooled=include_pooled)
+        if record.status is VmState.DESTROYED:
+            return record
+        if record.status in (VmState.CREATING, VmState.BOOTING):
+            # The boot task sees the row gone from booting and discards what it made.
+            record = await self.store.vms.transition(
+                vm_id, record.status, VmState.FAILED, error="destroyed while booting"
+            )
+        if record.status is not VmState.STOPPING:
+            record = await self.store.vms.transition(vm_id, record.status, VmState.STOPPING)
+        vm = self.live.pop(vm_id, None)
+        if vm is None and record.workdir is not None:
+            vm = Vm(id=vm_id, spec=VmSpec(), backend=record.backend, workdir=Path(record.workdir))
+            vm.pid, vm.state = record.pid, VmState.FAILED
+        if vm is not None:
+            if vm.state is VmState.STOPPING:
+                vm.state = VmState.FAILED
+            await self._discard(vm)
+        _log.info("vm_destroyed", vm_id=vm_id, user_id=record.user_id)
+        return await self.store.vms.transition(vm_id, VmState.STOPPING, VmState.DESTROYED)
+
+    async def pause(self, vm_id: str, *, user_id: str | None = None) -> VmRecord:
+        """Pause a ready VM."""
+        record = await self.get(vm_id, user_id=user_id)
+        if record.status is not VmState.READY:
+            raise Conflict(f"VM {vm_id} is {record.status.value}; only a ready VM can be paused")
+        await self.backend.pause(self.live_vm(vm_id))
+        return await self.store.vms.transition(vm_id, VmState.READY, VmState.PAUSED)
+
+    async def resume(self, vm_id: str, *, user_id: str | None = None) -> VmRecord:
+        """Resume a paused VM."""
+        record = await self.get(vm_id, user_id=user_id)
+        if record.status is not VmState.PAUSED:
+            raise Conflict(f"VM {vm_id} is {record.status.value}; only a paused VM can resume")
+        await self.backend.resume(self.live_vm(vm_id))
+        return await self.store.vms.transition(vm_id, VmState.PAUSED, VmState.READY)
+
+    # ---- reliability -----------------------------------------------------------------------
+
+    async def reconcile(self) -> dict[str, list[str]]:
+        """Make rows and running VMs agree after a (re)start; run before serving.
+
+        Rows whose VM process is gone become ``failed``; VMs that were still booting when the
+        controller died are destroyed and failed (nobody waits for them any more); ready and
+        paused VMs with a live process are adopted; processes, work dirs, namespaces and
+        network slots with no active row are destroyed.
+        """
+        report: dict[str, list[str]] = {"failed": [], "adopted": [], "reaped": []}
+        running = {vm.id: vm for vm in await self.backend.list_running()}
+        for record in await self.store.vms.list(statuses=ACTIVE):
+            vm = running.get(record.id)
+            if vm is not None and record.status in (VmState.READY, VmState.PAUSED):
+                vm.state = VmState.PAUSED if record.status is VmState.PAUSED else VmState.READY
+                vm.spec = VmSpec(
+                    vm_type=record.vm_type,
+                    vcpus=record.vcpus,
+                    mem_mib=record.mem_mib,
+                    network=vm.spec.network,
+                )
+                self.live[record.id] = vm
+                report["adopted"].append(record.id)
+                continue
+            reason = (
+                "interrupted by a controller restart while booting"
+                if vm is not None
+                else "VM process gone at controller start"
+            )
+            await self.store.vms.transition(record.id, record.status, VmState.FAILED, error=reason)
+            report["failed"].append(record.id)
+        report["reaped"] = await self.backend.reap(keep=set(self.live))
+        _log.info("reconciled", **{k: len(v) for k, v in report.items()})
+        return report
+
+    async def watch_once(self) -> list[str]:
+        """Mark every live VM whose process died as failed; returns their ids."""
+        died = []
+        for vm_id, vm in list(self.live.items()):
+            if self.backend.alive(vm):
+                continue
+            tail = self.backend.console_tail(vm, 15)
+            error = VmError(f"VM {vm_id}: QEMU process exited; console:\n{tail}")
+            with contextlib.suppress(HearthError):
+                await self._fail(vm_id, stage="running", error=error)
+            died.append(vm_id)
+        return died
+
+    async def monitor(self, interval_s: float = 1.0) -> None:
+        """Run ``watch_once`` forever (cancel to stop)."""
+        while True:
+            try:
+                await self.watch_once()
+                await self.refresh_gauges()
+            except HearthError as exc:
+                _log.warning("monitor_error", error=exc.message[:300])
+            await asyncio.sleep(interval_s)
+
+    async def refresh_gauges(self) -> None:
+        """Set the VMs-by-status gauge from the store."""
+        counts = dict.fromkeys(VmState, 0)
+        for record in await self.store.vms.list(statuses=ACTIVE):
+            counts[record.status] += 1
+        for status, count in counts.items():
+            if status in ACTIVE:
+                self.metrics.vms.labels(status=status.value).set(count)
+
+    async def shutdown(self, *, destroy_vms: bool) -> None:
+        """Stop background boots; with ``destroy_vms`` also tear every live VM down."""
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if destroy_vms:
+            for vm_id in list(self.live):
+                try:
+                    await self.destroy(vm_id, include_pooled=True)
+                except HearthError as exc:
+                    _log.warning("shutdown_destroy_error", vm_id=vm_id, error=exc.message[:300])
+
+    async def wait_idle(self) -> None:
+        """Wait for background boots (tests and shutdown)."""
+        await asyncio.gather(*list(self._tasks), return_exceptions=True)

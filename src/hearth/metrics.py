@@ -1,0 +1,57 @@
+"""The controller's Prometheus metrics, on a registry of its own (one per app instance)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+_BOOT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 8, 12, 20, 30, 60, 120)
+_HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 60)
+
+
+class ControllerMetrics:
+    """Every metric the controller exports."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.vms = Gauge("hearth_vms", "VMs by status", ["status"], registry=self.registry)
+        self.create_to_healthy = Histogram(
+            "hearth_vm_create_to_healthy_seconds",
+            "Seconds from a create request to a healthy, claimed agent",
+            ["boot_mode"],
+            buckets=_BOOT_BUCKETS,
+            registry=self.registry,
+        )
+        self.failures = Counter(
+            "hearth_vm_failures_total", "VM failures by stage", ["stage"], registry=self.registry
+        )
+        self.http_requests = Counter(
+            "hearth_http_requests_total",
+            "HTTP requests by method, route template and status",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.http_latency = Histogram(
+            "hearth_http_request_duration_seconds",
+            "HTTP request latency by route template",
+            ["route"],
+            buckets=_HTTP_BUCKETS,
+            registry=self.registry,
+        )
+        self.pool_size = Gauge(
+            "hearth_pool_size",
+            "Healthy unassigned VMs in the warm pool",
+            ["vm_type"],
+            registry=self.registry,
+        )
+        self.pool_handouts = Counter(
+            "hearth_pool_handouts_total",
+            "VMs handed out from the warm pool",
+            ["vm_type"],
+            registry=self.registry,
+        )
+
+    def render(self) -> bytes:
+        """The exposition text."""
+        return generate_latest(self.registry)

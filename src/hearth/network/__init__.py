@@ -1,0 +1,1 @@
+"""Per-VM network namespaces: a slot pool, and the netns + veth + tap each VM runs in."""

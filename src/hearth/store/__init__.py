@@ -1,0 +1,48 @@
+"""Hearth's persistent store: async SQLAlchemy on SQLite (default) or PostgreSQL, via Alembic.
+
+``Store.open(url)`` migrates the database and exposes one repository per table; repositories
+return frozen records and move statuses by compare-and-set.
+"""
+
+from __future__ import annotations
+
+from hearth.store.database import Store, create_store_engine, default_sqlite_url, normalise_url
+from hearth.store.migrate import alembic_config, current_revision, upgrade_to_head
+from hearth.store.records import (
+    INACTIVE_VM_STATES,
+    ApiKeyRecord,
+    AuthSessionRecord,
+    UserRecord,
+    VmRecord,
+    utc_now,
+)
+from hearth.store.repositories import (
+    ApiKeyRepo,
+    AuthSessionRepo,
+    Clock,
+    UserRepo,
+    VmRepo,
+    hash_key,
+)
+
+__all__ = [
+    "INACTIVE_VM_STATES",
+    "ApiKeyRecord",
+    "ApiKeyRepo",
+    "AuthSessionRecord",
+    "AuthSessionRepo",
+    "Clock",
+    "Store",
+    "UserRecord",
+    "UserRepo",
+    "VmRecord",
+    "VmRepo",
+    "alembic_config",
+    "create_store_engine",
+    "current_revision",
+    "default_sqlite_url",
+    "hash_key",
+    "normalise_url",
+    "upgrade_to_head",
+    "utc_now",
+]

@@ -1,0 +1,156 @@
+"""The store: one async engine (SQLite or PostgreSQL), migrated on open, with its repositories."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from sqlalchemy import URL, Connection, event, make_url, text
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from hearth.errors import ConfigError
+from hearth.logging import get_logger
+from hearth.store.migrate import SQLITE_BEGIN_IMMEDIATE, upgrade_to_head
+from hearth.store.records import utc_now
+from hearth.store.repositories import (
+    ApiKeyRepo,
+    AuthSessionRepo,
+    Clock,
+    UserRepo,
+    VmRepo,
+)
+
+SQLITE_FILE_NAME = "hearth.db"
+SQLITE_BUSY_TIMEOUT_MS = 5000
+PING_TIMEOUT_S = 5.0
+
+_log = get_logger("store")
+
+_SQLITE_DRIVERS = {"sqlite": "sqlite+aiosqlite", "sqlite+pysqlite": "sqlite+aiosqlite"}
+_POSTGRES_DRIVERS = {"postgresql": "postgresql+psycopg", "postgres": "postgresql+psycopg"}
+_ASYNC_DRIVERS = {"sqlite+aiosqlite", "postgresql+psycopg"}
+
+
+def default_sqlite_url(state_dir: Path) -> str:
+    """The URL of the SQLite database Hearth uses by default: ``hearth.db`` in the state dir."""
+    return f"sqlite+aiosqlite:///{state_dir / SQLITE_FILE_NAME}"
+
+
+def normalise_url(url: str) -> URL:
+    """Parse a database URL and point it at the async driver (aiosqlite or psycopg).
+
+    Raises ConfigError for anything but a SQLite file or a PostgreSQL database.
+    """
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):
+        # The message would echo the URL, password included.
+        raise ConfigError("the database URL cannot be parsed") from None
+    name = parsed.drivername
+    name = _SQLITE_DRIVERS.get(name) or _POSTGRES_DRIVERS.get(name) or name
+    if name not in _ASYNC_DRIVERS:
+        raise ConfigError(
+            f"unsupported database driver {parsed.drivername!r}: use sqlite:///<file> "
+            "or postgresql://user:password@host/db"
+        )
+    parsed = parsed.set(drivername=name)
+    if parsed.get_backend_name() == "sqlite" and (
+        parsed.database in (None, "", ":memory:") or parsed.query.get("mode") == "memory"
+    ):
+        raise ConfigError("an in-memory SQLite database is not supported; give a file path")
+    return parsed
+
+
+def _tune_sqlite(engine: AsyncEngine) -> None:
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Hand transaction control to SQLAlchemy (see the "begin" hook below); the driver's
+        # legacy mode never emits BEGIN before SELECT or DDL.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+        # WAL is a property of the file; switching needs exclusive access, so only the first
+        # connection to a new database does it.
+        cursor.execute("PRAGMA journal_mode")
+        if cursor.fetchone()[0] != "wal":
+            cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA synchronous = NORMAL")
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        immediate = conn.get_execution_options().get(SQLITE_BEGIN_IMMEDIATE, False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def create_store_engine(url: str) -> AsyncEngine:
+    """An async engine for ``url`` with the per-backend settings the store relies on."""
+    parsed = normalise_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        engine = create_async_engine(parsed)
+        _tune_sqlite(engine)
+        return engine
+    return create_async_engine(parsed, pool_pre_ping=True)
+
+
+class Store:
+    """Hearth's persistent state: users, API keys, VMs and auth sessions.
+
+    Open with ``await Store.open(url)`` (which migrates the schema to head), close with
+    ``await store.close()`` or use ``async with``. Constructing one directly takes an engine
+    from ``create_store_engine`` and does not migrate.
+    """
+
+    def __init__(self, engine: AsyncEngine, *, clock: Clock = utc_now) -> None:
+        self.engine = engine
+        self.users = UserRepo(engine, clock=clock)
+        self.api_keys = ApiKeyRepo(engine, clock=clock)
+        self.vms = VmRepo(engine, clock=clock)
+        self.auth_sessions = AuthSessionRepo(engine, clock=clock)
+
+    @classmethod
+    async def open(cls, url: str, *, clock: Clock = utc_now) -> Store:
+        """Connect to ``url`` and bring its schema to the newest revision."""
+        engine = create_store_engine(url)
+        try:
+            await upgrade_to_head(engine)
+        except BaseException:
+            await engine.dispose()
+            raise
+        store = cls(engine, clock=clock)
+        _log.info("store_opened", url=store.url_for_log())
+        return store
+
+    async def close(self) -> None:
+        """Close every pooled connection; safe to call more than once."""
+        await self.engine.dispose()
+
+    async def __aenter__(self) -> Store:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def ping(self, *, timeout_s: float = PING_TIMEOUT_S) -> bool:
+        """Whether the database answers a trivial query within ``timeout_s``."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                async with self.engine.connect() as conn:
+                    await conn.execute(text("SELECT 1"))
+        except (SQLAlchemyError, OSError, TimeoutError) as exc:
+            _log.warning("store_ping_failed", url=self.url_for_log(), error=str(exc))
+            return False
+        return True
+
+    def url_for_log(self) -> str:
+        """The database URL with its password masked."""
+        return self.engine.url.render_as_string(hide_password=True)

@@ -1,0 +1,142 @@
+"""The database schema as SQLAlchemy declarative models; the migrations must produce exactly it."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    ForeignKey,
+    Index,
+    MetaData,
+    String,
+    Text,
+    column,
+    false,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from hearth.auth.states import TERMINAL, AuthStatus
+from hearth.store.columns import PathText, UtcDateTime, str_enum
+from hearth.vm.types import BootMode, VmState, VmType
+
+USER_ID_MAX = 128
+ID_MAX = 64
+
+# Every constraint and index gets a predictable name, so migrations can refer to it.
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+# The statuses an auth session is still moving through; at most one per user and provider.
+ACTIVE_AUTH_STATUSES = tuple(s.value for s in AuthStatus if s not in TERMINAL)
+
+
+class Base(DeclarativeBase):
+    """Declarative base carrying the naming convention."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class UserRow(Base):
+    """A user: the owner of keys, VMs and auth sessions."""
+
+    __tablename__ = "users"
+
+    id: Mapped[str] = mapped_column(String(USER_ID_MAX), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class ApiKeyRow(Base):
+    """An API key, stored as the sha256 of its plaintext."""
+
+    __tablename__ = "api_keys"
+    __table_args__ = (Index("ix_api_keys_user_id", "user_id"),)
+
+    id: Mapped[str] = mapped_column(String(ID_MAX), primary_key=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id"))
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16))
+    is_admin: Mapped[bool] = mapped_column(Boolean())
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    last_used_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+
+
+class VmRow(Base):
+    """A VM Hearth runs or ran."""
+
+    __tablename__ = "vms"
+    __table_args__ = (
+        Index("ix_vms_user_id_status", "user_id", "status"),
+        Index("ix_vms_status", "status"),
+    )
+
+    id: Mapped[str] = mapped_column(String(ID_MAX), primary_key=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id"))
+    vm_type: Mapped[VmType] = mapped_column(str_enum(VmType, name="vm_type"))
+    backend: Mapped[str] = mapped_column(String(32))
+    status: Mapped[VmState] = mapped_column(str_enum(VmState, name="status"))
+    agent_url: Mapped[str | None] = mapped_column(Text())
+    ip: Mapped[str | None] = mapped_column(String(45))
+    host_port: Mapped[int | None]
+    pid: Mapped[int | None]
+    workdir: Mapped[Path | None] = mapped_column(PathText())
+    disk_path: Mapped[Path | None] = mapped_column(PathText())
+    disk_bytes: Mapped[int | None] = mapped_column(BigInteger())
+    token_hash: Mapped[str | None] = mapped_column(String(64))
+    boot_mode: Mapped[BootMode | None] = mapped_column(str_enum(BootMode, name="boot_mode"))
+    vcpus: Mapped[int]
+    mem_mib: Mapped[int]
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    ready_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    destroyed_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    error: Mapped[str | None] = mapped_column(Text())
+    pooled: Mapped[bool] = mapped_column(Boolean(), server_default=false())
+
+
+class AuthSessionRow(Base):
+    """One run of the login flow for a user and provider."""
+
+    __tablename__ = "auth_sessions"
+    __table_args__ = (
+        Index("ix_auth_sessions_user_id_provider", "user_id", "provider"),
+        Index("ix_auth_sessions_status", "status"),
+        # Two API calls racing to start a login for the same provider cannot both succeed.
+        Index(
+            "uq_auth_sessions_active_user_id_provider",
+            "user_id",
+            "provider",
+            unique=True,
+            sqlite_where=column("status").in_(ACTIVE_AUTH_STATUSES),
+            postgresql_where=column("status").in_(ACTIVE_AUTH_STATUSES),
+        ),
+    )
+
+    id: Mapped[str] = mapped_column(String(ID_MAX), primary_key=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id"))
+    provider: Mapped[str] = mapped_column(String(64))
+    status: Mapped[AuthStatus] = mapped_column(str_enum(AuthStatus, name="status"))
+    vm_id: Mapped[str | None] = mapped_column(String(ID_MAX))
+    browser_vm_id: Mapped[str | None] = mapped_column(String(ID_MAX))
+    login_url: Mapped[str | None] = mapped_column(Text())
+    view_url: Mapped[str | None] = mapped_column(Text())
+    view_token_hash: Mapped[str | None] = mapped_column(String(64))
+    error_message: Mapped[str | None] = mapped_column(Text())
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    completed_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    stage_deadline_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+
+
+users_table = Base.metadata.tables["users"]
+api_keys_table = Base.metadata.tables["api_keys"]
+vms_table = Base.metadata.tables["vms"]
+auth_sessions_table = Base.metadata.tables["auth_sessions"]

@@ -1,0 +1,125 @@
+"""Frozen value objects the repositories return; ORM rows never leave the store."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from hearth.auth.states import TERMINAL, AuthStatus
+from hearth.errors import InvalidInput
+from hearth.vm.types import BootMode, VmState, VmType
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+INACTIVE_VM_STATES = frozenset({VmState.DESTROYED, VmState.FAILED})
+
+
+def utc_now() -> datetime:
+    """The current time, timezone-aware in UTC."""
+    return datetime.now(UTC)
+
+
+def _require_aware(record: DataclassInstance) -> None:
+    for f in fields(record):
+        value = getattr(record, f.name)
+        if isinstance(value, datetime) and value.utcoffset() is None:
+            raise InvalidInput(f"{f.name} must be timezone-aware, got {value.isoformat()}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class UserRecord:
+    """A user known to Hearth."""
+
+    id: str
+    created_at: datetime = field(default_factory=utc_now)
+
+    def __post_init__(self) -> None:
+        _require_aware(self)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ApiKeyRecord:
+    """An API key's metadata; the plaintext is never stored and the hash never leaves the store."""
+
+    id: str
+    user_id: str
+    prefix: str  # the key's first characters, enough to recognise it in a list
+    is_admin: bool
+    created_at: datetime
+    last_used_at: datetime | None = None
+    revoked_at: datetime | None = None
+
+    def __post_init__(self) -> None:
+        _require_aware(self)
+
+    @property
+    def is_revoked(self) -> bool:
+        """Whether the key no longer authenticates."""
+        return self.revoked_at is not None
+
+
+@dataclass(frozen=True, kw_only=True)
+class VmRecord:
+    """A VM as persisted: identity, owner, size, where it is reachable and its lifecycle status."""
+
+    id: str
+    user_id: str
+    vm_type: VmType
+    backend: str
+    vcpus: int
+    mem_mib: int
+    status: VmState = VmState.CREATING
+    agent_url: str | None = None
+    ip: str | None = None
+    host_port: int | None = None
+    pid: int | None = None
+    workdir: Path | None = None
+    disk_path: Path | None = None
+    disk_bytes: int | None = None
+    token_hash: str | None = field(default=None, repr=False)
+    boot_mode: BootMode | None = None
+    created_at: datetime = field(default_factory=utc_now)
+    ready_at: datetime | None = None
+    destroyed_at: datetime | None = None
+    updated_at: datetime = field(default_factory=utc_now)
+    error: str | None = None
+    pooled: bool = False
+
+    def __post_init__(self) -> None:
+        _require_aware(self)
+
+    @property
+    def is_active(self) -> bool:
+        """Whether the VM still holds (or is acquiring) host resources."""
+        return self.status not in INACTIVE_VM_STATES
+
+
+@dataclass(frozen=True, kw_only=True)
+class AuthSessionRecord:
+    """One run of the login flow for a user and provider, as persisted."""
+
+    id: str
+    user_id: str
+    provider: str
+    status: AuthStatus = AuthStatus.PENDING
+    vm_id: str | None = None
+    browser_vm_id: str | None = None
+    login_url: str | None = None
+    view_url: str | None = None
+    view_token_hash: str | None = field(default=None, repr=False)
+    error_message: str | None = None
+    created_at: datetime = field(default_factory=utc_now)
+    updated_at: datetime = field(default_factory=utc_now)
+    completed_at: datetime | None = None
+    stage_deadline_at: datetime | None = None
+
+    def __post_init__(self) -> None:
+        _require_aware(self)
+
+    @property
+    def is_terminal(self) -> bool:
+        """Whether the session has ended (completed, failed, timed out or cancelled)."""
+        return self.status in TERMINAL

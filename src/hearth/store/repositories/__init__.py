@@ -1,0 +1,11 @@
+"""Repositories: the store's only readers and writers, returning frozen records."""
+
+from __future__ import annotations
+
+from hearth.store.repositories._base import Clock
+from hearth.store.repositories.api_keys import ApiKeyRepo, hash_key
+from hearth.store.repositories.auth_sessions import AuthSessionRepo
+from hearth.store.repositories.users import UserRepo
+from hearth.store.repositories.vms import VmRepo
+
+__all__ = ["ApiKeyRepo", "AuthSessionRepo", "Clock", "UserRepo", "VmRepo", "hash_key"]

@@ -1,0 +1,61 @@
+"""Users: created on first sight, never duplicated."""
+
+from __future__ import annotations
+
+import builtins
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from hearth.errors import InvalidInput, NotFound
+from hearth.store.models import USER_ID_MAX, users_table
+from hearth.store.records import UserRecord
+from hearth.store.repositories._base import Repository, insert_ignoring_duplicates, to_record
+
+
+def check_user_id(user_id: str) -> str:
+    """Return ``user_id`` if it is a usable identifier, else raise InvalidInput."""
+    if not isinstance(user_id, str) or not user_id.strip():
+        raise InvalidInput("user id must be a non-empty string")
+    if len(user_id) > USER_ID_MAX:
+        raise InvalidInput(f"user id must be at most {USER_ID_MAX} characters")
+    if not user_id.isprintable():
+        raise InvalidInput("user id must not contain control characters")
+    return user_id
+
+
+async def ensure_user(conn: AsyncConnection, user_id: str, *, now: datetime) -> UserRecord:
+    """Insert the user unless present (one statement, so racing callers agree), then read it."""
+    check_user_id(user_id)
+    insert = insert_ignoring_duplicates(conn, users_table, key="id")
+    await conn.execute(insert.values(id=user_id, created_at=now))
+    row = (await conn.execute(select(users_table).where(users_table.c.id == user_id))).one()
+    return to_record(UserRecord, row)
+
+
+class UserRepo(Repository):
+    """Reads and idempotently creates users."""
+
+    async def ensure(self, user_id: str) -> UserRecord:
+        """The user ``user_id``, created if new; safe when many callers race to create it."""
+        async with self._engine.begin() as conn:
+            return await ensure_user(conn, user_id, now=self._clock())
+
+    async def get(self, user_id: str) -> UserRecord:
+        """The user ``user_id``; NotFound if there is none."""
+        async with self._engine.connect() as conn:
+            row = (
+                await conn.execute(select(users_table).where(users_table.c.id == user_id))
+            ).one_or_none()
+        if row is None:
+            raise NotFound(f"user {user_id} does not exist")
+        return to_record(UserRecord, row)
+
+    async def list(self) -> builtins.list[UserRecord]:
+        """Every user, oldest first."""
+        async with self._engine.connect() as conn:
+            rows = await conn.execute(
+                select(users_table).order_by(users_table.c.created_at, users_table.c.id)
+            )
+        return [to_record(UserRecord, row) for row in rows]

@@ -1,0 +1,198 @@
+"""FirecrackerBackend without a VMM: host checks, input checks, teardown and reconciliation.
+
+A stand-in process (Python through a link named ``firecracker``, with Firecracker's arguments)
+plays the VMM where a PID is needed; disks are real reflink copies and networks come from a
+recording provider, so the LIFO teardown is exercised on real files and processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+import pytest
+
+from hearth.errors import ConfigError, NotAnImage, ToolMissing, VmError
+from hearth.images.manifest import ImageDir
+from hearth.vm.firecracker.backend import FirecrackerBackend
+from hearth.vm.firecracker.disks import CowMechanism, create_cow_disk
+from hearth.vm.firecracker.network import FirecrackerNetwork
+from hearth.vm.firecracker.process import is_our_process
+from hearth.vm.firecracker.records import VmFiles, VmRecord
+from hearth.vm.qemu.accel import Accel
+from hearth.vm.types import BootMode, NetworkMode, Vm, VmSpec, VmState
+
+VM_ID = "vm-5eed"
+
+
+class RecordingNetworks:
+    """A NetworkProvider that hands out a fixed network and records what happens to it."""
+
+    def __init__(self) -> None:
+        self.events: list[str] = []
+
+    async def acquire(self, vm_id: str, *, allow_egress: bool) -> FirecrackerNetwork:
+        self.events.append(f"acquire {vm_id}")
+        return FirecrackerNetwork(netns="hfc-0", agent_host="10.200.0.2")
+
+    async def release(self, network: FirecrackerNetwork) -> None:
+        self.events.append(f"release {network.netns}")
+
+
+@pytest.fixture
+def binary(tmp_path: Path) -> Path:
+    """An executable named firecracker: enough for the constructor's check, never started."""
+    path = tmp_path / "bin" / "firecracker"
+    path.parent.mkdir()
+    path.write_text("#!/bin/sh\nexit 1\n")
+    path.chmod(0o755)
+    return path
+
+
+@pytest.fixture
+def networks() -> RecordingNetworks:
+    """The recording provider."""
+    return RecordingNetworks()
+
+
+@pytest.fixture
+def backend(tmp_path: Path, binary: Path, networks: RecordingNetworks) -> FirecrackerBackend:
+    """A backend whose host checks pass."""
+    return FirecrackerBackend(
+        state_dir=tmp_path / "state",
+        networks=networks,
+        firecracker=str(binary),
+        accel=Accel("kvm", "test"),
+        cow=CowMechanism.REFLINK_COPY,
+    )
+
+
+async def start_stand_in(tmp_path: Path) -> asyncio.subprocess.Process:
+    """A process that looks like VM_ID's Firecracker in /proc."""
+    link = tmp_path / "fc" / "firecracker"
+    link.parent.mkdir(exist_ok=True)
+    link.unlink(missing_ok=True)
+    link.symlink_to(sys.executable)
+    return await asyncio.create_subprocess_exec(
+        str(link), "-c", "import time; time.sleep(60)", "--api-sock", "api.sock", "--id", VM_ID
+    )
+
+
+def write_vm(backend: FirecrackerBackend, tmp_path: Path, pid: int) -> Vm:
+    """A VM as ``_start`` leaves it on disk: record, COW disk, network."""
+    workdir = backend.vms_dir / VM_ID
+    workdir.mkdir(parents=True)
+    golden = tmp_path / "golden.ext4"
+    golden.write_bytes(b"G" * 8192)
+    disk = create_cow_disk(golden, workdir=workdir, name=VM_ID, mechanism=CowMechanism.REFLINK_COPY)
+    record = VmRecord(
+        id=VM_ID,
+        vm_type="cli",
+        vcpus=1,
+        mem_mib=256,
+        boot_mode="restore",
+        created_at=1.0,
+        root=str(workdir),
+        pid=pid,
+        network=FirecrackerNetwork(netns="hfc-0", agent_host="10.200.0.2").to_dict(),
+        disk=disk.to_dict(),
+    )
+    files = VmFiles(workdir=workdir)
+    record.write(files)
+    files.console.write_text("boot line 1\nhearth-init: starting agent\n")
+    return Vm(
+        id=VM_ID,
+        spec=VmSpec(vcpus=1, mem_mib=256, network=NetworkMode.NETNS),
+        backend="firecracker",
+        state=VmState.READY,
+        workdir=workdir,
+        pid=pid,
+    )
+
+
+def test_the_constructor_refuses_a_host_without_kvm(tmp_path: Path, binary: Path) -> None:
+    with pytest.raises(ConfigError, match="needs a usable /dev/kvm: kvm_pvm"):
+        FirecrackerBackend(
+            state_dir=tmp_path,
+            networks=RecordingNetworks(),
+            firecracker=str(binary),
+            accel=Accel("tcg", "kvm_pvm"),
+        )
+
+
+def test_the_constructor_refuses_a_host_without_the_binary(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(ToolMissing, match="firecracker is not installed"):
+        FirecrackerBackend(
+            state_dir=tmp_path, networks=RecordingNetworks(), accel=Accel("kvm", "test")
+        )
+
+
+async def test_create_refuses_user_networking_and_images_without_vmlinux(
+    backend: FirecrackerBackend, tmp_path: Path
+) -> None:
+    image = ImageDir(tmp_path / "image")
+    with pytest.raises(VmError, match="'netns' only"):
+        await backend.create(image, VmSpec(network=NetworkMode.USER))
+    with pytest.raises(NotAnImage, match="vmlinux is missing"):
+        await backend.create(image, VmSpec(network=NetworkMode.NETNS))
+
+
+async def test_list_running_finds_a_live_vm_again_from_its_record(
+    backend: FirecrackerBackend, tmp_path: Path
+) -> None:
+    proc = await start_stand_in(tmp_path)
+    try:
+        write_vm(backend, tmp_path, proc.pid)
+        (found,) = await backend.list_running()
+        assert found.id == VM_ID
+        assert found.pid == proc.pid
+        assert found.state is VmState.READY
+        assert found.boot_mode is BootMode.RESTORE
+        assert found.agent_url == "http://10.200.0.2:8080"
+        assert found.token is None
+        assert "starting agent" in backend.console_tail(found)
+    finally:
+        proc.kill()
+        await proc.wait()
+    assert await backend.list_running() == []
+
+
+async def test_destroy_stops_the_process_and_removes_everything_once(
+    backend: FirecrackerBackend, networks: RecordingNetworks, tmp_path: Path
+) -> None:
+    proc = await start_stand_in(tmp_path)
+    vm = write_vm(backend, tmp_path, proc.pid)
+    cow = vm.workdir / "disk.cow" if vm.workdir else None
+    await backend.destroy(vm)
+    assert await asyncio.wait_for(proc.wait(), 5) is not None
+    assert not is_our_process(proc.pid, VM_ID)
+    assert cow is not None
+    assert not cow.exists()
+    assert networks.events == ["release hfc-0"]
+    assert vm.workdir is not None
+    assert not vm.workdir.exists()
+    assert vm.state is VmState.DESTROYED
+    await backend.destroy(vm)  # idempotent
+    assert networks.events == ["release hfc-0"]
+
+
+async def test_teardown_after_a_half_finished_create_releases_what_was_recorded(
+    backend: FirecrackerBackend, networks: RecordingNetworks
+) -> None:
+    """A record with only a network (the process never started) is torn down cleanly."""
+    workdir = backend.vms_dir / VM_ID
+    workdir.mkdir(parents=True)
+    VmRecord(
+        id=VM_ID, vm_type="cli", vcpus=1, mem_mib=256, boot_mode="cold", created_at=1.0,
+        root=str(workdir),
+        network=FirecrackerNetwork(netns="hfc-4", agent_host="10.200.0.18").to_dict(),
+    ).write(VmFiles(workdir=workdir))  # fmt: skip
+    vm = Vm(id=VM_ID, spec=VmSpec(network=NetworkMode.NETNS), backend="firecracker",
+            workdir=workdir, state=VmState.FAILED)  # fmt: skip
+    await backend.destroy(vm)
+    assert networks.events == ["release hfc-4"]
+    assert not workdir.exists()

@@ -1,0 +1,113 @@
+"""schemathesis over the controller's own OpenAPI, with an admin key: no 5xx, every error JSON.
+
+The controller runs for real (uvicorn in a thread, SQLite, QEMU); VMs the fuzzer manages to
+create are real too, bounded by quotas (no Browser VMs, memory for a few CLI VMs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import hypothesis
+import pytest
+import schemathesis
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from hearth.api.app import create_app
+from hearth.config import Settings
+from hearth.control.quotas import Quotas
+from hearth.images.manifest import ImageDir
+from hearth.vm.types import VmType
+from tests.vm.api_fixtures import Api, serve_app
+from tests.vm.conftest import qemu_pids_under
+
+pytestmark = [pytest.mark.slow, pytest.mark.vm]
+
+schema = schemathesis.openapi.from_dict(
+    create_app(Settings.from_env({"HEARTH_STATE_DIR": "/nonexistent"})).openapi()
+)
+
+
+@pytest.fixture(scope="module")
+def live_api(
+    minimal_image: ImageDir, tmp_path_factory: pytest.TempPathFactory, vm_state_dir: Path
+) -> Iterator[Api]:
+    """A controller in a background thread for the whole module."""
+    state = tmp_path_factory.mktemp("fuzz") / "state"
+    settings = Settings.from_env({"HEARTH_STATE_DIR": str(state)})
+    quotas = Quotas(
+        per_user={VmType.CLI: 1, VmType.BROWSER: 1}, max_browser_vms=0, memory_limit_mib=1600
+    )
+    ready = threading.Event()
+    stop = threading.Event()
+    holder: list[Api] = []
+    errors: list[BaseException] = []
+
+    async def run() -> None:
+        generator = serve_app(
+            settings,
+            minimal_image=minimal_image,
+            template_dir=vm_state_dir / "templates",
+            quotas=quotas,
+            destroy_on_exit=True,
+        )
+        holder.append(await anext(generator))
+        ready.set()
+        while not stop.is_set():
+            await asyncio.sleep(0.05)
+        await generator.aclose()
+
+    def thread_main() -> None:
+        try:
+            asyncio.run(run())
+        except BaseException as exc:
+            errors.append(exc)
+            ready.set()
+
+    thread = threading.Thread(target=thread_main, daemon=True)
+    thread.start()
+    assert ready.wait(120), "controller did not start"
+    if errors:
+        raise errors[0]
+    yield holder[0]
+    stop.set()
+    thread.join(120)
+    assert not errors, errors
+    assert qemu_pids_under(state) == []
+
+
+@schema.parametrize()
+@hypothesis.settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=list(hypothesis.HealthCheck),
+    derandomize=True,
+)
+def test_api_never_answers_5xx_and_errors_are_json(case: schemathesis.Case, live_api: Api) -> None:
+    response = case.call(
+        base_url=live_api.url,
+        headers={"Authorization": f"Bearer {live_api.admin_key}"},
+        timeout=120,
+    )
+    case.validate_response(
+        response,
+        checks=[
+            not_a_server_error,
+            status_code_conformance,
+            content_type_conformance,
+            response_schema_conformance,
+        ],
+    )
+    if response.status_code >= 400:
+        body = response.json()
+        assert set(body) == {"error"}
+        assert isinstance(body["error"]["code"], str)
+        assert isinstance(body["error"]["message"], str)

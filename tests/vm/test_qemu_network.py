@@ -1,0 +1,87 @@
+"""Network isolation for real: a VM reaches neither another VM's agent nor the controller.
+
+Both modes are shown: QEMU user-net (restrict=on, only the agent port forwarded to 127.0.0.1)
+and a network namespace per VM (tap inside it, link-local slot, nftables policy). Every probe
+runs inside the guest through the agent's ``POST /probe/tcp``; a probe that does connect (to the
+VM's own agent) proves the probe itself works.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from hearth.images.manifest import ImageDir
+from hearth.network.namespace import names_for
+from hearth.vm.types import NetworkMode, Vm, VmSpec
+from tests.conftest import require_tools
+from tests.vm.conftest import TrackingBackend
+
+pytestmark = [pytest.mark.slow, pytest.mark.vm]
+
+
+async def probe(vm: Vm, host: str, port: int) -> dict[str, object]:
+    async with httpx.AsyncClient() as client:
+        response = await client.post(
+            f"{vm.agent_url}/probe/tcp",
+            json={"host": host, "port": port, "timeout_ms": 1500},
+            headers={"Authorization": f"Bearer {vm.token}"},
+            timeout=10,
+        )
+    assert response.status_code == 200, response.text
+    result: dict[str, object] = response.json()
+    return result
+
+
+@pytest.fixture
+def controller_port() -> Iterator[int]:
+    """A listening socket standing for the controller's API, on every host address."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as server:
+        server.bind(("0.0.0.0", 0))
+        server.listen(16)
+        yield int(server.getsockname()[1])
+
+
+async def test_user_net_vm_reaches_neither_other_vm_nor_the_host(
+    minimal_image: ImageDir, qemu_backend: TrackingBackend, controller_port: int
+) -> None:
+    a, b = await asyncio.gather(
+        qemu_backend.create(minimal_image, VmSpec()),
+        qemu_backend.create(minimal_image, VmSpec()),
+    )
+    assert b.agent_url is not None
+    b_port = int(b.agent_url.rsplit(":", 1)[1])
+    itself = await probe(a, "127.0.0.1", 8080)
+    assert itself["connected"] is True
+    # 10.0.2.2 is the host as seen from QEMU user-net; restrict=on must block it.
+    for port in (b_port, controller_port):
+        result = await probe(a, "10.0.2.2", port)
+        assert result["connected"] is False, f"VM reached host port {port}"
+
+
+async def test_netns_vms_are_healthy_and_isolated(
+    minimal_image: ImageDir, qemu_backend: TrackingBackend, controller_port: int
+) -> None:
+    require_tools("ip", "nft")
+    spec = VmSpec(network=NetworkMode.NETNS)
+    a = await qemu_backend.create(minimal_image, spec)
+    b = await qemu_backend.create(minimal_image, spec)
+    assert a.agent_url is not None
+    assert b.agent_url is not None
+    assert a.agent_url.startswith("http://169.254.")
+    assert a.agent_url != b.agent_url
+    print(f"netns restore to healthy: {b.time_to_healthy_s:.2f} s")
+    itself = await probe(a, "127.0.0.1", 8080)
+    assert itself["connected"] is True
+    b_ip = b.agent_url.split("//")[1].split(":")[0]
+    a_slot = qemu_backend.pool.claims()
+    assert len(a_slot) == 2
+    host_side = {qemu_backend.pool.addresses(i).host_ip for i in a_slot}
+    for host, port in [(b_ip, 8080), *((h, controller_port) for h in host_side)]:
+        result = await probe(a, host, port)
+        assert result["connected"] is False, f"VM in netns reached {host}:{port}"
+    assert names_for(a.id)[0] != names_for(b.id)[0]
