@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import hashlib
 import json
 import os
 import secrets
@@ -38,7 +39,7 @@ from hearth.vm.types import BootMode, NetworkMode, Vm, VmSpec, VmState, VmType
 
 _log = get_logger("vm.qemu")
 _STOP_GRACE_S = 3.0
-DEFAULT_RUN_DIR = Path("/run/hearth")
+DEFAULT_RUN_ROOT = Path("/run/hearth")
 _SAVE_DEADLINE_S = 120.0
 
 
@@ -63,7 +64,7 @@ class QemuBackend:
         self,
         *,
         state_dir: Path,
-        run_dir: Path = DEFAULT_RUN_DIR,
+        run_dir: Path | None = None,
         network_pool: str = DEFAULT_POOL,
         template_dir: Path | None = None,
         accel: Accel | None = None,
@@ -75,7 +76,11 @@ class QemuBackend:
         require_tool("qemu-img")
         self.accel = accel or detect_accel(override=os.environ.get("HEARTH_QEMU_ACCEL", "auto"))
         self.vms_dir = state_dir / "vms"
-        self.run_dir = run_dir
+        # Short (unix socket paths < 108 bytes) and private to this state dir.
+        self.run_dir = (
+            run_dir
+            or DEFAULT_RUN_ROOT / hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:12]
+        )
         self.pool = SlotPool(cidr=network_pool, claims_dir=state_dir / "net" / "slots")
         self._networks: dict[str, NetworkSlot] = {}
         self.templates = TemplateStore(template_dir or state_dir / "templates")
@@ -152,6 +157,10 @@ class QemuBackend:
                     os.kill(pid, signal.SIGKILL)
             shutil.rmtree(staging, ignore_errors=True)
             reaped.append(staging.name)
+        if self.run_dir.is_dir():
+            for sock in self.run_dir.glob("*.qmp"):
+                if sock.stem not in keep:
+                    sock.unlink(missing_ok=True)
         for index, owner in self.pool.claims().items():
             if owner not in keep:
                 netns, host_veth = names_for(owner)
@@ -189,22 +198,25 @@ class QemuBackend:
         vm = await self._start(
             vm_id, image, spec, template=None, claim=False, workdir=directory, record=False
         )
-        monitor = await Monitor.connect(
-            vm_id, self._paths(vm_id, directory).qmp, deadline=Deadline.after(10)
-        )
         try:
-            await monitor.execute("stop")
-            partial = directory / "state.bin.partial"
-            await monitor.execute("migrate", {"uri": f"exec:cat > {partial}"})
-            await monitor.wait_migration(deadline=Deadline.after(_SAVE_DEADLINE_S))
-            partial.rename(directory / "state.bin")
+            monitor = await Monitor.connect(
+                vm_id, self._paths(vm_id, directory).qmp, deadline=Deadline.after(10)
+            )
+            try:
+                await monitor.execute("stop")
+                partial = directory / "state.bin.partial"
+                await monitor.execute("migrate", {"uri": f"exec:cat > {partial}"})
+                await monitor.wait_migration(deadline=Deadline.after(_SAVE_DEADLINE_S))
+                partial.rename(directory / "state.bin")
+            finally:
+                await monitor.close()
         finally:
-            await monitor.close()
-        await self._stop_process(vm)
-        self._delete_network(vm_id, None)
-        for leftover in ("qemu.pid", "vm.json"):
-            (directory / leftover).unlink(missing_ok=True)
-        self._paths(vm_id, directory).qmp.unlink(missing_ok=True)
+            # On success and on failure (or cancellation): no process, network or socket stays.
+            await self._stop_process(vm)
+            self._delete_network(vm_id, None)
+            for leftover in ("qemu.pid", "vm.json"):
+                (directory / leftover).unlink(missing_ok=True)
+            self._paths(vm_id, directory).qmp.unlink(missing_ok=True)
 
     async def _start(
         self,
