@@ -1,8 +1,59 @@
 #!/usr/bin/env bash
 # One command on a fresh Debian 12 machine, as root: install everything, build the golden image,
-# and run the main job: start a VM from it and show its agent healthy (Ctrl-C destroys it).
+# start the controller (systemd unit when systemd runs, else a background process), and create a
+# first CLI VM through the API, showing how to call it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+repo=$(pwd)
+state=${HEARTH_STATE_DIR:-/var/lib/hearth}
+port=${HEARTH_PORT:-4000}
+url="http://127.0.0.1:$port"
+
 bash scripts/install.sh
 .venv/bin/hearth image build --recipe minimal
-.venv/bin/hearth vm run --recipe minimal "$@"
+
+healthy() { .venv/bin/python -c "import httpx,sys; sys.exit(httpx.get('$url/health', timeout=2).status_code != 200)" 2>/dev/null; }
+
+if ! healthy; then
+  mkdir -p "$state"
+  if [[ -d /run/systemd/system ]]; then
+    cat > /etc/systemd/system/hearth.service <<UNIT
+[Unit]
+Description=Hearth controller
+After=network-online.target postgresql.service
+Wants=network-online.target
+
+[Service]
+Environment=HEARTH_STATE_DIR=$state
+Environment=HEARTH_PORT=$port
+ExecStart=$repo/.venv/bin/hearth serve
+Restart=on-failure
+KillMode=process
+
+[Install]
+WantedBy=multi-user.target
+UNIT
+    systemctl daemon-reload
+    systemctl enable --now hearth.service
+    echo "controller: systemd unit hearth.service (journalctl -u hearth)"
+  else
+    HEARTH_STATE_DIR="$state" HEARTH_PORT="$port" nohup .venv/bin/hearth serve \
+      >>"$state/controller.log" 2>&1 </dev/null &
+    echo $! > "$state/controller.pid"
+    echo "controller: pid $(cat "$state/controller.pid"), log $state/controller.log"
+  fi
+  for _ in $(seq 1 120); do healthy && break; sleep 0.5; done
+  healthy || { echo "the controller did not become healthy; see its log" >&2; exit 1; }
+fi
+
+key=${HEARTH_ADMIN_KEY:-$(cat "$state/admin.key")}
+export HEARTH_URL=$url HEARTH_API_KEY=$key
+# A first CLI VM (the demo user's quota is one; a rerun shows the existing one).
+.venv/bin/hearth vm create --user demo || .venv/bin/hearth vm list
+cat <<EOT
+
+Hearth is serving on $url (OpenAPI: $url/docs, $url/openapi.json).
+  export HEARTH_URL=$url HEARTH_API_KEY=\$(cat $state/admin.key)
+  .venv/bin/hearth vm list
+  curl -H "Authorization: Bearer \$HEARTH_API_KEY" $url/api/vms
+EOT

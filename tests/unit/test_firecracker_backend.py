@@ -2,7 +2,8 @@
 
 A stand-in process (Python through a link named ``firecracker``, with Firecracker's arguments)
 plays the VMM where a PID is needed; disks are real reflink copies and networks come from a
-recording provider, so the LIFO teardown is exercised on real files and processes.
+recording provider (or the real slot pool with namespace deletion recorded), so the LIFO teardown
+is exercised on real files and processes.
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ import pytest
 
 from hearth.errors import ConfigError, NotAnImage, ToolMissing, VmError
 from hearth.images.manifest import ImageDir
+from hearth.network.namespace import NetworkSlot, names_for
+from hearth.vm.firecracker import network as fc_network
 from hearth.vm.firecracker.backend import FirecrackerBackend
 from hearth.vm.firecracker.disks import CowMechanism, create_cow_disk
-from hearth.vm.firecracker.network import FirecrackerNetwork
+from hearth.vm.firecracker.network import FirecrackerNetwork, SlotNetworks
 from hearth.vm.firecracker.process import is_our_process
 from hearth.vm.firecracker.records import VmFiles, VmRecord
 from hearth.vm.qemu.accel import Accel
@@ -34,7 +37,7 @@ class RecordingNetworks:
 
     async def acquire(self, vm_id: str, *, allow_egress: bool) -> FirecrackerNetwork:
         self.events.append(f"acquire {vm_id}")
-        return FirecrackerNetwork(netns="hfc-0", agent_host="10.200.0.2")
+        return FirecrackerNetwork(netns="hearth-5eed", agent_host="169.254.0.6")
 
     async def release(self, network: FirecrackerNetwork) -> None:
         self.events.append(f"release {network.netns}")
@@ -95,7 +98,7 @@ def write_vm(backend: FirecrackerBackend, tmp_path: Path, pid: int) -> Vm:
         created_at=1.0,
         root=str(workdir),
         pid=pid,
-        network=FirecrackerNetwork(netns="hfc-0", agent_host="10.200.0.2").to_dict(),
+        network=FirecrackerNetwork(netns="hearth-5eed", agent_host="169.254.0.6").to_dict(),
         disk=disk.to_dict(),
     )
     files = VmFiles(workdir=workdir)
@@ -152,7 +155,7 @@ async def test_list_running_finds_a_live_vm_again_from_its_record(
         assert found.pid == proc.pid
         assert found.state is VmState.READY
         assert found.boot_mode is BootMode.RESTORE
-        assert found.agent_url == "http://10.200.0.2:8080"
+        assert found.agent_url == "http://169.254.0.6:8080"
         assert found.token is None
         assert "starting agent" in backend.console_tail(found)
     finally:
@@ -172,12 +175,12 @@ async def test_destroy_stops_the_process_and_removes_everything_once(
     assert not is_our_process(proc.pid, VM_ID)
     assert cow is not None
     assert not cow.exists()
-    assert networks.events == ["release hfc-0"]
+    assert networks.events == ["release hearth-5eed"]
     assert vm.workdir is not None
     assert not vm.workdir.exists()
     assert vm.state is VmState.DESTROYED
     await backend.destroy(vm)  # idempotent
-    assert networks.events == ["release hfc-0"]
+    assert networks.events == ["release hearth-5eed"]
 
 
 async def test_teardown_after_a_half_finished_create_releases_what_was_recorded(
@@ -189,10 +192,55 @@ async def test_teardown_after_a_half_finished_create_releases_what_was_recorded(
     VmRecord(
         id=VM_ID, vm_type="cli", vcpus=1, mem_mib=256, boot_mode="cold", created_at=1.0,
         root=str(workdir),
-        network=FirecrackerNetwork(netns="hfc-4", agent_host="10.200.0.18").to_dict(),
+        network=FirecrackerNetwork(netns="hearth-5eed", agent_host="169.254.0.18").to_dict(),
     ).write(VmFiles(workdir=workdir))  # fmt: skip
     vm = Vm(id=VM_ID, spec=VmSpec(network=NetworkMode.NETNS), backend="firecracker",
             workdir=workdir, state=VmState.FAILED)  # fmt: skip
     await backend.destroy(vm)
-    assert networks.events == ["release hfc-4"]
+    assert networks.events == ["release hearth-5eed"]
+    assert not workdir.exists()
+
+
+def test_the_default_network_provider_is_hearth_networks_slot_pool(
+    tmp_path: Path, binary: Path
+) -> None:
+    backend = FirecrackerBackend(
+        state_dir=tmp_path / "state",
+        network_pool="169.254.0.0/24",
+        firecracker=str(binary),
+        accel=Accel("kvm", "test"),
+    )
+    assert isinstance(backend.networks, SlotNetworks)
+    assert backend.networks.pool.claims_dir == tmp_path / "state" / "net" / "slots"
+    assert str(backend.networks.pool.network) == "169.254.0.0/24"
+    assert backend.networks.tap_owner is None
+
+
+async def test_teardown_after_a_restart_deletes_the_namespace_and_frees_the_slot(
+    tmp_path: Path, binary: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new backend (the controller restarted) finds the slot in the record and frees it."""
+    deleted: list[NetworkSlot] = []
+    monkeypatch.setattr(fc_network, "delete_namespace", deleted.append)
+    backend = FirecrackerBackend(
+        state_dir=tmp_path / "state", firecracker=str(binary), accel=Accel("kvm", "test")
+    )
+    assert isinstance(backend.networks, SlotNetworks)
+    pool = backend.networks.pool
+    slot = pool.claim(VM_ID)
+    netns, host_veth = names_for(VM_ID)
+    network = FirecrackerNetwork.from_slot(
+        NetworkSlot(netns=netns, host_veth=host_veth, slot=slot), owner=VM_ID
+    )
+    workdir = backend.vms_dir / VM_ID
+    workdir.mkdir(parents=True)
+    VmRecord(
+        id=VM_ID, vm_type="cli", vcpus=1, mem_mib=256, boot_mode="cold", created_at=1.0,
+        root=str(workdir), network=network.to_dict(),
+    ).write(VmFiles(workdir=workdir))  # fmt: skip
+    vm = Vm(id=VM_ID, spec=VmSpec(network=NetworkMode.NETNS), backend="firecracker",
+            workdir=workdir, state=VmState.FAILED)  # fmt: skip
+    await backend.destroy(vm)
+    assert deleted == [NetworkSlot(netns="hearth-5eed", host_veth="hv5eed", slot=slot)]
+    assert pool.claims() == {}
     assert not workdir.exists()

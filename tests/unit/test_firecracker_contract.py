@@ -170,7 +170,7 @@ def boot_plan(**overrides: Any) -> sequences.BootPlan:
         "vcpus": 2,
         "mem_mib": 512,
         "kernel": "vmlinux",
-        "boot_args": payloads.boot_args(guest_cidr="172.16.0.2/30", gateway="172.16.0.1"),
+        "boot_args": payloads.boot_args(guest_cidr="10.0.2.15/24", gateway="10.0.2.2"),
         "root_drive": "rootfs",
         "tap": "tap0",
         "guest_mac": "06:00:ac:10:00:02",
@@ -397,7 +397,7 @@ async def test_the_backend_plans_validate_and_never_log_the_token(
     template.directory.mkdir()
     for path in (template.vmstate, template.memory, template.disk):
         path.write_bytes(b"\0")
-    network = FirecrackerNetwork(netns="hfc-0", agent_host="10.200.0.2")
+    network = FirecrackerNetwork(netns="hearth-1", agent_host="169.254.0.6")
     vm = Vm(id="vm-1", spec=VmSpec(network=NetworkMode.NETNS), backend="firecracker")
     root = VmRoot(tmp_path / "root")
     root.path.mkdir()
@@ -410,7 +410,8 @@ async def test_the_backend_plans_validate_and_never_log_the_token(
     assert check_all(contract, fake) == 9 + 4
     boot_source = next(r.body for r in fake.requests if r.path == "/boot-source")
     assert boot_source["kernel_image_path"] == "vmlinux"
-    assert "hearth.ip=172.16.0.2/30" in boot_source["boot_args"]
+    # The guest's side of hearth.network's inner link, which hearth-init also defaults to.
+    assert "hearth.ip=10.0.2.15/24 hearth.gw=10.0.2.2" in boot_source["boot_args"]
     assert (root.path / "vmlinux").resolve() == image.vmlinux.resolve()
     assert (root.path / "snapshot.mem").resolve() == template.memory.resolve()
     assert TOKEN not in repr(logs)

@@ -45,17 +45,17 @@ def test_root_drive_is_writable_by_default_and_read_only_on_request() -> None:
 
 
 def test_boot_args_boot_hearth_init_without_an_initramfs() -> None:
-    args = payloads.boot_args(guest_cidr="172.16.0.2/30", gateway="172.16.0.1").split()
+    args = payloads.boot_args(guest_cidr="10.0.2.15/24", gateway="10.0.2.2").split()
     assert args[:4] == ["console=ttyS0", "reboot=k", "panic=1", "pci=off"]
     assert "root=/dev/vda" in args
     assert "rw" in args
     assert "init=/usr/sbin/hearth-init" in args
-    assert "hearth.ip=172.16.0.2/30" in args
-    assert "hearth.gw=172.16.0.1" in args
+    assert "hearth.ip=10.0.2.15/24" in args
+    assert "hearth.gw=10.0.2.2" in args
 
 
 def test_boot_args_with_an_initramfs_tell_it_where_the_real_init_is() -> None:
-    args = payloads.boot_args(guest_cidr="172.16.0.2/30", gateway="172.16.0.1", with_initrd=True)
+    args = payloads.boot_args(guest_cidr="10.0.2.15/24", gateway="10.0.2.2", with_initrd=True)
     assert "hearth.init=/usr/sbin/hearth-init" in args.split()
     assert "init=/usr/sbin/hearth-init" not in args.split()
 
@@ -63,7 +63,7 @@ def test_boot_args_with_an_initramfs_tell_it_where_the_real_init_is() -> None:
 @pytest.mark.parametrize("bad", ["1.2.3.4/30 init=/bin/sh", "a;b", ""])
 def test_boot_args_refuse_values_that_would_inject_arguments(bad: str) -> None:
     with pytest.raises(InvalidInput):
-        payloads.boot_args(guest_cidr=bad, gateway="172.16.0.1")
+        payloads.boot_args(guest_cidr=bad, gateway="10.0.2.2")
 
 
 def test_boot_source_carries_the_initrd_only_when_given() -> None:

@@ -75,8 +75,8 @@ def test_a_missing_binary_names_where_to_get_it(monkeypatch: pytest.MonkeyPatch)
 
 
 def test_firecracker_argv_enters_the_netns_first() -> None:
-    argv = firecracker_argv(binary="/usr/bin/firecracker", vm_id=VM_ID, netns="hfc-3")
-    assert argv[1:4] == ["netns", "exec", "hfc-3"]
+    argv = firecracker_argv(binary="/usr/bin/firecracker", vm_id=VM_ID, netns="hearth-0123abcd")
+    assert argv[1:4] == ["netns", "exec", "hearth-0123abcd"]
     assert argv[4:] == ["/usr/bin/firecracker", "--api-sock", "api.sock", "--id", VM_ID]
 
 
@@ -88,7 +88,7 @@ def test_jailer_argv_passes_identity_chroot_cgroups_netns_and_the_api_socket() -
         jailer="/usr/bin/jailer",
         firecracker="/usr/bin/firecracker",
         vm_id=VM_ID,
-        netns=Path("/var/run/netns/hfc-1"),
+        netns=Path("/var/run/netns/hearth-0123abcd"),
     )
     assert argv[:5] == ["/usr/bin/jailer", "--id", VM_ID, "--exec-file", "/usr/bin/firecracker"]
     text = " ".join(argv)
@@ -96,7 +96,7 @@ def test_jailer_argv_passes_identity_chroot_cgroups_netns_and_the_api_socket() -
     assert "--chroot-base-dir /srv/j" in text
     assert "--cgroup-version 2" in text
     assert argv[argv.index("--cgroup") + 1] == "cpu.max=50000 100000"
-    assert "--netns /var/run/netns/hfc-1" in text
+    assert "--netns /var/run/netns/hearth-0123abcd" in text
     assert argv[-3:] == ["--", "--api-sock", "api.sock"]
     assert jail.root("/usr/bin/firecracker", VM_ID) == Path(f"/srv/j/firecracker/{VM_ID}/root")
 

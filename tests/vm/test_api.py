@@ -295,3 +295,27 @@ async def test_warm_pool_hands_out_a_claimed_vm_and_refills(
             assert 'hearth_pool_handouts_total{vm_type="cli"} 1.0' in metrics
             assert 'hearth_pool_size{vm_type="cli"} 1.0' in metrics
             assert [v["id"] for v in (await admin.get("/api/vms")).json()["vms"]] == [vm["id"]]
+
+
+async def test_host_wide_browser_vm_limit_is_429_and_creates_nothing(
+    minimal_image: ImageDir, tmp_path: Path, vm_state_dir: Path
+) -> None:
+    settings = Settings.from_env({"HEARTH_STATE_DIR": str(tmp_path / "state")})
+    quotas = Quotas(
+        per_user={VmType.CLI: 1, VmType.BROWSER: 1}, max_browser_vms=0, memory_limit_mib=8192
+    )
+    async for api in serve_app(
+        settings,
+        minimal_image=minimal_image,
+        template_dir=vm_state_dir / "templates",
+        quotas=quotas,
+        destroy_on_exit=True,
+    ):
+        async with api.client() as admin:
+            error = assert_error(
+                await admin.post("/api/vms", json={"userId": "max", "vmType": "browser"}),
+                429,
+                "capacity_exhausted",
+            )
+            assert "Browser VMs" in error["message"]
+            assert (await admin.get("/api/vms")).json()["vms"] == []

@@ -2,94 +2,18 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from hearth.images.manifest import ImageDir
 from hearth.network.namespace import list_namespaces
 from tests.vm.conftest import qemu_pids_under
+from tests.vm.server_fixtures import *  # noqa: F403
+from tests.vm.server_fixtures import Server
 
 pytestmark = [pytest.mark.slow, pytest.mark.vm]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class Server:
-    """``python -m hearth serve`` as a child process, logging to a file."""
-
-    def __init__(self, state: Path, templates: Path, log: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {
-            **os.environ,
-            "HEARTH_STATE_DIR": str(state),
-            "HEARTH_TEMPLATE_DIR": str(templates),
-            "HEARTH_LOG_FORMAT": "json",
-        }
-        self.log = log
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "hearth", "serve", "--port", str(self.port)],
-                env=self.env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, self.log.read_text()[-3000:]
-            try:
-                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise AssertionError(f"controller did not start:\n{self.log.read_text()[-3000:]}")
-
-    def kill9(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-
-    def stop(self) -> int:
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                return self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        return int(self.proc.returncode)
-
-
-@pytest.fixture
-def server(minimal_image: ImageDir, tmp_path: Path) -> Iterator[Server]:
-    state = tmp_path / "state"
-    (state / "images").mkdir(parents=True)
-    (state / "images" / "minimal").symlink_to(minimal_image.path)
-    # A template dir of its own: the first creates must wait for a template build (≈ 8 s),
-    # which keeps them in "booting" long enough to kill the controller under them.
-    server = Server(state, tmp_path / "templates", tmp_path / "controller.log")
-    yield server
-    server.stop()
-    for pid in qemu_pids_under(tmp_path):
-        os.kill(pid, signal.SIGKILL)
 
 
 def test_kill_9_while_vms_boot_loses_no_row_and_leaks_nothing_after_restart(
@@ -143,3 +67,7 @@ def test_kill_9_while_vms_boot_loses_no_row_and_leaks_nothing_after_restart(
     deleted = httpx.delete(f"{server.url}/api/vms/{vm['id']}", headers=auth, timeout=30)
     assert deleted.json()["status"] == "destroyed"
     assert qemu_pids_under(tmp_path) == []
+    log = (tmp_path / "controller.log").read_text()
+    assert key not in log, "the admin key reached the controller's log"
+    assert vm["agentToken"] not in log, "an agent token reached the controller's log"
+    assert '"vm_id"' in log

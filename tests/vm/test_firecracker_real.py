@@ -1,7 +1,8 @@
 """The Firecracker backend for real: cold boot, snapshot → restore, teardown that leaves nothing.
 
 These need the firecracker binary, a /dev/kvm with hardware virtualization (not PVM), root, and
-``ip``/``iptables`` for each VM's netns; they skip, saying which, where any is missing. The image's
+``ip``/``nft`` for each VM's netns (``hearth.network``, as the QEMU backend uses); they skip,
+saying which, where any is missing. The image's
 Debian cloud kernel builds virtio as modules, so the VMs boot through the image's initramfs.
 """
 
@@ -17,15 +18,14 @@ import httpx
 import pytest
 
 from hearth.images.manifest import ImageDir
-from hearth.vm.firecracker import FirecrackerBackend, NetnsNetworks
-from hearth.vm.firecracker.network import NETNS_DIR
+from hearth.vm.firecracker import FirecrackerBackend, SlotNetworks
 from hearth.vm.firecracker.process import is_our_process
 from hearth.vm.firecracker.records import VmFiles, VmRecord
 from hearth.vm.qemu.accel import detect_accel
 from hearth.vm.types import BootMode, NetworkMode, Vm, VmSpec, VmState
 
 _ACCEL = detect_accel()
-_NET_TOOLS = [t for t in ("ip", "iptables") if shutil.which(t, path="/usr/sbin:/sbin") is None]
+_NET_TOOLS = [t for t in ("ip", "nft") if shutil.which(t, path="/usr/sbin:/sbin") is None]
 
 pytestmark = [
     pytest.mark.slow,
@@ -37,7 +37,7 @@ pytestmark = [
     pytest.mark.skipif(_ACCEL.name != "kvm", reason=f"needs a usable /dev/kvm: {_ACCEL.reason}"),
     pytest.mark.skipif(
         os.geteuid() != 0 or bool(_NET_TOOLS),
-        reason=f"needs root and ip/iptables for the VMs' netns (missing: {_NET_TOOLS or 'root'})",
+        reason=f"needs root and ip/nft for the VMs' netns (missing: {_NET_TOOLS or 'root'})",
     ),
 ]
 
@@ -52,14 +52,13 @@ def auth(token: str | None) -> dict[str, str]:
 @pytest.fixture
 async def backend(tmp_path: Path) -> AsyncIterator[FirecrackerBackend]:
     """A Firecracker backend on a private state dir; teardown destroys whatever is still running."""
-    backend = FirecrackerBackend(
-        state_dir=tmp_path / "state", networks=NetnsNetworks(prefix="hft"), use_initrd=True
-    )
+    backend = FirecrackerBackend(state_dir=tmp_path / "state", use_initrd=True)
+    assert isinstance(backend.networks, SlotNetworks)
     yield backend
     for vm in await backend.list_running():
         print(f"--- console of {vm.id} ---\n{backend.console_tail(vm, 60)}")
         await backend.destroy(vm)
-    assert not any(p.name.startswith("hft-") for p in NETNS_DIR.glob("*")), "netns left behind"
+    assert backend.networks.pool.claims() == {}, "network slots left claimed"
 
 
 def holdings(vm: Vm) -> VmRecord:
@@ -71,7 +70,7 @@ def holdings(vm: Vm) -> VmRecord:
 
 
 def assert_nothing_left(vm: Vm, record: VmRecord) -> None:
-    """No process, dm device, loop device, COW file, socket, netns or work directory remains."""
+    """No process, dm/loop device, COW file, socket, netns, veth or work directory remains."""
     assert record.pid is not None
     assert not is_our_process(record.pid, vm.id)
     disk = record.get_disk()
@@ -86,6 +85,8 @@ def assert_nothing_left(vm: Vm, record: VmRecord) -> None:
     network = record.get_network()
     assert network is not None
     assert not network.netns_path.exists()
+    assert network.host_veth is not None
+    assert not (Path("/sys/class/net") / network.host_veth).exists()
     assert vm.workdir is not None
     assert not vm.workdir.exists()
 

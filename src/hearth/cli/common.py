@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import NoReturn
 
 import typer
@@ -11,8 +12,9 @@ from hearth.config import Settings
 from hearth.errors import HearthError
 from hearth.logging import configure_logging
 
-console = Console()
-err_console = Console(stderr=True)
+# Piped output (scripts, tests) gets wide lines rather than Rich's default 80 columns.
+console = Console(width=None if sys.stdout.isatty() else 200)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 
 
 def load_settings() -> Settings:

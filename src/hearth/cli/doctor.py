@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 
@@ -9,17 +10,19 @@ import typer
 from rich.table import Table
 
 from hearth.cli.common import console, load_settings
+from hearth.config import Settings
 from hearth.errors import HearthError
 from hearth.images.build import default_output_dir
 from hearth.images.initramfs import static_busybox
 from hearth.images.manifest import ImageDir
 from hearth.images.recipes import RECIPES
+from hearth.store import Store
 from hearth.tools import require_tool
 from hearth.vm.qemu.accel import detect_accel
 
 
 def doctor() -> None:
-    """Check the host: accelerator, QEMU and image tools, state dir, built images."""
+    """Check the host: accelerator, tools, state dir, database, built images."""
     settings = load_settings()
     checks: list[tuple[str, bool, str]] = []
     accel = detect_accel(override=os.environ.get("HEARTH_QEMU_ACCEL", "auto"))
@@ -41,6 +44,14 @@ def doctor() -> None:
             f"{settings.state_dir} {'writable' if state_ok else 'not writable'}",
         )
     )
+    checks.append(("database", *asyncio.run(_database(settings))))
+    network_tools = ("ip", "nft")
+    for tool in network_tools:
+        try:
+            checks.append((tool, True, require_tool(tool)))
+        except HearthError as exc:
+            # Only the netns network mode needs them.
+            checks.append((tool, settings.network_mode != "netns", exc.message))
     for name, recipe in sorted(RECIPES.items()):
         manifest = ImageDir(default_output_dir(settings, recipe)).manifest
         detail = (
@@ -56,6 +67,21 @@ def doctor() -> None:
     console.print(table)
     if not all(ok for _, ok, _ in checks):
         raise typer.Exit(1)
+
+
+async def _database(settings: Settings) -> tuple[bool, str]:
+    """Open the store (running migrations) and ping it; the detail never holds a password."""
+    url = settings.database()
+    shown = url.split("://", 1)[0] + "://" + url.rsplit("@", 1)[-1].split("://", 1)[-1]
+    try:
+        store = await Store.open(url)
+    except Exception as exc:
+        return False, f"{shown}: cannot open ({type(exc).__name__})"
+    try:
+        ok = await store.ping()
+    finally:
+        await store.close()
+    return ok, f"{store.url_for_log()} {'reachable' if ok else 'not answering'}"
 
 
 def _writable_dir(path: Path) -> bool:

@@ -20,7 +20,9 @@ vm_app.command("run")(vm_run)
 
 def _table(vms: list[dict[str, Any]]) -> Table:
     table = Table()
-    for column in ("id", "user", "type", "status", "boot", "agent", "created"):
+    # Ids are copied into other commands: never shorten them, whatever the width.
+    table.add_column("id", no_wrap=True, min_width=39)
+    for column in ("user", "type", "status", "boot", "agent", "created"):
         table.add_column(column)
     for vm in vms:
         table.add_row(
@@ -58,7 +60,8 @@ def vm_create(
     console.print(_table([vm]))
     if vm.get("agentToken"):
         console.print(
-            f'agent: curl -H "Authorization: Bearer {vm["agentToken"]}" {vm["agentUrl"]}/health'
+            f'agent: curl -H "Authorization: Bearer {vm["agentToken"]}" {vm["agentUrl"]}/version',
+            soft_wrap=True,
         )
 
 
@@ -80,6 +83,8 @@ def vm_show(vm_id: str) -> None:
     except HearthError as exc:
         fail(exc)
     table = Table(show_header=False, title=vm_id)
+    table.add_column("field", no_wrap=True)
+    table.add_column("value", overflow="fold")
     for key, value in vm.items():
         table.add_row(key, str(value))
     console.print(table)

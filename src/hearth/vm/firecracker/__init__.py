@@ -7,7 +7,7 @@ hosts, where the QEMU backend is the one that runs.
 from hearth.vm.firecracker.backend import FirecrackerBackend
 from hearth.vm.firecracker.client import FirecrackerClient
 from hearth.vm.firecracker.disks import CowMechanism
-from hearth.vm.firecracker.network import FirecrackerNetwork, NetnsNetworks, NetworkProvider
+from hearth.vm.firecracker.network import FirecrackerNetwork, NetworkProvider, SlotNetworks
 from hearth.vm.firecracker.process import JailerConfig
 
 __all__ = [
@@ -16,6 +16,6 @@ __all__ = [
     "FirecrackerClient",
     "FirecrackerNetwork",
     "JailerConfig",
-    "NetnsNetworks",
     "NetworkProvider",
+    "SlotNetworks",
 ]

@@ -1,7 +1,8 @@
 """FirecrackerBackend: microVMs under Firecracker, cold-booted or restored from snapshot templates.
 
 Per VM: a work directory (record, console, logs), a network from the ``NetworkProvider`` (a tap
-in the VM's own netns), a copy-on-write root disk (``disks``), and one Firecracker process,
+in the VM's own netns; by default ``hearth.network``'s, the namespaces and slot pool the QEMU
+backend uses too), a copy-on-write root disk (``disks``), and one Firecracker process,
 optionally jailed, configured over its API socket (``sequences``). Every resource enters the
 VM's record as soon as it exists; teardown reads the record and runs LIFO — process, disk,
 jail, network, work directory — collecting errors instead of stopping at the first.
@@ -31,11 +32,17 @@ from hearth.errors import (
 )
 from hearth.images.manifest import ImageDir
 from hearth.logging import get_logger
+from hearth.network.pool import DEFAULT_POOL, SlotPool
 from hearth.vm.firecracker import disks, payloads, process, sequences
 from hearth.vm.firecracker.agent import claim_agent
 from hearth.vm.firecracker.client import FirecrackerClient
 from hearth.vm.firecracker.disks import CowMechanism
-from hearth.vm.firecracker.network import GUEST_IDENTITY, FirecrackerNetwork, NetworkProvider
+from hearth.vm.firecracker.network import (
+    GUEST_IDENTITY,
+    FirecrackerNetwork,
+    NetworkProvider,
+    SlotNetworks,
+)
 from hearth.vm.firecracker.process import FirecrackerProcess, JailerConfig, VmRoot
 from hearth.vm.firecracker.records import LOG_FILE, METRICS_FILE, VmFiles, VmRecord
 from hearth.vm.firecracker.teardown import teardown_vm
@@ -67,7 +74,8 @@ class FirecrackerBackend:
         self,
         *,
         state_dir: Path,
-        networks: NetworkProvider,
+        networks: NetworkProvider | None = None,
+        network_pool: str = DEFAULT_POOL,
         jailer: JailerConfig | None = None,
         firecracker: str | None = None,
         accel: Accel | None = None,
@@ -86,6 +94,12 @@ class FirecrackerBackend:
         accel = accel or detect_accel()
         if accel.name != "kvm":
             raise ConfigError(f"firecracker needs a usable /dev/kvm: {accel.reason}")
+        if networks is None:
+            # The same claims directory as the QEMU backend's: one pool per state dir.
+            networks = SlotNetworks(
+                pool=SlotPool(cidr=network_pool, claims_dir=state_dir / "net" / "slots"),
+                tap_owner=(jailer.uid, jailer.gid) if jailer else None,
+            )
         self.networks = networks
         self.cow = disks.choose_mechanism(cow)
         self.vms_dir = state_dir / "vms"

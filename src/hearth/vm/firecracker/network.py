@@ -1,13 +1,15 @@
-"""A Firecracker VM's network: a tap inside its own network namespace, reached through a veth.
+"""A Firecracker VM's network: the tap inside its own namespace, as ``hearth.network`` makes it.
 
 Clones restored from one template wake with the template's guest address and MAC, so every VM
-gets its own netns and the guest-side identity is the same everywhere (Firecracker's
-"network for clones" recipe). Inside the netns, the tap carries ``GUEST_GATEWAY``; a veth pair
-joins the netns to the host, and a DNAT rule sends the agent port arriving on the veth to the
-guest. The controller reaches the agent at the netns end of the veth (``agent_host``).
+gets its own netns and the guest-side identity is the same everywhere (Firecracker's "network
+for clones" recipe). ``hearth.network`` builds exactly that for both backends: inside each
+namespace the tap carries the fixed inner link (gateway 10.0.2.2/24, guest 10.0.2.15); a veth
+pair joins it to the root namespace on a /30 slot of the ``SlotPool``, and the namespace's
+nftables policy DNATs the slot's agent address to the guest's agent port and drops everything
+the guest starts. The controller reaches the agent at that agent address (``agent_host``).
 
-``NetworkProvider`` is what the backend needs; ``NetnsNetworks`` implements it with ``ip`` and
-``iptables`` (only the real-binary tests use it until Hearth's own network module exists).
+``NetworkProvider`` is what the backend needs; ``SlotNetworks`` is the real one, an adapter over
+``SlotPool`` and ``create_namespace``/``delete_namespace``. Tests of other code inject fakes.
 """
 
 from __future__ import annotations
@@ -18,18 +20,28 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from hearth.errors import VmError
+from hearth.errors import InvalidInput, VmError
 from hearth.logging import get_logger
+from hearth.network.namespace import (
+    AGENT_PORT,
+    GUEST_IP,
+    TAP_GATEWAY,
+    TAP_NAME,
+    NetworkSlot,
+    create_namespace,
+    delete_namespace,
+    names_for,
+)
+from hearth.network.pool import SlotAddresses, SlotPool
 from hearth.tools import run_tool
 
 NETNS_DIR = Path("/var/run/netns")
-AGENT_PORT = 8080
-# The guest-side identity, identical in every VM (and baked into templates).
-GUEST_IP = "172.16.0.2"
-GUEST_GATEWAY = "172.16.0.1"
-GUEST_PREFIX = 30
-GUEST_MAC = "06:00:ac:10:00:02"
-TAP_NAME = "tap0"
+_INNER_LINK = ipaddress.IPv4Interface(TAP_GATEWAY)
+# The guest-side identity, identical in every VM (and baked into templates). The MAC follows
+# Firecracker's convention of 06:00 followed by the guest's IPv4 address.
+GUEST_GATEWAY = str(_INNER_LINK.ip)
+GUEST_PREFIX = _INNER_LINK.network.prefixlen
+GUEST_MAC = "06:00:" + ":".join(f"{b:02x}" for b in ipaddress.IPv4Address(GUEST_IP).packed)
 GUEST_IDENTITY = (GUEST_MAC, GUEST_IP, GUEST_GATEWAY, GUEST_PREFIX)
 _log = get_logger("vm.firecracker.network")
 
@@ -39,14 +51,16 @@ class FirecrackerNetwork:
     """Where one VM's network lives and how the controller reaches its agent."""
 
     netns: str
-    agent_host: str  # host-side address of the agent (DNAT'ed to GUEST_IP inside the netns)
+    agent_host: str  # root-namespace-reachable address of the agent (DNAT'ed to guest_ip)
     tap: str = TAP_NAME
     guest_mac: str = GUEST_MAC
     guest_ip: str = GUEST_IP
     gateway: str = GUEST_GATEWAY
     prefix_len: int = GUEST_PREFIX
     agent_port: int = AGENT_PORT
-    host_veth: str | None = None  # the veth end in the host namespace, when one was created
+    host_veth: str | None = None  # the veth end in the root namespace, when one was created
+    slot: int | None = None  # the SlotPool index the network occupies, when it came from one
+    owner: str | None = None  # whom the slot is claimed for (the VM id); release checks it
 
     @property
     def netns_path(self) -> Path:
@@ -77,6 +91,17 @@ class FirecrackerNetwork:
         """The inverse of ``to_dict``."""
         return cls(**data)
 
+    @classmethod
+    def from_slot(cls, network: NetworkSlot, *, owner: str) -> FirecrackerNetwork:
+        """The Firecracker view of a namespace ``hearth.network`` created for ``owner``."""
+        return cls(
+            netns=network.netns,
+            agent_host=network.slot.agent_ip,
+            host_veth=network.host_veth,
+            slot=network.slot.index,
+            owner=owner,
+        )
+
 
 class NetworkProvider(Protocol):
     """Hands out and takes back per-VM networks."""
@@ -90,113 +115,68 @@ class NetworkProvider(Protocol):
         ...
 
 
-class NetnsNetworks:
-    """Creates a netns + tap + veth + DNAT per VM with ``ip`` and ``iptables`` (needs root)."""
+class SlotNetworks:
+    """Networks from ``hearth.network``: a ``SlotPool`` slot and the namespace built on it."""
 
-    def __init__(
-        self,
-        *,
-        link_pool: str = "10.200.0.0/16",
-        prefix: str = "hfc",
-        tap_owner: tuple[int, int] | None = None,
-    ) -> None:
-        self.links = list(ipaddress.IPv4Network(link_pool).subnets(new_prefix=30))
-        self.prefix = prefix
+    def __init__(self, *, pool: SlotPool, tap_owner: tuple[int, int] | None = None) -> None:
+        self.pool = pool
         self.tap_owner = tap_owner  # uid, gid of a jailed Firecracker, which must open the tap
-        self._lock = asyncio.Lock()
 
     async def acquire(self, vm_id: str, *, allow_egress: bool) -> FirecrackerNetwork:
-        """Create the netns, tap, veth pair and NAT rules of the lowest free slot."""
-        async with self._lock:
-            index = next(
-                (i for i in range(len(self.links)) if not (NETNS_DIR / self._netns(i)).exists()),
-                None,
-            )
-            if index is None:
-                raise VmError("no free network slot for a firecracker VM")
-            link = self.links[index]
-            host_ip, ns_ip = (str(a) for a in list(link.hosts())[:2])
-            network = FirecrackerNetwork(
-                netns=self._netns(index), agent_host=ns_ip, host_veth=f"{self.prefix}{index}h"
-            )
-            try:
-                await asyncio.to_thread(
-                    _create, network, host_ip=host_ip, ns_ip=ns_ip, index=index,
-                    prefix=self.prefix, allow_egress=allow_egress, tap_owner=self.tap_owner,
-                )  # fmt: skip
-            except BaseException:
-                await self.release(network)
-                raise
-        _log.info("network_created", vm_id=vm_id, netns=network.netns, agent_host=ns_ip)
+        """Claim a slot and create the namespace, veth pair, tap and nftables policy on it."""
+        if allow_egress:
+            raise InvalidInput("network mode netns does not offer guest egress yet")
+        slot = self.pool.claim(vm_id)
+        netns, host_veth = names_for(vm_id)
+        planned = FirecrackerNetwork.from_slot(
+            NetworkSlot(netns=netns, host_veth=host_veth, slot=slot), owner=vm_id
+        )
+        creating = asyncio.ensure_future(asyncio.to_thread(self._create, vm_id, slot))
+        try:
+            network = await asyncio.shield(creating)
+        except BaseException:
+            # A thread cannot be interrupted: let it finish, so nothing it creates outlives this.
+            await asyncio.wait([creating])
+            await self.release(planned)
+            raise
+        _log.info("network_created", vm_id=vm_id, netns=network.netns, slot=slot.index)
+        return network
+
+    def _create(self, vm_id: str, slot: SlotAddresses) -> FirecrackerNetwork:
+        network = FirecrackerNetwork.from_slot(create_namespace(vm_id, slot), owner=vm_id)
+        if self.tap_owner is not None:
+            _hand_tap_to(network.netns, *self.tap_owner)
         return network
 
     async def release(self, network: FirecrackerNetwork) -> None:
-        """Delete the veth (its peer goes with it) and the netns (the tap goes with it)."""
-        await asyncio.to_thread(delete_network, network)
-
-    def _netns(self, index: int) -> str:
-        return f"{self.prefix}-{index}"
-
-
-def _ip(*args: str) -> None:
-    run_tool(["ip", *args], what=f"ip {' '.join(args[:4])}", error=VmError, timeout=30)
-
-
-def _in_netns(netns: str, *args: str) -> None:
-    run_tool(
-        ["ip", "netns", "exec", netns, *args],
-        what=f"{args[0]} in {netns}",
-        error=VmError,
-        timeout=30,
-    )
-
-
-def _create(
-    network: FirecrackerNetwork,
-    *,
-    host_ip: str,
-    ns_ip: str,
-    index: int,
-    prefix: str,
-    allow_egress: bool,
-    tap_owner: tuple[int, int] | None,
-) -> None:
-    ns, tap = network.netns, network.tap
-    host_veth = network.host_veth or f"{prefix}{index}h"
-    ns_veth = f"{prefix}{index}n"
-    _ip("netns", "add", ns)
-    _ip("-n", ns, "link", "set", "lo", "up")
-    owner = ["user", str(tap_owner[0]), "group", str(tap_owner[1])] if tap_owner else []
-    _ip("-n", ns, "tuntap", "add", "dev", tap, "mode", "tap", *owner)
-    _ip("-n", ns, "addr", "add", f"{network.gateway}/{network.prefix_len}", "dev", tap)
-    _ip("-n", ns, "link", "set", tap, "up")
-    _ip("link", "add", host_veth, "type", "veth", "peer", "name", ns_veth, "netns", ns)
-    _ip("addr", "add", f"{host_ip}/30", "dev", host_veth)
-    _ip("link", "set", host_veth, "up")
-    _ip("-n", ns, "addr", "add", f"{ns_ip}/30", "dev", ns_veth)
-    _ip("-n", ns, "link", "set", ns_veth, "up")
-    _ip("-n", ns, "route", "add", "default", "via", host_ip)
-    _in_netns(ns, "sysctl", "-qw", "net.ipv4.ip_forward=1")
-    _in_netns(
-        ns, "iptables", "-t", "nat", "-A", "PREROUTING", "-i", ns_veth, "-p", "tcp",
-        "--dport", str(network.agent_port), "-j", "DNAT",
-        "--to-destination", f"{network.guest_ip}:{network.agent_port}",
-    )  # fmt: skip
-    if allow_egress:
-        _in_netns(
-            ns, "iptables", "-t", "nat", "-A", "POSTROUTING", "-o", ns_veth, "-j", "MASQUERADE"
+        """Delete the namespace (its tap goes with it) and the veth, then free the slot."""
+        if network.slot is None or network.owner is None or network.host_veth is None:
+            raise VmError(f"network {network.netns} has no slot recorded: not one of ours")
+        namespace = NetworkSlot(
+            netns=network.netns,
+            host_veth=network.host_veth,
+            slot=self.pool.addresses(network.slot),
         )
-    else:
-        # The guest may answer but not open connections: nothing it starts leaves the netns.
-        _in_netns(
-            ns, "iptables", "-A", "FORWARD", "-i", tap, "-m", "conntrack",
-            "--ctstate", "NEW", "-j", "DROP",
-        )  # fmt: skip
+        await asyncio.to_thread(delete_namespace, namespace)
+        self.pool.release(network.slot, network.owner)
 
 
-def delete_network(network: FirecrackerNetwork) -> None:
-    """Delete a network created by ``NetnsNetworks``; quiet about parts already gone."""
-    if network.host_veth and Path(f"/sys/class/net/{network.host_veth}").exists():
-        _ip("link", "del", network.host_veth)
-    if network.netns_path.exists():
-        _ip("netns", "del", network.netns)
+def _hand_tap_to(netns: str, uid: int, gid: int) -> None:
+    """Re-create the namespace's tap owned by ``uid``/``gid``, with the same inner link.
+
+    A jailed Firecracker has dropped to that uid and may only attach to a tap it owns; the
+    namespace policy names the tap, so the new one is governed by it like the old.
+    """
+    steps = [
+        ("tuntap", "del", "dev", TAP_NAME, "mode", "tap"),
+        ("tuntap", "add", "dev", TAP_NAME, "mode", "tap", "user", str(uid), "group", str(gid)),
+        ("addr", "add", TAP_GATEWAY, "dev", TAP_NAME),
+        ("link", "set", TAP_NAME, "up"),
+    ]
+    for args in steps:
+        run_tool(
+            ["ip", "-n", netns, *args],
+            what=f"ip {' '.join(args[:2])} in {netns}",
+            error=VmError,
+            timeout=30,
+        )

@@ -75,7 +75,7 @@ class VmRecord:
     cgroup_dir: str | None = None
     metrics: bool = False
     pid: int | None = None
-    network: dict[str, Any] | None = None
+    network: dict[str, Any] | None = None  # a FirecrackerNetwork, with its pool slot and owner
     disk: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
