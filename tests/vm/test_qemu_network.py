@@ -17,7 +17,7 @@ import pytest
 
 from hearth.images.manifest import ImageDir
 from hearth.network.namespace import names_for
-from hearth.vm.types import NetworkMode, Vm, VmSpec
+from hearth.vm.types import GuestForward, NetworkMode, Vm, VmSpec
 from tests.conftest import require_tools
 from tests.vm.conftest import TrackingBackend
 
@@ -85,3 +85,22 @@ async def test_netns_vms_are_healthy_and_isolated(
         result = await probe(a, host, port)
         assert result["connected"] is False, f"VM in netns reached {host}:{port}"
     assert names_for(a.id)[0] != names_for(b.id)[0]
+
+
+async def test_forwards_reach_exactly_the_allowed_endpoint_and_expose_extra_ports(
+    minimal_image: ImageDir, qemu_backend: TrackingBackend, controller_port: int
+) -> None:
+    allowed = GuestForward(guest_ip="10.0.2.100", guest_port=443, host_port=controller_port)
+    vm = await qemu_backend.create(
+        minimal_image, VmSpec(forward_ports=(8080,), guest_forwards=(allowed,))
+    )
+    # The allowed endpoint is reachable at its guest-visible address...
+    assert (await probe(vm, "10.0.2.100", 443))["connected"] is True
+    # ...but the same host port is not, directly, and neither is anything else.
+    assert (await probe(vm, "10.0.2.2", controller_port))["connected"] is False
+    assert (await probe(vm, "10.0.2.100", 444))["connected"] is False
+    # An extra guest port is forwarded to its own loopback port.
+    assert set(vm.ports) == {8080}
+    async with httpx.AsyncClient() as client:
+        health = await client.get(f"http://127.0.0.1:{vm.ports[8080]}/health")
+    assert health.status_code == 200

@@ -66,6 +66,23 @@ MIN_MEM_MIB = 256
 MAX_MEM_MIB = 64 * 1024
 
 
+@dataclass(frozen=True)
+class GuestForward:
+    """A guest-visible TCP endpoint QEMU user-net connects to a host loopback port.
+
+    This is how a VM with restricted egress reaches exactly one allowed service (e.g. an
+    OAuth provider), and nothing else of the host.
+    """
+
+    guest_ip: str
+    guest_port: int
+    host_port: int
+
+    def __post_init__(self) -> None:
+        if not (1 <= self.guest_port <= 65535 and 1 <= self.host_port <= 65535):
+            raise InvalidInput("forwarded ports must be between 1 and 65535")
+
+
 @dataclass(frozen=True, kw_only=True)
 class VmSpec:
     """What to run: size, type and network policy."""
@@ -75,8 +92,14 @@ class VmSpec:
     mem_mib: int = 512
     network: NetworkMode = NetworkMode.USER
     allow_egress: bool = False
+    # Guest TCP ports (besides the agent's) forwarded to 127.0.0.1 (e.g. VNC for Browser VMs).
+    forward_ports: tuple[int, ...] = ()
+    # Allowed guest → host endpoints under restricted egress.
+    guest_forwards: tuple[GuestForward, ...] = ()
 
     def __post_init__(self) -> None:
+        if self.network is NetworkMode.NETNS and (self.forward_ports or self.guest_forwards):
+            raise InvalidInput("port forwards are offered in network mode user only")
         if not 1 <= self.vcpus <= MAX_VCPUS:
             raise InvalidInput(f"vcpus must be between 1 and {MAX_VCPUS}, got {self.vcpus}")
         if not MIN_MEM_MIB <= self.mem_mib <= MAX_MEM_MIB:
@@ -108,6 +131,8 @@ class Vm:
     time_to_healthy_s: float | None = None
     disk_bytes: int | None = None
     error: str | None = None
+    # Guest port → 127.0.0.1 port, for the spec's forward_ports.
+    ports: dict[int, int] = field(default_factory=dict)
 
     def move_to(self, new: VmState) -> None:
         """Change state through the transition table."""

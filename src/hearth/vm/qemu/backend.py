@@ -253,6 +253,7 @@ class QemuBackend:
             else:
                 port = free_local_port()
                 vm.agent_url = f"http://127.0.0.1:{port}"
+                vm.ports = {guest: free_local_port() for guest in spec.forward_ports}
             argv = qemu_argv(
                 binary=self.binary,
                 vm_id=vm_id,
@@ -261,6 +262,7 @@ class QemuBackend:
                 accel=self.accel,
                 paths=paths,
                 host_port=port,
+                extra_ports=vm.ports,
                 network=network,
                 incoming_state=template.state if template else None,
             )
@@ -384,6 +386,7 @@ class QemuBackend:
             "network": vm.spec.network.value,
             "slot": network.slot.index if network else None,
             "agent_url": vm.agent_url,
+            "ports": {str(k): v for k, v in vm.ports.items()},
             "vm_type": vm.spec.vm_type.value,
             "vcpus": vm.spec.vcpus,
             "mem_mib": vm.spec.mem_mib,
@@ -471,6 +474,7 @@ class QemuBackend:
             boot_mode=BootMode(record.get("boot_mode", "cold")),
             created_at=float(record.get("created_at", 0.0)),
             disk_bytes=bytes_on_disk(workdir / "disk.qcow2"),
+            ports={int(k): int(v) for k, v in (record.get("ports") or {}).items()},
         )
 
     def console_tail(self, vm: Vm, lines: int = 40) -> str:

@@ -69,6 +69,7 @@ def qemu_argv(
     accel: Accel,
     paths: VmPaths,
     host_port: int | None,
+    extra_ports: dict[int, int] | None = None,
     network: NetworkSlot | None = None,
     incoming_state: Path | None = None,
 ) -> list[str]:
@@ -83,6 +84,12 @@ def qemu_argv(
         netdev = f"tap,id=net0,ifname={TAP_NAME},script=no,downscript=no"
     else:
         netdev = f"user,id=net0,hostfwd=tcp:127.0.0.1:{host_port}-:{AGENT_PORT}"
+        for guest_port, local_port in sorted((extra_ports or {}).items()):
+            netdev += f",hostfwd=tcp:127.0.0.1:{local_port}-:{guest_port}"
+        for rule in spec.guest_forwards:
+            netdev += (
+                f",guestfwd=tcp:{rule.guest_ip}:{rule.guest_port}-tcp:127.0.0.1:{rule.host_port}"
+            )
         if not spec.allow_egress:
             # restrict=on: the guest reaches nothing outside, not even the host; forwards work.
             netdev += ",restrict=on"
