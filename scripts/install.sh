@@ -10,6 +10,7 @@ APT_PACKAGES=(
   busybox-static cpio lz4           # initramfs, vmlinux extraction
   iproute2 nftables procps          # per-VM network namespaces, process checks
   ca-certificates postgresql        # TLS roots; PostgreSQL (HEARTH_DATABASE_URL, tests)
+  novnc chromium                    # the Browser VM's viewer (noVNC); headless view checks
   python3 python3-venv python3-pip  # the controller's interpreter
 )
 
@@ -17,6 +18,9 @@ missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
 done
+# Node.js runs the test OAuth server; a host may already have it from elsewhere (keep that one).
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 if ((${#missing[@]})); then
   echo "install: apt packages: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive

@@ -29,6 +29,7 @@ class Settings:
     port: int = 4000
     database_url: str | None = None
     admin_key: str | None = field(default=None, repr=False)
+    master_key: str | None = field(default=None, repr=False)
     network_mode: str = "user"
     network_pool: str = "169.254.0.0/16"
     template_dir: Path | None = None
@@ -44,6 +45,14 @@ class Settings:
     default_mem_mib: int = 512
     browser_vcpus: int = 2
     browser_mem_mib: int = 2048
+    # Auth flow: stage deadlines and the generic OIDC provider (issuer as Browser VMs see it).
+    login_timeout_s: float = 600.0
+    cli_vm_timeout_s: float = 300.0
+    browser_vm_timeout_s: float = 600.0
+    oidc_issuer: str | None = None
+    oidc_client_id: str = "hearth"
+    oidc_callback_port: int = 8765
+    oidc_upstream_port: int | None = None
 
     @property
     def images_dir(self) -> Path:
@@ -85,6 +94,7 @@ class Settings:
             port=_int(env, "HEARTH_PORT", 4000, 1, 65535),
             database_url=env.get("HEARTH_DATABASE_URL") or None,
             admin_key=admin_key,
+            master_key=env.get("HEARTH_MASTER_KEY") or None,
             network_mode=network_mode,
             network_pool=env.get("HEARTH_NETWORK_POOL", "169.254.0.0/16"),
             template_dir=Path(env["HEARTH_TEMPLATE_DIR"])
@@ -96,6 +106,15 @@ class Settings:
             memory_share=_float(env, "HEARTH_MEMORY_SHARE", 0.8, 0.01, 1.0),
             pool_cli=_int(env, "HEARTH_POOL_CLI", 0, 0, 100),
             pool_browser=_int(env, "HEARTH_POOL_BROWSER", 0, 0, 100),
+            login_timeout_s=_float(env, "HEARTH_LOGIN_TIMEOUT_S", 600.0, 1.0, 86400.0),
+            oidc_issuer=env.get("HEARTH_OIDC_ISSUER") or None,
+            oidc_client_id=env.get("HEARTH_OIDC_CLIENT_ID", "hearth"),
+            oidc_callback_port=_int(env, "HEARTH_OIDC_CALLBACK_PORT", 8765, 1, 65535),
+            oidc_upstream_port=(
+                _int(env, "HEARTH_OIDC_UPSTREAM_PORT", 0, 1, 65535)
+                if env.get("HEARTH_OIDC_UPSTREAM_PORT")
+                else None
+            ),
         )
 
     def with_overrides(self, **changes: object) -> Settings:

@@ -24,7 +24,7 @@ from hearth.vm.types import BootMode, VmState, VmType
 from tests.integration.store_fixtures import *  # noqa: F403
 from tests.integration.store_fixtures import OpenStore, new_vm
 
-HEAD = "0001"
+HEAD = "0002"
 
 # Every status-like column and the enum whose values it must hold.
 ENUM_COLUMNS: list[tuple[str, str, type[StrEnum]]] = [

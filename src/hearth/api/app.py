@@ -13,16 +13,23 @@ from pathlib import Path
 
 import structlog
 from fastapi import FastAPI, Request, Response
+from fastapi.staticfiles import StaticFiles
 
 from hearth import __version__
 from hearth.api.context import Controller
 from hearth.api.errors import install_error_handlers
-from hearth.api.routes import keys, system, vms
+from hearth.api.routes import auth as auth_routes
+from hearth.api.routes import keys, system, view, vms
+from hearth.api.routes.view import NOVNC_DIR
+from hearth.auth.flow import AuthFlow
 from hearth.config import Settings
 from hearth.control.images import ImageCatalog
 from hearth.control.pool import WarmPool
 from hearth.control.quotas import Quotas
 from hearth.control.vms import VmService
+from hearth.credentials.pullback import PullBack
+from hearth.credentials.service import CredentialService
+from hearth.credentials.vault import CredentialVault
 from hearth.logging import get_logger
 from hearth.metrics import ControllerMetrics
 from hearth.store import Store
@@ -80,9 +87,21 @@ def create_app(
             quotas=quotas or Quotas.from_settings(settings),
         )
         await ensure_admin_key(store, settings)
+        vault = CredentialVault.load(
+            settings.state_dir, {"HEARTH_MASTER_KEY": settings.master_key or ""}
+        )
+        credentials = CredentialService(store, vault)
+        service.before_destroy.append(PullBack(store, credentials, service).before_destroy)
+        auth = AuthFlow(settings=settings, store=store, vms=service, credentials=credentials)
         await service.reconcile()
+        await auth.recover()
         app.state.controller = Controller(
-            settings=settings, store=store, vms=service, metrics=metrics
+            settings=settings,
+            store=store,
+            vms=service,
+            metrics=metrics,
+            credentials=credentials,
+            auth=auth,
         )
         pool = WarmPool(
             service, sizes={VmType.CLI: settings.pool_cli, VmType.BROWSER: settings.pool_browser}
@@ -98,6 +117,7 @@ def create_app(
             monitor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await monitor
+            await auth.shutdown()
             await pool.stop()
             await service.shutdown(destroy_vms=destroy_on_exit)
             await store.close()
@@ -142,4 +162,8 @@ def create_app(
     app.include_router(system.router)
     app.include_router(vms.router)
     app.include_router(keys.router)
+    app.include_router(auth_routes.router)
+    app.include_router(view.router)
+    if NOVNC_DIR.is_dir():
+        app.mount("/novnc", StaticFiles(directory=NOVNC_DIR), name="novnc")
     return app

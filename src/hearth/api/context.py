@@ -6,8 +6,10 @@ from dataclasses import dataclass
 
 from fastapi import Request
 
+from hearth.auth.flow import AuthFlow
 from hearth.config import Settings
 from hearth.control.vms import VmService
+from hearth.credentials.service import CredentialService
 from hearth.metrics import ControllerMetrics
 from hearth.store import Store
 
@@ -20,6 +22,8 @@ class Controller:
     store: Store
     vms: VmService
     metrics: ControllerMetrics
+    credentials: CredentialService
+    auth: AuthFlow
 
 
 def controller(request: Request) -> Controller:

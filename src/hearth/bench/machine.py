@@ -10,8 +10,8 @@ from pathlib import Path
 
 from hearth import __version__
 from hearth.control.quotas import host_memory_mib
-from hearth.vm.qemu.accel import Accel
 from hearth.tools import require_tool
+from hearth.vm.qemu.accel import Accel
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -28,6 +28,7 @@ class MachineFacts:
     os: str
     python: str
     hearth: str
+    load_average: str  # 1, 5 and 15 min when the run started: other work skews every figure
 
     @classmethod
     def collect(cls, accel: Accel) -> MachineFacts:
@@ -43,6 +44,7 @@ class MachineFacts:
             os=_os_name(),
             python=platform.python_version(),
             hearth=__version__,
+            load_average=" ".join(f"{x:.2f}" for x in os.getloadavg()),
         )
 
     def to_dict(self) -> dict[str, object]:

@@ -15,6 +15,8 @@ import uvicorn
 from hearth.api.app import ADMIN_USER, create_app, ensure_admin_key
 from hearth.cli.common import console, fail, load_settings
 from hearth.config import Settings
+from hearth.credentials.service import CredentialService
+from hearth.credentials.vault import CredentialVault
 from hearth.errors import HearthError
 from hearth.store import Store
 
@@ -89,6 +91,30 @@ def keys_create(
     except HearthError as exc:
         fail(exc)
     console.print(key)
+
+
+@keys_app.command("rotate-master")
+def keys_rotate_master(
+    state_dir: Annotated[Path | None, typer.Option(help="Overrides HEARTH_STATE_DIR.")] = None,
+) -> None:
+    """Make a new credential master key and re-encrypt every stored credential under it."""
+    settings = _with(load_settings(), state_dir)
+
+    async def rotate() -> tuple[str, int]:
+        store = await Store.open(settings.database())
+        try:
+            vault = CredentialVault.load(
+                settings.state_dir, {"HEARTH_MASTER_KEY": settings.master_key or ""}
+            )
+            return await CredentialService(store, vault).rotate_master(settings.state_dir)
+        finally:
+            await store.close()
+
+    try:
+        key_id, count = asyncio.run(rotate())
+    except HearthError as exc:
+        fail(exc)
+    console.print(f"master key is now {key_id}; re-encrypted {count} credential(s)")
 
 
 __all__ = ["ADMIN_USER", "keys_app", "serve"]

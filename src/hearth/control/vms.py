@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import hashlib
 import time
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -58,6 +58,8 @@ class VmService:
         self._admission = asyncio.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()
         self.pool: Any = None  # set by the app when a warm pool is configured
+        # Called with a VM's record before it is torn down (e.g. to pull back rotated tokens).
+        self.before_destroy: list[Callable[[VmRecord], Awaitable[None]]] = []
 
     # ---- create ----------------------------------------------------------------------------
 
@@ -231,6 +233,12 @@ class VmService:
             record = await self.store.vms.transition(
                 vm_id, record.status, VmState.FAILED, error="destroyed while booting"
             )
+        if record.status is VmState.READY:
+            for hook in self.before_destroy:
+                try:
+                    await hook(record)
+                except HearthError as exc:
+                    _log.warning("before_destroy_failed", vm_id=vm_id, error=exc.message[:300])
         if record.status is not VmState.STOPPING:
             record = await self.store.vms.transition(vm_id, record.status, VmState.STOPPING)
         vm = self.live.pop(vm_id, None)

@@ -19,6 +19,7 @@ from hearth.store.repositories import (
     ApiKeyRepo,
     AuthSessionRepo,
     Clock,
+    CredentialRepo,
     UserRepo,
     VmRepo,
 )
@@ -98,7 +99,7 @@ def create_store_engine(url: str) -> AsyncEngine:
 
 
 class Store:
-    """Hearth's persistent state: users, API keys, VMs and auth sessions.
+    """Hearth's persistent state: users, API keys, VMs, auth sessions and credentials.
 
     Open with ``await Store.open(url)`` (which migrates the schema to head), close with
     ``await store.close()`` or use ``async with``. Constructing one directly takes an engine
@@ -111,6 +112,7 @@ class Store:
         self.api_keys = ApiKeyRepo(engine, clock=clock)
         self.vms = VmRepo(engine, clock=clock)
         self.auth_sessions = AuthSessionRepo(engine, clock=clock)
+        self.credentials = CredentialRepo(engine, clock=clock)
 
     @classmethod
     async def open(cls, url: str, *, clock: Clock = utc_now) -> Store:

@@ -8,11 +8,14 @@ from pathlib import Path
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    CheckConstraint,
     ForeignKey,
     Index,
+    LargeBinary,
     MetaData,
     String,
     Text,
+    UniqueConstraint,
     column,
     false,
 )
@@ -20,10 +23,14 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from hearth.auth.states import TERMINAL, AuthStatus
 from hearth.store.columns import PathText, UtcDateTime, str_enum
+from hearth.store.records import CredentialSource
 from hearth.vm.types import BootMode, VmState, VmType
+from hearth_agent import SUPPORTED_PROVIDERS
 
 USER_ID_MAX = 128
 ID_MAX = 64
+PROVIDER_MAX = 32
+KEY_ID_MAX = 64
 
 # Every constraint and index gets a predictable name, so migrations can refer to it.
 NAMING_CONVENTION = {
@@ -136,7 +143,36 @@ class AuthSessionRow(Base):
     stage_deadline_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
 
 
+class CredentialRow(Base):
+    """A user's current credential document for one provider, encrypted by the vault.
+
+    The provider CHECK lists exactly the agent's providers, so the database refuses a document
+    the agent could never write into a CLI VM.
+    """
+
+    __tablename__ = "credentials"
+    __table_args__ = (
+        UniqueConstraint("user_id", "provider"),
+        CheckConstraint(column("provider").in_(SUPPORTED_PROVIDERS), name="provider"),
+    )
+
+    id: Mapped[str] = mapped_column(String(ID_MAX), primary_key=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id"))
+    provider: Mapped[str] = mapped_column(String(PROVIDER_MAX))
+    key_id: Mapped[str] = mapped_column(String(KEY_ID_MAX))
+    nonce: Mapped[bytes] = mapped_column(LargeBinary())
+    ciphertext: Mapped[bytes] = mapped_column(LargeBinary())
+    sha256: Mapped[str] = mapped_column(String(64))
+    expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    source: Mapped[CredentialSource] = mapped_column(str_enum(CredentialSource, name="source"))
+    delivered_to_vm_id: Mapped[str | None] = mapped_column(String(ID_MAX))
+    delivered_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
 users_table = Base.metadata.tables["users"]
 api_keys_table = Base.metadata.tables["api_keys"]
 vms_table = Base.metadata.tables["vms"]
 auth_sessions_table = Base.metadata.tables["auth_sessions"]
+credentials_table = Base.metadata.tables["credentials"]

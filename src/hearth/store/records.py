@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -123,3 +125,42 @@ class AuthSessionRecord:
     def is_terminal(self) -> bool:
         """Whether the session has ended (completed, failed, timed out or cancelled)."""
         return self.status in TERMINAL
+
+
+class CredentialSource(StrEnum):
+    """Where the stored credential document came from."""
+
+    CAPTURED = "captured"  # taken from the Browser VM at the end of a login
+    PULLED_BACK = "pulled_back"  # read back from a CLI VM after the CLI refreshed its tokens
+
+
+def new_credential_id() -> str:
+    """A fresh credential row id."""
+    return f"cred_{secrets.token_hex(8)}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class CredentialRecord:
+    """A user's current credential document for one provider, sealed by the vault.
+
+    ``nonce`` and ``ciphertext`` are only readable with the vault's key ``key_id``; ``sha256``
+    is the digest of the plaintext document, the same value the agent reports for the file.
+    ``updated_at`` is when the document last changed (delivery does not move it).
+    """
+
+    id: str = field(default_factory=new_credential_id)
+    user_id: str
+    provider: str
+    key_id: str
+    nonce: bytes = field(repr=False)
+    ciphertext: bytes = field(repr=False)
+    sha256: str
+    expires_at: datetime | None = None
+    source: CredentialSource = CredentialSource.CAPTURED
+    delivered_to_vm_id: str | None = None
+    delivered_at: datetime | None = None
+    created_at: datetime = field(default_factory=utc_now)
+    updated_at: datetime = field(default_factory=utc_now)
+
+    def __post_init__(self) -> None:
+        _require_aware(self)

@@ -5,7 +5,16 @@ from __future__ import annotations
 from hearth.store.repositories._base import Clock
 from hearth.store.repositories.api_keys import ApiKeyRepo, hash_key
 from hearth.store.repositories.auth_sessions import AuthSessionRepo
+from hearth.store.repositories.credentials import CredentialRepo
 from hearth.store.repositories.users import UserRepo
 from hearth.store.repositories.vms import VmRepo
 
-__all__ = ["ApiKeyRepo", "AuthSessionRepo", "Clock", "UserRepo", "VmRepo", "hash_key"]
+__all__ = [
+    "ApiKeyRepo",
+    "AuthSessionRepo",
+    "Clock",
+    "CredentialRepo",
+    "UserRepo",
+    "VmRepo",
+    "hash_key",
+]

@@ -1,0 +1,101 @@
+"""``/api/auth/…`` and ``/api/credentials/…``: start, watch and cancel logins; credential facts."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query
+
+from hearth.api.auth import Ctl, Key, scope_of
+from hearth.api.schemas import ERROR_RESPONSES, UserId, WireModel
+from hearth.errors import Forbidden, InvalidInput
+from hearth.store import AuthSessionRecord
+
+router = APIRouter(tags=["auth"], responses=ERROR_RESPONSES)
+
+
+class AuthStart(WireModel):
+    """``POST /api/auth/start``."""
+
+    user_id: UserId | None = None
+    provider: Literal["claude_code", "codex", "gemini_cli", "oidc"]
+
+
+def session_body(record: AuthSessionRecord) -> dict[str, Any]:
+    """The session as the original controller's clients read it (snake_case inside)."""
+
+    def iso(value: datetime | None) -> str | None:
+        return value.isoformat() if value else None
+
+    return {
+        "session_id": record.id,
+        "user_id": record.user_id,
+        "provider": record.provider,
+        "status": record.status.value,
+        "vm_id": record.vm_id,
+        "vm_ip": None,
+        "browser_vm_id": record.browser_vm_id,
+        "login_url": record.login_url,
+        "view_url": record.view_url,
+        "error_message": record.error_message,
+        "created_at": iso(record.created_at),
+        "updated_at": iso(record.updated_at),
+        "completed_at": iso(record.completed_at),
+    }
+
+
+def _user_for(body_user: str | None, key_user: str, admin: bool) -> str:
+    user = body_user or (None if admin else key_user)
+    if user is None:
+        raise InvalidInput("userId: required with an admin key")
+    if not admin and user != key_user:
+        raise Forbidden(f"this key belongs to user {key_user}, not {user}")
+    return user
+
+
+@router.post("/api/auth/start", status_code=202)
+async def start_auth(body: AuthStart, key: Key, ctl: Ctl) -> dict[str, Any]:
+    """Start a login (or return the active one); the flow runs in the background."""
+    user = _user_for(body.user_id, key.user_id, key.is_admin)
+    record = await ctl.auth.start(user, body.provider)
+    return {"sessionId": record.id, "status": record.status.value, "viewUrl": record.view_url}
+
+
+@router.get("/api/auth/session/{session_id}")
+async def get_session(session_id: str, key: Key, ctl: Ctl) -> dict[str, Any]:
+    """One session (another user's is 404)."""
+    record = await ctl.auth.get(session_id, user_id=scope_of(key))
+    session = session_body(record)
+    if record.vm_id:
+        vm = await ctl.store.vms.get(record.vm_id)
+        session["vm_ip"] = vm.ip
+    return {"session": session}
+
+
+@router.post("/api/auth/session/{session_id}/cancel")
+async def cancel_session(session_id: str, key: Key, ctl: Ctl) -> dict[str, Any]:
+    """Cancel a session that has not ended (its Browser VM is destroyed)."""
+    record = await ctl.auth.cancel(session_id, user_id=scope_of(key))
+    return {"session": session_body(record)}
+
+
+@router.get("/api/auth/sessions")
+async def list_sessions(
+    key: Key, ctl: Ctl, user_id: Annotated[str | None, Query(alias="userId")] = None
+) -> dict[str, Any]:
+    """Sessions, newest last (a user key sees its own only)."""
+    scope = scope_of(key)
+    if scope is not None and user_id not in (None, scope):
+        raise Forbidden(f"this key belongs to user {scope}, not {user_id}")
+    records = await ctl.store.auth_sessions.list(user_id=scope or user_id)
+    return {"sessions": [session_body(r) for r in records]}
+
+
+@router.get("/api/credentials/{user_id}")
+async def credential_facts(user_id: str, key: Key, ctl: Ctl) -> dict[str, Any]:
+    """Per provider: present, sha256, expiry, delivered_to — never the secret itself."""
+    scope = scope_of(key)
+    if scope is not None and scope != user_id:
+        raise Forbidden(f"this key belongs to user {scope}, not {user_id}")
+    return {"userId": user_id, "credentials": await ctl.credentials.summary(user_id)}

@@ -1,0 +1,99 @@
+"""The Browser VM's screen for the user: a noVNC page and its WebSocket, proxied to the VM's VNC.
+
+Both are gated by the session's unguessable view token (only its hash is stored), and only while
+the session is in progress: the token dies with the session. Nothing else reaches the VNC port,
+which QEMU forwards to a loopback port known only to the controller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+from pathlib import Path
+from urllib.parse import quote
+
+from fastapi import APIRouter, Query, Request, WebSocket, WebSocketDisconnect
+from fastapi.responses import RedirectResponse
+
+from hearth.api.context import Controller
+from hearth.auth.flow import VNC_PORT
+from hearth.auth.states import TERMINAL
+from hearth.errors import NotFound, Unauthorized
+from hearth.store import AuthSessionRecord
+
+router = APIRouter(tags=["view"])
+NOVNC_DIR = Path("/usr/share/novnc")
+_CHUNK = 65536
+
+
+async def _session_for(ctl: Controller, session_id: str, token: str) -> AuthSessionRecord:
+    try:
+        record = await ctl.store.auth_sessions.get(session_id)
+    except NotFound:
+        raise Unauthorized("unknown view link") from None
+    digest = hashlib.sha256(token.encode()).hexdigest()
+    if not record.view_token_hash or not hmac.compare_digest(digest, record.view_token_hash):
+        raise Unauthorized("wrong view token")
+    if record.status in TERMINAL:
+        raise Unauthorized(f"this login has ended ({record.status.value})")
+    return record
+
+
+@router.get("/view/{session_id}", include_in_schema=False)
+async def view_page(
+    session_id: str, request: Request, token: str = Query(min_length=8, max_length=128)
+) -> RedirectResponse:
+    """Check the token, then open noVNC on this session's WebSocket."""
+    ctl: Controller = request.app.state.controller
+    await _session_for(ctl, session_id, token)
+    path = quote(f"view/{session_id}/websockify?token={token}", safe="")
+    return RedirectResponse(
+        f"/novnc/vnc.html?autoconnect=1&resize=scale&reconnect=1&path={path}", status_code=302
+    )
+
+
+@router.websocket("/view/{session_id}/websockify")
+async def view_socket(websocket: WebSocket, session_id: str, token: str = "") -> None:
+    """Relay bytes between noVNC and the Browser VM's VNC server."""
+    ctl: Controller = websocket.app.state.controller
+    try:
+        record = await _session_for(ctl, session_id, token)
+        vm = ctl.vms.live_vm(record.browser_vm_id or "")
+        port = vm.ports[VNC_PORT]
+    except (Unauthorized, NotFound, KeyError):
+        await websocket.close(code=4401)
+        return
+    offered = websocket.scope.get("subprotocols") or []
+    await websocket.accept(subprotocol="binary" if "binary" in offered else None)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    except OSError:
+        await websocket.close(code=1011)
+        return
+
+    async def to_vm() -> None:
+        while True:
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            data = message.get("bytes") or (message.get("text") or "").encode()
+            writer.write(data)
+            await writer.drain()
+
+    async def to_browser() -> None:
+        while data := await reader.read(_CHUNK):
+            await websocket.send_bytes(data)
+
+    tasks = [asyncio.create_task(to_vm()), asyncio.create_task(to_browser())]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    except WebSocketDisconnect:
+        pass
+    finally:
+        for task in tasks:
+            task.cancel()
+        writer.close()
+        with contextlib.suppress(Exception):
+            await websocket.close()

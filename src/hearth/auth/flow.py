@@ -1,0 +1,323 @@
+"""The auth flow runner: CLI VM → Browser VM login → capture → encrypted store → delivery.
+
+One background task per session walks the status table in ``hearth.auth.states``; every move is
+a compare-and-set in the store, so a cancel (or a restarted controller) can never be overwritten
+by a runner that did not notice. Each stage has its own deadline. Whatever the ending, the
+Browser VM is destroyed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import hashlib
+import json
+import secrets
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from hearth.agent_client import AgentClient, AgentError, sha256_hex
+from hearth.auth.providers import PROVIDERS, login_plan
+from hearth.auth.states import TERMINAL, AuthStatus
+from hearth.config import Settings
+from hearth.control.vms import VmService
+from hearth.credentials.service import CredentialService
+from hearth.errors import Conflict, HearthError, InvalidInput, NotFound, QuotaExceeded, VmError
+from hearth.logging import get_logger
+from hearth.store import AuthSessionRecord, Store, VmRecord
+from hearth.vm.readiness import Backoff
+from hearth.vm.types import NetworkMode, VmState, VmType
+
+_log = get_logger("auth.flow")
+VNC_PORT = 5900
+DEVTOOLS_PORT = 9223
+_DELIVERY_ATTEMPTS = 3
+
+
+class StageTimeout(HearthError):
+    """A stage of the flow did not finish before its deadline."""
+
+    code = "auth_stage_timeout"
+    http_status = 504
+
+
+class _Ended(Exception):
+    """The session left the runner's hands (cancelled or moved by someone else)."""
+
+
+def view_token_hash(token: str) -> str:
+    """What the store keeps of a session's view token."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class AuthFlow:
+    """Starts, runs, cancels and recovers auth sessions."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        store: Store,
+        vms: VmService,
+        credentials: CredentialService,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.vms = vms
+        self.credentials = credentials
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self.on_awaiting_user: Callable[[AuthSessionRecord], Awaitable[None]] | None = None
+
+    # ---- API-facing ------------------------------------------------------------------------
+
+    async def start(self, user_id: str, provider: str) -> AuthSessionRecord:
+        """Start a login, or return the user's active one for that provider (no duplicates)."""
+        if provider not in PROVIDERS:
+            raise InvalidInput(f"provider: must be one of {', '.join(PROVIDERS)}")
+        active = await self.store.auth_sessions.find_active(user_id, provider)
+        if active is not None:
+            return active
+        await self.store.users.ensure(user_id)
+        session_id = f"auth-{uuid.uuid4()}"
+        token = secrets.token_urlsafe(24)
+        record = AuthSessionRecord(
+            id=session_id,
+            user_id=user_id,
+            provider=provider,
+            view_url=f"/view/{session_id}?token={token}",
+            view_token_hash=view_token_hash(token),
+        )
+        try:
+            record = await self.store.auth_sessions.insert(record)
+        except Conflict:
+            found = await self.store.auth_sessions.find_active(user_id, provider)
+            if found is None:
+                raise
+            return found
+        _log.info("auth_started", session_id=session_id, user_id=user_id, provider=provider)
+        task = asyncio.create_task(self._run(session_id))
+        self._tasks[session_id] = task
+        task.add_done_callback(lambda _t: self._tasks.pop(session_id, None))
+        return record
+
+    async def cancel(self, session_id: str, *, user_id: str | None) -> AuthSessionRecord:
+        """Cancel a session that has not ended; cancelling an ended one is a conflict."""
+        record = await self.get(session_id, user_id=user_id)
+        if record.status in TERMINAL:
+            raise Conflict(f"auth session {session_id} already ended: {record.status.value}")
+        record = await self.store.auth_sessions.transition(
+            session_id, record.status, AuthStatus.CANCELLED, error_message="cancelled by request"
+        )
+        task = self._tasks.get(session_id)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        else:
+            await self._destroy_browser(record)
+        _log.info("auth_cancelled", session_id=session_id)
+        return await self.store.auth_sessions.get(session_id)
+
+    async def get(self, session_id: str, *, user_id: str | None) -> AuthSessionRecord:
+        """A session the caller may see (another user's is NotFound)."""
+        record = await self.store.auth_sessions.get(session_id)
+        if user_id is not None and record.user_id != user_id:
+            raise NotFound(f"auth session {session_id} does not exist")
+        return record
+
+    async def recover(self) -> list[str]:
+        """After a restart: fail every session left mid-flow, with a reason, and clean up."""
+        failed = []
+        pending = [s for s in AuthStatus if s not in TERMINAL]
+        for record in await self.store.auth_sessions.list(statuses=pending):
+            with contextlib.suppress(Conflict):
+                record = await self.store.auth_sessions.transition(
+                    record.id,
+                    record.status,
+                    AuthStatus.FAILED,
+                    error_message=f"the controller restarted while the session was "
+                    f"{record.status.value}; start a new login",
+                )
+                failed.append(record.id)
+            await self._destroy_browser(record)
+        if failed:
+            _log.warning("auth_sessions_failed_on_restart", count=len(failed))
+        return failed
+
+    async def shutdown(self) -> None:
+        """Stop every running flow (their Browser VMs are destroyed by each flow's cleanup)."""
+        for task in list(self._tasks.values()):
+            task.cancel()
+        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+
+    # ---- the flow --------------------------------------------------------------------------
+
+    async def _move(
+        self, session_id: str, old: AuthStatus, new: AuthStatus, **fields: object
+    ) -> AuthSessionRecord:
+        try:
+            record = await self.store.auth_sessions.transition(session_id, old, new, **fields)
+        except Conflict as exc:
+            raise _Ended(exc.message) from exc
+        _log.info("auth_status", session_id=session_id, status=new.value)
+        return record
+
+    async def _run(self, session_id: str) -> None:
+        record = await self.store.auth_sessions.get(session_id)
+        try:
+            await self._stages(record)
+        except _Ended:
+            pass
+        except asyncio.CancelledError:
+            await self._end(session_id, AuthStatus.CANCELLED, "cancelled")
+            raise
+        except StageTimeout as exc:
+            await self._end(session_id, AuthStatus.TIMEOUT, exc.message)
+        except HearthError as exc:
+            await self._end(session_id, AuthStatus.FAILED, exc.message)
+        except Exception as exc:
+            _log.exception("auth_flow_crashed", session_id=session_id)
+            await self._end(session_id, AuthStatus.FAILED, f"internal error ({type(exc).__name__})")
+        finally:
+            latest = await self.store.auth_sessions.get(session_id)
+            await self._destroy_browser(latest)
+
+    async def _end(self, session_id: str, status: AuthStatus, message: str) -> None:
+        record = await self.store.auth_sessions.get(session_id)
+        if record.status in TERMINAL:
+            return
+        with contextlib.suppress(Conflict):
+            await self.store.auth_sessions.transition(
+                session_id, record.status, status, error_message=message[:2000]
+            )
+        _log.warning("auth_ended", session_id=session_id, status=status.value)
+
+    async def _stages(self, record: AuthSessionRecord) -> None:
+        sid, user = record.id, record.user_id
+        plan = login_plan(record.provider, self.settings)
+
+        await self._move(sid, AuthStatus.PENDING, AuthStatus.CLI_VM_STARTING)
+        cli_vm = await self._stage(
+            self._ensure_cli_vm(user), self.settings.cli_vm_timeout_s, "starting the CLI VM"
+        )
+        cli_agent = AgentClient(str(cli_vm.agent_url), self.vms.agent_token(cli_vm.id))
+        try:
+            await cli_agent.health()
+            await cli_agent.version()
+        except HearthError as exc:
+            raise VmError(f"CLI VM {cli_vm.id} is not healthy: {exc.message}") from exc
+        await self._move(sid, AuthStatus.CLI_VM_STARTING, AuthStatus.CLI_VM_READY, vm_id=cli_vm.id)
+
+        await self._move(sid, AuthStatus.CLI_VM_READY, AuthStatus.BROWSER_VM_STARTING)
+        browser_spec = dataclasses.replace(
+            self.vms.spec_for(VmType.BROWSER, None, None),
+            network=NetworkMode.USER,
+            forward_ports=(VNC_PORT, DEVTOOLS_PORT),
+            guest_forwards=plan.guest_forwards,
+        )
+        browser = await self._stage(
+            self.vms.create(user_id=user, spec=browser_spec),
+            self.settings.browser_vm_timeout_s,
+            "starting the Browser VM",
+        )
+        await self.store.auth_sessions.update(sid, browser_vm_id=browser.id)
+        browser_agent = AgentClient(str(browser.agent_url), self.vms.agent_token(browser.id))
+        login = await browser_agent.login_start(plan.start_body)
+        deadline = datetime.now(UTC) + timedelta(seconds=self.settings.login_timeout_s)
+        waiting = await self._move(
+            sid,
+            AuthStatus.BROWSER_VM_STARTING,
+            AuthStatus.AWAITING_USER,
+            login_url=str(login.get("authorize_url", "")),
+            stage_deadline_at=deadline,
+        )
+        if self.on_awaiting_user is not None:
+            await self.on_awaiting_user(waiting)
+
+        document = await self._stage(
+            self._wait_for_login(browser.id, browser_agent, str(login["login_id"])),
+            self.settings.login_timeout_s,
+            "waiting for the user to log in",
+        )
+        await self.credentials.capture(user, record.provider, document)
+        await self._move(sid, AuthStatus.AWAITING_USER, AuthStatus.CREDENTIALS_CAPTURED)
+        await self._destroy_browser(await self.store.auth_sessions.get(sid))
+
+        await self._move(sid, AuthStatus.CREDENTIALS_CAPTURED, AuthStatus.DELIVERING)
+        await self._deliver(cli_agent, user, record.provider, cli_vm.id)
+        await self._move(sid, AuthStatus.DELIVERING, AuthStatus.COMPLETED)
+        _log.info("auth_completed", session_id=sid, user_id=user, provider=record.provider)
+
+    async def _stage(self, work: Awaitable[Any], seconds: float, what: str) -> Any:
+        try:
+            return await asyncio.wait_for(work, seconds)
+        except TimeoutError:
+            raise StageTimeout(f"timed out after {seconds:.0f} s {what}") from None
+
+    async def _ensure_cli_vm(self, user_id: str) -> VmRecord:
+        """The user's healthy CLI VM, reused when there is one, else a new one."""
+        backoff = Backoff(initial_s=0.2, cap_s=2.0).delays()
+        while True:
+            for vm in await self.vms.list_vms(user_id=user_id):
+                usable = vm.vm_type is VmType.CLI and vm.status is VmState.READY
+                if usable and self.vms.agent_token(vm.id) is not None:
+                    return vm
+            try:
+                return await self.vms.create(
+                    user_id=user_id, spec=self.vms.spec_for(VmType.CLI, None, None)
+                )
+            except QuotaExceeded:
+                # The user's CLI VM is still booting: wait for it (the stage has a deadline).
+                await asyncio.sleep(next(backoff))
+
+    async def _wait_for_login(self, browser_id: str, agent: AgentClient, login_id: str) -> bytes:
+        for delay in Backoff(initial_s=0.2, cap_s=1.0).delays():
+            if browser_id not in self.vms.live:
+                raise VmError(f"Browser VM {browser_id} stopped while waiting for the login")
+            status = await agent.login_status(login_id)
+            state = status.get("status")
+            if state == "captured":
+                full = await agent.login_status(login_id, content=True)
+                document = full.get("document")
+                if isinstance(document, dict):
+                    return json.dumps(document, indent=2).encode() + b"\n"
+                if isinstance(document, str):
+                    return document.encode()
+                raise VmError("the Browser VM reported a capture without a document")
+            if state in ("failed", "cancelled"):
+                raise VmError(f"login {state} in the Browser VM: {status.get('error')}")
+            await asyncio.sleep(delay)
+        raise AssertionError("unreachable")
+
+    async def _deliver(self, agent: AgentClient, user_id: str, provider: str, vm_id: str) -> None:
+        document = await self.credentials.document(user_id, provider)
+        expected = sha256_hex(document)
+        last = "no attempt"
+        for attempt in range(1, _DELIVERY_ATTEMPTS + 1):
+            try:
+                written = await agent.put_credentials(provider, document)
+            except AgentError as exc:
+                last = exc.message
+            else:
+                if written == expected:
+                    await self.store.credentials.mark_delivered(
+                        user_id, provider, vm_id, sha256=expected
+                    )
+                    return
+                last = f"the agent wrote sha256 {written[:12]}…, expected {expected[:12]}…"
+            _log.warning("delivery_retry", user_id=user_id, provider=provider, attempt=attempt)
+            await asyncio.sleep(0.5 * attempt)
+        raise VmError(f"delivery to CLI VM {vm_id} failed after {_DELIVERY_ATTEMPTS} tries: {last}")
+
+    async def _destroy_browser(self, record: AuthSessionRecord) -> None:
+        if not record.browser_vm_id:
+            return
+        try:
+            await self.vms.destroy(record.browser_vm_id)
+        except NotFound:
+            pass
+        except HearthError as exc:
+            _log.warning("browser_vm_destroy_failed", session_id=record.id, error=exc.message)

@@ -1,0 +1,53 @@
+"""Refresh ownership: before a CLI VM goes away, pull its (possibly rotated) documents back.
+
+Claude and Codex rotate refresh tokens on use, so once a document is delivered the CLI VM is its
+single owner: the controller never refreshes it. What the VM holds when it is destroyed may be
+newer than the vault's copy, so it is read back and kept if its token expires later.
+"""
+
+from __future__ import annotations
+
+from hearth.agent_client import AgentClient
+from hearth.control.vms import VmService
+from hearth.credentials.service import CredentialService
+from hearth.errors import HearthError
+from hearth.logging import get_logger
+from hearth.store import Store, VmRecord
+from hearth.vm.types import VmType
+
+_log = get_logger("credentials.pullback")
+
+
+class PullBack:
+    """The VmService ``before_destroy`` hook that pulls delivered documents back."""
+
+    def __init__(self, store: Store, credentials: CredentialService, vms: VmService) -> None:
+        self.store = store
+        self.credentials = credentials
+        self.vms = vms
+
+    async def before_destroy(self, record: VmRecord) -> None:
+        """Read back every document delivered to this CLI VM and keep the newer ones."""
+        if record.vm_type is not VmType.CLI or not record.agent_url:
+            return
+        token = self.vms.agent_token(record.id)
+        if token is None:
+            return
+        agent = AgentClient(record.agent_url, token)
+        for stored in await self.store.credentials.list(record.user_id):
+            if stored.delivered_to_vm_id != record.id:
+                continue
+            try:
+                document = await agent.credentials_document(stored.provider)
+            except HearthError as exc:
+                _log.warning(
+                    "pull_back_failed",
+                    vm_id=record.id,
+                    provider=stored.provider,
+                    error=exc.message[:300],
+                )
+                continue
+            if document is not None:
+                await self.credentials.pull_back(
+                    record.user_id, stored.provider, document, vm_id=record.id
+                )

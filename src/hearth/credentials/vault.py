@@ -1,0 +1,225 @@
+"""The credential vault: AES-256-GCM sealing of credential documents under rotating master keys.
+
+Each document is sealed with a fresh 96-bit random nonce under the current master key, with
+associated data naming the user, the provider and the key id: a sealed row copied to another
+user or provider, or relabelled with another key id, fails to open. Older keys stay in a keyring
+so documents sealed before a rotation still open until they are re-sealed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import secrets
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.exceptions import InvalidTag
+
+from hearth.credentials.errors import DecryptionFailed, UnknownMasterKey
+from hearth.credentials.keys import (
+    KEYRING_DIR,
+    MASTER_KEY_ENV,
+    MASTER_KEY_FILE,
+    MasterKey,
+    archive_key,
+    create_key_file,
+    decode_master_key,
+    ensure_private_dir,
+    is_key_id,
+    read_key_file,
+    read_keyring,
+    read_keyring_key,
+    replace_key_file,
+)
+from hearth.errors import ConfigError
+from hearth.logging import get_logger
+
+NONCE_BYTES = 12  # 96 bits, the size GCM is defined for
+_AAD_LABEL = "hearth.credentials.v1"
+
+_log = get_logger("credentials.vault")
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class Sealed:
+    """A sealed document: the id of the key that sealed it, the nonce, and the ciphertext+tag."""
+
+    key_id: str
+    nonce: bytes
+    ciphertext: bytes
+
+    def __repr__(self) -> str:
+        return (
+            f"Sealed(key_id={self.key_id!r}, nonce=<{len(self.nonce)} bytes>, "
+            f"ciphertext=<{len(self.ciphertext)} bytes>)"
+        )
+
+
+def associated_data(*, user_id: str, provider: str, key_id: str) -> bytes:
+    """What a sealed document is bound to, encoded unambiguously (a JSON array)."""
+    return json.dumps(
+        [_AAD_LABEL, user_id, provider, key_id], separators=(",", ":"), ensure_ascii=True
+    ).encode("ascii")
+
+
+def _load_or_create_key_file(path: Path) -> MasterKey:
+    try:
+        return read_key_file(path)
+    except FileNotFoundError:
+        pass
+    ensure_private_dir(path.parent)
+    key = MasterKey.generate()
+    if create_key_file(path, key):
+        _log.info("master_key_created", key_id=key.key_id, path=str(path))
+        return key
+    return read_key_file(path)  # another process created it first: use theirs
+
+
+class CredentialVault:
+    """Seals and opens credential documents; holds the current master key and older ones.
+
+    Build it with ``CredentialVault.load(state_dir, env)``. Its repr shows key ids only.
+    """
+
+    def __init__(
+        self,
+        current: MasterKey,
+        *,
+        older: Iterable[MasterKey] = (),
+        state_dir: Path | None = None,
+        current_from_env: bool = False,
+    ) -> None:
+        self._current = current
+        self._keys = {key.key_id: key for key in older}
+        self._keys[current.key_id] = current
+        self._state_dir = state_dir
+        self._current_from_env = current_from_env
+
+    @classmethod
+    def load(cls, state_dir: Path, env: Mapping[str, str]) -> CredentialVault:
+        """The vault of ``state_dir``: current key from ``HEARTH_MASTER_KEY`` or ``master.key``.
+
+        Without the variable (or with it empty) the key file is used, created on first use
+        (mode 0600). Older keys come from ``master.keys.d/<key id>.key``; with the variable
+        set, an existing ``master.key`` joins them, so documents sealed before the switch
+        still open. Any malformed or group/other-accessible key file is a ConfigError.
+        """
+        encoded = env.get(MASTER_KEY_ENV)
+        # Parsed before touching the disk: a bad value must not leave a key file behind.
+        from_env = decode_master_key(encoded, source=MASTER_KEY_ENV) if encoded else None
+        older = read_keyring(state_dir / KEYRING_DIR)
+        key_file = state_dir / MASTER_KEY_FILE
+        if from_env is None:
+            current = _load_or_create_key_file(key_file)
+        else:
+            current = from_env
+            with contextlib.suppress(FileNotFoundError):
+                older.append(read_key_file(key_file))
+        vault = cls(
+            current, older=older, state_dir=state_dir, current_from_env=from_env is not None
+        )
+        _log.info(
+            "master_key_loaded",
+            key_id=current.key_id,
+            source=MASTER_KEY_ENV if from_env is not None else str(key_file),
+            keyring=len(vault.key_ids),
+        )
+        return vault
+
+    @property
+    def current_key_id(self) -> str:
+        """The id of the key new documents are sealed under."""
+        return self._current.key_id
+
+    @property
+    def key_ids(self) -> tuple[str, ...]:
+        """The ids of every key this vault can open documents with, sorted."""
+        return tuple(sorted(self._keys))
+
+    def encrypt(self, plaintext: bytes, *, user_id: str, provider: str) -> Sealed:
+        """Seal ``plaintext`` for ``user_id`` and ``provider`` under the current key."""
+        key = self._current
+        nonce = secrets.token_bytes(NONCE_BYTES)
+        aad = associated_data(user_id=user_id, provider=provider, key_id=key.key_id)
+        return Sealed(key.key_id, nonce, key.aead.encrypt(nonce, plaintext, aad))
+
+    def decrypt(self, sealed: Sealed, *, user_id: str, provider: str) -> bytes:
+        """Open ``sealed`` as ``user_id``'s ``provider`` document.
+
+        DecryptionFailed if it was sealed for another user, provider or key id, or altered;
+        UnknownMasterKey if its key is neither current nor in the keyring.
+        """
+        key = self._key(sealed.key_id)
+        what = f"the {provider} credentials of user {user_id}"
+        if len(sealed.nonce) != NONCE_BYTES:
+            raise DecryptionFailed(
+                f"{what} have a {len(sealed.nonce)}-byte nonce, not {NONCE_BYTES}: altered"
+            )
+        aad = associated_data(user_id=user_id, provider=provider, key_id=key.key_id)
+        try:
+            return key.aead.decrypt(sealed.nonce, sealed.ciphertext, aad)
+        except InvalidTag as exc:
+            raise DecryptionFailed(
+                f"{what} do not decrypt under master key {key.key_id}: they were sealed for "
+                "another user or provider, or have been altered"
+            ) from exc
+
+    def rotate(self, state_dir: Path) -> str:
+        """Make a new current key in ``state_dir`` (the dir this vault was loaded from).
+
+        The keyring receives the old key and the new one before ``master.key`` is switched,
+        so a crash, or another process rotating at the same time, never loses a key that
+        sealed something. Documents sealed earlier still open; re-seal them to retire the old
+        key. Returns the new key id. A key supplied by ``HEARTH_MASTER_KEY`` cannot be rotated
+        here (ConfigError saying how).
+        """
+        if self._current_from_env:
+            raise ConfigError(
+                f"the master key comes from {MASTER_KEY_ENV}, so Hearth cannot replace it: "
+                f"copy it into {state_dir / KEYRING_DIR}/{self._current.key_id}.key (mode 0600), "
+                f"set {MASTER_KEY_ENV} to a new key, restart, then re-encrypt the credentials"
+            )
+        if self._state_dir is not None and self._state_dir.resolve() != state_dir.resolve():
+            raise ConfigError(
+                f"this vault was loaded from {self._state_dir}, not {state_dir}; rotate it there"
+            )
+        key_file = state_dir / MASTER_KEY_FILE
+        keyring_dir = state_dir / KEYRING_DIR
+        old = self._current
+        new = MasterKey.generate()
+        archived = [old, new]
+        try:
+            on_disk = read_key_file(key_file)
+        except FileNotFoundError:
+            on_disk = None
+        if on_disk is not None and on_disk.key_id != old.key_id:
+            archived.append(on_disk)  # another process rotated since we loaded
+        for key in archived:
+            archive_key(keyring_dir, key)
+        replace_key_file(key_file, new)
+        for key in archived:
+            self._keys[key.key_id] = key
+        self._current = new
+        self._state_dir = state_dir
+        _log.info("master_key_rotated", old_key_id=old.key_id, key_id=new.key_id)
+        return new.key_id
+
+    def _key(self, key_id: str) -> MasterKey:
+        key = self._keys.get(key_id)
+        if key is None and self._state_dir is not None and is_key_id(key_id):
+            # Another controller may have rotated since we loaded; its keys are in the keyring.
+            key = read_keyring_key(self._state_dir / KEYRING_DIR, key_id)
+            if key is not None:
+                _log.info("master_key_found_in_keyring", key_id=key_id)
+                self._keys[key_id] = key
+        if key is None:
+            raise UnknownMasterKey(
+                f"master key {key_id[:64]!r} is neither current nor in the keyring; restore "
+                f"its file as {KEYRING_DIR}/<key id>.key in the state dir"
+            )
+        return key
+
+    def __repr__(self) -> str:
+        return f"CredentialVault(current_key_id={self.current_key_id!r}, key_ids={self.key_ids})"

@@ -1,0 +1,205 @@
+"""Credentials: one sealed document per user and provider, replaced whole, never merged."""
+
+from __future__ import annotations
+
+import builtins
+from datetime import datetime
+from typing import Any, NoReturn
+
+from sqlalchemy import Table, delete, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from hearth.errors import Conflict, InvalidInput, NotFound
+from hearth.store.models import credentials_table, users_table
+from hearth.store.records import CredentialRecord
+from hearth.store.repositories._base import Repository, to_record, to_values
+from hearth_agent import SUPPORTED_PROVIDERS
+
+_table = credentials_table
+_CONFLICT_KEY = ["user_id", "provider"]
+# Set on insert and kept when a newer document replaces the row: the slot's identity.
+_IDENTITY = frozenset({"id", "user_id", "provider", "created_at"})
+
+
+def _check_provider(provider: str) -> str:
+    if provider not in SUPPORTED_PROVIDERS:
+        supported = ", ".join(SUPPORTED_PROVIDERS)
+        raise InvalidInput(f"unknown provider {provider[:64]!r}; supported: {supported}")
+    return provider
+
+
+def _upsert(conn: AsyncConnection, table: Table, values: dict[str, object]) -> Any:
+    """An INSERT of ``values`` in the connection's dialect, which can take ``ON CONFLICT``."""
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    return dialect.insert(table).values(values)
+
+
+class CredentialRepo(Repository):
+    """Persists sealed credential documents; at most one per user and provider.
+
+    The store stamps ``created_at`` (on first insert) and ``updated_at`` (whenever the document
+    changes) from its clock; the values on a record handed in are ignored.
+    """
+
+    async def put(self, record: CredentialRecord) -> CredentialRecord:
+        """Store ``record`` as the user's document for its provider, replacing any earlier one.
+
+        A replacement keeps the row's id and ``created_at`` and takes every other field from
+        ``record`` (so a new capture starts undelivered). NotFound if the user does not exist.
+        """
+        values = self._values(record)
+        try:
+            async with self._engine.begin() as conn:
+                statement = _upsert(conn, _table, values)
+                statement = statement.on_conflict_do_update(
+                    index_elements=_CONFLICT_KEY, set_=self._replacement(statement)
+                ).returning(*_table.c)
+                row = (await conn.execute(statement)).one()
+        except IntegrityError as exc:
+            await self._explain_write_failure(record, exc)
+        return to_record(CredentialRecord, row)
+
+    async def replace_if_newer(self, record: CredentialRecord, *, newer_than: datetime) -> bool:
+        """Store ``record`` only if the stored document expires before ``newer_than``.
+
+        Used when a CLI VM hands back a document its CLI refreshed: ``newer_than`` is that
+        document's expiry. It replaces a stored document that expires earlier or whose expiry
+        is unknown, and fills an empty slot; an equal or later stored expiry wins. One
+        statement, so a racing capture or pull-back cannot be overwritten by an older document.
+        Returns whether ``record`` was stored.
+        """
+        if newer_than.utcoffset() is None:
+            raise InvalidInput("newer_than must be a timezone-aware datetime")
+        values = self._values(record)
+        try:
+            async with self._engine.begin() as conn:
+                statement = _upsert(conn, _table, values)
+                statement = statement.on_conflict_do_update(
+                    index_elements=_CONFLICT_KEY,
+                    set_=self._replacement(statement),
+                    where=or_(_table.c.expires_at.is_(None), _table.c.expires_at < newer_than),
+                ).returning(_table.c.id)
+                stored = (await conn.execute(statement)).one_or_none()
+        except IntegrityError as exc:
+            await self._explain_write_failure(record, exc)
+        return stored is not None
+
+    async def get(self, user_id: str, provider: str) -> CredentialRecord | None:
+        """The user's document for ``provider``, or None if there is none."""
+        statement = select(_table).where(_table.c.user_id == user_id, _table.c.provider == provider)
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(statement)).one_or_none()
+        return None if row is None else to_record(CredentialRecord, row)
+
+    async def list(self, user_id: str) -> builtins.list[CredentialRecord]:
+        """The user's documents, ordered by provider."""
+        statement = select(_table).where(_table.c.user_id == user_id).order_by(_table.c.provider)
+        async with self._engine.connect() as conn:
+            rows = await conn.execute(statement)
+        return [to_record(CredentialRecord, row) for row in rows]
+
+    async def all(self) -> builtins.list[CredentialRecord]:
+        """Every stored document, ordered by user and provider (master-key rotation walks it)."""
+        statement = select(_table).order_by(_table.c.user_id, _table.c.provider)
+        async with self._engine.connect() as conn:
+            rows = await conn.execute(statement)
+        return [to_record(CredentialRecord, row) for row in rows]
+
+    async def mark_delivered(
+        self, user_id: str, provider: str, vm_id: str, *, sha256: str | None = None
+    ) -> CredentialRecord:
+        """Record that the document was written into VM ``vm_id`` (stamps ``delivered_at``).
+
+        With ``sha256``, only if the stored document is still that one: a capture that
+        replaced it meanwhile makes this a Conflict, so a stale delivery is never credited to
+        the new document. NotFound if the user has no document for ``provider``.
+        """
+        if not isinstance(vm_id, str) or not vm_id:
+            raise InvalidInput("vm_id must be a non-empty string")
+        where = [_table.c.user_id == user_id, _table.c.provider == provider]
+        if sha256 is not None:
+            where.append(_table.c.sha256 == sha256)
+        statement = (
+            update(_table)
+            .where(*where)
+            .values(delivered_to_vm_id=vm_id, delivered_at=self._clock())
+            .returning(*_table.c)
+        )
+        async with self._engine.begin() as conn:
+            row = (await conn.execute(statement)).one_or_none()
+        if row is not None:
+            return to_record(CredentialRecord, row)
+        if await self.get(user_id, provider) is None:
+            raise NotFound(f"user {user_id} has no {provider} credentials")
+        raise Conflict(
+            f"the {provider} credentials of user {user_id} changed before delivery to "
+            f"{vm_id} was recorded"
+        )
+
+    async def reseal(
+        self, record: CredentialRecord, *, key_id: str, nonce: bytes, ciphertext: bytes
+    ) -> CredentialRecord | None:
+        """Swap the sealed bytes of ``record`` for the same document sealed under ``key_id``.
+
+        A compare-and-set on the row's id, key id and nonce (fresh for every sealing): if the
+        document was replaced or resealed since ``record`` was read, nothing changes and None
+        is returned. ``updated_at`` stays, since the document itself did not change.
+        """
+        statement = (
+            update(_table)
+            .where(
+                _table.c.id == record.id,
+                _table.c.key_id == record.key_id,
+                _table.c.nonce == record.nonce,
+            )
+            .values(key_id=key_id, nonce=nonce, ciphertext=ciphertext)
+            .returning(*_table.c)
+        )
+        async with self._engine.begin() as conn:
+            row = (await conn.execute(statement)).one_or_none()
+        return None if row is None else to_record(CredentialRecord, row)
+
+    async def delete(self, user_id: str, provider: str) -> bool:
+        """Remove the user's document for ``provider``; return whether there was one."""
+        statement = (
+            delete(_table)
+            .where(_table.c.user_id == user_id, _table.c.provider == provider)
+            .returning(_table.c.id)
+        )
+        async with self._engine.begin() as conn:
+            row = (await conn.execute(statement)).one_or_none()
+        return row is not None
+
+    def _values(self, record: CredentialRecord) -> dict[str, object]:
+        _check_provider(record.provider)
+        now = self._clock()
+        values = to_values(record)
+        values.update(created_at=now, updated_at=now)
+        return values
+
+    @staticmethod
+    def _replacement(statement: Any) -> dict[str, object]:
+        """``SET column = excluded.column`` for everything but the slot's identity."""
+        return {
+            column.name: statement.excluded[column.name]
+            for column in _table.c
+            if column.name not in _IDENTITY
+        }
+
+    async def _explain_write_failure(
+        self, record: CredentialRecord, exc: IntegrityError
+    ) -> NoReturn:
+        # The provider was checked up front, so the owner's foreign key is what is left to
+        # violate; diagnosed in a fresh transaction after the failed write.
+        async with self._engine.connect() as conn:
+            user = await conn.scalar(
+                select(users_table.c.id).where(users_table.c.id == record.user_id)
+            )
+        if user is None:
+            raise NotFound(f"user {record.user_id} does not exist") from exc
+        raise InvalidInput(
+            f"the {record.provider} credentials of user {record.user_id} violate a constraint "
+            "of the store"
+        ) from exc
