@@ -25,11 +25,19 @@ from hearth.auth.states import TERMINAL, AuthStatus
 from hearth.config import Settings
 from hearth.control.vms import VmService
 from hearth.credentials.service import CredentialService
-from hearth.errors import Conflict, HearthError, InvalidInput, NotFound, QuotaExceeded, VmError
+from hearth.errors import (
+    CapacityExhausted,
+    Conflict,
+    HearthError,
+    InvalidInput,
+    NotFound,
+    QuotaExceeded,
+    VmError,
+)
 from hearth.logging import get_logger
 from hearth.store import AuthSessionRecord, Store, VmRecord
 from hearth.vm.readiness import Backoff
-from hearth.vm.types import NetworkMode, VmState, VmType
+from hearth.vm.types import NetworkMode, VmSpec, VmState, VmType
 
 _log = get_logger("auth.flow")
 VNC_PORT = 5900
@@ -219,7 +227,7 @@ class AuthFlow:
             guest_forwards=plan.guest_forwards,
         )
         browser = await self._stage(
-            self.vms.create(user_id=user, spec=browser_spec),
+            self._create_browser_vm(user, browser_spec),
             self.settings.browser_vm_timeout_s,
             "starting the Browser VM",
         )
@@ -271,6 +279,15 @@ class AuthFlow:
                 )
             except QuotaExceeded:
                 # The user's CLI VM is still booting: wait for it (the stage has a deadline).
+                await asyncio.sleep(next(backoff))
+
+    async def _create_browser_vm(self, user_id: str, spec: VmSpec) -> VmRecord:
+        """A Browser VM, waiting (within the stage's deadline) while the host has no room."""
+        backoff = Backoff(initial_s=0.5, cap_s=3.0).delays()
+        while True:
+            try:
+                return await self.vms.create(user_id=user_id, spec=spec)
+            except CapacityExhausted:
                 await asyncio.sleep(next(backoff))
 
     async def _wait_for_login(self, browser_id: str, agent: AgentClient, login_id: str) -> bytes:
