@@ -5,6 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
 mkdir -p artifacts
+# The test OAuth server (npm oidc-provider, pinned by the lockfile).
+npm ci --prefix tests/e2e/oidc_server --no-audit --no-fund --loglevel=error
 # The store's tests run on SQLite and on this PostgreSQL (started here if it is not running).
 HEARTH_TEST_DATABASE_URL=$(bash scripts/postgres.sh)
 export HEARTH_TEST_DATABASE_URL

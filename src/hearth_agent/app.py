@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 
 from hearth_agent import __version__
+from hearth_agent.browser import open_url
 from hearth_agent.claim import AuthGate, parse_claim
 from hearth_agent.errors import (
     AgentError,
@@ -22,11 +23,14 @@ from hearth_agent.errors import (
     MethodNotAllowed,
     NotFound,
     StorageError,
+    UnknownProvider,
 )
 from hearth_agent.jsontext import JsonTextError, decode_json
 from hearth_agent.log import JsonLogger
+from hearth_agent.login import LoginRegistry, LoginRunnerFactory, LoginStatus, LoginView
 from hearth_agent.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from hearth_agent.metrics import AgentMetrics, WriteOutcome
+from hearth_agent.oidc import OidcLoginRunner
 from hearth_agent.probe import parse_probe, probe_tcp
 from hearth_agent.providers import SUPPORTED_PROVIDERS, Provider, get_provider
 from hearth_agent.storage import CredentialStore, WriteResult
@@ -138,12 +142,23 @@ class AgentApp:
         gate: AuthGate,
         metrics: AgentMetrics,
         logger: JsonLogger,
+        logins: LoginRegistry | None = None,
+        login_runners: Mapping[str, LoginRunnerFactory] | None = None,
     ) -> None:
         self._store = store
         self._gate = gate
         self._metrics = metrics
         self._logger = logger
-        # Literal routes first: /credentials/write must win over /credentials/{provider}.
+        if logins is None:
+            logins = LoginRegistry(
+                logger=logger, metrics=metrics, open_url=lambda url: open_url(url, logger=logger)
+            )
+        if login_runners is None:
+            login_runners = {"oidc": lambda body: OidcLoginRunner.from_request(body, logger=logger)}
+        self._logins = logins
+        self._login_runners = login_runners
+        # Literal routes first: /credentials/write must win over /credentials/{provider},
+        # /login/start over /login/{login_id}.
         self._routes = tuple(
             (route, route.pattern)
             for route in (
@@ -162,6 +177,8 @@ class AgentApp:
                         "DELETE": self._delete_credentials,
                     },
                 ),
+                Route("/login/start", {"POST": self._start_login}),
+                Route("/login/{login_id}", {"GET": self._get_login, "DELETE": self._cancel_login}),
             )
         )
 
@@ -383,3 +400,54 @@ class AgentApp:
         deleted = self._store.delete(provider)
         self._logger.info("credentials_deleted", provider=provider.name, deleted=deleted)
         return json_response(200, {"provider": provider.name, "deleted": deleted})
+
+    def _start_login(self, request: Request, params: Mapping[str, str]) -> Response:
+        body = read_json(request)
+        if not isinstance(body, dict):
+            raise InvalidInput("/login/start body must be a JSON object")
+        name = body.get("provider")
+        if name is None:
+            raise InvalidInput("field 'provider' is required")
+        if not isinstance(name, str):
+            raise InvalidInput("field 'provider' must be a string")
+        runner_for = self._login_runners.get(name)
+        if runner_for is None:
+            get_provider(name)  # a name the agent has never heard of: 404 listing the known ones
+            raise UnknownProvider(
+                f"provider {name!r} has no login runner yet; "
+                f"login supports: {', '.join(self._login_runners)}"
+            )
+        view = self._logins.start(name, runner_for(body)).view()
+        return json_response(
+            201,
+            {
+                **_login_payload(view),
+                "authorize_url": view.authorize_url,
+                "opened_in_browser": view.opened_in_browser,
+            },
+        )
+
+    def _get_login(self, request: Request, params: Mapping[str, str]) -> Response:
+        session = self._logins.get(params["login_id"])
+        with_content = query_flag(request, "content")
+        view = session.view()
+        payload = _login_payload(view)
+        if with_content:
+            # Captured is final and set together with the document, so this pair is consistent.
+            document = session.document if view.status is LoginStatus.CAPTURED else None
+            payload["document"] = None if document is None else decode_json(document)
+        return json_response(200, payload)
+
+    def _cancel_login(self, request: Request, params: Mapping[str, str]) -> Response:
+        session = self._logins.cancel(params["login_id"])
+        return json_response(200, _login_payload(session.view()))
+
+
+def _login_payload(view: LoginView) -> dict[str, object]:
+    """What every login endpoint says about a session (never its tokens)."""
+    return {
+        "login_id": view.login_id,
+        "provider": view.provider,
+        "status": view.status.value,
+        "error": view.error,
+    }

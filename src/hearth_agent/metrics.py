@@ -7,6 +7,7 @@ import time
 from collections import Counter
 from enum import StrEnum
 
+from hearth_agent.login import LoginOutcome
 from hearth_agent.probe import ProbeOutcome
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -31,7 +32,11 @@ def _labels(pairs: tuple[tuple[str, str], ...]) -> str:
 
 
 class AgentMetrics:
-    """Thread-safe counters for requests, credential writes and TCP probes, plus uptime and info."""
+    """Thread-safe counters for requests, credential writes, TCP probes and logins, plus uptime.
+
+    Logins are counted per provider of ``providers`` too, although only some have a login runner
+    yet: the series exist from the start, so adding a runner changes no dashboard.
+    """
 
     def __init__(self, *, version: str, providers: tuple[str, ...]) -> None:
         self._version = version
@@ -43,6 +48,9 @@ class AgentMetrics:
             {(provider, outcome.value): 0 for provider in providers for outcome in WriteOutcome}
         )
         self._probes: Counter[str] = Counter({outcome.value: 0 for outcome in ProbeOutcome})
+        self._logins: Counter[tuple[str, str]] = Counter(
+            {(provider, outcome.value): 0 for provider in providers for outcome in LoginOutcome}
+        )
 
     def uptime(self) -> float:
         """Seconds since the agent started."""
@@ -64,12 +72,18 @@ class AgentMetrics:
         with self._lock:
             self._probes[outcome.value] += 1
 
+    def observe_login(self, *, provider: str, outcome: LoginOutcome) -> None:
+        """Count one login session that ended (captured, failed, timed out or cancelled)."""
+        with self._lock:
+            self._logins[(provider, outcome.value)] += 1
+
     def render(self) -> str:
         """The exposition text, one family after another, ending with a newline."""
         with self._lock:
             requests = sorted(self._requests.items())
             writes = sorted(self._writes.items())
             probes = sorted(self._probes.items())
+            logins = sorted(self._logins.items())
         lines = [
             "# HELP hearth_agent_http_requests_total HTTP responses by route template, method and"
             " status.",
@@ -92,6 +106,13 @@ class AgentMetrics:
         ]
         for result, count in probes:
             lines.append(f"hearth_agent_probes_total{_labels((('result', result),))} {count}")
+        lines += [
+            "# HELP hearth_agent_logins_total Login sessions that ended, by provider and outcome.",
+            "# TYPE hearth_agent_logins_total counter",
+        ]
+        for (provider, outcome), count in logins:
+            labels = _labels((("provider", provider), ("outcome", outcome)))
+            lines.append(f"hearth_agent_logins_total{labels} {count}")
         lines += [
             "# HELP hearth_agent_uptime_seconds Seconds since the agent started.",
             "# TYPE hearth_agent_uptime_seconds gauge",
