@@ -310,6 +310,7 @@ class AgentApp:
                     "sha256": None,
                     "bytes": None,
                     "mtime": None,
+                    "mode": None,
                     "expires_at": None,
                 },
             )
@@ -327,6 +328,7 @@ class AgentApp:
             "sha256": stored.sha256,
             "bytes": len(stored.content),
             "mtime": stored.mtime,
+            "mode": f"{stored.mode:04o}",
             "expires_at": provider.expires_at(document),
         }
         if with_content:

@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import json
 import os
+import stat
 import tempfile
 import threading
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ class StoredFile:
     content: bytes
     sha256: str
     mtime: float
+    mode: int  # permission bits, e.g. 0o600
 
 
 def fsync_directory(directory: Path) -> None:
@@ -139,7 +141,8 @@ class CredentialStore:
         try:
             with open(self.path_of(provider), "rb") as stored:
                 content = stored.read()
-                mtime = os.fstat(stored.fileno()).st_mtime
+                status = os.fstat(stored.fileno())
+                mtime, mode = status.st_mtime, stat.S_IMODE(status.st_mode)
         except FileNotFoundError:
             return None
         except OSError as exc:
@@ -149,6 +152,7 @@ class CredentialStore:
             content=content,
             sha256=hashlib.sha256(content).hexdigest(),
             mtime=mtime,
+            mode=mode,
         )
 
     def delete(self, provider: Provider) -> bool:

@@ -358,6 +358,7 @@ def test_get_absent_credentials_reports_not_present(agent_client: httpx.Client) 
         "sha256": None,
         "bytes": None,
         "mtime": None,
+        "mode": None,
         "expires_at": None,
     }
 
@@ -383,6 +384,7 @@ def test_get_reports_digest_size_mtime_and_expiry(
         "sha256": hashlib.sha256(body).hexdigest(),
         "bytes": len(body),
         "mtime": pytest.approx(os.stat(agent.home / PRIMARY_PATHS[provider]).st_mtime),
+        "mode": "0600",
         "expires_at": EXPIRIES[provider],
     }
 
