@@ -8,7 +8,7 @@ APT_PACKAGES=(
   qemu-system-x86 qemu-utils        # VMs (TCG where /dev/kvm is not usable)
   debootstrap e2fsprogs e2tools     # golden images without mounting
   busybox-static cpio lz4           # initramfs, vmlinux extraction
-  iproute2 nftables procps          # per-VM network namespaces, process checks
+  iproute2 nftables procps socat    # per-VM namespaces, process checks, guest egress relays
   ca-certificates postgresql        # TLS roots; PostgreSQL (HEARTH_DATABASE_URL, tests)
   novnc chromium                    # the Browser VM's viewer (noVNC); headless view checks
   python3 python3-venv python3-pip  # the controller's interpreter

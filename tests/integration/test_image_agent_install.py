@@ -22,6 +22,7 @@ from hearth.images.ext4 import Ext4Image
 from hearth.images.layout import (
     AGENT_MANIFEST,
     AGENT_PACKAGE_DIR,
+    BROWSER_SERVICE_PATH,
     INIT_PATH,
     TOKEN_DIR,
     UNIT_LINK,
@@ -70,6 +71,7 @@ def test_verify_names_everything_missing_from_an_image_without_agent(tmp_path: P
     assert UNIT_PATH in text
     assert UNIT_LINK in text
     assert INIT_PATH in text
+    assert BROWSER_SERVICE_PATH in text
     assert f"{AGENT_PACKAGE_DIR}/server.py" in text
 
 
@@ -88,10 +90,11 @@ def test_install_agent_writes_files_unit_and_enabled_symlink_readable_by_debugfs
     assert link is not None
     assert link.kind == "symlink"
     assert link.link_target == UNIT_PATH
-    init = ext4.stat(INIT_PATH)
-    assert init is not None
-    assert init.mode == 0o755
-    assert (init.uid, init.gid) == (0, 0)
+    for executable in (INIT_PATH, BROWSER_SERVICE_PATH):
+        entry = ext4.stat(executable)
+        assert entry is not None
+        assert entry.mode == 0o755
+        assert (entry.uid, entry.gid) == (0, 0)
     token_dir = ext4.stat(TOKEN_DIR)
     assert token_dir is not None
     assert token_dir.mode == 0o700

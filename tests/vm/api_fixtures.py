@@ -53,7 +53,12 @@ def _free_port() -> int:
 
 
 async def serve_app(
-    settings: Settings, *, minimal_image: ImageDir, template_dir: Path, **app_kwargs: object
+    settings: Settings,
+    *,
+    minimal_image: ImageDir,
+    template_dir: Path,
+    browser_image: ImageDir | None = None,
+    **app_kwargs: object,
 ) -> AsyncIterator[Api]:
     """Serve the app until the generator is closed."""
     backend = QemuBackend(
@@ -62,7 +67,11 @@ async def serve_app(
         network_pool=settings.network_pool,
     )
     images = ImageCatalog(
-        settings, overrides={VmType.CLI: minimal_image.path, VmType.BROWSER: minimal_image.path}
+        settings,
+        overrides={
+            VmType.CLI: minimal_image.path,
+            VmType.BROWSER: (browser_image or minimal_image).path,
+        },
     )
     app = create_app(settings, backend=backend, images=images, **app_kwargs)  # type: ignore[arg-type]
     port = _free_port()

@@ -1,9 +1,10 @@
-"""The ``hearth`` command line: serve, image, vm, keys, doctor."""
+"""The ``hearth`` command line: serve, image, vm, keys, bench, doctor."""
 
 from __future__ import annotations
 
 import typer
 
+from hearth.bench.cli import bench_app
 from hearth.cli.doctor import doctor
 from hearth.cli.images import image_app
 from hearth.cli.server import keys_app, serve
@@ -13,6 +14,7 @@ app = typer.Typer(help="Hearth: isolated microVMs for AI coding CLIs.", no_args_
 app.add_typer(image_app, name="image")
 app.add_typer(vm_app, name="vm")
 app.add_typer(keys_app, name="keys")
+app.add_typer(bench_app, name="bench")
 app.command("serve")(serve)
 app.command("doctor")(doctor)
 

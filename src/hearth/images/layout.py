@@ -1,4 +1,4 @@
-"""What Hearth puts into an image (agent, unit, init): one list for install-agent and verify."""
+"""What Hearth puts into images (agent, unit, init, browser service), for install and verify."""
 
 from __future__ import annotations
 
@@ -18,6 +18,9 @@ UNIT_PATH = "/etc/systemd/system/hearth-agent.service"
 UNIT_LINK = "/etc/systemd/system/multi-user.target.wants/hearth-agent.service"
 # /sbin is a symlink to usr/sbin in Debian 12; debugfs writes to the real directory.
 INIT_PATH = "/usr/sbin/hearth-init"
+# Shipped in every image (one payload, one verify); hearth-init starts it only where Chromium is.
+BROWSER_SERVICE_PATH = "/usr/sbin/hearth-browser"
+EXECUTABLES = frozenset({INIT_PATH, BROWSER_SERVICE_PATH})
 TOKEN_DIR = "/var/lib/hearth-agent"  # noqa: S105 - a directory, not a secret
 GUEST_PYTHON = "/usr/bin/python3"
 
@@ -54,6 +57,7 @@ def build_payload() -> AgentPayload:
     }
     files[UNIT_PATH] = guest_asset("hearth-agent.service")
     files[INIT_PATH] = guest_asset("hearth-init")
+    files[BROWSER_SERVICE_PATH] = guest_asset("hearth-browser")
     manifest = json.dumps(
         {
             "agent_version": hearth_agent.__version__,
@@ -86,7 +90,7 @@ def payload_edits(payload: AgentPayload) -> list[Edit]:
         MakeDir(TOKEN_DIR, mode=0o700),
     ]
     for path, data in sorted(payload.files.items()):
-        edits.append(WriteFile(path, data, mode=0o755 if path == INIT_PATH else 0o644))
+        edits.append(WriteFile(path, data, mode=0o755 if path in EXECUTABLES else 0o644))
     edits.append(Symlink(UNIT_LINK, UNIT_PATH))
     edits.append(WriteFile(AGENT_MANIFEST, payload.manifest, mode=0o644))
     return edits

@@ -38,6 +38,23 @@ RECIPES: dict[str, Recipe] = {
         packages=("nodejs", "npm", "git", "procps", "less"),
         disk_mib=2048,
     ),
+    "browser": Recipe(
+        name="browser",
+        description="minimal plus Chromium, Xvfb, x11vnc and socat for provider logins over noVNC",
+        # dbus-x11: without it debootstrap fails configuring dconf (pulled in by Chromium).
+        # socat: Chromium binds DevTools to the guest's 127.0.0.1 only; hearth-browser relays it.
+        packages=(
+            "chromium",
+            "xvfb",
+            "x11vnc",
+            "fonts-dejavu-core",
+            "procps",
+            "dbus-x11",
+            "socat",
+        ),
+        # ≈ 960 MiB installed; the rest is room for the Chromium profile and caches at run time.
+        disk_mib=3072,
+    ),
 }
 
 

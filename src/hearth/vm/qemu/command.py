@@ -87,8 +87,11 @@ def qemu_argv(
         for guest_port, local_port in sorted((extra_ports or {}).items()):
             netdev += f",hostfwd=tcp:127.0.0.1:{local_port}-:{guest_port}"
         for rule in spec.guest_forwards:
+            # cmd: spawns one relay per guest connection; a plain tcp: chardev carries only one
+            # connection at a time, which a browser's parallel connections hang on.
             netdev += (
-                f",guestfwd=tcp:{rule.guest_ip}:{rule.guest_port}-tcp:127.0.0.1:{rule.host_port}"
+                f",guestfwd=tcp:{rule.guest_ip}:{rule.guest_port}"
+                f"-cmd:socat - TCP:127.0.0.1:{rule.host_port}"
             )
         if not spec.allow_egress:
             # restrict=on: the guest reaches nothing outside, not even the host; forwards work.

@@ -1,0 +1,206 @@
+"""``hearth bench vm`` and ``hearth bench api``: run a benchmark, print tables, write JSON.
+
+This module does not import ``hearth.cli`` (which registers ``bench_app``), so importing either
+first works.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shlex
+import shutil
+import signal
+import sys
+import tempfile
+from collections.abc import Coroutine, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, NoReturn, TypeVar
+
+import typer
+from rich.console import Console
+
+from hearth.bench.api import ApiBenchOptions, run_api_bench
+from hearth.bench.report import (
+    api_document,
+    api_tables,
+    print_tables,
+    vm_document,
+    vm_tables,
+    write_json,
+)
+from hearth.bench.vm import VmBenchOptions, run_vm_bench
+from hearth.config import Settings
+from hearth.errors import HearthError, NotAnImage
+from hearth.images.build import default_output_dir
+from hearth.images.manifest import ImageDir
+from hearth.images.recipes import get_recipe
+from hearth.logging import configure_logging
+from hearth.progress import default_progress
+from hearth.vm.types import VmSpec
+
+bench_app = typer.Typer(
+    help="Measure Hearth: VM starts against the original controller's method; API latency.",
+    no_args_is_help=True,
+)
+T = TypeVar("T")
+console = Console()
+err_console = Console(stderr=True)
+
+
+@bench_app.command("vm")
+def bench_vm(
+    n: Annotated[int, typer.Option("--n", min=1, help="Samples per start path.")] = 5,
+    concurrency: Annotated[
+        int, typer.Option(min=1, help="VMs created at once in the concurrent phase.")
+    ] = 3,
+    image: Annotated[
+        Path | None,
+        typer.Option(help="Image directory (default: the minimal image under the state dir)."),
+    ] = None,
+    json_file: Annotated[
+        Path | None, typer.Option("--json", help="Also write the results as JSON here.")
+    ] = None,
+    state_dir: Annotated[
+        Path | None,
+        typer.Option(help="Where the bench's VMs live (default: a fresh temp dir, removed after)."),
+    ] = None,
+) -> None:
+    """VM starts by every path, next to the original controller's method, in one run.
+
+    Cold boot, snapshot restore, warm-pool hand-out, concurrent creates, disk and memory per VM,
+    destroy; and the baseline: a full copy of the image, a cold boot and 2 s health polls.
+    """
+    settings = _load_settings()
+    image_dir = ImageDir((image or default_output_dir(settings, get_recipe("minimal"))).absolute())
+    if image_dir.manifest is None:
+        _fail(
+            NotAnImage(
+                f"{image_dir.path} holds no built image; run: hearth image build --recipe minimal"
+            )
+        )
+    command = ["hearth", "bench", "vm", "--n", str(n), "--concurrency", str(concurrency)]
+    if image is not None:
+        command += ["--image", str(image)]
+    with _scratch_dir(state_dir) as root:
+        options = VmBenchOptions(
+            image=image_dir,
+            n=n,
+            concurrency=concurrency,
+            state_dir=root,
+            spec=VmSpec(vcpus=settings.default_vcpus, mem_mib=settings.default_mem_mib),
+        )
+        try:
+            result = _run(run_vm_bench(options, progress=default_progress("bench")))
+        except HearthError as exc:
+            _fail(exc)
+    print_tables(console, vm_tables(result))
+    if json_file is not None:
+        write_json(json_file, vm_document(result, command=shlex.join(command)))
+        console.print(f"[dim]wrote {json_file}[/dim]")
+
+
+@bench_app.command("api")
+def bench_api(
+    n: Annotated[int, typer.Option("--n", min=1, help="Requests per load phase.")] = 2000,
+    concurrency: Annotated[int, typer.Option(min=1, help="Workers in the closed-loop phase.")] = 10,
+    rate: Annotated[
+        float, typer.Option(min=1, help="Requests per second in the open-loop phase.")
+    ] = 500.0,
+    database_url: Annotated[
+        str | None,
+        typer.Option(
+            envvar="HEARTH_BENCH_DATABASE_URL",
+            help="A PostgreSQL server to measure on too (a scratch database is created on it "
+            "and dropped after). Without one, SQLite only.",
+        ),
+    ] = None,
+    json_file: Annotated[
+        Path | None, typer.Option("--json", help="Also write the results as JSON here.")
+    ] = None,
+    state_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="The controllers' state dirs (default: a fresh temp dir, removed after)."
+        ),
+    ] = None,
+) -> None:
+    """API throughput and p50/p99 latency, on SQLite and PostgreSQL.
+
+    GET /api/vms/{id} (and GET /api/auth/session/{id} once the app has it) against a real
+    controller process, in a closed loop and on a fixed-rate schedule.
+    """
+    _load_settings()
+    command = ["hearth", "bench", "api", "--n", str(n), "--concurrency", str(concurrency)]
+    command += ["--rate", f"{rate:g}"]
+    with _scratch_dir(state_dir) as root:
+        options = ApiBenchOptions(
+            n=n,
+            state_dir=root,
+            concurrency=concurrency,
+            rate_rps=rate,
+            warmup=min(200, n),
+            postgres_url=database_url or None,
+        )
+        try:
+            result = _run(run_api_bench(options, progress=default_progress("bench")))
+        except HearthError as exc:
+            _fail(exc)
+    for note in result.notes:
+        console.print(f"[yellow]note[/yellow] {note}")
+    print_tables(console, api_tables(result))
+    if json_file is not None:
+        write_json(json_file, api_document(result, command=shlex.join(command)))
+        console.print(f"[dim]wrote {json_file}[/dim]")
+
+
+def _run(bench: Coroutine[Any, Any, T]) -> T:
+    """Run ``bench``; SIGTERM cancels it like Ctrl-C does, so its teardown still runs."""
+
+    async def main() -> T:
+        task = asyncio.current_task()
+        assert task is not None
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, task.cancel)
+        try:
+            return await bench
+        finally:
+            loop.remove_signal_handler(signal.SIGTERM)
+
+    try:
+        return asyncio.run(main())
+    except asyncio.CancelledError:
+        err_console.print("[red]interrupted[/red]; what the bench started has been destroyed")
+        raise typer.Exit(130) from None
+
+
+def _load_settings() -> Settings:
+    """Settings from the environment; logging quiet on a terminal (the progress display speaks)."""
+    try:
+        settings = Settings.from_env()
+    except HearthError as exc:
+        _fail(exc)
+    level = logging.WARNING if sys.stderr.isatty() else logging.INFO
+    configure_logging(json=settings.log_json, level=level)
+    return settings
+
+
+@contextmanager
+def _scratch_dir(given: Path | None) -> Iterator[Path]:
+    """The given directory (kept afterwards), or a fresh temp dir removed on exit."""
+    if given is not None:
+        given = given.absolute()
+        given.mkdir(mode=0o700, parents=True, exist_ok=True)
+        yield given
+        return
+    made = Path(tempfile.mkdtemp(prefix="hearth-bench-"))
+    try:
+        yield made
+    finally:
+        shutil.rmtree(made, ignore_errors=True)
+
+
+def _fail(exc: HearthError) -> NoReturn:
+    err_console.print(f"[red]error[/red] ({exc.code}): {exc.message}")
+    raise typer.Exit(1)

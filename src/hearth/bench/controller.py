@@ -1,0 +1,148 @@
+"""A real controller for ``hearth bench api``: ``hearth serve`` in its own process.
+
+The server gets a core of its own (the load generator runs in the bench's process), a scratch
+state dir and the database it is told to use; nothing of the caller's environment that could
+start VMs (a warm pool, say) reaches it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from hearth.bench.errors import BenchError
+from hearth.store import normalise_url
+from hearth.tools import tail
+from hearth.vm.qemu.backend import free_local_port
+from hearth.vm.readiness import Deadline
+
+START_DEADLINE_S = 60.0
+STOP_DEADLINE_S = 15.0
+
+
+class ControllerProcess:
+    """One ``hearth serve`` subprocess on 127.0.0.1, started by ``ControllerProcess.start``."""
+
+    def __init__(
+        self, *, process: asyncio.subprocess.Process, url: str, state_dir: Path, log: Path
+    ) -> None:
+        self.process = process
+        self.url = url
+        self.state_dir = state_dir
+        self.log = log
+
+    @classmethod
+    async def start(cls, *, state_dir: Path, database_url: str) -> ControllerProcess:
+        """Start the controller and wait until ``/health`` answers 200."""
+        state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        port = free_local_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("HEARTH_")}
+        env.update(
+            HEARTH_STATE_DIR=str(state_dir),
+            HEARTH_DATABASE_URL=database_url,
+            HEARTH_LOG_FORMAT="json",
+        )
+        log = state_dir / "controller.log"
+        with log.open("wb") as sink:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "hearth",
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--state-dir",
+                str(state_dir),
+                env=env,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=sink,
+                stderr=sink,
+                start_new_session=True,
+            )
+        controller = cls(
+            process=process, url=f"http://127.0.0.1:{port}", state_dir=state_dir, log=log
+        )
+        try:
+            health = await controller._wait_healthy()
+            # A controller that silently fell back to another database would measure that one.
+            expected = normalise_url(database_url).drivername
+            serving = health.get("store", {}).get("url")
+            if serving != expected:
+                raise BenchError(f"the controller serves store {serving!r}, not {expected!r}")
+        except BaseException:
+            await controller.stop()
+            raise
+        return controller
+
+    @property
+    def admin_key(self) -> str:
+        """The admin key the controller minted into its state dir on first start."""
+        try:
+            return (self.state_dir / "admin.key").read_text().strip()
+        except OSError as exc:
+            raise BenchError(f"the controller wrote no admin key: {exc.strerror}") from exc
+
+    async def mint_user_key(self, user_id: str) -> str:
+        """A fresh API key for ``user_id`` (``POST /api/keys`` with the admin key)."""
+        headers = {"Authorization": f"Bearer {self.admin_key}"}
+        async with httpx.AsyncClient(base_url=self.url, headers=headers, timeout=30) as client:
+            response = await client.post("/api/keys", json={"userId": user_id})
+        if response.status_code != 201:
+            raise BenchError(f"minting a key answered HTTP {response.status_code}")
+        key = response.json()["key"]
+        if not isinstance(key, str):
+            raise BenchError("minting a key answered no key")
+        return key
+
+    def log_tail(self, lines: int = 20) -> str:
+        """The last lines the controller wrote."""
+        try:
+            return tail(self.log.read_text(errors="replace"), lines)
+        except OSError:
+            return ""
+
+    async def stop(self) -> None:
+        """SIGTERM (then SIGKILL) and wait for the exit; idempotent."""
+        if self.process.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(self.process.wait(), STOP_DEADLINE_S)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.kill()
+            await self.process.wait()
+
+    async def _wait_healthy(self) -> dict[str, Any]:
+        deadline = Deadline.after(START_DEADLINE_S)
+        last = "no probe completed"
+        async with httpx.AsyncClient(base_url=self.url) as client:
+            while not deadline.expired:
+                if self.process.returncode is not None:
+                    raise BenchError(
+                        f"the controller exited with status {self.process.returncode}:\n"
+                        f"{self.log_tail()}"
+                    )
+                try:
+                    response = await client.get("/health", timeout=2)
+                    if response.status_code == 200:
+                        body: dict[str, Any] = response.json()
+                        return body
+                    last = f"HTTP {response.status_code}"
+                except httpx.HTTPError as exc:
+                    last = type(exc).__name__
+                await asyncio.sleep(0.1)
+        raise BenchError(
+            f"the controller was not healthy after {START_DEADLINE_S:.0f} s ({last}):\n"
+            f"{self.log_tail()}"
+        )

@@ -1,0 +1,396 @@
+"""Benchmark reports: the JSON documents, the verdict on each target, and the Rich tables."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from hearth.bench.api import ApiBenchResult
+from hearth.bench.baseline import HEALTH_POLL_INTERVAL_S
+from hearth.bench.load import MAX_IN_FLIGHT, CpuUse
+from hearth.bench.machine import MachineFacts
+from hearth.bench.stats import Summary
+from hearth.bench.vm import VmBenchResult
+from hearth.vm.qemu.disks import bytes_on_disk
+
+# The issue's targets.
+RESTORE_SPEEDUP_TARGET = 12.0  # restore ≤ 1/12 of a cold boot
+POOL_HANDOUT_P50_TARGET_S = 0.050
+DISK_FRACTION_TARGET = 0.01  # disk added per VM ≤ 1 % of the image
+API_P99_TARGET_S = 0.020
+API_TARGET_RATE_RPS = 500.0
+_RATE_SLACK = 0.95  # an open loop that reached 95 % of its schedule counts as at that rate
+
+
+@dataclass(frozen=True, kw_only=True)
+class Target:
+    """One target of the issue, what was measured against it, and whether it is met."""
+
+    name: str
+    goal: str
+    measured: str
+    met: bool
+
+    def to_dict(self) -> dict[str, object]:
+        """The JSON shape."""
+        return {"name": self.name, "goal": self.goal, "measured": self.measured, "met": self.met}
+
+
+# ---- hearth bench vm -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class VmFigures:
+    """The summaries a VM report is made of."""
+
+    baseline: Summary
+    baseline_copy: Summary
+    cold: Summary
+    restore: Summary
+    pool: Summary
+    pool_claim: Summary
+    concurrent: Summary
+    destroy: Summary
+    disk: dict[str, Summary]
+    rss: dict[str, Summary]
+    image_bytes: int
+
+    @classmethod
+    def of(cls, result: VmBenchResult) -> VmFigures:
+        """Summarise every phase of ``result``."""
+        paths = {"baseline": result.baseline, "cold": result.cold, "restore": result.restore}
+        return cls(
+            baseline=Summary.of([s.create_s for s in result.baseline]),
+            baseline_copy=Summary.of([s.copy_s or 0.0 for s in result.baseline]),
+            cold=Summary.of([s.create_s for s in result.cold]),
+            restore=Summary.of([s.create_s for s in result.restore]),
+            pool=Summary.of(result.pool),
+            pool_claim=Summary.of(result.pool_claim),
+            concurrent=Summary.of(result.concurrent),
+            destroy=Summary.of(result.destroy),
+            disk={k: Summary.of([s.disk_bytes for s in v]) for k, v in paths.items()},
+            rss={k: Summary.of([s.rss_bytes for s in v]) for k, v in paths.items()},
+            image_bytes=result.options.image.rootfs.stat().st_size,
+        )
+
+    @property
+    def restore_speedup_ratio(self) -> float:
+        """Cold p50 / restore p50."""
+        return self.cold.p50 / self.restore.p50
+
+    @property
+    def best_hearth_p50(self) -> tuple[str, float]:
+        """Hearth's fastest way to a VM (by p50) and its p50."""
+        return min(
+            (("cold", self.cold.p50), ("restore", self.restore.p50), ("pool", self.pool.p50)),
+            key=lambda item: item[1],
+        )
+
+    @property
+    def baseline_ratio(self) -> float:
+        """Baseline p50 / Hearth's best p50."""
+        return self.baseline.p50 / self.best_hearth_p50[1]
+
+    def targets(self) -> list[Target]:
+        """The VM targets of the issue, judged on these figures."""
+        hearth_disk = max(self.disk["cold"].max, self.disk["restore"].max)
+        fraction = hearth_disk / self.image_bytes
+        return [
+            Target(
+                name="restore_vs_cold",
+                goal=f"restore ≤ 1/{RESTORE_SPEEDUP_TARGET:.0f} of a cold boot (p50)",
+                measured=f"cold {_dur(self.cold.p50)} / restore {_dur(self.restore.p50)} "
+                f"= {self.restore_speedup_ratio:.1f}x",
+                met=self.restore_speedup_ratio >= RESTORE_SPEEDUP_TARGET,
+            ),
+            Target(
+                name="pool_handout_p50",
+                goal=f"warm-pool hand-out p50 ≤ {POOL_HANDOUT_P50_TARGET_S * 1000:.0f} ms",
+                measured=f"p50 {_dur(self.pool.p50)} (max {_dur(self.pool.max)})",
+                met=self.pool.p50 <= POOL_HANDOUT_P50_TARGET_S,
+            ),
+            Target(
+                name="disk_per_vm",
+                goal=f"disk added per VM ≤ {DISK_FRACTION_TARGET:.0%} of the image",
+                measured=f"largest overlay {_size(hearth_disk)} = {fraction:.3%} of "
+                f"{_size(self.image_bytes)} (a full copy: {_size(self.disk['baseline'].max)})",
+                met=fraction <= DISK_FRACTION_TARGET,
+            ),
+        ]
+
+
+def vm_document(result: VmBenchResult, *, command: str) -> dict[str, object]:
+    """The JSON document of a ``hearth bench vm`` run."""
+    figures = VmFigures.of(result)
+    options = result.options
+    manifest = options.image.manifest
+    best_name, best_p50 = figures.best_hearth_p50
+    return {
+        "benchmark": "vm",
+        "command": command,
+        "measured_at": _now(),
+        "machine": result.machine.to_dict(),
+        "image": {
+            "path": str(options.image.path),
+            "recipe": manifest.recipe if manifest else "unknown",
+            "content_hash": manifest.content_hash if manifest else "unknown",
+            "kernel": manifest.kernel_version if manifest else "unknown",
+            "rootfs_bytes": figures.image_bytes,
+            "rootfs_allocated_bytes": bytes_on_disk(options.image.rootfs),
+        },
+        "vm_spec": {
+            "vcpus": options.spec.vcpus,
+            "mem_mib": options.spec.mem_mib,
+            "network": options.spec.network.value,
+        },
+        "cold": figures.cold.seconds(),
+        "restore": figures.restore.seconds(),
+        "pool": {
+            **figures.pool.seconds(),
+            "pool_size": options.pool_size,
+            "claim": figures.pool_claim.seconds(),
+        },
+        "baseline": {
+            **figures.baseline.seconds(),
+            "copy": figures.baseline_copy.seconds(),
+            "health_poll_interval_s": HEALTH_POLL_INTERVAL_S,
+        },
+        "concurrent": {
+            "concurrency": options.concurrency,
+            "batch_wall_s": result.concurrent_wall_s,
+            **figures.concurrent.seconds(),
+        },
+        "template": {
+            "built": result.template_built,
+            "first_create_s": result.template_first_create_s,
+            "bytes": result.template_bytes,
+        },
+        "destroy": figures.destroy.seconds(),
+        "disk_bytes": {k: s.bytes() for k, s in figures.disk.items()},
+        "rss_bytes": {k: s.bytes() for k, s in figures.rss.items()},
+        "restore_speedup_ratio": figures.restore_speedup_ratio,
+        "baseline_ratio": figures.baseline_ratio,
+        "baseline_ratio_against": best_name,
+        "best_hearth_p50_s": best_p50,
+        "targets": [t.to_dict() for t in figures.targets()],
+    }
+
+
+def vm_tables(result: VmBenchResult) -> list[Table]:
+    """The Rich tables of a ``hearth bench vm`` run."""
+    figures = VmFigures.of(result)
+    c = result.options.concurrency
+    timing = Table(
+        title=f"VM create → healthy ({result.machine.accel}, {result.machine.cores} cores)"
+    )
+    for column in ("path", "n", "p50", "p95", "max", "disk / VM", "RSS / VM"):
+        timing.add_column(column, justify="left" if column == "path" else "right")
+    rows: list[tuple[str, Summary, str, str]] = [
+        (
+            f"baseline: copy + cold + {HEALTH_POLL_INTERVAL_S:.0f} s polls",
+            figures.baseline,
+            _size(figures.disk["baseline"].p50),
+            _size(figures.rss["baseline"].p50),
+        ),
+        (
+            "cold boot",
+            figures.cold,
+            _size(figures.disk["cold"].p50),
+            _size(figures.rss["cold"].p50),
+        ),
+        (
+            "snapshot restore",
+            figures.restore,
+            _size(figures.disk["restore"].p50),
+            _size(figures.rss["restore"].p50),
+        ),
+        ("warm-pool hand-out", figures.pool, "", ""),
+        ("  of which: claim (POST /init)", figures.pool_claim, "", ""),
+        (f"{c} concurrent restores", figures.concurrent, "", ""),
+        ("destroy", figures.destroy, "", ""),
+    ]
+    for label, summary, disk, rss in rows:
+        timing.add_row(
+            label,
+            str(summary.n),
+            _dur(summary.p50),
+            _dur(summary.p95),
+            _dur(summary.max),
+            disk,
+            rss,
+        )
+    best_name, _ = figures.best_hearth_p50
+    ratios = Table(show_header=False, title="ratios")
+    ratios.add_row(
+        "restore speed-up (cold p50 / restore p50)", f"{figures.restore_speedup_ratio:.1f}x"
+    )
+    ratios.add_row(
+        f"baseline p50 / Hearth's best p50 ({best_name})", f"{figures.baseline_ratio:.1f}x"
+    )
+    ratios.add_row("baseline copy p50", _dur(figures.baseline_copy.p50))
+    ratios.add_row(f"{c} concurrent restores, whole batch", _dur(result.concurrent_wall_s))
+    template = "built" if result.template_built else "reused"
+    ratios.add_row(
+        f"template ({template}), first restore-path create",
+        f"{_dur(result.template_first_create_s)}, {_size(result.template_bytes)} on disk",
+    )
+    return [machine_table(result.machine), timing, ratios, targets_table(figures.targets())]
+
+
+# ---- hearth bench api ------------------------------------------------------------------------
+
+
+def api_targets(result: ApiBenchResult) -> list[Target]:
+    """The API target of the issue, judged per database and route."""
+    targets = []
+    for database in result.databases:
+        for route, endpoint in database.endpoints.items():
+            load = endpoint.open
+            at_rate = (
+                load.target_rps >= API_TARGET_RATE_RPS
+                and load.achieved_rps >= _RATE_SLACK * API_TARGET_RATE_RPS
+            )
+            targets.append(
+                Target(
+                    name=f"api_p99_{database.name}_{route}",
+                    goal=f"{database.name} GET {route}: p99 ≤ "
+                    f"{API_P99_TARGET_S * 1000:.0f} ms at {API_TARGET_RATE_RPS:.0f} req/s",
+                    measured=f"p99 {_dur(load.latency.p99)} at {load.achieved_rps:.0f} req/s "
+                    f"(scheduled {load.target_rps:.0f}/s)",
+                    met=at_rate and load.latency.p99 <= API_P99_TARGET_S,
+                )
+            )
+    return targets
+
+
+def api_document(result: ApiBenchResult, *, command: str) -> dict[str, object]:
+    """The JSON document of a ``hearth bench api`` run."""
+    options = result.options
+    return {
+        "benchmark": "api",
+        "command": command,
+        "measured_at": _now(),
+        "machine": result.machine.to_dict(),
+        "requests_per_phase": options.n,
+        "warmup_requests": options.warmup,
+        "concurrency": options.concurrency,
+        "rate_rps": options.rate_rps,
+        "open_loop_connections": MAX_IN_FLIGHT,
+        "databases": {
+            d.name: {
+                "version": d.version,
+                "endpoints": {route: e.to_dict() for route, e in d.endpoints.items()},
+            }
+            for d in result.databases
+        },
+        "notes": list(result.notes),
+        "targets": [t.to_dict() for t in api_targets(result)],
+    }
+
+
+def api_tables(result: ApiBenchResult) -> list[Table]:
+    """The Rich tables of a ``hearth bench api`` run."""
+    table = Table(title=f"API latency ({result.machine.cores} cores)")
+    columns = ("database", "route", "load", "n", "req/s", "p50", "p99", "max", "CPU srv/cli")
+    for column in columns:
+        table.add_column(
+            column, justify="left" if column in ("database", "route", "load") else "right"
+        )
+    for database in result.databases:
+        for route, endpoint in database.endpoints.items():
+            name = f"{database.name} {database.version.split()[0]}"
+            closed, opened = endpoint.closed, endpoint.open
+            table.add_row(
+                name,
+                f"GET {route}",
+                f"{closed.concurrency} workers",
+                str(closed.latency.n),
+                f"{closed.throughput_rps:.0f}",
+                _dur(closed.latency.p50),
+                _dur(closed.latency.p99),
+                _dur(closed.latency.max),
+                _cpu(closed.cpu),
+            )
+            table.add_row(
+                name,
+                f"GET {route}",
+                f"{opened.target_rps:.0f}/s open",
+                str(opened.latency.n),
+                f"{opened.achieved_rps:.0f}",
+                _dur(opened.latency.p50),
+                _dur(opened.latency.p99),
+                _dur(opened.latency.max),
+                _cpu(opened.cpu),
+            )
+    return [machine_table(result.machine), table, targets_table(api_targets(result))]
+
+
+# ---- shared ----------------------------------------------------------------------------------
+
+
+def machine_table(machine: MachineFacts) -> Table:
+    """The machine the figures were measured on."""
+    table = Table(title="machine", show_header=False)
+    table.add_row("CPU", f"{machine.cores} cores, {machine.cpu_model}")
+    table.add_row("memory", f"{machine.memory_mib / 1024:.1f} GiB")
+    table.add_row("accelerator", f"{machine.accel} ({machine.accel_reason})")
+    table.add_row("QEMU", machine.qemu)
+    table.add_row("OS, kernel", f"{machine.os}, {machine.kernel}")
+    table.add_row("Python, Hearth", f"{machine.python}, {machine.hearth}")
+    table.add_row("load average at start", machine.load_average)
+    return table
+
+
+def targets_table(targets: list[Target]) -> Table:
+    """Each target, what was measured and whether it is met."""
+    table = Table(title="targets")
+    table.add_column("target")
+    table.add_column("measured")
+    table.add_column("status")
+    for target in targets:
+        table.add_row(
+            target.goal,
+            target.measured,
+            "[green]met[/green]" if target.met else "[red]not met[/red]",
+        )
+    return table
+
+
+def print_tables(console: Console, tables: list[Table]) -> None:
+    """Print tables one after another."""
+    for table in tables:
+        console.print(table)
+
+
+def write_json(path: Path, document: dict[str, object]) -> None:
+    """Write ``document`` to ``path`` atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
+    tmp.replace(path)
+
+
+def _cpu(cpu: CpuUse) -> str:
+    return f"{cpu.server_cores:.2f}/{cpu.client_cores:.2f}"
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _dur(seconds: float) -> str:
+    if seconds < 1:
+        return f"{seconds * 1000:.1f} ms"
+    return f"{seconds:.2f} s"
+
+
+def _size(n_bytes: float) -> str:
+    if n_bytes >= 2**20:
+        return f"{n_bytes / 2**20:.1f} MiB"
+    return f"{n_bytes / 2**10:.0f} KiB"

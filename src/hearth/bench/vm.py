@@ -1,0 +1,332 @@
+"""``hearth bench vm``: VM starts by every path Hearth has, next to the original controller's.
+
+Phases, in this order, every VM destroyed as soon as it is measured:
+
+1. ``baseline`` and ``cold`` interleaved (one of each per round, so drift hits both alike);
+2. ``template``: the first restore-path create, which builds the snapshot template if needed;
+3. ``restore``: creates restored from the template;
+4. ``concurrent``: ``concurrency`` restore-path creates started at once;
+5. ``pool``: a real ``WarmPool`` on a ``VmService`` (SQLite store in the bench's state dir);
+   each sample times ``VmService.create`` while a pooled VM waits, then lets the pool refill.
+
+Everything runs under a fresh state dir by default, so a running controller's VMs are never
+touched; teardown destroys what is left (newest first) and proves no QEMU process survived.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hearth.bench.baseline import BaselineLauncher
+from hearth.bench.errors import BenchError
+from hearth.bench.machine import MachineFacts
+from hearth.bench.processes import kill_leftover_qemu, vmm_rss_bytes
+from hearth.bench.teardown import Teardown
+from hearth.config import Settings
+from hearth.control.images import ImageCatalog
+from hearth.control.pool import WarmPool
+from hearth.control.quotas import Quotas
+from hearth.control.vms import VmService
+from hearth.images.manifest import ImageDir
+from hearth.metrics import ControllerMetrics
+from hearth.progress import Progress
+from hearth.store import Store
+from hearth.vm.qemu.backend import QemuBackend
+from hearth.vm.qemu.command import VmPaths
+from hearth.vm.qemu.disks import bytes_on_disk
+from hearth.vm.qemu.templates import template_key
+from hearth.vm.readiness import Deadline
+from hearth.vm.types import BootMode, Vm, VmSpec, VmType
+
+BENCH_USER = "hearth-bench"
+POOL_FILL_DEADLINE_S = 180.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class VmBenchOptions:
+    """What to run: the image, samples per path, the concurrent batch and the pool size."""
+
+    image: ImageDir
+    n: int
+    concurrency: int
+    state_dir: Path
+    pool_size: int = 1
+    spec: VmSpec = field(default_factory=VmSpec)
+
+
+@dataclass(frozen=True, kw_only=True)
+class VmSample:
+    """One VM start, measured."""
+
+    create_s: float  # wall time of the whole create call (disk, process, healthy, claim)
+    disk_bytes: int  # what the VM's own disk occupies once it is healthy
+    rss_bytes: int  # resident memory of its QEMU process once it is healthy
+    copy_s: float | None = None  # baseline only: the full copy of the golden image
+
+
+@dataclass(kw_only=True)
+class VmBenchResult:
+    """Every measurement of one ``hearth bench vm`` run."""
+
+    options: VmBenchOptions
+    machine: MachineFacts
+    baseline: list[VmSample] = field(default_factory=list)
+    cold: list[VmSample] = field(default_factory=list)
+    restore: list[VmSample] = field(default_factory=list)
+    pool: list[float] = field(default_factory=list)
+    pool_claim: list[float] = field(default_factory=list)  # the claim inside each hand-out
+    concurrent: list[float] = field(default_factory=list)
+    concurrent_wall_s: float = 0.0
+    destroy: list[float] = field(default_factory=list)
+    template_built: bool = False
+    template_first_create_s: float = 0.0
+    template_bytes: int = 0
+
+
+async def run_vm_bench(options: VmBenchOptions, *, progress: Progress) -> VmBenchResult:
+    """Run every phase; whatever happens, nothing the bench started is left running."""
+    if options.n < 1 or options.concurrency < 1 or options.pool_size < 1:
+        raise BenchError("n, concurrency and pool size must be at least 1")
+    backend = ClaimTimingBackend(state_dir=options.state_dir)
+    baseline = BaselineLauncher(
+        image=options.image,
+        root=options.state_dir / "baseline",
+        run_dir=backend.run_dir,
+        binary=backend.binary,
+        accel=backend.accel,
+    )
+    result = VmBenchResult(options=options, machine=MachineFacts.collect(backend.accel))
+    async with Teardown() as teardown:
+        # Registered first, so they run last: after every other cleanup, prove nothing is left.
+        teardown.push("remove the runtime dir if empty", functools.partial(_rmdir, backend.run_dir))
+        teardown.push("check nothing is left", functools.partial(_check_nothing_left, backend))
+        teardown.push("stop baseline VMs", baseline.destroy_all)
+        bench = _VmPhases(options, backend, baseline, result, teardown, progress)
+        await bench.baseline_and_cold()
+        await bench.template()
+        await bench.restore()
+        await bench.concurrent()
+        await bench.pool()
+    result.pool_claim = list(backend.claims_s)
+    return result
+
+
+class ClaimTimingBackend(QemuBackend):
+    """The real QEMU backend, also timing each claim of a pooled VM (``POST /init``)."""
+
+    def __init__(self, *, state_dir: Path) -> None:
+        super().__init__(state_dir=state_dir)
+        self.claims_s: list[float] = []
+
+    async def claim(self, vm: Vm) -> str:
+        """Claim as the backend does, and note how long it took."""
+        started = time.monotonic()
+        try:
+            return await super().claim(vm)
+        finally:
+            self.claims_s.append(time.monotonic() - started)
+
+
+class _VmPhases:
+    """The phases of one run, sharing the backend, the teardown and the result."""
+
+    def __init__(
+        self,
+        options: VmBenchOptions,
+        backend: QemuBackend,
+        baseline: BaselineLauncher,
+        result: VmBenchResult,
+        teardown: Teardown,
+        progress: Progress,
+    ) -> None:
+        self.options = options
+        self.image = options.image
+        self.spec = options.spec
+        self.backend = backend
+        self.baseline = baseline
+        self.result = result
+        self.teardown = teardown
+        self.progress = progress
+
+    async def baseline_and_cold(self) -> None:
+        """Interleave the old method and Hearth's cold boot, one of each per round."""
+        n = self.options.n
+        for i in range(1, n + 1):
+            with self.progress.phase("baseline", f"{i}/{n}: full copy, cold boot, 2 s polls"):
+                vm = await self.baseline.start(self.spec)
+                self.teardown.push(f"stop {vm.id}", functools.partial(self.baseline.destroy, vm))
+                self.result.baseline.append(
+                    VmSample(
+                        create_s=vm.time_to_healthy_s,
+                        disk_bytes=vm.disk_bytes,
+                        rss_bytes=vmm_rss_bytes(vm.pid),
+                        copy_s=vm.copy_s,
+                    )
+                )
+                await self.baseline.destroy(vm)
+            with self.progress.phase("cold boot", f"{i}/{n}"):
+                self.result.cold.append(await self._sample(BootMode.COLD))
+
+    async def template(self) -> None:
+        """The first restore-path create: builds the snapshot template unless it exists."""
+        key = template_key(self.image, self.spec, self.backend.accel)
+        self.result.template_built = self.backend.templates.lookup(key) is None
+        detail = "build + first restore" if self.result.template_built else "reused"
+        with self.progress.phase("template", detail):
+            started = time.monotonic()
+            vm = await self._create(None)
+            self.result.template_first_create_s = time.monotonic() - started
+            await self._destroy(vm)
+        template = self.backend.templates.lookup(key)
+        if template is None:
+            raise BenchError("the snapshot template is missing after a restore-path create")
+        self.result.template_bytes = sum(
+            bytes_on_disk(p) for p in template.directory.iterdir() if p.is_file()
+        )
+
+    async def restore(self) -> None:
+        """Creates restored from the template."""
+        n = self.options.n
+        for i in range(1, n + 1):
+            with self.progress.phase("restore", f"{i}/{n}"):
+                self.result.restore.append(await self._sample(None))
+
+    async def concurrent(self) -> None:
+        """``concurrency`` restore-path creates at once; each one's time and the batch's."""
+        count = self.options.concurrency
+
+        async def one() -> tuple[Vm, float]:
+            started = time.monotonic()
+            vm = await self._create(None)
+            return vm, time.monotonic() - started
+
+        with self.progress.phase("concurrent", f"{count} creates at once"):
+            started = time.monotonic()
+            outcomes = await asyncio.gather(*(one() for _ in range(count)), return_exceptions=True)
+            self.result.concurrent_wall_s = time.monotonic() - started
+            made = [o for o in outcomes if not isinstance(o, BaseException)]
+            for vm, _ in made:
+                await self._destroy(vm)
+            failed = [o for o in outcomes if isinstance(o, BaseException)]
+            if failed:
+                raise BenchError(
+                    f"{len(failed)} of {count} concurrent creates failed: {failed[0]}"
+                ) from failed[0]
+            self.result.concurrent.extend(seconds for _, seconds in made)
+
+    async def pool(self) -> None:
+        """Hand-outs from a real warm pool, refilled between samples."""
+        settings = Settings(
+            state_dir=self.options.state_dir,
+            pool_cli=self.options.pool_size,
+            default_vcpus=self.spec.vcpus,
+            default_mem_mib=self.spec.mem_mib,
+            network_mode=self.spec.network.value,
+        )
+        store = await Store.open(settings.database())
+        self.teardown.push("close the store", store.close)
+        service = VmService(
+            settings=settings,
+            store=store,
+            backend=self.backend,
+            images=ImageCatalog(settings, overrides={VmType.CLI: self.image.path}),
+            metrics=ControllerMetrics(),
+            quotas=Quotas.from_settings(settings),
+        )
+        self.teardown.push(
+            "destroy the service's VMs", functools.partial(service.shutdown, destroy_vms=True)
+        )
+        pool = WarmPool(service, sizes={VmType.CLI: self.options.pool_size})
+        service.pool = pool
+        pool.start()
+        self.teardown.push("stop the warm pool", pool.stop)
+        spec = pool.spec(VmType.CLI)
+        n = self.options.n
+        with self.progress.phase("pool fill", f"{self.options.pool_size} VM(s)"):
+            await self._pool_full(pool)
+        for i in range(1, n + 1):
+            with self.progress.phase("pool hand-out", f"{i}/{n}"):
+                waiting = set(service.live)
+                started = time.monotonic()
+                record = await service.create(user_id=BENCH_USER, spec=spec)
+                handout_s = time.monotonic() - started
+                if record.id not in waiting:
+                    raise BenchError(f"VM {record.id} was booted, not handed out by the pool")
+                self.result.pool.append(handout_s)
+                await service.destroy(record.id, user_id=BENCH_USER)
+            with self.progress.phase("pool refill"):
+                await self._pool_full(pool)
+
+    async def _pool_full(self, pool: WarmPool) -> None:
+        deadline = Deadline.after(POOL_FILL_DEADLINE_S)
+        while pool.size(VmType.CLI) < self.options.pool_size:
+            if deadline.expired:
+                raise BenchError(
+                    f"the warm pool did not fill within {POOL_FILL_DEADLINE_S:.0f} s "
+                    "(see pool_refill_failed in the log)"
+                )
+            await asyncio.sleep(0.05)
+
+    async def _sample(self, boot_mode: BootMode | None) -> VmSample:
+        started = time.monotonic()
+        vm = await self._create(boot_mode)
+        create_s = time.monotonic() - started
+        sample = VmSample(
+            create_s=create_s,
+            disk_bytes=self._disk_bytes(vm),
+            rss_bytes=vmm_rss_bytes(vm.pid),
+        )
+        await self._destroy(vm)
+        return sample
+
+    async def _create(self, boot_mode: BootMode | None) -> Vm:
+        """Create a VM, register its destruction, and check it took the path asked for."""
+        vm = await self.backend.create(self.image, self.spec, boot_mode=boot_mode)
+        self.teardown.push(f"destroy {vm.id}", functools.partial(self.backend.destroy, vm))
+        expected = BootMode.COLD if boot_mode is BootMode.COLD else BootMode.RESTORE
+        if vm.boot_mode is not expected:
+            raise BenchError(
+                f"VM {vm.id} started by {vm.boot_mode.value}, not {expected.value} "
+                "(a failed restore falls back to a cold boot; see restore_failed in the log)"
+            )
+        return vm
+
+    async def _destroy(self, vm: Vm) -> None:
+        started = time.monotonic()
+        await self.backend.destroy(vm)
+        self.result.destroy.append(time.monotonic() - started)
+
+    def _disk_bytes(self, vm: Vm) -> int:
+        if vm.workdir is None:
+            raise BenchError(f"VM {vm.id} has no work directory")
+        paths = VmPaths(workdir=vm.workdir, run_dir=self.backend.run_dir, vm_id=vm.id)
+        return bytes_on_disk(paths.overlay)
+
+
+def _rmdir(directory: Path) -> None:
+    """Remove ``directory`` if it exists and is empty (the backend's per-state-dir runtime dir)."""
+    with contextlib.suppress(FileNotFoundError, OSError):
+        directory.rmdir()
+
+
+def _check_nothing_left(backend: QemuBackend) -> None:
+    """Raise BenchError (after killing them) if QEMU processes, VM dirs or sockets are left."""
+    state_dir = backend.vms_dir.parent
+    problems = []
+    killed = kill_leftover_qemu(state_dir)
+    if killed:
+        problems.append(f"QEMU processes still running (killed): {killed}")
+    for directory in (backend.vms_dir, state_dir / "baseline"):
+        if directory.is_dir() and any(directory.iterdir()):
+            problems.append(f"work directories left in {directory}")
+    if backend.run_dir.is_dir() and any(backend.run_dir.glob("*.qmp")):
+        problems.append(f"QMP sockets left in {backend.run_dir}")
+    if backend.pool.claims():
+        problems.append("network slots left claimed")
+    if problems:
+        raise BenchError("the bench left resources behind: " + "; ".join(problems))

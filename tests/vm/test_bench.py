@@ -1,0 +1,156 @@
+"""Smoke tests of ``hearth bench``: each benchmark runs once at its smallest size and reports.
+
+No timing is asserted: these only keep the benchmarks working, check the JSON document's shape
+(every number in it positive), and prove that nothing a bench started is left running.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import typer
+from typer.testing import CliRunner, Result
+
+from hearth.bench.cli import bench_app
+from hearth.images.manifest import ImageDir
+from tests.integration.store_fixtures import PostgresServer, postgres_server  # noqa: F401
+from tests.vm.conftest import qemu_pids_under
+
+pytestmark = [pytest.mark.slow, pytest.mark.vm]
+
+VM_ROUTE = "/api/vms/{vm_id}"
+
+
+def run_bench(*args: str) -> Result:
+    """``hearth bench …`` through a Typer app that registers ``bench_app`` as the CLI does."""
+    app = typer.Typer()
+    app.add_typer(bench_app, name="bench")
+    return CliRunner().invoke(
+        app,
+        ["bench", *args],
+        env={"HEARTH_LOG_FORMAT": "json", "HEARTH_BENCH_DATABASE_URL": ""},
+        catch_exceptions=False,
+    )
+
+
+def non_positive_numbers(doc: Any, where: str = "") -> list[str]:
+    """Paths of every number in ``doc`` that is not > 0 (booleans are not numbers here)."""
+    if isinstance(doc, bool):
+        return []
+    if isinstance(doc, int | float):
+        return [] if doc > 0 else [f"{where} = {doc}"]
+    if isinstance(doc, dict):
+        return [p for k, v in doc.items() for p in non_positive_numbers(v, f"{where}.{k}")]
+    if isinstance(doc, list):
+        return [p for i, v in enumerate(doc) for p in non_positive_numbers(v, f"{where}[{i}]")]
+    return []
+
+
+def processes_mentioning(directory: Path) -> list[str]:
+    """Command lines of live processes that name ``directory`` (a controller, a VMM, …)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            state = (entry / "stat").read_text().rsplit(")", 1)[-1].split()[0]
+        except OSError:
+            continue
+        if str(directory).encode() in cmdline and state != "Z":
+            found.append(cmdline.replace(b"\0", b" ").decode(errors="replace"))
+    return found
+
+
+def test_bench_vm_measures_every_start_path_once_and_leaves_no_vm(
+    minimal_image: ImageDir, tmp_path: Path
+) -> None:
+    state = tmp_path / "state"
+    out = tmp_path / "vm.json"
+    result = run_bench(
+        "vm",
+        "--n",
+        "1",
+        "--concurrency",
+        "2",
+        "--image",
+        str(minimal_image.path),
+        "--state-dir",
+        str(state),
+        "--json",
+        str(out),
+    )
+    assert result.exit_code == 0, result.output
+    assert "targets" in result.output
+
+    doc = json.loads(out.read_text())
+    assert doc["benchmark"] == "vm"
+    for section in ("cold", "restore", "pool", "baseline"):
+        assert doc[section]["n"] == 1, section
+        assert {"p50_s", "p95_s", "max_s"} <= set(doc[section]), section
+    assert doc["concurrent"]["n"] == 2
+    assert doc["pool"]["claim"]["n"] == 1
+    assert doc["destroy"]["n"] >= 4  # cold, template's first restore, restore, 2 concurrent
+    assert doc["restore_speedup_ratio"] == pytest.approx(
+        doc["cold"]["p50_s"] / doc["restore"]["p50_s"]
+    )
+    assert doc["baseline_ratio"] == pytest.approx(
+        doc["baseline"]["p50_s"] / doc["best_hearth_p50_s"]
+    )
+    for path in ("cold", "restore", "baseline"):
+        assert doc["disk_bytes"][path]["n"] == 1
+        assert doc["rss_bytes"][path]["n"] == 1
+    # The old method copies the whole image; an overlay is a small fraction of it.
+    assert doc["disk_bytes"]["baseline"]["max_bytes"] > doc["disk_bytes"]["restore"]["max_bytes"]
+    assert doc["machine"]["accel"] in ("kvm", "tcg")
+    assert doc["machine"]["cores"] >= 1
+    assert {t["name"] for t in doc["targets"]} == {
+        "restore_vs_cold",
+        "pool_handout_p50",
+        "disk_per_vm",
+    }
+    assert all(isinstance(t["met"], bool) for t in doc["targets"])
+    assert non_positive_numbers(doc) == []
+
+    assert qemu_pids_under(state) == [], "a QEMU process outlived the bench"
+    for leftovers in (state / "vms", state / "baseline"):
+        assert not leftovers.exists() or list(leftovers.iterdir()) == []
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_bench_api_measures_the_read_routes_and_stops_its_controller(
+    database: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    args = ["api", "--n", "30", "--concurrency", "2", "--rate", "100"]
+    if database == "postgresql":
+        server: PostgresServer = request.getfixturevalue("postgres_server")
+        args += ["--database-url", server.admin_url.render_as_string(hide_password=False)]
+    state = tmp_path / "state"
+    out = tmp_path / "api.json"
+    result = run_bench(*args, "--state-dir", str(state), "--json", str(out))
+    assert result.exit_code == 0, result.output
+
+    doc = json.loads(out.read_text())
+    assert doc["benchmark"] == "api"
+    expected = {"sqlite", "postgresql"} if database == "postgresql" else {"sqlite"}
+    assert set(doc["databases"]) == expected
+    for name, measured in doc["databases"].items():
+        endpoints = measured["endpoints"]
+        assert VM_ROUTE in endpoints, name
+        for route, endpoint in endpoints.items():
+            assert endpoint["closed_loop"]["n"] == 30, (name, route)
+            assert endpoint["open_loop"]["n"] == 30, (name, route)
+            for load in ("closed_loop", "open_loop"):
+                assert {"p50_s", "p99_s", "max_s"} <= set(endpoint[load])
+        if not any(route.startswith("/api/auth/session/") for route in endpoints):
+            assert any("/api/auth/session" in note for note in doc["notes"])
+    if database == "sqlite":
+        assert any("PostgreSQL skipped" in note for note in doc["notes"])
+    assert doc["targets"]
+    assert all(isinstance(t["met"], bool) for t in doc["targets"])
+    assert non_positive_numbers(doc) == []
+
+    assert processes_mentioning(state) == [], "the bench's controller outlived it"
