@@ -36,6 +36,17 @@ def _redact(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> Mutabl
     return event
 
 
+class _CurrentStderr:
+    """Whatever ``sys.stderr`` is when a line is written (it may be swapped after configuring,
+    e.g. by a test runner's capture, and the stream captured at configure time then closed)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def configure_logging(*, json: bool | None = None, level: int = logging.INFO) -> None:
     """Set up structlog once; ``json=None`` picks JSON unless stderr is a terminal."""
     use_json = (not sys.stderr.isatty()) if json is None else json
@@ -52,7 +63,7 @@ def configure_logging(*, json: bool | None = None, level: int = logging.INFO) ->
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=_CurrentStderr()),  # type: ignore[arg-type]
         cache_logger_on_first_use=False,
     )
 

@@ -58,6 +58,8 @@ async def serve_app(
     minimal_image: ImageDir,
     template_dir: Path,
     browser_image: ImageDir | None = None,
+    cli_image: ImageDir | None = None,
+    cold_deadline_s: float | None = None,
     **app_kwargs: object,
 ) -> AsyncIterator[Api]:
     """Serve the app until the generator is closed."""
@@ -66,10 +68,12 @@ async def serve_app(
         template_dir=template_dir,
         network_pool=settings.network_pool,
     )
+    if cold_deadline_s is not None:
+        backend.cold_deadline_s = cold_deadline_s
     images = ImageCatalog(
         settings,
         overrides={
-            VmType.CLI: minimal_image.path,
+            VmType.CLI: (cli_image or minimal_image).path,
             VmType.BROWSER: (browser_image or minimal_image).path,
         },
     )

@@ -292,9 +292,17 @@ class AuthFlow:
 
     async def _wait_for_login(self, browser_id: str, agent: AgentClient, login_id: str) -> bytes:
         for delay in Backoff(initial_s=0.2, cap_s=1.0).delays():
-            if browser_id not in self.vms.live:
+            vm = self.vms.live.get(browser_id)
+            if vm is None or not self.vms.backend.alive(vm):
                 raise VmError(f"Browser VM {browser_id} stopped while waiting for the login")
-            status = await agent.login_status(login_id)
+            try:
+                status = await agent.login_status(login_id)
+            except AgentError as exc:
+                if not self.vms.backend.alive(vm):
+                    raise VmError(
+                        f"Browser VM {browser_id} stopped while waiting for the login"
+                    ) from exc
+                raise VmError(f"Browser VM {browser_id}'s agent failed: {exc.message}") from exc
             state = status.get("status")
             if state == "captured":
                 full = await agent.login_status(login_id, content=True)

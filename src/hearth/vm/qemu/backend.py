@@ -120,7 +120,7 @@ class QemuBackend:
                 _log.warning(
                     "restore_failed_cold_boot_instead", vm_id=vm_id, error=exc.message[:500]
                 )
-                if template is not None:
+                if template is not None and _template_is_bad(exc):
                     # A template that cannot be restored is rebuilt on the next create.
                     self.templates.discard(template)
         return await self._start(vm_id, image, spec, template=None, claim=claim)
@@ -239,12 +239,14 @@ class QemuBackend:
             boot_mode=BootMode.RESTORE if template else BootMode.COLD,
         )
         try:
+            # qemu-img runs in a thread: the event loop keeps serving other creates and requests.
             if template:
-                vm.disk_bytes = create_overlay(
-                    template.overlay, paths.overlay, backing_format="qcow2"
-                )
+                backing, backing_format = template.overlay, "qcow2"
             else:
-                vm.disk_bytes = create_overlay(image.rootfs, paths.overlay, backing_format="raw")
+                backing, backing_format = image.rootfs, "raw"
+            vm.disk_bytes = await asyncio.to_thread(
+                create_overlay, backing, paths.overlay, backing_format=backing_format
+            )
             port: int | None = None
             network: NetworkSlot | None = None
             if spec.network is NetworkMode.NETNS:
@@ -557,6 +559,13 @@ class QemuBackend:
                 await asyncio.sleep(0.05)
             if _is_our_process(vm.pid, vm.workdir):
                 os.kill(vm.pid, signal.SIGKILL)
+
+
+def _template_is_bad(exc: HearthError) -> bool:
+    """Whether a failed restore blames the template (not load, a deadline or a port clash)."""
+    if isinstance(exc, SnapshotError):
+        return True
+    return isinstance(exc, VmProcessExited) and "forwarding" not in exc.message
 
 
 def _pids_running_from(directory: Path) -> list[int]:
