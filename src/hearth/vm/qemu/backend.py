@@ -319,6 +319,21 @@ class QemuBackend:
         return vm
 
     async def _finish_restore(self, vm: Vm, paths: VmPaths) -> None:
+        """Wait for the incoming state, then run the VM; a failure here blames the template,
+        unless QEMU could not even set up its port forwards (a port clash, not the template)."""
+        try:
+            await self._incoming(vm, paths)
+        except SnapshotError:
+            raise
+        except HearthError as exc:
+            stderr = ""
+            with contextlib.suppress(OSError):
+                stderr = tail(paths.stderr.read_text(errors="replace"), 5)
+            if "forwarding" in stderr:
+                raise VmProcessExited(f"VM {vm.id}: QEMU could not forward: {stderr}") from exc
+            raise SnapshotError(f"VM {vm.id}: restore failed: {exc.message} {stderr}") from exc
+
+    async def _incoming(self, vm: Vm, paths: VmPaths) -> None:
         proc = self._procs[vm.id]
         monitor = await Monitor.connect(vm.id, paths.qmp, deadline=Deadline.after(10))
         try:
