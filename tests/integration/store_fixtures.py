@@ -117,11 +117,25 @@ class PostgresServer:
         return count
 
     def drop_database(self, name: str) -> None:
-        """Drop ``name``, disconnecting anyone still on it."""
-        with self._admin() as conn:
-            conn.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
+        """Drop ``name``, disconnecting anyone still on it.
+
+        An autovacuum worker (a superuser session the hearth role may not terminate) can visit
+        a fresh database for a moment; the drop is retried until it has left.
+        """
+        deadline = time.monotonic() + CONNECTIONS_GONE_DEADLINE_S * 4
+        while True:
+            try:
+                with self._admin() as conn:
+                    conn.execute(
+                        sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                            sql.Identifier(name)
+                        )
+                    )
+                return
+            except (psycopg.errors.InsufficientPrivilege, psycopg.errors.ObjectInUse):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
 
 
 @pytest.fixture(scope="session")
