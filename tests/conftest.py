@@ -72,3 +72,12 @@ def minimal_image(
 ) -> ImageDir:
     """The built minimal image directory."""
     return minimal_image_build[0]
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Remove the empty per-state-dir runtime dirs the suite's backends left in /run/hearth."""
+    root = Path("/run/hearth")
+    if root.is_dir():
+        for directory in root.iterdir():
+            if directory.is_dir() and not any(directory.iterdir()):
+                directory.rmdir()

@@ -31,6 +31,7 @@ class Settings:
     admin_key: str | None = field(default=None, repr=False)
     master_key: str | None = field(default=None, repr=False)
     network_mode: str = "user"
+    qemu_accel: str = "auto"
     network_pool: str = "169.254.0.0/16"
     template_dir: Path | None = None
     # Quotas: VMs per user and type, Browser VMs host-wide, memory admission.
@@ -81,6 +82,9 @@ class Settings:
         admin_key = env.get("HEARTH_ADMIN_KEY") or None
         if admin_key is not None and not (32 <= len(admin_key) <= 512 and admin_key.isprintable()):
             raise ConfigError("HEARTH_ADMIN_KEY must be 32 to 512 printable characters")
+        qemu_accel = env.get("HEARTH_QEMU_ACCEL", "auto")
+        if qemu_accel not in {"auto", "kvm", "tcg"}:
+            raise ConfigError("HEARTH_QEMU_ACCEL must be auto, kvm or tcg")
         network_mode = env.get("HEARTH_NETWORK_MODE", "user")
         if network_mode not in {"user", "netns"}:
             raise ConfigError("HEARTH_NETWORK_MODE must be user or netns")
@@ -96,6 +100,7 @@ class Settings:
             admin_key=admin_key,
             master_key=env.get("HEARTH_MASTER_KEY") or None,
             network_mode=network_mode,
+            qemu_accel=qemu_accel,
             network_pool=env.get("HEARTH_NETWORK_POOL", "169.254.0.0/16"),
             template_dir=Path(env["HEARTH_TEMPLATE_DIR"])
             if env.get("HEARTH_TEMPLATE_DIR")

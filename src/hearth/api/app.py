@@ -33,6 +33,7 @@ from hearth.credentials.vault import CredentialVault
 from hearth.logging import get_logger
 from hearth.metrics import ControllerMetrics
 from hearth.store import Store
+from hearth.vm.qemu.accel import detect_accel
 from hearth.vm.qemu.backend import QemuBackend
 from hearth.vm.types import VmType
 
@@ -79,6 +80,7 @@ def create_app(
             backend=backend
             or QemuBackend(
                 state_dir=settings.state_dir,
+                accel=detect_accel(override=settings.qemu_accel),
                 network_pool=settings.network_pool,
                 template_dir=settings.template_dir,
             ),

@@ -25,7 +25,7 @@ def doctor() -> None:
     """Check the host: accelerator, tools, state dir, database, built images."""
     settings = load_settings()
     checks: list[tuple[str, bool, str]] = []
-    accel = detect_accel(override=os.environ.get("HEARTH_QEMU_ACCEL", "auto"))
+    accel = detect_accel(override=settings.qemu_accel)
     checks.append(("accelerator", True, f"{accel.name}: {accel.reason}"))
     for tool in ("qemu-system-x86_64", "qemu-img", "debootstrap", "debugfs", "mkfs.ext4", "cpio"):
         try:

@@ -16,6 +16,7 @@ from hearth.errors import HearthError, NotAnImage
 from hearth.images.build import default_output_dir
 from hearth.images.manifest import ImageDir
 from hearth.images.recipes import get_recipe
+from hearth.vm.qemu.accel import detect_accel
 from hearth.vm.qemu.backend import QemuBackend
 from hearth.vm.types import BootMode, VmSpec
 
@@ -46,7 +47,9 @@ async def _vm_run(
     image_dir = ImageDir(image or default_output_dir(settings, get_recipe(recipe)))
     if image_dir.manifest is None:
         raise NotAnImage(f"{image_dir.path} holds no built image; run hearth image build first")
-    backend = QemuBackend(state_dir=settings.state_dir)
+    backend = QemuBackend(
+        state_dir=settings.state_dir, accel=detect_accel(override=settings.qemu_accel)
+    )
     with err_console.status(f"starting a VM from {image_dir.path} ({backend.accel.name}) …"):
         vm = await backend.create(image_dir, spec, boot_mode=BootMode.COLD if cold else None)
     assert vm.workdir is not None

@@ -74,7 +74,7 @@ class QemuBackend:
     ) -> None:
         self.binary = require_tool("qemu-system-x86_64")
         require_tool("qemu-img")
-        self.accel = accel or detect_accel(override=os.environ.get("HEARTH_QEMU_ACCEL", "auto"))
+        self.accel = accel or detect_accel()
         self.vms_dir = state_dir / "vms"
         # Short (unix socket paths < 108 bytes) and private to this state dir.
         self.run_dir = (
