@@ -2,6 +2,9 @@
 # Ensures Debian's PostgreSQL is installed and running, with a `hearth` role and database for
 # the test suite. Prints the database URL. Idempotent; used by test.sh.
 set -euo pipefail
+# Only the URL goes to stdout (the caller captures it); everything the tools print goes to stderr
+# (pg_ctlcluster, for one, says "Removed stale pid file." after an unclean shutdown).
+exec 3>&1 1>&2
 if ! command -v pg_lsclusters >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql >/dev/null
 fi
@@ -27,4 +30,4 @@ SQL
 if ! runuser -u postgres -- psql -p "$port" -tAc "SELECT 1 FROM pg_database WHERE datname='hearth_test'" | grep -q 1; then
   runuser -u postgres -- createdb -p "$port" -O hearth hearth_test
 fi
-echo "postgresql+psycopg://hearth:$password@127.0.0.1:$port/hearth_test"
+echo "postgresql+psycopg://hearth:$password@127.0.0.1:$port/hearth_test" >&3
