@@ -19,6 +19,11 @@ class AgentError(BackendError):
     http_status = 502
 
 
+# Longer than the agent's own limits (180 s to start a vendor login, 120 s for a status command).
+LOGIN_START_TIMEOUT_S = 240.0
+CLI_STATUS_TIMEOUT_S = 150.0
+
+
 class AgentClient:
     """Talks to one VM's agent with that VM's own token."""
 
@@ -31,13 +36,20 @@ class AgentClient:
         return f"AgentClient({self.url!r})"
 
     async def _call(
-        self, method: str, path: str, *, content: bytes | None = None, json_body: Any = None
+        self,
+        method: str,
+        path: str,
+        *,
+        content: bytes | None = None,
+        json_body: Any = None,
+        timeout_s: float | None = None,
     ) -> Any:
         headers = {"Authorization": f"Bearer {self._token}"} if self._token else {}
         if content is not None:
             headers["Content-Type"] = "application/json"
         try:
-            async with httpx.AsyncClient(timeout=self._timeout) as client:
+            timeout = self._timeout if timeout_s is None else timeout_s
+            async with httpx.AsyncClient(timeout=timeout) as client:
                 response = await client.request(
                     method, f"{self.url}{path}", content=content, json=json_body, headers=headers
                 )
@@ -85,8 +97,21 @@ class AgentClient:
         return json.dumps(document, indent=2).encode() + b"\n"
 
     async def login_start(self, body: dict[str, Any]) -> dict[str, Any]:
-        """``POST /login/start`` on a Browser VM's agent."""
-        result: dict[str, Any] = await self._call("POST", "/login/start", json_body=body)
+        """``POST /login/start`` on a Browser VM's agent.
+
+        It answers once the login URL is known: a vendor CLI may take minutes to print it under
+        emulation (the agent gives up after 180 s), so this call waits longer than the others.
+        """
+        result: dict[str, Any] = await self._call(
+            "POST", "/login/start", json_body=body, timeout_s=LOGIN_START_TIMEOUT_S
+        )
+        return result
+
+    async def cli_status(self, provider: str) -> dict[str, Any]:
+        """``GET /credentials/{provider}/status``: what the provider's own CLI says, offline."""
+        result: dict[str, Any] = await self._call(
+            "GET", f"/credentials/{provider}/status", timeout_s=CLI_STATUS_TIMEOUT_S
+        )
         return result
 
     async def login_status(self, login_id: str, *, content: bool = False) -> dict[str, Any]:

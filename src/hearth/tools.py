@@ -25,6 +25,8 @@ _PACKAGE_OF = {
     "busybox": "busybox-static",
     "apt-get": "apt",
     "dpkg-deb": "dpkg",
+    "npm": "npm",
+    "cp": "coreutils",
 }
 
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import platform
 import re
+import tempfile
 import time
 import traceback
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 from hearth_agent import __version__
 from hearth_agent.browser import open_url
@@ -34,6 +36,7 @@ from hearth_agent.oidc import OidcLoginRunner
 from hearth_agent.probe import parse_probe, probe_tcp
 from hearth_agent.providers import SUPPORTED_PROVIDERS, Provider, get_provider
 from hearth_agent.storage import CredentialStore, WriteResult
+from hearth_agent.vendor import VENDOR_LOGINS, VendorLoginRunner, cli_status
 
 JSON_CONTENT_TYPE = "application/json"
 UNMATCHED_ROUTE = "unmatched"
@@ -154,7 +157,7 @@ class AgentApp:
                 logger=logger, metrics=metrics, open_url=lambda url: open_url(url, logger=logger)
             )
         if login_runners is None:
-            login_runners = {"oidc": lambda body: OidcLoginRunner.from_request(body, logger=logger)}
+            login_runners = default_login_runners(logger)
         self._logins = logins
         self._login_runners = login_runners
         # Literal routes first: /credentials/write must win over /credentials/{provider},
@@ -169,6 +172,7 @@ class AgentApp:
                 Route("/probe/tcp", {"POST": self._probe_tcp}),
                 Route("/admin/restart", {"POST": self._restart}),
                 Route("/credentials/write", {"POST": self._write_compat}),
+                Route("/credentials/{provider}/status", {"GET": self._credentials_status}),
                 Route(
                     "/credentials/{provider}",
                     {
@@ -335,6 +339,19 @@ class AgentApp:
             payload["document"] = document
         return json_response(200, payload)
 
+    def _credentials_status(self, request: Request, params: Mapping[str, str]) -> Response:
+        """What the provider's own CLI says about the stored credentials (offline)."""
+        provider = get_provider(params["provider"])
+        report = cli_status(provider, home=self._store.home)
+        self._logger.info(
+            "credentials_status",
+            provider=provider.name,
+            command=report.command,
+            exit_code=report.exit_code,
+            logged_in=report.logged_in,
+        )
+        return json_response(200, report.as_json())
+
     def _put_credentials(self, request: Request, params: Mapping[str, str]) -> Response:
         provider = get_provider(params["provider"])
 
@@ -443,6 +460,19 @@ class AgentApp:
     def _cancel_login(self, request: Request, params: Mapping[str, str]) -> Response:
         session = self._logins.cancel(params["login_id"])
         return json_response(200, _login_payload(session.view()))
+
+
+def default_login_runners(logger: JsonLogger) -> dict[str, LoginRunnerFactory]:
+    """The login runners of a real agent: the generic OIDC one and one per vendor CLI."""
+    work_root = Path(tempfile.gettempdir()) / "hearth-logins"
+    runners: dict[str, LoginRunnerFactory] = {
+        "oidc": lambda body: OidcLoginRunner.from_request(body, logger=logger)
+    }
+    for provider in VENDOR_LOGINS:
+        runners[provider] = lambda body: VendorLoginRunner.from_request(
+            body, work_root=work_root, logger=logger
+        )
+    return runners
 
 
 def _login_payload(view: LoginView) -> dict[str, object]:

@@ -34,8 +34,7 @@ def _labels(pairs: tuple[tuple[str, str], ...]) -> str:
 class AgentMetrics:
     """Thread-safe counters for requests, credential writes, TCP probes and logins, plus uptime.
 
-    Logins are counted per provider of ``providers`` too, although only some have a login runner
-    yet: the series exist from the start, so adding a runner changes no dashboard.
+    Logins are counted per provider of ``providers``; every series exists from the start.
     """
 
     def __init__(self, *, version: str, providers: tuple[str, ...]) -> None:

@@ -393,18 +393,24 @@ def test_unknown_login_id_is_404(agent_client: httpx.Client) -> None:
     assert response.json()["error"]["code"] == "login_not_found"
 
 
-@pytest.mark.parametrize(
-    ("provider", "message"),
-    [("nonesuch", "supported: claude_code"), ("codex", "no login runner")],
-)
-def test_provider_without_a_login_runner_is_404(
-    agent_client: httpx.Client, start_body: dict[str, object], provider: str, message: str
+def test_unknown_provider_is_404_naming_the_supported_ones(
+    agent_client: httpx.Client, start_body: dict[str, object]
 ) -> None:
-    response = agent_client.post("/login/start", json=start_body | {"provider": provider})
+    response = agent_client.post("/login/start", json=start_body | {"provider": "nonesuch"})
 
     assert response.status_code == 404
     assert response.json()["error"]["code"] == "unknown_provider"
-    assert message in response.json()["error"]["message"]
+    assert "supported: claude_code" in response.json()["error"]["message"]
+
+
+def test_vendor_login_refuses_oidc_fields_before_starting_anything(
+    agent_client: httpx.Client, start_body: dict[str, object]
+) -> None:
+    response = agent_client.post("/login/start", json=start_body | {"provider": "codex"})
+
+    assert response.status_code == 422
+    assert response.json()["error"]["code"] == "invalid_request"
+    assert "unknown field(s) for a vendor login: " in response.json()["error"]["message"]
 
 
 @pytest.mark.parametrize(

@@ -58,14 +58,22 @@ async def test_unconfigured_oidc_fails_with_a_reason_and_no_browser_vm(controlle
         )
 
 
-async def test_vendor_provider_reports_the_missing_runner_clearly(controller: Api) -> None:
+async def test_vendor_login_in_a_browser_image_without_the_cli_fails_naming_it(
+    controller: Api,
+) -> None:
+    # This controller's Browser VMs boot the minimal image, which has no vendor CLIs: the agent's
+    # vendor runner refuses to start and the session fails saying what is missing.
     async with controller.client() as admin:
         started = (
             await admin.post("/api/auth/start", json={"userId": "u3", "provider": "codex"})
         ).json()
     session = await wait_for_end(controller, started["sessionId"])
     assert session["status"] == "failed"
-    assert "vendor CLI runner" in session["error_message"]
+    assert "the 'codex' command is not installed in this VM" in session["error_message"]
+    assert session["browser_vm_id"] is not None
+    async with controller.client() as admin:
+        browser = await admin.get(f"/api/vms/{session['browser_vm_id']}")
+        assert browser.status_code == 404 or browser.json()["status"] == "destroyed"
 
 
 async def test_sessions_and_credentials_are_private_to_their_user(controller: Api) -> None:

@@ -30,11 +30,11 @@ def login_plan(provider: str, settings: Settings) -> LoginPlan:
     if provider not in PROVIDERS:
         raise InvalidInput(f"provider: must be one of {', '.join(PROVIDERS)}, got {provider!r}")
     if provider != "oidc":
-        # The vendor CLIs' own login commands run in the Browser VM through the agent's vendor
-        # runners, which are not shipped yet.
-        raise ConfigError(
-            f"login for {provider} needs the agent's vendor CLI runner, which this version does "
-            "not ship yet; the oidc provider is available"
+        # The vendor CLI's own login command runs in the Browser VM under the agent's vendor
+        # runner (hearth_agent.vendor): its PTY, its prompts and its callback server.
+        return LoginPlan(
+            provider=provider,
+            start_body={"provider": provider, "timeout_s": settings.login_timeout_s},
         )
     if not settings.oidc_issuer:
         raise ConfigError("the oidc provider is not configured: set HEARTH_OIDC_ISSUER")

