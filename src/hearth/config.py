@@ -54,6 +54,12 @@ class Settings:
     oidc_client_id: str = "hearth"
     oidc_callback_port: int = 8765
     oidc_upstream_port: int | None = None
+    # Browser VM egress during logins: "proxy" (an allowlisting CONNECT proxy per Browser VM) or
+    # "off" (no way out at all). The allowlist replaces the provider's own when set; pins map
+    # "host[:port]" to the "ip:port" dialled instead of resolving it (like curl --resolve).
+    login_egress: str = "proxy"
+    login_egress_allow: tuple[str, ...] | None = None
+    egress_pins: tuple[tuple[str, str], ...] = ()
 
     @property
     def images_dir(self) -> Path:
@@ -120,6 +126,13 @@ class Settings:
                 if env.get("HEARTH_OIDC_UPSTREAM_PORT")
                 else None
             ),
+            login_egress=_choice(env, "HEARTH_LOGIN_EGRESS", "proxy", ("proxy", "off")),
+            login_egress_allow=(
+                _list(env["HEARTH_LOGIN_EGRESS_ALLOW"])
+                if env.get("HEARTH_LOGIN_EGRESS_ALLOW")
+                else None
+            ),
+            egress_pins=_pins(env.get("HEARTH_EGRESS_PINS", "")),
         )
 
     def with_overrides(self, **changes: object) -> Settings:
@@ -149,6 +162,29 @@ def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -
     if not low <= value <= high:
         raise ConfigError(f"{name} must be between {low} and {high}, got {value}")
     return value
+
+
+def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = env.get(name) or default
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def _list(raw: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in raw.split(",") if item.strip())
+
+
+def _pins(raw: str) -> tuple[tuple[str, str], ...]:
+    pins = []
+    for item in _list(raw):
+        name, equals, target = item.partition("=")
+        if not equals or not name.strip() or not target.strip():
+            raise ConfigError(
+                f"HEARTH_EGRESS_PINS entries must be host[:port]=ip:port, got {item!r}"
+            )
+        pins.append((name.strip(), target.strip()))
+    return tuple(pins)
 
 
 def _float(env: Mapping[str, str], name: str, default: float, low: float, high: float) -> float:

@@ -51,6 +51,17 @@ class ControllerMetrics:
             ["vm_type"],
             registry=self.registry,
         )
+        self.egress_requests = Counter(
+            "hearth_egress_requests_total",
+            "CONNECT requests to the Browser VMs' egress proxies, by outcome",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.egress_tunnels_open = Gauge(
+            "hearth_egress_tunnels_open",
+            "Egress proxy tunnels currently piping bytes",
+            registry=self.registry,
+        )
 
     def render(self) -> bytes:
         """The exposition text."""

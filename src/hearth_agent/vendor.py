@@ -173,10 +173,23 @@ def _deadline_from(body: Mapping[str, object]) -> float:
         raise InvalidInput(
             f"field 'timeout_s' must be a number of seconds from 1 to {MAX_DEADLINE_S:g}"
         )
-    unknown = sorted(set(body) - {"provider", "timeout_s"})
+    unknown = sorted(set(body) - {"provider", "timeout_s", "proxy"})
     if unknown:
         raise InvalidInput(f"unknown field(s) for a vendor login: {', '.join(unknown)}")
     return float(deadline_s)
+
+
+_PROXY = re.compile(r"http://(\d{1,3}(?:\.\d{1,3}){3}):(\d{1,5})")
+
+
+def _proxy_from(body: Mapping[str, object]) -> str | None:
+    """The ``proxy`` field: ``http://IPv4:port`` of the Browser VM's egress proxy, or absent."""
+    proxy = body.get("proxy")
+    if proxy is None:
+        return None
+    if not isinstance(proxy, str) or not _PROXY.fullmatch(proxy):
+        raise InvalidInput("field 'proxy' must be http://IPv4:port")
+    return proxy
 
 
 def _redact(text: str) -> str:
@@ -250,8 +263,10 @@ class VendorLoginRunner:
         start_timeout_s: float = START_TIMEOUT_S,
         display: str | None = None,
         search_path: str | None = None,
+        proxy: str | None = None,
     ) -> None:
         self._login = login
+        self._proxy = proxy
         self._provider: Provider = get_provider(login.provider)
         self._work_root = work_root
         self._logger = logger
@@ -279,7 +294,13 @@ class VendorLoginRunner:
         login = vendor_login(name) if isinstance(name, str) else None
         if login is None:
             raise InvalidInput(f"provider {name!r} has no vendor CLI login")
-        return cls(login, work_root=work_root, logger=logger, deadline_s=_deadline_from(body))
+        return cls(
+            login,
+            work_root=work_root,
+            logger=logger,
+            deadline_s=_deadline_from(body),
+            proxy=_proxy_from(body),
+        )
 
     @property
     def deadline_s(self) -> float:
@@ -331,6 +352,12 @@ class VendorLoginRunner:
             "DISPLAY": self._display,
             "BROWSER": str(bin_dir / HELPER_NAME),
         }
+        if self._proxy is not None:
+            # The CLI's own requests (the token exchange) go through the egress proxy too; its
+            # callback server on the loopback does not.
+            for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"):
+                env[name] = self._proxy
+            env["NO_PROXY"] = env["no_proxy"] = "localhost,127.0.0.1,::1"
         pid, fd = pty.fork()
         if pid == 0:  # the child: become the CLI
             try:

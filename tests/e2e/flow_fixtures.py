@@ -108,8 +108,13 @@ async def auth_controller_for(
     template_dir: Path,
     oidc: E2eOidc,
     login_timeout_s: float = 300,
+    **overrides: object,
 ) -> AsyncIterator[Api]:
-    """A controller whose CLI VMs boot the minimal image and Browser VMs the browser image."""
+    """A controller whose CLI VMs boot the minimal image and Browser VMs the browser image.
+
+    ``overrides`` replace Settings fields that have no environment variable (e.g. the other
+    stages' deadlines, ``cli_vm_timeout_s`` and ``browser_vm_timeout_s``).
+    """
     env = {
         "HEARTH_STATE_DIR": str(state),
         "HEARTH_OIDC_ISSUER": oidc.issuer,
@@ -120,7 +125,7 @@ async def auth_controller_for(
     }
     if database_url:
         env["HEARTH_DATABASE_URL"] = database_url
-    settings = Settings.from_env(env)
+    settings = Settings.from_env(env).with_overrides(**overrides)
     async for api in serve_app(
         settings,
         minimal_image=minimal_image,

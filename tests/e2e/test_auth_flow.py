@@ -2,24 +2,22 @@
 
 The test plays the user: it watches the Browser VM's screen through the controller's noVNC view
 (headless Chromium on the host) and types the password into the login page in the VM's own
-Chromium (Playwright over the VM's DevTools, forwarded to a loopback port).
+Chromium (over the VM's DevTools, forwarded to a loopback port, with ``hearth.bench.signin``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-import re
 import signal
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import websockets
 from playwright.async_api import async_playwright
 
+from hearth.bench.signin import CdpPage, open_sign_in_page, submit_login
 from hearth.images.manifest import ImageDir
 from tests.conftest import REPO
 from tests.e2e.flow_fixtures import *  # noqa: F403
@@ -62,76 +60,13 @@ async def start(api: Api, user: str) -> str:
     return session_id
 
 
-class CdpPage:
-    """One tab of the Browser VM's Chromium, driven over DevTools as a user would type."""
-
-    def __init__(self, ws: Any) -> None:
-        self._ws = ws
-        self._next = 0
-
-    @classmethod
-    async def find(cls, port: int, url_prefix: str, timeout_s: float = 120) -> CdpPage:
-        """The tab whose URL starts with ``url_prefix`` (the agent opened it)."""
-        deadline = asyncio.get_running_loop().time() + timeout_s
-        async with httpx.AsyncClient() as client:
-            while True:
-                targets = (await client.get(f"http://127.0.0.1:{port}/json/list")).json()
-                for target in targets:
-                    if target.get("type") == "page" and target["url"].startswith(url_prefix):
-                        ws_url = re.sub(
-                            r"^ws://[^/]+",
-                            f"ws://127.0.0.1:{port}",
-                            target["webSocketDebuggerUrl"],
-                        )
-                        ws = await websockets.connect(ws_url, max_size=None, open_timeout=30)
-                        return cls(ws)
-                assert asyncio.get_running_loop().time() < deadline, "no sign-in tab in the VM"
-                await asyncio.sleep(0.5)
-
-    async def call(self, method: str, params: dict[str, Any] | None = None) -> Any:
-        self._next += 1
-        await self._ws.send(
-            json.dumps({"id": self._next, "method": method, "params": params or {}})
-        )
-        while True:
-            message = json.loads(await asyncio.wait_for(self._ws.recv(), 60))
-            if message.get("id") == self._next:
-                assert "error" not in message, message
-                return message.get("result", {})
-
-    async def evaluate(self, expression: str) -> Any:
-        result = await self.call(
-            "Runtime.evaluate", {"expression": expression, "returnByValue": True}
-        )
-        return result.get("result", {}).get("value")
-
-    async def wait_for(self, expression: str, timeout_s: float = 90) -> None:
-        deadline = asyncio.get_running_loop().time() + timeout_s
-        while not await self.evaluate(expression):
-            if asyncio.get_running_loop().time() > deadline:
-                seen = await self.evaluate("location.href + ' | ' + document.body.innerText")
-                raise AssertionError(f"never true: {expression}; the page: {seen!r:.500}")
-            await asyncio.sleep(0.5)
-
-    async def type_into(self, selector: str, text: str) -> None:
-        await self.evaluate(f"document.querySelector({json.dumps(selector)}).focus()")
-        await self.call("Input.insertText", {"text": text})
-
-    async def click(self, selector: str) -> None:
-        await self.evaluate(f"document.querySelector({json.dumps(selector)}).click()")
-
-    async def close(self) -> None:
-        await self._ws.close()
-
-
-async def sign_in(api: Api, browser_vm_id: str, issuer: str, password: str) -> CdpPage:
+async def sign_in(
+    api: Api, browser_vm_id: str, issuer: str, password: str, *, timeout_s: float = 120
+) -> CdpPage:
     """Type alice's credentials into the provider's sign-in page inside the Browser VM."""
     port = api.ctl.vms.live[browser_vm_id].ports[DEVTOOLS_PORT]
-    page = await CdpPage.find(port, issuer)
-    await page.wait_for("!!document.querySelector('input[name=\"login\"]')")
-    await page.type_into('input[name="login"]', "alice")
-    await page.type_into('input[name="password"]', password)
-    await page.click('button[type="submit"]')
+    page = await open_sign_in_page(port, issuer, timeout_s=timeout_s)
+    await submit_login(page, login="alice", password=password)
     return page
 
 

@@ -7,6 +7,8 @@ No timing is asserted: these only keep the benchmarks working, check the JSON do
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +16,12 @@ import pytest
 import typer
 from typer.testing import CliRunner, Result
 
+from hearth.bench.auth import STAGES
 from hearth.bench.cli import bench_app
+from hearth.bench.oidc import default_server_dir
 from hearth.images.manifest import ImageDir
 from tests.integration.store_fixtures import PostgresServer, postgres_server  # noqa: F401
+from tests.vm.browser_fixtures import *  # noqa: F403
 from tests.vm.conftest import qemu_pids_under
 
 pytestmark = [pytest.mark.slow, pytest.mark.vm]
@@ -62,6 +67,22 @@ def processes_mentioning(directory: Path) -> list[str]:
             continue
         if str(directory).encode() in cmdline and state != "Z":
             found.append(cmdline.replace(b"\0", b" ").decode(errors="replace"))
+    return found
+
+
+def processes_with_env(entry: str) -> list[int]:
+    """Live processes whose environment holds ``entry`` (``NAME=value``)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            environ = (proc / "environ").read_bytes().split(b"\0")
+            state = (proc / "stat").read_text().rsplit(")", 1)[-1].split()[0]
+        except OSError:
+            continue
+        if entry.encode() in environ and state != "Z":
+            found.append(int(proc.name))
     return found
 
 
@@ -154,3 +175,59 @@ def test_bench_api_measures_the_read_routes_and_stops_its_controller(
     assert non_positive_numbers(doc) == []
 
     assert processes_mentioning(state) == [], "the bench's controller outlived it"
+
+
+def test_bench_auth_measures_one_flow_by_stage_and_leaves_nothing(
+    minimal_image: ImageDir, browser_image: ImageDir, tmp_path: Path
+) -> None:
+    server_dir = default_server_dir()
+    if shutil.which("node") is None or not (server_dir / "node_modules/oidc-provider").is_dir():
+        reason = "needs node and `npm ci --prefix tests/e2e/oidc_server` (scripts/test.sh does it)"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    state = tmp_path / "state"
+    out = tmp_path / "auth.json"
+    result = run_bench(
+        "auth",
+        "--n",
+        "1",
+        "--cli-image",
+        str(minimal_image.path),
+        "--browser-image",
+        str(browser_image.path),
+        "--state-dir",
+        str(state),
+        "--json",
+        str(out),
+    )
+    assert result.exit_code == 0, result.output
+    assert "overhead" in result.output
+    assert "targets" in result.output
+
+    doc = json.loads(out.read_text())
+    assert doc["benchmark"] == "auth"
+    assert doc["n"] == 1
+    assert list(doc["stages"]) == [stage.name for stage in STAGES]
+    assert set(doc["user_detail"]) == {"login_page_shown", "consent_page_shown"}
+    summaries = [*doc["stages"].values(), *doc["user_detail"].values()]
+    summaries += [doc["total"], doc["user"], doc["overhead"]]
+    for summary in summaries:
+        assert summary["n"] == 1
+        assert {"p50_s", "p95_s", "max_s"} <= set(summary)
+    (sample,) = doc["samples"]
+    # The stages are the overhead, and the overhead is the total without the user's time.
+    assert sample["overhead_s"] == pytest.approx(sample["total_s"] - sample["user_s"])
+    assert sum(sample["stages_s"].values()) == pytest.approx(sample["overhead_s"])
+    assert sample["cli_vm_boot_mode"] in ("restore", "cold", "pool")
+    assert sample["browser_vm_boot_mode"] in ("restore", "cold", "pool")
+    assert doc["warmup"]["templates_built"] >= 1  # a fresh state dir: the warm-up builds them
+    assert doc["oidc"]["issuer"].startswith("http://10.0.2.")
+    assert [t["name"] for t in doc["targets"]] == ["auth_flow_overhead"]
+    assert all(isinstance(t["met"], bool) for t in doc["targets"])
+    assert non_positive_numbers(doc) == []
+
+    assert qemu_pids_under(state) == [], "a QEMU process outlived the bench"
+    assert processes_mentioning(state) == [], "the bench's controller outlived it"
+    issuer = doc["oidc"]["issuer"]
+    assert processes_with_env(f"ISSUER={issuer}") == [], "the bench's OAuth server outlived it"

@@ -20,7 +20,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from hearth.agent_client import AgentClient, AgentError, sha256_hex
-from hearth.auth.providers import PROVIDERS, login_plan
+from hearth.auth.providers import (
+    EGRESS_GUEST_IP,
+    EGRESS_GUEST_PORT,
+    EGRESS_PROXY_URL,
+    PROVIDERS,
+    LoginPlan,
+    login_plan,
+)
 from hearth.auth.states import TERMINAL, AuthStatus
 from hearth.config import Settings
 from hearth.control.vms import VmService
@@ -35,9 +42,10 @@ from hearth.errors import (
     VmError,
 )
 from hearth.logging import get_logger
+from hearth.network.egress import EgressProxy
 from hearth.store import AuthSessionRecord, Store, VmRecord
 from hearth.vm.readiness import Backoff
-from hearth.vm.types import NetworkMode, VmSpec, VmState, VmType
+from hearth.vm.types import GuestForward, NetworkMode, VmSpec, VmState, VmType
 
 _log = get_logger("auth.flow")
 VNC_PORT = 5900
@@ -77,6 +85,8 @@ class AuthFlow:
         self.vms = vms
         self.credentials = credentials
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        # One egress proxy per session whose Browser VM may reach its provider; closed at the end.
+        self._egress: dict[str, EgressProxy] = {}
         self.on_awaiting_user: Callable[[AuthSessionRecord], Awaitable[None]] | None = None
 
     # ---- API-facing ------------------------------------------------------------------------
@@ -192,6 +202,9 @@ class AuthFlow:
         finally:
             latest = await self.store.auth_sessions.get(session_id)
             await self._destroy_browser(latest)
+            proxy = self._egress.pop(session_id, None)
+            if proxy is not None:
+                await proxy.close()
 
     async def _end(self, session_id: str, status: AuthStatus, message: str) -> None:
         record = await self.store.auth_sessions.get(session_id)
@@ -220,6 +233,7 @@ class AuthFlow:
         await self._move(sid, AuthStatus.CLI_VM_STARTING, AuthStatus.CLI_VM_READY, vm_id=cli_vm.id)
 
         await self._move(sid, AuthStatus.CLI_VM_READY, AuthStatus.BROWSER_VM_STARTING)
+        plan = await self._with_egress(sid, plan)
         browser_spec = dataclasses.replace(
             self.vms.spec_for(VmType.BROWSER, None, None),
             network=NetworkMode.USER,
@@ -227,11 +241,10 @@ class AuthFlow:
             guest_forwards=plan.guest_forwards,
         )
         browser = await self._stage(
-            self._create_browser_vm(user, browser_spec),
+            self._create_browser_vm(sid, user, browser_spec),
             self.settings.browser_vm_timeout_s,
             "starting the Browser VM",
         )
-        await self.store.auth_sessions.update(sid, browser_vm_id=browser.id)
         browser_agent = AgentClient(str(browser.agent_url), self.vms.agent_token(browser.id))
         login = await browser_agent.login_start(plan.start_body)
         deadline = datetime.now(UTC) + timedelta(seconds=self.settings.login_timeout_s)
@@ -256,8 +269,41 @@ class AuthFlow:
 
         await self._move(sid, AuthStatus.CREDENTIALS_CAPTURED, AuthStatus.DELIVERING)
         await self._deliver(cli_agent, user, record.provider, cli_vm.id)
+        await self._check_with_cli(cli_agent, sid, record.provider, cli_vm.id)
         await self._move(sid, AuthStatus.DELIVERING, AuthStatus.COMPLETED)
         _log.info("auth_completed", session_id=sid, user_id=user, provider=record.provider)
+
+    async def _with_egress(self, session_id: str, plan: LoginPlan) -> LoginPlan:
+        """Start the session's egress proxy if its login may reach anything; the adjusted plan.
+
+        The Browser VM reaches the proxy at EGRESS_GUEST_IP:EGRESS_GUEST_PORT (a guestfwd to the
+        proxy's loopback port); Chromium in the image is started with it as its proxy, and a
+        vendor CLI gets it as HTTPS_PROXY through the start body.
+        """
+        if not plan.egress_allow:
+            return plan
+        proxy = EgressProxy(
+            plan.egress_allow,
+            pins=dict(self.settings.egress_pins),
+            metrics=self.vms.metrics,
+        )
+        await proxy.start()
+        self._egress[session_id] = proxy
+        _log.info(
+            "egress_proxy_for_session",
+            session_id=session_id,
+            port=proxy.port,
+            allow=list(plan.egress_allow),
+        )
+        forward = GuestForward(
+            guest_ip=EGRESS_GUEST_IP, guest_port=EGRESS_GUEST_PORT, host_port=proxy.port
+        )
+        body = dict(plan.start_body)
+        if plan.provider != "oidc":
+            body["proxy"] = EGRESS_PROXY_URL
+        return dataclasses.replace(
+            plan, guest_forwards=(*plan.guest_forwards, forward), start_body=body
+        )
 
     async def _stage(self, work: Awaitable[Any], seconds: float, what: str) -> Any:
         try:
@@ -281,14 +327,28 @@ class AuthFlow:
                 # The user's CLI VM is still booting: wait for it (the stage has a deadline).
                 await asyncio.sleep(next(backoff))
 
-    async def _create_browser_vm(self, user_id: str, spec: VmSpec) -> VmRecord:
-        """A Browser VM, waiting (within the stage's deadline) while the host has no room."""
+    async def _create_browser_vm(self, session_id: str, user_id: str, spec: VmSpec) -> VmRecord:
+        """A Browser VM, waiting (within the stage's deadline) while the host has no room.
+
+        The VM is recorded on the session as soon as it is admitted, before its boot is awaited:
+        a cancel or a stage timeout during the boot does not stop the boot, so the session's
+        cleanup must know the VM to destroy it (else it would run on, holding the user's and the
+        host's Browser VM quota).
+        """
         backoff = Backoff(initial_s=0.5, cap_s=3.0).delays()
         while True:
             try:
-                return await self.vms.create(user_id=user_id, spec=spec)
+                record = await self.vms.create(user_id=user_id, spec=spec, wait=False)
             except CapacityExhausted:
                 await asyncio.sleep(next(backoff))
+                continue
+            try:
+                await self.store.auth_sessions.update(session_id, browser_vm_id=record.id)
+            except BaseException:
+                # Not on the session, so the session's cleanup would miss it: destroy it here.
+                await self._destroy_vm(session_id, record.id)
+                raise
+            return await self.vms.wait_booted(record.id)
 
     async def _wait_for_login(self, browser_id: str, agent: AgentClient, login_id: str) -> bytes:
         for delay in Backoff(initial_s=0.2, cap_s=1.0).delays():
@@ -337,12 +397,45 @@ class AuthFlow:
             await asyncio.sleep(0.5 * attempt)
         raise VmError(f"delivery to CLI VM {vm_id} failed after {_DELIVERY_ATTEMPTS} tries: {last}")
 
-    async def _destroy_browser(self, record: AuthSessionRecord) -> None:
-        if not record.browser_vm_id:
+    async def _check_with_cli(
+        self, agent: AgentClient, session_id: str, provider: str, vm_id: str
+    ) -> None:
+        """Ask the provider's own CLI in the CLI VM whether it is logged in now (offline).
+
+        A CLI that says "not logged in" fails the session: the document is stored and delivered,
+        but the user could not use it. Providers without a status command (oidc, gemini_cli) and
+        images without the CLI are logged and let through.
+        """
+        if provider == "oidc":
             return
         try:
-            await self.vms.destroy(record.browser_vm_id)
+            report = await agent.cli_status(provider)
+        except HearthError as exc:
+            _log.warning("cli_status_unavailable", session_id=session_id, error=exc.message)
+            return
+        _log.info(
+            "cli_status_checked",
+            session_id=session_id,
+            provider=provider,
+            command=report.get("command"),
+            exit_code=report.get("exit_code"),
+            logged_in=report.get("logged_in"),
+            reason=report.get("reason"),
+        )
+        if report.get("logged_in") is False:
+            raise VmError(
+                f"credentials were delivered to CLI VM {vm_id}, but `{report.get('command')}` "
+                f"there says it is not logged in (exit code {report.get('exit_code')})"
+            )
+
+    async def _destroy_browser(self, record: AuthSessionRecord) -> None:
+        if record.browser_vm_id:
+            await self._destroy_vm(record.id, record.browser_vm_id)
+
+    async def _destroy_vm(self, session_id: str, vm_id: str) -> None:
+        try:
+            await self.vms.destroy(vm_id)
         except NotFound:
             pass
         except HearthError as exc:
-            _log.warning("browser_vm_destroy_failed", session_id=record.id, error=exc.message)
+            _log.warning("browser_vm_destroy_failed", session_id=session_id, error=exc.message)

@@ -14,6 +14,42 @@ from hearth.vm.types import GuestForward
 PROVIDERS = ("claude_code", "codex", "gemini_cli", "oidc")
 # QEMU user-net's own subnet: a guest-visible address there can be forwarded to the host.
 _USER_NET = ipaddress.ip_network("10.0.2.0/24")
+# Where a Browser VM finds its egress proxy (a guestfwd to the controller's EgressProxy);
+# hearth-browser starts Chromium with it as its proxy, and the vendor CLIs get it as HTTPS_PROXY.
+EGRESS_GUEST_IP = "10.0.2.101"
+EGRESS_GUEST_PORT = 3128
+EGRESS_PROXY_URL = f"http://{EGRESS_GUEST_IP}:{EGRESS_GUEST_PORT}"
+# What each vendor's login needs to reach: its sign-in pages and their assets, the token endpoint
+# the CLI calls, and the bot checks and identity providers those pages use.
+VENDOR_EGRESS: dict[str, tuple[str, ...]] = {
+    "codex": (
+        "auth.openai.com",
+        "*.openai.com",
+        "chatgpt.com",
+        "*.chatgpt.com",
+        "*.oaistatic.com",
+        "*.oaiusercontent.com",
+        "challenges.cloudflare.com",
+    ),
+    "claude_code": (
+        "claude.ai",
+        "*.claude.ai",
+        "claude.com",
+        "*.claude.com",
+        "*.anthropic.com",
+        "challenges.cloudflare.com",
+        "accounts.google.com",
+        "*.gstatic.com",
+        "*.googleusercontent.com",
+    ),
+    "gemini_cli": (
+        "accounts.google.com",
+        "*.google.com",
+        "*.googleapis.com",
+        "*.gstatic.com",
+        "*.googleusercontent.com",
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -23,6 +59,15 @@ class LoginPlan:
     provider: str
     start_body: dict[str, Any]
     guest_forwards: tuple[GuestForward, ...] = field(default=())
+    # Destinations the Browser VM may reach through the egress proxy (empty: no proxy at all).
+    egress_allow: tuple[str, ...] = ()
+
+
+def _egress(settings: Settings, defaults: tuple[str, ...]) -> tuple[str, ...]:
+    """The allowlist of a login: none when egress is off, else the operator's or the defaults."""
+    if settings.login_egress == "off":
+        return ()
+    return settings.login_egress_allow if settings.login_egress_allow is not None else defaults
 
 
 def login_plan(provider: str, settings: Settings) -> LoginPlan:
@@ -35,6 +80,7 @@ def login_plan(provider: str, settings: Settings) -> LoginPlan:
         return LoginPlan(
             provider=provider,
             start_body={"provider": provider, "timeout_s": settings.login_timeout_s},
+            egress_allow=_egress(settings, VENDOR_EGRESS[provider]),
         )
     if not settings.oidc_issuer:
         raise ConfigError("the oidc provider is not configured: set HEARTH_OIDC_ISSUER")
@@ -56,8 +102,12 @@ def login_plan(provider: str, settings: Settings) -> LoginPlan:
                 guest_ip=str(address), guest_port=port, host_port=settings.oidc_upstream_port
             ),
         )
+    # An issuer forwarded into the VM needs no proxy; one out on the network is reached through it.
+    issuer_port = issuer.port or (443 if issuer.scheme == "https" else 80)
+    issuer_egress = () if forwards else (f"{issuer.hostname}:{issuer_port}",)
     return LoginPlan(
         provider=provider,
+        egress_allow=_egress(settings, issuer_egress),
         start_body={
             "provider": "oidc",
             "issuer": settings.oidc_issuer,

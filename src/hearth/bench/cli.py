@@ -1,4 +1,4 @@
-"""``hearth bench vm`` and ``hearth bench api``: run a benchmark, print tables, write JSON.
+"""``hearth bench vm``, ``api`` and ``auth``: run a benchmark, print tables, write JSON.
 
 This module does not import ``hearth.cli`` (which registers ``bench_app``), so importing either
 first works.
@@ -22,6 +22,9 @@ import typer
 from rich.console import Console
 
 from hearth.bench.api import ApiBenchOptions, run_api_bench
+from hearth.bench.auth import AuthBenchOptions, run_auth_bench
+from hearth.bench.auth_report import auth_document, auth_tables
+from hearth.bench.oidc import default_server_dir
 from hearth.bench.report import (
     api_document,
     api_tables,
@@ -41,7 +44,8 @@ from hearth.progress import default_progress
 from hearth.vm.types import VmSpec
 
 bench_app = typer.Typer(
-    help="Measure Hearth: VM starts against the original controller's method; API latency.",
+    help="Measure Hearth: VM starts against the original controller's method; API latency; "
+    "the auth flow's overhead.",
     no_args_is_help=True,
 )
 T = TypeVar("T")
@@ -152,6 +156,76 @@ def bench_api(
     print_tables(console, api_tables(result))
     if json_file is not None:
         write_json(json_file, api_document(result, command=shlex.join(command)))
+        console.print(f"[dim]wrote {json_file}[/dim]")
+
+
+@bench_app.command("auth")
+def bench_auth(
+    n: Annotated[int, typer.Option("--n", min=1, help="Measured flows (after one warm-up).")] = 5,
+    cli_image: Annotated[
+        Path | None,
+        typer.Option(help="CLI VM image (default: the minimal image under the state dir)."),
+    ] = None,
+    browser_image: Annotated[
+        Path | None,
+        typer.Option(help="Browser VM image (default: the browser image under the state dir)."),
+    ] = None,
+    oidc_server_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="The test OAuth server (server.mjs with its node_modules; default: "
+            "tests/e2e/oidc_server of this source checkout)."
+        ),
+    ] = None,
+    json_file: Annotated[
+        Path | None, typer.Option("--json", help="Also write the results as JSON here.")
+    ] = None,
+    state_dir: Annotated[
+        Path | None,
+        typer.Option(help="The controller's state dir (default: a fresh temp dir, removed after)."),
+    ] = None,
+) -> None:
+    """The controller's own time in an auth flow: total minus the user's time, by stage.
+
+    A real controller, a real OAuth server (node + oidc-provider) and a real Browser VM, with a
+    scripted user signing in over the Browser VM's DevTools.
+    """
+    settings = _load_settings()
+    images = {}
+    for name, given, recipe in (
+        ("CLI", cli_image, "minimal"),
+        ("Browser", browser_image, "browser"),
+    ):
+        image_dir = ImageDir((given or default_output_dir(settings, get_recipe(recipe))).absolute())
+        if image_dir.manifest is None:
+            _fail(
+                NotAnImage(
+                    f"{image_dir.path} holds no built image for {name} VMs; "
+                    f"run: hearth image build --recipe {recipe}"
+                )
+            )
+        images[name] = image_dir
+    command = ["hearth", "bench", "auth", "--n", str(n)]
+    for flag, given in (("--cli-image", cli_image), ("--browser-image", browser_image)):
+        if given is not None:
+            command += [flag, str(given)]
+    if oidc_server_dir is not None:
+        command += ["--oidc-server-dir", str(oidc_server_dir)]
+    with _scratch_dir(state_dir) as root:
+        options = AuthBenchOptions(
+            n=n,
+            state_dir=root,
+            cli_image=images["CLI"],
+            browser_image=images["Browser"],
+            oidc_server_dir=(oidc_server_dir or default_server_dir()).absolute(),
+        )
+        try:
+            result = _run(run_auth_bench(options, progress=default_progress("bench")))
+        except HearthError as exc:
+            _fail(exc)
+    print_tables(console, auth_tables(result))
+    if json_file is not None:
+        write_json(json_file, auth_document(result, command=shlex.join(command)))
         console.print(f"[dim]wrote {json_file}[/dim]")
 
 

@@ -12,6 +12,7 @@ import contextlib
 import os
 import signal
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -39,16 +40,28 @@ class ControllerProcess:
         self.log = log
 
     @classmethod
-    async def start(cls, *, state_dir: Path, database_url: str) -> ControllerProcess:
-        """Start the controller and wait until ``/health`` answers 200."""
+    async def start(
+        cls,
+        *,
+        state_dir: Path,
+        database_url: str,
+        env: Mapping[str, str] | None = None,
+        destroy_on_exit: bool = False,
+    ) -> ControllerProcess:
+        """Start the controller and wait until ``/health`` answers 200.
+
+        ``env`` adds ``HEARTH_*`` settings (the caller's own never reach the controller);
+        ``destroy_on_exit`` makes it destroy every VM it runs when it is stopped.
+        """
         state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         port = free_local_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("HEARTH_")}
-        env.update(
+        child_env = {k: v for k, v in os.environ.items() if not k.startswith("HEARTH_")}
+        child_env.update(
             HEARTH_STATE_DIR=str(state_dir),
             HEARTH_DATABASE_URL=database_url,
             HEARTH_LOG_FORMAT="json",
         )
+        child_env.update(env or {})
         log = state_dir / "controller.log"
         with log.open("wb") as sink:
             process = await asyncio.create_subprocess_exec(
@@ -62,7 +75,8 @@ class ControllerProcess:
                 str(port),
                 "--state-dir",
                 str(state_dir),
-                env=env,
+                *(["--destroy-on-exit"] if destroy_on_exit else []),
+                env=child_env,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=sink,
                 stderr=sink,

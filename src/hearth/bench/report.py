@@ -105,14 +105,14 @@ class VmFigures:
             Target(
                 name="restore_vs_cold",
                 goal=f"restore ≤ 1/{RESTORE_SPEEDUP_TARGET:.0f} of a cold boot (p50)",
-                measured=f"cold {_dur(self.cold.p50)} / restore {_dur(self.restore.p50)} "
-                f"= {self.restore_speedup_ratio:.1f}x",
+                measured=f"cold {duration_text(self.cold.p50)} / "
+                f"restore {duration_text(self.restore.p50)} = {self.restore_speedup_ratio:.1f}x",
                 met=self.restore_speedup_ratio >= RESTORE_SPEEDUP_TARGET,
             ),
             Target(
                 name="pool_handout_p50",
                 goal=f"warm-pool hand-out p50 ≤ {POOL_HANDOUT_P50_TARGET_S * 1000:.0f} ms",
-                measured=f"p50 {_dur(self.pool.p50)} (max {_dur(self.pool.max)})",
+                measured=f"p50 {duration_text(self.pool.p50)} (max {duration_text(self.pool.max)})",
                 met=self.pool.p50 <= POOL_HANDOUT_P50_TARGET_S,
             ),
             Target(
@@ -134,7 +134,7 @@ def vm_document(result: VmBenchResult, *, command: str) -> dict[str, object]:
     return {
         "benchmark": "vm",
         "command": command,
-        "measured_at": _now(),
+        "measured_at": now_text(),
         "machine": result.machine.to_dict(),
         "image": {
             "path": str(options.image.path),
@@ -219,9 +219,9 @@ def vm_tables(result: VmBenchResult) -> list[Table]:
         timing.add_row(
             label,
             str(summary.n),
-            _dur(summary.p50),
-            _dur(summary.p95),
-            _dur(summary.max),
+            duration_text(summary.p50),
+            duration_text(summary.p95),
+            duration_text(summary.max),
             disk,
             rss,
         )
@@ -233,12 +233,12 @@ def vm_tables(result: VmBenchResult) -> list[Table]:
     ratios.add_row(
         f"baseline p50 / Hearth's best p50 ({best_name})", f"{figures.baseline_ratio:.1f}x"
     )
-    ratios.add_row("baseline copy p50", _dur(figures.baseline_copy.p50))
-    ratios.add_row(f"{c} concurrent restores, whole batch", _dur(result.concurrent_wall_s))
+    ratios.add_row("baseline copy p50", duration_text(figures.baseline_copy.p50))
+    ratios.add_row(f"{c} concurrent restores, whole batch", duration_text(result.concurrent_wall_s))
     template = "built" if result.template_built else "reused"
     ratios.add_row(
         f"template ({template}), first restore-path create",
-        f"{_dur(result.template_first_create_s)}, {_size(result.template_bytes)} on disk",
+        f"{duration_text(result.template_first_create_s)}, {_size(result.template_bytes)} on disk",
     )
     return [machine_table(result.machine), timing, ratios, targets_table(figures.targets())]
 
@@ -261,8 +261,8 @@ def api_targets(result: ApiBenchResult) -> list[Target]:
                     name=f"api_p99_{database.name}_{route}",
                     goal=f"{database.name} GET {route}: p99 ≤ "
                     f"{API_P99_TARGET_S * 1000:.0f} ms at {API_TARGET_RATE_RPS:.0f} req/s",
-                    measured=f"p99 {_dur(load.latency.p99)} at {load.achieved_rps:.0f} req/s "
-                    f"(scheduled {load.target_rps:.0f}/s)",
+                    measured=f"p99 {duration_text(load.latency.p99)} at "
+                    f"{load.achieved_rps:.0f} req/s (scheduled {load.target_rps:.0f}/s)",
                     met=at_rate and load.latency.p99 <= API_P99_TARGET_S,
                 )
             )
@@ -275,7 +275,7 @@ def api_document(result: ApiBenchResult, *, command: str) -> dict[str, object]:
     return {
         "benchmark": "api",
         "command": command,
-        "measured_at": _now(),
+        "measured_at": now_text(),
         "machine": result.machine.to_dict(),
         "requests_per_phase": options.n,
         "warmup_requests": options.warmup,
@@ -312,9 +312,9 @@ def api_tables(result: ApiBenchResult) -> list[Table]:
                 f"{closed.concurrency} workers",
                 str(closed.latency.n),
                 f"{closed.throughput_rps:.0f}",
-                _dur(closed.latency.p50),
-                _dur(closed.latency.p99),
-                _dur(closed.latency.max),
+                duration_text(closed.latency.p50),
+                duration_text(closed.latency.p99),
+                duration_text(closed.latency.max),
                 _cpu(closed.cpu),
             )
             table.add_row(
@@ -323,9 +323,9 @@ def api_tables(result: ApiBenchResult) -> list[Table]:
                 f"{opened.target_rps:.0f}/s open",
                 str(opened.latency.n),
                 f"{opened.achieved_rps:.0f}",
-                _dur(opened.latency.p50),
-                _dur(opened.latency.p99),
-                _dur(opened.latency.max),
+                duration_text(opened.latency.p50),
+                duration_text(opened.latency.p99),
+                duration_text(opened.latency.max),
                 _cpu(opened.cpu),
             )
     return [machine_table(result.machine), table, targets_table(api_targets(result))]
@@ -380,11 +380,13 @@ def _cpu(cpu: CpuUse) -> str:
     return f"{cpu.server_cores:.2f}/{cpu.client_cores:.2f}"
 
 
-def _now() -> str:
+def now_text() -> str:
+    """The current UTC time, ISO 8601 to the second."""
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def _dur(seconds: float) -> str:
+def duration_text(seconds: float) -> str:
+    """``seconds`` for a table: milliseconds below one second."""
     if seconds < 1:
         return f"{seconds * 1000:.1f} ms"
     return f"{seconds:.2f} s"

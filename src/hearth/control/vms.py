@@ -57,6 +57,7 @@ class VmService:
         self.live: dict[str, Vm] = {}
         self._admission = asyncio.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._boots: dict[str, asyncio.Task[VmRecord]] = {}
         self.pool: Any = None  # set by the app when a warm pool is configured
         # Called with a VM's record before it is torn down (e.g. to pull back rotated tokens).
         self.before_destroy: list[Callable[[VmRecord], Awaitable[None]]] = []
@@ -105,9 +106,26 @@ class VmService:
             )
         _log.info("vm_create_accepted", vm_id=record.id, user_id=owner, vm_type=spec.vm_type.value)
         task = self._spawn(self._boot(record, spec, pooled=pooled))
+        self._boots[record.id] = task
+        task.add_done_callback(lambda _t: self._boots.pop(record.id, None))
         if not wait:
             return record
         return await asyncio.shield(task)
+
+    async def wait_booted(self, vm_id: str) -> VmRecord:
+        """Wait for a VM created with ``wait=False`` to finish booting; raises if the boot failed.
+
+        Giving up on the wait (cancel, timeout) leaves the boot running: whoever gave up must
+        destroy the VM, which the boot then notices and discards what it made.
+        """
+        task = self._boots.get(vm_id)
+        if task is not None:
+            return await asyncio.shield(task)
+        # The boot is already over: its outcome is on the row.
+        record = await self.store.vms.get(vm_id)
+        if record.status is not VmState.READY:
+            raise VmError(f"VM {vm_id} is {record.status.value}: {record.error or 'no reason'}")
+        return record
 
     def _spawn(self, coro: Coroutine[Any, Any, VmRecord]) -> asyncio.Task[VmRecord]:
         task = asyncio.create_task(coro)

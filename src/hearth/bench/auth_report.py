@@ -1,0 +1,124 @@
+"""The report of ``hearth bench auth``: its JSON document, the verdict on its target, the tables."""
+
+from __future__ import annotations
+
+from rich.table import Table
+
+from hearth.bench.auth import STAGES, TOTAL, USER, USER_DETAIL, AuthBenchResult, Stage
+from hearth.bench.report import Target, duration_text, machine_table, now_text, targets_table
+from hearth.bench.stats import Summary
+from hearth.images.manifest import ImageDir
+
+AUTH_OVERHEAD_TARGET_S = 2.0  # the controller's own time in a flow, the user's time excluded
+
+
+def _summary(result: AuthBenchResult, stage: Stage) -> Summary:
+    return Summary.of([s.seconds(stage) for s in result.samples])
+
+
+def overhead_summary(result: AuthBenchResult) -> Summary:
+    """Total minus the user's time, over the measured flows."""
+    return Summary.of([s.overhead_s for s in result.samples])
+
+
+def auth_targets(result: AuthBenchResult) -> list[Target]:
+    """The auth-flow target of the issue, judged on the p95 of the measured flows."""
+    overhead = overhead_summary(result)
+    return [
+        Target(
+            name="auth_flow_overhead",
+            goal=f"auth-flow overhead (total - user time) ≤ {AUTH_OVERHEAD_TARGET_S:.0f} s (p95)",
+            measured=f"p50 {duration_text(overhead.p50)}, p95 {duration_text(overhead.p95)}, "
+            f"max {duration_text(overhead.max)} (n = {overhead.n})",
+            met=overhead.p95 <= AUTH_OVERHEAD_TARGET_S,
+        )
+    ]
+
+
+def auth_document(result: AuthBenchResult, *, command: str) -> dict[str, object]:
+    """The JSON document of a ``hearth bench auth`` run."""
+    options = result.options
+    warmup = result.warmup
+    return {
+        "benchmark": "auth",
+        "command": command,
+        "measured_at": now_text(),
+        "machine": result.machine.to_dict(),
+        "images": {"cli": _image(options.cli_image), "browser": _image(options.browser_image)},
+        "oidc": {"server_dir": str(options.oidc_server_dir), "issuer": result.issuer},
+        "controller": {"database": "sqlite", "warm_pools": False},
+        "poll_interval_s": options.poll_s,
+        "n": len(result.samples),
+        "stages": {
+            s.name: {
+                "label": s.label,
+                "from": s.start,
+                "to": s.end,
+                **_summary(result, s).seconds(),
+            }
+            for s in STAGES
+        },
+        "total": _summary(result, TOTAL).seconds(),
+        "user": _summary(result, USER).seconds(),
+        "user_detail": {
+            s.name: {
+                "label": s.label,
+                "from": s.start,
+                "to": s.end,
+                **_summary(result, s).seconds(),
+            }
+            for s in USER_DETAIL
+        },
+        "overhead": overhead_summary(result).seconds(),
+        "warmup": warmup.to_dict() if warmup is not None else None,
+        "samples": [s.to_dict() for s in result.samples],
+        "targets": [t.to_dict() for t in auth_targets(result)],
+    }
+
+
+def auth_tables(result: AuthBenchResult) -> list[Table]:
+    """The Rich tables of a ``hearth bench auth`` run."""
+    n = len(result.samples)
+    table = Table(
+        title=f"auth flow, {n} flows ({result.machine.accel}, {result.machine.cores} cores)"
+    )
+    for column in ("stage", "n", "p50", "p95", "max"):
+        table.add_column(column, justify="left" if column == "stage" else "right")
+
+    def row(label: str, summary: Summary, style: str | None = None) -> None:
+        cells = (duration_text(summary.p50), duration_text(summary.p95), duration_text(summary.max))
+        table.add_row(label, str(summary.n), *cells, style=style)
+
+    for stage in STAGES[:3]:
+        row(stage.label, _summary(result, stage))
+    row(f"{USER.label}, not overhead", _summary(result, USER), "dim")
+    for stage in USER_DETAIL:
+        row(f"  of which: {stage.label}", _summary(result, stage), "dim")
+    for stage in STAGES[3:]:
+        row(stage.label, _summary(result, stage))
+    row(TOTAL.label, _summary(result, TOTAL))
+    row("overhead (total - user)", overhead_summary(result), "bold")
+
+    facts = Table(show_header=False, title="flows")
+    boots = sorted(
+        {f"CLI {s.cli_boot_mode}, Browser {s.browser_boot_mode}" for s in result.samples}
+    )
+    facts.add_row("VM starts in the measured flows", "; ".join(boots))
+    if result.warmup is not None:
+        facts.add_row(
+            "warm-up flow (not counted)",
+            f"total {duration_text(result.warmup.seconds(TOTAL))}, overhead "
+            f"{duration_text(result.warmup.overhead_s)}, "
+            f"{result.warmup.templates_built} snapshot templates built",
+        )
+    facts.add_row("OAuth server", f"oidc-provider, issuer {result.issuer}")
+    return [machine_table(result.machine), table, facts, targets_table(auth_targets(result))]
+
+
+def _image(image: ImageDir) -> dict[str, object]:
+    manifest = image.manifest
+    return {
+        "path": str(image.path),
+        "recipe": manifest.recipe if manifest else "unknown",
+        "content_hash": manifest.content_hash if manifest else "unknown",
+    }

@@ -1,0 +1,140 @@
+"""The OAuth server ``hearth bench auth`` logs in against: node + the test oidc-provider server.
+
+The server (``tests/e2e/oidc_server/server.mjs`` in a source checkout) listens on 127.0.0.1:P.
+Browser VMs reach it as ``http://10.0.2.100:P``: the controller, given that issuer and
+``HEARTH_OIDC_UPSTREAM_PORT=P``, has QEMU forward exactly that guest address to the host port,
+so the issuer is named by that address.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+from pathlib import Path
+
+import httpx
+
+import hearth
+from hearth.bench.errors import BenchError
+from hearth.tools import tail
+from hearth.vm.qemu.backend import free_local_port
+from hearth.vm.readiness import Deadline
+
+GUEST_ISSUER_IP = "10.0.2.100"  # what Browser VMs dial; QEMU guestfwd sends it to the host port
+CLIENT_ID = "hearth-test"
+TEST_LOGIN = "alice"
+TEST_PASSWORD = "wonderland"  # noqa: S105 (the test server's one account)
+START_DEADLINE_S = 30.0
+STOP_DEADLINE_S = 10.0
+
+
+def default_server_dir() -> Path:
+    """The source checkout's copy of the test server (``tests/e2e/oidc_server``)."""
+    return Path(hearth.__file__).resolve().parents[2] / "tests" / "e2e" / "oidc_server"
+
+
+class OidcServer:
+    """One running test OAuth server, started by ``OidcServer.start``; ``stop`` is idempotent."""
+
+    def __init__(
+        self, *, process: asyncio.subprocess.Process, port: int, issuer: str, log: Path
+    ) -> None:
+        self.process = process
+        self.port = port
+        self.issuer = issuer  # as Browser VMs see it
+        self.log = log
+
+    @classmethod
+    async def start(cls, *, server_dir: Path, log: Path) -> OidcServer:
+        """Start ``node server.mjs`` in ``server_dir`` and wait until its discovery answers."""
+        node = shutil.which("node")
+        if node is None:
+            raise BenchError(
+                "hearth bench auth needs node (Node.js 20+) on PATH for its OAuth server"
+            )
+        if not (server_dir / "server.mjs").is_file():
+            raise BenchError(
+                f"no OAuth test server at {server_dir} (server.mjs); pass --oidc-server-dir "
+                "pointing at tests/e2e/oidc_server of a Hearth source checkout"
+            )
+        if not (server_dir / "node_modules" / "oidc-provider").is_dir():
+            raise BenchError(
+                f"the OAuth test server's dependencies are not installed: run "
+                f"npm ci --prefix {server_dir} --no-audit --no-fund"
+            )
+        port = free_local_port()
+        issuer = f"http://{GUEST_ISSUER_IP}:{port}"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("wb") as sink:
+            process = await asyncio.create_subprocess_exec(
+                node,
+                "server.mjs",
+                cwd=server_dir,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=sink,
+                stderr=sink,
+                env={
+                    "PATH": os.environ.get("PATH", ""),
+                    "PORT": str(port),
+                    "ISSUER": issuer,
+                    "CLIENT_ID": CLIENT_ID,
+                    "REDIRECT_URIS": "http://127.0.0.1/callback",
+                },
+                start_new_session=True,
+            )
+        server = cls(process=process, port=port, issuer=issuer, log=log)
+        try:
+            await server._wait_serving()
+        except BaseException:
+            await server.stop()
+            raise
+        return server
+
+    async def stop(self) -> None:
+        """SIGTERM (then SIGKILL) and wait for the exit."""
+        if self.process.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(self.process.wait(), STOP_DEADLINE_S)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.kill()
+            await self.process.wait()
+
+    def log_tail(self, lines: int = 20) -> str:
+        """The last lines the server wrote."""
+        try:
+            return tail(self.log.read_text(errors="replace"), lines)
+        except OSError:
+            return ""
+
+    async def _wait_serving(self) -> None:
+        deadline = Deadline.after(START_DEADLINE_S)
+        while b'"listening"' not in self.log.read_bytes():
+            if self.process.returncode is not None:
+                raise BenchError(
+                    f"the OAuth server exited with status {self.process.returncode}:\n"
+                    f"{self.log_tail()}"
+                )
+            if deadline.expired:
+                raise BenchError(
+                    f"the OAuth server did not start in {START_DEADLINE_S:.0f} s:\n"
+                    f"{self.log_tail()}"
+                )
+            await asyncio.sleep(0.05)
+        discovery_url = f"http://127.0.0.1:{self.port}/.well-known/openid-configuration"
+        try:
+            async with httpx.AsyncClient(timeout=10) as client:
+                discovery = (await client.get(discovery_url)).json()
+        except (httpx.HTTPError, json.JSONDecodeError) as exc:
+            raise BenchError(f"the OAuth server's discovery failed: {exc}") from exc
+        if discovery.get("issuer") != self.issuer:
+            raise BenchError(
+                f"the OAuth server names issuer {discovery.get('issuer')!r}, not {self.issuer!r}"
+            )

@@ -1,0 +1,550 @@
+"""The Browser VM egress proxy over real sockets, on 127.0.0.1 only (names: a fake resolver)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import pytest
+from structlog.testing import capture_logs
+
+from hearth.errors import Conflict, InvalidInput
+from hearth.metrics import ControllerMetrics
+from hearth.network.egress import AllowRule, EgressProxy, EgressTimeouts, is_public_address
+
+LOOPBACK = "127.0.0.1"
+STEP = 5.0  # seconds any single await in these tests may take before the test fails
+
+
+@dataclass
+class EchoServer:
+    """An upstream on 127.0.0.1 that echoes each connection until EOF, then closes it."""
+
+    port: int = 0
+    accepted: int = 0
+    finished: int = 0
+    tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+
+    @property
+    def target(self) -> str:
+        return f"{LOOPBACK}:{self.port}"
+
+
+@dataclass
+class FakeResolver:
+    """A resolver answering from a table, recording every question; never touches real DNS."""
+
+    answers: dict[str, list[str]]
+    calls: list[tuple[str, int]] = field(default_factory=list)
+    hang: bool = False
+
+    async def __call__(self, host: str, port: int) -> Sequence[str]:
+        self.calls.append((host, port))
+        if self.hang:
+            await asyncio.Event().wait()
+        if host not in self.answers:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return self.answers[host]
+
+
+@dataclass
+class Response:
+    """A proxy's answer as the client saw it."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+StartProxy = Callable[..., Awaitable[EgressProxy]]
+
+
+@pytest.fixture
+async def echo() -> AsyncIterator[EchoServer]:
+    """A running echo server; torn down with every connection it still holds."""
+    state = EchoServer()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        state.tasks.add(task)
+        state.accepted += 1
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            state.finished += 1
+            writer.close()
+            state.tasks.discard(task)
+
+    server = await asyncio.start_server(serve, LOOPBACK, 0)
+    state.port = server.sockets[0].getsockname()[1]
+    try:
+        yield state
+    finally:
+        server.close()
+        for task in list(state.tasks):
+            task.cancel()
+        await asyncio.gather(*state.tasks, return_exceptions=True)
+        await server.wait_closed()
+
+
+@pytest.fixture
+async def start_proxy() -> AsyncIterator[StartProxy]:
+    """Start an EgressProxy on 127.0.0.1; every one started is closed after the test."""
+    proxies: list[EgressProxy] = []
+
+    async def start(allow: Sequence[str], **options: Any) -> EgressProxy:
+        proxy = EgressProxy(allow, **options)
+        await proxy.start()
+        proxies.append(proxy)
+        return proxy
+
+    yield start
+    for proxy in reversed(proxies):
+        await proxy.close()
+
+
+@pytest.fixture
+def closed_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind((LOOPBACK, 0))
+        return int(sock.getsockname()[1])
+
+
+async def open_tunnel(
+    proxy: EgressProxy, target: str, *, early: bytes = b""
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """CONNECT through the proxy and expect 200; returns the client ends of the tunnel."""
+    reader, writer = await asyncio.open_connection(LOOPBACK, proxy.port)
+    writer.write(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode() + early)
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), STEP)
+    assert head == b"HTTP/1.1 200 Connection established\r\n\r\n"
+    return reader, writer
+
+
+async def ask(proxy: EgressProxy, request: bytes) -> Response:
+    """Send raw bytes to the proxy, read its whole answer, and check it then closes."""
+    reader, writer = await asyncio.open_connection(LOOPBACK, proxy.port)
+    try:
+        writer.write(request)
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), STEP)
+        status_line, *header_lines = head.decode().split("\r\n")[:-2]
+        headers = dict(line.split(": ", 1) for line in header_lines)
+        body = await asyncio.wait_for(reader.readexactly(int(headers["Content-Length"])), STEP)
+        assert await asyncio.wait_for(reader.read(), STEP) == b"", "the proxy must close"
+        return Response(int(status_line.split(" ")[1]), headers, body)
+    finally:
+        writer.close()
+
+
+def connect(target: str) -> bytes:
+    return f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\nUser-Agent: test\r\n\r\n".encode()
+
+
+def outcomes(metrics: ControllerMetrics, outcome: str) -> float:
+    value = metrics.registry.get_sample_value("hearth_egress_requests_total", {"outcome": outcome})
+    return value or 0.0
+
+
+# --- tunnels -------------------------------------------------------------------------------
+
+
+async def test_allowed_tunnel_echoes_bytes_both_ways(
+    start_proxy: StartProxy, echo: EchoServer
+) -> None:
+    metrics = ControllerMetrics()
+    proxy = await start_proxy([echo.target], allow_private=[echo.target], metrics=metrics)
+    reader, writer = await open_tunnel(proxy, echo.target)
+    payload = bytes(range(256)) * 1024  # 256 KiB: more than one read in each direction
+    writer.write(payload)
+    await writer.drain()
+    assert await asyncio.wait_for(reader.readexactly(len(payload)), STEP) == payload
+    assert metrics.registry.get_sample_value("hearth_egress_tunnels_open") == 1
+    writer.close()
+    assert outcomes(metrics, "tunneled") == 1
+    assert echo.accepted == 1
+
+
+async def test_an_allowlisted_name_is_resolved_once_and_the_address_dialed(
+    start_proxy: StartProxy, echo: EchoServer
+) -> None:
+    resolver = FakeResolver({"oauth.test": [LOOPBACK]})
+    proxy = await start_proxy(
+        [f"oauth.test:{echo.port}"], allow_private=[echo.target], resolver=resolver
+    )
+    reader, writer = await open_tunnel(proxy, f"OAuth.Test.:{echo.port}")
+    writer.write(b"hello")
+    assert await asyncio.wait_for(reader.readexactly(5), STEP) == b"hello"
+    writer.close()
+    assert resolver.calls == [("oauth.test", echo.port)]
+
+
+async def test_bytes_sent_right_after_the_request_head_reach_the_upstream(
+    start_proxy: StartProxy, echo: EchoServer
+) -> None:
+    proxy = await start_proxy([echo.target], allow_private=[echo.target])
+    reader, writer = await open_tunnel(proxy, echo.target, early=b"client-hello")
+    assert await asyncio.wait_for(reader.readexactly(12), STEP) == b"client-hello"
+    writer.close()
+
+
+async def test_a_half_close_is_passed_on_and_the_answer_still_arrives(
+    start_proxy: StartProxy, echo: EchoServer
+) -> None:
+    proxy = await start_proxy([echo.target], allow_private=[echo.target])
+    reader, writer = await open_tunnel(proxy, echo.target)
+    writer.write(b"last words")
+    writer.write_eof()
+    # The echo server answers, sees EOF, closes; the proxy passes that EOF back.
+    assert await asyncio.wait_for(reader.read(), STEP) == b"last words"
+    writer.close()
+
+
+async def test_an_idle_tunnel_is_closed(start_proxy: StartProxy, echo: EchoServer) -> None:
+    proxy = await start_proxy(
+        [echo.target], allow_private=[echo.target], timeouts=EgressTimeouts(idle=0.3)
+    )
+    reader, writer = await open_tunnel(proxy, echo.target)
+    assert await asyncio.wait_for(reader.read(), STEP) == b""
+    writer.close()
+    await asyncio.sleep(0.1)
+    assert echo.finished == 1
+
+
+async def test_close_ends_every_open_tunnel(echo: EchoServer) -> None:
+    metrics = ControllerMetrics()
+    async with EgressProxy([echo.target], allow_private=[echo.target], metrics=metrics) as proxy:
+        tunnels = [await open_tunnel(proxy, echo.target) for _ in range(3)]
+        for reader, writer in tunnels:
+            writer.write(b"ping")
+            assert await asyncio.wait_for(reader.readexactly(4), STEP) == b"ping"
+        await proxy.close()
+        for reader, writer in tunnels:
+            # The proxy resets rather than flushes; a clean EOF or a reset both mean "gone".
+            with contextlib.suppress(ConnectionResetError):
+                assert await asyncio.wait_for(reader.read(), STEP) == b""
+            writer.close()
+        with pytest.raises(ConnectionRefusedError):
+            await asyncio.open_connection(LOOPBACK, proxy.port)
+    await asyncio.sleep(0.1)
+    assert echo.finished == 3, "every upstream connection must be closed too"
+    assert metrics.registry.get_sample_value("hearth_egress_tunnels_open") == 0
+
+
+# --- refusals ------------------------------------------------------------------------------
+
+
+async def test_a_host_not_on_the_allowlist_gets_403_and_is_never_contacted(
+    start_proxy: StartProxy, echo: EchoServer
+) -> None:
+    metrics = ControllerMetrics()
+    resolver = FakeResolver({"evil.test": [LOOPBACK]})
+    proxy = await start_proxy(
+        ["auth.openai.com"], allow_private=[echo.target], resolver=resolver, metrics=metrics
+    )
+    request = (
+        f"CONNECT evil.test:{echo.port} HTTP/1.1\r\nProxy-Authorization: Basic c2VjcmV0\r\n\r\n"
+    )
+    with capture_logs() as logs:
+        answer = await ask(proxy, request.encode())
+    assert answer.status == 403
+    assert answer.headers["Content-Type"].startswith("text/plain")
+    assert echo.accepted == 0
+    assert resolver.calls == []
+    denied = [entry for entry in logs if entry["event"] == "egress_denied"]
+    assert denied == [
+        {
+            "component": "network.egress",
+            "event": "egress_denied",
+            "log_level": "warning",
+            "host": "evil.test",
+            "port": echo.port,
+            "outcome": "denied_host",
+        }
+    ]
+    assert "c2VjcmV0" not in repr(logs)
+    assert outcomes(metrics, "denied_host") == 1
+
+
+async def test_the_port_is_part_of_the_allowlist_entry(
+    start_proxy: StartProxy, echo: EchoServer
+) -> None:
+    proxy = await start_proxy([LOOPBACK], allow_private=[echo.target])  # means 127.0.0.1:443
+    assert (await ask(proxy, connect(echo.target))).status == 403
+    assert echo.accepted == 0
+
+
+async def test_an_allowlisted_name_resolving_to_loopback_gets_403(
+    start_proxy: StartProxy, echo: EchoServer
+) -> None:
+    metrics = ControllerMetrics()
+    resolver = FakeResolver({"auth.example.com": ["93.184.215.14", LOOPBACK]})
+    proxy = await start_proxy([f"auth.example.com:{echo.port}"], resolver=resolver, metrics=metrics)
+    answer = await ask(proxy, connect(f"auth.example.com:{echo.port}"))
+    assert answer.status == 403
+    assert echo.accepted == 0
+    assert outcomes(metrics, "denied_address") == 1
+
+
+async def test_an_allowlisted_loopback_literal_without_allow_private_gets_403(
+    start_proxy: StartProxy, echo: EchoServer
+) -> None:
+    proxy = await start_proxy([echo.target, f"[::ffff:127.0.0.1]:{echo.port}"])
+    assert (await ask(proxy, connect(echo.target))).status == 403
+    assert (await ask(proxy, connect(f"[::ffff:127.0.0.1]:{echo.port}"))).status == 403
+    assert echo.accepted == 0
+
+
+async def test_allow_private_excepts_only_the_exact_address_and_port(
+    start_proxy: StartProxy, echo: EchoServer, closed_port: int
+) -> None:
+    resolver = FakeResolver({"oauth.test": [LOOPBACK]})
+    proxy = await start_proxy(
+        [f"oauth.test:{closed_port}"],
+        allow_private=[echo.target],
+        resolver=resolver,
+    )
+    assert (await ask(proxy, connect(f"oauth.test:{closed_port}"))).status == 403
+
+
+async def test_plain_http_proxying_gets_405(start_proxy: StartProxy, echo: EchoServer) -> None:
+    proxy = await start_proxy([echo.target], allow_private=[echo.target])
+    answer = await ask(proxy, f"GET http://{echo.target}/secret/path HTTP/1.1\r\n\r\n".encode())
+    assert answer.status == 405
+    assert answer.headers["Allow"] == "CONNECT"
+    assert echo.accepted == 0
+
+
+async def test_httpx_sending_plain_http_through_the_proxy_gets_405(
+    start_proxy: StartProxy, echo: EchoServer
+) -> None:
+    proxy = await start_proxy([echo.target], allow_private=[echo.target])
+    async with httpx.AsyncClient(proxy=f"http://{LOOPBACK}:{proxy.port}", timeout=STEP) as client:
+        response = await client.get(f"http://{echo.target}/")
+    assert response.status_code == 405
+    assert echo.accepted == 0
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        pytest.param(b"garbage\r\n\r\n", id="garbage"),
+        pytest.param(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n", id="tls-hello"),
+        pytest.param(b"CONNECT 127.0.0.1 HTTP/1.1\r\n\r\n", id="no-port"),
+        pytest.param(b"CONNECT 127.0.0.1:99999 HTTP/1.1\r\n\r\n", id="port-out-of-range"),
+        pytest.param(b"CONNECT ::1:443 HTTP/1.1\r\n\r\n", id="unbracketed-ipv6"),
+        pytest.param(b"CONNECT bad_host!:443 HTTP/1.1\r\n\r\n", id="bad-host"),
+        pytest.param(b"CONNECT a.test:443 HTTP/2.0\r\n\r\n", id="bad-version"),
+        pytest.param(b"CONNECT  a.test:443 HTTP/1.1\r\n\r\n", id="double-space"),
+        pytest.param(b"CONNECT a.test:443 HTTP/1.1\r\nno colon here\r\n\r\n", id="bad-header"),
+        pytest.param(b"CONNECT a.test:443 HTTP/1.1\r\n", id="eof-before-blank-line"),
+    ],
+)
+async def test_a_malformed_request_gets_400(start_proxy: StartProxy, request_bytes: bytes) -> None:
+    resolver = FakeResolver({})
+    proxy = await start_proxy(["a.test", "*.a.test"], resolver=resolver)
+    reader, writer = await asyncio.open_connection(LOOPBACK, proxy.port)
+    writer.write(request_bytes)
+    writer.write_eof()
+    answer = await asyncio.wait_for(reader.read(), STEP)
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 400 Bad Request\r\n")
+    assert resolver.calls == []
+
+
+async def test_an_oversize_request_head_gets_400(start_proxy: StartProxy, echo: EchoServer) -> None:
+    proxy = await start_proxy([echo.target], allow_private=[echo.target])
+    padding = "X-Padding: " + "a" * 9000 + "\r\n"
+    answer = await ask(proxy, f"CONNECT {echo.target} HTTP/1.1\r\n{padding}\r\n".encode())
+    assert answer.status == 400
+    assert b"too large" in answer.body
+    assert echo.accepted == 0
+
+
+async def test_an_oversize_head_without_an_end_gets_400_before_the_client_finishes(
+    start_proxy: StartProxy,
+) -> None:
+    proxy = await start_proxy(["a.test"])
+    reader, writer = await asyncio.open_connection(LOOPBACK, proxy.port)
+    writer.write(b"CONNECT a.test:443 HTTP/1.1\r\nX-Padding: " + b"a" * 9000)
+    answer = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), STEP)
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 400 ")
+
+
+async def test_a_slow_request_head_gets_408(start_proxy: StartProxy) -> None:
+    proxy = await start_proxy(["a.test"], timeouts=EgressTimeouts(request=0.2))
+    answer = await ask(proxy, b"CONNECT a.test:443 HTTP/1.1\r\n")
+    assert answer.status == 408
+
+
+# --- upstream failures ---------------------------------------------------------------------
+
+
+async def test_a_closed_upstream_port_gets_502(start_proxy: StartProxy, closed_port: int) -> None:
+    metrics = ControllerMetrics()
+    target = f"{LOOPBACK}:{closed_port}"
+    proxy = await start_proxy([target], allow_private=[target], metrics=metrics)
+    assert (await ask(proxy, connect(target))).status == 502
+    assert outcomes(metrics, "upstream_failed") == 1
+
+
+async def test_a_name_that_does_not_resolve_gets_502(start_proxy: StartProxy) -> None:
+    resolver = FakeResolver({})
+    proxy = await start_proxy(["*.nowhere.test"], resolver=resolver)
+    assert (await ask(proxy, connect("a.nowhere.test:443"))).status == 502
+    assert resolver.calls == [("a.nowhere.test", 443)]
+
+
+async def test_a_resolver_that_hangs_past_the_connect_deadline_gets_504(
+    start_proxy: StartProxy,
+) -> None:
+    metrics = ControllerMetrics()
+    resolver = FakeResolver({}, hang=True)
+    proxy = await start_proxy(
+        ["slow.test"], resolver=resolver, timeouts=EgressTimeouts(connect=0.2), metrics=metrics
+    )
+    assert (await ask(proxy, connect("slow.test:443"))).status == 504
+    assert outcomes(metrics, "upstream_timeout") == 1
+
+
+async def test_connections_beyond_the_limit_get_503(
+    start_proxy: StartProxy, echo: EchoServer
+) -> None:
+    proxy = await start_proxy([echo.target], allow_private=[echo.target], max_connections=1)
+    _, writer = await open_tunnel(proxy, echo.target)
+    assert (await ask(proxy, connect(echo.target))).status == 503
+    writer.close()
+
+
+# --- allowlist and address rules -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("entry", "host", "port", "matches"),
+    [
+        ("auth.openai.com", "auth.openai.com", 443, True),
+        ("auth.openai.com", "auth.openai.com", 80, False),
+        ("auth.openai.com", "openai.com", 443, False),
+        ("auth.openai.com", "evil-auth.openai.com", 443, False),
+        ("Auth.OpenAI.com.", "auth.openai.com", 443, True),
+        ("auth.openai.com:8443", "auth.openai.com", 8443, True),
+        ("*.google.com", "accounts.google.com", 443, True),
+        ("*.google.com", "a.b.google.com", 443, True),
+        ("*.google.com", "google.com", 443, False),
+        ("*.google.com", "evilgoogle.com", 443, False),
+        ("*.google.com", "google.com.evil.test", 443, False),
+        ("*.google.com", "accounts.google.com", 80, False),
+        ("*.google.com:8443", "accounts.google.com", 8443, True),
+        ("*.0.0.1", "127.0.0.1", 443, False),
+        ("127.0.0.1:8080", "127.0.0.1", 8080, True),
+        ("[::1]:8080", "::1", 8080, True),
+        ("[::1]", "::1", 443, True),
+    ],
+)
+def test_allow_rules_match_exact_hosts_and_subdomain_wildcards(
+    entry: str, host: str, port: int, matches: bool
+) -> None:
+    assert AllowRule.parse(entry).matches(host, port) is matches
+
+
+@pytest.mark.parametrize(
+    "entry", ["", "*", "*.", "a..b", "host:0", "host:65536", "host:https", "::1", "[x]:1", "a b"]
+)
+def test_invalid_allow_entries_are_refused_at_construction(entry: str) -> None:
+    with pytest.raises(InvalidInput):
+        EgressProxy([entry])
+
+
+@pytest.mark.parametrize("entry", ["127.0.0.1", "localhost:8443", "[::1]", "10.0.0.1:x"])
+def test_allow_private_entries_must_be_exact_ip_and_port(entry: str) -> None:
+    with pytest.raises(InvalidInput):
+        EgressProxy(["a.test"], allow_private=[entry])
+
+
+@pytest.mark.parametrize(
+    ("address", "public"),
+    [
+        ("127.0.0.1", False),
+        ("127.1.2.3", False),
+        ("10.1.2.3", False),
+        ("172.16.0.1", False),
+        ("192.168.1.1", False),
+        ("100.64.0.1", False),
+        ("169.254.169.254", False),
+        ("224.0.0.251", False),
+        ("239.255.255.250", False),
+        ("0.0.0.0", False),
+        ("255.255.255.255", False),
+        ("::1", False),
+        ("::", False),
+        ("fc00::1", False),
+        ("fd12:3456::1", False),
+        ("fe80::1", False),
+        ("ff02::1", False),
+        ("::ffff:127.0.0.1", False),
+        ("::ffff:10.0.0.1", False),
+        ("64:ff9b::a00:1", False),
+        ("2002:7f00:1::", False),
+        ("93.184.215.14", True),
+        ("8.8.8.8", True),
+        ("2606:4700:4700::1111", True),
+    ],
+)
+def test_only_public_unicast_addresses_count_as_public(address: str, public: bool) -> None:
+    assert is_public_address(ipaddress.ip_address(address)) is public
+
+
+async def test_the_port_is_only_known_after_start(echo: EchoServer) -> None:
+    proxy = EgressProxy([echo.target])
+    with pytest.raises(Conflict, match="not started"):
+        _ = proxy.port
+    await proxy.start()
+    assert proxy.port > 0
+    await proxy.close()
+    await proxy.close()  # idempotent
+
+
+# --- pins ----------------------------------------------------------------------------------
+
+
+async def test_a_pinned_name_is_dialed_at_its_pin_without_resolving(
+    start_proxy: StartProxy, echo: EchoServer
+) -> None:
+    resolver = FakeResolver({})
+    proxy = await start_proxy(
+        ["auth.vendor.test"], pins={"auth.vendor.test:443": echo.target}, resolver=resolver
+    )
+    reader, writer = await open_tunnel(proxy, "Auth.Vendor.Test:443")
+    writer.write(b"client-hello")
+    assert await asyncio.wait_for(reader.readexactly(12), STEP) == b"client-hello"
+    writer.close()
+    assert resolver.calls == []
+    assert echo.accepted == 1
+
+
+async def test_a_pin_does_not_widen_the_allowlist(
+    start_proxy: StartProxy, echo: EchoServer
+) -> None:
+    proxy = await start_proxy(["auth.vendor.test"], pins={"other.vendor.test": echo.target})
+    response = await ask(proxy, connect("other.vendor.test:443"))
+    assert response.status == 403
+    assert echo.accepted == 0
+
+
+@pytest.mark.parametrize("pin", [("bad host!", "127.0.0.1:1"), ("a.test", "a.test:1")])
+def test_malformed_pins_are_refused_at_construction(pin: tuple[str, str]) -> None:
+    with pytest.raises(InvalidInput):
+        EgressProxy(["a.test"], pins=dict([pin]))
