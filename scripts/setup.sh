@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# One command on a fresh Debian 12 machine, as root: install everything, build the golden image,
+# One command on a fresh Debian 12 machine, as root: install everything, build the golden images
+# (minimal; cli and browser with the vendor CLIs, for the auth flow),
 # start the controller (systemd unit when systemd runs, else a background process), and create a
 # first CLI VM through the API, showing how to call it.
 set -euo pipefail
@@ -10,7 +11,9 @@ port=${HEARTH_PORT:-4000}
 url="http://127.0.0.1:$port"
 
 bash scripts/install.sh
-.venv/bin/hearth image build --recipe minimal
+for recipe in minimal cli browser; do
+  .venv/bin/hearth image build --recipe "$recipe"
+done
 
 healthy() { .venv/bin/python -c "import httpx,sys; sys.exit(httpx.get('$url/health', timeout=2).status_code != 200)" 2>/dev/null; }
 

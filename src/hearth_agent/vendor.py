@@ -117,7 +117,7 @@ def _gemini_files(home: Path, work: Path) -> Mapping[str, object]:
 
 def _claude_logged_in(output: str) -> bool:
     try:
-        status = json.loads(output[output.find("{") :])
+        status, _ = json.JSONDecoder().raw_decode(output[output.find("{") :])
     except ValueError:
         return False
     return isinstance(status, dict) and status.get("loggedIn") is True
@@ -565,8 +565,22 @@ class StatusReport:
     command: str | None
     exit_code: int | None
     logged_in: bool | None
-    output: str
+    stdout: str
+    stderr: str
     reason: str | None = None
+
+    @classmethod
+    def unchecked(cls, provider: str, command: str | None, reason: str) -> StatusReport:
+        """A report of a check that could not run, saying why."""
+        return cls(
+            provider=provider,
+            command=command,
+            exit_code=None,
+            logged_in=None,
+            stdout="",
+            stderr="",
+            reason=reason,
+        )
 
     def as_json(self) -> dict[str, object]:
         """The response body of ``GET /credentials/{provider}/status``."""
@@ -575,7 +589,8 @@ class StatusReport:
             "command": self.command,
             "exit_code": self.exit_code,
             "logged_in": self.logged_in,
-            "output": self.output,
+            "stdout": self.stdout,
+            "stderr": self.stderr,
             "reason": self.reason,
         }
 
@@ -585,24 +600,14 @@ def cli_status(provider: Provider, *, home: Path, search_path: str | None = None
     login = vendor_login(provider.name)
     command = None if login is None else login.status_command
     if command is None:
-        return StatusReport(
-            provider=provider.name,
-            command=None,
-            exit_code=None,
-            logged_in=None,
-            output="",
-            reason=f"{provider.name} has no offline status command; check the files instead",
+        return StatusReport.unchecked(
+            provider.name, None, f"{provider.name} has no offline status command; check the files"
         )
     path = search_path if search_path is not None else _default_path()
     shown = " ".join(command)
     if shutil.which(command[0], path=path) is None:
-        return StatusReport(
-            provider=provider.name,
-            command=shown,
-            exit_code=None,
-            logged_in=None,
-            output="",
-            reason=f"the {command[0]!r} command is not installed in this VM",
+        return StatusReport.unchecked(
+            provider.name, shown, f"the {command[0]!r} command is not installed in this VM"
         )
     env = {"HOME": str(home), "PATH": path, "LANG": "C.UTF-8", "TERM": "dumb", "NO_COLOR": "1"}
     try:
@@ -616,20 +621,19 @@ def cli_status(provider: Provider, *, home: Path, search_path: str | None = None
             check=False,
         )
     except subprocess.TimeoutExpired:
-        return StatusReport(
-            provider=provider.name,
-            command=shown,
-            exit_code=None,
-            logged_in=None,
-            output="",
-            reason=f"{shown} did not answer within {STATUS_TIMEOUT_S:g} s",
+        return StatusReport.unchecked(
+            provider.name, shown, f"{shown} did not answer within {STATUS_TIMEOUT_S:g} s"
         )
-    output = (completed.stdout + completed.stderr).decode("utf-8", "replace")
-    logged_in = completed.returncode == 0 and login is not None and login.logged_in(output)
+    stdout = completed.stdout.decode("utf-8", "replace")
+    stderr = completed.stderr.decode("utf-8", "replace")
+    # codex says "Logged in using ChatGPT" on stderr, claude prints its JSON on stdout.
+    said = stdout + stderr
+    logged_in = completed.returncode == 0 and login is not None and login.logged_in(said)
     return StatusReport(
         provider=provider.name,
         command=shown,
         exit_code=completed.returncode,
         logged_in=logged_in,
-        output=_redact(output)[-_MAX_OUTPUT_CHARS:],
+        stdout=_redact(stdout)[-_MAX_OUTPUT_CHARS:],
+        stderr=_redact(stderr)[-_MAX_OUTPUT_CHARS:],
     )

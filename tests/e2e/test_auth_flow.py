@@ -17,7 +17,7 @@ import httpx
 import pytest
 from playwright.async_api import async_playwright
 
-from hearth.bench.signin import CdpPage, open_sign_in_page, submit_login
+from hearth.bench.signin import CdpPage, open_sign_in_page, submit_consent, submit_login
 from hearth.images.manifest import ImageDir
 from tests.conftest import REPO
 from tests.e2e.flow_fixtures import *  # noqa: F403
@@ -123,8 +123,7 @@ async def test_oidc_login_completes_and_credentials_reach_the_cli_vm(
 
     page = await sign_in(api, browser_vm_id, e2e_oidc.issuer, "wonderland")
     try:
-        await page.wait_for("document.body.innerText.includes('Authorize')")
-        await page.click('button[type="submit"]')
+        await submit_consent(page)
     finally:
         await page.close()
 

@@ -277,3 +277,11 @@ def test_clean_environment_hides_the_agents_own(
     assert environ["HOME"] == str(home)
     assert environ["BROWSER"].endswith("/hearth-open-url")
     assert environ["DISPLAY"] == os.environ.get("DISPLAY", ":0")
+
+
+def test_claude_status_is_read_from_its_json_even_with_other_output_around() -> None:
+    said = VENDOR_LOGINS["claude_code"].logged_in
+    assert said('{\n  "loggedIn": true,\n  "authMethod": "claude.ai"\n}\nwarning: old node\n')
+    assert not said('{"loggedIn": false}')
+    assert not said("error: no credentials")
+    assert VENDOR_LOGINS["codex"].logged_in("Logged in using ChatGPT\n")

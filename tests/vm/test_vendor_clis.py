@@ -104,20 +104,20 @@ async def test_delivered_documents_satisfy_the_vendor_clis_own_status_commands(
     assert before["command"] == "codex login status"
     assert before["logged_in"] is False
     assert before["exit_code"] == 1
-    assert "Not logged in" in before["output"]
+    assert "Not logged in" in before["stdout"] + before["stderr"]
     assert (await status(cli_agent, "claude_code"))["logged_in"] is False
 
     await put(cli_agent, "codex", sample_document("codex", "vm"))
     codex = await status(cli_agent, "codex")
     assert codex["exit_code"] == 0
     assert codex["logged_in"] is True
-    assert "Logged in using ChatGPT" in codex["output"]
+    assert "Logged in using ChatGPT" in codex["stderr"]
 
     await put(cli_agent, "claude_code", sample_document("claude_code", "vm"))
     claude = await status(cli_agent, "claude_code")
     assert claude["exit_code"] == 0
     assert claude["logged_in"] is True
-    assert json.loads(claude["output"][claude["output"].index("{") :])["loggedIn"] is True
+    assert json.loads(claude["stdout"][claude["stdout"].index("{") :])["loggedIn"] is True
 
     # Without the user:inference scope Claude Code reports itself logged out.
     scoped = sample_document("claude_code", "vm2")
@@ -138,8 +138,9 @@ async def test_delivered_documents_satisfy_the_vendor_clis_own_status_commands(
     assert stored["expires_at"] == pytest.approx(1_900_000_000.5)
     # None of the secrets came back in any status output.
     for report in (codex, claude, gemini):
-        assert "refresh" not in report["output"].lower() or "rt-codex" not in report["output"]
-        assert "sk-ant" not in report["output"]
+        said = report["stdout"] + report["stderr"]
+        assert "rt-codex-refresh" not in said
+        assert "sk-ant" not in said
 
 
 # -- logins in the Browser VM ---------------------------------------------------------------------

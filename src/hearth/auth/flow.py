@@ -351,7 +351,8 @@ class AuthFlow:
             return await self.vms.wait_booted(record.id)
 
     async def _wait_for_login(self, browser_id: str, agent: AgentClient, login_id: str) -> bytes:
-        for delay in Backoff(initial_s=0.2, cap_s=1.0).delays():
+        # Polled often: the capture is on the critical path of every login (≈ one request each).
+        for delay in Backoff(initial_s=0.2, cap_s=0.5).delays():
             vm = self.vms.live.get(browser_id)
             if vm is None or not self.vms.backend.alive(vm):
                 raise VmError(f"Browser VM {browser_id} stopped while waiting for the login")

@@ -18,9 +18,14 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from hearth.bench.errors import BenchError
 
-LOGIN_FORM_SHOWN = "!!document.querySelector('input[name=\"login\"]')"
-CONSENT_SHOWN = "document.body.innerText.includes('Authorize')"
 SUBMIT_BUTTON = 'button[type="submit"]'
+# A page counts as shown once it has finished loading: under emulation Chromium renders a page
+# while it still arrives, and a heading can be on screen before the form's button exists.
+_LOADED = (
+    "document.readyState === 'complete' && !!document.querySelector('button[type=\"submit\"]')"
+)
+LOGIN_FORM_SHOWN = f"{_LOADED} && !!document.querySelector('input[name=\"login\"]')"
+CONSENT_SHOWN = f"{_LOADED} && document.body.innerText.includes('Authorize')"
 _CALL_TIMEOUT_S = 60.0
 
 
@@ -98,14 +103,24 @@ class CdpPage:
                 raise BenchError(f"never true: {expression}; the page: {seen!r:.500}")
             await asyncio.sleep(poll_s)
 
+    async def _on_element(self, selector: str, action: str) -> None:
+        """Run ``element.<action>()`` on the element; BenchError if the page has none."""
+        found = await self.evaluate(
+            f"(() => {{ const e = document.querySelector({json.dumps(selector)}); "
+            f"if (!e) return false; e.{action}(); return true; }})()"
+        )
+        if found is not True:
+            seen = await self.evaluate("location.href + ' | ' + document.body.innerText")
+            raise BenchError(f"no element {selector} to {action}; the page: {seen!r:.300}")
+
     async def type_into(self, selector: str, text: str) -> None:
         """Focus the element and type ``text`` into it."""
-        await self.evaluate(f"document.querySelector({json.dumps(selector)}).focus()")
+        await self._on_element(selector, "focus")
         await self.call("Input.insertText", {"text": text})
 
     async def click(self, selector: str) -> None:
         """Click the element."""
-        await self.evaluate(f"document.querySelector({json.dumps(selector)}).click()")
+        await self._on_element(selector, "click")
 
     async def close(self) -> None:
         """Close the DevTools connection (the tab stays)."""
@@ -123,6 +138,12 @@ async def open_sign_in_page(
         await page.close()
         raise
     return page
+
+
+async def submit_consent(page: CdpPage, *, timeout_s: float = 90, poll_s: float = 0.5) -> None:
+    """Wait for the consent page to have loaded, then press its button."""
+    await page.wait_for(CONSENT_SHOWN, timeout_s=timeout_s, poll_s=poll_s)
+    await page.click(SUBMIT_BUTTON)
 
 
 async def submit_login(page: CdpPage, *, login: str, password: str) -> None:

@@ -31,7 +31,7 @@ class ImageCatalog:
                 return image
         raise ImageNotBuilt(
             f"no image for {vm_type.value} VMs in {', '.join(str(c.path) for c in candidates)}; "
-            "run: hearth image build --recipe minimal"
+            f"run: hearth image build --recipe {_RECIPES[vm_type][0]} (or minimal)"
         )
 
     def status(self) -> dict[str, str]:

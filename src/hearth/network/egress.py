@@ -284,19 +284,8 @@ class EgressProxy:
         """Resolve once, check every address, then connect to the first that answers."""
         deadline = asyncio.get_running_loop().time() + self._timeouts.connect
         pinned = self.pins.get((host, port))
-        if pinned is not None:
-            address, dial_port = pinned
-            try:
-                async with asyncio.timeout_at(deadline):
-                    return address, await asyncio.open_connection(str(address), dial_port)
-            except TimeoutError as exc:
-                raise _Refusal(
-                    504, EgressOutcome.UPSTREAM_TIMEOUT, "upstream connect timed out", host, port
-                ) from exc
-            except OSError as exc:
-                raise _Refusal(
-                    502, EgressOutcome.UPSTREAM_FAILED, "upstream connect failed", host, port
-                ) from exc
+        if pinned is not None:  # dialled as the operator pinned it: no resolving, no check
+            return await self._dial([pinned], deadline, host, port)
         try:
             async with asyncio.timeout_at(deadline):
                 addresses = await self._resolve(host, port)
@@ -310,11 +299,18 @@ class EgressProxy:
             ) from exc
         if not all(self.may_dial(a, port) for a in addresses):
             raise _Refusal(403, EgressOutcome.DENIED_ADDRESS, "destination not allowed", host, port)
+        return await self._dial([(a, port) for a in addresses], deadline, host, port)
+
+    @staticmethod
+    async def _dial(
+        targets: Sequence[tuple[IPAddress, int]], deadline: float, host: str, port: int
+    ) -> tuple[IPAddress, tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+        """Connect to the first target that answers before ``deadline`` (502/504 otherwise)."""
         failure: OSError | None = None
-        for address in addresses:
+        for address, dial_port in targets:
             try:
                 async with asyncio.timeout_at(deadline):
-                    return address, await asyncio.open_connection(str(address), port)
+                    return address, await asyncio.open_connection(str(address), dial_port)
             except TimeoutError as exc:
                 raise _Refusal(
                     504, EgressOutcome.UPSTREAM_TIMEOUT, "upstream connect timed out", host, port
