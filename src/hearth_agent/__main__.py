@@ -147,6 +147,7 @@ def run(options: Options, logger: JsonLogger) -> int:
     unfinished = server.wait_until_idle(SHUTDOWN_GRACE_S)
     if unfinished:
         logger.warning("stopped_with_requests_in_flight", requests=unfinished)
+    app.close()
     logger.info("stopped")
     return EXIT_OK
 

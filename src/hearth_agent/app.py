@@ -191,6 +191,10 @@ class AgentApp:
         """The counters this app updates."""
         return self._metrics
 
+    def close(self) -> None:
+        """Cancel every running login (their CLIs and callback servers die with the agent)."""
+        self._logins.close()
+
     def dispatch(self, request: Request) -> tuple[str, Response]:
         """Route and run a request; return the route template (for metrics) and the response.
 

@@ -32,6 +32,7 @@ from hearth_agent.vendor import (
     VendorStartFailed,
     cli_status,
 )
+from tests.integration.conftest import AgentLauncher
 
 FAKE_CLI = Path(__file__).with_name("fake_vendor_cli.py")
 STATE = "s3cret-state-value"
@@ -285,3 +286,37 @@ def test_claude_status_is_read_from_its_json_even_with_other_output_around() -> 
     assert not said('{"loggedIn": false}')
     assert not said("error: no credentials")
     assert VENDOR_LOGINS["codex"].logged_in("Logged in using ChatGPT\n")
+
+
+def test_the_agents_login_route_runs_the_vendor_cli_which_dies_with_the_agent(
+    agent_launcher: AgentLauncher, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A stand-in named `codex` first on the agent's PATH: the real table entry runs it.
+    marker = f"https://login.example.test/authorize?state=agent-{os.getpid()}"
+    fake_bin = tmp_path / "fake-bin"
+    fake_bin.mkdir()
+    (fake_bin / "codex").write_text(f'#!/bin/sh\nexec {sys.executable} {FAKE_CLI} xdg "{marker}"\n')
+    (fake_bin / "codex").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake_bin}:{os.environ['PATH']}")
+    agent = agent_launcher.start_with_token()
+    with agent.client(agent.token) as client:
+        started = client.post("/login/start", json={"provider": "codex", "timeout_s": 300})
+        assert started.status_code == 201, started.text
+        assert started.json()["authorize_url"] == marker
+        assert started.json()["status"] == "waiting_for_user"
+
+    def running() -> list[int]:
+        found = []
+        for entry in Path("/proc").iterdir():
+            try:
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if entry.name.isdigit() and marker.encode() in cmdline and alive(int(entry.name)):
+                found.append(int(entry.name))
+        return found
+
+    assert running(), "the CLI should run while the login waits"
+    assert agent.stop() == 0
+    wait_for(lambda: not running(), "the CLI to stop with the agent", 10.0)
+    assert "login_ended" in agent.log_text()
