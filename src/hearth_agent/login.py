@@ -54,6 +54,7 @@ A vendor CLI runner (``codex login``, ``claude``, ``gemini``) plugs in as follow
 
 from __future__ import annotations
 
+import re
 import secrets
 import threading
 import time
@@ -62,7 +63,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
 
-from hearth_agent.errors import AgentError, NotFound
+from hearth_agent.errors import AgentError, InvalidInput, NotFound
 from hearth_agent.log import JsonLogger
 
 # Ended sessions are kept (captured documents included) so the controller can still read their
@@ -70,6 +71,23 @@ from hearth_agent.log import JsonLogger
 MAX_ENDED_SESSIONS = 16
 ERROR_TIMEOUT = "timeout"
 ERROR_INTERNAL = "internal"
+
+
+_PROXY = re.compile(r"http://\d{1,3}(?:\.\d{1,3}){3}:\d{1,5}")
+
+
+def proxy_field(body: Mapping[str, object]) -> str | None:
+    """The optional ``proxy`` of a start body: the Browser VM's egress proxy, ``http://IPv4:port``.
+
+    A runner sends its provider requests (discovery, token exchange, the vendor CLI's own) through
+    it; the VM has no other way out.
+    """
+    proxy = body.get("proxy")
+    if proxy is None:
+        return None
+    if not isinstance(proxy, str) or not _PROXY.fullmatch(proxy):
+        raise InvalidInput("field 'proxy' must be http://IPv4:port")
+    return proxy
 
 
 class LoginActive(AgentError):

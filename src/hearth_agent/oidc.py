@@ -35,7 +35,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 from hearth_agent.errors import AgentError, InvalidDocument, InvalidInput
 from hearth_agent.jsontext import JsonTextError, decode_json
 from hearth_agent.log import JsonLogger
-from hearth_agent.login import LoginSession
+from hearth_agent.login import LoginSession, proxy_field
 from hearth_agent.providers import get_provider
 
 PROVIDER = "oidc"
@@ -50,7 +50,9 @@ CALLBACK_SOCKET_TIMEOUT_S = 30.0
 MAX_URL_CHARS = 2048
 MAX_CLIENT_ID_CHARS = 512
 MAX_SCOPE_CHARS = 1024
-START_FIELDS = frozenset({"provider", "issuer", "client_id", "scope", "callback_port", "timeout_s"})
+START_FIELDS = frozenset(
+    {"provider", "issuer", "client_id", "scope", "callback_port", "timeout_s", "proxy"}
+)
 
 # RFC 6749 appendix A: scope tokens are NQCHARs separated by single spaces; client ids VSCHARs.
 _SCOPE = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+(?: [\x21\x23-\x5b\x5d-\x7e]+)*")
@@ -95,6 +97,8 @@ class OidcLoginOptions:
     scope: str = DEFAULT_SCOPE
     callback_port: int = 0  # 0: an ephemeral port
     deadline_s: float = DEFAULT_DEADLINE_S
+    # The Browser VM's egress proxy (CONNECT only, so https issuers); None: direct.
+    proxy: str | None = None
 
 
 @dataclass(frozen=True)
@@ -138,7 +142,7 @@ def parse_oidc_login(body: Mapping[str, object]) -> OidcLoginOptions:
     if unknown:
         raise InvalidInput(
             f"field '{unknown[0]}' is not accepted; expected provider, issuer, client_id, "
-            "scope, callback_port and timeout_s"
+            "scope, callback_port, timeout_s and proxy"
         )
     for name in ("issuer", "client_id"):
         if name not in body:
@@ -188,6 +192,7 @@ def parse_oidc_login(body: Mapping[str, object]) -> OidcLoginOptions:
         scope=scope,
         callback_port=callback_port,
         deadline_s=float(deadline_s),
+        proxy=proxy_field(body),
     )
 
 
@@ -201,16 +206,28 @@ def _describe(exc: BaseException) -> str:
         return "timed out"
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror.lower()
+    if isinstance(exc, OSError) and exc.args and isinstance(exc.args[0], str):
+        # e.g. "Tunnel connection failed: 403 Forbidden" from a proxy; carries no URL or body.
+        return exc.args[0][:200]
     return type(exc).__name__
 
 
-def _fetch(request: urllib.request.Request, timeout_s: float) -> tuple[int, bytes]:
+def _fetch(
+    request: urllib.request.Request, timeout_s: float, *, proxy: str | None = None
+) -> tuple[int, bytes]:
     """Send ``request`` (its URL already checked to be http or https); status and bounded body.
 
-    HTTP error statuses are returned, not raised: an OAuth error response carries its reason.
+    With ``proxy`` the request goes through it (an https URL as a CONNECT tunnel). HTTP error
+    statuses are returned, not raised: an OAuth error response carries its reason.
     """
+    if proxy is None:
+        opener = urllib.request.build_opener()
+    else:
+        opener = urllib.request.build_opener(
+            urllib.request.ProxyHandler({"http": proxy, "https": proxy})
+        )
     try:
-        response = urllib.request.urlopen(request, timeout=timeout_s)  # noqa: S310 - http(s) only
+        response = opener.open(request, timeout=timeout_s)
     except urllib.error.HTTPError as exc:
         response = exc
     with response:
@@ -221,13 +238,15 @@ def _fetch(request: urllib.request.Request, timeout_s: float) -> tuple[int, byte
     return status, body
 
 
-def discover(issuer: str, *, timeout_s: float = HTTP_TIMEOUT_S) -> ProviderMetadata:
+def discover(
+    issuer: str, *, timeout_s: float = HTTP_TIMEOUT_S, proxy: str | None = None
+) -> ProviderMetadata:
     """Fetch and check ``{issuer}/.well-known/openid-configuration``; DiscoveryFailed says why."""
     url = issuer.rstrip("/") + "/.well-known/openid-configuration"
     # The issuer was checked to be an http(s) URL when the request was parsed.
     request = urllib.request.Request(url, headers={"Accept": "application/json"})  # noqa: S310
     try:
-        status, body = _fetch(request, timeout_s)
+        status, body = _fetch(request, timeout_s, proxy=proxy)
     except (OSError, http.client.HTTPException, ValueError) as exc:
         raise DiscoveryFailed(f"OIDC discovery at {url} failed: {_describe(exc)}") from exc
     if status != 200:
@@ -341,7 +360,7 @@ def exchange_code(
         },
     )
     try:
-        status, body = _fetch(request, timeout_s)
+        status, body = _fetch(request, timeout_s, proxy=options.proxy)
     except (OSError, http.client.HTTPException, ValueError) as exc:
         raise TokenExchangeFailed(f"token endpoint unreachable: {_describe(exc)}") from exc
     try:
@@ -559,7 +578,9 @@ class OidcLoginRunner:
 
     def start(self, session: LoginSession) -> str:
         """Discover the issuer, open the callback server, and return the authorize URL."""
-        metadata = discover(self._options.issuer, timeout_s=self._http_timeout_s)
+        metadata = discover(
+            self._options.issuer, timeout_s=self._http_timeout_s, proxy=self._options.proxy
+        )
         try:
             server = _CallbackServer(self._options.callback_port, on_callback=self._on_callback)
         except OSError as exc:

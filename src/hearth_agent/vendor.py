@@ -41,7 +41,7 @@ from pathlib import Path
 
 from hearth_agent.errors import AgentError, InvalidInput
 from hearth_agent.log import JsonLogger
-from hearth_agent.login import LoginSession
+from hearth_agent.login import LoginSession, proxy_field
 from hearth_agent.providers import Provider, get_provider
 from hearth_agent.terminal import Screen
 
@@ -179,19 +179,6 @@ def _deadline_from(body: Mapping[str, object]) -> float:
     return float(deadline_s)
 
 
-_PROXY = re.compile(r"http://(\d{1,3}(?:\.\d{1,3}){3}):(\d{1,5})")
-
-
-def _proxy_from(body: Mapping[str, object]) -> str | None:
-    """The ``proxy`` field: ``http://IPv4:port`` of the Browser VM's egress proxy, or absent."""
-    proxy = body.get("proxy")
-    if proxy is None:
-        return None
-    if not isinstance(proxy, str) or not _PROXY.fullmatch(proxy):
-        raise InvalidInput("field 'proxy' must be http://IPv4:port")
-    return proxy
-
-
 def _redact(text: str) -> str:
     """Text safe to log or report: URLs (which carry OAuth state) replaced."""
     return _URL.sub("<url>", text)
@@ -299,7 +286,7 @@ class VendorLoginRunner:
             work_root=work_root,
             logger=logger,
             deadline_s=_deadline_from(body),
-            proxy=_proxy_from(body),
+            proxy=proxy_field(body),
         )
 
     @property

@@ -66,3 +66,14 @@ def test_the_browser_image_points_chromium_at_the_proxy_address_the_controller_f
     assert found is not None
     assert found.group(1) == EGRESS_PROXY_URL
     assert '--proxy-server="$EGRESS_PROXY"' in script
+
+
+def test_a_remote_issuer_must_be_https_since_the_proxy_only_tunnels() -> None:
+    plain = {"HEARTH_OIDC_ISSUER": "http://id.example"}
+    with pytest.raises(ConfigError, match="must be https"):
+        login_plan("oidc", Settings.from_env(plain))
+    # Without egress there is no proxy to go through, and nothing to refuse up front.
+    assert (
+        login_plan("oidc", Settings.from_env(plain | {"HEARTH_LOGIN_EGRESS": "off"})).egress_allow
+        == ()
+    )

@@ -298,9 +298,9 @@ class AuthFlow:
         forward = GuestForward(
             guest_ip=EGRESS_GUEST_IP, guest_port=EGRESS_GUEST_PORT, host_port=proxy.port
         )
-        body = dict(plan.start_body)
-        if plan.provider != "oidc":
-            body["proxy"] = EGRESS_PROXY_URL
+        # The agent sends its own provider requests through it too (the vendor CLI's token
+        # exchange, or the OIDC runner's discovery and token exchange).
+        body = {**plan.start_body, "proxy": EGRESS_PROXY_URL}
         return dataclasses.replace(
             plan, guest_forwards=(*plan.guest_forwards, forward), start_body=body
         )

@@ -102,9 +102,15 @@ def login_plan(provider: str, settings: Settings) -> LoginPlan:
                 guest_ip=str(address), guest_port=port, host_port=settings.oidc_upstream_port
             ),
         )
-    # An issuer forwarded into the VM needs no proxy; one out on the network is reached through it.
+    # An issuer forwarded into the VM needs no proxy; one out on the network is reached through
+    # the egress proxy, which only tunnels (CONNECT): such an issuer must be https.
     issuer_port = issuer.port or (443 if issuer.scheme == "https" else 80)
     issuer_egress = () if forwards else (f"{issuer.hostname}:{issuer_port}",)
+    if issuer_egress and settings.login_egress != "off" and issuer.scheme != "https":
+        raise ConfigError(
+            "HEARTH_OIDC_ISSUER must be https when the Browser VM reaches it through the egress "
+            "proxy (or forward a host-local issuer with HEARTH_OIDC_UPSTREAM_PORT)"
+        )
     return LoginPlan(
         provider=provider,
         egress_allow=_egress(settings, issuer_egress),
