@@ -58,6 +58,8 @@ RESEND_AFTER_S = 15.0
 _POLL_S = 0.2
 _MAX_OUTPUT_CHARS = 4000
 _URL = re.compile(r"https?://\S+")
+# What is left of a URL a terminal wrapped onto further lines: query-string-like runs.
+_URL_PIECE = re.compile(r"\S*(?:[=&]|%[0-9A-Fa-f]{2})\S*")
 # Screen texts that mean a CLI waits for an answer (matched on the normalized screen).
 PROMPT_MARKERS = ("Enter to select", "[y/N]", "[Y/n]", "(y/n)", "Press Enter to continue")
 HELPER_NAME = "hearth-open-url"
@@ -180,8 +182,9 @@ def _deadline_from(body: Mapping[str, object]) -> float:
 
 
 def _redact(text: str) -> str:
-    """Text safe to log or report: URLs (which carry OAuth state) replaced."""
-    return _URL.sub("<url>", text)
+    """Text safe to log or report: URLs (which carry OAuth state) replaced, including the pieces
+    of one that the terminal wrapped onto the next lines."""
+    return _URL_PIECE.sub("<…>", _URL.sub("<url>", text))
 
 
 class _PromptScript:
@@ -270,6 +273,7 @@ class VendorLoginRunner:
         self._pid: int | None = None
         self._fd: int | None = None
         self._thread: threading.Thread | None = None
+        self._exit: str | None = None  # how the CLI ended, once reaped
         self.screen_text = ""  # the last screen, URLs redacted (for logs and tests)
 
     @classmethod
@@ -472,11 +476,12 @@ class VendorLoginRunner:
         if pid is None:
             return True
         try:
-            done, _ = os.waitpid(pid, os.WNOHANG)
+            done, status = os.waitpid(pid, os.WNOHANG)
         except ChildProcessError:
             return True
         if done:
             self._pid = None
+            self._exit = _describe_exit(status)
         return bool(done)
 
     def _ended_without_credentials(self, session: LoginSession, credential_file: Path) -> None:
@@ -484,19 +489,26 @@ class VendorLoginRunner:
         time.sleep(_POLL_S)
         if self._capture(session, credential_file):
             return
+        if self._exit is None:  # its terminal closed first: reap it to say how it ended
+            deadline = time.monotonic() + 2.0
+            while not self._child_exited() and time.monotonic() < deadline:
+                time.sleep(0.05)
+        how = f" ({self._exit})" if self._exit else ""
         self._fail(
             session,
             "cli_exited",
-            f"{self._login.command[0]} exited without writing {self._provider.display_path}",
+            f"{self._login.command[0]} exited{how} without writing {self._provider.display_path}",
         )
 
     def _fail(self, session: LoginSession, code: str, message: str) -> None:
+        if self._stop.is_set():
+            return  # cancelled (or timed out): the CLI dying now is our doing, not a failure
         self._logger.info(
             "vendor_login_failed",
             provider=self._login.provider,
             error=code,
             message=_redact(message),
-            screen_tail=self.screen_text.splitlines()[-6:],
+            screen=[line for line in self.screen_text.splitlines() if line.strip()][-20:],
         )
         with self._lock:
             if self._url is None:
@@ -536,6 +548,17 @@ class VendorLoginRunner:
         directory, self._dir = self._dir, None
         if directory is not None:
             shutil.rmtree(directory, ignore_errors=True)
+
+
+def _describe_exit(status: int) -> str:
+    """``exit status 1`` or ``killed by SIGKILL`` (the kernel's OOM killer, for one)."""
+    if os.WIFSIGNALED(status):
+        signum = os.WTERMSIG(status)
+        try:
+            return f"killed by {signal.Signals(signum).name}"
+        except ValueError:
+            return f"killed by signal {signum}"
+    return f"exit status {os.WEXITSTATUS(status)}"
 
 
 def _default_path() -> str:

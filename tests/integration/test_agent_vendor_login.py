@@ -186,6 +186,11 @@ def test_a_cli_that_exits_without_credentials_fails_the_login(harness: Harness) 
     assert session.wait_until_ended(20)
     assert session.status is LoginStatus.FAILED
     assert session.view().error == "cli_exited"
+    # The log says how it ended (an OOM kill would read "killed by SIGKILL").
+    assert (
+        "fakecli exited (exit status 3) without writing ~/.codex/auth.json"
+        in harness.log.getvalue()
+    )
 
 
 def test_a_cli_that_never_hands_over_a_url_fails_at_the_start_deadline(harness: Harness) -> None:

@@ -190,7 +190,15 @@ async def tab_urls(devtools: DevTools) -> list[str]:
     return [t["url"] for t in targets if t.get("type") == "page"]
 
 
-async def test_vendor_logins_hand_their_authorize_urls_to_the_vms_chromium(
+async def logins_counted(agent: httpx.AsyncClient, provider: str, outcome: str) -> bool:
+    metrics = (await agent.get("/metrics")).text
+    return f'provider="{provider}",outcome="{outcome}"}} 1' in metrics
+
+
+# One Browser VM per login, as the controller does (each test restores its own from the template).
+
+
+async def test_codex_login_hands_its_url_to_chromium_and_refuses_a_wrong_state(
     browser_vm: Vm,
 ) -> None:
     devtools = DevTools(browser_vm.ports[DEVTOOLS_RELAY_PORT])
@@ -219,7 +227,15 @@ async def test_vendor_logins_hand_their_authorize_urls_to_the_vms_chromium(
         assert (await login_status(agent, codex["login_id"]))["status"] == "waiting_for_user"
         cancelled = (await agent.delete(f"/login/{codex['login_id']}")).json()
         assert cancelled["status"] == "cancelled"
+        assert await logins_counted(agent, "codex", "cancelled")
 
+
+async def test_claude_login_hands_its_url_to_chromium_and_a_wrong_state_ends_it(
+    browser_vm: Vm,
+) -> None:
+    devtools = DevTools(browser_vm.ports[DEVTOOLS_RELAY_PORT])
+    await devtools.wait_until_answering(Deadline.after(SERVICE_DEADLINE_S))
+    async with agent_client(browser_vm) as agent:
         # claude: BROWSER gets the full URL; callback on a random loopback port.
         claude, _ = await start_login(agent, "claude_code")
         query = query_of(claude["authorize_url"])
@@ -238,7 +254,15 @@ async def test_vendor_logins_hand_their_authorize_urls_to_the_vms_chromium(
         failed = await wait_for_status(agent, claude["login_id"], "failed")
         assert failed["status"] == "failed"
         assert failed["error"] == "cli_exited"
+        assert await logins_counted(agent, "claude_code", "failed")
 
+
+async def test_gemini_login_answers_its_dialogs_and_hands_its_url_to_chromium(
+    browser_vm: Vm,
+) -> None:
+    devtools = DevTools(browser_vm.ports[DEVTOOLS_RELAY_PORT])
+    await devtools.wait_until_answering(Deadline.after(SERVICE_DEADLINE_S))
+    async with agent_client(browser_vm) as agent:
         # gemini: ignores BROWSER (xdg-open), and two dialogs are answered by its script.
         gemini, _ = await start_login(agent, "gemini_cli")
         url = gemini["authorize_url"]
@@ -249,11 +273,4 @@ async def test_vendor_logins_hand_their_authorize_urls_to_the_vms_chromium(
         assert redirect.hostname == "127.0.0.1"
         assert redirect.path == "/oauth2callback"
         assert (await agent.delete(f"/login/{gemini['login_id']}")).json()["status"] == "cancelled"
-
-        metrics = (await agent.get("/metrics")).text
-        for provider, outcome in (
-            ("codex", "cancelled"),
-            ("claude_code", "failed"),
-            ("gemini_cli", "cancelled"),
-        ):
-            assert f'provider="{provider}",outcome="{outcome}"}} 1' in metrics, metrics
+        assert await logins_counted(agent, "gemini_cli", "cancelled")
