@@ -54,6 +54,7 @@ A vendor CLI runner (``codex login``, ``claude``, ``gemini``) plugs in as follow
 
 from __future__ import annotations
 
+import math
 import re
 import secrets
 import threading
@@ -88,6 +89,19 @@ def proxy_field(body: Mapping[str, object]) -> str | None:
     if not isinstance(proxy, str) or not _PROXY.fullmatch(proxy):
         raise InvalidInput("field 'proxy' must be http://IPv4:port")
     return proxy
+
+
+def timeout_field(body: Mapping[str, object], *, default: float, maximum: float) -> float:
+    """The optional ``timeout_s`` of a start body: seconds the user has, from 1 to ``maximum``."""
+    deadline_s = body.get("timeout_s", default)
+    if (
+        isinstance(deadline_s, bool)
+        or not isinstance(deadline_s, int | float)
+        or not math.isfinite(deadline_s)
+        or not 1 <= deadline_s <= maximum
+    ):
+        raise InvalidInput(f"field 'timeout_s' must be a number of seconds from 1 to {maximum:g}")
+    return float(deadline_s)
 
 
 class LoginActive(AgentError):

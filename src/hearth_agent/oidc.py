@@ -18,7 +18,6 @@ import hmac
 import html
 import http.client
 import json
-import math
 import re
 import secrets
 import socketserver
@@ -35,7 +34,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 from hearth_agent.errors import AgentError, InvalidDocument, InvalidInput
 from hearth_agent.jsontext import JsonTextError, decode_json
 from hearth_agent.log import JsonLogger
-from hearth_agent.login import LoginSession, proxy_field
+from hearth_agent.login import LoginSession, proxy_field, timeout_field
 from hearth_agent.providers import get_provider
 
 PROVIDER = "oidc"
@@ -176,22 +175,13 @@ def parse_oidc_login(body: Mapping[str, object]) -> OidcLoginOptions:
         or not 0 <= callback_port <= 65535
     ):
         raise InvalidInput("field 'callback_port' must be an integer from 1 to 65535 (0: any)")
-    deadline_s = body.get("timeout_s", DEFAULT_DEADLINE_S)
-    if (
-        isinstance(deadline_s, bool)
-        or not isinstance(deadline_s, int | float)
-        or not math.isfinite(deadline_s)
-        or not 1 <= deadline_s <= MAX_DEADLINE_S
-    ):
-        raise InvalidInput(
-            f"field 'timeout_s' must be a number of seconds from 1 to {MAX_DEADLINE_S:g}"
-        )
+    deadline_s = timeout_field(body, default=DEFAULT_DEADLINE_S, maximum=MAX_DEADLINE_S)
     return OidcLoginOptions(
         issuer=issuer,
         client_id=client_id,
         scope=scope,
         callback_port=callback_port,
-        deadline_s=float(deadline_s),
+        deadline_s=deadline_s,
         proxy=proxy_field(body),
     )
 

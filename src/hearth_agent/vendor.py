@@ -41,7 +41,7 @@ from pathlib import Path
 
 from hearth_agent.errors import AgentError, InvalidInput
 from hearth_agent.log import JsonLogger
-from hearth_agent.login import LoginSession, proxy_field
+from hearth_agent.login import LoginSession, proxy_field, timeout_field
 from hearth_agent.providers import Provider, get_provider
 from hearth_agent.terminal import Screen
 
@@ -166,19 +166,11 @@ def vendor_login(provider: str) -> VendorLogin | None:
 
 
 def _deadline_from(body: Mapping[str, object]) -> float:
-    deadline_s = body.get("timeout_s", DEFAULT_DEADLINE_S)
-    if (
-        isinstance(deadline_s, bool)
-        or not isinstance(deadline_s, int | float)
-        or not 1 <= deadline_s <= MAX_DEADLINE_S
-    ):
-        raise InvalidInput(
-            f"field 'timeout_s' must be a number of seconds from 1 to {MAX_DEADLINE_S:g}"
-        )
+    deadline_s = timeout_field(body, default=DEFAULT_DEADLINE_S, maximum=MAX_DEADLINE_S)
     unknown = sorted(set(body) - {"provider", "timeout_s", "proxy"})
     if unknown:
         raise InvalidInput(f"unknown field(s) for a vendor login: {', '.join(unknown)}")
-    return float(deadline_s)
+    return deadline_s
 
 
 def _redact(text: str) -> str:

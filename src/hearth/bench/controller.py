@@ -8,9 +8,7 @@ start VMs (a warm pool, say) reaches it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-import signal
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,8 +17,8 @@ from typing import Any
 import httpx
 
 from hearth.bench.errors import BenchError
+from hearth.bench.processes import log_tail, stop_process
 from hearth.store import normalise_url
-from hearth.tools import tail
 from hearth.vm.qemu.backend import free_local_port
 from hearth.vm.readiness import Deadline
 
@@ -119,23 +117,11 @@ class ControllerProcess:
 
     def log_tail(self, lines: int = 20) -> str:
         """The last lines the controller wrote."""
-        try:
-            return tail(self.log.read_text(errors="replace"), lines)
-        except OSError:
-            return ""
+        return log_tail(self.log, lines)
 
     async def stop(self) -> None:
         """SIGTERM (then SIGKILL) and wait for the exit; idempotent."""
-        if self.process.returncode is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(self.process.wait(), STOP_DEADLINE_S)
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                self.process.kill()
-            await self.process.wait()
+        await stop_process(self.process, STOP_DEADLINE_S)
 
     async def _wait_healthy(self) -> dict[str, Any]:
         deadline = Deadline.after(START_DEADLINE_S)

@@ -9,18 +9,16 @@ so the issuer is named by that address.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import shutil
-import signal
 from pathlib import Path
 
 import httpx
 
 import hearth
 from hearth.bench.errors import BenchError
-from hearth.tools import tail
+from hearth.bench.processes import log_tail, stop_process
 from hearth.vm.qemu.backend import free_local_port
 from hearth.vm.readiness import Deadline
 
@@ -96,23 +94,11 @@ class OidcServer:
 
     async def stop(self) -> None:
         """SIGTERM (then SIGKILL) and wait for the exit."""
-        if self.process.returncode is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(self.process.wait(), STOP_DEADLINE_S)
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                self.process.kill()
-            await self.process.wait()
+        await stop_process(self.process, STOP_DEADLINE_S)
 
     def log_tail(self, lines: int = 20) -> str:
         """The last lines the server wrote."""
-        try:
-            return tail(self.log.read_text(errors="replace"), lines)
-        except OSError:
-            return ""
+        return log_tail(self.log, lines)
 
     async def _wait_serving(self) -> None:
         deadline = Deadline.after(START_DEADLINE_S)

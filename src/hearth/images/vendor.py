@@ -90,11 +90,6 @@ def ensure_vendor_tree(cache_dir: Path) -> Path:
     return target / "root"
 
 
-def host_bin_dir(tree: Path) -> Path:
-    """Where the commands are when the tree is used on the host (its ``node_modules/.bin``)."""
-    return tree / GUEST_VENDOR_DIR / "node_modules" / ".bin"
-
-
 def merge_trees(base: Path, extra: Path, into: Path) -> None:
     """Hard-link ``base`` and then ``extra`` into the new directory ``into`` (no data copied)."""
     run_tool(["cp", "-a", "--link", f"{base}/.", into], what="link the root filesystem")
