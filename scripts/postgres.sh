@@ -16,7 +16,13 @@ if [[ -z "$cluster" ]]; then
 fi
 read -r version name <<<"$cluster"
 if ! pg_lsclusters --no-header | awk -v v="$version" -v n="$name" '$1==v && $2==n {print $4}' | grep -q online; then
-  pg_ctlcluster "$version" "$name" start
+  # The server outlives this script: it must not inherit any of our descriptors, or it holds the
+  # caller's pipes open (the `$(...)` capturing the URL, CI's log) and the caller never sees EOF.
+  python3 - "$version" "$name" <<'PY'
+import subprocess, sys
+cmd = ["pg_ctlcluster", sys.argv[1], sys.argv[2], "start"]
+sys.exit(subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=2, close_fds=True).returncode)
+PY
 fi
 port=$(pg_lsclusters --no-header | awk -v v="$version" -v n="$name" '$1==v && $2==n {print $3}')
 password=hearth-test
