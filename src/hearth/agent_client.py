@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 
 from hearth.errors import BackendError, HearthError, NotFound
+from hearth.httpclient import async_client
 
 
 class AgentError(BackendError):
@@ -49,7 +50,7 @@ class AgentClient:
             headers["Content-Type"] = "application/json"
         try:
             timeout = self._timeout if timeout_s is None else timeout_s
-            async with httpx.AsyncClient(timeout=timeout) as client:
+            async with async_client(timeout=timeout) as client:
                 response = await client.request(
                     method, f"{self.url}{path}", content=content, json=json_body, headers=headers
                 )

@@ -24,7 +24,7 @@ from hearth.images.layout import (
     AGENT_PACKAGE_DIR,
     BROWSER_SERVICE_PATH,
     INIT_PATH,
-    TOKEN_DIR,
+    TOKEN_FILE,
     UNIT_LINK,
     UNIT_PATH,
     build_payload,
@@ -95,10 +95,11 @@ def test_install_agent_writes_files_unit_and_enabled_symlink_readable_by_debugfs
         assert entry is not None
         assert entry.mode == 0o755
         assert (entry.uid, entry.gid) == (0, 0)
-    token_dir = ext4.stat(TOKEN_DIR)
-    assert token_dir is not None
-    assert token_dir.mode == 0o700
     unit = debugfs_cat(image, UNIT_PATH).decode()
+    # Both ways of starting the agent keep its token on the guest's tmpfs, never on the disk.
+    assert TOKEN_FILE.startswith("/run/")
+    assert f"--token-file {TOKEN_FILE} " in unit
+    assert f"--token-file {TOKEN_FILE} " in debugfs_cat(image, INIT_PATH).decode()
     for line in (
         "After=network-online.target",
         "Wants=network-online.target",

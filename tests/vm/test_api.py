@@ -227,6 +227,23 @@ async def test_metrics_show_vms_boot_histogram_and_http_requests(controller: Api
     assert controller.admin_key not in text
 
 
+async def test_every_answer_carries_a_request_id_and_is_counted_under_its_route(
+    controller: Api,
+) -> None:
+    async with controller.client() as admin:
+        given = await admin.get("/api/vms/vm-none", headers={"X-Request-Id": "trace-42"})
+        minted = await admin.get("/api/vms")
+        text = (await admin.get("/metrics")).text
+    assert_error(given, 404, "not_found")
+    assert given.headers["x-request-id"] == "trace-42"
+    assert minted.status_code == 200
+    assert len(minted.headers["x-request-id"]) == 16
+    assert (
+        'hearth_http_requests_total{method="GET",route="/api/vms/{vm_id}",status="404"} 1.0' in text
+    )
+    assert 'hearth_http_requests_total{method="GET",route="/api/vms",status="200"}' in text
+
+
 async def test_openapi_describes_every_route(controller: Api) -> None:
     async with controller.client("") as anonymous:
         spec = (await anonymous.get("/openapi.json")).json()

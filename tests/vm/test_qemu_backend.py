@@ -198,6 +198,10 @@ async def test_agent_that_exits_inside_the_vm_is_respawned_and_stays_claimed(
         version = await client.get(f"{vm.agent_url}/version", headers=auth(vm.token))
         assert version.status_code == 200
     assert "restarting" in qemu_backend.console_tail(vm, 200)
+    # The new agent read the token from the guest's tmpfs; it never reached the VM's disk.
+    assert vm.workdir is not None
+    assert vm.token is not None
+    assert vm.token.encode() not in (vm.workdir / "disk.qcow2").read_bytes()
 
 
 async def test_clone_of_an_old_template_gets_the_current_clock_when_claimed(

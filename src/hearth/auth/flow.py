@@ -85,6 +85,7 @@ class AuthFlow:
         self.vms = vms
         self.credentials = credentials
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._cleaning: set[str] = set()
         # One egress proxy per session whose Browser VM may reach its provider; closed at the end.
         self._egress: dict[str, EgressProxy] = {}
         self.on_awaiting_user: Callable[[AuthSessionRecord], Awaitable[None]] | None = None
@@ -131,7 +132,8 @@ class AuthFlow:
         )
         task = self._tasks.get(session_id)
         if task is not None:
-            task.cancel()
+            if session_id not in self._cleaning:
+                task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         else:
@@ -185,26 +187,36 @@ class AuthFlow:
 
     async def _run(self, session_id: str) -> None:
         record = await self.store.auth_sessions.get(session_id)
+        # How the session ends is written after its cleanup: a session that reads as ended has
+        # no Browser VM and no egress proxy left.
+        ending: tuple[AuthStatus, str] | None = None
         try:
             await self._stages(record)
         except _Ended:
             pass
         except asyncio.CancelledError:
-            await self._end(session_id, AuthStatus.CANCELLED, "cancelled")
+            ending = (AuthStatus.CANCELLED, "cancelled")
             raise
         except StageTimeout as exc:
-            await self._end(session_id, AuthStatus.TIMEOUT, exc.message)
+            ending = (AuthStatus.TIMEOUT, exc.message)
         except HearthError as exc:
-            await self._end(session_id, AuthStatus.FAILED, exc.message)
+            ending = (AuthStatus.FAILED, exc.message)
         except Exception as exc:
             _log.exception("auth_flow_crashed", session_id=session_id)
-            await self._end(session_id, AuthStatus.FAILED, f"internal error ({type(exc).__name__})")
+            ending = (AuthStatus.FAILED, f"internal error ({type(exc).__name__})")
         finally:
-            latest = await self.store.auth_sessions.get(session_id)
-            await self._destroy_browser(latest)
-            proxy = self._egress.pop(session_id, None)
-            if proxy is not None:
-                await proxy.close()
+            # A cancel arriving now must not interrupt the cleanup (see cancel()).
+            self._cleaning.add(session_id)
+            try:
+                latest = await self.store.auth_sessions.get(session_id)
+                await self._destroy_browser(latest)
+                proxy = self._egress.pop(session_id, None)
+                if proxy is not None:
+                    await proxy.close()
+            finally:
+                self._cleaning.discard(session_id)
+                if ending is not None:
+                    await self._end(session_id, *ending)
 
     async def _end(self, session_id: str, status: AuthStatus, message: str) -> None:
         record = await self.store.auth_sessions.get(session_id)

@@ -20,7 +20,6 @@ from hearth.images.ext4 import Ext4Image, allocated_bytes, check_ext4
 from hearth.images.layout import (
     AGENT_MANIFEST,
     GUEST_PYTHON,
-    TOKEN_DIR,
     UNIT_LINK,
     UNIT_PATH,
     AgentPayload,
@@ -96,11 +95,6 @@ def verify_image(image: Path, payload: AgentPayload | None = None) -> VerifyRepo
         problems.append(f"{UNIT_LINK} (the unit's enabled symlink) is missing")
     elif link.link_target != UNIT_PATH:
         problems.append(f"{UNIT_LINK} points at {link.link_target}, expected {UNIT_PATH}")
-    token_dir = ext4.stat(TOKEN_DIR)
-    if token_dir is None or token_dir.kind != "directory":
-        problems.append(f"{TOKEN_DIR} is missing")
-    elif token_dir.mode & 0o077:
-        problems.append(f"{TOKEN_DIR} has mode {token_dir.mode:o}, expected 700")
     if ext4.stat(GUEST_PYTHON) is None:
         problems.append(f"{GUEST_PYTHON} is missing (the agent needs the guest's python3)")
     return VerifyReport(image=image, agent_version=installed_version, problems=problems)

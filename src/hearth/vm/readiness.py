@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import httpx
 
 from hearth.errors import VmNotReady, VmProcessExited
+from hearth.httpclient import async_client
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,7 @@ async def wait_until_healthy(
     started = time.monotonic()
     last_error = "no probe completed"
     own_client = client is None
-    http = client or httpx.AsyncClient()
+    http = client or async_client()
     try:
         for delay in (backoff or Backoff()).delays():
             status = exit_status()

@@ -9,6 +9,7 @@ import time
 import httpx
 
 from hearth.errors import VmError
+from hearth.httpclient import async_client
 
 CLAIM_TIMEOUT_S = 10.0
 
@@ -24,7 +25,7 @@ async def claim_agent(vm_id: str, agent_url: str, token: str) -> None:
         "entropy": base64.b64encode(os.urandom(64)).decode(),
     }
     try:
-        async with httpx.AsyncClient(timeout=CLAIM_TIMEOUT_S) as client:
+        async with async_client(timeout=CLAIM_TIMEOUT_S) as client:
             response = await client.post(f"{agent_url}/init", json=body)
     except httpx.HTTPError as exc:
         raise VmError(f"VM {vm_id}: claiming the agent failed: {type(exc).__name__}") from exc

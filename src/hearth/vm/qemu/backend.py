@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx
 
 from hearth.errors import HearthError, InvalidInput, SnapshotError, VmError, VmProcessExited
+from hearth.httpclient import async_client
 from hearth.images.manifest import ImageDir
 from hearth.logging import get_logger
 from hearth.network.namespace import NetworkSlot, create_namespace, delete_namespace, names_for
@@ -362,7 +363,7 @@ class QemuBackend:
             "entropy": base64.b64encode(os.urandom(64)).decode(),
         }
         try:
-            async with httpx.AsyncClient(timeout=10) as client:
+            async with async_client(timeout=10) as client:
                 response = await client.post(f"{vm.agent_url}/init", json=body)
         except httpx.HTTPError as exc:
             raise VmError(f"VM {vm.id}: claiming the agent failed: {type(exc).__name__}") from exc
