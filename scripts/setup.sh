@@ -40,9 +40,18 @@ UNIT
     systemctl enable --now hearth.service
     echo "controller: systemd unit hearth.service (journalctl -u hearth)"
   else
-    HEARTH_STATE_DIR="$state" HEARTH_PORT="$port" nohup .venv/bin/hearth serve \
-      >>"$state/controller.log" 2>&1 </dev/null &
-    echo $! > "$state/controller.pid"
+    # Detached into its own session, and holding none of this shell's descriptors: a pipe the
+    # caller reads (`setup.sh | tee`, a CI log) would otherwise stay open as long as it runs.
+    HEARTH_STATE_DIR="$state" HEARTH_PORT="$port" .venv/bin/python - "$state/controller.log" \
+      .venv/bin/hearth serve >"$state/controller.pid" <<'PY'
+import subprocess, sys
+with open(sys.argv[1], "ab") as log:
+    child = subprocess.Popen(
+        sys.argv[2:], stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+        close_fds=True, start_new_session=True,
+    )
+print(child.pid)
+PY
     echo "controller: pid $(cat "$state/controller.pid"), log $state/controller.log"
   fi
   for _ in $(seq 1 120); do healthy && break; sleep 0.5; done
