@@ -314,6 +314,51 @@ async def test_warm_pool_hands_out_a_claimed_vm_and_refills(
             assert [v["id"] for v in (await admin.get("/api/vms")).json()["vms"]] == [vm["id"]]
 
 
+async def test_memory_is_admitted_when_the_pool_has_nothing_to_hand_out_and_for_refills(
+    minimal_image: ImageDir, tmp_path: Path, vm_state_dir: Path
+) -> None:
+    settings = Settings.from_env(
+        {"HEARTH_STATE_DIR": str(tmp_path / "state"), "HEARTH_POOL_CLI": "1"}
+    )
+    # Room for one pooled 512 MiB VM and not for a second VM of that size.
+    quotas = Quotas(
+        per_user={VmType.CLI: 5, VmType.BROWSER: 1}, max_browser_vms=1, memory_limit_mib=900
+    )
+    async for api in serve_app(
+        settings,
+        minimal_image=minimal_image,
+        template_dir=vm_state_dir / "templates",
+        quotas=quotas,
+        destroy_on_exit=True,
+    ):
+        pool = api.ctl.vms.pool
+        for _ in range(600):
+            if pool.size(VmType.CLI) == 1:
+                break
+            await asyncio.sleep(0.1)
+        assert pool.size(VmType.CLI) == 1
+        async with api.client() as admin:
+            # A spec the pool does not hold: a new VM would have to start, and it does not fit.
+            error = assert_error(
+                await admin.post("/api/vms", json={"userId": "mo", "vcpus": 2}),
+                429,
+                "capacity_exhausted",
+            )
+            assert "memory" in error["message"]
+            assert (await admin.get("/api/vms")).json()["vms"] == []
+            assert pool.size(VmType.CLI) == 1
+            # The pool's own VM is already counted: handing it out needs no new memory.
+            handed = await admin.post("/api/vms", json={"userId": "mo"})
+            assert handed.status_code == 201, handed.text
+            # The refill would not fit either: the pool stays empty instead of overfilling.
+            await asyncio.sleep(3 * pool.refill_interval_s + 1)
+            assert pool.size(VmType.CLI) == 0
+            rows = await api.ctl.store.vms.list()
+            assert [r.id for r in rows if r.status.value not in ("destroyed", "failed")] == [
+                handed.json()["id"]
+            ]
+
+
 async def test_host_wide_browser_vm_limit_is_429_and_creates_nothing(
     minimal_image: ImageDir, tmp_path: Path, vm_state_dir: Path
 ) -> None:

@@ -13,7 +13,7 @@ import contextlib
 import time
 
 from hearth.control.vms import POOL_USER, VmService, token_hash
-from hearth.errors import HearthError
+from hearth.errors import CapacityExhausted, HearthError
 from hearth.logging import get_logger
 from hearth.store import VmRecord
 from hearth.vm.types import VmSpec, VmState, VmType
@@ -30,6 +30,7 @@ class WarmPool:
         self.service = service
         self.sizes = {t: n for t, n in sizes.items() if n > 0}
         self.refill_interval_s = refill_interval_s
+        self._waiting_for_room: set[VmType] = set()
         self._ready: dict[VmType, list[str]] = {t: [] for t in VmType}
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
@@ -105,9 +106,20 @@ class WarmPool:
                         record = await self.service.create(
                             user_id=POOL_USER, spec=self.spec(vm_type), wait=True, pooled=True
                         )
+                    except CapacityExhausted as exc:
+                        # The host is full: wait quietly (said once) until there is room again.
+                        if vm_type not in self._waiting_for_room:
+                            self._waiting_for_room.add(vm_type)
+                            _log.info(
+                                "pool_refill_waiting_for_room",
+                                vm_type=vm_type.value,
+                                reason=exc.message,
+                            )
+                        break
                     except HearthError as exc:
                         _log.warning("pool_refill_failed", vm_type=vm_type.value, error=exc.message)
                         break
+                    self._waiting_for_room.discard(vm_type)
                     if record.status is not VmState.READY:
                         break
                     self._ready[vm_type].append(record.id)

@@ -40,12 +40,10 @@ class Quotas:
             memory_limit_mib=int(total * settings.memory_share),
         )
 
-    async def admit(
-        self, store: Store, *, user_id: str, spec: VmSpec, new_memory: bool = True
-    ) -> None:
-        """Raise QuotaExceeded (409) or CapacityExhausted (429) unless the VM fits.
+    async def admit_user(self, store: Store, *, user_id: str, spec: VmSpec) -> None:
+        """Raise QuotaExceeded (409) if ``user_id`` already has as many VMs of the type as allowed.
 
-        ``new_memory`` is false for a warm-pool hand-out, whose memory is already counted.
+        Checked for every create, a warm-pool hand-out included.
         """
         limit = self.per_user[spec.vm_type]
         have = await store.vms.count_active(user_id=user_id, vm_type=spec.vm_type)
@@ -54,6 +52,13 @@ class Quotas:
                 f"user {user_id} already has {have} {spec.vm_type.value} VM(s); the limit is "
                 f"{limit}. Destroy one first."
             )
+
+    async def admit_new_vm(self, store: Store, *, spec: VmSpec) -> None:
+        """Raise CapacityExhausted (429) unless the host has room for one more VM of ``spec``.
+
+        Checked for every VM that will start (a user's or a warm pool's), not for a hand-out of a
+        VM the pool already runs: that one is already counted.
+        """
         if spec.vm_type is VmType.BROWSER:
             browsers = await store.vms.count_active(vm_type=VmType.BROWSER)
             if browsers >= self.max_browser_vms:
@@ -62,7 +67,7 @@ class Quotas:
                     f"{self.max_browser_vms}; retry later"
                 )
         used = await store.vms.sum_active_mem_mib()
-        if new_memory and used + spec.mem_mib > self.memory_limit_mib:
+        if used + spec.mem_mib > self.memory_limit_mib:
             raise CapacityExhausted(
                 f"not enough memory: {used} MiB in use + {spec.mem_mib} MiB requested exceeds "
                 f"the admission limit of {self.memory_limit_mib} MiB; retry later"

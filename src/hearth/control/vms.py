@@ -85,14 +85,14 @@ class VmService:
         await self.store.users.ensure(owner)
         async with self._admission:
             if not pooled:
-                from_pool = self.pool is not None and self.pool.size(spec.vm_type) > 0
-                await self.quotas.admit(
-                    self.store, user_id=user_id, spec=spec, new_memory=not from_pool
-                )
+                await self.quotas.admit_user(self.store, user_id=user_id, spec=spec)
                 if self.pool is not None:
                     handed: VmRecord | None = await self.pool.take(user_id, spec)
                     if handed is not None:
                         return handed
+            # A VM that will start (the pool had none to hand out, or this is a refill): the host
+            # must have room for it.
+            await self.quotas.admit_new_vm(self.store, spec=spec)
             record = await self.store.vms.insert(
                 VmRecord(
                     id=new_vm_id(),
