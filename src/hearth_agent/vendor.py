@@ -97,6 +97,10 @@ class VendorLogin:
     failures: tuple[str, ...] = ()
     # Files to write under the private home before the CLI starts: (home, workdir) → {path: JSON}.
     prepare: Callable[[Path, Path], Mapping[str, object]] = field(default=lambda home, work: {})
+    # Extra environment for the CLI.
+    env: Mapping[str, str] = field(default_factory=dict)
+    # Directories the CLI expects under its (private) TMPDIR.
+    tmp_dirs: tuple[str, ...] = ()
     status_command: tuple[str, ...] | None = None
     # Whether the status command's output says "logged in" (given its exit code 0).
     logged_in: Callable[[str], bool] = field(default=lambda output: True)
@@ -155,6 +159,13 @@ VENDOR_LOGINS: dict[str, VendorLogin] = {
             waiting=("Waiting for authentication",),
             failures=("Failed to sign in", "Failed to login"),
             prepare=_gemini_files,
+            # Gemini otherwise re-runs itself in a second node process with a larger heap, which
+            # a login does not need: one process less in the Browser VM's memory, and a CLI
+            # killed by a signal shows as such (the relauncher turns that into exit status 1).
+            env={"GEMINI_CLI_NO_RELAUNCH": "true"},
+            # Where it looks for IDE companions; when missing, it prints a stack trace into its
+            # own UI, after which its layout engine (yoga, WASM) was seen to abort the process.
+            tmp_dirs=("gemini/ide",),
         ),
     )
 }
@@ -312,8 +323,9 @@ class VendorLoginRunner:
         )
         self._dir = directory
         home, bin_dir, work = directory / "home", directory / "bin", directory / "home" / "work"
+        tmp = directory / "tmp"
         url_file = directory / "urls"
-        for path in (home, bin_dir, work):
+        for path in (home, bin_dir, work, tmp, *(tmp / d for d in self._login.tmp_dirs)):
             path.mkdir(mode=0o700, parents=True, exist_ok=True)
         for relative, document in self._login.prepare(home, work).items():
             target = home / relative
@@ -334,6 +346,9 @@ class VendorLoginRunner:
             "SHELL": "/bin/sh",
             "DISPLAY": self._display,
             "BROWSER": str(bin_dir / HELPER_NAME),
+            # The CLI's temporary files stay in its private directory, removed with it.
+            "TMPDIR": str(tmp),
+            **self._login.env,
         }
         if self._proxy is not None:
             # The CLI's own requests (the token exchange) go through the egress proxy too; its
