@@ -33,6 +33,15 @@ def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, 
     return error
 
 
+async def until_pool_holds(pool: Any, vm_type: VmType, size: int) -> None:
+    """Wait (up to 60 s) until the warm pool holds ``size`` ready VMs of ``vm_type``."""
+    for _ in range(600):
+        if pool.size(vm_type) == size:
+            return
+        await asyncio.sleep(0.1)
+    assert pool.size(vm_type) == size
+
+
 async def user_key(api: Api, user: str) -> str:
     async with api.client() as admin:
         response = await admin.post("/api/keys", json={"userId": user})
@@ -287,11 +296,7 @@ async def test_warm_pool_hands_out_a_claimed_vm_and_refills(
         destroy_on_exit=True,
     ):
         pool = api.ctl.vms.pool
-        for _ in range(600):
-            if pool.size(VmType.CLI) == 1:
-                break
-            await asyncio.sleep(0.1)
-        assert pool.size(VmType.CLI) == 1
+        await until_pool_holds(pool, VmType.CLI, 1)
         async with api.client() as admin:
             assert (await admin.get("/api/vms")).json()["vms"] == []
             response = await admin.post("/api/vms", json={"userId": "lee"})
@@ -303,11 +308,7 @@ async def test_warm_pool_hands_out_a_claimed_vm_and_refills(
                     headers={"Authorization": f"Bearer {vm['agentToken']}"},
                 )
                 assert ok.status_code == 200
-            for _ in range(600):
-                if pool.size(VmType.CLI) == 1:
-                    break
-                await asyncio.sleep(0.1)
-            assert pool.size(VmType.CLI) == 1
+            await until_pool_holds(pool, VmType.CLI, 1)
             metrics = (await admin.get("/metrics")).text
             assert 'hearth_pool_handouts_total{vm_type="cli"} 1.0' in metrics
             assert 'hearth_pool_size{vm_type="cli"} 1.0' in metrics
@@ -332,11 +333,7 @@ async def test_memory_is_admitted_when_the_pool_has_nothing_to_hand_out_and_for_
         destroy_on_exit=True,
     ):
         pool = api.ctl.vms.pool
-        for _ in range(600):
-            if pool.size(VmType.CLI) == 1:
-                break
-            await asyncio.sleep(0.1)
-        assert pool.size(VmType.CLI) == 1
+        await until_pool_holds(pool, VmType.CLI, 1)
         async with api.client() as admin:
             # A spec the pool does not hold: a new VM would have to start, and it does not fit.
             error = assert_error(
