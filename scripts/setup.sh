@@ -11,6 +11,10 @@ port=${HEARTH_PORT:-4000}
 url="http://127.0.0.1:$port"
 
 bash scripts/install.sh
+# The state dir holds the database, the keys and the logs: private from the start, and made
+# private when an earlier run (or an image build) left it with the default 0755.
+install -d -m 0700 "$state"
+chmod 0700 "$state"
 for recipe in minimal cli browser; do
   .venv/bin/hearth image build --recipe "$recipe"
 done
@@ -18,7 +22,6 @@ done
 healthy() { .venv/bin/python -c "import httpx,sys; sys.exit(httpx.get('$url/health', timeout=2).status_code != 200)" 2>/dev/null; }
 
 if ! healthy; then
-  mkdir -p "$state"
   if [[ -d /run/systemd/system ]]; then
     cat > /etc/systemd/system/hearth.service <<UNIT
 [Unit]
@@ -30,6 +33,7 @@ Wants=network-online.target
 Environment=HEARTH_STATE_DIR=$state
 Environment=HEARTH_PORT=$port
 ExecStart=$repo/.venv/bin/hearth serve
+UMask=0077
 Restart=on-failure
 KillMode=process
 
@@ -42,7 +46,8 @@ UNIT
   else
     # Detached into its own session, and holding none of this shell's descriptors: a pipe the
     # caller reads (`setup.sh | tee`, a CI log) would otherwise stay open as long as it runs.
-    HEARTH_STATE_DIR="$state" HEARTH_PORT="$port" .venv/bin/python - "$state/controller.log" \
+    # umask 077: the log is created 0600 (the controller tightens it too, at every start).
+    (umask 077 && HEARTH_STATE_DIR="$state" HEARTH_PORT="$port" .venv/bin/python - "$state/controller.log" \
       .venv/bin/hearth serve >"$state/controller.pid" <<'PY'
 import subprocess, sys
 with open(sys.argv[1], "ab") as log:
@@ -52,6 +57,7 @@ with open(sys.argv[1], "ab") as log:
     )
 print(child.pid)
 PY
+    )
     echo "controller: pid $(cat "$state/controller.pid"), log $state/controller.log"
   fi
   for _ in $(seq 1 120); do healthy && break; sleep 0.5; done

@@ -13,6 +13,8 @@ from hearth.errors import ConfigError
 _DEFAULT_STATE_DIR = Path("/var/lib/hearth")
 _DEFAULT_CACHE_DIR = Path("/var/cache/hearth")
 _APT_SOURCES = (Path("/etc/apt/sources.list"), Path("/etc/apt/sources.list.d"))
+MIB = 1024 * 1024
+SQLITE_FILE_NAME = "hearth.db"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -30,6 +32,10 @@ class Settings:
     database_url: str | None = None
     admin_key: str | None = field(default=None, repr=False)
     master_key: str | None = field(default=None, repr=False)
+    # What API keys are hashed under (base64 of 32 bytes); default: key-hash.key in the state dir.
+    key_hash_secret: str | None = field(default=None, repr=False)
+    # The largest request body the API reads; a larger one is refused with 413 unread.
+    max_body_bytes: int = MIB
     network_mode: str = "user"
     qemu_accel: str = "auto"
     network_pool: str = "169.254.0.0/16"
@@ -60,15 +66,39 @@ class Settings:
     login_egress: str = "proxy"
     login_egress_allow: tuple[str, ...] | None = None
     egress_pins: tuple[tuple[str, str], ...] = ()
+    # Benchmarks and tests only: forward each Browser VM's Chromium DevTools to a loopback port,
+    # where any local process could drive the login browser. Off, nothing but VNC is forwarded.
+    browser_devtools: bool = False
 
     @property
     def images_dir(self) -> Path:
         """Where built images live, one directory per recipe."""
         return self.state_dir / "images"
 
+    @property
+    def sqlite_path(self) -> Path:
+        """Where the default SQLite database lives (used unless ``database_url`` is set)."""
+        return self.state_dir / SQLITE_FILE_NAME
+
     def database(self) -> str:
         """The database URL: ``HEARTH_DATABASE_URL`` or a SQLite file in the state dir."""
-        return self.database_url or f"sqlite+aiosqlite:///{self.state_dir / 'hearth.db'}"
+        return self.database_url or f"sqlite+aiosqlite:///{self.sqlite_path}"
+
+    def prepare_state_dir(self) -> None:
+        """Create the state dir owner-only (0700) and make the files in it owner-only (0600).
+
+        Also when it already existed: ``setup.sh``, image builds or an older Hearth may have made
+        it with the default 0755 and left the database, logs and key files 0644. The default
+        SQLite file is created 0600 before SQLite opens it, so its ``-wal`` and ``-shm`` files,
+        which SQLite creates with the database's mode, are private from their first byte.
+        """
+        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.state_dir.chmod(0o700)
+        if self.database_url is None:
+            os.close(os.open(self.sqlite_path, os.O_CREAT | os.O_WRONLY, 0o600))
+        for path in self.state_dir.iterdir():
+            if path.is_file() and not path.is_symlink():
+                path.chmod(0o600)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -105,6 +135,8 @@ class Settings:
             database_url=env.get("HEARTH_DATABASE_URL") or None,
             admin_key=admin_key,
             master_key=env.get("HEARTH_MASTER_KEY") or None,
+            key_hash_secret=env.get("HEARTH_KEY_HASH_SECRET") or None,
+            max_body_bytes=_int(env, "HEARTH_MAX_BODY_BYTES", MIB, 1024, 1024 * MIB),
             network_mode=network_mode,
             qemu_accel=qemu_accel,
             network_pool=env.get("HEARTH_NETWORK_POOL", "169.254.0.0/16"),
@@ -133,6 +165,7 @@ class Settings:
                 else None
             ),
             egress_pins=_pins(env.get("HEARTH_EGRESS_PINS", "")),
+            browser_devtools=_choice(env, "HEARTH_BROWSER_DEVTOOLS", "0", ("0", "1")) == "1",
         )
 
     def with_overrides(self, **changes: object) -> Settings:

@@ -5,10 +5,12 @@
     ├── NotFound                     a resource the caller may see does not exist (404)
     ├── InvalidInput                 bad input a client sent (422)
     ├── Conflict                     the resource is in a state that forbids the action (409)
-    │   └── QuotaExceeded            the user already has as many VMs of that type as allowed
+    │   ├── QuotaExceeded            the user already has as many VMs of that type as allowed
+    │   └── ActiveSessionExists      the user already has a login in progress for that provider
     ├── CapacityExhausted            the host has no room: Browser VM slots or memory (429)
     ├── Unauthorized                 missing or wrong API key (401)
     ├── Forbidden                    the key may not do this (admin only) (403)
+    ├── BodyTooLarge                 the request body exceeds the configured limit (413)
     ├── ImageError                   golden images: build, install-agent, verify, rollback
     │   ├── NotAnImage               the path is missing or is not an ext4 filesystem image
     │   ├── ImageReadOnly            the image (or its directory) cannot be written
@@ -83,6 +85,13 @@ class QuotaExceeded(Conflict):
     http_status = 409
 
 
+class ActiveSessionExists(Conflict):
+    """The user already has an auth session in progress for that provider (one at a time)."""
+
+    code = "conflict"
+    http_status = 409
+
+
 class CapacityExhausted(HearthError):
     """The host has no room for the VM (Browser VM slots or memory); retry later."""
 
@@ -102,6 +111,13 @@ class Forbidden(HearthError):
 
     code = "forbidden"
     http_status = 403
+
+
+class BodyTooLarge(HearthError):
+    """The request body is larger than the controller reads (``HEARTH_MAX_BODY_BYTES``)."""
+
+    code = "body_too_large"
+    http_status = 413
 
 
 class ToolMissing(HearthError):

@@ -12,6 +12,7 @@ from types import FrameType
 from hearth_agent import SUPPORTED_PROVIDERS, __version__
 from hearth_agent.app import AgentApp
 from hearth_agent.claim import AuthGate, AuthMode
+from hearth_agent.entropy import reseed_kernel
 from hearth_agent.errors import ConfigError
 from hearth_agent.log import JsonLogger
 from hearth_agent.metrics import AgentMetrics
@@ -35,6 +36,7 @@ class Options:
     token_file: Path | None
     insecure: bool
     allow_claim: bool
+    reseed: bool = True
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -80,6 +82,13 @@ def parse_options(argv: list[str] | None = None) -> Options:
         help="if the token file is missing or empty, accept one token through POST /init",
     )
     parser.add_argument(
+        "--no-reseed",
+        action="store_true",
+        help="do not reseed the kernel's random number generator on POST /init (an agent run "
+        "outside a VM, for development; the claim then answers reseeded: false, and the "
+        "controller refuses such a VM)",
+    )
+    parser.add_argument(
         "--insecure-no-auth",
         action="store_true",
         help="serve without any authentication (development only)",
@@ -94,6 +103,7 @@ def parse_options(argv: list[str] | None = None) -> Options:
         token_file=args.token_file,
         insecure=args.insecure_no_auth,
         allow_claim=args.allow_claim,
+        reseed=not args.no_reseed,
     )
 
 
@@ -105,6 +115,7 @@ def run(options: Options, logger: JsonLogger) -> int:
             insecure=options.insecure,
             allow_claim=options.allow_claim,
             logger=logger,
+            reseed=reseed_kernel if options.reseed else None,
         )
     except ConfigError as exc:
         logger.error("config_error", message=exc.message)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import platform
 import re
@@ -16,6 +17,7 @@ from pathlib import Path
 from hearth_agent import __version__
 from hearth_agent.browser import open_url
 from hearth_agent.claim import AuthGate, parse_claim
+from hearth_agent.entropy import random_sample
 from hearth_agent.errors import (
     AgentError,
     CorruptDocument,
@@ -37,6 +39,7 @@ from hearth_agent.probe import parse_probe, probe_tcp
 from hearth_agent.providers import SUPPORTED_PROVIDERS, Provider, get_provider
 from hearth_agent.storage import CredentialStore, WriteResult
 from hearth_agent.vendor import VENDOR_LOGINS, VendorLoginRunner, cli_status
+from hearth_agent.vnc import provision_vnc_password
 
 JSON_CONTENT_TYPE = "application/json"
 UNMATCHED_ROUTE = "unmatched"
@@ -170,6 +173,9 @@ class AgentApp:
                 Route("/version", {"GET": self._version}),
                 Route("/metrics", {"GET": self._metrics_text}),
                 Route("/probe/tcp", {"POST": self._probe_tcp}),
+                Route(
+                    "/random", {"GET": lambda request, params: json_response(200, random_sample())}
+                ),
                 Route("/admin/restart", {"POST": self._restart}),
                 Route("/credentials/write", {"POST": self._write_compat}),
                 Route("/credentials/{provider}/status", {"GET": self._credentials_status}),
@@ -297,11 +303,11 @@ class AgentApp:
 
     def _init(self, request: Request, params: Mapping[str, str]) -> Response:
         self._gate.ensure_claimable()
-        result = self._gate.claim(parse_claim(read_json(request)))
-        return json_response(
-            200,
-            {"claimed": True, "clock_set": result.clock_set, "entropy_added": result.entropy_added},
-        )
+        claim = parse_claim(read_json(request))
+        result = self._gate.claim(claim)
+        answer = {"claimed": True, **dataclasses.asdict(result)}
+        answer["vnc"] = provision_vnc_password(claim.token)  # Browser VMs only
+        return json_response(200, answer)
 
     def _get_credentials(self, request: Request, params: Mapping[str, str]) -> Response:
         provider = get_provider(params["provider"])

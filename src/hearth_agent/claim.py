@@ -1,4 +1,10 @@
-"""Bearer-token authentication and the one-time claim of an unclaimed agent via POST /init."""
+"""Bearer-token authentication and the one-time claim of an unclaimed agent via POST /init.
+
+The claim is the first request a VM restored from a snapshot receives that matters: it reseeds
+the guest kernel's CRNG with the controller's entropy (``hearth_agent.entropy``) before it stores
+the token, and refuses the claim, storing nothing, if that fails. Between the restore and the
+claim only ``GET /health`` reaches the agent, and nothing in the guest keeps randomness drawn then.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +16,12 @@ import os
 import re
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
+from hearth_agent.entropy import MIN_RESEED_BYTES, reseed_kernel
 from hearth_agent.errors import (
     AlreadyClaimed,
     ConfigError,
@@ -25,9 +33,10 @@ from hearth_agent.errors import (
 from hearth_agent.log import JsonLogger
 from hearth_agent.storage import DIR_MODE, atomic_write
 
+# Credits entropy to the guest kernel and reseeds its CRNG; returns the bits credited.
+Reseeder = Callable[[bytes], int]
 TOKEN_PATTERN = re.compile(r"[A-Za-z0-9_-]{32,512}")
 MAX_ENTROPY_BYTES = 4096
-URANDOM = Path("/dev/urandom")
 
 
 class AuthMode(StrEnum):
@@ -57,7 +66,8 @@ class ClaimResult:
     """What /init did besides storing the token."""
 
     clock_set: bool
-    entropy_added: int | bool  # bytes written, 0 if none were sent, False if writing failed
+    reseeded: bool  # the kernel CRNG took a new key from the controller's entropy
+    entropy_bits: int  # bits credited to the kernel's pool (0 when not reseeding)
 
 
 def read_token_file(path: Path) -> str | None:
@@ -113,16 +123,6 @@ def set_system_clock(epoch: float) -> bool:
     return True
 
 
-def add_entropy(data: bytes, *, device: Path = URANDOM) -> int | bool:
-    """Mix ``data`` into the kernel pool; the byte count, or False if the device refused."""
-    try:
-        with open(device, "wb", buffering=0) as pool:
-            pool.write(data)
-    except OSError:
-        return False
-    return len(data)
-
-
 class AuthGate:
     """Holds the agent's token and answers whether a request may pass; thread-safe.
 
@@ -130,9 +130,16 @@ class AuthGate:
     """
 
     def __init__(
-        self, *, mode: AuthMode, token: str | None, token_file: Path | None, logger: JsonLogger
+        self,
+        *,
+        mode: AuthMode,
+        token: str | None,
+        token_file: Path | None,
+        logger: JsonLogger,
+        reseed: Reseeder | None = reseed_kernel,
     ) -> None:
         self._mode = mode
+        self._reseed = reseed
         self._token = token
         self._token_file = token_file
         self._logger = logger
@@ -146,6 +153,7 @@ class AuthGate:
         insecure: bool,
         allow_claim: bool,
         logger: JsonLogger,
+        reseed: Reseeder | None = reseed_kernel,
     ) -> AuthGate:
         """Build the gate the command-line options ask for, or raise ConfigError."""
         if insecure:
@@ -167,7 +175,13 @@ class AuthGate:
                 f"token file {token_file} is missing or empty; "
                 "pass --allow-claim to accept a token through POST /init"
             )
-        return cls(mode=AuthMode.UNCLAIMED, token=None, token_file=token_file, logger=logger)
+        return cls(
+            mode=AuthMode.UNCLAIMED,
+            token=None,
+            token_file=token_file,
+            logger=logger,
+            reseed=reseed,
+        )
 
     @property
     def mode(self) -> AuthMode:
@@ -200,10 +214,19 @@ class AuthGate:
             raise AlreadyClaimed(self._refusal())
 
     def claim(self, request: ClaimRequest) -> ClaimResult:
-        """Store the token (once, atomically, 0600), then set the clock and add entropy."""
+        """Reseed the kernel's CRNG, then store the token (once, atomically, 0600) and set the
+        clock. A claim that cannot reseed stores nothing: the agent stays unclaimed."""
         with self._lock:
             if self._mode is not AuthMode.UNCLAIMED or self._token_file is None:
                 raise AlreadyClaimed(self._refusal())
+            if self._reseed is not None and len(request.entropy or b"") < MIN_RESEED_BYTES:
+                raise InvalidInput(
+                    f"field 'entropy' must carry at least {MIN_RESEED_BYTES} bytes of fresh "
+                    "randomness: the claim reseeds the guest's random number generator with it"
+                )
+            entropy_bits = 0
+            if self._reseed is not None and request.entropy is not None:
+                entropy_bits = self._reseed(request.entropy)
             try:
                 _create_parents(self._token_file.parent)
                 atomic_write(self._token_file, (request.token + "\n").encode("ascii"))
@@ -214,11 +237,13 @@ class AuthGate:
                 raise StorageError("could not store the token") from exc
             self._mode, self._token = AuthMode.TOKEN, request.token
         clock_set = set_system_clock(request.time) if request.time is not None else False
-        entropy_added: int | bool = 0
-        if request.entropy is not None:
-            entropy_added = add_entropy(request.entropy)
-        self._logger.info("claimed", clock_set=clock_set, entropy_added=entropy_added)
-        return ClaimResult(clock_set=clock_set, entropy_added=entropy_added)
+        result = ClaimResult(
+            clock_set=clock_set, reseeded=entropy_bits > 0, entropy_bits=entropy_bits
+        )
+        self._logger.info(
+            "claimed", clock_set=clock_set, reseeded=result.reseeded, entropy_bits=entropy_bits
+        )
+        return result
 
     def _refusal(self) -> str:
         if self._mode is AuthMode.INSECURE:

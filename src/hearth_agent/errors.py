@@ -15,7 +15,8 @@
     ├── BodyTooLarge            Content-Length above the limit (413)
     ├── InvalidInput            a request field is missing or has the wrong type (422)
     │   └── InvalidDocument     the credential document fails its provider's rules (422)
-    └── StorageError            the filesystem refused a write (500)
+    ├── StorageError            the filesystem refused a write (500)
+    └── ReseedFailed            the claim could not reseed the guest kernel's CRNG (500)
 
 Lower-layer errors (OSError, JSON decoding) are translated into these at the boundary with
 ``raise ... from exc``; the server maps them to HTTP in exactly one place. Messages never contain
@@ -137,4 +138,11 @@ class StorageError(AgentError):
     """The filesystem refused to store a document."""
 
     code = "storage_error"
+    http_status = 500
+
+
+class ReseedFailed(AgentError):
+    """The claim could not credit entropy to the kernel and reseed its CRNG; nothing was stored."""
+
+    code = "reseed_failed"
     http_status = 500

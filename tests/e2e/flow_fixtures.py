@@ -122,6 +122,8 @@ async def auth_controller_for(
         "HEARTH_OIDC_CLIENT_ID": CLIENT_ID,
         "HEARTH_LOGIN_TIMEOUT_S": str(login_timeout_s),
         "HEARTH_MAX_BROWSER_VMS": "3",
+        # The tests play the user by typing into the login page over DevTools.
+        "HEARTH_BROWSER_DEVTOOLS": "1",
     }
     if database_url:
         env["HEARTH_DATABASE_URL"] = database_url
@@ -143,8 +145,11 @@ async def auth_controller(
     vm_state_dir: Path,
     e2e_oidc: E2eOidc,
     tmp_path: Path,
+    request: pytest.FixtureRequest,
 ) -> AsyncIterator[Api]:
-    """The controller for one end-to-end test (SQLite)."""
+    """The controller for one end-to-end test (SQLite); an indirect parameter (a dict) changes
+    Settings fields, e.g. ``{"browser_devtools": False}``."""
+    overrides: dict[str, object] = getattr(request, "param", {})
     async for api in auth_controller_for(
         database_url=None,
         state=tmp_path / "state",
@@ -152,6 +157,7 @@ async def auth_controller(
         browser_image=browser_image,
         template_dir=vm_state_dir / "templates",
         oidc=e2e_oidc,
+        **overrides,
     ):
         yield api
 

@@ -110,15 +110,18 @@ async def test_oidc_login_completes_and_credentials_reach_the_cli_vm(
     auth_controller: Api, e2e_oidc: E2eOidc, capfd: pytest.CaptureFixture[str]
 ) -> None:
     api = auth_controller
-    session_id = await start(api, "alice")
     async with api.client() as admin:
+        first = await admin.post("/api/auth/start", json={"userId": "alice", "provider": "oidc"})
+        assert first.status_code == 202, first.text
+        session_id, view_url = first.json()["sessionId"], first.json()["viewUrl"]
         again = await admin.post("/api/auth/start", json={"userId": "alice", "provider": "oidc"})
         assert again.json()["sessionId"] == session_id, "a second start must not duplicate"
+        assert again.json()["viewUrl"] is None, "the view link is shown once"
     waiting = await wait_status(api, session_id, ("awaiting_user",))
     assert waiting["login_url"].startswith(e2e_oidc.issuer)
     browser_vm_id = waiting["browser_vm_id"]
 
-    colours = await screen_through_view(api, waiting["view_url"])
+    colours = await screen_through_view(api, view_url)
     assert colours > 4, "the view showed a blank screen"
 
     page = await sign_in(api, browser_vm_id, e2e_oidc.issuer, "wonderland")

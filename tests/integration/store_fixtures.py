@@ -49,6 +49,8 @@ BACKENDS = ["sqlite", "postgresql"]
 CONNECT_TIMEOUT_S = 5
 SCRIPT_TIMEOUT_S = 600
 CONNECTIONS_GONE_DEADLINE_S = 5.0
+# What the test stores hash API keys under (a controller loads its own; see load_key_hash_secret).
+TEST_KEY_SECRET = b"hearth-test-key-hash-secret-32b!"
 
 
 def _unavailable(reason: str) -> NoReturn:
@@ -189,7 +191,7 @@ async def open_store(database_url: str) -> AsyncIterator[OpenStore]:
     opened: list[Store] = []
 
     async def open_one(*, clock: Clock = utc_now) -> Store:
-        store = await Store.open(database_url, clock=clock)
+        store = await Store.open(database_url, clock=clock, key_secret=TEST_KEY_SECRET)
         opened.append(store)
         return store
 

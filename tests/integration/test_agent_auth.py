@@ -104,7 +104,9 @@ def test_init_on_an_agent_started_with_a_token_returns_409(agent: AgentProcess) 
 @pytest.fixture
 def unclaimed_agent(agent_launcher: AgentLauncher) -> AgentProcess:
     """An agent with --allow-claim whose token file does not exist yet."""
-    return agent_launcher.start("--token-file", str(agent_launcher.token_file), "--allow-claim")
+    return agent_launcher.start(
+        "--token-file", str(agent_launcher.token_file), "--allow-claim", "--no-reseed"
+    )
 
 
 def test_unclaimed_agent_answers_401_unclaimed(unclaimed_agent: AgentProcess) -> None:
@@ -122,7 +124,13 @@ def test_claim_stores_the_token_and_then_requires_it(unclaimed_agent: AgentProce
     response = claim(unclaimed_agent, {"token": token})
 
     assert response.status_code == 200
-    assert response.json() == {"claimed": True, "clock_set": False, "entropy_added": 0}
+    assert response.json() == {
+        "claimed": True,
+        "clock_set": False,
+        "reseeded": False,
+        "entropy_bits": 0,
+        "vnc": False,  # not a Browser VM: no VNC password to write
+    }
     token_file = unclaimed_agent.token_file
     assert token_file.read_text().strip() == token
     assert stat.S_IMODE(os.stat(token_file).st_mode) == 0o600
@@ -164,7 +172,9 @@ def test_concurrent_claims_let_exactly_one_win(unclaimed_agent: AgentProcess) ->
     assert unclaimed_agent.token_file.read_text().strip() == winners[0]
 
 
-def test_claim_sets_the_clock_and_mixes_in_entropy(unclaimed_agent: AgentProcess) -> None:
+def test_claim_sets_the_clock_and_says_it_did_not_reseed_when_told_not_to(
+    unclaimed_agent: AgentProcess,
+) -> None:
     # The current time, so that an agent allowed to set the clock leaves it where it was.
     body = {
         "token": new_claim_token(),
@@ -176,7 +186,26 @@ def test_claim_sets_the_clock_and_mixes_in_entropy(unclaimed_agent: AgentProcess
 
     assert response.status_code == 200
     assert isinstance(response.json()["clock_set"], bool)
-    assert response.json()["entropy_added"] == 64
+    assert (response.json()["reseeded"], response.json()["entropy_bits"]) == (False, 0)
+
+
+@pytest.mark.parametrize("entropy", [None, base64.b64encode(os.urandom(31)).decode()])
+def test_a_reseeding_agent_refuses_a_claim_without_enough_entropy_and_stays_unclaimed(
+    agent_launcher: AgentLauncher, entropy: str | None
+) -> None:
+    agent = agent_launcher.start("--token-file", str(agent_launcher.token_file), "--allow-claim")
+    body: dict[str, object] = {"token": new_claim_token()}
+    if entropy is not None:
+        body["entropy"] = entropy
+
+    response = claim(agent, body)
+
+    assert response.status_code == 422
+    assert response.json()["error"]["code"] == "invalid_request"
+    assert "entropy" in response.json()["error"]["message"]
+    assert not agent_launcher.token_file.exists()
+    with agent.client() as anonymous:
+        assert anonymous.get("/health").json()["claimed"] is False
 
 
 def test_a_restarted_agent_stays_claimed(
@@ -187,7 +216,7 @@ def test_a_restarted_agent_stays_claimed(
     assert unclaimed_agent.stop() == 0
 
     restarted = agent_launcher.start(
-        "--token-file", str(agent_launcher.token_file), "--allow-claim"
+        "--token-file", str(agent_launcher.token_file), "--allow-claim", "--no-reseed"
     )
 
     assert claim(restarted, {"token": new_claim_token()}).status_code == 409
@@ -229,13 +258,26 @@ def test_init_with_malformed_json_returns_400(unclaimed_agent: AgentProcess) -> 
     assert response.json()["error"]["code"] == "malformed_json"
 
 
+def test_init_with_deeply_nested_json_returns_400_and_the_agent_stays_claimable(
+    unclaimed_agent: AgentProcess,
+) -> None:
+    with unclaimed_agent.client() as client:
+        response = client.post("/init", content=b"[" * 100_000)
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "malformed_json"
+    assert "nesting" in response.json()["error"]["message"]
+    assert claim(unclaimed_agent, {"token": new_claim_token()}).status_code == 200
+
+
 # --- logging and shutdown ----------------------------------------------------------------------
 
 
 def test_log_is_json_lines_without_tokens_or_credentials(
     agent_launcher: AgentLauncher, make_document: Documents
 ) -> None:
-    agent = agent_launcher.start("--token-file", str(agent_launcher.token_file), "--allow-claim")
+    agent = agent_launcher.start(
+        "--token-file", str(agent_launcher.token_file), "--allow-claim", "--no-reseed"
+    )
     token = new_claim_token()
     assert claim(agent, {"token": token}).status_code == 200
     secrets = [token, "s3cret-marker"]
@@ -265,3 +307,18 @@ def test_log_is_json_lines_without_tokens_or_credentials(
 def test_sigterm_stops_the_agent_with_exit_code_0(agent: AgentProcess) -> None:
     assert agent.stop(signal.SIGTERM) == 0
     assert agent.log_records()[-1]["event"] == "stopped"
+
+
+def test_random_answers_fresh_getrandom_bytes_to_the_token_holder(
+    unclaimed_agent: AgentProcess,
+) -> None:
+    token = new_claim_token()
+    assert claim(unclaimed_agent, {"token": token}).status_code == 200
+    with unclaimed_agent.client() as anonymous:
+        assert anonymous.get("/random").status_code == 401
+    with unclaimed_agent.client(token) as client:
+        samples = [client.get("/random").json() for _ in range(2)]
+    decoded = [base64.b64decode(sample["getrandom"]) for sample in samples]
+    assert [len(d) for d in decoded] == [32, 32]
+    assert decoded[0] != decoded[1]
+    assert isinstance(samples[0]["entropy_avail"], int)

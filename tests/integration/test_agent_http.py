@@ -298,6 +298,19 @@ def test_put_malformed_json_returns_400(agent_client: httpx.Client, body: bytes)
     assert error_of(response)["code"] == "malformed_json"
 
 
+@pytest.mark.parametrize(
+    "body",
+    [b"[" * 100_000, b'{"a":' * 50_000, b"[" * 65 + b"]" * 65],
+    ids=["unclosed-arrays", "unclosed-objects", "closed-but-65-deep"],
+)
+def test_put_deeply_nested_json_returns_400_not_500(
+    agent_client: httpx.Client, body: bytes
+) -> None:
+    response = agent_client.put("/credentials/oidc", content=body)
+    assert response.status_code == 400
+    assert error_of(response)["code"] == "malformed_json"
+
+
 def test_put_declaring_more_than_1mib_returns_413_without_reading_the_body(
     agent: AgentProcess,
 ) -> None:

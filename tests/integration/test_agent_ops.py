@@ -288,7 +288,7 @@ def test_restart_answers_202_then_exits_with_code_0(
 def test_a_claimed_agent_restarted_on_its_token_file_stays_claimed(
     agent_launcher: AgentLauncher,
 ) -> None:
-    options = ("--token-file", str(agent_launcher.token_file), "--allow-claim")
+    options = ("--token-file", str(agent_launcher.token_file), "--allow-claim", "--no-reseed")
     first = agent_launcher.start(*options)
     token = new_claim_token()
     with first.client() as anonymous:

@@ -31,7 +31,6 @@ async def test_an_inserted_session_reads_back_field_for_field(store: Store, alic
         vm_id="vm-cli",
         browser_vm_id="vm-browser",
         login_url="https://auth.example/login?state=abc",
-        view_url="https://hearth.example/view/abc",
         view_token_hash="cd" * 32,
         created_at=at,
         updated_at=at,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import threading
 from datetime import UTC, datetime, timedelta, timezone
 from enum import StrEnum
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Column, Connection, Integer, MetaData, inspect, text
@@ -17,14 +19,20 @@ from sqlalchemy.exc import IntegrityError
 
 from hearth.auth.states import AuthStatus
 from hearth.errors import ConfigError
-from hearth.store import Store, create_store_engine, current_revision, default_sqlite_url
+from hearth.store import (
+    Store,
+    alembic_config,
+    create_store_engine,
+    current_revision,
+    default_sqlite_url,
+)
 from hearth.store.database import normalise_url
 from hearth.store.models import Base
 from hearth.vm.types import BootMode, VmState, VmType
 from tests.integration.store_fixtures import *  # noqa: F403
-from tests.integration.store_fixtures import OpenStore, new_vm
+from tests.integration.store_fixtures import TEST_KEY_SECRET, OpenStore, new_vm
 
-HEAD = "0002"
+HEAD = "0003"
 
 # Every status-like column and the enum whose values it must hold.
 ENUM_COLUMNS: list[tuple[str, str, type[StrEnum]]] = [
@@ -262,3 +270,47 @@ async def test_sqlite_connections_use_wal_foreign_keys_and_a_busy_timeout(
             for name in ("journal_mode", "foreign_keys", "busy_timeout")
         }
     assert pragmas == {"journal_mode": "wal", "foreign_keys": 1, "busy_timeout": 5000}
+
+
+async def test_upgrading_from_0002_drops_stored_view_links_and_keeps_old_keys_working(
+    database_url: str,
+) -> None:
+    old_key = "operator-chosen-admin-key-from-before-0003"
+    engine = create_store_engine(database_url)
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(lambda c: command.upgrade(alembic_config(c), "0002"))
+            at = datetime(2026, 1, 1, tzinfo=UTC)
+            await conn.execute(
+                text("INSERT INTO users (id, created_at) VALUES ('admin', :at)"), {"at": at}
+            )
+            await conn.execute(
+                text(
+                    "INSERT INTO api_keys (id, user_id, key_hash, prefix, is_admin, created_at)"
+                    " VALUES ('key_old', 'admin', :hash, 'operator', true, :at)"
+                ),
+                {"hash": hashlib.sha256(old_key.encode()).hexdigest(), "at": at},
+            )
+            await conn.execute(
+                text(
+                    "INSERT INTO auth_sessions (id, user_id, provider, status, view_url,"
+                    " view_token_hash, created_at, updated_at) VALUES ('auth-old', 'admin',"
+                    " 'oidc', 'awaiting_user', '/view/auth-old?token=s3cret', 'h', :at, :at)"
+                ),
+                {"at": at},
+            )
+    finally:
+        await engine.dispose()
+
+    async with await Store.open(database_url, key_secret=TEST_KEY_SECRET) as store:
+        async with store.engine.connect() as conn:
+            columns = await conn.run_sync(
+                lambda c: {col["name"] for col in inspect(c).get_columns("auth_sessions")}
+            )
+            dump = [tuple(row) for row in await conn.execute(text("SELECT * FROM auth_sessions"))]
+        assert "view_url" not in columns
+        assert "s3cret" not in str(dump)
+        record = await store.api_keys.authenticate(old_key)
+        assert record is not None
+        assert record.id == "key_old"
+        assert record.is_admin

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import hmac
 from dataclasses import fields, replace
+from datetime import UTC, datetime
 
 import pytest
 from sqlalchemy import text
 
-from hearth.errors import Conflict, InvalidInput, NotFound
+from hearth.errors import ConfigError, Conflict, InvalidInput, NotFound
 from hearth.store import ApiKeyRecord, Store
 from tests.integration.store_fixtures import *  # noqa: F403
-from tests.integration.store_fixtures import FakeClock
+from tests.integration.store_fixtures import TEST_KEY_SECRET, FakeClock
 
 OPERATOR_KEY = "operator-supplied-admin-key-0123456789abcdef"
 
@@ -66,7 +68,9 @@ async def test_ensure_rejects_blank_overlong_or_control_character_ids(
 # --- creating and authenticating keys ----------------------------------------------------------
 
 
-async def test_a_created_key_authenticates_and_only_its_sha256_is_stored(store: Store) -> None:
+async def test_a_created_key_authenticates_and_only_its_keyed_hash_is_stored(
+    store: Store,
+) -> None:
     plaintext, record = await store.api_keys.create("alice", admin=False)
 
     assert plaintext.startswith("hk_")
@@ -76,8 +80,77 @@ async def test_a_created_key_authenticates_and_only_its_sha256_is_stored(store: 
     assert authenticated is not None
     assert replace(authenticated, last_used_at=None) == record
     [row] = await raw_key_rows(store)
-    assert row["key_hash"] == hashlib.sha256(plaintext.encode()).hexdigest()
+    assert row["key_hash"] == hmac.new(TEST_KEY_SECRET, plaintext.encode(), "sha256").hexdigest()
+    assert row["key_hash"] != hashlib.sha256(plaintext.encode()).hexdigest()
+    assert row["key_hash_scheme"] == "hmac-sha256"
     assert all(plaintext not in str(value) for value in row.values())
+
+
+async def test_an_imported_low_entropy_key_is_not_stored_as_its_bare_sha256(
+    store: Store,
+) -> None:
+    weak = "password" * 4
+    await store.api_keys.import_key(weak, user_id="admin", admin=True)
+    [row] = await raw_key_rows(store)
+    assert row["key_hash"] != hashlib.sha256(weak.encode()).hexdigest()
+    assert row["key_hash_scheme"] == "hmac-sha256"
+
+
+async def insert_legacy_key(store: Store, plaintext: str, *, user_id: str = "old") -> None:
+    """A key row as a store before revision 0003 wrote it: bare sha256, scheme sha256."""
+    await store.users.ensure(user_id)
+    async with store.engine.begin() as conn:
+        await conn.execute(
+            text(
+                "INSERT INTO api_keys (id, user_id, key_hash, key_hash_scheme, prefix, is_admin,"
+                " created_at) VALUES ('key_legacy', :user, :hash, 'sha256', :prefix, true, :at)"
+            ),
+            {
+                "user": user_id,
+                "hash": hashlib.sha256(plaintext.encode()).hexdigest(),
+                "prefix": plaintext[:8],
+                "at": datetime(2026, 1, 1, tzinfo=UTC),
+            },
+        )
+
+
+async def test_a_key_stored_as_sha256_before_0003_authenticates_and_is_rehashed(
+    store: Store,
+) -> None:
+    await insert_legacy_key(store, OPERATOR_KEY)
+
+    record = await store.api_keys.authenticate(OPERATOR_KEY)
+
+    assert record is not None
+    assert record.id == "key_legacy"
+    assert record.is_admin
+    [row] = await raw_key_rows(store)
+    assert row["key_hash_scheme"] == "hmac-sha256"
+    assert row["key_hash"] != hashlib.sha256(OPERATOR_KEY.encode()).hexdigest()
+    assert (await store.api_keys.authenticate(OPERATOR_KEY)) is not None
+    assert await store.api_keys.authenticate("x" + OPERATOR_KEY) is None
+
+
+async def test_importing_a_key_stored_as_sha256_rehashes_its_row_instead_of_adding_one(
+    store: Store,
+) -> None:
+    await insert_legacy_key(store, OPERATOR_KEY, user_id="admin")
+
+    record = await store.api_keys.import_key(OPERATOR_KEY, user_id="admin", admin=True)
+
+    assert record.id == "key_legacy"
+    [row] = await raw_key_rows(store)
+    assert row["key_hash_scheme"] == "hmac-sha256"
+
+
+async def test_a_store_without_the_key_secret_cannot_mint_or_check_keys(
+    database_url: str,
+) -> None:
+    async with await Store.open(database_url) as bare:
+        with pytest.raises(ConfigError, match="secret"):
+            await bare.api_keys.create("alice", admin=False)
+        with pytest.raises(ConfigError, match="secret"):
+            await bare.api_keys.authenticate("hk_anything")
 
 
 async def test_creating_a_key_creates_its_user(store: Store) -> None:

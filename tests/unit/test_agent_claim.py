@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import functools
 import os
 import stat
 from pathlib import Path
@@ -10,7 +11,15 @@ from pathlib import Path
 import pytest
 
 from hearth_agent.claim import AuthGate, AuthMode, ClaimRequest, parse_claim
-from hearth_agent.errors import AlreadyClaimed, ConfigError, InvalidInput, Unauthorized, Unclaimed
+from hearth_agent.entropy import reseed_kernel
+from hearth_agent.errors import (
+    AlreadyClaimed,
+    ConfigError,
+    InvalidInput,
+    ReseedFailed,
+    Unauthorized,
+    Unclaimed,
+)
 from hearth_agent.log import JsonLogger
 
 TOKEN = "T" * 32 + "_-abc123"
@@ -96,12 +105,12 @@ def test_gate_checks_the_bearer_token(tmp_path: Path, logger: JsonLogger) -> Non
 def test_claim_writes_the_token_file_privately_once(tmp_path: Path, logger: JsonLogger) -> None:
     token_file = tmp_path / "run" / "hearth" / "token"
     gate = AuthGate.from_options(
-        token_file=token_file, insecure=False, allow_claim=True, logger=logger
+        token_file=token_file, insecure=False, allow_claim=True, logger=logger, reseed=None
     )
 
     result = gate.claim(parse_claim({"token": TOKEN}))
 
-    assert (result.clock_set, result.entropy_added) == (False, 0)
+    assert (result.clock_set, result.reseeded, result.entropy_bits) == (False, False, 0)
     assert token_file.read_text().strip() == TOKEN
     assert stat.S_IMODE(os.stat(token_file).st_mode) == 0o600
     assert stat.S_IMODE(os.stat(token_file.parent).st_mode) == 0o700
@@ -120,3 +129,55 @@ def test_insecure_gate_lets_everything_through_and_cannot_be_claimed(
     assert gate.claimed is False
     with pytest.raises(AlreadyClaimed):
         gate.claim(parse_claim({"token": TOKEN}))
+
+
+def test_claim_reseeds_before_it_stores_the_token(tmp_path: Path, logger: JsonLogger) -> None:
+    token_file = tmp_path / "token"
+    seen: list[tuple[bytes, bool]] = []
+
+    def reseed(entropy: bytes) -> int:
+        seen.append((entropy, token_file.exists()))
+        return len(entropy) * 8
+
+    gate = AuthGate.from_options(
+        token_file=token_file, insecure=False, allow_claim=True, logger=logger, reseed=reseed
+    )
+    entropy = os.urandom(64)
+
+    result = gate.claim(parse_claim({"token": TOKEN, "entropy": _b64(entropy)}))
+
+    assert seen == [(entropy, False)]
+    assert (result.reseeded, result.entropy_bits) == (True, 512)
+    assert token_file.read_text().strip() == TOKEN
+
+
+def test_a_claim_whose_reseed_fails_stores_nothing_and_can_be_retried(
+    tmp_path: Path, logger: JsonLogger
+) -> None:
+    token_file = tmp_path / "token"
+    not_a_device = tmp_path / "urandom"
+    not_a_device.write_bytes(b"")
+    gate = AuthGate.from_options(
+        token_file=token_file,
+        insecure=False,
+        allow_claim=True,
+        logger=logger,
+        reseed=functools.partial(reseed_kernel, device=not_a_device),
+    )
+    request = parse_claim({"token": TOKEN, "entropy": _b64(os.urandom(64))})
+
+    with pytest.raises(ReseedFailed, match="RNDADDENTROPY"):
+        gate.claim(request)
+
+    assert not token_file.exists()
+    assert gate.mode is AuthMode.UNCLAIMED
+    gate.ensure_claimable()
+
+
+def test_reseed_needs_at_least_32_bytes(tmp_path: Path) -> None:
+    with pytest.raises(ReseedFailed, match="32 bytes"):
+        reseed_kernel(os.urandom(31), device=tmp_path / "unused")
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()

@@ -474,37 +474,126 @@ def test_allow_private_entries_must_be_exact_ip_and_port(entry: str) -> None:
         EgressProxy(["a.test"], allow_private=[entry])
 
 
+# (address, why it is refused): IANA's special-purpose registries, and IPv4 inside IPv6.
+REFUSED_ADDRESSES = [
+    ("0.0.0.0", "unspecified"),
+    ("0.1.2.3", "this network 0.0.0.0/8"),
+    ("10.1.2.3", "private 10/8"),
+    ("100.64.0.1", "shared address space (CGNAT) 100.64/10"),
+    ("100.127.255.254", "shared address space (CGNAT) 100.64/10"),
+    ("127.0.0.1", "loopback"),
+    ("127.1.2.3", "loopback 127/8"),
+    ("169.254.169.254", "link-local, cloud metadata"),
+    ("172.16.0.1", "private 172.16/12"),
+    ("172.31.255.254", "private 172.16/12"),
+    ("192.0.0.1", "IETF protocol assignments 192.0.0.0/24"),
+    ("192.0.0.9", "IETF protocol assignments 192.0.0.0/24 (PCP anycast)"),
+    ("192.0.0.10", "IETF protocol assignments 192.0.0.0/24 (TURN anycast)"),
+    ("192.0.0.170", "IETF protocol assignments 192.0.0.0/24 (NAT64 discovery)"),
+    ("192.0.2.1", "documentation TEST-NET-1"),
+    ("192.88.99.1", "deprecated 6to4 relay anycast"),
+    ("192.168.1.1", "private 192.168/16"),
+    ("198.18.0.1", "benchmarking 198.18/15"),
+    ("198.19.255.254", "benchmarking 198.18/15"),
+    ("198.51.100.1", "documentation TEST-NET-2"),
+    ("203.0.113.1", "documentation TEST-NET-3"),
+    ("224.0.0.251", "multicast"),
+    ("233.252.0.1", "multicast test net"),
+    ("239.255.255.250", "multicast"),
+    ("240.0.0.1", "reserved 240/4"),
+    ("255.255.255.255", "limited broadcast"),
+    ("::", "unspecified"),
+    ("::1", "loopback"),
+    ("::8.8.8.8", "IPv4-compatible, deprecated"),
+    ("::127.0.0.1", "IPv4-compatible loopback"),
+    ("::a00:1", "IPv4-compatible private"),
+    ("::ffff:127.0.0.1", "IPv4-mapped loopback"),
+    ("::ffff:10.0.0.1", "IPv4-mapped private"),
+    ("::ffff:169.254.169.254", "IPv4-mapped link-local"),
+    ("::ffff:192.0.0.9", "IPv4-mapped IETF protocol assignment"),
+    ("64:ff9b::a00:1", "NAT64 of private 10.0.0.1"),
+    ("64:ff9b::7f00:1", "NAT64 of loopback"),
+    ("64:ff9b::a9fe:a9fe", "NAT64 of link-local 169.254.169.254"),
+    ("64:ff9b::c000:9", "NAT64 of 192.0.0.9"),
+    ("64:ff9b:1::808:808", "local-use NAT64 64:ff9b:1::/48"),
+    ("100::1", "discard-only 100::/64"),
+    ("2001::1", "Teredo 2001::/32"),
+    ("2001:2::1", "benchmarking 2001:2::/48"),
+    ("2001:20::1", "ORCHIDv2 2001:20::/28"),
+    ("2001:db8::1", "documentation 2001:db8::/32"),
+    ("2002:7f00:1::", "6to4 of loopback"),
+    ("2002:a00:1::1", "6to4 of private 10.0.0.1"),
+    ("2002:c000:209::1", "6to4 of 192.0.2.9 (TEST-NET-1)"),
+    ("3fff::1", "documentation 3fff::/20"),
+    ("3fff:fff:ffff::1", "documentation 3fff::/20"),
+    ("5f00::1", "SRv6 SIDs 5f00::/16"),
+    ("fc00::1", "unique local fc00::/7"),
+    ("fd12:3456::1", "unique local fc00::/7"),
+    ("fe80::1", "link-local fe80::/10"),
+    ("fec0::1", "site-local fec0::/10, deprecated"),
+    ("feff:ffff::1", "site-local fec0::/10, deprecated"),
+    ("ff02::1", "multicast"),
+    ("4000::1", "not allocated as unicast"),
+]
+PUBLIC_ADDRESSES = [
+    "8.8.8.8",
+    "93.184.215.14",
+    "1.1.1.1",
+    "100.63.255.255",  # just below CGNAT
+    "100.128.0.0",  # just above CGNAT
+    "192.0.1.1",  # just above 192.0.0.0/24
+    "198.17.255.255",  # just below benchmarking
+    "198.20.0.0",  # just above benchmarking
+    "223.255.255.255",  # just below multicast
+    "2606:4700:4700::1111",
+    "2a00:1450:4001:80b::200e",
+    "3000::1",  # 2000::/3 below the documentation 3fff::/20
+    "3fff:1000::1",  # just above 3fff::/20
+    "::ffff:8.8.8.8",  # IPv4-mapped: it is 8.8.8.8
+    "64:ff9b::808:808",  # NAT64 (RFC 6052) in front of 8.8.8.8
+    "2002:808:808::1",  # 6to4 of 8.8.8.8
+]
+
+
 @pytest.mark.parametrize(
-    ("address", "public"),
-    [
-        ("127.0.0.1", False),
-        ("127.1.2.3", False),
-        ("10.1.2.3", False),
-        ("172.16.0.1", False),
-        ("192.168.1.1", False),
-        ("100.64.0.1", False),
-        ("169.254.169.254", False),
-        ("224.0.0.251", False),
-        ("239.255.255.250", False),
-        ("0.0.0.0", False),
-        ("255.255.255.255", False),
-        ("::1", False),
-        ("::", False),
-        ("fc00::1", False),
-        ("fd12:3456::1", False),
-        ("fe80::1", False),
-        ("ff02::1", False),
-        ("::ffff:127.0.0.1", False),
-        ("::ffff:10.0.0.1", False),
-        ("64:ff9b::a00:1", False),
-        ("2002:7f00:1::", False),
-        ("93.184.215.14", True),
-        ("8.8.8.8", True),
-        ("2606:4700:4700::1111", True),
-    ],
+    ("address", "why"), REFUSED_ADDRESSES, ids=[a for a, _ in REFUSED_ADDRESSES]
 )
-def test_only_public_unicast_addresses_count_as_public(address: str, public: bool) -> None:
-    assert is_public_address(ipaddress.ip_address(address)) is public
+def test_special_purpose_addresses_are_not_public(address: str, why: str) -> None:
+    assert is_public_address(ipaddress.ip_address(address)) is False, why
+
+
+@pytest.mark.parametrize("address", PUBLIC_ADDRESSES)
+def test_globally_reachable_unicast_addresses_are_public(address: str) -> None:
+    assert is_public_address(ipaddress.ip_address(address)) is True
+
+
+@pytest.fixture
+def dials(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every connect the test process attempts to a non-loopback address, refused on the spot
+    so that a proxy that wrongly dials one still sends no packet off the machine."""
+    attempted: list[str] = []
+    real = asyncio.open_connection
+
+    async def loopback_only(host: str, port: int, **options: Any) -> Any:
+        if not ipaddress.ip_address(host).is_loopback:
+            attempted.append(host)
+            raise ConnectionRefusedError(f"test guard: {host} is not loopback")
+        return await real(host, port, **options)
+
+    monkeypatch.setattr(asyncio, "open_connection", loopback_only)
+    return attempted
+
+
+@pytest.mark.parametrize("address", ["fec0::1", "192.0.0.9", "3fff::1"])
+async def test_a_name_resolving_to_site_local_protocol_or_documentation_space_gets_403(
+    start_proxy: StartProxy, dials: list[str], address: str
+) -> None:
+    metrics = ControllerMetrics()
+    resolver = FakeResolver({"auth.example.com": [address]})
+    proxy = await start_proxy(["auth.example.com"], resolver=resolver, metrics=metrics)
+    assert (await ask(proxy, connect("auth.example.com:443"))).status == 403
+    assert dials == []
+    assert outcomes(metrics, "denied_address") == 1
 
 
 async def test_the_port_is_only_known_after_start(echo: EchoServer) -> None:

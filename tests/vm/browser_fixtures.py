@@ -26,6 +26,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
+from hearth.auth.rfb import authenticate
 from hearth.images.manifest import ImageDir
 from hearth.vm.readiness import Backoff, Deadline
 from tests.conftest import hearth_cli, require_tools
@@ -35,6 +36,7 @@ __all__ = [
     "DevTools",
     "Framebuffer",
     "RfbClient",
+    "RfbError",
     "browser_image",
     "browser_image_build",
     "png_bytes",
@@ -214,7 +216,8 @@ class RfbError(AssertionError):
 
 
 class RfbClient:
-    """A minimal RFB (VNC) viewer: handshake with security None, raw full-screen captures."""
+    """A minimal RFB (VNC) viewer: security None or VNC authentication, raw full-screen
+    captures."""
 
     # 32 bits per pixel, depth 24, little-endian, true colour, 8 bits per channel at 16/8/0.
     _PIXEL_FORMAT = struct.pack(">BBBBHHHBBBxxx", 32, 24, 0, 1, 255, 255, 255, 16, 8, 0)
@@ -237,11 +240,17 @@ class RfbClient:
         self.name = name
 
     @classmethod
-    async def connect(cls, port: int, deadline: Deadline) -> RfbClient:
-        """Connect to ``127.0.0.1:port``, agree on a protocol version and security None, init."""
+    async def connect(
+        cls, port: int, deadline: Deadline, *, password: str | None = None
+    ) -> RfbClient:
+        """Connect to ``127.0.0.1:port``, pass the security phase (VNC authentication with
+        ``password`` when given, else security None), then init."""
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         try:
             async with asyncio.timeout(deadline.remaining()):
+                if password is not None:
+                    await authenticate(reader, writer, password)
+                    return await cls._init(reader, writer, server_version=b"RFB 003.008\n")
                 return await cls._handshake(reader, writer)
         except BaseException:
             writer.close()
@@ -276,6 +285,12 @@ class RfbClient:
                 (result,) = struct.unpack(">I", await reader.readexactly(4))
                 if result != 0:
                     raise RfbError(f"security handshake failed: {await cls._reason(reader)}")
+        return await cls._init(reader, writer, server_version=server_version)
+
+    @classmethod
+    async def _init(
+        cls, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, server_version: bytes
+    ) -> RfbClient:
         writer.write(b"\x01")  # ClientInit: share the desktop with other viewers
         width, height = struct.unpack(">HH", await reader.readexactly(4))
         await reader.readexactly(16)  # the server's pixel format; replaced below by ours

@@ -10,11 +10,13 @@ import time
 
 import pytest
 
+from hearth.auth.rfb import RfbRefused
 from hearth.images.ext4 import Ext4Image
 from hearth.images.layout import BROWSER_SERVICE_PATH
 from hearth.images.manifest import ImageDir
 from hearth.vm.readiness import Deadline
 from hearth.vm.types import BootMode, VmSpec, VmState, VmType
+from hearth_agent.vnc import vnc_password
 from tests.conftest import hearth_cli
 from tests.vm.browser_fixtures import *  # noqa: F403
 from tests.vm.browser_fixtures import (
@@ -23,6 +25,7 @@ from tests.vm.browser_fixtures import (
     BuiltImage,
     DevTools,
     RfbClient,
+    RfbError,
     png_bytes,
     save_artifact,
     wait_for_rfb_greeting,
@@ -121,8 +124,11 @@ async def test_browser_vm_restores_with_chromium_running_and_shows_pages_over_vn
     tab = await devtools.open_tab(PAGE, Deadline.after(60))
     assert tab["type"] == "page"
     deadline = Deadline.after(SERVICE_DEADLINE_S)
+    assert vm.token is not None
     while True:
-        client = await RfbClient.connect(vm.ports[VNC_PORT], Deadline.after(30))
+        client = await RfbClient.connect(
+            vm.ports[VNC_PORT], Deadline.after(30), password=vnc_password(vm.token)
+        )
         try:
             frame = await client.capture(Deadline.after(60))
         finally:
@@ -138,6 +144,29 @@ async def test_browser_vm_restores_with_chromium_running_and_shows_pages_over_vn
     png = path.read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n")
     assert struct.unpack(">II", png[16:24]) == (1280, 800)
+
+
+async def test_vnc_refuses_a_local_client_without_the_vms_own_password(
+    browser_image: ImageDir, browser_backend: TrackingBackend
+) -> None:
+    vm = await browser_backend.create(browser_image, BROWSER_SPEC)
+    port = vm.ports[VNC_PORT]
+    await wait_for_rfb_greeting(port, Deadline.after(SERVICE_DEADLINE_S))
+    # What any process on the host could try: security None, or a guessed password.
+    with pytest.raises(RfbError, match="does not offer security None"):
+        await RfbClient.connect(port, Deadline.after(30))
+    with pytest.raises(RfbRefused, match="did not accept"):
+        await RfbClient.connect(port, Deadline.after(30), password="guessed!")
+    other = await browser_backend.create(browser_image, BROWSER_SPEC)
+    assert other.token is not None
+    with pytest.raises(RfbRefused, match="did not accept"):
+        await RfbClient.connect(port, Deadline.after(30), password=vnc_password(other.token))
+    assert vm.token is not None
+    client = await RfbClient.connect(port, Deadline.after(30), password=vnc_password(vm.token))
+    try:
+        assert (client.width, client.height) == (1280, 800)
+    finally:
+        await client.close()
 
 
 async def test_second_browser_vm_is_a_restore_that_answers_devtools(

@@ -20,6 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from hearth import __version__
 from hearth.api.context import Controller
 from hearth.api.errors import install_error_handlers
+from hearth.api.guard import KeyGuard
 from hearth.api.routes import auth as auth_routes
 from hearth.api.routes import keys, system, view, vms
 from hearth.api.routes.view import NOVNC_DIR
@@ -29,6 +30,7 @@ from hearth.control.images import ImageCatalog
 from hearth.control.pool import WarmPool
 from hearth.control.quotas import Quotas
 from hearth.control.vms import VmService
+from hearth.credentials.keys import load_key_hash_secret
 from hearth.credentials.pullback import PullBack
 from hearth.credentials.service import CredentialService
 from hearth.credentials.vault import CredentialVault
@@ -44,20 +46,59 @@ ADMIN_USER = "admin"
 ADMIN_KEY_FILE = "admin.key"
 
 
+async def open_store(settings: Settings) -> Store:
+    """The controller's store: its state dir made private, the schema migrated, and the
+    API-key hash secret loaded (``HEARTH_KEY_HASH_SECRET`` or the state dir's file)."""
+    settings.prepare_state_dir()
+    secret = load_key_hash_secret(settings.state_dir, settings.key_hash_secret)
+    return await Store.open(settings.database(), key_secret=secret)
+
+
 async def ensure_admin_key(store: Store, settings: Settings) -> Path | None:
-    """Import ``HEARTH_ADMIN_KEY``, or on first start mint one into a 0600 file; return its path."""
+    """Import ``HEARTH_ADMIN_KEY``, or make sure ``admin.key`` holds a working admin key.
+
+    On first start a key is minted into a new 0600 file. A stale file (its key revoked, or
+    written for another database) never stops the controller: a new admin key replaces it, and
+    the log says so. Returns the file's path, or None when no file is in use.
+    """
     if settings.admin_key:
         await store.api_keys.import_key(settings.admin_key, user_id=ADMIN_USER, admin=True)
         return None
     path = settings.state_dir / ADMIN_KEY_FILE
-    if any(k.is_admin and not k.is_revoked for k in await store.api_keys.list()):
-        return path if path.exists() else None
-    plaintext, _ = await store.api_keys.create(ADMIN_USER, admin=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(plaintext + "\n")
-    _log.info("admin_key_created", path=str(path))
+    if path.exists():
+        record = await store.api_keys.authenticate(path.read_text().strip())
+        if record is not None and record.is_admin and not record.is_revoked:
+            return path
+        stale = True
+    elif any(k.is_admin and not k.is_revoked for k in await store.api_keys.list()):
+        return None  # admin keys exist and the operator removed the file: nothing to write
+    else:
+        stale = False
+    plaintext, record = await store.api_keys.create(ADMIN_USER, admin=True)
+    _write_private(path, plaintext + "\n")
+    if stale:
+        _log.warning(
+            "admin_key_replaced",
+            path=str(path),
+            key_id=record.id,
+            reason="the key in the file is revoked or unknown to this database",
+        )
+    else:
+        _log.info("admin_key_created", path=str(path), key_id=record.id)
     return path
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Replace ``path`` atomically with a 0600 file holding ``text``."""
+    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
 
 
 class ObserveRequests:
@@ -118,40 +159,44 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        store = await Store.open(settings.database())
-        metrics = ControllerMetrics()
-        service = VmService(
-            settings=settings,
-            store=store,
-            backend=backend
-            or QemuBackend(
-                state_dir=settings.state_dir,
-                accel=detect_accel(override=settings.qemu_accel),
-                network_pool=settings.network_pool,
-                template_dir=settings.template_dir,
-            ),
-            images=images or ImageCatalog(settings),
-            metrics=metrics,
-            quotas=quotas or Quotas.from_settings(settings),
-        )
-        await ensure_admin_key(store, settings)
-        vault = CredentialVault.load(
-            settings.state_dir, {"HEARTH_MASTER_KEY": settings.master_key or ""}
-        )
-        credentials = CredentialService(store, vault)
-        service.before_destroy.append(PullBack(store, credentials, service).before_destroy)
-        auth = AuthFlow(settings=settings, store=store, vms=service, credentials=credentials)
-        await service.reconcile()
-        await auth.recover()
-        app.state.controller = Controller(
-            settings=settings,
-            store=store,
-            vms=service,
-            metrics=metrics,
-            credentials=credentials,
-            auth=auth,
-        )
+        store = await open_store(settings)
+        try:
+            metrics = ControllerMetrics()
+            service = VmService(
+                settings=settings,
+                store=store,
+                backend=backend
+                or QemuBackend(
+                    state_dir=settings.state_dir,
+                    accel=detect_accel(override=settings.qemu_accel),
+                    network_pool=settings.network_pool,
+                    template_dir=settings.template_dir,
+                ),
+                images=images or ImageCatalog(settings),
+                metrics=metrics,
+                quotas=quotas or Quotas.from_settings(settings),
+            )
+            await ensure_admin_key(store, settings)
+            vault = CredentialVault.load(
+                settings.state_dir, {"HEARTH_MASTER_KEY": settings.master_key or ""}
+            )
+            credentials = CredentialService(store, vault)
+            service.before_destroy.append(PullBack(store, credentials, service).before_destroy)
+            auth = AuthFlow(settings=settings, store=store, vms=service, credentials=credentials)
+            await service.reconcile()
+            await auth.recover()
+            app.state.controller = Controller(
+                settings=settings,
+                store=store,
+                vms=service,
+                metrics=metrics,
+                credentials=credentials,
+                auth=auth,
+            )
+        except BaseException:
+            # Nothing else holds the store yet: a failed start must not leave it open.
+            await store.close()
+            raise
         pool = WarmPool(
             service, sizes={VmType.CLI: settings.pool_cli, VmType.BROWSER: settings.pool_browser}
         )
@@ -181,6 +226,9 @@ def create_app(
     )
     install_error_handlers(app)
 
+    # Starlette runs the middleware added last first: every request gets its id, then its key
+    # and body size are checked, before any route reads the body.
+    app.add_middleware(KeyGuard, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(ObserveRequests)
     app.include_router(system.router)
     app.include_router(vms.router)

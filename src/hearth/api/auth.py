@@ -4,24 +4,42 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from hearth.api.context import Controller, controller
 from hearth.errors import Forbidden, Unauthorized
-from hearth.store import ApiKeyRecord
+from hearth.store import ApiKeyRecord, Store
+
+# Where the key guard leaves the key it authenticated, in the request's state.
+API_KEY_STATE = "api_key"
+
+
+async def authenticate(store: Store, authorization: str) -> ApiKeyRecord:
+    """The key an ``Authorization`` header carries, if it is valid; else Unauthorized."""
+    scheme, _, value = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not value.strip():
+        raise Unauthorized("missing API key: send Authorization: Bearer <key>")
+    record = await store.api_keys.authenticate(value.strip())
+    if record is None:
+        raise Unauthorized("unknown or revoked API key")
+    return record
+
+
+# Declares the scheme in the OpenAPI (so clients and schemathesis know every route but /health
+# needs it); the key guard has already checked the header when a route runs.
+_bearer = HTTPBearer(auto_error=False, scheme_name="apiKey", description="Bearer <API key>")
 
 
 async def api_key(
-    request: Request, ctl: Annotated[Controller, Depends(controller)]
+    request: Request,
+    ctl: Annotated[Controller, Depends(controller)],
+    _declared: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
 ) -> ApiKeyRecord:
-    """The authenticated key of the request, or 401."""
-    header = request.headers.get("authorization", "")
-    scheme, _, value = header.partition(" ")
-    if scheme.lower() != "bearer" or not value.strip():
-        raise Unauthorized("missing API key: send Authorization: Bearer <key>")
-    record = await ctl.store.api_keys.authenticate(value.strip())
+    """The authenticated key of the request (checked by the key guard before the body), or 401."""
+    record: ApiKeyRecord | None = getattr(request.state, API_KEY_STATE, None)
     if record is None:
-        raise Unauthorized("unknown or revoked API key")
+        record = await authenticate(ctl.store, request.headers.get("authorization", ""))
     request.state.user_id = record.user_id
     return record
 

@@ -8,6 +8,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Route
 
 from hearth.errors import HearthError
 from hearth.logging import get_logger
@@ -52,17 +53,36 @@ def validation_message(exc: RequestValidationError) -> tuple[int, str, str]:
     return 422, "invalid_input", "; ".join(parts)
 
 
+def hearth_error_response(exc: HearthError) -> JSONResponse:
+    """The HTTP response for a HearthError: its status, its code and message, and the headers
+    its status calls for. Route handlers and the key guard (which answers before any route)
+    both answer through here."""
+    if exc.http_status >= 500:
+        _log.warning("request_failed", code=exc.code, error=exc.message[:500])
+    headers = {"WWW-Authenticate": "Bearer"} if exc.http_status == 401 else None
+    if exc.http_status == 413:
+        # The body was not read; the connection cannot carry another request.
+        headers = {"Connection": "close"}
+    return JSONResponse(
+        error_body(exc.code, exc.message), status_code=exc.http_status, headers=headers
+    )
+
+
+def _methods_on(request: Request) -> list[str]:
+    """Every method some route serves on the request's path."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        if isinstance(route, Route) and route.path_regex.fullmatch(request.url.path):
+            methods |= route.methods or set()
+    return sorted(methods)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Register the handlers; every error leaves in the one JSON shape."""
 
     @app.exception_handler(HearthError)
     async def hearth_error(request: Request, exc: HearthError) -> JSONResponse:
-        if exc.http_status >= 500:
-            _log.warning("request_failed", code=exc.code, error=exc.message[:500])
-        headers = {"WWW-Authenticate": "Bearer"} if exc.http_status == 401 else None
-        return JSONResponse(
-            error_body(exc.code, exc.message), status_code=exc.http_status, headers=headers
-        )
+        return hearth_error_response(exc)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -73,9 +93,12 @@ def install_error_handlers(app: FastAPI) -> None:
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = _HTTP_CODES.get(exc.status_code, "error")
         message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
-        return JSONResponse(
-            error_body(code, message), status_code=exc.status_code, headers=exc.headers
-        )
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            # Starlette names the methods of the first route on the path only; a path served by
+            # several routes (GET and POST /api/vms) must list them all.
+            headers["Allow"] = ", ".join(_methods_on(request))
+        return JSONResponse(error_body(code, message), status_code=exc.status_code, headers=headers)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:

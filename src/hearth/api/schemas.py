@@ -133,18 +133,35 @@ class ErrorOut(BaseModel):
     error: ErrorDetail
 
 
-ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
-    status: {"model": ErrorOut, "description": text, "content": {"application/json": {}}}
-    for status, text in {
-        400: "Malformed request",
-        401: "Missing or wrong API key",
-        403: "Not allowed for this key",
-        404: "Not found (or not yours)",
-        409: "Conflict or quota exceeded",
-        422: "Invalid input; the message names the field",
-        429: "Host capacity exhausted",
-        500: "Internal error (generic message with a request id)",
-    }.items()
+# Every error status a route behind the key guard can answer, and what it means.
+ERROR_STATUSES: dict[int, str] = {
+    400: "Malformed request (e.g. the body is not JSON)",
+    401: "Missing or wrong API key",
+    403: "Not allowed for this key (admin only, or another user's)",
+    404: "Not found (or not yours)",
+    409: "Conflict or quota exceeded",
+    413: "Request body over HEARTH_MAX_BODY_BYTES (refused unread)",
+    422: "Invalid input; the message names the field",
+    429: "Host capacity exhausted; retry later",
+    500: "Internal error (generic message with a request id)",
+    502: "The VMM or the VM's agent failed (vm_process_exited, backend_error)",
+    503: "Not available on this host yet (image_not_built, tool_missing)",
+    504: "The VM's agent did not become healthy in time (vm_not_ready)",
 }
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, object]]:
+    """OpenAPI ``responses`` for ``statuses`` (default: all), each an ``ErrorOut``."""
+    return {
+        status: {
+            "model": ErrorOut,
+            "description": ERROR_STATUSES[status],
+            "content": {"application/json": {}},
+        }
+        for status in statuses or ERROR_STATUSES
+    }
+
+
+ERROR_RESPONSES = error_responses()
 
 HealthStatus = Literal["ok", "degraded"]

@@ -33,6 +33,7 @@ from hearth.config import Settings
 from hearth.control.vms import VmService
 from hearth.credentials.service import CredentialService
 from hearth.errors import (
+    ActiveSessionExists,
     CapacityExhausted,
     Conflict,
     HearthError,
@@ -51,6 +52,8 @@ _log = get_logger("auth.flow")
 VNC_PORT = 5900
 DEVTOOLS_PORT = 9223
 _DELIVERY_ATTEMPTS = 3
+# Racing starts retry while the session they lost to ends before they can read it.
+_START_ATTEMPTS = 5
 
 
 class StageTimeout(HearthError):
@@ -58,6 +61,14 @@ class StageTimeout(HearthError):
 
     code = "auth_stage_timeout"
     http_status = 504
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class StartedLogin:
+    """What ``AuthFlow.start`` returns: the session, and its view link if this call made it."""
+
+    session: AuthSessionRecord
+    view_url: str | None  # shown once; the store keeps only the hash of its token
 
 
 class _Ended(Exception):
@@ -92,35 +103,50 @@ class AuthFlow:
 
     # ---- API-facing ------------------------------------------------------------------------
 
-    async def start(self, user_id: str, provider: str) -> AuthSessionRecord:
-        """Start a login, or return the user's active one for that provider (no duplicates)."""
+    async def start(self, user_id: str, provider: str) -> StartedLogin:
+        """Start a login, or return the user's active one for that provider (no duplicates).
+
+        Racing starts agree on one session: the store admits one active session per user and
+        provider, and a start that loses the race returns the winner's. If that one has already
+        ended, the next attempt starts anew. The view link is in the result only for the call
+        that created the session: the store keeps its token's hash, never the token.
+        """
         if provider not in PROVIDERS:
             raise InvalidInput(f"provider: must be one of {', '.join(PROVIDERS)}")
-        active = await self.store.auth_sessions.find_active(user_id, provider)
-        if active is not None:
-            return active
         await self.store.users.ensure(user_id)
-        session_id = f"auth-{uuid.uuid4()}"
-        token = secrets.token_urlsafe(24)
-        record = AuthSessionRecord(
-            id=session_id,
-            user_id=user_id,
-            provider=provider,
-            view_url=f"/view/{session_id}?token={token}",
-            view_token_hash=view_token_hash(token),
+        for _attempt in range(_START_ATTEMPTS):
+            active = await self.store.auth_sessions.find_active(user_id, provider)
+            if active is not None:
+                return StartedLogin(session=active, view_url=None)
+            session_id = f"auth-{uuid.uuid4()}"
+            token = secrets.token_urlsafe(24)
+            try:
+                record = await self.store.auth_sessions.insert(
+                    AuthSessionRecord(
+                        id=session_id,
+                        user_id=user_id,
+                        provider=provider,
+                        view_token_hash=view_token_hash(token),
+                    )
+                )
+            except ActiveSessionExists:
+                continue  # another start won: read its session
+            self._launch(record)
+            return StartedLogin(session=record, view_url=f"/view/{session_id}?token={token}")
+        raise Conflict(
+            f"{provider} logins for user {user_id} keep starting and ending under this request; "
+            "retry"
         )
-        try:
-            record = await self.store.auth_sessions.insert(record)
-        except Conflict:
-            found = await self.store.auth_sessions.find_active(user_id, provider)
-            if found is None:
-                raise
-            return found
-        _log.info("auth_started", session_id=session_id, user_id=user_id, provider=provider)
+
+    def _launch(self, record: AuthSessionRecord) -> None:
+        """Run a new session's flow in the background."""
+        session_id = record.id
+        _log.info(
+            "auth_started", session_id=session_id, user_id=record.user_id, provider=record.provider
+        )
         task = asyncio.create_task(self._run(session_id))
         self._tasks[session_id] = task
         task.add_done_callback(lambda _t: self._tasks.pop(session_id, None))
-        return record
 
     async def cancel(self, session_id: str, *, user_id: str | None) -> AuthSessionRecord:
         """Cancel a session that has not ended; cancelling an ended one is a conflict."""
@@ -249,7 +275,9 @@ class AuthFlow:
         browser_spec = dataclasses.replace(
             self.vms.spec_for(VmType.BROWSER, None, None),
             network=NetworkMode.USER,
-            forward_ports=(VNC_PORT, DEVTOOLS_PORT),
+            forward_ports=(VNC_PORT, DEVTOOLS_PORT)
+            if self.settings.browser_devtools
+            else (VNC_PORT,),
             guest_forwards=plan.guest_forwards,
         )
         browser = await self._stage(

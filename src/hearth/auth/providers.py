@@ -19,35 +19,75 @@ _USER_NET = ipaddress.ip_network("10.0.2.0/24")
 EGRESS_GUEST_IP = "10.0.2.101"
 EGRESS_GUEST_PORT = 3128
 EGRESS_PROXY_URL = f"http://{EGRESS_GUEST_IP}:{EGRESS_GUEST_PORT}"
-# What each vendor's login needs to reach: its sign-in pages and their assets, the token endpoint
-# the CLI calls, and the bot checks and identity providers those pages use.
+# What each vendor's login needs to reach, and nothing more: the CLI's authorize URL and the
+# sign-in pages it leads to, the static hosts those pages cannot work without, and the CLI's own
+# calls (token exchange, post-login profile/setup). Chromium and the CLI share the one proxy, so
+# one list serves both. Hosts are exact, never wildcards: a wildcard admitted hosts where anyone
+# can publish content (*.googleusercontent.com, script.google.com, sites.google.com,
+# *.storage.googleapis.com, *.oaiusercontent.com), through which a page in the Browser VM could
+# carry the OAuth code or tokens out. Read from the CLIs pinned in hearth/images/vendor/
+# (codex 0.171.0, claude-code 2.1.332, gemini-cli 0.61.0); an operator who needs more (a social
+# sign-in the list leaves out) sets HEARTH_LOGIN_EGRESS_ALLOW.
 VENDOR_EGRESS: dict[str, tuple[str, ...]] = {
     "codex": (
+        # `codex login`'s authorize URL (/oauth/authorize) and OpenAI's sign-in and consent
+        # pages; the CLI's /oauth/token (code exchange, then the API-key token exchange) and
+        # /api/accounts (workspace list). Left out: *.openai.com (api.openai.com keeps files
+        # under anyone's API key), chatgpt.com (the login never goes there), *.oaiusercontent.com
+        # (user uploads and generated files).
         "auth.openai.com",
-        "*.openai.com",
-        "chatgpt.com",
-        "*.chatgpt.com",
-        "*.oaistatic.com",
-        "*.oaiusercontent.com",
+        # The sign-in pages' scripts, styles and images (auth-cdn.oaistatic.com/assets/...).
+        "auth-cdn.oaistatic.com",
+        # OpenAI's bot check: the sign-in pages load its SDK from here and post a proof-of-work
+        # token to /backend-api/sentinel/req, which the password and email-code steps require.
+        "sentinel.openai.com",
+        # Cloudflare Turnstile, the challenge the sign-in pages (and the bot check) may show.
         "challenges.cloudflare.com",
     ),
     "claude_code": (
-        "claude.ai",
-        "*.claude.ai",
+        # CLAUDE_AI_AUTHORIZE_URL: `claude auth login --claudeai` opens
+        # claude.com/cai/oauth/authorize, which redirects to claude.ai.
         "claude.com",
-        "*.claude.com",
-        "*.anthropic.com",
+        # The sign-in (email code, Google) and consent pages: /login, /oauth/authorize.
+        "claude.ai",
+        # claude.ai's application code, styles and fonts: the sign-in page is blank without it.
+        "assets-proxy.anthropic.com",
+        # TOKEN_URL (/v1/oauth/token, the CLI's code exchange), and CLAUDEAI_SUCCESS_URL, where
+        # the CLI's callback sends the browser once the tokens are saved.
+        "platform.claude.com",
+        # The CLI's post-login calls: /api/oauth/profile (the plan and rate-limit tier stored
+        # with the tokens) and ROLES_URL /api/oauth/claude_cli/roles. The API also takes uploads
+        # under anyone's API key; it stays because the CLI needs it (one list for both).
+        "api.anthropic.com",
+        # Cloudflare's challenge in front of claude.ai.
         "challenges.cloudflare.com",
+        # "Continue with Google" on claude.ai: Google's sign-in and consent pages.
         "accounts.google.com",
-        "*.gstatic.com",
-        "*.googleusercontent.com",
+        # Those pages' scripts and styles (www), images (ssl) and fonts; profile pictures on
+        # lh3.googleusercontent.com are left out (*.googleusercontent.com serves anyone's
+        # content), the pages work without them.
+        "www.gstatic.com",
+        "ssl.gstatic.com",
+        "fonts.gstatic.com",
     ),
     "gemini_cli": (
+        # gemini's authorize URL (accounts.google.com/o/oauth2/v2/auth), Google's sign-in and
+        # consent pages. Left out: *.google.com (script.google.com, sites.google.com and
+        # docs.google.com forms take anyone's content), developers.google.com (the success page
+        # the CLI's callback redirects to after the tokens are saved).
         "accounts.google.com",
-        "*.google.com",
-        "*.googleapis.com",
-        "*.gstatic.com",
-        "*.googleusercontent.com",
+        # Those pages' scripts and styles (www), images (ssl) and fonts.
+        "www.gstatic.com",
+        "ssl.gstatic.com",
+        "fonts.gstatic.com",
+        # The CLI's code exchange (google-auth-library's token endpoint, /token).
+        "oauth2.googleapis.com",
+        # The CLI's post-login setup: loadCodeAssist and onboardUser (the user's Code Assist
+        # tier). Left out: the rest of *.googleapis.com -- storage.googleapis.com and
+        # www.googleapis.com both serve Cloud Storage, where anyone's bucket can take uploads;
+        # www.googleapis.com/oauth2/v2/userinfo, which the CLI calls only to cache the account's
+        # email for display, fails and the CLI logs it and goes on.
+        "cloudcode-pa.googleapis.com",
     ),
 }
 

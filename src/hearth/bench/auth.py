@@ -350,6 +350,8 @@ def _controller_env(oidc: OidcServer) -> dict[str, str]:
         "HEARTH_LOGIN_TIMEOUT_S": f"{LOGIN_TIMEOUT_S:.0f}",
         "HEARTH_POOL_CLI": "0",
         "HEARTH_POOL_BROWSER": "0",
+        # The bench plays the user by typing into the login page over DevTools.
+        "HEARTH_BROWSER_DEVTOOLS": "1",
     }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import Annotated
 import typer
 import uvicorn
 
-from hearth.api.app import ADMIN_USER, create_app, ensure_admin_key
+from hearth.api.app import ADMIN_USER, create_app, ensure_admin_key, open_store
 from hearth.cli.common import console, fail, load_settings
 from hearth.config import Settings
 from hearth.credentials.service import CredentialService
@@ -32,6 +33,8 @@ def serve(
     ] = False,
 ) -> None:
     """Run the controller (REST API, reconciliation, monitor, warm pool)."""
+    # Whatever the controller creates (database, logs, keys, VM files) is its owner's alone.
+    os.umask(0o077)
     settings = _with(load_settings(), state_dir)
     settings = settings.with_overrides(host=host or settings.host, port=port or settings.port)
     app = create_app(settings, destroy_on_exit=destroy_on_exit)
@@ -77,8 +80,7 @@ def keys_create(
     settings = _with(load_settings(), state_dir)
 
     async def mint() -> str:
-        settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        store = await Store.open(settings.database())
+        store = await open_store(settings)
         try:
             await ensure_admin_key(store, settings)
             plaintext, _ = await store.api_keys.create(user, admin=admin)

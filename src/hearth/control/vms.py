@@ -58,6 +58,8 @@ class VmService:
         self._admission = asyncio.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._boots: dict[str, asyncio.Task[VmRecord]] = {}
+        # One teardown per VM: a destroy arriving while one runs waits for it and shares its end.
+        self._teardowns: dict[str, asyncio.Task[VmRecord]] = {}
         self.pool: Any = None  # set by the app when a warm pool is configured
         # Called with a VM's record before it is torn down (e.g. to pull back rotated tokens).
         self.before_destroy: list[Callable[[VmRecord], Awaitable[None]]] = []
@@ -242,8 +244,28 @@ class VmService:
     async def destroy(
         self, vm_id: str, *, user_id: str | None = None, include_pooled: bool = False
     ) -> VmRecord:
-        """Tear the VM down and mark it destroyed; destroying a destroyed VM is a no-op."""
+        """Tear the VM down and mark it destroyed; idempotent, also under concurrency.
+
+        Concurrent destroys of one VM share a single teardown (so the ``before_destroy`` hooks,
+        e.g. the credential pull-back, run once) and all return its destroyed record; destroying
+        a destroyed VM returns it unchanged.
+        """
         record = await self.get(vm_id, user_id=user_id, include_pooled=include_pooled)
+        if record.status is VmState.DESTROYED:
+            return record
+        task = self._teardowns.get(vm_id)
+        if task is None:
+            task = asyncio.create_task(self._teardown(vm_id))
+            self._teardowns[vm_id] = task
+            task.add_done_callback(lambda _t: self._teardowns.pop(vm_id, None))
+            # Retrieved here too, in case every caller gave up before it ended.
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        # A caller that gives up (cancelled request) leaves the teardown running for the others.
+        return await asyncio.shield(task)
+
+    async def _teardown(self, vm_id: str) -> VmRecord:
+        # Re-read: the row may have moved since the caller looked (e.g. a teardown just ended).
+        record = await self.store.vms.get(vm_id)
         if record.status is VmState.DESTROYED:
             return record
         if record.status in (VmState.CREATING, VmState.BOOTING):

@@ -16,6 +16,7 @@ import base64
 import binascii
 import errno
 import hashlib
+import hmac
 import os
 import re
 import secrets
@@ -28,6 +29,11 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from hearth.errors import ConfigError
 
 MASTER_KEY_ENV = "HEARTH_MASTER_KEY"
+# The secret API keys are hashed under (HMAC), kept like a master key but never rotated with it:
+# rotating it would make every stored key unusable.
+KEY_HASH_ENV = "HEARTH_KEY_HASH_SECRET"
+KEY_HASH_FILE = "key-hash.key"
+_KEY_HASH_LABEL = b"hearth api key hash v1"
 MASTER_KEY_FILE = "master.key"
 KEYRING_DIR = "master.keys.d"
 KEY_FILE_SUFFIX = ".key"
@@ -68,6 +74,10 @@ class MasterKey:
     def generate(cls) -> MasterKey:
         """A new key from the operating system's random source."""
         return cls(secrets.token_bytes(KEY_BYTES))
+
+    def derive(self, label: bytes) -> bytes:
+        """A 32-byte subkey for one purpose, named by ``label`` (HMAC-SHA256 of it)."""
+        return hmac.new(self._secret, label, hashlib.sha256).digest()
 
     def file_content(self) -> bytes:
         """The key as its file holds it: base64 and a newline (the HEARTH_MASTER_KEY format)."""
@@ -256,3 +266,31 @@ def archive_key(keyring_dir: Path, key: MasterKey) -> None:
     path = keyring_path(ensure_private_dir(keyring_dir), key.key_id)
     if not create_key_file(path, key):
         read_keyring_key(keyring_dir, key.key_id)  # raises unless it holds this very key
+
+
+def load_or_create_key_file(path: Path) -> tuple[MasterKey, bool]:
+    """The key in ``path``, created (0600) if there is none; and whether this call created it.
+
+    Two processes creating it at once agree on one key (the exclusive link decides).
+    """
+    try:
+        return read_key_file(path), False
+    except FileNotFoundError:
+        pass
+    ensure_private_dir(path.parent)
+    key = MasterKey.generate()
+    if create_key_file(path, key):
+        return key, True
+    return read_key_file(path), False  # another process created it first: use theirs
+
+
+def load_key_hash_secret(state_dir: Path, encoded: str | None) -> bytes:
+    """The secret API keys are stored under: from ``HEARTH_KEY_HASH_SECRET`` (base64 of 32
+    bytes; every controller sharing one database needs the same), else from ``key-hash.key``
+    in the state dir, created on first use. Never stored in the database, so a copy of the
+    database alone does not allow guessing keys offline."""
+    if encoded:
+        key = decode_master_key(encoded, source=KEY_HASH_ENV)
+    else:
+        key, _ = load_or_create_key_file(state_dir / KEY_HASH_FILE)
+    return key.derive(_KEY_HASH_LABEL)

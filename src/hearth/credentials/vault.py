@@ -24,10 +24,9 @@ from hearth.credentials.keys import (
     MASTER_KEY_FILE,
     MasterKey,
     archive_key,
-    create_key_file,
     decode_master_key,
-    ensure_private_dir,
     is_key_id,
+    load_or_create_key_file,
     read_key_file,
     read_keyring,
     read_keyring_key,
@@ -65,16 +64,10 @@ def associated_data(*, user_id: str, provider: str, key_id: str) -> bytes:
 
 
 def _load_or_create_key_file(path: Path) -> MasterKey:
-    try:
-        return read_key_file(path)
-    except FileNotFoundError:
-        pass
-    ensure_private_dir(path.parent)
-    key = MasterKey.generate()
-    if create_key_file(path, key):
+    key, created = load_or_create_key_file(path)
+    if created:
         _log.info("master_key_created", key_id=key.key_id, path=str(path))
-        return key
-    return read_key_file(path)  # another process created it first: use theirs
+    return key
 
 
 class CredentialVault:

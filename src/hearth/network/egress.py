@@ -7,16 +7,15 @@ in the VM use that address as their HTTPS proxy. What the proxy does with each c
 
 * Only ``CONNECT host:port HTTP/1.1`` is served. Plain-HTTP proxying (``GET http://...``) gets
   405; a malformed request line or header block, or a head over 8 KiB, gets 400.
-* ``host:port`` must match the allowlist: entries are ``host[:port]`` (port defaults to 443),
-  either an exact host (``auth.openai.com``, an IP literal, ``[2001:db8::1]:8443``) or a suffix
-  wildcard ``*.example.com``, which matches any name *below* example.com but not example.com
-  itself. Anything else gets 403 and an ``egress_denied`` log line.
+* ``host:port`` must match the allowlist (:mod:`hearth.network.allowlist`: exact hosts or IP
+  literals, and ``*.suffix`` wildcards, each with a port that defaults to 443). Anything else
+  gets 403 and an ``egress_denied`` log line.
 * The name is resolved once (through the injected ``resolver``) and the proxy dials the resolved
   address, never the name again, so a second DNS answer cannot steer the tunnel elsewhere. If any
-  resolved address is not public unicast -- loopback, RFC 1918 private, CGNAT (100.64/10),
-  link-local, multicast, unspecified, reserved, IPv6 ULA, or an IPv4 one of those embedded in an
-  IPv6 address -- the request gets 403: an allowlisted name must not become a way into the host's
-  own services (DNS rebinding).
+  resolved address is not globally reachable unicast (:func:`hearth.network.addresses.
+  is_public_address`: loopback, private, CGNAT, link-local, multicast, documentation, reserved,
+  IPv6 ULA and site-local, or such an IPv4 address inside an IPv6 one) the request gets 403: an
+  allowlisted name must not become a way into the host's own services (DNS rebinding).
 * ``allow_private`` is the one way around that check: exact ``ip:port`` strings
   (``127.0.0.1:8443``, ``[::1]:8443``) the proxy may dial although they are not public. It is
   for tests and for an operator's own OAuth server on a private network. It does not widen the
@@ -28,7 +27,8 @@ in the VM use that address as their HTTPS proxy. What the proxy does with each c
 * Upstream failures are told apart: a name that does not resolve or a refused connection gets
   502, a resolve or connect that misses its deadline gets 504.
 * After ``200 Connection established`` the proxy pipes bytes both ways (half-close passed on)
-  until both sides have closed, either side resets, or no byte moved for the idle timeout.
+  until both sides have closed, either side resets, or no byte moved for the idle timeout
+  (:mod:`hearth.network.tunnel`).
 
 Logs carry host, port and outcome only -- never request paths or header values (they can carry
 credentials). Every request is counted in ``hearth_egress_requests_total{outcome}`` and open
@@ -49,27 +49,43 @@ from http import HTTPStatus
 from types import TracebackType
 from typing import Self
 
-from hearth.errors import Conflict, InvalidInput
+from hearth.errors import Conflict
 from hearth.logging import get_logger
 from hearth.metrics import ControllerMetrics
+from hearth.network.addresses import IPAddress, is_public_address, unmapped
+from hearth.network.allowlist import (
+    DEFAULT_PORT,
+    AllowRule,
+    ip_literal,
+    normalise_host,
+    parse_ip_port,
+    parse_pin_key,
+    split_host_port,
+)
+from hearth.network.tunnel import CHUNK, CLOSE_GRACE, TunnelPipe, close_stream
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+# Callers import these from here; they live with the concept they belong to.
+__all__ = [
+    "DEFAULT_PORT",
+    "MAX_HEAD_BYTES",
+    "AllowRule",
+    "EgressOutcome",
+    "EgressProxy",
+    "EgressTimeouts",
+    "IPAddress",
+    "Resolver",
+    "is_public_address",
+    "system_resolver",
+]
+
 # Answers the addresses (IP literals, in preference order) of a host name; may raise OSError.
 Resolver = Callable[[str, int], Awaitable[Sequence[str]]]
 
-DEFAULT_PORT = 443
 MAX_HEAD_BYTES = 8 * 1024
-_CHUNK = 64 * 1024
-_CLOSE_GRACE = 1.0  # seconds a closing socket may take to flush before it is reset
 _LINGER_BYTES = 64 * 1024  # unread request bytes swallowed after a refusal, so no RST eats it
-_CGNAT = ipaddress.IPv4Network("100.64.0.0/10")
-_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 # Methods of a well-formed request we refuse with 405 rather than 400.
 _HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "TRACE", "PATCH"})
 _VERSION = re.compile(r"HTTP/1\.[01]")
-_PORT = re.compile(r"[0-9]{1,5}")
-_LABEL = r"(?!-)[a-z0-9_-]{1,63}(?<!-)"
-_HOSTNAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
 _HEADER_LINE = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+:[^\r\n]*")
 
 _log = get_logger("network.egress")
@@ -98,60 +114,6 @@ class EgressTimeouts:
     idle: float = 300.0  # a tunnel where no byte moved either way for this long is closed
 
 
-@dataclass(frozen=True)
-class AllowRule:
-    """One allowlist entry: an exact host (or IP literal) or a ``*.suffix`` wildcard, and a port."""
-
-    host: str  # normalised (lower case, no trailing dot); for a wildcard, the suffix without "*."
-    port: int
-    wildcard: bool = False
-
-    @classmethod
-    def parse(cls, entry: str) -> AllowRule:
-        """Parse ``host[:port]`` or ``*.suffix[:port]``; the port defaults to 443."""
-        try:
-            host, port = _split_host_port(entry.strip(), default_port=DEFAULT_PORT)
-            wildcard = host.startswith("*.")
-            host = _normalise_host(host[2:] if wildcard else host)
-            if wildcard and _ip_literal(host) is not None:
-                raise ValueError("a wildcard needs a domain suffix, not an IP address")
-        except ValueError as exc:
-            raise InvalidInput(f"egress allowlist entry {entry!r} is invalid: {exc}") from exc
-        return cls(host=host, port=port, wildcard=wildcard)
-
-    def matches(self, host: str, port: int) -> bool:
-        """Whether the normalised ``host`` and ``port`` of a CONNECT target fall under this rule."""
-        if port != self.port:
-            return False
-        if self.wildcard:
-            return _ip_literal(host) is None and host.endswith("." + self.host)
-        return host == self.host
-
-
-def is_public_address(address: IPAddress) -> bool:
-    """Whether ``address`` is public unicast: the only kind the proxy dials without being told."""
-    addresses: list[IPAddress] = [address]
-    if isinstance(address, ipaddress.IPv6Address):
-        embedded = address.ipv4_mapped or address.sixtofour
-        if embedded is None and address in _NAT64:
-            embedded = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
-        if embedded is not None:
-            addresses.append(embedded)
-    return all(
-        a.is_global
-        and not (
-            a.is_private
-            or a.is_loopback
-            or a.is_link_local
-            or a.is_multicast
-            or a.is_unspecified
-            or a.is_reserved
-            or (isinstance(a, ipaddress.IPv4Address) and a in _CGNAT)
-        )
-        for a in addresses
-    )
-
-
 async def system_resolver(host: str, port: int) -> list[str]:
     """The host's resolver (``getaddrinfo``): the TCP addresses of ``host``, in its order."""
     infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
@@ -175,9 +137,12 @@ class EgressProxy:
         pins: Mapping[str, str] | None = None,
     ) -> None:
         self.rules = tuple(AllowRule.parse(entry) for entry in allow)
-        self.private_exceptions = frozenset(_parse_private(entry) for entry in allow_private)
+        self.private_exceptions = frozenset(
+            parse_ip_port(entry, what="allow_private entry") for entry in allow_private
+        )
         self.pins = {
-            _pin_key(name): _parse_private(target) for name, target in (pins or {}).items()
+            parse_pin_key(name): parse_ip_port(target, what="pin target")
+            for name, target in (pins or {}).items()
         }
         self._bind = (host, port)
         self._resolver = resolver
@@ -238,7 +203,7 @@ class EgressProxy:
 
     def may_dial(self, address: IPAddress, port: int) -> bool:
         """Whether the proxy may open a connection to ``address:port`` (public, or excepted)."""
-        return is_public_address(address) or (_unmapped(address), port) in self.private_exceptions
+        return is_public_address(address) or (unmapped(address), port) in self.private_exceptions
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -254,7 +219,7 @@ class EgressProxy:
             _log.debug("egress_client_gone", error=type(exc).__name__)
         finally:
             self._connections.discard(task)
-            await _shut(writer, abort=aborted)
+            await close_stream(writer, abort=aborted)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if len(self._connections) > self._max_connections:
@@ -322,7 +287,7 @@ class EgressProxy:
         ) from failure
 
     async def _resolve(self, host: str, port: int) -> list[IPAddress]:
-        literal = _ip_literal(host)
+        literal = ip_literal(host)
         if literal is not None:
             return [literal]
         answers = [ipaddress.ip_address(a) for a in await self._resolver(host, port)]
@@ -359,14 +324,14 @@ class EgressProxy:
             + body
         )
         with contextlib.suppress(OSError, TimeoutError):
-            async with asyncio.timeout(_CLOSE_GRACE):
+            async with asyncio.timeout(CLOSE_GRACE):
                 await writer.drain()
                 if writer.can_write_eof():
                     writer.write_eof()
                 # Swallow what the client still sends: closing with unread input would reset the
                 # connection and could destroy the response before the client reads it.
                 swallowed = 0
-                while swallowed < _LINGER_BYTES and (chunk := await reader.read(_CHUNK)):
+                while swallowed < _LINGER_BYTES and (chunk := await reader.read(CHUNK)):
                     swallowed += len(chunk)
 
     async def _tunnel(
@@ -385,7 +350,7 @@ class EgressProxy:
         self._metrics.egress_requests.labels(outcome=EgressOutcome.TUNNELED.value).inc()
         self._metrics.egress_tunnels_open.inc()
         _log.info("egress_tunnel_opened", host=host, port=port, address=str(address))
-        pipe = _Pipe(loop.time(), bytes_up=len(early))
+        pipe = TunnelPipe(loop.time(), bytes_up=len(early))
         ending = "proxy_closed"
         aborted = False
         try:
@@ -395,7 +360,7 @@ class EgressProxy:
             raise
         finally:
             self._metrics.egress_tunnels_open.dec()
-            await _shut(upstream[1], abort=aborted)
+            await close_stream(upstream[1], abort=aborted)
             _log.info(
                 "egress_tunnel_closed",
                 host=host,
@@ -424,65 +389,6 @@ class _Refusal(Exception):
         self.reason = reason  # fixed text: never echoes what the client sent
         self.host = host
         self.port = port
-
-
-class _Pipe:
-    """Both directions of one tunnel: copies bytes, counts them, and notes when data last moved."""
-
-    def __init__(self, opened: float, *, bytes_up: int = 0) -> None:
-        self.opened = opened
-        self.last_activity = opened
-        self.bytes_up = bytes_up
-        self.bytes_down = 0
-
-    async def run(
-        self,
-        client: tuple[asyncio.StreamReader, asyncio.StreamWriter],
-        upstream: tuple[asyncio.StreamReader, asyncio.StreamWriter],
-        *,
-        idle: float,
-    ) -> str:
-        """Copy until both sides closed (``closed``), one reset (``reset``) or idle (``idle``)."""
-        loop = asyncio.get_running_loop()
-        pending = {
-            asyncio.create_task(self._copy(client[0], upstream[1], up=True)),
-            asyncio.create_task(self._copy(upstream[0], client[1], up=False)),
-        }
-        try:
-            while pending:
-                remaining = self.last_activity + idle - loop.time()
-                if remaining <= 0:
-                    return "idle"
-                done, pending = await asyncio.wait(
-                    pending, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
-                )
-                for task in done:
-                    error = task.exception()
-                    if isinstance(error, OSError):
-                        return "reset"
-                    if error is not None:
-                        raise error
-            return "closed"
-        finally:
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
-
-    async def _copy(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, up: bool
-    ) -> None:
-        loop = asyncio.get_running_loop()
-        while chunk := await reader.read(_CHUNK):
-            self.last_activity = loop.time()
-            if up:
-                self.bytes_up += len(chunk)
-            else:
-                self.bytes_down += len(chunk)
-            writer.write(chunk)
-            await writer.drain()
-            self.last_activity = loop.time()
-        if writer.can_write_eof():
-            writer.write_eof()  # pass the half-close on; the other direction keeps flowing
 
 
 async def _read_head(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
@@ -516,92 +422,7 @@ def _parse_connect(head: bytes) -> tuple[str, int]:
             raise _Refusal(405, EgressOutcome.METHOD_NOT_ALLOWED, "only CONNECT is served")
         raise _Refusal(400, EgressOutcome.BAD_REQUEST, "malformed request line")
     try:
-        host, port = _split_host_port(target, default_port=None)
-        return _normalise_host(host), port
+        host, port = split_host_port(target, default_port=None)
+        return normalise_host(host), port
     except ValueError as exc:
         raise _Refusal(400, EgressOutcome.BAD_REQUEST, "malformed CONNECT target") from exc
-
-
-def _split_host_port(text: str, *, default_port: int | None) -> tuple[str, int]:
-    """Split ``host:port`` or ``[v6]:port``; without a port, ``default_port`` (None: required)."""
-    if text.startswith("["):
-        host, bracket, rest = text[1:].partition("]")
-        if not bracket or "%" in host:
-            raise ValueError("a bracketed host must be an IPv6 address")
-        ipaddress.IPv6Address(host)  # ValueError if it is not one
-        if rest and not rest.startswith(":"):
-            raise ValueError("junk after the bracketed address")
-        port_text = rest[1:] if rest else None
-    elif ":" in text:
-        host, _, port_text = text.rpartition(":")
-        if ":" in host:
-            raise ValueError("an IPv6 address must be in brackets")
-    else:
-        host, port_text = text, None
-    if port_text is None:
-        if default_port is None:
-            raise ValueError("a port is required")
-        return host, default_port
-    if not _PORT.fullmatch(port_text) or not 0 < int(port_text) < 65536:
-        raise ValueError(f"{port_text!r} is not a TCP port")
-    return host, int(port_text)
-
-
-def _normalise_host(host: str) -> str:
-    """Lower-case, without a trailing dot, IP literals in canonical form; ValueError if invalid."""
-    literal = _ip_literal(host)
-    if literal is not None:
-        return str(literal)
-    name = host.lower().removesuffix(".")
-    if len(name) > 253 or not _HOSTNAME.fullmatch(name):
-        raise ValueError("not a host name or IP address")
-    return name
-
-
-def _ip_literal(host: str) -> IPAddress | None:
-    if "%" in host:
-        return None  # scoped IPv6 (fe80::1%eth0) is never a valid destination or rule
-    try:
-        return _unmapped(ipaddress.ip_address(host))
-    except ValueError:
-        return None
-
-
-def _unmapped(address: IPAddress) -> IPAddress:
-    """An IPv4-mapped IPv6 address (``::ffff:1.2.3.4``) as the IPv4 address it stands for."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped
-    return address
-
-
-def _pin_key(entry: str) -> tuple[str, int]:
-    """``host[:port]`` of a pin, normalised like a CONNECT target; InvalidInput if malformed."""
-    try:
-        host, port = _split_host_port(entry.strip(), default_port=DEFAULT_PORT)
-        return _normalise_host(host), port
-    except ValueError as exc:
-        raise InvalidInput(f"egress pin {entry!r}: expected host[:port]") from exc
-
-
-def _parse_private(entry: str) -> tuple[IPAddress, int]:
-    try:
-        host, port = _split_host_port(entry.strip(), default_port=None)
-        address = _ip_literal(host)
-        if address is None:
-            raise ValueError("the host must be an IP address")
-    except ValueError as exc:
-        raise InvalidInput(f"egress allow_private entry {entry!r} must be ip:port: {exc}") from exc
-    return address, port
-
-
-async def _shut(writer: asyncio.StreamWriter, *, abort: bool = False) -> None:
-    """Close one socket: flush and close politely, or reset at once (shutdown, or after a grace)."""
-    if abort:
-        writer.transport.abort()
-    else:
-        writer.close()
-    try:
-        async with asyncio.timeout(_CLOSE_GRACE):
-            await writer.wait_closed()
-    except (OSError, TimeoutError):
-        writer.transport.abort()

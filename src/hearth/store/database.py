@@ -11,6 +11,7 @@ from sqlalchemy import URL, Connection, event, make_url, text
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from hearth.config import SQLITE_FILE_NAME
 from hearth.errors import ConfigError
 from hearth.logging import get_logger
 from hearth.store.migrate import SQLITE_BEGIN_IMMEDIATE, upgrade_to_head
@@ -24,7 +25,6 @@ from hearth.store.repositories import (
     VmRepo,
 )
 
-SQLITE_FILE_NAME = "hearth.db"
 SQLITE_BUSY_TIMEOUT_MS = 5000
 PING_TIMEOUT_S = 5.0
 
@@ -106,24 +106,32 @@ class Store:
     from ``create_store_engine`` and does not migrate.
     """
 
-    def __init__(self, engine: AsyncEngine, *, clock: Clock = utc_now) -> None:
+    def __init__(
+        self, engine: AsyncEngine, *, clock: Clock = utc_now, key_secret: bytes | None = None
+    ) -> None:
         self.engine = engine
         self.users = UserRepo(engine, clock=clock)
-        self.api_keys = ApiKeyRepo(engine, clock=clock)
+        self.api_keys = ApiKeyRepo(engine, clock=clock, secret=key_secret)
         self.vms = VmRepo(engine, clock=clock)
         self.auth_sessions = AuthSessionRepo(engine, clock=clock)
         self.credentials = CredentialRepo(engine, clock=clock)
 
     @classmethod
-    async def open(cls, url: str, *, clock: Clock = utc_now) -> Store:
-        """Connect to ``url`` and bring its schema to the newest revision."""
+    async def open(
+        cls, url: str, *, clock: Clock = utc_now, key_secret: bytes | None = None
+    ) -> Store:
+        """Connect to ``url`` and bring its schema to the newest revision.
+
+        ``key_secret`` is what API keys are hashed under (``load_key_hash_secret``); without it
+        keys can be listed and revoked but not minted or checked.
+        """
         engine = create_store_engine(url)
         try:
             await upgrade_to_head(engine)
         except BaseException:
             await engine.dispose()
             raise
-        store = cls(engine, clock=clock)
+        store = cls(engine, clock=clock, key_secret=key_secret)
         _log.info("store_opened", url=store.url_for_log())
         return store
 

@@ -61,7 +61,7 @@ class UserRow(Base):
 
 
 class ApiKeyRow(Base):
-    """An API key, stored as the sha256 of its plaintext."""
+    """An API key, stored as a hash of its plaintext (``key_hash_scheme`` says which)."""
 
     __tablename__ = "api_keys"
     __table_args__ = (Index("ix_api_keys_user_id", "user_id"),)
@@ -69,6 +69,9 @@ class ApiKeyRow(Base):
     id: Mapped[str] = mapped_column(String(ID_MAX), primary_key=True)
     user_id: Mapped[str] = mapped_column(ForeignKey("users.id"))
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    # "hmac-sha256" (under the server's key-hash secret); "sha256" for rows stored before it,
+    # rehashed when their key is next used.
+    key_hash_scheme: Mapped[str] = mapped_column(String(16), server_default="sha256")
     prefix: Mapped[str] = mapped_column(String(16))
     is_admin: Mapped[bool] = mapped_column(Boolean())
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
@@ -134,7 +137,6 @@ class AuthSessionRow(Base):
     vm_id: Mapped[str | None] = mapped_column(String(ID_MAX))
     browser_vm_id: Mapped[str | None] = mapped_column(String(ID_MAX))
     login_url: Mapped[str | None] = mapped_column(Text())
-    view_url: Mapped[str | None] = mapped_column(Text())
     view_token_hash: Mapped[str | None] = mapped_column(String(64))
     error_message: Mapped[str | None] = mapped_column(Text())
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())

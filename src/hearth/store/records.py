@@ -110,7 +110,8 @@ class AuthSessionRecord:
     vm_id: str | None = None
     browser_vm_id: str | None = None
     login_url: str | None = None
-    view_url: str | None = None
+    # The view link's token is shown once, by the start that made the session; only its hash
+    # is kept, so neither the store nor any later read can hand the link out again.
     view_token_hash: str | None = field(default=None, repr=False)
     error_message: str | None = None
     created_at: datetime = field(default_factory=utc_now)

@@ -37,7 +37,6 @@ def session_body(record: AuthSessionRecord) -> dict[str, Any]:
         "vm_ip": None,
         "browser_vm_id": record.browser_vm_id,
         "login_url": record.login_url,
-        "view_url": record.view_url,
         "error_message": record.error_message,
         "created_at": iso(record.created_at),
         "updated_at": iso(record.updated_at),
@@ -56,10 +55,16 @@ def _user_for(body_user: str | None, key_user: str, admin: bool) -> str:
 
 @router.post("/api/auth/start", status_code=202)
 async def start_auth(body: AuthStart, key: Key, ctl: Ctl) -> dict[str, Any]:
-    """Start a login (or return the active one); the flow runs in the background."""
+    """Start a login (or return the active one); the flow runs in the background.
+
+    ``viewUrl`` (the token-gated page where the user watches and types) is in this response
+    only for the request that created the session, and never stored: it is null when a login
+    was already in progress (cancel it and start again for a new link).
+    """
     user = _user_for(body.user_id, key.user_id, key.is_admin)
-    record = await ctl.auth.start(user, body.provider)
-    return {"sessionId": record.id, "status": record.status.value, "viewUrl": record.view_url}
+    started = await ctl.auth.start(user, body.provider)
+    session = started.session
+    return {"sessionId": session.id, "status": session.status.value, "viewUrl": started.view_url}
 
 
 @router.get("/api/auth/session/{session_id}")

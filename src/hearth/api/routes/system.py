@@ -8,12 +8,16 @@ from fastapi import APIRouter, Response
 
 from hearth import __version__
 from hearth.api.auth import AdminKey, Ctl
+from hearth.api.schemas import error_responses
 from hearth.metrics import CONTENT_TYPE
 
 router = APIRouter(tags=["system"])
 
 
-@router.get("/health")
+@router.get(
+    "/health",
+    responses={503: {"description": "The store does not answer (the same body, degraded)"}},
+)
 async def health(ctl: Ctl, response: Response) -> dict[str, Any]:
     """Store and backend status; 503 when the store does not answer."""
     store_ok = await ctl.store.ping()
@@ -35,7 +39,10 @@ async def health(ctl: Ctl, response: Response) -> dict[str, Any]:
     return body
 
 
-@router.get("/metrics", responses={200: {"content": {CONTENT_TYPE: {}}}})
+@router.get(
+    "/metrics",
+    responses={200: {"content": {CONTENT_TYPE: {}}}, **error_responses(401, 403, 413, 500)},
+)
 async def metrics(key: AdminKey, ctl: Ctl) -> Response:
     """Prometheus text: VMs by status, create→healthy by boot mode, failures, HTTP requests."""
     await ctl.vms.refresh_gauges()

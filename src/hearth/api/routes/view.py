@@ -1,8 +1,10 @@
 """The Browser VM's screen for the user: a noVNC page and its WebSocket, proxied to the VM's VNC.
 
 Both are gated by the session's unguessable view token (only its hash is stored), and only while
-the session is in progress: the token dies with the session. Nothing else reaches the VNC port,
-which QEMU forwards to a loopback port known only to the controller.
+the session is in progress: the token dies with the session. QEMU forwards the VM's VNC port to
+a loopback port, which any local process could open, so the VM's x11vnc asks for the VM's own
+password: the proxy answers that challenge (``hearth.auth.rfb``) and offers the user's noVNC
+security None, so the password never leaves the controller.
 """
 
 from __future__ import annotations
@@ -18,14 +20,43 @@ from fastapi import APIRouter, Query, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import RedirectResponse
 
 from hearth.api.context import Controller
+from hearth.auth import rfb
 from hearth.auth.flow import VNC_PORT
 from hearth.auth.states import TERMINAL
 from hearth.errors import NotFound, Unauthorized
+from hearth.logging import get_logger
 from hearth.store import AuthSessionRecord
+from hearth_agent.vnc import vnc_password
 
 router = APIRouter(tags=["view"])
 NOVNC_DIR = Path("/usr/share/novnc")
 _CHUNK = 65536
+_HANDSHAKE_TIMEOUT_S = 30.0
+_log = get_logger("api.view")
+
+
+class _ViewerStream:
+    """Exact-length reads from the viewer's WebSocket for the RFB handshake; what a message
+    carried beyond the handshake is kept for the relay."""
+
+    def __init__(self, websocket: WebSocket) -> None:
+        self._websocket = websocket
+        self._buffer = bytearray()
+
+    async def read_exactly(self, size: int) -> bytes:
+        while len(self._buffer) < size:
+            message = await self._websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                raise asyncio.IncompleteReadError(bytes(self._buffer), size)
+            self._buffer += message.get("bytes") or (message.get("text") or "").encode()
+        chunk = bytes(self._buffer[:size])
+        del self._buffer[:size]
+        return chunk
+
+    def leftover(self) -> bytes:
+        data = bytes(self._buffer)
+        self._buffer.clear()
+        return data
 
 
 async def _session_for(ctl: Controller, session_id: str, token: str) -> AuthSessionRecord:
@@ -62,16 +93,29 @@ async def view_socket(websocket: WebSocket, session_id: str, token: str = "") ->
         record = await _session_for(ctl, session_id, token)
         vm = ctl.vms.live_vm(record.browser_vm_id or "")
         port = vm.ports[VNC_PORT]
+        if vm.token is None:
+            raise NotFound("the Browser VM is not claimed")
     except (Unauthorized, NotFound, KeyError):
         await websocket.close(code=4401)
         return
     offered = websocket.scope.get("subprotocols") or []
     await websocket.accept(subprotocol="binary" if "binary" in offered else None)
+    viewer = _ViewerStream(websocket)
     try:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    except OSError:
-        await websocket.close(code=1011)
+        async with asyncio.timeout(_HANDSHAKE_TIMEOUT_S):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            try:
+                await rfb.authenticate(reader, writer, vnc_password(vm.token))
+                await rfb.greet_viewer(viewer.read_exactly, websocket.send_bytes)
+            except BaseException:
+                writer.close()
+                raise
+    except (OSError, TimeoutError, asyncio.IncompleteReadError, rfb.RfbRefused) as exc:
+        _log.warning("view_vnc_failed", session_id=session_id, error=type(exc).__name__)
+        with contextlib.suppress(Exception):
+            await websocket.close(code=1011)
         return
+    writer.write(viewer.leftover())
 
     async def to_vm() -> None:
         while True:

@@ -1,19 +1,33 @@
-"""API keys: generated or imported, stored only as sha256, checked on every request."""
+"""API keys: generated or imported, stored only as HMAC-SHA256 under a server secret, checked on
+every request.
+
+The secret lives outside the database (``hearth.credentials.keys.load_key_hash_secret``), so a
+copy of the database does not let anyone test guesses of a weak operator-chosen key offline.
+Rows stored before that (scheme ``sha256``) keep working and are rehashed at their next use.
+"""
 
 from __future__ import annotations
 
 import builtins
 import hashlib
+import hmac
 import secrets
 from dataclasses import replace
 from datetime import timedelta
+from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import Row, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from hearth.errors import Conflict, InvalidInput, NotFound
+from hearth.errors import ConfigError, Conflict, InvalidInput, NotFound
 from hearth.store.models import api_keys_table
-from hearth.store.records import ApiKeyRecord
-from hearth.store.repositories._base import Repository, insert_ignoring_duplicates, to_record
+from hearth.store.records import ApiKeyRecord, utc_now
+from hearth.store.repositories._base import (
+    Clock,
+    Repository,
+    insert_ignoring_duplicates,
+    to_record,
+)
 from hearth.store.repositories.users import ensure_user
 
 KEY_PREFIX = "hk_"
@@ -23,11 +37,20 @@ KEY_MAX_CHARS = 512
 # Stamping last_used_at on every request would turn each authenticated read into a write.
 LAST_USED_RESOLUTION = timedelta(minutes=1)
 
-_PUBLIC_COLUMNS = [c for c in api_keys_table.c if c.name != "key_hash"]
+HMAC_SCHEME = "hmac-sha256"
+LEGACY_SCHEME = "sha256"  # rows stored before revision 0003
+
+_PUBLIC_COLUMNS = [c for c in api_keys_table.c if c.name not in ("key_hash", "key_hash_scheme")]
+_table = api_keys_table
 
 
-def hash_key(plaintext: str) -> str:
-    """The sha256 hex digest under which a key is stored."""
+def hash_key(plaintext: str, secret: bytes) -> str:
+    """The HMAC-SHA256 hex digest under which a key is stored."""
+    return hmac.new(secret, plaintext.encode(), hashlib.sha256).hexdigest()
+
+
+def legacy_hash_key(plaintext: str) -> str:
+    """The bare sha256 hex digest rows stored before revision 0003 hold."""
     return hashlib.sha256(plaintext.encode()).hexdigest()
 
 
@@ -36,7 +59,39 @@ def _new_key_id() -> str:
 
 
 class ApiKeyRepo(Repository):
-    """Creates, imports, authenticates, lists and revokes API keys."""
+    """Creates, imports, authenticates, lists and revokes API keys.
+
+    ``secret`` is the key-hash secret; a store opened without one can list and revoke keys but
+    not mint, import or check them (ConfigError).
+    """
+
+    def __init__(
+        self, engine: AsyncEngine, *, clock: Clock = utc_now, secret: bytes | None = None
+    ) -> None:
+        super().__init__(engine, clock=clock)
+        self._secret = secret
+
+    def _hash(self, plaintext: str) -> str:
+        if self._secret is None:
+            raise ConfigError("the store was opened without the API-key hash secret")
+        return hash_key(plaintext, self._secret)
+
+    async def _rehash_legacy(self, conn: AsyncConnection, plaintext: str) -> None:
+        """Move a pre-0003 row of this key, if there is one, to the keyed hash."""
+        await conn.execute(
+            update(_table)
+            .where(
+                _table.c.key_hash == legacy_hash_key(plaintext),
+                _table.c.key_hash_scheme == LEGACY_SCHEME,
+            )
+            .values(key_hash=self._hash(plaintext), key_hash_scheme=HMAC_SCHEME)
+        )
+
+    async def _row_of(self, conn: AsyncConnection, key_hash: str) -> Row[Any] | None:
+        statement = select(*_PUBLIC_COLUMNS).where(
+            _table.c.key_hash == key_hash, _table.c.key_hash_scheme == HMAC_SCHEME
+        )
+        return (await conn.execute(statement)).one_or_none()
 
     async def create(self, user_id: str, *, admin: bool) -> tuple[str, ApiKeyRecord]:
         """A new key for ``user_id`` (created if new): the plaintext, shown once, and its record."""
@@ -45,7 +100,8 @@ class ApiKeyRepo(Repository):
         values = {
             "id": _new_key_id(),
             "user_id": user_id,
-            "key_hash": hash_key(plaintext),
+            "key_hash": self._hash(plaintext),
+            "key_hash_scheme": HMAC_SCHEME,
             "prefix": plaintext[:DISPLAY_PREFIX_CHARS],
             "is_admin": admin,
             "created_at": now,
@@ -71,26 +127,25 @@ class ApiKeyRepo(Repository):
             )
         if not plaintext.isascii() or not plaintext.isprintable() or " " in plaintext:
             raise InvalidInput("an imported key must be printable ASCII without spaces")
-        key_hash = hash_key(plaintext)
+        key_hash = self._hash(plaintext)
         now = self._clock()
         async with self._engine.begin() as conn:
             await ensure_user(conn, user_id, now=now)
+            await self._rehash_legacy(conn, plaintext)
             insert = insert_ignoring_duplicates(conn, api_keys_table, key="key_hash")
             await conn.execute(
                 insert.values(
                     id=_new_key_id(),
                     user_id=user_id,
                     key_hash=key_hash,
+                    key_hash_scheme=HMAC_SCHEME,
                     prefix=plaintext[:DISPLAY_PREFIX_CHARS],
                     is_admin=admin,
                     created_at=now,
                 )
             )
-            row = (
-                await conn.execute(
-                    select(*_PUBLIC_COLUMNS).where(api_keys_table.c.key_hash == key_hash)
-                )
-            ).one()
+            row = await self._row_of(conn, key_hash)
+        assert row is not None  # inserted, or already there
         record = to_record(ApiKeyRecord, row)
         if record.user_id != user_id or record.is_admin != admin:
             raise Conflict(
@@ -103,19 +158,29 @@ class ApiKeyRepo(Repository):
         """The unrevoked key whose plaintext this is, or None; notes when it was last used."""
         if not plaintext or len(plaintext) > KEY_MAX_CHARS:
             return None
-        key_hash = hash_key(plaintext)
+        key_hash = self._hash(plaintext)
         async with self._engine.connect() as conn:
-            row = (
-                await conn.execute(
-                    select(*_PUBLIC_COLUMNS).where(
-                        api_keys_table.c.key_hash == key_hash,
-                        api_keys_table.c.revoked_at.is_(None),
+            row = await self._row_of(conn, key_hash)
+            if row is None:
+                # Perhaps a key stored before the keyed hash (checked by a read first, so that
+                # unknown keys never take the write lock).
+                legacy = await conn.scalar(
+                    select(_table.c.id).where(
+                        _table.c.key_hash == legacy_hash_key(plaintext),
+                        _table.c.key_hash_scheme == LEGACY_SCHEME,
                     )
                 )
-            ).one_or_none()
+                if legacy is None:
+                    return None
+        if row is None:
+            async with self._engine.begin() as conn:
+                await self._rehash_legacy(conn, plaintext)
+                row = await self._row_of(conn, key_hash)
         if row is None:
             return None
         record = to_record(ApiKeyRecord, row)
+        if record.is_revoked:
+            return None
         now = self._clock()
         stale_before = now - LAST_USED_RESOLUTION
         if record.last_used_at is not None and record.last_used_at > stale_before:

@@ -10,7 +10,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
 from hearth.auth.states import TERMINAL, AuthStatus, check_auth_transition
-from hearth.errors import Conflict, InvalidInput, NotFound
+from hearth.errors import ActiveSessionExists, Conflict, InvalidInput, NotFound
 from hearth.store.models import ACTIVE_AUTH_STATUSES, auth_sessions_table, users_table
 from hearth.store.records import AuthSessionRecord
 from hearth.store.repositories._base import (
@@ -32,7 +32,6 @@ UPDATABLE_FIELDS: dict[str, Coerce] = {
     "vm_id": optional(as_str),
     "browser_vm_id": optional(as_str),
     "login_url": optional(as_str),
-    "view_url": optional(as_str),
     "view_token_hash": optional(as_str),
     "error_message": optional(as_str),
     "stage_deadline_at": optional(as_timestamp),
@@ -47,8 +46,8 @@ class AuthSessionRepo(Repository):
     async def insert(self, record: AuthSessionRecord) -> AuthSessionRecord:
         """Store a new session.
 
-        Conflict if the id is taken or the user already has an active session for the
-        provider; NotFound if the user does not exist.
+        Conflict if the id is taken, ActiveSessionExists (a Conflict) if the user already has an
+        active session for the provider; NotFound if the user does not exist.
         """
         try:
             async with self._engine.begin() as conn:
@@ -74,11 +73,13 @@ class AuthSessionRepo(Repository):
             raise NotFound(f"user {record.user_id} does not exist") from exc
         if taken is not None:
             raise Conflict(f"auth session {record.id} already exists") from exc
-        active = await self.find_active(record.user_id, record.provider)
-        if active is not None:
-            raise Conflict(
-                f"user {record.user_id} already has an active {record.provider} "
-                f"auth session {active.id} ({active.status.value})"
+        if record.status not in TERMINAL:
+            # The one constraint left: one active session per user and provider. The session
+            # that holds it may have ended since; the caller decides whether to try again.
+            active = await self.find_active(record.user_id, record.provider)
+            which = f" {active.id} ({active.status.value})" if active is not None else ""
+            raise ActiveSessionExists(
+                f"user {record.user_id} already has an active {record.provider} auth session{which}"
             ) from exc
         raise InvalidInput(f"auth session {record.id} violates a constraint of the store") from exc
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import platform
-import secrets
 import shutil
 import time
 import uuid
@@ -33,8 +32,8 @@ from hearth.errors import (
 from hearth.images.manifest import ImageDir
 from hearth.logging import get_logger
 from hearth.network.pool import DEFAULT_POOL, SlotPool
+from hearth.vm.claim import claim_agent, new_agent_token
 from hearth.vm.firecracker import disks, payloads, process, sequences
-from hearth.vm.firecracker.agent import claim_agent
 from hearth.vm.firecracker.client import FirecrackerClient
 from hearth.vm.firecracker.disks import CowMechanism
 from hearth.vm.firecracker.network import (
@@ -246,7 +245,7 @@ class FirecrackerBackend:
             vm.move_to(VmState.BOOTING)
             _log.info("vm_booting", vm_id=vm_id, boot_mode=vm.boot_mode.value, pid=proc.pid)
             started = time.monotonic()
-            token = secrets.token_urlsafe(32) if claim else None
+            token = new_agent_token() if claim else None
             await proc.wait_for_api(Deadline.after(API_DEADLINE_S))
             async with FirecrackerClient(root.api_socket) as client:
                 deadline = await self._configure(

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import hashlib
-import json
 import os
-import secrets
 import shutil
 import signal
 import socket
@@ -16,19 +13,19 @@ import time
 import uuid
 from pathlib import Path
 
-import httpx
-
 from hearth.errors import HearthError, InvalidInput, SnapshotError, VmError, VmProcessExited
-from hearth.httpclient import async_client
 from hearth.images.manifest import ImageDir
 from hearth.logging import get_logger
 from hearth.network.namespace import NetworkSlot, create_namespace, delete_namespace, names_for
 from hearth.network.pool import DEFAULT_POOL, SlotPool
 from hearth.tools import require_tool, tail
+from hearth.vm.claim import claim_agent, new_agent_token
 from hearth.vm.qemu.accel import Accel, detect_accel
 from hearth.vm.qemu.command import VmPaths, qemu_argv
-from hearth.vm.qemu.disks import bytes_on_disk, create_overlay
+from hearth.vm.qemu.disk_keys import DiskKey, key_pipe
+from hearth.vm.qemu.disks import Overlays
 from hearth.vm.qemu.monitor import Monitor
+from hearth.vm.qemu.records import read_record, vm_from_record, write_record, write_token
 from hearth.vm.qemu.templates import Template, TemplateStore, template_key
 from hearth.vm.readiness import (
     COLD_BOOT_DEADLINE_S,
@@ -36,7 +33,7 @@ from hearth.vm.readiness import (
     Deadline,
     wait_until_healthy,
 )
-from hearth.vm.types import BootMode, NetworkMode, Vm, VmSpec, VmState, VmType
+from hearth.vm.types import BootMode, NetworkMode, Vm, VmSpec, VmState
 
 _log = get_logger("vm.qemu")
 _STOP_GRACE_S = 3.0
@@ -72,6 +69,7 @@ class QemuBackend:
         use_templates: bool = True,
         cold_deadline_s: float = COLD_BOOT_DEADLINE_S,
         restore_deadline_s: float = RESTORE_DEADLINE_S,
+        encrypt_disks: bool = True,
     ) -> None:
         self.binary = require_tool("qemu-system-x86_64")
         require_tool("qemu-img")
@@ -88,6 +86,9 @@ class QemuBackend:
         self.use_templates = use_templates
         self.cold_deadline_s = cold_deadline_s
         self.restore_deadline_s = restore_deadline_s
+        # Off only to measure what encryption costs (docs/benchmarks.md): see disk_keys.py.
+        self.encrypt_disks = encrypt_disks
+        self._overlays = Overlays()
         self._procs: dict[str, asyncio.subprocess.Process] = {}
         self._watchers: dict[str, asyncio.Task[None]] = {}
 
@@ -146,7 +147,7 @@ class QemuBackend:
             for workdir in sorted(self.vms_dir.iterdir()):
                 if workdir.name in keep:
                     continue
-                vm = self._vm_from_record(workdir) or Vm(
+                vm = vm_from_record(workdir, backend=self.name) or Vm(
                     id=workdir.name, spec=VmSpec(), backend=self.name, workdir=workdir
                 )
                 vm.state = VmState.FAILED
@@ -171,12 +172,7 @@ class QemuBackend:
                 reaped.append(owner)
         return sorted(set(reaped))
 
-    @staticmethod
-    def _write_token(workdir: Path, token: str) -> None:
-        path = workdir / "agent.token"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(token)
+    _write_token = staticmethod(write_token)
 
     async def _template_for(self, image: ImageDir, spec: VmSpec) -> Template:
         key = template_key(image, spec, self.accel)
@@ -197,7 +193,15 @@ class QemuBackend:
         """Boot a VM into ``directory``, wait healthy (unclaimed), save disk and memory state."""
         vm_id = f"template-{directory.name.lstrip('.')}"
         vm = await self._start(
-            vm_id, image, spec, template=None, claim=False, workdir=directory, record=False
+            vm_id,
+            image,
+            spec,
+            template=None,
+            claim=False,
+            workdir=directory,
+            record=False,
+            # Saved unclaimed (no user's token or data yet) and reopened by every restore.
+            encrypt_disk=False,
         )
         try:
             monitor = await Monitor.connect(
@@ -229,6 +233,7 @@ class QemuBackend:
         claim: bool,
         workdir: Path | None = None,
         record: bool = True,
+        encrypt_disk: bool = True,
     ) -> Vm:
         paths = self._paths(vm_id, workdir or self.vms_dir / vm_id)
         paths.workdir.mkdir(mode=0o700, parents=True, exist_ok=workdir is not None)
@@ -245,8 +250,14 @@ class QemuBackend:
                 backing, backing_format = template.overlay, "qcow2"
             else:
                 backing, backing_format = image.rootfs, "raw"
+            # The VM's own layer gets a key of its own, known afterwards only to its QEMU.
+            key = DiskKey.generate() if encrypt_disk and self.encrypt_disks else None
             vm.disk_bytes = await asyncio.to_thread(
-                create_overlay, backing, paths.overlay, backing_format=backing_format
+                self._overlays.create,
+                backing,
+                paths.overlay,
+                backing_format=backing_format,
+                key=key,
             )
             port: int | None = None
             network: NetworkSlot | None = None
@@ -257,30 +268,36 @@ class QemuBackend:
                 port = free_local_port()
                 vm.agent_url = f"http://127.0.0.1:{port}"
                 vm.ports = {guest: free_local_port() for guest in spec.forward_ports}
-            argv = qemu_argv(
-                binary=self.binary,
-                vm_id=vm_id,
-                image=image,
-                spec=spec,
-                accel=self.accel,
-                paths=paths,
-                host_port=port,
-                extra_ports=vm.ports,
-                network=network,
-                incoming_state=template.state if template else None,
-            )
-            with paths.stderr.open("wb") as stderr:
-                proc = await asyncio.create_subprocess_exec(
-                    *argv,
-                    stdin=asyncio.subprocess.DEVNULL,
-                    stdout=asyncio.subprocess.DEVNULL,
-                    stderr=stderr,
-                    start_new_session=True,
+            # Others may remove an empty runtime dir while the overlay was being made.
+            self.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            with key_pipe(key) as key_fd:
+                argv = qemu_argv(
+                    binary=self.binary,
+                    vm_id=vm_id,
+                    image=image,
+                    spec=spec,
+                    accel=self.accel,
+                    paths=paths,
+                    host_port=port,
+                    extra_ports=vm.ports,
+                    network=network,
+                    incoming_state=template.state if template else None,
+                    disk_key_fd=key_fd,
                 )
+                with paths.stderr.open("wb") as stderr:
+                    proc = await asyncio.create_subprocess_exec(
+                        *argv,
+                        stdin=asyncio.subprocess.DEVNULL,
+                        stdout=asyncio.subprocess.DEVNULL,
+                        stderr=stderr,
+                        start_new_session=True,
+                        pass_fds=() if key_fd is None else (key_fd,),
+                    )
+            del key  # from here on only this VM's QEMU holds it
             self._procs[vm_id] = proc
             vm.pid = proc.pid
             if record:
-                self._write_record(vm, paths, port, network)
+                write_record(vm, paths, port, network)
             vm.move_to(VmState.BOOTING)
             _log.info("vm_booting", vm_id=vm_id, boot_mode=vm.boot_mode.value, pid=proc.pid)
             started = time.monotonic()
@@ -355,23 +372,11 @@ class QemuBackend:
             await monitor.close()
 
     async def _claim(self, vm: Vm) -> str:
-        """Give the VM's agent its own token, fresh clock and entropy (``POST /init``)."""
-        token = secrets.token_urlsafe(32)
-        body = {
-            "token": token,
-            "time": time.time(),
-            "entropy": base64.b64encode(os.urandom(64)).decode(),
-        }
-        try:
-            async with async_client(timeout=10) as client:
-                response = await client.post(f"{vm.agent_url}/init", json=body)
-        except httpx.HTTPError as exc:
-            raise VmError(f"VM {vm.id}: claiming the agent failed: {type(exc).__name__}") from exc
-        if response.status_code != 200:
-            raise VmError(
-                f"VM {vm.id}: the agent refused its token (HTTP {response.status_code}); "
-                "was the template claimed?"
-            )
+        """Give the VM's agent its own token, fresh clock and reseeded randomness."""
+        if vm.agent_url is None:
+            raise VmError(f"VM {vm.id} has no agent address")
+        token = new_agent_token()
+        await claim_agent(vm.id, vm.agent_url, token)
         return token
 
     def _create_network(self, vm_id: str) -> NetworkSlot:
@@ -393,25 +398,6 @@ class QemuBackend:
         if network is not None:
             delete_namespace(network)
             self.pool.release(network.slot.index, vm_id)
-
-    def _write_record(
-        self, vm: Vm, paths: VmPaths, port: int | None, network: NetworkSlot | None
-    ) -> None:
-        record = {
-            "id": vm.id,
-            "pid": vm.pid,
-            "host_port": port,
-            "network": vm.spec.network.value,
-            "slot": network.slot.index if network else None,
-            "agent_url": vm.agent_url,
-            "ports": {str(k): v for k, v in vm.ports.items()},
-            "vm_type": vm.spec.vm_type.value,
-            "vcpus": vm.spec.vcpus,
-            "mem_mib": vm.spec.mem_mib,
-            "boot_mode": vm.boot_mode.value,
-            "created_at": vm.created_at,
-        }
-        paths.record.write_text(json.dumps(record))
 
     # ---- watch, pause, resume -------------------------------------------------------------
 
@@ -460,40 +446,10 @@ class QemuBackend:
         if not self.vms_dir.is_dir():
             return found
         for workdir in sorted(self.vms_dir.iterdir()):
-            vm = self._vm_from_record(workdir)
+            vm = vm_from_record(workdir, backend=self.name)
             if vm is not None and vm.pid and _is_our_process(vm.pid, workdir):
                 found.append(vm)
         return found
-
-    def _vm_from_record(self, workdir: Path) -> Vm | None:
-        """Rebuild a Vm from its work directory's record (and token file), if readable."""
-        try:
-            record = json.loads((workdir / "vm.json").read_text())
-            spec = VmSpec(
-                vm_type=VmType(record.get("vm_type", "cli")),
-                vcpus=int(record["vcpus"]),
-                mem_mib=int(record["mem_mib"]),
-                network=NetworkMode(record.get("network", "user")),
-            )
-        except (OSError, ValueError, KeyError, HearthError):
-            return None
-        token: str | None = None
-        with contextlib.suppress(OSError):
-            token = (workdir / "agent.token").read_text().strip() or None
-        return Vm(
-            id=str(record["id"]),
-            spec=spec,
-            backend=self.name,
-            state=VmState.READY,
-            agent_url=record.get("agent_url"),
-            token=token,
-            pid=int(record.get("pid") or 0) or None,
-            workdir=workdir,
-            boot_mode=BootMode(record.get("boot_mode", "cold")),
-            created_at=float(record.get("created_at", 0.0)),
-            disk_bytes=bytes_on_disk(workdir / "disk.qcow2"),
-            ports={int(k): int(v) for k, v in (record.get("ports") or {}).items()},
-        )
 
     def console_tail(self, vm: Vm, lines: int = 40) -> str:
         """The last lines of the serial console (and QEMU's stderr when it said anything)."""
@@ -523,7 +479,7 @@ class QemuBackend:
         except (OSError, VmError) as exc:
             errors.append(f"stop: {exc}")
         try:
-            self._delete_network(vm.id, self._read_record(vm))
+            self._delete_network(vm.id, read_record(vm.workdir) if vm.workdir else None)
         except (OSError, VmError) as exc:
             errors.append(f"network: {exc}")
         watcher = self._watchers.pop(vm.id, None)
@@ -544,15 +500,6 @@ class QemuBackend:
         _log.info("vm_destroyed", vm_id=vm.id)
         if errors:
             raise VmError(f"VM {vm.id} destroyed with errors: {'; '.join(errors)}")
-
-    def _read_record(self, vm: Vm) -> dict[str, object] | None:
-        if vm.workdir is None:
-            return None
-        try:
-            data = json.loads((vm.workdir / "vm.json").read_text())
-        except (OSError, ValueError):
-            return None
-        return data if isinstance(data, dict) else None
 
     async def _stop_process(self, vm: Vm) -> None:
         proc = self._procs.pop(vm.id, None)

@@ -9,6 +9,7 @@ from pathlib import Path
 from hearth.images.manifest import ImageDir
 from hearth.network.namespace import TAP_NAME, NetworkSlot
 from hearth.vm.qemu.accel import Accel
+from hearth.vm.qemu.disk_keys import drive_key_option, secret_object
 from hearth.vm.types import VmSpec
 
 AGENT_PORT = 8080
@@ -72,8 +73,10 @@ def qemu_argv(
     extra_ports: dict[int, int] | None = None,
     network: NetworkSlot | None = None,
     incoming_state: Path | None = None,
+    disk_key_fd: int | None = None,
 ) -> list[str]:
-    """Build the argv; ``incoming_state`` restores a saved template state instead of booting."""
+    """Build the argv; ``incoming_state`` restores a saved template state instead of booting;
+    ``disk_key_fd`` (inherited by QEMU) holds the key of an encrypted overlay."""
     accel_opt = (
         f"{accel.name},thread=multi" if accel.name == "tcg" and spec.vcpus > 1 else accel.name
     )
@@ -96,6 +99,12 @@ def qemu_argv(
         if not spec.allow_egress:
             # restrict=on: the guest reaches nothing outside, not even the host; forwards work.
             netdev += ",restrict=on"
+    drive = f"file={paths.overlay},if=virtio,format=qcow2,cache=writeback,discard=unmap"
+    key_object: list[str] = []
+    if disk_key_fd is not None:
+        # The secret must exist at startup: with -incoming the drive is opened before QMP is up.
+        key_object = ["-object", secret_object(f"/dev/fd/{disk_key_fd}")]
+        drive += f",{drive_key_option()}"
     argv = [
         *prefix,
         binary,
@@ -122,8 +131,9 @@ def qemu_argv(
         str(image.initramfs),
         "-append",
         KERNEL_APPEND,
+        *key_object,
         "-drive",
-        f"file={paths.overlay},if=virtio,format=qcow2,cache=writeback,discard=unmap",
+        drive,
         "-netdev",
         netdev,
         "-device",

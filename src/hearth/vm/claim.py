@@ -1,0 +1,73 @@
+"""The controller's side of claiming a VM's agent: its token, the host's clock, fresh randomness.
+
+Every VM restored from one snapshot wakes with the template's memory: its clock, and its kernel's
+CRNG state. ``POST /init`` is the first thing that reaches the guest after a restore; the agent
+credits the host's entropy to the guest's pool and reseeds the CRNG (``RNDADDENTROPY`` then
+``RNDRESEEDCRNG``) before it stores the token, and answers ``"reseeded": true``. A claim whose
+answer does not say so fails: such a VM would hand its user the template's random numbers.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import secrets
+import time
+
+import httpx
+
+from hearth.errors import VmError
+from hearth.httpclient import async_client
+
+CLAIM_TIMEOUT_S = 10.0
+# Bytes of host randomness sent with every claim: the guest credits them as full entropy, so they
+# must come from the host's CSPRNG (never a derived or reused value). 64 bytes = 512 bits, twice
+# what the kernel's CRNG key needs.
+CLAIM_ENTROPY_BYTES = 64
+
+
+def new_agent_token() -> str:
+    """A fresh bearer token for one VM's agent."""
+    return secrets.token_urlsafe(32)
+
+
+async def claim_agent(vm_id: str, agent_url: str, token: str) -> None:
+    """``POST /init`` with the VM's token, the host's clock and fresh entropy; VmError unless the
+    agent stored the token and reseeded the guest kernel's CRNG with that entropy."""
+    body = {
+        "token": token,
+        "time": time.time(),
+        "entropy": base64.b64encode(os.urandom(CLAIM_ENTROPY_BYTES)).decode(),
+    }
+    try:
+        async with async_client(timeout=CLAIM_TIMEOUT_S) as client:
+            response = await client.post(f"{agent_url}/init", json=body)
+    except httpx.HTTPError as exc:
+        raise VmError(f"VM {vm_id}: claiming the agent failed: {type(exc).__name__}") from exc
+    if response.status_code != 200:
+        reason = _error_message(response)
+        raise VmError(
+            f"VM {vm_id}: the agent refused its claim (HTTP {response.status_code}"
+            f"{': ' + reason if reason else ''}); was the template claimed?"
+        )
+    answer = _json_object(response)
+    if answer.get("reseeded") is not True:
+        raise VmError(
+            f"VM {vm_id}: the agent took its token but did not reseed the guest's random number "
+            "generator (an agent older than the controller?); the VM is not handed out"
+        )
+
+
+def _json_object(response: httpx.Response) -> dict[str, object]:
+    try:
+        data = response.json()
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _error_message(response: httpx.Response) -> str:
+    error = _json_object(response).get("error")
+    if isinstance(error, dict) and isinstance(error.get("message"), str):
+        return str(error["message"])[:200]
+    return ""

@@ -1,0 +1,80 @@
+"""A VM's record in its work directory: what finds it again after a controller restart."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+
+from hearth.errors import HearthError
+from hearth.network.namespace import NetworkSlot
+from hearth.vm.qemu.command import VmPaths
+from hearth.vm.qemu.disks import bytes_on_disk
+from hearth.vm.types import BootMode, NetworkMode, Vm, VmSpec, VmState, VmType
+
+
+def write_record(vm: Vm, paths: VmPaths, port: int | None, network: NetworkSlot | None) -> None:
+    """Write ``vm.json``: process, addresses and size of a VM just started."""
+    record = {
+        "id": vm.id,
+        "pid": vm.pid,
+        "host_port": port,
+        "network": vm.spec.network.value,
+        "slot": network.slot.index if network else None,
+        "agent_url": vm.agent_url,
+        "ports": {str(k): v for k, v in vm.ports.items()},
+        "vm_type": vm.spec.vm_type.value,
+        "vcpus": vm.spec.vcpus,
+        "mem_mib": vm.spec.mem_mib,
+        "boot_mode": vm.boot_mode.value,
+        "created_at": vm.created_at,
+    }
+    paths.record.write_text(json.dumps(record))
+
+
+def write_token(workdir: Path, token: str) -> None:
+    """Keep the VM's agent token (mode 0600) for a controller that restarts."""
+    fd = os.open(workdir / "agent.token", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(token)
+
+
+def read_record(workdir: Path) -> dict[str, object] | None:
+    """The raw record of the VM in ``workdir``, if readable."""
+    try:
+        data = json.loads((workdir / "vm.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def vm_from_record(workdir: Path, *, backend: str) -> Vm | None:
+    """Rebuild a Vm from its work directory's record (and token file), if readable."""
+    try:
+        record = json.loads((workdir / "vm.json").read_text())
+        spec = VmSpec(
+            vm_type=VmType(record.get("vm_type", "cli")),
+            vcpus=int(record["vcpus"]),
+            mem_mib=int(record["mem_mib"]),
+            network=NetworkMode(record.get("network", "user")),
+        )
+    except (OSError, ValueError, KeyError, HearthError):
+        return None
+    token: str | None = None
+    with contextlib.suppress(OSError):
+        token = (workdir / "agent.token").read_text().strip() or None
+    return Vm(
+        id=str(record["id"]),
+        spec=spec,
+        backend=backend,
+        state=VmState.READY,
+        agent_url=record.get("agent_url"),
+        token=token,
+        pid=int(record.get("pid") or 0) or None,
+        workdir=workdir,
+        boot_mode=BootMode(record.get("boot_mode", "cold")),
+        created_at=float(record.get("created_at", 0.0)),
+        disk_bytes=bytes_on_disk(workdir / "disk.qcow2"),
+        ports={int(k): int(v) for k, v in (record.get("ports") or {}).items()},
+    )

@@ -1,0 +1,188 @@
+"""The controller in process: the real app, store (SQLite and PostgreSQL) and services, over a
+fake VM backend, called through httpx's ASGI transport.
+
+What these tests prove is the API boundary (authentication, bodies, statuses, races in the
+store and the services); VMs are not the point, so the backend is a stand-in whose VMs are
+"ready" at once and have no agent. The real backend is tested under ``tests/vm``.
+
+Layered by lifecycle stage: ``fake_backend`` → ``api_settings`` → ``api`` (the app with its
+lifespan entered, a client, the admin key the app wrote). Teardown leaves the lifespan, which
+stops every service and closes the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from hearth.api.app import ADMIN_KEY_FILE, create_app
+from hearth.api.context import Controller
+from hearth.config import Settings
+from hearth.control.quotas import Quotas
+from hearth.images.manifest import ImageDir
+from hearth.vm.qemu.accel import Accel
+from hearth.vm.types import BootMode, Vm, VmSpec, VmState, VmType
+from tests.integration import store_fixtures
+from tests.integration.store_fixtures import *  # noqa: F403
+
+# The fixtures (with the store's they build on); test modules take them with ``import *``.
+__all__ = ["Api", "api", "api_settings", "fake_backend", *store_fixtures.__all__]
+
+BASE_URL = "http://hearth.test"
+
+
+class FakeVmBackend:
+    """Stands in for ``QemuBackend``: VMs live in a dict, are ready at once and have no agent.
+
+    ``hold`` (when set) makes every create wait for it, to keep VMs booting for a while.
+    """
+
+    name = "fake"
+    accel = Accel("tcg", "fake backend for API tests")
+
+    def __init__(self) -> None:
+        self.running: dict[str, Vm] = {}
+        self.destroyed: list[str] = []
+        self.hold: asyncio.Event | None = None
+
+    async def create(
+        self, image: ImageDir, spec: VmSpec, *, vm_id: str | None = None, claim: bool = True
+    ) -> Vm:
+        """A ready VM (after ``hold``, if set)."""
+        if self.hold is not None:
+            await self.hold.wait()
+        vm = Vm(
+            id=vm_id or f"vm-{secrets.token_hex(4)}",
+            spec=spec,
+            backend=self.name,
+            state=VmState.READY,
+            token=secrets.token_urlsafe(32),
+            boot_mode=BootMode.COLD,
+            ready_at=time.time(),
+        )
+        self.running[vm.id] = vm
+        return vm
+
+    async def destroy(self, vm: Vm) -> None:
+        """Forget the VM; every call is recorded."""
+        self.destroyed.append(vm.id)
+        self.running.pop(vm.id, None)
+
+    def alive(self, vm: Vm) -> bool:
+        """Whether the VM was created and not destroyed."""
+        return vm.id in self.running
+
+    async def pause(self, vm: Vm) -> None:
+        """Nothing to pause."""
+
+    async def resume(self, vm: Vm) -> None:
+        """Nothing to resume."""
+
+    async def list_running(self) -> list[Vm]:
+        """Nothing survives a restart of a fake."""
+        return []
+
+    async def reap(self, keep: set[str]) -> list[str]:
+        """Nothing to reap."""
+        return []
+
+    def console_tail(self, vm: Vm, lines: int = 40) -> str:
+        """A fake has no console."""
+        return ""
+
+
+class FakeImages:
+    """Every VM type has an image (a directory nobody reads)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def image_for(self, vm_type: VmType) -> ImageDir:
+        """The one fake image."""
+        return ImageDir(self.root)
+
+    def status(self) -> dict[str, str]:
+        """Every type served by the fake image."""
+        return {t.value: str(self.root) for t in VmType}
+
+
+@dataclass
+class Api:
+    """The app under test, its controller and a client without credentials."""
+
+    app: FastAPI
+    ctl: Controller
+    settings: Settings
+    backend: FakeVmBackend
+    admin_key: str
+    client: httpx.AsyncClient
+
+    def headers(self, key: str | None = None) -> dict[str, str]:
+        """``Authorization`` for ``key`` (default: the admin key)."""
+        return {"Authorization": f"Bearer {key or self.admin_key}"}
+
+    async def user_key(self, user_id: str) -> str:
+        """A fresh key for ``user_id``, minted through the API."""
+        response = await self.client.post(
+            "/api/keys", json={"userId": user_id}, headers=self.headers()
+        )
+        assert response.status_code == 201, response.text
+        key = response.json()["key"]
+        assert isinstance(key, str)
+        return key
+
+
+@pytest.fixture
+def fake_backend() -> FakeVmBackend:
+    """A fresh fake VM backend."""
+    return FakeVmBackend()
+
+
+@pytest.fixture
+def api_settings(database_url: str, tmp_path: Path) -> Settings:
+    """Settings on a private state dir and the test's database (SQLite or PostgreSQL)."""
+    return Settings.from_env(
+        {"HEARTH_STATE_DIR": str(tmp_path / "state"), "HEARTH_DATABASE_URL": database_url}
+    )
+
+
+@asynccontextmanager
+async def running_api(
+    settings: Settings, backend: FakeVmBackend, images_root: Path
+) -> AsyncIterator[Api]:
+    """The app with its lifespan entered, for an ``async with`` block."""
+    app = create_app(
+        settings,
+        backend=backend,  # type: ignore[arg-type]
+        images=FakeImages(images_root),  # type: ignore[arg-type]
+        quotas=Quotas(
+            per_user={VmType.CLI: 2, VmType.BROWSER: 1},
+            max_browser_vms=2,
+            memory_limit_mib=64 * 1024,
+        ),
+        monitor_interval_s=0.2,
+    )
+    async with app.router.lifespan_context(app):
+        admin_key = (settings.state_dir / ADMIN_KEY_FILE).read_text().strip()
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url=BASE_URL) as client:
+            yield Api(app, app.state.controller, settings, backend, admin_key, client)
+        await app.state.controller.vms.wait_idle()
+
+
+@pytest.fixture
+async def api(
+    api_settings: Settings, fake_backend: FakeVmBackend, tmp_path: Path
+) -> AsyncIterator[Api]:
+    """The controller in process on a fresh database, with its admin key."""
+    async with running_api(api_settings, fake_backend, tmp_path / "image") as running:
+        yield running
