@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,8 @@ from hearth.images.manifest import ImageDir
 
 REPO = Path(__file__).resolve().parent.parent
 HEARTH = [sys.executable, "-m", "hearth"]
+# A runtime dir untouched this long belongs to no running test session.
+_RUN_DIR_IDLE_S = 600.0
 
 
 def hearth_cli(
@@ -75,9 +78,19 @@ def minimal_image(
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Remove the empty per-state-dir runtime dirs the suite's backends left in /run/hearth."""
+    """Remove the empty per-state-dir runtime dirs the suite's backends left in /run/hearth.
+
+    Only those unused for a while: another test session running at the same time (a developer's
+    next to CI's) may be between two VMs, its directory empty for a moment but about to hold the
+    next QMP socket.
+    """
     root = Path("/run/hearth")
-    if root.is_dir():
-        for directory in root.iterdir():
-            if directory.is_dir() and not any(directory.iterdir()):
+    if not root.is_dir():
+        return
+    for directory in root.iterdir():
+        try:
+            idle_s = time.time() - directory.stat().st_mtime
+            if directory.is_dir() and idle_s > _RUN_DIR_IDLE_S and not any(directory.iterdir()):
                 directory.rmdir()
+        except OSError:
+            continue

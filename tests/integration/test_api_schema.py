@@ -19,9 +19,9 @@ Excluded checks, and why:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
-import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import hypothesis
 import pytest
@@ -31,6 +31,7 @@ from schemathesis.checks import CHECKS
 
 from hearth.api.app import create_app
 from hearth.config import Settings
+from tests.background import in_background_loop
 from tests.integration.api_fixtures import FakeVmBackend, running_api
 
 schema = schemathesis.openapi.from_dict(
@@ -57,14 +58,11 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     root = tmp_path_factory.mktemp("schema")
     settings = Settings.from_env({"HEARTH_STATE_DIR": str(root / "state")})
     port = _free_port()
-    ready, stop = threading.Event(), threading.Event()
-    found: dict[str, str] = {}
-    errors: list[BaseException] = []
 
-    async def run() -> None:
+    @contextlib.asynccontextmanager
+    async def serving() -> AsyncIterator[dict[str, str]]:
         async with running_api(settings, FakeVmBackend(), root / "image") as api:
-            found["admin"] = api.admin_key
-            found["user"] = await api.user_key("fuzz-user")
+            keys = {"admin": api.admin_key, "user": await api.user_key("fuzz-user")}
             server = uvicorn.Server(
                 uvicorn.Config(
                     api.app, host="127.0.0.1", port=port, log_config=None, lifespan="off"
@@ -73,29 +71,14 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
             task = asyncio.create_task(server.serve())
             while not server.started:
                 await asyncio.sleep(0.02)
-            found["url"] = f"http://127.0.0.1:{port}"
-            ready.set()
-            while not stop.is_set():
-                await asyncio.sleep(0.05)
-            server.should_exit = True
-            await task
+            try:
+                yield {**keys, "url": f"http://127.0.0.1:{port}"}
+            finally:
+                server.should_exit = True
+                await task
 
-    def main() -> None:
-        try:
-            asyncio.run(run())
-        except BaseException as exc:
-            errors.append(exc)
-            ready.set()
-
-    thread = threading.Thread(target=main, daemon=True)
-    thread.start()
-    assert ready.wait(60), "controller did not start"
-    if errors:
-        raise errors[0]
-    yield found
-    stop.set()
-    thread.join(60)
-    assert not errors, errors
+    with in_background_loop(serving, timeout_s=60) as found:
+        yield found
 
 
 @pytest.mark.parametrize("who", ["admin", "user"])

@@ -6,8 +6,7 @@ create are real too, bounded by quotas (no Browser VMs, memory for a few CLI VMs
 
 from __future__ import annotations
 
-import asyncio
-import threading
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from hearth.config import Settings
 from hearth.control.quotas import Quotas
 from hearth.images.manifest import ImageDir
 from hearth.vm.types import VmType
+from tests.background import in_background_loop
 from tests.vm.api_fixtures import Api, serve_app
 from tests.vm.conftest import qemu_pids_under
 
@@ -46,41 +46,18 @@ def live_api(
     quotas = Quotas(
         per_user={VmType.CLI: 1, VmType.BROWSER: 1}, max_browser_vms=0, memory_limit_mib=1600
     )
-    ready = threading.Event()
-    stop = threading.Event()
-    holder: list[Api] = []
-    errors: list[BaseException] = []
-
-    async def run() -> None:
-        generator = serve_app(
+    serving = contextlib.asynccontextmanager(serve_app)
+    with in_background_loop(
+        lambda: serving(
             settings,
             minimal_image=minimal_image,
             template_dir=vm_state_dir / "templates",
             quotas=quotas,
             destroy_on_exit=True,
-        )
-        holder.append(await anext(generator))
-        ready.set()
-        while not stop.is_set():
-            await asyncio.sleep(0.05)
-        await generator.aclose()
-
-    def thread_main() -> None:
-        try:
-            asyncio.run(run())
-        except BaseException as exc:
-            errors.append(exc)
-            ready.set()
-
-    thread = threading.Thread(target=thread_main, daemon=True)
-    thread.start()
-    assert ready.wait(120), "controller did not start"
-    if errors:
-        raise errors[0]
-    yield holder[0]
-    stop.set()
-    thread.join(120)
-    assert not errors, errors
+        ),
+        timeout_s=120,
+    ) as api:
+        yield api
     assert qemu_pids_under(state) == []
 
 
