@@ -5,8 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
 mkdir -p artifacts
-# The test OAuth server (npm oidc-provider, pinned by the lockfile).
-npm ci --prefix tests/e2e/oidc_server --no-audit --no-fund --loglevel=error
+# The test OAuth server's dependencies (npm oidc-provider, pinned by the lockfile shipped in
+# src/hearth/bench/oidc_server), installed with npm ci under the cache dir, outside the source tree.
+.venv/bin/python -m hearth.bench.oidc_install
 # The store's tests run on SQLite and on this PostgreSQL (started here if it is not running).
 HEARTH_TEST_DATABASE_URL=$(bash scripts/postgres.sh)
 export HEARTH_TEST_DATABASE_URL

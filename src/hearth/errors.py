@@ -20,13 +20,23 @@
     │   ├── ImageNotBuilt            the image a VM type needs has not been built yet
     │   └── BuildFailed              a build phase (debootstrap, kernel, mkfs, ...) failed
     ├── ToolMissing                  a host program Hearth needs is not installed
+    ├── CredentialError              the credential vault (500)      [hearth.credentials.errors]
+    │   └── DecryptionFailed         a sealed document did not open  [hearth.credentials.errors]
+    │       └── UnknownMasterKey     its master key is unknown       [hearth.credentials.errors]
+    ├── StageTimeout                 a login stage missed its deadline (504)  [hearth.auth.flow]
+    ├── BenchError                   a benchmark run failed or leaked      [hearth.bench.errors]
+    ├── ApiError                     an error the controller answered        [hearth.cli.client]
     └── VmError                      the VM layer
         ├── VmNotReady               the agent did not answer healthy before the deadline
         ├── VmProcessExited          the VMM process died (exit status + console tail)
         ├── VmStateError             an illegal lifecycle transition
         ├── SnapshotError            saving or restoring a VM state failed
+        ├── RfbRefused               the VM's VNC server refused the view      [hearth.auth.rfb]
         └── BackendError             the VMM refused a request (e.g. Firecracker fault_message)
+            └── AgentError           the agent erred or did not answer     [hearth.agent_client]
 
+A class defined outside this module names its module in brackets; a unit test walks every
+subclass of ``HearthError`` and fails when one is missing here or sits under another parent.
 Lower-layer errors (OSError, subprocess failures, httpx errors) are translated into these at the
 boundary with ``raise ... from exc``; the API maps them to HTTP in exactly one table. Messages
 never contain secrets.

@@ -36,7 +36,7 @@ from hearth_agent.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from hearth_agent.metrics import AgentMetrics, WriteOutcome
 from hearth_agent.oidc import OidcLoginRunner
 from hearth_agent.probe import parse_probe, probe_tcp
-from hearth_agent.providers import SUPPORTED_PROVIDERS, Provider, get_provider
+from hearth_agent.providers import SUPPORTED_PROVIDERS, CredentialFormat, get_provider
 from hearth_agent.storage import CredentialStore, WriteResult
 from hearth_agent.vendor import VENDOR_LOGINS, VendorLoginRunner, cli_status
 from hearth_agent.vnc import provision_vnc_password
@@ -398,7 +398,7 @@ class AgentApp:
 
         return self._write(provider, document_bytes)
 
-    def _write(self, provider: Provider, document_bytes: Callable[[], bytes]) -> Response:
+    def _write(self, provider: CredentialFormat, document_bytes: Callable[[], bytes]) -> Response:
         """Validate, store and count one write; the outcome label follows where it failed."""
         try:
             data = document_bytes()

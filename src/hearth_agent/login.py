@@ -46,8 +46,8 @@ A vendor CLI runner (``codex login``, ``claude``, ``gemini``) plugs in as follow
   so colour codes and cursor moves do not break matching; an unexpected prompt fails the
   session with ``"unexpected_prompt"`` instead of typing blindly. Trust dialogs are avoided up
   front where the CLI allows it (files the provider table already knows how to write).
-- Capture watches the provider's credential file (``providers.Provider.path`` under a private
-  home): once it exists and validates, its bytes go to ``session.capture``; the CLI exiting
+- Capture watches the provider's credential file (``providers.CredentialFormat.path`` under a
+  private home): once it exists and validates, its bytes go to ``session.capture``; the CLI exiting
   without it is ``session.fail("cli_exited")``.
 - ``cancel`` kills the CLI's process group and removes the private home.
 """

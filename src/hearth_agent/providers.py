@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import KW_ONLY, dataclass
 from enum import StrEnum
 
+from hearth_agent import wire
 from hearth_agent.errors import InvalidDocument, UnknownProvider
 
 
@@ -54,10 +55,10 @@ ExpiryReader = Callable[[Mapping[str, object]], float | None]
 
 
 @dataclass(frozen=True)
-class Provider:
+class CredentialFormat:
     """Everything the agent knows about one CLI's credential document."""
 
-    name: str
+    name: wire.Provider
     path: str  # relative to the home directory
     fields: tuple[Field, ...]
     expiry: ExpiryReader
@@ -206,11 +207,11 @@ def merge_side_document(
     return merged
 
 
-PROVIDERS: dict[str, Provider] = {
+PROVIDERS: dict[str, CredentialFormat] = {
     provider.name: provider
     for provider in (
-        Provider(
-            name="claude_code",
+        CredentialFormat(
+            name=wire.Provider.CLAUDE_CODE,
             path=".claude/.credentials.json",
             fields=(
                 Field("claudeAiOauth", Kind.OBJECT),
@@ -223,8 +224,8 @@ PROVIDERS: dict[str, Provider] = {
             expiry=_millis_at("claudeAiOauth.expiresAt"),
             side_files=(SideFile(".claude.json", (("hasCompletedOnboarding", True),)),),
         ),
-        Provider(
-            name="codex",
+        CredentialFormat(
+            name=wire.Provider.CODEX,
             path=".codex/auth.json",
             fields=(
                 Field("auth_mode", Kind.STRING),
@@ -238,8 +239,8 @@ PROVIDERS: dict[str, Provider] = {
             ),
             expiry=_jwt_exp_at("tokens.access_token"),
         ),
-        Provider(
-            name="gemini_cli",
+        CredentialFormat(
+            name=wire.Provider.GEMINI_CLI,
             path=".gemini/oauth_creds.json",
             fields=(
                 Field("access_token", Kind.STRING),
@@ -256,8 +257,8 @@ PROVIDERS: dict[str, Provider] = {
                 ),
             ),
         ),
-        Provider(
-            name="oidc",
+        CredentialFormat(
+            name=wire.Provider.OIDC,
             path=".config/hearth/oidc.json",
             fields=(
                 Field("access_token", Kind.STRING),
@@ -271,10 +272,11 @@ PROVIDERS: dict[str, Provider] = {
     )
 }
 
-SUPPORTED_PROVIDERS: tuple[str, ...] = tuple(PROVIDERS)
+# The providers' wire names, in the enum's order (the agent's /health lists them).
+SUPPORTED_PROVIDERS: tuple[str, ...] = tuple(provider.value for provider in wire.Provider)
 
 
-def get_provider(name: str) -> Provider:
+def get_provider(name: str) -> CredentialFormat:
     """Look a provider up by name, or raise UnknownProvider naming the supported ones."""
     provider = PROVIDERS.get(name)
     if provider is None:

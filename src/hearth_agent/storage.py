@@ -15,7 +15,7 @@ from pathlib import Path
 from hearth_agent.errors import StorageError
 from hearth_agent.jsontext import JsonTextError, decode_json
 from hearth_agent.log import JsonLogger
-from hearth_agent.providers import PROVIDERS, Provider, SideFile, merge_side_document
+from hearth_agent.providers import PROVIDERS, CredentialFormat, SideFile, merge_side_document
 
 FILE_MODE = 0o600
 DIR_MODE = 0o700
@@ -111,11 +111,11 @@ class CredentialStore:
         """The directory every credential path is relative to."""
         return self._home
 
-    def path_of(self, provider: Provider) -> Path:
+    def path_of(self, provider: CredentialFormat) -> Path:
         """Absolute path of a provider's primary file."""
         return self._home / provider.path
 
-    def write(self, provider: Provider, data: bytes) -> WriteResult:
+    def write(self, provider: CredentialFormat, data: bytes) -> WriteResult:
         """Store ``data`` byte-for-byte as the primary file, then merge the side files."""
         with self._locks[provider.name]:
             target = self.path_of(provider)
@@ -136,7 +136,7 @@ class CredentialStore:
             display_path=provider.display_path,
         )
 
-    def read(self, provider: Provider) -> StoredFile | None:
+    def read(self, provider: CredentialFormat) -> StoredFile | None:
         """Read the primary file, or return None if it does not exist."""
         try:
             with open(self.path_of(provider), "rb") as stored:
@@ -155,7 +155,7 @@ class CredentialStore:
             mode=mode,
         )
 
-    def delete(self, provider: Provider) -> bool:
+    def delete(self, provider: CredentialFormat) -> bool:
         """Remove the primary file (side files stay); return whether there was one."""
         target = self.path_of(provider)
         with self._locks[provider.name]:
@@ -192,7 +192,9 @@ class CredentialStore:
         text = json.dumps(merged, indent=2, ensure_ascii=False) + "\n"
         atomic_write(path, text.encode("utf-8"))
 
-    def _failure(self, provider: Provider, shown: str, action: str, exc: OSError) -> StorageError:
+    def _failure(
+        self, provider: CredentialFormat, shown: str, action: str, exc: OSError
+    ) -> StorageError:
         self._logger.error(
             "storage_failed",
             provider=provider.name,

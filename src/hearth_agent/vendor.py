@@ -12,9 +12,13 @@ here (see the runner contract in ``hearth_agent.login``):
 - The terminal output goes through ``terminal.Screen``; the prompts the CLI is known to show are
   answered in order from ``VendorLogin.steps``. A screen that settles on something that looks like
   a question nobody scripted fails the login with ``unexpected_prompt`` rather than typing blindly.
-- The credential file (``providers.Provider.path`` under the private home) is polled; once it
-  parses and validates, its bytes are the captured document. The CLI exiting without it fails
-  the login with ``cli_exited``.
+- The credential file (``providers.CredentialFormat.path`` under the private home) is polled;
+  once it parses and validates, its bytes are the captured document. The CLI exiting without it
+  fails the login with ``cli_exited``.
+
+This module runs the login; each CLI's recipe is in ``vendor_catalog``, the prompt answering in
+``vendor_script`` and the offline status check in ``vendor_status``, whose public names it
+re-exports.
 """
 
 from __future__ import annotations
@@ -24,45 +28,51 @@ import fcntl
 import json
 import os
 import pty
-import re
 import select
 import shlex
 import shutil
 import signal
 import struct
-import subprocess
 import tempfile
 import termios
 import threading
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
 
 from hearth_agent.errors import AgentError, InvalidInput
 from hearth_agent.log import JsonLogger
 from hearth_agent.login import LoginSession, proxy_field, timeout_field
-from hearth_agent.providers import Provider, get_provider
+from hearth_agent.providers import CredentialFormat, get_provider
 from hearth_agent.terminal import Screen
+from hearth_agent.vendor_catalog import (
+    VENDOR_LOGINS,
+    PromptStep,
+    VendorLogin,
+    default_search_path,
+    vendor_login,
+)
+from hearth_agent.vendor_script import SETTLE_S, PromptScript, redact
+from hearth_agent.vendor_status import StatusReport, cli_status
 
 DEFAULT_DEADLINE_S = 900.0
 MAX_DEADLINE_S = 86400.0
 # How long the CLI may take to hand over its authorize URL (a 380 MB binary under emulation).
 START_TIMEOUT_S = 180.0
-STATUS_TIMEOUT_S = 120.0
 SCREEN_ROWS, SCREEN_COLS = 40, 120
-# A screen unchanged this long has settled: a prompt on it is what the CLI waits for.
-SETTLE_S = 1.0
-UNEXPECTED_PROMPT_AFTER_S = 10.0
-RESEND_AFTER_S = 15.0
 _POLL_S = 0.2
-_MAX_OUTPUT_CHARS = 4000
-_URL = re.compile(r"https?://\S+")
-# What is left of a URL a terminal wrapped onto further lines: query-string-like runs.
-_URL_PIECE = re.compile(r"\S*(?:[=&]|%[0-9A-Fa-f]{2})\S*")
-# Screen texts that mean a CLI waits for an answer (matched on the normalized screen).
-PROMPT_MARKERS = ("Enter to select", "[y/N]", "[Y/n]", "(y/n)", "Press Enter to continue")
 HELPER_NAME = "hearth-open-url"
+
+__all__ = [
+    "VENDOR_LOGINS",
+    "PromptStep",
+    "StatusReport",
+    "VendorLogin",
+    "VendorLoginRunner",
+    "VendorStartFailed",
+    "cli_status",
+    "vendor_login",
+]
 
 
 class VendorStartFailed(AgentError):
@@ -75,172 +85,12 @@ class VendorStartFailed(AgentError):
         self.code = code
 
 
-@dataclass(frozen=True)
-class PromptStep:
-    """One prompt of a login script: when ``expect`` is on the screen, type ``keys``."""
-
-    name: str
-    expect: str
-    keys: str
-
-
-@dataclass(frozen=True)
-class VendorLogin:
-    """How one vendor CLI logs in and reports its status."""
-
-    provider: str
-    command: tuple[str, ...]
-    steps: tuple[PromptStep, ...] = ()
-    # Texts that mean the CLI is waiting for the browser, not for the keyboard.
-    waiting: tuple[str, ...] = ()
-    # Texts that mean the login failed while the CLI keeps running.
-    failures: tuple[str, ...] = ()
-    # Files to write under the private home before the CLI starts: (home, workdir) → {path: JSON}.
-    prepare: Callable[[Path, Path], Mapping[str, object]] = field(default=lambda home, work: {})
-    # Extra environment for the CLI.
-    env: Mapping[str, str] = field(default_factory=dict)
-    # Directories the CLI expects under its (private) TMPDIR.
-    tmp_dirs: tuple[str, ...] = ()
-    status_command: tuple[str, ...] | None = None
-    # Whether the status command's output says "logged in" (given its exit code 0).
-    logged_in: Callable[[str], bool] = field(default=lambda output: True)
-
-
-def _claude_files(home: Path, work: Path) -> Mapping[str, object]:
-    # Without onboarding done Claude shows its first-run screens; without the folder trusted, a
-    # trust dialog whose default answer is "No".
-    return {
-        ".claude.json": {
-            "hasCompletedOnboarding": True,
-            "projects": {str(work): {"hasTrustDialogAccepted": True}},
-        }
-    }
-
-
-def _gemini_files(home: Path, work: Path) -> Mapping[str, object]:
-    return {".gemini/trustedFolders.json": {str(work): "TRUST_FOLDER"}}
-
-
-def _claude_logged_in(output: str) -> bool:
-    try:
-        status, _ = json.JSONDecoder().raw_decode(output[output.find("{") :])
-    except ValueError:
-        return False
-    return isinstance(status, dict) and status.get("loggedIn") is True
-
-
-VENDOR_LOGINS: dict[str, VendorLogin] = {
-    login.provider: login
-    for login in (
-        VendorLogin(
-            provider="codex",
-            command=("codex", "login"),
-            waiting=("Starting local login server",),
-            status_command=("codex", "login", "status"),
-            logged_in=lambda output: "Logged in" in output,
-        ),
-        VendorLogin(
-            provider="claude_code",
-            command=("claude", "auth", "login", "--claudeai"),
-            waiting=("Paste code here if prompted",),
-            prepare=_claude_files,
-            status_command=("claude", "auth", "status"),
-            logged_in=_claude_logged_in,
-        ),
-        VendorLogin(
-            provider="gemini_cli",
-            command=("gemini",),
-            steps=(
-                # The auth dialog, "Sign in with Google" preselected.
-                PromptStep("auth_method", "How would you like to authenticate", "\r"),
-                # "Opening authentication page in your browser. Do you want to continue?" → Yes.
-                PromptStep("browser_consent", "Do you want to continue?", "\r"),
-            ),
-            waiting=("Waiting for authentication",),
-            failures=("Failed to sign in", "Failed to login"),
-            prepare=_gemini_files,
-            # Gemini otherwise re-runs itself in a second node process with a larger heap, which
-            # a login does not need: one process less in the Browser VM's memory, and a CLI
-            # killed by a signal shows as such (the relauncher turns that into exit status 1).
-            env={"GEMINI_CLI_NO_RELAUNCH": "true"},
-            # Where it looks for IDE companions; when missing, it prints a stack trace into its
-            # own UI, after which its layout engine (yoga, WASM) was seen to abort the process.
-            tmp_dirs=("gemini/ide",),
-        ),
-    )
-}
-
-
-def vendor_login(provider: str) -> VendorLogin | None:
-    """The vendor login of ``provider``, or None if it has none (oidc)."""
-    return VENDOR_LOGINS.get(provider)
-
-
 def _deadline_from(body: Mapping[str, object]) -> float:
     deadline_s = timeout_field(body, default=DEFAULT_DEADLINE_S, maximum=MAX_DEADLINE_S)
     unknown = sorted(set(body) - {"provider", "timeout_s", "proxy"})
     if unknown:
         raise InvalidInput(f"unknown field(s) for a vendor login: {', '.join(unknown)}")
     return deadline_s
-
-
-def _redact(text: str) -> str:
-    """Text safe to log or report: URLs (which carry OAuth state) replaced, including the pieces
-    of one that the terminal wrapped onto the next lines."""
-    return _URL_PIECE.sub("<…>", _URL.sub("<url>", text))
-
-
-class _PromptScript:
-    """Which scripted answer to type next, or which question nobody scripted.
-
-    A step is answered once its text is on a screen that settled after the last answer. A CLI
-    that is slow to react (emulation) leaves the answered question on screen for a while: that is
-    never taken for a new question, and after ``RESEND_AFTER_S`` without any change the same
-    answer is typed once more (a key pressed before the CLI listened is lost).
-    """
-
-    def __init__(self, login: VendorLogin) -> None:
-        self._login = login
-        self._steps = list(login.steps)
-        self._answered: PromptStep | None = None
-        self._answered_version = -1
-        self._answered_at = 0.0
-        self._resent = False
-
-    def next_action(
-        self, screen: Screen, *, now: float, changed_at: float
-    ) -> PromptStep | str | None:
-        """A step to type, the text of an unexpected question (a str), or None to wait."""
-        text = screen.normalized()
-        fresh = screen.version > self._answered_version
-        settled = now - changed_at >= SETTLE_S
-        if self._steps and fresh and settled and self._steps[0].expect in text:
-            return self._answer(self._steps.pop(0), screen, now)
-        answered = self._answered
-        if (
-            answered is not None
-            and not fresh
-            and not self._resent
-            and now - self._answered_at >= RESEND_AFTER_S
-            and answered.expect in text
-        ):
-            self._resent = True
-            return self._answer(answered, screen, now)
-        if (
-            fresh
-            and now - changed_at >= UNEXPECTED_PROMPT_AFTER_S
-            and any(marker in text for marker in PROMPT_MARKERS)
-            and not any(w in text for w in self._login.waiting)
-            and not (self._steps and self._steps[0].expect in text)
-        ):
-            return _redact(text)[-300:]
-        return None
-
-    def _answer(self, step: PromptStep, screen: Screen, now: float) -> PromptStep:
-        if step is not self._answered:
-            self._resent = False
-        self._answered, self._answered_version, self._answered_at = step, screen.version, now
-        return step
 
 
 class VendorLoginRunner:
@@ -260,13 +110,13 @@ class VendorLoginRunner:
     ) -> None:
         self._login = login
         self._proxy = proxy
-        self._provider: Provider = get_provider(login.provider)
+        self._provider: CredentialFormat = get_provider(login.provider)
         self._work_root = work_root
         self._logger = logger
         self._deadline_s = deadline_s
         self._start_timeout_s = start_timeout_s
         self._display = display if display is not None else os.environ.get("DISPLAY", ":0")
-        self._search_path = search_path if search_path is not None else _default_path()
+        self._search_path = search_path if search_path is not None else default_search_path()
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._url_ready = threading.Event()
@@ -368,7 +218,7 @@ class VendorLoginRunner:
         self._logger.info(
             "vendor_login_spawned",
             provider=self._login.provider,
-            command=_redact(" ".join(command)),
+            command=redact(" ".join(command)),
             pid=pid,
         )
         self._thread = threading.Thread(
@@ -397,7 +247,7 @@ class VendorLoginRunner:
         screen = Screen(SCREEN_ROWS, SCREEN_COLS)
         fd = self._fd
         assert fd is not None
-        script = _PromptScript(self._login)
+        script = PromptScript(self._login)
         changed_at = time.monotonic()
         seen_version = -1
         exited = False
@@ -419,7 +269,7 @@ class VendorLoginRunner:
                 now = time.monotonic()
                 if screen.version != seen_version:
                     seen_version, changed_at = screen.version, now
-                    self.screen_text = _redact(screen.text())
+                    self.screen_text = redact(screen.text())
                 settled = now - changed_at >= SETTLE_S
                 text = screen.normalized()
                 if self._url is None:
@@ -514,12 +364,12 @@ class VendorLoginRunner:
             "vendor_login_failed",
             provider=self._login.provider,
             error=code,
-            message=_redact(message),
+            message=redact(message),
             screen=[line for line in self.screen_text.splitlines() if line.strip()][-20:],
         )
         with self._lock:
             if self._url is None:
-                self._start_error = VendorStartFailed(_redact(message), code=code)
+                self._start_error = VendorStartFailed(redact(message), code=code)
         self._url_ready.set()
         session.fail(code)
 
@@ -566,91 +416,3 @@ def _describe_exit(status: int) -> str:
         except ValueError:
             return f"killed by signal {signum}"
     return f"exit status {os.WEXITSTATUS(status)}"
-
-
-def _default_path() -> str:
-    """The agent's PATH with /usr/local/bin (where images put the vendor CLIs) in front."""
-    parts = [p for p in (os.environ.get("PATH") or "/usr/bin:/bin").split(":") if p]
-    return ":".join(["/usr/local/bin", *(p for p in parts if p != "/usr/local/bin")])
-
-
-@dataclass(frozen=True)
-class StatusReport:
-    """What a vendor CLI says about the credentials in the agent's home."""
-
-    provider: str
-    command: str | None
-    exit_code: int | None
-    logged_in: bool | None
-    stdout: str
-    stderr: str
-    reason: str | None = None
-
-    @classmethod
-    def unchecked(cls, provider: str, command: str | None, reason: str) -> StatusReport:
-        """A report of a check that could not run, saying why."""
-        return cls(
-            provider=provider,
-            command=command,
-            exit_code=None,
-            logged_in=None,
-            stdout="",
-            stderr="",
-            reason=reason,
-        )
-
-    def as_json(self) -> dict[str, object]:
-        """The response body of ``GET /credentials/{provider}/status``."""
-        return {
-            "provider": self.provider,
-            "command": self.command,
-            "exit_code": self.exit_code,
-            "logged_in": self.logged_in,
-            "stdout": self.stdout,
-            "stderr": self.stderr,
-            "reason": self.reason,
-        }
-
-
-def cli_status(provider: Provider, *, home: Path, search_path: str | None = None) -> StatusReport:
-    """Run the provider's own offline status command against ``home``'s credentials."""
-    login = vendor_login(provider.name)
-    command = None if login is None else login.status_command
-    if command is None:
-        return StatusReport.unchecked(
-            provider.name, None, f"{provider.name} has no offline status command; check the files"
-        )
-    path = search_path if search_path is not None else _default_path()
-    shown = " ".join(command)
-    if shutil.which(command[0], path=path) is None:
-        return StatusReport.unchecked(
-            provider.name, shown, f"the {command[0]!r} command is not installed in this VM"
-        )
-    env = {"HOME": str(home), "PATH": path, "LANG": "C.UTF-8", "TERM": "dumb", "NO_COLOR": "1"}
-    try:
-        completed = subprocess.run(
-            list(command),
-            cwd=home,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            timeout=STATUS_TIMEOUT_S,
-            check=False,
-        )
-    except subprocess.TimeoutExpired:
-        return StatusReport.unchecked(
-            provider.name, shown, f"{shown} did not answer within {STATUS_TIMEOUT_S:g} s"
-        )
-    stdout = completed.stdout.decode("utf-8", "replace")
-    stderr = completed.stderr.decode("utf-8", "replace")
-    # codex says "Logged in using ChatGPT" on stderr, claude prints its JSON on stdout.
-    said = stdout + stderr
-    logged_in = completed.returncode == 0 and login is not None and login.logged_in(said)
-    return StatusReport(
-        provider=provider.name,
-        command=shown,
-        exit_code=completed.returncode,
-        logged_in=logged_in,
-        stdout=_redact(stdout)[-_MAX_OUTPUT_CHARS:],
-        stderr=_redact(stderr)[-_MAX_OUTPUT_CHARS:],
-    )

@@ -18,17 +18,19 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import httpx
 import pytest
 
+from hearth.bench.errors import BenchError
+from hearth.bench.oidc_install import ready_dir
 from hearth.config import Settings
 from hearth.images.manifest import ImageDir
 from tests.vm.api_fixtures import Api, serve_app
 
 __all__ = ["E2eOidc", "auth_controller", "e2e_oidc"]
 
-SERVER_DIR = Path(__file__).resolve().parent / "oidc_server"
 GUEST_ISSUER_IP = "10.0.2.100"
 CLIENT_ID = "hearth-test"
 
@@ -47,6 +49,12 @@ class E2eOidc:
         return f"http://127.0.0.1:{self.port}/token"
 
 
+def _unavailable(reason: str) -> NoReturn:
+    if os.environ.get("CI"):
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -57,18 +65,19 @@ def _free_port() -> int:
 def e2e_oidc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[E2eOidc]:
     """oidc-provider on 127.0.0.1, issuer named by its Browser-VM-visible address."""
     node = shutil.which("node")
-    if node is None or not (SERVER_DIR / "node_modules" / "oidc-provider").is_dir():
-        reason = "needs node and `npm ci --prefix tests/e2e/oidc_server` (scripts/test.sh does it)"
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
+    if node is None:
+        _unavailable("needs node (Node.js 20 or later) to run the test OAuth server")
+    try:
+        server_dir = ready_dir(Settings.from_env().cache_dir)
+    except BenchError as exc:
+        _unavailable(f"{exc.message} (scripts/test.sh does it)")
     port = _free_port()
     issuer = f"http://{GUEST_ISSUER_IP}:{port}"
     log = tmp_path_factory.mktemp("oidc") / "server.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
             [node, "server.mjs"],
-            cwd=SERVER_DIR,
+            cwd=server_dir,
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

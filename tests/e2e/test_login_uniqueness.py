@@ -19,6 +19,7 @@ from tests.e2e.flow_fixtures import E2eOidc
 from tests.e2e.test_auth_flow import start, wait_status
 from tests.vm.api_fixtures import Api
 from tests.vm.browser_fixtures import *  # noqa: F403
+from tests.vm.test_browser_vm import BROWSER_COLD_BOOT_DEADLINE_S
 
 pytestmark = [pytest.mark.slow, pytest.mark.vm]
 
@@ -31,6 +32,10 @@ async def test_oidc_logins_from_one_template_draw_their_own_state_nonce_and_chal
     auth_controller: Api, e2e_oidc: E2eOidc
 ) -> None:
     api = auth_controller
+    # The first login builds the Browser VM template (a cold boot of Chromium): under a loaded
+    # CI host that can take longer than the controller's default, and a VM that falls back to a
+    # cold boot would prove nothing about clones.
+    api.ctl.vms.backend.cold_deadline_s = BROWSER_COLD_BOOT_DEADLINE_S
     seen: list[dict[str, str]] = []
     for index in range(LOGINS):
         session_id = await start(api, f"user-{index}")

@@ -1,7 +1,8 @@
-"""A real OAuth server (npm oidc-provider in ``tests/e2e/oidc_server``) and a user to drive it.
+"""A real OAuth server (npm oidc-provider, ``hearth/bench/oidc_server``) and a user to drive it.
 
 ``oidc_server`` starts ``node server.mjs`` once per session on a free loopback port and kills it
-by PID at the end, proving it is gone. Without ``node`` or the server's ``node_modules`` the tests
+by PID at the end, proving it is gone. It runs the copy ``hearth.bench.oidc_install`` installed
+under the cache dir; without ``node`` or that install the tests
 are skipped with the command that fixes it, except under ``CI``, where they fail: CI must run
 them. ``SignInBrowser`` is the user: an httpx client with cookies that follows redirects and
 submits the server's forms, as a browser would.
@@ -25,11 +26,13 @@ from urllib.parse import urljoin
 import httpx
 import pytest
 
+from hearth.bench.errors import BenchError
+from hearth.bench.oidc_install import ready_dir
+from hearth.config import Settings
+
 # The fixtures; test modules take them with ``from ... import *`` (pytest finds them by name).
 __all__ = ["oidc_server"]
 
-SERVER_DIR = Path(__file__).resolve().parents[1] / "e2e" / "oidc_server"
-INSTALL_COMMAND = "npm ci --prefix tests/e2e/oidc_server --no-audit --no-fund"
 CLIENT_ID = "hearth-test"
 TEST_LOGIN = "alice"
 TEST_PASSWORD = "wonderland"
@@ -104,14 +107,16 @@ def oidc_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OidcServer
     node = shutil.which("node")
     if node is None:
         _unavailable("needs node (Node.js 20 or later) to run the test OAuth server")
-    if not (SERVER_DIR / "node_modules" / "oidc-provider").is_dir():
-        _unavailable(f"test OAuth server dependencies are not installed: run {INSTALL_COMMAND}")
+    try:
+        server_dir = ready_dir(Settings.from_env().cache_dir)
+    except BenchError as exc:
+        _unavailable(exc.message)
     logs = tmp_path_factory.mktemp("oidc-server")
     stdout_path, stderr_path = logs / "stdout.log", logs / "stderr.log"
     with open(stdout_path, "wb") as stdout, open(stderr_path, "wb") as stderr:
         process = subprocess.Popen(
             [node, "server.mjs"],
-            cwd=SERVER_DIR,
+            cwd=server_dir,
             stdin=subprocess.DEVNULL,
             stdout=stdout,
             stderr=stderr,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
 import threading
 from datetime import UTC, datetime, timedelta, timezone
 from enum import StrEnum
@@ -17,7 +18,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Column, Connection, Integer, MetaData, inspect, text
 from sqlalchemy.exc import IntegrityError
 
-from hearth.auth.states import AuthStatus
+from hearth.auth.states import TERMINAL, AuthStatus
 from hearth.errors import ConfigError
 from hearth.store import (
     Store,
@@ -28,7 +29,9 @@ from hearth.store import (
 )
 from hearth.store.database import normalise_url
 from hearth.store.models import Base
+from hearth.store.records import CredentialSource
 from hearth.vm.types import BootMode, VmState, VmType
+from hearth_agent.wire import Provider
 from tests.integration.store_fixtures import *  # noqa: F403
 from tests.integration.store_fixtures import TEST_KEY_SECRET, OpenStore, new_vm
 
@@ -41,6 +44,27 @@ ENUM_COLUMNS: list[tuple[str, str, type[StrEnum]]] = [
     ("vms", "boot_mode", BootMode),
     ("auth_sessions", "status", AuthStatus),
 ]
+
+
+def values_of(enum_cls: type[StrEnum]) -> frozenset[str]:
+    """The plain string values of an enum, as a CHECK constraint lists them."""
+    return frozenset(member.value for member in enum_cls)
+
+
+# Every value list the migrations write out, and the values the code can write there today.
+# Alembic's comparison with the models does not look inside CHECKs or index predicates; this does.
+MIGRATED_VALUE_LISTS: dict[str, frozenset[str]] = {
+    "ck_vms_status": values_of(VmState),
+    "ck_vms_vm_type": values_of(VmType),
+    "ck_vms_boot_mode": values_of(BootMode),
+    "ck_auth_sessions_status": values_of(AuthStatus),
+    "ck_credentials_source": values_of(CredentialSource),
+    "ck_credentials_provider": values_of(Provider),
+    "uq_auth_sessions_active_user_id_provider": frozenset(
+        s.value for s in AuthStatus if s not in TERMINAL
+    ),
+}
+_QUOTED = re.compile(r"'((?:[^']|'')*)'")
 
 
 def schema_differences(connection: Connection, metadata: MetaData) -> list[Any]:
@@ -122,6 +146,33 @@ async def test_database_check_constraints_are_the_models_check_constraints(store
     for table, column, enum_cls in ENUM_COLUMNS:
         sqltext = checks[f"ck_{table}_{column}"]
         assert all(f"'{member.value}'" in sqltext for member in enum_cls), sqltext
+
+
+async def test_the_latest_migration_allows_exactly_the_values_of_each_enum(store: Store) -> None:
+    def value_lists(connection: Connection) -> dict[str, str]:
+        inspector = inspect(connection)
+        found: dict[str, str] = {}
+        for table in inspector.get_table_names():
+            for check in inspector.get_check_constraints(table):
+                found[check["name"] or f"unnamed check on {table}"] = check["sqltext"]
+            for index in inspector.get_indexes(table):
+                options = index.get("dialect_options", {})
+                where = options.get("sqlite_where", options.get("postgresql_where"))
+                if where is not None:
+                    found[str(index["name"])] = str(where)
+        return found
+
+    async with store.engine.connect() as conn:
+        migrated = await conn.run_sync(value_lists)
+    assert set(migrated) == set(MIGRATED_VALUE_LISTS)
+    for name, sqltext in migrated.items():
+        allowed = {value.replace("''", "'") for value in _QUOTED.findall(sqltext)}
+        expected = MIGRATED_VALUE_LISTS[name]
+        assert allowed == expected, (
+            f"{name} allows {sorted(allowed)} but the code now writes {sorted(expected)}: an enum "
+            "changed, so write a new migration in src/hearth/store/migrations/versions/ that "
+            "alters it (with the values written out; never edit an earlier migration)"
+        )
 
 
 @pytest.mark.parametrize(("table", "column", "enum_cls"), ENUM_COLUMNS)

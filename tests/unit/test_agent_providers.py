@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import ast
 import base64
 import copy
 import json
+from pathlib import Path
 
 import pytest
 
 import hearth_agent
+from hearth_agent import wire
 from hearth_agent.errors import InvalidDocument, UnknownProvider
 from hearth_agent.providers import (
     PROVIDERS,
@@ -17,6 +20,7 @@ from hearth_agent.providers import (
     jwt_expiry,
     merge_side_document,
 )
+from hearth_agent.wire import Provider
 
 
 def b64url(obj: object) -> str:
@@ -133,6 +137,18 @@ def test_supported_providers_come_from_the_one_table() -> None:
     assert SUPPORTED_PROVIDERS == ("claude_code", "codex", "gemini_cli", "oidc")
     assert hearth_agent.SUPPORTED_PROVIDERS == SUPPORTED_PROVIDERS
     assert set(PROVIDERS) == set(SUPPORTED_PROVIDERS)
+
+
+def test_every_provider_of_the_wire_enum_has_one_credential_format_named_by_it() -> None:
+    assert tuple(member.value for member in Provider) == SUPPORTED_PROVIDERS
+    assert all(PROVIDERS[member].name is member for member in Provider)
+
+
+def test_the_wire_module_needs_nothing_but_the_standard_library() -> None:
+    tree = ast.parse(Path(wire.__file__).read_text())
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert imported <= {"__future__", "enum"}
 
 
 @pytest.mark.parametrize(

@@ -205,6 +205,13 @@ def create_app(
         if pool.enabled:
             pool.start()
         _log.info("controller_started", version=__version__, store=store.url_for_log())
+        if settings.browser_devtools:
+            _log.warning(
+                "browser_devtools_forwarded",
+                message="HEARTH_BROWSER_DEVTOOLS=1: every Browser VM's DevTools is forwarded to a "
+                "loopback port, where any local process can drive the login browser (benchmarks "
+                "and tests only)",
+            )
         try:
             yield
         finally:

@@ -24,9 +24,9 @@ from hearth.auth.providers import (
     EGRESS_GUEST_IP,
     EGRESS_GUEST_PORT,
     EGRESS_PROXY_URL,
-    PROVIDERS,
     LoginPlan,
     login_plan,
+    parse_provider,
 )
 from hearth.auth.states import TERMINAL, AuthStatus
 from hearth.config import Settings
@@ -37,7 +37,6 @@ from hearth.errors import (
     CapacityExhausted,
     Conflict,
     HearthError,
-    InvalidInput,
     NotFound,
     QuotaExceeded,
     VmError,
@@ -47,6 +46,7 @@ from hearth.network.egress import EgressProxy
 from hearth.store import AuthSessionRecord, Store, VmRecord
 from hearth.vm.readiness import Backoff
 from hearth.vm.types import GuestForward, NetworkMode, VmSpec, VmState, VmType
+from hearth_agent.wire import Provider
 
 _log = get_logger("auth.flow")
 VNC_PORT = 5900
@@ -103,7 +103,7 @@ class AuthFlow:
 
     # ---- API-facing ------------------------------------------------------------------------
 
-    async def start(self, user_id: str, provider: str) -> StartedLogin:
+    async def start(self, user_id: str, name: str) -> StartedLogin:
         """Start a login, or return the user's active one for that provider (no duplicates).
 
         Racing starts agree on one session: the store admits one active session per user and
@@ -111,8 +111,7 @@ class AuthFlow:
         ended, the next attempt starts anew. The view link is in the result only for the call
         that created the session: the store keeps its token's hash, never the token.
         """
-        if provider not in PROVIDERS:
-            raise InvalidInput(f"provider: must be one of {', '.join(PROVIDERS)}")
+        provider = parse_provider(name)
         await self.store.users.ensure(user_id)
         for _attempt in range(_START_ATTEMPTS):
             active = await self.store.auth_sessions.find_active(user_id, provider)
@@ -447,7 +446,7 @@ class AuthFlow:
         but the user could not use it. Providers without a status command (oidc, gemini_cli) and
         images without the CLI are logged and let through.
         """
-        if provider == "oidc":
+        if provider == Provider.OIDC:
             return
         try:
             report = await agent.cli_status(provider)

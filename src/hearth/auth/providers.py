@@ -10,8 +10,8 @@ from urllib.parse import urlsplit
 from hearth.config import Settings
 from hearth.errors import ConfigError, InvalidInput
 from hearth.vm.types import GuestForward
+from hearth_agent.wire import Provider
 
-PROVIDERS = ("claude_code", "codex", "gemini_cli", "oidc")
 # QEMU user-net's own subnet: a guest-visible address there can be forwarded to the host.
 _USER_NET = ipaddress.ip_network("10.0.2.0/24")
 # Where a Browser VM finds its egress proxy (a guestfwd to the controller's EgressProxy);
@@ -28,8 +28,8 @@ EGRESS_PROXY_URL = f"http://{EGRESS_GUEST_IP}:{EGRESS_GUEST_PORT}"
 # carry the OAuth code or tokens out. Read from the CLIs pinned in hearth/images/vendor/
 # (codex 0.171.0, claude-code 2.1.332, gemini-cli 0.61.0); an operator who needs more (a social
 # sign-in the list leaves out) sets HEARTH_LOGIN_EGRESS_ALLOW.
-VENDOR_EGRESS: dict[str, tuple[str, ...]] = {
-    "codex": (
+VENDOR_EGRESS: dict[Provider, tuple[str, ...]] = {
+    Provider.CODEX: (
         # `codex login`'s authorize URL (/oauth/authorize) and OpenAI's sign-in and consent
         # pages; the CLI's /oauth/token (code exchange, then the API-key token exchange) and
         # /api/accounts (workspace list). Left out: *.openai.com (api.openai.com keeps files
@@ -44,7 +44,7 @@ VENDOR_EGRESS: dict[str, tuple[str, ...]] = {
         # Cloudflare Turnstile, the challenge the sign-in pages (and the bot check) may show.
         "challenges.cloudflare.com",
     ),
-    "claude_code": (
+    Provider.CLAUDE_CODE: (
         # CLAUDE_AI_AUTHORIZE_URL: `claude auth login --claudeai` opens
         # claude.com/cai/oauth/authorize, which redirects to claude.ai.
         "claude.com",
@@ -70,7 +70,7 @@ VENDOR_EGRESS: dict[str, tuple[str, ...]] = {
         "ssl.gstatic.com",
         "fonts.gstatic.com",
     ),
-    "gemini_cli": (
+    Provider.GEMINI_CLI: (
         # gemini's authorize URL (accounts.google.com/o/oauth2/v2/auth), Google's sign-in and
         # consent pages. Left out: *.google.com (script.google.com, sites.google.com and
         # docs.google.com forms take anyone's content), developers.google.com (the success page
@@ -96,7 +96,7 @@ VENDOR_EGRESS: dict[str, tuple[str, ...]] = {
 class LoginPlan:
     """What the controller asks the Browser VM's agent to do, and what the VM may reach."""
 
-    provider: str
+    provider: Provider
     start_body: dict[str, Any]
     guest_forwards: tuple[GuestForward, ...] = field(default=())
     # Destinations the Browser VM may reach through the egress proxy (empty: no proxy at all).
@@ -110,16 +110,24 @@ def _egress(settings: Settings, defaults: tuple[str, ...]) -> tuple[str, ...]:
     return settings.login_egress_allow if settings.login_egress_allow is not None else defaults
 
 
-def login_plan(provider: str, settings: Settings) -> LoginPlan:
-    """The plan for ``provider``; InvalidInput for an unknown one, ConfigError if unconfigured."""
-    if provider not in PROVIDERS:
-        raise InvalidInput(f"provider: must be one of {', '.join(PROVIDERS)}, got {provider!r}")
-    if provider != "oidc":
+def parse_provider(value: str) -> Provider:
+    """``value`` as a Provider; InvalidInput naming the supported ones otherwise."""
+    try:
+        return Provider(value)
+    except ValueError:
+        supported = ", ".join(Provider)
+        raise InvalidInput(f"provider: must be one of {supported}, got {value[:64]!r}") from None
+
+
+def login_plan(name: str, settings: Settings) -> LoginPlan:
+    """The plan for provider ``name``: InvalidInput if unknown, ConfigError if unconfigured."""
+    provider = parse_provider(name)
+    if provider is not Provider.OIDC:
         # The vendor CLI's own login command runs in the Browser VM under the agent's vendor
         # runner (hearth_agent.vendor): its PTY, its prompts and its callback server.
         return LoginPlan(
             provider=provider,
-            start_body={"provider": provider, "timeout_s": settings.login_timeout_s},
+            start_body={"provider": provider.value, "timeout_s": settings.login_timeout_s},
             egress_allow=_egress(settings, VENDOR_EGRESS[provider]),
         )
     if not settings.oidc_issuer:
@@ -155,7 +163,7 @@ def login_plan(provider: str, settings: Settings) -> LoginPlan:
         provider=provider,
         egress_allow=_egress(settings, issuer_egress),
         start_body={
-            "provider": "oidc",
+            "provider": Provider.OIDC.value,
             "issuer": settings.oidc_issuer,
             "client_id": settings.oidc_client_id,
             "callback_port": settings.oidc_callback_port,

@@ -47,6 +47,7 @@ from hearth.store import AuthSessionRecord, Store, VmRecord
 from hearth.vm.qemu.accel import detect_accel
 from hearth.vm.qemu.backend import new_vm_id
 from hearth.vm.types import BootMode, VmState, VmType
+from hearth_agent.wire import Provider
 
 BENCH_USER = "hearth-bench"
 VM_ROUTE = "/api/vms/{vm_id}"
@@ -265,7 +266,7 @@ async def _seed_auth_session(url: str, vm_id: str) -> str:
             AuthSessionRecord(
                 id=str(uuid.uuid4()),
                 user_id=BENCH_USER,
-                provider="codex",
+                provider=Provider.CODEX,
                 status=AuthStatus.AWAITING_USER,
                 vm_id=vm_id,
             )

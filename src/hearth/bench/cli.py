@@ -24,7 +24,7 @@ from rich.console import Console
 from hearth.bench.api import ApiBenchOptions, run_api_bench
 from hearth.bench.auth import AuthBenchOptions, run_auth_bench
 from hearth.bench.auth_report import auth_document, auth_tables
-from hearth.bench.oidc import default_server_dir
+from hearth.bench.oidc_install import install as install_oidc_server
 from hearth.bench.report import (
     api_document,
     api_tables,
@@ -173,8 +173,9 @@ def bench_auth(
     oidc_server_dir: Annotated[
         Path | None,
         typer.Option(
-            help="The test OAuth server (server.mjs with its node_modules; default: "
-            "tests/e2e/oidc_server of this source checkout)."
+            help="The test OAuth server (server.mjs with its node_modules; default: the one "
+            "shipped with Hearth, its dependencies installed with npm ci under HEARTH_CACHE_DIR "
+            "on first use)."
         ),
     ] = None,
     json_file: Annotated[
@@ -211,13 +212,18 @@ def bench_auth(
             command += [flag, str(given)]
     if oidc_server_dir is not None:
         command += ["--oidc-server-dir", str(oidc_server_dir)]
+    else:
+        try:
+            oidc_server_dir = install_oidc_server(settings.cache_dir)
+        except HearthError as exc:
+            _fail(exc)
     with _scratch_dir(state_dir) as root:
         options = AuthBenchOptions(
             n=n,
             state_dir=root,
             cli_image=images["CLI"],
             browser_image=images["Browser"],
-            oidc_server_dir=(oidc_server_dir or default_server_dir()).absolute(),
+            oidc_server_dir=oidc_server_dir.absolute(),
         )
         try:
             result = _run(run_auth_bench(options, progress=default_progress("bench")))

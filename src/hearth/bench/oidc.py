@@ -1,6 +1,7 @@
 """The OAuth server ``hearth bench auth`` logs in against: node + the test oidc-provider server.
 
-The server (``tests/e2e/oidc_server/server.mjs`` in a source checkout) listens on 127.0.0.1:P.
+The server (``oidc_server/server.mjs``, shipped with this package and installed under the cache
+dir by ``hearth.bench.oidc_install``) listens on 127.0.0.1:P.
 Browser VMs reach it as ``http://10.0.2.100:P``: the controller, given that issuer and
 ``HEARTH_OIDC_UPSTREAM_PORT=P``, has QEMU forward exactly that guest address to the host port,
 so the issuer is named by that address.
@@ -16,7 +17,6 @@ from pathlib import Path
 
 import httpx
 
-import hearth
 from hearth.bench.errors import BenchError
 from hearth.bench.processes import log_tail, stop_process
 from hearth.vm.qemu.backend import free_local_port
@@ -28,11 +28,6 @@ TEST_LOGIN = "alice"
 TEST_PASSWORD = "wonderland"  # noqa: S105 (the test server's one account)
 START_DEADLINE_S = 30.0
 STOP_DEADLINE_S = 10.0
-
-
-def default_server_dir() -> Path:
-    """The source checkout's copy of the test server (``tests/e2e/oidc_server``)."""
-    return Path(hearth.__file__).resolve().parents[2] / "tests" / "e2e" / "oidc_server"
 
 
 class OidcServer:
@@ -56,13 +51,14 @@ class OidcServer:
             )
         if not (server_dir / "server.mjs").is_file():
             raise BenchError(
-                f"no OAuth test server at {server_dir} (server.mjs); pass --oidc-server-dir "
-                "pointing at tests/e2e/oidc_server of a Hearth source checkout"
+                f"no OAuth test server at {server_dir} (server.mjs); pass --oidc-server-dir a "
+                "directory holding server.mjs and its node_modules, or leave it out to use "
+                "the server shipped with Hearth"
             )
         if not (server_dir / "node_modules" / "oidc-provider").is_dir():
             raise BenchError(
                 f"the OAuth test server's dependencies are not installed: run "
-                f"npm ci --prefix {server_dir} --no-audit --no-fund"
+                f"npm ci --no-audit --no-fund in {server_dir}"
             )
         port = free_local_port()
         issuer = f"http://{GUEST_ISSUER_IP}:{port}"

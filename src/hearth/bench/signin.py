@@ -3,7 +3,7 @@
 The Browser VM's Chromium serves DevTools on a guest port the controller forwards to a loopback
 port. ``CdpPage`` drives one tab the way a user would: it waits for what a user would wait for
 (the form on screen), types with ``Input.insertText`` and clicks. The page expressions match the
-login and consent pages of ``tests/e2e/oidc_server/server.mjs`` (oidc-provider).
+login and consent pages of the bench's OAuth server, ``oidc_server/server.mjs`` (oidc-provider).
 """
 
 from __future__ import annotations

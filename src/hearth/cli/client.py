@@ -18,6 +18,10 @@ DEFAULT_URL = "http://127.0.0.1:4000"
 class ApiError(HearthError):
     """An error the controller answered with; carries its code and HTTP status."""
 
+    # Class defaults only: every instance carries the controller's own code and status.
+    code = "api_error"
+    http_status = 502
+
     def __init__(self, status: int, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code

@@ -9,20 +9,21 @@ from datetime import UTC, datetime
 from hearth.errors import InvalidInput
 from hearth_agent.errors import InvalidDocument
 from hearth_agent.jsontext import JsonTextError, decode_json
-from hearth_agent.providers import PROVIDERS, SUPPORTED_PROVIDERS, Provider
+from hearth_agent.providers import PROVIDERS, SUPPORTED_PROVIDERS, CredentialFormat
 from hearth_agent.server import MAX_BODY_BYTES
+from hearth_agent.wire import Provider
 
 
 @dataclass(frozen=True, kw_only=True)
 class DocumentFacts:
     """What may be known about a document without keeping it: its digest and token expiry."""
 
-    provider: str
+    provider: Provider
     sha256: str  # of the exact bytes, as the agent reports the file it wrote
     expires_at: datetime | None  # when the access token expires; None if the document omits it
 
 
-def provider_named(name: str) -> Provider:
+def provider_named(name: str) -> CredentialFormat:
     """The agent's provider ``name``; InvalidInput naming the supported ones otherwise."""
     provider = PROVIDERS.get(name)
     if provider is None:

@@ -1,4 +1,4 @@
-"""Errors of the credential vault (to move into ``hearth.errors`` when the tree is next edited).
+"""Errors of the credential vault; ``hearth.errors`` draws them in the whole tree.
 
     HearthError
     └── CredentialError              the credential vault (500)

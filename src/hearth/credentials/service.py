@@ -12,7 +12,7 @@ from hearth.credentials.vault import CredentialVault, Sealed
 from hearth.errors import Conflict, NotFound
 from hearth.logging import get_logger
 from hearth.store import Clock, CredentialRecord, CredentialSource, Store, utc_now
-from hearth_agent import SUPPORTED_PROVIDERS
+from hearth_agent.wire import Provider
 
 # A record that changes under a re-encryption this many times in a row is reported, not chased.
 RESEAL_ATTEMPTS = 3
@@ -76,11 +76,11 @@ class CredentialService:
         """
         stored = {record.provider: record for record in await self._store.credentials.list(user_id)}
         entries: list[dict[str, object]] = []
-        for provider in SUPPORTED_PROVIDERS:
+        for provider in Provider:
             record = stored.get(provider)
             entries.append(
                 {
-                    "provider": provider,
+                    "provider": provider.value,
                     "present": record is not None,
                     "sha256": None if record is None else record.sha256,
                     "expires_at": None if record is None else _iso(record.expires_at),

@@ -25,7 +25,7 @@ from hearth.auth.states import TERMINAL, AuthStatus
 from hearth.store.columns import PathText, UtcDateTime, str_enum
 from hearth.store.records import CredentialSource
 from hearth.vm.types import BootMode, VmState, VmType
-from hearth_agent import SUPPORTED_PROVIDERS
+from hearth_agent.wire import Provider
 
 USER_ID_MAX = 128
 ID_MAX = 64
@@ -148,14 +148,14 @@ class AuthSessionRow(Base):
 class CredentialRow(Base):
     """A user's current credential document for one provider, encrypted by the vault.
 
-    The provider CHECK lists exactly the agent's providers, so the database refuses a document
+    The provider CHECK lists exactly the ``Provider`` enum, so the database refuses a document
     the agent could never write into a CLI VM.
     """
 
     __tablename__ = "credentials"
     __table_args__ = (
         UniqueConstraint("user_id", "provider"),
-        CheckConstraint(column("provider").in_(SUPPORTED_PROVIDERS), name="provider"),
+        CheckConstraint(column("provider").in_([p.value for p in Provider]), name="provider"),
     )
 
     id: Mapped[str] = mapped_column(String(ID_MAX), primary_key=True)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from hearth.auth.states import TERMINAL, AuthStatus
 from hearth.errors import InvalidInput
 from hearth.vm.types import BootMode, VmState, VmType
+from hearth_agent.wire import Provider
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
@@ -29,6 +30,17 @@ def _require_aware(record: DataclassInstance) -> None:
         value = getattr(record, f.name)
         if isinstance(value, datetime) and value.utcoffset() is None:
             raise InvalidInput(f"{f.name} must be timezone-aware, got {value.isoformat()}")
+
+
+def _parse_provider(record: AuthSessionRecord | CredentialRecord) -> None:
+    """Make the provider a Provider (rows give plain strings); InvalidInput if it is not one."""
+    try:
+        provider = Provider(record.provider)
+    except ValueError:
+        supported = ", ".join(Provider)
+        shown = str(record.provider)[:64]
+        raise InvalidInput(f"unknown provider {shown!r}; supported: {supported}") from None
+    object.__setattr__(record, "provider", provider)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -105,7 +117,7 @@ class AuthSessionRecord:
 
     id: str
     user_id: str
-    provider: str
+    provider: Provider
     status: AuthStatus = AuthStatus.PENDING
     vm_id: str | None = None
     browser_vm_id: str | None = None
@@ -121,6 +133,7 @@ class AuthSessionRecord:
 
     def __post_init__(self) -> None:
         _require_aware(self)
+        _parse_provider(self)
 
     @property
     def is_terminal(self) -> bool:
@@ -151,7 +164,7 @@ class CredentialRecord:
 
     id: str = field(default_factory=new_credential_id)
     user_id: str
-    provider: str
+    provider: Provider
     key_id: str
     nonce: bytes = field(repr=False)
     ciphertext: bytes = field(repr=False)
@@ -165,3 +178,4 @@ class CredentialRecord:
 
     def __post_init__(self) -> None:
         _require_aware(self)
+        _parse_provider(self)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
@@ -11,6 +11,7 @@ from hearth.api.auth import Ctl, Key, scope_of
 from hearth.api.schemas import ERROR_RESPONSES, UserId, WireModel
 from hearth.errors import Forbidden, InvalidInput
 from hearth.store import AuthSessionRecord
+from hearth_agent.wire import Provider
 
 router = APIRouter(tags=["auth"], responses=ERROR_RESPONSES)
 
@@ -19,7 +20,7 @@ class AuthStart(WireModel):
     """``POST /api/auth/start``."""
 
     user_id: UserId | None = None
-    provider: Literal["claude_code", "codex", "gemini_cli", "oidc"]
+    provider: Provider
 
 
 def session_body(record: AuthSessionRecord) -> dict[str, Any]:

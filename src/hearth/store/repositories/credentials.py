@@ -15,19 +15,11 @@ from hearth.errors import Conflict, InvalidInput, NotFound
 from hearth.store.models import credentials_table, users_table
 from hearth.store.records import CredentialRecord
 from hearth.store.repositories._base import Repository, to_record, to_values
-from hearth_agent import SUPPORTED_PROVIDERS
 
 _table = credentials_table
 _CONFLICT_KEY = ["user_id", "provider"]
 # Set on insert and kept when a newer document replaces the row: the slot's identity.
 _IDENTITY = frozenset({"id", "user_id", "provider", "created_at"})
-
-
-def _check_provider(provider: str) -> str:
-    if provider not in SUPPORTED_PROVIDERS:
-        supported = ", ".join(SUPPORTED_PROVIDERS)
-        raise InvalidInput(f"unknown provider {provider[:64]!r}; supported: {supported}")
-    return provider
 
 
 def _upsert(conn: AsyncConnection, table: Table, values: dict[str, object]) -> Any:
@@ -173,7 +165,6 @@ class CredentialRepo(Repository):
         return row is not None
 
     def _values(self, record: CredentialRecord) -> dict[str, object]:
-        _check_provider(record.provider)
         now = self._clock()
         values = to_values(record)
         values.update(created_at=now, updated_at=now)

@@ -1,8 +1,9 @@
 """Initial schema: users, API keys, VMs and auth sessions.
 
-The CHECK constraints on status-like columns are built from the enums the code uses, so a
-fresh database accepts exactly the values the code can write. Adding an enum member therefore
-also needs a new migration that widens the constraint on databases created earlier.
+The CHECK constraints on status-like columns list the enums' values as they were at this
+revision, written out: a migration is a frozen record, so a fresh database and one upgraded
+from here end with the same schema. Adding an enum member needs a new migration that widens
+the constraint (a test compares the latest migration's constraints with the enums).
 
 Revision ID: 0001
 Revises:
@@ -11,27 +12,37 @@ Create Date: 2025-01-01
 
 from __future__ import annotations
 
-from enum import StrEnum
-
 import sqlalchemy as sa
 from alembic import op
-
-from hearth.auth.states import TERMINAL, AuthStatus
-from hearth.vm.types import BootMode, VmState, VmType
 
 revision = "0001"
 down_revision = None
 branch_labels = None
 depends_on = None
 
+VM_TYPES = ("cli", "browser")
+VM_STATES = ("creating", "booting", "ready", "paused", "stopping", "destroyed", "failed")
+BOOT_MODES = ("cold", "restore", "pool")
+# The statuses an auth session is still moving through, then the ones it ends in.
+ACTIVE_AUTH_STATUSES = (
+    "pending",
+    "cli_vm_starting",
+    "cli_vm_ready",
+    "browser_vm_starting",
+    "awaiting_user",
+    "credentials_captured",
+    "delivering",
+)
+AUTH_STATUSES = (*ACTIVE_AUTH_STATUSES, "completed", "failed", "timeout", "cancelled")
 
-def _status(enum_cls: type[StrEnum], constraint: str) -> sa.Enum:
+
+def _one_of(values: tuple[str, ...], constraint: str) -> sa.Enum:
+    """A VARCHAR(32) column CHECK-constrained, under the name ``constraint``, to ``values``."""
     return sa.Enum(
-        enum_cls,
+        *values,
         name=op.f(constraint),
         native_enum=False,
         create_constraint=True,
-        values_callable=lambda e: [m.value for m in e],
         length=32,
     )
 
@@ -67,9 +78,9 @@ def upgrade() -> None:
         "vms",
         sa.Column("id", sa.String(64), nullable=False),
         sa.Column("user_id", sa.String(128), nullable=False),
-        sa.Column("vm_type", _status(VmType, "ck_vms_vm_type"), nullable=False),
+        sa.Column("vm_type", _one_of(VM_TYPES, "ck_vms_vm_type"), nullable=False),
         sa.Column("backend", sa.String(32), nullable=False),
-        sa.Column("status", _status(VmState, "ck_vms_status"), nullable=False),
+        sa.Column("status", _one_of(VM_STATES, "ck_vms_status"), nullable=False),
         sa.Column("agent_url", sa.Text(), nullable=True),
         sa.Column("ip", sa.String(45), nullable=True),
         sa.Column("host_port", sa.Integer(), nullable=True),
@@ -78,7 +89,7 @@ def upgrade() -> None:
         sa.Column("disk_path", sa.Text(), nullable=True),
         sa.Column("disk_bytes", sa.BigInteger(), nullable=True),
         sa.Column("token_hash", sa.String(64), nullable=True),
-        sa.Column("boot_mode", _status(BootMode, "ck_vms_boot_mode"), nullable=True),
+        sa.Column("boot_mode", _one_of(BOOT_MODES, "ck_vms_boot_mode"), nullable=True),
         sa.Column("vcpus", sa.Integer(), nullable=False),
         sa.Column("mem_mib", sa.Integer(), nullable=False),
         _timestamp("created_at", nullable=False),
@@ -97,7 +108,7 @@ def upgrade() -> None:
         sa.Column("id", sa.String(64), nullable=False),
         sa.Column("user_id", sa.String(128), nullable=False),
         sa.Column("provider", sa.String(64), nullable=False),
-        sa.Column("status", _status(AuthStatus, "ck_auth_sessions_status"), nullable=False),
+        sa.Column("status", _one_of(AUTH_STATUSES, "ck_auth_sessions_status"), nullable=False),
         sa.Column("vm_id", sa.String(64), nullable=True),
         sa.Column("browser_vm_id", sa.String(64), nullable=True),
         sa.Column("login_url", sa.Text(), nullable=True),
@@ -117,7 +128,7 @@ def upgrade() -> None:
         op.f("ix_auth_sessions_user_id_provider"), "auth_sessions", ["user_id", "provider"]
     )
     op.create_index(op.f("ix_auth_sessions_status"), "auth_sessions", ["status"])
-    active = sa.column("status").in_([s.value for s in AuthStatus if s not in TERMINAL])
+    active = sa.column("status").in_(ACTIVE_AUTH_STATUSES)
     op.create_index(
         op.f("uq_auth_sessions_active_user_id_provider"),
         "auth_sessions",

@@ -1,9 +1,8 @@
 """Credentials: each user's current, vault-encrypted credential document per provider.
 
-The provider CHECK is built from ``hearth_agent.SUPPORTED_PROVIDERS``, the same tuple the model
-uses, so a fresh database accepts exactly the providers the agent can write. Adding a provider to
-the agent therefore also needs a migration that widens the constraint on databases created
-earlier.
+The provider and source CHECKs list the values as they were at this revision, written out: a
+migration is a frozen record. Adding a provider (or a source) needs a new migration that widens
+the constraint (a test compares the latest migration's constraints with the enums).
 
 Revision ID: 0002
 Revises: 0001
@@ -15,13 +14,13 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-from hearth.store.records import CredentialSource
-from hearth_agent import SUPPORTED_PROVIDERS
-
 revision = "0002"
 down_revision = "0001"
 branch_labels = None
 depends_on = None
+
+PROVIDERS = ("claude_code", "codex", "gemini_cli", "oidc")
+CREDENTIAL_SOURCES = ("captured", "pulled_back")
 
 
 def _timestamp(name: str, *, nullable: bool) -> sa.Column[object]:
@@ -43,11 +42,10 @@ def upgrade() -> None:
         sa.Column(
             "source",
             sa.Enum(
-                CredentialSource,
+                *CREDENTIAL_SOURCES,
                 name=op.f("ck_credentials_source"),
                 native_enum=False,
                 create_constraint=True,
-                values_callable=lambda e: [m.value for m in e],
                 length=32,
             ),
             nullable=False,
@@ -62,7 +60,7 @@ def upgrade() -> None:
         ),
         sa.UniqueConstraint("user_id", "provider", name=op.f("uq_credentials_user_id_provider")),
         sa.CheckConstraint(
-            sa.column("provider").in_(SUPPORTED_PROVIDERS), name=op.f("ck_credentials_provider")
+            sa.column("provider").in_(PROVIDERS), name=op.f("ck_credentials_provider")
         ),
     )
 
