@@ -133,9 +133,11 @@ class ErrorOut(BaseModel):
     error: ErrorDetail
 
 
+_PLAIN = "text/plain; charset=utf-8"
 # Every error status a route behind the key guard can answer, and what it means.
 ERROR_STATUSES: dict[int, str] = {
-    400: "Malformed request (e.g. the body is not JSON)",
+    400: "Malformed request (e.g. the body is not JSON); malformed HTTP itself (a bad "
+    "Content-Length) is refused by the HTTP server before the API, in plain text",
     401: "Missing or wrong API key",
     403: "Not allowed for this key (admin only, or another user's)",
     404: "Not found (or not yours)",
@@ -151,12 +153,13 @@ ERROR_STATUSES: dict[int, str] = {
 
 
 def error_responses(*statuses: int) -> dict[int | str, dict[str, object]]:
-    """OpenAPI ``responses`` for ``statuses`` (default: all), each an ``ErrorOut``."""
+    """OpenAPI ``responses`` for ``statuses`` (default: all), each an ``ErrorOut``; a 400 may
+    also be the HTTP server's own plain-text refusal of a request it cannot parse."""
     return {
         status: {
             "model": ErrorOut,
             "description": ERROR_STATUSES[status],
-            "content": {"application/json": {}},
+            "content": {"application/json": {}, **({_PLAIN: {}} if status == 400 else {})},
         }
         for status in statuses or ERROR_STATUSES
     }

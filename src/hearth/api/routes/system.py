@@ -16,7 +16,10 @@ router = APIRouter(tags=["system"])
 
 @router.get(
     "/health",
-    responses={503: {"description": "The store does not answer (the same body, degraded)"}},
+    responses={
+        503: {"description": "The store does not answer (the same body, degraded)"},
+        **error_responses(400),
+    },
 )
 async def health(ctl: Ctl, response: Response) -> dict[str, Any]:
     """Store and backend status; 503 when the store does not answer."""
@@ -41,7 +44,7 @@ async def health(ctl: Ctl, response: Response) -> dict[str, Any]:
 
 @router.get(
     "/metrics",
-    responses={200: {"content": {CONTENT_TYPE: {}}}, **error_responses(401, 403, 413, 500)},
+    responses={200: {"content": {CONTENT_TYPE: {}}}, **error_responses(400, 401, 403, 413, 500)},
 )
 async def metrics(key: AdminKey, ctl: Ctl) -> Response:
     """Prometheus text: VMs by status, create→healthy by boot mode, failures, HTTP requests."""
