@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import html
-import socketserver
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from hearth_agent.errors import AgentError
+from hearth_agent.httpserver import LocalHTTPServer
 
 CALLBACK_HOST = "127.0.0.1"
 CALLBACK_PATH = "/callback"
@@ -78,7 +78,7 @@ class _CallbackHandler(BaseHTTPRequestHandler):
         """Silenced: the request line carries the authorization code and state."""
 
 
-class CallbackServer(ThreadingHTTPServer):
+class CallbackServer(LocalHTTPServer):
     """The loopback server the provider redirects the browser to."""
 
     daemon_threads = True
@@ -88,15 +88,3 @@ class CallbackServer(ThreadingHTTPServer):
     ) -> None:
         self.on_callback = on_callback
         super().__init__((CALLBACK_HOST, port), _CallbackHandler)
-
-    def server_bind(self) -> None:
-        """Bind without HTTPServer's reverse-DNS lookup of the host."""
-        socketserver.TCPServer.server_bind(self)
-        host, port = self.server_address[:2]
-        self.server_name = str(host)
-        self.server_port = int(port)
-
-    @property
-    def port(self) -> int:
-        """The bound port."""
-        return int(self.server_address[1])

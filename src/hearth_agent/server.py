@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import re
 import socket
-import socketserver
 import sys
 import threading
 import time
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from hearth_agent import __version__
 from hearth_agent.app import UNMATCHED_ROUTE, AgentApp, Request, Response, error_response
 from hearth_agent.errors import BadRequest, BodyTooLarge, LengthRequired
+from hearth_agent.httpserver import LocalHTTPServer
 from hearth_agent.log import JsonLogger
 
 MAX_BODY_BYTES = 1024 * 1024
@@ -201,7 +201,7 @@ def _phrase(code: int) -> str:
         return "HTTP error"
 
 
-class AgentHTTPServer(ThreadingHTTPServer):
+class AgentHTTPServer(LocalHTTPServer):
     """A ThreadingHTTPServer that carries the app and logger and logs errors as JSON.
 
     Request threads are daemons so a stalled client cannot block exit, but the server counts
@@ -221,18 +221,6 @@ class AgentHTTPServer(ThreadingHTTPServer):
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         super().__init__(address, AgentRequestHandler)
-
-    def server_bind(self) -> None:
-        """Bind without HTTPServer's reverse-DNS lookup of the host, which can hang in a VM."""
-        socketserver.TCPServer.server_bind(self)
-        host, port = self.server_address[:2]
-        self.server_name = str(host)
-        self.server_port = int(port)
-
-    @property
-    def port(self) -> int:
-        """The bound port (useful when listening on port 0)."""
-        return int(self.server_address[1])
 
     def request_shutdown(self, *, reason: str) -> None:
         """Make serve_forever return, from any thread or a signal handler; only once.
