@@ -77,6 +77,14 @@ def minimal_image(
     return minimal_image_build[0]
 
 
+@pytest.fixture(scope="session")
+def vm_state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A state dir for the whole session's real VMs: snapshot templates survive across tests
+    (those under tests/vm and the contract suite's)."""
+    require_tools("qemu-system-x86_64", "qemu-img")
+    return tmp_path_factory.mktemp("vm-state")
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Remove the empty per-state-dir runtime dirs the suite's backends left in /run/hearth.
 

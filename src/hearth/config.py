@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TypeVar
 
 from hearth.errors import ConfigError
 
@@ -15,6 +16,7 @@ _DEFAULT_CACHE_DIR = Path("/var/cache/hearth")
 _APT_SOURCES = (Path("/etc/apt/sources.list"), Path("/etc/apt/sources.list.d"))
 MIB = 1024 * 1024
 SQLITE_FILE_NAME = "hearth.db"
+N = TypeVar("N", int, float)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -37,6 +39,9 @@ class Settings:
     # The largest request body the API reads; a larger one is refused with 413 unread.
     max_body_bytes: int = MIB
     network_mode: str = "user"
+    # Which VMM runs the VMs (hearth.vm.select): "qemu" or "firecracker".
+    vmm: str = "qemu"
+    firecracker_binary: str | None = None
     qemu_accel: str = "auto"
     network_pool: str = "169.254.0.0/16"
     template_dir: Path | None = None
@@ -138,6 +143,8 @@ class Settings:
             key_hash_secret=env.get("HEARTH_KEY_HASH_SECRET") or None,
             max_body_bytes=_int(env, "HEARTH_MAX_BODY_BYTES", MIB, 1024, 1024 * MIB),
             network_mode=network_mode,
+            vmm=_choice(env, "HEARTH_VMM", "qemu", ("qemu", "firecracker")),
+            firecracker_binary=env.get("HEARTH_FIRECRACKER_BIN") or None,
             qemu_accel=qemu_accel,
             network_pool=env.get("HEARTH_NETWORK_POOL", "169.254.0.0/16"),
             template_dir=Path(env["HEARTH_TEMPLATE_DIR"])
@@ -185,13 +192,31 @@ class Settings:
 
 
 def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    return _number(env, name, default, low, high, parse=int, kind="an integer")
+
+
+def _float(env: Mapping[str, str], name: str, default: float, low: float, high: float) -> float:
+    return _number(env, name, default, low, high, parse=float, kind="a number")
+
+
+def _number(
+    env: Mapping[str, str],
+    name: str,
+    default: N,
+    low: N,
+    high: N,
+    *,
+    parse: Callable[[str], N],
+    kind: str,
+) -> N:
+    """``env[name]`` parsed and within ``[low, high]``; ``default`` when unset or empty."""
     raw = env.get(name)
     if raw is None or raw == "":
         return default
     try:
-        value = int(raw)
+        value = parse(raw)
     except ValueError:
-        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+        raise ConfigError(f"{name} must be {kind}, got {raw!r}") from None
     if not low <= value <= high:
         raise ConfigError(f"{name} must be between {low} and {high}, got {value}")
     return value
@@ -218,19 +243,6 @@ def _pins(raw: str) -> tuple[tuple[str, str], ...]:
             )
         pins.append((name.strip(), target.strip()))
     return tuple(pins)
-
-
-def _float(env: Mapping[str, str], name: str, default: float, low: float, high: float) -> float:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
-    if not low <= value <= high:
-        raise ConfigError(f"{name} must be between {low} and {high}, got {value}")
-    return value
 
 
 def mirror_from_apt_sources(suite: str, roots: tuple[Path, ...] = _APT_SOURCES) -> str | None:

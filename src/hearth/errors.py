@@ -20,6 +20,7 @@
     │   ├── ImageNotBuilt            the image a VM type needs has not been built yet
     │   └── BuildFailed              a build phase (debootstrap, kernel, mkfs, ...) failed
     ├── ToolMissing                  a host program Hearth needs is not installed
+    ├── TeardownError                some cleanups of a teardown failed (names each)
     ├── CredentialError              the credential vault (500)      [hearth.credentials.errors]
     │   └── DecryptionFailed         a sealed document did not open  [hearth.credentials.errors]
     │       └── UnknownMasterKey     its master key is unknown       [hearth.credentials.errors]
@@ -128,6 +129,13 @@ class BodyTooLarge(HearthError):
 
     code = "body_too_large"
     http_status = 413
+
+
+class TeardownError(HearthError):
+    """Some steps of a teardown failed; every step still ran (the message names each failure)."""
+
+    code = "teardown_failed"
+    http_status = 500
 
 
 class ToolMissing(HearthError):

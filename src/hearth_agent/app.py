@@ -102,6 +102,16 @@ def read_json(request: Request) -> object:
         raise MalformedJson(f"request body is not valid JSON: {exc}") from exc
 
 
+def provider_field(body: Mapping[str, object]) -> str:
+    """The ``provider`` field a request body must carry, as a string."""
+    name = body.get("provider")
+    if name is None:
+        raise InvalidInput("field 'provider' is required")
+    if not isinstance(name, str):
+        raise InvalidInput("field 'provider' must be a string")
+    return name
+
+
 def query_flag(request: Request, name: str) -> bool:
     """A boolean query parameter: absent, ``false`` or ``0`` is False; ``true`` or ``1`` is True."""
     values = request.query.get(name)
@@ -315,7 +325,7 @@ class AgentApp:
         stored = self._store.read(provider)
         if stored is None:
             if with_content:
-                raise NotFound(f"no credentials stored for provider {provider.name!r}")
+                raise NotFound(f"no credentials stored for provider '{provider.name}'")
             return json_response(
                 200,
                 {
@@ -334,7 +344,7 @@ class AgentApp:
         except JsonTextError as exc:
             if with_content:
                 raise CorruptDocument(
-                    f"stored credentials for provider {provider.name!r} are not valid JSON"
+                    f"stored credentials for provider '{provider.name}' are not valid JSON"
                 ) from exc
         payload: dict[str, object] = {
             "provider": provider.name,
@@ -383,12 +393,7 @@ class AgentApp:
             raise InvalidInput("body must be a JSON object with 'provider' and 'credentials'")
         if "path" in envelope:
             raise InvalidInput("field 'path' is not accepted: paths are decided by the agent")
-        name = envelope.get("provider")
-        if name is None:
-            raise InvalidInput("field 'provider' is required")
-        if not isinstance(name, str):
-            raise InvalidInput("field 'provider' must be a string")
-        provider = get_provider(name)
+        provider = get_provider(provider_field(envelope))
 
         def document_bytes() -> bytes:
             if "credentials" not in envelope:
@@ -434,11 +439,7 @@ class AgentApp:
         body = read_json(request)
         if not isinstance(body, dict):
             raise InvalidInput("/login/start body must be a JSON object")
-        name = body.get("provider")
-        if name is None:
-            raise InvalidInput("field 'provider' is required")
-        if not isinstance(name, str):
-            raise InvalidInput("field 'provider' must be a string")
+        name = provider_field(body)
         runner_for = self._login_runners.get(name)
         if runner_for is None:
             get_provider(name)  # a name the agent has never heard of: 404 listing the known ones

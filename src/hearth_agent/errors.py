@@ -27,122 +27,93 @@ from __future__ import annotations
 
 
 class AgentError(Exception):
-    """Root of every error the agent raises on purpose."""
+    """Root of every error the agent raises on purpose.
+
+    A subclass states its client code and HTTP status in its header, as in
+    ``class NotFound(AgentError, code="not_found", http_status=404)``; what it leaves out it
+    inherits.
+    """
 
     code: str = "internal"
     http_status: int = 500
+
+    def __init_subclass__(
+        cls, *, code: str | None = None, http_status: int | None = None, **kwargs: object
+    ) -> None:
+        super().__init_subclass__(**kwargs)
+        if code is not None:
+            cls.code = code
+        if http_status is not None:
+            cls.http_status = http_status
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
 
 
-class ConfigError(AgentError):
+class ConfigError(AgentError, code="config_error"):
     """The command-line options cannot start a safe agent."""
 
-    code = "config_error"
 
-
-class BadRequest(AgentError):
+class BadRequest(AgentError, code="bad_request", http_status=400):
     """The request is malformed at the HTTP level."""
 
-    code = "bad_request"
-    http_status = 400
 
-
-class MalformedJson(BadRequest):
+class MalformedJson(BadRequest, code="malformed_json"):
     """The request body is not valid UTF-8 JSON."""
 
-    code = "malformed_json"
 
-
-class Unauthorized(AgentError):
+class Unauthorized(AgentError, code="unauthorized", http_status=401):
     """The bearer token is missing or wrong."""
 
-    code = "unauthorized"
-    http_status = 401
 
-
-class Unclaimed(Unauthorized):
+class Unclaimed(Unauthorized, code="unclaimed"):
     """The agent has no token yet, so nothing but /health and /init can be used."""
 
-    code = "unclaimed"
 
-
-class NotFound(AgentError):
+class NotFound(AgentError, code="not_found", http_status=404):
     """No such route, or no such stored document."""
 
-    code = "not_found"
-    http_status = 404
 
-
-class UnknownProvider(NotFound):
+class UnknownProvider(NotFound, code="unknown_provider"):
     """The provider is not one the agent knows how to store."""
 
-    code = "unknown_provider"
 
-
-class MethodNotAllowed(AgentError):
+class MethodNotAllowed(AgentError, code="method_not_allowed", http_status=405):
     """The route exists but does not accept this method."""
-
-    code = "method_not_allowed"
-    http_status = 405
 
     def __init__(self, message: str, *, allow: tuple[str, ...]) -> None:
         super().__init__(message)
         self.allow = allow
 
 
-class AlreadyClaimed(AgentError):
+class AlreadyClaimed(AgentError, code="already_claimed", http_status=409):
     """The agent already has a token (or runs without auth), so it cannot be claimed."""
 
-    code = "already_claimed"
-    http_status = 409
 
-
-class CorruptDocument(AgentError):
+class CorruptDocument(AgentError, code="corrupt_document", http_status=409):
     """The stored credential document is not valid JSON, so it cannot be returned."""
 
-    code = "corrupt_document"
-    http_status = 409
 
-
-class LengthRequired(AgentError):
+class LengthRequired(AgentError, code="length_required", http_status=411):
     """A request that needs a body did not declare its Content-Length."""
 
-    code = "length_required"
-    http_status = 411
 
-
-class BodyTooLarge(AgentError):
+class BodyTooLarge(AgentError, code="body_too_large", http_status=413):
     """The declared body is larger than the agent accepts."""
 
-    code = "body_too_large"
-    http_status = 413
 
-
-class InvalidInput(AgentError):
+class InvalidInput(AgentError, code="invalid_request", http_status=422):
     """A request field is missing or has the wrong type; the message names the field."""
 
-    code = "invalid_request"
-    http_status = 422
 
-
-class InvalidDocument(InvalidInput):
+class InvalidDocument(InvalidInput, code="invalid_document"):
     """The credential document does not satisfy its provider's rules."""
 
-    code = "invalid_document"
 
-
-class StorageError(AgentError):
+class StorageError(AgentError, code="storage_error", http_status=500):
     """The filesystem refused to store a document."""
 
-    code = "storage_error"
-    http_status = 500
 
-
-class ReseedFailed(AgentError):
+class ReseedFailed(AgentError, code="reseed_failed", http_status=500):
     """The claim could not credit entropy to the kernel and reseed its CRNG; nothing was stored."""
-
-    code = "reseed_failed"
-    http_status = 500

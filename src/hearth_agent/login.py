@@ -104,17 +104,12 @@ def timeout_field(body: Mapping[str, object], *, default: float, maximum: float)
     return float(deadline_s)
 
 
-class LoginActive(AgentError):
+class LoginActive(AgentError, code="login_active", http_status=409):
     """A login for this provider is already running (409); cancel it or wait for it to end."""
 
-    code = "login_active"
-    http_status = 409
 
-
-class LoginNotFound(NotFound):
+class LoginNotFound(NotFound, code="login_not_found"):
     """No login session has this id (404)."""
-
-    code = "login_not_found"
 
 
 class LoginStatus(StrEnum):

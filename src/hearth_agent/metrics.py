@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterable
 from enum import StrEnum
 
 from hearth_agent.login import LoginOutcome
@@ -31,6 +32,19 @@ def _labels(pairs: tuple[tuple[str, str], ...]) -> str:
     return "{" + ",".join(f'{name}="{_escape(value)}"' for name, value in pairs) + "}"
 
 
+def _counter_family(
+    name: str,
+    help_text: str,
+    label_names: tuple[str, ...],
+    series: Iterable[tuple[tuple[str, ...], int]],
+) -> list[str]:
+    """The HELP and TYPE lines of counter ``name``, then one sample per labelled series."""
+    lines = [f"# HELP {name} {help_text}", f"# TYPE {name} counter"]
+    for values, count in series:
+        lines.append(f"{name}{_labels(tuple(zip(label_names, values, strict=True)))} {count}")
+    return lines
+
+
 class AgentMetrics:
     """Thread-safe counters for requests, credential writes, TCP probes and logins, plus uptime.
 
@@ -46,7 +60,9 @@ class AgentMetrics:
         self._writes: Counter[tuple[str, str]] = Counter(
             {(provider, outcome.value): 0 for provider in providers for outcome in WriteOutcome}
         )
-        self._probes: Counter[str] = Counter({outcome.value: 0 for outcome in ProbeOutcome})
+        self._probes: Counter[tuple[str]] = Counter(
+            {(outcome.value,): 0 for outcome in ProbeOutcome}
+        )
         self._logins: Counter[tuple[str, str]] = Counter(
             {(provider, outcome.value): 0 for provider in providers for outcome in LoginOutcome}
         )
@@ -69,7 +85,7 @@ class AgentMetrics:
     def observe_probe(self, outcome: ProbeOutcome) -> None:
         """Count one TCP probe that ran (refused bodies are not probes)."""
         with self._lock:
-            self._probes[outcome.value] += 1
+            self._probes[(outcome.value,)] += 1
 
     def observe_login(self, *, provider: str, outcome: LoginOutcome) -> None:
         """Count one login session that ended (captured, failed, timed out or cancelled)."""
@@ -84,35 +100,30 @@ class AgentMetrics:
             probes = sorted(self._probes.items())
             logins = sorted(self._logins.items())
         lines = [
-            "# HELP hearth_agent_http_requests_total HTTP responses by route template, method and"
-            " status.",
-            "# TYPE hearth_agent_http_requests_total counter",
-        ]
-        for (route, method, status), count in requests:
-            labels = _labels((("route", route), ("method", method), ("status", status)))
-            lines.append(f"hearth_agent_http_requests_total{labels} {count}")
-        lines += [
-            "# HELP hearth_agent_credential_writes_total Credential write attempts by provider and"
-            " result.",
-            "# TYPE hearth_agent_credential_writes_total counter",
-        ]
-        for (provider, result), count in writes:
-            labels = _labels((("provider", provider), ("result", result)))
-            lines.append(f"hearth_agent_credential_writes_total{labels} {count}")
-        lines += [
-            "# HELP hearth_agent_probes_total TCP probes run from inside the VM, by result.",
-            "# TYPE hearth_agent_probes_total counter",
-        ]
-        for result, count in probes:
-            lines.append(f"hearth_agent_probes_total{_labels((('result', result),))} {count}")
-        lines += [
-            "# HELP hearth_agent_logins_total Login sessions that ended, by provider and outcome.",
-            "# TYPE hearth_agent_logins_total counter",
-        ]
-        for (provider, outcome), count in logins:
-            labels = _labels((("provider", provider), ("outcome", outcome)))
-            lines.append(f"hearth_agent_logins_total{labels} {count}")
-        lines += [
+            *_counter_family(
+                "hearth_agent_http_requests_total",
+                "HTTP responses by route template, method and status.",
+                ("route", "method", "status"),
+                requests,
+            ),
+            *_counter_family(
+                "hearth_agent_credential_writes_total",
+                "Credential write attempts by provider and result.",
+                ("provider", "result"),
+                writes,
+            ),
+            *_counter_family(
+                "hearth_agent_probes_total",
+                "TCP probes run from inside the VM, by result.",
+                ("result",),
+                probes,
+            ),
+            *_counter_family(
+                "hearth_agent_logins_total",
+                "Login sessions that ended, by provider and outcome.",
+                ("provider", "outcome"),
+                logins,
+            ),
             "# HELP hearth_agent_uptime_seconds Seconds since the agent started.",
             "# TYPE hearth_agent_uptime_seconds gauge",
             f"hearth_agent_uptime_seconds {self.uptime():.3f}",

@@ -17,11 +17,8 @@ CALLBACK_PATH = "/callback"
 CALLBACK_SOCKET_TIMEOUT_S = 30.0
 
 
-class CallbackPortUnavailable(AgentError):
+class CallbackPortUnavailable(AgentError, code="callback_port_unavailable", http_status=409):
     """The requested loopback callback port cannot be bound, usually because it is in use (409)."""
-
-    code = "callback_port_unavailable"
-    http_status = 409
 
 
 @dataclass(frozen=True)

@@ -27,20 +27,15 @@ MAX_RESPONSE_BYTES = 1024 * 1024
 _ERROR_CODE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
-class DiscoveryFailed(AgentError):
+class DiscoveryFailed(AgentError, code="discovery_failed", http_status=502):
     """The issuer's discovery document could not be fetched or is unusable (502)."""
 
-    code = "discovery_failed"
-    http_status = 502
 
-
-class TokenExchangeFailed(AgentError):
+class TokenExchangeFailed(AgentError, http_status=502):
     """The code could not be turned into a usable ``oidc`` document; ``code`` is the session error.
 
     Raised and handled in the callback thread: it fails the session, it never reaches HTTP.
     """
-
-    http_status = 502
 
     def __init__(self, message: str, *, code: str = "token_exchange_failed") -> None:
         super().__init__(message)

@@ -48,34 +48,6 @@ class AgentRequestHandler(BaseHTTPRequestHandler):
     _started: float | None = None
     _body_consumed = False
 
-    def do_GET(self) -> None:
-        """Handle GET."""
-        self._handle()
-
-    def do_PUT(self) -> None:
-        """Handle PUT."""
-        self._handle()
-
-    def do_POST(self) -> None:
-        """Handle POST."""
-        self._handle()
-
-    def do_DELETE(self) -> None:
-        """Handle DELETE."""
-        self._handle()
-
-    def do_PATCH(self) -> None:
-        """Handle PATCH (no route accepts it: 405 on known paths)."""
-        self._handle()
-
-    def do_HEAD(self) -> None:
-        """Handle HEAD (no route accepts it: 405 on known paths, without a body)."""
-        self._handle()
-
-    def do_OPTIONS(self) -> None:
-        """Handle OPTIONS (no route accepts it: 405 with the Allow header on known paths)."""
-        self._handle()
-
     def version_string(self) -> str:
         """The Server header: agent name and version only."""
         return self.server_version
@@ -106,6 +78,8 @@ class AgentRequestHandler(BaseHTTPRequestHandler):
         self.server.logger.warning("http_server_message", message=format % args)
 
     def _handle(self) -> None:
+        """Hand the request to the app, whatever its method; its router answers 405 (with Allow)
+        where a known path does not take the method, as for PATCH, HEAD and OPTIONS everywhere."""
         split = urlsplit(self.path)
         request = Request(
             method=self.command,
@@ -121,6 +95,9 @@ class AgentRequestHandler(BaseHTTPRequestHandler):
             # Only now: the response is on the wire and counted. serve_forever returns, and the
             # process exits once this connection (and any other in flight) has been closed.
             self.server.request_shutdown(reason="admin_restart")
+
+    # BaseHTTPRequestHandler looks for ``do_<METHOD>``; every method takes the same way in.
+    do_GET = do_PUT = do_POST = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _handle
 
     def _read_body(self) -> bytes:
         """Read exactly Content-Length bytes, refusing missing, chunked or oversized bodies."""

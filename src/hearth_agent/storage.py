@@ -203,4 +203,4 @@ class CredentialStore:
             errno=exc.errno,
             reason=exc.strerror,
         )
-        return StorageError(f"could not {action} credentials for provider {provider.name!r}")
+        return StorageError(f"could not {action} credentials for provider '{provider.name}'")

@@ -75,10 +75,8 @@ __all__ = [
 ]
 
 
-class VendorStartFailed(AgentError):
+class VendorStartFailed(AgentError, http_status=502):
     """The vendor CLI could not start a login (502); ``code`` is the session's error."""
-
-    http_status = 502
 
     def __init__(self, message: str, *, code: str) -> None:
         super().__init__(message)

@@ -77,7 +77,7 @@ async def report_sessions(api: Api, session_ids: dict[str, str]) -> None:
         print(f"--- {user}: {session['status']} {session['error_message']!r}")
         for vm_id in (session["vm_id"], session["browser_vm_id"]):
             if vm_id and vm_id in api.ctl.vms.live:
-                tail = api.ctl.vms.backend.console_tail(api.ctl.vms.live[vm_id], 30)
+                tail = api.ctl.node.backend.console_tail(api.ctl.vms.live[vm_id], 30)
                 print(f"--- console of {vm_id} ---\n{tail}")
 
 
@@ -101,8 +101,8 @@ async def test_three_users_log_in_at_once_and_each_gets_their_own_credentials(
         browser_vm_timeout_s=STAGE_TIMEOUT_S,
     ):
         # Restores of three Browser VMs (≈ 640 MiB of state each) at once take longer than one.
-        api.ctl.vms.backend.restore_deadline_s = 300
-        api.ctl.vms.backend.cold_deadline_s = 900
+        api.ctl.node.backend.restore_deadline_s = 300
+        api.ctl.node.backend.cold_deadline_s = 900
 
         started = time.monotonic()
         session_ids = dict(
@@ -190,7 +190,7 @@ async def test_cancel_while_the_browser_vm_boots_leaves_no_browser_vm(
 ) -> None:
     api = auth_controller
     # Hold the Browser VM's boot until the cancel is in, so the cancel surely races it.
-    backend = api.ctl.vms.backend
+    backend = api.ctl.node.backend
     real_create = backend.create
     release = asyncio.Event()
 

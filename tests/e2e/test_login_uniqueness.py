@@ -35,7 +35,7 @@ async def test_oidc_logins_from_one_template_draw_their_own_state_nonce_and_chal
     # The first login builds the Browser VM template (a cold boot of Chromium): under a loaded
     # CI host that can take longer than the controller's default, and a VM that falls back to a
     # cold boot would prove nothing about clones.
-    api.ctl.vms.backend.cold_deadline_s = BROWSER_COLD_BOOT_DEADLINE_S
+    api.ctl.node.backend.cold_deadline_s = BROWSER_COLD_BOOT_DEADLINE_S
     seen: list[dict[str, str]] = []
     for index in range(LOGINS):
         session_id = await start(api, f"user-{index}")

@@ -12,25 +12,24 @@ stops every service and closes the store.
 
 from __future__ import annotations
 
-import asyncio
-import secrets
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from fastapi import FastAPI
 
-from hearth.api.app import ADMIN_KEY_FILE, create_app
+from hearth.api.app import create_app
 from hearth.api.context import Controller
 from hearth.config import Settings
+from hearth.control.bootstrap import ADMIN_KEY_FILE
 from hearth.control.quotas import Quotas
 from hearth.images.manifest import ImageDir
-from hearth.vm.qemu.accel import Accel
-from hearth.vm.types import BootMode, Vm, VmSpec, VmState, VmType
+from hearth.vm.types import VmType
+from tests.fake_backend import FakeBackend
 from tests.integration import store_fixtures
 from tests.integration.store_fixtures import *  # noqa: F403
 
@@ -38,66 +37,25 @@ from tests.integration.store_fixtures import *  # noqa: F403
 __all__ = ["Api", "api", "api_settings", "fake_backend", *store_fixtures.__all__]
 
 BASE_URL = "http://hearth.test"
+# Room for a few VMs of each type; tests of admission pass limits of their own to running_api.
+DEFAULT_QUOTAS = Quotas(
+    per_user={VmType.CLI: 2, VmType.BROWSER: 1},
+    max_browser_vms=2,
+    memory_limit_mib=64 * 1024,
+)
 
 
-class FakeVmBackend:
-    """Stands in for ``QemuBackend``: VMs live in a dict, are ready at once and have no agent.
-
-    ``hold`` (when set) makes every create wait for it, to keep VMs booting for a while.
-    """
-
-    name = "fake"
-    accel = Accel("tcg", "fake backend for API tests")
-
-    def __init__(self) -> None:
-        self.running: dict[str, Vm] = {}
-        self.destroyed: list[str] = []
-        self.hold: asyncio.Event | None = None
-
-    async def create(
-        self, image: ImageDir, spec: VmSpec, *, vm_id: str | None = None, claim: bool = True
-    ) -> Vm:
-        """A ready VM (after ``hold``, if set)."""
-        if self.hold is not None:
-            await self.hold.wait()
-        vm = Vm(
-            id=vm_id or f"vm-{secrets.token_hex(4)}",
-            spec=spec,
-            backend=self.name,
-            state=VmState.READY,
-            token=secrets.token_urlsafe(32),
-            boot_mode=BootMode.COLD,
-            ready_at=time.time(),
-        )
-        self.running[vm.id] = vm
-        return vm
-
-    async def destroy(self, vm: Vm) -> None:
-        """Forget the VM; every call is recorded."""
-        self.destroyed.append(vm.id)
-        self.running.pop(vm.id, None)
-
-    def alive(self, vm: Vm) -> bool:
-        """Whether the VM was created and not destroyed."""
-        return vm.id in self.running
-
-    async def pause(self, vm: Vm) -> None:
-        """Nothing to pause."""
-
-    async def resume(self, vm: Vm) -> None:
-        """Nothing to resume."""
-
-    async def list_running(self) -> list[Vm]:
-        """Nothing survives a restart of a fake."""
-        return []
-
-    async def reap(self, keep: set[str]) -> list[str]:
-        """Nothing to reap."""
-        return []
-
-    def console_tail(self, vm: Vm, lines: int = 40) -> str:
-        """A fake has no console."""
-        return ""
+def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
+    """Check that ``response`` is the API's error ``{"error": {"code", "message"}}`` with
+    ``status`` and ``code`` and a message; return the error."""
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"}, body
+    assert set(body["error"]) == {"code", "message"}, body
+    assert body["error"]["code"] == code, body
+    assert body["error"]["message"], body
+    error: dict[str, Any] = body["error"]
+    return error
 
 
 class FakeImages:
@@ -122,7 +80,7 @@ class Api:
     app: FastAPI
     ctl: Controller
     settings: Settings
-    backend: FakeVmBackend
+    backend: FakeBackend
     admin_key: str
     client: httpx.AsyncClient
 
@@ -142,9 +100,9 @@ class Api:
 
 
 @pytest.fixture
-def fake_backend() -> FakeVmBackend:
+def fake_backend() -> FakeBackend:
     """A fresh fake VM backend."""
-    return FakeVmBackend()
+    return FakeBackend()
 
 
 @pytest.fixture
@@ -157,18 +115,19 @@ def api_settings(database_url: str, tmp_path: Path) -> Settings:
 
 @asynccontextmanager
 async def running_api(
-    settings: Settings, backend: FakeVmBackend, images_root: Path
+    settings: Settings,
+    backend: FakeBackend,
+    images_root: Path,
+    *,
+    quotas: Quotas = DEFAULT_QUOTAS,
 ) -> AsyncIterator[Api]:
-    """The app with its lifespan entered, for an ``async with`` block."""
+    """The app with its lifespan entered, for an ``async with`` block; ``quotas`` are the
+    admission limits (default: room for a few VMs of each type)."""
     app = create_app(
         settings,
         backend=backend,  # type: ignore[arg-type]
         images=FakeImages(images_root),  # type: ignore[arg-type]
-        quotas=Quotas(
-            per_user={VmType.CLI: 2, VmType.BROWSER: 1},
-            max_browser_vms=2,
-            memory_limit_mib=64 * 1024,
-        ),
+        quotas=quotas,
         monitor_interval_s=0.2,
     )
     async with app.router.lifespan_context(app):
@@ -181,7 +140,7 @@ async def running_api(
 
 @pytest.fixture
 async def api(
-    api_settings: Settings, fake_backend: FakeVmBackend, tmp_path: Path
+    api_settings: Settings, fake_backend: FakeBackend, tmp_path: Path
 ) -> AsyncIterator[Api]:
     """The controller in process on a fresh database, with its admin key."""
     async with running_api(api_settings, fake_backend, tmp_path / "image") as running:

@@ -17,11 +17,12 @@ import httpx
 import pytest
 from sqlalchemy import text
 
-from hearth.api.app import ADMIN_KEY_FILE
 from hearth.config import Settings
+from hearth.control.bootstrap import ADMIN_KEY_FILE
 from hearth.store import VmRecord
+from tests.fake_backend import FakeBackend
 from tests.integration.api_fixtures import *  # noqa: F403
-from tests.integration.api_fixtures import Api, FakeVmBackend, running_api
+from tests.integration.api_fixtures import Api, running_api
 
 MIB = 1024 * 1024
 
@@ -145,7 +146,7 @@ def test_the_body_limit_is_a_setting() -> None:
 
 
 async def test_an_existing_state_dir_and_its_files_are_made_private(
-    api_settings: Settings, fake_backend: FakeVmBackend, tmp_path: Path
+    api_settings: Settings, fake_backend: FakeBackend, tmp_path: Path
 ) -> None:
     state = api_settings.state_dir
     state.mkdir(mode=0o755)
@@ -170,7 +171,7 @@ async def test_an_existing_state_dir_and_its_files_are_made_private(
 
 
 async def test_a_stale_admin_key_file_on_a_fresh_database_is_replaced(
-    api_settings: Settings, fake_backend: FakeVmBackend, tmp_path: Path
+    api_settings: Settings, fake_backend: FakeBackend, tmp_path: Path
 ) -> None:
     api_settings.state_dir.mkdir(mode=0o700)
     stale = "hk_" + "s" * 43
@@ -185,7 +186,7 @@ async def test_a_stale_admin_key_file_on_a_fresh_database_is_replaced(
 
 
 async def test_a_revoked_admin_key_file_is_replaced_at_the_next_start(
-    api_settings: Settings, fake_backend: FakeVmBackend, tmp_path: Path
+    api_settings: Settings, fake_backend: FakeBackend, tmp_path: Path
 ) -> None:
     async with running_api(api_settings, fake_backend, tmp_path / "image") as first:
         revoked = first.admin_key
@@ -207,11 +208,12 @@ async def test_ten_concurrent_deletes_all_succeed_and_tear_down_once(api: Api) -
     vm_id = created.json()["id"]
     hooks: list[str] = []
 
-    async def slow_hook(record: VmRecord) -> None:
+    async def slow_hook(record: VmRecord, token: str | None) -> None:
         hooks.append(record.id)
         await asyncio.sleep(0.05)  # what a pull-back over the network takes, roughly
 
-    api.ctl.vms.before_destroy.append(slow_hook)
+    # The pull-back hook (wired by the composition root) stays; this one joins it.
+    api.ctl.vms.before_destroy = (*api.ctl.vms.before_destroy, slow_hook)
     responses = await asyncio.gather(
         *(api.client.delete(f"/api/vms/{vm_id}", headers=api.headers()) for _ in range(10))
     )

@@ -32,7 +32,8 @@ from schemathesis.checks import CHECKS
 from hearth.api.app import create_app
 from hearth.config import Settings
 from tests.background import in_background_loop
-from tests.integration.api_fixtures import FakeVmBackend, running_api
+from tests.fake_backend import FakeBackend
+from tests.integration.api_fixtures import running_api
 
 schema = schemathesis.openapi.from_dict(
     create_app(Settings.from_env({"HEARTH_STATE_DIR": "/nonexistent"})).openapi()
@@ -61,7 +62,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
 
     @contextlib.asynccontextmanager
     async def serving() -> AsyncIterator[dict[str, str]]:
-        async with running_api(settings, FakeVmBackend(), root / "image") as api:
+        async with running_api(settings, FakeBackend(), root / "image") as api:
             keys = {"admin": api.admin_key, "user": await api.user_key("fuzz-user")}
             server = uvicorn.Server(
                 uvicorn.Config(

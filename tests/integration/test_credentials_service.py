@@ -68,7 +68,7 @@ def state_dir(tmp_path: Path) -> Path:
 @pytest.fixture
 def vault(state_dir: Path) -> CredentialVault:
     """A vault with a freshly created key file."""
-    return CredentialVault.load(state_dir, {})
+    return CredentialVault.load(state_dir)
 
 
 @pytest.fixture
@@ -418,7 +418,7 @@ async def test_rotation_reseals_every_document_under_the_new_key(
         assert (record.sha256, record.updated_at) == (old.sha256, old.updated_at)
     await assert_all_open(service, captured)
     # A controller started afterwards reads the keys from disk and opens everything.
-    restarted = CredentialService(store, CredentialVault.load(state_dir, {}))
+    restarted = CredentialService(store, CredentialVault.load(state_dir))
     await assert_all_open(restarted, captured)
     assert await service.reencrypt_all() == 0  # idempotent
 
@@ -477,7 +477,7 @@ async def test_an_interrupted_rotation_leaves_everything_readable_and_resumes(
     assert (await key_ids(store)).count(new_id) == 2
     await assert_all_open(service, captured)
     # After a restart (keys from disk) the rest is re-sealed and the done ones are skipped.
-    restarted = CredentialService(store, CredentialVault.load(state_dir, {}))
+    restarted = CredentialService(store, CredentialVault.load(state_dir))
     assert await restarted.reencrypt_all() == 4
     assert await key_ids(store) == [new_id] * 6
     await assert_all_open(restarted, captured)

@@ -17,13 +17,13 @@ import pytest
 from hearth.errors import ConfigError, NotAnImage, ToolMissing, VmError
 from hearth.images.manifest import ImageDir
 from hearth.network.namespace import NetworkSlot, names_for
+from hearth.vm.accel import Accel
 from hearth.vm.firecracker import network as fc_network
 from hearth.vm.firecracker.backend import FirecrackerBackend
 from hearth.vm.firecracker.disks import CowMechanism, create_cow_disk
 from hearth.vm.firecracker.network import FirecrackerNetwork, SlotNetworks
 from hearth.vm.firecracker.process import is_our_process
 from hearth.vm.firecracker.records import VmFiles, VmRecord
-from hearth.vm.qemu.accel import Accel
 from hearth.vm.types import BootMode, NetworkMode, Vm, VmSpec, VmState
 
 VM_ID = "vm-5eed"
@@ -41,6 +41,10 @@ class RecordingNetworks:
 
     async def release(self, network: FirecrackerNetwork) -> None:
         self.events.append(f"release {network.netns}")
+
+    async def reap(self, keep: set[str]) -> list[str]:
+        self.events.append(f"reap all but {sorted(keep)}")
+        return []
 
 
 @pytest.fixture

@@ -375,8 +375,8 @@ async def test_the_backend_plans_validate_and_never_log_the_token(
 ) -> None:
     """The backend's own plan building (paths, boot args, MMDS) against the spec."""
     from hearth.images.manifest import ImageDir
+    from hearth.vm.accel import Accel
     from hearth.vm.firecracker.backend import FirecrackerBackend
-    from hearth.vm.qemu.accel import Accel
     from hearth.vm.types import NetworkMode, Vm, VmSpec
 
     # The binary check only needs an executable file: no process is started here.

@@ -54,7 +54,7 @@ def state_dir(tmp_path: Path) -> Path:
 @pytest.fixture
 def vault(state_dir: Path) -> CredentialVault:
     """A vault whose key file was just created."""
-    return CredentialVault.load(state_dir, {})
+    return CredentialVault.load(state_dir)
 
 
 def test_a_sealed_document_opens_for_the_same_user_and_provider(vault: CredentialVault) -> None:
@@ -185,14 +185,14 @@ def test_master_keys_refuse_to_be_pickled(vault: CredentialVault) -> None:
 
 def test_vault_logs_carry_key_ids_but_no_secrets(state_dir: Path) -> None:
     with structlog.testing.capture_logs() as logs:
-        vault = CredentialVault.load(state_dir, {})
+        vault = CredentialVault.load(state_dir)
         first_key = key_file_text(state_dir)
         sealed = vault.encrypt(PLAINTEXT, user_id="alice", provider="claude_code")
         new_id = vault.rotate(state_dir)
         second_key = key_file_text(state_dir)
         with pytest.raises(DecryptionFailed):
             vault.decrypt(sealed, user_id="bob", provider="claude_code")
-        CredentialVault.load(state_dir, {})
+        CredentialVault.load(state_dir)
     events = [entry["event"] for entry in logs]
     assert events == [
         "master_key_created",

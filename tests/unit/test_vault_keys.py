@@ -66,7 +66,7 @@ def loose_umask() -> Iterator[None]:
 
 @pytest.mark.usefixtures("loose_umask")
 def test_the_key_file_is_created_on_first_use_with_mode_0600(state_dir: Path) -> None:
-    vault = CredentialVault.load(state_dir, {})
+    vault = CredentialVault.load(state_dir)
     key_file = state_dir / MASTER_KEY_FILE
     assert mode_of(key_file) == 0o600
     assert mode_of(state_dir) == 0o700
@@ -79,11 +79,11 @@ def test_the_key_file_is_created_on_first_use_with_mode_0600(state_dir: Path) ->
 
 
 def test_the_key_file_is_reused_and_never_rewritten(state_dir: Path) -> None:
-    first = CredentialVault.load(state_dir, {})
+    first = CredentialVault.load(state_dir)
     key_file = state_dir / MASTER_KEY_FILE
     before = (key_file.read_bytes(), key_file.stat().st_ino, key_file.stat().st_mtime_ns)
     sealed = first.encrypt(DOCUMENT, user_id="alice", provider="oidc")
-    second = CredentialVault.load(state_dir, {})
+    second = CredentialVault.load(state_dir)
     assert second.current_key_id == first.current_key_id
     assert second.decrypt(sealed, user_id="alice", provider="oidc") == DOCUMENT
     after = (key_file.read_bytes(), key_file.stat().st_ino, key_file.stat().st_mtime_ns)
@@ -95,7 +95,7 @@ def test_controllers_starting_at_once_agree_on_one_key(state_dir: Path) -> None:
 
     def load() -> str:
         barrier.wait()
-        return CredentialVault.load(state_dir, {}).current_key_id
+        return CredentialVault.load(state_dir).current_key_id
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         key_ids = list(pool.map(lambda _: load(), range(8)))
@@ -109,7 +109,7 @@ def test_a_key_file_open_to_group_or_others_is_refused(state_dir: Path, mode: in
     key_file = state_dir / MASTER_KEY_FILE
     write_key(key_file, secret, mode=mode)
     with pytest.raises(ConfigError) as caught:
-        CredentialVault.load(state_dir, {})
+        CredentialVault.load(state_dir)
     message = str(caught.value)
     assert str(key_file) in message
     assert f"mode {mode:04o}" in message
@@ -121,7 +121,7 @@ def test_a_key_file_open_to_group_or_others_is_refused(state_dir: Path, mode: in
 def test_an_owner_only_key_file_with_the_execute_bit_is_accepted(state_dir: Path) -> None:
     secret = secrets.token_bytes(32)
     write_key(state_dir / MASTER_KEY_FILE, secret, mode=0o700)
-    assert CredentialVault.load(state_dir, {}).current_key_id == key_id_of(secret)
+    assert CredentialVault.load(state_dir).current_key_id == key_id_of(secret)
 
 
 def test_a_symlinked_key_file_is_refused(state_dir: Path, tmp_path: Path) -> None:
@@ -130,13 +130,13 @@ def test_a_symlinked_key_file_is_refused(state_dir: Path, tmp_path: Path) -> Non
     (state_dir).mkdir()
     (state_dir / MASTER_KEY_FILE).symlink_to(real)
     with pytest.raises(ConfigError, match="symbolic link"):
-        CredentialVault.load(state_dir, {})
+        CredentialVault.load(state_dir)
 
 
 def test_a_directory_in_place_of_the_key_file_is_refused(state_dir: Path) -> None:
     (state_dir / MASTER_KEY_FILE).mkdir(parents=True, mode=0o700)
     with pytest.raises(ConfigError, match="not a regular file"):
-        CredentialVault.load(state_dir, {})
+        CredentialVault.load(state_dir)
 
 
 @pytest.mark.parametrize(
@@ -157,7 +157,7 @@ def test_a_malformed_key_file_is_refused_without_quoting_it(
     key_file.write_bytes(content)
     key_file.chmod(0o600)
     with pytest.raises(ConfigError) as caught:
-        CredentialVault.load(state_dir, {})
+        CredentialVault.load(state_dir)
     assert str(key_file) in str(caught.value)
     if content.strip():
         assert content.strip().decode()[:20] not in rendered(caught.value)
@@ -170,11 +170,11 @@ def test_a_master_key_from_the_environment_is_used_and_no_key_file_is_made(
     state_dir: Path,
 ) -> None:
     secret = secrets.token_bytes(32)
-    vault = CredentialVault.load(state_dir, {MASTER_KEY_ENV: b64(secret) + "\n"})
+    vault = CredentialVault.load(state_dir, b64(secret) + "\n")
     assert vault.current_key_id == key_id_of(secret)
     assert not (state_dir / MASTER_KEY_FILE).exists()
     sealed = vault.encrypt(DOCUMENT, user_id="alice", provider="oidc")
-    again = CredentialVault.load(state_dir, {MASTER_KEY_ENV: b64(secret)})
+    again = CredentialVault.load(state_dir, b64(secret))
     assert again.decrypt(sealed, user_id="alice", provider="oidc") == DOCUMENT
 
 
@@ -203,7 +203,7 @@ def test_a_bad_master_key_variable_is_refused_without_echoing_it(
     state_dir: Path, value: str
 ) -> None:
     with structlog.testing.capture_logs() as logs, pytest.raises(ConfigError) as caught:
-        CredentialVault.load(state_dir, {MASTER_KEY_ENV: value})
+        CredentialVault.load(state_dir, value)
     message = str(caught.value)
     assert message.startswith(MASTER_KEY_ENV)
     assert "base64" in message
@@ -215,15 +215,15 @@ def test_a_bad_master_key_variable_is_refused_without_echoing_it(
 
 
 def test_an_empty_master_key_variable_means_unset(state_dir: Path) -> None:
-    vault = CredentialVault.load(state_dir, {MASTER_KEY_ENV: ""})
+    vault = CredentialVault.load(state_dir, "")
     assert (state_dir / MASTER_KEY_FILE).is_file()
-    assert vault.current_key_id == CredentialVault.load(state_dir, {}).current_key_id
+    assert vault.current_key_id == CredentialVault.load(state_dir).current_key_id
 
 
 def test_switching_to_the_environment_keeps_the_old_key_file_readable(state_dir: Path) -> None:
-    before = CredentialVault.load(state_dir, {})
+    before = CredentialVault.load(state_dir)
     sealed = before.encrypt(DOCUMENT, user_id="alice", provider="oidc")
-    after = CredentialVault.load(state_dir, {MASTER_KEY_ENV: b64(secrets.token_bytes(32))})
+    after = CredentialVault.load(state_dir, b64(secrets.token_bytes(32)))
     assert after.current_key_id != before.current_key_id
     assert after.decrypt(sealed, user_id="alice", provider="oidc") == DOCUMENT
     assert after.encrypt(DOCUMENT, user_id="alice", provider="oidc").key_id == (
@@ -233,7 +233,7 @@ def test_switching_to_the_environment_keeps_the_old_key_file_readable(state_dir:
 
 def test_a_key_from_the_environment_cannot_be_rotated_by_hearth(state_dir: Path) -> None:
     secret = secrets.token_bytes(32)
-    vault = CredentialVault.load(state_dir, {MASTER_KEY_ENV: b64(secret)})
+    vault = CredentialVault.load(state_dir, b64(secret))
     with pytest.raises(ConfigError) as caught:
         vault.rotate(state_dir)
     assert f"{KEYRING_DIR}/{key_id_of(secret)}.key" in str(caught.value)
@@ -249,7 +249,7 @@ def test_a_key_from_the_environment_cannot_be_rotated_by_hearth(state_dir: Path)
 def test_rotation_makes_a_new_current_key_and_keeps_the_old_one_in_the_keyring(
     state_dir: Path,
 ) -> None:
-    vault = CredentialVault.load(state_dir, {})
+    vault = CredentialVault.load(state_dir)
     old_id = vault.current_key_id
     old_text = (state_dir / MASTER_KEY_FILE).read_text()
     sealed_before = vault.encrypt(DOCUMENT, user_id="alice", provider="oidc")
@@ -274,12 +274,12 @@ def test_rotation_makes_a_new_current_key_and_keeps_the_old_one_in_the_keyring(
 
 
 def test_after_several_rotations_a_reloaded_vault_opens_everything(state_dir: Path) -> None:
-    vault = CredentialVault.load(state_dir, {})
+    vault = CredentialVault.load(state_dir)
     seals = [vault.encrypt(DOCUMENT, user_id="alice", provider="oidc")]
     for _ in range(3):
         vault.rotate(state_dir)
         seals.append(vault.encrypt(DOCUMENT, user_id="alice", provider="oidc"))
-    reloaded = CredentialVault.load(state_dir, {})
+    reloaded = CredentialVault.load(state_dir)
     assert reloaded.current_key_id == vault.current_key_id
     assert len(reloaded.key_ids) == 4
     assert len({s.key_id for s in seals}) == 4
@@ -290,8 +290,8 @@ def test_after_several_rotations_a_reloaded_vault_opens_everything(state_dir: Pa
 def test_a_vault_loaded_before_a_rotation_elsewhere_opens_documents_of_the_new_key(
     state_dir: Path,
 ) -> None:
-    other_controller = CredentialVault.load(state_dir, {})
-    rotating = CredentialVault.load(state_dir, {})
+    other_controller = CredentialVault.load(state_dir)
+    rotating = CredentialVault.load(state_dir)
     rotating.rotate(state_dir)
     sealed = rotating.encrypt(DOCUMENT, user_id="alice", provider="oidc")
     assert sealed.key_id not in other_controller.key_ids
@@ -302,18 +302,18 @@ def test_a_vault_loaded_before_a_rotation_elsewhere_opens_documents_of_the_new_k
 def test_a_stale_vault_rotating_keeps_the_key_another_controller_rotated_to(
     state_dir: Path,
 ) -> None:
-    stale = CredentialVault.load(state_dir, {})
-    fresh = CredentialVault.load(state_dir, {})
+    stale = CredentialVault.load(state_dir)
+    fresh = CredentialVault.load(state_dir)
     fresh.rotate(state_dir)
     sealed_by_fresh = fresh.encrypt(DOCUMENT, user_id="alice", provider="oidc")
     stale.rotate(state_dir)
-    reloaded = CredentialVault.load(state_dir, {})
+    reloaded = CredentialVault.load(state_dir)
     assert reloaded.current_key_id == stale.current_key_id
     assert reloaded.decrypt(sealed_by_fresh, user_id="alice", provider="oidc") == DOCUMENT
 
 
 def test_rotating_in_another_state_dir_is_refused(state_dir: Path, tmp_path: Path) -> None:
-    vault = CredentialVault.load(state_dir, {})
+    vault = CredentialVault.load(state_dir)
     with pytest.raises(ConfigError, match="loaded from"):
         vault.rotate(tmp_path / "other")
     assert not (tmp_path / "other").exists()
@@ -321,31 +321,31 @@ def test_rotating_in_another_state_dir_is_refused(state_dir: Path, tmp_path: Pat
 
 @pytest.mark.parametrize("mode", [0o640, 0o644])
 def test_an_insecure_keyring_file_is_refused(state_dir: Path, mode: int) -> None:
-    vault = CredentialVault.load(state_dir, {})
+    vault = CredentialVault.load(state_dir)
     old_id = vault.current_key_id
     vault.rotate(state_dir)
     keyring_file = state_dir / KEYRING_DIR / f"{old_id}.key"
     keyring_file.chmod(mode)
     secret_text = keyring_file.read_text().strip()
     with pytest.raises(ConfigError) as caught:
-        CredentialVault.load(state_dir, {})
+        CredentialVault.load(state_dir)
     assert str(keyring_file) in str(caught.value)
     assert secret_text not in rendered(caught.value)
 
 
 def test_a_keyring_file_named_for_another_key_is_refused(state_dir: Path) -> None:
-    CredentialVault.load(state_dir, {})
+    CredentialVault.load(state_dir)
     secret = secrets.token_bytes(32)
     wrong_name = state_dir / KEYRING_DIR / "0123456789abcdef.key"
     write_key(wrong_name, secret)
     with pytest.raises(ConfigError, match=f"holds the key with id {key_id_of(secret)}"):
-        CredentialVault.load(state_dir, {})
+        CredentialVault.load(state_dir)
 
 
 def test_files_in_the_keyring_that_are_not_keys_are_ignored(state_dir: Path) -> None:
-    vault = CredentialVault.load(state_dir, {})
+    vault = CredentialVault.load(state_dir)
     keyring = state_dir / KEYRING_DIR
     keyring.mkdir(mode=0o700)
     (keyring / "README").write_text("old keys live here\n")
     (keyring / ".master.key.abc.tmp").write_text("partial")
-    assert CredentialVault.load(state_dir, {}).key_ids == vault.key_ids
+    assert CredentialVault.load(state_dir).key_ids == vault.key_ids

@@ -22,8 +22,8 @@ import uvicorn
 from hearth.api.app import create_app
 from hearth.api.context import Controller
 from hearth.config import Settings
-from hearth.control.images import ImageCatalog
 from hearth.images.manifest import ImageDir
+from hearth.node.images import ImageCatalog
 from hearth.vm.qemu.backend import QemuBackend
 from hearth.vm.types import VmType
 from tests.vm.conftest import qemu_pids_under

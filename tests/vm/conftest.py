@@ -1,6 +1,7 @@
 """Fixtures for tests that boot real QEMU VMs from the real minimal image.
 
-``vm_state_dir`` is shared by the session so the snapshot template is built once; every test gets
+``vm_state_dir`` (in tests/conftest.py, shared with the contract suite) is shared by the session
+so the snapshot template is built once; every test gets
 its own ``qemu_backend`` and, at teardown, every VM it made is destroyed and the test proves that
 no QEMU process, overlay, socket or work directory of it is left. On failure the console tails
 of its VMs are printed.
@@ -17,7 +18,6 @@ import pytest
 from hearth.network.namespace import list_namespaces, names_for
 from hearth.vm.qemu.backend import QemuBackend
 from hearth.vm.types import Vm
-from tests.conftest import require_tools
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -25,13 +25,6 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     outcome = yield
     report = outcome.get_result()
     setattr(item, f"rep_{report.when}", report)
-
-
-@pytest.fixture(scope="session")
-def vm_state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A state dir for the whole session: templates survive across tests."""
-    require_tools("qemu-system-x86_64", "qemu-img")
-    return tmp_path_factory.mktemp("vm-state")
 
 
 def qemu_pids_under(directory: Path) -> list[int]:
@@ -82,4 +75,4 @@ async def qemu_backend(
     ours = {names_for(vm.id)[0] for vm in backend.created}
     assert ours.isdisjoint(list_namespaces()), "network namespaces left behind"
     assert not any(name.startswith("hearth-t") for name in list_namespaces()), "template netns left"
-    assert backend.pool.claims() == {}, "network slots left claimed"
+    assert backend.networks.pool.claims() == {}, "network slots left claimed"

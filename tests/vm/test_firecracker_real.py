@@ -18,10 +18,10 @@ import httpx
 import pytest
 
 from hearth.images.manifest import ImageDir
+from hearth.vm.accel import detect_accel
 from hearth.vm.firecracker import FirecrackerBackend, SlotNetworks
 from hearth.vm.firecracker.process import is_our_process
 from hearth.vm.firecracker.records import VmFiles, VmRecord
-from hearth.vm.qemu.accel import detect_accel
 from hearth.vm.types import BootMode, NetworkMode, Vm, VmSpec, VmState
 
 _ACCEL = detect_accel()

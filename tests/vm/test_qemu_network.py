@@ -78,9 +78,9 @@ async def test_netns_vms_are_healthy_and_isolated(
     itself = await probe(a, "127.0.0.1", 8080)
     assert itself["connected"] is True
     b_ip = b.agent_url.split("//")[1].split(":")[0]
-    a_slot = qemu_backend.pool.claims()
+    a_slot = qemu_backend.networks.pool.claims()
     assert len(a_slot) == 2
-    host_side = {qemu_backend.pool.addresses(i).host_ip for i in a_slot}
+    host_side = {qemu_backend.networks.pool.addresses(i).host_ip for i in a_slot}
     for host, port in [(b_ip, 8080), *((h, controller_port) for h in host_side)]:
         result = await probe(a, host, port)
         assert result["connected"] is False, f"VM in netns reached {host}:{port}"

@@ -1,29 +1,13 @@
-"""What the API's routes share: settings, store, services, metrics (one per app)."""
+"""What the API's routes share: the running control plane (one per app)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from fastapi import Request
 
-from hearth.auth.flow import AuthFlow
-from hearth.config import Settings
-from hearth.control.vms import VmService
-from hearth.credentials.service import CredentialService
-from hearth.metrics import ControllerMetrics
-from hearth.store import Store
+from hearth.runtime import ControlPlane
 
-
-@dataclass
-class Controller:
-    """The running controller's parts, built by the app's lifespan."""
-
-    settings: Settings
-    store: Store
-    vms: VmService
-    metrics: ControllerMetrics
-    credentials: CredentialService
-    auth: AuthFlow
+# The routes' name for the control plane the app's lifespan built.
+Controller = ControlPlane
 
 
 def controller(request: Request) -> Controller:

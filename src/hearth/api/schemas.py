@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 from pydantic.alias_generators import to_camel
@@ -22,6 +22,13 @@ class WireModel(BaseModel):
     model_config = ConfigDict(
         alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
     )
+
+    @classmethod
+    def of_record(cls, record: object, **wire_only: object) -> Self:
+        """A store record on the wire: each field from the record's attribute of that name
+        (enum members become their values), then ``wire_only`` for the fields it lacks."""
+        values = {name: getattr(record, name) for name in cls.model_fields if hasattr(record, name)}
+        return cls.model_validate({**values, **wire_only})
 
 
 class VmCreate(WireModel):
@@ -55,23 +62,7 @@ class VmOut(WireModel):
     @classmethod
     def of(cls, record: VmRecord, *, agent_token: str | None = None) -> VmOut:
         """The wire form of a VM record."""
-        return cls(
-            id=record.id,
-            user_id=record.user_id,
-            vm_type=record.vm_type.value,
-            status=record.status.value,
-            backend=record.backend,
-            vcpus=record.vcpus,
-            mem_mib=record.mem_mib,
-            agent_url=record.agent_url,
-            boot_mode=record.boot_mode.value if record.boot_mode else None,
-            disk_bytes=record.disk_bytes,
-            created_at=record.created_at,
-            ready_at=record.ready_at,
-            destroyed_at=record.destroyed_at,
-            error=record.error,
-            agent_token=agent_token,
-        )
+        return cls.of_record(record, agent_token=agent_token)
 
 
 class VmList(WireModel):
@@ -102,16 +93,7 @@ class KeyOut(WireModel):
     @classmethod
     def of(cls, record: ApiKeyRecord, *, key: str | None = None) -> KeyOut:
         """The wire form of a key record."""
-        return cls(
-            id=record.id,
-            user_id=record.user_id,
-            admin=record.is_admin,
-            prefix=record.prefix,
-            created_at=record.created_at,
-            last_used_at=record.last_used_at,
-            revoked_at=record.revoked_at,
-            key=key,
-        )
+        return cls.of_record(record, admin=record.is_admin, key=key)
 
 
 class KeyList(WireModel):

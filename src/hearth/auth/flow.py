@@ -259,7 +259,10 @@ class AuthFlow:
 
         await self._move(sid, AuthStatus.PENDING, AuthStatus.CLI_VM_STARTING)
         cli_vm = await self._stage(
-            self._ensure_cli_vm(user), self.settings.cli_vm_timeout_s, "starting the CLI VM"
+            self._ensure_cli_vm(user),
+            self.settings.cli_vm_timeout_s,
+            "starting the CLI VM",
+            failed="the CLI VM did not start",
         )
         cli_agent = AgentClient(str(cli_vm.agent_url), self.vms.agent_token(cli_vm.id))
         try:
@@ -283,6 +286,7 @@ class AuthFlow:
             self._create_browser_vm(sid, user, browser_spec),
             self.settings.browser_vm_timeout_s,
             "starting the Browser VM",
+            failed="the Browser VM did not start",
         )
         browser_agent = AgentClient(str(browser.agent_url), self.vms.agent_token(browser.id))
         login = await browser_agent.login_start(plan.start_body)
@@ -344,11 +348,19 @@ class AuthFlow:
             plan, guest_forwards=(*plan.guest_forwards, forward), start_body=body
         )
 
-    async def _stage(self, work: Awaitable[Any], seconds: float, what: str) -> Any:
+    async def _stage(
+        self, work: Awaitable[Any], seconds: float, what: str, *, failed: str | None = None
+    ) -> Any:
+        """``work`` within ``seconds`` (else StageTimeout naming ``what``); a VM error is
+        prefixed with ``failed``, so the session's message says which stage failed."""
         try:
             return await asyncio.wait_for(work, seconds)
         except TimeoutError:
             raise StageTimeout(f"timed out after {seconds:.0f} s {what}") from None
+        except VmError as exc:
+            if failed is None:
+                raise
+            raise VmError(f"{failed}: {exc.message}") from exc
 
     async def _ensure_cli_vm(self, user_id: str) -> VmRecord:
         """The user's healthy CLI VM, reused when there is one, else a new one."""
@@ -392,13 +404,12 @@ class AuthFlow:
     async def _wait_for_login(self, browser_id: str, agent: AgentClient, login_id: str) -> bytes:
         # Polled often: the capture is on the critical path of every login (≈ one request each).
         for delay in Backoff(initial_s=0.2, cap_s=0.5).delays():
-            vm = self.vms.live.get(browser_id)
-            if vm is None or not self.vms.backend.alive(vm):
+            if not self.vms.alive(browser_id):
                 raise VmError(f"Browser VM {browser_id} stopped while waiting for the login")
             try:
                 status = await agent.login_status(login_id)
             except AgentError as exc:
-                if not self.vms.backend.alive(vm):
+                if not self.vms.alive(browser_id):
                     raise VmError(
                         f"Browser VM {browser_id} stopped while waiting for the login"
                     ) from exc
@@ -428,13 +439,12 @@ class AuthFlow:
                 last = exc.message
             else:
                 if written == expected:
-                    await self.store.credentials.mark_delivered(
-                        user_id, provider, vm_id, sha256=expected
-                    )
+                    await self.credentials.mark_delivered(user_id, provider, vm_id, sha256=expected)
                     return
                 last = f"the agent wrote sha256 {written[:12]}…, expected {expected[:12]}…"
-            _log.warning("delivery_retry", user_id=user_id, provider=provider, attempt=attempt)
-            await asyncio.sleep(0.5 * attempt)
+            if attempt < _DELIVERY_ATTEMPTS:
+                _log.warning("delivery_retry", user_id=user_id, provider=provider, attempt=attempt)
+                await asyncio.sleep(0.5 * attempt)
         raise VmError(f"delivery to CLI VM {vm_id} failed after {_DELIVERY_ATTEMPTS} tries: {last}")
 
     async def _check_with_cli(

@@ -39,13 +39,13 @@ from hearth.bench.load import (
 )
 from hearth.bench.machine import MachineFacts
 from hearth.bench.postgres import ScratchDatabase
-from hearth.bench.teardown import Teardown
 from hearth.config import Settings
 from hearth.errors import HearthError
 from hearth.progress import Progress
 from hearth.store import AuthSessionRecord, Store, VmRecord
-from hearth.vm.qemu.accel import detect_accel
-from hearth.vm.qemu.backend import new_vm_id
+from hearth.teardown import Teardown
+from hearth.vm.accel import detect_accel
+from hearth.vm.host import new_vm_id
 from hearth.vm.types import BootMode, VmState, VmType
 from hearth_agent.wire import Provider
 
@@ -141,7 +141,7 @@ async def run_api_bench(options: ApiBenchOptions, *, progress: Progress) -> ApiB
         )
         return result
     scratch = ScratchDatabase(options.postgres_url)
-    async with Teardown() as teardown:
+    async with Teardown(error=BenchError) as teardown:
         teardown.push(f"drop database {scratch.name}", scratch.drop)
         with progress.phase("postgresql", f"scratch database {scratch.name}"):
             await scratch.create()
@@ -163,7 +163,7 @@ async def _bench_database(
     progress: Progress,
 ) -> DatabaseResult:
     measured = DatabaseResult(name=name, version=version)
-    async with Teardown() as teardown:
+    async with Teardown(error=BenchError) as teardown:
         with progress.phase(name, "start the controller (hearth serve)"):
             controller = await ControllerProcess.start(
                 state_dir=options.state_dir / name, database_url=url

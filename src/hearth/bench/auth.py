@@ -37,10 +37,10 @@ from hearth.bench.machine import MachineFacts
 from hearth.bench.oidc import CLIENT_ID, TEST_LOGIN, TEST_PASSWORD, OidcServer
 from hearth.bench.processes import kill_leftover_qemu
 from hearth.bench.signin import CONSENT_SHOWN, SUBMIT_BUTTON, open_sign_in_page, submit_login
-from hearth.bench.teardown import Teardown
 from hearth.images.manifest import ImageDir
 from hearth.progress import Progress
-from hearth.vm.qemu.accel import detect_accel
+from hearth.teardown import Teardown
+from hearth.vm.accel import detect_accel
 
 ENDED = ("completed", "failed", "timeout", "cancelled")
 FLOW_DEADLINE_S = 900.0  # the warm-up flow boots both VMs cold under TCG
@@ -150,7 +150,7 @@ async def run_auth_bench(options: AuthBenchOptions, *, progress: Progress) -> Au
             raise BenchError(f"{image.path} holds no built image")
     result = AuthBenchResult(options=options, machine=MachineFacts.collect(detect_accel()))
     state = options.state_dir / "controller"
-    async with Teardown() as teardown:
+    async with Teardown(error=BenchError) as teardown:
         with progress.phase("oauth server", f"node server.mjs in {options.oidc_server_dir}"):
             oidc = await OidcServer.start(
                 server_dir=options.oidc_server_dir, log=options.state_dir / "oidc-server.log"

@@ -5,7 +5,13 @@ from __future__ import annotations
 from rich.table import Table
 
 from hearth.bench.auth import STAGES, TOTAL, USER, USER_DETAIL, AuthBenchResult, Stage
-from hearth.bench.report import Target, duration_text, machine_table, now_text, targets_table
+from hearth.bench.report import (
+    Target,
+    document_head,
+    duration_text,
+    machine_table,
+    targets_table,
+)
 from hearth.bench.stats import Summary
 from hearth.images.manifest import ImageDir
 
@@ -40,10 +46,7 @@ def auth_document(result: AuthBenchResult, *, command: str) -> dict[str, object]
     options = result.options
     warmup = result.warmup
     return {
-        "benchmark": "auth",
-        "command": command,
-        "measured_at": now_text(),
-        "machine": result.machine.to_dict(),
+        **document_head("auth", command=command, machine=result.machine),
         "images": {"cli": _image(options.cli_image), "browser": _image(options.browser_image)},
         "oidc": {"server_dir": str(options.oidc_server_dir), "issuer": result.issuer},
         "controller": {"database": "sqlite", "warm_pools": False},

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shutil
-import signal
 import time
 import uuid
 from dataclasses import dataclass
@@ -24,15 +23,14 @@ from hearth.bench.errors import BenchError
 from hearth.errors import VmNotReady, VmProcessExited
 from hearth.images.manifest import ImageDir
 from hearth.tools import tail
-from hearth.vm.qemu.accel import Accel
-from hearth.vm.qemu.backend import free_local_port
+from hearth.vm.accel import Accel
+from hearth.vm.host import bytes_on_disk, free_local_port, stop_child
 from hearth.vm.qemu.command import VmPaths, qemu_argv
-from hearth.vm.qemu.disks import bytes_on_disk
+from hearth.vm.qemu.process import spawn_qemu
 from hearth.vm.readiness import COLD_BOOT_DEADLINE_S, Deadline
 from hearth.vm.types import VmSpec
 
 HEALTH_POLL_INTERVAL_S = 2.0  # the original controller's fixed polling interval
-_STOP_GRACE_S = 3.0
 
 
 @dataclass(kw_only=True)
@@ -97,14 +95,7 @@ class BaselineLauncher:
                 ),
                 disk,
             )
-            with paths.stderr.open("wb") as stderr:
-                proc = await asyncio.create_subprocess_exec(
-                    *argv,
-                    stdin=asyncio.subprocess.DEVNULL,
-                    stdout=asyncio.subprocess.DEVNULL,
-                    stderr=stderr,
-                    start_new_session=True,
-                )
+            proc = await spawn_qemu(argv, stderr=paths.stderr)
             self._procs[vm_id] = proc
             url = f"http://127.0.0.1:{port}"
             await self._poll_health(vm_id, url, proc, paths)
@@ -169,15 +160,8 @@ class BaselineLauncher:
 
     async def _stop(self, vm_id: str, workdir: Path) -> None:
         proc = self._procs.pop(vm_id, None)
-        if proc is not None and proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(proc.wait(), _STOP_GRACE_S)
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                await proc.wait()
+        if proc is not None:
+            await stop_child(proc)
         VmPaths(workdir=workdir, run_dir=self.run_dir, vm_id=vm_id).qmp.unlink(missing_ok=True)
         shutil.rmtree(workdir, ignore_errors=True)
 

@@ -13,13 +13,14 @@ import shutil
 import signal
 import sys
 import tempfile
-from collections.abc import Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
+from rich.table import Table
 
 from hearth.bench.api import ApiBenchOptions, run_api_bench
 from hearth.bench.auth import AuthBenchOptions, run_auth_bench
@@ -53,6 +54,16 @@ console = Console()
 err_console = Console(stderr=True)
 
 
+JsonFile = Annotated[
+    Path | None, typer.Option("--json", help="Also write the results as JSON here.")
+]
+
+
+def _state_dir_option(what: str) -> Any:
+    """The ``--state-dir`` option of a bench whose state dir is ``what``."""
+    return typer.Option(help=f"{what} (default: a fresh temp dir, removed after).")
+
+
 @bench_app.command("vm")
 def bench_vm(
     n: Annotated[int, typer.Option("--n", min=1, help="Samples per start path.")] = 5,
@@ -63,13 +74,8 @@ def bench_vm(
         Path | None,
         typer.Option(help="Image directory (default: the minimal image under the state dir)."),
     ] = None,
-    json_file: Annotated[
-        Path | None, typer.Option("--json", help="Also write the results as JSON here.")
-    ] = None,
-    state_dir: Annotated[
-        Path | None,
-        typer.Option(help="Where the bench's VMs live (default: a fresh temp dir, removed after)."),
-    ] = None,
+    json_file: JsonFile = None,
+    state_dir: Annotated[Path | None, _state_dir_option("Where the bench's VMs live")] = None,
 ) -> None:
     """VM starts by every path, next to the original controller's method, in one run.
 
@@ -77,13 +83,7 @@ def bench_vm(
     destroy; and the baseline: a full copy of the image, a cold boot and 2 s health polls.
     """
     settings = _load_settings()
-    image_dir = ImageDir((image or default_output_dir(settings, get_recipe("minimal"))).absolute())
-    if image_dir.manifest is None:
-        _fail(
-            NotAnImage(
-                f"{image_dir.path} holds no built image; run: hearth image build --recipe minimal"
-            )
-        )
+    image_dir = _built_image(settings, image, "minimal")
     command = ["hearth", "bench", "vm", "--n", str(n), "--concurrency", str(concurrency)]
     if image is not None:
         command += ["--image", str(image)]
@@ -95,14 +95,8 @@ def bench_vm(
             state_dir=root,
             spec=VmSpec(vcpus=settings.default_vcpus, mem_mib=settings.default_mem_mib),
         )
-        try:
-            result = _run(run_vm_bench(options, progress=default_progress("bench")))
-        except HearthError as exc:
-            _fail(exc)
-    print_tables(console, vm_tables(result))
-    if json_file is not None:
-        write_json(json_file, vm_document(result, command=shlex.join(command)))
-        console.print(f"[dim]wrote {json_file}[/dim]")
+        result = _run(run_vm_bench(options, progress=default_progress("bench")))
+    _report(result, vm_tables, vm_document, json_file=json_file, command=command)
 
 
 @bench_app.command("api")
@@ -120,15 +114,8 @@ def bench_api(
             "and dropped after). Without one, SQLite only.",
         ),
     ] = None,
-    json_file: Annotated[
-        Path | None, typer.Option("--json", help="Also write the results as JSON here.")
-    ] = None,
-    state_dir: Annotated[
-        Path | None,
-        typer.Option(
-            help="The controllers' state dirs (default: a fresh temp dir, removed after)."
-        ),
-    ] = None,
+    json_file: JsonFile = None,
+    state_dir: Annotated[Path | None, _state_dir_option("The controllers' state dirs")] = None,
 ) -> None:
     """API throughput and p50/p99 latency, on SQLite and PostgreSQL.
 
@@ -147,16 +134,10 @@ def bench_api(
             warmup=min(200, n),
             postgres_url=database_url or None,
         )
-        try:
-            result = _run(run_api_bench(options, progress=default_progress("bench")))
-        except HearthError as exc:
-            _fail(exc)
+        result = _run(run_api_bench(options, progress=default_progress("bench")))
     for note in result.notes:
         console.print(f"[yellow]note[/yellow] {note}")
-    print_tables(console, api_tables(result))
-    if json_file is not None:
-        write_json(json_file, api_document(result, command=shlex.join(command)))
-        console.print(f"[dim]wrote {json_file}[/dim]")
+    _report(result, api_tables, api_document, json_file=json_file, command=command)
 
 
 @bench_app.command("auth")
@@ -178,13 +159,8 @@ def bench_auth(
             "on first use)."
         ),
     ] = None,
-    json_file: Annotated[
-        Path | None, typer.Option("--json", help="Also write the results as JSON here.")
-    ] = None,
-    state_dir: Annotated[
-        Path | None,
-        typer.Option(help="The controller's state dir (default: a fresh temp dir, removed after)."),
-    ] = None,
+    json_file: JsonFile = None,
+    state_dir: Annotated[Path | None, _state_dir_option("The controller's state dir")] = None,
 ) -> None:
     """The controller's own time in an auth flow: total minus the user's time, by stage.
 
@@ -192,20 +168,8 @@ def bench_auth(
     scripted user signing in over the Browser VM's DevTools.
     """
     settings = _load_settings()
-    images = {}
-    for name, given, recipe in (
-        ("CLI", cli_image, "minimal"),
-        ("Browser", browser_image, "browser"),
-    ):
-        image_dir = ImageDir((given or default_output_dir(settings, get_recipe(recipe))).absolute())
-        if image_dir.manifest is None:
-            _fail(
-                NotAnImage(
-                    f"{image_dir.path} holds no built image for {name} VMs; "
-                    f"run: hearth image build --recipe {recipe}"
-                )
-            )
-        images[name] = image_dir
+    cli_image_dir = _built_image(settings, cli_image, "minimal", role="CLI")
+    browser_image_dir = _built_image(settings, browser_image, "browser", role="Browser")
     command = ["hearth", "bench", "auth", "--n", str(n)]
     for flag, given in (("--cli-image", cli_image), ("--browser-image", browser_image)):
         if given is not None:
@@ -221,22 +185,50 @@ def bench_auth(
         options = AuthBenchOptions(
             n=n,
             state_dir=root,
-            cli_image=images["CLI"],
-            browser_image=images["Browser"],
+            cli_image=cli_image_dir,
+            browser_image=browser_image_dir,
             oidc_server_dir=oidc_server_dir.absolute(),
         )
-        try:
-            result = _run(run_auth_bench(options, progress=default_progress("bench")))
-        except HearthError as exc:
-            _fail(exc)
-    print_tables(console, auth_tables(result))
+        result = _run(run_auth_bench(options, progress=default_progress("bench")))
+    _report(result, auth_tables, auth_document, json_file=json_file, command=command)
+
+
+def _built_image(
+    settings: Settings, given: Path | None, recipe: str, *, role: str = ""
+) -> ImageDir:
+    """The image at ``given`` (default: ``recipe``'s build output); exit 1 if it is not built."""
+    image_dir = ImageDir((given or default_output_dir(settings, get_recipe(recipe))).absolute())
+    if image_dir.manifest is None:
+        for_role = f" for {role} VMs" if role else ""
+        _fail(
+            NotAnImage(
+                f"{image_dir.path} holds no built image{for_role}; "
+                f"run: hearth image build --recipe {recipe}"
+            )
+        )
+    return image_dir
+
+
+def _report(
+    result: T,
+    tables: Callable[[T], list[Table]],
+    document: Callable[..., dict[str, object]],
+    *,
+    json_file: Path | None,
+    command: list[str],
+) -> None:
+    """Print ``result``'s tables; with ``json_file``, write its document there too."""
+    print_tables(console, tables(result))
     if json_file is not None:
-        write_json(json_file, auth_document(result, command=shlex.join(command)))
+        write_json(json_file, document(result, command=shlex.join(command)))
         console.print(f"[dim]wrote {json_file}[/dim]")
 
 
 def _run(bench: Coroutine[Any, Any, T]) -> T:
-    """Run ``bench``; SIGTERM cancels it like Ctrl-C does, so its teardown still runs."""
+    """Run ``bench``; SIGTERM cancels it like Ctrl-C does, so its teardown still runs.
+
+    A HearthError ends the command with exit code 1 (the scratch dir is still removed).
+    """
 
     async def main() -> T:
         task = asyncio.current_task()
@@ -250,6 +242,8 @@ def _run(bench: Coroutine[Any, Any, T]) -> T:
 
     try:
         return asyncio.run(main())
+    except HearthError as exc:
+        _fail(exc)
     except asyncio.CancelledError:
         err_console.print("[red]interrupted[/red]; what the bench started has been destroyed")
         raise typer.Exit(130) from None

@@ -17,9 +17,9 @@ from typing import Any
 import httpx
 
 from hearth.bench.errors import BenchError
-from hearth.bench.processes import log_tail, stop_process
+from hearth.bench.processes import log_tail
 from hearth.store import normalise_url
-from hearth.vm.qemu.backend import free_local_port
+from hearth.vm.host import free_local_port, stop_child
 from hearth.vm.readiness import Deadline
 
 START_DEADLINE_S = 60.0
@@ -121,7 +121,7 @@ class ControllerProcess:
 
     async def stop(self) -> None:
         """SIGTERM (then SIGKILL) and wait for the exit; idempotent."""
-        await stop_process(self.process, STOP_DEADLINE_S)
+        await stop_child(self.process, grace_s=STOP_DEADLINE_S)
 
     async def _wait_healthy(self) -> dict[str, Any]:
         deadline = Deadline.after(START_DEADLINE_S)

@@ -11,7 +11,7 @@ from pathlib import Path
 from hearth import __version__
 from hearth.control.quotas import host_memory_mib
 from hearth.tools import require_tool
-from hearth.vm.qemu.accel import Accel
+from hearth.vm.accel import Accel
 
 
 @dataclass(frozen=True, kw_only=True)

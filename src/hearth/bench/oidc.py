@@ -18,8 +18,8 @@ from pathlib import Path
 import httpx
 
 from hearth.bench.errors import BenchError
-from hearth.bench.processes import log_tail, stop_process
-from hearth.vm.qemu.backend import free_local_port
+from hearth.bench.processes import log_tail
+from hearth.vm.host import free_local_port, stop_child
 from hearth.vm.readiness import Deadline
 
 GUEST_ISSUER_IP = "10.0.2.100"  # what Browser VMs dial; QEMU guestfwd sends it to the host port
@@ -90,7 +90,7 @@ class OidcServer:
 
     async def stop(self) -> None:
         """SIGTERM (then SIGKILL) and wait for the exit."""
-        await stop_process(self.process, STOP_DEADLINE_S)
+        await stop_child(self.process, grace_s=STOP_DEADLINE_S)
 
     def log_tail(self, lines: int = 20) -> str:
         """The last lines the server wrote."""

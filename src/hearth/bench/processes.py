@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import signal
@@ -59,23 +58,6 @@ def process_cpu_seconds(pid: int) -> float:
         raise BenchError(f"cannot read the CPU time of process {pid}: {exc.strerror}") from exc
     # After the command name: state is field 3, utime and stime are fields 14 and 15.
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-async def stop_process(process: asyncio.subprocess.Process, deadline_s: float) -> None:
-    """SIGTERM a child the bench started, SIGKILL it after ``deadline_s``; wait for its exit.
-
-    Idempotent: a process that already exited is left alone.
-    """
-    if process.returncode is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        process.send_signal(signal.SIGTERM)
-    try:
-        await asyncio.wait_for(process.wait(), deadline_s)
-    except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            process.kill()
-        await process.wait()
 
 
 def log_tail(log: Path, lines: int = 20) -> str:

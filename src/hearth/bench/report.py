@@ -17,7 +17,7 @@ from hearth.bench.load import MAX_IN_FLIGHT, CpuUse
 from hearth.bench.machine import MachineFacts
 from hearth.bench.stats import Summary
 from hearth.bench.vm import VmBenchResult
-from hearth.vm.qemu.disks import bytes_on_disk
+from hearth.vm.host import bytes_on_disk
 
 # The issue's targets.
 RESTORE_SPEEDUP_TARGET = 12.0  # restore ≤ 1/12 of a cold boot
@@ -132,10 +132,7 @@ def vm_document(result: VmBenchResult, *, command: str) -> dict[str, object]:
     manifest = options.image.manifest
     best_name, best_p50 = figures.best_hearth_p50
     return {
-        "benchmark": "vm",
-        "command": command,
-        "measured_at": now_text(),
-        "machine": result.machine.to_dict(),
+        **document_head("vm", command=command, machine=result.machine),
         "image": {
             "path": str(options.image.path),
             "recipe": manifest.recipe if manifest else "unknown",
@@ -273,10 +270,7 @@ def api_document(result: ApiBenchResult, *, command: str) -> dict[str, object]:
     """The JSON document of a ``hearth bench api`` run."""
     options = result.options
     return {
-        "benchmark": "api",
-        "command": command,
-        "measured_at": now_text(),
-        "machine": result.machine.to_dict(),
+        **document_head("api", command=command, machine=result.machine),
         "requests_per_phase": options.n,
         "warmup_requests": options.warmup,
         "concurrency": options.concurrency,
@@ -306,32 +300,36 @@ def api_tables(result: ApiBenchResult) -> list[Table]:
         for route, endpoint in database.endpoints.items():
             name = f"{database.name} {database.version.split()[0]}"
             closed, opened = endpoint.closed, endpoint.open
-            table.add_row(
-                name,
-                f"GET {route}",
-                f"{closed.concurrency} workers",
-                str(closed.latency.n),
-                f"{closed.throughput_rps:.0f}",
-                duration_text(closed.latency.p50),
-                duration_text(closed.latency.p99),
-                duration_text(closed.latency.max),
-                _cpu(closed.cpu),
-            )
-            table.add_row(
-                name,
-                f"GET {route}",
-                f"{opened.target_rps:.0f}/s open",
-                str(opened.latency.n),
-                f"{opened.achieved_rps:.0f}",
-                duration_text(opened.latency.p50),
-                duration_text(opened.latency.p99),
-                duration_text(opened.latency.max),
-                _cpu(opened.cpu),
-            )
+            for load, rate_rps, phase in (
+                (f"{closed.concurrency} workers", closed.throughput_rps, closed),
+                (f"{opened.target_rps:.0f}/s open", opened.achieved_rps, opened),
+            ):
+                latency = phase.latency
+                table.add_row(
+                    name,
+                    f"GET {route}",
+                    load,
+                    str(latency.n),
+                    f"{rate_rps:.0f}",
+                    duration_text(latency.p50),
+                    duration_text(latency.p99),
+                    duration_text(latency.max),
+                    _cpu(phase.cpu),
+                )
     return [machine_table(result.machine), table, targets_table(api_targets(result))]
 
 
 # ---- shared ----------------------------------------------------------------------------------
+
+
+def document_head(benchmark: str, *, command: str, machine: MachineFacts) -> dict[str, object]:
+    """The fields every bench's JSON document opens with: what ran, when, and on what."""
+    return {
+        "benchmark": benchmark,
+        "command": command,
+        "measured_at": now_text(),
+        "machine": machine.to_dict(),
+    }
 
 
 def machine_table(machine: MachineFacts) -> Table:

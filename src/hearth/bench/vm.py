@@ -26,19 +26,18 @@ from hearth.bench.baseline import BaselineLauncher
 from hearth.bench.errors import BenchError
 from hearth.bench.machine import MachineFacts
 from hearth.bench.processes import kill_leftover_qemu, vmm_rss_bytes
-from hearth.bench.teardown import Teardown
 from hearth.config import Settings
-from hearth.control.images import ImageCatalog
 from hearth.control.pool import WarmPool
-from hearth.control.quotas import Quotas
-from hearth.control.vms import VmService
 from hearth.images.manifest import ImageDir
-from hearth.metrics import ControllerMetrics
+from hearth.node.images import ImageCatalog
+from hearth.node.local import ImageSource, LocalNode
 from hearth.progress import Progress
-from hearth.store import Store
+from hearth.runtime import open_hearth
+from hearth.teardown import Teardown
+from hearth.vm.backend import VmBackend
+from hearth.vm.host import bytes_on_disk
 from hearth.vm.qemu.backend import QemuBackend
 from hearth.vm.qemu.command import VmPaths
-from hearth.vm.qemu.disks import bytes_on_disk
 from hearth.vm.qemu.templates import template_key
 from hearth.vm.readiness import Deadline
 from hearth.vm.types import BootMode, Vm, VmSpec, VmType
@@ -92,7 +91,7 @@ async def run_vm_bench(options: VmBenchOptions, *, progress: Progress) -> VmBenc
     """Run every phase; whatever happens, nothing the bench started is left running."""
     if options.n < 1 or options.concurrency < 1 or options.pool_size < 1:
         raise BenchError("n, concurrency and pool size must be at least 1")
-    backend = ClaimTimingBackend(state_dir=options.state_dir)
+    backend = QemuBackend(state_dir=options.state_dir)
     baseline = BaselineLauncher(
         image=options.image,
         root=options.state_dir / "baseline",
@@ -101,7 +100,7 @@ async def run_vm_bench(options: VmBenchOptions, *, progress: Progress) -> VmBenc
         accel=backend.accel,
     )
     result = VmBenchResult(options=options, machine=MachineFacts.collect(backend.accel))
-    async with Teardown() as teardown:
+    async with Teardown(error=BenchError) as teardown:
         # Registered first, so they run last: after every other cleanup, prove nothing is left.
         teardown.push("remove the runtime dir if empty", functools.partial(_rmdir, backend.run_dir))
         teardown.push("check nothing is left", functools.partial(_check_nothing_left, backend))
@@ -112,19 +111,18 @@ async def run_vm_bench(options: VmBenchOptions, *, progress: Progress) -> VmBenc
         await bench.restore()
         await bench.concurrent()
         await bench.pool()
-    result.pool_claim = list(backend.claims_s)
     return result
 
 
-class ClaimTimingBackend(QemuBackend):
-    """The real QEMU backend, also timing each claim of a pooled VM (``POST /init``)."""
+class ClaimTimingNode(LocalNode):
+    """The in-process node, also timing each claim of a pooled VM (``POST /init``)."""
 
-    def __init__(self, *, state_dir: Path) -> None:
-        super().__init__(state_dir=state_dir)
-        self.claims_s: list[float] = []
+    def __init__(self, backend: VmBackend, images: ImageSource, claims_s: list[float]) -> None:
+        super().__init__(backend, images)
+        self.claims_s = claims_s
 
     async def claim(self, vm: Vm) -> str:
-        """Claim as the backend does, and note how long it took."""
+        """Claim as the node does, and note how long it took."""
         started = time.monotonic()
         try:
             return await super().claim(vm)
@@ -228,23 +226,16 @@ class _VmPhases:
             default_mem_mib=self.spec.mem_mib,
             network_mode=self.spec.network.value,
         )
-        store = await Store.open(settings.database())
-        self.teardown.push("close the store", store.close)
-        service = VmService(
-            settings=settings,
-            store=store,
-            backend=self.backend,
-            images=ImageCatalog(settings, overrides={VmType.CLI: self.image.path}),
-            metrics=ControllerMetrics(),
-            quotas=Quotas.from_settings(settings),
+        node = ClaimTimingNode(
+            self.backend,
+            ImageCatalog(settings, overrides={VmType.CLI: self.image.path}),
+            self.result.pool_claim,
         )
-        self.teardown.push(
-            "destroy the service's VMs", functools.partial(service.shutdown, destroy_vms=True)
-        )
-        pool = WarmPool(service, sizes={VmType.CLI: self.options.pool_size})
-        service.pool = pool
-        pool.start()
-        self.teardown.push("stop the warm pool", pool.stop)
+        hearth = await self.teardown.enter(open_hearth(settings, node=node, destroy_on_exit=True))
+        service = hearth.control.vms
+        pool = service.pool
+        if pool is None:
+            raise BenchError("the controller started without a warm pool")
         spec = pool.spec(VmType.CLI)
         n = self.options.n
         with self.progress.phase("pool fill", f"{self.options.pool_size} VM(s)"):
@@ -326,7 +317,7 @@ def _check_nothing_left(backend: QemuBackend) -> None:
             problems.append(f"work directories left in {directory}")
     if backend.run_dir.is_dir() and any(backend.run_dir.glob("*.qmp")):
         problems.append(f"QMP sockets left in {backend.run_dir}")
-    if backend.pool.claims():
+    if backend.networks.pool.claims():
         problems.append("network slots left claimed")
     if problems:
         raise BenchError("the bench left resources behind: " + "; ".join(problems))

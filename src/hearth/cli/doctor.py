@@ -18,7 +18,8 @@ from hearth.images.manifest import ImageDir
 from hearth.images.recipes import RECIPES
 from hearth.store import Store
 from hearth.tools import require_tool
-from hearth.vm.qemu.accel import detect_accel
+from hearth.vm.accel import detect_accel
+from hearth.vm.select import Vmm, check_vmm
 
 
 def doctor() -> None:
@@ -27,6 +28,13 @@ def doctor() -> None:
     checks: list[tuple[str, bool, str]] = []
     accel = detect_accel(override=settings.qemu_accel)
     checks.append(("accelerator", True, f"{accel.name}: {accel.reason}"))
+    for vmm in Vmm:
+        check = check_vmm(settings, vmm)
+        selected = vmm.value == settings.vmm
+        detail = check.reason if check.ok else f"cannot run here: {check.reason}"
+        # Only the VMM HEARTH_VMM selects must run; the other is shown for information.
+        name = f"vmm {vmm.value} ({'selected' if selected else 'not selected'} by HEARTH_VMM)"
+        checks.append((name, check.ok or not selected, detail))
     for tool in ("qemu-system-x86_64", "qemu-img", "debootstrap", "debugfs", "mkfs.ext4", "cpio"):
         try:
             checks.append((tool, True, require_tool(tool)))

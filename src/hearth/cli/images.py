@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import typer
 from rich.table import Table
@@ -16,6 +17,16 @@ from hearth.images.recipes import RECIPES, get_recipe
 from hearth.progress import default_progress
 
 image_app = typer.Typer(help="Build, repair and check golden images.", no_args_is_help=True)
+T = TypeVar("T")
+
+
+def _on_image(action: Callable[[Path], T], image: Path, *, exit_code: int = 1) -> T:
+    """``action`` on the absolute image path; a HearthError exits with ``exit_code``."""
+    load_settings()
+    try:
+        return action(image.absolute())
+    except HearthError as exc:
+        fail(exc, code=exit_code)
 
 
 @image_app.command("build")
@@ -46,11 +57,7 @@ def image_build(
 @image_app.command("install-agent")
 def image_install_agent(image: Path) -> None:
     """Install or upgrade the agent inside an ext4 image without mounting it (keeps a backup)."""
-    load_settings()
-    try:
-        result = install_agent(image.absolute())
-    except HearthError as exc:
-        fail(exc)
+    result = _on_image(install_agent, image)
     if result.changed:
         console.print(
             f"installed agent {result.agent_version} into {image} (backup: {result.backup})"
@@ -62,11 +69,7 @@ def image_install_agent(image: Path) -> None:
 @image_app.command("verify")
 def image_verify(image: Path) -> None:
     """Check the agent files, unit, enabled symlink and version; exit 1 naming what is missing."""
-    load_settings()
-    try:
-        report = verify_image(image.absolute())
-    except HearthError as exc:
-        fail(exc, code=2)
+    report = _on_image(verify_image, image, exit_code=2)
     if report.ok:
         console.print(f"[green]ok[/green] {image}: agent {report.agent_version}")
         return
@@ -78,9 +81,5 @@ def image_verify(image: Path) -> None:
 @image_app.command("rollback")
 def image_rollback(image: Path) -> None:
     """Restore the image's latest backup (made by install-agent)."""
-    load_settings()
-    try:
-        used = rollback_image(image.absolute())
-    except HearthError as exc:
-        fail(exc)
+    used = _on_image(rollback_image, image)
     console.print(f"restored {image} from {used} ({len(list_backups(image))} backups kept)")

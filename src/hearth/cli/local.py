@@ -1,4 +1,4 @@
-"""``hearth vm run``: one VM straight from the QEMU backend, without a controller."""
+"""``hearth vm run``: one VM straight from the configured VMM backend, without a controller."""
 
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ from hearth.errors import HearthError, NotAnImage
 from hearth.images.build import default_output_dir
 from hearth.images.manifest import ImageDir
 from hearth.images.recipes import get_recipe
-from hearth.vm.qemu.accel import detect_accel
-from hearth.vm.qemu.backend import QemuBackend
-from hearth.vm.types import BootMode, VmSpec
+from hearth.vm.host import TOKEN_FILE
+from hearth.vm.select import open_backend
+from hearth.vm.types import BootMode, NetworkMode, VmSpec
 
 
 def vm_run(
@@ -31,11 +31,19 @@ def vm_run(
     cold: Annotated[bool, typer.Option(help="Cold boot; skip the snapshot template.")] = False,
     once: Annotated[bool, typer.Option(help="Destroy as soon as it is healthy.")] = False,
 ) -> None:
-    """Start one VM with the QEMU backend, prove its agent healthy, keep it until Ctrl-C."""
+    """Start one VM with the configured VMM (HEARTH_VMM), prove its agent healthy, keep it until
+    Ctrl-C."""
     settings = load_settings()
     try:
         asyncio.run(
-            _vm_run(settings, recipe, image, VmSpec(vcpus=vcpus, mem_mib=mem_mib), cold, once)
+            _vm_run(
+                settings,
+                recipe,
+                image,
+                VmSpec(vcpus=vcpus, mem_mib=mem_mib, network=NetworkMode(settings.network_mode)),
+                cold,
+                once,
+            )
         )
     except HearthError as exc:
         fail(exc)
@@ -47,22 +55,18 @@ async def _vm_run(
     image_dir = ImageDir(image or default_output_dir(settings, get_recipe(recipe)))
     if image_dir.manifest is None:
         raise NotAnImage(f"{image_dir.path} holds no built image; run hearth image build first")
-    backend = QemuBackend(
-        state_dir=settings.state_dir, accel=detect_accel(override=settings.qemu_accel)
-    )
+    backend = open_backend(settings)
     with err_console.status(f"starting a VM from {image_dir.path} ({backend.accel.name}) …"):
         vm = await backend.create(image_dir, spec, boot_mode=BootMode.COLD if cold else None)
     assert vm.workdir is not None
     assert vm.token is not None
-    token_file = vm.workdir / "agent.token"
-    token_file.touch(mode=0o600)
-    token_file.write_text(vm.token)
+    token_file = vm.workdir / TOKEN_FILE  # kept there (0600) by the claim
     table = Table(title=f"VM {vm.id}", show_header=False)
     table.add_row("state", vm.state.value)
     table.add_row("boot", f"{vm.boot_mode.value} via {backend.accel.name} ({backend.accel.reason})")
     table.add_row("time to healthy", f"{vm.time_to_healthy_s or 0:.2f} s")
     table.add_row("agent", f"{vm.agent_url}")
-    table.add_row("disk added", f"{(vm.disk_bytes or 0) / 1024:.0f} KiB (qcow2 overlay)")
+    table.add_row("disk added", f"{(vm.disk_bytes or 0) / 1024:.0f} KiB (copy-on-write layer)")
     table.add_row(
         "try", f'curl -H "Authorization: Bearer $(cat {token_file})" {vm.agent_url}/version'
     )

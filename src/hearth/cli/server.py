@@ -13,13 +13,15 @@ from typing import Annotated
 import typer
 import uvicorn
 
-from hearth.api.app import ADMIN_USER, create_app, ensure_admin_key, open_store
+from hearth.api.app import create_app
 from hearth.cli.common import console, fail, load_settings
 from hearth.config import Settings
+from hearth.control.bootstrap import ADMIN_USER, ensure_admin_key, open_store
 from hearth.credentials.service import CredentialService
 from hearth.credentials.vault import CredentialVault
-from hearth.errors import HearthError
+from hearth.errors import ConfigError, HearthError
 from hearth.store import Store
+from hearth.vm.select import check_vmm
 
 keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
 
@@ -37,6 +39,10 @@ def serve(
     os.umask(0o077)
     settings = _with(load_settings(), state_dir)
     settings = settings.with_overrides(host=host or settings.host, port=port or settings.port)
+    # A VMM that cannot run here is refused now, with the reason, not at the first VM.
+    check = check_vmm(settings)
+    if not check.ok:
+        fail(ConfigError(f"HEARTH_VMM={check.vmm.value} cannot run on this host: {check.reason}"))
     app = create_app(settings, destroy_on_exit=destroy_on_exit)
     console.print(
         f"hearth controller on http://{settings.host}:{settings.port} (state {settings.state_dir})"
@@ -105,9 +111,7 @@ def keys_rotate_master(
     async def rotate() -> tuple[str, int]:
         store = await Store.open(settings.database())
         try:
-            vault = CredentialVault.load(
-                settings.state_dir, {"HEARTH_MASTER_KEY": settings.master_key or ""}
-            )
+            vault = CredentialVault.load(settings.state_dir, settings.master_key)
             return await CredentialService(store, vault).rotate_master(settings.state_dir)
         finally:
             await store.close()

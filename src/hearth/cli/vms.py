@@ -18,6 +18,14 @@ vm_app = typer.Typer(
 vm_app.command("run")(vm_run)
 
 
+def _call(method: str, path: str, **kwargs: Any) -> Any:
+    """The controller's answer to ``method path``; an error ends the command with its message."""
+    try:
+        return ApiClient().request(method, path, **kwargs)
+    except HearthError as exc:
+        fail(exc)
+
+
 def _table(vms: list[dict[str, Any]]) -> Table:
     table = Table()
     # Ids are copied into other commands: never shorten them, whatever the width.
@@ -52,11 +60,8 @@ def vm_create(
         body["vcpus"] = vcpus
     if mem_mib:
         body["memMib"] = mem_mib
-    try:
-        with err_console.status("creating VM …"):
-            vm = ApiClient().request("POST", "/api/vms", json=body)
-    except HearthError as exc:
-        fail(exc)
+    with err_console.status("creating VM …"):
+        vm = _call("POST", "/api/vms", json=body)
     console.print(_table([vm]))
     if vm.get("agentToken"):
         console.print(
@@ -68,20 +73,13 @@ def vm_create(
 @vm_app.command("list")
 def vm_list() -> None:
     """List VMs (yours, or everybody's with an admin key)."""
-    try:
-        vms = ApiClient().request("GET", "/api/vms")["vms"]
-    except HearthError as exc:
-        fail(exc)
-    console.print(_table(vms))
+    console.print(_table(_call("GET", "/api/vms")["vms"]))
 
 
 @vm_app.command("show")
 def vm_show(vm_id: str) -> None:
     """Show one VM."""
-    try:
-        vm = ApiClient().request("GET", f"/api/vms/{vm_id}")
-    except HearthError as exc:
-        fail(exc)
+    vm = _call("GET", f"/api/vms/{vm_id}")
     table = Table(show_header=False, title=vm_id)
     table.add_column("field", no_wrap=True)
     table.add_column("value", overflow="fold")
@@ -93,8 +91,5 @@ def vm_show(vm_id: str) -> None:
 @vm_app.command("destroy")
 def vm_destroy(vm_id: str) -> None:
     """Destroy a VM."""
-    try:
-        vm = ApiClient().request("DELETE", f"/api/vms/{vm_id}")
-    except HearthError as exc:
-        fail(exc)
+    vm = _call("DELETE", f"/api/vms/{vm_id}")
     console.print(f"{vm['id']}: {vm['status']}")

@@ -10,15 +10,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import time
+from typing import TYPE_CHECKING
 
-from hearth.control.vms import POOL_USER, VmService, token_hash
 from hearth.errors import CapacityExhausted, HearthError
 from hearth.logging import get_logger
 from hearth.store import VmRecord
 from hearth.vm.types import VmSpec, VmState, VmType
 
+if TYPE_CHECKING:
+    from hearth.control.vms import VmService
+
 _log = get_logger("control.pool")
+POOL_USER = "hearth-pool"  # the owner of pooled VMs' rows until one is handed out
+
+
+def token_hash(token: str) -> str:
+    """What the store keeps of a VM's agent token."""
+    return hashlib.sha256(token.encode()).hexdigest()
 
 
 class WarmPool:
@@ -75,10 +85,10 @@ class WarmPool:
         while self._ready[spec.vm_type]:
             vm_id = self._ready[spec.vm_type].pop(0)
             vm = self.service.live.get(vm_id)
-            if vm is None or not self.service.backend.alive(vm):
+            if vm is None or not self.service.node.alive(vm):
                 continue
             try:
-                token = await self.service.backend.claim(vm)
+                token = await self.service.node.claim(vm)
                 record = await self.service.store.vms.update(
                     vm_id, user_id=user_id, pooled=False, token_hash=token_hash(token)
                 )

@@ -4,31 +4,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from hearth.config import Settings
-from hearth.control.images import ImageCatalog
+from hearth.control.pool import POOL_USER, WarmPool, token_hash
 from hearth.control.quotas import Quotas
 from hearth.errors import Conflict, HearthError, NotFound, VmError
 from hearth.logging import get_logger
 from hearth.metrics import ControllerMetrics
+from hearth.node.interface import Node
 from hearth.store import Store, VmRecord
-from hearth.vm.qemu.backend import QemuBackend, new_vm_id
+from hearth.vm.host import new_vm_id
 from hearth.vm.types import NetworkMode, Vm, VmSpec, VmState, VmType
 
 _log = get_logger("control.vms")
+# A hook run before a ready VM is torn down: its record and its agent token (if held).
+BeforeDestroy = Callable[[VmRecord, str | None], Awaitable[None]]
 ACTIVE = (VmState.CREATING, VmState.BOOTING, VmState.READY, VmState.PAUSED, VmState.STOPPING)
-POOL_USER = "hearth-pool"
-
-
-def token_hash(token: str) -> str:
-    """What the store keeps of a VM's agent token."""
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def _ts(epoch: float | None) -> datetime | None:
@@ -43,15 +39,15 @@ class VmService:
         *,
         settings: Settings,
         store: Store,
-        backend: QemuBackend,
-        images: ImageCatalog,
+        node: Node,
         metrics: ControllerMetrics,
         quotas: Quotas,
+        pool_sizes: dict[VmType, int] | None = None,
+        before_destroy: Sequence[BeforeDestroy] = (),
     ) -> None:
         self.settings = settings
         self.store = store
-        self.backend = backend
-        self.images = images
+        self.node = node
         self.metrics = metrics
         self.quotas = quotas
         self.live: dict[str, Vm] = {}
@@ -60,9 +56,13 @@ class VmService:
         self._boots: dict[str, asyncio.Task[VmRecord]] = {}
         # One teardown per VM: a destroy arriving while one runs waits for it and shares its end.
         self._teardowns: dict[str, asyncio.Task[VmRecord]] = {}
-        self.pool: Any = None  # set by the app when a warm pool is configured
-        # Called with a VM's record before it is torn down (e.g. to pull back rotated tokens).
-        self.before_destroy: list[Callable[[VmRecord], Awaitable[None]]] = []
+        # The warm pool, when any type has one: it creates through this service, which hands
+        # its VMs out on create.
+        pool = WarmPool(self, sizes=pool_sizes or {})
+        self.pool = pool if pool.enabled else None
+        # Called with a ready VM's record and agent token before it is torn down (e.g. to pull
+        # back rotated tokens).
+        self.before_destroy = tuple(before_destroy)
 
     # ---- create ----------------------------------------------------------------------------
 
@@ -83,13 +83,13 @@ class VmService:
     ) -> VmRecord:
         """Admit, persist and boot a VM; with ``wait`` return it healthy, else at once."""
         owner = POOL_USER if pooled else user_id
-        self.images.image_for(spec.vm_type)
+        self.node.check_image(spec.vm_type)
         await self.store.users.ensure(owner)
         async with self._admission:
             if not pooled:
                 await self.quotas.admit_user(self.store, user_id=user_id, spec=spec)
                 if self.pool is not None:
-                    handed: VmRecord | None = await self.pool.take(user_id, spec)
+                    handed = await self.pool.take(user_id, spec)
                     if handed is not None:
                         return handed
             # A VM that will start (the pool had none to hand out, or this is a refill): the host
@@ -100,7 +100,7 @@ class VmService:
                     id=new_vm_id(),
                     user_id=owner,
                     vm_type=spec.vm_type,
-                    backend=self.backend.name,
+                    backend=self.node.vmm,
                     vcpus=spec.vcpus,
                     mem_mib=spec.mem_mib,
                     pooled=pooled,
@@ -141,9 +141,7 @@ class VmService:
         started = time.monotonic()
         try:
             await self.store.vms.transition(record.id, VmState.CREATING, VmState.BOOTING)
-            vm = await self.backend.create(
-                self.images.image_for(spec.vm_type), spec, vm_id=record.id, claim=not pooled
-            )
+            vm = await self.node.create(spec, vm_id=record.id, claim=not pooled)
         except HearthError as exc:
             return await self._fail(record.id, stage="boot", error=exc)
         except Exception as exc:
@@ -197,7 +195,7 @@ class VmService:
 
     async def _discard(self, vm: Vm) -> None:
         try:
-            await self.backend.destroy(vm)
+            await self.node.destroy(vm)
         except HearthError as exc:
             _log.warning("vm_destroy_error", vm_id=vm.id, error=exc.message[:300])
 
@@ -225,12 +223,17 @@ class VmService:
             if record.workdir is None:
                 return ""
             vm = Vm(id=record.id, spec=VmSpec(), backend=record.backend, workdir=record.workdir)
-        return self.backend.console_tail(vm, lines)
+        return self.node.console_tail(vm, lines)
 
     def agent_token(self, vm_id: str) -> str | None:
         """The live VM's agent token (held in memory and in its 0600 work-dir file only)."""
         vm = self.live.get(vm_id)
         return vm.token if vm else None
+
+    def alive(self, vm_id: str) -> bool:
+        """Whether the controller holds VM ``vm_id`` and its VMM process still runs."""
+        vm = self.live.get(vm_id)
+        return vm is not None and self.node.alive(vm)
 
     def live_vm(self, vm_id: str) -> Vm:
         """The running VM object; NotFound when the controller holds none."""
@@ -276,7 +279,7 @@ class VmService:
         if record.status is VmState.READY:
             for hook in self.before_destroy:
                 try:
-                    await hook(record)
+                    await hook(record, self.agent_token(vm_id))
                 except HearthError as exc:
                     _log.warning("before_destroy_failed", vm_id=vm_id, error=exc.message[:300])
         if record.status is not VmState.STOPPING:
@@ -294,19 +297,24 @@ class VmService:
 
     async def pause(self, vm_id: str, *, user_id: str | None = None) -> VmRecord:
         """Pause a ready VM."""
-        record = await self.get(vm_id, user_id=user_id)
-        if record.status is not VmState.READY:
-            raise Conflict(f"VM {vm_id} is {record.status.value}; only a ready VM can be paused")
-        await self.backend.pause(self.live_vm(vm_id))
-        return await self.store.vms.transition(vm_id, VmState.READY, VmState.PAUSED)
+        return await self._switch(vm_id, user_id, VmState.READY, VmState.PAUSED, "paused")
 
     async def resume(self, vm_id: str, *, user_id: str | None = None) -> VmRecord:
         """Resume a paused VM."""
+        return await self._switch(vm_id, user_id, VmState.PAUSED, VmState.READY, "resumed")
+
+    async def _switch(
+        self, vm_id: str, user_id: str | None, old: VmState, new: VmState, done: str
+    ) -> VmRecord:
+        """Pause or resume: the node moves the VM, then its row follows."""
         record = await self.get(vm_id, user_id=user_id)
-        if record.status is not VmState.PAUSED:
-            raise Conflict(f"VM {vm_id} is {record.status.value}; only a paused VM can resume")
-        await self.backend.resume(self.live_vm(vm_id))
-        return await self.store.vms.transition(vm_id, VmState.PAUSED, VmState.READY)
+        if record.status is not old:
+            raise Conflict(
+                f"VM {vm_id} is {record.status.value}; only a {old.value} VM can be {done}"
+            )
+        vm = self.live_vm(vm_id)
+        await (self.node.pause(vm) if new is VmState.PAUSED else self.node.resume(vm))
+        return await self.store.vms.transition(vm_id, old, new)
 
     # ---- reliability -----------------------------------------------------------------------
 
@@ -319,7 +327,7 @@ class VmService:
         network slots with no active row are destroyed.
         """
         report: dict[str, list[str]] = {"failed": [], "adopted": [], "reaped": []}
-        running = {vm.id: vm for vm in await self.backend.list_running()}
+        running = {vm.id: vm for vm in await self.node.list_running()}
         for record in await self.store.vms.list(statuses=ACTIVE):
             vm = running.get(record.id)
             if vm is not None and record.status in (VmState.READY, VmState.PAUSED):
@@ -340,7 +348,7 @@ class VmService:
             )
             await self.store.vms.transition(record.id, record.status, VmState.FAILED, error=reason)
             report["failed"].append(record.id)
-        report["reaped"] = await self.backend.reap(keep=set(self.live))
+        report["reaped"] = await self.node.reap(keep=set(self.live))
         _log.info("reconciled", **{k: len(v) for k, v in report.items()})
         return report
 
@@ -348,9 +356,9 @@ class VmService:
         """Mark every live VM whose process died as failed; returns their ids."""
         died = []
         for vm_id, vm in list(self.live.items()):
-            if self.backend.alive(vm):
+            if self.node.alive(vm):
                 continue
-            tail = self.backend.console_tail(vm, 15)
+            tail = self.node.console_tail(vm, 15)
             error = VmError(f"VM {vm_id}: QEMU process exited; console:\n{tail}")
             with contextlib.suppress(HearthError):
                 await self._fail(vm_id, stage="running", error=error)

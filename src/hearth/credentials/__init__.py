@@ -1,6 +1,6 @@
 """Credentials at rest: the vault that seals them and the service that captures and opens them.
 
-``CredentialVault.load(state_dir, env)`` holds the master keys; ``CredentialService(store,
+``CredentialVault.load(state_dir, master_key)`` holds the master keys; ``CredentialService(store,
 vault)`` is the only way from a captured document to a stored one and back.
 """
 

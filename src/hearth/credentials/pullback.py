@@ -8,7 +8,6 @@ newer than the vault's copy, so it is read back and kept if its token expires la
 from __future__ import annotations
 
 from hearth.agent_client import AgentClient
-from hearth.control.vms import VmService
 from hearth.credentials.service import CredentialService
 from hearth.errors import HearthError
 from hearth.logging import get_logger
@@ -21,17 +20,14 @@ _log = get_logger("credentials.pullback")
 class PullBack:
     """The VmService ``before_destroy`` hook that pulls delivered documents back."""
 
-    def __init__(self, store: Store, credentials: CredentialService, vms: VmService) -> None:
+    def __init__(self, store: Store, credentials: CredentialService) -> None:
         self.store = store
         self.credentials = credentials
-        self.vms = vms
 
-    async def before_destroy(self, record: VmRecord) -> None:
-        """Read back every document delivered to this CLI VM and keep the newer ones."""
-        if record.vm_type is not VmType.CLI or not record.agent_url:
-            return
-        token = self.vms.agent_token(record.id)
-        if token is None:
+    async def before_destroy(self, record: VmRecord, token: str | None) -> None:
+        """Read back every document delivered to this CLI VM (whose agent ``token`` opens)
+        and keep the newer ones."""
+        if record.vm_type is not VmType.CLI or not record.agent_url or token is None:
             return
         agent = AgentClient(record.agent_url, token)
         for stored in await self.store.credentials.list(record.user_id):

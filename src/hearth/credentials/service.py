@@ -68,6 +68,13 @@ class CredentialService:
             raise NotFound(f"user {user_id} has no {provider} credentials")
         return self._open(record)
 
+    async def mark_delivered(
+        self, user_id: str, provider: str, vm_id: str, *, sha256: str
+    ) -> CredentialRecord:
+        """Record that the document with ``sha256`` now sits in VM ``vm_id`` (Conflict if a new
+        capture replaced it meanwhile: a stale delivery is never credited to the new one)."""
+        return await self._store.credentials.mark_delivered(user_id, provider, vm_id, sha256=sha256)
+
     async def summary(self, user_id: str) -> list[dict[str, object]]:
         """One entry per supported provider saying what is stored, never the document itself.
 

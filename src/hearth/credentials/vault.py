@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import secrets
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,7 +73,7 @@ def _load_or_create_key_file(path: Path) -> MasterKey:
 class CredentialVault:
     """Seals and opens credential documents; holds the current master key and older ones.
 
-    Build it with ``CredentialVault.load(state_dir, env)``. Its repr shows key ids only.
+    Build it with ``CredentialVault.load(state_dir, master_key)``. Its repr shows key ids only.
     """
 
     def __init__(
@@ -91,15 +91,16 @@ class CredentialVault:
         self._current_from_env = current_from_env
 
     @classmethod
-    def load(cls, state_dir: Path, env: Mapping[str, str]) -> CredentialVault:
-        """The vault of ``state_dir``: current key from ``HEARTH_MASTER_KEY`` or ``master.key``.
+    def load(cls, state_dir: Path, master_key: str | None = None) -> CredentialVault:
+        """The vault of ``state_dir``: current key ``master_key`` (the setting
+        ``HEARTH_MASTER_KEY``, base64) or ``master.key``.
 
         Without the variable (or with it empty) the key file is used, created on first use
         (mode 0600). Older keys come from ``master.keys.d/<key id>.key``; with the variable
         set, an existing ``master.key`` joins them, so documents sealed before the switch
         still open. Any malformed or group/other-accessible key file is a ConfigError.
         """
-        encoded = env.get(MASTER_KEY_ENV)
+        encoded = master_key
         # Parsed before touching the disk: a bad value must not leave a key file behind.
         from_env = decode_master_key(encoded, source=MASTER_KEY_ENV) if encoded else None
         older = read_keyring(state_dir / KEYRING_DIR)

@@ -33,6 +33,7 @@ from hearth.images.manifest import (
 )
 from hearth.images.recipes import Recipe
 from hearth.images.rootfs import ensure_rootfs, rootfs_key
+from hearth.images.staging import staged_dir
 from hearth.images.vendor import ensure_vendor_tree, merge_trees, vendor_key
 from hearth.progress import Progress
 from hearth.tools import run_tool
@@ -113,9 +114,7 @@ def _build_into(
     kernel_version: str,
     progress: Progress,
 ) -> ImageManifest:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{recipe.name}-"))
-    try:
+    with staged_dir(target, prefix=f".{recipe.name}-") as staging:
         with progress.phase(
             "rootfs", f"(debootstrap {recipe.name}: {len(recipe.all_packages)} packages)"
         ):
@@ -175,12 +174,6 @@ def _build_into(
             sizes={name: (staging / name).stat().st_size for name in names},
         )
         manifest.write(staging)
-        if target.exists():
-            shutil.rmtree(target)
-        staging.rename(target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return manifest
 
 

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
 from hearth.images.recipes import Recipe
+from hearth.images.staging import staged_dir
 from hearth.tools import run_tool
 
 # Bump when the way a rootfs is prepared changes, so cached trees are rebuilt.
@@ -35,9 +34,7 @@ def ensure_rootfs(recipe: Recipe, *, cache_dir: Path, suite: str, mirror: str) -
     )
     if (target / "COMPLETE").exists():
         return target / "root"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{recipe.name}-"))
-    try:
+    with staged_dir(target, prefix=f".{recipe.name}-") as staging:
         root = staging / "root"
         run_tool(
             [
@@ -54,12 +51,6 @@ def ensure_rootfs(recipe: Recipe, *, cache_dir: Path, suite: str, mirror: str) -
         _trim(root)
         (root / "etc/hostname").write_text("hearth-vm\n")
         (staging / "COMPLETE").write_text(json.dumps({"packages": list(recipe.all_packages)}))
-        if target.exists():
-            shutil.rmtree(target)
-        staging.rename(target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return target / "root"
 
 

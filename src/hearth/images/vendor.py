@@ -16,11 +16,10 @@ from __future__ import annotations
 import hashlib
 import importlib.resources
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
 from hearth.errors import BuildFailed
+from hearth.images.staging import staged_dir
 from hearth.tools import run_tool
 
 # Bump when the layout of the cached tree changes.
@@ -60,9 +59,7 @@ def ensure_vendor_tree(cache_dir: Path) -> Path:
     target = cache_dir / "vendor" / vendor_key()
     if (target / "COMPLETE").exists():
         return target / "root"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".vendor-"))
-    try:
+    with staged_dir(target, prefix=".vendor-") as staging:
         root = staging / "root"
         vendor = root / GUEST_VENDOR_DIR
         vendor.mkdir(parents=True)
@@ -81,12 +78,6 @@ def ensure_vendor_tree(cache_dir: Path) -> Path:
                 raise BuildFailed(f"npm ci did not install the {command!r} command")
             (bin_dir / command).symlink_to(f"/{GUEST_VENDOR_DIR}/node_modules/.bin/{command}")
         (staging / "COMPLETE").write_text(json.dumps(pinned_versions(), sort_keys=True))
-        if target.exists():
-            shutil.rmtree(target)
-        staging.rename(target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return target / "root"
 
 

@@ -46,9 +46,8 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from http import HTTPStatus
-from types import TracebackType
-from typing import Self
 
+from hearth.closing import Closing
 from hearth.errors import Conflict
 from hearth.logging import get_logger
 from hearth.metrics import ControllerMetrics
@@ -120,7 +119,7 @@ async def system_resolver(host: str, port: int) -> list[str]:
     return list(dict.fromkeys(str(info[4][0]) for info in infos))
 
 
-class EgressProxy:
+class EgressProxy(Closing):
     """A CONNECT proxy on ``host:port`` that tunnels only to allowlisted, public destinations."""
 
     def __init__(
@@ -184,18 +183,6 @@ class EgressProxy:
         if server is not None:
             await server.wait_closed()
             _log.info("egress_proxy_closed", port=self._port)
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     def allows(self, host: str, port: int) -> bool:
         """Whether the allowlist lets a CONNECT to the normalised ``host`` and ``port`` through."""

@@ -18,36 +18,22 @@ from hearth.store.records import (
     VmRecord,
     utc_now,
 )
-from hearth.store.repositories import (
-    ApiKeyRepo,
-    AuthSessionRepo,
-    Clock,
-    CredentialRepo,
-    UserRepo,
-    VmRepo,
-    hash_key,
-)
+from hearth.store.repositories import Clock
 
 __all__ = [
     "INACTIVE_VM_STATES",
     "ApiKeyRecord",
-    "ApiKeyRepo",
     "AuthSessionRecord",
-    "AuthSessionRepo",
     "Clock",
     "CredentialRecord",
-    "CredentialRepo",
     "CredentialSource",
     "Store",
     "UserRecord",
-    "UserRepo",
     "VmRecord",
-    "VmRepo",
     "alembic_config",
     "create_store_engine",
     "current_revision",
     "default_sqlite_url",
-    "hash_key",
     "normalise_url",
     "upgrade_to_head",
     "utc_now",

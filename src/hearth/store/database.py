@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from sqlalchemy import URL, Connection, event, make_url, text
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from hearth.closing import Closing
 from hearth.config import SQLITE_FILE_NAME
 from hearth.errors import ConfigError
 from hearth.logging import get_logger
@@ -98,7 +98,7 @@ def create_store_engine(url: str) -> AsyncEngine:
     return create_async_engine(parsed, pool_pre_ping=True)
 
 
-class Store:
+class Store(Closing):
     """Hearth's persistent state: users, API keys, VMs, auth sessions and credentials.
 
     Open with ``await Store.open(url)`` (which migrates the schema to head), close with
@@ -138,17 +138,6 @@ class Store:
     async def close(self) -> None:
         """Close every pooled connection; safe to call more than once."""
         await self.engine.dispose()
-
-    async def __aenter__(self) -> Store:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     async def ping(self, *, timeout_s: float = PING_TIMEOUT_S) -> bool:
         """Whether the database answers a trivial query within ``timeout_s``."""

@@ -18,6 +18,8 @@ import httpx
 
 from hearth.errors import VmError
 from hearth.httpclient import async_client
+from hearth.vm.host import write_token
+from hearth.vm.types import Vm
 
 CLAIM_TIMEOUT_S = 10.0
 # Bytes of host randomness sent with every claim: the guest credits them as full entropy, so they
@@ -56,6 +58,22 @@ async def claim_agent(vm_id: str, agent_url: str, token: str) -> None:
             f"VM {vm_id}: the agent took its token but did not reseed the guest's random number "
             "generator (an agent older than the controller?); the VM is not handed out"
         )
+
+
+async def claim_vm(vm: Vm, *, token: str | None = None, keep: bool = True) -> str:
+    """Claim ``vm``'s agent with ``token`` (default: a fresh one), set it on ``vm`` and (with
+    ``keep``) keep it in the VM's work dir for a controller that restarts. VmError if it is
+    already claimed."""
+    if vm.token is not None:
+        raise VmError(f"VM {vm.id} is already claimed")
+    if vm.agent_url is None:
+        raise VmError(f"VM {vm.id} has no agent address")
+    token = token or new_agent_token()
+    await claim_agent(vm.id, vm.agent_url, token)
+    vm.token = token
+    if keep and vm.workdir is not None:
+        write_token(vm.workdir, token)
+    return token
 
 
 def _json_object(response: httpx.Response) -> dict[str, object]:

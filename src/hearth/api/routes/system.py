@@ -10,6 +10,7 @@ from hearth import __version__
 from hearth.api.auth import AdminKey, Ctl
 from hearth.api.schemas import error_responses
 from hearth.metrics import CONTENT_TYPE
+from hearth.vm.select import Vmm, check_vmm
 
 router = APIRouter(tags=["system"])
 
@@ -24,17 +25,18 @@ router = APIRouter(tags=["system"])
 async def health(ctl: Ctl, response: Response) -> dict[str, Any]:
     """Store and backend status; 503 when the store does not answer."""
     store_ok = await ctl.store.ping()
-    backend = ctl.vms.backend
     body = {
         "status": "ok" if store_ok else "degraded",
         "version": __version__,
         "store": {"ok": store_ok, "url": ctl.store.url_for_log().split("://", 1)[0]},
         "backend": {
-            "name": backend.name,
-            "accel": backend.accel.name,
-            "reason": backend.accel.reason,
+            "name": ctl.node.vmm,
+            "accel": ctl.node.accel.name,
+            "reason": ctl.node.accel.reason,
         },
-        "images": ctl.vms.images.status(),
+        # Every VMM this controller knows: whether it could run here, and if not, why not.
+        "vmms": {vmm.value: check_vmm(ctl.settings, vmm).to_dict() for vmm in Vmm},
+        "images": ctl.node.images_status(),
         "vms": {"live": len(ctl.vms.live)},
     }
     if not store_ok:

@@ -10,11 +10,13 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from sqlalchemy import Row, Table, select, update
+from sqlalchemy import Executable, Row, Table, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from hearth.errors import Conflict, InvalidInput, NotFound
+from hearth.store.models import users_table
 from hearth.store.records import utc_now
 
 if TYPE_CHECKING:
@@ -32,6 +34,59 @@ class Repository:
     def __init__(self, engine: AsyncEngine, *, clock: Clock = utc_now) -> None:
         self._engine = engine
         self._clock = clock
+
+    async def _read_one(self, statement: Executable) -> Row[Any] | None:
+        """The one row ``statement`` reads, or None."""
+        async with self._engine.connect() as conn:
+            return (await conn.execute(statement)).one_or_none()
+
+    async def _write_one(self, statement: Executable) -> Row[Any] | None:
+        """The one row ``statement`` writes (and returns), or None; committed."""
+        async with self._engine.begin() as conn:
+            return (await conn.execute(statement)).one_or_none()
+
+    async def _read_records(self, cls: type[R], statement: Executable) -> list[R]:
+        """Every row ``statement`` reads, as records of ``cls``."""
+        async with self._engine.connect() as conn:
+            rows = await conn.execute(statement)
+        return [to_record(cls, row) for row in rows]
+
+    async def _insert_record(self, table: Table, record: R) -> R:
+        """Insert ``record`` into ``table`` and read it back as stored (IntegrityError as is)."""
+        row = await self._write_one(table.insert().values(to_values(record)).returning(*table.c))
+        assert row is not None  # an INSERT ... RETURNING returns its row
+        return to_record(type(record), row)
+
+    async def _update_by_id(
+        self, table: Table, row_id: str, values: Mapping[str, object]
+    ) -> Row[Any] | None:
+        """Set ``values`` on the row ``row_id`` of ``table``; the updated row, or None."""
+        return await self._write_one(
+            update(table).where(table.c.id == row_id).values(dict(values)).returning(*table.c)
+        )
+
+    async def _raise_if_user_missing(self, user_id: str, exc: IntegrityError) -> None:
+        """NotFound (from ``exc``) if the user does not exist: a failed write explained."""
+        # Diagnosed after the failed write, in a fresh transaction, so the write itself stays
+        # a single statement that never reads before it writes.
+        exists = await self._read_one(select(users_table.c.id).where(users_table.c.id == user_id))
+        if exists is None:
+            raise NotFound(f"user {user_id} does not exist") from exc
+
+    async def _raise_if_id_taken(
+        self, table: Table, row_id: str, *, what: str, exc: IntegrityError
+    ) -> None:
+        """Conflict (from ``exc``) if ``table`` already has a row ``row_id``."""
+        taken = await self._read_one(select(table.c.id).where(table.c.id == row_id))
+        if taken is not None:
+            raise Conflict(f"{what} {row_id} already exists") from exc
+
+
+def found(cls: type[R], row: Row[Any] | None, missing: str) -> R:
+    """``row`` as a record of ``cls``; NotFound with the message ``missing`` if there is none."""
+    if row is None:
+        raise NotFound(missing)
+    return to_record(cls, row)
 
 
 def to_record(cls: type[R], row: Row[Any]) -> R:
@@ -65,25 +120,21 @@ def optional(coerce: Coerce) -> Coerce:
     return check
 
 
-def as_str(name: str, value: object) -> object:
-    """A string."""
-    if not isinstance(value, str):
-        raise InvalidInput(f"{name} must be a string, got {type(value).__name__}")
-    return value
+def _instance_of(kind: type, noun: str) -> Coerce:
+    """A value of type ``kind`` (``noun`` names it in the error)."""
+
+    def check(name: str, value: object) -> object:
+        # bool is an int subclass, but a flag where a number belongs is a caller's mistake.
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise InvalidInput(f"{name} must be {noun}, got {type(value).__name__}")
+        return value
+
+    return check
 
 
-def as_int(name: str, value: object) -> object:
-    """An integer (booleans refused)."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidInput(f"{name} must be an integer, got {type(value).__name__}")
-    return value
-
-
-def as_bool(name: str, value: object) -> object:
-    """A boolean."""
-    if not isinstance(value, bool):
-        raise InvalidInput(f"{name} must be a boolean, got {type(value).__name__}")
-    return value
+as_str = _instance_of(str, "a string")
+as_int = _instance_of(int, "an integer")  # booleans refused
+as_bool = _instance_of(bool, "a boolean")
 
 
 def as_path(name: str, value: object) -> object:

@@ -19,12 +19,13 @@ from typing import Any
 from sqlalchemy import Row, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from hearth.errors import ConfigError, Conflict, InvalidInput, NotFound
+from hearth.errors import ConfigError, Conflict, InvalidInput
 from hearth.store.models import api_keys_table
 from hearth.store.records import ApiKeyRecord, utc_now
 from hearth.store.repositories._base import (
     Clock,
     Repository,
+    found,
     insert_ignoring_duplicates,
     to_record,
 )
@@ -202,13 +203,8 @@ class ApiKeyRepo(Repository):
 
     async def get(self, key_id: str) -> ApiKeyRecord:
         """The key ``key_id``; NotFound if there is none."""
-        async with self._engine.connect() as conn:
-            row = (
-                await conn.execute(select(*_PUBLIC_COLUMNS).where(api_keys_table.c.id == key_id))
-            ).one_or_none()
-        if row is None:
-            raise NotFound(f"API key {key_id} does not exist")
-        return to_record(ApiKeyRecord, row)
+        row = await self._read_one(select(*_PUBLIC_COLUMNS).where(_table.c.id == key_id))
+        return found(ApiKeyRecord, row, f"API key {key_id} does not exist")
 
     async def list(self, user_id: str | None = None) -> builtins.list[ApiKeyRecord]:
         """Every key (of ``user_id`` if given), revoked ones included, oldest first."""
@@ -217,9 +213,7 @@ class ApiKeyRepo(Repository):
         )
         if user_id is not None:
             statement = statement.where(api_keys_table.c.user_id == user_id)
-        async with self._engine.connect() as conn:
-            rows = await conn.execute(statement)
-        return [to_record(ApiKeyRecord, row) for row in rows]
+        return await self._read_records(ApiKeyRecord, statement)
 
     async def revoke(self, key_id: str) -> ApiKeyRecord:
         """Stop ``key_id`` from authenticating; revoking twice keeps the first revocation time."""
@@ -230,8 +224,6 @@ class ApiKeyRepo(Repository):
                 .values(revoked_at=self._clock())
             )
             row = (
-                await conn.execute(select(*_PUBLIC_COLUMNS).where(api_keys_table.c.id == key_id))
+                await conn.execute(select(*_PUBLIC_COLUMNS).where(_table.c.id == key_id))
             ).one_or_none()
-        if row is None:
-            raise NotFound(f"API key {key_id} does not exist")
-        return to_record(ApiKeyRecord, row)
+        return found(ApiKeyRecord, row, f"API key {key_id} does not exist")

@@ -12,7 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from hearth.errors import Conflict, InvalidInput, NotFound
-from hearth.store.models import credentials_table, users_table
+from hearth.store.models import credentials_table
 from hearth.store.records import CredentialRecord
 from hearth.store.repositories._base import Repository, to_record, to_values
 
@@ -81,23 +81,18 @@ class CredentialRepo(Repository):
     async def get(self, user_id: str, provider: str) -> CredentialRecord | None:
         """The user's document for ``provider``, or None if there is none."""
         statement = select(_table).where(_table.c.user_id == user_id, _table.c.provider == provider)
-        async with self._engine.connect() as conn:
-            row = (await conn.execute(statement)).one_or_none()
+        row = await self._read_one(statement)
         return None if row is None else to_record(CredentialRecord, row)
 
     async def list(self, user_id: str) -> builtins.list[CredentialRecord]:
         """The user's documents, ordered by provider."""
         statement = select(_table).where(_table.c.user_id == user_id).order_by(_table.c.provider)
-        async with self._engine.connect() as conn:
-            rows = await conn.execute(statement)
-        return [to_record(CredentialRecord, row) for row in rows]
+        return await self._read_records(CredentialRecord, statement)
 
     async def all(self) -> builtins.list[CredentialRecord]:
         """Every stored document, ordered by user and provider (master-key rotation walks it)."""
         statement = select(_table).order_by(_table.c.user_id, _table.c.provider)
-        async with self._engine.connect() as conn:
-            rows = await conn.execute(statement)
-        return [to_record(CredentialRecord, row) for row in rows]
+        return await self._read_records(CredentialRecord, statement)
 
     async def mark_delivered(
         self, user_id: str, provider: str, vm_id: str, *, sha256: str | None = None
@@ -119,8 +114,7 @@ class CredentialRepo(Repository):
             .values(delivered_to_vm_id=vm_id, delivered_at=self._clock())
             .returning(*_table.c)
         )
-        async with self._engine.begin() as conn:
-            row = (await conn.execute(statement)).one_or_none()
+        row = await self._write_one(statement)
         if row is not None:
             return to_record(CredentialRecord, row)
         if await self.get(user_id, provider) is None:
@@ -149,8 +143,7 @@ class CredentialRepo(Repository):
             .values(key_id=key_id, nonce=nonce, ciphertext=ciphertext)
             .returning(*_table.c)
         )
-        async with self._engine.begin() as conn:
-            row = (await conn.execute(statement)).one_or_none()
+        row = await self._write_one(statement)
         return None if row is None else to_record(CredentialRecord, row)
 
     async def delete(self, user_id: str, provider: str) -> bool:
@@ -160,9 +153,7 @@ class CredentialRepo(Repository):
             .where(_table.c.user_id == user_id, _table.c.provider == provider)
             .returning(_table.c.id)
         )
-        async with self._engine.begin() as conn:
-            row = (await conn.execute(statement)).one_or_none()
-        return row is not None
+        return await self._write_one(statement) is not None
 
     def _values(self, record: CredentialRecord) -> dict[str, object]:
         now = self._clock()
@@ -183,13 +174,8 @@ class CredentialRepo(Repository):
         self, record: CredentialRecord, exc: IntegrityError
     ) -> NoReturn:
         # The provider was checked up front, so the owner's foreign key is what is left to
-        # violate; diagnosed in a fresh transaction after the failed write.
-        async with self._engine.connect() as conn:
-            user = await conn.scalar(
-                select(users_table.c.id).where(users_table.c.id == record.user_id)
-            )
-        if user is None:
-            raise NotFound(f"user {record.user_id} does not exist") from exc
+        # violate.
+        await self._raise_if_user_missing(record.user_id, exc)
         raise InvalidInput(
             f"the {record.provider} credentials of user {record.user_id} violate a constraint "
             "of the store"

@@ -8,10 +8,15 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from hearth.errors import InvalidInput, NotFound
+from hearth.errors import InvalidInput
 from hearth.store.models import USER_ID_MAX, users_table
 from hearth.store.records import UserRecord
-from hearth.store.repositories._base import Repository, insert_ignoring_duplicates, to_record
+from hearth.store.repositories._base import (
+    Repository,
+    found,
+    insert_ignoring_duplicates,
+    to_record,
+)
 
 
 def check_user_id(user_id: str) -> str:
@@ -44,18 +49,10 @@ class UserRepo(Repository):
 
     async def get(self, user_id: str) -> UserRecord:
         """The user ``user_id``; NotFound if there is none."""
-        async with self._engine.connect() as conn:
-            row = (
-                await conn.execute(select(users_table).where(users_table.c.id == user_id))
-            ).one_or_none()
-        if row is None:
-            raise NotFound(f"user {user_id} does not exist")
-        return to_record(UserRecord, row)
+        row = await self._read_one(select(users_table).where(users_table.c.id == user_id))
+        return found(UserRecord, row, f"user {user_id} does not exist")
 
     async def list(self) -> builtins.list[UserRecord]:
         """Every user, oldest first."""
-        async with self._engine.connect() as conn:
-            rows = await conn.execute(
-                select(users_table).order_by(users_table.c.created_at, users_table.c.id)
-            )
-        return [to_record(UserRecord, row) for row in rows]
+        statement = select(users_table).order_by(users_table.c.created_at, users_table.c.id)
+        return await self._read_records(UserRecord, statement)

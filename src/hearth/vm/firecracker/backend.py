@@ -15,7 +15,6 @@ import contextlib
 import platform
 import shutil
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -23,16 +22,15 @@ from hearth.errors import (
     BackendError,
     ConfigError,
     Conflict,
-    HearthError,
     NotAnImage,
     SnapshotError,
     VmError,
-    VmStateError,
 )
 from hearth.images.manifest import ImageDir
 from hearth.logging import get_logger
 from hearth.network.pool import DEFAULT_POOL, SlotPool
-from hearth.vm.claim import claim_agent, new_agent_token
+from hearth.vm.accel import Accel, detect_accel
+from hearth.vm.claim import new_agent_token
 from hearth.vm.firecracker import disks, payloads, process, sequences
 from hearth.vm.firecracker.client import FirecrackerClient
 from hearth.vm.firecracker.disks import CowMechanism
@@ -46,9 +44,9 @@ from hearth.vm.firecracker.process import FirecrackerProcess, JailerConfig, VmRo
 from hearth.vm.firecracker.records import LOG_FILE, METRICS_FILE, VmFiles, VmRecord
 from hearth.vm.firecracker.teardown import teardown_vm
 from hearth.vm.firecracker.templates import FcTemplate, FcTemplateStore, template_key
-from hearth.vm.qemu.accel import Accel, detect_accel
-from hearth.vm.qemu.disks import bytes_on_disk
-from hearth.vm.readiness import Deadline, wait_until_healthy
+from hearth.vm.host import bytes_on_disk
+from hearth.vm.lifecycle import BackendLifecycle
+from hearth.vm.readiness import Deadline
 from hearth.vm.types import BootMode, NetworkMode, Vm, VmSpec, VmState, check_transition
 
 _log = get_logger("vm.firecracker")
@@ -59,15 +57,11 @@ API_DEADLINE_S = 5.0
 _CLOCK_REALTIME = platform.machine() == "x86_64"  # the load option is x86_64-only
 
 
-def new_vm_id() -> str:
-    """A fresh VM id (Firecracker ids: letters, digits, hyphens, at most 64)."""
-    return f"vm-{uuid.uuid4()}"
-
-
-class FirecrackerBackend:
+class FirecrackerBackend(BackendLifecycle[FcTemplate]):
     """Runs VMs as Firecracker microVMs; needs the binary, a usable /dev/kvm and root."""
 
     name = "firecracker"
+    vmm_label = "firecracker"
 
     def __init__(
         self,
@@ -85,6 +79,13 @@ class FirecrackerBackend:
         cold_deadline_s: float = FC_COLD_BOOT_DEADLINE_S,
         restore_deadline_s: float = FC_RESTORE_DEADLINE_S,
     ) -> None:
+        super().__init__(
+            state_dir=state_dir,
+            templates=FcTemplateStore(state_dir / "templates"),
+            use_templates=use_templates,
+            cold_deadline_s=cold_deadline_s,
+            restore_deadline_s=restore_deadline_s,
+        )
         self.binary = process.require_firecracker(firecracker)
         self.jailer = jailer
         self.jailer_binary = (
@@ -93,6 +94,7 @@ class FirecrackerBackend:
         accel = accel or detect_accel()
         if accel.name != "kvm":
             raise ConfigError(f"firecracker needs a usable /dev/kvm: {accel.reason}")
+        self.accel = accel
         if networks is None:
             # The same claims directory as the QEMU backend's: one pool per state dir.
             networks = SlotNetworks(
@@ -101,27 +103,13 @@ class FirecrackerBackend:
             )
         self.networks = networks
         self.cow = disks.choose_mechanism(cow)
-        self.vms_dir = state_dir / "vms"
-        self.templates = FcTemplateStore(state_dir / "templates")
-        self.use_templates = use_templates
         self.use_initrd = use_initrd
         self.metrics = metrics
-        self.cold_deadline_s = cold_deadline_s
-        self.restore_deadline_s = restore_deadline_s
         self._procs: dict[str, FirecrackerProcess] = {}
-        self._watchers: dict[str, asyncio.Task[None]] = {}
 
     # ---- create -------------------------------------------------------------------------
 
-    async def create(
-        self,
-        image: ImageDir,
-        spec: VmSpec,
-        *,
-        vm_id: str | None = None,
-        boot_mode: BootMode | None = None,
-    ) -> Vm:
-        """Start a VM (restored from a template when possible), healthy and claimed."""
+    def _admit(self, image: ImageDir, spec: VmSpec, vm_id: str) -> str:
         if spec.network is not NetworkMode.NETNS:
             raise VmError(
                 f"the firecracker backend supports network mode 'netns' only, not {spec.network}"
@@ -130,16 +118,29 @@ class FirecrackerBackend:
             raise NotAnImage(
                 f"{image.vmlinux} is missing: Firecracker boots the uncompressed kernel"
             )
-        vm_id = process.check_vm_id(vm_id or new_vm_id())
-        if boot_mode is not BootMode.COLD and self.use_templates:
-            try:
-                template = await self._template_for(image, spec)
-                return await self._start(vm_id, image, spec, template=template)
-            except HearthError as exc:
-                _log.warning(
-                    "restore_failed_cold_boot_instead", vm_id=vm_id, error=exc.message[:500]
-                )
-        return await self._start(vm_id, image, spec, template=None)
+        return process.check_vm_id(vm_id)
+
+    def alive(self, vm: Vm) -> bool:
+        """True while the VM's Firecracker (or jailer) process runs."""
+        return bool(vm.pid and process.is_our_process(vm.pid, vm.id))
+
+    def _found_vm(self, workdir: Path) -> Vm | None:
+        record = VmRecord.read(VmFiles(workdir=workdir))
+        if record is None:
+            return None
+        return record.to_vm(backend=self.name, workdir=workdir, state=VmState.FAILED)
+
+    async def _reap_leftovers(self, keep: set[str]) -> list[str]:
+        """Template builds whose builder died (their VM torn down from its record), networks."""
+        reaped: list[str] = []
+        for staging in self.templates.abandoned_builds():
+            await self._destroy_quietly(
+                Vm(id=staging.name, spec=VmSpec(), backend=self.name, workdir=staging / "vm",
+                   state=VmState.FAILED)
+            )  # fmt: skip
+            shutil.rmtree(staging, ignore_errors=True)
+            reaped.append(staging.name)
+        return reaped + await self.networks.reap(keep)
 
     def _boot_args(self, network: FirecrackerNetwork) -> str:
         return payloads.boot_args(
@@ -160,12 +161,8 @@ class FirecrackerBackend:
         async def build(directory: Path) -> dict[str, Any]:
             return await self._build_template(image, spec, directory)
 
-        template, built = await self.templates.ensure(
-            key, origin=f"{image.path.resolve()}:{spec.size_key}", build=build
-        )
-        if built:
-            _log.info("template_ready", key=key, size=spec.size_key)
-        return template
+        origin = f"{image.path.resolve()}:{spec.size_key}"
+        return await self._ensure_template(key, origin=origin, build=build, spec=spec)
 
     async def _build_template(
         self, image: ImageDir, spec: VmSpec, directory: Path
@@ -251,35 +248,21 @@ class FirecrackerBackend:
                 deadline = await self._configure(
                     client, vm, root, image, network, template=template, token=token
                 )
-            await wait_until_healthy(
-                network.agent_url,
-                vm_id=vm_id,
+            await self._until_ready(
+                vm,
+                started=started,
                 deadline=deadline,
                 exit_status=lambda: proc.returncode,
-                console_tail=lambda: self.console_tail(vm),
+                token=token,
+                keep_token=workdir is None,
             )
-            if token is not None:
-                await claim_agent(vm_id, network.agent_url, token)
-                vm.token = token
-            vm.time_to_healthy_s = time.monotonic() - started
-            vm.ready_at = time.time()
-            vm.move_to(VmState.READY)
         except BaseException as exc:
-            vm.error = exc.message if isinstance(exc, HearthError) else type(exc).__name__
-            if vm.state is not VmState.FAILED:
-                vm.move_to(VmState.FAILED)
-            await self._destroy_quietly(vm)
+            await self._abandon(vm, exc)
             if isinstance(exc, OSError):
                 raise VmError(f"VM {vm_id}: {exc.strerror or exc} ({exc.filename})") from exc
             raise
-        _log.info(
-            "vm_ready",
-            vm_id=vm_id,
-            boot_mode=vm.boot_mode.value,
-            time_to_healthy_s=round(vm.time_to_healthy_s, 3),
-        )
-        if claim:
-            self._watchers[vm_id] = asyncio.create_task(self._watch(vm, proc))
+        if workdir is None:  # a VM of its own, not a template being built
+            self._watch(vm, proc.proc.wait())
         return vm
 
     def _new_record(self, vm: Vm, root: VmRoot) -> VmRecord:
@@ -355,15 +338,6 @@ class FirecrackerBackend:
 
     # ---- watch, pause, resume -------------------------------------------------------------
 
-    async def _watch(self, vm: Vm, proc: FirecrackerProcess) -> None:
-        status = await proc.proc.wait()
-        if vm.state in (VmState.STOPPING, VmState.DESTROYED):
-            return
-        console = self.console_tail(vm, 15)
-        vm.error = f"VM {vm.id}: firecracker exited with status {status}; console:\n{console}"
-        vm.move_to(VmState.FAILED)
-        _log.warning("vm_process_exited", vm_id=vm.id, status=status)
-
     async def pause(self, vm: Vm) -> None:
         """Stop the vCPUs (``PATCH /vm Paused``)."""
         check_transition(vm.id, vm.state, VmState.PAUSED)
@@ -407,28 +381,8 @@ class FirecrackerBackend:
 
     # ---- destroy --------------------------------------------------------------------------
 
-    async def destroy(self, vm: Vm) -> None:
-        """Tear down process, disk, jail, network and work directory (LIFO); idempotent."""
-        if vm.state is VmState.DESTROYED:
-            return
-        if vm.state is not VmState.STOPPING:
-            vm.move_to(VmState.STOPPING)
-        errors = await teardown_vm(
+    async def _teardown(self, vm: Vm) -> list[str]:
+        """Process, disk, jail, network and work directory, LIFO (``teardown``)."""
+        return await teardown_vm(
             vm.id, vm.workdir, proc=self._procs.pop(vm.id, None), pid=vm.pid, networks=self.networks
         )
-        watcher = self._watchers.pop(vm.id, None)
-        if watcher is not None:
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
-        vm.move_to(VmState.DESTROYED)
-        _log.info("vm_destroyed", vm_id=vm.id, errors=len(errors))
-        if errors:
-            raise VmError(f"VM {vm.id} destroyed with errors: {'; '.join(errors)}")
-
-    async def _destroy_quietly(self, vm: Vm) -> None:
-        """Destroy during error handling: log teardown errors, keep the original one."""
-        try:
-            await self.destroy(vm)
-        except (VmError, VmStateError) as exc:
-            _log.warning("vm_teardown_failed", vm_id=vm.id, error=exc.message[:500])

@@ -12,11 +12,11 @@ import contextlib
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import httpx
 
+from hearth.closing import Closing
 from hearth.errors import BackendError
 from hearth.vm.firecracker.payloads import check_id
 
@@ -86,7 +86,7 @@ class Resource:
         )
 
 
-class FirecrackerClient:
+class FirecrackerClient(Closing):
     """Async client of one Firecracker process's API; ``transport`` may be injected for tests."""
 
     def __init__(
@@ -154,24 +154,13 @@ class FirecrackerClient:
             fault = _scrub(fault, body)
         raise BackendError(f"firecracker {method} {path}: {fault}")
 
-    async def aclose(self) -> None:
+    async def close(self) -> None:
         """Close the connection (and the directory fd used for a long socket path)."""
         await self._http.aclose()
         if self._dir_fd is not None:
             with contextlib.suppress(OSError):
                 os.close(self._dir_fd)
             self._dir_fd = None
-
-    async def __aenter__(self) -> FirecrackerClient:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
 
 def _fault_message(response: httpx.Response) -> str:

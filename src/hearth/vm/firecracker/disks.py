@@ -132,6 +132,18 @@ def create_cow_disk(base: Path, *, workdir: Path, name: str, mechanism: CowMecha
     sectors = base.stat().st_size // 512
     dm_name = f"hearth-{name}"
     loops: list[str] = []
+
+    def disk() -> CowDisk:
+        """The disk as far as it is set up (what a failure must remove)."""
+        return CowDisk(
+            mechanism=mechanism,
+            base=base,
+            device=Path("/dev/mapper") / dm_name,
+            cow_file=cow_file,
+            dm_name=dm_name,
+            loops=tuple(loops),
+        )
+
     try:
         with cow_file.open("wb") as cow:
             # Sparse: room for the guest to rewrite the whole disk, 0 bytes used until it writes.
@@ -146,24 +158,9 @@ def create_cow_disk(base: Path, *, workdir: Path, name: str, mechanism: CowMecha
             timeout=30,
         )
     except BaseException:
-        partial = CowDisk(
-            mechanism=mechanism,
-            base=base,
-            device=Path("/dev/mapper") / dm_name,
-            cow_file=cow_file,
-            dm_name=dm_name,
-            loops=tuple(loops),
-        )
-        remove_cow_disk(partial)
+        remove_cow_disk(disk())
         raise
-    return CowDisk(
-        mechanism=mechanism,
-        base=base,
-        device=Path("/dev/mapper") / dm_name,
-        cow_file=cow_file,
-        dm_name=dm_name,
-        loops=tuple(loops),
-    )
+    return disk()
 
 
 def freeze_cow_disk(disk: CowDisk, dest: Path) -> None:

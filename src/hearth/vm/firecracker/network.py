@@ -114,6 +114,10 @@ class NetworkProvider(Protocol):
         """Delete what ``acquire`` created; idempotent."""
         ...
 
+    async def reap(self, keep: set[str]) -> list[str]:
+        """Release every network whose owner is not in ``keep``; returns those owners."""
+        ...
+
 
 class SlotNetworks:
     """Networks from ``hearth.network``: a ``SlotPool`` slot and the namespace built on it."""
@@ -159,6 +163,23 @@ class SlotNetworks:
         )
         await asyncio.to_thread(delete_namespace, namespace)
         self.pool.release(network.slot, network.owner)
+
+    async def reap(self, keep: set[str]) -> list[str]:
+        """Delete the namespace and free the slot of every claim whose owner is not kept."""
+        reaped = []
+        for index, owner in self.pool.claims().items():
+            if owner not in keep:
+                netns, host_veth = names_for(owner)
+                await self.release(
+                    FirecrackerNetwork.from_slot(
+                        NetworkSlot(
+                            netns=netns, host_veth=host_veth, slot=self.pool.addresses(index)
+                        ),
+                        owner=owner,
+                    )
+                )
+                reaped.append(owner)
+        return reaped
 
 
 def _hand_tap_to(netns: str, uid: int, gid: int) -> None:

@@ -15,19 +15,19 @@ import contextlib
 import os
 import re
 import shutil
-import signal
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from hearth.errors import InvalidInput, ToolMissing, VmError, VmProcessExited
 from hearth.tools import require_tool, tail
+from hearth.vm import host
 from hearth.vm.firecracker.client import reachable_socket_path
+from hearth.vm.host import STOP_GRACE_S, live_args, stop_child
 from hearth.vm.readiness import Backoff, Deadline
 
 API_SOCKET = "api.sock"
 _VM_ID_RE = re.compile(r"^[A-Za-z0-9-]{1,64}$")
-STOP_GRACE_S = 3.0
 _INSTALL_HINT = (
     "Debian does not package it: put a static release binary from "
     "https://github.com/firecracker-microvm/firecracker/releases on PATH"
@@ -232,29 +232,12 @@ class FirecrackerProcess:
 
     async def stop(self, *, grace_s: float = STOP_GRACE_S) -> int:
         """SIGTERM, then SIGKILL after ``grace_s``; return the exit status."""
-        if self.proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(self.proc.wait(), grace_s)
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    self.proc.kill()
-        return await self.proc.wait()
+        return await stop_child(self.proc, grace_s=grace_s)
 
 
 def is_our_process(pid: int, vm_id: str) -> bool:
     """True when ``pid`` is a live firecracker/jailer whose arguments name ``vm_id`` exactly."""
-    if pid <= 0:
-        return False
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        proc_stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    if proc_stat.rsplit(")", 1)[-1].split()[0] == "Z":
-        return False
-    args = [a.decode(errors="replace") for a in cmdline.split(b"\0") if a]
+    args = live_args(pid)
     if not args or not any(n in Path(args[0]).name for n in ("firecracker", "jailer")):
         return False
     return vm_id in args or f"--id={vm_id}" in args
@@ -262,13 +245,4 @@ def is_our_process(pid: int, vm_id: str) -> bool:
 
 async def stop_pid(pid: int, vm_id: str, *, grace_s: float = STOP_GRACE_S) -> None:
     """Stop a Firecracker that is not our child (found again after a restart), if it is ours."""
-    if not is_our_process(pid, vm_id):
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-    deadline = Deadline.after(grace_s)
-    while is_our_process(pid, vm_id) and not deadline.expired:
-        await asyncio.sleep(0.05)
-    if is_our_process(pid, vm_id):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+    await host.stop_pid(pid, lambda: is_our_process(pid, vm_id), grace_s=grace_s)

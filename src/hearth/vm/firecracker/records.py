@@ -17,7 +17,7 @@ from hearth.tools import tail
 from hearth.vm.firecracker.disks import CowDisk
 from hearth.vm.firecracker.network import FirecrackerNetwork
 from hearth.vm.firecracker.process import API_SOCKET
-from hearth.vm.qemu.disks import bytes_on_disk
+from hearth.vm.host import bytes_on_disk, read_token
 from hearth.vm.types import BootMode, NetworkMode, Vm, VmSpec, VmState, VmType
 
 RECORD_NAME = "vm.json"
@@ -100,7 +100,7 @@ class VmRecord:
         return Path(self.root) / API_SOCKET
 
     def to_vm(self, *, backend: str, workdir: Path, state: VmState) -> Vm:
-        """The VM this record describes, as found again (no token: the controller lost it)."""
+        """The VM this record describes, as found again (with the token its work dir kept)."""
         network, disk = self.get_network(), self.get_disk()
         return Vm(
             id=self.id,
@@ -108,6 +108,7 @@ class VmRecord:
             backend=backend,
             state=state,
             agent_url=network.agent_url if network else None,
+            token=read_token(workdir),
             pid=self.pid,
             workdir=workdir,
             boot_mode=self.mode,

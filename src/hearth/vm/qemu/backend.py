@@ -8,55 +8,49 @@ import hashlib
 import os
 import shutil
 import signal
-import socket
 import time
-import uuid
 from pathlib import Path
 
 from hearth.errors import HearthError, InvalidInput, SnapshotError, VmError, VmProcessExited
 from hearth.images.manifest import ImageDir
 from hearth.logging import get_logger
-from hearth.network.namespace import NetworkSlot, create_namespace, delete_namespace, names_for
-from hearth.network.pool import DEFAULT_POOL, SlotPool
+from hearth.network.namespace import NetworkSlot
+from hearth.network.pool import DEFAULT_POOL
 from hearth.tools import require_tool, tail
-from hearth.vm.claim import claim_agent, new_agent_token
-from hearth.vm.qemu.accel import Accel, detect_accel
+from hearth.vm.accel import Accel, detect_accel
+from hearth.vm.claim import new_agent_token
+from hearth.vm.host import free_local_port, stop_child
+from hearth.vm.lifecycle import BackendLifecycle
 from hearth.vm.qemu.command import VmPaths, qemu_argv
 from hearth.vm.qemu.disk_keys import DiskKey, key_pipe
 from hearth.vm.qemu.disks import Overlays
 from hearth.vm.qemu.monitor import Monitor
-from hearth.vm.qemu.records import read_record, vm_from_record, write_record, write_token
+from hearth.vm.qemu.network import QemuNetworks
+from hearth.vm.qemu.process import (
+    is_our_process,
+    qemu_pids_running_from,
+    spawn_qemu,
+    stop_adopted,
+)
+from hearth.vm.qemu.records import read_record, vm_from_record, write_record
 from hearth.vm.qemu.templates import Template, TemplateStore, template_key
 from hearth.vm.readiness import (
     COLD_BOOT_DEADLINE_S,
     RESTORE_DEADLINE_S,
     Deadline,
-    wait_until_healthy,
 )
 from hearth.vm.types import BootMode, NetworkMode, Vm, VmSpec, VmState
 
 _log = get_logger("vm.qemu")
-_STOP_GRACE_S = 3.0
 DEFAULT_RUN_ROOT = Path("/run/hearth")
 _SAVE_DEADLINE_S = 120.0
 
 
-def new_vm_id() -> str:
-    """A fresh VM id."""
-    return f"vm-{uuid.uuid4()}"
-
-
-def free_local_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class QemuBackend:
+class QemuBackend(BackendLifecycle[Template]):
     """Runs VMs as QEMU processes (KVM where usable, TCG otherwise)."""
 
     name = "qemu"
+    vmm_label = "QEMU"
 
     def __init__(
         self,
@@ -73,24 +67,24 @@ class QemuBackend:
     ) -> None:
         self.binary = require_tool("qemu-system-x86_64")
         require_tool("qemu-img")
+        super().__init__(
+            state_dir=state_dir,
+            templates=TemplateStore(template_dir or state_dir / "templates"),
+            use_templates=use_templates,
+            cold_deadline_s=cold_deadline_s,
+            restore_deadline_s=restore_deadline_s,
+        )
         self.accel = accel or detect_accel()
-        self.vms_dir = state_dir / "vms"
         # Short (unix socket paths < 108 bytes) and private to this state dir.
         self.run_dir = (
             run_dir
             or DEFAULT_RUN_ROOT / hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:12]
         )
-        self.pool = SlotPool(cidr=network_pool, claims_dir=state_dir / "net" / "slots")
-        self._networks: dict[str, NetworkSlot] = {}
-        self.templates = TemplateStore(template_dir or state_dir / "templates")
-        self.use_templates = use_templates
-        self.cold_deadline_s = cold_deadline_s
-        self.restore_deadline_s = restore_deadline_s
+        self.networks = QemuNetworks(cidr=network_pool, claims_dir=state_dir / "net" / "slots")
         # Off only to measure what encryption costs (docs/benchmarks.md): see disk_keys.py.
         self.encrypt_disks = encrypt_disks
         self._overlays = Overlays()
         self._procs: dict[str, asyncio.subprocess.Process] = {}
-        self._watchers: dict[str, asyncio.Task[None]] = {}
 
     def _paths(self, vm_id: str, workdir: Path) -> VmPaths:
         self.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -98,63 +92,23 @@ class QemuBackend:
 
     # ---- create -------------------------------------------------------------------------
 
-    async def create(
-        self,
-        image: ImageDir,
-        spec: VmSpec,
-        *,
-        vm_id: str | None = None,
-        boot_mode: BootMode | None = None,
-        claim: bool = True,
-    ) -> Vm:
-        """Start a VM (restored from a template when possible), healthy and, unless told
-        otherwise (warm-pool VMs are claimed when handed out), claimed with its own token."""
+    def _admit(self, image: ImageDir, spec: VmSpec, vm_id: str) -> str:
         if spec.network is NetworkMode.NETNS and spec.allow_egress:
             raise InvalidInput("network mode netns does not offer guest egress yet; use user")
-        vm_id = vm_id or new_vm_id()
-        want_restore = boot_mode is not BootMode.COLD and self.use_templates
-        if want_restore:
-            template: Template | None = None
-            try:
-                template = await self._template_for(image, spec)
-                return await self._start(vm_id, image, spec, template=template, claim=claim)
-            except HearthError as exc:
-                _log.warning(
-                    "restore_failed_cold_boot_instead", vm_id=vm_id, error=exc.message[:500]
-                )
-                if template is not None and _template_is_bad(exc):
-                    # A template that cannot be restored is rebuilt on the next create.
-                    self.templates.discard(template)
-        return await self._start(vm_id, image, spec, template=None, claim=claim)
-
-    async def claim(self, vm: Vm) -> str:
-        """Claim an unclaimed (pooled) VM's agent with a fresh token of its own."""
-        if vm.token is not None:
-            raise VmError(f"VM {vm.id} is already claimed")
-        vm.token = await self._claim(vm)
-        if vm.workdir is not None:
-            self._write_token(vm.workdir, vm.token)
-        return vm.token
+        return vm_id
 
     def alive(self, vm: Vm) -> bool:
         """True while the VM's QEMU process runs."""
-        return bool(vm.pid and vm.workdir and _is_our_process(vm.pid, vm.workdir))
+        return bool(vm.pid and vm.workdir and is_our_process(vm.pid, vm.workdir))
 
-    async def reap(self, keep: set[str]) -> list[str]:
-        """Destroy every VM, work dir, namespace and slot of this backend not in ``keep``."""
+    def _found_vm(self, workdir: Path) -> Vm | None:
+        return vm_from_record(workdir, backend=self.name)
+
+    async def _reap_leftovers(self, keep: set[str]) -> list[str]:
+        """Template builds whose builder died (and their QEMU), QMP sockets, network slots."""
         reaped: list[str] = []
-        if self.vms_dir.is_dir():
-            for workdir in sorted(self.vms_dir.iterdir()):
-                if workdir.name in keep:
-                    continue
-                vm = vm_from_record(workdir, backend=self.name) or Vm(
-                    id=workdir.name, spec=VmSpec(), backend=self.name, workdir=workdir
-                )
-                vm.state = VmState.FAILED
-                await self.destroy(vm)
-                reaped.append(vm.id)
         for staging in self.templates.abandoned_builds():
-            for pid in _pids_running_from(staging):
+            for pid in qemu_pids_running_from(staging):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
             shutil.rmtree(staging, ignore_errors=True)
@@ -163,16 +117,7 @@ class QemuBackend:
             for sock in self.run_dir.glob("*.qmp"):
                 if sock.stem not in keep:
                     sock.unlink(missing_ok=True)
-        for index, owner in self.pool.claims().items():
-            if owner not in keep:
-                netns, host_veth = names_for(owner)
-                slot = self.pool.addresses(index)
-                delete_namespace(NetworkSlot(netns=netns, host_veth=host_veth, slot=slot))
-                self.pool.release(index, owner)
-                reaped.append(owner)
-        return sorted(set(reaped))
-
-    _write_token = staticmethod(write_token)
+        return reaped + self.networks.reap(keep)
 
     async def _template_for(self, image: ImageDir, spec: VmSpec) -> Template:
         key = template_key(image, spec, self.accel)
@@ -180,14 +125,8 @@ class QemuBackend:
         async def build(directory: Path) -> None:
             await self._build_template(image, spec, directory)
 
-        template, built = await self.templates.ensure(
-            key,
-            origin=f"{image.path.resolve()}:{spec.size_key}:{spec.network.value}",
-            build=build,
-        )
-        if built:
-            _log.info("template_ready", key=key, size=spec.size_key)
-        return template
+        origin = f"{image.path.resolve()}:{spec.size_key}:{spec.network.value}"
+        return await self._ensure_template(key, origin=origin, build=build, spec=spec)
 
     async def _build_template(self, image: ImageDir, spec: VmSpec, directory: Path) -> None:
         """Boot a VM into ``directory``, wait healthy (unclaimed), save disk and memory state."""
@@ -218,7 +157,7 @@ class QemuBackend:
         finally:
             # On success and on failure (or cancellation): no process, network or socket stays.
             await self._stop_process(vm)
-            self._delete_network(vm_id, None)
+            self.networks.delete(vm_id, None)
             for leftover in ("qemu.pid", "vm.json"):
                 (directory / leftover).unlink(missing_ok=True)
             self._paths(vm_id, directory).qmp.unlink(missing_ok=True)
@@ -262,7 +201,7 @@ class QemuBackend:
             port: int | None = None
             network: NetworkSlot | None = None
             if spec.network is NetworkMode.NETNS:
-                network = self._create_network(vm_id)
+                network = self.networks.create(vm_id)
                 vm.agent_url = network.agent_url
             else:
                 port = free_local_port()
@@ -284,15 +223,9 @@ class QemuBackend:
                     incoming_state=template.state if template else None,
                     disk_key_fd=key_fd,
                 )
-                with paths.stderr.open("wb") as stderr:
-                    proc = await asyncio.create_subprocess_exec(
-                        *argv,
-                        stdin=asyncio.subprocess.DEVNULL,
-                        stdout=asyncio.subprocess.DEVNULL,
-                        stderr=stderr,
-                        start_new_session=True,
-                        pass_fds=() if key_fd is None else (key_fd,),
-                    )
+                proc = await spawn_qemu(
+                    argv, stderr=paths.stderr, pass_fds=() if key_fd is None else (key_fd,)
+                )
             del key  # from here on only this VM's QEMU holds it
             self._procs[vm_id] = proc
             vm.pid = proc.pid
@@ -306,34 +239,19 @@ class QemuBackend:
                 deadline = Deadline.after(self.restore_deadline_s)
             else:
                 deadline = Deadline.after(self.cold_deadline_s)
-            await wait_until_healthy(
-                vm.agent_url,
-                vm_id=vm_id,
+            await self._until_ready(
+                vm,
+                started=started,
                 deadline=deadline,
                 exit_status=lambda: proc.returncode,
-                console_tail=lambda: self.console_tail(vm),
+                token=new_agent_token() if claim else None,
+                keep_token=record,
             )
-            if claim:
-                vm.token = await self._claim(vm)
-                if record:
-                    self._write_token(paths.workdir, vm.token)
-            vm.time_to_healthy_s = time.monotonic() - started
-            vm.ready_at = time.time()
-            vm.move_to(VmState.READY)
         except BaseException as exc:
-            vm.error = exc.message if isinstance(exc, HearthError) else type(exc).__name__
-            if vm.state is not VmState.FAILED:
-                vm.move_to(VmState.FAILED)
-            await self.destroy(vm)
+            await self._abandon(vm, exc)
             raise
-        _log.info(
-            "vm_ready",
-            vm_id=vm_id,
-            boot_mode=vm.boot_mode.value,
-            time_to_healthy_s=round(vm.time_to_healthy_s, 3),
-        )
         if record:
-            self._watchers[vm_id] = asyncio.create_task(self._watch(vm, proc))
+            self._watch(vm, proc.wait())
         return vm
 
     async def _finish_restore(self, vm: Vm, paths: VmPaths) -> None:
@@ -371,51 +289,7 @@ class QemuBackend:
         finally:
             await monitor.close()
 
-    async def _claim(self, vm: Vm) -> str:
-        """Give the VM's agent its own token, fresh clock and reseeded randomness."""
-        if vm.agent_url is None:
-            raise VmError(f"VM {vm.id} has no agent address")
-        token = new_agent_token()
-        await claim_agent(vm.id, vm.agent_url, token)
-        return token
-
-    def _create_network(self, vm_id: str) -> NetworkSlot:
-        slot = self.pool.claim(vm_id)
-        try:
-            network = create_namespace(vm_id, slot)
-        except BaseException:
-            self.pool.release(slot.index, vm_id)
-            raise
-        self._networks[vm_id] = network
-        return network
-
-    def _delete_network(self, vm_id: str, record: dict[str, object] | None) -> None:
-        network = self._networks.pop(vm_id, None)
-        if network is None and record and record.get("slot") is not None:
-            netns, host_veth = names_for(vm_id)
-            slot = self.pool.addresses(int(str(record["slot"])))
-            network = NetworkSlot(netns=netns, host_veth=host_veth, slot=slot)
-        if network is not None:
-            delete_namespace(network)
-            self.pool.release(network.slot.index, vm_id)
-
     # ---- watch, pause, resume -------------------------------------------------------------
-
-    async def _watch(self, vm: Vm, proc: asyncio.subprocess.Process) -> None:
-        status = await proc.wait()
-        if vm.state in (VmState.STOPPING, VmState.DESTROYED):
-            return
-        vm.error = (
-            f"VM {vm.id}: QEMU exited with status {status}; console:\n{self.console_tail(vm, 15)}"
-        )
-        vm.move_to(VmState.FAILED)
-        _log.warning("vm_process_exited", vm_id=vm.id, status=status)
-
-    async def wait_exit(self, vm: Vm) -> None:
-        """Return once the VM's watcher has seen its process exit."""
-        watcher = self._watchers.get(vm.id)
-        if watcher is not None:
-            await asyncio.shield(watcher)
 
     async def pause(self, vm: Vm) -> None:
         """Stop the vCPUs (QMP ``stop``)."""
@@ -447,7 +321,7 @@ class QemuBackend:
             return found
         for workdir in sorted(self.vms_dir.iterdir()):
             vm = vm_from_record(workdir, backend=self.name)
-            if vm is not None and vm.pid and _is_our_process(vm.pid, workdir):
+            if vm is not None and vm.pid and is_our_process(vm.pid, workdir):
                 found.append(vm)
         return found
 
@@ -467,26 +341,17 @@ class QemuBackend:
 
     # ---- destroy --------------------------------------------------------------------------
 
-    async def destroy(self, vm: Vm) -> None:
-        """Stop QEMU (SIGTERM, then SIGKILL), remove overlay, sockets, pidfile; idempotent."""
-        if vm.state is VmState.DESTROYED:
-            return
-        if vm.state is not VmState.STOPPING:
-            vm.move_to(VmState.STOPPING)
+    async def _teardown(self, vm: Vm) -> list[str]:
+        """Stop QEMU (SIGTERM, then SIGKILL), remove network, socket and work dir."""
         errors: list[str] = []
         try:
             await self._stop_process(vm)
         except (OSError, VmError) as exc:
             errors.append(f"stop: {exc}")
         try:
-            self._delete_network(vm.id, read_record(vm.workdir) if vm.workdir else None)
+            self.networks.delete(vm.id, read_record(vm.workdir) if vm.workdir else None)
         except (OSError, VmError) as exc:
             errors.append(f"network: {exc}")
-        watcher = self._watchers.pop(vm.id, None)
-        if watcher is not None:
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
         if vm.workdir is not None:
             self._paths(vm.id, vm.workdir).qmp.unlink(missing_ok=True)
         if vm.workdir is not None and vm.workdir.parent == self.vms_dir:
@@ -496,63 +361,11 @@ class QemuBackend:
                 pass
             except OSError as exc:
                 errors.append(f"remove {vm.workdir}: {exc.strerror}")
-        vm.move_to(VmState.DESTROYED)
-        _log.info("vm_destroyed", vm_id=vm.id)
-        if errors:
-            raise VmError(f"VM {vm.id} destroyed with errors: {'; '.join(errors)}")
+        return errors
 
     async def _stop_process(self, vm: Vm) -> None:
         proc = self._procs.pop(vm.id, None)
         if proc is not None:
-            if proc.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.send_signal(signal.SIGTERM)
-                try:
-                    await asyncio.wait_for(proc.wait(), _STOP_GRACE_S)
-                except TimeoutError:
-                    with contextlib.suppress(ProcessLookupError):
-                        proc.kill()
-                    await proc.wait()
-            return
-        # Not our child (e.g. found again after a controller restart): signal it by PID, if ours.
-        if vm.pid and vm.workdir and _is_our_process(vm.pid, vm.workdir):
-            os.kill(vm.pid, signal.SIGTERM)
-            deadline = Deadline.after(_STOP_GRACE_S)
-            while _is_our_process(vm.pid, vm.workdir) and not deadline.expired:
-                await asyncio.sleep(0.05)
-            if _is_our_process(vm.pid, vm.workdir):
-                os.kill(vm.pid, signal.SIGKILL)
-
-
-def _template_is_bad(exc: HearthError) -> bool:
-    """Whether a failed restore blames the template (not load, a deadline or a port clash)."""
-    if isinstance(exc, SnapshotError):
-        return True
-    return isinstance(exc, VmProcessExited) and "forwarding" not in exc.message
-
-
-def _pids_running_from(directory: Path) -> list[int]:
-    """Live QEMU processes whose command line names ``directory``."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and _is_our_process(int(entry.name), directory):
-            try:
-                if b"qemu-system" in (entry / "cmdline").read_bytes():
-                    found.append(int(entry.name))
-            except OSError:
-                continue
-    return found
-
-
-def _is_our_process(pid: int, workdir: Path) -> bool:
-    """True when ``pid`` is alive and is the QEMU running from ``workdir`` (not a reused PID)."""
-    if pid <= 0:
-        return False
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    if stat.rsplit(")", 1)[-1].split()[0] == "Z":
-        return False
-    return str(workdir).encode() in cmdline
+            await stop_child(proc)
+        elif vm.pid and vm.workdir:
+            await stop_adopted(vm.pid, vm.workdir)

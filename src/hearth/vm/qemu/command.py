@@ -8,7 +8,7 @@ from pathlib import Path
 
 from hearth.images.manifest import ImageDir
 from hearth.network.namespace import TAP_NAME, NetworkSlot
-from hearth.vm.qemu.accel import Accel
+from hearth.vm.accel import Accel
 from hearth.vm.qemu.disk_keys import drive_key_option, secret_object
 from hearth.vm.types import VmSpec
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from hearth.errors import VmError
 from hearth.tools import run_tool
+from hearth.vm.host import bytes_on_disk
 from hearth.vm.qemu.disk_keys import DiskKey, encrypt_create_options, secret_object
 from hearth.vm.qemu.luks import rekey_overlay
 
@@ -108,11 +109,3 @@ def _make_prototype(backing: Path, backing_format: str, path: Path) -> bytes:
             attempt += 1
         finally:
             path.unlink(missing_ok=True)
-
-
-def bytes_on_disk(path: Path) -> int:
-    """Bytes a file really occupies (sparse-aware)."""
-    try:
-        return path.stat().st_blocks * 512
-    except FileNotFoundError:
-        return 0

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 from pathlib import Path
 
 from hearth.errors import HearthError
 from hearth.network.namespace import NetworkSlot
+from hearth.vm.host import bytes_on_disk, read_token
 from hearth.vm.qemu.command import VmPaths
-from hearth.vm.qemu.disks import bytes_on_disk
 from hearth.vm.types import BootMode, NetworkMode, Vm, VmSpec, VmState, VmType
 
 
@@ -31,13 +29,6 @@ def write_record(vm: Vm, paths: VmPaths, port: int | None, network: NetworkSlot 
         "created_at": vm.created_at,
     }
     paths.record.write_text(json.dumps(record))
-
-
-def write_token(workdir: Path, token: str) -> None:
-    """Keep the VM's agent token (mode 0600) for a controller that restarts."""
-    fd = os.open(workdir / "agent.token", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(token)
 
 
 def read_record(workdir: Path) -> dict[str, object] | None:
@@ -61,16 +52,13 @@ def vm_from_record(workdir: Path, *, backend: str) -> Vm | None:
         )
     except (OSError, ValueError, KeyError, HearthError):
         return None
-    token: str | None = None
-    with contextlib.suppress(OSError):
-        token = (workdir / "agent.token").read_text().strip() or None
     return Vm(
         id=str(record["id"]),
         spec=spec,
         backend=backend,
         state=VmState.READY,
         agent_url=record.get("agent_url"),
-        token=token,
+        token=read_token(workdir),
         pid=int(record.get("pid") or 0) or None,
         workdir=workdir,
         boot_mode=BootMode(record.get("boot_mode", "cold")),

@@ -1,0 +1,67 @@
+"""``Node``: the small interface the control plane holds a host that runs VMs by."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from hearth.vm.accel import Accel
+from hearth.vm.types import Vm, VmSpec, VmType
+
+
+class Node(Protocol):
+    """Runs, watches and ends VMs on one host; resolves the image of each VM type itself."""
+
+    @property
+    def vmm(self) -> str:
+        """The VMM this node runs VMs with ("qemu", "firecracker", …)."""
+        ...
+
+    @property
+    def accel(self) -> Accel:
+        """The accelerator its VMM uses, and why."""
+        ...
+
+    def check_image(self, vm_type: VmType) -> None:
+        """Raise ImageNotBuilt (naming the command that builds it) when no image serves
+        ``vm_type``; the control plane asks before it admits a VM."""
+        ...
+
+    def images_status(self) -> dict[str, str]:
+        """Per VM type: the image in use, or why there is none."""
+        ...
+
+    async def create(self, spec: VmSpec, *, vm_id: str, claim: bool = True) -> Vm:
+        """Boot a VM of ``spec`` with id ``vm_id``, ready (and claimed unless ``claim`` is off)."""
+        ...
+
+    async def claim(self, vm: Vm) -> str:
+        """Claim an unclaimed (pooled) VM with a fresh token of its own; returns it."""
+        ...
+
+    def alive(self, vm: Vm) -> bool:
+        """True while the VM's VMM process runs."""
+        ...
+
+    async def pause(self, vm: Vm) -> None:
+        """Stop the VM's vCPUs, keeping its memory."""
+        ...
+
+    async def resume(self, vm: Vm) -> None:
+        """Continue a paused VM."""
+        ...
+
+    async def destroy(self, vm: Vm) -> None:
+        """Tear the VM down, idempotently, leaving nothing behind."""
+        ...
+
+    async def list_running(self) -> list[Vm]:
+        """Every VM of this node whose VMM process is alive (for reconciliation)."""
+        ...
+
+    async def reap(self, keep: set[str]) -> list[str]:
+        """Remove every VM and leftover resource whose VM id is not in ``keep``."""
+        ...
+
+    def console_tail(self, vm: Vm, lines: int = 40) -> str:
+        """The last lines of the VM's serial console."""
+        ...

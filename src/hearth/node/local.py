@@ -1,0 +1,85 @@
+"""``LocalNode``: the node in the controller's own process — a VM backend and an image catalog."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from hearth.images.manifest import ImageDir
+from hearth.vm.accel import Accel
+from hearth.vm.backend import VmBackend
+from hearth.vm.types import Vm, VmSpec, VmType
+
+
+class ImageSource(Protocol):
+    """Resolves a VM type to the image it boots (``hearth.node.images.ImageCatalog``)."""
+
+    def image_for(self, vm_type: VmType) -> ImageDir:
+        """The image, or ImageNotBuilt."""
+        ...
+
+    def status(self) -> dict[str, str]:
+        """Per VM type: the image in use, or why there is none."""
+        ...
+
+
+class LocalNode:
+    """Implements ``hearth.node.interface.Node`` by calling a ``VmBackend`` in process."""
+
+    def __init__(self, backend: VmBackend, images: ImageSource) -> None:
+        self.backend = backend
+        self.images = images
+
+    @property
+    def vmm(self) -> str:
+        """The backend's name."""
+        return self.backend.name
+
+    @property
+    def accel(self) -> Accel:
+        """The backend's accelerator."""
+        return self.backend.accel
+
+    def check_image(self, vm_type: VmType) -> None:
+        """ImageNotBuilt unless an image serves ``vm_type``."""
+        self.images.image_for(vm_type)
+
+    def images_status(self) -> dict[str, str]:
+        """The catalog's status."""
+        return self.images.status()
+
+    async def create(self, spec: VmSpec, *, vm_id: str, claim: bool = True) -> Vm:
+        """Boot from the image of the spec's VM type."""
+        image = self.images.image_for(spec.vm_type)
+        return await self.backend.create(image, spec, vm_id=vm_id, claim=claim)
+
+    async def claim(self, vm: Vm) -> str:
+        """Claim through the backend."""
+        return await self.backend.claim(vm)
+
+    def alive(self, vm: Vm) -> bool:
+        """Ask the backend."""
+        return self.backend.alive(vm)
+
+    async def pause(self, vm: Vm) -> None:
+        """Pause through the backend."""
+        await self.backend.pause(vm)
+
+    async def resume(self, vm: Vm) -> None:
+        """Resume through the backend."""
+        await self.backend.resume(vm)
+
+    async def destroy(self, vm: Vm) -> None:
+        """Destroy through the backend."""
+        await self.backend.destroy(vm)
+
+    async def list_running(self) -> list[Vm]:
+        """The backend's running VMs."""
+        return await self.backend.list_running()
+
+    async def reap(self, keep: set[str]) -> list[str]:
+        """Reap through the backend."""
+        return await self.backend.reap(keep)
+
+    def console_tail(self, vm: Vm, lines: int = 40) -> str:
+        """The backend's console tail."""
+        return self.backend.console_tail(vm, lines)

@@ -1,0 +1,144 @@
+"""The composition root: Hearth's two halves built from ``Settings``, and torn down LIFO.
+
+    async with open_hearth(settings) as hearth:
+        hearth.control   # ControlPlane: store, vault, credentials, VM records, auth flow, metrics
+        hearth.node      # Node: the VM backend and images (in process today: LocalNode)
+
+Entered by ``hearth serve`` (the HTTP app's lifespan), the CLI's local commands, the benchmarks
+and the tests. Every part gets its dependencies in its constructor; nothing is patched in later.
+Each part that needs stopping registers its own teardown right after it is built, so a start
+that fails half-way stops exactly what it started; teardown runs every step, newest first,
+whatever an earlier one raised, and the store closes last.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from hearth import __version__
+from hearth.auth.flow import AuthFlow
+from hearth.config import Settings
+from hearth.control.bootstrap import ensure_admin_key, open_store
+from hearth.control.quotas import Quotas
+from hearth.control.vms import VmService
+from hearth.credentials.pullback import PullBack
+from hearth.credentials.service import CredentialService
+from hearth.credentials.vault import CredentialVault
+from hearth.logging import get_logger
+from hearth.metrics import ControllerMetrics
+from hearth.node.images import ImageCatalog
+from hearth.node.interface import Node
+from hearth.node.local import ImageSource, LocalNode
+from hearth.store import Store
+from hearth.teardown import Teardown
+from hearth.vm.backend import VmBackend
+from hearth.vm.select import open_backend
+from hearth.vm.types import VmType
+
+_log = get_logger("runtime")
+
+
+@dataclass(frozen=True)
+class ControlPlane:
+    """The half that decides: API state, logins, credentials, VM records; holds a Node."""
+
+    settings: Settings
+    store: Store
+    metrics: ControllerMetrics
+    credentials: CredentialService
+    vms: VmService
+    auth: AuthFlow
+    node: Node
+
+
+@dataclass(frozen=True)
+class Hearth:
+    """Both halves, running."""
+
+    control: ControlPlane
+    node: Node
+
+
+def open_node(
+    settings: Settings, *, backend: VmBackend | None = None, images: ImageSource | None = None
+) -> LocalNode:
+    """This host's node: the configured VMM (``HEARTH_VMM``; ConfigError naming why it cannot
+    run here) and the image catalog; tests and benchmarks may pass their own parts."""
+    return LocalNode(backend or open_backend(settings), images or ImageCatalog(settings))
+
+
+@asynccontextmanager
+async def open_hearth(
+    settings: Settings,
+    *,
+    backend: VmBackend | None = None,
+    images: ImageSource | None = None,
+    node: Node | None = None,
+    quotas: Quotas | None = None,
+    destroy_on_exit: bool = False,
+    monitor_interval_s: float = 1.0,
+) -> AsyncIterator[Hearth]:
+    """Build, recover and start everything; on exit stop it all (VMs keep running unless
+    ``destroy_on_exit``). Tests and benchmarks may pass their own backend and images, or a
+    whole node."""
+    async with Teardown() as teardown:
+        node = node or open_node(settings, backend=backend, images=images)
+        store = await open_store(settings)
+        teardown.push("close the store", store.close)
+        await ensure_admin_key(store, settings)
+        metrics = ControllerMetrics()
+        vault = CredentialVault.load(settings.state_dir, master_key=settings.master_key)
+        credentials = CredentialService(store, vault)
+        vms = VmService(
+            settings=settings,
+            store=store,
+            node=node,
+            metrics=metrics,
+            quotas=quotas or Quotas.from_settings(settings),
+            pool_sizes={VmType.CLI: settings.pool_cli, VmType.BROWSER: settings.pool_browser},
+            before_destroy=[PullBack(store, credentials).before_destroy],
+        )
+        teardown.push(
+            "stop the VM service", functools.partial(vms.shutdown, destroy_vms=destroy_on_exit)
+        )
+        auth = AuthFlow(settings=settings, store=store, vms=vms, credentials=credentials)
+        teardown.push("stop the login flows", auth.shutdown)
+        await vms.reconcile()
+        await auth.recover()
+        if vms.pool is not None:
+            vms.pool.start()
+            teardown.push("stop the warm pool", vms.pool.stop)
+        monitor = asyncio.create_task(vms.monitor(monitor_interval_s))
+        teardown.push("stop the VM monitor", functools.partial(_cancel, monitor))
+        control = ControlPlane(
+            settings=settings,
+            store=store,
+            metrics=metrics,
+            credentials=credentials,
+            vms=vms,
+            auth=auth,
+            node=node,
+        )
+        _log.info(
+            "controller_started", version=__version__, vmm=node.vmm, store=store.url_for_log()
+        )
+        if settings.browser_devtools:
+            _log.warning(
+                "browser_devtools_forwarded",
+                message="HEARTH_BROWSER_DEVTOOLS=1: every Browser VM's DevTools is forwarded to a "
+                "loopback port, where any local process can drive the login browser (benchmarks "
+                "and tests only)",
+            )
+        yield Hearth(control=control, node=node)
+    _log.info("controller_stopped")
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

@@ -1,0 +1,165 @@
+"""Status tables: rows keyed by ``id`` whose status moves only by compare-and-set."""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Callable, Collection, Mapping
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
+
+from sqlalchemy import Table, select
+from sqlalchemy.exc import IntegrityError
+
+from hearth.errors import Conflict, HearthError, InvalidInput, NotFound
+from hearth.store.repositories._base import (
+    Coerce,
+    Repository,
+    check_fields,
+    compare_and_set,
+    enum_members,
+    expected_statuses,
+    found,
+    to_record,
+)
+
+S = TypeVar("S", bound=StrEnum)
+
+
+class StatusRecord(Protocol):
+    """What every status table's record has: an id, an owner (and, being a dataclass, fields)."""
+
+    __dataclass_fields__: ClassVar[dict[str, Any]]
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def user_id(self) -> str: ...
+
+
+R = TypeVar("R", bound=StatusRecord)
+
+
+class StatusRepository(Repository, Generic[R, S]):
+    """Reads, updates and moves the rows of one status table (VMs, auth sessions).
+
+    A subclass names, in its class line, its table, record type, status enum, the noun its
+    messages use, the fields ``update``/``transition`` may set and its transition table's check
+    (whose refusal becomes a Conflict); it says what entering a status stamps (``_stamp_move``).
+    """
+
+    _table: Table
+    _record_type: type[R]
+    _status_type: type[S]
+    _what: str
+    _updatable: Mapping[str, Coerce]
+    _check: Callable[[str, S, S], None]
+
+    def __init_subclass__(
+        cls,
+        *,
+        table: Table,
+        record: type[R],
+        status: type[S],
+        what: str,
+        updatable: Mapping[str, Coerce],
+        check: Callable[[str, S, S], None],
+        **kwargs: Any,
+    ) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._table, cls._record_type, cls._status_type = table, record, status
+        cls._what, cls._updatable, cls._check = what, updatable, staticmethod(check)
+
+    def _check_move(self, row_id: str, old: S, new: S) -> None:
+        """Conflict if the transition table forbids moving ``row_id`` from ``old`` to ``new``."""
+        try:
+            self._check(row_id, old, new)
+        except Conflict:
+            raise
+        except HearthError as exc:
+            raise Conflict(exc.message) from exc
+
+    def _stamp_move(self, values: dict[str, object], new: S, now: datetime) -> None:
+        """Add the timestamps that entering ``new`` sets; ``updated_at`` is always stamped."""
+
+    async def _explain_other_failure(self, record: R, exc: IntegrityError) -> None:
+        """Raise the error for a refused insert that is neither a missing user nor a taken id
+        (a table's own constraints); returning gives the generic InvalidInput."""
+
+    async def insert(self, record: R) -> R:
+        """Store a new row: NotFound if its user does not exist, Conflict if its id is taken,
+        else whatever the table's own constraints say (``_explain_other_failure``)."""
+        try:
+            return await self._insert_record(self._table, record)
+        except IntegrityError as exc:
+            await self._raise_if_user_missing(record.user_id, exc)
+            await self._raise_if_id_taken(self._table, record.id, what=self._what, exc=exc)
+            await self._explain_other_failure(record, exc)
+            raise InvalidInput(
+                f"{self._what} {record.id} violates a constraint of the store"
+            ) from exc
+
+    async def get(self, row_id: str) -> R:
+        """The row ``row_id``; NotFound if there is none."""
+        row = await self._read_one(select(self._table).where(self._table.c.id == row_id))
+        return found(self._record_type, row, f"{self._what} {row_id} does not exist")
+
+    async def list(
+        self, *, user_id: str | None = None, statuses: Collection[S] | None = None
+    ) -> builtins.list[R]:
+        """Rows, oldest first, optionally only ``user_id``'s and only in ``statuses``."""
+        table = self._table
+        statement = select(table).order_by(table.c.created_at, table.c.id)
+        if user_id is not None:
+            statement = statement.where(table.c.user_id == user_id)
+        if statuses is not None:
+            wanted = enum_members(self._status_type, statuses)
+            statement = statement.where(table.c.status.in_(wanted))
+        return await self._read_records(self._record_type, statement)
+
+    async def transition(
+        self, row_id: str, expected: S | Collection[S], new: S, **fields: object
+    ) -> R:
+        """Move ``row_id`` from one of ``expected`` to ``new`` (and set ``fields``) atomically.
+
+        Exactly one of several racing callers wins; the others get Conflict naming the status
+        they found. A move the transition table forbids is a Conflict too, raised before the
+        database is touched. Every move stamps ``updated_at``.
+        """
+        values = check_fields(self._what, self._updatable, fields)
+        olds = expected_statuses(self._status_type, expected)
+        [new] = enum_members(self._status_type, [new])
+        for old in olds:
+            self._check_move(row_id, old, new)
+        now = self._clock()
+        self._stamp_move(values, new, now)
+        values.update(status=new, updated_at=now)
+        try:
+            async with self._engine.begin() as conn:
+                row = await compare_and_set(
+                    conn, self._table, what=self._what, row_id=row_id, expected=olds, values=values
+                )
+        except IntegrityError as exc:
+            _raise_if_owner_unknown(values, exc)
+            raise
+        return to_record(self._record_type, row)
+
+    async def update(self, row_id: str, **fields: object) -> R:
+        """Set non-status ``fields`` of ``row_id``; the status changes only through transition."""
+        if "status" in fields:
+            raise InvalidInput(f"{self._what} status changes only through transition()")
+        values = check_fields(self._what, self._updatable, fields)
+        values["updated_at"] = self._clock()
+        try:
+            row = await self._update_by_id(self._table, row_id, values)
+        except IntegrityError as exc:
+            _raise_if_owner_unknown(values, exc)
+            raise
+        return found(self._record_type, row, f"{self._what} {row_id} does not exist")
+
+
+def _raise_if_owner_unknown(values: dict[str, object], exc: IntegrityError) -> None:
+    # Checked values leave only the owner's foreign key to violate.
+    if "user_id" in values:
+        raise NotFound(f"user {values['user_id']} does not exist") from exc

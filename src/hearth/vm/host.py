@@ -1,0 +1,95 @@
+"""Host-side facts and chores every VM backend shares: ids, loopback ports, disk use, and the
+identity and stopping of the VMM processes it started."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+from hearth.vm.readiness import Deadline
+
+STOP_GRACE_S = 3.0
+TOKEN_FILE = "agent.token"  # noqa: S105 (a file name)
+
+
+def new_vm_id() -> str:
+    """A fresh VM id (also a valid Firecracker id: letters, digits, hyphens, at most 64)."""
+    return f"vm-{uuid.uuid4()}"
+
+
+def free_local_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def bytes_on_disk(path: Path) -> int:
+    """Bytes a file really occupies (sparse-aware); 0 when it does not exist."""
+    try:
+        return path.stat().st_blocks * 512
+    except FileNotFoundError:
+        return 0
+
+
+def write_token(workdir: Path, token: str) -> None:
+    """Keep the VM's agent token (0600, in its work dir) for a controller that restarts."""
+    fd = os.open(workdir / TOKEN_FILE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(token)
+
+
+def read_token(workdir: Path) -> str | None:
+    """The token ``write_token`` kept, if any."""
+    try:
+        return (workdir / TOKEN_FILE).read_text().strip() or None
+    except OSError:
+        return None
+
+
+def live_args(pid: int) -> list[str] | None:
+    """The arguments of process ``pid`` while it lives (a zombie does not); None otherwise."""
+    if pid <= 0:
+        return None
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    if stat.rsplit(")", 1)[-1].split()[0] == "Z":
+        return None
+    return [arg.decode(errors="replace") for arg in cmdline.split(b"\0") if arg]
+
+
+async def stop_child(proc: asyncio.subprocess.Process, *, grace_s: float = STOP_GRACE_S) -> int:
+    """SIGTERM a child, SIGKILL it after ``grace_s``; return its exit status (idempotent)."""
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), grace_s)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+    return await proc.wait()
+
+
+async def stop_pid(pid: int, ours: Callable[[], bool], *, grace_s: float = STOP_GRACE_S) -> None:
+    """Stop a process that is not our child (found again after a controller restart) by PID,
+    only while ``ours()`` says it still is the VMM we started (not a reused PID)."""
+    if not ours():
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = Deadline.after(grace_s)
+    while ours() and not deadline.expired:
+        await asyncio.sleep(0.05)
+    if ours():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)

@@ -1,0 +1,51 @@
+"""The network namespaces of QEMU VMs in network mode ``netns``: one pool slot per VM."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hearth.network.namespace import NetworkSlot, create_namespace, delete_namespace, names_for
+from hearth.network.pool import SlotPool
+
+
+class QemuNetworks:
+    """Claims a slot and builds a namespace per VM; frees both, also after a restart."""
+
+    def __init__(self, *, cidr: str, claims_dir: Path) -> None:
+        self.pool = SlotPool(cidr=cidr, claims_dir=claims_dir)
+        self._networks: dict[str, NetworkSlot] = {}
+
+    def create(self, vm_id: str) -> NetworkSlot:
+        """A slot and a namespace for ``vm_id``; neither stays if the namespace fails."""
+        slot = self.pool.claim(vm_id)
+        try:
+            network = create_namespace(vm_id, slot)
+        except BaseException:
+            self.pool.release(slot.index, vm_id)
+            raise
+        self._networks[vm_id] = network
+        return network
+
+    def delete(self, vm_id: str, record: dict[str, object] | None) -> None:
+        """Remove the VM's namespace and free its slot; ``record`` names the slot of a VM
+        this process did not create (found again after a restart)."""
+        network = self._networks.pop(vm_id, None)
+        if network is None and record and record.get("slot") is not None:
+            network = self._slot_network(vm_id, int(str(record["slot"])))
+        if network is not None:
+            delete_namespace(network)
+            self.pool.release(network.slot.index, vm_id)
+
+    def reap(self, keep: set[str]) -> list[str]:
+        """Delete the namespace and free the slot of every owner not in ``keep``."""
+        reaped = []
+        for index, owner in self.pool.claims().items():
+            if owner not in keep:
+                delete_namespace(self._slot_network(owner, index))
+                self.pool.release(index, owner)
+                reaped.append(owner)
+        return reaped
+
+    def _slot_network(self, vm_id: str, index: int) -> NetworkSlot:
+        netns, host_veth = names_for(vm_id)
+        return NetworkSlot(netns=netns, host_veth=host_veth, slot=self.pool.addresses(index))

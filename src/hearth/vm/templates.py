@@ -1,0 +1,197 @@
+"""Snapshot template store: saved VMs under one root dir, each built at most once per key.
+
+A template is a directory named by its key that holds the files its backend's clones restore
+from, ``template.json`` (key, origin, build time and whatever the build reported) and an empty
+``COMPLETE`` marker. A build runs in a staging dir ``.<key>-*`` under an asyncio lock (one
+build per key in this process) and an fcntl lock on ``.<key>.lock`` (one across processes); the
+staging dir is renamed into place only once complete, so a half-built template is never seen.
+A new template of an origin (image + size) replaces the older ones of that origin. Each backend
+subclasses ``SnapshotTemplate`` to name its files and ``SnapshotTemplateStore`` to pick it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import hashlib
+import json
+import shutil
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Generic, TypeVar, overload
+
+from hearth.errors import SnapshotError
+from hearth.logging import get_logger
+
+_log = get_logger("vm.templates")
+
+# Builds a template into the given staging dir: boot, wait healthy, save its files there;
+# returns extra metadata for template.json, or None.
+TemplateBuilder = Callable[[Path], Awaitable[Mapping[str, Any] | None]]
+
+
+class TemplateFile:
+    """One file of a template, declared on its class: ``disk = TemplateFile("disk.ext4")``.
+
+    Read on a template it is the file's path. ``frozen`` files are made read-only once built:
+    clones layer on them or map them, so they must never change.
+    """
+
+    def __init__(self, name: str, *, frozen: bool = True) -> None:
+        self.name = name
+        self.frozen = frozen
+
+    @overload
+    def __get__(self, template: None, owner: type[Any]) -> TemplateFile: ...
+
+    @overload
+    def __get__(self, template: SnapshotTemplate, owner: type[Any]) -> Path: ...
+
+    def __get__(self, template: SnapshotTemplate | None, owner: type[Any]) -> TemplateFile | Path:
+        return self if template is None else template.directory / self.name
+
+
+@dataclass(frozen=True)
+class SnapshotTemplate:
+    """A saved template ready to be restored; subclasses declare its ``TemplateFile``s."""
+
+    key: str
+    directory: Path
+
+    @classmethod
+    def files(cls) -> list[TemplateFile]:
+        """The files every complete template of this kind holds."""
+        found: dict[str, TemplateFile] = {}
+        for klass in reversed(cls.__mro__):
+            found |= {k: v for k, v in vars(klass).items() if isinstance(v, TemplateFile)}
+        return list(found.values())
+
+    def is_complete(self) -> bool:
+        """Whether the build finished: marked COMPLETE and holding all of its files."""
+        if not (self.directory / "COMPLETE").exists():
+            return False
+        return all((self.directory / f.name).exists() for f in self.files())
+
+
+TemplateT = TypeVar("TemplateT", bound=SnapshotTemplate)
+
+
+def file_identity(path: Path) -> list[Any]:
+    """What tells one file from its replacement, for key material: path, inode, size, mtime."""
+    st = path.stat()
+    return [str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns]
+
+
+def template_key_of(material: Mapping[str, Any]) -> str:
+    """A template key: a short digest of everything a clone must share with its template."""
+    return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:20]
+
+
+class SnapshotTemplateStore(Generic[TemplateT]):
+    """Templates on disk under one root, built at most once per key (across processes too)."""
+
+    # The kind of template this store holds; each backend's store sets it.
+    template_class: type[TemplateT]
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def lookup(self, key: str) -> TemplateT | None:
+        """The complete template for ``key``, if there is one."""
+        template = self.template_class(key, self.root / key)
+        return template if template.is_complete() else None
+
+    async def ensure(
+        self, key: str, *, origin: str, build: TemplateBuilder
+    ) -> tuple[TemplateT, bool]:
+        """The template for ``key``, building it first if needed; returns it and whether built.
+
+        ``origin`` names what the template was made from (image + size): once built, older
+        templates of the same origin are removed.
+        """
+        found = self.lookup(key)
+        if found:
+            return found, False
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            found = self.lookup(key)
+            if found:
+                return found, False
+            self.root.mkdir(parents=True, exist_ok=True)
+            with self._lock_path(key).open("w") as lock_file:
+                await asyncio.to_thread(fcntl.flock, lock_file, fcntl.LOCK_EX)
+                try:
+                    found = self.lookup(key)
+                    if found:
+                        return found, False
+                    return await self._build(key, origin=origin, build=build), True
+                finally:
+                    fcntl.flock(lock_file, fcntl.LOCK_UN)
+
+    def abandoned_builds(self) -> list[Path]:
+        """Staging dirs of template builds that nobody is running (their builder died)."""
+        if not self.root.is_dir():
+            return []
+        found = []
+        for staging in sorted(self.root.glob(".*-*")):
+            if not staging.is_dir():
+                continue
+            key = staging.name[1:].rsplit("-", 1)[0]
+            with self._lock_path(key).open("w") as lock_file:
+                try:
+                    fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # its build is running
+                fcntl.flock(lock_file, fcntl.LOCK_UN)
+            found.append(staging)
+        return found
+
+    def discard(self, template: TemplateT) -> None:
+        """Remove a template (e.g. one that failed to restore) so the next create rebuilds it."""
+        shutil.rmtree(template.directory, ignore_errors=True)
+        _log.warning("template_discarded", key=template.key)
+
+    def _lock_path(self, key: str) -> Path:
+        return self.root / f".{key}.lock"
+
+    async def _build(self, key: str, *, origin: str, build: TemplateBuilder) -> TemplateT:
+        """Build into a staging dir, freeze and describe it, then rename it into place."""
+        staging = Path(tempfile.mkdtemp(dir=self.root, prefix=f".{key}-"))
+        started = time.monotonic()
+        try:
+            meta = await build(staging)
+            for file in self.template_class.files():
+                path = staging / file.name
+                if not path.exists():
+                    raise SnapshotError(f"template {key}: the build left no {file.name}")
+                if file.frozen:
+                    path.chmod(0o444)
+            (staging / "template.json").write_text(
+                json.dumps({**(meta or {}), "key": key, "origin": origin, "built_at": time.time()})
+            )
+            (staging / "COMPLETE").write_text("")
+            staging.rename(self.root / key)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        _log.info("template_built", key=key, duration_s=round(time.monotonic() - started, 2))
+        self._prune(keep=key, origin=origin)
+        return self.template_class(key, self.root / key)
+
+    def _prune(self, *, keep: str, origin: str) -> None:
+        """Remove older templates of the same origin (image + size) that nothing restores now."""
+        for directory in self.root.iterdir():
+            if directory.name == keep or not (directory / "template.json").exists():
+                continue
+            try:
+                meta = json.loads((directory / "template.json").read_text())
+            except (OSError, ValueError):
+                continue
+            if meta.get("origin") == origin:
+                # Running clones keep their files open; removal only drops the names.
+                shutil.rmtree(directory, ignore_errors=True)
+                _log.info("template_pruned", key=directory.name)

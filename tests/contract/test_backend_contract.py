@@ -1,0 +1,116 @@
+"""What every ``VmBackend`` must do, as the control plane relies on it (``hearth.vm.backend``).
+
+Each test runs against the fake, QEMU (real VMs) and Firecracker (where it can run): the fake is
+held to the same rules as the real backends, so tests of the code above the seam that use it
+prove something about the product.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from hearth.errors import VmError
+from hearth.vm.backend import VmBackend
+from hearth.vm.types import BootMode, VmState
+from tests.contract.conftest import Contract
+
+pytestmark = pytest.mark.slow
+
+
+def test_the_backend_is_a_vm_backend(contract: Contract) -> None:
+    assert isinstance(contract.backend, VmBackend)
+    assert contract.backend.name
+    assert contract.backend.accel.name in ("kvm", "tcg")
+
+
+async def test_a_created_vm_is_ready_claimed_alive_and_listed_until_destroyed(
+    contract: Contract,
+) -> None:
+    backend = contract.backend
+    vm = await backend.create(contract.image, contract.spec)
+    assert vm.state is VmState.READY
+    assert vm.token, "a VM created with claim=True carries its own token"
+    assert vm.ready_at is not None
+    assert backend.alive(vm)
+    assert vm.id in {running.id for running in await backend.list_running()}
+    assert isinstance(backend.console_tail(vm, 5), str)
+
+    await backend.destroy(vm)
+    assert vm.state is VmState.DESTROYED
+    assert not backend.alive(vm)
+    assert vm.id not in {running.id for running in await backend.list_running()}
+    await asyncio.wait_for(backend.wait_exit(vm), 10)  # returns at once for an ended VM
+    await backend.destroy(vm)  # idempotent
+    assert vm.state is VmState.DESTROYED
+
+
+async def test_two_vms_get_their_own_ids_and_tokens(contract: Contract) -> None:
+    backend = contract.backend
+    first, second = await asyncio.gather(
+        backend.create(contract.image, contract.spec),
+        backend.create(contract.image, contract.spec),
+    )
+    try:
+        assert first.id != second.id
+        assert first.token != second.token
+    finally:
+        await backend.destroy(first)
+        await backend.destroy(second)
+
+
+async def test_an_unclaimed_vm_is_claimed_once(contract: Contract) -> None:
+    backend = contract.backend
+    vm = await backend.create(contract.image, contract.spec, claim=False)
+    try:
+        assert vm.state is VmState.READY
+        assert vm.token is None, "a pooled VM carries no token until it is handed out"
+        token = await backend.claim(vm)
+        assert token
+        assert vm.token == token
+        with pytest.raises(VmError, match="already claimed"):
+            await backend.claim(vm)
+        assert vm.token == token
+    finally:
+        await backend.destroy(vm)
+
+
+async def test_pause_and_resume_move_the_vm_and_keep_it_alive(contract: Contract) -> None:
+    backend = contract.backend
+    vm = await backend.create(contract.image, contract.spec)
+    try:
+        await backend.pause(vm)
+        assert vm.state is VmState.PAUSED
+        assert backend.alive(vm)
+        await backend.resume(vm)
+        assert vm.state is VmState.READY
+        assert backend.alive(vm)
+    finally:
+        await backend.destroy(vm)
+
+
+async def test_a_cold_boot_is_a_cold_boot(contract: Contract) -> None:
+    backend = contract.backend
+    vm = await backend.create(contract.image, contract.spec, boot_mode=BootMode.COLD)
+    try:
+        assert vm.boot_mode is BootMode.COLD
+        assert vm.state is VmState.READY
+    finally:
+        await backend.destroy(vm)
+
+
+async def test_reap_destroys_what_is_not_kept_and_keeps_the_rest(contract: Contract) -> None:
+    backend = contract.backend
+    kept = await backend.create(contract.image, contract.spec)
+    stray = await backend.create(contract.image, contract.spec)
+    try:
+        reaped = await backend.reap(keep={kept.id})
+        assert stray.id in reaped
+        assert kept.id not in reaped
+        running = {vm.id for vm in await backend.list_running()}
+        assert kept.id in running
+        assert stray.id not in running
+    finally:
+        await backend.destroy(kept)
+        await backend.destroy(stray)

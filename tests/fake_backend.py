@@ -1,0 +1,145 @@
+"""``FakeBackend``: a ``VmBackend`` in memory, for tests of the code above the VM seam.
+
+Its VMs are records in a dict: ready at once (or when ``hold`` is set), "claimed" with a token
+of their own, alive until destroyed or ``kill``-ed. They have no agent: tests of what needs one
+(the auth flow's stages) give the fake an agent of their own. The contract suite
+(``tests/contract``) holds it to the same rules as the real backends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+
+from hearth.errors import InvalidInput, VmError
+from hearth.images.manifest import ImageDir
+from hearth.vm.accel import Accel
+from hearth.vm.host import new_vm_id
+from hearth.vm.types import BootMode, Vm, VmSpec, VmState
+
+
+class FakeBackend:
+    """VMs that live in a dict. ``hold`` (when set) makes every create wait for it; ``fail_next``
+    makes the next create fail with that error; ``kill`` ends a VM as a dying VMM would."""
+
+    name = "fake"
+    accel = Accel("tcg", "fake backend for tests")
+
+    def __init__(self) -> None:
+        self.running: dict[str, Vm] = {}
+        self.destroyed: list[str] = []
+        self.created: list[str] = []
+        self.hold: asyncio.Event | None = None
+        self.fail_next: Exception | None = None
+        self._exits: dict[str, asyncio.Event] = {}
+
+    async def create(
+        self,
+        image: ImageDir,
+        spec: VmSpec,
+        *,
+        vm_id: str | None = None,
+        boot_mode: BootMode | None = None,
+        claim: bool = True,
+    ) -> Vm:
+        """A ready VM (after ``hold``, if set); claimed unless ``claim`` is False."""
+        vm = Vm(
+            id=vm_id or new_vm_id(),
+            spec=spec,
+            backend=self.name,
+            boot_mode=BootMode.COLD if boot_mode is BootMode.COLD else BootMode.RESTORE,
+        )
+        if vm.id in self.running:
+            raise InvalidInput(f"VM {vm.id} already exists")
+        self.running[vm.id] = vm
+        self._exits[vm.id] = asyncio.Event()
+        try:
+            vm.move_to(VmState.BOOTING)
+            if self.hold is not None:
+                await self.hold.wait()
+            if self.fail_next is not None:
+                error, self.fail_next = self.fail_next, None
+                raise error
+            if claim:
+                vm.token = secrets.token_urlsafe(32)
+            vm.ready_at = time.time()
+            vm.time_to_healthy_s = 0.0
+            vm.move_to(VmState.READY)
+        except BaseException as exc:
+            vm.error = str(exc) or type(exc).__name__
+            vm.move_to(VmState.FAILED)
+            await self.destroy(vm)
+            raise
+        self.created.append(vm.id)
+        return vm
+
+    async def claim(self, vm: Vm) -> str:
+        """A fresh token for an unclaimed VM."""
+        if vm.token is not None:
+            raise VmError(f"VM {vm.id} is already claimed")
+        if not self.alive(vm):
+            raise VmError(f"VM {vm.id} is not running")
+        vm.token = secrets.token_urlsafe(32)
+        return vm.token
+
+    def alive(self, vm: Vm) -> bool:
+        """Whether the VM was created and neither destroyed nor killed."""
+        return vm.id in self.running
+
+    def kill(self, vm_id: str) -> None:
+        """End a VM as a VMM that dies would: no longer alive, its exit seen."""
+        vm = self.running.pop(vm_id)
+        if vm.state not in (VmState.STOPPING, VmState.DESTROYED, VmState.FAILED):
+            vm.error = f"VM {vm_id}: the fake VMM was killed"
+            vm.move_to(VmState.FAILED)
+        self._exits[vm_id].set()
+
+    async def wait_exit(self, vm: Vm) -> None:
+        """Return once the VM is gone."""
+        exited = self._exits.get(vm.id)
+        if exited is not None:
+            await exited.wait()
+
+    async def pause(self, vm: Vm) -> None:
+        """Mark the VM paused."""
+        self._running(vm).move_to(VmState.PAUSED)
+
+    async def resume(self, vm: Vm) -> None:
+        """Mark the VM ready again."""
+        self._running(vm).move_to(VmState.READY)
+
+    async def destroy(self, vm: Vm) -> None:
+        """Forget the VM (idempotent); every call is recorded."""
+        if vm.state is VmState.DESTROYED:
+            return
+        if vm.state is not VmState.STOPPING:
+            vm.move_to(VmState.STOPPING)
+        self.destroyed.append(vm.id)
+        self.running.pop(vm.id, None)
+        if vm.id in self._exits:
+            self._exits[vm.id].set()
+        vm.move_to(VmState.DESTROYED)
+
+    async def list_running(self) -> list[Vm]:
+        """The VMs alive now (a fake's VMs do not outlive its process)."""
+        return list(self.running.values())
+
+    async def reap(self, keep: set[str]) -> list[str]:
+        """Destroy every running VM not in ``keep``."""
+        reaped = []
+        for vm in list(self.running.values()):
+            if vm.id not in keep:
+                vm.state = VmState.FAILED
+                await self.destroy(vm)
+                reaped.append(vm.id)
+        return sorted(reaped)
+
+    def console_tail(self, vm: Vm, lines: int = 40) -> str:
+        """A fake has no console."""
+        return ""
+
+    def _running(self, vm: Vm) -> Vm:
+        if not self.alive(vm):
+            raise VmError(f"VM {vm.id} is not running")
+        return vm

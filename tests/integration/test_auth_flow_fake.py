@@ -1,0 +1,374 @@
+"""The auth flow end to end in process: the real controller, store and OAuth server, fake VMs.
+
+Every VM of ``AgentBackend`` runs a real agent on loopback, so the flow's stages are the real
+ones: the Browser VM's agent runs the ``oidc`` login against the test OAuth server, a scripted
+user (``SignInBrowser``) signs in at the authorize URL the session reports, and the credentials
+are captured, sealed in the store and delivered into the CLI VM's agent. Each case checks the
+session's ending through the API, that the Browser VM is gone with its agent, and what is left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from hearth.config import Settings
+from hearth.errors import VmError
+from hearth.vm.types import VmType
+from tests.agent_backend import AgentBackend
+from tests.integration.api_fixtures import Api, running_api
+from tests.integration.conftest import AgentLauncher
+from tests.integration.oidc_fixtures import *  # noqa: F403
+from tests.integration.oidc_fixtures import OidcServer, SignInBrowser
+from tests.integration.store_fixtures import *  # noqa: F403
+
+USER = "ada"
+PROVIDER = "oidc"
+# Generous against a busy machine; every wait below ends as soon as its condition holds.
+WAIT_DEADLINE_S = 20.0
+TERMINAL = {"completed", "failed", "timeout", "cancelled"}
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+        assert isinstance(port, int)
+        return port
+
+
+def port_accepts(port: int) -> bool:
+    """Whether something listens on 127.0.0.1:``port``."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def flow_settings(database_url: str, tmp_path: Path, oidc_server: OidcServer) -> Settings:
+    """Settings for logins against the test OAuth server, no egress proxy, short deadlines."""
+    return Settings.from_env(
+        {
+            "HEARTH_STATE_DIR": str(tmp_path / "state"),
+            "HEARTH_DATABASE_URL": database_url,
+            "HEARTH_OIDC_ISSUER": oidc_server.issuer,
+            "HEARTH_OIDC_CLIENT_ID": oidc_server.client_id,
+            "HEARTH_OIDC_CALLBACK_PORT": str(free_port()),
+            "HEARTH_LOGIN_EGRESS": "off",
+            "HEARTH_LOGIN_TIMEOUT_S": "15",
+        }
+    ).with_overrides(cli_vm_timeout_s=10.0, browser_vm_timeout_s=10.0)
+
+
+@pytest.fixture
+def vm_backend(agent_launcher: AgentLauncher) -> AgentBackend:
+    """Fake VMs with real agents; the launcher's teardown proves no agent is left running."""
+    return AgentBackend(agent_launcher)
+
+
+class Login:
+    """One user's view of the auth API: start, watch, cancel; and the VMs behind a session."""
+
+    def __init__(self, api: Api, backend: AgentBackend, key: str) -> None:
+        self.api = api
+        self.backend = backend
+        self.headers = api.headers(key)
+
+    @classmethod
+    @asynccontextmanager
+    async def running(
+        cls, settings: Settings, backend: AgentBackend, images_root: Path
+    ) -> AsyncIterator[Login]:
+        """The controller in process over ``backend``, and a key for USER."""
+        async with running_api(settings, backend, images_root) as api:
+            yield cls(api, backend, await api.user_key(USER))
+
+    async def start(self) -> str:
+        """``POST /api/auth/start`` for PROVIDER; the session id."""
+        response = await self.api.client.post(
+            "/api/auth/start", json={"provider": PROVIDER}, headers=self.headers
+        )
+        assert response.status_code == 202, response.text
+        session_id = response.json()["sessionId"]
+        assert isinstance(session_id, str)
+        return session_id
+
+    async def session(self, session_id: str) -> dict[str, Any]:
+        """``GET /api/auth/session/{id}``."""
+        response = await self.api.client.get(
+            f"/api/auth/session/{session_id}", headers=self.headers
+        )
+        assert response.status_code == 200, response.text
+        session: dict[str, Any] = response.json()["session"]
+        return session
+
+    async def wait_for(self, session_id: str, statuses: set[str]) -> dict[str, Any]:
+        """The session once its status is one of ``statuses``; fails if it ends elsewhere."""
+        deadline = time.monotonic() + WAIT_DEADLINE_S
+        while True:
+            session = await self.session(session_id)
+            if session["status"] in statuses:
+                return session
+            if session["status"] in TERMINAL or time.monotonic() > deadline:
+                pytest.fail(f"session did not reach {sorted(statuses)}: {session}")
+            await asyncio.sleep(0.05)
+
+    async def cancel(self, session_id: str) -> dict[str, Any]:
+        """``POST /api/auth/session/{id}/cancel``; the session it returns."""
+        response = await self.api.client.post(
+            f"/api/auth/session/{session_id}/cancel", headers=self.headers
+        )
+        assert response.status_code == 200, response.text
+        session: dict[str, Any] = response.json()["session"]
+        return session
+
+    async def credential(self) -> dict[str, Any]:
+        """What ``GET /api/credentials/{user}`` says of PROVIDER."""
+        response = await self.api.client.get(f"/api/credentials/{USER}", headers=self.headers)
+        assert response.status_code == 200, response.text
+        (entry,) = [c for c in response.json()["credentials"] if c["provider"] == PROVIDER]
+        assert isinstance(entry, dict)
+        return entry
+
+    def assert_browser_vm_gone(self, session: dict[str, Any]) -> None:
+        """The session's Browser VM was destroyed and its agent process reaped."""
+        browser_id = session["browser_vm_id"]
+        assert browser_id is not None, session
+        assert browser_id not in self.backend.running
+        assert browser_id in self.backend.destroyed
+        assert self.backend.agent(browser_id).process.poll() is not None
+        assert browser_id not in self.backend.running_agents()
+
+    def assert_only_cli_vm_left(self, session: dict[str, Any]) -> None:
+        """Nothing runs but the user's CLI VM and its agent (the flow keeps that one)."""
+        cli_id = session["vm_id"]
+        assert cli_id is not None, session
+        assert set(self.backend.running) == {cli_id}
+        assert self.backend.running_agents() == {cli_id}
+
+
+def sign_in(authorize_url: str) -> httpx.Response:
+    """The user signs in at ``authorize_url`` and consents; the agent's callback page."""
+    with SignInBrowser() as browser:
+        return browser.consent(browser.sign_in(authorize_url))
+
+
+@pytest.fixture
+async def login(
+    flow_settings: Settings, vm_backend: AgentBackend, tmp_path: Path
+) -> AsyncIterator[Login]:
+    """The controller with the default (roomy) deadlines."""
+    async with Login.running(flow_settings, vm_backend, tmp_path / "image") as running:
+        yield running
+
+
+@pytest.fixture
+def callback_port(flow_settings: Settings) -> int:
+    """The port the Browser VM's agent takes the OAuth redirect on."""
+    return flow_settings.oidc_callback_port
+
+
+# --- the whole login ------------------------------------------------------------------------
+
+
+async def test_login_completes_and_delivers_the_captured_document_into_the_cli_vm(
+    login: Login, oidc_server: OidcServer, callback_port: int
+) -> None:
+    session_id = await login.start()
+    waiting = await login.wait_for(session_id, {"awaiting_user"})
+    assert waiting["login_url"].startswith(f"{oidc_server.issuer}/")
+    assert port_accepts(callback_port)
+
+    landing = await asyncio.to_thread(sign_in, waiting["login_url"])
+
+    assert "You can close this window" in landing.text
+    session = await login.wait_for(session_id, TERMINAL)
+    assert (session["status"], session["error_message"]) == ("completed", None)
+    stored = await login.credential()
+    assert stored["present"] is True
+    assert stored["source"] == "captured"
+    assert stored["delivered_to"] == session["vm_id"]
+    cli_agent = login.backend.agent(session["vm_id"])
+    with cli_agent.client(cli_agent.token) as agent:
+        in_vm = agent.get(f"/credentials/{PROVIDER}", params={"content": "true"}).json()
+    assert in_vm["sha256"] == stored["sha256"]
+    assert in_vm["document"]["issuer"] == oidc_server.issuer
+    login.assert_browser_vm_gone(session)
+    login.assert_only_cli_vm_left(session)
+    assert not port_accepts(callback_port)
+
+
+# --- how a login ends without credentials ----------------------------------------------------
+
+
+async def test_user_who_never_signs_in_times_the_session_out_and_the_browser_vm_goes(
+    flow_settings: Settings, vm_backend: AgentBackend, tmp_path: Path
+) -> None:
+    settings = flow_settings.with_overrides(login_timeout_s=1.0)
+    async with Login.running(settings, vm_backend, tmp_path / "image") as login:
+        session_id = await login.start()
+        await login.wait_for(session_id, {"awaiting_user"})
+
+        session = await login.wait_for(session_id, TERMINAL)
+
+        assert session["status"] == "timeout"
+        assert session["error_message"] == "timed out after 1 s waiting for the user to log in"
+        assert (await login.credential())["present"] is False
+        login.assert_browser_vm_gone(session)
+        login.assert_only_cli_vm_left(session)
+        assert not port_accepts(settings.oidc_callback_port)
+
+
+async def test_cancel_while_awaiting_the_user_destroys_the_browser_vm_before_it_answers(
+    login: Login, callback_port: int
+) -> None:
+    session_id = await login.start()
+    waiting = await login.wait_for(session_id, {"awaiting_user"})
+
+    cancelled = await login.cancel(session_id)
+
+    # The answer comes after the cleanup: nothing of the login is left by then.
+    assert (cancelled["status"], cancelled["error_message"]) == (
+        "cancelled",
+        "cancelled by request",
+    )
+    login.assert_browser_vm_gone(cancelled)
+    login.assert_only_cli_vm_left(cancelled)
+    # The agent's login went with its VM: the user's redirect has nowhere to land.
+    assert not port_accepts(callback_port)
+    with pytest.raises(httpx.ConnectError):
+        await asyncio.to_thread(sign_in, waiting["login_url"])
+    assert (await login.session(session_id))["status"] == "cancelled"
+    assert (await login.credential())["present"] is False
+
+
+async def test_browser_vm_dying_while_awaiting_the_user_fails_the_session_naming_it(
+    login: Login,
+) -> None:
+    session_id = await login.start()
+    waiting = await login.wait_for(session_id, {"awaiting_user"})
+    browser_id = waiting["browser_vm_id"]
+
+    login.backend.kill(browser_id)
+
+    session = await login.wait_for(session_id, TERMINAL)
+    assert session["status"] == "failed"
+    assert session["error_message"] == (
+        f"Browser VM {browser_id} stopped while waiting for the login"
+    )
+    assert browser_id not in login.backend.running
+    assert browser_id not in login.backend.running_agents()
+    login.assert_only_cli_vm_left(session)
+    assert (await login.credential())["present"] is False
+
+
+async def test_refused_delivery_fails_the_session_and_keeps_the_credential_sealed(
+    flow_settings: Settings, vm_backend: AgentBackend, tmp_path: Path, oidc_server: OidcServer
+) -> None:
+    vm_backend.faults[VmType.CLI].unwritable_home = True
+    async with Login.running(flow_settings, vm_backend, tmp_path / "image") as login:
+        session_id = await login.start()
+        waiting = await login.wait_for(session_id, {"awaiting_user"})
+        await asyncio.to_thread(sign_in, waiting["login_url"])
+
+        session = await login.wait_for(session_id, TERMINAL)
+
+        cli_id = session["vm_id"]
+        assert session["status"] == "failed"
+        message = session["error_message"]
+        assert message.startswith(f"delivery to CLI VM {cli_id} failed after 3 tries: "), message
+        assert "could not write credentials for provider 'oidc'" in message
+        stored = await login.credential()
+        assert (stored["present"], stored["delivered_to"]) == (True, None)
+        # Not lost: the captured document opens from the vault, and the row holds only ciphertext.
+        document = await login.api.ctl.credentials.document(USER, PROVIDER)
+        parsed = json.loads(document)
+        assert parsed["issuer"] == oidc_server.issuer
+        record = await login.api.ctl.store.credentials.get(USER, PROVIDER)
+        assert record is not None
+        assert parsed["access_token"].encode() not in record.ciphertext
+        login.assert_browser_vm_gone(session)
+        login.assert_only_cli_vm_left(session)
+
+
+# --- VMs that do not come up ------------------------------------------------------------------
+
+
+async def test_cli_vm_that_never_becomes_ready_times_the_session_out_naming_the_stage(
+    flow_settings: Settings, vm_backend: AgentBackend, tmp_path: Path
+) -> None:
+    settings = flow_settings.with_overrides(cli_vm_timeout_s=1.0)
+    vm_backend.hold = asyncio.Event()  # never set: the CLI VM's boot does not end
+    async with Login.running(settings, vm_backend, tmp_path / "image") as login:
+        session_id = await login.start()
+
+        session = await login.wait_for(session_id, TERMINAL)
+
+        assert session["status"] == "timeout"
+        assert session["error_message"] == "timed out after 1 s starting the CLI VM"
+        assert (session["vm_id"], session["browser_vm_id"]) == (None, None)
+        assert vm_backend.agents == {}
+        # The boot the session gave up on goes on: the VM, once up, is the user's CLI VM (the
+        # next login reuses it), and the session that timed out stays timed out.
+        vm_backend.hold.set()
+        await login.api.ctl.vms.wait_idle()
+        assert set(vm_backend.running_agents()) == set(vm_backend.running)
+        assert len(vm_backend.running) == 1
+        assert (await login.session(session_id))["status"] == "timeout"
+
+
+async def test_cli_vm_boot_failure_fails_the_session_with_the_reason(
+    login: Login,
+) -> None:
+    login.backend.fail_next = VmError("the VMM exited at boot")
+    session_id = await login.start()
+
+    session = await login.wait_for(session_id, TERMINAL)
+
+    assert session["status"] == "failed"
+    assert "the VMM exited at boot" in session["error_message"]
+    assert (session["vm_id"], session["browser_vm_id"]) == (None, None)
+    assert login.backend.running == {}
+    assert login.backend.agents == {}
+
+
+async def test_cli_vm_boot_failure_message_names_the_cli_vm_stage(login: Login) -> None:
+    login.backend.fail_next = VmError("the VMM exited at boot")
+    session_id = await login.start()
+
+    session = await login.wait_for(session_id, TERMINAL)
+
+    assert session["error_message"] == "the CLI VM did not start: the VMM exited at boot"
+
+
+async def test_browser_vm_boot_failure_fails_the_session_and_leaves_nothing_running(
+    flow_settings: Settings, vm_backend: AgentBackend, tmp_path: Path
+) -> None:
+    vm_backend.faults[VmType.BROWSER].exit_at_boot = True
+    async with Login.running(flow_settings, vm_backend, tmp_path / "image") as login:
+        session_id = await login.start()
+
+        session = await login.wait_for(session_id, TERMINAL)
+
+        browser_id = session["browser_vm_id"]
+        assert session["status"] == "failed"
+        assert session["error_message"] == (
+            f"the Browser VM did not start: VM {browser_id}: its agent exited with code 2 "
+            "before it listened"
+        )
+        login.assert_browser_vm_gone(session)
+        login.assert_only_cli_vm_left(session)
+        assert session["login_url"] is None
+        assert (await login.credential())["present"] is False
