@@ -14,4 +14,4 @@ export HEARTH_TEST_DATABASE_URL
 .venv/bin/ruff check src tests
 .venv/bin/ruff format --check src tests
 .venv/bin/mypy
-.venv/bin/pytest -v --durations=15 --junitxml=artifacts/junit.xml "$@"
+.venv/bin/pytest -v --durations=30 --junitxml=artifacts/junit.xml "$@"

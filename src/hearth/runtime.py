@@ -106,7 +106,9 @@ async def open_hearth(
         teardown.push(
             "stop the VM service", functools.partial(vms.shutdown, destroy_vms=destroy_on_exit)
         )
-        auth = AuthFlow(settings=settings, store=store, vms=vms, credentials=credentials)
+        auth = AuthFlow(
+            settings=settings, store=store, vms=vms, credentials=credentials, metrics=metrics
+        )
         teardown.push("stop the login flows", auth.shutdown)
         await vms.reconcile()
         await auth.recover()

@@ -135,6 +135,8 @@ async def running_api(
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url=BASE_URL) as client:
             yield Api(app, app.state.controller, settings, backend, admin_key, client)
+        if backend.hold is not None:
+            backend.hold.set()  # a boot a test left held would otherwise never end
         await app.state.controller.vms.wait_idle()
 
 

@@ -105,3 +105,21 @@ def test_serve_refuses_a_vmm_that_cannot_run_here_with_the_reason(tmp_path: Path
     assert "HEARTH_VMM=firecracker cannot run on this host" in result.stderr
     assert "no-firecracker is not installed" in result.stderr
     assert not (tmp_path / "state" / "hearth.db").exists(), "nothing was started"
+
+
+def test_vm_run_refuses_a_vmm_that_cannot_run_here_with_the_reason(tmp_path: Path) -> None:
+    result = hearth_cli(
+        "vm",
+        "run",
+        "--once",
+        env={
+            "HEARTH_STATE_DIR": str(tmp_path / "state"),
+            "HEARTH_VMM": "firecracker",
+            "HEARTH_NETWORK_MODE": "netns",
+            "HEARTH_FIRECRACKER_BIN": str(tmp_path / "no-firecracker"),
+        },
+        timeout=60,
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "HEARTH_VMM=firecracker cannot run on this host" in result.stderr
+    assert "no-firecracker is not installed" in result.stderr

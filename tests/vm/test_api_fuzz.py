@@ -2,6 +2,11 @@
 
 The controller runs for real (uvicorn in a thread, SQLite, QEMU); VMs the fuzzer manages to
 create are real too, bounded by quotas (no Browser VMs, memory for a few CLI VMs).
+
+``tests/integration/test_api_schema.py`` fuzzes the same routes in process, with every check and
+both an admin and a user key, over the fake backend. What this run adds is that fuzzed requests
+reach real VMs (specs QEMU boots, pauses and destroys), so it keeps a small example budget
+(``MAX_EXAMPLES`` per route) rather than repeating the in-process run's breadth.
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ from tests.vm.api_fixtures import Api, serve_app
 from tests.vm.conftest import qemu_pids_under
 
 pytestmark = [pytest.mark.slow, pytest.mark.vm]
+# Per route; the breadth is in tests/integration/test_api_schema.py (see the module docstring).
+MAX_EXAMPLES = 8
 
 schema = schemathesis.openapi.from_dict(
     create_app(Settings.from_env({"HEARTH_STATE_DIR": "/nonexistent"})).openapi()
@@ -63,7 +70,7 @@ def live_api(
 
 @schema.parametrize()
 @hypothesis.settings(
-    max_examples=25,
+    max_examples=MAX_EXAMPLES,
     deadline=None,
     suppress_health_check=list(hypothesis.HealthCheck),
     derandomize=True,

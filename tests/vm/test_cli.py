@@ -1,4 +1,5 @@
-"""The ``hearth`` command line against a real controller: keys, vm create/list/show/destroy."""
+"""The ``hearth`` command line against a real controller (keys, vm create/list/show/destroy),
+and ``hearth vm run`` straight from the backend."""
 
 from __future__ import annotations
 
@@ -8,6 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from hearth.images.manifest import ImageDir
+from tests.conftest import hearth_cli
+from tests.vm.conftest import qemu_pids_under
 from tests.vm.server_fixtures import *  # noqa: F403
 from tests.vm.server_fixtures import Server
 
@@ -70,3 +74,19 @@ def test_doctor_reports_accelerator_tools_and_database(server: Server) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     for word in ("accelerator", "qemu-img", "database", "image minimal"):
         assert word in result.stdout
+
+
+def test_vm_run_once_boots_one_vm_from_the_configured_vmm_and_leaves_nothing(
+    minimal_image: ImageDir, tmp_path: Path
+) -> None:
+    state = tmp_path / "state"
+    result = hearth_cli(
+        "vm", "run", "--image", str(minimal_image.path), "--cold", "--once",
+        env={"HEARTH_STATE_DIR": str(state)}, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "ready" in result.stdout
+    assert "cold via tcg" in result.stdout or "cold via kvm" in result.stdout
+    assert "destroyed vm-" in result.stdout
+    assert qemu_pids_under(state) == []
+    assert list((state / "vms").iterdir()) == []

@@ -42,6 +42,7 @@ from hearth.errors import (
     VmError,
 )
 from hearth.logging import get_logger
+from hearth.metrics import ControllerMetrics
 from hearth.network.egress import EgressProxy
 from hearth.store import AuthSessionRecord, Store, VmRecord
 from hearth.vm.readiness import Backoff
@@ -90,11 +91,13 @@ class AuthFlow:
         store: Store,
         vms: VmService,
         credentials: CredentialService,
+        metrics: ControllerMetrics,
     ) -> None:
         self.settings = settings
         self.store = store
         self.vms = vms
         self.credentials = credentials
+        self.metrics = metrics
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._cleaning: set[str] = set()
         # One egress proxy per session whose Browser VM may reach its provider; closed at the end.
@@ -328,7 +331,7 @@ class AuthFlow:
         proxy = EgressProxy(
             plan.egress_allow,
             pins=dict(self.settings.egress_pins),
-            metrics=self.vms.metrics,
+            metrics=self.metrics,
         )
         await proxy.start()
         self._egress[session_id] = proxy

@@ -52,10 +52,10 @@ def vm_run(
 async def _vm_run(
     settings: Settings, recipe: str, image: Path | None, spec: VmSpec, cold: bool, once: bool
 ) -> None:
+    backend = open_backend(settings)  # a VMM that cannot run here is named first
     image_dir = ImageDir(image or default_output_dir(settings, get_recipe(recipe)))
     if image_dir.manifest is None:
         raise NotAnImage(f"{image_dir.path} holds no built image; run hearth image build first")
-    backend = open_backend(settings)
     with err_console.status(f"starting a VM from {image_dir.path} ({backend.accel.name}) …"):
         vm = await backend.create(image_dir, spec, boot_mode=BootMode.COLD if cold else None)
     assert vm.workdir is not None

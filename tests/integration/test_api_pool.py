@@ -1,0 +1,129 @@
+"""The warm pool through the API in process, on SQLite and PostgreSQL, over the fake VM backend:
+hand-out, refill, and memory admission with and without a pooled VM to hand out.
+
+That a handed-out VM's token works against its real agent is shown in ``tests/vm/test_api.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+
+from hearth.config import Settings
+from hearth.control.pool import WarmPool
+from hearth.control.quotas import Quotas
+from hearth.vm.types import VmType
+from tests.fake_backend import FakeBackend
+from tests.integration.api_fixtures import *  # noqa: F403
+from tests.integration.api_fixtures import DEFAULT_QUOTAS, Api, assert_error, running_api
+
+# The fake's VMs are ready at once: refills can come round often without loading the machine.
+REFILL_INTERVAL_S = 0.05
+POLL_S = 0.05
+POLL_ROUNDS = 200
+
+
+@pytest.fixture
+def pool_settings(api_settings: Settings) -> Settings:
+    """The test's settings with a warm pool of one CLI VM."""
+    return api_settings.with_overrides(pool_cli=1)
+
+
+@asynccontextmanager
+async def pooled_api(
+    settings: Settings, backend: FakeBackend, images_root: Path, quotas: Quotas
+) -> AsyncIterator[Api]:
+    """The controller with its pool refilling every ``REFILL_INTERVAL_S``."""
+    async with running_api(settings, backend, images_root, quotas=quotas) as api:
+        pool_of(api).refill_interval_s = REFILL_INTERVAL_S
+        yield api
+
+
+def pool_of(api: Api) -> WarmPool:
+    """The controller's warm pool (the settings give it one)."""
+    pool = api.ctl.vms.pool
+    assert pool is not None
+    return pool
+
+
+async def until_pool_holds(pool: WarmPool, vm_type: VmType, size: int) -> None:
+    """Wait until the warm pool holds ``size`` ready VMs of ``vm_type``."""
+    for _ in range(POLL_ROUNDS):
+        if pool.size(vm_type) == size:
+            return
+        await asyncio.sleep(POLL_S)
+    assert pool.size(vm_type) == size
+
+
+@pytest.fixture
+async def api(
+    pool_settings: Settings, fake_backend: FakeBackend, tmp_path: Path
+) -> AsyncIterator[Api]:
+    """The controller with a warm pool of one CLI VM, with room for a few VMs."""
+    async with pooled_api(
+        pool_settings, fake_backend, tmp_path / "image", DEFAULT_QUOTAS
+    ) as running:
+        yield running
+
+
+async def test_warm_pool_hands_out_a_claimed_vm_and_refills(api: Api) -> None:
+    pool = pool_of(api)
+    await until_pool_holds(pool, VmType.CLI, 1)
+    [pooled_id] = api.backend.created
+    assert api.backend.running[pooled_id].token is None  # pooled VMs are nobody's yet
+    assert (await api.client.get("/api/vms", headers=api.headers())).json()["vms"] == []
+
+    response = await api.client.post("/api/vms", json={"userId": "lee"}, headers=api.headers())
+    assert response.status_code == 201
+    vm = response.json()
+    # The pooled VM itself, claimed for lee with a token of its own.
+    assert vm["id"] == pooled_id
+    assert vm["userId"] == "lee"
+    assert vm["agentToken"] is not None
+    assert api.backend.running[pooled_id].token == vm["agentToken"]
+
+    await until_pool_holds(pool, VmType.CLI, 1)
+    assert len(api.backend.created) == 2
+    metrics = (await api.client.get("/metrics", headers=api.headers())).text
+    assert 'hearth_pool_handouts_total{vm_type="cli"} 1.0' in metrics
+    assert 'hearth_pool_size{vm_type="cli"} 1.0' in metrics
+    listed = (await api.client.get("/api/vms", headers=api.headers())).json()["vms"]
+    assert [v["id"] for v in listed] == [vm["id"]]
+
+
+async def test_memory_is_admitted_when_the_pool_has_nothing_to_hand_out_and_for_refills(
+    pool_settings: Settings, fake_backend: FakeBackend, tmp_path: Path
+) -> None:
+    # Room for one pooled 512 MiB VM and not for a second VM of that size.
+    quotas = Quotas(
+        per_user={VmType.CLI: 5, VmType.BROWSER: 1}, max_browser_vms=1, memory_limit_mib=900
+    )
+    async with pooled_api(pool_settings, fake_backend, tmp_path / "image", quotas) as api:
+        pool = pool_of(api)
+        await until_pool_holds(pool, VmType.CLI, 1)
+        # A spec the pool does not hold: a new VM would have to start, and it does not fit.
+        error = assert_error(
+            await api.client.post(
+                "/api/vms", json={"userId": "mo", "vcpus": 2}, headers=api.headers()
+            ),
+            429,
+            "capacity_exhausted",
+        )
+        assert "memory" in error["message"]
+        assert (await api.client.get("/api/vms", headers=api.headers())).json()["vms"] == []
+        assert pool.size(VmType.CLI) == 1
+        # The pool's own VM is already counted: handing it out needs no new memory.
+        handed = await api.client.post("/api/vms", json={"userId": "mo"}, headers=api.headers())
+        assert handed.status_code == 201, handed.text
+        # The refill would not fit either: the pool stays empty instead of overfilling.
+        await asyncio.sleep(3 * pool.refill_interval_s + 1)
+        assert pool.size(VmType.CLI) == 0
+        assert len(api.backend.created) == 1
+        rows = await api.ctl.store.vms.list()
+        assert [r.id for r in rows if r.status.value not in ("destroyed", "failed")] == [
+            handed.json()["id"]
+        ]
