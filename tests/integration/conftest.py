@@ -85,6 +85,15 @@ def sample_document(provider: str, marker: str = "m") -> dict[str, object]:
     raise ValueError(provider)
 
 
+def port_accepts(port: int) -> bool:
+    """Whether something listens on 127.0.0.1:``port``."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
 def new_token() -> str:
     """A fresh token in the agent's accepted alphabet ([A-Za-z0-9_-], 43 characters)."""
     return secrets.token_urlsafe(32)

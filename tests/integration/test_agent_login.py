@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from hearth_agent.providers import get_provider
+from tests.integration.conftest import port_accepts
 from tests.integration.oidc_fixtures import *  # noqa: F403
 from tests.integration.oidc_fixtures import OidcServer, SignInBrowser, first_form
 
@@ -55,15 +56,6 @@ def wait_for(predicate: Callable[[], bool], what: str) -> None:
             return
         time.sleep(0.05)
     pytest.fail(f"timed out waiting for {what}")
-
-
-def port_accepts(port: int) -> bool:
-    """Whether something listens on 127.0.0.1:``port``."""
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1.0):
-            return True
-    except OSError:
-        return False
 
 
 def callback_port(started: dict[str, Any]) -> int:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -23,10 +22,11 @@ import pytest
 
 from hearth.config import Settings
 from hearth.errors import VmError
+from hearth.vm.host import free_local_port
 from hearth.vm.types import VmType
 from tests.agent_backend import AgentBackend
 from tests.integration.api_fixtures import Api, running_api
-from tests.integration.conftest import AgentLauncher
+from tests.integration.conftest import AgentLauncher, port_accepts
 from tests.integration.oidc_fixtures import *  # noqa: F403
 from tests.integration.oidc_fixtures import OidcServer, SignInBrowser
 from tests.integration.store_fixtures import *  # noqa: F403
@@ -38,24 +38,6 @@ WAIT_DEADLINE_S = 20.0
 TERMINAL = {"completed", "failed", "timeout", "cancelled"}
 
 
-def free_port() -> int:
-    """A loopback port nobody listens on right now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-        assert isinstance(port, int)
-        return port
-
-
-def port_accepts(port: int) -> bool:
-    """Whether something listens on 127.0.0.1:``port``."""
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1.0):
-            return True
-    except OSError:
-        return False
-
-
 @pytest.fixture
 def flow_settings(database_url: str, tmp_path: Path, oidc_server: OidcServer) -> Settings:
     """Settings for logins against the test OAuth server, no egress proxy, short deadlines."""
@@ -65,7 +47,7 @@ def flow_settings(database_url: str, tmp_path: Path, oidc_server: OidcServer) ->
             "HEARTH_DATABASE_URL": database_url,
             "HEARTH_OIDC_ISSUER": oidc_server.issuer,
             "HEARTH_OIDC_CLIENT_ID": oidc_server.client_id,
-            "HEARTH_OIDC_CALLBACK_PORT": str(free_port()),
+            "HEARTH_OIDC_CALLBACK_PORT": str(free_local_port()),
             "HEARTH_LOGIN_EGRESS": "off",
             "HEARTH_LOGIN_TIMEOUT_S": "15",
         }
