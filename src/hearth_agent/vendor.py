@@ -15,6 +15,10 @@ here (see the runner contract in ``hearth_agent.login``):
 - The credential file (``providers.CredentialFormat.path`` under the private home) is polled;
   once it parses and validates, its bytes are the captured document. The CLI exiting without it
   fails the login with ``cli_exited``.
+- A CLI killed by a crash signal (SIGSEGV, SIGBUS, SIGILL, SIGABRT, SIGFPE) before it handed over
+  its URL is started once more, in a fresh private directory: Node's JIT under emulation (TCG)
+  was seen to crash Gemini at start now and then. A second crash, or a crash once the user has
+  the URL, fails the login as any other exit does.
 
 This module runs the login; each CLI's recipe is in ``vendor_catalog``, the prompt answering in
 ``vendor_script`` and the offline status check in ``vendor_status``, whose public names it
@@ -62,6 +66,11 @@ START_TIMEOUT_S = 180.0
 SCREEN_ROWS, SCREEN_COLS = 40, 120
 _POLL_S = 0.2
 HELPER_NAME = "hearth-open-url"
+# Signals that mean the CLI crashed (rather than being told to stop): worth one more start.
+CRASH_SIGNALS = frozenset(
+    {signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGABRT, signal.SIGFPE}
+)
+START_ATTEMPTS = 2
 
 __all__ = [
     "VENDOR_LOGINS",
@@ -78,9 +87,10 @@ __all__ = [
 class VendorStartFailed(AgentError, http_status=502):
     """The vendor CLI could not start a login (502); ``code`` is the session's error."""
 
-    def __init__(self, message: str, *, code: str) -> None:
+    def __init__(self, message: str, *, code: str, crashed: bool = False) -> None:
         super().__init__(message)
         self.code = code
+        self.crashed = crashed  # killed by a crash signal: another start may well succeed
 
 
 def _deadline_from(body: Mapping[str, object]) -> float:
@@ -125,6 +135,8 @@ class VendorLoginRunner:
         self._fd: int | None = None
         self._thread: threading.Thread | None = None
         self._exit: str | None = None  # how the CLI ended, once reaped
+        self._crashed = False  # ended by one of CRASH_SIGNALS
+        self._cancelled = False  # cancel() was called: no further start
         self.screen_text = ""  # the last screen, URLs redacted (for logs and tests)
 
     @classmethod
@@ -157,7 +169,35 @@ class VendorLoginRunner:
     # -- start --------------------------------------------------------------------------------
 
     def start(self, session: LoginSession) -> str:
-        """Spawn the CLI and return the authorize URL it hands to its browser."""
+        """Spawn the CLI and return the authorize URL it hands to its browser.
+
+        A CLI that crashes before handing over its URL is started again (``START_ATTEMPTS``).
+        """
+        for attempt in range(1, START_ATTEMPTS + 1):
+            try:
+                return self._start_once(session)
+            except VendorStartFailed as exc:
+                if not exc.crashed or attempt == START_ATTEMPTS or self._cancelled:
+                    raise
+                self._logger.warning(
+                    "vendor_cli_crashed_at_start",
+                    provider=self._login.provider,
+                    message=exc.message,
+                    attempt=attempt,
+                )
+                self._reset()
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _reset(self) -> None:
+        """Forget a failed attempt (already released) so that the next one starts clean."""
+        self._stop.clear()
+        self._url_ready.clear()
+        with self._lock:
+            self._url, self._start_error = None, None
+        self._thread, self._exit, self._crashed = None, None, False
+        self.screen_text = ""
+
+    def _start_once(self, session: LoginSession) -> str:
         command = self._login.command
         if shutil.which(command[0], path=self._search_path) is None:
             raise VendorStartFailed(
@@ -234,7 +274,7 @@ class VendorLoginRunner:
         with self._lock:
             url, error = self._url, self._start_error
         if url is None:
-            self.cancel()
+            self._release()
             assert error is not None
             raise error
         return url
@@ -337,6 +377,7 @@ class VendorLoginRunner:
         if done:
             self._pid = None
             self._exit = _describe_exit(status)
+            self._crashed = os.WIFSIGNALED(status) and os.WTERMSIG(status) in CRASH_SIGNALS
         return bool(done)
 
     def _ended_without_credentials(self, session: LoginSession, credential_file: Path) -> None:
@@ -353,9 +394,12 @@ class VendorLoginRunner:
             session,
             "cli_exited",
             f"{self._login.command[0]} exited{how} without writing {self._provider.display_path}",
+            crashed=self._crashed,
         )
 
-    def _fail(self, session: LoginSession, code: str, message: str) -> None:
+    def _fail(
+        self, session: LoginSession, code: str, message: str, *, crashed: bool = False
+    ) -> None:
         if self._stop.is_set():
             return  # cancelled (or timed out): the CLI dying now is our doing, not a failure
         self._logger.info(
@@ -366,15 +410,22 @@ class VendorLoginRunner:
             screen=[line for line in self.screen_text.splitlines() if line.strip()][-20:],
         )
         with self._lock:
-            if self._url is None:
-                self._start_error = VendorStartFailed(redact(message), code=code)
+            starting = self._url is None
+            if starting:
+                # start() raises this, and the registry fails the session (or start retries).
+                self._start_error = VendorStartFailed(redact(message), code=code, crashed=crashed)
         self._url_ready.set()
-        session.fail(code)
+        if not starting:
+            session.fail(code)
 
     # -- cancel -------------------------------------------------------------------------------
 
     def cancel(self) -> None:
         """Kill the CLI's process group, stop the driver and remove the private directory."""
+        self._cancelled = True
+        self._release()
+
+    def _release(self) -> None:
         self._stop.set()
         pid, self._pid = self._pid, None
         if pid is not None:

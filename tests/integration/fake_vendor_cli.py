@@ -10,7 +10,8 @@ drawn with colours and cursor moves, a consent question, the URL handed to ``$BR
 MODE: ``dialog`` (answer two prompts, then BROWSER), ``xdg`` (xdg-open, no prompts), ``theme``
 (a question no script answers), ``exit`` (hand over the URL, then exit 3 without credentials),
 ``silent`` (never hand over a URL), ``child`` (like ``xdg`` but also leaves a grandchild
-running, which must die with the login).
+running, which must die with the login), ``crash`` (killed by SIGSEGV at start, every time),
+``crash-once`` (killed by SIGSEGV at its first start in this work root, then like ``xdg``).
 The credential document is written to ``$HOME/.codex/auth.json`` when ``$HOME/go`` appears.
 """
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -65,6 +67,11 @@ def main() -> int:
         time.sleep(3600)
     if mode == "silent":
         time.sleep(3600)
+    # Beside the work root that holds every attempt's private directory (<root>/login-*/home).
+    first_start = home.parent.parent.parent / "fakecli-started-once"
+    if mode == "crash" or (mode == "crash-once" and not first_start.exists()):
+        first_start.touch()
+        os.kill(os.getpid(), signal.SIGSEGV)
     if mode == "dialog":
         ask("How would you like to sign in?", ["Browser", "API key"])
         ask("Open the sign-in page in your browser. Do you want to continue?", ["Yes", "No"])

@@ -193,6 +193,26 @@ def test_a_cli_that_exits_without_credentials_fails_the_login(harness: Harness) 
     )
 
 
+def test_a_cli_that_crashes_at_start_is_started_once_more(harness: Harness) -> None:
+    session = harness.registry.start("codex", harness.runner("crash-once"))
+    assert session.status is LoginStatus.WAITING_FOR_USER
+    assert harness.opened == [URL]
+    log = harness.log.getvalue()
+    assert "vendor_cli_crashed_at_start" in log
+    assert "killed by SIGSEGV" in log
+
+
+def test_a_cli_that_crashes_at_every_start_fails_the_login_naming_the_signal(
+    harness: Harness,
+) -> None:
+    with pytest.raises(VendorStartFailed) as raised:
+        harness.registry.start("codex", harness.runner("crash"))
+    assert raised.value.code == "cli_exited"
+    assert "killed by SIGSEGV" in raised.value.message
+    assert harness.log.getvalue().count("vendor_cli_crashed_at_start") == 1
+    assert harness.opened == []
+
+
 def test_a_cli_that_never_hands_over_a_url_fails_at_the_start_deadline(harness: Harness) -> None:
     with pytest.raises(VendorStartFailed) as raised:
         harness.registry.start("codex", harness.runner("silent", start_timeout_s=3.0))

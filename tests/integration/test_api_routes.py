@@ -152,6 +152,43 @@ async def test_per_user_quota_is_409_and_creates_nothing(
         assert len(api.backend.created) == 1
 
 
+async def test_a_create_cancelled_while_its_row_is_written_leaves_no_row_holding_the_quota(
+    api_settings: Settings, fake_backend: FakeBackend, tmp_path: Path
+) -> None:
+    # A login cancelled while its Browser VM's row was being written once left that row
+    # `creating` for good, with no boot to follow it: the user's quota stayed used.
+    quotas = Quotas(
+        per_user={VmType.CLI: 1, VmType.BROWSER: 1}, max_browser_vms=2, memory_limit_mib=8192
+    )
+    async with running_api(api_settings, fake_backend, tmp_path / "image", quotas=quotas) as api:
+        vms, rows = api.ctl.vms, api.ctl.store.vms
+        written, answered = asyncio.Event(), asyncio.Event()
+        real_insert = rows.insert
+
+        async def slow_insert(record: Any) -> Any:
+            row = await real_insert(record)  # the row is in the database ...
+            written.set()
+            await answered.wait()  # ... and the caller gives up before hearing so
+            return row
+
+        rows.insert = slow_insert  # type: ignore[method-assign]
+        spec = vms.spec_for(VmType.CLI, None, None)
+        create = asyncio.create_task(vms.create(user_id="erin", spec=spec, wait=False))
+        await written.wait()
+        create.cancel()
+        await asyncio.sleep(0)
+        answered.set()
+        with pytest.raises(asyncio.CancelledError):
+            await create
+        rows.insert = real_insert  # type: ignore[method-assign]
+        left = await rows.list(user_id="erin")
+        assert [row.status.value for row in left] == ["destroyed"]
+        assert api.backend.created == []
+        # The quota of one CLI VM is free again.
+        erin = api.headers(await api.user_key("erin"))
+        assert (await api.client.post("/api/vms", json={}, headers=erin)).status_code == 201
+
+
 async def test_memory_admission_refuses_with_429(
     api_settings: Settings, fake_backend: FakeBackend, tmp_path: Path
 ) -> None:

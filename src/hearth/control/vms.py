@@ -95,7 +95,7 @@ class VmService:
             # A VM that will start (the pool had none to hand out, or this is a refill): the host
             # must have room for it.
             await self.quotas.admit_new_vm(self.store, spec=spec)
-            record = await self.store.vms.insert(
+            record = await self._insert(
                 VmRecord(
                     id=new_vm_id(),
                     user_id=owner,
@@ -113,6 +113,24 @@ class VmService:
         if not wait:
             return record
         return await asyncio.shield(task)
+
+    async def _insert(self, record: VmRecord) -> VmRecord:
+        """Persist a new row; a caller that gives up meanwhile leaves no row behind.
+
+        The row is written by the database whether or not this coroutine is still awaited. A
+        caller cancelled during the write (a cancelled login, a dropped request) would leave a
+        ``creating`` row that no boot follows, holding the user's and the host's quota: so the
+        write is finished, and the row destroyed, before the cancel goes on.
+        """
+        insert = asyncio.ensure_future(self.store.vms.insert(record))
+        try:
+            return await asyncio.shield(insert)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                written = await insert
+                await self.destroy(written.id, include_pooled=True)
+                _log.info("vm_create_abandoned", vm_id=written.id, user_id=written.user_id)
+            raise
 
     async def wait_booted(self, vm_id: str) -> VmRecord:
         """Wait for a VM created with ``wait=False`` to finish booting; raises if the boot failed.
