@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import builtins
 from collections.abc import Callable, Collection, Mapping
-from datetime import datetime
 from enum import StrEnum
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
@@ -45,8 +44,9 @@ class StatusRepository(Repository, Generic[R, S]):
     """Reads, updates and moves the rows of one status table (VMs, auth sessions).
 
     A subclass names, in its class line, its table, record type, status enum, the noun its
-    messages use, the fields ``update``/``transition`` may set and its transition table's check
-    (whose refusal becomes a Conflict); it says what entering a status stamps (``_stamp_move``).
+    messages use, the fields ``update``/``transition`` may set, its transition table's check
+    (whose refusal becomes a Conflict) and ``stamps``: the timestamp column that entering a
+    status sets to now, unless the caller set it.
     """
 
     _table: Table
@@ -55,6 +55,7 @@ class StatusRepository(Repository, Generic[R, S]):
     _what: str
     _updatable: Mapping[str, Coerce]
     _check: Callable[[str, S, S], None]
+    _stamps: Mapping[S, str]
 
     def __init_subclass__(
         cls,
@@ -65,11 +66,13 @@ class StatusRepository(Repository, Generic[R, S]):
         what: str,
         updatable: Mapping[str, Coerce],
         check: Callable[[str, S, S], None],
+        stamps: Mapping[S, str],
         **kwargs: Any,
     ) -> None:
         super().__init_subclass__(**kwargs)
         cls._table, cls._record_type, cls._status_type = table, record, status
         cls._what, cls._updatable, cls._check = what, updatable, staticmethod(check)
+        cls._stamps = stamps
 
     def _check_move(self, row_id: str, old: S, new: S) -> None:
         """Conflict if the transition table forbids moving ``row_id`` from ``old`` to ``new``."""
@@ -79,9 +82,6 @@ class StatusRepository(Repository, Generic[R, S]):
             raise
         except HearthError as exc:
             raise Conflict(exc.message) from exc
-
-    def _stamp_move(self, values: dict[str, object], new: S, now: datetime) -> None:
-        """Add the timestamps that entering ``new`` sets; ``updated_at`` is always stamped."""
 
     async def _explain_other_failure(self, record: R, exc: IntegrityError) -> None:
         """Raise the error for a refused insert that is neither a missing user nor a taken id
@@ -125,7 +125,8 @@ class StatusRepository(Repository, Generic[R, S]):
 
         Exactly one of several racing callers wins; the others get Conflict naming the status
         they found. A move the transition table forbids is a Conflict too, raised before the
-        database is touched. Every move stamps ``updated_at``.
+        database is touched. Every move stamps ``updated_at``, and entering a status in
+        ``stamps`` its column too.
         """
         values = check_fields(self._what, self._updatable, fields)
         olds = expected_statuses(self._status_type, expected)
@@ -133,7 +134,8 @@ class StatusRepository(Repository, Generic[R, S]):
         for old in olds:
             self._check_move(row_id, old, new)
         now = self._clock()
-        self._stamp_move(values, new, now)
+        if new in self._stamps:
+            values.setdefault(self._stamps[new], now)
         values.update(status=new, updated_at=now)
         try:
             async with self._engine.begin() as conn:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
@@ -41,13 +39,12 @@ class AuthSessionRepo(
     what="auth session",
     updatable=UPDATABLE_FIELDS,
     check=check_auth_transition,
+    stamps=dict.fromkeys(TERMINAL, "completed_at"),
 ):
-    """Persists auth sessions; at most one non-terminal session per user and provider."""
+    """Persists auth sessions; at most one non-terminal session per user and provider.
 
-    def _stamp_move(self, values: dict[str, object], new: AuthStatus, now: datetime) -> None:
-        """Entering a terminal status stamps ``completed_at``."""
-        if new in TERMINAL:
-            values["completed_at"] = now
+    Entering a terminal status stamps ``completed_at``.
+    """
 
     async def _explain_other_failure(self, record: AuthSessionRecord, exc: IntegrityError) -> None:
         """ActiveSessionExists (a Conflict) when the user already has an active session for

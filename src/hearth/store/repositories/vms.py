@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from sqlalchemy import func, select
 
 from hearth.store.models import vms_table
@@ -54,13 +52,12 @@ class VmRepo(
     what="VM",
     updatable=UPDATABLE_FIELDS,
     check=check_transition,
+    stamps={VmState.DESTROYED: "destroyed_at"},
 ):
-    """Persists VMs; every status change is a compare-and-set."""
+    """Persists VMs; every status change is a compare-and-set.
 
-    def _stamp_move(self, values: dict[str, object], new: VmState, now: datetime) -> None:
-        """Entering ``destroyed`` stamps ``destroyed_at`` unless the caller set it."""
-        if new is VmState.DESTROYED:
-            values.setdefault("destroyed_at", now)
+    Entering ``destroyed`` stamps ``destroyed_at`` unless the caller set it.
+    """
 
     async def count_active(
         self, *, user_id: str | None = None, vm_type: VmType | None = None
