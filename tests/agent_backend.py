@@ -110,6 +110,13 @@ class AgentBackend(FakeBackend):
         """The ids of the VMs whose agent process is still running."""
         return {vm_id for vm_id, agent in self.agents.items() if agent.process.poll() is None}
 
+    def leftovers(self) -> list[str]:
+        """The fake's leftovers, and every agent process still running."""
+        return super().leftovers() + [
+            f"agent process {self.agents[vm_id].pid} of VM {vm_id} is still running"
+            for vm_id in sorted(self.running_agents())
+        ]
+
     async def _start_agent(self, vm: Vm) -> None:
         faults = self.faults[vm.spec.vm_type]
         root = self.launcher.root / vm.id

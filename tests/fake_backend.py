@@ -139,6 +139,17 @@ class FakeBackend:
         """A fake has no console."""
         return ""
 
+    def leftovers(self) -> list[str]:
+        """Every VM it started and has not destroyed, killed ones too (a real VMM's work dir
+        stays until destroy). A fake holds nothing on the host: this is its memory, so a fresh
+        ``FakeBackend`` reports nothing."""
+        destroyed = set(self.destroyed)
+        return [
+            f"VM {vm_id} was started and not destroyed"
+            for vm_id in self._exits
+            if vm_id not in destroyed
+        ]
+
     def _running(self, vm: Vm) -> Vm:
         if not self.alive(vm):
             raise VmError(f"VM {vm.id} is not running")

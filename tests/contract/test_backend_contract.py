@@ -2,7 +2,10 @@
 
 Each test runs against the fake, QEMU (real VMs) and Firecracker (where it can run): the fake is
 held to the same rules as the real backends, so tests of the code above the seam that use it
-prove something about the product.
+prove something about the product. After every test that passed, the fixture proves the backend
+reports no ``leftovers``. That a fresh backend object sees what a live VM holds is true of the
+real backends only (they read the host; the fake's leftovers are its memory), so that test runs
+on ``host_contract``.
 """
 
 from __future__ import annotations
@@ -114,3 +117,30 @@ async def test_reap_destroys_what_is_not_kept_and_keeps_the_rest(contract: Contr
     finally:
         await backend.destroy(kept)
         await backend.destroy(stray)
+
+
+async def test_leftovers_name_a_live_vm_and_nothing_once_it_is_destroyed(
+    contract: Contract,
+) -> None:
+    backend = contract.backend
+    vm = await backend.create(contract.image, contract.spec)
+    try:
+        held = backend.leftovers()
+        assert any(vm.id in line for line in held), held
+    finally:
+        await backend.destroy(vm)
+    assert backend.leftovers() == []
+
+
+async def test_leftovers_are_read_from_the_host_by_a_fresh_backend(host_contract: Contract) -> None:
+    backend = host_contract.backend
+    assert host_contract.reopen is not None
+    vm = await backend.create(host_contract.image, host_contract.spec)
+    try:
+        fresh = host_contract.reopen()
+        held = fresh.leftovers()
+        assert [line for line in held if vm.id in line and "process" in line], held
+        assert [line for line in held if vm.id in line and "work directory" in line], held
+    finally:
+        await backend.destroy(vm)
+    assert fresh.leftovers() == []

@@ -16,12 +16,16 @@ import pytest
 import typer
 from typer.testing import CliRunner, Result
 
+from hearth.bench import vm as bench_vm
 from hearth.bench.auth import STAGES
 from hearth.bench.cli import bench_app
 from hearth.bench.errors import BenchError
 from hearth.bench.oidc_install import ready_dir
+from hearth.bench.vm import VmBenchOptions, run_vm_bench
 from hearth.config import Settings
 from hearth.images.manifest import ImageDir
+from hearth.progress import LogProgress
+from tests.fake_backend import FakeBackend
 from tests.integration.store_fixtures import PostgresServer, postgres_server  # noqa: F401
 from tests.vm.browser_fixtures import *  # noqa: F403
 from tests.vm.conftest import qemu_pids_under
@@ -141,6 +145,20 @@ def test_bench_vm_measures_every_start_path_once_and_leaves_no_vm(
     assert qemu_pids_under(state) == [], "a QEMU process outlived the bench"
     for leftovers in (state / "vms", state / "baseline"):
         assert not leftovers.exists() or list(leftovers.iterdir()) == []
+
+
+async def test_bench_vm_refuses_a_backend_without_a_qemu_baseline_before_any_vm(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend = FakeBackend()
+    monkeypatch.setattr(bench_vm, "open_backend", lambda settings: backend)
+    options = VmBenchOptions(
+        image=ImageDir(tmp_path / "image"), n=1, concurrency=1, state_dir=tmp_path / "state"
+    )
+    with pytest.raises(BenchError, match=r"QEMU start.*cannot run next to the fake backend"):
+        await run_vm_bench(options, progress=LogProgress())
+    assert backend.created == []
+    assert not (tmp_path / "state").exists()
 
 
 @pytest.mark.parametrize("database", ["sqlite", "postgresql"])

@@ -26,7 +26,7 @@ from hearth.tools import tail
 from hearth.vm.accel import Accel
 from hearth.vm.host import bytes_on_disk, free_local_port, stop_child
 from hearth.vm.qemu.command import VmPaths, qemu_argv
-from hearth.vm.qemu.process import spawn_qemu
+from hearth.vm.qemu.process import qemu_pids_running_from, spawn_qemu
 from hearth.vm.readiness import COLD_BOOT_DEADLINE_S, Deadline
 from hearth.vm.types import VmSpec
 
@@ -122,6 +122,24 @@ class BaselineLauncher:
         """Stop every VM this launcher still runs (teardown after a failure)."""
         for vm_id in list(self._procs):
             await self._stop(vm_id, self.root / vm_id)
+
+    def leftovers(self) -> list[str]:
+        """What baseline VMs still hold on the host (QEMU processes, work dirs, QMP sockets),
+        each in a short sentence; empty once every one is destroyed. It removes nothing."""
+        found = [
+            f"baseline QEMU process {pid} is still running"
+            for pid in sorted(qemu_pids_running_from(self.root))
+        ]
+        if self.root.is_dir():
+            found += [
+                f"baseline work directory {d} is still there" for d in sorted(self.root.iterdir())
+            ]
+        if self.run_dir.is_dir():
+            found += [
+                f"baseline QMP socket {s} is still there"
+                for s in sorted(self.run_dir.glob("*.qmp"))
+            ]
+        return found
 
     async def _poll_health(
         self, vm_id: str, url: str, proc: asyncio.subprocess.Process, paths: VmPaths

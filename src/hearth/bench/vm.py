@@ -9,8 +9,11 @@ Phases, in this order, every VM destroyed as soon as it is measured:
 5. ``pool``: a real ``WarmPool`` on a ``VmService`` (SQLite store in the bench's state dir);
    each sample times ``VmService.create`` while a pooled VM waits, then lets the pool refill.
 
-Everything runs under a fresh state dir by default, so a running controller's VMs are never
-touched; teardown destroys what is left (newest first) and proves no QEMU process survived.
+Hearth's paths run on the QEMU backend, opened through ``hearth.vm.select`` like the
+controller's and held as a ``VmBackend``; the baseline needs QEMU (it is a QEMU comparison), so
+another VMM is refused before anything starts. Everything runs under a fresh state dir by
+default, so a running controller's VMs are never touched; teardown destroys what is left (newest
+first) and proves, from the backend's ``leftovers`` and the baseline's, that nothing is left.
 """
 
 from __future__ import annotations
@@ -36,10 +39,11 @@ from hearth.runtime import open_hearth
 from hearth.teardown import Teardown
 from hearth.vm.backend import VmBackend
 from hearth.vm.host import bytes_on_disk
-from hearth.vm.qemu.backend import QemuBackend
+from hearth.vm.qemu.backend import qemu_binary, runtime_dir
 from hearth.vm.qemu.command import VmPaths
-from hearth.vm.qemu.templates import template_key
+from hearth.vm.qemu.templates import TemplateStore, template_key
 from hearth.vm.readiness import Deadline
+from hearth.vm.select import Vmm, open_backend
 from hearth.vm.types import BootMode, Vm, VmSpec, VmType
 
 BENCH_USER = "hearth-bench"
@@ -91,27 +95,64 @@ async def run_vm_bench(options: VmBenchOptions, *, progress: Progress) -> VmBenc
     """Run every phase; whatever happens, nothing the bench started is left running."""
     if options.n < 1 or options.concurrency < 1 or options.pool_size < 1:
         raise BenchError("n, concurrency and pool size must be at least 1")
-    backend = QemuBackend(state_dir=options.state_dir)
-    baseline = BaselineLauncher(
-        image=options.image,
-        root=options.state_dir / "baseline",
-        run_dir=backend.run_dir,
-        binary=backend.binary,
-        accel=backend.accel,
-    )
+    settings = _bench_settings(options)
+    backend = open_backend(settings)
+    baseline = _baseline_launcher(options, backend)
     result = VmBenchResult(options=options, machine=MachineFacts.collect(backend.accel))
     async with Teardown(error=BenchError) as teardown:
         # Registered first, so they run last: after every other cleanup, prove nothing is left.
-        teardown.push("remove the runtime dir if empty", functools.partial(_rmdir, backend.run_dir))
-        teardown.push("check nothing is left", functools.partial(_check_nothing_left, backend))
+        teardown.push(
+            "remove the runtime dirs if empty",
+            functools.partial(_rmdir, runtime_dir(options.state_dir), baseline.run_dir),
+        )
+        teardown.push(
+            "check nothing is left",
+            functools.partial(_check_nothing_left, backend, baseline, options.state_dir),
+        )
         teardown.push("stop baseline VMs", baseline.destroy_all)
-        bench = _VmPhases(options, backend, baseline, result, teardown, progress)
+        bench = _VmPhases(options, settings, backend, baseline, result, teardown, progress)
         await bench.baseline_and_cold()
         await bench.template()
         await bench.restore()
         await bench.concurrent()
         await bench.pool()
     return result
+
+
+def _bench_settings(options: VmBenchOptions) -> Settings:
+    """The settings of the bench's QEMU backend and of its pool phase's controller: everything
+    in the bench's state dir (templates too), a warm pool of ``pool_size`` VMs of its spec."""
+    return Settings(
+        state_dir=options.state_dir,
+        vmm=Vmm.QEMU.value,
+        template_dir=options.state_dir / "templates",
+        pool_cli=options.pool_size,
+        default_vcpus=options.spec.vcpus,
+        default_mem_mib=options.spec.mem_mib,
+        network_mode=options.spec.network.value,
+    )
+
+
+def _baseline_launcher(options: VmBenchOptions, backend: VmBackend) -> BaselineLauncher:
+    """The original controller's start, on Hearth's QEMU command line: for a QEMU backend only.
+
+    Its sockets go to a runtime dir of its own, named after the baseline's root the way the QEMU
+    backend names its own: a QMP socket path must stay under 108 bytes, which one inside a deep
+    state dir (pytest's) does not.
+    """
+    if backend.name != Vmm.QEMU.value:
+        raise BenchError(
+            "the baseline is the original controller's QEMU start, measured next to Hearth's "
+            f"QEMU backend; it cannot run next to the {backend.name} backend"
+        )
+    root = options.state_dir / "baseline"
+    return BaselineLauncher(
+        image=options.image,
+        root=root,
+        run_dir=runtime_dir(root),
+        binary=qemu_binary(),
+        accel=backend.accel,
+    )
 
 
 class ClaimTimingNode(LocalNode):
@@ -136,16 +177,21 @@ class _VmPhases:
     def __init__(
         self,
         options: VmBenchOptions,
-        backend: QemuBackend,
+        settings: Settings,
+        backend: VmBackend,
         baseline: BaselineLauncher,
         result: VmBenchResult,
         teardown: Teardown,
         progress: Progress,
     ) -> None:
         self.options = options
+        self.settings = settings
         self.image = options.image
         self.spec = options.spec
         self.backend = backend
+        # The QEMU backend's own (select.open_backend names no other): to find a VM's overlay.
+        self.run_dir = runtime_dir(options.state_dir)
+        self.templates = TemplateStore(options.state_dir / "templates")  # _bench_settings' dir
         self.baseline = baseline
         self.result = result
         self.teardown = teardown
@@ -173,14 +219,14 @@ class _VmPhases:
     async def template(self) -> None:
         """The first restore-path create: builds the snapshot template unless it exists."""
         key = template_key(self.image, self.spec, self.backend.accel)
-        self.result.template_built = self.backend.templates.lookup(key) is None
+        self.result.template_built = self.templates.lookup(key) is None
         detail = "build + first restore" if self.result.template_built else "reused"
         with self.progress.phase("template", detail):
             started = time.monotonic()
             vm = await self._create(None)
             self.result.template_first_create_s = time.monotonic() - started
             await self._destroy(vm)
-        template = self.backend.templates.lookup(key)
+        template = self.templates.lookup(key)
         if template is None:
             raise BenchError("the snapshot template is missing after a restore-path create")
         self.result.template_bytes = sum(
@@ -219,19 +265,14 @@ class _VmPhases:
 
     async def pool(self) -> None:
         """Hand-outs from a real warm pool, refilled between samples."""
-        settings = Settings(
-            state_dir=self.options.state_dir,
-            pool_cli=self.options.pool_size,
-            default_vcpus=self.spec.vcpus,
-            default_mem_mib=self.spec.mem_mib,
-            network_mode=self.spec.network.value,
-        )
         node = ClaimTimingNode(
             self.backend,
-            ImageCatalog(settings, overrides={VmType.CLI: self.image.path}),
+            ImageCatalog(self.settings, overrides={VmType.CLI: self.image.path}),
             self.result.pool_claim,
         )
-        hearth = await self.teardown.enter(open_hearth(settings, node=node, destroy_on_exit=True))
+        hearth = await self.teardown.enter(
+            open_hearth(self.settings, node=node, destroy_on_exit=True)
+        )
         service = hearth.control.vms
         pool = service.pool
         if pool is None:
@@ -295,29 +336,24 @@ class _VmPhases:
     def _disk_bytes(self, vm: Vm) -> int:
         if vm.workdir is None:
             raise BenchError(f"VM {vm.id} has no work directory")
-        paths = VmPaths(workdir=vm.workdir, run_dir=self.backend.run_dir, vm_id=vm.id)
+        paths = VmPaths(workdir=vm.workdir, run_dir=self.run_dir, vm_id=vm.id)
         return bytes_on_disk(paths.overlay)
 
 
-def _rmdir(directory: Path) -> None:
-    """Remove ``directory`` if it exists and is empty (the backend's per-state-dir runtime dir)."""
-    with contextlib.suppress(FileNotFoundError, OSError):
-        directory.rmdir()
+def _rmdir(*directories: Path) -> None:
+    """Remove each of ``directories`` that exists and is empty (the runtime dirs of the QEMU
+    backend and of the baseline, in /run/hearth)."""
+    for directory in directories:
+        with contextlib.suppress(FileNotFoundError, OSError):
+            directory.rmdir()
 
 
-def _check_nothing_left(backend: QemuBackend) -> None:
-    """Raise BenchError (after killing them) if QEMU processes, VM dirs or sockets are left."""
-    state_dir = backend.vms_dir.parent
-    problems = []
+def _check_nothing_left(backend: VmBackend, baseline: BaselineLauncher, state_dir: Path) -> None:
+    """Raise BenchError if the backend or the baseline still holds anything on the host; a QEMU
+    still running from the bench's state dir is killed (after being reported)."""
+    problems = backend.leftovers() + baseline.leftovers()
     killed = kill_leftover_qemu(state_dir)
     if killed:
-        problems.append(f"QEMU processes still running (killed): {killed}")
-    for directory in (backend.vms_dir, state_dir / "baseline"):
-        if directory.is_dir() and any(directory.iterdir()):
-            problems.append(f"work directories left in {directory}")
-    if backend.run_dir.is_dir() and any(backend.run_dir.glob("*.qmp")):
-        problems.append(f"QMP sockets left in {backend.run_dir}")
-    if backend.networks.pool.claims():
-        problems.append("network slots left claimed")
+        problems.append(f"killed the QEMU processes still running from {state_dir}: {killed}")
     if problems:
         raise BenchError("the bench left resources behind: " + "; ".join(problems))

@@ -3,11 +3,20 @@ fake) implements ``VmBackend``, and every caller outside ``hearth.vm`` holds one
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from typing import Protocol, TypedDict, Unpack, runtime_checkable
 
 from hearth.images.manifest import ImageDir
 from hearth.vm.accel import Accel
 from hearth.vm.types import BootMode, Vm, VmSpec
+
+
+class CreateOptions(TypedDict, total=False):
+    """The keyword options of ``VmBackend.create``, written once for the Protocol and every
+    backend; an option left out (or None) takes the default its comment names."""
+
+    vm_id: str | None  # the VM's id; default: a fresh one
+    boot_mode: BootMode | None  # COLD: never restore; default: restore when there is a template
+    claim: bool  # default True; False leaves the VM unclaimed (a warm-pool VM)
 
 
 @runtime_checkable
@@ -17,15 +26,7 @@ class VmBackend(Protocol):
     name: str
     accel: Accel
 
-    async def create(
-        self,
-        image: ImageDir,
-        spec: VmSpec,
-        *,
-        vm_id: str | None = None,
-        boot_mode: BootMode | None = None,
-        claim: bool = True,
-    ) -> Vm:
+    async def create(self, image: ImageDir, spec: VmSpec, **options: Unpack[CreateOptions]) -> Vm:
         """Start a VM from ``image`` (restored from a template unless ``boot_mode`` is COLD or
         there is none) and return it ready: its agent healthy and, with ``claim``, claimed with a
         token of its own. Without ``claim`` (warm-pool VMs) the VM carries no token until
@@ -68,4 +69,12 @@ class VmBackend(Protocol):
 
     def console_tail(self, vm: Vm, lines: int = 40) -> str:
         """The last lines of the VM's serial console."""
+        ...
+
+    def leftovers(self) -> list[str]:
+        """What this backend still holds on the host, each thing in a short sentence: VMM
+        processes started from its state dir, VM work dirs, control sockets, claimed network
+        slots. Read from the host where the backend can (so a fresh backend on the same state
+        dir sees what an earlier one left), and held by live VMs too: empty once every VM is
+        destroyed. It only reports; ``reap`` and ``destroy`` remove."""
         ...

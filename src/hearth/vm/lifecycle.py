@@ -2,9 +2,10 @@
 
 Restore from the snapshot template first and fall back to a cold boot (discarding a template
 that cannot be restored); claim a pooled VM; watch the VMM process and fail the VM when it dies;
-destroy idempotently, every step's error collected; reap whatever no kept VM holds. A backend
-subclasses ``BackendLifecycle`` and supplies the VMM's own steps: ``_template_for``, ``_start``,
-``_teardown``, ``_found_vm`` and ``_reap_leftovers``.
+destroy idempotently, every step's error collected; reap whatever no kept VM holds; say what
+is still on the host. A backend subclasses ``BackendLifecycle`` and supplies the VMM's own steps:
+``_template_for``, ``_start``, ``_teardown``, ``_found_vm``, ``_reap_leftovers`` and
+``_host_leftovers``.
 """
 
 from __future__ import annotations
@@ -15,12 +16,13 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Generic
+from typing import Generic, Unpack
 
 from hearth.errors import HearthError, SnapshotError, VmError, VmProcessExited, VmStateError
 from hearth.images.manifest import ImageDir
 from hearth.logging import get_logger
 from hearth.vm.accel import Accel
+from hearth.vm.backend import CreateOptions
 from hearth.vm.claim import claim_vm
 from hearth.vm.host import new_vm_id
 from hearth.vm.readiness import Deadline, wait_until_healthy
@@ -62,19 +64,12 @@ class BackendLifecycle(ABC, Generic[TemplateT]):
 
     # ---- the VmBackend methods every backend shares ----------------------------------------
 
-    async def create(
-        self,
-        image: ImageDir,
-        spec: VmSpec,
-        *,
-        vm_id: str | None = None,
-        boot_mode: BootMode | None = None,
-        claim: bool = True,
-    ) -> Vm:
+    async def create(self, image: ImageDir, spec: VmSpec, **options: Unpack[CreateOptions]) -> Vm:
         """Start a VM (restored from a template when possible), healthy and, unless told
         otherwise (warm-pool VMs are claimed when handed out), claimed with its own token."""
-        vm_id = self._admit(image, spec, vm_id or new_vm_id())
-        if boot_mode is not BootMode.COLD and self.use_templates:
+        vm_id = self._admit(image, spec, options.get("vm_id") or new_vm_id())
+        claim = options.get("claim", True)
+        if options.get("boot_mode") is not BootMode.COLD and self.use_templates:
             template: TemplateT | None = None
             try:
                 template = await self._template_for(image, spec)
@@ -135,6 +130,20 @@ class BackendLifecycle(ABC, Generic[TemplateT]):
                 reaped.append(vm.id)
         reaped += await self._reap_leftovers(keep)
         return sorted(set(reaped))
+
+    def leftovers(self) -> list[str]:
+        """VM work dirs and abandoned template builds, then the VMM's own processes, sockets
+        and network slots (``_host_leftovers``), read from the host; it removes nothing."""
+        found: list[str] = []
+        if self.vms_dir.is_dir():
+            found += [
+                f"VM work directory {d} is still there" for d in sorted(self.vms_dir.iterdir())
+            ]
+        found += [
+            f"template build {staging} was abandoned by its builder"
+            for staging in self.templates.abandoned_builds()
+        ]
+        return found + self._host_leftovers()
 
     # ---- helpers for the subclasses --------------------------------------------------------
 
@@ -235,6 +244,11 @@ class BackendLifecycle(ABC, Generic[TemplateT]):
     @abstractmethod
     async def _reap_leftovers(self, keep: set[str]) -> list[str]:
         """Remove what no VM in ``keep`` holds besides work dirs; return what was removed."""
+
+    @abstractmethod
+    def _host_leftovers(self) -> list[str]:
+        """The VMM's processes, control sockets and claimed network slots still on the host,
+        each in a short sentence (work dirs and template builds are reported already)."""
 
     @abstractmethod
     def console_tail(self, vm: Vm, lines: int = 40) -> str:

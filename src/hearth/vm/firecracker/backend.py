@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import platform
 import shutil
 import time
@@ -44,7 +45,7 @@ from hearth.vm.firecracker.process import FirecrackerProcess, JailerConfig, VmRo
 from hearth.vm.firecracker.records import LOG_FILE, METRICS_FILE, VmFiles, VmRecord
 from hearth.vm.firecracker.teardown import teardown_vm
 from hearth.vm.firecracker.templates import FcTemplate, FcTemplateStore, template_key
-from hearth.vm.host import bytes_on_disk
+from hearth.vm.host import bytes_on_disk, live_args
 from hearth.vm.lifecycle import BackendLifecycle
 from hearth.vm.readiness import Deadline
 from hearth.vm.types import BootMode, NetworkMode, Vm, VmSpec, VmState, check_transition
@@ -141,6 +142,28 @@ class FirecrackerBackend(BackendLifecycle[FcTemplate]):
             shutil.rmtree(staging, ignore_errors=True)
             reaped.append(staging.name)
         return reaped + await self.networks.reap(keep)
+
+    def _host_leftovers(self) -> list[str]:
+        """Firecracker (or jailer) processes running in a VM root of this backend (a work dir,
+        a template build, a jail), jails, claimed network slots. API sockets live in the roots,
+        so they go with the work dirs and jails reported."""
+        roots = [self.vms_dir, self.templates.root]
+        jails: list[Path] = []
+        if self.jailer is not None:
+            base = self.jailer.chroot_base_dir / Path(self.binary).name  # holds every jail_dir
+            roots.append(base)
+            jails = sorted(p for p in base.iterdir() if p.is_dir()) if base.is_dir() else []
+        found = [
+            f"firecracker process {pid} (VM {vm_id}) is still running"
+            for pid, vm_id in sorted(_firecrackers_in(roots).items())
+        ]
+        found += [f"jail {jail} is still there" for jail in jails]
+        if isinstance(self.networks, SlotNetworks):
+            found += [
+                f"network slot {index} is still claimed by {owner}"
+                for index, owner in sorted(self.networks.pool.claims().items())
+            ]
+        return found
 
     def _boot_args(self, network: FirecrackerNetwork) -> str:
         return payloads.boot_args(
@@ -386,3 +409,23 @@ class FirecrackerBackend(BackendLifecycle[FcTemplate]):
         return await teardown_vm(
             vm.id, vm.workdir, proc=self._procs.pop(vm.id, None), pid=vm.pid, networks=self.networks
         )
+
+
+def _firecrackers_in(roots: list[Path]) -> dict[int, str]:
+    """Live firecracker and jailer processes whose working directory (a VM's root) lies under
+    one of ``roots``, deleted or not; PID to the ``--id`` they were started with."""
+    prefixes = [str(root.resolve()) for root in roots]
+    found: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        args = live_args(int(entry.name))
+        if not args or not any(n in Path(args[0]).name for n in ("firecracker", "jailer")):
+            continue
+        try:
+            cwd = os.readlink(entry / "cwd")
+        except OSError:
+            continue
+        if any(cwd.startswith(f"{p}/") for p in prefixes):
+            found[int(entry.name)] = args[args.index("--id") + 1] if "--id" in args[:-1] else "?"
+    return found

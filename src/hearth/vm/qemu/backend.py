@@ -19,7 +19,7 @@ from hearth.network.pool import DEFAULT_POOL
 from hearth.tools import require_tool, tail
 from hearth.vm.accel import Accel, detect_accel
 from hearth.vm.claim import new_agent_token
-from hearth.vm.host import free_local_port, stop_child
+from hearth.vm.host import free_local_port, live_args, stop_child
 from hearth.vm.lifecycle import BackendLifecycle
 from hearth.vm.qemu.command import VmPaths, qemu_argv
 from hearth.vm.qemu.disk_keys import DiskKey, key_pipe
@@ -46,6 +46,17 @@ DEFAULT_RUN_ROOT = Path("/run/hearth")
 _SAVE_DEADLINE_S = 120.0
 
 
+def qemu_binary() -> str:
+    """The QEMU system emulator every QEMU VM runs (ToolMissing when it is not installed)."""
+    return require_tool("qemu-system-x86_64")
+
+
+def runtime_dir(state_dir: Path) -> Path:
+    """Where the QEMU VMs of ``state_dir`` keep their sockets unless told otherwise: short
+    (unix socket paths stay under 108 bytes) and private to that state dir."""
+    return DEFAULT_RUN_ROOT / hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:12]
+
+
 class QemuBackend(BackendLifecycle[Template]):
     """Runs VMs as QEMU processes (KVM where usable, TCG otherwise)."""
 
@@ -65,7 +76,7 @@ class QemuBackend(BackendLifecycle[Template]):
         restore_deadline_s: float = RESTORE_DEADLINE_S,
         encrypt_disks: bool = True,
     ) -> None:
-        self.binary = require_tool("qemu-system-x86_64")
+        self.binary = qemu_binary()
         require_tool("qemu-img")
         super().__init__(
             state_dir=state_dir,
@@ -75,11 +86,7 @@ class QemuBackend(BackendLifecycle[Template]):
             restore_deadline_s=restore_deadline_s,
         )
         self.accel = accel or detect_accel()
-        # Short (unix socket paths < 108 bytes) and private to this state dir.
-        self.run_dir = (
-            run_dir
-            or DEFAULT_RUN_ROOT / hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:12]
-        )
+        self.run_dir = run_dir or runtime_dir(state_dir)
         self.networks = QemuNetworks(cidr=network_pool, claims_dir=state_dir / "net" / "slots")
         # Off only to measure what encryption costs (docs/benchmarks.md): see disk_keys.py.
         self.encrypt_disks = encrypt_disks
@@ -118,6 +125,23 @@ class QemuBackend(BackendLifecycle[Template]):
                 if sock.stem not in keep:
                     sock.unlink(missing_ok=True)
         return reaped + self.networks.reap(keep)
+
+    def _host_leftovers(self) -> list[str]:
+        """QEMU processes running from the VMs' or the templates' directories, QMP sockets in
+        the runtime dir, claimed network slots."""
+        pids = {
+            pid for d in (self.vms_dir, self.templates.root) for pid in qemu_pids_running_from(d)
+        }
+        found = [f"QEMU process {pid} ({_qemu_name(pid)}) is still running" for pid in sorted(pids)]
+        if self.run_dir.is_dir():
+            found += [
+                f"QMP socket {sock} is still there" for sock in sorted(self.run_dir.glob("*.qmp"))
+            ]
+        found += [
+            f"network slot {index} is still claimed by {owner}"
+            for index, owner in sorted(self.networks.pool.claims().items())
+        ]
+        return found
 
     async def _template_for(self, image: ImageDir, spec: VmSpec) -> Template:
         key = template_key(image, spec, self.accel)
@@ -369,3 +393,9 @@ class QemuBackend(BackendLifecycle[Template]):
             await stop_child(proc)
         elif vm.pid and vm.workdir:
             await stop_adopted(vm.pid, vm.workdir)
+
+
+def _qemu_name(pid: int) -> str:
+    """The ``-name`` QEMU process ``pid`` was started with ("hearth-<VM id>")."""
+    args = live_args(pid) or []
+    return args[args.index("-name") + 1] if "-name" in args[:-1] else "no -name"
