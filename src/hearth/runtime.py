@@ -65,11 +65,21 @@ class Hearth:
 
 
 def open_node(
-    settings: Settings, *, backend: VmBackend | None = None, images: ImageSource | None = None
+    settings: Settings,
+    *,
+    backend: VmBackend | None = None,
+    images: ImageSource | None = None,
+    metrics: ControllerMetrics | None = None,
 ) -> LocalNode:
     """This host's node: the configured VMM (``HEARTH_VMM``; ConfigError naming why it cannot
-    run here) and the image catalog; tests and benchmarks may pass their own parts."""
-    return LocalNode(backend or open_backend(settings), images or ImageCatalog(settings))
+    run here), the image catalog and egress paths; tests and benchmarks may pass their own
+    parts."""
+    return LocalNode(
+        backend or open_backend(settings),
+        images or ImageCatalog(settings),
+        egress_pins=dict(settings.egress_pins),
+        metrics=metrics,
+    )
 
 
 @asynccontextmanager
@@ -87,11 +97,11 @@ async def open_hearth(
     ``destroy_on_exit``). Tests and benchmarks may pass their own backend and images, or a
     whole node."""
     async with Teardown() as teardown:
-        node = node or open_node(settings, backend=backend, images=images)
+        metrics = ControllerMetrics()
+        node = node or open_node(settings, backend=backend, images=images, metrics=metrics)
         store = await open_store(settings)
         teardown.push("close the store", store.close)
         await ensure_admin_key(store, settings)
-        metrics = ControllerMetrics()
         vault = CredentialVault.load(settings.state_dir, master_key=settings.master_key)
         credentials = CredentialService(store, vault)
         vms = VmService(
@@ -107,7 +117,11 @@ async def open_hearth(
             "stop the VM service", functools.partial(vms.shutdown, destroy_vms=destroy_on_exit)
         )
         auth = AuthFlow(
-            settings=settings, store=store, vms=vms, credentials=credentials, metrics=metrics
+            settings=settings,
+            store=store,
+            vms=vms,
+            node=node,
+            credentials=credentials,
         )
         teardown.push("stop the login flows", auth.shutdown)
         await vms.reconcile()

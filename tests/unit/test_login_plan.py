@@ -6,11 +6,12 @@ import re
 
 import pytest
 
-from hearth.auth.providers import EGRESS_PROXY_URL, VENDOR_EGRESS, login_plan
+from hearth.auth.providers import VENDOR_EGRESS, login_plan
 from hearth.config import Settings
 from hearth.errors import ConfigError, InvalidInput
 from hearth.images.layout import guest_asset
 from hearth.network.egress import AllowRule
+from hearth.node.egress import EGRESS_PROXY_URL
 
 
 @pytest.mark.parametrize("provider", ["codex", "claude_code", "gemini_cli"])

@@ -20,14 +20,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from hearth.agent_client import AgentClient, AgentError, sha256_hex
-from hearth.auth.providers import (
-    EGRESS_GUEST_IP,
-    EGRESS_GUEST_PORT,
-    EGRESS_PROXY_URL,
-    LoginPlan,
-    login_plan,
-    parse_provider,
-)
+from hearth.auth.providers import LoginPlan, login_plan, parse_provider
 from hearth.auth.states import TERMINAL, AuthStatus
 from hearth.config import Settings
 from hearth.control.vms import VmService
@@ -42,11 +35,11 @@ from hearth.errors import (
     VmError,
 )
 from hearth.logging import get_logger
-from hearth.metrics import ControllerMetrics
-from hearth.network.egress import EgressProxy
+from hearth.node.egress import EgressPath
+from hearth.node.interface import Node
 from hearth.store import AuthSessionRecord, Store, VmRecord
 from hearth.vm.readiness import Backoff
-from hearth.vm.types import GuestForward, NetworkMode, VmSpec, VmState, VmType
+from hearth.vm.types import NetworkMode, VmSpec, VmState, VmType
 from hearth_agent.wire import Provider
 
 _log = get_logger("auth.flow")
@@ -90,18 +83,18 @@ class AuthFlow:
         settings: Settings,
         store: Store,
         vms: VmService,
+        node: Node,
         credentials: CredentialService,
-        metrics: ControllerMetrics,
     ) -> None:
         self.settings = settings
         self.store = store
         self.vms = vms
+        self.node = node
         self.credentials = credentials
-        self.metrics = metrics
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._cleaning: set[str] = set()
-        # One egress proxy per session whose Browser VM may reach its provider; closed at the end.
-        self._egress: dict[str, EgressProxy] = {}
+        # One egress path per session whose Browser VM may reach its provider; closed at the end.
+        self._egress: dict[str, EgressPath] = {}
         self.on_awaiting_user: Callable[[AuthSessionRecord], Awaitable[None]] | None = None
 
     # ---- API-facing ------------------------------------------------------------------------
@@ -238,9 +231,9 @@ class AuthFlow:
             try:
                 latest = await self.store.auth_sessions.get(session_id)
                 await self._destroy_browser(latest)
-                proxy = self._egress.pop(session_id, None)
-                if proxy is not None:
-                    await proxy.close()
+                path = self._egress.pop(session_id, None)
+                if path is not None:
+                    await path.close()
             finally:
                 self._cleaning.discard(session_id)
                 if ending is not None:
@@ -320,35 +313,24 @@ class AuthFlow:
         _log.info("auth_completed", session_id=sid, user_id=user, provider=record.provider)
 
     async def _with_egress(self, session_id: str, plan: LoginPlan) -> LoginPlan:
-        """Start the session's egress proxy if its login may reach anything; the adjusted plan.
-
-        The Browser VM reaches the proxy at EGRESS_GUEST_IP:EGRESS_GUEST_PORT (a guestfwd to the
-        proxy's loopback port); Chromium in the image is started with it as its proxy, and a
-        vendor CLI gets it as HTTPS_PROXY through the start body.
-        """
+        """Open the session's egress path on the node if its login may reach anything; the
+        adjusted plan: the Browser VM gets the path's guest forward (Chromium in the image uses
+        it as its proxy), and a vendor CLI gets it as HTTPS_PROXY through the start body."""
         if not plan.egress_allow:
             return plan
-        proxy = EgressProxy(
-            plan.egress_allow,
-            pins=dict(self.settings.egress_pins),
-            metrics=self.metrics,
-        )
-        await proxy.start()
-        self._egress[session_id] = proxy
+        path = await self.node.open_egress(plan.egress_allow)
+        self._egress[session_id] = path
         _log.info(
             "egress_proxy_for_session",
             session_id=session_id,
-            port=proxy.port,
+            port=path.port,
             allow=list(plan.egress_allow),
-        )
-        forward = GuestForward(
-            guest_ip=EGRESS_GUEST_IP, guest_port=EGRESS_GUEST_PORT, host_port=proxy.port
         )
         # The agent sends its own provider requests through it too (the vendor CLI's token
         # exchange, or the OIDC runner's discovery and token exchange).
-        body = {**plan.start_body, "proxy": EGRESS_PROXY_URL}
+        body = {**plan.start_body, "proxy": path.guest_url}
         return dataclasses.replace(
-            plan, guest_forwards=(*plan.guest_forwards, forward), start_body=body
+            plan, guest_forwards=(*plan.guest_forwards, path.forward), start_body=body
         )
 
     async def _stage(

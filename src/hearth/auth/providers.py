@@ -14,11 +14,6 @@ from hearth_agent.wire import Provider
 
 # QEMU user-net's own subnet: a guest-visible address there can be forwarded to the host.
 _USER_NET = ipaddress.ip_network("10.0.2.0/24")
-# Where a Browser VM finds its egress proxy (a guestfwd to the controller's EgressProxy);
-# hearth-browser starts Chromium with it as its proxy, and the vendor CLIs get it as HTTPS_PROXY.
-EGRESS_GUEST_IP = "10.0.2.101"
-EGRESS_GUEST_PORT = 3128
-EGRESS_PROXY_URL = f"http://{EGRESS_GUEST_IP}:{EGRESS_GUEST_PORT}"
 # What each vendor's login needs to reach, and nothing more: the CLI's authorize URL and the
 # sign-in pages it leads to, the static hosts those pages cannot work without, and the CLI's own
 # calls (token exchange, post-login profile/setup). Chromium and the CLI share the one proxy, so

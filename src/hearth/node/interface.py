@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
+from hearth.node.egress import EgressPath
 from hearth.vm.accel import Accel
 from hearth.vm.types import Vm, VmSpec, VmType
 
@@ -64,4 +66,9 @@ class Node(Protocol):
 
     def console_tail(self, vm: Vm, lines: int = 40) -> str:
         """The last lines of the VM's serial console."""
+        ...
+
+    async def open_egress(self, allow: Sequence[str]) -> EgressPath:
+        """A way out for a VM to the hosts in ``allow`` and nothing else (never a private
+        address); the VM's spec must carry its ``forward``, and the caller closes it."""
         ...

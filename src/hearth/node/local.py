@@ -1,10 +1,14 @@
-"""``LocalNode``: the node in the controller's own process — a VM backend and an image catalog."""
+"""``LocalNode``: the node in the controller's own process — a VM backend, an image catalog and
+the egress paths of its VMs."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 from hearth.images.manifest import ImageDir
+from hearth.metrics import ControllerMetrics
+from hearth.node.egress import EgressPath, open_egress_path
 from hearth.vm.accel import Accel
 from hearth.vm.backend import VmBackend
 from hearth.vm.types import Vm, VmSpec, VmType
@@ -25,9 +29,18 @@ class ImageSource(Protocol):
 class LocalNode:
     """Implements ``hearth.node.interface.Node`` by calling a ``VmBackend`` in process."""
 
-    def __init__(self, backend: VmBackend, images: ImageSource) -> None:
+    def __init__(
+        self,
+        backend: VmBackend,
+        images: ImageSource,
+        *,
+        egress_pins: Mapping[str, str] | None = None,
+        metrics: ControllerMetrics | None = None,
+    ) -> None:
         self.backend = backend
         self.images = images
+        self.egress_pins = dict(egress_pins or {})
+        self.metrics = metrics if metrics is not None else ControllerMetrics()
 
     @property
     def vmm(self) -> str:
@@ -83,3 +96,7 @@ class LocalNode:
     def console_tail(self, vm: Vm, lines: int = 40) -> str:
         """The backend's console tail."""
         return self.backend.console_tail(vm, lines)
+
+    async def open_egress(self, allow: Sequence[str]) -> EgressPath:
+        """An egress proxy on this host's loopback, with the configured pins (tests only)."""
+        return await open_egress_path(allow, pins=self.egress_pins, metrics=self.metrics)
