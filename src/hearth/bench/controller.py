@@ -16,26 +16,28 @@ from typing import Any
 
 import httpx
 
+from hearth.bench.child import ChildServer
 from hearth.bench.errors import BenchError
-from hearth.bench.processes import log_tail
 from hearth.store import normalise_url
-from hearth.vm.host import free_local_port, stop_child
+from hearth.vm.host import free_local_port
 from hearth.vm.readiness import Deadline
 
 START_DEADLINE_S = 60.0
 STOP_DEADLINE_S = 15.0
 
 
-class ControllerProcess:
+class ControllerProcess(ChildServer):
     """One ``hearth serve`` subprocess on 127.0.0.1, started by ``ControllerProcess.start``."""
+
+    what = "the controller"
+    stop_deadline_s = STOP_DEADLINE_S
 
     def __init__(
         self, *, process: asyncio.subprocess.Process, url: str, state_dir: Path, log: Path
     ) -> None:
-        self.process = process
+        super().__init__(process=process, log=log)
         self.url = url
         self.state_dir = state_dir
-        self.log = log
 
     @classmethod
     async def start(
@@ -61,25 +63,10 @@ class ControllerProcess:
         )
         child_env.update(env or {})
         log = state_dir / "controller.log"
-        with log.open("wb") as sink:
-            process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "hearth",
-                "serve",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--state-dir",
-                str(state_dir),
-                *(["--destroy-on-exit"] if destroy_on_exit else []),
-                env=child_env,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=sink,
-                stderr=sink,
-                start_new_session=True,
-            )
+        argv = [sys.executable, "-m", "hearth", "serve", "--host", "127.0.0.1", "--port", str(port)]
+        argv += ["--state-dir", str(state_dir)]
+        argv += ["--destroy-on-exit"] if destroy_on_exit else []
+        process = await cls.spawn(argv, log=log, env=child_env)
         controller = cls(
             process=process, url=f"http://127.0.0.1:{port}", state_dir=state_dir, log=log
         )
@@ -115,24 +102,12 @@ class ControllerProcess:
             raise BenchError("minting a key answered no key")
         return key
 
-    def log_tail(self, lines: int = 20) -> str:
-        """The last lines the controller wrote."""
-        return log_tail(self.log, lines)
-
-    async def stop(self) -> None:
-        """SIGTERM (then SIGKILL) and wait for the exit; idempotent."""
-        await stop_child(self.process, grace_s=STOP_DEADLINE_S)
-
     async def _wait_healthy(self) -> dict[str, Any]:
         deadline = Deadline.after(START_DEADLINE_S)
         last = "no probe completed"
         async with httpx.AsyncClient(base_url=self.url) as client:
             while not deadline.expired:
-                if self.process.returncode is not None:
-                    raise BenchError(
-                        f"the controller exited with status {self.process.returncode}:\n"
-                        f"{self.log_tail()}"
-                    )
+                self.check_running()
                 try:
                     response = await client.get("/health", timeout=2)
                     if response.status_code == 200:

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import httpx
 
+from hearth.bench.child import ChildServer
 from hearth.bench.errors import BenchError
-from hearth.bench.processes import log_tail
-from hearth.vm.host import free_local_port, stop_child
+from hearth.vm.host import free_local_port
 from hearth.vm.readiness import Deadline
 
 GUEST_ISSUER_IP = "10.0.2.100"  # what Browser VMs dial; QEMU guestfwd sends it to the host port
@@ -30,16 +30,18 @@ START_DEADLINE_S = 30.0
 STOP_DEADLINE_S = 10.0
 
 
-class OidcServer:
+class OidcServer(ChildServer):
     """One running test OAuth server, started by ``OidcServer.start``; ``stop`` is idempotent."""
+
+    what = "the OAuth server"
+    stop_deadline_s = STOP_DEADLINE_S
 
     def __init__(
         self, *, process: asyncio.subprocess.Process, port: int, issuer: str, log: Path
     ) -> None:
-        self.process = process
+        super().__init__(process=process, log=log)
         self.port = port
         self.issuer = issuer  # as Browser VMs see it
-        self.log = log
 
     @classmethod
     async def start(cls, *, server_dir: Path, log: Path) -> OidcServer:
@@ -62,24 +64,14 @@ class OidcServer:
             )
         port = free_local_port()
         issuer = f"http://{GUEST_ISSUER_IP}:{port}"
-        log.parent.mkdir(parents=True, exist_ok=True)
-        with log.open("wb") as sink:
-            process = await asyncio.create_subprocess_exec(
-                node,
-                "server.mjs",
-                cwd=server_dir,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=sink,
-                stderr=sink,
-                env={
-                    "PATH": os.environ.get("PATH", ""),
-                    "PORT": str(port),
-                    "ISSUER": issuer,
-                    "CLIENT_ID": CLIENT_ID,
-                    "REDIRECT_URIS": "http://127.0.0.1/callback",
-                },
-                start_new_session=True,
-            )
+        env = {
+            "PATH": os.environ.get("PATH", ""),
+            "PORT": str(port),
+            "ISSUER": issuer,
+            "CLIENT_ID": CLIENT_ID,
+            "REDIRECT_URIS": "http://127.0.0.1/callback",
+        }
+        process = await cls.spawn([node, "server.mjs"], log=log, env=env, cwd=server_dir)
         server = cls(process=process, port=port, issuer=issuer, log=log)
         try:
             await server._wait_serving()
@@ -88,22 +80,10 @@ class OidcServer:
             raise
         return server
 
-    async def stop(self) -> None:
-        """SIGTERM (then SIGKILL) and wait for the exit."""
-        await stop_child(self.process, grace_s=STOP_DEADLINE_S)
-
-    def log_tail(self, lines: int = 20) -> str:
-        """The last lines the server wrote."""
-        return log_tail(self.log, lines)
-
     async def _wait_serving(self) -> None:
         deadline = Deadline.after(START_DEADLINE_S)
         while b'"listening"' not in self.log.read_bytes():
-            if self.process.returncode is not None:
-                raise BenchError(
-                    f"the OAuth server exited with status {self.process.returncode}:\n"
-                    f"{self.log_tail()}"
-                )
+            self.check_running()
             if deadline.expired:
                 raise BenchError(
                     f"the OAuth server did not start in {START_DEADLINE_S:.0f} s:\n"
