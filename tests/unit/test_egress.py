@@ -243,6 +243,54 @@ async def test_close_ends_every_open_tunnel(echo: EchoServer) -> None:
     assert metrics.registry.get_sample_value("hearth_egress_tunnels_open") == 0
 
 
+# --- the policy: deny wins, and it changes while the proxy runs ------------------------------
+
+
+async def test_a_denied_host_gets_403_although_a_wildcard_allows_it(
+    start_proxy: StartProxy, echo: EchoServer
+) -> None:
+    resolver = FakeResolver({"api.example.test": [LOOPBACK], "files.example.test": [LOOPBACK]})
+    proxy = await start_proxy(
+        [f"*.example.test:{echo.port}"],
+        deny=[f"files.example.test:{echo.port}"],
+        allow_private=[echo.target],
+        resolver=resolver,
+    )
+    assert (await ask(proxy, connect(f"files.example.test:{echo.port}"))).status == 403
+    _, writer = await open_tunnel(proxy, f"api.example.test:{echo.port}")
+    writer.close()
+    assert echo.accepted == 1
+    assert resolver.calls == [("api.example.test", echo.port)]
+
+
+async def test_a_new_policy_applies_at_once_and_cuts_the_tunnels_it_no_longer_allows(
+    start_proxy: StartProxy, echo: EchoServer
+) -> None:
+    resolver = FakeResolver({"keep.test": [LOOPBACK], "drop.test": [LOOPBACK]})
+    allow = [f"keep.test:{echo.port}", f"drop.test:{echo.port}"]
+    with capture_logs() as logs:
+        proxy = await start_proxy(
+            allow, allow_private=[echo.target], resolver=resolver, owner="vm-owner-1"
+        )
+        kept = await open_tunnel(proxy, f"keep.test:{echo.port}")
+        dropped = await open_tunnel(proxy, f"drop.test:{echo.port}")
+        assert proxy.set_policy(allow, deny=[f"drop.test:{echo.port}"]) == 1
+    with contextlib.suppress(ConnectionResetError):
+        assert await asyncio.wait_for(dropped[0].read(), STEP) == b""
+    kept[1].write(b"still here")
+    assert await asyncio.wait_for(kept[0].readexactly(10), STEP) == b"still here"
+    assert (await ask(proxy, connect(f"drop.test:{echo.port}"))).status == 403
+    # A bad entry changes nothing.
+    with pytest.raises(InvalidInput, match="not a TCP port"):
+        proxy.set_policy(["keep.test:99999"])
+    assert proxy.allows("keep.test", echo.port)
+    assert not proxy.allows("drop.test", echo.port)
+    for _, writer in (kept, dropped):
+        writer.close()
+    owned = [entry for entry in logs if entry["event"] == "egress_tunnel_opened"]
+    assert [entry["owner"] for entry in owned] == ["vm-owner-1", "vm-owner-1"]
+
+
 # --- refusals ------------------------------------------------------------------------------
 
 

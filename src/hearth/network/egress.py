@@ -1,4 +1,4 @@
-"""An HTTP CONNECT proxy that lets a Browser VM reach its login provider's hosts and nothing else.
+"""An HTTP CONNECT proxy that lets a VM reach the hosts it may reach and nothing else.
 
 A Browser VM runs on QEMU user networking with ``restrict=on``, so it has no route out. The
 controller starts one :class:`EgressProxy` per Browser VM on 127.0.0.1 (random port), and QEMU's
@@ -8,8 +8,10 @@ in the VM use that address as their HTTPS proxy. What the proxy does with each c
 * Only ``CONNECT host:port HTTP/1.1`` is served. Plain-HTTP proxying (``GET http://...``) gets
   405; a malformed request line or header block, or a head over 8 KiB, gets 400.
 * ``host:port`` must match the allowlist (:mod:`hearth.network.allowlist`: exact hosts or IP
-  literals, and ``*.suffix`` wildcards, each with a port that defaults to 443). Anything else
-  gets 403 and an ``egress_denied`` log line.
+  literals, and ``*.suffix`` wildcards, each with a port that defaults to 443) and no entry of
+  the denylist (same syntax; a deny wins). Anything else gets 403 and an ``egress_denied`` log
+  line. ``set_policy`` replaces both lists while the proxy runs: new requests get the new policy
+  at once, and open tunnels the new policy no longer allows are cut.
 * The name is resolved once (through the injected ``resolver``) and the proxy dials the resolved
   address, never the name again, so a second DNS answer cannot steer the tunnel elsewhere. If any
   resolved address is not globally reachable unicast (:func:`hearth.network.addresses.
@@ -31,8 +33,9 @@ in the VM use that address as their HTTPS proxy. What the proxy does with each c
   (:mod:`hearth.network.tunnel`).
 
 Logs carry host, port and outcome only -- never request paths or header values (they can carry
-credentials). Every request is counted in ``hearth_egress_requests_total{outcome}`` and open
-tunnels in ``hearth_egress_tunnels_open`` (see :mod:`hearth.metrics`).
+credentials) -- and the proxy's ``owner`` (the VM or login it serves). Every request is counted
+in ``hearth_egress_requests_total{outcome}`` and open tunnels in ``hearth_egress_tunnels_open``
+(see :mod:`hearth.metrics`).
 """
 
 from __future__ import annotations
@@ -126,6 +129,8 @@ class EgressProxy(Closing):
         self,
         allow: Sequence[str],
         *,
+        deny: Sequence[str] = (),
+        owner: str | None = None,
         allow_private: Sequence[str] = (),
         host: str = "127.0.0.1",
         port: int = 0,
@@ -135,7 +140,8 @@ class EgressProxy(Closing):
         metrics: ControllerMetrics | None = None,
         pins: Mapping[str, str] | None = None,
     ) -> None:
-        self.rules = tuple(AllowRule.parse(entry) for entry in allow)
+        self.rules, self.deny_rules = _parse_policy(allow, deny)
+        self._log = _log.bind(owner=owner) if owner else _log
         self.private_exceptions = frozenset(
             parse_ip_port(entry, what="allow_private entry") for entry in allow_private
         )
@@ -151,6 +157,7 @@ class EgressProxy(Closing):
         self._server: asyncio.Server | None = None
         self._port: int | None = None
         self._connections: set[asyncio.Task[None]] = set()
+        self._targets: dict[asyncio.Task[None], tuple[str, int]] = {}  # open tunnels' targets
 
     async def start(self) -> None:
         """Listen; afterwards :attr:`port` is the port actually bound."""
@@ -162,7 +169,7 @@ class EgressProxy(Closing):
             raise Conflict(f"the egress proxy cannot listen on {self._bind}: {exc}") from exc
         self._server = server
         self._port = int(server.sockets[0].getsockname()[1])
-        _log.info("egress_proxy_started", port=self._port, rules=len(self.rules))
+        self._log.info("egress_proxy_started", port=self._port, rules=len(self.rules))
 
     @property
     def port(self) -> int:
@@ -182,11 +189,26 @@ class EgressProxy(Closing):
         await asyncio.gather(*connections, return_exceptions=True)
         if server is not None:
             await server.wait_closed()
-            _log.info("egress_proxy_closed", port=self._port)
+            self._log.info("egress_proxy_closed", port=self._port)
 
     def allows(self, host: str, port: int) -> bool:
-        """Whether the allowlist lets a CONNECT to the normalised ``host`` and ``port`` through."""
+        """Whether the policy lets a CONNECT to the normalised ``host`` and ``port`` through:
+        on the allowlist and not on the denylist."""
+        if any(rule.matches(host, port) for rule in self.deny_rules):
+            return False
         return any(rule.matches(host, port) for rule in self.rules)
+
+    def set_policy(self, allow: Sequence[str], deny: Sequence[str] = ()) -> int:
+        """Replace the allow- and denylist (InvalidInput, changing nothing, if an entry is bad);
+        cut the open tunnels the new policy does not allow. Returns how many were cut."""
+        self.rules, self.deny_rules = _parse_policy(allow, deny)
+        cut = [task for task, (host, port) in self._targets.items() if not self.allows(host, port)]
+        for task in cut:
+            task.cancel()
+        self._log.info(
+            "egress_policy_set", allow=len(self.rules), deny=len(self.deny_rules), cut=len(cut)
+        )
+        return len(cut)
 
     def may_dial(self, address: IPAddress, port: int) -> bool:
         """Whether the proxy may open a connection to ``address:port`` (public, or excepted)."""
@@ -203,9 +225,10 @@ class EgressProxy(Closing):
             aborted = True
             raise
         except OSError as exc:
-            _log.debug("egress_client_gone", error=type(exc).__name__)
+            self._log.debug("egress_client_gone", error=type(exc).__name__)
         finally:
             self._connections.discard(task)
+            self._targets.pop(task, None)
             await close_stream(writer, abort=aborted)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -228,6 +251,9 @@ class EgressProxy(Closing):
         except _Refusal as refusal:
             await self._refuse(reader, writer, refusal)
             return
+        task = asyncio.current_task()
+        assert task is not None
+        self._targets[task] = (host, port)
         await self._tunnel(host, port, address, (reader, writer), upstream, early)
 
     async def _open_upstream(
@@ -287,14 +313,14 @@ class EgressProxy(Closing):
     ) -> None:
         self._metrics.egress_requests.labels(outcome=refusal.outcome.value).inc()
         if refusal.outcome in (EgressOutcome.DENIED_HOST, EgressOutcome.DENIED_ADDRESS):
-            _log.warning(
+            self._log.warning(
                 "egress_denied",
                 host=refusal.host,
                 port=refusal.port,
                 outcome=refusal.outcome.value,
             )
         else:
-            _log.info(
+            self._log.info(
                 "egress_refused",
                 status=refusal.status,
                 outcome=refusal.outcome.value,
@@ -336,7 +362,7 @@ class EgressProxy(Closing):
             upstream[1].write(early)
         self._metrics.egress_requests.labels(outcome=EgressOutcome.TUNNELED.value).inc()
         self._metrics.egress_tunnels_open.inc()
-        _log.info("egress_tunnel_opened", host=host, port=port, address=str(address))
+        self._log.info("egress_tunnel_opened", host=host, port=port, address=str(address))
         pipe = TunnelPipe(loop.time(), bytes_up=len(early))
         ending = "proxy_closed"
         aborted = False
@@ -348,7 +374,7 @@ class EgressProxy(Closing):
         finally:
             self._metrics.egress_tunnels_open.dec()
             await close_stream(upstream[1], abort=aborted)
-            _log.info(
+            self._log.info(
                 "egress_tunnel_closed",
                 host=host,
                 port=port,
@@ -357,6 +383,13 @@ class EgressProxy(Closing):
                 bytes_down=pipe.bytes_down,
                 seconds=round(loop.time() - pipe.opened, 3),
             )
+
+
+def _parse_policy(
+    allow: Sequence[str], deny: Sequence[str]
+) -> tuple[tuple[AllowRule, ...], tuple[AllowRule, ...]]:
+    """Both lists parsed (InvalidInput naming the first bad entry)."""
+    return tuple(AllowRule.parse(e) for e in allow), tuple(AllowRule.parse(e) for e in deny)
 
 
 class _Refusal(Exception):
