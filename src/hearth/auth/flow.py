@@ -318,7 +318,7 @@ class AuthFlow:
         it as its proxy), and a vendor CLI gets it as HTTPS_PROXY through the start body."""
         if not plan.egress_allow:
             return plan
-        path = await self.node.open_egress(plan.egress_allow)
+        path = await self.node.open_egress(plan.egress_allow, owner=session_id)
         self._egress[session_id] = path
         _log.info(
             "egress_proxy_for_session",

@@ -36,17 +36,28 @@ class EgressPath(Closing):
         """The proxy's loopback port on the node."""
         return self.proxy.port
 
+    def set_policy(self, allow: Sequence[str], deny: Sequence[str] = ()) -> int:
+        """Change what the VM may reach, at once; the open tunnels it may no longer use are cut
+        (their count is returned). InvalidInput, changing nothing, for a bad entry."""
+        return self.proxy.set_policy(allow, deny)
+
     async def close(self) -> None:
         """Stop the proxy and drop its tunnels; idempotent."""
         await self.proxy.close()
 
 
 async def open_egress_path(
-    allow: Sequence[str], *, pins: Mapping[str, str], metrics: ControllerMetrics
+    allow: Sequence[str],
+    *,
+    deny: Sequence[str] = (),
+    owner: str | None = None,
+    pins: Mapping[str, str],
+    metrics: ControllerMetrics,
 ) -> EgressPath:
-    """Start a proxy that tunnels only to ``allow`` (``pins``: names resolved to fixed
-    addresses, for tests' stand-ins) and the guest forward that reaches it."""
-    proxy = EgressProxy(allow, pins=dict(pins), metrics=metrics)
+    """Start a proxy that tunnels only to ``allow`` minus ``deny`` (``pins``: names resolved to
+    fixed addresses, for tests' stand-ins; ``owner``: the VM or login named in its logs) and the
+    guest forward that reaches it."""
+    proxy = EgressProxy(allow, deny=deny, owner=owner, pins=dict(pins), metrics=metrics)
     await proxy.start()
     forward = GuestForward(
         guest_ip=EGRESS_GUEST_IP, guest_port=EGRESS_GUEST_PORT, host_port=proxy.port

@@ -68,7 +68,10 @@ class Node(Protocol):
         """The last lines of the VM's serial console."""
         ...
 
-    async def open_egress(self, allow: Sequence[str]) -> EgressPath:
-        """A way out for a VM to the hosts in ``allow`` and nothing else (never a private
-        address); the VM's spec must carry its ``forward``, and the caller closes it."""
+    async def open_egress(
+        self, allow: Sequence[str], *, deny: Sequence[str] = (), owner: str | None = None
+    ) -> EgressPath:
+        """A way out for a VM to the hosts in ``allow`` but not ``deny``, and nothing else
+        (never a private address); the VM's spec must carry its ``forward``, its policy may
+        change while it runs, and the caller closes it. ``owner`` is named in its logs."""
         ...

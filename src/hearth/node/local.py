@@ -97,6 +97,10 @@ class LocalNode:
         """The backend's console tail."""
         return self.backend.console_tail(vm, lines)
 
-    async def open_egress(self, allow: Sequence[str]) -> EgressPath:
+    async def open_egress(
+        self, allow: Sequence[str], *, deny: Sequence[str] = (), owner: str | None = None
+    ) -> EgressPath:
         """An egress proxy on this host's loopback, with the configured pins (tests only)."""
-        return await open_egress_path(allow, pins=self.egress_pins, metrics=self.metrics)
+        return await open_egress_path(
+            allow, deny=deny, owner=owner, pins=self.egress_pins, metrics=self.metrics
+        )
