@@ -1,4 +1,4 @@
-"""Command line: ``python3 -m hearth_agent [--listen HOST:PORT] [--home DIR] [auth options]``."""
+"""Command line: ``python3 -m hearth_agent [--listen HOST:PORT] [--home DIR] [options]``."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from hearth_agent.app import AgentApp
 from hearth_agent.claim import AuthGate, AuthMode
 from hearth_agent.entropy import reseed_kernel
 from hearth_agent.errors import ConfigError
+from hearth_agent.execs import ExecLimits, ExecRegistry, prepare_workspace
 from hearth_agent.log import JsonLogger
 from hearth_agent.metrics import AgentMetrics
 from hearth_agent.server import AgentHTTPServer
@@ -37,6 +38,13 @@ class Options:
     insecure: bool
     allow_claim: bool
     reseed: bool = True
+    workspace: Path | None = None  # None: HOME/workspace
+    max_execs: int = ExecLimits.max_running
+
+    @property
+    def workspace_dir(self) -> Path:
+        """Where execs run unless they name another directory."""
+        return self.workspace if self.workspace is not None else self.home / "workspace"
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -49,11 +57,19 @@ def parse_listen(value: str) -> tuple[str, int]:
     return host, int(port_text)
 
 
+def positive_int(value: str) -> int:
+    """A whole number above zero."""
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
+    return int(value)
+
+
 def parse_options(argv: list[str] | None = None) -> Options:
     """Parse the command line (argparse exits with code 2 on bad usage)."""
     parser = argparse.ArgumentParser(
         prog="python3 -m hearth_agent",
-        description="Hearth in-VM agent: stores AI CLI credentials delivered by the controller.",
+        description="Hearth in-VM agent: stores AI CLI credentials delivered by the controller "
+        "and runs commands for it.",
     )
     parser.add_argument(
         "--listen",
@@ -68,6 +84,21 @@ def parse_options(argv: list[str] | None = None) -> Options:
         default=Path("/root"),
         metavar="DIR",
         help="home directory every credential path is relative to (default /root)",
+    )
+    parser.add_argument(
+        "--workspace",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="directory commands run in by default; created 0700 if missing "
+        "(default: HOME/workspace)",
+    )
+    parser.add_argument(
+        "--max-execs",
+        type=positive_int,
+        default=ExecLimits.max_running,
+        metavar="N",
+        help=f"how many commands may run at once (default {ExecLimits.max_running})",
     )
     parser.add_argument(
         "--token-file",
@@ -104,6 +135,8 @@ def parse_options(argv: list[str] | None = None) -> Options:
         insecure=args.insecure_no_auth,
         allow_claim=args.allow_claim,
         reseed=not args.no_reseed,
+        workspace=args.workspace,
+        max_execs=args.max_execs,
     )
 
 
@@ -126,11 +159,23 @@ def run(options: Options, logger: JsonLogger) -> int:
             message="authentication is disabled (--insecure-no-auth): anyone who can reach "
             "the agent can read and replace credentials",
         )
+    try:
+        prepare_workspace(options.workspace_dir)
+    except OSError as exc:
+        # Credentials still work; execs that rely on the default directory will be refused.
+        logger.error("workspace_unavailable", path=str(options.workspace_dir), reason=exc.strerror)
+    execs = ExecRegistry(
+        workspace=options.workspace_dir,
+        home=options.home,
+        logger=logger,
+        limits=ExecLimits(max_running=options.max_execs),
+    )
     app = AgentApp(
         store=CredentialStore(home=options.home, logger=logger),
         gate=gate,
         metrics=AgentMetrics(version=__version__, providers=SUPPORTED_PROVIDERS),
         logger=logger,
+        execs=execs,
     )
     try:
         server = AgentHTTPServer((options.host, options.port), app=app, logger=logger)
@@ -148,6 +193,7 @@ def run(options: Options, logger: JsonLogger) -> int:
         host=options.host,
         port=server.port,
         home=str(options.home),
+        workspace=str(options.workspace_dir),
         auth=gate.mode.value,
         version=__version__,
     )
@@ -155,6 +201,8 @@ def run(options: Options, logger: JsonLogger) -> int:
         server.serve_forever(poll_interval=0.5)
     finally:
         server.server_close()
+    # First, so that event streams in flight end with their exit events instead of the grace.
+    execs.close()
     unfinished = server.wait_until_idle(SHUTDOWN_GRACE_S)
     if unfinished:
         logger.warning("stopped_with_requests_in_flight", requests=unfinished)

@@ -1,17 +1,16 @@
-"""The agent's endpoints: a route table, one handler per endpoint, and the one error mapping."""
+"""The agent's endpoints: the route table, one handler per endpoint, and dispatch."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 import platform
-import re
 import tempfile
 import time
 import traceback
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 from hearth_agent import __version__
@@ -29,6 +28,8 @@ from hearth_agent.errors import (
     StorageError,
     UnknownProvider,
 )
+from hearth_agent.exec_routes import ExecRoutes
+from hearth_agent.execs import ExecRegistry
 from hearth_agent.jsontext import JsonTextError, decode_json
 from hearth_agent.log import JsonLogger
 from hearth_agent.login import LoginRegistry, LoginRunnerFactory, LoginStatus, LoginView
@@ -37,69 +38,20 @@ from hearth_agent.metrics import AgentMetrics, WriteOutcome
 from hearth_agent.oidc import OidcLoginRunner
 from hearth_agent.probe import parse_probe, probe_tcp
 from hearth_agent.providers import SUPPORTED_PROVIDERS, CredentialFormat, get_provider
+from hearth_agent.routing import (
+    UNMATCHED_ROUTE,
+    Request,
+    Response,
+    Route,
+    error_response,
+    json_response,
+    query_flag,
+    read_json,
+    response_for,
+)
 from hearth_agent.storage import CredentialStore, WriteResult
 from hearth_agent.vendor import VENDOR_LOGINS, VendorLoginRunner, cli_status
 from hearth_agent.vnc import provision_vnc_password
-
-JSON_CONTENT_TYPE = "application/json"
-UNMATCHED_ROUTE = "unmatched"
-
-
-@dataclass(frozen=True)
-class Request:
-    """What an endpoint sees of an HTTP request; the body is read only when asked for."""
-
-    method: str
-    path: str
-    query: Mapping[str, list[str]]
-    authorization: str | None
-    read_body: Callable[[], bytes] = field(repr=False)
-
-
-@dataclass(frozen=True)
-class Response:
-    """A complete HTTP response: status, body bytes, any extra headers, and what follows it."""
-
-    status: int
-    body: bytes
-    content_type: str = JSON_CONTENT_TYPE
-    headers: tuple[tuple[str, str], ...] = ()
-    # The agent stops (exit code 0) once this response has been sent; its supervisor restarts it.
-    exit_after: bool = False
-
-
-def json_response(status: int, payload: object) -> Response:
-    """A JSON response with the given status."""
-    return Response(status=status, body=json.dumps(payload).encode("utf-8"))
-
-
-def error_response(
-    status: int, code: str, message: str, headers: tuple[tuple[str, str], ...] = ()
-) -> Response:
-    """The one error body shape: ``{"error": {"code": ..., "message": ...}}``."""
-    payload = {"error": {"code": code, "message": message}}
-    return Response(status=status, body=json.dumps(payload).encode("utf-8"), headers=headers)
-
-
-def response_for(error: AgentError) -> Response:
-    """Map an AgentError to HTTP: its status and code, plus the headers some statuses need."""
-    headers: tuple[tuple[str, str], ...] = ()
-    if isinstance(error, MethodNotAllowed):
-        headers = (("Allow", ", ".join(error.allow)),)
-    elif error.http_status == 401:
-        headers = (("WWW-Authenticate", 'Bearer realm="hearth-agent"'),)
-    return error_response(error.http_status, error.code, error.message, headers)
-
-
-def read_json(request: Request) -> object:
-    """Read and strictly decode the request body, raising MalformedJson if it is not JSON."""
-    body = request.read_body()
-    if not body:
-        raise MalformedJson("request body is empty; a JSON document is required")
-    try:
-        return decode_json(body)
-    except JsonTextError as exc:
-        raise MalformedJson(f"request body is not valid JSON: {exc}") from exc
 
 
 def provider_field(body: Mapping[str, object]) -> str:
@@ -110,42 +62,6 @@ def provider_field(body: Mapping[str, object]) -> str:
     if not isinstance(name, str):
         raise InvalidInput("field 'provider' must be a string")
     return name
-
-
-def query_flag(request: Request, name: str) -> bool:
-    """A boolean query parameter: absent, ``false`` or ``0`` is False; ``true`` or ``1`` is True."""
-    values = request.query.get(name)
-    if not values:
-        return False
-    value = values[-1].lower()
-    if value in ("true", "1"):
-        return True
-    if value in ("false", "0", ""):
-        return False
-    raise InvalidInput(f"query parameter '{name}' must be true or false")
-
-
-Handler = Callable[[Request, Mapping[str, str]], Response]
-
-
-@dataclass(frozen=True)
-class Route:
-    """One path template, the handler per method, and whether it is open without a token."""
-
-    template: str
-    handlers: Mapping[str, Handler]
-    public: bool = False
-
-    @property
-    def pattern(self) -> re.Pattern[str]:
-        """The template compiled to a regex; ``{name}`` matches one path segment."""
-        regex = re.sub(r"\\\{(\w+)\\\}", r"(?P<\1>[^/]+)", re.escape(self.template))
-        return re.compile(regex)
-
-    @property
-    def allow(self) -> tuple[str, ...]:
-        """The methods the route accepts, for the Allow header."""
-        return tuple(self.handlers)
 
 
 class AgentApp:
@@ -160,6 +76,7 @@ class AgentApp:
         logger: JsonLogger,
         logins: LoginRegistry | None = None,
         login_runners: Mapping[str, LoginRunnerFactory] | None = None,
+        execs: ExecRegistry | None = None,
     ) -> None:
         self._store = store
         self._gate = gate
@@ -173,6 +90,9 @@ class AgentApp:
             login_runners = default_login_runners(logger)
         self._logins = logins
         self._login_runners = login_runners
+        if execs is None:
+            execs = ExecRegistry(workspace=store.home / "workspace", home=store.home, logger=logger)
+        self._execs = execs
         # Literal routes first: /credentials/write must win over /credentials/{provider},
         # /login/start over /login/{login_id}.
         self._routes = tuple(
@@ -199,6 +119,7 @@ class AgentApp:
                 ),
                 Route("/login/start", {"POST": self._start_login}),
                 Route("/login/{login_id}", {"GET": self._get_login, "DELETE": self._cancel_login}),
+                *ExecRoutes(execs=execs).routes(),
             )
         )
 
@@ -208,8 +129,9 @@ class AgentApp:
         return self._metrics
 
     def close(self) -> None:
-        """Cancel every running login (their CLIs and callback servers die with the agent)."""
+        """Cancel every running login and kill every running exec's process group."""
         self._logins.close()
+        self._execs.close()
 
     def dispatch(self, request: Request) -> tuple[str, Response]:
         """Route and run a request; return the route template (for metrics) and the response.

@@ -7,14 +7,20 @@
     ├── Unauthorized            missing or wrong bearer token (401)
     │   └── Unclaimed           the agent has no token yet; POST /init first (401)
     ├── NotFound                no such route, or no such stored document (404)
-    │   └── UnknownProvider     the provider is not in the table (404)
+    │   ├── UnknownProvider     the provider is not in the table (404)
+    │   └── ExecNotFound        no exec has this id, or it was forgotten (404)
     ├── MethodNotAllowed        the route exists but not for this method (405, carries Allow)
     ├── AlreadyClaimed          /init after the agent already has a token, or in insecure mode (409)
     ├── CorruptDocument         the stored document is not valid JSON (409)
+    ├── StdinClosed             the exec's stdin is closed, or was never open (409)
+    ├── StdinBacklogFull        the exec is not reading its stdin fast enough (409)
+    ├── ExecEventsGone          the events to resume after were acknowledged and dropped (410)
     ├── LengthRequired          PUT/POST without Content-Length (411)
     ├── BodyTooLarge            Content-Length above the limit (413)
     ├── InvalidInput            a request field is missing or has the wrong type (422)
-    │   └── InvalidDocument     the credential document fails its provider's rules (422)
+    │   ├── InvalidDocument     the credential document fails its provider's rules (422)
+    │   └── ExecStartFailed     the command cannot be started (not found, not executable) (422)
+    ├── TooManyExecs            the cap on concurrently running execs is reached (429)
     ├── StorageError            the filesystem refused a write (500)
     └── ReseedFailed            the claim could not reseed the guest kernel's CRNG (500)
 
@@ -79,6 +85,10 @@ class UnknownProvider(NotFound, code="unknown_provider"):
     """The provider is not one the agent knows how to store."""
 
 
+class ExecNotFound(NotFound, code="exec_not_found"):
+    """No exec has this id (never started, or forgotten after its retention)."""
+
+
 class MethodNotAllowed(AgentError, code="method_not_allowed", http_status=405):
     """The route exists but does not accept this method."""
 
@@ -95,6 +105,18 @@ class CorruptDocument(AgentError, code="corrupt_document", http_status=409):
     """The stored credential document is not valid JSON, so it cannot be returned."""
 
 
+class StdinClosed(AgentError, code="stdin_closed", http_status=409):
+    """The exec's stdin was closed (eof sent, process gone) or never kept open."""
+
+
+class StdinBacklogFull(AgentError, code="stdin_backlog_full", http_status=409):
+    """Too much stdin is queued for an exec that is not reading it; retry once it reads."""
+
+
+class ExecEventsGone(AgentError, code="exec_events_gone", http_status=410):
+    """The events after the requested id were acknowledged by a reader and dropped."""
+
+
 class LengthRequired(AgentError, code="length_required", http_status=411):
     """A request that needs a body did not declare its Content-Length."""
 
@@ -109,6 +131,14 @@ class InvalidInput(AgentError, code="invalid_request", http_status=422):
 
 class InvalidDocument(InvalidInput, code="invalid_document"):
     """The credential document does not satisfy its provider's rules."""
+
+
+class ExecStartFailed(InvalidInput, code="exec_start_failed"):
+    """The command could not be started: not found, not executable, or the system refused."""
+
+
+class TooManyExecs(AgentError, code="too_many_execs", http_status=429):
+    """The cap on concurrently running execs is reached; wait for one to end."""
 
 
 class StorageError(AgentError, code="storage_error", http_status=500):

@@ -7,16 +7,18 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Generator, Iterator
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from hearth_agent import __version__
-from hearth_agent.app import UNMATCHED_ROUTE, AgentApp, Request, Response, error_response
+from hearth_agent.app import AgentApp
 from hearth_agent.errors import BadRequest, BodyTooLarge, LengthRequired
 from hearth_agent.httpserver import LocalHTTPServer
 from hearth_agent.log import JsonLogger
+from hearth_agent.routing import UNMATCHED_ROUTE, Request, Response, error_response
 
 MAX_BODY_BYTES = 1024 * 1024
 SOCKET_TIMEOUT_S = 30.0
@@ -87,6 +89,7 @@ class AgentRequestHandler(BaseHTTPRequestHandler):
             query=parse_qs(split.query, keep_blank_values=True),
             authorization=self.headers.get("Authorization"),
             read_body=self._read_body,
+            headers={name.lower(): value for name, value in self.headers.items()},
         )
         template, response = self.server.app.dispatch(request)
         self._send(response)
@@ -123,15 +126,35 @@ class AgentRequestHandler(BaseHTTPRequestHandler):
     def _send(self, response: Response) -> None:
         self.send_response(response.status)
         self.send_header("Content-Type", response.content_type)
-        self.send_header("Content-Length", str(len(response.body)))
+        if response.stream is None:
+            self.send_header("Content-Length", str(len(response.body)))
         self.send_header("Cache-Control", "no-store")
         for name, value in response.headers:
             self.send_header(name, value)
         self.send_header("Connection", "close")
         self.end_headers()
-        if self.command != "HEAD" and response.status >= 200 and response.status not in (204, 304):
-            self.wfile.write(response.body)
         self.close_connection = True
+        if self.command == "HEAD" or response.status < 200 or response.status in (204, 304):
+            return
+        if response.stream is None:
+            self.wfile.write(response.body)
+        else:
+            self._write_stream(iter(response.stream))
+
+    def _write_stream(self, chunks: Iterator[bytes]) -> None:
+        """Write each chunk as it comes; the connection's close ends the body."""
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            for chunk in chunks:
+                self.wfile.write(chunk)
+                self.wfile.flush()
+        except OSError as exc:
+            # The client went away or stopped reading for the socket timeout; what it missed
+            # stays with the stream's source for a resume.
+            self.server.logger.info("stream_aborted", error_type=type(exc).__name__)
+        finally:
+            if isinstance(chunks, Generator):
+                chunks.close()
 
     def _finish(self, route: str, status: int) -> None:
         method = self.command or "-"

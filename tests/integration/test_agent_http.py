@@ -601,7 +601,8 @@ def test_concurrent_writers_leave_exactly_one_complete_document(
     assert final in bodies
     json.loads(final)
     assert sorted(os.listdir(agent.home / ".claude")) == [".credentials.json"]
-    assert sorted(p.name for p in agent.home.iterdir()) == [".claude", ".claude.json"]
+    # the workspace is where execs run (created at start)
+    assert sorted(p.name for p in agent.home.iterdir()) == [".claude", ".claude.json", "workspace"]
 
 
 # --- failures --------------------------------------------------------------------------------

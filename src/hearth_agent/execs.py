@@ -1,0 +1,470 @@
+"""Running commands in the VM: each exec is a process group with an event log and a stdin.
+
+An exec starts one command as the leader of a new session and process group
+(``start_new_session``), in a clean environment (PATH, HOME, LANG=C.UTF-8, then the caller's
+variables) and the workspace directory unless told otherwise. One pump thread reads its stdout
+and stderr into the exec's ``EventLog`` (see ``exec_events`` for backpressure and resume); a
+waiter thread watches the leader through a pidfd, enforces the timeout, and appends the one
+``exit`` event once the output is drained.
+
+Nothing outlives its exec: timeout and kill signal the whole group, and when the leader ends,
+whatever it left running in its group is killed before the leader is reaped (so the group id
+cannot have been reused). A process that makes itself a new session escapes the group; its
+pipes are abandoned a short while after the leader ends.
+
+Lifecycle (``ExecStatus``)::
+
+    running ──▶ exited      (exit reason: exited | timeout | killed)
+
+The registry caps how many execs run at once and forgets ended ones after a retention time or
+past a count, whichever comes first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import select
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+
+from hearth_agent.errors import (
+    ExecNotFound,
+    ExecStartFailed,
+    InvalidInput,
+    StdinClosed,
+    TooManyExecs,
+)
+from hearth_agent.exec_events import EventLog, EventType, OutputDecoder
+from hearth_agent.exec_stdin import StdinFeeder
+from hearth_agent.log import JsonLogger
+
+BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+READ_CHUNK_BYTES = 64 * 1024
+# How often an idle pump looks up from its pipes (to notice the leader ended or a discard).
+PUMP_POLL_S = 0.5
+# After the leader ended and its group was killed, pipes still open this long without output
+# belong to a process that left the group (setsid); they are abandoned.
+DRAIN_GRACE_S = 2.0
+MIB = 1024 * 1024
+
+
+class ExecStatus(StrEnum):
+    """Where an exec stands."""
+
+    RUNNING = "running"  # the process runs, or its output is still being drained
+    EXITED = "exited"  # the exit event is in the log; nothing of the exec runs any more
+
+
+class ExitReason(StrEnum):
+    """Why an exec ended."""
+
+    EXITED = "exited"  # the process ended by itself (an exit code, or a signal it got)
+    TIMEOUT = "timeout"  # its timeout passed and the agent killed the group
+    KILLED = "killed"  # a client (or the agent shutting down) killed the group
+
+
+@dataclass(frozen=True)
+class ExecSpec:
+    """What to run; ``cwd`` and ``timeout_s`` default to the registry's."""
+
+    cmd: tuple[str, ...]
+    env: Mapping[str, str] = field(default_factory=dict)
+    cwd: Path | None = None
+    stdin: bytes | None = None  # written first, then stdin is closed unless stdin_open
+    stdin_open: bool = False  # keep stdin open for later writes (POST /exec/{id}/stdin)
+    timeout_s: float | None = None
+    # The caller's own cap on execs running at once (the controller's per-VM setting); the
+    # agent's ``ExecLimits.max_running`` holds whatever it says.
+    max_running: int | None = None
+
+
+@dataclass(frozen=True)
+class ExecLimits:
+    """The registry's caps and defaults, as data."""
+
+    max_running: int = 16
+    default_timeout_s: float = 600.0
+    max_timeout_s: float = 6 * 3600.0
+    buffer_bytes: int = 8 * MIB  # output kept for readers before the process is held back
+    replay_bytes: int = 4 * MIB  # output already streamed that is kept for a reconnect
+    stdin_backlog_bytes: int = 4 * MIB  # stdin queued for a process that is not reading
+    keep_ended_s: float = 600.0  # how long an ended exec stays readable
+    keep_ended: int = 16  # how many ended execs stay readable
+
+
+@dataclass(frozen=True)
+class ExitInfo:
+    """How an exec ended: exit code or signal name, its duration, and why."""
+
+    code: int | None
+    signal: str | None
+    duration_ms: int
+    reason: ExitReason
+
+    def as_json(self) -> dict[str, object]:
+        """The exit event's payload."""
+        return {
+            "code": self.code,
+            "signal": self.signal,
+            "duration_ms": self.duration_ms,
+            "reason": self.reason.value,
+        }
+
+
+class Exec:
+    """One running (or ended) command: its process group, event log, stdin and exit."""
+
+    def __init__(
+        self,
+        *,
+        exec_id: str,
+        spec: ExecSpec,
+        cwd: Path,
+        env: Mapping[str, str],
+        timeout_s: float,
+        limits: ExecLimits,
+        logger: JsonLogger,
+    ) -> None:
+        self.exec_id = exec_id
+        self.cmd = spec.cmd
+        self.timeout_s = timeout_s
+        self.log = EventLog(buffer_bytes=limits.buffer_bytes, replay_bytes=limits.replay_bytes)
+        self._logger = logger
+        self._lock = threading.Lock()
+        self._reason: ExitReason | None = None
+        self._exit: ExitInfo | None = None
+        self._leader_ended = threading.Event()
+        self._ended_at: float | None = None
+        self._discarded = threading.Event()
+        self.started_at = time.time()
+        self._started = time.monotonic()
+        wants_stdin = spec.stdin is not None or spec.stdin_open
+        try:
+            self._process = subprocess.Popen(
+                list(spec.cmd),
+                stdin=subprocess.PIPE if wants_stdin else subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                cwd=cwd,
+                env=dict(env),
+                start_new_session=True,
+                close_fds=True,
+            )
+        except (OSError, ValueError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise ExecStartFailed(f"cannot run {spec.cmd[0]!r}: {reason}") from exc
+        self.pid = self._process.pid
+        self._stdin: StdinFeeder | None = None
+        if self._process.stdin is not None:
+            self._stdin = StdinFeeder(
+                self._process.stdin,
+                backlog_bytes=max(limits.stdin_backlog_bytes, len(spec.stdin or b"")),
+                name=f"exec-{exec_id}-stdin",
+            )
+            self._stdin.write(spec.stdin or b"", eof=not spec.stdin_open)
+        self._pump = threading.Thread(target=self._pump_output, name=f"exec-{exec_id}-pump")
+        self._pump.daemon = True
+        self._pump.start()
+        waiter = threading.Thread(target=self._wait, name=f"exec-{exec_id}-wait", daemon=True)
+        waiter.start()
+
+    def __repr__(self) -> str:
+        return f"Exec(exec_id={self.exec_id!r}, pid={self.pid})"
+
+    @property
+    def status(self) -> ExecStatus:
+        """Running until the exit event is in the log."""
+        return ExecStatus.EXITED if self.log.closed else ExecStatus.RUNNING
+
+    @property
+    def exit(self) -> ExitInfo | None:
+        """How it ended, once the exit event is in."""
+        with self._lock:
+            return self._exit
+
+    @property
+    def leader_running(self) -> bool:
+        """Whether the leader process has not ended yet (what the concurrency cap counts)."""
+        return not self._leader_ended.is_set()
+
+    @property
+    def ended_at(self) -> float | None:
+        """Monotonic time the leader ended, for retention."""
+        with self._lock:
+            return self._ended_at
+
+    def view(self) -> dict[str, object]:
+        """The exec's status as JSON."""
+        exit_info = self.exit
+        return {
+            "exec_id": self.exec_id,
+            "pid": self.pid,
+            "cmd": list(self.cmd),
+            "status": self.status.value,
+            "started_at": self.started_at,
+            "timeout_s": self.timeout_s,
+            "last_event_id": self.log.last_id,
+            "exit": exit_info.as_json() if exit_info is not None else None,
+        }
+
+    def write_stdin(self, data: bytes, *, eof: bool = False) -> int:
+        """Queue bytes for the process's stdin (closing it after them if ``eof``)."""
+        if self._stdin is None:
+            raise StdinClosed("this exec's stdin was not kept open (start it with stdin_open)")
+        return self._stdin.write(data, eof=eof)
+
+    def kill(self, sig: signal.Signals = signal.SIGKILL) -> bool:
+        """Signal the whole process group; False if the leader had already ended."""
+        return self._signal_group(sig, ExitReason.KILLED)
+
+    def wait(self, timeout_s: float | None = None) -> ExitInfo | None:
+        """Block until the exit event is in (or ``timeout_s`` passes); how it ended."""
+        self.log.wait_until_closed(timeout_s)
+        return self.exit
+
+    def discard(self) -> None:
+        """Stop draining output nobody will read (the registry forgot this exec)."""
+        self._discarded.set()
+
+    def _signal_group(self, sig: signal.Signals, reason: ExitReason) -> bool:
+        with self._lock:
+            # The leader is reaped only under this lock, after its group was killed: while it is
+            # unreaped its pid cannot name any other group.
+            if self._leader_ended.is_set():
+                return False
+            if self._reason is None:
+                self._reason = reason
+            try:
+                os.killpg(self.pid, sig)
+            except ProcessLookupError:
+                return False
+            return True
+
+    def _wait(self) -> None:
+        try:
+            pidfd = os.pidfd_open(self.pid)
+        except OSError:
+            pidfd = None
+        deadline = self._started + self.timeout_s
+        if pidfd is not None:
+            poller = select.poll()
+            poller.register(pidfd, select.POLLIN)
+            timed_out = False
+            while not poller.poll(None if timed_out else _ms_until(deadline)):
+                if not timed_out and time.monotonic() >= deadline:
+                    self._signal_group(signal.SIGKILL, ExitReason.TIMEOUT)
+                    timed_out = True
+            os.close(pidfd)
+        else:  # no pidfd (kernel before 5.3): wait without reaping, polling the deadline
+            while os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
+                if time.monotonic() >= deadline:
+                    self._signal_group(signal.SIGKILL, ExitReason.TIMEOUT)
+                    deadline = float("inf")
+                time.sleep(PUMP_POLL_S / 10)
+        duration_ms = round((time.monotonic() - self._started) * 1000)
+        with self._lock:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.pid, signal.SIGKILL)  # what the leader left behind in its group
+            returncode = self._process.wait()
+            self._ended_at = time.monotonic()
+            self._leader_ended.set()
+            reason = self._reason or ExitReason.EXITED
+        self._pump.join()
+        if self._stdin is not None:
+            self._stdin.close()
+        info = ExitInfo(
+            code=returncode if returncode >= 0 else None,
+            signal=_signal_name(-returncode) if returncode < 0 else None,
+            duration_ms=duration_ms,
+            reason=reason,
+        )
+        with self._lock:
+            self._exit = info
+        self.log.append(EventType.EXIT, info.as_json())
+        self._logger.info("exec_ended", exec_id=self.exec_id, pid=self.pid, **info.as_json())
+
+    def _pump_output(self) -> None:
+        assert self._process.stdout is not None
+        assert self._process.stderr is not None
+        pipes = {
+            self._process.stdout.fileno(): (EventType.STDOUT, self._process.stdout),
+            self._process.stderr.fileno(): (EventType.STDERR, self._process.stderr),
+        }
+        decoders = {fd: OutputDecoder() for fd in pipes}
+        poller = select.poll()
+        for fd in pipes:
+            poller.register(fd, select.POLLIN)
+        quiet_since = time.monotonic()
+        while pipes and not self._discarded.is_set():
+            if not self.log.wait_for_room(PUMP_POLL_S):
+                quiet_since = time.monotonic()  # held back by readers, not quiet
+                continue
+            ready = poller.poll(PUMP_POLL_S * 1000)
+            if not ready:
+                if self._leader_ended.is_set() and time.monotonic() - quiet_since > DRAIN_GRACE_S:
+                    break
+                continue
+            quiet_since = time.monotonic()
+            for fd, _ in ready:
+                event_type, pipe = pipes[fd]
+                chunk = os.read(fd, READ_CHUNK_BYTES)
+                payload = decoders[fd].decode(chunk) if chunk else decoders[fd].flush()
+                if payload is not None:
+                    self.log.append(event_type, payload)
+                if not chunk:
+                    poller.unregister(fd)
+                    pipe.close()
+                    del pipes[fd]
+        for fd, (event_type, pipe) in pipes.items():
+            payload = decoders[fd].flush()
+            if payload is not None:
+                self.log.append(event_type, payload)
+            pipe.close()
+
+
+def prepare_workspace(path: Path) -> None:
+    """Create the workspace (and any missing parent) with mode 0700; an existing one is kept."""
+    missing = [d for d in (path, *path.parents) if not d.exists()]
+    for directory in reversed(missing):
+        directory.mkdir(mode=0o700)
+        os.chmod(directory, 0o700)  # mkdir's mode is filtered by the umask
+
+
+def _ms_until(deadline: float) -> int:
+    """Milliseconds from now to ``deadline`` for poll(), rounded up so it never spins."""
+    return max(0, int((deadline - time.monotonic()) * 1000) + 1)
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"SIG{number}"
+
+
+class ExecRegistry:
+    """Starts execs, finds them by id, caps how many run, and kills them all at shutdown."""
+
+    def __init__(
+        self,
+        *,
+        workspace: Path,
+        home: Path,
+        logger: JsonLogger,
+        limits: ExecLimits | None = None,
+    ) -> None:
+        self.workspace = workspace
+        self.home = home
+        self.limits = limits if limits is not None else ExecLimits()
+        self._logger = logger
+        self._lock = threading.Lock()
+        self._execs: dict[str, Exec] = {}
+        self._starting = 0
+        self._closed = False
+
+    def base_env(self) -> dict[str, str]:
+        """The environment every exec starts from, before its own variables."""
+        return {"PATH": BASE_PATH, "HOME": str(self.home), "LANG": "C.UTF-8"}
+
+    def start(self, spec: ExecSpec) -> Exec:
+        """Start ``spec``; raises TooManyExecs past the cap, InvalidInput for a bad spec."""
+        if not spec.cmd:
+            raise InvalidInput("field 'cmd' must be a non-empty list of strings")
+        cwd = self._resolve_cwd(spec.cwd)
+        timeout_s = spec.timeout_s if spec.timeout_s is not None else self.limits.default_timeout_s
+        if not 0 < timeout_s <= self.limits.max_timeout_s:
+            raise InvalidInput(
+                f"field 'timeout_s' must be above 0 and at most {self.limits.max_timeout_s:g}"
+            )
+        with self._lock:
+            if self._closed:
+                raise TooManyExecs("the agent is shutting down; no exec can start")
+            self._forget_expired()
+            running = self._starting + sum(e.leader_running for e in self._execs.values())
+            cap = min(self.limits.max_running, spec.max_running or self.limits.max_running)
+            if running >= cap:
+                raise TooManyExecs(
+                    f"{running} execs are running, the most this VM allows at once; "
+                    "wait for one to end or kill one"
+                )
+            self._starting += 1
+        try:
+            started = Exec(
+                exec_id=secrets.token_hex(12),
+                spec=spec,
+                cwd=cwd,
+                env={**self.base_env(), **spec.env},
+                timeout_s=timeout_s,
+                limits=self.limits,
+                logger=self._logger,
+            )
+        finally:
+            with self._lock:
+                self._starting -= 1
+        with self._lock:
+            self._execs[started.exec_id] = started
+        self._logger.info(
+            "exec_started",
+            exec_id=started.exec_id,
+            pid=started.pid,
+            program=os.path.basename(spec.cmd[0]),
+            timeout_s=timeout_s,
+        )
+        return started
+
+    def get(self, exec_id: str) -> Exec:
+        """The exec with this id; raises ExecNotFound."""
+        with self._lock:
+            self._forget_expired()
+            found = self._execs.get(exec_id)
+        if found is None:
+            raise ExecNotFound(f"no exec with id {exec_id!r}")
+        return found
+
+    def running(self) -> list[Exec]:
+        """The execs whose leader has not ended."""
+        with self._lock:
+            return [e for e in self._execs.values() if e.leader_running]
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Refuse new execs, kill every running group, and wait (bounded) for their exit events.
+
+        Output nobody has read is no longer drained: after shutdown nobody will read it.
+        """
+        with self._lock:
+            self._closed = True
+            execs = list(self._execs.values())
+        for running in execs:
+            running.kill(signal.SIGKILL)
+            running.discard()
+        deadline = time.monotonic() + timeout_s
+        for running in execs:
+            running.wait(max(0.0, deadline - time.monotonic()))
+
+    def _resolve_cwd(self, cwd: Path | None) -> Path:
+        resolved = self.workspace if cwd is None else self.workspace / cwd
+        if not resolved.is_dir():
+            raise InvalidInput(f"field 'cwd': {str(resolved)!r} is not an existing directory")
+        return resolved
+
+    def _forget_expired(self) -> None:
+        """Forget ended execs past their retention time or past the count; lock held."""
+        now = time.monotonic()
+        ended = sorted(
+            (e for e in self._execs.values() if e.ended_at is not None),
+            key=lambda e: e.ended_at or 0.0,
+            reverse=True,
+        )
+        for index, old in enumerate(ended):
+            ended_at = old.ended_at or now
+            if index >= self.limits.keep_ended or now - ended_at > self.limits.keep_ended_s:
+                old.discard()
+                del self._execs[old.exec_id]
