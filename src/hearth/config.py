@@ -71,6 +71,13 @@ class Settings:
     login_egress: str = "proxy"
     login_egress_allow: tuple[str, ...] | None = None
     egress_pins: tuple[tuple[str, str], ...] = ()
+    # CLI VMs' way out: "proxy" (an allowlisting CONNECT proxy per CLI VM, reaching the API hosts
+    # of the providers delivered into it) or "off" (no way out at all).
+    cli_egress: str = "proxy"
+    # Commands run in CLI VMs (POST /api/vms/{id}/exec): how many at once per VM (429 past it),
+    # and the longest a command may run (its timeoutS; the default when it gives none).
+    exec_max_per_vm: int = 16
+    exec_timeout_s: float = 3600.0
     # Benchmarks and tests only: forward each Browser VM's Chromium DevTools to a loopback port,
     # where any local process could drive the login browser. Off, nothing but VNC is forwarded.
     browser_devtools: bool = False
@@ -173,6 +180,9 @@ class Settings:
             ),
             egress_pins=_pins(env.get("HEARTH_EGRESS_PINS", "")),
             browser_devtools=_choice(env, "HEARTH_BROWSER_DEVTOOLS", "0", ("0", "1")) == "1",
+            cli_egress=_choice(env, "HEARTH_CLI_EGRESS", "proxy", ("proxy", "off")),
+            exec_max_per_vm=_int(env, "HEARTH_EXEC_MAX_PER_VM", 16, 1, 1000),
+            exec_timeout_s=_float(env, "HEARTH_EXEC_TIMEOUT_S", 3600.0, 1.0, 6 * 3600.0),
         )
 
     def with_overrides(self, **changes: object) -> Settings:

@@ -8,6 +8,7 @@
     │   ├── QuotaExceeded            the user already has as many VMs of that type as allowed
     │   └── ActiveSessionExists      the user already has a login in progress for that provider
     ├── CapacityExhausted            the host has no room: Browser VM slots or memory (429)
+    ├── TooManyRunning               the VM already runs as many execs as allowed (429)
     ├── Unauthorized                 missing or wrong API key (401)
     ├── Forbidden                    the key may not do this (admin only) (403)
     ├── BodyTooLarge                 the request body exceeds the configured limit (413)
@@ -107,6 +108,13 @@ class CapacityExhausted(HearthError):
     """The host has no room for the VM (Browser VM slots or memory); retry later."""
 
     code = "capacity_exhausted"
+    http_status = 429
+
+
+class TooManyRunning(HearthError):
+    """The VM already runs as many commands as ``HEARTH_EXEC_MAX_PER_VM`` allows; retry later."""
+
+    code = "too_many_running"
     http_status = 429
 
 

@@ -24,6 +24,8 @@ from hearth import __version__
 from hearth.auth.flow import AuthFlow
 from hearth.config import Settings
 from hearth.control.bootstrap import ensure_admin_key, open_store
+from hearth.control.execs import ExecService
+from hearth.control.network import CliNetworks
 from hearth.control.quotas import Quotas
 from hearth.control.vms import VmService
 from hearth.credentials.pullback import PullBack
@@ -52,6 +54,8 @@ class ControlPlane:
     metrics: ControllerMetrics
     credentials: CredentialService
     vms: VmService
+    execs: ExecService
+    networks: CliNetworks
     auth: AuthFlow
     node: Node
 
@@ -104,6 +108,8 @@ async def open_hearth(
         await ensure_admin_key(store, settings)
         vault = CredentialVault.load(settings.state_dir, master_key=settings.master_key)
         credentials = CredentialService(store, vault)
+        networks = CliNetworks(node=node)
+        teardown.push("close the CLI VMs' egress paths", networks.close_all)
         vms = VmService(
             settings=settings,
             store=store,
@@ -112,6 +118,7 @@ async def open_hearth(
             quotas=quotas or Quotas.from_settings(settings),
             pool_sizes={VmType.CLI: settings.pool_cli, VmType.BROWSER: settings.pool_browser},
             before_destroy=[PullBack(store, credentials).before_destroy],
+            networks=networks if settings.cli_egress == "proxy" else None,
         )
         teardown.push(
             "stop the VM service", functools.partial(vms.shutdown, destroy_vms=destroy_on_exit)
@@ -122,6 +129,7 @@ async def open_hearth(
             vms=vms,
             node=node,
             credentials=credentials,
+            networks=networks,
         )
         teardown.push("stop the login flows", auth.shutdown)
         await vms.reconcile()
@@ -137,6 +145,8 @@ async def open_hearth(
             metrics=metrics,
             credentials=credentials,
             vms=vms,
+            execs=ExecService(settings=settings, vms=vms, networks=networks),
+            networks=networks,
             auth=auth,
             node=node,
         )

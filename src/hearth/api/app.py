@@ -18,7 +18,7 @@ from hearth.api.context import Controller
 from hearth.api.errors import install_error_handlers
 from hearth.api.guard import KeyGuard
 from hearth.api.routes import auth as auth_routes
-from hearth.api.routes import keys, system, view, vms
+from hearth.api.routes import execs, keys, network, system, view, vms
 from hearth.api.routes.view import NOVNC_DIR
 from hearth.config import Settings
 from hearth.control.quotas import Quotas
@@ -111,6 +111,8 @@ def create_app(
     app.add_middleware(ObserveRequests)
     app.include_router(system.router)
     app.include_router(vms.router)
+    app.include_router(execs.router)
+    app.include_router(network.router)
     app.include_router(keys.router)
     app.include_router(auth_routes.router)
     app.include_router(view.router)

@@ -126,7 +126,7 @@ ERROR_STATUSES: dict[int, str] = {
     409: "Conflict or quota exceeded",
     413: "Request body over HEARTH_MAX_BODY_BYTES (refused unread)",
     422: "Invalid input; the message names the field",
-    429: "Host capacity exhausted; retry later",
+    429: "Host capacity exhausted, or the VM runs as many commands as allowed; retry later",
     500: "Internal error (generic message with a request id)",
     502: "The VMM or the VM's agent failed (vm_process_exited, backend_error)",
     503: "Not available on this host yet (image_not_built, tool_missing)",

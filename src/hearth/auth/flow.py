@@ -23,6 +23,7 @@ from hearth.agent_client import AgentClient, AgentError, sha256_hex
 from hearth.auth.providers import LoginPlan, login_plan, parse_provider
 from hearth.auth.states import TERMINAL, AuthStatus
 from hearth.config import Settings
+from hearth.control.network import CliNetworks
 from hearth.control.vms import VmService
 from hearth.credentials.service import CredentialService
 from hearth.errors import (
@@ -85,11 +86,14 @@ class AuthFlow:
         vms: VmService,
         node: Node,
         credentials: CredentialService,
+        networks: CliNetworks,
     ) -> None:
         self.settings = settings
         self.store = store
         self.vms = vms
         self.node = node
+        # Where a delivered credential opens its provider's API to the CLI VM.
+        self.networks = networks
         self.credentials = credentials
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._cleaning: set[str] = set()
@@ -425,6 +429,7 @@ class AuthFlow:
             else:
                 if written == expected:
                     await self.credentials.mark_delivered(user_id, provider, vm_id, sha256=expected)
+                    self.networks.allow_provider(vm_id, Provider(provider))
                     return
                 last = f"the agent wrote sha256 {written[:12]}…, expected {expected[:12]}…"
             if attempt < _DELIVERY_ATTEMPTS:

@@ -1,4 +1,4 @@
-"""The ``hearth`` command line: serve, image, vm, keys, bench, doctor."""
+"""The ``hearth`` command line: serve, image, vm, exec, keys, bench, doctor."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import typer
 
 from hearth.bench.cli import bench_app
 from hearth.cli.doctor import doctor
+from hearth.cli.exec import exec_command
 from hearth.cli.images import image_app
 from hearth.cli.server import keys_app, serve
 from hearth.cli.vms import vm_app
@@ -17,6 +18,7 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(bench_app, name="bench")
 app.command("serve")(serve)
 app.command("doctor")(doctor)
+app.command("exec")(exec_command)
 
 
 def main() -> None:

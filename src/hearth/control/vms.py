@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from datetime import UTC, datetime
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from hearth.config import Settings
+from hearth.control.network import CliNetworks
 from hearth.control.pool import POOL_USER, WarmPool, token_hash
 from hearth.control.quotas import Quotas
 from hearth.errors import Conflict, HearthError, NotFound, VmError
@@ -44,12 +46,15 @@ class VmService:
         quotas: Quotas,
         pool_sizes: dict[VmType, int] | None = None,
         before_destroy: Sequence[BeforeDestroy] = (),
+        networks: CliNetworks | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.node = node
         self.metrics = metrics
         self.quotas = quotas
+        # CLI VMs' egress paths (None: CLI VMs have no way out at all).
+        self.networks = networks
         self.live: dict[str, Vm] = {}
         self._admission = asyncio.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -159,6 +164,7 @@ class VmService:
         started = time.monotonic()
         try:
             await self.store.vms.transition(record.id, VmState.CREATING, VmState.BOOTING)
+            spec = await self._with_egress(record.id, spec)
             vm = await self.node.create(spec, vm_id=record.id, claim=not pooled)
         except HearthError as exc:
             return await self._fail(record.id, stage="boot", error=exc)
@@ -177,6 +183,17 @@ class VmService:
             # Destroyed (or failed) while booting: the row already says so; drop the VM.
             await self._discard(vm)
             return await self.store.vms.get(vm.id)
+
+    async def _with_egress(self, vm_id: str, spec: VmSpec) -> VmSpec:
+        """A CLI VM on user networking gets its egress path's forward; other VMs as they are."""
+        if (
+            self.networks is None
+            or spec.vm_type is not VmType.CLI
+            or spec.network is not NetworkMode.USER
+        ):
+            return spec
+        forward = await self.networks.open(vm_id)
+        return dataclasses.replace(spec, guest_forwards=(*spec.guest_forwards, forward))
 
     def _fields_of(self, vm: Vm) -> dict[str, object]:
         return {
@@ -198,6 +215,8 @@ class VmService:
         vm = self.live.pop(vm_id, None)
         if vm is not None:
             await self._discard(vm)
+        elif self.networks is not None:
+            await self.networks.close(vm_id)
         try:
             record = await self.store.vms.transition(
                 vm_id,
@@ -216,6 +235,8 @@ class VmService:
             await self.node.destroy(vm)
         except HearthError as exc:
             _log.warning("vm_destroy_error", vm_id=vm.id, error=exc.message[:300])
+        if self.networks is not None:
+            await self.networks.close(vm.id)
 
     # ---- read ------------------------------------------------------------------------------
 

@@ -1,0 +1,154 @@
+"""``/api/vms/{id}/exec``: run a command in a CLI VM and stream what it prints.
+
+``POST`` answers with the event stream at once (``text/event-stream``: ``started``, then the
+command's ``stdout``/``stderr`` chunks and one ``exit``), or with ``?wait=false`` a 202 and its
+``execId``. The command runs under the VM's agent: a client that disconnects loses nothing, and
+``GET …/exec/{execId}/events`` with ``Last-Event-ID`` (or ``?after=``) goes on after the last
+event it saw. Every refusal (another user's VM, a VM not ready, a bad body, the per-VM cap) is a
+JSON error before any event is sent.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.sse import format_sse_event
+
+from hearth.api.auth import Ctl, Key, scope_of
+from hearth.api.schemas import ERROR_RESPONSES
+from hearth.api.schemas_exec import (
+    ExecAccepted,
+    ExecCreate,
+    ExecKill,
+    ExecSignalled,
+    ExecState,
+    ExecStdin,
+    ExecStdinQueued,
+    event_stream_doc,
+)
+from hearth.control.execs import ExecEvent
+from hearth.errors import HearthError, InvalidInput
+from hearth.logging import get_logger
+
+router = APIRouter(tags=["exec"], responses=ERROR_RESPONSES)
+_log = get_logger("api.exec")
+EXEC_ID_HEADER = "X-Hearth-Exec-Id"
+_STREAM_HEADERS = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+
+
+def _sse(event: str, data: dict[str, Any], event_id: int | None = None) -> bytes:
+    return format_sse_event(
+        data_str=json.dumps(data, separators=(",", ":")),
+        event=event,
+        id=None if event_id is None else str(event_id),
+    )
+
+
+async def _encoded(
+    events: AsyncIterator[ExecEvent], first: bytes | None = None
+) -> AsyncIterator[bytes]:
+    """The SSE bytes of ``events``; a stream that breaks off ends with an ``error`` event."""
+    if first is not None:
+        yield first
+    try:
+        async for event in events:
+            yield _sse(event.type, event.data, event.id)
+    except HearthError as exc:
+        _log.warning("exec_stream_broken", code=exc.code, error=exc.message[:300])
+        yield _sse("error", exc.to_dict()["error"])
+
+
+def _stream(events: AsyncIterator[ExecEvent], exec_id: str, first: bytes | None = None) -> Response:
+    return StreamingResponse(
+        _encoded(events, first),
+        media_type="text/event-stream",
+        headers={**_STREAM_HEADERS, EXEC_ID_HEADER: exec_id},
+    )
+
+
+@router.post(
+    "/api/vms/{vm_id}/exec",
+    response_model=None,
+    responses={
+        **event_stream_doc("The command's events: `started` {execId, pid}, output, `exit`"),
+        202: {"model": ExecAccepted, "description": "wait=false: started; read its events"},
+    },
+)
+async def exec_command(
+    vm_id: str,
+    body: ExecCreate,
+    key: Key,
+    ctl: Ctl,
+    wait: Annotated[
+        bool, Query(description="false: answer 202 with the execId at once, stream nothing")
+    ] = True,
+) -> Response:
+    """Run ``cmd`` (an argv, no shell) in the CLI VM, in its own process group."""
+    started = await ctl.execs.start(vm_id, scope_of(key), body.request())
+    exec_id = started["execId"]
+    _log.info("exec_started", vm_id=vm_id, exec_id=exec_id, user_id=key.user_id)
+    if not wait:
+        accepted = ExecAccepted(exec_id=exec_id, pid=started["pid"])
+        return JSONResponse(accepted.model_dump(by_alias=True), status_code=202)
+    events = ctl.execs.events(vm_id, scope_of(key), exec_id)
+    return _stream(events, exec_id, first=_sse("started", started, 0))
+
+
+def _resume_point(after: int | None, last_event_id: str | None) -> int:
+    if last_event_id is None:
+        return after or 0
+    if not last_event_id.strip().isdigit():
+        raise InvalidInput("Last-Event-ID: must be the id of an event of this stream")
+    return int(last_event_id.strip())
+
+
+@router.get(
+    "/api/vms/{vm_id}/exec/{exec_id}/events",
+    response_model=None,
+    responses=event_stream_doc("The command's events after the given id, as they happen"),
+)
+async def exec_events(
+    vm_id: str,
+    exec_id: str,
+    key: Key,
+    ctl: Ctl,
+    after: Annotated[int | None, Query(ge=0, description="the last event id seen")] = None,
+    last_event_id: Annotated[str | None, Header(max_length=20)] = None,
+) -> Response:
+    """The command's events (all of them, or those after ``Last-Event-ID`` / ``after``)."""
+    resume = _resume_point(after, last_event_id)
+    events = await ctl.execs.opened(vm_id, scope_of(key), exec_id, after=resume)
+    return _stream(events, exec_id)
+
+
+@router.get("/api/vms/{vm_id}/exec/{exec_id}")
+async def exec_state(vm_id: str, exec_id: str, key: Key, ctl: Ctl) -> ExecState:
+    """Whether the command still runs, and how it ended."""
+    return ExecState.model_validate(await ctl.execs.status(vm_id, scope_of(key), exec_id))
+
+
+@router.post("/api/vms/{vm_id}/exec/{exec_id}/stdin")
+async def exec_stdin(
+    vm_id: str, exec_id: str, body: ExecStdin, key: Key, ctl: Ctl
+) -> ExecStdinQueued:
+    """Write to the command's stdin (it must have been started with ``stdinOpen``)."""
+    if body.data is None and not body.eof:
+        raise InvalidInput("send data, eof: true, or both")
+    payload: dict[str, Any] = {"encoding": body.encoding, "eof": body.eof}
+    if body.data is not None:
+        payload["data"] = body.data
+    answer = await ctl.execs.stdin(vm_id, scope_of(key), exec_id, payload)
+    return ExecStdinQueued.model_validate(answer)
+
+
+@router.post("/api/vms/{vm_id}/exec/{exec_id}/kill")
+async def exec_kill(
+    vm_id: str, exec_id: str, key: Key, ctl: Ctl, body: ExecKill | None = None
+) -> ExecSignalled:
+    """Signal the command's whole process group (default SIGKILL)."""
+    signal = (body or ExecKill()).signal
+    return ExecSignalled.model_validate(await ctl.execs.kill(vm_id, scope_of(key), exec_id, signal))

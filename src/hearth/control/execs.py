@@ -1,0 +1,140 @@
+"""ExecService: commands run in users' CLI VMs, through each VM's agent.
+
+The command runs under the VM's agent (``hearth_agent.execs``), in its own process group, so it
+outlives a client that disconnects, and a controller restart loses nothing of it: its events
+stay with the agent until read, and a reader resumes after the last event id it saw. This
+service checks who may reach the VM and that it can run anything (a ready CLI VM), adds the
+controller's limits (how many at once, how long), and translates the agent's events to the API's
+wire form.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from hearth.agent_client import AgentClient, AgentEvent
+from hearth.config import Settings
+from hearth.control.network import CliNetworks
+from hearth.control.vms import VmService
+from hearth.errors import Conflict
+from hearth.vm.types import VmState, VmType
+
+
+@dataclass(frozen=True)
+class ExecRequest:
+    """A command to run, as the API received it (already validated)."""
+
+    cmd: list[str]
+    env: Mapping[str, str] | None = None
+    cwd: str | None = None
+    stdin: str | None = None
+    stdin_open: bool = False
+    timeout_s: float | None = None
+
+
+@dataclass(frozen=True)
+class ExecEvent:
+    """One event on the API's stream: ``stdout``/``stderr`` chunks, then one ``exit``."""
+
+    id: int
+    type: str
+    data: dict[str, Any]
+
+    @classmethod
+    def of(cls, event: AgentEvent) -> ExecEvent:
+        """The agent's event with the API's field names."""
+        return cls(id=event.id, type=event.type, data=_wire(event.data))
+
+
+class ExecService:
+    """Starts commands in CLI VMs and relays their events, stdin and signals."""
+
+    def __init__(self, *, settings: Settings, vms: VmService, networks: CliNetworks) -> None:
+        self.settings = settings
+        self.vms = vms
+        self.networks = networks
+
+    async def _agent(self, vm_id: str, user_id: str | None) -> AgentClient:
+        """The agent of a VM the caller may use (NotFound otherwise) that can run commands."""
+        record = await self.vms.get(vm_id, user_id=user_id)
+        if record.vm_type is not VmType.CLI:
+            raise Conflict(
+                f"VM {vm_id} is a {record.vm_type.value} VM; commands run in CLI VMs "
+                "(a Browser VM serves one login)"
+            )
+        if record.status is not VmState.READY:
+            raise Conflict(f"VM {vm_id} is {record.status.value}; commands need it ready")
+        vm = self.vms.live_vm(vm_id)
+        return AgentClient(str(vm.agent_url), self.vms.agent_token(vm_id))
+
+    async def start(self, vm_id: str, user_id: str | None, request: ExecRequest) -> dict[str, Any]:
+        """Start the command; ``{"execId", "pid"}``. TooManyRunning past the per-VM cap."""
+        agent = await self._agent(vm_id, user_id)
+        body: dict[str, Any] = {
+            "cmd": request.cmd,
+            "timeout_s": request.timeout_s or self.settings.exec_timeout_s,
+            "max_running": self.settings.exec_max_per_vm,
+        }
+        # The VM's egress proxy, unless the command says otherwise; then the command's own.
+        env = self.networks.proxy_env(vm_id)
+        env.update(request.env or {})
+        if env:
+            body["env"] = env
+        if request.cwd is not None:
+            body["cwd"] = request.cwd
+        if request.stdin is not None:
+            body["stdin"] = request.stdin
+        if request.stdin_open:
+            body["stdin_open"] = True
+        started = await agent.exec_start(body)
+        return {"execId": str(started["exec_id"]), "pid": int(started["pid"])}
+
+    async def events(
+        self, vm_id: str, user_id: str | None, exec_id: str, *, after: int = 0
+    ) -> AsyncIterator[ExecEvent]:
+        """The command's events after id ``after``, as they happen, ending with ``exit``."""
+        agent = await self._agent(vm_id, user_id)
+        async for event in agent.exec_events(exec_id, after=after):
+            yield ExecEvent.of(event)
+
+    async def opened(
+        self, vm_id: str, user_id: str | None, exec_id: str, *, after: int = 0
+    ) -> AsyncIterator[ExecEvent]:
+        """``events``, having checked first (before any byte of a response) that the command
+        exists and the VM can be reached, so that a refusal is an error answer, not a stream."""
+        await self.status(vm_id, user_id, exec_id)
+        return self.events(vm_id, user_id, exec_id, after=after)
+
+    async def status(self, vm_id: str, user_id: str | None, exec_id: str) -> dict[str, Any]:
+        """Whether the command runs, and how it ended."""
+        agent = await self._agent(vm_id, user_id)
+        return _wire(await agent.exec_status(exec_id))
+
+    async def stdin(
+        self, vm_id: str, user_id: str | None, exec_id: str, body: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Write to the command's stdin (``eof`` closes it)."""
+        agent = await self._agent(vm_id, user_id)
+        return _wire(await agent.exec_stdin(exec_id, body))
+
+    async def kill(
+        self, vm_id: str, user_id: str | None, exec_id: str, signal: str
+    ) -> dict[str, Any]:
+        """Signal the command's whole process group."""
+        agent = await self._agent(vm_id, user_id)
+        return _wire(await agent.exec_kill(exec_id, {"signal": signal}))
+
+
+def _wire(payload: dict[str, Any]) -> dict[str, Any]:
+    """An agent's JSON answer with the API's camelCase names (nested objects too)."""
+    return {
+        _camel(name): _wire(value) if isinstance(value, dict) else value
+        for name, value in payload.items()
+    }
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part.title() for part in rest)

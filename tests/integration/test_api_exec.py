@@ -1,0 +1,286 @@
+"""``/api/vms/{id}/exec`` in process, on SQLite and PostgreSQL: the controller's routes over VMs
+whose agents are real processes on loopback (``AgentBackend``), so every command really runs.
+
+What only a VM shows (a command in the guest, 50 MB through the VM's forward, a client that
+drops mid-stream over real HTTP) is in ``tests/vm/test_exec.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from httpx_sse import aconnect_sse
+
+from hearth.config import Settings
+from tests.agent_backend import AgentBackend
+from tests.integration.api_fixtures import *  # noqa: F403
+from tests.integration.api_fixtures import Api, assert_error, running_api
+from tests.integration.conftest import AgentLauncher
+
+EXEC_CAP = 3
+
+
+@pytest.fixture
+def exec_settings(api_settings: Settings) -> Settings:
+    """The API's settings with a small per-VM cap on commands."""
+    return api_settings.with_overrides(exec_max_per_vm=EXEC_CAP)
+
+
+@pytest.fixture
+async def api_agents(
+    exec_settings: Settings, agent_launcher: AgentLauncher, tmp_path: Path
+) -> AsyncIterator[Api]:
+    """The controller in process over VMs with real agents."""
+    async with running_api(exec_settings, AgentBackend(agent_launcher), tmp_path / "image") as api:
+        yield api
+
+
+async def new_vm(api: Api, user: str, vm_type: str = "cli") -> tuple[str, dict[str, str]]:
+    """A ready VM of ``user``'s, and that user's headers."""
+    headers = api.headers(await api.user_key(user))
+    created = await api.client.post("/api/vms", json={"vmType": vm_type}, headers=headers)
+    assert created.status_code == 201, created.text
+    return created.json()["id"], headers
+
+
+async def stream(
+    api: Api, method: str, url: str, headers: dict[str, str], **options: Any
+) -> list[tuple[int | None, str, dict[str, Any]]]:
+    """Every SSE event of a response: (id, type, data)."""
+    events = []
+    async with aconnect_sse(api.client, method, url, headers=headers, **options) as source:
+        assert source.response.status_code == 200, await source.response.aread()
+        async for sse in source.aiter_sse():
+            events.append((int(sse.id) if sse.id else None, sse.event, sse.json()))
+    return events
+
+
+def output(events: list[tuple[int | None, str, dict[str, Any]]], kind: str) -> bytes:
+    """The bytes of every ``kind`` chunk, in order."""
+    chunks = []
+    for _, event, data in events:
+        if event == kind:
+            encoded = data["data"]
+            chunks.append(
+                base64.b64decode(encoded)
+                if data.get("encoding") == "base64"
+                else encoded.encode("utf-8")
+            )
+    return b"".join(chunks)
+
+
+def exit_of(events: list[tuple[int | None, str, dict[str, Any]]]) -> dict[str, Any]:
+    """The one exit event's data, which must come last."""
+    exits = [data for _, event, data in events if event == "exit"]
+    assert len(exits) == 1, events
+    assert events[-1][1] == "exit"
+    return exits[0]
+
+
+async def until_exited(api: Api, vm_id: str, exec_id: str, headers: dict[str, str]) -> None:
+    for _ in range(400):
+        state = await api.client.get(f"/api/vms/{vm_id}/exec/{exec_id}", headers=headers)
+        assert state.status_code == 200, state.text
+        if state.json()["exit"] is not None:
+            return
+        await asyncio.sleep(0.05)
+    pytest.fail(f"exec {exec_id} did not end")
+
+
+async def test_a_command_streams_its_output_per_stream_in_order_then_its_exit(
+    api_agents: Api,
+) -> None:
+    api = api_agents
+    vm_id, headers = await new_vm(api, "ann")
+    script = "for i in 1 2 3; do echo out$i; echo err$i >&2; done; exit 3"
+    events = await stream(
+        api, "POST", f"/api/vms/{vm_id}/exec", headers, json={"cmd": ["sh", "-c", script]}
+    )
+    first_id, first, started = events[0]
+    assert (first_id, first) == (0, "started")
+    assert set(started) == {"execId", "pid"}
+    assert output(events, "stdout") == b"out1\nout2\nout3\n"
+    assert output(events, "stderr") == b"err1\nerr2\nerr3\n"
+    ended = exit_of(events)
+    assert ended["code"] == 3
+    assert ended["signal"] is None
+    assert ended["reason"] == "exited"
+    assert ended["durationMs"] >= 0
+    ids = [event_id for event_id, _, _ in events[1:]]
+    assert ids == sorted(ids)
+    assert len(set(ids)) == len(ids)
+
+
+async def test_binary_output_arrives_whole_as_base64(api_agents: Api) -> None:
+    api = api_agents
+    vm_id, headers = await new_vm(api, "ann")
+    program = (
+        "import hashlib, os, sys\n"
+        "data = os.urandom(300_000) + b'\\xff\\xfe'\n"
+        "sys.stdout.buffer.write(data); sys.stdout.flush()\n"
+        "sys.stderr.write(hashlib.sha256(data).hexdigest())\n"
+    )
+    events = await stream(
+        api, "POST", f"/api/vms/{vm_id}/exec", headers, json={"cmd": ["python3", "-c", program]}
+    )
+    assert exit_of(events)["code"] == 0
+    data = output(events, "stdout")
+    assert len(data) == 300_002
+    assert hashlib.sha256(data).hexdigest() == output(events, "stderr").decode()
+
+
+async def test_wait_false_then_events_resume_after_the_last_id_seen(api_agents: Api) -> None:
+    api = api_agents
+    vm_id, headers = await new_vm(api, "ann")
+    started = await api.client.post(
+        f"/api/vms/{vm_id}/exec?wait=false",
+        json={"cmd": ["sh", "-c", "for i in 1 2 3 4 5; do echo line$i; sleep 0.05; done"]},
+        headers=headers,
+    )
+    assert started.status_code == 202, started.text
+    exec_id = started.json()["execId"]
+    await until_exited(api, vm_id, exec_id, headers)
+    url = f"/api/vms/{vm_id}/exec/{exec_id}/events"
+    everything = await stream(api, "GET", url, headers)
+    assert output(everything, "stdout") == b"".join(b"line%d\n" % i for i in range(1, 6))
+    # Resuming after any id gives exactly the events after it, by header or by query.
+    middle = everything[len(everything) // 2][0]
+    assert middle is not None
+    rest = [event for event in everything if event[0] is not None and event[0] > middle]
+    by_header = await stream(api, "GET", url, {**headers, "Last-Event-ID": str(middle)})
+    assert by_header == rest
+    assert await stream(api, "GET", f"{url}?after={middle}", headers) == rest
+
+
+async def test_stdin_kill_and_timeout_end_the_whole_group(api_agents: Api) -> None:
+    api = api_agents
+    vm_id, headers = await new_vm(api, "ann")
+    base = f"/api/vms/{vm_id}/exec"
+
+    started = await api.client.post(
+        f"{base}?wait=false", json={"cmd": ["cat"], "stdinOpen": True}, headers=headers
+    )
+    exec_id = started.json()["execId"]
+    fed = await api.client.post(
+        f"{base}/{exec_id}/stdin", json={"data": "to cat\n", "eof": True}, headers=headers
+    )
+    assert fed.status_code == 200, fed.text
+    events = await stream(api, "GET", f"{base}/{exec_id}/events", headers)
+    assert output(events, "stdout") == b"to cat\n"
+    assert exit_of(events)["code"] == 0
+
+    started = await api.client.post(
+        f"{base}?wait=false", json={"cmd": ["sh", "-c", "sleep 60 & sleep 60"]}, headers=headers
+    )
+    exec_id = started.json()["execId"]
+    killed = await api.client.post(f"{base}/{exec_id}/kill", json={}, headers=headers)
+    assert killed.status_code == 200, killed.text
+    assert killed.json()["signalled"] is True
+    ended = exit_of(await stream(api, "GET", f"{base}/{exec_id}/events", headers))
+    assert (ended["reason"], ended["signal"]) == ("killed", "SIGKILL")
+
+    events = await stream(
+        api, "POST", base, headers, json={"cmd": ["sh", "-c", "sleep 60 & sleep 60"], "timeoutS": 1}
+    )
+    assert exit_of(events)["reason"] == "timeout"
+
+
+async def test_who_may_run_what_and_where(api_agents: Api) -> None:
+    api = api_agents
+    vm_id, ann = await new_vm(api, "ann")
+    bob = api.headers(await api.user_key("bob"))
+    body = {"cmd": ["true"]}
+    # Another user's VM does not exist for them; an admin may run commands anywhere.
+    assert_error(
+        await api.client.post(f"/api/vms/{vm_id}/exec", json=body, headers=bob), 404, "not_found"
+    )
+    as_admin = await stream(api, "POST", f"/api/vms/{vm_id}/exec", api.headers(), json=body)
+    assert exit_of(as_admin)["code"] == 0
+    # A paused VM, and a Browser VM, run nothing: 409 naming why.
+    assert (await api.client.post(f"/api/vms/{vm_id}/pause", headers=ann)).status_code == 200
+    refused = assert_error(
+        await api.client.post(f"/api/vms/{vm_id}/exec", json=body, headers=ann), 409, "conflict"
+    )
+    assert "paused" in refused["message"]
+    browser_id, _ = await new_vm(api, "bob", "browser")
+    refused = assert_error(
+        await api.client.post(f"/api/vms/{browser_id}/exec", json=body, headers=bob),
+        409,
+        "conflict",
+    )
+    assert "CLI VMs" in refused["message"]
+    # An exec id the VM never had.
+    assert (await api.client.post(f"/api/vms/{vm_id}/resume", headers=ann)).status_code == 200
+    missing = await api.client.get(f"/api/vms/{vm_id}/exec/nope/events", headers=ann)
+    assert_error(missing, 404, "not_found")
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"cmd": []}, "cmd"),
+        ({"cmd": "ls -l"}, "cmd"),
+        ({"cmd": [""]}, "cmd"),
+        ({"cmd": ["ls", 3]}, "cmd"),
+        ({"cmd": ["ls"], "timeoutS": 0}, "timeoutS"),
+        ({"cmd": ["ls"], "env": {"1BAD": "x"}}, "env"),
+        ({"cmd": ["ls"], "shell": True}, "shell"),
+    ],
+)
+async def test_a_bad_body_is_422_naming_the_field_and_runs_nothing(
+    api_agents: Api, body: dict[str, Any], field: str
+) -> None:
+    api = api_agents
+    vm_id, headers = await new_vm(api, "ann")
+    error = assert_error(
+        await api.client.post(f"/api/vms/{vm_id}/exec", json=body, headers=headers),
+        422,
+        "invalid_input",
+    )
+    assert field in error["message"]
+
+
+async def test_a_cwd_the_vm_lacks_is_422_from_the_agent(api_agents: Api) -> None:
+    api = api_agents
+    vm_id, headers = await new_vm(api, "ann")
+    refused = await api.client.post(
+        f"/api/vms/{vm_id}/exec", json={"cmd": ["true"], "cwd": "/no/such/dir"}, headers=headers
+    )
+    error = assert_error(refused, 422, "invalid_input")
+    assert "/no/such/dir" in error["message"]
+
+
+async def test_commands_past_the_per_vm_cap_are_429_until_one_ends(api_agents: Api) -> None:
+    api = api_agents
+    vm_id, headers = await new_vm(api, "ann")
+    base = f"/api/vms/{vm_id}/exec"
+    running = []
+    for _ in range(EXEC_CAP):
+        started = await api.client.post(
+            f"{base}?wait=false", json={"cmd": ["sleep", "60"]}, headers=headers
+        )
+        assert started.status_code == 202, started.text
+        running.append(started.json()["execId"])
+    over = await api.client.post(f"{base}?wait=false", json={"cmd": ["true"]}, headers=headers)
+    assert_error(over, 429, "too_many_running")
+    await api.client.post(f"{base}/{running[0]}/kill", headers=headers)
+    await until_exited(api, vm_id, running[0], headers)
+    again = await api.client.post(f"{base}?wait=false", json={"cmd": ["true"]}, headers=headers)
+    assert again.status_code == 202, again.text
+    for exec_id in running[1:]:
+        await api.client.post(f"{base}/{exec_id}/kill", headers=headers)
+
+
+async def test_the_openapi_documents_the_exec_routes(api_agents: Api) -> None:
+    document = (await api_agents.client.get("/openapi.json")).json()
+    post = document["paths"]["/api/vms/{vm_id}/exec"]["post"]
+    assert "text/event-stream" in post["responses"]["200"]["content"]
+    assert {"202", "404", "409", "422", "429"} <= set(post["responses"])
+    for path in ("/events", "/stdin", "/kill", ""):
+        assert f"/api/vms/{{vm_id}}/exec/{{exec_id}}{path}" in document["paths"]

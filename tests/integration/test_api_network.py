@@ -1,0 +1,154 @@
+"""CLI VMs' way out, in process over the fake backend: each CLI VM boots with its own egress path
+(the forward in its spec, a proxy on loopback), ``GET|PUT /api/vms/{id}/network`` reads and
+changes what it may reach live, commands get the proxy in their environment, and the path is
+gone with the VM. That the guest has no other way out is shown in a real VM
+(``tests/vm/test_cli_network.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from hearth.config import Settings
+from hearth.node.egress import EGRESS_GUEST_IP, EGRESS_GUEST_PORT, EGRESS_PROXY_URL
+from tests.agent_backend import AgentBackend
+from tests.fake_backend import FakeBackend
+from tests.integration.api_fixtures import *  # noqa: F403
+from tests.integration.api_fixtures import Api, assert_error, running_api
+from tests.integration.conftest import AgentLauncher
+from tests.integration.test_api_exec import exit_of, output, stream
+
+LOOPBACK = "127.0.0.1"
+
+
+@pytest.fixture
+async def echo_port() -> AsyncIterator[int]:
+    """An echo server on loopback: the stand-in a pinned host name reaches."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError):
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, LOOPBACK, 0)
+    yield int(server.sockets[0].getsockname()[1])
+    server.close()
+    await server.wait_closed()
+
+
+@pytest.fixture
+async def api_net(
+    api_settings: Settings, agent_launcher: AgentLauncher, echo_port: int, tmp_path: Path
+) -> AsyncIterator[Api]:
+    """The controller in process, ``stand-in.test:443`` pinned to the echo server."""
+    settings = api_settings.with_overrides(
+        egress_pins=(("stand-in.test:443", f"{LOOPBACK}:{echo_port}"),)
+    )
+    async with running_api(settings, AgentBackend(agent_launcher), tmp_path / "image") as api:
+        yield api
+
+
+async def connect_through(port: int, target: str) -> int:
+    """CONNECT ``target`` through the proxy on ``port``: the status it answers."""
+    reader, writer = await asyncio.open_connection(LOOPBACK, port)
+    try:
+        writer.write(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        return int(head.split(b" ")[1])
+    finally:
+        writer.close()
+
+
+async def new_cli_vm(api: Api, user: str) -> tuple[str, dict[str, str]]:
+    headers = api.headers(await api.user_key(user))
+    created = await api.client.post("/api/vms", json={}, headers=headers)
+    assert created.status_code == 201, created.text
+    return created.json()["id"], headers
+
+
+async def test_a_cli_vm_boots_with_its_own_path_that_lets_nothing_through_by_default(
+    api_net: Api,
+) -> None:
+    api = api_net
+    vm_id, headers = await new_cli_vm(api, "ann")
+    (forward,) = api.backend.running[vm_id].spec.guest_forwards
+    assert (forward.guest_ip, forward.guest_port) == (EGRESS_GUEST_IP, EGRESS_GUEST_PORT)
+    policy = (await api.client.get(f"/api/vms/{vm_id}/network", headers=headers)).json()
+    assert policy == {"providers": [], "allowOut": [], "denyOut": [], "allow": []}
+    assert await connect_through(forward.host_port, "stand-in.test:443") == 403
+    # Commands in the VM get the proxy; one may still set its own.
+    events = await stream(api, "POST", f"/api/vms/{vm_id}/exec", headers, json={"cmd": ["env"]})
+    env = dict(line.split("=", 1) for line in output(events, "stdout").decode().splitlines())
+    assert env["HTTPS_PROXY"] == env["https_proxy"] == EGRESS_PROXY_URL
+    assert "127.0.0.1" in env["NO_PROXY"]
+    own = await stream(
+        api,
+        "POST",
+        f"/api/vms/{vm_id}/exec",
+        headers,
+        json={"cmd": ["sh", "-c", "echo $HTTPS_PROXY"], "env": {"HTTPS_PROXY": "http://mine"}},
+    )
+    assert output(own, "stdout") == b"http://mine\n"
+    assert exit_of(own)["code"] == 0
+
+
+async def test_put_network_changes_what_the_vm_reaches_at_once_and_a_deny_wins(
+    api_net: Api,
+) -> None:
+    api = api_net
+    vm_id, headers = await new_cli_vm(api, "ann")
+    port = api.backend.running[vm_id].spec.guest_forwards[0].host_port
+    url = f"/api/vms/{vm_id}/network"
+    opened = await api.client.put(url, json={"allowOut": ["stand-in.test"]}, headers=headers)
+    assert opened.status_code == 200, opened.text
+    assert opened.json()["allow"] == ["stand-in.test"]
+    assert await connect_through(port, "stand-in.test:443") == 200
+    assert await connect_through(port, "other.test:443") == 403
+    closed = await api.client.put(
+        url, json={"allowOut": ["*.test"], "denyOut": ["stand-in.test"]}, headers=headers
+    )
+    assert closed.json()["denyOut"] == ["stand-in.test"]
+    assert await connect_through(port, "stand-in.test:443") == 403
+
+
+async def test_network_routes_refuse_bad_entries_other_users_and_vms_without_a_path(
+    api_net: Api,
+) -> None:
+    api = api_net
+    vm_id, headers = await new_cli_vm(api, "ann")
+    url = f"/api/vms/{vm_id}/network"
+    bad = await api.client.put(url, json={"allowOut": ["host:99999"]}, headers=headers)
+    assert "host:99999" in assert_error(bad, 422, "invalid_input")["message"]
+    assert (await api.client.get(url, headers=headers)).json()["allowOut"] == []
+    bob = api.headers(await api.user_key("bob"))
+    assert_error(await api.client.get(url, headers=bob), 404, "not_found")
+    browser = await api.client.post("/api/vms", json={"vmType": "browser"}, headers=bob)
+    browser_url = f"/api/vms/{browser.json()['id']}/network"
+    assert_error(await api.client.get(browser_url, headers=bob), 409, "conflict")
+
+
+async def test_the_path_goes_with_the_vm(api_net: Api) -> None:
+    api = api_net
+    vm_id, headers = await new_cli_vm(api, "ann")
+    port = api.backend.running[vm_id].spec.guest_forwards[0].host_port
+    assert (await api.client.delete(f"/api/vms/{vm_id}", headers=headers)).status_code == 200
+    with pytest.raises(ConnectionRefusedError):
+        await asyncio.open_connection(LOOPBACK, port)
+
+
+async def test_with_cli_egress_off_a_cli_vm_has_no_way_out(
+    api_settings: Settings, tmp_path: Path
+) -> None:
+    settings = api_settings.with_overrides(cli_egress="off")
+    async with running_api(settings, FakeBackend(), tmp_path / "image") as api:
+        vm_id, headers = await new_cli_vm(api, "ann")
+        assert api.backend.running[vm_id].spec.guest_forwards == ()
+        refused = await api.client.get(f"/api/vms/{vm_id}/network", headers=headers)
+        assert "no egress path" in assert_error(refused, 409, "conflict")["message"]

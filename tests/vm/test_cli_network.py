@@ -1,0 +1,124 @@
+"""A real CLI VM's way out: only through its egress path, only where its policy allows.
+
+From inside the guest (commands run through ``/api/vms/{id}/exec``): a CONNECT through the
+proxy address to an allowed name reaches the loopback stand-in that name is pinned to (bytes go
+there and back); a name off the policy gets 403; and a process that ignores the proxy and dials
+the host directly gets nothing, because QEMU user networking runs with ``restrict=on``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from hearth.config import Settings
+from hearth.images.manifest import ImageDir
+from tests.integration.store_fixtures import *  # noqa: F403
+from tests.vm.api_fixtures import Api, serve_app
+from tests.vm.conftest import qemu_pids_under
+from tests.vm.test_api import sqlite_only, user_key
+from tests.vm.test_exec import events_of, exit_of, output
+
+pytestmark = [pytest.mark.slow, pytest.mark.vm, sqlite_only]
+
+# Run in the guest: CONNECT through the proxy, send a line, print what comes back (or the
+# proxy's status line when it refuses).
+THROUGH_PROXY = """
+import os, socket, sys
+proxy = os.environ["HTTPS_PROXY"].rsplit("/", 1)[-1]
+host, port = proxy.rsplit(":", 1)
+s = socket.create_connection((host, int(port)), timeout=20)
+s.sendall(("CONNECT %s HTTP/1.1\\r\\nHost: %s\\r\\n\\r\\n" % (sys.argv[1], sys.argv[1])).encode())
+head = b""
+while b"\\r\\n\\r\\n" not in head:
+    head += s.recv(1)
+status = head.split(b" ")[1].decode()
+if status != "200":
+    print("refused", status)
+    sys.exit(0)
+s.sendall(b"ping from the guest\\n")
+print("echoed", s.recv(100).decode().strip())
+"""
+# Run in the guest: dial the host's loopback server straight, ignoring the proxy.
+DIRECT = """
+import socket, sys
+try:
+    socket.create_connection(("10.0.2.2", int(sys.argv[1])), timeout=5)
+except OSError as exc:
+    print("no way out:", type(exc).__name__)
+else:
+    print("CONNECTED")
+"""
+
+
+@pytest.fixture
+async def echo_port() -> AsyncIterator[int]:
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError):
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    yield int(server.sockets[0].getsockname()[1])
+    server.close()
+    await server.wait_closed()
+
+
+@pytest.fixture
+async def controller(
+    database_url: str,
+    minimal_image: ImageDir,
+    tmp_path: Path,
+    vm_state_dir: Path,
+    echo_port: int,
+) -> AsyncIterator[Api]:
+    """A controller whose CLI VMs may be allowed ``stand-in.test``, pinned to the echo server."""
+    settings = Settings.from_env(
+        {
+            "HEARTH_STATE_DIR": str(tmp_path / "state"),
+            "HEARTH_DATABASE_URL": database_url,
+            "HEARTH_EGRESS_PINS": f"stand-in.test:443=127.0.0.1:{echo_port}",
+        }
+    )
+    async for api in serve_app(
+        settings,
+        minimal_image=minimal_image,
+        template_dir=vm_state_dir / "templates",
+        destroy_on_exit=True,
+    ):
+        yield api
+    assert qemu_pids_under(settings.state_dir) == [], "a VM outlived its controller"
+
+
+async def test_the_guest_reaches_an_allowed_name_through_its_path_and_nothing_else(
+    controller: Api, echo_port: int
+) -> None:
+    key = await user_key(controller, "ann")
+    async with controller.client(key) as client:
+        created = await client.post("/api/vms", json={})
+        assert created.status_code == 201, created.text
+        vm_id = created.json()["id"]
+        exec_url = f"/api/vms/{vm_id}/exec"
+
+        async def in_guest(program: str, argument: str) -> str:
+            events = await events_of(
+                client, "POST", exec_url, json={"cmd": ["python3", "-c", program, argument]}
+            )
+            assert exit_of(events)["code"] == 0, output(events, "stderr")
+            return output(events, "stdout").decode().strip()
+
+        # Nothing is allowed before a credential or the user opens something.
+        assert await in_guest(THROUGH_PROXY, "stand-in.test:443") == "refused 403"
+        opened = await client.put(f"/api/vms/{vm_id}/network", json={"allowOut": ["stand-in.test"]})
+        assert opened.status_code == 200, opened.text
+        assert await in_guest(THROUGH_PROXY, "stand-in.test:443") == "echoed ping from the guest"
+        assert await in_guest(THROUGH_PROXY, "elsewhere.test:443") == "refused 403"
+        # A process that ignores the proxy has no route to the host's services.
+        direct = await in_guest(DIRECT, str(echo_port))
+        assert direct.startswith("no way out"), direct
