@@ -1,0 +1,227 @@
+"""The asynchronous client: ``AsyncHearth``, its VMs and its logins, over ``httpx.AsyncClient``.
+
+The same as ``Hearth`` (``_sync``), with ``await``: requests are built and answers read by
+``_calls`` and ``_exec``, and this module only sends them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from types import TracebackType
+from typing import Self, TypeVar, Unpack
+
+import httpx
+from httpx_sse import aconnect_sse
+
+from hearth.sdk import _calls as calls
+from hearth.sdk._config import (
+    DEFAULT_RESUME,
+    DEFAULT_TIMEOUT_S,
+    ClientConfig,
+    Deadline,
+    ResumePolicy,
+)
+from hearth.sdk._errors import HearthConnectionError
+from hearth.sdk._exec import (
+    ExecCollector,
+    ExecEvent,
+    ExecFollower,
+    ExecOptions,
+    ExecResult,
+    StreamBroke,
+    exec_body,
+)
+from hearth.sdk._models import AuthSessionInfo, Bound, VmInfo
+
+T = TypeVar("T")
+
+
+class _AsyncHttp:
+    """Where the async client meets the network: one call, or one command's event stream."""
+
+    def __init__(self, config: ClientConfig, transport: httpx.AsyncBaseTransport | None) -> None:
+        self.config = config
+        self._client = httpx.AsyncClient(
+            base_url=config.url,
+            headers=config.headers(),
+            timeout=config.timeout_s,
+            transport=transport,
+        )
+
+    async def call(self, call: calls.Call[T]) -> T:
+        timeout = self.config.boot_timeout_s if call.waits_for_boot else httpx.USE_CLIENT_DEFAULT
+        try:
+            answer = await self._client.request(
+                call.method, call.path, json=call.json, params=call.params, timeout=timeout
+            )
+        except httpx.TransportError as exc:
+            raise HearthConnectionError.unreachable(self.config.url, exc) from exc
+        return call.result(answer.status_code, answer.content)
+
+    async def events(self, follower: ExecFollower) -> AsyncIterator[ExecEvent]:
+        # No read timeout: a command may print nothing for a long time.
+        timeout = httpx.Timeout(self.config.timeout_s, read=None)
+        while (request := follower.request()) is not None:
+            try:
+                async with aconnect_sse(
+                    self._client, **request.send_args(), timeout=timeout
+                ) as source:
+                    answer = source.response
+                    if answer.is_error:
+                        follower.refused(answer.status_code, await answer.aread())
+                    follower.opened(answer.status_code, answer.headers)
+                    async for sse in source.aiter_sse():
+                        if (event := follower.accept(sse)) is not None:
+                            yield event
+                follower.ended()
+            except (httpx.TransportError, StreamBroke) as exc:
+                await asyncio.sleep(follower.resume_delay_s(exc))
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+class AsyncVm(Bound[_AsyncHttp], VmInfo):
+    """A VM, as ``Vm`` is, with coroutines: ``refresh``, ``pause``, ``resume`` and ``destroy``
+    update this object from the API's answer and return it."""
+
+    async def refresh(self) -> Self:
+        """Read the VM again."""
+        return self.take(await self._http.call(calls.get_vm(self.id)))
+
+    async def pause(self) -> Self:
+        """Pause the VM (vCPUs stop, memory is kept)."""
+        return self.take(await self._http.call(calls.pause_vm(self.id)))
+
+    async def resume(self) -> Self:
+        """Resume a paused VM."""
+        return self.take(await self._http.call(calls.resume_vm(self.id)))
+
+    async def destroy(self) -> Self:
+        """Destroy the VM (destroying it again is harmless)."""
+        return self.take(await self._http.call(calls.destroy_vm(self.id)))
+
+    def exec_stream(
+        self,
+        cmd: Sequence[str],
+        **options: Unpack[ExecOptions],
+    ) -> AsyncIterator[ExecEvent]:
+        """``Vm.exec_stream`` for ``async for``: the command's events as they happen, picked up
+        again after a break. Leaving the loop early: close it (``contextlib.aclosing``)."""
+        body = exec_body(cmd, options)
+        return self._http.events(ExecFollower(self.id, body, self._http.config.resume))
+
+    async def exec(
+        self,
+        cmd: Sequence[str],
+        **options: Unpack[ExecOptions],
+    ) -> ExecResult:
+        """Run ``cmd`` to its end, as ``Vm.exec`` does."""
+        collector = ExecCollector()
+        async for event in self.exec_stream(cmd, **options):
+            collector.add(event)
+        return collector.result()
+
+
+class AsyncVms:
+    """``client.vms`` of ``AsyncHearth``."""
+
+    def __init__(self, http: _AsyncHttp) -> None:
+        self._http = http
+
+    async def create(
+        self,
+        vm_type: str = "cli",
+        *,
+        user_id: str | None = None,
+        vcpus: int | None = None,
+        mem_mib: int | None = None,
+        wait: bool = True,
+    ) -> AsyncVm:
+        """A new VM, as ``Vms.create`` makes it."""
+        call = calls.create_vm(vm_type, user_id=user_id, vcpus=vcpus, mem_mib=mem_mib, wait=wait)
+        return AsyncVm(self._http, await self._http.call(call))
+
+    async def get(self, vm_id: str) -> AsyncVm:
+        """One VM (``HearthApiError`` ``not_found`` for another user's)."""
+        return AsyncVm(self._http, await self._http.call(calls.get_vm(vm_id)))
+
+    async def list(self) -> list[AsyncVm]:
+        """The caller's VMs (everybody's, for an admin key)."""
+        return [AsyncVm(self._http, info) for info in await self._http.call(calls.list_vms())]
+
+
+class AsyncAuthSession(Bound[_AsyncHttp], AuthSessionInfo):
+    """A login session, as ``AuthSession`` is, with coroutines."""
+
+    async def refresh(self) -> Self:
+        """Read the session again."""
+        return self.take(await self._http.call(calls.get_auth(self.id)))
+
+    async def cancel(self) -> Self:
+        """Cancel the login; answered once its Browser VM is gone."""
+        return self.take(await self._http.call(calls.cancel_auth(self.id)))
+
+    async def wait(self, timeout_s: float = 900.0, *, interval_s: float = 0.5) -> Self:
+        """Poll until the session has ended; itself, final. WaitTimeout after ``timeout_s``."""
+        deadline = Deadline(f"auth session {self.id}", timeout_s=timeout_s, interval_s=interval_s)
+        while not (await self.refresh()).ended:
+            await asyncio.sleep(deadline.next_pause_s())
+        return self
+
+
+class AsyncAuth:
+    """``client.auth`` of ``AsyncHearth``."""
+
+    def __init__(self, http: _AsyncHttp) -> None:
+        self._http = http
+
+    async def start(self, user_id: str | None, provider: str) -> AsyncAuthSession:
+        """Start a login, as ``Auth.start`` does."""
+        info = await self._http.call(calls.start_auth(user_id, provider))
+        return AsyncAuthSession(self._http, info)
+
+    async def get(self, session_id: str) -> AsyncAuthSession:
+        """One session."""
+        return AsyncAuthSession(self._http, await self._http.call(calls.get_auth(session_id)))
+
+    async def list(self, user_id: str | None = None) -> list[AsyncAuthSession]:
+        """Sessions, oldest first (a user key sees its own only)."""
+        sessions = await self._http.call(calls.list_auth(user_id))
+        return [AsyncAuthSession(self._http, s) for s in sessions]
+
+
+class AsyncHearth:
+    """A client of Hearth's API for asyncio, configured as ``Hearth`` is (``transport`` an
+    ``httpx.AsyncBaseTransport``, e.g. ``httpx.ASGITransport(app)``). Use it in an
+    ``async with`` block, or ``await aclose()``."""
+
+    def __init__(
+        self,
+        url: str | None = None,
+        key: str | None = None,
+        *,
+        timeout: float = DEFAULT_TIMEOUT_S,
+        transport: httpx.AsyncBaseTransport | None = None,
+        resume: ResumePolicy = DEFAULT_RESUME,
+    ) -> None:
+        self.config = ClientConfig.resolve(url, key, timeout_s=timeout, resume=resume)
+        self._http = _AsyncHttp(self.config, transport)
+        self.vms = AsyncVms(self._http)
+        self.auth = AsyncAuth(self._http)
+
+    async def aclose(self) -> None:
+        """Close the HTTP connections."""
+        await self._http.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.aclose()

@@ -1,0 +1,119 @@
+"""Each API call as data: method, path, body, and how its answer is read. No I/O here: the sync
+and async clients send a ``Call`` and hand the answer back to ``Call.result``."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+from urllib.parse import quote
+
+from hearth.sdk._errors import HearthApiError
+from hearth.sdk._models import AuthSessionInfo, VmInfo
+
+T_co = TypeVar("T_co", covariant=True)
+
+
+@dataclass(frozen=True)
+class Call(Generic[T_co]):
+    """One request, and what its JSON answer becomes."""
+
+    method: str
+    path: str
+    parse: Callable[[Any], T_co]
+    json: dict[str, Any] | None = None
+    params: dict[str, str] | None = None
+    # The server answers once a VM has booted: the client's boot timeout, not its usual one.
+    waits_for_boot: bool = False
+
+    def result(self, status: int, content: bytes) -> T_co:
+        """The answer read; HearthApiError when it is the API's error."""
+        if status >= 400:
+            raise HearthApiError.of_answer(status, content)
+        return self.parse(json.loads(content) if content else None)
+
+
+def _vm_path(vm_id: str, action: str = "") -> str:
+    return f"/api/vms/{quote(vm_id, safe='')}{action}"
+
+
+def _session_path(session_id: str, action: str = "") -> str:
+    return f"/api/auth/session/{quote(session_id, safe='')}{action}"
+
+
+def _given(**values: Any) -> dict[str, Any]:
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def create_vm(
+    vm_type: str, *, user_id: str | None, vcpus: int | None, mem_mib: int | None, wait: bool
+) -> Call[VmInfo]:
+    """``POST /api/vms``: with ``wait``, answered once the VM's agent is healthy."""
+    body = _given(vmType=vm_type, userId=user_id, vcpus=vcpus, memMib=mem_mib)
+    return Call(
+        "POST",
+        "/api/vms",
+        VmInfo.from_wire,
+        json=body,
+        params={"wait": "true" if wait else "false"},
+        waits_for_boot=wait,
+    )
+
+
+def list_vms() -> Call[list[VmInfo]]:
+    """``GET /api/vms``: the caller's VMs (everybody's for an admin key)."""
+    return Call("GET", "/api/vms", lambda body: [VmInfo.from_wire(vm) for vm in body["vms"]])
+
+
+def get_vm(vm_id: str) -> Call[VmInfo]:
+    """``GET /api/vms/{id}``."""
+    return Call("GET", _vm_path(vm_id), VmInfo.from_wire)
+
+
+def destroy_vm(vm_id: str) -> Call[VmInfo]:
+    """``DELETE /api/vms/{id}`` (idempotent)."""
+    return Call("DELETE", _vm_path(vm_id), VmInfo.from_wire)
+
+
+def pause_vm(vm_id: str) -> Call[VmInfo]:
+    """``POST /api/vms/{id}/pause``."""
+    return Call("POST", _vm_path(vm_id, "/pause"), VmInfo.from_wire)
+
+
+def resume_vm(vm_id: str) -> Call[VmInfo]:
+    """``POST /api/vms/{id}/resume``."""
+    return Call("POST", _vm_path(vm_id, "/resume"), VmInfo.from_wire)
+
+
+def start_auth(user_id: str | None, provider: str) -> Call[AuthSessionInfo]:
+    """``POST /api/auth/start``: a login for ``provider`` (the active one if one runs)."""
+
+    def parse(body: dict[str, Any]) -> AuthSessionInfo:
+        return AuthSessionInfo.from_wire({"provider": provider, "userId": user_id, **body})
+
+    return Call("POST", "/api/auth/start", parse, json=_given(userId=user_id, provider=provider))
+
+
+def _session(body: dict[str, Any]) -> AuthSessionInfo:
+    return AuthSessionInfo.from_wire(body["session"])
+
+
+def get_auth(session_id: str) -> Call[AuthSessionInfo]:
+    """``GET /api/auth/session/{id}``."""
+    return Call("GET", _session_path(session_id), _session)
+
+
+def cancel_auth(session_id: str) -> Call[AuthSessionInfo]:
+    """``POST /api/auth/session/{id}/cancel``: answered once the login's Browser VM is gone."""
+    return Call("POST", _session_path(session_id, "/cancel"), _session)
+
+
+def list_auth(user_id: str | None) -> Call[list[AuthSessionInfo]]:
+    """``GET /api/auth/sessions``, oldest first."""
+    return Call(
+        "GET",
+        "/api/auth/sessions",
+        lambda body: [AuthSessionInfo.from_wire(s) for s in body["sessions"]],
+        params=_given(userId=user_id),
+    )

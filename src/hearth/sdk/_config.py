@@ -1,0 +1,92 @@
+"""How a client behaves, as data: where the API is, its key, timeouts, resumes and polling."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from hearth.sdk._errors import HearthConfigError, WaitTimeout
+
+DEFAULT_URL = "http://127.0.0.1:4000"
+DEFAULT_TIMEOUT_S = 60.0
+# Creating a VM with wait=True answers once its agent is healthy: a cold boot on a slow host.
+DEFAULT_BOOT_TIMEOUT_S = 600.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class ResumePolicy:
+    """How often, and after how long, a broken event stream is picked up again.
+
+    ``max_resumes`` counts breaks in a row: an event received in between starts the count anew,
+    so a long command on a flaky link goes on while a stream that never gets anywhere gives up.
+    """
+
+    max_resumes: int = 5
+    first_delay_s: float = 0.1
+    max_delay_s: float = 5.0
+
+    def delay_s(self, attempt: int) -> float:
+        """The pause before resume number ``attempt`` (1-based), doubling up to the cap."""
+        return float(min(self.first_delay_s * 2 ** (attempt - 1), self.max_delay_s))
+
+
+DEFAULT_RESUME = ResumePolicy()
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClientConfig:
+    """The API's base URL and key, and the client's timeouts."""
+
+    url: str
+    key: str = field(repr=False)
+    timeout_s: float = DEFAULT_TIMEOUT_S
+    boot_timeout_s: float = DEFAULT_BOOT_TIMEOUT_S
+    resume: ResumePolicy = DEFAULT_RESUME
+
+    @classmethod
+    def resolve(
+        cls,
+        url: str | None,
+        key: str | None,
+        *,
+        timeout_s: float,
+        resume: ResumePolicy,
+        environ: Mapping[str, str] = os.environ,
+    ) -> ClientConfig:
+        """The arguments, else ``HEARTH_URL`` / ``HEARTH_API_KEY`` from ``environ``."""
+        key = key or environ.get("HEARTH_API_KEY")
+        if not key:
+            raise HearthConfigError("no API key: pass key=... or set HEARTH_API_KEY")
+        url = url or environ.get("HEARTH_URL") or DEFAULT_URL
+        return cls(url=url.rstrip("/"), key=key, timeout_s=timeout_s, resume=resume)
+
+    def headers(self) -> dict[str, str]:
+        """What every request carries."""
+        return {"Authorization": f"Bearer {self.key}"}
+
+
+class Deadline:
+    """A wait that polls every ``interval_s`` until ``timeout_s`` has passed."""
+
+    def __init__(
+        self,
+        what: str,
+        *,
+        timeout_s: float,
+        interval_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.what = what
+        self.timeout_s = timeout_s
+        self.interval_s = interval_s
+        self._clock = clock
+        self._ends = clock() + timeout_s
+
+    def next_pause_s(self) -> float:
+        """How long to sleep before polling again; WaitTimeout once the deadline has passed."""
+        left = self._ends - self._clock()
+        if left <= 0:
+            raise WaitTimeout(f"{self.what}: still not done after {self.timeout_s:g} s")
+        return min(self.interval_s, left)

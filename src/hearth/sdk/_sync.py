@@ -1,0 +1,230 @@
+"""The synchronous client: ``Hearth``, its VMs and its logins, over one ``httpx.Client``.
+
+Every request is built and every answer read by ``_calls`` and ``_exec``; this module only
+sends them (``AsyncHearth`` in ``_async`` is the same over ``httpx.AsyncClient``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from types import TracebackType
+from typing import Self, TypeVar, Unpack
+
+import httpx
+from httpx_sse import connect_sse
+
+from hearth.sdk import _calls as calls
+from hearth.sdk._config import (
+    DEFAULT_RESUME,
+    DEFAULT_TIMEOUT_S,
+    ClientConfig,
+    Deadline,
+    ResumePolicy,
+)
+from hearth.sdk._errors import HearthConnectionError
+from hearth.sdk._exec import (
+    ExecCollector,
+    ExecEvent,
+    ExecFollower,
+    ExecOptions,
+    ExecResult,
+    StreamBroke,
+    exec_body,
+)
+from hearth.sdk._models import AuthSessionInfo, Bound, VmInfo
+
+T = TypeVar("T")
+
+
+class _Http:
+    """Where the sync client meets the network: one call, or one command's event stream."""
+
+    def __init__(self, config: ClientConfig, transport: httpx.BaseTransport | None) -> None:
+        self.config = config
+        self._client = httpx.Client(
+            base_url=config.url,
+            headers=config.headers(),
+            timeout=config.timeout_s,
+            transport=transport,
+        )
+
+    def call(self, call: calls.Call[T]) -> T:
+        timeout = self.config.boot_timeout_s if call.waits_for_boot else httpx.USE_CLIENT_DEFAULT
+        try:
+            answer = self._client.request(
+                call.method, call.path, json=call.json, params=call.params, timeout=timeout
+            )
+        except httpx.TransportError as exc:
+            raise HearthConnectionError.unreachable(self.config.url, exc) from exc
+        return call.result(answer.status_code, answer.content)
+
+    def events(self, follower: ExecFollower) -> Iterator[ExecEvent]:
+        # No read timeout: a command may print nothing for a long time.
+        timeout = httpx.Timeout(self.config.timeout_s, read=None)
+        while (request := follower.request()) is not None:
+            try:
+                with connect_sse(self._client, **request.send_args(), timeout=timeout) as source:
+                    answer = source.response
+                    if answer.is_error:
+                        follower.refused(answer.status_code, answer.read())
+                    follower.opened(answer.status_code, answer.headers)
+                    for sse in source.iter_sse():
+                        if (event := follower.accept(sse)) is not None:
+                            yield event
+                follower.ended()
+            except (httpx.TransportError, StreamBroke) as exc:
+                time.sleep(follower.resume_delay_s(exc))
+
+    def close(self) -> None:
+        self._client.close()
+
+
+class Vm(Bound[_Http], VmInfo):
+    """A VM: the API's fields as attributes, and what can be done with it.
+
+    ``refresh``, ``pause``, ``resume`` and ``destroy`` update this object from the API's answer
+    and return it.
+    """
+
+    def refresh(self) -> Self:
+        """Read the VM again."""
+        return self.take(self._http.call(calls.get_vm(self.id)))
+
+    def pause(self) -> Self:
+        """Pause the VM (vCPUs stop, memory is kept)."""
+        return self.take(self._http.call(calls.pause_vm(self.id)))
+
+    def resume(self) -> Self:
+        """Resume a paused VM."""
+        return self.take(self._http.call(calls.resume_vm(self.id)))
+
+    def destroy(self) -> Self:
+        """Destroy the VM (destroying it again is harmless)."""
+        return self.take(self._http.call(calls.destroy_vm(self.id)))
+
+    def exec_stream(
+        self,
+        cmd: Sequence[str],
+        **options: Unpack[ExecOptions],
+    ) -> Iterator[ExecEvent]:
+        """Run ``cmd`` (an argv, no shell) in this CLI VM; its events as they happen:
+        ``ExecStarted``, ``ExecOutput`` chunks, then one ``ExecExit``. A stream that breaks
+        off is picked up after the last event seen; nothing is lost or repeated."""
+        body = exec_body(cmd, options)
+        return self._http.events(ExecFollower(self.id, body, self._http.config.resume))
+
+    def exec(
+        self,
+        cmd: Sequence[str],
+        **options: Unpack[ExecOptions],
+    ) -> ExecResult:
+        """Run ``cmd`` to its end; what it wrote and how it ended (``.check()`` raises unless
+        it exited 0)."""
+        collector = ExecCollector()
+        for event in self.exec_stream(cmd, **options):
+            collector.add(event)
+        return collector.result()
+
+
+class Vms:
+    """``client.vms``: create, list and look up VMs."""
+
+    def __init__(self, http: _Http) -> None:
+        self._http = http
+
+    def create(
+        self,
+        vm_type: str = "cli",
+        *,
+        user_id: str | None = None,
+        vcpus: int | None = None,
+        mem_mib: int | None = None,
+        wait: bool = True,
+    ) -> Vm:
+        """A new VM; with ``wait``, once its agent is healthy (``status`` ``ready``)."""
+        call = calls.create_vm(vm_type, user_id=user_id, vcpus=vcpus, mem_mib=mem_mib, wait=wait)
+        return Vm(self._http, self._http.call(call))
+
+    def get(self, vm_id: str) -> Vm:
+        """One VM (``HearthApiError`` ``not_found`` for another user's)."""
+        return Vm(self._http, self._http.call(calls.get_vm(vm_id)))
+
+    def list(self) -> list[Vm]:
+        """The caller's VMs (everybody's, for an admin key)."""
+        return [Vm(self._http, info) for info in self._http.call(calls.list_vms())]
+
+
+class AuthSession(Bound[_Http], AuthSessionInfo):
+    """A login session: the API's fields as attributes, ``view_url`` for the user to open, and
+    ``wait`` for its end."""
+
+    def refresh(self) -> Self:
+        """Read the session again."""
+        return self.take(self._http.call(calls.get_auth(self.id)))
+
+    def cancel(self) -> Self:
+        """Cancel the login; answered once its Browser VM is gone."""
+        return self.take(self._http.call(calls.cancel_auth(self.id)))
+
+    def wait(self, timeout_s: float = 900.0, *, interval_s: float = 0.5) -> Self:
+        """Poll until the session has ended; itself, final. WaitTimeout after ``timeout_s``."""
+        deadline = Deadline(f"auth session {self.id}", timeout_s=timeout_s, interval_s=interval_s)
+        while not self.refresh().ended:
+            time.sleep(deadline.next_pause_s())
+        return self
+
+
+class Auth:
+    """``client.auth``: start, look up and list logins."""
+
+    def __init__(self, http: _Http) -> None:
+        self._http = http
+
+    def start(self, user_id: str | None, provider: str) -> AuthSession:
+        """Start a login of ``user_id`` (None: the key's user) to ``provider``, or get the one
+        in progress (whose ``view_url`` is then None)."""
+        return AuthSession(self._http, self._http.call(calls.start_auth(user_id, provider)))
+
+    def get(self, session_id: str) -> AuthSession:
+        """One session."""
+        return AuthSession(self._http, self._http.call(calls.get_auth(session_id)))
+
+    def list(self, user_id: str | None = None) -> list[AuthSession]:
+        """Sessions, oldest first (a user key sees its own only)."""
+        return [AuthSession(self._http, s) for s in self._http.call(calls.list_auth(user_id))]
+
+
+class Hearth:
+    """A client of Hearth's API. ``url`` and ``key`` default to ``HEARTH_URL`` and
+    ``HEARTH_API_KEY``; ``transport`` replaces httpx's (e.g. ``httpx.MockTransport``).
+    Use it in a ``with`` block, or ``close()`` it."""
+
+    def __init__(
+        self,
+        url: str | None = None,
+        key: str | None = None,
+        *,
+        timeout: float = DEFAULT_TIMEOUT_S,
+        transport: httpx.BaseTransport | None = None,
+        resume: ResumePolicy = DEFAULT_RESUME,
+    ) -> None:
+        self.config = ClientConfig.resolve(url, key, timeout_s=timeout, resume=resume)
+        self._http = _Http(self.config, transport)
+        self.vms = Vms(self._http)
+        self.auth = Auth(self._http)
+
+    def close(self) -> None:
+        """Close the HTTP connections."""
+        self._http.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
