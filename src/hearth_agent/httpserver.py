@@ -1,4 +1,4 @@
-"""The agent's threading HTTP server base: binds without a reverse-DNS lookup, knows its port."""
+"""The agent's threading HTTP server base: no reverse-DNS lookup, a real backlog, knows its port."""
 
 from __future__ import annotations
 
@@ -7,7 +7,14 @@ from http.server import ThreadingHTTPServer
 
 
 class LocalHTTPServer(ThreadingHTTPServer):
-    """A ThreadingHTTPServer that never resolves its own name (that lookup can hang in a VM)."""
+    """A ThreadingHTTPServer that never resolves its own name (that lookup can hang in a VM).
+
+    Its listen backlog is 128, not socketserver's 5: ten clients connecting at once (commands
+    started together, each with its event stream) overflowed 5 in a VM under emulation, and QEMU's
+    user networking then dropped a connection without an answer.
+    """
+
+    request_queue_size = 128
 
     def server_bind(self) -> None:
         """Bind without HTTPServer's reverse-DNS lookup of the host."""
