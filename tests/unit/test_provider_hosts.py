@@ -5,13 +5,14 @@ from __future__ import annotations
 import functools
 import mmap
 import os
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
 from hearth.auth.providers import VENDOR_EGRESS
-from hearth.images.vendor import GUEST_VENDOR_DIR, vendor_key
+from hearth.images.vendor import GUEST_VENDOR_DIR, ensure_vendor_tree
 from hearth.network.allowlist import AllowRule
 from hearth.network.provider_hosts import PROVIDER_API_HOSTS, QUIET_ENV
 from hearth_agent.wire import Provider
@@ -91,15 +92,12 @@ def admits(allow: Sequence[str], host: str, port: int = 443) -> bool:
 
 
 def vendor_modules() -> Path:
-    """The pinned CLIs' node_modules in the image cache; skip if they are not installed."""
+    """The pinned CLIs' node_modules in the image cache, installed there first if missing (the
+    same ``npm ci`` the cli image build runs; skip only where npm itself is missing)."""
+    if shutil.which("npm") is None:
+        pytest.skip("needs npm to install the pinned vendor CLIs (scripts/install.sh installs it)")
     cache = Path(os.environ.get("HEARTH_CACHE_DIR", "/var/cache/hearth"))
-    tree = cache / "vendor" / vendor_key()
-    if not (tree / "COMPLETE").exists():
-        pytest.skip(
-            f"the pinned vendor CLIs are not installed under {tree}: scripts/test.sh installs "
-            "them (its cli image build runs npm ci into the cache)"
-        )
-    return tree / "root" / GUEST_VENDOR_DIR / "node_modules"
+    return ensure_vendor_tree(cache) / GUEST_VENDOR_DIR / "node_modules"
 
 
 @functools.cache
