@@ -6,11 +6,14 @@ heavy parts are cached under HEARTH_CACHE_DIR by content hash, so reruns take se
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import shutil
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -102,3 +105,20 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
                 directory.rmdir()
         except OSError:
             continue
+
+
+@pytest.fixture
+async def echo_port() -> AsyncIterator[int]:
+    """An echo server on 127.0.0.1 (its port): the stand-in a pinned egress name reaches."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError):
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    yield int(server.sockets[0].getsockname()[1])
+    server.close()
+    await server.wait_closed()

@@ -8,7 +8,6 @@ gone with the VM. That the guest has no other way out is shown in a real VM
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -24,23 +23,6 @@ from tests.integration.conftest import AgentLauncher
 from tests.integration.test_api_exec import exit_of, output, stream
 
 LOOPBACK = "127.0.0.1"
-
-
-@pytest.fixture
-async def echo_port() -> AsyncIterator[int]:
-    """An echo server on loopback: the stand-in a pinned host name reaches."""
-
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(ConnectionError):
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-        writer.close()
-
-    server = await asyncio.start_server(serve, LOOPBACK, 0)
-    yield int(server.sockets[0].getsockname()[1])
-    server.close()
-    await server.wait_closed()
 
 
 @pytest.fixture

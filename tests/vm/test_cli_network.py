@@ -8,8 +8,6 @@ the host directly gets nothing, because QEMU user networking runs with ``restric
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -53,21 +51,6 @@ except OSError as exc:
 else:
     print("CONNECTED")
 """
-
-
-@pytest.fixture
-async def echo_port() -> AsyncIterator[int]:
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(ConnectionError):
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-        writer.close()
-
-    server = await asyncio.start_server(serve, "127.0.0.1", 0)
-    yield int(server.sockets[0].getsockname()[1])
-    server.close()
-    await server.wait_closed()
 
 
 @pytest.fixture
