@@ -9,6 +9,7 @@ APT_PACKAGES=(
   debootstrap e2fsprogs e2tools     # golden images without mounting
   busybox-static cpio lz4           # initramfs, vmlinux extraction
   iproute2 nftables procps socat    # per-VM namespaces, process checks, guest egress relays
+  zstd                              # the codex stand-in reads its zstd request bodies (tests)
   ca-certificates postgresql        # TLS roots; PostgreSQL (HEARTH_DATABASE_URL, tests)
   novnc chromium                    # the Browser VM's viewer (noVNC); headless view checks
   python3 python3-venv python3-pip  # the controller's interpreter
@@ -52,3 +53,6 @@ if [[ ! -f $stamp || "$(cat "$stamp")" != "$want" ]]; then
   .venv/bin/pip install -q -e '.[dev]'
   echo "$want" > "$stamp"
 fi
+# The terminal page's xterm.js (npm @xterm/xterm and @xterm/addon-fit, pinned by the lockfile in
+# src/hearth/api/static/terminal): npm ci under the cache dir, once per lockfile.
+.venv/bin/python -m hearth.terminal_page >/dev/null

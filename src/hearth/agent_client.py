@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,9 +15,14 @@ from httpx_sse import SSEError, aconnect_sse
 from hearth.errors import (
     BackendError,
     Conflict,
+    FileTooLarge,
     HearthError,
+    InvalidArchive,
     InvalidInput,
     NotFound,
+    PathConflict,
+    PathNotFound,
+    PathOutsideWorkspace,
     TooManyRunning,
 )
 from hearth.httpclient import async_client
@@ -44,6 +49,21 @@ _CLIENT_ERRORS: dict[int, type[HearthError]] = {
     422: InvalidInput,
     429: TooManyRunning,
 }
+
+# What the agent's refusals of a file request mean, by its code (its message is kept).
+_FILE_ERRORS: dict[str, type[HearthError]] = {
+    "path_outside_workspace": PathOutsideWorkspace,
+    "invalid_archive": InvalidArchive,
+    "path_not_found": PathNotFound,
+    "path_conflict": PathConflict,
+    "file_too_large": FileTooLarge,
+    "body_too_large": FileTooLarge,
+}
+# A file transfer: how long one chunk may take either way, and the answer to an upload, which
+# comes once the guest has synced the whole file to its disk.
+FILE_CHUNK_TIMEOUT_S = 120.0
+FILE_WRITTEN_TIMEOUT_S = 600.0
+FILE_TYPE_HEADER = "x-hearth-file-type"
 
 
 @dataclass(frozen=True)
@@ -75,9 +95,11 @@ class AgentClient:
         json_body: Any = None,
         timeout_s: float | None = None,
         client_request: bool = False,
+        errors: Mapping[str, type[HearthError]] | None = None,
     ) -> Any:
         """``client_request``: the body is a client's (an exec's), so the agent's refusals of it
-        keep their meaning (422, 409, 429) instead of becoming a 502."""
+        keep their meaning (422, 409, 429) instead of becoming a 502; ``errors``: what some of
+        the agent's error codes mean, before that."""
         headers = {"Authorization": f"Bearer {self._token}"} if self._token else {}
         if content is not None:
             headers["Content-Type"] = "application/json"
@@ -92,11 +114,17 @@ class AgentClient:
                 f"agent at {self.url} did not answer {method} {path}: {type(exc).__name__}"
             ) from exc
         if response.status_code >= 400:
-            self._raise_for(response, method, path, client_request=client_request)
+            self._raise_for(response, method, path, client_request=client_request, errors=errors)
         return response.json()
 
     def _raise_for(
-        self, response: httpx.Response, method: str, path: str, *, client_request: bool = True
+        self,
+        response: httpx.Response,
+        method: str,
+        path: str,
+        *,
+        client_request: bool = True,
+        errors: Mapping[str, type[HearthError]] | None = None,
     ) -> None:
         """Raise the error an agent's error answer means (its code kept as ``agent_code``)."""
         try:
@@ -104,6 +132,8 @@ class AgentClient:
             code, message = str(error["code"]), str(error["message"])
         except (ValueError, KeyError, TypeError):
             code, message = "error", f"HTTP {response.status_code}"
+        if errors is not None and code in errors:
+            raise errors[code](message)
         if response.status_code == 404:
             raise NotFound(f"agent at {self.url}: {message}")
         if client_request and response.status_code in _CLIENT_ERRORS:
@@ -195,6 +225,13 @@ class AgentClient:
         )
         return result
 
+    async def exec_resize(self, exec_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        """``POST /exec/{id}/resize {"cols", "rows"}``: the size of a command's terminal."""
+        result: dict[str, Any] = await self._call(
+            "POST", f"/exec/{exec_id}/resize", json_body=body, client_request=True
+        )
+        return result
+
     async def exec_events(self, exec_id: str, *, after: int = 0) -> AsyncIterator[AgentEvent]:
         """The command's events after id ``after``, as they happen, until its ``exit``.
 
@@ -223,6 +260,120 @@ class AgentClient:
                 f"({type(exc).__name__})"
             ) from exc
         raise AgentError(f"agent at {self.url}: the event stream of exec {exec_id} ended early")
+
+    # ---- files -----------------------------------------------------------------------------
+
+    def _headers(self, **extra: str) -> dict[str, str]:
+        headers = {"Authorization": f"Bearer {self._token}"} if self._token else {}
+        return {**headers, **extra}
+
+    async def files_write(
+        self,
+        path: str,
+        chunks: AsyncIterable[bytes],
+        *,
+        archive: bool,
+        max_bytes: int,
+        mode: str | None = None,
+    ) -> dict[str, Any]:
+        """``PUT /files``: the file at ``path`` from ``chunks`` as they come (or, ``archive``,
+        the tar they make extracted into the directory there); refused past ``max_bytes``."""
+        params = {"path": path, "max_bytes": str(max_bytes), **({"mode": mode} if mode else {})}
+        media = "application/x-tar" if archive else "application/octet-stream"
+        timeout = httpx.Timeout(FILE_CHUNK_TIMEOUT_S, read=FILE_WRITTEN_TIMEOUT_S)
+        try:
+            async with async_client(timeout=timeout) as client:
+                response = await client.put(
+                    f"{self.url}/files",
+                    params=params,
+                    content=chunks,
+                    headers=self._headers(**{"Content-Type": media}),
+                )
+        except httpx.HTTPError as exc:
+            raise AgentError(
+                f"agent at {self.url}: the upload to {path!r} broke off ({type(exc).__name__})"
+            ) from exc
+        if response.status_code >= 400:
+            self._raise_for(response, "PUT", "/files", errors=_FILE_ERRORS)
+        result: dict[str, Any] = response.json()
+        return result
+
+    async def files_read(self, path: str) -> AgentDownload:
+        """``GET /files``: the file at ``path``, or the tar of the directory there, opened as a
+        stream (close it: ``AgentDownload.aclose``)."""
+        timeout = httpx.Timeout(FILE_CHUNK_TIMEOUT_S)
+        opened = contextlib.AsyncExitStack()
+        try:
+            client = await opened.enter_async_context(async_client(timeout=timeout))
+            request = client.build_request(
+                "GET", f"{self.url}/files", params={"path": path}, headers=self._headers()
+            )
+            response = await client.send(request, stream=True)
+            opened.push_async_callback(response.aclose)
+            if response.status_code >= 400:
+                await response.aread()
+                self._raise_for(response, "GET", "/files", errors=_FILE_ERRORS)
+        except httpx.HTTPError as exc:
+            await opened.aclose()
+            raise AgentError(
+                f"agent at {self.url} did not answer GET /files: {type(exc).__name__}"
+            ) from exc
+        except BaseException:
+            await opened.aclose()
+            raise
+        kind = response.headers.get(FILE_TYPE_HEADER, "file")
+        length = response.headers.get("content-length")
+        return AgentDownload(
+            kind=kind,
+            size=int(length) if kind == "file" and length is not None else None,
+            content_type=response.headers.get("content-type", "application/octet-stream"),
+            agent_url=self.url,
+            _response=response,
+            _opened=opened,
+        )
+
+    async def files_list(self, path: str) -> dict[str, Any]:
+        """``GET /files/list``: the entries of the directory at ``path``."""
+        query = httpx.QueryParams({"path": path})
+        result: dict[str, Any] = await self._call(
+            "GET", f"/files/list?{query}", client_request=True, errors=_FILE_ERRORS
+        )
+        return result
+
+    async def files_remove(self, path: str, *, recursive: bool) -> dict[str, Any]:
+        """``DELETE /files``: the file, symlink or (``recursive``) directory at ``path``."""
+        query = httpx.QueryParams({"path": path, "recursive": "true" if recursive else "false"})
+        result: dict[str, Any] = await self._call(
+            "DELETE", f"/files?{query}", client_request=True, errors=_FILE_ERRORS
+        )
+        return result
+
+
+@dataclass
+class AgentDownload:
+    """A file (``kind`` ``file``, ``size`` bytes) or a directory's tar (``dir``) streaming from
+    an agent; its bytes come from ``chunks()``, and ``aclose()`` lets the connection go."""
+
+    kind: str
+    size: int | None
+    content_type: str
+    agent_url: str
+    _response: httpx.Response
+    _opened: contextlib.AsyncExitStack
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The bytes as they arrive; AgentError if the stream breaks off before its end."""
+        try:
+            async for chunk in self._response.aiter_raw():
+                yield chunk
+        except httpx.HTTPError as exc:
+            raise AgentError(
+                f"agent at {self.agent_url}: the download broke off ({type(exc).__name__})"
+            ) from exc
+
+    async def aclose(self) -> None:
+        """Close the response and its client; idempotent."""
+        await self._opened.aclose()
 
 
 def sha256_hex(data: bytes) -> str:

@@ -78,6 +78,17 @@ class Settings:
     # and the longest a command may run (its timeoutS; the default when it gives none).
     exec_max_per_vm: int = 16
     exec_timeout_s: float = 3600.0
+    # The files API (/api/vms/{id}/files): the largest upload, file or tar, and the most the
+    # files of one tar may hold together (413 file_too_large past it, nothing kept).
+    files_max_bytes: int = 1024 * MIB
+    # How long a terminal link (POST /api/vms/{id}/terminal) may wait to be opened; it opens once.
+    terminal_link_ttl_s: float = 60.0
+    # Runs of the vendor CLIs (POST /api/vms/{id}/runs): the longest one may take (its timeoutS;
+    # the default when it gives none), the largest prompt (413 past it), and how many of a
+    # run's events are kept for clients that reconnect.
+    run_timeout_s: float = 3600.0
+    run_prompt_max_bytes: int = 256 * 1024
+    run_events_keep: int = 10_000
     # Benchmarks and tests only: forward each Browser VM's Chromium DevTools to a loopback port,
     # where any local process could drive the login browser. Off, nothing but VNC is forwarded.
     browser_devtools: bool = False
@@ -183,6 +194,13 @@ class Settings:
             cli_egress=_choice(env, "HEARTH_CLI_EGRESS", "proxy", ("proxy", "off")),
             exec_max_per_vm=_int(env, "HEARTH_EXEC_MAX_PER_VM", 16, 1, 1000),
             exec_timeout_s=_float(env, "HEARTH_EXEC_TIMEOUT_S", 3600.0, 1.0, 6 * 3600.0),
+            files_max_bytes=_int(env, "HEARTH_FILES_MAX_BYTES", 1024 * MIB, 1024, 1024**2 * MIB),
+            terminal_link_ttl_s=_float(env, "HEARTH_TERMINAL_LINK_TTL_S", 60.0, 1.0, 3600.0),
+            run_timeout_s=_float(env, "HEARTH_RUN_TIMEOUT_S", 3600.0, 1.0, 6 * 3600.0),
+            run_prompt_max_bytes=_int(
+                env, "HEARTH_RUN_PROMPT_MAX_BYTES", 256 * 1024, 1, 16 * 1024 * 1024
+            ),
+            run_events_keep=_int(env, "HEARTH_RUN_EVENTS_KEEP", 10_000, 100, 10_000_000),
         )
 
     def with_overrides(self, **changes: object) -> Settings:

@@ -3,15 +3,22 @@
     HearthError                      root; never raised itself
     ├── ConfigError                  settings invalid at start (400 never reaches a client)
     ├── NotFound                     a resource the caller may see does not exist (404)
+    │   └── PathNotFound             nothing at that path of a VM's workspace
     ├── InvalidInput                 bad input a client sent (422)
+    │   ├── PathOutsideWorkspace     a path (or a tar member, a symlink) leads out of the workspace
+    │   └── InvalidArchive           a tar that cannot be read, or with a refused member
     ├── Conflict                     the resource is in a state that forbids the action (409)
     │   ├── QuotaExceeded            the user already has as many VMs of that type as allowed
-    │   └── ActiveSessionExists      the user already has a login in progress for that provider
+    │   ├── ActiveSessionExists      the user already has a login in progress for that provider
+    │   ├── PathConflict             a directory where a file goes, a non-empty one to remove, ...
+    │   └── NotLoggedIn              no login for that provider was delivered into the VM
+    ├── EventsGone                   the events after that id are no longer kept (410)
     ├── CapacityExhausted            the host has no room: Browser VM slots or memory (429)
     ├── TooManyRunning               the VM already runs as many execs as allowed (429)
     ├── Unauthorized                 missing or wrong API key (401)
     ├── Forbidden                    the key may not do this (admin only) (403)
     ├── BodyTooLarge                 the request body exceeds the configured limit (413)
+    │   └── FileTooLarge             an upload exceeds HEARTH_FILES_MAX_BYTES
     ├── ImageError                   golden images: build, install-agent, verify, rollback
     │   ├── NotAnImage               the path is missing or is not an ext4 filesystem image
     │   ├── ImageReadOnly            the image (or its directory) cannot be written
@@ -83,6 +90,29 @@ class InvalidInput(HearthError):
     http_status = 422
 
 
+class PathNotFound(NotFound):
+    """Nothing exists at that path of the VM's workspace."""
+
+    code = "path_not_found"
+    http_status = 404
+
+
+class PathOutsideWorkspace(InvalidInput):
+    """A path is absolute elsewhere, has ``..``, or goes through a symlink (or a tar member's
+    link) that leads out of the VM's workspace; nothing was written."""
+
+    code = "path_outside_workspace"
+    http_status = 422
+
+
+class InvalidArchive(InvalidInput):
+    """A tar that cannot be read, or with a member the agent refuses (a device, a fifo, a file
+    below a symlink of the archive); nothing was written."""
+
+    code = "invalid_archive"
+    http_status = 422
+
+
 class Conflict(HearthError):
     """The resource's current state forbids the requested action."""
 
@@ -101,6 +131,28 @@ class ActiveSessionExists(Conflict):
     """The user already has an auth session in progress for that provider (one at a time)."""
 
     code = "conflict"
+    http_status = 409
+
+
+class NotLoggedIn(Conflict):
+    """A run asked for a provider whose login was never delivered into that VM."""
+
+    code = "not_logged_in"
+    http_status = 409
+
+
+class EventsGone(HearthError):
+    """A stream resumed after an event older than what is still kept."""
+
+    code = "events_gone"
+    http_status = 410
+
+
+class PathConflict(Conflict):
+    """What is at the path cannot take the action: a directory where a file goes, a file where a
+    tar is extracted, a directory with something in it removed without ``recursive``."""
+
+    code = "path_conflict"
     http_status = 409
 
 
@@ -136,6 +188,14 @@ class BodyTooLarge(HearthError):
     """The request body is larger than the controller reads (``HEARTH_MAX_BODY_BYTES``)."""
 
     code = "body_too_large"
+    http_status = 413
+
+
+class FileTooLarge(BodyTooLarge):
+    """An upload (or the files of a tar together) is larger than ``HEARTH_FILES_MAX_BYTES``;
+    nothing of it was kept."""
+
+    code = "file_too_large"
     http_status = 413
 
 

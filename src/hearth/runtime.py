@@ -25,8 +25,11 @@ from hearth.auth.flow import AuthFlow
 from hearth.config import Settings
 from hearth.control.bootstrap import ensure_admin_key, open_store
 from hearth.control.execs import ExecService
+from hearth.control.files import FileService
 from hearth.control.network import CliNetworks
 from hearth.control.quotas import Quotas
+from hearth.control.runs import RunService
+from hearth.control.terminals import TerminalService
 from hearth.control.vms import VmService
 from hearth.credentials.pullback import PullBack
 from hearth.credentials.service import CredentialService
@@ -55,6 +58,9 @@ class ControlPlane:
     credentials: CredentialService
     vms: VmService
     execs: ExecService
+    files: FileService
+    runs: RunService
+    terminals: TerminalService
     networks: CliNetworks
     auth: AuthFlow
     node: Node
@@ -132,8 +138,14 @@ async def open_hearth(
             networks=networks,
         )
         teardown.push("stop the login flows", auth.shutdown)
+        execs = ExecService(settings=settings, vms=vms, networks=networks)
+        runs = RunService(settings=settings, store=store, vms=vms, execs=execs)
+        teardown.push("stop reading the runs", runs.shutdown)
+        terminals = TerminalService(execs=execs, link_ttl_s=settings.terminal_link_ttl_s)
+        teardown.push("end the open terminals", terminals.close)
         await vms.reconcile()
         await auth.recover()
+        await runs.recover()
         if vms.pool is not None:
             vms.pool.start()
             teardown.push("stop the warm pool", vms.pool.stop)
@@ -145,7 +157,10 @@ async def open_hearth(
             metrics=metrics,
             credentials=credentials,
             vms=vms,
-            execs=ExecService(settings=settings, vms=vms, networks=networks),
+            execs=execs,
+            files=FileService(settings=settings, vms=vms, execs=execs),
+            runs=runs,
+            terminals=terminals,
             networks=networks,
             auth=auth,
             node=node,

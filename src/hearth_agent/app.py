@@ -30,6 +30,8 @@ from hearth_agent.errors import (
 )
 from hearth_agent.exec_routes import ExecRoutes
 from hearth_agent.execs import ExecRegistry
+from hearth_agent.file_routes import FileRoutes
+from hearth_agent.files import WorkspaceFiles
 from hearth_agent.jsontext import JsonTextError, decode_json
 from hearth_agent.log import JsonLogger
 from hearth_agent.login import LoginRegistry, LoginRunnerFactory, LoginStatus, LoginView
@@ -52,6 +54,7 @@ from hearth_agent.routing import (
 from hearth_agent.storage import CredentialStore, WriteResult
 from hearth_agent.vendor import VENDOR_LOGINS, VendorLoginRunner, cli_status
 from hearth_agent.vnc import provision_vnc_password
+from hearth_agent.workspace import Workspace
 
 
 def provider_field(body: Mapping[str, object]) -> str:
@@ -77,6 +80,7 @@ class AgentApp:
         logins: LoginRegistry | None = None,
         login_runners: Mapping[str, LoginRunnerFactory] | None = None,
         execs: ExecRegistry | None = None,
+        files: WorkspaceFiles | None = None,
     ) -> None:
         self._store = store
         self._gate = gate
@@ -93,6 +97,9 @@ class AgentApp:
         if execs is None:
             execs = ExecRegistry(workspace=store.home / "workspace", home=store.home, logger=logger)
         self._execs = execs
+        if files is None:
+            # The files API works in the directory commands run in.
+            files = WorkspaceFiles(Workspace(execs.workspace), logger=logger)
         # Literal routes first: /credentials/write must win over /credentials/{provider},
         # /login/start over /login/{login_id}.
         self._routes = tuple(
@@ -120,6 +127,7 @@ class AgentApp:
                 Route("/login/start", {"POST": self._start_login}),
                 Route("/login/{login_id}", {"GET": self._get_login, "DELETE": self._cancel_login}),
                 *ExecRoutes(execs=execs).routes(),
+                *FileRoutes(files=files).routes(),
             )
         )
 

@@ -8,18 +8,24 @@
     │   └── Unclaimed           the agent has no token yet; POST /init first (401)
     ├── NotFound                no such route, or no such stored document (404)
     │   ├── UnknownProvider     the provider is not in the table (404)
-    │   └── ExecNotFound        no exec has this id, or it was forgotten (404)
+    │   ├── ExecNotFound        no exec has this id, or it was forgotten (404)
+    │   └── PathNotFound        no file or directory at this workspace path (404)
     ├── MethodNotAllowed        the route exists but not for this method (405, carries Allow)
     ├── AlreadyClaimed          /init after the agent already has a token, or in insecure mode (409)
     ├── CorruptDocument         the stored document is not valid JSON (409)
     ├── StdinClosed             the exec's stdin is closed, or was never open (409)
     ├── StdinBacklogFull        the exec is not reading its stdin fast enough (409)
+    ├── PathConflict            the path is a directory where a file goes, or the like (409)
+    ├── NotATerminal            a resize for an exec that runs without a terminal (409)
     ├── ExecEventsGone          the events to resume after were acknowledged and dropped (410)
     ├── LengthRequired          PUT/POST without Content-Length (411)
     ├── BodyTooLarge            Content-Length above the limit (413)
+    │   └── FileTooLarge        an upload (or an archive's files) above its cap (413)
     ├── InvalidInput            a request field is missing or has the wrong type (422)
     │   ├── InvalidDocument     the credential document fails its provider's rules (422)
-    │   └── ExecStartFailed     the command cannot be started (not found, not executable) (422)
+    │   ├── ExecStartFailed     the command cannot be started (not found, not executable) (422)
+    │   ├── PathOutsideWorkspace  a path (or an archive member, a symlink) leads out (422)
+    │   └── InvalidArchive      the tar cannot be read, or has a member of a refused type (422)
     ├── TooManyExecs            the cap on concurrently running execs is reached (429)
     ├── StorageError            the filesystem refused a write (500)
     └── ReseedFailed            the claim could not reseed the guest kernel's CRNG (500)
@@ -89,6 +95,10 @@ class ExecNotFound(NotFound, code="exec_not_found"):
     """No exec has this id (never started, or forgotten after its retention)."""
 
 
+class PathNotFound(NotFound, code="path_not_found"):
+    """Nothing exists at this path of the workspace."""
+
+
 class MethodNotAllowed(AgentError, code="method_not_allowed", http_status=405):
     """The route exists but does not accept this method."""
 
@@ -113,6 +123,15 @@ class StdinBacklogFull(AgentError, code="stdin_backlog_full", http_status=409):
     """Too much stdin is queued for an exec that is not reading it; retry once it reads."""
 
 
+class NotATerminal(AgentError, code="not_a_terminal", http_status=409):
+    """The exec runs on pipes, not on a pseudo-terminal, so it has no size to set."""
+
+
+class PathConflict(AgentError, code="path_conflict", http_status=409):
+    """What is at the path cannot take the action: a directory where a file goes, a file where
+    an archive is extracted, a non-empty directory removed without ``recursive``."""
+
+
 class ExecEventsGone(AgentError, code="exec_events_gone", http_status=410):
     """The events after the requested id were acknowledged by a reader and dropped."""
 
@@ -125,6 +144,10 @@ class BodyTooLarge(AgentError, code="body_too_large", http_status=413):
     """The declared body is larger than the agent accepts."""
 
 
+class FileTooLarge(BodyTooLarge, code="file_too_large"):
+    """An upload, or the files of an archive together, is larger than its cap; nothing is kept."""
+
+
 class InvalidInput(AgentError, code="invalid_request", http_status=422):
     """A request field is missing or has the wrong type; the message names the field."""
 
@@ -135,6 +158,15 @@ class InvalidDocument(InvalidInput, code="invalid_document"):
 
 class ExecStartFailed(InvalidInput, code="exec_start_failed"):
     """The command could not be started: not found, not executable, or the system refused."""
+
+
+class PathOutsideWorkspace(InvalidInput, code="path_outside_workspace"):
+    """A path is absolute outside the workspace, has ``..``, or goes through a symlink (or an
+    archive member's link) that points out of it; nothing was written."""
+
+
+class InvalidArchive(InvalidInput, code="invalid_archive"):
+    """The tar cannot be read, or has a member the agent refuses (a device, a fifo)."""
 
 
 class TooManyExecs(AgentError, code="too_many_execs", http_status=429):

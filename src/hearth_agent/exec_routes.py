@@ -1,17 +1,20 @@
 """The exec endpoints: start a command, stream its events (SSE), feed its stdin, kill it.
 
     POST /exec                      {"cmd", "env"?, "cwd"?, "stdin"?, "stdin_open"?, "timeout_s"?,
-                                     "max_running"?}
+                                     "max_running"?, "pty"?: {"cols", "rows"}}
                                     → 201 {"exec_id", "pid"}
     GET  /exec/{exec_id}            → 200 the exec's status
     GET  /exec/{exec_id}/events     ?after=N or Last-Event-ID: N → text/event-stream
     POST /exec/{exec_id}/stdin      {"data"?, "encoding"?: "utf-8"|"base64", "eof"?} → 200
     POST /exec/{exec_id}/kill       {"signal"?: "SIGKILL"|"SIGTERM"|"SIGINT"} → 200
+    POST /exec/{exec_id}/resize     {"cols", "rows"} → 200 (an exec started with "pty"; else 409)
 
 Each event is written as ``id: N``, ``event: stdout|stderr|exit``, ``data: <one-line JSON>`` and a
 blank line; a comment line (``: keepalive``) goes out when nothing happened for a while. The
 stream ends after the exit event. Reading ``after=N`` acknowledges every event up to N (see
-``exec_events``), so a client that reconnects sends the last id it received.
+``exec_events``), so a client that reconnects sends the last id it received. With ``pty`` the
+command runs on a pseudo-terminal (``exec_pty``): its output is one ``stdout`` stream, its stdin
+is always open, and ``eof`` sends the terminal's end-of-file character.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from pathlib import Path
 
 from hearth_agent.errors import ExecEventsGone, InvalidInput, MalformedJson
 from hearth_agent.exec_events import ExecEvent
+from hearth_agent.exec_pty import PtySize
 from hearth_agent.execs import ExecRegistry, ExecSpec
 from hearth_agent.jsontext import JsonTextError, decode_json
 from hearth_agent.routing import Request, Response, Route, json_response, read_json
@@ -38,7 +42,9 @@ KILL_SIGNALS = {
     "SIGTERM": signal.SIGTERM,
     "SIGINT": signal.SIGINT,
 }
-_START_FIELDS = frozenset({"cmd", "env", "cwd", "stdin", "stdin_open", "timeout_s", "max_running"})
+_START_FIELDS = frozenset(
+    {"cmd", "env", "cwd", "stdin", "stdin_open", "timeout_s", "max_running", "pty"}
+)
 _STDIN_FIELDS = frozenset({"data", "encoding", "eof"})
 _KILL_FIELDS = frozenset({"signal"})
 _EVENT_ID = re.compile(r"[0-9]{1,18}")
@@ -59,6 +65,7 @@ class ExecRoutes:
             Route("/exec/{exec_id}/events", {"GET": self._events}),
             Route("/exec/{exec_id}/stdin", {"POST": self._stdin}),
             Route("/exec/{exec_id}/kill", {"POST": self._kill}),
+            Route("/exec/{exec_id}/resize", {"POST": self._resize}),
         )
 
     def _start(self, request: Request, params: Mapping[str, str]) -> Response:
@@ -101,6 +108,12 @@ class ExecRoutes:
             200,
             {"exec_id": running.exec_id, "signalled": signalled, "status": running.status.value},
         )
+
+    def _resize(self, request: Request, params: Mapping[str, str]) -> Response:
+        running = self._execs.get(params["exec_id"])
+        size = PtySize.parse(read_json(request), "the /exec/{exec_id}/resize body")
+        running.resize(size)
+        return json_response(200, {"exec_id": running.exec_id, "pty": size.as_json()})
 
 
 def resume_point(request: Request) -> int:
@@ -146,6 +159,7 @@ def parse_exec_spec(body: object) -> ExecSpec:
         stdin_open=_flag(fields, "stdin_open"),
         timeout_s=_timeout(fields.get("timeout_s")),
         max_running=_positive_int(fields.get("max_running"), "max_running"),
+        pty=PtySize.parse(fields["pty"]) if fields.get("pty") is not None else None,
     )
 
 

@@ -5,11 +5,13 @@ An exec starts one command as the leader of a new session and process group
 variables) and the workspace directory unless told otherwise. One pump thread reads its stdout
 and stderr into the exec's ``EventLog`` (see ``exec_events`` for backpressure and resume); a
 waiter thread watches the leader through a pidfd, enforces the timeout, and appends the one
-``exit`` event once the output is drained.
+``exit`` event once the output is drained. With ``pty`` the command runs on a pseudo-terminal
+instead of pipes (``exec_pty``): one output stream, stdin to the terminal, and a size to change.
 
 Nothing outlives its exec: timeout and kill signal the whole group, and when the leader ends,
 whatever it left running in its group is killed before the leader is reaped (so the group id
-cannot have been reused). A process that makes itself a new session escapes the group; its
+cannot have been reused). On a terminal, where a shell gives each job a group of its own, the
+whole session is signalled as well. A process that makes itself a new session escapes; its
 pipes are abandoned a short while after the leader ends.
 
 Lifecycle (``ExecStatus``)::
@@ -39,20 +41,23 @@ from hearth_agent.errors import (
     ExecNotFound,
     ExecStartFailed,
     InvalidInput,
+    NotATerminal,
     StdinClosed,
     TooManyExecs,
 )
-from hearth_agent.exec_events import EventLog, EventType, OutputDecoder
+from hearth_agent.exec_events import (
+    DRAIN_GRACE_S,
+    PUMP_POLL_S,
+    READ_CHUNK_BYTES,
+    EventLog,
+    EventType,
+    OutputDecoder,
+)
+from hearth_agent.exec_pty import EOF_CHARACTER, Pty, PtySize, signal_session, spawn_on_pty
 from hearth_agent.exec_stdin import StdinFeeder
 from hearth_agent.log import JsonLogger
 
 BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-READ_CHUNK_BYTES = 64 * 1024
-# How often an idle pump looks up from its pipes (to notice the leader ended or a discard).
-PUMP_POLL_S = 0.5
-# After the leader ended and its group was killed, pipes still open this long without output
-# belong to a process that left the group (setsid); they are abandoned.
-DRAIN_GRACE_S = 2.0
 MIB = 1024 * 1024
 
 
@@ -84,6 +89,7 @@ class ExecSpec:
     # The caller's own cap on execs running at once (the controller's per-VM setting); the
     # agent's ``ExecLimits.max_running`` holds whatever it says.
     max_running: int | None = None
+    pty: PtySize | None = None  # run on a pseudo-terminal of this size (stdin always open)
 
 
 @dataclass(frozen=True)
@@ -147,29 +153,34 @@ class Exec:
         self.started_at = time.time()
         self._started = time.monotonic()
         wants_stdin = spec.stdin is not None or spec.stdin_open
+        self.pty: Pty | None = None
         try:
-            self._process = subprocess.Popen(
-                list(spec.cmd),
-                stdin=subprocess.PIPE if wants_stdin else subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                cwd=cwd,
-                env=dict(env),
-                start_new_session=True,
-                close_fds=True,
-            )
+            if spec.pty is not None:
+                self._process, self.pty = spawn_on_pty(spec.cmd, cwd=cwd, env=env, size=spec.pty)
+            else:
+                self._process = subprocess.Popen(
+                    list(spec.cmd),
+                    stdin=subprocess.PIPE if wants_stdin else subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    cwd=cwd,
+                    env=dict(env),
+                    start_new_session=True,
+                    close_fds=True,
+                )
         except (OSError, ValueError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             raise ExecStartFailed(f"cannot run {spec.cmd[0]!r}: {reason}") from exc
         self.pid = self._process.pid
         self._stdin: StdinFeeder | None = None
-        if self._process.stdin is not None:
+        stdin = self.pty.input() if self.pty is not None else self._process.stdin
+        if stdin is not None:
             self._stdin = StdinFeeder(
-                self._process.stdin,
+                stdin,
                 backlog_bytes=max(limits.stdin_backlog_bytes, len(spec.stdin or b"")),
                 name=f"exec-{exec_id}-stdin",
             )
-            self._stdin.write(spec.stdin or b"", eof=not spec.stdin_open)
+            self._stdin.write(spec.stdin or b"", eof=not spec.stdin_open and self.pty is None)
         self._pump = threading.Thread(target=self._pump_output, name=f"exec-{exec_id}-pump")
         self._pump.daemon = True
         self._pump.start()
@@ -204,6 +215,7 @@ class Exec:
     def view(self) -> dict[str, object]:
         """The exec's status as JSON."""
         exit_info = self.exit
+        terminal = {"pty": self.pty.size.as_json()} if self.pty is not None else {}
         return {
             "exec_id": self.exec_id,
             "pid": self.pid,
@@ -213,13 +225,22 @@ class Exec:
             "timeout_s": self.timeout_s,
             "last_event_id": self.log.last_id,
             "exit": exit_info.as_json() if exit_info is not None else None,
+            **terminal,
         }
 
     def write_stdin(self, data: bytes, *, eof: bool = False) -> int:
         """Queue bytes for the process's stdin (closing it after them if ``eof``)."""
         if self._stdin is None:
             raise StdinClosed("this exec's stdin was not kept open (start it with stdin_open)")
+        if self.pty is not None and eof:  # a terminal stays open: eof is its end-of-file key
+            data, eof = data + EOF_CHARACTER, False
         return self._stdin.write(data, eof=eof)
+
+    def resize(self, size: PtySize) -> None:
+        """Set the size of the exec's terminal (NotATerminal without one)."""
+        if self.pty is None:
+            raise NotATerminal("this exec has no terminal to resize (start it with pty)")
+        self.pty.resize(size)
 
     def kill(self, sig: signal.Signals = signal.SIGKILL) -> bool:
         """Signal the whole process group; False if the leader had already ended."""
@@ -246,6 +267,8 @@ class Exec:
                 os.killpg(self.pid, sig)
             except ProcessLookupError:
                 return False
+            if self.pty is not None:
+                signal_session(self.pid, sig)
             return True
 
     def _wait(self) -> None:
@@ -273,6 +296,8 @@ class Exec:
         with self._lock:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.pid, signal.SIGKILL)  # what the leader left behind in its group
+            if self.pty is not None:
+                signal_session(self.pid, signal.SIGKILL)  # and in its session, on a terminal
             returncode = self._process.wait()
             self._ended_at = time.monotonic()
             self._leader_ended.set()
@@ -292,6 +317,9 @@ class Exec:
         self._logger.info("exec_ended", exec_id=self.exec_id, pid=self.pid, **info.as_json())
 
     def _pump_output(self) -> None:
+        if self.pty is not None:
+            self.pty.pump(self.log, leader_ended=self._leader_ended, discarded=self._discarded)
+            return
         assert self._process.stdout is not None
         assert self._process.stderr is not None
         pipes = {

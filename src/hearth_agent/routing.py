@@ -7,16 +7,29 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
-from hearth_agent.errors import AgentError, InvalidInput, MalformedJson, MethodNotAllowed
+from hearth_agent.bodies import RequestBody
+from hearth_agent.errors import (
+    AgentError,
+    InvalidInput,
+    LengthRequired,
+    MalformedJson,
+    MethodNotAllowed,
+)
 from hearth_agent.jsontext import JsonTextError, decode_json
 
 JSON_CONTENT_TYPE = "application/json"
 UNMATCHED_ROUTE = "unmatched"
 
 
+def _no_body_stream(max_bytes: int) -> RequestBody:
+    raise LengthRequired("this request has no body to stream")
+
+
 @dataclass(frozen=True)
 class Request:
-    """What an endpoint sees of an HTTP request; the body is read only when asked for."""
+    """What an endpoint sees of an HTTP request; the body is read only when asked for: whole
+    (``read_body``, bounded by the server's limit) or as a stream of at most ``max_bytes``
+    (``open_body(max_bytes)``, for uploads)."""
 
     method: str
     path: str
@@ -25,6 +38,7 @@ class Request:
     read_body: Callable[[], bytes] = field(repr=False)
     # Header names in lower case; only what endpoints need (Authorization is above).
     headers: Mapping[str, str] = field(default_factory=dict, repr=False)
+    open_body: Callable[[int], RequestBody] = field(default=_no_body_stream, repr=False)
 
     def header(self, name: str) -> str | None:
         """One request header by case-insensitive name, or None."""

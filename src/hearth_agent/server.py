@@ -15,6 +15,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from hearth_agent import __version__
 from hearth_agent.app import AgentApp
+from hearth_agent.bodies import RequestBody
 from hearth_agent.errors import BadRequest, BodyTooLarge, LengthRequired
 from hearth_agent.httpserver import LocalHTTPServer
 from hearth_agent.log import JsonLogger
@@ -49,6 +50,7 @@ class AgentRequestHandler(BaseHTTPRequestHandler):
 
     _started: float | None = None
     _body_consumed = False
+    _body_stream: RequestBody | None = None
 
     def version_string(self) -> str:
         """The Server header: agent name and version only."""
@@ -90,9 +92,16 @@ class AgentRequestHandler(BaseHTTPRequestHandler):
             authorization=self.headers.get("Authorization"),
             read_body=self._read_body,
             headers={name.lower(): value for name, value in self.headers.items()},
+            open_body=self._open_body,
         )
         template, response = self.server.app.dispatch(request)
-        self._send(response)
+        try:
+            self._send(response)
+        finally:
+            # A stream holding open files (a download) lets them go even if it was never read.
+            close = getattr(response.stream, "close", None)
+            if close is not None:
+                close()
         self._finish(template, response.status)
         if response.exit_after:
             # Only now: the response is on the wire and counted. serve_forever returns, and the
@@ -122,6 +131,23 @@ class AgentRequestHandler(BaseHTTPRequestHandler):
         if len(body) != length:
             raise BadRequest("request body is shorter than its Content-Length")
         return body
+
+    def _open_body(self, max_bytes: int) -> RequestBody:
+        """The body as a stream (Content-Length or chunked), at most ``max_bytes`` of it."""
+        lengths = self.headers.get_all("Content-Length") or []
+        encoding = self.headers.get("Transfer-Encoding")
+        if encoding is not None:
+            if lengths or encoding.strip().lower() != "chunked":
+                raise BadRequest("Transfer-Encoding must be chunked alone, without Content-Length")
+            length = None
+        elif not lengths:
+            raise LengthRequired("Content-Length (or a chunked body) is required")
+        elif len(set(lengths)) != 1 or not _DIGITS.fullmatch(lengths[0].strip()):
+            raise BadRequest("Content-Length is not a valid length")
+        else:
+            length = int(lengths[0])
+        self._body_stream = RequestBody(self.rfile, length=length, max_bytes=max_bytes)
+        return self._body_stream
 
     def _send(self, response: Response) -> None:
         self.send_response(response.status)
@@ -171,7 +197,8 @@ class AgentRequestHandler(BaseHTTPRequestHandler):
 
     def _discard_unread_body(self) -> None:
         headers = getattr(self, "headers", None)
-        if self._body_consumed or headers is None:
+        streamed = self._body_stream is not None and self._body_stream.complete
+        if self._body_consumed or streamed or headers is None:
             return
         declared = headers.get("Content-Length", "").strip()
         if not (_DIGITS.fullmatch(declared) and int(declared) > 0) and not headers.get(

@@ -20,6 +20,7 @@ from sqlalchemy.exc import IntegrityError
 
 from hearth.auth.states import TERMINAL, AuthStatus
 from hearth.errors import ConfigError
+from hearth.runs.states import RunStatus
 from hearth.store import (
     Store,
     alembic_config,
@@ -35,7 +36,7 @@ from hearth_agent.wire import Provider
 from tests.integration.store_fixtures import *  # noqa: F403
 from tests.integration.store_fixtures import TEST_KEY_SECRET, OpenStore, new_vm
 
-HEAD = "0003"
+HEAD = "0004"
 
 # Every status-like column and the enum whose values it must hold.
 ENUM_COLUMNS: list[tuple[str, str, type[StrEnum]]] = [
@@ -43,6 +44,7 @@ ENUM_COLUMNS: list[tuple[str, str, type[StrEnum]]] = [
     ("vms", "vm_type", VmType),
     ("vms", "boot_mode", BootMode),
     ("auth_sessions", "status", AuthStatus),
+    ("runs", "status", RunStatus),
 ]
 
 
@@ -60,6 +62,8 @@ MIGRATED_VALUE_LISTS: dict[str, frozenset[str]] = {
     "ck_auth_sessions_status": values_of(AuthStatus),
     "ck_credentials_source": values_of(CredentialSource),
     "ck_credentials_provider": values_of(Provider),
+    "ck_runs_status": values_of(RunStatus),
+    "ck_runs_provider": values_of(Provider),
     "uq_auth_sessions_active_user_id_provider": frozenset(
         s.value for s in AuthStatus if s not in TERMINAL
     ),
@@ -88,6 +92,17 @@ async def insert_raw_row(store: Store, table: str, column: str, value: str) -> N
             "status": "creating",
             "vcpus": 1,
             "mem_mib": 512,
+            "created_at": now,
+            "updated_at": now,
+        }
+    elif table == "runs":
+        row = {
+            "id": f"run-{value}",
+            "user_id": "u1",
+            "vm_id": "vm-1",
+            "provider": "codex",
+            "status": "starting",
+            "timeout_s": 60,
             "created_at": now,
             "updated_at": now,
         }
@@ -134,7 +149,7 @@ async def test_database_check_constraints_are_the_models_check_constraints(store
         inspector = inspect(connection)
         return {
             check["name"]: check["sqltext"]
-            for table in ("vms", "auth_sessions")
+            for table in ("vms", "auth_sessions", "runs")
             for check in inspector.get_check_constraints(table)
             if check["name"]
         }
@@ -142,7 +157,8 @@ async def test_database_check_constraints_are_the_models_check_constraints(store
     async with store.engine.connect() as conn:
         checks = await conn.run_sync(reflected)
     assert set(checks) == {"ck_vms_status", "ck_vms_vm_type", "ck_vms_boot_mode",
-                           "ck_auth_sessions_status"}  # fmt: skip
+                           "ck_auth_sessions_status", "ck_runs_status",
+                           "ck_runs_provider"}  # fmt: skip
     for table, column, enum_cls in ENUM_COLUMNS:
         sqltext = checks[f"ck_{table}_{column}"]
         assert all(f"'{member.value}'" in sqltext for member in enum_cls), sqltext

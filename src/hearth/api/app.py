@@ -18,12 +18,15 @@ from hearth.api.context import Controller
 from hearth.api.errors import install_error_handlers
 from hearth.api.guard import KeyGuard
 from hearth.api.routes import auth as auth_routes
-from hearth.api.routes import execs, keys, network, system, view, vms
+from hearth.api.routes import execs, files, keys, network, system, view, vms
+from hearth.api.routes import runs as run_routes
+from hearth.api.routes import terminal as terminal_routes
 from hearth.api.routes.view import NOVNC_DIR
 from hearth.config import Settings
 from hearth.control.quotas import Quotas
 from hearth.node.local import ImageSource
 from hearth.runtime import open_hearth
+from hearth.terminal_page import PAGE_DIR, xterm_dir
 from hearth.vm.backend import VmBackend
 
 
@@ -107,15 +110,27 @@ def create_app(
 
     # Starlette runs the middleware added last first: every request gets its id, then its key
     # and body size are checked, before any route reads the body.
-    app.add_middleware(KeyGuard, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        KeyGuard,
+        max_body_bytes=settings.max_body_bytes,
+        uploads=files.UPLOAD_PATH,
+        max_upload_bytes=settings.files_max_bytes,
+    )
     app.add_middleware(ObserveRequests)
     app.include_router(system.router)
     app.include_router(vms.router)
     app.include_router(execs.router)
+    app.include_router(files.router)
+    app.include_router(run_routes.router)
     app.include_router(network.router)
     app.include_router(keys.router)
     app.include_router(auth_routes.router)
     app.include_router(view.router)
+    app.include_router(terminal_routes.router)
     if NOVNC_DIR.is_dir():
         app.mount("/novnc", StaticFiles(directory=NOVNC_DIR), name="novnc")
+    # The terminal page's files; xterm.js appears once installed (the page says how until then).
+    app.mount("/static/terminal", StaticFiles(directory=PAGE_DIR), name="terminal-page")
+    xterm = StaticFiles(directory=xterm_dir(settings.cache_dir), check_dir=False)
+    app.mount("/xterm", xterm, name="xterm")
     return app

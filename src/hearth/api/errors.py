@@ -28,6 +28,9 @@ _HTTP_CODES = {
     429: "too_many_requests",
 }
 
+# What a close frame's reason may hold (125 bytes of payload, 2 of them the code).
+WEBSOCKET_REASON_BYTES = 123
+
 
 def error_body(code: str, message: str) -> dict[str, dict[str, str]]:
     """``{"error": {"code", "message"}}``."""
@@ -35,8 +38,10 @@ def error_body(code: str, message: str) -> dict[str, dict[str, str]]:
 
 
 def _field(loc: tuple[Any, ...]) -> str:
-    parts = [str(p) for p in loc if p not in ("body", "query", "path")]
-    return ".".join(parts) or "body"
+    # The first item says where (body, query, path); a query parameter may itself be "path".
+    if loc and loc[0] in ("body", "query", "path"):
+        loc = loc[1:]
+    return ".".join(str(p) for p in loc) or "body"
 
 
 def validation_message(exc: RequestValidationError) -> tuple[int, str, str]:
@@ -66,6 +71,15 @@ def hearth_error_response(exc: HearthError) -> JSONResponse:
     return JSONResponse(
         error_body(exc.code, exc.message), status_code=exc.http_status, headers=headers
     )
+
+
+def websocket_close(exc: HearthError) -> tuple[int, str]:
+    """How a WebSocket ends on a HearthError: close code 4000 + the HTTP status the same
+    refusal has (4401, 4404, 4409, …), and the message cut to what a close frame carries."""
+    if exc.http_status >= 500:
+        _log.warning("websocket_failed", code=exc.code, error=exc.message[:500])
+    reason = exc.message.encode()[:WEBSOCKET_REASON_BYTES].decode(errors="ignore")
+    return 4000 + exc.http_status, reason
 
 
 def _methods_on(request: Request) -> list[str]:

@@ -4,9 +4,14 @@ FastAPI reads and parses a JSON body before it resolves a route's dependencies, 
 checked as a dependency comes too late: a 50 MB body without a key would be read and parsed,
 blocking the event loop, before the 401. This plain ASGI middleware answers first. It hands
 the authenticated key on in the request's state, where ``hearth.api.auth.api_key`` takes it.
+Uploads (``PUT`` on the ``uploads`` path: the files API) are bounded by their own, larger cap
+and never buffered here: a declared length over it is refused unread, and a chunked body goes
+on to the route, which streams it and holds it to the cap itself.
 """
 
 from __future__ import annotations
+
+import re
 
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -14,12 +19,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from hearth.api.auth import API_KEY_STATE, authenticate
 from hearth.api.context import Controller
 from hearth.api.errors import hearth_error_response
-from hearth.errors import BodyTooLarge, HearthError
+from hearth.errors import BodyTooLarge, FileTooLarge, HearthError
 
-# Open without a key: the health probe, the API's own description, and the login view, which
-# its per-session token gates instead (none of them takes a body).
+# Open without a key: the health probe, the API's own description, the login view and the
+# terminal page, which their links' tokens gate instead, and their static files (none of them
+# takes a body).
 PUBLIC_PATHS = frozenset({"/health", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
-PUBLIC_PREFIXES = ("/view/", "/novnc/")
+PUBLIC_PREFIXES = ("/view/", "/novnc/", "/terminal/", "/static/terminal/", "/xterm/")
 
 
 def is_public(path: str) -> bool:
@@ -30,9 +36,18 @@ def is_public(path: str) -> bool:
 class KeyGuard:
     """Refuses a request without a valid key (401) or with a body over the limit (413), unread."""
 
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_body_bytes: int,
+        uploads: re.Pattern[str] | None = None,
+        max_upload_bytes: int = 0,
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.uploads = uploads
+        self.max_upload_bytes = max_upload_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or is_public(scope["path"]):
@@ -42,12 +57,30 @@ class KeyGuard:
         headers = Headers(scope=scope)
         try:
             record = await authenticate(ctl.store, headers.get("authorization", ""))
-            receive = await self._bounded(headers, receive)
+            if self._is_upload(scope):
+                self._check_upload(headers)
+            else:
+                receive = await self._bounded(headers, receive)
         except HearthError as exc:
             await hearth_error_response(exc)(scope, receive, send)
             return
         scope.setdefault("state", {})[API_KEY_STATE] = record
         await self.app(scope, receive, send)
+
+    def _is_upload(self, scope: Scope) -> bool:
+        return (
+            self.uploads is not None
+            and scope["method"] == "PUT"
+            and self.uploads.fullmatch(scope["path"]) is not None
+        )
+
+    def _check_upload(self, headers: Headers) -> None:
+        declared = headers.get("content-length", "").strip()
+        if declared.isdigit() and int(declared) > self.max_upload_bytes:
+            raise FileTooLarge(
+                f"a body of {int(declared)} bytes exceeds the limit of {self.max_upload_bytes} "
+                "bytes (HEARTH_FILES_MAX_BYTES)"
+            )
 
     async def _bounded(self, headers: Headers, receive: Receive) -> Receive:
         """``receive`` for a body within the limit; BodyTooLarge (nothing kept) for one over it.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, StrictBool, StrictStr, field_validator
+from pydantic import Field, StrictBool, StrictInt, StrictStr, field_validator
 
 from hearth.api.schemas import WireModel
 from hearth.control.execs import ExecRequest
@@ -15,6 +15,7 @@ MAX_ARG_CHARS = 128 * 1024
 MAX_ENV = 1024
 MAX_STDIN_CHARS = 1024 * 1024
 MAX_TIMEOUT_S = 6 * 3600.0  # the agent's own limit
+MAX_TERMINAL_CELLS = 1000  # columns or rows of a terminal (the agent's own limit)
 
 Arg = Annotated[StrictStr, Field(max_length=MAX_ARG_CHARS)]
 EnvName = Annotated[
@@ -85,6 +86,13 @@ class ExecExit(WireModel):
     reason: Literal["exited", "timeout", "killed"]
 
 
+class TerminalSize(WireModel):
+    """A terminal's size in character cells."""
+
+    cols: Annotated[StrictInt, Field(ge=1, le=MAX_TERMINAL_CELLS)]
+    rows: Annotated[StrictInt, Field(ge=1, le=MAX_TERMINAL_CELLS)]
+
+
 class ExecState(WireModel):
     """A command as the VM's agent tracks it: running, or how it ended."""
 
@@ -96,6 +104,7 @@ class ExecState(WireModel):
     timeout_s: float
     last_event_id: int
     exit: ExecExit | None = None
+    pty: TerminalSize | None = None  # a command on a terminal (``hearth terminal``): its size
 
 
 class ExecSignalled(WireModel):
@@ -113,20 +122,19 @@ class ExecStdinQueued(WireModel):
     queued_bytes: int
 
 
-def event_stream_doc(description: str) -> dict[int | str, dict[str, Any]]:
-    """The OpenAPI ``responses`` entry of a 200 that is an event stream."""
+EXEC_EVENTS = (
+    "events `stdout`/`stderr` {data, encoding?}, then one `exit` {code, signal, durationMs, "
+    "reason}; each with an `id:` that Last-Event-ID resumes after"
+)
+
+
+def event_stream_doc(
+    description: str, events: str = EXEC_EVENTS
+) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI ``responses`` entry of a 200 that is an event stream of ``events``."""
     return {
         200: {
             "description": description,
-            "content": {
-                "text/event-stream": {
-                    "schema": {
-                        "type": "string",
-                        "description": "events `stdout`/`stderr` {data, encoding?}, then one "
-                        "`exit` {code, signal, durationMs, reason}; each with an `id:` that "
-                        "Last-Event-ID resumes after",
-                    }
-                }
-            },
+            "content": {"text/event-stream": {"schema": {"type": "string", "description": events}}},
         }
     }

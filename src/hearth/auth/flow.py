@@ -11,9 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import hashlib
 import json
-import secrets
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -35,6 +33,7 @@ from hearth.errors import (
     QuotaExceeded,
     VmError,
 )
+from hearth.links import link_token_hash, mint_link_token
 from hearth.logging import get_logger
 from hearth.node.egress import EgressPath
 from hearth.node.interface import Node
@@ -72,7 +71,7 @@ class _Ended(Exception):
 
 def view_token_hash(token: str) -> str:
     """What the store keeps of a session's view token."""
-    return hashlib.sha256(token.encode()).hexdigest()
+    return link_token_hash(token)
 
 
 class AuthFlow:
@@ -118,7 +117,7 @@ class AuthFlow:
             if active is not None:
                 return StartedLogin(session=active, view_url=None)
             session_id = f"auth-{uuid.uuid4()}"
-            token = secrets.token_urlsafe(24)
+            token = mint_link_token()
             try:
                 record = await self.store.auth_sessions.insert(
                     AuthSessionRecord(
@@ -416,6 +415,15 @@ class AuthFlow:
                 raise VmError(f"login {state} in the Browser VM: {status.get('error')}")
             await asyncio.sleep(delay)
         raise AssertionError("unreachable")
+
+    async def deliver(self, user_id: str, provider: str, vm_id: str) -> None:
+        """Write the user's stored document for ``provider`` into CLI VM ``vm_id`` (the flow's
+        last step, for a document captured earlier), check the agent's sha256, record the
+        delivery and open the provider's API to the VM."""
+        vm = self.vms.live_vm(vm_id)
+        await self._deliver(
+            AgentClient(str(vm.agent_url), self.vms.agent_token(vm_id)), user_id, provider, vm_id
+        )
 
     async def _deliver(self, agent: AgentClient, user_id: str, provider: str, vm_id: str) -> None:
         document = await self.credentials.document(user_id, provider)

@@ -2,31 +2,25 @@
 
 The package ships ``oidc_server/`` (``server.mjs``, ``package.json``, ``package-lock.json``)
 without ``node_modules``. ``install`` copies them to ``<cache dir>/oidc-server/<lockfile
-sha256>/`` and runs ``npm ci`` there, the only step that needs the npm registry; node then
-resolves ``oidc-provider`` from that copy's own ``node_modules``. An install is built in a scratch
-directory and renamed into place, so a concurrent reader sees nothing or a complete install.
-``ready_dir`` refreshes the copy's ``server.mjs`` from the package, which the lockfile's digest
-does not cover. Run ``python -m hearth.bench.oidc_install`` to install ahead of time.
+sha256>/`` and runs ``npm ci`` there (``hearth.npm``), the only step that needs the npm registry;
+node then resolves ``oidc-provider`` from that copy's own ``node_modules``. ``ready_dir``
+refreshes the copy's ``server.mjs`` from the package, which the lockfile's digest does not cover.
+Run ``python -m hearth.bench.oidc_install`` to install ahead of time.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
-import shutil
 import sys
 import tempfile
 from pathlib import Path
 
+from hearth import npm
 from hearth.bench.errors import BenchError
-from hearth.config import Settings
-from hearth.errors import HearthError
-from hearth.tools import run_tool
 
 SOURCE_DIR = Path(__file__).resolve().parent / "oidc_server"
 SERVER_SCRIPT = "server.mjs"
-MANIFESTS = ("package.json", "package-lock.json")
-INSTALL_TIMEOUT_S = 600.0
+MANIFESTS = npm.MANIFESTS
 
 
 def install_command() -> str:
@@ -36,7 +30,7 @@ def install_command() -> str:
 
 def lockfile_digest() -> str:
     """The sha256 of the shipped ``package-lock.json``: what names an install."""
-    return hashlib.sha256((SOURCE_DIR / "package-lock.json").read_bytes()).hexdigest()
+    return npm.lockfile_digest(SOURCE_DIR)
 
 
 def installed_dir(cache_dir: Path) -> Path:
@@ -69,26 +63,14 @@ def install(cache_dir: Path) -> Path:
     if is_installed(target):
         _refresh_script(target)
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=".install-", dir=target.parent))
-    try:
-        for name in (*MANIFESTS, SERVER_SCRIPT):
-            shutil.copyfile(SOURCE_DIR / name, scratch / name)
-        run_tool(
-            ["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"],
-            what="npm ci (the OAuth test server's dependencies)",
-            error=BenchError,
-            timeout=INSTALL_TIMEOUT_S,
-            cwd=scratch,
-        )
-        try:
-            scratch.rename(target)
-        except OSError:
-            if not is_installed(target):  # not a concurrent install that finished first
-                raise
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    return target
+    return npm.install_lockfile(
+        SOURCE_DIR,
+        target,
+        is_installed=is_installed,
+        what="the OAuth test server's dependencies",
+        error=BenchError,
+        extra_files=(SERVER_SCRIPT,),
+    )
 
 
 def _refresh_script(target: Path) -> None:
@@ -102,15 +84,5 @@ def _refresh_script(target: Path) -> None:
     os.replace(temporary, target / SERVER_SCRIPT)
 
 
-def main() -> int:
-    """Install into ``HEARTH_CACHE_DIR`` (default /var/cache/hearth) and print the directory."""
-    try:
-        print(install(Settings.from_env().cache_dir))
-    except (HearthError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(npm.install_command(install))

@@ -1,4 +1,4 @@
-"""``hearth image …``: build, install-agent, verify, rollback."""
+"""``hearth image …``: build, install-agent, trust-ca, verify, rollback."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ import typer
 from rich.table import Table
 
 from hearth.cli.common import console, err_console, fail, load_settings
-from hearth.errors import HearthError, ImageVerifyFailed
+from hearth.errors import HearthError, ImageVerifyFailed, InvalidInput
 from hearth.images.agent_install import install_agent, list_backups, rollback_image, verify_image
 from hearth.images.build import build_image, default_output_dir
 from hearth.images.recipes import RECIPES, get_recipe
+from hearth.images.trust import trust_ca
 from hearth.progress import default_progress
 
 image_app = typer.Typer(help="Build, repair and check golden images.", no_args_is_help=True)
@@ -64,6 +65,23 @@ def image_install_agent(image: Path) -> None:
         )
     else:
         console.print(f"agent {result.agent_version} already installed in {image}; nothing to do")
+
+
+@image_app.command("trust-ca")
+def image_trust_ca(
+    image: Path,
+    ca: Annotated[Path, typer.Argument(help="the CA certificate (PEM)")],
+    name: Annotated[str, typer.Option(help="its file name in the image")] = "extra",
+) -> None:
+    """Make the image (and the CLIs in its VMs) trust one more CA, e.g. a TLS-inspecting
+    proxy's (keeps a backup)."""
+    try:
+        pem = ca.read_bytes()
+    except OSError as exc:
+        fail(InvalidInput(f"cannot read {ca}: {exc.strerror}"))
+    result = _on_image(lambda path: trust_ca(path, pem, name=name), image)
+    what = "added to" if result.changed else "already trusted by"
+    console.print(f"CA sha256:{result.fingerprint} {what} {image} (backup: {result.backup})")
 
 
 @image_app.command("verify")

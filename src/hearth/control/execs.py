@@ -19,6 +19,8 @@ from hearth.config import Settings
 from hearth.control.network import CliNetworks
 from hearth.control.vms import VmService
 from hearth.errors import Conflict
+from hearth.images.trust import GUEST_TLS_ENV
+from hearth.store.records import VmRecord
 from hearth.vm.types import VmState, VmType
 
 
@@ -32,6 +34,8 @@ class ExecRequest:
     stdin: str | None = None
     stdin_open: bool = False
     timeout_s: float | None = None
+    # On a pseudo-terminal of (cols, rows): one output stream, stdin open (``hearth terminal``).
+    pty: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -56,30 +60,36 @@ class ExecService:
         self.vms = vms
         self.networks = networks
 
-    async def _agent(self, vm_id: str, user_id: str | None) -> AgentClient:
-        """The agent of a VM the caller may use (NotFound otherwise) that can run commands."""
+    async def runnable(self, vm_id: str, user_id: str | None) -> VmRecord:
+        """A VM the caller may use (NotFound otherwise) that can run commands: a ready CLI VM
+        (Conflict naming what it is otherwise). Every route that works inside a VM asks this."""
         record = await self.vms.get(vm_id, user_id=user_id)
         if record.vm_type is not VmType.CLI:
             raise Conflict(
-                f"VM {vm_id} is a {record.vm_type.value} VM; commands run in CLI VMs "
+                f"VM {vm_id} is a {record.vm_type.value} VM; commands, runs, files and terminals "
+                "are for CLI VMs "
                 "(a Browser VM serves one login)"
             )
         if record.status is not VmState.READY:
-            raise Conflict(f"VM {vm_id} is {record.status.value}; commands need it ready")
+            raise Conflict(f"VM {vm_id} is {record.status.value}; it must be ready for this")
+        return record
+
+    async def agent(self, vm_id: str, user_id: str | None) -> AgentClient:
+        """The agent of a VM the caller may use (NotFound otherwise) that can run commands."""
+        await self.runnable(vm_id, user_id)
         vm = self.vms.live_vm(vm_id)
         return AgentClient(str(vm.agent_url), self.vms.agent_token(vm_id))
 
     async def start(self, vm_id: str, user_id: str | None, request: ExecRequest) -> dict[str, Any]:
         """Start the command; ``{"execId", "pid"}``. TooManyRunning past the per-VM cap."""
-        agent = await self._agent(vm_id, user_id)
+        agent = await self.agent(vm_id, user_id)
         body: dict[str, Any] = {
             "cmd": request.cmd,
             "timeout_s": request.timeout_s or self.settings.exec_timeout_s,
             "max_running": self.settings.exec_max_per_vm,
         }
-        # The VM's egress proxy, unless the command says otherwise; then the command's own.
-        env = self.networks.proxy_env(vm_id)
-        env.update(request.env or {})
+        # The guest's TLS trust and the VM's egress proxy, unless the command says otherwise.
+        env = {**GUEST_TLS_ENV, **self.networks.proxy_env(vm_id), **(request.env or {})}
         if env:
             body["env"] = env
         if request.cwd is not None:
@@ -88,6 +98,8 @@ class ExecService:
             body["stdin"] = request.stdin
         if request.stdin_open:
             body["stdin_open"] = True
+        if request.pty is not None:
+            body["pty"] = {"cols": request.pty[0], "rows": request.pty[1]}
         started = await agent.exec_start(body)
         return {"execId": str(started["exec_id"]), "pid": int(started["pid"])}
 
@@ -95,7 +107,7 @@ class ExecService:
         self, vm_id: str, user_id: str | None, exec_id: str, *, after: int = 0
     ) -> AsyncIterator[ExecEvent]:
         """The command's events after id ``after``, as they happen, ending with ``exit``."""
-        agent = await self._agent(vm_id, user_id)
+        agent = await self.agent(vm_id, user_id)
         async for event in agent.exec_events(exec_id, after=after):
             yield ExecEvent.of(event)
 
@@ -109,21 +121,28 @@ class ExecService:
 
     async def status(self, vm_id: str, user_id: str | None, exec_id: str) -> dict[str, Any]:
         """Whether the command runs, and how it ended."""
-        agent = await self._agent(vm_id, user_id)
+        agent = await self.agent(vm_id, user_id)
         return _wire(await agent.exec_status(exec_id))
 
     async def stdin(
         self, vm_id: str, user_id: str | None, exec_id: str, body: dict[str, Any]
     ) -> dict[str, Any]:
         """Write to the command's stdin (``eof`` closes it)."""
-        agent = await self._agent(vm_id, user_id)
+        agent = await self.agent(vm_id, user_id)
         return _wire(await agent.exec_stdin(exec_id, body))
+
+    async def resize(
+        self, vm_id: str, user_id: str | None, exec_id: str, cols: int, rows: int
+    ) -> dict[str, Any]:
+        """Set the size of the command's terminal (Conflict for a command without one)."""
+        agent = await self.agent(vm_id, user_id)
+        return _wire(await agent.exec_resize(exec_id, {"cols": cols, "rows": rows}))
 
     async def kill(
         self, vm_id: str, user_id: str | None, exec_id: str, signal: str
     ) -> dict[str, Any]:
         """Signal the command's whole process group."""
-        agent = await self._agent(vm_id, user_id)
+        agent = await self.agent(vm_id, user_id)
         return _wire(await agent.exec_kill(exec_id, {"signal": signal}))
 
 

@@ -12,11 +12,12 @@ import os
 import shutil
 import stat
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from hearth.errors import ImageError, ImageNoSpace, ImageReadOnly, ImageVerifyFailed, NoBackup
-from hearth.images.ext4 import Ext4Image, allocated_bytes, check_ext4
+from hearth.images.ext4 import Edit, Ext4Image, allocated_bytes, check_ext4
 from hearth.images.layout import (
     AGENT_MANIFEST,
     GUEST_PYTHON,
@@ -146,30 +147,44 @@ def _swap_in(image: Path, candidate: Path, *, keep_backup: bool) -> Path | None:
     return backup
 
 
+def edit_image(
+    image: Path, edits: list[Edit], *, check: Callable[[Path], None] | None = None
+) -> Path | None:
+    """Apply ``edits`` to a sparse copy of ``image``, e2fsck and ``check`` it (which raises if it
+    is wrong), then swap it in keeping the old image as a backup; returns the backup. A failure
+    at any step leaves ``image`` untouched."""
+    _require_writable(image)
+    _require_space(image, allocated_bytes(image))
+    candidate = image.with_name(f".{image.name}.edit-{os.getpid()}")
+    try:
+        _sparse_copy(image, candidate)
+        edited = Ext4Image(candidate)
+        edited.apply(edits)
+        edited.fsck()
+        if check is not None:
+            check(candidate)
+        return _swap_in(image, candidate, keep_backup=True)
+    except BaseException:
+        candidate.unlink(missing_ok=True)
+        raise
+
+
 def install_agent(image: Path, payload: AgentPayload | None = None) -> InstallResult:
     """Install or upgrade the agent in ``image``; a no-op when it is already up to date."""
     payload = payload or build_payload()
     check_ext4(image)
     if verify_image(image, payload).ok:
         return InstallResult(image=image, agent_version=payload.version, changed=False, backup=None)
-    _require_writable(image)
-    _require_space(image, allocated_bytes(image))
-    candidate = image.with_name(f".{image.name}.install-{os.getpid()}")
-    try:
-        _sparse_copy(image, candidate)
-        edited = Ext4Image(candidate)
-        edited.apply(payload_edits(payload))
-        edited.fsck()
+
+    def verified(candidate: Path) -> None:
         report = verify_image(candidate, payload)
         if not report.ok:
             raise ImageVerifyFailed(
                 f"agent install did not verify: {'; '.join(report.problems)}",
                 missing=report.problems,
             )
-        backup = _swap_in(image, candidate, keep_backup=True)
-    except BaseException:
-        candidate.unlink(missing_ok=True)
-        raise
+
+    backup = edit_image(image, payload_edits(payload), check=verified)
     return InstallResult(image=image, agent_version=payload.version, changed=True, backup=backup)
 
 

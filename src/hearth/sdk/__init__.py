@@ -24,12 +24,17 @@ from hearth.sdk._errors import (
     WaitTimeout,
 )
 from hearth.sdk._exec import ExecEvent, ExecExit, ExecOutput, ExecResult, ExecStarted
+from hearth.sdk._files import AsyncFiles, AsyncFileStream, Files, FileStream
 from hearth.sdk._models import AuthSessionInfo, AuthStatus, VmInfo, VmStatus, VmType
+from hearth.sdk._runs import RunEvent, RunInfo, RunResult
 from hearth.sdk._sync import Auth, AuthSession, Hearth, Vm, Vms
+from hearth.sdk._transfer import FileEntry, FileWritten
 
 __all__ = [
     "AsyncAuth",
     "AsyncAuthSession",
+    "AsyncFileStream",
+    "AsyncFiles",
     "AsyncHearth",
     "AsyncVm",
     "AsyncVms",
@@ -44,12 +49,19 @@ __all__ = [
     "ExecOutput",
     "ExecResult",
     "ExecStarted",
+    "FileEntry",
+    "FileStream",
+    "FileWritten",
+    "Files",
     "Hearth",
     "HearthApiError",
     "HearthConfigError",
     "HearthConnectionError",
     "HearthSdkError",
     "ResumePolicy",
+    "RunEvent",
+    "RunInfo",
+    "RunResult",
     "Vm",
     "VmInfo",
     "VmStatus",

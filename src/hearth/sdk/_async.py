@@ -29,12 +29,28 @@ from hearth.sdk._exec import (
     ExecFollower,
     ExecOptions,
     ExecResult,
+    Follower,
     StreamBroke,
     exec_body,
 )
+from hearth.sdk._files import AsyncFiles
 from hearth.sdk._models import AuthSessionInfo, Bound, VmInfo
+from hearth.sdk._runs import (
+    RunCollector,
+    RunEvent,
+    RunFollower,
+    RunInfo,
+    RunOptions,
+    RunResult,
+    cancel_run,
+    get_run,
+    list_runs,
+    run_body,
+    start_run,
+)
 
 T = TypeVar("T")
+E = TypeVar("E")
 
 
 class _AsyncHttp:
@@ -59,7 +75,7 @@ class _AsyncHttp:
             raise HearthConnectionError.unreachable(self.config.url, exc) from exc
         return call.result(answer.status_code, answer.content)
 
-    async def events(self, follower: ExecFollower) -> AsyncIterator[ExecEvent]:
+    async def events(self, follower: Follower[E]) -> AsyncIterator[E]:
         # No read timeout: a command may print nothing for a long time.
         timeout = httpx.Timeout(self.config.timeout_s, read=None)
         while (request := follower.request()) is not None:
@@ -80,6 +96,11 @@ class _AsyncHttp:
 
     async def aclose(self) -> None:
         await self._client.aclose()
+
+    @property
+    def client(self) -> httpx.AsyncClient:
+        """The HTTP client (file transfers stream through it)."""
+        return self._client
 
 
 class AsyncVm(Bound[_AsyncHttp], VmInfo):
@@ -102,6 +123,16 @@ class AsyncVm(Bound[_AsyncHttp], VmInfo):
         """Destroy the VM (destroying it again is harmless)."""
         return self.take(await self._http.call(calls.destroy_vm(self.id)))
 
+    @property
+    def files(self) -> AsyncFiles:
+        """The files of this CLI VM's workspace: ``write``, ``read``, ``read_stream``,
+        ``download``, ``list``, ``remove``."""
+        return AsyncFiles(self._http, self.id)
+
+    async def terminal_url(self) -> str:
+        """``Vm.terminal_url``: a one-time link to a terminal page in this CLI VM."""
+        return await self._http.call(calls.open_terminal(self.id, self._http.config.url))
+
     def exec_stream(
         self,
         cmd: Sequence[str],
@@ -122,6 +153,36 @@ class AsyncVm(Bound[_AsyncHttp], VmInfo):
         async for event in self.exec_stream(cmd, **options):
             collector.add(event)
         return collector.result()
+
+    async def start_run(self, provider: str, prompt: str, **options: Unpack[RunOptions]) -> RunInfo:
+        """``Vm.start_run``: the run, at once."""
+        return await self._http.call(start_run(self.id, run_body(provider, prompt, options)))
+
+    def run_events(self, run_id: str, *, after: int = 0) -> AsyncIterator[RunEvent]:
+        """``Vm.run_events`` for ``async for``."""
+        return self._http.events(
+            RunFollower(self.id, run_id, self._http.config.resume, after=after)
+        )
+
+    async def run(self, provider: str, prompt: str, **options: Unpack[RunOptions]) -> RunResult:
+        """``Vm.run``: the run to its end."""
+        run = await self.start_run(provider, prompt, **options)
+        collector = RunCollector(run.id)
+        async for event in self.run_events(run.id):
+            collector.add(event)
+        return collector.result()
+
+    async def runs(self) -> list[RunInfo]:
+        """This VM's runs, newest first."""
+        return await self._http.call(list_runs(self.id))
+
+    async def get_run(self, run_id: str) -> RunInfo:
+        """One run of this VM."""
+        return await self._http.call(get_run(self.id, run_id))
+
+    async def cancel_run(self, run_id: str) -> RunInfo:
+        """End the run and everything its CLI started (it fails with ``cancelled``)."""
+        return await self._http.call(cancel_run(self.id, run_id))
 
 
 class AsyncVms:

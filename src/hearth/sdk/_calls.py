@@ -86,6 +86,12 @@ def resume_vm(vm_id: str) -> Call[VmInfo]:
     return Call("POST", _vm_path(vm_id, "/resume"), VmInfo.from_wire)
 
 
+def open_terminal(vm_id: str, base_url: str) -> Call[str]:
+    """``POST /api/vms/{id}/terminal``: a one-time link to a terminal page, made absolute on
+    ``base_url`` (the API's own URL; the link's token is in its fragment)."""
+    return Call("POST", _vm_path(vm_id, "/terminal"), lambda body: f"{base_url}{body['url']}")
+
+
 def start_auth(user_id: str | None, provider: str) -> Call[AuthSessionInfo]:
     """``POST /api/auth/start``: a login for ``provider`` (the active one if one runs)."""
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import base64
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, NoReturn, TypeAlias, TypedDict
+from typing import Any, Literal, NoReturn, Protocol, TypeAlias, TypedDict, TypeVar
 from urllib.parse import quote
 
 from httpx_sse import ServerSentEvent
@@ -191,6 +191,21 @@ class StreamBroke(Exception):
     def __init__(self, error: HearthSdkError) -> None:
         super().__init__(str(error))
         self.error = error
+
+
+E_co = TypeVar("E_co", covariant=True)
+
+
+class Follower(Protocol[E_co]):
+    """What the clients' event loop drives: ``ExecFollower`` (a command) and ``RunFollower``
+    (a run) read their streams to the end this way, resuming after breaks."""
+
+    def request(self) -> StreamRequest | None: ...
+    def refused(self, status: int, content: bytes) -> NoReturn: ...
+    def opened(self, status: int, headers: Mapping[str, str]) -> None: ...
+    def accept(self, sse: ServerSentEvent) -> E_co | None: ...
+    def ended(self) -> None: ...
+    def resume_delay_s(self, exc: Exception) -> float: ...
 
 
 class ExecFollower:

@@ -29,12 +29,28 @@ from hearth.sdk._exec import (
     ExecFollower,
     ExecOptions,
     ExecResult,
+    Follower,
     StreamBroke,
     exec_body,
 )
+from hearth.sdk._files import Files
 from hearth.sdk._models import AuthSessionInfo, Bound, VmInfo
+from hearth.sdk._runs import (
+    RunCollector,
+    RunEvent,
+    RunFollower,
+    RunInfo,
+    RunOptions,
+    RunResult,
+    cancel_run,
+    get_run,
+    list_runs,
+    run_body,
+    start_run,
+)
 
 T = TypeVar("T")
+E = TypeVar("E")
 
 
 class _Http:
@@ -59,7 +75,7 @@ class _Http:
             raise HearthConnectionError.unreachable(self.config.url, exc) from exc
         return call.result(answer.status_code, answer.content)
 
-    def events(self, follower: ExecFollower) -> Iterator[ExecEvent]:
+    def events(self, follower: Follower[E]) -> Iterator[E]:
         # No read timeout: a command may print nothing for a long time.
         timeout = httpx.Timeout(self.config.timeout_s, read=None)
         while (request := follower.request()) is not None:
@@ -78,6 +94,11 @@ class _Http:
 
     def close(self) -> None:
         self._client.close()
+
+    @property
+    def client(self) -> httpx.Client:
+        """The HTTP client (file transfers stream through it)."""
+        return self._client
 
 
 class Vm(Bound[_Http], VmInfo):
@@ -103,6 +124,17 @@ class Vm(Bound[_Http], VmInfo):
         """Destroy the VM (destroying it again is harmless)."""
         return self.take(self._http.call(calls.destroy_vm(self.id)))
 
+    @property
+    def files(self) -> Files:
+        """The files of this CLI VM's workspace: ``write``, ``read``, ``read_stream``,
+        ``download``, ``list``, ``remove``."""
+        return Files(self._http, self.id)
+
+    def terminal_url(self) -> str:
+        """A one-time link to a terminal page with a login shell in this CLI VM: open it in a
+        browser within ``HEARTH_TERMINAL_LINK_TTL_S`` (60 s); it works once."""
+        return self._http.call(calls.open_terminal(self.id, self._http.config.url))
+
     def exec_stream(
         self,
         cmd: Sequence[str],
@@ -125,6 +157,45 @@ class Vm(Bound[_Http], VmInfo):
         for event in self.exec_stream(cmd, **options):
             collector.add(event)
         return collector.result()
+
+    def start_run(self, provider: str, prompt: str, **options: Unpack[RunOptions]) -> RunInfo:
+        """Start ``provider``'s CLI on ``prompt`` in this CLI VM (with the login delivered into
+        it); the run, at once. Its events: ``run_events(run.id)``."""
+        return self._http.call(start_run(self.id, run_body(provider, prompt, options)))
+
+    def run_events(self, run_id: str, *, after: int = 0) -> Iterator[RunEvent]:
+        """The run's events after id ``after`` as they come, to its last (``run.completed``
+        or ``run.failed``); a stream that breaks off is picked up after the last event seen."""
+        return self._http.events(
+            RunFollower(self.id, run_id, self._http.config.resume, after=after)
+        )
+
+    def run_stream(
+        self, provider: str, prompt: str, **options: Unpack[RunOptions]
+    ) -> Iterator[RunEvent]:
+        """``start_run`` then ``run_events``: ``message.delta`` text, tools, usage, the end."""
+        return self.run_events(self.start_run(provider, prompt, **options).id)
+
+    def run(self, provider: str, prompt: str, **options: Unpack[RunOptions]) -> RunResult:
+        """Run ``provider``'s CLI on ``prompt`` to its end: the answer's text, usage, the CLI's
+        session id (``resume=`` continues it), or why it failed."""
+        run = self.start_run(provider, prompt, **options)
+        collector = RunCollector(run.id)
+        for event in self.run_events(run.id):
+            collector.add(event)
+        return collector.result()
+
+    def runs(self) -> list[RunInfo]:
+        """This VM's runs, newest first."""
+        return self._http.call(list_runs(self.id))
+
+    def get_run(self, run_id: str) -> RunInfo:
+        """One run of this VM."""
+        return self._http.call(get_run(self.id, run_id))
+
+    def cancel_run(self, run_id: str) -> RunInfo:
+        """End the run and everything its CLI started (it fails with ``cancelled``)."""
+        return self._http.call(cancel_run(self.id, run_id))
 
 
 class Vms:

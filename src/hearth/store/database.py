@@ -21,6 +21,7 @@ from hearth.store.repositories import (
     AuthSessionRepo,
     Clock,
     CredentialRepo,
+    RunRepo,
     UserRepo,
     VmRepo,
 )
@@ -115,6 +116,7 @@ class Store(Closing):
         self.vms = VmRepo(engine, clock=clock)
         self.auth_sessions = AuthSessionRepo(engine, clock=clock)
         self.credentials = CredentialRepo(engine, clock=clock)
+        self.runs = RunRepo(engine, clock=clock)
 
     @classmethod
     async def open(

@@ -22,6 +22,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from hearth.auth.states import TERMINAL, AuthStatus
+from hearth.runs.states import RunStatus
 from hearth.store.columns import PathText, UtcDateTime, str_enum
 from hearth.store.records import CredentialSource
 from hearth.vm.types import BootMode, VmState, VmType
@@ -173,8 +174,57 @@ class CredentialRow(Base):
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
 
+class RunRow(Base):
+    """One headless run of a vendor CLI in a CLI VM: who, which provider, how it went."""
+
+    __tablename__ = "runs"
+    __table_args__ = (
+        Index("ix_runs_vm_id_created_at", "vm_id", "created_at"),
+        Index("ix_runs_status", "status"),
+        CheckConstraint(column("provider").in_([p.value for p in Provider]), name="provider"),
+    )
+
+    id: Mapped[str] = mapped_column(String(ID_MAX), primary_key=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id"))
+    vm_id: Mapped[str] = mapped_column(String(ID_MAX))
+    provider: Mapped[str] = mapped_column(String(PROVIDER_MAX))
+    status: Mapped[RunStatus] = mapped_column(str_enum(RunStatus, name="status"))
+    model: Mapped[str | None] = mapped_column(String(128))
+    # The CLI's own conversation id: the one it resumed, then the one it reported.
+    resume: Mapped[str | None] = mapped_column(String(256))
+    session_id: Mapped[str | None] = mapped_column(String(256))
+    exec_id: Mapped[str | None] = mapped_column(String(ID_MAX))
+    # The last agent exec event consumed: a controller restart reads on from here.
+    exec_cursor: Mapped[int] = mapped_column(BigInteger(), server_default="0")
+    last_event_id: Mapped[int] = mapped_column(BigInteger(), server_default="0")
+    usage: Mapped[str | None] = mapped_column(Text())  # JSON
+    exit_code: Mapped[int | None]
+    exit_signal: Mapped[int | None]
+    failure_code: Mapped[str | None] = mapped_column(String(32))
+    error_message: Mapped[str | None] = mapped_column(Text())
+    cancel_requested: Mapped[bool] = mapped_column(Boolean(), server_default=false())
+    timeout_s: Mapped[int]
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+
+
+class RunEventRow(Base):
+    """One event of a run, kept (bounded) so a client that reconnects gets the rest."""
+
+    __tablename__ = "run_events"
+
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger(), primary_key=True, autoincrement=False)
+    type: Mapped[str] = mapped_column(String(32))
+    data: Mapped[str] = mapped_column(Text())  # JSON
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
 users_table = Base.metadata.tables["users"]
 api_keys_table = Base.metadata.tables["api_keys"]
 vms_table = Base.metadata.tables["vms"]
 auth_sessions_table = Base.metadata.tables["auth_sessions"]
 credentials_table = Base.metadata.tables["credentials"]
+runs_table = Base.metadata.tables["runs"]
+run_events_table = Base.metadata.tables["run_events"]

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 
 from hearth.auth.states import TERMINAL, AuthStatus
 from hearth.errors import InvalidInput
+from hearth.runs.states import TERMINAL as RUN_TERMINAL
+from hearth.runs.states import RunStatus
 from hearth.vm.types import BootMode, VmState, VmType
 from hearth_agent.wire import Provider
 
@@ -32,7 +34,7 @@ def _require_aware(record: DataclassInstance) -> None:
             raise InvalidInput(f"{f.name} must be timezone-aware, got {value.isoformat()}")
 
 
-def _parse_provider(record: AuthSessionRecord | CredentialRecord) -> None:
+def _parse_provider(record: AuthSessionRecord | CredentialRecord | RunRecord) -> None:
     """Make the provider a Provider (rows give plain strings); InvalidInput if it is not one."""
     try:
         provider = Provider(record.provider)
@@ -179,3 +181,60 @@ class CredentialRecord:
     def __post_init__(self) -> None:
         _require_aware(self)
         _parse_provider(self)
+
+
+def new_run_id() -> str:
+    """A fresh run id."""
+    return f"run_{secrets.token_hex(8)}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunRecord:
+    """One headless run of a vendor CLI in a CLI VM, as persisted (never the prompt).
+
+    ``usage`` is the JSON text of the CLI's last reported usage; ``exec_cursor`` the last agent
+    exec event read, from where a restarted controller reads on; ``last_event_id`` the id of the
+    run's last event.
+    """
+
+    id: str = field(default_factory=new_run_id)
+    user_id: str
+    vm_id: str
+    provider: Provider
+    timeout_s: int
+    status: RunStatus = RunStatus.STARTING
+    model: str | None = None
+    resume: str | None = None
+    session_id: str | None = None
+    exec_id: str | None = None
+    exec_cursor: int = 0
+    last_event_id: int = 0
+    usage: str | None = None
+    exit_code: int | None = None
+    exit_signal: int | None = None
+    failure_code: str | None = None
+    error_message: str | None = None
+    cancel_requested: bool = False
+    created_at: datetime = field(default_factory=utc_now)
+    updated_at: datetime = field(default_factory=utc_now)
+    finished_at: datetime | None = None
+
+    def __post_init__(self) -> None:
+        _require_aware(self)
+        _parse_provider(self)
+
+    @property
+    def is_terminal(self) -> bool:
+        """Whether the run has ended."""
+        return self.status in RUN_TERMINAL
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunEventRecord:
+    """One stored event of a run: its id within the run, type and JSON data."""
+
+    run_id: str
+    seq: int
+    type: str
+    data: str
+    created_at: datetime = field(default_factory=utc_now)

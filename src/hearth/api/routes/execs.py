@@ -98,7 +98,7 @@ async def exec_command(
     return _stream(events, exec_id, first=_sse("started", started, 0))
 
 
-def _resume_point(after: int | None, last_event_id: str | None) -> int:
+def resume_point(after: int | None, last_event_id: str | None) -> int:
     if last_event_id is None:
         return after or 0
     if not last_event_id.strip().isdigit():
@@ -120,7 +120,7 @@ async def exec_events(
     last_event_id: Annotated[str | None, Header(max_length=20)] = None,
 ) -> Response:
     """The command's events (all of them, or those after ``Last-Event-ID`` / ``after``)."""
-    resume = _resume_point(after, last_event_id)
+    resume = resume_point(after, last_event_id)
     events = await ctl.execs.opened(vm_id, scope_of(key), exec_id, after=resume)
     return _stream(events, exec_id)
 

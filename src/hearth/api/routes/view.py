@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import hmac
 from pathlib import Path
 from urllib.parse import quote
 
@@ -24,6 +22,7 @@ from hearth.auth import rfb
 from hearth.auth.flow import VNC_PORT
 from hearth.auth.states import TERMINAL
 from hearth.errors import NotFound, Unauthorized
+from hearth.links import link_token_matches
 from hearth.logging import get_logger
 from hearth.store import AuthSessionRecord
 from hearth_agent.vnc import vnc_password
@@ -64,8 +63,7 @@ async def _session_for(ctl: Controller, session_id: str, token: str) -> AuthSess
         record = await ctl.store.auth_sessions.get(session_id)
     except NotFound:
         raise Unauthorized("unknown view link") from None
-    digest = hashlib.sha256(token.encode()).hexdigest()
-    if not record.view_token_hash or not hmac.compare_digest(digest, record.view_token_hash):
+    if not link_token_matches(token, record.view_token_hash):
         raise Unauthorized("wrong view token")
     if record.status in TERMINAL:
         raise Unauthorized(f"this login has ended ({record.status.value})")

@@ -1,0 +1,167 @@
+"""``hearth files put|get|ls|rm``: the files of a CLI VM's workspace, through the API.
+
+``put VM LOCAL REMOTE`` sends a file (its mode kept; ``-`` reads stdin) or a directory, packed
+as a tar as it is read and unpacked into the directory REMOTE. ``get VM REMOTE LOCAL`` saves a
+file (into LOCAL when that is a directory; ``-`` writes stdout) or unpacks a directory into
+LOCAL. Paths in the VM are relative to its workspace. On a terminal a transfer shows its
+progress. Nothing is held in memory whole: the SDK streams both ways.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
+
+from hearth.cli.client import ApiClient, ApiError
+from hearth.cli.common import console, err_console, fail
+from hearth.errors import HearthError, InvalidInput
+from hearth.sdk import Files, Hearth, HearthApiError, HearthSdkError
+
+# Called with the bytes moved so far.
+ProgressCallback = Callable[[int], None]
+
+files_app = typer.Typer(
+    help="Files in a CLI VM's workspace: put, get, ls, rm.", no_args_is_help=True
+)
+
+VmArg = Annotated[str, typer.Argument(help="the CLI VM")]
+
+
+@contextmanager
+def _files(vm_id: str) -> Iterator[Files]:
+    """The VM's files, through the SDK (URL and key as every command finds them); errors end
+    the command with their code and message."""
+    try:
+        api = ApiClient()
+        with Hearth(api.url, api.key) as client:
+            yield client.vms.get(vm_id).files
+    except HearthApiError as exc:
+        fail(ApiError(exc.status, exc.code, exc.message))
+    except HearthSdkError as exc:
+        fail(ApiError(0, str(getattr(exc, "code", "error")), str(exc)))
+    except HearthError as exc:
+        fail(exc)
+    except OSError as exc:
+        fail(InvalidInput(f"{exc.filename or 'local file'}: {exc.strerror or exc}"))
+
+
+@contextmanager
+def _progress(label: str, total: int | None) -> Iterator[ProgressCallback | None]:
+    """A progress bar on a terminal (the callback the SDK reports bytes to); none otherwise."""
+    if not err_console.is_terminal:
+        yield None
+        return
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=err_console, transient=True) as bar:
+        task = bar.add_task(label, total=total)
+        yield lambda done: bar.update(task, completed=done)
+
+
+def _local_size(path: Path) -> int:
+    if path.is_dir():
+        return sum(
+            os.lstat(os.path.join(top, name)).st_size
+            for top, _, names in os.walk(path)
+            for name in names
+        )
+    return path.stat().st_size
+
+
+@files_app.command("put")
+def put(
+    vm_id: VmArg,
+    local: Annotated[str, typer.Argument(help="a file or directory here; - for stdin")],
+    remote: Annotated[str, typer.Argument(help="where in the VM's workspace")],
+    mode: Annotated[
+        str | None, typer.Option(help="the file's mode in the VM, octal (default: its own)")
+    ] = None,
+) -> None:
+    """Send a file, or a directory (as a tar), into the CLI VM's workspace."""
+    file_mode = None
+    if mode is not None:
+        if not mode.isdigit() or set(mode) - set("01234567") or int(mode, 8) > 0o777:
+            fail(InvalidInput(f"--mode {mode!r}: expected octal permission bits, e.g. 0644"))
+        file_mode = int(mode, 8)
+    with _files(vm_id) as files:
+        if local == "-":
+            written = files.write(remote, sys.stdin.buffer, mode=file_mode)
+        else:
+            source = Path(local)
+            with _progress(f"put {source.name}", _local_size(source)) as progress:
+                written = files.write(remote, source, mode=file_mode, progress=progress)
+    if written.type == "dir":
+        console.print(f"{written.path}/: {written.entries} entries, {written.size} bytes")
+    else:
+        console.print(f"{written.path}: {written.size} bytes, sha256 {written.sha256}")
+
+
+@files_app.command("get")
+def get(
+    vm_id: VmArg,
+    remote: Annotated[str, typer.Argument(help="a file or directory in the VM's workspace")],
+    local: Annotated[str, typer.Argument(help="where here; - for stdout (a file)")],
+) -> None:
+    """Fetch a file, or a directory (unpacked here), from the CLI VM's workspace."""
+    with _files(vm_id) as files:
+        if local == "-":
+            with files.read_stream(remote) as stream:
+                for chunk in stream:
+                    sys.stdout.buffer.write(chunk)
+            sys.stdout.buffer.flush()
+            return
+        with _progress(f"get {remote}", None) as progress:
+            target = files.download(remote, Path(local), progress=progress)
+    err_console.print(f"saved {target}")
+
+
+@files_app.command("ls")
+def ls(
+    vm_id: VmArg,
+    remote: Annotated[str, typer.Argument(help="a directory in the VM's workspace")] = ".",
+) -> None:
+    """List a directory of the CLI VM's workspace."""
+    with _files(vm_id) as files:
+        entries = files.list(remote)
+    table = Table(box=None, show_header=False, pad_edge=False)
+    for entry in entries:
+        name = entry.name + ("/" if entry.type == "dir" else "")
+        if entry.target is not None:
+            name = f"{name} -> {entry.target}"
+        when = datetime.fromtimestamp(entry.mtime).strftime("%Y-%m-%d %H:%M")
+        table.add_row(f"{entry.mode:04o}", str(entry.size), when, name)
+    console.print(table)
+
+
+@files_app.command("rm")
+def rm(
+    vm_id: VmArg,
+    remote: Annotated[str, typer.Argument(help="a file or directory in the VM's workspace")],
+    recursive: Annotated[
+        bool, typer.Option("--recursive", "-r", help="also a directory with things in it")
+    ] = False,
+) -> None:
+    """Remove a file, a symlink or a directory from the CLI VM's workspace."""
+    with _files(vm_id) as files:
+        files.remove(remote, recursive=recursive)

@@ -1,0 +1,117 @@
+"""``hearth run VM --provider P "prompt"``: a vendor CLI's headless run, its answer here.
+
+The answer's text goes to stdout as it streams (so it pipes); tools, usage and how the run ended
+go to stderr through Rich. The exit status is the run's: 0 completed, 124 timed out, 130
+cancelled (Ctrl-C cancels the run in the VM), 1 any other failure (its code and message shown),
+125 when the run could not start. ``--json`` prints every event as one JSON line instead.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+
+from hearth.cli.client import ApiClient
+from hearth.cli.common import err_console, fail
+from hearth.errors import HearthError
+from hearth.sdk import Hearth, HearthSdkError, RunEvent, Vm
+from hearth_agent.wire import Provider
+
+EXIT_FAILED = 1
+EXIT_NOT_STARTED = 125
+EXIT_TIMEOUT = 124
+EXIT_CANCELLED = 130
+
+
+def run_status(final: RunEvent) -> int:
+    """The exit status for a run's last event."""
+    if final.type == "run.completed":
+        return 0
+    code = final.data.get("code")
+    if code == "timeout":
+        return EXIT_TIMEOUT
+    if code == "cancelled":
+        return EXIT_CANCELLED
+    return EXIT_FAILED
+
+
+def _show(event: RunEvent, *, as_json: bool) -> None:
+    if as_json:
+        line = {"id": event.id, "type": event.type, "data": event.data}
+        sys.stdout.write(json.dumps(line, separators=(",", ":")) + "\n")
+        sys.stdout.flush()
+        return
+    data: dict[str, Any] = event.data
+    if event.type == "message.delta":
+        sys.stdout.write(str(data.get("text", "")))
+        sys.stdout.flush()
+    elif event.type == "tool.started":
+        err_console.print(f"[cyan]⚙ {escape(str(data.get('name')))}[/cyan]")
+    elif event.type == "tool.finished" and data.get("isError"):
+        err_console.print(f"[yellow]⚙ {escape(str(data.get('name')))} failed[/yellow]")
+    elif event.type == "run.completed":
+        sys.stdout.write("\n")
+        usage = data.get("usage") or {}
+        shown = ", ".join(f"{k} {v}" for k, v in usage.items() if isinstance(v, int))
+        err_console.print(f"[green]completed[/green] {escape(shown)}")
+        if data.get("sessionId"):
+            err_console.print(f"session {escape(str(data['sessionId']))} (--resume continues it)")
+    elif event.type == "run.failed":
+        message = escape(str(data.get("message", "")))
+        err_console.print(f"[red]failed[/red] ({escape(str(data.get('code')))}): {message}")
+
+
+def _follow(vm: Vm, run_id: str, *, as_json: bool) -> int:
+    final: RunEvent | None = None
+    try:
+        for event in vm.run_events(run_id):
+            _show(event, as_json=as_json)
+            if event.terminal:
+                final = event
+    except KeyboardInterrupt:
+        vm.cancel_run(run_id)
+        err_console.print(f"cancelling run {run_id}…")
+        for event in vm.run_events(run_id, after=0):
+            if event.terminal:
+                final = event
+    if final is None:
+        raise HearthSdkError("the run's events ended before the run did")
+    return run_status(final)
+
+
+def run_command(
+    vm_id: Annotated[str, typer.Argument(help="the CLI VM (its login for the provider in it)")],
+    prompt: Annotated[str, typer.Argument(help="the prompt; - reads it from stdin")],
+    provider: Annotated[Provider, typer.Option(help="whose CLI runs")],
+    model: Annotated[str | None, typer.Option(help="the CLI's model name")] = None,
+    resume: Annotated[
+        str | None, typer.Option(help="a previous run's session id: continue that conversation")
+    ] = None,
+    cwd: Annotated[
+        str | None, typer.Option(help="directory in the VM (default: workspace)")
+    ] = None,
+    timeout: Annotated[float | None, typer.Option(help="seconds before the run fails")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="every event as a JSON line")] = False,
+) -> None:
+    """Run a vendor CLI on a prompt in a CLI VM; its answer here, the run's status as exit."""
+    text = sys.stdin.read() if prompt == "-" else prompt
+    try:
+        api = ApiClient()
+        with Hearth(api.url, api.key) as client:
+            vm = client.vms.get(vm_id)
+            run = vm.start_run(
+                provider.value, text, model=model, resume=resume, cwd=cwd, timeout_s=timeout
+            )
+            if not as_json:
+                err_console.print(f"run {run.id} ({provider.value}) started")
+            status = _follow(vm, run.id, as_json=as_json)
+    except HearthError as exc:
+        fail(exc, code=EXIT_NOT_STARTED)
+    except HearthSdkError as exc:
+        err_console.print(f"[red]error[/red]: {escape(str(exc))}")
+        raise typer.Exit(EXIT_NOT_STARTED) from None
+    raise typer.Exit(status)

@@ -1,0 +1,290 @@
+"""TerminalService: a login shell on a pseudo-terminal in a CLI VM, reached by a one-time link.
+
+``open_link`` is ``POST /api/vms/{id}/terminal``: the caller must be allowed to run commands in
+the VM (``ExecService.runnable``: their own ready CLI VM, or any for an admin), and gets a link
+token bound to that VM and that caller, valid for ``terminal_link_ttl_s`` and for one use. Only
+the token's hash is kept, in this process's memory (``hearth.links``): never in the store and
+never in a log. The terminal page presents the token on its WebSocket; ``claim`` consumes it
+(a second use, a wrong token or an expired one is refused alike) and ``run`` starts the shell
+through ``ExecService`` (the VM's egress proxy environment, the per-VM cap, the exec timeout)
+as a PTY exec, then relays between the page and the agent until either side ends:
+
+    agent → page   the terminal's output bytes; ``ready`` once the shell runs, ``exit`` at its end
+    page → agent   input bytes (written to the terminal, coalesced while a write is in flight);
+                   ``Resize`` (the kernel then signals SIGWINCH)
+
+Whatever ends the relay (the page closing, the shell exiting, the controller stopping), the exec
+is killed: the agent ends its whole session, so nothing the terminal started runs on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from hearth.agent_client import AgentError
+from hearth.control.execs import ExecRequest, ExecService
+from hearth.errors import HearthError, InvalidInput, TooManyRunning, Unauthorized
+from hearth.links import link_token_hash, link_token_matches, mint_link_token
+from hearth.logging import get_logger
+
+# The user's login shell, in the workspace (the agent's default cwd).
+SHELL = ("bash", "-l")
+SHELL_ENV = {"SHELL": "/bin/bash", "COLORTERM": "truecolor"}
+MAX_CELLS = 1000  # columns or rows (the agent's own limit)
+# Unopened links kept at once; past it a new link is refused until some expire.
+MAX_PENDING_LINKS = 1024
+# Input coalesced into one write to the terminal, at most.
+MAX_INPUT_CHUNK = 64 * 1024
+INPUT_QUEUE_ITEMS = 256
+# How often a broken event stream from the agent is picked up again in a row.
+OUTPUT_RESUMES = 3
+KILL_TIMEOUT_S = 10.0
+_log = get_logger("control.terminals")
+
+
+@dataclass(frozen=True)
+class Resize:
+    """A terminal size in character cells (the page's size, or a change of it)."""
+
+    cols: int
+    rows: int
+
+    @classmethod
+    def of(cls, message: Any) -> Resize:
+        """``{"cols", "rows"}`` (other keys ignored) as a size; InvalidInput if out of range."""
+        if not isinstance(message, dict):
+            raise InvalidInput("a terminal size is an object with cols and rows")
+        cells: dict[str, int] = {}
+        for name in ("cols", "rows"):
+            value = message.get(name)
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_CELLS:
+                raise InvalidInput(f"{name} must be a whole number from 1 to {MAX_CELLS}")
+            cells[name] = value
+        return cls(**cells)
+
+
+@dataclass(frozen=True)
+class TerminalLink:
+    """A new link: its id, and the token shown once (kept by nobody but the caller)."""
+
+    terminal_id: str
+    vm_id: str
+    token: str
+    expires_in_s: float
+
+
+@dataclass(frozen=True)
+class TerminalGrant:
+    """A consumed link: the VM it opens and the caller it was minted for (None: an admin)."""
+
+    terminal_id: str
+    vm_id: str
+    user_id: str | None
+
+
+@dataclass(frozen=True)
+class _Pending:
+    vm_id: str
+    user_id: str | None
+    token_hash: str
+    expires_at: float
+
+
+class TerminalPeer(Protocol):
+    """The page's end of a terminal (a WebSocket, in the API)."""
+
+    async def receive(self) -> bytes | Resize | None:
+        """The next input bytes or size change; None once the page has gone."""
+
+    async def send_output(self, data: bytes) -> None:
+        """Bytes the terminal printed."""
+
+    async def send_status(self, message: dict[str, Any]) -> None:
+        """A status message: ``ready`` or ``exit``."""
+
+
+class TerminalService:
+    """Mints one-time terminal links and relays the terminals they open."""
+
+    def __init__(
+        self,
+        *,
+        execs: ExecService,
+        link_ttl_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.execs = execs
+        self.link_ttl_s = link_ttl_s
+        self._clock = clock
+        self._pending: dict[str, _Pending] = {}
+        self._stopping = asyncio.Event()
+        self._open: set[asyncio.Event] = set()  # one per terminal; set once its exec is killed
+
+    async def open_link(self, vm_id: str, user_id: str | None) -> TerminalLink:
+        """A one-time link to a terminal in the VM; NotFound or Conflict as for an exec."""
+        await self.execs.runnable(vm_id, user_id)
+        now = self._clock()
+        for expired in [tid for tid, p in self._pending.items() if p.expires_at <= now]:
+            del self._pending[expired]
+        if len(self._pending) >= MAX_PENDING_LINKS:
+            raise TooManyRunning(
+                f"{len(self._pending)} terminal links wait to be opened; retry once some expire"
+            )
+        terminal_id = f"term-{uuid.uuid4()}"
+        token = mint_link_token()
+        self._pending[terminal_id] = _Pending(
+            vm_id=vm_id,
+            user_id=user_id,
+            token_hash=link_token_hash(token),
+            expires_at=now + self.link_ttl_s,
+        )
+        _log.info("terminal_link_opened", terminal_id=terminal_id, vm_id=vm_id, user_id=user_id)
+        return TerminalLink(
+            terminal_id=terminal_id, vm_id=vm_id, token=token, expires_in_s=self.link_ttl_s
+        )
+
+    def is_pending(self, terminal_id: str) -> bool:
+        """Whether a link with this id waits to be opened (unused, not expired)."""
+        pending = self._pending.get(terminal_id)
+        return pending is not None and pending.expires_at > self._clock()
+
+    def claim(self, terminal_id: str, token: str) -> TerminalGrant:
+        """Consume the link; Unauthorized if it is unknown, used, expired or the token wrong."""
+        pending = self._pending.get(terminal_id)
+        if pending is None or not link_token_matches(token, pending.token_hash):
+            raise Unauthorized("this terminal link is unknown or was already used")
+        del self._pending[terminal_id]
+        if pending.expires_at <= self._clock():
+            raise Unauthorized("this terminal link has expired; ask for a new one")
+        return TerminalGrant(terminal_id=terminal_id, vm_id=pending.vm_id, user_id=pending.user_id)
+
+    async def run(self, grant: TerminalGrant, peer: TerminalPeer, size: Resize) -> None:
+        """Start the shell and relay until the page or the shell ends (or ``close``); then
+        kill the exec."""
+        request = ExecRequest(cmd=list(SHELL), env=SHELL_ENV, pty=(size.cols, size.rows))
+        started = await self.execs.start(grant.vm_id, grant.user_id, request)
+        exec_id = str(started["execId"])
+        _log.info("terminal_started", terminal_id=grant.terminal_id, exec_id=exec_id)
+        ended = asyncio.Event()
+        self._open.add(ended)
+        try:
+            await self._relay(grant, exec_id, peer)
+        finally:
+            await self._kill(grant, exec_id)
+            self._open.discard(ended)
+            ended.set()
+
+    async def close(self) -> None:
+        """End every terminal still open and wait (bounded) until each has killed its exec;
+        forget the unopened links."""
+        self._pending.clear()
+        self._stopping.set()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(2 * KILL_TIMEOUT_S):
+                await asyncio.gather(*(ended.wait() for ended in list(self._open)))
+
+    async def _relay(self, grant: TerminalGrant, exec_id: str, peer: TerminalPeer) -> None:
+        await peer.send_status({"type": "ready"})
+        await _first_done(
+            self._to_peer(grant, exec_id, peer),
+            self._from_peer(grant, exec_id, peer),
+            self._stopping.wait(),
+        )
+        if self._stopping.is_set():
+            await peer.send_status(
+                {"type": "error", "code": "stopping", "message": "the controller is stopping"}
+            )
+
+    async def _to_peer(self, grant: TerminalGrant, exec_id: str, peer: TerminalPeer) -> None:
+        last = 0
+        for attempt in range(OUTPUT_RESUMES + 1):
+            try:
+                async for event in self.execs.events(
+                    grant.vm_id, grant.user_id, exec_id, after=last
+                ):
+                    last = event.id
+                    if event.type == "exit":
+                        await peer.send_status({"type": "exit", **event.data})
+                        return
+                    await peer.send_output(_output_bytes(event.data))
+            except AgentError:
+                if attempt == OUTPUT_RESUMES:
+                    raise
+                await asyncio.sleep(0.2 * 2**attempt)
+
+    async def _from_peer(self, grant: TerminalGrant, exec_id: str, peer: TerminalPeer) -> None:
+        queue: asyncio.Queue[bytes | Resize | None] = asyncio.Queue(INPUT_QUEUE_ITEMS)
+
+        async def read() -> None:
+            while (item := await peer.receive()) is not None:
+                await queue.put(item)
+
+        async def write() -> None:
+            held: bytes | Resize | None = None
+            while True:
+                item = held if held is not None else await queue.get()
+                held = None
+                if isinstance(item, bytes):
+                    while len(item) < MAX_INPUT_CHUNK and not queue.empty():
+                        following = queue.get_nowait()
+                        if not isinstance(following, bytes):
+                            held = following
+                            break
+                        item += following
+                try:
+                    await self._deliver(grant, exec_id, item)
+                except HearthError as exc:
+                    # The shell has ended (its exit is on the way to the page) or its VM is
+                    # going: what the page types now has nowhere to go.
+                    _log.info(
+                        "terminal_input_dropped", terminal_id=grant.terminal_id, code=exc.code
+                    )
+
+        await _first_done(read(), write())
+
+    async def _deliver(
+        self, grant: TerminalGrant, exec_id: str, item: bytes | Resize | None
+    ) -> None:
+        if isinstance(item, Resize):
+            await self.execs.resize(grant.vm_id, grant.user_id, exec_id, item.cols, item.rows)
+        elif item:
+            body = {"data": base64.b64encode(item).decode("ascii"), "encoding": "base64"}
+            await self.execs.stdin(grant.vm_id, grant.user_id, exec_id, body)
+
+    async def _kill(self, grant: TerminalGrant, exec_id: str) -> None:
+        try:
+            async with asyncio.timeout(KILL_TIMEOUT_S):
+                await self.execs.kill(grant.vm_id, grant.user_id, exec_id, "SIGKILL")
+        except (HearthError, TimeoutError) as exc:
+            # The VM may be gone or paused: its agent ends the exec at its timeout regardless.
+            _log.warning(
+                "terminal_kill_failed", terminal_id=grant.terminal_id, error=type(exc).__name__
+            )
+        _log.info("terminal_ended", terminal_id=grant.terminal_id, exec_id=exec_id)
+
+
+async def _first_done(*coroutines: Any) -> None:
+    """Run ``coroutines`` until the first ends; cancel the rest; re-raise the first's error."""
+    tasks = [asyncio.create_task(c) for c in coroutines]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+    for task in done:
+        task.result()
+
+
+def _output_bytes(data: dict[str, Any]) -> bytes:
+    chunk = str(data.get("data", ""))
+    return base64.b64decode(chunk) if data.get("encoding") == "base64" else chunk.encode()

@@ -1,0 +1,295 @@
+"""Claude Code's ``-p --output-format stream-json --verbose --include-partial-messages`` stream.
+
+Each stdout line is one JSON object with a ``type`` (read from claude-code 2.1.332's own output
+against a stand-in of the Messages API, and its SDK message schemas)::
+
+    system     subtype init {session_id, model, tools…}; api_retry {attempt, error_status,
+               error}; status, and others
+    stream_event {event: an Anthropic streaming event (message_start, content_block_start,
+               content_block_delta {text_delta | input_json_delta | thinking_delta…},
+               content_block_stop, message_delta, message_stop), api_message_id?}
+    assistant  {message: {id, content: [text | tool_use | thinking…]}, parent_tool_use_id,
+               error?, is_api_error_message?}: one line per finished content block
+    user       {message: {content: [tool_result {tool_use_id, content, is_error}]}}
+    rate_limit_event {rate_limit_info}
+    result     {subtype success | error_*, is_error, result, errors?, usage, api_error_status?,
+               api_error?, terminal_reason, session_id}
+
+Text arrives twice: as ``text_delta``s while it streams and again whole in the ``assistant`` line
+of its block. The deltas are passed on as they come; an ``assistant`` text adds only what its
+block's deltas did not already say (all of it when the CLI fell back to a request without
+streaming). A stream the CLI abandons to retry (``message_stop`` with ``abandoned_blocks``)
+cannot take back the deltas already passed on; the retry streams the text again, and the
+``message_stop`` is passed on as ``raw`` so a client can tell. When the API refuses a request,
+claude writes a synthetic ``assistant`` line (``is_api_error_message``; ``error``: its error
+kind) with the message a user would see: that is the run's failure, not assistant text.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hearth.runs.events import (
+    RunEvent,
+    RunFailure,
+    message_delta,
+    raw_event,
+    token_usage,
+    tool_finished,
+    tool_started,
+    usage_event,
+)
+from hearth.runs.failures import classify_status
+from hearth.runs.stream import CliStream, Report, dict_of, int_of, list_of, status_of, text_of
+
+# Claude's error kinds (the ``error`` of an assistant line, ``api_error`` of a result, the
+# ``error`` of an api_retry) and the failure each one is.
+ERROR_KINDS: dict[str, RunFailure] = {
+    "authentication_failed": RunFailure.NOT_LOGGED_IN,
+    "oauth_org_not_allowed": RunFailure.NOT_LOGGED_IN,
+    "account_on_hold": RunFailure.NOT_LOGGED_IN,
+    "verification_required": RunFailure.NOT_LOGGED_IN,
+    "cloud_credential_error": RunFailure.NOT_LOGGED_IN,
+    "rate_limit": RunFailure.RATE_LIMITED,
+    "usage_limit_reached": RunFailure.RATE_LIMITED,
+    "billing_error": RunFailure.RATE_LIMITED,
+    "overloaded": RunFailure.PROVIDER_UNREACHABLE,
+    "server_error": RunFailure.PROVIDER_UNREACHABLE,
+    "connection_failed": RunFailure.PROVIDER_UNREACHABLE,
+}
+# Stream events whose content reaches the run through other lines (or not at all).
+_QUIET_STREAM_EVENTS = frozenset(
+    {"message_start", "content_block_start", "content_block_stop", "message_delta", "ping"}
+)
+_QUIET_DELTAS = frozenset({"input_json_delta", "signature_delta", "citations_delta"})
+_QUIET_BLOCKS = frozenset({"text", "tool_use", "thinking", "redacted_thinking"})
+
+
+class ClaudeStream(CliStream):
+    """Parses ``claude -p --output-format stream-json`` output."""
+
+    cli = "claude"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._message_id: str | None = None  # the API message being streamed
+        # Per API message: what each content block (by index) streamed as text_deltas, and
+        # which of those an ``assistant`` line has already accounted for.
+        self._streamed: dict[str, dict[int, str]] = {}
+        self._accounted: dict[str, set[int]] = {}
+        self._tools: dict[str, str] = {}  # tool_use id → tool name
+        self._refusal: Report | None = None  # the latest synthetic API-error message
+
+    def _on_event(self, event: dict[str, Any]) -> list[RunEvent]:
+        self._saw_session(event.get("session_id"))
+        kind = event.get("type")
+        if kind == "system":
+            return self._system(event)
+        if kind == "stream_event":
+            return self._stream_event(event)
+        if kind == "assistant":
+            return self._assistant(event)
+        if kind == "user":
+            return self._user(event)
+        if kind == "result":
+            return self._result(event)
+        return [raw_event(event)]
+
+    def _system(self, event: dict[str, Any]) -> list[RunEvent]:
+        subtype = event.get("subtype")
+        if subtype == "init":
+            return []
+        if subtype == "api_retry":
+            kind = text_of(event.get("error"))
+            status = status_of(event.get("error_status"))
+            detail = ", ".join(
+                part for part in (kind, f"status {status}" if status else "") if part
+            )
+            self._last_error = Report(
+                ok=False,
+                message=f"the API request failed ({detail or 'error'}); claude was retrying",
+                code=ERROR_KINDS.get(kind) or classify_status(status),
+            )
+        return [raw_event(event)]
+
+    def _stream_event(self, event: dict[str, Any]) -> list[RunEvent]:
+        inner = dict_of(event.get("event"))
+        kind = inner.get("type")
+        if event.get("parent_tool_use_id"):
+            return [raw_event(event)]  # a subagent's stream: not the run's answer
+        message_id = text_of(event.get("api_message_id")) or self._message_id
+        if kind == "message_start":
+            message_id = text_of(dict_of(inner.get("message")).get("id")) or message_id
+            self._message_id = message_id
+            if message_id:
+                # A retry streams the same message again from its start.
+                self._streamed[message_id] = {}
+                self._accounted[message_id] = set()
+            return []
+        if kind == "content_block_start":
+            block = dict_of(inner.get("content_block"))
+            if block.get("type") == "text":
+                return self._streamed_text(message_id, inner, text_of(block.get("text")))
+            return [] if block.get("type") in _QUIET_BLOCKS else [raw_event(event)]
+        if kind == "content_block_delta":
+            delta = dict_of(inner.get("delta"))
+            if delta.get("type") == "text_delta":
+                return self._streamed_text(message_id, inner, text_of(delta.get("text")))
+            return [] if delta.get("type") in _QUIET_DELTAS else [raw_event(event)]
+        if kind == "message_stop":
+            return [raw_event(event)] if "abandoned_blocks" in event else []
+        if kind == "error":
+            error = dict_of(inner.get("error"))
+            self._last_error = Report(ok=False, message=text_of(error.get("message")))
+        return [] if kind in _QUIET_STREAM_EVENTS else [raw_event(event)]
+
+    def _streamed_text(
+        self, message_id: str | None, inner: dict[str, Any], text: str
+    ) -> list[RunEvent]:
+        if message_id is not None:
+            index = int_of(inner.get("index"))
+            blocks = self._streamed.setdefault(message_id, {})
+            blocks[index] = blocks.get(index, "") + text
+        return [message_delta(text)] if text else []
+
+    def _assistant(self, event: dict[str, Any]) -> list[RunEvent]:
+        message = dict_of(event.get("message"))
+        content = list_of(message.get("content"))
+        if event.get("is_api_error_message") or (
+            event.get("error") and message.get("model") == "<synthetic>"
+        ):
+            kind = text_of(event.get("error"))
+            self._refusal = Report(
+                ok=False,
+                message=_joined_text(content),
+                code=ERROR_KINDS.get(kind)
+                or classify_status(status_of(event.get("api_error_status"))),
+            )
+            self._last_error = self._refusal
+            return []
+        parent = text_of(event.get("parent_tool_use_id")) or None
+        message_id = text_of(message.get("id"))
+        events: list[RunEvent] = []
+        unmapped: list[Any] = []
+        for item in content:
+            block = dict_of(item)
+            block_type = block.get("type")
+            if block_type == "text" and parent is None:
+                rest = self._unstreamed(message_id, text_of(block.get("text")))
+                if rest:
+                    events.append(message_delta(rest))
+            elif block_type in ("tool_use", "server_tool_use"):
+                tool_id = text_of(block.get("id"))
+                if tool_id and tool_id not in self._tools:
+                    self._tools[tool_id] = text_of(block.get("name"))
+                    events.append(
+                        tool_started(
+                            tool_id,
+                            self._tools[tool_id],
+                            block.get("input"),
+                            parent_tool_id=parent,
+                        )
+                    )
+            elif block_type not in ("thinking", "redacted_thinking"):
+                unmapped.append(block)
+        if unmapped:
+            events.append(raw_event(event))
+        return events
+
+    def _unstreamed(self, message_id: str, text: str) -> str:
+        """What of a finished text block its deltas did not already pass on."""
+        streamed = self._streamed.get(message_id, {})
+        accounted = self._accounted.setdefault(message_id, set())
+        for index in sorted(streamed):
+            if index not in accounted and text.startswith(streamed[index]):
+                accounted.add(index)
+                return text[len(streamed[index]) :]
+        return text
+
+    def _user(self, event: dict[str, Any]) -> list[RunEvent]:
+        content = dict_of(event.get("message")).get("content")
+        parent = text_of(event.get("parent_tool_use_id")) or None
+        events: list[RunEvent] = []
+        unmapped = not isinstance(content, list)
+        for block in list_of(content):
+            block = dict_of(block)
+            if block.get("type") != "tool_result":
+                unmapped = True
+                continue
+            tool_id = text_of(block.get("tool_use_id"))
+            events.append(
+                tool_finished(
+                    tool_id,
+                    self._tools.get(tool_id, ""),
+                    output=_result_text(block.get("content")),
+                    is_error=block.get("is_error") is True,
+                    parent_tool_id=parent,
+                )
+            )
+        if unmapped:
+            events.append(raw_event(event))
+        return events
+
+    def _result(self, event: dict[str, Any]) -> list[RunEvent]:
+        events: list[RunEvent] = []
+        usage = dict_of(event.get("usage"))
+        if usage:
+            self.usage = _usage(usage)
+            if self.usage["totalTokens"]:
+                events.append(usage_event(self.usage))
+        if event.get("subtype") == "success" and event.get("is_error") is not True:
+            self._outcome = Report(ok=True)
+            return events
+        refusal = self._refusal
+        reason = text_of(event.get("terminal_reason"))
+        message = (
+            (f"claude was interrupted ({reason})" if reason.startswith("aborted") else "")
+            or text_of(event.get("result"))
+            or "; ".join(text_of(e) for e in list_of(event.get("errors")) if text_of(e))
+            or (refusal.message if refusal else "")
+            or f"claude ended the run with {text_of(event.get('subtype')) or 'an error'}"
+        )
+        self._outcome = Report(ok=False, message=message, code=self._result_code(event))
+        return events
+
+    def _result_code(self, event: dict[str, Any]) -> RunFailure | None:
+        if text_of(event.get("terminal_reason")).startswith("aborted"):
+            return RunFailure.CANCELLED
+        return (
+            ERROR_KINDS.get(text_of(event.get("api_error")))
+            or classify_status(status_of(event.get("api_error_status")))
+            or (self._refusal.code if self._refusal else None)
+        )
+
+
+def _usage(usage: dict[str, Any]) -> dict[str, Any]:
+    # Anthropic counts cache reads and cache writes apart from input_tokens.
+    uncached = int_of(usage.get("input_tokens"))
+    cache_read = int_of(usage.get("cache_read_input_tokens"))
+    cache_write = int_of(usage.get("cache_creation_input_tokens"))
+    return token_usage(
+        input_tokens=uncached + cache_read + cache_write,
+        output_tokens=int_of(usage.get("output_tokens")),
+        cached_input_tokens=cache_read,
+        cacheWriteInputTokens=cache_write,
+    )
+
+
+def _joined_text(content: list[Any]) -> str:
+    return "".join(text_of(dict_of(block).get("text")) for block in content)
+
+
+def _result_text(content: object) -> str | None:
+    """A tool_result's content as text: a string, or its text blocks (images named)."""
+    if content is None:
+        return None
+    if isinstance(content, str):
+        return content
+    parts = []
+    for block in list_of(content):
+        block = dict_of(block)
+        if block.get("type") == "text":
+            parts.append(text_of(block.get("text")))
+        else:
+            parts.append(f"[{text_of(block.get('type')) or 'content'}]")
+    return "\n".join(parts)

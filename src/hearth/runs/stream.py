@@ -1,0 +1,132 @@
+"""What every CLI's stream parser shares: reading JSON lines, and the run's one terminal event.
+
+A subclass maps one decoded JSON object at a time (``_on_event``) and records, as it reads,
+what the CLI itself says about the end of the run (``_outcome``: its ``result`` or
+``turn.completed``/``turn.failed``) and the latest error it reported on the way
+(``_last_error``: a retry notice, an error event). ``finish`` then decides, in this order:
+
+1. the CLI reported success and exited 0 → ``run.completed``;
+2. otherwise ``run.failed``, its code taken from the first thing that names one: the CLI's own
+   failure report (a code it gave, else its words), the latest error it reported, an exit
+   status the CLI gives a fixed meaning, the failure its stderr names; else ``cli_crashed``;
+3. the message is the CLI's own words (failure report, latest error, else stderr), prefixed
+   with how the process ended when nothing named a cause; always scrubbed of secrets.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from hearth.runs.events import RunEvent, RunFailure, completed, failed, raw_line
+from hearth.runs.failures import (
+    classify,
+    exit_description,
+    readable,
+    scrub,
+    stderr_cause,
+)
+
+
+@dataclass(frozen=True)
+class Report:
+    """What the CLI itself said about the run or one of its errors."""
+
+    ok: bool
+    message: str = ""
+    code: RunFailure | None = None  # when the CLI said it in a field rather than in words
+
+
+class CliStream:
+    """Base of the per-CLI parsers: line decoding, session id, usage, terminal event."""
+
+    cli: ClassVar[str] = "cli"
+    # Exit statuses the CLI documents with a fixed meaning.
+    exit_codes: ClassVar[dict[int, RunFailure]] = {}
+
+    def __init__(self) -> None:
+        self.session_id: str | None = None
+        self.usage: dict[str, Any] | None = None
+        self._outcome: Report | None = None
+        self._last_error: Report | None = None
+
+    def feed_line(self, line: str) -> list[RunEvent]:
+        """The events one stdout line adds: non-JSON or non-object lines pass on as ``raw``."""
+        text = line.strip()
+        if not text:
+            return []
+        try:
+            decoded = json.loads(text)
+        except ValueError:
+            return [raw_line(line.rstrip("\r\n"))]
+        if not isinstance(decoded, dict):
+            return [raw_line(line.rstrip("\r\n"))]
+        try:
+            return self._on_event(decoded)
+        except (TypeError, ValueError, KeyError, AttributeError):
+            # A line of a shape this parser does not expect (a field of another type in a
+            # newer CLI) is passed on as it is: it must not end the run's stream.
+            return [raw_line(line.rstrip("\r\n"))]
+
+    def finish(self, *, exit_code: int | None, signal: int | None, stderr_tail: str) -> RunEvent:
+        """The one terminal event (see the module docstring for how it is decided)."""
+        outcome = self._outcome
+        clean_exit = signal is None and exit_code in (0, None)
+        if outcome is not None and outcome.ok and clean_exit:
+            return completed(self.usage, self.session_id)
+        how = exit_description(self.cli, exit_code=exit_code, signal=signal)
+        if outcome is not None and outcome.ok:
+            return failed(RunFailure.CLI_CRASHED, f"{how} after it had answered")
+        if outcome is None:
+            how = f"{how} before it reported a result"
+        stderr_code, stderr_line = stderr_cause(stderr_tail)
+        reports = [r for r in (outcome, self._last_error) if r is not None]
+        code = next(
+            (c for r in reports for c in (r.code, classify(r.message)) if c is not None), None
+        )
+        if code is None and exit_code is not None:
+            code = self.exit_codes.get(exit_code)
+        if code is None:
+            code = stderr_code
+        said = next((r.message for r in reports if r.message), stderr_line)
+        if code is None:
+            code = RunFailure.CLI_CRASHED
+            said = f"{how}: {said}" if said else how
+        elif not said:
+            said = how
+        return failed(code, scrub(readable(said)))
+
+    def _on_event(self, event: dict[str, Any]) -> list[RunEvent]:
+        raise NotImplementedError
+
+    def _saw_session(self, value: object) -> None:
+        if isinstance(value, str) and value:
+            self.session_id = value
+
+
+def text_of(value: object) -> str:
+    """A string field's value, or "" for anything else."""
+    return value if isinstance(value, str) else ""
+
+
+def dict_of(value: object) -> dict[str, Any]:
+    """An object field's value, or {} for anything else."""
+    return value if isinstance(value, dict) else {}
+
+
+def list_of(value: object) -> list[Any]:
+    """An array field's value, or [] for anything else."""
+    return value if isinstance(value, list) else []
+
+
+def int_of(value: object) -> int:
+    """A count field's value (0 when absent or not a number)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return 0
+    return int(value)
+
+
+def status_of(value: object) -> int | None:
+    """An HTTP status field's value, or None."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else None

@@ -1,0 +1,329 @@
+"""``vm.files``: the files of a CLI VM's workspace, streamed both ways (``Files``, and
+``AsyncFiles`` for ``AsyncVm``).
+
+Paths are relative to the VM's workspace. Nothing is held whole in memory unless asked for
+(``read``): ``write`` sends a file or a directory (as a tar) as it reads it, ``read_stream``
+and ``download`` hand the bytes on as they arrive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path, PurePosixPath
+from typing import IO, Protocol, TypeVar
+from urllib.parse import quote
+
+import httpx
+
+from hearth.sdk._calls import Call
+from hearth.sdk._config import ClientConfig
+from hearth.sdk._errors import HearthApiError, HearthConnectionError
+from hearth.sdk._transfer import (
+    ChunkReader,
+    FileEntry,
+    FileWritten,
+    Progress,
+    Upload,
+    WriteSource,
+    answer_kind,
+    counted,
+    extract_tar,
+    upload_of,
+    write_local_file,
+)
+
+T = TypeVar("T")
+# A transfer waits this long for a chunk either way (the VM syncs a large file before it answers).
+TRANSFER_TIMEOUT_S = 600.0
+
+
+class _SyncHttp(Protocol):
+    config: ClientConfig
+
+    @property
+    def client(self) -> httpx.Client: ...
+
+    def call(self, call: Call[T]) -> T: ...
+
+
+class _AsyncHttp(Protocol):
+    config: ClientConfig
+
+    @property
+    def client(self) -> httpx.AsyncClient: ...
+
+    async def call(self, call: Call[T]) -> T: ...
+
+
+def _files_path(vm_id: str, suffix: str = "") -> str:
+    return f"/api/vms/{quote(vm_id, safe='')}/files{suffix}"
+
+
+def _list_call(vm_id: str, path: str) -> Call[list[FileEntry]]:
+    return Call(
+        "GET",
+        _files_path(vm_id, "/list"),
+        lambda body: [FileEntry.from_wire(entry) for entry in body["entries"]],
+        params={"path": path},
+    )
+
+
+def _remove_call(vm_id: str, path: str, recursive: bool) -> Call[None]:
+    params = {"path": path, "recursive": "true" if recursive else "false"}
+    return Call("DELETE", _files_path(vm_id), lambda body: None, params=params)
+
+
+def _written(answer: httpx.Response) -> FileWritten:
+    if answer.status_code >= 400:
+        raise HearthApiError.of_answer(answer.status_code, answer.content)
+    return FileWritten.from_wire(answer.json())
+
+
+def _timeout(config: ClientConfig) -> httpx.Timeout:
+    return httpx.Timeout(config.timeout_s, read=TRANSFER_TIMEOUT_S, write=TRANSFER_TIMEOUT_S)
+
+
+def _local_target(path: str, local: Path, kind: str) -> Path:
+    """Where a download goes: into ``local`` if it is a directory and the remote is a file."""
+    if kind == "file" and local.is_dir():
+        return local / (PurePosixPath(path).name or "download")
+    return local
+
+
+class FileStream:
+    """A download in progress: ``kind`` (``file``, or ``dir`` for a tar of one), ``size`` (a
+    file's), and its bytes by iterating it. Use it in a ``with`` block."""
+
+    def __init__(self, response: httpx.Response, kind: str) -> None:
+        self._response = response
+        self.kind = kind
+        length = response.headers.get("content-length")
+        self.size = int(length) if kind == "file" and length is not None else None
+
+    def __iter__(self) -> Iterator[bytes]:
+        try:
+            yield from self._response.iter_raw()
+        except httpx.HTTPError as exc:
+            raise HearthConnectionError("stream_broken", f"the download broke off: {exc}") from exc
+
+    def __enter__(self) -> FileStream:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._response.close()
+
+
+class AsyncFileStream:
+    """``FileStream`` for ``async for`` and ``async with``."""
+
+    def __init__(self, response: httpx.Response, kind: str) -> None:
+        self._response = response
+        self.kind = kind
+        length = response.headers.get("content-length")
+        self.size = int(length) if kind == "file" and length is not None else None
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._response.aiter_raw():
+                yield chunk
+        except httpx.HTTPError as exc:
+            raise HearthConnectionError("stream_broken", f"the download broke off: {exc}") from exc
+
+    async def __aenter__(self) -> AsyncFileStream:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._response.aclose()
+
+
+class Files:
+    """``vm.files``: write, read, list and remove files in the VM's workspace."""
+
+    def __init__(self, http: _SyncHttp, vm_id: str) -> None:
+        self._http = http
+        self._vm_id = vm_id
+
+    def write(
+        self,
+        path: str,
+        data: WriteSource,
+        *,
+        mode: int | None = None,
+        progress: Progress | None = None,
+    ) -> FileWritten:
+        """Write ``data`` (bytes, a binary file, chunks, or a ``Path``: a file, or a directory,
+        sent as a tar and unpacked into the directory ``path``) atomically; ``mode`` defaults to
+        a local file's own, else the replaced file's, else 0644."""
+        upload = upload_of(path, data, mode=mode, progress=progress)
+        try:
+            answer = self._send(upload)
+        finally:
+            upload.close()
+        return _written(answer)
+
+    def _send(self, upload: Upload) -> httpx.Response:
+        try:
+            return self._http.client.put(
+                _files_path(self._vm_id),
+                content=upload.content,
+                headers=upload.headers,
+                params=upload.params,
+                timeout=_timeout(self._http.config),
+            )
+        except httpx.TransportError as exc:
+            raise HearthConnectionError.unreachable(self._http.config.url, exc) from exc
+
+    @contextlib.contextmanager
+    def read_stream(self, path: str) -> Iterator[FileStream]:
+        """The file at ``path`` (or a tar of the directory there) as its bytes arrive."""
+        request = self._http.client.build_request(
+            "GET",
+            _files_path(self._vm_id),
+            params={"path": path},
+            timeout=_timeout(self._http.config),
+        )
+        try:
+            response = self._http.client.send(request, stream=True)
+        except httpx.TransportError as exc:
+            raise HearthConnectionError.unreachable(self._http.config.url, exc) from exc
+        with contextlib.closing(response):
+            content = response.read() if response.status_code >= 400 else None
+            kind = answer_kind(response.status_code, response.headers, content)
+            with FileStream(response, kind) as stream:
+                yield stream
+
+    def read(self, path: str) -> bytes:
+        """The whole file at ``path`` (a directory's comes as a tar)."""
+        with self.read_stream(path) as stream:
+            return b"".join(stream)
+
+    def download(self, path: str, local: Path, *, progress: Progress | None = None) -> Path:
+        """Save the file at ``path`` to ``local`` (into it, if it is a directory), or unpack
+        the directory at ``path`` into directory ``local``; where it went."""
+        with self.read_stream(path) as stream:
+            chunks: Iterator[bytes] = iter(stream)
+            if progress is not None:
+                chunks = counted(chunks, progress)
+            target = _local_target(path, local, stream.kind)
+            if stream.kind == "dir":
+                extract_tar(ChunkReader(chunks), target)
+            else:
+                write_local_file(chunks, target)
+        return target
+
+    def list(self, path: str = ".") -> list[FileEntry]:
+        """The entries of the directory at ``path`` (the one entry of a file)."""
+        return self._http.call(_list_call(self._vm_id, path))
+
+    def remove(self, path: str, *, recursive: bool = False) -> None:
+        """Remove the file, symlink or directory at ``path`` (one with anything in it only
+        when ``recursive``)."""
+        self._http.call(_remove_call(self._vm_id, path, recursive))
+
+
+class AsyncFiles:
+    """``vm.files`` of an ``AsyncVm``: as ``Files``, with coroutines."""
+
+    def __init__(self, http: _AsyncHttp, vm_id: str) -> None:
+        self._http = http
+        self._vm_id = vm_id
+
+    async def write(
+        self,
+        path: str,
+        data: WriteSource,
+        *,
+        mode: int | None = None,
+        progress: Progress | None = None,
+    ) -> FileWritten:
+        """Write ``data`` as ``Files.write`` does; local files are read on a worker thread."""
+        upload = upload_of(path, data, mode=mode, progress=progress)
+        content: bytes | AsyncIterator[bytes] = (
+            upload.content if isinstance(upload.content, bytes) else _off_thread(upload.content)
+        )
+        try:
+            answer = await self._http.client.put(
+                _files_path(self._vm_id),
+                content=content,
+                headers=upload.headers,
+                params=upload.params,
+                timeout=_timeout(self._http.config),
+            )
+        except httpx.TransportError as exc:
+            raise HearthConnectionError.unreachable(self._http.config.url, exc) from exc
+        finally:
+            upload.close()
+        return _written(answer)
+
+    @contextlib.asynccontextmanager
+    async def read_stream(self, path: str) -> AsyncIterator[AsyncFileStream]:
+        """The file at ``path`` (or a tar of the directory there) as its bytes arrive."""
+        client = self._http.client
+        request = client.build_request(
+            "GET",
+            _files_path(self._vm_id),
+            params={"path": path},
+            timeout=_timeout(self._http.config),
+        )
+        try:
+            response = await client.send(request, stream=True)
+        except httpx.TransportError as exc:
+            raise HearthConnectionError.unreachable(self._http.config.url, exc) from exc
+        try:
+            content = await response.aread() if response.status_code >= 400 else None
+            kind = answer_kind(response.status_code, response.headers, content)
+            async with AsyncFileStream(response, kind) as stream:
+                yield stream
+        finally:
+            await response.aclose()
+
+    async def read(self, path: str) -> bytes:
+        """The whole file at ``path`` (a directory's comes as a tar)."""
+        async with self.read_stream(path) as stream:
+            return b"".join([chunk async for chunk in stream])
+
+    async def download(self, path: str, local: Path, *, progress: Progress | None = None) -> Path:
+        """As ``Files.download``; a directory's tar is spooled to a temporary file, then
+        unpacked on a worker thread."""
+        async with self.read_stream(path) as stream:
+            target = _local_target(path, local, stream.kind)
+            if stream.kind == "dir":
+                with tempfile.TemporaryFile() as spool:
+                    await _save(stream, spool, progress)
+                    spool.seek(0)
+                    await asyncio.to_thread(extract_tar, spool, target)
+                return target
+            partial = target.with_name(f".{target.name}.part")
+            try:
+                with partial.open("wb") as handle:
+                    await _save(stream, handle, progress)
+                partial.replace(target)
+            finally:
+                partial.unlink(missing_ok=True)
+        return target
+
+    async def list(self, path: str = ".") -> list[FileEntry]:
+        """The entries of the directory at ``path`` (the one entry of a file)."""
+        return await self._http.call(_list_call(self._vm_id, path))
+
+    async def remove(self, path: str, *, recursive: bool = False) -> None:
+        """Remove the file, symlink or directory at ``path`` (``recursive`` for a full one)."""
+        await self._http.call(_remove_call(self._vm_id, path, recursive))
+
+
+async def _save(stream: AsyncFileStream, handle: IO[bytes], progress: Progress | None) -> None:
+    done = 0
+    async for chunk in stream:
+        await asyncio.to_thread(handle.write, chunk)
+        done += len(chunk)
+        if progress is not None:
+            progress(done)
+
+
+async def _off_thread(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
+    """Chunks read (from disk) on a worker thread, so the event loop runs on meanwhile."""
+    while (chunk := await asyncio.to_thread(next, chunks, None)) is not None:
+        yield chunk

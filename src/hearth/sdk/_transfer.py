@@ -1,0 +1,228 @@
+"""The local side of file transfers, without I/O to the API: what an upload sends (bytes, a file,
+a directory packed as a tar as it is read) and what a download's answers are.
+
+A directory goes up as a POSIX tar streamed from disk a chunk at a time, names relative to it,
+symlinks as links (never followed); one comes down as a tar that ``extract_tar`` unpacks with
+Python's ``data`` filter (nothing outside the target, no devices, no absolute links).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import tarfile
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, BinaryIO
+
+from hearth.sdk._errors import HearthApiError
+
+CHUNK_BYTES = 1024 * 1024
+BLOCK = 512
+FILE_MEDIA_TYPE = "application/octet-stream"
+TAR_MEDIA_TYPE = "application/x-tar"
+FILE_TYPE_HEADER = "x-hearth-file-type"
+
+# What ``write`` takes: bytes, a binary file object, a local path (file or directory), or
+# chunks of bytes.
+WriteSource = bytes | bytearray | memoryview | BinaryIO | IO[bytes] | Path | Iterable[bytes]
+# Called with the bytes sent (or received) so far.
+Progress = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """One entry of a directory in the VM: ``type`` is ``file``, ``dir``, ``symlink`` or
+    ``other``; ``mode`` the permission bits; ``target`` a symlink's."""
+
+    name: str
+    type: str
+    size: int
+    mode: int
+    mtime: float
+    target: str | None = None
+
+    @classmethod
+    def from_wire(cls, body: Mapping[str, Any]) -> FileEntry:
+        """An entry from the API's JSON."""
+        return cls(
+            name=str(body["name"]),
+            type=str(body["type"]),
+            size=int(body["size"]),
+            mode=int(str(body["mode"]), 8),
+            mtime=float(body["mtime"]),
+            target=body.get("target"),
+        )
+
+
+@dataclass(frozen=True)
+class FileWritten:
+    """What a write made in the VM: a file (``size``, ``sha256``, ``mode``) or, from a
+    directory, a tree (``size`` of its files together, ``entries`` in the tar)."""
+
+    path: str
+    type: str
+    size: int
+    sha256: str | None = None
+    mode: int | None = None
+    entries: int | None = None
+
+    @classmethod
+    def from_wire(cls, body: Mapping[str, Any]) -> FileWritten:
+        """The answer of a write."""
+        mode = body.get("mode")
+        return cls(
+            path=str(body["path"]),
+            type=str(body["type"]),
+            size=int(body["size"]),
+            sha256=body.get("sha256"),
+            mode=None if mode is None else int(str(mode), 8),
+            entries=body.get("entries"),
+        )
+
+
+@dataclass
+class Upload:
+    """What a write sends: its chunks (or bytes), headers and query."""
+
+    content: bytes | Iterator[bytes]
+    headers: dict[str, str]
+    params: dict[str, str]
+    # Closes what the chunks read from (a file this upload opened).
+    close: Callable[[], None]
+
+
+def _nothing_to_close() -> None:
+    """What an upload of bytes, or of the caller's own file, closes when it is done."""
+
+
+def upload_of(
+    path: str, data: WriteSource, *, mode: int | None, progress: Progress | None
+) -> Upload:
+    """The request that writes ``data`` to ``path`` in the VM (a directory: a tar of it)."""
+    params = {"path": path}
+    headers = {"Content-Type": FILE_MEDIA_TYPE}
+    close: Callable[[], None] = _nothing_to_close
+    chunks: bytes | Iterator[bytes]
+    if isinstance(data, str):
+        raise TypeError("write() takes bytes, a binary file, a pathlib.Path or chunks, not str")
+    if isinstance(data, bytes | bytearray | memoryview):
+        chunks = bytes(data)
+    elif isinstance(data, Path) and data.is_dir():
+        headers["Content-Type"] = TAR_MEDIA_TYPE
+        chunks = tar_chunks(data)
+    elif isinstance(data, Path):
+        handle = data.open("rb")
+        size = os.fstat(handle.fileno()).st_size
+        headers["Content-Length"] = str(size)
+        mode = stat.S_IMODE(os.fstat(handle.fileno()).st_mode) if mode is None else mode
+        chunks, close = file_chunks(handle), handle.close
+    elif hasattr(data, "read"):
+        chunks = file_chunks(data)  # type: ignore[arg-type]
+    else:
+        chunks = (bytes(chunk) for chunk in data)
+    if mode is not None and headers["Content-Type"] == FILE_MEDIA_TYPE:
+        params["mode"] = f"{mode & 0o777:04o}"
+    if progress is not None:
+        chunks = counted(iter([chunks]) if isinstance(chunks, bytes) else chunks, progress)
+    return Upload(chunks, headers, params, close)
+
+
+def file_chunks(handle: IO[bytes]) -> Iterator[bytes]:
+    """A binary file's bytes, a chunk at a time."""
+    while chunk := handle.read(CHUNK_BYTES):
+        yield chunk
+
+
+def counted(chunks: Iterator[bytes], progress: Progress) -> Iterator[bytes]:
+    """``chunks``, reporting the running total to ``progress``."""
+    done = 0
+    for chunk in chunks:
+        done += len(chunk)
+        progress(done)
+        yield chunk
+
+
+def tar_chunks(root: Path) -> Iterator[bytes]:
+    """A POSIX tar of everything under ``root`` (names relative to it), read as it is sent."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        base = Path(dirpath)
+        for name in [*dirnames, *sorted(filenames)]:
+            yield from _member(base / name, str((base / name).relative_to(root)))
+    yield b"\0" * (2 * BLOCK)
+
+
+def _member(path: Path, name: str) -> Iterator[bytes]:
+    st = path.lstat()
+    info = tarfile.TarInfo(name)
+    info.mode = stat.S_IMODE(st.st_mode)
+    info.mtime = int(st.st_mtime)
+    if stat.S_ISLNK(st.st_mode):
+        info.type = tarfile.SYMTYPE
+        info.linkname = os.readlink(path)
+    elif stat.S_ISDIR(st.st_mode):
+        info.type = tarfile.DIRTYPE
+    elif not stat.S_ISREG(st.st_mode):
+        return  # sockets, fifos and devices stay here
+    if not stat.S_ISREG(st.st_mode):
+        yield info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+        return
+    with path.open("rb") as handle:
+        info.size = os.fstat(handle.fileno()).st_size
+        yield info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+        left = info.size
+        while left > 0:
+            chunk = handle.read(min(CHUNK_BYTES, left)) or b"\0" * left  # shrunk: zeros
+            left -= len(chunk)
+            yield chunk
+    if info.size % BLOCK:
+        yield b"\0" * (BLOCK - info.size % BLOCK)
+
+
+class ChunkReader:
+    """A binary stream (``read``) over an iterator of chunks, for ``tarfile``'s stream mode."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self._buffer = b""
+
+    def read(self, size: int = -1) -> bytes:
+        """Up to ``size`` bytes (all that is left when negative); ``b""`` at the end."""
+        while size < 0 or len(self._buffer) < size:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                break
+            self._buffer += chunk
+        if size < 0:
+            size = len(self._buffer)
+        data, self._buffer = self._buffer[:size], self._buffer[size:]
+        return data
+
+
+def extract_tar(source: IO[bytes] | ChunkReader, target: Path) -> None:
+    """Unpack a tar read from ``source`` into directory ``target`` (made if missing), with the
+    ``data`` filter: nothing outside ``target``, no devices, links only within it."""
+    target.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(fileobj=source, mode="r|*") as archive:  # type: ignore[call-overload]
+        archive.extractall(target, filter="data")
+
+
+def write_local_file(chunks: Iterable[bytes], target: Path) -> None:
+    """Write ``chunks`` to ``target`` through a temporary file beside it, renamed when whole."""
+    partial = target.with_name(f".{target.name}.part")
+    try:
+        with partial.open("wb") as handle:
+            for chunk in chunks:
+                handle.write(chunk)
+        partial.replace(target)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def answer_kind(status: int, headers: Mapping[str, str], content: bytes | None = None) -> str:
+    """``file`` or ``dir``, from a download's answer; HearthApiError for an error answer."""
+    if status >= 400:
+        raise HearthApiError.of_answer(status, content or b"")
+    return headers.get(FILE_TYPE_HEADER, "file")

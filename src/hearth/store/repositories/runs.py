@@ -1,0 +1,119 @@
+"""Runs: their rows, lifecycle moves by compare-and-set, and their bounded event logs."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlalchemy import delete, select, update
+
+from hearth.runs.states import RunStatus, check_transition
+from hearth.store.models import run_events_table, runs_table
+from hearth.store.records import RunEventRecord, RunRecord
+from hearth.store.repositories._base import (
+    Coerce,
+    as_bool,
+    as_int,
+    as_str,
+    as_timestamp,
+    check_fields,
+    optional,
+    to_record,
+    to_values,
+)
+from hearth.store.repositories._status import StatusRepository
+
+UPDATABLE_FIELDS: dict[str, Coerce] = {
+    "session_id": optional(as_str),
+    "exec_id": optional(as_str),
+    "exec_cursor": as_int,
+    "usage": optional(as_str),
+    "exit_code": optional(as_int),
+    "exit_signal": optional(as_int),
+    "failure_code": optional(as_str),
+    "error_message": optional(as_str),
+    "cancel_requested": as_bool,
+    "finished_at": optional(as_timestamp),
+}
+
+
+class RunRepo(
+    StatusRepository[RunRecord, RunStatus],
+    table=runs_table,
+    record=RunRecord,
+    status=RunStatus,
+    what="run",
+    updatable=UPDATABLE_FIELDS,
+    check=check_transition,
+    stamps={RunStatus.COMPLETED: "finished_at", RunStatus.FAILED: "finished_at"},
+):
+    """Persists runs and their events; every status change is a compare-and-set."""
+
+    async def discard_starting(self, run_id: str) -> bool:
+        """Delete a run that never started (its CLI was refused); True if one was deleted."""
+        statement = delete(runs_table).where(
+            runs_table.c.id == run_id, runs_table.c.status == RunStatus.STARTING
+        )
+        async with self._engine.begin() as conn:
+            return bool((await conn.execute(statement)).rowcount)
+
+    async def list_for_vm(self, vm_id: str, *, limit: int = 100) -> list[RunRecord]:
+        """The VM's runs, newest first."""
+        statement = (
+            select(runs_table)
+            .where(runs_table.c.vm_id == vm_id)
+            .order_by(runs_table.c.created_at.desc(), runs_table.c.id.desc())
+            .limit(limit)
+        )
+        return await self._read_records(RunRecord, statement)
+
+    async def append_events(
+        self,
+        run_id: str,
+        events: Sequence[RunEventRecord],
+        *,
+        exec_cursor: int,
+        keep: int,
+        **fields: object,
+    ) -> None:
+        """Store ``events`` (numbered on from the run's last), move its exec cursor, set
+        ``fields``, and forget all but the newest ``keep`` events: one transaction."""
+        values = {"exec_cursor": exec_cursor, **fields}
+        checked = check_fields(self._what, self._updatable, values)
+        checked["updated_at"] = self._clock()
+        async with self._engine.begin() as conn:
+            if events:
+                checked["last_event_id"] = events[-1].seq
+                await conn.execute(
+                    run_events_table.insert(), [to_values(event) for event in events]
+                )
+            await conn.execute(update(runs_table).where(runs_table.c.id == run_id).values(checked))
+            if events and events[-1].seq > keep:
+                await conn.execute(
+                    delete(run_events_table).where(
+                        run_events_table.c.run_id == run_id,
+                        run_events_table.c.seq <= events[-1].seq - keep,
+                    )
+                )
+
+    async def events(self, run_id: str, *, after: int, limit: int = 500) -> list[RunEventRecord]:
+        """The run's stored events with ids above ``after``, oldest first."""
+        statement = (
+            select(run_events_table)
+            .where(run_events_table.c.run_id == run_id, run_events_table.c.seq > after)
+            .order_by(run_events_table.c.seq)
+            .limit(limit)
+        )
+        async with self._engine.connect() as conn:
+            rows = await conn.execute(statement)
+        return [to_record(RunEventRecord, row) for row in rows]
+
+    async def first_event_id(self, run_id: str) -> int | None:
+        """The id of the oldest event still kept, or None."""
+        statement = (
+            select(run_events_table.c.seq)
+            .where(run_events_table.c.run_id == run_id)
+            .order_by(run_events_table.c.seq)
+            .limit(1)
+        )
+        row = await self._read_one(statement)
+        return None if row is None else int(row[0])

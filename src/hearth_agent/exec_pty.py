@@ -1,0 +1,231 @@
+"""Execs on a pseudo-terminal: the terminal's size, starting a command on it, and its output.
+
+An exec started with ``"pty": {"cols", "rows"}`` gets a new pseudo-terminal instead of pipes:
+the command is the leader of a new session whose controlling terminal is the PTY's slave (so
+job control, ``isatty`` and full-screen interfaces work), with ``TERM=xterm-256color`` unless
+the caller sets its own. Its stdout and stderr are the one terminal: the output arrives as
+``stdout`` events, decoded as for pipes. Stdin writes go to the master, and ``resize`` sets the
+terminal's size (``TIOCSWINSZ``), on which the kernel sends ``SIGWINCH`` to the terminal's
+foreground process group.
+
+``Popen`` cannot make a terminal controlling (``preexec_fn`` is unsafe in the agent, which runs
+threads), so the command starts through a one-line trampoline in this interpreter that takes the
+terminal (``TIOCSCTTY``) and then ``exec``s the command in the same process.
+
+A shell on a terminal puts each job in a process group of its own, so ending the exec's group is
+not enough: ``signal_session`` signals every process of the exec's session, which kill, timeout
+and the leader's end use for PTY execs.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import select
+import shutil
+import struct
+import subprocess
+import sys
+import termios
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from hearth_agent.errors import InvalidInput, StdinClosed
+from hearth_agent.exec_events import (
+    DRAIN_GRACE_S,
+    PUMP_POLL_S,
+    READ_CHUNK_BYTES,
+    EventLog,
+    EventType,
+    OutputDecoder,
+)
+
+TERM = "xterm-256color"
+EOF_CHARACTER = b"\x04"  # a terminal's end of file (VEOF), unless the program changed it
+MAX_CELLS = 1000  # columns or rows; far beyond any screen, small enough for any terminal
+# Takes the terminal on its stdin as the controlling terminal of the session Popen made
+# (start_new_session), then becomes the command.
+_ADOPT_TERMINAL = (
+    "import fcntl,os,sys,termios;"
+    "fcntl.ioctl(0,termios.TIOCSCTTY,0);"
+    "os.execvp(sys.argv[1],sys.argv[1:])"
+)
+# Passes over /proc when signalling a session: a process may fork while one pass runs.
+_SESSION_PASSES = 3
+
+
+@dataclass(frozen=True)
+class PtySize:
+    """A terminal's size in character cells."""
+
+    cols: int
+    rows: int
+
+    def __post_init__(self) -> None:
+        for name in ("cols", "rows"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_CELLS:
+                raise InvalidInput(f"field '{name}' must be a whole number from 1 to {MAX_CELLS}")
+
+    @classmethod
+    def parse(cls, value: object, what: str = "field 'pty'") -> PtySize:
+        """A JSON ``{"cols", "rows"}`` object as a size; InvalidInput naming ``what`` it was."""
+        if not isinstance(value, dict) or set(value) != {"cols", "rows"}:
+            raise InvalidInput(f"{what} must be an object with 'cols' and 'rows' only")
+        return cls(cols=value["cols"], rows=value["rows"])
+
+    def as_json(self) -> dict[str, int]:
+        """The size as the API shows it."""
+        return {"cols": self.cols, "rows": self.rows}
+
+
+class Pty:
+    """The master side of an exec's pseudo-terminal: its input, its size and its output.
+
+    The master is closed once its output has been pumped; a resize after that is refused rather
+    than sent to a descriptor number the process may have reused.
+    """
+
+    def __init__(self, master: int, size: PtySize) -> None:
+        self._master = master
+        self._size = size
+        self._lock = threading.Lock()
+
+    @property
+    def size(self) -> PtySize:
+        """The size last set."""
+        with self._lock:
+            return self._size
+
+    def input(self) -> IO[bytes]:
+        """A writer of the terminal's input (its own descriptor, closed by whoever holds it)."""
+        with self._lock:
+            if self._master < 0:
+                raise StdinClosed("the terminal is closed")
+            return os.fdopen(os.dup(self._master), "wb", buffering=0)
+
+    def resize(self, size: PtySize) -> None:
+        """Set the terminal's size; the kernel signals SIGWINCH to its foreground group."""
+        with self._lock:
+            if self._master < 0:
+                raise StdinClosed("the terminal is closed: the exec has ended")
+            _set_size(self._master, size)
+            self._size = size
+
+    def pump(
+        self, log: EventLog, *, leader_ended: threading.Event, discarded: threading.Event
+    ) -> None:
+        """Read the terminal's output into ``log`` as ``stdout`` events until no process holds
+        the terminal any more (or, once the leader ended, nothing came for ``DRAIN_GRACE_S``),
+        then close the master."""
+        master = self._master
+        decoder = OutputDecoder()
+        poller = select.poll()
+        poller.register(master, select.POLLIN)
+        quiet_since = time.monotonic()
+        try:
+            while not discarded.is_set():
+                if not log.wait_for_room(PUMP_POLL_S):
+                    quiet_since = time.monotonic()  # held back by readers, not quiet
+                    continue
+                if not poller.poll(PUMP_POLL_S * 1000):
+                    if leader_ended.is_set() and time.monotonic() - quiet_since > DRAIN_GRACE_S:
+                        break
+                    continue
+                quiet_since = time.monotonic()
+                try:
+                    chunk = os.read(master, READ_CHUNK_BYTES)
+                except OSError as exc:  # EIO: every process closed the slave side
+                    if exc.errno != errno.EIO:
+                        raise
+                    chunk = b""
+                if not chunk:
+                    break
+                payload = decoder.decode(chunk)
+                if payload is not None:
+                    log.append(EventType.STDOUT, payload)
+            payload = decoder.flush()
+            if payload is not None:
+                log.append(EventType.STDOUT, payload)
+        finally:
+            self._close()
+
+    def _close(self) -> None:
+        with self._lock:
+            master, self._master = self._master, -1
+        if master >= 0:
+            os.close(master)
+
+
+def spawn_on_pty(
+    cmd: Sequence[str], *, cwd: Path, env: Mapping[str, str], size: PtySize
+) -> tuple[subprocess.Popen[bytes], Pty]:
+    """Start ``cmd`` as the leader of a new session on a new terminal of ``size``.
+
+    OSError (as ``Popen`` raises it) when the program cannot be found.
+    """
+    env = {"TERM": TERM, **env}
+    program = cmd[0]
+    if "/" not in program and shutil.which(program, path=env.get("PATH", os.defpath)) is None:
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), program)
+    master, slave = os.openpty()
+    try:
+        _set_size(master, size)
+        process = subprocess.Popen(
+            [sys.executable, "-I", "-S", "-c", _ADOPT_TERMINAL, *cmd],
+            stdin=slave,
+            stdout=slave,
+            stderr=slave,
+            cwd=cwd,
+            env=env,
+            start_new_session=True,
+            close_fds=True,
+        )
+    except BaseException:
+        os.close(master)
+        raise
+    finally:
+        os.close(slave)
+    return process, Pty(master, size)
+
+
+def signal_session(session_id: int, sig: int) -> int:
+    """Send ``sig`` once to every process of the session ``session_id``; how many got it."""
+    signalled: set[int] = set()
+    for _ in range(_SESSION_PASSES):
+        found = [pid for pid in _session_members(session_id) if pid not in signalled]
+        if not found:
+            break
+        for pid in found:
+            signalled.add(pid)
+            try:
+                os.kill(pid, sig)
+            except (ProcessLookupError, PermissionError):
+                signalled.discard(pid)
+    return len(signalled)
+
+
+def _session_members(session_id: int) -> list[int]:
+    """The live processes whose session is ``session_id`` (zombies left out)."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as stat:
+                fields = stat.read().rpartition(b")")[2].split()
+        except OSError:
+            continue  # gone meanwhile
+        # After the command name: state, ppid, pgrp, session.
+        if len(fields) > 3 and fields[0] != b"Z" and int(fields[3]) == session_id:
+            members.append(int(entry))
+    return members
+
+
+def _set_size(fd: int, size: PtySize) -> None:
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", size.rows, size.cols, 0, 0))

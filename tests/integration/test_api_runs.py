@@ -1,0 +1,313 @@
+"""``/api/vms/{id}/runs`` in process, on SQLite and PostgreSQL: the run service's own logic.
+
+The VMs' agents are real processes on loopback (``AgentBackend``), the credential is captured
+and delivered by the auth flow's own code, and the run's command is the real one, except that
+its program is ``fake_run_cli.py``, which replays lines the real CLIs printed (what the
+provider's parser maps is real). Storing, streaming, resuming, cancelling, timeouts, the
+refusals and a controller restart are checked here; the real CLIs against provider stand-ins,
+in real VMs, are in ``tests/vm/test_runs.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from httpx_sse import aconnect_sse
+
+from hearth.config import Settings
+from hearth.runs import RunCommand
+from hearth.runs import run_command as real_run_command
+from hearth_agent.wire import Provider
+from tests.agent_backend import AgentBackend
+from tests.integration.api_fixtures import *  # noqa: F403
+from tests.integration.api_fixtures import Api, assert_error, running_api
+from tests.integration.conftest import AgentLauncher, sample_document
+from tests.integration.run_lines import answer_lines, capture
+
+FAKE_CLI = Path(__file__).with_name("fake_run_cli.py")
+RUN_CAP = 2
+Event = tuple[int, str, dict[str, Any]]
+
+
+def fake_command(provider: Provider, **options: Any) -> RunCommand:
+    """The real command for ``provider``, run by the replaying stand-in program."""
+    real = real_run_command(provider, **options)
+    return RunCommand(argv=[sys.executable, str(FAKE_CLI)], stdin=real.stdin, env=real.env)
+
+
+@pytest.fixture
+def run_settings(api_settings: Settings) -> Settings:
+    return api_settings.with_overrides(exec_max_per_vm=RUN_CAP, run_prompt_max_bytes=64 * 1024)
+
+
+@pytest.fixture
+def agents(agent_launcher: AgentLauncher) -> AgentBackend:
+    """VMs whose agents are real processes on loopback."""
+    return AgentBackend(agent_launcher)
+
+
+@pytest.fixture
+async def api_runs(
+    run_settings: Settings,
+    agents: AgentBackend,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> AsyncIterator[Api]:
+    monkeypatch.setattr("hearth.control.runs.run_command", fake_command)
+    async with running_api(run_settings, agents, tmp_path / "image") as api:
+        yield api
+        await api.ctl.runs.wait_idle()
+
+
+async def logged_in_vm(
+    api: Api, user: str, providers: tuple[str, ...] = ("claude_code",)
+) -> tuple[str, dict[str, str]]:
+    """A ready CLI VM of ``user``'s with each provider's login delivered by the auth flow."""
+    headers = api.headers(await api.user_key(user))
+    created = await api.client.post("/api/vms", json={}, headers=headers)
+    assert created.status_code == 201, created.text
+    vm_id = created.json()["id"]
+    for provider in providers:
+        document = json.dumps(sample_document(provider, user)).encode()
+        await api.ctl.credentials.capture(user, provider, document)
+        await api.ctl.auth.deliver(user, provider, vm_id)
+    return vm_id, headers
+
+
+def script(lines: list[str], **options: Any) -> str:
+    """A prompt that tells the replaying CLI what to print and how to end."""
+    return json.dumps({"lines": lines, **options})
+
+
+async def start(
+    api: Api, vm_id: str, headers: dict[str, str], prompt: str, **body: Any
+) -> dict[str, Any]:
+    answer = await api.client.post(
+        f"/api/vms/{vm_id}/runs",
+        json={"provider": "claude_code", "prompt": prompt, **body},
+        headers=headers,
+    )
+    assert answer.status_code == 202, answer.text
+    run: dict[str, Any] = answer.json()
+    return run
+
+
+async def events_of(
+    api: Api,
+    vm_id: str,
+    run_id: str,
+    headers: dict[str, str],
+    *,
+    last_event_id: int | None = None,
+    limit: int | None = None,
+) -> list[Event]:
+    """The run's events (after ``last_event_id``), all of them or the first ``limit``."""
+    sent = dict(headers)
+    if last_event_id is not None:
+        sent["Last-Event-ID"] = str(last_event_id)
+    url = f"/api/vms/{vm_id}/runs/{run_id}/events"
+    events: list[Event] = []
+    async with aconnect_sse(api.client, "GET", url, headers=sent) as source:
+        assert source.response.status_code == 200, await source.response.aread()
+        async for sse in source.aiter_sse():
+            events.append((int(sse.id), sse.event, sse.json()))
+            if limit is not None and len(events) >= limit:
+                break
+    return events
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, killed and waiting to be reaped, does not)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "\nState:\tZ" not in status
+
+
+def text_of(events: list[Event]) -> str:
+    return "".join(data["text"] for _, kind, data in events if kind == "message.delta")
+
+
+async def test_a_run_streams_the_answer_in_order_and_completes_with_usage(api_runs: Api) -> None:
+    vm_id, headers = await logged_in_vm(api_runs, "ann")
+    run = await start(api_runs, vm_id, headers, script(answer_lines("claude_code")))
+    assert run["status"] == "running"
+    assert run["provider"] == "claude_code"
+    events = await events_of(api_runs, vm_id, run["id"], headers)
+    ids = [event_id for event_id, _, _ in events]
+    assert ids == list(range(1, len(events) + 1))
+    assert events[0][1] == "run.started"
+    assert events[-1][1] == "run.completed"
+    assert text_of(events) == "Hello from the stand-in. The answer is 42."
+    assert events[-1][2]["usage"]["outputTokens"] > 0
+    final = await api_runs.client.get(f"/api/vms/{vm_id}/runs/{run['id']}", headers=headers)
+    body = final.json()
+    assert body["status"] == "completed"
+    assert body["sessionId"] == events[-1][2]["sessionId"]
+    assert body["usage"] == events[-1][2]["usage"]
+    assert body["exitCode"] == 0
+    assert body["lastEventId"] == ids[-1]
+    listed = await api_runs.client.get(f"/api/vms/{vm_id}/runs", headers=headers)
+    assert [r["id"] for r in listed.json()["runs"]] == [run["id"]]
+
+
+@pytest.mark.parametrize(
+    ("failure", "code"),
+    [("unauthorized", "not_logged_in"), ("rate_limited", "rate_limited")],
+)
+async def test_provider_errors_end_the_run_with_their_code(
+    api_runs: Api, failure: str, code: str
+) -> None:
+    vm_id, headers = await logged_in_vm(api_runs, "bob")
+    failed = capture("claude_code", failure)
+    prompt = script(failed.lines, exit=failed.exit_code, stderr=failed.stderr)
+    run = await start(api_runs, vm_id, headers, prompt)
+    events = await events_of(api_runs, vm_id, run["id"], headers)
+    assert events[-1][1] == "run.failed"
+    assert events[-1][2]["code"] == code
+    assert "sk-ant" not in json.dumps(events)
+    body = (await api_runs.client.get(f"/api/vms/{vm_id}/runs/{run['id']}", headers=headers)).json()
+    assert body["status"] == "failed"
+    assert body["failure"]["code"] == code
+
+
+async def test_a_cli_that_dies_without_a_known_error_is_cli_crashed(api_runs: Api) -> None:
+    vm_id, headers = await logged_in_vm(api_runs, "cid")
+    run = await start(api_runs, vm_id, headers, script([], stderr="Segmentation fault\n", exit=139))
+    events = await events_of(api_runs, vm_id, run["id"], headers)
+    assert (events[-1][1], events[-1][2]["code"]) == ("run.failed", "cli_crashed")
+
+
+async def test_a_reconnect_with_last_event_id_gets_every_later_event_once(api_runs: Api) -> None:
+    vm_id, headers = await logged_in_vm(api_runs, "dee")
+    run = await start(api_runs, vm_id, headers, script(answer_lines("claude_code"), pause_s=0.05))
+    first = await events_of(api_runs, vm_id, run["id"], headers, limit=3)
+    rest = await events_of(api_runs, vm_id, run["id"], headers, last_event_id=first[-1][0])
+    whole = await events_of(api_runs, vm_id, run["id"], headers)
+    assert first + rest == whole
+    assert whole[-1][1] == "run.completed"
+
+
+async def test_cancel_ends_the_run_and_everything_its_cli_started(
+    api_runs: Api, tmp_path: Path
+) -> None:
+    vm_id, headers = await logged_in_vm(api_runs, "eve")
+    marker = tmp_path / "grandchild.pid"
+    prompt = script(answer_lines("claude_code")[:2], hang=True, child=True, marker=str(marker))
+    run = await start(api_runs, vm_id, headers, prompt)
+    for _ in range(200):
+        if marker.exists() and marker.read_text():
+            break
+        await asyncio.sleep(0.05)
+    grandchild = int(marker.read_text())
+    cancelled = await api_runs.client.post(
+        f"/api/vms/{vm_id}/runs/{run['id']}/cancel", headers=headers
+    )
+    assert cancelled.status_code == 200, cancelled.text
+    events = await events_of(api_runs, vm_id, run["id"], headers)
+    assert (events[-1][1], events[-1][2]["code"]) == ("run.failed", "cancelled")
+    for _ in range(40):
+        if not alive(grandchild):
+            break
+        await asyncio.sleep(0.05)
+    assert not alive(grandchild), "the CLI's grandchild outlived the cancelled run"
+    again = await api_runs.client.post(f"/api/vms/{vm_id}/runs/{run['id']}/cancel", headers=headers)
+    assert again.json()["status"] == "failed"
+
+
+async def test_a_run_past_its_timeout_fails_with_timeout(api_runs: Api) -> None:
+    vm_id, headers = await logged_in_vm(api_runs, "fay")
+    run = await start(api_runs, vm_id, headers, script([], hang=True), timeoutS=1)
+    events = await events_of(api_runs, vm_id, run["id"], headers)
+    assert (events[-1][1], events[-1][2]["code"]) == ("run.failed", "timeout")
+
+
+async def test_refusals_come_before_anything_starts(api_runs: Api) -> None:
+    vm_id, headers = await logged_in_vm(api_runs, "gus")
+    url = f"/api/vms/{vm_id}/runs"
+
+    async def post(body: dict[str, Any], key: dict[str, str] = headers) -> Any:
+        return await api_runs.client.post(url, json=body, headers=key)
+
+    never = await post({"provider": "codex", "prompt": "hi"})
+    assert "codex" in assert_error(never, 409, "not_logged_in")["message"]
+    assert_error(await post({"provider": "nope", "prompt": "hi"}), 422, "invalid_input")
+    assert_error(await post({"provider": "claude_code", "prompt": ""}), 422, "invalid_input")
+    assert_error(await post({"provider": "claude_code"}), 422, "invalid_input")
+    too_big = {"provider": "claude_code", "prompt": "x" * (64 * 1024 + 1)}
+    assert_error(await post(too_big), 413, "body_too_large")
+    bad_resume = {"provider": "claude_code", "prompt": "hi", "resume": "../../etc"}
+    assert_error(await post(bad_resume), 422, "invalid_input")
+    other = api_runs.headers(await api_runs.user_key("hal"))
+    assert_error(await post({"provider": "claude_code", "prompt": "hi"}, other), 404, "not_found")
+    assert_error(
+        await api_runs.client.get(f"{url}/run_0000000000000000", headers=headers), 404, "not_found"
+    )
+    listed = await api_runs.client.get(url, headers=headers)
+    assert listed.json()["runs"] == []  # nothing refused left a row
+
+
+async def test_runs_of_another_user_are_not_found(api_runs: Api) -> None:
+    vm_id, headers = await logged_in_vm(api_runs, "ida")
+    run = await start(api_runs, vm_id, headers, script(answer_lines("claude_code")))
+    other = api_runs.headers(await api_runs.user_key("jon"))
+    for path in ("", "/events"):
+        answer = await api_runs.client.get(
+            f"/api/vms/{vm_id}/runs/{run['id']}{path}", headers=other
+        )
+        assert_error(answer, 404, "not_found")
+    cancel = await api_runs.client.post(f"/api/vms/{vm_id}/runs/{run['id']}/cancel", headers=other)
+    assert_error(cancel, 404, "not_found")
+    await events_of(api_runs, vm_id, run["id"], headers)
+
+
+async def test_a_paused_vm_refuses_a_run_naming_its_status(api_runs: Api) -> None:
+    vm_id, headers = await logged_in_vm(api_runs, "kim")
+    paused = await api_runs.client.post(f"/api/vms/{vm_id}/pause", headers=headers)
+    assert paused.status_code == 200, paused.text
+    answer = await api_runs.client.post(
+        f"/api/vms/{vm_id}/runs", json={"provider": "claude_code", "prompt": "hi"}, headers=headers
+    )
+    assert "paused" in assert_error(answer, 409, "conflict")["message"]
+
+
+async def test_more_runs_than_the_cap_are_refused_with_429(api_runs: Api) -> None:
+    vm_id, headers = await logged_in_vm(api_runs, "lou")
+    runs = [await start(api_runs, vm_id, headers, script([], hang=True)) for _ in range(RUN_CAP)]
+    answer = await api_runs.client.post(
+        f"/api/vms/{vm_id}/runs", json={"provider": "claude_code", "prompt": "hi"}, headers=headers
+    )
+    assert_error(answer, 429, "too_many_running")
+    for run in runs:
+        await api_runs.client.post(f"/api/vms/{vm_id}/runs/{run['id']}/cancel", headers=headers)
+    listed = (await api_runs.client.get(f"/api/vms/{vm_id}/runs", headers=headers)).json()
+    assert len(listed["runs"]) == RUN_CAP
+
+
+async def test_a_restarted_controller_reads_on_where_it_stopped(
+    run_settings: Settings,
+    agents: AgentBackend,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("hearth.control.runs.run_command", fake_command)
+    lines = answer_lines("claude_code")
+    async with running_api(run_settings, agents, tmp_path / "image") as first:
+        vm_id, headers = await logged_in_vm(first, "max")
+        run = await start(first, vm_id, headers, script(lines, pause_s=0.3))
+        seen = await events_of(first, vm_id, run["id"], headers, limit=2)
+    # The controller is gone; the CLI goes on printing under the VM's agent.
+    async with running_api(run_settings, agents, tmp_path / "image") as second:
+        rest = await events_of(second, vm_id, run["id"], headers, last_event_id=seen[-1][0])
+        whole = await events_of(second, vm_id, run["id"], headers)
+        await second.ctl.runs.wait_idle()
+    assert seen + rest == whole
+    assert whole[-1][1] == "run.completed"
+    assert text_of(whole) == "Hello from the stand-in. The answer is 42."
