@@ -53,8 +53,14 @@ class ControllerMetrics:
         )
         self.egress_requests = Counter(
             "hearth_egress_requests_total",
-            "CONNECT requests to the Browser VMs' egress proxies, by outcome",
+            "CONNECT requests to the egress proxies (logins' Browser VMs, CLI VMs), by outcome",
             ["outcome"],
+            registry=self.registry,
+        )
+        self.egress_bytes = Counter(
+            "hearth_egress_bytes_total",
+            "Bytes through the egress proxies' tunnels (up: from the VM; down: to it)",
+            ["direction"],
             registry=self.registry,
         )
         self.egress_tunnels_open = Gauge(

@@ -63,7 +63,14 @@ async def test_a_cli_vm_boots_with_its_own_path_that_lets_nothing_through_by_def
     (forward,) = api.backend.running[vm_id].spec.guest_forwards
     assert (forward.guest_ip, forward.guest_port) == (EGRESS_GUEST_IP, EGRESS_GUEST_PORT)
     policy = (await api.client.get(f"/api/vms/{vm_id}/network", headers=headers)).json()
-    assert policy == {"providers": [], "allowOut": [], "denyOut": [], "allow": []}
+    nothing = {"tunnels": 0, "refused": 0, "bytesUp": 0, "bytesDown": 0}
+    assert policy == {
+        "providers": [],
+        "allowOut": [],
+        "denyOut": [],
+        "allow": [],
+        "traffic": nothing,
+    }
     assert await connect_through(forward.host_port, "stand-in.test:443") == 403
     # Commands in the VM get the proxy; one may still set its own.
     events = await stream(api, "POST", f"/api/vms/{vm_id}/exec", headers, json={"cmd": ["env"]})
@@ -98,6 +105,12 @@ async def test_put_network_changes_what_the_vm_reaches_at_once_and_a_deny_wins(
     )
     assert closed.json()["denyOut"] == ["stand-in.test"]
     assert await connect_through(port, "stand-in.test:443") == 403
+    # What the path carried is counted per VM and in /metrics.
+    traffic = (await api.client.get(url, headers=headers)).json()["traffic"]
+    assert (traffic["tunnels"], traffic["refused"]) == (1, 2)
+    metrics = (await api.client.get("/metrics", headers=api.headers())).text
+    assert 'hearth_egress_requests_total{outcome="tunneled"}' in metrics
+    assert 'hearth_egress_bytes_total{direction="up"}' in metrics
 
 
 async def test_network_routes_refuse_bad_entries_other_users_and_vms_without_a_path(

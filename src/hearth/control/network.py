@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from hearth.errors import Conflict
 from hearth.logging import get_logger
+from hearth.network.egress import EgressTraffic
 from hearth.network.provider_hosts import PROVIDER_API_HOSTS
 from hearth.node.egress import EgressPath
 from hearth.node.interface import Node
@@ -100,6 +101,11 @@ class CliNetworks:
                 "controller with HEARTH_CLI_EGRESS=proxy have one"
             )
         return policy
+
+    def traffic(self, vm_id: str) -> EgressTraffic:
+        """What the VM's path carried since it opened; Conflict if it has no path."""
+        self.policy(vm_id)
+        return self._paths[vm_id].proxy.traffic
 
     def set_policy(self, vm_id: str, *, allow_out: Sequence[str], deny_out: Sequence[str]) -> int:
         """Replace the VM's own additions and removals (InvalidInput, changing nothing, for a

@@ -122,6 +122,16 @@ async def system_resolver(host: str, port: int) -> list[str]:
     return list(dict.fromkeys(str(info[4][0]) for info in infos))
 
 
+@dataclass
+class EgressTraffic:
+    """What one proxy carried since it started: tunnels opened, requests refused, bytes."""
+
+    tunnels: int = 0
+    refused: int = 0
+    bytes_up: int = 0  # from the VM to the destinations
+    bytes_down: int = 0  # back to the VM
+
+
 class EgressProxy(Closing):
     """A CONNECT proxy on ``host:port`` that tunnels only to allowlisted, public destinations."""
 
@@ -158,6 +168,7 @@ class EgressProxy(Closing):
         self._port: int | None = None
         self._connections: set[asyncio.Task[None]] = set()
         self._targets: dict[asyncio.Task[None], tuple[str, int]] = {}  # open tunnels' targets
+        self.traffic = EgressTraffic()
 
     async def start(self) -> None:
         """Listen; afterwards :attr:`port` is the port actually bound."""
@@ -312,6 +323,7 @@ class EgressProxy(Closing):
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, refusal: _Refusal
     ) -> None:
         self._metrics.egress_requests.labels(outcome=refusal.outcome.value).inc()
+        self.traffic.refused += 1
         if refusal.outcome in (EgressOutcome.DENIED_HOST, EgressOutcome.DENIED_ADDRESS):
             self._log.warning(
                 "egress_denied",
@@ -362,6 +374,7 @@ class EgressProxy(Closing):
             upstream[1].write(early)
         self._metrics.egress_requests.labels(outcome=EgressOutcome.TUNNELED.value).inc()
         self._metrics.egress_tunnels_open.inc()
+        self.traffic.tunnels += 1
         self._log.info("egress_tunnel_opened", host=host, port=port, address=str(address))
         pipe = TunnelPipe(loop.time(), bytes_up=len(early))
         ending = "proxy_closed"
@@ -373,6 +386,7 @@ class EgressProxy(Closing):
             raise
         finally:
             self._metrics.egress_tunnels_open.dec()
+            self._count_bytes(pipe)
             await close_stream(upstream[1], abort=aborted)
             self._log.info(
                 "egress_tunnel_closed",
@@ -383,6 +397,12 @@ class EgressProxy(Closing):
                 bytes_down=pipe.bytes_down,
                 seconds=round(loop.time() - pipe.opened, 3),
             )
+
+    def _count_bytes(self, pipe: TunnelPipe) -> None:
+        self.traffic.bytes_up += pipe.bytes_up
+        self.traffic.bytes_down += pipe.bytes_down
+        self._metrics.egress_bytes.labels(direction="up").inc(pipe.bytes_up)
+        self._metrics.egress_bytes.labels(direction="down").inc(pipe.bytes_down)
 
 
 def _parse_policy(
