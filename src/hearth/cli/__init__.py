@@ -6,6 +6,7 @@ from __future__ import annotations
 import typer
 
 from hearth.bench.cli import bench_app
+from hearth.cli.auth import auth_app
 from hearth.cli.doctor import doctor
 from hearth.cli.exec import exec_command
 from hearth.cli.files import files_app
@@ -19,6 +20,7 @@ app = typer.Typer(help="Hearth: isolated microVMs for AI coding CLIs.", no_args_
 app.add_typer(image_app, name="image")
 app.add_typer(vm_app, name="vm")
 app.add_typer(keys_app, name="keys")
+app.add_typer(auth_app, name="auth")
 app.add_typer(files_app, name="files")
 app.add_typer(bench_app, name="bench")
 app.command("serve")(serve)

@@ -146,7 +146,8 @@ class RunService:
         if credential is None or credential.delivered_to_vm_id != vm.id:
             raise NotLoggedIn(
                 f"no {provider.value} login was delivered into VM {vm.id}; log in first "
-                f'(POST /api/auth/start {{"provider": "{provider.value}", "vmId": "{vm.id}"}})'
+                f'(POST /api/auth/start {{"provider": "{provider.value}"}}, or `hearth auth '
+                f"login --provider {provider.value}`: the login lands in the user's CLI VM)"
             )
 
     @property

@@ -1,0 +1,488 @@
+"""``hearth bench run``: exec and file transfers through Hearth, against the same VM's own paths.
+
+Absolute times differ twofold between machines of the same kind, so every figure is judged
+against something measured in the same run, on the same VM:
+
+* exec round trip: ``POST /api/vms/{id}/exec {"cmd": ["true"]}`` sent → its ``exit`` event
+  received, against the VM agent's own ``GET /health`` called directly (its URL and token, a
+  connection per call, as the controller calls it); a kept-alive ``/health`` is shown too;
+* exec output: ``cat`` of a file in the guest through ``POST …/exec``, bytes per second at the
+  client, against the same file sent by a raw TCP server in the guest;
+* file upload and download (``PUT|GET /api/vms/{id}/files``) against the same bytes over raw TCP
+  into the guest (written to a file there and synced, as an upload is) and out of it.
+
+A real controller (``hearth serve --destroy-on-exit`` in its own process, scratch state dir,
+SQLite, no warm pool, QEMU user networking) creates one CLI VM through the API. The raw TCP
+server is a few lines of Python the bench starts in the guest through the exec route
+(``GUEST_STREAM_SERVER``); the bench reaches it through a loopback forward it adds to the VM's QEMU
+user network over QMP (``hostfwd_add``), next to the forward the agent's own traffic takes. The
+transfers run in ``rounds``, Hearth's and the raw one alternating which goes first. At the end
+the VM is destroyed and the bench proves no QEMU process and no VM directory is left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import os
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from httpx_sse import aconnect_sse
+
+from hearth.agent_client import AgentClient
+from hearth.bench.controller import ControllerProcess
+from hearth.bench.errors import BenchError
+from hearth.bench.machine import MachineFacts
+from hearth.bench.processes import kill_leftover_qemu
+from hearth.images.manifest import ImageDir
+from hearth.progress import Progress
+from hearth.teardown import Teardown
+from hearth.vm.accel import detect_accel
+from hearth.vm.host import free_local_port
+from hearth.vm.qemu.backend import runtime_dir
+from hearth.vm.qemu.command import VmPaths
+from hearth.vm.qemu.monitor import Monitor
+from hearth.vm.readiness import Deadline
+
+BENCH_USER = "hearth-bench-run"
+DEFAULT_N = 30
+DEFAULT_BYTES = 64 * 2**20
+DEFAULT_ROUNDS = 3
+WARMUP = 3  # round trips of each kind before the measured ones, not counted
+CREATE_TIMEOUT_S = 900.0  # a first create boots cold and saves the snapshot template under TCG
+TRANSFER_TIMEOUT_S = 600.0
+BENCH_DIR = "hearth-bench"  # in the VM's workspace
+DATA_FILE = f"{BENCH_DIR}/data.bin"  # uploaded; then sent out by exec, raw TCP and download
+RAW_IN_FILE = f"{BENCH_DIR}/raw-in.bin"  # what the raw TCP stream into the guest writes
+
+
+# What each transfer is, by the key the result and the report use.
+TRANSFERS = {
+    "exec_output": "exec output (POST …/exec, cat FILE)",
+    "raw_out": "raw TCP out of the VM",
+    "upload": "file upload (PUT …/files)",
+    "raw_in": "raw TCP into the VM (written, synced)",
+    "download": "file download (GET …/files)",
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunBenchOptions:
+    """How many round trips, how many bytes per transfer, how many rounds, where and with what."""
+
+    n: int = DEFAULT_N
+    bytes: int = DEFAULT_BYTES
+    rounds: int = DEFAULT_ROUNDS
+    state_dir: Path
+    image: ImageDir
+    vmm: str = "qemu"  # HEARTH_VMM
+    qemu_accel: str = "auto"  # HEARTH_QEMU_ACCEL
+
+
+@dataclass(kw_only=True)
+class RunBenchResult:
+    """Every measurement of one ``hearth bench run`` run (seconds; bytes per second)."""
+
+    options: RunBenchOptions
+    machine: MachineFacts
+    vm: dict[str, object] = field(default_factory=dict)  # id, boot mode, create time
+    exec_round_trip: list[float] = field(default_factory=list)
+    agent_health: list[float] = field(default_factory=list)  # a connection per call
+    agent_health_kept_alive: list[float] = field(default_factory=list)
+    transfers: dict[str, list[float]] = field(default_factory=lambda: {k: [] for k in TRANSFERS})
+
+
+async def run_run_bench(options: RunBenchOptions, *, progress: Progress) -> RunBenchResult:
+    """Start a controller and one CLI VM, measure, destroy both and check nothing is left."""
+    if options.n < 1 or options.rounds < 1 or options.bytes < 1:
+        raise BenchError("n, rounds and bytes must be at least 1")
+    if options.vmm != "qemu":
+        raise BenchError(
+            "hearth bench run reaches its raw TCP baseline through a QEMU user-net forward; "
+            f"the {options.vmm} backend has none (set HEARTH_VMM=qemu)"
+        )
+    image = options.image
+    if image.manifest is None or not image.manifest.files_present(image.path):
+        raise BenchError(f"{image.path} holds no built image")
+    result = RunBenchResult(
+        options=options, machine=MachineFacts.collect(detect_accel(override=options.qemu_accel))
+    )
+    state = options.state_dir / "controller"
+    _link_cli_image(state, image)
+    async with Teardown(error=BenchError) as teardown:
+        # Runs after the controller stopped (teardown is newest first).
+        teardown.push("check that no VM is left", lambda: _check_nothing_left(state))
+        with progress.phase("controller", "start hearth serve"):
+            controller = await ControllerProcess.start(
+                state_dir=state,
+                database_url=f"sqlite+aiosqlite:///{state / 'hearth.db'}",
+                env=_controller_env(options),
+                destroy_on_exit=True,
+            )
+            teardown.push("stop the controller", controller.stop)
+        key = await controller.mint_user_key(BENCH_USER)
+        api = await teardown.enter(_api_client(controller, key), "close the API client")
+        with progress.phase("CLI VM", "POST /api/vms (the first one boots cold)"):
+            vm = await _create_vm(api, result)
+            teardown.push(f"destroy VM {vm.id}", lambda: api.delete(f"/api/vms/{vm.id}"))
+        probe = RunProbe(api=api, vm=vm, state=state)
+        with progress.phase("round trips", f"{WARMUP} warm-up, then {options.n} of each"):
+            await probe.round_trips(options.n, result)
+        with progress.phase("raw TCP server", f"python3 in the guest, port {GUEST_PORT}"):
+            raw = await probe.start_guest_stream()
+            teardown.push("stop the guest's TCP server", probe.stop_guest_stream)
+        data = os.urandom(options.bytes)
+        for i in range(options.rounds):
+            with progress.phase(f"transfers {i + 1}/{options.rounds}", f"{options.bytes} B each"):
+                await probe.transfer_round(raw, data, hearth_first=i % 2 == 1, result=result)
+    return result
+
+
+@dataclass(frozen=True)
+class BenchVm:
+    """The bench's CLI VM: its id and its agent, reached directly."""
+
+    id: str
+    agent_url: str
+    agent_token: str
+
+
+class RunProbe:
+    """Times requests to one VM through the controller, and the VM's own paths next to them."""
+
+    def __init__(self, *, api: httpx.AsyncClient, vm: BenchVm, state: Path) -> None:
+        self.api = api
+        self.vm = vm
+        self.state = state
+        self._stream_exec: str | None = None
+
+    async def round_trips(self, n: int, result: RunBenchResult) -> None:
+        """``exec true`` through the API and the agent's ``/health``, interleaved, ``n`` each."""
+        agent = AgentClient(self.vm.agent_url, self.vm.agent_token)
+        headers = {"Authorization": f"Bearer {self.vm.agent_token}"}
+        async with httpx.AsyncClient(
+            base_url=self.vm.agent_url, headers=headers, timeout=60, trust_env=False
+        ) as kept:
+            probes: list[tuple[list[float], Callable[[], Awaitable[object]]]] = [
+                (result.agent_health, agent.health),
+                (result.agent_health_kept_alive, lambda: _health(kept)),
+                (result.exec_round_trip, self._exec_true),
+            ]
+            for i in range(WARMUP + n):
+                for samples, call in probes:
+                    started = time.perf_counter()
+                    await call()
+                    if i >= WARMUP:
+                        samples.append(time.perf_counter() - started)
+
+    async def _exec_true(self) -> None:
+        exit_event = await self._exec(["true"], sink=None)
+        if exit_event.get("code") != 0:
+            raise BenchError(f"`true` in the VM ended {exit_event}")
+
+    async def _exec(self, cmd: list[str], *, sink: list[int] | None) -> dict[str, Any]:
+        """Run ``cmd`` through the API to its ``exit`` event; its stdout bytes go to ``sink``."""
+        url = f"/api/vms/{self.vm.id}/exec"
+        async with aconnect_sse(self.api, "POST", url, json={"cmd": cmd}) as source:
+            if source.response.status_code != 200:
+                await source.response.aread()
+                raise BenchError(
+                    f"POST {url} answered HTTP {source.response.status_code}: "
+                    f"{source.response.text[:300]}"
+                )
+            async for event in source.aiter_sse():
+                if event.event == "stdout" and sink is not None:
+                    sink.append(_output_size(event.json()))
+                elif event.event == "exit":
+                    exit_event: dict[str, Any] = event.json()
+                    return exit_event
+                elif event.event == "error":
+                    raise BenchError(f"{cmd[0]} in the VM: the stream broke: {event.data}")
+        raise BenchError(f"{cmd[0]} in the VM: the stream ended without an exit event")
+
+    async def start_guest_stream(self) -> GuestStreamClient:
+        """Start the raw TCP server in the guest and forward a loopback port to it."""
+        response = await self.api.post(
+            f"/api/vms/{self.vm.id}/exec",
+            params={"wait": "false"},
+            json={"cmd": guest_stream_command(), "timeoutS": 3600},
+        )
+        if response.status_code != 202:
+            raise BenchError(f"starting the guest's TCP server answered {response.status_code}")
+        self._stream_exec = str(response.json()["execId"])
+        port = await self._forward_guest_port(GUEST_PORT)
+        client = GuestStreamClient("127.0.0.1", port, timeout_s=TRANSFER_TIMEOUT_S)
+        await client.wait_ready(Deadline.after(60))
+        return client
+
+    async def stop_guest_stream(self) -> None:
+        """Kill the guest's TCP server (the VM's destroy would too)."""
+        if self._stream_exec is not None:
+            await self.api.post(f"/api/vms/{self.vm.id}/exec/{self._stream_exec}/kill")
+            self._stream_exec = None
+
+    async def _forward_guest_port(self, guest_port: int) -> int:
+        """A new loopback port QEMU's user network forwards to ``guest_port`` (QMP hostfwd_add)."""
+        host_port = free_local_port()
+        paths = VmPaths(
+            workdir=self.state / "vms" / self.vm.id,
+            run_dir=runtime_dir(self.state),
+            vm_id=self.vm.id,
+        )
+        monitor = await Monitor.connect(self.vm.id, paths.qmp, deadline=Deadline.after(10))
+        try:
+            # QMP has no command for a user-net forward on a running netdev; HMP's does it.
+            answer = await monitor.execute(
+                "human-monitor-command",
+                {"command-line": f"hostfwd_add net0 tcp:127.0.0.1:{host_port}-:{guest_port}"},
+            )
+        finally:
+            await monitor.close()
+        if str(answer).strip():
+            raise BenchError(f"QEMU refused the forward to guest port {guest_port}: {answer}")
+        return host_port
+
+    async def transfer_round(
+        self, raw: GuestStreamClient, data: bytes, *, hearth_first: bool, result: RunBenchResult
+    ) -> None:
+        """Each transfer once, in pairs (Hearth's and the raw one) whose order alternates."""
+        size = len(data)
+        digest = hashlib.sha256(data).hexdigest()
+        pairs: list[tuple[tuple[str, Callable[[], Awaitable[int]]], ...]] = [
+            (
+                ("upload", lambda: self._upload(data, digest)),
+                ("raw_in", lambda: raw.receive(RAW_IN_FILE, data)),
+            ),
+            (("exec_output", self._exec_output), ("raw_out", lambda: raw.send(DATA_FILE))),
+            (("download", self._download),),
+        ]
+        for pair in pairs:
+            for name, transfer in pair if hearth_first else reversed(pair):
+                started = time.perf_counter()
+                moved = await transfer()
+                elapsed = time.perf_counter() - started
+                if moved != size:
+                    raise BenchError(f"{TRANSFERS[name]} moved {moved} bytes, not {size}")
+                result.transfers[name].append(size / elapsed)
+
+    async def _upload(self, data: bytes, digest: str) -> int:
+        response = await self.api.put(
+            f"/api/vms/{self.vm.id}/files", params={"path": DATA_FILE}, content=data
+        )
+        if response.status_code != 200:
+            raise BenchError(f"PUT …/files answered HTTP {response.status_code}: {response.text}")
+        written = response.json()
+        if written.get("sha256") != digest:
+            raise BenchError("the uploaded file's sha256 in the VM differs from the bytes sent")
+        return int(written["size"])
+
+    async def _exec_output(self) -> int:
+        chunks: list[int] = []
+        exit_event = await self._exec(["cat", DATA_FILE], sink=chunks)
+        if exit_event.get("code") != 0:
+            raise BenchError(f"cat in the VM ended {exit_event}")
+        return sum(chunks)
+
+    async def _download(self) -> int:
+        moved = 0
+        url = f"/api/vms/{self.vm.id}/files"
+        async with self.api.stream("GET", url, params={"path": DATA_FILE}) as response:
+            if response.status_code != 200:
+                raise BenchError(f"GET …/files answered HTTP {response.status_code}")
+            async for chunk in response.aiter_raw():
+                moved += len(chunk)
+        return moved
+
+
+# ---- the raw TCP path ------------------------------------------------------------------------
+
+GUEST_PORT = 7070  # in the guest; the agent's is 8080
+_CHUNK = 256 * 1024
+# Run in the guest as ``python3 -c GUEST_STREAM_SERVER PORT`` (its cwd: the workspace). One
+# request per connection, a line naming it: ``ping`` → ``pong``; ``send PATH`` → the file's bytes,
+# then the end of the stream; ``recv PATH N`` + N bytes → written to PATH, synced, ``ok N``.
+GUEST_STREAM_SERVER = """
+import os, socket, sys
+CHUNK = 256 * 1024
+server = socket.create_server(("0.0.0.0", int(sys.argv[1])), backlog=8)
+while True:
+    conn, _ = server.accept()
+    try:
+        with conn, conn.makefile("rb") as incoming:
+            verb, *args = incoming.readline().decode().split()
+            if verb == "ping":
+                conn.sendall(b"pong\\n")
+            elif verb == "send":
+                with open(args[0], "rb") as source:
+                    while chunk := source.read(CHUNK):
+                        conn.sendall(chunk)
+            elif verb == "recv":
+                left = int(args[1])
+                os.makedirs(os.path.dirname(args[0]) or ".", exist_ok=True)
+                with open(args[0], "wb") as sink:
+                    while left > 0 and (chunk := incoming.read1(min(left, CHUNK))):
+                        sink.write(chunk)
+                        left -= len(chunk)
+                    sink.flush()
+                    os.fsync(sink.fileno())
+                conn.sendall(b"ok %d\\n" % (int(args[1]) - left))
+    except Exception as exc:
+        print(f"request failed: {exc!r}", file=sys.stderr, flush=True)
+"""
+
+
+def guest_stream_command(port: int = GUEST_PORT) -> list[str]:
+    """The argv that runs the raw TCP server on ``port``."""
+    return ["python3", "-c", GUEST_STREAM_SERVER, str(port)]
+
+
+class GuestStreamClient:
+    """The host's side of the raw TCP path: one connection per request, nothing on top."""
+
+    def __init__(self, host: str, port: int, *, timeout_s: float) -> None:
+        self.host = host
+        self.port = port
+        self.timeout_s = timeout_s
+
+    async def wait_ready(self, deadline: Deadline) -> None:
+        """Ping until the server answers (a forward accepts before anything listens behind it)."""
+        last = "no answer"
+        while not deadline.expired:
+            try:
+                async with asyncio.timeout(min(5.0, deadline.remaining() + 0.1)):
+                    reader, writer = await asyncio.open_connection(self.host, self.port)
+                    try:
+                        writer.write(b"ping\n")
+                        await writer.drain()
+                        if await reader.readline() == b"pong\n":
+                            return
+                        last = "no pong"
+                    finally:
+                        writer.close()
+            except (OSError, TimeoutError) as exc:
+                last = type(exc).__name__
+            await asyncio.sleep(0.2)
+        raise BenchError(f"the raw TCP server at {self.host}:{self.port} never answered ({last})")
+
+    async def send(self, path: str) -> int:
+        """Have the server send the file at ``path``; the bytes that arrived."""
+        moved = 0
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                reader, writer = await asyncio.open_connection(self.host, self.port)
+                try:
+                    writer.write(f"send {path}\n".encode())
+                    await writer.drain()
+                    while chunk := await reader.read(_CHUNK):
+                        moved += len(chunk)
+                finally:
+                    writer.close()
+        except (OSError, TimeoutError) as exc:
+            raise BenchError(f"raw TCP out of the VM broke off: {type(exc).__name__}") from exc
+        return moved
+
+    async def receive(self, path: str, data: bytes) -> int:
+        """Send ``data`` for the server to write to ``path``; the bytes it says it wrote."""
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                reader, writer = await asyncio.open_connection(self.host, self.port)
+                try:
+                    writer.write(f"recv {path} {len(data)}\n".encode())
+                    view = memoryview(data)
+                    for start in range(0, len(view), _CHUNK):
+                        writer.write(view[start : start + _CHUNK])
+                        await writer.drain()
+                    writer.write_eof()
+                    answer = (await reader.readline()).decode().split()
+                finally:
+                    writer.close()
+        except (OSError, TimeoutError) as exc:
+            raise BenchError(f"raw TCP into the VM broke off: {type(exc).__name__}") from exc
+        if len(answer) != 2 or answer[0] != "ok" or not answer[1].isdigit():
+            raise BenchError(f"the raw TCP server answered {answer!r} to an upload")
+        return int(answer[1])
+
+
+# ---- helpers -----------------------------------------------------------------------------------
+
+
+def _output_size(payload: dict[str, Any]) -> int:
+    """How many bytes of output an exec event's payload stands for."""
+    data = str(payload.get("data", ""))
+    if payload.get("encoding") == "base64":
+        return len(base64.b64decode(data))
+    return len(data.encode())
+
+
+async def _health(client: httpx.AsyncClient) -> None:
+    response = await client.get("/health")
+    if response.status_code != 200:
+        raise BenchError(f"the agent's /health answered HTTP {response.status_code}")
+
+
+def _api_client(controller: ControllerProcess, key: str) -> httpx.AsyncClient:
+    """One kept-alive connection to the controller, with the bench user's key."""
+    return httpx.AsyncClient(
+        base_url=controller.url,
+        headers={"Authorization": f"Bearer {key}"},
+        limits=httpx.Limits(max_connections=4, max_keepalive_connections=4),
+        timeout=httpx.Timeout(TRANSFER_TIMEOUT_S, connect=30),
+        trust_env=False,
+    )
+
+
+async def _create_vm(api: httpx.AsyncClient, result: RunBenchResult) -> BenchVm:
+    """A ready CLI VM of the bench user's; its facts go into ``result.vm``."""
+    started = time.perf_counter()
+    response = await api.post("/api/vms", json={"vmType": "cli"}, timeout=CREATE_TIMEOUT_S)
+    if response.status_code != 201:
+        raise BenchError(f"POST /api/vms answered HTTP {response.status_code}: {response.text}")
+    body = response.json()
+    result.vm = {
+        "id": body["id"],
+        "boot_mode": body.get("bootMode") or "unknown",
+        "create_s": time.perf_counter() - started,
+        "vcpus": body["vcpus"],
+        "mem_mib": body["memMib"],
+    }
+    return BenchVm(id=body["id"], agent_url=body["agentUrl"], agent_token=body["agentToken"])
+
+
+def _controller_env(options: RunBenchOptions) -> dict[str, str]:
+    """QEMU with user networking (the raw forward needs it), no warm pool to hand out VMs."""
+    return {
+        "HEARTH_VMM": options.vmm,
+        "HEARTH_QEMU_ACCEL": options.qemu_accel,
+        "HEARTH_NETWORK_MODE": "user",
+        "HEARTH_POOL_CLI": "0",
+        "HEARTH_POOL_BROWSER": "0",
+    }
+
+
+def _link_cli_image(state: Path, image: ImageDir) -> None:
+    """Point the controller's CLI image dir at the chosen image."""
+    images = state / "images"
+    images.mkdir(mode=0o700, parents=True, exist_ok=True)
+    link = images / "cli"
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    link.symlink_to(image.path.absolute(), target_is_directory=True)
+
+
+def _check_nothing_left(state: Path) -> None:
+    """Raise BenchError (after killing them) if QEMU processes or VM dirs are left."""
+    problems = []
+    killed = kill_leftover_qemu(state)
+    if killed:
+        problems.append(f"QEMU processes still running (killed): {killed}")
+    vms = state / "vms"
+    if vms.is_dir() and any(vms.iterdir()):
+        problems.append(f"work directories left in {vms}")
+    if problems:
+        raise BenchError("the bench left resources behind: " + "; ".join(problems))
