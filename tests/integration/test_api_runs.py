@@ -31,6 +31,7 @@ from tests.integration.conftest import AgentLauncher, sample_document
 from tests.integration.run_lines import answer_lines, capture
 
 FAKE_CLI = Path(__file__).with_name("fake_run_cli.py")
+ANSWER = "Hello from the stand-in. The answer is 42."
 RUN_CAP = 2
 Event = tuple[int, str, dict[str, Any]]
 
@@ -145,7 +146,7 @@ async def test_a_run_streams_the_answer_in_order_and_completes_with_usage(api_ru
     assert ids == list(range(1, len(events) + 1))
     assert events[0][1] == "run.started"
     assert events[-1][1] == "run.completed"
-    assert text_of(events) == "Hello from the stand-in. The answer is 42."
+    assert text_of(events) == ANSWER
     assert events[-1][2]["usage"]["outputTokens"] > 0
     final = await api_runs.client.get(f"/api/vms/{vm_id}/runs/{run['id']}", headers=headers)
     body = final.json()
@@ -310,4 +311,4 @@ async def test_a_restarted_controller_reads_on_where_it_stopped(
         await second.ctl.runs.wait_idle()
     assert seen + rest == whole
     assert whole[-1][1] == "run.completed"
-    assert text_of(whole) == "Hello from the stand-in. The answer is 42."
+    assert text_of(whole) == ANSWER

@@ -9,9 +9,10 @@ provider's streaming wire format with a certificate of the test CA. The stand-in
 bearer is the access token that was delivered.
 
 Per vendor, in one VM: an answer streams as ``message.delta`` in order and completes with usage;
-a 401 ends ``not_logged_in``; a 429 ``rate_limited``; a cancel mid-stream leaves no CLI process
-in the VM within 2 s; a reconnect with ``Last-Event-ID`` loses no event. And ``hearth run``
-streams claude's answer on a terminal.
+``resume`` continues that conversation (the same session id); a reconnect with
+``Last-Event-ID`` loses no event; a cancel mid-stream leaves no CLI process in the VM within
+2 s; a 429 ends ``rate_limited`` and a 401 ``not_logged_in``. And ``hearth run`` streams
+claude's answer on a terminal.
 """
 
 from __future__ import annotations
@@ -194,10 +195,12 @@ async def run_events(
     return events
 
 
-async def start_run(api: Api, key: str, vm_id: str, provider: Provider, prompt: str) -> str:
+async def start_run(
+    api: Api, key: str, vm_id: str, provider: Provider, prompt: str, **body: str
+) -> str:
     async with api.client(key) as client:
         started = await client.post(
-            f"/api/vms/{vm_id}/runs", json={"provider": provider.value, "prompt": prompt}
+            f"/api/vms/{vm_id}/runs", json={"provider": provider.value, "prompt": prompt, **body}
         )
     assert started.status_code == 202, started.text
     run_id: str = started.json()["id"]
@@ -242,6 +245,14 @@ async def test_each_vendor_cli_runs_through_hearth_against_its_stand_in(
     assert standin.model_requests, "the CLI never reached its stand-in"
     assert standin.bearers() <= {token, None}, "a bearer other than the delivered token came"
     assert token in standin.bearers()
+
+    # ``resume`` continues the CLI's own conversation: the same session id comes back.
+    session_id = events[-1][2]["sessionId"]
+    assert session_id
+    resumed_id = await start_run(controller, key, vm_id, provider, "And again?", resume=session_id)
+    resumed = await asyncio.wait_for(run_events(controller, key, vm_id, resumed_id), RUN_DEADLINE_S)
+    assert resumed[-1][1] == "run.completed", described(resumed)
+    assert resumed[-1][2]["sessionId"] == session_id
 
     # A client that drops after three events and comes back loses nothing.
     head = await run_events(controller, key, vm_id, run_id, limit=3)

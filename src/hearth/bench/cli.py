@@ -1,4 +1,4 @@
-"""``hearth bench vm``, ``api`` and ``auth``: run a benchmark, print tables, write JSON.
+"""``hearth bench vm``, ``api``, ``auth`` and ``run``: run a benchmark, print tables, write JSON.
 
 This module does not import ``hearth.cli`` (which registers ``bench_app``), so importing either
 first works.
@@ -34,6 +34,14 @@ from hearth.bench.report import (
     vm_tables,
     write_json,
 )
+from hearth.bench.run import (
+    DEFAULT_BYTES,
+    DEFAULT_N,
+    DEFAULT_ROUNDS,
+    RunBenchOptions,
+    run_run_bench,
+)
+from hearth.bench.run_report import run_document, run_tables
 from hearth.bench.vm import VmBenchOptions, run_vm_bench
 from hearth.config import Settings
 from hearth.errors import HearthError, NotAnImage
@@ -46,7 +54,7 @@ from hearth.vm.types import VmSpec
 
 bench_app = typer.Typer(
     help="Measure Hearth: VM starts against the original controller's method; API latency; "
-    "the auth flow's overhead.",
+    "the auth flow's overhead; exec and file transfers against the VM's own paths.",
     no_args_is_help=True,
 )
 T = TypeVar("T")
@@ -191,6 +199,49 @@ def bench_auth(
         )
         result = _run(run_auth_bench(options, progress=default_progress("bench")))
     _report(result, auth_tables, auth_document, json_file=json_file, command=command)
+
+
+@bench_app.command("run")
+def bench_run(
+    n: Annotated[
+        int, typer.Option("--n", min=1, help="Exec round trips (and agent /health calls).")
+    ] = DEFAULT_N,
+    size: Annotated[
+        int, typer.Option("--bytes", min=1, help="Bytes per transfer (default 64 MiB).")
+    ] = DEFAULT_BYTES,
+    rounds: Annotated[
+        int, typer.Option(min=1, help="Rounds of transfers; the report takes their p50.")
+    ] = DEFAULT_ROUNDS,
+    image: Annotated[
+        Path | None,
+        typer.Option(help="CLI VM image (default: the minimal image under the state dir)."),
+    ] = None,
+    json_file: JsonFile = None,
+    state_dir: Annotated[Path | None, _state_dir_option("The controller's state dir")] = None,
+) -> None:
+    """Exec and file transfers through Hearth, against the same VM's own paths, in one run.
+
+    Exec round trip against the VM agent's own /health; exec output, file upload and download
+    against a raw TCP stream out of and into the same VM.
+    """
+    settings = _load_settings()
+    image_dir = _built_image(settings, image, "minimal", role="CLI")
+    command = ["hearth", "bench", "run", "--n", str(n), "--bytes", str(size)]
+    command += ["--rounds", str(rounds)]
+    if image is not None:
+        command += ["--image", str(image)]
+    with _scratch_dir(state_dir) as root:
+        options = RunBenchOptions(
+            n=n,
+            bytes=size,
+            rounds=rounds,
+            state_dir=root,
+            image=image_dir,
+            vmm=settings.vmm,
+            qemu_accel=settings.qemu_accel,
+        )
+        result = _run(run_run_bench(options, progress=default_progress("bench")))
+    _report(result, run_tables, run_document, json_file=json_file, command=command)
 
 
 def _built_image(

@@ -14,7 +14,7 @@ against something measured in the same run, on the same VM:
 A real controller (``hearth serve --destroy-on-exit`` in its own process, scratch state dir,
 SQLite, no warm pool, QEMU user networking) creates one CLI VM through the API. The raw TCP
 server is a few lines of Python the bench starts in the guest through the exec route
-(``GUEST_STREAM_SERVER``); the bench reaches it through a loopback forward it adds to the VM's QEMU
+(``hearth.bench.guest_stream``); the bench reaches it through a loopback forward it adds to the VM's QEMU
 user network over QMP (``hostfwd_add``), next to the forward the agent's own traffic takes. The
 transfers run in ``rounds``, Hearth's and the raw one alternating which goes first. At the end
 the VM is destroyed and the bench proves no QEMU process and no VM directory is left.
@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import json
 import os
 import time
 from collections.abc import Awaitable, Callable
@@ -38,8 +39,9 @@ from httpx_sse import aconnect_sse
 from hearth.agent_client import AgentClient
 from hearth.bench.controller import ControllerProcess
 from hearth.bench.errors import BenchError
+from hearth.bench.guest_stream import GUEST_PORT, GuestStreamClient, guest_stream_command
 from hearth.bench.machine import MachineFacts
-from hearth.bench.processes import kill_leftover_qemu
+from hearth.bench.processes import kill_leftover_qemu, process_cpu_seconds
 from hearth.images.manifest import ImageDir
 from hearth.progress import Progress
 from hearth.teardown import Teardown
@@ -96,6 +98,11 @@ class RunBenchResult:
     agent_health: list[float] = field(default_factory=list)  # a connection per call
     agent_health_kept_alive: list[float] = field(default_factory=list)
     transfers: dict[str, list[float]] = field(default_factory=lambda: {k: [] for k in TRANSFERS})
+    # Per transfer, the cores each process used during it: the VM's QEMU, the controller, the
+    # bench itself (the client).
+    transfer_cpu: dict[str, list[dict[str, float]]] = field(
+        default_factory=lambda: {k: [] for k in TRANSFERS}
+    )
 
 
 async def run_run_bench(options: RunBenchOptions, *, progress: Progress) -> RunBenchResult:
@@ -128,10 +135,11 @@ async def run_run_bench(options: RunBenchOptions, *, progress: Progress) -> RunB
             teardown.push("stop the controller", controller.stop)
         key = await controller.mint_user_key(BENCH_USER)
         api = await teardown.enter(_api_client(controller, key), "close the API client")
-        with progress.phase("CLI VM", "POST /api/vms (the first one boots cold)"):
+        with progress.phase("CLI VM", "POST /api/vms"):
             vm = await _create_vm(api, result)
             teardown.push(f"destroy VM {vm.id}", lambda: api.delete(f"/api/vms/{vm.id}"))
-        probe = RunProbe(api=api, vm=vm, state=state)
+        cpu_pids = {"qemu": _qemu_pid(state, vm.id), "controller": controller.process.pid}
+        probe = RunProbe(api=api, vm=vm, state=state, cpu_pids=cpu_pids)
         with progress.phase("round trips", f"{WARMUP} warm-up, then {options.n} of each"):
             await probe.round_trips(options.n, result)
         with progress.phase("raw TCP server", f"python3 in the guest, port {GUEST_PORT}"):
@@ -156,10 +164,13 @@ class BenchVm:
 class RunProbe:
     """Times requests to one VM through the controller, and the VM's own paths next to them."""
 
-    def __init__(self, *, api: httpx.AsyncClient, vm: BenchVm, state: Path) -> None:
+    def __init__(
+        self, *, api: httpx.AsyncClient, vm: BenchVm, state: Path, cpu_pids: dict[str, int]
+    ) -> None:
         self.api = api
         self.vm = vm
         self.state = state
+        self.cpu_pids = cpu_pids
         self._stream_exec: str | None = None
 
     async def round_trips(self, n: int, result: RunBenchResult) -> None:
@@ -264,12 +275,23 @@ class RunProbe:
         ]
         for pair in pairs:
             for name, transfer in pair if hearth_first else reversed(pair):
+                cpu_before = self._cpu_seconds()
                 started = time.perf_counter()
                 moved = await transfer()
                 elapsed = time.perf_counter() - started
+                cpu_after = self._cpu_seconds()
                 if moved != size:
                     raise BenchError(f"{TRANSFERS[name]} moved {moved} bytes, not {size}")
                 result.transfers[name].append(size / elapsed)
+                result.transfer_cpu[name].append(
+                    {k: (cpu_after[k] - cpu_before[k]) / elapsed for k in cpu_before}
+                )
+
+    def _cpu_seconds(self) -> dict[str, float]:
+        """CPU seconds used so far by the VM's QEMU, the controller and this process."""
+        used = {name: process_cpu_seconds(pid) for name, pid in self.cpu_pids.items()}
+        used["client"] = time.process_time()
+        return used
 
     async def _upload(self, data: bytes, digest: str) -> int:
         response = await self.api.put(
@@ -298,118 +320,6 @@ class RunProbe:
             async for chunk in response.aiter_raw():
                 moved += len(chunk)
         return moved
-
-
-# ---- the raw TCP path ------------------------------------------------------------------------
-
-GUEST_PORT = 7070  # in the guest; the agent's is 8080
-_CHUNK = 256 * 1024
-# Run in the guest as ``python3 -c GUEST_STREAM_SERVER PORT`` (its cwd: the workspace). One
-# request per connection, a line naming it: ``ping`` → ``pong``; ``send PATH`` → the file's bytes,
-# then the end of the stream; ``recv PATH N`` + N bytes → written to PATH, synced, ``ok N``.
-GUEST_STREAM_SERVER = """
-import os, socket, sys
-CHUNK = 256 * 1024
-server = socket.create_server(("0.0.0.0", int(sys.argv[1])), backlog=8)
-while True:
-    conn, _ = server.accept()
-    try:
-        with conn, conn.makefile("rb") as incoming:
-            verb, *args = incoming.readline().decode().split()
-            if verb == "ping":
-                conn.sendall(b"pong\\n")
-            elif verb == "send":
-                with open(args[0], "rb") as source:
-                    while chunk := source.read(CHUNK):
-                        conn.sendall(chunk)
-            elif verb == "recv":
-                left = int(args[1])
-                os.makedirs(os.path.dirname(args[0]) or ".", exist_ok=True)
-                with open(args[0], "wb") as sink:
-                    while left > 0 and (chunk := incoming.read1(min(left, CHUNK))):
-                        sink.write(chunk)
-                        left -= len(chunk)
-                    sink.flush()
-                    os.fsync(sink.fileno())
-                conn.sendall(b"ok %d\\n" % (int(args[1]) - left))
-    except Exception as exc:
-        print(f"request failed: {exc!r}", file=sys.stderr, flush=True)
-"""
-
-
-def guest_stream_command(port: int = GUEST_PORT) -> list[str]:
-    """The argv that runs the raw TCP server on ``port``."""
-    return ["python3", "-c", GUEST_STREAM_SERVER, str(port)]
-
-
-class GuestStreamClient:
-    """The host's side of the raw TCP path: one connection per request, nothing on top."""
-
-    def __init__(self, host: str, port: int, *, timeout_s: float) -> None:
-        self.host = host
-        self.port = port
-        self.timeout_s = timeout_s
-
-    async def wait_ready(self, deadline: Deadline) -> None:
-        """Ping until the server answers (a forward accepts before anything listens behind it)."""
-        last = "no answer"
-        while not deadline.expired:
-            try:
-                async with asyncio.timeout(min(5.0, deadline.remaining() + 0.1)):
-                    reader, writer = await asyncio.open_connection(self.host, self.port)
-                    try:
-                        writer.write(b"ping\n")
-                        await writer.drain()
-                        if await reader.readline() == b"pong\n":
-                            return
-                        last = "no pong"
-                    finally:
-                        writer.close()
-            except (OSError, TimeoutError) as exc:
-                last = type(exc).__name__
-            await asyncio.sleep(0.2)
-        raise BenchError(f"the raw TCP server at {self.host}:{self.port} never answered ({last})")
-
-    async def send(self, path: str) -> int:
-        """Have the server send the file at ``path``; the bytes that arrived."""
-        moved = 0
-        try:
-            async with asyncio.timeout(self.timeout_s):
-                reader, writer = await asyncio.open_connection(self.host, self.port)
-                try:
-                    writer.write(f"send {path}\n".encode())
-                    await writer.drain()
-                    while chunk := await reader.read(_CHUNK):
-                        moved += len(chunk)
-                finally:
-                    writer.close()
-        except (OSError, TimeoutError) as exc:
-            raise BenchError(f"raw TCP out of the VM broke off: {type(exc).__name__}") from exc
-        return moved
-
-    async def receive(self, path: str, data: bytes) -> int:
-        """Send ``data`` for the server to write to ``path``; the bytes it says it wrote."""
-        try:
-            async with asyncio.timeout(self.timeout_s):
-                reader, writer = await asyncio.open_connection(self.host, self.port)
-                try:
-                    writer.write(f"recv {path} {len(data)}\n".encode())
-                    view = memoryview(data)
-                    for start in range(0, len(view), _CHUNK):
-                        writer.write(view[start : start + _CHUNK])
-                        await writer.drain()
-                    writer.write_eof()
-                    answer = (await reader.readline()).decode().split()
-                finally:
-                    writer.close()
-        except (OSError, TimeoutError) as exc:
-            raise BenchError(f"raw TCP into the VM broke off: {type(exc).__name__}") from exc
-        if len(answer) != 2 or answer[0] != "ok" or not answer[1].isdigit():
-            raise BenchError(f"the raw TCP server answered {answer!r} to an upload")
-        return int(answer[1])
-
-
-# ---- helpers -----------------------------------------------------------------------------------
 
 
 def _output_size(payload: dict[str, Any]) -> int:
@@ -452,6 +362,15 @@ async def _create_vm(api: httpx.AsyncClient, result: RunBenchResult) -> BenchVm:
         "mem_mib": body["memMib"],
     }
     return BenchVm(id=body["id"], agent_url=body["agentUrl"], agent_token=body["agentToken"])
+
+
+def _qemu_pid(state: Path, vm_id: str) -> int:
+    """The process id of the VM's QEMU, from the VM's record in the controller's state dir."""
+    record = state / "vms" / vm_id / "vm.json"
+    try:
+        return int(json.loads(record.read_text())["pid"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise BenchError(f"no QEMU process id for VM {vm_id} in {record}") from exc
 
 
 def _controller_env(options: RunBenchOptions) -> dict[str, str]:

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-from httpx_sse import SSEError, connect_sse
 
 from hearth.errors import HearthError, Unauthorized
 
@@ -66,30 +64,6 @@ class ApiClient:
         if response.headers.get("content-type", "").startswith("application/json"):
             return response.json()
         return response.text
-
-    def events(
-        self, method: str, path: str, *, last_event_id: int | None = None, **kwargs: Any
-    ) -> Iterator[tuple[int | None, str, dict[str, Any]]]:
-        """The server-sent events of one request, as (id, event, data); ApiError if refused,
-        ApiError ``stream_broken`` if the stream ends before the server ended it."""
-        headers = {"Authorization": f"Bearer {self.key}"}
-        if last_event_id is not None:
-            headers["Last-Event-ID"] = str(last_event_id)
-        timeout = httpx.Timeout(30.0, read=None)
-        try:
-            with (
-                httpx.Client(timeout=timeout) as client,
-                connect_sse(
-                    client, method, f"{self.url}{path}", headers=headers, **kwargs
-                ) as source,
-            ):
-                if source.response.status_code >= 400:
-                    source.response.read()
-                    _raise_for(source.response)
-                for sse in source.iter_sse():
-                    yield (int(sse.id) if sse.id else None), sse.event, sse.json()
-        except (httpx.HTTPError, SSEError) as exc:
-            raise ApiError(0, "stream_broken", f"the event stream broke off: {exc}") from exc
 
 
 def _raise_for(response: httpx.Response) -> None:

@@ -7,6 +7,7 @@ from typing import NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from hearth.config import Settings
 from hearth.errors import HearthError
@@ -29,5 +30,10 @@ def load_settings() -> Settings:
 
 def fail(exc: HearthError, *, code: int = 1) -> NoReturn:
     """Print the error's code and message (never a traceback) and exit."""
-    err_console.print(f"[red]error[/red] ({exc.code}): {exc.message}")
+    fail_sdk(exc.code, exc.message, code=code)
+
+
+def fail_sdk(error_code: str, message: str, *, code: int = 1) -> NoReturn:
+    """Print an error's code and message (the SDK's errors too) and exit with ``code``."""
+    err_console.print(f"[red]error[/red] ({escape(error_code)}): {escape(message)}")
     raise typer.Exit(code)

@@ -8,21 +8,28 @@ the command runs under the VM's agent and loses nothing meanwhile.
 
 from __future__ import annotations
 
-import base64
 import signal
 import sys
-import time
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
-from hearth.cli.client import ApiClient, ApiError
-from hearth.cli.common import fail
+from hearth.cli.client import ApiClient
+from hearth.cli.common import fail, fail_sdk
 from hearth.errors import HearthError, InvalidInput
+from hearth.sdk import (
+    ExecExit,
+    ExecOutput,
+    Hearth,
+    HearthApiError,
+    HearthConnectionError,
+    HearthSdkError,
+    Vm,
+)
+from hearth.sdk._exec import ExecOptions
 
-# How often a broken stream is picked up again before the command gives up.
-RESUME_ATTEMPTS = 5
 EXIT_TIMEOUT = 124
+EXIT_NOT_RUN = 125
 
 
 def _env(pairs: list[str]) -> dict[str, str]:
@@ -35,56 +42,29 @@ def _env(pairs: list[str]) -> dict[str, str]:
     return env
 
 
-def _write(data: dict[str, Any], stream: Any) -> None:
-    chunk = data.get("data", "")
-    raw = base64.b64decode(chunk) if data.get("encoding") == "base64" else chunk.encode()
-    stream.buffer.write(raw)
-    stream.buffer.flush()
-
-
-def exit_status(ended: dict[str, Any]) -> int:
+def exit_status(ended: ExecExit) -> int:
     """The shell's exit status for how the command ended."""
-    if ended.get("reason") == "timeout":
+    if ended.reason == "timeout":
         return EXIT_TIMEOUT
-    if ended.get("signal"):
+    if ended.signal:
         try:
-            return 128 + int(signal.Signals[ended["signal"]])
+            return 128 + int(signal.Signals[ended.signal])
         except KeyError:
             return 128
-    code = ended.get("code")
-    return int(code) if code is not None else 1
+    return ended.code if ended.code is not None else 1
 
 
-def _follow(client: ApiClient, vm_id: str, body: dict[str, Any]) -> int:
-    """Stream the command's output; its exit status."""
-    path = f"/api/vms/{vm_id}/exec"
-    exec_id: str | None = None
-    last_id: int | None = None
-    for attempt in range(RESUME_ATTEMPTS + 1):
-        if exec_id is None:
-            events = client.events("POST", path, json=body)
-        else:
-            events = client.events("GET", f"{path}/{exec_id}/events", last_event_id=last_id)
-        try:
-            for event_id, event, data in events:
-                if event == "started":
-                    exec_id = str(data["execId"])
-                elif event in ("stdout", "stderr"):
-                    _write(data, sys.stdout if event == "stdout" else sys.stderr)
-                elif event == "exit":
-                    return exit_status(data)
-                elif event == "error":
-                    raise ApiError(502, str(data.get("code")), str(data.get("message")))
-                if event_id is not None:
-                    last_id = event_id
-        except ApiError as exc:
-            if exc.code != "stream_broken" or exec_id is None or attempt == RESUME_ATTEMPTS:
-                raise
-            time.sleep(min(2.0**attempt, 10.0))
-            continue
-        if exec_id is None:
-            break
-    raise ApiError(502, "stream_broken", "the event stream ended before the command did")
+def _follow(vm: Vm, cmd: list[str], options: ExecOptions) -> int:
+    """Stream the command's output here; its exit status. The SDK picks a broken stream up
+    again after the last event seen."""
+    for event in vm.exec_stream(cmd, **options):
+        if isinstance(event, ExecOutput):
+            stream = sys.stdout if event.stream == "stdout" else sys.stderr
+            stream.buffer.write(event.data)
+            stream.buffer.flush()
+        elif isinstance(event, ExecExit):
+            return exit_status(event)
+    raise HearthConnectionError("stream_broken", "the event stream ended before the command did")
 
 
 def exec_command(
@@ -102,14 +82,16 @@ def exec_command(
 ) -> None:
     """Run a command in a CLI VM; its output here, its exit status as this command's."""
     try:
-        body: dict[str, Any] = {"cmd": cmd}
+        options: ExecOptions = {"cwd": cwd, "timeout_s": timeout}
         if env:
-            body["env"] = _env(env)
-        if cwd is not None:
-            body["cwd"] = cwd
-        if timeout is not None:
-            body["timeoutS"] = timeout
-        status = _follow(ApiClient(), vm_id, body)
+            options["env"] = _env(env)
+        api = ApiClient()
+        with Hearth(api.url, api.key) as client:
+            status = _follow(client.vms.get(vm_id), cmd, options)
     except HearthError as exc:
-        fail(exc, code=125)
+        fail(exc, code=EXIT_NOT_RUN)
+    except HearthApiError as exc:
+        fail_sdk(exc.code, exc.message, code=EXIT_NOT_RUN)
+    except HearthSdkError as exc:
+        fail_sdk("error", str(exc), code=EXIT_NOT_RUN)
     raise typer.Exit(status)

@@ -16,9 +16,9 @@ import typer
 from rich.markup import escape
 
 from hearth.cli.client import ApiClient
-from hearth.cli.common import err_console, fail
+from hearth.cli.common import err_console, fail, fail_sdk
 from hearth.errors import HearthError
-from hearth.sdk import Hearth, HearthSdkError, RunEvent, Vm
+from hearth.sdk import Hearth, HearthApiError, HearthSdkError, RunEvent, Vm
 from hearth_agent.wire import Provider
 
 EXIT_FAILED = 1
@@ -111,7 +111,8 @@ def run_command(
             status = _follow(vm, run.id, as_json=as_json)
     except HearthError as exc:
         fail(exc, code=EXIT_NOT_STARTED)
+    except HearthApiError as exc:
+        fail_sdk(exc.code, exc.message, code=EXIT_NOT_STARTED)
     except HearthSdkError as exc:
-        err_console.print(f"[red]error[/red]: {escape(str(exc))}")
-        raise typer.Exit(EXIT_NOT_STARTED) from None
+        fail_sdk("error", str(exc), code=EXIT_NOT_STARTED)
     raise typer.Exit(status)

@@ -1,0 +1,222 @@
+"""The report of ``hearth bench run``: its ratios, the verdict on each target, JSON and tables."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rich.table import Table
+
+from hearth.bench.report import Target, document_head, duration_text, machine_table, targets_table
+from hearth.bench.run import TRANSFERS, WARMUP, RunBenchResult
+from hearth.bench.stats import Summary
+
+# The issue's targets, each a ratio to something measured in the same run.
+EXEC_ROUND_TRIP_TARGET = 2.0  # exec `true` p50 ≤ 2x the agent's own /health p50
+STREAM_TARGET = 0.5  # Hearth's throughput ≥ 0.5x a raw TCP stream's, the same way
+RUN_FIRST_EVENT_GOAL = (
+    "run: first event through Hearth ≤ 1.1x the same CLI's first event when started directly "
+    "in the VM"
+)
+RUN_FIRST_EVENT_REASON = (
+    "not measured: needs the provider stand-ins (tests/standins), not shipped in the package"
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Ratio:
+    """Hearth's figure over the same VM's own, and how the issue's target reads it."""
+
+    name: str
+    label: str
+    value: float
+    goal: str
+    at_most: float | None = None  # a round trip: the ratio may be at most this
+    at_least: float | None = None  # a throughput: the ratio must be at least this
+
+    @property
+    def met(self) -> bool:
+        """Whether the ratio is on the target's side of its bound."""
+        if self.at_most is not None:
+            return self.value <= self.at_most
+        assert self.at_least is not None
+        return self.value >= self.at_least
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunFigures:
+    """The summaries a ``hearth bench run`` report is made of."""
+
+    exec_round_trip: Summary
+    agent_health: Summary
+    agent_health_kept_alive: Summary
+    transfers: dict[str, Summary]  # bytes per second, by TRANSFERS key
+
+    @classmethod
+    def of(cls, result: RunBenchResult) -> RunFigures:
+        """Summarise every measurement of ``result``."""
+        return cls(
+            exec_round_trip=Summary.of(result.exec_round_trip),
+            agent_health=Summary.of(result.agent_health),
+            agent_health_kept_alive=Summary.of(result.agent_health_kept_alive),
+            transfers={name: Summary.of(result.transfers[name]) for name in TRANSFERS},
+        )
+
+    def ratios(self) -> list[Ratio]:
+        """Each measured target's ratio, from the p50s."""
+        rate = {name: summary.p50 for name, summary in self.transfers.items()}
+        return [
+            Ratio(
+                name="exec_round_trip",
+                label="exec `true` (API → exit event) / the agent's /health",
+                value=self.exec_round_trip.p50 / self.agent_health.p50,
+                goal=f"exec round trip p50 ≤ {EXEC_ROUND_TRIP_TARGET:g}x the agent's own "
+                "/health round trip",
+                at_most=EXEC_ROUND_TRIP_TARGET,
+            ),
+            Ratio(
+                name="exec_output",
+                label="exec output / raw TCP out of the VM",
+                value=rate["exec_output"] / rate["raw_out"],
+                goal=f"exec output stream ≥ {STREAM_TARGET:g}x a raw TCP stream out of the VM",
+                at_least=STREAM_TARGET,
+            ),
+            Ratio(
+                name="file_upload",
+                label="file upload / raw TCP into the VM",
+                value=rate["upload"] / rate["raw_in"],
+                goal=f"file upload ≥ {STREAM_TARGET:g}x a raw TCP stream into the VM",
+                at_least=STREAM_TARGET,
+            ),
+            Ratio(
+                name="file_download",
+                label="file download / raw TCP out of the VM",
+                value=rate["download"] / rate["raw_out"],
+                goal=f"file download ≥ {STREAM_TARGET:g}x a raw TCP stream out of the VM",
+                at_least=STREAM_TARGET,
+            ),
+        ]
+
+    def targets(self) -> list[Target]:
+        """The measured targets of the issue, judged on these figures."""
+        return [
+            Target(name=r.name, goal=r.goal, measured=self._measured(r), met=r.met)
+            for r in self.ratios()
+        ]
+
+    def _measured(self, ratio: Ratio) -> str:
+        if ratio.name == "exec_round_trip":
+            return (
+                f"{duration_text(self.exec_round_trip.p50)} / "
+                f"{duration_text(self.agent_health.p50)} = {ratio.value:.2f}x"
+            )
+        hearth, raw = _RATE_PAIRS[ratio.name]
+        return (
+            f"{rate_text(self.transfers[hearth].p50)} / {rate_text(self.transfers[raw].p50)} "
+            f"= {ratio.value:.2f}x"
+        )
+
+
+# A throughput ratio's Hearth transfer and its raw counterpart.
+_RATE_PAIRS = {
+    "exec_output": ("exec_output", "raw_out"),
+    "file_upload": ("upload", "raw_in"),
+    "file_download": ("download", "raw_out"),
+}
+
+
+def run_document(result: RunBenchResult, *, command: str) -> dict[str, object]:
+    """The JSON document of a ``hearth bench run`` run."""
+    figures = RunFigures.of(result)
+    options = result.options
+    manifest = options.image.manifest
+    return {
+        **document_head("run", command=command, machine=result.machine),
+        "image": {
+            "path": str(options.image.path),
+            "recipe": manifest.recipe if manifest else "unknown",
+            "content_hash": manifest.content_hash if manifest else "unknown",
+        },
+        "vm": dict(result.vm),
+        "n": options.n,
+        "warmup": WARMUP,
+        "bytes": options.bytes,
+        "rounds": options.rounds,
+        "round_trips": {
+            "exec": figures.exec_round_trip.seconds(),
+            "agent_health": figures.agent_health.seconds(),
+            "agent_health_kept_alive": figures.agent_health_kept_alive.seconds(),
+        },
+        "transfers": {
+            name: {"label": TRANSFERS[name], **_rates(summary)}
+            for name, summary in figures.transfers.items()
+        },
+        "ratios": {r.name: r.value for r in figures.ratios()},
+        "not_measured": [
+            {
+                "name": "run_first_event",
+                "goal": RUN_FIRST_EVENT_GOAL,
+                "reason": RUN_FIRST_EVENT_REASON,
+            }
+        ],
+        "targets": [t.to_dict() for t in figures.targets()],
+    }
+
+
+def run_tables(result: RunBenchResult) -> list[Table]:
+    """The Rich tables of a ``hearth bench run`` run."""
+    figures = RunFigures.of(result)
+    options = result.options
+    where = f"({result.machine.accel}, {result.machine.cores} cores)"
+    trips = Table(title=f"round trips, {options.n} each after {WARMUP} warm-up {where}")
+    for column in ("round trip", "n", "p50", "p95", "max"):
+        trips.add_column(column, justify="left" if column == "round trip" else "right")
+    for label, summary in (
+        ("exec `true`: POST …/exec → exit event", figures.exec_round_trip),
+        ("agent GET /health, a connection per call (as the controller)", figures.agent_health),
+        ("agent GET /health, kept-alive connection", figures.agent_health_kept_alive),
+    ):
+        cells = (duration_text(summary.p50), duration_text(summary.p95), duration_text(summary.max))
+        trips.add_row(label, str(summary.n), *cells)
+
+    streams = Table(title=f"transfers of {_size(options.bytes)}, at the client {where}")
+    for column in ("transfer", "n", "p50", "min", "max"):
+        streams.add_column(column, justify="left" if column == "transfer" else "right")
+    for name, summary in figures.transfers.items():
+        cells = (rate_text(summary.p50), rate_text(summary.min), rate_text(summary.max))
+        streams.add_row(TRANSFERS[name], str(summary.n), *cells)
+
+    ratios = Table(title="ratios (Hearth / the same VM's own path, from the p50s)")
+    ratios.add_column("ratio")
+    ratios.add_column("measured", justify="right")
+    for ratio in figures.ratios():
+        ratios.add_row(ratio.label, f"{ratio.value:.2f}x")
+    ratios.add_row("run: first event through Hearth / started directly", RUN_FIRST_EVENT_REASON)
+    vm = result.vm
+    facts = Table(show_header=False, title="VM")
+    facts.add_row("CLI VM", f"{vm.get('id')}, {vm.get('vcpus')} vCPU, {vm.get('mem_mib')} MiB")
+    create_s = vm.get("create_s")
+    created = duration_text(create_s) if isinstance(create_s, float) else "?"
+    facts.add_row("created by", f"{vm.get('boot_mode')} start, {created} (not a target)")
+    tables = [machine_table(result.machine), facts, trips, streams, ratios]
+    return [*tables, targets_table(figures.targets())]
+
+
+def _rates(summary: Summary) -> dict[str, object]:
+    return {
+        "n": summary.n,
+        "p50_bytes_per_s": summary.p50,
+        "min_bytes_per_s": summary.min,
+        "max_bytes_per_s": summary.max,
+        "samples_bytes_per_s": list(summary.samples),
+    }
+
+
+def rate_text(bytes_per_s: float) -> str:
+    """A throughput for a table, in MiB/s."""
+    return f"{bytes_per_s / 2**20:.1f} MiB/s"
+
+
+def _size(n_bytes: int) -> str:
+    if n_bytes >= 2**20:
+        return f"{n_bytes / 2**20:g} MiB"
+    return f"{n_bytes} B"
