@@ -255,3 +255,60 @@ def test_bench_auth_measures_one_flow_by_stage_and_leaves_nothing(
     assert processes_mentioning(state) == [], "the bench's controller outlived it"
     issuer = doc["oidc"]["issuer"]
     assert processes_with_env(f"ISSUER={issuer}") == [], "the bench's OAuth server outlived it"
+
+
+def test_bench_run_measures_each_ratio_once_and_leaves_nothing(
+    minimal_image: ImageDir, tmp_path: Path
+) -> None:
+    state = tmp_path / "state"
+    out = tmp_path / "run.json"
+    result = run_bench(
+        "run",
+        "--n",
+        "3",
+        "--bytes",
+        str(2 * 2**20),
+        "--rounds",
+        "1",
+        "--image",
+        str(minimal_image.path),
+        "--state-dir",
+        str(state),
+        "--json",
+        str(out),
+    )
+    assert result.exit_code == 0, result.output
+    assert "targets" in result.output
+    assert "not measured" in result.output
+
+    doc = json.loads(out.read_text())
+    assert doc["benchmark"] == "run"
+    trips = doc["round_trips"]
+    assert {kind: trips[kind]["n"] for kind in trips} == {
+        "exec": 3,
+        "agent_health": 3,
+        "agent_health_kept_alive": 3,
+        "agent_exec": 3,
+    }
+    assert set(doc["transfers"]) == {"exec_output", "raw_out", "upload", "raw_in", "download"}
+    assert all(transfer["n"] == 1 for transfer in doc["transfers"].values())
+    assert doc["ratios"]["exec_round_trip"] == pytest.approx(
+        trips["exec"]["p50_s"] / trips["agent_health"]["p50_s"]
+    )
+    assert [t["name"] for t in doc["targets"]] == [
+        "exec_round_trip",
+        "exec_output",
+        "file_upload",
+        "file_download",
+    ]
+    assert all(isinstance(t["met"], bool) for t in doc["targets"])
+    assert [m["name"] for m in doc["not_measured"]] == ["run_first_event"]
+    # A process may sit idle through a whole transfer (the controller under raw TCP): 0 cores.
+    cpu = {name: t.pop("cpu_cores_mean") for name, t in doc["transfers"].items()}
+    assert all(set(cores) == {"qemu", "controller", "client"} for cores in cpu.values())
+    assert non_positive_numbers(doc) == []
+
+    assert qemu_pids_under(state) == [], "a QEMU process outlived the bench"
+    assert processes_mentioning(state) == [], "the bench's controller outlived it"
+    vms = state / "controller" / "vms"
+    assert not vms.exists() or list(vms.iterdir()) == []

@@ -115,5 +115,5 @@ class GuestStreamClient:
         except (OSError, TimeoutError) as exc:
             raise BenchError(f"raw TCP into the VM broke off: {type(exc).__name__}") from exc
         if len(answer) != 2 or answer[0] != "ok" or not answer[1].isdigit():
-            raise BenchError(f"the raw TCP server answered {answer!r} to an upload")
+            raise BenchError(f"raw TCP into the VM: the server answered {answer!r}")
         return int(answer[1])

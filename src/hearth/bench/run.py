@@ -5,7 +5,8 @@ against something measured in the same run, on the same VM:
 
 * exec round trip: ``POST /api/vms/{id}/exec {"cmd": ["true"]}`` sent → its ``exit`` event
   received, against the VM agent's own ``GET /health`` called directly (its URL and token, a
-  connection per call, as the controller calls it); a kept-alive ``/health`` is shown too;
+  connection per call, as the controller calls it); a kept-alive ``/health``, and ``true``
+  through the agent's own exec API, are shown too;
 * exec output: ``cat`` of a file in the guest through ``POST …/exec``, bytes per second at the
   client, against the same file sent by a raw TCP server in the guest;
 * file upload and download (``PUT|GET /api/vms/{id}/files``) against the same bytes over raw TCP
@@ -13,8 +14,8 @@ against something measured in the same run, on the same VM:
 
 A real controller (``hearth serve --destroy-on-exit`` in its own process, scratch state dir,
 SQLite, no warm pool, QEMU user networking) creates one CLI VM through the API. The raw TCP
-server is a few lines of Python the bench starts in the guest through the exec route
-(``hearth.bench.guest_stream``); the bench reaches it through a loopback forward it adds to the VM's QEMU
+server (``hearth.bench.guest_stream``) is a few lines of Python the bench starts in the guest
+through the exec route; the bench reaches it through a loopback forward it adds to the VM's QEMU
 user network over QMP (``hostfwd_add``), next to the forward the agent's own traffic takes. The
 transfers run in ``rounds``, Hearth's and the raw one alternating which goes first. At the end
 the VM is destroyed and the bench proves no QEMU process and no VM directory is left.
@@ -22,7 +23,6 @@ the VM is destroyed and the bench proves no QEMU process and no VM directory is 
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import json
@@ -97,6 +97,9 @@ class RunBenchResult:
     exec_round_trip: list[float] = field(default_factory=list)
     agent_health: list[float] = field(default_factory=list)  # a connection per call
     agent_health_kept_alive: list[float] = field(default_factory=list)
+    # ``true`` through the agent's own exec API, as the controller calls it (not a target: it
+    # splits the exec round trip into the guest's share and the controller's).
+    agent_exec_round_trip: list[float] = field(default_factory=list)
     transfers: dict[str, list[float]] = field(default_factory=lambda: {k: [] for k in TRANSFERS})
     # Per transfer, the cores each process used during it: the VM's QEMU, the controller, the
     # bench itself (the client).
@@ -183,6 +186,7 @@ class RunProbe:
             probes: list[tuple[list[float], Callable[[], Awaitable[object]]]] = [
                 (result.agent_health, agent.health),
                 (result.agent_health_kept_alive, lambda: _health(kept)),
+                (result.agent_exec_round_trip, lambda: _agent_exec_true(agent)),
                 (result.exec_round_trip, self._exec_true),
             ]
             for i in range(WARMUP + n):
@@ -328,6 +332,14 @@ def _output_size(payload: dict[str, Any]) -> int:
     if payload.get("encoding") == "base64":
         return len(base64.b64decode(data))
     return len(data.encode())
+
+
+async def _agent_exec_true(agent: AgentClient) -> None:
+    """``true`` through the agent's exec API: start it, read its events to the ``exit``."""
+    started = await agent.exec_start({"cmd": ["true"]})
+    async for event in agent.exec_events(str(started["exec_id"])):
+        if event.type == "exit" and event.data.get("code") != 0:
+            raise BenchError(f"`true` through the agent ended {event.data}")
 
 
 async def _health(client: httpx.AsyncClient) -> None:

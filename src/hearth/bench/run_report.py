@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass
 
 from rich.table import Table
@@ -17,8 +18,10 @@ RUN_FIRST_EVENT_GOAL = (
     "run: first event through Hearth ≤ 1.1x the same CLI's first event when started directly "
     "in the VM"
 )
+# The stand-ins live in the test harness, which this package never names or imports.
 RUN_FIRST_EVENT_REASON = (
-    "not measured: needs the provider stand-ins (tests/standins), not shipped in the package"
+    "not measured: needs the provider stand-ins, which live with the tests and are not shipped "
+    "in the package"
 )
 
 
@@ -49,6 +52,7 @@ class RunFigures:
     exec_round_trip: Summary
     agent_health: Summary
     agent_health_kept_alive: Summary
+    agent_exec_round_trip: Summary
     transfers: dict[str, Summary]  # bytes per second, by TRANSFERS key
 
     @classmethod
@@ -58,6 +62,7 @@ class RunFigures:
             exec_round_trip=Summary.of(result.exec_round_trip),
             agent_health=Summary.of(result.agent_health),
             agent_health_kept_alive=Summary.of(result.agent_health_kept_alive),
+            agent_exec_round_trip=Summary.of(result.agent_exec_round_trip),
             transfers={name: Summary.of(result.transfers[name]) for name in TRANSFERS},
         )
 
@@ -107,12 +112,12 @@ class RunFigures:
         if ratio.name == "exec_round_trip":
             return (
                 f"{duration_text(self.exec_round_trip.p50)} / "
-                f"{duration_text(self.agent_health.p50)} = {ratio.value:.2f}x"
+                f"{duration_text(self.agent_health.p50)} = {ratio_text(ratio.value)}"
             )
         hearth, raw = _RATE_PAIRS[ratio.name]
         return (
             f"{rate_text(self.transfers[hearth].p50)} / {rate_text(self.transfers[raw].p50)} "
-            f"= {ratio.value:.2f}x"
+            f"= {ratio_text(ratio.value)}"
         )
 
 
@@ -145,9 +150,14 @@ def run_document(result: RunBenchResult, *, command: str) -> dict[str, object]:
             "exec": figures.exec_round_trip.seconds(),
             "agent_health": figures.agent_health.seconds(),
             "agent_health_kept_alive": figures.agent_health_kept_alive.seconds(),
+            "agent_exec": figures.agent_exec_round_trip.seconds(),
         },
         "transfers": {
-            name: {"label": TRANSFERS[name], **_rates(summary)}
+            name: {
+                "label": TRANSFERS[name],
+                **_rates(summary),
+                "cpu_cores_mean": mean_cpu(result, name),
+            }
             for name, summary in figures.transfers.items()
         },
         "ratios": {r.name: r.value for r in figures.ratios()},
@@ -174,22 +184,28 @@ def run_tables(result: RunBenchResult) -> list[Table]:
         ("exec `true`: POST …/exec → exit event", figures.exec_round_trip),
         ("agent GET /health, a connection per call (as the controller)", figures.agent_health),
         ("agent GET /health, kept-alive connection", figures.agent_health_kept_alive),
+        (
+            "exec `true` straight through the agent (as the controller)",
+            figures.agent_exec_round_trip,
+        ),
     ):
         cells = (duration_text(summary.p50), duration_text(summary.p95), duration_text(summary.max))
         trips.add_row(label, str(summary.n), *cells)
 
     streams = Table(title=f"transfers of {_size(options.bytes)}, at the client {where}")
-    for column in ("transfer", "n", "p50", "min", "max"):
+    for column in ("transfer", "n", "p50", "min", "max", "CPU qemu/ctl/cli"):
         streams.add_column(column, justify="left" if column == "transfer" else "right")
     for name, summary in figures.transfers.items():
         cells = (rate_text(summary.p50), rate_text(summary.min), rate_text(summary.max))
-        streams.add_row(TRANSFERS[name], str(summary.n), *cells)
+        cpu = mean_cpu(result, name)
+        cores = "/".join(f"{cpu.get(k, 0.0):.2f}" for k in ("qemu", "controller", "client"))
+        streams.add_row(TRANSFERS[name], str(summary.n), *cells, cores)
 
     ratios = Table(title="ratios (Hearth / the same VM's own path, from the p50s)")
     ratios.add_column("ratio")
     ratios.add_column("measured", justify="right")
     for ratio in figures.ratios():
-        ratios.add_row(ratio.label, f"{ratio.value:.2f}x")
+        ratios.add_row(ratio.label, ratio_text(ratio.value))
     ratios.add_row("run: first event through Hearth / started directly", RUN_FIRST_EVENT_REASON)
     vm = result.vm
     facts = Table(show_header=False, title="VM")
@@ -201,6 +217,14 @@ def run_tables(result: RunBenchResult) -> list[Table]:
     return [*tables, targets_table(figures.targets())]
 
 
+def mean_cpu(result: RunBenchResult, name: str) -> dict[str, float]:
+    """The cores each process used during transfer ``name``, averaged over the rounds."""
+    samples = result.transfer_cpu.get(name, [])
+    if not samples:
+        return {}
+    return {k: statistics.fmean(s[k] for s in samples) for k in samples[0]}
+
+
 def _rates(summary: Summary) -> dict[str, object]:
     return {
         "n": summary.n,
@@ -209,6 +233,11 @@ def _rates(summary: Summary) -> dict[str, object]:
         "max_bytes_per_s": summary.max,
         "samples_bytes_per_s": list(summary.samples),
     }
+
+
+def ratio_text(value: float) -> str:
+    """A ratio for a table: two decimals, three below 1."""
+    return f"{value:.2f}x" if value >= 1 else f"{value:.3f}x"
 
 
 def rate_text(bytes_per_s: float) -> str:
