@@ -35,8 +35,8 @@ from hearth.bench.controller import ControllerProcess
 from hearth.bench.errors import BenchError
 from hearth.bench.machine import MachineFacts
 from hearth.bench.oidc import CLIENT_ID, TEST_LOGIN, TEST_PASSWORD, OidcServer
-from hearth.bench.processes import kill_leftover_qemu
 from hearth.bench.signin import CONSENT_SHOWN, SUBMIT_BUTTON, open_sign_in_page, submit_login
+from hearth.bench.state import check_nothing_left, link_images
 from hearth.images.manifest import ImageDir
 from hearth.progress import Progress
 from hearth.teardown import Teardown
@@ -157,9 +157,9 @@ async def run_auth_bench(options: AuthBenchOptions, *, progress: Progress) -> Au
             )
             teardown.push("stop the OAuth server", oidc.stop)
         result.issuer = oidc.issuer
-        _link_images(state, options)
+        link_images(state, {"cli": options.cli_image, "browser": options.browser_image})
         # Runs after the controller stopped (teardown is newest first).
-        teardown.push("check that no VM is left", lambda: _check_nothing_left(state))
+        teardown.push("check that no VM is left", lambda: check_nothing_left(state))
         with progress.phase("controller", "start hearth serve"):
             controller = await ControllerProcess.start(
                 state_dir=state,
@@ -353,27 +353,3 @@ def _controller_env(oidc: OidcServer) -> dict[str, str]:
         # The bench plays the user by typing into the login page over DevTools.
         "HEARTH_BROWSER_DEVTOOLS": "1",
     }
-
-
-def _link_images(state: Path, options: AuthBenchOptions) -> None:
-    """Point the controller's image dirs (``cli``, ``browser``) at the chosen images."""
-    images = state / "images"
-    images.mkdir(mode=0o700, parents=True, exist_ok=True)
-    for name, image in (("cli", options.cli_image), ("browser", options.browser_image)):
-        link = images / name
-        if link.is_symlink() or link.exists():
-            link.unlink()
-        link.symlink_to(image.path.absolute(), target_is_directory=True)
-
-
-def _check_nothing_left(state: Path) -> None:
-    """Raise BenchError (after killing them) if QEMU processes or VM dirs are left."""
-    problems = []
-    killed = kill_leftover_qemu(state)
-    if killed:
-        problems.append(f"QEMU processes still running (killed): {killed}")
-    vms = state / "vms"
-    if vms.is_dir() and any(vms.iterdir()):
-        problems.append(f"work directories left in {vms}")
-    if problems:
-        raise BenchError("the bench left resources behind: " + "; ".join(problems))

@@ -41,7 +41,8 @@ from hearth.bench.controller import ControllerProcess
 from hearth.bench.errors import BenchError
 from hearth.bench.guest_stream import GUEST_PORT, GuestStreamClient, guest_stream_command
 from hearth.bench.machine import MachineFacts
-from hearth.bench.processes import kill_leftover_qemu, process_cpu_seconds
+from hearth.bench.processes import process_cpu_seconds
+from hearth.bench.state import check_nothing_left, link_images
 from hearth.images.manifest import ImageDir
 from hearth.progress import Progress
 from hearth.teardown import Teardown
@@ -124,10 +125,10 @@ async def run_run_bench(options: RunBenchOptions, *, progress: Progress) -> RunB
         options=options, machine=MachineFacts.collect(detect_accel(override=options.qemu_accel))
     )
     state = options.state_dir / "controller"
-    _link_cli_image(state, image)
+    link_images(state, {"cli": image})
     async with Teardown(error=BenchError) as teardown:
         # Runs after the controller stopped (teardown is newest first).
-        teardown.push("check that no VM is left", lambda: _check_nothing_left(state))
+        teardown.push("check that no VM is left", lambda: check_nothing_left(state))
         with progress.phase("controller", "start hearth serve"):
             controller = await ControllerProcess.start(
                 state_dir=state,
@@ -394,26 +395,3 @@ def _controller_env(options: RunBenchOptions) -> dict[str, str]:
         "HEARTH_POOL_CLI": "0",
         "HEARTH_POOL_BROWSER": "0",
     }
-
-
-def _link_cli_image(state: Path, image: ImageDir) -> None:
-    """Point the controller's CLI image dir at the chosen image."""
-    images = state / "images"
-    images.mkdir(mode=0o700, parents=True, exist_ok=True)
-    link = images / "cli"
-    if link.is_symlink() or link.exists():
-        link.unlink()
-    link.symlink_to(image.path.absolute(), target_is_directory=True)
-
-
-def _check_nothing_left(state: Path) -> None:
-    """Raise BenchError (after killing them) if QEMU processes or VM dirs are left."""
-    problems = []
-    killed = kill_leftover_qemu(state)
-    if killed:
-        problems.append(f"QEMU processes still running (killed): {killed}")
-    vms = state / "vms"
-    if vms.is_dir() and any(vms.iterdir()):
-        problems.append(f"work directories left in {vms}")
-    if problems:
-        raise BenchError("the bench left resources behind: " + "; ".join(problems))
