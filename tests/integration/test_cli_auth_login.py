@@ -4,8 +4,6 @@ auth flow over VMs with real agents, the test OAuth server and a scripted user w
 from __future__ import annotations
 
 import asyncio
-import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -17,6 +15,7 @@ from tests.integration.oidc_fixtures import *  # noqa: F403
 from tests.integration.sdk_fixtures import serving
 from tests.integration.store_fixtures import *  # noqa: F403
 from tests.integration.test_auth_flow_fake import flow_settings, sign_in
+from tests.integration.test_cli_exec_run import spawn_hearth
 
 __all__ = ["flow_settings"]
 
@@ -41,19 +40,7 @@ async def test_auth_login_prints_the_view_link_and_follows_the_login_to_its_end(
 ) -> None:
     async with serving(flow_settings, AgentBackend(agent_launcher), tmp_path) as live:
         key = live.keys["ann"]
-        env = {**os.environ, "HEARTH_URL": live.url, "HEARTH_API_KEY": key}
-        command = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "hearth",
-            "auth",
-            "login",
-            "--provider",
-            "oidc",
-            env=env,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
+        command = await spawn_hearth(live, "auth", "login", "--provider", "oidc")
         assert command.stdout is not None
         link = (await asyncio.wait_for(command.stdout.readline(), DEADLINE_S)).decode().strip()
         assert link.startswith(f"{live.url}/view/")
@@ -65,20 +52,7 @@ async def test_auth_login_prints_the_view_link_and_follows_the_login_to_its_end(
         assert "completed" in err.decode()
         assert session["vm_id"] in err.decode()
         # A second login of a provider the user is logged in to starts afresh.
-        again = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "hearth",
-            "auth",
-            "login",
-            "--provider",
-            "oidc",
-            "--timeout",
-            "1",
-            env=env,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
+        again = await spawn_hearth(live, "auth", "login", "--provider", "oidc", "--timeout", "1")
         _, late = await asyncio.wait_for(again.communicate(), DEADLINE_S)
         assert again.returncode == 1
         assert "still not done" in late.decode()

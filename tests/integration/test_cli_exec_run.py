@@ -34,10 +34,10 @@ async def live(
         yield served
 
 
-async def hearth(live: Live, *args: str, stdin: bytes = b"") -> tuple[int, str, str]:
-    """``python -m hearth ARGS`` as ann; its status, stdout and stderr."""
+async def spawn_hearth(live: Live, *args: str) -> asyncio.subprocess.Process:
+    """``python -m hearth ARGS`` as ann, started, its three streams piped."""
     env = {**os.environ, "HEARTH_URL": live.url, "HEARTH_API_KEY": live.keys["ann"]}
-    process = await asyncio.create_subprocess_exec(
+    return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "hearth",
@@ -47,6 +47,11 @@ async def hearth(live: Live, *args: str, stdin: bytes = b"") -> tuple[int, str, 
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
+
+
+async def hearth(live: Live, *args: str, stdin: bytes = b"") -> tuple[int, str, str]:
+    """``python -m hearth ARGS`` as ann, to its end; its status, stdout and stderr."""
+    process = await spawn_hearth(live, *args)
     out, err = await asyncio.wait_for(process.communicate(stdin), 120)
     assert process.returncode is not None
     return process.returncode, out.decode(), err.decode()

@@ -14,18 +14,14 @@ from __future__ import annotations
 import base64
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, NoReturn, Protocol, TypeAlias, TypedDict, TypeVar
+from typing import Any, Literal, TypeAlias, TypedDict
 from urllib.parse import quote
 
-from httpx_sse import ServerSentEvent
-
 from hearth.sdk._config import ResumePolicy
-from hearth.sdk._errors import ExecFailed, HearthApiError, HearthConnectionError, HearthSdkError
+from hearth.sdk._errors import ExecFailed, HearthConnectionError
+from hearth.sdk._follow import Follower, StreamRequest
 
 EXEC_ID_HEADER = "X-Hearth-Exec-Id"
-# Answers to a resume that mean "not now" rather than "never" (the controller or the VM's agent
-# restarting); any other refusal (the VM destroyed, the command unknown) ends the stream.
-_RETRY_STATUSES = frozenset({502, 503, 504})
 
 
 @dataclass(frozen=True)
@@ -164,71 +160,21 @@ def typed_event(kind: str, data: Mapping[str, Any], event_id: int | None) -> Exe
     return None
 
 
-@dataclass(frozen=True)
-class StreamRequest:
-    """One request for a command's event stream."""
-
-    method: str
-    path: str
-    json: dict[str, Any] | None = None
-    headers: dict[str, str] = field(default_factory=dict)
-
-    def send_args(self) -> dict[str, Any]:
-        """What ``httpx_sse.connect_sse`` / ``aconnect_sse`` take (a fresh ``headers`` dict:
-        they add to it)."""
-        return {
-            "method": self.method,
-            "url": self.path,
-            "json": self.json,
-            "headers": dict(self.headers),
-        }
-
-
-class StreamBroke(Exception):
-    """The stream broke off; ``error`` is what the caller gets if it is not picked up again.
-    Raised and caught inside the SDK only."""
-
-    def __init__(self, error: HearthSdkError) -> None:
-        super().__init__(str(error))
-        self.error = error
-
-
-E_co = TypeVar("E_co", covariant=True)
-
-
-class Follower(Protocol[E_co]):
-    """What the clients' event loop drives: ``ExecFollower`` (a command) and ``RunFollower``
-    (a run) read their streams to the end this way, resuming after breaks."""
-
-    def request(self) -> StreamRequest | None: ...
-    def refused(self, status: int, content: bytes) -> NoReturn: ...
-    def opened(self, status: int, headers: Mapping[str, str]) -> None: ...
-    def accept(self, sse: ServerSentEvent) -> E_co | None: ...
-    def ended(self) -> None: ...
-    def resume_delay_s(self, exc: Exception) -> float: ...
-
-
-class ExecFollower:
-    """One command's events across reconnects: what to request next, what each event means,
-    and whether (and after how long) a break is picked up again.
-
-    A client loops: ``request()`` (None once the exit has been seen), send it; on an error
-    answer ``refused()``; else ``opened()``, ``accept()`` each event, ``ended()``. When any of
-    that raises ``StreamBroke`` or the connection fails, sleep ``resume_delay_s(exc)`` (which
-    raises the SDK's error instead when the stream may not be resumed) and loop.
+class ExecFollower(Follower[ExecEvent]):
+    """One command's events across reconnects (the loop is ``Follower``'s).
 
     The command's id comes with the answer's headers, so a stream that breaks before its first
-    event is resumed too; the events after id 0 then come without ``ExecStarted``.
+    event is resumed too; the events after id 0 then come without ``ExecStarted``. Until the
+    id is known a break is not picked up: sending the request again could run it twice.
     """
 
+    ended_early = "the event stream ended before the exit"
+
     def __init__(self, vm_id: str, body: dict[str, Any], policy: ResumePolicy) -> None:
+        super().__init__(policy)
         self._path = f"/api/vms/{quote(vm_id, safe='')}/exec"
         self._body = body
-        self._policy = policy
-        self._breaks = 0  # breaks in a row, without an event in between
         self.exec_id: str | None = None
-        self.last_id: int | None = None
-        self.done = False
 
     def request(self) -> StreamRequest | None:
         """Start the command, or read its events after the last one seen; None when done."""
@@ -240,54 +186,22 @@ class ExecFollower:
         path = f"{self._path}/{quote(self.exec_id, safe='')}/events"
         return StreamRequest("GET", path, headers={"Last-Event-ID": after})
 
-    def refused(self, status: int, content: bytes) -> NoReturn:
-        """The API answered an error instead of the stream."""
-        error = HearthApiError.of_answer(status, content)
-        if self.exec_id is not None and status in _RETRY_STATUSES:
-            raise StreamBroke(error)
-        raise error
+    @property
+    def resumable(self) -> bool:
+        """Once the command is known to run."""
+        return self.exec_id is not None
 
-    def opened(self, status: int, headers: Mapping[str, str]) -> None:
-        """The stream's answer arrived: from now on the command runs, whatever breaks."""
+    def took_headers(self, headers: Mapping[str, str]) -> None:
+        """The answer names the command: from now on it runs, whatever breaks."""
         self.exec_id = self.exec_id or headers.get(EXEC_ID_HEADER)
-        kind = headers.get("content-type", "").partition(";")[0].strip()
-        if kind != "text/event-stream":
-            raise HearthApiError(status, "not_an_event_stream", f"the answer is {kind!r}")
 
-    def accept(self, sse: ServerSentEvent) -> ExecEvent | None:
-        """The SDK's event for one that arrived; None for one seen already or not known."""
-        if sse.event == "error":
-            data = sse.json()
-            code, message = str(data.get("code", "stream_error")), str(data.get("message", ""))
-            raise StreamBroke(HearthApiError(502, code, message))
-        event_id = int(sse.id) if sse.id.isdigit() else None
-        if event_id is not None and self.last_id is not None and event_id <= self.last_id:
-            return None
-        event = typed_event(sse.event, sse.json(), event_id)
-        self._breaks = 0
-        self.last_id = self.last_id if event_id is None else event_id
+    def typed(self, kind: str, data: Mapping[str, Any], event_id: int | None) -> ExecEvent | None:
+        """``typed_event``, noting the command's id when ``started`` brings it."""
+        event = typed_event(kind, data, event_id)
         if isinstance(event, ExecStarted):
             self.exec_id = event.exec_id
-        self.done = self.done or isinstance(event, ExecExit)
         return event
 
-    def ended(self) -> None:
-        """The stream closed: as it should after ``exit``, else it broke off."""
-        if not self.done:
-            raise StreamBroke(
-                HearthConnectionError("stream_broken", "the event stream ended before the exit")
-            )
-
-    def resume_delay_s(self, exc: Exception) -> float:
-        """The pause before picking the stream up again after ``exc``; raises the SDK's error
-        instead when it may not be: the command may not have started (sending the request
-        again could run it twice), or it broke ``max_resumes`` times in a row."""
-        if isinstance(exc, StreamBroke):
-            error, cause = exc.error, None
-        else:
-            code = "unreachable" if self.exec_id is None else "stream_broken"
-            error, cause = HearthConnectionError(code, f"{type(exc).__name__}: {exc}"), exc
-        if self.exec_id is None or self._breaks >= self._policy.max_resumes:
-            raise error from cause
-        self._breaks += 1
-        return self._policy.delay_s(self._breaks)
+    def is_last(self, event: ExecEvent | None) -> bool:
+        """``exit`` is."""
+        return isinstance(event, ExecExit)

@@ -13,20 +13,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, NoReturn, TypedDict
+from typing import Any, TypedDict
 from urllib.parse import quote
-
-from httpx_sse import ServerSentEvent
 
 from hearth.sdk._calls import Call, _given, _vm_path
 from hearth.sdk._config import ResumePolicy
-from hearth.sdk._errors import HearthApiError, HearthConnectionError
-from hearth.sdk._exec import StreamBroke, StreamRequest
+from hearth.sdk._errors import HearthConnectionError
+from hearth.sdk._follow import Follower, StreamRequest
 from hearth.sdk._models import WireRecord
 
 RUN_ENDED = frozenset({"completed", "failed"})
 _TERMINAL_EVENTS = frozenset({"run.completed", "run.failed"})
-_RETRY_STATUSES = frozenset({502, 503, 504})
 
 
 @dataclass(kw_only=True)
@@ -170,67 +167,26 @@ def cancel_run(vm_id: str, run_id: str) -> Call[RunInfo]:
     )
 
 
-class RunFollower:
-    """Reads one run's events to its end, resuming after breaks (the loop ``ExecFollower``
-    describes: ``request``, ``refused``/``opened``, ``accept``, ``ended``, ``resume_delay_s``)."""
+class RunFollower(Follower[RunEvent]):
+    """One run's events to its end, resuming after breaks (the loop is ``Follower``'s): the run
+    exists before its events are read, so every break may be picked up again."""
+
+    ended_early = "the event stream ended before the run"
 
     def __init__(self, vm_id: str, run_id: str, policy: ResumePolicy, *, after: int = 0) -> None:
+        super().__init__(policy, last_id=after)
         self._path = _vm_path(vm_id, f"/runs/{quote(run_id, safe='')}/events")
-        self._policy = policy
-        self._breaks = 0
-        self.last_id = after
-        self.done = False
 
     def request(self) -> StreamRequest | None:
         """The events after the last one seen; None when done."""
         if self.done:
             return None
-        return StreamRequest("GET", self._path, headers={"Last-Event-ID": str(self.last_id)})
+        return StreamRequest("GET", self._path, headers={"Last-Event-ID": str(self.last_id or 0)})
 
-    def refused(self, status: int, content: bytes) -> NoReturn:
-        """The API answered an error instead of the stream."""
-        error = HearthApiError.of_answer(status, content)
-        if status in _RETRY_STATUSES:
-            raise StreamBroke(error)
-        raise error
+    def typed(self, kind: str, data: Mapping[str, Any], event_id: int | None) -> RunEvent:
+        """Every event of a run is a ``RunEvent``."""
+        return RunEvent(type=kind, data=dict(data), id=event_id)
 
-    def opened(self, status: int, headers: Mapping[str, str]) -> None:
-        """The stream's answer arrived."""
-        kind = headers.get("content-type", "").partition(";")[0].strip()
-        if kind != "text/event-stream":
-            raise HearthApiError(status, "not_an_event_stream", f"the answer is {kind!r}")
-
-    def accept(self, sse: ServerSentEvent) -> RunEvent | None:
-        """The SDK's event for one that arrived; None for one seen already."""
-        if sse.event == "error":
-            data = sse.json()
-            code, message = str(data.get("code", "stream_error")), str(data.get("message", ""))
-            raise StreamBroke(HearthApiError(502, code, message))
-        event_id = int(sse.id) if sse.id.isdigit() else None
-        if event_id is not None and event_id <= self.last_id:
-            return None
-        event = RunEvent(type=sse.event, data=sse.json(), id=event_id)
-        self._breaks = 0
-        self.last_id = self.last_id if event_id is None else event_id
-        self.done = self.done or event.terminal
-        return event
-
-    def ended(self) -> None:
-        """The stream closed: as it should after the run's last event, else it broke off."""
-        if not self.done:
-            raise StreamBroke(
-                HearthConnectionError("stream_broken", "the event stream ended before the run")
-            )
-
-    def resume_delay_s(self, exc: Exception) -> float:
-        """The pause before reading on after ``exc``; the SDK's error after ``max_resumes``
-        breaks in a row."""
-        if isinstance(exc, StreamBroke):
-            error, cause = exc.error, None
-        else:
-            error = HearthConnectionError("stream_broken", f"{type(exc).__name__}: {exc}")
-            cause = exc
-        if self._breaks >= self._policy.max_resumes:
-            raise error from cause
-        self._breaks += 1
-        return self._policy.delay_s(self._breaks)
+    def is_last(self, event: RunEvent | None) -> bool:
+        """``run.completed`` and ``run.failed`` are."""
+        return event is not None and event.terminal

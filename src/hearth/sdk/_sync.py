@@ -29,11 +29,10 @@ from hearth.sdk._exec import (
     ExecFollower,
     ExecOptions,
     ExecResult,
-    Follower,
-    StreamBroke,
     exec_body,
 )
 from hearth.sdk._files import Files
+from hearth.sdk._follow import Follower, StreamBroke
 from hearth.sdk._models import AuthSessionInfo, Bound, VmInfo
 from hearth.sdk._runs import (
     RunCollector,
