@@ -224,15 +224,3 @@ async def test_clone_of_an_old_template_gets_the_current_clock_when_claimed(
             assert fresh["claimed"] is True
     finally:
         await backend.destroy(clone)
-
-
-async def test_the_runtime_dir_goes_with_the_last_vm_and_only_then(
-    minimal_image: ImageDir, qemu_backend: TrackingBackend
-) -> None:
-    first, second = await asyncio.gather(
-        *(qemu_backend.create(minimal_image, VmSpec()) for _ in range(2))
-    )
-    await qemu_backend.destroy(first)
-    assert qemu_backend.run_dir.is_dir()  # the second VM's QMP socket is still there
-    await qemu_backend.destroy(second)
-    assert not qemu_backend.run_dir.exists()

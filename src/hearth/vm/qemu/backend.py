@@ -21,7 +21,7 @@ from hearth.vm.accel import Accel, detect_accel
 from hearth.vm.claim import new_agent_token
 from hearth.vm.host import free_local_port, live_args, stop_child
 from hearth.vm.lifecycle import BackendLifecycle
-from hearth.vm.qemu.command import VmPaths, qemu_argv, qmp_socket
+from hearth.vm.qemu.command import VmPaths, qemu_argv
 from hearth.vm.qemu.disk_keys import DiskKey, key_pipe
 from hearth.vm.qemu.disks import Overlays
 from hearth.vm.qemu.monitor import Monitor
@@ -96,12 +96,6 @@ class QemuBackend(BackendLifecycle[Template]):
     def _paths(self, vm_id: str, workdir: Path) -> VmPaths:
         self.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         return VmPaths(workdir=workdir, run_dir=self.run_dir, vm_id=vm_id)
-
-    def _drop_socket(self, vm_id: str) -> None:
-        """Remove the VM's QMP socket, and the runtime dir once no VM has one there."""
-        qmp_socket(self.run_dir, vm_id).unlink(missing_ok=True)
-        with contextlib.suppress(OSError):  # not empty: other VMs still run
-            self.run_dir.rmdir()
 
     # ---- create -------------------------------------------------------------------------
 
@@ -190,7 +184,7 @@ class QemuBackend(BackendLifecycle[Template]):
             self.networks.delete(vm_id, None)
             for leftover in ("qemu.pid", "vm.json"):
                 (directory / leftover).unlink(missing_ok=True)
-            self._drop_socket(vm_id)
+            self._paths(vm_id, directory).qmp.unlink(missing_ok=True)
 
     async def _start(
         self,
@@ -382,7 +376,8 @@ class QemuBackend(BackendLifecycle[Template]):
             self.networks.delete(vm.id, read_record(vm.workdir) if vm.workdir else None)
         except (OSError, VmError) as exc:
             errors.append(f"network: {exc}")
-        self._drop_socket(vm.id)
+        if vm.workdir is not None:
+            self._paths(vm.id, vm.workdir).qmp.unlink(missing_ok=True)
         if vm.workdir is not None and vm.workdir.parent == self.vms_dir:
             try:
                 shutil.rmtree(vm.workdir)

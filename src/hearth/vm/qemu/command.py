@@ -18,11 +18,6 @@ GUEST_MAC = "52:54:00:48:45:01"
 KERNEL_APPEND = "console=ttyS0 root=/dev/vda rw panic=-1 loglevel=4"
 
 
-def qmp_socket(run_dir: Path, vm_id: str) -> Path:
-    """Where VM ``vm_id``'s QMP socket lives in the runtime dir."""
-    return run_dir / f"{vm_id}.qmp"
-
-
 @dataclass(frozen=True, kw_only=True)
 class VmPaths:
     """Host-side files of one VM: its work directory, and its QMP socket in the runtime dir.
@@ -43,7 +38,7 @@ class VmPaths:
     @property
     def qmp(self) -> Path:
         """The QMP socket."""
-        return qmp_socket(self.run_dir, self.vm_id)
+        return self.run_dir / f"{self.vm_id}.qmp"
 
     @property
     def console(self) -> Path:
