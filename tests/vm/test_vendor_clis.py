@@ -191,8 +191,16 @@ async def tab_urls(devtools: DevTools) -> list[str]:
 
 
 async def logins_counted(agent: httpx.AsyncClient, provider: str, outcome: str) -> bool:
-    metrics = (await agent.get("/metrics")).text
-    return f'provider="{provider}",outcome="{outcome}"}} 1' in metrics
+    """Whether the agent counted one such login. The status turns ``failed`` in the login's own
+    thread and its watcher counts it a moment later, so a reader that saw the status waits."""
+    deadline = Deadline.after(10)
+    while True:
+        metrics = (await agent.get("/metrics")).text
+        if f'provider="{provider}",outcome="{outcome}"}} 1' in metrics:
+            return True
+        if deadline.expired:
+            return False
+        await asyncio.sleep(0.1)
 
 
 # One Browser VM per login, as the controller does (each test restores its own from the template).
