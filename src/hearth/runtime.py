@@ -114,8 +114,8 @@ async def open_hearth(
         await ensure_admin_key(store, settings)
         vault = CredentialVault.load(settings.state_dir, master_key=settings.master_key)
         credentials = CredentialService(store, vault)
-        networks = CliNetworks(node=node)
-        teardown.push("close the CLI VMs' egress paths", networks.close_all)
+        networks = CliNetworks(node=node, store=store)
+        teardown.push("stop the CLI VMs' egress proxies", networks.close_all)
         vms = VmService(
             settings=settings,
             store=store,

@@ -133,9 +133,49 @@ async def test_the_path_goes_with_the_vm(api_net: Api) -> None:
     api = api_net
     vm_id, headers = await new_cli_vm(api, "ann")
     port = api.backend.running[vm_id].spec.guest_forwards[0].host_port
+    assert (await api.client.get(f"/api/vms/{vm_id}/network", headers=headers)).status_code == 200
+    assert (await api.ctl.store.egress.get(vm_id)) is not None
     assert (await api.client.delete(f"/api/vms/{vm_id}", headers=headers)).status_code == 200
     with pytest.raises(ConnectionRefusedError):
         await asyncio.open_connection(LOOPBACK, port)
+    assert (await api.ctl.store.egress.get(vm_id)) is None
+
+
+async def test_a_restarted_controller_reopens_each_adopted_vms_path_with_its_policy(
+    api_settings: Settings, agent_launcher: AgentLauncher, echo_port: int, tmp_path: Path
+) -> None:
+    settings = api_settings.with_overrides(
+        egress_pins=(("stand-in.test:443", f"{LOOPBACK}:{echo_port}"),)
+    )
+    backend = AgentBackend(agent_launcher)
+    policy = {"allowOut": ["stand-in.test", "*.example.org"], "denyOut": ["bad.example.org"]}
+    async with running_api(settings, backend, tmp_path / "image") as first:
+        vm_id, headers = await new_cli_vm(first, "ann")
+        gone_id, _ = await new_cli_vm(first, "ann")
+        port = backend.running[vm_id].spec.guest_forwards[0].host_port
+        url = f"/api/vms/{vm_id}/network"
+        assert (await first.client.put(url, json=policy, headers=headers)).status_code == 200
+        before = (await first.client.get(url, headers=headers)).json()
+        assert await connect_through(port, "stand-in.test:443") == 200
+    # The controller is gone: the VM's QEMU would dial a port nobody listens on.
+    with pytest.raises(ConnectionRefusedError):
+        await asyncio.open_connection(LOOPBACK, port)
+    await backend.destroy(backend.running[gone_id])  # died while no controller ran
+    async with running_api(settings, backend, tmp_path / "image") as second:
+        after = (await second.client.get(url, headers=headers)).json()
+        assert {k: v for k, v in after.items() if k != "traffic"} == {
+            k: v for k, v in before.items() if k != "traffic"
+        }
+        assert await connect_through(port, "stand-in.test:443") == 200
+        assert await connect_through(port, "bad.example.org:443") == 403
+        assert await connect_through(port, "other.test:443") == 403
+        events = await stream(
+            second, "POST", f"/api/vms/{vm_id}/exec", headers, json={"cmd": ["env"]}
+        )
+        assert f"HTTPS_PROXY={EGRESS_PROXY_URL}" in output(events, "stdout").decode()
+        # The VM that died meanwhile failed, and its stored path is forgotten.
+        assert (await second.ctl.store.egress.get(gone_id)) is None
+        assert (await second.client.delete(f"/api/vms/{vm_id}", headers=headers)).status_code == 200
 
 
 async def test_with_cli_egress_off_a_cli_vm_has_no_way_out(

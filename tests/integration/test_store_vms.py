@@ -10,7 +10,9 @@ import pytest
 
 from hearth.errors import Conflict, InvalidInput, NotFound
 from hearth.store import Store, VmRecord
+from hearth.store.records import EgressRecord
 from hearth.vm.types import BootMode, VmState, VmType
+from hearth_agent.wire import Provider
 from tests.integration.store_fixtures import *  # noqa: F403
 from tests.integration.store_fixtures import FakeClock, OpenStore, new_vm
 
@@ -305,3 +307,27 @@ async def test_counts_and_memory_exclude_destroyed_and_failed_vms(store: Store) 
     assert await store.vms.count_active(vm_type=VmType.BROWSER) == 1
     assert await store.vms.count_active(user_id="alice", vm_type=VmType.BROWSER) == 0
     assert await store.vms.sum_active_mem_mib() == active_states * 1000 + 300
+
+
+async def test_a_cli_vms_egress_path_is_replaced_whole_and_forgotten_with_its_vm(
+    store: Store, alice: str
+) -> None:
+    kept = await store.vms.insert(new_vm(alice))
+    other = await store.vms.insert(new_vm(alice))
+    first = EgressRecord(vm_id=kept.id, port=41000)
+    await store.egress.put(first)
+    assert await store.egress.get(kept.id) == first
+    changed = EgressRecord(
+        vm_id=kept.id,
+        port=41000,
+        providers=frozenset({Provider.CODEX, Provider.CLAUDE_CODE}),
+        allow_out=("*.example.org", "stand-in.test:8443"),
+        deny_out=("bad.example.org",),
+    )
+    await store.egress.put(changed)
+    assert await store.egress.get(kept.id) == changed
+    await store.egress.put(EgressRecord(vm_id=other.id, port=41001))
+    assert await store.egress.delete_except({kept.id}) == 1
+    assert await store.egress.get(other.id) is None
+    await store.egress.delete(kept.id)
+    assert await store.egress.get(kept.id) is None

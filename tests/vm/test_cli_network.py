@@ -3,14 +3,18 @@
 From inside the guest (commands run through ``/api/vms/{id}/exec``): a CONNECT through the
 proxy address to an allowed name reaches the loopback stand-in that name is pinned to (bytes go
 there and back); a name off the policy gets 403; and a process that ignores the proxy and dials
-the host directly gets nothing, because QEMU user networking runs with ``restrict=on``.
+the host directly gets nothing, because QEMU user networking runs with ``restrict=on``. And a
+restarted controller reopens the running VM's path, with its policy, where QEMU dials it.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 
 from hearth.config import Settings
@@ -41,6 +45,7 @@ if status != "200":
 s.sendall(b"ping from the guest\\n")
 print("echoed", s.recv(100).decode().strip())
 """
+ECHOED = "echoed ping from the guest"
 # Run in the guest: dial the host's loopback server straight, ignoring the proxy.
 DIRECT = """
 import socket, sys
@@ -54,54 +59,76 @@ else:
 
 
 @pytest.fixture
-async def controller(
-    database_url: str,
-    minimal_image: ImageDir,
-    tmp_path: Path,
-    vm_state_dir: Path,
-    echo_port: int,
-) -> AsyncIterator[Api]:
-    """A controller whose CLI VMs may be allowed ``stand-in.test``, pinned to the echo server."""
-    settings = Settings.from_env(
+def settings(database_url: str, tmp_path: Path, echo_port: int) -> Settings:
+    """CLI VMs may be allowed ``stand-in.test``, pinned to the echo server."""
+    return Settings.from_env(
         {
             "HEARTH_STATE_DIR": str(tmp_path / "state"),
             "HEARTH_DATABASE_URL": database_url,
             "HEARTH_EGRESS_PINS": f"stand-in.test:443=127.0.0.1:{echo_port}",
         }
     )
-    async for api in serve_app(
+
+
+@contextlib.asynccontextmanager
+async def controller(
+    settings: Settings, minimal_image: ImageDir, vm_state_dir: Path, *, destroy_on_exit: bool
+) -> AsyncIterator[Api]:
+    """The controller in process, served until the block ends."""
+    served = serve_app(
         settings,
         minimal_image=minimal_image,
         template_dir=vm_state_dir / "templates",
-        destroy_on_exit=True,
-    ):
-        yield api
-    assert qemu_pids_under(settings.state_dir) == [], "a VM outlived its controller"
+        destroy_on_exit=destroy_on_exit,
+    )
+    async with contextlib.aclosing(served):
+        yield await anext(served)
 
 
 async def test_the_guest_reaches_an_allowed_name_through_its_path_and_nothing_else(
-    controller: Api, echo_port: int
+    settings: Settings, minimal_image: ImageDir, vm_state_dir: Path, echo_port: int
 ) -> None:
-    key = await user_key(controller, "ann")
-    async with controller.client(key) as client:
-        created = await client.post("/api/vms", json={})
-        assert created.status_code == 201, created.text
-        vm_id = created.json()["id"]
-        exec_url = f"/api/vms/{vm_id}/exec"
-
-        async def in_guest(program: str, argument: str) -> str:
-            events = await events_of(
-                client, "POST", exec_url, json={"cmd": ["python3", "-c", program, argument]}
+    async with controller(settings, minimal_image, vm_state_dir, destroy_on_exit=False) as first:
+        key = await user_key(first, "ann")
+        async with first.client(key) as client:
+            created = await client.post("/api/vms", json={})
+            assert created.status_code == 201, created.text
+            vm_id = created.json()["id"]
+            guest = Guest(client, vm_id)
+            # Nothing is allowed before a credential or the user opens something.
+            assert await guest.run(THROUGH_PROXY, "stand-in.test:443") == "refused 403"
+            opened = await client.put(
+                f"/api/vms/{vm_id}/network", json={"allowOut": ["stand-in.test"]}
             )
-            assert exit_of(events)["code"] == 0, output(events, "stderr")
-            return output(events, "stdout").decode().strip()
+            assert opened.status_code == 200, opened.text
+            assert await guest.run(THROUGH_PROXY, "stand-in.test:443") == ECHOED
+            assert await guest.run(THROUGH_PROXY, "elsewhere.test:443") == "refused 403"
+            # A process that ignores the proxy has no route to the host's services.
+            direct = await guest.run(DIRECT, str(echo_port))
+            assert direct.startswith("no way out"), direct
+    # A restarted controller adopts the running VM and reopens its path where QEMU dials it.
+    again = controller(settings, minimal_image, vm_state_dir, destroy_on_exit=True)
+    async with again as second, second.client(key) as client:
+        guest = Guest(client, vm_id)
+        assert await guest.run(THROUGH_PROXY, "stand-in.test:443") == ECHOED
+        assert await guest.run(THROUGH_PROXY, "elsewhere.test:443") == "refused 403"
+    assert qemu_pids_under(settings.state_dir) == [], "a VM outlived its controller"
 
-        # Nothing is allowed before a credential or the user opens something.
-        assert await in_guest(THROUGH_PROXY, "stand-in.test:443") == "refused 403"
-        opened = await client.put(f"/api/vms/{vm_id}/network", json={"allowOut": ["stand-in.test"]})
-        assert opened.status_code == 200, opened.text
-        assert await in_guest(THROUGH_PROXY, "stand-in.test:443") == "echoed ping from the guest"
-        assert await in_guest(THROUGH_PROXY, "elsewhere.test:443") == "refused 403"
-        # A process that ignores the proxy has no route to the host's services.
-        direct = await in_guest(DIRECT, str(echo_port))
-        assert direct.startswith("no way out"), direct
+
+@dataclass
+class Guest:
+    """Runs Python programs in the VM through ``POST /api/vms/{id}/exec``."""
+
+    client: httpx.AsyncClient
+    vm_id: str
+
+    async def run(self, program: str, argument: str) -> str:
+        """The program's stdout, stripped (it must exit 0)."""
+        events = await events_of(
+            self.client,
+            "POST",
+            f"/api/vms/{self.vm_id}/exec",
+            json={"cmd": ["python3", "-c", program, argument]},
+        )
+        assert exit_of(events)["code"] == 0, output(events, "stderr")
+        return output(events, "stdout").decode().strip()

@@ -437,7 +437,7 @@ class AuthFlow:
             else:
                 if written == expected:
                     await self.credentials.mark_delivered(user_id, provider, vm_id, sha256=expected)
-                    self.networks.allow_provider(vm_id, Provider(provider))
+                    await self.networks.allow_provider(vm_id, Provider(provider))
                     return
                 last = f"the agent wrote sha256 {written[:12]}…, expected {expected[:12]}…"
             if attempt < _DELIVERY_ATTEMPTS:

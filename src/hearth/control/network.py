@@ -9,8 +9,10 @@ nothing before the first delivery; ``allowOut`` adds hosts and ``denyOut`` remov
 wins), changed live by ``PUT /api/vms/{id}/network``. Never a private, loopback or link-local
 address, whatever a name resolves to: the proxy checks every address it dials.
 
-The policy is held in memory for the VM's life: a controller restart reopens no path (adopted CLI
-VMs have no way out until they are re-created; see the README).
+The path's node port and the policy are kept in the store (``vm_egress``), written before a
+change is reported: the VM's QEMU dials that port for as long as it runs, so a restarted
+controller reopens each adopted CLI VM's path on the same port with the same policy
+(:meth:`CliNetworks.reopen`). Its traffic counts start again from zero.
 """
 
 from __future__ import annotations
@@ -18,12 +20,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from hearth.errors import Conflict
+from hearth.errors import Conflict, HearthError
 from hearth.logging import get_logger
 from hearth.network.egress import EgressTraffic
 from hearth.network.provider_hosts import PROVIDER_API_HOSTS
 from hearth.node.egress import EgressPath
 from hearth.node.interface import Node
+from hearth.store import Store
+from hearth.store.records import EgressRecord
 from hearth.vm.types import GuestForward
 from hearth_agent.wire import Provider
 
@@ -52,8 +56,9 @@ class NetworkPolicy:
 class CliNetworks:
     """The egress path and policy of every running CLI VM of this controller."""
 
-    def __init__(self, *, node: Node) -> None:
+    def __init__(self, *, node: Node, store: Store) -> None:
         self.node = node
+        self.store = store
         self._paths: dict[str, EgressPath] = {}
         self._policies: dict[str, NetworkPolicy] = {}
 
@@ -62,20 +67,55 @@ class CliNetworks:
         path = await self.node.open_egress((), owner=vm_id)
         self._paths[vm_id] = path
         self._policies[vm_id] = NetworkPolicy()
+        try:
+            await self._save(vm_id)
+        except BaseException:
+            await self.close(vm_id)
+            raise
         _log.info("cli_egress_opened", vm_id=vm_id, port=path.port)
         return path.forward
 
+    async def reopen(self, vm_id: str) -> bool:
+        """Reopen the stored path of a running VM this controller adopted, on the port its
+        VMM dials and with its policy; False if it has none or the port is taken."""
+        stored = await self.store.egress.get(vm_id)
+        if stored is None:
+            return False
+        policy = NetworkPolicy(set(stored.providers), stored.allow_out, stored.deny_out)
+        try:
+            path = await self.node.open_egress(
+                policy.allow, deny=policy.deny_out, owner=vm_id, port=stored.port
+            )
+        except (OSError, HearthError) as exc:
+            _log.warning("cli_egress_reopen_failed", vm_id=vm_id, port=stored.port, error=str(exc))
+            return False
+        self._paths[vm_id], self._policies[vm_id] = path, policy
+        _log.info("cli_egress_reopened", vm_id=vm_id, port=path.port)
+        return True
+
+    async def forget_others(self, keep: set[str]) -> None:
+        """Drop the stored paths of every VM but ``keep`` (a restart adopted only those)."""
+        forgotten = await self.store.egress.delete_except(keep)
+        if forgotten:
+            _log.info("cli_egress_forgotten", count=forgotten)
+
     async def close(self, vm_id: str) -> None:
-        """Close the VM's path and forget its policy; nothing to do if it has none."""
+        """The VM is gone: close its path and forget its policy; nothing to do if it has none."""
         path = self._paths.pop(vm_id, None)
         self._policies.pop(vm_id, None)
-        if path is not None:
-            await path.close()
+        try:
+            if path is not None:
+                await path.close()
+        finally:
+            await self.store.egress.delete(vm_id)
 
     async def close_all(self) -> None:
-        """Close every path (the controller stops)."""
-        for vm_id in list(self._paths):
-            await self.close(vm_id)
+        """Stop every path's proxy (the controller stops); the stored paths stay for the VMs
+        that go on running, to be reopened by the next controller."""
+        paths, self._paths = self._paths, {}
+        self._policies.clear()
+        for path in paths.values():
+            await path.close()
 
     def has_path(self, vm_id: str) -> bool:
         """Whether the VM has a way out through this controller."""
@@ -97,25 +137,26 @@ class CliNetworks:
         policy = self._policies.get(vm_id)
         if policy is None:
             raise Conflict(
-                f"VM {vm_id} has no egress path: only CLI VMs on user networking booted by this "
-                "controller with HEARTH_CLI_EGRESS=proxy have one"
+                f"VM {vm_id} has no egress path: only CLI VMs on user networking booted with "
+                "HEARTH_CLI_EGRESS=proxy have one"
             )
         return policy
 
     def traffic(self, vm_id: str) -> EgressTraffic:
-        """What the VM's path carried since it opened; Conflict if it has no path."""
+        """What the VM's path carried since it (re)opened; Conflict if it has no path."""
         self.policy(vm_id)
         return self._paths[vm_id].proxy.traffic
 
-    def set_policy(self, vm_id: str, *, allow_out: Sequence[str], deny_out: Sequence[str]) -> int:
+    async def set_policy(
+        self, vm_id: str, *, allow_out: Sequence[str], deny_out: Sequence[str]
+    ) -> int:
         """Replace the VM's own additions and removals (InvalidInput, changing nothing, for a
         bad entry); the open connections it no longer allows are cut (their count returned)."""
         policy = self.policy(vm_id)
         wanted = NetworkPolicy(
             providers=set(policy.providers), allow_out=tuple(allow_out), deny_out=tuple(deny_out)
         )
-        cut = self._paths[vm_id].set_policy(wanted.allow, wanted.deny_out)
-        self._policies[vm_id] = wanted
+        cut = await self._apply(vm_id, wanted)
         _log.info(
             "cli_egress_policy_set",
             vm_id=vm_id,
@@ -125,11 +166,37 @@ class CliNetworks:
         )
         return cut
 
-    def allow_provider(self, vm_id: str, provider: Provider) -> None:
+    async def allow_provider(self, vm_id: str, provider: Provider) -> None:
         """A credential of ``provider`` was delivered into the VM: let it reach that API."""
         policy = self._policies.get(vm_id)
         if policy is None or provider in policy.providers:
             return
-        policy.providers.add(provider)
-        self._paths[vm_id].set_policy(policy.allow, policy.deny_out)
+        wanted = NetworkPolicy(policy.providers | {provider}, policy.allow_out, policy.deny_out)
+        await self._apply(vm_id, wanted)
         _log.info("cli_egress_provider_allowed", vm_id=vm_id, provider=provider.value)
+
+    async def _apply(self, vm_id: str, wanted: NetworkPolicy) -> int:
+        """Enforce ``wanted`` (which checks it), then store it; the enforced policy goes back
+        to the one before if the store refuses, so the store never lags what is enforced."""
+        path, before = self._paths[vm_id], self._policies[vm_id]
+        cut = path.set_policy(wanted.allow, wanted.deny_out)
+        self._policies[vm_id] = wanted
+        try:
+            await self._save(vm_id)
+        except BaseException:
+            self._policies[vm_id] = before
+            path.set_policy(before.allow, before.deny_out)
+            raise
+        return cut
+
+    async def _save(self, vm_id: str) -> None:
+        policy = self._policies[vm_id]
+        await self.store.egress.put(
+            EgressRecord(
+                vm_id=vm_id,
+                port=self._paths[vm_id].port,
+                providers=frozenset(policy.providers),
+                allow_out=policy.allow_out,
+                deny_out=policy.deny_out,
+            )
+        )

@@ -362,8 +362,9 @@ class VmService:
 
         Rows whose VM process is gone become ``failed``; VMs that were still booting when the
         controller died are destroyed and failed (nobody waits for them any more); ready and
-        paused VMs with a live process are adopted; processes, work dirs, namespaces and
-        network slots with no active row are destroyed.
+        paused VMs with a live process are adopted (a CLI VM's egress path reopened where its
+        VMM dials it); processes, work dirs, namespaces and network slots with no active row
+        are destroyed.
         """
         report: dict[str, list[str]] = {"failed": [], "adopted": [], "reaped": []}
         running = {vm.id: vm for vm in await self.node.list_running()}
@@ -378,6 +379,8 @@ class VmService:
                     network=vm.spec.network,
                 )
                 self.live[record.id] = vm
+                if self.networks is not None:
+                    await self.networks.reopen(record.id)
                 report["adopted"].append(record.id)
                 continue
             reason = (
@@ -388,6 +391,8 @@ class VmService:
             await self.store.vms.transition(record.id, record.status, VmState.FAILED, error=reason)
             report["failed"].append(record.id)
         report["reaped"] = await self.node.reap(keep=set(self.live))
+        if self.networks is not None:
+            await self.networks.forget_others(keep=set(self.live))
         _log.info("reconciled", **{k: len(v) for k, v in report.items()})
         return report
 

@@ -51,13 +51,14 @@ async def open_egress_path(
     *,
     deny: Sequence[str] = (),
     owner: str | None = None,
+    port: int = 0,
     pins: Mapping[str, str],
     metrics: ControllerMetrics,
 ) -> EgressPath:
-    """Start a proxy that tunnels only to ``allow`` minus ``deny`` (``pins``: names resolved to
-    fixed addresses, for tests' stand-ins; ``owner``: the VM or login named in its logs) and the
-    guest forward that reaches it."""
-    proxy = EgressProxy(allow, deny=deny, owner=owner, pins=dict(pins), metrics=metrics)
+    """Start a proxy on loopback ``port`` (0: any) that tunnels only to ``allow`` minus
+    ``deny`` (``pins``: names resolved to fixed addresses, for tests' stand-ins; ``owner``: the
+    VM or login named in its logs) and the guest forward that reaches it."""
+    proxy = EgressProxy(allow, deny=deny, owner=owner, port=port, pins=dict(pins), metrics=metrics)
     await proxy.start()
     forward = GuestForward(
         guest_ip=EGRESS_GUEST_IP, guest_port=EGRESS_GUEST_PORT, host_port=proxy.port

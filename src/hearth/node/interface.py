@@ -69,9 +69,15 @@ class Node(Protocol):
         ...
 
     async def open_egress(
-        self, allow: Sequence[str], *, deny: Sequence[str] = (), owner: str | None = None
+        self,
+        allow: Sequence[str],
+        *,
+        deny: Sequence[str] = (),
+        owner: str | None = None,
+        port: int = 0,
     ) -> EgressPath:
         """A way out for a VM to the hosts in ``allow`` but not ``deny``, and nothing else
         (never a private address); the VM's spec must carry its ``forward``, its policy may
-        change while it runs, and the caller closes it. ``owner`` is named in its logs."""
+        change while it runs, and the caller closes it. ``owner`` is named in its logs.
+        ``port``: the node port to listen on (0: any), to reopen the path of a running VM."""
         ...

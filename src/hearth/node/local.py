@@ -98,9 +98,14 @@ class LocalNode:
         return self.backend.console_tail(vm, lines)
 
     async def open_egress(
-        self, allow: Sequence[str], *, deny: Sequence[str] = (), owner: str | None = None
+        self,
+        allow: Sequence[str],
+        *,
+        deny: Sequence[str] = (),
+        owner: str | None = None,
+        port: int = 0,
     ) -> EgressPath:
         """An egress proxy on this host's loopback, with the configured pins (tests only)."""
         return await open_egress_path(
-            allow, deny=deny, owner=owner, pins=self.egress_pins, metrics=self.metrics
+            allow, deny=deny, owner=owner, port=port, pins=self.egress_pins, metrics=self.metrics
         )

@@ -21,6 +21,7 @@ from hearth.store.repositories import (
     AuthSessionRepo,
     Clock,
     CredentialRepo,
+    EgressRepo,
     RunRepo,
     UserRepo,
     VmRepo,
@@ -100,7 +101,8 @@ def create_store_engine(url: str) -> AsyncEngine:
 
 
 class Store(Closing):
-    """Hearth's persistent state: users, API keys, VMs, auth sessions and credentials.
+    """Hearth's persistent state: users, API keys, VMs, auth sessions, credentials, runs, and
+    the CLI VMs' egress paths.
 
     Open with ``await Store.open(url)`` (which migrates the schema to head), close with
     ``await store.close()`` or use ``async with``. Constructing one directly takes an engine
@@ -117,6 +119,7 @@ class Store(Closing):
         self.auth_sessions = AuthSessionRepo(engine, clock=clock)
         self.credentials = CredentialRepo(engine, clock=clock)
         self.runs = RunRepo(engine, clock=clock)
+        self.egress = EgressRepo(engine, clock=clock)
 
     @classmethod
     async def open(

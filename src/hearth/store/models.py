@@ -221,6 +221,20 @@ class RunEventRow(Base):
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
 
+class VmEgressRow(Base):
+    """A CLI VM's way out: the loopback port its guest forward dials (fixed in the running
+    VMM's command line), and what it may reach. A restarted controller reopens it from here."""
+
+    __tablename__ = "vm_egress"
+
+    vm_id: Mapped[str] = mapped_column(ForeignKey("vms.id"), primary_key=True)
+    port: Mapped[int]
+    providers: Mapped[str] = mapped_column(Text())  # JSON list of Provider values
+    allow_out: Mapped[str] = mapped_column(Text())  # JSON list of host patterns
+    deny_out: Mapped[str] = mapped_column(Text())  # JSON list of host patterns
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
 users_table = Base.metadata.tables["users"]
 api_keys_table = Base.metadata.tables["api_keys"]
 vms_table = Base.metadata.tables["vms"]
@@ -228,3 +242,4 @@ auth_sessions_table = Base.metadata.tables["auth_sessions"]
 credentials_table = Base.metadata.tables["credentials"]
 runs_table = Base.metadata.tables["runs"]
 run_events_table = Base.metadata.tables["run_events"]
+vm_egress_table = Base.metadata.tables["vm_egress"]

@@ -238,3 +238,15 @@ class RunEventRecord:
     type: str
     data: str
     created_at: datetime = field(default_factory=utc_now)
+
+
+@dataclass(frozen=True, kw_only=True)
+class EgressRecord:
+    """A CLI VM's egress path as stored: the loopback port its guest forward dials, the
+    providers delivered into it, and its own additions (``allow_out``) and removals."""
+
+    vm_id: str
+    port: int
+    providers: frozenset[Provider] = frozenset()
+    allow_out: tuple[str, ...] = ()
+    deny_out: tuple[str, ...] = ()

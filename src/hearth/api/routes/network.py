@@ -71,5 +71,5 @@ async def put_network(vm_id: str, body: NetworkIn, key: Key, ctl: Ctl) -> Networ
     """Replace ``allowOut`` and ``denyOut``; applies at once, cutting connections now denied."""
     await ctl.vms.get(vm_id, user_id=scope_of(key))
     networks = ctl.networks
-    networks.set_policy(vm_id, allow_out=body.allow_out, deny_out=body.deny_out)
+    await networks.set_policy(vm_id, allow_out=body.allow_out, deny_out=body.deny_out)
     return NetworkOut.of(networks.policy(vm_id), networks.traffic(vm_id))

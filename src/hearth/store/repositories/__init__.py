@@ -6,6 +6,7 @@ from hearth.store.repositories._base import Clock
 from hearth.store.repositories.api_keys import ApiKeyRepo, hash_key
 from hearth.store.repositories.auth_sessions import AuthSessionRepo
 from hearth.store.repositories.credentials import CredentialRepo
+from hearth.store.repositories.egress import EgressRepo
 from hearth.store.repositories.runs import RunRepo
 from hearth.store.repositories.users import UserRepo
 from hearth.store.repositories.vms import VmRepo
@@ -15,6 +16,7 @@ __all__ = [
     "AuthSessionRepo",
     "Clock",
     "CredentialRepo",
+    "EgressRepo",
     "RunRepo",
     "UserRepo",
     "VmRepo",

@@ -102,9 +102,13 @@ def to_values(record: DataclassInstance) -> dict[str, object]:
 
 def insert_ignoring_duplicates(conn: AsyncConnection, table: Table, *, key: str) -> Any:
     """``INSERT ... ON CONFLICT (key) DO NOTHING`` for the connection's dialect."""
-    if conn.dialect.name == "postgresql":
-        return postgresql.insert(table).on_conflict_do_nothing(index_elements=[key])
-    return sqlite.insert(table).on_conflict_do_nothing(index_elements=[key])
+    return dialect_insert(conn, table).on_conflict_do_nothing(index_elements=[key])
+
+
+def dialect_insert(conn: AsyncConnection, table: Table) -> Any:
+    """An INSERT into ``table`` in the connection's dialect, which can take ``ON CONFLICT``."""
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    return dialect.insert(table)
 
 
 # Field coercion: callers hand ``**fields``; each allowed name maps to a checker that returns

@@ -6,26 +6,18 @@ import builtins
 from datetime import datetime
 from typing import Any, NoReturn
 
-from sqlalchemy import Table, delete, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import delete, or_, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from hearth.errors import Conflict, InvalidInput, NotFound
 from hearth.store.models import credentials_table
 from hearth.store.records import CredentialRecord
-from hearth.store.repositories._base import Repository, to_record, to_values
+from hearth.store.repositories._base import Repository, dialect_insert, to_record, to_values
 
 _table = credentials_table
 _CONFLICT_KEY = ["user_id", "provider"]
 # Set on insert and kept when a newer document replaces the row: the slot's identity.
 _IDENTITY = frozenset({"id", "user_id", "provider", "created_at"})
-
-
-def _upsert(conn: AsyncConnection, table: Table, values: dict[str, object]) -> Any:
-    """An INSERT of ``values`` in the connection's dialect, which can take ``ON CONFLICT``."""
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    return dialect.insert(table).values(values)
 
 
 class CredentialRepo(Repository):
@@ -44,7 +36,7 @@ class CredentialRepo(Repository):
         values = self._values(record)
         try:
             async with self._engine.begin() as conn:
-                statement = _upsert(conn, _table, values)
+                statement = dialect_insert(conn, _table).values(values)
                 statement = statement.on_conflict_do_update(
                     index_elements=_CONFLICT_KEY, set_=self._replacement(statement)
                 ).returning(*_table.c)
@@ -67,7 +59,7 @@ class CredentialRepo(Repository):
         values = self._values(record)
         try:
             async with self._engine.begin() as conn:
-                statement = _upsert(conn, _table, values)
+                statement = dialect_insert(conn, _table).values(values)
                 statement = statement.on_conflict_do_update(
                     index_elements=_CONFLICT_KEY,
                     set_=self._replacement(statement),
