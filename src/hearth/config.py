@@ -89,6 +89,13 @@ class Settings:
     run_timeout_s: float = 3600.0
     run_prompt_max_bytes: int = 256 * 1024
     run_events_keep: int = 10_000
+    # Webhooks: receivers on private/loopback addresses (refused unless allowed), how long a
+    # delivery is retried, its first retry delay (doubling, with jitter, up to 15 min), and how
+    # long one attempt may take.
+    webhook_allow_private: bool = False
+    webhook_retry_for_s: float = 24 * 3600.0
+    webhook_backoff_s: float = 5.0
+    webhook_timeout_s: float = 10.0
     # Benchmarks and tests only: forward each Browser VM's Chromium DevTools to a loopback port,
     # where any local process could drive the login browser. Off, nothing but VNC is forwarded.
     browser_devtools: bool = False
@@ -201,6 +208,13 @@ class Settings:
                 env, "HEARTH_RUN_PROMPT_MAX_BYTES", 256 * 1024, 1, 16 * 1024 * 1024
             ),
             run_events_keep=_int(env, "HEARTH_RUN_EVENTS_KEEP", 10_000, 100, 10_000_000),
+            webhook_allow_private=_choice(env, "HEARTH_WEBHOOK_ALLOW_PRIVATE", "0", ("0", "1"))
+            == "1",
+            webhook_retry_for_s=_float(
+                env, "HEARTH_WEBHOOK_RETRY_FOR_S", 24 * 3600.0, 3600.0, 30 * 24 * 3600.0
+            ),
+            webhook_backoff_s=_float(env, "HEARTH_WEBHOOK_BACKOFF_S", 5.0, 0.01, 600.0),
+            webhook_timeout_s=_float(env, "HEARTH_WEBHOOK_TIMEOUT_S", 10.0, 1.0, 120.0),
         )
 
     def with_overrides(self, **changes: object) -> Settings:

@@ -63,6 +63,23 @@ class ControllerMetrics:
             ["direction"],
             registry=self.registry,
         )
+        self.events = Counter(
+            "hearth_events_total",
+            "Events written to the event log, by type",
+            ["type"],
+            registry=self.registry,
+        )
+        self.webhook_deliveries = Counter(
+            "hearth_webhook_deliveries_total",
+            "Webhook delivery attempts by outcome (delivered, retry, failed)",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.webhook_backlog = Gauge(
+            "hearth_webhook_backlog",
+            "Webhook deliveries not yet accepted by their receiver (pending)",
+            registry=self.registry,
+        )
         self.egress_tunnels_open = Gauge(
             "hearth_egress_tunnels_open",
             "Egress proxy tunnels currently piping bytes",

@@ -34,6 +34,9 @@ from hearth.control.vms import VmService
 from hearth.credentials.pullback import PullBack
 from hearth.credentials.service import CredentialService
 from hearth.credentials.vault import CredentialVault
+from hearth.events.dispatch import WebhookDispatcher
+from hearth.events.log import EventLog
+from hearth.events.webhooks import WebhookService
 from hearth.logging import get_logger
 from hearth.metrics import ControllerMetrics
 from hearth.node.images import ImageCatalog
@@ -63,6 +66,8 @@ class ControlPlane:
     terminals: TerminalService
     networks: CliNetworks
     auth: AuthFlow
+    events: EventLog
+    webhooks: WebhookService
     node: Node
 
 
@@ -114,6 +119,8 @@ async def open_hearth(
         await ensure_admin_key(store, settings)
         vault = CredentialVault.load(settings.state_dir, master_key=settings.master_key)
         credentials = CredentialService(store, vault)
+        events = EventLog(store=store, settings=settings, metrics=metrics)
+        webhooks = WebhookService(store=store, vault=vault, settings=settings)
         networks = CliNetworks(node=node, store=store)
         teardown.push("stop the CLI VMs' egress proxies", networks.close_all)
         vms = VmService(
@@ -125,6 +132,7 @@ async def open_hearth(
             pool_sizes={VmType.CLI: settings.pool_cli, VmType.BROWSER: settings.pool_browser},
             before_destroy=[PullBack(store, credentials).before_destroy],
             networks=networks if settings.cli_egress == "proxy" else None,
+            events=events,
         )
         teardown.push(
             "stop the VM service", functools.partial(vms.shutdown, destroy_vms=destroy_on_exit)
@@ -136,6 +144,7 @@ async def open_hearth(
             node=node,
             credentials=credentials,
             networks=networks,
+            events=events,
         )
         teardown.push("stop the login flows", auth.shutdown)
         execs = ExecService(settings=settings, vms=vms, networks=networks)
@@ -143,6 +152,11 @@ async def open_hearth(
         teardown.push("stop reading the runs", runs.shutdown)
         terminals = TerminalService(execs=execs, link_ttl_s=settings.terminal_link_ttl_s)
         teardown.push("end the open terminals", terminals.close)
+        dispatcher = WebhookDispatcher(
+            store=store, webhooks=webhooks, events=events, settings=settings, metrics=metrics
+        )
+        dispatcher.start()
+        teardown.push("stop delivering webhooks", dispatcher.stop)
         await vms.reconcile()
         await auth.recover()
         await runs.recover()
@@ -163,6 +177,8 @@ async def open_hearth(
             terminals=terminals,
             networks=networks,
             auth=auth,
+            events=events,
+            webhooks=webhooks,
             node=node,
         )
         _log.info(

@@ -20,6 +20,7 @@ from sqlalchemy.exc import IntegrityError
 
 from hearth.auth.states import TERMINAL, AuthStatus
 from hearth.errors import ConfigError
+from hearth.events.types import DeliveryStatus
 from hearth.runs.states import RunStatus
 from hearth.store import (
     Store,
@@ -36,7 +37,7 @@ from hearth_agent.wire import Provider
 from tests.integration.store_fixtures import *  # noqa: F403
 from tests.integration.store_fixtures import TEST_KEY_SECRET, OpenStore, new_vm
 
-HEAD = "0005"
+HEAD = "0006"
 
 # Every status-like column and the enum whose values it must hold.
 ENUM_COLUMNS: list[tuple[str, str, type[StrEnum]]] = [
@@ -45,6 +46,7 @@ ENUM_COLUMNS: list[tuple[str, str, type[StrEnum]]] = [
     ("vms", "boot_mode", BootMode),
     ("auth_sessions", "status", AuthStatus),
     ("runs", "status", RunStatus),
+    ("webhook_deliveries", "status", DeliveryStatus),
 ]
 
 
@@ -64,6 +66,7 @@ MIGRATED_VALUE_LISTS: dict[str, frozenset[str]] = {
     "ck_credentials_provider": values_of(Provider),
     "ck_runs_status": values_of(RunStatus),
     "ck_runs_provider": values_of(Provider),
+    "ck_webhook_deliveries_status": values_of(DeliveryStatus),
     "uq_auth_sessions_active_user_id_provider": frozenset(
         s.value for s in AuthStatus if s not in TERMINAL
     ),
@@ -103,6 +106,30 @@ async def insert_raw_row(store: Store, table: str, column: str, value: str) -> N
             "provider": "codex",
             "status": "starting",
             "timeout_s": 60,
+            "created_at": now,
+            "updated_at": now,
+        }
+    elif table == "webhook_deliveries":
+        async with store.engine.begin() as conn:
+            await conn.execute(
+                text("INSERT INTO events (type, data, created_at) VALUES ('vm.ready', '{}', :t)"),
+                {"t": now},
+            )
+            event_id = (await conn.execute(text("SELECT max(id) FROM events"))).scalar_one()
+            await conn.execute(
+                text(
+                    "INSERT INTO webhooks (id, url, events, key_id, nonce, ciphertext, created_at)"
+                    " VALUES (:id, 'http://127.0.0.1/', '[]', 'k', :b, :b, :t)"
+                ),
+                {"id": f"wh-{value}", "b": b"x", "t": now},
+            )
+        row = {
+            "id": f"dl-{value}",
+            "webhook_id": f"wh-{value}",
+            "event_id": event_id,
+            "status": "pending",
+            "next_attempt_at": now,
+            "give_up_at": now,
             "created_at": now,
             "updated_at": now,
         }
@@ -149,7 +176,7 @@ async def test_database_check_constraints_are_the_models_check_constraints(store
         inspector = inspect(connection)
         return {
             check["name"]: check["sqltext"]
-            for table in ("vms", "auth_sessions", "runs")
+            for table in ("vms", "auth_sessions", "runs", "webhook_deliveries")
             for check in inspector.get_check_constraints(table)
             if check["name"]
         }
@@ -158,7 +185,7 @@ async def test_database_check_constraints_are_the_models_check_constraints(store
         checks = await conn.run_sync(reflected)
     assert set(checks) == {"ck_vms_status", "ck_vms_vm_type", "ck_vms_boot_mode",
                            "ck_auth_sessions_status", "ck_runs_status",
-                           "ck_runs_provider"}  # fmt: skip
+                           "ck_runs_provider", "ck_webhook_deliveries_status"}  # fmt: skip
     for table, column, enum_cls in ENUM_COLUMNS:
         sqltext = checks[f"ck_{table}_{column}"]
         assert all(f"'{member.value}'" in sqltext for member in enum_cls), sqltext

@@ -33,6 +33,8 @@ from hearth.errors import (
     QuotaExceeded,
     VmError,
 )
+from hearth.events.log import EventLog
+from hearth.events.types import EventType
 from hearth.links import link_token_hash, mint_link_token
 from hearth.logging import get_logger
 from hearth.node.egress import EgressPath
@@ -86,8 +88,10 @@ class AuthFlow:
         node: Node,
         credentials: CredentialService,
         networks: CliNetworks,
+        events: EventLog,
     ) -> None:
         self.settings = settings
+        self.events = events  # auth.completed, auth.failed, credential.delivered
         self.store = store
         self.vms = vms
         self.node = node
@@ -186,6 +190,7 @@ class AuthFlow:
                     f"{record.status.value}; start a new login",
                 )
                 failed.append(record.id)
+                await self._tell(EventType.AUTH_FAILED, record, status="failed", error="restart")
             await self._destroy_browser(record)
         if failed:
             _log.warning("auth_sessions_failed_on_restart", count=len(failed))
@@ -250,7 +255,18 @@ class AuthFlow:
             await self.store.auth_sessions.transition(
                 session_id, record.status, status, error_message=message[:2000]
             )
+            if status is not AuthStatus.CANCELLED:
+                await self._tell(EventType.AUTH_FAILED, record, status=status.value, error=message)
         _log.warning("auth_ended", session_id=session_id, status=status.value)
+
+    async def _tell(self, event_type: EventType, record: AuthSessionRecord, **data: str) -> None:
+        await self.events.emit(
+            event_type,
+            user_id=record.user_id,
+            sessionId=record.id,
+            provider=record.provider,
+            **data,
+        )
 
     async def _stages(self, record: AuthSessionRecord) -> None:
         sid, user = record.id, record.user_id
@@ -314,6 +330,7 @@ class AuthFlow:
         await self._check_with_cli(cli_agent, sid, record.provider, cli_vm.id)
         await self._move(sid, AuthStatus.DELIVERING, AuthStatus.COMPLETED)
         _log.info("auth_completed", session_id=sid, user_id=user, provider=record.provider)
+        await self._tell(EventType.AUTH_COMPLETED, record, vmId=cli_vm.id)
 
     async def _with_egress(self, session_id: str, plan: LoginPlan) -> LoginPlan:
         """Open the session's egress path on the node if its login may reach anything; the
@@ -438,6 +455,13 @@ class AuthFlow:
                 if written == expected:
                     await self.credentials.mark_delivered(user_id, provider, vm_id, sha256=expected)
                     await self.networks.allow_provider(vm_id, Provider(provider))
+                    await self.events.emit(
+                        EventType.CREDENTIAL_DELIVERED,
+                        user_id=user_id,
+                        vm_id=vm_id,
+                        provider=provider,
+                        sha256=expected,
+                    )
                     return
                 last = f"the agent wrote sha256 {written[:12]}…, expected {expected[:12]}…"
             if attempt < _DELIVERY_ATTEMPTS:

@@ -15,6 +15,7 @@ import time
 from typing import TYPE_CHECKING
 
 from hearth.errors import CapacityExhausted, HearthError
+from hearth.events.types import EventType
 from hearth.logging import get_logger
 from hearth.store import VmRecord
 from hearth.vm.types import VmSpec, VmState, VmType
@@ -105,6 +106,7 @@ class WarmPool:
                 time.monotonic() - started
             )
             _log.info("pool_handout", vm_id=vm_id, user_id=user_id)
+            await self.service.announce(EventType.VM_READY, record)
             return record
         return None
 

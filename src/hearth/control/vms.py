@@ -16,6 +16,8 @@ from hearth.control.network import CliNetworks
 from hearth.control.pool import POOL_USER, WarmPool, token_hash
 from hearth.control.quotas import Quotas
 from hearth.errors import Conflict, HearthError, NotFound, VmError
+from hearth.events.log import EventLog
+from hearth.events.types import EventType
 from hearth.logging import get_logger
 from hearth.metrics import ControllerMetrics
 from hearth.node.interface import Node
@@ -47,6 +49,7 @@ class VmService:
         pool_sizes: dict[VmType, int] | None = None,
         before_destroy: Sequence[BeforeDestroy] = (),
         networks: CliNetworks | None = None,
+        events: EventLog | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -55,6 +58,8 @@ class VmService:
         self.quotas = quotas
         # CLI VMs' egress paths (None: CLI VMs have no way out at all).
         self.networks = networks
+        # Where vm.ready and vm.failed are told (None: nowhere; tests of other parts).
+        self.events = events
         self.live: dict[str, Vm] = {}
         self._admission = asyncio.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -176,13 +181,26 @@ class VmService:
         elapsed = time.monotonic() - started
         self.metrics.create_to_healthy.labels(boot_mode=vm.boot_mode.value).observe(elapsed)
         try:
-            return await self.store.vms.transition(
+            ready = await self.store.vms.transition(
                 vm.id, VmState.BOOTING, VmState.READY, **self._fields_of(vm)
             )
         except Conflict:
             # Destroyed (or failed) while booting: the row already says so; drop the VM.
             await self._discard(vm)
             return await self.store.vms.get(vm.id)
+        await self.announce(EventType.VM_READY, ready)
+        return ready
+
+    async def announce(self, event_type: EventType, record: VmRecord, **data: object) -> None:
+        """Tell the event log about a user's VM (pooled VMs are nobody's yet: not told)."""
+        if self.events is not None and not record.pooled:
+            await self.events.emit(
+                event_type,
+                user_id=record.user_id,
+                vm_id=record.id,
+                vmType=record.vm_type.value,
+                **data,
+            )
 
     async def _with_egress(self, vm_id: str, spec: VmSpec) -> VmSpec:
         """A CLI VM on user networking gets its egress path's forward; other VMs as they are."""
@@ -226,6 +244,8 @@ class VmService:
             )
         except Conflict:
             record = await self.store.vms.get(vm_id)
+        else:
+            await self.announce(EventType.VM_FAILED, record, stage=stage, error=record.error)
         if record.status is VmState.FAILED and not record.pooled:
             raise error
         return record
@@ -388,7 +408,10 @@ class VmService:
                 if vm is not None
                 else "VM process gone at controller start"
             )
-            await self.store.vms.transition(record.id, record.status, VmState.FAILED, error=reason)
+            failed = await self.store.vms.transition(
+                record.id, record.status, VmState.FAILED, error=reason
+            )
+            await self.announce(EventType.VM_FAILED, failed, stage="restart", error=reason)
             report["failed"].append(record.id)
         report["reaped"] = await self.node.reap(keep=set(self.live))
         if self.networks is not None:

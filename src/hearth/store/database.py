@@ -22,9 +22,11 @@ from hearth.store.repositories import (
     Clock,
     CredentialRepo,
     EgressRepo,
+    EventRepo,
     RunRepo,
     UserRepo,
     VmRepo,
+    WebhookRepo,
 )
 
 SQLITE_BUSY_TIMEOUT_MS = 5000
@@ -101,8 +103,8 @@ def create_store_engine(url: str) -> AsyncEngine:
 
 
 class Store(Closing):
-    """Hearth's persistent state: users, API keys, VMs, auth sessions, credentials, runs, and
-    the CLI VMs' egress paths.
+    """Hearth's persistent state: users, API keys, VMs, auth sessions, credentials, runs, the
+    CLI VMs' egress paths, and the event log with the webhooks it feeds.
 
     Open with ``await Store.open(url)`` (which migrates the schema to head), close with
     ``await store.close()`` or use ``async with``. Constructing one directly takes an engine
@@ -120,6 +122,8 @@ class Store(Closing):
         self.credentials = CredentialRepo(engine, clock=clock)
         self.runs = RunRepo(engine, clock=clock)
         self.egress = EgressRepo(engine, clock=clock)
+        self.events = EventRepo(engine, clock=clock)
+        self.webhooks = WebhookRepo(engine, clock=clock)
 
     @classmethod
     async def open(

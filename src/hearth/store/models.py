@@ -11,6 +11,7 @@ from sqlalchemy import (
     CheckConstraint,
     ForeignKey,
     Index,
+    Integer,
     LargeBinary,
     MetaData,
     String,
@@ -22,6 +23,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from hearth.auth.states import TERMINAL, AuthStatus
+from hearth.events.types import DeliveryStatus
 from hearth.runs.states import RunStatus
 from hearth.store.columns import PathText, UtcDateTime, str_enum
 from hearth.store.records import CredentialSource
@@ -235,6 +237,73 @@ class VmEgressRow(Base):
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
 
+# SQLite numbers rows itself only for an INTEGER PRIMARY KEY.
+SERIAL = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class EventRow(Base):
+    """One event, written before anything is told of it (the outbox webhooks deliver from)."""
+
+    __tablename__ = "events"
+    __table_args__ = (Index("ix_events_user_id_id", "user_id", "id"),)
+
+    id: Mapped[int] = mapped_column(SERIAL, primary_key=True, autoincrement=True)
+    type: Mapped[str] = mapped_column(String(64))
+    user_id: Mapped[str | None] = mapped_column(String(USER_ID_MAX))
+    vm_id: Mapped[str | None] = mapped_column(String(ID_MAX))
+    data: Mapped[str] = mapped_column(Text())  # JSON object
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class WebhookRow(Base):
+    """A receiver of events; its signing secret sealed by the vault like a credential."""
+
+    __tablename__ = "webhooks"
+
+    id: Mapped[str] = mapped_column(String(ID_MAX), primary_key=True)
+    url: Mapped[str] = mapped_column(Text())
+    events: Mapped[str] = mapped_column(Text())  # JSON list of event names
+    key_id: Mapped[str] = mapped_column(String(KEY_ID_MAX))
+    nonce: Mapped[bytes] = mapped_column(LargeBinary())
+    ciphertext: Mapped[bytes] = mapped_column(LargeBinary())
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class WebhookDeliveryRow(Base):
+    """One event on its way to one webhook: retried until delivered or its deadline passes."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        Index("ix_webhook_deliveries_status_next_attempt_at", "status", "next_attempt_at"),
+        Index("ix_webhook_deliveries_webhook_id_created_at", "webhook_id", "created_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(ID_MAX), primary_key=True)
+    webhook_id: Mapped[str] = mapped_column(ForeignKey("webhooks.id"))
+    event_id: Mapped[int] = mapped_column(BigInteger(), ForeignKey("events.id"))
+    status: Mapped[DeliveryStatus] = mapped_column(str_enum(DeliveryStatus, name="status"))
+    attempts: Mapped[int] = mapped_column(server_default="0")
+    next_attempt_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    give_up_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    last_status_code: Mapped[int | None]
+    last_error: Mapped[str | None] = mapped_column(Text())
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class WebhookAttemptRow(Base):
+    """One try of a delivery: when, what the receiver answered (or why nothing), how long."""
+
+    __tablename__ = "webhook_attempts"
+
+    delivery_id: Mapped[str] = mapped_column(ForeignKey("webhook_deliveries.id"), primary_key=True)
+    n: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    at: Mapped[datetime] = mapped_column(UtcDateTime())
+    status_code: Mapped[int | None]
+    error: Mapped[str | None] = mapped_column(Text())
+    duration_ms: Mapped[int]
+
+
 users_table = Base.metadata.tables["users"]
 api_keys_table = Base.metadata.tables["api_keys"]
 vms_table = Base.metadata.tables["vms"]
@@ -243,3 +312,7 @@ credentials_table = Base.metadata.tables["credentials"]
 runs_table = Base.metadata.tables["runs"]
 run_events_table = Base.metadata.tables["run_events"]
 vm_egress_table = Base.metadata.tables["vm_egress"]
+events_table = Base.metadata.tables["events"]
+webhooks_table = Base.metadata.tables["webhooks"]
+webhook_deliveries_table = Base.metadata.tables["webhook_deliveries"]
+webhook_attempts_table = Base.metadata.tables["webhook_attempts"]

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from hearth.auth.states import TERMINAL, AuthStatus
 from hearth.errors import InvalidInput
+from hearth.events.types import DeliveryStatus
 from hearth.runs.states import TERMINAL as RUN_TERMINAL
 from hearth.runs.states import RunStatus
 from hearth.vm.types import BootMode, VmState, VmType
@@ -250,3 +251,62 @@ class EgressRecord:
     providers: frozenset[Provider] = frozenset()
     allow_out: tuple[str, ...] = ()
     deny_out: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class EventRecord:
+    """One stored event: its id (the order of the log), name, whose, and JSON data."""
+
+    id: int
+    type: str
+    user_id: str | None
+    vm_id: str | None
+    data: str
+    created_at: datetime
+
+
+def new_webhook_id() -> str:
+    """A fresh webhook id."""
+    return f"wh-{secrets.token_hex(8)}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class WebhookRecord:
+    """A webhook: where to, which events, and its signing secret as the vault sealed it."""
+
+    id: str = field(default_factory=new_webhook_id)
+    url: str
+    events: tuple[str, ...]
+    key_id: str
+    nonce: bytes = field(repr=False)
+    ciphertext: bytes = field(repr=False)
+    created_at: datetime = field(default_factory=utc_now)
+
+
+@dataclass(frozen=True, kw_only=True)
+class AttemptRecord:
+    """One try of a delivery."""
+
+    delivery_id: str
+    n: int
+    at: datetime
+    status_code: int | None
+    error: str | None
+    duration_ms: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class DeliveryRecord:
+    """One event on its way to one webhook (with the event, read with it)."""
+
+    id: str
+    webhook_id: str
+    event_id: int
+    status: DeliveryStatus
+    attempts: int
+    next_attempt_at: datetime
+    give_up_at: datetime
+    last_status_code: int | None
+    last_error: str | None
+    created_at: datetime
+    updated_at: datetime

@@ -7,9 +7,11 @@ from hearth.store.repositories.api_keys import ApiKeyRepo, hash_key
 from hearth.store.repositories.auth_sessions import AuthSessionRepo
 from hearth.store.repositories.credentials import CredentialRepo
 from hearth.store.repositories.egress import EgressRepo
+from hearth.store.repositories.events import EventRepo
 from hearth.store.repositories.runs import RunRepo
 from hearth.store.repositories.users import UserRepo
 from hearth.store.repositories.vms import VmRepo
+from hearth.store.repositories.webhooks import WebhookRepo
 
 __all__ = [
     "ApiKeyRepo",
@@ -17,8 +19,10 @@ __all__ = [
     "Clock",
     "CredentialRepo",
     "EgressRepo",
+    "EventRepo",
     "RunRepo",
     "UserRepo",
     "VmRepo",
+    "WebhookRepo",
     "hash_key",
 ]

@@ -1,0 +1,225 @@
+"""``WebhookDispatcher``: delivers what the outbox owes, retrying with backoff until a deadline.
+
+Works from the store only: every pending delivery is a row (written with its event), so a
+restarted controller goes on where the last one stopped, and a delivery is marked done only
+after its receiver answered 2xx. Each attempt is recorded. A failed attempt is tried again after
+``HEARTH_WEBHOOK_BACKOFF_S`` * 2^(n-1) (at most 15 min), times a random factor in [0.5, 1] so
+that many failing deliveries do not retry in step, until ``HEARTH_WEBHOOK_RETRY_FOR_S`` after
+the event; then the delivery is ``failed``. Receivers get at-least-once delivery: the same
+``X-Hearth-Delivery`` id on every attempt lets them drop repeats.
+
+Every request goes to the address the URL's host was checked to resolve to
+(:mod:`hearth.events.targets`), with the URL's own ``Host`` and TLS name, no redirects followed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import httpx
+
+from hearth import __version__
+from hearth.config import Settings
+from hearth.errors import HearthError
+from hearth.events.log import EventLog, event_payload
+from hearth.events.signing import sign
+from hearth.events.targets import Target
+from hearth.events.types import DeliveryStatus
+from hearth.events.webhooks import WebhookService
+from hearth.logging import get_logger
+from hearth.metrics import ControllerMetrics
+from hearth.store import Store
+from hearth.store.records import (
+    AttemptRecord,
+    DeliveryRecord,
+    EventRecord,
+    WebhookRecord,
+    utc_now,
+)
+
+_log = get_logger("events.dispatch")
+MAX_BACKOFF_S = 900.0
+IDLE_POLL_S = 5.0  # looks at the store this often even when nothing was written here
+PARALLEL = 8  # deliveries in flight at once
+ERROR_MAX = 500  # characters of an attempt's error kept
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """When to try a delivery again."""
+
+    base_s: float
+    max_s: float = MAX_BACKOFF_S
+
+    def delay(self, attempts: int, *, rng: random.Random | None = None) -> float:
+        """Seconds to wait after ``attempts`` failed tries (exponential, capped, jittered)."""
+        bound = min(self.base_s * 2 ** (attempts - 1), self.max_s)
+        return float(bound * (rng or random).uniform(0.5, 1.0))
+
+    def next_status(
+        self, delivery: DeliveryRecord, now: datetime, *, delivered: bool
+    ) -> tuple[DeliveryStatus, datetime]:
+        """How the delivery stands after its next attempt, and when to try again."""
+        if delivered:
+            return DeliveryStatus.DELIVERED, now
+        retry_at = now + timedelta(seconds=self.delay(delivery.attempts + 1))
+        if retry_at > delivery.give_up_at:
+            return DeliveryStatus.FAILED, now
+        return DeliveryStatus.PENDING, retry_at
+
+
+def body_of(event: EventRecord) -> bytes:
+    """The JSON a receiver gets for ``event``."""
+    return json.dumps(event_payload(event), separators=(",", ":")).encode()
+
+
+class WebhookDispatcher:
+    """Sends due deliveries in the background (:meth:`start`, :meth:`stop`)."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        webhooks: WebhookService,
+        events: EventLog,
+        settings: Settings,
+        metrics: ControllerMetrics,
+    ) -> None:
+        self.store = store
+        self.webhooks = webhooks
+        self.events = events
+        self.metrics = metrics
+        self.backoff = Backoff(settings.webhook_backoff_s)
+        self.allow_private = settings.webhook_allow_private
+        self._client = httpx.AsyncClient(
+            timeout=settings.webhook_timeout_s, follow_redirects=False, trust_env=False
+        )
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Deliver in the background until :meth:`stop`."""
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        """Stop delivering (what is pending stays pending in the store) and close the client."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self._client.aclose()
+
+    async def _run(self) -> None:
+        while True:
+            owed = self.events.on_deliveries_owed
+            owed.clear()
+            try:
+                await self.deliver_due()
+                wait = await self._until_next_due()
+            except HearthError as exc:  # the store is down: try again later
+                _log.warning("webhook_dispatch_error", error=exc.message[:300])
+                wait = IDLE_POLL_S
+            except Exception:
+                _log.exception("webhook_dispatch_crashed")
+                wait = IDLE_POLL_S
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(owed.wait(), wait)
+
+    async def _until_next_due(self) -> float:
+        due = await self.store.webhooks.next_due()
+        if due is None:
+            return IDLE_POLL_S
+        return min(max((due - utc_now()).total_seconds(), 0.0), IDLE_POLL_S)
+
+    async def deliver_due(self) -> int:
+        """Attempt every delivery that is due now; how many were attempted."""
+        attempted = 0
+        gate = asyncio.Semaphore(PARALLEL)
+
+        async def one(item: tuple[DeliveryRecord, EventRecord, WebhookRecord]) -> None:
+            async with gate:
+                await self._attempt(*item)
+
+        while batch := await self.store.webhooks.due(utc_now(), limit=PARALLEL * 4):
+            await asyncio.gather(*(one(item) for item in batch))
+            attempted += len(batch)
+        self.metrics.webhook_backlog.set(await self.store.webhooks.pending_count())
+        return attempted
+
+    async def _attempt(
+        self, delivery: DeliveryRecord, event: EventRecord, hook: WebhookRecord
+    ) -> None:
+        started, at = time.monotonic(), utc_now()
+        code, error = await self._send(delivery, event, hook)
+        delivered = code is not None and 200 <= code < 300
+        now = utc_now()
+        status, next_at = self.backoff.next_status(delivery, now, delivered=delivered)
+        attempt = AttemptRecord(
+            delivery_id=delivery.id,
+            n=delivery.attempts + 1,
+            at=at,
+            status_code=code,
+            error=error,
+            duration_ms=int((time.monotonic() - started) * 1000),
+        )
+        if not await self.store.webhooks.record_attempt(
+            attempt, status=status, next_attempt_at=next_at
+        ):
+            return  # another controller attempted it meanwhile
+        outcome = {
+            DeliveryStatus.DELIVERED: "delivered",
+            DeliveryStatus.PENDING: "retry",
+            DeliveryStatus.FAILED: "failed",
+        }[status]
+        self.metrics.webhook_deliveries.labels(outcome=outcome).inc()
+        log = _log.info if delivered else _log.warning
+        log(
+            "webhook_attempt",
+            webhook_id=hook.id,
+            delivery_id=delivery.id,
+            event_type=event.type,
+            attempt=attempt.n,
+            status_code=code,
+            outcome=outcome,
+            error=error,
+        )
+
+    async def _send(
+        self, delivery: DeliveryRecord, event: EventRecord, hook: WebhookRecord
+    ) -> tuple[int | None, str | None]:
+        """POST the event: the receiver's status code, or None and why nothing came back."""
+        body = body_of(event)
+        try:
+            target = Target.parse(hook.url)
+            address = await target.address(allow_private=self.allow_private)
+            signature = sign(self.webhooks.secret_of(hook), body)
+        except HearthError as exc:  # a name that now resolves privately, a key gone
+            return None, exc.message[:ERROR_MAX]
+        host = f"[{address}]" if ":" in address else address
+        default_port = 443 if target.scheme == "https" else 80
+        netloc = target.host if target.port == default_port else f"{target.host}:{target.port}"
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": f"Hearth-Webhooks/{__version__}",
+            "Host": netloc,
+            "X-Hearth-Event": event.type,
+            "X-Hearth-Delivery": delivery.id,
+            "X-Hearth-Signature": signature,
+        }
+        url = f"{target.scheme}://{host}:{target.port}{target.path}"
+        extensions = {"sni_hostname": target.host} if target.scheme == "https" else {}
+        try:
+            response = await self._client.post(
+                url, content=body, headers=headers, extensions=extensions
+            )
+        except httpx.HTTPError as exc:
+            return None, f"{type(exc).__name__}: {exc}"[:ERROR_MAX] or type(exc).__name__
+        if 200 <= response.status_code < 300:
+            return response.status_code, None
+        return response.status_code, f"the receiver answered {response.status_code}"

@@ -1,0 +1,77 @@
+"""The event log: appended with the deliveries it owes the webhooks, in one transaction."""
+
+from __future__ import annotations
+
+import builtins
+import json
+import secrets
+from datetime import timedelta
+
+from sqlalchemy import func, select
+
+from hearth.events.types import DeliveryStatus
+from hearth.store.models import events_table, webhook_deliveries_table, webhooks_table
+from hearth.store.records import EventRecord
+from hearth.store.repositories._base import Repository, to_record
+
+
+def new_delivery_id() -> str:
+    """A fresh delivery id (what a receiver sees as ``X-Hearth-Delivery``)."""
+    return f"dl-{secrets.token_hex(12)}"
+
+
+class EventRepo(Repository):
+    """Appends events and reads them back in order."""
+
+    async def append(
+        self,
+        *,
+        type: str,
+        user_id: str | None,
+        vm_id: str | None,
+        data: str,
+        retry_for: timedelta,
+    ) -> tuple[EventRecord, int]:
+        """Store the event and, in the same transaction, one pending delivery per webhook that
+        subscribes to it (retried for ``retry_for``); the event and that count."""
+        now = self._clock()
+        values = {"type": type, "user_id": user_id, "vm_id": vm_id, "data": data}
+        async with self._engine.begin() as conn:
+            inserted = events_table.insert().values(**values, created_at=now)
+            row = (await conn.execute(inserted.returning(*events_table.c))).one()
+            hooks = await conn.execute(select(webhooks_table.c.id, webhooks_table.c.events))
+            targets = [hook.id for hook in hooks if type in json.loads(hook.events)]
+            if targets:
+                await conn.execute(
+                    webhook_deliveries_table.insert(),
+                    [
+                        {
+                            "id": new_delivery_id(),
+                            "webhook_id": webhook_id,
+                            "event_id": row.id,
+                            "status": DeliveryStatus.PENDING,
+                            "attempts": 0,
+                            "next_attempt_at": now,
+                            "give_up_at": now + retry_for,
+                            "created_at": now,
+                            "updated_at": now,
+                        }
+                        for webhook_id in targets
+                    ],
+                )
+        return to_record(EventRecord, row), len(targets)
+
+    async def list(
+        self, *, after: int = 0, user_id: str | None = None, limit: int = 100
+    ) -> builtins.list[EventRecord]:
+        """Events after id ``after``, oldest first; only ``user_id``'s when given."""
+        statement = select(events_table).where(events_table.c.id > after)
+        if user_id is not None:
+            statement = statement.where(events_table.c.user_id == user_id)
+        statement = statement.order_by(events_table.c.id).limit(limit)
+        return await self._read_records(EventRecord, statement)
+
+    async def last_id(self) -> int:
+        """The newest event's id (0 for an empty log)."""
+        row = await self._read_one(select(func.coalesce(func.max(events_table.c.id), 0)))
+        return int(row[0]) if row is not None else 0

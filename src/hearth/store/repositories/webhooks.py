@@ -1,0 +1,193 @@
+"""Webhooks, their deliveries (the outbox's rows) and each delivery's attempts."""
+
+from __future__ import annotations
+
+import builtins
+import json
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Row, delete, func, select, update
+
+from hearth.errors import NotFound
+from hearth.events.types import DeliveryStatus
+from hearth.store.models import (
+    events_table,
+    webhook_attempts_table,
+    webhook_deliveries_table,
+    webhooks_table,
+)
+from hearth.store.records import AttemptRecord, DeliveryRecord, EventRecord, WebhookRecord
+from hearth.store.repositories._base import Repository
+
+_hooks = webhooks_table
+_deliveries = webhook_deliveries_table
+_attempts = webhook_attempts_table
+
+
+def _webhook(row: Row[Any]) -> WebhookRecord:
+    values = dict(row._mapping)
+    values["events"] = tuple(json.loads(values["events"]))
+    return WebhookRecord(**values)
+
+
+def _prefixed(table: Any, prefix: str) -> list[Any]:
+    return [column.label(f"{prefix}{column.name}") for column in table.c]
+
+
+def _unprefixed(row: Any, prefix: str) -> dict[str, Any]:
+    return {k[len(prefix) :]: v for k, v in row._mapping.items() if k.startswith(prefix)}
+
+
+class WebhookRepo(Repository):
+    """Persists webhooks and the state of every delivery owed to them."""
+
+    async def insert(self, record: WebhookRecord) -> WebhookRecord:
+        """Store a new webhook."""
+        values = {
+            "id": record.id,
+            "url": record.url,
+            "events": json.dumps(list(record.events)),
+            "key_id": record.key_id,
+            "nonce": record.nonce,
+            "ciphertext": record.ciphertext,
+            "created_at": self._clock(),
+        }
+        row = await self._write_one(_hooks.insert().values(values).returning(*_hooks.c))
+        assert row is not None  # an INSERT ... RETURNING returns its row
+        return _webhook(row)
+
+    async def list(self) -> builtins.list[WebhookRecord]:
+        """Every webhook, oldest first."""
+        async with self._engine.connect() as conn:
+            rows = await conn.execute(select(_hooks).order_by(_hooks.c.created_at, _hooks.c.id))
+        return [_webhook(row) for row in rows]
+
+    async def get(self, webhook_id: str) -> WebhookRecord:
+        """The webhook; NotFound if there is none."""
+        row = await self._read_one(select(_hooks).where(_hooks.c.id == webhook_id))
+        if row is None:
+            raise NotFound(f"webhook {webhook_id} does not exist")
+        return _webhook(row)
+
+    async def delete(self, webhook_id: str) -> None:
+        """Remove the webhook with its deliveries and their attempts; NotFound if none."""
+        mine = select(_deliveries.c.id).where(_deliveries.c.webhook_id == webhook_id)
+        async with self._engine.begin() as conn:
+            await conn.execute(delete(_attempts).where(_attempts.c.delivery_id.in_(mine)))
+            await conn.execute(delete(_deliveries).where(_deliveries.c.webhook_id == webhook_id))
+            gone = await conn.execute(delete(_hooks).where(_hooks.c.id == webhook_id))
+            if not gone.rowcount:
+                raise NotFound(f"webhook {webhook_id} does not exist")
+
+    async def due(
+        self, now: datetime, *, limit: int = 50
+    ) -> builtins.list[tuple[DeliveryRecord, EventRecord, WebhookRecord]]:
+        """Pending deliveries whose next attempt is due, soonest first, with their event and
+        webhook."""
+        statement = (
+            select(
+                *_prefixed(_deliveries, "d_"),
+                *_prefixed(events_table, "e_"),
+                *_prefixed(_hooks, "w_"),
+            )
+            .join(events_table, events_table.c.id == _deliveries.c.event_id)
+            .join(_hooks, _hooks.c.id == _deliveries.c.webhook_id)
+            .where(
+                _deliveries.c.status == DeliveryStatus.PENDING,
+                _deliveries.c.next_attempt_at <= now,
+            )
+            .order_by(_deliveries.c.next_attempt_at, _deliveries.c.id)
+            .limit(limit)
+        )
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(statement)).all()
+        found = []
+        for row in rows:
+            hook = _unprefixed(row, "w_")
+            hook["events"] = tuple(json.loads(hook["events"]))
+            found.append(
+                (
+                    DeliveryRecord(**_unprefixed(row, "d_")),
+                    EventRecord(**_unprefixed(row, "e_")),
+                    WebhookRecord(**hook),
+                )
+            )
+        return found
+
+    async def next_due(self) -> datetime | None:
+        """When the soonest pending delivery is due; None if nothing is pending."""
+        row = await self._read_one(
+            select(func.min(_deliveries.c.next_attempt_at)).where(
+                _deliveries.c.status == DeliveryStatus.PENDING
+            )
+        )
+        return None if row is None else row[0]
+
+    async def record_attempt(
+        self, attempt: AttemptRecord, *, status: DeliveryStatus, next_attempt_at: datetime
+    ) -> bool:
+        """Store the attempt and move its delivery on (still pending: to ``next_attempt_at``),
+        if it is still pending at that count; False if another writer moved it first."""
+        async with self._engine.begin() as conn:
+            moved = await conn.execute(
+                update(_deliveries)
+                .where(
+                    _deliveries.c.id == attempt.delivery_id,
+                    _deliveries.c.status == DeliveryStatus.PENDING,
+                    _deliveries.c.attempts == attempt.n - 1,
+                )
+                .values(
+                    status=status,
+                    attempts=attempt.n,
+                    next_attempt_at=next_attempt_at,
+                    last_status_code=attempt.status_code,
+                    last_error=attempt.error,
+                    updated_at=self._clock(),
+                )
+            )
+            if not moved.rowcount:
+                return False
+            await conn.execute(
+                _attempts.insert().values(
+                    delivery_id=attempt.delivery_id,
+                    n=attempt.n,
+                    at=attempt.at,
+                    status_code=attempt.status_code,
+                    error=attempt.error,
+                    duration_ms=attempt.duration_ms,
+                )
+            )
+        return True
+
+    async def deliveries(
+        self, webhook_id: str, *, limit: int = 100
+    ) -> builtins.list[tuple[DeliveryRecord, str]]:
+        """The webhook's deliveries, newest first, each with its event's name."""
+        statement = (
+            select(*_prefixed(_deliveries, "d_"), events_table.c.type)
+            .join(events_table, events_table.c.id == _deliveries.c.event_id)
+            .where(_deliveries.c.webhook_id == webhook_id)
+            .order_by(_deliveries.c.created_at.desc(), _deliveries.c.event_id.desc())
+            .limit(limit)
+        )
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(statement)).all()
+        return [(DeliveryRecord(**_unprefixed(row, "d_")), row.type) for row in rows]
+
+    async def attempts(self, delivery_ids: Sequence[str]) -> builtins.list[AttemptRecord]:
+        """The attempts of these deliveries, in order."""
+        statement = (
+            select(_attempts)
+            .where(_attempts.c.delivery_id.in_(list(delivery_ids)))
+            .order_by(_attempts.c.delivery_id, _attempts.c.n)
+        )
+        return await self._read_records(AttemptRecord, statement)
+
+    async def pending_count(self) -> int:
+        """How many deliveries are still pending (the backlog)."""
+        row = await self._read_one(
+            select(func.count()).where(_deliveries.c.status == DeliveryStatus.PENDING)
+        )
+        return int(row[0]) if row is not None else 0
