@@ -9,7 +9,7 @@ APT_PACKAGES=(
   debootstrap e2fsprogs e2tools     # golden images without mounting
   busybox-static cpio lz4           # initramfs, vmlinux extraction
   iproute2 nftables procps socat    # per-VM namespaces, process checks, guest egress relays
-  zstd                              # the codex stand-in reads its zstd request bodies (tests)
+  zstd                              # the codex stand-in reads its zstd bodies (tests, bench run)
   ca-certificates postgresql        # TLS roots; PostgreSQL (HEARTH_DATABASE_URL, tests)
   novnc chromium                    # the Browser VM's viewer (noVNC); headless view checks
   python3 python3-venv python3-pip  # the controller's interpreter

@@ -171,7 +171,7 @@ def run(options: Options, logger: JsonLogger) -> int:
         limits=ExecLimits(max_running=options.max_execs),
     )
     app = AgentApp(
-        store=CredentialStore(home=options.home, logger=logger),
+        store=CredentialStore(home=options.home, logger=logger, workspace=options.workspace_dir),
         gate=gate,
         metrics=AgentMetrics(version=__version__, providers=SUPPORTED_PROVIDERS),
         logger=logger,

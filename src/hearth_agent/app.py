@@ -95,7 +95,7 @@ class AgentApp:
         self._logins = logins
         self._login_runners = login_runners
         if execs is None:
-            execs = ExecRegistry(workspace=store.home / "workspace", home=store.home, logger=logger)
+            execs = ExecRegistry(workspace=store.workspace, home=store.home, logger=logger)
         self._execs = execs
         if files is None:
             # The files API works in the directory commands run in.

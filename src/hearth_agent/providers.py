@@ -40,11 +40,25 @@ class Field:
         return f"{self.kind.value} or null" if self.nullable else self.kind.value
 
 
+# A component of a side file's key path that stands for the workspace's path (where commands
+# and the terminal start); the path's own dots are then no separators.
+WORKSPACE_KEY = "{workspace}"
+
+
 @dataclass(frozen=True)
 class SideFile:
     """A JSON file next to the credentials that must hold some keys for the CLI to use them.
 
-    ``sets`` maps dotted key paths to values; every other key in the file is kept.
+    ``sets`` maps dotted key paths (``WORKSPACE_KEY`` as a component names the workspace) to
+    values; every other key in the file is kept.
+
+    Delivery writes them, not the image, because they belong to the login and to the workspace:
+    a CLI that is logged in should open on its prompt, in the VM's terminal as in a run, not on
+    screens meant for a person at a new install (claude's theme and login picker) nor on a "do
+    you trust this folder?" dialog about the user's own workspace (the VM is the sandbox, and
+    runs already start there without asking). The agent knows its workspace (``--workspace``),
+    an image does not; and the CLIs rewrite these files as they run, so a merge at delivery
+    keeps whatever they added.
     """
 
     path: str
@@ -186,9 +200,10 @@ def _jwt_exp_at(path: str) -> ExpiryReader:
 
 
 def merge_side_document(
-    existing: object, sets: tuple[tuple[str, object], ...]
+    existing: object, sets: tuple[tuple[str, object], ...], *, workspace: str = ""
 ) -> dict[str, object]:
-    """Return a copy of ``existing`` with every dotted key in ``sets`` set to its value.
+    """Return a copy of ``existing`` with every dotted key in ``sets`` set to its value, a
+    ``WORKSPACE_KEY`` component read as ``workspace``.
 
     A document that is not a JSON object is replaced by an empty one, and so is any intermediate
     value that is not an object; all other keys are kept untouched.
@@ -196,7 +211,10 @@ def merge_side_document(
     merged: dict[str, object] = copy.deepcopy(existing) if isinstance(existing, dict) else {}
     for dotted, value in sets:
         node = merged
-        *parents, leaf = dotted.split(".")
+        keys = dotted.split(".")
+        if WORKSPACE_KEY in keys and not workspace:
+            raise ValueError(f"{dotted!r} names the workspace, and none was given")
+        *parents, leaf = [workspace if key == WORKSPACE_KEY else key for key in keys]
         for key in parents:
             child = node.get(key)
             if not isinstance(child, dict):
@@ -222,7 +240,18 @@ PROVIDERS: dict[str, CredentialFormat] = {
                 Field("claudeAiOauth.subscriptionType", Kind.STRING, required=False, nullable=True),
             ),
             expiry=_millis_at("claudeAiOauth.expiresAt"),
-            side_files=(SideFile(".claude.json", (("hasCompletedOnboarding", True),)),),
+            side_files=(
+                SideFile(
+                    ".claude.json",
+                    (
+                        # Else its first-run screens: the theme, then how to log in.
+                        ("hasCompletedOnboarding", True),
+                        # Else its interactive UI opens on a folder trust dialog whose default
+                        # answer is "No, exit".
+                        (f"projects.{WORKSPACE_KEY}.hasTrustDialogAccepted", True),
+                    ),
+                ),
+            ),
         ),
         CredentialFormat(
             name=wire.Provider.CODEX,
@@ -255,6 +284,9 @@ PROVIDERS: dict[str, CredentialFormat] = {
                 SideFile(
                     ".gemini/settings.json", (("security.auth.selectedType", "oauth-personal"),)
                 ),
+                # Gemini runs an untrusted folder in a safe mode that ignores the folder's own
+                # settings, and a headless run there exits at once (55) unless told otherwise.
+                SideFile(".gemini/trustedFolders.json", ((WORKSPACE_KEY, "TRUST_FOLDER"),)),
             ),
         ),
         CredentialFormat(

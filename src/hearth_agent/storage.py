@@ -101,8 +101,9 @@ class CredentialStore:
     so concurrent writers leave exactly one of their complete documents behind.
     """
 
-    def __init__(self, *, home: Path, logger: JsonLogger) -> None:
+    def __init__(self, *, home: Path, logger: JsonLogger, workspace: Path | None = None) -> None:
         self._home = home
+        self._workspace = workspace if workspace is not None else home / "workspace"
         self._logger = logger
         self._locks = {name: threading.Lock() for name in PROVIDERS}
 
@@ -110,6 +111,11 @@ class CredentialStore:
     def home(self) -> Path:
         """The directory every credential path is relative to."""
         return self._home
+
+    @property
+    def workspace(self) -> Path:
+        """The directory commands run in, which side files may name (default: HOME/workspace)."""
+        return self._workspace
 
     def path_of(self, provider: CredentialFormat) -> Path:
         """Absolute path of a provider's primary file."""
@@ -185,7 +191,7 @@ class CredentialStore:
             self._logger.warning(
                 "side_file_replaced", path=f"~/{side_file.path}", reason="not a JSON object"
             )
-        merged = merge_side_document(existing, side_file.sets)
+        merged = merge_side_document(existing, side_file.sets, workspace=str(self._workspace))
         if merged == existing:
             os.chmod(path, FILE_MODE)
             return

@@ -8,6 +8,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hearth_agent.providers import get_provider, merge_side_document
+
 
 @dataclass(frozen=True)
 class PromptStep:
@@ -40,19 +42,18 @@ class VendorLogin:
     logged_in: Callable[[str], bool] = field(default=lambda output: True)
 
 
-def _claude_files(home: Path, work: Path) -> Mapping[str, object]:
-    # Without onboarding done Claude shows its first-run screens; without the folder trusted, a
-    # trust dialog whose default answer is "No".
-    return {
-        ".claude.json": {
-            "hasCompletedOnboarding": True,
-            "projects": {str(work): {"hasTrustDialogAccepted": True}},
+def _side_files(provider: str, *paths: str) -> Callable[[Path, Path], Mapping[str, object]]:
+    """``prepare`` writing ``provider``'s side files at ``paths`` (every one when none is named)
+    for the login's own workdir: the screens a delivered login skips, a login skips too."""
+
+    def prepare(home: Path, work: Path) -> Mapping[str, object]:
+        return {
+            side_file.path: merge_side_document(None, side_file.sets, workspace=str(work))
+            for side_file in get_provider(provider).side_files
+            if not paths or side_file.path in paths
         }
-    }
 
-
-def _gemini_files(home: Path, work: Path) -> Mapping[str, object]:
-    return {".gemini/trustedFolders.json": {str(work): "TRUST_FOLDER"}}
+    return prepare
 
 
 def _claude_logged_in(output: str) -> bool:
@@ -77,7 +78,7 @@ VENDOR_LOGINS: dict[str, VendorLogin] = {
             provider="claude_code",
             command=("claude", "auth", "login", "--claudeai"),
             waiting=("Paste code here if prompted",),
-            prepare=_claude_files,
+            prepare=_side_files("claude_code"),
             status_command=("claude", "auth", "status"),
             logged_in=_claude_logged_in,
         ),
@@ -92,7 +93,8 @@ VENDOR_LOGINS: dict[str, VendorLogin] = {
             ),
             waiting=("Waiting for authentication",),
             failures=("Failed to sign in", "Failed to login"),
-            prepare=_gemini_files,
+            # Only the folder trusted: the login is what picks the auth method.
+            prepare=_side_files("gemini_cli", ".gemini/trustedFolders.json"),
             # Gemini otherwise re-runs itself in a second node process with a larger heap, which
             # a login does not need: one process less in the Browser VM's memory, and a CLI
             # killed by a signal shows as such (the relauncher turns that into exit status 1).

@@ -160,7 +160,7 @@ def test_put_tightens_an_existing_credential_dir_to_0700(
     assert mode_of(credential_dir) == 0o700
 
 
-def test_put_claude_marks_onboarding_complete_keeping_other_keys(
+def test_put_claude_marks_onboarding_complete_and_the_workspace_trusted_keeping_other_keys(
     agent: AgentProcess, agent_client: httpx.Client, make_document: Documents
 ) -> None:
     side_file = agent.home / ".claude.json"
@@ -172,7 +172,10 @@ def test_put_claude_marks_onboarding_complete_keeping_other_keys(
     merged = json.loads(side_file.read_text())
     assert merged == {
         "numStartups": 7,
-        "projects": {"/w": {"x": 1}},
+        "projects": {
+            "/w": {"x": 1},
+            str(agent.home / "workspace"): {"hasTrustDialogAccepted": True},
+        },
         "hasCompletedOnboarding": True,
     }
     assert mode_of(side_file) == 0o600
@@ -201,6 +204,8 @@ def test_put_gemini_creates_settings_when_absent(
 
     settings = json.loads((agent.home / ".gemini" / "settings.json").read_text())
     assert settings == {"security": {"auth": {"selectedType": "oauth-personal"}}}
+    trusted = json.loads((agent.home / ".gemini" / "trustedFolders.json").read_text())
+    assert trusted == {str(agent.home / "workspace"): "TRUST_FOLDER"}
 
 
 def test_put_replaces_a_side_file_that_is_not_json_and_logs_a_warning(
@@ -211,7 +216,10 @@ def test_put_replaces_a_side_file_that_is_not_json_and_logs_a_warning(
 
     assert put_document(agent_client, "claude_code", make_document("claude_code")).is_success
 
-    assert json.loads((agent.home / ".claude.json").read_text()) == {"hasCompletedOnboarding": True}
+    assert json.loads((agent.home / ".claude.json").read_text()) == {
+        "hasCompletedOnboarding": True,
+        "projects": {str(agent.home / "workspace"): {"hasTrustDialogAccepted": True}},
+    }
     warnings = [r for r in agent.log_records() if r["event"] == "side_file_replaced"]
     assert warnings
     assert warnings[0]["level"] == "warning"

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 from httpx_sse import aconnect_sse
 
+from hearth.bench.standins.documents import sample_document
 from hearth.config import Settings
 from hearth.runs import RunCommand
 from hearth.runs import run_command as real_run_command
@@ -27,7 +28,7 @@ from hearth_agent.wire import Provider
 from tests.agent_backend import AgentBackend
 from tests.integration.api_fixtures import *  # noqa: F403
 from tests.integration.api_fixtures import Api, assert_error, running_api
-from tests.integration.conftest import AgentLauncher, sample_document
+from tests.integration.conftest import AgentLauncher
 from tests.integration.run_lines import answer_lines, capture
 
 FAKE_CLI = Path(__file__).with_name("fake_run_cli.py")

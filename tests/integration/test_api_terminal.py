@@ -19,6 +19,8 @@ import httpx
 from websockets.asyncio.client import connect
 
 from hearth.config import Settings
+from hearth.images.trust import GUEST_TLS_ENV
+from hearth.network.provider_hosts import quiet_env
 from hearth.sdk import AsyncHearth, Hearth
 from tests.agent_backend import AgentBackend
 from tests.conftest import HEARTH
@@ -100,6 +102,20 @@ async def test_a_resize_message_changes_the_terminals_size(live_api: Live) -> No
         assert error["code"] == "invalid_input"
         await socket.type("echo $((6*7))\r")
         await socket.until_line(ANSWER)
+
+
+async def test_the_shell_has_what_a_runs_cli_gets_to_trust_the_guest_and_stay_quiet(
+    live_api: Live,
+) -> None:
+    vm_id = await new_vm(live_api, "ann")
+    link = await open_link(live_api, vm_id, live_api.keys["ann"])
+    wanted = {**GUEST_TLS_ENV, **quiet_env()}
+
+    async with ready_terminal(live_api, link) as socket:
+        await socket.type("env; echo en''d\r")
+        lines = await socket.until_line("end")
+
+    assert {f"{name}={value}" for name, value in wanted.items()} <= set(lines)
 
 
 async def test_the_shell_ending_ends_the_socket_with_its_exit(live_api: Live) -> None:

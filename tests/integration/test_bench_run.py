@@ -1,5 +1,6 @@
-"""``hearth bench run`` without a VM: its ratios and verdicts from fake figures, its report, and
-the raw TCP server it starts in the guest, run here on loopback against the bench's own client.
+"""``hearth bench run`` without a VM: its ratios and verdicts from fake figures (the run part's
+too), its report, and the raw TCP server it starts in the guest, run here on loopback against the
+bench's own client.
 
 The bench against a real VM is in ``tests/vm/test_bench.py``.
 """
@@ -25,6 +26,7 @@ from hearth.bench.guest_stream import GuestStreamClient, guest_stream_command
 from hearth.bench.machine import MachineFacts
 from hearth.bench.report import print_tables
 from hearth.bench.run import TRANSFERS, RunBenchOptions, RunBenchResult, run_run_bench
+from hearth.bench.run_first_event import FirstEvents, RunPartOptions, RunPartResult
 from hearth.bench.run_report import (
     RUN_FIRST_EVENT_REASON,
     RunFigures,
@@ -32,10 +34,11 @@ from hearth.bench.run_report import (
     run_document,
     run_tables,
 )
-from hearth.images.manifest import ImageDir
+from hearth.images.manifest import ImageDir, ImageManifest
 from hearth.progress import LogProgress
 from hearth.vm.host import free_local_port
 from hearth.vm.readiness import Deadline
+from hearth_agent.wire import Provider
 
 MIB = 2**20
 
@@ -156,6 +159,7 @@ def test_the_document_holds_every_figure_the_ratios_and_what_was_not_measured(
         "file_upload",
         "file_download",
     ]
+    assert doc["runs"] is None
     assert doc["not_measured"] == [
         {
             "name": "run_first_event",
@@ -163,7 +167,7 @@ def test_the_document_holds_every_figure_the_ratios_and_what_was_not_measured(
             "reason": RUN_FIRST_EVENT_REASON,
         }
     ]
-    assert RUN_FIRST_EVENT_REASON.startswith("not measured: needs the provider stand-ins")
+    assert "--no-runs" in RUN_FIRST_EVENT_REASON
     assert doc["image"]["recipe"] == "unknown"  # no manifest in the fake image dir
 
 
@@ -189,6 +193,124 @@ def test_the_tables_show_each_ratio_its_verdict_and_the_run_ratio_as_not_measure
     assert "0.90/0.50/0.25" in text  # the cores of QEMU, the controller and the client
 
 
+def with_runs(result: RunBenchResult, **by_provider: tuple[list[float], list[float]]) -> None:
+    """Give ``result`` a run part: per provider, (through Hearth, directly) first-event seconds."""
+    options = RunPartOptions(
+        image=result.options.image, providers=tuple(Provider(p) for p in by_provider), rounds=3
+    )
+    result.runs = RunPartResult(options=options)
+    result.runs.vm = {"id": "vm-2", "boot_mode": "cold", "vcpus": 1, "mem_mib": 2048}
+    for name, (hearth, direct) in by_provider.items():
+        result.runs.by_provider[Provider(name)] = FirstEvents(
+            hearth=hearth,
+            direct=direct,
+            hearth_run_started=[0.2] * len(hearth),
+            direct_first_line=[s / 2 for s in direct],
+            first_event="message.delta",
+        )
+
+
+def test_each_vendors_run_ratio_is_hearths_first_event_p50_over_the_direct_p50(
+    tmp_path: Path,
+) -> None:
+    result = result_with(tmp_path, exec_s=[0.03], health_s=[0.01], rates=even_rates())
+    with_runs(
+        result,
+        claude_code=([5.0, 9.0, 6.0], [5.0, 4.0, 6.0]),  # p50 6.0 / 5.0
+        codex=([11.0, 12.0, 13.0], [10.0, 10.0, 10.0]),  # p50 12.0 / 10.0
+        gemini_cli=([5.5, 5.5, 5.5], [5.0, 5.0, 5.0]),  # exactly 1.1x
+    )
+    figures = RunFigures.of(result)
+    ratios = {r.name: r.value for r in figures.ratios()}
+    assert ratios["run_first_event_claude_code"] == pytest.approx(1.2)
+    assert ratios["run_first_event_codex"] == pytest.approx(1.2)
+    verdicts = {t.name: t.met for t in figures.targets()}
+    assert verdicts["run_first_event_claude_code"] is False
+    assert verdicts["run_first_event_gemini_cli"] is True  # 1.1x is on target
+    measured = {t.name: t.measured for t in figures.targets()}
+    assert measured["run_first_event_codex"] == "12.00 s / 10.00 s = 1.20x"
+
+
+def test_the_document_holds_each_vendors_first_event_figures_and_nothing_unmeasured(
+    tmp_path: Path,
+) -> None:
+    result = result_with(tmp_path, exec_s=[0.03], health_s=[0.01], rates=even_rates())
+    with_runs(result, codex=([12.0, 11.0, 13.0], [10.0, 9.0, 11.0]))
+    doc = json.loads(json.dumps(run_document(result, command="hearth bench run")))
+    assert doc["not_measured"] == []
+    runs = doc["runs"]
+    assert runs["vm"]["mem_mib"] == 2048
+    assert (runs["prompt"], runs["rounds"], runs["warmup"]) == ("Say hello", 3, 1)
+    codex = runs["providers"]["codex"]
+    assert codex["first_event"] == "message.delta"
+    assert codex["hearth"]["p50_s"] == 12.0
+    assert codex["direct"]["samples_s"] == [10.0, 9.0, 11.0]
+    assert codex["hearth_run_started"]["p50_s"] == 0.2
+    assert codex["direct_first_line"]["p50_s"] == 5.0
+    assert doc["ratios"]["run_first_event_codex"] == pytest.approx(1.2)
+    assert doc["targets"][-1]["name"] == "run_first_event_codex"
+
+
+def test_the_tables_show_each_vendors_first_events_and_their_ratio_verdict(
+    tmp_path: Path,
+) -> None:
+    result = result_with(tmp_path, exec_s=[0.02], health_s=[0.01], rates=even_rates())
+    with_runs(result, claude_code=([6.6, 6.6, 6.6], [6.0, 6.0, 6.0]))  # 1.10x: met
+    console = Console(record=True, width=240)
+    print_tables(console, run_tables(result))
+    text = console.export_text()
+    row = next(line for line in text.splitlines() if line.lstrip("│ ").startswith("claude_code"))
+    assert "message.delta" in row
+    assert "6.60 s" in row
+    assert "6.00 s" in row
+    assert "3.00 s" in row  # the CLI's first stdout line, directly
+    ratio = next(line for line in text.splitlines() if "run of claude_code" in line)
+    assert "1.10x" in ratio
+    assert RUN_FIRST_EVENT_REASON not in text
+    assert "run part's CLI VM" in text
+    target = next(line for line in text.splitlines() if "(claude_code)" in line)
+    assert " met " in target + " "
+    assert "not met" not in target
+
+
+def test_the_run_part_takes_only_vendor_clis_and_at_least_one_round(tmp_path: Path) -> None:
+    image = ImageDir(tmp_path)
+    with pytest.raises(BenchError, match="oidc"):
+        RunPartOptions(image=image, providers=(Provider.CODEX, Provider.OIDC))
+    with pytest.raises(BenchError, match="vendor CLIs"):
+        RunPartOptions(image=image, providers=())
+    with pytest.raises(BenchError, match="round"):
+        RunPartOptions(image=image, rounds=0)
+
+
+async def test_bench_refuses_a_run_image_without_the_vendor_clis_before_starting_anything(
+    tmp_path: Path,
+) -> None:
+    image = tmp_path / "image"
+    image.mkdir()
+    (image / "rootfs.ext4").write_bytes(b"x")
+    ImageManifest(
+        recipe="minimal",
+        agent_version="0",
+        content_hash="0",
+        suite="bookworm",
+        packages=[],
+        kernel_package="k",
+        kernel_version="6.1",
+        disk_mib=600,
+        built_at="2026-12-04T00:00:00Z",
+        sizes={"rootfs.ext4": 1},
+    ).write(image)
+    options = RunBenchOptions(
+        state_dir=tmp_path / "state",
+        image=ImageDir(image),
+        runs=RunPartOptions(image=ImageDir(image)),
+    )
+    with pytest.raises(BenchError, match="minimal image, without the vendor CLIs"):
+        await run_run_bench(options, progress=LogProgress())
+    assert not (tmp_path / "state").exists()
+
+
 def test_mean_cpu_is_empty_for_a_transfer_without_samples(tmp_path: Path) -> None:
     result = result_with(tmp_path, exec_s=[0.01], health_s=[0.01], rates=even_rates())
     result.transfer_cpu["upload"] = []
@@ -211,7 +333,8 @@ def test_bench_run_is_registered_with_its_options() -> None:
     app.add_typer(bench_app, name="bench")
     result = CliRunner().invoke(app, ["bench", "run", "--help"], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
-    for option in ("--n", "--bytes", "--rounds", "--json", "--image", "--state-dir"):
+    options = ("--n", "--bytes", "--rounds", "--json", "--image", "--state-dir", "--no-runs")
+    for option in (*options, "--run-image", "--provider", "--run-rounds"):
         assert option in result.output
 
 

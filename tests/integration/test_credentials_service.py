@@ -12,13 +12,13 @@ import pytest
 import structlog
 from sqlalchemy import text
 
+from hearth.bench.standins.documents import unsigned_jwt
 from hearth.credentials import CredentialService, CredentialVault, DecryptionFailed
 from hearth.errors import InvalidInput, NotFound
 from hearth.store import CredentialSource, Store
 from hearth.store.repositories.credentials import CredentialRepo
 from hearth_agent import SUPPORTED_PROVIDERS
 from hearth_agent.providers import PROVIDERS
-from tests.integration.conftest import unsigned_jwt
 from tests.integration.store_fixtures import *  # noqa: F403
 
 MakeDocument = Callable[..., dict[str, object]]

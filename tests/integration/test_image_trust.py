@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from hearth.bench.standins.ca import TestCA
 from hearth.errors import ImageVerifyFailed, InvalidInput
 from hearth.images.agent_install import list_backups
 from hearth.images.trust import LOCAL_CA_DIR, SYSTEM_BUNDLE, trust_ca
 from tests.conftest import hearth_cli, require_tools
 from tests.integration.test_image_agent_install import debugfs_cat, sha256
-from tests.standins.ca import TestCA
 
 DEBIAN_BUNDLE = b"-----BEGIN CERTIFICATE-----\nMIIB (a Debian root)\n-----END CERTIFICATE-----\n"
 

@@ -21,16 +21,16 @@ from pathlib import Path
 import httpx
 import pytest
 
+from hearth.bench.standins.documents import sample_document
+from hearth.bench.standins.scenarios import Scenario
+from hearth.bench.standins.vendors import VENDORS, VendorCli
 from hearth.images.vendor import GUEST_VENDOR_DIR, ensure_vendor_tree
 from hearth.network.allowlist import AllowRule
 from hearth.network.provider_hosts import PROVIDER_API_HOSTS
 from hearth_agent.wire import Provider
 from tests.conftest import require_tools
-from tests.integration.conftest import sample_document
 from tests.standins import headless
 from tests.standins.rig import StandInRig
-from tests.standins.scenarios import Scenario
-from tests.standins.vendors import VENDORS, VendorCli
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -22,13 +22,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hearth.bench.standins.documents import sample_document
+from hearth.bench.standins.scenarios import Scenario, Script
+from hearth.bench.standins.vendors import VENDORS, VendorCli
 from hearth.images.vendor import GUEST_VENDOR_DIR, ensure_vendor_tree, pinned_versions
 from hearth_agent.wire import Provider
-from tests.integration.conftest import sample_document
 from tests.standins.headless import answer_begun, session_id
 from tests.standins.rig import CliRun, StandInRig
-from tests.standins.scenarios import Scenario, Script
-from tests.standins.vendors import VENDORS, VendorCli
 
 REPO = Path(__file__).resolve().parents[2]
 OUT = REPO / "tests" / "data" / "runs"

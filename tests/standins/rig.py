@@ -24,15 +24,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from hearth.bench.standins.ca import TestCA
+from hearth.bench.standins.scenarios import Script
+from hearth.bench.standins.server import StandInServer, provider_pins
+from hearth.bench.standins.standin import ProviderStandIn
+from hearth.bench.standins.vendors import VendorCli
 from hearth.closing import Closing
 from hearth.network.allowlist import AllowRule
 from hearth.network.egress import EgressProxy
 from hearth.network.provider_hosts import PROVIDER_API_HOSTS
-from tests.standins.ca import TestCA
-from tests.standins.scenarios import Script
-from tests.standins.server import StandInServer
-from tests.standins.standin import ProviderStandIn
-from tests.standins.vendors import VendorCli
 
 _STDERR_TAIL_LINES = 30
 
@@ -191,7 +191,7 @@ class StandInRig(Closing):
         server = self._server = StandInServer(self.standin.app(), leaf=leaf)
         try:
             await server.start()
-            pins = {f"{host}:443": server.address for host in hosts}
+            pins = provider_pins(self.vendor.provider, server.address)
             owner = f"standin-{self.vendor.provider.value}"
             self._proxy = EgressProxy(allow, owner=owner, pins=pins)
             await self._proxy.start()

@@ -20,6 +20,7 @@ from hearth_agent.providers import (
     jwt_expiry,
     merge_side_document,
 )
+from hearth_agent.vendor_catalog import vendor_login
 from hearth_agent.wire import Provider
 
 
@@ -310,26 +311,36 @@ def test_expiry_of_a_document_the_cli_rewrote_oddly_is_none(
 # --- side-file merges --------------------------------------------------------------------------
 
 
-def test_claude_side_file_sets_onboarding_and_keeps_other_keys() -> None:
+def test_claude_side_file_sets_onboarding_and_trusts_the_workspace_keeping_other_keys() -> None:
     (side_file,) = get_provider("claude_code").side_files
     assert side_file.path == ".claude.json"
-    existing = {"numStartups": 3, "hasCompletedOnboarding": False, "projects": {"/w": {}}}
+    existing = {"numStartups": 3, "hasCompletedOnboarding": False, "projects": {"/w": {"x": 1}}}
 
-    merged = merge_side_document(existing, side_file.sets)
+    merged = merge_side_document(existing, side_file.sets, workspace="/root/my.work")
 
-    assert merged == {"numStartups": 3, "hasCompletedOnboarding": True, "projects": {"/w": {}}}
+    assert merged == {
+        "numStartups": 3,
+        "hasCompletedOnboarding": True,
+        "projects": {"/w": {"x": 1}, "/root/my.work": {"hasTrustDialogAccepted": True}},
+    }
     assert existing["hasCompletedOnboarding"] is False
 
 
+def test_a_side_file_naming_the_workspace_needs_one() -> None:
+    (side_file,) = get_provider("claude_code").side_files
+    with pytest.raises(ValueError, match="workspace"):
+        merge_side_document({}, side_file.sets)
+
+
 def test_gemini_side_file_creates_nested_auth_and_keeps_siblings() -> None:
-    (side_file,) = get_provider("gemini_cli").side_files
-    assert side_file.path == ".gemini/settings.json"
+    settings, _ = get_provider("gemini_cli").side_files
+    assert settings.path == ".gemini/settings.json"
     existing: dict[str, dict[str, object]] = {
         "ui": {"theme": "dark"},
         "security": {"folderTrust": {"enabled": True}},
     }
 
-    merged = merge_side_document(existing, side_file.sets)
+    merged = merge_side_document(existing, settings.sets)
 
     assert merged == {
         "ui": {"theme": "dark"},
@@ -339,12 +350,39 @@ def test_gemini_side_file_creates_nested_auth_and_keeps_siblings() -> None:
 
 
 def test_gemini_merge_overrides_a_previous_auth_type() -> None:
-    (side_file,) = get_provider("gemini_cli").side_files
+    settings, _ = get_provider("gemini_cli").side_files
     existing = {"security": {"auth": {"selectedType": "gemini-api-key", "useExternal": False}}}
 
-    merged = merge_side_document(existing, side_file.sets)
+    merged = merge_side_document(existing, settings.sets)
 
     assert merged["security"] == {"auth": {"selectedType": "oauth-personal", "useExternal": False}}
+
+
+def test_gemini_side_file_trusts_the_workspace_keeping_other_folders() -> None:
+    _, trusted = get_provider("gemini_cli").side_files
+    assert trusted.path == ".gemini/trustedFolders.json"
+
+    merged = merge_side_document({"/srv": "DO_NOT_TRUST"}, trusted.sets, workspace="/root/w")
+
+    assert merged == {"/srv": "DO_NOT_TRUST", "/root/w": "TRUST_FOLDER"}
+
+
+def test_a_vendor_login_skips_the_same_screens_in_its_own_workdir() -> None:
+    claude, gemini = vendor_login("claude_code"), vendor_login("gemini_cli")
+    assert claude is not None
+    assert gemini is not None
+    home, work = Path("/run/login/home"), Path("/run/login/work")
+
+    assert claude.prepare(home, work) == {
+        ".claude.json": {
+            "hasCompletedOnboarding": True,
+            "projects": {str(work): {"hasTrustDialogAccepted": True}},
+        }
+    }
+    # Gemini's login is what picks its auth method: only the folder is trusted up front.
+    assert gemini.prepare(home, work) == {
+        ".gemini/trustedFolders.json": {str(work): "TRUST_FOLDER"}
+    }
 
 
 @pytest.mark.parametrize("existing", [None, [], "text", 3, {"security": "broken"}])

@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 
+from hearth.bench.standins.scenarios import Script
 from hearth.runs import RunEvent, RunEventType, RunFailure, parser_for
 from hearth_agent.wire import Provider
-from tests.standins.scenarios import Script
 
 CAPTURES = Path(__file__).resolve().parents[1] / "data" / "runs"
 ANSWERED = {"answer", "resumed", "dropped_then_answer", "tool_call"}

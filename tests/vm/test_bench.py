@@ -29,6 +29,9 @@ from tests.fake_backend import FakeBackend
 from tests.integration.store_fixtures import PostgresServer, postgres_server  # noqa: F401
 from tests.vm.browser_fixtures import *  # noqa: F403
 from tests.vm.conftest import qemu_pids_under
+from tests.vm.test_vendor_clis import cli_image
+
+__all__ = ["cli_image"]
 
 pytestmark = [pytest.mark.slow, pytest.mark.vm]
 
@@ -258,10 +261,11 @@ def test_bench_auth_measures_one_flow_by_stage_and_leaves_nothing(
 
 
 def test_bench_run_measures_each_ratio_once_and_leaves_nothing(
-    minimal_image: ImageDir, tmp_path: Path
+    minimal_image: ImageDir, cli_image: ImageDir, tmp_path: Path
 ) -> None:
     state = tmp_path / "state"
     out = tmp_path / "run.json"
+    # One vendor CLI, one round: codex's runs are the quickest under TCG (≈ 10 s each).
     result = run_bench(
         "run",
         "--n",
@@ -272,6 +276,12 @@ def test_bench_run_measures_each_ratio_once_and_leaves_nothing(
         "1",
         "--image",
         str(minimal_image.path),
+        "--run-image",
+        str(cli_image.path),
+        "--provider",
+        "codex",
+        "--run-rounds",
+        "1",
         "--state-dir",
         str(state),
         "--json",
@@ -279,7 +289,7 @@ def test_bench_run_measures_each_ratio_once_and_leaves_nothing(
     )
     assert result.exit_code == 0, result.output
     assert "targets" in result.output
-    assert "not measured" in result.output
+    assert "not measured" not in result.output
 
     doc = json.loads(out.read_text())
     assert doc["benchmark"] == "run"
@@ -300,9 +310,25 @@ def test_bench_run_measures_each_ratio_once_and_leaves_nothing(
         "exec_output",
         "file_upload",
         "file_download",
+        "run_first_event_codex",
     ]
     assert all(isinstance(t["met"], bool) for t in doc["targets"])
-    assert [m["name"] for m in doc["not_measured"]] == ["run_first_event"]
+    assert doc["not_measured"] == []
+    codex = doc["runs"]["providers"]["codex"]
+    assert codex["first_event"] == "message.delta"  # its opening lines make no event
+    assert {kind: codex[kind]["n"] for kind in codex if kind != "first_event"} == {
+        "hearth": 1,
+        "direct": 1,
+        "hearth_run_started": 1,
+        "direct_first_line": 1,
+    }
+    # A run's first event from the CLI comes after run.started, and directly after its first line.
+    assert codex["hearth"]["p50_s"] > codex["hearth_run_started"]["p50_s"]
+    assert codex["direct"]["p50_s"] >= codex["direct_first_line"]["p50_s"]
+    assert doc["ratios"]["run_first_event_codex"] == pytest.approx(
+        codex["hearth"]["p50_s"] / codex["direct"]["p50_s"]
+    )
+    assert doc["runs"]["vm"]["mem_mib"] == 2048
     # A process may sit idle through a whole transfer (the controller under raw TCP): 0 cores.
     cpu = {name: t.pop("cpu_cores_mean") for name, t in doc["transfers"].items()}
     assert all(set(cores) == {"qemu", "controller", "client"} for cores in cpu.values())
@@ -310,5 +336,7 @@ def test_bench_run_measures_each_ratio_once_and_leaves_nothing(
 
     assert qemu_pids_under(state) == [], "a QEMU process outlived the bench"
     assert processes_mentioning(state) == [], "the bench's controller outlived it"
-    vms = state / "controller" / "vms"
-    assert not vms.exists() or list(vms.iterdir()) == []
+    for controller in (state / "controller", state / "runs" / "controller"):
+        vms = controller / "vms"
+        assert not vms.exists() or list(vms.iterdir()) == []
+    assert not (state / "runs" / "image").exists(), "the trusted image copy was left"

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
@@ -30,20 +29,18 @@ from typing import Any
 import pytest
 from httpx_sse import aconnect_sse
 
+from hearth.bench.run_first_event import trusted_image_copy
+from hearth.bench.standins.ca import TestCA
+from hearth.bench.standins.documents import sample_document
+from hearth.bench.standins.scenarios import Scenario, Script
+from hearth.bench.standins.server import StandInServer, egress_pins
+from hearth.bench.standins.standin import ProviderStandIn
+from hearth.bench.standins.vendors import VENDORS
 from hearth.config import Settings
-from hearth.images.manifest import ROOTFS_NAME, ImageDir
-from hearth.images.trust import trust_ca
-from hearth.network.allowlist import AllowRule
-from hearth.network.provider_hosts import PROVIDER_API_HOSTS
+from hearth.images.manifest import ImageDir
 from hearth_agent.wire import Provider
 from tests.conftest import hearth_cli
-from tests.integration.conftest import sample_document
 from tests.integration.store_fixtures import *  # noqa: F403
-from tests.standins.ca import TestCA
-from tests.standins.scenarios import Scenario, Script
-from tests.standins.server import StandInServer
-from tests.standins.standin import ProviderStandIn
-from tests.standins.vendors import VENDORS
 from tests.vm.api_fixtures import Api, serve_app
 from tests.vm.conftest import qemu_pids_under
 from tests.vm.test_api import sqlite_only, user_key
@@ -72,15 +69,7 @@ def trusted_cli_image(
 ) -> ImageDir:
     """The cli image, copied, with the test CA added by ``trust_ca`` (``hearth image
     trust-ca``)."""
-    out = tmp_path_factory.mktemp("image-cli-test-ca")
-    for source in cli_image.path.iterdir():
-        if source.is_file():
-            subprocess.run(
-                ["cp", "--sparse=always", "--reflink=auto", source, out / source.name],
-                check=True,
-            )
-    trust_ca(out / ROOTFS_NAME, test_ca.pem, name="hearth-test")
-    return ImageDir(out)
+    return trusted_image_copy(cli_image, tmp_path_factory.mktemp("image-cli-test-ca"), test_ca.pem)
 
 
 @dataclass
@@ -92,11 +81,7 @@ class StandIns:
 
     def pins(self) -> str:
         """``HEARTH_EGRESS_PINS``: every provider API host to its stand-in."""
-        pins = []
-        for provider, server in self.servers.items():
-            for entry in PROVIDER_API_HOSTS[provider]:
-                pins.append(f"{AllowRule.parse(entry).host}:443={server.address}")
-        return ",".join(pins)
+        return egress_pins(self.servers)
 
 
 @pytest.fixture

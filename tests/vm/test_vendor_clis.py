@@ -20,12 +20,13 @@ from typing import Any
 import httpx
 import pytest
 
-from hearth.images.manifest import ImageDir
-from hearth.images.vendor import pinned_versions
+from hearth.bench.standins.documents import sample_document
+from hearth.images.manifest import ROOTFS_NAME, ImageDir
+from hearth.images.vendor import pinned_versions, system_settings
 from hearth.vm.readiness import Deadline
 from hearth.vm.types import Vm, VmSpec, VmType
 from tests.conftest import hearth_cli, require_tools
-from tests.integration.conftest import sample_document
+from tests.integration.test_image_agent_install import debugfs_cat
 from tests.vm.browser_fixtures import DevTools, browser_image, browser_image_build
 from tests.vm.conftest import TrackingBackend
 from tests.vm.test_browser_vm import BROWSER_SPEC, DEVTOOLS_RELAY_PORT, SERVICE_DEADLINE_S
@@ -94,6 +95,8 @@ def test_cli_image_pins_the_vendor_cli_versions(cli_image: ImageDir) -> None:
     assert versions["@openai/codex"] == "0.171.0"
     assert versions["@anthropic-ai/claude-code"] == "2.1.332"
     assert versions["@google/gemini-cli"] == "0.61.0"
+    for path, data in system_settings().items():
+        assert debugfs_cat(cli_image.path / ROOTFS_NAME, f"/{path}") == data, path
 
 
 async def test_delivered_documents_satisfy_the_vendor_clis_own_status_commands(

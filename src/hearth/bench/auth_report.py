@@ -9,11 +9,11 @@ from hearth.bench.report import (
     Target,
     document_head,
     duration_text,
+    image_facts,
     machine_table,
     targets_table,
 )
 from hearth.bench.stats import Summary
-from hearth.images.manifest import ImageDir
 
 AUTH_OVERHEAD_TARGET_S = 2.0  # the controller's own time in a flow, the user's time excluded
 
@@ -47,7 +47,10 @@ def auth_document(result: AuthBenchResult, *, command: str) -> dict[str, object]
     warmup = result.warmup
     return {
         **document_head("auth", command=command, machine=result.machine),
-        "images": {"cli": _image(options.cli_image), "browser": _image(options.browser_image)},
+        "images": {
+            "cli": image_facts(options.cli_image),
+            "browser": image_facts(options.browser_image),
+        },
         "oidc": {"server_dir": str(options.oidc_server_dir), "issuer": result.issuer},
         "controller": {"database": "sqlite", "warm_pools": False},
         "poll_interval_s": options.poll_s,
@@ -116,12 +119,3 @@ def auth_tables(result: AuthBenchResult) -> list[Table]:
         )
     facts.add_row("OAuth server", f"oidc-provider, issuer {result.issuer}")
     return [machine_table(result.machine), table, facts, targets_table(auth_targets(result))]
-
-
-def _image(image: ImageDir) -> dict[str, object]:
-    manifest = image.manifest
-    return {
-        "path": str(image.path),
-        "recipe": manifest.recipe if manifest else "unknown",
-        "content_hash": manifest.content_hash if manifest else "unknown",
-    }

@@ -41,6 +41,7 @@ from hearth.bench.run import (
     RunBenchOptions,
     run_run_bench,
 )
+from hearth.bench.run_first_event import DEFAULT_PROVIDERS, DEFAULT_RUN_ROUNDS, RunPartOptions
 from hearth.bench.run_report import run_document, run_tables
 from hearth.bench.vm import VmBenchOptions, run_vm_bench
 from hearth.config import Settings
@@ -51,6 +52,7 @@ from hearth.images.recipes import get_recipe
 from hearth.logging import configure_logging
 from hearth.progress import default_progress
 from hearth.vm.types import VmSpec
+from hearth_agent.wire import Provider
 
 bench_app = typer.Typer(
     help="Measure Hearth: VM starts against the original controller's method; API latency; "
@@ -216,13 +218,36 @@ def bench_run(
         Path | None,
         typer.Option(help="CLI VM image (default: the minimal image under the state dir)."),
     ] = None,
+    runs: Annotated[
+        bool,
+        typer.Option(
+            "--runs/--no-runs",
+            help="Also measure each vendor CLI's first event through Hearth against the CLI "
+            "started directly (needs the cli image).",
+        ),
+    ] = True,
+    run_image: Annotated[
+        Path | None,
+        typer.Option(
+            help="Image with the vendor CLIs for the runs; the bench boots a copy that trusts "
+            "its stand-ins' CA (default: the cli image under the state dir)."
+        ),
+    ] = None,
+    providers: Annotated[
+        list[Provider] | None,
+        typer.Option("--provider", help="A vendor CLI to run (repeat it; default: all three)."),
+    ] = None,
+    run_rounds: Annotated[
+        int, typer.Option(min=1, help="Rounds of runs per CLI, one each way per round.")
+    ] = DEFAULT_RUN_ROUNDS,
     json_file: JsonFile = None,
-    state_dir: Annotated[Path | None, _state_dir_option("The controller's state dir")] = None,
+    state_dir: Annotated[Path | None, _state_dir_option("The controllers' state dir")] = None,
 ) -> None:
-    """Exec and file transfers through Hearth, against the same VM's own paths, in one run.
+    """Exec, file transfers and runs through Hearth, against the same VM's own paths.
 
     Exec round trip against the VM agent's own /health; exec output, file upload and download
-    against a raw TCP stream out of and into the same VM.
+    against a raw TCP stream out of and into the same VM; a run's first event against the same
+    vendor CLI started through the VM's agent (against loopback stand-ins of the providers).
     """
     settings = _load_settings()
     image_dir = _built_image(settings, image, "minimal", role="CLI")
@@ -230,6 +255,21 @@ def bench_run(
     command += ["--rounds", str(rounds)]
     if image is not None:
         command += ["--image", str(image)]
+    run_options = None
+    if runs:
+        try:
+            run_options = RunPartOptions(
+                image=_built_image(settings, run_image, "cli", role="the runs'"),
+                providers=tuple(dict.fromkeys(providers or DEFAULT_PROVIDERS)),
+                rounds=run_rounds,
+            )
+        except HearthError as exc:
+            _fail(exc)
+        command += [f"--provider={p.value}" for p in providers or ()]
+        command += ["--run-rounds", str(run_rounds)]
+        command += ["--run-image", str(run_image)] if run_image is not None else []
+    else:
+        command += ["--no-runs"]
     with _scratch_dir(state_dir) as root:
         options = RunBenchOptions(
             n=n,
@@ -239,6 +279,7 @@ def bench_run(
             image=image_dir,
             vmm=settings.vmm,
             qemu_accel=settings.qemu_accel,
+            runs=run_options,
         )
         result = _run(run_run_bench(options, progress=default_progress("bench")))
     _report(result, run_tables, run_document, json_file=json_file, command=command)

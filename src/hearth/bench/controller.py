@@ -1,8 +1,9 @@
-"""A real controller for ``hearth bench api``: ``hearth serve`` in its own process.
+"""A real controller for the benches: ``hearth serve`` in its own process, or its app in this one.
 
-The server gets a core of its own (the load generator runs in the bench's process), a scratch
-state dir and the database it is told to use; nothing of the caller's environment that could
-start VMs (a warm pool, say) reaches it.
+``ControllerProcess`` gets a core of its own (the load generator runs in the bench's process), a
+scratch state dir and the database it is told to use; nothing of the caller's environment that
+could start VMs (a warm pool, say) reaches it. ``InProcessController`` serves the same app from
+``Settings`` the bench builds, for a bench that needs the control plane's objects themselves.
 """
 
 from __future__ import annotations
@@ -16,8 +17,13 @@ from typing import Any
 
 import httpx
 
+from hearth.api.app import create_app
 from hearth.bench.child import ChildServer
 from hearth.bench.errors import BenchError
+from hearth.bench.loopback_server import LoopbackServer
+from hearth.closing import Closing
+from hearth.config import Settings
+from hearth.runtime import ControlPlane
 from hearth.store import normalise_url
 from hearth.vm.host import free_local_port
 from hearth.vm.readiness import Deadline
@@ -85,22 +91,11 @@ class ControllerProcess(ChildServer):
     @property
     def admin_key(self) -> str:
         """The admin key the controller minted into its state dir on first start."""
-        try:
-            return (self.state_dir / "admin.key").read_text().strip()
-        except OSError as exc:
-            raise BenchError(f"the controller wrote no admin key: {exc.strerror}") from exc
+        return admin_key(self.state_dir)
 
     async def mint_user_key(self, user_id: str) -> str:
         """A fresh API key for ``user_id`` (``POST /api/keys`` with the admin key)."""
-        headers = {"Authorization": f"Bearer {self.admin_key}"}
-        async with httpx.AsyncClient(base_url=self.url, headers=headers, timeout=30) as client:
-            response = await client.post("/api/keys", json={"userId": user_id})
-        if response.status_code != 201:
-            raise BenchError(f"minting a key answered HTTP {response.status_code}")
-        key = response.json()["key"]
-        if not isinstance(key, str):
-            raise BenchError("minting a key answered no key")
-        return key
+        return await mint_user_key(self.url, self.state_dir, user_id)
 
     async def _wait_healthy(self) -> dict[str, Any]:
         deadline = Deadline.after(START_DEADLINE_S)
@@ -121,3 +116,65 @@ class ControllerProcess(ChildServer):
             f"the controller was not healthy after {START_DEADLINE_S:.0f} s ({last}):\n"
             f"{self.log_tail()}"
         )
+
+
+class InProcessController(Closing):
+    """``hearth serve``'s app served on 127.0.0.1 in this process, its composition root entered
+    by the app's lifespan; ``async with`` starts it.
+
+    For a bench that needs the control plane's own objects next to the API: the auth flow's
+    delivery writes a credential into a VM and opens that VM's egress path to the provider, and
+    both live in the process that runs the VM.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._app = create_app(settings, destroy_on_exit=True)
+        self._server = LoopbackServer(self._app, lifespan=True)
+
+    async def start(self) -> None:
+        """Enter the composition root and start serving."""
+        await self._server.start()
+
+    @property
+    def url(self) -> str:
+        """``http://127.0.0.1:<port>``."""
+        return self._server.url
+
+    @property
+    def control(self) -> ControlPlane:
+        """The running control plane (credentials, the auth flow, the VM service, …)."""
+        control: ControlPlane = self._app.state.controller
+        return control
+
+    async def mint_user_key(self, user_id: str) -> str:
+        """A fresh API key for ``user_id`` (``POST /api/keys`` with the admin key)."""
+        return await mint_user_key(self.url, self.settings.state_dir, user_id)
+
+    async def close(self) -> None:
+        """Stop serving and leave the composition root (its VMs are destroyed); safe twice."""
+        await self._server.close()
+
+
+def admin_key(state_dir: Path) -> str:
+    """The admin key a controller minted into ``state_dir`` on first start."""
+    try:
+        return (state_dir / "admin.key").read_text().strip()
+    except OSError as exc:
+        raise BenchError(f"the controller wrote no admin key: {exc.strerror}") from exc
+
+
+async def mint_user_key(url: str, state_dir: Path, user_id: str) -> str:
+    """A fresh API key for ``user_id`` from the controller at ``url`` whose state dir is
+    ``state_dir`` (``POST /api/keys`` with its admin key)."""
+    headers = {"Authorization": f"Bearer {admin_key(state_dir)}"}
+    async with httpx.AsyncClient(
+        base_url=url, headers=headers, timeout=30, trust_env=False
+    ) as client:
+        response = await client.post("/api/keys", json={"userId": user_id})
+    if response.status_code != 201:
+        raise BenchError(f"minting a key answered HTTP {response.status_code}")
+    key = response.json()["key"]
+    if not isinstance(key, str):
+        raise BenchError("minting a key answered no key")
+    return key

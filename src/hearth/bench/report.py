@@ -17,6 +17,7 @@ from hearth.bench.load import MAX_IN_FLIGHT, CpuUse
 from hearth.bench.machine import MachineFacts
 from hearth.bench.stats import Summary
 from hearth.bench.vm import VmBenchResult
+from hearth.images.manifest import ImageDir
 from hearth.vm.host import bytes_on_disk
 
 # The issue's targets.
@@ -134,9 +135,7 @@ def vm_document(result: VmBenchResult, *, command: str) -> dict[str, object]:
     return {
         **document_head("vm", command=command, machine=result.machine),
         "image": {
-            "path": str(options.image.path),
-            "recipe": manifest.recipe if manifest else "unknown",
-            "content_hash": manifest.content_hash if manifest else "unknown",
+            **image_facts(options.image),
             "kernel": manifest.kernel_version if manifest else "unknown",
             "rootfs_bytes": figures.image_bytes,
             "rootfs_allocated_bytes": bytes_on_disk(options.image.rootfs),
@@ -320,6 +319,16 @@ def api_tables(result: ApiBenchResult) -> list[Table]:
 
 
 # ---- shared ----------------------------------------------------------------------------------
+
+
+def image_facts(image: ImageDir) -> dict[str, object]:
+    """Where a bench's image is, and what its manifest says it is."""
+    manifest = image.manifest
+    return {
+        "path": str(image.path),
+        "recipe": manifest.recipe if manifest else "unknown",
+        "content_hash": manifest.content_hash if manifest else "unknown",
+    }
 
 
 def document_head(benchmark: str, *, command: str, machine: MachineFacts) -> dict[str, object]:

@@ -12,13 +12,17 @@ against something measured in the same run, on the same VM:
 * file upload and download (``PUT|GET /api/vms/{id}/files``) against the same bytes over raw TCP
   into the guest (written to a file there and synced, as an upload is) and out of it.
 
+and, unless left out, the run part (``hearth.bench.run_first_event``): for each vendor CLI, a
+run's first event through Hearth against the same CLI started directly in a VM of its own.
+
 A real controller (``hearth serve --destroy-on-exit`` in its own process, scratch state dir,
 SQLite, no warm pool, QEMU user networking) creates one CLI VM through the API. The raw TCP
 server (``hearth.bench.guest_stream``) is a few lines of Python the bench starts in the guest
 through the exec route; the bench reaches it through a loopback forward it adds to the VM's QEMU
 user network over QMP (``hostfwd_add``), next to the forward the agent's own traffic takes. The
 transfers run in ``rounds``, Hearth's and the raw one alternating which goes first. At the end
-the VM is destroyed and the bench proves no QEMU process and no VM directory is left.
+the VM is destroyed and the bench proves no QEMU process and no VM directory is left. The run
+part follows, with a controller, a VM and a state dir of its own.
 """
 
 from __future__ import annotations
@@ -42,8 +46,15 @@ from hearth.bench.errors import BenchError
 from hearth.bench.guest_stream import GUEST_PORT, GuestStreamClient, guest_stream_command
 from hearth.bench.machine import MachineFacts
 from hearth.bench.processes import process_cpu_seconds
+from hearth.bench.run_first_event import (
+    BENCH_USER,
+    RunPartOptions,
+    RunPartResult,
+    measure_first_events,
+)
 from hearth.bench.state import check_nothing_left, link_images
 from hearth.images.manifest import ImageDir
+from hearth.images.recipes import get_recipe
 from hearth.progress import Progress
 from hearth.teardown import Teardown
 from hearth.vm.accel import detect_accel
@@ -53,7 +64,6 @@ from hearth.vm.qemu.command import VmPaths
 from hearth.vm.qemu.monitor import Monitor
 from hearth.vm.readiness import Deadline
 
-BENCH_USER = "hearth-bench-run"
 DEFAULT_N = 30
 DEFAULT_BYTES = 64 * 2**20
 DEFAULT_ROUNDS = 3
@@ -86,6 +96,7 @@ class RunBenchOptions:
     image: ImageDir
     vmm: str = "qemu"  # HEARTH_VMM
     qemu_accel: str = "auto"  # HEARTH_QEMU_ACCEL
+    runs: RunPartOptions | None = None  # None: the run part is left out
 
 
 @dataclass(kw_only=True)
@@ -107,10 +118,12 @@ class RunBenchResult:
     transfer_cpu: dict[str, list[dict[str, float]]] = field(
         default_factory=lambda: {k: [] for k in TRANSFERS}
     )
+    runs: RunPartResult | None = None  # None: the run part was left out
 
 
 async def run_run_bench(options: RunBenchOptions, *, progress: Progress) -> RunBenchResult:
-    """Start a controller and one CLI VM, measure, destroy both and check nothing is left."""
+    """Measure the exec and file part, then the run part (unless left out); each starts its own
+    controller and CLI VM, destroys both and checks that nothing is left."""
     if options.n < 1 or options.rounds < 1 or options.bytes < 1:
         raise BenchError("n, rounds and bytes must be at least 1")
     if options.vmm != "qemu":
@@ -118,14 +131,41 @@ async def run_run_bench(options: RunBenchOptions, *, progress: Progress) -> RunB
             "hearth bench run reaches its raw TCP baseline through a QEMU user-net forward; "
             f"the {options.vmm} backend has none (set HEARTH_VMM=qemu)"
         )
-    image = options.image
-    if image.manifest is None or not image.manifest.files_present(image.path):
-        raise BenchError(f"{image.path} holds no built image")
+    _check_built(options.image)
+    if options.runs is not None:
+        _check_built(options.runs.image, vendor_clis=True)
     result = RunBenchResult(
         options=options, machine=MachineFacts.collect(detect_accel(override=options.qemu_accel))
     )
+    await _measure_exec_and_files(options, result, progress=progress)
+    if options.runs is not None:
+        result.runs = await measure_first_events(
+            options.runs,
+            scratch=options.state_dir / "runs",
+            controller_env=_controller_env(options),
+            progress=progress,
+        )
+    return result
+
+
+def _check_built(image: ImageDir, *, vendor_clis: bool = False) -> None:
+    """BenchError unless ``image`` is built (and, with ``vendor_clis``, carries the CLIs)."""
+    manifest = image.manifest
+    if manifest is None or not manifest.files_present(image.path):
+        raise BenchError(f"{image.path} holds no built image")
+    if vendor_clis and not get_recipe(manifest.recipe).vendor_clis:
+        raise BenchError(
+            f"{image.path} is a {manifest.recipe} image, without the vendor CLIs the run part "
+            "runs (build one with: hearth image build --recipe cli; or leave runs out: --no-runs)"
+        )
+
+
+async def _measure_exec_and_files(
+    options: RunBenchOptions, result: RunBenchResult, *, progress: Progress
+) -> None:
+    """The exec and file part: its own controller process and CLI VM, gone at the end."""
     state = options.state_dir / "controller"
-    link_images(state, {"cli": image})
+    link_images(state, {"cli": options.image})
     async with Teardown(error=BenchError) as teardown:
         # Runs after the controller stopped (teardown is newest first).
         teardown.push("check that no VM is left", lambda: check_nothing_left(state))
@@ -153,7 +193,6 @@ async def run_run_bench(options: RunBenchOptions, *, progress: Progress) -> RunB
         for i in range(options.rounds):
             with progress.phase(f"transfers {i + 1}/{options.rounds}", f"{options.bytes} B each"):
                 await probe.transfer_round(raw, data, hearth_first=i % 2 == 1, result=result)
-    return result
 
 
 @dataclass(frozen=True)

@@ -83,6 +83,12 @@ class ExecService:
     async def start(self, vm_id: str, user_id: str | None, request: ExecRequest) -> dict[str, Any]:
         """Start the command; ``{"execId", "pid"}``. TooManyRunning past the per-VM cap."""
         agent = await self.agent(vm_id, user_id)
+        started = await agent.exec_start(self.agent_request(vm_id, request))
+        return {"execId": str(started["exec_id"]), "pid": int(started["pid"])}
+
+    def agent_request(self, vm_id: str, request: ExecRequest) -> dict[str, Any]:
+        """The body of the agent's ``POST /exec`` that runs ``request`` in VM ``vm_id``: the
+        command with the controller's limits, the guest's TLS trust and the VM's egress proxy."""
         body: dict[str, Any] = {
             "cmd": request.cmd,
             "timeout_s": request.timeout_s or self.settings.exec_timeout_s,
@@ -100,8 +106,7 @@ class ExecService:
             body["stdin_open"] = True
         if request.pty is not None:
             body["pty"] = {"cols": request.pty[0], "rows": request.pty[1]}
-        started = await agent.exec_start(body)
-        return {"execId": str(started["exec_id"]), "pid": int(started["pid"])}
+        return body
 
     async def events(
         self, vm_id: str, user_id: str | None, exec_id: str, *, after: int = 0

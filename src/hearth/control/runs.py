@@ -54,6 +54,18 @@ class RunRequest:
     timeout_s: float | None = None
 
 
+def run_exec_request(request: RunRequest, *, timeout_s: float) -> ExecRequest:
+    """What the VM's agent runs for ``request``: the CLI's headless command line, the prompt on
+    its stdin, for ``timeout_s``. InvalidInput for a request the CLI cannot take (``run_command``).
+    """
+    command = run_command(
+        request.provider, prompt=request.prompt, model=request.model, resume=request.resume
+    )
+    return ExecRequest(
+        cmd=command.argv, env=command.env, cwd=request.cwd, stdin=command.stdin, timeout_s=timeout_s
+    )
+
+
 class RunService:
     """Starts runs, keeps their events, re-attaches after a restart, cancels them."""
 
@@ -84,10 +96,8 @@ class RunService:
             )
         record = await self.execs.runnable(vm_id, user_id)
         await self._require_login(record, request.provider)
-        command = run_command(
-            request.provider, prompt=request.prompt, model=request.model, resume=request.resume
-        )
         timeout_s = request.timeout_s or self.settings.run_timeout_s
+        command = run_exec_request(request, timeout_s=timeout_s)
         run = await self.store.runs.insert(
             RunRecord(
                 user_id=record.user_id,
@@ -99,17 +109,7 @@ class RunService:
             )
         )
         try:
-            started = await self.execs.start(
-                vm_id,
-                user_id,
-                ExecRequest(
-                    cmd=command.argv,
-                    env=command.env,
-                    cwd=request.cwd,
-                    stdin=command.stdin,
-                    timeout_s=timeout_s,
-                ),
-            )
+            started = await self.execs.start(vm_id, user_id, command)
         except BaseException:
             await self.store.runs.discard_starting(run.id)
             raise

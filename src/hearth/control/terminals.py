@@ -33,10 +33,13 @@ from hearth.control.execs import ExecRequest, ExecService
 from hearth.errors import HearthError, InvalidInput, TooManyRunning, Unauthorized
 from hearth.links import link_token_hash, link_token_matches, mint_link_token
 from hearth.logging import get_logger
+from hearth.network.provider_hosts import quiet_env
 
-# The user's login shell, in the workspace (the agent's default cwd).
+# The user's login shell, in the workspace (the agent's default cwd). Beside what every command in
+# the VM gets (``ExecService.start``: the guest's TLS trust, the egress proxy), it gets what a run
+# gives a vendor CLI to keep it quiet behind the proxy, for whichever CLI the user starts.
 SHELL = ("bash", "-l")
-SHELL_ENV = {"SHELL": "/bin/bash", "COLORTERM": "truecolor"}
+SHELL_ENV = {"SHELL": "/bin/bash", "COLORTERM": "truecolor", **quiet_env()}
 MAX_CELLS = 1000  # columns or rows (the agent's own limit)
 # Unopened links kept at once; past it a new link is refused until some expire.
 MAX_PENDING_LINKS = 1024

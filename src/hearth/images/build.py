@@ -34,7 +34,13 @@ from hearth.images.manifest import (
 from hearth.images.recipes import Recipe
 from hearth.images.rootfs import ensure_rootfs, rootfs_key
 from hearth.images.staging import staged_dir
-from hearth.images.vendor import ensure_vendor_tree, merge_trees, vendor_key
+from hearth.images.vendor import (
+    ensure_vendor_tree,
+    merge_trees,
+    system_settings_key,
+    vendor_key,
+    write_system_settings,
+)
 from hearth.progress import Progress
 from hearth.tools import run_tool
 
@@ -70,6 +76,7 @@ def build_image(
     }
     if recipe.vendor_clis:
         inputs["vendor"] = vendor_key()
+        inputs["vendor_settings"] = system_settings_key()
     content_hash = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:20]
     cached = settings.cache_dir / "images" / f"{recipe.name}-{content_hash}"
     try:
@@ -128,6 +135,7 @@ def _build_into(
                 merged = staging / "merged"
                 merged.mkdir()
                 merge_trees(tree, vendor_tree, merged)
+                write_system_settings(merged)
                 tree = merged
         rootfs = staging / ROOTFS_NAME
         with progress.phase("ext4", f"({recipe.disk_mib} MiB, mkfs.ext4 -d)"):

@@ -8,7 +8,12 @@ out as it appears in the guest::
     opt/hearth/vendor/node_modules/...       the packages
     usr/local/bin/{node,codex,claude,gemini} symlinks into node_modules/.bin
 
-so an image build merges it into the root filesystem as it is.
+so an image build merges it into the root filesystem as it is, then adds the CLIs' system-wide
+settings (``SYSTEM_SETTINGS``). Those belong to the image rather than to a login's delivery
+(``hearth_agent.providers.SideFile``) because they are about how the pinned CLI behaves in any
+Hearth VM, whoever logs in and whether anyone has: no self-update (the image pins the version),
+no background daemon outliving the terminal, no calls the egress proxy refuses anyway. Each goes
+where the CLI reads system settings, below the user's own, so a user can still override them.
 """
 
 from __future__ import annotations
@@ -29,13 +34,40 @@ GUEST_BIN_DIR = "usr/local/bin"
 # The commands the images expose; each is a bin of a pinned package.
 COMMANDS = ("node", "codex", "claude", "gemini")
 _NPM_TIMEOUT_S = 1200
+# The vendor CLIs' system-wide settings: guest path (from /) → file of this package's vendor/.
+SYSTEM_SETTINGS = {"etc/codex/config.toml": "codex-config.toml"}
+
+
+def _vendor_file(name: str) -> bytes:
+    return importlib.resources.files("hearth.images").joinpath("vendor").joinpath(name).read_bytes()
 
 
 def _manifest_files() -> dict[str, bytes]:
-    source = importlib.resources.files("hearth.images").joinpath("vendor")
-    return {
-        name: source.joinpath(name).read_bytes() for name in ("package.json", "package-lock.json")
-    }
+    return {name: _vendor_file(name) for name in ("package.json", "package-lock.json")}
+
+
+def system_settings() -> dict[str, bytes]:
+    """The CLIs' system-wide settings by guest path (relative to /)."""
+    return {path: _vendor_file(name) for path, name in SYSTEM_SETTINGS.items()}
+
+
+def system_settings_key() -> str:
+    """A hash of ``system_settings``: part of an image's inputs."""
+    digest = hashlib.sha256()
+    for path, data in sorted(system_settings().items()):
+        digest.update(path.encode() + b"\0" + hashlib.sha256(data).digest())
+    return digest.hexdigest()[:20]
+
+
+def write_system_settings(root: Path) -> None:
+    """Write ``system_settings`` into the tree ``root``, replacing (never writing through) a
+    file there: the tree's files are hard links into the caches."""
+    for path, data in system_settings().items():
+        target = root / path
+        target.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        target.unlink(missing_ok=True)
+        target.write_bytes(data)
+        target.chmod(0o644)
 
 
 def pinned_versions() -> dict[str, str]:

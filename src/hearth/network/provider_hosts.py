@@ -18,6 +18,8 @@ wildcards.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from hearth_agent.wire import Provider
 
 PROVIDER_API_HOSTS: dict[Provider, tuple[str, ...]] = {
@@ -108,3 +110,11 @@ QUIET_ENV: dict[Provider, dict[str, str]] = {
     },
     Provider.OIDC: {},
 }
+
+
+def quiet_env(providers: Iterable[Provider] = tuple(Provider)) -> dict[str, str]:
+    """``QUIET_ENV`` of ``providers`` in one environment (every CLI's by default: a terminal's
+    shell may start any of them). What a vendor CLI started in a VM gets beside the guest's TLS
+    trust and the egress proxy (``hearth.control.execs.ExecService.start``), for a run and in
+    the terminal alike."""
+    return {name: value for provider in providers for name, value in QUIET_ENV[provider].items()}

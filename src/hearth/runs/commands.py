@@ -25,7 +25,7 @@ import re
 from dataclasses import dataclass
 
 from hearth.errors import InvalidInput
-from hearth.network.provider_hosts import QUIET_ENV
+from hearth.network.provider_hosts import quiet_env
 from hearth_agent.wire import Provider
 
 # Models and session ids become argv items: they must not read as an option (a leading "-") or
@@ -82,7 +82,7 @@ def run_command(
         raise InvalidInput("model: letters, digits and . _ : / @ [ ] -, not starting with -")
     if resume is not None and not _SESSION_ID.fullmatch(resume):
         raise InvalidInput("resume: a session id (letters, digits and . _ -)")
-    env = {**QUIET_ENV[provider], **_HEADLESS_ENV[provider]}
+    env = {**quiet_env([provider]), **_HEADLESS_ENV[provider]}
     return RunCommand(argv=build(model, resume), stdin=prompt, env=env)
 
 

@@ -20,8 +20,9 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
-from tests.standins.recording import RecordedRequest
-from tests.standins.scenarios import Scenario, Script
+from hearth.bench.errors import BenchError
+from hearth.bench.standins.recording import RecordedRequest
+from hearth.bench.standins.scenarios import Scenario, Script
 
 Handler = Callable[[RecordedRequest], Awaitable[Response]]
 SocketHandler = Callable[[WebSocket, RecordedRequest], Awaitable[None]]
@@ -47,8 +48,11 @@ class SocketEndpoint:
     handler: SocketHandler
 
 
-class StreamCut(Exception):
+class StreamCut(BenchError):
     """Raised inside a response stream to end the connection without finishing the body."""
+
+    code = "stream_cut"
+    http_status = 500
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""``RecordedRequest``: what a stand-in saw of one request, for tests to assert on."""
+"""``RecordedRequest``: what a stand-in saw of one request, for tests (and a bench) to read."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from starlette.requests import HTTPConnection, Request
+
+from hearth.bench.errors import BenchError
 
 # Headers whose values are secrets; ``RecordedRequest.safe_headers`` leaves them out.
 SECRET_HEADERS = frozenset({"authorization", "x-goog-api-key", "x-api-key", "cookie"})
@@ -85,8 +87,11 @@ class RecordedRequest:
         return f"{self.method} {self.host}{self.path}{query}"
 
 
-class UndecodableBody(Exception):
+class UndecodableBody(BenchError):
     """A request body in a content encoding the stand-in cannot decode."""
+
+    code = "undecodable_body"
+    http_status = 500
 
 
 async def decode_body(body: bytes, encoding: str | None) -> bytes:

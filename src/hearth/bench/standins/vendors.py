@@ -14,15 +14,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hearth.bench.standins.anthropic import AnthropicStandIn
+from hearth.bench.standins.gemini import GeminiStandIn
+from hearth.bench.standins.openai import OpenAIStandIn
+from hearth.bench.standins.standin import ProviderStandIn
 from hearth.network.provider_hosts import QUIET_ENV
 from hearth_agent.log import JsonLogger
 from hearth_agent.providers import PROVIDERS
 from hearth_agent.storage import CredentialStore
 from hearth_agent.wire import Provider
-from tests.standins.anthropic import AnthropicStandIn
-from tests.standins.gemini import GeminiStandIn
-from tests.standins.openai import OpenAIStandIn
-from tests.standins.standin import ProviderStandIn
 
 # Variables that point a CLI's TLS stack at an extra CA bundle (a PEM file).
 #  - claude (Bun): NODE_EXTRA_CA_CERTS adds the file to the bundled roots.

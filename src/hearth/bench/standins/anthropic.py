@@ -23,9 +23,9 @@ from collections.abc import Sequence
 
 from starlette.responses import JSONResponse, Response
 
-from tests.standins.recording import RecordedRequest
-from tests.standins.scenarios import Scenario, text_chunks
-from tests.standins.standin import Endpoint, ProviderStandIn, SseEvent, cut_point
+from hearth.bench.standins.recording import RecordedRequest
+from hearth.bench.standins.scenarios import Scenario, text_chunks
+from hearth.bench.standins.standin import Endpoint, ProviderStandIn, SseEvent, cut_point
 
 # The tool the ``tool_call`` scenario asks for. This build offers no Glob/LS tool; ``ls`` is a
 # read-only command, which ``claude -p`` lets Bash run without a permission prompt, and its

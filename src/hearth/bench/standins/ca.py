@@ -1,4 +1,4 @@
-"""A certificate authority for tests: one self-signed root and the leaf certificates it issues.
+"""A certificate authority for tests and benchmarks: one self-signed root and the leaves it issues.
 
 The stand-ins serve TLS for the providers' real host names (``api.anthropic.com``, ...), so a
 vendor CLI that trusts this root (and only a process told to trust it does) connects to them as

@@ -27,9 +27,9 @@ from collections.abc import Sequence
 from starlette.responses import JSONResponse, Response
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from tests.standins.recording import RecordedRequest
-from tests.standins.scenarios import Scenario, text_chunks
-from tests.standins.standin import (
+from hearth.bench.standins.recording import RecordedRequest
+from hearth.bench.standins.scenarios import Scenario, text_chunks
+from hearth.bench.standins.standin import (
     Endpoint,
     ProviderStandIn,
     SocketEndpoint,

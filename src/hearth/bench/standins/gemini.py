@@ -20,9 +20,9 @@ from collections.abc import Sequence
 
 from starlette.responses import JSONResponse, Response
 
-from tests.standins.recording import RecordedRequest
-from tests.standins.scenarios import Scenario, Usage, text_chunks
-from tests.standins.standin import Endpoint, ProviderStandIn, SseEvent, cut_point
+from hearth.bench.standins.recording import RecordedRequest
+from hearth.bench.standins.scenarios import Scenario, Usage, text_chunks
+from hearth.bench.standins.standin import Endpoint, ProviderStandIn, SseEvent, cut_point
 
 # The tool the ``tool_call`` scenario calls: read-only, so ``gemini -p`` runs it without asking
 # (tools that need a confirmation are not offered in a non-interactive run).
