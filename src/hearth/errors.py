@@ -34,8 +34,8 @@
     │       └── UnknownMasterKey     its master key is unknown       [hearth.credentials.errors]
     ├── StageTimeout                 a login stage missed its deadline (504)  [hearth.auth.flow]
     ├── BenchError                   a benchmark run failed or leaked      [hearth.bench.errors]
-    │   ├── StreamCut                a stand-in cut its stream on purpose  [hearth.bench.standins.standin]
-    │   └── UndecodableBody          a stand-in got a body it cannot read  [hearth.bench.standins.recording]
+    │   ├── StreamCut                a stand-in's cut  [hearth.bench.standins.standin]
+    │   └── UndecodableBody          unreadable body [hearth.bench.standins.recording]
     ├── ApiError                     an error the controller answered        [hearth.cli.client]
     └── VmError                      the VM layer
         ├── VmNotReady               the agent did not answer healthy before the deadline
