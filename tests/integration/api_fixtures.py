@@ -12,6 +12,7 @@ stops every service and closes the store.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from typing import Any
 
 import httpx
 import pytest
+import uvicorn
 from fastapi import FastAPI
 
 from hearth.api.app import create_app
@@ -28,6 +30,7 @@ from hearth.config import Settings
 from hearth.control.bootstrap import ADMIN_KEY_FILE
 from hearth.control.quotas import Quotas
 from hearth.images.manifest import ImageDir
+from hearth.vm.host import free_local_port
 from hearth.vm.types import VmType
 from tests.fake_backend import FakeBackend
 from tests.integration import store_fixtures
@@ -147,3 +150,23 @@ async def api(
     """The controller in process on a fresh database, with its admin key."""
     async with running_api(api_settings, fake_backend, tmp_path / "image") as running:
         yield running
+
+
+@asynccontextmanager
+async def served(app: FastAPI) -> AsyncIterator[str]:
+    """``app`` (its lifespan already entered) served by uvicorn on loopback in this loop; its
+    base URL. httpx's ASGI transport gathers a whole body before it answers, so a stream that
+    never ends (``/api/events`` followed) needs a real server."""
+    port = free_local_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="off")
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            if task.done():
+                task.result()
+            await asyncio.sleep(0.02)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task

@@ -19,13 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-import uvicorn
 
 from hearth.config import Settings
-from hearth.vm.host import free_local_port
 from tests.agent_backend import AgentBackend
 from tests.background import in_background_loop
-from tests.integration.api_fixtures import Api, running_api
+from tests.integration.api_fixtures import Api, running_api, served
 from tests.integration.conftest import AgentLauncher
 
 __all__ = ["Live", "inproc", "live", "sdk_settings"]
@@ -142,27 +140,15 @@ class Live:
 async def serving(settings: Settings, backend: AgentBackend, root: Path) -> AsyncIterator[Live]:
     """The app with its lifespan entered, served by uvicorn, with the proxy; keys for ann and
     bob. Leaving stops them in reverse order."""
-    async with running_api(settings, backend, root / "image") as api:
-        port = free_local_port()
-        config = uvicorn.Config(
-            api.app, host="127.0.0.1", port=port, log_config=None, lifespan="off"
-        )
-        server = uvicorn.Server(config)
-        task = asyncio.create_task(server.serve())
-        proxy = DroppingProxy(port)
+    async with running_api(settings, backend, root / "image") as api, served(api.app) as url:
+        proxy = DroppingProxy(int(url.rsplit(":", 1)[1]))
         try:
-            while not server.started:
-                if task.done():
-                    task.result()
-                await asyncio.sleep(0.02)
             proxy_port = await proxy.start()
-            live = Live(api, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{proxy_port}", proxy)
+            live = Live(api, url, f"http://127.0.0.1:{proxy_port}", proxy)
             live.keys = {user: await api.user_key(user) for user in ("ann", "bob")}
             yield live
         finally:
             await proxy.stop()
-            server.should_exit = True
-            await task
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import httpx
 import pytest
 from httpx_sse import aconnect_sse
 
@@ -21,7 +22,7 @@ from hearth.config import Settings
 from hearth.events.signing import verify
 from tests.fake_backend import FakeBackend
 from tests.integration.api_fixtures import *  # noqa: F403
-from tests.integration.api_fixtures import Api, assert_error, running_api
+from tests.integration.api_fixtures import Api, assert_error, running_api, served
 from tests.webhook_receiver import WebhookReceiver
 
 
@@ -153,9 +154,14 @@ async def test_events_are_paged_by_id_a_user_sees_their_own_and_the_stream_follo
     assert after == {"events": [], "last": own["last"]}
     # The stream resumes after Last-Event-ID and follows what comes next.
     stream_headers = {**ann, "Last-Event-ID": str(own["last"])}
-    async with aconnect_sse(api.client, "GET", "/api/events", headers=stream_headers) as source:
+    async with (
+        served(api.app) as url,
+        httpx.AsyncClient(base_url=url) as client,
+        aconnect_sse(client, "GET", "/api/events", headers=stream_headers) as source,
+    ):
         api.backend.kill(ann_vm)
-        sse = await anext(source.aiter_sse())
+        async with asyncio.timeout(10):
+            sse = await anext(source.aiter_sse())
     assert sse.event == "vm.failed"
     assert json.loads(sse.data)["vmId"] == ann_vm
     assert int(sse.id) > own["last"]
