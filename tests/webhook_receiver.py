@@ -1,18 +1,25 @@
-"""A webhook receiver on loopback for tests: records every delivery, answers as scripted."""
+"""A webhook receiver on loopback for tests: records every delivery, answers as scripted.
+
+Test modules take the ``receiver`` fixture (one listening receiver) with ``import *``.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import socket
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+
+__all__ = ["Received", "WebhookReceiver", "receiver"]
 
 
 @dataclass(frozen=True)
@@ -87,3 +94,12 @@ class WebhookReceiver:
                     return found
                 self._arrived.clear()
                 await self._arrived.wait()
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[WebhookReceiver]:
+    """A receiver listening on loopback; stopped after the test."""
+    receiver = WebhookReceiver()
+    await receiver.start()
+    yield receiver
+    await receiver.stop()

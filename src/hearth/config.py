@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from hearth.errors import ConfigError
+from hearth.versions import parse_version
 
 _DEFAULT_STATE_DIR = Path("/var/lib/hearth")
 _DEFAULT_CACHE_DIR = Path("/var/cache/hearth")
@@ -96,6 +97,21 @@ class Settings:
     webhook_retry_for_s: float = 24 * 3600.0
     webhook_backoff_s: float = 5.0
     webhook_timeout_s: float = 10.0
+    # Heartbeats: each ready VM's agent is asked /health this often, each ask bounded by the
+    # timeout; after this many misses in a row the VM is "unhealthy", and "failed" (torn down)
+    # once it has been unhealthy for the deadline. An agent older than the minimum version is
+    # shown as outdated ("" : none is).
+    heartbeat_interval_s: float = 5.0
+    heartbeat_timeout_s: float = 3.0
+    heartbeat_misses: int = 3
+    unhealthy_deadline_s: float = 300.0
+    agent_min_version: str = ""
+    # A credential that expires within this is "expiring" (metrics, credential.expiring); the
+    # vault is looked over this often. Documents delivered to running CLI VMs (whose CLIs
+    # refresh them) are pulled back into the vault this often, and before a VM is destroyed.
+    credential_expiring_s: float = 24 * 3600.0
+    credential_check_interval_s: float = 60.0
+    pullback_interval_s: float = 900.0
     # Benchmarks and tests only: forward each Browser VM's Chromium DevTools to a loopback port,
     # where any local process could drive the login browser. Off, nothing but VNC is forwarded.
     browser_devtools: bool = False
@@ -215,6 +231,22 @@ class Settings:
             ),
             webhook_backoff_s=_float(env, "HEARTH_WEBHOOK_BACKOFF_S", 5.0, 0.01, 600.0),
             webhook_timeout_s=_float(env, "HEARTH_WEBHOOK_TIMEOUT_S", 10.0, 1.0, 120.0),
+            heartbeat_interval_s=_float(env, "HEARTH_HEARTBEAT_INTERVAL_S", 5.0, 0.05, 3600.0),
+            heartbeat_timeout_s=_float(env, "HEARTH_HEARTBEAT_TIMEOUT_S", 3.0, 0.05, 120.0),
+            heartbeat_misses=_int(env, "HEARTH_HEARTBEAT_MISSES", 3, 1, 100),
+            unhealthy_deadline_s=_float(
+                env, "HEARTH_UNHEALTHY_DEADLINE_S", 300.0, 0.1, 7 * 24 * 3600.0
+            ),
+            agent_min_version=_version(env, "HEARTH_AGENT_MIN_VERSION"),
+            credential_expiring_s=_float(
+                env, "HEARTH_CREDENTIAL_EXPIRING_S", 24 * 3600.0, 60.0, 90 * 24 * 3600.0
+            ),
+            credential_check_interval_s=_float(
+                env, "HEARTH_CREDENTIAL_CHECK_INTERVAL_S", 60.0, 0.05, 24 * 3600.0
+            ),
+            pullback_interval_s=_float(
+                env, "HEARTH_PULLBACK_INTERVAL_S", 900.0, 0.05, 7 * 24 * 3600.0
+            ),
         )
 
     def with_overrides(self, **changes: object) -> Settings:
@@ -231,6 +263,14 @@ class Settings:
                 "no Debian mirror found in the host's apt sources; set HEARTH_DEBIAN_MIRROR"
             )
         return found
+
+
+def _version(env: Mapping[str, str], name: str) -> str:
+    """``env[name]`` as a dotted version ("1.2.3"), or "" when unset."""
+    raw = env.get(name, "").strip()
+    if raw and parse_version(raw) is None:
+        raise ConfigError(f"{name} must be a version like 0.1.1, got {raw!r}")
+    return raw
 
 
 def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:

@@ -86,6 +86,37 @@ class ControllerMetrics:
             registry=self.registry,
         )
 
+        self.auth_sessions = Counter(
+            "hearth_auth_sessions_total",
+            "Logins that ended, by provider and outcome (completed, failed, timeout, cancelled)",
+            ["provider", "outcome"],
+            registry=self.registry,
+        )
+        self.credentials = Gauge(
+            "hearth_credentials",
+            "Credentials in the vault by provider and state (valid, expiring within "
+            "HEARTH_CREDENTIAL_EXPIRING_S, expired, unknown: no expiry known)",
+            ["provider", "state"],
+            registry=self.registry,
+        )
+        self.agent_versions = Gauge(
+            "hearth_vm_agent_versions",
+            "Running VMs by the agent version they last reported",
+            ["version"],
+            registry=self.registry,
+        )
+        self.agents_outdated = Gauge(
+            "hearth_vm_agents_outdated",
+            "Running VMs whose agent is older than HEARTH_AGENT_MIN_VERSION",
+            registry=self.registry,
+        )
+        self.heartbeats = Counter(
+            "hearth_vm_heartbeats_total",
+            "Agent heartbeats by result (ok, missed)",
+            ["result"],
+            registry=self.registry,
+        )
+
     def render(self) -> bytes:
         """The exposition text."""
         return generate_latest(self.registry)

@@ -21,16 +21,19 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from hearth import __version__
+from hearth.auth.delivery import Delivery
 from hearth.auth.flow import AuthFlow
 from hearth.config import Settings
 from hearth.control.bootstrap import ensure_admin_key, open_store
 from hearth.control.execs import ExecService
 from hearth.control.files import FileService
+from hearth.control.heartbeat import Heartbeat
 from hearth.control.network import CliNetworks
 from hearth.control.quotas import Quotas
 from hearth.control.runs import RunService
 from hearth.control.terminals import TerminalService
 from hearth.control.vms import VmService
+from hearth.credentials.expiry import ExpiryWatch
 from hearth.credentials.pullback import PullBack
 from hearth.credentials.service import CredentialService
 from hearth.credentials.vault import CredentialVault
@@ -66,8 +69,11 @@ class ControlPlane:
     terminals: TerminalService
     networks: CliNetworks
     auth: AuthFlow
+    delivery: Delivery
     events: EventLog
     webhooks: WebhookService
+    heartbeat: Heartbeat
+    expiry: ExpiryWatch
     node: Node
 
 
@@ -122,6 +128,7 @@ async def open_hearth(
         events = EventLog(store=store, settings=settings, metrics=metrics)
         webhooks = WebhookService(store=store, vault=vault, settings=settings)
         networks = CliNetworks(node=node, store=store)
+        pullback = PullBack(store, credentials)
         teardown.push("stop the CLI VMs' egress proxies", networks.close_all)
         vms = VmService(
             settings=settings,
@@ -130,13 +137,14 @@ async def open_hearth(
             metrics=metrics,
             quotas=quotas or Quotas.from_settings(settings),
             pool_sizes={VmType.CLI: settings.pool_cli, VmType.BROWSER: settings.pool_browser},
-            before_destroy=[PullBack(store, credentials).before_destroy],
+            before_destroy=[pullback.before_destroy],
             networks=networks if settings.cli_egress == "proxy" else None,
             events=events,
         )
         teardown.push(
             "stop the VM service", functools.partial(vms.shutdown, destroy_vms=destroy_on_exit)
         )
+        delivery = Delivery(vms=vms, credentials=credentials, networks=networks, events=events)
         auth = AuthFlow(
             settings=settings,
             store=store,
@@ -145,6 +153,8 @@ async def open_hearth(
             credentials=credentials,
             networks=networks,
             events=events,
+            delivery=delivery,
+            metrics=metrics,
         )
         teardown.push("stop the login flows", auth.shutdown)
         execs = ExecService(settings=settings, vms=vms, networks=networks)
@@ -165,6 +175,15 @@ async def open_hearth(
             teardown.push("stop the warm pool", vms.pool.stop)
         monitor = asyncio.create_task(vms.monitor(monitor_interval_s))
         teardown.push("stop the VM monitor", functools.partial(_cancel, monitor))
+        heartbeat = Heartbeat(vms=vms, settings=settings, metrics=metrics)
+        beating = asyncio.create_task(heartbeat.run())
+        teardown.push("stop the heartbeats", functools.partial(_cancel, beating))
+        expiry = ExpiryWatch(store=store, events=events, metrics=metrics, settings=settings)
+        for name, loop in [
+            ("stop watching credential expiry", expiry.run()),
+            ("stop pulling credentials back", pullback.run(vms, settings.pullback_interval_s)),
+        ]:
+            teardown.push(name, functools.partial(_cancel, asyncio.create_task(loop)))
         control = ControlPlane(
             settings=settings,
             store=store,
@@ -177,8 +196,11 @@ async def open_hearth(
             terminals=terminals,
             networks=networks,
             auth=auth,
+            delivery=delivery,
             events=events,
             webhooks=webhooks,
+            heartbeat=heartbeat,
+            expiry=expiry,
             node=node,
         )
         _log.info(

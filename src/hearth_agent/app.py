@@ -245,7 +245,7 @@ class AgentApp:
         self._gate.ensure_claimable()
         claim = parse_claim(read_json(request))
         result = self._gate.claim(claim)
-        answer = {"claimed": True, **dataclasses.asdict(result)}
+        answer = {"claimed": True, "version": __version__, **dataclasses.asdict(result)}
         answer["vnc"] = provision_vnc_password(claim.token)  # Browser VMs only
         return json_response(200, answer)
 

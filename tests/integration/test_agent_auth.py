@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 import httpx
 import pytest
 
+from hearth_agent import __version__
+
 if TYPE_CHECKING:
     from conftest import AgentLauncher, AgentProcess
 
@@ -126,6 +128,7 @@ def test_claim_stores_the_token_and_then_requires_it(unclaimed_agent: AgentProce
     assert response.status_code == 200
     assert response.json() == {
         "claimed": True,
+        "version": __version__,
         "clock_set": False,
         "reseeded": False,
         "entropy_bits": 0,

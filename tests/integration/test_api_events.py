@@ -23,6 +23,7 @@ from hearth.events.signing import verify
 from tests.fake_backend import FakeBackend
 from tests.integration.api_fixtures import *  # noqa: F403
 from tests.integration.api_fixtures import Api, assert_error, running_api, served
+from tests.webhook_receiver import *  # noqa: F403
 from tests.webhook_receiver import WebhookReceiver
 
 
@@ -30,14 +31,6 @@ from tests.webhook_receiver import WebhookReceiver
 def hook_settings(api_settings: Settings) -> Settings:
     """Receivers on loopback allowed; retries fast."""
     return api_settings.with_overrides(webhook_allow_private=True, webhook_backoff_s=0.05)
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[WebhookReceiver]:
-    receiver = WebhookReceiver()
-    await receiver.start()
-    yield receiver
-    await receiver.stop()
 
 
 @pytest.fixture

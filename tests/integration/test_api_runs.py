@@ -78,7 +78,7 @@ async def logged_in_vm(
     for provider in providers:
         document = json.dumps(sample_document(provider, user)).encode()
         await api.ctl.credentials.capture(user, provider, document)
-        await api.ctl.auth.deliver(user, provider, vm_id)
+        await api.ctl.delivery.deliver(user, provider, vm_id)
     return vm_id, headers
 
 

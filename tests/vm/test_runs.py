@@ -146,7 +146,7 @@ async def logged_in_vm(
     vm_id = created.json()["id"]
     for provider, document in documents.items():
         await api.ctl.credentials.capture(user, provider.value, json.dumps(document).encode())
-        await api.ctl.auth.deliver(user, provider.value, vm_id)
+        await api.ctl.delivery.deliver(user, provider.value, vm_id)
     return vm_id, key
 
 

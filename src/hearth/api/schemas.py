@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 from pydantic.alias_generators import to_camel
 
 from hearth.store import ApiKeyRecord, VmRecord
+from hearth.versions import is_outdated
 from hearth.vm.types import MAX_MEM_MIB, MAX_VCPUS, MIN_MEM_MIB
 
 UserId = Annotated[
@@ -57,12 +58,24 @@ class VmOut(WireModel):
     ready_at: datetime | None
     destroyed_at: datetime | None
     error: str | None
+    agent_version: str | None = Field(
+        None, description="The version the VM's agent last reported (claim, heartbeat)"
+    )
+    agent_outdated: bool = Field(
+        False, description="Whether that version is below HEARTH_AGENT_MIN_VERSION"
+    )
     agent_token: str | None = None
 
     @classmethod
-    def of(cls, record: VmRecord, *, agent_token: str | None = None) -> VmOut:
-        """The wire form of a VM record."""
-        return cls.of_record(record, agent_token=agent_token)
+    def of(
+        cls, record: VmRecord, *, min_agent_version: str, agent_token: str | None = None
+    ) -> VmOut:
+        """The wire form of a VM record (its agent outdated below ``min_agent_version``)."""
+        return cls.of_record(
+            record,
+            agent_outdated=is_outdated(record.agent_version, min_agent_version),
+            agent_token=agent_token,
+        )
 
 
 class VmList(WireModel):

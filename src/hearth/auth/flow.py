@@ -17,7 +17,8 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from hearth.agent_client import AgentClient, AgentError, sha256_hex
+from hearth.agent_client import AgentClient, AgentError
+from hearth.auth.delivery import Delivery
 from hearth.auth.providers import LoginPlan, login_plan, parse_provider
 from hearth.auth.states import TERMINAL, AuthStatus
 from hearth.config import Settings
@@ -37,17 +38,16 @@ from hearth.events.log import EventLog
 from hearth.events.types import EventType
 from hearth.links import link_token_hash, mint_link_token
 from hearth.logging import get_logger
+from hearth.metrics import ControllerMetrics
 from hearth.node.egress import EgressPath
 from hearth.node.interface import Node
 from hearth.store import AuthSessionRecord, Store, VmRecord
 from hearth.vm.readiness import Backoff
 from hearth.vm.types import NetworkMode, VmSpec, VmState, VmType
-from hearth_agent.wire import Provider
 
 _log = get_logger("auth.flow")
 VNC_PORT = 5900
 DEVTOOLS_PORT = 9223
-_DELIVERY_ATTEMPTS = 3
 # Racing starts retry while the session they lost to ends before they can read it.
 _START_ATTEMPTS = 5
 
@@ -89,8 +89,12 @@ class AuthFlow:
         credentials: CredentialService,
         networks: CliNetworks,
         events: EventLog,
+        delivery: Delivery,
+        metrics: ControllerMetrics,
     ) -> None:
         self.settings = settings
+        self.delivery = delivery
+        self.metrics = metrics  # hearth_auth_sessions_total
         self.events = events  # auth.completed, auth.failed, credential.delivered
         self.store = store
         self.vms = vms
@@ -158,6 +162,7 @@ class AuthFlow:
         record = await self.store.auth_sessions.transition(
             session_id, record.status, AuthStatus.CANCELLED, error_message="cancelled by request"
         )
+        self._count(record, AuthStatus.CANCELLED)
         task = self._tasks.get(session_id)
         if task is not None:
             if session_id not in self._cleaning:
@@ -190,6 +195,7 @@ class AuthFlow:
                     f"{record.status.value}; start a new login",
                 )
                 failed.append(record.id)
+                self._count(record, AuthStatus.FAILED)
                 await self._tell(EventType.AUTH_FAILED, record, status="failed", error="restart")
             await self._destroy_browser(record)
         if failed:
@@ -255,9 +261,14 @@ class AuthFlow:
             await self.store.auth_sessions.transition(
                 session_id, record.status, status, error_message=message[:2000]
             )
+            self._count(record, status)
             if status is not AuthStatus.CANCELLED:
                 await self._tell(EventType.AUTH_FAILED, record, status=status.value, error=message)
         _log.warning("auth_ended", session_id=session_id, status=status.value)
+
+    def _count(self, record: AuthSessionRecord, outcome: AuthStatus) -> None:
+        """One more login of the record's provider ended with ``outcome``."""
+        self.metrics.auth_sessions.labels(provider=record.provider, outcome=outcome.value).inc()
 
     async def _tell(self, event_type: EventType, record: AuthSessionRecord, **data: str) -> None:
         await self.events.emit(
@@ -326,9 +337,10 @@ class AuthFlow:
         await self._destroy_browser(await self.store.auth_sessions.get(sid))
 
         await self._move(sid, AuthStatus.CREDENTIALS_CAPTURED, AuthStatus.DELIVERING)
-        await self._deliver(cli_agent, user, record.provider, cli_vm.id)
-        await self._check_with_cli(cli_agent, sid, record.provider, cli_vm.id)
+        await self.delivery.deliver_with(cli_agent, user, record.provider, cli_vm.id)
+        await self.delivery.check_with_cli(cli_agent, sid, record.provider, cli_vm.id)
         await self._move(sid, AuthStatus.DELIVERING, AuthStatus.COMPLETED)
+        self._count(record, AuthStatus.COMPLETED)
         _log.info("auth_completed", session_id=sid, user_id=user, provider=record.provider)
         await self._tell(EventType.AUTH_COMPLETED, record, vmId=cli_vm.id)
 
@@ -432,73 +444,6 @@ class AuthFlow:
                 raise VmError(f"login {state} in the Browser VM: {status.get('error')}")
             await asyncio.sleep(delay)
         raise AssertionError("unreachable")
-
-    async def deliver(self, user_id: str, provider: str, vm_id: str) -> None:
-        """Write the user's stored document for ``provider`` into CLI VM ``vm_id`` (the flow's
-        last step, for a document captured earlier), check the agent's sha256, record the
-        delivery and open the provider's API to the VM."""
-        vm = self.vms.live_vm(vm_id)
-        await self._deliver(
-            AgentClient(str(vm.agent_url), self.vms.agent_token(vm_id)), user_id, provider, vm_id
-        )
-
-    async def _deliver(self, agent: AgentClient, user_id: str, provider: str, vm_id: str) -> None:
-        document = await self.credentials.document(user_id, provider)
-        expected = sha256_hex(document)
-        last = "no attempt"
-        for attempt in range(1, _DELIVERY_ATTEMPTS + 1):
-            try:
-                written = await agent.put_credentials(provider, document)
-            except AgentError as exc:
-                last = exc.message
-            else:
-                if written == expected:
-                    await self.credentials.mark_delivered(user_id, provider, vm_id, sha256=expected)
-                    await self.networks.allow_provider(vm_id, Provider(provider))
-                    await self.events.emit(
-                        EventType.CREDENTIAL_DELIVERED,
-                        user_id=user_id,
-                        vm_id=vm_id,
-                        provider=provider,
-                        sha256=expected,
-                    )
-                    return
-                last = f"the agent wrote sha256 {written[:12]}…, expected {expected[:12]}…"
-            if attempt < _DELIVERY_ATTEMPTS:
-                _log.warning("delivery_retry", user_id=user_id, provider=provider, attempt=attempt)
-                await asyncio.sleep(0.5 * attempt)
-        raise VmError(f"delivery to CLI VM {vm_id} failed after {_DELIVERY_ATTEMPTS} tries: {last}")
-
-    async def _check_with_cli(
-        self, agent: AgentClient, session_id: str, provider: str, vm_id: str
-    ) -> None:
-        """Ask the provider's own CLI in the CLI VM whether it is logged in now (offline).
-
-        A CLI that says "not logged in" fails the session: the document is stored and delivered,
-        but the user could not use it. Providers without a status command (oidc, gemini_cli) and
-        images without the CLI are logged and let through.
-        """
-        if provider == Provider.OIDC:
-            return
-        try:
-            report = await agent.cli_status(provider)
-        except HearthError as exc:
-            _log.warning("cli_status_unavailable", session_id=session_id, error=exc.message)
-            return
-        _log.info(
-            "cli_status_checked",
-            session_id=session_id,
-            provider=provider,
-            command=report.get("command"),
-            exit_code=report.get("exit_code"),
-            logged_in=report.get("logged_in"),
-            reason=report.get("reason"),
-        )
-        if report.get("logged_in") is False:
-            raise VmError(
-                f"credentials were delivered to CLI VM {vm_id}, but `{report.get('command')}` "
-                f"there says it is not logged in (exit code {report.get('exit_code')})"
-            )
 
     async def _destroy_browser(self, record: AuthSessionRecord) -> None:
         if record.browser_vm_id:

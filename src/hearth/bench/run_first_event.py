@@ -171,7 +171,7 @@ async def measure_first_events(
             for provider, document in documents.items():
                 raw = json.dumps(document).encode()
                 await control.credentials.capture(BENCH_USER, provider.value, raw)
-                await control.auth.deliver(BENCH_USER, provider.value, vm.id)
+                await control.delivery.deliver(BENCH_USER, provider.value, vm.id)
         probe = FirstEventProbe(vm=vm, execs=control.execs, settings=settings)
         for provider in options.providers:
             detail = f"{RUN_WARMUP} warm-up run, then {options.rounds} rounds of two"

@@ -30,7 +30,7 @@ def _table(vms: list[dict[str, Any]]) -> Table:
     table = Table()
     # Ids are copied into other commands: never shorten them, whatever the width.
     table.add_column("id", no_wrap=True, min_width=39)
-    for column in ("user", "type", "status", "boot", "agent", "created"):
+    for column in ("user", "type", "status", "boot", "agent", "version", "created"):
         table.add_column(column)
     for vm in vms:
         table.add_row(
@@ -40,9 +40,15 @@ def _table(vms: list[dict[str, Any]]) -> Table:
             vm["status"],
             vm.get("bootMode") or "-",
             vm.get("agentUrl") or "-",
+            _version(vm),
             vm["createdAt"][:19],
         )
     return table
+
+
+def _version(vm: dict[str, Any]) -> str:
+    version = vm.get("agentVersion") or "-"
+    return f"{version} (outdated)" if vm.get("agentOutdated") else version
 
 
 @vm_app.command("create")

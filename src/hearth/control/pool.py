@@ -91,7 +91,11 @@ class WarmPool:
             try:
                 token = await self.service.node.claim(vm)
                 record = await self.service.store.vms.update(
-                    vm_id, user_id=user_id, pooled=False, token_hash=token_hash(token)
+                    vm_id,
+                    user_id=user_id,
+                    pooled=False,
+                    token_hash=token_hash(token),
+                    agent_version=vm.agent_version,
                 )
             except HearthError as exc:
                 _log.warning("pool_handout_failed", vm_id=vm_id, error=exc.message[:300])

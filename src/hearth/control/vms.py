@@ -21,6 +21,7 @@ from hearth.events.types import EventType
 from hearth.logging import get_logger
 from hearth.metrics import ControllerMetrics
 from hearth.node.interface import Node
+from hearth.periodic import every
 from hearth.store import Store, VmRecord
 from hearth.vm.host import new_vm_id
 from hearth.vm.types import NetworkMode, Vm, VmSpec, VmState, VmType
@@ -28,7 +29,16 @@ from hearth.vm.types import NetworkMode, Vm, VmSpec, VmState, VmType
 _log = get_logger("control.vms")
 # A hook run before a ready VM is torn down: its record and its agent token (if held).
 BeforeDestroy = Callable[[VmRecord, str | None], Awaitable[None]]
-ACTIVE = (VmState.CREATING, VmState.BOOTING, VmState.READY, VmState.PAUSED, VmState.STOPPING)
+ACTIVE = (
+    VmState.CREATING,
+    VmState.BOOTING,
+    VmState.READY,
+    VmState.UNHEALTHY,
+    VmState.PAUSED,
+    VmState.STOPPING,
+)
+# A VM whose VMM runs and which the controller adopts after a restart.
+RUNNING = (VmState.READY, VmState.UNHEALTHY, VmState.PAUSED)
 
 
 def _ts(epoch: float | None) -> datetime | None:
@@ -225,6 +235,7 @@ class VmService:
             "token_hash": token_hash(vm.token) if vm.token else None,
             "boot_mode": vm.boot_mode,
             "ready_at": _ts(vm.ready_at),
+            "agent_version": vm.agent_version,
         }
 
     async def _fail(self, vm_id: str, *, stage: str, error: HearthError) -> VmRecord:
@@ -238,7 +249,7 @@ class VmService:
         try:
             record = await self.store.vms.transition(
                 vm_id,
-                (VmState.CREATING, VmState.BOOTING, VmState.READY, VmState.PAUSED),
+                (VmState.CREATING, VmState.BOOTING, *RUNNING),
                 VmState.FAILED,
                 error=error.message[:2000],
             )
@@ -335,7 +346,7 @@ class VmService:
             record = await self.store.vms.transition(
                 vm_id, record.status, VmState.FAILED, error="destroyed while booting"
             )
-        if record.status is VmState.READY:
+        if record.status in (VmState.READY, VmState.UNHEALTHY):
             for hook in self.before_destroy:
                 try:
                     await hook(record, self.agent_token(vm_id))
@@ -390,7 +401,7 @@ class VmService:
         running = {vm.id: vm for vm in await self.node.list_running()}
         for record in await self.store.vms.list(statuses=ACTIVE):
             vm = running.get(record.id)
-            if vm is not None and record.status in (VmState.READY, VmState.PAUSED):
+            if vm is not None and record.status in RUNNING:
                 vm.state = VmState.PAUSED if record.status is VmState.PAUSED else VmState.READY
                 vm.spec = VmSpec(
                     vm_type=record.vm_type,
@@ -427,20 +438,24 @@ class VmService:
                 continue
             tail = self.node.console_tail(vm, 15)
             error = VmError(f"VM {vm_id}: QEMU process exited; console:\n{tail}")
-            with contextlib.suppress(HearthError):
-                await self._fail(vm_id, stage="running", error=error)
+            await self.fail_running(vm_id, stage="running", error=error)
             died.append(vm_id)
         return died
 
+    async def fail_running(self, vm_id: str, *, stage: str, error: HearthError) -> None:
+        """Mark a running VM failed (``error`` says why, ``stage`` labels the metric) and tear
+        down what is left of it; ``vm.failed`` is told."""
+        with contextlib.suppress(HearthError):
+            await self._fail(vm_id, stage=stage, error=error)
+
     async def monitor(self, interval_s: float = 1.0) -> None:
         """Run ``watch_once`` forever (cancel to stop)."""
-        while True:
-            try:
-                await self.watch_once()
-                await self.refresh_gauges()
-            except HearthError as exc:
-                _log.warning("monitor_error", error=exc.message[:300])
-            await asyncio.sleep(interval_s)
+
+        async def watch() -> None:
+            await self.watch_once()
+            await self.refresh_gauges()
+
+        await every(interval_s, watch, what="VM monitor")
 
     async def refresh_gauges(self) -> None:
         """Set the VMs-by-status gauge from the store."""

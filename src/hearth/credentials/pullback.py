@@ -2,17 +2,22 @@
 
 Claude and Codex rotate refresh tokens on use, so once a document is delivered the CLI VM is its
 single owner: the controller never refreshes it. What the VM holds when it is destroyed may be
-newer than the vault's copy, so it is read back and kept if its token expires later.
+newer than the vault's copy, so it is read back and kept if its token expires later. The same
+pull runs on an interval (``HEARTH_PULLBACK_INTERVAL_S``) over every ready CLI VM, so the vault
+follows the VMs' refreshes while they run (and its expiry watch does not call a refreshed
+credential expired).
 """
 
 from __future__ import annotations
 
 from hearth.agent_client import AgentClient
+from hearth.control.vms import VmService
 from hearth.credentials.service import CredentialService
 from hearth.errors import HearthError
 from hearth.logging import get_logger
+from hearth.periodic import every
 from hearth.store import Store, VmRecord
-from hearth.vm.types import VmType
+from hearth.vm.types import VmState, VmType
 
 _log = get_logger("credentials.pullback")
 
@@ -23,6 +28,16 @@ class PullBack:
     def __init__(self, store: Store, credentials: CredentialService) -> None:
         self.store = store
         self.credentials = credentials
+
+    async def run(self, vms: VmService, interval_s: float) -> None:
+        """Pull back from every ready CLI VM every ``interval_s`` (cancel to stop)."""
+
+        async def pull_all() -> None:
+            for record in await vms.list_vms():
+                if record.status is VmState.READY:
+                    await self.before_destroy(record, vms.agent_token(record.id))
+
+        await every(interval_s, pull_all, what="credential pull-back")
 
     async def before_destroy(self, record: VmRecord, token: str | None) -> None:
         """Read back every document delivered to this CLI VM (whose agent ``token`` opens)

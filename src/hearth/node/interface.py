@@ -68,6 +68,11 @@ class Node(Protocol):
         """The last lines of the VM's serial console."""
         ...
 
+    async def probe_agent(self, vm: Vm, *, timeout_s: float) -> str:
+        """Ask the VM's agent ``/health`` within ``timeout_s``; the version it reports.
+        AgentError when it does not answer in time or answers anything but healthy."""
+        ...
+
     async def open_egress(
         self,
         allow: Sequence[str],

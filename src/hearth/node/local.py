@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Protocol
 
+from hearth.agent_client import AgentClient, AgentError
 from hearth.images.manifest import ImageDir
 from hearth.metrics import ControllerMetrics
 from hearth.node.egress import EgressPath, open_egress_path
@@ -96,6 +97,15 @@ class LocalNode:
     def console_tail(self, vm: Vm, lines: int = 40) -> str:
         """The backend's console tail."""
         return self.backend.console_tail(vm, lines)
+
+    async def probe_agent(self, vm: Vm, *, timeout_s: float) -> str:
+        """``GET /health`` of the VM's agent, from this host."""
+        if vm.agent_url is None:
+            raise AgentError(f"VM {vm.id} has no agent address")
+        health = await AgentClient(vm.agent_url, None, timeout_s=timeout_s).health()
+        if health.get("status") != "ok":
+            raise AgentError(f"VM {vm.id}: its agent answers status {health.get('status')!r}")
+        return str(health.get("version") or "")
 
     async def open_egress(
         self,

@@ -25,6 +25,7 @@ class VmStatus(StrEnum):
     CREATING = "creating"  # resources being prepared
     BOOTING = "booting"  # VMM running, agent not healthy yet
     READY = "ready"  # agent healthy: commands run
+    UNHEALTHY = "unhealthy"  # VMM runs, agent misses heartbeats (back to ready, or failed)
     PAUSED = "paused"  # vCPUs stopped, memory kept
     STOPPING = "stopping"  # teardown under way
     DESTROYED = "destroyed"  # nothing of it is left
@@ -139,6 +140,8 @@ class VmInfo(WireRecord):
     ready_at: datetime | None = None
     destroyed_at: datetime | None = None
     error: str | None = None
+    agent_version: str | None = None
+    agent_outdated: bool = False
     # Shown once, in the answer that created the VM.
     agent_token: str | None = field(default=None, repr=False)
 

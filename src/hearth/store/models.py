@@ -113,6 +113,7 @@ class VmRow(Base):
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
     error: Mapped[str | None] = mapped_column(Text())
     pooled: Mapped[bool] = mapped_column(Boolean(), server_default=false())
+    agent_version: Mapped[str | None] = mapped_column(String(32))
 
 
 class AuthSessionRow(Base):
@@ -174,6 +175,7 @@ class CredentialRow(Base):
     delivered_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    expiry_told: Mapped[str | None] = mapped_column(String(16))
 
 
 class RunRow(Base):

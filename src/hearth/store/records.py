@@ -104,6 +104,7 @@ class VmRecord:
     updated_at: datetime = field(default_factory=utc_now)
     error: str | None = None
     pooled: bool = False
+    agent_version: str | None = None  # as the agent last reported it (claim, heartbeat)
 
     def __post_init__(self) -> None:
         _require_aware(self)
@@ -178,6 +179,8 @@ class CredentialRecord:
     delivered_at: datetime | None = None
     created_at: datetime = field(default_factory=utc_now)
     updated_at: datetime = field(default_factory=utc_now)
+    # The expiry event last told for this document ("expiring", "expired"); None: none yet.
+    expiry_told: str | None = None
 
     def __post_init__(self) -> None:
         _require_aware(self)

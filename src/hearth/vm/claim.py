@@ -33,9 +33,10 @@ def new_agent_token() -> str:
     return secrets.token_urlsafe(32)
 
 
-async def claim_agent(vm_id: str, agent_url: str, token: str) -> None:
+async def claim_agent(vm_id: str, agent_url: str, token: str) -> str | None:
     """``POST /init`` with the VM's token, the host's clock and fresh entropy; VmError unless the
-    agent stored the token and reseeded the guest kernel's CRNG with that entropy."""
+    agent stored the token and reseeded the guest kernel's CRNG with that entropy. The agent's
+    version, when it tells it."""
     body = {
         "token": token,
         "time": time.time(),
@@ -58,6 +59,8 @@ async def claim_agent(vm_id: str, agent_url: str, token: str) -> None:
             f"VM {vm_id}: the agent took its token but did not reseed the guest's random number "
             "generator (an agent older than the controller?); the VM is not handed out"
         )
+    version = answer.get("version")
+    return version[:32] if isinstance(version, str) and version else None
 
 
 async def claim_vm(vm: Vm, *, token: str | None = None, keep: bool = True) -> str:
@@ -69,7 +72,7 @@ async def claim_vm(vm: Vm, *, token: str | None = None, keep: bool = True) -> st
     if vm.agent_url is None:
         raise VmError(f"VM {vm.id} has no agent address")
     token = token or new_agent_token()
-    await claim_agent(vm.id, vm.agent_url, token)
+    vm.agent_version = await claim_agent(vm.id, vm.agent_url, token)
     vm.token = token
     if keep and vm.workdir is not None:
         write_token(vm.workdir, token)

@@ -38,6 +38,7 @@ class VmState(StrEnum):
     CREATING = "creating"  # resources (disk, network) being prepared
     BOOTING = "booting"  # VMM running, agent not yet healthy
     READY = "ready"  # agent healthy and claimed with this VM's token
+    UNHEALTHY = "unhealthy"  # VMM runs but the agent misses its heartbeats
     PAUSED = "paused"  # vCPUs stopped, memory kept
     STOPPING = "stopping"  # teardown under way
     DESTROYED = "destroyed"  # nothing of it is left
@@ -47,7 +48,8 @@ class VmState(StrEnum):
 TRANSITIONS: dict[VmState, frozenset[VmState]] = {
     VmState.CREATING: frozenset({VmState.BOOTING, VmState.FAILED, VmState.STOPPING}),
     VmState.BOOTING: frozenset({VmState.READY, VmState.FAILED, VmState.STOPPING}),
-    VmState.READY: frozenset({VmState.PAUSED, VmState.FAILED, VmState.STOPPING}),
+    VmState.READY: frozenset({VmState.PAUSED, VmState.UNHEALTHY, VmState.FAILED, VmState.STOPPING}),
+    VmState.UNHEALTHY: frozenset({VmState.READY, VmState.FAILED, VmState.STOPPING}),
     VmState.PAUSED: frozenset({VmState.READY, VmState.FAILED, VmState.STOPPING}),
     VmState.STOPPING: frozenset({VmState.DESTROYED, VmState.FAILED}),
     VmState.FAILED: frozenset({VmState.STOPPING, VmState.DESTROYED}),
@@ -131,6 +133,7 @@ class Vm:
     time_to_healthy_s: float | None = None
     disk_bytes: int | None = None
     error: str | None = None
+    agent_version: str | None = None  # as its agent answered the claim
     # Guest port → 127.0.0.1 port, for the spec's forward_ports.
     ports: dict[int, int] = field(default_factory=dict)
 

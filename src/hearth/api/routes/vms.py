@@ -8,11 +8,19 @@ from fastapi import APIRouter, Query, Response
 from fastapi.responses import PlainTextResponse
 
 from hearth.api.auth import AdminKey, Ctl, Key, scope_of
+from hearth.api.context import Controller
 from hearth.api.schemas import ERROR_RESPONSES, VmCreate, VmList, VmOut
 from hearth.errors import Forbidden, InvalidInput
+from hearth.store import VmRecord
 from hearth.vm.types import VmState, VmType
 
 router = APIRouter(tags=["vms"], responses=ERROR_RESPONSES)
+
+
+def _out(ctl: Controller, record: VmRecord, *, agent_token: str | None = None) -> VmOut:
+    return VmOut.of(
+        record, min_agent_version=ctl.settings.agent_min_version, agent_token=agent_token
+    )
 
 
 async def _create(body: VmCreate, key: Key, ctl: Ctl, response: Response, wait: bool) -> VmOut:
@@ -25,9 +33,9 @@ async def _create(body: VmCreate, key: Key, ctl: Ctl, response: Response, wait: 
     record = await ctl.vms.create(user_id=user_id, spec=spec, wait=wait)
     if not wait or record.status is not VmState.READY:
         response.status_code = 202
-        return VmOut.of(record)
+        return _out(ctl, record)
     response.status_code = 201
-    return VmOut.of(record, agent_token=ctl.vms.agent_token(record.id))
+    return _out(ctl, record, agent_token=ctl.vms.agent_token(record.id))
 
 
 _ACCEPTED: dict[int | str, dict[str, object]] = {
@@ -65,31 +73,31 @@ async def create_vm_compat(
 async def list_vms(key: Key, ctl: Ctl) -> VmList:
     """The caller's VMs (an admin key sees everybody's)."""
     records = await ctl.vms.list_vms(user_id=scope_of(key))
-    return VmList(vms=[VmOut.of(r) for r in records])
+    return VmList(vms=[_out(ctl, r) for r in records])
 
 
 @router.get("/api/vms/{vm_id}")
 async def get_vm(vm_id: str, key: Key, ctl: Ctl) -> VmOut:
     """One VM; another user's VM is 404."""
-    return VmOut.of(await ctl.vms.get(vm_id, user_id=scope_of(key)))
+    return _out(ctl, await ctl.vms.get(vm_id, user_id=scope_of(key)))
 
 
 @router.delete("/api/vms/{vm_id}")
 async def destroy_vm(vm_id: str, key: Key, ctl: Ctl) -> VmOut:
     """Destroy a VM (idempotent)."""
-    return VmOut.of(await ctl.vms.destroy(vm_id, user_id=scope_of(key)))
+    return _out(ctl, await ctl.vms.destroy(vm_id, user_id=scope_of(key)))
 
 
 @router.post("/api/vms/{vm_id}/pause")
 async def pause_vm(vm_id: str, key: Key, ctl: Ctl) -> VmOut:
     """Pause a ready VM."""
-    return VmOut.of(await ctl.vms.pause(vm_id, user_id=scope_of(key)))
+    return _out(ctl, await ctl.vms.pause(vm_id, user_id=scope_of(key)))
 
 
 @router.post("/api/vms/{vm_id}/resume")
 async def resume_vm(vm_id: str, key: Key, ctl: Ctl) -> VmOut:
     """Resume a paused VM."""
-    return VmOut.of(await ctl.vms.resume(vm_id, user_id=scope_of(key)))
+    return _out(ctl, await ctl.vms.resume(vm_id, user_id=scope_of(key)))
 
 
 @router.get("/api/vms/{vm_id}/console", response_class=PlainTextResponse)

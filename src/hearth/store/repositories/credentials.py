@@ -116,6 +116,25 @@ class CredentialRepo(Repository):
             f"{vm_id} was recorded"
         )
 
+    async def mark_expiry_told(
+        self, user_id: str, provider: str, *, sha256: str, told: str
+    ) -> bool:
+        """Record that ``told`` (an expiry event) went out for the document ``sha256``; False
+        when it already had, or the document changed meanwhile (so the event is told once per
+        document, whichever controller gets here first)."""
+        statement = (
+            update(_table)
+            .where(
+                _table.c.user_id == user_id,
+                _table.c.provider == provider,
+                _table.c.sha256 == sha256,
+                or_(_table.c.expiry_told.is_(None), _table.c.expiry_told != told),
+            )
+            .values(expiry_told=told)
+            .returning(_table.c.id)
+        )
+        return await self._write_one(statement) is not None
+
     async def reseal(
         self, record: CredentialRecord, *, key_id: str, nonce: bytes, ciphertext: bytes
     ) -> CredentialRecord | None:

@@ -40,6 +40,7 @@ UPDATABLE_FIELDS: dict[str, Coerce] = {
     "destroyed_at": optional(as_timestamp),
     "error": optional(as_str),
     "pooled": as_bool,
+    "agent_version": optional(as_str),
 }
 _INACTIVE = sorted(INACTIVE_VM_STATES)
 

@@ -1,0 +1,110 @@
+"""Delivery: a user's stored credential document written into a CLI VM, checked and recorded.
+
+The document goes to the VM's agent, which answers the sha256 of what it wrote; a match records
+the delivery, opens the provider's API to the VM's egress path and tells ``credential.delivered``.
+The provider's own CLI in the VM is then asked, offline, whether it is logged in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from hearth.agent_client import AgentClient, AgentError, sha256_hex
+from hearth.control.network import CliNetworks
+from hearth.control.vms import VmService
+from hearth.credentials.service import CredentialService
+from hearth.errors import HearthError, VmError
+from hearth.events.log import EventLog
+from hearth.events.types import EventType
+from hearth.logging import get_logger
+from hearth_agent.wire import Provider
+
+_log = get_logger("auth.delivery")
+_DELIVERY_ATTEMPTS = 3
+
+
+class Delivery:
+    """Writes stored documents into CLI VMs (a few tries), and checks them with the CLI."""
+
+    def __init__(
+        self,
+        *,
+        vms: VmService,
+        credentials: CredentialService,
+        networks: CliNetworks,
+        events: EventLog,
+    ) -> None:
+        self.vms = vms
+        self.credentials = credentials
+        self.networks = networks
+        self.events = events
+
+    async def deliver(self, user_id: str, provider: str, vm_id: str) -> None:
+        """Write the user's stored document for ``provider`` into CLI VM ``vm_id`` (the flow's
+        last step, for a document captured earlier), check the agent's sha256, record the
+        delivery and open the provider's API to the VM."""
+        vm = self.vms.live_vm(vm_id)
+        await self.deliver_with(
+            AgentClient(str(vm.agent_url), self.vms.agent_token(vm_id)), user_id, provider, vm_id
+        )
+
+    async def deliver_with(
+        self, agent: AgentClient, user_id: str, provider: str, vm_id: str
+    ) -> None:
+        """``deliver`` through an agent client the caller holds already."""
+        document = await self.credentials.document(user_id, provider)
+        expected = sha256_hex(document)
+        last = "no attempt"
+        for attempt in range(1, _DELIVERY_ATTEMPTS + 1):
+            try:
+                written = await agent.put_credentials(provider, document)
+            except AgentError as exc:
+                last = exc.message
+            else:
+                if written == expected:
+                    await self.credentials.mark_delivered(user_id, provider, vm_id, sha256=expected)
+                    await self.networks.allow_provider(vm_id, Provider(provider))
+                    await self.events.emit(
+                        EventType.CREDENTIAL_DELIVERED,
+                        user_id=user_id,
+                        vm_id=vm_id,
+                        provider=provider,
+                        sha256=expected,
+                    )
+                    return
+                last = f"the agent wrote sha256 {written[:12]}…, expected {expected[:12]}…"
+            if attempt < _DELIVERY_ATTEMPTS:
+                _log.warning("delivery_retry", user_id=user_id, provider=provider, attempt=attempt)
+                await asyncio.sleep(0.5 * attempt)
+        raise VmError(f"delivery to CLI VM {vm_id} failed after {_DELIVERY_ATTEMPTS} tries: {last}")
+
+    async def check_with_cli(
+        self, agent: AgentClient, session_id: str, provider: str, vm_id: str
+    ) -> None:
+        """Ask the provider's own CLI in the CLI VM whether it is logged in now (offline).
+
+        A CLI that says "not logged in" fails the session: the document is stored and delivered,
+        but the user could not use it. Providers without a status command (oidc, gemini_cli) and
+        images without the CLI are logged and let through.
+        """
+        if provider == Provider.OIDC:
+            return
+        try:
+            report = await agent.cli_status(provider)
+        except HearthError as exc:
+            _log.warning("cli_status_unavailable", session_id=session_id, error=exc.message)
+            return
+        _log.info(
+            "cli_status_checked",
+            session_id=session_id,
+            provider=provider,
+            command=report.get("command"),
+            exit_code=report.get("exit_code"),
+            logged_in=report.get("logged_in"),
+            reason=report.get("reason"),
+        )
+        if report.get("logged_in") is False:
+            raise VmError(
+                f"credentials were delivered to CLI VM {vm_id}, but `{report.get('command')}` "
+                f"there says it is not logged in (exit code {report.get('exit_code')})"
+            )
