@@ -11,6 +11,9 @@ mkdir -p artifacts
 # The store's tests run on SQLite and on this PostgreSQL (started here if it is not running).
 HEARTH_TEST_DATABASE_URL=$(bash scripts/postgres.sh)
 export HEARTH_TEST_DATABASE_URL
+# promtool checks and unit-tests the alert rules in deploy/prometheus (fetched, never installed).
+HEARTH_PROMTOOL=$(bash scripts/promtool.sh)
+export HEARTH_PROMTOOL
 .venv/bin/ruff check src tests
 .venv/bin/ruff format --check src tests
 .venv/bin/mypy

@@ -7,6 +7,9 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 _BOOT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 8, 12, 20, 30, 60, 120)
+# Where a VM can fail: its boot, while it runs (its VMM died), found gone at a controller
+# restart, or its agent silent past the unhealthy deadline.
+FAILURE_STAGES = ("boot", "running", "restart", "unhealthy")
 _HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 60)
 
 
@@ -116,6 +119,18 @@ class ControllerMetrics:
             ["result"],
             registry=self.registry,
         )
+
+        self._zero_known_series()
+
+    def _zero_known_series(self) -> None:
+        """Export at 0 the counters' series alert rules read: Prometheus' ``increase`` cannot
+        see a series' first value, so a first failure would be missed if it created the series."""
+        for stage in FAILURE_STAGES:
+            self.failures.labels(stage=stage)
+        for outcome in ("delivered", "retry", "failed"):
+            self.webhook_deliveries.labels(outcome=outcome)
+        for result in ("ok", "missed"):
+            self.heartbeats.labels(result=result)
 
     def render(self) -> bytes:
         """The exposition text."""

@@ -422,6 +422,7 @@ class VmService:
             failed = await self.store.vms.transition(
                 record.id, record.status, VmState.FAILED, error=reason
             )
+            self.metrics.failures.labels(stage="restart").inc()
             await self.announce(EventType.VM_FAILED, failed, stage="restart", error=reason)
             report["failed"].append(record.id)
         report["reaped"] = await self.node.reap(keep=set(self.live))
