@@ -96,18 +96,21 @@ class AgentClient:
         timeout_s: float | None = None,
         client_request: bool = False,
         errors: Mapping[str, type[HearthError]] | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> Any:
-        """``client_request``: the body is a client's (an exec's), so the agent's refusals of it
+        """``headers``: sent as well (a ``Content-Type`` there wins over JSON's);
+        ``client_request``: the body is a client's (an exec's), so the agent's refusals of it
         keep their meaning (422, 409, 429) instead of becoming a 502; ``errors``: what some of
         the agent's error codes mean, before that."""
-        headers = {"Authorization": f"Bearer {self._token}"} if self._token else {}
+        sent = {"Authorization": f"Bearer {self._token}"} if self._token else {}
         if content is not None:
-            headers["Content-Type"] = "application/json"
+            sent["Content-Type"] = "application/json"
+        sent.update(headers or {})
         try:
             timeout = self._timeout if timeout_s is None else timeout_s
             async with async_client(timeout=timeout) as client:
                 response = await client.request(
-                    method, f"{self.url}{path}", content=content, json=json_body, headers=headers
+                    method, f"{self.url}{path}", content=content, json=json_body, headers=sent
                 )
         except httpx.HTTPError as exc:
             raise AgentError(
@@ -150,6 +153,20 @@ class AgentClient:
     async def version(self) -> dict[str, Any]:
         """``GET /version``: proves the token is accepted."""
         result: dict[str, Any] = await self._call("GET", "/version")
+        return result
+
+    async def update_agent(
+        self, bundle: bytes, *, headers: Mapping[str, str], timeout_s: float
+    ) -> dict[str, Any]:
+        """``POST /agent/update`` with a bundle and its headers (version, sha256, deadline); the
+        agent's 202 answer, after which it restarts on the new build."""
+        result: dict[str, Any] = await self._call(
+            "POST",
+            "/agent/update",
+            content=bundle,
+            headers={"Content-Type": "application/gzip", **headers},
+            timeout_s=timeout_s,
+        )
         return result
 
     async def put_credentials(self, provider: str, document: bytes) -> str:

@@ -106,6 +106,9 @@ class Settings:
     heartbeat_misses: int = 3
     unhealthy_deadline_s: float = 300.0
     agent_min_version: str = ""
+    # A live agent update: how long the new version has to answer healthy before the VM puts
+    # the previous one back by itself.
+    agent_update_deadline_s: float = 60.0
     # A credential that expires within this is "expiring" (metrics, credential.expiring); the
     # vault is looked over this often. Documents delivered to running CLI VMs (whose CLIs
     # refresh them) are pulled back into the vault this often, and before a VM is destroyed.
@@ -238,6 +241,7 @@ class Settings:
                 env, "HEARTH_UNHEALTHY_DEADLINE_S", 300.0, 0.1, 7 * 24 * 3600.0
             ),
             agent_min_version=_version(env, "HEARTH_AGENT_MIN_VERSION"),
+            agent_update_deadline_s=_float(env, "HEARTH_AGENT_UPDATE_DEADLINE_S", 60.0, 5.0, 600.0),
             credential_expiring_s=_float(
                 env, "HEARTH_CREDENTIAL_EXPIRING_S", 24 * 3600.0, 60.0, 90 * 24 * 3600.0
             ),

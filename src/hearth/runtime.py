@@ -21,9 +21,11 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from hearth import __version__
+from hearth.agent_bundle import AgentBundle
 from hearth.auth.delivery import Delivery
 from hearth.auth.flow import AuthFlow
 from hearth.config import Settings
+from hearth.control.agent_updates import AgentUpdates
 from hearth.control.bootstrap import ensure_admin_key, open_store
 from hearth.control.execs import ExecService
 from hearth.control.files import FileService
@@ -73,6 +75,7 @@ class ControlPlane:
     events: EventLog
     webhooks: WebhookService
     heartbeat: Heartbeat
+    agent_updates: AgentUpdates
     expiry: ExpiryWatch
     node: Node
 
@@ -113,10 +116,11 @@ async def open_hearth(
     quotas: Quotas | None = None,
     destroy_on_exit: bool = False,
     monitor_interval_s: float = 1.0,
+    agent_bundle: AgentBundle | None = None,
 ) -> AsyncIterator[Hearth]:
     """Build, recover and start everything; on exit stop it all (VMs keep running unless
     ``destroy_on_exit``). Tests and benchmarks may pass their own backend and images, or a
-    whole node."""
+    whole node; tests their own agent build (``agent_bundle``, default: this controller's)."""
     async with Teardown() as teardown:
         metrics = ControllerMetrics()
         node = node or open_node(settings, backend=backend, images=images, metrics=metrics)
@@ -178,6 +182,13 @@ async def open_hearth(
         heartbeat = Heartbeat(vms=vms, settings=settings, metrics=metrics)
         beating = asyncio.create_task(heartbeat.run())
         teardown.push("stop the heartbeats", functools.partial(_cancel, beating))
+        agent_updates = AgentUpdates(
+            vms=vms,
+            heartbeat=heartbeat,
+            settings=settings,
+            bundle=agent_bundle or AgentBundle.build(),
+        )
+        teardown.push("stop the agent rollout", agent_updates.shutdown)
         expiry = ExpiryWatch(store=store, events=events, metrics=metrics, settings=settings)
         for name, loop in [
             ("stop watching credential expiry", expiry.run()),
@@ -200,6 +211,7 @@ async def open_hearth(
             events=events,
             webhooks=webhooks,
             heartbeat=heartbeat,
+            agent_updates=agent_updates,
             expiry=expiry,
             node=node,
         )

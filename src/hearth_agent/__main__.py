@@ -19,6 +19,7 @@ from hearth_agent.log import JsonLogger
 from hearth_agent.metrics import AgentMetrics
 from hearth_agent.server import AgentHTTPServer
 from hearth_agent.storage import CredentialStore
+from hearth_agent.updater import AgentUpdater
 
 EXIT_OK = 0
 EXIT_LISTEN_FAILED = 1
@@ -40,6 +41,7 @@ class Options:
     reseed: bool = True
     workspace: Path | None = None  # None: HOME/workspace
     max_execs: int = ExecLimits.max_running
+    updates: Path | None = None  # the install root live updates swap releases in
 
     @property
     def workspace_dir(self) -> Path:
@@ -124,6 +126,14 @@ def parse_options(argv: list[str] | None = None) -> Options:
         action="store_true",
         help="serve without any authentication (development only)",
     )
+    parser.add_argument(
+        "--updates",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="accept live updates (POST /agent/update): DIR is the directory on PYTHONPATH "
+        "that holds hearth_agent; releases, the agent's PID and the last result are kept there",
+    )
     parser.add_argument("--version", action="version", version=__version__)
     args = parser.parse_args(argv)
     host, port = args.listen
@@ -137,6 +147,7 @@ def parse_options(argv: list[str] | None = None) -> Options:
         reseed=not args.no_reseed,
         workspace=args.workspace,
         max_execs=args.max_execs,
+        updates=args.updates,
     )
 
 
@@ -164,6 +175,7 @@ def run(options: Options, logger: JsonLogger) -> int:
     except OSError as exc:
         # Credentials still work; execs that rely on the default directory will be refused.
         logger.error("workspace_unavailable", path=str(options.workspace_dir), reason=exc.strerror)
+    updater = start_updates(options, logger)
     execs = ExecRegistry(
         workspace=options.workspace_dir,
         home=options.home,
@@ -176,6 +188,7 @@ def run(options: Options, logger: JsonLogger) -> int:
         metrics=AgentMetrics(version=__version__, providers=SUPPORTED_PROVIDERS),
         logger=logger,
         execs=execs,
+        updater=updater,
     )
     try:
         server = AgentHTTPServer((options.host, options.port), app=app, logger=logger)
@@ -196,6 +209,7 @@ def run(options: Options, logger: JsonLogger) -> int:
         workspace=str(options.workspace_dir),
         auth=gate.mode.value,
         version=__version__,
+        updates=updater is not None,
     )
     try:
         server.serve_forever(poll_interval=0.5)
@@ -209,6 +223,20 @@ def run(options: Options, logger: JsonLogger) -> int:
     app.close()
     logger.info("stopped")
     return EXIT_OK
+
+
+def start_updates(options: Options, logger: JsonLogger) -> AgentUpdater | None:
+    """The updater ``--updates`` asks for, or None; a root it cannot use leaves the agent serving
+    without updates (logged) rather than not at all."""
+    if options.updates is None:
+        return None
+    try:
+        return AgentUpdater.create(
+            root_dir=options.updates, host=options.host, port=options.port, logger=logger
+        )
+    except ConfigError as exc:
+        logger.error("updates_unavailable", message=exc.message)
+        return None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -52,6 +52,8 @@ from hearth_agent.routing import (
     response_for,
 )
 from hearth_agent.storage import CredentialStore, WriteResult
+from hearth_agent.update_routes import UpdateRoutes
+from hearth_agent.updater import AgentUpdater
 from hearth_agent.vendor import VENDOR_LOGINS, VendorLoginRunner, cli_status
 from hearth_agent.vnc import provision_vnc_password
 from hearth_agent.workspace import Workspace
@@ -81,6 +83,7 @@ class AgentApp:
         login_runners: Mapping[str, LoginRunnerFactory] | None = None,
         execs: ExecRegistry | None = None,
         files: WorkspaceFiles | None = None,
+        updater: AgentUpdater | None = None,
     ) -> None:
         self._store = store
         self._gate = gate
@@ -97,6 +100,7 @@ class AgentApp:
         if execs is None:
             execs = ExecRegistry(workspace=store.workspace, home=store.home, logger=logger)
         self._execs = execs
+        self._updater = updater
         if files is None:
             # The files API works in the directory commands run in.
             files = WorkspaceFiles(Workspace(execs.workspace), logger=logger)
@@ -128,6 +132,7 @@ class AgentApp:
                 Route("/login/{login_id}", {"GET": self._get_login, "DELETE": self._cancel_login}),
                 *ExecRoutes(execs=execs).routes(),
                 *FileRoutes(files=files).routes(),
+                *UpdateRoutes(updater=updater, logger=logger).routes(),
             )
         )
 
@@ -205,6 +210,8 @@ class AgentApp:
                 "version": __version__,
                 "python": platform.python_version(),
                 "providers": list(SUPPORTED_PROVIDERS),
+                "updates": self._updater is not None,
+                "update": None if self._updater is None else self._updater.last_result(),
             },
         )
 

@@ -12,6 +12,9 @@
     │   └── PathNotFound        no file or directory at this workspace path (404)
     ├── MethodNotAllowed        the route exists but not for this method (405, carries Allow)
     ├── AlreadyClaimed          /init after the agent already has a token, or in insecure mode (409)
+    ├── UpdatesDisabled         /agent/update on an agent started without a usable --updates (409)
+    ├── UpdateInProgress        /agent/update while the guard of an earlier update runs (409)
+    ├── AlreadyCurrent          /agent/update with the very build the agent runs (409)
     ├── CorruptDocument         the stored document is not valid JSON (409)
     ├── StdinClosed             the exec's stdin is closed, or was never open (409)
     ├── StdinBacklogFull        the exec is not reading its stdin fast enough (409)
@@ -20,14 +23,18 @@
     ├── ExecEventsGone          the events to resume after were acknowledged and dropped (410)
     ├── LengthRequired          PUT/POST without Content-Length (411)
     ├── BodyTooLarge            Content-Length above the limit (413)
-    │   └── FileTooLarge        an upload (or an archive's files) above its cap (413)
+    │   ├── FileTooLarge        an upload (or an archive's files) above its cap (413)
+    │   └── BundleTooLarge      an update bundle above MAX_BUNDLE_BYTES (413)
     ├── InvalidInput            a request field is missing or has the wrong type (422)
     │   ├── InvalidDocument     the credential document fails its provider's rules (422)
     │   ├── ExecStartFailed     the command cannot be started (not found, not executable) (422)
     │   ├── PathOutsideWorkspace  a path (or an archive member, a symlink) leads out (422)
-    │   └── InvalidArchive      the tar cannot be read, or has a member of a refused type (422)
+    │   ├── InvalidArchive      the tar cannot be read, or has a member of a refused type (422)
+    │   ├── DigestMismatch      an update bundle's sha256 is not the one its header states (422)
+    │   └── InvalidBundle       an update bundle (or its headers) is not what updates accept (422)
     ├── TooManyExecs            the cap on concurrently running execs is reached (429)
     ├── StorageError            the filesystem refused a write (500)
+    ├── UpdateFailed            an update could not be staged, handed to its guard or swapped (500)
     └── ReseedFailed            the claim could not reseed the guest kernel's CRNG (500)
 
 Lower-layer errors (OSError, JSON decoding) are translated into these at the boundary with
@@ -111,6 +118,18 @@ class AlreadyClaimed(AgentError, code="already_claimed", http_status=409):
     """The agent already has a token (or runs without auth), so it cannot be claimed."""
 
 
+class UpdatesDisabled(AgentError, code="updates_disabled", http_status=409):
+    """The agent was started without ``--updates DIR`` (or with one it cannot use)."""
+
+
+class UpdateInProgress(AgentError, code="update_in_progress", http_status=409):
+    """The guard of an earlier update still watches it; retry once it has a result."""
+
+
+class AlreadyCurrent(AgentError, code="already_current", http_status=409):
+    """The bundle is the very build (version and sha256) the agent runs already."""
+
+
 class CorruptDocument(AgentError, code="corrupt_document", http_status=409):
     """The stored credential document is not valid JSON, so it cannot be returned."""
 
@@ -148,6 +167,10 @@ class FileTooLarge(BodyTooLarge, code="file_too_large"):
     """An upload, or the files of an archive together, is larger than its cap; nothing is kept."""
 
 
+class BundleTooLarge(BodyTooLarge, code="bundle_too_large"):
+    """An update bundle is larger than ``update.MAX_BUNDLE_BYTES``; nothing was written."""
+
+
 class InvalidInput(AgentError, code="invalid_request", http_status=422):
     """A request field is missing or has the wrong type; the message names the field."""
 
@@ -169,12 +192,24 @@ class InvalidArchive(InvalidInput, code="invalid_archive"):
     """The tar cannot be read, or has a member the agent refuses (a device, a fifo)."""
 
 
+class DigestMismatch(InvalidInput, code="digest_mismatch"):
+    """The update bundle's sha256 differs from its header's; nothing was written."""
+
+
+class InvalidBundle(InvalidInput, code="invalid_bundle"):
+    """The update bundle (gzip, tar, members) or its version header is refused; nothing swapped."""
+
+
 class TooManyExecs(AgentError, code="too_many_execs", http_status=429):
     """The cap on concurrently running execs is reached; wait for one to end."""
 
 
 class StorageError(AgentError, code="storage_error", http_status=500):
     """The filesystem refused to store a document."""
+
+
+class UpdateFailed(AgentError, code="update_failed", http_status=500):
+    """The filesystem or the guard failed an update; the agent keeps running its own release."""
 
 
 class ReseedFailed(AgentError, code="reseed_failed", http_status=500):

@@ -14,9 +14,11 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from hearth import __version__
+from hearth.agent_bundle import AgentBundle
 from hearth.api.context import Controller
 from hearth.api.errors import install_error_handlers
 from hearth.api.guard import KeyGuard
+from hearth.api.routes import agent as agent_routes
 from hearth.api.routes import auth as auth_routes
 from hearth.api.routes import events, execs, files, keys, network, system, view, vms
 from hearth.api.routes import runs as run_routes
@@ -83,6 +85,7 @@ def create_app(
     quotas: Quotas | None = None,
     destroy_on_exit: bool = False,
     monitor_interval_s: float = 1.0,
+    agent_bundle: AgentBundle | None = None,
 ) -> FastAPI:
     """Build the controller app: its lifespan enters the composition root (``open_hearth``)."""
 
@@ -95,6 +98,7 @@ def create_app(
             quotas=quotas,
             destroy_on_exit=destroy_on_exit,
             monitor_interval_s=monitor_interval_s,
+            agent_bundle=agent_bundle,
         ) as hearth:
             app.state.controller = hearth.control
             yield
@@ -128,6 +132,7 @@ def create_app(
     app.include_router(view.router)
     app.include_router(terminal_routes.router)
     app.include_router(events.router)
+    app.include_router(agent_routes.router)
     if NOVNC_DIR.is_dir():
         app.mount("/novnc", StaticFiles(directory=NOVNC_DIR), name="novnc")
     # The terminal page's files; xterm.js appears once installed (the page says how until then).

@@ -9,14 +9,16 @@ monitor's (``VmService.watch_once``, failed within a second), not this.
 Each answer carries the agent's version: the VM's row follows it, and the gauges of running VMs
 per agent version and of agents older than ``HEARTH_AGENT_MIN_VERSION`` are set from the rows.
 Paused VMs are not asked (their vCPUs are stopped); they keep the version they last reported.
+Nor is a VM whose agent is being updated (``held``): its agent restarts on purpose.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from hearth.config import Settings
@@ -57,6 +59,19 @@ class Heartbeat:
         self.min_version = settings.agent_min_version
         self._misses: dict[str, _Misses] = {}
         self._probes = asyncio.Semaphore(MAX_PROBES_AT_ONCE)
+        self._held: set[str] = set()
+
+    @contextlib.contextmanager
+    def held(self, vm_id: str) -> Iterator[None]:
+        """Do not ask VM ``vm_id``'s agent while the block runs (its agent restarts on purpose:
+        a live update), nor count what was missed before."""
+        self._held.add(vm_id)
+        self._misses.pop(vm_id, None)
+        try:
+            yield
+        finally:
+            self._held.discard(vm_id)
+            self._misses.pop(vm_id, None)
 
     def is_outdated(self, record: VmRecord) -> bool:
         """Whether the VM's agent is older than ``HEARTH_AGENT_MIN_VERSION`` (never when unset)."""
@@ -71,7 +86,7 @@ class Heartbeat:
         records = [
             record
             for record in await self.vms.store.vms.list(statuses=(VmState.READY, VmState.UNHEALTHY))
-            if record.id in self.vms.live and record.agent_url
+            if record.id in self.vms.live and record.agent_url and record.id not in self._held
         ]
         answers = await asyncio.gather(*(self._probe(record.id) for record in records))
         for record, (version, reason) in zip(records, answers, strict=True):

@@ -1,0 +1,272 @@
+"""Live agent updates: the controller's own agent build pushed into running VMs, one by one or
+as a rollout.
+
+An update sends the bundle (``hearth.agent_bundle``) to the VM's agent, which checks its sha256,
+stages it beside the running version, swaps, and restarts on it; a guard in the VM, running the
+previous build, puts the previous version back by itself if the new one is not healthy within
+the deadline. The controller requires the new version's answer within that deadline (plus a
+grace for the restart): then ``agent.updated``; else it waits for the previous version to answer
+again and reports ``agent.update_failed`` with the guard's reason. An update is refused (409)
+while a login or a run is in progress in the VM, unless forced. A rollout updates every ready
+VM whose agent differs from the bundle, at most ``maxUnavailable`` at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Literal
+
+from hearth.agent_bundle import AgentBundle
+from hearth.agent_client import AgentClient
+from hearth.auth.states import TERMINAL, AuthStatus
+from hearth.config import Settings
+from hearth.control.heartbeat import Heartbeat
+from hearth.control.vms import VmService
+from hearth.errors import Conflict, HearthError
+from hearth.events.types import EventType
+from hearth.logging import get_logger
+from hearth.runs.states import RunStatus
+from hearth.store import VmRecord
+from hearth.vm.types import VmState
+from hearth_agent.update import DEADLINE_HEADER, SHA256_HEADER, VERSION_HEADER
+
+_log = get_logger("control.agent_updates")
+# Beyond the VM's own deadline: the old agent's exit, init's restart delay and a slow start.
+RESTART_GRACE_S = 30.0
+PROBE_EVERY_S = 0.25
+_RUNNING = (RunStatus.STARTING, RunStatus.RUNNING)
+Outcome = Literal["updated", "rolled_back", "current", "failed"]
+
+
+@dataclass
+class UpdateResult:
+    """How one VM's update ended (``current``: it already ran the bundle's version)."""
+
+    vm_id: str
+    status: Outcome
+    from_version: str | None
+    to_version: str
+    started_at: datetime
+    ended_at: datetime
+    error: str | None = None
+
+
+@dataclass
+class Rollout:
+    """A rollout: its VMs, each one's result once it has one, and the most updated at once."""
+
+    id: str
+    version: str
+    max_unavailable: int
+    force: bool
+    vm_ids: list[str]
+    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    ended_at: datetime | None = None
+    results: dict[str, UpdateResult] = field(default_factory=dict)
+    updating: set[str] = field(default_factory=set)
+    max_concurrent: int = 0
+
+    @property
+    def running(self) -> bool:
+        """Whether VMs are still to be updated."""
+        return self.ended_at is None
+
+
+class AgentUpdates:
+    """Pushes ``bundle`` into VMs' agents and keeps the last rollout."""
+
+    def __init__(
+        self, *, vms: VmService, heartbeat: Heartbeat, settings: Settings, bundle: AgentBundle
+    ) -> None:
+        self.vms = vms
+        self.heartbeat = heartbeat
+        self.store = vms.store
+        self.bundle = bundle
+        self.deadline_s = settings.agent_update_deadline_s
+        self.rollout: Rollout | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._in_progress: set[str] = set()
+
+    # ---- one VM ----------------------------------------------------------------------------
+
+    async def update(
+        self, vm_id: str, *, user_id: str | None = None, force: bool = False
+    ) -> UpdateResult:
+        """Update VM ``vm_id``'s agent to the bundle's version; how it ended."""
+        record = await self.vms.get(vm_id, user_id=user_id)
+        if record.status is not VmState.READY:
+            raise Conflict(
+                f"VM {vm_id} is {record.status.value}; only a ready VM's agent can be updated"
+            )
+        if vm_id in self._in_progress:
+            raise Conflict(f"VM {vm_id}'s agent is being updated already")
+        if not force:
+            await self._refuse_if_busy(record)
+        started = datetime.now(UTC)
+        if record.agent_version == self.bundle.version:
+            return UpdateResult(
+                vm_id, "current", record.agent_version, self.bundle.version, started, started
+            )
+        self._in_progress.add(vm_id)
+        try:
+            with self.heartbeat.held(vm_id):
+                return await self._update(record, started)
+        finally:
+            self._in_progress.discard(vm_id)
+
+    async def _refuse_if_busy(self, record: VmRecord) -> None:
+        runs = [
+            run for run in await self.store.runs.list_for_vm(record.id) if run.status in _RUNNING
+        ]
+        if runs:
+            raise Conflict(
+                f"VM {record.id} has a run in progress ({runs[0].id}); update it when the run "
+                "ends, or with force"
+            )
+        active = [status for status in AuthStatus if status not in TERMINAL]
+        for session in await self.store.auth_sessions.list(statuses=active):
+            if record.id in (session.vm_id, session.browser_vm_id):
+                raise Conflict(
+                    f"VM {record.id} serves a login in progress ({session.id}); update it when "
+                    "the login ends, or with force"
+                )
+
+    async def _update(self, record: VmRecord, started: datetime) -> UpdateResult:
+        vm = self.vms.live_vm(record.id)
+        old, new = record.agent_version, self.bundle.version
+        agent = AgentClient(str(vm.agent_url), self.vms.agent_token(record.id))
+        _log.info("agent_update_started", vm_id=record.id, from_version=old, to_version=new)
+        status: Outcome = "rolled_back"
+        error: str | None
+        try:
+            await agent.update_agent(
+                self.bundle.data,
+                headers={
+                    VERSION_HEADER: new,
+                    SHA256_HEADER: self.bundle.sha256,
+                    DEADLINE_HEADER: f"{self.deadline_s:g}",
+                },
+                timeout_s=60.0,
+            )
+        except HearthError as exc:
+            status, error = "failed", f"the agent refused the update: {exc.message}"
+        else:
+            error = await self._wait_for(record.id, old, new, agent)
+        ended = datetime.now(UTC)
+        if error is None:
+            updated = await self.store.vms.update(record.id, agent_version=new)
+            _log.info("agent_updated", vm_id=record.id, from_version=old, to_version=new)
+            await self.vms.announce(
+                EventType.AGENT_UPDATED, updated, fromVersion=old, toVersion=new
+            )
+            return UpdateResult(record.id, "updated", old, new, started, ended)
+        _log.warning("agent_update_failed", vm_id=record.id, to_version=new, error=error[:300])
+        await self.vms.announce(
+            EventType.AGENT_UPDATE_FAILED, record, fromVersion=old, toVersion=new, error=error
+        )
+        return UpdateResult(record.id, status, old, new, started, ended, error)
+
+    async def _wait_for(
+        self, vm_id: str, old: str | None, new: str, agent: AgentClient
+    ) -> str | None:
+        """None once ``new`` answers and the VM's guard has called the update good; the reason
+        once ``old`` answers again past the VM's own deadline (its guard put it back), or once
+        nothing answered in time."""
+        began = time.monotonic()
+        last = "no answer yet"
+        while time.monotonic() - began < self.deadline_s + RESTART_GRACE_S:
+            vm = self.vms.live.get(vm_id)
+            if vm is None:
+                return "the VM stopped during the update"
+            try:
+                version = await self.vms.node.probe_agent(vm, timeout_s=2.0)
+            except HearthError as exc:
+                last = exc.message
+            else:
+                if version == new and await self._verdict(agent) is True:
+                    return None
+                last = f"the agent answers version {version}"
+                if version == old and time.monotonic() - began > self.deadline_s:
+                    return await self._reason(agent, last)
+            await asyncio.sleep(PROBE_EVERY_S)
+        return (
+            f"version {new} did not answer within {self.deadline_s + RESTART_GRACE_S:g} s: {last}"
+        )
+
+    async def _verdict(self, agent: AgentClient) -> bool | None:
+        """The VM guard's verdict on the update: True, False, or None while it watches."""
+        try:
+            update = (await agent.version()).get("update")
+        except HearthError:
+            return None
+        ok = update.get("ok") if isinstance(update, dict) else None
+        return ok if isinstance(ok, bool) else None
+
+    async def _reason(self, agent: AgentClient, fallback: str) -> str:
+        """Why the VM's guard went back, as it recorded it."""
+        try:
+            update = (await agent.version()).get("update") or {}
+        except HearthError:
+            return fallback
+        error = update.get("error") if isinstance(update, dict) else None
+        return f"rolled back in the VM: {error}" if error else fallback
+
+    # ---- rollouts --------------------------------------------------------------------------
+
+    async def start_rollout(self, *, max_unavailable: int, force: bool) -> Rollout:
+        """Start updating every ready VM whose agent differs from the bundle (409 while a
+        rollout runs); the rollout, followed with ``rollout``."""
+        if self.rollout is not None and self.rollout.running:
+            raise Conflict(f"rollout {self.rollout.id} is still running")
+        targets = [
+            record.id
+            for record in await self.vms.list_vms()
+            if record.status is VmState.READY and record.agent_version != self.bundle.version
+        ]
+        rollout = Rollout(
+            id=f"ro-{uuid.uuid4().hex[:12]}",
+            version=self.bundle.version,
+            max_unavailable=max_unavailable,
+            force=force,
+            vm_ids=targets,
+        )
+        self.rollout = rollout
+        self._task = asyncio.create_task(self._roll(rollout))
+        _log.info("agent_rollout_started", rollout_id=rollout.id, vms=len(targets))
+        return rollout
+
+    async def _roll(self, rollout: Rollout) -> None:
+        slots = asyncio.Semaphore(rollout.max_unavailable)
+
+        async def one(vm_id: str) -> None:
+            async with slots:
+                rollout.updating.add(vm_id)
+                rollout.max_concurrent = max(rollout.max_concurrent, len(rollout.updating))
+                started = datetime.now(UTC)
+                try:
+                    rollout.results[vm_id] = await self.update(vm_id, force=rollout.force)
+                except HearthError as exc:
+                    ended = datetime.now(UTC)
+                    rollout.results[vm_id] = UpdateResult(
+                        vm_id, "failed", None, rollout.version, started, ended, exc.message
+                    )
+                finally:
+                    rollout.updating.discard(vm_id)
+
+        try:
+            await asyncio.gather(*(one(vm_id) for vm_id in rollout.vm_ids))
+        finally:
+            rollout.ended_at = datetime.now(UTC)
+            _log.info(
+                "agent_rollout_ended", rollout_id=rollout.id, max_concurrent=rollout.max_concurrent
+            )
+
+    async def shutdown(self) -> None:
+        """Stop a running rollout (VMs being updated finish in the VM, guarded there)."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)

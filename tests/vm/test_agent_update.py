@@ -1,0 +1,188 @@
+"""Live agent updates in real VMs (QEMU, the minimal image, hearth-init restarting the agent).
+
+A build stamped 0.1.1 replaces 0.1.0 in a running VM: the VM reports 0.1.1, its token still
+opens it and the credential delivered before is intact. A build whose agent crashes at start is
+rolled back by the VM itself: back on 0.1.0 and healthy, and a signed ``agent.update_failed``
+reaches a webhook receiver on loopback. A rollout over four VMs with ``maxUnavailable: 1`` never
+has two updating at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+from collections.abc import AsyncIterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hearth.agent_bundle import AgentBundle
+from hearth.agent_client import AgentClient
+from hearth.bench.standins.documents import sample_document
+from hearth.config import Settings
+from hearth.events.signing import verify
+from hearth.images.layout import agent_sources
+from hearth.images.manifest import ImageDir
+from hearth_agent import __version__ as BASE_VERSION
+from tests.integration.store_fixtures import *  # noqa: F403
+from tests.vm.api_fixtures import Api, serve_app
+from tests.vm.conftest import qemu_pids_under
+from tests.webhook_receiver import *  # noqa: F403
+from tests.webhook_receiver import WebhookReceiver
+
+pytestmark = [pytest.mark.slow, pytest.mark.vm]
+NEW_VERSION = "0.1.1"
+# Under TCG a restarted agent takes seconds to import and listen; the VM's own deadline.
+DEADLINE_S = 25.0
+CRASHING_MAIN = b'"""A build that cannot start."""\nimport sys\n\nsys.exit(3)\n'
+
+
+def crashing_bundle() -> AgentBundle:
+    """0.1.1 whose ``python3 -m hearth_agent`` exits with status 3 at once."""
+    return AgentBundle.build(
+        version=NEW_VERSION, files={**agent_sources(), "__main__.py": CRASHING_MAIN}
+    )
+
+
+async def served(
+    tmp_path: Path, minimal_image: ImageDir, vm_state_dir: Path, bundle: AgentBundle
+) -> AsyncIterator[Api]:
+    settings = Settings.from_env(
+        {"HEARTH_STATE_DIR": str(tmp_path / "state"), "HEARTH_WEBHOOK_ALLOW_PRIVATE": "1"}
+    ).with_overrides(agent_update_deadline_s=DEADLINE_S, webhook_backoff_s=0.05)
+    async for api in serve_app(
+        settings,
+        minimal_image=minimal_image,
+        template_dir=vm_state_dir / "templates",
+        destroy_on_exit=True,
+        agent_bundle=bundle,
+    ):
+        yield api
+    assert qemu_pids_under(settings.state_dir) == [], "a VM outlived its controller"
+
+
+@pytest.fixture
+async def updating(
+    tmp_path: Path, minimal_image: ImageDir, vm_state_dir: Path
+) -> AsyncIterator[Api]:
+    """A controller whose agent build is stamped 0.1.1."""
+    bundle = AgentBundle.build(version=NEW_VERSION)
+    async for api in served(tmp_path, minimal_image, vm_state_dir, bundle):
+        yield api
+
+
+@pytest.fixture
+async def crashing(
+    tmp_path: Path, minimal_image: ImageDir, vm_state_dir: Path
+) -> AsyncIterator[Api]:
+    """A controller whose agent build cannot start."""
+    async for api in served(tmp_path, minimal_image, vm_state_dir, crashing_bundle()):
+        yield api
+
+
+async def new_vm(api: Api, user: str) -> dict[str, Any]:
+    async with api.client() as admin:
+        created = await admin.post("/api/vms", json={"userId": user})
+    assert created.status_code == 201, created.text
+    vm: dict[str, Any] = created.json()
+    assert vm["agentVersion"] == BASE_VERSION
+    return vm
+
+
+async def update(api: Api, vm_id: str) -> dict[str, Any]:
+    async with api.client() as admin:
+        answer = await admin.post(f"/api/vms/{vm_id}/agent/update", json={})
+    assert answer.status_code == 200, answer.text
+    result: dict[str, Any] = answer.json()
+    return result
+
+
+async def test_a_new_build_replaces_the_running_agent_keeping_token_and_credentials(
+    updating: Api,
+) -> None:
+    api = updating
+    vm = await new_vm(api, "ann")
+    document = json.dumps(sample_document("claude_code", "ann")).encode()
+    await api.ctl.credentials.capture("ann", "claude_code", document)
+    await api.ctl.delivery.deliver("ann", "claude_code", vm["id"])
+    agent = AgentClient(vm["agentUrl"], api.ctl.vms.agent_token(vm["id"]))
+    before = await agent.credentials_document("claude_code")
+    assert before is not None
+    result = await update(api, vm["id"])
+    assert result["status"] == "updated", result
+    assert (result["fromVersion"], result["toVersion"]) == (BASE_VERSION, NEW_VERSION)
+    async with api.client() as admin:
+        shown = (await admin.get(f"/api/vms/{vm['id']}")).json()
+        events = (await admin.get("/api/events")).json()["events"]
+    assert shown["agentVersion"] == NEW_VERSION
+    assert shown["status"] == "ready"
+    # The same token opens the new agent, and the document delivered before is still there.
+    version = await agent.version()
+    assert version["version"] == NEW_VERSION
+    assert version["update"]["ok"] is True
+    assert await agent.credentials_document("claude_code") == before
+    updated = [e for e in events if e["type"] == "agent.updated"]
+    assert [e["data"]["toVersion"] for e in updated] == [NEW_VERSION]
+    # Asked again, there is nothing to do.
+    assert (await update(api, vm["id"]))["status"] == "current"
+
+
+async def test_a_build_that_cannot_start_is_rolled_back_by_the_vm_and_told(
+    crashing: Api, receiver: WebhookReceiver
+) -> None:
+    api = crashing
+    async with api.client() as admin:
+        hook = await admin.post(
+            "/api/webhooks", json={"url": receiver.url, "events": ["agent.update_failed"]}
+        )
+    vm = await new_vm(api, "ann")
+    result = await update(api, vm["id"])
+    assert result["status"] == "rolled_back", result
+    assert "rolled back in the VM" in result["error"]
+    (told,) = await receiver.wait_for("agent.update_failed", timeout_s=10)
+    assert verify(hook.json()["secret"], told.body, told.headers["x-hearth-signature"])
+    assert told.event["data"]["toVersion"] == NEW_VERSION
+    agent = AgentClient(vm["agentUrl"], api.ctl.vms.agent_token(vm["id"]))
+    assert (await agent.health())["version"] == BASE_VERSION
+    async with api.client() as admin:
+        shown = (await admin.get(f"/api/vms/{vm['id']}")).json()
+        ran = await admin.post(f"/api/vms/{vm['id']}/exec", json={"cmd": ["true"]})
+        events = (await admin.get("/api/events")).json()["events"]
+    assert shown["agentVersion"] == BASE_VERSION
+    assert shown["status"] == "ready"
+    assert ran.status_code == 200, ran.text
+    # The agent was down on purpose: the heartbeat left it alone.
+    assert not [e for e in events if e["type"] == "vm.unhealthy"]
+
+
+async def test_a_rollout_with_max_unavailable_one_updates_one_vm_at_a_time(
+    updating: Api,
+) -> None:
+    api = updating
+    vm_ids = [(await new_vm(api, f"user{n}"))["id"] for n in range(4)]
+    async with api.client() as admin:
+        started = await admin.post("/api/agent/rollout", json={"maxUnavailable": 1})
+        assert started.status_code == 202, started.text
+        assert sorted(v["vmId"] for v in started.json()["vms"]) == sorted(vm_ids)
+        for _ in range(1200):
+            rollout = (await admin.get("/api/agent/rollout")).json()
+            if rollout["status"] == "done":
+                break
+            assert len([v for v in rollout["vms"] if v["status"] == "updating"]) <= 1
+            await asyncio.sleep(0.25)
+        again = await admin.post("/api/agent/rollout", json={})
+    assert rollout["status"] == "done", rollout
+    assert [v["status"] for v in rollout["vms"]] == ["updated"] * 4, rollout
+    assert rollout["maxConcurrent"] == 1
+    windows = sorted(
+        (datetime.fromisoformat(v["startedAt"]), datetime.fromisoformat(v["endedAt"]))
+        for v in rollout["vms"]
+    )
+    for (_, first_end), (second_start, _) in itertools.pairwise(windows):
+        assert first_end <= second_start, windows
+    # Every VM runs the build now: a second rollout has nothing to do.
+    assert again.status_code == 202
+    assert again.json()["vms"] == []
