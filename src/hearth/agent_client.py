@@ -169,6 +169,16 @@ class AgentClient:
         )
         return result
 
+    async def credentials_facts(self, provider: str) -> dict[str, Any]:
+        """``GET /credentials/{provider}``: present, sha256, bytes, mode, expires_at (no secret)."""
+        result: dict[str, Any] = await self._call("GET", f"/credentials/{provider}")
+        return result
+
+    async def delete_credentials(self, provider: str) -> bool:
+        """``DELETE /credentials/{provider}``; whether there was a document."""
+        result = await self._call("DELETE", f"/credentials/{provider}")
+        return bool(result.get("deleted"))
+
     async def put_credentials(self, provider: str, document: bytes) -> str:
         """Write a credential document; returns the sha256 the agent computed."""
         result = await self._call("PUT", f"/credentials/{provider}", content=document)

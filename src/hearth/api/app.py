@@ -20,6 +20,7 @@ from hearth.api.errors import install_error_handlers
 from hearth.api.guard import KeyGuard
 from hearth.api.routes import agent as agent_routes
 from hearth.api.routes import auth as auth_routes
+from hearth.api.routes import credentials as credential_routes
 from hearth.api.routes import events, execs, files, keys, network, system, view, vms
 from hearth.api.routes import runs as run_routes
 from hearth.api.routes import terminal as terminal_routes
@@ -133,6 +134,7 @@ def create_app(
     app.include_router(terminal_routes.router)
     app.include_router(events.router)
     app.include_router(agent_routes.router)
+    app.include_router(credential_routes.router)
     if NOVNC_DIR.is_dir():
         app.mount("/novnc", StaticFiles(directory=NOVNC_DIR), name="novnc")
     # The terminal page's files; xterm.js appears once installed (the page says how until then).

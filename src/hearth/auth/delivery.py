@@ -17,6 +17,7 @@ from hearth.errors import HearthError, VmError
 from hearth.events.log import EventLog
 from hearth.events.types import EventType
 from hearth.logging import get_logger
+from hearth.vm.types import VmState, VmType
 from hearth_agent.wire import Provider
 
 _log = get_logger("auth.delivery")
@@ -49,9 +50,16 @@ class Delivery:
         )
 
     async def deliver_with(
-        self, agent: AgentClient, user_id: str, provider: str, vm_id: str
+        self, agent: AgentClient, user_id: str, provider: str, vm_id: str, *, fresh: bool = False
     ) -> None:
-        """``deliver`` through an agent client the caller holds already."""
+        """``deliver`` through an agent client the caller holds already. ``fresh``: the stored
+        document comes from a login just now, and replaces whatever other VMs hold as it is."""
+        # One owner at a time: what another VM's CLI refreshed comes back first (the newer
+        # document wins, unless this one is a fresh login), and once this VM holds it, the
+        # others no longer do.
+        others = await self._holders(user_id, provider, but=vm_id)
+        for other in others if not fresh else ():
+            await self._pull_back(other, user_id, provider)
         document = await self.credentials.document(user_id, provider)
         expected = sha256_hex(document)
         last = "no attempt"
@@ -71,6 +79,8 @@ class Delivery:
                         provider=provider,
                         sha256=expected,
                     )
+                    for other in others:
+                        await self._remove(other, provider)
                     return
                 last = f"the agent wrote sha256 {written[:12]}…, expected {expected[:12]}…"
             if attempt < _DELIVERY_ATTEMPTS:
@@ -108,3 +118,53 @@ class Delivery:
                 f"credentials were delivered to CLI VM {vm_id}, but `{report.get('command')}` "
                 f"there says it is not logged in (exit code {report.get('exit_code')})"
             )
+
+    # ---- where a provider's document lives -------------------------------------------------
+
+    async def remove_everywhere(self, user_id: str, provider: str) -> list[str]:
+        """Delete the provider's document from every running CLI VM of the user (and close the
+        provider's API to each); the VMs that held one."""
+        held = await self._holders(user_id, provider)
+        for vm_id in held:
+            await self._remove(vm_id, provider)
+        return held
+
+    async def in_vm(self, vm_id: str) -> list[dict[str, object]]:
+        """What the VM's agent holds, per provider: present, sha256, expiry (no secret)."""
+        agent = self._agent(vm_id)
+        return [await agent.credentials_facts(provider.value) for provider in Provider]
+
+    def _agent(self, vm_id: str) -> AgentClient:
+        vm = self.vms.live_vm(vm_id)
+        return AgentClient(str(vm.agent_url), self.vms.agent_token(vm_id))
+
+    async def _holders(self, user_id: str, provider: str, *, but: str | None = None) -> list[str]:
+        """The user's running CLI VMs (but ``but``) whose agent holds a ``provider`` document."""
+        held = []
+        for record in await self.vms.list_vms(user_id=user_id):
+            if record.id == but or record.vm_type is not VmType.CLI:
+                continue
+            if record.status is not VmState.READY or self.vms.agent_token(record.id) is None:
+                continue
+            try:
+                facts = await self._agent(record.id).credentials_facts(provider)
+            except HearthError as exc:
+                _log.warning("credential_holder_unknown", vm_id=record.id, error=exc.message)
+                continue
+            if facts.get("present"):
+                held.append(record.id)
+        return held
+
+    async def _pull_back(self, vm_id: str, user_id: str, provider: str) -> None:
+        try:
+            document = await self._agent(vm_id).credentials_document(provider)
+        except HearthError as exc:
+            _log.warning("credential_pull_back_failed", vm_id=vm_id, error=exc.message)
+            return
+        if document is not None:
+            await self.credentials.pull_back(user_id, provider, document, vm_id=vm_id)
+
+    async def _remove(self, vm_id: str, provider: str) -> None:
+        await self._agent(vm_id).delete_credentials(provider)
+        await self.networks.forbid_provider(vm_id, Provider(provider))
+        _log.info("credential_removed_from_vm", vm_id=vm_id, provider=provider)

@@ -156,12 +156,18 @@ class AuthFlow:
 
     async def cancel(self, session_id: str, *, user_id: str | None) -> AuthSessionRecord:
         """Cancel a session that has not ended; cancelling an ended one is a conflict."""
-        record = await self.get(session_id, user_id=user_id)
-        if record.status in TERMINAL:
-            raise Conflict(f"auth session {session_id} already ended: {record.status.value}")
-        record = await self.store.auth_sessions.transition(
-            session_id, record.status, AuthStatus.CANCELLED, error_message="cancelled by request"
-        )
+        while True:  # the flow may move the session between the read and the write
+            record = await self.get(session_id, user_id=user_id)
+            if record.status in TERMINAL:
+                raise Conflict(f"auth session {session_id} already ended: {record.status.value}")
+            with contextlib.suppress(Conflict):
+                record = await self.store.auth_sessions.transition(
+                    session_id,
+                    record.status,
+                    AuthStatus.CANCELLED,
+                    error_message="cancelled by request",
+                )
+                break
         self._count(record, AuthStatus.CANCELLED)
         task = self._tasks.get(session_id)
         if task is not None:
@@ -337,7 +343,7 @@ class AuthFlow:
         await self._destroy_browser(await self.store.auth_sessions.get(sid))
 
         await self._move(sid, AuthStatus.CREDENTIALS_CAPTURED, AuthStatus.DELIVERING)
-        await self.delivery.deliver_with(cli_agent, user, record.provider, cli_vm.id)
+        await self.delivery.deliver_with(cli_agent, user, record.provider, cli_vm.id, fresh=True)
         await self.delivery.check_with_cli(cli_agent, sid, record.provider, cli_vm.id)
         await self._move(sid, AuthStatus.DELIVERING, AuthStatus.COMPLETED)
         self._count(record, AuthStatus.COMPLETED)

@@ -175,6 +175,16 @@ class CliNetworks:
         await self._apply(vm_id, wanted)
         _log.info("cli_egress_provider_allowed", vm_id=vm_id, provider=provider.value)
 
+    async def forbid_provider(self, vm_id: str, provider: Provider) -> None:
+        """The VM no longer holds a credential of ``provider``: close that API to it (hosts
+        the VM's ``allowOut`` names stay open)."""
+        policy = self._policies.get(vm_id)
+        if policy is None or provider not in policy.providers:
+            return
+        wanted = NetworkPolicy(policy.providers - {provider}, policy.allow_out, policy.deny_out)
+        await self._apply(vm_id, wanted)
+        _log.info("cli_egress_provider_closed", vm_id=vm_id, provider=provider.value)
+
     async def _apply(self, vm_id: str, wanted: NetworkPolicy) -> int:
         """Enforce ``wanted`` (which checks it), then store it; the enforced policy goes back
         to the one before if the store refuses, so the store never lags what is enforced."""

@@ -1,4 +1,4 @@
-"""``/api/auth/…`` and ``/api/credentials/…``: start, watch and cancel logins; credential facts."""
+"""``/api/auth/…``: start, watch and cancel logins."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def session_body(record: AuthSessionRecord) -> dict[str, Any]:
     }
 
 
-def _user_for(body_user: str | None, key_user: str, admin: bool) -> str:
+def user_for(body_user: str | None, key_user: str, admin: bool) -> str:
     user = body_user or (None if admin else key_user)
     if user is None:
         raise InvalidInput("userId: required with an admin key")
@@ -62,7 +62,7 @@ async def start_auth(body: AuthStart, key: Key, ctl: Ctl) -> dict[str, Any]:
     only for the request that created the session, and never stored: it is null when a login
     was already in progress (cancel it and start again for a new link).
     """
-    user = _user_for(body.user_id, key.user_id, key.is_admin)
+    user = user_for(body.user_id, key.user_id, key.is_admin)
     started = await ctl.auth.start(user, body.provider)
     session = started.session
     return {"sessionId": session.id, "status": session.status.value, "viewUrl": started.view_url}
@@ -96,12 +96,3 @@ async def list_sessions(
         raise Forbidden(f"this key belongs to user {scope}, not {user_id}")
     records = await ctl.store.auth_sessions.list(user_id=scope or user_id)
     return {"sessions": [session_body(r) for r in records]}
-
-
-@router.get("/api/credentials/{user_id}")
-async def credential_facts(user_id: str, key: Key, ctl: Ctl) -> dict[str, Any]:
-    """Per provider: present, sha256, expiry, delivered_to — never the secret itself."""
-    scope = scope_of(key)
-    if scope is not None and scope != user_id:
-        raise Forbidden(f"this key belongs to user {scope}, not {user_id}")
-    return {"userId": user_id, "credentials": await ctl.credentials.summary(user_id)}

@@ -209,7 +209,7 @@ server.listen(port, '127.0.0.1', () => {
     claims: { openid: ['sub'] },
     conformIdTokenClaims: false,
     findAccount,
-    features: { devInteractions: { enabled: false } },
+    features: { devInteractions: { enabled: false }, revocation: { enabled: true } },
     interactions: { url: (ctx, found) => `/interaction/${found.uid}` },
     cookies: { keys: [randomBytes(32).toString('base64url')] },
   });

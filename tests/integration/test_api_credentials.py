@@ -1,0 +1,186 @@
+"""Where a user's credentials live, in process on SQLite and PostgreSQL, over VMs whose agents are
+real processes on loopback: several providers in one CLI VM, one owner at a time (a document
+moved to another VM is pulled back first, the newer kept, and leaves the first VM), deletion from
+the vault and every VM, rotation starting a fresh login, and (with the real OAuth server) an
+``oidc`` refresh token revoked at the issuer by RFC 7009 when its credential is deleted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from hearth.agent_client import AgentClient
+from hearth.bench.standins.documents import sample_document
+from hearth.config import Settings
+from tests.agent_backend import AgentBackend
+from tests.integration.api_fixtures import *  # noqa: F403
+from tests.integration.api_fixtures import Api, assert_error, running_api
+from tests.integration.conftest import AgentLauncher
+from tests.integration.oidc_fixtures import *  # noqa: F403
+from tests.integration.oidc_fixtures import OidcServer, SignInBrowser
+
+PROVIDERS = ("claude_code", "codex", "gemini_cli")
+
+
+@pytest.fixture
+async def api_agents(
+    api_settings: Settings, agent_launcher: AgentLauncher, tmp_path: Path
+) -> AsyncIterator[Api]:
+    async with running_api(api_settings, AgentBackend(agent_launcher), tmp_path / "image") as api:
+        yield api
+
+
+async def new_vm(api: Api, user: str) -> str:
+    created = await api.client.post("/api/vms", json={"userId": user}, headers=api.headers())
+    assert created.status_code == 201, created.text
+    vm_id: str = created.json()["id"]
+    return vm_id
+
+
+async def login(api: Api, user: str, provider: str, vm_id: str, document: bytes) -> None:
+    """What a completed login leaves: the document captured, then delivered into ``vm_id``."""
+    await api.ctl.credentials.capture(user, provider, document)
+    await api.ctl.delivery.deliver(user, provider, vm_id)
+
+
+def held(listing: dict[str, Any]) -> dict[str, bool]:
+    return {entry["provider"]: entry["present"] for entry in listing["credentials"]}
+
+
+async def in_vm(api: Api, vm_id: str) -> dict[str, Any]:
+    answer = await api.client.get(f"/api/vms/{vm_id}/credentials", headers=api.headers())
+    assert answer.status_code == 200, answer.text
+    listing: dict[str, Any] = answer.json()
+    return listing
+
+
+def claude(marker: str, expires: datetime) -> bytes:
+    document: dict[str, Any] = sample_document("claude_code", marker)
+    document["claudeAiOauth"]["expiresAt"] = int(expires.timestamp() * 1000)
+    return json.dumps(document).encode()
+
+
+async def test_three_providers_live_in_one_vm_and_a_move_leaves_one_owner(
+    api_agents: Api,
+) -> None:
+    api = api_agents
+    first = await new_vm(api, "ann")
+    soon = datetime.now(UTC) + timedelta(hours=1)
+    await login(api, "ann", "claude_code", first, claude("ann", soon))
+    for provider in ("codex", "gemini_cli"):
+        document = json.dumps(sample_document(provider, "ann")).encode()
+        await login(api, "ann", provider, first, document)
+    listing = await in_vm(api, first)
+    assert held(listing) == {"claude_code": True, "codex": True, "gemini_cli": True, "oidc": False}
+    assert all(e["inVault"] for e in listing["credentials"] if e["present"])
+    network = (await api.client.get(f"/api/vms/{first}/network", headers=api.headers())).json()
+    assert sorted(network["providers"]) == sorted(PROVIDERS)
+    # The CLI in the first VM refreshed Claude's token; the document then moves to a second VM:
+    # the refreshed one comes back first and is the one delivered, and the first VM lets go.
+    expires = datetime.now(UTC) + timedelta(hours=8)
+    refreshed = claude("refreshed", expires)
+    owner = AgentClient(api.ctl.vms.live_vm(first).agent_url or "", api.ctl.vms.agent_token(first))
+    await owner.put_credentials("claude_code", refreshed)
+    second = await new_vm(api, "ann")
+    await api.ctl.delivery.deliver("ann", "claude_code", second)
+    assert held(await in_vm(api, first))["claude_code"] is False
+    moved = await in_vm(api, second)
+    assert held(moved)["claude_code"] is True
+    stored = await api.ctl.store.credentials.get("ann", "claude_code")
+    assert stored is not None
+    assert stored.expires_at == expires.replace(microsecond=expires.microsecond // 1000 * 1000)
+    assert stored.delivered_to_vm_id == second
+    assert b"refreshed" in await api.ctl.credentials.document("ann", "claude_code")
+    network = (await api.client.get(f"/api/vms/{first}/network", headers=api.headers())).json()
+    assert sorted(network["providers"]) == ["codex", "gemini_cli"]
+    assert held(await in_vm(api, first))["codex"] is True
+
+
+async def test_a_deleted_credential_leaves_the_vault_and_every_vm(api_agents: Api) -> None:
+    api = api_agents
+    vm_id = await new_vm(api, "ann")
+    await login(api, "ann", "codex", vm_id, json.dumps(sample_document("codex", "a")).encode())
+    bob = api.headers(await api.user_key("bob"))
+    assert_error(
+        await api.client.delete("/api/credentials/ann/codex", headers=bob), 403, "forbidden"
+    )
+    deleted = await api.client.delete("/api/credentials/ann/codex", headers=api.headers())
+    assert deleted.status_code == 200, deleted.text
+    assert deleted.json() == {
+        "userId": "ann",
+        "provider": "codex",
+        "removedFrom": [vm_id],
+        "revocation": None,
+    }
+    assert await api.ctl.store.credentials.get("ann", "codex") is None
+    assert held(await in_vm(api, vm_id))["codex"] is False
+    again = await api.client.delete("/api/credentials/ann/codex", headers=api.headers())
+    assert_error(again, 404, "not_found")
+    unknown = await api.client.delete("/api/credentials/ann/slack", headers=api.headers())
+    assert_error(unknown, 422, "invalid_input")
+
+
+async def test_rotation_starts_a_fresh_login_for_a_provider_the_user_has(api_agents: Api) -> None:
+    api = api_agents
+    never = await api.client.post("/api/credentials/ann/codex/rotate", headers=api.headers())
+    assert "no codex credentials" in assert_error(never, 404, "not_found")["message"]
+    await api.client.post("/api/keys", json={"userId": "ann"}, headers=api.headers())
+    await api.ctl.credentials.capture("ann", "codex", json.dumps(sample_document("codex")).encode())
+    rotated = await api.client.post("/api/credentials/ann/codex/rotate", headers=api.headers())
+    assert rotated.status_code == 202, rotated.text
+    session_id = rotated.json()["sessionId"]
+    assert rotated.json()["viewUrl"]
+    session = await api.ctl.auth.get(session_id, user_id="ann")
+    assert session.provider == "codex"
+    await api.ctl.auth.cancel(session_id, user_id=None)
+
+
+def oidc_login(agent: httpx.Client, server: OidcServer) -> dict[str, Any]:
+    """The document of a login at ``server`` that the agent ran and a scripted user completed."""
+    body = {"provider": "oidc", "issuer": server.issuer, "client_id": server.client_id}
+    started = agent.post("/login/start", json=body).json()
+    with SignInBrowser() as user:
+        user.consent(user.sign_in(started["authorize_url"]))
+    document: dict[str, Any] = agent.get(f"/login/{started['login_id']}?content=true").json()[
+        "document"
+    ]
+    return document
+
+
+async def test_deleting_an_oidc_credential_revokes_its_refresh_token_at_the_issuer(
+    api_settings: Settings,
+    agent_launcher: AgentLauncher,
+    tmp_path: Path,
+    oidc_server: OidcServer,
+    agent_client: httpx.Client,
+) -> None:
+    # A real login at the OAuth server, through an agent, as in a Browser VM.
+    document = await asyncio.to_thread(oidc_login, agent_client, oidc_server)
+    settings = api_settings.with_overrides(
+        oidc_issuer=oidc_server.issuer, oidc_client_id=oidc_server.client_id
+    )
+    async with running_api(settings, AgentBackend(agent_launcher), tmp_path / "image") as api:
+        await api.client.post("/api/keys", json={"userId": "ann"}, headers=api.headers())
+        await api.ctl.credentials.capture("ann", "oidc", json.dumps(document).encode())
+        deleted = await api.client.delete("/api/credentials/ann/oidc", headers=api.headers())
+    assert deleted.status_code == 200, deleted.text
+    assert deleted.json()["revocation"] == "revoked"
+    async with httpx.AsyncClient() as client:
+        refused = await client.post(
+            oidc_server.token_endpoint(),
+            data={
+                "grant_type": "refresh_token",
+                "refresh_token": document["refresh_token"],
+                "client_id": oidc_server.client_id,
+            },
+        )
+    assert refused.status_code == 400, refused.text
+    assert refused.json()["error"] == "invalid_grant"
