@@ -9,35 +9,14 @@ a respawned agent (``tests/integration/test_agent_update.py``).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
-
-import pytest
-
 from hearth.agent_bundle import AgentBundle
-from hearth.config import Settings
 from hearth.runs.states import RunStatus
 from hearth.store.records import AuthSessionRecord, RunRecord
 from hearth_agent.wire import Provider
-from tests.agent_backend import AgentBackend
+from tests.integration.agent_api_fixtures import *  # noqa: F403
+from tests.integration.agent_api_fixtures import vm_for
 from tests.integration.api_fixtures import *  # noqa: F403
-from tests.integration.api_fixtures import Api, assert_error, running_api
-from tests.integration.conftest import AgentLauncher
-
-
-@pytest.fixture
-async def api_agents(
-    api_settings: Settings, agent_launcher: AgentLauncher, tmp_path: Path
-) -> AsyncIterator[Api]:
-    async with running_api(api_settings, AgentBackend(agent_launcher), tmp_path / "image") as api:
-        yield api
-
-
-async def new_vm(api: Api, user: str) -> str:
-    created = await api.client.post("/api/vms", json={"userId": user}, headers=api.headers())
-    assert created.status_code == 201, created.text
-    vm_id: str = created.json()["id"]
-    return vm_id
+from tests.integration.api_fixtures import Api, assert_error
 
 
 def update_url(vm_id: str) -> str:
@@ -45,10 +24,10 @@ def update_url(vm_id: str) -> str:
 
 
 async def test_an_update_is_refused_while_a_login_or_run_is_in_progress_unless_forced(
-    api_agents: Api,
+    agent_api: Api,
 ) -> None:
-    api = api_agents
-    vm_id = await new_vm(api, "ann")
+    api = agent_api
+    vm_id = await vm_for(api, "ann")
     run = await api.ctl.store.runs.insert(
         RunRecord(user_id="ann", vm_id=vm_id, provider=Provider.CLAUDE_CODE, timeout_s=60)
     )
@@ -72,9 +51,9 @@ async def test_an_update_is_refused_while_a_login_or_run_is_in_progress_unless_f
     assert failed["data"]["toVersion"] == AgentBundle.build().version
 
 
-async def test_updates_are_the_owners_or_an_admins_and_only_of_ready_vms(api_agents: Api) -> None:
-    api = api_agents
-    vm_id = await new_vm(api, "ann")
+async def test_updates_are_the_owners_or_an_admins_and_only_of_ready_vms(agent_api: Api) -> None:
+    api = agent_api
+    vm_id = await vm_for(api, "ann")
     bob = api.headers(await api.user_key("bob"))
     assert_error(await api.client.post(update_url(vm_id), headers=bob), 404, "not_found")
     assert_error(await api.client.post(update_url("vm-nothing"), headers=bob), 404, "not_found")
@@ -85,8 +64,8 @@ async def test_updates_are_the_owners_or_an_admins_and_only_of_ready_vms(api_age
     assert_error(bad, 422, "invalid_input")
 
 
-async def test_rollouts_are_for_admins_with_sane_limits(api_agents: Api) -> None:
-    api = api_agents
+async def test_rollouts_are_for_admins_with_sane_limits(agent_api: Api) -> None:
+    api = agent_api
     ann = api.headers(await api.user_key("ann"))
     assert_error(
         await api.client.get("/api/agent/rollout", headers=api.headers()), 404, "not_found"

@@ -9,18 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
 from hearth.agent_client import AgentClient
 from hearth.bench.standins.documents import sample_document
 from hearth.config import Settings
 from tests.agent_backend import AgentBackend
+from tests.integration.agent_api_fixtures import *  # noqa: F403
+from tests.integration.agent_api_fixtures import vm_for
 from tests.integration.api_fixtures import *  # noqa: F403
 from tests.integration.api_fixtures import Api, assert_error, running_api
 from tests.integration.conftest import AgentLauncher
@@ -28,21 +28,6 @@ from tests.integration.oidc_fixtures import *  # noqa: F403
 from tests.integration.oidc_fixtures import OidcServer, SignInBrowser
 
 PROVIDERS = ("claude_code", "codex", "gemini_cli")
-
-
-@pytest.fixture
-async def api_agents(
-    api_settings: Settings, agent_launcher: AgentLauncher, tmp_path: Path
-) -> AsyncIterator[Api]:
-    async with running_api(api_settings, AgentBackend(agent_launcher), tmp_path / "image") as api:
-        yield api
-
-
-async def new_vm(api: Api, user: str) -> str:
-    created = await api.client.post("/api/vms", json={"userId": user}, headers=api.headers())
-    assert created.status_code == 201, created.text
-    vm_id: str = created.json()["id"]
-    return vm_id
 
 
 async def login(api: Api, user: str, provider: str, vm_id: str, document: bytes) -> None:
@@ -69,10 +54,10 @@ def claude(marker: str, expires: datetime) -> bytes:
 
 
 async def test_three_providers_live_in_one_vm_and_a_move_leaves_one_owner(
-    api_agents: Api,
+    agent_api: Api,
 ) -> None:
-    api = api_agents
-    first = await new_vm(api, "ann")
+    api = agent_api
+    first = await vm_for(api, "ann")
     soon = datetime.now(UTC) + timedelta(hours=1)
     await login(api, "ann", "claude_code", first, claude("ann", soon))
     for provider in ("codex", "gemini_cli"):
@@ -89,7 +74,7 @@ async def test_three_providers_live_in_one_vm_and_a_move_leaves_one_owner(
     refreshed = claude("refreshed", expires)
     owner = AgentClient(api.ctl.vms.live_vm(first).agent_url or "", api.ctl.vms.agent_token(first))
     await owner.put_credentials("claude_code", refreshed)
-    second = await new_vm(api, "ann")
+    second = await vm_for(api, "ann")
     await api.ctl.delivery.deliver("ann", "claude_code", second)
     assert held(await in_vm(api, first))["claude_code"] is False
     moved = await in_vm(api, second)
@@ -104,9 +89,9 @@ async def test_three_providers_live_in_one_vm_and_a_move_leaves_one_owner(
     assert held(await in_vm(api, first))["codex"] is True
 
 
-async def test_a_deleted_credential_leaves_the_vault_and_every_vm(api_agents: Api) -> None:
-    api = api_agents
-    vm_id = await new_vm(api, "ann")
+async def test_a_deleted_credential_leaves_the_vault_and_every_vm(agent_api: Api) -> None:
+    api = agent_api
+    vm_id = await vm_for(api, "ann")
     await login(api, "ann", "codex", vm_id, json.dumps(sample_document("codex", "a")).encode())
     bob = api.headers(await api.user_key("bob"))
     assert_error(
@@ -128,8 +113,8 @@ async def test_a_deleted_credential_leaves_the_vault_and_every_vm(api_agents: Ap
     assert_error(unknown, 422, "invalid_input")
 
 
-async def test_rotation_starts_a_fresh_login_for_a_provider_the_user_has(api_agents: Api) -> None:
-    api = api_agents
+async def test_rotation_starts_a_fresh_login_for_a_provider_the_user_has(agent_api: Api) -> None:
+    api = agent_api
     never = await api.client.post("/api/credentials/ann/codex/rotate", headers=api.headers())
     assert "no codex credentials" in assert_error(never, 404, "not_found")["message"]
     await api.client.post("/api/keys", json={"userId": "ann"}, headers=api.headers())
