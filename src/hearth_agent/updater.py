@@ -181,13 +181,7 @@ class AgentUpdater:
         env = dict(os.environ, PYTHONPATH=str(previous.path), PYTHONDONTWRITEBYTECODE="1")
         python = [sys.executable or "python3", *(["-S"] if sys.flags.no_site else [])]
         try:
-            self._root.write_result(
-                from_version=plan.from_version,
-                to_version=plan.to_version,
-                release=plan.release,
-                ok=None,
-                error=None,
-            )
+            self._record(plan, ok=None, error=None)
             guard = subprocess.Popen(
                 [*python, "-m", GUARD_MODULE, *plan.argv()],
                 env=env,
@@ -231,15 +225,19 @@ class AgentUpdater:
             self._root.release_lock(guard.pid)
         self._root.discard(release)
         try:
-            self._root.write_result(
-                from_version=plan.from_version,
-                to_version=plan.to_version,
-                release=plan.release,
-                ok=False,
-                error=problem,
-            )
+            self._record(plan, ok=False, error=problem)
         except OSError as exc:
             self._logger.error("update_result_not_written", reason=exc.strerror)
+
+    def _record(self, plan: GuardPlan, *, ok: bool | None, error: str | None) -> None:
+        """Record ``plan``'s outcome (``ok`` None: pending, its guard watching)."""
+        self._root.write_result(
+            from_version=plan.from_version,
+            to_version=plan.to_version,
+            release=plan.release,
+            ok=ok,
+            error=error,
+        )
 
     def _settle_orphaned_result(self) -> None:
         """A result still pending with no guard left (the VM stopped mid-update): settle it by

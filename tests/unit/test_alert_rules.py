@@ -238,6 +238,19 @@ def _value_problems(where: str, series: Series, label: str, op: str, value: str)
     return []
 
 
+def _matcher_problems(where: str, name: str, series: Series, matchers: str) -> list[str]:
+    """What the label matchers of one selector of ``name`` ask for that is never exported."""
+    problems: list[str] = []
+    for label, op, value in _MATCHER.findall(matchers):
+        if label in TARGET_LABELS:
+            continue
+        if label not in series.labels:
+            problems.append(f"{where}: {name} has no label {label!r}")
+        else:
+            problems += _value_problems(where, series, label, op, value)
+    return problems
+
+
 # ------------------------------------------------------------------------------- the checkers
 
 
@@ -264,13 +277,7 @@ def rule_problems(rules: list[dict[str, Any]], exported: Mapping[str, Series]) -
         for name, matchers in _SELECTOR.findall(expr):
             if name not in exported:
                 continue
-            for label, op, value in _MATCHER.findall(matchers):
-                if label in TARGET_LABELS:
-                    continue
-                if label not in exported[name].labels:
-                    problems.append(f"{where}: {name} has no label {label!r}")
-                else:
-                    problems += _value_problems(where, exported[name], label, op, value)
+            problems += _matcher_problems(where, name, exported[name], matchers)
         for kind, labels, argument in _aggregations(expr):
             for name in sorted(_metrics_in(argument) & exported.keys()):
                 for label in sorted(labels - TARGET_LABELS - set(exported[name].labels)):
@@ -306,13 +313,7 @@ def rule_test_problems(
             if name not in exported:
                 problems.append(f"{where}: {name} is not exported by the controller")
                 continue
-            for label, op, value in _MATCHER.findall(matchers):
-                if label in TARGET_LABELS:
-                    continue
-                if label not in exported[name].labels:
-                    problems.append(f"{where}: {name} has no label {label!r}")
-                else:
-                    problems += _value_problems(where, exported[name], label, op, value)
+            problems += _matcher_problems(where, name, exported[name], matchers)
         for expression in case.get("promql_expr_test", []):
             for name in sorted(_metrics_in(expression["expr"]) - exported.keys()):
                 problems.append(f"test {case.get('name')!r}: {name} is not exported")

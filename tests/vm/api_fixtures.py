@@ -28,7 +28,7 @@ from hearth.vm.qemu.backend import QemuBackend
 from hearth.vm.types import VmType
 from tests.vm.conftest import qemu_pids_under
 
-__all__ = ["Api", "controller", "serve_app"]
+__all__ = ["Api", "controller", "serve_app", "serve_owned"]
 
 
 @dataclass
@@ -96,6 +96,22 @@ async def serve_app(
         await task
 
 
+async def serve_owned(
+    settings: Settings, *, minimal_image: ImageDir, vm_state_dir: Path, **kwargs: object
+) -> AsyncIterator[Api]:
+    """``serve_app`` on the session's templates that destroys its VMs on exit, then proves no
+    QEMU under its state dir outlived it."""
+    async for api in serve_app(
+        settings,
+        minimal_image=minimal_image,
+        template_dir=vm_state_dir / "templates",
+        destroy_on_exit=True,
+        **kwargs,  # type: ignore[arg-type]
+    ):
+        yield api
+    assert qemu_pids_under(settings.state_dir) == [], "a VM outlived its controller"
+
+
 @pytest.fixture
 async def controller(
     database_url: str,
@@ -107,13 +123,7 @@ async def controller(
     settings = Settings.from_env(
         {"HEARTH_STATE_DIR": str(tmp_path / "state"), "HEARTH_DATABASE_URL": database_url}
     )
-    async for api in serve_app(
-        settings,
-        minimal_image=minimal_image,
-        template_dir=vm_state_dir / "templates",
-        destroy_on_exit=True,
-    ):
+    async for api in serve_owned(settings, minimal_image=minimal_image, vm_state_dir=vm_state_dir):
         yield api
-    assert qemu_pids_under(settings.state_dir) == [], "a VM outlived its controller"
     vms_dir = settings.state_dir / "vms"
     assert not vms_dir.exists() or list(vms_dir.iterdir()) == []

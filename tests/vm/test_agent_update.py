@@ -28,8 +28,7 @@ from hearth.images.layout import agent_sources
 from hearth.images.manifest import ImageDir
 from hearth_agent import __version__ as BASE_VERSION
 from tests.integration.store_fixtures import *  # noqa: F403
-from tests.vm.api_fixtures import Api, serve_app
-from tests.vm.conftest import qemu_pids_under
+from tests.vm.api_fixtures import Api, serve_owned
 from tests.webhook_receiver import *  # noqa: F403
 from tests.webhook_receiver import WebhookReceiver
 
@@ -53,15 +52,10 @@ async def served(
     settings = Settings.from_env(
         {"HEARTH_STATE_DIR": str(tmp_path / "state"), "HEARTH_WEBHOOK_ALLOW_PRIVATE": "1"}
     ).with_overrides(agent_update_deadline_s=DEADLINE_S, webhook_backoff_s=0.05)
-    async for api in serve_app(
-        settings,
-        minimal_image=minimal_image,
-        template_dir=vm_state_dir / "templates",
-        destroy_on_exit=True,
-        agent_bundle=bundle,
+    async for api in serve_owned(
+        settings, minimal_image=minimal_image, vm_state_dir=vm_state_dir, agent_bundle=bundle
     ):
         yield api
-    assert qemu_pids_under(settings.state_dir) == [], "a VM outlived its controller"
 
 
 @pytest.fixture

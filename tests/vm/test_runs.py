@@ -41,8 +41,7 @@ from hearth.images.manifest import ImageDir
 from hearth_agent.wire import Provider
 from tests.conftest import hearth_cli
 from tests.integration.store_fixtures import *  # noqa: F403
-from tests.vm.api_fixtures import Api, serve_app
-from tests.vm.conftest import qemu_pids_under
+from tests.vm.api_fixtures import Api, serve_owned
 from tests.vm.test_api import sqlite_only, user_key
 from tests.vm.test_exec import events_of, exit_of, output
 from tests.vm.test_vendor_clis import cli_image
@@ -124,15 +123,13 @@ async def controller(
             "HEARTH_EGRESS_PINS": standins.pins(),
         }
     )
-    async for api in serve_app(
+    async for api in serve_owned(
         settings,
         minimal_image=minimal_image,
+        vm_state_dir=vm_state_dir,
         cli_image=trusted_cli_image,
-        template_dir=vm_state_dir / "templates",
-        destroy_on_exit=True,
     ):
         yield api
-    assert qemu_pids_under(settings.state_dir) == [], "a VM outlived its controller"
 
 
 async def logged_in_vm(

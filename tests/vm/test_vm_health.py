@@ -21,8 +21,7 @@ from hearth.config import Settings
 from hearth.events.signing import verify
 from hearth.images.manifest import ImageDir
 from tests.integration.store_fixtures import *  # noqa: F403
-from tests.vm.api_fixtures import Api, serve_app
-from tests.vm.conftest import qemu_pids_under
+from tests.vm.api_fixtures import Api, serve_owned
 from tests.webhook_receiver import *  # noqa: F403
 from tests.webhook_receiver import WebhookReceiver
 
@@ -50,14 +49,8 @@ async def watched(
         heartbeat_misses=2,
         webhook_backoff_s=0.05,
     )
-    async for api in serve_app(
-        settings,
-        minimal_image=minimal_image,
-        template_dir=vm_state_dir / "templates",
-        destroy_on_exit=True,
-    ):
+    async for api in serve_owned(settings, minimal_image=minimal_image, vm_state_dir=vm_state_dir):
         yield api
-    assert qemu_pids_under(settings.state_dir) == [], "a VM outlived its controller"
 
 
 async def hooked(api: Api, receiver: WebhookReceiver) -> str:
