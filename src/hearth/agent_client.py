@@ -174,6 +174,20 @@ class AgentClient:
         result: dict[str, Any] = await self._call("GET", f"/credentials/{provider}")
         return result
 
+    async def configure_refresh(self, *, proxy: str | None, margin_s: float) -> dict[str, Any]:
+        """``PUT /credentials/oidc/refresh``: where the agent's oidc refresh goes out, and how
+        long before expiry; the refresher's state."""
+        body = {"proxy": proxy, "margin_s": margin_s}
+        result: dict[str, Any] = await self._call(
+            "PUT", "/credentials/oidc/refresh", json_body=body
+        )
+        return result
+
+    async def refresh_state(self) -> dict[str, Any]:
+        """``GET /credentials/oidc/refresh``: what the agent's oidc refresh last did (no token)."""
+        result: dict[str, Any] = await self._call("GET", "/credentials/oidc/refresh")
+        return result
+
     async def delete_credentials(self, provider: str) -> bool:
         """``DELETE /credentials/{provider}``; whether there was a document."""
         result = await self._call("DELETE", f"/credentials/{provider}")

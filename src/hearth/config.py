@@ -115,6 +115,9 @@ class Settings:
     credential_expiring_s: float = 24 * 3600.0
     credential_check_interval_s: float = 60.0
     pullback_interval_s: float = 900.0
+    # The agent in a CLI VM refreshes an oidc document this long before its access token
+    # expires.
+    oidc_refresh_margin_s: float = 60.0
     # Benchmarks and tests only: forward each Browser VM's Chromium DevTools to a loopback port,
     # where any local process could drive the login browser. Off, nothing but VNC is forwarded.
     browser_devtools: bool = False
@@ -251,6 +254,7 @@ class Settings:
             pullback_interval_s=_float(
                 env, "HEARTH_PULLBACK_INTERVAL_S", 900.0, 0.05, 7 * 24 * 3600.0
             ),
+            oidc_refresh_margin_s=_float(env, "HEARTH_OIDC_REFRESH_MARGIN_S", 60.0, 0.0, 86_400.0),
         )
 
     def with_overrides(self, **changes: object) -> Settings:

@@ -30,7 +30,7 @@ from hearth.control.bootstrap import ensure_admin_key, open_store
 from hearth.control.execs import ExecService
 from hearth.control.files import FileService
 from hearth.control.heartbeat import Heartbeat
-from hearth.control.network import CliNetworks
+from hearth.control.network import CliNetworks, provider_hosts
 from hearth.control.quotas import Quotas
 from hearth.control.runs import RunService
 from hearth.control.terminals import TerminalService
@@ -131,8 +131,8 @@ async def open_hearth(
         credentials = CredentialService(store, vault)
         events = EventLog(store=store, settings=settings, metrics=metrics)
         webhooks = WebhookService(store=store, vault=vault, settings=settings)
-        networks = CliNetworks(node=node, store=store)
-        pullback = PullBack(store, credentials)
+        networks = CliNetworks(node=node, store=store, hosts=provider_hosts(settings))
+        pullback = PullBack(store, credentials, events)
         teardown.push("stop the CLI VMs' egress proxies", networks.close_all)
         vms = VmService(
             settings=settings,
@@ -148,7 +148,13 @@ async def open_hearth(
         teardown.push(
             "stop the VM service", functools.partial(vms.shutdown, destroy_vms=destroy_on_exit)
         )
-        delivery = Delivery(vms=vms, credentials=credentials, networks=networks, events=events)
+        delivery = Delivery(
+            vms=vms,
+            credentials=credentials,
+            networks=networks,
+            events=events,
+            oidc_refresh_margin_s=settings.oidc_refresh_margin_s,
+        )
         auth = AuthFlow(
             settings=settings,
             store=store,

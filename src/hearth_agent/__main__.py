@@ -211,6 +211,7 @@ def run(options: Options, logger: JsonLogger) -> int:
         version=__version__,
         updates=updater is not None,
     )
+    app.refresher.start()
     try:
         server.serve_forever(poll_interval=0.5)
     finally:

@@ -38,6 +38,7 @@ from hearth_agent.login import LoginRegistry, LoginRunnerFactory, LoginStatus, L
 from hearth_agent.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from hearth_agent.metrics import AgentMetrics, WriteOutcome
 from hearth_agent.oidc import OidcLoginRunner
+from hearth_agent.oidc_refresh import OidcRefresher
 from hearth_agent.probe import parse_probe, probe_tcp
 from hearth_agent.providers import SUPPORTED_PROVIDERS, CredentialFormat, get_provider
 from hearth_agent.routing import (
@@ -84,6 +85,7 @@ class AgentApp:
         execs: ExecRegistry | None = None,
         files: WorkspaceFiles | None = None,
         updater: AgentUpdater | None = None,
+        refresher: OidcRefresher | None = None,
     ) -> None:
         self._store = store
         self._gate = gate
@@ -101,6 +103,8 @@ class AgentApp:
             execs = ExecRegistry(workspace=store.workspace, home=store.home, logger=logger)
         self._execs = execs
         self._updater = updater
+        # Started by the agent's main (tests drive check_once themselves).
+        self.refresher = refresher or OidcRefresher(store=store, logger=logger)
         if files is None:
             # The files API works in the directory commands run in.
             files = WorkspaceFiles(Workspace(execs.workspace), logger=logger)
@@ -119,6 +123,7 @@ class AgentApp:
                 ),
                 Route("/admin/restart", {"POST": self._restart}),
                 Route("/credentials/write", {"POST": self._write_compat}),
+                *self.refresher.routes(),
                 Route("/credentials/{provider}/status", {"GET": self._credentials_status}),
                 Route(
                     "/credentials/{provider}",
@@ -142,7 +147,9 @@ class AgentApp:
         return self._metrics
 
     def close(self) -> None:
-        """Cancel every running login and kill every running exec's process group."""
+        """Stop refreshing, cancel every running login and kill every running exec's process
+        group."""
+        self.refresher.stop()
         self._logins.close()
         self._execs.close()
 

@@ -93,15 +93,22 @@ def proxy_field(body: Mapping[str, object]) -> str | None:
 
 def timeout_field(body: Mapping[str, object], *, default: float, maximum: float) -> float:
     """The optional ``timeout_s`` of a start body: seconds the user has, from 1 to ``maximum``."""
-    deadline_s = body.get("timeout_s", default)
+    return seconds_field(body, "timeout_s", default=default, low=1, high=maximum)
+
+
+def seconds_field(
+    body: Mapping[str, object], name: str, *, default: float, low: float, high: float
+) -> float:
+    """The optional number of seconds ``name`` of a body, from ``low`` to ``high``."""
+    seconds = body.get(name, default)
     if (
-        isinstance(deadline_s, bool)
-        or not isinstance(deadline_s, int | float)
-        or not math.isfinite(deadline_s)
-        or not 1 <= deadline_s <= maximum
+        isinstance(seconds, bool)
+        or not isinstance(seconds, int | float)
+        or not math.isfinite(seconds)
+        or not low <= seconds <= high
     ):
-        raise InvalidInput(f"field 'timeout_s' must be a number of seconds from 1 to {maximum:g}")
-    return float(deadline_s)
+        raise InvalidInput(f"field '{name}' must be a number of seconds from {low:g} to {high:g}")
+    return float(seconds)
 
 
 class LoginActive(AgentError, code="login_active", http_status=409):

@@ -254,7 +254,11 @@ class OidcLoginRunner:
                 timeout_s=self._http_timeout_s,
             )
             document = build_document(
-                tokens, issuer=flow.metadata.issuer, nonce=flow.nonce, now=self._clock()
+                tokens,
+                issuer=flow.metadata.issuer,
+                nonce=flow.nonce,
+                now=self._clock(),
+                client_id=self._options.client_id,
             )
         except TokenExchangeFailed as exc:
             flow.session.fail(exc.code)

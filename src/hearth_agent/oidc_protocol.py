@@ -1,4 +1,5 @@
-"""The OAuth 2.0 / OIDC protocol steps: discovery, PKCE, authorize URL, code exchange, document."""
+"""The OAuth 2.0 / OIDC protocol steps: discovery, PKCE, authorize URL, code exchange, refresh,
+the document."""
 
 from __future__ import annotations
 
@@ -37,9 +38,13 @@ class TokenExchangeFailed(AgentError, http_status=502):
     Raised and handled in the callback thread: it fails the session, it never reaches HTTP.
     """
 
-    def __init__(self, message: str, *, code: str = "token_exchange_failed") -> None:
+    def __init__(
+        self, message: str, *, code: str = "token_exchange_failed", oauth_error: str | None = None
+    ) -> None:
         super().__init__(message)
         self.code = code
+        # The token endpoint's own ``error`` (RFC 6749 section 5.2), e.g. ``invalid_grant``.
+        self.oauth_error = oauth_error
 
 
 @dataclass(frozen=True)
@@ -72,15 +77,16 @@ def _fetch(
 ) -> tuple[int, bytes]:
     """Send ``request`` (its URL already checked to be http or https); status and bounded body.
 
-    With ``proxy`` the request goes through it (an https URL as a CONNECT tunnel). HTTP error
-    statuses are returned, not raised: an OAuth error response carries its reason.
+    With ``proxy`` the request goes through it as a CONNECT tunnel, an http URL too (the
+    VMs' egress proxies only tunnel). HTTP error statuses are returned, not raised: an OAuth
+    error response carries its reason.
     """
+    if proxy is not None and urlsplit(request.full_url).scheme == "http":
+        return _fetch_tunnelled(request, timeout_s, proxy)
     if proxy is None:
         opener = urllib.request.build_opener()
     else:
-        opener = urllib.request.build_opener(
-            urllib.request.ProxyHandler({"http": proxy, "https": proxy})
-        )
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({"https": proxy}))
     try:
         response = opener.open(request, timeout=timeout_s)
     except urllib.error.HTTPError as exc:
@@ -88,6 +94,33 @@ def _fetch(
     with response:
         body = response.read(MAX_RESPONSE_BYTES + 1)
         status = int(response.status or 0)
+    if len(body) > MAX_RESPONSE_BYTES:
+        raise ValueError(f"response is larger than {MAX_RESPONSE_BYTES} bytes")
+    return status, body
+
+
+def _fetch_tunnelled(
+    request: urllib.request.Request, timeout_s: float, proxy: str
+) -> tuple[int, bytes]:
+    """``_fetch`` of a plain http URL through a CONNECT tunnel of ``proxy``."""
+    target, through = urlsplit(request.full_url), urlsplit(proxy)
+    connection = http.client.HTTPConnection(
+        through.hostname or "", through.port or 80, timeout=timeout_s
+    )
+    try:
+        connection.set_tunnel(target.hostname or "", target.port or 80)
+        path = target.path or "/"
+        connection.request(
+            request.get_method(),
+            f"{path}?{target.query}" if target.query else path,
+            body=request.data,
+            headers=dict(request.header_items()),
+        )
+        response = connection.getresponse()
+        body = response.read(MAX_RESPONSE_BYTES + 1)
+        status = response.status
+    finally:
+        connection.close()
     if len(body) > MAX_RESPONSE_BYTES:
         raise ValueError(f"response is larger than {MAX_RESPONSE_BYTES} bytes")
     return status, body
@@ -195,19 +228,39 @@ def exchange_code(
     timeout_s: float = HTTP_TIMEOUT_S,
 ) -> dict[str, object]:
     """Redeem the authorization code as a public client; the decoded token response."""
-    form = urlencode(
-        {
-            "grant_type": "authorization_code",
-            "code": code,
-            "redirect_uri": redirect_uri,
-            "client_id": options.client_id,
-            "code_verifier": code_verifier,
-        }
-    ).encode("ascii")
+    form = {
+        "grant_type": "authorization_code",
+        "code": code,
+        "redirect_uri": redirect_uri,
+        "client_id": options.client_id,
+        "code_verifier": code_verifier,
+    }
+    return _token_request(metadata.token_endpoint, form, timeout_s=timeout_s, proxy=options.proxy)
+
+
+def refresh_grant(
+    metadata: ProviderMetadata,
+    *,
+    client_id: str,
+    refresh_token: str,
+    timeout_s: float = HTTP_TIMEOUT_S,
+    proxy: str | None = None,
+) -> dict[str, object]:
+    """Trade a refresh token for new tokens as a public client (RFC 6749 section 6); a refusal
+    raises TokenExchangeFailed whose ``oauth_error`` says why (``invalid_grant``: the grant is
+    gone, whoever asks)."""
+    form = {"grant_type": "refresh_token", "refresh_token": refresh_token, "client_id": client_id}
+    return _token_request(metadata.token_endpoint, form, timeout_s=timeout_s, proxy=proxy)
+
+
+def _token_request(
+    token_endpoint: str, form: Mapping[str, str], *, timeout_s: float, proxy: str | None
+) -> dict[str, object]:
+    """POST ``form`` to the token endpoint; the decoded JSON object it answers with 200."""
     # Discovery only accepts http(s) endpoints.
     request = urllib.request.Request(  # noqa: S310
-        metadata.token_endpoint,
-        data=form,
+        token_endpoint,
+        data=urlencode(form).encode("ascii"),
         method="POST",
         headers={
             "Content-Type": "application/x-www-form-urlencoded",
@@ -215,7 +268,7 @@ def exchange_code(
         },
     )
     try:
-        status, body = _fetch(request, timeout_s, proxy=options.proxy)
+        status, body = _fetch(request, timeout_s, proxy=proxy)
     except (OSError, http.client.HTTPException, ValueError) as exc:
         raise TokenExchangeFailed(f"token endpoint unreachable: {describe_failure(exc)}") from exc
     try:
@@ -225,9 +278,11 @@ def exchange_code(
             f"token endpoint answered HTTP {status} without JSON", code="invalid_token_response"
         ) from exc
     if status != 200:
-        error = response.get("error") if isinstance(response, dict) else None
+        error = oauth_error_code(
+            response.get("error") if isinstance(response, dict) else None, "unknown"
+        )
         raise TokenExchangeFailed(
-            f"token endpoint answered HTTP {status} (error {oauth_error_code(error, 'unknown')!r})"
+            f"token endpoint answered HTTP {status} (error {error!r})", oauth_error=error
         )
     if not isinstance(response, dict):
         raise TokenExchangeFailed(
@@ -248,12 +303,20 @@ def _jwt_claims(token: str) -> dict[str, Any] | None:
     return claims if isinstance(claims, dict) else None
 
 
-def build_document(tokens: Mapping[str, object], *, issuer: str, nonce: str, now: float) -> bytes:
+def build_document(
+    tokens: Mapping[str, object],
+    *,
+    issuer: str,
+    nonce: str | None,
+    now: float,
+    client_id: str | None = None,
+) -> bytes:
     """The ``oidc`` credential document for a token response, validated, as JSON bytes.
 
     The id_token's signature is not checked: it came straight from the token endpoint the
     discovery named (OIDC Core 3.1.3.7 allows trusting that channel); its ``nonce`` still has
-    to be ours.
+    to be ours (``nonce`` None: a refresh, whose id_token need not carry one, OIDC Core 12.2).
+    ``client_id`` is kept in the document: the refresh needs it.
     """
     access_token = tokens.get("access_token")
     if not isinstance(access_token, str) or not access_token:
@@ -293,15 +356,35 @@ def build_document(tokens: Mapping[str, object], *, issuer: str, nonce: str, now
                 "token response has an invalid id_token", code="invalid_token_response"
             )
         claims = _jwt_claims(id_token)
-        if claims is None or not hmac.compare_digest(str(claims.get("nonce", "")), nonce):
+        if claims is None or (
+            nonce is not None and not hmac.compare_digest(str(claims.get("nonce", "")), nonce)
+        ):
             raise TokenExchangeFailed(
                 "id_token does not carry this login's nonce", code="nonce_mismatch"
             )
         document["id_token"] = id_token
     document["expires_at"] = round(now + lifetime, 3)
     document["issuer"] = issuer
+    if client_id is not None:
+        document["client_id"] = client_id
     try:
         get_provider(PROVIDER).validate(document)
     except InvalidDocument as exc:
         raise TokenExchangeFailed(exc.message, code="invalid_token_response") from exc
     return (json.dumps(document, indent=2) + "\n").encode("utf-8")
+
+
+def refreshed_document(
+    previous: Mapping[str, object], tokens: Mapping[str, object], *, now: float
+) -> bytes:
+    """The ``oidc`` document after a refresh: the new tokens, and from ``previous`` the issuer,
+    the client id and whatever the response left out (a refresh token that did not rotate, the
+    id_token)."""
+    kept = {name: previous[name] for name in ("refresh_token", "id_token") if name in previous}
+    return build_document(
+        {**kept, **tokens},
+        issuer=str(previous["issuer"]),
+        nonce=None,
+        now=now,
+        client_id=str(previous["client_id"]) if "client_id" in previous else None,
+    )

@@ -298,6 +298,8 @@ PROVIDERS: dict[str, CredentialFormat] = {
                 Field("id_token", Kind.STRING, required=False),
                 Field("expires_at", Kind.NUMBER),
                 Field("issuer", Kind.STRING),
+                # The public client the login used; the agent's refresh needs it.
+                Field("client_id", Kind.STRING, required=False),
             ),
             expiry=_seconds_at("expires_at"),
         ),

@@ -124,17 +124,32 @@ class CredentialStore:
     def write(self, provider: CredentialFormat, data: bytes) -> WriteResult:
         """Store ``data`` byte-for-byte as the primary file, then merge the side files."""
         with self._locks[provider.name]:
-            target = self.path_of(provider)
+            return self._write_locked(provider, data)
+
+    def replace(
+        self, provider: CredentialFormat, data: bytes, *, sha256: str
+    ) -> WriteResult | None:
+        """``write`` only if the primary file is still the one whose digest is ``sha256``; None
+        (nothing written) if it changed or went away meanwhile (a delivery won)."""
+        with self._locks[provider.name]:
+            current = self.read(provider)
+            if current is None or current.sha256 != sha256:
+                return None
+            return self._write_locked(provider, data)
+
+    def _write_locked(self, provider: CredentialFormat, data: bytes) -> WriteResult:
+        """``write`` with the provider's lock held."""
+        target = self.path_of(provider)
+        try:
+            ensure_private_dirs(self._home, str(Path(provider.path).parent))
+            atomic_write(target, data)
+        except OSError as exc:
+            raise self._failure(provider, provider.display_path, "write", exc) from exc
+        for side_file in provider.side_files:
             try:
-                ensure_private_dirs(self._home, str(Path(provider.path).parent))
-                atomic_write(target, data)
+                self._merge_side_file(side_file)
             except OSError as exc:
-                raise self._failure(provider, provider.display_path, "write", exc) from exc
-            for side_file in provider.side_files:
-                try:
-                    self._merge_side_file(side_file)
-                except OSError as exc:
-                    raise self._failure(provider, f"~/{side_file.path}", "merge", exc) from exc
+                raise self._failure(provider, f"~/{side_file.path}", "merge", exc) from exc
         return WriteResult(
             provider=provider.name,
             sha256=hashlib.sha256(data).hexdigest(),

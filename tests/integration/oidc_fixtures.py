@@ -17,6 +17,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
@@ -31,13 +32,15 @@ from hearth.bench.oidc_install import ready_dir
 from hearth.config import Settings
 
 # The fixtures; test modules take them with ``from ... import *`` (pytest finds them by name).
-__all__ = ["oidc_server"]
+__all__ = ["oidc_server", "short_lived_oidc_server"]
 
 CLIENT_ID = "hearth-test"
 TEST_LOGIN = "alice"
 TEST_PASSWORD = "wonderland"
 # The client is "native": a loopback redirect URI matches on any port (RFC 8252 section 7.3).
 REDIRECT_URIS = "http://127.0.0.1/callback"
+# ``short_lived_oidc_server``'s access tokens, in seconds.
+SHORT_ACCESS_TOKEN_TTL_S = 4
 START_DEADLINE_S = 20.0
 STOP_DEADLINE_S = 5.0
 
@@ -101,9 +104,10 @@ def _wait_until_listening(
     pytest.fail(f"oidc server printed no listening line within {START_DEADLINE_S}s")
 
 
-@pytest.fixture(scope="session")
-def oidc_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OidcServer]:
-    """The test OAuth server on 127.0.0.1, one public client, user alice / wonderland."""
+@contextmanager
+def running_oidc_server(logs: Path, **env: str) -> Iterator[OidcServer]:
+    """The test OAuth server on 127.0.0.1 (``env``: more of server.mjs's variables, such as
+    ``ACCESS_TOKEN_TTL``), killed by PID at the end."""
     node = shutil.which("node")
     if node is None:
         _unavailable("needs node (Node.js 20 or later) to run the test OAuth server")
@@ -111,7 +115,6 @@ def oidc_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OidcServer
         server_dir = ready_dir(Settings.from_env().cache_dir)
     except BenchError as exc:
         _unavailable(exc.message)
-    logs = tmp_path_factory.mktemp("oidc-server")
     stdout_path, stderr_path = logs / "stdout.log", logs / "stderr.log"
     with open(stdout_path, "wb") as stdout, open(stderr_path, "wb") as stderr:
         process = subprocess.Popen(
@@ -125,6 +128,7 @@ def oidc_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OidcServer
                 "PORT": "0",
                 "CLIENT_ID": CLIENT_ID,
                 "REDIRECT_URIS": REDIRECT_URIS,
+                **env,
             },
         )
     server: OidcServer | None = None
@@ -148,6 +152,21 @@ def oidc_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OidcServer
             os.kill(process.pid, signal.SIGKILL)
             process.wait(timeout=STOP_DEADLINE_S)
         assert process.poll() is not None, f"oidc server pid {process.pid} left running"
+
+
+@pytest.fixture(scope="session")
+def oidc_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OidcServer]:
+    """The test OAuth server on 127.0.0.1, one public client, user alice / wonderland."""
+    with running_oidc_server(tmp_path_factory.mktemp("oidc-server")) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def short_lived_oidc_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OidcServer]:
+    """The test OAuth server, its access tokens valid for ``SHORT_ACCESS_TOKEN_TTL_S``."""
+    logs = tmp_path_factory.mktemp("oidc-short-lived")
+    with running_oidc_server(logs, ACCESS_TOKEN_TTL=str(SHORT_ACCESS_TOKEN_TTL_S)) as server:
+        yield server
 
 
 @dataclass

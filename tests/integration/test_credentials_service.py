@@ -281,6 +281,7 @@ async def test_summary_describes_every_provider_without_the_document(
         "delivered_to": "vm-7",
         "delivered_at": delivered.delivered_at.isoformat() if delivered.delivered_at else None,
         "updated_at": captured.updated_at.isoformat(),
+        "needs_login": False,
     }
     assert by_provider["codex"]["present"] is True
     assert by_provider["codex"]["delivered_to"] is None
@@ -294,6 +295,7 @@ async def test_summary_describes_every_provider_without_the_document(
             "delivered_to": None,
             "delivered_at": None,
             "updated_at": None,
+            "needs_login": False,
         }
     wire = json.dumps(summary)  # plain JSON types only
     for secret in secrets_of(claude) + secrets_of(codex):

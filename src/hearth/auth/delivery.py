@@ -34,11 +34,13 @@ class Delivery:
         credentials: CredentialService,
         networks: CliNetworks,
         events: EventLog,
+        oidc_refresh_margin_s: float = 60.0,
     ) -> None:
         self.vms = vms
         self.credentials = credentials
         self.networks = networks
         self.events = events
+        self.oidc_refresh_margin_s = oidc_refresh_margin_s
 
     async def deliver(self, user_id: str, provider: str, vm_id: str) -> None:
         """Write the user's stored document for ``provider`` into CLI VM ``vm_id`` (the flow's
@@ -60,6 +62,8 @@ class Delivery:
         others = await self._holders(user_id, provider, but=vm_id)
         for other in others if not fresh else ():
             await self._pull_back(other, user_id, provider)
+        if provider == Provider.OIDC:
+            await self._configure_refresh(agent, vm_id)
         document = await self.credentials.document(user_id, provider)
         expected = sha256_hex(document)
         last = "no attempt"
@@ -118,6 +122,17 @@ class Delivery:
                 f"credentials were delivered to CLI VM {vm_id}, but `{report.get('command')}` "
                 f"there says it is not logged in (exit code {report.get('exit_code')})"
             )
+
+    async def _configure_refresh(self, agent: AgentClient, vm_id: str) -> None:
+        """Tell the VM's agent, which refreshes an ``oidc`` document itself, its way out (the
+        VM's egress proxy; none: direct) and how long before expiry to refresh. A failure is
+        logged: the document still works until it expires."""
+        try:
+            await agent.configure_refresh(
+                proxy=self.networks.proxy_url(vm_id), margin_s=self.oidc_refresh_margin_s
+            )
+        except HearthError as exc:
+            _log.warning("oidc_refresh_not_configured", vm_id=vm_id, error=exc.message[:300])
 
     # ---- where a provider's document lives -------------------------------------------------
 

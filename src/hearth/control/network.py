@@ -4,8 +4,9 @@ A CLI VM runs on QEMU user networking with ``restrict=on``: it has no route out.
 egress path on the node at boot (``Node.open_egress``: an allowlisting CONNECT proxy and the
 guest forward that reaches it), which is all the guest can dial; a process that ignores the
 proxy settings gets nothing. What the path lets through is, by default, the API hosts of the
-providers whose credentials were delivered into the VM (``hearth.network.provider_hosts``),
-nothing before the first delivery; ``allowOut`` adds hosts and ``denyOut`` removes them (a deny
+providers whose credentials were delivered into the VM (``hearth.network.provider_hosts``; for
+``oidc`` the configured issuer, where the VM's agent refreshes the document), nothing before the
+first delivery; ``allowOut`` adds hosts and ``denyOut`` removes them (a deny
 wins), changed live by ``PUT /api/vms/{id}/network``. Never a private, loopback or link-local
 address, whatever a name resolves to: the proxy checks every address it dials.
 
@@ -17,9 +18,11 @@ controller reopens each adopted CLI VM's path on the same port with the same pol
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from urllib.parse import urlsplit
 
+from hearth.config import Settings
 from hearth.errors import Conflict, HearthError
 from hearth.logging import get_logger
 from hearth.network.egress import EgressTraffic
@@ -43,22 +46,44 @@ class NetworkPolicy:
     providers: set[Provider] = field(default_factory=set)
     allow_out: tuple[str, ...] = ()
     deny_out: tuple[str, ...] = ()
+    # The hosts each provider's credential opens (this controller's ``provider_hosts``).
+    provider_hosts: Mapping[Provider, tuple[str, ...]] = field(
+        default_factory=lambda: PROVIDER_API_HOSTS
+    )
 
     @property
     def allow(self) -> tuple[str, ...]:
         """The allowlist the proxy enforces (before the denylist)."""
         hosts = [
-            host for provider in sorted(self.providers) for host in PROVIDER_API_HOSTS[provider]
+            host for provider in sorted(self.providers) for host in self.provider_hosts[provider]
         ]
         return tuple(dict.fromkeys([*hosts, *self.allow_out]))
+
+
+def provider_hosts(settings: Settings) -> dict[Provider, tuple[str, ...]]:
+    """What each provider's credential opens to a CLI VM: its CLI's API hosts, and for ``oidc``
+    the configured issuer (``host:port``), where the agent refreshes the document."""
+    hosts = dict(PROVIDER_API_HOSTS)
+    if settings.oidc_issuer:
+        issuer = urlsplit(settings.oidc_issuer)
+        port = issuer.port or (443 if issuer.scheme == "https" else 80)
+        hosts[Provider.OIDC] = (f"{issuer.hostname}:{port}",)
+    return hosts
 
 
 class CliNetworks:
     """The egress path and policy of every running CLI VM of this controller."""
 
-    def __init__(self, *, node: Node, store: Store) -> None:
+    def __init__(
+        self,
+        *,
+        node: Node,
+        store: Store,
+        hosts: Mapping[Provider, tuple[str, ...]] = PROVIDER_API_HOSTS,
+    ) -> None:
         self.node = node
         self.store = store
+        self.hosts = hosts
         self._paths: dict[str, EgressPath] = {}
         self._policies: dict[str, NetworkPolicy] = {}
 
@@ -66,7 +91,7 @@ class CliNetworks:
         """Open the VM's path (nothing allowed yet); the forward its spec must carry."""
         path = await self.node.open_egress((), owner=vm_id)
         self._paths[vm_id] = path
-        self._policies[vm_id] = NetworkPolicy()
+        self._policies[vm_id] = NetworkPolicy(provider_hosts=self.hosts)
         try:
             await self._save(vm_id)
         except BaseException:
@@ -81,7 +106,9 @@ class CliNetworks:
         stored = await self.store.egress.get(vm_id)
         if stored is None:
             return False
-        policy = NetworkPolicy(set(stored.providers), stored.allow_out, stored.deny_out)
+        policy = NetworkPolicy(
+            set(stored.providers), stored.allow_out, stored.deny_out, provider_hosts=self.hosts
+        )
         try:
             path = await self.node.open_egress(
                 policy.allow, deny=policy.deny_out, owner=vm_id, port=stored.port
@@ -121,6 +148,11 @@ class CliNetworks:
         """Whether the VM has a way out through this controller."""
         return vm_id in self._paths
 
+    def proxy_url(self, vm_id: str) -> str | None:
+        """The proxy URL the guest reaches its path at; None if the VM has none."""
+        path = self._paths.get(vm_id)
+        return None if path is None else path.guest_url
+
     def proxy_env(self, vm_id: str) -> dict[str, str]:
         """The environment that sends a command's HTTP(S) through the VM's path; empty if none."""
         path = self._paths.get(vm_id)
@@ -153,9 +185,7 @@ class CliNetworks:
         """Replace the VM's own additions and removals (InvalidInput, changing nothing, for a
         bad entry); the open connections it no longer allows are cut (their count returned)."""
         policy = self.policy(vm_id)
-        wanted = NetworkPolicy(
-            providers=set(policy.providers), allow_out=tuple(allow_out), deny_out=tuple(deny_out)
-        )
+        wanted = replace(policy, allow_out=tuple(allow_out), deny_out=tuple(deny_out))
         cut = await self._apply(vm_id, wanted)
         _log.info(
             "cli_egress_policy_set",
@@ -171,7 +201,7 @@ class CliNetworks:
         policy = self._policies.get(vm_id)
         if policy is None or provider in policy.providers:
             return
-        wanted = NetworkPolicy(policy.providers | {provider}, policy.allow_out, policy.deny_out)
+        wanted = replace(policy, providers=policy.providers | {provider})
         await self._apply(vm_id, wanted)
         _log.info("cli_egress_provider_allowed", vm_id=vm_id, provider=provider.value)
 
@@ -181,7 +211,7 @@ class CliNetworks:
         policy = self._policies.get(vm_id)
         if policy is None or provider not in policy.providers:
             return
-        wanted = NetworkPolicy(policy.providers - {provider}, policy.allow_out, policy.deny_out)
+        wanted = replace(policy, providers=policy.providers - {provider})
         await self._apply(vm_id, wanted)
         _log.info("cli_egress_provider_closed", vm_id=vm_id, provider=provider.value)
 

@@ -25,12 +25,15 @@ from hearth.store.records import CredentialRecord
 from hearth_agent.wire import Provider
 
 _log = get_logger("credentials.expiry")
-STATES = ("valid", "expiring", "expired", "unknown")
+STATES = ("valid", "expiring", "expired", "needs_login", "unknown")
 _TOLD = {"expiring": EventType.CREDENTIAL_EXPIRING, "expired": EventType.CREDENTIAL_EXPIRED}
 
 
 def expiry_state(record: CredentialRecord, now: datetime, window: timedelta) -> str:
-    """``valid``, ``expiring`` (within ``window``), ``expired`` or ``unknown`` (no expiry)."""
+    """``valid``, ``expiring`` (within ``window``), ``expired``, ``unknown`` (no expiry), or
+    ``needs_login`` (the provider refused its refresh: told by the pull-back, not here)."""
+    if record.needs_login:
+        return "needs_login"
     if record.expires_at is None:
         return "unknown"
     if record.expires_at <= now:

@@ -6,6 +6,11 @@ newer than the vault's copy, so it is read back and kept if its token expires la
 pull runs on an interval (``HEARTH_PULLBACK_INTERVAL_S``) over every ready CLI VM, so the vault
 follows the VMs' refreshes while they run (and its expiry watch does not call a refreshed
 credential expired).
+
+An ``oidc`` document is refreshed by the VM's agent itself (``hearth_agent.oidc_refresh``); when
+the issuer refused that refresh (``invalid_grant``: the grant is gone), the pull-back marks the
+vault's document ``needs_login`` and tells ``credential.expired`` (reason ``refresh_refused``),
+once per document.
 """
 
 from __future__ import annotations
@@ -14,10 +19,13 @@ from hearth.agent_client import AgentClient
 from hearth.control.vms import VmService
 from hearth.credentials.service import CredentialService
 from hearth.errors import HearthError
+from hearth.events.log import EventLog
+from hearth.events.types import EventType
 from hearth.logging import get_logger
 from hearth.periodic import every
 from hearth.store import Store, VmRecord
 from hearth.vm.types import VmState, VmType
+from hearth_agent.wire import Provider
 
 _log = get_logger("credentials.pullback")
 
@@ -25,9 +33,10 @@ _log = get_logger("credentials.pullback")
 class PullBack:
     """The VmService ``before_destroy`` hook that pulls delivered documents back."""
 
-    def __init__(self, store: Store, credentials: CredentialService) -> None:
+    def __init__(self, store: Store, credentials: CredentialService, events: EventLog) -> None:
         self.store = store
         self.credentials = credentials
+        self.events = events
 
     async def run(self, vms: VmService, interval_s: float) -> None:
         """Pull back from every ready CLI VM every ``interval_s`` (cancel to stop)."""
@@ -62,3 +71,33 @@ class PullBack:
                 await self.credentials.pull_back(
                     record.user_id, stored.provider, document, vm_id=record.id
                 )
+            if stored.provider == Provider.OIDC:
+                await self._check_refresh(agent, record)
+
+    async def _check_refresh(self, agent: AgentClient, record: VmRecord) -> None:
+        """Mark the vault's ``oidc`` document ``needs_login`` if the VM's agent says the issuer
+        refused to refresh it, and tell it once."""
+        try:
+            state = await agent.refresh_state()
+        except HearthError as exc:
+            _log.warning("refresh_state_unavailable", vm_id=record.id, error=exc.message[:300])
+            return
+        sha256 = state.get("sha256")
+        if state.get("state") != "refused" or not isinstance(sha256, str):
+            return
+        provider = Provider.OIDC.value
+        if not await self.store.credentials.mark_needs_login(
+            record.user_id, provider, sha256=sha256
+        ):
+            return  # told already, or the vault holds another document (a newer login)
+        _log.warning(
+            "credential_needs_login", user_id=record.user_id, provider=provider, vm_id=record.id
+        )
+        await self.events.emit(
+            EventType.CREDENTIAL_EXPIRED,
+            user_id=record.user_id,
+            vm_id=record.id,
+            provider=provider,
+            reason="refresh_refused",
+            error=str(state.get("error")),
+        )

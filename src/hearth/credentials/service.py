@@ -79,7 +79,8 @@ class CredentialService:
         """One entry per supported provider saying what is stored, never the document itself.
 
         Keys: provider, present, sha256, expires_at, source, delivered_to, delivered_at,
-        updated_at (times as ISO 8601 strings in UTC, or None).
+        updated_at (times as ISO 8601 strings in UTC, or None), needs_login (the provider
+        refused its refresh: the user must log in again).
         """
         stored = {record.provider: record for record in await self._store.credentials.list(user_id)}
         entries: list[dict[str, object]] = []
@@ -95,6 +96,7 @@ class CredentialService:
                     "delivered_to": None if record is None else record.delivered_to_vm_id,
                     "delivered_at": None if record is None else _iso(record.delivered_at),
                     "updated_at": None if record is None else _iso(record.updated_at),
+                    "needs_login": record is not None and record.needs_login,
                 }
             )
         return entries
@@ -124,7 +126,8 @@ class CredentialService:
         replaced = await self._store.credentials.replace_if_newer(
             record, newer_than=facts.expires_at
         )
-        _log.info(
+        # Every round reads every delivered document back: only a replacement is news.
+        (_log.info if replaced else _log.debug)(
             "credential_pulled_back",
             user_id=user_id,
             provider=facts.provider,

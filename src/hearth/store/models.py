@@ -176,6 +176,7 @@ class CredentialRow(Base):
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
     expiry_told: Mapped[str | None] = mapped_column(String(16))
+    needs_login: Mapped[bool] = mapped_column(Boolean(), server_default=false())
 
 
 class RunRow(Base):

@@ -181,6 +181,8 @@ class CredentialRecord:
     updated_at: datetime = field(default_factory=utc_now)
     # The expiry event last told for this document ("expiring", "expired"); None: none yet.
     expiry_told: str | None = None
+    # The provider refused to refresh this document (invalid_grant): its user must log in again.
+    needs_login: bool = False
 
     def __post_init__(self) -> None:
         _require_aware(self)

@@ -24,6 +24,8 @@ const MAX_FORM_BYTES = 16 * 1024;
 
 const port = Number.parseInt(process.env.PORT ?? '0', 10);
 const clientId = process.env.CLIENT_ID || 'hearth-test';
+// Access tokens' lifetime in seconds (tests of the refresh use a few seconds).
+const accessTokenTtl = Number.parseInt(process.env.ACCESS_TOKEN_TTL ?? '3600', 10);
 const redirectUris = (process.env.REDIRECT_URIS || 'http://127.0.0.1/callback')
   .split(',')
   .map((uri) => uri.trim())
@@ -205,6 +207,7 @@ server.listen(port, '127.0.0.1', () => {
     ],
     pkce: { required: () => true },
     rotateRefreshToken: true,
+    ttl: { AccessToken: accessTokenTtl },
     scopes: ['openid', 'offline_access'],
     claims: { openid: ['sub'] },
     conformIdTokenClaims: false,

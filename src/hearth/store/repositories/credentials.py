@@ -122,15 +122,29 @@ class CredentialRepo(Repository):
         """Record that ``told`` (an expiry event) went out for the document ``sha256``; False
         when it already had, or the document changed meanwhile (so the event is told once per
         document, whichever controller gets here first)."""
+        unset = or_(_table.c.expiry_told.is_(None), _table.c.expiry_told != told)
+        return await self._mark(user_id, provider, sha256, unset, expiry_told=told)
+
+    async def mark_needs_login(self, user_id: str, provider: str, *, sha256: str) -> bool:
+        """Record that the provider refused to refresh the document ``sha256``; False when that
+        was recorded already or the document changed meanwhile (a new login's wins)."""
+        unset = _table.c.needs_login.is_(False)
+        return await self._mark(user_id, provider, sha256, unset, needs_login=True)
+
+    async def _mark(
+        self, user_id: str, provider: str, sha256: str, unset: Any, **values: object
+    ) -> bool:
+        """Set ``values`` on the document ``sha256`` where ``unset`` holds (a compare-and-set);
+        whether it changed."""
         statement = (
             update(_table)
             .where(
                 _table.c.user_id == user_id,
                 _table.c.provider == provider,
                 _table.c.sha256 == sha256,
-                or_(_table.c.expiry_told.is_(None), _table.c.expiry_told != told),
+                unset,
             )
-            .values(expiry_told=told)
+            .values(**values)
             .returning(_table.c.id)
         )
         return await self._write_one(statement) is not None

@@ -1,0 +1,234 @@
+"""The ``oidc`` document kept fresh in the CLI VM: refreshed before its access token expires.
+
+The VM that holds a document owns its refresh (the controller never refreshes a delivered
+document; it pulls the refreshed one back). Every ``interval_s`` the refresher reads the stored
+``oidc`` document; within ``margin_s`` of its expiry it asks the issuer's token endpoint for new
+tokens (RFC 6749 section 6, as the public client the login used) through the VM's egress proxy,
+and writes the new document atomically, 0600, only if the stored one is still the one it
+refreshed (a delivery that replaced it meanwhile wins).
+
+A refusal with ``invalid_grant`` means the grant is gone (revoked, expired, or its refresh token
+reused): no retry can help, so that document is not tried again and the state says ``refused``
+until another document arrives; the controller reads that state, marks the credential
+``needs_login`` and tells ``credential.expired``. Anything else (issuer unreachable, a 5xx) is
+``failing`` and tried again on the next round.
+
+    GET /credentials/oidc/refresh → the state: {"state", "sha256", "error", "at", "refreshes",
+                                     "proxy", "margin_s"} (no token, ever)
+    PUT /credentials/oidc/refresh {"proxy"?: "http://IPv4:port" | null, "margin_s"?: seconds}
+                                  → the state; the controller sets the VM's egress proxy here
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hearth_agent.errors import AgentError, InvalidInput
+from hearth_agent.install_root import now_iso
+from hearth_agent.jsontext import JsonTextError, decode_json
+from hearth_agent.log import JsonLogger
+from hearth_agent.login import proxy_field, seconds_field
+from hearth_agent.oidc_protocol import (
+    DiscoveryFailed,
+    TokenExchangeFailed,
+    discover,
+    refresh_grant,
+    refreshed_document,
+)
+from hearth_agent.oidc_request import PROVIDER
+from hearth_agent.providers import get_provider
+from hearth_agent.routing import Request, Response, Route, json_response, read_json
+from hearth_agent.storage import CredentialStore, atomic_write, ensure_private_dirs
+
+DEFAULT_MARGIN_S = 60.0
+MAX_MARGIN_S = 86_400.0
+DEFAULT_INTERVAL_S = 2.0
+# Where PUT's settings are kept, so that a restarted agent (respawned, updated) goes on
+# refreshing through the same proxy.
+CONFIG_FILE = ".config/hearth/oidc-refresh.json"
+
+
+class RefreshState:
+    """What the refresher last did: ``idle`` (nothing to refresh yet), ``refreshed``,
+    ``failing`` (tried again next round) or ``refused`` (the document's grant is gone)."""
+
+    IDLE = "idle"
+    REFRESHED = "refreshed"
+    FAILING = "failing"
+    REFUSED = "refused"
+
+
+@dataclass
+class _Status:
+    state: str = RefreshState.IDLE
+    sha256: str | None = None  # the document the state is about
+    error: str | None = None  # an OAuth error code or a short reason; never a token
+    at: str | None = None
+    refreshes: int = 0
+
+
+@dataclass
+class _Config:
+    proxy: str | None = None
+    margin_s: float = DEFAULT_MARGIN_S
+    status: _Status = field(default_factory=_Status)
+
+
+class OidcRefresher:
+    """Refreshes the stored ``oidc`` document before it expires, on a thread of its own."""
+
+    def __init__(
+        self,
+        *,
+        store: CredentialStore,
+        logger: JsonLogger,
+        interval_s: float = DEFAULT_INTERVAL_S,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self._logger = logger
+        self._interval_s = interval_s
+        self._clock = clock
+        self._format = get_provider(PROVIDER)
+        self._lock = threading.Lock()  # one refresh at a time; guards _config
+        self._config = self._load()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def routes(self) -> tuple[Route, ...]:
+        """The routes to mount in the app's table, before ``/credentials/{provider}``."""
+        return (
+            Route("/credentials/oidc/refresh", {"GET": self._get, "PUT": self._put}),
+        )  # fmt: skip
+
+    def start(self) -> None:
+        """Check every ``interval_s`` on a daemon thread until ``stop``."""
+        self._thread = threading.Thread(target=self._loop, name="oidc-refresh", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """End the thread (a refresh in flight finishes first)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    def status(self) -> dict[str, object]:
+        """The state, as ``GET`` answers it."""
+        with self._lock:
+            config = self._config
+            return {
+                "state": config.status.state,
+                "sha256": config.status.sha256,
+                "error": config.status.error,
+                "at": config.status.at,
+                "refreshes": config.status.refreshes,
+                "proxy": config.proxy,
+                "margin_s": config.margin_s,
+            }
+
+    def check_once(self) -> str:
+        """Refresh the stored document if it is due; the state after."""
+        with self._lock:
+            self._check()
+            return self._config.status.state
+
+    # ---- internals ------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._interval_s):
+            try:
+                self.check_once()
+            except Exception as exc:  # the loop must outlive any one round
+                self._logger.error("oidc_refresh_crashed", error_type=type(exc).__name__)
+
+    def _check(self) -> None:
+        status = self._config.status
+        stored = self._store.read(self._format)
+        if stored is None:
+            self._config.status = _Status(refreshes=status.refreshes)
+            return
+        if status.state == RefreshState.REFUSED and status.sha256 == stored.sha256:
+            return  # that grant is gone; only a new document can help
+        try:
+            document = self._format.validate(decode_json(stored.content))
+        except (JsonTextError, AgentError):
+            self._set(RefreshState.FAILING, stored.sha256, "invalid_document")
+            return
+        expires_at = self._format.expires_at(document)
+        now = self._clock()
+        if expires_at is not None and expires_at - now > self._config.margin_s:
+            return
+        client_id = document.get("client_id")
+        if not isinstance(client_id, str):
+            self._set(RefreshState.FAILING, stored.sha256, "no_client_id")
+            return
+        proxy = self._config.proxy
+        try:
+            metadata = discover(str(document["issuer"]), proxy=proxy)
+            tokens = refresh_grant(
+                metadata,
+                client_id=client_id,
+                refresh_token=str(document["refresh_token"]),
+                proxy=proxy,
+            )
+            fresh = refreshed_document(document, tokens, now=self._clock())
+        except TokenExchangeFailed as exc:
+            refused = exc.oauth_error == "invalid_grant"
+            state = RefreshState.REFUSED if refused else RefreshState.FAILING
+            self._set(state, stored.sha256, exc.oauth_error or exc.code)
+            log = self._logger.warning if refused else self._logger.error
+            log("oidc_refresh_" + state, error=exc.oauth_error or exc.code, message=exc.message)
+            return
+        except DiscoveryFailed as exc:
+            self._set(RefreshState.FAILING, stored.sha256, exc.code)
+            self._logger.error("oidc_refresh_failing", error=exc.code, message=exc.message)
+            return
+        written = self._store.replace(self._format, fresh, sha256=stored.sha256)
+        if written is None:
+            self._logger.info("oidc_refresh_superseded")  # a delivery replaced the document
+            return
+        self._config.status.refreshes += 1
+        self._set(RefreshState.REFRESHED, written.sha256, None)
+        self._logger.info(
+            "oidc_refreshed", sha256=written.sha256, expires_at=self._format.expires_at(
+                decode_json(fresh)
+            ),
+        )  # fmt: skip
+
+    def _load(self) -> _Config:
+        try:
+            saved = decode_json((self._store.home / CONFIG_FILE).read_bytes())
+            proxy = proxy_field(saved) if isinstance(saved, dict) else None
+            margin_s = _margin(saved) if isinstance(saved, dict) else DEFAULT_MARGIN_S
+        except (OSError, JsonTextError, AgentError):
+            return _Config()  # none saved yet (or unreadable): direct, the default margin
+        return _Config(proxy=proxy, margin_s=margin_s)
+
+    def _set(self, state: str, sha256: str | None, error: str | None) -> None:
+        status = self._config.status
+        status.state, status.sha256, status.error, status.at = state, sha256, error, now_iso()
+
+    def _get(self, request: Request, params: Mapping[str, str]) -> Response:
+        return json_response(200, self.status())
+
+    def _put(self, request: Request, params: Mapping[str, str]) -> Response:
+        body = read_json(request)
+        if not isinstance(body, dict):
+            raise InvalidInput("body must be a JSON object")
+        proxy, margin_s = proxy_field(body), _margin(body)
+        with self._lock:
+            ensure_private_dirs(self._store.home, str(Path(CONFIG_FILE).parent))
+            saved = {"proxy": proxy, "margin_s": margin_s}
+            atomic_write(self._store.home / CONFIG_FILE, json.dumps(saved).encode("utf-8"))
+            self._config.proxy, self._config.margin_s = proxy, margin_s
+        self._logger.info("oidc_refresh_configured", proxy=proxy is not None, margin_s=margin_s)
+        return json_response(200, self.status())
+
+
+def _margin(body: Mapping[str, object]) -> float:
+    return seconds_field(body, "margin_s", default=DEFAULT_MARGIN_S, low=0, high=MAX_MARGIN_S)
