@@ -15,7 +15,7 @@ import io
 import re
 import tarfile
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import hearth_agent
 from hearth.images.layout import agent_sources
@@ -31,6 +31,8 @@ class AgentBundle:
     version: str
     data: bytes
     sha256: str
+    # The files the bundle holds, by name in the package (what an image install writes too).
+    sources: Mapping[str, bytes] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def build(
@@ -45,6 +47,7 @@ class AgentBundle:
             version=version or hearth_agent.__version__,
             data=(data := _tar_gz(sources)),
             sha256=hashlib.sha256(data).hexdigest(),
+            sources=sources,
         )
 
 

@@ -4,7 +4,9 @@ A build stamped 0.1.1 replaces 0.1.0 in a running VM: the VM reports 0.1.1, its 
 opens it and the credential delivered before is intact. A build whose agent crashes at start is
 rolled back by the VM itself: back on 0.1.0 and healthy, and a signed ``agent.update_failed``
 reaches a webhook receiver on loopback. A rollout over four VMs with ``maxUnavailable: 1`` never
-has two updating at once.
+has two updating at once; once all four took it, the image carries it too (a private copy of the
+minimal image here): the warm pool's VM is replaced, and a new VM, restored from a template
+rebuilt on the changed image, runs 0.1.1.
 """
 
 from __future__ import annotations
@@ -24,11 +26,14 @@ from hearth.agent_client import AgentClient
 from hearth.bench.standins.documents import sample_document
 from hearth.config import Settings
 from hearth.events.signing import verify
-from hearth.images.layout import agent_sources
+from hearth.images.agent_install import verify_image
+from hearth.images.layout import agent_sources, build_payload
 from hearth.images.manifest import ImageDir
+from hearth.vm.types import VmType
 from hearth_agent import __version__ as BASE_VERSION
 from tests.integration.store_fixtures import *  # noqa: F403
 from tests.vm.api_fixtures import Api, serve_owned
+from tests.vm.test_api import until_pool_holds
 from tests.webhook_receiver import *  # noqa: F403
 from tests.webhook_receiver import WebhookReceiver
 
@@ -36,6 +41,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.vm]
 NEW_VERSION = "0.1.1"
 # Under TCG a restarted agent takes seconds to import and listen; the VM's own deadline.
 DEADLINE_S = 25.0
+# A pool refill that has to build its template first: a cold boot and a snapshot under TCG.
+POOL_WAIT_S = 300.0
 CRASHING_MAIN = b'"""A build that cannot start."""\nimport sys\n\nsys.exit(3)\n'
 
 
@@ -47,11 +54,15 @@ def crashing_bundle() -> AgentBundle:
 
 
 async def served(
-    tmp_path: Path, minimal_image: ImageDir, vm_state_dir: Path, bundle: AgentBundle
+    tmp_path: Path,
+    minimal_image: ImageDir,
+    vm_state_dir: Path,
+    bundle: AgentBundle,
+    **overrides: object,
 ) -> AsyncIterator[Api]:
     settings = Settings.from_env(
         {"HEARTH_STATE_DIR": str(tmp_path / "state"), "HEARTH_WEBHOOK_ALLOW_PRIVATE": "1"}
-    ).with_overrides(agent_update_deadline_s=DEADLINE_S, webhook_backoff_s=0.05)
+    ).with_overrides(agent_update_deadline_s=DEADLINE_S, webhook_backoff_s=0.05, **overrides)
     async for api in serve_owned(
         settings, minimal_image=minimal_image, vm_state_dir=vm_state_dir, agent_bundle=bundle
     ):
@@ -65,6 +76,28 @@ async def updating(
     """A controller whose agent build is stamped 0.1.1."""
     bundle = AgentBundle.build(version=NEW_VERSION)
     async for api in served(tmp_path, minimal_image, vm_state_dir, bundle):
+        yield api
+
+
+def linked_copy(image: ImageDir, into: Path) -> ImageDir:
+    """A private image directory of hard links to ``image``'s files: an install into it swaps
+    its own path, never the session's image."""
+    into.mkdir()
+    for item in image.path.iterdir():
+        if item.is_file():
+            (into / item.name).hardlink_to(item)
+    return ImageDir(into)
+
+
+@pytest.fixture
+async def rolling_out(
+    tmp_path: Path, minimal_image: ImageDir, vm_state_dir: Path
+) -> AsyncIterator[Api]:
+    """A controller whose agent build is stamped 0.1.1, on a private copy of the minimal image,
+    with a warm pool of one CLI VM."""
+    image = linked_copy(minimal_image, tmp_path / "image")
+    bundle = AgentBundle.build(version=NEW_VERSION)
+    async for api in served(tmp_path, image, vm_state_dir, bundle, pool_cli=1):
         yield api
 
 
@@ -153,10 +186,13 @@ async def test_a_build_that_cannot_start_is_rolled_back_by_the_vm_and_told(
 
 
 async def test_a_rollout_with_max_unavailable_one_updates_one_vm_at_a_time(
-    updating: Api,
+    rolling_out: Api,
 ) -> None:
-    api = updating
+    api = rolling_out
     vm_ids = [(await new_vm(api, f"user{n}"))["id"] for n in range(4)]
+    pool = api.ctl.vms.pool
+    assert pool is not None
+    await until_pool_holds(pool, VmType.CLI, 1, timeout_s=POOL_WAIT_S)
     async with api.client() as admin:
         started = await admin.post("/api/agent/rollout", json={"maxUnavailable": 1})
         assert started.status_code == 202, started.text
@@ -180,3 +216,17 @@ async def test_a_rollout_with_max_unavailable_one_updates_one_vm_at_a_time(
     # Every VM runs the build now: a second rollout has nothing to do.
     assert again.status_code == 202
     assert again.json()["vms"] == []
+    # The image carries the build too; the pooled VM, on the old one, was replaced, and a new
+    # VM restored from the template rebuilt on the changed image runs it.
+    image = api.settings.state_dir.parent / "image"
+    assert rollout["imagesChanged"] == [str(image / "rootfs.ext4")]
+    assert rollout["imagesError"] is None
+    assert rollout["poolRecycled"] == 1
+    payload = build_payload(AgentBundle.build(version=NEW_VERSION).sources, NEW_VERSION)
+    assert verify_image(image / "rootfs.ext4", payload).ok
+    # The refill boots from a new template: one cold boot, then the restore.
+    await until_pool_holds(pool, VmType.CLI, 1, timeout_s=POOL_WAIT_S)
+    async with api.client() as admin:
+        created = await admin.post("/api/vms", json={"userId": "late"})
+    assert created.status_code == 201, created.text
+    assert created.json()["agentVersion"] == NEW_VERSION

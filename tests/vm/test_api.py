@@ -31,9 +31,11 @@ pytestmark = [pytest.mark.slow, pytest.mark.vm]
 sqlite_only = pytest.mark.parametrize("backend", ["sqlite"])
 
 
-async def until_pool_holds(pool: Any, vm_type: VmType, size: int) -> None:
-    """Wait (up to 60 s) until the warm pool holds ``size`` ready VMs of ``vm_type``."""
-    for _ in range(600):
+async def until_pool_holds(
+    pool: Any, vm_type: VmType, size: int, *, timeout_s: float = 60.0
+) -> None:
+    """Wait (up to ``timeout_s``) until the warm pool holds ``size`` ready VMs of ``vm_type``."""
+    for _ in range(int(timeout_s * 10)):
         if pool.size(vm_type) == size:
             return
         await asyncio.sleep(0.1)

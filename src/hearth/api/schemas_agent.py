@@ -69,6 +69,14 @@ class RolloutOut(WireModel):
     ended_at: datetime | None
     max_concurrent: int = Field(description="the most VMs that were updating at once")
     vms: list[RolloutVm]
+    images_changed: list[str] = Field(
+        description="once every VM took the version: the images written with it (new VMs "
+        "carry it; their restore templates are rebuilt on next use)"
+    )
+    pool_recycled: int = Field(description="pooled VMs replaced by ones on the new images")
+    images_error: str | None = Field(
+        description="why the images were left as they were (a VM did not take the version)"
+    )
 
     @classmethod
     def of(cls, rollout: Rollout) -> RolloutOut:

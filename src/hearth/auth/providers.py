@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 
 from hearth.config import Settings
 from hearth.errors import ConfigError, InvalidInput
+from hearth.network.allowlist import url_target
 from hearth.vm.types import GuestForward
 from hearth_agent.wire import Provider
 
@@ -147,8 +148,7 @@ def login_plan(name: str, settings: Settings) -> LoginPlan:
         )
     # An issuer forwarded into the VM needs no proxy; one out on the network is reached through
     # the egress proxy, which only tunnels (CONNECT): such an issuer must be https.
-    issuer_port = issuer.port or (443 if issuer.scheme == "https" else 80)
-    issuer_egress = () if forwards else (f"{issuer.hostname}:{issuer_port}",)
+    issuer_egress = () if forwards else (url_target(settings.oidc_issuer),)
     if issuer_egress and settings.login_egress != "off" and issuer.scheme != "https":
         raise ConfigError(
             "HEARTH_OIDC_ISSUER must be https when the Browser VM reaches it through the egress "

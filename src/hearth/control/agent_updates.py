@@ -8,7 +8,9 @@ the deadline. The controller requires the new version's answer within that deadl
 grace for the restart): then ``agent.updated``; else it waits for the previous version to answer
 again and reports ``agent.update_failed`` with the guard's reason. An update is refused (409)
 while a login or a run is in progress in the VM, unless forced. A rollout updates every ready
-VM whose agent differs from the bundle, at most ``maxUnavailable`` at once.
+VM whose agent differs from the bundle, at most ``maxUnavailable`` at once; once all took it,
+the bundle is written into the node's images (their restore templates rebuilt on next use) and
+the warm pool's VMs are replaced, so new VMs carry it too.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ RESTART_GRACE_S = 30.0
 PROBE_EVERY_S = 0.25
 _RUNNING = (RunStatus.STARTING, RunStatus.RUNNING)
 Outcome = Literal["updated", "rolled_back", "current", "failed"]
+_NOT_TAKEN = ("rolled_back", "failed")
 
 
 @dataclass
@@ -69,6 +72,11 @@ class Rollout:
     results: dict[str, UpdateResult] = field(default_factory=dict)
     updating: set[str] = field(default_factory=set)
     max_concurrent: int = 0
+    # Once every VM runs the bundle: the images written with it (their templates rebuilt on
+    # next use), the pooled VMs replaced, or why the images were left as they were.
+    images_changed: list[str] = field(default_factory=list)
+    pool_recycled: int = 0
+    images_error: str | None = None
 
     @property
     def running(self) -> bool:
@@ -259,11 +267,36 @@ class AgentUpdates:
 
         try:
             await asyncio.gather(*(one(vm_id) for vm_id in rollout.vm_ids))
+            await self._carry_into_images(rollout)
         finally:
             rollout.ended_at = datetime.now(UTC)
             _log.info(
                 "agent_rollout_ended", rollout_id=rollout.id, max_concurrent=rollout.max_concurrent
             )
+
+    async def _carry_into_images(self, rollout: Rollout) -> None:
+        """Every VM took the bundle: write it into the node's images too, so that new VMs (from
+        templates rebuilt on next use) carry it, and replace the pooled VMs, which run the old
+        one. A rollout with a VM that did not take it leaves the images alone."""
+        failed = [r.vm_id for r in rollout.results.values() if r.status in _NOT_TAKEN]
+        if failed:
+            rollout.images_error = f"{len(failed)} VM(s) did not take version {rollout.version}"
+            _log.warning("agent_rollout_images_left", rollout_id=rollout.id, failed=failed)
+            return
+        try:
+            rollout.images_changed = await self.vms.node.install_agent(self.bundle)
+        except HearthError as exc:
+            rollout.images_error = exc.message
+            _log.error("agent_rollout_images_failed", rollout_id=rollout.id, error=exc.message)
+            return
+        if rollout.images_changed and self.vms.pool is not None:
+            rollout.pool_recycled = await self.vms.pool.recycle()
+        _log.info(
+            "agent_rollout_images_carried",
+            rollout_id=rollout.id,
+            images=rollout.images_changed,
+            pool_recycled=rollout.pool_recycled,
+        )
 
     async def shutdown(self) -> None:
         """Stop a running rollout (VMs being updated finish in the VM, guarded there)."""

@@ -20,11 +20,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from urllib.parse import urlsplit
 
 from hearth.config import Settings
 from hearth.errors import Conflict, HearthError
 from hearth.logging import get_logger
+from hearth.network.allowlist import url_target
 from hearth.network.egress import EgressTraffic
 from hearth.network.provider_hosts import PROVIDER_API_HOSTS
 from hearth.node.egress import EgressPath
@@ -65,9 +65,7 @@ def provider_hosts(settings: Settings) -> dict[Provider, tuple[str, ...]]:
     the configured issuer (``host:port``), where the agent refreshes the document."""
     hosts = dict(PROVIDER_API_HOSTS)
     if settings.oidc_issuer:
-        issuer = urlsplit(settings.oidc_issuer)
-        port = issuer.port or (443 if issuer.scheme == "https" else 80)
-        hosts[Provider.OIDC] = (f"{issuer.hostname}:{port}",)
+        hosts[Provider.OIDC] = (url_target(settings.oidc_issuer),)
     return hosts
 
 

@@ -68,11 +68,19 @@ class WarmPool:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        await self.recycle()
+
+    async def recycle(self) -> int:
+        """Destroy the unassigned VMs (the refill, if running, boots new ones: from a new
+        template once the images changed); how many there were."""
+        destroyed = 0
         for vm_type in VmType:
             while self._ready[vm_type]:
                 vm_id = self._ready[vm_type].pop()
                 with contextlib.suppress(HearthError):
                     await self.service.destroy(vm_id, user_id=None, include_pooled=True)
+                destroyed += 1
+        return destroyed
 
     def size(self, vm_type: VmType) -> int:
         """How many ready VMs of a type wait in the pool."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import importlib.resources
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,17 +54,22 @@ class AgentPayload:
         return hashlib.sha256(self.manifest).hexdigest()
 
 
-def build_payload() -> AgentPayload:
-    """Assemble the files for the current agent version."""
+def build_payload(
+    sources: Mapping[str, bytes] | None = None, version: str | None = None
+) -> AgentPayload:
+    """Assemble the files for the agent ``sources`` of ``version`` (default: this controller's
+    agent; a live rollout passes its bundle's, so that images carry what the VMs run)."""
+    version = version or hearth_agent.__version__
     files: dict[str, bytes] = {
-        f"{AGENT_PACKAGE_DIR}/{name}": data for name, data in agent_sources().items()
+        f"{AGENT_PACKAGE_DIR}/{name}": data
+        for name, data in (sources if sources is not None else agent_sources()).items()
     }
     files[UNIT_PATH] = guest_asset("hearth-agent.service")
     files[INIT_PATH] = guest_asset("hearth-init")
     files[BROWSER_SERVICE_PATH] = guest_asset("hearth-browser")
     manifest = json.dumps(
         {
-            "agent_version": hearth_agent.__version__,
+            "agent_version": version,
             "files": {
                 path: hashlib.sha256(data).hexdigest() for path, data in sorted(files.items())
             },
@@ -72,7 +78,7 @@ def build_payload() -> AgentPayload:
         indent=2,
         sort_keys=True,
     ).encode()
-    return AgentPayload(version=hearth_agent.__version__, files=files, manifest=manifest + b"\n")
+    return AgentPayload(version=version, files=files, manifest=manifest + b"\n")
 
 
 def payload_edits(payload: AgentPayload) -> list[Edit]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from hearth.errors import InvalidInput
 from hearth.network.addresses import IPAddress, unmapped
@@ -95,6 +96,15 @@ def ip_literal(host: str) -> IPAddress | None:
         return unmapped(ipaddress.ip_address(host))
     except ValueError:
         return None
+
+
+def url_target(url: str) -> str:
+    """The ``host:port`` entry (``[v6]:port``) an http(s) URL is dialled at; its port defaults
+    by scheme."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def parse_pin_key(entry: str) -> tuple[str, int]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
+from hearth.agent_bundle import AgentBundle
 from hearth.node.egress import EgressPath
 from hearth.vm.accel import Accel
 from hearth.vm.types import Vm, VmSpec, VmType
@@ -71,6 +72,11 @@ class Node(Protocol):
     async def probe_agent(self, vm: Vm, *, timeout_s: float) -> str:
         """Ask the VM's agent ``/health`` within ``timeout_s``; the version it reports.
         AgentError when it does not answer in time or answers anything but healthy."""
+        ...
+
+    async def install_agent(self, bundle: AgentBundle) -> list[str]:
+        """Write ``bundle``'s agent into the images this node boots (each one swapped in
+        whole, its restore templates then rebuilt on next use); the images it changed."""
         ...
 
     async def open_egress(

@@ -3,10 +3,15 @@ the egress paths of its VMs."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
 from typing import Protocol
 
+from hearth.agent_bundle import AgentBundle
 from hearth.agent_client import AgentClient, AgentError
+from hearth.errors import ImageNotBuilt
+from hearth.images.agent_install import install_agent
+from hearth.images.layout import build_payload
 from hearth.images.manifest import ImageDir
 from hearth.metrics import ControllerMetrics
 from hearth.node.egress import EgressPath, open_egress_path
@@ -106,6 +111,26 @@ class LocalNode:
         if health.get("status") != "ok":
             raise AgentError(f"VM {vm.id}: its agent answers status {health.get('status')!r}")
         return str(health.get("version") or "")
+
+    async def install_agent(self, bundle: AgentBundle) -> list[str]:
+        """``install-agent`` of the bundle's sources into each image a VM type boots (a no-op
+        for an image that has them already); the images changed. The template key holds the
+        image file's identity, so the next restore of a changed image builds a new template."""
+        payload = build_payload(bundle.sources, bundle.version)
+        images = []
+        for vm_type in VmType:
+            try:
+                image = self.images.image_for(vm_type)
+            except ImageNotBuilt:
+                continue
+            if image.rootfs not in images:
+                images.append(image.rootfs)
+        changed = []
+        for rootfs in images:
+            result = await asyncio.to_thread(install_agent, rootfs, payload)
+            if result.changed:
+                changed.append(str(rootfs))
+        return changed
 
     async def open_egress(
         self,
