@@ -144,6 +144,12 @@ async def test_delivered_documents_satisfy_the_vendor_clis_own_status_commands(
         said = report["stdout"] + report["stderr"]
         assert "rt-codex-refresh" not in said
         assert "sk-ant" not in said
+    # The three live in the one VM at once: with Claude's document whole again, each CLI says
+    # it is logged in, and Gemini's files are still there.
+    await put(cli_agent, "claude_code", sample_document("claude_code", "vm"))
+    assert (await status(cli_agent, "codex"))["logged_in"] is True
+    assert (await status(cli_agent, "claude_code"))["logged_in"] is True
+    assert (await cli_agent.get("/credentials/gemini_cli")).json()["present"] is True
 
 
 # -- logins in the Browser VM ---------------------------------------------------------------------
