@@ -24,7 +24,7 @@ from hearth.vm.firecracker.disks import CowMechanism, create_cow_disk
 from hearth.vm.firecracker.network import FirecrackerNetwork, SlotNetworks
 from hearth.vm.firecracker.process import is_our_process
 from hearth.vm.firecracker.records import VmFiles, VmRecord
-from hearth.vm.types import BootMode, NetworkMode, Vm, VmSpec, VmState
+from hearth.vm.types import BootMode, GuestForward, NetworkMode, Vm, VmSpec, VmState
 
 VM_ID = "vm-5eed"
 
@@ -35,7 +35,9 @@ class RecordingNetworks:
     def __init__(self) -> None:
         self.events: list[str] = []
 
-    async def acquire(self, vm_id: str, *, allow_egress: bool) -> FirecrackerNetwork:
+    async def acquire(
+        self, vm_id: str, *, allow_egress: bool, forwards: tuple[GuestForward, ...] = ()
+    ) -> FirecrackerNetwork:
         self.events.append(f"acquire {vm_id}")
         return FirecrackerNetwork(netns="hearth-5eed", agent_host="169.254.0.6")
 

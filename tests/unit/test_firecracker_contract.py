@@ -28,6 +28,7 @@ from hearth.vm.firecracker.client import FirecrackerClient
 from hearth.vm.firecracker.network import FirecrackerNetwork
 from hearth.vm.firecracker.process import VmRoot
 from hearth.vm.firecracker.templates import FcTemplate
+from hearth.vm.types import GuestForward
 
 SPEC_PATH = (
     Path(__file__).resolve().parents[2] / ".." / "shared" / "specs" / "firecracker-api-v1.16.1.yaml"
@@ -420,7 +421,9 @@ async def test_the_backend_plans_validate_and_never_log_the_token(
 class _NoNetworks:
     """A NetworkProvider that must not be used by the test that holds it."""
 
-    async def acquire(self, vm_id: str, *, allow_egress: bool) -> FirecrackerNetwork:
+    async def acquire(
+        self, vm_id: str, *, allow_egress: bool, forwards: tuple[GuestForward, ...] = ()
+    ) -> FirecrackerNetwork:
         raise AssertionError("not used")
 
     async def release(self, network: FirecrackerNetwork) -> None:

@@ -15,6 +15,7 @@ from hearth.network.namespace import NetworkSlot, names_for
 from hearth.network.pool import SlotAddresses, SlotPool
 from hearth.vm.firecracker import network as fc_network
 from hearth.vm.firecracker.network import GUEST_IDENTITY, FirecrackerNetwork, SlotNetworks
+from hearth.vm.types import GuestForward
 
 VM_ID = "vm-5eed"
 
@@ -27,7 +28,9 @@ class RecordingNamespaces:
         self.created: list[NetworkSlot] = []
         self.deleted: list[NetworkSlot] = []
 
-    def create(self, vm_id: str, slot: SlotAddresses) -> NetworkSlot:
+    def create(
+        self, vm_id: str, slot: SlotAddresses, forwards: tuple[GuestForward, ...] = ()
+    ) -> NetworkSlot:
         if self.fail:
             raise VmError("ip netns add: Operation not permitted")
         netns, host_veth = names_for(vm_id)

@@ -3,8 +3,9 @@
 From inside the guest (commands run through ``/api/vms/{id}/exec``): a CONNECT through the
 proxy address to an allowed name reaches the loopback stand-in that name is pinned to (bytes go
 there and back); a name off the policy gets 403; and a process that ignores the proxy and dials
-the host directly gets nothing, because QEMU user networking runs with ``restrict=on``. And a
-restarted controller reopens the running VM's path, with its policy, where QEMU dials it.
+the host directly gets nothing (QEMU user networking runs with ``restrict=on``; a VM's network
+namespace forwards only its egress endpoint). And a restarted controller reopens the running VM's
+path, with its policy, where the VM dials it. Both network modes.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import pytest
 
 from hearth.config import Settings
 from hearth.images.manifest import ImageDir
+from tests.conftest import require_tools
 from tests.integration.store_fixtures import *  # noqa: F403
 from tests.vm.api_fixtures import Api, serve_app
 from tests.vm.conftest import qemu_pids_under
@@ -58,14 +60,20 @@ else:
 """
 
 
-@pytest.fixture
-def settings(database_url: str, tmp_path: Path, echo_port: int) -> Settings:
-    """CLI VMs may be allowed ``stand-in.test``, pinned to the echo server."""
+@pytest.fixture(params=["user", "netns"])
+def settings(
+    request: pytest.FixtureRequest, database_url: str, tmp_path: Path, echo_port: int
+) -> Settings:
+    """CLI VMs on QEMU user networking and in network namespaces, which may be allowed
+    ``stand-in.test``, pinned to the echo server."""
+    if request.param == "netns":
+        require_tools("ip", "nft")
     return Settings.from_env(
         {
             "HEARTH_STATE_DIR": str(tmp_path / "state"),
             "HEARTH_DATABASE_URL": database_url,
             "HEARTH_EGRESS_PINS": f"stand-in.test:443=127.0.0.1:{echo_port}",
+            "HEARTH_NETWORK_MODE": request.param,
         }
     )
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import subprocess
 from collections.abc import Iterator
 
 import httpx
@@ -85,6 +86,34 @@ async def test_netns_vms_are_healthy_and_isolated(
         result = await probe(a, host, port)
         assert result["connected"] is False, f"VM in netns reached {host}:{port}"
     assert names_for(a.id)[0] != names_for(b.id)[0]
+
+
+async def test_a_netns_vm_reaches_exactly_its_forwarded_endpoint_and_leaves_nothing(
+    minimal_image: ImageDir, qemu_backend: TrackingBackend, controller_port: int
+) -> None:
+    require_tools("ip", "nft")
+    allowed = GuestForward(guest_ip="10.0.2.100", guest_port=443, host_port=controller_port)
+    vm = await qemu_backend.create(
+        minimal_image, VmSpec(network=NetworkMode.NETNS, guest_forwards=(allowed,))
+    )
+    # The allowed endpoint reaches the node's loopback port...
+    assert (await probe(vm, "10.0.2.100", 443))["connected"] is True
+    # ...and nothing else does: not another port there, not the namespace's own side.
+    assert (await probe(vm, "10.0.2.100", 444))["connected"] is False
+    assert (await probe(vm, "10.0.2.2", controller_port))["connected"] is False
+    [index] = [i for i, owner in qemu_backend.networks.pool.claims().items() if owner == vm.id]
+    host_ip = qemu_backend.networks.pool.addresses(index).host_ip
+    assert (await probe(vm, host_ip, controller_port))["connected"] is False
+    netns = names_for(vm.id)[0]
+    table = f"hearth_{netns.removeprefix('hearth-')}"
+    assert table in run_text(["nft", "list", "tables"])
+    await qemu_backend.destroy(vm)
+    assert table not in run_text(["nft", "list", "tables"])
+    assert netns not in run_text(["ip", "netns", "list"])
+
+
+def run_text(argv: list[str]) -> str:
+    return subprocess.run(argv, capture_output=True, text=True, check=True).stdout
 
 
 async def test_forwards_reach_exactly_the_allowed_endpoint_and_expose_extra_ports(

@@ -1,13 +1,14 @@
 """CliNetworks: the one way out of each CLI VM, and what it may reach.
 
-A CLI VM runs on QEMU user networking with ``restrict=on``: it has no route out. Each one gets an
-egress path on the node at boot (``Node.open_egress``: an allowlisting CONNECT proxy and the
-guest forward that reaches it), which is all the guest can dial; a process that ignores the
-proxy settings gets nothing. What the path lets through is, by default, the API hosts of the
-providers whose credentials were delivered into the VM (``hearth.network.provider_hosts``; for
-``oidc`` the configured issuer, where the VM's agent refreshes the document), nothing before the
-first delivery; ``allowOut`` adds hosts and ``denyOut`` removes them (a deny
-wins), changed live by ``PUT /api/vms/{id}/network``. Never a private, loopback or link-local
+A CLI VM has no route out (QEMU user networking with ``restrict=on``, or a network namespace
+that drops what the guest starts). Each one gets an egress path on the node at boot
+(``Node.open_egress``: an allowlisting CONNECT proxy and the guest forward that reaches it, as a
+``guestfwd`` or as NAT in the VM's namespace), which is all the guest can dial; a process that
+ignores the proxy settings gets nothing. What the path lets through is, by default, the API hosts
+of the providers whose credentials were delivered into the VM (``hearth.network.provider_hosts``;
+for ``oidc`` the configured issuer, where the VM's agent refreshes the document), nothing before
+the first delivery; ``allowOut`` adds hosts and ``denyOut`` removes them (a deny wins), changed
+live by ``PUT /api/vms/{id}/network``. Never a private, loopback or link-local
 address, whatever a name resolves to: the proxy checks every address it dials.
 
 The path's node port and the policy are kept in the store (``vm_egress``), written before a
@@ -167,7 +168,7 @@ class CliNetworks:
         policy = self._policies.get(vm_id)
         if policy is None:
             raise Conflict(
-                f"VM {vm_id} has no egress path: only CLI VMs on user networking booted with "
+                f"VM {vm_id} has no egress path: only CLI VMs booted with "
                 "HEARTH_CLI_EGRESS=proxy have one"
             )
         return policy

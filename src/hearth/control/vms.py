@@ -213,12 +213,8 @@ class VmService:
             )
 
     async def _with_egress(self, vm_id: str, spec: VmSpec) -> VmSpec:
-        """A CLI VM on user networking gets its egress path's forward; other VMs as they are."""
-        if (
-            self.networks is None
-            or spec.vm_type is not VmType.CLI
-            or spec.network is not NetworkMode.USER
-        ):
+        """A CLI VM gets its egress path's forward; other VMs as they are."""
+        if self.networks is None or spec.vm_type is not VmType.CLI:
             return spec
         forward = await self.networks.open(vm_id)
         return dataclasses.replace(spec, guest_forwards=(*spec.guest_forwards, forward))

@@ -5,6 +5,13 @@ VM restored from a template keeps the address it was saved with. The root namesp
 to that inner link: the controller reaches the agent at the slot's own link-local address, which
 the namespace DNATs to the guest's agent port. Everything the guest starts itself is dropped, so it
 reaches neither other VMs, nor the host, nor the controller's API.
+
+The one exception is a guest forward (``GuestForward``, as QEMU user-net's ``guestfwd``): the guest
+dialling ``guest_ip:guest_port`` reaches the node's loopback ``host_port`` and nothing else. The
+namespace answers for ``guest_ip`` on the tap, DNATs that one endpoint to the slot's root-side
+address and masquerades it out of the veth; the root namespace (a table of this VM's, removed
+with it) DNATs exactly that to ``127.0.0.1:host_port``, which ``route_localnet`` on the VM's veth
+lets through.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from dataclasses import dataclass
 from hearth.errors import VmError
 from hearth.network.pool import SlotAddresses
 from hearth.tools import run_tool
+from hearth.vm.types import GuestForward
 
 GUEST_IP = "10.0.2.15"
 TAP_GATEWAY = "10.0.2.2/24"
@@ -47,19 +55,36 @@ def _ip(*args: str, netns: str | None = None) -> None:
     run_tool(argv, what=f"ip {' '.join(args[:3])}", error=VmError, timeout=30)
 
 
-def _policy(slot: SlotAddresses) -> str:
+def _policy(slot: SlotAddresses, forwards: tuple[GuestForward, ...]) -> str:
+    dnat = "".join(
+        f"""
+    iifname "{TAP_NAME}" ip daddr {f.guest_ip} tcp dport {f.guest_port} \\
+      dnat ip to {slot.host_ip}:{f.host_port}"""
+        for f in forwards
+    )
+    accept = "".join(
+        f"""
+    iifname "{TAP_NAME}" oifname "{NS_VETH}" ip daddr {slot.host_ip} tcp dport {f.host_port} \\
+      ct original ip daddr {f.guest_ip} ct original proto-dst {f.guest_port} \\
+      ct state new accept"""
+        for f in forwards
+    )
     return f"""
 table inet hearth {{
   chain prerouting {{
     type nat hook prerouting priority dstnat; policy accept;
     iifname "{NS_VETH}" ip daddr {slot.agent_ip} tcp dport {AGENT_PORT} \\
-      dnat ip to {GUEST_IP}:{AGENT_PORT}
+      dnat ip to {GUEST_IP}:{AGENT_PORT}{dnat}
+  }}
+  chain postrouting {{
+    type nat hook postrouting priority srcnat; policy accept;
+    oifname "{NS_VETH}" ip saddr {GUEST_IP} masquerade
   }}
   chain forward {{
     type filter hook forward priority filter; policy drop;
     ct state established,related accept
     iifname "{NS_VETH}" oifname "{TAP_NAME}" ip daddr {GUEST_IP} tcp dport {AGENT_PORT} \\
-      ct state new accept
+      ct state new accept{accept}
   }}
   chain input {{
     type filter hook input priority filter; policy drop;
@@ -70,8 +95,32 @@ table inet hearth {{
 """
 
 
-def create_namespace(vm_id: str, slot: SlotAddresses) -> NetworkSlot:
-    """Create the namespace, veth pair, tap and policy for ``vm_id`` on ``slot``."""
+def _root_table(network: NetworkSlot) -> str:
+    """The root namespace's nftables table of this VM (its forwards to loopback)."""
+    return f"hearth_{network.netns.removeprefix('hearth-')}"
+
+
+def _root_policy(network: NetworkSlot, forwards: tuple[GuestForward, ...]) -> str:
+    rules = "".join(
+        f"""
+    iifname "{network.host_veth}" ip daddr {network.slot.host_ip} tcp dport {f.host_port} \\
+      dnat ip to 127.0.0.1:{f.host_port}"""
+        for f in forwards
+    )
+    return f"""
+table ip {_root_table(network)} {{
+  chain prerouting {{
+    type nat hook prerouting priority dstnat; policy accept;{rules}
+  }}
+}}
+"""
+
+
+def create_namespace(
+    vm_id: str, slot: SlotAddresses, forwards: tuple[GuestForward, ...] = ()
+) -> NetworkSlot:
+    """Create the namespace, veth pair, tap and policy for ``vm_id`` on ``slot``, with the
+    guest ``forwards`` to the node's loopback."""
     netns, host_veth = names_for(vm_id)
     network = NetworkSlot(netns=netns, host_veth=host_veth, slot=slot)
     try:
@@ -90,21 +139,48 @@ def create_namespace(vm_id: str, slot: SlotAddresses) -> NetworkSlot:
             what="enable forwarding in the VM namespace",
             error=VmError,
         )
+        for guest_ip in sorted({f.guest_ip for f in forwards}):
+            _ip("addr", "add", f"{guest_ip}/32", "dev", TAP_NAME, netns=netns)
         run_tool(
             ["ip", "netns", "exec", netns, "nft", "-f", "-"],
             what="load the VM namespace policy",
             error=VmError,
-            input_bytes=_policy(slot).encode(),
+            input_bytes=_policy(slot, forwards).encode(),
         )
+        if forwards:
+            _forward_to_loopback(network, forwards)
     except BaseException:
         delete_namespace(network)
         raise
     return network
 
 
+def _forward_to_loopback(network: NetworkSlot, forwards: tuple[GuestForward, ...]) -> None:
+    """The root namespace's half of the forwards: the VM's veth may carry packets to loopback,
+    and exactly the forwarded endpoints are DNATed there."""
+    run_tool(
+        ["sysctl", "-q", "-w", f"net.ipv4.conf.{network.host_veth}.route_localnet=1"],
+        what="let the VM's veth reach loopback forwards",
+        error=VmError,
+    )
+    run_tool(
+        ["nft", "-f", "-"],
+        what="load the VM's loopback forwards",
+        error=VmError,
+        input_bytes=_root_policy(network, forwards).encode(),
+    )
+
+
 def delete_namespace(network: NetworkSlot) -> None:
-    """Remove the namespace (taking its tap and veth end with it) and the root-side veth."""
+    """Remove the namespace (taking its tap and veth end with it), the root-side veth and the
+    VM's root-namespace table (if it has forwards)."""
     run_tool(["ip", "netns", "del", network.netns], what="delete netns", error=VmError, check=False)
+    run_tool(
+        ["nft", "delete", "table", "ip", _root_table(network)],
+        what="delete the VM's loopback forwards",
+        error=VmError,
+        check=False,
+    )
     run_tool(
         ["ip", "link", "del", network.host_veth], what="delete veth", error=VmError, check=False
     )

@@ -96,12 +96,13 @@ class VmSpec:
     allow_egress: bool = False
     # Guest TCP ports (besides the agent's) forwarded to 127.0.0.1 (e.g. VNC for Browser VMs).
     forward_ports: tuple[int, ...] = ()
-    # Allowed guest → host endpoints under restricted egress.
+    # Allowed guest → host loopback endpoints under restricted egress (user: QEMU's guestfwd;
+    # netns: NAT in the VM's namespace, hearth.network.namespace).
     guest_forwards: tuple[GuestForward, ...] = ()
 
     def __post_init__(self) -> None:
-        if self.network is NetworkMode.NETNS and (self.forward_ports or self.guest_forwards):
-            raise InvalidInput("port forwards are offered in network mode user only")
+        if self.network is NetworkMode.NETNS and self.forward_ports:
+            raise InvalidInput("forwarded guest ports are offered in network mode user only")
         if not 1 <= self.vcpus <= MAX_VCPUS:
             raise InvalidInput(f"vcpus must be between 1 and {MAX_VCPUS}, got {self.vcpus}")
         if not MIN_MEM_MIB <= self.mem_mib <= MAX_MEM_MIB:

@@ -237,7 +237,9 @@ class FirecrackerBackend(BackendLifecycle[FcTemplate]):
         try:
             record = self._new_record(vm, root)
             record.write(files)
-            network = await self.networks.acquire(vm_id, allow_egress=spec.allow_egress)
+            network = await self.networks.acquire(
+                vm_id, allow_egress=spec.allow_egress, forwards=spec.guest_forwards
+            )
             record.network = network.to_dict()
             record.write(files)
             vm.agent_url = network.agent_url

@@ -34,6 +34,7 @@ from hearth.network.namespace import (
 )
 from hearth.network.pool import SlotAddresses, SlotPool
 from hearth.tools import run_tool
+from hearth.vm.types import GuestForward
 
 NETNS_DIR = Path("/var/run/netns")
 _INNER_LINK = ipaddress.IPv4Interface(TAP_GATEWAY)
@@ -106,8 +107,11 @@ class FirecrackerNetwork:
 class NetworkProvider(Protocol):
     """Hands out and takes back per-VM networks."""
 
-    async def acquire(self, vm_id: str, *, allow_egress: bool) -> FirecrackerNetwork:
-        """A ready network (netns with its tap) for ``vm_id``."""
+    async def acquire(
+        self, vm_id: str, *, allow_egress: bool, forwards: tuple[GuestForward, ...] = ()
+    ) -> FirecrackerNetwork:
+        """A ready network (netns with its tap) for ``vm_id``, with its guest ``forwards`` to
+        the node's loopback."""
         ...
 
     async def release(self, network: FirecrackerNetwork) -> None:
@@ -126,7 +130,9 @@ class SlotNetworks:
         self.pool = pool
         self.tap_owner = tap_owner  # uid, gid of a jailed Firecracker, which must open the tap
 
-    async def acquire(self, vm_id: str, *, allow_egress: bool) -> FirecrackerNetwork:
+    async def acquire(
+        self, vm_id: str, *, allow_egress: bool, forwards: tuple[GuestForward, ...] = ()
+    ) -> FirecrackerNetwork:
         """Claim a slot and create the namespace, veth pair, tap and nftables policy on it."""
         if allow_egress:
             raise InvalidInput("network mode netns does not offer guest egress yet")
@@ -135,7 +141,7 @@ class SlotNetworks:
         planned = FirecrackerNetwork.from_slot(
             NetworkSlot(netns=netns, host_veth=host_veth, slot=slot), owner=vm_id
         )
-        creating = asyncio.ensure_future(asyncio.to_thread(self._create, vm_id, slot))
+        creating = asyncio.ensure_future(asyncio.to_thread(self._create, vm_id, slot, forwards))
         try:
             network = await asyncio.shield(creating)
         except BaseException:
@@ -146,8 +152,10 @@ class SlotNetworks:
         _log.info("network_created", vm_id=vm_id, netns=network.netns, slot=slot.index)
         return network
 
-    def _create(self, vm_id: str, slot: SlotAddresses) -> FirecrackerNetwork:
-        network = FirecrackerNetwork.from_slot(create_namespace(vm_id, slot), owner=vm_id)
+    def _create(
+        self, vm_id: str, slot: SlotAddresses, forwards: tuple[GuestForward, ...]
+    ) -> FirecrackerNetwork:
+        network = FirecrackerNetwork.from_slot(create_namespace(vm_id, slot, forwards), owner=vm_id)
         if self.tap_owner is not None:
             _hand_tap_to(network.netns, *self.tap_owner)
         return network

@@ -225,7 +225,7 @@ class QemuBackend(BackendLifecycle[Template]):
             port: int | None = None
             network: NetworkSlot | None = None
             if spec.network is NetworkMode.NETNS:
-                network = self.networks.create(vm_id)
+                network = self.networks.create(vm_id, spec.guest_forwards)
                 vm.agent_url = network.agent_url
             else:
                 port = free_local_port()

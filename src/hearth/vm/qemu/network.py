@@ -6,6 +6,7 @@ from pathlib import Path
 
 from hearth.network.namespace import NetworkSlot, create_namespace, delete_namespace, names_for
 from hearth.network.pool import SlotPool
+from hearth.vm.types import GuestForward
 
 
 class QemuNetworks:
@@ -15,11 +16,12 @@ class QemuNetworks:
         self.pool = SlotPool(cidr=cidr, claims_dir=claims_dir)
         self._networks: dict[str, NetworkSlot] = {}
 
-    def create(self, vm_id: str) -> NetworkSlot:
-        """A slot and a namespace for ``vm_id``; neither stays if the namespace fails."""
+    def create(self, vm_id: str, forwards: tuple[GuestForward, ...] = ()) -> NetworkSlot:
+        """A slot and a namespace for ``vm_id`` (with its guest ``forwards`` to loopback);
+        neither stays if the namespace fails."""
         slot = self.pool.claim(vm_id)
         try:
-            network = create_namespace(vm_id, slot)
+            network = create_namespace(vm_id, slot, forwards)
         except BaseException:
             self.pool.release(slot.index, vm_id)
             raise
