@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
+from pathlib import Path
 
 from hearth.errors import InvalidInput, VmError
 from hearth.images.manifest import ImageDir
@@ -30,9 +31,14 @@ class FakeBackend:
         self.running: dict[str, Vm] = {}
         self.destroyed: list[str] = []
         self.created: list[str] = []
+        self.prepared: list[tuple[Path, str]] = []
         self.hold: asyncio.Event | None = None
         self.fail_next: Exception | None = None
         self._exits: dict[str, asyncio.Event] = {}
+
+    async def prepare(self, image: ImageDir, spec: VmSpec) -> None:
+        """Templates are nothing here: record what was asked."""
+        self.prepared.append((image.path, spec.size_key))
 
     async def create(
         self,

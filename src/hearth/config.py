@@ -54,6 +54,9 @@ class Settings:
     # Warm pool: healthy, unclaimed VMs kept ready per type (0 = off).
     pool_cli: int = 0
     pool_browser: int = 0
+    # Build the default sizes' restore templates in the background at start (and after an agent
+    # rollout changed the images), so the first VM of each type does not wait for one.
+    prepare_templates: bool = True
     default_vcpus: int = 1
     default_mem_mib: int = 512
     browser_vcpus: int = 2
@@ -203,6 +206,7 @@ class Settings:
             memory_share=_float(env, "HEARTH_MEMORY_SHARE", 0.8, 0.01, 1.0),
             pool_cli=_int(env, "HEARTH_POOL_CLI", 0, 0, 100),
             pool_browser=_int(env, "HEARTH_POOL_BROWSER", 0, 0, 100),
+            prepare_templates=_choice(env, "HEARTH_PREPARE_TEMPLATES", "1", ("0", "1")) == "1",
             login_timeout_s=_float(env, "HEARTH_LOGIN_TIMEOUT_S", 600.0, 1.0, 86400.0),
             oidc_issuer=env.get("HEARTH_OIDC_ISSUER") or None,
             oidc_client_id=env.get("HEARTH_OIDC_CLIENT_ID", "hearth"),

@@ -33,6 +33,7 @@ from hearth.control.heartbeat import Heartbeat
 from hearth.control.network import CliNetworks, provider_hosts
 from hearth.control.quotas import Quotas
 from hearth.control.runs import RunService
+from hearth.control.templates import TemplateWarmer
 from hearth.control.terminals import TerminalService
 from hearth.control.vms import VmService
 from hearth.credentials.expiry import ExpiryWatch
@@ -77,6 +78,7 @@ class ControlPlane:
     heartbeat: Heartbeat
     agent_updates: AgentUpdates
     expiry: ExpiryWatch
+    templates: TemplateWarmer
     node: Node
 
 
@@ -180,6 +182,10 @@ async def open_hearth(
         await vms.reconcile()
         await auth.recover()
         await runs.recover()
+        templates = TemplateWarmer(vms=vms, enabled=settings.prepare_templates)
+        if settings.prepare_templates:
+            templates.start()
+        teardown.push("stop preparing templates", templates.stop)
         if vms.pool is not None:
             vms.pool.start()
             teardown.push("stop the warm pool", vms.pool.stop)
@@ -193,6 +199,7 @@ async def open_hearth(
             heartbeat=heartbeat,
             settings=settings,
             bundle=agent_bundle or AgentBundle.build(),
+            on_images_changed=templates.start if settings.prepare_templates else None,
         )
         teardown.push("stop the agent rollout", agent_updates.shutdown)
         expiry = ExpiryWatch(store=store, events=events, metrics=metrics, settings=settings)
@@ -219,6 +226,7 @@ async def open_hearth(
             heartbeat=heartbeat,
             agent_updates=agent_updates,
             expiry=expiry,
+            templates=templates,
             node=node,
         )
         _log.info(

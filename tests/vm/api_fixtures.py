@@ -28,7 +28,7 @@ from hearth.vm.qemu.backend import QemuBackend
 from hearth.vm.types import VmType
 from tests.vm.conftest import qemu_pids_under
 
-__all__ = ["Api", "controller", "serve_app", "serve_owned"]
+__all__ = ["Api", "controller", "linked_copy", "serve_app", "serve_owned"]
 
 
 @dataclass
@@ -60,9 +60,13 @@ async def serve_app(
     browser_image: ImageDir | None = None,
     cli_image: ImageDir | None = None,
     cold_deadline_s: float | None = None,
+    prepare_templates: bool = False,
     **app_kwargs: object,
 ) -> AsyncIterator[Api]:
-    """Serve the app until the generator is closed."""
+    """Serve the app until the generator is closed. Templates are built when a test's first VM
+    needs one, not in the background at start (``prepare_templates``), which would compete with
+    the test's own VMs for the CPU."""
+    settings = settings.with_overrides(prepare_templates=prepare_templates)
     backend = QemuBackend(
         state_dir=settings.state_dir,
         template_dir=template_dir,
@@ -94,6 +98,16 @@ async def serve_app(
     finally:
         server.should_exit = True
         await task
+
+
+def linked_copy(image: ImageDir, into: Path) -> ImageDir:
+    """A private image directory of hard links to ``image``'s files: an install into it swaps
+    its own path, never the session's image."""
+    into.mkdir()
+    for item in image.path.iterdir():
+        if item.is_file():
+            (into / item.name).hardlink_to(item)
+    return ImageDir(into)
 
 
 async def serve_owned(

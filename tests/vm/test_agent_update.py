@@ -32,7 +32,7 @@ from hearth.images.manifest import ImageDir
 from hearth.vm.types import VmType
 from hearth_agent import __version__ as BASE_VERSION
 from tests.integration.store_fixtures import *  # noqa: F403
-from tests.vm.api_fixtures import Api, serve_owned
+from tests.vm.api_fixtures import Api, linked_copy, serve_owned
 from tests.vm.test_api import until_pool_holds
 from tests.webhook_receiver import *  # noqa: F403
 from tests.webhook_receiver import WebhookReceiver
@@ -77,16 +77,6 @@ async def updating(
     bundle = AgentBundle.build(version=NEW_VERSION)
     async for api in served(tmp_path, minimal_image, vm_state_dir, bundle):
         yield api
-
-
-def linked_copy(image: ImageDir, into: Path) -> ImageDir:
-    """A private image directory of hard links to ``image``'s files: an install into it swaps
-    its own path, never the session's image."""
-    into.mkdir()
-    for item in image.path.iterdir():
-        if item.is_file():
-            (into / item.name).hardlink_to(item)
-    return ImageDir(into)
 
 
 @pytest.fixture

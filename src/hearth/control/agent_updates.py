@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Literal
@@ -88,9 +89,16 @@ class AgentUpdates:
     """Pushes ``bundle`` into VMs' agents and keeps the last rollout."""
 
     def __init__(
-        self, *, vms: VmService, heartbeat: Heartbeat, settings: Settings, bundle: AgentBundle
+        self,
+        *,
+        vms: VmService,
+        heartbeat: Heartbeat,
+        settings: Settings,
+        bundle: AgentBundle,
+        on_images_changed: Callable[[], None] | None = None,
     ) -> None:
         self.vms = vms
+        self.on_images_changed = on_images_changed
         self.heartbeat = heartbeat
         self.store = vms.store
         self.bundle = bundle
@@ -289,8 +297,11 @@ class AgentUpdates:
             rollout.images_error = exc.message
             _log.error("agent_rollout_images_failed", rollout_id=rollout.id, error=exc.message)
             return
-        if rollout.images_changed and self.vms.pool is not None:
-            rollout.pool_recycled = await self.vms.pool.recycle()
+        if rollout.images_changed:
+            if self.on_images_changed is not None:
+                self.on_images_changed()  # their templates, rebuilt before anyone waits
+            if self.vms.pool is not None:
+                rollout.pool_recycled = await self.vms.pool.recycle()
         _log.info(
             "agent_rollout_images_carried",
             rollout_id=rollout.id,

@@ -74,6 +74,11 @@ class Node(Protocol):
         AgentError when it does not answer in time or answers anything but healthy."""
         ...
 
+    async def prepare(self, vm_type: VmType, spec: VmSpec) -> None:
+        """Build the restore template of ``spec`` on the image of ``vm_type`` if it is missing
+        or stale; ImageNotBuilt when there is no image."""
+        ...
+
     async def install_agent(self, bundle: AgentBundle) -> list[str]:
         """Write ``bundle``'s agent into the images this node boots (each one swapped in
         whole, its restore templates then rebuilt on next use); the images it changed."""

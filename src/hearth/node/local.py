@@ -112,6 +112,10 @@ class LocalNode:
             raise AgentError(f"VM {vm.id}: its agent answers status {health.get('status')!r}")
         return str(health.get("version") or "")
 
+    async def prepare(self, vm_type: VmType, spec: VmSpec) -> None:
+        """The backend's template of ``spec`` on the image of ``vm_type``, built if needed."""
+        await self.backend.prepare(self.images.image_for(vm_type), spec)
+
     async def install_agent(self, bundle: AgentBundle) -> list[str]:
         """``install-agent`` of the bundle's sources into each image a VM type boots (a no-op
         for an image that has them already); the images changed. The template key holds the

@@ -38,6 +38,12 @@ class VmBackend(Protocol):
         setting its clock); returns the token. VmError when it already has one."""
         ...
 
+    async def prepare(self, image: ImageDir, spec: VmSpec) -> None:
+        """Make sure VMs of ``spec`` from ``image`` can be restored from a template: build it
+        now if it is missing or stale (the image changed), so no create waits for it; a no-op
+        for a backend without templates."""
+        ...
+
     def alive(self, vm: Vm) -> bool:
         """True while the VM's VMM process runs."""
         ...

@@ -90,6 +90,11 @@ class BackendLifecycle(ABC, Generic[TemplateT]):
         """Claim an unclaimed (pooled) VM's agent with a fresh token of its own."""
         return await claim_vm(vm)
 
+    async def prepare(self, image: ImageDir, spec: VmSpec) -> None:
+        """Build the template of (image, spec) if there is none yet (templates off: nothing)."""
+        if self.use_templates:
+            await self._template_for(image, spec)
+
     async def wait_exit(self, vm: Vm) -> None:
         """Return once the VM's watcher has seen its process exit (at once when not watched)."""
         watcher = self._watchers.get(vm.id)

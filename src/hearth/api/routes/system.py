@@ -37,6 +37,8 @@ async def health(ctl: Ctl, response: Response) -> dict[str, Any]:
         # Every VMM this controller knows: whether it could run here, and if not, why not.
         "vmms": {vmm.value: check_vmm(ctl.settings, vmm).to_dict() for vmm in Vmm},
         "images": ctl.node.images_status(),
+        # Per VM type, the default size's restore template: building, ready, or why not.
+        "templates": ctl.templates.status(),
         "vms": {"live": len(ctl.vms.live)},
     }
     if not store_ok:
