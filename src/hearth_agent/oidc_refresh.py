@@ -95,7 +95,8 @@ class OidcRefresher:
         self._interval_s = interval_s
         self._clock = clock
         self._format = get_provider(PROVIDER)
-        self._lock = threading.Lock()  # one refresh at a time; guards _config
+        self._round = threading.Lock()  # one refresh at a time
+        self._lock = threading.Lock()  # guards _config: never held over the network
         self._config = self._load()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -133,8 +134,9 @@ class OidcRefresher:
 
     def check_once(self) -> str:
         """Refresh the stored document if it is due; the state after."""
-        with self._lock:
+        with self._round:
             self._check()
+        with self._lock:
             return self._config.status.state
 
     # ---- internals ------------------------------------------------------------------------
@@ -147,12 +149,15 @@ class OidcRefresher:
                 self._logger.error("oidc_refresh_crashed", error_type=type(exc).__name__)
 
     def _check(self) -> None:
-        status = self._config.status
+        with self._lock:
+            status, margin_s, proxy = self._config.status, self._config.margin_s, self._config.proxy
+            refused_sha = status.sha256 if status.state == RefreshState.REFUSED else None
         stored = self._store.read(self._format)
         if stored is None:
-            self._config.status = _Status(refreshes=status.refreshes)
+            with self._lock:
+                self._config.status = _Status(refreshes=status.refreshes)
             return
-        if status.state == RefreshState.REFUSED and status.sha256 == stored.sha256:
+        if refused_sha == stored.sha256:
             return  # that grant is gone; only a new document can help
         try:
             document = self._format.validate(decode_json(stored.content))
@@ -161,13 +166,12 @@ class OidcRefresher:
             return
         expires_at = self._format.expires_at(document)
         now = self._clock()
-        if expires_at is not None and expires_at - now > self._config.margin_s:
+        if expires_at is not None and expires_at - now > margin_s:
             return
         client_id = document.get("client_id")
         if not isinstance(client_id, str):
             self._set(RefreshState.FAILING, stored.sha256, "no_client_id")
             return
-        proxy = self._config.proxy
         try:
             metadata = discover(str(document["issuer"]), proxy=proxy)
             tokens = refresh_grant(
@@ -192,8 +196,7 @@ class OidcRefresher:
         if written is None:
             self._logger.info("oidc_refresh_superseded")  # a delivery replaced the document
             return
-        self._config.status.refreshes += 1
-        self._set(RefreshState.REFRESHED, written.sha256, None)
+        self._set(RefreshState.REFRESHED, written.sha256, None, refreshed=True)
         self._logger.info(
             "oidc_refreshed", sha256=written.sha256, expires_at=self._format.expires_at(
                 decode_json(fresh)
@@ -209,9 +212,13 @@ class OidcRefresher:
             return _Config()  # none saved yet (or unreadable): direct, the default margin
         return _Config(proxy=proxy, margin_s=margin_s)
 
-    def _set(self, state: str, sha256: str | None, error: str | None) -> None:
-        status = self._config.status
-        status.state, status.sha256, status.error, status.at = state, sha256, error, now_iso()
+    def _set(
+        self, state: str, sha256: str | None, error: str | None, *, refreshed: bool = False
+    ) -> None:
+        with self._lock:
+            status = self._config.status
+            status.state, status.sha256, status.error, status.at = state, sha256, error, now_iso()
+            status.refreshes += refreshed
 
     def _get(self, request: Request, params: Mapping[str, str]) -> Response:
         return json_response(200, self.status())
