@@ -15,10 +15,11 @@ here (see the runner contract in ``hearth_agent.login``):
 - The credential file (``providers.CredentialFormat.path`` under the private home) is polled;
   once it parses and validates, its bytes are the captured document. The CLI exiting without it
   fails the login with ``cli_exited``.
-- A CLI killed by a crash signal (SIGSEGV, SIGBUS, SIGILL, SIGABRT, SIGFPE) before it handed over
-  its URL is started once more, in a fresh private directory: Node's JIT under emulation (TCG)
-  was seen to crash Gemini at start now and then. A second crash, or a crash once the user has
-  the URL, fails the login as any other exit does.
+- A CLI killed by a crash signal (SIGSEGV, SIGBUS, SIGILL, SIGABRT, SIGFPE), or ending with one of
+  its recipe's ``crash_exits``, before it handed over its URL is started again (``START_ATTEMPTS``
+  in all), in a fresh private directory: Node under emulation (TCG) was seen to crash Gemini at
+  start now and then, twice in a row once (SIGSEGV, then its WASM layout engine's abort). A last
+  crash, or a crash once the user has the URL, fails the login as any other exit does.
 
 This module runs the login; each CLI's recipe is in ``vendor_catalog``, the prompt answering in
 ``vendor_script`` and the offline status check in ``vendor_status``, whose public names it
@@ -66,11 +67,11 @@ START_TIMEOUT_S = 180.0
 SCREEN_ROWS, SCREEN_COLS = 40, 120
 _POLL_S = 0.2
 HELPER_NAME = "hearth-open-url"
-# Signals that mean the CLI crashed (rather than being told to stop): worth one more start.
+# Signals that mean the CLI crashed (rather than being told to stop): worth another start.
 CRASH_SIGNALS = frozenset(
     {signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGABRT, signal.SIGFPE}
 )
-START_ATTEMPTS = 2
+START_ATTEMPTS = 3
 
 __all__ = [
     "VENDOR_LOGINS",
@@ -135,7 +136,7 @@ class VendorLoginRunner:
         self._fd: int | None = None
         self._thread: threading.Thread | None = None
         self._exit: str | None = None  # how the CLI ended, once reaped
-        self._crashed = False  # ended by one of CRASH_SIGNALS
+        self._crashed = False  # ended by one of CRASH_SIGNALS or the recipe's crash_exits
         self._cancelled = False  # cancel() was called: no further start
         self.screen_text = ""  # the last screen, URLs redacted (for logs and tests)
 
@@ -377,7 +378,9 @@ class VendorLoginRunner:
         if done:
             self._pid = None
             self._exit = _describe_exit(status)
-            self._crashed = os.WIFSIGNALED(status) and os.WTERMSIG(status) in CRASH_SIGNALS
+            self._crashed = (os.WIFSIGNALED(status) and os.WTERMSIG(status) in CRASH_SIGNALS) or (
+                os.WIFEXITED(status) and os.WEXITSTATUS(status) in self._login.crash_exits
+            )
         return bool(done)
 
     def _ended_without_credentials(self, session: LoginSession, credential_file: Path) -> None:

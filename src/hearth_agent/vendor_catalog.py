@@ -38,6 +38,8 @@ class VendorLogin:
     # Directories the CLI expects under its (private) TMPDIR.
     tmp_dirs: tuple[str, ...] = ()
     status_command: tuple[str, ...] | None = None
+    # Exit statuses that mean the CLI's runtime crashed (like a crash signal: worth a new start).
+    crash_exits: tuple[int, ...] = ()
     # Whether the status command's output says "logged in" (given its exit code 0).
     logged_in: Callable[[str], bool] = field(default=lambda output: True)
 
@@ -102,6 +104,9 @@ VENDOR_LOGINS: dict[str, VendorLogin] = {
             # Where it looks for IDE companions; when missing, it prints a stack trace into its
             # own UI, after which its layout engine (yoga, WASM) was seen to abort the process.
             tmp_dirs=("gemini/ide",),
+            # Node's 7: its fatal-exception handler failed, as when that WASM layout engine
+            # aborts ("RuntimeError: Aborted()") under emulation before the URL is out.
+            crash_exits=(7,),
         ),
     )
 }

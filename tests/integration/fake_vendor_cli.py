@@ -11,7 +11,8 @@ MODE: ``dialog`` (answer two prompts, then BROWSER), ``xdg`` (xdg-open, no promp
 (a question no script answers), ``exit`` (hand over the URL, then exit 3 without credentials),
 ``silent`` (never hand over a URL), ``child`` (like ``xdg`` but also leaves a grandchild
 running, which must die with the login), ``crash`` (killed by SIGSEGV at start, every time),
-``crash-once`` (killed by SIGSEGV at its first start in this work root, then like ``xdg``).
+``crash-once`` (killed by SIGSEGV at its first start in this work root, then like ``xdg``),
+``crash-twice`` (SIGSEGV at its first start, exit status 7 at its second, then like ``xdg``).
 The credential document is written to ``$HOME/.codex/auth.json`` when ``$HOME/go`` appears.
 """
 
@@ -72,6 +73,14 @@ def main() -> int:
     if mode == "crash" or (mode == "crash-once" and not first_start.exists()):
         first_start.touch()
         os.kill(os.getpid(), signal.SIGSEGV)
+    second_start = first_start.with_name("fakecli-started-twice")
+    if mode == "crash-twice":
+        if not first_start.exists():
+            first_start.touch()
+            os.kill(os.getpid(), signal.SIGSEGV)
+        if not second_start.exists():
+            second_start.touch()
+            return 7
     if mode == "dialog":
         ask("How would you like to sign in?", ["Browser", "API key"])
         ask("Open the sign-in page in your browser. Do you want to continue?", ["Yes", "No"])

@@ -25,6 +25,7 @@ from hearth_agent.login import LoginRegistry, LoginSession, LoginStatus
 from hearth_agent.metrics import AgentMetrics
 from hearth_agent.providers import SUPPORTED_PROVIDERS, get_provider
 from hearth_agent.vendor import (
+    START_ATTEMPTS,
     VENDOR_LOGINS,
     PromptStep,
     VendorLogin,
@@ -68,13 +69,19 @@ class Harness:
         return True
 
     def runner(
-        self, mode: str, *, steps: tuple[PromptStep, ...] = (), **kwargs: float
+        self,
+        mode: str,
+        *,
+        steps: tuple[PromptStep, ...] = (),
+        crash_exits: tuple[int, ...] = (),
+        **kwargs: float,
     ) -> VendorLoginRunner:
         login = VendorLogin(
             provider="codex",
             command=("fakecli", mode, URL),
             steps=steps,
             waiting=("Waiting for authentication",),
+            crash_exits=crash_exits,
         )
         runner = VendorLoginRunner(
             login,
@@ -209,8 +216,26 @@ def test_a_cli_that_crashes_at_every_start_fails_the_login_naming_the_signal(
         harness.registry.start("codex", harness.runner("crash"))
     assert raised.value.code == "cli_exited"
     assert "killed by SIGSEGV" in raised.value.message
-    assert harness.log.getvalue().count("vendor_cli_crashed_at_start") == 1
+    assert harness.log.getvalue().count("vendor_cli_crashed_at_start") == START_ATTEMPTS - 1
     assert harness.opened == []
+
+
+def test_a_crash_exit_of_the_recipe_counts_as_a_crash_at_start(harness: Harness) -> None:
+    # As Gemini once did under emulation: SIGSEGV, then its runtime's abort (Node's exit 7).
+    session = harness.registry.start("codex", harness.runner("crash-twice", crash_exits=(7,)))
+    assert session.status is LoginStatus.WAITING_FOR_USER
+    assert harness.opened == [URL]
+    log = harness.log.getvalue()
+    assert log.count("vendor_cli_crashed_at_start") == 2
+    assert "killed by SIGSEGV" in log
+    assert "exit status 7" in log
+
+
+def test_an_exit_status_the_recipe_does_not_name_is_no_crash(harness: Harness) -> None:
+    with pytest.raises(VendorStartFailed) as raised:
+        harness.registry.start("codex", harness.runner("crash-twice"))
+    assert "exit status 7" in raised.value.message
+    assert harness.log.getvalue().count("vendor_cli_crashed_at_start") == 1
 
 
 def test_a_cli_that_never_hands_over_a_url_fails_at_the_start_deadline(harness: Harness) -> None:

@@ -37,6 +37,9 @@ class Server:
             "HEARTH_STATE_DIR": str(state),
             "HEARTH_TEMPLATE_DIR": str(templates),
             "HEARTH_LOG_FORMAT": "json",
+            # Templates are built when a test's first VM needs one (the tests count the QEMU
+            # processes under the templates dir), not in the background at start.
+            "HEARTH_PREPARE_TEMPLATES": "0",
         }
         self.log = log
         self.proc: subprocess.Popen[bytes] | None = None
