@@ -73,6 +73,19 @@ class OidcServer:
         assert isinstance(endpoint, str)
         return endpoint
 
+    async def refresh_grant(self, refresh_token: str) -> httpx.Response:
+        """The token endpoint's answer to ``refresh_token`` (grant_type refresh_token), as the
+        public client."""
+        async with httpx.AsyncClient() as client:
+            return await client.post(
+                self.token_endpoint(),
+                data={
+                    "grant_type": "refresh_token",
+                    "refresh_token": refresh_token,
+                    "client_id": self.client_id,
+                },
+            )
+
     def kill(self) -> None:
         """Stop the server by PID (SIGTERM, then SIGKILL) and reap it; idempotent."""
         if self.process.poll() is None:

@@ -25,7 +25,6 @@ from tests.integration.oidc_fixtures import *  # noqa: F403
 from tests.integration.oidc_fixtures import OidcServer
 from tests.integration.test_agent_oidc_proxy import ProxyThread
 from tests.integration.test_api_credentials import oidc_login
-from tests.integration.test_oidc_refresh import refresh_grant
 
 OIDC = get_provider("oidc")
 
@@ -86,7 +85,7 @@ def test_the_refresh_goes_through_the_egress_proxy_and_rotates_the_token(
     for secret in (fresh["refresh_token"], fresh["access_token"], document["refresh_token"]):
         assert secret not in shown
     # The issuer refuses the refresh token the agent used up.
-    reused = asyncio.run(refresh_grant(server, document["refresh_token"]))
+    reused = asyncio.run(server.refresh_grant(document["refresh_token"]))
     assert reused.json()["error"] == "invalid_grant"
 
 

@@ -11,6 +11,7 @@ document is marked ``needs_login`` and a signed ``credential.expired`` reaches a
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -20,12 +21,13 @@ import httpx
 import pytest
 
 from hearth.agent_client import AgentClient
+from hearth.api.context import Controller
 from hearth.config import Settings
 from hearth.events.signing import verify
 from tests.agent_backend import AgentBackend
 from tests.integration.agent_api_fixtures import vm_for
 from tests.integration.api_fixtures import *  # noqa: F403
-from tests.integration.api_fixtures import Api, running_api
+from tests.integration.api_fixtures import running_api
 from tests.integration.conftest import AgentLauncher
 from tests.integration.oidc_fixtures import *  # noqa: F403
 from tests.integration.oidc_fixtures import SHORT_ACCESS_TOKEN_TTL_S, OidcServer
@@ -38,29 +40,24 @@ MARGIN_S = SHORT_ACCESS_TOKEN_TTL_S - 1.0
 T = TypeVar("T")
 
 
-async def until(read: Callable[[], Awaitable[T]], done: Callable[[T], bool], what: str) -> T:
-    """``read()`` again until ``done`` says so (30 s at most)."""
+async def until(
+    read: Callable[[], Awaitable[T]],
+    done: Callable[[T], bool],
+    what: str,
+    *,
+    timeout_s: float = 30.0,
+    every_s: float = 0.1,
+) -> T:
+    """``read()`` again until ``done`` says so (``timeout_s`` at most)."""
     value = await read()
     try:
-        async with asyncio.timeout(30):
+        async with asyncio.timeout(timeout_s):
             while not done(value):
-                await asyncio.sleep(0.1)
+                await asyncio.sleep(every_s)
                 value = await read()
     except TimeoutError:
-        pytest.fail(f"{what}: not within 30 s; last seen: {value!r}")
+        pytest.fail(f"{what}: not within {timeout_s:g} s; last seen: {value!r}")
     return value
-
-
-async def refresh_grant(server: OidcServer, refresh_token: str) -> httpx.Response:
-    async with httpx.AsyncClient() as client:
-        return await client.post(
-            server.token_endpoint(),
-            data={
-                "grant_type": "refresh_token",
-                "refresh_token": refresh_token,
-                "client_id": server.client_id,
-            },
-        )
 
 
 async def revoke(server: OidcServer, refresh_token: str) -> None:
@@ -78,8 +75,9 @@ async def revoke(server: OidcServer, refresh_token: str) -> None:
     assert revoked.status_code == 200, revoked.text
 
 
-async def vault_document(api: Api, user: str) -> dict[str, Any]:
-    document: dict[str, Any] = json.loads(await api.ctl.credentials.document(user, "oidc"))
+async def vault_document(ctl: Controller, user: str) -> dict[str, Any]:
+    """The user's ``oidc`` document as the vault holds it."""
+    document: dict[str, Any] = json.loads(await ctl.credentials.document(user, "oidc"))
     return document
 
 
@@ -129,7 +127,7 @@ async def test_the_vm_refreshes_the_vault_follows_and_a_refused_refresh_needs_lo
         # The pull-back brings the refreshed document into the vault: a later expiry and the
         # rotated refresh token, held by this VM.
         pulled = await until(
-            lambda: vault_document(api, "ann"),
+            functools.partial(vault_document, api.ctl, "ann"),
             lambda d: d["refresh_token"] != first["refresh_token"],
             "the refreshed document in the vault",
         )
@@ -140,7 +138,7 @@ async def test_the_vm_refreshes_the_vault_follows_and_a_refused_refresh_needs_lo
         assert record.delivered_to_vm_id == vm_id
         assert record.source.value == "pulled_back"
         # The provider refuses the refresh token the VM used up.
-        reused = await refresh_grant(short_lived, first["refresh_token"])
+        reused = await short_lived.refresh_grant(first["refresh_token"])
         assert reused.status_code == 400, reused.text
         assert reused.json()["error"] == "invalid_grant"
 

@@ -11,6 +11,7 @@ refreshed document into the vault.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from tests.integration.oidc_fixtures import *  # noqa: F403
 from tests.integration.oidc_fixtures import SHORT_ACCESS_TOKEN_TTL_S, OidcServer
 from tests.integration.store_fixtures import *  # noqa: F403
 from tests.integration.test_api_credentials import oidc_login
-from tests.integration.test_oidc_refresh import refresh_grant
+from tests.integration.test_oidc_refresh import until, vault_document
 from tests.vm.api_fixtures import serve_owned
 from tests.vm.test_api import sqlite_only
 
@@ -78,21 +79,26 @@ async def test_the_vm_refreshes_through_its_egress_path_and_the_vault_follows(
             network = (await admin.get(f"/api/vms/{vm_id}/network")).json()
             assert issuer in network["allow"], network
             agent = AgentClient(created.json()["agentUrl"], api.ctl.vms.agent_token(vm_id))
-            async with asyncio.timeout(WAIT_S):
-                while (state := await agent.refresh_state())["refreshes"] < 1:
-                    await asyncio.sleep(0.5)
+            state = await until(
+                agent.refresh_state,
+                lambda s: s["refreshes"] >= 1,
+                "the agent's first refresh",
+                timeout_s=WAIT_S,
+                every_s=0.5,
+            )
             assert state["state"] == "refreshed", state
             assert state["proxy"] == api.ctl.networks.proxy_url(vm_id)
-            async with asyncio.timeout(WAIT_S):
-                while True:
-                    vault = json.loads(await api.ctl.credentials.document("ann", "oidc"))
-                    if vault["refresh_token"] != first["refresh_token"]:
-                        break
-                    await asyncio.sleep(0.2)
+            vault = await until(
+                functools.partial(vault_document, api.ctl, "ann"),
+                lambda d: d["refresh_token"] != first["refresh_token"],
+                "the refreshed document in the vault",
+                timeout_s=WAIT_S,
+                every_s=0.2,
+            )
             traffic = (await admin.get(f"/api/vms/{vm_id}/network")).json()["traffic"]
         # Each refresh is two tunnels through the VM's path (discovery, the token endpoint).
         assert traffic["tunnels"] >= 2 * state["refreshes"], traffic
         assert traffic["refused"] == 0, traffic
         assert vault["expires_at"] > first["expires_at"]
-        reused = await refresh_grant(server, str(first["refresh_token"]))
+        reused = await server.refresh_grant(str(first["refresh_token"]))
         assert reused.json()["error"] == "invalid_grant"

@@ -71,7 +71,7 @@ class RolloutOut(WireModel):
     vms: list[RolloutVm]
     images_changed: list[str] = Field(
         description="once every VM took the version: the images written with it (new VMs "
-        "carry it; their restore templates are rebuilt on next use)"
+        "carry it; their restore templates are rebuilt)"
     )
     pool_recycled: int = Field(description="pooled VMs replaced by ones on the new images")
     images_error: str | None = Field(

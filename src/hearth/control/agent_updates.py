@@ -9,7 +9,8 @@ grace for the restart): then ``agent.updated``; else it waits for the previous v
 again and reports ``agent.update_failed`` with the guard's reason. An update is refused (409)
 while a login or a run is in progress in the VM, unless forced. A rollout updates every ready
 VM whose agent differs from the bundle, at most ``maxUnavailable`` at once; once all took it,
-the bundle is written into the node's images (their restore templates rebuilt on next use) and
+the bundle is written into the node's images (their restore templates rebuilt in the
+background, ``hearth.control.templates``) and
 the warm pool's VMs are replaced, so new VMs carry it too.
 """
 
@@ -73,8 +74,8 @@ class Rollout:
     results: dict[str, UpdateResult] = field(default_factory=dict)
     updating: set[str] = field(default_factory=set)
     max_concurrent: int = 0
-    # Once every VM runs the bundle: the images written with it (their templates rebuilt on
-    # next use), the pooled VMs replaced, or why the images were left as they were.
+    # Once every VM runs the bundle: the images written with it (their templates then
+    # rebuilt), the pooled VMs replaced, or why the images were left as they were.
     images_changed: list[str] = field(default_factory=list)
     pool_recycled: int = 0
     images_error: str | None = None
@@ -284,7 +285,7 @@ class AgentUpdates:
 
     async def _carry_into_images(self, rollout: Rollout) -> None:
         """Every VM took the bundle: write it into the node's images too, so that new VMs (from
-        templates rebuilt on next use) carry it, and replace the pooled VMs, which run the old
+        templates rebuilt on them) carry it, and replace the pooled VMs, which run the old
         one. A rollout with a VM that did not take it leaves the images alone."""
         failed = [r.vm_id for r in rollout.results.values() if r.status in _NOT_TAKEN]
         if failed:
