@@ -9,6 +9,7 @@ of their own, alive until destroyed or ``kill``-ed. They have no agent: tests of
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import secrets
 import time
 from pathlib import Path
@@ -128,8 +129,9 @@ class FakeBackend:
         vm.move_to(VmState.DESTROYED)
 
     async def list_running(self) -> list[Vm]:
-        """The VMs alive now (a fake's VMs do not outlive its process)."""
-        return list(self.running.values())
+        """The VMs alive now (a fake's VMs do not outlive its process), each a fresh copy
+        without its token: a real backend rebuilds them from its records, which hold none."""
+        return [dataclasses.replace(vm, token=None) for vm in self.running.values()]
 
     async def reap(self, keep: set[str]) -> list[str]:
         """Destroy every running VM not in ``keep``."""

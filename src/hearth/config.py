@@ -11,12 +11,16 @@ from typing import TypeVar
 
 from hearth.errors import ConfigError
 from hearth.versions import parse_version
+from hearth.vm.types import LifetimeAction
 
 _DEFAULT_STATE_DIR = Path("/var/lib/hearth")
 _DEFAULT_CACHE_DIR = Path("/var/cache/hearth")
 _APT_SOURCES = (Path("/etc/apt/sources.list"), Path("/etc/apt/sources.list.d"))
 MIB = 1024 * 1024
 SQLITE_FILE_NAME = "hearth.db"
+# The longest timeoutS / idleTimeoutS a VM may have (30 days); what either may do when it ends.
+MAX_TIMEOUT_S = 30 * 24 * 3600
+ACTIONS = tuple(action.value for action in LifetimeAction)
 N = TypeVar("N", int, float)
 
 
@@ -121,6 +125,13 @@ class Settings:
     # The agent in a CLI VM refreshes an oidc document this long before its access token
     # expires.
     oidc_refresh_margin_s: float = 60.0
+    # Lifetimes of users' CLI VMs (hearth.control.lifetimes), the defaults of a create's
+    # timeoutS and idleTimeoutS (0: none) and what each does; how often they are checked.
+    vm_timeout_s: int = 0
+    vm_timeout_action: str = "destroy"
+    vm_idle_timeout_s: int = 0
+    vm_idle_action: str = "pause"
+    lifetime_check_interval_s: float = 5.0
     # Benchmarks and tests only: forward each Browser VM's Chromium DevTools to a loopback port,
     # where any local process could drive the login browser. Off, nothing but VNC is forwarded.
     browser_devtools: bool = False
@@ -259,6 +270,13 @@ class Settings:
                 env, "HEARTH_PULLBACK_INTERVAL_S", 900.0, 0.05, 7 * 24 * 3600.0
             ),
             oidc_refresh_margin_s=_float(env, "HEARTH_OIDC_REFRESH_MARGIN_S", 60.0, 0.0, 86_400.0),
+            vm_timeout_s=_int(env, "HEARTH_VM_TIMEOUT_S", 0, 0, MAX_TIMEOUT_S),
+            vm_timeout_action=_choice(env, "HEARTH_VM_TIMEOUT_ACTION", "destroy", ACTIONS),
+            vm_idle_timeout_s=_int(env, "HEARTH_VM_IDLE_TIMEOUT_S", 0, 0, MAX_TIMEOUT_S),
+            vm_idle_action=_choice(env, "HEARTH_VM_IDLE_ACTION", "pause", ACTIONS),
+            lifetime_check_interval_s=_float(
+                env, "HEARTH_LIFETIME_CHECK_INTERVAL_S", 5.0, 0.05, 3600.0
+            ),
         )
 
     def with_overrides(self, **changes: object) -> Settings:

@@ -25,13 +25,16 @@ from hearth.agent_bundle import AgentBundle
 from hearth.auth.delivery import Delivery
 from hearth.auth.flow import AuthFlow
 from hearth.config import Settings
+from hearth.control.agent_tokens import AgentTokens
 from hearth.control.agent_updates import AgentUpdates
 from hearth.control.bootstrap import ensure_admin_key, open_store
 from hearth.control.execs import ExecService
 from hearth.control.files import FileService
 from hearth.control.heartbeat import Heartbeat
+from hearth.control.lifetimes import Lifetimes
 from hearth.control.network import CliNetworks, provider_hosts
 from hearth.control.quotas import Quotas
+from hearth.control.reconcile import reconcile
 from hearth.control.runs import RunService
 from hearth.control.templates import TemplateWarmer
 from hearth.control.terminals import TerminalService
@@ -67,6 +70,7 @@ class ControlPlane:
     credentials: CredentialService
     vms: VmService
     execs: ExecService
+    lifetimes: Lifetimes
     files: FileService
     runs: RunService
     terminals: TerminalService
@@ -142,6 +146,7 @@ async def open_hearth(
             node=node,
             metrics=metrics,
             quotas=quotas or Quotas.from_settings(settings),
+            tokens=AgentTokens(vault),
             pool_sizes={VmType.CLI: settings.pool_cli, VmType.BROWSER: settings.pool_browser},
             before_destroy=[pullback.before_destroy],
             networks=networks if settings.cli_egress == "proxy" else None,
@@ -169,7 +174,8 @@ async def open_hearth(
             metrics=metrics,
         )
         teardown.push("stop the login flows", auth.shutdown)
-        execs = ExecService(settings=settings, vms=vms, networks=networks)
+        lifetimes = Lifetimes(vms=vms, settings=settings)
+        execs = ExecService(settings=settings, vms=vms, networks=networks, lifetimes=lifetimes)
         runs = RunService(settings=settings, store=store, vms=vms, execs=execs)
         teardown.push("stop reading the runs", runs.shutdown)
         terminals = TerminalService(execs=execs, link_ttl_s=settings.terminal_link_ttl_s)
@@ -179,7 +185,7 @@ async def open_hearth(
         )
         dispatcher.start()
         teardown.push("stop delivering webhooks", dispatcher.stop)
-        await vms.reconcile()
+        await reconcile(vms)
         await auth.recover()
         await runs.recover()
         templates = TemplateWarmer(vms=vms, enabled=settings.prepare_templates)
@@ -206,6 +212,7 @@ async def open_hearth(
         for name, loop in [
             ("stop watching credential expiry", expiry.run()),
             ("stop pulling credentials back", pullback.run(vms, settings.pullback_interval_s)),
+            ("stop ending VMs whose time is up", lifetimes.run()),
         ]:
             teardown.push(name, functools.partial(_cancel, asyncio.create_task(loop)))
         control = ControlPlane(
@@ -215,6 +222,7 @@ async def open_hearth(
             credentials=credentials,
             vms=vms,
             execs=execs,
+            lifetimes=lifetimes,
             files=FileService(settings=settings, vms=vms, execs=execs),
             runs=runs,
             terminals=terminals,

@@ -16,8 +16,10 @@ import pytest
 
 from hearth.errors import VmError
 from hearth.vm.backend import VmBackend
+from hearth.vm.host import LEGACY_TOKEN_FILE
 from hearth.vm.types import BootMode, VmState
 from tests.contract.conftest import Contract
+from tests.files import files_holding
 
 pytestmark = pytest.mark.slow
 
@@ -37,7 +39,9 @@ async def test_a_created_vm_is_ready_claimed_alive_and_listed_until_destroyed(
     assert vm.token, "a VM created with claim=True carries its own token"
     assert vm.ready_at is not None
     assert backend.alive(vm)
-    assert vm.id in {running.id for running in await backend.list_running()}
+    listed = {running.id: running for running in await backend.list_running()}
+    # The backend keeps no token: the control plane keeps it, sealed (a listed VM has none).
+    assert listed[vm.id].token is None
     assert isinstance(backend.console_tail(vm, 5), str)
 
     await backend.destroy(vm)
@@ -144,3 +148,23 @@ async def test_leftovers_are_read_from_the_host_by_a_fresh_backend(host_contract
     finally:
         await backend.destroy(vm)
     assert fresh.leftovers() == []
+
+
+async def test_no_agent_token_is_kept_in_clear_on_the_host(host_contract: Contract) -> None:
+    backend = host_contract.backend
+    assert host_contract.reopen is not None
+    vm = await backend.create(host_contract.image, host_contract.spec)
+    try:
+        assert vm.token is not None
+        assert vm.workdir is not None
+        assert files_holding(vm.workdir, vm.token.encode()) == []
+        # A token an older controller kept in clear in the work dir is read once by a fresh
+        # backend (the control plane then seals it) and removed by the reap that keeps the VM.
+        (vm.workdir / LEGACY_TOKEN_FILE).write_text(vm.token)
+        fresh = host_contract.reopen()
+        [listed] = [found for found in await fresh.list_running() if found.id == vm.id]
+        assert listed.token == vm.token
+        assert vm.id not in await fresh.reap(keep={vm.id})
+        assert files_holding(vm.workdir, vm.token.encode()) == []
+    finally:
+        await backend.destroy(vm)

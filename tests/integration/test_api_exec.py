@@ -202,7 +202,10 @@ async def test_who_may_run_what_and_where(api_agents: Api) -> None:
     )
     as_admin = await stream(api, "POST", f"/api/vms/{vm_id}/exec", api.headers(), json=body)
     assert exit_of(as_admin)["code"] == 0
-    # A paused VM, and a Browser VM, run nothing: 409 naming why.
+    # A paused VM that does not resume by itself, and a Browser VM, run nothing: 409 naming why
+    # (with autoResume, the default, the call resumes it: tests/integration/test_api_lifetimes).
+    no_auto = {"autoResume": False}
+    assert (await api.client.patch(f"/api/vms/{vm_id}", json=no_auto, headers=ann)).is_success
     assert (await api.client.post(f"/api/vms/{vm_id}/pause", headers=ann)).status_code == 200
     refused = assert_error(
         await api.client.post(f"/api/vms/{vm_id}/exec", json=body, headers=ann), 409, "conflict"

@@ -353,6 +353,9 @@ async def test_another_users_vm_is_404_on_every_files_route(files_api: Api) -> N
 async def test_a_paused_vm_or_a_browser_vm_is_409_naming_why(files_api: Api) -> None:
     api = files_api
     vm_id, ann = await new_vm(api, "ann")
+    # Without autoResume (with it, a file call resumes the VM: test_api_lifetimes).
+    no_auto = {"autoResume": False}
+    assert (await api.client.patch(f"/api/vms/{vm_id}", json=no_auto, headers=ann)).is_success
     assert (await api.client.post(f"/api/vms/{vm_id}/pause", headers=ann)).status_code == 200
     files = f"/api/vms/{vm_id}/files"
     for call in (

@@ -271,7 +271,12 @@ async def test_runs_of_another_user_are_not_found(api_runs: Api) -> None:
 
 
 async def test_a_paused_vm_refuses_a_run_naming_its_status(api_runs: Api) -> None:
+    """Without autoResume (with it, the run's call resumes the VM: test_api_lifetimes)."""
     vm_id, headers = await logged_in_vm(api_runs, "kim")
+    no_auto = {"autoResume": False}
+    assert (
+        await api_runs.client.patch(f"/api/vms/{vm_id}", json=no_auto, headers=headers)
+    ).is_success
     paused = await api_runs.client.post(f"/api/vms/{vm_id}/pause", headers=headers)
     assert paused.status_code == 200, paused.text
     answer = await api_runs.client.post(

@@ -209,6 +209,9 @@ async def test_a_vm_that_is_not_ready_or_a_browser_vm_is_409_naming_why(live_api
     client, ann = live_api.api.client, live_api.api.headers(live_api.keys["ann"])
     vm_id = await new_vm(live_api, "ann")
     link = await open_link(live_api, vm_id, live_api.keys["ann"])
+    # Without autoResume (with it, opening a terminal resumes the VM: test_api_lifetimes).
+    no_auto = {"autoResume": False}
+    assert (await client.patch(f"/api/vms/{vm_id}", json=no_auto, headers=ann)).is_success
     assert (await client.post(f"/api/vms/{vm_id}/pause", headers=ann)).status_code == 200
 
     paused = assert_error(

@@ -109,6 +109,11 @@ def test_sync_client_creates_lists_gets_pauses_resumes_and_destroys_a_vm(ann: He
     assert vm.pause() is vm
     assert vm.status == VmStatus.PAUSED
     assert vm.resume().status == "ready"
+    assert vm.set_lifetime(timeout_s=3600, idle_action="destroy") is vm
+    assert (vm.timeout_s, vm.idle_action, vm.idle_timeout_s) == (3600, "destroy", None)
+    assert vm.set_lifetime(timeout_s=None).timeout_s is None
+    with pytest.raises(TypeError, match="not lifetime fields: lifetime_s"):
+        vm.set_lifetime(lifetime_s=5)
     assert vm.destroy().status == "destroyed"
     assert isinstance(vm.destroyed_at, datetime)
     assert vm.refresh().status == "destroyed"
@@ -266,7 +271,11 @@ async def test_async_client_manages_vms_and_runs_commands_in_process(inproc: Api
 
         assert (await vm.pause()).status == "paused"
         assert (await vm.resume()).status == "ready"
+        assert (await vm.set_lifetime(idle_timeout_s=600)).idle_timeout_s == 600
         assert (await vm.destroy()).status == "destroyed"
+        timed = await ann.vms.create("cli", lifetime={"timeout_s": 60, "auto_resume": False})
+        assert (timed.timeout_s, timed.auto_resume) == (60, False)
+        await timed.destroy()
         assert (await vm.refresh()).status == "destroyed"
 
 

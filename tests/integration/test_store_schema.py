@@ -32,18 +32,20 @@ from hearth.store import (
 from hearth.store.database import normalise_url
 from hearth.store.models import Base
 from hearth.store.records import CredentialSource
-from hearth.vm.types import BootMode, VmState, VmType
+from hearth.vm.types import BootMode, LifetimeAction, VmState, VmType
 from hearth_agent.wire import Provider
 from tests.integration.store_fixtures import *  # noqa: F403
 from tests.integration.store_fixtures import TEST_KEY_SECRET, OpenStore, new_vm
 
-HEAD = "0008"
+HEAD = "0010"
 
 # Every status-like column and the enum whose values it must hold.
 ENUM_COLUMNS: list[tuple[str, str, type[StrEnum]]] = [
     ("vms", "status", VmState),
     ("vms", "vm_type", VmType),
     ("vms", "boot_mode", BootMode),
+    ("vms", "timeout_action", LifetimeAction),
+    ("vms", "idle_action", LifetimeAction),
     ("auth_sessions", "status", AuthStatus),
     ("runs", "status", RunStatus),
     ("webhook_deliveries", "status", DeliveryStatus),
@@ -61,6 +63,8 @@ MIGRATED_VALUE_LISTS: dict[str, frozenset[str]] = {
     "ck_vms_status": values_of(VmState),
     "ck_vms_vm_type": values_of(VmType),
     "ck_vms_boot_mode": values_of(BootMode),
+    "ck_vms_timeout_action": values_of(LifetimeAction),
+    "ck_vms_idle_action": values_of(LifetimeAction),
     "ck_auth_sessions_status": values_of(AuthStatus),
     "ck_credentials_source": values_of(CredentialSource),
     "ck_credentials_provider": values_of(Provider),

@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 from hearth.network.namespace import list_namespaces
+from tests.files import files_holding
 from tests.vm.conftest import qemu_pids_under
 from tests.vm.server_fixtures import *  # noqa: F403
 from tests.vm.server_fixtures import Server
@@ -64,6 +65,16 @@ def test_kill_9_while_vms_boot_loses_no_row_and_leaks_nothing_after_restart(
         timeout=10,
     )
     assert health.status_code == 200
+    # The restarted controller reached the agent itself, with the token it unsealed from the
+    # store: no file on the host holds that token in clear (nor did one before the restart).
+    ran = httpx.post(
+        f"{server.url}/api/vms/{vm['id']}/exec?wait=false",
+        json={"cmd": ["true"]},
+        headers=auth,
+        timeout=30,
+    )
+    assert ran.status_code == 202, ran.text
+    assert files_holding(tmp_path, vm["agentToken"].encode()) == []
     deleted = httpx.delete(f"{server.url}/api/vms/{vm['id']}", headers=auth, timeout=30)
     assert deleted.json()["status"] == "destroyed"
     assert qemu_pids_under(tmp_path) == []

@@ -35,7 +35,8 @@ from hearth.vm.backend import VmBackend
 
 class ObserveRequests:
     """Every HTTP request gets an id (``X-Request-Id``, bound into the log context) and is counted
-    and timed in the metrics under its route template.
+    and timed in the metrics under its route template; one that succeeded on a route naming a VM
+    counts as use of that VM (its idleTimeoutS starts over).
 
     A plain ASGI middleware: unlike ``@app.middleware("http")`` it adds no task and no stream per
     request, which is most of what that wrapper costs.
@@ -75,6 +76,9 @@ class ObserveRequests:
                 ctl.metrics.http_latency.labels(route=template).observe(
                     time.perf_counter() - started
                 )
+                vm_id = scope.get("path_params", {}).get("vm_id")
+                if isinstance(vm_id, str) and status < 400:
+                    ctl.lifetimes.touch(vm_id)
             structlog.contextvars.unbind_contextvars("request_id")
 
 

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import datetime
 from typing import Annotated, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 from pydantic.alias_generators import to_camel
 
+from hearth.config import MAX_TIMEOUT_S
+from hearth.control.lifetimes import Lifetime, used_s
 from hearth.store import ApiKeyRecord, VmRecord
+from hearth.store.records import utc_now
 from hearth.versions import is_outdated
-from hearth.vm.types import MAX_MEM_MIB, MAX_VCPUS, MIN_MEM_MIB
+from hearth.vm.types import MAX_MEM_MIB, MAX_VCPUS, MIN_MEM_MIB, LifetimeAction
 
 UserId = Annotated[
     str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._@-]*$")
@@ -32,13 +36,51 @@ class WireModel(BaseModel):
         return cls.model_validate({**values, **wire_only})
 
 
-class VmCreate(WireModel):
-    """``POST /api/vms``."""
+TimeoutS = Annotated[StrictInt, Field(ge=1, le=MAX_TIMEOUT_S)]
+Action = Literal["pause", "destroy"]
+
+
+class VmLifetimeFields(WireModel):
+    """A CLI VM's lifetime: ``timeoutS`` running seconds (paused time does not count) and
+    ``idleTimeoutS`` seconds without use, each then doing its action; ``autoResume``: a call
+    that needs the VM running resumes it when paused. A timeout given as null is no limit; a
+    field not given (or an action given as null) keeps its value, at creation the controller's
+    default (``HEARTH_VM_TIMEOUT_S``, ``HEARTH_VM_IDLE_TIMEOUT_S`` and their actions)."""
+
+    timeout_s: TimeoutS | None = Field(None, description="Running seconds it may live")
+    timeout_action: Action | None = Field(None, description="What the end of timeoutS does")
+    idle_timeout_s: TimeoutS | None = Field(None, description="Seconds unused before idleAction")
+    idle_action: Action | None = Field(None, description="What the end of idleTimeoutS does")
+    auto_resume: StrictBool | None = Field(
+        None, description="Resume the VM when paused and a call needs it (default true)"
+    )
+
+    def lifetime(self, base: Lifetime) -> Lifetime:
+        """``base`` with the fields this body gives (the others as they were)."""
+        given = {name: getattr(self, name) for name in self.model_fields_set & LIFETIME_FIELDS}
+        for name in ("timeout_action", "idle_action", "auto_resume"):
+            if given.get(name, "") is None:
+                del given[name]
+        for name in ("timeout_action", "idle_action"):
+            if name in given:
+                given[name] = LifetimeAction(given[name])
+        return dataclasses.replace(base, **given)
+
+
+LIFETIME_FIELDS = frozenset(VmLifetimeFields.model_fields)
+
+
+class VmCreate(VmLifetimeFields):
+    """``POST /api/vms`` (lifetime fields not given take the settings' defaults)."""
 
     user_id: UserId | None = None
     vm_type: Literal["cli", "browser"] = "cli"
     vcpus: Annotated[StrictInt, Field(ge=1, le=MAX_VCPUS)] | None = None
     mem_mib: Annotated[StrictInt, Field(ge=MIN_MEM_MIB, le=MAX_MEM_MIB)] | None = None
+
+
+class VmLifetimePatch(VmLifetimeFields):
+    """``PATCH /api/vms/{id}``: the fields given are set, the others kept."""
 
 
 class VmOut(WireModel):
@@ -65,6 +107,12 @@ class VmOut(WireModel):
         False, description="Whether that version is below HEARTH_AGENT_MIN_VERSION"
     )
     agent_token: str | None = None
+    timeout_s: int | None = None
+    timeout_action: str = "destroy"
+    idle_timeout_s: int | None = None
+    idle_action: str = "pause"
+    auto_resume: bool = True
+    lifetime_used_s: float = Field(0.0, description="Running seconds used of timeoutS so far")
 
     @classmethod
     def of(
@@ -75,6 +123,7 @@ class VmOut(WireModel):
             record,
             agent_outdated=is_outdated(record.agent_version, min_agent_version),
             agent_token=agent_token,
+            lifetime_used_s=round(used_s(record, utc_now()), 3),
         )
 
 

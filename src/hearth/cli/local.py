@@ -16,7 +16,6 @@ from hearth.errors import HearthError, NotAnImage
 from hearth.images.build import default_output_dir
 from hearth.images.manifest import ImageDir
 from hearth.images.recipes import get_recipe
-from hearth.vm.host import TOKEN_FILE
 from hearth.vm.select import open_backend
 from hearth.vm.types import BootMode, NetworkMode, VmSpec
 
@@ -60,16 +59,14 @@ async def _vm_run(
         vm = await backend.create(image_dir, spec, boot_mode=BootMode.COLD if cold else None)
     assert vm.workdir is not None
     assert vm.token is not None
-    token_file = vm.workdir / TOKEN_FILE  # kept there (0600) by the claim
     table = Table(title=f"VM {vm.id}", show_header=False)
     table.add_row("state", vm.state.value)
     table.add_row("boot", f"{vm.boot_mode.value} via {backend.accel.name} ({backend.accel.reason})")
     table.add_row("time to healthy", f"{vm.time_to_healthy_s or 0:.2f} s")
     table.add_row("agent", f"{vm.agent_url}")
     table.add_row("disk added", f"{(vm.disk_bytes or 0) / 1024:.0f} KiB (copy-on-write layer)")
-    table.add_row(
-        "try", f'curl -H "Authorization: Bearer $(cat {token_file})" {vm.agent_url}/version'
-    )
+    # Shown here once: this command keeps the VM's token nowhere (it lives as long as the VM).
+    table.add_row("try", f'curl -H "Authorization: Bearer {vm.token}" {vm.agent_url}/version')
     console.print(table)
     try:
         if not once:

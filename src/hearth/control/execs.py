@@ -16,6 +16,7 @@ from typing import Any
 
 from hearth.agent_client import AgentClient, AgentEvent
 from hearth.config import Settings
+from hearth.control.lifetimes import Lifetimes
 from hearth.control.network import CliNetworks
 from hearth.control.vms import VmService
 from hearth.errors import Conflict
@@ -55,14 +56,19 @@ class ExecEvent:
 class ExecService:
     """Starts commands in CLI VMs and relays their events, stdin and signals."""
 
-    def __init__(self, *, settings: Settings, vms: VmService, networks: CliNetworks) -> None:
+    def __init__(
+        self, *, settings: Settings, vms: VmService, networks: CliNetworks, lifetimes: Lifetimes
+    ) -> None:
         self.settings = settings
         self.vms = vms
         self.networks = networks
+        # Every call here is use of the VM; a paused one is resumed first (its autoResume).
+        self.lifetimes = lifetimes
 
     async def runnable(self, vm_id: str, user_id: str | None) -> VmRecord:
         """A VM the caller may use (NotFound otherwise) that can run commands: a ready CLI VM
-        (Conflict naming what it is otherwise). Every route that works inside a VM asks this."""
+        (Conflict naming what it is otherwise; a paused one is resumed first unless its
+        autoResume is off). Every route that works inside a VM asks this: it counts as use."""
         record = await self.vms.get(vm_id, user_id=user_id)
         if record.vm_type is not VmType.CLI:
             raise Conflict(
@@ -70,6 +76,7 @@ class ExecService:
                 "are for CLI VMs "
                 "(a Browser VM serves one login)"
             )
+        record = await self.lifetimes.ensure_running(record)
         if record.status is not VmState.READY:
             raise Conflict(f"VM {vm_id} is {record.status.value}; it must be ready for this")
         return record
@@ -84,6 +91,7 @@ class ExecService:
         """Start the command; ``{"execId", "pid"}``. TooManyRunning past the per-VM cap."""
         agent = await self.agent(vm_id, user_id)
         started = await agent.exec_start(self.agent_request(vm_id, request))
+        self.lifetimes.started_exec(vm_id, str(started["exec_id"]))
         return {"execId": str(started["exec_id"]), "pid": int(started["pid"])}
 
     def agent_request(self, vm_id: str, request: ExecRequest) -> dict[str, Any]:
@@ -113,6 +121,8 @@ class ExecService:
     ) -> AsyncIterator[ExecEvent]:
         """The command's events after id ``after``, as they happen, ending with ``exit``."""
         agent = await self.agent(vm_id, user_id)
+        # Followed (a run's pump after a restart, a terminal): the VM is in use while it runs.
+        self.lifetimes.started_exec(vm_id, exec_id)
         async for event in agent.exec_events(exec_id, after=after):
             yield ExecEvent.of(event)
 

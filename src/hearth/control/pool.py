@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import time
 from typing import TYPE_CHECKING
 
@@ -18,18 +17,15 @@ from hearth.errors import CapacityExhausted, HearthError
 from hearth.events.types import EventType
 from hearth.logging import get_logger
 from hearth.store import VmRecord
+from hearth.store.records import utc_now
 from hearth.vm.types import VmSpec, VmState, VmType
 
 if TYPE_CHECKING:
+    from hearth.control.lifetimes import Lifetime
     from hearth.control.vms import VmService
 
 _log = get_logger("control.pool")
 POOL_USER = "hearth-pool"  # the owner of pooled VMs' rows until one is handed out
-
-
-def token_hash(token: str) -> str:
-    """What the store keeps of a VM's agent token."""
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 class WarmPool:
@@ -86,8 +82,9 @@ class WarmPool:
         """How many ready VMs of a type wait in the pool."""
         return len(self._ready[vm_type])
 
-    async def take(self, user_id: str, spec: VmSpec) -> VmRecord | None:
-        """Hand a pooled VM matching ``spec`` to ``user_id``, claimed; None when none waits."""
+    async def take(self, user_id: str, spec: VmSpec, lifetime: Lifetime) -> VmRecord | None:
+        """Hand a pooled VM matching ``spec`` to ``user_id``, claimed, its ``lifetime``
+        starting now; None when none waits."""
         if spec != self.spec(spec.vm_type):
             return None
         started = time.monotonic()
@@ -102,7 +99,10 @@ class WarmPool:
                     vm_id,
                     user_id=user_id,
                     pooled=False,
-                    token_hash=token_hash(token),
+                    **self.service.tokens.fields(vm_id, token),
+                    **lifetime.fields(),
+                    lifetime_used_s=0.0,
+                    running_since=utc_now(),
                     agent_version=vm.agent_version,
                 )
             except HearthError as exc:

@@ -12,8 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from hearth.config import Settings
+from hearth.control.agent_tokens import AgentTokens
+from hearth.control.lifetimes import Lifetime, running_fields
 from hearth.control.network import CliNetworks
-from hearth.control.pool import POOL_USER, WarmPool, token_hash
+from hearth.control.pool import POOL_USER, WarmPool
 from hearth.control.quotas import Quotas
 from hearth.errors import Conflict, HearthError, NotFound, VmError
 from hearth.events.log import EventLog
@@ -23,6 +25,7 @@ from hearth.metrics import ControllerMetrics
 from hearth.node.interface import Node
 from hearth.periodic import every
 from hearth.store import Store, VmRecord
+from hearth.store.records import utc_now
 from hearth.vm.host import new_vm_id
 from hearth.vm.types import NetworkMode, Vm, VmSpec, VmState, VmType
 
@@ -56,6 +59,7 @@ class VmService:
         node: Node,
         metrics: ControllerMetrics,
         quotas: Quotas,
+        tokens: AgentTokens,
         pool_sizes: dict[VmType, int] | None = None,
         before_destroy: Sequence[BeforeDestroy] = (),
         networks: CliNetworks | None = None,
@@ -66,6 +70,8 @@ class VmService:
         self.node = node
         self.metrics = metrics
         self.quotas = quotas
+        # Agent tokens sealed into the VMs' rows, for a controller that restarts.
+        self.tokens = tokens
         # CLI VMs' egress paths (None: CLI VMs have no way out at all).
         self.networks = networks
         # Where vm.ready and vm.failed are told (None: nowhere; tests of other parts).
@@ -99,17 +105,27 @@ class VmService:
         )
 
     async def create(
-        self, *, user_id: str, spec: VmSpec, wait: bool = True, pooled: bool = False
+        self,
+        *,
+        user_id: str,
+        spec: VmSpec,
+        wait: bool = True,
+        pooled: bool = False,
+        lifetime: Lifetime | None = None,
     ) -> VmRecord:
-        """Admit, persist and boot a VM; with ``wait`` return it healthy, else at once."""
+        """Admit, persist and boot a VM; with ``wait`` return it healthy, else at once. A user's
+        CLI VM gets ``lifetime`` (default: the settings'); pooled and Browser VMs get none."""
         owner = POOL_USER if pooled else user_id
+        if pooled or spec.vm_type is not VmType.CLI:
+            lifetime = Lifetime()
+        lifetime = lifetime or Lifetime.defaults(self.settings)
         self.node.check_image(spec.vm_type)
         await self.store.users.ensure(owner)
         async with self._admission:
             if not pooled:
                 await self.quotas.admit_user(self.store, user_id=user_id, spec=spec)
                 if self.pool is not None:
-                    handed = await self.pool.take(user_id, spec)
+                    handed = await self.pool.take(user_id, spec, lifetime)
                     if handed is not None:
                         return handed
             # A VM that will start (the pool had none to hand out, or this is a refill): the host
@@ -124,6 +140,11 @@ class VmService:
                     vcpus=spec.vcpus,
                     mem_mib=spec.mem_mib,
                     pooled=pooled,
+                    timeout_s=lifetime.timeout_s,
+                    timeout_action=lifetime.timeout_action,
+                    idle_timeout_s=lifetime.idle_timeout_s,
+                    idle_action=lifetime.idle_action,
+                    auto_resume=lifetime.auto_resume,
                 )
             )
         _log.info("vm_create_accepted", vm_id=record.id, user_id=owner, vm_type=spec.vm_type.value)
@@ -228,9 +249,10 @@ class VmService:
             "workdir": vm.workdir,
             "disk_path": vm.workdir / "disk.qcow2" if vm.workdir else None,
             "disk_bytes": vm.disk_bytes,
-            "token_hash": token_hash(vm.token) if vm.token else None,
+            **self.tokens.fields(vm.id, vm.token),
             "boot_mode": vm.boot_mode,
             "ready_at": _ts(vm.ready_at),
+            "running_since": _ts(vm.ready_at),
             "agent_version": vm.agent_version,
         }
 
@@ -292,7 +314,7 @@ class VmService:
         return self.node.console_tail(vm, lines)
 
     def agent_token(self, vm_id: str) -> str | None:
-        """The live VM's agent token (held in memory and in its 0600 work-dir file only)."""
+        """The live VM's agent token (held in memory; kept sealed in the VM's row)."""
         vm = self.live.get(vm_id)
         return vm.token if vm else None
 
@@ -380,52 +402,11 @@ class VmService:
             )
         vm = self.live_vm(vm_id)
         await (self.node.pause(vm) if new is VmState.PAUSED else self.node.resume(vm))
-        return await self.store.vms.transition(vm_id, old, new)
+        return await self.store.vms.transition(
+            vm_id, old, new, **running_fields(record, new, utc_now())
+        )
 
     # ---- reliability -----------------------------------------------------------------------
-
-    async def reconcile(self) -> dict[str, list[str]]:
-        """Make rows and running VMs agree after a (re)start; run before serving.
-
-        Rows whose VM process is gone become ``failed``; VMs that were still booting when the
-        controller died are destroyed and failed (nobody waits for them any more); ready and
-        paused VMs with a live process are adopted (a CLI VM's egress path reopened where its
-        VMM dials it); processes, work dirs, namespaces and network slots with no active row
-        are destroyed.
-        """
-        report: dict[str, list[str]] = {"failed": [], "adopted": [], "reaped": []}
-        running = {vm.id: vm for vm in await self.node.list_running()}
-        for record in await self.store.vms.list(statuses=ACTIVE):
-            vm = running.get(record.id)
-            if vm is not None and record.status in RUNNING:
-                vm.state = VmState.PAUSED if record.status is VmState.PAUSED else VmState.READY
-                vm.spec = VmSpec(
-                    vm_type=record.vm_type,
-                    vcpus=record.vcpus,
-                    mem_mib=record.mem_mib,
-                    network=vm.spec.network,
-                )
-                self.live[record.id] = vm
-                if self.networks is not None:
-                    await self.networks.reopen(record.id)
-                report["adopted"].append(record.id)
-                continue
-            reason = (
-                "interrupted by a controller restart while booting"
-                if vm is not None
-                else "VM process gone at controller start"
-            )
-            failed = await self.store.vms.transition(
-                record.id, record.status, VmState.FAILED, error=reason
-            )
-            self.metrics.failures.labels(stage="restart").inc()
-            await self.announce(EventType.VM_FAILED, failed, stage="restart", error=reason)
-            report["failed"].append(record.id)
-        report["reaped"] = await self.node.reap(keep=set(self.live))
-        if self.networks is not None:
-            await self.networks.forget_others(keep=set(self.live))
-        _log.info("reconciled", **{k: len(v) for k, v in report.items()})
-        return report
 
     async def watch_once(self) -> list[str]:
         """Mark every live VM whose process died as failed; returns their ids."""

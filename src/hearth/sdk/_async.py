@@ -7,7 +7,7 @@ The same as ``Hearth`` (``_sync``), with ``await``: requests are built and answe
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from types import TracebackType
 from typing import Self, TypeVar, Unpack
 
@@ -110,6 +110,11 @@ class AsyncVm(Bound[_AsyncHttp], VmInfo):
         """Read the VM again."""
         return self.take(await self._http.call(calls.get_vm(self.id)))
 
+    async def set_lifetime(self, **lifetime: object) -> Self:
+        """Change the VM's lifetime: ``timeout_s``, ``timeout_action``, ``idle_timeout_s``,
+        ``idle_action``, ``auto_resume`` (those given; a timeout of None is no limit)."""
+        return self.take(await self._http.call(calls.change_vm(self.id, lifetime)))
+
     async def pause(self) -> Self:
         """Pause the VM (vCPUs stop, memory is kept)."""
         return self.take(await self._http.call(calls.pause_vm(self.id)))
@@ -198,9 +203,12 @@ class AsyncVms:
         vcpus: int | None = None,
         mem_mib: int | None = None,
         wait: bool = True,
+        lifetime: Mapping[str, object] | None = None,
     ) -> AsyncVm:
         """A new VM, as ``Vms.create`` makes it."""
-        call = calls.create_vm(vm_type, user_id=user_id, vcpus=vcpus, mem_mib=mem_mib, wait=wait)
+        call = calls.create_vm(
+            vm_type, user_id=user_id, vcpus=vcpus, mem_mib=mem_mib, wait=wait, lifetime=lifetime
+        )
         return AsyncVm(self._http, await self._http.call(call))
 
     async def get(self, vm_id: str) -> AsyncVm:

@@ -4,7 +4,7 @@ and async clients send a ``Call`` and hand the answer back to ``Call.result``.""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 from urllib.parse import quote
@@ -46,11 +46,38 @@ def _given(**values: Any) -> dict[str, Any]:
     return {k: v for k, v in values.items() if v is not None}
 
 
+# A VM's lifetime fields, as the SDK names them and as the API does.
+LIFETIME_FIELDS = {
+    "timeout_s": "timeoutS",
+    "timeout_action": "timeoutAction",
+    "idle_timeout_s": "idleTimeoutS",
+    "idle_action": "idleAction",
+    "auto_resume": "autoResume",
+}
+
+
+def lifetime_body(lifetime: Mapping[str, object]) -> dict[str, object]:
+    """The API's fields for ``lifetime`` (snake_case keys; a timeout of None: no limit)."""
+    unknown = sorted(set(lifetime) - set(LIFETIME_FIELDS))
+    if unknown:
+        raise TypeError(
+            f"not lifetime fields: {', '.join(unknown)} (known: {', '.join(LIFETIME_FIELDS)})"
+        )
+    return {LIFETIME_FIELDS[name]: value for name, value in lifetime.items()}
+
+
 def create_vm(
-    vm_type: str, *, user_id: str | None, vcpus: int | None, mem_mib: int | None, wait: bool
+    vm_type: str,
+    *,
+    user_id: str | None,
+    vcpus: int | None,
+    mem_mib: int | None,
+    wait: bool,
+    lifetime: Mapping[str, object] | None = None,
 ) -> Call[VmInfo]:
     """``POST /api/vms``: with ``wait``, answered once the VM's agent is healthy."""
     body = _given(vmType=vm_type, userId=user_id, vcpus=vcpus, memMib=mem_mib)
+    body.update(lifetime_body(lifetime or {}))
     return Call(
         "POST",
         "/api/vms",
@@ -74,6 +101,11 @@ def get_vm(vm_id: str) -> Call[VmInfo]:
 def destroy_vm(vm_id: str) -> Call[VmInfo]:
     """``DELETE /api/vms/{id}`` (idempotent)."""
     return Call("DELETE", _vm_path(vm_id), VmInfo.from_wire)
+
+
+def change_vm(vm_id: str, lifetime: Mapping[str, object]) -> Call[VmInfo]:
+    """``PATCH /api/vms/{id}``: set the lifetime fields given, keep the others."""
+    return Call("PATCH", _vm_path(vm_id), VmInfo.from_wire, json=lifetime_body(lifetime))
 
 
 def pause_vm(vm_id: str) -> Call[VmInfo]:

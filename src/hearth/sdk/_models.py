@@ -142,6 +142,12 @@ class VmInfo(WireRecord):
     error: str | None = None
     agent_version: str | None = None
     agent_outdated: bool = False
+    timeout_s: int | None = None
+    timeout_action: str | None = None
+    idle_timeout_s: int | None = None
+    idle_action: str | None = None
+    auto_resume: bool = True
+    lifetime_used_s: float = 0.0
     # Shown once, in the answer that created the VM.
     agent_token: str | None = field(default=None, repr=False)
 

@@ -7,7 +7,7 @@ sends them (``AsyncHearth`` in ``_async`` is the same over ``httpx.AsyncClient``
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Self, TypeVar, Unpack
 
@@ -111,6 +111,11 @@ class Vm(Bound[_Http], VmInfo):
         """Read the VM again."""
         return self.take(self._http.call(calls.get_vm(self.id)))
 
+    def set_lifetime(self, **lifetime: object) -> Self:
+        """Change the VM's lifetime: ``timeout_s``, ``timeout_action``, ``idle_timeout_s``,
+        ``idle_action``, ``auto_resume`` (those given; a timeout of None is no limit)."""
+        return self.take(self._http.call(calls.change_vm(self.id, lifetime)))
+
     def pause(self) -> Self:
         """Pause the VM (vCPUs stop, memory is kept)."""
         return self.take(self._http.call(calls.pause_vm(self.id)))
@@ -211,9 +216,13 @@ class Vms:
         vcpus: int | None = None,
         mem_mib: int | None = None,
         wait: bool = True,
+        lifetime: Mapping[str, object] | None = None,
     ) -> Vm:
-        """A new VM; with ``wait``, once its agent is healthy (``status`` ``ready``)."""
-        call = calls.create_vm(vm_type, user_id=user_id, vcpus=vcpus, mem_mib=mem_mib, wait=wait)
+        """A new VM; with ``wait``, once its agent is healthy (``status`` ``ready``). A CLI VM
+        may be given its ``lifetime`` (the fields of ``Vm.set_lifetime``)."""
+        call = calls.create_vm(
+            vm_type, user_id=user_id, vcpus=vcpus, mem_mib=mem_mib, wait=wait, lifetime=lifetime
+        )
         return Vm(self._http, self._http.call(call))
 
     def get(self, vm_id: str) -> Vm:

@@ -9,6 +9,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     CheckConstraint,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -19,6 +20,7 @@ from sqlalchemy import (
     UniqueConstraint,
     column,
     false,
+    true,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -27,7 +29,7 @@ from hearth.events.types import DeliveryStatus
 from hearth.runs.states import RunStatus
 from hearth.store.columns import PathText, UtcDateTime, str_enum
 from hearth.store.records import CredentialSource
-from hearth.vm.types import BootMode, VmState, VmType
+from hearth.vm.types import BootMode, LifetimeAction, VmState, VmType
 from hearth_agent.wire import Provider
 
 USER_ID_MAX = 128
@@ -104,6 +106,10 @@ class VmRow(Base):
     disk_path: Mapped[Path | None] = mapped_column(PathText())
     disk_bytes: Mapped[int | None] = mapped_column(BigInteger())
     token_hash: Mapped[str | None] = mapped_column(String(64))
+    # The agent token itself, sealed by the vault (bound to the VM's id) while the VM is active.
+    token_key_id: Mapped[str | None] = mapped_column(String(KEY_ID_MAX))
+    token_nonce: Mapped[bytes | None] = mapped_column(LargeBinary())
+    token_ciphertext: Mapped[bytes | None] = mapped_column(LargeBinary())
     boot_mode: Mapped[BootMode | None] = mapped_column(str_enum(BootMode, name="boot_mode"))
     vcpus: Mapped[int]
     mem_mib: Mapped[int]
@@ -114,6 +120,19 @@ class VmRow(Base):
     error: Mapped[str | None] = mapped_column(Text())
     pooled: Mapped[bool] = mapped_column(Boolean(), server_default=false())
     agent_version: Mapped[str | None] = mapped_column(String(32))
+    # Lifetimes (hearth.control.lifetimes): the limits, what each does, and the running time
+    # used so far (``lifetime_used_s`` before ``running_since``; paused time does not count).
+    timeout_s: Mapped[int | None]
+    timeout_action: Mapped[LifetimeAction] = mapped_column(
+        str_enum(LifetimeAction, name="timeout_action"), server_default="destroy"
+    )
+    idle_timeout_s: Mapped[int | None]
+    idle_action: Mapped[LifetimeAction] = mapped_column(
+        str_enum(LifetimeAction, name="idle_action"), server_default="pause"
+    )
+    auto_resume: Mapped[bool] = mapped_column(Boolean(), server_default=true())
+    lifetime_used_s: Mapped[float] = mapped_column(Float(), server_default="0")
+    running_since: Mapped[datetime | None] = mapped_column(UtcDateTime())
 
 
 class AuthSessionRow(Base):

@@ -14,7 +14,7 @@ from hearth.errors import InvalidInput
 from hearth.events.types import DeliveryStatus
 from hearth.runs.states import TERMINAL as RUN_TERMINAL
 from hearth.runs.states import RunStatus
-from hearth.vm.types import BootMode, VmState, VmType
+from hearth.vm.types import BootMode, LifetimeAction, VmState, VmType
 from hearth_agent.wire import Provider
 
 if TYPE_CHECKING:
@@ -97,6 +97,10 @@ class VmRecord:
     disk_path: Path | None = None
     disk_bytes: int | None = None
     token_hash: str | None = field(default=None, repr=False)
+    # The agent token sealed by the vault (``hearth.control.agent_tokens``); None once inactive.
+    token_key_id: str | None = field(default=None, repr=False)
+    token_nonce: bytes | None = field(default=None, repr=False)
+    token_ciphertext: bytes | None = field(default=None, repr=False)
     boot_mode: BootMode | None = None
     created_at: datetime = field(default_factory=utc_now)
     ready_at: datetime | None = None
@@ -105,6 +109,13 @@ class VmRecord:
     error: str | None = None
     pooled: bool = False
     agent_version: str | None = None  # as the agent last reported it (claim, heartbeat)
+    timeout_s: int | None = None  # running seconds it may live (None: no limit)
+    timeout_action: LifetimeAction = LifetimeAction.DESTROY
+    idle_timeout_s: int | None = None  # seconds without use before idle_action (None: never)
+    idle_action: LifetimeAction = LifetimeAction.PAUSE
+    auto_resume: bool = True  # a call that needs it running resumes it when paused
+    lifetime_used_s: float = 0.0  # running seconds used before running_since
+    running_since: datetime | None = None  # when it last started running (None: not running)
 
     def __post_init__(self) -> None:
         _require_aware(self)

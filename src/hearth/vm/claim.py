@@ -18,7 +18,6 @@ import httpx
 
 from hearth.errors import VmError
 from hearth.httpclient import async_client
-from hearth.vm.host import write_token
 from hearth.vm.types import Vm
 
 CLAIM_TIMEOUT_S = 10.0
@@ -63,10 +62,9 @@ async def claim_agent(vm_id: str, agent_url: str, token: str) -> str | None:
     return version[:32] if isinstance(version, str) and version else None
 
 
-async def claim_vm(vm: Vm, *, token: str | None = None, keep: bool = True) -> str:
-    """Claim ``vm``'s agent with ``token`` (default: a fresh one), set it on ``vm`` and (with
-    ``keep``) keep it in the VM's work dir for a controller that restarts. VmError if it is
-    already claimed."""
+async def claim_vm(vm: Vm, *, token: str | None = None) -> str:
+    """Claim ``vm``'s agent with ``token`` (default: a fresh one) and set it on ``vm`` (held in
+    memory only: the control plane keeps it sealed). VmError if it is already claimed."""
     if vm.token is not None:
         raise VmError(f"VM {vm.id} is already claimed")
     if vm.agent_url is None:
@@ -74,8 +72,6 @@ async def claim_vm(vm: Vm, *, token: str | None = None, keep: bool = True) -> st
     token = token or new_agent_token()
     vm.agent_version = await claim_agent(vm.id, vm.agent_url, token)
     vm.token = token
-    if keep and vm.workdir is not None:
-        write_token(vm.workdir, token)
     return token
 
 

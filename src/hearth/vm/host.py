@@ -15,7 +15,8 @@ from pathlib import Path
 from hearth.vm.readiness import Deadline
 
 STOP_GRACE_S = 3.0
-TOKEN_FILE = "agent.token"  # noqa: S105 (a file name)
+# Where controllers before the sealed token (store migration 0009) kept it, in clear.
+LEGACY_TOKEN_FILE = "agent.token"  # noqa: S105 (a file name)
 
 
 def new_vm_id() -> str:
@@ -38,19 +39,18 @@ def bytes_on_disk(path: Path) -> int:
         return 0
 
 
-def write_token(workdir: Path, token: str) -> None:
-    """Keep the VM's agent token (0600, in its work dir) for a controller that restarts."""
-    fd = os.open(workdir / TOKEN_FILE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(token)
-
-
-def read_token(workdir: Path) -> str | None:
-    """The token ``write_token`` kept, if any."""
+def read_legacy_token(workdir: Path) -> str | None:
+    """The agent token an older controller kept in clear in the VM's work dir, if any (the
+    controller now keeps it sealed in the store; ``drop_legacy_token`` removes the file)."""
     try:
-        return (workdir / TOKEN_FILE).read_text().strip() or None
+        return (workdir / LEGACY_TOKEN_FILE).read_text().strip() or None
     except OSError:
         return None
+
+
+def drop_legacy_token(workdir: Path) -> None:
+    """Remove the clear-text token file an older controller left in ``workdir``."""
+    (workdir / LEGACY_TOKEN_FILE).unlink(missing_ok=True)
 
 
 def live_args(pid: int) -> list[str] | None:

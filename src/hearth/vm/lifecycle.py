@@ -24,7 +24,7 @@ from hearth.logging import get_logger
 from hearth.vm.accel import Accel
 from hearth.vm.backend import CreateOptions
 from hearth.vm.claim import claim_vm
-from hearth.vm.host import new_vm_id
+from hearth.vm.host import drop_legacy_token, new_vm_id
 from hearth.vm.readiness import Deadline, wait_until_healthy
 from hearth.vm.templates import SnapshotTemplateStore, TemplateBuilder, TemplateT
 from hearth.vm.types import BootMode, Vm, VmSpec, VmState
@@ -126,6 +126,7 @@ class BackendLifecycle(ABC, Generic[TemplateT]):
         if self.vms_dir.is_dir():
             for workdir in sorted(self.vms_dir.iterdir()):
                 if workdir.name in keep:
+                    drop_legacy_token(workdir)  # its token is sealed in the store now
                     continue
                 vm = self._found_vm(workdir) or Vm(
                     id=workdir.name, spec=VmSpec(), backend=self.name, workdir=workdir
@@ -168,7 +169,6 @@ class BackendLifecycle(ABC, Generic[TemplateT]):
         deadline: Deadline,
         exit_status: Callable[[], int | None],
         token: str | None,
-        keep_token: bool,
     ) -> None:
         """Wait for the agent's health, claim it with ``token`` (None: leave it unclaimed, as
         a pooled VM or a template is), and mark the VM ready."""
@@ -182,7 +182,7 @@ class BackendLifecycle(ABC, Generic[TemplateT]):
             console_tail=lambda: self.console_tail(vm),
         )
         if token is not None:
-            await claim_vm(vm, token=token, keep=keep_token)
+            await claim_vm(vm, token=token)
         vm.time_to_healthy_s = time.monotonic() - started
         vm.ready_at = time.time()
         vm.move_to(VmState.READY)

@@ -32,6 +32,13 @@ class BootMode(StrEnum):
     POOL = "pool"  # handed out from the warm pool (itself restored or cold)
 
 
+class LifetimeAction(StrEnum):
+    """What ends a VM's lifetime (``timeoutS``) or its idleness (``idleTimeoutS``)."""
+
+    PAUSE = "pause"  # kept in memory, resumed by the next call that needs it (autoResume)
+    DESTROY = "destroy"  # its delivered credentials pulled back first, as a manual destroy
+
+
 class VmState(StrEnum):
     """Lifecycle of a VM."""
 

@@ -1,4 +1,4 @@
-"""``/api/vms``: create, list, show, destroy, pause, resume, console."""
+"""``/api/vms``: create, list, show, change (lifetime), destroy, pause, resume, console."""
 
 from __future__ import annotations
 
@@ -9,7 +9,15 @@ from fastapi.responses import PlainTextResponse
 
 from hearth.api.auth import AdminKey, Ctl, Key, scope_of
 from hearth.api.context import Controller
-from hearth.api.schemas import ERROR_RESPONSES, VmCreate, VmList, VmOut
+from hearth.api.schemas import (
+    ERROR_RESPONSES,
+    LIFETIME_FIELDS,
+    VmCreate,
+    VmLifetimePatch,
+    VmList,
+    VmOut,
+)
+from hearth.control.lifetimes import Lifetime
 from hearth.errors import Forbidden, InvalidInput
 from hearth.store import VmRecord
 from hearth.vm.types import VmState, VmType
@@ -30,7 +38,10 @@ async def _create(body: VmCreate, key: Key, ctl: Ctl, response: Response, wait: 
     if not key.is_admin and user_id != key.user_id:
         raise Forbidden(f"this key belongs to user {key.user_id}, not {user_id}")
     spec = ctl.vms.spec_for(VmType(body.vm_type), body.vcpus, body.mem_mib)
-    record = await ctl.vms.create(user_id=user_id, spec=spec, wait=wait)
+    if spec.vm_type is not VmType.CLI and body.model_fields_set & LIFETIME_FIELDS:
+        raise InvalidInput("lifetimes are for CLI VMs; a Browser VM lives as long as its login")
+    lifetime = body.lifetime(Lifetime.defaults(ctl.settings))
+    record = await ctl.vms.create(user_id=user_id, spec=spec, wait=wait, lifetime=lifetime)
     if not wait or record.status is not VmState.READY:
         response.status_code = 202
         return _out(ctl, record)
@@ -86,6 +97,13 @@ async def get_vm(vm_id: str, key: Key, ctl: Ctl) -> VmOut:
 async def destroy_vm(vm_id: str, key: Key, ctl: Ctl) -> VmOut:
     """Destroy a VM (idempotent)."""
     return _out(ctl, await ctl.vms.destroy(vm_id, user_id=scope_of(key)))
+
+
+@router.patch("/api/vms/{vm_id}")
+async def change_vm(vm_id: str, body: VmLifetimePatch, key: Key, ctl: Ctl) -> VmOut:
+    """Change a CLI VM's lifetime (``timeoutS``, ``idleTimeoutS``, their actions,
+    ``autoResume``): the fields given are set, the others kept."""
+    return _out(ctl, await ctl.lifetimes.change(vm_id, scope_of(key), body.lifetime))
 
 
 @router.post("/api/vms/{vm_id}/pause")

@@ -139,6 +139,14 @@ def _instance_of(kind: type, noun: str) -> Coerce:
 as_str = _instance_of(str, "a string")
 as_int = _instance_of(int, "an integer")  # booleans refused
 as_bool = _instance_of(bool, "a boolean")
+as_bytes = _instance_of(bytes, "bytes")
+
+
+def as_float(name: str, value: object) -> object:
+    """A number of seconds (an int is taken as a float; booleans refused)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidInput(f"{name}: must be a number")
+    return float(value)
 
 
 def as_path(name: str, value: object) -> object:

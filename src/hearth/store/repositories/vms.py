@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from sqlalchemy import func, select
 
 from hearth.store.models import vms_table
@@ -9,7 +11,9 @@ from hearth.store.records import INACTIVE_VM_STATES, VmRecord
 from hearth.store.repositories._base import (
     Coerce,
     as_bool,
+    as_bytes,
     as_enum,
+    as_float,
     as_int,
     as_path,
     as_str,
@@ -18,7 +22,7 @@ from hearth.store.repositories._base import (
     optional,
 )
 from hearth.store.repositories._status import StatusRepository
-from hearth.vm.types import BootMode, VmState, VmType, check_transition
+from hearth.vm.types import BootMode, LifetimeAction, VmState, VmType, check_transition
 
 # What ``update``/``transition`` may change; identity, type, backend and the bookkeeping
 # timestamps are fixed or set by the repository itself. The owner changes when the warm pool
@@ -33,6 +37,9 @@ UPDATABLE_FIELDS: dict[str, Coerce] = {
     "disk_path": optional(as_path),
     "disk_bytes": optional(as_int),
     "token_hash": optional(as_str),
+    "token_key_id": optional(as_str),
+    "token_nonce": optional(as_bytes),
+    "token_ciphertext": optional(as_bytes),
     "boot_mode": optional(as_enum(BootMode)),
     "vcpus": as_int,
     "mem_mib": as_int,
@@ -41,8 +48,19 @@ UPDATABLE_FIELDS: dict[str, Coerce] = {
     "error": optional(as_str),
     "pooled": as_bool,
     "agent_version": optional(as_str),
+    "timeout_s": optional(as_int),
+    "timeout_action": as_enum(LifetimeAction),
+    "idle_timeout_s": optional(as_int),
+    "idle_action": as_enum(LifetimeAction),
+    "auto_resume": as_bool,
+    "lifetime_used_s": as_float,
+    "running_since": optional(as_timestamp),
 }
 _INACTIVE = sorted(INACTIVE_VM_STATES)
+# What a VM leaving for good no longer needs kept: its sealed agent token.
+_SEALED_TOKEN_GONE: dict[str, object] = dict.fromkeys(
+    ("token_key_id", "token_nonce", "token_ciphertext")
+)
 
 
 class VmRepo(
@@ -57,8 +75,17 @@ class VmRepo(
 ):
     """Persists VMs; every status change is a compare-and-set.
 
-    Entering ``destroyed`` stamps ``destroyed_at`` unless the caller set it.
+    Entering ``destroyed`` stamps ``destroyed_at`` unless the caller set it; entering
+    ``destroyed`` or ``failed`` drops the sealed agent token (nothing will reach that agent).
     """
+
+    async def transition(
+        self, row_id: str, expected: VmState | Collection[VmState], new: VmState, **fields: object
+    ) -> VmRecord:
+        """``StatusRepository.transition``; an inactive ``new`` clears the sealed token."""
+        if new in INACTIVE_VM_STATES:
+            fields = {**_SEALED_TOKEN_GONE, **fields}
+        return await super().transition(row_id, expected, new, **fields)
 
     async def count_active(
         self, *, user_id: str | None = None, vm_type: VmType | None = None

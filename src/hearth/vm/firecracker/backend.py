@@ -279,7 +279,6 @@ class FirecrackerBackend(BackendLifecycle[FcTemplate]):
                 deadline=deadline,
                 exit_status=lambda: proc.returncode,
                 token=token,
-                keep_token=workdir is None,
             )
         except BaseException as exc:
             await self._abandon(vm, exc)

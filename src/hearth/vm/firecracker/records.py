@@ -17,7 +17,7 @@ from hearth.tools import tail
 from hearth.vm.firecracker.disks import CowDisk
 from hearth.vm.firecracker.network import FirecrackerNetwork
 from hearth.vm.firecracker.process import API_SOCKET
-from hearth.vm.host import bytes_on_disk, read_token
+from hearth.vm.host import bytes_on_disk, read_legacy_token
 from hearth.vm.types import BootMode, NetworkMode, Vm, VmSpec, VmState, VmType
 
 RECORD_NAME = "vm.json"
@@ -108,7 +108,7 @@ class VmRecord:
             backend=backend,
             state=state,
             agent_url=network.agent_url if network else None,
-            token=read_token(workdir),
+            token=read_legacy_token(workdir),
             pid=self.pid,
             workdir=workdir,
             boot_mode=self.mode,

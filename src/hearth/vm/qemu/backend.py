@@ -269,7 +269,6 @@ class QemuBackend(BackendLifecycle[Template]):
                 deadline=deadline,
                 exit_status=lambda: proc.returncode,
                 token=new_agent_token() if claim else None,
-                keep_token=record,
             )
         except BaseException as exc:
             await self._abandon(vm, exc)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from hearth.errors import HearthError
 from hearth.network.namespace import NetworkSlot
-from hearth.vm.host import bytes_on_disk, read_token
+from hearth.vm.host import bytes_on_disk, read_legacy_token
 from hearth.vm.qemu.command import VmPaths
 from hearth.vm.types import BootMode, NetworkMode, Vm, VmSpec, VmState, VmType
 
@@ -41,7 +41,8 @@ def read_record(workdir: Path) -> dict[str, object] | None:
 
 
 def vm_from_record(workdir: Path, *, backend: str) -> Vm | None:
-    """Rebuild a Vm from its work directory's record (and token file), if readable."""
+    """Rebuild a Vm from its work directory's record, if readable (with the token an older
+    controller kept there in clear, if any)."""
     try:
         record = json.loads((workdir / "vm.json").read_text())
         spec = VmSpec(
@@ -58,7 +59,7 @@ def vm_from_record(workdir: Path, *, backend: str) -> Vm | None:
         backend=backend,
         state=VmState.READY,
         agent_url=record.get("agent_url"),
-        token=read_token(workdir),
+        token=read_legacy_token(workdir),
         pid=int(record.get("pid") or 0) or None,
         workdir=workdir,
         boot_mode=BootMode(record.get("boot_mode", "cold")),

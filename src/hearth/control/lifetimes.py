@@ -1,0 +1,238 @@
+"""Lifetimes of users' CLI VMs: ``timeoutS`` (running time), ``idleTimeoutS`` (time unused),
+what each does when it ends, and ``autoResume``.
+
+A VM's running time is kept in its row, so it survives a controller restart: the seconds used
+before ``running_since``, plus the stretch since. Pausing adds that stretch and clears
+``running_since``; paused time does not use up the lifetime. Use is kept in memory: every API
+call naming the VM (the API's middleware), every command, run, terminal or file call
+(``ExecService.runnable``), a login still under way for the VM's user that delivers into it, and
+a command the controller started that still runs (its agent is asked before an idle VM is acted
+on). A restarted controller counts idleness from its own start.
+Browser VMs serve one login and end with it: lifetimes are for CLI VMs.
+
+Every ``HEARTH_LIFETIME_CHECK_INTERVAL_S`` the VMs whose time is up get their action: ``pause``,
+or ``destroy`` (which pulls the delivered credentials back first, as a manual destroy does);
+each is told as ``vm.timed_out`` and logged with the VM's id. With ``autoResume`` (the default)
+a call that needs a paused VM running resumes it first, told as ``vm.auto_resumed``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from hearth.agent_client import AgentClient
+from hearth.auth.states import TERMINAL, AuthStatus
+from hearth.config import Settings
+from hearth.errors import Conflict, HearthError
+from hearth.events.types import EventType
+from hearth.logging import get_logger
+from hearth.periodic import every
+from hearth.store import VmRecord
+from hearth.store.records import utc_now
+from hearth.vm.types import LifetimeAction, VmState, VmType
+
+if TYPE_CHECKING:
+    from hearth.control.vms import VmService
+
+_log = get_logger("control.lifetimes")
+# The statuses a VM uses its lifetime in.
+_RUNNING = (VmState.READY, VmState.UNHEALTHY)
+# A login in one of these may still deliver into its CLI VM.
+_LOGGING_IN = tuple(status for status in AuthStatus if status not in TERMINAL)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Lifetime:
+    """A VM's limits (None: none) and what each does when it is reached."""
+
+    timeout_s: int | None = None
+    timeout_action: LifetimeAction = LifetimeAction.DESTROY
+    idle_timeout_s: int | None = None
+    idle_action: LifetimeAction = LifetimeAction.PAUSE
+    auto_resume: bool = True
+
+    @classmethod
+    def defaults(cls, settings: Settings) -> Lifetime:
+        """What a CLI VM gets when its create says nothing (``HEARTH_VM_*``; 0 is none)."""
+        return cls(
+            timeout_s=settings.vm_timeout_s or None,
+            timeout_action=LifetimeAction(settings.vm_timeout_action),
+            idle_timeout_s=settings.vm_idle_timeout_s or None,
+            idle_action=LifetimeAction(settings.vm_idle_action),
+        )
+
+    @classmethod
+    def of(cls, record: VmRecord) -> Lifetime:
+        """The lifetime ``record`` holds."""
+        return cls(**{f.name: getattr(record, f.name) for f in dataclasses.fields(cls)})
+
+    def fields(self) -> dict[str, object]:
+        """The row fields that hold it."""
+        return dataclasses.asdict(self)
+
+
+def used_s(record: VmRecord, now: datetime) -> float:
+    """The running seconds ``record`` has used of its lifetime by ``now``."""
+    since = record.running_since
+    return record.lifetime_used_s + (max(0.0, (now - since).total_seconds()) if since else 0.0)
+
+
+def running_fields(record: VmRecord, new: VmState, now: datetime) -> dict[str, object]:
+    """The running-time fields of ``record`` moving to ``new`` at ``now``: pausing banks the
+    stretch since it started running, resuming starts a new one."""
+    if new is VmState.PAUSED and record.running_since is not None:
+        return {"lifetime_used_s": used_s(record, now), "running_since": None}
+    if new in _RUNNING and record.running_since is None:
+        return {"running_since": now}
+    return {}
+
+
+@dataclasses.dataclass(frozen=True)
+class _Due:
+    reason: str  # "lifetime" | "idle"
+    action: LifetimeAction
+    limit_s: int
+
+
+class Lifetimes:
+    """Keeps track of use, acts on VMs whose time is up, and resumes paused ones on demand."""
+
+    def __init__(self, *, vms: VmService, settings: Settings) -> None:
+        self.vms = vms
+        self.interval_s = settings.lifetime_check_interval_s
+        self._started = utc_now()
+        self._seen: dict[str, datetime] = {}
+        # Commands the controller started in each VM and has not yet seen end.
+        self._execs: dict[str, set[str]] = {}
+
+    def touch(self, vm_id: str) -> None:
+        """VM ``vm_id`` was used now (ids of VMs this controller does not run are ignored)."""
+        if vm_id in self.vms.live:
+            self._seen[vm_id] = utc_now()
+
+    def started_exec(self, vm_id: str, exec_id: str) -> None:
+        """A command started (or followed) in VM ``vm_id``: the VM is not idle while it runs."""
+        self.touch(vm_id)
+        self._execs.setdefault(vm_id, set()).add(exec_id)
+
+    async def ensure_running(self, record: VmRecord) -> VmRecord:
+        """``record`` used now; resumed first when it is paused and resumes automatically."""
+        self.touch(record.id)
+        if record.status is not VmState.PAUSED or not record.auto_resume:
+            return record
+        try:
+            resumed = await self.vms.resume(record.id)
+        except Conflict:
+            return await self.vms.get(record.id)  # resumed (or ended) by someone else meanwhile
+        _log.info("vm_auto_resumed", vm_id=record.id, user_id=record.user_id)
+        await self.vms.announce(EventType.VM_AUTO_RESUMED, resumed)
+        self.touch(record.id)
+        return resumed
+
+    async def change(
+        self, vm_id: str, user_id: str | None, edit: Callable[[Lifetime], Lifetime]
+    ) -> VmRecord:
+        """Set a CLI VM's lifetime to ``edit`` of its current one (``PATCH /api/vms/{id}``);
+        Conflict for a Browser VM or one that has ended."""
+        record = await self.vms.get(vm_id, user_id=user_id)
+        if record.vm_type is not VmType.CLI:
+            raise Conflict(f"VM {vm_id} is a {record.vm_type.value} VM; lifetimes are for CLI VMs")
+        if not record.is_active:
+            raise Conflict(f"VM {vm_id} is {record.status.value}; its lifetime is over")
+        lifetime = edit(Lifetime.of(record))
+        self.touch(vm_id)
+        updated = await self.vms.store.vms.update(vm_id, **lifetime.fields())
+        _log.info(
+            "vm_lifetime_changed", vm_id=vm_id, **{k: str(v) for k, v in lifetime.fields().items()}
+        )
+        return updated
+
+    async def run(self) -> None:
+        """Run ``check_once`` forever (cancel to stop)."""
+        await every(self.interval_s, self.check_once, what="VM lifetimes")
+
+    async def check_once(self) -> list[str]:
+        """Act on every running CLI VM whose lifetime or idle time is up; their ids."""
+        self._forget_gone()
+        acted = []
+        for record in await self.vms.store.vms.list(statuses=_RUNNING):
+            if record.pooled or record.vm_type is not VmType.CLI:
+                continue
+            due = self._due(record, utc_now())
+            if due is None or (due.reason == "idle" and await self._busy(record)):
+                continue
+            if await self._act(record, due):
+                acted.append(record.id)
+        return acted
+
+    def _due(self, record: VmRecord, now: datetime) -> _Due | None:
+        if record.timeout_s is not None and used_s(record, now) >= record.timeout_s:
+            return _Due("lifetime", record.timeout_action, record.timeout_s)
+        if record.idle_timeout_s is None:
+            return None
+        last = max(self._seen.get(record.id, self._started), record.running_since or self._started)
+        if (now - last).total_seconds() >= record.idle_timeout_s:
+            return _Due("idle", record.idle_action, record.idle_timeout_s)
+        return None
+
+    async def _busy(self, record: VmRecord) -> bool:
+        """Whether a login delivers into the VM of ``record`` or a command the controller
+        started in it still runs (both count as use)."""
+        vm_id = record.id
+        logins = await self.vms.store.auth_sessions.list(
+            user_id=record.user_id, statuses=_LOGGING_IN
+        )
+        if any(login.vm_id == vm_id for login in logins):
+            self.touch(vm_id)
+            return True
+        pending = self._execs.get(vm_id, set())
+        if not pending or vm_id not in self.vms.live:
+            return False
+        vm = self.vms.live_vm(vm_id)
+        agent = AgentClient(str(vm.agent_url), self.vms.agent_token(vm_id))
+        for exec_id in sorted(pending):
+            try:
+                state = (await agent.exec_status(exec_id)).get("status")
+            except HearthError:
+                state = None  # unknown to the agent (restarted, or long gone): not running
+            if state == "running":
+                self.touch(vm_id)
+                return True
+            pending.discard(exec_id)
+        return False
+
+    async def _act(self, record: VmRecord, due: _Due) -> bool:
+        try:
+            if due.action is LifetimeAction.PAUSE:
+                ended = await self.vms.pause(record.id)
+            else:
+                ended = await self.vms.destroy(record.id, user_id=None)
+        except HearthError as exc:
+            _log.warning(
+                "vm_timeout_action_failed", vm_id=record.id, error=exc.message[:300], **due.__dict__
+            )
+            return False
+        _log.info(
+            "vm_timed_out",
+            vm_id=record.id,
+            user_id=record.user_id,
+            reason=due.reason,
+            action=due.action.value,
+        )
+        await self.vms.announce(
+            EventType.VM_TIMED_OUT,
+            ended,
+            reason=due.reason,
+            action=due.action.value,
+            limitS=due.limit_s,
+        )
+        return True
+
+    def _forget_gone(self) -> None:
+        for vm_id in set(self._seen) - set(self.vms.live):
+            self._seen.pop(vm_id, None)
+        for vm_id in set(self._execs) - set(self.vms.live):
+            self._execs.pop(vm_id, None)
