@@ -15,7 +15,9 @@ bash scripts/install.sh
 # private when an earlier run (or an image build) left it with the default 0755.
 install -d -m 0700 "$state"
 chmod 0700 "$state"
-for recipe in minimal cli browser; do
+# cli and browser first: each build prepares the restore templates of the VM types that boot
+# its image, and minimal (kept for tests and as a fallback) then boots none of them.
+for recipe in cli browser minimal; do
   .venv/bin/hearth image build --recipe "$recipe"
 done
 

@@ -11,7 +11,7 @@ from typing import TypeVar
 
 from hearth.errors import ConfigError
 from hearth.versions import parse_version
-from hearth.vm.types import LifetimeAction
+from hearth.vm.types import LifetimeAction, NetworkMode, VmSpec, VmType
 
 _DEFAULT_STATE_DIR = Path("/var/lib/hearth")
 _DEFAULT_CACHE_DIR = Path("/var/cache/hearth")
@@ -135,6 +135,18 @@ class Settings:
     # Benchmarks and tests only: forward each Browser VM's Chromium DevTools to a loopback port,
     # where any local process could drive the login browser. Off, nothing but VNC is forwarded.
     browser_devtools: bool = False
+
+    def vm_spec(
+        self, vm_type: VmType, vcpus: int | None = None, mem_mib: int | None = None
+    ) -> VmSpec:
+        """The spec of a VM of ``vm_type``: the sizes asked, else this type's defaults."""
+        browser = vm_type is VmType.BROWSER
+        return VmSpec(
+            vm_type=vm_type,
+            vcpus=vcpus or (self.browser_vcpus if browser else self.default_vcpus),
+            mem_mib=mem_mib or (self.browser_mem_mib if browser else self.default_mem_mib),
+            network=NetworkMode(self.network_mode),
+        )
 
     @property
     def images_dir(self) -> Path:

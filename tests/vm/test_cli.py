@@ -90,3 +90,23 @@ def test_vm_run_once_boots_one_vm_from_the_configured_vmm_and_leaves_nothing(
     assert "destroyed vm-" in result.stdout
     assert qemu_pids_under(state) == []
     assert list((state / "vms").iterdir()) == []
+
+
+def test_image_build_prepares_the_templates_of_the_vm_types_that_boot_it(
+    minimal_image: ImageDir, tmp_path: Path
+) -> None:
+    state = tmp_path / "state"
+    out = state / "images" / "minimal"  # the image CLI and Browser VMs boot (no other is built)
+    env = {"HEARTH_STATE_DIR": str(state)}
+    built = hearth_cli("image", "build", "--recipe", "minimal", "--out", str(out), env=env)
+    assert built.returncode == 0, built.stdout + built.stderr
+    assert "template cli cli-1c-512m" in built.stdout, built.stdout
+    assert "template browser browser-2c-2048m" in built.stdout, built.stdout
+    assert built.stdout.count("ready (") == 2, built.stdout
+    assert built.stderr.count('"template_built"') == 2, built.stderr
+    assert qemu_pids_under(state) == [], "a template build left its QEMU running"
+    # A controller on this state dir finds them: its warmer has nothing left to build.
+    again = hearth_cli("image", "build", "--recipe", "minimal", "--out", str(out), env=env)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert again.stdout.count("ready (") == 2
+    assert '"template_built"' not in again.stderr

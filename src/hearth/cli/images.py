@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, TypeVar
@@ -15,6 +16,7 @@ from hearth.images.agent_install import install_agent, list_backups, rollback_im
 from hearth.images.build import build_image, default_output_dir
 from hearth.images.recipes import RECIPES, get_recipe
 from hearth.images.trust import trust_ca
+from hearth.node.images import prepare_templates
 from hearth.progress import default_progress
 
 image_app = typer.Typer(help="Build, repair and check golden images.", no_args_is_help=True)
@@ -34,8 +36,16 @@ def _on_image(action: Callable[[Path], T], image: Path, *, exit_code: int = 1) -
 def image_build(
     recipe: Annotated[str, typer.Option(help=f"One of: {', '.join(sorted(RECIPES))}.")] = "minimal",
     out: Annotated[Path | None, typer.Option(help="Output directory.")] = None,
+    templates: Annotated[
+        bool,
+        typer.Option(
+            help="Then prepare the restore templates of the VM types that boot this image, at "
+            "their default sizes (the controller would build them at its start otherwise)."
+        ),
+    ] = True,
 ) -> None:
-    """Build a golden image (rootfs, kernel, initramfs, vmlinux, manifest); cached by content."""
+    """Build a golden image (rootfs, kernel, initramfs, vmlinux, manifest); cached by content.
+    Then prepare the restore templates of the VM types that boot it."""
     settings = load_settings()
     try:
         chosen = get_recipe(recipe)
@@ -52,6 +62,11 @@ def image_build(
     table.add_row("cache", "reused" if cached else "built")
     for name, size in sorted(manifest.sizes.items()):
         table.add_row(name, f"{size / 2**20:.1f} MiB")
+    if templates:
+        with err_console.status("preparing the restore templates of the VMs that boot it …"):
+            prepared = asyncio.run(prepare_templates(settings, out_dir))
+        for name, outcome in prepared:
+            table.add_row(f"template {name}", outcome)
     console.print(table)
 
 

@@ -27,7 +27,7 @@ from hearth.periodic import every
 from hearth.store import Store, VmRecord
 from hearth.store.records import utc_now
 from hearth.vm.host import new_vm_id
-from hearth.vm.types import NetworkMode, Vm, VmSpec, VmState, VmType
+from hearth.vm.types import Vm, VmSpec, VmState, VmType
 
 _log = get_logger("control.vms")
 # A hook run before a ready VM is torn down: its record and its agent token (if held).
@@ -94,15 +94,7 @@ class VmService:
 
     def spec_for(self, vm_type: VmType, vcpus: int | None, mem_mib: int | None) -> VmSpec:
         """The VmSpec of a request, with the configured defaults per type."""
-        browser = vm_type is VmType.BROWSER
-        default_vcpus = self.settings.browser_vcpus if browser else self.settings.default_vcpus
-        default_mem = self.settings.browser_mem_mib if browser else self.settings.default_mem_mib
-        return VmSpec(
-            vm_type=vm_type,
-            vcpus=vcpus or default_vcpus,
-            mem_mib=mem_mib or default_mem,
-            network=NetworkMode(self.settings.network_mode),
-        )
+        return self.settings.vm_spec(vm_type, vcpus, mem_mib)
 
     async def create(
         self,

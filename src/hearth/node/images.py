@@ -1,13 +1,18 @@
-"""Which image each VM type boots from."""
+"""Which image each VM type boots from, and preparing the restore templates of an image."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from hearth.config import Settings
-from hearth.errors import ImageNotBuilt
+from hearth.errors import HearthError, ImageNotBuilt
 from hearth.images.manifest import ImageDir
+from hearth.logging import get_logger
+from hearth.vm.select import open_backend
 from hearth.vm.types import VmType
+
+_log = get_logger("node.images")
 
 # Preferred recipes per VM type, best first; the minimal image serves until the others exist.
 _RECIPES = {VmType.CLI: ("cli", "minimal"), VmType.BROWSER: ("browser", "minimal")}
@@ -43,3 +48,38 @@ class ImageCatalog:
             except ImageNotBuilt as exc:
                 found[vm_type.value] = f"missing: {exc.message}"
         return found
+
+
+async def prepare_templates(settings: Settings, image_path: Path) -> list[tuple[str, str]]:
+    """Build the restore template of every VM type that boots ``image_path`` (at its default
+    size) with the configured VMM, unless it is there already; per template, its name and how
+    it went. A template that cannot be built is reported, not raised: the controller builds
+    it at its start as well."""
+    catalog = ImageCatalog(settings)
+    wanted = []
+    for vm_type in VmType:
+        try:
+            image = catalog.image_for(vm_type)
+        except ImageNotBuilt:
+            continue
+        if image.path.resolve() == image_path.resolve():
+            wanted.append((vm_type, image))
+    if not wanted:
+        return []
+    try:
+        backend = open_backend(settings)
+    except HearthError as exc:
+        return [("(none)", f"not prepared: {exc.message}")]
+    outcomes = []
+    for vm_type, image in wanted:
+        spec = settings.vm_spec(vm_type)
+        name = f"{vm_type.value} {spec.size_key}"
+        started = time.monotonic()
+        try:
+            await backend.prepare(image, spec)
+        except HearthError as exc:
+            _log.warning("template_prepare_failed", vm_type=vm_type.value, error=exc.message[:300])
+            outcomes.append((name, f"failed: {exc.message[:200]}"))
+            continue
+        outcomes.append((name, f"ready ({time.monotonic() - started:.1f} s)"))
+    return outcomes
