@@ -123,6 +123,10 @@ def test_bench_vm_measures_every_start_path_once_and_leaves_no_vm(
         assert {"p50_s", "p95_s", "max_s"} <= set(doc[section]), section
     assert doc["concurrent"]["n"] == 2
     assert doc["pool"]["claim"]["n"] == 1
+    assert doc["pool"]["agent_health"]["n"] == 3  # three round trips per hand-out
+    assert doc["pool"]["health_ratio"] == pytest.approx(
+        doc["pool"]["p50_s"] / doc["pool"]["agent_health"]["p50_s"]
+    )
     assert doc["destroy"]["n"] >= 4  # cold, template's first restore, restore, 2 concurrent
     assert doc["restore_speedup_ratio"] == pytest.approx(
         doc["cold"]["p50_s"] / doc["restore"]["p50_s"]
@@ -140,6 +144,7 @@ def test_bench_vm_measures_every_start_path_once_and_leaves_no_vm(
     assert {t["name"] for t in doc["targets"]} == {
         "restore_vs_cold",
         "pool_handout_p50",
+        "pool_handout_vs_health",
         "disk_per_vm",
     }
     assert all(isinstance(t["met"], bool) for t in doc["targets"])
@@ -250,7 +255,12 @@ def test_bench_auth_measures_one_flow_by_stage_and_leaves_nothing(
     assert sample["browser_vm_boot_mode"] in ("restore", "cold", "pool")
     assert doc["warmup"]["templates_built"] >= 1  # a fresh state dir: the warm-up builds them
     assert doc["oidc"]["issuer"].startswith("http://10.0.2.")
-    assert [t["name"] for t in doc["targets"]] == ["auth_flow_overhead"]
+    assert [t["name"] for t in doc["targets"]] == [
+        "auth_flow_overhead",
+        "auth_overhead_vs_vm_starts",
+    ]
+    vm_starts = doc["stages"]["cli_vm"]["p50_s"] + doc["stages"]["browser_vm"]["p50_s"]
+    assert doc["overhead_vs_vm_starts"] == pytest.approx(doc["overhead"]["p50_s"] / vm_starts)
     assert all(isinstance(t["met"], bool) for t in doc["targets"])
     assert non_positive_numbers(doc) == []
 

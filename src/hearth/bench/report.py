@@ -23,6 +23,8 @@ from hearth.vm.host import bytes_on_disk
 # The issue's targets.
 RESTORE_SPEEDUP_TARGET = 12.0  # restore ≤ 1/12 of a cold boot
 POOL_HANDOUT_P50_TARGET_S = 0.050
+# A hand-out is a claim and a row update: at most this many agent /health round trips (p50s).
+POOL_HANDOUT_HEALTH_RATIO_TARGET = 2.0
 DISK_FRACTION_TARGET = 0.01  # disk added per VM ≤ 1 % of the image
 API_P99_TARGET_S = 0.020
 API_TARGET_RATE_RPS = 500.0
@@ -56,6 +58,7 @@ class VmFigures:
     restore: Summary
     pool: Summary
     pool_claim: Summary
+    agent_health: Summary
     concurrent: Summary
     destroy: Summary
     disk: dict[str, Summary]
@@ -73,6 +76,7 @@ class VmFigures:
             restore=Summary.of([s.create_s for s in result.restore]),
             pool=Summary.of(result.pool),
             pool_claim=Summary.of(result.pool_claim),
+            agent_health=Summary.of(result.agent_health),
             concurrent=Summary.of(result.concurrent),
             destroy=Summary.of(result.destroy),
             disk={k: Summary.of([s.disk_bytes for s in v]) for k, v in paths.items()},
@@ -84,6 +88,11 @@ class VmFigures:
     def restore_speedup_ratio(self) -> float:
         """Cold p50 / restore p50."""
         return self.cold.p50 / self.restore.p50
+
+    @property
+    def pool_health_ratio(self) -> float:
+        """Warm-pool hand-out p50 / the agent's /health round trip p50."""
+        return self.pool.p50 / self.agent_health.p50
 
     @property
     def best_hearth_p50(self) -> tuple[str, float]:
@@ -115,6 +124,14 @@ class VmFigures:
                 goal=f"warm-pool hand-out p50 ≤ {POOL_HANDOUT_P50_TARGET_S * 1000:.0f} ms",
                 measured=f"p50 {duration_text(self.pool.p50)} (max {duration_text(self.pool.max)})",
                 met=self.pool.p50 <= POOL_HANDOUT_P50_TARGET_S,
+            ),
+            Target(
+                name="pool_handout_vs_health",
+                goal=f"warm-pool hand-out p50 ≤ {POOL_HANDOUT_HEALTH_RATIO_TARGET:.0f}x the "
+                "agent's /health round trip p50 (same run)",
+                measured=f"hand-out {duration_text(self.pool.p50)} / health "
+                f"{duration_text(self.agent_health.p50)} = {self.pool_health_ratio:.1f}x",
+                met=self.pool_health_ratio <= POOL_HANDOUT_HEALTH_RATIO_TARGET,
             ),
             Target(
                 name="disk_per_vm",
@@ -151,6 +168,8 @@ def vm_document(result: VmBenchResult, *, command: str) -> dict[str, object]:
             **figures.pool.seconds(),
             "pool_size": options.pool_size,
             "claim": figures.pool_claim.seconds(),
+            "agent_health": figures.agent_health.seconds(),
+            "health_ratio": figures.pool_health_ratio,
         },
         "baseline": {
             **figures.baseline.seconds(),
@@ -208,6 +227,7 @@ def vm_tables(result: VmBenchResult) -> list[Table]:
         ),
         ("warm-pool hand-out", figures.pool, "", ""),
         ("  of which: claim (POST /init)", figures.pool_claim, "", ""),
+        ("agent GET /health round trip", figures.agent_health, "", ""),
         (f"{c} concurrent restores", figures.concurrent, "", ""),
         ("destroy", figures.destroy, "", ""),
     ]

@@ -7,7 +7,8 @@ Phases, in this order, every VM destroyed as soon as it is measured:
 3. ``restore``: creates restored from the template;
 4. ``concurrent``: ``concurrency`` restore-path creates started at once;
 5. ``pool``: a real ``WarmPool`` on a ``VmService`` (SQLite store in the bench's state dir);
-   each sample times ``VmService.create`` while a pooled VM waits, then lets the pool refill.
+   each sample times ``VmService.create`` while a pooled VM waits, then the handed-out VM's
+   agent ``GET /health`` round trip (the hand-out's yardstick), then lets the pool refill.
 
 Hearth's paths run on the QEMU backend, opened through ``hearth.vm.select`` like the
 controller's and held as a ``VmBackend``; the baseline needs QEMU (it is a QEMU comparison), so
@@ -25,6 +26,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hearth.agent_client import AgentClient
 from hearth.bench.baseline import BaselineLauncher
 from hearth.bench.errors import BenchError
 from hearth.bench.machine import MachineFacts
@@ -48,6 +50,7 @@ from hearth.vm.types import BootMode, Vm, VmSpec, VmType
 
 BENCH_USER = "hearth-bench"
 POOL_FILL_DEADLINE_S = 180.0
+HEALTH_TRIPS = 3  # agent /health round trips timed on each handed-out VM
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -83,6 +86,8 @@ class VmBenchResult:
     restore: list[VmSample] = field(default_factory=list)
     pool: list[float] = field(default_factory=list)
     pool_claim: list[float] = field(default_factory=list)  # the claim inside each hand-out
+    # The agent's GET /health round trip on each handed-out VM, the hand-out's yardstick.
+    agent_health: list[float] = field(default_factory=list)
     concurrent: list[float] = field(default_factory=list)
     concurrent_wall_s: float = 0.0
     destroy: list[float] = field(default_factory=list)
@@ -290,6 +295,11 @@ class _VmPhases:
                 if record.id not in waiting:
                     raise BenchError(f"VM {record.id} was booted, not handed out by the pool")
                 self.result.pool.append(handout_s)
+                agent = AgentClient(str(record.agent_url), None)
+                for _ in range(HEALTH_TRIPS):
+                    started = time.monotonic()
+                    await agent.health()
+                    self.result.agent_health.append(time.monotonic() - started)
                 await service.destroy(record.id, user_id=BENCH_USER)
             with self.progress.phase("pool refill"):
                 await self._pool_full(pool)
