@@ -37,7 +37,7 @@ from hearth_agent.wire import Provider
 from tests.integration.store_fixtures import *  # noqa: F403
 from tests.integration.store_fixtures import TEST_KEY_SECRET, OpenStore, new_vm
 
-HEAD = "0010"
+HEAD = "0011"
 
 # Every status-like column and the enum whose values it must hold.
 ENUM_COLUMNS: list[tuple[str, str, type[StrEnum]]] = [
@@ -188,6 +188,7 @@ async def test_database_check_constraints_are_the_models_check_constraints(store
     async with store.engine.connect() as conn:
         checks = await conn.run_sync(reflected)
     assert set(checks) == {"ck_vms_status", "ck_vms_vm_type", "ck_vms_boot_mode",
+                           "ck_vms_timeout_action", "ck_vms_idle_action",
                            "ck_auth_sessions_status", "ck_runs_status",
                            "ck_runs_provider", "ck_webhook_deliveries_status"}  # fmt: skip
     for table, column, enum_cls in ENUM_COLUMNS:

@@ -1,9 +1,10 @@
 """The auth flow runner: CLI VM → Browser VM login → capture → encrypted store → delivery.
 
 One background task per session walks the status table in ``hearth.auth.states``; every move is
-a compare-and-set in the store, so a cancel (or a restarted controller) can never be overwritten
-by a runner that did not notice. Each stage has its own deadline. Whatever the ending, the
-Browser VM is destroyed.
+a compare-and-set in the store, so a cancel can never be overwritten by a runner that did not
+notice. Each stage has its own deadline. Whatever the ending, the Browser VM is destroyed. A
+controller that stops leaves its sessions where they are; the next one picks each up at its
+stage (``recover``), with the VMs reconciliation adopted.
 """
 
 from __future__ import annotations
@@ -11,14 +12,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import json
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from hearth.agent_client import AgentClient, AgentError
+from hearth.agent_client import AgentClient
 from hearth.auth.delivery import Delivery
+from hearth.auth.login_vms import (
+    Login,
+    create_browser_vm,
+    destroy_vm,
+    ensure_cli_vm,
+    wait_for_login,
+)
 from hearth.auth.providers import LoginPlan, login_plan, parse_provider
 from hearth.auth.states import TERMINAL, AuthStatus
 from hearth.config import Settings
@@ -27,11 +34,9 @@ from hearth.control.vms import VmService
 from hearth.credentials.service import CredentialService
 from hearth.errors import (
     ActiveSessionExists,
-    CapacityExhausted,
     Conflict,
     HearthError,
     NotFound,
-    QuotaExceeded,
     VmError,
 )
 from hearth.events.log import EventLog
@@ -42,8 +47,7 @@ from hearth.metrics import ControllerMetrics
 from hearth.node.egress import EgressPath
 from hearth.node.interface import Node
 from hearth.store import AuthSessionRecord, Store, VmRecord
-from hearth.vm.readiness import Backoff
-from hearth.vm.types import NetworkMode, VmSpec, VmState, VmType
+from hearth.vm.types import NetworkMode, VmState, VmType
 
 _log = get_logger("auth.flow")
 VNC_PORT = 5900
@@ -104,6 +108,7 @@ class AuthFlow:
         self.credentials = credentials
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._cleaning: set[str] = set()
+        self._stopping = False  # the controller stops: sessions are left for the next one
         # One egress path per session whose Browser VM may reach its provider; closed at the end.
         self._egress: dict[str, EgressPath] = {}
         self.on_awaiting_user: Callable[[AuthSessionRecord], Awaitable[None]] | None = None
@@ -188,28 +193,22 @@ class AuthFlow:
         return record
 
     async def recover(self) -> list[str]:
-        """After a restart: fail every session left mid-flow, with a reason, and clean up."""
-        failed = []
+        """After a (re)start, once reconciliation adopted the VMs that survived: pick every
+        session left mid-flow up at its stage (``_stages``); their ids. A session fails only if
+        its stage cannot go on (a VM it needs is gone, its deadline passed)."""
         pending = [s for s in AuthStatus if s not in TERMINAL]
+        resumed = []
         for record in await self.store.auth_sessions.list(statuses=pending):
-            with contextlib.suppress(Conflict):
-                record = await self.store.auth_sessions.transition(
-                    record.id,
-                    record.status,
-                    AuthStatus.FAILED,
-                    error_message=f"the controller restarted while the session was "
-                    f"{record.status.value}; start a new login",
-                )
-                failed.append(record.id)
-                self._count(record, AuthStatus.FAILED)
-                await self._tell(EventType.AUTH_FAILED, record, status="failed", error="restart")
-            await self._destroy_browser(record)
-        if failed:
-            _log.warning("auth_sessions_failed_on_restart", count=len(failed))
-        return failed
+            _log.info("auth_resumed", session_id=record.id, status=record.status.value)
+            self._launch(record)
+            resumed.append(record.id)
+        return resumed
 
     async def shutdown(self) -> None:
-        """Stop every running flow (their Browser VMs are destroyed by each flow's cleanup)."""
+        """Stop every running flow and leave each session where it is, its Browser VM and
+        the user's view running, for the next controller to pick up (``recover``); only the
+        egress paths, which live in this process, close."""
+        self._stopping = True
         for task in list(self._tasks.values()):
             task.cancel()
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
@@ -236,6 +235,9 @@ class AuthFlow:
         except _Ended:
             pass
         except asyncio.CancelledError:
+            if self._stopping:  # left where it is for the next controller
+                await self._close_egress(session_id)
+                raise
             ending = (AuthStatus.CANCELLED, "cancelled")
             raise
         except StageTimeout as exc:
@@ -246,18 +248,27 @@ class AuthFlow:
             _log.exception("auth_flow_crashed", session_id=session_id)
             ending = (AuthStatus.FAILED, f"internal error ({type(exc).__name__})")
         finally:
-            # A cancel arriving now must not interrupt the cleanup (see cancel()).
-            self._cleaning.add(session_id)
-            try:
-                latest = await self.store.auth_sessions.get(session_id)
-                await self._destroy_browser(latest)
-                path = self._egress.pop(session_id, None)
-                if path is not None:
-                    await path.close()
-            finally:
-                self._cleaning.discard(session_id)
-                if ending is not None:
-                    await self._end(session_id, *ending)
+            if not self._stopping:
+                await self._clean_up(session_id, ending)
+
+    async def _clean_up(self, session_id: str, ending: tuple[AuthStatus, str] | None) -> None:
+        """Destroy the session's Browser VM and close its egress path, then write its
+        ``ending`` (if any): a session that reads as ended has neither left."""
+        # A cancel arriving now must not interrupt the cleanup (see cancel()).
+        self._cleaning.add(session_id)
+        try:
+            latest = await self.store.auth_sessions.get(session_id)
+            await self._destroy_browser(latest)
+            await self._close_egress(session_id)
+        finally:
+            self._cleaning.discard(session_id)
+            if ending is not None:
+                await self._end(session_id, *ending)
+
+    async def _close_egress(self, session_id: str) -> None:
+        path = self._egress.pop(session_id, None)
+        if path is not None:
+            await path.close()
 
     async def _end(self, session_id: str, status: AuthStatus, message: str) -> None:
         record = await self.store.auth_sessions.get(session_id)
@@ -286,25 +297,74 @@ class AuthFlow:
         )
 
     async def _stages(self, record: AuthSessionRecord) -> None:
-        sid, user = record.id, record.user_id
+        """Walk the stages from where ``record`` is: all of them for a new session; from its
+        stage for one a restarted controller picks up (``recover``), whose VMs reconciliation
+        adopted. A stage that cannot go on fails the session with the reason."""
+        sid, user, status = record.id, record.user_id, record.status
         plan = login_plan(record.provider, self.settings)
+        if status in (AuthStatus.PENDING, AuthStatus.CLI_VM_STARTING):
+            if status is AuthStatus.PENDING:
+                await self._move(sid, AuthStatus.PENDING, AuthStatus.CLI_VM_STARTING)
+            cli_vm = await self._start_cli_vm(user)
+            await self._move(
+                sid, AuthStatus.CLI_VM_STARTING, AuthStatus.CLI_VM_READY, vm_id=cli_vm.id
+            )
+            status = AuthStatus.CLI_VM_READY
+        else:
+            cli_vm = await self._session_vm(record.vm_id, "CLI VM")
+        cli_agent = self._agent_of(cli_vm)
 
-        await self._move(sid, AuthStatus.PENDING, AuthStatus.CLI_VM_STARTING)
-        cli_vm = await self._stage(
-            self._ensure_cli_vm(user),
+        if status in (AuthStatus.CLI_VM_READY, AuthStatus.BROWSER_VM_STARTING):
+            if status is AuthStatus.CLI_VM_READY:
+                await self._move(sid, AuthStatus.CLI_VM_READY, AuthStatus.BROWSER_VM_STARTING)
+            else:  # a restart interrupted the Browser VM's start: start it again
+                await self._destroy_browser(record)
+            login = await self._open_login(sid, user, plan)
+            status = AuthStatus.AWAITING_USER
+        elif status is AuthStatus.AWAITING_USER:
+            login = await self._reattach(record, plan)
+
+        if status is AuthStatus.AWAITING_USER:
+            waiting = await self.store.auth_sessions.get(sid)
+            left = (waiting.stage_deadline_at or datetime.now(UTC)) - datetime.now(UTC)
+            document = await self._stage(
+                wait_for_login(self.vms, *login),
+                max(0.0, left.total_seconds()),
+                "waiting for the user to log in",
+            )
+            await self.credentials.capture(user, record.provider, document)
+            await self._move(sid, AuthStatus.AWAITING_USER, AuthStatus.CREDENTIALS_CAPTURED)
+            status = AuthStatus.CREDENTIALS_CAPTURED
+        if status is AuthStatus.CREDENTIALS_CAPTURED:
+            await self._destroy_browser(await self.store.auth_sessions.get(sid))
+            await self._move(sid, AuthStatus.CREDENTIALS_CAPTURED, AuthStatus.DELIVERING)
+
+        # Delivering (again, after a restart: the sha256 check makes it idempotent).
+        await self.delivery.deliver_with(cli_agent, user, record.provider, cli_vm.id, fresh=True)
+        await self.delivery.check_with_cli(cli_agent, sid, record.provider, cli_vm.id)
+        await self._move(sid, AuthStatus.DELIVERING, AuthStatus.COMPLETED)
+        self._count(record, AuthStatus.COMPLETED)
+        _log.info("auth_completed", session_id=sid, user_id=user, provider=record.provider)
+        await self._tell(EventType.AUTH_COMPLETED, record, vmId=cli_vm.id)
+
+    async def _start_cli_vm(self, user: str) -> VmRecord:
+        """The user's CLI VM, healthy and claimed (created unless one is ready)."""
+        cli_vm: VmRecord = await self._stage(
+            ensure_cli_vm(self.vms, user),
             self.settings.cli_vm_timeout_s,
             "starting the CLI VM",
             failed="the CLI VM did not start",
         )
-        cli_agent = AgentClient(str(cli_vm.agent_url), self.vms.agent_token(cli_vm.id))
+        cli_agent = self._agent_of(cli_vm)
         try:
             await cli_agent.health()
             await cli_agent.version()
         except HearthError as exc:
             raise VmError(f"CLI VM {cli_vm.id} is not healthy: {exc.message}") from exc
-        await self._move(sid, AuthStatus.CLI_VM_STARTING, AuthStatus.CLI_VM_READY, vm_id=cli_vm.id)
+        return cli_vm
 
-        await self._move(sid, AuthStatus.CLI_VM_READY, AuthStatus.BROWSER_VM_STARTING)
+    async def _open_login(self, sid: str, user: str, plan: LoginPlan) -> Login:
+        """The Browser VM, its login started, the session ``awaiting_user``."""
         plan = await self._with_egress(sid, plan)
         browser_spec = dataclasses.replace(
             self.vms.spec_for(VmType.BROWSER, None, None),
@@ -315,40 +375,59 @@ class AuthFlow:
             guest_forwards=plan.guest_forwards,
         )
         browser = await self._stage(
-            self._create_browser_vm(sid, user, browser_spec),
+            create_browser_vm(self.vms, self.store, sid, user, browser_spec),
             self.settings.browser_vm_timeout_s,
             "starting the Browser VM",
             failed="the Browser VM did not start",
         )
-        browser_agent = AgentClient(str(browser.agent_url), self.vms.agent_token(browser.id))
-        login = await browser_agent.login_start(plan.start_body)
+        browser_agent = self._agent_of(browser)
+        started = await browser_agent.login_start(plan.start_body)
+        login_id = str(started["login_id"])
         deadline = datetime.now(UTC) + timedelta(seconds=self.settings.login_timeout_s)
         waiting = await self._move(
             sid,
             AuthStatus.BROWSER_VM_STARTING,
             AuthStatus.AWAITING_USER,
-            login_url=str(login.get("authorize_url", "")),
+            login_url=str(started.get("authorize_url", "")),
             stage_deadline_at=deadline,
+            login_id=login_id,
         )
         if self.on_awaiting_user is not None:
             await self.on_awaiting_user(waiting)
+        return browser.id, browser_agent, login_id
 
-        document = await self._stage(
-            self._wait_for_login(browser.id, browser_agent, str(login["login_id"])),
-            self.settings.login_timeout_s,
-            "waiting for the user to log in",
-        )
-        await self.credentials.capture(user, record.provider, document)
-        await self._move(sid, AuthStatus.AWAITING_USER, AuthStatus.CREDENTIALS_CAPTURED)
-        await self._destroy_browser(await self.store.auth_sessions.get(sid))
+    async def _reattach(self, record: AuthSessionRecord, plan: LoginPlan) -> Login:
+        """A login left ``awaiting_user`` by a controller that stopped: its Browser VM (adopted
+        with its agent and the user's view) and the login in its agent, reached again; its
+        egress path reopened on the node port the Browser VM's QEMU dials."""
+        browser = await self._session_vm(record.browser_vm_id, "Browser VM")
+        if record.login_id is None:
+            raise VmError(f"the login in Browser VM {browser.id} is unknown (started before 0011)")
+        if plan.egress_allow:
+            try:
+                self._egress[record.id] = await self.node.open_egress(
+                    plan.egress_allow, owner=record.id, port=record.egress_port or 0
+                )
+            except OSError as exc:
+                raise VmError(
+                    f"the login's egress path could not be reopened on port "
+                    f"{record.egress_port}: {exc.strerror or exc}"
+                ) from exc
+        _log.info("auth_reattached", session_id=record.id, browser_vm_id=browser.id)
+        return browser.id, self._agent_of(browser), record.login_id
 
-        await self._move(sid, AuthStatus.CREDENTIALS_CAPTURED, AuthStatus.DELIVERING)
-        await self.delivery.deliver_with(cli_agent, user, record.provider, cli_vm.id, fresh=True)
-        await self.delivery.check_with_cli(cli_agent, sid, record.provider, cli_vm.id)
-        await self._move(sid, AuthStatus.DELIVERING, AuthStatus.COMPLETED)
-        self._count(record, AuthStatus.COMPLETED)
-        _log.info("auth_completed", session_id=sid, user_id=user, provider=record.provider)
-        await self._tell(EventType.AUTH_COMPLETED, record, vmId=cli_vm.id)
+    async def _session_vm(self, vm_id: str | None, what: str) -> VmRecord:
+        """The session's ``what``, ready and reachable; VmError naming why otherwise."""
+        if vm_id is None:
+            raise VmError(f"this login has no {what}")
+        record = await self.vms.get(vm_id)
+        if record.status is not VmState.READY or self.vms.agent_token(vm_id) is None:
+            why = f": {record.error}" if record.error else ""
+            raise VmError(f"the {what} {vm_id} of this login is {record.status.value}{why}")
+        return record
+
+    def _agent_of(self, vm: VmRecord) -> AgentClient:
+        return AgentClient(str(vm.agent_url), self.vms.agent_token(vm.id))
 
     async def _with_egress(self, session_id: str, plan: LoginPlan) -> LoginPlan:
         """Open the session's egress path on the node if its login may reach anything; the
@@ -358,6 +437,8 @@ class AuthFlow:
             return plan
         path = await self.node.open_egress(plan.egress_allow, owner=session_id)
         self._egress[session_id] = path
+        # A restarted controller reopens it on this port: the Browser VM's QEMU dials it.
+        await self.store.auth_sessions.update(session_id, egress_port=path.port)
         _log.info(
             "egress_proxy_for_session",
             session_id=session_id,
@@ -385,80 +466,6 @@ class AuthFlow:
                 raise
             raise VmError(f"{failed}: {exc.message}") from exc
 
-    async def _ensure_cli_vm(self, user_id: str) -> VmRecord:
-        """The user's healthy CLI VM, reused when there is one, else a new one."""
-        backoff = Backoff(initial_s=0.2, cap_s=2.0).delays()
-        while True:
-            for vm in await self.vms.list_vms(user_id=user_id):
-                usable = vm.vm_type is VmType.CLI and vm.status is VmState.READY
-                if usable and self.vms.agent_token(vm.id) is not None:
-                    return vm
-            try:
-                return await self.vms.create(
-                    user_id=user_id, spec=self.vms.spec_for(VmType.CLI, None, None)
-                )
-            except QuotaExceeded:
-                # The user's CLI VM is still booting: wait for it (the stage has a deadline).
-                await asyncio.sleep(next(backoff))
-
-    async def _create_browser_vm(self, session_id: str, user_id: str, spec: VmSpec) -> VmRecord:
-        """A Browser VM, waiting (within the stage's deadline) while the host has no room.
-
-        The VM is recorded on the session as soon as it is admitted, before its boot is awaited:
-        a cancel or a stage timeout during the boot does not stop the boot, so the session's
-        cleanup must know the VM to destroy it (else it would run on, holding the user's and the
-        host's Browser VM quota).
-        """
-        backoff = Backoff(initial_s=0.5, cap_s=3.0).delays()
-        while True:
-            try:
-                record = await self.vms.create(user_id=user_id, spec=spec, wait=False)
-            except CapacityExhausted:
-                await asyncio.sleep(next(backoff))
-                continue
-            try:
-                await self.store.auth_sessions.update(session_id, browser_vm_id=record.id)
-            except BaseException:
-                # Not on the session, so the session's cleanup would miss it: destroy it here.
-                await self._destroy_vm(session_id, record.id)
-                raise
-            return await self.vms.wait_booted(record.id)
-
-    async def _wait_for_login(self, browser_id: str, agent: AgentClient, login_id: str) -> bytes:
-        # Polled often: the capture is on the critical path of every login (≈ one request each).
-        for delay in Backoff(initial_s=0.2, cap_s=0.5).delays():
-            if not self.vms.alive(browser_id):
-                raise VmError(f"Browser VM {browser_id} stopped while waiting for the login")
-            try:
-                status = await agent.login_status(login_id)
-            except AgentError as exc:
-                if not self.vms.alive(browser_id):
-                    raise VmError(
-                        f"Browser VM {browser_id} stopped while waiting for the login"
-                    ) from exc
-                raise VmError(f"Browser VM {browser_id}'s agent failed: {exc.message}") from exc
-            state = status.get("status")
-            if state == "captured":
-                full = await agent.login_status(login_id, content=True)
-                document = full.get("document")
-                if isinstance(document, dict):
-                    return json.dumps(document, indent=2).encode() + b"\n"
-                if isinstance(document, str):
-                    return document.encode()
-                raise VmError("the Browser VM reported a capture without a document")
-            if state in ("failed", "cancelled"):
-                raise VmError(f"login {state} in the Browser VM: {status.get('error')}")
-            await asyncio.sleep(delay)
-        raise AssertionError("unreachable")
-
     async def _destroy_browser(self, record: AuthSessionRecord) -> None:
         if record.browser_vm_id:
-            await self._destroy_vm(record.id, record.browser_vm_id)
-
-    async def _destroy_vm(self, session_id: str, vm_id: str) -> None:
-        try:
-            await self.vms.destroy(vm_id)
-        except NotFound:
-            pass
-        except HearthError as exc:
-            _log.warning("browser_vm_destroy_failed", session_id=session_id, error=exc.message)
+            await destroy_vm(self.vms, record.id, record.browser_vm_id)

@@ -166,6 +166,10 @@ class AuthSessionRow(Base):
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
     completed_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     stage_deadline_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    # What a restarted controller needs to pick the login up again: the Browser VM agent's login
+    # id, and the node port of the login's egress path (the Browser VM's QEMU dials it).
+    login_id: Mapped[str | None] = mapped_column(String(ID_MAX))
+    egress_port: Mapped[int | None]
 
 
 class CredentialRow(Base):

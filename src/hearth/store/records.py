@@ -145,6 +145,8 @@ class AuthSessionRecord:
     updated_at: datetime = field(default_factory=utc_now)
     completed_at: datetime | None = None
     stage_deadline_at: datetime | None = None
+    login_id: str | None = None  # the Browser VM agent's login, once it started
+    egress_port: int | None = None  # the node port of the login's egress path, when it has one
 
     def __post_init__(self) -> None:
         _require_aware(self)

@@ -11,6 +11,7 @@ from hearth.store.models import ACTIVE_AUTH_STATUSES, auth_sessions_table
 from hearth.store.records import AuthSessionRecord
 from hearth.store.repositories._base import (
     Coerce,
+    as_int,
     as_str,
     as_timestamp,
     optional,
@@ -22,6 +23,8 @@ from hearth.store.repositories._status import StatusRepository
 UPDATABLE_FIELDS: dict[str, Coerce] = {
     "vm_id": optional(as_str),
     "browser_vm_id": optional(as_str),
+    "login_id": optional(as_str),
+    "egress_port": optional(as_int),
     "login_url": optional(as_str),
     "view_token_hash": optional(as_str),
     "error_message": optional(as_str),
