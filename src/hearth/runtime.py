@@ -213,6 +213,7 @@ async def open_hearth(
             ("stop watching credential expiry", expiry.run()),
             ("stop pulling credentials back", pullback.run(vms, settings.pullback_interval_s)),
             ("stop ending VMs whose time is up", lifetimes.run()),
+            ("stop pruning the event log", events.prune()),
         ]:
             teardown.push(name, functools.partial(_cancel, asyncio.create_task(loop)))
         control = ControlPlane(

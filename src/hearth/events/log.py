@@ -2,9 +2,10 @@
 
 An event is stored (with the deliveries it owes every subscribed webhook, in one transaction)
 before anyone is told: the webhook dispatcher works from those rows, so a controller that dies
-right after loses no event and no delivery. Readers page by id (``GET /api/events?since=``) or
-follow the log as it grows (the same route as SSE). A user's key sees that user's events; an
-admin key sees all.
+right after loses no event and no delivery. Events older than ``HEARTH_EVENTS_KEEP_DAYS`` are
+forgotten (hourly), unless a webhook is still owed one. Readers page by id
+(``GET /api/events?since=``) or follow the log as it grows (the same route as SSE). A user's key
+sees that user's events; an admin key sees all.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -22,12 +23,16 @@ from hearth.config import Settings
 from hearth.events.types import EventType
 from hearth.logging import get_logger
 from hearth.metrics import ControllerMetrics
+from hearth.periodic import every
 from hearth.store import Store
 from hearth.store.records import EventRecord
 
 _log = get_logger("events")
 # A follower looks again this often even when this controller wrote nothing (another might).
 FOLLOW_POLL_S = 1.0
+# Old events are forgotten this often, this many per transaction.
+PRUNE_INTERVAL_S = 3600.0
+PRUNE_BATCH = 5000
 
 
 def event_payload(event: EventRecord) -> dict[str, Any]:
@@ -49,6 +54,7 @@ class EventLog:
         self.store = store
         self.metrics = metrics
         self._retry_for = timedelta(seconds=settings.webhook_retry_for_s)
+        self._keep = timedelta(days=settings.events_keep_days)
         self._written = asyncio.Event()
         self.on_deliveries_owed = asyncio.Event()  # set when a new event owes a webhook
 
@@ -98,3 +104,20 @@ class EventLog:
             if not batch:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(written.wait(), FOLLOW_POLL_S)
+
+    async def prune_once(self) -> int:
+        """Forget the events older than ``HEARTH_EVENTS_KEEP_DAYS`` that no webhook is still
+        owed (with their deliveries); how many went."""
+        before = datetime.now(UTC) - self._keep
+        pruned = 0
+        while batch := await self.store.events.prune(before, batch=PRUNE_BATCH):
+            pruned += batch
+            if batch < PRUNE_BATCH:
+                break
+        if pruned:
+            _log.info("events_pruned", count=pruned, before=before.isoformat())
+        return pruned
+
+    async def prune(self) -> None:
+        """Run ``prune_once`` now and every ``PRUNE_INTERVAL_S`` (cancel to stop)."""
+        await every(PRUNE_INTERVAL_S, self.prune_once, what="event log pruning")

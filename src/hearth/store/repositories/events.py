@@ -5,12 +5,17 @@ from __future__ import annotations
 import builtins
 import json
 import secrets
-from datetime import timedelta
+from datetime import datetime, timedelta
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, exists, func, select
 
 from hearth.events.types import DeliveryStatus
-from hearth.store.models import events_table, webhook_deliveries_table, webhooks_table
+from hearth.store.models import (
+    events_table,
+    webhook_attempts_table,
+    webhook_deliveries_table,
+    webhooks_table,
+)
 from hearth.store.records import EventRecord
 from hearth.store.repositories._base import Repository, to_record
 
@@ -21,7 +26,7 @@ def new_delivery_id() -> str:
 
 
 class EventRepo(Repository):
-    """Appends events and reads them back in order."""
+    """Appends events, reads them back in order, and forgets the old ones."""
 
     async def append(
         self,
@@ -75,3 +80,29 @@ class EventRepo(Repository):
         """The newest event's id (0 for an empty log)."""
         row = await self._read_one(select(func.coalesce(func.max(events_table.c.id), 0)))
         return int(row[0]) if row is not None else 0
+
+    async def prune(self, before: datetime, *, batch: int = 5000) -> int:
+        """Forget up to ``batch`` of the events stored before ``before`` that no webhook is
+        still owed, oldest first, with their finished deliveries and those deliveries'
+        attempts, in one transaction; how many events went (``batch``: call again)."""
+        deliveries = webhook_deliveries_table
+        owed = exists().where(
+            deliveries.c.event_id == events_table.c.id,
+            deliveries.c.status == DeliveryStatus.PENDING.value,
+        )
+        old = (
+            select(events_table.c.id)
+            .where(events_table.c.created_at < before, ~owed)
+            .order_by(events_table.c.id)
+            .limit(batch)
+        )
+        async with self._engine.begin() as conn:
+            ids = [row.id for row in await conn.execute(old)]
+            if not ids:
+                return 0
+            theirs = select(deliveries.c.id).where(deliveries.c.event_id.in_(ids))
+            attempts = webhook_attempts_table
+            await conn.execute(delete(attempts).where(attempts.c.delivery_id.in_(theirs)))
+            await conn.execute(delete(deliveries).where(deliveries.c.event_id.in_(ids)))
+            await conn.execute(delete(events_table).where(events_table.c.id.in_(ids)))
+        return len(ids)
