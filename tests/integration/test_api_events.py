@@ -108,6 +108,12 @@ async def test_a_failing_receiver_is_retried_and_every_attempt_recorded(
     assert delivery["nextAttemptAt"] is None
     metrics = (await api.client.get("/metrics", headers=api.headers())).text
     assert 'hearth_webhook_deliveries_total{outcome="retry"} 2.0' in metrics
+    # The backlog gauge is set by the dispatcher's next round after the delivery.
+    for _ in range(100):
+        if "hearth_webhook_backlog 0.0" in metrics:
+            break
+        await asyncio.sleep(0.05)
+        metrics = (await api.client.get("/metrics", headers=api.headers())).text
     assert "hearth_webhook_backlog 0.0" in metrics
 
 

@@ -46,10 +46,12 @@ async def test_an_idle_vm_is_paused_and_the_next_command_resumes_it_intact(
         url = f"/api/vms/{vm['id']}"
         # A process that counts (in its own session: an exec's end takes its process group
         # with it), and a file on the VM's disk.
+        # The exec waits for the first count: until then setsid's child may not have left the
+        # exec's process group, which the exec's end kills.
         script = (
             "echo kept > kept.txt && sync && setsid -f sh -c "
             "'i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.2; done' "
-            ">/dev/null 2>&1 && echo started"
+            ">/dev/null 2>&1 && while [ ! -s /tmp/count ]; do sleep 0.05; done && echo started"
         )
         started = await events_of(admin, "POST", f"{url}/exec", json={"cmd": ["sh", "-c", script]})
         assert exit_of(started)["code"] == 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from pathlib import Path
 
 from hearth.errors import VmError
@@ -13,7 +14,8 @@ from hearth.vm.qemu.disk_keys import DiskKey, encrypt_create_options, secret_obj
 from hearth.vm.qemu.luks import rekey_overlay
 
 _BLOCK = 4096
-_PROTOTYPE_ATTEMPTS = 3
+_PROTOTYPE_ATTEMPTS = 8
+_PROTOTYPE_BACKOFF_S = 0.1  # times the attempt number: at most 2.8 s in all (in a thread)
 _FLAKY_BENCHMARK = "Unable to get accurate CPU usage"
 
 
@@ -106,6 +108,8 @@ def _make_prototype(backing: Path, backing_format: str, path: Path) -> bytes:
             # on a busy host: it then gives up with this message. A retry succeeds.
             if _FLAKY_BENCHMARK not in exc.message or attempt == _PROTOTYPE_ATTEMPTS:
                 raise
+            # Three quick retries all failed on a loaded CI host: give the load time to pass.
+            time.sleep(_PROTOTYPE_BACKOFF_S * attempt)
             attempt += 1
         finally:
             path.unlink(missing_ok=True)
