@@ -16,6 +16,7 @@ from hearth.credentials.errors import DecryptionFailed
 from hearth.credentials.vault import CredentialVault, Sealed
 from hearth.logging import get_logger
 from hearth.store import VmRecord
+from hearth.store.records import SEALED_TOKEN_FIELDS
 
 _log = get_logger("control.agent_tokens")
 # What the vault binds a token to, with the VM's id (a credential is bound to a provider name,
@@ -37,7 +38,7 @@ class AgentTokens:
     def fields(self, vm_id: str, token: str | None) -> dict[str, object]:
         """The row fields that keep ``token`` (sealed) for VM ``vm_id``; all None for none."""
         if token is None:
-            return dict.fromkeys(("token_hash", "token_key_id", "token_nonce", "token_ciphertext"))
+            return dict.fromkeys(("token_hash", *SEALED_TOKEN_FIELDS))
         sealed = self._vault.encrypt(token.encode(), user_id=_SEAL_USER, provider=vm_id)
         return {
             "token_hash": token_hash(token),

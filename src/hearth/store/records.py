@@ -126,6 +126,10 @@ class VmRecord:
         return self.status not in INACTIVE_VM_STATES
 
 
+# A VM row's fields that hold its agent token sealed (``hearth.control.agent_tokens``).
+SEALED_TOKEN_FIELDS = ("token_key_id", "token_nonce", "token_ciphertext")
+
+
 @dataclass(frozen=True, kw_only=True)
 class AuthSessionRecord:
     """One run of the login flow for a user and provider, as persisted."""

@@ -7,7 +7,7 @@ from collections.abc import Collection
 from sqlalchemy import func, select
 
 from hearth.store.models import vms_table
-from hearth.store.records import INACTIVE_VM_STATES, VmRecord
+from hearth.store.records import INACTIVE_VM_STATES, SEALED_TOKEN_FIELDS, VmRecord
 from hearth.store.repositories._base import (
     Coerce,
     as_bool,
@@ -58,9 +58,7 @@ UPDATABLE_FIELDS: dict[str, Coerce] = {
 }
 _INACTIVE = sorted(INACTIVE_VM_STATES)
 # What a VM leaving for good no longer needs kept: its sealed agent token.
-_SEALED_TOKEN_GONE: dict[str, object] = dict.fromkeys(
-    ("token_key_id", "token_nonce", "token_ciphertext")
-)
+_SEALED_TOKEN_GONE: dict[str, object] = dict.fromkeys(SEALED_TOKEN_FIELDS)
 
 
 class VmRepo(
