@@ -14,11 +14,11 @@ import secrets
 import time
 from pathlib import Path
 
-from hearth.errors import InvalidInput, VmError
+from hearth.errors import InvalidInput, SavedStateCorrupt, VmError
 from hearth.images.manifest import ImageDir
 from hearth.vm.accel import Accel
 from hearth.vm.host import new_vm_id
-from hearth.vm.types import BootMode, Vm, VmSpec, VmState
+from hearth.vm.types import BootMode, Vm, VmSpec, VmState, Volume
 
 
 class FakeBackend:
@@ -36,6 +36,13 @@ class FakeBackend:
         self.hold: asyncio.Event | None = None
         self.fail_next: Exception | None = None
         self._exits: dict[str, asyncio.Event] = {}
+        # Hibernated VMs: their saved "state" is the key it was sealed under and the disk key
+        # the VM had (a wake with other keys fails as a corrupt state would).
+        self.hibernated: dict[str, tuple[bytes, bytes | None]] = {}
+        # Volumes made: path → (size, key).
+        self.volumes: dict[Path, tuple[int, bytes]] = {}
+        # Set to make the next wake find its saved state corrupt.
+        self.corrupt_next_wake = False
 
     async def prepare(self, image: ImageDir, spec: VmSpec) -> None:
         """Templates are nothing here: record what was asked."""
@@ -70,6 +77,7 @@ class FakeBackend:
                 raise error
             if claim:
                 vm.token = secrets.token_urlsafe(32)
+            vm.disk_key = secrets.token_bytes(32)
             vm.ready_at = time.time()
             vm.time_to_healthy_s = 0.0
             vm.move_to(VmState.READY)
@@ -116,10 +124,57 @@ class FakeBackend:
         """Mark the VM ready again."""
         self._running(vm).move_to(VmState.READY)
 
+    async def hibernate(self, vm: Vm) -> bytes:
+        """Keep the VM as "saved": no longer running, its keys remembered."""
+        was = self._running(vm).state
+        vm.move_to(VmState.HIBERNATING)
+        if self.fail_next is not None:
+            error, self.fail_next = self.fail_next, None
+            vm.state = was
+            raise error
+        key = secrets.token_bytes(32)
+        self.hibernated[vm.id] = (key, vm.disk_key)
+        self.running.pop(vm.id)
+        if self.hold is not None:  # the VMM has ended; the save is not reported yet
+            await self.hold.wait()
+        vm.pid = None
+        vm.move_to(VmState.HIBERNATED)
+        return key
+
+    async def wake(self, vm: Vm, state_key: bytes) -> Vm:
+        """Running again, if ``state_key`` and the VM's disk key are the ones it was saved
+        with; SavedStateCorrupt (the VM failed) otherwise or after ``corrupt_next_wake``."""
+        saved = self.hibernated.get(vm.id)
+        corrupt, self.corrupt_next_wake = self.corrupt_next_wake, False
+        if saved is None or corrupt or saved != (state_key, vm.disk_key):
+            vm.state = VmState.FAILED
+            raise SavedStateCorrupt(f"VM {vm.id}: the fake's saved state does not open")
+        vm.move_to(VmState.BOOTING)
+        del self.hibernated[vm.id]
+        self.running[vm.id] = vm
+        vm.ready_at = time.time()
+        vm.move_to(VmState.READY)
+        return vm
+
+    async def create_volume(self, path: Path, size_mib: int, key: bytes) -> None:
+        """A file standing for the volume (its size and key remembered)."""
+        path.write_bytes(b"")
+        self.volumes[path] = (size_mib, key)
+
+    async def attach_volume(self, vm: Vm, volume: Volume) -> bool:
+        """Attached: appended to the VM's volumes (its key must be the one it was made with);
+        False: a fake VM has no disks for its agent to mount."""
+        self._running(vm)
+        if self.volumes.get(volume.path, (0, None))[1] != volume.key:
+            raise VmError(f"volume {volume.path} does not open with that key")
+        vm.volumes.append(volume)
+        return False
+
     async def destroy(self, vm: Vm) -> None:
         """Forget the VM (idempotent); every call is recorded."""
         if vm.state is VmState.DESTROYED:
             return
+        self.hibernated.pop(vm.id, None)
         if vm.state is not VmState.STOPPING:
             vm.move_to(VmState.STOPPING)
         self.destroyed.append(vm.id)
@@ -141,6 +196,10 @@ class FakeBackend:
                 vm.state = VmState.FAILED
                 await self.destroy(vm)
                 reaped.append(vm.id)
+        for vm_id in [v for v in self.hibernated if v not in keep]:
+            del self.hibernated[vm_id]
+            self.destroyed.append(vm_id)
+            reaped.append(vm_id)
         return sorted(reaped)
 
     def console_tail(self, vm: Vm, lines: int = 40) -> str:

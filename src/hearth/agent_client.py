@@ -155,6 +155,25 @@ class AgentClient:
         result: dict[str, Any] = await self._call("GET", "/version")
         return result
 
+    async def set_clock(self, epoch: float) -> dict[str, Any]:
+        """``POST /clock``: set the guest's clock to ``epoch``; whether it took, and the offset."""
+        result: dict[str, Any] = await self._call("POST", "/clock", json_body={"time": epoch})
+        return result
+
+    async def mount_workspace(self, serial: str) -> dict[str, Any]:
+        """``POST /workspace/volume``: mount the disk with ``serial`` as the workspace (formatted
+        first when blank); where, and whether it was formatted."""
+        result: dict[str, Any] = await self._call(
+            "POST", "/workspace/volume", json_body={"serial": serial}, timeout_s=60.0
+        )
+        return result
+
+    async def unmount_workspace(self) -> dict[str, Any]:
+        """``DELETE /workspace/volume``: sync, and unmount the workspace volume if nothing
+        holds it."""
+        result: dict[str, Any] = await self._call("DELETE", "/workspace/volume")
+        return result
+
     async def update_agent(
         self, bundle: bytes, *, headers: Mapping[str, str], timeout_s: float
     ) -> dict[str, Any]:

@@ -55,6 +55,9 @@ class Settings:
     max_browser_per_user: int = 1
     max_browser_vms: int = 2
     memory_share: float = 0.8
+    # Each user's persistent workspace volume (0: none), and the disk a user may use in all.
+    workspace_size_mib: int = 8192
+    user_disk_quota_mib: int = 16384
     # Warm pool: healthy, unclaimed VMs kept ready per type (0 = off).
     pool_cli: int = 0
     pool_browser: int = 0
@@ -229,6 +232,8 @@ class Settings:
             max_browser_per_user=_int(env, "HEARTH_MAX_BROWSER_PER_USER", 1, 0, 1000),
             max_browser_vms=_int(env, "HEARTH_MAX_BROWSER_VMS", 2, 0, 10000),
             memory_share=_float(env, "HEARTH_MEMORY_SHARE", 0.8, 0.01, 1.0),
+            workspace_size_mib=_int(env, "HEARTH_WORKSPACE_SIZE_MIB", 8192, 0, 1 << 24),
+            user_disk_quota_mib=_int(env, "HEARTH_USER_DISK_QUOTA_MIB", 16384, 1, 1 << 26),
             pool_cli=_int(env, "HEARTH_POOL_CLI", 0, 0, 100),
             pool_browser=_int(env, "HEARTH_POOL_BROWSER", 0, 0, 100),
             prepare_templates=_choice(env, "HEARTH_PREPARE_TEMPLATES", "1", ("0", "1")) == "1",

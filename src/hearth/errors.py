@@ -28,6 +28,7 @@
     │   ├── ImageNotBuilt            the image a VM type needs has not been built yet
     │   └── BuildFailed              a build phase (debootstrap, kernel, mkfs, ...) failed
     ├── ToolMissing                  a host program Hearth needs is not installed
+    ├── NotSupported                 the selected VMM cannot do this (501)
     ├── TeardownError                some cleanups of a teardown failed (names each)
     ├── CredentialError              the credential vault (500)      [hearth.credentials.errors]
     │   └── DecryptionFailed         a sealed document did not open  [hearth.credentials.errors]
@@ -42,6 +43,7 @@
         ├── VmProcessExited          the VMM process died (exit status + console tail)
         ├── VmStateError             an illegal lifecycle transition
         ├── SnapshotError            saving or restoring a VM state failed
+        │   └── SavedStateCorrupt    a hibernated VM's saved state is missing, altered or cut short
         ├── RfbRefused               the VM's VNC server refused the view      [hearth.auth.rfb]
         └── BackendError             the VMM refused a request (e.g. Firecracker fault_message)
             └── AgentError           the agent erred or did not answer     [hearth.agent_client]
@@ -208,6 +210,13 @@ class TeardownError(HearthError):
     http_status = 500
 
 
+class NotSupported(HearthError):
+    """The selected VMM (``HEARTH_VMM``) cannot do what was asked; the message says what can."""
+
+    code = "not_supported"
+    http_status = 501
+
+
 class ToolMissing(HearthError):
     """A host program Hearth needs is not installed."""
 
@@ -307,6 +316,13 @@ class SnapshotError(VmError):
     """Saving or restoring a VM state failed."""
 
     code = "snapshot_failed"
+    http_status = 500
+
+
+class SavedStateCorrupt(SnapshotError):
+    """A hibernated VM's saved state is missing, altered or cut short: it cannot be resumed."""
+
+    code = "saved_state_corrupt"
     http_status = 500
 
 

@@ -38,7 +38,9 @@ from hearth.control.reconcile import reconcile
 from hearth.control.runs import RunService
 from hearth.control.templates import TemplateWarmer
 from hearth.control.terminals import TerminalService
+from hearth.control.vm_keys import VmKeys
 from hearth.control.vms import VmService
+from hearth.control.workspaces import Workspaces
 from hearth.credentials.expiry import ExpiryWatch
 from hearth.credentials.pullback import PullBack
 from hearth.credentials.service import CredentialService
@@ -109,6 +111,7 @@ def open_node(
         images or ImageCatalog(settings),
         egress_pins=dict(settings.egress_pins),
         metrics=metrics,
+        volumes_dir=settings.state_dir / "volumes",
     )
 
 
@@ -147,10 +150,12 @@ async def open_hearth(
             metrics=metrics,
             quotas=quotas or Quotas.from_settings(settings),
             tokens=AgentTokens(vault),
+            keys=VmKeys(vault),
             pool_sizes={VmType.CLI: settings.pool_cli, VmType.BROWSER: settings.pool_browser},
             before_destroy=[pullback.before_destroy],
             networks=networks if settings.cli_egress == "proxy" else None,
             events=events,
+            workspaces=Workspaces(settings=settings, store=store, node=node, vault=vault),
         )
         teardown.push(
             "stop the VM service", functools.partial(vms.shutdown, destroy_vms=destroy_on_exit)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from hearth_agent import __version__
 from hearth_agent.browser import open_url
-from hearth_agent.claim import AuthGate, parse_claim
+from hearth_agent.claim import AuthGate, parse_claim, parse_clock, set_system_clock
 from hearth_agent.entropy import random_sample
 from hearth_agent.errors import (
     AgentError,
@@ -57,6 +57,7 @@ from hearth_agent.update_routes import UpdateRoutes
 from hearth_agent.updater import AgentUpdater
 from hearth_agent.vendor import VENDOR_LOGINS, VendorLoginRunner, cli_status
 from hearth_agent.vnc import provision_vnc_password
+from hearth_agent.volume import VolumeRoutes
 from hearth_agent.workspace import Workspace
 
 
@@ -118,6 +119,7 @@ class AgentApp:
                 Route("/version", {"GET": self._version}),
                 Route("/metrics", {"GET": self._metrics_text}),
                 Route("/probe/tcp", {"POST": self._probe_tcp}),
+                Route("/clock", {"POST": self._clock}),
                 Route(
                     "/random", {"GET": lambda request, params: json_response(200, random_sample())}
                 ),
@@ -138,6 +140,7 @@ class AgentApp:
                 *ExecRoutes(execs=execs).routes(),
                 *FileRoutes(files=files).routes(),
                 *UpdateRoutes(updater=updater, logger=logger).routes(),
+                *VolumeRoutes(workspace=execs.workspace, logger=logger).routes(),
             )
         )
 
@@ -250,6 +253,15 @@ class AgentApp:
                 "elapsed_ms": result.elapsed_ms,
             },
         )
+
+    def _clock(self, request: Request, params: Mapping[str, str]) -> Response:
+        """Set the guest's clock to the host's (after a wake from hibernation, whose guest
+        woke with the time it was saved at); answers how far off it was."""
+        epoch = parse_clock(read_json(request))
+        before = time.time()
+        clock_set = set_system_clock(epoch)
+        self._logger.info("clock_set", clock_set=clock_set, offset_s=round(epoch - before, 3))
+        return json_response(200, {"clockSet": clock_set, "offsetS": round(epoch - before, 3)})
 
     def _restart(self, request: Request, params: Mapping[str, str]) -> Response:
         self._logger.info("restart_requested")

@@ -114,6 +114,21 @@ def parse_claim(body: object) -> ClaimRequest:
     return ClaimRequest(token=token, time=None if epoch is None else float(epoch), entropy=decoded)
 
 
+def parse_clock(body: object) -> float:
+    """The ``time`` of a validated ``POST /clock`` body (the host's clock, seconds)."""
+    if not isinstance(body, dict) or set(body) != {"time"}:
+        raise InvalidInput("/clock body must be a JSON object with exactly the field 'time'")
+    epoch = body["time"]
+    if (
+        isinstance(epoch, bool)
+        or not isinstance(epoch, int | float)
+        or not math.isfinite(epoch)
+        or epoch <= 0
+    ):
+        raise InvalidInput("field 'time' must be a positive number of seconds since the epoch")
+    return float(epoch)
+
+
 def set_system_clock(epoch: float) -> bool:
     """Set CLOCK_REALTIME; False if the agent lacks the privilege or the kernel refuses."""
     try:

@@ -9,7 +9,8 @@
     ├── NotFound                no such route, or no such stored document (404)
     │   ├── UnknownProvider     the provider is not in the table (404)
     │   ├── ExecNotFound        no exec has this id, or it was forgotten (404)
-    │   └── PathNotFound        no file or directory at this workspace path (404)
+    │   ├── PathNotFound        no file or directory at this workspace path (404)
+    │   └── VolumeNotFound      no disk with the workspace volume's serial appeared (404)
     ├── MethodNotAllowed        the route exists but not for this method (405, carries Allow)
     ├── AlreadyClaimed          /init after the agent already has a token, or in insecure mode (409)
     ├── UpdatesDisabled         /agent/update on an agent started without a usable --updates (409)
@@ -35,6 +36,7 @@
     ├── TooManyExecs            the cap on concurrently running execs is reached (429)
     ├── StorageError            the filesystem refused a write (500)
     ├── UpdateFailed            an update could not be staged, handed to its guard or swapped (500)
+    ├── VolumeFailed            formatting or mounting the workspace volume failed (500)
     └── ReseedFailed            the claim could not reseed the guest kernel's CRNG (500)
 
 Lower-layer errors (OSError, JSON decoding) are translated into these at the boundary with
@@ -214,3 +216,11 @@ class UpdateFailed(AgentError, code="update_failed", http_status=500):
 
 class ReseedFailed(AgentError, code="reseed_failed", http_status=500):
     """The claim could not credit entropy to the kernel and reseed its CRNG; nothing was stored."""
+
+
+class VolumeNotFound(NotFound, code="volume_not_found"):
+    """No disk with the workspace volume's serial appeared in the guest in time."""
+
+
+class VolumeFailed(AgentError, code="volume_failed", http_status=500):
+    """Formatting or mounting the workspace volume failed (the message quotes the tool)."""

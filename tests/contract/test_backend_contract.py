@@ -14,10 +14,11 @@ import asyncio
 
 import pytest
 
-from hearth.errors import VmError
+from hearth.agent_client import AgentClient
+from hearth.errors import NotSupported, VmError
 from hearth.vm.backend import VmBackend
 from hearth.vm.host import LEGACY_TOKEN_FILE
-from hearth.vm.types import BootMode, VmState
+from hearth.vm.types import BootMode, Vm, VmState
 from tests.contract.conftest import Contract
 from tests.files import files_holding
 
@@ -168,3 +169,42 @@ async def test_no_agent_token_is_kept_in_clear_on_the_host(host_contract: Contra
         assert files_holding(vm.workdir, vm.token.encode()) == []
     finally:
         await backend.destroy(vm)
+
+
+async def test_a_hibernated_vm_ends_its_vmm_keeps_its_files_and_wakes_with_its_token(
+    contract: Contract,
+) -> None:
+    """Or, for a backend that cannot hibernate, NotSupported with the VM left running."""
+    backend = contract.backend
+    vm = await backend.create(contract.image, contract.spec)
+    token, disk_key, workdir = vm.token, vm.disk_key, vm.workdir
+    try:
+        state_key = await backend.hibernate(vm)
+    except NotSupported:
+        assert vm.state is VmState.READY
+        assert backend.alive(vm)
+        await backend.destroy(vm)
+        return
+    assert vm.state is VmState.HIBERNATED
+    assert not backend.alive(vm)
+    assert vm.id not in {running.id for running in await backend.list_running()}
+    assert backend.leftovers(), "a hibernated VM's files must stay"
+    assert await backend.reap(keep={vm.id}) == []
+    # Woken from what the control plane keeps: id, spec, work dir, token and keys.
+    asleep = Vm(
+        id=vm.id,
+        spec=contract.spec,
+        backend=backend.name,
+        state=VmState.HIBERNATED,
+        token=token,
+        disk_key=disk_key,
+        workdir=workdir,
+    )
+    woken = await backend.wake(asleep, state_key)
+    try:
+        assert woken.state is VmState.READY
+        assert backend.alive(woken)
+        if woken.agent_url is not None:  # the fake has no agent
+            assert (await AgentClient(woken.agent_url, token).version())["version"]
+    finally:
+        await backend.destroy(woken)

@@ -331,3 +331,24 @@ def test_restart_lets_a_request_in_flight_finish_first(
     assert slow[0].status_code == 200
     assert slow[0].json()["error"] == "no answer within 1500 ms"
     assert agent.process.wait(timeout=EXIT_DEADLINE_S) == 0
+
+
+# --- POST /clock -------------------------------------------------------------------------------
+# Setting the clock for real is tested in a VM (tests/vm/test_hibernate.py): this agent runs on
+# the host, whose clock a test must not move.
+
+
+@pytest.mark.parametrize(
+    "body",
+    [[], {}, {"time": "now"}, {"time": True}, {"time": -1}, {"time": 1.0, "extra": 1}],
+)
+def test_clock_refuses_a_body_that_is_not_one_positive_time(
+    agent_client: httpx.Client, body: object
+) -> None:
+    response = agent_client.post("/clock", json=body)
+    assert response.status_code == 422, response.text
+    assert "time" in error_of(response)["message"]
+
+
+def test_clock_needs_the_token(anonymous_client: httpx.Client) -> None:
+    assert anonymous_client.post("/clock", json={"time": time.time()}).status_code == 401

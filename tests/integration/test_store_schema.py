@@ -37,7 +37,7 @@ from hearth_agent.wire import Provider
 from tests.integration.store_fixtures import *  # noqa: F403
 from tests.integration.store_fixtures import TEST_KEY_SECRET, OpenStore, new_vm
 
-HEAD = "0011"
+HEAD = "0013"
 
 # Every status-like column and the enum whose values it must hold.
 ENUM_COLUMNS: list[tuple[str, str, type[StrEnum]]] = [
@@ -238,7 +238,7 @@ async def test_status_columns_reject_a_value_outside_their_enum(
 ) -> None:
     await store.users.ensure("u1")
     with pytest.raises(IntegrityError):
-        await insert_raw_row(store, table, column, "hibernating")
+        await insert_raw_row(store, table, column, "not-a-member")
 
 
 async def test_reopening_a_migrated_database_keeps_its_data_and_revision(

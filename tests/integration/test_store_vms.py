@@ -136,9 +136,9 @@ async def test_statuses_may_be_given_as_their_string_values(store: Store, alice:
 async def test_a_status_outside_the_enum_is_invalid_input(store: Store, alice: str) -> None:
     vm = await store.vms.insert(new_vm(alice, status=VmState.READY))
     with pytest.raises(InvalidInput):
-        await store.vms.transition(vm.id, "ready", "hibernating")  # type: ignore[arg-type]
+        await store.vms.transition(vm.id, "ready", "sleeping")  # type: ignore[arg-type]
     with pytest.raises(InvalidInput):
-        await store.vms.list(statuses=["hibernating"])  # type: ignore[list-item]
+        await store.vms.list(statuses=["sleeping"])  # type: ignore[list-item]
 
 
 async def test_transition_of_an_unknown_vm_is_not_found(store: Store) -> None:
@@ -291,7 +291,9 @@ async def test_list_filters_by_user_and_status(store: Store) -> None:
     assert await store.vms.list(statuses=[]) == []
 
 
-async def test_counts_and_memory_exclude_destroyed_and_failed_vms(store: Store) -> None:
+async def test_counts_and_memory_exclude_destroyed_and_failed_vms_memory_hibernated_ones(
+    store: Store,
+) -> None:
     await store.users.ensure("alice")
     await store.users.ensure("bob")
     assert await store.vms.count_active() == 0
@@ -306,7 +308,8 @@ async def test_counts_and_memory_exclude_destroyed_and_failed_vms(store: Store) 
     assert await store.vms.count_active(user_id="alice") == active_states
     assert await store.vms.count_active(vm_type=VmType.BROWSER) == 1
     assert await store.vms.count_active(user_id="alice", vm_type=VmType.BROWSER) == 0
-    assert await store.vms.sum_active_mem_mib() == active_states * 1000 + 300
+    # A hibernated VM keeps its place in its user's count; its memory is on disk.
+    assert await store.vms.sum_active_mem_mib() == (active_states - 1) * 1000 + 300
 
 
 async def test_a_cli_vms_egress_path_is_replaced_whole_and_forgotten_with_its_vm(

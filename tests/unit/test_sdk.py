@@ -119,7 +119,7 @@ def test_a_vm_reads_camel_case_typed_and_ignores_fields_it_does_not_know() -> No
     assert (vm.user_id, vm.mem_mib, vm.status) == ("ann", 512, VmStatus.READY)
     assert vm.created_at is not None
     assert vm.created_at.year == 2026
-    assert VmInfo.from_wire({**VM, "status": "hibernating"}).status == "hibernating"
+    assert VmInfo.from_wire({**VM, "status": "sleeping"}).status == "sleeping"
 
 
 @pytest.mark.parametrize(

@@ -66,6 +66,15 @@ def exit_of(events: list[Event]) -> dict[str, Any]:
     return events[-1][2]
 
 
+async def sh(client: httpx.AsyncClient, vm_id: str, script: str) -> str:
+    """Run ``sh -c script`` in the VM through the API; its stdout (it must exit 0)."""
+    ran = await events_of(
+        client, "POST", f"/api/vms/{vm_id}/exec", json={"cmd": ["sh", "-c", script]}
+    )
+    assert exit_of(ran)["code"] == 0, output(ran, "stderr")
+    return output(ran, "stdout").decode()
+
+
 async def test_fifty_megabytes_of_output_arrive_with_the_sha256_the_guest_computed(
     controller: Api,
 ) -> None:

@@ -24,6 +24,7 @@ from hearth.api.routes import credentials as credential_routes
 from hearth.api.routes import events, execs, files, keys, network, system, view, vms
 from hearth.api.routes import runs as run_routes
 from hearth.api.routes import terminal as terminal_routes
+from hearth.api.routes import workspaces as workspace_routes
 from hearth.api.routes.view import NOVNC_DIR
 from hearth.config import Settings
 from hearth.control.quotas import Quotas
@@ -139,6 +140,7 @@ def create_app(
     app.include_router(events.router)
     app.include_router(agent_routes.router)
     app.include_router(credential_routes.router)
+    app.include_router(workspace_routes.router)
     if NOVNC_DIR.is_dir():
         app.mount("/novnc", StaticFiles(directory=NOVNC_DIR), name="novnc")
     # The terminal page's files; xterm.js appears once installed (the page says how until then).

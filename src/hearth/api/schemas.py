@@ -37,11 +37,12 @@ class WireModel(BaseModel):
 
 
 TimeoutS = Annotated[StrictInt, Field(ge=1, le=MAX_TIMEOUT_S)]
-Action = Literal["pause", "destroy"]
+Action = Literal["pause", "hibernate", "destroy"]
 
 
 class VmLifetimeFields(WireModel):
-    """A CLI VM's lifetime: ``timeoutS`` running seconds (paused time does not count) and
+    """A CLI VM's lifetime: ``timeoutS`` running seconds (paused or hibernated time does not
+    count) and
     ``idleTimeoutS`` seconds without use, each then doing its action; ``autoResume``: a call
     that needs the VM running resumes it when paused. A timeout given as null is no limit; a
     field not given (or an action given as null) keeps its value, at creation the controller's
@@ -113,6 +114,7 @@ class VmOut(WireModel):
     idle_action: str = "pause"
     auto_resume: bool = True
     lifetime_used_s: float = Field(0.0, description="Running seconds used of timeoutS so far")
+    hibernated_at: datetime | None = Field(None, description="When it was last hibernated")
 
     @classmethod
     def of(
@@ -125,6 +127,15 @@ class VmOut(WireModel):
             agent_token=agent_token,
             lifetime_used_s=round(used_s(record, utc_now()), 3),
         )
+
+
+class WorkspaceOut(WireModel):
+    """A user's persistent workspace volume."""
+
+    user_id: str
+    size_mib: int
+    attached_vm_id: str | None = Field(None, description="The active VM that holds it, if any")
+    created_at: datetime
 
 
 class VmList(WireModel):
@@ -189,7 +200,9 @@ ERROR_STATUSES: dict[int, str] = {
     413: "Request body over HEARTH_MAX_BODY_BYTES (refused unread)",
     422: "Invalid input; the message names the field",
     429: "Host capacity exhausted, or the VM runs as many commands as allowed; retry later",
-    500: "Internal error (generic message with a request id)",
+    500: "Internal error (generic message with a request id), or a named failure such as "
+    "saved_state_corrupt (a hibernated VM's saved state is missing or does not open)",
+    501: "The selected VMM cannot do this (not_supported), e.g. hibernate under Firecracker",
     502: "The VMM or the VM's agent failed (vm_process_exited, backend_error)",
     503: "Not available on this host yet (image_not_built, tool_missing)",
     504: "The VM's agent did not become healthy in time (vm_not_ready)",

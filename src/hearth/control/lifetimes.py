@@ -2,18 +2,19 @@
 what each does when it ends, and ``autoResume``.
 
 A VM's running time is kept in its row, so it survives a controller restart: the seconds used
-before ``running_since``, plus the stretch since. Pausing adds that stretch and clears
-``running_since``; paused time does not use up the lifetime. Use is kept in memory: every API
-call naming the VM (the API's middleware), every command, run, terminal or file call
-(``ExecService.runnable``), a login still under way for the VM's user that delivers into it, and
-a command the controller started that still runs (its agent is asked before an idle VM is acted
-on). A restarted controller counts idleness from its own start.
+before ``running_since``, plus the stretch since. Pausing (or hibernating) adds that stretch and
+clears ``running_since``; paused or hibernated time does not use up the lifetime. Use is kept in
+memory: every API call naming the VM (the API's middleware), every command, run, terminal or
+file call (``ExecService.runnable``), a login still under way for the VM's user that delivers
+into it, and a command the controller started that still runs (its agent is asked before an
+idle VM is acted on). A restarted controller counts idleness from its own start.
 Browser VMs serve one login and end with it: lifetimes are for CLI VMs.
 
 Every ``HEARTH_LIFETIME_CHECK_INTERVAL_S`` the VMs whose time is up get their action: ``pause``,
-or ``destroy`` (which pulls the delivered credentials back first, as a manual destroy does);
-each is told as ``vm.timed_out`` and logged with the VM's id. With ``autoResume`` (the default)
-a call that needs a paused VM running resumes it first, told as ``vm.auto_resumed``.
+``hibernate`` or ``destroy`` (the last two pull the delivered credentials back first, as a
+manual destroy does); each is told as ``vm.timed_out`` and logged with the VM's id. With
+``autoResume`` (the default) a call that needs a paused or hibernated VM running resumes it
+first, told as ``vm.auto_resumed``.
 """
 
 from __future__ import annotations
@@ -82,8 +83,8 @@ def used_s(record: VmRecord, now: datetime) -> float:
 
 def running_fields(record: VmRecord, new: VmState, now: datetime) -> dict[str, object]:
     """The running-time fields of ``record`` moving to ``new`` at ``now``: pausing banks the
-    stretch since it started running, resuming starts a new one."""
-    if new is VmState.PAUSED and record.running_since is not None:
+    stretch since it started running (hibernating too), resuming starts a new one."""
+    if new in (VmState.PAUSED, VmState.HIBERNATING) and record.running_since is not None:
         return {"lifetime_used_s": used_s(record, now), "running_since": None}
     if new in _RUNNING and record.running_since is None:
         return {"running_since": now}
@@ -119,9 +120,10 @@ class Lifetimes:
         self._execs.setdefault(vm_id, set()).add(exec_id)
 
     async def ensure_running(self, record: VmRecord) -> VmRecord:
-        """``record`` used now; resumed first when it is paused and resumes automatically."""
+        """``record`` used now; resumed first when it is paused or hibernated and resumes
+        automatically."""
         self.touch(record.id)
-        if record.status is not VmState.PAUSED or not record.auto_resume:
+        if record.status not in (VmState.PAUSED, VmState.HIBERNATED) or not record.auto_resume:
             return record
         try:
             resumed = await self.vms.resume(record.id)
@@ -208,6 +210,8 @@ class Lifetimes:
         try:
             if due.action is LifetimeAction.PAUSE:
                 ended = await self.vms.pause(record.id)
+            elif due.action is LifetimeAction.HIBERNATE:
+                ended = await self.vms.hibernation.hibernate(record.id)
             else:
                 ended = await self.vms.destroy(record.id, user_id=None)
         except HearthError as exc:

@@ -95,6 +95,7 @@ class WarmPool:
                 continue
             try:
                 token = await self.service.node.claim(vm)
+                await self.service.attach_workspace(user_id, vm)
                 record = await self.service.store.vms.update(
                     vm_id,
                     user_id=user_id,

@@ -13,10 +13,13 @@ from typing import Any
 
 from hearth.config import Settings
 from hearth.control.agent_tokens import AgentTokens
+from hearth.control.hibernation import Hibernation
 from hearth.control.lifetimes import Lifetime, running_fields
 from hearth.control.network import CliNetworks
 from hearth.control.pool import POOL_USER, WarmPool
 from hearth.control.quotas import Quotas
+from hearth.control.vm_keys import HeldKeys, VmKeys
+from hearth.control.workspaces import Workspaces
 from hearth.errors import Conflict, HearthError, NotFound, VmError
 from hearth.events.log import EventLog
 from hearth.events.types import EventType
@@ -38,6 +41,8 @@ ACTIVE = (
     VmState.READY,
     VmState.UNHEALTHY,
     VmState.PAUSED,
+    VmState.HIBERNATING,
+    VmState.HIBERNATED,
     VmState.STOPPING,
 )
 # A VM whose VMM runs and which the controller adopts after a restart.
@@ -60,10 +65,12 @@ class VmService:
         metrics: ControllerMetrics,
         quotas: Quotas,
         tokens: AgentTokens,
+        keys: VmKeys,
         pool_sizes: dict[VmType, int] | None = None,
         before_destroy: Sequence[BeforeDestroy] = (),
         networks: CliNetworks | None = None,
         events: EventLog | None = None,
+        workspaces: Workspaces | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -72,12 +79,17 @@ class VmService:
         self.quotas = quotas
         # Agent tokens sealed into the VMs' rows, for a controller that restarts.
         self.tokens = tokens
+        # Disk keys (and hibernated VMs' saved-state keys) sealed into the rows.
+        self.keys = keys
+        self.hibernation = Hibernation(self, keys)
         # CLI VMs' egress paths (None: CLI VMs have no way out at all).
         self.networks = networks
         # Where vm.ready and vm.failed are told (None: nowhere; tests of other parts).
         self.events = events
+        # Users' persistent workspaces, attached to their CLI VMs (None: none).
+        self.workspaces = workspaces
         self.live: dict[str, Vm] = {}
-        self._admission = asyncio.Lock()
+        self.admission = asyncio.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._boots: dict[str, asyncio.Task[VmRecord]] = {}
         # One teardown per VM: a destroy arriving while one runs waits for it and shares its end.
@@ -113,9 +125,11 @@ class VmService:
         lifetime = lifetime or Lifetime.defaults(self.settings)
         self.node.check_image(spec.vm_type)
         await self.store.users.ensure(owner)
-        async with self._admission:
+        async with self.admission:
             if not pooled:
                 await self.quotas.admit_user(self.store, user_id=user_id, spec=spec)
+                if self.workspaces is not None and spec.vm_type is VmType.CLI:
+                    await self.workspaces.admit(user_id)
                 if self.pool is not None:
                     handed = await self.pool.take(user_id, spec, lifetime)
                     if handed is not None:
@@ -192,7 +206,7 @@ class VmService:
         started = time.monotonic()
         try:
             await self.store.vms.transition(record.id, VmState.CREATING, VmState.BOOTING)
-            spec = await self._with_egress(record.id, spec)
+            spec = await self.with_egress(record.id, spec)
             vm = await self.node.create(spec, vm_id=record.id, claim=not pooled)
         except HearthError as exc:
             return await self._fail(record.id, stage="boot", error=exc)
@@ -201,11 +215,16 @@ class VmService:
             await self._fail(record.id, stage="boot", error=VmError(f"{type(exc).__name__}"))
             raise
         self.live[vm.id] = vm
+        if not pooled:
+            try:
+                await self.attach_workspace(record.user_id, vm)
+            except HearthError as exc:
+                return await self._fail(record.id, stage="workspace", error=exc)
         elapsed = time.monotonic() - started
         self.metrics.create_to_healthy.labels(boot_mode=vm.boot_mode.value).observe(elapsed)
         try:
             ready = await self.store.vms.transition(
-                vm.id, VmState.BOOTING, VmState.READY, **self._fields_of(vm)
+                vm.id, VmState.BOOTING, VmState.READY, **self.fields_of(vm)
             )
         except Conflict:
             # Destroyed (or failed) while booting: the row already says so; drop the VM.
@@ -213,6 +232,13 @@ class VmService:
             return await self.store.vms.get(vm.id)
         await self.announce(EventType.VM_READY, ready)
         return ready
+
+    async def attach_workspace(self, user_id: str, vm: Vm) -> None:
+        """Give ``user_id``'s CLI VM their workspace before it is handed to them (a booted VM
+        or a pooled one); the error when it cannot be: the VM must not run without their
+        files."""
+        if self.workspaces is not None:
+            await self.workspaces.attach(user_id, vm)
 
     async def announce(self, event_type: EventType, record: VmRecord, **data: object) -> None:
         """Tell the event log about a user's VM (pooled VMs are nobody's yet: not told)."""
@@ -225,14 +251,14 @@ class VmService:
                 **data,
             )
 
-    async def _with_egress(self, vm_id: str, spec: VmSpec) -> VmSpec:
+    async def with_egress(self, vm_id: str, spec: VmSpec) -> VmSpec:
         """A CLI VM gets its egress path's forward; other VMs as they are."""
         if self.networks is None or spec.vm_type is not VmType.CLI:
             return spec
         forward = await self.networks.open(vm_id)
         return dataclasses.replace(spec, guest_forwards=(*spec.guest_forwards, forward))
 
-    def _fields_of(self, vm: Vm) -> dict[str, object]:
+    def fields_of(self, vm: Vm) -> dict[str, object]:
         return {
             "agent_url": vm.agent_url,
             "ip": vm.agent_url.split("//", 1)[1].rsplit(":", 1)[0] if vm.agent_url else None,
@@ -242,6 +268,7 @@ class VmService:
             "disk_path": vm.workdir / "disk.qcow2" if vm.workdir else None,
             "disk_bytes": vm.disk_bytes,
             **self.tokens.fields(vm.id, vm.token),
+            **self.keys.fields(vm.id, HeldKeys(disk=vm.disk_key)),
             "boot_mode": vm.boot_mode,
             "ready_at": _ts(vm.ready_at),
             "running_since": _ts(vm.ready_at),
@@ -357,7 +384,10 @@ class VmService:
                 vm_id, record.status, VmState.FAILED, error="destroyed while booting"
             )
         if record.status in (VmState.READY, VmState.UNHEALTHY):
-            for hook in self.before_destroy:
+            hooks = [*self.before_destroy]
+            if self.workspaces is not None:
+                hooks.append(self.workspaces.before_destroy)
+            for hook in hooks:
                 try:
                     await hook(record, self.agent_token(vm_id))
                 except HearthError as exc:
@@ -380,7 +410,10 @@ class VmService:
         return await self._switch(vm_id, user_id, VmState.READY, VmState.PAUSED, "paused")
 
     async def resume(self, vm_id: str, *, user_id: str | None = None) -> VmRecord:
-        """Resume a paused VM."""
+        """Resume a paused VM, or wake a hibernated one."""
+        record = await self.get(vm_id, user_id=user_id)
+        if record.status is VmState.HIBERNATED:
+            return await self.hibernation.wake(vm_id, user_id=user_id)
         return await self._switch(vm_id, user_id, VmState.PAUSED, VmState.READY, "resumed")
 
     async def _switch(
@@ -389,9 +422,8 @@ class VmService:
         """Pause or resume: the node moves the VM, then its row follows."""
         record = await self.get(vm_id, user_id=user_id)
         if record.status is not old:
-            raise Conflict(
-                f"VM {vm_id} is {record.status.value}; only a {old.value} VM can be {done}"
-            )
+            only = f"a {old.value} VM" if done == "paused" else "a paused or hibernated VM"
+            raise Conflict(f"VM {vm_id} is {record.status.value}; only {only} can be {done}")
         vm = self.live_vm(vm_id)
         await (self.node.pause(vm) if new is VmState.PAUSED else self.node.resume(vm))
         return await self.store.vms.transition(
@@ -404,13 +436,25 @@ class VmService:
         """Mark every live VM whose process died as failed; returns their ids."""
         died = []
         for vm_id, vm in list(self.live.items()):
-            if self.node.alive(vm):
-                continue
+            if self.node.alive(vm) or vm.state in (VmState.HIBERNATING, VmState.HIBERNATED):
+                continue  # alive, or ended on purpose by a hibernation
             tail = self.node.console_tail(vm, 15)
             error = VmError(f"VM {vm_id}: QEMU process exited; console:\n{tail}")
             await self.fail_running(vm_id, stage="running", error=error)
             died.append(vm_id)
         return died
+
+    async def fail_hibernated(
+        self, vm_id: str, *, error: HearthError, workdir: Path | None
+    ) -> None:
+        """A wake found the saved state of VM ``vm_id`` unusable: fail it with ``error``; its
+        files stay where the node kept them (``workdir``), for inspection."""
+        self.metrics.failures.labels(stage="wake").inc()
+        _log.warning("vm_failed", vm_id=vm_id, stage="wake", error=error.message[:300])
+        record = await self.store.vms.transition(
+            vm_id, VmState.BOOTING, VmState.FAILED, error=error.message[:2000], workdir=workdir
+        )
+        await self.announce(EventType.VM_FAILED, record, stage="wake", error=record.error)
 
     async def fail_running(self, vm_id: str, *, stage: str, error: HearthError) -> None:
         """Mark a running VM failed (``error`` says why, ``stage`` labels the metric) and tear

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Protocol
 
 from hearth.agent_bundle import AgentBundle
 from hearth.node.egress import EgressPath
 from hearth.vm.accel import Accel
-from hearth.vm.types import Vm, VmSpec, VmType
+from hearth.vm.types import Vm, VmSpec, VmType, Volume
 
 
 class Node(Protocol):
@@ -51,6 +52,31 @@ class Node(Protocol):
 
     async def resume(self, vm: Vm) -> None:
         """Continue a paused VM."""
+        ...
+
+    async def hibernate(self, vm: Vm) -> bytes:
+        """Save the VM to disk (encrypted) and end its VMM; the saved state's key."""
+        ...
+
+    async def wake(self, vm: Vm, state_key: bytes) -> Vm:
+        """Start a hibernated VM from its saved state, ready."""
+        ...
+
+    async def create_volume(self, name: str, size_mib: int, key: bytes) -> Path:
+        """Create the blank encrypted volume ``name`` of ``size_mib`` in the node's volume
+        dir; its path."""
+        ...
+
+    def remove_volume(self, name: str) -> bool:
+        """Remove volume ``name``'s file; whether there was one."""
+        ...
+
+    def volume_path(self, name: str) -> Path:
+        """Where volume ``name`` lives on the node."""
+        ...
+
+    async def attach_volume(self, vm: Vm, volume: Volume) -> bool:
+        """Hot-plug ``volume`` into running ``vm``; whether its guest sees a disk."""
         ...
 
     async def destroy(self, vm: Vm) -> None:

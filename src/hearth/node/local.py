@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Protocol
 
 from hearth.agent_bundle import AgentBundle
 from hearth.agent_client import AgentClient, AgentError
-from hearth.errors import ImageNotBuilt
+from hearth.errors import ImageNotBuilt, NotSupported
 from hearth.images.agent_install import install_agent
 from hearth.images.layout import build_payload
 from hearth.images.manifest import ImageDir
@@ -17,7 +18,7 @@ from hearth.metrics import ControllerMetrics
 from hearth.node.egress import EgressPath, open_egress_path
 from hearth.vm.accel import Accel
 from hearth.vm.backend import VmBackend
-from hearth.vm.types import Vm, VmSpec, VmType
+from hearth.vm.types import Vm, VmSpec, VmType, Volume
 
 
 class ImageSource(Protocol):
@@ -42,11 +43,14 @@ class LocalNode:
         *,
         egress_pins: Mapping[str, str] | None = None,
         metrics: ControllerMetrics | None = None,
+        volumes_dir: Path | None = None,
     ) -> None:
         self.backend = backend
         self.images = images
         self.egress_pins = dict(egress_pins or {})
         self.metrics = metrics if metrics is not None else ControllerMetrics()
+        # Users' persistent volumes (workspaces); None: this node keeps none.
+        self.volumes_dir = volumes_dir
 
     @property
     def vmm(self) -> str:
@@ -86,6 +90,38 @@ class LocalNode:
     async def resume(self, vm: Vm) -> None:
         """Resume through the backend."""
         await self.backend.resume(vm)
+
+    async def hibernate(self, vm: Vm) -> bytes:
+        """Through the backend."""
+        return await self.backend.hibernate(vm)
+
+    async def wake(self, vm: Vm, state_key: bytes) -> Vm:
+        """Through the backend."""
+        return await self.backend.wake(vm, state_key)
+
+    def volume_path(self, name: str) -> Path:
+        """``<volumes dir>/<name>.qcow2``; NotSupported when this node keeps no volumes."""
+        if self.volumes_dir is None:
+            raise NotSupported("this node keeps no volumes")
+        return self.volumes_dir / f"{name}.qcow2"
+
+    async def create_volume(self, name: str, size_mib: int, key: bytes) -> Path:
+        """Create it through the backend, in the volumes dir (0700)."""
+        path = self.volume_path(name)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        await self.backend.create_volume(path, size_mib, key)
+        return path
+
+    def remove_volume(self, name: str) -> bool:
+        """Unlink the volume's file."""
+        path = self.volume_path(name)
+        existed = path.exists()
+        path.unlink(missing_ok=True)
+        return existed
+
+    async def attach_volume(self, vm: Vm, volume: Volume) -> bool:
+        """Hot-plug through the backend."""
+        return await self.backend.attach_volume(vm, volume)
 
     async def destroy(self, vm: Vm) -> None:
         """Destroy through the backend."""

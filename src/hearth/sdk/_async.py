@@ -119,8 +119,12 @@ class AsyncVm(Bound[_AsyncHttp], VmInfo):
         """Pause the VM (vCPUs stop, memory is kept)."""
         return self.take(await self._http.call(calls.pause_vm(self.id)))
 
+    async def hibernate(self) -> Self:
+        """Save the VM to disk and end its VMM (it holds no memory until resumed)."""
+        return self.take(await self._http.call(calls.hibernate_vm(self.id)))
+
     async def resume(self) -> Self:
-        """Resume a paused VM."""
+        """Resume a paused VM, or wake a hibernated one."""
         return self.take(await self._http.call(calls.resume_vm(self.id)))
 
     async def destroy(self) -> Self:

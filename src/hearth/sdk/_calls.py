@@ -113,6 +113,11 @@ def pause_vm(vm_id: str) -> Call[VmInfo]:
     return Call("POST", _vm_path(vm_id, "/pause"), VmInfo.from_wire)
 
 
+def hibernate_vm(vm_id: str) -> Call[VmInfo]:
+    """``POST /api/vms/{id}/hibernate``."""
+    return Call("POST", _vm_path(vm_id, "/hibernate"), VmInfo.from_wire)
+
+
 def resume_vm(vm_id: str) -> Call[VmInfo]:
     """``POST /api/vms/{id}/resume``."""
     return Call("POST", _vm_path(vm_id, "/resume"), VmInfo.from_wire)

@@ -27,6 +27,8 @@ class VmStatus(StrEnum):
     READY = "ready"  # agent healthy: commands run
     UNHEALTHY = "unhealthy"  # VMM runs, agent misses heartbeats (back to ready, or failed)
     PAUSED = "paused"  # vCPUs stopped, memory kept
+    HIBERNATING = "hibernating"  # memory and device state being saved to disk
+    HIBERNATED = "hibernated"  # saved to disk, no VMM process; resume wakes it
     STOPPING = "stopping"  # teardown under way
     DESTROYED = "destroyed"  # nothing of it is left
     FAILED = "failed"  # died or never became healthy; ``error`` says why
@@ -122,7 +124,7 @@ class Bound(WireRecord, Generic[H]):
 class VmInfo(WireRecord):
     """A VM as the API shows it."""
 
-    _instants = ("created_at", "ready_at", "destroyed_at")
+    _instants = ("created_at", "ready_at", "destroyed_at", "hibernated_at")
     _statuses: ClassVar[Mapping[str, type[StrEnum]]] = {"status": VmStatus, "vm_type": VmType}
     _kept = ("agent_token",)
 
@@ -148,6 +150,7 @@ class VmInfo(WireRecord):
     idle_action: str | None = None
     auto_resume: bool = True
     lifetime_used_s: float = 0.0
+    hibernated_at: datetime | None = None
     # Shown once, in the answer that created the VM.
     agent_token: str | None = field(default=None, repr=False)
 

@@ -120,8 +120,12 @@ class Vm(Bound[_Http], VmInfo):
         """Pause the VM (vCPUs stop, memory is kept)."""
         return self.take(self._http.call(calls.pause_vm(self.id)))
 
+    def hibernate(self) -> Self:
+        """Save the VM to disk and end its VMM (it holds no memory until resumed)."""
+        return self.take(self._http.call(calls.hibernate_vm(self.id)))
+
     def resume(self) -> Self:
-        """Resume a paused VM."""
+        """Resume a paused VM, or wake a hibernated one."""
         return self.take(self._http.call(calls.resume_vm(self.id)))
 
     def destroy(self) -> Self:

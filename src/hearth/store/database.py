@@ -27,6 +27,7 @@ from hearth.store.repositories import (
     UserRepo,
     VmRepo,
     WebhookRepo,
+    WorkspaceRepo,
 )
 
 SQLITE_BUSY_TIMEOUT_MS = 5000
@@ -104,7 +105,8 @@ def create_store_engine(url: str) -> AsyncEngine:
 
 class Store(Closing):
     """Hearth's persistent state: users, API keys, VMs, auth sessions, credentials, runs, the
-    CLI VMs' egress paths, and the event log with the webhooks it feeds.
+    CLI VMs' egress paths, the users' workspace volumes, and the event log with the webhooks it
+    feeds.
 
     Open with ``await Store.open(url)`` (which migrates the schema to head), close with
     ``await store.close()`` or use ``async with``. Constructing one directly takes an engine
@@ -124,6 +126,7 @@ class Store(Closing):
         self.egress = EgressRepo(engine, clock=clock)
         self.events = EventRepo(engine, clock=clock)
         self.webhooks = WebhookRepo(engine, clock=clock)
+        self.workspaces = WorkspaceRepo(engine, clock=clock)
 
     @classmethod
     async def open(

@@ -133,6 +133,12 @@ class VmRow(Base):
     auto_resume: Mapped[bool] = mapped_column(Boolean(), server_default=true())
     lifetime_used_s: Mapped[float] = mapped_column(Float(), server_default="0")
     running_since: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    # Its disk key and (while hibernated) saved-state key, sealed by the vault (bound to the
+    # VM's id) while the VM is active; when it was last hibernated.
+    keys_key_id: Mapped[str | None] = mapped_column(String(KEY_ID_MAX))
+    keys_nonce: Mapped[bytes | None] = mapped_column(LargeBinary())
+    keys_ciphertext: Mapped[bytes | None] = mapped_column(LargeBinary())
+    hibernated_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
 
 
 class AuthSessionRow(Base):
@@ -263,6 +269,22 @@ class VmEgressRow(Base):
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
 
+class WorkspaceRow(Base):
+    """A user's persistent workspace volume: its file's id, size, the key it is encrypted under
+    (sealed by the vault, bound to its id), and the VM it is attached to."""
+
+    __tablename__ = "workspaces"
+
+    id: Mapped[str] = mapped_column(String(ID_MAX), primary_key=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id"), unique=True)
+    size_mib: Mapped[int]
+    vm_id: Mapped[str | None] = mapped_column(String(ID_MAX))
+    seal_key_id: Mapped[str | None] = mapped_column(String(KEY_ID_MAX))
+    seal_nonce: Mapped[bytes | None] = mapped_column(LargeBinary())
+    seal_ciphertext: Mapped[bytes | None] = mapped_column(LargeBinary())
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
 # SQLite numbers rows itself only for an INTEGER PRIMARY KEY.
 SERIAL = BigInteger().with_variant(Integer(), "sqlite")
 
@@ -338,6 +360,7 @@ credentials_table = Base.metadata.tables["credentials"]
 runs_table = Base.metadata.tables["runs"]
 run_events_table = Base.metadata.tables["run_events"]
 vm_egress_table = Base.metadata.tables["vm_egress"]
+workspaces_table = Base.metadata.tables["workspaces"]
 events_table = Base.metadata.tables["events"]
 webhooks_table = Base.metadata.tables["webhooks"]
 webhook_deliveries_table = Base.metadata.tables["webhook_deliveries"]

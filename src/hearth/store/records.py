@@ -116,6 +116,12 @@ class VmRecord:
     auto_resume: bool = True  # a call that needs it running resumes it when paused
     lifetime_used_s: float = 0.0  # running seconds used before running_since
     running_since: datetime | None = None  # when it last started running (None: not running)
+    # Its disk key and (while hibernated) its saved state's key, sealed by the vault
+    # (``hearth.control.vm_keys``); None once inactive.
+    keys_key_id: str | None = field(default=None, repr=False)
+    keys_nonce: bytes | None = field(default=None, repr=False)
+    keys_ciphertext: bytes | None = field(default=None, repr=False)
+    hibernated_at: datetime | None = None  # when it was last saved to disk
 
     def __post_init__(self) -> None:
         _require_aware(self)
@@ -128,6 +134,8 @@ class VmRecord:
 
 # A VM row's fields that hold its agent token sealed (``hearth.control.agent_tokens``).
 SEALED_TOKEN_FIELDS = ("token_key_id", "token_nonce", "token_ciphertext")
+# A VM row's fields that hold its disk and saved-state keys sealed (``hearth.control.vm_keys``).
+SEALED_KEYS_FIELDS = ("keys_key_id", "keys_nonce", "keys_ciphertext")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -273,6 +281,28 @@ class EgressRecord:
     providers: frozenset[Provider] = frozenset()
     allow_out: tuple[str, ...] = ()
     deny_out: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class WorkspaceRecord:
+    """A user's persistent workspace volume as stored (``hearth.control.workspaces``)."""
+
+    id: str  # names its file on the node
+    user_id: str
+    size_mib: int
+    vm_id: str | None = None  # the VM it was last attached to
+    # Its encryption key, sealed by the vault (bound to ``id``).
+    seal_key_id: str | None = field(default=None, repr=False)
+    seal_nonce: bytes | None = field(default=None, repr=False)
+    seal_ciphertext: bytes | None = field(default=None, repr=False)
+    created_at: datetime = field(default_factory=utc_now)
+
+    def __post_init__(self) -> None:
+        _require_aware(self)
+
+
+# A workspace row's fields that hold its key sealed.
+SEALED_WORKSPACE_KEY_FIELDS = ("seal_key_id", "seal_nonce", "seal_ciphertext")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -3,11 +3,12 @@ fake) implements ``VmBackend``, and every caller outside ``hearth.vm`` holds one
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Protocol, TypedDict, Unpack, runtime_checkable
 
 from hearth.images.manifest import ImageDir
 from hearth.vm.accel import Accel
-from hearth.vm.types import BootMode, Vm, VmSpec
+from hearth.vm.types import BootMode, Vm, VmSpec, Volume
 
 
 class CreateOptions(TypedDict, total=False):
@@ -58,6 +59,32 @@ class VmBackend(Protocol):
 
     async def resume(self, vm: Vm) -> None:
         """Continue a paused VM."""
+        ...
+
+    async def hibernate(self, vm: Vm) -> bytes:
+        """Save a ready or paused VM's memory and device state to disk, encrypted under a fresh
+        key (returned: the caller keeps it, sealed, and nothing else does), and end its VMM
+        process; its disk and work dir stay. A save that fails leaves the VM as it was.
+        NotSupported where the VMM cannot."""
+        ...
+
+    async def wake(self, vm: Vm, state_key: bytes) -> Vm:
+        """Start hibernated ``vm`` (its id, spec, work dir, disk key and token as the caller
+        keeps them) from its saved state, and return it ready, with new addresses; the saved
+        state is dropped once it is in. SavedStateCorrupt when it is missing or does not open
+        (the VM's files kept aside, the message says where); other failures leave it
+        hibernated."""
+        ...
+
+    async def create_volume(self, path: Path, size_mib: int, key: bytes) -> None:
+        """Create a blank volume file of ``size_mib`` at ``path``, encrypted under ``key`` (the
+        guest formats it). NotSupported where the VMM cannot attach volumes."""
+        ...
+
+    async def attach_volume(self, vm: Vm, volume: Volume) -> bool:
+        """Hot-plug ``volume`` into running ``vm`` (appended to ``vm.volumes``); True when the
+        guest now finds it as a disk by its serial (False: the tests' fake, whose VMs have no
+        disks). NotSupported where the VMM cannot."""
         ...
 
     async def destroy(self, vm: Vm) -> None:

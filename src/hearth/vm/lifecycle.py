@@ -18,7 +18,14 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Generic, Unpack
 
-from hearth.errors import HearthError, SnapshotError, VmError, VmProcessExited, VmStateError
+from hearth.errors import (
+    HearthError,
+    NotSupported,
+    SnapshotError,
+    VmError,
+    VmProcessExited,
+    VmStateError,
+)
 from hearth.images.manifest import ImageDir
 from hearth.logging import get_logger
 from hearth.vm.accel import Accel
@@ -27,7 +34,7 @@ from hearth.vm.claim import claim_vm
 from hearth.vm.host import drop_legacy_token, new_vm_id
 from hearth.vm.readiness import Deadline, wait_until_healthy
 from hearth.vm.templates import SnapshotTemplateStore, TemplateBuilder, TemplateT
-from hearth.vm.types import BootMode, Vm, VmSpec, VmState
+from hearth.vm.types import BootMode, Vm, VmSpec, VmState, Volume
 
 _log = get_logger("vm.lifecycle")
 
@@ -100,6 +107,24 @@ class BackendLifecycle(ABC, Generic[TemplateT]):
         watcher = self._watchers.get(vm.id)
         if watcher is not None:
             await asyncio.shield(watcher)
+
+    async def hibernate(self, vm: Vm) -> bytes:
+        """NotSupported unless the VMM's backend saves VMs to disk (QEMU does)."""
+        raise NotSupported(
+            f"the {self.name} backend cannot hibernate VMs yet; pause keeps a VM in memory"
+        )
+
+    async def wake(self, vm: Vm, state_key: bytes) -> Vm:
+        """NotSupported unless the VMM's backend saves VMs to disk (QEMU does)."""
+        raise NotSupported(f"the {self.name} backend cannot wake hibernated VMs")
+
+    async def create_volume(self, path: Path, size_mib: int, key: bytes) -> None:
+        """NotSupported unless the VMM's backend attaches volumes (QEMU does)."""
+        raise NotSupported(f"the {self.name} backend cannot attach volumes yet")
+
+    async def attach_volume(self, vm: Vm, volume: Volume) -> bool:
+        """NotSupported unless the VMM's backend attaches volumes (QEMU does)."""
+        raise NotSupported(f"the {self.name} backend cannot attach volumes yet")
 
     async def destroy(self, vm: Vm) -> None:
         """Tear the VM down (``_teardown``: every step runs); idempotent. VmError naming the

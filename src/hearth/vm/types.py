@@ -30,12 +30,14 @@ class BootMode(StrEnum):
     COLD = "cold"  # kernel boot from the golden image
     RESTORE = "restore"  # restored from a template's saved state
     POOL = "pool"  # handed out from the warm pool (itself restored or cold)
+    WAKE = "wake"  # woken from its own hibernated state
 
 
 class LifetimeAction(StrEnum):
     """What ends a VM's lifetime (``timeoutS``) or its idleness (``idleTimeoutS``)."""
 
     PAUSE = "pause"  # kept in memory, resumed by the next call that needs it (autoResume)
+    HIBERNATE = "hibernate"  # saved to disk, its VMM ended; woken by the next call (autoResume)
     DESTROY = "destroy"  # its delivered credentials pulled back first, as a manual destroy
 
 
@@ -47,6 +49,8 @@ class VmState(StrEnum):
     READY = "ready"  # agent healthy and claimed with this VM's token
     UNHEALTHY = "unhealthy"  # VMM runs but the agent misses its heartbeats
     PAUSED = "paused"  # vCPUs stopped, memory kept
+    HIBERNATING = "hibernating"  # memory and device state being saved to disk
+    HIBERNATED = "hibernated"  # saved to disk (encrypted), no VMM process; woken through booting
     STOPPING = "stopping"  # teardown under way
     DESTROYED = "destroyed"  # nothing of it is left
     FAILED = "failed"  # died or never became healthy; error says why
@@ -54,10 +58,22 @@ class VmState(StrEnum):
 
 TRANSITIONS: dict[VmState, frozenset[VmState]] = {
     VmState.CREATING: frozenset({VmState.BOOTING, VmState.FAILED, VmState.STOPPING}),
-    VmState.BOOTING: frozenset({VmState.READY, VmState.FAILED, VmState.STOPPING}),
-    VmState.READY: frozenset({VmState.PAUSED, VmState.UNHEALTHY, VmState.FAILED, VmState.STOPPING}),
+    # A wake that stops short of running leaves the VM hibernated (its saved state untouched).
+    VmState.BOOTING: frozenset(
+        {VmState.READY, VmState.HIBERNATED, VmState.FAILED, VmState.STOPPING}
+    ),
+    VmState.READY: frozenset(
+        {VmState.PAUSED, VmState.HIBERNATING, VmState.UNHEALTHY, VmState.FAILED, VmState.STOPPING}
+    ),
     VmState.UNHEALTHY: frozenset({VmState.READY, VmState.FAILED, VmState.STOPPING}),
-    VmState.PAUSED: frozenset({VmState.READY, VmState.FAILED, VmState.STOPPING}),
+    VmState.PAUSED: frozenset(
+        {VmState.READY, VmState.HIBERNATING, VmState.FAILED, VmState.STOPPING}
+    ),
+    # A save that fails leaves the VM as it was (its VMM still runs).
+    VmState.HIBERNATING: frozenset(
+        {VmState.HIBERNATED, VmState.READY, VmState.PAUSED, VmState.FAILED}
+    ),
+    VmState.HIBERNATED: frozenset({VmState.BOOTING, VmState.FAILED, VmState.STOPPING}),
     VmState.STOPPING: frozenset({VmState.DESTROYED, VmState.FAILED}),
     VmState.FAILED: frozenset({VmState.STOPPING, VmState.DESTROYED}),
     VmState.DESTROYED: frozenset(),
@@ -123,6 +139,16 @@ class VmSpec:
         return f"{self.vm_type.value}-{self.vcpus}c-{self.mem_mib}m"
 
 
+@dataclass(frozen=True, kw_only=True)
+class Volume:
+    """A persistent disk given to a running VM (a user's workspace): its file, the passphrase it
+    is encrypted under, and the serial the guest finds it by."""
+
+    path: Path
+    key: bytes = field(repr=False)
+    serial: str
+
+
 @dataclass(kw_only=True)
 class Vm:
     """A VM the backend runs: identity, where it is reachable, and how it got there."""
@@ -133,6 +159,8 @@ class Vm:
     state: VmState = VmState.CREATING
     agent_url: str | None = None
     token: str | None = field(default=None, repr=False)
+    # The passphrase of its encrypted disk layer (None: a plain disk, or not known here).
+    disk_key: bytes | None = field(default=None, repr=False)
     pid: int | None = None
     workdir: Path | None = None
     boot_mode: BootMode = BootMode.COLD
@@ -144,6 +172,8 @@ class Vm:
     agent_version: str | None = None  # as its agent answered the claim
     # Guest port → 127.0.0.1 port, for the spec's forward_ports.
     ports: dict[int, int] = field(default_factory=dict)
+    # Volumes attached since it started, in order (a wake attaches them again at start).
+    volumes: list[Volume] = field(default_factory=list)
 
     def move_to(self, new: VmState) -> None:
         """Change state through the transition table."""

@@ -1,4 +1,5 @@
-"""``/api/vms``: create, list, show, change (lifetime), destroy, pause, resume, console."""
+"""``/api/vms``: create, list, show, change (lifetime), destroy, pause, hibernate, resume,
+console."""
 
 from __future__ import annotations
 
@@ -112,9 +113,20 @@ async def pause_vm(vm_id: str, key: Key, ctl: Ctl) -> VmOut:
     return _out(ctl, await ctl.vms.pause(vm_id, user_id=scope_of(key)))
 
 
+@router.post("/api/vms/{vm_id}/hibernate")
+async def hibernate_vm(vm_id: str, key: Key, ctl: Ctl) -> VmOut:
+    """Save a ready or paused CLI VM's memory and device state to disk (encrypted) and end its
+    VMM: it holds no host memory until resumed, and survives controller restarts and host
+    reboots. Its delivered credentials are pulled back first. 409 for a VM in any other
+    status (the message names it), 501 where the VMM cannot hibernate."""
+    return _out(ctl, await ctl.vms.hibernation.hibernate(vm_id, user_id=scope_of(key)))
+
+
 @router.post("/api/vms/{vm_id}/resume")
 async def resume_vm(vm_id: str, key: Key, ctl: Ctl) -> VmOut:
-    """Resume a paused VM."""
+    """Resume a paused VM, or wake a hibernated one (with its token, files, processes and
+    credentials; its clock set to the host's). A hibernated VM whose saved state is missing or
+    corrupt becomes ``failed`` with that reason (500 ``saved_state_corrupt``)."""
     return _out(ctl, await ctl.vms.resume(vm_id, user_id=scope_of(key)))
 
 

@@ -12,6 +12,7 @@ from hearth.store.repositories.runs import RunRepo
 from hearth.store.repositories.users import UserRepo
 from hearth.store.repositories.vms import VmRepo
 from hearth.store.repositories.webhooks import WebhookRepo
+from hearth.store.repositories.workspaces import WorkspaceRepo
 
 __all__ = [
     "ApiKeyRepo",
@@ -24,5 +25,6 @@ __all__ = [
     "UserRepo",
     "VmRepo",
     "WebhookRepo",
+    "WorkspaceRepo",
     "hash_key",
 ]

@@ -7,7 +7,12 @@ from collections.abc import Collection
 from sqlalchemy import func, select
 
 from hearth.store.models import vms_table
-from hearth.store.records import INACTIVE_VM_STATES, SEALED_TOKEN_FIELDS, VmRecord
+from hearth.store.records import (
+    INACTIVE_VM_STATES,
+    SEALED_KEYS_FIELDS,
+    SEALED_TOKEN_FIELDS,
+    VmRecord,
+)
 from hearth.store.repositories._base import (
     Coerce,
     as_bool,
@@ -55,10 +60,15 @@ UPDATABLE_FIELDS: dict[str, Coerce] = {
     "auto_resume": as_bool,
     "lifetime_used_s": as_float,
     "running_since": optional(as_timestamp),
+    "keys_key_id": optional(as_str),
+    "keys_nonce": optional(as_bytes),
+    "keys_ciphertext": optional(as_bytes),
+    "hibernated_at": optional(as_timestamp),
 }
 _INACTIVE = sorted(INACTIVE_VM_STATES)
-# What a VM leaving for good no longer needs kept: its sealed agent token.
-_SEALED_TOKEN_GONE: dict[str, object] = dict.fromkeys(SEALED_TOKEN_FIELDS)
+_NO_MEMORY = sorted({*INACTIVE_VM_STATES, VmState.HIBERNATED})
+# What a VM leaving for good no longer needs kept: its sealed agent token and keys.
+_SEALED_GONE: dict[str, object] = dict.fromkeys((*SEALED_TOKEN_FIELDS, *SEALED_KEYS_FIELDS))
 
 
 class VmRepo(
@@ -74,15 +84,16 @@ class VmRepo(
     """Persists VMs; every status change is a compare-and-set.
 
     Entering ``destroyed`` stamps ``destroyed_at`` unless the caller set it; entering
-    ``destroyed`` or ``failed`` drops the sealed agent token (nothing will reach that agent).
+    ``destroyed`` or ``failed`` drops the sealed agent token and keys (nothing will reach that
+    agent, nor open that disk or saved state again).
     """
 
     async def transition(
         self, row_id: str, expected: VmState | Collection[VmState], new: VmState, **fields: object
     ) -> VmRecord:
-        """``StatusRepository.transition``; an inactive ``new`` clears the sealed token."""
+        """``StatusRepository.transition``; an inactive ``new`` clears the sealed secrets."""
         if new in INACTIVE_VM_STATES:
-            fields = {**_SEALED_TOKEN_GONE, **fields}
+            fields = {**_SEALED_GONE, **fields}
         return await super().transition(row_id, expected, new, **fields)
 
     async def count_active(
@@ -100,10 +111,19 @@ class VmRepo(
         async with self._engine.connect() as conn:
             return int(await conn.scalar(statement) or 0)
 
+    async def sum_active_disk_bytes(self, user_id: str) -> int:
+        """The bytes the disk layers of ``user_id``'s active VMs occupy."""
+        statement = select(func.coalesce(func.sum(vms_table.c.disk_bytes), 0)).where(
+            vms_table.c.status.not_in(_INACTIVE), vms_table.c.user_id == user_id
+        )
+        async with self._engine.connect() as conn:
+            return int(await conn.scalar(statement) or 0)
+
     async def sum_active_mem_mib(self) -> int:
-        """The memory, in MiB, of every VM that is neither destroyed nor failed."""
+        """The memory, in MiB, of every VM that holds (or will hold) host memory: neither
+        destroyed, failed nor hibernated (whose memory is on disk)."""
         statement = select(func.coalesce(func.sum(vms_table.c.mem_mib), 0)).where(
-            vms_table.c.status.not_in(_INACTIVE)
+            vms_table.c.status.not_in(_NO_MEMORY)
         )
         async with self._engine.connect() as conn:
             return int(await conn.scalar(statement) or 0)

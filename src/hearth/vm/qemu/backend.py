@@ -5,41 +5,48 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import os
 import shutil
-import signal
 import time
 from pathlib import Path
 
-from hearth.errors import HearthError, InvalidInput, SnapshotError, VmError, VmProcessExited
+from hearth.errors import (
+    InvalidInput,
+    NotSupported,
+    SavedStateCorrupt,
+    VmError,
+)
 from hearth.images.manifest import ImageDir
 from hearth.logging import get_logger
 from hearth.network.namespace import NetworkSlot
 from hearth.network.pool import DEFAULT_POOL
-from hearth.tools import require_tool, tail
+from hearth.tools import require_tool
 from hearth.vm.accel import Accel, detect_accel
 from hearth.vm.claim import new_agent_token
-from hearth.vm.host import free_local_port, live_args, stop_child
+from hearth.vm.host import free_local_port, stop_child
 from hearth.vm.lifecycle import BackendLifecycle
+from hearth.vm.qemu import hibernation, volumes
 from hearth.vm.qemu.command import VmPaths, qemu_argv
 from hearth.vm.qemu.disk_keys import DiskKey, key_pipe
-from hearth.vm.qemu.disks import Overlays
+from hearth.vm.qemu.disks import Overlays, create_volume
+from hearth.vm.qemu.hibernation import DiskLayer
+from hearth.vm.qemu.host import console_text, host_leftovers, reap_leftovers, running_vms
+from hearth.vm.qemu.incoming import finish_restore, run_incoming
 from hearth.vm.qemu.monitor import Monitor
 from hearth.vm.qemu.network import QemuNetworks
 from hearth.vm.qemu.process import (
     is_our_process,
-    qemu_pids_running_from,
     spawn_qemu,
     stop_adopted,
 )
-from hearth.vm.qemu.records import read_record, vm_from_record, write_record
+from hearth.vm.qemu.records import read_record, recorded_layers, vm_from_record, write_record
+from hearth.vm.qemu.saved_state import new_state_key
 from hearth.vm.qemu.templates import Template, TemplateStore, template_key
 from hearth.vm.readiness import (
     COLD_BOOT_DEADLINE_S,
     RESTORE_DEADLINE_S,
     Deadline,
 )
-from hearth.vm.types import BootMode, NetworkMode, Vm, VmSpec, VmState
+from hearth.vm.types import BootMode, NetworkMode, Vm, VmSpec, VmState, Volume
 
 _log = get_logger("vm.qemu")
 DEFAULT_RUN_ROOT = Path("/run/hearth")
@@ -113,35 +120,12 @@ class QemuBackend(BackendLifecycle[Template]):
 
     async def _reap_leftovers(self, keep: set[str]) -> list[str]:
         """Template builds whose builder died (and their QEMU), QMP sockets, network slots."""
-        reaped: list[str] = []
-        for staging in self.templates.abandoned_builds():
-            for pid in qemu_pids_running_from(staging):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-            shutil.rmtree(staging, ignore_errors=True)
-            reaped.append(staging.name)
-        if self.run_dir.is_dir():
-            for sock in self.run_dir.glob("*.qmp"):
-                if sock.stem not in keep:
-                    sock.unlink(missing_ok=True)
-        return reaped + self.networks.reap(keep)
+        return reap_leftovers(self.templates.abandoned_builds(), self.run_dir, self.networks, keep)
 
     def _host_leftovers(self) -> list[str]:
         """QEMU processes running from the VMs' or the templates' directories, QMP sockets in
         the runtime dir, claimed network slots."""
-        pids = {
-            pid for d in (self.vms_dir, self.templates.root) for pid in qemu_pids_running_from(d)
-        }
-        found = [f"QEMU process {pid} ({_qemu_name(pid)}) is still running" for pid in sorted(pids)]
-        if self.run_dir.is_dir():
-            found += [
-                f"QMP socket {sock} is still there" for sock in sorted(self.run_dir.glob("*.qmp"))
-            ]
-        found += [
-            f"network slot {index} is still claimed by {owner}"
-            for index, owner in sorted(self.networks.pool.claims().items())
-        ]
-        return found
+        return host_leftovers((self.vms_dir, self.templates.root), self.run_dir, self.networks)
 
     async def _template_for(self, image: ImageDir, spec: VmSpec) -> Template:
         key = template_key(image, spec, self.accel)
@@ -209,57 +193,31 @@ class QemuBackend(BackendLifecycle[Template]):
         )
         try:
             # qemu-img runs in a thread: the event loop keeps serving other creates and requests.
+            layers: tuple[DiskLayer, ...] = (DiskLayer(image.rootfs, "raw"),)
             if template:
-                backing, backing_format = template.overlay, "qcow2"
-            else:
-                backing, backing_format = image.rootfs, "raw"
-            # The VM's own layer gets a key of its own, known afterwards only to its QEMU.
+                layers = (DiskLayer(template.overlay, "qcow2"), *layers)
+            # The VM's own layer gets a key of its own, known afterwards only to its QEMU and,
+            # sealed, to the VM's row (what a hibernated VM wakes with).
             key = DiskKey.generate() if encrypt_disk and self.encrypt_disks else None
             vm.disk_bytes = await asyncio.to_thread(
                 self._overlays.create,
-                backing,
+                layers[0].path,
                 paths.overlay,
-                backing_format=backing_format,
+                backing_format=layers[0].fmt,
                 key=key,
             )
-            port: int | None = None
-            network: NetworkSlot | None = None
-            if spec.network is NetworkMode.NETNS:
-                network = self.networks.create(vm_id, spec.guest_forwards)
-                vm.agent_url = network.agent_url
-            else:
-                port = free_local_port()
-                vm.agent_url = f"http://127.0.0.1:{port}"
-                vm.ports = {guest: free_local_port() for guest in spec.forward_ports}
-            # Others may remove an empty runtime dir while the overlay was being made.
-            self.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-            with key_pipe(key) as key_fd:
-                argv = qemu_argv(
-                    binary=self.binary,
-                    vm_id=vm_id,
-                    image=image,
-                    spec=spec,
-                    accel=self.accel,
-                    paths=paths,
-                    host_port=port,
-                    extra_ports=vm.ports,
-                    network=network,
-                    incoming_state=template.state if template else None,
-                    disk_key_fd=key_fd,
-                )
-                proc = await spawn_qemu(
-                    argv, stderr=paths.stderr, pass_fds=() if key_fd is None else (key_fd,)
-                )
-            del key  # from here on only this VM's QEMU holds it
-            self._procs[vm_id] = proc
-            vm.pid = proc.pid
-            if record:
-                write_record(vm, paths, port, network)
-            vm.move_to(VmState.BOOTING)
-            _log.info("vm_booting", vm_id=vm_id, boot_mode=vm.boot_mode.value, pid=proc.pid)
+            vm.disk_key = key.passphrase if key else None
+            proc = await self._launch(
+                vm,
+                paths,
+                image,
+                layers,
+                incoming_state=template.state if template else None,
+                record=record,
+            )
             started = time.monotonic()
             if template:
-                await self._finish_restore(vm, paths)
+                await finish_restore(vm, paths, proc, deadline_s=self.restore_deadline_s)
                 deadline = Deadline.after(self.restore_deadline_s)
             else:
                 deadline = Deadline.after(self.cold_deadline_s)
@@ -277,40 +235,60 @@ class QemuBackend(BackendLifecycle[Template]):
             self._watch(vm, proc.wait())
         return vm
 
-    async def _finish_restore(self, vm: Vm, paths: VmPaths) -> None:
-        """Wait for the incoming state, then run the VM; a failure here blames the template,
-        unless QEMU could not even set up its port forwards (a port clash, not the template)."""
-        try:
-            await self._incoming(vm, paths)
-        except SnapshotError:
-            raise
-        except HearthError as exc:
-            stderr = ""
-            with contextlib.suppress(OSError):
-                stderr = tail(paths.stderr.read_text(errors="replace"), 5)
-            if "forwarding" in stderr:
-                raise VmProcessExited(f"VM {vm.id}: QEMU could not forward: {stderr}") from exc
-            raise SnapshotError(f"VM {vm.id}: restore failed: {exc.message} {stderr}") from exc
-
-    async def _incoming(self, vm: Vm, paths: VmPaths) -> None:
-        proc = self._procs[vm.id]
-        monitor = await Monitor.connect(vm.id, paths.qmp, deadline=Deadline.after(10))
-        try:
-            deadline = Deadline.after(self.restore_deadline_s)
-            while (status := await monitor.status()) == "inmigrate":
-                if proc.returncode is not None or deadline.expired:
-                    break
-                await asyncio.sleep(0.01)
-            if proc.returncode is not None:
-                raise VmProcessExited(
-                    f"VM {vm.id} exited with status {proc.returncode} while restoring: "
-                    f"{tail(paths.stderr.read_text(errors='replace'), 5)}"
-                )
-            if status == "inmigrate":
-                raise SnapshotError(f"VM {vm.id}: restore did not finish in time")
-            await monitor.execute("cont")
-        finally:
-            await monitor.close()
+    async def _launch(
+        self,
+        vm: Vm,
+        paths: VmPaths,
+        image: ImageDir,
+        layers: tuple[DiskLayer, ...],
+        *,
+        incoming_state: Path | None = None,
+        wake_layers: tuple[DiskLayer, ...] | None = None,
+        record: bool = True,
+    ) -> asyncio.subprocess.Process:
+        """Give ``vm`` its network and start its QEMU on the overlay in ``paths`` (booting)."""
+        port: int | None = None
+        network: NetworkSlot | None = None
+        if vm.spec.network is NetworkMode.NETNS:
+            network = self.networks.create(vm.id, vm.spec.guest_forwards)
+            vm.agent_url = network.agent_url
+        else:
+            port = free_local_port()
+            vm.agent_url = f"http://127.0.0.1:{port}"
+            vm.ports = {guest: free_local_port() for guest in vm.spec.forward_ports}
+        # Others may remove an empty runtime dir while the overlay was being made.
+        self.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        key = DiskKey(vm.disk_key) if vm.disk_key else None
+        with contextlib.ExitStack() as pipes:
+            key_fd = pipes.enter_context(key_pipe(key))
+            # A woken VM gets its hot-plugged volumes back at start, each key on its own pipe.
+            woken = vm.volumes if wake_layers is not None else []
+            fds = [pipes.enter_context(key_pipe(DiskKey(v.key))) for v in woken]
+            extra = [a for i, v in enumerate(woken) for a in volumes.wake_argv(i, v, fds[i] or -1)]
+            argv = qemu_argv(
+                binary=self.binary,
+                vm_id=vm.id,
+                image=image,
+                spec=vm.spec,
+                accel=self.accel,
+                paths=paths,
+                host_port=port,
+                extra_ports=vm.ports,
+                network=network,
+                incoming_state=incoming_state,
+                disk_key_fd=key_fd,
+                wake_layers=wake_layers,
+                extra=extra,
+            )
+            passed = tuple(fd for fd in (key_fd, *fds) if fd is not None)
+            proc = await spawn_qemu(argv, stderr=paths.stderr, pass_fds=passed)
+        self._procs[vm.id] = proc
+        vm.pid = proc.pid
+        if record:
+            write_record(vm, paths, port, network, image=image, layers=layers)
+        vm.move_to(VmState.BOOTING)
+        _log.info("vm_booting", vm_id=vm.id, boot_mode=vm.boot_mode.value, pid=proc.pid)
+        return proc
 
     # ---- watch, pause, resume -------------------------------------------------------------
 
@@ -325,42 +303,146 @@ class QemuBackend(BackendLifecycle[Template]):
         vm.move_to(VmState.READY)
 
     async def _qmp(self, vm: Vm, command: str) -> None:
-        if vm.workdir is None:
-            raise VmError(f"VM {vm.id} has no work directory")
         monitor = await Monitor.connect(
-            vm.id, self._paths(vm.id, vm.workdir).qmp, deadline=Deadline.after(5)
+            vm.id, self._paths(vm.id, self._workdir(vm)).qmp, deadline=Deadline.after(5)
         )
         try:
             await monitor.execute(command)
         finally:
             await monitor.close()
 
+    # ---- hibernate, wake -------------------------------------------------------------------
+
+    async def hibernate(self, vm: Vm) -> bytes:
+        """Save the VM's memory and device state, encrypted, into its work dir and end its
+        QEMU; the state's key (returned) is held by the caller only. A save that fails leaves
+        the VM running (or paused) as it was."""
+        paths = self._paths(vm.id, self._workdir(vm))
+        layers = recorded_layers(read_record(paths.workdir) or {})
+        if layers is None:
+            raise NotSupported(
+                f"VM {vm.id} was started by an older controller, which did not record its disk "
+                "layers; it cannot be hibernated (destroy and create it again)"
+            )
+        was, key, started = vm.state, new_state_key(), time.monotonic()
+        vm.move_to(VmState.HIBERNATING)
+        monitor = await Monitor.connect(vm.id, paths.qmp, deadline=Deadline.after(5))
+        try:
+            pinned = await asyncio.to_thread(hibernation.pin, paths.workdir, *layers)
+            await monitor.execute("stop")
+            size = await hibernation.save(
+                monitor,
+                socket=paths.migration,
+                target=hibernation.state_path(paths.workdir),
+                key=key,
+                deadline_s=_SAVE_DEADLINE_S,
+            )
+        except BaseException:
+            if was is not VmState.PAUSED:
+                with contextlib.suppress(VmError):
+                    await monitor.execute("cont")
+            vm.state = was
+            raise
+        finally:
+            await monitor.close()
+        # The watcher must not take the end of this QEMU for a crash.
+        watcher = self._watchers.pop(vm.id, None)
+        if watcher is not None:
+            watcher.cancel()
+        await self._end_process(vm, paths)
+        write_record(vm, paths, None, None, image=pinned.image, layers=pinned.layers)
+        vm.move_to(VmState.HIBERNATED)
+        _log.info(
+            "vm_state_saved",
+            vm_id=vm.id,
+            state_bytes=size,
+            seconds=round(time.monotonic() - started, 3),
+        )
+        return key
+
+    async def wake(self, vm: Vm, state_key: bytes) -> Vm:
+        """Start a hibernated VM's QEMU on its pinned image and layers, stream its saved state
+        in, drop the state file (the disk moves on from here), run it and wait for its agent.
+        SavedStateCorrupt when the state is missing or does not open: the work dir is then
+        moved aside, kept for inspection, and the message says where. Any other failure
+        leaves the VM hibernated as it was."""
+        paths = self._paths(vm.id, self._workdir(vm))
+        started = time.monotonic()
+        try:
+            source = hibernation.check_saved(paths.workdir)
+            saved = recorded_layers(read_record(paths.workdir) or {})
+            if saved is None:
+                raise SavedStateCorrupt(f"VM {vm.id}: its record names no pinned disk layers")
+            image, layers = saved
+            proc = await self._launch(vm, paths, image, layers, wake_layers=layers)
+            deadline = Deadline.after(self.restore_deadline_s)
+            await hibernation.load(paths.migration, source, state_key, deadline=deadline)
+            await run_incoming(
+                vm, paths, proc, deadline_s=self.restore_deadline_s, then=source.unlink
+            )
+            await self._until_ready(
+                vm,
+                started=started,
+                deadline=deadline,
+                exit_status=lambda: proc.returncode,
+                token=None,
+            )
+        except BaseException as exc:
+            await self._after_failed_wake(vm, paths, exc)
+            raise
+        self._watch(vm, proc.wait())
+        return vm
+
+    async def _after_failed_wake(self, vm: Vm, paths: VmPaths, exc: BaseException) -> None:
+        """End what a wake started; keep the saved state (moved aside when it is corrupt)."""
+        await self._end_process(vm, paths)
+        if isinstance(exc, SavedStateCorrupt):
+            vm.workdir = hibernation.set_aside(paths.workdir, self.vms_dir.parent / "kept", exc)
+            vm.state = VmState.FAILED
+        elif hibernation.state_path(paths.workdir).is_file():
+            vm.state = VmState.HIBERNATED
+        else:
+            vm.state = VmState.FAILED  # it ran from its state: the state is gone with it
+
+    async def _end_process(self, vm: Vm, paths: VmPaths) -> None:
+        """Stop the VM's QEMU and free its network and sockets, keeping its work dir."""
+        await self._stop_process(vm)
+        self.networks.delete(vm.id, read_record(paths.workdir))
+        paths.qmp.unlink(missing_ok=True)
+        paths.migration.unlink(missing_ok=True)
+        vm.pid = None
+
+    def _workdir(self, vm: Vm) -> Path:
+        if vm.workdir is None:
+            raise VmError(f"VM {vm.id} has no work directory")
+        return vm.workdir
+
+    # ---- volumes ----------------------------------------------------------------------------
+
+    async def create_volume(self, path: Path, size_mib: int, key: bytes) -> None:
+        """A blank LUKS-encrypted qcow2 of ``size_mib`` (qemu-img, in a thread)."""
+        await asyncio.to_thread(create_volume, path, size_mib, DiskKey(key))
+
+    async def attach_volume(self, vm: Vm, volume: Volume) -> bool:
+        """Hot-plug ``volume`` over QMP at the next volume slot."""
+        paths = self._paths(vm.id, self._workdir(vm))
+        monitor = await Monitor.connect(vm.id, paths.qmp, deadline=Deadline.after(5))
+        try:
+            await volumes.hotplug(monitor, len(vm.volumes), volume)
+        finally:
+            await monitor.close()
+        vm.volumes.append(volume)
+        return True
+
     # ---- list, console ----------------------------------------------------------------
 
     async def list_running(self) -> list[Vm]:
         """VMs under this backend's directory whose QEMU process is alive."""
-        found: list[Vm] = []
-        if not self.vms_dir.is_dir():
-            return found
-        for workdir in sorted(self.vms_dir.iterdir()):
-            vm = vm_from_record(workdir, backend=self.name)
-            if vm is not None and vm.pid and is_our_process(vm.pid, workdir):
-                found.append(vm)
-        return found
+        return running_vms(self.vms_dir, backend=self.name)
 
     def console_tail(self, vm: Vm, lines: int = 40) -> str:
         """The last lines of the serial console (and QEMU's stderr when it said anything)."""
-        if vm.workdir is None:
-            return ""
-        paths = self._paths(vm.id, vm.workdir)
-        text = ""
-        with contextlib.suppress(OSError):
-            text = tail(paths.console.read_text(errors="replace"), lines)
-        with contextlib.suppress(OSError):
-            stderr = paths.stderr.read_text(errors="replace").strip()
-            if stderr:
-                text += f"\n[qemu stderr] {tail(stderr, 5)}"
-        return text
+        return "" if vm.workdir is None else console_text(self._paths(vm.id, vm.workdir), lines)
 
     # ---- destroy --------------------------------------------------------------------------
 
@@ -392,9 +474,3 @@ class QemuBackend(BackendLifecycle[Template]):
             await stop_child(proc)
         elif vm.pid and vm.workdir:
             await stop_adopted(vm.pid, vm.workdir)
-
-
-def _qemu_name(pid: int) -> str:
-    """The ``-name`` QEMU process ``pid`` was started with ("hearth-<VM id>")."""
-    args = live_args(pid) or []
-    return args[args.index("-name") + 1] if "-name" in args[:-1] else "no -name"

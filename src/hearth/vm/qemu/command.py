@@ -10,6 +10,7 @@ from hearth.images.manifest import ImageDir
 from hearth.network.namespace import TAP_NAME, NetworkSlot
 from hearth.vm.accel import Accel
 from hearth.vm.qemu.disk_keys import drive_key_option, secret_object
+from hearth.vm.qemu.hibernation import DiskLayer, drive_backing
 from hearth.vm.types import VmSpec
 
 AGENT_PORT = 8080
@@ -39,6 +40,11 @@ class VmPaths:
     def qmp(self) -> Path:
         """The QMP socket."""
         return self.run_dir / f"{self.vm_id}.qmp"
+
+    @property
+    def migration(self) -> Path:
+        """The socket a hibernation's state goes out through, and a wake's comes in by."""
+        return self.run_dir / f"{self.vm_id}.mig"
 
     @property
     def console(self) -> Path:
@@ -74,9 +80,14 @@ def qemu_argv(
     network: NetworkSlot | None = None,
     incoming_state: Path | None = None,
     disk_key_fd: int | None = None,
+    wake_layers: tuple[DiskLayer, ...] | None = None,
+    extra: list[str] | None = None,
 ) -> list[str]:
     """Build the argv; ``incoming_state`` restores a saved template state instead of booting;
-    ``disk_key_fd`` (inherited by QEMU) holds the key of an encrypted overlay."""
+    ``disk_key_fd`` (inherited by QEMU) holds the key of an encrypted overlay. ``wake_layers``
+    wakes a hibernated VM: its state comes in on ``paths.migration``, it stays stopped until
+    told, and its disk is opened on those (pinned) layers. ``extra``: more devices (a woken
+    VM's volumes)."""
     accel_opt = (
         f"{accel.name},thread=multi" if accel.name == "tcg" and spec.vcpus > 1 else accel.name
     )
@@ -105,6 +116,8 @@ def qemu_argv(
         # The secret must exist at startup: with -incoming the drive is opened before QMP is up.
         key_object = ["-object", secret_object(f"/dev/fd/{disk_key_fd}")]
         drive += f",{drive_key_option()}"
+    if wake_layers:
+        drive += f",{drive_backing(wake_layers)}"
     argv = [
         *prefix,
         binary,
@@ -147,6 +160,9 @@ def qemu_argv(
         "-pidfile",
         str(paths.pidfile),
     ]
+    argv += extra or []
     if incoming_state is not None:
         argv += ["-incoming", f"exec:cat {shlex.quote(str(incoming_state))}"]
+    elif wake_layers is not None:
+        argv += ["-incoming", f"unix:{paths.migration}", "-S"]
     return argv

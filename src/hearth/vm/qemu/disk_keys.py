@@ -1,19 +1,19 @@
-"""Per-VM disk keys: a fresh LUKS passphrase per overlay, handed to QEMU over a pipe, never stored.
+"""Per-VM disk keys: a fresh LUKS passphrase per overlay, handed to QEMU over a pipe, stored sealed.
 
-Every VM's own qcow2 overlay is LUKS-encrypted under a key made for that VM alone. The key
-exists in the controller only while the overlay is made (luks.py writes its key slot) and QEMU
-started, and afterwards only in that QEMU process's memory: it never touches the host's disk
-(not even the tmpfs runtime dir) and never appears on a command line (``/proc/PID/cmdline`` is
-world-readable). QEMU reads it through a ``secret`` object whose file is an inherited pipe
-(``/dev/fd/N``); qemu-img, which only ever sees the throwaway key of a prototype, reads that on
-its stdin. When the VM's QEMU exits its overlay can no longer be read by anyone: the key is
-dropped with the VM.
+Every VM's own qcow2 overlay is LUKS-encrypted under a key made for that VM alone. QEMU reads it
+through a ``secret`` object whose file is an inherited pipe (``/dev/fd/N``): it never touches the
+host's disk (not even the tmpfs runtime dir) and never appears on a command line
+(``/proc/PID/cmdline`` is world-readable); qemu-img, which only ever sees the throwaway key of a
+prototype, reads that on its stdin.
 
-Nothing is sealed by the vault because nothing is persisted: no Hearth path reopens a VM's
-disk after its QEMU has exited (pause keeps the process; a VM whose QEMU died is destroyed), and
-a vault-sealed key kept in the state dir next to ``master.key`` would let a copy of that state
-dir decrypt the overlay again. Templates stay plain: they are saved unclaimed, before any
-user's token or credential reaches them, and every restore must open them again.
+A hibernated VM has no QEMU to hold its key, and must open its disk again when it wakes: so the
+backend hands the key to the control plane with the VM (``Vm.disk_key``), which keeps it only
+sealed by the vault in the VM's row (``hearth.control.vm_keys``), never in the state dir, and
+drops it when the VM ends. The overlay then opens only with the store *and* the master key, as a
+delivered credential does (by default both live in the state dir: a master key given in the
+environment keeps a copy of that dir from opening anything). Templates stay plain:
+they are saved unclaimed, before any user's token or credential reaches them, and every restore
+must open them again.
 """
 
 from __future__ import annotations

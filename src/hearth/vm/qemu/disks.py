@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from hearth.errors import VmError
@@ -48,6 +49,27 @@ def create_overlay(
         input_bytes=key.passphrase if key is not None else None,
     )
     return bytes_on_disk(overlay)
+
+
+def create_volume(path: Path, size_mib: int, key: DiskKey) -> None:
+    """Create a blank qcow2 volume of ``size_mib`` at ``path`` (0600), LUKS-encrypted under
+    ``key``; the guest formats it. VmError when qemu-img fails."""
+    encryption = ["--object", secret_object("/dev/stdin"), "-o", encrypt_create_options()]
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    os.close(fd)
+    try:
+        _retrying_benchmark(
+            lambda: run_tool(
+                ["qemu-img", "create", "-q", *encryption, "-f", "qcow2", path, f"{size_mib}M"],
+                what=f"create volume {path.name}",
+                error=VmError,
+                timeout=60,
+                input_bytes=key.passphrase,
+            )
+        )
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
 
 
 class Overlays:
@@ -98,11 +120,25 @@ class Overlays:
 
 def _make_prototype(backing: Path, backing_format: str, path: Path) -> bytes:
     """An encrypted overlay under a throwaway key, as bytes; its file is removed at once."""
+    try:
+        _retrying_benchmark(
+            lambda: create_overlay(
+                backing, path, backing_format=backing_format, key=DiskKey.generate()
+            )
+        )
+        return path.read_bytes()
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def _retrying_benchmark(make: Callable[[], object]) -> None:
+    """Run ``make`` (a qemu-img create of a LUKS image), again when QEMU's key-derivation
+    benchmark gave up on a busy host."""
     attempt = 1
     while True:
         try:
-            create_overlay(backing, path, backing_format=backing_format, key=DiskKey.generate())
-            return path.read_bytes()
+            make()
+            return
         except VmError as exc:
             # QEMU 7.2 times PBKDF2 by the thread's user CPU time, which sometimes reads 0 ms
             # on a busy host: it then gives up with this message. A retry succeeds.
@@ -111,5 +147,3 @@ def _make_prototype(backing: Path, backing_format: str, path: Path) -> bytes:
             # Three quick retries all failed on a loaded CI host: give the load time to pass.
             time.sleep(_PROTOTYPE_BACKOFF_S * attempt)
             attempt += 1
-        finally:
-            path.unlink(missing_ok=True)

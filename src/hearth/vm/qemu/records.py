@@ -6,14 +6,25 @@ import json
 from pathlib import Path
 
 from hearth.errors import HearthError
+from hearth.images.manifest import ImageDir
 from hearth.network.namespace import NetworkSlot
 from hearth.vm.host import bytes_on_disk, read_legacy_token
 from hearth.vm.qemu.command import VmPaths
+from hearth.vm.qemu.hibernation import DiskLayer
 from hearth.vm.types import BootMode, NetworkMode, Vm, VmSpec, VmState, VmType
 
 
-def write_record(vm: Vm, paths: VmPaths, port: int | None, network: NetworkSlot | None) -> None:
-    """Write ``vm.json``: process, addresses and size of a VM just started."""
+def write_record(
+    vm: Vm,
+    paths: VmPaths,
+    port: int | None,
+    network: NetworkSlot | None,
+    *,
+    image: ImageDir,
+    layers: tuple[DiskLayer, ...],
+) -> None:
+    """Write ``vm.json``: process, addresses and size of a VM just started, and the image and
+    disk layers under its own (what a hibernation pins)."""
     record = {
         "id": vm.id,
         "pid": vm.pid,
@@ -27,6 +38,8 @@ def write_record(vm: Vm, paths: VmPaths, port: int | None, network: NetworkSlot 
         "mem_mib": vm.spec.mem_mib,
         "boot_mode": vm.boot_mode.value,
         "created_at": vm.created_at,
+        "image": str(image.path),
+        "layers": [[str(layer.path), layer.fmt] for layer in layers],
     }
     paths.record.write_text(json.dumps(record))
 
@@ -67,3 +80,11 @@ def vm_from_record(workdir: Path, *, backend: str) -> Vm | None:
         disk_bytes=bytes_on_disk(workdir / "disk.qcow2"),
         ports={int(k): int(v) for k, v in (record.get("ports") or {}).items()},
     )
+
+
+def recorded_layers(record: dict[str, object]) -> tuple[ImageDir, tuple[DiskLayer, ...]] | None:
+    """The image and disk layers a record names (None: written by an older controller)."""
+    image, layers = record.get("image"), record.get("layers")
+    if not isinstance(image, str) or not isinstance(layers, list):
+        return None
+    return ImageDir(Path(image)), tuple(DiskLayer(Path(path), fmt) for path, fmt in layers)

@@ -1,0 +1,167 @@
+"""Hibernation of users' CLI VMs: saved to disk, their VMM ended, woken on demand.
+
+``POST /api/vms/{id}/hibernate`` (or a lifetime's ``hibernate`` action) takes a ready or paused
+CLI VM through ``hibernating`` to ``hibernated``: its delivered credentials are pulled back first
+(as before a destroy: the CLI may have rotated them), then the node saves its memory and device
+state, encrypted under a fresh key, next to its encrypted disk, and ends its VMM. The state key
+and the disk key are sealed into the VM's row (``vm_keys``) and nowhere else. A hibernated VM
+holds no host memory (admission does not count it), keeps its place in its user's VM quota, and
+survives controller restarts and host reboots: its files stay in the state dir.
+
+``resume`` wakes it (through ``booting``, with the keys from its row, a fresh egress path for a
+CLI VM) with its token, files, running processes and delivered credentials; its guest clock is
+set to the host's. A saved state that is missing or does not open fails the VM with that reason
+(its files kept aside for inspection); any other failure to wake leaves it hibernated.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from hearth.agent_client import AgentClient
+from hearth.control.lifetimes import running_fields
+from hearth.control.vm_keys import HeldKeys, VmKeys
+from hearth.errors import Conflict, HearthError, SavedStateCorrupt
+from hearth.logging import get_logger
+from hearth.store import VmRecord
+from hearth.store.records import utc_now
+from hearth.vm.types import BootMode, Vm, VmState, VmType
+
+if TYPE_CHECKING:
+    from hearth.control.vms import VmService
+
+_log = get_logger("control.hibernation")
+HIBERNATABLE = (VmState.READY, VmState.PAUSED)
+
+
+class Hibernation:
+    """Hibernates and wakes the VMs of one ``VmService``."""
+
+    def __init__(self, vms: VmService, keys: VmKeys) -> None:
+        self.vms = vms
+        self.keys = keys
+
+    async def hibernate(self, vm_id: str, *, user_id: str | None = None) -> VmRecord:
+        """Save a ready or paused CLI VM to disk and end its VMM; Conflict (naming its status)
+        for any other, NotSupported where the node's VMM cannot."""
+        vms = self.vms
+        record = await vms.get(vm_id, user_id=user_id)
+        if record.vm_type is not VmType.CLI:
+            raise Conflict(
+                f"VM {vm_id} is a {record.vm_type.value} VM; it lives for one login and cannot "
+                "be hibernated"
+            )
+        if record.status not in HIBERNATABLE:
+            raise Conflict(
+                f"VM {vm_id} is {record.status.value}; only a ready or paused VM can be hibernated"
+            )
+        vm = vms.live_vm(vm_id)
+        keys = self.keys.open(record)
+        if keys is None:
+            raise Conflict(f"VM {vm_id}: its keys do not open; it cannot be hibernated")
+        if record.status is VmState.READY:
+            for hook in vms.before_destroy:
+                try:
+                    await hook(record, vm.token)
+                except HearthError as exc:
+                    _log.warning("before_hibernate_failed", vm_id=vm_id, error=exc.message[:300])
+        was = record.status
+        saving = await vms.store.vms.transition(
+            vm_id,
+            was,
+            VmState.HIBERNATING,
+            **running_fields(record, VmState.HIBERNATING, utc_now()),
+        )
+        try:
+            state_key = await vms.node.hibernate(vm)
+        except BaseException:
+            # The save failed: the VM runs (or stays paused) as it was.
+            await vms.store.vms.transition(
+                vm_id, VmState.HIBERNATING, was, **running_fields(saving, was, utc_now())
+            )
+            raise
+        vms.live.pop(vm_id, None)
+        if vms.networks is not None:
+            await vms.networks.close(vm_id)
+        hibernated = await vms.store.vms.transition(
+            vm_id,
+            VmState.HIBERNATING,
+            VmState.HIBERNATED,
+            pid=None,
+            hibernated_at=utc_now(),
+            **self.keys.fields(vm_id, HeldKeys(disk=keys.disk or vm.disk_key, state=state_key)),
+        )
+        _log.info("vm_hibernated", vm_id=vm_id, user_id=record.user_id)
+        await vms.refresh_gauges()
+        return hibernated
+
+    async def wake(self, vm_id: str, *, user_id: str | None = None) -> VmRecord:
+        """Start a hibernated VM from its saved state, ready, its clock set; a VM whose saved
+        state is missing or corrupt becomes failed with that reason (SavedStateCorrupt)."""
+        vms = self.vms
+        record = await vms.get(vm_id, user_id=user_id)
+        if record.status is not VmState.HIBERNATED:
+            raise Conflict(f"VM {vm_id} is {record.status.value}; it is not hibernated")
+        keys = self.keys.open(record)
+        token = vms.tokens.open(record)
+        if keys is None or keys.state is None or token is None:
+            error = SavedStateCorrupt(f"VM {vm_id}: the keys sealed in its row do not open")
+            await vms.store.vms.transition(
+                vm_id, VmState.HIBERNATED, VmState.FAILED, error=error.message
+            )
+            raise error
+        spec = vms.spec_for(record.vm_type, record.vcpus, record.mem_mib)
+        async with vms.admission:
+            # It will hold host memory again.
+            await vms.quotas.admit_new_vm(vms.store, spec=spec)
+            await vms.store.vms.transition(vm_id, VmState.HIBERNATED, VmState.BOOTING)
+        workspaces = vms.workspaces
+        volumes = (
+            workspaces.volumes_for(record, await vms.store.workspaces.get(record.user_id))
+            if workspaces is not None
+            else []
+        )
+        vm = Vm(
+            id=vm_id,
+            volumes=volumes,
+            spec=await vms.with_egress(vm_id, spec),
+            backend=record.backend,
+            state=VmState.HIBERNATED,
+            boot_mode=BootMode.WAKE,
+            token=token,
+            disk_key=keys.disk,
+            workdir=record.workdir,
+            created_at=record.created_at.timestamp(),
+        )
+        try:
+            vm = await vms.node.wake(vm, keys.state)
+        except BaseException as exc:
+            if vms.networks is not None:
+                await vms.networks.close(vm_id)
+            if isinstance(exc, SavedStateCorrupt):
+                await vms.fail_hibernated(vm_id, error=exc, workdir=vm.workdir)
+            else:
+                await vms.store.vms.transition(vm_id, VmState.BOOTING, VmState.HIBERNATED)
+            raise
+        vms.live[vm_id] = vm
+        offset = await _set_clock(vm)
+        woken = await vms.store.vms.transition(
+            vm_id,
+            VmState.BOOTING,
+            VmState.READY,
+            **vms.fields_of(vm),  # the disk key alone: the state key is spent
+        )
+        _log.info("vm_woken", vm_id=vm_id, user_id=record.user_id, clock_offset_s=offset)
+        return woken
+
+
+async def _set_clock(vm: Vm) -> float | None:
+    """Set the woken guest's clock to the host's; how far off it was (None: not set, logged)."""
+    try:
+        answer = await AgentClient(str(vm.agent_url), vm.token).set_clock(time.time())
+    except HearthError as exc:
+        _log.warning("vm_clock_not_set", vm_id=vm.id, error=exc.message[:300])
+        return None
+    offset = answer.get("offsetS")
+    return float(offset) if isinstance(offset, int | float) else None

@@ -1,0 +1,174 @@
+"""Each user's persistent workspace: a volume that outlives their CLI VMs.
+
+A user's first CLI VM creates it: a blank volume of ``HEARTH_WORKSPACE_SIZE_MIB`` on the node
+(``<state dir>/volumes/<id>.qcow2``), LUKS-encrypted under a key of its own that the store keeps
+sealed by the vault (bound to the workspace's id), never in clear. Every CLI VM of that user that
+becomes ready gets it hot-plugged, and its agent mounts it where commands run (formatting it the
+first time), so replacing a CLI VM (a new image, a failure, a destroy and create) keeps the
+user's repositories. One VM holds it at a time: a second CLI VM of the same user runs without it
+(logged). Before a VM is destroyed its agent syncs and unmounts it; a hibernated VM keeps it
+attached and wakes with it.
+
+``DELETE /api/users/{id}/workspace`` removes it (409 while a VM holds it). A user's disk use is
+their workspace's full size plus the disk layers of their active VMs; ``HEARTH_USER_DISK_QUOTA_MIB``
+bounds it (409 at create).
+"""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+
+from hearth.agent_client import AgentClient
+from hearth.config import Settings
+from hearth.control.row_seal import RowSeal
+from hearth.credentials.vault import CredentialVault
+from hearth.errors import Conflict, HearthError, NotFound, NotSupported, QuotaExceeded
+from hearth.logging import get_logger
+from hearth.node.interface import Node
+from hearth.store import Store, VmRecord
+from hearth.store.records import SEALED_WORKSPACE_KEY_FIELDS, WorkspaceRecord
+from hearth.vm.types import Vm, VmType, Volume
+
+_log = get_logger("control.workspaces")
+SERIAL = "hearth-workspace"  # how the guest finds it (a virtio serial: at most 20 bytes)
+_MIB = 1024 * 1024
+
+
+class Workspaces:
+    """Creates, attaches and removes users' workspace volumes."""
+
+    def __init__(
+        self, *, settings: Settings, store: Store, node: Node, vault: CredentialVault
+    ) -> None:
+        self.size_mib = settings.workspace_size_mib
+        self.quota_mib = settings.user_disk_quota_mib
+        self.store = store
+        self.node = node
+        self._seal = RowSeal(vault, columns=SEALED_WORKSPACE_KEY_FIELDS, bound_to="workspace")
+
+    @property
+    def enabled(self) -> bool:
+        """Whether users get workspaces (``HEARTH_WORKSPACE_SIZE_MIB`` > 0)."""
+        return self.size_mib > 0
+
+    async def admit(self, user_id: str) -> None:
+        """QuotaExceeded unless ``user_id``'s disk use (their workspace, whether made yet or
+        not, and their active VMs' disk layers) is within the quota."""
+        if not self.enabled:
+            return
+        existing = await self.store.workspaces.get(user_id)
+        workspace = existing.size_mib if existing else self.size_mib
+        layers = await self.store.vms.sum_active_disk_bytes(user_id) // _MIB
+        if workspace + layers > self.quota_mib:
+            raise QuotaExceeded(
+                f"user {user_id} would use {workspace + layers} MiB of disk (workspace "
+                f"{workspace} MiB, VM disks {layers} MiB); the quota is {self.quota_mib} MiB "
+                "(HEARTH_USER_DISK_QUOTA_MIB)"
+            )
+
+    async def attach(self, user_id: str, vm: Vm) -> None:
+        """Give a user's CLI VM (healthy, not yet theirs to use) their workspace, made first if
+        need be, mounted by its agent; a no-op for other VMs, when workspaces are off, or when
+        another active VM of theirs holds it. Errors propagate."""
+        if not self.enabled or vm.spec.vm_type is not VmType.CLI:
+            return
+        workspace = await self._ensure(user_id)
+        if workspace is None:
+            return
+        if workspace.vm_id is not None and workspace.vm_id != vm.id:
+            holder = await self._active(workspace.vm_id)
+            if holder is not None:
+                _log.info("workspace_held", vm_id=vm.id, held_by=holder.id)
+                return
+        if any(volume.serial == SERIAL for volume in vm.volumes):
+            return  # attached and mounted already
+        mounted: dict[str, object] = {}
+        if await self.node.attach_volume(vm, self._volume(workspace)):
+            mounted = await AgentClient(str(vm.agent_url), vm.token).mount_workspace(SERIAL)
+        await self.store.workspaces.attach(workspace.id, vm.id)
+        _log.info(
+            "workspace_attached",
+            vm_id=vm.id,
+            user_id=user_id,
+            formatted=bool(mounted.get("formatted")),
+        )
+
+    def volumes_for(self, record: VmRecord, workspace: WorkspaceRecord | None) -> list[Volume]:
+        """The volumes a hibernated VM wakes with: the workspace it held."""
+        if workspace is None or workspace.vm_id != record.id:
+            return []
+        return [self._volume(workspace)]
+
+    async def before_destroy(self, record: VmRecord, token: str | None) -> None:
+        """Sync and unmount the workspace in a VM about to end (``VmService.before_destroy``)."""
+        workspace = await self.store.workspaces.get(record.user_id)
+        if workspace is None or workspace.vm_id != record.id or not record.agent_url:
+            return
+        answer = await AgentClient(record.agent_url, token).unmount_workspace()
+        _log.info("workspace_detached", vm_id=record.id, unmounted=answer.get("unmounted"))
+
+    async def get(self, user_id: str) -> WorkspaceRecord:
+        """The user's workspace; NotFound when they have none."""
+        workspace = await self.store.workspaces.get(user_id)
+        if workspace is None:
+            raise NotFound(f"user {user_id} has no workspace")
+        return workspace
+
+    async def holder(self, workspace: WorkspaceRecord) -> VmRecord | None:
+        """The active VM that holds ``workspace``, if any."""
+        return await self._active(workspace.vm_id) if workspace.vm_id else None
+
+    async def delete(self, user_id: str) -> WorkspaceRecord:
+        """Remove the user's workspace and its file; Conflict while a VM holds it."""
+        workspace = await self.get(user_id)
+        holder = await self.holder(workspace)
+        if holder is not None:
+            raise Conflict(
+                f"the workspace of user {user_id} is attached to VM {holder.id} "
+                f"({holder.status.value}); destroy that VM first"
+            )
+        self.node.remove_volume(workspace.id)
+        await self.store.workspaces.delete(workspace.id)
+        _log.info("workspace_deleted", user_id=user_id)
+        return workspace
+
+    async def _ensure(self, user_id: str) -> WorkspaceRecord | None:
+        """The user's workspace, made now if they have none; None where the node's VMM keeps
+        no volumes (its VMs run without one, logged)."""
+        existing = await self.store.workspaces.get(user_id)
+        if existing is not None:
+            return existing
+        workspace_id = f"ws-{uuid.uuid4()}"
+        key = secrets.token_urlsafe(32).encode()
+        try:
+            await self.node.create_volume(workspace_id, self.size_mib, key)
+        except NotSupported as exc:
+            _log.warning("workspaces_not_supported", user_id=user_id, reason=exc.message)
+            return None
+        record = WorkspaceRecord(
+            id=workspace_id,
+            user_id=user_id,
+            size_mib=self.size_mib,
+            **self._seal.seal(workspace_id, key),  # type: ignore[arg-type]
+        )
+        stored = await self.store.workspaces.insert(record)
+        if stored.id != workspace_id:  # another create won the race: keep its volume
+            self.node.remove_volume(workspace_id)
+        _log.info("workspace_created", user_id=user_id, size_mib=self.size_mib)
+        return stored
+
+    def _volume(self, workspace: WorkspaceRecord) -> Volume:
+        key = self._seal.open(workspace)
+        if key is None:
+            raise Conflict(f"the key of workspace {workspace.id} does not open")
+        return Volume(path=self.node.volume_path(workspace.id), key=key, serial=SERIAL)
+
+    async def _active(self, vm_id: str | None) -> VmRecord | None:
+        if vm_id is None:
+            return None
+        try:
+            record = await self.store.vms.get(vm_id)
+        except HearthError:
+            return None
+        return record if record.is_active else None

@@ -1,0 +1,181 @@
+"""Hibernating a QEMU VM: its machine state saved encrypted next to its disk, its layers pinned.
+
+A hibernated VM keeps its work directory: the encrypted disk layer (its key sealed in the VM's
+row, as the agent token is), ``state.enc`` (``saved_state``: the migrate stream sealed under a
+key of its own), and ``pinned/``, hard links to the kernel, initramfs and every layer under the
+VM's own (the template's frozen layer, the golden image). An image replaced by ``install-agent``
+or a rebuild, or a template pruned as stale, therefore never changes what a hibernated VM wakes
+on: QEMU is pointed at the pinned files (``drive_backing``) instead of the paths recorded in the
+overlay's header. Hard links cost nothing; across filesystems they are copies (logged).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from hearth.errors import SavedStateCorrupt, SnapshotError
+from hearth.images.manifest import INITRAMFS_NAME, KERNEL_NAME, ImageDir
+from hearth.logging import get_logger
+from hearth.vm.qemu.monitor import Monitor
+from hearth.vm.qemu.saved_state import STATE_FILE, StateWriter, read_state
+from hearth.vm.readiness import Backoff, Deadline
+
+_log = get_logger("vm.qemu.hibernation")
+PINNED_DIR = "pinned"
+# QEMU throttles migration to 128 MiB/s by default; a stopped VM saved to local disk need not be.
+_UNTHROTTLED = 1 << 40
+_READ_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class DiskLayer:
+    """One read-only layer under a VM's own disk: its file and format (``qcow2`` or ``raw``)."""
+
+    path: Path
+    fmt: str
+
+
+@dataclass(frozen=True)
+class Pinned:
+    """What a hibernated VM wakes on: its image's kernel and initramfs, and its disk layers
+    (nearest first), all inside its own work directory."""
+
+    image: ImageDir
+    layers: tuple[DiskLayer, ...]
+
+
+def state_path(workdir: Path) -> Path:
+    """Where the VM in ``workdir`` keeps its saved state while hibernated."""
+    return workdir / STATE_FILE
+
+
+def pin(workdir: Path, image: ImageDir, layers: tuple[DiskLayer, ...]) -> Pinned:
+    """Hard-link (or copy) ``image``'s kernel and initramfs and ``layers`` into ``workdir``."""
+    target = workdir / PINNED_DIR
+    target.mkdir(mode=0o700, exist_ok=True)
+    _keep(image.kernel, target / KERNEL_NAME)
+    _keep(image.initramfs, target / INITRAMFS_NAME)
+    pinned: list[DiskLayer] = []
+    for index, layer in enumerate(layers):
+        path = target / f"layer-{index}.{layer.fmt}"
+        _keep(layer.path, path)
+        pinned.append(DiskLayer(path, layer.fmt))
+    return Pinned(ImageDir(target), tuple(pinned))
+
+
+def _keep(source: Path, target: Path) -> None:
+    if target.exists():
+        return  # pinned by an earlier hibernation of this VM: the very same file
+    try:
+        os.link(source, target)
+    except OSError as exc:
+        if not source.is_file():
+            raise SnapshotError(f"{source} is gone; the VM cannot be saved on it") from exc
+        _log.warning("pin_copies", source=str(source), reason=exc.strerror)
+        shutil.copy2(source, target)
+
+
+def drive_backing(layers: tuple[DiskLayer, ...]) -> str:
+    """The ``-drive`` options that open ``layers`` under the VM's own layer, in place of the
+    backing files its header names."""
+    options: list[str] = []
+    prefix = "backing"
+    for layer in layers:
+        options += [f"{prefix}.driver={layer.fmt}", f"{prefix}.file.filename={layer.path}"]
+        prefix += ".backing"
+    return ",".join(options)
+
+
+async def save(
+    monitor: Monitor, *, socket: Path, target: Path, key: bytes, deadline_s: float
+) -> int:
+    """Migrate the (stopped) VM behind ``monitor`` into ``target``, sealed under ``key``, through
+    a unix socket this process listens on; the bytes of state saved. SnapshotError (and no
+    file) when QEMU fails or the deadline passes."""
+    socket.unlink(missing_ok=True)
+    writer = StateWriter(target, key)
+    received = asyncio.Event()
+    failures: list[BaseException] = []
+
+    async def receive(reader: asyncio.StreamReader, peer: asyncio.StreamWriter) -> None:
+        try:
+            while chunk := await reader.read(_READ_BYTES):
+                writer.write(chunk)
+        except (OSError, ValueError) as exc:
+            failures.append(exc)
+        finally:
+            peer.close()
+            received.set()
+
+    server = await asyncio.start_unix_server(receive, path=str(socket))
+    try:
+        os.chmod(socket, 0o600)
+        deadline = Deadline.after(deadline_s)
+        await monitor.execute("migrate-set-parameters", {"max-bandwidth": _UNTHROTTLED})
+        await monitor.execute("migrate", {"uri": f"unix:{socket}"})
+        await monitor.wait_migration(deadline=deadline)
+        await asyncio.wait_for(received.wait(), max(deadline.remaining(), 1.0))
+        if failures:
+            raise SnapshotError(f"writing the saved state failed: {failures[0]}")
+        await asyncio.to_thread(writer.finish)
+    except BaseException:
+        writer.abort()
+        raise
+    finally:
+        server.close()
+        socket.unlink(missing_ok=True)
+    return writer.plain_bytes
+
+
+async def load(socket: Path, source: Path, key: bytes, *, deadline: Deadline) -> None:
+    """Stream the state sealed in ``source`` into the ``-incoming`` socket of a QEMU that was
+    just started; SavedStateCorrupt at the first chunk that does not open (QEMU then gives up
+    on the cut stream and exits)."""
+    writer = await _connect(socket, deadline)
+    try:
+        for chunk in read_state(source, key):
+            writer.write(chunk)
+            await writer.drain()
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+
+
+async def _connect(socket: Path, deadline: Deadline) -> asyncio.StreamWriter:
+    last = "socket never appeared"
+    for delay in Backoff(initial_s=0.01, cap_s=0.2).delays():
+        if socket.exists():
+            try:
+                _reader, writer = await asyncio.open_unix_connection(str(socket))
+                return writer
+            except OSError as exc:
+                last = exc.strerror or type(exc).__name__
+        if deadline.expired:
+            break
+        await asyncio.sleep(min(delay, deadline.remaining()))
+    raise SnapshotError(f"QEMU's incoming socket {socket} is not reachable: {last}")
+
+
+def set_aside(workdir: Path, kept: Path, error: SavedStateCorrupt) -> Path:
+    """Move the work dir of a VM whose saved state is unusable into ``kept`` (where no reap
+    looks), for inspection; its new place, also named in ``error``'s message."""
+    target = kept / f"{workdir.name}-{int(time.time())}"
+    kept.mkdir(mode=0o700, exist_ok=True)
+    workdir.rename(target)
+    error.message += f"; the VM's files are kept in {target}"
+    return target
+
+
+def check_saved(workdir: Path) -> Path:
+    """The saved state of the VM in ``workdir``; SavedStateCorrupt when it is missing."""
+    path = state_path(workdir)
+    if not path.is_file():
+        raise SavedStateCorrupt(f"the saved state {path} is missing")
+    return path

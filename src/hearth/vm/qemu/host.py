@@ -1,0 +1,83 @@
+"""What a QEMU backend's VMs hold on the host, read from the host itself: the VMs still running,
+their consoles, and the processes, QMP sockets and network slots left behind (reported, or
+removed when no kept VM holds them)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+from collections.abc import Iterable
+from pathlib import Path
+
+from hearth.tools import tail
+from hearth.vm.host import live_args
+from hearth.vm.qemu.command import VmPaths
+from hearth.vm.qemu.network import QemuNetworks
+from hearth.vm.qemu.process import is_our_process, qemu_pids_running_from
+from hearth.vm.qemu.records import vm_from_record
+from hearth.vm.types import Vm
+
+
+def running_vms(vms_dir: Path, *, backend: str) -> list[Vm]:
+    """The VMs under ``vms_dir`` whose record reads and whose QEMU process is alive."""
+    found: list[Vm] = []
+    if not vms_dir.is_dir():
+        return found
+    for workdir in sorted(vms_dir.iterdir()):
+        vm = vm_from_record(workdir, backend=backend)
+        if vm is not None and vm.pid and is_our_process(vm.pid, workdir):
+            found.append(vm)
+    return found
+
+
+def reap_leftovers(
+    abandoned: Iterable[Path], run_dir: Path, networks: QemuNetworks, keep: set[str]
+) -> list[str]:
+    """Remove ``abandoned`` template builds (and their QEMU), and the QMP sockets and network
+    slots of VMs not in ``keep``; what was removed."""
+    reaped: list[str] = []
+    for staging in abandoned:
+        for pid in qemu_pids_running_from(staging):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(staging, ignore_errors=True)
+        reaped.append(staging.name)
+    if run_dir.is_dir():
+        for sock in run_dir.glob("*.qmp"):
+            if sock.stem not in keep:
+                sock.unlink(missing_ok=True)
+    return reaped + networks.reap(keep)
+
+
+def host_leftovers(dirs: Iterable[Path], run_dir: Path, networks: QemuNetworks) -> list[str]:
+    """QEMU processes running from ``dirs``, QMP sockets in ``run_dir``, claimed network
+    slots: each in a short sentence."""
+    pids = {pid for d in dirs for pid in qemu_pids_running_from(d)}
+    found = [f"QEMU process {pid} ({_qemu_name(pid)}) is still running" for pid in sorted(pids)]
+    if run_dir.is_dir():
+        found += [f"QMP socket {sock} is still there" for sock in sorted(run_dir.glob("*.qmp"))]
+    found += [
+        f"network slot {index} is still claimed by {owner}"
+        for index, owner in sorted(networks.pool.claims().items())
+    ]
+    return found
+
+
+def console_text(paths: VmPaths, lines: int) -> str:
+    """The last ``lines`` of a VM's serial console, and QEMU's stderr when it said anything."""
+    text = ""
+    with contextlib.suppress(OSError):
+        text = tail(paths.console.read_text(errors="replace"), lines)
+    with contextlib.suppress(OSError):
+        stderr = paths.stderr.read_text(errors="replace").strip()
+        if stderr:
+            text += f"\n[qemu stderr] {tail(stderr, 5)}"
+    return text
+
+
+def _qemu_name(pid: int) -> str:
+    """The ``-name`` QEMU process ``pid`` was started with ("hearth-<VM id>")."""
+    args = live_args(pid) or []
+    return args[args.index("-name") + 1] if "-name" in args[:-1] else "no -name"

@@ -1,0 +1,244 @@
+"""Hibernation in process, on SQLite and PostgreSQL, over the fake backend: the API's rules
+(``POST /api/vms/{id}/hibernate``, resume waking, 409s, 501), the keys sealed in the row and
+nowhere else, admission (a hibernated VM holds no memory), controller restarts, the
+``hibernate`` lifetime action and autoResume. What only a real VM shows (memory, disk and
+processes intact, encryption at rest, e2fsck) is in ``tests/vm/test_hibernate.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hearth.config import Settings
+from hearth.errors import NotSupported
+from hearth.store.records import SEALED_KEYS_FIELDS
+from hearth.vm.types import VmState, VmType
+from tests.fake_backend import FakeBackend
+from tests.integration.api_fixtures import *  # noqa: F403
+from tests.integration.api_fixtures import DEFAULT_QUOTAS, Api, assert_error, running_api
+
+CHECK_S = 0.05
+
+
+@pytest.fixture
+def settings(api_settings: Settings) -> Settings:
+    """Lifetimes looked at every ``CHECK_S``."""
+    return api_settings.with_overrides(lifetime_check_interval_s=CHECK_S)
+
+
+@pytest.fixture
+async def api_h(
+    settings: Settings, fake_backend: FakeBackend, tmp_path: Path
+) -> AsyncIterator[Api]:
+    """The controller over the fake backend."""
+    async with running_api(settings, fake_backend, tmp_path / "image") as api:
+        yield api
+
+
+async def new_vm(api: Api, user: str = "ann", **body: Any) -> str:
+    """A ready CLI VM of ``user``'s; its id."""
+    created = await api.client.post(
+        "/api/vms", json={"userId": user, **body}, headers=api.headers()
+    )
+    assert created.status_code == 201, created.text
+    return str(created.json()["id"])
+
+
+async def post(api: Api, vm_id: str, action: str) -> Any:
+    """``POST /api/vms/{id}/{action}`` as the admin."""
+    return await api.client.post(f"/api/vms/{vm_id}/{action}", headers=api.headers())
+
+
+async def test_a_hibernated_vm_holds_only_sealed_keys_and_wakes_with_them(api_h: Api) -> None:
+    api = api_h
+    vm_id = await new_vm(api)
+    disk_key = api.ctl.vms.live[vm_id].disk_key
+    assert disk_key is not None
+    answer = await post(api, vm_id, "hibernate")
+    assert answer.status_code == 200, answer.text
+    shown = answer.json()
+    assert shown["status"] == "hibernated"
+    assert shown["hibernatedAt"] is not None
+    assert vm_id not in api.ctl.vms.live
+    assert vm_id in api.backend.hibernated
+    record = await api.ctl.store.vms.get(vm_id)
+    assert record.pid is None
+    # Both keys are in the row, sealed: neither appears in it in clear.
+    sealed = [getattr(record, field) for field in SEALED_KEYS_FIELDS]
+    assert all(value is not None for value in sealed)
+    state_key = api.backend.hibernated[vm_id][0]
+    assert disk_key not in record.keys_ciphertext
+    assert state_key not in record.keys_ciphertext
+    keys = api.ctl.vms.keys.open(record)
+    assert keys is not None
+    assert (keys.disk, keys.state) == (disk_key, state_key)
+
+    woken = await post(api, vm_id, "resume")
+    assert woken.status_code == 200, woken.text
+    assert woken.json()["status"] == "ready"
+    assert woken.json()["bootMode"] == "wake"
+    assert api.ctl.vms.alive(vm_id)
+    # The state key is spent with the state: only the disk key stays.
+    keys = api.ctl.vms.keys.open(await api.ctl.store.vms.get(vm_id))
+    assert keys is not None
+    assert (keys.disk, keys.state) == (disk_key, None)
+
+
+async def test_hibernate_of_a_vm_not_ready_or_paused_is_409_naming_its_status(
+    api_h: Api,
+) -> None:
+    api = api_h
+    vm_id = await new_vm(api)
+    assert (await post(api, vm_id, "pause")).status_code == 200
+    assert (await post(api, vm_id, "hibernate")).json()["status"] == "hibernated"
+    error = assert_error(await post(api, vm_id, "hibernate"), 409, "conflict")
+    assert "is hibernated" in error["message"]
+    error = assert_error(await post(api, vm_id, "pause"), 409, "conflict")
+    assert "is hibernated" in error["message"]
+    # Booting.
+    api.backend.hold = asyncio.Event()
+    created = await api.client.post(
+        "/api/vms?wait=false", json={"userId": "bob"}, headers=api.headers()
+    )
+    booting = created.json()["id"]
+    error = assert_error(await post(api, booting, "hibernate"), 409, "conflict")
+    assert "is booting" in error["message"]
+    api.backend.hold.set()
+    # A Browser VM lives for one login.
+    browser = await api.client.post(
+        "/api/vms", json={"userId": "cid", "vmType": "browser"}, headers=api.headers()
+    )
+    error = assert_error(await post(api, browser.json()["id"], "hibernate"), 409, "conflict")
+    assert "browser VM" in error["message"]
+    # Another user's VM is not there; resuming a ready one is a conflict.
+    assert_error(
+        await api.client.post(
+            f"/api/vms/{vm_id}/hibernate", headers=api.headers(await api.user_key("zed"))
+        ),
+        404,
+        "not_found",
+    )
+    ready = await new_vm(api, "dan")
+    error = assert_error(await post(api, ready, "resume"), 409, "conflict")
+    assert "only a paused or hibernated VM" in error["message"]
+
+
+async def test_a_save_the_vmm_refuses_leaves_the_vm_as_it_was(api_h: Api) -> None:
+    api = api_h
+    vm_id = await new_vm(api)
+    api.backend.fail_next = NotSupported("the fake backend cannot hibernate VMs yet")
+    error = assert_error(await post(api, vm_id, "hibernate"), 501, "not_supported")
+    assert "cannot hibernate" in error["message"]
+    record = await api.ctl.store.vms.get(vm_id)
+    assert record.status is VmState.READY
+    assert record.running_since is not None, "its running time stopped counting"
+    assert api.ctl.vms.alive(vm_id)
+
+
+async def test_the_vm_monitor_does_not_take_a_hibernation_for_a_crash(api_h: Api) -> None:
+    api = api_h
+    vm_id = await new_vm(api)
+    api.backend.hold = asyncio.Event()
+    saving = asyncio.create_task(post(api, vm_id, "hibernate"))
+    while vm_id in api.backend.running:
+        await asyncio.sleep(0.01)
+    # Its VMM has ended, its save is not reported yet: the monitor must leave it be.
+    assert await api.ctl.vms.watch_once() == []
+    api.backend.hold.set()
+    assert (await saving).json()["status"] == "hibernated"
+    assert vm_id in api.backend.hibernated
+
+
+async def test_a_corrupt_saved_state_fails_the_vm_with_why(api_h: Api) -> None:
+    api = api_h
+    vm_id = await new_vm(api)
+    await post(api, vm_id, "hibernate")
+    api.backend.corrupt_next_wake = True
+    error = assert_error(await post(api, vm_id, "resume"), 500, "saved_state_corrupt")
+    assert "does not open" in error["message"]
+    record = await api.ctl.store.vms.get(vm_id)
+    assert record.status is VmState.FAILED
+    assert record.error is not None
+    assert "does not open" in record.error
+    assert all(getattr(record, field) is None for field in SEALED_KEYS_FIELDS)
+    events = [e.type for e in await api.ctl.events.list() if e.vm_id == vm_id]
+    assert events[-1] == "vm.failed"
+
+
+async def test_a_hibernated_vm_holds_no_memory_and_waking_needs_room_again(
+    settings: Settings, fake_backend: FakeBackend, tmp_path: Path
+) -> None:
+    quotas = dataclasses.replace(DEFAULT_QUOTAS, memory_limit_mib=600)
+    async with running_api(settings, fake_backend, tmp_path / "image", quotas=quotas) as api:
+        first = await new_vm(api, mem_mib=512)
+        assert_error(
+            await api.client.post(
+                "/api/vms", json={"userId": "bob", "memMib": 512}, headers=api.headers()
+            ),
+            429,
+            "capacity_exhausted",
+        )
+        await post(api, first, "hibernate")
+        second = await new_vm(api, "bob", mem_mib=512)
+        assert_error(await post(api, first, "resume"), 429, "capacity_exhausted")
+        assert (await api.ctl.store.vms.get(first)).status is VmState.HIBERNATED
+        # Still one of ann's VMs: the per-user count keeps its place.
+        assert await api.ctl.store.vms.count_active(user_id="ann", vm_type=VmType.CLI) == 1
+        await api.client.delete(f"/api/vms/{second}", headers=api.headers())
+        assert (await post(api, first, "resume")).json()["status"] == "ready"
+
+
+async def test_a_hibernated_vm_survives_a_controller_restart(
+    settings: Settings, fake_backend: FakeBackend, tmp_path: Path
+) -> None:
+    async with running_api(settings, fake_backend, tmp_path / "image") as api:
+        vm_id = await new_vm(api)
+        await post(api, vm_id, "hibernate")
+        # One caught mid-save by the restart: its VMM holds it, stopped.
+        saving = await new_vm(api, "bob")
+        await api.ctl.store.vms.transition(saving, VmState.READY, VmState.HIBERNATING)
+    async with running_api(settings, fake_backend, tmp_path / "image") as api:
+        assert (await api.ctl.store.vms.get(vm_id)).status is VmState.HIBERNATED
+        assert vm_id in fake_backend.hibernated, "the restart reaped a hibernated VM"
+        assert (await api.ctl.store.vms.get(saving)).status is VmState.PAUSED
+        # The new controller opens the keys the first one sealed.
+        woken = await post(api, vm_id, "resume")
+        assert woken.status_code == 200, woken.text
+        assert woken.json()["status"] == "ready"
+        assert (await post(api, saving, "resume")).json()["status"] == "ready"
+
+
+async def test_an_idle_vm_is_hibernated_and_auto_resumed_its_hibernated_time_not_counted(
+    api_h: Api,
+) -> None:
+    api = api_h
+    vm_id = await new_vm(api, idleTimeoutS=1, idleAction="hibernate", timeoutS=3600)
+    for _ in range(200):
+        if (await api.ctl.store.vms.get(vm_id)).status is VmState.HIBERNATED:
+            break
+        await asyncio.sleep(0.02)
+    record = await api.ctl.store.vms.get(vm_id)
+    assert record.status is VmState.HIBERNATED
+    assert record.running_since is None
+    used = record.lifetime_used_s
+    await asyncio.sleep(0.3)
+    shown = (await api.client.get(f"/api/vms/{vm_id}", headers=api.headers())).json()
+    assert shown["lifetimeUsedS"] == pytest.approx(used, abs=0.01), "hibernated time counted"
+    woken = await api.ctl.lifetimes.ensure_running(await api.ctl.store.vms.get(vm_id))
+    assert woken.status is VmState.READY
+    events = [e for e in await api.ctl.events.list() if e.vm_id == vm_id]
+    timed_out = [e for e in events if e.type == "vm.timed_out"]
+    assert json.loads(timed_out[0].data)["action"] == "hibernate"
+    assert events[-1].type == "vm.auto_resumed"
+    # PATCH takes the action too.
+    patched = await api.client.patch(
+        f"/api/vms/{vm_id}", json={"timeoutAction": "hibernate"}, headers=api.headers()
+    )
+    assert patched.json()["timeoutAction"] == "hibernate"
