@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
+from hearth.auth.states import AuthStatus
 from hearth.bench.signin import open_sign_in_page, submit_consent, submit_login
 from hearth.config import Settings
 from hearth.images.manifest import ImageDir
@@ -86,18 +87,32 @@ async def test_cli_vm_without_agent_fails_naming_the_vm_and_the_probe_error(
     assert qemu_pids_under(tmp_path) == []
 
 
-async def test_controller_killed_while_awaiting_user_goes_on_after_restart_and_completes(
+# Where the controller is stopped, and how: kill -9 at each stage long enough to be caught, and
+# SIGTERM (an upgrade) between the user's two form pages.
+STOPS = [
+    ("cli_vm_starting", "kill9"),
+    ("browser_vm_starting", "kill9"),
+    ("awaiting_user", "kill9"),
+    ("between_pages", "sigterm"),
+]
+
+
+@pytest.mark.parametrize(("stage", "how"), STOPS, ids=[f"{s}-{h}" for s, h in STOPS])
+async def test_a_controller_stopped_mid_login_goes_on_after_restart_and_completes(
     server: Server,
     minimal_image: ImageDir,
     browser_image: ImageDir,
     e2e_oidc: E2eOidc,
     vm_state_dir: Path,
     tmp_path: Path,
+    stage: str,
+    how: str,
 ) -> None:
-    """kill -9 of a real ``hearth serve`` while its user is at the sign-in page: the next
-    controller adopts the Browser VM (its agent, the login in it, the user's page), reopens the
-    login's egress path on the port that VM's QEMU dials, and the user's sign-in completes the
-    session; nothing is left but the user's CLI VM."""
+    """A real ``hearth serve`` stopped while a login is in ``stage``: the next controller picks
+    the session up where it was (a VM that was booting started again; a running Browser VM, its
+    agent, the login in it and the user's page adopted; the login's egress path reopened on the
+    port that VM's QEMU dials), and the user's sign-in completes it; nothing is left but the
+    user's CLI VM, and nothing at all once that is destroyed."""
     state = tmp_path / "state"
     (state / "images" / "browser").symlink_to(browser_image.path)
     server.env.update(
@@ -112,39 +127,58 @@ async def test_controller_killed_while_awaiting_user_goes_on_after_restart_and_c
     server.start()
     key = (state / "admin.key").read_text().strip()
     auth = {"Authorization": f"Bearer {key}"}
+
+    def stop() -> None:
+        if how == "kill9":
+            server.kill9()
+        else:
+            assert server.stop() == 0
+
     async with httpx.AsyncClient(base_url=server.url, headers=auth, timeout=30) as api:
         started = await api.post("/api/auth/start", json={"userId": "frank", "provider": "oidc"})
         session_id = started.json()["sessionId"]
+        if stage != "between_pages":
+            await _session_until(api, session_id, stage, poll_s=0.02)
+            stop()
+            server.start()
+            after = (await api.get(f"/api/auth/session/{session_id}")).json()["session"]
+            # Picked up at its stage (and maybe on from there already), never failed.
+            assert after["status"] not in ENDED, after
+            order = [s.value for s in AuthStatus]
+            assert order.index(after["status"]) >= order.index(stage), after
         session = await _session_until(api, session_id, "awaiting_user")
-        server.kill9()
-
-        server.start()
-        after = (await api.get(f"/api/auth/session/{session_id}")).json()["session"]
-        assert after["status"] == "awaiting_user", after
         browser_vm_id = session["browser_vm_id"]
-        assert after["browser_vm_id"] == browser_vm_id
         record = read_record(state / "vms" / browser_vm_id)
         assert record is not None
         devtools_port = int((record.get("ports") or {})[str(DEVTOOLS_PORT)])
         page = await open_sign_in_page(devtools_port, e2e_oidc.issuer)
         try:
             await submit_login(page, login="alice", password="wonderland")
+            if stage == "between_pages":
+                stop()
+                server.start()
             await submit_consent(page)
         finally:
             await page.close()
         done = await _session_until(api, session_id, "completed")
         assert done["error_message"] is None
+        assert done["browser_vm_id"] == browser_vm_id, "the Browser VM was replaced"
         browser_vm = (await api.get(f"/api/vms/{browser_vm_id}")).json()
         assert browser_vm["status"] == "destroyed"
         assert qemu_pids_under(state / "vms" / browser_vm_id) == []
-        # The user's CLI VM was adopted and holds the login; tidy it up through the API.
+        # The user's CLI VM holds the login; tidy it up through the API.
         await api.delete(f"/api/vms/{done['vm_id']}", timeout=60)
     assert qemu_pids_under(state) == []
+    assert list((state / "vms").iterdir()) == [], "a VM's files were left behind"
 
 
-async def _session_until(api: httpx.AsyncClient, session_id: str, status: str) -> dict[str, Any]:
-    """The session once it is ``status``; fails if it ends otherwise or takes 10 minutes."""
+async def _session_until(
+    api: httpx.AsyncClient, session_id: str, status: str, *, poll_s: float = 0.5
+) -> dict[str, Any]:
+    """The session once it is ``status``; fails if it ends otherwise, goes past ``status``
+    unseen, or takes 10 minutes."""
     deadline = time.monotonic() + 600
+    order = [s.value for s in AuthStatus]
     while True:
         session: dict[str, Any] = (await api.get(f"/api/auth/session/{session_id}")).json()[
             "session"
@@ -152,5 +186,6 @@ async def _session_until(api: httpx.AsyncClient, session_id: str, status: str) -
         if session["status"] == status:
             return session
         assert session["status"] not in ENDED, session
+        assert order.index(session["status"]) < order.index(status), f"went past {status}"
         assert time.monotonic() < deadline, session
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(poll_s)

@@ -1,4 +1,5 @@
-"""``hearth bench vm``, ``api``, ``auth`` and ``run``: run a benchmark, print tables, write JSON.
+"""``hearth bench vm``, ``api``, ``auth``, ``restarts`` and ``run``: run a benchmark, print tables,
+write JSON.
 
 This module does not import ``hearth.cli`` (which registers ``bench_app``), so importing either
 first works.
@@ -33,6 +34,13 @@ from hearth.bench.report import (
     vm_document,
     vm_tables,
     write_json,
+)
+from hearth.bench.restarts import (
+    POINTS,
+    RestartsOptions,
+    restarts_document,
+    restarts_tables,
+    run_restarts_bench,
 )
 from hearth.bench.run import (
     DEFAULT_BYTES,
@@ -201,6 +209,48 @@ def bench_auth(
         )
         result = _run(run_auth_bench(options, progress=default_progress("bench")))
     _report(result, auth_tables, auth_document, json_file=json_file, command=command)
+
+
+@bench_app.command("restarts")
+def bench_restarts(
+    n: Annotated[int, typer.Option("--n", min=1, help="Logins per restart point.")] = 3,
+    point: Annotated[
+        list[str] | None,
+        typer.Option(help=f"Restart points (default all: {', '.join(POINTS)}); repeatable."),
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of the random stop moments.")] = None,
+    cli_image: Annotated[Path | None, typer.Option(help="CLI VM image.")] = None,
+    browser_image: Annotated[Path | None, typer.Option(help="Browser VM image.")] = None,
+    json_file: JsonFile = None,
+    state_dir: Annotated[Path | None, _state_dir_option("The controller's state dir")] = None,
+) -> None:
+    """Logins that outlive their controller: stopped (kill -9, or SIGTERM between the sign-in
+    pages) at a random moment of each stage, restarted, the user signs in; how many complete.
+
+    A real controller, OAuth server and VMs, as ``hearth bench auth``; long: not run in CI.
+    """
+    settings = _load_settings()
+    cli_image_dir = _built_image(settings, cli_image, "minimal", role="CLI")
+    browser_image_dir = _built_image(settings, browser_image, "browser", role="Browser")
+    points = tuple(point or POINTS)
+    command = ["hearth", "bench", "restarts", "--n", str(n)]
+    command += [arg for p in point or () for arg in ("--point", p)]
+    try:
+        oidc_server_dir = install_oidc_server(settings.cache_dir)
+    except HearthError as exc:
+        _fail(exc)
+    with _scratch_dir(state_dir) as root:
+        options = RestartsOptions(
+            n=n,
+            state_dir=root,
+            cli_image=cli_image_dir,
+            browser_image=browser_image_dir,
+            oidc_server_dir=oidc_server_dir.absolute(),
+            points=points,
+            seed=seed,
+        )
+        result = _run(run_restarts_bench(options, progress=default_progress("bench")))
+    _report(result, restarts_tables, restarts_document, json_file=json_file, command=command)
 
 
 @bench_app.command("run")
