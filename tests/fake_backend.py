@@ -33,6 +33,7 @@ class FakeBackend:
         self.destroyed: list[str] = []
         self.created: list[str] = []
         self.prepared: list[tuple[Path, str]] = []
+        self.prepared_volumes: list[tuple[Path, int]] = []
         self.hold: asyncio.Event | None = None
         self.fail_next: Exception | None = None
         self._exits: dict[str, asyncio.Event] = {}
@@ -160,6 +161,10 @@ class FakeBackend:
         """A file standing for the volume (its size and key remembered)."""
         path.write_bytes(b"")
         self.volumes[path] = (size_mib, key)
+
+    async def prepare_volumes(self, directory: Path, size_mib: int) -> None:
+        """Nothing to make: record what was asked."""
+        self.prepared_volumes.append((directory, size_mib))
 
     async def attach_volume(self, vm: Vm, volume: Volume) -> bool:
         """Attached: appended to the VM's volumes (its key must be the one it was made with);

@@ -1,6 +1,7 @@
 """Templates prepared at start, in process on SQLite and PostgreSQL over the fake backend: the
-default size of each VM type is asked for once, ``/health`` says how far it got, a failure is
-shown (and the controller serves on), and a controller told not to prepares nothing."""
+default size of each VM type is asked for once (and the workspace volumes), ``/health`` says how
+far it got, a failure is shown (and the controller serves on), and a controller told not to
+prepares nothing."""
 
 from __future__ import annotations
 
@@ -36,6 +37,10 @@ async def test_each_type_default_size_is_prepared_once_and_shown(
         (tmp_path / "image", f"cli-{settings.default_vcpus}c-{settings.default_mem_mib}m"),
         (tmp_path / "image", f"browser-{settings.browser_vcpus}c-{settings.browser_mem_mib}m"),
     ]
+    # Users' workspace volumes are prepared too (the first user's then comes at once).
+    volumes = settings.state_dir / "volumes"
+    assert backend.prepared_volumes == [(volumes, settings.workspace_size_mib)]
+    assert settings.workspace_size_mib > 0
 
 
 async def test_a_template_that_cannot_be_built_is_shown_and_the_rest_goes_on(
@@ -62,3 +67,4 @@ async def test_a_controller_told_not_to_prepares_nothing(
         health = (await api.client.get("/health")).json()
     assert health["templates"] == {"cli": "off", "browser": "off"}
     assert backend.prepared == []
+    assert backend.prepared_volumes == []

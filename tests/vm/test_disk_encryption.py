@@ -161,10 +161,12 @@ async def test_the_disk_key_is_never_on_the_hosts_disk_nor_on_a_command_line(
     assert files_holding([state_dir, qemu_backend.run_dir], made) == {}
 
 
-async def test_two_overlays_made_from_one_prototype_do_not_open_with_each_others_key(
-    minimal_image: ImageDir, tmp_path: Path
+@pytest.mark.parametrize("kind", ["overlay", "volume"])
+async def test_two_disks_made_from_one_prototype_do_not_open_with_each_others_key(
+    minimal_image: ImageDir, tmp_path: Path, kind: str
 ) -> None:
-    """Re-keying gives every overlay its own master key: one VM's key opens no other disk."""
+    """Re-keying gives every overlay and every volume its own master key: one VM's or one
+    user's key opens no other disk."""
     from hearth.vm.qemu.disk_keys import DiskKey, key_pipe, secret_object
     from hearth.vm.qemu.disks import Overlays
 
@@ -172,7 +174,11 @@ async def test_two_overlays_made_from_one_prototype_do_not_open_with_each_others
     keys = [DiskKey.generate(), DiskKey.generate()]
     paths = [tmp_path / "a.qcow2", tmp_path / "b.qcow2"]
     for path, key in zip(paths, keys, strict=True):
-        overlays.create(minimal_image.rootfs, path, backing_format="raw", key=key)
+        if kind == "overlay":
+            overlays.create(minimal_image.rootfs, path, backing_format="raw", key=key)
+        else:
+            overlays.create_volume(path, 64, key)
+            assert path.stat().st_mode & 0o777 == 0o600
 
     def qemu_io(path: Path, key: DiskKey, *commands: str) -> subprocess.CompletedProcess[str]:
         with key_pipe(key) as fd:

@@ -6,7 +6,8 @@ boot cold and save the template while its user waits. At start, and again whenev
 change, ``TemplateWarmer`` builds the templates of the default CLI and Browser VM sizes in the
 background, one after the other (``HEARTH_PREPARE_TEMPLATES``, on by default). A create that
 comes meanwhile waits for the same build rather than starting another (templates are built once
-per key, across processes). ``/health`` shows each one's state.
+per key, across processes). ``/health`` shows each one's state. Users' workspace volumes are
+prepared first (see ``Workspaces.prepare``).
 """
 
 from __future__ import annotations
@@ -58,12 +59,21 @@ class TemplateWarmer:
                 await self._task
 
     async def _warm(self) -> None:
+        await self._prepare_workspaces()
         while True:
             self._again = False
             for vm_type in VmType:
                 await self._prepare(vm_type)
             if not self._again:
                 return
+
+    async def _prepare_workspaces(self) -> None:
+        if self.vms.workspaces is None:
+            return
+        try:
+            await self.vms.workspaces.prepare()
+        except HearthError as exc:  # the first workspace then makes it itself
+            _log.warning("workspace_prepare_failed", error=exc.message[:300])
 
     async def _prepare(self, vm_type: VmType) -> None:
         spec = self.vms.spec_for(vm_type, None, None)

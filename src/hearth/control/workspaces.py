@@ -52,6 +52,12 @@ class Workspaces:
         """Whether users get workspaces (``HEARTH_WORKSPACE_SIZE_MIB`` > 0)."""
         return self.size_mib > 0
 
+    async def prepare(self) -> None:
+        """Make the first workspace fast: the node prepares volumes of the set size now (QEMU
+        makes their encrypted prototype, ≈ 2.6 s of CPU, ahead of the first user)."""
+        if self.enabled:
+            await self.node.prepare_volumes(self.size_mib)
+
     async def admit(self, user_id: str) -> None:
         """QuotaExceeded unless ``user_id``'s disk use (their workspace, whether made yet or
         not, and their active VMs' disk layers) is within the quota."""

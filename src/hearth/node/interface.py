@@ -67,6 +67,10 @@ class Node(Protocol):
         dir; its path."""
         ...
 
+    async def prepare_volumes(self, size_mib: int) -> None:
+        """Make creating a volume of ``size_mib`` fast from now on (done ahead, at start)."""
+        ...
+
     def remove_volume(self, name: str) -> bool:
         """Remove volume ``name``'s file; whether there was one."""
         ...

@@ -112,6 +112,12 @@ class LocalNode:
         await self.backend.create_volume(path, size_mib, key)
         return path
 
+    async def prepare_volumes(self, size_mib: int) -> None:
+        """The backend's preparation, in the volumes dir (a no-op when it keeps none)."""
+        if self.volumes_dir is not None:
+            self.volumes_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            await self.backend.prepare_volumes(self.volumes_dir, size_mib)
+
     def remove_volume(self, name: str) -> bool:
         """Unlink the volume's file."""
         path = self.volume_path(name)

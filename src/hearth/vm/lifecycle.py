@@ -122,6 +122,9 @@ class BackendLifecycle(ABC, Generic[TemplateT]):
         """NotSupported unless the VMM's backend attaches volumes (QEMU does)."""
         raise NotSupported(f"the {self.name} backend cannot attach volumes yet")
 
+    async def prepare_volumes(self, directory: Path, size_mib: int) -> None:
+        """Nothing to prepare unless the VMM's backend attaches volumes."""
+
     async def attach_volume(self, vm: Vm, volume: Volume) -> bool:
         """NotSupported unless the VMM's backend attaches volumes (QEMU does)."""
         raise NotSupported(f"the {self.name} backend cannot attach volumes yet")

@@ -27,7 +27,7 @@ from hearth.vm.lifecycle import BackendLifecycle
 from hearth.vm.qemu import hibernation, volumes
 from hearth.vm.qemu.command import VmPaths, qemu_argv
 from hearth.vm.qemu.disk_keys import DiskKey, key_pipe
-from hearth.vm.qemu.disks import Overlays, create_volume
+from hearth.vm.qemu.disks import Overlays
 from hearth.vm.qemu.hibernation import DiskLayer
 from hearth.vm.qemu.host import console_text, host_leftovers, reap_leftovers, running_vms
 from hearth.vm.qemu.incoming import finish_restore, run_incoming
@@ -420,8 +420,12 @@ class QemuBackend(BackendLifecycle[Template]):
     # ---- volumes ----------------------------------------------------------------------------
 
     async def create_volume(self, path: Path, size_mib: int, key: bytes) -> None:
-        """A blank LUKS-encrypted qcow2 of ``size_mib`` (qemu-img, in a thread)."""
-        await asyncio.to_thread(create_volume, path, size_mib, DiskKey(key))
+        """A blank LUKS-encrypted qcow2 of ``size_mib`` (a re-keyed prototype, in a thread)."""
+        await asyncio.to_thread(self._overlays.create_volume, path, size_mib, DiskKey(key))
+
+    async def prepare_volumes(self, directory: Path, size_mib: int) -> None:
+        """Make the encrypted prototype of ``size_mib`` volumes now (in a thread)."""
+        await asyncio.to_thread(self._overlays.prepare_volume, directory, size_mib)
 
     async def attach_volume(self, vm: Vm, volume: Volume) -> bool:
         """Hot-plug ``volume`` over QMP at the next volume slot."""

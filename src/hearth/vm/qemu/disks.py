@@ -15,8 +15,8 @@ from hearth.vm.qemu.disk_keys import DiskKey, encrypt_create_options, secret_obj
 from hearth.vm.qemu.luks import rekey_overlay
 
 _BLOCK = 4096
-_PROTOTYPE_ATTEMPTS = 8
-_PROTOTYPE_BACKOFF_S = 0.1  # times the attempt number: at most 2.8 s in all (in a thread)
+_PROTOTYPE_ATTEMPTS = 40
+_PROTOTYPE_BACKOFF_S = 0.25  # at most, between attempts: under 10 s in all (in a thread)
 _FLAKY_BENCHMARK = "Unable to get accurate CPU usage"
 
 
@@ -51,37 +51,30 @@ def create_overlay(
     return bytes_on_disk(overlay)
 
 
-def create_volume(path: Path, size_mib: int, key: DiskKey) -> None:
-    """Create a blank qcow2 volume of ``size_mib`` at ``path`` (0600), LUKS-encrypted under
-    ``key``; the guest formats it. VmError when qemu-img fails."""
+def create_blank(path: Path, size_mib: int, key: DiskKey) -> None:
+    """Create a blank qcow2 of ``size_mib`` at ``path``, LUKS-encrypted under ``key`` (slow:
+    see luks.py). VmError when qemu-img fails."""
     encryption = ["--object", secret_object("/dev/stdin"), "-o", encrypt_create_options()]
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    os.close(fd)
-    try:
-        _retrying_benchmark(
-            lambda: run_tool(
-                ["qemu-img", "create", "-q", *encryption, "-f", "qcow2", path, f"{size_mib}M"],
-                what=f"create volume {path.name}",
-                error=VmError,
-                timeout=60,
-                input_bytes=key.passphrase,
-            )
-        )
-    except BaseException:
-        path.unlink(missing_ok=True)
-        raise
+    run_tool(
+        ["qemu-img", "create", "-q", *encryption, "-f", "qcow2", path, f"{size_mib}M"],
+        what=f"create volume {path.name}",
+        error=VmError,
+        timeout=60,
+        input_bytes=key.passphrase,
+    )
 
 
 class Overlays:
-    """Creates VMs' overlays; an encrypted one is a re-keyed copy of a prototype per backing.
+    """Creates VMs' overlays and users' volumes; an encrypted one is a re-keyed copy of a
+    prototype per backing (overlays) or per size (volumes).
 
-    The prototype is made by qemu-img under a throwaway key that is dropped at once, so it
-    unlocks nothing; it lives in memory only, and the first overlay on a backing pays for it.
+    A prototype is made by qemu-img under a throwaway key that is dropped at once, so it
+    unlocks nothing; it lives in memory only, and the first disk of its kind pays for it.
     """
 
     def __init__(self) -> None:
-        self._prototypes: dict[tuple[str, str, int, int], bytes] = {}
-        self._locks: dict[tuple[str, str, int, int], threading.Lock] = {}
+        self._prototypes: dict[tuple[object, ...], bytes] = {}
+        self._locks: dict[tuple[object, ...], threading.Lock] = {}
         self._guard = threading.Lock()
 
     def create(
@@ -91,8 +84,48 @@ class Overlays:
         bytes it occupies on disk."""
         if key is None:
             return create_overlay(backing, overlay, backing_format=backing_format)
-        prototype = self._prototype(backing, backing_format, scratch=overlay.parent)
-        fd = os.open(overlay, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        st = backing.stat()
+        ident = ("overlay", str(backing.resolve()), backing_format, st.st_ino, st.st_mtime_ns)
+        prototype = self._prototype(
+            ident,
+            lambda path: create_overlay(
+                backing, path, backing_format=backing_format, key=DiskKey.generate()
+            ),
+            scratch=overlay.parent,
+        )
+        _write_rekeyed(prototype, overlay, key)
+        return bytes_on_disk(overlay)
+
+    def create_volume(self, path: Path, size_mib: int, key: DiskKey) -> None:
+        """Create a blank volume of ``size_mib`` at ``path`` (0600), encrypted under ``key``;
+        the guest formats it."""
+        _write_rekeyed(self.prepare_volume(path.parent, size_mib), path, key)
+
+    def prepare_volume(self, scratch: Path, size_mib: int) -> bytes:
+        """The prototype of ``size_mib`` volumes, made (in ``scratch``) if there is none yet."""
+        return self._prototype(
+            ("volume", size_mib),
+            lambda path: create_blank(path, size_mib, DiskKey.generate()),
+            scratch=scratch,
+        )
+
+    def _prototype(
+        self, ident: tuple[object, ...], make: Callable[[Path], object], *, scratch: Path
+    ) -> bytes:
+        with self._guard:
+            lock = self._locks.setdefault(ident, threading.Lock())
+        with lock:
+            found = self._prototypes.get(ident)
+            if found is None:
+                found = self._prototypes[ident] = _make_prototype(make, scratch / "prototype.qcow2")
+            return found
+
+
+def _write_rekeyed(prototype: bytes, path: Path, key: DiskKey) -> None:
+    """Write a copy of ``prototype`` at ``path`` (0600, new) under a master key of its own,
+    unlocked by ``key``; nothing is left at ``path`` if that fails."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
         with os.fdopen(fd, "wb") as out:
             # Sparse, as qemu-img leaves it: most of the LUKS key-slot area is zeros.
             for start in range(0, len(prototype), _BLOCK):
@@ -101,31 +134,16 @@ class Overlays:
                     out.seek(start)
                     out.write(block)
             out.truncate(len(prototype))
-        rekey_overlay(overlay, key.passphrase)
-        return bytes_on_disk(overlay)
-
-    def _prototype(self, backing: Path, backing_format: str, *, scratch: Path) -> bytes:
-        st = backing.stat()
-        ident = (str(backing.resolve()), backing_format, st.st_ino, st.st_mtime_ns)
-        with self._guard:
-            lock = self._locks.setdefault(ident, threading.Lock())
-        with lock:
-            found = self._prototypes.get(ident)
-            if found is None:
-                found = self._prototypes[ident] = _make_prototype(
-                    backing, backing_format, scratch / "prototype.qcow2"
-                )
-            return found
+        rekey_overlay(path, key.passphrase)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
 
 
-def _make_prototype(backing: Path, backing_format: str, path: Path) -> bytes:
-    """An encrypted overlay under a throwaway key, as bytes; its file is removed at once."""
+def _make_prototype(make: Callable[[Path], object], path: Path) -> bytes:
+    """An encrypted image made by ``make`` at ``path``, as bytes; the file is removed at once."""
     try:
-        _retrying_benchmark(
-            lambda: create_overlay(
-                backing, path, backing_format=backing_format, key=DiskKey.generate()
-            )
-        )
+        _retrying_benchmark(lambda: make(path))
         return path.read_bytes()
     finally:
         path.unlink(missing_ok=True)
@@ -140,10 +158,11 @@ def _retrying_benchmark(make: Callable[[], object]) -> None:
             make()
             return
         except VmError as exc:
-            # QEMU 7.2 times PBKDF2 by the thread's user CPU time, which sometimes reads 0 ms
-            # on a busy host: it then gives up with this message. A retry succeeds.
+            # QEMU 7.2 times 32768 PBKDF2 rounds by the thread's CPU time and gives up with this
+            # message when that reads 0 ms: a few ms of work on a host whose CPU clock ticks
+            # coarsely, or a busy one. Eight attempts in a row failed once on a CI host, so
+            # retry many times: a failed attempt costs milliseconds.
             if _FLAKY_BENCHMARK not in exc.message or attempt == _PROTOTYPE_ATTEMPTS:
                 raise
-            # Three quick retries all failed on a loaded CI host: give the load time to pass.
-            time.sleep(_PROTOTYPE_BACKOFF_S * attempt)
+            time.sleep(min(_PROTOTYPE_BACKOFF_S, 0.02 * attempt))
             attempt += 1

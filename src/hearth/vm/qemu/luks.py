@@ -3,12 +3,13 @@
 ``qemu-img create -o encrypt.format=luks`` (QEMU 7.2) times PBKDF2 twice on every call to choose
 iteration counts, whatever ``encrypt.iter-time`` asks for: ≈ 2.6 s of CPU per overlay here,
 which would make a restore seven times slower. So qemu-img makes one *prototype* overlay per
-backing file, and each VM's overlay is a copy of it whose LUKS header (format 1, as QEMU writes
-it) gets a new master key, master-key digest, UUID and key slot 0 for the VM's own key, with
-LUKS's minimum iteration counts (1000): the key is 256 random bits, so stretching it buys
-nothing. This is only sound for an overlay that has no data cluster yet (nothing was ever
-encrypted under the prototype's master key), which is what ``create_overlay`` hands over.
-QEMU itself then opens the result: a header written wrong fails the VM's start loudly.
+backing file (and one blank volume per size), and each VM's overlay or user's volume is a copy
+of it whose LUKS header (format 1, as QEMU writes it) gets a new master key, master-key digest,
+UUID and key slot 0 for the VM's own key, with LUKS's minimum iteration counts (1000): the key
+is 256 random bits, so stretching it buys nothing. This is only sound for an image that has no
+data cluster yet (nothing was ever encrypted under the prototype's master key), which is what
+``create_overlay`` and ``create_blank`` hand over. QEMU itself then opens the result: a header
+written wrong fails the VM's start loudly.
 """
 
 from __future__ import annotations
