@@ -198,7 +198,7 @@ async def open_hearth(
             templates.start()
         teardown.push("stop preparing templates", templates.stop)
         if vms.pool is not None:
-            vms.pool.start()
+            await vms.pool.start()
             teardown.push("stop the warm pool", vms.pool.stop)
         monitor = asyncio.create_task(vms.monitor(monitor_interval_s))
         teardown.push("stop the VM monitor", functools.partial(_cancel, monitor))

@@ -74,17 +74,22 @@ async def test_warm_pool_hands_out_a_claimed_vm_and_refills(api: Api) -> None:
     pool = pool_of(api)
     await until_pool_holds(pool, VmType.CLI, 1)
     [pooled_id] = api.backend.created
-    assert api.backend.running[pooled_id].token is None  # pooled VMs are nobody's yet
+    # Claimed as it joined the pool (nothing else can claim its agent), its token sealed in
+    # its row; but nobody's yet.
+    pooled_token = api.backend.running[pooled_id].token
+    assert pooled_token is not None
+    row = await api.ctl.store.vms.get(pooled_id)
+    assert row.pooled
+    assert api.ctl.vms.tokens.open(row) == pooled_token
     assert (await api.client.get("/api/vms", headers=api.headers())).json()["vms"] == []
 
     response = await api.client.post("/api/vms", json={"userId": "lee"}, headers=api.headers())
     assert response.status_code == 201
     vm = response.json()
-    # The pooled VM itself, claimed for lee with a token of its own.
+    # The pooled VM itself, now lee's, with the token of its own it was claimed with.
     assert vm["id"] == pooled_id
     assert vm["userId"] == "lee"
-    assert vm["agentToken"] is not None
-    assert api.backend.running[pooled_id].token == vm["agentToken"]
+    assert vm["agentToken"] == pooled_token
 
     await until_pool_holds(pool, VmType.CLI, 1)
     assert len(api.backend.created) == 2

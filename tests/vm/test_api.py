@@ -2,10 +2,11 @@
 
 A 201 comes once the VM's real agent is healthy and the token it returns works against that
 agent; a pause really stops the agent; a SIGKILLed QEMU becomes ``failed`` with its console tail;
-a pooled VM handed out is claimed with a token its real agent accepts. The API's own logic (keys,
-the authorization matrix, admission, error bodies, metrics, the pool's bookkeeping) is tested in
-process, on SQLite and PostgreSQL, in ``tests/integration/test_api_routes.py`` and
-``test_api_pool.py``; so these run on SQLite only (the store is not what a real VM changes).
+a pooled VM is claimed as it joins the pool (a second claim is refused) and handed out with a
+token its real agent accepts. The API's own logic (keys, the authorization matrix, admission,
+error bodies, metrics, the pool's bookkeeping) is tested in process, on SQLite and PostgreSQL, in
+``tests/integration/test_api_routes.py`` and ``test_api_pool.py``; so these run on SQLite only
+(the store is not what a real VM changes).
 """
 
 from __future__ import annotations
@@ -134,8 +135,11 @@ async def test_warm_pool_hands_out_a_vm_claimed_with_a_token_its_agent_accepts(
         await until_pool_holds(pool, VmType.CLI, 1)
         [pooled] = [r for r in await api.ctl.store.vms.list() if r.pooled]
         async with api.client() as admin, httpx.AsyncClient() as agent:
-            unclaimed = await agent.get(f"{pooled.agent_url}/health")
-            assert unclaimed.json()["claimed"] is False
+            # Claimed as it joined the pool: nothing else on the host can claim it first.
+            waiting = await agent.get(f"{pooled.agent_url}/health")
+            assert waiting.json()["claimed"] is True
+            taken = await agent.post(f"{pooled.agent_url}/init", json={"token": "x" * 43})
+            assert taken.status_code == 409, taken.text
             response = await admin.post("/api/vms", json={"userId": "lee"})
             assert response.status_code == 201
             vm = response.json()

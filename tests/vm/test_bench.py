@@ -122,7 +122,7 @@ def test_bench_vm_measures_every_start_path_once_and_leaves_no_vm(
         assert doc[section]["n"] == 1, section
         assert {"p50_s", "p95_s", "max_s"} <= set(doc[section]), section
     assert doc["concurrent"]["n"] == 2
-    assert doc["pool"]["claim"]["n"] == 1
+    assert doc["pool"]["workspace"]["n"] == 1  # the bench user's workspace, at each hand-out
     assert doc["pool"]["agent_health"]["n"] == 3  # three round trips per hand-out
     assert doc["pool"]["health_ratio"] == pytest.approx(
         doc["pool"]["p50_s"] / doc["pool"]["agent_health"]["p50_s"]

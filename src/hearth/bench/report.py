@@ -23,7 +23,8 @@ from hearth.vm.host import bytes_on_disk
 # The targets.
 RESTORE_SPEEDUP_TARGET = 12.0  # restore ≤ 1/12 of a cold boot
 POOL_HANDOUT_P50_TARGET_S = 0.050
-# A hand-out is a claim and a row update: at most this many agent /health round trips (p50s).
+# A hand-out is a row update (pooled VMs are claimed as they join the pool) and the user's
+# workspace: at most this many agent /health round trips (p50s).
 POOL_HANDOUT_HEALTH_RATIO_TARGET = 2.0
 DISK_FRACTION_TARGET = 0.01  # disk added per VM ≤ 1 % of the image
 API_P99_TARGET_S = 0.020
@@ -57,7 +58,7 @@ class VmFigures:
     cold: Summary
     restore: Summary
     pool: Summary
-    pool_claim: Summary
+    pool_workspace: Summary
     agent_health: Summary
     concurrent: Summary
     destroy: Summary
@@ -75,7 +76,7 @@ class VmFigures:
             cold=Summary.of([s.create_s for s in result.cold]),
             restore=Summary.of([s.create_s for s in result.restore]),
             pool=Summary.of(result.pool),
-            pool_claim=Summary.of(result.pool_claim),
+            pool_workspace=Summary.of(result.pool_workspace),
             agent_health=Summary.of(result.agent_health),
             concurrent=Summary.of(result.concurrent),
             destroy=Summary.of(result.destroy),
@@ -167,7 +168,7 @@ def vm_document(result: VmBenchResult, *, command: str) -> dict[str, object]:
         "pool": {
             **figures.pool.seconds(),
             "pool_size": options.pool_size,
-            "claim": figures.pool_claim.seconds(),
+            "workspace": figures.pool_workspace.seconds(),
             "agent_health": figures.agent_health.seconds(),
             "health_ratio": figures.pool_health_ratio,
         },
@@ -226,7 +227,7 @@ def vm_tables(result: VmBenchResult) -> list[Table]:
             _size(figures.rss["restore"].p50),
         ),
         ("warm-pool hand-out", figures.pool, "", ""),
-        ("  of which: claim (POST /init)", figures.pool_claim, "", ""),
+        ("  of which: the user's workspace", figures.pool_workspace, "", ""),
         ("agent GET /health round trip", figures.agent_health, "", ""),
         (f"{c} concurrent restores", figures.concurrent, "", ""),
         ("destroy", figures.destroy, "", ""),

@@ -7,8 +7,10 @@ Phases, in this order, every VM destroyed as soon as it is measured:
 3. ``restore``: creates restored from the template;
 4. ``concurrent``: ``concurrency`` restore-path creates started at once;
 5. ``pool``: a real ``WarmPool`` on a ``VmService`` (SQLite store in the bench's state dir);
-   each sample times ``VmService.create`` while a pooled VM waits, then the handed-out VM's
-   agent ``GET /health`` round trip (the hand-out's yardstick), then lets the pool refill.
+   each sample times ``VmService.create`` while a pooled VM waits (pooled VMs are claimed as
+   they join the pool; a hand-out attaches the user's workspace, timed apart), then the
+   handed-out VM's agent ``GET /health`` round trip (the hand-out's yardstick), then lets the
+   pool refill.
 
 Hearth's paths run on the QEMU backend, opened through ``hearth.vm.select`` like the
 controller's and held as a ``VmBackend``; the baseline needs QEMU (it is a QEMU comparison), so
@@ -33,9 +35,10 @@ from hearth.bench.machine import MachineFacts
 from hearth.bench.processes import kill_leftover_qemu, vmm_rss_bytes
 from hearth.config import Settings
 from hearth.control.pool import WarmPool
+from hearth.control.workspaces import Workspaces
 from hearth.images.manifest import ImageDir
 from hearth.node.images import ImageCatalog
-from hearth.node.local import ImageSource, LocalNode
+from hearth.node.local import LocalNode
 from hearth.progress import Progress
 from hearth.runtime import open_hearth
 from hearth.teardown import Teardown
@@ -85,7 +88,8 @@ class VmBenchResult:
     cold: list[VmSample] = field(default_factory=list)
     restore: list[VmSample] = field(default_factory=list)
     pool: list[float] = field(default_factory=list)
-    pool_claim: list[float] = field(default_factory=list)  # the claim inside each hand-out
+    # Attaching the user's workspace inside each hand-out (hot-plug and mount).
+    pool_workspace: list[float] = field(default_factory=list)
     # The agent's GET /health round trip on each handed-out VM, the hand-out's yardstick.
     agent_health: list[float] = field(default_factory=list)
     concurrent: list[float] = field(default_factory=list)
@@ -160,20 +164,21 @@ def _baseline_launcher(options: VmBenchOptions, backend: VmBackend) -> BaselineL
     )
 
 
-class ClaimTimingNode(LocalNode):
-    """The in-process node, also timing each claim of a pooled VM (``POST /init``)."""
+def _time_workspace_attach(workspaces: Workspaces | None, took_s: list[float]) -> None:
+    """Note how long each attach of a user's workspace takes (the bench's own measurement:
+    the controller's object is wrapped once it is built, nothing else changes)."""
+    if workspaces is None:
+        return
+    attach = workspaces.attach
 
-    def __init__(self, backend: VmBackend, images: ImageSource, claims_s: list[float]) -> None:
-        super().__init__(backend, images)
-        self.claims_s = claims_s
-
-    async def claim(self, vm: Vm) -> str:
-        """Claim as the node does, and note how long it took."""
+    async def timed(user_id: str, vm: Vm) -> None:
         started = time.monotonic()
         try:
-            return await super().claim(vm)
+            await attach(user_id, vm)
         finally:
-            self.claims_s.append(time.monotonic() - started)
+            took_s.append(time.monotonic() - started)
+
+    workspaces.attach = timed  # type: ignore[method-assign]
 
 
 class _VmPhases:
@@ -270,15 +275,16 @@ class _VmPhases:
 
     async def pool(self) -> None:
         """Hand-outs from a real warm pool, refilled between samples."""
-        node = ClaimTimingNode(
+        node = LocalNode(
             self.backend,
             ImageCatalog(self.settings, overrides={VmType.CLI: self.image.path}),
-            self.result.pool_claim,
+            volumes_dir=self.settings.state_dir / "volumes",
         )
         hearth = await self.teardown.enter(
             open_hearth(self.settings, node=node, destroy_on_exit=True)
         )
         service = hearth.control.vms
+        _time_workspace_attach(service.workspaces, self.result.pool_workspace)
         pool = service.pool
         if pool is None:
             raise BenchError("the controller started without a warm pool")

@@ -1,9 +1,12 @@
-"""The warm pool: N healthy, unclaimed VMs per type, handed out on create and refilled behind.
+"""The warm pool: N healthy, claimed VMs per type, handed out on create and refilled behind.
 
-Pooled VMs are restored from the template like any other, but never claimed: they carry no
-token and no user's data. A hand-out claims the VM with a fresh token of its own (``POST
-/init`` also sets its clock and entropy) and gives the row to the user; the refill loop then
-boots a replacement in the background.
+Pooled VMs are restored from the template and claimed like any other (``POST /init`` gives the
+agent a token of its own, the controller keeps it sealed in the row, and the claim sets the
+clock and reseeds the guest's entropy, so every pooled clone is unique from its start), but
+they hold no user's data. Claiming them as they join the pool, not at hand-out, leaves no
+window in which something else on the host could claim an idle pooled agent first, and keeps
+the agent round trip off the user's path: a hand-out gives the row to the user and attaches
+their workspace (CLI VMs); the refill loop then boots a replacement in the background.
 """
 
 from __future__ import annotations
@@ -51,11 +54,12 @@ class WarmPool:
         """The spec pooled VMs of a type are made with (the type's defaults)."""
         return self.service.spec_for(vm_type, None, None)
 
-    def start(self) -> None:
+    async def start(self) -> None:
         """Adopt pooled VMs that survived a restart, then refill in the background."""
-        for vm_id, vm in self.service.live.items():
-            if vm.token is None:
-                self._ready[vm.spec.vm_type].append(vm_id)
+        for record in await self.service.store.vms.list(user_id=POOL_USER):
+            vm = self.service.live.get(record.id)
+            if record.pooled and vm is not None:
+                self._ready[vm.spec.vm_type].append(record.id)
         self._task = asyncio.create_task(self._refill_forever())
 
     async def stop(self) -> None:
@@ -83,8 +87,8 @@ class WarmPool:
         return len(self._ready[vm_type])
 
     async def take(self, user_id: str, spec: VmSpec, lifetime: Lifetime) -> VmRecord | None:
-        """Hand a pooled VM matching ``spec`` to ``user_id``, claimed, its ``lifetime``
-        starting now; None when none waits."""
+        """Hand a pooled VM matching ``spec`` to ``user_id``, its ``lifetime`` starting now;
+        None when none waits."""
         if spec != self.spec(spec.vm_type):
             return None
         started = time.monotonic()
@@ -94,17 +98,14 @@ class WarmPool:
             if vm is None or not self.service.node.alive(vm):
                 continue
             try:
-                token = await self.service.node.claim(vm)
                 await self.service.attach_workspace(user_id, vm)
                 record = await self.service.store.vms.update(
                     vm_id,
                     user_id=user_id,
                     pooled=False,
-                    **self.service.tokens.fields(vm_id, token),
                     **lifetime.fields(),
                     lifetime_used_s=0.0,
                     running_since=utc_now(),
-                    agent_version=vm.agent_version,
                 )
             except HearthError as exc:
                 _log.warning("pool_handout_failed", vm_id=vm_id, error=exc.message[:300])

@@ -77,7 +77,9 @@ async def _adoptable(vms: VmService, record: VmRecord, vm: Vm | None) -> str | N
         # (the node's reap removes the file).
         token = vm.token
         await vms.store.vms.update(record.id, **vms.tokens.fields(record.id, token))
-    if token is None and not record.pooled:
+    if token is None and record.pooled:
+        return "a pooled VM an older controller left unclaimed"
+    if token is None:
         return "its agent token could not be opened at controller start"
     vm.token = token
     return None

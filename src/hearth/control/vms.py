@@ -207,7 +207,7 @@ class VmService:
         try:
             await self.store.vms.transition(record.id, VmState.CREATING, VmState.BOOTING)
             spec = await self.with_egress(record.id, spec)
-            vm = await self.node.create(spec, vm_id=record.id, claim=not pooled)
+            vm = await self.node.create(spec, vm_id=record.id)
         except HearthError as exc:
             return await self._fail(record.id, stage="boot", error=exc)
         except Exception as exc:

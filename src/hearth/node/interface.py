@@ -34,12 +34,8 @@ class Node(Protocol):
         """Per VM type: the image in use, or why there is none."""
         ...
 
-    async def create(self, spec: VmSpec, *, vm_id: str, claim: bool = True) -> Vm:
-        """Boot a VM of ``spec`` with id ``vm_id``, ready (and claimed unless ``claim`` is off)."""
-        ...
-
-    async def claim(self, vm: Vm) -> str:
-        """Claim an unclaimed (pooled) VM with a fresh token of its own; returns it."""
+    async def create(self, spec: VmSpec, *, vm_id: str) -> Vm:
+        """Boot a VM of ``spec`` with id ``vm_id``, ready and claimed (its own token set)."""
         ...
 
     def alive(self, vm: Vm) -> bool:

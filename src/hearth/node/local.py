@@ -70,14 +70,10 @@ class LocalNode:
         """The catalog's status."""
         return self.images.status()
 
-    async def create(self, spec: VmSpec, *, vm_id: str, claim: bool = True) -> Vm:
+    async def create(self, spec: VmSpec, *, vm_id: str) -> Vm:
         """Boot from the image of the spec's VM type."""
         image = self.images.image_for(spec.vm_type)
-        return await self.backend.create(image, spec, vm_id=vm_id, claim=claim)
-
-    async def claim(self, vm: Vm) -> str:
-        """Claim through the backend."""
-        return await self.backend.claim(vm)
+        return await self.backend.create(image, spec, vm_id=vm_id)
 
     def alive(self, vm: Vm) -> bool:
         """Ask the backend."""
