@@ -4,13 +4,18 @@ login outlives a controller killed while its user signs in."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import shutil
+import signal
 import subprocess
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 
 from hearth.auth.states import AuthStatus
@@ -21,6 +26,7 @@ from hearth.vm.qemu.records import read_record
 from tests.e2e.flow_fixtures import *  # noqa: F403
 from tests.e2e.flow_fixtures import CLIENT_ID, E2eOidc
 from tests.e2e.test_auth_flow import DEVTOOLS_PORT, ENDED, start, wait_status
+from tests.integration.store_fixtures import PostgresServer, postgres_server  # noqa: F401
 from tests.vm.api_fixtures import serve_app
 from tests.vm.browser_fixtures import *  # noqa: F403
 from tests.vm.conftest import qemu_pids_under
@@ -87,14 +93,19 @@ async def test_cli_vm_without_agent_fails_naming_the_vm_and_the_probe_error(
     assert qemu_pids_under(tmp_path) == []
 
 
-# Where the controller is stopped, and how: kill -9 at each stage long enough to be caught, and
-# SIGTERM (an upgrade) between the user's two form pages.
+# Where the controller is stopped, and how: kill -9 in each stage, and SIGTERM (an upgrade)
+# between the user's two form pages. The two stages after the sign-in last milliseconds, so the
+# test holds the login in them as the real world can: the database is slow to give up the
+# Browser VM's row (its destroy waits), or the CLI VM stalls (its QEMU stopped) during delivery.
 STOPS = [
     ("cli_vm_starting", "kill9"),
     ("browser_vm_starting", "kill9"),
     ("awaiting_user", "kill9"),
     ("between_pages", "sigterm"),
+    ("credentials_captured", "kill9"),
+    ("delivering", "kill9"),
 ]
+HELD_S = 1.0  # how long a held login is seen staying in its stage before the controller dies
 
 
 @pytest.mark.parametrize(("stage", "how"), STOPS, ids=[f"{s}-{h}" for s, h in STOPS])
@@ -107,14 +118,28 @@ async def test_a_controller_stopped_mid_login_goes_on_after_restart_and_complete
     tmp_path: Path,
     stage: str,
     how: str,
+    request: pytest.FixtureRequest,
 ) -> None:
     """A real ``hearth serve`` stopped while a login is in ``stage``: the next controller picks
     the session up where it was (a VM that was booting started again; a running Browser VM, its
     agent, the login in it and the user's page adopted; the login's egress path reopened on the
-    port that VM's QEMU dials), and the user's sign-in completes it; nothing is left but the
-    user's CLI VM, and nothing at all once that is destroyed."""
+    port that VM's QEMU dials; captured credentials delivered, again if need be: the sha256
+    check decides), and the user's sign-in completes it; nothing is left but the user's CLI VM,
+    and nothing at all once that is destroyed."""
     state = tmp_path / "state"
     (state / "images" / "browser").symlink_to(browser_image.path)
+    lock_conninfo = None
+    if stage == "credentials_captured":  # a row lock needs PostgreSQL (CI has it)
+        database: PostgresServer = request.getfixturevalue("postgres_server")
+        url = database.create_database()
+
+        def drop() -> None:
+            server.stop()
+            database.drop_database(str(url.database))
+
+        request.addfinalizer(drop)
+        server.env["HEARTH_DATABASE_URL"] = url.render_as_string(hide_password=False)
+        lock_conninfo = url.set(drivername="postgresql").render_as_string(hide_password=False)
     server.env.update(
         {
             "HEARTH_TEMPLATE_DIR": str(vm_state_dir / "templates"),
@@ -152,14 +177,23 @@ async def test_a_controller_stopped_mid_login_goes_on_after_restart_and_complete
         assert record is not None
         devtools_port = int((record.get("ports") or {})[str(DEVTOOLS_PORT)])
         page = await open_sign_in_page(devtools_port, e2e_oidc.issuer)
-        try:
-            await submit_login(page, login="alice", password="wonderland")
-            if stage == "between_pages":
+        with _held(stage, state, session, lock_conninfo) as release:
+            try:
+                await submit_login(page, login="alice", password="wonderland")
+                if stage == "between_pages":
+                    stop()
+                    server.start()
+                await submit_consent(page)
+            finally:
+                await page.close()
+            if stage in ("credentials_captured", "delivering"):
+                await _session_until(api, session_id, stage, poll_s=0.02)
+                await asyncio.sleep(HELD_S)
+                held = (await api.get(f"/api/auth/session/{session_id}")).json()["session"]
+                assert held["status"] == stage, held
                 stop()
+                release()
                 server.start()
-            await submit_consent(page)
-        finally:
-            await page.close()
         done = await _session_until(api, session_id, "completed")
         assert done["error_message"] is None
         assert done["browser_vm_id"] == browser_vm_id, "the Browser VM was replaced"
@@ -170,6 +204,37 @@ async def test_a_controller_stopped_mid_login_goes_on_after_restart_and_complete
         await api.delete(f"/api/vms/{done['vm_id']}", timeout=60)
     assert qemu_pids_under(state) == []
     assert list((state / "vms").iterdir()) == [], "a VM's files were left behind"
+
+
+@contextlib.contextmanager
+def _held(
+    stage: str, state: Path, session: dict[str, Any], conninfo: str | None
+) -> Iterator[Callable[[], None]]:
+    """Hold the login in ``stage`` once the user has signed in: for ``credentials_captured``
+    a transaction locks the Browser VM's row (its destroy, the stage's work, waits for it); for
+    ``delivering`` the CLI VM's QEMU is stopped (SIGSTOP: the delivery waits for its agent).
+    Yields what lets go (also done on the way out); other stages hold nothing."""
+    released: list[Callable[[], None]] = []
+    if stage == "credentials_captured":
+        assert conninfo is not None
+        lock = psycopg.connect(conninfo)
+        lock.execute("SELECT id FROM vms WHERE id = %s FOR UPDATE", (session["browser_vm_id"],))
+        released.append(lock.close)  # closing rolls the transaction back
+    elif stage == "delivering":
+        record = read_record(state / "vms" / session["vm_id"])
+        assert record is not None
+        pid = int(str(record["pid"]))
+        os.kill(pid, signal.SIGSTOP)
+        released.append(lambda: os.kill(pid, signal.SIGCONT))
+
+    def release() -> None:
+        while released:
+            released.pop()()
+
+    try:
+        yield release
+    finally:
+        release()
 
 
 async def _session_until(

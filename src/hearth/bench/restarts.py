@@ -3,7 +3,9 @@
 For each point a restart can meet a login at, ``n`` logins are run end to end against a real
 controller, a real OAuth server and real VMs: while a login is in that stage the controller is
 stopped at a random moment (``kill -9``; SIGTERM, as an upgrade does, between the user's two
-form pages) and started again on the same state dir; the scripted user then signs in. A login
+form pages) and started again on the same state dir; the scripted user then signs in (or, for
+``after_consent``, has just signed in: the stop meets the capture, the Browser VM's end or the
+delivery). A login
 survived when it ends ``completed`` with its Browser VM destroyed. Target: every one survives.
 The bench also says where each stop really landed (a stage can end before its random moment
 comes: that stop is counted in the stage it met, and said so).
@@ -38,11 +40,14 @@ from hearth.vm.qemu.records import read_record
 
 # Where a stop meets the login, how, and how long into the stage it may come (a random moment
 # in [0, spread)): VM starts last about a second here, the user's page as long as the user waits.
+# ``after_consent`` comes that long after the user's last click: the capture, the Browser VM's
+# end (``credentials_captured``) and the delivery (``delivering``) take about a second in all.
 POINTS: dict[str, tuple[str, float]] = {
     "cli_vm_starting": ("kill9", 0.5),
     "browser_vm_starting": ("kill9", 0.5),
     "awaiting_user": ("kill9", 3.0),
     "between_pages": ("sigterm", 0.0),
+    "after_consent": ("kill9", 1.5),
 }
 _ENDED = ("completed", "failed", "timeout", "cancelled")
 
@@ -173,7 +178,7 @@ class Logins:
             if response.status_code != 202:
                 raise BenchError(f"POST /api/auth/start answered HTTP {response.status_code}")
             session_id = str(response.json()["sessionId"])
-        if point != "between_pages":
+        if point not in ("between_pages", "after_consent"):
             async with self._api() as api:
                 await self._until(api, session_id, point, poll_s=0.02)
                 await asyncio.sleep(delay_s)
@@ -184,6 +189,11 @@ class Logins:
                 waiting = await self._until(api, session_id, "awaiting_user", poll_s=0.25)
             restart = (lambda: self._restart(how)) if point == "between_pages" else None
             await self._sign_in(str(waiting["browser_vm_id"]), restart)
+            if point == "after_consent":
+                await asyncio.sleep(delay_s)
+                async with self._api() as api:
+                    landed = await self._status(api, session_id)
+                await self._restart(how)
             async with self._api() as api:
                 done = await self._until(api, session_id, "completed", poll_s=0.25)
                 await api.delete(f"/api/vms/{done['vm_id']}")
