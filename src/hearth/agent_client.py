@@ -246,10 +246,19 @@ class AgentClient:
         )
         return result
 
-    async def login_status(self, login_id: str, *, content: bool = False) -> dict[str, Any]:
-        """``GET /login/{id}`` (with the captured document when ``content``)."""
-        suffix = "?content=true" if content else ""
-        result: dict[str, Any] = await self._call("GET", f"/login/{login_id}{suffix}")
+    async def login_status(
+        self, login_id: str, *, content: bool = False, wait_s: float = 0.0
+    ) -> dict[str, Any]:
+        """``GET /login/{id}`` (with the captured document when ``content``); with ``wait_s``,
+        a long poll the agent answers as soon as the login ends (``"waited": true`` says it
+        did; an older agent answers at once, without it)."""
+        query = []
+        if content:
+            query.append("content=true")
+        if wait_s:
+            query.append(f"wait={wait_s:g}")
+        path = f"/login/{login_id}" + ("?" + "&".join(query) if query else "")
+        result: dict[str, Any] = await self._call("GET", path, timeout_s=self._timeout + wait_s)
         return result
 
     async def login_cancel(self, login_id: str) -> None:

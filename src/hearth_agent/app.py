@@ -60,6 +60,8 @@ from hearth_agent.vnc import provision_vnc_password
 from hearth_agent.volume import VolumeRoutes
 from hearth_agent.workspace import Workspace
 
+MAX_LOGIN_WAIT_S = 30.0  # the longest a GET /login/{id}?wait= holds its request
+
 
 def provider_field(body: Mapping[str, object]) -> str:
     """The ``provider`` field a request body must carry, as a string."""
@@ -416,8 +418,15 @@ class AgentApp:
     def _get_login(self, request: Request, params: Mapping[str, str]) -> Response:
         session = self._logins.get(params["login_id"])
         with_content = query_flag(request, "content")
+        wait_s = login_wait(request)
+        if wait_s > 0:
+            # A long poll: answered as soon as the login ends (the capture reaches the
+            # controller at once), or when ``wait`` seconds pass.
+            session.wait_until_ended(wait_s)
         view = session.view()
         payload = _login_payload(view)
+        if wait_s > 0:
+            payload["waited"] = True  # so a controller knows this agent long-polls
         if with_content:
             # Captured is final and set together with the document, so this pair is consistent.
             document = session.document if view.status is LoginStatus.CAPTURED else None
@@ -440,6 +449,23 @@ def default_login_runners(logger: JsonLogger) -> dict[str, LoginRunnerFactory]:
             body, work_root=work_root, logger=logger
         )
     return runners
+
+
+def login_wait(request: Request) -> float:
+    """``?wait=S``: seconds a ``GET /login/{id}`` may wait for the login to end (0 to
+    MAX_LOGIN_WAIT_S; absent: 0, answer at once)."""
+    values = request.query.get("wait")
+    if not values:
+        return 0.0
+    try:
+        wait_s = float(values[-1])
+    except ValueError:
+        wait_s = -1.0
+    if not 0 <= wait_s <= MAX_LOGIN_WAIT_S:  # also refuses nan
+        raise InvalidInput(
+            f"query parameter 'wait' must be a number of seconds from 0 to {MAX_LOGIN_WAIT_S:g}"
+        )
+    return wait_s
 
 
 def _login_payload(view: LoginView) -> dict[str, object]:

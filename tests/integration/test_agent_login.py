@@ -10,6 +10,7 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -279,6 +280,41 @@ def test_cancel_ends_the_login_and_closes_the_callback_port(
     again = agent_client.delete(f"/login/{started['login_id']}")
     assert (again.status_code, again.json()["status"]) == (200, "cancelled")
     start_login(agent_client, start_body)  # the provider is free again
+
+
+def test_a_long_poll_answers_when_the_login_is_captured(
+    agent_client: httpx.Client, browser: SignInBrowser, start_body: dict[str, object]
+) -> None:
+    """``?wait=`` holds the request until the login ends, so the controller hears of the
+    capture as it happens; a wait that runs out answers with the status as it is."""
+    started = start_login(agent_client, start_body)
+    login_id = started["login_id"]
+    short = agent_client.get(f"/login/{login_id}", params={"wait": "0.2"})
+    assert (short.json()["status"], short.json()["waited"]) == ("waiting_for_user", True)
+    assert "waited" not in agent_client.get(f"/login/{login_id}").json()
+
+    with ThreadPoolExecutor(1) as pool:
+        polling = pool.submit(agent_client.get, f"/login/{login_id}?wait=30", timeout=60)
+        time.sleep(0.5)
+        assert not polling.done(), "the long poll answered before the login ended"
+        complete_login(browser, started)
+        answer = polling.result(timeout=60)
+
+    assert answer.status_code == 200
+    assert (answer.json()["status"], answer.json()["waited"]) == ("captured", True)
+
+
+@pytest.mark.parametrize("wait", ["soon", "-1", "31", "nan", ""])
+def test_a_wait_that_is_not_0_to_30_seconds_is_422(
+    agent_client: httpx.Client, start_body: dict[str, object], wait: str
+) -> None:
+    started = start_login(agent_client, start_body)
+
+    response = agent_client.get(f"/login/{started['login_id']}?wait={wait}")
+
+    assert response.status_code == 422
+    assert response.json()["error"]["code"] == "invalid_request"
+    assert "'wait'" in response.json()["error"]["message"]
 
 
 def test_a_second_login_for_the_same_provider_is_refused_with_409(

@@ -15,6 +15,7 @@ from hearth.vm.readiness import Backoff
 from hearth.vm.types import VmSpec, VmState, VmType
 
 _log = get_logger("auth.login_vms")
+LOGIN_LONG_POLL_S = 10.0  # how long one status request waits in the agent for the capture
 # A login in a Browser VM: the VM's id, a client of its agent, the agent's login id.
 Login = tuple[str, AgentClient, str]
 
@@ -64,12 +65,13 @@ async def wait_for_login(
     vms: VmService, browser_id: str, agent: AgentClient, login_id: str
 ) -> bytes:
     """The document the Browser VM's login captured; VmError if the login or the VM ends."""
-    # Polled often: the capture is on the critical path of every login (≈ one request each).
+    # A long poll: the capture is on the critical path of every login, and the agent answers
+    # the moment it happens. An agent that does not long-poll (an older build) is polled often.
     for delay in Backoff(initial_s=0.2, cap_s=0.5).delays():
         if not vms.alive(browser_id):
             raise VmError(f"Browser VM {browser_id} stopped while waiting for the login")
         try:
-            status = await agent.login_status(login_id)
+            status = await agent.login_status(login_id, wait_s=LOGIN_LONG_POLL_S)
         except AgentError as exc:
             if not vms.alive(browser_id):
                 raise VmError(
@@ -87,7 +89,8 @@ async def wait_for_login(
             raise VmError("the Browser VM reported a capture without a document")
         if state in ("failed", "cancelled"):
             raise VmError(f"login {state} in the Browser VM: {status.get('error')}")
-        await asyncio.sleep(delay)
+        if not status.get("waited"):
+            await asyncio.sleep(delay)
     raise AssertionError("unreachable")
 
 
