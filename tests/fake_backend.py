@@ -18,12 +18,14 @@ from hearth.errors import InvalidInput, SavedStateCorrupt, VmError
 from hearth.images.manifest import ImageDir
 from hearth.vm.accel import Accel
 from hearth.vm.host import new_vm_id
-from hearth.vm.types import BootMode, Vm, VmSpec, VmState, Volume
+from hearth.vm.types import BootMode, Vm, VmSpec, VmState, VmType, Volume
 
 
 class FakeBackend:
-    """VMs that live in a dict. ``hold`` (when set) makes every create wait for it; ``fail_next``
-    makes the next create fail with that error; ``kill`` ends a VM as a dying VMM would."""
+    """VMs that live in a dict. ``hold`` (when set) makes every create (of ``hold_type`` only,
+    when set) wait for it; ``fail_next``
+    makes the next create (of ``fail_type`` only, when set) fail with that error; ``kill`` ends
+    a VM as a dying VMM would."""
 
     name = "fake"
     accel = Accel("tcg", "fake backend for tests")
@@ -35,7 +37,9 @@ class FakeBackend:
         self.prepared: list[tuple[Path, str]] = []
         self.prepared_volumes: list[tuple[Path, int]] = []
         self.hold: asyncio.Event | None = None
+        self.hold_type: VmType | None = None
         self.fail_next: Exception | None = None
+        self.fail_type: VmType | None = None
         self._exits: dict[str, asyncio.Event] = {}
         # Hibernated VMs: their saved "state" is the key it was sealed under and the disk key
         # the VM had (a wake with other keys fails as a corrupt state would).
@@ -71,9 +75,9 @@ class FakeBackend:
         self._exits[vm.id] = asyncio.Event()
         try:
             vm.move_to(VmState.BOOTING)
-            if self.hold is not None:
+            if self.hold is not None and self.hold_type in (None, spec.vm_type):
                 await self.hold.wait()
-            if self.fail_next is not None:
+            if self.fail_next is not None and self.fail_type in (None, spec.vm_type):
                 error, self.fail_next = self.fail_next, None
                 raise error
             if claim:

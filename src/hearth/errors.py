@@ -33,7 +33,7 @@
     ├── CredentialError              the credential vault (500)      [hearth.credentials.errors]
     │   └── DecryptionFailed         a sealed document did not open  [hearth.credentials.errors]
     │       └── UnknownMasterKey     its master key is unknown       [hearth.credentials.errors]
-    ├── StageTimeout                 a login stage missed its deadline (504)  [hearth.auth.flow]
+    ├── StageTimeout                 a login stage missed its deadline (504)  [hearth.auth.stages]
     ├── BenchError                   a benchmark run failed or leaked      [hearth.bench.errors]
     │   ├── StreamCut                a stand-in's cut  [hearth.bench.standins.standin]
     │   └── UndecodableBody          unreadable body [hearth.bench.standins.recording]

@@ -18,7 +18,7 @@ import pytest
 
 from hearth.config import Settings
 from hearth.errors import VmError
-from hearth.vm.types import VmType
+from hearth.vm.types import VmState, VmType
 from tests.agent_backend import AgentBackend
 from tests.integration.conftest import port_accepts
 from tests.integration.login_fixtures import *  # noqa: F403
@@ -159,6 +159,34 @@ async def test_refused_delivery_fails_the_session_and_keeps_the_credential_seale
 # --- VMs that do not come up ------------------------------------------------------------------
 
 
+async def test_the_browser_vm_boots_beside_the_cli_vm_but_the_login_waits_for_the_cli_vm(
+    flow_settings: Settings, vm_backend: AgentBackend, tmp_path: Path
+) -> None:
+    """The two VM starts overlap; the user is shown the login only once the CLI VM is proven
+    healthy (the seed's rule), so no sign-in is spent on a CLI VM that cannot take it."""
+    vm_backend.hold, vm_backend.hold_type = asyncio.Event(), VmType.CLI
+    async with Login.running(flow_settings, vm_backend, tmp_path / "image") as login:
+        session_id = await login.start()
+        for _ in range(200):
+            session = await login.session(session_id)
+            browser_id = session["browser_vm_id"]
+            if browser_id and (await login.api.ctl.store.vms.get(browser_id)).status.value == (
+                "ready"
+            ):
+                break
+            await asyncio.sleep(0.05)
+        else:
+            pytest.fail("the Browser VM did not come up while the CLI VM was booting")
+        held = await login.session(session_id)
+        assert (held["status"], held["vm_id"], held["login_url"]) == ("cli_vm_starting", None, None)
+
+        vm_backend.hold.set()
+        waiting = await login.wait_for(session_id, {"awaiting_user"})
+        assert waiting["browser_vm_id"] == browser_id
+        assert waiting["vm_id"] is not None
+        assert waiting["login_url"]
+
+
 async def test_cli_vm_that_never_becomes_ready_times_the_session_out_naming_the_stage(
     flow_settings: Settings, vm_backend: AgentBackend, tmp_path: Path
 ) -> None:
@@ -171,7 +199,10 @@ async def test_cli_vm_that_never_becomes_ready_times_the_session_out_naming_the_
 
         assert session["status"] == "timeout"
         assert session["error_message"] == "timed out after 1 s starting the CLI VM"
-        assert (session["vm_id"], session["browser_vm_id"]) == (None, None)
+        assert session["vm_id"] is None
+        # The Browser VM booting beside the CLI VM went with the session.
+        browser = await login.api.ctl.store.vms.get(session["browser_vm_id"])
+        assert browser.status is VmState.DESTROYED
         assert vm_backend.agents == {}
         # The boot the session gave up on goes on: the VM, once up, is the user's CLI VM (the
         # next login reuses it), and the session that timed out stays timed out.
@@ -186,19 +217,26 @@ async def test_cli_vm_boot_failure_fails_the_session_with_the_reason(
     login: Login,
 ) -> None:
     login.backend.fail_next = VmError("the VMM exited at boot")
+    login.backend.fail_type = VmType.CLI
     session_id = await login.start()
 
     session = await login.wait_for(session_id, TERMINAL)
 
     assert session["status"] == "failed"
     assert "the VMM exited at boot" in session["error_message"]
-    assert (session["vm_id"], session["browser_vm_id"]) == (None, None)
+    assert session["vm_id"] is None
+    # The Browser VM booting beside the CLI VM went with the session (its boot, once over,
+    # finds its row destroyed and discards the VM).
+    browser = await login.api.ctl.store.vms.get(session["browser_vm_id"])
+    assert browser.status is VmState.DESTROYED
+    await login.api.ctl.vms.wait_idle()
     assert login.backend.running == {}
-    assert login.backend.agents == {}
+    assert login.backend.running_agents() == set()
 
 
 async def test_cli_vm_boot_failure_message_names_the_cli_vm_stage(login: Login) -> None:
     login.backend.fail_next = VmError("the VMM exited at boot")
+    login.backend.fail_type = VmType.CLI
     session_id = await login.start()
 
     session = await login.wait_for(session_id, TERMINAL)

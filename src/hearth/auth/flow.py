@@ -15,7 +15,6 @@ import dataclasses
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 from hearth.agent_client import AgentClient
 from hearth.auth.delivery import Delivery
@@ -27,6 +26,7 @@ from hearth.auth.login_vms import (
     wait_for_login,
 )
 from hearth.auth.providers import LoginPlan, login_plan, parse_provider
+from hearth.auth.stages import StageTimeout, within
 from hearth.auth.states import TERMINAL, AuthStatus
 from hearth.config import Settings
 from hearth.control.network import CliNetworks
@@ -54,13 +54,13 @@ VNC_PORT = 5900
 DEVTOOLS_PORT = 9223
 # Racing starts retry while the session they lost to ends before they can read it.
 _START_ATTEMPTS = 5
-
-
-class StageTimeout(HearthError):
-    """A stage of the flow did not finish before its deadline."""
-
-    code = "auth_stage_timeout"
-    http_status = 504
+# Where the Browser VM is (re)started from: every stage before the user is shown the login.
+_BEFORE_LOGIN = (
+    AuthStatus.PENDING,
+    AuthStatus.CLI_VM_STARTING,
+    AuthStatus.CLI_VM_READY,
+    AuthStatus.BROWSER_VM_STARTING,
+)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -302,24 +302,38 @@ class AuthFlow:
         adopted. A stage that cannot go on fails the session with the reason."""
         sid, user, status = record.id, record.user_id, record.status
         plan = login_plan(record.provider, self.settings)
-        if status in (AuthStatus.PENDING, AuthStatus.CLI_VM_STARTING):
-            if status is AuthStatus.PENDING:
-                await self._move(sid, AuthStatus.PENDING, AuthStatus.CLI_VM_STARTING)
-            cli_vm = await self._start_cli_vm(user)
-            await self._move(
-                sid, AuthStatus.CLI_VM_STARTING, AuthStatus.CLI_VM_READY, vm_id=cli_vm.id
-            )
-            status = AuthStatus.CLI_VM_READY
-        else:
-            cli_vm = await self._session_vm(record.vm_id, "CLI VM")
+        booting: asyncio.Task[tuple[LoginPlan, VmRecord]] | None = None
+        if status in _BEFORE_LOGIN:
+            # A restart interrupted the Browser VM's start (or it had not begun): start it
+            # again. It boots beside the CLI VM; the user is shown the login only once the CLI
+            # VM is proven healthy (the seed's rule: no sign-in is spent on a CLI VM that could
+            # not take the credentials).
+            await self._destroy_browser(record)
+            booting = asyncio.create_task(self._boot_browser(sid, user, plan))
+        try:
+            if status in (AuthStatus.PENDING, AuthStatus.CLI_VM_STARTING):
+                if status is AuthStatus.PENDING:
+                    await self._move(sid, AuthStatus.PENDING, AuthStatus.CLI_VM_STARTING)
+                cli_vm = await self._start_cli_vm(user)
+                await self._move(
+                    sid, AuthStatus.CLI_VM_STARTING, AuthStatus.CLI_VM_READY, vm_id=cli_vm.id
+                )
+                status = AuthStatus.CLI_VM_READY
+            else:
+                cli_vm = await self._session_vm(record.vm_id, "CLI VM")
+            if booting is not None:
+                if status is AuthStatus.CLI_VM_READY:
+                    await self._move(sid, AuthStatus.CLI_VM_READY, AuthStatus.BROWSER_VM_STARTING)
+                booted = await booting
+        except BaseException:
+            if booting is not None and not booting.done():
+                booting.cancel()  # the session's cleanup destroys what it booted
+                await asyncio.gather(booting, return_exceptions=True)
+            raise
         cli_agent = self._agent_of(cli_vm)
 
-        if status in (AuthStatus.CLI_VM_READY, AuthStatus.BROWSER_VM_STARTING):
-            if status is AuthStatus.CLI_VM_READY:
-                await self._move(sid, AuthStatus.CLI_VM_READY, AuthStatus.BROWSER_VM_STARTING)
-            else:  # a restart interrupted the Browser VM's start: start it again
-                await self._destroy_browser(record)
-            login = await self._open_login(sid, user, plan)
+        if booting is not None:
+            login = await self._open_login(sid, *booted)
             status = AuthStatus.AWAITING_USER
         elif status is AuthStatus.AWAITING_USER:
             login = await self._reattach(record, plan)
@@ -327,7 +341,7 @@ class AuthFlow:
         if status is AuthStatus.AWAITING_USER:
             waiting = await self.store.auth_sessions.get(sid)
             left = (waiting.stage_deadline_at or datetime.now(UTC)) - datetime.now(UTC)
-            document = await self._stage(
+            document = await within(
                 wait_for_login(self.vms, *login),
                 max(0.0, left.total_seconds()),
                 "waiting for the user to log in",
@@ -349,7 +363,7 @@ class AuthFlow:
 
     async def _start_cli_vm(self, user: str) -> VmRecord:
         """The user's CLI VM, healthy and claimed (created unless one is ready)."""
-        cli_vm: VmRecord = await self._stage(
+        cli_vm: VmRecord = await within(
             ensure_cli_vm(self.vms, user),
             self.settings.cli_vm_timeout_s,
             "starting the CLI VM",
@@ -363,8 +377,11 @@ class AuthFlow:
             raise VmError(f"CLI VM {cli_vm.id} is not healthy: {exc.message}") from exc
         return cli_vm
 
-    async def _open_login(self, sid: str, user: str, plan: LoginPlan) -> Login:
-        """The Browser VM, its login started, the session ``awaiting_user``."""
+    async def _boot_browser(
+        self, sid: str, user: str, plan: LoginPlan
+    ) -> tuple[LoginPlan, VmRecord]:
+        """The login's egress path opened and its Browser VM ready (recorded on the session as
+        soon as it is admitted); the plan as the Browser VM's login must use it."""
         plan = await self._with_egress(sid, plan)
         browser_spec = dataclasses.replace(
             self.vms.spec_for(VmType.BROWSER, None, None),
@@ -374,12 +391,16 @@ class AuthFlow:
             else (VNC_PORT,),
             guest_forwards=plan.guest_forwards,
         )
-        browser = await self._stage(
+        browser = await within(
             create_browser_vm(self.vms, self.store, sid, user, browser_spec),
             self.settings.browser_vm_timeout_s,
             "starting the Browser VM",
             failed="the Browser VM did not start",
         )
+        return plan, browser
+
+    async def _open_login(self, sid: str, plan: LoginPlan, browser: VmRecord) -> Login:
+        """The login started in the ready Browser VM, the session ``awaiting_user``."""
         browser_agent = self._agent_of(browser)
         started = await browser_agent.login_start(plan.start_body)
         login_id = str(started["login_id"])
@@ -451,20 +472,6 @@ class AuthFlow:
         return dataclasses.replace(
             plan, guest_forwards=(*plan.guest_forwards, path.forward), start_body=body
         )
-
-    async def _stage(
-        self, work: Awaitable[Any], seconds: float, what: str, *, failed: str | None = None
-    ) -> Any:
-        """``work`` within ``seconds`` (else StageTimeout naming ``what``); a VM error is
-        prefixed with ``failed``, so the session's message says which stage failed."""
-        try:
-            return await asyncio.wait_for(work, seconds)
-        except TimeoutError:
-            raise StageTimeout(f"timed out after {seconds:.0f} s {what}") from None
-        except VmError as exc:
-            if failed is None:
-                raise
-            raise VmError(f"{failed}: {exc.message}") from exc
 
     async def _destroy_browser(self, record: AuthSessionRecord) -> None:
         if record.browser_vm_id:

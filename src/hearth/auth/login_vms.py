@@ -47,11 +47,19 @@ async def create_browser_vm(
     """
     backoff = Backoff(initial_s=0.5, cap_s=3.0).delays()
     while True:
+        creating = asyncio.ensure_future(vms.create(user_id=user_id, spec=spec, wait=False))
         try:
-            record = await vms.create(user_id=user_id, spec=spec, wait=False)
+            record = await asyncio.shield(creating)
         except CapacityExhausted:
             await asyncio.sleep(next(backoff))
             continue
+        except asyncio.CancelledError:
+            # Cancelled while the VM was being admitted (it boots beside the CLI VM, whose
+            # failure cancels it): the admission goes on, so destroy what it made.
+            made = await asyncio.gather(creating, return_exceptions=True)
+            if isinstance(made[0], VmRecord):
+                await destroy_vm(vms, session_id, made[0].id)
+            raise
         try:
             await store.auth_sessions.update(session_id, browser_vm_id=record.id)
         except BaseException:

@@ -1,0 +1,31 @@
+"""A login's stages run against deadlines: the error a missed one raises, and the wrapper."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from typing import TypeVar
+
+from hearth.errors import HearthError, VmError
+
+T = TypeVar("T")
+
+
+class StageTimeout(HearthError):
+    """A stage of the flow did not finish before its deadline."""
+
+    code = "auth_stage_timeout"
+    http_status = 504
+
+
+async def within(work: Awaitable[T], seconds: float, what: str, *, failed: str | None = None) -> T:
+    """``work`` within ``seconds`` (else StageTimeout naming ``what``); a VM error is prefixed
+    with ``failed``, so the session's message says which stage failed."""
+    try:
+        return await asyncio.wait_for(work, seconds)
+    except TimeoutError:
+        raise StageTimeout(f"timed out after {seconds:.0f} s {what}") from None
+    except VmError as exc:
+        if failed is None:
+            raise
+        raise VmError(f"{failed}: {exc.message}") from exc
