@@ -2,7 +2,9 @@
 
 The anchors' known failures (E2B #884: changes lost after the second resume; #1104: data lost on
 auto-pause) are what these tests look for: a file appended and a counting process checked after
-each of 10 hibernate/wake cycles and 20 pause/resume cycles, then ``e2fsck`` of the VM's disk.
+each of 10 hibernate/wake cycles and 20 pause/resume cycles, then ``e2fsck`` of the VM's disk;
+and an idle VM hibernated by its lifetime outlives a host reboot (its controller gone, /run
+emptied) to be woken by the next command.
 The API's rules (409s, quotas, restarts, lifetimes) are tested in process in
 ``tests/integration/test_api_hibernate.py``.
 """
@@ -10,6 +12,7 @@ The API's rules (409s, quotas, restarts, lifetimes) are tested in process in
 from __future__ import annotations
 
 import asyncio
+import shutil
 import subprocess
 import time
 from collections.abc import AsyncIterator
@@ -21,6 +24,7 @@ import pytest
 from hearth.config import Settings
 from hearth.images.manifest import ImageDir
 from hearth.store import VmRecord
+from hearth.vm.qemu.backend import runtime_dir
 from hearth.vm.qemu.disk_keys import DiskKey, key_pipe
 from tests.files import files_holding
 from tests.integration.store_fixtures import *  # noqa: F403
@@ -187,7 +191,7 @@ async def test_a_corrupt_saved_state_fails_the_vm_with_why_and_keeps_its_files(a
         assert "is missing" in answer.json()["error"]["message"]
 
 
-async def test_an_idle_vm_is_hibernated_and_survives_a_controller_restart_to_be_woken(
+async def test_an_idle_vm_is_hibernated_and_survives_a_host_reboot_to_be_woken(
     database_url: str, minimal_image: ImageDir, tmp_path: Path, vm_state_dir: Path
 ) -> None:
     settings = _settings(database_url, tmp_path / "state", lifetime_check_interval_s=0.2)
@@ -212,7 +216,12 @@ async def test_an_idle_vm_is_hibernated_and_survives_a_controller_restart_to_be_
         events = [e.type for e in await first.ctl.events.list() if e.vm_id == vm_id]
         assert "vm.timed_out" in events
     await served.aclose()  # the controller stops; the hibernated VM's files stay
+    # A host reboot: no process of the old boot is left, and /run (a tmpfs: the VMs' sockets)
+    # comes back empty; the state dir is kept.
     assert qemu_pids_under(settings.state_dir) == []
+    run_dir = runtime_dir(settings.state_dir)
+    assert run_dir.is_dir()
+    shutil.rmtree(run_dir)
     async for second in serve_owned(
         settings, minimal_image=minimal_image, vm_state_dir=vm_state_dir
     ):
