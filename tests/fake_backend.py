@@ -161,6 +161,16 @@ class FakeBackend:
         vm.move_to(VmState.READY)
         return vm
 
+    async def settle_wake(self, vm: Vm) -> VmState:
+        """Hibernated while its saved "state" is kept; else paused if it runs, else failed."""
+        if vm.id in self.hibernated:
+            self.running.pop(vm.id, None)
+            return VmState.HIBERNATED
+        if vm.id not in self.running:
+            return VmState.FAILED
+        self.running[vm.id].state = VmState.PAUSED
+        return VmState.PAUSED
+
     async def create_volume(self, path: Path, size_mib: int, key: bytes) -> None:
         """A file standing for the volume (its size and key remembered)."""
         path.write_bytes(b"")

@@ -190,21 +190,33 @@ async def test_a_hibernated_vm_ends_its_vmm_keeps_its_files_and_wakes_with_its_t
     assert vm.id not in {running.id for running in await backend.list_running()}
     assert backend.leftovers(), "a hibernated VM's files must stay"
     assert await backend.reap(keep={vm.id}) == []
-    # Woken from what the control plane keeps: id, spec, work dir, token and keys.
-    asleep = Vm(
-        id=vm.id,
-        spec=contract.spec,
-        backend=backend.name,
-        state=VmState.HIBERNATED,
-        token=token,
-        disk_key=disk_key,
-        workdir=workdir,
-    )
-    woken = await backend.wake(asleep, state_key)
+
+    def asleep() -> Vm:
+        """The VM as the control plane keeps it: id, spec, work dir, token and keys."""
+        return Vm(
+            id=vm.id,
+            spec=contract.spec,
+            backend=backend.name,
+            state=VmState.HIBERNATED,
+            token=token,
+            disk_key=disk_key,
+            workdir=workdir,
+        )
+
+    # A wake its controller did not see begin (its saved state untouched) settles hibernated.
+    assert await backend.settle_wake(asleep()) is VmState.HIBERNATED
+    woken = await backend.wake(asleep(), state_key)
     try:
         assert woken.state is VmState.READY
         assert backend.alive(woken)
         if woken.agent_url is not None:  # the fake has no agent
             assert (await AgentClient(woken.agent_url, token).version())["version"]
+        # One whose VMM runs from the consumed state settles paused, and resumes.
+        assert await backend.settle_wake(woken) is VmState.PAUSED
+        assert woken.state is VmState.PAUSED
+        await backend.resume(woken)
+        assert backend.alive(woken)
     finally:
         await backend.destroy(woken)
+    # One whose state was consumed and whose VMM is gone cannot be had back.
+    assert await backend.settle_wake(asleep()) is VmState.FAILED

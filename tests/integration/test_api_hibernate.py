@@ -19,7 +19,7 @@ import pytest
 from hearth.config import Settings
 from hearth.errors import NotSupported
 from hearth.store.records import SEALED_KEYS_FIELDS
-from hearth.vm.types import VmState, VmType
+from hearth.vm.types import BootMode, Vm, VmSpec, VmState, VmType
 from tests.fake_backend import FakeBackend
 from tests.integration.api_fixtures import *  # noqa: F403
 from tests.integration.api_fixtures import DEFAULT_QUOTAS, Api, assert_error, running_api
@@ -213,6 +213,42 @@ async def test_a_hibernated_vm_survives_a_controller_restart(
         assert woken.status_code == 200, woken.text
         assert woken.json()["status"] == "ready"
         assert (await post(api, saving, "resume")).json()["status"] == "ready"
+
+
+async def test_a_wake_cut_short_by_a_restart_loses_nothing_that_was_still_saved(
+    settings: Settings, fake_backend: FakeBackend, tmp_path: Path
+) -> None:
+    """A controller killed mid-wake leaves the row ``booting`` (a wake). The next one puts a
+    VM whose saved state is still there back to hibernated (the guest never ran), adopts one
+    whose VMM runs from the consumed state as paused, and fails one whose state was read and
+    whose VMM is gone, saying why."""
+    async with running_api(settings, fake_backend, tmp_path / "image") as api:
+        ids = {user: await new_vm(api, user) for user in ("ann", "bob", "cy")}
+        for vm_id in ids.values():
+            await post(api, vm_id, "hibernate")
+            await api.ctl.store.vms.transition(
+                vm_id, VmState.HIBERNATED, VmState.BOOTING, boot_mode=BootMode.WAKE
+            )
+        # bob's state was read into a VMM that runs; cy's VMM died after reading it.
+        for user in ("bob", "cy"):
+            fake_backend.hibernated.pop(ids[user])
+        fake_backend.running[ids["bob"]] = Vm(id=ids["bob"], spec=VmSpec(), backend="fake")
+    async with running_api(settings, fake_backend, tmp_path / "image") as api:
+        ann = await api.ctl.store.vms.get(ids["ann"])
+        assert ann.status is VmState.HIBERNATED
+        assert ids["ann"] in fake_backend.hibernated
+        woken = await post(api, ids["ann"], "resume")
+        assert (woken.status_code, woken.json()["status"]) == (200, "ready"), woken.text
+
+        bob = await api.ctl.store.vms.get(ids["bob"])
+        assert bob.status is VmState.PAUSED
+        assert fake_backend.running[ids["bob"]].state is VmState.PAUSED
+        assert (await post(api, ids["bob"], "resume")).json()["status"] == "ready"
+
+        cy = await api.ctl.store.vms.get(ids["cy"])
+        assert cy.status is VmState.FAILED
+        assert cy.error is not None
+        assert "wake was cut short" in cy.error
 
 
 async def test_an_idle_vm_is_hibernated_and_auto_resumed_its_hibernated_time_not_counted(

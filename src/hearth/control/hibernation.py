@@ -115,7 +115,10 @@ class Hibernation:
         async with vms.admission:
             # It will hold host memory again.
             await vms.quotas.admit_new_vm(vms.store, spec=spec)
-            await vms.store.vms.transition(vm_id, VmState.HIBERNATED, VmState.BOOTING)
+            # Marked a wake, so a restart mid-wake knows to settle it (reconcile.py).
+            await vms.store.vms.transition(
+                vm_id, VmState.HIBERNATED, VmState.BOOTING, boot_mode=BootMode.WAKE
+            )
         workspaces = vms.workspaces
         volumes = (
             workspaces.volumes_for(record, await vms.store.workspaces.get(record.user_id))

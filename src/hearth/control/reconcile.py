@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from hearth.control.vms import ACTIVE, RUNNING, VmService
+from hearth.errors import HearthError
 from hearth.events.types import EventType
 from hearth.logging import get_logger
 from hearth.store import VmRecord
-from hearth.vm.types import Vm, VmSpec, VmState
+from hearth.vm.types import BootMode, Vm, VmSpec, VmState
 
 _log = get_logger("control.reconcile")
 
@@ -18,23 +21,36 @@ async def reconcile(vms: VmService) -> dict[str, list[str]]:
     controller died are destroyed and failed (nobody waits for them any more); ready and
     paused VMs with a live process and an agent token and keys that open are adopted (a CLI
     VM's egress path reopened where its VMM dials it), and one that was being hibernated is
-    adopted paused (its save ended with the controller); hibernated VMs are left as they are;
-    processes, work dirs, namespaces and network slots with no active row are destroyed.
+    adopted paused (its save ended with the controller); hibernated VMs are left as they are,
+    and one caught mid-wake goes back to hibernated while its saved state is there (the guest
+    never ran), or is adopted paused when its VMM runs from the consumed state; processes,
+    work dirs, namespaces and network slots with no active row are destroyed.
     """
     report: dict[str, list[str]] = {"failed": [], "adopted": [], "reaped": [], "hibernated": []}
     running = {vm.id: vm for vm in await vms.node.list_running()}
     for record in await vms.store.vms.list(statuses=ACTIVE):
         vm = running.get(record.id)
+        if _waking(record):
+            vm, settled = await _settle_wake(vms, record, vm)
+            if settled is VmState.HIBERNATED:
+                record = await vms.store.vms.transition(
+                    record.id, VmState.BOOTING, VmState.HIBERNATED
+                )
         if record.status is VmState.HIBERNATED:
             report["hibernated"].append(record.id)  # nothing runs; its files stay
             continue
         reason = await _adoptable(vms, record, vm)
         if vm is not None and reason is None:
-            if record.status is VmState.HIBERNATING:
-                # The controller died while saving it: its QEMU still holds it, stopped.
+            # The controller died while saving it, or while waking it from its consumed saved
+            # state (whose key is spent: the row keeps the disk key alone): its QEMU holds
+            # it, stopped.
+            stopped = record.status in (VmState.HIBERNATING, VmState.BOOTING)
+            if record.status is VmState.BOOTING:
                 record = await vms.store.vms.transition(
-                    record.id, VmState.HIBERNATING, VmState.PAUSED
+                    record.id, VmState.BOOTING, VmState.READY, **vms.fields_of(vm)
                 )
+            if stopped:
+                record = await vms.store.vms.transition(record.id, record.status, VmState.PAUSED)
             vm.state = VmState.PAUSED if record.status is VmState.PAUSED else VmState.READY
             vm.spec = VmSpec(
                 vm_type=record.vm_type,
@@ -60,12 +76,35 @@ async def reconcile(vms: VmService) -> dict[str, list[str]]:
     return report
 
 
+def _waking(record: VmRecord) -> bool:
+    return record.status is VmState.BOOTING and record.boot_mode is BootMode.WAKE
+
+
+async def _settle_wake(
+    vms: VmService, record: VmRecord, vm: Vm | None
+) -> tuple[Vm | None, VmState]:
+    """Settle a wake the last controller did not see through: the VM (None once its VMM is
+    gone) and where it stands (``VmBackend.settle_wake``)."""
+    found = vm or Vm(id=record.id, spec=VmSpec(), backend=record.backend, pid=record.pid)
+    if record.workdir is not None:
+        found.workdir = Path(record.workdir)
+    try:
+        settled = await vms.node.settle_wake(found)
+    except HearthError as exc:
+        _log.warning("wake_not_settled", vm_id=record.id, error=exc.message[:300])
+        settled = VmState.FAILED
+    _log.info("wake_settled", vm_id=record.id, status=settled.value)
+    return (found if settled is VmState.PAUSED else None), settled
+
+
 async def _adoptable(vms: VmService, record: VmRecord, vm: Vm | None) -> str | None:
     """Why the running ``vm`` of ``record`` cannot be adopted (None: it can, and it holds
     its agent token again)."""
+    if vm is None and _waking(record):
+        return "its wake was cut short by a controller restart after its saved state was read"
     if vm is None:
         return "VM process gone at controller start"
-    if record.status not in (*RUNNING, VmState.HIBERNATING):
+    if record.status not in (*RUNNING, VmState.HIBERNATING) and not _waking(record):
         return "interrupted by a controller restart while booting"
     keys = vms.keys.open(record)
     if keys is None:

@@ -9,7 +9,7 @@ from typing import Protocol
 from hearth.agent_bundle import AgentBundle
 from hearth.node.egress import EgressPath
 from hearth.vm.accel import Accel
-from hearth.vm.types import Vm, VmSpec, VmType, Volume
+from hearth.vm.types import Vm, VmSpec, VmState, VmType, Volume
 
 
 class Node(Protocol):
@@ -56,6 +56,10 @@ class Node(Protocol):
 
     async def wake(self, vm: Vm, state_key: bytes) -> Vm:
         """Start a hibernated VM from its saved state, ready."""
+        ...
+
+    async def settle_wake(self, vm: Vm) -> VmState:
+        """Where a wake the controller did not see through left ``vm`` (see VmBackend)."""
         ...
 
     async def create_volume(self, name: str, size_mib: int, key: bytes) -> Path:

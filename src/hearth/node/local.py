@@ -18,7 +18,7 @@ from hearth.metrics import ControllerMetrics
 from hearth.node.egress import EgressPath, open_egress_path
 from hearth.vm.accel import Accel
 from hearth.vm.backend import VmBackend
-from hearth.vm.types import Vm, VmSpec, VmType, Volume
+from hearth.vm.types import Vm, VmSpec, VmState, VmType, Volume
 
 
 class ImageSource(Protocol):
@@ -94,6 +94,10 @@ class LocalNode:
     async def wake(self, vm: Vm, state_key: bytes) -> Vm:
         """Through the backend."""
         return await self.backend.wake(vm, state_key)
+
+    async def settle_wake(self, vm: Vm) -> VmState:
+        """Through the backend."""
+        return await self.backend.settle_wake(vm)
 
     def volume_path(self, name: str) -> Path:
         """``<volumes dir>/<name>.qcow2``; NotSupported when this node keeps no volumes."""

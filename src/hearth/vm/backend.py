@@ -8,7 +8,7 @@ from typing import Protocol, TypedDict, Unpack, runtime_checkable
 
 from hearth.images.manifest import ImageDir
 from hearth.vm.accel import Accel
-from hearth.vm.types import BootMode, Vm, VmSpec, Volume
+from hearth.vm.types import BootMode, Vm, VmSpec, VmState, Volume
 
 
 class CreateOptions(TypedDict, total=False):
@@ -74,6 +74,13 @@ class VmBackend(Protocol):
         state is dropped once it is in. SavedStateCorrupt when it is missing or does not open
         (the VM's files kept aside, the message says where); other failures leave it
         hibernated."""
+        ...
+
+    async def settle_wake(self, vm: Vm) -> VmState:
+        """A wake of ``vm`` that its controller did not see through (it died): ``HIBERNATED``
+        when the saved state is still there (its VMM, if any, ended: the guest never ran);
+        ``PAUSED`` when the state was consumed and its VMM runs (now stopped, to be resumed);
+        ``FAILED`` when the state was consumed and its VMM is gone."""
         ...
 
     async def create_volume(self, path: Path, size_mib: int, key: bytes) -> None:

@@ -118,6 +118,10 @@ class BackendLifecycle(ABC, Generic[TemplateT]):
         """NotSupported unless the VMM's backend saves VMs to disk (QEMU does)."""
         raise NotSupported(f"the {self.name} backend cannot wake hibernated VMs")
 
+    async def settle_wake(self, vm: Vm) -> VmState:
+        """Nothing of a wake to settle where the VMM cannot wake VMs."""
+        return VmState.FAILED
+
     async def create_volume(self, path: Path, size_mib: int, key: bytes) -> None:
         """NotSupported unless the VMM's backend attaches volumes (QEMU does)."""
         raise NotSupported(f"the {self.name} backend cannot attach volumes yet")

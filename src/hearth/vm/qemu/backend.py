@@ -393,6 +393,17 @@ class QemuBackend(BackendLifecycle[Template]):
         self._watch(vm, proc.wait())
         return vm
 
+    async def settle_wake(self, vm: Vm) -> VmState:
+        """See ``VmBackend.settle_wake``: the state file decides whether the guest ran."""
+        paths = self._paths(vm.id, self._workdir(vm))
+        if hibernation.state_path(paths.workdir).is_file():
+            await self._end_process(vm, paths)
+            return VmState.HIBERNATED
+        if not self.alive(vm):
+            return VmState.FAILED
+        await self.pause(vm)
+        return VmState.PAUSED
+
     async def _after_failed_wake(self, vm: Vm, paths: VmPaths, exc: BaseException) -> None:
         """End what a wake started; keep the saved state (moved aside when it is corrupt)."""
         await self._end_process(vm, paths)
