@@ -20,7 +20,7 @@ from hearth.config import MAX_TIMEOUT_S, Settings
 from hearth.control.lifetimes import running_fields, used_s
 from hearth.store import AuthSessionRecord, VmRecord
 from hearth.store.records import utc_now
-from hearth.vm.types import VmState, VmType
+from hearth.vm.types import Vm, VmState, VmType
 from hearth_agent.wire import Provider
 from tests.agent_backend import AgentBackend
 from tests.fake_backend import FakeBackend
@@ -254,6 +254,56 @@ async def test_an_idle_vm_is_paused_and_auto_resumed_by_the_next_command(
     assert ran.status_code == 202, ran.text
     assert await status_of(api, vm["id"]) == "ready"
     assert (await told_once(api, "vm.auto_resumed")) is not None
+
+
+class SlowVolumes(FakeBackend):
+    """A backend whose volumes take a while to make (a first workspace under load)."""
+
+    async def create_volume(self, path: Path, size_mib: int, key: bytes) -> None:
+        await asyncio.sleep(1.5)
+        await super().create_volume(path, size_mib, key)
+
+
+async def test_the_idle_time_starts_when_the_vm_is_handed_over_not_when_its_vmm_was_ready(
+    lifetime_settings: Settings, tmp_path: Path
+) -> None:
+    """A CI failure: a VM whose workspace took longer than its idle timeout was paused the
+    moment it became ready, under the user's first command."""
+    async with running_api(lifetime_settings, SlowVolumes(), tmp_path / "image") as api:
+        vm = await new_vm(api, idleTimeoutS=1)
+        await asyncio.sleep(10 * CHECK_S)
+        assert await status_of(api, vm["id"]) == "ready"
+        await until(lambda: _is(api, vm["id"], "paused"))
+
+
+class SlowPause(FakeBackend):
+    """A backend whose pause takes a moment, and says when one begins."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pausing = asyncio.Event()
+
+    async def pause(self, vm: Vm) -> None:
+        self.pausing.set()
+        await asyncio.sleep(0.3)
+        await super().pause(vm)
+
+
+async def test_a_vm_used_while_its_idle_pause_is_under_way_runs_on(
+    lifetime_settings: Settings, tmp_path: Path
+) -> None:
+    """The other half of that failure: a command that saw the VM running just before the idle
+    pause landed must not find it paused (its request would hang)."""
+    backend = SlowPause()
+    async with running_api(lifetime_settings, backend, tmp_path / "image") as api:
+        vm = await new_vm(api, idleTimeoutS=1)
+        await asyncio.wait_for(backend.pausing.wait(), 10)
+        used = await api.client.get(f"/api/vms/{vm['id']}", headers=api.headers())
+        assert used.json()["status"] == "ready"
+        await asyncio.sleep(0.5)  # the pause has ended, and been undone
+        assert await status_of(api, vm["id"]) == "ready"
+        assert backend.running[vm["id"]].state is VmState.READY
+        assert await events_of(api, "vm.timed_out") == []
 
 
 async def test_api_calls_and_a_running_command_keep_a_vm_from_idling(api_lt_agents: Api) -> None:

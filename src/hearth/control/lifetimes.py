@@ -163,10 +163,11 @@ class Lifetimes:
         for record in await self.vms.store.vms.list(statuses=_RUNNING):
             if record.pooled or record.vm_type is not VmType.CLI:
                 continue
-            due = self._due(record, utc_now())
+            now = utc_now()
+            due = self._due(record, now)
             if due is None or (due.reason == "idle" and await self._busy(record)):
                 continue
-            if await self._act(record, due):
+            if await self._act(record, due, decided=now):
                 acted.append(record.id)
         return acted
 
@@ -206,10 +207,16 @@ class Lifetimes:
             pending.discard(exec_id)
         return False
 
-    async def _act(self, record: VmRecord, due: _Due) -> bool:
+    async def _act(self, record: VmRecord, due: _Due, *, decided: datetime) -> bool:
         try:
             if due.action is LifetimeAction.PAUSE:
                 ended = await self.vms.pause(record.id)
+                if due.reason == "idle" and self._seen.get(record.id, decided) > decided:
+                    # Used while it was being paused (a command saw it running just before):
+                    # it runs on, and the command's request, held for that moment, goes on.
+                    await self.vms.resume(record.id)
+                    _log.info("vm_idle_pause_undone", vm_id=record.id)
+                    return False
             elif due.action is LifetimeAction.HIBERNATE:
                 ended = await self.vms.hibernation.hibernate(record.id)
             else:
