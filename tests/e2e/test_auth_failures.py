@@ -105,6 +105,7 @@ STOPS = [
     ("credentials_captured", "kill9"),
     ("delivering", "kill9"),
 ]
+AFTER_SIGN_IN = ("credentials_captured", "delivering")
 HELD_S = 1.0  # how long a held login is seen staying in its stage before the controller dies
 
 
@@ -162,7 +163,7 @@ async def test_a_controller_stopped_mid_login_goes_on_after_restart_and_complete
     async with httpx.AsyncClient(base_url=server.url, headers=auth, timeout=30) as api:
         started = await api.post("/api/auth/start", json={"userId": "frank", "provider": "oidc"})
         session_id = started.json()["sessionId"]
-        if stage != "between_pages":
+        if stage not in ("between_pages", *AFTER_SIGN_IN):
             await _session_until(api, session_id, stage, poll_s=0.02)
             stop()
             server.start()
@@ -186,7 +187,7 @@ async def test_a_controller_stopped_mid_login_goes_on_after_restart_and_complete
                 await submit_consent(page)
             finally:
                 await page.close()
-            if stage in ("credentials_captured", "delivering"):
+            if stage in AFTER_SIGN_IN:
                 await _session_until(api, session_id, stage, poll_s=0.02)
                 await asyncio.sleep(HELD_S)
                 held = (await api.get(f"/api/auth/session/{session_id}")).json()["session"]
@@ -218,7 +219,9 @@ def _held(
     if stage == "credentials_captured":
         assert conninfo is not None
         lock = psycopg.connect(conninfo)
-        lock.execute("SELECT id FROM vms WHERE id = %s FOR UPDATE", (session["browser_vm_id"],))
+        # NO KEY UPDATE: it holds back the row's update (the destroy's), not rows that refer to it.
+        held = "SELECT id FROM vms WHERE id = %s FOR NO KEY UPDATE"
+        lock.execute(held, (session["browser_vm_id"],))
         released.append(lock.close)  # closing rolls the transaction back
     elif stage == "delivering":
         record = read_record(state / "vms" / session["vm_id"])
