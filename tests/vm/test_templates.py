@@ -38,6 +38,10 @@ async def test_the_templates_are_ready_before_the_first_vm(
                 "cli": "ready",
                 "browser": "ready",
             }
+            # So are the encrypted prototypes of their clones' overlays and of users'
+            # workspaces: the first VM and the first user pay for none.
+            backend = api.ctl.vms.node.backend  # type: ignore[attr-defined]
+            assert set(backend.prototypes) == {"overlay", "volume"}
         async with api.client() as admin:
             created = await admin.post("/api/vms", json={"userId": "ann"})
         assert created.status_code == 201, created.text

@@ -98,9 +98,13 @@ class BackendLifecycle(ABC, Generic[TemplateT]):
         return await claim_vm(vm)
 
     async def prepare(self, image: ImageDir, spec: VmSpec) -> None:
-        """Build the template of (image, spec) if there is none yet (templates off: nothing)."""
+        """Build the template of (image, spec) if there is none yet (templates off: nothing),
+        and whatever else its first restore would make (``_warm``)."""
         if self.use_templates:
-            await self._template_for(image, spec)
+            await self._warm(await self._template_for(image, spec))
+
+    async def _warm(self, template: TemplateT) -> None:
+        """Make now what the first restore from ``template`` in this process would (none)."""
 
     async def wait_exit(self, vm: Vm) -> None:
         """Return once the VM's watcher has seen its process exit (at once when not watched)."""

@@ -314,9 +314,8 @@ class QemuBackend(BackendLifecycle[Template]):
     # ---- hibernate, wake -------------------------------------------------------------------
 
     async def hibernate(self, vm: Vm) -> bytes:
-        """Save the VM's memory and device state, encrypted, into its work dir and end its
-        QEMU; the state's key (returned) is held by the caller only. A save that fails leaves
-        the VM running (or paused) as it was."""
+        """Save the VM's memory and device state, encrypted, into its work dir and end its QEMU;
+        the state's key (returned) is the caller's alone. A failed save leaves the VM as it was."""
         paths = self._paths(vm.id, self._workdir(vm))
         layers = recorded_layers(read_record(paths.workdir) or {})
         if layers is None:
@@ -392,6 +391,16 @@ class QemuBackend(BackendLifecycle[Template]):
             raise
         self._watch(vm, proc.wait())
         return vm
+
+    @property
+    def prototypes(self) -> list[str]:
+        """The encrypted prototypes this process has made (``Overlays.made``)."""
+        return self._overlays.made()
+
+    async def _warm(self, template: Template) -> None:
+        if self.encrypt_disks:  # the prototype of the overlays restored from it (luks.py)
+            self.vms_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            await asyncio.to_thread(self._overlays.prepare, template.overlay, "qcow2", self.vms_dir)
 
     async def settle_wake(self, vm: Vm) -> VmState:
         """See ``VmBackend.settle_wake``: the state file decides whether the guest ran."""

@@ -77,6 +77,10 @@ class Overlays:
         self._locks: dict[tuple[object, ...], threading.Lock] = {}
         self._guard = threading.Lock()
 
+    def made(self) -> list[str]:
+        """The kinds of the prototypes made so far (``overlay``, ``volume``), one per each."""
+        return [str(ident[0]) for ident in self._prototypes]
+
     def create(
         self, backing: Path, overlay: Path, *, backing_format: str, key: DiskKey | None
     ) -> int:
@@ -84,17 +88,20 @@ class Overlays:
         bytes it occupies on disk."""
         if key is None:
             return create_overlay(backing, overlay, backing_format=backing_format)
+        _write_rekeyed(self.prepare(backing, backing_format, overlay.parent), overlay, key)
+        return bytes_on_disk(overlay)
+
+    def prepare(self, backing: Path, backing_format: str, scratch: Path) -> bytes:
+        """The prototype of overlays on ``backing``, made (in ``scratch``) if there is none."""
         st = backing.stat()
         ident = ("overlay", str(backing.resolve()), backing_format, st.st_ino, st.st_mtime_ns)
-        prototype = self._prototype(
+        return self._prototype(
             ident,
             lambda path: create_overlay(
                 backing, path, backing_format=backing_format, key=DiskKey.generate()
             ),
-            scratch=overlay.parent,
+            scratch=scratch,
         )
-        _write_rekeyed(prototype, overlay, key)
-        return bytes_on_disk(overlay)
 
     def create_volume(self, path: Path, size_mib: int, key: DiskKey) -> None:
         """Create a blank volume of ``size_mib`` at ``path`` (0600), encrypted under ``key``;
