@@ -192,6 +192,8 @@ async def run_auth_bench(options: AuthBenchOptions, *, progress: Progress) -> Au
                 destroy_on_exit=True,
             )
             teardown.push("stop the controller", controller.stop)
+        with progress.phase("controller warm-up", "what its start prepares, as after setup"):
+            await controller.wait_warm()
         flows = FlowRunner(controller=controller, oidc=oidc, poll_s=options.poll_s)
         with progress.phase("first login", "after setup: templates prepared, nothing warm"):
             result.warmup = await flows.run("hearth-bench-warmup")

@@ -97,6 +97,19 @@ class ControllerProcess(ChildServer):
         """A fresh API key for ``user_id`` (``POST /api/keys`` with the admin key)."""
         return await mint_user_key(self.url, self.state_dir, user_id)
 
+    async def wait_warm(self) -> dict[str, str]:
+        """Wait until the controller's warm-up at start is over (``/health`` shows no template
+        ``pending`` or ``building``); the templates' states."""
+        deadline = Deadline.after(START_DEADLINE_S)
+        async with httpx.AsyncClient(base_url=self.url) as client:
+            while not deadline.expired:
+                self.check_running()
+                templates: dict[str, str] = (await client.get("/health")).json()["templates"]
+                if not {"pending", "building"} & set(templates.values()):
+                    return templates
+                await asyncio.sleep(0.2)
+        raise BenchError(f"the controller's warm-up took over {START_DEADLINE_S:.0f} s")
+
     async def _wait_healthy(self) -> dict[str, Any]:
         deadline = Deadline.after(START_DEADLINE_S)
         last = "no probe completed"
