@@ -271,6 +271,11 @@ def test_bench_auth_measures_one_flow_by_stage_and_leaves_nothing(
     vm_starts = doc["vm_starts"]["cli_vm"]["p50_s"] + doc["vm_starts"]["browser_vm"]["p50_s"]
     assert doc["overhead_vs_vm_starts"] == pytest.approx(doc["overhead"]["p50_s"] / vm_starts)
     assert all(isinstance(t["met"], bool) for t in doc["targets"])
+    # What is left of the Browser VM's start once the CLI VM is ready may be nothing at all
+    # (it boots beside it); every other figure is a time that passed.
+    hidden = [s["stages_s"].pop("browser_vm_after_cli") for s in (*doc["samples"], doc["warmup"])]
+    assert min(hidden) >= 0
+    doc["stages"].pop("browser_vm_after_cli")
     assert non_positive_numbers(doc) == []
 
     assert qemu_pids_under(state) == [], "a QEMU process outlived the bench"
