@@ -223,14 +223,9 @@ class VmService:
         elapsed = time.monotonic() - started
         self.metrics.create_to_healthy.labels(boot_mode=vm.boot_mode.value).observe(elapsed)
         try:
-            # Its lifetime and idle time start now that it is handed over (after its
-            # workspace), not when its VMM was ready.
-            ready = await self.store.vms.transition(
-                vm.id,
-                VmState.BOOTING,
-                VmState.READY,
-                **{**self.fields_of(vm), "running_since": utc_now()},
-            )
+            # Its lifetime and idle time start at the hand-over, not when its VMM was ready.
+            fields = {**self.fields_of(vm), "running_since": utc_now()}
+            ready = await self.store.vms.transition(vm.id, VmState.BOOTING, VmState.READY, **fields)
         except Conflict:
             # Destroyed (or failed) while booting: the row already says so; drop the VM.
             await self._discard(vm)
