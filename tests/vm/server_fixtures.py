@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -15,6 +16,7 @@ import httpx
 import pytest
 
 from hearth.images.manifest import ImageDir
+from hearth.vm.qemu.backend import runtime_dir
 from tests.vm.conftest import qemu_pids_under
 
 __all__ = ["Server", "server"]
@@ -93,3 +95,5 @@ def server(minimal_image: ImageDir, tmp_path: Path) -> Iterator[Server]:
     server.stop()
     for pid in qemu_pids_under(tmp_path):
         os.kill(pid, signal.SIGKILL)
+    # A test that failed with VMs running left their sockets, which no QEMU removes once killed.
+    shutil.rmtree(runtime_dir(state), ignore_errors=True)
