@@ -326,8 +326,9 @@ class AuthFlow:
                     await self._move(sid, AuthStatus.CLI_VM_READY, AuthStatus.BROWSER_VM_STARTING)
                 booted = await booting
         except BaseException:
-            if booting is not None and not booting.done():
+            if booting is not None:
                 booting.cancel()  # the session's cleanup destroys what it booted
+                # Retrieved whatever it ended with: the CLI VM's failure is the one reported.
                 await asyncio.gather(booting, return_exceptions=True)
             raise
         cli_agent = self._agent_of(cli_vm)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import inspect
 import os
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from dataclasses import fields
 from datetime import datetime
 from enum import StrEnum
@@ -26,10 +29,49 @@ Clock = Callable[[], datetime]
 Coerce = Callable[[str, object], object]
 R = TypeVar("R", bound="DataclassInstance")
 E = TypeVar("E", bound=StrEnum)
+T = TypeVar("T")
+
+
+def run_to_completion(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+    """``method`` such that a cancel of its caller lets the call finish, then propagates.
+
+    A cancel that lands while a statement is in flight would make SQLAlchemy invalidate the
+    connection, and an invalidated SQLite connection can keep its write lock until it is
+    garbage collected: every other writer then waits out the busy timeout and fails with
+    "database is locked". Store calls are short, so each one ends (committed or rolled back)
+    before its caller sees the cancel; further cancels meanwhile are folded into that one.
+    """
+
+    @functools.wraps(method)
+    async def call(*args: Any, **kwargs: Any) -> T:
+        task = asyncio.ensure_future(method(*args, **kwargs))
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            while not task.done():
+                try:
+                    await asyncio.wait({task})
+                except asyncio.CancelledError:
+                    continue
+            if not task.cancelled():
+                task.exception()  # retrieved: the caller was cancelled, its result is moot
+            raise
+
+    return call
 
 
 class Repository:
-    """Base of the repositories: holds the engine and the clock that stamps times."""
+    """Base of the repositories: holds the engine and the clock that stamps times.
+
+    Every public coroutine method of a subclass runs to completion even when its caller is
+    cancelled (``run_to_completion``): no transaction is cut short by a cancel.
+    """
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for name, attr in list(vars(cls).items()):
+            if not name.startswith("_") and inspect.iscoroutinefunction(attr):
+                setattr(cls, name, run_to_completion(attr))
 
     def __init__(self, engine: AsyncEngine, *, clock: Clock = utc_now) -> None:
         self._engine = engine
