@@ -10,7 +10,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +102,8 @@ async def test_cli_vm_without_agent_fails_naming_the_vm_and_the_probe_error(
 # between the user's two form pages. The two stages after the sign-in last milliseconds, so the
 # test holds the login in them as the real world can: the database is slow to give up the
 # Browser VM's row (its destroy waits), or the CLI VM stalls (its QEMU stopped) during delivery.
+# So may ``browser_vm_starting`` (its VM boots, and its login starts, beside the CLI VM): there
+# the Browser VM stalls (its QEMU stopped).
 STOPS = [
     ("cli_vm_starting", "kill9"),
     ("browser_vm_starting", "kill9"),
@@ -169,8 +171,11 @@ async def test_a_controller_stopped_mid_login_goes_on_after_restart_and_complete
         started = await api.post("/api/auth/start", json={"userId": "frank", "provider": "oidc"})
         session_id = started.json()["sessionId"]
         if stage not in ("between_pages", *AFTER_SIGN_IN):
-            await _session_until(api, session_id, stage, poll_s=0.02)
-            stop()
+            async with contextlib.AsyncExitStack() as held_back:
+                if stage == "browser_vm_starting":
+                    await held_back.enter_async_context(_stalled_browser_vm(api, session_id, state))
+                await _session_until(api, session_id, stage, poll_s=0.02)
+                stop()
             server.start()
             after = (await api.get(f"/api/auth/session/{session_id}")).json()["session"]
             # Picked up at its stage (and maybe on from there already), never failed.
@@ -243,6 +248,32 @@ def _held(
         yield release
     finally:
         release()
+
+
+@contextlib.asynccontextmanager
+async def _stalled_browser_vm(
+    api: httpx.AsyncClient, session_id: str, state: Path
+) -> AsyncIterator[None]:
+    """The session's Browser VM stopped (SIGSTOP of its QEMU) from the moment it runs until
+    the way out: its login, which starts beside the CLI VM, cannot be ready when the CLI VM
+    is, so the session waits in ``browser_vm_starting`` as it would for a slow Browser VM."""
+    deadline = time.monotonic() + 600
+    stopped: list[int] = []
+    try:
+        while not stopped:
+            assert time.monotonic() < deadline, "the Browser VM never ran"
+            session = (await api.get(f"/api/auth/session/{session_id}")).json()["session"]
+            if session["browser_vm_id"]:
+                stopped = qemu_pids_under(state / "vms" / session["browser_vm_id"])
+            if not stopped:
+                await asyncio.sleep(0.01)
+        for pid in stopped:
+            os.kill(pid, signal.SIGSTOP)
+        yield
+    finally:
+        for pid in stopped:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
 
 
 async def _session_until(

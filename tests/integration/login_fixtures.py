@@ -70,6 +70,7 @@ class Login:
         self.api = api
         self.backend = backend
         self.headers = api.headers(key)
+        self.view_urls: dict[str, str] = {}  # each started session's view link
 
     @classmethod
     @asynccontextmanager
@@ -88,6 +89,7 @@ class Login:
         assert response.status_code == 202, response.text
         session_id = response.json()["sessionId"]
         assert isinstance(session_id, str)
+        self.view_urls[session_id] = response.json()["viewUrl"]
         return session_id
 
     async def session(self, session_id: str) -> dict[str, Any]:

@@ -15,11 +15,14 @@ from pathlib import Path
 
 import httpx
 import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
 
 from hearth.config import Settings
 from hearth.errors import VmError
 from hearth.vm.types import VmState, VmType
 from tests.agent_backend import AgentBackend
+from tests.integration.api_fixtures import served
 from tests.integration.conftest import port_accepts
 from tests.integration.login_fixtures import *  # noqa: F403
 from tests.integration.login_fixtures import (
@@ -160,10 +163,11 @@ async def test_refused_delivery_fails_the_session_and_keeps_the_credential_seale
 
 
 async def test_the_browser_vm_boots_beside_the_cli_vm_but_the_login_waits_for_the_cli_vm(
-    flow_settings: Settings, vm_backend: AgentBackend, tmp_path: Path
+    flow_settings: Settings, vm_backend: AgentBackend, tmp_path: Path, callback_port: int
 ) -> None:
-    """The two VM starts overlap; the user is shown the login only once the CLI VM is proven
-    healthy (the seed's rule), so no sign-in is spent on a CLI VM that cannot take it."""
+    """The two VM starts overlap, and the login starts in the Browser VM meanwhile; the user is
+    shown it only once the CLI VM is proven healthy (the seed's rule), so no sign-in is spent
+    on a CLI VM that cannot take it."""
     vm_backend.hold, vm_backend.hold_type = asyncio.Event(), VmType.CLI
     async with Login.running(flow_settings, vm_backend, tmp_path / "image") as login:
         session_id = await login.start()
@@ -177,14 +181,39 @@ async def test_the_browser_vm_boots_beside_the_cli_vm_but_the_login_waits_for_th
             await asyncio.sleep(0.05)
         else:
             pytest.fail("the Browser VM did not come up while the CLI VM was booting")
+        for _ in range(200):  # the login starts in the Browser VM: its callback server listens
+            if port_accepts(callback_port):
+                break
+            await asyncio.sleep(0.05)
+        else:
+            pytest.fail("the login did not start in the Browser VM while the CLI VM was booting")
         held = await login.session(session_id)
         assert (held["status"], held["vm_id"], held["login_url"]) == ("cli_vm_starting", None, None)
+        # Nor does the view reach the Browser VM's screen yet: its WebSocket waits.
+        path, query = login.view_urls[session_id].split("?")
+        async with served(login.api.app) as base:
+            viewing = asyncio.create_task(
+                _open_view(f"ws://{base.removeprefix('http://')}{path}/websockify?{query}")
+            )
+            await asyncio.sleep(1.0)
+            assert not viewing.done()
 
-        vm_backend.hold.set()
-        waiting = await login.wait_for(session_id, {"awaiting_user"})
-        assert waiting["browser_vm_id"] == browser_id
-        assert waiting["vm_id"] is not None
-        assert waiting["login_url"]
+            vm_backend.hold.set()
+            waiting = await login.wait_for(session_id, {"awaiting_user"})
+            assert waiting["browser_vm_id"] == browser_id
+            assert waiting["vm_id"] is not None
+            assert waiting["login_url"]
+            # Answered now (refused: these fake VMs have no screen; tests/e2e views a real one).
+            assert await asyncio.wait_for(viewing, 10) == 403
+
+
+async def _open_view(url: str) -> int:
+    """The HTTP status the view's WebSocket handshake gets (101 when it opens)."""
+    try:
+        async with connect(url):
+            return 101
+    except InvalidStatus as exc:
+        return exc.response.status_code
 
 
 async def test_cli_vm_that_never_becomes_ready_times_the_session_out_naming_the_stage(

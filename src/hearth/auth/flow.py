@@ -15,6 +15,7 @@ import dataclasses
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from typing import NamedTuple
 
 from hearth.agent_client import AgentClient
 from hearth.auth.delivery import Delivery
@@ -27,7 +28,7 @@ from hearth.auth.login_vms import (
 )
 from hearth.auth.providers import LoginPlan, login_plan, parse_provider
 from hearth.auth.stages import StageTimeout, within
-from hearth.auth.states import TERMINAL, AuthStatus
+from hearth.auth.states import BEFORE_LOGIN, TERMINAL, AuthStatus
 from hearth.config import Settings
 from hearth.control.network import CliNetworks
 from hearth.control.vms import VmService
@@ -54,13 +55,6 @@ VNC_PORT = 5900
 DEVTOOLS_PORT = 9223
 # Racing starts retry while the session they lost to ends before they can read it.
 _START_ATTEMPTS = 5
-# Where the Browser VM is (re)started from: every stage before the user is shown the login.
-_BEFORE_LOGIN = (
-    AuthStatus.PENDING,
-    AuthStatus.CLI_VM_STARTING,
-    AuthStatus.CLI_VM_READY,
-    AuthStatus.BROWSER_VM_STARTING,
-)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -69,6 +63,14 @@ class StartedLogin:
 
     session: AuthSessionRecord
     view_url: str | None  # shown once; the store keeps only the hash of its token
+
+
+class _Prepared(NamedTuple):
+    """A login started in its ready Browser VM, not yet shown to the user."""
+
+    login: Login
+    url: str  # the authorize URL (the session's login_url once shown)
+    deadline: datetime  # the user's sign-in must end by then (counted from the login's start)
 
 
 class _Ended(Exception):
@@ -302,12 +304,12 @@ class AuthFlow:
         adopted. A stage that cannot go on fails the session with the reason."""
         sid, user, status = record.id, record.user_id, record.status
         plan = login_plan(record.provider, self.settings)
-        booting: asyncio.Task[tuple[LoginPlan, VmRecord]] | None = None
-        if status in _BEFORE_LOGIN:
+        booting: asyncio.Task[_Prepared] | None = None
+        if status in BEFORE_LOGIN:  # the Browser VM is (re)started from here
             # A restart interrupted the Browser VM's start (or it had not begun): start it
-            # again. It boots beside the CLI VM; the user is shown the login only once the CLI
-            # VM is proven healthy (the seed's rule: no sign-in is spent on a CLI VM that could
-            # not take the credentials).
+            # again. It boots, and its login starts, beside the CLI VM; the user is shown the
+            # login only once the CLI VM is proven healthy (the seed's rule: no sign-in is spent
+            # on a CLI VM that could not take the credentials).
             await self._destroy_browser(record)
             booting = asyncio.create_task(self._boot_browser(sid, user, plan))
         try:
@@ -334,7 +336,7 @@ class AuthFlow:
         cli_agent = self._agent_of(cli_vm)
 
         if booting is not None:
-            login = await self._open_login(sid, *booted)
+            login = await self._open_login(sid, booted)
             status = AuthStatus.AWAITING_USER
         elif status is AuthStatus.AWAITING_USER:
             login = await self._reattach(record, plan)
@@ -378,11 +380,9 @@ class AuthFlow:
             raise VmError(f"CLI VM {cli_vm.id} is not healthy: {exc.message}") from exc
         return cli_vm
 
-    async def _boot_browser(
-        self, sid: str, user: str, plan: LoginPlan
-    ) -> tuple[LoginPlan, VmRecord]:
-        """The login's egress path opened and its Browser VM ready (recorded on the session as
-        soon as it is admitted); the plan as the Browser VM's login must use it."""
+    async def _boot_browser(self, sid: str, user: str, plan: LoginPlan) -> _Prepared:
+        """The login's egress path opened, its Browser VM ready (recorded on the session as
+        soon as it is admitted) and the login started in it, not yet shown to the user."""
         plan = await self._with_egress(sid, plan)
         browser_spec = dataclasses.replace(
             self.vms.spec_for(VmType.BROWSER, None, None),
@@ -398,25 +398,27 @@ class AuthFlow:
             "starting the Browser VM",
             failed="the Browser VM did not start",
         )
-        return plan, browser
-
-    async def _open_login(self, sid: str, plan: LoginPlan, browser: VmRecord) -> Login:
-        """The login started in the ready Browser VM, the session ``awaiting_user``."""
+        # Started while the CLI VM may still be booting: its sign-in page loads meanwhile, but
+        # the user sees it (the view, the login URL) only once the session is awaiting_user.
         browser_agent = self._agent_of(browser)
-        started = await browser_agent.login_start(plan.start_body)
-        login_id = str(started["login_id"])
         deadline = datetime.now(UTC) + timedelta(seconds=self.settings.login_timeout_s)
+        started = await browser_agent.login_start(plan.start_body)
+        login = (browser.id, browser_agent, str(started["login_id"]))
+        return _Prepared(login, str(started.get("authorize_url", "")), deadline)
+
+    async def _open_login(self, sid: str, prepared: _Prepared) -> Login:
+        """The prepared login shown to the user: the session ``awaiting_user``."""
         waiting = await self._move(
             sid,
             AuthStatus.BROWSER_VM_STARTING,
             AuthStatus.AWAITING_USER,
-            login_url=str(started.get("authorize_url", "")),
-            stage_deadline_at=deadline,
-            login_id=login_id,
+            login_url=prepared.url,
+            stage_deadline_at=prepared.deadline,
+            login_id=prepared.login[2],
         )
         if self.on_awaiting_user is not None:
             await self.on_awaiting_user(waiting)
-        return browser.id, browser_agent, login_id
+        return prepared.login
 
     async def _reattach(self, record: AuthSessionRecord, plan: LoginPlan) -> Login:
         """A login left ``awaiting_user`` by a controller that stopped: its Browser VM (adopted

@@ -27,6 +27,15 @@ TERMINAL = frozenset(
     {AuthStatus.COMPLETED, AuthStatus.FAILED, AuthStatus.TIMEOUT, AuthStatus.CANCELLED}
 )
 _ENDINGS = frozenset({AuthStatus.FAILED, AuthStatus.TIMEOUT, AuthStatus.CANCELLED})
+# Every stage before the user is shown the login (its URL, the Browser VM's screen).
+BEFORE_LOGIN = frozenset(
+    {
+        AuthStatus.PENDING,
+        AuthStatus.CLI_VM_STARTING,
+        AuthStatus.CLI_VM_READY,
+        AuthStatus.BROWSER_VM_STARTING,
+    }
+)
 
 TRANSITIONS: dict[AuthStatus, frozenset[AuthStatus]] = {
     AuthStatus.PENDING: frozenset({AuthStatus.CLI_VM_STARTING}) | _ENDINGS,

@@ -1,7 +1,9 @@
 """The Browser VM's screen for the user: a noVNC page and its WebSocket, proxied to the VM's VNC.
 
 Both are gated by the session's unguessable view token (only its hash is stored), and only while
-the session is in progress: the token dies with the session. QEMU forwards the VM's VNC port to
+the session is in progress: the token dies with the session. The WebSocket reaches the screen
+only once the user is shown the login (``awaiting_user``), never while the CLI VM is unproven,
+though the login may already run in the Browser VM. QEMU forwards the VM's VNC port to
 a loopback port, which any local process could open, so the VM's x11vnc asks for the VM's own
 password: the proxy answers that challenge (``hearth.auth.rfb``) and offers the user's noVNC
 security None, so the password never leaves the controller.
@@ -20,7 +22,7 @@ from fastapi.responses import RedirectResponse
 from hearth.api.context import Controller
 from hearth.auth import rfb
 from hearth.auth.flow import VNC_PORT
-from hearth.auth.states import TERMINAL
+from hearth.auth.states import BEFORE_LOGIN, TERMINAL
 from hearth.errors import NotFound, Unauthorized
 from hearth.links import link_token_matches
 from hearth.logging import get_logger
@@ -31,6 +33,7 @@ router = APIRouter(tags=["view"])
 NOVNC_DIR = Path("/usr/share/novnc")
 _CHUNK = 65536
 _HANDSHAKE_TIMEOUT_S = 30.0
+_SHOWN_POLL_S = 0.2
 _log = get_logger("api.view")
 
 
@@ -89,6 +92,11 @@ async def view_socket(websocket: WebSocket, session_id: str, token: str = "") ->
     ctl: Controller = websocket.app.state.controller
     try:
         record = await _session_for(ctl, session_id, token)
+        while record.status in BEFORE_LOGIN:
+            # The login may already run in the Browser VM, but the user signs in only once the
+            # CLI VM is proven healthy (awaiting_user); noVNC's connection waits for that.
+            await asyncio.sleep(_SHOWN_POLL_S)
+            record = await _session_for(ctl, session_id, token)
         vm = ctl.vms.live_vm(record.browser_vm_id or "")
         port = vm.ports[VNC_PORT]
         if vm.token is None:
