@@ -11,7 +11,7 @@ from types import FrameType
 
 from hearth_agent import SUPPORTED_PROVIDERS, __version__
 from hearth_agent.app import AgentApp
-from hearth_agent.claim import AuthGate, AuthMode
+from hearth_agent.claim import AuthGate, AuthMode, set_system_clock
 from hearth_agent.entropy import reseed_kernel
 from hearth_agent.errors import ConfigError
 from hearth_agent.execs import ExecLimits, ExecRegistry, prepare_workspace
@@ -117,9 +117,9 @@ def parse_options(argv: list[str] | None = None) -> Options:
     parser.add_argument(
         "--no-reseed",
         action="store_true",
-        help="do not reseed the kernel's random number generator on POST /init (an agent run "
-        "outside a VM, for development; the claim then answers reseeded: false, and the "
-        "controller refuses such a VM)",
+        help="do not reseed the kernel's random number generator on POST /init, nor set the "
+        "system clock on POST /clock (an agent run outside a VM, for development; the claim "
+        "then answers reseeded: false, and the controller refuses such a VM)",
     )
     parser.add_argument(
         "--insecure-no-auth",
@@ -189,6 +189,7 @@ def run(options: Options, logger: JsonLogger) -> int:
         logger=logger,
         execs=execs,
         updater=updater,
+        set_clock=set_system_clock if options.reseed else None,
     )
     try:
         server = AgentHTTPServer((options.host, options.port), app=app, logger=logger)

@@ -89,8 +89,10 @@ class AgentApp:
         files: WorkspaceFiles | None = None,
         updater: AgentUpdater | None = None,
         refresher: OidcRefresher | None = None,
+        set_clock: Callable[[float], bool] | None = set_system_clock,
     ) -> None:
         self._store = store
+        self._set_clock = set_clock  # None: an agent outside a VM leaves the host's clock
         self._gate = gate
         self._metrics = metrics
         self._logger = logger
@@ -261,7 +263,7 @@ class AgentApp:
         woke with the time it was saved at); answers how far off it was."""
         epoch = parse_clock(read_json(request))
         before = time.time()
-        clock_set = set_system_clock(epoch)
+        clock_set = self._set_clock(epoch) if self._set_clock is not None else False
         self._logger.info("clock_set", clock_set=clock_set, offset_s=round(epoch - before, 3))
         return json_response(200, {"clockSet": clock_set, "offsetS": round(epoch - before, 3)})
 

@@ -352,3 +352,16 @@ def test_clock_refuses_a_body_that_is_not_one_positive_time(
 
 def test_clock_needs_the_token(anonymous_client: httpx.Client) -> None:
     assert anonymous_client.post("/clock", json={"time": time.time()}).status_code == 401
+
+
+def test_an_agent_outside_a_vm_leaves_the_host_clock_alone(agent_launcher: AgentLauncher) -> None:
+    """``--no-reseed`` (how the in-process suites run agents on the host, whose resumed VMs get
+    their clock set): the answer says the clock was not set, and how far off it was."""
+    token = agent_launcher.write_token()
+    options = ("--token-file", str(agent_launcher.token_file), "--no-reseed")
+    agent = agent_launcher.start(*options, token=token)
+    with agent.client(token) as client:
+        response = client.post("/clock", json={"time": time.time()})  # (now: nothing to move)
+    assert response.status_code == 200, response.text
+    assert response.json()["clockSet"] is False
+    assert abs(response.json()["offsetS"]) < 60

@@ -41,6 +41,7 @@ COUNTER = (
     "setsid -f sh -c 'i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.2; done' "
     ">/dev/null 2>&1 && while [ ! -s /tmp/count ]; do sleep 0.05; done"
 )
+PAUSED_S = 12.0  # a pause long enough that a guest clock left standing would show it
 # Appends the cycle's line to a file on the VM's disk and shows the file and two counts a
 # moment apart.
 CHECK = "echo {line} >> cycles.txt && sync && cat cycles.txt && a=$(cat /tmp/count) && " + (
@@ -119,6 +120,12 @@ async def test_ten_hibernations_and_twenty_pauses_lose_nothing_and_leave_a_clean
             resumed = await admin.post(f"/api/vms/{vm_id}/resume")
             assert resumed.status_code == 200, resumed.text
             count = await _check(admin, vm_id, lines, count)
+        # The guest's clock stands still while it is paused; a resume sets it again.
+        assert (await admin.post(f"/api/vms/{vm_id}/pause")).status_code == 200
+        await asyncio.sleep(PAUSED_S)
+        assert (await admin.post(f"/api/vms/{vm_id}/resume")).status_code == 200
+        guest_time = float(await sh(admin, vm_id, "date +%s.%N"))
+        assert abs(guest_time - time.time()) < 5
         # Saved once more (the guest still has its disk mounted): what is on the disk must be
         # a consistent ext4 once its journal is replayed, as after a crash.
         record = await _hibernate(api, admin, vm_id)

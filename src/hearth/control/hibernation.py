@@ -148,7 +148,7 @@ class Hibernation:
                 await vms.store.vms.transition(vm_id, VmState.BOOTING, VmState.HIBERNATED)
             raise
         vms.live[vm_id] = vm
-        offset = await _set_clock(vm)
+        offset = await set_guest_clock(vm)
         woken = await vms.store.vms.transition(
             vm_id,
             VmState.BOOTING,
@@ -159,8 +159,9 @@ class Hibernation:
         return woken
 
 
-async def _set_clock(vm: Vm) -> float | None:
-    """Set the woken guest's clock to the host's; how far off it was (None: not set, logged)."""
+async def set_guest_clock(vm: Vm) -> float | None:
+    """Set the guest's clock to the host's (it stood still while the VM was saved or paused);
+    how far off it was (None: not set, logged)."""
     try:
         answer = await AgentClient(str(vm.agent_url), vm.token).set_clock(time.time())
     except HearthError as exc:

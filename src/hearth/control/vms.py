@@ -13,7 +13,7 @@ from typing import Any
 
 from hearth.config import Settings
 from hearth.control.agent_tokens import AgentTokens
-from hearth.control.hibernation import Hibernation
+from hearth.control.hibernation import Hibernation, set_guest_clock
 from hearth.control.lifetimes import Lifetime, running_fields
 from hearth.control.network import CliNetworks
 from hearth.control.pool import POOL_USER, WarmPool
@@ -426,6 +426,8 @@ class VmService:
             raise Conflict(f"VM {vm_id} is {record.status.value}; only {only} can be {done}")
         vm = self.live_vm(vm_id)
         await (self.node.pause(vm) if new is VmState.PAUSED else self.node.resume(vm))
+        if new is VmState.READY:
+            await set_guest_clock(vm)  # it stood still while the VM was paused
         return await self.store.vms.transition(
             vm_id, old, new, **running_fields(record, new, utc_now())
         )
