@@ -196,6 +196,9 @@ async def test_a_corrupt_saved_state_fails_the_vm_with_why_and_keeps_its_files(a
         answer = await admin.post(f"/api/vms/{other}/resume")
         assert answer.json()["error"]["code"] == "saved_state_corrupt"
         assert "is missing" in answer.json()["error"]["message"]
+        # The kept files go with their VM once it is deleted (the operator is done with them).
+        assert (await admin.delete(f"/api/vms/{vm_id}")).status_code == 200
+        assert not kept[0].exists()
 
 
 async def test_an_idle_vm_is_hibernated_and_survives_a_host_reboot_to_be_woken(

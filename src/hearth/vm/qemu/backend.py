@@ -9,12 +9,7 @@ import shutil
 import time
 from pathlib import Path
 
-from hearth.errors import (
-    InvalidInput,
-    NotSupported,
-    SavedStateCorrupt,
-    VmError,
-)
+from hearth.errors import InvalidInput, NotSupported, SavedStateCorrupt, VmError
 from hearth.images.manifest import ImageDir
 from hearth.logging import get_logger
 from hearth.network.namespace import NetworkSlot
@@ -99,6 +94,7 @@ class QemuBackend(BackendLifecycle[Template]):
         self.encrypt_disks = encrypt_disks
         self._overlays = Overlays()
         self._procs: dict[str, asyncio.subprocess.Process] = {}
+        self._kept_dir = state_dir / "kept"  # failed wakes' files, until their VM is deleted
 
     def _paths(self, vm_id: str, workdir: Path) -> VmPaths:
         self.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -417,7 +413,7 @@ class QemuBackend(BackendLifecycle[Template]):
         """End what a wake started; keep the saved state (moved aside when it is corrupt)."""
         await self._end_process(vm, paths)
         if isinstance(exc, SavedStateCorrupt):
-            vm.workdir = hibernation.set_aside(paths.workdir, self.vms_dir.parent / "kept", exc)
+            vm.workdir = hibernation.set_aside(paths.workdir, self._kept_dir, exc)
             vm.state = VmState.FAILED
         elif hibernation.state_path(paths.workdir).is_file():
             vm.state = VmState.HIBERNATED
@@ -483,7 +479,7 @@ class QemuBackend(BackendLifecycle[Template]):
             errors.append(f"network: {exc}")
         if vm.workdir is not None:
             self._paths(vm.id, vm.workdir).qmp.unlink(missing_ok=True)
-        if vm.workdir is not None and vm.workdir.parent == self.vms_dir:
+        if vm.workdir is not None and vm.workdir.parent in (self.vms_dir, self._kept_dir):
             try:
                 shutil.rmtree(vm.workdir)
             except FileNotFoundError:
