@@ -30,6 +30,7 @@ SYS_BLOCK = Path("/sys/block")
 EXT4_MAGIC_OFFSET = 1080
 EXT4_MAGIC = b"\x53\xef"
 APPEAR_TIMEOUT_S = 15.0
+_APPEAR_POLL_S = 0.02  # a hot-plugged disk is on the critical path of every CLI VM's hand-out
 _MAX_SERIAL = 20  # virtio-blk serials are at most 20 bytes
 
 
@@ -48,7 +49,7 @@ def find_disk(
                 continue
         if time.monotonic() >= deadline:
             raise VolumeNotFound(f"no disk with serial {serial!r} appeared in {timeout_s:g} s")
-        time.sleep(0.1)
+        time.sleep(_APPEAR_POLL_S)
 
 
 def has_ext4(device: Path) -> bool:

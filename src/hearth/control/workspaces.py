@@ -17,6 +17,7 @@ bounds it (409 at create).
 from __future__ import annotations
 
 import secrets
+import time
 import uuid
 
 from hearth.agent_client import AgentClient
@@ -90,7 +91,10 @@ class Workspaces:
         if any(volume.serial == SERIAL for volume in vm.volumes):
             return  # attached and mounted already
         mounted: dict[str, object] = {}
-        if await self.node.attach_volume(vm, self._volume(workspace)):
+        started = time.monotonic()
+        plugged_in = await self.node.attach_volume(vm, self._volume(workspace))
+        plugged = time.monotonic()
+        if plugged_in:
             mounted = await AgentClient(str(vm.agent_url), vm.token).mount_workspace(SERIAL)
         await self.store.workspaces.attach(workspace.id, vm.id)
         _log.info(
@@ -98,6 +102,8 @@ class Workspaces:
             vm_id=vm.id,
             user_id=user_id,
             formatted=bool(mounted.get("formatted")),
+            plug_ms=round((plugged - started) * 1000),  # the node's hot-plug
+            mount_ms=round((time.monotonic() - plugged) * 1000),  # the agent's find and mount
         )
 
     def volumes_for(self, record: VmRecord, workspace: WorkspaceRecord | None) -> list[Volume]:
