@@ -1,11 +1,14 @@
 """Store fixtures: a fresh, really migrated database per test, on SQLite and on PostgreSQL.
 
 Layered by lifecycle stage: ``postgres_server`` finds (or starts) the server once per session;
-``database_url`` is an empty database per test (a temp file, or ``CREATE DATABASE`` owned by
-the hearth role), parametrized over both backends; ``store`` is a ``Store`` opened on it, which
-runs the Alembic migrations for real; ``open_store`` opens more stores on the same database, as
-other controller processes would. Teardown closes every store, proves that no PostgreSQL
-connection was left open, and drops the database.
+``empty_database_url`` is an empty database per test (a temp file, or ``CREATE DATABASE`` owned
+by the hearth role), parametrized over both backends; ``database_url`` is a database already at
+the latest revision, copied per test from one that ``Store.open`` migrated for real once per
+session (SQLite's backup API, or PostgreSQL's ``CREATE DATABASE ... TEMPLATE``), so that a test
+does not pay for thirteen migrations; ``store`` is a ``Store`` opened on it; ``open_store``
+opens more stores on the same database, as other controller processes would. The tests of the
+migrations themselves take ``empty_database_url``. Teardown closes every store, proves that no
+PostgreSQL connection was left open, and drops the database.
 
 PostgreSQL comes from ``HEARTH_TEST_DATABASE_URL``, else from ``scripts/postgres.sh``. When it
 cannot be reached the PostgreSQL half is skipped with the reason, except under ``CI``, where it
@@ -14,11 +17,15 @@ fails: CI must run both backends.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
+import sqlite3
 import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -39,6 +46,8 @@ __all__ = [
     "clock",
     "clocked_store",
     "database_url",
+    "empty_database_url",
+    "migrated_templates",
     "open_store",
     "postgres_server",
     "store",
@@ -95,17 +104,27 @@ class PostgresServer:
             _conninfo(self.admin_url), autocommit=True, connect_timeout=CONNECT_TIMEOUT_S
         )
 
-    def create_database(self) -> URL:
-        """A new empty database owned by the connecting role; its URL."""
+    def create_database(self, template: str | None = None) -> URL:
+        """A new database owned by the connecting role, empty or a copy of ``template``; its URL.
+
+        A copy needs the template to have no session; an autovacuum worker visiting it for a
+        moment is waited out, as in ``drop_database``.
+        """
         name = f"hearth_t_{secrets.token_hex(6)}"
-        owner = self.admin_url.username or "hearth"
-        with self._admin() as conn:
-            conn.execute(
-                sql.SQL("CREATE DATABASE {} OWNER {}").format(
-                    sql.Identifier(name), sql.Identifier(owner)
-                )
-            )
-        return self.admin_url.set(database=name)
+        owner = sql.Identifier(self.admin_url.username or "hearth")
+        statement = sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(name), owner)
+        if template is not None:
+            statement += sql.SQL(" TEMPLATE {}").format(sql.Identifier(template))
+        deadline = time.monotonic() + CONNECTIONS_GONE_DEADLINE_S * 4
+        while True:
+            try:
+                with self._admin() as conn:
+                    conn.execute(statement)
+                return self.admin_url.set(database=name)
+            except psycopg.errors.ObjectInUse:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
 
     def connections_to(self, name: str) -> int:
         """How many sessions are connected to database ``name``."""
@@ -161,14 +180,65 @@ def backend(request: pytest.FixtureRequest) -> str:
     return name
 
 
-@pytest.fixture
-def database_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[str]:
-    """The URL of a fresh, empty database of ``backend``; dropped after the test."""
-    if backend == "sqlite":
-        yield f"sqlite+aiosqlite:///{tmp_path / 'hearth.db'}"
-        return
-    server: PostgresServer = request.getfixturevalue("postgres_server")
-    url = server.create_database()
+def _migrate(url: str) -> None:
+    """``Store.open`` on ``url`` (which runs every migration), then close; in its own loop."""
+
+    async def open_and_close() -> None:
+        store = await Store.open(url, key_secret=TEST_KEY_SECRET)
+        await store.close()
+
+    # A thread of its own, so that no event loop of pytest-asyncio is running in it.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pool.submit(asyncio.run, open_and_close()).result()
+
+
+class MigratedTemplates:
+    """One database per backend migrated to the latest revision, made on first use per session."""
+
+    def __init__(self, root: Path, request: pytest.FixtureRequest) -> None:
+        self._root = root
+        self._request = request
+        self._sqlite: Path | None = None
+        self._postgres: tuple[PostgresServer, str] | None = None
+
+    def sqlite(self) -> Path:
+        """The migrated SQLite file."""
+        if self._sqlite is None:
+            path = self._root / "template.db"
+            _migrate(f"sqlite+aiosqlite:///{path}")
+            self._sqlite = path
+        return self._sqlite
+
+    def postgres(self) -> str:
+        """The name of the migrated PostgreSQL database."""
+        if self._postgres is None:
+            server: PostgresServer = self._request.getfixturevalue("postgres_server")
+            url = server.create_database()
+            assert url.database is not None
+            self._postgres = (server, url.database)
+            _migrate(url.render_as_string(hide_password=False))
+        return self._postgres[1]
+
+    def drop(self) -> None:
+        """Drop the PostgreSQL template, if one was made."""
+        if self._postgres is not None:
+            server, name = self._postgres
+            server.drop_database(name)
+
+
+@pytest.fixture(scope="session")
+def migrated_templates(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[MigratedTemplates]:
+    """The session's migrated template databases; the PostgreSQL one is dropped at the end."""
+    templates = MigratedTemplates(tmp_path_factory.mktemp("db-templates"), request)
+    yield templates
+    templates.drop()
+
+
+def _postgres_database(server: PostgresServer, template: str | None) -> Iterator[str]:
+    """A new PostgreSQL database (a copy of ``template`` if given), checked and dropped after."""
+    url = server.create_database(template)
     name = url.database
     assert name is not None
     try:
@@ -180,6 +250,38 @@ def database_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -
         assert left == 0, f"{left} connection(s) to {name} left open after the test"
     finally:
         server.drop_database(name)
+
+
+@pytest.fixture
+def empty_database_url(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[str]:
+    """The URL of a fresh, empty database of ``backend``; dropped after the test."""
+    if backend == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'hearth-empty.db'}"
+        return
+    yield from _postgres_database(request.getfixturevalue("postgres_server"), None)
+
+
+@pytest.fixture
+def database_url(
+    backend: str,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+    migrated_templates: MigratedTemplates,
+) -> Iterator[str]:
+    """The URL of a fresh database of ``backend`` at the latest revision; dropped after the test."""
+    if backend == "sqlite":
+        path = tmp_path / "hearth.db"
+        with (
+            closing(sqlite3.connect(migrated_templates.sqlite())) as source,
+            closing(sqlite3.connect(path)) as copy,
+        ):
+            source.backup(copy)
+        yield f"sqlite+aiosqlite:///{path}"
+        return
+    server: PostgresServer = request.getfixturevalue("postgres_server")
+    yield from _postgres_database(server, migrated_templates.postgres())
 
 
 OpenStore = Callable[..., Awaitable[Store]]

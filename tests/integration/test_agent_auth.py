@@ -192,7 +192,9 @@ def test_claim_sets_the_clock_and_says_it_did_not_reseed_when_told_not_to(
     assert (response.json()["reseeded"], response.json()["entropy_bits"]) == (False, 0)
 
 
-@pytest.mark.parametrize("entropy", [None, base64.b64encode(os.urandom(31)).decode()])
+@pytest.mark.parametrize(
+    "entropy", [None, base64.b64encode(os.urandom(31)).decode()], ids=["none", "31_bytes"]
+)
 def test_a_reseeding_agent_refuses_a_claim_without_enough_entropy_and_stays_unclaimed(
     agent_launcher: AgentLauncher, entropy: str | None
 ) -> None:

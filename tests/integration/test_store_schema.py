@@ -156,11 +156,14 @@ async def insert_raw_row(store: Store, table: str, column: str, value: str) -> N
 # --- migrations --------------------------------------------------------------------------------
 
 
-async def test_migrating_an_empty_database_yields_exactly_the_models_schema(store: Store) -> None:
-    async with store.engine.connect() as conn:
-        differences = await conn.run_sync(schema_differences, Base.metadata)
-    assert differences == []
-    assert await current_revision(store.engine) == HEAD
+async def test_migrating_an_empty_database_yields_exactly_the_models_schema(
+    empty_database_url: str,
+) -> None:
+    async with await Store.open(empty_database_url) as store:
+        async with store.engine.connect() as conn:
+            differences = await conn.run_sync(schema_differences, Base.metadata)
+        assert differences == []
+        assert await current_revision(store.engine) == HEAD
 
 
 async def test_schema_comparison_notices_a_column_the_migrations_never_created(
@@ -253,12 +256,16 @@ async def test_reopening_a_migrated_database_keeps_its_data_and_revision(
 
 
 async def test_stores_opening_one_fresh_database_at_once_all_succeed(
-    open_store: OpenStore,
+    empty_database_url: str,
 ) -> None:
-    stores = await asyncio.gather(*(open_store() for _ in range(4)))
-    for opened in stores:
-        assert await current_revision(opened.engine) == HEAD
-        assert await opened.ping()
+    stores = await asyncio.gather(*(Store.open(empty_database_url) for _ in range(4)))
+    try:
+        for opened in stores:
+            assert await current_revision(opened.engine) == HEAD
+            assert await opened.ping()
+    finally:
+        for opened in stores:
+            await opened.close()
 
 
 async def test_timestamps_come_back_timezone_aware_in_utc(store: Store) -> None:
@@ -372,8 +379,9 @@ async def test_sqlite_connections_use_wal_foreign_keys_and_a_busy_timeout(
 
 
 async def test_upgrading_from_0002_drops_stored_view_links_and_keeps_old_keys_working(
-    database_url: str,
+    empty_database_url: str,
 ) -> None:
+    database_url = empty_database_url
     old_key = "operator-chosen-admin-key-from-before-0003"
     engine = create_store_engine(database_url)
     try:
