@@ -2,7 +2,8 @@
 workspace.
 
     POST   /workspace/volume  {"serial": "..."}  → 200 {"device", "mountpoint", "formatted",
-                                                      "mounted"}
+                                                      "mounted", "ms": {"find", "format",
+                                                      "mount"}}
                                                  404 volume_not_found; 500 volume_failed
     DELETE /workspace/volume                     → 200 {"unmounted": bool}
 
@@ -77,6 +78,19 @@ def _run(argv: list[str]) -> None:
         raise VolumeFailed(f"{argv[0]} failed ({done.returncode}): {done.stderr.strip()[:300]}")
 
 
+class _Timer:
+    """Milliseconds spent in each named step, in order."""
+
+    def __init__(self) -> None:
+        self._last = time.monotonic()
+        self.laps: dict[str, int] = {}
+
+    def lap(self, name: str) -> None:
+        now = time.monotonic()
+        self.laps[name] = round((now - self._last) * 1000)
+        self._last = now
+
+
 class VolumeRoutes:
     """Mounts the workspace volume at ``workspace``."""
 
@@ -93,10 +107,12 @@ class VolumeRoutes:
         serial = body.get("serial") if isinstance(body, dict) else None
         if not isinstance(serial, str) or not 1 <= len(serial) <= _MAX_SERIAL:
             raise InvalidInput(f"field 'serial' must be a string of 1 to {_MAX_SERIAL} characters")
+        timer = _Timer()
         device = find_disk(serial)
+        timer.lap("find")
         current = mounted_at(self._workspace)
         if current == str(device):
-            return json_response(200, self._answer(device, formatted=False))
+            return json_response(200, self._answer(device, formatted=False, ms=timer.laps))
         if current is not None:
             raise VolumeFailed(f"{current} is already mounted at {self._workspace}")
         formatted = not has_ext4(device)
@@ -105,6 +121,7 @@ class VolumeRoutes:
             # need no zeroing up front (seconds instead of minutes for a large volume).
             lazy = "lazy_itable_init=1,lazy_journal_init=1,nodiscard"
             _run(["mkfs.ext4", "-q", "-F", "-L", "workspace", "-m", "0", "-E", lazy, str(device)])
+        timer.lap("format")
         self._workspace.mkdir(mode=0o700, parents=True, exist_ok=True)
         _run(["mount", "-t", "ext4", "-o", "noatime", str(device), str(self._workspace)])
         os.chmod(self._workspace, 0o700)
@@ -112,15 +129,19 @@ class VolumeRoutes:
             # The workspace starts empty, as without a volume (e2fsck makes it again if needed).
             with contextlib.suppress(OSError):
                 (self._workspace / "lost+found").rmdir()
-        self._logger.info("workspace_volume_mounted", device=str(device), formatted=formatted)
-        return json_response(200, self._answer(device, formatted=formatted))
+        timer.lap("mount")
+        self._logger.info(
+            "workspace_volume_mounted", device=str(device), formatted=formatted, ms=timer.laps
+        )
+        return json_response(200, self._answer(device, formatted=formatted, ms=timer.laps))
 
-    def _answer(self, device: Path, *, formatted: bool) -> dict[str, object]:
+    def _answer(self, device: Path, *, formatted: bool, ms: dict[str, int]) -> dict[str, object]:
         return {
             "device": str(device),
             "mountpoint": str(self._workspace),
             "formatted": formatted,
             "mounted": True,
+            "ms": ms,
         }
 
     def _detach(self, request: Request, params: Mapping[str, str]) -> Response:

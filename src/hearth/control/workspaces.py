@@ -104,6 +104,7 @@ class Workspaces:
             formatted=bool(mounted.get("formatted")),
             plug_ms=round((plugged - started) * 1000),  # the node's hot-plug
             mount_ms=round((time.monotonic() - plugged) * 1000),  # the agent's find and mount
+            guest_ms=mounted.get("ms"),  # the agent's own split: find, format, mount
         )
 
     def volumes_for(self, record: VmRecord, workspace: WorkspaceRecord | None) -> list[Volume]:
