@@ -180,14 +180,14 @@ class FakeBackend:
         """Nothing to make: record what was asked."""
         self.prepared_volumes.append((directory, size_mib))
 
-    async def attach_volume(self, vm: Vm, volume: Volume) -> bool:
+    async def attach_volume(self, vm: Vm, volume: Volume) -> str | None:
         """Attached: appended to the VM's volumes (its key must be the one it was made with);
-        False: a fake VM has no disks for its agent to mount."""
+        None: a fake VM has no disks for its agent to mount."""
         self._running(vm)
         if self.volumes.get(volume.path, (0, None))[1] != volume.key:
             raise VmError(f"volume {volume.path} does not open with that key")
         vm.volumes.append(volume)
-        return False
+        return None
 
     async def destroy(self, vm: Vm) -> None:
         """Forget the VM (idempotent); every call is recorded."""

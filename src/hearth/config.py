@@ -144,13 +144,16 @@ class Settings:
     def vm_spec(
         self, vm_type: VmType, vcpus: int | None = None, mem_mib: int | None = None
     ) -> VmSpec:
-        """The spec of a VM of ``vm_type``: the sizes asked, else this type's defaults."""
+        """The spec of a VM of ``vm_type``: the sizes asked, else this type's defaults. A CLI
+        VM starts with a slot of the workspace's size, which the user's workspace takes at the
+        hand-out without a hot-plug."""
         browser = vm_type is VmType.BROWSER
         return VmSpec(
             vm_type=vm_type,
             vcpus=vcpus or (self.browser_vcpus if browser else self.default_vcpus),
             mem_mib=mem_mib or (self.browser_mem_mib if browser else self.default_mem_mib),
             network=NetworkMode(self.network_mode),
+            volume_slot_mib=0 if browser else self.workspace_size_mib,
         )
 
     @property

@@ -107,6 +107,7 @@ class AgentApp:
         if execs is None:
             execs = ExecRegistry(workspace=store.workspace, home=store.home, logger=logger)
         self._execs = execs
+        self._volumes = VolumeRoutes(workspace=execs.workspace, logger=logger)
         self._updater = updater
         # Started by the agent's main (tests drive check_once themselves).
         self.refresher = refresher or OidcRefresher(store=store, logger=logger)
@@ -144,7 +145,7 @@ class AgentApp:
                 *ExecRoutes(execs=execs).routes(),
                 *FileRoutes(files=files).routes(),
                 *UpdateRoutes(updater=updater, logger=logger).routes(),
-                *VolumeRoutes(workspace=execs.workspace, logger=logger).routes(),
+                *self._volumes.routes(),
             )
         )
 
@@ -275,6 +276,7 @@ class AgentApp:
         self._gate.ensure_claimable()
         claim = parse_claim(read_json(request))
         result = self._gate.claim(claim)
+        self._volumes.survey()
         answer = {"claimed": True, "version": __version__, **dataclasses.asdict(result)}
         answer["vnc"] = provision_vnc_password(claim.token)  # Browser VMs only
         return json_response(200, answer)

@@ -34,7 +34,12 @@ async def test_each_type_default_size_is_prepared_once_and_shown(
     assert health["templates"] == {"cli": "ready", "browser": "ready"}
     settings = api_settings
     assert backend.prepared == [
-        (tmp_path / "image", f"cli-{settings.default_vcpus}c-{settings.default_mem_mib}m"),
+        # A CLI VM's template has its volume slot: the user's workspace takes it at the hand-out.
+        (
+            tmp_path / "image",
+            f"cli-{settings.default_vcpus}c-{settings.default_mem_mib}m"
+            f"-{settings.workspace_size_mib}v",
+        ),
         (tmp_path / "image", f"browser-{settings.browser_vcpus}c-{settings.browser_mem_mib}m"),
     ]
     # Users' workspace volumes are prepared too (the first user's then comes at once).

@@ -100,7 +100,7 @@ def test_image_build_prepares_the_templates_of_the_vm_types_that_boot_it(
     env = {"HEARTH_STATE_DIR": str(state)}
     built = hearth_cli("image", "build", "--recipe", "minimal", "--out", str(out), env=env)
     assert built.returncode == 0, built.stdout + built.stderr
-    assert "template cli cli-1c-512m" in built.stdout, built.stdout
+    assert "template cli cli-1c-512m-8192v" in built.stdout, built.stdout
     assert "template browser browser-2c-2048m" in built.stdout, built.stdout
     assert built.stdout.count("ready (") == 2, built.stdout
     assert built.stderr.count('"template_built"') == 2, built.stderr

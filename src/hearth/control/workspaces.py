@@ -32,7 +32,7 @@ from hearth.store.records import SEALED_WORKSPACE_KEY_FIELDS, WorkspaceRecord
 from hearth.vm.types import Vm, VmType, Volume
 
 _log = get_logger("control.workspaces")
-SERIAL = "hearth-workspace"  # how the guest finds it (a virtio serial: at most 20 bytes)
+SERIAL = "hearth-workspace"  # its disk's serial when hot-plugged (a virtio serial: ≤ 20 bytes)
 _MIB = 1024 * 1024
 
 
@@ -92,10 +92,10 @@ class Workspaces:
             return  # attached and mounted already
         mounted: dict[str, object] = {}
         started = time.monotonic()
-        plugged_in = await self.node.attach_volume(vm, self._volume(workspace))
+        serial = await self.node.attach_volume(vm, self._volume(workspace))
         plugged = time.monotonic()
-        if plugged_in:
-            mounted = await AgentClient(str(vm.agent_url), vm.token).mount_workspace(SERIAL)
+        if serial is not None:
+            mounted = await AgentClient(str(vm.agent_url), vm.token).mount_workspace(serial)
         await self.store.workspaces.attach(workspace.id, vm.id)
         _log.info(
             "workspace_attached",
@@ -175,7 +175,12 @@ class Workspaces:
         key = self._seal.open(workspace)
         if key is None:
             raise Conflict(f"the key of workspace {workspace.id} does not open")
-        return Volume(path=self.node.volume_path(workspace.id), key=key, serial=SERIAL)
+        return Volume(
+            path=self.node.volume_path(workspace.id),
+            key=key,
+            serial=SERIAL,
+            size_mib=workspace.size_mib,
+        )
 
     async def _active(self, vm_id: str | None) -> VmRecord | None:
         if vm_id is None:

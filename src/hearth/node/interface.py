@@ -79,8 +79,8 @@ class Node(Protocol):
         """Where volume ``name`` lives on the node."""
         ...
 
-    async def attach_volume(self, vm: Vm, volume: Volume) -> bool:
-        """Hot-plug ``volume`` into running ``vm``; whether its guest sees a disk."""
+    async def attach_volume(self, vm: Vm, volume: Volume) -> str | None:
+        """Give running ``vm`` the disk ``volume``: the serial its guest finds it by, if any."""
         ...
 
     async def destroy(self, vm: Vm) -> None:

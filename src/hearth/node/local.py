@@ -125,8 +125,8 @@ class LocalNode:
         path.unlink(missing_ok=True)
         return existed
 
-    async def attach_volume(self, vm: Vm, volume: Volume) -> bool:
-        """Hot-plug through the backend."""
+    async def attach_volume(self, vm: Vm, volume: Volume) -> str | None:
+        """Attach through the backend."""
         return await self.backend.attach_volume(vm, volume)
 
     async def destroy(self, vm: Vm) -> None:

@@ -93,10 +93,10 @@ class VmBackend(Protocol):
         encrypted prototype is made now); a no-op where there is nothing to prepare."""
         ...
 
-    async def attach_volume(self, vm: Vm, volume: Volume) -> bool:
-        """Hot-plug ``volume`` into running ``vm`` (appended to ``vm.volumes``); True when the
-        guest now finds it as a disk by its serial (False: the tests' fake, whose VMs have no
-        disks). NotSupported where the VMM cannot."""
+    async def attach_volume(self, vm: Vm, volume: Volume) -> str | None:
+        """Give running ``vm`` the disk ``volume`` (appended to ``vm.volumes``): the serial its
+        guest now finds it by (None: the tests' fake, whose VMs have no disks). NotSupported
+        where the VMM cannot."""
         ...
 
     async def destroy(self, vm: Vm) -> None:

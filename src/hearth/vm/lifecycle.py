@@ -133,7 +133,7 @@ class BackendLifecycle(ABC, Generic[TemplateT]):
     async def prepare_volumes(self, directory: Path, size_mib: int) -> None:
         """Nothing to prepare unless the VMM's backend attaches volumes."""
 
-    async def attach_volume(self, vm: Vm, volume: Volume) -> bool:
+    async def attach_volume(self, vm: Vm, volume: Volume) -> str | None:
         """NotSupported unless the VMM's backend attaches volumes (QEMU does)."""
         raise NotSupported(f"the {self.name} backend cannot attach volumes yet")
 

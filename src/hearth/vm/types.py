@@ -89,6 +89,10 @@ def check_transition(vm_id: str, old: VmState, new: VmState) -> None:
 MAX_VCPUS = 16
 MIN_MEM_MIB = 256
 MAX_MEM_MIB = 64 * 1024
+# The most a volume slot (or a volume) may hold: 16 TiB.
+MAX_VOLUME_MIB = 16 * 1024 * 1024
+# The serial of a VM's volume slot's disk (a virtio serial: at most 20 bytes).
+SLOT_SERIAL = "hearth-slot"
 
 
 @dataclass(frozen=True)
@@ -122,6 +126,9 @@ class VmSpec:
     # Allowed guest → host loopback endpoints under restricted egress (user: QEMU's guestfwd;
     # netns: NAT in the VM's namespace, hearth.network.namespace).
     guest_forwards: tuple[GuestForward, ...] = ()
+    # A volume slot: an empty disk of this many MiB (serial ``SLOT_SERIAL``) the VM starts with,
+    # which a volume of that size then takes without a hot-plug (0: none).
+    volume_slot_mib: int = 0
 
     def __post_init__(self) -> None:
         if self.network is NetworkMode.NETNS and self.forward_ports:
@@ -132,11 +139,17 @@ class VmSpec:
             raise InvalidInput(
                 f"mem_mib must be between {MIN_MEM_MIB} and {MAX_MEM_MIB}, got {self.mem_mib}"
             )
+        if not 0 <= self.volume_slot_mib <= MAX_VOLUME_MIB:
+            raise InvalidInput(
+                f"volume_slot_mib must be between 0 and {MAX_VOLUME_MIB}, "
+                f"got {self.volume_slot_mib}"
+            )
 
     @property
     def size_key(self) -> str:
         """Identifies VMs that can share one snapshot template."""
-        return f"{self.vm_type.value}-{self.vcpus}c-{self.mem_mib}m"
+        slot = f"-{self.volume_slot_mib}v" if self.volume_slot_mib else ""
+        return f"{self.vm_type.value}-{self.vcpus}c-{self.mem_mib}m{slot}"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -147,6 +160,8 @@ class Volume:
     path: Path
     key: bytes = field(repr=False)
     serial: str
+    # Its size (0: not known, so it never takes a VM's volume slot).
+    size_mib: int = 0
 
 
 @dataclass(kw_only=True)

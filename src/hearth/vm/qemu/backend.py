@@ -7,6 +7,7 @@ import contextlib
 import hashlib
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from hearth.errors import InvalidInput, NotSupported, SavedStateCorrupt, VmError
@@ -19,7 +20,7 @@ from hearth.vm.accel import Accel, detect_accel
 from hearth.vm.claim import new_agent_token
 from hearth.vm.host import free_local_port, stop_child
 from hearth.vm.lifecycle import BackendLifecycle
-from hearth.vm.qemu import hibernation, volumes
+from hearth.vm.qemu import hibernation, records, volumes
 from hearth.vm.qemu.command import VmPaths, qemu_argv
 from hearth.vm.qemu.disk_keys import DiskKey, key_pipe
 from hearth.vm.qemu.disks import Overlays
@@ -28,19 +29,11 @@ from hearth.vm.qemu.host import console_text, host_leftovers, reap_leftovers, ru
 from hearth.vm.qemu.incoming import finish_restore, run_incoming
 from hearth.vm.qemu.monitor import Monitor
 from hearth.vm.qemu.network import QemuNetworks
-from hearth.vm.qemu.process import (
-    is_our_process,
-    spawn_qemu,
-    stop_adopted,
-)
+from hearth.vm.qemu.process import is_our_process, spawn_qemu, stop_adopted
 from hearth.vm.qemu.records import read_record, recorded_layers, vm_from_record, write_record
 from hearth.vm.qemu.saved_state import new_state_key
 from hearth.vm.qemu.templates import Template, TemplateStore, template_key
-from hearth.vm.readiness import (
-    COLD_BOOT_DEADLINE_S,
-    RESTORE_DEADLINE_S,
-    Deadline,
-)
+from hearth.vm.readiness import COLD_BOOT_DEADLINE_S, RESTORE_DEADLINE_S, Deadline
 from hearth.vm.types import BootMode, NetworkMode, Vm, VmSpec, VmState, Volume
 
 _log = get_logger("vm.qemu")
@@ -119,8 +112,7 @@ class QemuBackend(BackendLifecycle[Template]):
         return reap_leftovers(self.templates.abandoned_builds(), self.run_dir, self.networks, keep)
 
     def _host_leftovers(self) -> list[str]:
-        """QEMU processes running from the VMs' or the templates' directories, QMP sockets in
-        the runtime dir, claimed network slots."""
+        """QEMU processes of the VMs' or templates' dirs, QMP sockets, claimed network slots."""
         return host_leftovers((self.vms_dir, self.templates.root), self.run_dir, self.networks)
 
     async def _template_for(self, image: ImageDir, spec: VmSpec) -> Template:
@@ -257,10 +249,15 @@ class QemuBackend(BackendLifecycle[Template]):
         key = DiskKey(vm.disk_key) if vm.disk_key else None
         with contextlib.ExitStack() as pipes:
             key_fd = pipes.enter_context(key_pipe(key))
-            # A woken VM gets its hot-plugged volumes back at start, each key on its own pipe.
+            # A woken VM gets its volumes back at start, each key on its own pipe.
             woken = vm.volumes if wake_layers is not None else []
+            slotted = volumes.in_slot(vm.spec, woken)
             fds = [pipes.enter_context(key_pipe(DiskKey(v.key))) for v in woken]
-            extra = [a for i, v in enumerate(woken) for a in volumes.wake_argv(i, v, fds[i] or -1)]
+            extra = [
+                arg
+                for i, v in enumerate(woken)
+                for arg in volumes.wake_argv(i, v, fds[i] or -1, slot=i == slotted)
+            ]
             argv = qemu_argv(
                 binary=self.binary,
                 vm_id=vm.id,
@@ -275,6 +272,7 @@ class QemuBackend(BackendLifecycle[Template]):
                 disk_key_fd=key_fd,
                 wake_layers=wake_layers,
                 extra=extra,
+                slot_volume=slotted,
             )
             passed = tuple(fd for fd in (key_fd, *fds) if fd is not None)
             proc = await spawn_qemu(argv, stderr=paths.stderr, pass_fds=passed)
@@ -365,10 +363,13 @@ class QemuBackend(BackendLifecycle[Template]):
         started = time.monotonic()
         try:
             source = hibernation.check_saved(paths.workdir)
-            saved = recorded_layers(read_record(paths.workdir) or {})
+            record = read_record(paths.workdir) or {}
+            saved = recorded_layers(record)
             if saved is None:
                 raise SavedStateCorrupt(f"VM {vm.id}: its record names no pinned disk layers")
             image, layers = saved
+            # The saved devices are the ones it started with, whatever the settings say now.
+            vm.spec = replace(vm.spec, volume_slot_mib=records.recorded_slot_mib(record))
             proc = await self._launch(vm, paths, image, layers, wake_layers=layers)
             deadline = Deadline.after(self.restore_deadline_s)
             await hibernation.load(paths.migration, source, state_key, deadline=deadline)
@@ -443,16 +444,18 @@ class QemuBackend(BackendLifecycle[Template]):
         """Make the encrypted prototype of ``size_mib`` volumes now (in a thread)."""
         await asyncio.to_thread(self._overlays.prepare_volume, directory, size_mib)
 
-    async def attach_volume(self, vm: Vm, volume: Volume) -> bool:
-        """Hot-plug ``volume`` over QMP at the next volume slot."""
+    async def attach_volume(self, vm: Vm, volume: Volume) -> str:
+        """Put ``volume`` in the VM's volume slot if it fits a free one, else hot-plug it at
+        the next PCI slot (over QMP); the serial the guest finds it by."""
         paths = self._paths(vm.id, self._workdir(vm))
         monitor = await Monitor.connect(vm.id, paths.qmp, deadline=Deadline.after(5))
         try:
-            await volumes.hotplug(monitor, len(vm.volumes), volume)
+            serial = await volumes.attach(monitor, vm.spec, vm.volumes, volume)
         finally:
             await monitor.close()
         vm.volumes.append(volume)
-        return True
+        _log.info("volume_attached", vm_id=vm.id, serial=serial)
+        return serial
 
     # ---- list, console ----------------------------------------------------------------
 

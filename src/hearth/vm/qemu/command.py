@@ -11,6 +11,7 @@ from hearth.network.namespace import TAP_NAME, NetworkSlot
 from hearth.vm.accel import Accel
 from hearth.vm.qemu.disk_keys import drive_key_option, secret_object
 from hearth.vm.qemu.hibernation import DiskLayer, drive_backing
+from hearth.vm.qemu.volumes import slot_argv
 from hearth.vm.types import VmSpec
 
 AGENT_PORT = 8080
@@ -82,12 +83,14 @@ def qemu_argv(
     disk_key_fd: int | None = None,
     wake_layers: tuple[DiskLayer, ...] | None = None,
     extra: list[str] | None = None,
+    slot_volume: int | None = None,
 ) -> list[str]:
     """Build the argv; ``incoming_state`` restores a saved template state instead of booting;
     ``disk_key_fd`` (inherited by QEMU) holds the key of an encrypted overlay. ``wake_layers``
     wakes a hibernated VM: its state comes in on ``paths.migration``, it stays stopped until
     told, and its disk is opened on those (pinned) layers. ``extra``: more devices (a woken
-    VM's volumes)."""
+    VM's volumes). The spec's volume slot comes last, reading the ``slot_volume``-th of those
+    volumes, or nothing."""
     accel_opt = (
         f"{accel.name},thread=multi" if accel.name == "tcg" and spec.vcpus > 1 else accel.name
     )
@@ -161,6 +164,7 @@ def qemu_argv(
         str(paths.pidfile),
     ]
     argv += extra or []
+    argv += slot_argv(spec, slot_volume)
     if incoming_state is not None:
         argv += ["-incoming", f"exec:cat {shlex.quote(str(incoming_state))}"]
     elif wake_layers is not None:

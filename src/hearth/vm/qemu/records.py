@@ -36,6 +36,7 @@ def write_record(
         "vm_type": vm.spec.vm_type.value,
         "vcpus": vm.spec.vcpus,
         "mem_mib": vm.spec.mem_mib,
+        "volume_slot_mib": vm.spec.volume_slot_mib,
         "boot_mode": vm.boot_mode.value,
         "created_at": vm.created_at,
         "image": str(image.path),
@@ -63,6 +64,7 @@ def vm_from_record(workdir: Path, *, backend: str) -> Vm | None:
             vcpus=int(record["vcpus"]),
             mem_mib=int(record["mem_mib"]),
             network=NetworkMode(record.get("network", "user")),
+            volume_slot_mib=int(record.get("volume_slot_mib", 0)),
         )
     except (OSError, ValueError, KeyError, HearthError):
         return None
@@ -80,6 +82,12 @@ def vm_from_record(workdir: Path, *, backend: str) -> Vm | None:
         disk_bytes=bytes_on_disk(workdir / "disk.qcow2"),
         ports={int(k): int(v) for k, v in (record.get("ports") or {}).items()},
     )
+
+
+def recorded_slot_mib(record: dict[str, object]) -> int:
+    """The size of the volume slot a record's VM started with (0: none, or an older record)."""
+    size = record.get("volume_slot_mib", 0)
+    return size if isinstance(size, int) else 0
 
 
 def recorded_layers(record: dict[str, object]) -> tuple[ImageDir, tuple[DiskLayer, ...]] | None:
