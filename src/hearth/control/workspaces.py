@@ -102,7 +102,7 @@ class Workspaces:
             vm_id=vm.id,
             user_id=user_id,
             formatted=bool(mounted.get("formatted")),
-            plug_ms=round((plugged - started) * 1000),  # the node's hot-plug
+            plug_ms=round((plugged - started) * 1000),  # the node's slot swap or hot-plug
             mount_ms=round((time.monotonic() - plugged) * 1000),  # the agent's find and mount
             guest_ms=mounted.get("ms"),  # the agent's own split: find, format, mount
         )

@@ -64,7 +64,7 @@ def vm_from_record(workdir: Path, *, backend: str) -> Vm | None:
             vcpus=int(record["vcpus"]),
             mem_mib=int(record["mem_mib"]),
             network=NetworkMode(record.get("network", "user")),
-            volume_slot_mib=int(record.get("volume_slot_mib", 0)),
+            volume_slot_mib=recorded_slot_mib(record),
         )
     except (OSError, ValueError, KeyError, HearthError):
         return None
