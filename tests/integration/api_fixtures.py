@@ -41,6 +41,9 @@ __all__ = ["Api", "api", "api_settings", "fake_backend", *store_fixtures.__all__
 
 BASE_URL = "http://hearth.test"
 # Room for a few VMs of each type; tests of admission pass limits of their own to running_api.
+# Every wait on a status ends as soon as it shows; generous for a busy machine.
+POLL_S = 0.05
+POLL_ROUNDS = 200
 DEFAULT_QUOTAS = Quotas(
     per_user={VmType.CLI: 2, VmType.BROWSER: 1},
     max_browser_vms=2,
@@ -59,6 +62,18 @@ def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, 
     assert body["error"]["message"], body
     error: dict[str, Any] = body["error"]
     return error
+
+
+async def until_status(api: Api, vm_id: str, status: str) -> dict[str, Any]:
+    """Poll ``GET /api/vms/{vm_id}`` (admin) until it shows ``status``; the last body."""
+    vm: dict[str, Any] = {}
+    for _ in range(POLL_ROUNDS):
+        vm = (await api.client.get(f"/api/vms/{vm_id}", headers=api.headers())).json()
+        if vm["status"] == status:
+            break
+        await asyncio.sleep(POLL_S)
+    assert vm["status"] == status, vm
+    return vm
 
 
 class FakeImages:

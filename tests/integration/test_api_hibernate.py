@@ -22,7 +22,13 @@ from hearth.store.records import SEALED_KEYS_FIELDS
 from hearth.vm.types import BootMode, Vm, VmSpec, VmState, VmType
 from tests.fake_backend import FakeBackend
 from tests.integration.api_fixtures import *  # noqa: F403
-from tests.integration.api_fixtures import DEFAULT_QUOTAS, Api, assert_error, running_api
+from tests.integration.api_fixtures import (
+    DEFAULT_QUOTAS,
+    Api,
+    assert_error,
+    running_api,
+    until_status,
+)
 
 CHECK_S = 0.05
 
@@ -108,6 +114,7 @@ async def test_hibernate_of_a_vm_not_ready_or_paused_is_409_naming_its_status(
         "/api/vms?wait=false", json={"userId": "bob"}, headers=api.headers()
     )
     booting = created.json()["id"]
+    await until_status(api, booting, "booting")  # past "creating", held in the backend
     error = assert_error(await post(api, booting, "hibernate"), 409, "conflict")
     assert "is booting" in error["message"]
     api.backend.hold.set()

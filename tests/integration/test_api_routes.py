@@ -20,13 +20,10 @@ from hearth.control.quotas import Quotas
 from hearth.vm.types import Vm, VmType
 from tests.fake_backend import FakeBackend
 from tests.integration.api_fixtures import *  # noqa: F403
-from tests.integration.api_fixtures import Api, assert_error, running_api
+from tests.integration.api_fixtures import Api, assert_error, running_api, until_status
 
 # What ConsoleBackend's VMs print on their console (a real VM's shows the agent's claim).
 CONSOLE_LINE = 'hearth-agent: POST "/init" 200'
-# Every wait below ends as soon as its condition holds; generous for a busy machine.
-POLL_S = 0.05
-POLL_ROUNDS = 200
 
 
 class ConsoleBackend(FakeBackend):
@@ -41,18 +38,6 @@ class ConsoleBackend(FakeBackend):
 def fake_backend() -> FakeBackend:
     """The fake backend, with a console the admin's console route can show."""
     return ConsoleBackend()
-
-
-async def until_status(api: Api, vm_id: str, status: str) -> dict[str, Any]:
-    """Poll ``GET /api/vms/{vm_id}`` (admin) until it shows ``status``; the last body."""
-    vm: dict[str, Any] = {}
-    for _ in range(POLL_ROUNDS):
-        vm = (await api.client.get(f"/api/vms/{vm_id}", headers=api.headers())).json()
-        if vm["status"] == status:
-            break
-        await asyncio.sleep(POLL_S)
-    assert vm["status"] == status, vm
-    return vm
 
 
 # --- health, keys and who may do what ---------------------------------------------------------
