@@ -15,9 +15,8 @@ import typer
 from rich.markup import escape
 
 from hearth.cli.client import ApiClient
-from hearth.cli.common import console, err_console, fail
-from hearth.errors import HearthError
-from hearth.sdk import AuthSession, Hearth, HearthSdkError
+from hearth.cli.common import console, ending_on_errors, err_console
+from hearth.sdk import AuthSession, Hearth
 from hearth.sdk._config import Deadline
 from hearth_agent.wire import Provider
 
@@ -43,7 +42,7 @@ def login(
     timeout: Annotated[float, typer.Option(help="seconds to wait for the login")] = 900.0,
 ) -> None:
     """Start a login for the user, print the link to open, and follow it to its end."""
-    try:
+    with ending_on_errors():
         api = ApiClient()
         with Hearth(api.url, api.key) as client:
             session = client.auth.start(user, provider.value)
@@ -60,11 +59,6 @@ def login(
                 session.cancel()
                 err_console.print(f"login {session.id} cancelled")
                 raise typer.Exit(1) from None
-    except HearthError as exc:
-        fail(exc)
-    except HearthSdkError as exc:
-        err_console.print(f"[red]error[/red]: {escape(str(exc))}")
-        raise typer.Exit(1) from None
     if session.status == "completed":
         err_console.print(f"[green]completed[/green]: delivered into VM {session.vm_id}")
         return

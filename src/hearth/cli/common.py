@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import NoReturn
 
 import typer
@@ -12,6 +14,7 @@ from rich.markup import escape
 from hearth.config import Settings
 from hearth.errors import HearthError
 from hearth.logging import configure_logging
+from hearth.sdk import HearthSdkError
 
 # Piped output (scripts, tests) gets wide lines rather than Rich's default 80 columns.
 console = Console(width=None if sys.stdout.isatty() else 200)
@@ -37,3 +40,16 @@ def fail_sdk(error_code: str, message: str, *, code: int = 1) -> NoReturn:
     """Print an error's code and message (the SDK's errors too) and exit with ``code``."""
     err_console.print(f"[red]error[/red] ({escape(error_code)}): {escape(message)}")
     raise typer.Exit(code)
+
+
+@contextmanager
+def ending_on_errors(*, code: int = 1) -> Iterator[None]:
+    """End the command with exit status ``code`` and the code and message of an error of
+    ours or of the SDK's raised inside (an SDK error without a code shows ``error``)."""
+    try:
+        yield
+    except HearthError as exc:
+        fail(exc, code=code)
+    except HearthSdkError as exc:
+        message = getattr(exc, "message", None) or str(exc)
+        fail_sdk(str(getattr(exc, "code", "error")), message, code=code)

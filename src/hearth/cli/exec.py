@@ -15,15 +15,13 @@ from typing import Annotated
 import typer
 
 from hearth.cli.client import ApiClient
-from hearth.cli.common import fail, fail_sdk
-from hearth.errors import HearthError, InvalidInput
+from hearth.cli.common import ending_on_errors
+from hearth.errors import InvalidInput
 from hearth.sdk import (
     ExecExit,
     ExecOutput,
     Hearth,
-    HearthApiError,
     HearthConnectionError,
-    HearthSdkError,
     Vm,
 )
 from hearth.sdk._exec import ExecOptions
@@ -81,17 +79,11 @@ def exec_command(
     ] = None,
 ) -> None:
     """Run a command in a CLI VM; its output here, its exit status as this command's."""
-    try:
+    with ending_on_errors(code=EXIT_NOT_RUN):
         options: ExecOptions = {"cwd": cwd, "timeout_s": timeout}
         if env:
             options["env"] = _env(env)
         api = ApiClient()
         with Hearth(api.url, api.key) as client:
             status = _follow(client.vms.get(vm_id), cmd, options)
-    except HearthError as exc:
-        fail(exc, code=EXIT_NOT_RUN)
-    except HearthApiError as exc:
-        fail_sdk(exc.code, exc.message, code=EXIT_NOT_RUN)
-    except HearthSdkError as exc:
-        fail_sdk("error", str(exc), code=EXIT_NOT_RUN)
     raise typer.Exit(status)

@@ -28,10 +28,10 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from hearth.cli.client import ApiClient, ApiError
-from hearth.cli.common import console, err_console, fail
-from hearth.errors import HearthError, InvalidInput
-from hearth.sdk import Files, Hearth, HearthApiError, HearthSdkError
+from hearth.cli.client import ApiClient
+from hearth.cli.common import console, ending_on_errors, err_console, fail
+from hearth.errors import InvalidInput
+from hearth.sdk import Files, Hearth
 
 # Called with the bytes moved so far.
 ProgressCallback = Callable[[int], None]
@@ -47,18 +47,13 @@ VmArg = Annotated[str, typer.Argument(help="the CLI VM")]
 def _files(vm_id: str) -> Iterator[Files]:
     """The VM's files, through the SDK (URL and key as every command finds them); errors end
     the command with their code and message."""
-    try:
-        api = ApiClient()
-        with Hearth(api.url, api.key) as client:
-            yield client.vms.get(vm_id).files
-    except HearthApiError as exc:
-        fail(ApiError(exc.status, exc.code, exc.message))
-    except HearthSdkError as exc:
-        fail(ApiError(0, str(getattr(exc, "code", "error")), str(exc)))
-    except HearthError as exc:
-        fail(exc)
-    except OSError as exc:
-        fail(InvalidInput(f"{exc.filename or 'local file'}: {exc.strerror or exc}"))
+    with ending_on_errors():
+        try:
+            api = ApiClient()
+            with Hearth(api.url, api.key) as client:
+                yield client.vms.get(vm_id).files
+        except OSError as exc:
+            fail(InvalidInput(f"{exc.filename or 'local file'}: {exc.strerror or exc}"))
 
 
 @contextmanager

@@ -16,9 +16,8 @@ import typer
 from rich.markup import escape
 
 from hearth.cli.client import ApiClient
-from hearth.cli.common import err_console, fail, fail_sdk
-from hearth.errors import HearthError
-from hearth.sdk import Hearth, HearthApiError, HearthSdkError, RunEvent, Vm
+from hearth.cli.common import ending_on_errors, err_console
+from hearth.sdk import Hearth, HearthSdkError, RunEvent, Vm
 from hearth_agent.wire import Provider
 
 EXIT_FAILED = 1
@@ -99,7 +98,7 @@ def run_command(
 ) -> None:
     """Run a vendor CLI on a prompt in a CLI VM; its answer here, the run's status as exit."""
     text = sys.stdin.read() if prompt == "-" else prompt
-    try:
+    with ending_on_errors(code=EXIT_NOT_STARTED):
         api = ApiClient()
         with Hearth(api.url, api.key) as client:
             vm = client.vms.get(vm_id)
@@ -109,10 +108,4 @@ def run_command(
             if not as_json:
                 err_console.print(f"run {run.id} ({provider.value}) started")
             status = _follow(vm, run.id, as_json=as_json)
-    except HearthError as exc:
-        fail(exc, code=EXIT_NOT_STARTED)
-    except HearthApiError as exc:
-        fail_sdk(exc.code, exc.message, code=EXIT_NOT_STARTED)
-    except HearthSdkError as exc:
-        fail_sdk("error", str(exc), code=EXIT_NOT_STARTED)
     raise typer.Exit(status)
