@@ -348,6 +348,7 @@ class AuthFlow:
                 wait_for_login(self.vms, *login),
                 max(0.0, left.total_seconds()),
                 "waiting for the user to log in",
+                limit_s=self.settings.login_timeout_s,
             )
             await self.credentials.capture(user, record.provider, document)
             await self._move(sid, AuthStatus.AWAITING_USER, AuthStatus.CREDENTIALS_CAPTURED)

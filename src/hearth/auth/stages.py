@@ -18,13 +18,22 @@ class StageTimeout(HearthError):
     http_status = 504
 
 
-async def within(work: Awaitable[T], seconds: float, what: str, *, failed: str | None = None) -> T:
-    """``work`` within ``seconds`` (else StageTimeout naming ``what``); a VM error is prefixed
-    with ``failed``, so the session's message says which stage failed."""
+async def within(
+    work: Awaitable[T],
+    seconds: float,
+    what: str,
+    *,
+    failed: str | None = None,
+    limit_s: float | None = None,
+) -> T:
+    """``work`` within ``seconds`` (else StageTimeout naming ``what`` and ``limit_s``, the
+    stage's whole limit when ``seconds`` is what is left of it); a VM error is prefixed with
+    ``failed``, so the session's message says which stage failed."""
     try:
         return await asyncio.wait_for(work, seconds)
     except TimeoutError:
-        raise StageTimeout(f"timed out after {seconds:.0f} s {what}") from None
+        limit = seconds if limit_s is None else limit_s
+        raise StageTimeout(f"timed out after {limit:.0f} s {what}") from None
     except VmError as exc:
         if failed is None:
             raise
