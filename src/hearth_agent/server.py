@@ -71,6 +71,7 @@ class AgentRequestHandler(BaseHTTPRequestHandler):
             # A garbled request line leaves the 0.9 default, which would suppress the status
             # line and headers; nobody speaks 0.9 to the agent, so answer in 1.1.
             self.request_version = "HTTP/1.1"
+        self._count(UNMATCHED_ROUTE, code)
         self._send(error_response(code, error_code, text))
         self._finish(UNMATCHED_ROUTE, code)
 
@@ -95,6 +96,7 @@ class AgentRequestHandler(BaseHTTPRequestHandler):
             open_body=self._open_body,
         )
         template, response = self.server.app.dispatch(request)
+        self._count(template, response.status)
         try:
             self._send(response)
         finally:
@@ -182,9 +184,16 @@ class AgentRequestHandler(BaseHTTPRequestHandler):
             if isinstance(chunks, Generator):
                 chunks.close()
 
+    def _count(self, route: str, status: int) -> None:
+        """Count the request before its answer is written: every answer closes its connection,
+        so a client's next request (a scrape of /metrics) may reach another thread before this
+        one is done; counted first, a client that has read the answer finds it counted."""
+        self.server.app.metrics.observe_request(
+            route=route, method=self.command or "-", status=status
+        )
+
     def _finish(self, route: str, status: int) -> None:
         method = self.command or "-"
-        self.server.app.metrics.observe_request(route=route, method=method, status=status)
         started = self._started if self._started is not None else time.monotonic()
         self.server.logger.info(
             "http_request",
