@@ -31,8 +31,9 @@ import pytest
 from hearth.agent_bundle import AgentBundle
 from hearth.agent_bundle import stamped as stamped_init
 from hearth.images.layout import agent_sources
-from hearth.vm.host import free_local_port, live_args
+from hearth.vm.host import free_local_port
 from hearth_agent import __version__ as RUNNING_VERSION
+from hearth_agent.processes import live_args
 from hearth_agent.update import DEADLINE_HEADER, SHA256_HEADER, VERSION_HEADER
 from tests.integration.conftest import new_token
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from hearth_agent.processes import (
     stop_processes,
     ticks_since_boot,
 )
+from tests.processes import until_args_show
 
 
 @pytest.fixture
@@ -131,12 +131,7 @@ def lookalike_agent(tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
         [sys.executable, "-S", "-c", sleeper, "-m", "hearth_agent", "--updates", str(tmp_path)]
     )
     try:
-        # Popen returns once the exec has begun; the kernel shows the new command line a moment
-        # later (seen empty under load), so wait for it as a process scanning /proc would.
-        deadline = time.monotonic() + 5.0
-        while "hearth_agent" not in (live_args(process.pid) or []):
-            assert time.monotonic() < deadline, "the lookalike's command line never showed"
-            time.sleep(0.01)
+        until_args_show(process.pid, "hearth_agent")
         yield process
     finally:
         if process.poll() is None:

@@ -25,6 +25,7 @@ from hearth.vm.firecracker.network import FirecrackerNetwork, SlotNetworks
 from hearth.vm.firecracker.process import is_our_process
 from hearth.vm.firecracker.records import VmFiles, VmRecord
 from hearth.vm.types import BootMode, GuestForward, NetworkMode, Vm, VmSpec, VmState
+from tests.processes import until_args_show
 
 VM_ID = "vm-5eed"
 
@@ -83,9 +84,11 @@ async def start_stand_in(tmp_path: Path) -> asyncio.subprocess.Process:
     link.parent.mkdir(exist_ok=True)
     link.unlink(missing_ok=True)
     link.symlink_to(sys.executable)
-    return await asyncio.create_subprocess_exec(
+    proc = await asyncio.create_subprocess_exec(
         str(link), "-c", "import time; time.sleep(60)", "--api-sock", "api.sock", "--id", VM_ID
     )
+    until_args_show(proc.pid, VM_ID)
+    return proc
 
 
 def write_vm(backend: FirecrackerBackend, tmp_path: Path, pid: int) -> Vm:

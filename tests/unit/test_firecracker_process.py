@@ -26,6 +26,7 @@ from hearth.vm.firecracker.process import (
     stop_pid,
 )
 from hearth.vm.readiness import Deadline
+from tests.processes import until_args_show
 
 VM_ID = "vm-0123abcd"
 STAND_IN = """
@@ -58,14 +59,16 @@ def stand_in_argv(link: Path, *extra: str) -> list[str]:
 
 
 async def start(link: Path, root: VmRoot, *extra: str) -> FirecrackerProcess:
-    """Start the stand-in in ``root``."""
-    return await FirecrackerProcess.start(
+    """Start the stand-in in ``root``, once /proc shows its command line."""
+    proc = await FirecrackerProcess.start(
         stand_in_argv(link, *extra),
         vm_id=VM_ID,
         root=root,
         console=root.path / "console.log",
         stderr=root.path / "firecracker.stderr",
     )
+    until_args_show(proc.pid, VM_ID)
+    return proc
 
 
 def test_a_missing_binary_names_where_to_get_it(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -194,7 +197,6 @@ async def test_stop_pid_kills_only_a_process_that_is_ours(stand_in: Path, tmp_pa
     proc = await start(stand_in, root)
     try:
         await stop_pid(proc.pid, "vm-someone-else", grace_s=0.5)
-        await asyncio.sleep(0.1)
         assert proc.returncode is None
         await stop_pid(proc.pid, VM_ID, grace_s=2)
         await asyncio.wait_for(proc.proc.wait(), 5)

@@ -53,20 +53,6 @@ def drop_legacy_token(workdir: Path) -> None:
     (workdir / LEGACY_TOKEN_FILE).unlink(missing_ok=True)
 
 
-def live_args(pid: int) -> list[str] | None:
-    """The arguments of process ``pid`` while it lives (a zombie does not); None otherwise."""
-    if pid <= 0:
-        return None
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    if stat.rsplit(")", 1)[-1].split()[0] == "Z":
-        return None
-    return [arg.decode(errors="replace") for arg in cmdline.split(b"\0") if arg]
-
-
 async def stop_child(proc: asyncio.subprocess.Process, *, grace_s: float = STOP_GRACE_S) -> int:
     """SIGTERM a child, SIGKILL it after ``grace_s``; return its exit status (idempotent)."""
     if proc.returncode is None:

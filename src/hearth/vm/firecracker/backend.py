@@ -45,10 +45,11 @@ from hearth.vm.firecracker.process import FirecrackerProcess, JailerConfig, VmRo
 from hearth.vm.firecracker.records import LOG_FILE, METRICS_FILE, VmFiles, VmRecord
 from hearth.vm.firecracker.teardown import teardown_vm
 from hearth.vm.firecracker.templates import FcTemplate, FcTemplateStore, template_key
-from hearth.vm.host import bytes_on_disk, live_args
+from hearth.vm.host import bytes_on_disk
 from hearth.vm.lifecycle import BackendLifecycle
 from hearth.vm.readiness import Deadline
 from hearth.vm.types import BootMode, NetworkMode, Vm, VmSpec, VmState, check_transition
+from hearth_agent.processes import live_args
 
 _log = get_logger("vm.firecracker")
 # Firecracker boots a minimal guest in about a second and restores in milliseconds.

@@ -23,8 +23,9 @@ from hearth.errors import InvalidInput, ToolMissing, VmError, VmProcessExited
 from hearth.tools import require_tool, tail
 from hearth.vm import host
 from hearth.vm.firecracker.client import reachable_socket_path
-from hearth.vm.host import STOP_GRACE_S, live_args, stop_child
+from hearth.vm.host import STOP_GRACE_S, stop_child
 from hearth.vm.readiness import Backoff, Deadline
+from hearth_agent.processes import live_args
 
 API_SOCKET = "api.sock"
 _VM_ID_RE = re.compile(r"^[A-Za-z0-9-]{1,64}$")

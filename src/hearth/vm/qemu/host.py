@@ -12,12 +12,12 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from hearth.tools import tail
-from hearth.vm.host import live_args
 from hearth.vm.qemu.command import VmPaths
 from hearth.vm.qemu.network import QemuNetworks
 from hearth.vm.qemu.process import is_our_process, qemu_pids_running_from
 from hearth.vm.qemu.records import vm_from_record
 from hearth.vm.types import Vm
+from hearth_agent.processes import live_args
 
 
 def running_vms(vms_dir: Path, *, backend: str) -> list[Vm]:

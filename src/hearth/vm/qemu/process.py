@@ -7,6 +7,7 @@ import asyncio
 from pathlib import Path
 
 from hearth.vm import host
+from hearth_agent.processes import live_args
 
 
 async def spawn_qemu(
@@ -27,7 +28,7 @@ async def spawn_qemu(
 
 def is_our_process(pid: int, workdir: Path) -> bool:
     """True when ``pid`` is alive and is the QEMU running from ``workdir`` (not a reused PID)."""
-    args = host.live_args(pid)
+    args = live_args(pid)
     return args is not None and any(str(workdir) in arg for arg in args)
 
 
@@ -37,7 +38,7 @@ def qemu_pids_running_from(directory: Path) -> list[int]:
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
-        args = host.live_args(int(entry.name))
+        args = live_args(int(entry.name))
         if args and "qemu-system" in args[0] and any(str(directory) in arg for arg in args):
             found.append(int(entry.name))
     return found
