@@ -156,5 +156,8 @@ def test_agent_opens_the_authorize_url_in_the_vm_browser(
     ).json()
 
     assert started["opened_in_browser"] is True
-    assert devtools_on_default_port.requests == [("PUT", started["authorize_url"])]
+    # Opened once. (Agents of tests on other pytest-xdist workers open their logins on this
+    # host's 127.0.0.1:9222 too while this stand-in holds it: only this login's URL is counted.)
+    ours = [r for r in devtools_on_default_port.requests if r[1] == started["authorize_url"]]
+    assert ours == [("PUT", started["authorize_url"])]
     assert "browser_opened_url" in agent.log_text()

@@ -151,7 +151,8 @@ def test_prompts_are_answered_in_order_and_the_credential_file_is_captured(
     assert harness.opened == [URL]
     home = runner.home
     assert home is not None
-    assert "Waiting for authentication" in runner.screen_text
+    # Drawn once the CLI's BROWSER helper returns, which may be after start() has the URL.
+    wait_for(lambda: "Waiting for authentication" in runner.screen_text, "the CLI to wait")
     # The CLI gets a private home (0700) with a clean environment.
     assert (home.parent.stat().st_mode & 0o777) == 0o700
     (home / "go").touch()  # "the browser came back": the CLI writes its file

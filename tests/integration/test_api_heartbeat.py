@@ -40,7 +40,7 @@ def beat_settings(api_settings: Settings) -> Settings:
         webhook_allow_private=True,
         webhook_backoff_s=0.05,
         heartbeat_interval_s=0.1,
-        heartbeat_timeout_s=0.5,
+        heartbeat_timeout_s=1.0,  # a loaded machine still answers a loopback /health in time
         heartbeat_misses=2,
         unhealthy_deadline_s=4.0,
         agent_min_version="99.0",

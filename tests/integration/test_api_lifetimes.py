@@ -270,23 +270,30 @@ async def test_the_idle_time_starts_when_the_vm_is_handed_over_not_when_its_vmm_
     """A CI failure: a VM whose workspace took longer than its idle timeout was paused the
     moment it became ready, under the user's first command."""
     async with running_api(lifetime_settings, SlowVolumes(), tmp_path / "image") as api:
-        vm = await new_vm(api, idleTimeoutS=1)
+        # Idle for 2 s from the hand-over: 0.5 s after the answer it is still running (a
+        # clock started at the VMM's ready would have paused it during the workspace's 1.5 s).
+        vm = await new_vm(api, idleTimeoutS=2)
         await asyncio.sleep(10 * CHECK_S)
         assert await status_of(api, vm["id"]) == "ready"
         await until(lambda: _is(api, vm["id"], "paused"))
 
 
 class SlowPause(FakeBackend):
-    """A backend whose pause takes a moment, and says when one begins."""
+    """A backend whose pause takes a moment, and says when one begins and when a VM resumes."""
 
     def __init__(self) -> None:
         super().__init__()
         self.pausing = asyncio.Event()
+        self.resumed = asyncio.Event()
 
     async def pause(self, vm: Vm) -> None:
         self.pausing.set()
         await asyncio.sleep(0.3)
         await super().pause(vm)
+
+    async def resume(self, vm: Vm) -> None:
+        await super().resume(vm)
+        self.resumed.set()
 
 
 async def test_a_vm_used_while_its_idle_pause_is_under_way_runs_on(
@@ -300,8 +307,8 @@ async def test_a_vm_used_while_its_idle_pause_is_under_way_runs_on(
         await asyncio.wait_for(backend.pausing.wait(), 10)
         used = await api.client.get(f"/api/vms/{vm['id']}", headers=api.headers())
         assert used.json()["status"] == "ready"
-        await asyncio.sleep(0.5)  # the pause has ended, and been undone
-        assert await status_of(api, vm["id"]) == "ready"
+        await asyncio.wait_for(backend.resumed.wait(), 10)  # the pause ended, and was undone
+        await until(lambda: _is(api, vm["id"], "ready"))
         assert backend.running[vm["id"]].state is VmState.READY
         assert await events_of(api, "vm.timed_out") == []
 

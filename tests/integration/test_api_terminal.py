@@ -245,7 +245,10 @@ async def test_closing_the_socket_leaves_no_process_in_the_vm(live_api: Live) ->
 
     await until_gone(shell, job)
     agent = live_api.api.backend.agents[vm_id]  # type: ignore[attr-defined]
-    ended = [r for r in agent.log_records() if r.get("event") == "exec_ended"]
+    # Logged by the agent's waiter thread once it has reaped the shell: maybe a moment later.
+    async with asyncio.timeout(10):
+        while not (ended := [r for r in agent.log_records() if r.get("event") == "exec_ended"]):
+            await asyncio.sleep(0.05)
     assert [r["reason"] for r in ended] == ["killed"]
 
 

@@ -249,8 +249,10 @@ def test_deadline_fails_the_login_with_timeout(
     runner = ScriptedRunner(deadline_s=0.1)
     session = registry.start("oidc", runner)
 
-    wait_for(lambda: runner.cancels == 1, "the runner to be released")
+    # The registry releases the runner, then counts: wait for the count, the last step.
+    wait_for(lambda: bool(metrics.outcomes), "the login to be counted")
 
+    assert runner.cancels == 1
     assert (session.status, session.view().error) == (LoginStatus.FAILED, "timeout")
     assert metrics.outcomes == Counter({("oidc", LoginOutcome.TIMEOUT): 1})
 
@@ -262,8 +264,10 @@ def test_capture_by_the_runner_releases_it_and_is_counted(
     session = registry.start("oidc", runner)
 
     assert session.capture(b'{"access_token": "at-s3cret"}')
-    wait_for(lambda: runner.cancels == 1, "the runner to be released")
+    # Released, counted, then logged: wait for the log line, the last step.
+    wait_for(lambda: '"login_ended"' in log_stream.getvalue(), "the login's end to be logged")
 
+    assert runner.cancels == 1
     assert metrics.outcomes == Counter({("oidc", LoginOutcome.CAPTURED): 1})
     assert "s3cret" not in log_stream.getvalue()
     assert '"login_ended"' in log_stream.getvalue()

@@ -35,6 +35,13 @@ class EchoServer:
     def target(self) -> str:
         return f"{LOOPBACK}:{self.port}"
 
+    async def until_finished(self, n: int) -> None:
+        """Wait (at most ``STEP``) until ``n`` connections have been closed at this end."""
+        async with asyncio.timeout(STEP):
+            while self.finished < n:
+                await asyncio.sleep(0.01)
+        assert self.finished == n
+
 
 @dataclass
 class FakeResolver:
@@ -219,8 +226,7 @@ async def test_an_idle_tunnel_is_closed(start_proxy: StartProxy, echo: EchoServe
     reader, writer = await open_tunnel(proxy, echo.target)
     assert await asyncio.wait_for(reader.read(), STEP) == b""
     writer.close()
-    await asyncio.sleep(0.1)
-    assert echo.finished == 1
+    await echo.until_finished(1)
 
 
 async def test_close_ends_every_open_tunnel(echo: EchoServer) -> None:
@@ -238,8 +244,7 @@ async def test_close_ends_every_open_tunnel(echo: EchoServer) -> None:
             writer.close()
         with pytest.raises(ConnectionRefusedError):
             await asyncio.open_connection(LOOPBACK, proxy.port)
-    await asyncio.sleep(0.1)
-    assert echo.finished == 3, "every upstream connection must be closed too"
+    await echo.until_finished(3)  # every upstream connection is closed too
     assert metrics.registry.get_sample_value("hearth_egress_tunnels_open") == 0
 
 
