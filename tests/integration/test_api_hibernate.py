@@ -263,8 +263,10 @@ async def test_an_idle_vm_is_hibernated_and_auto_resumed_its_hibernated_time_not
 ) -> None:
     api = api_h
     vm_id = await new_vm(api, idleTimeoutS=1, idleAction="hibernate", timeoutS=3600)
-    for _ in range(200):
-        if (await api.ctl.store.vms.get(vm_id)).status is VmState.HIBERNATED:
+    for _ in range(500):  # the row first, then its event: wait for both
+        hibernated = (await api.ctl.store.vms.get(vm_id)).status is VmState.HIBERNATED
+        told = [e for e in await api.ctl.events.list() if e.type == "vm.timed_out"]
+        if hibernated and told:
             break
         await asyncio.sleep(0.02)
     record = await api.ctl.store.vms.get(vm_id)
