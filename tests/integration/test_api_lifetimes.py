@@ -229,13 +229,14 @@ async def test_a_lifetime_that_runs_out_destroys_the_vm_through_the_destroy_hook
 
 
 async def test_a_paused_vm_keeps_its_lifetime_and_uses_it_once_resumed(api_lt: Api) -> None:
-    vm = await new_vm(api_lt, timeoutS=1, timeoutAction="destroy")
+    # 2 s: room for the pause to land first on a loaded machine.
+    vm = await new_vm(api_lt, timeoutS=2, timeoutAction="destroy")
     url = f"/api/vms/{vm['id']}"
     assert (await api_lt.client.post(f"{url}/pause", headers=api_lt.headers())).status_code == 200
-    await asyncio.sleep(1.5)
+    await asyncio.sleep(2.5)
     assert await status_of(api_lt, vm["id"]) == "paused"
     shown = (await api_lt.client.get(url, headers=api_lt.headers())).json()
-    assert shown["lifetimeUsedS"] < 1
+    assert shown["lifetimeUsedS"] < 2
     assert (await api_lt.client.post(f"{url}/resume", headers=api_lt.headers())).status_code == 200
     await until(lambda: _is(api_lt, vm["id"], "destroyed"))
 
@@ -361,7 +362,7 @@ async def _is(api: Api, vm_id: str, status: str) -> bool:
 
 
 async def test_a_login_under_way_for_the_vm_keeps_it_from_idling(api_lt: Api) -> None:
-    vm = await new_vm(api_lt, idleTimeoutS=1)
+    vm = await new_vm(api_lt, idleTimeoutS=2)  # room for the login's row on a loaded machine
     login = await api_lt.ctl.store.auth_sessions.insert(
         AuthSessionRecord(
             id="auth-idle-test",
@@ -371,7 +372,7 @@ async def test_a_login_under_way_for_the_vm_keeps_it_from_idling(api_lt: Api) ->
             vm_id=vm["id"],
         )
     )
-    await asyncio.sleep(2)  # the user signs in meanwhile; nobody calls
+    await asyncio.sleep(3)  # the user signs in meanwhile; nobody calls
     assert await status_of(api_lt, vm["id"]) == "ready"
     await api_lt.ctl.store.auth_sessions.transition(
         login.id, AuthStatus.AWAITING_USER, AuthStatus.FAILED, error_message="test over"
