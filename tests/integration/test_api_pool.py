@@ -16,7 +16,7 @@ import pytest
 from hearth.config import Settings
 from hearth.control.pool import WarmPool
 from hearth.control.quotas import Quotas
-from hearth.vm.types import VmType
+from hearth.vm.types import VmState, VmType
 from tests.fake_backend import FakeBackend
 from tests.integration.api_fixtures import *  # noqa: F403
 from tests.integration.api_fixtures import DEFAULT_QUOTAS, Api, assert_error, running_api
@@ -132,3 +132,32 @@ async def test_memory_is_admitted_when_the_pool_has_nothing_to_hand_out_and_for_
         assert [r.id for r in rows if r.status.value not in ("destroyed", "failed")] == [
             handed.json()["id"]
         ]
+
+
+async def test_a_vm_booting_for_the_pool_when_it_is_recycled_never_joins_it(
+    pool_settings: Settings, fake_backend: FakeBackend, tmp_path: Path
+) -> None:
+    # An agent rollout recycles the pool once the images carry the new agent; a refill that
+    # began before that boots the old images and must not be handed out afterwards.
+    fake_backend.hold = asyncio.Event()
+    async with pooled_api(pool_settings, fake_backend, tmp_path / "image", DEFAULT_QUOTAS) as api:
+        pool = pool_of(api)
+        for _ in range(POLL_ROUNDS):
+            if fake_backend.running:
+                break
+            await asyncio.sleep(POLL_S)
+        [booting_id] = fake_backend.running
+        assert fake_backend.running[booting_id].state is VmState.BOOTING
+
+        assert await pool.recycle() == 0  # nothing ready yet to destroy
+        fake_backend.hold.set()
+
+        await until_pool_holds(pool, VmType.CLI, 1)
+        assert booting_id in fake_backend.destroyed
+        [fresh_id] = fake_backend.running
+        assert fresh_id != booting_id
+        assert fake_backend.created == [booting_id, fresh_id]
+        rows = {r.id: r for r in await api.ctl.store.vms.list()}
+        assert rows[booting_id].status is VmState.DESTROYED
+        assert rows[fresh_id].pooled
+        assert rows[fresh_id].status is VmState.READY

@@ -44,6 +44,9 @@ class WarmPool:
         self._ready: dict[VmType, list[str]] = {t: [] for t in VmType}
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
+        # Advanced by ``recycle``: a VM whose refill began before it may come from the old
+        # images (an agent rollout carried into them meanwhile) and never joins the pool.
+        self._generation = 0
 
     @property
     def enabled(self) -> bool:
@@ -72,7 +75,9 @@ class WarmPool:
 
     async def recycle(self) -> int:
         """Destroy the unassigned VMs (the refill, if running, boots new ones: from a new
-        template once the images changed); how many there were."""
+        template once the images changed), and any VM a refill is booting now as it arrives;
+        how many there were."""
+        self._generation += 1
         destroyed = 0
         for vm_type in VmType:
             while self._ready[vm_type]:
@@ -128,6 +133,7 @@ class WarmPool:
         while True:
             for vm_type, wanted in self.sizes.items():
                 while self.size(vm_type) < wanted:
+                    generation = self._generation
                     try:
                         record = await self.service.create(
                             user_id=POOL_USER, spec=self.spec(vm_type), wait=True, pooled=True
@@ -148,6 +154,11 @@ class WarmPool:
                     self._waiting_for_room.discard(vm_type)
                     if record.status is not VmState.READY:
                         break
+                    if generation != self._generation:
+                        _log.info("pool_refill_outdated", vm_id=record.id, vm_type=vm_type.value)
+                        with contextlib.suppress(HearthError):
+                            await self.service.destroy(record.id, user_id=None, include_pooled=True)
+                        continue
                     self._ready[vm_type].append(record.id)
                     self.service.metrics.pool_size.labels(vm_type=vm_type.value).set(
                         self.size(vm_type)
