@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from hearth.config import Settings
-from hearth.images.manifest import ImageDir
+from hearth.images.manifest import ImageDir, ImageManifest
 
 REPO = Path(__file__).resolve().parent.parent
 HEARTH = [sys.executable, "-m", "hearth"]
@@ -39,6 +39,23 @@ def hearth_cli(
         env={**os.environ, "HEARTH_LOG_FORMAT": "json", **(env or {})},
         check=False,
     )
+
+
+def write_manifest(directory: Path, *, sizes: dict[str, int] | None = None) -> None:
+    """A minimal image's ``manifest.json`` in ``directory`` (its files, by ``sizes``, are the
+    caller's): enough for code that looks for a built image before it boots one."""
+    ImageManifest(
+        recipe="minimal",
+        agent_version="0",
+        content_hash="0",
+        suite="bookworm",
+        packages=[],
+        kernel_package="k",
+        kernel_version="6.1",
+        disk_mib=600,
+        built_at="2026-12-04T00:00:00Z",
+        sizes=sizes or {},
+    ).write(directory)
 
 
 def require_tools(*tools: str) -> None:

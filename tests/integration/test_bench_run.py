@@ -34,11 +34,12 @@ from hearth.bench.run_report import (
     run_document,
     run_tables,
 )
-from hearth.images.manifest import ImageDir, ImageManifest
+from hearth.images.manifest import ImageDir
 from hearth.progress import LogProgress
 from hearth.vm.host import free_local_port
 from hearth.vm.readiness import Deadline
 from hearth_agent.wire import Provider
+from tests.conftest import write_manifest
 
 MIB = 2**20
 
@@ -289,18 +290,7 @@ async def test_bench_refuses_a_run_image_without_the_vendor_clis_before_starting
     image = tmp_path / "image"
     image.mkdir()
     (image / "rootfs.ext4").write_bytes(b"x")
-    ImageManifest(
-        recipe="minimal",
-        agent_version="0",
-        content_hash="0",
-        suite="bookworm",
-        packages=[],
-        kernel_package="k",
-        kernel_version="6.1",
-        disk_mib=600,
-        built_at="2026-12-04T00:00:00Z",
-        sizes={"rootfs.ext4": 1},
-    ).write(image)
+    write_manifest(image, sizes={"rootfs.ext4": 1})
     options = RunBenchOptions(
         state_dir=tmp_path / "state",
         image=ImageDir(image),

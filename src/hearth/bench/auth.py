@@ -187,7 +187,6 @@ async def run_auth_bench(options: AuthBenchOptions, *, progress: Progress) -> Au
         with progress.phase("controller", "start hearth serve"):
             controller = await ControllerProcess.start(
                 state_dir=state,
-                database_url=f"sqlite+aiosqlite:///{state / 'hearth.db'}",
                 env=controller_env(oidc),
                 destroy_on_exit=True,
             )

@@ -17,7 +17,7 @@ import tempfile
 from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import Annotated, Any, NoReturn, TypedDict, TypeVar
 
 import typer
 from rich.console import Console
@@ -74,6 +74,14 @@ err_console = Console(stderr=True)
 
 JsonFile = Annotated[
     Path | None, typer.Option("--json", help="Also write the results as JSON here.")
+]
+CliImage = Annotated[
+    Path | None,
+    typer.Option(help="CLI VM image (default: the minimal image under the state dir)."),
+]
+BrowserImage = Annotated[
+    Path | None,
+    typer.Option(help="Browser VM image (default: the browser image under the state dir)."),
 ]
 
 
@@ -158,17 +166,37 @@ def bench_api(
     _report(result, api_tables, api_document, json_file=json_file, command=command)
 
 
+class _LoginParts(TypedDict):
+    cli_image: ImageDir
+    browser_image: ImageDir
+    oidc_server_dir: Path
+
+
+def _login_parts(
+    cli_image: Path | None, browser_image: Path | None, oidc_server_dir: Path | None
+) -> _LoginParts:
+    """What a bench of logins runs: its two images (built ones, or exit 1 saying how to build
+    them) and the OAuth server (installed under the cache dir unless given)."""
+    settings = _load_settings()
+    cli_image_dir = _built_image(settings, cli_image, "minimal", role="CLI")
+    browser_image_dir = _built_image(settings, browser_image, "browser", role="Browser")
+    if oidc_server_dir is None:
+        try:
+            oidc_server_dir = install_oidc_server(settings.cache_dir)
+        except HearthError as exc:
+            _fail(exc)
+    return _LoginParts(
+        cli_image=cli_image_dir,
+        browser_image=browser_image_dir,
+        oidc_server_dir=oidc_server_dir.absolute(),
+    )
+
+
 @bench_app.command("auth")
 def bench_auth(
     n: Annotated[int, typer.Option("--n", min=1, help="Measured flows (after one warm-up).")] = 5,
-    cli_image: Annotated[
-        Path | None,
-        typer.Option(help="CLI VM image (default: the minimal image under the state dir)."),
-    ] = None,
-    browser_image: Annotated[
-        Path | None,
-        typer.Option(help="Browser VM image (default: the browser image under the state dir)."),
-    ] = None,
+    cli_image: CliImage = None,
+    browser_image: BrowserImage = None,
     oidc_server_dir: Annotated[
         Path | None,
         typer.Option(
@@ -185,28 +213,15 @@ def bench_auth(
     A real controller, a real OAuth server (node + oidc-provider) and a real Browser VM, with a
     scripted user signing in over the Browser VM's DevTools.
     """
-    settings = _load_settings()
-    cli_image_dir = _built_image(settings, cli_image, "minimal", role="CLI")
-    browser_image_dir = _built_image(settings, browser_image, "browser", role="Browser")
     command = ["hearth", "bench", "auth", "--n", str(n)]
     for flag, given in (("--cli-image", cli_image), ("--browser-image", browser_image)):
         if given is not None:
             command += [flag, str(given)]
     if oidc_server_dir is not None:
         command += ["--oidc-server-dir", str(oidc_server_dir)]
-    else:
-        try:
-            oidc_server_dir = install_oidc_server(settings.cache_dir)
-        except HearthError as exc:
-            _fail(exc)
+    login = _login_parts(cli_image, browser_image, oidc_server_dir)
     with _scratch_dir(state_dir) as root:
-        options = AuthBenchOptions(
-            n=n,
-            state_dir=root,
-            cli_image=cli_image_dir,
-            browser_image=browser_image_dir,
-            oidc_server_dir=oidc_server_dir.absolute(),
-        )
+        options = AuthBenchOptions(n=n, state_dir=root, **login)
         result = _run(run_auth_bench(options, progress=default_progress("bench")))
     _report(result, auth_tables, auth_document, json_file=json_file, command=command)
 
@@ -219,8 +234,8 @@ def bench_restarts(
         typer.Option(help=f"Restart points (default all: {', '.join(POINTS)}); repeatable."),
     ] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of the random stop moments.")] = None,
-    cli_image: Annotated[Path | None, typer.Option(help="CLI VM image.")] = None,
-    browser_image: Annotated[Path | None, typer.Option(help="Browser VM image.")] = None,
+    cli_image: CliImage = None,
+    browser_image: BrowserImage = None,
     json_file: JsonFile = None,
     state_dir: Annotated[Path | None, _state_dir_option("The controller's state dir")] = None,
 ) -> None:
@@ -229,25 +244,12 @@ def bench_restarts(
 
     A real controller, OAuth server and VMs, as ``hearth bench auth``; long: not run in CI.
     """
-    settings = _load_settings()
-    cli_image_dir = _built_image(settings, cli_image, "minimal", role="CLI")
-    browser_image_dir = _built_image(settings, browser_image, "browser", role="Browser")
-    points = tuple(point or POINTS)
     command = ["hearth", "bench", "restarts", "--n", str(n)]
     command += [arg for p in point or () for arg in ("--point", p)]
-    try:
-        oidc_server_dir = install_oidc_server(settings.cache_dir)
-    except HearthError as exc:
-        _fail(exc)
+    login = _login_parts(cli_image, browser_image, None)
     with _scratch_dir(state_dir) as root:
         options = RestartsOptions(
-            n=n,
-            state_dir=root,
-            cli_image=cli_image_dir,
-            browser_image=browser_image_dir,
-            oidc_server_dir=oidc_server_dir.absolute(),
-            points=points,
-            seed=seed,
+            n=n, state_dir=root, points=tuple(point or POINTS), seed=seed, **login
         )
         result = _run(run_restarts_bench(options, progress=default_progress("bench")))
     _report(result, restarts_tables, restarts_document, json_file=json_file, command=command)

@@ -50,16 +50,18 @@ class ControllerProcess(ChildServer):
         cls,
         *,
         state_dir: Path,
-        database_url: str,
+        database_url: str | None = None,
         env: Mapping[str, str] | None = None,
         destroy_on_exit: bool = False,
     ) -> ControllerProcess:
         """Start the controller and wait until ``/health`` answers 200.
 
-        ``env`` adds ``HEARTH_*`` settings (the caller's own never reach the controller);
-        ``destroy_on_exit`` makes it destroy every VM it runs when it is stopped.
+        ``database_url`` defaults to SQLite in ``state_dir/hearth.db``; ``env`` adds ``HEARTH_*``
+        settings (the caller's own never reach the controller); ``destroy_on_exit`` makes it
+        destroy every VM it runs when it is stopped.
         """
         state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        database_url = database_url or f"sqlite+aiosqlite:///{state_dir / 'hearth.db'}"
         port = free_local_port()
         child_env = {k: v for k, v in os.environ.items() if not k.startswith("HEARTH_")}
         child_env.update(

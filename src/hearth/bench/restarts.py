@@ -139,7 +139,6 @@ class Logins:
         """``hearth serve`` on the state dir (VMs outlive it unless ``destroy_on_exit``)."""
         self.controller = await ControllerProcess.start(
             state_dir=self.state,
-            database_url=f"sqlite+aiosqlite:///{self.state / 'hearth.db'}",
             env=controller_env(self.oidc),
             destroy_on_exit=destroy_on_exit,
         )

@@ -172,7 +172,6 @@ async def _measure_exec_and_files(
         with progress.phase("controller", "start hearth serve"):
             controller = await ControllerProcess.start(
                 state_dir=state,
-                database_url=f"sqlite+aiosqlite:///{state / 'hearth.db'}",
                 env=_controller_env(options),
                 destroy_on_exit=True,
             )

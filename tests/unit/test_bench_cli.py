@@ -1,0 +1,59 @@
+"""``hearth bench auth`` and ``restarts`` refuse, before starting anything, an image that is not
+built, naming the VM role and the command that builds it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from hearth.bench.cli import bench_app
+from hearth.config import Settings
+from hearth.images.build import default_output_dir
+from hearth.images.recipes import get_recipe
+from tests.conftest import write_manifest
+
+
+def _bench(tmp_path: Path, *args: str) -> tuple[int, str]:
+    """Exit code and output (without whitespace: the console wraps long paths anywhere)."""
+    app = typer.Typer()
+    app.add_typer(bench_app, name="bench")
+    result = CliRunner().invoke(
+        app,
+        ["bench", *args],
+        env={"HEARTH_STATE_DIR": str(tmp_path / "state"), "HEARTH_CACHE_DIR": str(tmp_path)},
+    )
+    return result.exit_code, "".join(result.output.split())
+
+
+@pytest.mark.parametrize("bench", ["auth", "restarts"])
+def test_a_login_bench_refuses_a_cli_image_that_is_not_built(tmp_path: Path, bench: str) -> None:
+    empty = tmp_path / "not-an-image"
+    empty.mkdir()
+
+    code, output = _bench(tmp_path, bench, "--cli-image", str(empty))
+
+    assert code == 1
+    assert "not_an_image" in output
+    assert f"{empty}holdsnobuiltimageforCLIVMs" in output
+    assert "hearthimagebuild--recipeminimal" in output
+    assert not (tmp_path / "state").exists(), "the bench started before refusing"
+
+
+@pytest.mark.parametrize("bench", ["auth", "restarts"])
+def test_a_login_bench_defaults_to_the_browser_image_under_the_state_dir(
+    tmp_path: Path, bench: str
+) -> None:
+    settings = Settings.from_env({"HEARTH_STATE_DIR": str(tmp_path / "state")})
+    default = default_output_dir(settings, get_recipe("browser"))
+    cli_image = tmp_path / "cli"
+    cli_image.mkdir()
+    write_manifest(cli_image)
+
+    code, output = _bench(tmp_path, bench, "--cli-image", str(cli_image))
+
+    assert code == 1
+    assert f"{default}holdsnobuiltimageforBrowserVMs" in output
+    assert "hearthimagebuild--recipebrowser" in output
