@@ -48,6 +48,9 @@ class FakeBackend:
         self.volumes: dict[Path, tuple[int, bytes]] = {}
         # Set to make the next wake find its saved state corrupt.
         self.corrupt_next_wake = False
+        # Set to make the next wake read the saved state, then fail with this error (a VMM
+        # that dies after the load): the state is spent and the VM lost.
+        self.fail_next_wake: Exception | None = None
 
     async def prepare(self, image: ImageDir, spec: VmSpec) -> None:
         """Templates are nothing here: record what was asked."""
@@ -148,7 +151,8 @@ class FakeBackend:
 
     async def wake(self, vm: Vm, state_key: bytes) -> Vm:
         """Running again, if ``state_key`` and the VM's disk key are the ones it was saved
-        with; SavedStateCorrupt (the VM failed) otherwise or after ``corrupt_next_wake``."""
+        with; SavedStateCorrupt (the VM failed) otherwise or after ``corrupt_next_wake``;
+        ``fail_next_wake`` once the state is read."""
         saved = self.hibernated.get(vm.id)
         corrupt, self.corrupt_next_wake = self.corrupt_next_wake, False
         if saved is None or corrupt or saved != (state_key, vm.disk_key):
@@ -156,6 +160,10 @@ class FakeBackend:
             raise SavedStateCorrupt(f"VM {vm.id}: the fake's saved state does not open")
         vm.move_to(VmState.BOOTING)
         del self.hibernated[vm.id]
+        if self.fail_next_wake is not None:
+            error, self.fail_next_wake = self.fail_next_wake, None
+            vm.state = VmState.FAILED
+            raise error
         self.running[vm.id] = vm
         vm.ready_at = time.time()
         vm.move_to(VmState.READY)

@@ -17,9 +17,10 @@ from typing import Any
 import pytest
 
 from hearth.config import Settings
-from hearth.errors import NotSupported
+from hearth.errors import NotSupported, VmError
 from hearth.store.records import SEALED_KEYS_FIELDS
-from hearth.vm.types import BootMode, Vm, VmSpec, VmState, VmType
+from hearth.vm.types import BootMode, GuestForward, Vm, VmSpec, VmState, VmType
+from hearth_agent.wire import Provider
 from tests.fake_backend import FakeBackend
 from tests.integration.api_fixtures import *  # noqa: F403
 from tests.integration.api_fixtures import (
@@ -29,6 +30,7 @@ from tests.integration.api_fixtures import (
     running_api,
     until_status,
 )
+from tests.integration.test_api_network import connect_through
 
 CHECK_S = 0.05
 
@@ -179,6 +181,61 @@ async def test_a_corrupt_saved_state_fails_the_vm_with_why(api_h: Api) -> None:
     assert events[-1] == "vm.failed"
 
 
+async def test_a_wake_that_fails_after_its_state_was_read_fails_the_vm_saying_why(
+    api_h: Api,
+) -> None:
+    api = api_h
+    vm_id = await new_vm(api)
+    await post(api, vm_id, "hibernate")
+    api.backend.fail_next_wake = VmError("the agent did not answer after the load")
+    assert (await post(api, vm_id, "resume")).status_code >= 500
+    record = await api.ctl.store.vms.get(vm_id)
+    assert record.status is VmState.FAILED  # not "hibernated": its saved state is spent
+    assert record.error is not None
+    assert "did not answer after the load" in record.error
+    events = [e.type for e in await api.ctl.events.list() if e.vm_id == vm_id]
+    assert events[-1] == "vm.failed"
+    assert await api.ctl.store.egress.get(vm_id) is None
+
+
+async def test_a_wake_that_fails_before_its_state_is_read_leaves_it_hibernated(
+    api_h: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    api = api_h
+    vm_id = await new_vm(api)
+    await post(api, vm_id, "hibernate")
+    networks = api.ctl.vms.networks
+    assert networks is not None
+
+    async def no_path(vm_id: str) -> GuestForward:
+        raise VmError("no egress path today")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(networks, "open", no_path)
+        assert (await post(api, vm_id, "resume")).status_code >= 500
+    record = await api.ctl.store.vms.get(vm_id)
+    assert record.status is VmState.HIBERNATED  # not stuck "booting"
+    assert vm_id in api.backend.hibernated
+    woken = await post(api, vm_id, "resume")
+    assert (woken.status_code, woken.json()["status"]) == (200, "ready"), woken.text
+
+
+async def test_a_vm_whose_sealed_keys_do_not_open_fails_its_wake_and_is_told(api_h: Api) -> None:
+    api = api_h
+    vm_id = await new_vm(api)
+    await post(api, vm_id, "hibernate")
+    hibernated = await api.ctl.store.vms.get(vm_id)
+    assert hibernated.keys_ciphertext is not None
+    await api.ctl.store.vms.update(vm_id, keys_ciphertext=b"\0" * len(hibernated.keys_ciphertext))
+    error = assert_error(await post(api, vm_id, "resume"), 500, "saved_state_corrupt")
+    assert "do not open" in error["message"]
+    record = await api.ctl.store.vms.get(vm_id)
+    assert record.status is VmState.FAILED
+    assert record.workdir == hibernated.workdir  # its files are still found, for inspection
+    events = [e.type for e in await api.ctl.events.list() if e.vm_id == vm_id]
+    assert events[-1] == "vm.failed"
+
+
 async def test_a_hibernated_vm_holds_no_memory_and_waking_needs_room_again(
     settings: Settings, fake_backend: FakeBackend, tmp_path: Path
 ) -> None:
@@ -287,3 +344,38 @@ async def test_an_idle_vm_is_hibernated_and_auto_resumed_its_hibernated_time_not
         f"/api/vms/{vm_id}", json={"timeoutAction": "hibernate"}, headers=api.headers()
     )
     assert patched.json()["timeoutAction"] == "hibernate"
+
+
+async def test_a_woken_vm_keeps_what_its_network_let_through_across_a_restart(
+    settings: Settings, fake_backend: FakeBackend, tmp_path: Path, echo_port: int
+) -> None:
+    # The providers its credentials opened and the user's allowOut/denyOut come back with the
+    # VM, on a new path, even when another controller wakes it.
+    settings = settings.with_overrides(
+        egress_pins=(("stand-in.test:443", f"127.0.0.1:{echo_port}"),)
+    )
+    wanted = {"allowOut": ["stand-in.test"], "denyOut": ["api.openai.com"]}
+    async with running_api(settings, fake_backend, tmp_path / "image") as api:
+        vm_id = await new_vm(api)
+        url = f"/api/vms/{vm_id}/network"
+        assert (await api.client.put(url, json=wanted, headers=api.headers())).status_code == 200
+        networks = api.ctl.vms.networks
+        assert networks is not None
+        await networks.allow_provider(vm_id, Provider.CODEX)  # as a delivery does
+        before = (await api.client.get(url, headers=api.headers())).json()
+        assert (await post(api, vm_id, "hibernate")).json()["status"] == "hibernated"
+        assert not networks.has_path(vm_id)
+    async with running_api(settings, fake_backend, tmp_path / "image") as api:
+        woken = await post(api, vm_id, "resume")
+        assert (woken.status_code, woken.json()["status"]) == (200, "ready"), woken.text
+        after = (await api.client.get(url, headers=api.headers())).json()
+        assert after["providers"] == before["providers"] == ["codex"]
+        for key in ("allowOut", "denyOut", "allow"):
+            assert after[key] == before[key], key
+        # Enforced by the new path the woken VM's spec carries, not only stored.
+        (forward,) = fake_backend.running[vm_id].spec.guest_forwards
+        assert await connect_through(forward.host_port, "stand-in.test:443") == 200
+        assert await connect_through(forward.host_port, "api.openai.com:443") == 403
+        # Destroyed, it leaves no stored policy behind.
+        assert (await api.client.delete(f"/api/vms/{vm_id}", headers=api.headers())).is_success
+        assert await api.ctl.store.egress.get(vm_id) is None

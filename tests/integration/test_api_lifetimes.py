@@ -378,3 +378,28 @@ async def test_a_login_under_way_for_the_vm_keeps_it_from_idling(api_lt: Api) ->
         login.id, AuthStatus.AWAITING_USER, AuthStatus.FAILED, error_message="test over"
     )
     await until(lambda: _is(api_lt, vm["id"], "paused"))
+
+
+async def test_a_paused_vm_runs_again_for_what_must_happen_before_it_is_destroyed(
+    api_lt: Api,
+) -> None:
+    # The credential pull-back and the workspace's unmount talk to the VM's agent, which a
+    # paused VM cannot answer: destroying one lets it run again for them, its row already
+    # "stopping" so nothing else takes it meanwhile.
+    api = api_lt
+    vm_id = str((await new_vm(api))["id"])
+    paused = await api.client.post(f"/api/vms/{vm_id}/pause", headers=api.headers())
+    assert paused.json()["status"] == "paused"
+    token = api.ctl.vms.agent_token(vm_id)
+    seen: list[tuple[str, str, str, str | None]] = []
+
+    async def observe(record: VmRecord, agent_token: str | None) -> None:
+        now = await api.ctl.store.vms.get(record.id)
+        vm = api.backend.running[record.id]
+        seen.append((record.status.value, now.status.value, vm.state.value, agent_token))
+
+    api.ctl.vms.before_destroy = (*api.ctl.vms.before_destroy, observe)
+    destroyed = await api.client.delete(f"/api/vms/{vm_id}", headers=api.headers())
+    assert destroyed.status_code == 200, destroyed.text
+    assert seen == [("paused", "stopping", "ready", token)]
+    assert await status_of(api, vm_id) == "destroyed"

@@ -17,12 +17,14 @@ set to the host's. A saved state that is missing or does not open fails the VM w
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hearth.agent_client import AgentClient
 from hearth.control.lifetimes import running_fields
 from hearth.control.vm_keys import HeldKeys, VmKeys
-from hearth.errors import Conflict, HearthError, SavedStateCorrupt
+from hearth.errors import Conflict, HearthError, SavedStateCorrupt, VmError
+from hearth.events.types import EventType
 from hearth.logging import get_logger
 from hearth.store import VmRecord
 from hearth.store.records import utc_now
@@ -83,7 +85,7 @@ class Hibernation:
             raise
         vms.live.pop(vm_id, None)
         if vms.networks is not None:
-            await vms.networks.close(vm_id)
+            await vms.networks.suspend(vm_id)
         hibernated = await vms.store.vms.transition(
             vm_id,
             VmState.HIBERNATING,
@@ -107,9 +109,7 @@ class Hibernation:
         token = vms.tokens.open(record)
         if keys is None or keys.state is None or token is None:
             error = SavedStateCorrupt(f"VM {vm_id}: the keys sealed in its row do not open")
-            await vms.store.vms.transition(
-                vm_id, VmState.HIBERNATED, VmState.FAILED, error=error.message
-            )
+            await self._fail(vm_id, error=error, workdir=record.workdir, was=VmState.HIBERNATED)
             raise error
         spec = vms.spec_for(record.vm_type, record.vcpus, record.mem_mib)
         async with vms.admission:
@@ -119,16 +119,9 @@ class Hibernation:
             await vms.store.vms.transition(
                 vm_id, VmState.HIBERNATED, VmState.BOOTING, boot_mode=BootMode.WAKE
             )
-        workspaces = vms.workspaces
-        volumes = (
-            workspaces.volumes_for(record, await vms.store.workspaces.get(record.user_id))
-            if workspaces is not None
-            else []
-        )
         vm = Vm(
             id=vm_id,
-            volumes=volumes,
-            spec=await vms.with_egress(vm_id, spec),
+            spec=spec,
             backend=record.backend,
             state=VmState.HIBERNATED,
             boot_mode=BootMode.WAKE,
@@ -138,12 +131,20 @@ class Hibernation:
             created_at=record.created_at.timestamp(),
         )
         try:
+            if vms.workspaces is not None:
+                workspace = await vms.store.workspaces.get(record.user_id)
+                vm.volumes = vms.workspaces.volumes_for(record, workspace)
+            vm.spec = await vms.with_egress(vm_id, spec)
             vm = await vms.node.wake(vm, keys.state)
         except BaseException as exc:
+            # Corrupt, or run from its saved state and lost after: nothing is left to wake.
+            ended = isinstance(exc, SavedStateCorrupt) or vm.state is VmState.FAILED
             if vms.networks is not None:
-                await vms.networks.close(vm_id)
-            if isinstance(exc, SavedStateCorrupt):
-                await vms.fail_hibernated(vm_id, error=exc, workdir=vm.workdir)
+                # Still hibernated, it keeps its policy for the next wake; failed, it ends.
+                await (vms.networks.close if ended else vms.networks.suspend)(vm_id)
+            if ended:
+                reason = exc if isinstance(exc, HearthError) else VmError(_lost(vm_id, exc))
+                await self._fail(vm_id, error=reason, workdir=vm.workdir)
             else:
                 await vms.store.vms.transition(vm_id, VmState.BOOTING, VmState.HIBERNATED)
             raise
@@ -158,6 +159,25 @@ class Hibernation:
         _log.info("vm_woken", vm_id=vm_id, user_id=record.user_id, clock_offset_s=offset)
         return woken
 
+    async def _fail(
+        self,
+        vm_id: str,
+        *,
+        error: HearthError,
+        workdir: Path | None,
+        was: VmState = VmState.BOOTING,
+    ) -> None:
+        """A wake of VM ``vm_id`` left nothing to wake (its saved state or keys unusable, or
+        the state consumed by a VMM that then failed): fail it with ``error``, told as
+        ``vm.failed``; its files stay where the node kept them (``workdir``), for inspection."""
+        vms = self.vms
+        vms.metrics.failures.labels(stage="wake").inc()
+        _log.warning("vm_failed", vm_id=vm_id, stage="wake", error=error.message[:300])
+        record = await vms.store.vms.transition(
+            vm_id, was, VmState.FAILED, error=error.message[:2000], workdir=workdir
+        )
+        await vms.announce(EventType.VM_FAILED, record, stage="wake", error=record.error)
+
 
 async def set_guest_clock(vm: Vm) -> float | None:
     """Set the guest's clock to the host's (it stood still while the VM was saved or paused);
@@ -169,3 +189,7 @@ async def set_guest_clock(vm: Vm) -> float | None:
         return None
     offset = answer.get("offsetS")
     return float(offset) if isinstance(offset, int | float) else None
+
+
+def _lost(vm_id: str, exc: BaseException) -> str:
+    return f"VM {vm_id}: its wake failed after its saved state was read ({type(exc).__name__})"

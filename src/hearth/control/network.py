@@ -87,10 +87,14 @@ class CliNetworks:
         self._policies: dict[str, NetworkPolicy] = {}
 
     async def open(self, vm_id: str) -> GuestForward:
-        """Open the VM's path (nothing allowed yet); the forward its spec must carry."""
-        path = await self.node.open_egress((), owner=vm_id)
+        """Open the VM's path, with the policy stored for it (a VM woken from hibernation goes
+        on with its providers, ``allowOut`` and ``denyOut``), else with nothing allowed yet;
+        the forward its spec must carry."""
+        stored = await self.store.egress.get(vm_id)
+        policy = NetworkPolicy(provider_hosts=self.hosts) if stored is None else self._of(stored)
+        path = await self.node.open_egress(policy.allow, deny=policy.deny_out, owner=vm_id)
         self._paths[vm_id] = path
-        self._policies[vm_id] = NetworkPolicy(provider_hosts=self.hosts)
+        self._policies[vm_id] = policy
         try:
             await self._save(vm_id)
         except BaseException:
@@ -105,9 +109,7 @@ class CliNetworks:
         stored = await self.store.egress.get(vm_id)
         if stored is None:
             return False
-        policy = NetworkPolicy(
-            set(stored.providers), stored.allow_out, stored.deny_out, provider_hosts=self.hosts
-        )
+        policy = self._of(stored)
         try:
             path = await self.node.open_egress(
                 policy.allow, deny=policy.deny_out, owner=vm_id, port=stored.port
@@ -119,21 +121,33 @@ class CliNetworks:
         _log.info("cli_egress_reopened", vm_id=vm_id, port=path.port)
         return True
 
+    def _of(self, stored: EgressRecord) -> NetworkPolicy:
+        """The policy a stored path records."""
+        return NetworkPolicy(
+            set(stored.providers), stored.allow_out, stored.deny_out, provider_hosts=self.hosts
+        )
+
     async def forget_others(self, keep: set[str]) -> None:
-        """Drop the stored paths of every VM but ``keep`` (a restart adopted only those)."""
+        """Drop the stored paths of every VM but ``keep`` (those a restart adopted, and the
+        hibernated ones, whose policy their wake opens again)."""
         forgotten = await self.store.egress.delete_except(keep)
         if forgotten:
             _log.info("cli_egress_forgotten", count=forgotten)
 
     async def close(self, vm_id: str) -> None:
         """The VM is gone: close its path and forget its policy; nothing to do if it has none."""
-        path = self._paths.pop(vm_id, None)
-        self._policies.pop(vm_id, None)
         try:
-            if path is not None:
-                await path.close()
+            await self.suspend(vm_id)
         finally:
             await self.store.egress.delete(vm_id)
+
+    async def suspend(self, vm_id: str) -> None:
+        """The VM stopped running but goes on (hibernated): close its path and keep its
+        stored policy, which ``open`` takes up again at its wake."""
+        path = self._paths.pop(vm_id, None)
+        self._policies.pop(vm_id, None)
+        if path is not None:
+            await path.close()
 
     async def close_all(self) -> None:
         """Stop every path's proxy (the controller stops); the stored paths stay for the VMs

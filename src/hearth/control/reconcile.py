@@ -71,7 +71,7 @@ async def reconcile(vms: VmService) -> dict[str, list[str]]:
         report["failed"].append(record.id)
     report["reaped"] = await vms.node.reap(keep={*vms.live, *report["hibernated"]})
     if vms.networks is not None:
-        await vms.networks.forget_others(keep=set(vms.live))
+        await vms.networks.forget_others(keep={*vms.live, *report["hibernated"]})
     _log.info("reconciled", **{k: len(v) for k, v in report.items()})
     return report
 

@@ -383,17 +383,12 @@ class VmService:
             record = await self.store.vms.transition(
                 vm_id, record.status, VmState.FAILED, error="destroyed while booting"
             )
-        if record.status in (VmState.READY, VmState.UNHEALTHY):
-            hooks = [*self.before_destroy]
-            if self.workspaces is not None:
-                hooks.append(self.workspaces.before_destroy)
-            for hook in hooks:
-                try:
-                    await hook(record, self.agent_token(vm_id))
-                except HearthError as exc:
-                    _log.warning("before_destroy_failed", vm_id=vm_id, error=exc.message[:300])
+        was = record
         if record.status is not VmState.STOPPING:
+            # Its row first, so nothing else (a pause, a hibernation, a command) takes it now.
             record = await self.store.vms.transition(vm_id, record.status, VmState.STOPPING)
+        if was.status in (VmState.READY, VmState.UNHEALTHY, VmState.PAUSED):
+            await self._before_destroy(was)
         vm = self.live.pop(vm_id, None)
         if vm is None and record.workdir is not None:
             vm = Vm(id=vm_id, spec=VmSpec(), backend=record.backend, workdir=Path(record.workdir))
@@ -404,6 +399,23 @@ class VmService:
             await self._discard(vm)
         _log.info("vm_destroyed", vm_id=vm_id, user_id=record.user_id)
         return await self.store.vms.transition(vm_id, VmState.STOPPING, VmState.DESTROYED)
+
+    async def _before_destroy(self, record: VmRecord) -> None:
+        """Run the hooks (the credential pull-back, the workspace's sync and unmount) against
+        the VM's agent; a paused VM runs again for them, since its agent must answer."""
+        vm = self.live.get(record.id)
+        if record.status is VmState.PAUSED and vm is not None:
+            try:
+                await self.node.resume(vm)
+            except HearthError as exc:
+                _log.warning("before_destroy_failed", vm_id=record.id, error=exc.message[:300])
+                return
+        workspaces = () if self.workspaces is None else (self.workspaces.before_destroy,)
+        for hook in (*self.before_destroy, *workspaces):
+            try:
+                await hook(record, self.agent_token(record.id))
+            except HearthError as exc:
+                _log.warning("before_destroy_failed", vm_id=record.id, error=exc.message[:300])
 
     async def pause(self, vm_id: str, *, user_id: str | None = None) -> VmRecord:
         """Pause a ready VM."""
@@ -445,18 +457,6 @@ class VmService:
             await self.fail_running(vm_id, stage="running", error=error)
             died.append(vm_id)
         return died
-
-    async def fail_hibernated(
-        self, vm_id: str, *, error: HearthError, workdir: Path | None
-    ) -> None:
-        """A wake found the saved state of VM ``vm_id`` unusable: fail it with ``error``; its
-        files stay where the node kept them (``workdir``), for inspection."""
-        self.metrics.failures.labels(stage="wake").inc()
-        _log.warning("vm_failed", vm_id=vm_id, stage="wake", error=error.message[:300])
-        record = await self.store.vms.transition(
-            vm_id, VmState.BOOTING, VmState.FAILED, error=error.message[:2000], workdir=workdir
-        )
-        await self.announce(EventType.VM_FAILED, record, stage="wake", error=record.error)
 
     async def fail_running(self, vm_id: str, *, stage: str, error: HearthError) -> None:
         """Mark a running VM failed (``error`` says why, ``stage`` labels the metric) and tear

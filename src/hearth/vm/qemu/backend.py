@@ -319,7 +319,11 @@ class QemuBackend(BackendLifecycle[Template]):
             )
         was, key, started = vm.state, new_state_key(), time.monotonic()
         vm.move_to(VmState.HIBERNATING)
-        monitor = await Monitor.connect(vm.id, paths.qmp, deadline=Deadline.after(5))
+        try:
+            monitor = await Monitor.connect(vm.id, paths.qmp, deadline=Deadline.after(5))
+        except BaseException:
+            vm.state = was
+            raise
         try:
             pinned = await asyncio.to_thread(hibernation.pin, paths.workdir, *layers)
             await monitor.execute("stop")
@@ -363,13 +367,9 @@ class QemuBackend(BackendLifecycle[Template]):
         started = time.monotonic()
         try:
             source = hibernation.check_saved(paths.workdir)
-            record = read_record(paths.workdir) or {}
-            saved = recorded_layers(record)
-            if saved is None:
-                raise SavedStateCorrupt(f"VM {vm.id}: its record names no pinned disk layers")
-            image, layers = saved
+            image, layers, slot_mib = records.saved_disks(paths.workdir, vm.id)
             # The saved devices are the ones it started with, whatever the settings say now.
-            vm.spec = replace(vm.spec, volume_slot_mib=records.recorded_slot_mib(record))
+            vm.spec = replace(vm.spec, volume_slot_mib=slot_mib)
             proc = await self._launch(vm, paths, image, layers, wake_layers=layers)
             deadline = Deadline.after(self.restore_deadline_s)
             await hibernation.load(paths.migration, source, state_key, deadline=deadline)

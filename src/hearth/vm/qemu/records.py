@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from hearth.errors import HearthError
+from hearth.errors import HearthError, SavedStateCorrupt
 from hearth.images.manifest import ImageDir
 from hearth.network.namespace import NetworkSlot
 from hearth.vm.host import bytes_on_disk, read_legacy_token
@@ -82,6 +82,16 @@ def vm_from_record(workdir: Path, *, backend: str) -> Vm | None:
         disk_bytes=bytes_on_disk(workdir / "disk.qcow2"),
         ports={int(k): int(v) for k, v in (record.get("ports") or {}).items()},
     )
+
+
+def saved_disks(workdir: Path, vm_id: str) -> tuple[ImageDir, tuple[DiskLayer, ...], int]:
+    """What a hibernated VM wakes on: the image and layers its record pinned, and the size of
+    the volume slot it started with; SavedStateCorrupt when the record names no layers."""
+    record = read_record(workdir) or {}
+    saved = recorded_layers(record)
+    if saved is None:
+        raise SavedStateCorrupt(f"VM {vm_id}: its record names no pinned disk layers")
+    return (*saved, recorded_slot_mib(record))
 
 
 def recorded_slot_mib(record: dict[str, object]) -> int:
