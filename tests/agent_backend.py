@@ -92,6 +92,14 @@ class AgentBackend(FakeBackend):
         vm.token = token
         return token
 
+    async def wake(self, vm: Vm, state_key: bytes) -> Vm:
+        """As the fake's; the VM's agent (which ran on while it was "saved", as the processes
+        of a real hibernated VM come back with its memory) answers at its address again."""
+        woken = await super().wake(vm, state_key)
+        agent = self.agents[vm.id]
+        woken.agent_url, woken.pid = agent.base_url, agent.pid
+        return woken
+
     def kill(self, vm_id: str) -> None:
         """End a VM as a dying VMM would: its agent killed and reaped, the VM no longer alive."""
         self._stop_agent(vm_id)

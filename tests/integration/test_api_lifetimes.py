@@ -403,3 +403,55 @@ async def test_a_paused_vm_runs_again_for_what_must_happen_before_it_is_destroye
     assert destroyed.status_code == 200, destroyed.text
     assert seen == [("paused", "stopping", "ready", token)]
     assert await status_of(api, vm_id) == "destroyed"
+
+
+async def test_a_command_running_when_its_vm_was_hibernated_keeps_it_from_idling_after_its_wake(
+    api_lt_agents: Api,
+) -> None:
+    # The command's processes are in the saved memory and run on once the VM wakes (here the
+    # stand-in agent simply runs on): the controller must not forget it meanwhile.
+    api = api_lt_agents
+    vm = await new_vm(api, idleTimeoutS=1)
+    url = f"/api/vms/{vm['id']}"
+    ran = await api.client.post(
+        f"{url}/exec?wait=false", json={"cmd": ["sleep", "4"]}, headers=api.headers()
+    )
+    assert ran.status_code == 202, ran.text
+    saved = await api.client.post(f"{url}/hibernate", headers=api.headers())
+    assert saved.json()["status"] == "hibernated", saved.text
+    await asyncio.sleep(10 * CHECK_S)  # the lifetime check comes round while it sleeps
+    woken = await api.client.post(f"{url}/resume", headers=api.headers())
+    assert woken.json()["status"] == "ready", woken.text
+    await asyncio.sleep(2)  # nobody calls; the command runs
+    assert await status_of(api, vm["id"]) == "ready"
+    await until(lambda: _is(api, vm["id"], "paused"))  # idle once it ended
+
+
+class SlowWake(AgentBackend):
+    """VMs with real agents whose wake takes a moment."""
+
+    async def wake(self, vm: Vm, state_key: bytes) -> Vm:
+        await asyncio.sleep(0.5)
+        return await super().wake(vm, state_key)
+
+
+async def test_calls_that_find_a_vm_hibernated_at_once_share_its_wake(
+    lifetime_settings: Settings, agent_launcher: AgentLauncher, tmp_path: Path
+) -> None:
+    backend = SlowWake(agent_launcher)
+    async with running_api(lifetime_settings, backend, tmp_path / "image") as api:
+        vm = await new_vm(api)
+        url = f"/api/vms/{vm['id']}"
+        saved = await api.client.post(f"{url}/hibernate", headers=api.headers())
+        assert saved.json()["status"] == "hibernated", saved.text
+        ran = await asyncio.gather(
+            *(
+                api.client.post(
+                    f"{url}/exec?wait=false", json={"cmd": ["true"]}, headers=api.headers()
+                )
+                for _ in range(3)
+            )
+        )
+        assert [r.status_code for r in ran] == [202, 202, 202], [r.text for r in ran]
+        assert len(await events_of(api, "vm.auto_resumed")) == 1
+        assert await status_of(api, vm["id"]) == "ready"

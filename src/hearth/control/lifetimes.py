@@ -19,6 +19,7 @@ first, told as ``vm.auto_resumed``.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import Callable
 from datetime import datetime
@@ -41,6 +42,8 @@ if TYPE_CHECKING:
 _log = get_logger("control.lifetimes")
 # The statuses a VM uses its lifetime in.
 _RUNNING = (VmState.READY, VmState.UNHEALTHY)
+# Not running now but to run again (a wake's boot among them): what was started in them is kept.
+_ASLEEP = (VmState.PAUSED, VmState.HIBERNATING, VmState.HIBERNATED, VmState.BOOTING)
 # A login in one of these may still deliver into its CLI VM.
 _LOGGING_IN = tuple(status for status in AuthStatus if status not in TERMINAL)
 
@@ -108,6 +111,8 @@ class Lifetimes:
         self._seen: dict[str, datetime] = {}
         # Commands the controller started in each VM and has not yet seen end.
         self._execs: dict[str, set[str]] = {}
+        # Automatic resumes under way: concurrent calls on one VM share one.
+        self._resuming: dict[str, asyncio.Task[VmRecord]] = {}
 
     def touch(self, vm_id: str) -> None:
         """VM ``vm_id`` was used now (ids of VMs this controller does not run are ignored)."""
@@ -123,8 +128,18 @@ class Lifetimes:
         """``record`` used now; resumed first when it is paused or hibernated and resumes
         automatically."""
         self.touch(record.id)
-        if record.status not in (VmState.PAUSED, VmState.HIBERNATED) or not record.auto_resume:
-            return record
+        task = self._resuming.get(record.id)  # one under way (its row may read "booting")
+        if task is None:
+            if record.status not in (VmState.PAUSED, VmState.HIBERNATED) or not record.auto_resume:
+                return record
+            task = asyncio.create_task(self._auto_resume(record))
+            self._resuming[record.id] = task
+            task.add_done_callback(lambda _t: self._resuming.pop(record.id, None))
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved
+        # A caller that gives up (a cancelled request) leaves the resume to the others.
+        return await asyncio.shield(task)
+
+    async def _auto_resume(self, record: VmRecord) -> VmRecord:
         try:
             resumed = await self.vms.resume(record.id)
         except Conflict:
@@ -158,10 +173,11 @@ class Lifetimes:
 
     async def check_once(self) -> list[str]:
         """Act on every running CLI VM whose lifetime or idle time is up; their ids."""
-        self._forget_gone()
+        rows = await self.vms.store.vms.list(statuses=(*_RUNNING, *_ASLEEP))
+        self._forget_gone({record.id for record in rows})
         acted = []
-        for record in await self.vms.store.vms.list(statuses=_RUNNING):
-            if record.pooled or record.vm_type is not VmType.CLI:
+        for record in rows:
+            if record.status not in _RUNNING or record.pooled or record.vm_type is not VmType.CLI:
                 continue
             now = utc_now()
             due = self._due(record, now)
@@ -242,8 +258,10 @@ class Lifetimes:
         )
         return True
 
-    def _forget_gone(self) -> None:
-        for vm_id in set(self._seen) - set(self.vms.live):
-            self._seen.pop(vm_id, None)
-        for vm_id in set(self._execs) - set(self.vms.live):
-            self._execs.pop(vm_id, None)
+    def _forget_gone(self, keep: set[str]) -> None:
+        """Forget the use and commands of every VM but ``keep`` and the live ones: those that
+        ended (a hibernated VM's commands run on once it wakes)."""
+        keep = keep | set(self.vms.live)
+        for table in (self._seen, self._execs):
+            for vm_id in set(table) - keep:
+                table.pop(vm_id, None)
