@@ -455,3 +455,30 @@ async def test_calls_that_find_a_vm_hibernated_at_once_share_its_wake(
         assert [r.status_code for r in ran] == [202, 202, 202], [r.text for r in ran]
         assert len(await events_of(api, "vm.auto_resumed")) == 1
         assert await status_of(api, vm["id"]) == "ready"
+
+
+@pytest.mark.parametrize("action", ["hibernate", "destroy"])
+async def test_a_vm_used_while_its_idleness_is_checked_is_not_ended(
+    api_lt: Api, monkeypatch: pytest.MonkeyPatch, action: str
+) -> None:
+    # The check looks at the VM's logins and commands (store and agent round trips) before it
+    # acts; a call arriving meanwhile makes it not idle: it is neither hibernated nor destroyed.
+    api = api_lt
+    lifetimes = api.ctl.lifetimes
+    used: list[str] = []
+
+    async def busy_while_a_call_lands(record: VmRecord) -> bool:
+        lifetimes.touch(record.id)
+        used.append(record.id)
+        return False
+
+    monkeypatch.setattr(lifetimes, "_busy", busy_while_a_call_lands)
+    vm = await new_vm(api, idleTimeoutS=1, idleAction=action)
+    await until(lambda: _has(used, vm["id"]))
+    await asyncio.sleep(10 * CHECK_S)
+    assert await status_of(api, vm["id"]) == "ready"
+    assert await events_of(api, "vm.timed_out") == []
+
+
+async def _has(seen: list[str], vm_id: str) -> bool:
+    return vm_id in seen

@@ -224,6 +224,8 @@ class Lifetimes:
         return False
 
     async def _act(self, record: VmRecord, due: _Due, *, decided: datetime) -> bool:
+        if due.reason == "idle" and self._seen.get(record.id, decided) > decided:
+            return False  # used while the check looked at its logins and commands
         try:
             if due.action is LifetimeAction.PAUSE:
                 ended = await self.vms.pause(record.id)
