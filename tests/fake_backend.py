@@ -132,7 +132,7 @@ class FakeBackend:
         """Mark the VM ready again."""
         self._running(vm).move_to(VmState.READY)
 
-    async def hibernate(self, vm: Vm) -> bytes:
+    async def hibernate(self, vm: Vm, state_key: bytes) -> None:
         """Keep the VM as "saved": no longer running, its keys remembered."""
         was = self._running(vm).state
         vm.move_to(VmState.HIBERNATING)
@@ -140,14 +140,12 @@ class FakeBackend:
             error, self.fail_next = self.fail_next, None
             vm.state = was
             raise error
-        key = secrets.token_bytes(32)
-        self.hibernated[vm.id] = (key, vm.disk_key)
+        self.hibernated[vm.id] = (state_key, vm.disk_key)
         self.running.pop(vm.id)
         if self.hold is not None:  # the VMM has ended; the save is not reported yet
             await self.hold.wait()
         vm.pid = None
         vm.move_to(VmState.HIBERNATED)
-        return key
 
     async def wake(self, vm: Vm, state_key: bytes) -> Vm:
         """Running again, if ``state_key`` and the VM's disk key are the ones it was saved

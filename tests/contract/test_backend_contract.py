@@ -11,6 +11,7 @@ on ``host_contract``.
 from __future__ import annotations
 
 import asyncio
+import secrets
 
 import pytest
 
@@ -179,7 +180,8 @@ async def test_a_hibernated_vm_ends_its_vmm_keeps_its_files_and_wakes_with_its_t
     vm = await backend.create(contract.image, contract.spec)
     token, disk_key, workdir = vm.token, vm.disk_key, vm.workdir
     try:
-        state_key = await backend.hibernate(vm)
+        state_key = secrets.token_bytes(32)
+        await backend.hibernate(vm, state_key)
     except NotSupported:
         assert vm.state is VmState.READY
         assert backend.alive(vm)

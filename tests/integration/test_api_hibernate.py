@@ -8,6 +8,7 @@ processes intact, encryption at rest, e2fsck) is in ``tests/vm/test_hibernate.py
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 from collections.abc import AsyncIterator
@@ -277,6 +278,34 @@ async def test_a_hibernated_vm_survives_a_controller_restart(
         assert woken.status_code == 200, woken.text
         assert woken.json()["status"] == "ready"
         assert (await post(api, saving, "resume")).json()["status"] == "ready"
+
+
+async def test_a_controller_that_ends_after_the_save_leaves_a_vm_the_next_one_wakes(
+    settings: Settings, fake_backend: FakeBackend, tmp_path: Path
+) -> None:
+    """The state's key is sealed in the row before the save: a controller killed once the
+    VMM has saved and ended, before its row read "hibernated", loses nothing."""
+    async with running_api(settings, fake_backend, tmp_path / "image") as api:
+        vm_id = await new_vm(api)
+        # The backend saves and ends the VM, then the controller is gone before it says so.
+        fake_backend.hold = asyncio.Event()
+        saving = asyncio.create_task(post(api, vm_id, "hibernate"))
+        await until_status(api, vm_id, "hibernating")
+        for _ in range(200):
+            if vm_id in fake_backend.hibernated:
+                break
+            await asyncio.sleep(0.02)
+        assert vm_id not in fake_backend.running
+        saving.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await saving
+    fake_backend.hold = None
+    async with running_api(settings, fake_backend, tmp_path / "image") as api:
+        record = await api.ctl.store.vms.get(vm_id)
+        assert record.status is VmState.HIBERNATED
+        assert record.hibernated_at is not None
+        woken = await post(api, vm_id, "resume")
+        assert (woken.status_code, woken.json()["status"]) == (200, "ready"), woken.text
 
 
 async def test_a_wake_cut_short_by_a_restart_loses_nothing_that_was_still_saved(

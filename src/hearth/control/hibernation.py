@@ -16,6 +16,8 @@ set to the host's. A saved state that is missing or does not open fails the VM w
 
 from __future__ import annotations
 
+import asyncio
+import secrets
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -68,31 +70,37 @@ class Hibernation:
                     await hook(record, vm.token)
                 except HearthError as exc:
                     _log.warning("before_hibernate_failed", vm_id=vm_id, error=exc.message[:300])
-        was = record.status
+        was, disk_key, state_key = record.status, keys.disk or vm.disk_key, secrets.token_bytes(32)
+        # The state's key is sealed in the row before the save begins: a controller that ends
+        # mid-save leaves a row the next one can settle, and wake if the save completed.
         saving = await vms.store.vms.transition(
             vm_id,
             was,
             VmState.HIBERNATING,
             **running_fields(record, VmState.HIBERNATING, utc_now()),
+            **self.keys.fields(vm_id, HeldKeys(disk=disk_key, state=state_key)),
         )
         try:
-            state_key = await vms.node.hibernate(vm)
+            await vms.node.hibernate(vm, state_key)
+        except asyncio.CancelledError:
+            # The controller is stopping: the next one settles the row from what the VMM left
+            # (a completed save, woken with the key sealed above, or a VM running on).
+            raise
         except BaseException:
             # The save failed: the VM runs (or stays paused) as it was.
             await vms.store.vms.transition(
-                vm_id, VmState.HIBERNATING, was, **running_fields(saving, was, utc_now())
+                vm_id,
+                VmState.HIBERNATING,
+                was,
+                **running_fields(saving, was, utc_now()),
+                **self.keys.fields(vm_id, HeldKeys(disk=disk_key)),
             )
             raise
         vms.live.pop(vm_id, None)
         if vms.networks is not None:
             await vms.networks.suspend(vm_id)
         hibernated = await vms.store.vms.transition(
-            vm_id,
-            VmState.HIBERNATING,
-            VmState.HIBERNATED,
-            pid=None,
-            hibernated_at=utc_now(),
-            **self.keys.fields(vm_id, HeldKeys(disk=keys.disk or vm.disk_key, state=state_key)),
+            vm_id, VmState.HIBERNATING, VmState.HIBERNATED, pid=None, hibernated_at=utc_now()
         )
         _log.info("vm_hibernated", vm_id=vm_id, user_id=record.user_id)
         await vms.refresh_gauges()

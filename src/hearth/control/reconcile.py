@@ -9,6 +9,7 @@ from hearth.errors import HearthError
 from hearth.events.types import EventType
 from hearth.logging import get_logger
 from hearth.store import VmRecord
+from hearth.store.records import utc_now
 from hearth.vm.types import BootMode, Vm, VmSpec, VmState
 
 _log = get_logger("control.reconcile")
@@ -21,7 +22,8 @@ async def reconcile(vms: VmService) -> dict[str, list[str]]:
     controller died are destroyed and failed (nobody waits for them any more); ready and
     paused VMs with a live process and an agent token and keys that open are adopted (a CLI
     VM's egress path reopened where its VMM dials it), and one that was being hibernated is
-    adopted paused (its save ended with the controller); hibernated VMs are left as they are,
+    hibernated if its saved state was completed (its VMM, if still there, ended), else adopted
+    paused (its save ended with the controller); hibernated VMs are left as they are,
     and one caught mid-wake goes back to hibernated while its saved state is there (the guest
     never ran), or is adopted paused when its VMM runs from the consumed state; processes,
     work dirs, namespaces and network slots with no active row are destroyed.
@@ -30,11 +32,12 @@ async def reconcile(vms: VmService) -> dict[str, list[str]]:
     running = {vm.id: vm for vm in await vms.node.list_running()}
     for record in await vms.store.vms.list(statuses=ACTIVE):
         vm = running.get(record.id)
-        if _waking(record):
+        if _waking(record) or _saving(vms, record):
             vm, settled = await _settle_wake(vms, record, vm)
             if settled is VmState.HIBERNATED:
+                saved = {"hibernated_at": utc_now()} if record.status is VmState.HIBERNATING else {}
                 record = await vms.store.vms.transition(
-                    record.id, VmState.BOOTING, VmState.HIBERNATED
+                    record.id, record.status, VmState.HIBERNATED, pid=None, **saved
                 )
         if record.status is VmState.HIBERNATED:
             report["hibernated"].append(record.id)  # nothing runs; its files stay
@@ -78,6 +81,15 @@ async def reconcile(vms: VmService) -> dict[str, list[str]]:
 
 def _waking(record: VmRecord) -> bool:
     return record.status is VmState.BOOTING and record.boot_mode is BootMode.WAKE
+
+
+def _saving(vms: VmService, record: VmRecord) -> bool:
+    """A hibernation the last controller did not see through, its state's key sealed first
+    (as this controller seals it): the saved state, if it was completed, can be woken."""
+    if record.status is not VmState.HIBERNATING:
+        return False
+    keys = vms.keys.open(record)
+    return keys is not None and keys.state is not None
 
 
 async def _settle_wake(

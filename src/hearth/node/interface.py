@@ -50,8 +50,8 @@ class Node(Protocol):
         """Continue a paused VM."""
         ...
 
-    async def hibernate(self, vm: Vm) -> bytes:
-        """Save the VM to disk (encrypted) and end its VMM; the saved state's key."""
+    async def hibernate(self, vm: Vm, state_key: bytes) -> None:
+        """Save the VM to disk, encrypted under ``state_key``, and end its VMM."""
         ...
 
     async def wake(self, vm: Vm, state_key: bytes) -> Vm:

@@ -87,9 +87,9 @@ class LocalNode:
         """Resume through the backend."""
         await self.backend.resume(vm)
 
-    async def hibernate(self, vm: Vm) -> bytes:
+    async def hibernate(self, vm: Vm, state_key: bytes) -> None:
         """Through the backend."""
-        return await self.backend.hibernate(vm)
+        await self.backend.hibernate(vm, state_key)
 
     async def wake(self, vm: Vm, state_key: bytes) -> Vm:
         """Through the backend."""

@@ -61,11 +61,12 @@ class VmBackend(Protocol):
         """Continue a paused VM."""
         ...
 
-    async def hibernate(self, vm: Vm) -> bytes:
-        """Save a ready or paused VM's memory and device state to disk, encrypted under a fresh
-        key (returned: the caller keeps it, sealed, and nothing else does), and end its VMM
-        process; its disk and work dir stay. A save that fails leaves the VM as it was.
-        NotSupported where the VMM cannot."""
+    async def hibernate(self, vm: Vm, state_key: bytes) -> None:
+        """Save a ready or paused VM's memory and device state to disk, encrypted under
+        ``state_key`` (the caller's, kept sealed before the save begins, so that a save cut
+        short by the caller's end can still be woken), and end its VMM process; its disk and
+        work dir stay. A save that fails leaves the VM as it was. NotSupported where the VMM
+        cannot."""
         ...
 
     async def wake(self, vm: Vm, state_key: bytes) -> Vm:

@@ -112,7 +112,7 @@ class BackendLifecycle(ABC, Generic[TemplateT]):
         if watcher is not None:
             await asyncio.shield(watcher)
 
-    async def hibernate(self, vm: Vm) -> bytes:
+    async def hibernate(self, vm: Vm, state_key: bytes) -> None:
         """NotSupported unless the VMM's backend saves VMs to disk (QEMU does)."""
         raise NotSupported(
             f"the {self.name} backend cannot hibernate VMs yet; pause keeps a VM in memory"

@@ -31,7 +31,6 @@ from hearth.vm.qemu.monitor import Monitor
 from hearth.vm.qemu.network import QemuNetworks
 from hearth.vm.qemu.process import is_our_process, spawn_qemu, stop_adopted
 from hearth.vm.qemu.records import read_record, recorded_layers, vm_from_record, write_record
-from hearth.vm.qemu.saved_state import new_state_key
 from hearth.vm.qemu.templates import Template, TemplateStore, template_key
 from hearth.vm.readiness import COLD_BOOT_DEADLINE_S, RESTORE_DEADLINE_S, Deadline
 from hearth.vm.types import BootMode, NetworkMode, Vm, VmSpec, VmState, Volume
@@ -307,9 +306,9 @@ class QemuBackend(BackendLifecycle[Template]):
 
     # ---- hibernate, wake -------------------------------------------------------------------
 
-    async def hibernate(self, vm: Vm) -> bytes:
-        """Save the VM's memory and device state, encrypted, into its work dir and end its QEMU;
-        the state's key (returned) is the caller's alone. A failed save leaves the VM as it was."""
+    async def hibernate(self, vm: Vm, state_key: bytes) -> None:
+        """Save the VM's memory and device state, encrypted under ``state_key``, into its work
+        dir and end its QEMU. A failed save leaves the VM as it was."""
         paths = self._paths(vm.id, self._workdir(vm))
         layers = recorded_layers(read_record(paths.workdir) or {})
         if layers is None:
@@ -317,7 +316,7 @@ class QemuBackend(BackendLifecycle[Template]):
                 f"VM {vm.id} was started by an older controller, which did not record its disk "
                 "layers; it cannot be hibernated (destroy and create it again)"
             )
-        was, key, started = vm.state, new_state_key(), time.monotonic()
+        was, started = vm.state, time.monotonic()
         vm.move_to(VmState.HIBERNATING)
         try:
             monitor = await Monitor.connect(vm.id, paths.qmp, deadline=Deadline.after(5))
@@ -331,7 +330,7 @@ class QemuBackend(BackendLifecycle[Template]):
                 monitor,
                 socket=paths.migration,
                 target=hibernation.state_path(paths.workdir),
-                key=key,
+                key=state_key,
                 deadline_s=_SAVE_DEADLINE_S,
             )
         except BaseException:
@@ -355,7 +354,6 @@ class QemuBackend(BackendLifecycle[Template]):
             state_bytes=size,
             seconds=round(time.monotonic() - started, 3),
         )
-        return key
 
     async def wake(self, vm: Vm, state_key: bytes) -> Vm:
         """Start a hibernated VM's QEMU on its pinned image and layers, stream its saved state
