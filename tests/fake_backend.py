@@ -51,6 +51,10 @@ class FakeBackend:
         # Set to make the next wake read the saved state, then fail with this error (a VMM
         # that dies after the load): the state is spent and the VM lost.
         self.fail_next_wake: Exception | None = None
+        # Set to make the next hibernate fail with this error once its VMM has ended, its
+        # saved state kept whole (or lost too, with ``lose_failed_save``).
+        self.fail_after_save: Exception | None = None
+        self.lose_failed_save = False
 
     async def prepare(self, image: ImageDir, spec: VmSpec) -> None:
         """Templates are nothing here: record what was asked."""
@@ -142,6 +146,11 @@ class FakeBackend:
             raise error
         self.hibernated[vm.id] = (state_key, vm.disk_key)
         self.running.pop(vm.id)
+        if self.fail_after_save is not None:
+            error, self.fail_after_save = self.fail_after_save, None
+            if self.lose_failed_save:
+                del self.hibernated[vm.id]
+            raise error
         if self.hold is not None:  # the VMM has ended; the save is not reported yet
             await self.hold.wait()
         vm.pid = None

@@ -237,6 +237,33 @@ async def test_a_vm_whose_sealed_keys_do_not_open_fails_its_wake_and_is_told(api
     assert events[-1] == "vm.failed"
 
 
+@pytest.mark.parametrize("kept", [True, False], ids=["state kept", "state lost"])
+async def test_a_hibernation_that_fails_after_its_vmm_ended_is_settled_by_what_it_left(
+    api_h: Api, kept: bool
+) -> None:
+    # A step after the save failed (its record, say), the VMM already gone: the row must not
+    # say "ready" over a VM that no longer runs.
+    api = api_h
+    vm_id = await new_vm(api)
+    api.backend.fail_after_save = VmError("the record could not be written")
+    api.backend.lose_failed_save = not kept
+    answer = await post(api, vm_id, "hibernate")
+    record = await api.ctl.store.vms.get(vm_id)
+    events = [e.type for e in await api.ctl.events.list() if e.vm_id == vm_id]
+    if kept:
+        assert (answer.status_code, answer.json()["status"]) == (200, "hibernated"), answer.text
+        assert record.status is VmState.HIBERNATED
+        woken = await post(api, vm_id, "resume")
+        assert (woken.status_code, woken.json()["status"]) == (200, "ready"), woken.text
+    else:
+        assert answer.status_code >= 500
+        assert record.status is VmState.FAILED
+        assert record.error is not None
+        assert "could not be written" in record.error
+        assert events[-1] == "vm.failed"
+        assert await api.ctl.store.egress.get(vm_id) is None
+
+
 async def test_a_hibernated_vm_holds_no_memory_and_waking_needs_room_again(
     settings: Settings, fake_backend: FakeBackend, tmp_path: Path
 ) -> None:

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from hearth.control.vms import VmService
 
 _log = get_logger("control.hibernation")
+STATE_KEY_BYTES = 32  # an AES-256 key for the saved state, which the backend seals under it
 HIBERNATABLE = (VmState.READY, VmState.PAUSED)
 
 
@@ -70,7 +71,8 @@ class Hibernation:
                     await hook(record, vm.token)
                 except HearthError as exc:
                     _log.warning("before_hibernate_failed", vm_id=vm_id, error=exc.message[:300])
-        was, disk_key, state_key = record.status, keys.disk or vm.disk_key, secrets.token_bytes(32)
+        was, disk_key = record.status, keys.disk or vm.disk_key
+        state_key = secrets.token_bytes(STATE_KEY_BYTES)
         # The state's key is sealed in the row before the save begins: a controller that ends
         # mid-save leaves a row the next one can settle, and wake if the save completed.
         saving = await vms.store.vms.transition(
@@ -86,7 +88,10 @@ class Hibernation:
             # The controller is stopping: the next one settles the row from what the VMM left
             # (a completed save, woken with the key sealed above, or a VM running on).
             raise
-        except BaseException:
+        except BaseException as exc:
+            if not vms.node.alive(vm):
+                # A step after the save failed, the VMM already ended: what it left decides.
+                return await self._after_ended_save(vm, exc)
             # The save failed: the VM runs (or stays paused) as it was.
             await vms.store.vms.transition(
                 vm_id,
@@ -96,15 +101,34 @@ class Hibernation:
                 **self.keys.fields(vm_id, HeldKeys(disk=disk_key)),
             )
             raise
+        return await self._asleep(vm_id)
+
+    async def _asleep(self, vm_id: str) -> VmRecord:
+        """The VM saved and its VMM ended: its row ``hibernated``, its network kept."""
+        vms = self.vms
         vms.live.pop(vm_id, None)
         if vms.networks is not None:
             await vms.networks.suspend(vm_id)
         hibernated = await vms.store.vms.transition(
             vm_id, VmState.HIBERNATING, VmState.HIBERNATED, pid=None, hibernated_at=utc_now()
         )
-        _log.info("vm_hibernated", vm_id=vm_id, user_id=record.user_id)
+        _log.info("vm_hibernated", vm_id=vm_id, user_id=hibernated.user_id)
         await vms.refresh_gauges()
         return hibernated
+
+    async def _after_ended_save(self, vm: Vm, exc: BaseException) -> VmRecord:
+        """A hibernation whose VMM ended although a step of it failed: hibernated when its
+        saved state is whole (``settle_wake`` looks), else failed with the step's error."""
+        settled = await self.vms.node.settle_wake(vm)
+        _log.warning("hibernate_step_failed", vm_id=vm.id, error=str(exc)[:300], now=settled.value)
+        if settled is VmState.HIBERNATED:
+            return await self._asleep(vm.id)
+        self.vms.live.pop(vm.id, None)
+        if self.vms.networks is not None:
+            await self.vms.networks.close(vm.id)
+        error = exc if isinstance(exc, HearthError) else VmError(_lost(vm.id, exc, "hibernation"))
+        await self._fail(vm.id, error=error, workdir=vm.workdir, was=VmState.HIBERNATING)
+        raise error
 
     async def wake(self, vm_id: str, *, user_id: str | None = None) -> VmRecord:
         """Start a hibernated VM from its saved state, ready, its clock set; a VM whose saved
@@ -151,7 +175,7 @@ class Hibernation:
                 # Still hibernated, it keeps its policy for the next wake; failed, it ends.
                 await (vms.networks.close if ended else vms.networks.suspend)(vm_id)
             if ended:
-                reason = exc if isinstance(exc, HearthError) else VmError(_lost(vm_id, exc))
+                reason = exc if isinstance(exc, HearthError) else VmError(_lost(vm_id, exc, "wake"))
                 await self._fail(vm_id, error=reason, workdir=vm.workdir)
             else:
                 await vms.store.vms.transition(vm_id, VmState.BOOTING, VmState.HIBERNATED)
@@ -175,16 +199,16 @@ class Hibernation:
         workdir: Path | None,
         was: VmState = VmState.BOOTING,
     ) -> None:
-        """A wake of VM ``vm_id`` left nothing to wake (its saved state or keys unusable, or
-        the state consumed by a VMM that then failed): fail it with ``error``, told as
+        """A wake or hibernation of VM ``vm_id`` left nothing to wake (its saved state or keys
+        unusable, or its VMM ended without a whole state): fail it with ``error``, told as
         ``vm.failed``; its files stay where the node kept them (``workdir``), for inspection."""
-        vms = self.vms
-        vms.metrics.failures.labels(stage="wake").inc()
-        _log.warning("vm_failed", vm_id=vm_id, stage="wake", error=error.message[:300])
+        vms, stage = self.vms, "hibernate" if was is VmState.HIBERNATING else "wake"
+        vms.metrics.failures.labels(stage=stage).inc()
+        _log.warning("vm_failed", vm_id=vm_id, stage=stage, error=error.message[:300])
         record = await vms.store.vms.transition(
             vm_id, was, VmState.FAILED, error=error.message[:2000], workdir=workdir
         )
-        await vms.announce(EventType.VM_FAILED, record, stage="wake", error=record.error)
+        await vms.announce(EventType.VM_FAILED, record, stage=stage, error=record.error)
 
 
 async def set_guest_clock(vm: Vm) -> float | None:
@@ -199,5 +223,5 @@ async def set_guest_clock(vm: Vm) -> float | None:
     return float(offset) if isinstance(offset, int | float) else None
 
 
-def _lost(vm_id: str, exc: BaseException) -> str:
-    return f"VM {vm_id}: its wake failed after its saved state was read ({type(exc).__name__})"
+def _lost(vm_id: str, exc: BaseException, during: str) -> str:
+    return f"VM {vm_id}: its VMM ended in a {during} that failed ({type(exc).__name__})"
