@@ -19,7 +19,6 @@ first, told as ``vm.auto_resumed``.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 from collections.abc import Callable
 from datetime import datetime
@@ -32,6 +31,7 @@ from hearth.errors import Conflict, HearthError
 from hearth.events.types import EventType
 from hearth.logging import get_logger
 from hearth.periodic import every
+from hearth.shared_tasks import SharedTasks
 from hearth.store import VmRecord
 from hearth.store.records import utc_now
 from hearth.vm.types import LifetimeAction, VmState, VmType
@@ -112,7 +112,7 @@ class Lifetimes:
         # Commands the controller started in each VM and has not yet seen end.
         self._execs: dict[str, set[str]] = {}
         # Automatic resumes under way: concurrent calls on one VM share one.
-        self._resuming: dict[str, asyncio.Task[VmRecord]] = {}
+        self._resuming: SharedTasks[VmRecord] = SharedTasks()
 
     def touch(self, vm_id: str) -> None:
         """VM ``vm_id`` was used now (ids of VMs this controller does not run are ignored)."""
@@ -128,16 +128,11 @@ class Lifetimes:
         """``record`` used now; resumed first when it is paused or hibernated and resumes
         automatically."""
         self.touch(record.id)
-        task = self._resuming.get(record.id)  # one under way (its row may read "booting")
-        if task is None:
-            if record.status not in (VmState.PAUSED, VmState.HIBERNATED) or not record.auto_resume:
-                return record
-            task = asyncio.create_task(self._auto_resume(record))
-            self._resuming[record.id] = task
-            task.add_done_callback(lambda _t: self._resuming.pop(record.id, None))
-            task.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved
-        # A caller that gives up (a cancelled request) leaves the resume to the others.
-        return await asyncio.shield(task)
+        asleep = record.status in (VmState.PAUSED, VmState.HIBERNATED) and record.auto_resume
+        # Joined when one is under way, whatever the row reads meanwhile ("booting").
+        if not asleep and not self._resuming.running(record.id):
+            return record
+        return await self._resuming.join(record.id, lambda: self._auto_resume(record))
 
     async def _auto_resume(self, record: VmRecord) -> VmRecord:
         try:

@@ -27,6 +27,7 @@ from hearth.logging import get_logger
 from hearth.metrics import ControllerMetrics
 from hearth.node.interface import Node
 from hearth.periodic import every
+from hearth.shared_tasks import SharedTasks
 from hearth.store import Store, VmRecord
 from hearth.store.records import utc_now
 from hearth.vm.host import new_vm_id
@@ -93,7 +94,7 @@ class VmService:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._boots: dict[str, asyncio.Task[VmRecord]] = {}
         # One teardown per VM: a destroy arriving while one runs waits for it and shares its end.
-        self._teardowns: dict[str, asyncio.Task[VmRecord]] = {}
+        self._teardowns: SharedTasks[VmRecord] = SharedTasks()
         # The warm pool, when any type has one: it creates through this service, which hands
         # its VMs out on create.
         pool = WarmPool(self, sizes=pool_sizes or {})
@@ -363,15 +364,7 @@ class VmService:
         record = await self.get(vm_id, user_id=user_id, include_pooled=include_pooled)
         if record.status is VmState.DESTROYED:
             return record
-        task = self._teardowns.get(vm_id)
-        if task is None:
-            task = asyncio.create_task(self._teardown(vm_id))
-            self._teardowns[vm_id] = task
-            task.add_done_callback(lambda _t: self._teardowns.pop(vm_id, None))
-            # Retrieved here too, in case every caller gave up before it ended.
-            task.add_done_callback(lambda t: t.cancelled() or t.exception())
-        # A caller that gives up (cancelled request) leaves the teardown running for the others.
-        return await asyncio.shield(task)
+        return await self._teardowns.join(vm_id, lambda: self._teardown(vm_id))
 
     async def _teardown(self, vm_id: str) -> VmRecord:
         # Re-read: the row may have moved since the caller looked (e.g. a teardown just ended).
