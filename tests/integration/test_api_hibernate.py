@@ -19,6 +19,7 @@ import pytest
 
 from hearth.config import Settings
 from hearth.errors import NotSupported, VmError
+from hearth.store import VmRecord
 from hearth.store.records import SEALED_KEYS_FIELDS
 from hearth.vm.types import BootMode, GuestForward, Vm, VmSpec, VmState, VmType
 from hearth_agent.wire import Provider
@@ -150,6 +151,59 @@ async def test_a_save_the_vmm_refuses_leaves_the_vm_as_it_was(api_h: Api) -> Non
     assert record.status is VmState.READY
     assert record.running_since is not None, "its running time stopped counting"
     assert api.ctl.vms.alive(vm_id)
+
+
+async def test_a_paused_vm_runs_again_for_the_pull_back_and_is_saved_paused(api_h: Api) -> None:
+    # The CLI may have rotated its tokens since their delivery: they are read back before a
+    # hibernation as before a destroy, which needs the agent; a paused VM runs for it, its row
+    # already "hibernating" so nothing else takes it, and is paused again for the save.
+    api = api_h
+    vm_id = await new_vm(api)
+    assert (await post(api, vm_id, "pause")).json()["status"] == "paused"
+    token = api.ctl.vms.agent_token(vm_id)
+    seen: list[tuple[str, str, str, str | None]] = []
+    saved: list[str] = []
+
+    async def observe(record: VmRecord, agent_token: str | None) -> None:
+        now = await api.ctl.store.vms.get(record.id)
+        vm = api.backend.running[record.id]
+        seen.append((record.status.value, now.status.value, vm.state.value, agent_token))
+
+    hibernate = api.backend.hibernate
+
+    async def save(vm: Vm, state_key: bytes) -> None:
+        saved.append(vm.state.value)
+        await hibernate(vm, state_key)
+
+    api.ctl.vms.before_destroy = (*api.ctl.vms.before_destroy, observe)
+    api.backend.hibernate = save  # type: ignore[method-assign]
+    hibernated = await post(api, vm_id, "hibernate")
+    assert hibernated.status_code == 200, hibernated.text
+    assert hibernated.json()["status"] == "hibernated"
+    assert seen == [("paused", "hibernating", "ready", token)]
+    assert saved == ["paused"]
+
+
+async def test_a_pull_back_that_cannot_reach_a_paused_vm_does_not_stop_its_hibernation(
+    api_h: Api,
+) -> None:
+    api = api_h
+    vm_id = await new_vm(api)
+    assert (await post(api, vm_id, "pause")).json()["status"] == "paused"
+    called: list[str] = []
+
+    async def observe(record: VmRecord, agent_token: str | None) -> None:
+        called.append(record.id)
+
+    async def refuse(vm: Vm) -> None:
+        raise VmError("the VMM did not answer")
+
+    api.ctl.vms.before_destroy = (*api.ctl.vms.before_destroy, observe)
+    api.backend.resume = refuse  # type: ignore[method-assign]
+    hibernated = await post(api, vm_id, "hibernate")
+    assert hibernated.status_code == 200, hibernated.text
+    assert hibernated.json()["status"] == "hibernated"
+    assert called == [], "a hook ran against an agent that could not answer"
 
 
 async def test_the_vm_monitor_does_not_take_a_hibernation_for_a_crash(api_h: Api) -> None:

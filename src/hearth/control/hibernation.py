@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hearth.agent_client import AgentClient
+from hearth.control.agent_hooks import run_agent_hooks
 from hearth.control.lifetimes import running_fields
 from hearth.control.vm_keys import HeldKeys, VmKeys
 from hearth.errors import Conflict, HearthError, SavedStateCorrupt, VmError
@@ -65,16 +66,11 @@ class Hibernation:
         keys = self.keys.open(record)
         if keys is None:
             raise Conflict(f"VM {vm_id}: its keys do not open; it cannot be hibernated")
-        if record.status is VmState.READY:
-            for hook in vms.before_destroy:
-                try:
-                    await hook(record, vm.token)
-                except HearthError as exc:
-                    _log.warning("before_hibernate_failed", vm_id=vm_id, error=exc.message[:300])
         was, disk_key = record.status, keys.disk or vm.disk_key
         state_key = secrets.token_bytes(STATE_KEY_BYTES)
-        # The state's key is sealed in the row before the save begins: a controller that ends
-        # mid-save leaves a row the next one can settle, and wake if the save completed.
+        # The row first, so nothing else (a resume, a command) takes the VM now; with it the
+        # state's key, sealed before the save begins: a controller that ends mid-save leaves a
+        # row the next one can settle, and wake if the save completed.
         saving = await vms.store.vms.transition(
             vm_id,
             was,
@@ -83,6 +79,11 @@ class Hibernation:
             **self.keys.fields(vm_id, HeldKeys(disk=disk_key, state=state_key)),
         )
         try:
+            # The pull-back first (the CLI may have rotated its tokens); a paused VM runs for it.
+            hooks = vms.before_destroy
+            await run_agent_hooks(
+                vms.node, vm, record, vm.token, hooks, before="hibernate", pause_after=True
+            )
             await vms.node.hibernate(vm, state_key)
         except asyncio.CancelledError:
             # The controller is stopping: the next one settles the row from what the VMM left

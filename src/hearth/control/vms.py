@@ -6,12 +6,13 @@ import asyncio
 import contextlib
 import dataclasses
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Coroutine, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from hearth.config import Settings
+from hearth.control.agent_hooks import BeforeDestroy, run_agent_hooks
 from hearth.control.agent_tokens import AgentTokens
 from hearth.control.hibernation import Hibernation, set_guest_clock
 from hearth.control.lifetimes import Lifetime, running_fields
@@ -34,8 +35,6 @@ from hearth.vm.host import new_vm_id
 from hearth.vm.types import Vm, VmSpec, VmState, VmType
 
 _log = get_logger("control.vms")
-# A hook run before a ready VM is torn down: its record and its agent token (if held).
-BeforeDestroy = Callable[[VmRecord, str | None], Awaitable[None]]
 ACTIVE = (
     VmState.CREATING,
     VmState.BOOTING,
@@ -394,21 +393,11 @@ class VmService:
         return await self.store.vms.transition(vm_id, VmState.STOPPING, VmState.DESTROYED)
 
     async def _before_destroy(self, record: VmRecord) -> None:
-        """Run the hooks (the credential pull-back, the workspace's sync and unmount) against
-        the VM's agent; a paused VM runs again for them, since its agent must answer."""
-        vm = self.live.get(record.id)
-        if record.status is VmState.PAUSED and vm is not None:
-            try:
-                await self.node.resume(vm)
-            except HearthError as exc:
-                _log.warning("before_destroy_failed", vm_id=record.id, error=exc.message[:300])
-                return
+        """The destroy hooks: the credential pull-back, the workspace's sync and unmount."""
         workspaces = () if self.workspaces is None else (self.workspaces.before_destroy,)
-        for hook in (*self.before_destroy, *workspaces):
-            try:
-                await hook(record, self.agent_token(record.id))
-            except HearthError as exc:
-                _log.warning("before_destroy_failed", vm_id=record.id, error=exc.message[:300])
+        vm, token = self.live.get(record.id), self.agent_token(record.id)
+        hooks = (*self.before_destroy, *workspaces)
+        await run_agent_hooks(self.node, vm, record, token, hooks, before="destroy")
 
     async def pause(self, vm_id: str, *, user_id: str | None = None) -> VmRecord:
         """Pause a ready VM."""
