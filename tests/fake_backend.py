@@ -219,8 +219,9 @@ class FakeBackend:
 
     async def list_running(self) -> list[Vm]:
         """The VMs alive now (a fake's VMs do not outlive its process), each a fresh copy
-        without its token: a real backend rebuilds them from its records, which hold none."""
-        return [dataclasses.replace(vm, token=None) for vm in self.running.values()]
+        without its token or volumes: a real backend rebuilds them from its records, which
+        hold neither."""
+        return [dataclasses.replace(vm, token=None, volumes=[]) for vm in self.running.values()]
 
     async def reap(self, keep: set[str]) -> list[str]:
         """Destroy every running VM not in ``keep``."""

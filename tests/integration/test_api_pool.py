@@ -161,3 +161,50 @@ async def test_a_vm_booting_for_the_pool_when_it_is_recycled_never_joins_it(
         assert rows[booting_id].status is VmState.DESTROYED
         assert rows[fresh_id].pooled
         assert rows[fresh_id].status is VmState.READY
+
+
+async def test_an_unhealthy_pooled_vm_is_not_handed_out_but_destroyed(api: Api) -> None:
+    pool = pool_of(api)
+    await until_pool_holds(pool, VmType.CLI, 1)
+    [pooled_id] = api.backend.created
+    await api.ctl.store.vms.transition(
+        pooled_id, VmState.READY, VmState.UNHEALTHY, error="its agent stopped answering"
+    )
+    created = await api.client.post("/api/vms", json={"userId": "lee"}, headers=api.headers())
+    assert created.status_code == 201, created.text
+    assert created.json()["id"] != pooled_id
+    assert created.json()["status"] == "ready"
+    assert created.json()["agentToken"]
+    assert (await api.ctl.store.vms.get(pooled_id)).status is VmState.DESTROYED
+
+
+async def test_a_pooled_vm_whose_vmm_died_no_longer_counts_in_the_pool(api: Api) -> None:
+    pool = pool_of(api)
+    await until_pool_holds(pool, VmType.CLI, 1)
+    [pooled_id] = api.backend.created
+    api.backend.kill(pooled_id)
+    await until_pool_holds(pool, VmType.CLI, 1)  # refilled with another
+    assert len(api.backend.created) == 2
+
+
+async def test_a_pooled_vm_left_holding_a_workspace_by_a_restart_is_not_kept(
+    pool_settings: Settings, fake_backend: FakeBackend, tmp_path: Path
+) -> None:
+    images = tmp_path / "image"
+    async with pooled_api(pool_settings, fake_backend, images, DEFAULT_QUOTAS) as api:
+        await until_pool_holds(pool_of(api), VmType.CLI, 1)
+        [pooled_id] = api.backend.created
+        # ann's workspace, made by a VM of hers since destroyed (the pool refills meanwhile).
+        made = await api.client.post("/api/vms", json={"userId": "ann"}, headers=api.headers())
+        await api.client.delete(f"/api/vms/{made.json()['id']}", headers=api.headers())
+        workspace = await api.ctl.store.workspaces.get("ann")
+        assert workspace is not None
+        # The controller ends mid-hand-out: the workspace is in the pooled VM, still pooled.
+        assert await api.ctl.store.workspaces.claim(
+            workspace.id, pooled_id, held_by=workspace.vm_id
+        )
+    async with pooled_api(pool_settings, fake_backend, images, DEFAULT_QUOTAS) as api:
+        assert (await api.ctl.store.vms.get(pooled_id)).status is VmState.DESTROYED
+        await until_pool_holds(pool_of(api), VmType.CLI, 1)
+        lee = await api.client.post("/api/vms", json={"userId": "lee"}, headers=api.headers())
+        assert lee.json()["id"] != pooled_id

@@ -7,6 +7,7 @@ user's disk quota. Mounting it in a real guest, and files surviving a VM's repla
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import pytest
 from hearth.config import Settings
 from hearth.errors import NotSupported
 from hearth.store.records import SEALED_WORKSPACE_KEY_FIELDS
+from hearth.vm.types import Vm, Volume
 from tests.fake_backend import FakeBackend
 from tests.integration.api_fixtures import *  # noqa: F403
 from tests.integration.api_fixtures import Api, assert_error, running_api
@@ -180,3 +182,81 @@ async def test_a_vmm_without_volumes_runs_cli_vms_without_a_workspace(
         vm_id = await new_vm(api)
         assert api.ctl.vms.live[vm_id].volumes == []
         assert await api.ctl.store.workspaces.get("ann") is None
+
+
+def slow_plug(api: Api, plugged: asyncio.Event | None = None) -> None:
+    """Make the node's plug take 0.3 s after it is done (as a guest's mount or first format
+    takes), setting ``plugged`` when the volume is in."""
+    plug = api.backend.attach_volume
+
+    async def slowly(vm: Vm, volume: Volume) -> str | None:
+        serial = await plug(vm, volume)
+        if plugged is not None:
+            plugged.set()
+        await asyncio.sleep(0.3)
+        return serial
+
+    api.backend.attach_volume = slowly  # type: ignore[method-assign]
+
+
+async def test_two_vms_started_at_once_do_not_both_get_the_workspace(api_ws: Api) -> None:
+    api = api_ws
+    slow_plug(api)
+    # The workspace exists already, made by a VM since destroyed.
+    await api.client.delete(f"/api/vms/{await new_vm(api)}", headers=api.headers())
+    ids = await asyncio.gather(new_vm(api), new_vm(api))
+    holding = [vm_id for vm_id in ids if api.ctl.vms.live[vm_id].volumes]
+    assert len(holding) == 1, "two VMs hold one workspace volume"
+    assert (await workspace_of(api))["attachedVmId"] == holding[0]
+
+
+async def test_a_workspace_being_attached_is_not_deleted(api_ws: Api) -> None:
+    api = api_ws
+    plugged = asyncio.Event()
+    slow_plug(api, plugged)
+    create = asyncio.create_task(new_vm(api))
+    await plugged.wait()
+    refused = await api.client.delete("/api/users/ann/workspace", headers=api.headers())
+    error = assert_error(refused, 409, "conflict")
+    vm_id = await create
+    assert vm_id in error["message"]
+    [volume] = api.ctl.vms.live[vm_id].volumes
+    assert volume.path.exists()
+    assert (await workspace_of(api))["attachedVmId"] == vm_id
+
+
+async def test_a_vm_destroyed_while_booting_takes_no_workspace_and_is_let_go(
+    api_ws: Api,
+) -> None:
+    api = api_ws
+    api.backend.hold = asyncio.Event()
+    booting = await api.client.post(
+        "/api/vms?wait=false", json={"userId": "ann"}, headers=api.headers()
+    )
+    vm_id = booting.json()["id"]
+    destroyed = await api.client.delete(f"/api/vms/{vm_id}", headers=api.headers())
+    assert destroyed.status_code == 200, destroyed.text
+    api.backend.hold.set()
+    await api.ctl.vms.wait_idle()
+    assert vm_id not in api.ctl.vms.live, "the monitor would take it for a crash"
+    assert await api.ctl.store.workspaces.get("ann") is None
+    # The next VM of ann's gets the workspace.
+    next_id = await new_vm(api)
+    assert (await workspace_of(api))["attachedVmId"] == next_id
+
+
+async def test_a_vm_adopted_after_a_restart_keeps_its_volume_slot_and_workspace(
+    api_settings: Settings, fake_backend: FakeBackend, tmp_path: Path
+) -> None:
+    # A hibernation records the devices the VM runs with, and its wake starts the same ones:
+    # an adopted VM must still know its volume slot and the workspace in it.
+    settings = api_settings.with_overrides(workspace_size_mib=1024, user_disk_quota_mib=1536)
+    async with running_api(settings, fake_backend, tmp_path / "image") as api:
+        vm_id = await new_vm(api)
+        before = api.ctl.vms.live[vm_id]
+    async with running_api(settings, fake_backend, tmp_path / "image") as api:
+        adopted = api.ctl.vms.live[vm_id]
+        assert adopted.spec.volume_slot_mib == before.spec.volume_slot_mib == 1024
+        assert [(v.path, v.key, v.serial) for v in adopted.volumes] == [
+            (v.path, v.key, v.serial) for v in before.volumes
+        ]

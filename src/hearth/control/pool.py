@@ -16,7 +16,7 @@ import contextlib
 import time
 from typing import TYPE_CHECKING
 
-from hearth.errors import CapacityExhausted, HearthError
+from hearth.errors import CapacityExhausted, HearthError, VmError
 from hearth.events.types import EventType
 from hearth.logging import get_logger
 from hearth.store import VmRecord
@@ -59,10 +59,18 @@ class WarmPool:
 
     async def start(self) -> None:
         """Adopt pooled VMs that survived a restart, then refill in the background."""
-        for record in await self.service.store.vms.list(user_id=POOL_USER):
+        store = self.service.store
+        for record in await store.vms.list(user_id=POOL_USER):
             vm = self.service.live.get(record.id)
-            if record.pooled and vm is not None:
-                self._ready[vm.spec.vm_type].append(record.id)
+            if not record.pooled or vm is None:
+                continue
+            if await store.workspaces.held_by(record.id) is not None:
+                # The last controller ended mid-hand-out: a user's workspace is in it.
+                _log.warning("pool_vm_holds_a_workspace", vm_id=record.id)
+                with contextlib.suppress(HearthError):
+                    await self.service.destroy(record.id, include_pooled=True)
+                continue
+            self._ready[vm.spec.vm_type].append(record.id)
         self._task = asyncio.create_task(self._refill_forever())
 
     async def stop(self) -> None:
@@ -88,8 +96,11 @@ class WarmPool:
         return destroyed
 
     def size(self, vm_type: VmType) -> int:
-        """How many ready VMs of a type wait in the pool."""
-        return len(self._ready[vm_type])
+        """How many ready VMs of a type wait in the pool (one whose VMM died, which the
+        monitor fails, no longer counts: the refill replaces it)."""
+        ready = self._ready[vm_type]
+        ready[:] = [vm_id for vm_id in ready if self.service.alive(vm_id)]
+        return len(ready)
 
     async def take(self, user_id: str, spec: VmSpec, lifetime: Lifetime) -> VmRecord | None:
         """Hand a pooled VM matching ``spec`` to ``user_id``, its ``lifetime`` starting now;
@@ -102,7 +113,13 @@ class WarmPool:
             vm = self.service.live.get(vm_id)
             if vm is None or not self.service.node.alive(vm):
                 continue
+            pooled = await self.service.store.vms.get(vm_id)
+            if not pooled.pooled:
+                continue
             try:
+                if pooled.status is not VmState.READY:
+                    # Unhealthy: the monitor saw its agent stop answering.
+                    raise VmError(f"pooled VM {vm_id} is {pooled.status.value}")
                 await self.service.attach_workspace(user_id, vm)
                 record = await self.service.store.vms.update(
                     vm_id,
@@ -112,8 +129,8 @@ class WarmPool:
                     lifetime_used_s=0.0,
                     running_since=utc_now(),
                 )
-            except HearthError as exc:
-                _log.warning("pool_handout_failed", vm_id=vm_id, error=exc.message[:300])
+            except Exception as exc:
+                _log.warning("pool_handout_failed", vm_id=vm_id, error=str(exc)[:300])
                 with contextlib.suppress(HearthError):
                     await self.service.destroy(vm_id, user_id=None, include_pooled=True)
                 continue

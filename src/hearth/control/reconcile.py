@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from hearth.control.vms import ACTIVE, RUNNING, VmService
@@ -55,12 +56,14 @@ async def reconcile(vms: VmService) -> dict[str, list[str]]:
             if stopped:
                 record = await vms.store.vms.transition(record.id, record.status, VmState.PAUSED)
             vm.state = VmState.PAUSED if record.status is VmState.PAUSED else VmState.READY
-            vm.spec = VmSpec(
-                vm_type=record.vm_type,
-                vcpus=record.vcpus,
-                mem_mib=record.mem_mib,
-                network=vm.spec.network,
+            # The row's size; what the node read of its devices (network, volume slot) kept.
+            vm.spec = replace(
+                vm.spec, vm_type=record.vm_type, vcpus=record.vcpus, mem_mib=record.mem_mib
             )
+            if vms.workspaces is not None:
+                # The workspace it holds (a hibernation pins it, a hot-plug counts it).
+                workspace = await vms.store.workspaces.held_by(record.id)
+                vm.volumes = vms.workspaces.volumes_for(record, workspace)
             vms.live[record.id] = vm
             if vms.networks is not None:
                 await vms.networks.reopen(record.id)

@@ -217,9 +217,14 @@ class VmService:
         self.live[vm.id] = vm
         if not pooled:
             try:
-                await self.attach_workspace(record.user_id, vm)
+                if (await self.store.vms.get(vm.id)).status is VmState.BOOTING:
+                    await self.attach_workspace(record.user_id, vm)  # not once destroyed
             except HearthError as exc:
                 return await self._fail(record.id, stage="workspace", error=exc)
+            except Exception as exc:
+                _log.exception("vm_workspace_crashed", vm_id=record.id)
+                error = VmError(f"attaching the workspace failed: {type(exc).__name__}")
+                return await self._fail(record.id, stage="workspace", error=error)
         elapsed = time.monotonic() - started
         self.metrics.create_to_healthy.labels(boot_mode=vm.boot_mode.value).observe(elapsed)
         try:
@@ -228,6 +233,7 @@ class VmService:
             ready = await self.store.vms.transition(vm.id, VmState.BOOTING, VmState.READY, **fields)
         except Conflict:
             # Destroyed (or failed) while booting: the row already says so; drop the VM.
+            self.live.pop(vm.id, None)
             await self._discard(vm)
             return await self.store.vms.get(vm.id)
         await self.announce(EventType.VM_READY, ready)

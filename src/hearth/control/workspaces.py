@@ -16,6 +16,7 @@ bounds it (409 at create).
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 import time
 import uuid
@@ -34,6 +35,7 @@ from hearth.vm.types import Vm, VmType, Volume
 _log = get_logger("control.workspaces")
 SERIAL = "hearth-workspace"  # its disk's serial when hot-plugged (a virtio serial: ≤ 20 bytes)
 _MIB = 1024 * 1024
+_CLAIM_TRIES = 5  # reads of a workspace that other VMs or a delete keep changing
 
 
 class Workspaces:
@@ -77,26 +79,21 @@ class Workspaces:
     async def attach(self, user_id: str, vm: Vm) -> None:
         """Give a user's CLI VM (healthy, not yet theirs to use) their workspace, made first if
         need be, mounted by its agent; a no-op for other VMs, when workspaces are off, or when
-        another active VM of theirs holds it. Errors propagate."""
+        another active VM of theirs holds it. Errors propagate (the VM, which holds it from
+        before the plug, is then failed or destroyed by the caller, which frees it)."""
         if not self.enabled or vm.spec.vm_type is not VmType.CLI:
             return
-        workspace = await self._ensure(user_id)
-        if workspace is None:
-            return
-        if workspace.vm_id is not None and workspace.vm_id != vm.id:
-            holder = await self._active(workspace.vm_id)
-            if holder is not None:
-                _log.info("workspace_held", vm_id=vm.id, held_by=holder.id)
-                return
         if any(volume.serial == SERIAL for volume in vm.volumes):
             return  # attached and mounted already
+        workspace = await self._claim(user_id, vm)
+        if workspace is None:
+            return
         mounted: dict[str, object] = {}
         started = time.monotonic()
         serial = await self.node.attach_volume(vm, self._volume(workspace))
         plugged = time.monotonic()
         if serial is not None:
             mounted = await AgentClient(str(vm.agent_url), vm.token).mount_workspace(serial)
-        await self.store.workspaces.attach(workspace.id, vm.id)
         _log.info(
             "workspace_attached",
             vm_id=vm.id,
@@ -106,6 +103,26 @@ class Workspaces:
             mount_ms=round((time.monotonic() - plugged) * 1000),  # the agent's find and mount
             guest_ms=mounted.get("ms"),  # the agent's own split: find, format, mount
         )
+
+    async def _claim(self, user_id: str, vm: Vm) -> WorkspaceRecord | None:
+        """The user's workspace (made now if they have none), recorded as held by ``vm`` before
+        it is plugged in, so no other VM takes it and no delete removes it meanwhile; None when
+        another active VM of theirs holds it, or the node keeps no volumes."""
+        for _ in range(_CLAIM_TRIES):
+            workspace = await self._ensure(user_id)
+            if workspace is None:
+                return None
+            held_by = workspace.vm_id
+            if held_by == vm.id:
+                return workspace
+            holder = await self._active(held_by)
+            if holder is not None:
+                _log.info("workspace_held", vm_id=vm.id, held_by=holder.id)
+                return None
+            if await self.store.workspaces.claim(workspace.id, vm.id, held_by=held_by):
+                return dataclasses.replace(workspace, vm_id=vm.id)
+            # Another VM claimed it, or it was deleted, since it was read: look again.
+        raise Conflict(f"the workspace of user {user_id} kept changing while VM {vm.id} took it")
 
     def volumes_for(self, record: VmRecord, workspace: WorkspaceRecord | None) -> list[Volume]:
         """The volumes a hibernated VM wakes with: the workspace it held."""
@@ -133,18 +150,21 @@ class Workspaces:
         return await self._active(workspace.vm_id) if workspace.vm_id else None
 
     async def delete(self, user_id: str) -> WorkspaceRecord:
-        """Remove the user's workspace and its file; Conflict while a VM holds it."""
+        """Remove the user's workspace and its file; Conflict while a VM holds it (or is
+        taking it)."""
         workspace = await self.get(user_id)
         holder = await self.holder(workspace)
-        if holder is not None:
-            raise Conflict(
-                f"the workspace of user {user_id} is attached to VM {holder.id} "
-                f"({holder.status.value}); destroy that VM first"
-            )
-        self.node.remove_volume(workspace.id)
-        await self.store.workspaces.delete(workspace.id)
-        _log.info("workspace_deleted", user_id=user_id)
-        return workspace
+        if holder is None and await self.store.workspaces.delete(
+            workspace.id, held_by=workspace.vm_id
+        ):
+            self.node.remove_volume(workspace.id)
+            _log.info("workspace_deleted", user_id=user_id)
+            return workspace
+        holder = holder or await self.holder(await self.get(user_id))
+        held = f"VM {holder.id} ({holder.status.value})" if holder else "a VM starting now"
+        raise Conflict(
+            f"the workspace of user {user_id} is attached to {held}; destroy that VM first"
+        )
 
     async def _ensure(self, user_id: str) -> WorkspaceRecord | None:
         """The user's workspace, made now if they have none; None where the node's VMM keeps

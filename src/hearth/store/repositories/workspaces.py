@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import Delete, Update, delete, select, update
 from sqlalchemy.exc import IntegrityError
 
 from hearth.store.models import workspaces_table
@@ -32,14 +32,24 @@ class WorkspaceRepo(Repository):
         row = await self._read_one(select(_table).where(_table.c.user_id == user_id))
         return None if row is None else to_record(WorkspaceRecord, row)
 
-    async def attach(self, workspace_id: str, vm_id: str | None) -> None:
-        """Record the VM the workspace is now attached to (None: none)."""
-        async with self._engine.begin() as conn:
-            await conn.execute(
-                update(_table).where(_table.c.id == workspace_id).values(vm_id=vm_id)
-            )
+    async def held_by(self, vm_id: str) -> WorkspaceRecord | None:
+        """The workspace recorded as held by VM ``vm_id``, if any."""
+        row = await self._read_one(select(_table).where(_table.c.vm_id == vm_id))
+        return None if row is None else to_record(WorkspaceRecord, row)
 
-    async def delete(self, workspace_id: str) -> None:
-        """Forget the workspace (its file was removed)."""
+    async def claim(self, workspace_id: str, vm_id: str, *, held_by: str | None) -> bool:
+        """Record VM ``vm_id`` as the workspace's holder if ``held_by`` still is (None: no VM);
+        whether it was (False: another VM claimed it, or it was deleted, meanwhile)."""
+        return await self._change_if_held(update(_table).values(vm_id=vm_id), workspace_id, held_by)
+
+    async def delete(self, workspace_id: str, *, held_by: str | None) -> bool:
+        """Forget the workspace if ``held_by`` still holds it (None: no VM); whether it did."""
+        return await self._change_if_held(delete(_table), workspace_id, held_by)
+
+    async def _change_if_held(
+        self, statement: Update | Delete, workspace_id: str, held_by: str | None
+    ) -> bool:
+        holder = _table.c.vm_id.is_(None) if held_by is None else _table.c.vm_id == held_by
         async with self._engine.begin() as conn:
-            await conn.execute(delete(_table).where(_table.c.id == workspace_id))
+            result = await conn.execute(statement.where(_table.c.id == workspace_id, holder))
+        return bool(result.rowcount == 1)
