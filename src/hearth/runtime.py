@@ -167,6 +167,7 @@ async def open_hearth(
             events=events,
             oidc_refresh_margin_s=settings.oidc_refresh_margin_s,
         )
+        lifetimes = Lifetimes(vms=vms, settings=settings)
         auth = AuthFlow(
             settings=settings,
             store=store,
@@ -177,9 +178,9 @@ async def open_hearth(
             events=events,
             delivery=delivery,
             metrics=metrics,
+            lifetimes=lifetimes,
         )
         teardown.push("stop the login flows", auth.shutdown)
-        lifetimes = Lifetimes(vms=vms, settings=settings)
         execs = ExecService(settings=settings, vms=vms, networks=networks, lifetimes=lifetimes)
         runs = RunService(settings=settings, store=store, vms=vms, execs=execs)
         teardown.push("stop reading the runs", runs.shutdown)

@@ -15,9 +15,10 @@ import httpx
 import pytest
 
 from hearth.config import Settings
+from hearth.control.quotas import Quotas
 from hearth.vm.host import free_local_port
 from tests.agent_backend import AgentBackend
-from tests.integration.api_fixtures import Api, running_api
+from tests.integration.api_fixtures import DEFAULT_QUOTAS, Api, running_api
 from tests.integration.conftest import AgentLauncher
 from tests.integration.oidc_fixtures import OidcServer, SignInBrowser
 
@@ -75,10 +76,15 @@ class Login:
     @classmethod
     @asynccontextmanager
     async def running(
-        cls, settings: Settings, backend: AgentBackend, images_root: Path
+        cls,
+        settings: Settings,
+        backend: AgentBackend,
+        images_root: Path,
+        *,
+        quotas: Quotas = DEFAULT_QUOTAS,
     ) -> AsyncIterator[Login]:
-        """The controller in process over ``backend``, and a key for USER."""
-        async with running_api(settings, backend, images_root) as api:
+        """The controller in process over ``backend`` within ``quotas``, and a key for USER."""
+        async with running_api(settings, backend, images_root, quotas=quotas) as api:
             yield cls(api, backend, await api.user_key(USER))
 
     async def start(self) -> str:
@@ -111,6 +117,13 @@ class Login:
             if session["status"] in TERMINAL or time.monotonic() > deadline:
                 pytest.fail(f"session did not reach {sorted(statuses)}: {session}")
             await asyncio.sleep(0.05)
+
+    async def signed_in(self, session_id: str) -> dict[str, Any]:
+        """The session once it ended, its user signed in as soon as it awaited them."""
+        waiting = await self.wait_for(session_id, {"awaiting_user"})
+        landing = await asyncio.to_thread(sign_in, waiting["login_url"])
+        assert "You can close this window" in landing.text
+        return await self.wait_for(session_id, TERMINAL)
 
     async def cancel(self, session_id: str) -> dict[str, Any]:
         """``POST /api/auth/session/{id}/cancel``; the session it returns."""

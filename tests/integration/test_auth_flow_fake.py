@@ -10,6 +10,7 @@ session's ending through the API, that the Browser VM is gone with its agent, an
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from hearth.config import Settings
 from hearth.errors import VmError
 from hearth.vm.types import VmState, VmType
 from tests.agent_backend import AgentBackend
-from tests.integration.api_fixtures import served
+from tests.integration.api_fixtures import DEFAULT_QUOTAS, served
 from tests.integration.conftest import port_accepts
 from tests.integration.login_fixtures import *  # noqa: F403
 from tests.integration.login_fixtures import (
@@ -295,3 +296,49 @@ async def test_browser_vm_boot_failure_fails_the_session_and_leaves_nothing_runn
         login.assert_only_cli_vm_left(session)
         assert session["login_url"] is None
         assert (await login.credential())["present"] is False
+
+
+# --- the user's CLI VM asleep ----------------------------------------------------------------
+
+# One CLI VM per user (the default): no second one can be made beside a sleeping one.
+ONE_CLI_VM = dataclasses.replace(DEFAULT_QUOTAS, per_user={VmType.CLI: 1, VmType.BROWSER: 1})
+
+
+@pytest.mark.parametrize("action", ["pause", "hibernate"])
+async def test_a_login_wakes_the_users_sleeping_cli_vm_and_delivers_into_it(
+    flow_settings: Settings, vm_backend: AgentBackend, tmp_path: Path, action: str
+) -> None:
+    # An idle CLI VM is paused or hibernated by its lifetime: the next login must not wait
+    # for a second CLI VM the user's quota (one) never admits, but resume the one they have.
+    settings = flow_settings.with_overrides(cli_vm_timeout_s=5.0)
+    async with Login.running(settings, vm_backend, tmp_path / "image", quotas=ONE_CLI_VM) as login:
+        made = await login.api.client.post("/api/vms", json={}, headers=login.headers)
+        assert made.status_code == 201, made.text
+        vm_id = made.json()["id"]
+        asleep = await login.api.client.post(f"/api/vms/{vm_id}/{action}", headers=login.headers)
+        assert asleep.status_code == 200, asleep.text
+        session = await login.signed_in(await login.start())
+        assert (session["status"], session["error_message"]) == ("completed", None)
+        assert session["vm_id"] == vm_id
+        assert (await login.api.ctl.store.vms.get(vm_id)).status is VmState.READY
+        stored = await login.credential()
+        assert stored["delivered_to"] == vm_id
+
+
+async def test_a_login_fails_at_once_naming_a_paused_cli_vm_that_does_not_resume_itself(
+    flow_settings: Settings, vm_backend: AgentBackend, tmp_path: Path
+) -> None:
+    settings = flow_settings.with_overrides(cli_vm_timeout_s=30.0)
+    async with Login.running(settings, vm_backend, tmp_path / "image", quotas=ONE_CLI_VM) as login:
+        made = await login.api.client.post(
+            "/api/vms", json={"autoResume": False}, headers=login.headers
+        )
+        vm_id = made.json()["id"]
+        await login.api.client.post(f"/api/vms/{vm_id}/pause", headers=login.headers)
+        session_id = await login.start()
+        session = await login.wait_for(session_id, TERMINAL)
+        assert session["status"] == "failed"
+        assert f"CLI VM {vm_id} is paused with autoResume off" in session["error_message"]
+        assert (await login.api.ctl.store.vms.get(vm_id)).status is VmState.PAUSED
+        browser = await login.api.ctl.store.vms.get(session["browser_vm_id"])
+        assert browser.status is VmState.DESTROYED

@@ -12,7 +12,10 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+from hearth.auth.states import AuthStatus
 from hearth.config import Settings
+from hearth.store import Store
+from hearth.vm.types import VmState
 from tests.agent_backend import AgentBackend
 from tests.integration.conftest import port_accepts
 from tests.integration.login_fixtures import *  # noqa: F403
@@ -87,3 +90,28 @@ async def test_a_browser_vm_that_died_during_the_restart_fails_the_session_namin
         assert ended["status"] == "failed"
         assert f"Browser VM {browser_id} of this login is failed" in ended["error_message"]
         second.assert_only_cli_vm_left(ended)
+
+
+async def test_a_browser_vm_left_running_by_a_login_that_ended_goes_at_the_restart(
+    flow_settings: Settings, vm_backend: AgentBackend, tmp_path: Path
+) -> None:
+    # A cancel writes the session's end, then its flow's cleanup destroys the Browser VM: a
+    # controller stopped between the two left a Browser VM no session would ever end, which
+    # held the user's one Browser VM and failed every later login of theirs.
+    images = tmp_path / "image"
+    session_id, waiting = await awaiting_user_then_stop(flow_settings, vm_backend, images)
+    browser_id = waiting["browser_vm_id"]
+    store = await Store.open(flow_settings.database_url)
+    try:
+        await store.auth_sessions.transition(
+            session_id, AuthStatus.AWAITING_USER, AuthStatus.CANCELLED, error_message="cancelled"
+        )
+    finally:
+        await store.close()
+    assert browser_id in vm_backend.running
+    async with Login.running(flow_settings, vm_backend, images) as second:
+        assert (await second.api.ctl.store.vms.get(browser_id)).status is VmState.DESTROYED
+        assert browser_id not in vm_backend.running
+        # The user's next login gets a Browser VM and completes.
+        done = await second.signed_in(await second.start())
+        assert (done["status"], done["error_message"]) == ("completed", None)

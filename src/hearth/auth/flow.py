@@ -30,6 +30,7 @@ from hearth.auth.providers import LoginPlan, login_plan, parse_provider
 from hearth.auth.stages import StageTimeout, within
 from hearth.auth.states import BEFORE_LOGIN, TERMINAL, AuthStatus
 from hearth.config import Settings
+from hearth.control.lifetimes import Lifetimes
 from hearth.control.network import CliNetworks
 from hearth.control.vms import VmService
 from hearth.credentials.service import CredentialService
@@ -97,8 +98,11 @@ class AuthFlow:
         events: EventLog,
         delivery: Delivery,
         metrics: ControllerMetrics,
+        lifetimes: Lifetimes,
     ) -> None:
         self.settings = settings
+        # A user's paused or hibernated CLI VM is resumed for their login.
+        self.lifetimes = lifetimes
         self.delivery = delivery
         self.metrics = metrics  # hearth_auth_sessions_total
         self.events = events  # auth.completed, auth.failed, credential.delivered
@@ -199,8 +203,19 @@ class AuthFlow:
         session left mid-flow up at its stage (``_stages``); their ids. A session fails only if
         its stage cannot go on (a VM it needs is gone, its deadline passed)."""
         pending = [s for s in AuthStatus if s not in TERMINAL]
+        records = await self.store.auth_sessions.list(statuses=pending)
+        # A Browser VM that runs on for a login that ended (the last controller stopped during
+        # its cleanup) would hold its user's Browser VM quota for good: it goes now.
+        browsers = [
+            vm.id
+            for vm in await self.vms.list_vms()
+            if vm.vm_type is VmType.BROWSER and vm.is_active
+        ]
+        for ended in await self.store.auth_sessions.ended_naming(browsers):
+            _log.warning("browser_vm_outlived_its_login", session_id=ended.id)
+            await self._destroy_browser(ended)
         resumed = []
-        for record in await self.store.auth_sessions.list(statuses=pending):
+        for record in records:
             _log.info("auth_resumed", session_id=record.id, status=record.status.value)
             self._launch(record)
             resumed.append(record.id)
@@ -228,12 +243,11 @@ class AuthFlow:
         return record
 
     async def _run(self, session_id: str) -> None:
-        record = await self.store.auth_sessions.get(session_id)
         # How the session ends is written after its cleanup: a session that reads as ended has
         # no Browser VM and no egress proxy left.
         ending: tuple[AuthStatus, str] | None = None
         try:
-            await self._stages(record)
+            await self._stages(await self.store.auth_sessions.get(session_id))
         except _Ended:
             pass
         except asyncio.CancelledError:
@@ -261,9 +275,9 @@ class AuthFlow:
         try:
             latest = await self.store.auth_sessions.get(session_id)
             await self._destroy_browser(latest)
-            await self._close_egress(session_id)
         finally:
             self._cleaning.discard(session_id)
+            await self._close_egress(session_id)  # whatever failed above: it lives here
             if ending is not None:
                 await self._end(session_id, *ending)
 
@@ -368,7 +382,7 @@ class AuthFlow:
     async def _start_cli_vm(self, user: str) -> VmRecord:
         """The user's CLI VM, healthy and claimed (created unless one is ready)."""
         cli_vm: VmRecord = await within(
-            ensure_cli_vm(self.vms, user),
+            ensure_cli_vm(self.vms, self.lifetimes, user),
             self.settings.cli_vm_timeout_s,
             "starting the CLI VM",
             failed="the CLI VM did not start",

@@ -7,31 +7,54 @@ import asyncio
 import json
 
 from hearth.agent_client import AgentClient, AgentError
+from hearth.control.lifetimes import Lifetimes
 from hearth.control.vms import VmService
-from hearth.errors import CapacityExhausted, HearthError, NotFound, QuotaExceeded, VmError
+from hearth.errors import (
+    CapacityExhausted,
+    Conflict,
+    HearthError,
+    NotFound,
+    QuotaExceeded,
+    VmError,
+)
 from hearth.logging import get_logger
 from hearth.store import Store, VmRecord
 from hearth.vm.readiness import Backoff
 from hearth.vm.types import VmSpec, VmState, VmType
 
 _log = get_logger("auth.login_vms")
+# A CLI VM that stays as it is until someone acts: a login cannot use it, nor wait for it.
+_STUCK = (VmState.UNHEALTHY, VmState.PAUSED, VmState.HIBERNATED)
 LOGIN_LONG_POLL_S = 10.0  # how long one status request waits in the agent for the capture
 # A login in a Browser VM: the VM's id, a client of its agent, the agent's login id.
 Login = tuple[str, AgentClient, str]
 
 
-async def ensure_cli_vm(vms: VmService, user_id: str) -> VmRecord:
-    """The user's healthy CLI VM, reused when there is one, else a new one."""
+async def ensure_cli_vm(vms: VmService, lifetimes: Lifetimes, user_id: str) -> VmRecord:
+    """The user's healthy CLI VM: a ready one reused, else a paused or hibernated one resumed
+    (as a command would resume it), else a new one. When the user's quota allows no new one,
+    waits for one booting (or ending), or fails at once naming the VM that stands in the way
+    (unhealthy, or asleep with ``autoResume`` off)."""
     backoff = Backoff(initial_s=0.2, cap_s=2.0).delays()
     while True:
-        for vm in await vms.list_vms(user_id=user_id):
-            usable = vm.vm_type is VmType.CLI and vm.status is VmState.READY
-            if usable and vms.agent_token(vm.id) is not None:
+        mine = [vm for vm in await vms.list_vms(user_id=user_id) if vm.vm_type is VmType.CLI]
+        for vm in mine:
+            if vm.status is VmState.READY and vms.agent_token(vm.id) is not None:
                 return vm
+        for vm in mine:
+            if vm.status in (VmState.PAUSED, VmState.HIBERNATED) and vm.auto_resume:
+                return await lifetimes.ensure_running(vm)
         try:
             return await vms.create(user_id=user_id, spec=vms.spec_for(VmType.CLI, None, None))
-        except QuotaExceeded:
-            # The user's CLI VM is still booting: wait for it (the stage has a deadline).
+        except QuotaExceeded as exc:
+            stuck = [vm for vm in mine if vm.status in _STUCK]
+            if stuck:
+                raise Conflict(
+                    f"{exc.message}; its CLI VM {stuck[0].id} is {stuck[0].status.value}"
+                    + ("" if stuck[0].auto_resume else " with autoResume off")
+                    + ": resume or destroy it, then log in again"
+                ) from exc
+            # The user's CLI VM is still booting (or ending): wait (the stage has a deadline).
             await asyncio.sleep(next(backoff))
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
@@ -69,3 +71,13 @@ class AuthSessionRepo(
         )
         row = await self._read_one(statement)
         return None if row is None else to_record(AuthSessionRecord, row)
+
+    async def ended_naming(self, browser_vm_ids: Collection[str]) -> list[AuthSessionRecord]:
+        """The ended sessions that name one of ``browser_vm_ids`` as their Browser VM."""
+        if not browser_vm_ids:
+            return []
+        statement = select(_table).where(
+            _table.c.browser_vm_id.in_(list(browser_vm_ids)),
+            _table.c.status.not_in(ACTIVE_AUTH_STATUSES),
+        )
+        return await self._read_records(AuthSessionRecord, statement)
