@@ -50,6 +50,32 @@ COPY_CHUNK = 1024 * 1024
 MAX_MEMBERS = 100_000
 DEFAULT_DIR_MODE = 0o755
 FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+# A long name's or a pax header's size (tarfile reads either whole into memory; a path is at
+# most 4 KiB): a few compressed KiB must not make the agent hold hundreds of MiB.
+MAX_HEADER_BYTES = 1024 * 1024
+MAX_MTIME = 2**40  # seconds either side of 1970: past it os.utime overflows
+
+
+class _BoundedHeaders(tarfile.TarInfo):
+    """Members whose extended headers (GNU long names, pax) are refused past
+    ``MAX_HEADER_BYTES`` before ``tarfile`` reads them (its hooks for those headers)."""
+
+    def _proc_gnulong(self, archive: tarfile.TarFile) -> tarfile.TarInfo:
+        _check_header_size(self.size)
+        member: tarfile.TarInfo = super()._proc_gnulong(archive)  # type: ignore[misc]
+        return member
+
+    def _proc_pax(self, archive: tarfile.TarFile) -> tarfile.TarInfo:
+        _check_header_size(self.size)
+        member: tarfile.TarInfo = super()._proc_pax(archive)  # type: ignore[misc]
+        return member
+
+
+def _check_header_size(size: int) -> None:
+    if size > MAX_HEADER_BYTES:
+        raise tarfile.HeaderError(
+            f"an extended header of {size} bytes (at most {MAX_HEADER_BYTES})"
+        )
 
 
 # ---- out ---------------------------------------------------------------------------------
@@ -200,7 +226,9 @@ class _Extraction:
 
     def run(self, body: RequestBody) -> None:
         try:
-            with tarfile.open(fileobj=body, mode="r|*") as archive:  # type: ignore[call-overload]
+            with tarfile.open(  # type: ignore[call-overload]
+                fileobj=body, mode="r|*", tarinfo=_BoundedHeaders
+            ) as archive:
                 for member in archive:
                     self._member(archive, member)
         except tarfile.TarError as exc:
@@ -221,6 +249,10 @@ class _Extraction:
         if self.members > MAX_MEMBERS:
             raise InvalidArchive(f"{self.shown}: the archive has more than {MAX_MEMBERS} members")
         parts = self._parts(member.name, "member")
+        if "\0" in member.linkname:
+            raise InvalidArchive(f"{self.shown}: member {member.name!r} links to a name with a NUL")
+        if not -MAX_MTIME <= member.mtime <= MAX_MTIME:  # also refuses NaN
+            raise InvalidArchive(f"{self.shown}: member {member.name!r} has no usable mtime")
         mode = stat.S_IMODE(member.mode) & 0o777
         if member.isdir():
             if parts:

@@ -261,14 +261,14 @@ class Exec:
             # unreaped its pid cannot name any other group.
             if self._leader_ended.is_set():
                 return False
-            if self._reason is None:
+            if self._reason is None or reason is ExitReason.TIMEOUT:
                 self._reason = reason
             try:
                 os.killpg(self.pid, sig)
             except ProcessLookupError:
                 return False
-            if self.pty is not None:
-                signal_session(self.pid, sig)
+            # And its session, which a process that left the group (job control, timeout) is in.
+            signal_session(self.pid, sig)
             return True
 
     def _wait(self) -> None:
@@ -302,6 +302,8 @@ class Exec:
             self._ended_at = time.monotonic()
             self._leader_ended.set()
             reason = self._reason or ExitReason.EXITED
+            if reason is ExitReason.KILLED and returncode == 0:
+                reason = ExitReason.EXITED  # it did its work whatever the signal was to it
         self._pump.join()
         if self._stdin is not None:
             self._stdin.close()

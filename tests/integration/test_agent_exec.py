@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
 import signal
 import sys
 import time
@@ -265,6 +266,48 @@ def test_kill_without_a_body_sends_sigkill(agent_client: httpx.Client) -> None:
 
     assert agent_client.post(f"/exec/{exec_id}/kill").status_code == 200
     assert read_events(agent_client, exec_id).exit["signal"] == "SIGKILL"
+
+
+@pytest.mark.parametrize("ending", ["kill", "timeout"])
+def test_processes_that_left_the_commands_group_end_with_it(
+    agent_client: httpx.Client, ending: str
+) -> None:
+    # coreutils' timeout (like a shell's job control) moves into a process group of its own,
+    # which a signal to the command's group misses: the command's session is signalled too.
+    script = "timeout 300 sleep 301 & echo $!; wait"
+    exec_id = start(
+        agent_client, cmd=["sh", "-c", script], timeout_s=2 if ending == "timeout" else 60
+    )
+    head = read_events(agent_client, exec_id, limit=1)
+    escaped = int(decode(head.events[0].data))
+    leader = agent_client.get(f"/exec/{exec_id}").json()["pid"]
+    assert os.getpgid(escaped) != leader, "timeout kept the command's group"
+    if ending == "kill":
+        assert agent_client.post(f"/exec/{exec_id}/kill").status_code == 200
+    assert read_events(agent_client, exec_id).exit["reason"] == (
+        "killed" if ending == "kill" else "timeout"
+    )
+    deadline = time.monotonic() + 5
+    while not process_gone(escaped) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert process_gone(escaped), "a process of the command outlived it"
+
+
+def test_a_signal_the_command_survives_does_not_make_it_killed(
+    agent_client: httpx.Client,
+) -> None:
+    ignoring = "trap '' INT; sleep 1"
+    exec_id = start(agent_client, cmd=["sh", "-c", ignoring])
+    assert agent_client.post(f"/exec/{exec_id}/kill", json={"signal": "SIGINT"}).status_code == 200
+    assert read_events(agent_client, exec_id).exit == {
+        **read_events(agent_client, exec_id).exit,
+        "code": 0,
+        "reason": "exited",
+    }
+    # Its timeout after such a signal is a timeout.
+    exec_id = start(agent_client, cmd=["sh", "-c", "trap '' INT; sleep 30"], timeout_s=1)
+    assert agent_client.post(f"/exec/{exec_id}/kill", json={"signal": "SIGINT"}).status_code == 200
+    assert read_events(agent_client, exec_id).exit["reason"] == "timeout"
 
 
 def test_stdin_round_trip_in_text_and_base64(agent_client: httpx.Client) -> None:

@@ -224,6 +224,34 @@ async def test_cancel_ends_the_run_and_everything_its_cli_started(
     assert again.json()["status"] == "failed"
 
 
+async def test_a_run_cancelled_while_its_cli_starts_is_stopped_once_it_has(api_runs: Api) -> None:
+    vm_id, headers = await logged_in_vm(api_runs, "gil")
+    runs = api_runs.ctl.runs
+    gate = asyncio.Event()
+    start_exec = runs.execs.start
+
+    async def slow_start(*args: Any, **kwargs: Any) -> Any:
+        await gate.wait()
+        return await start_exec(*args, **kwargs)
+
+    runs.execs.start = slow_start  # type: ignore[method-assign]
+    posting = asyncio.create_task(start(api_runs, vm_id, headers, script([], hang=True)))
+    listed: list[dict[str, Any]] = []
+    while not listed:
+        await asyncio.sleep(0.02)
+        answer = await api_runs.client.get(f"/api/vms/{vm_id}/runs", headers=headers)
+        listed = answer.json()["runs"]
+    assert listed[0]["status"] == "starting"
+    cancelled = await api_runs.client.post(
+        f"/api/vms/{vm_id}/runs/{listed[0]['id']}/cancel", headers=headers
+    )
+    assert cancelled.status_code == 200, cancelled.text
+    gate.set()
+    run = await posting
+    events = await asyncio.wait_for(events_of(api_runs, vm_id, run["id"], headers), 30)
+    assert (events[-1][1], events[-1][2]["code"]) == ("run.failed", "cancelled")
+
+
 async def test_a_run_past_its_timeout_fails_with_timeout(api_runs: Api) -> None:
     vm_id, headers = await logged_in_vm(api_runs, "fay")
     run = await start(api_runs, vm_id, headers, script([], hang=True), timeoutS=1)

@@ -107,6 +107,12 @@ def member(
     return info
 
 
+def pax(info: tarfile.TarInfo, **headers: str) -> tarfile.TarInfo:
+    """``info`` with pax ``headers`` written as they are (read back, they override its own)."""
+    info.pax_headers = headers
+    return info
+
+
 # ---- paths ---------------------------------------------------------------------------------
 
 
@@ -316,6 +322,9 @@ def test_a_tar_is_merged_into_an_existing_directory(root: Path, files: Workspace
         ([(member("a"), b"y" * 600), (member("b"), b"x" * 600)], FileTooLarge),
         ([(member("d", tarfile.DIRTYPE), None), (member("d"), b"file over dir")], InvalidArchive),
         ([(member("f"), b"file"), (member("f/under"), b"x")], InvalidArchive),
+        ([(pax(member("t"), mtime="1e400"), b"x")], InvalidArchive),
+        ([(pax(member("l", tarfile.SYMTYPE), linkpath="a\0b"), None)], InvalidArchive),
+        ([(member("n" * 2 * MIB), b"x")], InvalidArchive),
     ],
     ids=[
         "dotdot",
@@ -333,6 +342,9 @@ def test_a_tar_is_merged_into_an_existing_directory(root: Path, files: Workspace
         "over-cap",
         "file-over-directory",
         "file-under-a-file",
+        "mtime-out-of-range",
+        "link-with-a-nul",
+        "header-over-1-mib",
     ],
 )
 def test_a_bad_tar_is_refused_with_nothing_written(

@@ -19,6 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from hearth.api.auth import API_KEY_STATE, authenticate
 from hearth.api.context import Controller
 from hearth.api.errors import hearth_error_response
+from hearth.api.headers import decimal
 from hearth.errors import BodyTooLarge, FileTooLarge, HearthError
 
 # Open without a key: the health probe, the API's own description, the login view and the
@@ -75,10 +76,10 @@ class KeyGuard:
         )
 
     def _check_upload(self, headers: Headers) -> None:
-        declared = headers.get("content-length", "").strip()
-        if declared.isdigit() and int(declared) > self.max_upload_bytes:
+        declared = decimal(headers.get("content-length"))
+        if declared is not None and declared > self.max_upload_bytes:
             raise FileTooLarge(
-                f"a body of {int(declared)} bytes exceeds the limit of {self.max_upload_bytes} "
+                f"a body of {declared} bytes exceeds the limit of {self.max_upload_bytes} "
                 "bytes (HEARTH_FILES_MAX_BYTES)"
             )
 
@@ -88,10 +89,10 @@ class KeyGuard:
         A declared length is checked without reading (the server holds the client to it). A
         body without one (chunked) is read here, up to the limit, and replayed to the app.
         """
-        declared = headers.get("content-length")
-        if declared is not None:
-            if declared.strip().isdigit() and int(declared) > self.max_body_bytes:
-                raise self._too_large(f"a body of {int(declared)} bytes")
+        if headers.get("content-length") is not None:
+            declared = decimal(headers.get("content-length"))
+            if declared is not None and declared > self.max_body_bytes:
+                raise self._too_large(f"a body of {declared} bytes")
             return receive
         if headers.get("transfer-encoding") is None:
             return receive  # no body at all

@@ -116,6 +116,8 @@ class RunService:
         run = await self.store.runs.transition(
             run.id, RunStatus.STARTING, RunStatus.RUNNING, exec_id=started["execId"]
         )
+        if run.cancel_requested:
+            await self._stop(run)  # cancelled while its CLI started, which had nothing to stop
         first = RunEventRecord(
             run_id=run.id,
             seq=1,
@@ -235,13 +237,17 @@ class RunService:
         if run.is_terminal:
             return run
         run = await self.store.runs.update(run_id, cancel_requested=True)
-        if run.exec_id is not None:
-            await self._signal(run, "SIGTERM")
-            chore = asyncio.create_task(self._kill_after_grace(run))
-            self._chores.add(chore)
-            chore.add_done_callback(self._chores.discard)
+        if run.exec_id is not None:  # else ``start`` stops it once its CLI has started
+            await self._stop(run)
         _log.info("run_cancel_requested", run_id=run_id, vm_id=vm_id)
         return run
+
+    async def _stop(self, run: RunRecord) -> None:
+        """SIGTERM to the run's CLI now, SIGKILL after the grace."""
+        await self._signal(run, "SIGTERM")
+        chore = asyncio.create_task(self._kill_after_grace(run))
+        self._chores.add(chore)
+        chore.add_done_callback(self._chores.discard)
 
     async def _signal(self, run: RunRecord, signal: str) -> None:
         assert run.exec_id is not None

@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.sse import format_sse_event
 
 from hearth.api.auth import Ctl, Key, scope_of
+from hearth.api.headers import decimal
 from hearth.api.schemas import ERROR_RESPONSES
 from hearth.api.schemas_exec import (
     ExecAccepted,
@@ -101,9 +102,10 @@ async def exec_command(
 def resume_point(after: int | None, last_event_id: str | None) -> int:
     if last_event_id is None:
         return after or 0
-    if not last_event_id.strip().isdigit():
+    resume = decimal(last_event_id)
+    if resume is None:
         raise InvalidInput("Last-Event-ID: must be the id of an event of this stream")
-    return int(last_event_id.strip())
+    return resume
 
 
 @router.get(

@@ -22,6 +22,7 @@ from starlette.requests import ClientDisconnect
 
 from hearth.agent_client import AgentDownload
 from hearth.api.auth import Ctl, Key, scope_of
+from hearth.api.headers import decimal
 from hearth.api.schemas import ERROR_RESPONSES, error_responses
 from hearth.api.schemas_files import (
     DOWNLOAD_RESPONSE,
@@ -63,8 +64,7 @@ async def _client_body(request: Request) -> AsyncIterator[bytes]:
 
 
 def _declared_length(request: Request) -> int | None:
-    declared = request.headers.get("content-length", "").strip()
-    return int(declared) if declared.isdigit() else None
+    return decimal(request.headers.get("content-length"))
 
 
 @router.put(
