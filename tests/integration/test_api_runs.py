@@ -22,6 +22,7 @@ from httpx_sse import aconnect_sse
 
 from hearth.bench.standins.documents import sample_document
 from hearth.config import Settings
+from hearth.errors import EventsGone
 from hearth.runs import RunCommand
 from hearth.runs import run_command as real_run_command
 from hearth_agent.wire import Provider
@@ -250,6 +251,30 @@ async def test_a_run_cancelled_while_its_cli_starts_is_stopped_once_it_has(api_r
     run = await posting
     events = await asyncio.wait_for(events_of(api_runs, vm_id, run["id"], headers), 30)
     assert (events[-1][1], events[-1][2]["code"]) == ("run.failed", "cancelled")
+
+
+async def test_a_reader_that_falls_behind_what_is_kept_is_ended_not_given_a_gap(
+    run_settings: Settings, agents: AgentBackend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Only the newest HEARTH_RUN_EVENTS_KEEP events are kept: a reader left behind them must
+    # not go on past a hole as if nothing was lost, but end, so that its reconnect is told 410.
+    monkeypatch.setattr("hearth.control.runs.run_command", fake_command)
+    settings = run_settings.with_overrides(run_events_keep=5)
+    async with running_api(settings, agents, tmp_path / "image") as api:
+        vm_id, headers = await logged_in_vm(api, "hal")
+        lines = answer_lines("claude_code")
+        run = await start(api, vm_id, headers, script(lines * 4, pause_s=0.05))
+        reader = await api.ctl.runs.events(vm_id, run["id"], None)
+        first = await anext(reader)
+        while not (await api.ctl.store.runs.get(run["id"])).is_terminal:
+            await asyncio.sleep(0.05)
+        rest = [event.seq async for event in reader]
+        assert rest == list(range(first.seq + 1, first.seq + 1 + len(rest))), "a gap was skipped"
+        last = await api.ctl.store.runs.get(run["id"])
+        assert (rest[-1] if rest else first.seq) < last.last_event_id
+        with pytest.raises(EventsGone):
+            await api.ctl.runs.events(vm_id, run["id"], None, after=rest[-1] if rest else first.seq)
+        await api.ctl.runs.wait_idle()
 
 
 async def test_a_run_past_its_timeout_fails_with_timeout(api_runs: Api) -> None:

@@ -100,6 +100,10 @@ class RunPump:
         self._parser = parser_for(run.provider)
         self._lines = LineSplitter()
         self._stderr = bytearray()
+        # What was read after the cursor: kept back until an exec event ends on a line's end,
+        # so the cursor, the parser and the stored events always agree (see ``_take``).
+        self._held_lines: list[str] = []
+        self._held_stderr = bytearray()
         self._session_id = run.session_id
         # The last exec event whose output is fully stored: a partial line is not.
         self._cursor = run.exec_cursor
@@ -125,23 +129,33 @@ class RunPump:
                     await self._end_unread(f"the VM's agent stopped answering: {exc.message}")
                     return
                 _log.info("run_stream_resumed", run_id=self.run.id, error=exc.message[:200])
+                # Read again from the cursor: what was held after it is read again too.
+                self._lines, self._held_lines, self._held_stderr = LineSplitter(), [], bytearray()
                 await asyncio.sleep(RESUME_BACKOFF_S[attempts])
                 attempts += 1
 
     async def _take(self, event: ExecEvent) -> bool:
-        """Store what one exec event adds; True once the run has ended."""
-        events: list[RunEvent] = []
+        """Store what one exec event adds; True once the run has ended.
+
+        An event that ends inside a line is held (its lines not yet parsed) until one ends on
+        a line's end; then all held is parsed and stored with that event as the cursor. A
+        stream read again from the cursor (here, or by the next controller's pump) thus
+        neither repeats an event nor splices a line to a copy of itself."""
         if event.type == "stdout":
-            for line in self._lines.feed(chunk_bytes(event.data)):
-                events.extend(self._parser.feed_line(line))
+            self._held_lines += self._lines.feed(chunk_bytes(event.data))
         elif event.type == "stderr":
-            self._stderr += chunk_bytes(event.data)
-            del self._stderr[:-STDERR_TAIL_BYTES]
-        if event.type != "exit":
-            await self._store_events(events, cursor=event.id if self._lines.empty else None)
+            self._held_stderr += chunk_bytes(event.data)
+        if event.type != "exit" and not self._lines.empty:
             return False
-        for line in self._lines.flush():
-            events.extend(self._parser.feed_line(line))
+        if event.type == "exit":
+            self._held_lines += self._lines.flush()
+        events = [e for line in self._held_lines for e in self._parser.feed_line(line)]
+        self._stderr += self._held_stderr
+        del self._stderr[:-STDERR_TAIL_BYTES]
+        self._held_lines, self._held_stderr = [], bytearray()
+        if event.type != "exit":
+            await self._store_events(events, cursor=event.id)
+            return False
         final = await self._final_event(event.data)
         code = event.data.get("code")
         await self._finish(
@@ -189,12 +203,9 @@ class RunPump:
             fields["usage"] = json.dumps(self._parser.usage, separators=(",", ":"))
         return fields
 
-    async def _store_events(self, events: list[RunEvent], *, cursor: int | None) -> None:
-        if cursor is not None:
-            self._cursor = cursor
+    async def _store_events(self, events: list[RunEvent], *, cursor: int) -> None:
+        self._cursor = cursor
         fields = self._progress_fields()
-        if not events and not fields and cursor is None:
-            return
         await self._store.runs.append_events(
             self.run.id, self._records(events), exec_cursor=self._cursor, keep=self._keep, **fields
         )

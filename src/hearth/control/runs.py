@@ -218,6 +218,11 @@ class RunService:
             wakeup = self._wakeups.setdefault(run_id, asyncio.Event())
             batch = await self.store.runs.events(run_id, after=after)
             for event in batch:
+                if after and event.seq != after + 1:
+                    # Fallen behind what is kept: ended here, the reader's reconnect is told
+                    # which events are gone (410) instead of reading on past the hole.
+                    _log.warning("run_reader_behind", run_id=run_id, after=after, next=event.seq)
+                    return
                 yield event
                 after = event.seq
             if batch:

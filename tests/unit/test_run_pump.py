@@ -1,0 +1,136 @@
+"""RunPump over an exec stream cut inside a line: read again by the same pump, or by the next
+controller's from the stored cursor, every line becomes its events once, in order, never
+spliced to a copy of itself. The store is a stand-in that keeps the run's row and what the pump
+writes (the store's own transaction is tested in the store's tests)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+import hearth.control.run_pump as run_pump
+from hearth.agent_client import AgentError
+from hearth.control.execs import ExecEvent
+from hearth.control.run_pump import RunPump
+from hearth.runs.states import RunStatus
+from hearth.store.records import RunEventRecord, RunRecord
+from hearth_agent.wire import Provider
+
+
+def said(text: str) -> str:
+    """A line of Claude Code's stream-json: the assistant says ``text``."""
+    message = {"content": [{"type": "text", "text": text}]}
+    return json.dumps({"type": "assistant", "message": message})
+
+
+# Two lines, the second cut across two output events, then the exit.
+FIRST, SECOND = said("HELLO"), said("WORLD")
+OUTPUT = [
+    ExecEvent(1, "stdout", {"data": FIRST + "\n" + SECOND[:20]}),
+    ExecEvent(2, "stdout", {"data": SECOND[20:] + "\n"}),
+    ExecEvent(3, "exit", {"code": 0, "signal": None, "reason": "exited"}),
+]
+
+
+class Exec:
+    """The exec's event stream: it breaks once before event ``breaks_at``, or stops there
+    for good (``hangs_at``: the controller is ended meanwhile)."""
+
+    def __init__(self, *, breaks_at: int | None = None, hangs_at: int | None = None) -> None:
+        self.breaks_at = breaks_at
+        self.hangs_at = hangs_at
+        self.hanging = asyncio.Event()
+
+    async def events(
+        self, vm_id: str, user_id: str | None, exec_id: str, *, after: int = 0
+    ) -> AsyncIterator[ExecEvent]:
+        for event in OUTPUT:
+            if event.id <= after:
+                continue
+            if event.id == self.breaks_at:
+                self.breaks_at = None
+                raise AgentError("the stream broke")
+            if event.id == self.hangs_at:
+                self.hanging.set()
+                await asyncio.Event().wait()
+            yield event
+
+
+class Runs:
+    """The run's row and its stored events, written as the store writes them."""
+
+    def __init__(self, run: RunRecord) -> None:
+        self.run = run
+        self.stored: list[RunEventRecord] = []
+
+    async def append_events(
+        self, run_id: str, events: list[RunEventRecord], *, exec_cursor: int, **_: Any
+    ) -> None:
+        self.stored += events
+        last = self.stored[-1].seq if self.stored else 0
+        self.run = dataclasses.replace(self.run, exec_cursor=exec_cursor, last_event_id=last)
+
+    async def get(self, run_id: str) -> RunRecord:
+        return self.run
+
+    async def transition(self, *args: Any, **fields: Any) -> RunRecord:
+        return self.run
+
+
+@dataclasses.dataclass
+class Store:
+    runs: Runs
+
+
+@pytest.fixture(autouse=True)
+def no_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(run_pump, "RESUME_BACKOFF_S", (0.0,) * run_pump.RESUME_ATTEMPTS)
+
+
+def pump(store: Store, execs: Exec) -> RunPump:
+    """A pump from the run's stored row, as a (re)started controller makes one."""
+    return RunPump(store.runs.run, store=store, execs=execs, keep=100, notify=lambda _: None)  # type: ignore[arg-type]
+
+
+def told(store: Store) -> list[tuple[int, str, str]]:
+    """The stored events: id, type, text (if any)."""
+    return [(e.seq, e.type, json.loads(e.data).get("text", "")) for e in store.runs.stored]
+
+
+def new_store() -> Store:
+    run = RunRecord(
+        user_id="ann",
+        vm_id="vm-1",
+        provider=Provider.CLAUDE_CODE,
+        timeout_s=60,
+        exec_id="exec-1",
+        status=RunStatus.RUNNING,
+    )
+    return Store(Runs(run))
+
+
+async def test_a_stream_read_again_mid_line_gives_each_line_once() -> None:
+    store = new_store()
+    await pump(store, Exec(breaks_at=2)).run_to_end()
+    events = told(store)
+    assert [text for _, kind, text in events if kind == "message.delta"] == ["HELLO", "WORLD"]
+    assert [seq for seq, _, _ in events] == list(range(1, len(events) + 1))
+    assert "raw" not in [kind for _, kind, _ in events], "a line spliced to a copy of itself"
+
+
+async def test_the_next_controllers_pump_reads_on_without_repeating_a_line() -> None:
+    store = new_store()
+    cut = Exec(hangs_at=2)
+    first = asyncio.create_task(pump(store, cut).run_to_end())
+    await cut.hanging.wait()  # the first event read, the second line half there
+    first.cancel()  # the controller ends
+    await asyncio.gather(first, return_exceptions=True)
+    await pump(store, Exec()).run_to_end()
+    events = told(store)
+    assert [text for _, kind, text in events if kind == "message.delta"] == ["HELLO", "WORLD"]
+    assert [seq for seq, _, _ in events] == list(range(1, len(events) + 1))
