@@ -49,8 +49,10 @@ class Request:
 class Response:
     """An HTTP response: status, body bytes, any extra headers, and what follows it.
 
-    A streaming response (``stream`` set) has no Content-Length: the server writes and flushes
-    each chunk as the iterator yields it, then closes the connection; ``body`` is then unused.
+    A streaming response (``stream`` set) has no Content-Length unless ``headers`` give one: the
+    server writes and flushes each chunk as the iterator yields it (chunked, without a length;
+    the last chunk only once the iterator ended well), then closes the connection; ``body`` is
+    then unused.
     """
 
     status: int

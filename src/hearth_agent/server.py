@@ -156,6 +156,15 @@ class AgentRequestHandler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", response.content_type)
         if response.stream is None:
             self.send_header("Content-Length", str(len(response.body)))
+        # A stream of no set length is chunked, so that one that breaks off (its source failed)
+        # lacks the last chunk and reads as broken, not as a whole shorter body.
+        chunked = (
+            response.stream is not None
+            and self.request_version == "HTTP/1.1"
+            and not any(name.lower() == "content-length" for name, _ in response.headers)
+        )
+        if chunked:
+            self.send_header("Transfer-Encoding", "chunked")
         self.send_header("Cache-Control", "no-store")
         for name, value in response.headers:
             self.send_header(name, value)
@@ -167,15 +176,21 @@ class AgentRequestHandler(BaseHTTPRequestHandler):
         if response.stream is None:
             self.wfile.write(response.body)
         else:
-            self._write_stream(iter(response.stream))
+            self._write_stream(iter(response.stream), chunked=chunked)
 
-    def _write_stream(self, chunks: Iterator[bytes]) -> None:
-        """Write each chunk as it comes; the connection's close ends the body."""
+    def _write_stream(self, chunks: Iterator[bytes], *, chunked: bool) -> None:
+        """Write each chunk as it comes; the connection's close ends the body, and a chunked
+        one's last chunk is written only once the stream has ended well."""
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
             for chunk in chunks:
-                self.wfile.write(chunk)
+                if chunked and chunk:
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                elif not chunked:
+                    self.wfile.write(chunk)
                 self.wfile.flush()
+            if chunked:
+                self.wfile.write(b"0\r\n\r\n")
         except OSError as exc:
             # The client went away or stopped reading for the socket timeout; what it missed
             # stays with the stream's source for a resume.
