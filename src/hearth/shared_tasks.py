@@ -33,3 +33,8 @@ class SharedTasks(Generic[T]):
             task.add_done_callback(lambda _t: self._tasks.pop(key, None))
             task.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved
         return await asyncio.shield(task)
+
+    async def wait(self) -> None:
+        """Until every task under way (and any they start meanwhile) has ended."""
+        while self._tasks:
+            await asyncio.gather(*self._tasks.values(), return_exceptions=True)

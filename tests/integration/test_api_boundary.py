@@ -20,6 +20,7 @@ from sqlalchemy import text
 from hearth.config import Settings
 from hearth.control.bootstrap import ADMIN_KEY_FILE
 from hearth.store import VmRecord
+from hearth.vm.types import VmState
 from tests.fake_backend import FakeBackend
 from tests.integration.api_fixtures import *  # noqa: F403
 from tests.integration.api_fixtures import Api, running_api
@@ -225,6 +226,28 @@ async def test_ten_concurrent_deletes_all_succeed_and_tear_down_once(api: Api) -
     again = await api.client.delete(f"/api/vms/{vm_id}", headers=api.headers())
     assert again.status_code == 200
     assert hooks == [vm_id]
+
+
+async def test_a_destroy_whose_caller_was_cancelled_ends_before_the_vm_service_stops(
+    api: Api,
+) -> None:
+    # A login stopped by a shutdown leaves the destroy of what it made running: the VM service
+    # must see it through before the store closes under it.
+    created = await api.client.post("/api/vms", json={"userId": "u1"}, headers=api.headers())
+    vm_id = created.json()["id"]
+    hooked = asyncio.Event()
+
+    async def slow_hook(record: VmRecord, token: str | None) -> None:
+        hooked.set()
+        await asyncio.sleep(0.3)
+
+    api.ctl.vms.before_destroy = (*api.ctl.vms.before_destroy, slow_hook)
+    caller = asyncio.create_task(api.ctl.vms.destroy(vm_id))
+    await hooked.wait()
+    caller.cancel()
+    await asyncio.gather(caller, return_exceptions=True)
+    await api.ctl.vms.shutdown(destroy_vms=False)
+    assert (await api.ctl.store.vms.get(vm_id)).status is VmState.DESTROYED
 
 
 async def test_rounds_of_fifty_concurrent_starts_that_fail_fast_all_get_a_session(

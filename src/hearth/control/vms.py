@@ -475,6 +475,9 @@ class VmService:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        # Teardowns run on when their callers are cancelled (a login stopped by this shutdown
+        # destroying what it made): they end before the store closes under them.
+        await self._teardowns.wait()
         if destroy_vms:
             for vm_id in list(self.live):
                 try:
