@@ -135,6 +135,13 @@ class EventLog:
         with self._changed:
             return self._closed
 
+    @property
+    def collected(self) -> bool:
+        """Whether a reader has had the exit event: a follower wrote it out, or a read
+        acknowledged it."""
+        with self._changed:
+            return self._closed and max(self._delivered, self._floor) >= self._last_id
+
     def wait_for_room(self, timeout_s: float) -> bool:
         """Block while the log is full; whether there is room (False: still full at timeout)."""
         with self._changed:

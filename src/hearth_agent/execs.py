@@ -18,8 +18,7 @@ Lifecycle (``ExecStatus``)::
 
     running ──▶ exited      (exit reason: exited | timeout | killed)
 
-The registry caps how many execs run at once and forgets ended ones after a retention time or
-past a count, whichever comes first.
+The registry caps how many execs run at once and forgets ended ones (``exec_retention``).
 """
 
 from __future__ import annotations
@@ -54,6 +53,7 @@ from hearth_agent.exec_events import (
     OutputDecoder,
 )
 from hearth_agent.exec_pty import EOF_CHARACTER, Pty, PtySize, signal_session, spawn_on_pty
+from hearth_agent.exec_retention import expired
 from hearth_agent.exec_stdin import StdinFeeder
 from hearth_agent.log import JsonLogger
 
@@ -102,7 +102,7 @@ class ExecLimits:
     buffer_bytes: int = 8 * MIB  # output kept for readers before the process is held back
     replay_bytes: int = 4 * MIB  # output already streamed that is kept for a reconnect
     stdin_backlog_bytes: int = 4 * MIB  # stdin queued for a process that is not reading
-    keep_ended_s: float = 600.0  # how long an ended exec stays readable
+    keep_ended_s: float = 600.0  # how long an ended exec stays readable once its exit was read
     keep_ended: int = 16  # how many ended execs stay readable
 
 
@@ -211,6 +211,11 @@ class Exec:
         """Monotonic time the leader ended, for retention."""
         with self._lock:
             return self._ended_at
+
+    @property
+    def collected(self) -> bool:
+        """Whether a reader has had its exit event."""
+        return self.log.collected
 
     def view(self) -> dict[str, object]:
         """The exec's status as JSON."""
@@ -486,15 +491,7 @@ class ExecRegistry:
         return resolved
 
     def _forget_expired(self) -> None:
-        """Forget ended execs past their retention time or past the count; lock held."""
-        now = time.monotonic()
-        ended = sorted(
-            (e for e in self._execs.values() if e.ended_at is not None),
-            key=lambda e: e.ended_at or 0.0,
-            reverse=True,
-        )
-        for index, old in enumerate(ended):
-            ended_at = old.ended_at or now
-            if index >= self.limits.keep_ended or now - ended_at > self.limits.keep_ended_s:
-                old.discard()
-                del self._execs[old.exec_id]
+        """Forget the ended execs past retention (``exec_retention``); lock held."""
+        for old in expired(list(self._execs.values()), self.limits, now=time.monotonic()):
+            old.discard()
+            del self._execs[old.exec_id]

@@ -385,6 +385,49 @@ def test_ended_execs_are_forgotten_past_the_count(tmp_path: Path) -> None:
         registry.close()
 
 
+def ended_true(registry: ExecRegistry) -> Exec:
+    """``true`` started and ended (so execs made one after another end in that order)."""
+    running = registry.start(ExecSpec(cmd=("true",)))
+    running.wait(WAIT_S)
+    return running
+
+
+def test_an_ended_exec_whose_exit_nobody_read_outlives_the_retention_time(
+    tmp_path: Path,
+) -> None:
+    # A run's controller may be away longer than the retention time (an upgrade, an outage);
+    # coming back, it must still find how the run ended.
+    registry = make_registry(tmp_path, keep_ended_s=0.0)
+    try:
+        unread, read = ended_true(registry), ended_true(registry)
+        collect(read)  # a follower wrote its exit event out
+        acknowledged = ended_true(registry)
+        acknowledged.log.read(acknowledged.log.last_id)  # a reader acknowledged its exit
+        time.sleep(0.01)
+
+        assert registry.get(unread.exec_id).exit is not None
+        for gone in (read, acknowledged):
+            with pytest.raises(ExecNotFound):
+                registry.get(gone.exec_id)
+    finally:
+        registry.close()
+
+
+def test_past_the_count_execs_whose_exit_was_read_go_before_unread_ones(tmp_path: Path) -> None:
+    registry = make_registry(tmp_path, keep_ended=2)
+    try:
+        unread, read = ended_true(registry), ended_true(registry)
+        collect(read)
+        newest = ended_true(registry)
+
+        with pytest.raises(ExecNotFound):
+            registry.get(read.exec_id)
+        assert registry.get(unread.exec_id).exit is not None
+        assert registry.get(newest.exec_id).exit is not None
+    finally:
+        registry.close()
+
+
 def test_shutdown_kills_every_running_group_and_refuses_new_execs(tmp_path: Path) -> None:
     registry = make_registry(tmp_path)
     execs = [registry.start(ExecSpec(cmd=("sleep", "300"))) for _ in range(3)]
