@@ -97,8 +97,14 @@ class WebhookDispatcher:
         self.metrics = metrics
         self.backoff = Backoff(settings.webhook_backoff_s)
         self.allow_private = settings.webhook_allow_private
+        self.timeout_s = settings.webhook_timeout_s
+        # No connection is kept for the next request: TLS names are checked per connection,
+        # and two receivers' names may share an address.
         self._client = httpx.AsyncClient(
-            timeout=settings.webhook_timeout_s, follow_redirects=False, trust_env=False
+            timeout=settings.webhook_timeout_s,
+            follow_redirects=False,
+            trust_env=False,
+            limits=httpx.Limits(max_keepalive_connections=0),
         )
         self._task: asyncio.Task[None] | None = None
 
@@ -146,11 +152,18 @@ class WebhookDispatcher:
             async with gate:
                 await self._attempt(*item)
 
-        while batch := await self.store.webhooks.due(utc_now(), limit=PARALLEL * 4):
-            await asyncio.gather(*(one(item) for item in batch))
-            attempted += len(batch)
-        self.metrics.webhook_backlog.set(await self.store.webhooks.pending_count())
+        try:
+            while batch := await self.store.webhooks.due(utc_now(), limit=PARALLEL * 4):
+                await asyncio.gather(*(one(item) for item in batch))
+                attempted += len(batch)
+                await self._count_backlog()
+        finally:
+            with contextlib.suppress(HearthError):
+                await self._count_backlog()
         return attempted
+
+    async def _count_backlog(self) -> None:
+        self.metrics.webhook_backlog.set(await self.store.webhooks.pending_count())
 
     async def _attempt(
         self, delivery: DeliveryRecord, event: EventRecord, hook: WebhookRecord
@@ -202,23 +215,28 @@ class WebhookDispatcher:
         except HearthError as exc:  # a name that now resolves privately, a key gone
             return None, exc.message[:ERROR_MAX]
         host = f"[{address}]" if ":" in address else address
-        default_port = 443 if target.scheme == "https" else 80
-        netloc = target.host if target.port == default_port else f"{target.host}:{target.port}"
         headers = {
             "Content-Type": "application/json",
             "User-Agent": f"Hearth-Webhooks/{__version__}",
-            "Host": netloc,
+            "Host": target.netloc,
             "X-Hearth-Event": event.type,
             "X-Hearth-Delivery": delivery.id,
             "X-Hearth-Signature": signature,
         }
         url = f"{target.scheme}://{host}:{target.port}{target.path}"
         extensions = {"sni_hostname": target.host} if target.scheme == "https" else {}
+        request = self._client.build_request(
+            "POST", url, content=body, headers=headers, extensions=extensions
+        )
         try:
-            response = await self._client.post(
-                url, content=body, headers=headers, extensions=extensions
-            )
-        except httpx.HTTPError as exc:
+            # The whole exchange within the timeout (a receiver that trickles its answer must
+            # not hold the others back); only the status is read, never the body.
+            async with asyncio.timeout(self.timeout_s):
+                response = await self._client.send(request, stream=True)
+                await response.aclose()
+        except TimeoutError:
+            return None, f"the receiver did not answer within {self.timeout_s:g} s"
+        except Exception as exc:  # httpx's errors, and whatever else one URL makes it raise
             return None, f"{type(exc).__name__}: {exc}"[:ERROR_MAX] or type(exc).__name__
         if 200 <= response.status_code < 300:
             return response.status_code, None

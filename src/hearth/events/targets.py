@@ -36,6 +36,8 @@ class Target:
         """``url`` checked for shape (InvalidInput saying what is wrong)."""
         if len(url) > URL_MAX:
             raise InvalidInput(f"a webhook URL is at most {URL_MAX} characters")
+        if any(c <= " " or c == "\x7f" for c in url):
+            raise InvalidInput("a webhook URL must not contain spaces or control characters")
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https"):
             raise InvalidInput(f"a webhook URL must be http or https, not {parts.scheme!r}")
@@ -43,6 +45,7 @@ class Target:
             raise InvalidInput("a webhook URL must not carry a user or password")
         if not parts.hostname:
             raise InvalidInput("a webhook URL needs a host")
+        host = _ascii_host(parts.hostname)
         try:
             port = parts.port or (443 if parts.scheme == "https" else 80)
         except ValueError as exc:
@@ -50,7 +53,14 @@ class Target:
         path = parts.path or "/"
         if parts.query:
             path = f"{path}?{parts.query}"
-        return cls(url=url, scheme=parts.scheme, host=parts.hostname, port=port, path=path)
+        return cls(url=url, scheme=parts.scheme, host=host, port=port, path=path)
+
+    @property
+    def netloc(self) -> str:
+        """The URL's host (bracketed if IPv6) and its port unless the scheme's own: ``Host``."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        default_port = 443 if self.scheme == "https" else 80
+        return host if self.port == default_port else f"{host}:{self.port}"
 
     async def address(self, *, allow_private: bool, resolver: Resolver = system_resolver) -> str:
         """The address to send to: the host's first address that may be dialled; InvalidInput
@@ -70,3 +80,18 @@ class Target:
             f"the webhook host {self.host} is a private, loopback or link-local address; "
             "set HEARTH_WEBHOOK_ALLOW_PRIVATE=1 to allow receivers on your own network"
         )
+
+
+def _ascii_host(hostname: str) -> str:
+    """The host as it goes on the wire: an IP address as it is, a name in its ASCII (IDNA)
+    form; InvalidInput for an IPv6 zone or a name IDNA refuses (an empty or too long label)."""
+    if "%" in hostname:
+        raise InvalidInput("a webhook URL's IPv6 address must not name a zone (%)")
+    try:
+        ipaddress.ip_address(hostname)
+    except ValueError:
+        try:
+            return hostname.encode("idna").decode("ascii")
+        except UnicodeError as exc:
+            raise InvalidInput(f"the webhook URL's host is not a valid name: {exc}") from exc
+    return hostname
