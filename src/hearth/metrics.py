@@ -7,9 +7,13 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 _BOOT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 8, 12, 20, 30, 60, 120)
-# Where a VM can fail: its boot, while it runs (its VMM died), found gone at a controller
-# restart, or its agent silent past the unhealthy deadline.
-FAILURE_STAGES = ("boot", "running", "restart", "unhealthy")
+# Where a VM can fail: its boot, its workspace's attach, while it runs (its VMM died), found
+# gone at a controller restart, its agent silent past the unhealthy deadline, a hibernation or
+# a wake that left nothing to wake.
+FAILURE_STAGES = ("boot", "workspace", "running", "restart", "unhealthy", "hibernate", "wake")
+# The methods counted by name in ``hearth_http_requests_total``; any other is "other", so a
+# client inventing methods cannot make series without end.
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 60)
 
 

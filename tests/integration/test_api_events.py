@@ -151,6 +151,12 @@ async def test_events_are_paged_by_id_a_user_sees_their_own_and_the_stream_follo
     assert [e["vmId"] for e in own["events"]] == [ann_vm]
     after = (await api.client.get(f"/api/events?since={own['last']}", headers=ann)).json()
     assert after == {"events": [], "last": own["last"]}
+    # Ids are signed 64-bit: one past that is refused, not a 500 from the store.
+    largest = await api.client.get(f"/api/events?since={2**63 - 1}", headers=ann)
+    assert largest.json() == {"events": [], "last": 2**63 - 1}
+    assert_error(
+        await api.client.get(f"/api/events?since={2**63}", headers=ann), 422, "invalid_input"
+    )
     # The stream resumes after Last-Event-ID and follows what comes next.
     stream_headers = {**ann, "Last-Event-ID": str(own["last"])}
     async with (

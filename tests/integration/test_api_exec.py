@@ -157,9 +157,12 @@ async def test_wait_false_then_events_resume_after_the_last_id_seen(api_agents: 
     assert by_header == rest
     assert await stream(api, "GET", f"{url}?after={middle}", headers) == rest
     # An id that is not ASCII digits ("²" passes str.isdigit, not int) is refused, not a 500.
-    for bad in (b"\xb2", b"-1", b"1e3", b"abc"):
+    for bad in (b"\xb2", b"-1", b"1e3", b"abc", str(2**63).encode()):
         refused = await api.client.get(url, headers={**headers, "Last-Event-ID": bad})
         assert_error(refused, 422, "invalid_input")
+    assert_error(
+        await api.client.get(f"{url}?after={2**63}", headers=headers), 422, "invalid_input"
+    )
 
 
 async def test_stdin_kill_and_timeout_end_the_whole_group(api_agents: Api) -> None:

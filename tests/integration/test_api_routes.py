@@ -330,6 +330,16 @@ async def test_every_answer_carries_a_request_id_and_is_counted_under_its_route(
         'hearth_http_requests_total{method="GET",route="/api/vms/{vm_id}",status="404"} 1.0' in text
     )
     assert 'hearth_http_requests_total{method="GET",route="/api/vms",status="200"}' in text
+    # A method a client made up is counted, but not by its name: series stay bounded.
+    for made_up in ("X0", "Y1"):
+        await api.client.request(made_up, "/health")
+    text = (await api.client.get("/metrics", headers=api.headers())).text
+    assert 'method="other"' in text
+    assert 'method="X0"' not in text
+    assert 'method="Y1"' not in text
+    # Every stage a VM can fail at is exported from the start, so an alert sees its first failure.
+    for stage in ("boot", "workspace", "running", "restart", "unhealthy", "hibernate", "wake"):
+        assert f'hearth_vm_failures_total{{stage="{stage}"}} 0.0' in text
 
 
 async def test_openapi_describes_every_route(api: Api) -> None:

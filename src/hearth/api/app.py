@@ -28,6 +28,7 @@ from hearth.api.routes import workspaces as workspace_routes
 from hearth.api.routes.view import NOVNC_DIR
 from hearth.config import Settings
 from hearth.control.quotas import Quotas
+from hearth.metrics import HTTP_METHODS
 from hearth.node.local import ImageSource
 from hearth.runtime import open_hearth
 from hearth.terminal_page import PAGE_DIR, xterm_dir
@@ -72,7 +73,9 @@ class ObserveRequests:
             ctl: Controller | None = getattr(scope["app"].state, "controller", None)
             if ctl is not None:
                 ctl.metrics.http_requests.labels(
-                    method=scope["method"], route=template, status=str(status)
+                    method=scope["method"] if scope["method"] in HTTP_METHODS else "other",
+                    route=template,
+                    status=str(status),
                 ).inc()
                 ctl.metrics.http_latency.labels(route=template).observe(
                     time.perf_counter() - started

@@ -16,6 +16,7 @@ from fastapi.responses import Response, StreamingResponse
 from fastapi.sse import format_sse_event
 
 from hearth.api.auth import AdminKey, Ctl, Key, scope_of
+from hearth.api.headers import MAX_INT64
 from hearth.api.routes.execs import resume_point
 from hearth.api.schemas import ERROR_RESPONSES
 from hearth.api.schemas_events import (
@@ -55,7 +56,7 @@ async def list_events(
     request: Request,
     key: Key,
     ctl: Ctl,
-    since: Annotated[int, Query(ge=0, description="the last event id seen")] = 0,
+    since: Annotated[int, Query(ge=0, le=MAX_INT64, description="the last event id seen")] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     last_event_id: Annotated[str | None, Header(max_length=20)] = None,
 ) -> Response:

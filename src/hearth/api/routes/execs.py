@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.sse import format_sse_event
 
 from hearth.api.auth import Ctl, Key, scope_of
-from hearth.api.headers import decimal
+from hearth.api.headers import MAX_INT64, decimal
 from hearth.api.schemas import ERROR_RESPONSES
 from hearth.api.schemas_exec import (
     ExecAccepted,
@@ -99,6 +99,10 @@ async def exec_command(
     return _stream(events, exec_id, first=_sse("started", started, 0))
 
 
+# ``?after=``: where a stream resumes when no Last-Event-ID says.
+AfterQuery = Annotated[int | None, Query(ge=0, le=MAX_INT64, description="the last event id seen")]
+
+
 def resume_point(after: int | None, last_event_id: str | None) -> int:
     if last_event_id is None:
         return after or 0
@@ -118,7 +122,7 @@ async def exec_events(
     exec_id: str,
     key: Key,
     ctl: Ctl,
-    after: Annotated[int | None, Query(ge=0, description="the last event id seen")] = None,
+    after: AfterQuery = None,
     last_event_id: Annotated[str | None, Header(max_length=20)] = None,
 ) -> Response:
     """The command's events (all of them, or those after ``Last-Event-ID`` / ``after``)."""

@@ -13,12 +13,12 @@ import json
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query
+from fastapi import APIRouter, Header
 from fastapi.responses import Response, StreamingResponse
 from fastapi.sse import format_sse_event
 
 from hearth.api.auth import Ctl, Key, scope_of
-from hearth.api.routes.execs import resume_point
+from hearth.api.routes.execs import AfterQuery, resume_point
 from hearth.api.schemas import ERROR_RESPONSES
 from hearth.api.schemas_exec import event_stream_doc
 from hearth.api.schemas_run import RUN_EVENTS, RunCreate, RunList, RunOut
@@ -76,7 +76,7 @@ async def run_events(
     run_id: str,
     key: Key,
     ctl: Ctl,
-    after: Annotated[int | None, Query(ge=0, description="the last event id seen")] = None,
+    after: AfterQuery = None,
     last_event_id: Annotated[str | None, Header(max_length=20)] = None,
 ) -> Response:
     """The run's events (all, or those after ``Last-Event-ID`` / ``after``)."""
