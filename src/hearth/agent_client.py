@@ -118,7 +118,12 @@ class AgentClient:
             ) from exc
         if response.status_code >= 400:
             self._raise_for(response, method, path, client_request=client_request, errors=errors)
-        return response.json()
+        try:
+            return response.json()
+        except ValueError as exc:  # whatever answers in the VM (its root may replace the agent)
+            raise AgentError(
+                f"agent at {self.url} answered {method} {path} with a body that is not JSON"
+            ) from exc
 
     def _raise_for(
         self,

@@ -21,8 +21,9 @@ async def every(
     what: str,
     grace_s: float = STEP_GRACE_S,
 ) -> None:
-    """Run ``step`` now and then every ``interval_s`` until cancelled; a step that fails with a
-    HearthError is logged as ``what`` and the next one runs.
+    """Run ``step`` now and then every ``interval_s`` until cancelled; a step that fails is
+    logged as ``what`` (an error that is not a HearthError with its traceback) and the next one
+    runs.
 
     A cancel that arrives during a step lets that step finish (up to ``grace_s``, then it is
     cancelled too) before the loop ends: a step cut short mid-way could leave a write half-made
@@ -34,6 +35,8 @@ async def every(
             await asyncio.shield(current)
         except HearthError as exc:
             _log.warning("periodic_step_failed", what=what, error=exc.message[:300])
+        except Exception:  # a bug must not end the loop for good: logged, and the next step runs
+            _log.exception("periodic_step_crashed", what=what)
         except asyncio.CancelledError:
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await asyncio.wait_for(current, grace_s)

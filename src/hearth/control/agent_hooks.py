@@ -46,5 +46,7 @@ async def run_agent_hooks(
             await hook(record, token)
         except HearthError as exc:
             _log.warning(failed, vm_id=record.id, error=exc.message[:300])
+        except Exception:  # a bug in one hook must not keep the VM from going
+            _log.exception(failed, vm_id=record.id)
     if paused is not None and pause_after:
         await node.pause(paused)

@@ -50,7 +50,9 @@ class PullBack:
 
     async def before_destroy(self, record: VmRecord, token: str | None) -> None:
         """Read back every document delivered to this CLI VM (whose agent ``token`` opens)
-        and keep the newer ones."""
+        and keep the newer ones. What the VM answers is the VM's to choose (its root may change
+        any file, or the agent): an answer that cannot be taken is logged and the VM's other
+        documents are still read."""
         if record.vm_type is not VmType.CLI or not record.agent_url or token is None:
             return
         agent = AgentClient(record.agent_url, token)
@@ -58,7 +60,7 @@ class PullBack:
             if stored.delivered_to_vm_id != record.id:
                 continue
             try:
-                document = await agent.credentials_document(stored.provider)
+                await self._pull_one(agent, record, stored.provider)
             except HearthError as exc:
                 _log.warning(
                     "pull_back_failed",
@@ -66,13 +68,13 @@ class PullBack:
                     provider=stored.provider,
                     error=exc.message[:300],
                 )
-                continue
-            if document is not None:
-                await self.credentials.pull_back(
-                    record.user_id, stored.provider, document, vm_id=record.id
-                )
-            if stored.provider == Provider.OIDC:
-                await self._check_refresh(agent, record)
+
+    async def _pull_one(self, agent: AgentClient, record: VmRecord, provider: str) -> None:
+        document = await agent.credentials_document(provider)
+        if document is not None:
+            await self.credentials.pull_back(record.user_id, provider, document, vm_id=record.id)
+        if provider == Provider.OIDC:
+            await self._check_refresh(agent, record)
 
     async def _check_refresh(self, agent: AgentClient, record: VmRecord) -> None:
         """Mark the vault's ``oidc`` document ``needs_login`` if the VM's agent says the issuer

@@ -1,0 +1,94 @@
+"""The credential pull-back takes what a CLI VM answers as untrusted: the VM's root may change
+any file or put something else on the agent's port. An answer that cannot be taken (a
+document breaking its provider's rules, a body that is not JSON) is logged, and the VM's other
+documents are still pulled back. A real store and vault; the VM's side is a stand-in on
+loopback answering as such a VM would.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from hearth.config import Settings
+from hearth.credentials import CredentialService, CredentialVault
+from hearth.credentials.pullback import PullBack
+from hearth.events.log import EventLog
+from hearth.metrics import ControllerMetrics
+from hearth.store import Store, VmRecord
+from hearth.vm.types import VmState, VmType
+from tests.integration.api_fixtures import served
+from tests.integration.store_fixtures import *  # noqa: F403
+
+MakeDocument = Callable[..., dict[str, object]]
+LATER = 1_960_000_000
+
+
+def vm_answering(answers: dict[str, tuple[str, bytes]]) -> Starlette:
+    """A VM's agent port answering ``GET /credentials/{provider}`` with ``answers[provider]``
+    (content type, body), always 200."""
+
+    async def credentials(request: Request) -> Response:
+        content_type, body = answers[request.path_params["provider"]]
+        return Response(body, status_code=200, media_type=content_type)
+
+    return Starlette(routes=[Route("/credentials/{provider}", credentials)])
+
+
+@pytest.mark.parametrize(
+    "codex_answer",
+    [
+        ("application/json", json.dumps({"document": {"tokens": None}}).encode()),
+        ("text/html", b"<html>not an agent</html>"),
+    ],
+    ids=["breaks-the-rules", "not-json"],
+)
+async def test_one_answer_that_cannot_be_taken_does_not_stop_the_others(
+    store: Store,
+    tmp_path: Path,
+    make_document: MakeDocument,
+    codex_answer: tuple[str, bytes],
+) -> None:
+    vault = CredentialVault.load(tmp_path / "state")
+    credentials = CredentialService(store, vault)
+    await store.users.ensure("alice")
+    record = await store.vms.insert(
+        VmRecord(
+            id="vm-cli-1",
+            user_id="alice",
+            vm_type=VmType.CLI,
+            backend="fake",
+            vcpus=1,
+            mem_mib=512,
+            status=VmState.READY,
+        )
+    )
+    for provider in ("codex", "gemini_cli"):
+        document = json.dumps(make_document(provider, marker="old")).encode()
+        await credentials.capture("alice", provider, document)
+        sha256 = hashlib.sha256(document).hexdigest()
+        await credentials.mark_delivered("alice", provider, record.id, sha256=sha256)
+    rotated = make_document("gemini_cli", marker="rotated")
+    rotated["expiry_date"] = LATER * 1000
+    answers = {
+        "codex": codex_answer,
+        "gemini_cli": ("application/json", json.dumps({"document": rotated}).encode()),
+    }
+    events = EventLog(store=store, settings=Settings(), metrics=ControllerMetrics())
+    async with served(vm_answering(answers)) as url:  # type: ignore[arg-type]
+        record = await store.vms.update(record.id, agent_url=url)
+        await PullBack(store, credentials, events).before_destroy(record, "token")
+
+    kept = json.loads(await credentials.document("alice", "gemini_cli"))
+    assert kept == rotated
+    assert json.loads(await credentials.document("alice", "codex")) == make_document(
+        "codex", marker="old"
+    )
