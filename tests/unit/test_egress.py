@@ -296,6 +296,27 @@ async def test_a_new_policy_applies_at_once_and_cuts_the_tunnels_it_no_longer_al
     assert [entry["owner"] for entry in owned] == ["vm-owner-1", "vm-owner-1"]
 
 
+async def test_a_new_policy_cuts_a_connect_still_resolving_its_name(
+    start_proxy: StartProxy, echo: EchoServer
+) -> None:
+    resolver = FakeResolver({"drop.test": [LOOPBACK]}, hang=True)
+    proxy = await start_proxy(
+        [f"drop.test:{echo.port}"], allow_private=[echo.target], resolver=resolver
+    )
+    reader, writer = await asyncio.open_connection(LOOPBACK, proxy.port)
+    writer.write(connect(f"drop.test:{echo.port}"))
+    await writer.drain()
+    while not resolver.calls:
+        await asyncio.sleep(0.01)
+
+    assert proxy.set_policy([]) == 1
+
+    with contextlib.suppress(ConnectionResetError):
+        assert await asyncio.wait_for(reader.read(), STEP) == b""
+    writer.close()
+    assert echo.accepted == 0
+
+
 # --- refusals ------------------------------------------------------------------------------
 
 

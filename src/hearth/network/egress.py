@@ -258,13 +258,15 @@ class EgressProxy(Closing):
                 raise _Refusal(
                     403, EgressOutcome.DENIED_HOST, "destination not allowed", host, port
                 )
+            # Known before it is dialled: a policy set while the name resolves or the
+            # connection opens cuts it like an open tunnel.
+            task = asyncio.current_task()
+            assert task is not None
+            self._targets[task] = (host, port)
             address, upstream = await self._open_upstream(host, port)
         except _Refusal as refusal:
             await self._refuse(reader, writer, refusal)
             return
-        task = asyncio.current_task()
-        assert task is not None
-        self._targets[task] = (host, port)
         await self._tunnel(host, port, address, (reader, writer), upstream, early)
 
     async def _open_upstream(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import shlex
 import shutil
 import time
 from dataclasses import replace
@@ -144,7 +145,8 @@ class QemuBackend(BackendLifecycle[Template]):
             try:
                 await monitor.execute("stop")
                 partial = directory / "state.bin.partial"
-                await monitor.execute("migrate", {"uri": f"exec:cat > {partial}"})
+                uri = f"exec:cat > {shlex.quote(str(partial))}"
+                await monitor.execute("migrate", {"uri": uri})
                 await monitor.wait_migration(deadline=Deadline.after(_SAVE_DEADLINE_S))
                 partial.rename(directory / "state.bin")
             finally:

@@ -27,21 +27,25 @@ async def spawn_qemu(
 
 
 def is_our_process(pid: int, workdir: Path) -> bool:
-    """True when ``pid`` is alive and is the QEMU running from ``workdir`` (not a reused PID)."""
-    args = live_args(pid)
-    return args is not None and any(str(workdir) in arg for arg in args)
+    """True when ``pid`` is alive and is the QEMU running from ``workdir`` (not a reused PID,
+    nor another program naming the directory, such as a ``tail`` of its console)."""
+    return _qemu_naming(live_args(pid), workdir)
 
 
 def qemu_pids_running_from(directory: Path) -> list[int]:
     """Live QEMU processes whose command line names ``directory``."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        args = live_args(int(entry.name))
-        if args and "qemu-system" in args[0] and any(str(directory) in arg for arg in args):
-            found.append(int(entry.name))
-    return found
+    return [
+        int(entry.name)
+        for entry in Path("/proc").iterdir()
+        if entry.name.isdigit() and _qemu_naming(live_args(int(entry.name)), directory)
+    ]
+
+
+def _qemu_naming(args: list[str] | None, directory: Path) -> bool:
+    # QEMU, or for a moment after its spawn the ``ip netns exec`` about to become it.
+    if not args or not any("qemu-system" in Path(arg).name for arg in args[:5]):
+        return False
+    return any(str(directory) in arg for arg in args)
 
 
 async def stop_adopted(pid: int, workdir: Path) -> None:
