@@ -54,7 +54,9 @@ def test_only_a_qemu_naming_the_directory_is_the_vms(
     idle = "import time; time.sleep(300)"
     ours = run(started, str(qemu), "-c", idle, f"file={workdir}/disk.qcow2")
     elsewhere = run(started, str(qemu), "-c", idle, f"file={tmp_path}/other/disk.qcow2")
-    tail = run(started, "tail", "-f", str(workdir / "console.log"))
+    console = workdir / "console.log"
+    console.touch()
+    tail = run(started, "tail", "-f", str(console))
     for pid, shown in ((ours, "qemu-system"), (elsewhere, "qemu-system"), (tail, "console")):
         wait_for_args(pid, shown)
 
