@@ -113,6 +113,38 @@ async def test_a_deleted_credential_leaves_the_vault_and_every_vm(agent_api: Api
     assert_error(unknown, 422, "invalid_input")
 
 
+async def test_a_deleted_credential_leaves_paused_and_hibernated_vms_which_sleep_on(
+    agent_api: Api,
+) -> None:
+    # The default idle action pauses a VM: a deletion that skipped it would leave the CLI
+    # there logged in, its provider's API open, once the VM is resumed.
+    api = agent_api
+    paused, hibernated = await vm_for(api, "ann"), await vm_for(api, "ann")
+    document = json.dumps(sample_document("codex", "a")).encode()
+    await login(api, "ann", "codex", paused, document)
+    # The second holds a copy too (as a VM asleep through an earlier move would).
+    other = AgentClient(
+        api.ctl.vms.live_vm(hibernated).agent_url or "", api.ctl.vms.agent_token(hibernated)
+    )
+    await other.put_credentials("codex", document)
+    admin = api.headers()
+    assert (await api.client.post(f"/api/vms/{paused}/pause", headers=admin)).status_code == 200
+    asleep = await api.client.post(f"/api/vms/{hibernated}/hibernate", headers=admin)
+    assert asleep.status_code == 200, asleep.text
+
+    deleted = await api.client.delete("/api/credentials/ann/codex", headers=admin)
+
+    assert deleted.status_code == 200, deleted.text
+    assert sorted(deleted.json()["removedFrom"]) == sorted([paused, hibernated])
+    for vm_id, status in ((paused, "paused"), (hibernated, "hibernated")):
+        assert (await api.client.get(f"/api/vms/{vm_id}", headers=admin)).json()["status"] == status
+        resumed = await api.client.post(f"/api/vms/{vm_id}/resume", headers=admin)
+        assert resumed.status_code == 200, resumed.text
+        assert held(await in_vm(api, vm_id))["codex"] is False
+    network = (await api.client.get(f"/api/vms/{paused}/network", headers=admin)).json()
+    assert "codex" not in network["providers"]
+
+
 async def test_rotation_starts_a_fresh_login_for_a_provider_the_user_has(agent_api: Api) -> None:
     api = agent_api
     never = await api.client.post("/api/credentials/ann/codex/rotate", headers=api.headers())

@@ -17,11 +17,13 @@ from hearth.errors import HearthError, VmError
 from hearth.events.log import EventLog
 from hearth.events.types import EventType
 from hearth.logging import get_logger
+from hearth.store import VmRecord
 from hearth.vm.types import VmState, VmType
 from hearth_agent.wire import Provider
 
 _log = get_logger("auth.delivery")
 _DELIVERY_ATTEMPTS = 3
+_ASLEEP = (VmState.PAUSED, VmState.HIBERNATED)
 
 
 class Delivery:
@@ -137,12 +139,42 @@ class Delivery:
     # ---- where a provider's document lives -------------------------------------------------
 
     async def remove_everywhere(self, user_id: str, provider: str) -> list[str]:
-        """Delete the provider's document from every running CLI VM of the user (and close the
-        provider's API to each); the VMs that held one."""
+        """Delete the provider's document from every CLI VM of the user (and close the
+        provider's API to each); the VMs that held one. A paused or hibernated VM runs for
+        it (woken, whatever its autoResume) and is put back as it was: left alone, it would
+        come back later with the document and its API open."""
         held = await self._holders(user_id, provider)
         for vm_id in held:
             await self._remove(vm_id, provider)
+        asleep = [
+            record
+            for record in await self.vms.list_vms(user_id=user_id)
+            if record.vm_type is VmType.CLI and record.status in _ASLEEP
+        ]
+        for record in asleep:
+            if await self._remove_from_sleeping(record, provider):
+                held.append(record.id)
         return held
+
+    async def _remove_from_sleeping(self, record: VmRecord, provider: str) -> bool:
+        """Run the paused or hibernated VM, remove the document, and put the VM back to
+        sleep; whether it held one. A VM that cannot run (its saved state lost) holds nothing
+        anyone can use: logged."""
+        try:
+            await self.vms.resume(record.id)
+        except HearthError as exc:
+            _log.warning("credential_removal_skipped", vm_id=record.id, error=exc.message[:300])
+            return False
+        try:
+            deleted = await self._agent(record.id).delete_credentials(provider)
+            await self.networks.forbid_provider(record.id, Provider(provider))
+        finally:
+            if record.status is VmState.HIBERNATED:
+                await self.vms.hibernation.hibernate(record.id)
+            else:
+                await self.vms.pause(record.id)
+        _log.info("credential_removed_from_vm", vm_id=record.id, provider=provider, deleted=deleted)
+        return deleted
 
     async def in_vm(self, vm_id: str) -> list[dict[str, object]]:
         """What the VM's agent holds, per provider: present, sha256, expiry (no secret)."""

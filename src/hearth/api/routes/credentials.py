@@ -48,9 +48,10 @@ async def rotate_credentials(
 async def delete_credentials(
     user_id: str, provider: Provider, key: Key, ctl: Ctl
 ) -> dict[str, Any]:
-    """Remove the user's document for a provider from every running CLI VM of the user (its
-    API closed to each) and from the vault; for ``oidc``, revoke its refresh token at the
-    issuer (RFC 7009) when discovery names a ``revocation_endpoint``. 404 if there is none."""
+    """Remove the user's document for a provider from every CLI VM of the user (its API
+    closed to each; a paused or hibernated one runs for it and is put back) and from the
+    vault; for ``oidc``, revoke its refresh token at the issuer (RFC 7009) when discovery
+    names a ``revocation_endpoint``. 404 if there is none."""
     user = user_for(user_id, key.user_id, key.is_admin)
     await _stored(ctl, user, provider)
     document = await ctl.credentials.document(user, provider.value)
