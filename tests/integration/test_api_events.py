@@ -172,6 +172,29 @@ async def test_events_are_paged_by_id_a_user_sees_their_own_and_the_stream_follo
     assert int(sse.id) > own["last"]
 
 
+async def test_a_revoked_key_gets_no_more_events_on_a_stream_it_opened(api_hooks: Api) -> None:
+    api = api_hooks
+    vm_id, _ = await new_vm(api, "ann")
+    ann = api.headers(await api.user_key("ann"))
+    keys = (await api.client.get("/api/keys?userId=ann", headers=api.headers())).json()["keys"]
+    key_id = keys[-1]["id"]  # the newest, oldest first
+    async with (
+        served(api.app) as url,
+        httpx.AsyncClient(base_url=url) as client,
+        aconnect_sse(client, "GET", "/api/events", headers=ann) as source,
+    ):
+        events = source.aiter_sse()
+        async with asyncio.timeout(10):
+            assert (await anext(events)).event == "vm.ready"
+        revoked = await api.client.delete(f"/api/keys/{key_id}", headers=api.headers())
+        assert revoked.status_code == 200, revoked.text
+        api.backend.kill(vm_id)  # an event for ann after the revocation
+        async with asyncio.timeout(10):
+            with pytest.raises(StopAsyncIteration):
+                await anext(events)
+    assert "vm.failed" in [e.type for e in await api.ctl.events.list()]
+
+
 async def test_bad_webhooks_are_refused_and_only_admins_may_make_them(
     api: Api, api_hooks: Api
 ) -> None:

@@ -16,6 +16,7 @@ from fastapi.responses import Response, StreamingResponse
 from fastapi.sse import format_sse_event
 
 from hearth.api.auth import AdminKey, Ctl, Key, scope_of
+from hearth.api.context import Controller
 from hearth.api.headers import MAX_INT64
 from hearth.api.routes.execs import resume_point
 from hearth.api.schemas import ERROR_RESPONSES
@@ -30,7 +31,7 @@ from hearth.api.schemas_events import (
     WebhookOut,
 )
 from hearth.api.schemas_exec import event_stream_doc
-from hearth.events.log import EventLog, event_payload
+from hearth.events.log import event_payload
 
 router = APIRouter(tags=["events"], responses=ERROR_RESPONSES)
 _STREAM_HEADERS = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
@@ -65,7 +66,7 @@ async def list_events(
     if _EVENT_STREAM in request.headers.get("accept", ""):
         after = resume_point(since, last_event_id)
         return StreamingResponse(
-            _stream(ctl.events, after, user_id),
+            _stream(ctl, after, user_id, key.id),
             media_type=_EVENT_STREAM,
             headers=_STREAM_HEADERS,
         )
@@ -77,8 +78,14 @@ async def list_events(
     return Response(page.model_dump_json(by_alias=True), media_type="application/json")
 
 
-async def _stream(events: EventLog, after: int, user_id: str | None) -> AsyncIterator[bytes]:
-    async for record in events.follow(after=after, user_id=user_id):
+async def _stream(
+    ctl: Controller, after: int, user_id: str | None, key_id: str
+) -> AsyncIterator[bytes]:
+    """The events as they come, while the key that opened the stream is not revoked: a key
+    revoked "stops authenticating at once", its open streams included."""
+    async for record in ctl.events.follow(after=after, user_id=user_id):
+        if (await ctl.store.api_keys.get(key_id)).is_revoked:
+            return
         data = json.dumps(event_payload(record))
         yield format_sse_event(data_str=data, event=record.type, id=str(record.id))
 
