@@ -178,6 +178,28 @@ async def test_a_restarted_controller_reopens_each_adopted_vms_path_with_its_pol
         assert (await second.client.delete(f"/api/vms/{vm_id}", headers=headers)).status_code == 200
 
 
+async def test_a_vm_whose_proxy_port_another_process_took_is_failed_not_adopted(
+    api_settings: Settings, agent_launcher: AgentLauncher, tmp_path: Path
+) -> None:
+    # Its VMM dials that port for every connection out: adopted, the VM would reach whatever
+    # listens there now, with no allowlist.
+    backend = AgentBackend(agent_launcher)
+    async with running_api(api_settings, backend, tmp_path / "image") as first:
+        vm_id, _ = await new_cli_vm(first, "ann")
+        port = backend.running[vm_id].spec.guest_forwards[0].host_port
+    squatter = await asyncio.start_server(lambda r, w: w.close(), LOOPBACK, port)
+    try:
+        async with running_api(api_settings, backend, tmp_path / "image") as second:
+            record = await second.ctl.store.vms.get(vm_id)
+            assert record.status.value == "failed"
+            assert f"could not listen on port {port}" in (record.error or "")
+            assert vm_id not in second.ctl.vms.live
+            assert vm_id not in backend.running
+    finally:
+        squatter.close()
+        await squatter.wait_closed()
+
+
 async def test_with_cli_egress_off_a_cli_vm_has_no_way_out(
     api_settings: Settings, tmp_path: Path
 ) -> None:

@@ -103,12 +103,13 @@ class CliNetworks:
         _log.info("cli_egress_opened", vm_id=vm_id, port=path.port)
         return path.forward
 
-    async def reopen(self, vm_id: str) -> bool:
-        """Reopen the stored path of a running VM this controller adopted, on the port its
-        VMM dials and with its policy; False if it has none or the port is taken."""
+    async def reopen(self, vm_id: str) -> str | None:
+        """Reopen the stored path of a running VM this controller adopts, on the port its VMM
+        dials and with its policy; None when done (or it has none), else why it could not
+        (the port is taken)."""
         stored = await self.store.egress.get(vm_id)
         if stored is None:
-            return False
+            return None
         policy = self._of(stored)
         try:
             path = await self.node.open_egress(
@@ -116,10 +117,11 @@ class CliNetworks:
             )
         except (OSError, HearthError) as exc:
             _log.warning("cli_egress_reopen_failed", vm_id=vm_id, port=stored.port, error=str(exc))
-            return False
+            detail = exc.message if isinstance(exc, HearthError) else str(exc)
+            return f"its egress proxy could not listen on port {stored.port} again: {detail}"
         self._paths[vm_id], self._policies[vm_id] = path, policy
         _log.info("cli_egress_reopened", vm_id=vm_id, port=path.port)
-        return True
+        return None
 
     def _of(self, stored: EgressRecord) -> NetworkPolicy:
         """The policy a stored path records."""

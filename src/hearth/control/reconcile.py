@@ -22,7 +22,8 @@ async def reconcile(vms: VmService) -> dict[str, list[str]]:
     Rows whose VM process is gone become ``failed``; VMs that were still booting when the
     controller died are destroyed and failed (nobody waits for them any more); ready and
     paused VMs with a live process and an agent token and keys that open are adopted (a CLI
-    VM's egress path reopened where its VMM dials it), and one that was being hibernated is
+    VM's egress path reopened where its VMM dials it; one whose port another process took is
+    failed), and one that was being hibernated is
     hibernated if its saved state was completed (its VMM, if still there, ended), else adopted
     paused (its save ended with the controller); hibernated VMs are left as they are,
     and one caught mid-wake goes back to hibernated while its saved state is there (the guest
@@ -44,6 +45,10 @@ async def reconcile(vms: VmService) -> dict[str, list[str]]:
             report["hibernated"].append(record.id)  # nothing runs; its files stay
             continue
         reason = await _adoptable(vms, record, vm)
+        if vm is not None and reason is None and vms.networks is not None:
+            # Where its VMM dials its egress proxy: a VM that cannot have its own proxy there
+            # again would reach whatever else listens on that port.
+            reason = await vms.networks.reopen(record.id)
         if vm is not None and reason is None:
             # The controller died while saving it, or while waking it from its consumed saved
             # state (whose key is spent: the row keeps the disk key alone): its QEMU holds
@@ -65,8 +70,6 @@ async def reconcile(vms: VmService) -> dict[str, list[str]]:
                 workspace = await vms.store.workspaces.held_by(record.id)
                 vm.volumes = vms.workspaces.volumes_for(record, workspace)
             vms.live[record.id] = vm
-            if vms.networks is not None:
-                await vms.networks.reopen(record.id)
             report["adopted"].append(record.id)
             continue
         failed = await vms.store.vms.transition(
