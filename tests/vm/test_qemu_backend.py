@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import shutil
 import signal
 import time
@@ -149,21 +150,31 @@ async def test_failed_restore_falls_back_to_cold_boot_and_rebuilds_template(
     assert qemu_pids_under(tmp_path) == []
 
 
+def linked_image(minimal_image: ImageDir, tmp_path: Path) -> ImageDir:
+    """A copy of the minimal image (hard links) that a test may roll a new agent into."""
+    image_dir = tmp_path / "image"
+    shutil.copytree(minimal_image.path, image_dir, copy_function=os.link)
+    return ImageDir(image_dir)
+
+
+def roll_out(image: ImageDir, marker: bytes) -> None:
+    """Install an agent changed by ``marker`` into ``image``: a new rootfs renamed over it."""
+    payload = build_payload()
+    files = dict(payload.files)
+    files[f"{AGENT_PACKAGE_DIR}/__init__.py"] += marker
+    install_agent(image.rootfs, type(payload)(payload.version, files, payload.manifest + b" "))
+
+
 async def test_template_is_rebuilt_when_the_image_changes(
     minimal_image: ImageDir, tmp_path: Path
 ) -> None:
-    image_dir = tmp_path / "image"
-    shutil.copytree(minimal_image.path, image_dir, copy_function=os.link)
-    image = ImageDir(image_dir)
+    image = linked_image(minimal_image, tmp_path)
     backend = QemuBackend(state_dir=tmp_path / "state")
     spec = VmSpec()
     old_key = template_key(image, spec, backend.accel)
     vm = await backend.create(image, spec)
     await backend.destroy(vm)
-    payload = build_payload()
-    files = dict(payload.files)
-    files[f"{AGENT_PACKAGE_DIR}/__init__.py"] += b"# rebuilt\n"
-    install_agent(image.rootfs, type(payload)(payload.version, files, payload.manifest + b" "))
+    roll_out(image, b"# rebuilt\n")
     new_key = template_key(image, spec, backend.accel)
     assert new_key != old_key
     vm = await backend.create(image, spec)
@@ -171,6 +182,35 @@ async def test_template_is_rebuilt_when_the_image_changes(
         assert vm.boot_mode is BootMode.RESTORE
         assert backend.templates.lookup(new_key) is not None
         assert backend.templates.lookup(old_key) is None
+    finally:
+        await backend.destroy(vm)
+
+
+async def test_a_vm_hibernated_after_a_rollout_saves_and_wakes_on_the_image_it_ran_on(
+    minimal_image: ImageDir, tmp_path: Path
+) -> None:
+    # A rollout renames a new rootfs over the image's path while the VM runs. The VM's disk
+    # holds changes against the rootfs it started on: that one is what it must be saved and
+    # woken on, or its filesystem would be read against the wrong blocks.
+    image = linked_image(minimal_image, tmp_path)
+    backend = QemuBackend(state_dir=tmp_path / "state")
+    vm = await backend.create(image, VmSpec())
+    try:
+        ran_on = image.rootfs.stat().st_ino
+        roll_out(image, b"# rolled out\n")
+        assert image.rootfs.stat().st_ino != ran_on
+        key = secrets.token_bytes(32)
+
+        await backend.hibernate(vm, key)
+
+        assert vm.workdir is not None
+        pinned = sorted((vm.workdir / "pinned").glob("layer-*.raw"))
+        assert [layer.stat().st_ino for layer in pinned] == [ran_on]
+        token = vm.token
+        vm = await backend.wake(vm, key)
+        async with httpx.AsyncClient() as client:
+            version = await client.get(f"{vm.agent_url}/version", headers=auth(token))
+        assert version.status_code == 200
     finally:
         await backend.destroy(vm)
 

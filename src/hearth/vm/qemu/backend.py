@@ -11,7 +11,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from hearth.errors import InvalidInput, NotSupported, SavedStateCorrupt, VmError
+from hearth.errors import InvalidInput, NotSupported, VmError
 from hearth.images.manifest import ImageDir
 from hearth.logging import get_logger
 from hearth.network.namespace import NetworkSlot
@@ -32,7 +32,7 @@ from hearth.vm.qemu.monitor import Monitor
 from hearth.vm.qemu.network import QemuNetworks
 from hearth.vm.qemu.process import is_our_process, spawn_qemu, stop_adopted
 from hearth.vm.qemu.records import read_record, recorded_layers, vm_from_record, write_record
-from hearth.vm.qemu.templates import Template, TemplateStore, template_key
+from hearth.vm.qemu.templates import Template, TemplateStore, build_vm_id, template_key
 from hearth.vm.readiness import COLD_BOOT_DEADLINE_S, RESTORE_DEADLINE_S, Deadline
 from hearth.vm.types import BootMode, NetworkMode, Vm, VmSpec, VmState, Volume
 
@@ -109,7 +109,7 @@ class QemuBackend(BackendLifecycle[Template]):
 
     async def _reap_leftovers(self, keep: set[str]) -> list[str]:
         """Template builds whose builder died (and their QEMU), QMP sockets, network slots."""
-        return reap_leftovers(self.templates.abandoned_builds(), self.run_dir, self.networks, keep)
+        return reap_leftovers(self.templates, self.run_dir, self.networks, keep)
 
     def _host_leftovers(self) -> list[str]:
         """QEMU processes of the VMs' or templates' dirs, QMP sockets, claimed network slots."""
@@ -126,7 +126,7 @@ class QemuBackend(BackendLifecycle[Template]):
 
     async def _build_template(self, image: ImageDir, spec: VmSpec, directory: Path) -> None:
         """Boot a VM into ``directory``, wait healthy (unclaimed), save disk and memory state."""
-        vm_id = f"template-{directory.name.lstrip('.')}"
+        vm_id = build_vm_id(directory)
         vm = await self._start(
             vm_id,
             image,
@@ -185,6 +185,11 @@ class QemuBackend(BackendLifecycle[Template]):
             layers: tuple[DiskLayer, ...] = (DiskLayer(image.rootfs, "raw"),)
             if template:
                 layers = (DiskLayer(template.overlay, "qcow2"), *layers)
+            # QEMU opens the files pinned now, so a rollout renaming a new image over these
+            # paths changes nothing under the VM, nor under what a hibernation saves it on.
+            pin = hibernation.pin_at_start if record else None  # not a template being built
+            pinned = await asyncio.to_thread(pin, paths.workdir, image, layers) if pin else None
+            run_image, run_layers = (pinned.image, pinned.layers) if pinned else (image, layers)
             # The VM's own layer gets a key of its own, known afterwards only to its QEMU and,
             # sealed, to the VM's row (what a hibernated VM wakes with).
             key = DiskKey.generate() if encrypt_disk and self.encrypt_disks else None
@@ -199,8 +204,8 @@ class QemuBackend(BackendLifecycle[Template]):
             proc = await self._launch(
                 vm,
                 paths,
-                image,
-                layers,
+                run_image,
+                run_layers,
                 incoming_state=template.state if template else None,
                 record=record,
             )
@@ -232,10 +237,11 @@ class QemuBackend(BackendLifecycle[Template]):
         layers: tuple[DiskLayer, ...],
         *,
         incoming_state: Path | None = None,
-        wake_layers: tuple[DiskLayer, ...] | None = None,
+        wake: bool = False,
         record: bool = True,
     ) -> asyncio.subprocess.Process:
-        """Give ``vm`` its network and start its QEMU on the overlay in ``paths`` (booting)."""
+        """Give ``vm`` its network and start its QEMU on the overlay in ``paths`` over
+        ``layers`` (booting); ``wake``: a hibernated VM's state is to come in."""
         port: int | None = None
         network: NetworkSlot | None = None
         if vm.spec.network is NetworkMode.NETNS:
@@ -251,7 +257,7 @@ class QemuBackend(BackendLifecycle[Template]):
         with contextlib.ExitStack() as pipes:
             key_fd = pipes.enter_context(key_pipe(key))
             # A woken VM gets its volumes back at start, each key on its own pipe.
-            woken = vm.volumes if wake_layers is not None else []
+            woken = vm.volumes if wake else []
             slotted = volumes.in_slot(vm.spec, woken)
             fds = [pipes.enter_context(key_pipe(DiskKey(v.key))) for v in woken]
             extra = [
@@ -271,7 +277,8 @@ class QemuBackend(BackendLifecycle[Template]):
                 network=network,
                 incoming_state=incoming_state,
                 disk_key_fd=key_fd,
-                wake_layers=wake_layers,
+                layers=layers,
+                wake=wake,
                 extra=extra,
                 slot_volume=slotted,
             )
@@ -370,7 +377,7 @@ class QemuBackend(BackendLifecycle[Template]):
             image, layers, slot_mib = records.saved_disks(paths.workdir, vm.id)
             # The saved devices are the ones it started with, whatever the settings say now.
             vm.spec = replace(vm.spec, volume_slot_mib=slot_mib)
-            proc = await self._launch(vm, paths, image, layers, wake_layers=layers)
+            proc = await self._launch(vm, paths, image, layers, wake=True)
             deadline = Deadline.after(self.restore_deadline_s)
             await hibernation.load(paths.migration, source, state_key, deadline=deadline)
             await run_incoming(
@@ -413,13 +420,7 @@ class QemuBackend(BackendLifecycle[Template]):
     async def _after_failed_wake(self, vm: Vm, paths: VmPaths, exc: BaseException) -> None:
         """End what a wake started; keep the saved state (moved aside when it is corrupt)."""
         await self._end_process(vm, paths)
-        if isinstance(exc, SavedStateCorrupt):
-            vm.workdir = hibernation.set_aside(paths.workdir, self._kept_dir, exc)
-            vm.state = VmState.FAILED
-        elif hibernation.state_path(paths.workdir).is_file():
-            vm.state = VmState.HIBERNATED
-        else:
-            vm.state = VmState.FAILED  # it ran from its state: the state is gone with it
+        hibernation.settle_failed_wake(vm, self._kept_dir, exc)
 
     async def _end_process(self, vm: Vm, paths: VmPaths) -> None:
         """Stop the VM's QEMU and free its network and sockets, keeping its work dir."""

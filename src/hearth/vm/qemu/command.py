@@ -81,16 +81,17 @@ def qemu_argv(
     network: NetworkSlot | None = None,
     incoming_state: Path | None = None,
     disk_key_fd: int | None = None,
-    wake_layers: tuple[DiskLayer, ...] | None = None,
+    layers: tuple[DiskLayer, ...] = (),
+    wake: bool = False,
     extra: list[str] | None = None,
     slot_volume: int | None = None,
 ) -> list[str]:
     """Build the argv; ``incoming_state`` restores a saved template state instead of booting;
-    ``disk_key_fd`` (inherited by QEMU) holds the key of an encrypted overlay. ``wake_layers``
-    wakes a hibernated VM: its state comes in on ``paths.migration``, it stays stopped until
-    told, and its disk is opened on those (pinned) layers. ``extra``: more devices (a woken
-    VM's volumes). The spec's volume slot comes last, reading the ``slot_volume``-th of those
-    volumes, or nothing."""
+    ``disk_key_fd`` (inherited by QEMU) holds the key of an encrypted overlay, opened on
+    ``layers`` (nearest first; none: the backing its header names). ``wake`` wakes a hibernated
+    VM: its state comes in on ``paths.migration`` and it stays stopped until told. ``extra``:
+    more devices (a woken VM's volumes). The spec's volume slot comes last, reading the
+    ``slot_volume``-th of those volumes, or nothing."""
     accel_opt = (
         f"{accel.name},thread=multi" if accel.name == "tcg" and spec.vcpus > 1 else accel.name
     )
@@ -119,8 +120,8 @@ def qemu_argv(
         # The secret must exist at startup: with -incoming the drive is opened before QMP is up.
         key_object = ["-object", secret_object(f"/dev/fd/{disk_key_fd}")]
         drive += f",{drive_key_option()}"
-    if wake_layers:
-        drive += f",{drive_backing(wake_layers)}"
+    if layers:
+        drive += f",{drive_backing(layers)}"
     argv = [
         *prefix,
         binary,
@@ -167,6 +168,6 @@ def qemu_argv(
     argv += slot_argv(spec, slot_volume)
     if incoming_state is not None:
         argv += ["-incoming", f"exec:cat {shlex.quote(str(incoming_state))}"]
-    elif wake_layers is not None:
+    elif wake:
         argv += ["-incoming", f"unix:{paths.migration}", "-S"]
     return argv

@@ -3,10 +3,12 @@
 A hibernated VM keeps its work directory: the encrypted disk layer (its key sealed in the VM's
 row, as the agent token is), ``state.enc`` (``saved_state``: the migrate stream sealed under a
 key of its own), and ``pinned/``, hard links to the kernel, initramfs and every layer under the
-VM's own (the template's frozen layer, the golden image). An image replaced by ``install-agent``
-or a rebuild, or a template pruned as stale, therefore never changes what a hibernated VM wakes
-on: QEMU is pointed at the pinned files (``drive_backing``) instead of the paths recorded in the
-overlay's header. Hard links cost nothing; across filesystems they are copies (logged).
+VM's own (the template's frozen layer, the golden image). They are made as the VM starts, and
+QEMU opens them (``drive_backing``) instead of the paths the overlay's header names: an image
+replaced by ``install-agent`` or a rebuild (a new file renamed over the path), or a template
+pruned as stale, therefore never changes what a VM runs on, what its hibernation saves it on,
+or what it wakes on. Hard links cost nothing. Across filesystems they would be copies: a VM then
+starts on the paths as they are, and its hibernation copies what is there (logged).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from hearth.logging import get_logger
 from hearth.vm.qemu.monitor import Monitor
 from hearth.vm.qemu.saved_state import STATE_FILE, StateWriter, read_state
 from hearth.vm.readiness import Backoff, Deadline
+from hearth.vm.types import Vm, VmState
 
 _log = get_logger("vm.qemu.hibernation")
 PINNED_DIR = "pinned"
@@ -55,26 +58,42 @@ def state_path(workdir: Path) -> Path:
     return workdir / STATE_FILE
 
 
-def pin(workdir: Path, image: ImageDir, layers: tuple[DiskLayer, ...]) -> Pinned:
-    """Hard-link (or copy) ``image``'s kernel and initramfs and ``layers`` into ``workdir``."""
+def pin(
+    workdir: Path, image: ImageDir, layers: tuple[DiskLayer, ...], *, copy: bool = True
+) -> Pinned:
+    """Hard-link (or, with ``copy``, copy) ``image``'s kernel and initramfs and ``layers`` into
+    ``workdir``; files pinned already are kept as they are."""
     target = workdir / PINNED_DIR
     target.mkdir(mode=0o700, exist_ok=True)
-    _keep(image.kernel, target / KERNEL_NAME)
-    _keep(image.initramfs, target / INITRAMFS_NAME)
+    _keep(image.kernel, target / KERNEL_NAME, copy=copy)
+    _keep(image.initramfs, target / INITRAMFS_NAME, copy=copy)
     pinned: list[DiskLayer] = []
     for index, layer in enumerate(layers):
         path = target / f"layer-{index}.{layer.fmt}"
-        _keep(layer.path, path)
+        _keep(layer.path, path, copy=copy)
         pinned.append(DiskLayer(path, layer.fmt))
     return Pinned(ImageDir(target), tuple(pinned))
 
 
-def _keep(source: Path, target: Path) -> None:
+def pin_at_start(workdir: Path, image: ImageDir, layers: tuple[DiskLayer, ...]) -> Pinned | None:
+    """``pin`` as a VM starts, by hard links only; None (and nothing pinned) when one of the
+    files is on another filesystem, where pinning would copy a whole image."""
+    try:
+        return pin(workdir, image, layers, copy=False)
+    except OSError as exc:
+        _log.warning("pin_deferred", workdir=str(workdir), reason=exc.strerror)
+        shutil.rmtree(workdir / PINNED_DIR, ignore_errors=True)
+        return None
+
+
+def _keep(source: Path, target: Path, *, copy: bool = True) -> None:
     if target.exists():
         return  # pinned by an earlier hibernation of this VM: the very same file
     try:
         os.link(source, target)
     except OSError as exc:
+        if not copy:
+            raise
         if not source.is_file():
             raise SnapshotError(f"{source} is gone; the VM cannot be saved on it") from exc
         _log.warning("pin_copies", source=str(source), reason=exc.strerror)
@@ -179,3 +198,17 @@ def check_saved(workdir: Path) -> Path:
     if not path.is_file():
         raise SavedStateCorrupt(f"the saved state {path} is missing")
     return path
+
+
+def settle_failed_wake(vm: Vm, kept_dir: Path, exc: BaseException) -> None:
+    """Where a VM whose wake failed with ``exc`` (its QEMU ended) stands: failed with its work
+    dir moved aside into ``kept_dir`` when its saved state is corrupt; hibernated as it was
+    while the state file is there; else failed (it ran from its state, which went with it)."""
+    assert vm.workdir is not None
+    if isinstance(exc, SavedStateCorrupt):
+        vm.workdir = set_aside(vm.workdir, kept_dir, exc)
+        vm.state = VmState.FAILED
+    elif state_path(vm.workdir).is_file():
+        vm.state = VmState.HIBERNATED
+    else:
+        vm.state = VmState.FAILED
