@@ -134,6 +134,15 @@ class SnapshotTemplateStore(Generic[TemplateT]):
 
     def abandoned_builds(self) -> list[Path]:
         """Staging dirs of template builds that nobody is running (their builder died)."""
+        return [staging for staging, running in self._staging() if not running]
+
+    def builds_in_progress(self) -> list[Path]:
+        """Staging dirs of template builds running now (in this process or another: a
+        ``hearth image build`` beside the controller)."""
+        return [staging for staging, running in self._staging() if running]
+
+    def _staging(self) -> list[tuple[Path, bool]]:
+        """Every staging dir, and whether its build runs (its key's lock is held)."""
         if not self.root.is_dir():
             return []
         found = []
@@ -145,9 +154,10 @@ class SnapshotTemplateStore(Generic[TemplateT]):
                 try:
                     fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
-                    continue  # its build is running
+                    found.append((staging, True))
+                    continue
                 fcntl.flock(lock_file, fcntl.LOCK_UN)
-            found.append(staging)
+            found.append((staging, False))
         return found
 
     def discard(self, template: TemplateT) -> None:

@@ -16,6 +16,8 @@ from hearth.vm.qemu.command import VmPaths
 from hearth.vm.qemu.network import QemuNetworks
 from hearth.vm.qemu.process import is_our_process, qemu_pids_running_from
 from hearth.vm.qemu.records import vm_from_record
+from hearth.vm.qemu.templates import Template, build_vm_id
+from hearth.vm.templates import SnapshotTemplateStore
 from hearth.vm.types import Vm
 from hearth_agent.processes import live_args
 
@@ -33,12 +35,17 @@ def running_vms(vms_dir: Path, *, backend: str) -> list[Vm]:
 
 
 def reap_leftovers(
-    abandoned: Iterable[Path], run_dir: Path, networks: QemuNetworks, keep: set[str]
+    templates: SnapshotTemplateStore[Template],
+    run_dir: Path,
+    networks: QemuNetworks,
+    keep: set[str],
 ) -> list[str]:
-    """Remove ``abandoned`` template builds (and their QEMU), and the QMP sockets and network
-    slots of VMs not in ``keep``; what was removed."""
+    """Remove the template builds whose builder died (and their QEMU), and the QMP sockets and
+    network slots of VMs not in ``keep`` (nor template builds running now, in this process or
+    another: a ``hearth image build`` beside the controller); what was removed."""
+    keep = keep | {build_vm_id(staging) for staging in templates.builds_in_progress()}
     reaped: list[str] = []
-    for staging in abandoned:
+    for staging in templates.abandoned_builds():
         for pid in qemu_pids_running_from(staging):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)

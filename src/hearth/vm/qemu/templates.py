@@ -9,6 +9,8 @@ locking and pruning are the shared ``hearth.vm.templates`` store's.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from hearth.images.manifest import ImageDir
 from hearth.vm.accel import Accel
 from hearth.vm.templates import (
@@ -52,3 +54,9 @@ class TemplateStore(SnapshotTemplateStore[Template]):
     """QEMU templates under one root, built at most once per key (across processes too)."""
 
     template_class = Template
+
+
+def build_vm_id(staging: Path) -> str:
+    """The id of the VM a template build boots in ``staging`` (its QMP socket's and network
+    slot's name)."""
+    return f"template-{staging.name.lstrip('.')}"
