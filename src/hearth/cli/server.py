@@ -17,6 +17,7 @@ from hearth.api.app import create_app
 from hearth.cli.common import console, fail, load_settings
 from hearth.config import Settings
 from hearth.control.bootstrap import ADMIN_USER, ensure_admin_key, open_store
+from hearth.credentials.reseal import reseal_rows
 from hearth.credentials.service import CredentialService
 from hearth.credentials.vault import CredentialVault
 from hearth.errors import ConfigError, HearthError
@@ -105,22 +106,28 @@ def keys_create(
 def keys_rotate_master(
     state_dir: Annotated[Path | None, typer.Option(help="Overrides HEARTH_STATE_DIR.")] = None,
 ) -> None:
-    """Make a new credential master key and re-encrypt every stored credential under it."""
+    """Make a new master key and re-encrypt everything sealed under the old one: stored
+    credentials, VM agent tokens and keys, workspace keys, webhook secrets."""
     settings = _with(load_settings(), state_dir)
 
-    async def rotate() -> tuple[str, int]:
+    async def rotate() -> tuple[str, int, int]:
         store = await Store.open(settings.database())
         try:
             vault = CredentialVault.load(settings.state_dir, settings.master_key)
-            return await CredentialService(store, vault).rotate_master(settings.state_dir)
+            service = CredentialService(store, vault)
+            key_id, documents = await service.rotate_master(settings.state_dir)
+            return key_id, documents, await reseal_rows(store, vault)
         finally:
             await store.close()
 
     try:
-        key_id, count = asyncio.run(rotate())
+        key_id, documents, others = asyncio.run(rotate())
     except HearthError as exc:
         fail(exc)
-    console.print(f"master key is now {key_id}; re-encrypted {count} credential(s)")
+    console.print(
+        f"master key is now {key_id}; re-encrypted {documents} credential(s) "
+        f"and {others} other sealed secret(s)"
+    )
 
 
 __all__ = ["ADMIN_USER", "keys_app", "serve"]

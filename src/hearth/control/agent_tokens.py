@@ -14,7 +14,7 @@ from hearth.control.row_seal import RowSeal
 from hearth.credentials.vault import CredentialVault
 from hearth.logging import get_logger
 from hearth.store import VmRecord
-from hearth.store.records import SEALED_TOKEN_FIELDS
+from hearth.store.records import AGENT_TOKEN_SEAL
 
 _log = get_logger("control.agent_tokens")
 
@@ -28,7 +28,7 @@ class AgentTokens:
     """Seals a VM's agent token into the fields of its row, and opens it from the row."""
 
     def __init__(self, vault: CredentialVault) -> None:
-        self._seal = RowSeal(vault, columns=SEALED_TOKEN_FIELDS, bound_to="agent-token")
+        self._seal = RowSeal(vault, AGENT_TOKEN_SEAL)
 
     def fields(self, vm_id: str, token: str | None) -> dict[str, object]:
         """The row fields that keep ``token`` (sealed) for VM ``vm_id``; all None for none."""

@@ -13,6 +13,7 @@ from typing import Protocol
 from hearth.credentials.errors import DecryptionFailed
 from hearth.credentials.vault import CredentialVault, Sealed
 from hearth.logging import get_logger
+from hearth.store.records import SealedKind
 
 _log = get_logger("control.row_seal")
 
@@ -29,14 +30,12 @@ class SealedRow(Protocol):
 class RowSeal:
     """Seals one kind of secret into ``columns`` of a VM's row, and opens it from there."""
 
-    def __init__(
-        self, vault: CredentialVault, *, columns: tuple[str, str, str], bound_to: str
-    ) -> None:
+    def __init__(self, vault: CredentialVault, kind: SealedKind) -> None:
         self._vault = vault
-        self._columns = columns
-        # What the vault binds the secret to with the VM's id (a credential is bound to a
-        # provider name, which no VM id is); different per kind, so no kind opens as another.
-        self._bound_to = bound_to
+        self._columns = kind.columns
+        # What the vault binds the secret to with the row's id (a credential is bound to a
+        # provider name, which no row id is); different per kind, so no kind opens as another.
+        self._bound_to = kind.bound_to
 
     def seal(self, vm_id: str, plain: bytes | None) -> dict[str, object]:
         """The row fields keeping ``plain`` sealed for VM ``vm_id`` (all None for None)."""

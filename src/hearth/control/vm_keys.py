@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from hearth.control.row_seal import RowSeal
 from hearth.credentials.vault import CredentialVault
 from hearth.store import VmRecord
-from hearth.store.records import SEALED_KEYS_FIELDS
+from hearth.store.records import SEALED_KEYS_FIELDS, VM_KEYS_SEAL
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ class VmKeys:
     """Seals a VM's keys into the fields of its row, and opens them from the row."""
 
     def __init__(self, vault: CredentialVault) -> None:
-        self._seal = RowSeal(vault, columns=SEALED_KEYS_FIELDS, bound_to="vm-keys")
+        self._seal = RowSeal(vault, VM_KEYS_SEAL)
 
     def fields(self, vm_id: str, keys: HeldKeys) -> dict[str, object]:
         """The row fields that keep ``keys`` sealed for VM ``vm_id`` (all None for no key)."""

@@ -29,7 +29,7 @@ from hearth.errors import Conflict, HearthError, NotFound, NotSupported, QuotaEx
 from hearth.logging import get_logger
 from hearth.node.interface import Node
 from hearth.store import Store, VmRecord
-from hearth.store.records import SEALED_WORKSPACE_KEY_FIELDS, WorkspaceRecord
+from hearth.store.records import WORKSPACE_KEY_SEAL, WorkspaceRecord
 from hearth.vm.types import Vm, VmType, Volume
 
 _log = get_logger("control.workspaces")
@@ -48,7 +48,7 @@ class Workspaces:
         self.quota_mib = settings.user_disk_quota_mib
         self.store = store
         self.node = node
-        self._seal = RowSeal(vault, columns=SEALED_WORKSPACE_KEY_FIELDS, bound_to="workspace")
+        self._seal = RowSeal(vault, WORKSPACE_KEY_SEAL)
 
     @property
     def enabled(self) -> bool:

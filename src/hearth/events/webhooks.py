@@ -18,10 +18,17 @@ from hearth.events.targets import Target
 from hearth.events.types import EventType
 from hearth.logging import get_logger
 from hearth.store import Store
-from hearth.store.records import AttemptRecord, DeliveryRecord, WebhookRecord, new_webhook_id
+from hearth.store.records import (
+    WEBHOOK_SECRET_SEAL,
+    AttemptRecord,
+    DeliveryRecord,
+    WebhookRecord,
+    new_webhook_id,
+)
 
 _log = get_logger("events.webhooks")
-_SEAL_USER = "webhook"  # what the vault binds a signing secret to, with the webhook's id
+# What the vault binds a signing secret to, with the webhook's id.
+_SEAL_USER = WEBHOOK_SECRET_SEAL.bound_to
 _SEAL_WHAT = "signing-secret"
 MAX_WEBHOOKS = 100
 

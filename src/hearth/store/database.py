@@ -24,6 +24,7 @@ from hearth.store.repositories import (
     EgressRepo,
     EventRepo,
     RunRepo,
+    SealedRepo,
     UserRepo,
     VmRepo,
     WebhookRepo,
@@ -127,6 +128,7 @@ class Store(Closing):
         self.events = EventRepo(engine, clock=clock)
         self.webhooks = WebhookRepo(engine, clock=clock)
         self.workspaces = WorkspaceRepo(engine, clock=clock)
+        self.sealed = SealedRepo(engine, clock=clock)
 
     @classmethod
     async def open(

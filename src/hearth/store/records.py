@@ -362,3 +362,33 @@ class DeliveryRecord:
     last_error: str | None
     created_at: datetime
     updated_at: datetime
+
+
+@dataclass(frozen=True)
+class SealedKind:
+    """One kind of secret the vault seals into rows other than credentials': its table, its
+    three columns (key id, nonce, ciphertext), and what the vault binds it to with the row's
+    id (the seal's ``user_id``; the row id is its ``provider``), different per kind so that no
+    kind opens as another."""
+
+    table: str
+    columns: tuple[str, str, str]
+    bound_to: str
+
+
+AGENT_TOKEN_SEAL = SealedKind("vms", SEALED_TOKEN_FIELDS, "agent-token")
+VM_KEYS_SEAL = SealedKind("vms", SEALED_KEYS_FIELDS, "vm-keys")
+WORKSPACE_KEY_SEAL = SealedKind("workspaces", SEALED_WORKSPACE_KEY_FIELDS, "workspace")
+WEBHOOK_SECRET_SEAL = SealedKind("webhooks", ("key_id", "nonce", "ciphertext"), "webhook")
+# Every kind, for re-sealing them all under a new master key (``hearth keys rotate-master``).
+SEALED_KINDS = (AGENT_TOKEN_SEAL, VM_KEYS_SEAL, WORKSPACE_KEY_SEAL, WEBHOOK_SECRET_SEAL)
+
+
+@dataclass(frozen=True)
+class SealedValue:
+    """A secret as one row keeps it sealed."""
+
+    row_id: str
+    key_id: str
+    nonce: bytes
+    ciphertext: bytes

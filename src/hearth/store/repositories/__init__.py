@@ -9,6 +9,7 @@ from hearth.store.repositories.credentials import CredentialRepo
 from hearth.store.repositories.egress import EgressRepo
 from hearth.store.repositories.events import EventRepo
 from hearth.store.repositories.runs import RunRepo
+from hearth.store.repositories.sealed import SealedRepo
 from hearth.store.repositories.users import UserRepo
 from hearth.store.repositories.vms import VmRepo
 from hearth.store.repositories.webhooks import WebhookRepo
@@ -22,6 +23,7 @@ __all__ = [
     "EgressRepo",
     "EventRepo",
     "RunRepo",
+    "SealedRepo",
     "UserRepo",
     "VmRepo",
     "WebhookRepo",
