@@ -23,10 +23,11 @@ from hearth.credentials import CredentialService, CredentialVault
 from hearth.credentials.pullback import PullBack
 from hearth.events.log import EventLog
 from hearth.metrics import ControllerMetrics
-from hearth.store import Store, VmRecord
-from hearth.vm.types import VmState, VmType
+from hearth.store import Store
+from hearth.vm.types import VmState
 from tests.integration.api_fixtures import served
 from tests.integration.store_fixtures import *  # noqa: F403
+from tests.integration.store_fixtures import new_vm
 
 MakeDocument = Callable[..., dict[str, object]]
 LATER = 1_960_000_000
@@ -60,17 +61,7 @@ async def test_one_answer_that_cannot_be_taken_does_not_stop_the_others(
     vault = CredentialVault.load(tmp_path / "state")
     credentials = CredentialService(store, vault)
     await store.users.ensure("alice")
-    record = await store.vms.insert(
-        VmRecord(
-            id="vm-cli-1",
-            user_id="alice",
-            vm_type=VmType.CLI,
-            backend="fake",
-            vcpus=1,
-            mem_mib=512,
-            status=VmState.READY,
-        )
-    )
+    record = await store.vms.insert(new_vm("alice", status=VmState.READY))
     for provider in ("codex", "gemini_cli"):
         document = json.dumps(make_document(provider, marker="old")).encode()
         await credentials.capture("alice", provider, document)

@@ -15,15 +15,15 @@ from hearth.control.row_seal import RowSeal
 from hearth.credentials import CredentialVault, DecryptionFailed
 from hearth.credentials.reseal import reseal_rows
 from hearth.events.webhooks import WebhookService
-from hearth.store import Store, VmRecord
+from hearth.store import Store
 from hearth.store.records import (
     AGENT_TOKEN_SEAL,
     VM_KEYS_SEAL,
     WORKSPACE_KEY_SEAL,
     WorkspaceRecord,
 )
-from hearth.vm.types import VmState, VmType
 from tests.integration.store_fixtures import *  # noqa: F403
+from tests.integration.store_fixtures import new_vm
 
 
 async def sealed_rows(store: Store, vault: CredentialVault) -> tuple[str, str]:
@@ -31,16 +31,11 @@ async def sealed_rows(store: Store, vault: CredentialVault) -> tuple[str, str]:
     await store.users.ensure("ann")
     vm_id = "vm-reseal-1"
     await store.vms.insert(
-        VmRecord(
+        new_vm(
+            "ann",
             id=vm_id,
-            user_id="ann",
-            vm_type=VmType.CLI,
-            backend="fake",
-            vcpus=1,
-            mem_mib=512,
-            status=VmState.READY,
-            **RowSeal(vault, AGENT_TOKEN_SEAL).seal(vm_id, b"agent-token-ann"),  # type: ignore[arg-type]
-            **RowSeal(vault, VM_KEYS_SEAL).seal(vm_id, b'{"disk": "k"}'),  # type: ignore[arg-type]
+            **RowSeal(vault, AGENT_TOKEN_SEAL).seal(vm_id, b"agent-token-ann"),
+            **RowSeal(vault, VM_KEYS_SEAL).seal(vm_id, b'{"disk": "k"}'),
         )
     )
     await store.workspaces.insert(

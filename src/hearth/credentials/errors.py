@@ -33,3 +33,13 @@ class UnknownMasterKey(DecryptionFailed):
 
     code = "master_key_unknown"
     http_status = 500
+
+
+def reseal_incomplete(what: str, resealed: int, failed: list[str]) -> DecryptionFailed:
+    """The error of a re-seal that could not open ``failed`` (named, the first ten) after
+    re-sealing ``resealed`` of ``what``."""
+    named = ", ".join(failed[:10]) + (", ..." if len(failed) > 10 else "")
+    return DecryptionFailed(
+        f"re-encrypted {resealed} {what}, but {len(failed)} could not be opened and keep their "
+        f"old keys: {named}"
+    )

@@ -10,14 +10,13 @@ does not open is logged and skipped; DecryptionFailed then names them after the 
 
 from __future__ import annotations
 
-from hearth.credentials.errors import DecryptionFailed
+from hearth.credentials.errors import DecryptionFailed, reseal_incomplete
 from hearth.credentials.vault import CredentialVault, Sealed
 from hearth.logging import get_logger
 from hearth.store import Store
 from hearth.store.records import SEALED_KINDS, SealedValue
 
 _log = get_logger("credentials.reseal")
-FAILURES_NAMED = 10
 
 
 async def reseal_rows(store: Store, vault: CredentialVault) -> int:
@@ -39,12 +38,6 @@ async def reseal_rows(store: Store, vault: CredentialVault) -> int:
             if await store.sealed.replace(kind, old, fresh):
                 resealed += 1
     if failed:
-        named = ", ".join(failed[:FAILURES_NAMED]) + (
-            ", ..." if len(failed) > FAILURES_NAMED else ""
-        )
-        raise DecryptionFailed(
-            f"re-encrypted {resealed} sealed secrets, but {len(failed)} could not be opened and "
-            f"keep their old keys: {named}"
-        )
+        raise reseal_incomplete("sealed secrets", resealed, failed)
     _log.info("sealed_secrets_reencrypted", key_id=vault.current_key_id, count=resealed)
     return resealed

@@ -7,7 +7,7 @@ from datetime import datetime
 from pathlib import Path
 
 from hearth.credentials.documents import DocumentFacts, inspect_document, provider_named
-from hearth.credentials.errors import DecryptionFailed
+from hearth.credentials.errors import DecryptionFailed, reseal_incomplete
 from hearth.credentials.vault import CredentialVault, Sealed
 from hearth.errors import Conflict, NotFound
 from hearth.logging import get_logger
@@ -17,7 +17,6 @@ from hearth_agent.wire import Provider
 # A record that changes under a re-encryption this many times in a row is reported, not chased.
 RESEAL_ATTEMPTS = 3
 # How many undecryptable documents a failed re-encryption names in its message.
-FAILURES_NAMED = 10
 
 _log = get_logger("credentials")
 
@@ -161,13 +160,7 @@ class CredentialService:
                 )
                 failed.append(f"{record.user_id}/{record.provider}")
         if failed:
-            named = ", ".join(failed[:FAILURES_NAMED]) + (
-                ", ..." if len(failed) > FAILURES_NAMED else ""
-            )
-            raise DecryptionFailed(
-                f"re-encrypted {resealed} credential documents, but {len(failed)} could not "
-                f"be opened and keep their old keys: {named}"
-            )
+            raise reseal_incomplete("credential documents", resealed, failed)
         _log.info("credentials_reencrypted", key_id=self._vault.current_key_id, count=resealed)
         return resealed
 
