@@ -12,12 +12,20 @@ import asyncio
 import socket
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 
+from hearth.errors import VmError
 from hearth.images.manifest import ImageDir
-from hearth.network.namespace import names_for
+from hearth.network.namespace import (
+    create_namespace,
+    delete_namespace,
+    list_namespaces,
+    names_for,
+)
+from hearth.network.pool import SlotPool
 from hearth.vm.types import GuestForward, NetworkMode, Vm, VmSpec
 from tests.conftest import require_tools
 from tests.vm.conftest import TrackingBackend
@@ -133,3 +141,23 @@ async def test_forwards_reach_exactly_the_allowed_endpoint_and_expose_extra_port
     async with httpx.AsyncClient() as client:
         health = await client.get(f"http://127.0.0.1:{vm.ports[8080]}/health")
     assert health.status_code == 200
+
+
+def test_a_namespace_name_another_vm_holds_is_refused_and_left_alone(tmp_path: Path) -> None:
+    # Names keep 36 bits of a VM's id: two ids can share one. The second VM's network fails;
+    # the first keeps its namespace (its cleanup must not take the other's down).
+    require_tools("ip", "nft")
+    first = "vm-5eed1e55-0000-4000-8000-000000000001"
+    second = "vm-5eed1e55-0000-4000-8000-000000000002"
+    assert names_for(first) == names_for(second)
+    pool = SlotPool(cidr="169.254.0.0/16", claims_dir=tmp_path / "slots")
+    network = create_namespace(first, pool.addresses(4000))
+    try:
+        with pytest.raises(VmError, match="netns add"):
+            create_namespace(second, pool.addresses(4001))
+        assert network.netns in list_namespaces()
+        link = subprocess.run(["ip", "link", "show", network.host_veth], capture_output=True)
+        assert link.returncode == 0, "the first VM's veth was taken down"
+    finally:
+        delete_namespace(network)
+    assert network.netns not in list_namespaces()

@@ -123,8 +123,10 @@ def create_namespace(
     guest ``forwards`` to the node's loopback."""
     netns, host_veth = names_for(vm_id)
     network = NetworkSlot(netns=netns, host_veth=host_veth, slot=slot)
+    # A name that exists is another VM's (the names keep 36 bits of the id): refused, and left
+    # alone, never taken down as this one's leftovers.
+    _ip("netns", "add", netns)
     try:
-        _ip("netns", "add", netns)
         _ip("link", "set", "lo", "up", netns=netns)
         _ip("link", "add", host_veth, "type", "veth", "peer", "name", NS_VETH, "netns", netns)
         _ip("addr", "add", f"{slot.host_ip}/{slot.prefix}", "dev", host_veth)
