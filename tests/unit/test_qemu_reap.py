@@ -7,6 +7,7 @@ from __future__ import annotations
 import fcntl
 from pathlib import Path
 
+from hearth.vm.qemu.backend import QemuBackend
 from hearth.vm.qemu.host import reap_leftovers
 from hearth.vm.qemu.network import QemuNetworks
 from hearth.vm.qemu.templates import TemplateStore, build_vm_id
@@ -28,6 +29,8 @@ def test_a_running_template_build_keeps_what_it_holds_and_a_dead_one_goes(
     }
     for socket in sockets.values():
         socket.touch()
+    for name in ("vm-kept", "vm-gone"):  # the sockets hibernations stream state through
+        (run_dir / f"{name}.mig").touch()
     networks = QemuNetworks(cidr="10.201.0.0/16", claims_dir=tmp_path / "slots")
     networks.pool.claim(build_vm_id(running))
     # The running build's builder holds its key's lock, as another process would.
@@ -42,4 +45,19 @@ def test_a_running_template_build_keeps_what_it_holds_and_a_dead_one_goes(
     assert sorted(s.stem for s in run_dir.glob("*.qmp")) == sorted(
         [build_vm_id(running), "vm-kept"]
     )
+    assert [s.name for s in run_dir.glob("*.mig")] == ["vm-kept.mig"]
     assert list(networks.pool.claims().values()) == [build_vm_id(running)]
+
+
+async def test_a_disk_prototype_a_crash_left_beside_the_vms_is_removed(tmp_path: Path) -> None:
+    # A file among the VMs' work dirs is no VM: it is what a crash left of a prototype being
+    # made there, and goes, instead of failing every start's reap.
+    backend = QemuBackend(state_dir=tmp_path / "state")
+    backend.vms_dir.mkdir(parents=True)
+    scratch = backend.vms_dir / ".prototype-0a1b2c.qcow2"
+    scratch.write_bytes(b"QFI")
+    assert f"file {scratch} is still there" in backend.leftovers()
+
+    assert await backend.reap(keep=set()) == [scratch.name]
+
+    assert not scratch.exists()

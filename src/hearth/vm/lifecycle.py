@@ -161,6 +161,10 @@ class BackendLifecycle(ABC, Generic[TemplateT]):
         reaped: list[str] = []
         if self.vms_dir.is_dir():
             for workdir in sorted(self.vms_dir.iterdir()):
+                if not workdir.is_dir():  # scratch a crash left (a disk prototype being made)
+                    workdir.unlink(missing_ok=True)
+                    reaped.append(workdir.name)
+                    continue
                 if workdir.name in keep:
                     drop_legacy_token(workdir)  # its token is sealed in the store now
                     continue
@@ -179,7 +183,10 @@ class BackendLifecycle(ABC, Generic[TemplateT]):
         found: list[str] = []
         if self.vms_dir.is_dir():
             found += [
-                f"VM work directory {d} is still there" for d in sorted(self.vms_dir.iterdir())
+                f"VM work directory {d} is still there"
+                if d.is_dir()
+                else f"file {d} is still there"
+                for d in sorted(self.vms_dir.iterdir())
             ]
         found += [
             f"template build {staging} was abandoned by its builder"

@@ -482,14 +482,14 @@ class QemuBackend(BackendLifecycle[Template]):
         except (OSError, VmError) as exc:
             errors.append(f"network: {exc}")
         if vm.workdir is not None:
-            self._paths(vm.id, vm.workdir).qmp.unlink(missing_ok=True)
+            for sock in (paths := self._paths(vm.id, vm.workdir)).qmp, paths.migration:
+                sock.unlink(missing_ok=True)
         if vm.workdir is not None and vm.workdir.parent in (self.vms_dir, self._kept_dir):
             try:
                 shutil.rmtree(vm.workdir)
-            except FileNotFoundError:
-                pass
             except OSError as exc:
-                errors.append(f"remove {vm.workdir}: {exc.strerror}")
+                if not isinstance(exc, FileNotFoundError):
+                    errors.append(f"remove {vm.workdir}: {exc.strerror}")
         return errors
 
     async def _stop_process(self, vm: Vm) -> None:

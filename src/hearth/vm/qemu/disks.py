@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -124,7 +125,9 @@ class Overlays:
         with lock:
             found = self._prototypes.get(ident)
             if found is None:
-                found = self._prototypes[ident] = _make_prototype(make, scratch / "prototype.qcow2")
+                # A name of its own: prototypes of other kinds may be made beside it at once.
+                path = scratch / f".prototype-{secrets.token_hex(6)}.qcow2"
+                found = self._prototypes[ident] = _make_prototype(make, path)
             return found
 
 

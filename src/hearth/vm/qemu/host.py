@@ -52,7 +52,8 @@ def reap_leftovers(
         shutil.rmtree(staging, ignore_errors=True)
         reaped.append(staging.name)
     if run_dir.is_dir():
-        for sock in run_dir.glob("*.qmp"):
+        # QMP sockets, and the sockets hibernations stream a VM's state through.
+        for sock in [*run_dir.glob("*.qmp"), *run_dir.glob("*.mig")]:
             if sock.stem not in keep:
                 sock.unlink(missing_ok=True)
     return reaped + networks.reap(keep)
