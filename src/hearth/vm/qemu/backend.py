@@ -496,5 +496,5 @@ class QemuBackend(BackendLifecycle[Template]):
         proc = self._procs.pop(vm.id, None)
         if proc is not None:
             await stop_child(proc)
-        elif vm.pid and vm.workdir:
+        elif vm.workdir:
             await stop_adopted(vm.pid, vm.workdir)

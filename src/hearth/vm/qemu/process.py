@@ -4,6 +4,7 @@ is not our child."""
 from __future__ import annotations
 
 import asyncio
+import functools
 from pathlib import Path
 
 from hearth.vm import host
@@ -48,6 +49,9 @@ def _qemu_naming(args: list[str] | None, directory: Path) -> bool:
     return any(str(directory) in arg for arg in args)
 
 
-async def stop_adopted(pid: int, workdir: Path) -> None:
-    """Stop a QEMU found again after a controller restart (not our child), if it still is ours."""
-    await host.stop_pid(pid, lambda: is_our_process(pid, workdir))
+async def stop_adopted(pid: int | None, workdir: Path) -> None:
+    """Stop a QEMU found again after a controller restart (not our child), if it still is ours;
+    without a PID (its controller died before recording it), every QEMU running from
+    ``workdir``."""
+    for found in [pid] if pid else qemu_pids_running_from(workdir):
+        await host.stop_pid(found, functools.partial(is_our_process, found, workdir))
