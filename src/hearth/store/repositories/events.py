@@ -44,7 +44,12 @@ class EventRepo(Repository):
         async with self._engine.begin() as conn:
             inserted = events_table.insert().values(**values, created_at=now)
             row = (await conn.execute(inserted.returning(*events_table.c))).one()
-            hooks = await conn.execute(select(webhooks_table.c.id, webhooks_table.c.events))
+            # Shared locks on the webhooks until this commits: a webhook deleted meanwhile goes
+            # after these deliveries (and takes them), never between the read and the insert,
+            # which would fail the whole event on its foreign key (PostgreSQL; SQLite
+            # serializes writers).
+            listed = select(webhooks_table.c.id, webhooks_table.c.events)
+            hooks = await conn.execute(listed.with_for_update(read=True))
             targets = [hook.id for hook in hooks if type in json.loads(hook.events)]
             if targets:
                 await conn.execute(

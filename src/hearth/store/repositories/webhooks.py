@@ -75,6 +75,11 @@ class WebhookRepo(Repository):
         """Remove the webhook with its deliveries and their attempts; NotFound if none."""
         mine = select(_deliveries.c.id).where(_deliveries.c.webhook_id == webhook_id)
         async with self._engine.begin() as conn:
+            # First the webhook's row: an event being written for it commits its deliveries
+            # before they are read here (``EventRepo.append``), and none comes after.
+            await conn.execute(
+                select(_hooks.c.id).where(_hooks.c.id == webhook_id).with_for_update()
+            )
             await conn.execute(delete(_attempts).where(_attempts.c.delivery_id.in_(mine)))
             await conn.execute(delete(_deliveries).where(_deliveries.c.webhook_id == webhook_id))
             gone = await conn.execute(delete(_hooks).where(_hooks.c.id == webhook_id))
