@@ -38,6 +38,7 @@ from sqlalchemy import URL, make_url
 
 from hearth.auth.states import AuthStatus
 from hearth.store import AuthSessionRecord, Clock, Store, VmRecord, utc_now
+from hearth.store.records import WebhookRecord
 from hearth.vm.types import VmState, VmType
 
 # The fixtures; test modules take them with ``from ... import *`` (pytest finds them by name).
@@ -365,3 +366,17 @@ def new_auth_session(user_id: str, **overrides: object) -> AuthSessionRecord:
     }
     values.update(overrides)
     return AuthSessionRecord(**values)  # type: ignore[arg-type]
+
+
+def new_webhook(**overrides: object) -> WebhookRecord:
+    """A webhook record for ``vm.ready`` with a stand-in sealed secret; ``overrides`` replace
+    any field."""
+    values: dict[str, object] = {
+        "url": "https://hooks.test/in",
+        "events": ("vm.ready",),
+        "key_id": "k",
+        "nonce": b"n" * 12,
+        "ciphertext": b"c",
+    }
+    values.update(overrides)
+    return WebhookRecord(**values)  # type: ignore[arg-type]

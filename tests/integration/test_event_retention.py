@@ -12,9 +12,9 @@ from hearth.events.log import EventLog
 from hearth.events.types import DeliveryStatus, EventType
 from hearth.metrics import ControllerMetrics
 from hearth.store import Store
-from hearth.store.records import AttemptRecord, WebhookRecord
+from hearth.store.records import AttemptRecord
 from tests.integration.store_fixtures import *  # noqa: F403
-from tests.integration.store_fixtures import FakeClock, OpenStore
+from tests.integration.store_fixtures import FakeClock, OpenStore, new_webhook
 
 DAY = 24 * 3600
 
@@ -23,15 +23,7 @@ async def test_old_events_go_with_their_finished_deliveries_and_owed_ones_stay(
     clocked_store: Store, clock: FakeClock
 ) -> None:
     store = clocked_store
-    hook = await store.webhooks.insert(
-        WebhookRecord(
-            url="https://hooks.test/in",
-            events=("vm.ready",),
-            key_id="k",
-            nonce=b"n" * 12,
-            ciphertext=b"c",
-        )
-    )
+    hook = await store.webhooks.insert(new_webhook())
     delivered, _ = await store.events.append(
         type="vm.ready", user_id=None, vm_id="vm-1", data="{}", retry_for=timedelta(days=1)
     )

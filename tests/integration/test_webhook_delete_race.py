@@ -12,8 +12,8 @@ import pytest
 from sqlalchemy import text
 
 from hearth.store import Store
-from hearth.store.records import WebhookRecord
 from tests.integration.store_fixtures import *  # noqa: F403
+from tests.integration.store_fixtures import new_webhook
 
 pytestmark = pytest.mark.parametrize("backend", ["postgresql"])
 HELD_S = 0.5
@@ -28,15 +28,7 @@ NEW_DELIVERY = text(
 
 
 async def hook(store: Store) -> str:
-    record = await store.webhooks.insert(
-        WebhookRecord(
-            url="http://hooks.test/h",
-            events=("vm.ready",),
-            key_id="k",
-            nonce=b"n" * 12,
-            ciphertext=b"c",
-        )
-    )
+    record = await store.webhooks.insert(new_webhook())
     return record.id
 
 
