@@ -228,7 +228,9 @@ class AgentClient:
             result = await self._call("GET", f"/credentials/{provider}?content=true")
         except NotFound:
             return None
-        document = result.get("document")
+        content, document = result.get("content"), result.get("document")
+        if isinstance(content, str):  # the file's own bytes (an agent of this version)
+            return content.encode()
         if document is None:
             return None
         return json.dumps(document, indent=2).encode() + b"\n"

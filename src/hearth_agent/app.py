@@ -319,6 +319,9 @@ class AgentApp:
         }
         if with_content:
             payload["document"] = document
+            # Its bytes as they are (the CLI's own layout), so a copy kept elsewhere has this
+            # file's sha256.
+            payload["content"] = stored.content.decode("utf-8")
         return json_response(200, payload)
 
     def _credentials_status(self, request: Request, params: Mapping[str, str]) -> Response:

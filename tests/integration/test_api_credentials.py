@@ -89,6 +89,26 @@ async def test_three_providers_live_in_one_vm_and_a_move_leaves_one_owner(
     assert held(await in_vm(api, first))["codex"] is True
 
 
+async def test_a_pulled_back_document_keeps_the_vms_bytes_and_so_reads_as_the_vaults(
+    agent_api: Api,
+) -> None:
+    # The CLI refreshed its tokens and wrote the file in its own layout: the vault keeps those
+    # very bytes, so the VM's file and the vault's copy have one sha256.
+    api = agent_api
+    vm_id = await vm_for(api, "ann")
+    await login(api, "ann", "claude_code", vm_id, claude("ann", datetime.now(UTC)))
+    refreshed = claude("refreshed", datetime.now(UTC) + timedelta(hours=8))
+    owner = AgentClient(api.ctl.vms.live_vm(vm_id).agent_url or "", api.ctl.vms.agent_token(vm_id))
+    await owner.put_credentials("claude_code", refreshed)
+    pull_back = api.ctl.vms.before_destroy[0]
+
+    await pull_back(await api.ctl.store.vms.get(vm_id), api.ctl.vms.agent_token(vm_id))
+
+    assert await api.ctl.credentials.document("ann", "claude_code") == refreshed
+    (entry,) = [e for e in (await in_vm(api, vm_id))["credentials"] if e["present"]]
+    assert entry["inVault"] is True
+
+
 async def test_a_deleted_credential_leaves_the_vault_and_every_vm(agent_api: Api) -> None:
     api = agent_api
     vm_id = await vm_for(api, "ann")
@@ -191,5 +211,41 @@ async def test_deleting_an_oidc_credential_revokes_its_refresh_token_at_the_issu
     assert deleted.status_code == 200, deleted.text
     assert deleted.json()["revocation"] == "revoked"
     refused = await oidc_server.refresh_grant(document["refresh_token"])
+    assert refused.status_code == 400, refused.text
+    assert refused.json()["error"] == "invalid_grant"
+
+
+async def test_deleting_an_oidc_credential_revokes_the_token_the_vm_refreshed_to(
+    api_settings: Settings,
+    agent_launcher: AgentLauncher,
+    tmp_path: Path,
+    oidc_server: OidcServer,
+    agent_client: httpx.Client,
+) -> None:
+    # The VM's agent refreshes the document itself and the vault learns of it only at the next
+    # pull-back: what the VM holds is the live grant, and it is what must be revoked.
+    document = await asyncio.to_thread(oidc_login, agent_client, oidc_server)
+    answer = await oidc_server.refresh_grant(document["refresh_token"])
+    assert answer.status_code == 200, answer.text
+    tokens = answer.json()
+    assert tokens["refresh_token"] != document["refresh_token"]  # rotated
+    refreshed = {**document, "access_token": tokens["access_token"],
+                 "refresh_token": tokens["refresh_token"]}  # fmt: skip
+    settings = api_settings.with_overrides(
+        oidc_issuer=oidc_server.issuer, oidc_client_id=oidc_server.client_id
+    )
+    async with running_api(settings, AgentBackend(agent_launcher), tmp_path / "image") as api:
+        vm_id = await vm_for(api, "ann")
+        await login(api, "ann", "oidc", vm_id, json.dumps(document).encode())
+        token = api.ctl.vms.agent_token(vm_id)
+        agent = AgentClient(api.ctl.vms.live_vm(vm_id).agent_url or "", token)
+        await agent.put_credentials("oidc", json.dumps(refreshed).encode())  # as its refresh
+
+        deleted = await api.client.delete("/api/credentials/ann/oidc", headers=api.headers())
+
+    assert deleted.status_code == 200, deleted.text
+    assert deleted.json()["removedFrom"] == [vm_id]
+    assert deleted.json()["revocation"] == "revoked"
+    refused = await oidc_server.refresh_grant(tokens["refresh_token"])
     assert refused.status_code == 400, refused.text
     assert refused.json()["error"] == "invalid_grant"

@@ -8,6 +8,7 @@ The provider's own CLI in the VM is then asked, offline, whether it is logged in
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass, field
 
 from hearth.agent_client import AgentClient, AgentError, sha256_hex
 from hearth.control.network import CliNetworks
@@ -17,13 +18,20 @@ from hearth.errors import HearthError, VmError
 from hearth.events.log import EventLog
 from hearth.events.types import EventType
 from hearth.logging import get_logger
-from hearth.store import VmRecord
 from hearth.vm.types import VmState, VmType
 from hearth_agent.wire import Provider
 
 _log = get_logger("auth.delivery")
 _DELIVERY_ATTEMPTS = 3
 _ASLEEP = (VmState.PAUSED, VmState.HIBERNATED)
+
+
+@dataclass
+class Removal:
+    """Where ``Delivery.remove_everywhere`` found a document: the VMs, and what each held."""
+
+    vm_ids: list[str] = field(default_factory=list)
+    documents: list[bytes] = field(default_factory=list)
 
 
 class Delivery:
@@ -138,43 +146,47 @@ class Delivery:
 
     # ---- where a provider's document lives -------------------------------------------------
 
-    async def remove_everywhere(self, user_id: str, provider: str) -> list[str]:
+    async def remove_everywhere(self, user_id: str, provider: str) -> Removal:
         """Delete the provider's document from every CLI VM of the user (and close the
-        provider's API to each); the VMs that held one. A paused or hibernated VM runs for
-        it (woken, whatever its autoResume) and is put back as it was: left alone, it would
-        come back later with the document and its API open."""
-        held = await self._holders(user_id, provider)
-        for vm_id in held:
-            await self._remove(vm_id, provider)
+        provider's API to each): the VMs that held one, and what each held (read first: its
+        CLI or agent may have refreshed it since the vault's copy). A paused or hibernated VM
+        runs for it (woken, whatever its autoResume) and is put back as it was: left alone, it
+        would come back later with the document and its API open."""
+        removal = Removal()
+        for vm_id in await self._holders(user_id, provider):
+            await self._take_out(vm_id, provider, removal)
         asleep = [
             record
             for record in await self.vms.list_vms(user_id=user_id)
             if record.vm_type is VmType.CLI and record.status in _ASLEEP
         ]
         for record in asleep:
-            if await self._remove_from_sleeping(record, provider):
-                held.append(record.id)
-        return held
+            try:
+                await self.vms.resume(record.id)
+            except HearthError as exc:  # it cannot run (its saved state lost): nothing to use
+                _log.warning("credential_removal_skipped", vm_id=record.id, error=exc.message)
+                continue
+            try:
+                await self._take_out(record.id, provider, removal)
+            finally:
+                if record.status is VmState.HIBERNATED:
+                    await self.vms.hibernation.hibernate(record.id)
+                else:
+                    await self.vms.pause(record.id)
+        return removal
 
-    async def _remove_from_sleeping(self, record: VmRecord, provider: str) -> bool:
-        """Run the paused or hibernated VM, remove the document, and put the VM back to
-        sleep; whether it held one. A VM that cannot run (its saved state lost) holds nothing
-        anyone can use: logged."""
+    async def _take_out(self, vm_id: str, provider: str, removal: Removal) -> None:
+        """Read the VM's document (if any) into ``removal``, then remove it and close the
+        provider's API to the VM."""
         try:
-            await self.vms.resume(record.id)
-        except HearthError as exc:
-            _log.warning("credential_removal_skipped", vm_id=record.id, error=exc.message[:300])
-            return False
-        try:
-            deleted = await self._agent(record.id).delete_credentials(provider)
-            await self.networks.forbid_provider(record.id, Provider(provider))
-        finally:
-            if record.status is VmState.HIBERNATED:
-                await self.vms.hibernation.hibernate(record.id)
-            else:
-                await self.vms.pause(record.id)
-        _log.info("credential_removed_from_vm", vm_id=record.id, provider=provider, deleted=deleted)
-        return deleted
+            document = await self._agent(vm_id).credentials_document(provider)
+        except HearthError as exc:  # removed all the same
+            _log.warning("credential_unread_before_removal", vm_id=vm_id, error=exc.message)
+            document = None
+        if document is not None:
+            removal.documents.append(document)
+        if await self._remove(vm_id, provider):
+            removal.vm_ids.append(vm_id)
 
     async def in_vm(self, vm_id: str) -> list[dict[str, object]]:
         """What the VM's agent holds, per provider: present, sha256, expiry (no secret)."""
@@ -211,7 +223,9 @@ class Delivery:
         if document is not None:
             await self.credentials.pull_back(user_id, provider, document, vm_id=vm_id)
 
-    async def _remove(self, vm_id: str, provider: str) -> None:
-        await self._agent(vm_id).delete_credentials(provider)
+    async def _remove(self, vm_id: str, provider: str) -> bool:
+        """Delete the VM's document and close the provider's API to it; whether it had one."""
+        deleted = await self._agent(vm_id).delete_credentials(provider)
         await self.networks.forbid_provider(vm_id, Provider(provider))
-        _log.info("credential_removed_from_vm", vm_id=vm_id, provider=provider)
+        _log.info("credential_removed_from_vm", vm_id=vm_id, provider=provider, deleted=deleted)
+        return deleted

@@ -10,6 +10,7 @@ a URL, and never logged.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 
 import httpx
 
@@ -21,14 +22,38 @@ _log = get_logger("credentials.revoke")
 REVOKE_TIMEOUT_S = 10.0
 
 
+async def revoke_oidc_refresh_tokens(settings: Settings, documents: Sequence[bytes]) -> str:
+    """Revoke the refresh token of each of ``documents`` (copies of one ``oidc`` credential:
+    the vault's, and what VMs held, whose agent may have rotated it since), each distinct
+    token once; ``revoked`` when every one was, else the first other outcome."""
+    outcomes = [
+        await revoke_oidc_refresh_token(settings, document)
+        for document in {_refresh_token(d): d for d in documents}.values()
+    ]
+    return next((o for o in outcomes if o != "revoked"), "revoked")
+
+
+def _refresh_token(document: bytes) -> str | bytes:
+    """What tells copies apart: the refresh token (a document without one: itself)."""
+    try:
+        return str(json.loads(document)["refresh_token"])
+    except (ValueError, TypeError, KeyError):
+        return document
+
+
 async def revoke_oidc_refresh_token(settings: Settings, document: bytes) -> str:
     """Revoke the refresh token of an ``oidc`` document at the configured issuer; what happened
     (``revoked``, ``no_endpoint``, ``other_issuer``, ``not_configured`` or ``failed: …``)."""
     issuer = (settings.oidc_issuer or "").rstrip("/")
     if not issuer:
         return "not_configured"
-    facts = json.loads(document)
-    if str(facts.get("issuer", "")).rstrip("/") != issuer:
+    try:  # a VM's copy is whatever the VM answered
+        facts = json.loads(document)
+        token = str(facts["refresh_token"])
+        named = str(facts.get("issuer", "")).rstrip("/")
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return "failed: the document holds no refresh token"
+    if named != issuer:
         _log.warning("oidc_revoke_skipped", reason="the document names another issuer")
         return "other_issuer"
     try:
@@ -42,7 +67,7 @@ async def revoke_oidc_refresh_token(settings: Settings, document: bytes) -> str:
             answer = await client.post(
                 endpoint,
                 data={
-                    "token": str(facts["refresh_token"]),
+                    "token": token,
                     "token_type_hint": "refresh_token",
                     "client_id": settings.oidc_client_id,
                 },

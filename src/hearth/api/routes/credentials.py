@@ -10,7 +10,7 @@ from fastapi import APIRouter
 from hearth.api.auth import Ctl, Key, scope_of
 from hearth.api.routes.auth import user_for
 from hearth.api.schemas import ERROR_RESPONSES
-from hearth.credentials.revoke import revoke_oidc_refresh_token
+from hearth.credentials.revoke import revoke_oidc_refresh_tokens
 from hearth.errors import NotFound
 from hearth_agent.wire import Provider
 
@@ -50,17 +50,19 @@ async def delete_credentials(
 ) -> dict[str, Any]:
     """Remove the user's document for a provider from every CLI VM of the user (its API
     closed to each; a paused or hibernated one runs for it and is put back) and from the
-    vault; for ``oidc``, revoke its refresh token at the issuer (RFC 7009) when discovery
-    names a ``revocation_endpoint``. 404 if there is none."""
+    vault; for ``oidc``, revoke its refresh tokens (the vault's, and each VM's, which may be
+    newer) at the issuer (RFC 7009) when discovery names a ``revocation_endpoint``. 404 if
+    there is none."""
     user = user_for(user_id, key.user_id, key.is_admin)
     await _stored(ctl, user, provider)
     document = await ctl.credentials.document(user, provider.value)
-    removed = await ctl.delivery.remove_everywhere(user, provider.value)
+    removal = await ctl.delivery.remove_everywhere(user, provider.value)
     await ctl.store.credentials.delete(user, provider.value)
     revocation = None
-    if provider is Provider.OIDC:
-        revocation = await revoke_oidc_refresh_token(ctl.settings, document)
-    return {"userId": user, "provider": provider.value, "removedFrom": removed,
+    if provider is Provider.OIDC:  # the vault's copy and the VMs' (refreshed since, maybe)
+        documents = [document, *removal.documents]
+        revocation = await revoke_oidc_refresh_tokens(ctl.settings, documents)
+    return {"userId": user, "provider": provider.value, "removedFrom": removal.vm_ids,
             "revocation": revocation}  # fmt: skip
 
 
