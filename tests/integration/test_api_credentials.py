@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from hearth.agent_client import AgentClient
 from hearth.bench.standins.documents import sample_document
@@ -192,22 +194,31 @@ def oidc_login(agent: httpx.Client, server: OidcServer) -> dict[str, Any]:
     return document
 
 
-async def test_deleting_an_oidc_credential_revokes_its_refresh_token_at_the_issuer(
-    api_settings: Settings,
-    agent_launcher: AgentLauncher,
-    tmp_path: Path,
-    oidc_server: OidcServer,
-    agent_client: httpx.Client,
-) -> None:
-    # A real login at the OAuth server, through an agent, as in a Browser VM.
-    document = await asyncio.to_thread(oidc_login, agent_client, oidc_server)
+@pytest.fixture
+async def issuer_api(
+    api_settings: Settings, oidc_server: OidcServer, agent_launcher: AgentLauncher, tmp_path: Path
+) -> AsyncIterator[Api]:
+    """The controller with the test OAuth server as its OIDC issuer, VMs' agents real."""
     settings = api_settings.with_overrides(
         oidc_issuer=oidc_server.issuer, oidc_client_id=oidc_server.client_id
     )
     async with running_api(settings, AgentBackend(agent_launcher), tmp_path / "image") as api:
-        await api.client.post("/api/keys", json={"userId": "ann"}, headers=api.headers())
-        await api.ctl.credentials.capture("ann", "oidc", json.dumps(document).encode())
-        deleted = await api.client.delete("/api/credentials/ann/oidc", headers=api.headers())
+        yield api
+
+
+@pytest.fixture
+async def signed_in(agent_client: httpx.Client, oidc_server: OidcServer) -> dict[str, Any]:
+    """The document of a real login at the OAuth server, through an agent, as in a Browser VM."""
+    return await asyncio.to_thread(oidc_login, agent_client, oidc_server)
+
+
+async def test_deleting_an_oidc_credential_revokes_its_refresh_token_at_the_issuer(
+    issuer_api: Api, signed_in: dict[str, Any], oidc_server: OidcServer
+) -> None:
+    api, document = issuer_api, signed_in
+    await api.client.post("/api/keys", json={"userId": "ann"}, headers=api.headers())
+    await api.ctl.credentials.capture("ann", "oidc", json.dumps(document).encode())
+    deleted = await api.client.delete("/api/credentials/ann/oidc", headers=api.headers())
     assert deleted.status_code == 200, deleted.text
     assert deleted.json()["revocation"] == "revoked"
     refused = await oidc_server.refresh_grant(document["refresh_token"])
@@ -216,32 +227,23 @@ async def test_deleting_an_oidc_credential_revokes_its_refresh_token_at_the_issu
 
 
 async def test_deleting_an_oidc_credential_revokes_the_token_the_vm_refreshed_to(
-    api_settings: Settings,
-    agent_launcher: AgentLauncher,
-    tmp_path: Path,
-    oidc_server: OidcServer,
-    agent_client: httpx.Client,
+    issuer_api: Api, signed_in: dict[str, Any], oidc_server: OidcServer
 ) -> None:
     # The VM's agent refreshes the document itself and the vault learns of it only at the next
     # pull-back: what the VM holds is the live grant, and it is what must be revoked.
-    document = await asyncio.to_thread(oidc_login, agent_client, oidc_server)
+    api, document = issuer_api, signed_in
     answer = await oidc_server.refresh_grant(document["refresh_token"])
     assert answer.status_code == 200, answer.text
     tokens = answer.json()
     assert tokens["refresh_token"] != document["refresh_token"]  # rotated
     refreshed = {**document, "access_token": tokens["access_token"],
                  "refresh_token": tokens["refresh_token"]}  # fmt: skip
-    settings = api_settings.with_overrides(
-        oidc_issuer=oidc_server.issuer, oidc_client_id=oidc_server.client_id
-    )
-    async with running_api(settings, AgentBackend(agent_launcher), tmp_path / "image") as api:
-        vm_id = await vm_for(api, "ann")
-        await login(api, "ann", "oidc", vm_id, json.dumps(document).encode())
-        token = api.ctl.vms.agent_token(vm_id)
-        agent = AgentClient(api.ctl.vms.live_vm(vm_id).agent_url or "", token)
-        await agent.put_credentials("oidc", json.dumps(refreshed).encode())  # as its refresh
+    vm_id = await vm_for(api, "ann")
+    await login(api, "ann", "oidc", vm_id, json.dumps(document).encode())
+    agent = AgentClient(api.ctl.vms.live_vm(vm_id).agent_url or "", api.ctl.vms.agent_token(vm_id))
+    await agent.put_credentials("oidc", json.dumps(refreshed).encode())  # as its refresh
 
-        deleted = await api.client.delete("/api/credentials/ann/oidc", headers=api.headers())
+    deleted = await api.client.delete("/api/credentials/ann/oidc", headers=api.headers())
 
     assert deleted.status_code == 200, deleted.text
     assert deleted.json()["removedFrom"] == [vm_id]
