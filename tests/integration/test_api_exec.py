@@ -14,13 +14,14 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from httpx_sse import aconnect_sse
 
 from hearth.config import Settings
 from tests.agent_backend import AgentBackend
 from tests.integration.api_fixtures import *  # noqa: F403
-from tests.integration.api_fixtures import Api, assert_error, running_api
+from tests.integration.api_fixtures import Api, assert_error, running_api, served
 from tests.integration.conftest import AgentLauncher
 
 EXEC_CAP = 3
@@ -294,3 +295,29 @@ async def test_the_openapi_documents_the_exec_routes(api_agents: Api) -> None:
     assert {"202", "404", "409", "422", "429"} <= set(post["responses"])
     for path in ("/events", "/stdin", "/kill", ""):
         assert f"/api/vms/{{vm_id}}/exec/{{exec_id}}{path}" in document["paths"]
+
+
+async def test_a_revoked_key_stops_reading_a_command_it_was_following(api_agents: Api) -> None:
+    # A long command's output keeps coming; the key that started it is revoked: its stream
+    # ends, as its next request would be refused.
+    api = api_agents
+    vm_id, _ = await new_vm(api, "ann")
+    headers = api.headers(await api.user_key("ann"))
+    keys = (await api.client.get("/api/keys?userId=ann", headers=api.headers())).json()["keys"]
+    body = {"cmd": ["sh", "-c", "while :; do echo tick; sleep 0.1; done"], "timeoutS": 60}
+    async with (
+        served(api.app) as url,
+        httpx.AsyncClient(base_url=url) as client,
+        aconnect_sse(
+            client, "POST", f"/api/vms/{vm_id}/exec", json=body, headers=headers
+        ) as source,
+    ):
+        events = source.aiter_sse()
+        async with asyncio.timeout(10):
+            while (await anext(events)).event != "stdout":
+                pass
+        revoked = await api.client.delete(f"/api/keys/{keys[-1]['id']}", headers=api.headers())
+        assert revoked.status_code == 200, revoked.text
+        async with asyncio.timeout(10):  # the stream ends (the command would run a minute)
+            after = [event.event async for event in events]
+        assert "exit" not in after

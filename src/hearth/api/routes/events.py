@@ -15,7 +15,7 @@ from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import Response, StreamingResponse
 from fastapi.sse import format_sse_event
 
-from hearth.api.auth import AdminKey, Ctl, Key, scope_of
+from hearth.api.auth import AdminKey, Ctl, Key, scope_of, while_key_valid
 from hearth.api.context import Controller
 from hearth.api.headers import MAX_INT64
 from hearth.api.routes.execs import resume_point
@@ -81,11 +81,10 @@ async def list_events(
 async def _stream(
     ctl: Controller, after: int, user_id: str | None, key_id: str
 ) -> AsyncIterator[bytes]:
-    """The events as they come, while the key that opened the stream is not revoked: a key
-    revoked "stops authenticating at once", its open streams included."""
-    async for record in ctl.events.follow(after=after, user_id=user_id):
-        if (await ctl.store.api_keys.get(key_id)).is_revoked:
-            return
+    """The events as they come, while the key that opened the stream is not revoked (looked up
+    before each: events are few, and may be anyone's)."""
+    records = ctl.events.follow(after=after, user_id=user_id)
+    async for record in while_key_valid(ctl.store, key_id, records, every_s=0):
         data = json.dumps(event_payload(record))
         yield format_sse_event(data_str=data, event=record.type, id=str(record.id))
 

@@ -18,7 +18,8 @@ from fastapi import APIRouter, Header, Query
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.sse import format_sse_event
 
-from hearth.api.auth import Ctl, Key, scope_of
+from hearth.api.auth import Ctl, Key, scope_of, while_key_valid
+from hearth.api.context import Controller
 from hearth.api.headers import MAX_INT64, decimal
 from hearth.api.schemas import ERROR_RESPONSES
 from hearth.api.schemas_exec import (
@@ -34,6 +35,7 @@ from hearth.api.schemas_exec import (
 from hearth.control.execs import ExecEvent
 from hearth.errors import HearthError, InvalidInput
 from hearth.logging import get_logger
+from hearth.store import ApiKeyRecord
 
 router = APIRouter(tags=["exec"], responses=ERROR_RESPONSES)
 _log = get_logger("api.exec")
@@ -63,9 +65,15 @@ async def _encoded(
         yield _sse("error", exc.to_dict()["error"])
 
 
-def _stream(events: AsyncIterator[ExecEvent], exec_id: str, first: bytes | None = None) -> Response:
+def _stream(
+    ctl: Controller,
+    key: ApiKeyRecord,
+    events: AsyncIterator[ExecEvent],
+    exec_id: str,
+    first: bytes | None = None,
+) -> Response:
     return StreamingResponse(
-        _encoded(events, first),
+        while_key_valid(ctl.store, key.id, _encoded(events, first)),
         media_type="text/event-stream",
         headers={**_STREAM_HEADERS, EXEC_ID_HEADER: exec_id},
     )
@@ -96,7 +104,7 @@ async def exec_command(
         accepted = ExecAccepted(exec_id=exec_id, pid=started["pid"])
         return JSONResponse(accepted.model_dump(by_alias=True), status_code=202)
     events = ctl.execs.events(vm_id, scope_of(key), exec_id)
-    return _stream(events, exec_id, first=_sse("started", started, 0))
+    return _stream(ctl, key, events, exec_id, first=_sse("started", started, 0))
 
 
 # ``?after=``: where a stream resumes when no Last-Event-ID says.
@@ -128,7 +136,7 @@ async def exec_events(
     """The command's events (all of them, or those after ``Last-Event-ID`` / ``after``)."""
     resume = resume_point(after, last_event_id)
     events = await ctl.execs.opened(vm_id, scope_of(key), exec_id, after=resume)
-    return _stream(events, exec_id)
+    return _stream(ctl, key, events, exec_id)
 
 
 @router.get("/api/vms/{vm_id}/exec/{exec_id}")

@@ -17,7 +17,7 @@ from fastapi import APIRouter, Header
 from fastapi.responses import Response, StreamingResponse
 from fastapi.sse import format_sse_event
 
-from hearth.api.auth import Ctl, Key, scope_of
+from hearth.api.auth import Ctl, Key, scope_of, while_key_valid
 from hearth.api.routes.execs import AfterQuery, resume_point
 from hearth.api.schemas import ERROR_RESPONSES
 from hearth.api.schemas_exec import event_stream_doc
@@ -84,5 +84,7 @@ async def run_events(
         vm_id, run_id, scope_of(key), after=resume_point(after, last_event_id)
     )
     return StreamingResponse(
-        _encoded(events), media_type="text/event-stream", headers=_STREAM_HEADERS
+        while_key_valid(ctl.store, key.id, _encoded(events)),
+        media_type="text/event-stream",
+        headers=_STREAM_HEADERS,
     )
