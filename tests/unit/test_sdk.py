@@ -128,6 +128,8 @@ def test_a_vm_reads_camel_case_typed_and_ignores_fields_it_does_not_know() -> No
         (404, {"error": {"code": "not_found", "message": "no VM vm-1"}}, "not_found", "no VM vm-1"),
         (400, "Invalid HTTP request", "http_400", "Invalid HTTP request"),
         (502, "", "http_502", "HTTP 502"),
+        # Not the API's answer at all (a proxy redirecting http to https): typed, no TypeError.
+        (308, "", "http_308", "HTTP 308"),
     ],
 )
 def test_every_error_answer_becomes_hearth_api_error(
@@ -142,6 +144,13 @@ def test_every_error_answer_becomes_hearth_api_error(
         code,
         message,
     )
+
+
+def test_a_2xx_answer_that_is_not_the_apis_is_a_typed_error() -> None:
+    client, _ = client_with(httpx.Response(200, content=b"<html>a captive portal</html>"))
+    with client, pytest.raises(HearthApiError) as caught:
+        client.vms.list()
+    assert caught.value.code == "unexpected_answer"
 
 
 def test_url_and_key_come_from_the_environment_else_the_key_is_required(
@@ -190,6 +199,17 @@ def test_an_error_event_a_502_and_an_early_end_are_breaks_too() -> None:
         result = client.vms.get("vm-1").exec(["true"])
     assert (result.stdout, result.exit_code) == (b"one\n", 0)
     assert [r.headers.get("Last-Event-ID") for r in seen[2:]] == ["0", "0", "1"]
+
+
+def test_a_command_whose_stream_broke_before_started_still_names_its_id() -> None:
+    # The id came in the first answer's header; the stream picked up after 0 never shows
+    # ``started``.
+    client, _ = client_with(
+        httpx.Response(200, json=VM), stream([], broken=True), stream([LINE1, EXIT])
+    )
+    with client:
+        result = client.vms.get("vm-1").exec(["true"])
+    assert (result.exec_id, result.stdout) == ("x1", b"one\n")
 
 
 def test_breaks_in_a_row_past_max_resumes_raise_and_a_404_is_not_retried() -> None:

@@ -52,7 +52,8 @@ def login(
                     f"({session.id}); its link was shown when it started"
                 )
             else:
-                console.print(f"{api.url.rstrip('/')}{session.view_url}")
+                # One line whatever the terminal's width: a link broken in two does not work.
+                console.print(f"{api.url}{session.view_url}", soft_wrap=True)
             try:
                 session = _follow(session, timeout)
             except KeyboardInterrupt:

@@ -41,7 +41,8 @@ class ApiClient:
 
     def __init__(self, *, url: str | None = None, key: str | None = None) -> None:
         config = _config()
-        self.url = url or os.environ.get("HEARTH_URL") or config.get("url") or DEFAULT_URL
+        chosen = url or os.environ.get("HEARTH_URL") or config.get("url") or DEFAULT_URL
+        self.url = chosen.rstrip("/")
         self.key = key or os.environ.get("HEARTH_API_KEY") or config.get("key")
         if not self.key:
             raise Unauthorized(

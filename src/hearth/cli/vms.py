@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Annotated, Any
+from urllib.parse import quote
 
 import typer
 from rich.table import Table
@@ -85,7 +86,7 @@ def vm_list() -> None:
 @vm_app.command("show")
 def vm_show(vm_id: str) -> None:
     """Show one VM."""
-    vm = _call("GET", f"/api/vms/{vm_id}")
+    vm = _call("GET", f"/api/vms/{quote(vm_id, safe='')}")
     table = Table(show_header=False, title=vm_id)
     table.add_column("field", no_wrap=True)
     table.add_column("value", overflow="fold")
@@ -97,5 +98,5 @@ def vm_show(vm_id: str) -> None:
 @vm_app.command("destroy")
 def vm_destroy(vm_id: str) -> None:
     """Destroy a VM."""
-    vm = _call("DELETE", f"/api/vms/{vm_id}")
+    vm = _call("DELETE", f"/api/vms/{quote(vm_id, safe='')}")
     console.print(f"{vm['id']}: {vm['status']}")

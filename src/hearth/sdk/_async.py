@@ -157,10 +157,11 @@ class AsyncVm(Bound[_AsyncHttp], VmInfo):
         **options: Unpack[ExecOptions],
     ) -> ExecResult:
         """Run ``cmd`` to its end, as ``Vm.exec`` does."""
+        follower = ExecFollower(self.id, exec_body(cmd, options), self._http.config.resume)
         collector = ExecCollector()
-        async for event in self.exec_stream(cmd, **options):
+        async for event in self._http.events(follower):
             collector.add(event)
-        return collector.result()
+        return collector.result(exec_id=follower.exec_id)
 
     async def start_run(self, provider: str, prompt: str, **options: Unpack[RunOptions]) -> RunInfo:
         """``Vm.start_run``: the run, at once."""

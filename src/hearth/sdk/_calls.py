@@ -28,10 +28,18 @@ class Call(Generic[T_co]):
     waits_for_boot: bool = False
 
     def result(self, status: int, content: bytes) -> T_co:
-        """The answer read; HearthApiError when it is the API's error."""
-        if status >= 400:
+        """The answer read; HearthApiError when it is the API's error, or not the API's answer
+        at all (a redirect, a body that is not JSON: a proxy's, or a wrong URL's)."""
+        if not 200 <= status < 300:
             raise HearthApiError.of_answer(status, content)
-        return self.parse(json.loads(content) if content else None)
+        try:
+            return self.parse(json.loads(content) if content else None)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise HearthApiError(
+                status,
+                "unexpected_answer",
+                f"{self.method} {self.path}: not the API's answer ({exc})",
+            ) from exc
 
 
 def _vm_path(vm_id: str, action: str = "") -> str:

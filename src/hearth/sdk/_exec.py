@@ -98,12 +98,13 @@ class ExecCollector:
         else:
             self._exit = event
 
-    def result(self) -> ExecResult:
-        """The result, once the ``exit`` event has been added."""
+    def result(self, *, exec_id: str | None = None) -> ExecResult:
+        """The result, once the ``exit`` event has been added; ``exec_id``: the command's id as
+        its follower learnt it (a stream picked up again never shows ``started``)."""
         if self._exit is None:
             raise HearthConnectionError("stream_broken", "the events ended before the exit")
         return ExecResult(
-            exec_id=self._exec_id,
+            exec_id=self._exec_id or exec_id or "",
             stdout=b"".join(self._output["stdout"]),
             stderr=b"".join(self._output["stderr"]),
             exit_code=self._exit.code,

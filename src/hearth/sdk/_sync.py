@@ -161,10 +161,11 @@ class Vm(Bound[_Http], VmInfo):
     ) -> ExecResult:
         """Run ``cmd`` to its end; what it wrote and how it ended (``.check()`` raises unless
         it exited 0)."""
+        follower = ExecFollower(self.id, exec_body(cmd, options), self._http.config.resume)
         collector = ExecCollector()
-        for event in self.exec_stream(cmd, **options):
+        for event in self._http.events(follower):
             collector.add(event)
-        return collector.result()
+        return collector.result(exec_id=follower.exec_id)
 
     def start_run(self, provider: str, prompt: str, **options: Unpack[RunOptions]) -> RunInfo:
         """Start ``provider``'s CLI on ``prompt`` in this CLI VM (with the login delivered into
