@@ -86,6 +86,20 @@ async def test_typed_input_reaches_the_shell_and_its_output_comes_back(live_api:
     assert any(line.endswith("/workspace") for line in lines)  # the agent's workspace
 
 
+async def test_a_paste_bigger_than_the_agent_takes_at_once_arrives_whole(live_api: Live) -> None:
+    # xterm sends a paste as one frame; the agent takes at most 1 MiB a request.
+    vm_id = await new_vm(live_api, "ann")
+    link = await open_link(live_api, vm_id, live_api.keys["ann"])
+    paste = b"0123456789abcdef" * 80_000  # 1.28 MB
+
+    async with ready_terminal(live_api, link) as socket:
+        # Raw, so the line discipline passes every byte; the paste goes once the shell says so.
+        await socket.type('stty raw -echo; echo RE""ADY; head -c 1280000 | wc -c; stty sane\r')
+        await socket.until_screen("READY")
+        await socket.connection.send(paste)
+        await socket.until_screen("1280000")
+
+
 async def test_a_resize_message_changes_the_terminals_size(live_api: Live) -> None:
     vm_id = await new_vm(live_api, "ann")
     link = await open_link(live_api, vm_id, live_api.keys["ann"])

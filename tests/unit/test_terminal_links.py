@@ -1,4 +1,5 @@
-"""Terminal links (``TerminalService``'s one-time tokens) and the terminal page's shipped files.
+"""Terminal links (``TerminalService``'s one-time tokens), the relay's resumes over a stand-in
+exec service, and the terminal page's shipped files.
 
 The links are pure bookkeeping over a clock; the service's relay is tested end to end in
 ``tests/integration/test_api_terminal.py``.
@@ -6,15 +7,18 @@ The links are pure bookkeeping over a clock; the service's relay is tested end t
 
 from __future__ import annotations
 
+import asyncio
 import json
 import tomllib
+from collections.abc import AsyncIterator
 from fnmatch import fnmatch
 from pathlib import Path
 
 import pytest
 
 from hearth import terminal_page
-from hearth.control.terminals import MAX_PENDING_LINKS, Resize, TerminalService
+from hearth.agent_client import AgentError, AgentEvent
+from hearth.control.terminals import MAX_PENDING_LINKS, OUTPUT_RESUMES, Resize, TerminalService
 from hearth.errors import InvalidInput, ToolMissing, TooManyRunning, Unauthorized
 from hearth.links import link_token_hash, link_token_matches, mint_link_token
 
@@ -183,3 +187,61 @@ def test_the_page_loads_only_what_the_controller_serves() -> None:
     assert "http://" not in page
     assert "https://" not in page
     assert "<script>" not in page  # no inline script: the page's CSP allows none
+
+
+class BreakingExecs(RunnableVms):
+    """Stands in for ``ExecService`` under a shell whose event stream breaks after each event,
+    ``breaks`` times, then ends with its exit."""
+
+    def __init__(self, breaks: int) -> None:
+        super().__init__()
+        self.breaks = breaks
+        self.killed: list[str] = []
+
+    async def start(self, vm_id: str, user_id: str | None, request: object) -> dict[str, object]:
+        return {"execId": "x1", "pid": 7}
+
+    async def events(
+        self, vm_id: str, user_id: str | None, exec_id: str, *, after: int
+    ) -> AsyncIterator[AgentEvent]:
+        if after >= self.breaks:
+            yield AgentEvent(id=after + 1, type="exit", data={"code": 0})
+            return
+        yield AgentEvent(id=after + 1, type="stdout", data={"data": "x"})
+        raise AgentError("the agent's stream broke")
+
+    async def kill(self, vm_id: str, user_id: str | None, exec_id: str, signal: str) -> None:
+        self.killed.append(exec_id)
+
+
+class QuietPage:
+    """A page that types nothing and stays; what it was sent."""
+
+    def __init__(self) -> None:
+        self.output: list[bytes] = []
+        self.statuses: list[dict[str, object]] = []
+
+    async def receive(self) -> bytes | Resize | None:
+        await asyncio.Event().wait()
+        return None
+
+    async def send_output(self, data: bytes) -> None:
+        self.output.append(data)
+
+    async def send_status(self, message: dict[str, object]) -> None:
+        self.statuses.append(message)
+
+
+async def test_a_terminal_rides_out_breaks_that_each_come_after_output(clock: Clock) -> None:
+    # Breaks in a row end a terminal; breaks over a long life, each after output, do not.
+    execs = BreakingExecs(breaks=OUTPUT_RESUMES + 3)
+    terminals = TerminalService(execs=execs, link_ttl_s=60.0, clock=clock)  # type: ignore[arg-type]
+    link = await terminals.open_link("vm-1", "ann")
+    page = QuietPage()
+
+    async with asyncio.timeout(30):
+        await terminals.run(terminals.claim(link.terminal_id, link.token), page, Resize(80, 24))
+
+    assert len(page.output) == OUTPUT_RESUMES + 3
+    assert page.statuses[-1] == {"type": "exit", "code": 0}
+    assert execs.killed == ["x1"]

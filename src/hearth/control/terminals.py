@@ -46,6 +46,8 @@ MAX_PENDING_LINKS = 1024
 # Input coalesced into one write to the terminal, at most.
 MAX_INPUT_CHUNK = 64 * 1024
 INPUT_QUEUE_ITEMS = 256
+# How often input the agent's full stdin backlog refused is sent again (about 20 s in all).
+BACKLOG_RETRIES = 25
 # How often a broken event stream from the agent is picked up again in a row.
 OUTPUT_RESUMES = 3
 KILL_TIMEOUT_S = 10.0
@@ -206,21 +208,22 @@ class TerminalService:
             )
 
     async def _to_peer(self, grant: TerminalGrant, exec_id: str, peer: TerminalPeer) -> None:
-        last = 0
-        for attempt in range(OUTPUT_RESUMES + 1):
+        last, breaks = 0, 0  # breaks in a row: an event in between starts the count again
+        while breaks <= OUTPUT_RESUMES:
             try:
                 async for event in self.execs.events(
                     grant.vm_id, grant.user_id, exec_id, after=last
                 ):
-                    last = event.id
+                    last, breaks = event.id, 0
                     if event.type == "exit":
                         await peer.send_status({"type": "exit", **event.data})
                         return
                     await peer.send_output(_output_bytes(event.data))
             except AgentError:
-                if attempt == OUTPUT_RESUMES:
+                if breaks == OUTPUT_RESUMES:
                     raise
-                await asyncio.sleep(0.2 * 2**attempt)
+                await asyncio.sleep(0.2 * 2**breaks)
+            breaks += 1
 
     async def _from_peer(self, grant: TerminalGrant, exec_id: str, peer: TerminalPeer) -> None:
         queue: asyncio.Queue[bytes | Resize | None] = asyncio.Queue(INPUT_QUEUE_ITEMS)
@@ -257,9 +260,21 @@ class TerminalService:
     ) -> None:
         if isinstance(item, Resize):
             await self.execs.resize(grant.vm_id, grant.user_id, exec_id, item.cols, item.rows)
-        elif item:
-            body = {"data": base64.b64encode(item).decode("ascii"), "encoding": "base64"}
-            await self.execs.stdin(grant.vm_id, grant.user_id, exec_id, body)
+            return
+        # A paste comes as one frame, however big: it goes in writes the agent takes, each
+        # again while the shell has not read the ones before (the agent's backlog is full).
+        for start in range(0, len(item or b""), MAX_INPUT_CHUNK):
+            chunk = (item or b"")[start : start + MAX_INPUT_CHUNK]
+            body = {"data": base64.b64encode(chunk).decode("ascii"), "encoding": "base64"}
+            for attempt in range(BACKLOG_RETRIES + 1):
+                try:
+                    await self.execs.stdin(grant.vm_id, grant.user_id, exec_id, body)
+                    break
+                except HearthError as exc:
+                    full = getattr(exc, "agent_code", None) == "stdin_backlog_full"
+                    if not full or attempt == BACKLOG_RETRIES:
+                        raise
+                    await asyncio.sleep(min(0.05 * 2**attempt, 1.0))
 
     async def _kill(self, grant: TerminalGrant, exec_id: str) -> None:
         try:
