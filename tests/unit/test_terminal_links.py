@@ -18,7 +18,13 @@ import pytest
 
 from hearth import terminal_page
 from hearth.agent_client import AgentError, AgentEvent
-from hearth.control.terminals import MAX_PENDING_LINKS, OUTPUT_RESUMES, Resize, TerminalService
+from hearth.control.terminals import (
+    MAX_PENDING_LINKS,
+    MAX_PENDING_LINKS_PER_USER,
+    OUTPUT_RESUMES,
+    Resize,
+    TerminalService,
+)
 from hearth.errors import InvalidInput, ToolMissing, TooManyRunning, Unauthorized
 from hearth.links import link_token_hash, link_token_matches, mint_link_token
 
@@ -109,13 +115,21 @@ async def test_links_are_distinct_and_only_their_hash_is_kept(
 async def test_expired_links_make_room_and_a_flood_is_refused(
     terminals: TerminalService, clock: Clock
 ) -> None:
-    for _ in range(MAX_PENDING_LINKS):
-        await terminals.open_link("vm-1", "ann")
+    for n in range(MAX_PENDING_LINKS):
+        await terminals.open_link("vm-1", f"user-{n % 64}")
     with pytest.raises(TooManyRunning):
         await terminals.open_link("vm-1", "ann")
 
     clock.now += 61.0
     assert terminals.is_pending((await terminals.open_link("vm-1", "ann")).terminal_id)
+
+
+async def test_one_callers_flood_leaves_room_for_the_others(terminals: TerminalService) -> None:
+    for _ in range(MAX_PENDING_LINKS_PER_USER):
+        await terminals.open_link("vm-1", "mallory")
+    with pytest.raises(TooManyRunning, match="of this caller"):
+        await terminals.open_link("vm-1", "mallory")
+    assert terminals.is_pending((await terminals.open_link("vm-2", "ann")).terminal_id)
 
 
 async def test_close_forgets_unopened_links(terminals: TerminalService) -> None:

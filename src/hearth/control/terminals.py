@@ -43,6 +43,7 @@ SHELL_ENV = {"SHELL": "/bin/bash", "COLORTERM": "truecolor", **quiet_env()}
 MAX_CELLS = 1000  # columns or rows (the agent's own limit)
 # Unopened links kept at once; past it a new link is refused until some expire.
 MAX_PENDING_LINKS = 1024
+MAX_PENDING_LINKS_PER_USER = 32  # of them, one caller's (all admins count as one)
 # Input coalesced into one write to the terminal, at most.
 MAX_INPUT_CHUNK = 64 * 1024
 INPUT_QUEUE_ITEMS = 256
@@ -141,6 +142,11 @@ class TerminalService:
         if len(self._pending) >= MAX_PENDING_LINKS:
             raise TooManyRunning(
                 f"{len(self._pending)} terminal links wait to be opened; retry once some expire"
+            )
+        mine = sum(p.user_id == user_id for p in self._pending.values())
+        if mine >= MAX_PENDING_LINKS_PER_USER:  # one user's flood leaves room for the others
+            raise TooManyRunning(
+                f"{mine} terminal links of this caller wait to be opened; retry once some expire"
             )
         terminal_id = f"term-{uuid.uuid4()}"
         token = mint_link_token()
