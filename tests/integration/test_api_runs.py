@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from httpx_sse import aconnect_sse
 
@@ -25,6 +26,7 @@ from hearth.config import Settings
 from hearth.errors import EventsGone
 from hearth.runs import RunCommand
 from hearth.runs import run_command as real_run_command
+from hearth.sdk import AsyncHearth
 from hearth_agent.wire import Provider
 from tests.agent_backend import AgentBackend
 from tests.integration.api_fixtures import *  # noqa: F403
@@ -159,6 +161,18 @@ async def test_a_run_streams_the_answer_in_order_and_completes_with_usage(api_ru
     assert body["lastEventId"] == ids[-1]
     listed = await api_runs.client.get(f"/api/vms/{vm_id}/runs", headers=headers)
     assert [r["id"] for r in listed.json()["runs"]] == [run["id"]]
+
+
+async def test_the_async_sdk_streams_a_run_as_the_sync_one_does(api_runs: Api) -> None:
+    vm_id, headers = await logged_in_vm(api_runs, "ann")
+    key = headers["Authorization"].removeprefix("Bearer ")
+    transport = httpx.ASGITransport(app=api_runs.app)
+    async with AsyncHearth("http://hearth.test", key, transport=transport) as client:
+        vm = await client.vms.get(vm_id)
+        prompt = script(answer_lines("claude_code"))
+        events = [event async for event in vm.run_stream("claude_code", prompt)]
+    assert (events[0].type, events[-1].type) == ("run.started", "run.completed")
+    assert "".join(e.data["text"] for e in events if e.type == "message.delta") == ANSWER
 
 
 @pytest.mark.parametrize(

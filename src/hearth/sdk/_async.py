@@ -173,6 +173,14 @@ class AsyncVm(Bound[_AsyncHttp], VmInfo):
             RunFollower(self.id, run_id, self._http.config.resume, after=after)
         )
 
+    async def run_stream(
+        self, provider: str, prompt: str, **options: Unpack[RunOptions]
+    ) -> AsyncIterator[RunEvent]:
+        """``Vm.run_stream`` for ``async for``: ``start_run`` then ``run_events``."""
+        run = await self.start_run(provider, prompt, **options)
+        async for event in self.run_events(run.id):
+            yield event
+
     async def run(self, provider: str, prompt: str, **options: Unpack[RunOptions]) -> RunResult:
         """``Vm.run``: the run to its end."""
         run = await self.start_run(provider, prompt, **options)
