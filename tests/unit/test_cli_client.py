@@ -1,10 +1,18 @@
-"""The command line's own API client: where it sends, as the SDK does."""
+"""The command line's own API client (where it sends, as the SDK does), and its exit statuses
+when a command's stream is lost."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
+import typer
 
 from hearth.cli.client import ApiClient
+from hearth.cli.common import EXIT_LOST
+from hearth.cli.exec import EXIT_NOT_RUN
+from hearth.cli.exec import _follow as follow_exec
+from hearth.sdk import ExecStarted, HearthConnectionError
 
 
 @pytest.mark.parametrize("url", ["http://hearth.test:4000", "http://hearth.test:4000/"])
@@ -14,3 +22,29 @@ def test_a_url_with_or_without_a_trailing_slash_gives_the_same_paths(
     # "//api/vms" is another path to the server: every command but the SDK's answered 404.
     monkeypatch.setenv("HEARTH_URL", url)
     assert ApiClient(key="k").url == "http://hearth.test:4000"
+
+
+class LostAfter:
+    """A VM whose command's events break off after ``events`` (the SDK gave up resuming)."""
+
+    def __init__(self, events: list[object]) -> None:
+        self.events = events
+
+    def exec_stream(self, cmd: list[str], **options: object) -> Iterator[object]:
+        yield from self.events
+        raise HearthConnectionError("stream_broken", "gave up after 5 breaks in a row")
+
+
+@pytest.mark.parametrize(
+    ("events", "status"),
+    [([], EXIT_NOT_RUN), ([ExecStarted(exec_id="x1", pid=7, id=0)], EXIT_LOST)],
+    ids=["before-started", "after-started"],
+)
+def test_hearth_exec_says_not_run_only_for_a_command_that_did_not_start(
+    events: list[object], status: int
+) -> None:
+    # 125 tells a wrapper the command never ran (safe to try again); one that started and
+    # was lost must not read so.
+    with pytest.raises(typer.Exit) as ended:
+        follow_exec(LostAfter(events), ["true"], {})  # type: ignore[arg-type]
+    assert ended.value.exit_code == status

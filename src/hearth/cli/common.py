@@ -42,6 +42,11 @@ def fail_sdk(error_code: str, message: str, *, code: int = 1) -> NoReturn:
     raise typer.Exit(code)
 
 
+# A command or run started in the VM, but how it ended was not seen (its stream, or the API,
+# was lost): not "could not start" (125), which a wrapper may take as safe to try again.
+EXIT_LOST = 255
+
+
 @contextmanager
 def ending_on_errors(*, code: int = 1) -> Iterator[None]:
     """End the command with exit status ``code`` and the code and message of an error of

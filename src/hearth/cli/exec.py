@@ -8,6 +8,7 @@ the command runs under the VM's agent and loses nothing meanwhile.
 
 from __future__ import annotations
 
+import itertools
 import signal
 import sys
 from typing import Annotated
@@ -15,7 +16,7 @@ from typing import Annotated
 import typer
 
 from hearth.cli.client import ApiClient
-from hearth.cli.common import ending_on_errors
+from hearth.cli.common import EXIT_LOST, ending_on_errors
 from hearth.errors import InvalidInput
 from hearth.sdk import (
     ExecExit,
@@ -54,15 +55,20 @@ def exit_status(ended: ExecExit) -> int:
 
 def _follow(vm: Vm, cmd: list[str], options: ExecOptions) -> int:
     """Stream the command's output here; its exit status. The SDK picks a broken stream up
-    again after the last event seen."""
-    for event in vm.exec_stream(cmd, **options):
-        if isinstance(event, ExecOutput):
-            stream = sys.stdout if event.stream == "stdout" else sys.stderr
-            stream.buffer.write(event.data)
-            stream.buffer.flush()
-        elif isinstance(event, ExecExit):
-            return exit_status(event)
-    raise HearthConnectionError("stream_broken", "the event stream ended before the command did")
+    again after the last event seen; an error once the command started ends this with
+    ``EXIT_LOST``, not "not run"."""
+    events = vm.exec_stream(cmd, **options)
+    with ending_on_errors(code=EXIT_NOT_RUN):
+        first = next(events, None)  # ``started``: the command runs from here
+    with ending_on_errors(code=EXIT_LOST):
+        for event in itertools.chain([first] if first else [], events):
+            if isinstance(event, ExecOutput):
+                stream = sys.stdout if event.stream == "stdout" else sys.stderr
+                stream.buffer.write(event.data)
+                stream.buffer.flush()
+            elif isinstance(event, ExecExit):
+                return exit_status(event)
+        raise HearthConnectionError("stream_broken", "the event stream ended before the command")
 
 
 def exec_command(

@@ -16,7 +16,7 @@ import typer
 from rich.markup import escape
 
 from hearth.cli.client import ApiClient
-from hearth.cli.common import ending_on_errors, err_console
+from hearth.cli.common import EXIT_LOST, ending_on_errors, err_console
 from hearth.sdk import Hearth, HearthSdkError, RunEvent, Vm
 from hearth_agent.wire import Provider
 
@@ -100,12 +100,15 @@ def run_command(
     text = sys.stdin.read() if prompt == "-" else prompt
     with ending_on_errors(code=EXIT_NOT_STARTED):
         api = ApiClient()
-        with Hearth(api.url, api.key) as client:
+        client = Hearth(api.url, api.key)
+    with client:
+        with ending_on_errors(code=EXIT_NOT_STARTED):
             vm = client.vms.get(vm_id)
             run = vm.start_run(
                 provider.value, text, model=model, resume=resume, cwd=cwd, timeout_s=timeout
             )
-            if not as_json:
-                err_console.print(f"run {run.id} ({provider.value}) started")
+        if not as_json:
+            err_console.print(f"run {run.id} ({provider.value}) started")
+        with ending_on_errors(code=EXIT_LOST):
             status = _follow(vm, run.id, as_json=as_json)
     raise typer.Exit(status)
