@@ -321,3 +321,18 @@ async def test_a_revoked_key_stops_reading_a_command_it_was_following(api_agents
         async with asyncio.timeout(10):  # the stream ends (the command would run a minute)
             after = [event.event async for event in events]
         assert "exit" not in after
+
+
+async def test_a_quiet_commands_stream_carries_keepalives(
+    api_agents: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A proxy that cuts idle connections must not cut a command that prints nothing a while.
+    monkeypatch.setattr("hearth.api.streams.KEEPALIVE_S", 0.2)
+    api = api_agents
+    vm_id, headers = await new_vm(api, "ann")
+    answer = await api.client.post(
+        f"/api/vms/{vm_id}/exec", json={"cmd": ["sleep", "1"]}, headers=headers
+    )
+    assert answer.status_code == 200, answer.text
+    assert b": keepalive\n\n" in answer.content
+    assert b"event: exit" in answer.content

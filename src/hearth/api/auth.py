@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import AsyncIterator
-from typing import Annotated, TypeVar
+from typing import Annotated
 
 from fastapi import Depends, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -12,10 +10,6 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from hearth.api.context import Controller, controller
 from hearth.errors import Forbidden, Unauthorized
 from hearth.store import ApiKeyRecord, Store
-
-T = TypeVar("T")
-# How often a stream a key opened looks again whether the key was revoked meanwhile.
-KEY_RECHECK_S = 1.0
 
 # Where the key guard leaves the key it authenticated, in the request's state.
 API_KEY_STATE = "api_key"
@@ -65,23 +59,3 @@ def scope_of(key: ApiKeyRecord) -> str | None:
 Key = Annotated[ApiKeyRecord, Depends(api_key)]
 AdminKey = Annotated[ApiKeyRecord, Depends(admin_key)]
 Ctl = Annotated[Controller, Depends(controller)]
-
-
-async def while_key_valid(
-    store: Store, key_id: str, items: AsyncIterator[T], *, every_s: float = KEY_RECHECK_S
-) -> AsyncIterator[T]:
-    """``items`` (a stream's), ended when the key that opened the stream is revoked: a revoked
-    key stops authenticating at once, its open streams included. The key is looked up before
-    an item once ``every_s`` passed since the last look (0: before every item)."""
-    looked = time.monotonic()
-    try:
-        async for item in items:
-            if time.monotonic() - looked >= every_s:
-                if (await store.api_keys.get(key_id)).is_revoked:
-                    return
-                looked = time.monotonic()
-            yield item
-    finally:
-        close = getattr(items, "aclose", None)  # the stream it reads ends with it
-        if close is not None:
-            await close()

@@ -18,6 +18,7 @@ from hearth.sdk import _calls as calls
 from hearth.sdk._config import (
     DEFAULT_RESUME,
     DEFAULT_TIMEOUT_S,
+    STREAM_READ_TIMEOUT_S,
     ClientConfig,
     Deadline,
     ResumePolicy,
@@ -75,8 +76,9 @@ class _AsyncHttp:
         return call.result(answer.status_code, answer.content)
 
     async def events(self, follower: Follower[E]) -> AsyncIterator[E]:
-        # No read timeout: a command may print nothing for a long time.
-        timeout = httpx.Timeout(self.config.timeout_s, read=None)
+        # A quiet command's stream still carries the API's keepalives; nothing at all for this
+        # long is a dead connection (a laptop that slept, a forgotten NAT entry).
+        timeout = httpx.Timeout(self.config.timeout_s, read=STREAM_READ_TIMEOUT_S)
         while (request := follower.request()) is not None:
             try:
                 async with aconnect_sse(

@@ -11,6 +11,9 @@ from hearth.sdk._errors import HearthConfigError, WaitTimeout
 
 DEFAULT_URL = "http://127.0.0.1:4000"
 DEFAULT_TIMEOUT_S = 60.0
+# An event stream that brings nothing, not even the API's keepalive (every 15 s), this long is
+# taken for a dead connection and picked up again (a quiet command is not: keepalives come).
+STREAM_READ_TIMEOUT_S = 60.0
 # Creating a VM with wait=True answers once its agent is healthy: a cold boot on a slow host.
 DEFAULT_BOOT_TIMEOUT_S = 600.0
 

@@ -12,10 +12,10 @@ from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import Response
 from fastapi.sse import format_sse_event
 
-from hearth.api.auth import AdminKey, Ctl, Key, scope_of, while_key_valid
+from hearth.api.auth import AdminKey, Ctl, Key, scope_of
 from hearth.api.context import Controller
 from hearth.api.headers import MAX_INT64
 from hearth.api.routes.execs import resume_point
@@ -31,11 +31,10 @@ from hearth.api.schemas_events import (
     WebhookOut,
 )
 from hearth.api.schemas_exec import event_stream_doc
+from hearth.api.streams import EVENT_STREAM, event_stream
 from hearth.events.log import event_payload
 
 router = APIRouter(tags=["events"], responses=ERROR_RESPONSES)
-_STREAM_HEADERS = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
-_EVENT_STREAM = "text/event-stream"
 
 
 @router.get(
@@ -63,13 +62,10 @@ async def list_events(
 ) -> Response:
     """Events (a user's own; an admin's: all), paged or followed."""
     user_id = scope_of(key)
-    if _EVENT_STREAM in request.headers.get("accept", ""):
+    if EVENT_STREAM in request.headers.get("accept", ""):
         after = resume_point(since, last_event_id)
-        return StreamingResponse(
-            _stream(ctl, after, user_id, key.id),
-            media_type=_EVENT_STREAM,
-            headers=_STREAM_HEADERS,
-        )
+        # The key is looked up before each event: events are few, and may be anyone's.
+        return event_stream(ctl.store, key, _stream(ctl, after, user_id), key_every_s=0)
     records = await ctl.events.list(after=since, user_id=user_id, limit=limit)
     page = EventList(
         events=[EventOut.model_validate(event_payload(r)) for r in records],
@@ -78,13 +74,9 @@ async def list_events(
     return Response(page.model_dump_json(by_alias=True), media_type="application/json")
 
 
-async def _stream(
-    ctl: Controller, after: int, user_id: str | None, key_id: str
-) -> AsyncIterator[bytes]:
-    """The events as they come, while the key that opened the stream is not revoked (looked up
-    before each: events are few, and may be anyone's)."""
-    records = ctl.events.follow(after=after, user_id=user_id)
-    async for record in while_key_valid(ctl.store, key_id, records, every_s=0):
+async def _stream(ctl: Controller, after: int, user_id: str | None) -> AsyncIterator[bytes]:
+    """The events as they come."""
+    async for record in ctl.events.follow(after=after, user_id=user_id):
         data = json.dumps(event_payload(record))
         yield format_sse_event(data_str=data, event=record.type, id=str(record.id))
 

@@ -15,10 +15,10 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.sse import format_sse_event
 
-from hearth.api.auth import Ctl, Key, scope_of, while_key_valid
+from hearth.api.auth import Ctl, Key, scope_of
 from hearth.api.context import Controller
 from hearth.api.headers import MAX_INT64, decimal
 from hearth.api.schemas import ERROR_RESPONSES
@@ -32,6 +32,7 @@ from hearth.api.schemas_exec import (
     ExecStdinQueued,
     event_stream_doc,
 )
+from hearth.api.streams import event_stream
 from hearth.control.execs import ExecEvent
 from hearth.errors import HearthError, InvalidInput
 from hearth.logging import get_logger
@@ -40,7 +41,6 @@ from hearth.store import ApiKeyRecord
 router = APIRouter(tags=["exec"], responses=ERROR_RESPONSES)
 _log = get_logger("api.exec")
 EXEC_ID_HEADER = "X-Hearth-Exec-Id"
-_STREAM_HEADERS = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
 
 
 def _sse(event: str, data: dict[str, Any], event_id: int | None = None) -> bytes:
@@ -72,11 +72,7 @@ def _stream(
     exec_id: str,
     first: bytes | None = None,
 ) -> Response:
-    return StreamingResponse(
-        while_key_valid(ctl.store, key.id, _encoded(events, first)),
-        media_type="text/event-stream",
-        headers={**_STREAM_HEADERS, EXEC_ID_HEADER: exec_id},
-    )
+    return event_stream(ctl.store, key, _encoded(events, first), headers={EXEC_ID_HEADER: exec_id})
 
 
 @router.post(

@@ -14,21 +14,21 @@ from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import APIRouter, Header
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import Response
 from fastapi.sse import format_sse_event
 
-from hearth.api.auth import Ctl, Key, scope_of, while_key_valid
+from hearth.api.auth import Ctl, Key, scope_of
 from hearth.api.routes.execs import AfterQuery, resume_point
 from hearth.api.schemas import ERROR_RESPONSES
 from hearth.api.schemas_exec import event_stream_doc
 from hearth.api.schemas_run import RUN_EVENTS, RunCreate, RunList, RunOut
+from hearth.api.streams import event_stream
 from hearth.errors import HearthError
 from hearth.logging import get_logger
 from hearth.store.records import RunEventRecord
 
 router = APIRouter(tags=["runs"], responses=ERROR_RESPONSES)
 _log = get_logger("api.runs")
-_STREAM_HEADERS = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
 
 
 @router.post("/api/vms/{vm_id}/runs", status_code=202)
@@ -83,8 +83,4 @@ async def run_events(
     events = await ctl.runs.events(
         vm_id, run_id, scope_of(key), after=resume_point(after, last_event_id)
     )
-    return StreamingResponse(
-        while_key_valid(ctl.store, key.id, _encoded(events)),
-        media_type="text/event-stream",
-        headers=_STREAM_HEADERS,
-    )
+    return event_stream(ctl.store, key, _encoded(events))
