@@ -145,6 +145,27 @@ async def test_the_shell_ending_ends_the_socket_with_its_exit(live_api: Live) ->
     assert ended["reason"] == "exited"
 
 
+async def test_a_revoked_key_ends_its_terminal_and_its_unopened_links(live_api: Live) -> None:
+    # A revoked key stops authenticating at once: a shell it opened ends, and so does the use
+    # of a link it asked for.
+    api = live_api.api
+    vm_id = await new_vm(live_api, "ann")
+    key = await api.user_key("ann")
+    key_id = (await api.client.get("/api/keys?userId=ann", headers=api.headers())).json()["keys"]
+    key_id = key_id[-1]["id"]  # the newest
+    link, spare = [await open_link(live_api, vm_id, key) for _ in range(2)]
+
+    async with ready_terminal(live_api, link) as socket:
+        revoked = await api.client.delete(f"/api/keys/{key_id}", headers=api.headers())
+        assert revoked.status_code == 200, revoked.text
+        error = await socket.until_status("error")
+        assert error["code"] == "unauthorized"
+        await socket.until_closed()
+
+    code, refusal = await refused(live_api, spare)
+    assert (code, refusal["code"]) == (4401, "unauthorized")
+
+
 # --- the link: one use, a short life, the right user ------------------------------------------
 
 

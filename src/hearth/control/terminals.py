@@ -24,7 +24,7 @@ import base64
 import contextlib
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -52,6 +52,8 @@ BACKLOG_RETRIES = 25
 # How often a broken event stream from the agent is picked up again in a row.
 OUTPUT_RESUMES = 3
 KILL_TIMEOUT_S = 10.0
+# How often an open terminal looks whether the key that asked for it was revoked.
+KEY_RECHECK_S = 1.0
 _log = get_logger("control.terminals")
 
 
@@ -93,6 +95,11 @@ class TerminalGrant:
     terminal_id: str
     vm_id: str
     user_id: str | None
+    key_id: str | None = None  # the API key that asked for the link
+
+
+# Whether the key that asked for a terminal's link was revoked since (its terminal then ends).
+KeyRevoked = Callable[[str], Awaitable[bool]]
 
 
 @dataclass(frozen=True)
@@ -101,6 +108,7 @@ class _Pending:
     user_id: str | None
     token_hash: str
     expires_at: float
+    key_id: str | None
 
 
 class TerminalPeer(Protocol):
@@ -133,8 +141,11 @@ class TerminalService:
         self._stopping = asyncio.Event()
         self._open: set[asyncio.Event] = set()  # one per terminal; set once its exec is killed
 
-    async def open_link(self, vm_id: str, user_id: str | None) -> TerminalLink:
-        """A one-time link to a terminal in the VM; NotFound or Conflict as for an exec."""
+    async def open_link(
+        self, vm_id: str, user_id: str | None, *, key_id: str | None = None
+    ) -> TerminalLink:
+        """A one-time link to a terminal in the VM, for the caller ``user_id`` (None: an admin)
+        whose key ``key_id`` asks; NotFound or Conflict as for an exec."""
         await self.execs.runnable(vm_id, user_id)
         now = self._clock()
         for expired in [tid for tid, p in self._pending.items() if p.expires_at <= now]:
@@ -155,6 +166,7 @@ class TerminalService:
             user_id=user_id,
             token_hash=link_token_hash(token),
             expires_at=now + self.link_ttl_s,
+            key_id=key_id,
         )
         _log.info("terminal_link_opened", terminal_id=terminal_id, vm_id=vm_id, user_id=user_id)
         return TerminalLink(
@@ -174,11 +186,25 @@ class TerminalService:
         del self._pending[terminal_id]
         if pending.expires_at <= self._clock():
             raise Unauthorized("this terminal link has expired; ask for a new one")
-        return TerminalGrant(terminal_id=terminal_id, vm_id=pending.vm_id, user_id=pending.user_id)
+        return TerminalGrant(
+            terminal_id=terminal_id,
+            vm_id=pending.vm_id,
+            user_id=pending.user_id,
+            key_id=pending.key_id,
+        )
 
-    async def run(self, grant: TerminalGrant, peer: TerminalPeer, size: Resize) -> None:
-        """Start the shell and relay until the page or the shell ends (or ``close``); then
-        kill the exec."""
+    async def run(
+        self,
+        grant: TerminalGrant,
+        peer: TerminalPeer,
+        size: Resize,
+        *,
+        revoked: KeyRevoked | None = None,
+    ) -> None:
+        """Start the shell and relay until the page or the shell ends (or ``close``, or the
+        grant's key is ``revoked``: looked at every ``KEY_RECHECK_S``); then kill the exec."""
+        if revoked is not None and grant.key_id is not None and await revoked(grant.key_id):
+            raise Unauthorized("the API key that asked for this terminal was revoked")
         request = ExecRequest(cmd=list(SHELL), env=SHELL_ENV, pty=(size.cols, size.rows))
         started = await self.execs.start(grant.vm_id, grant.user_id, request)
         exec_id = str(started["execId"])
@@ -186,7 +212,7 @@ class TerminalService:
         ended = asyncio.Event()
         self._open.add(ended)
         try:
-            await self._relay(grant, exec_id, peer)
+            await self._relay(grant, exec_id, peer, revoked)
         finally:
             await self._kill(grant, exec_id)
             self._open.discard(ended)
@@ -201,12 +227,18 @@ class TerminalService:
             async with asyncio.timeout(2 * KILL_TIMEOUT_S):
                 await asyncio.gather(*(ended.wait() for ended in list(self._open)))
 
-    async def _relay(self, grant: TerminalGrant, exec_id: str, peer: TerminalPeer) -> None:
+    async def _relay(
+        self, grant: TerminalGrant, exec_id: str, peer: TerminalPeer, revoked: KeyRevoked | None
+    ) -> None:
         await peer.send_status({"type": "ready"})
+        watching = []
+        if revoked is not None and grant.key_id is not None:
+            watching.append(_until_revoked(grant.key_id, revoked, peer))
         await _first_done(
             self._to_peer(grant, exec_id, peer),
             self._from_peer(grant, exec_id, peer),
             self._stopping.wait(),
+            *watching,
         )
         if self._stopping.is_set():
             await peer.send_status(
@@ -312,3 +344,12 @@ async def _first_done(*coroutines: Any) -> None:
 def _output_bytes(data: dict[str, Any]) -> bytes:
     chunk = str(data.get("data", ""))
     return base64.b64decode(chunk) if data.get("encoding") == "base64" else chunk.encode()
+
+
+async def _until_revoked(key_id: str, revoked: KeyRevoked, peer: TerminalPeer) -> None:
+    """Return once the key ``key_id`` is revoked (looked at every ``KEY_RECHECK_S``), having
+    told the page why its terminal ends."""
+    while not await revoked(key_id):
+        await asyncio.sleep(KEY_RECHECK_S)
+    message = "the API key that asked for this terminal was revoked"
+    await peer.send_status({"type": "error", "code": "unauthorized", "message": message})

@@ -64,7 +64,7 @@ class TerminalOpened(WireModel):
 @router.post("/api/vms/{vm_id}/terminal", status_code=201, responses=ERROR_RESPONSES)
 async def open_terminal(vm_id: str, key: Key, ctl: Ctl) -> TerminalOpened:
     """A one-time link to a login shell on a terminal in this CLI VM (409 unless it is ready)."""
-    link = await ctl.terminals.open_link(vm_id, scope_of(key))
+    link = await ctl.terminals.open_link(vm_id, scope_of(key), key_id=key.id)
     return TerminalOpened(
         terminal_id=link.terminal_id,
         url=f"/terminal/{link.terminal_id}#token={link.token}",
@@ -151,7 +151,11 @@ async def terminal_socket(websocket: WebSocket, terminal_id: str) -> None:
     try:
         token, size = await _opening(websocket)
         grant = ctl.terminals.claim(terminal_id, token)
-        await ctl.terminals.run(grant, peer, size)
+
+        async def revoked(key_id: str) -> bool:
+            return (await ctl.store.api_keys.get(key_id)).is_revoked
+
+        await ctl.terminals.run(grant, peer, size, revoked=revoked)
     except WebSocketDisconnect:
         return
     except HearthError as exc:
