@@ -8,6 +8,7 @@ the vault and every VM, rotation starting a fresh login, and (with the real OAut
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -165,6 +166,30 @@ async def test_a_deleted_credential_leaves_paused_and_hibernated_vms_which_sleep
         assert held(await in_vm(api, vm_id))["codex"] is False
     network = (await api.client.get(f"/api/vms/{paused}/network", headers=admin)).json()
     assert "codex" not in network["providers"]
+
+
+async def test_a_hibernated_vm_with_no_room_to_wake_keeps_the_credential_and_says_so(
+    agent_api: Api,
+) -> None:
+    # Its document cannot be removed now: the delete is refused, naming it, and the vault's
+    # copy stays, so a later delete (or the VM's destroy) can still take it out.
+    api = agent_api
+    vm_id = await vm_for(api, "ann")
+    await login(api, "ann", "codex", vm_id, json.dumps(sample_document("codex", "a")).encode())
+    admin = api.headers()
+    asleep = await api.client.post(f"/api/vms/{vm_id}/hibernate", headers=admin)
+    assert asleep.status_code == 200, asleep.text
+    roomy = api.ctl.vms.quotas
+    api.ctl.vms.quotas = dataclasses.replace(roomy, memory_limit_mib=0)
+
+    refused = await api.client.delete("/api/credentials/ann/codex", headers=admin)
+
+    assert vm_id in assert_error(refused, 409, "conflict")["message"]
+    assert await api.ctl.store.credentials.get("ann", "codex") is not None
+    api.ctl.vms.quotas = roomy
+    deleted = await api.client.delete("/api/credentials/ann/codex", headers=admin)
+    assert deleted.status_code == 200, deleted.text
+    assert deleted.json()["removedFrom"] == [vm_id]
 
 
 async def test_rotation_starts_a_fresh_login_for_a_provider_the_user_has(agent_api: Api) -> None:

@@ -14,7 +14,7 @@ from hearth.agent_client import AgentClient, AgentError, sha256_hex
 from hearth.control.network import CliNetworks
 from hearth.control.vms import VmService
 from hearth.credentials.service import CredentialService
-from hearth.errors import HearthError, VmError
+from hearth.errors import Conflict, HearthError, VmError
 from hearth.events.log import EventLog
 from hearth.events.types import EventType
 from hearth.logging import get_logger
@@ -163,9 +163,15 @@ class Delivery:
         for record in asleep:
             try:
                 await self.vms.resume(record.id)
-            except HearthError as exc:  # it cannot run (its saved state lost): nothing to use
-                _log.warning("credential_removal_skipped", vm_id=record.id, error=exc.message)
-                continue
+            except HearthError as exc:
+                if (await self.vms.get(record.id)).status is VmState.FAILED:
+                    continue  # its saved state was lost: nothing in it can be used any more
+                # Still asleep (no room to wake it now): the caller must know, and the vault's
+                # document must stay, to try again.
+                raise Conflict(
+                    f"VM {record.id} is {record.status.value} and could not run to have the "
+                    f"document removed ({exc.message}); retry, or destroy the VM"
+                ) from exc
             try:
                 await self._take_out(record.id, provider, removal)
             finally:
