@@ -10,13 +10,15 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from hearth.config import Settings
 from hearth.errors import NotSupported
+from hearth.store import VmRecord
 from hearth.store.records import SEALED_WORKSPACE_KEY_FIELDS
-from hearth.vm.types import Vm, Volume
+from hearth.vm.types import Vm, VmState, Volume
 from tests.fake_backend import FakeBackend
 from tests.integration.api_fixtures import *  # noqa: F403
 from tests.integration.api_fixtures import Api, assert_error, running_api
@@ -243,6 +245,35 @@ async def test_a_vm_destroyed_while_booting_takes_no_workspace_and_is_let_go(
     # The next VM of ann's gets the workspace.
     next_id = await new_vm(api)
     assert (await workspace_of(api))["attachedVmId"] == next_id
+
+
+async def test_a_destroy_whose_vm_moved_on_between_its_read_and_its_write_still_destroys(
+    api_ws: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The row is read as booting; the boot ends before the destroy writes (held here between
+    # the two): the destroy looks again instead of answering 409 "is ready, not booting".
+    api = api_ws
+    api.backend.hold = asyncio.Event()
+    booting = await api.client.post(
+        "/api/vms?wait=false", json={"userId": "ann"}, headers=api.headers()
+    )
+    vm_id = booting.json()["id"]
+    rows = api.ctl.store.vms
+    write = rows.transition
+    hold = api.backend.hold
+
+    async def boot_ends_first(wanted: str, old: VmState, new: VmState, **fields: Any) -> VmRecord:
+        if old is VmState.BOOTING and new is VmState.FAILED and not hold.is_set():  # once
+            hold.set()
+            while (await rows.get(wanted)).status is not VmState.READY:
+                await asyncio.sleep(0.01)
+        return await write(wanted, old, new, **fields)
+
+    monkeypatch.setattr(rows, "transition", boot_ends_first)
+    destroyed = await api.client.delete(f"/api/vms/{vm_id}", headers=api.headers())
+
+    assert destroyed.status_code == 200, destroyed.text
+    assert destroyed.json()["status"] == "destroyed"
 
 
 async def test_a_vm_adopted_after_a_restart_keeps_its_volume_slot_and_workspace(

@@ -35,6 +35,8 @@ from hearth.vm.host import new_vm_id
 from hearth.vm.types import Vm, VmSpec, VmState, VmType
 
 _log = get_logger("control.vms")
+# How often a destroy reads the row again when it moved on between a read and a write.
+_TEARDOWN_RACES = 5
 ACTIVE = (
     VmState.CREATING,
     VmState.BOOTING,
@@ -372,19 +374,27 @@ class VmService:
         return await self._teardowns.join(vm_id, lambda: self._teardown(vm_id))
 
     async def _teardown(self, vm_id: str) -> VmRecord:
-        # Re-read: the row may have moved since the caller looked (e.g. a teardown just ended).
-        record = await self.store.vms.get(vm_id)
-        if record.status is VmState.DESTROYED:
-            return record
-        if record.status in (VmState.CREATING, VmState.BOOTING):
-            # The boot task sees the row gone from booting and discards what it made.
-            record = await self.store.vms.transition(
-                vm_id, record.status, VmState.FAILED, error="destroyed while booting"
-            )
-        was = record
-        if record.status is not VmState.STOPPING:
-            # Its row first, so nothing else (a pause, a hibernation, a command) takes it now.
-            record = await self.store.vms.transition(vm_id, record.status, VmState.STOPPING)
+        for attempt in range(_TEARDOWN_RACES):
+            # Re-read: the row may have moved since the caller looked (a teardown just ended,
+            # its boot just began), and again if it moves on between this read and a write.
+            record = await self.store.vms.get(vm_id)
+            if record.status is VmState.DESTROYED:
+                return record
+            try:
+                if record.status in (VmState.CREATING, VmState.BOOTING):
+                    # The boot task sees the row gone from booting and discards what it made.
+                    record = await self.store.vms.transition(
+                        vm_id, record.status, VmState.FAILED, error="destroyed while booting"
+                    )
+                was = record
+                if record.status is not VmState.STOPPING:
+                    # Its row first, so nothing else (a pause, a hibernation, a command) takes
+                    # it now.
+                    record = await self.store.vms.transition(vm_id, record.status, VmState.STOPPING)
+                break
+            except Conflict:
+                if attempt == _TEARDOWN_RACES - 1:
+                    raise
         if was.status in (VmState.READY, VmState.UNHEALTHY, VmState.PAUSED):
             await self._before_destroy(was)
         vm = self.live.pop(vm_id, None)
