@@ -227,15 +227,22 @@ async def test_a_workspace_being_attached_is_not_deleted(api_ws: Api) -> None:
     assert (await workspace_of(api))["attachedVmId"] == vm_id
 
 
-async def test_a_vm_destroyed_while_booting_takes_no_workspace_and_is_let_go(
-    api_ws: Api,
-) -> None:
-    api = api_ws
+async def held_booting(api: Api) -> str:
+    """A VM of ann's whose boot the fake backend holds (until ``api.backend.hold`` is set)."""
     api.backend.hold = asyncio.Event()
     booting = await api.client.post(
         "/api/vms?wait=false", json={"userId": "ann"}, headers=api.headers()
     )
     vm_id = booting.json()["id"]
+    assert isinstance(vm_id, str)
+    return vm_id
+
+
+async def test_a_vm_destroyed_while_booting_takes_no_workspace_and_is_let_go(
+    api_ws: Api,
+) -> None:
+    api = api_ws
+    vm_id = await held_booting(api)
     destroyed = await api.client.delete(f"/api/vms/{vm_id}", headers=api.headers())
     assert destroyed.status_code == 200, destroyed.text
     api.backend.hold.set()
@@ -253,14 +260,11 @@ async def test_a_destroy_whose_vm_moved_on_between_its_read_and_its_write_still_
     # The row is read as booting; the boot ends before the destroy writes (held here between
     # the two): the destroy looks again instead of answering 409 "is ready, not booting".
     api = api_ws
-    api.backend.hold = asyncio.Event()
-    booting = await api.client.post(
-        "/api/vms?wait=false", json={"userId": "ann"}, headers=api.headers()
-    )
-    vm_id = booting.json()["id"]
+    vm_id = await held_booting(api)
     rows = api.ctl.store.vms
     write = rows.transition
     hold = api.backend.hold
+    assert hold is not None
 
     async def boot_ends_first(wanted: str, old: VmState, new: VmState, **fields: Any) -> VmRecord:
         if old is VmState.BOOTING and new is VmState.FAILED and not hold.is_set():  # once
