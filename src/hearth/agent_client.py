@@ -326,6 +326,10 @@ class AgentClient:
                     await source.response.aread()
                     self._raise_for(source.response, "GET", path)
                 async for sse in source.aiter_sse():
+                    if not sse.data:
+                        # The agent's keepalive (a comment, then a blank line), which httpx-sse
+                        # hands out as an empty event once it has seen an id: no event.
+                        continue
                     event = AgentEvent(id=int(sse.id), type=sse.event, data=sse.json())
                     yield event
                     if event.type == "exit":

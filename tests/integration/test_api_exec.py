@@ -21,6 +21,7 @@ import pytest
 from httpx_sse import EventSource, aconnect_sse
 
 from hearth.config import Settings
+from hearth_agent.exec_routes import KEEPALIVE_S as AGENT_KEEPALIVE_S
 from tests.agent_backend import AgentBackend
 from tests.integration.api_fixtures import *  # noqa: F403
 from tests.integration.api_fixtures import Api, assert_error, running_api, served
@@ -352,3 +353,19 @@ async def test_a_quiet_commands_stream_carries_keepalives_that_clients_skip(
             events = [(event.event, event.data) async for event in source.aiter_sse()]
     assert [kind for kind, _ in events][-1] == "exit", events
     assert all(data and json.loads(data) is not None for _, data in events), events
+
+
+async def test_a_command_quiet_past_the_agents_keepalive_streams_on_to_its_exit(
+    api_agents: Api,
+) -> None:
+    # The agent, too, sends a keepalive after 15 s without an event; the controller reading
+    # its stream took it for a broken event (a terminal left idle a minute ended, its shell
+    # killed, after four of them in a row).
+    api = api_agents
+    vm_id, headers = await new_vm(api, "ann")
+    quiet_s = AGENT_KEEPALIVE_S + 1.5
+    body = {"cmd": ["sh", "-c", f"echo hi; sleep {quiet_s}; echo bye"]}
+    url = f"/api/vms/{vm_id}/exec"
+    events = await stream(api, "POST", url, headers, json=body, timeout=quiet_s + 30)
+    assert [kind for _, kind, _ in events] == ["started", "stdout", "stdout", "exit"], events
+    assert exit_of(events)["code"] == 0
