@@ -1,12 +1,14 @@
-"""The API's event streams carry a keepalive comment while nothing else comes, and pass what
-comes through as it is, in order, to its end."""
+"""The API's event streams carry a keepalive comment while nothing else comes, pass what comes
+through as it is, in order, to its end, and end once the key that opened them no longer holds,
+whether anything comes or not."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 
-from hearth.api.streams import KEEPALIVE, with_keepalive
+from hearth.api.streams import KEEPALIVE, guarded
 
 
 async def quiet_then(chunks: list[bytes], *, quiet_s: float) -> AsyncIterator[bytes]:
@@ -15,8 +17,13 @@ async def quiet_then(chunks: list[bytes], *, quiet_s: float) -> AsyncIterator[by
         yield chunk
 
 
+async def holds() -> bool:
+    return True
+
+
 async def test_a_quiet_stream_carries_keepalives_and_every_chunk_in_order() -> None:
-    got = [c async for c in with_keepalive(quiet_then([b"a", b"b"], quiet_s=0.25), every_s=0.1)]
+    stream = guarded(quiet_then([b"a", b"b"], quiet_s=0.25), holds, keepalive_s=0.1)
+    got = [c async for c in stream]
     assert [c for c in got if c != KEEPALIVE] == [b"a", b"b"]
     assert got.count(KEEPALIVE) >= 2
     assert got[0] == KEEPALIVE  # the quiet before the first chunk
@@ -33,8 +40,40 @@ async def test_a_busy_stream_gets_no_keepalive_and_closing_it_ends_its_source() 
         finally:
             ended.set()
 
-    stream = with_keepalive(source(), every_s=10)
+    stream = guarded(source(), holds, keepalive_s=10)
     got = [await anext(stream) for _ in range(3)]
     await stream.aclose()  # type: ignore[attr-defined]
     assert got == [b"x"] * 3
     assert ended.is_set()
+
+
+async def test_a_quiet_stream_ends_within_a_recheck_once_its_key_is_revoked() -> None:
+    # Nothing comes for a minute; the key is revoked: the stream ends at the next look, not at
+    # the next chunk (a quiet command kept a revoked key's stream open to its end).
+    revoked = False
+
+    async def key_holds() -> bool:
+        return not revoked
+
+    stream = guarded(quiet_then([b"late"], quiet_s=60), key_holds, recheck_s=0.1, keepalive_s=10)
+    reader = asyncio.ensure_future(anext(stream))
+    await asyncio.sleep(0.3)
+    assert not reader.done()
+    revoked, started = True, time.monotonic()
+    try:
+        async with asyncio.timeout(2):
+            await reader
+    except StopAsyncIteration:
+        pass
+    assert time.monotonic() - started < 1.0
+
+
+async def test_each_chunk_is_let_through_only_while_the_key_holds() -> None:
+    answers = iter([True, True, False])
+
+    async def key_holds() -> bool:
+        return next(answers)
+
+    source = quiet_then([b"a", b"b", b"c", b"d"], quiet_s=0)
+    got = [c async for c in guarded(source, key_holds, each_chunk=True, recheck_s=60)]
+    assert got == [b"a", b"b"]

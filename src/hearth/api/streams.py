@@ -12,17 +12,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
-from typing import TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from fastapi.responses import StreamingResponse
 
 from hearth.store import ApiKeyRecord, Store
 
-T = TypeVar("T")
 EVENT_STREAM = "text/event-stream"
 STREAM_HEADERS = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
-# How often a stream a key opened looks again whether the key was revoked meanwhile.
+# How often a stream a key opened looks again whether the key was revoked meanwhile, quiet or not.
 KEY_RECHECK_S = 1.0
 # A comment line after this long without an event. A line, not a block: the blank line that
 # would close it makes some clients (httpx-sse, and so the vm tests' readers) hand out an empty
@@ -36,49 +34,53 @@ def event_stream(
     key: ApiKeyRecord,
     chunks: AsyncIterator[bytes],
     *,
-    key_every_s: float = KEY_RECHECK_S,
+    each_chunk: bool = False,
     headers: dict[str, str] | None = None,
 ) -> StreamingResponse:
-    """The response streaming ``chunks`` (SSE bytes) while ``key`` holds, with keepalives."""
+    """The response streaming ``chunks`` (SSE bytes) while ``key`` holds, with keepalives; the
+    key is looked at every ``KEY_RECHECK_S``, quiet or not, and before every chunk when
+    ``each_chunk``."""
+
+    async def key_holds() -> bool:
+        return not (await store.api_keys.get(key.id)).is_revoked
+
     return StreamingResponse(
-        with_keepalive(while_key_valid(store, key.id, chunks, every_s=key_every_s)),
+        guarded(chunks, key_holds, each_chunk=each_chunk),
         media_type=EVENT_STREAM,
         headers={**STREAM_HEADERS, **(headers or {})},
     )
 
 
-async def while_key_valid(
-    store: Store, key_id: str, items: AsyncIterator[T], *, every_s: float = KEY_RECHECK_S
-) -> AsyncIterator[T]:
-    """``items``, ended when the key ``key_id`` is revoked; it is looked up before an item once
-    ``every_s`` passed since the last look (0: before every item)."""
-    looked = time.monotonic()
-    try:
-        async for item in items:
-            if time.monotonic() - looked >= every_s:
-                if (await store.api_keys.get(key_id)).is_revoked:
-                    return
-                looked = time.monotonic()
-            yield item
-    finally:
-        await _close(items)
-
-
-async def with_keepalive(
-    chunks: AsyncIterator[bytes], *, every_s: float | None = None
+async def guarded(
+    chunks: AsyncIterator[bytes],
+    key_holds: Callable[[], Awaitable[bool]],
+    *,
+    each_chunk: bool = False,
+    recheck_s: float | None = None,
+    keepalive_s: float | None = None,
 ) -> AsyncIterator[bytes]:
-    """``chunks``, and ``KEEPALIVE`` after each ``every_s`` (default ``KEEPALIVE_S``) that
-    brought none."""
-    every_s = KEEPALIVE_S if every_s is None else every_s
+    """``chunks``, with ``KEEPALIVE`` after each ``keepalive_s`` (default ``KEEPALIVE_S``) that
+    brought none, ended once ``key_holds()`` is false: asked every ``recheck_s`` (default
+    ``KEY_RECHECK_S``) whether chunks come or not, and before every chunk when ``each_chunk``."""
+    recheck_s = KEY_RECHECK_S if recheck_s is None else recheck_s
+    keepalive_s = KEEPALIVE_S if keepalive_s is None else keepalive_s
     iterator = aiter(chunks)
     pending: asyncio.Future[bytes] | None = None
+    looked = quiet_since = time.monotonic()
     try:
         while True:
             if pending is None:
                 pending = asyncio.ensure_future(anext(iterator))
-            done, _ = await asyncio.wait({pending}, timeout=every_s)
+            wake_at = min(looked + recheck_s, quiet_since + keepalive_s)
+            done, _ = await asyncio.wait({pending}, timeout=max(0.0, wake_at - time.monotonic()))
+            if (done and each_chunk) or time.monotonic() - looked >= recheck_s:
+                if not await key_holds():
+                    return
+                looked = time.monotonic()
             if not done:
-                yield KEEPALIVE
+                if time.monotonic() - quiet_since >= keepalive_s:
+                    yield KEEPALIVE
+                    quiet_since = time.monotonic()
                 continue
             try:
                 chunk = pending.result()
@@ -86,16 +88,12 @@ async def with_keepalive(
                 return
             pending = None
             yield chunk
+            quiet_since = time.monotonic()
     finally:
         if pending is not None and not pending.done():
             pending.cancel()
             with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
                 await pending
-        await _close(chunks)
-
-
-async def _close(items: AsyncIterator[object]) -> None:
-    """End the stream ``items`` reads, if it is a generator (its source goes with it)."""
-    close = getattr(items, "aclose", None)
-    if close is not None:
-        await close()
+        close = getattr(chunks, "aclose", None)
+        if close is not None:
+            await close()

@@ -65,7 +65,7 @@ async def list_events(
     if EVENT_STREAM in request.headers.get("accept", ""):
         after = resume_point(since, last_event_id)
         # The key is looked up before each event: events are few, and may be anyone's.
-        return event_stream(ctl.store, key, _stream(ctl, after, user_id), key_every_s=0)
+        return event_stream(ctl.store, key, _stream(ctl, after, user_id), each_chunk=True)
     records = await ctl.events.list(after=since, user_id=user_id, limit=limit)
     page = EventList(
         events=[EventOut.model_validate(event_payload(r)) for r in records],
