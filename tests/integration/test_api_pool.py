@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from hearth.config import Settings
-from hearth.control.pool import WarmPool
+from hearth.control.pool import POOL_USER, WarmPool
 from hearth.control.quotas import Quotas
 from hearth.vm.types import VmState, VmType
 from tests.fake_backend import FakeBackend
@@ -208,3 +208,16 @@ async def test_a_pooled_vm_left_holding_a_workspace_by_a_restart_is_not_kept(
         await until_pool_holds(pool_of(api), VmType.CLI, 1)
         lee = await api.client.post("/api/vms", json={"userId": "lee"}, headers=api.headers())
         assert lee.json()["id"] != pooled_id
+
+
+async def test_a_refill_that_crashes_unforeseen_is_retried_not_the_end_of_the_pool(
+    pool_settings: Settings, fake_backend: FakeBackend, tmp_path: Path
+) -> None:
+    # An error that is not Hearth's own (a full disk's OSError from the VMM's files) ended the
+    # refill loop for good: the pool stayed empty until the controller restarted.
+    fake_backend.fail_next = OSError(28, "No space left on device")
+    async with pooled_api(pool_settings, fake_backend, tmp_path / "image", DEFAULT_QUOTAS) as api:
+        await until_pool_holds(pool_of(api), VmType.CLI, 1)
+        assert fake_backend.fail_next is None  # the first refill did fail
+        rows = await api.ctl.store.vms.list(user_id=POOL_USER)
+        assert [r.status for r in rows].count(VmState.FAILED) == 1, rows

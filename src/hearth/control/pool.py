@@ -168,6 +168,9 @@ class WarmPool:
                     except HearthError as exc:
                         _log.warning("pool_refill_failed", vm_type=vm_type.value, error=exc.message)
                         break
+                    except Exception:  # a full disk, a bug: tried again, never the pool's end
+                        _log.exception("pool_refill_crashed", vm_type=vm_type.value)
+                        break
                     self._waiting_for_room.discard(vm_type)
                     if record.status is not VmState.READY:
                         break
