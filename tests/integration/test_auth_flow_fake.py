@@ -91,6 +91,27 @@ async def test_user_who_never_signs_in_times_the_session_out_and_the_browser_vm_
         assert not port_accepts(settings.oidc_callback_port)
 
 
+async def test_a_login_the_browser_vm_ends_at_its_own_deadline_first_times_out_too(
+    flow_settings: Settings,
+    vm_backend: AgentBackend,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The Browser VM's agent may end the login before the controller's clock does (an oidc
+    # login's limit there is at most an hour, whatever the setting): the user ran out of time
+    # all the same, so the session ends timeout (it ended failed).
+    monkeypatch.setattr("hearth.auth.providers.OIDC_LOGIN_MAX_S", 1.5)
+    settings = flow_settings.with_overrides(login_timeout_s=60.0)
+    async with Login.running(settings, vm_backend, tmp_path / "image") as login:
+        session_id = await login.start()
+        session = await login.wait_for(session_id, TERMINAL)
+
+        assert session["status"] == "timeout", session
+        assert "the Browser VM's limit" in session["error_message"]
+        login.assert_browser_vm_gone(session)
+        login.assert_only_cli_vm_left(session)
+
+
 async def test_cancel_while_awaiting_the_user_destroys_the_browser_vm_before_it_answers(
     login: Login, callback_port: int
 ) -> None:

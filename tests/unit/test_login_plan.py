@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from hearth.auth.providers import VENDOR_EGRESS, login_plan
+from hearth.auth.providers import OIDC_LOGIN_MAX_S, VENDOR_EGRESS, login_plan
 from hearth.config import Settings
 from hearth.errors import ConfigError, InvalidInput
 from hearth.images.layout import guest_asset
@@ -40,6 +40,17 @@ def test_a_forwarded_test_issuer_needs_no_proxy_and_a_remote_one_is_allowed_by_h
     assert [f.host_port for f in plan.guest_forwards] == [41000]
     remote = login_plan("oidc", Settings.from_env({"HEARTH_OIDC_ISSUER": "https://id.example"}))
     assert remote.egress_allow == ("id.example:443",)
+
+
+@pytest.mark.parametrize(("setting", "sent"), [("900", 900.0), ("7200", OIDC_LOGIN_MAX_S)])
+def test_an_oidc_login_is_given_the_login_timeout_up_to_the_agents_most(
+    setting: str, sent: float
+) -> None:
+    # Without it the Browser VM's agent ended an oidc login after its own 10 min.
+    settings = Settings.from_env(
+        {"HEARTH_OIDC_ISSUER": "https://id.example.com", "HEARTH_LOGIN_TIMEOUT_S": setting}
+    )
+    assert login_plan("oidc", settings).start_body["timeout_s"] == sent
 
 
 def test_unknown_provider_is_invalid_input() -> None:

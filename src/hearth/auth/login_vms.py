@@ -7,6 +7,7 @@ import asyncio
 import json
 
 from hearth.agent_client import AgentClient, AgentError
+from hearth.auth.stages import StageTimeout
 from hearth.control.lifetimes import Lifetimes
 from hearth.control.vms import VmService
 from hearth.errors import (
@@ -118,6 +119,10 @@ async def wait_for_login(
             if isinstance(document, str):
                 return document.encode()
             raise VmError("the Browser VM reported a capture without a document")
+        if state == "failed" and status.get("error") == "timeout":
+            # Its deadline came first in the Browser VM (its clock started a moment later,
+            # but its limit may be shorter): the user ran out of time all the same.
+            raise StageTimeout("timed out waiting for the user to log in (the Browser VM's limit)")
         if state in ("failed", "cancelled"):
             raise VmError(f"login {state} in the Browser VM: {status.get('error')}")
         if not status.get("waited"):

@@ -99,6 +99,10 @@ class LoginPlan:
     egress_allow: tuple[str, ...] = ()
 
 
+# The most an oidc login may last in the Browser VM's agent (it refuses more).
+OIDC_LOGIN_MAX_S = 3600.0
+
+
 def _egress(settings: Settings, defaults: tuple[str, ...]) -> tuple[str, ...]:
     """The allowlist of a login: none when egress is off, else the operator's or the defaults."""
     if settings.login_egress == "off":
@@ -162,6 +166,8 @@ def login_plan(name: str, settings: Settings) -> LoginPlan:
             "issuer": settings.oidc_issuer,
             "client_id": settings.oidc_client_id,
             "callback_port": settings.oidc_callback_port,
+            # Without it the agent gave the user its own 10 min, whatever the setting.
+            "timeout_s": min(settings.login_timeout_s, OIDC_LOGIN_MAX_S),
         },
         guest_forwards=forwards,
     )
