@@ -6,7 +6,12 @@ import re
 
 import pytest
 
-from hearth.auth.providers import OIDC_LOGIN_MAX_S, VENDOR_EGRESS, login_plan
+from hearth.auth.providers import (
+    AGENT_LOGIN_GRACE_S,
+    OIDC_LOGIN_MAX_S,
+    VENDOR_EGRESS,
+    login_plan,
+)
 from hearth.config import Settings
 from hearth.errors import ConfigError, InvalidInput
 from hearth.images.layout import guest_asset
@@ -17,7 +22,7 @@ from hearth.node.egress import EGRESS_PROXY_URL
 @pytest.mark.parametrize("provider", ["codex", "claude_code", "gemini_cli"])
 def test_vendor_logins_run_the_cli_and_may_reach_only_their_vendor(provider: str) -> None:
     plan = login_plan(provider, Settings.from_env({}))
-    assert plan.start_body == {"provider": provider, "timeout_s": 600.0}
+    assert plan.start_body == {"provider": provider, "timeout_s": 600.0 + AGENT_LOGIN_GRACE_S}
     assert plan.egress_allow == VENDOR_EGRESS[provider]
     assert plan.guest_forwards == ()
     for entry in plan.egress_allow:
@@ -42,11 +47,14 @@ def test_a_forwarded_test_issuer_needs_no_proxy_and_a_remote_one_is_allowed_by_h
     assert remote.egress_allow == ("id.example:443",)
 
 
-@pytest.mark.parametrize(("setting", "sent"), [("900", 900.0), ("7200", OIDC_LOGIN_MAX_S)])
+@pytest.mark.parametrize(
+    ("setting", "sent"), [("900", 900.0 + AGENT_LOGIN_GRACE_S), ("7200", OIDC_LOGIN_MAX_S)]
+)
 def test_an_oidc_login_is_given_the_login_timeout_up_to_the_agents_most(
     setting: str, sent: float
 ) -> None:
-    # Without it the Browser VM's agent ended an oidc login after its own 10 min.
+    # Without it the Browser VM's agent ended an oidc login after its own 10 min. A few
+    # seconds more than the setting: the controller's clock, which starts first, ends it.
     settings = Settings.from_env(
         {"HEARTH_OIDC_ISSUER": "https://id.example.com", "HEARTH_LOGIN_TIMEOUT_S": setting}
     )

@@ -99,8 +99,17 @@ class LoginPlan:
     egress_allow: tuple[str, ...] = ()
 
 
-# The most an oidc login may last in the Browser VM's agent (it refuses more).
+# The most a login may last in the Browser VM's agent, per runner (it refuses more).
 OIDC_LOGIN_MAX_S = 3600.0
+VENDOR_LOGIN_MAX_S = 86400.0
+# The agent's clock starts a moment after the controller's: given this much more, it ends a
+# login only when the controller's deadline could not (an oidc login past the agent's most).
+AGENT_LOGIN_GRACE_S = 5.0
+
+
+def agent_login_limit(settings: Settings, most: float) -> float:
+    """The time limit a Browser VM's agent is given for a login."""
+    return min(settings.login_timeout_s + AGENT_LOGIN_GRACE_S, most)
 
 
 def _egress(settings: Settings, defaults: tuple[str, ...]) -> tuple[str, ...]:
@@ -127,7 +136,10 @@ def login_plan(name: str, settings: Settings) -> LoginPlan:
         # runner (hearth_agent.vendor): its PTY, its prompts and its callback server.
         return LoginPlan(
             provider=provider,
-            start_body={"provider": provider.value, "timeout_s": settings.login_timeout_s},
+            start_body={
+                "provider": provider.value,
+                "timeout_s": agent_login_limit(settings, VENDOR_LOGIN_MAX_S),
+            },
             egress_allow=_egress(settings, VENDOR_EGRESS[provider]),
         )
     if not settings.oidc_issuer:
@@ -167,7 +179,7 @@ def login_plan(name: str, settings: Settings) -> LoginPlan:
             "client_id": settings.oidc_client_id,
             "callback_port": settings.oidc_callback_port,
             # Without it the agent gave the user its own 10 min, whatever the setting.
-            "timeout_s": min(settings.login_timeout_s, OIDC_LOGIN_MAX_S),
+            "timeout_s": agent_login_limit(settings, OIDC_LOGIN_MAX_S),
         },
         guest_forwards=forwards,
     )
