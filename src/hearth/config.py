@@ -94,6 +94,8 @@ class Settings:
     files_max_bytes: int = 1024 * MIB
     # How long a terminal link (POST /api/vms/{id}/terminal) may wait to be opened; it opens once.
     terminal_link_ttl_s: float = 60.0
+    # The longest a terminal's shell may run, typed in or not (a command's limit is for commands).
+    terminal_timeout_s: float = 6 * 3600.0
     # Runs of the vendor CLIs (POST /api/vms/{id}/runs): the longest one may take (its timeoutS;
     # the default when it gives none), the largest prompt (413 past it), and how many of a
     # run's events are kept for clients that reconnect.
@@ -262,6 +264,9 @@ class Settings:
             exec_timeout_s=_float(env, "HEARTH_EXEC_TIMEOUT_S", 3600.0, 1.0, 6 * 3600.0),
             files_max_bytes=_int(env, "HEARTH_FILES_MAX_BYTES", 1024 * MIB, 1024, 1024**2 * MIB),
             terminal_link_ttl_s=_float(env, "HEARTH_TERMINAL_LINK_TTL_S", 60.0, 1.0, 3600.0),
+            terminal_timeout_s=_float(
+                env, "HEARTH_TERMINAL_TIMEOUT_S", 6 * 3600.0, 1.0, 6 * 3600.0
+            ),
             run_timeout_s=_float(env, "HEARTH_RUN_TIMEOUT_S", 3600.0, 1.0, 6 * 3600.0),
             run_prompt_max_bytes=_int(
                 env, "HEARTH_RUN_PROMPT_MAX_BYTES", 256 * 1024, 1, 16 * 1024 * 1024

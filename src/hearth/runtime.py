@@ -184,7 +184,11 @@ async def open_hearth(
         execs = ExecService(settings=settings, vms=vms, networks=networks, lifetimes=lifetimes)
         runs = RunService(settings=settings, store=store, vms=vms, execs=execs)
         teardown.push("stop reading the runs", runs.shutdown)
-        terminals = TerminalService(execs=execs, link_ttl_s=settings.terminal_link_ttl_s)
+        terminals = TerminalService(
+            execs=execs,
+            link_ttl_s=settings.terminal_link_ttl_s,
+            shell_timeout_s=settings.terminal_timeout_s,
+        )
         teardown.push("end the open terminals", terminals.close)
         dispatcher = WebhookDispatcher(
             store=store, webhooks=webhooks, events=events, settings=settings, metrics=metrics

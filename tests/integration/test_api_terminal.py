@@ -145,6 +145,21 @@ async def test_the_shell_ending_ends_the_socket_with_its_exit(live_api: Live) ->
     assert ended["reason"] == "exited"
 
 
+async def test_a_shell_outlives_the_limit_of_a_command(
+    terminal_settings: Settings, agent_launcher: AgentLauncher, tmp_path: Path
+) -> None:
+    # A terminal's shell took a command's limit (HEARTH_EXEC_TIMEOUT_S, an hour by default):
+    # the agent killed it then, mid-work. It has its own (HEARTH_TERMINAL_TIMEOUT_S).
+    settings = terminal_settings.with_overrides(exec_timeout_s=1.0)
+    async with serving(settings, AgentBackend(agent_launcher), tmp_path) as live:
+        vm_id = await new_vm(live, "ann")
+        link = await open_link(live, vm_id, live.keys["ann"])
+        async with ready_terminal(live, link) as socket:
+            await asyncio.sleep(2.5)
+            await socket.type("echo $((6*7))\r")
+            await socket.until_line(ANSWER)
+
+
 async def test_a_revoked_key_ends_its_terminal_and_its_unopened_links(live_api: Live) -> None:
     # A revoked key stops authenticating at once: a shell it opened ends, and so does the use
     # of a link it asked for.

@@ -58,7 +58,7 @@ def clock() -> Clock:
 
 @pytest.fixture
 def terminals(clock: Clock) -> TerminalService:
-    return TerminalService(execs=RunnableVms(), link_ttl_s=60.0, clock=clock)  # type: ignore[arg-type]
+    return TerminalService(execs=RunnableVms(), link_ttl_s=60.0, shell_timeout_s=60.0, clock=clock)  # type: ignore[arg-type]
 
 
 async def test_a_link_is_bound_to_its_vm_and_caller_and_opens_once(
@@ -249,7 +249,7 @@ class QuietPage:
 async def test_a_terminal_rides_out_breaks_that_each_come_after_output(clock: Clock) -> None:
     # Breaks in a row end a terminal; breaks over a long life, each after output, do not.
     execs = BreakingExecs(breaks=OUTPUT_RESUMES + 3)
-    terminals = TerminalService(execs=execs, link_ttl_s=60.0, clock=clock)  # type: ignore[arg-type]
+    terminals = TerminalService(execs=execs, link_ttl_s=60.0, shell_timeout_s=60.0, clock=clock)  # type: ignore[arg-type]
     link = await terminals.open_link("vm-1", "ann")
     page = QuietPage()
 

@@ -132,10 +132,12 @@ class TerminalService:
         *,
         execs: ExecService,
         link_ttl_s: float,
+        shell_timeout_s: float,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.execs = execs
         self.link_ttl_s = link_ttl_s
+        self.shell_timeout_s = shell_timeout_s
         self._clock = clock
         self._pending: dict[str, _Pending] = {}
         self._stopping = asyncio.Event()
@@ -205,7 +207,12 @@ class TerminalService:
         grant's key is ``revoked``: looked at every ``KEY_RECHECK_S``); then kill the exec."""
         if revoked is not None and grant.key_id is not None and await revoked(grant.key_id):
             raise Unauthorized("the API key that asked for this terminal was revoked")
-        request = ExecRequest(cmd=list(SHELL), env=SHELL_ENV, pty=(size.cols, size.rows))
+        request = ExecRequest(
+            cmd=list(SHELL),
+            env=SHELL_ENV,
+            pty=(size.cols, size.rows),
+            timeout_s=self.shell_timeout_s,  # not a command's: a shell is worked in for hours
+        )
         started = await self.execs.start(grant.vm_id, grant.user_id, request)
         exec_id = str(started["execId"])
         _log.info("terminal_started", terminal_id=grant.terminal_id, exec_id=exec_id)
