@@ -331,6 +331,26 @@ async def test_api_calls_and_a_running_command_keep_a_vm_from_idling(api_lt_agen
     await until(lambda: _is(api, vm["id"], "paused"))
 
 
+async def test_a_file_transfer_longer_than_the_idle_timeout_keeps_the_vm_running(
+    api_lt_agents: Api,
+) -> None:
+    # Only a transfer's start and end counted as use: an upload (or a download: the same
+    # count) longer than the idle timeout saw its VM paused half-way.
+    api = api_lt_agents
+    vm = await new_vm(api, idleTimeoutS=1)
+    url = f"/api/vms/{vm['id']}/files"
+
+    async def slowly() -> AsyncIterator[bytes]:
+        for _ in range(10):  # 3 s
+            yield b"x" * 1024
+            await asyncio.sleep(0.3)
+
+    put = await api.client.put(url, params={"path": "f"}, content=slowly(), headers=api.headers())
+    assert put.status_code == 200, put.text
+    assert put.json()["size"] == 10 * 1024
+    assert await status_of(api, vm["id"]) == "ready"
+
+
 async def test_without_auto_resume_a_paused_vm_refuses_commands(api_lt_agents: Api) -> None:
     api = api_lt_agents
     vm = await new_vm(api, idleTimeoutS=1, autoResume=False)

@@ -61,7 +61,7 @@ class FileService:
         agent = await self._agent(vm_id, user_id)
         return await agent.files_write(
             path,
-            _at_most(upload.chunks, cap + 1),
+            _at_most(self._using(vm_id, upload.chunks), cap + 1),
             archive=upload.archive,
             max_bytes=cap,
             mode=upload.mode,
@@ -72,6 +72,17 @@ class FileService:
         refusal (404, 409, 422) comes before its first byte. Close it (``aclose``)."""
         agent = await self._agent(vm_id, user_id)
         return await agent.files_read(path)
+
+    def stream(self, vm_id: str, download: AgentDownload) -> AsyncIterator[bytes]:
+        """The bytes of ``download`` (from ``read``) as they arrive."""
+        return self._using(vm_id, download.chunks())
+
+    async def _using(self, vm_id: str, chunks: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
+        """``chunks``, each counted as use of the VM: a transfer longer than its idle timeout
+        must not see it paused half-way (only its start and end were counted)."""
+        async for chunk in chunks:
+            self.execs.lifetimes.touch(vm_id)
+            yield chunk
 
     async def list(self, vm_id: str, user_id: str | None, path: str) -> dict[str, Any]:
         """The entries of the directory at ``path`` (or the one entry of a file)."""
