@@ -26,6 +26,7 @@ from hearth.errors import (
     TooManyRunning,
 )
 from hearth.httpclient import async_client
+from hearth_agent.wire import FILE_CHUNK_TIMEOUT_S
 
 
 class AgentError(BackendError):
@@ -59,9 +60,8 @@ _FILE_ERRORS: dict[str, type[HearthError]] = {
     "file_too_large": FileTooLarge,
     "body_too_large": FileTooLarge,
 }
-# A file transfer: how long one chunk may take either way, and the answer to an upload, which
-# comes once the guest has synced the whole file to its disk.
-FILE_CHUNK_TIMEOUT_S = 120.0
+# A file transfer: how long one chunk may take either way (``FILE_CHUNK_TIMEOUT_S``, the agent's
+# too), and the answer to an upload, which comes once the guest has synced the file to its disk.
 FILE_WRITTEN_TIMEOUT_S = 600.0
 FILE_TYPE_HEADER = "x-hearth-file-type"
 

@@ -20,9 +20,13 @@ from hearth_agent.errors import BadRequest, BodyTooLarge, LengthRequired
 from hearth_agent.httpserver import LocalHTTPServer
 from hearth_agent.log import JsonLogger
 from hearth_agent.routing import UNMATCHED_ROUTE, Request, Response, error_response
+from hearth_agent.wire import FILE_CHUNK_TIMEOUT_S
 
 MAX_BODY_BYTES = 1024 * 1024
 SOCKET_TIMEOUT_S = 30.0
+# A streamed body either way (a file's upload or download, an exec's events) waits as long as
+# the controller does for a chunk: a user's slow transfer passes through chunk by chunk.
+STREAM_SOCKET_TIMEOUT_S = FILE_CHUNK_TIMEOUT_S
 # After answering without reading a body, keep reading (and discarding) a little so the client
 # gets our response instead of a TCP reset; bounded so a huge upload cannot hold a thread.
 DRAIN_LIMIT_BYTES = 4 * MAX_BODY_BYTES
@@ -148,6 +152,7 @@ class AgentRequestHandler(BaseHTTPRequestHandler):
             raise BadRequest("Content-Length is not a valid length")
         else:
             length = int(lengths[0])
+        self.connection.settimeout(STREAM_SOCKET_TIMEOUT_S)
         self._body_stream = RequestBody(self.rfile, length=length, max_bytes=max_bytes)
         return self._body_stream
 
@@ -182,6 +187,7 @@ class AgentRequestHandler(BaseHTTPRequestHandler):
         """Write each chunk as it comes; the connection's close ends the body, and a chunked
         one's last chunk is written only once the stream has ended well."""
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.connection.settimeout(STREAM_SOCKET_TIMEOUT_S)
         try:
             for chunk in chunks:
                 if chunked and chunk:

@@ -5,6 +5,11 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+# How long one chunk of a file transfer may take, either way: the controller's client waits
+# this long for the agent, and the agent's socket for the controller (a user's slow upload or
+# download is passed through chunk by chunk).
+FILE_CHUNK_TIMEOUT_S = 120.0
+
 
 class Provider(StrEnum):
     """A CLI whose credentials Hearth keeps; the value is its name in JSON, URLs and the store.

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import threading
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -14,7 +15,13 @@ import pytest
 from hearth_agent.log import JsonLogger
 from hearth_agent.metrics import AgentMetrics
 from hearth_agent.routing import Request, Response
-from hearth_agent.server import AgentHTTPServer
+from hearth_agent.server import AgentHTTPServer, AgentRequestHandler
+
+# More than loopback's socket buffers hold: the agent's write waits for the client to read.
+BIG = 32 * 1024 * 1024
+BIG_BODY = b"x" * BIG
+# Shorter than the wait below: the handler's timeout for a plain request.
+SHORT_TIMEOUT_S = 0.3
 
 
 class Streams:
@@ -24,6 +31,13 @@ class Streams:
         self.metrics = AgentMetrics(version="test", providers=())
 
     def dispatch(self, request: Request) -> tuple[str, Response]:
+        if request.path == "/upload":
+            body = request.open_body(BIG)
+            size = len(body.read())
+            return request.path, Response(200, str(size).encode(), "text/plain")
+        if request.path == "/big":
+            return request.path, Response(200, b"", "application/x-tar", stream=iter([BIG_BODY]))
+
         def chunks() -> Iterator[bytes]:
             yield b"first "
             yield b""  # an empty chunk must not end the body
@@ -59,3 +73,29 @@ def test_a_whole_stream_arrives_whole_and_chunked(url: str) -> None:
 def test_a_stream_whose_source_fails_reads_as_broken(url: str) -> None:
     with pytest.raises(httpx.RemoteProtocolError):
         httpx.get(f"{url}/broken")
+
+
+def test_a_slow_upload_is_not_cut_by_the_agents_request_timeout(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The controller passes a user's upload on chunk by chunk and waits for each up to
+    # FILE_CHUNK_TIMEOUT_S; the agent cut it at its own 30 s socket timeout.
+    monkeypatch.setattr(AgentRequestHandler, "timeout", SHORT_TIMEOUT_S)
+
+    def chunks() -> Iterator[bytes]:
+        yield b"first "
+        time.sleep(3 * SHORT_TIMEOUT_S)
+        yield b"second"
+
+    answer = httpx.put(f"{url}/upload", content=chunks())
+    assert answer.status_code == 200, answer.text
+    assert answer.text == str(len(b"first second"))
+
+
+def test_a_slowly_read_download_is_not_cut_by_the_agents_request_timeout(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(AgentRequestHandler, "timeout", SHORT_TIMEOUT_S)
+    with httpx.stream("GET", f"{url}/big") as answer:
+        time.sleep(3 * SHORT_TIMEOUT_S)  # the agent's write of the body waits meanwhile
+        assert len(answer.read()) == BIG
