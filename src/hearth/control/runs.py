@@ -229,6 +229,8 @@ class RunService:
                 continue
             run = await self.store.runs.get(run_id)
             if run.is_terminal and after >= run.last_event_id:
+                # Nothing wakes the readers of an ended run again: its wakeup would stay.
+                self._wakeups.pop(run_id, None)
                 return
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wakeup.wait(), READER_POLL_S)
