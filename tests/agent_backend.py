@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import signal
 from dataclasses import dataclass
 
 import pytest
@@ -92,11 +93,28 @@ class AgentBackend(FakeBackend):
         vm.token = token
         return token
 
+    async def pause(self, vm: Vm) -> None:
+        """As the fake's; the VM's agent is stopped (SIGSTOP), as a paused guest's would be:
+        it takes connections (the kernel queues them) but answers nothing."""
+        await super().pause(vm)
+        self._signal_agent(vm.id, signal.SIGSTOP)
+
+    async def resume(self, vm: Vm) -> None:
+        """As the fake's; the VM's agent goes on (SIGCONT)."""
+        await super().resume(vm)
+        self._signal_agent(vm.id, signal.SIGCONT)
+
+    async def hibernate(self, vm: Vm, state_key: bytes) -> None:
+        """As the fake's; the VM's agent is stopped (SIGSTOP) while the VM is "saved"."""
+        await super().hibernate(vm, state_key)
+        self._signal_agent(vm.id, signal.SIGSTOP)
+
     async def wake(self, vm: Vm, state_key: bytes) -> Vm:
-        """As the fake's; the VM's agent (which ran on while it was "saved", as the processes
-        of a real hibernated VM come back with its memory) answers at its address again."""
+        """As the fake's; the VM's agent (stopped while it was "saved", as the processes of a
+        real hibernated VM come back with its memory) goes on and answers at its address."""
         woken = await super().wake(vm, state_key)
         agent = self.agents[vm.id]
+        self._signal_agent(vm.id, signal.SIGCONT)
         woken.agent_url, woken.pid = agent.base_url, agent.pid
         return woken
 
@@ -159,6 +177,11 @@ class AgentBackend(FakeBackend):
         agent.token = token
         vm.agent_url = agent.base_url
         vm.pid = agent.pid
+
+    def _signal_agent(self, vm_id: str, signum: signal.Signals) -> None:
+        agent = self.agents.get(vm_id)
+        if agent is not None and agent.process.poll() is None:
+            agent.process.send_signal(signum)
 
     def _stop_agent(self, vm_id: str) -> None:
         agent = self.agents.get(vm_id)

@@ -11,7 +11,8 @@
     │   ├── QuotaExceeded            the user already has as many VMs of that type as allowed
     │   ├── ActiveSessionExists      the user already has a login in progress for that provider
     │   ├── PathConflict             a directory where a file goes, a non-empty one to remove, ...
-    │   └── NotLoggedIn              no login for that provider was delivered into the VM
+    │   ├── NotLoggedIn              no login for that provider was delivered into the VM
+    │   └── VmEnded                  the VM a command ran in has ended (destroyed, failed)
     ├── EventsGone                   the events after that id are no longer kept (410)
     ├── CapacityExhausted            the host has no room: Browser VM slots or memory (429)
     ├── TooManyRunning               the VM already runs as many execs as allowed (429)
@@ -142,6 +143,13 @@ class NotLoggedIn(Conflict):
     """A run asked for a provider whose login was never delivered into that VM."""
 
     code = "not_logged_in"
+    http_status = 409
+
+
+class VmEnded(Conflict):
+    """The VM a command ran in has ended (stopping, destroyed or failed): following it ends."""
+
+    code = "conflict"
     http_status = 409
 
 

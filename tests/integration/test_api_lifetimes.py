@@ -17,7 +17,7 @@ import pytest
 
 from hearth.auth.states import AuthStatus
 from hearth.config import MAX_TIMEOUT_S, Settings
-from hearth.control.lifetimes import running_fields, used_s
+from hearth.control.lifetimes import PRUNE_COMMANDS_AT, running_fields, used_s
 from hearth.store import AuthSessionRecord, VmRecord
 from hearth.store.records import utc_now
 from hearth.vm.types import Vm, VmState, VmType
@@ -349,6 +349,30 @@ async def test_a_file_transfer_longer_than_the_idle_timeout_keeps_the_vm_running
     assert put.status_code == 200, put.text
     assert put.json()["size"] == 10 * 1024
     assert await status_of(api, vm["id"]) == "ready"
+
+
+async def test_a_vm_running_command_after_command_keeps_only_those_still_running(
+    api_lt_agents: Api,
+) -> None:
+    # Without an idle timeout nothing asked which had ended: every command's id was kept for
+    # as long as the VM ran. Past PRUNE_COMMANDS_AT the ended ones are forgotten.
+    api = api_lt_agents
+    vm = await new_vm(api)
+    url = f"/api/vms/{vm['id']}/exec"
+    long = await api.client.post(
+        f"{url}?wait=false", json={"cmd": ["sleep", "60"]}, headers=api.headers()
+    )
+    assert long.status_code == 202, long.text
+    for _ in range(PRUNE_COMMANDS_AT + 6):
+        ran = await api.client.post(url, json={"cmd": ["true"]}, headers=api.headers())
+        assert ran.status_code == 200, ran.text
+
+    async def ended_ones_forgotten() -> bool:
+        kept = api.ctl.lifetimes._execs.get(vm["id"], set())
+        return len(kept) <= PRUNE_COMMANDS_AT
+
+    await until(ended_ones_forgotten)
+    assert long.json()["execId"] in api.ctl.lifetimes._execs[vm["id"]]
 
 
 async def test_without_auto_resume_a_paused_vm_refuses_commands(api_lt_agents: Api) -> None:

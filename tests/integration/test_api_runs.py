@@ -13,7 +13,8 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,18 @@ def run_settings(api_settings: Settings) -> Settings:
 def agents(agent_launcher: AgentLauncher) -> AgentBackend:
     """VMs whose agents are real processes on loopback."""
     return AgentBackend(agent_launcher)
+
+
+Controller = Callable[[], AbstractAsyncContextManager[Api]]
+
+
+@pytest.fixture
+def controller(
+    run_settings: Settings, agents: AgentBackend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Controller:
+    """Starts a controller over the same state and VMs, once and again after it stopped."""
+    monkeypatch.setattr("hearth.control.runs.run_command", fake_command)
+    return lambda: running_api(run_settings, agents, tmp_path / "image")
 
 
 @pytest.fixture
@@ -161,6 +174,17 @@ async def test_a_run_streams_the_answer_in_order_and_completes_with_usage(api_ru
     assert body["lastEventId"] == ids[-1]
     listed = await api_runs.client.get(f"/api/vms/{vm_id}/runs", headers=headers)
     assert [r["id"] for r in listed.json()["runs"]] == [run["id"]]
+
+
+async def test_reading_an_ended_run_leaves_nothing_behind_in_the_controller(
+    api_runs: Api,
+) -> None:
+    # Each read of an ended run's events left a wakeup that nothing would set or remove.
+    vm_id, headers = await logged_in_vm(api_runs, "uma")
+    run = await start(api_runs, vm_id, headers, script(answer_lines("claude_code")))
+    for _ in range(3):
+        assert (await events_of(api_runs, vm_id, run["id"], headers))[-1][1] == "run.completed"
+    assert run["id"] not in api_runs.ctl.runs._wakeups
 
 
 async def test_the_async_sdk_streams_a_run_as_the_sync_one_does(api_runs: Api) -> None:
@@ -365,23 +389,80 @@ async def test_more_runs_than_the_cap_are_refused_with_429(api_runs: Api) -> Non
     assert len(listed["runs"]) == RUN_CAP
 
 
-async def test_a_restarted_controller_reads_on_where_it_stopped(
-    run_settings: Settings,
-    agents: AgentBackend,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr("hearth.control.runs.run_command", fake_command)
+async def test_a_restarted_controller_reads_on_where_it_stopped(controller: Controller) -> None:
     lines = answer_lines("claude_code")
-    async with running_api(run_settings, agents, tmp_path / "image") as first:
+    async with controller() as first:
         vm_id, headers = await logged_in_vm(first, "max")
         run = await start(first, vm_id, headers, script(lines, pause_s=0.3))
         seen = await events_of(first, vm_id, run["id"], headers, limit=2)
     # The controller is gone; the CLI goes on printing under the VM's agent.
-    async with running_api(run_settings, agents, tmp_path / "image") as second:
+    async with controller() as second:
         rest = await events_of(second, vm_id, run["id"], headers, last_event_id=seen[-1][0])
         whole = await events_of(second, vm_id, run["id"], headers)
         await second.ctl.runs.wait_idle()
     assert seen + rest == whole
     assert whole[-1][1] == "run.completed"
     assert text_of(whole) == ANSWER
+
+
+async def vm_status(api: Api, vm_id: str, headers: dict[str, str]) -> str:
+    answer = await api.client.get(f"/api/vms/{vm_id}", headers=headers)
+    assert answer.status_code == 200, answer.text
+    status: str = answer.json()["status"]
+    return status
+
+
+async def test_a_paused_vm_is_not_woken_by_its_runs_reader(
+    api_runs: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The pump reads the CLI's output on its own: that is not use. It took a paused VM's
+    # stalled stream for a broken one and read again through the route's gate, which resumed
+    # the VM (autoResume): a pause held a minute at most while a run ran.
+    monkeypatch.setattr("hearth.agent_client.EVENT_STREAM_READ_TIMEOUT_S", 0.3)
+    vm_id, headers = await logged_in_vm(api_runs, "nia")
+    run = await start(api_runs, vm_id, headers, script(answer_lines("claude_code"), pause_s=0.3))
+    paused = await api_runs.client.post(f"/api/vms/{vm_id}/pause", headers=headers)
+    assert paused.status_code == 200, paused.text
+    await asyncio.sleep(2.0)  # several of the pump's reads time out meanwhile
+    assert await vm_status(api_runs, vm_id, headers) == "paused"
+    assert (await api_runs.ctl.runs.get(vm_id, run["id"], None)).status.value == "running"
+    resumed = await api_runs.client.post(f"/api/vms/{vm_id}/resume", headers=headers)
+    assert resumed.status_code == 200, resumed.text
+    whole = await events_of(api_runs, vm_id, run["id"], headers)
+    assert whole[-1][1] == "run.completed"
+    assert text_of(whole) == ANSWER
+
+
+async def test_a_restarted_controller_waits_for_a_hibernated_vm_without_waking_it(
+    controller: Controller,
+) -> None:
+    lines = answer_lines("claude_code")
+    async with controller() as first:
+        vm_id, headers = await logged_in_vm(first, "ola")
+        run = await start(first, vm_id, headers, script(lines, pause_s=0.3))
+        saved = await first.client.post(f"/api/vms/{vm_id}/hibernate", headers=headers)
+        assert saved.status_code == 200, saved.text
+    async with controller() as second:
+        await asyncio.sleep(1.5)  # the re-attached pump has looked at the VM
+        assert await vm_status(second, vm_id, headers) == "hibernated"
+        assert (await second.ctl.runs.get(vm_id, run["id"], None)).status.value == "running"
+        woken = await second.client.post(f"/api/vms/{vm_id}/resume", headers=headers)
+        assert woken.status_code == 200, woken.text
+        whole = await events_of(second, vm_id, run["id"], headers)
+        await second.ctl.runs.wait_idle()
+    assert whole[-1][1] == "run.completed"
+    assert text_of(whole) == ANSWER
+
+
+async def test_a_run_whose_vm_is_destroyed_fails_at_once_naming_why(api_runs: Api) -> None:
+    vm_id, headers = await logged_in_vm(api_runs, "pia")
+    run = await start(api_runs, vm_id, headers, script([], hang=True))
+    paused = await api_runs.client.post(f"/api/vms/{vm_id}/pause", headers=headers)
+    assert paused.status_code == 200, paused.text
+    gone = await api_runs.client.delete(f"/api/vms/{vm_id}", headers=headers)
+    assert gone.status_code in (200, 204), gone.text
+    async with asyncio.timeout(10):
+        await api_runs.ctl.runs.wait_idle()
+    ended = await api_runs.ctl.runs.get(vm_id, run["id"], None)
+    assert ended.status.value == "failed"
+    assert "the VM ended" in (ended.error_message or "")

@@ -16,6 +16,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
+import pytest
 from websockets.asyncio.client import connect
 
 from hearth.config import Settings
@@ -158,6 +159,27 @@ async def test_a_shell_outlives_the_limit_of_a_command(
             await asyncio.sleep(2.5)
             await socket.type("echo $((6*7))\r")
             await socket.until_line(ANSWER)
+
+
+async def test_an_open_terminal_does_not_wake_its_paused_vm(
+    live_api: Live, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The relay reads the shell's output on its own: not use. It took a paused VM's stalled
+    # stream for a broken one and read again through the route's gate, which resumed the VM.
+    monkeypatch.setattr("hearth.agent_client.EVENT_STREAM_READ_TIMEOUT_S", 0.3)
+    client, ann = live_api.api.client, live_api.api.headers(live_api.keys["ann"])
+    vm_id = await new_vm(live_api, "ann")
+    link = await open_link(live_api, vm_id, live_api.keys["ann"])
+    async with ready_terminal(live_api, link) as socket:
+        assert (await client.post(f"/api/vms/{vm_id}/pause", headers=ann)).status_code == 200
+        await asyncio.sleep(2.0)  # several of the relay's reads time out meanwhile
+        status = (await client.get(f"/api/vms/{vm_id}", headers=ann)).json()["status"]
+        assert status == "paused"
+        # What the page types is use: it resumes the VM, and the shell answers.
+        await socket.type("echo $((6*7))\r")
+        await socket.until_line(ANSWER)
+    status = (await client.get(f"/api/vms/{vm_id}", headers=ann)).json()["status"]
+    assert status == "ready"
 
 
 async def test_a_revoked_key_ends_its_terminal_and_its_unopened_links(live_api: Live) -> None:

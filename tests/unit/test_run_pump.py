@@ -46,9 +46,7 @@ class Exec:
         self.hangs_at = hangs_at
         self.hanging = asyncio.Event()
 
-    async def events(
-        self, vm_id: str, user_id: str | None, exec_id: str, *, after: int = 0
-    ) -> AsyncIterator[ExecEvent]:
+    async def follow(self, vm_id: str, exec_id: str, *, after: int = 0) -> AsyncIterator[ExecEvent]:
         for event in OUTPUT:
             if event.id <= after:
                 continue

@@ -215,9 +215,7 @@ class BreakingExecs(RunnableVms):
     async def start(self, vm_id: str, user_id: str | None, request: object) -> dict[str, object]:
         return {"execId": "x1", "pid": 7}
 
-    async def events(
-        self, vm_id: str, user_id: str | None, exec_id: str, *, after: int
-    ) -> AsyncIterator[AgentEvent]:
+    async def follow(self, vm_id: str, exec_id: str, *, after: int) -> AsyncIterator[AgentEvent]:
         if after >= self.breaks:
             yield AgentEvent(id=after + 1, type="exit", data={"code": 0})
             return

@@ -10,19 +10,32 @@ wire form.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from hearth.agent_client import AgentClient, AgentEvent
+from hearth.agent_client import AgentClient, AgentError, AgentEvent
 from hearth.config import Settings
 from hearth.control.lifetimes import Lifetimes
 from hearth.control.network import CliNetworks
 from hearth.control.vms import VmService
-from hearth.errors import Conflict
+from hearth.errors import Conflict, VmEnded
 from hearth.images.trust import GUEST_TLS_ENV
 from hearth.store.records import VmRecord
 from hearth.vm.types import VmState, VmType
+
+# The statuses a VM is in between two stretches of running (unhealthy ends ready or failed):
+# what the controller follows in it on its own waits them out, without waking it.
+ASLEEP = (
+    VmState.PAUSED,
+    VmState.HIBERNATING,
+    VmState.HIBERNATED,
+    VmState.BOOTING,
+    VmState.UNHEALTHY,
+)
+# How often a follower waiting for a sleeping VM looks at its row.
+AWAKE_POLL_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -125,6 +138,32 @@ class ExecService:
         self.lifetimes.started_exec(vm_id, exec_id)
         async for event in agent.exec_events(exec_id, after=after):
             yield ExecEvent.of(event)
+
+    async def follow(self, vm_id: str, exec_id: str, *, after: int = 0) -> AsyncIterator[ExecEvent]:
+        """``events`` for what the controller follows on its own (a run's pump, a terminal's
+        output), which is not use of the VM: it never wakes one. While the VM sleeps (paused,
+        hibernated, waking, unhealthy) this waits; a stream its sleep broke is read on after
+        the last event; VmEnded once the VM has ended."""
+        while True:
+            await self._awake(vm_id)
+            vm = self.vms.live_vm(vm_id)
+            agent = AgentClient(str(vm.agent_url), self.vms.agent_token(vm_id))
+            self.lifetimes.follows_exec(vm_id, exec_id)
+            try:
+                async for event in agent.exec_events(exec_id, after=after):
+                    after = event.id
+                    yield ExecEvent.of(event)
+                return
+            except AgentError:
+                if (await self.vms.get(vm_id)).status not in ASLEEP:
+                    raise
+
+    async def _awake(self, vm_id: str) -> None:
+        """Return once VM ``vm_id`` is ready; VmEnded once it has ended."""
+        while (record := await self.vms.get(vm_id)).status is not VmState.READY:
+            if record.status not in ASLEEP:
+                raise VmEnded(f"VM {vm_id} is {record.status.value}")
+            await asyncio.sleep(AWAKE_POLL_S)
 
     async def opened(
         self, vm_id: str, user_id: str | None, exec_id: str, *, after: int = 0

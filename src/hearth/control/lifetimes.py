@@ -44,6 +44,9 @@ _log = get_logger("control.lifetimes")
 _RUNNING = (VmState.READY, VmState.UNHEALTHY)
 # Not running now but to run again (a wake's boot among them): what was started in them is kept.
 _ASLEEP = (VmState.PAUSED, VmState.HIBERNATING, VmState.HIBERNATED, VmState.BOOTING)
+# Commands kept per VM before the ended ones are looked for: with no idle timeout nothing else
+# asks, and a VM running command after command would keep every id.
+PRUNE_COMMANDS_AT = 64
 # A login in one of these may still deliver into its CLI VM.
 _LOGGING_IN = tuple(status for status in AuthStatus if status not in TERMINAL)
 
@@ -120,8 +123,14 @@ class Lifetimes:
             self._seen[vm_id] = utc_now()
 
     def started_exec(self, vm_id: str, exec_id: str) -> None:
-        """A command started (or followed) in VM ``vm_id``: the VM is not idle while it runs."""
+        """A command started (or followed by a client) in VM ``vm_id``: use now, and the VM is
+        not idle while it runs."""
         self.touch(vm_id)
+        self.follows_exec(vm_id, exec_id)
+
+    def follows_exec(self, vm_id: str, exec_id: str) -> None:
+        """The controller follows a command in VM ``vm_id`` on its own (a run after a restart):
+        not use in itself, but the VM is not idle while the command runs."""
         self._execs.setdefault(vm_id, set()).add(exec_id)
 
     async def ensure_running(self, record: VmRecord) -> VmRecord:
@@ -174,6 +183,8 @@ class Lifetimes:
         for record in rows:
             if record.status not in _RUNNING or record.pooled or record.vm_type is not VmType.CLI:
                 continue
+            if len(self._execs.get(record.id, ())) > PRUNE_COMMANDS_AT:
+                await self._runs_command(record.id, every=True)
             now = utc_now()
             due = self._due(record, now)
             if due is None or (due.reason == "idle" and await self._busy(record)):
@@ -202,21 +213,32 @@ class Lifetimes:
         if any(login.vm_id == vm_id for login in logins):
             self.touch(vm_id)
             return True
+        if await self._runs_command(vm_id):
+            self.touch(vm_id)
+            return True
+        return False
+
+    async def _runs_command(self, vm_id: str, *, every: bool = False) -> bool:
+        """Whether a command the controller started in VM ``vm_id`` still runs; the ended ones
+        met on the way are forgotten (with ``every``, all ended ones are looked for)."""
         pending = self._execs.get(vm_id, set())
         if not pending or vm_id not in self.vms.live:
             return False
         vm = self.vms.live_vm(vm_id)
         agent = AgentClient(str(vm.agent_url), self.vms.agent_token(vm_id))
+        running = False
         for exec_id in sorted(pending):
             try:
                 state = (await agent.exec_status(exec_id)).get("status")
             except HearthError:
                 state = None  # unknown to the agent (restarted, or long gone): not running
-            if state == "running":
-                self.touch(vm_id)
+            if state != "running":
+                pending.discard(exec_id)
+            elif not every:
                 return True
-            pending.discard(exec_id)
-        return False
+            else:
+                running = True
+        return running
 
     async def _act(self, record: VmRecord, due: _Due, *, decided: datetime) -> bool:
         if due.reason == "idle" and self._seen.get(record.id, decided) > decided:

@@ -6,6 +6,7 @@ into run events, and stores them with the new cursor in one transaction; readers
 each batch lands. The exec's ``exit`` ends the run with exactly one ``run.completed`` or
 ``run.failed``. A broken event stream is read again from the cursor; a controller that
 restarts starts a new pump at the stored cursor, so nothing the CLI printed is lost or doubled.
+The pump is not use of the VM: it waits out a paused or hibernated VM rather than waking it.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from hearth.control.execs import ExecEvent, ExecService
-from hearth.errors import HearthError, NotFound
+from hearth.errors import HearthError, NotFound, VmEnded
 from hearth.logging import get_logger
 from hearth.runs import RunEvent, RunEventType, RunFailure, parser_for
 from hearth.runs.states import RunStatus
@@ -115,12 +116,16 @@ class RunPump:
         attempts = 0
         while True:
             try:
-                async for event in self._execs.events(
-                    self.run.vm_id, None, self.run.exec_id, after=self._cursor
+                # Followed without waking the VM: a paused or hibernated one is waited for.
+                async for event in self._execs.follow(
+                    self.run.vm_id, self.run.exec_id, after=self._cursor
                 ):
                     attempts = 0
                     if await self._take(event):
                         return
+            except VmEnded as exc:
+                await self._end_unread(f"the VM ended while the CLI ran: {exc.message}")
+                return
             except NotFound as exc:
                 await self._end_unread(f"the CLI's process is gone from the VM: {exc.message}")
                 return

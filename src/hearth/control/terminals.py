@@ -256,9 +256,9 @@ class TerminalService:
         last, breaks = 0, 0  # breaks in a row: an event in between starts the count again
         while breaks <= OUTPUT_RESUMES:
             try:
-                async for event in self.execs.events(
-                    grant.vm_id, grant.user_id, exec_id, after=last
-                ):
+                # Not use of the VM in itself (what the page types is): a paused one is
+                # waited for, not woken.
+                async for event in self.execs.follow(grant.vm_id, exec_id, after=last):
                     last, breaks = event.id, 0
                     if event.type == "exit":
                         await peer.send_status({"type": "exit", **event.data})
