@@ -92,6 +92,47 @@ async def test_three_providers_live_in_one_vm_and_a_move_leaves_one_owner(
     assert held(await in_vm(api, first))["codex"] is True
 
 
+async def sleeping_owner_and_another(api: Api, action: str) -> tuple[str, str]:
+    """A CLI VM of ann's holding her Claude login, then paused or hibernated (``action``),
+    and a second CLI VM of hers."""
+    first = await vm_for(api, "ann")
+    await login(
+        api, "ann", "claude_code", first, claude("ann", datetime.now(UTC) + timedelta(hours=1))
+    )
+    slept = await api.client.post(f"/api/vms/{first}/{action}", headers=api.headers())
+    assert slept.status_code == 200, slept.text
+    return first, await vm_for(api, "ann")
+
+
+@pytest.mark.parametrize(("action", "status"), [("pause", "paused"), ("hibernate", "hibernated")])
+async def test_a_move_takes_the_copy_of_a_sleeping_owner_and_lets_it_sleep_on(
+    agent_api: Api, action: str, status: str
+) -> None:
+    # Only running VMs were asked: a paused or hibernated owner kept its copy, and came back
+    # with a second one (a rotated refresh token then logs one of the two CLIs out).
+    api = agent_api
+    first, second = await sleeping_owner_and_another(api, action)
+    await api.ctl.delivery.deliver("ann", "claude_code", second)
+    assert (await api.ctl.store.vms.get(first)).status.value == status
+    assert held(await in_vm(api, second))["claude_code"] is True
+    assert held(await in_vm(api, first))["claude_code"] is False  # the call wakes it
+
+
+async def test_a_move_lands_when_the_sleeping_owner_has_no_room_to_wake(
+    agent_api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    api = agent_api
+    first, second = await sleeping_owner_and_another(api, "hibernate")
+
+    # The host is full: the memory in use now is all there is.
+    used = await api.ctl.store.vms.sum_active_mem_mib()
+    full = dataclasses.replace(api.ctl.vms.quotas, memory_limit_mib=used)
+    monkeypatch.setattr(api.ctl.vms, "quotas", full)
+    await api.ctl.delivery.deliver("ann", "claude_code", second)
+    assert (await api.ctl.store.vms.get(first)).status.value == "hibernated"
+    assert held(await in_vm(api, second))["claude_code"] is True
+
+
 async def test_a_pulled_back_document_keeps_the_vms_bytes_and_so_reads_as_the_vaults(
     agent_api: Api,
 ) -> None:

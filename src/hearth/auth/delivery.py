@@ -14,10 +14,11 @@ from hearth.agent_client import AgentClient, AgentError, sha256_hex
 from hearth.control.network import CliNetworks
 from hearth.control.vms import VmService
 from hearth.credentials.service import CredentialService
-from hearth.errors import Conflict, HearthError, VmError
+from hearth.errors import Conflict, HearthError, NotFound, VmError
 from hearth.events.log import EventLog
 from hearth.events.types import EventType
 from hearth.logging import get_logger
+from hearth.store import VmRecord
 from hearth.vm.types import VmState, VmType
 from hearth_agent.wire import Provider
 
@@ -65,10 +66,31 @@ class Delivery:
         self, agent: AgentClient, user_id: str, provider: str, vm_id: str, *, fresh: bool = False
     ) -> None:
         """``deliver`` through an agent client the caller holds already. ``fresh``: the stored
-        document comes from a login just now, and replaces whatever other VMs hold as it is."""
-        # One owner at a time: what another VM's CLI refreshed comes back first (the newer
-        # document wins, unless this one is a fresh login), and once this VM holds it, the
-        # others no longer do.
+        document comes from a login just now, and replaces whatever other VMs hold as it is.
+
+        One owner at a time: what another VM's CLI refreshed comes back first (the newer
+        document wins, unless this one is a fresh login), and once this VM holds it, the
+        others no longer do. The VM that held it last, paused or hibernated, runs for that
+        (whatever its autoResume) and is put back as it was: left alone, it would come back
+        with a second copy (whose refresh, where a provider rotates its tokens, would log
+        the other VM's CLI out)."""
+        sleeper = await self._asleep_owner(user_id, provider, but=vm_id)
+        if sleeper is not None:
+            try:
+                await self.vms.resume(sleeper.id)
+            except HearthError as exc:
+                # No room to run it now: the login still lands; the old copy is logged.
+                _log.warning("credential_owner_not_woken", vm_id=sleeper.id, error=exc.message)
+                sleeper = None
+        try:
+            await self._deliver_into(agent, user_id, provider, vm_id, fresh=fresh)
+        finally:
+            if sleeper is not None:
+                await self._put_back(sleeper)
+
+    async def _deliver_into(
+        self, agent: AgentClient, user_id: str, provider: str, vm_id: str, *, fresh: bool
+    ) -> None:
         others = await self._holders(user_id, provider, but=vm_id)
         for other in others if not fresh else ():
             await self._pull_back(other, user_id, provider)
@@ -175,11 +197,28 @@ class Delivery:
             try:
                 await self._take_out(record.id, provider, removal)
             finally:
-                if record.status is VmState.HIBERNATED:
-                    await self.vms.hibernation.hibernate(record.id)
-                else:
-                    await self.vms.pause(record.id)
+                await self._put_back(record)
         return removal
+
+    async def _put_back(self, record: VmRecord) -> None:
+        """Pause or hibernate again the VM of ``record``, run for a moment from that status."""
+        if record.status is VmState.HIBERNATED:
+            await self.vms.hibernation.hibernate(record.id)
+        else:
+            await self.vms.pause(record.id)
+
+    async def _asleep_owner(self, user_id: str, provider: str, *, but: str) -> VmRecord | None:
+        """The paused or hibernated CLI VM (not ``but``) the document was delivered into last."""
+        credential = await self.vms.store.credentials.get(user_id, provider)
+        owner = None if credential is None else credential.delivered_to_vm_id
+        if owner is None or owner == but:
+            return None
+        try:
+            record = await self.vms.get(owner)
+        except NotFound:
+            return None
+        asleep = record.vm_type is VmType.CLI and record.status in _ASLEEP
+        return record if asleep else None
 
     async def _take_out(self, vm_id: str, provider: str, removal: Removal) -> None:
         """Read the VM's document (if any) into ``removal``, then remove it and close the
