@@ -182,6 +182,24 @@ async def test_an_open_terminal_does_not_wake_its_paused_vm(
     assert status == "ready"
 
 
+async def test_a_terminal_closed_while_its_vm_sleeps_kills_its_shell_once_it_runs(
+    live_api: Live,
+) -> None:
+    # The kill went through the route's gate: it woke the paused VM to kill the shell (or,
+    # without autoResume, failed, and the shell ran on once the VM was resumed).
+    client, ann = live_api.api.client, live_api.api.headers(live_api.keys["ann"])
+    vm_id = await new_vm(live_api, "ann")
+    link = await open_link(live_api, vm_id, live_api.keys["ann"])
+    async with ready_terminal(live_api, link) as socket:
+        shell, job = await shell_pids(socket)
+        assert (await client.post(f"/api/vms/{vm_id}/pause", headers=ann)).status_code == 200
+    await asyncio.sleep(1.5)  # the relay has ended and its kill waits
+    assert (await live_api.api.ctl.store.vms.get(vm_id)).status.value == "paused"
+    assert not process_gone(shell)
+    assert (await client.post(f"/api/vms/{vm_id}/resume", headers=ann)).status_code == 200
+    await until_gone(shell, job)
+
+
 async def test_a_revoked_key_ends_its_terminal_and_its_unopened_links(live_api: Live) -> None:
     # A revoked key stops authenticating at once: a shell it opened ends, and so does the use
     # of a link it asked for.

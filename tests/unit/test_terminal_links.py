@@ -222,7 +222,7 @@ class BreakingExecs(RunnableVms):
         yield AgentEvent(id=after + 1, type="stdout", data={"data": "x"})
         raise AgentError("the agent's stream broke")
 
-    async def kill(self, vm_id: str, user_id: str | None, exec_id: str, signal: str) -> None:
+    async def kill_once_awake(self, vm_id: str, exec_id: str, signal: str) -> None:
         self.killed.append(exec_id)
 
 

@@ -158,6 +158,17 @@ class ExecService:
                 if (await self.vms.get(vm_id)).status not in ASLEEP:
                     raise
 
+    async def kill_once_awake(self, vm_id: str, exec_id: str, signal: str) -> dict[str, Any]:
+        """Signal a command for the controller (a closed terminal's shell) without waking its
+        VM: a sleeping one is signalled once it runs again; none when it ends first."""
+        try:
+            await self._awake(vm_id)
+        except VmEnded:
+            return {}
+        vm = self.vms.live_vm(vm_id)
+        agent = AgentClient(str(vm.agent_url), self.vms.agent_token(vm_id))
+        return _wire(await agent.exec_kill(exec_id, {"signal": signal}))
+
     async def _awake(self, vm_id: str) -> None:
         """Return once VM ``vm_id`` is ready; VmEnded once it has ended."""
         while (record := await self.vms.get(vm_id)).status is not VmState.READY:

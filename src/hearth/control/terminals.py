@@ -142,6 +142,8 @@ class TerminalService:
         self._pending: dict[str, _Pending] = {}
         self._stopping = asyncio.Event()
         self._open: set[asyncio.Event] = set()  # one per terminal; set once its exec is killed
+        # Kills of closed terminals' shells, some waiting for their VM to run again.
+        self._kills: set[asyncio.Task[None]] = set()
 
     async def open_link(
         self, vm_id: str, user_id: str | None, *, key_id: str | None = None
@@ -233,6 +235,9 @@ class TerminalService:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(2 * KILL_TIMEOUT_S):
                 await asyncio.gather(*(ended.wait() for ended in list(self._open)))
+        # Those still waiting for a sleeping VM: its agent ends each shell at its timeout.
+        for kill in list(self._kills):
+            kill.cancel()
 
     async def _relay(
         self, grant: TerminalGrant, exec_id: str, peer: TerminalPeer, revoked: KeyRevoked | None
@@ -322,14 +327,21 @@ class TerminalService:
                     await asyncio.sleep(min(0.05 * 2**attempt, 1.0))
 
     async def _kill(self, grant: TerminalGrant, exec_id: str) -> None:
+        """Kill the shell, waiting at most ``KILL_TIMEOUT_S``: a VM asleep meanwhile is not
+        woken for it, and its shell is killed once the VM runs again (while this runs)."""
+        kill = asyncio.create_task(self._kill_once_awake(grant, exec_id))
+        self._kills.add(kill)
+        kill.add_done_callback(self._kills.discard)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(kill), KILL_TIMEOUT_S)
+
+    async def _kill_once_awake(self, grant: TerminalGrant, exec_id: str) -> None:
         try:
-            async with asyncio.timeout(KILL_TIMEOUT_S):
-                await self.execs.kill(grant.vm_id, grant.user_id, exec_id, "SIGKILL")
-        except (HearthError, TimeoutError) as exc:
-            # The VM may be gone or paused: its agent ends the exec at its timeout regardless.
-            _log.warning(
-                "terminal_kill_failed", terminal_id=grant.terminal_id, error=type(exc).__name__
-            )
+            await self.execs.kill_once_awake(grant.vm_id, exec_id, "SIGKILL")
+        except HearthError as exc:
+            # The shell has ended, or its agent does not answer: it ends the exec at its
+            # timeout regardless.
+            _log.warning("terminal_kill_failed", terminal_id=grant.terminal_id, error=exc.code)
         _log.info("terminal_ended", terminal_id=grant.terminal_id, exec_id=exec_id)
 
 
