@@ -20,6 +20,7 @@ from hearth.control.run_pump import RunPump
 from hearth.runs.states import RunStatus
 from hearth.store.records import RunEventRecord, RunRecord
 from hearth_agent.wire import Provider
+from tests.integration.run_lines import answer_lines
 
 
 def said(text: str) -> str:
@@ -41,13 +42,20 @@ class Exec:
     """The exec's event stream: it breaks once before event ``breaks_at``, or stops there
     for good (``hangs_at``: the controller is ended meanwhile)."""
 
-    def __init__(self, *, breaks_at: int | None = None, hangs_at: int | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        breaks_at: int | None = None,
+        hangs_at: int | None = None,
+        output: list[ExecEvent] = OUTPUT,
+    ) -> None:
         self.breaks_at = breaks_at
         self.hangs_at = hangs_at
         self.hanging = asyncio.Event()
+        self.output = output
 
     async def follow(self, vm_id: str, exec_id: str, *, after: int = 0) -> AsyncIterator[ExecEvent]:
-        for event in OUTPUT:
+        for event in self.output:
             if event.id <= after:
                 continue
             if event.id == self.breaks_at:
@@ -132,3 +140,27 @@ async def test_the_next_controllers_pump_reads_on_without_repeating_a_line() -> 
     events = told(store)
     assert [text for _, kind, text in events if kind == "message.delta"] == ["HELLO", "WORLD"]
     assert [seq for seq, _, _ in events] == list(range(1, len(events) + 1))
+
+
+@pytest.mark.parametrize(
+    ("exit_data", "ends"),
+    [
+        ({"code": 0, "signal": None, "reason": "exited"}, ("run.completed", None)),
+        ({"code": None, "signal": "SIGTERM", "reason": "signaled"}, ("run.failed", "cancelled")),
+    ],
+)
+async def test_a_cancel_that_came_after_the_cli_finished_its_answer_leaves_it_completed(
+    exit_data: dict[str, Any], ends: tuple[str, str | None]
+) -> None:
+    # A cancel asked while the CLI was exiting 0 with its whole answer turned that answer
+    # into "cancelled"; a CLI the cancel stopped is still cancelled.
+    lines = answer_lines("claude_code")
+    whole = [
+        ExecEvent(1, "stdout", {"data": "\n".join(lines) + "\n"}),
+        ExecEvent(2, "exit", exit_data),
+    ]
+    store = new_store()
+    store.runs.run = dataclasses.replace(store.runs.run, cancel_requested=True)
+    await pump(store, Exec(output=whole)).run_to_end()
+    last = store.runs.stored[-1]
+    assert (last.type, json.loads(last.data).get("code")) == ends

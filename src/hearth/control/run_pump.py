@@ -172,17 +172,19 @@ class RunPump:
         return True
 
     async def _final_event(self, exit_data: dict[str, Any]) -> RunEvent:
-        """The one terminal event: cancelled and timed-out runs say so; else the parser."""
+        """The one terminal event: timed-out runs say so; cancelled ones too, unless the CLI
+        had finished its answer when the cancel came (the parser's verdict otherwise)."""
         current = await self._store.runs.get(self.run.id)
-        if current.cancel_requested:
-            return _failed(RunFailure.CANCELLED, "the run was cancelled")
-        if exit_data.get("reason") == "timeout":
-            return _failed(RunFailure.TIMEOUT, f"the run took longer than {current.timeout_s} s")
-        return self._parser.finish(
+        final = self._parser.finish(
             exit_code=exit_data.get("code"),
             signal=signal_number(exit_data.get("signal")),
             stderr_tail=self._stderr.decode("utf-8", errors="replace"),
         )
+        if current.cancel_requested and final.type is not RunEventType.COMPLETED:
+            return _failed(RunFailure.CANCELLED, "the run was cancelled")
+        if exit_data.get("reason") == "timeout":
+            return _failed(RunFailure.TIMEOUT, f"the run took longer than {current.timeout_s} s")
+        return final
 
     def _records(self, events: list[RunEvent]) -> list[RunEventRecord]:
         records = []
