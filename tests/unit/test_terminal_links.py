@@ -225,6 +225,9 @@ class BreakingExecs(RunnableVms):
     async def kill_once_awake(self, vm_id: str, exec_id: str, signal: str) -> None:
         self.killed.append(exec_id)
 
+    async def asleep(self, vm_id: str) -> bool:
+        return False
+
 
 class QuietPage:
     """A page that types nothing and stays; what it was sent."""

@@ -155,7 +155,7 @@ class ExecService:
                     yield ExecEvent.of(event)
                 return
             except AgentError:
-                if (await self.vms.get(vm_id)).status not in ASLEEP:
+                if not await self.asleep(vm_id):
                     raise
 
     async def kill_once_awake(self, vm_id: str, exec_id: str, signal: str) -> dict[str, Any]:
@@ -168,6 +168,10 @@ class ExecService:
         vm = self.vms.live_vm(vm_id)
         agent = AgentClient(str(vm.agent_url), self.vms.agent_token(vm_id))
         return _wire(await agent.exec_kill(exec_id, {"signal": signal}))
+
+    async def asleep(self, vm_id: str) -> bool:
+        """Whether VM ``vm_id`` is between two stretches of running (``ASLEEP``)."""
+        return (await self.vms.get(vm_id)).status in ASLEEP
 
     async def _awake(self, vm_id: str) -> None:
         """Return once VM ``vm_id`` is ready; VmEnded once it has ended."""

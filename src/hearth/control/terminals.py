@@ -332,6 +332,9 @@ class TerminalService:
         kill = asyncio.create_task(self._kill_once_awake(grant, exec_id))
         self._kills.add(kill)
         kill.add_done_callback(self._kills.discard)
+        with contextlib.suppress(HearthError):
+            if await self.execs.asleep(grant.vm_id):
+                return  # not waited for: it may be days
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(kill), KILL_TIMEOUT_S)
 
