@@ -19,6 +19,8 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
+import hearth.auth.flow as flow_module
+from hearth.auth.states import AuthStatus
 from hearth.config import Settings
 from hearth.errors import VmError
 from hearth.vm.types import VmState, VmType
@@ -133,6 +135,33 @@ async def test_cancel_while_awaiting_the_user_destroys_the_browser_vm_before_it_
         await asyncio.to_thread(sign_in, waiting["login_url"])
     assert (await login.session(session_id))["status"] == "cancelled"
     assert (await login.credential())["present"] is False
+
+
+async def test_a_cancel_that_wins_against_the_capture_leaves_the_vault_as_it_was(
+    login: Login, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The document was written into the vault, then the session's move found it cancelled:
+    # the user's earlier document was gone, replaced by one no VM held. The two are now one.
+    real_wait = flow_module.wait_for_login
+
+    async def cancelled_meanwhile(*args: object) -> bytes:
+        document = await real_wait(*args)  # type: ignore[arg-type]
+        [session] = await login.api.ctl.store.auth_sessions.list(user_id=USER)
+        # What a cancel's compare-and-set does, landing just before the capture's.
+        await login.api.ctl.store.auth_sessions.transition(
+            session.id, AuthStatus.AWAITING_USER, AuthStatus.CANCELLED, error_message="cancelled"
+        )
+        return document
+
+    monkeypatch.setattr(flow_module, "wait_for_login", cancelled_meanwhile)
+    session_id = await login.start()
+    waiting = await login.wait_for(session_id, {"awaiting_user"})
+    await asyncio.to_thread(sign_in, waiting["login_url"])
+
+    session = await login.wait_for(session_id, TERMINAL)
+    assert session["status"] == "cancelled"
+    assert (await login.credential())["present"] is False
+    login.assert_browser_vm_gone(session)
 
 
 async def test_browser_vm_dying_while_awaiting_the_user_fails_the_session_naming_it(

@@ -15,7 +15,7 @@ import dataclasses
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from hearth.agent_client import AgentClient
 from hearth.auth.delivery import Delivery
@@ -33,7 +33,7 @@ from hearth.config import Settings
 from hearth.control.lifetimes import Lifetimes
 from hearth.control.network import CliNetworks
 from hearth.control.vms import VmService
-from hearth.credentials.service import CredentialService
+from hearth.credentials.service import CredentialService, Write
 from hearth.errors import (
     ActiveSessionExists,
     Conflict,
@@ -233,13 +233,13 @@ class AuthFlow:
     # ---- the flow --------------------------------------------------------------------------
 
     async def _move(
-        self, session_id: str, old: AuthStatus, new: AuthStatus, **fields: object
+        self, sid: str, old: AuthStatus, new: AuthStatus, *, then: Write | None = None, **kw: Any
     ) -> AuthSessionRecord:
         try:
-            record = await self.store.auth_sessions.transition(session_id, old, new, **fields)
+            record = await self.store.auth_sessions.transition_with(then, sid, old, new, **kw)
         except Conflict as exc:
             raise _Ended(exc.message) from exc
-        _log.info("auth_status", session_id=session_id, status=new.value)
+        _log.info("auth_status", session_id=sid, status=new.value)
         return record
 
     async def _run(self, session_id: str) -> None:
@@ -364,8 +364,11 @@ class AuthFlow:
                 "waiting for the user to log in",
                 limit_s=self.settings.login_timeout_s,
             )
-            await self.credentials.capture(user, record.provider, document)
-            await self._move(sid, AuthStatus.AWAITING_USER, AuthStatus.CREDENTIALS_CAPTURED)
+            # With the session's move, or not at all: a cancel that came first keeps the vault.
+            captured = (sid, AuthStatus.AWAITING_USER, AuthStatus.CREDENTIALS_CAPTURED)
+            await self.credentials.capture(
+                user, record.provider, document, with_move=lambda w: self._move(*captured, then=w)
+            )
             status = AuthStatus.CREDENTIALS_CAPTURED
         if status is AuthStatus.CREDENTIALS_CAPTURED:
             await self._destroy_browser(await self.store.auth_sessions.get(sid))

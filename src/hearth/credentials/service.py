@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
+
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from hearth.credentials.documents import DocumentFacts, inspect_document, provider_named
 from hearth.credentials.errors import DecryptionFailed, reseal_incomplete
@@ -19,6 +22,8 @@ RESEAL_ATTEMPTS = 3
 # How many undecryptable documents a failed re-encryption names in its message.
 
 _log = get_logger("credentials")
+# A write run in a transaction someone else holds (see ``CredentialService.capture``).
+Write = Callable[[AsyncConnection], Awaitable[None]]
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -33,18 +38,35 @@ class CredentialService:
         self._vault = vault
         self._clock = clock
 
-    async def capture(self, user_id: str, provider: str, document_bytes: bytes) -> CredentialRecord:
+    async def capture(
+        self,
+        user_id: str,
+        provider: str,
+        document_bytes: bytes,
+        *,
+        with_move: Callable[[Write], Awaitable[object]] | None = None,
+    ) -> CredentialRecord:
         """Seal a document captured in the Browser VM as the user's current one for ``provider``.
 
         The document must pass the agent's own checks (strict JSON object, provider field
         rules); its sha256 and expiry are computed with the agent's parsing. Replaces any
         earlier document for the provider, which starts out undelivered. InvalidInput for a
-        bad document, NotFound for an unknown user.
+        bad document, NotFound for an unknown user. ``with_move`` commits the write in the
+        transaction of another (a login's session moving on, which a cancel may have beaten):
+        both land or neither does.
         """
         facts = inspect_document(provider, document_bytes)
-        record = await self._store.credentials.put(
-            self._seal(user_id, facts, document_bytes, source=CredentialSource.CAPTURED)
-        )
+        sealed = self._seal(user_id, facts, document_bytes, source=CredentialSource.CAPTURED)
+        if with_move is None:
+            record = await self._store.credentials.put(sealed)
+        else:
+            written: list[CredentialRecord] = []
+
+            async def write(conn: AsyncConnection) -> None:
+                written.append(await self._store.credentials.put_on(conn, sealed))
+
+            await with_move(write)
+            [record] = written
         _log.info(
             "credential_captured",
             user_id=user_id,

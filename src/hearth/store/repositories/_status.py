@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import builtins
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from enum import StrEnum
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from sqlalchemy import Table, select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from hearth.errors import Conflict, HearthError, InvalidInput, NotFound
 from hearth.store.repositories._base import (
@@ -128,6 +129,19 @@ class StatusRepository(Repository, Generic[R, S]):
         database is touched. Every move stamps ``updated_at``, and entering a status in
         ``stamps`` its column too.
         """
+        return await self.transition_with(None, row_id, expected, new, **fields)
+
+    async def transition_with(
+        self,
+        then: Callable[[AsyncConnection], Awaitable[object]] | None,
+        row_id: str,
+        expected: S | Collection[S],
+        new: S,
+        /,
+        **fields: object,
+    ) -> R:
+        """``transition``, with ``then`` written in its transaction once the move has won: both
+        land or neither does (a subclass's own ``transition`` is not run)."""
         values = check_fields(self._what, self._updatable, fields)
         olds = expected_statuses(self._status_type, expected)
         [new] = enum_members(self._status_type, [new])
@@ -142,6 +156,8 @@ class StatusRepository(Repository, Generic[R, S]):
                 row = await compare_and_set(
                     conn, self._table, what=self._what, row_id=row_id, expected=olds, values=values
                 )
+                if then is not None:
+                    await then(conn)
         except IntegrityError as exc:
             _raise_if_owner_unknown(values, exc)
             raise

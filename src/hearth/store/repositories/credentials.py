@@ -8,6 +8,7 @@ from typing import Any, NoReturn
 
 from sqlalchemy import delete, or_, select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from hearth.errors import Conflict, InvalidInput, NotFound
 from hearth.store.models import credentials_table
@@ -33,17 +34,21 @@ class CredentialRepo(Repository):
         A replacement keeps the row's id and ``created_at`` and takes every other field from
         ``record`` (so a new capture starts undelivered). NotFound if the user does not exist.
         """
-        values = self._values(record)
         try:
             async with self._engine.begin() as conn:
-                statement = dialect_insert(conn, _table).values(values)
-                statement = statement.on_conflict_do_update(
-                    index_elements=_CONFLICT_KEY, set_=self._replacement(statement)
-                ).returning(*_table.c)
-                row = (await conn.execute(statement)).one()
+                stored = await self.put_on(conn, record)
         except IntegrityError as exc:
             await self._explain_write_failure(record, exc)
-        return to_record(CredentialRecord, row)
+        return stored
+
+    async def put_on(self, conn: AsyncConnection, record: CredentialRecord) -> CredentialRecord:
+        """``put`` on a connection whose transaction the caller holds (a login's capture is
+        written with its session's move, or not at all)."""
+        statement = dialect_insert(conn, _table).values(self._values(record))
+        statement = statement.on_conflict_do_update(
+            index_elements=_CONFLICT_KEY, set_=self._replacement(statement)
+        ).returning(*_table.c)
+        return to_record(CredentialRecord, (await conn.execute(statement)).one())
 
     async def replace_if_newer(self, record: CredentialRecord, *, newer_than: datetime) -> bool:
         """Store ``record`` only if the stored document expires before ``newer_than``.
