@@ -31,6 +31,7 @@ from tests.integration.oidc_fixtures import *  # noqa: F403
 from tests.integration.oidc_fixtures import OidcServer, SignInBrowser
 
 PROVIDERS = ("claude_code", "codex", "gemini_cli")
+HOURS = timedelta(hours=2)
 
 
 async def login(api: Api, user: str, provider: str, vm_id: str, document: bytes) -> None:
@@ -96,9 +97,7 @@ async def sleeping_owner_and_another(api: Api, action: str) -> tuple[str, str]:
     """A CLI VM of ann's holding her Claude login, then paused or hibernated (``action``),
     and a second CLI VM of hers."""
     first = await vm_for(api, "ann")
-    await login(
-        api, "ann", "claude_code", first, claude("ann", datetime.now(UTC) + timedelta(hours=1))
-    )
+    await login(api, "ann", "claude_code", first, claude("ann", datetime.now(UTC) + HOURS))
     slept = await api.client.post(f"/api/vms/{first}/{action}", headers=api.headers())
     assert slept.status_code == 200, slept.text
     return first, await vm_for(api, "ann")
@@ -112,7 +111,8 @@ async def test_a_move_takes_the_copy_of_a_sleeping_owner_and_lets_it_sleep_on(
     # with a second one (a rotated refresh token then logs one of the two CLIs out).
     api = agent_api
     first, second = await sleeping_owner_and_another(api, action)
-    await api.ctl.delivery.deliver("ann", "claude_code", second)
+    # A new login (its capture forgets where the earlier document went) lands in the second.
+    await login(api, "ann", "claude_code", second, claude("new", datetime.now(UTC) + HOURS))
     assert (await api.ctl.store.vms.get(first)).status.value == status
     assert held(await in_vm(api, second))["claude_code"] is True
     assert held(await in_vm(api, first))["claude_code"] is False  # the call wakes it
@@ -128,7 +128,8 @@ async def test_a_move_lands_when_the_sleeping_owner_has_no_room_to_wake(
     used = await api.ctl.store.vms.sum_active_mem_mib()
     full = dataclasses.replace(api.ctl.vms.quotas, memory_limit_mib=used)
     monkeypatch.setattr(api.ctl.vms, "quotas", full)
-    await api.ctl.delivery.deliver("ann", "claude_code", second)
+    # A new login (its capture forgets where the earlier document went) lands in the second.
+    await login(api, "ann", "claude_code", second, claude("new", datetime.now(UTC) + HOURS))
     assert (await api.ctl.store.vms.get(first)).status.value == "hibernated"
     assert held(await in_vm(api, second))["claude_code"] is True
 

@@ -14,7 +14,7 @@ from hearth.agent_client import AgentClient, AgentError, sha256_hex
 from hearth.control.network import CliNetworks
 from hearth.control.vms import VmService
 from hearth.credentials.service import CredentialService
-from hearth.errors import Conflict, HearthError, NotFound, VmError
+from hearth.errors import Conflict, HearthError, VmError
 from hearth.events.log import EventLog
 from hearth.events.types import EventType
 from hearth.logging import get_logger
@@ -70,23 +70,24 @@ class Delivery:
 
         One owner at a time: what another VM's CLI refreshed comes back first (the newer
         document wins, unless this one is a fresh login), and once this VM holds it, the
-        others no longer do. The VM that held it last, paused or hibernated, runs for that
-        (whatever its autoResume) and is put back as it was: left alone, it would come back
-        with a second copy (whose refresh, where a provider rotates its tokens, would log
-        the other VM's CLI out)."""
-        sleeper = await self._asleep_owner(user_id, provider, but=vm_id)
-        if sleeper is not None:
+        others no longer do. The user's other CLI VMs that are paused or hibernated run for
+        that (whatever their autoResume; a capture forgets where the document was) and are
+        put back as they were: left alone, one would come back with a second copy (whose
+        refresh, where a provider rotates its tokens, would log the other VM's CLI out)."""
+        woken = []
+        for record in await self._asleep(user_id, but=vm_id):
             try:
-                await self.vms.resume(sleeper.id)
+                await self.vms.resume(record.id)
             except HearthError as exc:
-                # No room to run it now: the login still lands; the old copy is logged.
-                _log.warning("credential_owner_not_woken", vm_id=sleeper.id, error=exc.message)
-                sleeper = None
+                # No room to run it now: the login still lands; a copy it holds is logged.
+                _log.warning("credential_holder_not_woken", vm_id=record.id, error=exc.message)
+                continue
+            woken.append(record)
         try:
             await self._deliver_into(agent, user_id, provider, vm_id, fresh=fresh)
         finally:
-            if sleeper is not None:
-                await self._put_back(sleeper)
+            for record in woken:
+                await self._put_back(record)
 
     async def _deliver_into(
         self, agent: AgentClient, user_id: str, provider: str, vm_id: str, *, fresh: bool
@@ -177,12 +178,7 @@ class Delivery:
         removal = Removal()
         for vm_id in await self._holders(user_id, provider):
             await self._take_out(vm_id, provider, removal)
-        asleep = [
-            record
-            for record in await self.vms.list_vms(user_id=user_id)
-            if record.vm_type is VmType.CLI and record.status in _ASLEEP
-        ]
-        for record in asleep:
+        for record in await self._asleep(user_id):
             try:
                 await self.vms.resume(record.id)
             except HearthError as exc:
@@ -201,24 +197,26 @@ class Delivery:
         return removal
 
     async def _put_back(self, record: VmRecord) -> None:
-        """Pause or hibernate again the VM of ``record``, run for a moment from that status."""
-        if record.status is VmState.HIBERNATED:
-            await self.vms.hibernation.hibernate(record.id)
-        else:
-            await self.vms.pause(record.id)
-
-    async def _asleep_owner(self, user_id: str, provider: str, *, but: str) -> VmRecord | None:
-        """The paused or hibernated CLI VM (not ``but``) the document was delivered into last."""
-        credential = await self.vms.store.credentials.get(user_id, provider)
-        owner = None if credential is None else credential.delivered_to_vm_id
-        if owner is None or owner == but:
-            return None
+        """Pause or hibernate again the VM of ``record``, run for a moment from that status;
+        left as it is once it is no longer ready (paused or ended by someone else meanwhile).
+        A failure is logged: what it was run for is done either way."""
         try:
-            record = await self.vms.get(owner)
-        except NotFound:
-            return None
-        asleep = record.vm_type is VmType.CLI and record.status in _ASLEEP
-        return record if asleep else None
+            if (await self.vms.get(record.id)).status is not VmState.READY:
+                return
+            if record.status is VmState.HIBERNATED:
+                await self.vms.hibernation.hibernate(record.id)
+            else:
+                await self.vms.pause(record.id)
+        except HearthError as exc:
+            _log.warning("vm_not_put_back", vm_id=record.id, error=exc.message[:300])
+
+    async def _asleep(self, user_id: str, *, but: str | None = None) -> list[VmRecord]:
+        """The user's paused or hibernated CLI VMs (but ``but``)."""
+        return [
+            record
+            for record in await self.vms.list_vms(user_id=user_id)
+            if record.vm_type is VmType.CLI and record.status in _ASLEEP and record.id != but
+        ]
 
     async def _take_out(self, vm_id: str, provider: str, removal: Removal) -> None:
         """Read the VM's document (if any) into ``removal``, then remove it and close the
