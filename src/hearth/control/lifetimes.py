@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 from hearth.agent_client import AgentClient
 from hearth.auth.states import TERMINAL, AuthStatus
 from hearth.config import Settings
-from hearth.errors import Conflict, HearthError
+from hearth.errors import Conflict, HearthError, NotFound
 from hearth.events.types import EventType
 from hearth.logging import get_logger
 from hearth.periodic import every
@@ -183,7 +183,10 @@ class Lifetimes:
         for record in rows:
             if record.status not in _RUNNING or record.pooled or record.vm_type is not VmType.CLI:
                 continue
-            if len(self._execs.get(record.id, ())) > PRUNE_COMMANDS_AT:
+            if (
+                record.status is VmState.READY
+                and len(self._execs.get(record.id, ())) > PRUNE_COMMANDS_AT
+            ):
                 await self._runs_command(record.id, every=True)
             now = utc_now()
             due = self._due(record, now)
@@ -220,7 +223,8 @@ class Lifetimes:
 
     async def _runs_command(self, vm_id: str, *, every: bool = False) -> bool:
         """Whether a command the controller started in VM ``vm_id`` still runs; the ended ones
-        met on the way are forgotten (with ``every``, all ended ones are looked for)."""
+        met on the way are forgotten (with ``every``, all ended ones are looked for, and an
+        agent that does not answer ends the look, forgetting nothing more)."""
         pending = self._execs.get(vm_id, set())
         if not pending or vm_id not in self.vms.live:
             return False
@@ -230,8 +234,12 @@ class Lifetimes:
         for exec_id in sorted(pending):
             try:
                 state = (await agent.exec_status(exec_id)).get("status")
-            except HearthError:
+            except NotFound:
                 state = None  # unknown to the agent (restarted, or long gone): not running
+            except HearthError:
+                if every:
+                    return running
+                state = None
             if state != "running":
                 pending.discard(exec_id)
             elif not every:
