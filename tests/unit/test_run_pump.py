@@ -15,7 +15,7 @@ import pytest
 
 import hearth.control.run_pump as run_pump
 from hearth.agent_client import AgentError
-from hearth.control.execs import ExecEvent
+from hearth.control.execs import ExecEvent, StreamSlept
 from hearth.control.run_pump import RunPump
 from hearth.runs.states import RunStatus
 from hearth.store.records import RunEventRecord, RunRecord
@@ -48,16 +48,25 @@ class Exec:
         breaks_at: int | None = None,
         hangs_at: int | None = None,
         output: list[ExecEvent] = OUTPUT,
+        sleeps_at: int | None = None,
+        sleeps: int = 0,
     ) -> None:
         self.breaks_at = breaks_at
         self.hangs_at = hangs_at
         self.hanging = asyncio.Event()
         self.output = output
+        # Before event ``sleeps_at``, the VM sleeps ``sleeps`` times (each breaks the stream).
+        self.sleeps_at, self.sleeps = sleeps_at, sleeps
+        self.reads_after: list[int] = []
 
     async def follow(self, vm_id: str, exec_id: str, *, after: int = 0) -> AsyncIterator[ExecEvent]:
+        self.reads_after.append(after)
         for event in self.output:
             if event.id <= after:
                 continue
+            if event.id == self.sleeps_at and self.sleeps:
+                self.sleeps -= 1
+                raise StreamSlept("the VM slept")
             if event.id == self.breaks_at:
                 self.breaks_at = None
                 raise AgentError("the stream broke")
@@ -164,3 +173,16 @@ async def test_a_cancel_that_came_after_the_cli_finished_its_answer_leaves_it_co
     await pump(store, Exec(output=whole)).run_to_end()
     last = store.runs.stored[-1]
     assert (last.type, json.loads(last.data).get("code")) == ends
+
+
+async def test_the_vms_sleeps_break_the_stream_without_using_up_its_resumes() -> None:
+    # Each sleep breaks the stream before any event; none counts against RESUME_ATTEMPTS (the VM
+    # slept: its agent did not fail), and each read starts at the stored cursor.
+    store = new_store()
+    execs = Exec(sleeps_at=1, sleeps=run_pump.RESUME_ATTEMPTS + 3)
+    await pump(store, execs).run_to_end()
+    events = told(store)
+    assert [text for _, kind, text in events if kind == "message.delta"] == ["HELLO", "WORLD"]
+    assert set(execs.reads_after) == {0}
+    final = json.loads(store.runs.stored[-1].data)
+    assert "stopped answering" not in final.get("message", "")

@@ -38,6 +38,13 @@ ASLEEP = (
 AWAKE_POLL_S = 1.0
 
 
+class StreamSlept(AgentError):
+    """A followed command's stream broke because its VM slept; the VM runs again now."""
+
+    code = "agent_error"
+    http_status = 502
+
+
 @dataclass(frozen=True)
 class ExecRequest:
     """A command to run, as the API received it (already validated)."""
@@ -142,21 +149,21 @@ class ExecService:
     async def follow(self, vm_id: str, exec_id: str, *, after: int = 0) -> AsyncIterator[ExecEvent]:
         """``events`` for what the controller follows on its own (a run's pump, a terminal's
         output), which is not use of the VM: it never wakes one. While the VM sleeps (paused,
-        hibernated, waking, unhealthy) this waits; a stream its sleep broke is read on after
-        the last event; VmEnded once the VM has ended."""
-        while True:
+        hibernated, waking, unhealthy) this waits; a stream its sleep broke raises StreamSlept
+        once the VM runs again (read again from where the caller stands: reading after an id
+        tells the agent it may drop what came before); VmEnded once the VM has ended."""
+        await self._awake(vm_id)
+        vm = self.vms.live_vm(vm_id)
+        agent = AgentClient(str(vm.agent_url), self.vms.agent_token(vm_id))
+        self.lifetimes.follows_exec(vm_id, exec_id)
+        try:
+            async for event in agent.exec_events(exec_id, after=after):
+                yield ExecEvent.of(event)
+        except AgentError as exc:
+            if not await self.asleep(vm_id):
+                raise
             await self._awake(vm_id)
-            vm = self.vms.live_vm(vm_id)
-            agent = AgentClient(str(vm.agent_url), self.vms.agent_token(vm_id))
-            self.lifetimes.follows_exec(vm_id, exec_id)
-            try:
-                async for event in agent.exec_events(exec_id, after=after):
-                    after = event.id
-                    yield ExecEvent.of(event)
-                return
-            except AgentError:
-                if not await self.asleep(vm_id):
-                    raise
+            raise StreamSlept(f"VM {vm_id} slept while its command was followed") from exc
 
     async def kill_once_awake(self, vm_id: str, exec_id: str, signal: str) -> dict[str, Any]:
         """Signal a command for the controller (a closed terminal's shell) without waking its

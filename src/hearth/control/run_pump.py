@@ -18,7 +18,7 @@ import signal as signals
 from collections.abc import Callable
 from typing import Any
 
-from hearth.control.execs import ExecEvent, ExecService
+from hearth.control.execs import ExecEvent, ExecService, StreamSlept
 from hearth.errors import HearthError, NotFound, VmEnded
 from hearth.logging import get_logger
 from hearth.runs import RunEvent, RunEventType, RunFailure, parser_for
@@ -126,6 +126,10 @@ class RunPump:
             except VmEnded as exc:
                 await self._end_unread(f"the VM ended while the CLI ran: {exc.message}")
                 return
+            except StreamSlept:
+                # Not the agent's failure: read again from the cursor, the held part too.
+                self._lines, self._held_lines, self._held_stderr = LineSplitter(), [], bytearray()
+                continue
             except NotFound as exc:
                 await self._end_unread(f"the CLI's process is gone from the VM: {exc.message}")
                 return

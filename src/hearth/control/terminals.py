@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from hearth.agent_client import AgentError
-from hearth.control.execs import ExecRequest, ExecService
+from hearth.control.execs import ExecRequest, ExecService, StreamSlept
 from hearth.errors import HearthError, InvalidInput, TooManyRunning, Unauthorized
 from hearth.links import link_token_hash, link_token_matches, mint_link_token
 from hearth.logging import get_logger
@@ -269,6 +269,8 @@ class TerminalService:
                         await peer.send_status({"type": "exit", **event.data})
                         return
                     await peer.send_output(_output_bytes(event.data))
+            except StreamSlept:
+                continue  # the VM slept, and runs again: read on, no break counted
             except AgentError:
                 if breaks == OUTPUT_RESUMES:
                     raise
