@@ -104,6 +104,9 @@ class ExecService:
     async def agent(self, vm_id: str, user_id: str | None) -> AgentClient:
         """The agent of a VM the caller may use (NotFound otherwise) that can run commands."""
         await self.runnable(vm_id, user_id)
+        return self._agent_of(vm_id)
+
+    def _agent_of(self, vm_id: str) -> AgentClient:
         vm = self.vms.live_vm(vm_id)
         return AgentClient(str(vm.agent_url), self.vms.agent_token(vm_id))
 
@@ -153,8 +156,7 @@ class ExecService:
         once the VM runs again (read again from where the caller stands: reading after an id
         tells the agent it may drop what came before); VmEnded once the VM has ended."""
         await self._awake(vm_id)
-        vm = self.vms.live_vm(vm_id)
-        agent = AgentClient(str(vm.agent_url), self.vms.agent_token(vm_id))
+        agent = self._agent_of(vm_id)
         self.lifetimes.follows_exec(vm_id, exec_id)
         try:
             async for event in agent.exec_events(exec_id, after=after):
@@ -172,8 +174,7 @@ class ExecService:
             await self._awake(vm_id)
         except VmEnded:
             return {}
-        vm = self.vms.live_vm(vm_id)
-        agent = AgentClient(str(vm.agent_url), self.vms.agent_token(vm_id))
+        agent = self._agent_of(vm_id)
         return _wire(await agent.exec_kill(exec_id, {"signal": signal}))
 
     async def asleep(self, vm_id: str) -> bool:
