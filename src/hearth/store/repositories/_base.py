@@ -19,6 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from hearth.errors import Conflict, InvalidInput, NotFound
+from hearth.store.migrate import SQLITE_BEGIN_IMMEDIATE
 from hearth.store.models import users_table
 from hearth.store.records import utc_now
 
@@ -65,6 +66,12 @@ class Repository:
 
     Every public coroutine method of a subclass runs to completion even when its caller is
     cancelled (``run_to_completion``): no transaction is cut short by a cancel.
+
+    Reads go through ``_engine.connect()``; every transaction that writes goes through
+    ``_writes.begin()``, which on SQLite takes the write lock at ``BEGIN`` (``BEGIN
+    IMMEDIATE``, waiting out the busy timeout for it). Begun deferred, a transaction that read
+    first failed "database is locked" at once when another connection committed before its first
+    write: SQLite cannot upgrade a read lock on an old snapshot, so it does not wait.
     """
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -75,6 +82,7 @@ class Repository:
 
     def __init__(self, engine: AsyncEngine, *, clock: Clock = utc_now) -> None:
         self._engine = engine
+        self._writes = engine.execution_options(**{SQLITE_BEGIN_IMMEDIATE: True})
         self._clock = clock
 
     async def _read_one(self, statement: Executable) -> Row[Any] | None:
@@ -84,7 +92,7 @@ class Repository:
 
     async def _write_one(self, statement: Executable) -> Row[Any] | None:
         """The one row ``statement`` writes (and returns), or None; committed."""
-        async with self._engine.begin() as conn:
+        async with self._writes.begin() as conn:
             return (await conn.execute(statement)).one_or_none()
 
     async def _read_records(self, cls: type[R], statement: Executable) -> list[R]:

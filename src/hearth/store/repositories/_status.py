@@ -152,7 +152,7 @@ class StatusRepository(Repository, Generic[R, S]):
             values.setdefault(self._stamps[new], now)
         values.update(status=new, updated_at=now)
         try:
-            async with self._engine.begin() as conn:
+            async with self._writes.begin() as conn:
                 row = await compare_and_set(
                     conn, self._table, what=self._what, row_id=row_id, expected=olds, values=values
                 )

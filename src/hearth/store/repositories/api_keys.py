@@ -107,7 +107,7 @@ class ApiKeyRepo(Repository):
             "is_admin": admin,
             "created_at": now,
         }
-        async with self._engine.begin() as conn:
+        async with self._writes.begin() as conn:
             await ensure_user(conn, user_id, now=now)
             row = (
                 await conn.execute(
@@ -130,7 +130,7 @@ class ApiKeyRepo(Repository):
             raise InvalidInput("an imported key must be printable ASCII without spaces")
         key_hash = self._hash(plaintext)
         now = self._clock()
-        async with self._engine.begin() as conn:
+        async with self._writes.begin() as conn:
             await ensure_user(conn, user_id, now=now)
             await self._rehash_legacy(conn, plaintext)
             insert = insert_ignoring_duplicates(conn, api_keys_table, key="key_hash")
@@ -174,7 +174,7 @@ class ApiKeyRepo(Repository):
                 if legacy is None:
                     return None
         if row is None:
-            async with self._engine.begin() as conn:
+            async with self._writes.begin() as conn:
                 await self._rehash_legacy(conn, plaintext)
                 row = await self._row_of(conn, key_hash)
         if row is None:
@@ -186,7 +186,7 @@ class ApiKeyRepo(Repository):
         stale_before = now - LAST_USED_RESOLUTION
         if record.last_used_at is not None and record.last_used_at > stale_before:
             return record
-        async with self._engine.begin() as conn:
+        async with self._writes.begin() as conn:
             # The guard makes concurrent requests stamp the key once, not once each.
             await conn.execute(
                 update(api_keys_table)
@@ -217,7 +217,7 @@ class ApiKeyRepo(Repository):
 
     async def revoke(self, key_id: str) -> ApiKeyRecord:
         """Stop ``key_id`` from authenticating; revoking twice keeps the first revocation time."""
-        async with self._engine.begin() as conn:
+        async with self._writes.begin() as conn:
             await conn.execute(
                 update(api_keys_table)
                 .where(api_keys_table.c.id == key_id, api_keys_table.c.revoked_at.is_(None))

@@ -35,7 +35,7 @@ class CredentialRepo(Repository):
         ``record`` (so a new capture starts undelivered). NotFound if the user does not exist.
         """
         try:
-            async with self._engine.begin() as conn:
+            async with self._writes.begin() as conn:
                 stored = await self.put_on(conn, record)
         except IntegrityError as exc:
             await self._explain_write_failure(record, exc)
@@ -63,7 +63,7 @@ class CredentialRepo(Repository):
             raise InvalidInput("newer_than must be a timezone-aware datetime")
         values = self._values(record)
         try:
-            async with self._engine.begin() as conn:
+            async with self._writes.begin() as conn:
                 statement = dialect_insert(conn, _table).values(values)
                 statement = statement.on_conflict_do_update(
                     index_elements=_CONFLICT_KEY,

@@ -29,7 +29,7 @@ class EgressRepo(Repository):
             "deny_out": json.dumps(list(record.deny_out)),
             "updated_at": self._clock(),
         }
-        async with self._engine.begin() as conn:
+        async with self._writes.begin() as conn:
             statement = dialect_insert(conn, _table).values(values)
             replace = {name: statement.excluded[name] for name in values if name != "vm_id"}
             await conn.execute(
@@ -43,12 +43,12 @@ class EgressRepo(Repository):
 
     async def delete(self, vm_id: str) -> None:
         """Forget the VM's path (it was closed)."""
-        async with self._engine.begin() as conn:
+        async with self._writes.begin() as conn:
             await conn.execute(delete(_table).where(_table.c.vm_id == vm_id))
 
     async def delete_except(self, keep: Collection[str]) -> int:
         """Forget every path but those of ``keep`` (VMs a restart did not adopt); how many."""
-        async with self._engine.begin() as conn:
+        async with self._writes.begin() as conn:
             result = await conn.execute(delete(_table).where(_table.c.vm_id.not_in(list(keep))))
         return int(result.rowcount)
 

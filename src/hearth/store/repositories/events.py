@@ -41,7 +41,7 @@ class EventRepo(Repository):
         subscribes to it (retried for ``retry_for``); the event and that count."""
         now = self._clock()
         values = {"type": type, "user_id": user_id, "vm_id": vm_id, "data": data}
-        async with self._engine.begin() as conn:
+        async with self._writes.begin() as conn:
             inserted = events_table.insert().values(**values, created_at=now)
             row = (await conn.execute(inserted.returning(*events_table.c))).one()
             # Shared locks on the webhooks until this commits: a webhook deleted meanwhile goes
@@ -101,7 +101,7 @@ class EventRepo(Repository):
             .order_by(events_table.c.id)
             .limit(batch)
         )
-        async with self._engine.begin() as conn:
+        async with self._writes.begin() as conn:
             ids = [row.id for row in await conn.execute(old)]
             if not ids:
                 return 0

@@ -53,7 +53,7 @@ class RunRepo(
         statement = delete(runs_table).where(
             runs_table.c.id == run_id, runs_table.c.status == RunStatus.STARTING
         )
-        async with self._engine.begin() as conn:
+        async with self._writes.begin() as conn:
             return bool((await conn.execute(statement)).rowcount)
 
     async def list_for_vm(self, vm_id: str, *, limit: int = 100) -> list[RunRecord]:
@@ -80,7 +80,7 @@ class RunRepo(
         values = {"exec_cursor": exec_cursor, **fields}
         checked = check_fields(self._what, self._updatable, values)
         checked["updated_at"] = self._clock()
-        async with self._engine.begin() as conn:
+        async with self._writes.begin() as conn:
             if events:
                 checked["last_event_id"] = events[-1].seq
                 await conn.execute(

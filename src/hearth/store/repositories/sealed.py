@@ -36,7 +36,7 @@ class SealedRepo(Repository):
             .where(table.c.id == old.row_id, key == old.key_id, nonce == old.nonce)
             .values({key: new.key_id, nonce: new.nonce, ciphertext: new.ciphertext})
         )
-        async with self._engine.begin() as conn:
+        async with self._writes.begin() as conn:
             result = await conn.execute(statement)
         return bool(result.rowcount == 1)
 

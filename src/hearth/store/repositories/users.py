@@ -44,7 +44,7 @@ class UserRepo(Repository):
 
     async def ensure(self, user_id: str) -> UserRecord:
         """The user ``user_id``, created if new; safe when many callers race to create it."""
-        async with self._engine.begin() as conn:
+        async with self._writes.begin() as conn:
             return await ensure_user(conn, user_id, now=self._clock())
 
     async def get(self, user_id: str) -> UserRecord:

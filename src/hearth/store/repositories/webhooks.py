@@ -74,7 +74,7 @@ class WebhookRepo(Repository):
     async def delete(self, webhook_id: str) -> None:
         """Remove the webhook with its deliveries and their attempts; NotFound if none."""
         mine = select(_deliveries.c.id).where(_deliveries.c.webhook_id == webhook_id)
-        async with self._engine.begin() as conn:
+        async with self._writes.begin() as conn:
             # First the webhook's row: an event being written for it commits its deliveries
             # before they are read here (``EventRepo.append``), and none comes after.
             await conn.execute(
@@ -135,7 +135,7 @@ class WebhookRepo(Repository):
     ) -> bool:
         """Store the attempt and move its delivery on (still pending: to ``next_attempt_at``),
         if it is still pending at that count; False if another writer moved it first."""
-        async with self._engine.begin() as conn:
+        async with self._writes.begin() as conn:
             moved = await conn.execute(
                 update(_deliveries)
                 .where(

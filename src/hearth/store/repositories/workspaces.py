@@ -50,6 +50,6 @@ class WorkspaceRepo(Repository):
         self, statement: Update | Delete, workspace_id: str, held_by: str | None
     ) -> bool:
         holder = _table.c.vm_id.is_(None) if held_by is None else _table.c.vm_id == held_by
-        async with self._engine.begin() as conn:
+        async with self._writes.begin() as conn:
             result = await conn.execute(statement.where(_table.c.id == workspace_id, holder))
         return bool(result.rowcount == 1)
