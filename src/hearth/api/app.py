@@ -18,6 +18,7 @@ from hearth.agent_bundle import AgentBundle
 from hearth.api.context import Controller
 from hearth.api.errors import install_error_handlers
 from hearth.api.guard import KeyGuard
+from hearth.api.nul import RefuseNul
 from hearth.api.routes import agent as agent_routes
 from hearth.api.routes import auth as auth_routes
 from hearth.api.routes import credentials as credential_routes
@@ -122,7 +123,9 @@ def create_app(
     install_error_handlers(app)
 
     # Starlette runs the middleware added last first: every request gets its id, then its key
-    # and body size are checked, before any route reads the body.
+    # and body size are checked, then its path and query are refused if they hold a NUL, before
+    # any route reads the body.
+    app.add_middleware(RefuseNul)
     app.add_middleware(
         KeyGuard,
         max_body_bytes=settings.max_body_bytes,

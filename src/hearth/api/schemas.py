@@ -9,6 +9,7 @@ from typing import Annotated, Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 from pydantic.alias_generators import to_camel
 
+from hearth.api.nul import NulFree
 from hearth.config import MAX_TIMEOUT_S
 from hearth.control.lifetimes import Lifetime, used_s
 from hearth.store import ApiKeyRecord, VmRecord
@@ -36,11 +37,15 @@ class WireModel(BaseModel):
         return cls.model_validate({**values, **wire_only})
 
 
+class RequestModel(WireModel, NulFree):
+    """A request body: as any wire model, and no NUL in its text (``hearth.api.nul``)."""
+
+
 TimeoutS = Annotated[StrictInt, Field(ge=1, le=MAX_TIMEOUT_S)]
 Action = Literal["pause", "hibernate", "destroy"]
 
 
-class VmLifetimeFields(WireModel):
+class VmLifetimeFields(RequestModel):
     """A CLI VM's lifetime: ``timeoutS`` running seconds (paused or hibernated time does not
     count) and
     ``idleTimeoutS`` seconds without use, each then doing its action; ``autoResume``: a call
@@ -144,7 +149,7 @@ class VmList(WireModel):
     vms: list[VmOut]
 
 
-class KeyCreate(WireModel):
+class KeyCreate(RequestModel):
     """``POST /api/keys``."""
 
     user_id: UserId

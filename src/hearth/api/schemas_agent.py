@@ -7,11 +7,11 @@ from typing import Annotated, Literal
 
 from pydantic import Field, StrictBool, StrictInt
 
-from hearth.api.schemas import WireModel
+from hearth.api.schemas import RequestModel, WireModel
 from hearth.control.agent_updates import Rollout, UpdateResult
 
 
-class AgentUpdateIn(WireModel):
+class AgentUpdateIn(RequestModel):
     """``POST /api/vms/{id}/agent/update``."""
 
     force: StrictBool = Field(
@@ -38,7 +38,7 @@ class AgentUpdateOut(WireModel):
         return cls.of_record(result)
 
 
-class RolloutIn(WireModel):
+class RolloutIn(RequestModel):
     """``POST /api/agent/rollout``."""
 
     max_unavailable: Annotated[StrictInt, Field(ge=1, le=100)] = Field(

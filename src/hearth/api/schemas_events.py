@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 from pydantic import Field, StrictStr
 
-from hearth.api.schemas import WireModel
+from hearth.api.schemas import RequestModel, WireModel
 from hearth.events.types import DeliveryStatus, EventType
 from hearth.events.webhooks import Delivery
 from hearth.store.records import WebhookRecord
@@ -33,7 +33,7 @@ class EventList(WireModel):
     last: int
 
 
-class WebhookCreate(WireModel):
+class WebhookCreate(RequestModel):
     """``POST /api/webhooks``: where to send (http or https) and which events."""
 
     url: Annotated[StrictStr, Field(min_length=1, max_length=2000)]

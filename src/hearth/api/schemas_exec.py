@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, StrictBool, StrictInt, StrictStr, field_validator
 
-from hearth.api.schemas import WireModel
+from hearth.api.schemas import RequestModel, WireModel
 from hearth.control.execs import ExecRequest
 
 # Bounds a client cannot pass (the agent checks them again).
@@ -23,8 +23,10 @@ EnvName = Annotated[
 ]
 
 
-class ExecCreate(WireModel):
+class ExecCreate(RequestModel):
     """``POST /api/vms/{id}/exec``: the command (argv, no shell), and how to run it."""
+
+    BINARY_TEXT = frozenset({"stdin"})  # bytes for the command, stored nowhere
 
     cmd: Annotated[list[Arg], Field(min_length=1, max_length=MAX_ARGS)]
     env: Annotated[dict[EnvName, Arg], Field(max_length=MAX_ENV)] | None = None
@@ -63,15 +65,17 @@ class ExecAccepted(WireModel):
     pid: int
 
 
-class ExecStdin(WireModel):
+class ExecStdin(RequestModel):
     """``POST …/stdin``: text (or base64 bytes) for the command's stdin; ``eof`` closes it."""
+
+    BINARY_TEXT = frozenset({"data"})
 
     data: Annotated[StrictStr, Field(max_length=MAX_STDIN_CHARS)] | None = None
     encoding: Literal["utf-8", "base64"] = "utf-8"
     eof: StrictBool = False
 
 
-class ExecKill(WireModel):
+class ExecKill(RequestModel):
     """``POST …/kill``: the signal for the command's whole process group."""
 
     signal: Literal["SIGKILL", "SIGTERM", "SIGINT"] = "SIGKILL"

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Self
 
 from pydantic import Field, StrictStr
 
-from hearth.api.schemas import WireModel
+from hearth.api.schemas import RequestModel, WireModel
 from hearth.api.schemas_exec import MAX_TIMEOUT_S
 from hearth.control.runs import RunRequest
 from hearth.store.records import RunRecord
@@ -24,7 +24,7 @@ RUN_EVENTS = (
 )
 
 
-class RunCreate(WireModel):
+class RunCreate(RequestModel):
     """``POST /api/vms/{id}/runs``: a prompt for one provider's CLI, in its headless mode."""
 
     provider: Provider = Field(description="whose CLI runs; its login must be in this VM")

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 
 from hearth.api.auth import Ctl, Key, scope_of
-from hearth.api.schemas import ERROR_RESPONSES, UserId, WireModel
+from hearth.api.schemas import ERROR_RESPONSES, RequestModel, UserId
 from hearth.errors import Forbidden, InvalidInput
 from hearth.store import AuthSessionRecord
 from hearth_agent.wire import Provider
@@ -16,7 +16,7 @@ from hearth_agent.wire import Provider
 router = APIRouter(tags=["auth"], responses=ERROR_RESPONSES)
 
 
-class AuthStart(WireModel):
+class AuthStart(RequestModel):
     """``POST /api/auth/start``."""
 
     user_id: UserId | None = None

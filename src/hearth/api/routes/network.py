@@ -8,7 +8,7 @@ from fastapi import APIRouter
 from pydantic import Field, StrictStr
 
 from hearth.api.auth import Ctl, Key, scope_of
-from hearth.api.schemas import ERROR_RESPONSES, WireModel
+from hearth.api.schemas import ERROR_RESPONSES, RequestModel, WireModel
 from hearth.control.network import NetworkPolicy
 from hearth.network.egress import EgressTraffic
 
@@ -18,7 +18,7 @@ HostPattern = Annotated[StrictStr, Field(min_length=1, max_length=300)]
 HostPatterns = Annotated[list[HostPattern], Field(max_length=256)]
 
 
-class NetworkIn(WireModel):
+class NetworkIn(RequestModel):
     """``PUT``: hosts added to the VM's providers' (``allowOut``) and removed (``denyOut``, wins);
     each ``host[:port]`` (443 by default) or ``*.suffix[:port]``."""
 
