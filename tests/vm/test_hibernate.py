@@ -218,13 +218,15 @@ async def test_an_idle_vm_is_hibernated_and_survives_a_host_reboot_to_be_woken(
         await sh(admin, vm_id, COUNTER)
         lines: list[str] = []
         count = await _check(admin, vm_id, lines, 0)
+        # The event is told just after the VM's row says hibernated: wait for both.
+        events: list[str] = []
         for _ in range(200):
-            if (await first.ctl.store.vms.get(vm_id)).status.value == "hibernated":
+            events = [e.type for e in await first.ctl.events.list() if e.vm_id == vm_id]
+            if "vm.timed_out" in events:
                 break
             await asyncio.sleep(0.1)
-        assert (await first.ctl.store.vms.get(vm_id)).status.value == "hibernated"
-        events = [e.type for e in await first.ctl.events.list() if e.vm_id == vm_id]
         assert "vm.timed_out" in events
+        assert (await first.ctl.store.vms.get(vm_id)).status.value == "hibernated"
     await served.aclose()  # the controller stops; the hibernated VM's files stay
     # A host reboot: no process of the old boot is left, and /run (a tmpfs: the VMs' sockets)
     # comes back empty; the state dir is kept.
