@@ -142,6 +142,19 @@ class Login:
         assert isinstance(entry, dict)
         return entry
 
+    async def until_browser_vm_gone(self, session: dict[str, Any]) -> None:
+        """``assert_browser_vm_gone`` once the flow has cleaned up: a session another party
+        ended (not this controller's cancel, which returns after the cleanup) reads as ended
+        while its flow is still destroying the Browser VM."""
+        deadline = time.monotonic() + WAIT_DEADLINE_S
+        while time.monotonic() < deadline:
+            try:
+                self.assert_browser_vm_gone(session)
+                return
+            except AssertionError:
+                await asyncio.sleep(0.05)
+        self.assert_browser_vm_gone(session)
+
     def assert_browser_vm_gone(self, session: dict[str, Any]) -> None:
         """The session's Browser VM was destroyed and its agent process reaped."""
         browser_id = session["browser_vm_id"]

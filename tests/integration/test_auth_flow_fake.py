@@ -161,7 +161,7 @@ async def test_a_cancel_that_wins_against_the_capture_leaves_the_vault_as_it_was
     session = await login.wait_for(session_id, TERMINAL)
     assert session["status"] == "cancelled"
     assert (await login.credential())["present"] is False
-    login.assert_browser_vm_gone(session)
+    await login.until_browser_vm_gone(session)
 
 
 async def test_browser_vm_dying_while_awaiting_the_user_fails_the_session_naming_it(
