@@ -21,6 +21,9 @@ from hearth.errors import InvalidInput
 
 NUL = "\x00"
 NUL_MESSAGE = "must not hold a NUL character (\\u0000)"
+# Routes that read nothing from the request: a query there is ignored, as on every route an
+# undeclared parameter is, so a NUL in it is too (and they document no 422).
+NO_INPUT_PATHS = frozenset({"/health", "/metrics"})
 
 
 def holds_nul(value: Any) -> bool:
@@ -60,7 +63,7 @@ def _nul_in(scope: Scope) -> str | None:
     # The server has decoded the path; the query is raw bytes, where a NUL can only be %00.
     if NUL in scope["path"]:
         return "path"
-    if b"%00" in scope.get("query_string", b""):
+    if scope["path"] not in NO_INPUT_PATHS and b"%00" in scope.get("query_string", b""):
         return "query"
     return None
 
