@@ -194,11 +194,16 @@ def spawn_on_pty(
     return process, Pty(master, size)
 
 
-def signal_session(session_id: int, sig: int) -> int:
-    """Send ``sig`` once to every process of the session ``session_id``; how many got it."""
+def signal_session(session_id: int, sig: int, *, except_group: int | None = None) -> int:
+    """Send ``sig`` once to every process of the session ``session_id``; how many got it.
+
+    ``except_group`` leaves out the members of that process group: a caller that has just
+    signalled the group with ``killpg`` must not signal them a second time (a program handling
+    SIGTERM would run its handler twice).
+    """
     signalled: set[int] = set()
     for _ in range(_SESSION_PASSES):
-        found = [pid for pid in _session_members(session_id) if pid not in signalled]
+        found = [pid for pid in _session_members(session_id, except_group) if pid not in signalled]
         if not found:
             break
         for pid in found:
@@ -210,8 +215,8 @@ def signal_session(session_id: int, sig: int) -> int:
     return len(signalled)
 
 
-def _session_members(session_id: int) -> list[int]:
-    """The live processes whose session is ``session_id`` (zombies left out)."""
+def _session_members(session_id: int, except_group: int | None = None) -> list[int]:
+    """The live processes of the session ``session_id``, zombies and ``except_group`` left out."""
     members = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -222,7 +227,9 @@ def _session_members(session_id: int) -> list[int]:
         except OSError:
             continue  # gone meanwhile
         # After the command name: state, ppid, pgrp, session.
-        if len(fields) > 3 and fields[0] != b"Z" and int(fields[3]) == session_id:
+        if len(fields) < 4 or fields[0] == b"Z" or int(fields[3]) != session_id:
+            continue
+        if except_group is None or int(fields[2]) != except_group:
             members.append(int(entry))
     return members
 

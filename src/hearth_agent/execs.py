@@ -272,8 +272,8 @@ class Exec:
                 os.killpg(self.pid, sig)
             except ProcessLookupError:
                 return False
-            # And its session, which a process that left the group (job control, timeout) is in.
-            signal_session(self.pid, sig)
+            # And the rest of its session: a process that left the group (job control, timeout).
+            signal_session(self.pid, sig, except_group=self.pid)
             return True
 
     def _wait(self) -> None:
@@ -302,7 +302,7 @@ class Exec:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.pid, signal.SIGKILL)  # what the leader left behind in its group
             if self.pty is not None:
-                signal_session(self.pid, signal.SIGKILL)  # and in its session, on a terminal
+                signal_session(self.pid, signal.SIGKILL, except_group=self.pid)  # and its session
             returncode = self._process.wait()
             self._ended_at = time.monotonic()
             self._leader_ended.set()

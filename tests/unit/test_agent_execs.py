@@ -250,6 +250,28 @@ def test_kill_with_sigterm_lets_the_process_handle_it(registry: ExecRegistry) ->
     assert out.exit["reason"] == "killed"
 
 
+def test_a_kill_signals_each_process_once(registry: ExecRegistry) -> None:
+    # The group's signal and the sweep of the session for processes that left it must not both
+    # reach one process: a program that handles SIGTERM would run its handler twice.
+    script = (
+        "import signal, sys, time\n"
+        "got = []\n"
+        "signal.signal(signal.SIGTERM, lambda *_: got.append(1))\n"
+        "print('up', flush=True)\n"
+        "while not got: time.sleep(0.01)\n"
+        "time.sleep(1)\n"
+        "print(len(got), flush=True)\n"
+        "sys.exit(5)\n"
+    )
+    running = registry.start(ExecSpec(cmd=(sys.executable, "-c", script)))
+    assert running.log.read(0, wait_s=WAIT_S)
+
+    assert running.kill(signal.SIGTERM) is True
+    out = collect(running)
+    assert out.stdout == b"up\n1\n"
+    assert out.exit["code"] == 5
+
+
 def test_what_the_leader_leaves_running_in_its_group_is_killed_when_it_exits(
     registry: ExecRegistry,
 ) -> None:
