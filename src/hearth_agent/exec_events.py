@@ -29,13 +29,6 @@ from enum import StrEnum
 
 from hearth_agent.errors import ExecEventsGone
 
-# How a pump drains a process's output into a log: the most it reads at once, how often an idle
-# pump looks up (to notice the leader ended or a discard), and how long output may still be open
-# without a byte after the leader ended and its group was killed before it is abandoned (it
-# belongs to a process that left the group with setsid).
-READ_CHUNK_BYTES = 64 * 1024
-PUMP_POLL_S = 0.5
-DRAIN_GRACE_S = 2.0
 # What an event costs beyond its data (the object, its dict, the JSON framing), so a flood of
 # one-byte chunks is bounded by the same cap as a few big ones.
 EVENT_OVERHEAD_BYTES = 128

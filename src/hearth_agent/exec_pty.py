@@ -13,8 +13,8 @@ threads), so the command starts through a one-line trampoline in this interprete
 terminal (``TIOCSCTTY``) and then ``exec``s the command in the same process.
 
 A shell on a terminal puts each job in a process group of its own, so ending the exec's group is
-not enough: ``signal_session`` signals every process of the exec's session, which kill, timeout
-and the leader's end use for PTY execs.
+not enough: ``signal_session`` signals the processes of the exec's session, which kill, timeout
+and the leader's end use for every exec (on pipes too: ``timeout`` and ``set -m`` make groups).
 """
 
 from __future__ import annotations
@@ -29,32 +29,40 @@ import subprocess
 import sys
 import termios
 import threading
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
 from hearth_agent.errors import InvalidInput, StdinClosed
-from hearth_agent.exec_events import (
-    DRAIN_GRACE_S,
-    PUMP_POLL_S,
-    READ_CHUNK_BYTES,
-    EventLog,
-    EventType,
-    OutputDecoder,
-)
+from hearth_agent.exec_events import EventLog, EventType, OutputDecoder
+from hearth_agent.exec_pump import PUMP_POLL_S, READ_CHUNK_BYTES, Drain
 
 TERM = "xterm-256color"
 EOF_CHARACTER = b"\x04"  # a terminal's end of file (VEOF), unless the program changed it
+# Bytes after which the terminal's line buffer is empty (ICRNL makes a carriage return a newline).
+_LINE_ENDS = (b"\n", b"\r", EOF_CHARACTER)
 MAX_CELLS = 1000  # columns or rows; far beyond any screen, small enough for any terminal
 # Takes the terminal on its stdin as the controlling terminal of the session Popen made
-# (start_new_session), then becomes the command.
-_ADOPT_TERMINAL = (
-    "import fcntl,os,sys,termios;"
-    "fcntl.ioctl(0,termios.TIOCSCTTY,0);"
-    "os.execvp(sys.argv[1],sys.argv[1:])"
-)
+# (start_new_session), then becomes the command (argv[2:]). Before that it undoes what this
+# interpreter's start did to the process: SIGPIPE and SIGXFSZ ignored (an ignored signal stays
+# ignored across exec) and LC_CTYPE coerced to C.UTF-8 (argv[1] is "=" and the caller's value, or
+# "-" for none). A command that cannot be run ends it with 127, as in a shell.
+_ADOPT_TERMINAL = """\
+import fcntl, os, signal, sys, termios
+for number in (signal.SIGPIPE, signal.SIGXFSZ):
+    signal.signal(number, signal.SIG_DFL)
+if sys.argv[1].startswith("="):
+    os.environ["LC_CTYPE"] = sys.argv[1][1:]
+else:
+    os.environ.pop("LC_CTYPE", None)
+fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+try:
+    os.execvp(sys.argv[2], sys.argv[2:])
+except OSError as exc:
+    os.write(2, f"{sys.argv[2]}: {exc.strerror}\\r\\n".encode(errors="replace"))
+    os._exit(127)
+"""
 # Passes over /proc when signalling a session: a process may fork while one pass runs.
 _SESSION_PASSES = 3
 
@@ -95,6 +103,7 @@ class Pty:
         self._master = master
         self._size = size
         self._lock = threading.Lock()
+        self._line_open = False  # whether what was typed last left an unfinished line
 
     @property
     def size(self) -> PtySize:
@@ -109,6 +118,18 @@ class Pty:
                 raise StdinClosed("the terminal is closed")
             return os.fdopen(os.dup(self._master), "wb", buffering=0)
 
+    def typed(self, data: bytes, *, eof: bool) -> bytes:
+        """What to write to the terminal for ``data`` and then, with ``eof``, its end-of-file
+        key: twice after an unfinished line, where the first one only ends the line."""
+        with self._lock:
+            if data:
+                self._line_open = data[-1:] not in _LINE_ENDS
+            if not eof:
+                return data
+            keys = EOF_CHARACTER * (2 if self._line_open else 1)
+            self._line_open = False
+            return data + keys
+
     def resize(self, size: PtySize) -> None:
         """Set the terminal's size; the kernel signals SIGWINCH to its foreground group."""
         with self._lock:
@@ -117,27 +138,17 @@ class Pty:
             _set_size(self._master, size)
             self._size = size
 
-    def pump(
-        self, log: EventLog, *, leader_ended: threading.Event, discarded: threading.Event
-    ) -> None:
+    def pump(self, log: EventLog, drain: Drain) -> None:
         """Read the terminal's output into ``log`` as ``stdout`` events until no process holds
-        the terminal any more (or, once the leader ended, nothing came for ``DRAIN_GRACE_S``),
-        then close the master."""
+        the terminal any more (or ``drain`` is over), then close the master."""
         master = self._master
         decoder = OutputDecoder()
         poller = select.poll()
         poller.register(master, select.POLLIN)
-        quiet_since = time.monotonic()
         try:
-            while not discarded.is_set():
-                if not log.wait_for_room(PUMP_POLL_S):
-                    quiet_since = time.monotonic()  # held back by readers, not quiet
+            while not drain.over():
+                if not drain.wait_for_room(log) or not poller.poll(PUMP_POLL_S * 1000):
                     continue
-                if not poller.poll(PUMP_POLL_S * 1000):
-                    if leader_ended.is_set() and time.monotonic() - quiet_since > DRAIN_GRACE_S:
-                        break
-                    continue
-                quiet_since = time.monotonic()
                 try:
                     chunk = os.read(master, READ_CHUNK_BYTES)
                 except OSError as exc:  # EIO: every process closed the slave side
@@ -170,14 +181,13 @@ def spawn_on_pty(
     OSError (as ``Popen`` raises it) when the program cannot be found.
     """
     env = {"TERM": TERM, **env}
-    program = cmd[0]
-    if "/" not in program and shutil.which(program, path=env.get("PATH", os.defpath)) is None:
-        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), program)
+    _check_program(cmd[0], cwd=cwd, path=env.get("PATH", os.defpath))
+    lc_ctype = "=" + env["LC_CTYPE"] if "LC_CTYPE" in env else "-"
     master, slave = os.openpty()
     try:
         _set_size(master, size)
         process = subprocess.Popen(
-            [sys.executable, "-I", "-S", "-c", _ADOPT_TERMINAL, *cmd],
+            [sys.executable, "-I", "-S", "-c", _ADOPT_TERMINAL, lc_ctype, *cmd],
             stdin=slave,
             stdout=slave,
             stderr=slave,
@@ -192,6 +202,20 @@ def spawn_on_pty(
     finally:
         os.close(slave)
     return process, Pty(master, size)
+
+
+def _check_program(program: str, *, cwd: Path, path: str) -> None:
+    """Raise the OSError ``Popen`` would for a program that cannot be run: the trampoline would
+    only find out after the exec had started."""
+    if "/" not in program:
+        if shutil.which(program, path=path) is None:
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), program)
+        return
+    target = cwd / program
+    if not target.exists():
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), program)
+    if not target.is_file() or not os.access(target, os.X_OK):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), program)
 
 
 def signal_session(session_id: int, sig: int, *, except_group: int | None = None) -> int:

@@ -8,11 +8,11 @@ waiter thread watches the leader through a pidfd, enforces the timeout, and appe
 ``exit`` event once the output is drained. With ``pty`` the command runs on a pseudo-terminal
 instead of pipes (``exec_pty``): one output stream, stdin to the terminal, and a size to change.
 
-Nothing outlives its exec: timeout and kill signal the whole group, and when the leader ends,
-whatever it left running in its group is killed before the leader is reaped (so the group id
-cannot have been reused). On a terminal, where a shell gives each job a group of its own, the
-whole session is signalled as well. A process that makes itself a new session escapes; its
-pipes are abandoned a short while after the leader ends.
+Nothing outlives its exec: timeout and kill signal the whole group and the rest of its session
+(a shell with job control, or ``timeout``, puts processes in groups of their own), each process
+once; when the leader ends, whatever it left running in its session is killed before the leader
+is reaped (so the ids cannot have been reused). A process that makes itself a new session
+escapes; its output is abandoned shortly after the leader ends (``exec_pump.Drain``).
 
 Lifecycle (``ExecStatus``)::
 
@@ -44,21 +44,16 @@ from hearth_agent.errors import (
     StdinClosed,
     TooManyExecs,
 )
-from hearth_agent.exec_events import (
-    DRAIN_GRACE_S,
-    PUMP_POLL_S,
-    READ_CHUNK_BYTES,
-    EventLog,
-    EventType,
-    OutputDecoder,
-)
-from hearth_agent.exec_pty import EOF_CHARACTER, Pty, PtySize, signal_session, spawn_on_pty
+from hearth_agent.exec_events import EventLog, EventType
+from hearth_agent.exec_pty import Pty, PtySize, signal_session, spawn_on_pty
+from hearth_agent.exec_pump import PUMP_POLL_S, Drain, pump_pipes
 from hearth_agent.exec_retention import expired
 from hearth_agent.exec_stdin import StdinFeeder
 from hearth_agent.log import JsonLogger
 
 BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 MIB = 1024 * 1024
+SHUTTING_DOWN = "the agent is shutting down; no exec can start"
 
 
 class ExecStatus(StrEnum):
@@ -180,7 +175,10 @@ class Exec:
                 backlog_bytes=max(limits.stdin_backlog_bytes, len(spec.stdin or b"")),
                 name=f"exec-{exec_id}-stdin",
             )
-            self._stdin.write(spec.stdin or b"", eof=not spec.stdin_open and self.pty is None)
+            if self.pty is not None:
+                self._stdin.write(self.pty.typed(spec.stdin or b"", eof=False))
+            else:
+                self._stdin.write(spec.stdin or b"", eof=not spec.stdin_open)
         self._pump = threading.Thread(target=self._pump_output, name=f"exec-{exec_id}-pump")
         self._pump.daemon = True
         self._pump.start()
@@ -237,8 +235,8 @@ class Exec:
         """Queue bytes for the process's stdin (closing it after them if ``eof``)."""
         if self._stdin is None:
             raise StdinClosed("this exec's stdin was not kept open (start it with stdin_open)")
-        if self.pty is not None and eof:  # a terminal stays open: eof is its end-of-file key
-            data, eof = data + EOF_CHARACTER, False
+        if self.pty is not None:  # a terminal stays open: eof is its end-of-file key
+            data, eof = self.pty.typed(data, eof=eof), False
         return self._stdin.write(data, eof=eof)
 
     def resize(self, size: PtySize) -> None:
@@ -301,8 +299,7 @@ class Exec:
         with self._lock:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.pid, signal.SIGKILL)  # what the leader left behind in its group
-            if self.pty is not None:
-                signal_session(self.pid, signal.SIGKILL, except_group=self.pid)  # and its session
+            signal_session(self.pid, signal.SIGKILL, except_group=self.pid)  # and its session
             returncode = self._process.wait()
             self._ended_at = time.monotonic()
             self._leader_ended.set()
@@ -324,45 +321,14 @@ class Exec:
         self._logger.info("exec_ended", exec_id=self.exec_id, pid=self.pid, **info.as_json())
 
     def _pump_output(self) -> None:
+        drain = Drain(leader_ended=self._leader_ended, discarded=self._discarded)
         if self.pty is not None:
-            self.pty.pump(self.log, leader_ended=self._leader_ended, discarded=self._discarded)
+            self.pty.pump(self.log, drain)
             return
         assert self._process.stdout is not None
         assert self._process.stderr is not None
-        pipes = {
-            self._process.stdout.fileno(): (EventType.STDOUT, self._process.stdout),
-            self._process.stderr.fileno(): (EventType.STDERR, self._process.stderr),
-        }
-        decoders = {fd: OutputDecoder() for fd in pipes}
-        poller = select.poll()
-        for fd in pipes:
-            poller.register(fd, select.POLLIN)
-        quiet_since = time.monotonic()
-        while pipes and not self._discarded.is_set():
-            if not self.log.wait_for_room(PUMP_POLL_S):
-                quiet_since = time.monotonic()  # held back by readers, not quiet
-                continue
-            ready = poller.poll(PUMP_POLL_S * 1000)
-            if not ready:
-                if self._leader_ended.is_set() and time.monotonic() - quiet_since > DRAIN_GRACE_S:
-                    break
-                continue
-            quiet_since = time.monotonic()
-            for fd, _ in ready:
-                event_type, pipe = pipes[fd]
-                chunk = os.read(fd, READ_CHUNK_BYTES)
-                payload = decoders[fd].decode(chunk) if chunk else decoders[fd].flush()
-                if payload is not None:
-                    self.log.append(event_type, payload)
-                if not chunk:
-                    poller.unregister(fd)
-                    pipe.close()
-                    del pipes[fd]
-        for fd, (event_type, pipe) in pipes.items():
-            payload = decoders[fd].flush()
-            if payload is not None:
-                self.log.append(event_type, payload)
-            pipe.close()
+        pipes = {EventType.STDOUT: self._process.stdout, EventType.STDERR: self._process.stderr}
+        pump_pipes(pipes, self.log, drain)
 
 
 def prepare_workspace(path: Path) -> None:
@@ -421,7 +387,7 @@ class ExecRegistry:
             )
         with self._lock:
             if self._closed:
-                raise TooManyExecs("the agent is shutting down; no exec can start")
+                raise TooManyExecs(SHUTTING_DOWN)
             self._forget_expired()
             running = self._starting + sum(e.leader_running for e in self._execs.values())
             cap = min(self.limits.max_running, spec.max_running or self.limits.max_running)
@@ -445,7 +411,13 @@ class ExecRegistry:
             with self._lock:
                 self._starting -= 1
         with self._lock:
-            self._execs[started.exec_id] = started
+            closed = self._closed
+            if not closed:
+                self._execs[started.exec_id] = started
+        if closed:  # close() ran while it started, and could not see it: it must not outlive it
+            started.kill(signal.SIGKILL)
+            started.discard()
+            raise TooManyExecs(SHUTTING_DOWN)
         self._logger.info(
             "exec_started",
             exec_id=started.exec_id,

@@ -173,10 +173,37 @@ def test_eof_on_a_terminal_is_its_end_of_file_character(registry: ExecRegistry) 
     assert ended(running).code == 0
 
 
+def test_eof_after_an_unfinished_line_ends_the_input(registry: ExecRegistry) -> None:
+    # On a terminal one end-of-file key after "hello" only hands "hello" to the reader.
+    running = registry.start(on_pty("cat"))
+    screen = Screen(running)
+    running.write_stdin(b"hel")
+    running.write_stdin(b"lo", eof=True)
+
+    assert ended(running).code == 0
+    assert screen.wait_for("hellohello")
+
+
 def test_stdin_given_at_start_is_typed_into_the_terminal(registry: ExecRegistry) -> None:
     running = registry.start(on_pty("sh", "-c", "read line; echo got $line", stdin=b"abc\r"))
 
     assert Screen(running).wait_for("got abc")
+
+
+def test_the_command_gets_the_signal_dispositions_and_locale_a_pipe_exec_gets(
+    registry: ExecRegistry,
+) -> None:
+    # The trampoline's interpreter ignores SIGPIPE and SIGXFSZ and coerces LC_CTYPE to C.UTF-8;
+    # none of that may reach the command.
+    show = "grep SigIgn /proc/self/status; env | grep ^LC_ || true; yes | head -1"
+    for env in ({"LANG": "C"}, {"LANG": "C", "LC_CTYPE": "C"}):
+        on_pipes = collect(registry.start(ExecSpec(cmd=("sh", "-c", show), env=env)))
+        terminal = Screen(registry.start(on_pty("sh", "-c", show, env=env)))
+        terminal.wait_for("y\r\n")
+        expected = on_pipes.stdout.decode().replace("\n", "\r\n")
+        assert on_pipes.stdout.startswith(b"SigIgn:\t0000000000000000\n")
+        assert ended(terminal.running).code == 0
+        assert terminal.wait_for(expected) == expected
 
 
 # --- nothing of its session outlives it -----------------------------------------------------
@@ -271,6 +298,36 @@ def test_a_missing_program_is_refused_before_anything_runs(registry: ExecRegistr
     with pytest.raises(ExecStartFailed, match="no-such-program"):
         registry.start(on_pty("no-such-program-anywhere"))
     assert registry.running() == []
+
+
+@pytest.mark.parametrize(
+    ("program", "reason"),
+    [
+        ("/no/such/program", "No such file or directory"),
+        ("./not-executable", "Permission denied"),
+        ("/", "Permission denied"),
+    ],
+)
+def test_a_program_path_that_cannot_run_is_refused_as_on_pipes(
+    registry: ExecRegistry, program: str, reason: str
+) -> None:
+    (registry.workspace / "not-executable").write_text("echo hello\n")  # mode 0644
+    for spec in (ExecSpec(cmd=(program,)), on_pty(program)):
+        with pytest.raises(ExecStartFailed, match=reason):
+            registry.start(spec)
+    assert registry.running() == []
+
+
+def test_a_program_the_kernel_cannot_run_ends_the_terminal_with_127(
+    registry: ExecRegistry,
+) -> None:
+    script = registry.workspace / "no-interpreter"
+    script.write_text("echo hello\n")
+    script.chmod(0o755)  # executable, but with no #! line: execve says ENOEXEC
+    screen = Screen(registry.start(on_pty("./no-interpreter")))
+
+    assert ended(screen.running).code == 127
+    assert "./no-interpreter: Exec format error" in screen.wait_for("\r\n")
 
 
 def test_resize_needs_a_terminal(registry: ExecRegistry) -> None:

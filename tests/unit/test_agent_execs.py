@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import signal
 import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,7 +24,8 @@ from hearth_agent.errors import (
     TooManyExecs,
 )
 from hearth_agent.exec_events import EVENT_OVERHEAD_BYTES, EventType, OutputDecoder, payload_bytes
-from hearth_agent.execs import READ_CHUNK_BYTES, Exec, ExecLimits, ExecRegistry, ExecSpec
+from hearth_agent.exec_pump import DRAIN_GRACE_S, READ_CHUNK_BYTES
+from hearth_agent.execs import Exec, ExecLimits, ExecRegistry, ExecSpec
 from hearth_agent.log import JsonLogger
 
 PYTHON = sys.executable
@@ -283,6 +286,46 @@ def test_what_the_leader_leaves_running_in_its_group_is_killed_when_it_exits(
     assert wait_until(lambda: process_gone(int(out.stdout)), 2.0)
 
 
+def test_what_the_leader_leaves_in_another_group_of_its_session_is_killed_when_it_exits(
+    registry: ExecRegistry,
+) -> None:
+    # timeout(1) puts itself and its command in a group of their own; here they write on.
+    running = registry.start(
+        ExecSpec(
+            cmd=(
+                "bash",
+                "-c",
+                "timeout 100 sh -c 'while :; do echo x; sleep 0.2; done' & echo $!; sleep 0.3",
+            ),
+        )
+    )
+    pid = int(running.log.read(0, wait_s=WAIT_S)[0].payload["data"].split()[0])
+
+    ended = running.wait(DRAIN_GRACE_S + 3.0)
+    assert ended is not None, "the exec still runs after its leader ended"
+    assert ended.code == 0
+    assert wait_until(lambda: process_gone(pid), 2.0)
+
+
+def test_output_held_open_by_a_process_of_its_own_session_does_not_hold_back_the_exit(
+    registry: ExecRegistry,
+) -> None:
+    # A process that made itself a session escapes the exec; its output (it writes on and on)
+    # is read for DRAIN_GRACE_S after the leader ended, then let go.
+    writer = (
+        "import os, time; os.setsid(); print(os.getpid(), flush=True)\n"
+        "while True: print('x', flush=True); time.sleep(0.1)"
+    )
+    running = registry.start(ExecSpec(cmd=("bash", "-c", f'{PYTHON} -c "{writer}" & sleep 0.3')))
+    pid = int(running.log.read(0, wait_s=WAIT_S)[0].payload["data"].split()[0])
+    try:
+        ended = running.wait(DRAIN_GRACE_S + 3.0)
+        assert ended is not None, "the exec's exit is held back by output it does not own"
+        assert ended.code == 0
+    finally:
+        os.kill(pid, signal.SIGKILL)
+
+
 # --- stdin, cwd, env ------------------------------------------------------------------------
 
 
@@ -460,6 +503,27 @@ def test_shutdown_kills_every_running_group_and_refuses_new_execs(tmp_path: Path
     assert all(process_gone(e.pid) for e in execs)
     with pytest.raises(TooManyExecs, match="shutting down"):
         registry.start(ExecSpec(cmd=("true",)))
+
+
+def test_an_exec_started_while_the_registry_closes_is_killed_and_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    execs = make_registry(tmp_path)
+    started: list[Exec] = []
+
+    class ClosedMidStart(Exec):
+        def __init__(self, **options: Any) -> None:
+            super().__init__(**options)
+            started.append(self)
+            execs.close()  # between the start's check and its registration, as a shutdown may
+
+    monkeypatch.setattr("hearth_agent.execs.Exec", ClosedMidStart)
+    with pytest.raises(TooManyExecs, match="shutting down"):
+        execs.start(ExecSpec(cmd=("sleep", "300")))
+
+    assert started[0].wait(WAIT_S) is not None
+    assert process_gone(started[0].pid)
+    assert execs.running() == []
 
 
 # --- backpressure and resume ----------------------------------------------------------------
