@@ -24,6 +24,7 @@ import httpx
 import pytest
 
 from hearth.bench.standins.documents import sample_document
+from hearth_agent.exec_pty import signal_session
 
 AGENT_SOURCE = Path(__file__).resolve().parents[2] / "src"
 START_DEADLINE_S = 15.0
@@ -157,11 +158,36 @@ class AgentProcess:
             self._stopped = True
 
     def kill(self) -> None:
-        """Kill the agent by PID and reap it; safe to call any number of times."""
+        """Kill the agent by PID, and what it ran, as a VM's end would; reap it. Safe to call
+        any number of times.
+
+        Each exec the agent started leads a session of its own, which the agent's death would
+        leave running on the host: the agent is stopped first (it starts nothing more), its
+        children are listed, then it is killed and so is each child's session.
+        """
         if self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGSTOP)
+            sessions = _children(self.process.pid)
             os.kill(self.process.pid, signal.SIGKILL)
+            for session in sessions:
+                signal_session(session, signal.SIGKILL)
         self.process.wait(timeout=STOP_DEADLINE_S)
         self._stopped = True
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid``."""
+    children = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_bytes().rpartition(b")")[2].split()
+        except OSError:
+            continue  # gone meanwhile
+        if len(fields) > 1 and int(fields[1]) == pid:  # after the name: state, ppid
+            children.append(int(entry.name))
+    return children
 
 
 class AgentLauncher:

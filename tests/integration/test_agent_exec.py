@@ -473,6 +473,22 @@ def test_stopping_the_agent_kills_every_running_exec(agent: AgentProcess) -> Non
     assert [(r["exec_id"], r["reason"]) for r in ended] == [(exec_id, "killed")]
 
 
+def test_killing_an_agent_as_a_vm_ends_what_its_execs_run(agent: AgentProcess) -> None:
+    # The fake backends' VM death (AgentProcess.kill): on the host an exec's session would
+    # outlive its SIGKILLed agent, where a real VM's end takes everything with it.
+    with agent.client(agent.token) as client:
+        exec_id = start(client, cmd=["bash", "-c", "sleep 300 & echo $!; wait"])
+        child = int(read_events(client, exec_id, limit=1).stream("stdout"))
+        leader = client.get(f"/exec/{exec_id}").json()["pid"]
+
+    agent.kill()
+    deadline = time.monotonic() + 2.0
+    while not (process_gone(leader) and process_gone(child)) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert process_gone(leader)
+    assert process_gone(child)
+
+
 def test_execs_run_in_the_workspace_which_the_agent_creates_0700(
     agent: AgentProcess, agent_client: httpx.Client
 ) -> None:
