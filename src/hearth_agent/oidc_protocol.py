@@ -24,6 +24,10 @@ from hearth_agent.providers import get_provider
 
 HTTP_TIMEOUT_S = 10.0
 MAX_RESPONSE_BYTES = 1024 * 1024
+# An access token whose lifetime nobody told (no expires_in, not a JWT with exp) is refreshed
+# as one of this lifetime would be; a lifetime past a year is not believed.
+UNKNOWN_LIFETIME_S = 300.0
+MAX_LIFETIME_S = 366 * 86400.0
 # What an OAuth error code from the network may look like before it is logged or reported.
 _ERROR_CODE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
@@ -297,10 +301,31 @@ def _jwt_claims(token: str) -> dict[str, Any] | None:
     if len(parts) != 3:
         return None
     try:
-        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
-    except ValueError:
+        claims = decode_json(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except (ValueError, JsonTextError):
         return None
     return claims if isinstance(claims, dict) else None
+
+
+def _lifetime(tokens: Mapping[str, object], access_token: str, now: float) -> float:
+    """How long the access token lives, in seconds: the response's ``expires_in``, which RFC 6749
+    (5.1) makes optional; without it, a JWT access token's ``exp``, else ``UNKNOWN_LIFETIME_S``."""
+    expires_in = tokens.get("expires_in")
+    if expires_in is None:
+        claims = _jwt_claims(access_token) or {}
+        exp = claims.get("exp")
+        if isinstance(exp, bool) or not isinstance(exp, int | float):
+            return UNKNOWN_LIFETIME_S
+        return max(0.0, min(float(exp) - now, MAX_LIFETIME_S))
+    if (
+        isinstance(expires_in, bool)
+        or not isinstance(expires_in, int | float)
+        or not 0 <= expires_in <= MAX_LIFETIME_S
+    ):
+        raise TokenExchangeFailed(
+            "token response has an invalid expires_in", code="invalid_token_response"
+        )
+    return float(expires_in)
 
 
 def build_document(
@@ -335,16 +360,7 @@ def build_document(
         raise TokenExchangeFailed(
             "token response is not a bearer token", code="unsupported_token_type"
         )
-    expires_in = tokens.get("expires_in")
-    if expires_in is None:
-        # Unknown lifetime: treat the access token as already expired, so the first use refreshes.
-        lifetime = 0.0
-    elif isinstance(expires_in, bool) or not isinstance(expires_in, int | float) or expires_in < 0:
-        raise TokenExchangeFailed(
-            "token response has an invalid expires_in", code="invalid_token_response"
-        )
-    else:
-        lifetime = float(expires_in)
+    lifetime = _lifetime(tokens, access_token, now)
     document: dict[str, object] = {
         "access_token": access_token,
         "refresh_token": refresh_token,

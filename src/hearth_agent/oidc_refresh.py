@@ -48,6 +48,7 @@ from hearth_agent.storage import CredentialStore, atomic_write, ensure_private_d
 DEFAULT_MARGIN_S = 60.0
 MAX_MARGIN_S = 86_400.0
 DEFAULT_INTERVAL_S = 2.0
+MIN_GAP_S = 30.0  # the least time between two refreshes
 # Where PUT's settings are kept, so that a restarted agent (respawned, updated) goes on
 # refreshing through the same proxy.
 CONFIG_FILE = ".config/hearth/oidc-refresh.json"
@@ -94,6 +95,7 @@ class OidcRefresher:
         self._logger = logger
         self._interval_s = interval_s
         self._clock = clock
+        self._refreshed_at: float | None = None  # the clock's time of the last refresh
         self._format = get_provider(PROVIDER)
         self._round = threading.Lock()  # one refresh at a time
         self._lock = threading.Lock()  # guards _config: never held over the network
@@ -168,6 +170,8 @@ class OidcRefresher:
         now = self._clock()
         if expires_at is not None and expires_at - now > margin_s:
             return
+        if self._refreshed_at is not None and 0 <= now - self._refreshed_at < MIN_GAP_S:
+            return  # a lifetime shorter than the margin must not make a refresh every check
         client_id = document.get("client_id")
         if not isinstance(client_id, str):
             self._set(RefreshState.FAILING, stored.sha256, "no_client_id")
@@ -196,6 +200,7 @@ class OidcRefresher:
         if written is None:
             self._logger.info("oidc_refresh_superseded")  # a delivery replaced the document
             return
+        self._refreshed_at = now
         self._set(RefreshState.REFRESHED, written.sha256, None, refreshed=True)
         self._logger.info(
             "oidc_refreshed", sha256=written.sha256, expires_at=self._format.expires_at(

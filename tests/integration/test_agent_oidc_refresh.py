@@ -106,6 +106,21 @@ def test_a_proxy_that_does_not_allow_the_issuer_leaves_the_document_and_retries(
     assert stored == document
 
 
+def test_a_lifetime_shorter_than_the_margin_does_not_refresh_on_every_check(
+    tmp_path: Path, document: dict[str, Any]
+) -> None:
+    # Each refreshed document is due again at once (a few seconds' lifetime, an hour's margin):
+    # without a least gap between refreshes, every check (2 s) would hit the token endpoint.
+    refresher, _ = refresher_holding(tmp_path / "home", document)
+    configure(refresher, {"proxy": None, "margin_s": 3600})
+    assert refresher.check_once() == "refreshed"
+    once = (tmp_path / "home" / OIDC.path).read_bytes()
+
+    assert refresher.check_once() == "refreshed"
+    assert refresher.status()["refreshes"] == 1
+    assert (tmp_path / "home" / OIDC.path).read_bytes() == once
+
+
 def test_a_document_not_due_is_left_alone(tmp_path: Path, document: dict[str, Any]) -> None:
     refresher, _ = refresher_holding(tmp_path / "home", document)
     configure(refresher, {"proxy": None, "margin_s": 0})

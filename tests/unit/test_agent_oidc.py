@@ -31,6 +31,7 @@ from hearth_agent.oidc import (
     parse_oidc_login,
     pkce_challenge,
 )
+from hearth_agent.oidc_protocol import UNKNOWN_LIFETIME_S
 from hearth_agent.providers import get_provider
 
 ISSUER = "https://id.example.test"
@@ -45,6 +46,10 @@ def jwt(claims: dict[str, object]) -> str:
         return base64.urlsafe_b64encode(json.dumps(obj).encode()).decode().rstrip("=")
 
     return f"{part({'alg': 'RS256'})}.{part(claims)}.c2ln"
+
+
+def _b64(text: str) -> str:
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
 
 
 def tokens(**changes: object) -> dict[str, object]:
@@ -192,14 +197,25 @@ def test_document_follows_the_oidc_format_with_expiry_from_expires_in() -> None:
     assert get_provider("oidc").validate(document) == document
 
 
-def test_document_without_id_token_or_lifetime_is_valid_and_already_expired() -> None:
+def test_document_without_id_token_or_lifetime_is_valid_and_lives_a_short_while() -> None:
+    # expires_in is optional (RFC 6749 5.1). Taken as already expired, it made the refresher
+    # refresh on every check, each new document as expired as the last.
     raw = build_document(
         tokens(id_token=None, expires_in=None), issuer=ISSUER, nonce=NONCE, now=NOW
     )
 
     document = json.loads(raw)
     assert "id_token" not in document
-    assert document["expires_at"] == NOW
+    assert document["expires_at"] == NOW + UNKNOWN_LIFETIME_S
+
+
+def test_without_expires_in_a_jwt_access_tokens_exp_is_its_lifetime() -> None:
+    access = jwt({"sub": "alice", "exp": NOW + 900})
+    raw = build_document(
+        tokens(access_token=access, expires_in=None), issuer=ISSUER, nonce=NONCE, now=NOW
+    )
+
+    assert json.loads(raw)["expires_at"] == NOW + 900
 
 
 @pytest.mark.parametrize(
@@ -214,6 +230,10 @@ def test_document_without_id_token_or_lifetime_is_valid_and_already_expired() ->
         ({"id_token": jwt({"sub": "alice", "nonce": "someone-else"})}, "nonce_mismatch"),
         ({"id_token": jwt({"sub": "alice"})}, "nonce_mismatch"),
         ({"id_token": "not-a-jwt"}, "nonce_mismatch"),
+        ({"expires_in": 10**400}, "invalid_token_response"),  # float() of it overflowed
+        ({"expires_in": 400 * 86400}, "invalid_token_response"),
+        # Claims nested past the interpreter's recursion limit (json.loads raised).
+        ({"id_token": "e30." + _b64("[" * 100_000 + "]" * 100_000) + ".c2ln"}, "nonce_mismatch"),
     ],
 )
 def test_unusable_token_responses_fail_with_a_session_error(
