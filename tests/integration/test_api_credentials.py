@@ -234,6 +234,25 @@ async def test_a_hibernated_vm_with_no_room_to_wake_keeps_the_credential_and_say
     assert deleted.json()["removedFrom"] == [vm_id]
 
 
+async def test_a_vm_whose_agent_cannot_say_what_it_holds_keeps_the_credential_and_says_so(
+    agent_api: Api,
+) -> None:
+    # The VM still reads ready, but its agent does not answer: it may hold the document, so
+    # the delete is refused, naming it, and the vault's copy stays for a retry.
+    api = agent_api
+    vm_id = await vm_for(api, "ann")
+    await login(api, "ann", "codex", vm_id, json.dumps(sample_document("codex", "a")).encode())
+    backend = api.backend
+    assert isinstance(backend, AgentBackend)
+    backend.agent(vm_id).kill()
+
+    refused = await api.client.delete("/api/credentials/ann/codex", headers=api.headers())
+
+    message = assert_error(refused, 409, "conflict")["message"]
+    assert f"the agent of VM {vm_id} did not answer" in message
+    assert await api.ctl.store.credentials.get("ann", "codex") is not None
+
+
 async def test_rotation_starts_a_fresh_login_for_a_provider_the_user_has(agent_api: Api) -> None:
     api = agent_api
     never = await api.client.post("/api/credentials/ann/codex/rotate", headers=api.headers())

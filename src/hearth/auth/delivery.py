@@ -25,6 +25,8 @@ from hearth_agent.wire import Provider
 _log = get_logger("auth.delivery")
 _DELIVERY_ATTEMPTS = 3
 _ASLEEP = (VmState.PAUSED, VmState.HIBERNATED)
+# A CLI VM in these may hold a document, but its agent cannot be asked now.
+_UNASKABLE = (VmState.UNHEALTHY, VmState.HIBERNATING)
 
 
 @dataclass
@@ -176,7 +178,7 @@ class Delivery:
         runs for it (woken, whatever its autoResume) and is put back as it was: left alone, it
         would come back later with the document and its API open."""
         removal = Removal()
-        for vm_id in await self._holders(user_id, provider):
+        for vm_id in await self._holders(user_id, provider, strict=True):
             await self._take_out(vm_id, provider, removal)
         for record in await self._asleep(user_id):
             try:
@@ -240,11 +242,21 @@ class Delivery:
         vm = self.vms.live_vm(vm_id)
         return AgentClient(str(vm.agent_url), self.vms.agent_token(vm_id))
 
-    async def _holders(self, user_id: str, provider: str, *, but: str | None = None) -> list[str]:
-        """The user's running CLI VMs (but ``but``) whose agent holds a ``provider`` document."""
-        held = []
+    async def _holders(
+        self, user_id: str, provider: str, *, but: str | None = None, strict: bool = False
+    ) -> list[str]:
+        """The user's running CLI VMs (but ``but``) whose agent holds a ``provider`` document.
+
+        A VM that may hold one but cannot say now (its agent does not answer, it misses its
+        heartbeats, it is being hibernated) is logged and passed over, or with ``strict`` makes
+        this a Conflict naming it: a removal must not answer done while a copy may be left.
+        """
+        held, unknown = [], []
         for record in await self.vms.list_vms(user_id=user_id):
             if record.id == but or record.vm_type is not VmType.CLI:
+                continue
+            if record.status in _UNASKABLE:
+                unknown.append(f"VM {record.id} is {record.status.value}")
                 continue
             if record.status is not VmState.READY or self.vms.agent_token(record.id) is None:
                 continue
@@ -252,9 +264,16 @@ class Delivery:
                 facts = await self._agent(record.id).credentials_facts(provider)
             except HearthError as exc:
                 _log.warning("credential_holder_unknown", vm_id=record.id, error=exc.message)
+                unknown.append(f"the agent of VM {record.id} did not answer ({exc.message})")
                 continue
             if facts.get("present"):
                 held.append(record.id)
+        if strict and unknown:
+            raise Conflict(
+                f"cannot tell whether these CLI VMs hold the {provider} document: "
+                f"{'; '.join(unknown)}; nothing was removed from the vault: retry, or destroy "
+                "the VM"
+            )
         return held
 
     async def _pull_back(self, vm_id: str, user_id: str, provider: str) -> None:
