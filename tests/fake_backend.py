@@ -14,7 +14,7 @@ import secrets
 import time
 from pathlib import Path
 
-from hearth.errors import InvalidInput, SavedStateCorrupt, VmError
+from hearth.errors import InvalidInput, NotSupported, SavedStateCorrupt, VmError
 from hearth.images.manifest import ImageDir
 from hearth.vm.accel import Accel
 from hearth.vm.host import new_vm_id
@@ -25,10 +25,12 @@ class FakeBackend:
     """VMs that live in a dict. ``hold`` (when set) makes every create (of ``hold_type`` only,
     when set) wait for it; ``fail_next``
     makes the next create (of ``fail_type`` only, when set) fail with that error; ``kill`` ends
-    a VM as a dying VMM would."""
+    a VM as a dying VMM would; ``can_hibernate`` set False makes it a VMM that cannot hibernate
+    (as Firecracker's backend): its hibernate raises NotSupported."""
 
     name = "fake"
     accel = Accel("tcg", "fake backend for tests")
+    can_hibernate = True  # set False on an instance: hibernate raises NotSupported
 
     def __init__(self) -> None:
         self.running: dict[str, Vm] = {}
@@ -138,6 +140,8 @@ class FakeBackend:
 
     async def hibernate(self, vm: Vm, state_key: bytes) -> None:
         """Keep the VM as "saved": no longer running, its keys remembered."""
+        if not self.can_hibernate:
+            raise NotSupported(f"the {self.name} backend cannot hibernate VMs")
         was = self._running(vm).state
         vm.move_to(VmState.HIBERNATING)
         if self.fail_next is not None:

@@ -8,7 +8,7 @@
     │   ├── PathOutsideWorkspace     a path (or a tar member, a symlink) leads out of the workspace
     │   └── InvalidArchive           a tar that cannot be read, or with a refused member
     ├── Conflict                     the resource is in a state that forbids the action (409)
-    │   ├── QuotaExceeded            the user already has as many VMs of that type as allowed
+    │   ├── QuotaExceeded            as many as allowed already (a user's VMs or disk, webhooks)
     │   ├── ActiveSessionExists      the user already has a login in progress for that provider
     │   ├── PathConflict             a directory where a file goes, a non-empty one to remove, ...
     │   ├── NotLoggedIn              no login for that provider was delivered into the VM
@@ -127,7 +127,7 @@ class Conflict(HearthError):
 
 
 class QuotaExceeded(Conflict):
-    """The user already has as many VMs of that type as the quota allows."""
+    """As many as a quota allows exist already: a user's VMs of that type, their disk, webhooks."""
 
     code = "quota_exceeded"
     http_status = 409

@@ -183,10 +183,12 @@ async def test_a_hibernated_vm_ends_its_vmm_keeps_its_files_and_wakes_with_its_t
         state_key = secrets.token_bytes(32)
         await backend.hibernate(vm, state_key)
     except NotSupported:
+        assert not backend.can_hibernate, "a backend that says it can hibernate refused to"
         assert vm.state is VmState.READY
         assert backend.alive(vm)
         await backend.destroy(vm)
         return
+    assert backend.can_hibernate, "a backend that says it cannot hibernate did"
     assert vm.state is VmState.HIBERNATED
     assert not backend.alive(vm)
     assert vm.id not in {running.id for running in await backend.list_running()}

@@ -4,7 +4,7 @@ Events are stored before they are delivered: a VM that becomes ready or dies rea
 signed with its secret; a receiver that fails is retried with backoff and every attempt is
 recorded; a controller that stops with deliveries pending delivers them after its restart;
 ``GET /api/events`` pages by id (a user sees their own) and follows as an event stream. Bad
-webhooks are refused with 422, and only an admin may make them.
+webhooks are refused with 422, one past the cap with 409, and only an admin may make them.
 """
 
 from __future__ import annotations
@@ -20,9 +20,11 @@ from httpx_sse import aconnect_sse
 
 from hearth.config import Settings
 from hearth.events.signing import verify
+from hearth.events.webhooks import MAX_WEBHOOKS
 from tests.fake_backend import FakeBackend
 from tests.integration.api_fixtures import *  # noqa: F403
 from tests.integration.api_fixtures import Api, assert_error, running_api, served
+from tests.integration.store_fixtures import new_webhook
 from tests.webhook_receiver import *  # noqa: F403
 from tests.webhook_receiver import WebhookReceiver
 
@@ -220,3 +222,19 @@ async def test_bad_webhooks_are_refused_and_only_admins_may_make_them(
     assert_error(await api.client.get(url, headers=user), 403, "forbidden")
     missing = await api.client.delete(f"{url}/wh-nothing", headers=admin)
     assert_error(missing, 404, "not_found")
+
+
+async def test_creates_side_by_side_never_pass_the_webhook_cap_and_are_refused_409_quota(
+    api: Api,
+) -> None:
+    for _ in range(MAX_WEBHOOKS - 2):
+        await api.ctl.store.webhooks.insert(new_webhook())
+    body = {"url": "http://1.2.3.4/hook", "events": ["vm.ready"]}
+    answers = await asyncio.gather(
+        *(api.client.post("/api/webhooks", json=body, headers=api.headers()) for _ in range(10))
+    )
+    assert sorted(answer.status_code for answer in answers) == [201] * 2 + [409] * 8
+    for refused in (answer for answer in answers if answer.status_code == 409):
+        message = assert_error(refused, 409, "quota_exceeded")["message"]
+        assert f"{MAX_WEBHOOKS} webhooks already" in message
+    assert len(await api.ctl.store.webhooks.list()) == MAX_WEBHOOKS

@@ -90,21 +90,26 @@ async def test_health_says_which_vmm_runs_and_why_the_other_could_not(api: Api) 
 
 
 def test_serve_refuses_a_vmm_that_cannot_run_here_with_the_reason(tmp_path: Path) -> None:
-    result = hearth_cli(
-        "serve",
-        "--port",
-        "1",
-        env={
-            "HEARTH_STATE_DIR": str(tmp_path / "state"),
-            "HEARTH_VMM": "firecracker",
-            "HEARTH_FIRECRACKER_BIN": str(tmp_path / "no-firecracker"),
-        },
-        timeout=60,
-    )
+    stderr = serve_refused(tmp_path, HEARTH_FIRECRACKER_BIN=str(tmp_path / "no-firecracker"))
+    assert "no-firecracker is not installed" in stderr
+
+
+def test_serve_refuses_a_default_hibernate_action_the_vmm_cannot_carry_out(tmp_path: Path) -> None:
+    stderr = serve_refused(tmp_path, HEARTH_NETWORK_MODE="netns", HEARTH_VM_IDLE_ACTION="hibernate")
+    reason = "HEARTH_VM_IDLE_ACTION=hibernate, but firecracker cannot hibernate VMs"
+    assert reason in " ".join(stderr.split()), stderr
+
+
+def serve_refused(tmp_path: Path, **env: str) -> str:
+    """``hearth serve`` under firecracker with ``env``: refused before anything started; what
+    it wrote to stderr."""
+    state = tmp_path / "state"
+    environment = {"HEARTH_STATE_DIR": str(state), "HEARTH_VMM": "firecracker", **env}
+    result = hearth_cli("serve", "--port", "1", env=environment, timeout=60)
     assert result.returncode == 1, result.stdout + result.stderr
     assert "HEARTH_VMM=firecracker cannot run on this host" in result.stderr
-    assert "no-firecracker is not installed" in result.stderr
-    assert not (tmp_path / "state" / "hearth.db").exists(), "nothing was started"
+    assert not (state / "hearth.db").exists(), "nothing was started"
+    return result.stderr
 
 
 def test_vm_run_refuses_a_vmm_that_cannot_run_here_with_the_reason(tmp_path: Path) -> None:

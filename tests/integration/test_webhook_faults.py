@@ -123,3 +123,22 @@ async def test_urls_that_cannot_be_sent_are_refused_at_creation(api: Api) -> Non
             "/api/webhooks", json={"url": url, "events": ["vm.ready"]}, headers=api.headers()
         )
         assert fragment in assert_error(refused, 422, "invalid_input")["message"], url
+
+
+async def test_a_url_with_a_malformed_host_or_a_port_outside_1_to_65535_is_refused_422(
+    api: Api,
+) -> None:
+    for url, fragment in [
+        ("http://[abc/hook", "host is not valid"),  # a bracket never closed
+        ("http://a]b/hook", "host is not valid"),
+        ("http://[1.2.3.4]/hook", "host is not valid"),  # brackets hold IPv6 only
+        ("http://1.2.3.4:0/hook", "port must be 1 to 65535, not 0"),  # not the scheme's 80
+        ("https://[2001:db8::1]:0/hook", "port must be 1 to 65535, not 0"),
+        ("http://1.2.3.4:99999/hook", "port must be 1 to 65535"),
+        ("http://1.2.3.4:-1/hook", "port must be 1 to 65535"),
+    ]:
+        refused = await api.client.post(
+            "/api/webhooks", json={"url": url, "events": ["vm.ready"]}, headers=api.headers()
+        )
+        assert fragment in assert_error(refused, 422, "invalid_input")["message"], url
+    assert (await api.client.get("/api/webhooks", headers=api.headers())).json() == {"webhooks": []}

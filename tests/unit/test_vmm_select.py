@@ -54,6 +54,21 @@ def test_firecracker_names_every_problem_at_once(tmp_path: Path) -> None:
         assert f"firecracker needs a usable /dev/kvm, and here {check.accel.reason}" in check.reason
 
 
+@pytest.mark.parametrize("name", ["HEARTH_VM_TIMEOUT_ACTION", "HEARTH_VM_IDLE_ACTION"])
+def test_a_default_hibernate_action_is_refused_where_the_vmm_cannot_hibernate(
+    tmp_path: Path, name: str
+) -> None:
+    settings = settings_for(
+        tmp_path, HEARTH_VMM="firecracker", HEARTH_NETWORK_MODE="netns", **{name: "hibernate"}
+    )
+    check = check_vmm(settings)
+    assert not check.ok
+    assert f"{name}=hibernate, but firecracker cannot hibernate VMs" in check.reason
+    with pytest.raises(ConfigError, match=f"{name}=hibernate"):
+        open_backend(settings)
+    assert "hibernate" not in check_vmm(settings, Vmm.QEMU).reason  # QEMU can
+
+
 def test_qemu_opens_as_a_vm_backend_when_its_tools_exist(tmp_path: Path) -> None:
     require_tools("qemu-system-x86_64", "qemu-img")
     settings = settings_for(tmp_path)

@@ -51,7 +51,8 @@ class VmLifetimeFields(RequestModel):
     ``idleTimeoutS`` seconds without use, each then doing its action; ``autoResume``: a call
     that needs the VM running resumes it when paused. A timeout given as null is no limit; a
     field not given (or an action given as null) keeps its value, at creation the controller's
-    default (``HEARTH_VM_TIMEOUT_S``, ``HEARTH_VM_IDLE_TIMEOUT_S`` and their actions)."""
+    default (``HEARTH_VM_TIMEOUT_S``, ``HEARTH_VM_IDLE_TIMEOUT_S`` and their actions). An
+    action of ``hibernate`` is refused (422) where the host's VMM cannot hibernate."""
 
     timeout_s: TimeoutS | None = Field(None, description="Running seconds it may live")
     timeout_action: Action | None = Field(None, description="What the end of timeoutS does")

@@ -26,7 +26,7 @@ from hearth.agent_client import AgentClient
 from hearth.control.agent_hooks import run_agent_hooks
 from hearth.control.lifetimes import running_fields
 from hearth.control.vm_keys import HeldKeys, VmKeys
-from hearth.errors import Conflict, HearthError, SavedStateCorrupt, VmError
+from hearth.errors import Conflict, HearthError, NotSupported, SavedStateCorrupt, VmError
 from hearth.events.types import EventType
 from hearth.logging import get_logger
 from hearth.store import VmRecord
@@ -61,6 +61,10 @@ class Hibernation:
         if record.status not in HIBERNATABLE:
             raise Conflict(
                 f"VM {vm_id} is {record.status.value}; only a ready or paused VM can be hibernated"
+            )
+        if not vms.node.can_hibernate:  # said before anything is pulled back
+            raise NotSupported(
+                f"this host's VMM ({vms.node.vmm}) cannot hibernate VMs; pause keeps a VM in memory"
             )
         vm = vms.live_vm(vm_id)
         keys = self.keys.open(record)

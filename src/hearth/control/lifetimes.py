@@ -2,8 +2,9 @@
 what each does when it ends, and ``autoResume``.
 
 A VM's running time is kept in its row, so it survives a controller restart: the seconds used
-before ``running_since``, plus the stretch since. Pausing (or hibernating) adds that stretch and
-clears ``running_since``; paused or hibernated time does not use up the lifetime. Use is kept in
+before ``running_since``, plus the stretch since. Leaving the running statuses (a pause, a
+hibernation, a destroy, a failure) adds that stretch and clears ``running_since``; paused or
+hibernated time does not use up the lifetime, and an ended VM's stays as it was. Use is kept in
 memory: every API call naming the VM (the API's middleware), every command, run, terminal or
 file call (``ExecService.runnable``), a login still under way for the VM's user that delivers
 into it, and a command the controller started that still runs (its agent is asked before an
@@ -12,7 +13,8 @@ Browser VMs serve one login and end with it: lifetimes are for CLI VMs.
 
 Every ``HEARTH_LIFETIME_CHECK_INTERVAL_S`` the VMs whose time is up get their action: ``pause``,
 ``hibernate`` or ``destroy`` (the last two pull the delivered credentials back first, as a
-manual destroy does); each is told as ``vm.timed_out`` and logged with the VM's id. With
+manual destroy does; where the VMM cannot hibernate, hibernate destroys instead); each is told
+as ``vm.timed_out`` and logged with the VM's id. With
 ``autoResume`` (the default) a call that needs a paused or hibernated VM running resumes it
 first, told as ``vm.auto_resumed``.
 """
@@ -20,24 +22,25 @@ first, told as ``vm.auto_resumed``.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from datetime import datetime
 from typing import TYPE_CHECKING
 
 from hearth.agent_client import AgentClient
 from hearth.auth.states import TERMINAL, AuthStatus
 from hearth.config import Settings
-from hearth.errors import Conflict, HearthError, NotFound
+from hearth.errors import Conflict, HearthError, InvalidInput, NotFound, NotSupported
 from hearth.events.types import EventType
 from hearth.logging import get_logger
 from hearth.periodic import every
 from hearth.shared_tasks import SharedTasks
-from hearth.store import VmRecord
+from hearth.store import Store, VmRecord
 from hearth.store.records import utc_now
 from hearth.vm.types import LifetimeAction, VmState, VmType
 
 if TYPE_CHECKING:
     from hearth.control.vms import VmService
+    from hearth.node.interface import Node
 
 _log = get_logger("control.lifetimes")
 # The statuses a VM uses its lifetime in.
@@ -47,6 +50,8 @@ _ASLEEP = (VmState.PAUSED, VmState.HIBERNATING, VmState.HIBERNATED, VmState.BOOT
 # Commands kept per VM before the ended ones are looked for: with no idle timeout nothing else
 # asks, and a VM running command after command would keep every id.
 PRUNE_COMMANDS_AT = 64
+# How often ``move_banking_time`` reads a row again that moved on between its read and write.
+_MOVE_RACES = 5
 # A login in one of these may still deliver into its CLI VM.
 _LOGGING_IN = tuple(status for status in AuthStatus if status not in TERMINAL)
 
@@ -80,6 +85,21 @@ class Lifetime:
         """The row fields that hold it."""
         return dataclasses.asdict(self)
 
+    def check_carried_out_by(self, node: Node) -> None:
+        """InvalidInput naming the field whose action ``node``'s VMM cannot carry out (a
+        hibernate where it cannot hibernate): such a lifetime would never end."""
+        if node.can_hibernate:
+            return
+        for name, action in (
+            ("timeoutAction", self.timeout_action),
+            ("idleAction", self.idle_action),
+        ):
+            if action is LifetimeAction.HIBERNATE:
+                raise InvalidInput(
+                    f"{name}: this host's VMM ({node.vmm}) cannot hibernate VMs; "
+                    "choose pause or destroy"
+                )
+
 
 def used_s(record: VmRecord, now: datetime) -> float:
     """The running seconds ``record`` has used of its lifetime by ``now``."""
@@ -88,13 +108,34 @@ def used_s(record: VmRecord, now: datetime) -> float:
 
 
 def running_fields(record: VmRecord, new: VmState, now: datetime) -> dict[str, object]:
-    """The running-time fields of ``record`` moving to ``new`` at ``now``: pausing banks the
-    stretch since it started running (hibernating too), resuming starts a new one."""
-    if new in (VmState.PAUSED, VmState.HIBERNATING) and record.running_since is not None:
+    """The running-time fields of ``record`` moving to ``new`` at ``now``: leaving the running
+    statuses (a pause, a hibernation, a teardown, a failure) banks the stretch since it started
+    running, so a VM that stops uses no more of its lifetime; resuming starts a new stretch."""
+    if new not in _RUNNING and record.running_since is not None:
         return {"lifetime_used_s": used_s(record, now), "running_since": None}
     if new in _RUNNING and record.running_since is None:
         return {"running_since": now}
     return {}
+
+
+async def move_banking_time(
+    store: Store, vm_id: str, expected: Collection[VmState], new: VmState, **fields: object
+) -> VmRecord:
+    """Move VM ``vm_id`` from one of ``expected`` to ``new`` with ``fields`` and its running-time
+    fields (``running_fields``), by compare-and-set on the very status it was read in, so the
+    time banked is that of the row moved; read again when it moved on meanwhile among
+    ``expected``. Conflict (naming its status) once it is in none of them."""
+    attempt = 0
+    while True:
+        record = await store.vms.get(vm_id)
+        read = (record.status,) if record.status in expected else tuple(expected)
+        times = running_fields(record, new, utc_now())
+        try:
+            return await store.vms.transition(vm_id, read, new, **fields, **times)
+        except Conflict:
+            attempt += 1
+            if record.status not in expected or attempt == _MOVE_RACES:
+                raise
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,6 +205,7 @@ class Lifetimes:
         if not record.is_active:
             raise Conflict(f"VM {vm_id} is {record.status.value}; its lifetime is over")
         lifetime = edit(Lifetime.of(record))
+        lifetime.check_carried_out_by(self.vms.node)
         self.touch(vm_id)
         updated = await self.vms.store.vms.update(vm_id, **lifetime.fields())
         _log.info(
@@ -251,6 +293,7 @@ class Lifetimes:
     async def _act(self, record: VmRecord, due: _Due, *, decided: datetime) -> bool:
         if due.reason == "idle" and self._seen.get(record.id, decided) > decided:
             return False  # used while the check looked at its logins and commands
+        done = due.action
         try:
             if due.action is LifetimeAction.PAUSE:
                 ended = await self.vms.pause(record.id)
@@ -261,7 +304,7 @@ class Lifetimes:
                     _log.info("vm_idle_pause_undone", vm_id=record.id)
                     return False
             elif due.action is LifetimeAction.HIBERNATE:
-                ended = await self.vms.hibernation.hibernate(record.id)
+                ended, done = await self._hibernate(record.id)
             else:
                 ended = await self.vms.destroy(record.id, user_id=None)
         except HearthError as exc:
@@ -274,16 +317,34 @@ class Lifetimes:
             vm_id=record.id,
             user_id=record.user_id,
             reason=due.reason,
-            action=due.action.value,
+            action=done.value,
         )
+        # ``insteadOf``: the action the lifetime asked for, when it could not be carried out.
+        instead = {} if done is due.action else {"insteadOf": due.action.value}
         await self.vms.announce(
             EventType.VM_TIMED_OUT,
             ended,
             reason=due.reason,
-            action=due.action.value,
+            action=done.value,
             limitS=due.limit_s,
+            **instead,
         )
         return True
+
+    async def _hibernate(self, vm_id: str) -> tuple[VmRecord, LifetimeAction]:
+        """Hibernate the VM, or destroy it where its VMM cannot hibernate (a lifetime set before
+        such ones were refused): the action is there to free the host, and trying it again every
+        round would never end. The VM's record and the action taken."""
+        try:
+            return await self.vms.hibernation.hibernate(vm_id), LifetimeAction.HIBERNATE
+        except NotSupported as exc:
+            _log.warning(
+                "vm_timeout_hibernate_not_supported",
+                vm_id=vm_id,
+                error=exc.message[:300],
+                instead="destroy",
+            )
+        return await self.vms.destroy(vm_id, user_id=None), LifetimeAction.DESTROY
 
     def _forget_gone(self, keep: set[str]) -> None:
         """Forget the use and commands of every VM but ``keep`` and the live ones: those that

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+from hearth.control.lifetimes import running_fields
 from hearth.control.vms import ACTIVE, RUNNING, VmService
 from hearth.errors import HearthError
 from hearth.events.types import EventType
@@ -72,8 +73,9 @@ async def reconcile(vms: VmService) -> dict[str, list[str]]:
             vms.live[record.id] = vm
             report["adopted"].append(record.id)
             continue
+        times = running_fields(record, VmState.FAILED, utc_now())
         failed = await vms.store.vms.transition(
-            record.id, record.status, VmState.FAILED, error=reason
+            record.id, record.status, VmState.FAILED, error=reason, **times
         )
         vms.metrics.failures.labels(stage="restart").inc()
         await vms.announce(EventType.VM_FAILED, failed, stage="restart", error=reason)

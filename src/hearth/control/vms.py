@@ -15,7 +15,7 @@ from hearth.config import Settings
 from hearth.control.agent_hooks import BeforeDestroy, run_agent_hooks
 from hearth.control.agent_tokens import AgentTokens
 from hearth.control.hibernation import Hibernation, set_guest_clock
-from hearth.control.lifetimes import Lifetime, running_fields
+from hearth.control.lifetimes import Lifetime, move_banking_time, running_fields
 from hearth.control.network import CliNetworks
 from hearth.control.pool import POOL_USER, WarmPool
 from hearth.control.quotas import Quotas
@@ -29,7 +29,7 @@ from hearth.metrics import ControllerMetrics
 from hearth.node.interface import Node
 from hearth.periodic import every
 from hearth.shared_tasks import SharedTasks
-from hearth.store import Store, VmRecord
+from hearth.store import INACTIVE_VM_STATES, Store, VmRecord
 from hearth.store.records import utc_now
 from hearth.vm.host import new_vm_id
 from hearth.vm.types import Vm, VmSpec, VmState, VmType
@@ -37,16 +37,7 @@ from hearth.vm.types import Vm, VmSpec, VmState, VmType
 _log = get_logger("control.vms")
 # How often a destroy reads the row again when it moved on between a read and a write.
 _TEARDOWN_RACES = 5
-ACTIVE = (
-    VmState.CREATING,
-    VmState.BOOTING,
-    VmState.READY,
-    VmState.UNHEALTHY,
-    VmState.PAUSED,
-    VmState.HIBERNATING,
-    VmState.HIBERNATED,
-    VmState.STOPPING,
-)
+ACTIVE = tuple(state for state in VmState if state not in INACTIVE_VM_STATES)
 # A VM whose VMM runs and which the controller adopts after a restart.
 RUNNING = (VmState.READY, VmState.UNHEALTHY, VmState.PAUSED)
 
@@ -125,6 +116,7 @@ class VmService:
         if pooled or spec.vm_type is not VmType.CLI:
             lifetime = Lifetime()
         lifetime = lifetime or Lifetime.defaults(self.settings)
+        lifetime.check_carried_out_by(self.node)
         self.node.check_image(spec.vm_type)
         await self.store.users.ensure(owner)
         async with self.admission:
@@ -291,12 +283,10 @@ class VmService:
             await self._discard(vm)
         elif self.networks is not None:
             await self.networks.close(vm_id)
+        failable = (VmState.CREATING, VmState.BOOTING, *RUNNING)
         try:
-            record = await self.store.vms.transition(
-                vm_id,
-                (VmState.CREATING, VmState.BOOTING, *RUNNING),
-                VmState.FAILED,
-                error=error.message[:2000],
+            record = await move_banking_time(
+                self.store, vm_id, failable, VmState.FAILED, error=error.message[:2000]
             )
         except Conflict:
             record = await self.store.vms.get(vm_id)
@@ -389,8 +379,11 @@ class VmService:
                 was = record
                 if record.status is not VmState.STOPPING:
                     # Its row first, so nothing else (a pause, a hibernation, a command) takes
-                    # it now.
-                    record = await self.store.vms.transition(vm_id, record.status, VmState.STOPPING)
+                    # it now; its lifetime stops counting.
+                    times = running_fields(record, VmState.STOPPING, utc_now())
+                    record = await self.store.vms.transition(
+                        vm_id, record.status, VmState.STOPPING, **times
+                    )
                 break
             except Conflict:
                 if attempt == _TEARDOWN_RACES - 1:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from hearth.errors import InvalidInput
 from hearth.network.addresses import is_public_address, unmapped
@@ -38,7 +38,10 @@ class Target:
             raise InvalidInput(f"a webhook URL is at most {URL_MAX} characters")
         if any(c <= " " or c == "\x7f" for c in url):
             raise InvalidInput("a webhook URL must not contain spaces or control characters")
-        parts = urlsplit(url)
+        try:
+            parts = urlsplit(url)
+        except ValueError as exc:  # brackets that hold no IPv6 address, or are not closed
+            raise InvalidInput(f"the webhook URL's host is not valid: {exc}") from exc
         if parts.scheme not in ("http", "https"):
             raise InvalidInput(f"a webhook URL must be http or https, not {parts.scheme!r}")
         if parts.username is not None or parts.password is not None:
@@ -46,10 +49,7 @@ class Target:
         if not parts.hostname:
             raise InvalidInput("a webhook URL needs a host")
         host = _ascii_host(parts.hostname)
-        try:
-            port = parts.port or (443 if parts.scheme == "https" else 80)
-        except ValueError as exc:
-            raise InvalidInput(f"the webhook URL's port is not valid: {exc}") from exc
+        port = _port(parts, default=443 if parts.scheme == "https" else 80)
         path = parts.path or "/"
         if parts.query:
             path = f"{path}?{parts.query}"
@@ -80,6 +80,18 @@ class Target:
             f"the webhook host {self.host} is a private, loopback or link-local address; "
             "set HEARTH_WEBHOOK_ALLOW_PRIVATE=1 to allow receivers on your own network"
         )
+
+
+def _port(parts: SplitResult, *, default: int) -> int:
+    """The URL's port, ``default`` when it names none; InvalidInput for one that is not a
+    number from 1 to 65535 (port 0 is no port to send to, not the scheme's own)."""
+    try:
+        port = parts.port
+    except ValueError as exc:
+        raise InvalidInput(f"the webhook URL's port must be 1 to 65535: {exc}") from exc
+    if port == 0:
+        raise InvalidInput("the webhook URL's port must be 1 to 65535, not 0")
+    return default if port is None else port
 
 
 def _ascii_host(hostname: str) -> str:

@@ -51,12 +51,11 @@ class WebhookService:
         self.allow_private = settings.webhook_allow_private
 
     async def create(self, url: str, events: Sequence[str]) -> tuple[WebhookRecord, str]:
-        """A new webhook and its signing secret (InvalidInput for a bad URL or event name)."""
+        """A new webhook and its signing secret (InvalidInput for a bad URL or event name,
+        QuotaExceeded when there are ``MAX_WEBHOOKS`` already)."""
         names = _event_names(events)
         target = Target.parse(url)
         await target.address(allow_private=self.allow_private)
-        if len(await self.store.webhooks.list()) >= MAX_WEBHOOKS:
-            raise InvalidInput(f"there are {MAX_WEBHOOKS} webhooks already; remove one first")
         webhook_id = new_webhook_id()
         secret = new_secret()
         sealed = self.vault.encrypt(secret.encode(), user_id=_SEAL_USER, provider=webhook_id)
@@ -68,7 +67,8 @@ class WebhookService:
                 key_id=sealed.key_id,
                 nonce=sealed.nonce,
                 ciphertext=sealed.ciphertext,
-            )
+            ),
+            limit=MAX_WEBHOOKS,
         )
         _log.info("webhook_created", webhook_id=webhook_id, host=target.host, events=list(names))
         return record, secret

@@ -25,6 +25,11 @@ class Node(Protocol):
         """The accelerator its VMM uses, and why."""
         ...
 
+    @property
+    def can_hibernate(self) -> bool:
+        """Whether its VMM can hibernate VMs (save them to disk and wake them)."""
+        ...
+
     def check_image(self, vm_type: VmType) -> None:
         """Raise ImageNotBuilt (naming the command that builds it) when no image serves
         ``vm_type``; the control plane asks before it admits a VM."""

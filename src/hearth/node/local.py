@@ -62,6 +62,11 @@ class LocalNode:
         """The backend's accelerator."""
         return self.backend.accel
 
+    @property
+    def can_hibernate(self) -> bool:
+        """Whether the backend can."""
+        return self.backend.can_hibernate
+
     def check_image(self, vm_type: VmType) -> None:
         """ImageNotBuilt unless an image serves ``vm_type``."""
         self.images.image_for(vm_type)

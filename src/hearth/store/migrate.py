@@ -9,14 +9,14 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
+
+from hearth.store.locks import Serialized, serialize_sync
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 # Execution option that makes the SQLite "begin" hook take the write lock up front.
 SQLITE_BEGIN_IMMEDIATE = "hearth_sqlite_begin_immediate"
-# Serialises concurrent upgrades of one PostgreSQL database (any constant unique to Hearth).
-_PG_MIGRATION_LOCK = 0x4845_4152_5448  # "HEARTH"
 # Alembic keeps the running migration in module globals (``alembic.context``, ``alembic.op``),
 # so two upgrades interleaving on one event loop would run against each other's context.
 _UPGRADE_LOCKS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
@@ -35,10 +35,9 @@ def alembic_config(connection: Connection | None = None) -> Config:
 
 
 def _upgrade_in_transaction(connection: Connection) -> None:
-    if connection.dialect.name == "postgresql":
-        # Held until the surrounding transaction ends, so a second opener waits, then finds
-        # the schema at head and does nothing.
-        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_MIGRATION_LOCK})
+    # Held until the surrounding transaction ends, so a second opener waits, then finds the
+    # schema at head and does nothing.
+    serialize_sync(connection, Serialized.MIGRATION)
     command.upgrade(alembic_config(connection), "head")
 
 

@@ -26,6 +26,9 @@ class VmBackend(Protocol):
 
     name: str
     accel: Accel
+    # Whether ``hibernate`` and ``wake`` work (else they raise NotSupported): the control plane
+    # refuses a lifetime whose action is hibernate up front where they do not.
+    can_hibernate: bool
 
     async def create(self, image: ImageDir, spec: VmSpec, **options: Unpack[CreateOptions]) -> Vm:
         """Start a VM from ``image`` (restored from a template unless ``boot_mode`` is COLD or

@@ -16,7 +16,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Generic, Unpack
+from typing import Any, Generic, Unpack
 
 from hearth.errors import (
     HearthError,
@@ -52,6 +52,12 @@ class BackendLifecycle(ABC, Generic[TemplateT]):
     name: str
     vmm_label: str  # how messages name the VMM's process ("QEMU", "firecracker")
     accel: Accel
+    can_hibernate = False  # a subclass's own: whether it overrides hibernate (and wake)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # Said by what the subclass implements, so the capability cannot drift from it.
+        cls.can_hibernate = cls.hibernate is not BackendLifecycle.hibernate
 
     def __init__(
         self,

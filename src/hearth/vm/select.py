@@ -2,7 +2,8 @@
 
 The one place outside the backends themselves that names a concrete backend class. Callers get
 a ``VmBackend``; a VMM that cannot run here is refused up front with the exact reason (no
-binary, no usable KVM, the wrong network mode), so ``hearth serve`` never fails later.
+binary, no usable KVM, the wrong network mode, a default lifetime action it cannot carry out),
+so ``hearth serve`` never fails later.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from hearth.vm.backend import VmBackend
 from hearth.vm.firecracker.backend import FirecrackerBackend
 from hearth.vm.firecracker.process import require_firecracker
 from hearth.vm.qemu.backend import QemuBackend
+from hearth.vm.types import LifetimeAction
 
 
 class Vmm(StrEnum):
@@ -25,6 +27,9 @@ class Vmm(StrEnum):
 
     QEMU = "qemu"
     FIRECRACKER = "firecracker"
+
+
+_BACKENDS: dict[Vmm, type[VmBackend]] = {Vmm.QEMU: QemuBackend, Vmm.FIRECRACKER: FirecrackerBackend}
 
 
 @dataclass(frozen=True)
@@ -51,7 +56,7 @@ class VmmCheck:
 def check_vmm(settings: Settings, vmm: Vmm | None = None) -> VmmCheck:
     """Can ``vmm`` (default: the configured one) run here with these settings?"""
     vmm = vmm or Vmm(settings.vmm)
-    problems: list[str] = []
+    problems = _unsupported_defaults(settings, vmm)
     if vmm is Vmm.QEMU:
         accel = detect_accel(override=settings.qemu_accel)
         for tool in ("qemu-system-x86_64", "qemu-img"):
@@ -71,6 +76,22 @@ def check_vmm(settings: Settings, vmm: Vmm | None = None) -> VmmCheck:
     if settings.network_mode != "netns":
         problems.append("firecracker VMs need HEARTH_NETWORK_MODE=netns (a tap per VM)")
     return VmmCheck(vmm, not problems, accel, tuple(problems))
+
+
+def _unsupported_defaults(settings: Settings, vmm: Vmm) -> list[str]:
+    """The default lifetime actions (``HEARTH_VM_*_ACTION``) that ``vmm`` cannot carry out:
+    every CLI VM created without its own would get a lifetime that never ends."""
+    if _BACKENDS[vmm].can_hibernate:
+        return []
+    defaults = {
+        "HEARTH_VM_TIMEOUT_ACTION": settings.vm_timeout_action,
+        "HEARTH_VM_IDLE_ACTION": settings.vm_idle_action,
+    }
+    return [
+        f"{name}=hibernate, but {vmm.value} cannot hibernate VMs (choose pause or destroy)"
+        for name, action in defaults.items()
+        if action == LifetimeAction.HIBERNATE
+    ]
 
 
 def open_backend(settings: Settings) -> VmBackend:

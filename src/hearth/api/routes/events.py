@@ -83,7 +83,10 @@ async def _stream(ctl: Controller, after: int, user_id: str | None) -> AsyncIter
 
 @router.post("/api/webhooks", status_code=201)
 async def create_webhook(body: WebhookCreate, _: AdminKey, ctl: Ctl) -> WebhookCreated:
-    """A webhook for ``events`` (admin). Its signing secret is in this answer only."""
+    """A webhook for ``events`` (admin). Its signing secret is in this answer only. A URL that
+    cannot be sent to (not http(s), a malformed host, a port not 1 to 65535, a private
+    address unless allowed) or an unknown event name is 422; one past the cap of 100 webhooks
+    is 409 ``quota_exceeded``."""
     record, secret = await ctl.webhooks.create(body.url, body.events)
     return WebhookCreated.of(record, secret)
 

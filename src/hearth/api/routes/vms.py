@@ -65,7 +65,9 @@ async def create_vm(
         bool, Query(description="false: answer 202 at once and boot in the background")
     ] = True,
 ) -> VmOut:
-    """Create a VM; 201 once its agent is healthy (``agentToken`` is shown this once)."""
+    """Create a VM; 201 once its agent is healthy (``agentToken`` is shown this once). A
+    ``timeoutAction`` or ``idleAction`` of ``hibernate`` where this host's VMM cannot hibernate
+    (Firecracker) is 422, naming the field: such a lifetime could never end."""
     return await _create(body, key, ctl, response, wait)
 
 
@@ -103,7 +105,8 @@ async def destroy_vm(vm_id: str, key: Key, ctl: Ctl) -> VmOut:
 @router.patch("/api/vms/{vm_id}")
 async def change_vm(vm_id: str, body: VmLifetimePatch, key: Key, ctl: Ctl) -> VmOut:
     """Change a CLI VM's lifetime (``timeoutS``, ``idleTimeoutS``, their actions,
-    ``autoResume``): the fields given are set, the others kept."""
+    ``autoResume``): the fields given are set, the others kept. 422 for a bound out of range,
+    or an action of ``hibernate`` where this host's VMM cannot hibernate (naming the field)."""
     return _out(ctl, await ctl.lifetimes.change(vm_id, scope_of(key), body.lifetime))
 
 

@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import delete, exists, func, select
 
 from hearth.events.types import DeliveryStatus
+from hearth.store.locks import Serialized, serialize
 from hearth.store.models import (
     events_table,
     webhook_attempts_table,
@@ -38,10 +39,16 @@ class EventRepo(Repository):
         retry_for: timedelta,
     ) -> tuple[EventRecord, int]:
         """Store the event and, in the same transaction, one pending delivery per webhook that
-        subscribes to it (retried for ``retry_for``); the event and that count."""
+        subscribes to it (retried for ``retry_for``); the event and that count.
+
+        Appends run one at a time, so events become visible in the order of their ids: an id is
+        drawn at the INSERT but seen at the COMMIT, and a reader that saw id N+1 moves its
+        cursor past it (``list(after=)``), so an id N committed later would never be read.
+        """
         now = self._clock()
         values = {"type": type, "user_id": user_id, "vm_id": vm_id, "data": data}
         async with self._writes.begin() as conn:
+            await serialize(conn, Serialized.EVENT_APPEND)
             inserted = events_table.insert().values(**values, created_at=now)
             row = (await conn.execute(inserted.returning(*events_table.c))).one()
             # Shared locks on the webhooks until this commits: a webhook deleted meanwhile goes

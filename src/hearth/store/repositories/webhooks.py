@@ -10,8 +10,9 @@ from typing import Any
 
 from sqlalchemy import Row, delete, func, select, update
 
-from hearth.errors import NotFound
+from hearth.errors import NotFound, QuotaExceeded
 from hearth.events.types import DeliveryStatus
+from hearth.store.locks import Serialized, serialize
 from hearth.store.models import (
     events_table,
     webhook_attempts_table,
@@ -43,8 +44,13 @@ def _unprefixed(row: Any, prefix: str) -> dict[str, Any]:
 class WebhookRepo(Repository):
     """Persists webhooks and the state of every delivery owed to them."""
 
-    async def insert(self, record: WebhookRecord) -> WebhookRecord:
-        """Store a new webhook."""
+    async def insert(self, record: WebhookRecord, *, limit: int | None = None) -> WebhookRecord:
+        """Store a new webhook; with ``limit``, QuotaExceeded when there are that many already.
+
+        The count and the insert are one transaction that runs alone (SQLite's writers do;
+        on PostgreSQL an advisory lock), so creates running side by side cannot pass the limit
+        together.
+        """
         values = {
             "id": record.id,
             "url": record.url,
@@ -54,8 +60,13 @@ class WebhookRepo(Repository):
             "ciphertext": record.ciphertext,
             "created_at": self._clock(),
         }
-        row = await self._write_one(_hooks.insert().values(values).returning(*_hooks.c))
-        assert row is not None  # an INSERT ... RETURNING returns its row
+        async with self._writes.begin() as conn:
+            await serialize(conn, Serialized.WEBHOOK_CREATE)
+            if limit is not None:
+                count = await conn.scalar(select(func.count()).select_from(_hooks))
+                if (count or 0) >= limit:
+                    raise QuotaExceeded(f"there are {limit} webhooks already; remove one first")
+            row = (await conn.execute(_hooks.insert().values(values).returning(*_hooks.c))).one()
         return _webhook(row)
 
     async def list(self) -> builtins.list[WebhookRecord]:
