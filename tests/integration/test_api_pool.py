@@ -10,6 +10,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -208,6 +209,41 @@ async def test_a_pooled_vm_left_holding_a_workspace_by_a_restart_is_not_kept(
         await until_pool_holds(pool_of(api), VmType.CLI, 1)
         lee = await api.client.post("/api/vms", json={"userId": "lee"}, headers=api.headers())
         assert lee.json()["id"] != pooled_id
+
+
+async def test_a_create_cancelled_during_a_hand_out_leaves_no_vm_and_the_workspace_free(
+    pool_settings: Settings,
+    fake_backend: FakeBackend,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The VM left the pool when its hand-out began: a cancel then (a login's deadline) left it
+    # running, counted nowhere, holding ann's workspace, so her next VM ran without her files.
+    async with pooled_api(pool_settings, fake_backend, tmp_path / "image", DEFAULT_QUOTAS) as api:
+        await until_pool_holds(pool_of(api), VmType.CLI, 1)
+        [pooled_id] = api.backend.created
+        attaching, go_on = asyncio.Event(), asyncio.Event()
+        attach = fake_backend.attach_volume
+
+        async def slow_attach(vm: Any, volume: Any) -> str | None:
+            attaching.set()
+            await go_on.wait()
+            return await attach(vm, volume)
+
+        monkeypatch.setattr(fake_backend, "attach_volume", slow_attach)
+        vms = api.ctl.vms
+        spec = vms.spec_for(VmType.CLI, None, None)
+        creating = asyncio.create_task(vms.create(user_id="ann", spec=spec))
+        await asyncio.wait_for(attaching.wait(), timeout=10)
+        creating.cancel()
+        asyncio.get_running_loop().call_later(0.1, go_on.set)
+        with pytest.raises(asyncio.CancelledError):
+            await creating
+
+        assert (await api.ctl.store.vms.get(pooled_id)).status is VmState.DESTROYED
+        made = await api.client.post("/api/vms", json={"userId": "ann"}, headers=api.headers())
+        assert made.status_code == 201, made.text
+        assert api.backend.running[made.json()["id"]].volumes
 
 
 async def test_a_refill_that_crashes_unforeseen_is_retried_not_the_end_of_the_pool(

@@ -104,35 +104,29 @@ class WarmPool:
 
     async def take(self, user_id: str, spec: VmSpec, lifetime: Lifetime) -> VmRecord | None:
         """Hand a pooled VM matching ``spec`` to ``user_id``, its ``lifetime`` starting now;
-        None when none waits."""
+        None when none waits.
+
+        A VM taken from the pool is no longer in it: a caller cancelled during its hand-out
+        (a login's deadline, a dropped request) would leave it running, counted nowhere and
+        holding the user's workspace. So the hand-out is finished, and the VM destroyed, before
+        the cancel goes on.
+        """
         if spec != self.spec(spec.vm_type):
             return None
         started = time.monotonic()
         while self._ready[spec.vm_type]:
             vm_id = self._ready[spec.vm_type].pop(0)
-            vm = self.service.live.get(vm_id)
-            if vm is None or not self.service.node.alive(vm):
-                continue
-            pooled = await self.service.store.vms.get(vm_id)
-            if not pooled.pooled:
-                continue
+            handout = asyncio.ensure_future(self._hand_out(vm_id, user_id, lifetime))
             try:
-                if pooled.status is not VmState.READY:
-                    # Unhealthy: the monitor saw its agent stop answering.
-                    raise VmError(f"pooled VM {vm_id} is {pooled.status.value}")
-                await self.service.attach_workspace(user_id, vm)
-                record = await self.service.store.vms.update(
-                    vm_id,
-                    user_id=user_id,
-                    pooled=False,
-                    **lifetime.fields(),
-                    lifetime_used_s=0.0,
-                    running_since=utc_now(),
-                )
-            except Exception as exc:
-                _log.warning("pool_handout_failed", vm_id=vm_id, error=str(exc)[:300])
-                with contextlib.suppress(HearthError):
-                    await self.service.destroy(vm_id, user_id=None, include_pooled=True)
+                record = await asyncio.shield(handout)
+            except asyncio.CancelledError:
+                with contextlib.suppress(Exception):
+                    handed = await handout
+                    if handed is not None:
+                        await self.service.destroy(handed.id, user_id=None)
+                        _log.info("pool_handout_abandoned", vm_id=handed.id, user_id=user_id)
+                raise
+            if record is None:
                 continue
             self.service.metrics.pool_handouts.labels(vm_type=spec.vm_type.value).inc()
             self.service.metrics.pool_size.labels(vm_type=spec.vm_type.value).set(
@@ -145,6 +139,34 @@ class WarmPool:
             await self.service.announce(EventType.VM_READY, record)
             return record
         return None
+
+    async def _hand_out(self, vm_id: str, user_id: str, lifetime: Lifetime) -> VmRecord | None:
+        """Give the pooled VM ``vm_id`` to ``user_id`` (its workspace attached); None, with the
+        VM destroyed, when it cannot serve (ended, unhealthy, the attach failed)."""
+        vm = self.service.live.get(vm_id)
+        if vm is None or not self.service.node.alive(vm):
+            return None
+        pooled = await self.service.store.vms.get(vm_id)
+        if not pooled.pooled:
+            return None
+        try:
+            if pooled.status is not VmState.READY:
+                # Unhealthy: the monitor saw its agent stop answering.
+                raise VmError(f"pooled VM {vm_id} is {pooled.status.value}")
+            await self.service.attach_workspace(user_id, vm)
+            return await self.service.store.vms.update(
+                vm_id,
+                user_id=user_id,
+                pooled=False,
+                **lifetime.fields(),
+                lifetime_used_s=0.0,
+                running_since=utc_now(),
+            )
+        except Exception as exc:
+            _log.warning("pool_handout_failed", vm_id=vm_id, error=str(exc)[:300])
+            with contextlib.suppress(HearthError):
+                await self.service.destroy(vm_id, user_id=None, include_pooled=True)
+            return None
 
     async def _refill_forever(self) -> None:
         while True:
