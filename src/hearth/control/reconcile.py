@@ -46,6 +46,8 @@ async def reconcile(vms: VmService) -> dict[str, list[str]]:
             report["hibernated"].append(record.id)  # nothing runs; its files stay
             continue
         reason = await _adoptable(vms, record, vm)
+        if vm is not None and reason is None:
+            reason = await _volumes_again(vms, record, vm)
         if vm is not None and reason is None and vms.networks is not None:
             # Where its VMM dials its egress proxy: a VM that cannot have its own proxy there
             # again would reach whatever else listens on that port.
@@ -66,10 +68,6 @@ async def reconcile(vms: VmService) -> dict[str, list[str]]:
             vm.spec = replace(
                 vm.spec, vm_type=record.vm_type, vcpus=record.vcpus, mem_mib=record.mem_mib
             )
-            if vms.workspaces is not None:
-                # The workspace it holds (a hibernation pins it, a hot-plug counts it).
-                workspace = await vms.store.workspaces.held_by(record.id)
-                vm.volumes = vms.workspaces.volumes_for(record, workspace)
             vms.live[record.id] = vm
             report["adopted"].append(record.id)
             continue
@@ -85,6 +83,19 @@ async def reconcile(vms: VmService) -> dict[str, list[str]]:
         await vms.networks.forget_others(keep={*vms.live, *report["hibernated"]})
     _log.info("reconciled", **{k: len(v) for k, v in report.items()})
     return report
+
+
+async def _volumes_again(vms: VmService, record: VmRecord, vm: Vm) -> str | None:
+    """Give ``vm`` the workspace it holds (a hibernation pins it, a hot-plug counts it); why it
+    cannot be adopted when that workspace's key does not open (one VM failed, not the start)."""
+    if vms.workspaces is None:
+        return None
+    workspace = await vms.store.workspaces.held_by(record.id)
+    try:
+        vm.volumes = vms.workspaces.volumes_for(record, workspace)
+    except HearthError as exc:
+        return f"its workspace could not be opened at controller start: {exc.message}"
+    return None
 
 
 def _waking(record: VmRecord) -> bool:
