@@ -173,6 +173,11 @@ class AgentClient:
         )
         return result
 
+    async def sync_workspace(self) -> dict[str, Any]:
+        """``POST /workspace/volume/sync``: write what the guest caches to its disks."""
+        result: dict[str, Any] = await self._call("POST", "/workspace/volume/sync")
+        return result
+
     async def unmount_workspace(self) -> dict[str, Any]:
         """``DELETE /workspace/volume``: sync, and unmount the workspace volume if nothing
         holds it."""

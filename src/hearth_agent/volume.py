@@ -6,6 +6,7 @@ workspace.
                                                       "mount"}}
                                                  404 volume_not_found; 500 volume_failed
     DELETE /workspace/volume                     → 200 {"unmounted": bool}
+    POST   /workspace/volume/sync                → 200 {"synced": true}
 
 The controller gives the running VM the user's volume (a virtio disk whose serial it names: the VM's
 volume slot, whose empty disk then reads the volume, or a hot-plugged disk), then asks the agent to
@@ -13,7 +14,9 @@ mount it where commands run, so the user's repositories outlive the VM. What the
 the disk is dropped first. A blank disk (no ext4 superblock) is formatted first; a formatted one is
 mounted as it is (its journal replayed by the kernel if the last VM ended without unmounting).
 ``DELETE`` syncs and unmounts before the controller ends the VM; a busy mount is left mounted
-(synced) and said so.
+(synced) and said so. ``sync`` writes what the guest caches to the disks before the VM is
+hibernated: its saved memory holds those pages, and a hibernated VM that is destroyed without
+waking would lose them.
 """
 
 from __future__ import annotations
@@ -158,7 +161,10 @@ class VolumeRoutes:
 
     def routes(self) -> tuple[Route, ...]:
         """The routes to mount in the app's table (both need the bearer token)."""
-        return (Route("/workspace/volume", {"POST": self._attach, "DELETE": self._detach}),)
+        return (
+            Route("/workspace/volume", {"POST": self._attach, "DELETE": self._detach}),
+            Route("/workspace/volume/sync", {"POST": self._sync}),
+        )
 
     def survey(self, *, sys_block: Path = SYS_BLOCK) -> None:
         """Look at the disks once and log them, in a VM with a disk beside its root disk (a CLI
@@ -215,6 +221,12 @@ class VolumeRoutes:
             "mounted": True,
             "ms": ms,
         }
+
+    def _sync(self, request: Request, params: Mapping[str, str]) -> Response:
+        started = time.monotonic()
+        os.sync()
+        self._logger.info("workspace_synced", ms=round((time.monotonic() - started) * 1000))
+        return json_response(200, {"synced": True})
 
     def _detach(self, request: Request, params: Mapping[str, str]) -> Response:
         os.sync()

@@ -15,11 +15,14 @@ from typing import Any
 import pytest
 
 from hearth.config import Settings
+from hearth.control.row_seal import RowSeal
 from hearth.errors import NotSupported
 from hearth.store import VmRecord
-from hearth.store.records import SEALED_WORKSPACE_KEY_FIELDS
+from hearth.store.records import SEALED_WORKSPACE_KEY_FIELDS, WorkspaceRecord
 from hearth.vm.types import Vm, VmState, Volume
+from tests.agent_backend import AgentBackend
 from tests.fake_backend import FakeBackend
+from tests.integration.agent_api_fixtures import *  # noqa: F403
 from tests.integration.api_fixtures import *  # noqa: F403
 from tests.integration.api_fixtures import Api, assert_error, running_api
 
@@ -295,3 +298,49 @@ async def test_a_vm_adopted_after_a_restart_keeps_its_volume_slot_and_workspace(
         assert [(v.path, v.key, v.serial) for v in adopted.volumes] == [
             (v.path, v.key, v.serial) for v in before.volumes
         ]
+
+
+async def test_a_workspace_whose_key_does_not_open_at_restart_fails_its_vm_not_the_start(
+    api_settings: Settings,
+    fake_backend: FakeBackend,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Reconciliation raised on it, so the controller could not start at all (nor reap).
+    settings = api_settings.with_overrides(workspace_size_mib=1024, user_disk_quota_mib=1536)
+    async with running_api(settings, fake_backend, tmp_path / "image") as first:
+        ann, bob = await new_vm(first, "ann"), await new_vm(first, "bob")
+    opens = RowSeal.open
+
+    def not_anns_workspace(seal: RowSeal, record: Any) -> bytes | None:
+        if isinstance(record, WorkspaceRecord) and record.user_id == "ann":
+            return None  # as when its sealed key was altered
+        return opens(seal, record)
+
+    monkeypatch.setattr(RowSeal, "open", not_anns_workspace)
+    async with running_api(settings, fake_backend, tmp_path / "image") as second:
+        failed = await second.ctl.store.vms.get(ann)
+        assert failed.status is VmState.FAILED
+        assert "its workspace could not be opened at controller start" in (failed.error or "")
+        assert ann in fake_backend.destroyed
+        assert (await second.ctl.store.vms.get(bob)).status is VmState.READY
+        assert bob in second.ctl.vms.live
+
+
+async def test_a_vm_writes_its_workspace_to_the_volume_before_it_is_hibernated(
+    agent_api: Api,
+) -> None:
+    # Its saved memory holds the pages the guest cached: a hibernated VM destroyed without
+    # waking would take the workspace's latest writes with it.
+    api = agent_api
+    vm_id = await new_vm(api)
+    workspace = await api.ctl.store.workspaces.get("ann")
+    assert workspace is not None
+    assert workspace.vm_id == vm_id
+    asleep = await api.client.post(f"/api/vms/{vm_id}/hibernate", headers=api.headers())
+    assert asleep.status_code == 200, asleep.text
+
+    backend = api.backend
+    assert isinstance(backend, AgentBackend)
+    logged = [record.get("event") for record in backend.agent(vm_id).log_records()]
+    assert "workspace_synced" in logged

@@ -73,3 +73,18 @@ async def test_the_workspace_outlives_its_vm_and_a_hibernation_and_goes_when_del
         assert not volume.exists()
         third = await _new_vm(admin)
         assert (await sh(admin, third, "ls -A")).strip() == ""
+
+
+async def test_what_a_vm_wrote_before_it_was_hibernated_survives_its_destroy_unwoken(
+    api: Api,
+) -> None:
+    # No sync by the user: the pages are in the guest's cache when the VM is saved. Destroyed
+    # without waking, the VM's memory goes; the workspace must hold the write all the same.
+    marker = f"unsynced-{secrets.token_hex(8)}"
+    async with api.client() as admin:
+        first = await _new_vm(admin)
+        await sh(admin, first, f"echo {marker} > notes")
+        assert (await admin.post(f"/api/vms/{first}/hibernate")).status_code == 200
+        assert (await admin.delete(f"/api/vms/{first}")).status_code == 200
+        second = await _new_vm(admin)
+        assert (await sh(admin, second, "cat notes")).strip() == marker

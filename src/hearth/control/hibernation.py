@@ -84,7 +84,8 @@ class Hibernation:
         )
         try:
             # The pull-back first (the CLI may have rotated its tokens); a paused VM runs for it.
-            hooks = vms.before_destroy
+            workspaces = () if vms.workspaces is None else (vms.workspaces.before_hibernate,)
+            hooks = (*vms.before_destroy, *workspaces)
             await run_agent_hooks(
                 vms.node, vm, record, vm.token, hooks, before="hibernate", pause_after=True
             )

@@ -132,11 +132,25 @@ class Workspaces:
 
     async def before_destroy(self, record: VmRecord, token: str | None) -> None:
         """Sync and unmount the workspace in a VM about to end (``VmService.before_destroy``)."""
+        agent = await self._agent_holding(record, token)
+        if agent is not None:
+            answer = await agent.unmount_workspace()
+            _log.info("workspace_detached", vm_id=record.id, unmounted=answer.get("unmounted"))
+
+    async def before_hibernate(self, record: VmRecord, token: str | None) -> None:
+        """Have a VM about to be hibernated write its cached workspace pages to the volume: its
+        saved memory holds them, and a hibernated VM destroyed without waking would lose them."""
+        agent = await self._agent_holding(record, token)
+        if agent is not None:
+            await agent.sync_workspace()
+            _log.info("workspace_synced", vm_id=record.id)
+
+    async def _agent_holding(self, record: VmRecord, token: str | None) -> AgentClient | None:
+        """The agent of ``record``'s VM if that VM holds its user's workspace, else None."""
         workspace = await self.store.workspaces.get(record.user_id)
         if workspace is None or workspace.vm_id != record.id or not record.agent_url:
-            return
-        answer = await AgentClient(record.agent_url, token).unmount_workspace()
-        _log.info("workspace_detached", vm_id=record.id, unmounted=answer.get("unmounted"))
+            return None
+        return AgentClient(record.agent_url, token)
 
     async def get(self, user_id: str) -> WorkspaceRecord:
         """The user's workspace; NotFound when they have none."""
