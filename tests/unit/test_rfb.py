@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from hearth.auth.rfb import RfbRefused, greet_viewer, vnc_auth_response
+from hearth.auth.rfb import RfbRefused, authenticate, greet_viewer, vnc_auth_response
 from hearth_agent.vnc import PASSWORD_LENGTH, provision_vnc_password, vnc_password
 
 
@@ -49,6 +49,26 @@ async def test_a_viewer_that_breaks_the_handshake_is_refused(sends: bytes, reaso
     viewer = Viewer(sends)
     with pytest.raises(RfbRefused, match=reason):
         await greet_viewer(viewer.read_exactly, viewer.write)
+
+
+@pytest.mark.parametrize("version", [b"RFB 003.abc\n", b"RFB 003.-1 \n", b"SSH-2.0-x\r\n\0\0"])
+async def test_a_server_whose_version_is_not_rfb_3_is_refused(version: bytes) -> None:
+    # int() of a minor that is not three digits raised ValueError out of the view's handler.
+    async def vm_side(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(version)
+        await writer.drain()
+        await reader.read()
+        writer.close()
+
+    server = await asyncio.start_server(vm_side, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            with pytest.raises(RfbRefused, match="not a VNC server"):
+                await asyncio.wait_for(authenticate(reader, writer, "password"), timeout=5)
+        finally:
+            writer.close()
 
 
 def test_the_challenge_answer_depends_on_the_challenge_and_on_the_password() -> None:

@@ -8,13 +8,15 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Route
+from starlette.routing import Match
 
 from hearth.errors import HearthError
 from hearth.logging import get_logger
 
 _log = get_logger("api")
 
+# The methods a 405's Allow header may name.
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 _HTTP_CODES = {
     400: "bad_request",
     401: "unauthorized",
@@ -83,12 +85,14 @@ def websocket_close(exc: HearthError) -> tuple[int, str]:
 
 
 def _methods_on(request: Request) -> list[str]:
-    """Every method some route serves on the request's path."""
-    methods: set[str] = set()
-    for route in request.app.router.routes:
-        if isinstance(route, Route) and route.path_regex.fullmatch(request.url.path):
-            methods |= route.methods or set()
-    return sorted(methods)
+    """Every method some route serves on the request's path: asked of the routes as routing
+    does (``matches``), since FastAPI keeps included routers nested, out of a flat listing."""
+    served = []
+    for method in _METHODS:
+        scope = {**request.scope, "method": method}
+        if any(route.matches(scope)[0] is Match.FULL for route in request.app.router.routes):
+            served.append(method)
+    return served
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -111,7 +115,7 @@ def install_error_handlers(app: FastAPI) -> None:
         if exc.status_code == 405:
             # Starlette names the methods of the first route on the path only; a path served by
             # several routes (GET and POST /api/vms) must list them all.
-            headers["Allow"] = ", ".join(_methods_on(request))
+            headers["Allow"] = ", ".join(_methods_on(request)) or headers.get("Allow", "")
         return JSONResponse(error_body(code, message), status_code=exc.status_code, headers=headers)
 
     @app.exception_handler(Exception)

@@ -10,6 +10,7 @@ proxy only relays bytes (ClientInit onwards).
 from __future__ import annotations
 
 import asyncio
+import re
 import struct
 from collections.abc import Awaitable, Callable
 
@@ -19,6 +20,8 @@ from cryptography.hazmat.primitives.ciphers import Cipher, modes
 from hearth.errors import VmError
 
 VERSION_38 = b"RFB 003.008\n"
+# A server's ProtocolVersion (RFC 6143 7.1.1): 3.x, the minor as three digits.
+_SERVER_VERSION = re.compile(rb"RFB 003\.[0-9]{3}\n")
 SECURITY_NONE = 1
 SECURITY_VNC_AUTH = 2
 CHALLENGE_BYTES = 16
@@ -52,7 +55,7 @@ async def authenticate(
     """Pass a VNC server's security phase with ``password`` (RFB 3.3, 3.7 or 3.8); RfbRefused
     names what the server said otherwise. Returns positioned before ClientInit."""
     server_version = await reader.readexactly(12)
-    if not server_version.startswith(b"RFB 003."):
+    if _SERVER_VERSION.fullmatch(server_version) is None:
         raise RfbRefused(f"not a VNC server: {server_version!r}")
     minor = min(int(server_version[8:11]), 8)
     if minor not in (3, 7, 8):
