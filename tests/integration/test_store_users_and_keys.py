@@ -7,10 +7,14 @@ import hashlib
 import hmac
 from dataclasses import fields, replace
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
+import structlog
 from sqlalchemy import text
 
+from hearth.config import Settings
+from hearth.control.bootstrap import ensure_admin_key
 from hearth.errors import ConfigError, Conflict, InvalidInput, NotFound
 from hearth.store import ApiKeyRecord, Store
 from tests.integration.store_fixtures import *  # noqa: F403
@@ -279,3 +283,19 @@ async def test_importing_a_short_or_spaced_key_is_invalid_input(
 ) -> None:
     with pytest.raises(InvalidInput):
         await store.api_keys.import_key(plaintext, user_id="admin", admin=True)
+
+
+async def test_a_revoked_hearth_admin_key_is_told_at_start(store: Store, tmp_path: Path) -> None:
+    # Re-importing never brings a revoked key back: the controller started with no working
+    # admin key and said nothing.
+    settings = Settings(state_dir=tmp_path / "state", admin_key="hk_" + "a" * 43)
+    await ensure_admin_key(store, settings)
+    [record] = await store.api_keys.list()
+    await store.api_keys.revoke(record.id)
+
+    with structlog.testing.capture_logs() as logs:
+        await ensure_admin_key(store, settings)
+
+    [told] = [entry for entry in logs if entry["event"] == "admin_key_revoked"]
+    assert told["key_id"] == record.id
+    assert settings.admin_key not in str(told)

@@ -33,7 +33,15 @@ async def ensure_admin_key(store: Store, settings: Settings) -> Path | None:
     the log says so. Returns the file's path, or None when no file is in use.
     """
     if settings.admin_key:
-        await store.api_keys.import_key(settings.admin_key, user_id=ADMIN_USER, admin=True)
+        imported = await store.api_keys.import_key(
+            settings.admin_key, user_id=ADMIN_USER, admin=True
+        )
+        if imported.is_revoked:  # it stays so: the operator must know it opens nothing
+            _log.warning(
+                "admin_key_revoked",
+                key_id=imported.id,
+                reason="HEARTH_ADMIN_KEY was revoked and authenticates nothing; set a new one",
+            )
         return None
     path = settings.state_dir / ADMIN_KEY_FILE
     if path.exists():
