@@ -16,7 +16,7 @@ import contextlib
 from pathlib import Path
 from urllib.parse import quote
 
-from fastapi import APIRouter, Query, Request, WebSocket, WebSocketDisconnect
+from fastapi import APIRouter, Query, Request, WebSocket
 from fastapi.responses import RedirectResponse
 
 from hearth.api.context import Controller
@@ -139,11 +139,11 @@ async def view_socket(websocket: WebSocket, session_id: str, token: str = "") ->
     tasks = [asyncio.create_task(to_vm()), asyncio.create_task(to_browser())]
     try:
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    except WebSocketDisconnect:
-        pass
     finally:
         for task in tasks:
             task.cancel()
+        # Either side's end (a disconnect, a reset) is the relay's end, not an error to log.
+        await asyncio.gather(*tasks, return_exceptions=True)
         writer.close()
         with contextlib.suppress(Exception):
             await websocket.close()
