@@ -218,6 +218,57 @@ def test_sync_exec_stream_gives_up_after_max_resumes_breaks_in_a_row(
     assert [type(e) for e in seen] == [ExecStarted]
 
 
+async def test_a_start_whose_answer_was_lost_is_outcome_unknown_in_both_clients(
+    live: Live, ann: Hearth
+) -> None:
+    # The request went out and did its work; only its answer was cut off. "unreachable" would
+    # tell the caller nothing ran, and a retry would run it twice.
+    vm_id = ann.vms.create().id
+    mark = ["sh", "-c", "echo ran >> ran"]
+    with Hearth(live.proxy_url, live.keys["ann"]) as client:
+        vm = client.vms.get(vm_id)
+        live.proxy.cut_after(0)  # the next answer through the proxy (the POST's) is cut off
+        with pytest.raises(HearthConnectionError) as started:
+            vm.exec(mark)
+        live.proxy.cut_after(0)
+        with pytest.raises(HearthConnectionError) as paused:
+            vm.pause()
+    assert ann.vms.get(vm_id).status == "paused"
+    ann.vms.get(vm_id).resume()
+    async with AsyncHearth(live.proxy_url, live.keys["ann"]) as aclient:
+        avm = await aclient.vms.get(vm_id)
+        live.proxy.cut_after(0)
+        with pytest.raises(HearthConnectionError) as astarted:
+            await avm.exec(mark)
+        live.proxy.cut_after(0)
+        with pytest.raises(HearthConnectionError) as apaused:
+            await avm.pause()
+
+    assert live.proxy.cuts_done == 4
+    codes = [e.value.code for e in (started, paused, astarted, apaused)]
+    assert codes == ["outcome_unknown"] * 4
+    assert ann.vms.get(vm_id).resume().exec(["cat", "ran"]).check().stdout == b"ran\nran\n"
+
+
+async def test_kill_exec_ends_a_running_command_in_both_clients(live: Live, ann: Hearth) -> None:
+    vm = ann.vms.create()
+    events = vm.exec_stream(["sleep", "300"])
+    started = next(events)
+    assert isinstance(started, ExecStarted)
+    assert vm.kill_exec(started.exec_id) is True
+    ended = assert_well_formed([started, *events])
+    assert (ended.signal, ended.reason) == ("SIGKILL", "killed")
+    assert vm.kill_exec(started.exec_id) is False  # it had ended already
+    async with AsyncHearth(live.url, live.keys["ann"]) as client:
+        avm = await client.vms.get(vm.id)
+        aevents = avm.exec_stream(["sleep", "300"])
+        astarted = await anext(aevents)
+        assert isinstance(astarted, ExecStarted)
+        assert await avm.kill_exec(astarted.exec_id, "SIGTERM") is True
+        aended = assert_well_formed([astarted, *[e async for e in aevents]])
+    assert (aended.signal, aended.reason) == ("SIGTERM", "killed")
+
+
 def test_the_readme_example_runs_unmodified(live: Live) -> None:
     found = _EXAMPLE.search(README.read_text(encoding="utf-8"))
     assert found, "README.md lacks the sdk-example block"

@@ -3,17 +3,29 @@ the API over VMs whose agents are real processes on loopback."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import os
-from collections.abc import Iterator
+import shlex
+import subprocess
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
-from hearth.sdk import AsyncHearth, FileWritten, Hearth, HearthApiError
+from hearth.sdk import (
+    AsyncHearth,
+    FileWritten,
+    Hearth,
+    HearthApiError,
+    LocalFileChanged,
+)
 from tests.agent_backend import AgentBackend
-from tests.conftest import hearth_cli
+from tests.conftest import HEARTH, hearth_cli
 from tests.integration.api_fixtures import BASE_URL, Api
 from tests.integration.sdk_fixtures import *  # noqa: F403
 from tests.integration.sdk_fixtures import Live
@@ -26,6 +38,12 @@ def ann(live: Live) -> Iterator[Hearth]:
     """ann's sync client, straight to the served API."""
     with Hearth(live.url, live.keys["ann"]) as client:
         yield client
+
+
+@pytest.fixture
+def ann_env(live: Live) -> dict[str, str]:
+    """What ``hearth`` needs to act as ann against the served API."""
+    return {"HEARTH_URL": live.url, "HEARTH_API_KEY": live.keys["ann"]}
 
 
 def local_tree(root: Path) -> Path:
@@ -145,9 +163,11 @@ async def test_async_files_in_process(inproc: Api, tmp_path: Path) -> None:
         assert missing.value.code == "path_not_found"
 
 
-def test_hearth_files_put_get_ls_rm(ann: Hearth, live: Live, tmp_path: Path) -> None:
+def test_hearth_files_put_get_ls_rm(
+    ann: Hearth, ann_env: dict[str, str], live: Live, tmp_path: Path
+) -> None:
     vm = ann.vms.create("cli")
-    env = {"HEARTH_URL": live.url, "HEARTH_API_KEY": live.keys["ann"]}
+    env = ann_env
     tree = local_tree(tmp_path / "tree")
 
     put = hearth_cli("files", "put", vm.id, str(tree), "proj", env=env, timeout=120)
@@ -179,3 +199,173 @@ def test_hearth_files_put_get_ls_rm(ann: Hearth, live: Live, tmp_path: Path) -> 
     outside = hearth_cli("files", "put", vm.id, str(tree / "run.sh"), "../x", env=env)
     assert outside.returncode == 1
     assert "path_outside_workspace" in outside.stderr
+
+
+# --- uploads from what is not a plain file, or changes while it is sent --------------------------
+
+
+def fifo_fed(path: Path, data: bytes) -> threading.Thread:
+    """A FIFO at ``path`` that a thread fills with ``data`` once a reader opens it."""
+    os.mkfifo(path)
+    writer = threading.Thread(target=path.write_bytes, args=(data,), daemon=True)
+    writer.start()
+    return writer
+
+
+def pipe_fed(data: bytes) -> tuple[Path, int]:
+    """The read end of a pipe a thread fills with ``data`` (as ``<(cmd)`` gives it), and its
+    descriptor to close."""
+    read_end, write_end = os.pipe()
+
+    def feed() -> None:
+        with os.fdopen(write_end, "wb") as pipe:
+            pipe.write(data)
+
+    threading.Thread(target=feed, daemon=True).start()
+    return Path(f"/dev/fd/{read_end}"), read_end
+
+
+Write = Callable[..., Awaitable[FileWritten]]
+
+
+@contextlib.asynccontextmanager
+async def both_writes(ann: Hearth, live: Live, vm_id: str) -> AsyncIterator[list[Write]]:
+    """``files.write`` of VM ``vm_id`` in the sync client (on a thread) and the async one."""
+    async with AsyncHearth(live.url, live.keys["ann"]) as client:
+        files = ann.vms.get(vm_id).files
+
+        async def sync_write(*args: Any, **options: Any) -> FileWritten:
+            return await asyncio.to_thread(files.write, *args, **options)
+
+        yield [sync_write, (await client.vms.get(vm_id)).files.write]
+
+
+async def test_pipes_fifos_and_proc_files_are_sent_to_their_end_by_both_clients(
+    ann: Hearth, live: Live, tmp_path: Path
+) -> None:
+    # Their size says nothing (0): they go chunked, read to their end, never with a length.
+    vm = ann.vms.create("cli")
+    data = os.urandom(3 * MIB + 5)
+    cmdline = Path("/proc/self/cmdline").read_bytes()
+    async with both_writes(ann, live, vm.id) as writes:
+        for n, write in enumerate(writes):
+            pipe, read_end = pipe_fed(data)
+            try:
+                assert (await write(f"pipe{n}.bin", pipe)).size == len(data)
+            finally:
+                os.close(read_end)
+            fifo = fifo_fed(tmp_path / f"fifo{n}", data)
+            assert (await write(f"fifo{n}.bin", tmp_path / f"fifo{n}")).size == len(data)
+            fifo.join(5)
+            proc = Path("/proc/self/cmdline")
+            assert (await write(f"cmdline{n}", proc)).size == len(cmdline)
+    files = workspace(live, vm.id)
+    for n in (0, 1):
+        assert (files / f"pipe{n}.bin").read_bytes() == data
+        assert (files / f"fifo{n}.bin").read_bytes() == data
+        assert (files / f"cmdline{n}").read_bytes() == cmdline
+        # A pipe has no mode of its own to keep: the default, not the pipe's 0600.
+        assert (files / f"pipe{n}.bin").stat().st_mode & 0o777 == 0o644
+
+
+async def test_a_file_growing_while_sent_goes_as_it_was_and_one_shrinking_is_refused(
+    ann: Hearth, live: Live, tmp_path: Path
+) -> None:
+    vm = ann.vms.create("cli")
+    log, big = tmp_path / "app.log", tmp_path / "big.bin"
+
+    def append(done: int) -> None:
+        with log.open("ab") as handle:
+            handle.write(b"written later\n")
+
+    def truncate(done: int) -> None:
+        os.truncate(big, 10)
+
+    async with both_writes(ann, live, vm.id) as writes:
+        for n, write in enumerate(writes):
+            log.write_bytes(b"first line\n")
+            grown = await write(f"app{n}.log", log, progress=append)
+            assert grown.size == len(b"first line\n")
+            big.write_bytes(os.urandom(2 * MIB + 1))  # two chunks: the second read finds less
+            with pytest.raises(LocalFileChanged) as shrunk:
+                await write(f"big{n}.bin", big, progress=truncate)
+            assert (shrunk.value.declared, shrunk.value.read) == (2 * MIB + 1, MIB)
+            assert "nothing was written" in str(shrunk.value)
+    files = workspace(live, vm.id)
+    for n in (0, 1):
+        assert (files / f"app{n}.log").read_bytes() == b"first line\n"
+        assert not (files / f"big{n}.bin").exists()
+
+
+def test_hearth_files_put_reads_a_process_substitution(
+    ann: Hearth, ann_env: dict[str, str], live: Live
+) -> None:
+    vm = ann.vms.create("cli")
+    put = subprocess.run(
+        ["bash", "-c", f"{shlex.join(HEARTH)} files put {vm.id} <(echo hi) greeting.txt"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **ann_env},
+        timeout=120,
+        check=False,
+    )
+    assert put.returncode == 0, put.stderr
+    assert put.stdout.startswith("greeting.txt: 3 bytes")
+    assert (workspace(live, vm.id) / "greeting.txt").read_bytes() == b"hi\n"
+
+
+# --- what the command line prints, and where it puts things -------------------------------------
+
+
+def test_hearth_files_prints_names_as_they_are_never_as_markup(
+    ann: Hearth, ann_env: dict[str, str], tmp_path: Path
+) -> None:
+    vm, env = ann.vms.create("cli"), ann_env
+    source = tmp_path / "source.txt"
+    source.write_text("x\n")
+    for name in ("app/[id].tsx", "app/notes[/]x.txt", "app/[bold]b:thumbs_up:.txt"):
+        put = hearth_cli("files", "put", vm.id, str(source), name, env=env, timeout=120)
+        assert put.returncode == 0, put.stderr
+        assert put.stdout.startswith(f"{name}: 2 bytes"), put.stdout
+    listed = hearth_cli("files", "ls", vm.id, "app", env=env, timeout=120)
+    assert listed.returncode == 0, listed.stderr
+    names = [line.rstrip().split("  ")[-1].strip() for line in listed.stdout.splitlines()]
+    assert sorted(names) == ["[bold]b:thumbs_up:.txt", "[id].tsx", "notes[/"], listed.stdout
+    got = hearth_cli("files", "get", vm.id, "app/[id].tsx", str(tmp_path), env=env, timeout=120)
+    assert got.returncode == 0, got.stderr
+    assert got.stderr.strip() == f"saved {tmp_path / '[id].tsx'}"
+
+
+def test_a_trailing_slash_names_a_directory_for_put_and_get(
+    ann: Hearth, ann_env: dict[str, str], live: Live, tmp_path: Path
+) -> None:
+    # As for cp: "dir/" is a directory, and a file goes into it under its own name; here one
+    # that is missing is made (put makes every missing parent in the VM anyway).
+    vm, env = ann.vms.create("cli"), ann_env
+    source = tmp_path / "notes.txt"
+    source.write_text("notes\n")
+    files = workspace(live, vm.id)
+
+    put = hearth_cli("files", "put", vm.id, str(source), "newdir/", env=env, timeout=120)
+    assert put.returncode == 0, put.stderr
+    assert put.stdout.startswith("newdir/notes.txt: 6 bytes")
+    assert (files / "newdir" / "notes.txt").read_text() == "notes\n"
+    piped = hearth_cli("files", "put", vm.id, "-", "newdir/", env=env, timeout=120)
+    assert piped.returncode == 1
+    assert "name the file" in piped.stderr
+
+    dl = tmp_path / "dl"
+    got = hearth_cli("files", "get", vm.id, "newdir/notes.txt", f"{dl}/", env=env, timeout=120)
+    assert got.returncode == 0, got.stderr
+    assert (dl / "notes.txt").read_text() == "notes\n"
+    tree = hearth_cli("files", "get", vm.id, "newdir", f"{tmp_path / 'tree'}/", env=env)
+    assert tree.returncode == 0, tree.stderr
+    assert (tmp_path / "tree" / "notes.txt").read_text() == "notes\n"
+    # A download that fails leaves no directory behind; one whose parent is missing is refused.
+    missing = hearth_cli("files", "get", vm.id, "nope", f"{tmp_path / 'dl2'}/", env=env)
+    assert missing.returncode == 1
+    assert "path_not_found" in missing.stderr
+    assert not (tmp_path / "dl2").exists()
+    orphan = hearth_cli("files", "get", vm.id, "newdir/notes.txt", f"{tmp_path}/a/b/", env=env)
+    assert orphan.returncode == 1
+    assert "No such file or directory" in orphan.stderr

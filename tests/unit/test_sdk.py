@@ -231,17 +231,86 @@ def test_breaks_in_a_row_past_max_resumes_raise_and_a_404_is_not_retried() -> No
     assert (missing.value.code, len(seen)) == ("not_found", 3)
 
 
-def test_a_start_that_got_no_answer_is_not_sent_again() -> None:
-    def refuse(request: httpx.Request) -> httpx.Response:
-        if request.method == "POST":
-            raise httpx.ConnectError("refused", request=request)
+# A transport error on a request that starts something: before it went out (nothing can have
+# happened) or after (it may have: its answer was lost).
+NO_ANSWER = [
+    (httpx.ConnectError, "unreachable"),
+    (httpx.ConnectTimeout, "unreachable"),
+    (httpx.RemoteProtocolError, "outcome_unknown"),
+    (httpx.ReadError, "outcome_unknown"),
+    (httpx.ReadTimeout, "outcome_unknown"),
+    (httpx.WriteError, "outcome_unknown"),
+]
+
+
+def failing_on(method: str, error: type[httpx.TransportError]) -> httpx.MockTransport:
+    """A transport that answers the VM to every request but ``method``, which fails with
+    ``error``."""
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.method == method:
+            raise error("no answer", request=request)
         return httpx.Response(200, json=VM)
 
-    with Hearth(URL, "k", transport=httpx.MockTransport(refuse)) as client:
+    return httpx.MockTransport(handle)
+
+
+@pytest.mark.parametrize(("error", "code"), NO_ANSWER)
+async def test_a_start_that_got_no_answer_is_unreachable_only_if_it_never_went_out(
+    error: type[httpx.TransportError], code: str
+) -> None:
+    # "unreachable" tells a caller nothing ran: safe to send again. A request that went out
+    # may have started the command (or paused the VM) before its answer was lost.
+    with Hearth(URL, "k", transport=failing_on("POST", error)) as client:
         vm = client.vms.get("vm-1")
-        with pytest.raises(HearthConnectionError) as unreachable:
+        with pytest.raises(HearthConnectionError) as started:
             vm.exec(["true"])
-    assert unreachable.value.code == "unreachable"
+        with pytest.raises(HearthConnectionError) as paused:
+            vm.pause()
+    async with AsyncHearth(URL, "k", transport=failing_on("POST", error)) as aclient:
+        avm = await aclient.vms.get("vm-1")
+        with pytest.raises(HearthConnectionError) as astarted:
+            await avm.exec(["true"])
+        with pytest.raises(HearthConnectionError) as apaused:
+            await avm.pause()
+    assert [e.value.code for e in (started, paused, astarted, apaused)] == [code] * 4
+    assert isinstance(started.value.__cause__, error)
+
+
+@pytest.mark.parametrize("error", [error for error, _ in NO_ANSWER])
+def test_a_read_that_got_no_answer_is_unreachable_whatever_broke(
+    error: type[httpx.TransportError],
+) -> None:
+    # A GET changes nothing: sending it again is always safe.
+    client = Hearth(URL, "k", transport=failing_on("GET", error))
+    with client, pytest.raises(HearthConnectionError) as listed:
+        client.vms.list()
+    assert listed.value.code == "unreachable"
+
+
+async def test_run_stream_starts_the_run_when_the_iteration_begins_in_both_clients() -> None:
+    run = {"id": "r1", "vmId": "vm-1", "provider": "claude_code", "status": "running"}
+    ended = sse("run.completed", {"sessionId": "s1", "usage": {}}, 1)
+
+    def answers() -> list[httpx.Response]:
+        return [
+            httpx.Response(200, json=VM),
+            httpx.Response(202, json=run),
+            httpx.Response(200, headers={"content-type": "text/event-stream"}, content=ended),
+        ]
+
+    transport, seen = scripted(*answers())
+    with Hearth(URL, "k", transport=transport) as client:
+        events = client.vms.get("vm-1").run_stream("claude_code", "hi")
+        assert [r.method for r in seen] == ["GET"]
+        assert [e.type for e in events] == ["run.completed"]
+    assert [r.url.path for r in seen[1:]] == ["/api/vms/vm-1/runs", "/api/vms/vm-1/runs/r1/events"]
+    transport, seen = scripted(*answers())
+    async with AsyncHearth(URL, "k", transport=transport) as aclient:
+        aevents = (await aclient.vms.get("vm-1")).run_stream("claude_code", "hi")
+        assert [r.method for r in seen] == ["GET"]
+        assert [e.type async for e in aevents] == ["run.completed"]
+    assert [r.url.path for r in seen[1:]] == ["/api/vms/vm-1/runs", "/api/vms/vm-1/runs/r1/events"]
 
 
 def test_a_deadline_pauses_at_most_its_interval_then_times_out() -> None:

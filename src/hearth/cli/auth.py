@@ -15,7 +15,7 @@ import typer
 from rich.markup import escape
 
 from hearth.cli.client import ApiClient
-from hearth.cli.common import console, ending_on_errors, err_console
+from hearth.cli.common import console, ending_on_errors, err_console, plain
 from hearth.sdk import AuthSession, Hearth
 from hearth.sdk._config import Deadline
 from hearth_agent.wire import Provider
@@ -26,11 +26,12 @@ auth_app = typer.Typer(help="Logins to the providers, through a Browser VM.", no
 def _follow(session: AuthSession, timeout_s: float) -> AuthSession:
     deadline = Deadline(f"login {session.id}", timeout_s=timeout_s, interval_s=1.0)
     shown = ""
-    with err_console.status(f"login {session.id}: {session.status}") as status:
+    name = escape(session.id)
+    with err_console.status(f"login {name}: {escape(session.status)}") as status:
         while not session.refresh().ended:
             if session.status != shown:
                 shown = session.status
-                status.update(f"login {session.id}: {escape(shown)}")
+                status.update(f"login {name}: {escape(shown)}")
             time.sleep(deadline.next_pause_s())
     return session
 
@@ -49,19 +50,21 @@ def login(
             if session.view_url is None:
                 err_console.print(
                     f"a {provider.value} login of this user is already in progress "
-                    f"({session.id}); its link was shown when it started"
+                    f"({escape(session.id)}); its link was shown when it started"
                 )
             else:
                 # One line whatever the terminal's width: a link broken in two does not work.
-                console.print(f"{api.url}{session.view_url}", soft_wrap=True)
+                console.print(plain(f"{api.url}{session.view_url}"), soft_wrap=True)
             try:
                 session = _follow(session, timeout)
             except KeyboardInterrupt:
                 session.cancel()
-                err_console.print(f"login {session.id} cancelled")
+                err_console.print(f"login {escape(session.id)} cancelled")
                 raise typer.Exit(1) from None
     if session.status == "completed":
-        err_console.print(f"[green]completed[/green]: delivered into VM {session.vm_id}")
+        err_console.print(
+            f"[green]completed[/green]: delivered into VM {escape(str(session.vm_id))}"
+        )
         return
     err_console.print(f"[red]{escape(session.status)}[/red]: {escape(session.error_message or '')}")
     raise typer.Exit(1)

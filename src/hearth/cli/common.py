@@ -10,15 +10,18 @@ from typing import NoReturn
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.text import Text
 
 from hearth.config import Settings
 from hearth.errors import HearthError
 from hearth.logging import configure_logging
-from hearth.sdk import HearthSdkError
+from hearth.sdk import HearthConnectionError, HearthSdkError
 
-# Piped output (scripts, tests) gets wide lines rather than Rich's default 80 columns.
-console = Console(width=None if sys.stdout.isatty() else 200)
-err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
+# Piped output (scripts, tests) gets wide lines rather than Rich's default 80 columns. What the
+# commands print holds names of files, paths and messages: no ``:name:`` in them becomes an
+# emoji, and each one is escaped (``escape``, ``Text``) where markup is printed around it.
+console = Console(width=None if sys.stdout.isatty() else 200, emoji=False)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 200, emoji=False)
 
 
 def load_settings() -> Settings:
@@ -42,19 +45,37 @@ def fail_sdk(error_code: str, message: str, *, code: int = 1) -> NoReturn:
     raise typer.Exit(code)
 
 
-# A command or run started in the VM, but how it ended was not seen (its stream, or the API,
-# was lost): not "could not start" (125), which a wrapper may take as safe to try again.
+# A command or run in the VM did not start (refused, or the API never reached): a wrapper may
+# take it as safe to try again.
+EXIT_NOT_STARTED = 125
+# A command or run started in the VM, or may have (the request went out, its answer was lost),
+# but how it ended was not seen: not "not started", which a wrapper may retry.
 EXIT_LOST = 255
+# Stopped in the VM: Ctrl-C here (which kills or cancels it there), or a cancel; as a shell
+# reports SIGINT.
+EXIT_CANCELLED = 130
+# A command or run ran out of its time (as coreutils' ``timeout`` exits).
+EXIT_TIMEOUT = 124
+
+
+def plain(value: object) -> Text:
+    """``value`` to print (or put in a table) as it is: a name with ``[…]`` in it is not
+    markup."""
+    return Text(str(value))
 
 
 @contextmanager
-def ending_on_errors(*, code: int = 1) -> Iterator[None]:
+def ending_on_errors(*, code: int = 1, unknown: int | None = None) -> Iterator[None]:
     """End the command with exit status ``code`` and the code and message of an error of
-    ours or of the SDK's raised inside (an SDK error without a code shows ``error``)."""
+    ours or of the SDK's raised inside (an SDK error without a code shows ``error``); with
+    ``unknown``, that status instead for an SDK connection error that leaves open whether the
+    request took effect (any but ``unreachable``)."""
     try:
         yield
     except HearthError as exc:
         fail(exc, code=code)
     except HearthSdkError as exc:
         message = getattr(exc, "message", None) or str(exc)
-        fail_sdk(str(getattr(exc, "code", "error")), message, code=code)
+        error_code = str(getattr(exc, "code", "error"))
+        lost = isinstance(exc, HearthConnectionError) and error_code != "unreachable"
+        fail_sdk(error_code, message, code=unknown if lost and unknown is not None else code)

@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from hearth.cli.common import console, load_settings
+from hearth.cli.common import console, load_settings, plain
 from hearth.config import Settings
 from hearth.errors import HearthError
 from hearth.images.build import default_output_dir
@@ -71,7 +71,7 @@ def doctor() -> None:
     table.add_column("ok")
     table.add_column("detail")
     for name, ok, detail in checks:
-        table.add_row(name, "[green]yes[/green]" if ok else "[red]no[/red]", detail)
+        table.add_row(plain(name), "[green]yes[/green]" if ok else "[red]no[/red]", plain(detail))
     console.print(table)
     if not all(ok for _, ok, _ in checks):
         raise typer.Exit(1)

@@ -1,9 +1,11 @@
 """``hearth exec VM -- cmd…``: run a command in a CLI VM, its output on this terminal.
 
 stdout and stderr go to this process's own, byte for byte; the exit status is the command's
-(128 + the signal's number when a signal ended it, 124 when its timeout did, like ``timeout``).
-A stream that breaks off is picked up again after the last event received (``Last-Event-ID``):
-the command runs under the VM's agent and loses nothing meanwhile.
+(128 + the signal's number when a signal ended it, 124 when its timeout did, like ``timeout``);
+125 when it did not start, 255 when it started, or may have (the request went out, its answer
+was lost), but its end was not seen. A stream that breaks off is picked up again after the last
+event received (``Last-Event-ID``): the command runs under the VM's agent and loses nothing
+meanwhile. Ctrl-C kills the command in the VM (its whole process group) and exits 130.
 """
 
 from __future__ import annotations
@@ -14,21 +16,27 @@ import sys
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from hearth.cli.client import ApiClient
-from hearth.cli.common import EXIT_LOST, ending_on_errors
+from hearth.cli.common import (
+    EXIT_CANCELLED,
+    EXIT_LOST,
+    EXIT_NOT_STARTED,
+    EXIT_TIMEOUT,
+    ending_on_errors,
+    err_console,
+)
 from hearth.errors import InvalidInput
 from hearth.sdk import (
     ExecExit,
     ExecOutput,
+    ExecStarted,
     Hearth,
     HearthConnectionError,
     Vm,
 )
 from hearth.sdk._exec import ExecOptions
-
-EXIT_TIMEOUT = 124
-EXIT_NOT_RUN = 125
 
 
 def _env(pairs: list[str]) -> dict[str, str]:
@@ -55,20 +63,42 @@ def exit_status(ended: ExecExit) -> int:
 
 def _follow(vm: Vm, cmd: list[str], options: ExecOptions) -> int:
     """Stream the command's output here; its exit status. The SDK picks a broken stream up
-    again after the last event seen; an error once the command started ends this with
-    ``EXIT_LOST``, not "not run"."""
+    again after the last event seen; an error once the command started, or may have, ends this
+    with ``EXIT_LOST``, not "not started"."""
     events = vm.exec_stream(cmd, **options)
-    with ending_on_errors(code=EXIT_NOT_RUN):
-        first = next(events, None)  # ``started``: the command runs from here
+    exec_id: str | None = None
+    try:
+        with ending_on_errors(code=EXIT_NOT_STARTED, unknown=EXIT_LOST):
+            first = next(events, None)  # ``started``: the command runs from here
+        if isinstance(first, ExecStarted):
+            exec_id = first.exec_id
+        with ending_on_errors(code=EXIT_LOST):
+            for event in itertools.chain([first] if first else [], events):
+                if isinstance(event, ExecOutput):
+                    stream = sys.stdout if event.stream == "stdout" else sys.stderr
+                    stream.buffer.write(event.data)
+                    stream.buffer.flush()
+                elif isinstance(event, ExecExit):
+                    return exit_status(event)
+            raise HearthConnectionError(
+                "stream_broken", "the event stream ended before the command"
+            )
+    except KeyboardInterrupt:
+        return _interrupted(vm, exec_id)
+
+
+def _interrupted(vm: Vm, exec_id: str | None) -> int:
+    """Ctrl-C: kill the command in the VM, as ``hearth run`` cancels its run; 130."""
+    if exec_id is None:
+        err_console.print("interrupted before the command was seen to start: it may run on")
+        return EXIT_CANCELLED
     with ending_on_errors(code=EXIT_LOST):
-        for event in itertools.chain([first] if first else [], events):
-            if isinstance(event, ExecOutput):
-                stream = sys.stdout if event.stream == "stdout" else sys.stderr
-                stream.buffer.write(event.data)
-                stream.buffer.flush()
-            elif isinstance(event, ExecExit):
-                return exit_status(event)
-        raise HearthConnectionError("stream_broken", "the event stream ended before the command")
+        signalled = vm.kill_exec(exec_id)
+    shown = escape(exec_id)
+    err_console.print(
+        f"killed command {shown}" if signalled else f"command {shown} had ended already"
+    )
+    return EXIT_CANCELLED
 
 
 def exec_command(
@@ -85,7 +115,7 @@ def exec_command(
     ] = None,
 ) -> None:
     """Run a command in a CLI VM; its output here, its exit status as this command's."""
-    with ending_on_errors(code=EXIT_NOT_RUN):
+    with ending_on_errors(code=EXIT_NOT_STARTED, unknown=EXIT_LOST):
         options: ExecOptions = {"cwd": cwd, "timeout_s": timeout}
         if env:
             options["env"] = _env(env)

@@ -1,23 +1,26 @@
 """``hearth files put|get|ls|rm``: the files of a CLI VM's workspace, through the API.
 
-``put VM LOCAL REMOTE`` sends a file (its mode kept; ``-`` reads stdin) or a directory, packed
-as a tar as it is read and unpacked into the directory REMOTE. ``get VM REMOTE LOCAL`` saves a
-file (into LOCAL when that is a directory; ``-`` writes stdout) or unpacks a directory into
-LOCAL. Paths in the VM are relative to its workspace. On a terminal a transfer shows its
-progress. Nothing is held in memory whole: the SDK streams both ways.
+``put VM LOCAL REMOTE`` sends a file (its mode kept; ``-`` reads stdin; a pipe such as
+``<(cmd)`` is read to its end) or a directory, packed as a tar as it is read and unpacked into
+the directory REMOTE. ``get VM REMOTE LOCAL`` saves a file (into LOCAL when that is a directory;
+``-`` writes stdout) or unpacks a directory into LOCAL. A path that ends with ``/`` names a
+directory, made if missing: a file goes into it under its own name. Paths in the VM are
+relative to its workspace. On a terminal a transfer shows its progress. Nothing is held in
+memory whole: the SDK streams both ways.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -29,7 +32,7 @@ from rich.progress import (
 from rich.table import Table
 
 from hearth.cli.client import ApiClient
-from hearth.cli.common import console, ending_on_errors, err_console, fail
+from hearth.cli.common import console, ending_on_errors, err_console, fail, plain
 from hearth.errors import InvalidInput
 from hearth.sdk import Files, Hearth
 
@@ -43,7 +46,7 @@ files_app = typer.Typer(
 VmArg = Annotated[str, typer.Argument(help="the CLI VM")]
 
 
-@contextmanager
+@contextlib.contextmanager
 def _files(vm_id: str) -> Iterator[Files]:
     """The VM's files, through the SDK (URL and key as every command finds them); errors end
     the command with their code and message."""
@@ -56,7 +59,7 @@ def _files(vm_id: str) -> Iterator[Files]:
             fail(InvalidInput(f"{exc.filename or 'local file'}: {exc.strerror or exc}"))
 
 
-@contextmanager
+@contextlib.contextmanager
 def _progress(label: str, total: int | None) -> Iterator[ProgressCallback | None]:
     """A progress bar on a terminal (the callback the SDK reports bytes to); none otherwise."""
     if not err_console.is_terminal:
@@ -70,18 +73,50 @@ def _progress(label: str, total: int | None) -> Iterator[ProgressCallback | None
         TimeRemainingColumn(),
     )
     with Progress(*columns, console=err_console, transient=True) as bar:
-        task = bar.add_task(label, total=total)
+        task = bar.add_task(escape(label), total=total)
         yield lambda done: bar.update(task, completed=done)
 
 
-def _local_size(path: Path) -> int:
+def _local_size(path: Path) -> int | None:
+    """What a put of ``path`` will send, roughly; None when unknown (a pipe, a /proc file)."""
     if path.is_dir():
         return sum(
             os.lstat(os.path.join(top, name)).st_size
             for top, _, names in os.walk(path)
             for name in names
         )
-    return path.stat().st_size
+    return (path.stat().st_size or None) if path.is_file() else None
+
+
+def _names_dir(path: str) -> bool:
+    """Whether ``path`` ends with a slash: a directory, whether or not it exists yet."""
+    return path.endswith("/")
+
+
+def _remote_target(local: str, remote: str) -> str:
+    """Where in the VM a put of the file ``local`` goes: into ``remote/`` under its own name."""
+    if not _names_dir(remote):
+        return remote
+    if local == "-":
+        fail(InvalidInput(f"{remote}: a directory; name the file to write stdin to"))
+    return f"{remote}{Path(local).name}"
+
+
+@contextlib.contextmanager
+def _local_dir(local: str) -> Iterator[Path]:
+    """``local`` as a download goes to it: a path ending with / is a directory, made if missing
+    (its parent must exist, as for ``mkdir``) and removed again if the download fails."""
+    target = Path(local)
+    made = _names_dir(local) and not target.is_dir()
+    if made:
+        target.mkdir()
+    try:
+        yield target
+    except BaseException:
+        if made:
+            with contextlib.suppress(OSError):  # not empty: something was saved after all
+                target.rmdir()
+        raise
 
 
 @files_app.command("put")
@@ -99,17 +134,19 @@ def put(
         if not mode.isdigit() or set(mode) - set("01234567") or int(mode, 8) > 0o777:
             fail(InvalidInput(f"--mode {mode!r}: expected octal permission bits, e.g. 0644"))
         file_mode = int(mode, 8)
+    source = None if local == "-" else Path(local)
+    target = remote if source is not None and source.is_dir() else _remote_target(local, remote)
     with _files(vm_id) as files:
-        if local == "-":
-            written = files.write(remote, sys.stdin.buffer, mode=file_mode)
+        if source is None:
+            written = files.write(target, sys.stdin.buffer, mode=file_mode)
         else:
-            source = Path(local)
             with _progress(f"put {source.name}", _local_size(source)) as progress:
-                written = files.write(remote, source, mode=file_mode, progress=progress)
+                written = files.write(target, source, mode=file_mode, progress=progress)
+    shown = escape(written.path)
     if written.type == "dir":
-        console.print(f"{written.path}/: {written.entries} entries, {written.size} bytes")
+        console.print(f"{shown}/: {written.entries} entries, {written.size} bytes")
     else:
-        console.print(f"{written.path}: {written.size} bytes, sha256 {written.sha256}")
+        console.print(f"{shown}: {written.size} bytes, sha256 {written.sha256}")
 
 
 @files_app.command("get")
@@ -126,9 +163,9 @@ def get(
                     sys.stdout.buffer.write(chunk)
             sys.stdout.buffer.flush()
             return
-        with _progress(f"get {remote}", None) as progress:
-            target = files.download(remote, Path(local), progress=progress)
-    err_console.print(f"saved {target}")
+        with _progress(f"get {remote}", None) as progress, _local_dir(local) as into:
+            target = files.download(remote, into, progress=progress)
+    err_console.print(f"saved {escape(str(target))}")
 
 
 @files_app.command("ls")
@@ -145,7 +182,7 @@ def ls(
         if entry.target is not None:
             name = f"{name} -> {entry.target}"
         when = datetime.fromtimestamp(entry.mtime).strftime("%Y-%m-%d %H:%M")
-        table.add_row(f"{entry.mode:04o}", str(entry.size), when, name)
+        table.add_row(f"{entry.mode:04o}", str(entry.size), when, plain(name))
     console.print(table)
 
 

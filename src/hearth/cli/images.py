@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import Annotated, TypeVar
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
-from hearth.cli.common import console, err_console, fail, load_settings
+from hearth.cli.common import console, err_console, fail, load_settings, plain
 from hearth.errors import HearthError, ImageVerifyFailed, InvalidInput
 from hearth.images.agent_install import install_agent, list_backups, rollback_image, verify_image
 from hearth.images.build import build_image, default_output_dir
@@ -55,18 +56,18 @@ def image_build(
         )
     except HearthError as exc:
         fail(exc)
-    table = Table(title=f"image {manifest.recipe} → {out_dir}", show_header=False)
-    table.add_row("content hash", manifest.content_hash)
-    table.add_row("agent", manifest.agent_version)
-    table.add_row("kernel", f"{manifest.kernel_package} {manifest.kernel_version}")
+    table = Table(title=plain(f"image {manifest.recipe} → {out_dir}"), show_header=False)
+    table.add_row("content hash", plain(manifest.content_hash))
+    table.add_row("agent", plain(manifest.agent_version))
+    table.add_row("kernel", plain(f"{manifest.kernel_package} {manifest.kernel_version}"))
     table.add_row("cache", "reused" if cached else "built")
     for name, size in sorted(manifest.sizes.items()):
-        table.add_row(name, f"{size / 2**20:.1f} MiB")
+        table.add_row(plain(name), f"{size / 2**20:.1f} MiB")
     if templates:
         with err_console.status("preparing the restore templates of the VMs that boot it …"):
             prepared = asyncio.run(prepare_templates(settings, out_dir))
         for name, outcome in prepared:
-            table.add_row(f"template {name}", outcome)
+            table.add_row(plain(f"template {name}"), plain(outcome))
     console.print(table)
 
 
@@ -76,10 +77,12 @@ def image_install_agent(image: Path) -> None:
     result = _on_image(install_agent, image)
     if result.changed:
         console.print(
-            f"installed agent {result.agent_version} into {image} (backup: {result.backup})"
+            plain(f"installed agent {result.agent_version} into {image} (backup: {result.backup})")
         )
     else:
-        console.print(f"agent {result.agent_version} already installed in {image}; nothing to do")
+        console.print(
+            plain(f"agent {result.agent_version} already installed in {image}; nothing to do")
+        )
 
 
 @image_app.command("trust-ca")
@@ -96,7 +99,7 @@ def image_trust_ca(
         fail(InvalidInput(f"cannot read {ca}: {exc.strerror}"))
     result = _on_image(lambda path: trust_ca(path, pem, name=name), image)
     what = "added to" if result.changed else "already trusted by"
-    console.print(f"CA sha256:{result.fingerprint} {what} {image} (backup: {result.backup})")
+    console.print(plain(f"CA sha256:{result.fingerprint} {what} {image} (backup: {result.backup})"))
 
 
 @image_app.command("verify")
@@ -104,10 +107,10 @@ def image_verify(image: Path) -> None:
     """Check the agent files, unit, enabled symlink and version; exit 1 naming what is missing."""
     report = _on_image(verify_image, image, exit_code=2)
     if report.ok:
-        console.print(f"[green]ok[/green] {image}: agent {report.agent_version}")
+        console.print(f"[green]ok[/green] {escape(f'{image}: agent {report.agent_version}')}")
         return
     for problem in report.problems:
-        err_console.print(f"[red]missing[/red] {problem}")
+        err_console.print(f"[red]missing[/red] {escape(problem)}")
     fail(ImageVerifyFailed(f"{image} failed verification", missing=report.problems))
 
 
@@ -115,4 +118,4 @@ def image_verify(image: Path) -> None:
 def image_rollback(image: Path) -> None:
     """Restore the image's latest backup (made by install-agent)."""
     used = _on_image(rollback_image, image)
-    console.print(f"restored {image} from {used} ({len(list_backups(image))} backups kept)")
+    console.print(plain(f"restored {image} from {used} ({len(list_backups(image))} backups kept)"))

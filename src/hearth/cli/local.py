@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
-from hearth.cli.common import console, err_console, fail, load_settings
+from hearth.cli.common import console, err_console, fail, load_settings, plain
 from hearth.config import Settings
 from hearth.errors import HearthError, NotAnImage
 from hearth.images.build import default_output_dir
@@ -55,18 +56,24 @@ async def _vm_run(
     image_dir = ImageDir(image or default_output_dir(settings, get_recipe(recipe)))
     if image_dir.manifest is None:
         raise NotAnImage(f"{image_dir.path} holds no built image; run hearth image build first")
-    with err_console.status(f"starting a VM from {image_dir.path} ({backend.accel.name}) …"):
+    with err_console.status(
+        escape(f"starting a VM from {image_dir.path} ({backend.accel.name}) …")
+    ):
         vm = await backend.create(image_dir, spec, boot_mode=BootMode.COLD if cold else None)
     assert vm.workdir is not None
     assert vm.token is not None
-    table = Table(title=f"VM {vm.id}", show_header=False)
-    table.add_row("state", vm.state.value)
-    table.add_row("boot", f"{vm.boot_mode.value} via {backend.accel.name} ({backend.accel.reason})")
-    table.add_row("time to healthy", f"{vm.time_to_healthy_s or 0:.2f} s")
-    table.add_row("agent", f"{vm.agent_url}")
-    table.add_row("disk added", f"{(vm.disk_bytes or 0) / 1024:.0f} KiB (copy-on-write layer)")
-    # Shown here once: this command keeps the VM's token nowhere (it lives as long as the VM).
-    table.add_row("try", f'curl -H "Authorization: Bearer {vm.token}" {vm.agent_url}/version')
+    table = Table(title=plain(f"VM {vm.id}"), show_header=False)
+    rows = {
+        "state": vm.state.value,
+        "boot": f"{vm.boot_mode.value} via {backend.accel.name} ({backend.accel.reason})",
+        "time to healthy": f"{vm.time_to_healthy_s or 0:.2f} s",
+        "agent": f"{vm.agent_url}",
+        "disk added": f"{(vm.disk_bytes or 0) / 1024:.0f} KiB (copy-on-write layer)",
+        # Shown here once: this command keeps the VM's token nowhere (it lives as the VM does).
+        "try": f'curl -H "Authorization: Bearer {vm.token}" {vm.agent_url}/version',
+    }
+    for name, value in rows.items():
+        table.add_row(name, plain(value))
     console.print(table)
     try:
         if not once:
@@ -81,7 +88,7 @@ async def _vm_run(
             waiter.cancel()
             exited.cancel()
             if vm.error:
-                err_console.print(f"[red]{vm.error}[/red]")
+                err_console.print(f"[red]{escape(vm.error)}[/red]")
     finally:
         await backend.destroy(vm)
-        console.print(f"destroyed {vm.id}")
+        console.print(plain(f"destroyed {vm.id}"))

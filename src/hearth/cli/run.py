@@ -2,8 +2,10 @@
 
 The answer's text goes to stdout as it streams (so it pipes); tools, usage and how the run ended
 go to stderr through Rich. The exit status is the run's: 0 completed, 124 timed out, 130
-cancelled (Ctrl-C cancels the run in the VM), 1 any other failure (its code and message shown),
-125 when the run could not start. ``--json`` prints every event as one JSON line instead.
+cancelled (Ctrl-C cancels the run in the VM, and the events up to its end are still shown), 1 any
+other failure (its code and message shown), 125 when the run could not start, 255 when it
+started, or may have, but its end was not seen. ``--json`` prints every event as one JSON line
+instead.
 """
 
 from __future__ import annotations
@@ -16,14 +18,18 @@ import typer
 from rich.markup import escape
 
 from hearth.cli.client import ApiClient
-from hearth.cli.common import EXIT_LOST, ending_on_errors, err_console
+from hearth.cli.common import (
+    EXIT_CANCELLED,
+    EXIT_LOST,
+    EXIT_NOT_STARTED,
+    EXIT_TIMEOUT,
+    ending_on_errors,
+    err_console,
+)
 from hearth.sdk import Hearth, HearthSdkError, RunEvent, Vm
 from hearth_agent.wire import Provider
 
 EXIT_FAILED = 1
-EXIT_NOT_STARTED = 125
-EXIT_TIMEOUT = 124
-EXIT_CANCELLED = 130
 
 
 def run_status(final: RunEvent) -> int:
@@ -64,22 +70,34 @@ def _show(event: RunEvent, *, as_json: bool) -> None:
         err_console.print(f"[red]failed[/red] ({escape(str(data.get('code')))}): {message}")
 
 
+class _Shown:
+    """The events shown so far: the last one's id (to go on after it) and the run's end."""
+
+    def __init__(self, *, as_json: bool) -> None:
+        self.as_json = as_json
+        self.last_id = 0
+        self.final: RunEvent | None = None
+
+    def show_from(self, vm: Vm, run_id: str) -> None:
+        """Show the run's events after the last one shown, to its end."""
+        for event in vm.run_events(run_id, after=self.last_id):
+            _show(event, as_json=self.as_json)
+            self.last_id = event.id if event.id is not None else self.last_id
+            self.final = event if event.terminal else self.final
+
+
 def _follow(vm: Vm, run_id: str, *, as_json: bool) -> int:
-    final: RunEvent | None = None
+    shown = _Shown(as_json=as_json)
     try:
-        for event in vm.run_events(run_id):
-            _show(event, as_json=as_json)
-            if event.terminal:
-                final = event
+        shown.show_from(vm, run_id)
     except KeyboardInterrupt:
-        vm.cancel_run(run_id)
-        err_console.print(f"cancelling run {run_id}…")
-        for event in vm.run_events(run_id, after=0):
-            if event.terminal:
-                final = event
-    if final is None:
+        if shown.final is None:  # else it had ended just before
+            vm.cancel_run(run_id)
+            err_console.print(f"cancelling run {escape(run_id)}…")
+            shown.show_from(vm, run_id)  # what came meanwhile, to its end (``cancelled``)
+    if shown.final is None:
         raise HearthSdkError("the run's events ended before the run did")
-    return run_status(final)
+    return run_status(shown.final)
 
 
 def run_command(
@@ -102,13 +120,13 @@ def run_command(
         api = ApiClient()
         client = Hearth(api.url, api.key)
     with client:
-        with ending_on_errors(code=EXIT_NOT_STARTED):
+        with ending_on_errors(code=EXIT_NOT_STARTED, unknown=EXIT_LOST):
             vm = client.vms.get(vm_id)
             run = vm.start_run(
                 provider.value, text, model=model, resume=resume, cwd=cwd, timeout_s=timeout
             )
         if not as_json:
-            err_console.print(f"run {run.id} ({provider.value}) started")
+            err_console.print(f"run {escape(run.id)} ({provider.value}) started")
         with ending_on_errors(code=EXIT_LOST):
             status = _follow(vm, run.id, as_json=as_json)
     raise typer.Exit(status)

@@ -14,7 +14,7 @@ import typer
 import uvicorn
 
 from hearth.api.app import create_app
-from hearth.cli.common import console, fail, load_settings
+from hearth.cli.common import console, fail, load_settings, plain
 from hearth.config import Settings
 from hearth.control.bootstrap import ADMIN_USER, ensure_admin_key, open_store
 from hearth.credentials.reseal import reseal_rows
@@ -46,7 +46,10 @@ def serve(
         fail(ConfigError(f"HEARTH_VMM={check.vmm.value} cannot run on this host: {check.reason}"))
     app = create_app(settings, destroy_on_exit=destroy_on_exit)
     console.print(
-        f"hearth controller on http://{settings.host}:{settings.port} (state {settings.state_dir})"
+        plain(
+            f"hearth controller on http://{settings.host}:{settings.port} "
+            f"(state {settings.state_dir})"
+        )
     )
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port, log_config=None, access_log=False
@@ -99,7 +102,7 @@ def keys_create(
         key = asyncio.run(mint())
     except HearthError as exc:
         fail(exc)
-    console.print(key)
+    console.print(plain(key))
 
 
 @keys_app.command("rotate-master")
@@ -125,8 +128,10 @@ def keys_rotate_master(
     except HearthError as exc:
         fail(exc)
     console.print(
-        f"master key is now {key_id}; re-encrypted {documents} credential(s) "
-        f"and {others} other sealed secret(s)"
+        plain(
+            f"master key is now {key_id}; re-encrypted {documents} credential(s) "
+            f"and {others} other sealed secret(s)"
+        )
     )
 
 

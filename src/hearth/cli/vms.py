@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from hearth.cli.client import ApiClient
-from hearth.cli.common import console, err_console, fail
+from hearth.cli.common import console, err_console, fail, plain
 from hearth.cli.local import vm_run
 from hearth.errors import HearthError
 
@@ -34,7 +34,7 @@ def _table(vms: list[dict[str, Any]]) -> Table:
     for column in ("user", "type", "status", "boot", "agent", "version", "created"):
         table.add_column(column)
     for vm in vms:
-        table.add_row(
+        row = (
             vm["id"],
             vm["userId"],
             vm["vmType"],
@@ -44,6 +44,7 @@ def _table(vms: list[dict[str, Any]]) -> Table:
             _version(vm),
             vm["createdAt"][:19],
         )
+        table.add_row(*map(plain, row))
     return table
 
 
@@ -71,10 +72,8 @@ def vm_create(
         vm = _call("POST", "/api/vms", json=body)
     console.print(_table([vm]))
     if vm.get("agentToken"):
-        console.print(
-            f'agent: curl -H "Authorization: Bearer {vm["agentToken"]}" {vm["agentUrl"]}/version',
-            soft_wrap=True,
-        )
+        curl = f'curl -H "Authorization: Bearer {vm["agentToken"]}" {vm["agentUrl"]}/version'
+        console.print(plain(f"agent: {curl}"), soft_wrap=True)
 
 
 @vm_app.command("list")
@@ -87,11 +86,11 @@ def vm_list() -> None:
 def vm_show(vm_id: str) -> None:
     """Show one VM."""
     vm = _call("GET", f"/api/vms/{quote(vm_id, safe='')}")
-    table = Table(show_header=False, title=vm_id)
+    table = Table(show_header=False, title=plain(vm_id))
     table.add_column("field", no_wrap=True)
     table.add_column("value", overflow="fold")
     for key, value in vm.items():
-        table.add_row(key, str(value))
+        table.add_row(plain(key), plain(value))
     console.print(table)
 
 
@@ -99,4 +98,4 @@ def vm_show(vm_id: str) -> None:
 def vm_destroy(vm_id: str) -> None:
     """Destroy a VM."""
     vm = _call("DELETE", f"/api/vms/{quote(vm_id, safe='')}")
-    console.print(f"{vm['id']}: {vm['status']}")
+    console.print(plain(f"{vm['id']}: {vm['status']}"))

@@ -21,6 +21,7 @@ from hearth.sdk._errors import (
     HearthConfigError,
     HearthConnectionError,
     HearthSdkError,
+    LocalFileChanged,
     WaitTimeout,
 )
 from hearth.sdk._exec import ExecEvent, ExecExit, ExecOutput, ExecResult, ExecStarted
@@ -58,6 +59,7 @@ __all__ = [
     "HearthConfigError",
     "HearthConnectionError",
     "HearthSdkError",
+    "LocalFileChanged",
     "ResumePolicy",
     "RunEvent",
     "RunInfo",

@@ -30,7 +30,9 @@ from hearth.sdk._exec import (
     ExecFollower,
     ExecOptions,
     ExecResult,
+    KillSignal,
     exec_body,
+    kill_exec,
 )
 from hearth.sdk._files import AsyncFiles
 from hearth.sdk._follow import Follower, StreamBroke
@@ -72,7 +74,7 @@ class _AsyncHttp:
                 call.method, call.path, json=call.json, params=call.params, timeout=timeout
             )
         except httpx.TransportError as exc:
-            raise HearthConnectionError.unreachable(self.config.url, exc) from exc
+            raise HearthConnectionError.of_transport(self.config.url, call.method, exc) from exc
         return call.result(answer.status_code, answer.content)
 
     async def events(self, follower: Follower[E]) -> AsyncIterator[E]:
@@ -165,6 +167,10 @@ class AsyncVm(Bound[_AsyncHttp], VmInfo):
             collector.add(event)
         return collector.result(exec_id=follower.exec_id)
 
+    async def kill_exec(self, exec_id: str, signal: KillSignal = "SIGKILL") -> bool:
+        """``Vm.kill_exec``: signal command ``exec_id``; whether it got the signal."""
+        return await self._http.call(kill_exec(self.id, exec_id, signal))
+
     async def start_run(self, provider: str, prompt: str, **options: Unpack[RunOptions]) -> RunInfo:
         """``Vm.start_run``: the run, at once."""
         return await self._http.call(start_run(self.id, run_body(provider, prompt, options)))
@@ -178,7 +184,8 @@ class AsyncVm(Bound[_AsyncHttp], VmInfo):
     async def run_stream(
         self, provider: str, prompt: str, **options: Unpack[RunOptions]
     ) -> AsyncIterator[RunEvent]:
-        """``Vm.run_stream`` for ``async for``: ``start_run`` then ``run_events``."""
+        """``Vm.run_stream`` for ``async for``: ``start_run`` then ``run_events``, the run
+        started when the iteration begins."""
         run = await self.start_run(provider, prompt, **options)
         async for event in self.run_events(run.id):
             yield event

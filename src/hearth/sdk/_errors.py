@@ -3,7 +3,10 @@
     HearthSdkError               root; never raised itself
     ├── HearthConfigError        no API key to call the API with
     ├── HearthApiError           the API answered an error: status, code, message
-    ├── HearthConnectionError    the API could not be reached, or a stream stayed broken
+    ├── HearthConnectionError    no answer: the request never went out (``unreachable``), it
+    │                            went out but its answer was lost (``outcome_unknown``), or a
+    │                            stream stayed broken (``stream_broken``)
+    ├── LocalFileChanged         a local file shrank while ``write`` sent it
     ├── ExecFailed               ``ExecResult.check()``: the command did not exit 0
     └── WaitTimeout              a wait ran out of time (also a ``TimeoutError``)
 
@@ -15,6 +18,8 @@ from __future__ import annotations
 
 import json
 from typing import TYPE_CHECKING, Any
+
+import httpx
 
 if TYPE_CHECKING:
     from hearth.sdk._exec import ExecResult
@@ -52,9 +57,28 @@ class HearthApiError(HearthSdkError):
             return cls(status, f"http_{status}", text or f"HTTP {status}")
 
 
+# Transport errors raised before any byte of the request went out: the API cannot have acted.
+_NOT_SENT = (
+    httpx.ConnectError,
+    httpx.ConnectTimeout,
+    httpx.PoolTimeout,
+    httpx.ProxyError,
+    httpx.UnsupportedProtocol,
+)
+# Methods that change nothing: whatever became of one, sending it again is harmless.
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def never_sent(exc: Exception) -> bool:
+    """Whether the transport error ``exc`` came before the request went out."""
+    return isinstance(exc, _NOT_SENT)
+
+
 class HearthConnectionError(HearthSdkError):
-    """No answer: the API was unreachable (``unreachable``), or a command's event stream broke
-    off and could not be picked up again (``stream_broken``)."""
+    """No answer. ``code`` says what that leaves: ``unreachable``, the request never reached the
+    API (or changes nothing), so nothing happened; ``outcome_unknown``, a request that changes
+    something went out and its answer was lost, so it may have taken effect (a command may run);
+    ``stream_broken``, an event stream broke off and could not be picked up again."""
 
     def __init__(self, code: str, message: str) -> None:
         super().__init__(f"{code}: {message}")
@@ -65,9 +89,40 @@ class HearthConnectionError(HearthSdkError):
         return (type(self), (self.code, self.message))
 
     @classmethod
-    def unreachable(cls, url: str, exc: Exception) -> HearthConnectionError:
-        """The error for a request to ``url`` that got no answer."""
-        return cls("unreachable", f"cannot reach {url}: {type(exc).__name__}: {exc}")
+    def of_transport(cls, url: str, method: str, exc: Exception) -> HearthConnectionError:
+        """The error for a ``method`` request to ``url`` that got no answer (``exc``)."""
+        if method.upper() in _SAFE_METHODS or never_sent(exc):
+            return cls("unreachable", f"cannot reach {url}: {type(exc).__name__}: {exc}")
+        return cls.outcome_unknown(f"{method.upper()} {url}", exc)
+
+    @classmethod
+    def outcome_unknown(cls, what: str, exc: Exception) -> HearthConnectionError:
+        """The error for request ``what`` that went out, its answer lost to ``exc``."""
+        return cls(
+            "outcome_unknown",
+            f"{what}: the connection broke after the request went out, so whether it took "
+            f"effect is unknown ({type(exc).__name__}: {exc})",
+        )
+
+
+class LocalFileChanged(HearthSdkError):
+    """A local file shrank while ``write`` sent it: less came than its length, declared when the
+    upload began, so the upload was abandoned and nothing was written in the VM."""
+
+    code = "local_file_changed"
+
+    def __init__(self, path: str, declared: int, read: int) -> None:
+        self.message = (
+            f"{path} shrank while it was sent ({read} of the {declared} bytes it held when the "
+            "upload began); nothing was written"
+        )
+        super().__init__(self.message)
+        self.path = path
+        self.declared = declared
+        self.read = read
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.path, self.declared, self.read))
 
 
 class ExecFailed(HearthSdkError):

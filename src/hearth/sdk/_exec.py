@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, TypeAlias, TypedDict
 from urllib.parse import quote
 
+from hearth.sdk._calls import Call, _vm_path
 from hearth.sdk._config import ResumePolicy
 from hearth.sdk._errors import ExecFailed, HearthConnectionError
 from hearth.sdk._follow import Follower, StreamRequest
@@ -137,6 +138,21 @@ def exec_body(cmd: Sequence[str], options: ExecOptions) -> dict[str, Any]:
     return {"cmd": list(cmd), **{k: v for k, v in wire.items() if v is not None}}
 
 
+# The signals ``POST …/exec/{execId}/kill`` sends to a command's whole process group.
+KillSignal: TypeAlias = Literal["SIGKILL", "SIGTERM", "SIGINT"]
+
+
+def kill_exec(vm_id: str, exec_id: str, signal: KillSignal) -> Call[bool]:
+    """``POST /api/vms/{id}/exec/{execId}/kill``: whether the command got ``signal`` (False:
+    it had ended already)."""
+    return Call(
+        "POST",
+        _vm_path(vm_id, f"/exec/{quote(exec_id, safe='')}/kill"),
+        lambda body: bool(body["signalled"]),
+        json={"signal": signal},
+    )
+
+
 def _output_bytes(data: Mapping[str, Any]) -> bytes:
     text = str(data.get("data", ""))
     return base64.b64decode(text) if data.get("encoding") == "base64" else text.encode("utf-8")
@@ -170,6 +186,7 @@ class ExecFollower(Follower[ExecEvent]):
     """
 
     ended_early = "the event stream ended before the exit"
+    starting = "starting the command"
 
     def __init__(self, vm_id: str, body: dict[str, Any], policy: ResumePolicy) -> None:
         super().__init__(policy)

@@ -20,13 +20,12 @@ import httpx
 
 from hearth.sdk._calls import Call
 from hearth.sdk._config import ClientConfig
-from hearth.sdk._errors import HearthApiError, HearthConnectionError
+from hearth.sdk._errors import HearthConnectionError
 from hearth.sdk._transfer import (
     ChunkReader,
     FileEntry,
     FileWritten,
     Progress,
-    Upload,
     WriteSource,
     answer_kind,
     counted,
@@ -76,10 +75,18 @@ def _remove_call(vm_id: str, path: str, recursive: bool) -> Call[None]:
     return Call("DELETE", _files_path(vm_id), lambda body: None, params=params)
 
 
-def _written(answer: httpx.Response) -> FileWritten:
-    if answer.status_code >= 400:
-        raise HearthApiError.of_answer(answer.status_code, answer.content)
-    return FileWritten.from_wire(answer.json())
+def _written(vm_id: str, answer: httpx.Response) -> FileWritten:
+    """What a write's answer says was written (HearthApiError for an error, or a body that is
+    not the API's)."""
+    call = Call("PUT", _files_path(vm_id), FileWritten.from_wire)
+    return call.result(answer.status_code, answer.content)
+
+
+def _no_answer(
+    config: ClientConfig, method: str, exc: httpx.TransportError
+) -> HearthConnectionError:
+    """The SDK's error for a transfer's request that got no answer."""
+    return HearthConnectionError.of_transport(config.url, method, exc)
 
 
 def _timeout(config: ClientConfig) -> httpx.Timeout:
@@ -156,17 +163,12 @@ class Files:
     ) -> FileWritten:
         """Write ``data`` (bytes, a binary file, chunks, or a ``Path``: a file, or a directory,
         sent as a tar and unpacked into the directory ``path``) atomically; ``mode`` defaults to
-        a local file's own, else the replaced file's, else 0644."""
+        a local file's own, else the replaced file's, else 0644. A local file goes as long as
+        it was when the write began (LocalFileChanged if it shrinks meanwhile); a pipe, FIFO or
+        /proc file is read to its end."""
         upload = upload_of(path, data, mode=mode, progress=progress)
         try:
-            answer = self._send(upload)
-        finally:
-            upload.close()
-        return _written(answer)
-
-    def _send(self, upload: Upload) -> httpx.Response:
-        try:
-            return self._http.client.put(
+            answer = self._http.client.put(
                 _files_path(self._vm_id),
                 content=upload.content,
                 headers=upload.headers,
@@ -174,7 +176,10 @@ class Files:
                 timeout=_timeout(self._http.config),
             )
         except httpx.TransportError as exc:
-            raise HearthConnectionError.unreachable(self._http.config.url, exc) from exc
+            raise _no_answer(self._http.config, "PUT", exc) from exc
+        finally:
+            upload.close()
+        return _written(self._vm_id, answer)
 
     @contextlib.contextmanager
     def read_stream(self, path: str) -> Iterator[FileStream]:
@@ -188,9 +193,12 @@ class Files:
         try:
             response = self._http.client.send(request, stream=True)
         except httpx.TransportError as exc:
-            raise HearthConnectionError.unreachable(self._http.config.url, exc) from exc
+            raise _no_answer(self._http.config, "GET", exc) from exc
         with contextlib.closing(response):
-            content = response.read() if response.status_code >= 400 else None
+            try:
+                content = response.read() if response.status_code >= 400 else None
+            except httpx.TransportError as exc:
+                raise _no_answer(self._http.config, "GET", exc) from exc
             kind = answer_kind(response.status_code, response.headers, content)
             with FileStream(response, kind) as stream:
                 yield stream
@@ -253,10 +261,10 @@ class AsyncFiles:
                 timeout=_timeout(self._http.config),
             )
         except httpx.TransportError as exc:
-            raise HearthConnectionError.unreachable(self._http.config.url, exc) from exc
+            raise _no_answer(self._http.config, "PUT", exc) from exc
         finally:
             upload.close()
-        return _written(answer)
+        return _written(self._vm_id, answer)
 
     @contextlib.asynccontextmanager
     async def read_stream(self, path: str) -> AsyncIterator[AsyncFileStream]:
@@ -271,14 +279,15 @@ class AsyncFiles:
         try:
             response = await client.send(request, stream=True)
         except httpx.TransportError as exc:
-            raise HearthConnectionError.unreachable(self._http.config.url, exc) from exc
-        try:
-            content = await response.aread() if response.status_code >= 400 else None
+            raise _no_answer(self._http.config, "GET", exc) from exc
+        async with contextlib.aclosing(response):
+            try:
+                content = await response.aread() if response.status_code >= 400 else None
+            except httpx.TransportError as exc:
+                raise _no_answer(self._http.config, "GET", exc) from exc
             kind = answer_kind(response.status_code, response.headers, content)
             async with AsyncFileStream(response, kind) as stream:
                 yield stream
-        finally:
-            await response.aclose()
 
     async def read(self, path: str) -> bytes:
         """The whole file at ``path`` (a directory's comes as a tar)."""

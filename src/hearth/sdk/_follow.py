@@ -18,7 +18,12 @@ from typing import Any, Generic, NoReturn, TypeVar
 from httpx_sse import ServerSentEvent
 
 from hearth.sdk._config import ResumePolicy
-from hearth.sdk._errors import HearthApiError, HearthConnectionError, HearthSdkError
+from hearth.sdk._errors import (
+    HearthApiError,
+    HearthConnectionError,
+    HearthSdkError,
+    never_sent,
+)
 
 E = TypeVar("E")
 # Answers to a resume that mean "not now" rather than "never" (the controller or the VM's agent
@@ -60,6 +65,8 @@ class Follower(Generic[E]):
 
     # Why a stream that closed before its last event broke off.
     ended_early = "the event stream ended before its last event"
+    # What the request that opens a stream not yet resumable starts (for its errors).
+    starting = "the request"
 
     def __init__(self, policy: ResumePolicy, *, last_id: int | None = None) -> None:
         self._policy = policy
@@ -128,13 +135,23 @@ class Follower(Generic[E]):
     def resume_delay_s(self, exc: Exception) -> float:
         """The pause before picking the stream up again after ``exc``; raises the SDK's error
         instead when it may not be (``resumable`` is false, or it broke ``max_resumes`` times
-        in a row)."""
+        in a row). A transport error before the stream is resumable is ``unreachable`` only
+        when the request never went out; else ``outcome_unknown``: what it starts may run."""
         if isinstance(exc, StreamBroke):
             error, cause = exc.error, None
         else:
-            code = "stream_broken" if self.resumable else "unreachable"
-            error, cause = HearthConnectionError(code, f"{type(exc).__name__}: {exc}"), exc
+            error, cause = self._lost(exc), exc
         if not self.resumable or self._breaks >= self._policy.max_resumes:
             raise error from cause
         self._breaks += 1
         return self._policy.delay_s(self._breaks)
+
+    def _lost(self, exc: Exception) -> HearthConnectionError:
+        """The error a transport error ``exc`` is, if the stream is not picked up again."""
+        what = f"{type(exc).__name__}: {exc}"
+        if self.resumable:
+            return HearthConnectionError("stream_broken", what)
+        if never_sent(exc):
+            return HearthConnectionError("unreachable", what)
+        # The request that starts what the stream follows went out: it may run, unseen.
+        return HearthConnectionError.outcome_unknown(self.starting, exc)

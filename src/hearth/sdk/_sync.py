@@ -30,7 +30,9 @@ from hearth.sdk._exec import (
     ExecFollower,
     ExecOptions,
     ExecResult,
+    KillSignal,
     exec_body,
+    kill_exec,
 )
 from hearth.sdk._files import Files
 from hearth.sdk._follow import Follower, StreamBroke
@@ -72,7 +74,7 @@ class _Http:
                 call.method, call.path, json=call.json, params=call.params, timeout=timeout
             )
         except httpx.TransportError as exc:
-            raise HearthConnectionError.unreachable(self.config.url, exc) from exc
+            raise HearthConnectionError.of_transport(self.config.url, call.method, exc) from exc
         return call.result(answer.status_code, answer.content)
 
     def events(self, follower: Follower[E]) -> Iterator[E]:
@@ -169,6 +171,12 @@ class Vm(Bound[_Http], VmInfo):
             collector.add(event)
         return collector.result(exec_id=follower.exec_id)
 
+    def kill_exec(self, exec_id: str, signal: KillSignal = "SIGKILL") -> bool:
+        """Send ``signal`` to the whole process group of command ``exec_id`` (``ExecStarted``
+        names it) and every process of its session; whether it got it (False: it had ended
+        already). Its ``ExecExit`` then says ``killed`` (unless it still exited 0)."""
+        return self._http.call(kill_exec(self.id, exec_id, signal))
+
     def start_run(self, provider: str, prompt: str, **options: Unpack[RunOptions]) -> RunInfo:
         """Start ``provider``'s CLI on ``prompt`` in this CLI VM (with the login delivered into
         it); the run, at once. Its events: ``run_events(run.id)``."""
@@ -184,8 +192,9 @@ class Vm(Bound[_Http], VmInfo):
     def run_stream(
         self, provider: str, prompt: str, **options: Unpack[RunOptions]
     ) -> Iterator[RunEvent]:
-        """``start_run`` then ``run_events``: ``message.delta`` text, tools, usage, the end."""
-        return self.run_events(self.start_run(provider, prompt, **options).id)
+        """``start_run`` then ``run_events``: ``message.delta`` text, tools, usage, the end. As
+        ``exec_stream``, nothing is sent before the iteration begins: the run starts then."""
+        yield from self.run_events(self.start_run(provider, prompt, **options).id)
 
     def run(self, provider: str, prompt: str, **options: Unpack[RunOptions]) -> RunResult:
         """Run ``provider``'s CLI on ``prompt`` to its end: the answer's text, usage, the CLI's

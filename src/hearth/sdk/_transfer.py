@@ -1,9 +1,12 @@
 """The local side of file transfers, without I/O to the API: what an upload sends (bytes, a file,
 a directory packed as a tar as it is read) and what a download's answers are.
 
-A directory goes up as a POSIX tar streamed from disk a chunk at a time, names relative to it,
-symlinks as links (never followed); one comes down as a tar that ``extract_tar`` unpacks with
-Python's ``data`` filter (nothing outside the target, no devices, no absolute links).
+A regular file goes up with its length declared, as long as it is when the upload begins (what
+it grows by meanwhile is left out); a pipe, a FIFO or a /proc file, whose size says nothing,
+goes chunked, read to its end. A directory goes up as a POSIX tar streamed from disk a chunk at
+a time, names relative to it, symlinks as links (never followed); one comes down as a tar that
+``extract_tar`` unpacks with Python's ``data`` filter (nothing outside the target, no devices,
+no absolute links).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, BinaryIO
 
-from hearth.sdk._errors import HearthApiError
+from hearth.sdk._errors import HearthApiError, LocalFileChanged
 
 CHUNK_BYTES = 1024 * 1024
 BLOCK = 512
@@ -114,10 +117,15 @@ def upload_of(
         chunks = tar_chunks(data)
     elif isinstance(data, Path):
         handle = data.open("rb")
-        size = os.fstat(handle.fileno()).st_size
-        headers["Content-Length"] = str(size)
-        mode = stat.S_IMODE(os.fstat(handle.fileno()).st_mode) if mode is None else mode
         chunks, close = file_chunks(handle), handle.close
+        st = os.fstat(handle.fileno())
+        if stat.S_ISREG(st.st_mode):
+            mode = stat.S_IMODE(st.st_mode) if mode is None else mode
+        # A regular file is sent as long as it is now, its length declared; anything else (a
+        # pipe, a FIFO, a /proc file, whose size says nothing) chunked, read to its end.
+        if stat.S_ISREG(st.st_mode) and st.st_size > 0:
+            headers["Content-Length"] = str(st.st_size)
+            chunks = sized_chunks(handle, st.st_size, str(data))
     elif hasattr(data, "read"):
         chunks = file_chunks(data)  # type: ignore[arg-type]
     else:
@@ -132,6 +140,23 @@ def upload_of(
 def file_chunks(handle: IO[bytes]) -> Iterator[bytes]:
     """A binary file's bytes, a chunk at a time."""
     while chunk := handle.read(CHUNK_BYTES):
+        yield chunk
+
+
+def sized_chunks(
+    handle: IO[bytes], size: int, name: str, *, shrunk: Callable[[int], bytes] | None = None
+) -> Iterator[bytes]:
+    """The first ``size`` bytes of a file (what it grew by meanwhile is left out), a chunk at a
+    time. One that holds fewer: ``shrunk(missing)`` fills the rest (a tar member's padding), or
+    LocalFileChanged (a length declared in advance can be neither met nor taken back)."""
+    left = size
+    while left > 0:
+        chunk = handle.read(min(CHUNK_BYTES, left))
+        if not chunk:
+            if shrunk is None:
+                raise LocalFileChanged(name, size, size - left)
+            chunk = shrunk(left)
+        left -= len(chunk)
         yield chunk
 
 
@@ -172,13 +197,14 @@ def _member(path: Path, name: str) -> Iterator[bytes]:
     with path.open("rb") as handle:
         info.size = os.fstat(handle.fileno()).st_size
         yield info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
-        left = info.size
-        while left > 0:
-            chunk = handle.read(min(CHUNK_BYTES, left)) or b"\0" * left  # shrunk: zeros
-            left -= len(chunk)
-            yield chunk
+        yield from sized_chunks(handle, info.size, str(path), shrunk=_zeros)
     if info.size % BLOCK:
         yield b"\0" * (BLOCK - info.size % BLOCK)
+
+
+def _zeros(count: int) -> bytes:
+    """What stands in a tar for the bytes a file lost while it was packed (as GNU tar pads)."""
+    return b"\0" * count
 
 
 class ChunkReader:
