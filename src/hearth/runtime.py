@@ -216,6 +216,7 @@ async def open_hearth(
             settings=settings,
             bundle=agent_bundle or AgentBundle.build(),
             on_images_changed=templates.start if settings.prepare_templates else None,
+            execs=execs,
         )
         teardown.push("stop the agent rollout", agent_updates.shutdown)
         expiry = ExpiryWatch(store=store, events=events, metrics=metrics, settings=settings)

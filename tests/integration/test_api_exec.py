@@ -275,6 +275,25 @@ async def test_a_bad_body_is_422_naming_the_field_and_runs_nothing(
     assert field in error["message"]
 
 
+async def test_a_timeout_past_the_operators_limit_is_422_naming_it_and_runs_nothing(
+    exec_settings: Settings, agent_launcher: AgentLauncher, tmp_path: Path
+) -> None:
+    # HEARTH_EXEC_TIMEOUT_S is the default and the most: asked for longer, the command ran
+    # with the longer timeout (the schema's 6 h were the only bound).
+    settings = exec_settings.with_overrides(exec_timeout_s=60.0)
+    async with running_api(settings, AgentBackend(agent_launcher), tmp_path / "image") as api:
+        vm_id, headers = await new_vm(api, "ann")
+        url = f"/api/vms/{vm_id}/exec?wait=false"
+        over = await api.client.post(url, json={"cmd": ["true"], "timeoutS": 61}, headers=headers)
+        assert "HEARTH_EXEC_TIMEOUT_S" in assert_error(over, 422, "invalid_input")["message"]
+        most = await api.client.post(url, json={"cmd": ["true"], "timeoutS": 60}, headers=headers)
+        assert most.status_code == 202, most.text
+        state = await api.client.get(
+            f"/api/vms/{vm_id}/exec/{most.json()['execId']}", headers=headers
+        )
+        assert state.json()["timeoutS"] == 60
+
+
 async def test_a_cwd_the_vm_lacks_is_422_from_the_agent(api_agents: Api) -> None:
     api = api_agents
     vm_id, headers = await new_vm(api, "ann")

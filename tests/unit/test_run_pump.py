@@ -82,13 +82,24 @@ class Runs:
     def __init__(self, run: RunRecord) -> None:
         self.run = run
         self.stored: list[RunEventRecord] = []
+        self.saved: str | None = None  # the pump's checkpoint at the cursor
 
     async def append_events(
-        self, run_id: str, events: list[RunEventRecord], *, exec_cursor: int, **_: Any
+        self,
+        run_id: str,
+        events: list[RunEventRecord],
+        *,
+        exec_cursor: int,
+        checkpoint: str | None = None,
+        **_: Any,
     ) -> None:
         self.stored += events
+        self.saved = checkpoint
         last = self.stored[-1].seq if self.stored else 0
         self.run = dataclasses.replace(self.run, exec_cursor=exec_cursor, last_event_id=last)
+
+    async def checkpoint(self, run_id: str) -> str | None:
+        return self.saved
 
     async def get(self, run_id: str) -> RunRecord:
         return self.run
@@ -186,3 +197,67 @@ async def test_the_vms_sleeps_break_the_stream_without_using_up_its_resumes() ->
     assert set(execs.reads_after) == {0}
     final = json.loads(store.runs.stored[-1].data)
     assert "stopped answering" not in final.get("message", "")
+
+
+async def restarted(output: list[ExecEvent], *, stop_at: int) -> Store:
+    """The run read by one pump up to event ``stop_at`` (the controller ends there), then
+    read on by the next controller's, from the stored cursor and checkpoint."""
+    store = new_store()
+    cut = Exec(output=output, hangs_at=stop_at)
+    first = asyncio.create_task(pump(store, cut).run_to_end())
+    await cut.hanging.wait()
+    first.cancel()
+    await asyncio.gather(first, return_exceptions=True)
+    await pump(store, Exec(output=output)).run_to_end()
+    return store
+
+
+def ended(store: Store) -> tuple[str, str | None]:
+    last = store.runs.stored[-1]
+    return last.type, json.loads(last.data).get("code")
+
+
+async def test_a_restart_between_streamed_text_and_its_assistant_line_says_it_once() -> None:
+    # The assistant line repeats what the deltas streamed; a new pump's fresh parser did not
+    # know they had, and said the whole answer a second time.
+    lines = answer_lines("claude_code")
+    first_whole = next(i for i, line in enumerate(lines) if json.loads(line)["type"] == "assistant")
+    output = [
+        ExecEvent(1, "stdout", {"data": "\n".join(lines[:first_whole]) + "\n"}),
+        ExecEvent(2, "stdout", {"data": "\n".join(lines[first_whole:]) + "\n"}),
+        ExecEvent(3, "exit", {"code": 0, "signal": None, "reason": "exited"}),
+    ]
+    once = new_store()
+    await pump(once, Exec(output=output)).run_to_end()
+    store = await restarted(output, stop_at=2)
+    deltas = [text for _, kind, text in told(store) if kind == "message.delta"]
+    assert "".join(deltas) == "".join(t for _, k, t in told(once) if k == "message.delta")
+    assert told(store) == told(once)
+
+
+async def test_a_restart_after_the_clis_result_before_its_exit_still_completes() -> None:
+    # The CLI's ``result`` decides the run's end at the exit; a fresh parser had not seen it.
+    lines = answer_lines("claude_code")
+    output = [
+        ExecEvent(1, "stdout", {"data": "\n".join(lines) + "\n"}),
+        ExecEvent(2, "exit", {"code": 0, "signal": None, "reason": "exited"}),
+    ]
+    store = await restarted(output, stop_at=2)
+    assert ended(store) == ("run.completed", None)
+
+
+async def test_a_restart_keeps_the_stderr_tail_that_names_the_failure() -> None:
+    output = [
+        ExecEvent(1, "stderr", {"data": "Error: 429 Too Many Requests\n"}),
+        ExecEvent(2, "exit", {"code": 1, "signal": None, "reason": "exited"}),
+    ]
+    store = await restarted(output, stop_at=2)
+    assert ended(store) == ("run.failed", "rate_limited")
+
+
+async def test_an_unreadable_checkpoint_reads_on_with_a_fresh_parser() -> None:
+    store = new_store()
+    store.runs.saved = '{"version": 0}'
+    await pump(store, Exec()).run_to_end()
+    events = told(store)
+    assert [text for _, kind, text in events if kind == "message.delta"] == ["HELLO", "WORLD"]

@@ -7,8 +7,12 @@ previous build, puts the previous version back by itself if the new one is not h
 the deadline. The controller requires the new version's answer within that deadline (plus a
 grace for the restart): then ``agent.updated``; else it waits for the previous version to answer
 again and reports ``agent.update_failed`` with the guard's reason. An update is refused (409)
-while a login or a run is in progress in the VM, unless forced. A rollout updates every ready
-VM whose agent differs from the bundle, at most ``maxUnavailable`` at once; once all took it,
+while a login or a run is in progress in the VM, unless forced, and while another update of
+the VM runs; meanwhile nothing new starts in the VM (``ExecService.hold``: a run, command or
+terminal asked for then is refused with 409 naming the update). The VM is claimed before the
+first await, so two updates asked for at once cannot both push. A rollout updates every ready
+VM whose agent differs from the bundle, at most ``maxUnavailable`` at once, one rollout at a
+time (claimed under a lock before the VMs are listed); once all took it,
 the bundle is written into the node's images (their restore templates rebuilt in the
 background, ``hearth.control.templates``) and
 the warm pool's VMs are replaced, so new VMs carry it too.
@@ -17,6 +21,7 @@ the warm pool's VMs are replaced, so new VMs carry it too.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import Callable
@@ -28,6 +33,7 @@ from hearth.agent_bundle import AgentBundle
 from hearth.agent_client import AgentClient
 from hearth.auth.states import TERMINAL, AuthStatus
 from hearth.config import Settings
+from hearth.control.execs import ExecService
 from hearth.control.heartbeat import Heartbeat
 from hearth.control.vms import VmService
 from hearth.errors import Conflict, HearthError
@@ -97,8 +103,11 @@ class AgentUpdates:
         settings: Settings,
         bundle: AgentBundle,
         on_images_changed: Callable[[], None] | None = None,
+        execs: ExecService | None = None,
     ) -> None:
         self.vms = vms
+        # Held while a VM's agent is replaced, so that nothing new starts in it meanwhile.
+        self.execs = execs
         self.on_images_changed = on_images_changed
         self.heartbeat = heartbeat
         self.store = vms.store
@@ -106,6 +115,7 @@ class AgentUpdates:
         self.deadline_s = settings.agent_update_deadline_s
         self.rollout: Rollout | None = None
         self._task: asyncio.Task[None] | None = None
+        self._starting = asyncio.Lock()  # a rollout's check-and-claim spans an await
         self._in_progress: set[str] = set()
 
     # ---- one VM ----------------------------------------------------------------------------
@@ -121,19 +131,38 @@ class AgentUpdates:
             )
         if vm_id in self._in_progress:
             raise Conflict(f"VM {vm_id}'s agent is being updated already")
-        if not force:
-            await self._refuse_if_busy(record)
-        started = datetime.now(UTC)
-        if record.agent_version == self.bundle.version:
-            return UpdateResult(
-                vm_id, "current", record.agent_version, self.bundle.version, started, started
-            )
+        # Claimed before the next await; and held first, so that a run either is in the store
+        # when ``_refuse_if_busy`` looks, or is refused when it starts its CLI.
         self._in_progress.add(vm_id)
         try:
-            with self.heartbeat.held(vm_id):
-                return await self._update(record, started)
+            with self._holding(vm_id):
+                if not force:
+                    await self._refuse_if_busy(record)
+                started = datetime.now(UTC)
+                if record.agent_version == self.bundle.version:
+                    return UpdateResult(
+                        vm_id,
+                        "current",
+                        record.agent_version,
+                        self.bundle.version,
+                        started,
+                        started,
+                    )
+                with self.heartbeat.held(vm_id):
+                    return await self._update(record, started)
         finally:
             self._in_progress.discard(vm_id)
+
+    def _holding(self, vm_id: str) -> contextlib.AbstractContextManager[None]:
+        """Nothing new starts in the VM while its agent is replaced (without an ExecService,
+        nothing is held)."""
+        if self.execs is None:
+            return contextlib.nullcontext()
+        return self.execs.hold(
+            vm_id,
+            f"VM {vm_id}'s agent is being updated to version {self.bundle.version}; start it "
+            "again when the update has ended",
+        )
 
     async def _refuse_if_busy(self, record: VmRecord) -> None:
         runs = [
@@ -237,22 +266,23 @@ class AgentUpdates:
     async def start_rollout(self, *, max_unavailable: int, force: bool) -> Rollout:
         """Start updating every ready VM whose agent differs from the bundle (409 while a
         rollout runs); the rollout, followed with ``rollout``."""
-        if self.rollout is not None and self.rollout.running:
-            raise Conflict(f"rollout {self.rollout.id} is still running")
-        targets = [
-            record.id
-            for record in await self.vms.list_vms()
-            if record.status is VmState.READY and record.agent_version != self.bundle.version
-        ]
-        rollout = Rollout(
-            id=f"ro-{uuid.uuid4().hex[:12]}",
-            version=self.bundle.version,
-            max_unavailable=max_unavailable,
-            force=force,
-            vm_ids=targets,
-        )
-        self.rollout = rollout
-        self._task = asyncio.create_task(self._roll(rollout))
+        async with self._starting:
+            if self.rollout is not None and self.rollout.running:
+                raise Conflict(f"rollout {self.rollout.id} is still running")
+            targets = [
+                record.id
+                for record in await self.vms.list_vms()
+                if record.status is VmState.READY and record.agent_version != self.bundle.version
+            ]
+            rollout = Rollout(
+                id=f"ro-{uuid.uuid4().hex[:12]}",
+                version=self.bundle.version,
+                max_unavailable=max_unavailable,
+                force=force,
+                vm_ids=targets,
+            )
+            self.rollout = rollout
+            self._task = asyncio.create_task(self._roll(rollout))
         _log.info("agent_rollout_started", rollout_id=rollout.id, vms=len(targets))
         return rollout
 

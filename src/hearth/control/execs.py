@@ -6,12 +6,20 @@ stay with the agent until read, and a reader resumes after the last event id it 
 service checks who may reach the VM and that it can run anything (a ready CLI VM), adds the
 controller's limits (how many at once, how long), and translates the agent's events to the API's
 wire form.
+
+How long a command may run is the operator's to bound (``TimeLimit``): a client's command
+``HEARTH_EXEC_TIMEOUT_S``, a terminal's shell ``HEARTH_TERMINAL_TIMEOUT_S``, a run
+``HEARTH_RUN_TIMEOUT_S``; each is the default and the most, and a request for longer is refused
+(422) rather than cut short. While a VM's agent is being replaced (``hold``), nothing new starts
+in it (409 naming why).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
+import contextlib
+import dataclasses
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +28,7 @@ from hearth.config import Settings
 from hearth.control.lifetimes import Lifetimes
 from hearth.control.network import CliNetworks
 from hearth.control.vms import VmService
-from hearth.errors import Conflict, VmEnded
+from hearth.errors import Conflict, InvalidInput, VmEnded
 from hearth.images.trust import GUEST_TLS_ENV
 from hearth.store.records import VmRecord
 from hearth.vm.types import VmState, VmType
@@ -43,6 +51,26 @@ class StreamSlept(AgentError):
 
     code = "agent_error"
     http_status = 502
+
+
+@dataclass(frozen=True)
+class TimeLimit:
+    """How long one kind of command may run: the default when a request names no timeout, and
+    the most it may name; ``setting`` is the operator's setting that says so."""
+
+    most_s: float
+    setting: str
+
+    def timeout_for(self, asked: float | None) -> float:
+        """``asked``, or the most when nothing was asked; InvalidInput past the most."""
+        if asked is None:
+            return self.most_s
+        if asked > self.most_s:
+            raise InvalidInput(
+                f"timeoutS {asked:g} is more than this controller allows: {self.setting} is "
+                f"{self.most_s:g} s, the default and the most"
+            )
+        return asked
 
 
 @dataclass(frozen=True)
@@ -84,6 +112,24 @@ class ExecService:
         self.networks = networks
         # Every call here is use of the VM; a paused one is resumed first (its autoResume).
         self.lifetimes = lifetimes
+        self._holds: dict[str, str] = {}  # VM id → why nothing may start in it now
+
+    def _limit_of(self, request: ExecRequest) -> TimeLimit:
+        # Only a terminal's shell runs on a pseudo-terminal (the API's exec takes none).
+        if request.pty is not None:
+            return TimeLimit(self.settings.terminal_timeout_s, "HEARTH_TERMINAL_TIMEOUT_S")
+        return TimeLimit(self.settings.exec_timeout_s, "HEARTH_EXEC_TIMEOUT_S")
+
+    @contextlib.contextmanager
+    def hold(self, vm_id: str, why: str) -> Iterator[None]:
+        """While the block runs, starting anything in VM ``vm_id`` (a command, a run, a
+        terminal's shell) is refused with Conflict saying ``why``; what runs already runs on."""
+        self._holds[vm_id] = why
+        try:
+            yield
+        finally:
+            if self._holds.get(vm_id) == why:
+                del self._holds[vm_id]
 
     async def runnable(self, vm_id: str, user_id: str | None) -> VmRecord:
         """A VM the caller may use (NotFound otherwise) that can run commands: a ready CLI VM
@@ -110,9 +156,23 @@ class ExecService:
         vm = self.vms.live_vm(vm_id)
         return AgentClient(str(vm.agent_url), self.vms.agent_token(vm_id))
 
-    async def start(self, vm_id: str, user_id: str | None, request: ExecRequest) -> dict[str, Any]:
-        """Start the command; ``{"execId", "pid"}``. TooManyRunning past the per-VM cap."""
+    async def start(
+        self,
+        vm_id: str,
+        user_id: str | None,
+        request: ExecRequest,
+        *,
+        limit: TimeLimit | None = None,
+    ) -> dict[str, Any]:
+        """Start the command; ``{"execId", "pid"}``. InvalidInput for a ``timeout_s`` past its
+        limit (``limit``, else a client's command's or, on a pseudo-terminal, a terminal's
+        shell's), checked before the VM is touched; Conflict while the VM is held (``hold``);
+        TooManyRunning past the per-VM cap."""
+        limit = limit or self._limit_of(request)
+        request = dataclasses.replace(request, timeout_s=limit.timeout_for(request.timeout_s))
         agent = await self.agent(vm_id, user_id)
+        if (why := self._holds.get(vm_id)) is not None:
+            raise Conflict(why)
         started = await agent.exec_start(self.agent_request(vm_id, request))
         self.lifetimes.started_exec(vm_id, str(started["exec_id"]))
         return {"execId": str(started["exec_id"]), "pid": int(started["pid"])}

@@ -7,6 +7,17 @@ each batch lands. The exec's ``exit`` ends the run with exactly one ``run.comple
 ``run.failed``. A broken event stream is read again from the cursor; a controller that
 restarts starts a new pump at the stored cursor, so nothing the CLI printed is lost or doubled.
 The pump is not use of the VM: it waits out a paused or hibernated VM rather than waking it.
+
+Reading on at the cursor needs more than the cursor: how the next lines map, and how the run
+ends, depend on what the parser learnt from the earlier ones (the text a message streamed, which
+an ``assistant`` line repeats; the CLI's ``result``, which decides completed or failed at the
+exit; tool names; the stderr tail). Those lines cannot be read again: the agent drops an exec's
+events once they are read past, and keeping the whole output in the store would grow with it.
+So with every cursor it stores, the pump stores its checkpoint (``StreamParser.checkpoint`` and
+the stderr tail, a few KiB: a parser keeps what it needs later, not the lines) in the same
+transaction, and a new pump restores it before it reads on: the re-attached parser is in the
+state the stopped one was at that cursor. A checkpoint that cannot be read (written by another
+version) is logged and the parser starts afresh, as before there were checkpoints.
 """
 
 from __future__ import annotations
@@ -34,6 +45,8 @@ STDERR_TAIL_BYTES = 8 * 1024
 # How often, and how far apart, a broken event stream is read again before the run fails.
 RESUME_ATTEMPTS = 5
 RESUME_BACKOFF_S = (0.5, 1.0, 2.0, 4.0, 8.0)
+# The layout of a stored checkpoint; one of another is not restored.
+CHECKPOINT_VERSION = 1
 
 
 class LineSplitter:
@@ -113,6 +126,7 @@ class RunPump:
     async def run_to_end(self) -> None:
         """Read and store until the exec's ``exit`` (or until it cannot be read any more)."""
         assert self.run.exec_id is not None
+        await self._restore()
         attempts = 0
         while True:
             try:
@@ -142,6 +156,32 @@ class RunPump:
                 self._lines, self._held_lines, self._held_stderr = LineSplitter(), [], bytearray()
                 await asyncio.sleep(RESUME_BACKOFF_S[attempts])
                 attempts += 1
+
+    def _checkpoint(self) -> str:
+        """The parser's state and the stderr tail at the cursor, as stored with it."""
+        state = {
+            "version": CHECKPOINT_VERSION,
+            "parser": self._parser.checkpoint(),
+            "stderr": base64.b64encode(self._stderr).decode("ascii"),
+        }
+        return json.dumps(state, separators=(",", ":"))
+
+    async def _restore(self) -> None:
+        """Take up the checkpoint stored with the cursor, if there is one."""
+        saved = await self._store.runs.checkpoint(self.run.id)
+        if saved is None:
+            return
+        parser = parser_for(self.run.provider)
+        try:
+            state = json.loads(saved)
+            if state["version"] != CHECKPOINT_VERSION:
+                raise ValueError(f"checkpoint version {state['version']}")
+            parser.restore(state["parser"])
+            stderr = base64.b64decode(state["stderr"], validate=True)
+        except (KeyError, TypeError, ValueError) as exc:
+            _log.warning("run_checkpoint_unreadable", run_id=self.run.id, error=str(exc)[:200])
+            return
+        self._parser, self._stderr = parser, bytearray(stderr)
 
     async def _take(self, event: ExecEvent) -> bool:
         """Store what one exec event adds; True once the run has ended.
@@ -218,7 +258,12 @@ class RunPump:
         self._cursor = cursor
         fields = self._progress_fields()
         await self._store.runs.append_events(
-            self.run.id, self._records(events), exec_cursor=self._cursor, keep=self._keep, **fields
+            self.run.id,
+            self._records(events),
+            exec_cursor=self._cursor,
+            keep=self._keep,
+            checkpoint=self._checkpoint(),
+            **fields,
         )
         if events:
             self._notify(self.run.id)
@@ -235,6 +280,7 @@ class RunPump:
             self._records(events),
             exec_cursor=cursor,
             keep=self._keep,
+            checkpoint=None,  # the run has ended: nothing will read on
             **fields,
             **extra,
         )
@@ -252,6 +298,15 @@ class RunPump:
     async def _end_unread(self, why: str) -> None:
         """End a run whose exec can no longer be read: the CLI's fate is unknown."""
         await self._finish([_failed(RunFailure.CLI_CRASHED, why)], cursor=self._cursor)
+
+    async def abandon(self, why: str) -> None:
+        """End the run ``cli_crashed`` after this pump failed (unless it has ended): its
+        events numbered on from the last stored, whatever a failed write had counted."""
+        current = await self._store.runs.get(self.run.id)
+        if current.is_terminal:
+            return
+        self._next_seq = current.last_event_id + 1
+        await self._finish([_failed(RunFailure.CLI_CRASHED, why)], cursor=current.exec_cursor)
 
 
 def _failed(code: RunFailure, message: str) -> RunEvent:

@@ -6,6 +6,13 @@ events (bounded) live in the store; a ``RunPump`` per run in progress reads the 
 maps it. The process lives under the agent, so a client that disconnects loses nothing and a
 controller that restarts re-attaches to every run still in progress (``recover``).
 
+A cancel is recorded on the run's row first, then carried out: SIGTERM, SIGKILL after a grace.
+A cancel that cannot reach the CLI yet is carried out once it can: one that came while the CLI
+started, once it has; one in a VM asleep whose autoResume is off (the cancel may not wake it),
+once the VM runs again; one a restart interrupted, by the next controller (``recover``). A pump
+that fails here (not in the VM) ends its run ``cli_crashed`` and stops the CLI, rather than
+leave it running with nobody reading it.
+
 Lifecycle (``RunStatus``)::
 
     starting ──▶ running ──▶ completed
@@ -19,14 +26,15 @@ import asyncio
 import contextlib
 import json
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 from hearth.config import Settings
-from hearth.control.execs import ExecRequest, ExecService
+from hearth.control.execs import ExecRequest, ExecService, TimeLimit
 from hearth.control.run_pump import RunPump
 from hearth.control.vms import VmService
-from hearth.errors import BodyTooLarge, EventsGone, HearthError, NotFound, NotLoggedIn
+from hearth.errors import BodyTooLarge, Conflict, EventsGone, HearthError, NotFound, NotLoggedIn
 from hearth.logging import get_logger
 from hearth.runs import RunEventType, run_command
 from hearth.runs.states import RunStatus
@@ -85,18 +93,19 @@ class RunService:
     async def start(self, vm_id: str, user_id: str | None, request: RunRequest) -> RunRecord:
         """Start the provider's CLI on ``prompt``; the run, ``running``.
 
-        Refused before anything starts: a prompt over the cap (413), a VM the caller may not
-        see (404) or that cannot run anything (409), a provider never delivered into it (409
-        ``not_logged_in``), the per-VM cap (429).
+        Refused before anything starts: a prompt over the cap (413), a timeout past
+        ``HEARTH_RUN_TIMEOUT_S`` (422), a VM the caller may not see (404) or that cannot run
+        anything (409; also while its agent is being updated), a provider never delivered into
+        it (409 ``not_logged_in``), the per-VM cap (429).
         """
         if len(request.prompt.encode("utf-8")) > self.settings.run_prompt_max_bytes:
             raise BodyTooLarge(
                 f"the prompt is larger than {self.settings.run_prompt_max_bytes} bytes "
                 "(HEARTH_RUN_PROMPT_MAX_BYTES)"
             )
+        timeout_s = self.limit.timeout_for(request.timeout_s)
         record = await self.execs.runnable(vm_id, user_id)
         await self._require_login(record, request.provider)
-        timeout_s = request.timeout_s or self.settings.run_timeout_s
         command = run_exec_request(request, timeout_s=timeout_s)
         run = await self.store.runs.insert(
             RunRecord(
@@ -109,7 +118,7 @@ class RunService:
             )
         )
         try:
-            started = await self.execs.start(vm_id, user_id, command)
+            started = await self.execs.start(vm_id, user_id, command, limit=self.limit)
         except BaseException:
             await self.store.runs.discard_starting(run.id)
             raise
@@ -143,6 +152,11 @@ class RunService:
         self._attach(run)
         return run
 
+    @property
+    def limit(self) -> TimeLimit:
+        """How long a run may take: its default and its most."""
+        return TimeLimit(self.settings.run_timeout_s, "HEARTH_RUN_TIMEOUT_S")
+
     async def _require_login(self, vm: VmRecord, provider: Provider) -> None:
         credential = await self.store.credentials.get(vm.user_id, provider.value)
         if credential is None or credential.delivered_to_vm_id != vm.id:
@@ -170,10 +184,23 @@ class RunService:
         except asyncio.CancelledError:
             raise
         except Exception:
+            # Hearth's own failure, not the CLI's: the run must not stay "running" with nobody
+            # reading it (its readers waiting, agent updates refused), nor its CLI run on.
             _log.exception("run_pump_crashed", run_id=pump.run.id)
+            await self._abandon(pump)
         finally:
             self._pumps.pop(pump.run.id, None)
             self._wake(pump.run.id)
+
+    async def _abandon(self, pump: RunPump) -> None:
+        try:
+            await pump.abandon(
+                "Hearth failed to read the CLI's output (an internal error, logged with the "
+                "run's id) and stopped the CLI"
+            )
+        except Exception:
+            _log.exception("run_abandon_failed", run_id=pump.run.id)
+        self._chore(self._signal_once_awake(pump.run, "SIGKILL"))
 
     def _wake(self, run_id: str) -> None:
         wakeup = self._wakeups.pop(run_id, None)
@@ -250,32 +277,64 @@ class RunService:
         return run
 
     async def _stop(self, run: RunRecord) -> None:
-        """SIGTERM to the run's CLI now, SIGKILL after the grace."""
-        await self._signal(run, "SIGTERM")
-        chore = asyncio.create_task(self._kill_after_grace(run))
-        self._chores.add(chore)
-        chore.add_done_callback(self._chores.discard)
-
-    async def _signal(self, run: RunRecord, signal: str) -> None:
+        """SIGTERM to the run's CLI now, SIGKILL after the grace. The cancel is use of the VM:
+        a sleeping one is resumed for it (autoResume); one whose autoResume is off is not, and
+        its CLI is stopped once it runs again."""
         assert run.exec_id is not None
         try:
-            await self.execs.kill(run.vm_id, None, run.exec_id, signal)
+            await self.execs.kill(run.vm_id, None, run.exec_id, "SIGTERM")
+        except Conflict as exc:
+            if await self._asleep(run.vm_id):
+                _log.info("run_cancel_deferred", run_id=run.id, vm_id=run.vm_id)
+                self._chore(self._stop_once_awake(run))
+                return
+            _log.info("run_signal_not_sent", run_id=run.id, signal="SIGTERM", error=exc.message)
         except HearthError as exc:
-            _log.info("run_signal_not_sent", run_id=run.id, signal=signal, error=exc.message)
+            _log.info("run_signal_not_sent", run_id=run.id, signal="SIGTERM", error=exc.message)
+        self._chore(self._kill_after_grace(run))
+
+    async def _asleep(self, vm_id: str) -> bool:
+        try:
+            return await self.execs.asleep(vm_id)
+        except HearthError:
+            return False
+
+    async def _stop_once_awake(self, run: RunRecord) -> None:
+        """``_stop`` without waking the VM: each signal waits for it to run."""
+        await self._signal_once_awake(run, "SIGTERM")
+        await self._kill_after_grace(run)
 
     async def _kill_after_grace(self, run: RunRecord) -> None:
         await asyncio.sleep(CANCEL_GRACE_S)
         if not (await self.store.runs.get(run.id)).is_terminal:
-            await self._signal(run, "SIGKILL")
+            await self._signal_once_awake(run, "SIGKILL")
+
+    async def _signal_once_awake(self, run: RunRecord, signal: str) -> None:
+        """Signal the run's CLI, once its VM runs (not woken for it); none once the VM ended."""
+        assert run.exec_id is not None
+        try:
+            await self.execs.kill_once_awake(run.vm_id, run.exec_id, signal)
+        except HearthError as exc:
+            _log.info("run_signal_not_sent", run_id=run.id, signal=signal, error=exc.message)
+
+    def _chore(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        """Run ``coroutine`` in the background (cancelled by ``shutdown``)."""
+        chore = asyncio.create_task(coroutine)
+        self._chores.add(chore)
+        chore.add_done_callback(self._chores.discard)
 
     # -- restarts -------------------------------------------------------------------------------
 
     async def recover(self) -> None:
-        """After a (re)start: read on every run still running; a run caught while starting
-        cannot be found again (its exec id was not stored) and fails saying so."""
+        """After a (re)start: read on every run still running, and stop again the CLI of one
+        cancelled (the last controller may have stopped before it could, or been waiting for
+        its VM to run again); a run caught while starting cannot be found again (its exec id
+        was not stored) and fails saying so."""
         for run in await self.store.runs.list(statuses=[RunStatus.RUNNING]):
             _log.info("run_reattached", run_id=run.id, vm_id=run.vm_id, cursor=run.exec_cursor)
             self._attach(run)
+            if run.cancel_requested:
+                self._chore(self._stop_once_awake(run))
         for run in await self.store.runs.list(statuses=[RunStatus.STARTING]):
             await self.store.runs.transition(
                 run.id,

@@ -73,12 +73,40 @@ class ClaudeStream(CliStream):
     def __init__(self) -> None:
         super().__init__()
         self._message_id: str | None = None  # the API message being streamed
-        # Per API message: what each content block (by index) streamed as text_deltas, and
-        # which of those an ``assistant`` line has already accounted for.
+        # Per API message: what each content block (by index) streamed as text_deltas, until an
+        # ``assistant`` line accounts for it, and which blocks one has accounted for.
         self._streamed: dict[str, dict[int, str]] = {}
         self._accounted: dict[str, set[int]] = {}
         self._tools: dict[str, str] = {}  # tool_use id → tool name
         self._refusal: Report | None = None  # the latest synthetic API-error message
+
+    def _own_checkpoint(self) -> dict[str, Any]:
+        return {
+            "messageId": self._message_id,
+            "streamed": {
+                message_id: [[index, text] for index, text in blocks.items()]
+                for message_id, blocks in self._streamed.items()
+            },
+            "accounted": {
+                message_id: sorted(indexes) for message_id, indexes in self._accounted.items()
+            },
+            "tools": self._tools,
+            "refusal": None if self._refusal is None else self._refusal.data(),
+        }
+
+    def _own_restore(self, state: dict[str, Any]) -> None:
+        message_id = state["messageId"]
+        self._message_id = None if message_id is None else str(message_id)
+        self._streamed = {
+            str(message_id): {int(index): str(text) for index, text in blocks}
+            for message_id, blocks in dict_of(state["streamed"]).items()
+        }
+        self._accounted = {
+            str(message_id): {int(index) for index in indexes}
+            for message_id, indexes in dict_of(state["accounted"]).items()
+        }
+        self._tools = {str(tool_id): str(name) for tool_id, name in state["tools"].items()}
+        self._refusal = Report.of(state["refusal"])
 
     def _on_event(self, event: dict[str, Any]) -> list[RunEvent]:
         self._saw_session(event.get("session_id"))
@@ -203,7 +231,8 @@ class ClaudeStream(CliStream):
         for index in sorted(streamed):
             if index not in accounted and text.startswith(streamed[index]):
                 accounted.add(index)
-                return text[len(streamed[index]) :]
+                # Never looked at again (a later delta of the block is accounted for too).
+                return text[len(streamed.pop(index)) :]
         return text
 
     def _user(self, event: dict[str, Any]) -> list[RunEvent]:

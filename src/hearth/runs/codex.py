@@ -24,6 +24,7 @@ Usage is the thread's: a resumed thread's ``turn.completed`` counts its earlier 
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from typing import Any
 
@@ -83,9 +84,26 @@ class CodexStream(CliStream):
 
     def __init__(self) -> None:
         super().__init__()
-        self._said: dict[str, str] = {}  # agent_message id → the text passed on so far
+        # agent_message id → the text passed on so far, as its length and digest: all that
+        # telling what is new needs, and small enough to checkpoint after every line.
+        self._said: dict[str, tuple[int, str]] = {}
         self._started: set[str] = set()  # tool items whose tool.started was emitted
         self._finished: set[str] = set()
+
+    def _own_checkpoint(self) -> dict[str, Any]:
+        return {
+            "said": {item_id: list(said) for item_id, said in self._said.items()},
+            "started": sorted(self._started),
+            "finished": sorted(self._finished),
+        }
+
+    def _own_restore(self, state: dict[str, Any]) -> None:
+        self._said = {
+            str(item_id): (int(length), str(digest))
+            for item_id, (length, digest) in state["said"].items()
+        }
+        self._started = {str(item_id) for item_id in state["started"]}
+        self._finished = {str(item_id) for item_id in state["finished"]}
 
     def _on_event(self, event: dict[str, Any]) -> list[RunEvent]:
         kind = event.get("type")
@@ -118,11 +136,11 @@ class CodexStream(CliStream):
             # Whole messages today; should a later codex update one as it grows, only what is
             # new is passed on.
             text = text_of(item.get("text"))
-            said = self._said.get(item_id, "")
-            if not text.startswith(said):
-                return []
-            self._said[item_id] = text
-            rest = text[len(said) :]
+            length, digest = self._said.get(item_id, (0, _digest("")))
+            if _digest(text[:length]) != digest:
+                return []  # not a continuation of what was passed on
+            self._said[item_id] = (len(text), _digest(text))
+            rest = text[length:]
             return [message_delta(rest)] if rest else []
         describe = _TOOLS.get(item_type)
         if describe is None or not item_id:
@@ -136,6 +154,10 @@ class CodexStream(CliStream):
             self._finished.add(item_id)
             events.append(_finished(item_id, name, item))
         return events
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", errors="surrogatepass")).hexdigest()
 
 
 def _finished(item_id: str, name: str, item: dict[str, Any]) -> RunEvent:

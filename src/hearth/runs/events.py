@@ -79,6 +79,15 @@ class StreamParser(Protocol):
         """The one terminal event, once the CLI has exited: ``run.completed`` or ``run.failed``."""
         ...
 
+    def checkpoint(self) -> dict[str, Any]:
+        """What the parser has learnt from the lines so far, as JSON data."""
+        ...
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Take back a ``checkpoint`` of a parser of the same CLI, as if this one had read its
+        lines (KeyError, TypeError or ValueError for data no checkpoint gives)."""
+        ...
+
 
 def message_delta(text: str) -> RunEvent:
     """The next piece of the assistant's text."""

@@ -55,6 +55,12 @@ class GeminiStream(CliStream):
         super().__init__()
         self._tools: dict[str, str] = {}  # tool_id → tool name
 
+    def _own_checkpoint(self) -> dict[str, Any]:
+        return {"tools": self._tools}
+
+    def _own_restore(self, state: dict[str, Any]) -> None:
+        self._tools = {str(tool_id): str(name) for tool_id, name in state["tools"].items()}
+
     def _on_event(self, event: dict[str, Any]) -> list[RunEvent]:
         kind = event.get("type")
         if kind == "init":

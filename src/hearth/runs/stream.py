@@ -11,11 +11,19 @@ what the CLI itself says about the end of the run (``_outcome``: its ``result`` 
    status the CLI gives a fixed meaning, the failure its stderr names; else ``cli_crashed``;
 3. the message is the CLI's own words (failure report, latest error, else stderr), prefixed
    with how the process ended when nothing named a cause; always scrubbed of secrets.
+
+What a parser has learnt from the lines so far (its outcome, the text it passed on, tool names)
+decides how it maps the next ones and how the run ends: ``checkpoint`` gives it as JSON data and
+``restore`` takes it back into a new parser of the same CLI, so that a restarted controller
+reads on as the stopped one would have. A subclass adds its own (``_own_checkpoint``,
+``_own_restore``); what it keeps is what it needs later, not every line it read.
+
+A line is decoded by the depth-limited decoder the agent uses (``hearth_agent.jsontext``): a line
+nested too deep for the interpreter is an unparsable line like any other (``raw``).
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -27,6 +35,7 @@ from hearth.runs.failures import (
     scrub,
     stderr_cause,
 )
+from hearth_agent.jsontext import JsonTextError, decode_json
 
 
 @dataclass(frozen=True)
@@ -36,6 +45,23 @@ class Report:
     ok: bool
     message: str = ""
     code: RunFailure | None = None  # when the CLI said it in a field rather than in words
+
+    def data(self) -> dict[str, Any]:
+        """The report as JSON data (``of`` reads it back)."""
+        return {"ok": self.ok, "message": self.message, "code": self.code}
+
+    @classmethod
+    def of(cls, data: object) -> Report | None:
+        """The report ``data`` gave, or None for none."""
+        if data is None:
+            return None
+        fields = dict_of(data)
+        code = fields["code"]
+        return cls(
+            ok=bool(fields["ok"]),
+            message=str(fields["message"]),
+            code=None if code is None else RunFailure(code),
+        )
 
 
 class CliStream:
@@ -57,8 +83,8 @@ class CliStream:
         if not text:
             return []
         try:
-            decoded = json.loads(text)
-        except ValueError:
+            decoded = decode_json(text.encode("utf-8", errors="surrogatepass"))
+        except JsonTextError:
             return [raw_line(line.rstrip("\r\n"))]
         if not isinstance(decoded, dict):
             return [raw_line(line.rstrip("\r\n"))]
@@ -96,6 +122,32 @@ class CliStream:
         elif not said:
             said = how
         return failed(code, scrub(readable(said)))
+
+    def checkpoint(self) -> dict[str, Any]:
+        """What this parser has learnt from the lines so far, as JSON data."""
+        return {
+            "sessionId": self.session_id,
+            "usage": self.usage,
+            "outcome": None if self._outcome is None else self._outcome.data(),
+            "lastError": None if self._last_error is None else self._last_error.data(),
+            **self._own_checkpoint(),
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Take back what ``checkpoint`` gave (KeyError, TypeError or ValueError for data it
+        could not have given)."""
+        session_id, usage = state["sessionId"], state["usage"]
+        self.session_id = None if session_id is None else str(session_id)
+        self.usage = None if usage is None else dict(usage)
+        self._outcome = Report.of(state["outcome"])
+        self._last_error = Report.of(state["lastError"])
+        self._own_restore(state)
+
+    def _own_checkpoint(self) -> dict[str, Any]:
+        return {}
+
+    def _own_restore(self, state: dict[str, Any]) -> None:
+        pass
 
     def _on_event(self, event: dict[str, Any]) -> list[RunEvent]:
         raise NotImplementedError

@@ -1,4 +1,10 @@
-"""Runs: their rows, lifecycle moves by compare-and-set, and their bounded event logs."""
+"""Runs: their rows, lifecycle moves by compare-and-set, and their bounded event logs.
+
+Beside a running run's events, ``run_events`` keeps its pump's checkpoint (what the CLI's
+stream parser has learnt, ``hearth.control.run_pump``) as the row numbered ``CHECKPOINT_SEQ``,
+below every event's id (from 1): never read, counted or forgotten as an event, written with the
+exec cursor it belongs to in one transaction, and gone once the run has ended.
+"""
 
 from __future__ import annotations
 
@@ -21,6 +27,9 @@ from hearth.store.repositories._base import (
     to_values,
 )
 from hearth.store.repositories._status import StatusRepository
+
+CHECKPOINT_SEQ = 0
+CHECKPOINT_TYPE = "checkpoint"
 
 UPDATABLE_FIELDS: dict[str, Coerce] = {
     "session_id": optional(as_str),
@@ -73,33 +82,58 @@ class RunRepo(
         *,
         exec_cursor: int,
         keep: int,
+        checkpoint: str | None = None,
         **fields: object,
     ) -> None:
-        """Store ``events`` (numbered on from the run's last), move its exec cursor, set
-        ``fields``, and forget all but the newest ``keep`` events: one transaction."""
+        """Store ``events`` (numbered on from the run's last), move its exec cursor, keep
+        ``checkpoint`` as the pump's state at that cursor (None: keep none), set ``fields``,
+        and forget all but the newest ``keep`` events: one transaction."""
         values = {"exec_cursor": exec_cursor, **fields}
         checked = check_fields(self._what, self._updatable, values)
         checked["updated_at"] = self._clock()
+        rows = [to_values(event) for event in events]
+        if checkpoint is not None:
+            saved = RunEventRecord(
+                run_id=run_id, seq=CHECKPOINT_SEQ, type=CHECKPOINT_TYPE, data=checkpoint
+            )
+            rows.append(to_values(saved))
         async with self._writes.begin() as conn:
             if events:
                 checked["last_event_id"] = events[-1].seq
-                await conn.execute(
-                    run_events_table.insert(), [to_values(event) for event in events]
+            await conn.execute(
+                delete(run_events_table).where(
+                    run_events_table.c.run_id == run_id,
+                    run_events_table.c.seq == CHECKPOINT_SEQ,
                 )
+            )
+            if rows:
+                await conn.execute(run_events_table.insert(), rows)
             await conn.execute(update(runs_table).where(runs_table.c.id == run_id).values(checked))
             if events and events[-1].seq > keep:
                 await conn.execute(
                     delete(run_events_table).where(
                         run_events_table.c.run_id == run_id,
+                        run_events_table.c.seq > CHECKPOINT_SEQ,
                         run_events_table.c.seq <= events[-1].seq - keep,
                     )
                 )
+
+    async def checkpoint(self, run_id: str) -> str | None:
+        """The pump's checkpoint kept with the run's exec cursor, if any."""
+        statement = select(run_events_table.c.data).where(
+            run_events_table.c.run_id == run_id, run_events_table.c.seq == CHECKPOINT_SEQ
+        )
+        row = await self._read_one(statement)
+        return None if row is None else str(row[0])
 
     async def events(self, run_id: str, *, after: int, limit: int = 500) -> list[RunEventRecord]:
         """The run's stored events with ids above ``after``, oldest first."""
         statement = (
             select(run_events_table)
-            .where(run_events_table.c.run_id == run_id, run_events_table.c.seq > after)
+            .where(
+                run_events_table.c.run_id == run_id,
+                run_events_table.c.seq > max(after, CHECKPOINT_SEQ),
+            )
             .order_by(run_events_table.c.seq)
             .limit(limit)
         )
@@ -111,7 +145,7 @@ class RunRepo(
         """The id of the oldest event still kept, or None."""
         statement = (
             select(run_events_table.c.seq)
-            .where(run_events_table.c.run_id == run_id)
+            .where(run_events_table.c.run_id == run_id, run_events_table.c.seq > CHECKPOINT_SEQ)
             .order_by(run_events_table.c.seq)
             .limit(1)
         )
