@@ -9,6 +9,7 @@ from contextlib import AbstractContextManager, contextmanager
 from typing import Protocol
 
 from rich.console import Console
+from rich.text import Text
 
 from hearth.logging import get_logger
 
@@ -36,12 +37,17 @@ class RichProgress:
         started = time.monotonic()
         label = f"{name} {detail}".strip()
         try:
-            with self._console.status(f"[bold]{label}[/bold] …"):
+            with self._console.status(Text.assemble((label, "bold"), " …")):
                 yield
         except BaseException:
-            self._console.print(f"[red]✗[/red] {label} ({time.monotonic() - started:.1f} s)")
+            self._console.print(self._ended("✗", "red", label, started))
             raise
-        self._console.print(f"[green]✓[/green] {label} ({time.monotonic() - started:.1f} s)")
+        self._console.print(self._ended("✓", "green", label, started))
+
+    @staticmethod
+    def _ended(mark: str, style: str, label: str, started: float) -> Text:
+        """The line a phase leaves: its mark, its label as it is (not markup), its duration."""
+        return Text.assemble((mark, style), f" {label} ({time.monotonic() - started:.1f} s)")
 
     def phase(self, name: str, detail: str = "") -> AbstractContextManager[None]:
         """Show a spinner while the phase runs, then a ticked line with its duration."""
@@ -49,7 +55,7 @@ class RichProgress:
 
     def note(self, message: str) -> None:
         """Print a dim line."""
-        self._console.print(f"[dim]{message}[/dim]")
+        self._console.print(Text(message, style="dim"))
 
 
 class LogProgress:

@@ -1,18 +1,22 @@
 """``hearth bench auth`` and ``restarts`` refuse, before starting anything, an image that is not
-built, naming the VM role and the command that builds it."""
+built, naming the VM role and the command that builds it; what the bench prints is text, never
+Rich markup."""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import pytest
 import typer
+from rich.console import Console
 from typer.testing import CliRunner
 
 from hearth.bench.cli import bench_app
 from hearth.config import Settings
 from hearth.images.build import default_output_dir
 from hearth.images.recipes import get_recipe
+from hearth.progress import RichProgress
 from tests.conftest import write_manifest
 
 
@@ -57,3 +61,27 @@ def test_a_login_bench_defaults_to_the_browser_image_under_the_state_dir(
     assert code == 1
     assert f"{default}holdsnobuiltimageforBrowserVMs" in output
     assert "hearthimagebuild--recipebrowser" in output
+
+
+def test_a_path_that_looks_like_markup_is_printed_as_it_is(tmp_path: Path) -> None:
+    # Rich would read "[b]" as a style and drop it from the error, naming another path.
+    empty = tmp_path / "[b]img"
+    empty.mkdir()
+
+    code, output = _bench(tmp_path, "auth", "--cli-image", str(empty))
+
+    assert code == 1
+    assert f"{empty}holdsnobuiltimageforCLIVMs" in output
+
+
+def test_a_phase_label_and_a_note_are_shown_as_they_are() -> None:
+    console = Console(file=io.StringIO(), width=200, force_terminal=False)
+    progress = RichProgress(console)
+
+    with progress.phase("copy", "/srv/[b]img/rootfs.ext4"):
+        pass
+    progress.note("wrote [red]x[/red] :smile:")
+
+    shown = console.file.getvalue()  # type: ignore[attr-defined]
+    assert "copy /srv/[b]img/rootfs.ext4 (" in shown
+    assert "wrote [red]x[/red]" in shown

@@ -22,6 +22,7 @@ from typing import Annotated, Any, NoReturn, TypedDict, TypeVar
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from hearth.bench.api import ApiBenchOptions, run_api_bench
 from hearth.bench.auth import AuthBenchOptions, run_auth_bench
@@ -68,8 +69,9 @@ bench_app = typer.Typer(
     no_args_is_help=True,
 )
 T = TypeVar("T")
-console = Console()
-err_console = Console(stderr=True)
+# What the bench prints (notes, error messages, machine details, paths) is text, never markup.
+console = Console(markup=False, emoji=False)
+err_console = Console(stderr=True, markup=False, emoji=False)
 
 
 JsonFile = Annotated[
@@ -162,7 +164,7 @@ def bench_api(
         )
         result = _run(run_api_bench(options, progress=default_progress("bench")))
     for note in result.notes:
-        console.print(f"[yellow]note[/yellow] {note}")
+        console.print(Text.assemble(("note", "yellow"), f" {note}"))
     _report(result, api_tables, api_document, json_file=json_file, command=command)
 
 
@@ -365,7 +367,7 @@ def _report(
     print_tables(console, tables(result))
     if json_file is not None:
         write_json(json_file, document(result, command=shlex.join(command)))
-        console.print(f"[dim]wrote {json_file}[/dim]")
+        console.print(Text(f"wrote {json_file}", style="dim"))
 
 
 def _run(bench: Coroutine[Any, Any, T]) -> T:
@@ -389,7 +391,9 @@ def _run(bench: Coroutine[Any, Any, T]) -> T:
     except HearthError as exc:
         _fail(exc)
     except asyncio.CancelledError:
-        err_console.print("[red]interrupted[/red]; what the bench started has been destroyed")
+        err_console.print(
+            Text.assemble(("interrupted", "red"), "; what the bench started has been destroyed")
+        )
         raise typer.Exit(130) from None
 
 
@@ -420,5 +424,5 @@ def _scratch_dir(given: Path | None) -> Iterator[Path]:
 
 
 def _fail(exc: HearthError) -> NoReturn:
-    err_console.print(f"[red]error[/red] ({exc.code}): {exc.message}")
+    err_console.print(Text.assemble(("error", "red"), f" ({exc.code}): {exc.message}"))
     raise typer.Exit(1)

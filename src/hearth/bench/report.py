@@ -10,6 +10,7 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from hearth.bench.api import ApiBenchResult
 from hearth.bench.baseline import HEALTH_POLL_INTERVAL_S
@@ -395,7 +396,7 @@ def targets_table(targets: list[Target]) -> Table:
         table.add_row(
             target.goal,
             target.measured,
-            "[green]met[/green]" if target.met else "[red]not met[/red]",
+            Text("met", style="green") if target.met else Text("not met", style="red"),
         )
     return table
 
