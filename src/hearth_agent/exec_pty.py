@@ -9,8 +9,9 @@ terminal's size (``TIOCSWINSZ``), on which the kernel sends ``SIGWINCH`` to the 
 foreground process group.
 
 ``Popen`` cannot make a terminal controlling (``preexec_fn`` is unsafe in the agent, which runs
-threads), so the command starts through a one-line trampoline in this interpreter that takes the
-terminal (``TIOCSCTTY``) and then ``exec``s the command in the same process.
+threads), so the command starts through ``child_exec``'s trampoline, which takes the terminal
+(``TIOCSCTTY``), undoes what this interpreter's start did to the process (SIGPIPE and SIGXFSZ
+ignored, LC_CTYPE coerced) and then ``exec``s the command in the same process.
 
 A shell on a terminal puts each job in a process group of its own, so ending the exec's group is
 not enough: ``signal_session`` signals the processes of the exec's session, which kill, timeout
@@ -26,7 +27,6 @@ import select
 import shutil
 import struct
 import subprocess
-import sys
 import termios
 import threading
 from collections.abc import Mapping, Sequence
@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from hearth_agent.child_exec import terminal_program_argv
 from hearth_agent.errors import InvalidInput, StdinClosed
 from hearth_agent.exec_events import EventLog, EventType, OutputDecoder
 from hearth_agent.exec_pump import PUMP_POLL_S, READ_CHUNK_BYTES, Drain
@@ -43,26 +44,6 @@ EOF_CHARACTER = b"\x04"  # a terminal's end of file (VEOF), unless the program c
 # Bytes after which the terminal's line buffer is empty (ICRNL makes a carriage return a newline).
 _LINE_ENDS = (b"\n", b"\r", EOF_CHARACTER)
 MAX_CELLS = 1000  # columns or rows; far beyond any screen, small enough for any terminal
-# Takes the terminal on its stdin as the controlling terminal of the session Popen made
-# (start_new_session), then becomes the command (argv[2:]). Before that it undoes what this
-# interpreter's start did to the process: SIGPIPE and SIGXFSZ ignored (an ignored signal stays
-# ignored across exec) and LC_CTYPE coerced to C.UTF-8 (argv[1] is "=" and the caller's value, or
-# "-" for none). A command that cannot be run ends it with 127, as in a shell.
-_ADOPT_TERMINAL = """\
-import fcntl, os, signal, sys, termios
-for number in (signal.SIGPIPE, signal.SIGXFSZ):
-    signal.signal(number, signal.SIG_DFL)
-if sys.argv[1].startswith("="):
-    os.environ["LC_CTYPE"] = sys.argv[1][1:]
-else:
-    os.environ.pop("LC_CTYPE", None)
-fcntl.ioctl(0, termios.TIOCSCTTY, 0)
-try:
-    os.execvp(sys.argv[2], sys.argv[2:])
-except OSError as exc:
-    os.write(2, f"{sys.argv[2]}: {exc.strerror}\\r\\n".encode(errors="replace"))
-    os._exit(127)
-"""
 # Passes over /proc when signalling a session: a process may fork while one pass runs.
 _SESSION_PASSES = 3
 
@@ -182,12 +163,11 @@ def spawn_on_pty(
     """
     env = {"TERM": TERM, **env}
     _check_program(cmd[0], cwd=cwd, path=env.get("PATH", os.defpath))
-    lc_ctype = "=" + env["LC_CTYPE"] if "LC_CTYPE" in env else "-"
     master, slave = os.openpty()
     try:
         _set_size(master, size)
         process = subprocess.Popen(
-            [sys.executable, "-I", "-S", "-c", _ADOPT_TERMINAL, lc_ctype, *cmd],
+            terminal_program_argv(cmd, env),
             stdin=slave,
             stdout=slave,
             stderr=slave,

@@ -5,8 +5,10 @@ here (see the runner contract in ``hearth_agent.login``):
 
 - The CLI runs under ``pty.fork`` in a private directory (0700) that is its ``HOME``, with a clean
   environment: ``CI`` and ``DEBIAN_FRONTEND=noninteractive`` would switch Gemini to a paste-the-code
-  flow. ``BROWSER`` points at a helper that appends the URL it is given to a file the runner
-  reads; the same helper is on ``PATH`` as ``xdg-open`` because Gemini ignores ``BROWSER``.
+  flow. It starts through ``child_exec``'s trampoline, so it gets default SIGPIPE and SIGXFSZ (not
+  the agent's ignored ones) and no LC_CTYPE but its recipe's. ``BROWSER`` points at a helper that
+  appends the URL it is given to a file the runner reads; the same helper is on ``PATH`` as
+  ``xdg-open`` because Gemini ignores ``BROWSER``.
 - Files the CLI needs before it shows a login (onboarding done, the folder trusted) are written
   up front from ``VendorLogin.prepare``.
 - The terminal output goes through ``terminal.Screen``; the prompts the CLI is known to show are
@@ -45,6 +47,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
+from hearth_agent.child_exec import terminal_program_argv
 from hearth_agent.errors import AgentError, InvalidInput
 from hearth_agent.log import JsonLogger
 from hearth_agent.login import LoginSession, proxy_field, timeout_field
@@ -245,11 +248,12 @@ class VendorLoginRunner:
             for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"):
                 env[name] = self._proxy
             env["NO_PROXY"] = env["no_proxy"] = "localhost,127.0.0.1,::1"
+        argv = terminal_program_argv(command, env)  # built here: the child only chdirs and execs
         pid, fd = pty.fork()
         if pid == 0:  # the child: become the CLI
             try:
                 os.chdir(work)
-                os.execvpe(command[0], list(command), env)  # noqa: S606 - a fixed command
+                os.execve(argv[0], argv, env)  # noqa: S606 - a fixed command
             finally:
                 os._exit(127)
         self._pid, self._fd = pid, fd
