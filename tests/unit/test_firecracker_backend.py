@@ -9,15 +9,21 @@ is exercised on real files and processes.
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import sys
+import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from hearth.errors import ConfigError, NotAnImage, ToolMissing, VmError
 from hearth.images.manifest import ImageDir
 from hearth.network.namespace import NetworkSlot, names_for
+from hearth.tools import run_tool
 from hearth.vm.accel import Accel
+from hearth.vm.firecracker import disks
 from hearth.vm.firecracker import network as fc_network
 from hearth.vm.firecracker.backend import FirecrackerBackend
 from hearth.vm.firecracker.disks import CowMechanism, create_cow_disk
@@ -253,3 +259,93 @@ async def test_teardown_after_a_restart_deletes_the_namespace_and_frees_the_slot
     assert deleted == [NetworkSlot(netns="hearth-5eed", host_veth="hv5eed", slot=slot)]
     assert pool.claims() == {}
     assert not workdir.exists()
+
+
+class HeldDevices:
+    """``run_tool`` for the disks: losetup runs for real (real loop devices); dmsetup, which
+    this kernel cannot serve, is played (its node a file in ``mapper``), and its ``create``
+    holds the worker thread until ``go`` is set. Every device step lands in ``events``."""
+
+    def __init__(self, events: list[str], mapper: Path) -> None:
+        self.events = events
+        self.mapper = mapper
+        self.creating = threading.Event()
+        self.go = threading.Event()
+        self.loops: list[str] = []
+
+    def run(self, args: Sequence[str | Path], **options: Any) -> subprocess.CompletedProcess[bytes]:
+        argv = [str(a) for a in args]
+        if argv[0] == "dmsetup":
+            self.events.append(f"dm {argv[1]} {argv[-1] if argv[1] == 'remove' else argv[2]}")
+            if argv[1] == "create":
+                self.creating.set()
+                self.go.wait(10)
+                (self.mapper / argv[2]).touch()
+            else:
+                (self.mapper / argv[-1]).unlink()
+            return subprocess.CompletedProcess(argv, 0, b"", b"")
+        result = run_tool(args, **options)
+        if argv[:3] == ["losetup", "--find", "--show"]:
+            self.loops.append(result.stdout.decode().strip())
+            self.events.append(f"attach {self.loops[-1]}")
+        elif argv[:2] == ["losetup", "-d"]:
+            self.events.append(f"detach {argv[2]}")
+        return result
+
+
+def backing_file(loop: str) -> Path:
+    """Where the kernel says what a loop device is attached to (absent once detached)."""
+    return Path("/sys/block") / Path(loop).name / "loop" / "backing_file"
+
+
+@pytest.fixture
+def held_devices(
+    tmp_path: Path, networks: RecordingNetworks, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[HeldDevices]:
+    """The dm-snapshot mechanism with real loop devices and a played device-mapper; whatever
+    loop device a failing test leaves is detached afterwards."""
+    probe = subprocess.run(["losetup", "--find"], capture_output=True, check=False)
+    if probe.returncode != 0:
+        pytest.skip("needs root and a free loop device")
+    devices = HeldDevices(networks.events, tmp_path / "mapper")
+    devices.mapper.mkdir()
+    monkeypatch.setattr(disks, "MAPPER_DIR", devices.mapper)
+    monkeypatch.setattr(disks, "dm_snapshot_unavailable", lambda: None)
+    monkeypatch.setattr(disks, "run_tool", devices.run)
+    yield devices
+    devices.go.set()
+    for loop in devices.loops:
+        if backing_file(loop).exists() and str(tmp_path) in backing_file(loop).read_text():
+            subprocess.run(["losetup", "-d", loop], capture_output=True, check=False)
+
+
+async def test_a_create_cancelled_during_disk_setup_removes_the_devices_it_made(
+    tmp_path: Path, binary: Path, networks: RecordingNetworks, held_devices: HeldDevices
+) -> None:
+    """The thread cannot be stopped: the cancel waits for it, then the dm device and both loop
+    devices it made go (newest first, before the network), and the cancel still propagates."""
+    backend = FirecrackerBackend(
+        state_dir=tmp_path / "state", networks=networks, firecracker=str(binary),
+        accel=Accel("kvm", "test"), cow=CowMechanism.DM_SNAPSHOT, use_templates=False,
+    )  # fmt: skip
+    image = ImageDir(tmp_path / "image")
+    image.path.mkdir()
+    image.vmlinux.write_bytes(b"K")
+    image.rootfs.write_bytes(b"G" * 1024 * 1024)
+    spec = VmSpec(network=NetworkMode.NETNS)
+    creating = asyncio.create_task(backend.create(image, spec, vm_id=VM_ID))
+    assert await asyncio.to_thread(held_devices.creating.wait, 10)
+    creating.cancel()
+    await asyncio.wait([creating], timeout=0.2)  # the old code ended here, the thread still held
+    held_devices.go.set()
+    with pytest.raises(asyncio.CancelledError):
+        await creating
+    origin, cow = held_devices.loops
+    assert networks.events == [
+        f"acquire {VM_ID}", f"attach {origin}", f"attach {cow}", f"dm create hearth-{VM_ID}",
+        f"dm remove hearth-{VM_ID}", f"detach {cow}", f"detach {origin}", "release hearth-5eed",
+    ]  # fmt: skip
+    assert not backing_file(origin).exists()
+    assert not backing_file(cow).exists()
+    assert list(held_devices.mapper.iterdir()) == []
+    assert not (backend.vms_dir / VM_ID).exists()

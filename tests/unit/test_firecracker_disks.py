@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator
+import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from hearth.errors import VmError
+from hearth.tools import run_tool
+from hearth.vm.firecracker import disks
 from hearth.vm.firecracker.disks import (
     CowDisk,
     CowMechanism,
@@ -18,6 +23,7 @@ from hearth.vm.firecracker.disks import (
     create_cow_disk,
     dm_snapshot_unavailable,
     freeze_cow_disk,
+    freeze_cow_disk_in_thread,
     remove_cow_disk,
 )
 
@@ -66,6 +72,39 @@ def test_freezing_a_copy_makes_a_read_only_template_layer(base: Path, tmp_path: 
     assert frozen.read_bytes() == base.read_bytes()
     assert frozen.stat().st_mode & 0o777 == 0o444
     assert not disk.cow_file.exists()
+
+
+async def test_a_cancelled_freeze_ends_only_after_its_copy(
+    base: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The teardown that follows a cancelled template build removes the dm device the copy
+    reads (here a plain file stands in for it): the cancel must not return before the copy."""
+    go, copying, copied = threading.Event(), threading.Event(), threading.Event()
+
+    def held_copy(args: Sequence[str | Path], **options: Any) -> subprocess.CompletedProcess[bytes]:
+        copying.set()
+        go.wait(10)
+        result = run_tool(args, **options)
+        copied.set()
+        return result
+
+    monkeypatch.setattr(disks, "run_tool", held_copy)
+    disk = CowDisk(
+        mechanism=CowMechanism.DM_SNAPSHOT, base=base, device=base, cow_file=tmp_path / "disk.cow",
+        dm_name="hearth-vm-1",
+    )  # fmt: skip
+    dest = tmp_path / "disk.ext4"
+    freezing = asyncio.create_task(freeze_cow_disk_in_thread(disk, dest))
+    assert await asyncio.to_thread(copying.wait, 10)
+    copy_ended_first: list[bool] = []
+    freezing.add_done_callback(lambda _task: copy_ended_first.append(copied.is_set()))
+    freezing.cancel()
+    await asyncio.wait([freezing], timeout=0.2)  # the old code ended here, the copy still held
+    go.set()
+    with pytest.raises(asyncio.CancelledError):
+        await freezing
+    assert copy_ended_first == [True]
+    assert dest.read_bytes() == base.read_bytes()
 
 
 def test_the_record_form_round_trips(tmp_path: Path) -> None:

@@ -10,8 +10,8 @@ jail, network, work directory — collecting errors instead of stopping at the f
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
+import functools
 import os
 import platform
 import shutil
@@ -173,7 +173,8 @@ class FirecrackerBackend(BackendLifecycle[FcTemplate]):
 
     async def _template_for(self, image: ImageDir, spec: VmSpec) -> FcTemplate:
         guest = FirecrackerNetwork(netns="-", agent_host="-")
-        key = template_key(
+        key_of = functools.partial(
+            template_key,
             image,
             spec,
             firecracker=self.binary,
@@ -185,8 +186,7 @@ class FirecrackerBackend(BackendLifecycle[FcTemplate]):
         async def build(directory: Path) -> dict[str, Any]:
             return await self._build_template(image, spec, directory)
 
-        origin = f"{image.path.resolve()}:{spec.size_key}"
-        return await self._ensure_template(key, origin=origin, build=build, spec=spec)
+        return await self._ensure_template(key_of, image=image, build=build, spec=spec)
 
     async def _build_template(
         self, image: ImageDir, spec: VmSpec, directory: Path
@@ -206,7 +206,7 @@ class FirecrackerBackend(BackendLifecycle[FcTemplate]):
             disk = record.get_disk()
             if disk is None:
                 raise SnapshotError(f"template VM {vm_id} has no disk record")
-            await asyncio.to_thread(disks.freeze_cow_disk, disk, directory / "disk.ext4")
+            await disks.freeze_cow_disk_in_thread(disk, directory / "disk.ext4")
             for name in ("vmstate", "memory"):
                 shutil.move(root / name, directory / name)
         finally:
@@ -247,8 +247,7 @@ class FirecrackerBackend(BackendLifecycle[FcTemplate]):
             if template is not None and network.guest_identity != GUEST_IDENTITY:
                 raise SnapshotError(f"VM {vm_id}: its guest network differs from the template's")
             root.path.mkdir(mode=0o700, parents=True, exist_ok=True)
-            disk = await asyncio.to_thread(
-                disks.create_cow_disk,
+            disk = await disks.create_cow_disk_in_thread(
                 template.disk if template else image.rootfs,
                 workdir=files.workdir,
                 name=vm_id,

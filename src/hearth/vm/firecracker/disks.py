@@ -17,22 +17,35 @@ kernel has no device-mapper driver).
 
 Either way the base is never written: the golden image is only opened read-only (loop) or read
 (copy), and template disks are frozen with mode 0444.
+
+The backend runs setup and freezing in a worker thread (``create_cow_disk_in_thread``,
+``freeze_cow_disk_in_thread``). A thread cannot be interrupted, so a cancelled caller waits for
+it: otherwise teardown would run while the thread still attaches (or reads) devices, and a loop
+or dm device made after it would be left to nobody.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from hearth.errors import VmError
+from hearth.logging import get_logger
 from hearth.tools import run_tool
+
+_T = TypeVar("_T")
 
 _CHUNK_SECTORS = 8  # 4 KiB copy-on-write chunks
 _PROC_MISC = Path("/proc/misc")
+MAPPER_DIR = Path("/dev/mapper")  # where device-mapper's nodes appear
+_log = get_logger("vm.firecracker.disks")
 
 
 class CowMechanism(StrEnum):
@@ -138,7 +151,7 @@ def create_cow_disk(base: Path, *, workdir: Path, name: str, mechanism: CowMecha
         return CowDisk(
             mechanism=mechanism,
             base=base,
-            device=Path("/dev/mapper") / dm_name,
+            device=MAPPER_DIR / dm_name,
             cow_file=cow_file,
             dm_name=dm_name,
             loops=tuple(loops),
@@ -163,6 +176,23 @@ def create_cow_disk(base: Path, *, workdir: Path, name: str, mechanism: CowMecha
     return disk()
 
 
+async def create_cow_disk_in_thread(
+    base: Path, *, workdir: Path, name: str, mechanism: CowMechanism
+) -> CowDisk:
+    """``create_cow_disk`` in a worker thread; if the caller is cancelled meanwhile, the thread
+    is waited for and the disk it made removed before the cancel propagates."""
+    create = functools.partial(
+        create_cow_disk, base, workdir=workdir, name=name, mechanism=mechanism
+    )
+    return await _through_cancel(create, undo=_remove_left_behind)
+
+
+async def freeze_cow_disk_in_thread(disk: CowDisk, dest: Path) -> None:
+    """``freeze_cow_disk`` in a worker thread; a cancel waits for the copy to end, so teardown
+    never removes the devices it still reads."""
+    await _through_cancel(functools.partial(freeze_cow_disk, disk, dest))
+
+
 def freeze_cow_disk(disk: CowDisk, dest: Path) -> None:
     """Turn a stopped VM's disk into a standalone read-only file at ``dest`` (a template layer)."""
     if disk.mechanism is CowMechanism.REFLINK_COPY:
@@ -178,7 +208,7 @@ def remove_cow_disk(disk: CowDisk) -> list[str]:
     Returns what could not be removed rather than stopping at the first failure.
     """
     errors: list[str] = []
-    if disk.dm_name and (Path("/dev/mapper") / disk.dm_name).exists():
+    if disk.dm_name and (MAPPER_DIR / disk.dm_name).exists():
         try:
             run_tool(
                 ["dmsetup", "remove", "--retry", disk.dm_name],
@@ -202,6 +232,29 @@ def remove_cow_disk(disk: CowDisk) -> list[str]:
     except OSError as exc:
         errors.append(f"remove {disk.cow_file}: {exc.strerror}")
     return errors
+
+
+async def _through_cancel(
+    work: Callable[[], _T], *, undo: Callable[[_T], None] | None = None
+) -> _T:
+    """``work()`` in a worker thread. A cancel lets the thread end (it cannot be interrupted),
+    runs ``undo`` on what it returned (its own failures clean up after themselves), and then
+    propagates."""
+    running = asyncio.ensure_future(asyncio.to_thread(work))
+    try:
+        return await asyncio.shield(running)
+    except asyncio.CancelledError:
+        await asyncio.wait([running])
+        if undo is not None and not running.cancelled() and running.exception() is None:
+            await asyncio.to_thread(undo, running.result())
+        raise
+
+
+def _remove_left_behind(disk: CowDisk) -> None:
+    """Remove a disk nobody will record; what cannot be removed is logged, not raised."""
+    errors = remove_cow_disk(disk)
+    if errors:
+        _log.warning("cow_disk_left_behind", device=str(disk.device), errors=errors)
 
 
 def _attach_loop(path: Path, *, read_only: bool) -> str:
