@@ -267,3 +267,29 @@ async def test_abandoned_builds_are_the_staging_dirs_of_dead_builders_only(
         await building
     # Once the live builder is gone too, its staging dir is abandoned as well.
     assert store.abandoned_builds() == [dead_staging, live_staging]
+
+
+async def test_a_template_being_restored_from_outlives_a_newer_one_of_its_origin(
+    store_class: type[Store], tmp_path: Path
+) -> None:
+    # The newer template is built by another process (``hearth image build`` beside the
+    # controller): a second store on the same root.
+    restoring, building = store_class(tmp_path), store_class(tmp_path)
+    old, _ = await restoring.ensure("aaaa", origin="img:small", build=Builds(store_class))
+    with restoring.in_use(old):
+        new, _ = await building.ensure("bbbb", origin="img:small", build=Builds(store_class))
+        assert restoring.lookup(old.key) == old  # its files are still there to be opened
+    assert building.lookup(new.key) == new
+    # Once nothing restores from it, the next template of its origin removes it.
+    newest, _ = await building.ensure("cccc", origin="img:small", build=Builds(store_class))
+    assert _leftovers(tmp_path) == [newest.key]
+
+
+async def test_a_template_removed_before_its_restore_cannot_be_used(
+    store_class: type[Store], tmp_path: Path
+) -> None:
+    store = store_class(tmp_path)
+    old, _ = await store.ensure("aaaa", origin="img:small", build=Builds(store_class))
+    await store.ensure("bbbb", origin="img:small", build=Builds(store_class))
+    with pytest.raises(SnapshotError, match="removed"), store.in_use(old):
+        pass

@@ -8,6 +8,7 @@ links the cached files into the output directory.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -33,7 +34,7 @@ from hearth.images.manifest import (
 )
 from hearth.images.recipes import Recipe
 from hearth.images.rootfs import ensure_rootfs, rootfs_key
-from hearth.images.staging import staged_dir
+from hearth.images.staging import exclusive_builds, staged_dir
 from hearth.images.vendor import (
     ensure_vendor_tree,
     merge_trees,
@@ -47,6 +48,8 @@ from hearth.tools import run_tool
 IMAGE_FORMAT = 1
 # Older builds of a recipe kept in the cache (besides the newest), for quick switches back.
 _CACHED_IMAGES_KEPT = 2
+# The cache dir's parts that builds stage directories in (kernel, rootfs, vendor, images).
+_STAGED_PARTS = ("kernel", "rootfs", "vendor", "images")
 
 
 def default_output_dir(settings: Settings, recipe: Recipe) -> Path:
@@ -57,8 +60,43 @@ def default_output_dir(settings: Settings, recipe: Recipe) -> Path:
 def build_image(
     recipe: Recipe, *, settings: Settings, out_dir: Path, progress: Progress
 ) -> tuple[ImageManifest, bool]:
-    """Build (or reuse) ``recipe``'s image into ``out_dir``; returns (manifest, was it cached)."""
+    """Build (or reuse) ``recipe``'s image into ``out_dir``; returns (manifest, was it cached).
+
+    Builds sharing a cache dir run one at a time: two at once would each replace the caches
+    (kernel, rootfs tree, image) the other is reading. The second then reuses what the first
+    made."""
     mirror = settings.resolve_debian_mirror()
+    cache = settings.cache_dir
+
+    def waiting() -> None:
+        progress.note(
+            f"another image build is running on {cache}; waiting for it to end "
+            "(what it builds is then reused)"
+        )
+
+    try:
+        with exclusive_builds(
+            cache, staging_parents=[cache / part for part in _STAGED_PARTS], on_wait=waiting
+        ):
+            return _build_or_reuse(
+                recipe, settings=settings, mirror=mirror, out_dir=out_dir, progress=progress
+            )
+    except OSError as exc:  # what was staged is gone already; say what to do
+        where = f" ({exc.filename})" if exc.filename else ""
+        then = (
+            f"free space in {cache} and {out_dir.parent}, then"
+            if exc.errno == errno.ENOSPC
+            else "once that is fixed,"
+        )
+        raise BuildFailed(
+            f"image build failed: {exc.strerror or exc}{where}; {then} run "
+            f"hearth image build --recipe {recipe.name} again"
+        ) from exc
+
+
+def _build_or_reuse(
+    recipe: Recipe, *, settings: Settings, mirror: str, out_dir: Path, progress: Progress
+) -> tuple[ImageManifest, bool]:
     payload = build_payload()
     with progress.phase("kernel", "(linux-image-cloud-amd64)"):
         kernel = fetch_kernel(settings.cache_dir)

@@ -86,7 +86,8 @@ class BackendLifecycle(ABC, Generic[TemplateT]):
             template: TemplateT | None = None
             try:
                 template = await self._template_for(image, spec)
-                return await self._start(vm_id, image, spec, template=template, claim=claim)
+                with self.templates.in_use(template):  # not pruned under a starting restore
+                    return await self._start(vm_id, image, spec, template=template, claim=claim)
             except HearthError as exc:
                 _log.warning(
                     "restore_failed_cold_boot_instead",
@@ -203,11 +204,18 @@ class BackendLifecycle(ABC, Generic[TemplateT]):
     # ---- helpers for the subclasses --------------------------------------------------------
 
     async def _ensure_template(
-        self, key: str, *, origin: str, build: TemplateBuilder, spec: VmSpec
+        self, key_of: Callable[[], str], *, image: ImageDir, build: TemplateBuilder, spec: VmSpec
     ) -> TemplateT:
+        """The template under ``key_of()`` (built by ``build`` if there is none); SnapshotError
+        when the key changed meanwhile (the image was replaced during the build: the template
+        is of the old one, and its disk layer would corrupt the new one's)."""
+        key = key_of()
+        origin = f"{image.path.resolve()}:{spec.size_key}:{spec.network.value}"
         template, built = await self.templates.ensure(key, origin=origin, build=build)
         if built:
             _log.info("template_ready", key=key, size=spec.size_key, backend=self.name)
+        if key_of() != key:
+            raise SnapshotError(f"{image.path} changed while its template was being built")
         return template
 
     async def _until_ready(

@@ -5,8 +5,11 @@ from, ``template.json`` (key, origin, build time and whatever the build reported
 ``COMPLETE`` marker. A build runs in a staging dir ``.<key>-*`` under an asyncio lock (one
 build per key in this process) and an fcntl lock on ``.<key>.lock`` (one across processes); the
 staging dir is renamed into place only once complete, so a half-built template is never seen.
-A new template of an origin (image + size) replaces the older ones of that origin. Each backend
-subclasses ``SnapshotTemplate`` to name its files and ``SnapshotTemplateStore`` to pick it.
+A new template of an origin (image + size) replaces the older ones of that origin, except one
+a VM is being restored from (``in_use``: a shared fcntl lock on ``.<key>.use`` from before the
+VMM opens its files until the VM is up): its removal waits for the next template of its origin.
+Each backend subclasses ``SnapshotTemplate`` to name its files and ``SnapshotTemplateStore`` to
+pick it.
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ import json
 import shutil
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar, overload
@@ -160,6 +164,22 @@ class SnapshotTemplateStore(Generic[TemplateT]):
             found.append((staging, False))
         return found
 
+    @contextmanager
+    def in_use(self, template: TemplateT) -> Iterator[None]:
+        """Keep ``template`` from being pruned while a VM is restored from it (across processes
+        too); SnapshotError when it is gone or going already (the caller boots cold)."""
+        with self._use_path(template.key).open("a") as use:
+            try:
+                fcntl.flock(use, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise SnapshotError(f"template {template.key} is being removed") from None
+            try:
+                if not template.is_complete():
+                    raise SnapshotError(f"template {template.key} was removed before its restore")
+                yield
+            finally:
+                fcntl.flock(use, fcntl.LOCK_UN)
+
     def discard(self, template: TemplateT) -> None:
         """Remove a template (e.g. one that failed to restore) so the next create rebuilds it."""
         shutil.rmtree(template.directory, ignore_errors=True)
@@ -167,6 +187,9 @@ class SnapshotTemplateStore(Generic[TemplateT]):
 
     def _lock_path(self, key: str) -> Path:
         return self.root / f".{key}.lock"
+
+    def _use_path(self, key: str) -> Path:
+        return self.root / f".{key}.use"
 
     async def _build(self, key: str, *, origin: str, build: TemplateBuilder) -> TemplateT:
         """Build into a staging dir, freeze and describe it, then rename it into place."""
@@ -202,6 +225,21 @@ class SnapshotTemplateStore(Generic[TemplateT]):
             except (OSError, ValueError):
                 continue
             if meta.get("origin") == origin:
-                # Running clones keep their files open; removal only drops the names.
+                self._remove_unused(directory)
+
+    def _remove_unused(self, directory: Path) -> None:
+        """Remove a template unless a VM is being restored from it. Running clones keep its
+        files open (or pinned), so removal only drops the names; a restore still starting
+        opens them by name."""
+        with self._use_path(directory.name).open("a") as use:
+            try:
+                fcntl.flock(use, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                _log.info("template_prune_deferred", key=directory.name, reason="restoring")
+                return
+            try:
                 shutil.rmtree(directory, ignore_errors=True)
-                _log.info("template_pruned", key=directory.name)
+            finally:
+                fcntl.flock(use, fcntl.LOCK_UN)
+        self._use_path(directory.name).unlink(missing_ok=True)
+        _log.info("template_pruned", key=directory.name)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import shlex
 import shutil
@@ -116,13 +117,11 @@ class QemuBackend(BackendLifecycle[Template]):
         return host_leftovers((self.vms_dir, self.templates.root), self.run_dir, self.networks)
 
     async def _template_for(self, image: ImageDir, spec: VmSpec) -> Template:
-        key = template_key(image, spec, self.accel)
-
         async def build(directory: Path) -> None:
             await self._build_template(image, spec, directory)
 
-        origin = f"{image.path.resolve()}:{spec.size_key}:{spec.network.value}"
-        return await self._ensure_template(key, origin=origin, build=build, spec=spec)
+        key_of = functools.partial(template_key, image, spec, self.accel)
+        return await self._ensure_template(key_of, image=image, build=build, spec=spec)
 
     async def _build_template(self, image: ImageDir, spec: VmSpec, directory: Path) -> None:
         """Boot a VM into ``directory``, wait healthy (unclaimed), save disk and memory state."""
