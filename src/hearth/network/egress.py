@@ -28,6 +28,14 @@ in the VM use that address as their HTTPS proxy. What the proxy does with each c
   destination is dialled as given, private or not: pinning it is the operator's explicit choice.
 * Upstream failures are told apart: a name that does not resolve or a refused connection gets
   502, a resolve or connect that misses its deadline gets 504.
+* A tunnel to a name (not an IP literal) whose first bytes open a TLS handshake must send a
+  ClientHello asking for that very name (:mod:`hearth.network.client_hello`): one address of a
+  CDN or a cloud front end serves many sites, chosen by that name, so an allowlisted name must
+  not carry a handshake for another site (domain fronting). A ClientHello with another name,
+  none, a malformed one, or one that does not arrive within the request timeout cuts the tunnel
+  before a byte of it reaches the upstream (``denied_server_name``). Other protocols pass as
+  they are; so do tunnels to IP literals. What the TLS session carries (an HTTP Host header)
+  the proxy cannot see.
 * After ``200 Connection established`` the proxy pipes bytes both ways (half-close passed on)
   until both sides have closed, either side resets, or no byte moved for the idle timeout
   (:mod:`hearth.network.tunnel`).
@@ -43,7 +51,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
-import re
 import socket
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -59,11 +66,11 @@ from hearth.network.allowlist import (
     DEFAULT_PORT,
     AllowRule,
     ip_literal,
-    normalise_host,
     parse_ip_port,
     parse_pin_key,
-    split_host_port,
 )
+from hearth.network.client_hello import server_name_check
+from hearth.network.connect_head import MAX_HEAD_BYTES, BadHead, parse_connect, read_head
 from hearth.network.tunnel import CHUNK, CLOSE_GRACE, TunnelPipe, close_stream
 
 # Callers import these from here; they live with the concept they belong to.
@@ -83,12 +90,7 @@ __all__ = [
 # Answers the addresses (IP literals, in preference order) of a host name; may raise OSError.
 Resolver = Callable[[str, int], Awaitable[Sequence[str]]]
 
-MAX_HEAD_BYTES = 8 * 1024
 _LINGER_BYTES = 64 * 1024  # unread request bytes swallowed after a refusal, so no RST eats it
-# Methods of a well-formed request we refuse with 405 rather than 400.
-_HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "TRACE", "PATCH"})
-_VERSION = re.compile(r"HTTP/1\.[01]")
-_HEADER_LINE = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+:[^\r\n]*")
 
 _log = get_logger("network.egress")
 
@@ -99,19 +101,29 @@ class EgressOutcome(StrEnum):
     TUNNELED = "tunneled"  # 200 sent; bytes piped until the tunnel closed
     DENIED_HOST = "denied_host"  # 403: host:port is not on the allowlist
     DENIED_ADDRESS = "denied_address"  # 403: the target resolved to a non-public address
+    # After the 200 (also counted as tunneled): the tunnel's TLS ClientHello asked for another
+    # name than the CONNECT target, none, or was malformed; cut before it reached the upstream.
+    DENIED_SERVER_NAME = "denied_server_name"
     METHOD_NOT_ALLOWED = "method_not_allowed"  # 405: plain-HTTP proxying (GET http://...)
     BAD_REQUEST = "bad_request"  # 400: malformed request line or headers, or head too large
     CLIENT_TIMEOUT = "client_timeout"  # 408: the request head did not arrive in time
     UPSTREAM_FAILED = "upstream_failed"  # 502: the name did not resolve or the connect failed
     UPSTREAM_TIMEOUT = "upstream_timeout"  # 504: resolve + connect missed the deadline
-    OVERLOADED = "overloaded"  # 503: the proxy already holds max_connections
+    # 503: the proxy already holds max_connections; past twice that, reset without an answer
+    OVERLOADED = "overloaded"
+
+
+# Refusals of what the policy forbids: logged as warnings (``egress_denied``).
+_DENIALS = frozenset(
+    {EgressOutcome.DENIED_HOST, EgressOutcome.DENIED_ADDRESS, EgressOutcome.DENIED_SERVER_NAME}
+)
 
 
 @dataclass(frozen=True)
 class EgressTimeouts:
     """The proxy's deadlines, in seconds."""
 
-    request: float = 10.0  # for the client's whole request head to arrive
+    request: float = 10.0  # for the client's whole request head (and ClientHello) to arrive
     connect: float = 10.0  # to resolve the name and connect upstream, together
     idle: float = 300.0  # a tunnel where no byte moved either way for this long is closed
 
@@ -245,15 +257,28 @@ class EgressProxy(Closing):
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if len(self._connections) > self._max_connections:
             overloaded = _Refusal(503, EgressOutcome.OVERLOADED, "too many connections")
-            await self._refuse(reader, writer, overloaded)
+            if len(self._connections) > 2 * self._max_connections:
+                # A 503 takes a while (its linger): past as many of them as the limit, a flood is
+                # reset at once, unlogged, so a guest cannot pile up the controller's descriptors.
+                self._count_refusal(overloaded, log=False)
+                writer.transport.abort()
+            else:
+                await self._refuse(reader, writer, overloaded)
             return
         try:
             try:
                 async with asyncio.timeout(self._timeouts.request):
-                    head, early = await _read_head(reader)
+                    head, early = await read_head(reader)
+                host, port = parse_connect(head)
             except TimeoutError as exc:
                 raise _Refusal(408, EgressOutcome.CLIENT_TIMEOUT, "request timed out") from exc
-            host, port = _parse_connect(head)
+            except BadHead as exc:
+                bad = (
+                    EgressOutcome.METHOD_NOT_ALLOWED
+                    if exc.status == 405
+                    else EgressOutcome.BAD_REQUEST
+                )
+                raise _Refusal(exc.status, bad, exc.reason) from exc
             if not self.allows(host, port):
                 raise _Refusal(
                     403, EgressOutcome.DENIED_HOST, "destination not allowed", host, port
@@ -324,24 +349,7 @@ class EgressProxy(Closing):
     async def _refuse(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, refusal: _Refusal
     ) -> None:
-        self._metrics.egress_requests.labels(outcome=refusal.outcome.value).inc()
-        self.traffic.refused += 1
-        if refusal.outcome in (EgressOutcome.DENIED_HOST, EgressOutcome.DENIED_ADDRESS):
-            self._log.warning(
-                "egress_denied",
-                host=refusal.host,
-                port=refusal.port,
-                outcome=refusal.outcome.value,
-            )
-        else:
-            self._log.info(
-                "egress_refused",
-                status=refusal.status,
-                outcome=refusal.outcome.value,
-                reason=refusal.reason,
-                host=refusal.host,
-                port=refusal.port,
-            )
+        self._count_refusal(refusal)
         body = f"{refusal.status} {HTTPStatus(refusal.status).phrase}: {refusal.reason}\n".encode()
         allow = "Allow: CONNECT\r\n" if refusal.status == 405 else ""
         writer.write(
@@ -361,6 +369,29 @@ class EgressProxy(Closing):
                 while swallowed < _LINGER_BYTES and (chunk := await reader.read(CHUNK)):
                     swallowed += len(chunk)
 
+    def _count_refusal(self, refusal: _Refusal, *, log: bool = True) -> None:
+        """Count a refused request (metric, traffic) and log it, a denial as a warning."""
+        self._metrics.egress_requests.labels(outcome=refusal.outcome.value).inc()
+        self.traffic.refused += 1
+        if not log:
+            return
+        if refusal.outcome in _DENIALS:
+            self._log.warning(
+                "egress_denied",
+                host=refusal.host,
+                port=refusal.port,
+                outcome=refusal.outcome.value,
+            )
+        else:
+            self._log.info(
+                "egress_refused",
+                status=refusal.status,
+                outcome=refusal.outcome.value,
+                reason=refusal.reason,
+                host=refusal.host,
+                port=refusal.port,
+            )
+
     async def _tunnel(
         self,
         host: str,
@@ -372,23 +403,32 @@ class EgressProxy(Closing):
     ) -> None:
         loop = asyncio.get_running_loop()
         client[1].write(b"HTTP/1.1 200 Connection established\r\n\r\n")
-        if early:
-            upstream[1].write(early)
         self._metrics.egress_requests.labels(outcome=EgressOutcome.TUNNELED.value).inc()
         self._metrics.egress_tunnels_open.inc()
         self.traffic.tunnels += 1
         self._log.info("egress_tunnel_opened", host=host, port=port, address=str(address))
-        pipe = TunnelPipe(loop.time(), bytes_up=len(early))
+        pipe = TunnelPipe(loop.time())
+        # An IP literal names no site, so the ClientHello's name is not held to it.
+        check = (
+            server_name_check(host, timeout=self._timeouts.request)
+            if ip_literal(host) is None
+            else None
+        )
         ending = "proxy_closed"
         aborted = False
         try:
-            ending = await pipe.run(client, upstream, idle=self._timeouts.idle)
+            ending = await pipe.run(
+                client, upstream, idle=self._timeouts.idle, early=early, check=check
+            )
         except asyncio.CancelledError:
             aborted = True
             raise
         finally:
             self._metrics.egress_tunnels_open.dec()
             self._count_bytes(pipe)
+            if pipe.refusal is not None:
+                outcome = EgressOutcome.DENIED_SERVER_NAME
+                self._count_refusal(_Refusal(403, outcome, pipe.refusal, host, port))
             await close_stream(upstream[1], abort=aborted)
             self._log.info(
                 "egress_tunnel_closed",
@@ -431,40 +471,3 @@ class _Refusal(Exception):
         self.reason = reason  # fixed text: never echoes what the client sent
         self.host = host
         self.port = port
-
-
-async def _read_head(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
-    """The request head (without its blank line) and whatever the client sent after it."""
-    buffer = bytearray()
-    while (end := buffer.find(b"\r\n\r\n")) < 0:
-        if len(buffer) >= MAX_HEAD_BYTES:
-            raise _Refusal(400, EgressOutcome.BAD_REQUEST, "request head too large")
-        chunk = await reader.read(MAX_HEAD_BYTES)
-        if not chunk:
-            raise _Refusal(400, EgressOutcome.BAD_REQUEST, "incomplete request head")
-        buffer += chunk
-    if end + 4 > MAX_HEAD_BYTES:
-        raise _Refusal(400, EgressOutcome.BAD_REQUEST, "request head too large")
-    return bytes(buffer[:end]), bytes(buffer[end + 4 :])
-
-
-def _parse_connect(head: bytes) -> tuple[str, int]:
-    """The normalised ``host, port`` of a well-formed CONNECT request head."""
-    request_line, *headers = head.split(b"\r\n")
-    if not all(_HEADER_LINE.fullmatch(line) for line in headers):
-        raise _Refusal(400, EgressOutcome.BAD_REQUEST, "malformed header")
-    try:
-        method, target, version = request_line.decode("ascii").split(" ")
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise _Refusal(400, EgressOutcome.BAD_REQUEST, "malformed request line") from exc
-    if not _VERSION.fullmatch(version):
-        raise _Refusal(400, EgressOutcome.BAD_REQUEST, "unsupported protocol version")
-    if method != "CONNECT":
-        if method in _HTTP_METHODS:
-            raise _Refusal(405, EgressOutcome.METHOD_NOT_ALLOWED, "only CONNECT is served")
-        raise _Refusal(400, EgressOutcome.BAD_REQUEST, "malformed request line")
-    try:
-        host, port = split_host_port(target, default_port=None)
-        return normalise_host(host), port
-    except ValueError as exc:
-        raise _Refusal(400, EgressOutcome.BAD_REQUEST, "malformed CONNECT target") from exc

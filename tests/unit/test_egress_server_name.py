@@ -1,0 +1,204 @@
+"""The egress proxy holds a tunnel's TLS ClientHello to the CONNECT target's name (no domain
+fronting), over real sockets on 127.0.0.1 only (the allowlisted name is pinned there)."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import AsyncIterator
+
+import pytest
+
+from hearth.metrics import ControllerMetrics
+from hearth.network.client_hello import NotAClientHello, server_name
+from hearth.network.egress import EgressProxy, EgressTimeouts
+
+LOOPBACK = "127.0.0.1"
+STEP = 5.0
+ALLOWED = "api.allowed.test"
+
+
+def client_hello(name: str | None) -> bytes:
+    """The ClientHello a real TLS client (Python's ssl) sends for the server name ``name``."""
+    context = ssl.create_default_context()
+    context.check_hostname = name is not None
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = context.wrap_bio(incoming, outgoing, server_hostname=name)
+    with pytest.raises(ssl.SSLWantReadError):
+        tls.do_handshake()
+    return outgoing.read()
+
+
+class Upstream:
+    """A server on 127.0.0.1 that keeps every byte it receives and greets each client first."""
+
+    def __init__(self) -> None:
+        self.received = bytearray()
+        self.port = 0
+        self.connected = asyncio.Event()
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connected.set()
+        writer.write(b"hello\n")
+        try:
+            while data := await reader.read(65536):
+                self.received += data
+        finally:
+            writer.close()
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[Upstream]:
+    state = Upstream()
+    server = await asyncio.start_server(state.serve, LOOPBACK, 0)
+    state.port = server.sockets[0].getsockname()[1]
+    try:
+        yield state
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+@pytest.fixture
+def metrics() -> ControllerMetrics:
+    return ControllerMetrics()
+
+
+@pytest.fixture
+async def proxy(upstream: Upstream, metrics: ControllerMetrics) -> AsyncIterator[EgressProxy]:
+    target = f"{LOOPBACK}:{upstream.port}"
+    proxy = EgressProxy(
+        [f"{ALLOWED}:443", target],
+        pins={f"{ALLOWED}:443": target},
+        allow_private=[target],
+        metrics=metrics,
+        timeouts=EgressTimeouts(request=0.5),
+    )
+    await proxy.start()
+    try:
+        yield proxy
+    finally:
+        await proxy.close()
+
+
+async def tunnel(
+    proxy: EgressProxy, target: str, first: bytes
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    reader, writer = await asyncio.open_connection(LOOPBACK, proxy.port)
+    writer.write(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), STEP)
+    assert head == b"HTTP/1.1 200 Connection established\r\n\r\n"
+    writer.write(first)
+    await writer.drain()
+    return reader, writer
+
+
+async def assert_cut(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, upstream: Upstream
+) -> None:
+    """The proxy closed the tunnel, the upstream's greeting through, and none of the client's
+    bytes reached the upstream."""
+    assert await asyncio.wait_for(reader.read(), STEP) == b"hello\n"
+    assert upstream.received == b""
+    writer.close()
+
+
+async def until_received(upstream: Upstream, data: bytes) -> None:
+    """Wait (at most ``STEP``) until the upstream received exactly ``data``."""
+    async with asyncio.timeout(STEP):
+        while len(upstream.received) < len(data):
+            await asyncio.sleep(0.01)
+    assert bytes(upstream.received) == data
+
+
+def refused(metrics: ControllerMetrics) -> float:
+    labels = {"outcome": "denied_server_name"}
+    return metrics.registry.get_sample_value("hearth_egress_requests_total", labels) or 0.0
+
+
+@pytest.mark.parametrize(
+    ("to_ip_literal", "name"),
+    [
+        (False, "API.allowed.test"),  # the CONNECT host's own name, in another case
+        (True, "anything.example"),  # an IP literal names no site: not held to a name
+    ],
+)
+async def test_a_client_hello_for_the_connect_host_reaches_the_upstream(
+    proxy: EgressProxy, upstream: Upstream, to_ip_literal: bool, name: str
+) -> None:
+    hello = client_hello(name)
+    target = f"{LOOPBACK}:{upstream.port}" if to_ip_literal else f"{ALLOWED}:443"
+    _, writer = await tunnel(proxy, target, hello)
+    await until_received(upstream, hello)
+    assert proxy.traffic.refused == 0
+    writer.close()
+
+
+@pytest.mark.parametrize("name", ["evil.example", "api.allowed.test.evil.example", None])
+async def test_a_client_hello_for_another_name_or_none_is_cut_before_the_upstream(
+    proxy: EgressProxy, upstream: Upstream, metrics: ControllerMetrics, name: str | None
+) -> None:
+    reader, writer = await tunnel(proxy, f"{ALLOWED}:443", client_hello(name))
+    await assert_cut(reader, writer, upstream)
+    assert refused(metrics) == 1
+    assert proxy.traffic.refused == 1
+
+
+async def test_a_client_hello_split_across_records_and_writes_is_read_whole(
+    proxy: EgressProxy, upstream: Upstream
+) -> None:
+    hello = client_hello("evil.example")
+    handshake = hello[5:]
+    # The same handshake message in two records, each sent in pieces.
+    split = b"".join(
+        b"\x16\x03\x01" + len(part).to_bytes(2, "big") + part
+        for part in (handshake[:40], handshake[40:])
+    )
+    reader, writer = await tunnel(proxy, f"{ALLOWED}:443", split[:3])
+    for at in range(3, len(split), 100):
+        writer.write(split[at : at + 100])
+        await writer.drain()
+        await asyncio.sleep(0.005)
+    await assert_cut(reader, writer, upstream)
+
+
+async def test_a_client_hello_that_never_ends_is_cut_after_the_request_timeout(
+    proxy: EgressProxy, upstream: Upstream
+) -> None:
+    hello = client_hello(ALLOWED)
+    reader, writer = await tunnel(proxy, f"{ALLOWED}:443", hello[:20])
+    await assert_cut(reader, writer, upstream)
+
+
+async def test_a_protocol_that_is_not_tls_passes_and_the_server_may_speak_first(
+    proxy: EgressProxy, upstream: Upstream
+) -> None:
+    reader, writer = await asyncio.open_connection(LOOPBACK, proxy.port)
+    writer.write(f"CONNECT {ALLOWED}:443 HTTP/1.1\r\n\r\n".encode())
+    assert await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), STEP)
+    assert await asyncio.wait_for(reader.readline(), STEP) == b"hello\n"
+    writer.write(b"SSH-2.0-test\r\n")
+    await writer.drain()
+    await until_received(upstream, b"SSH-2.0-test\r\n")
+    writer.close()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"",
+        b"\x03\x03" + bytes(32) + b"\x20",  # the session id runs past the end
+        # two server_name extensions, each naming "a"
+        b"\x03\x03" + bytes(32) + b"\x00\x00\x02\x13\x01\x01\x00"
+        b"\x00\x14" + b"\x00\x00\x00\x06\x00\x04\x00\x00\x01a" * 2,
+    ],
+)
+def test_malformed_client_hellos_are_refused(body: bytes) -> None:
+    with pytest.raises(NotAClientHello):
+        server_name(body)
+
+
+def test_the_server_name_of_a_real_client_hello_is_read() -> None:
+    hello = client_hello("Api.Allowed.Test")
+    assert server_name(hello[9:]) == "api.allowed.test"  # after the record and handshake headers
+    assert server_name(client_hello(None)[9:]) is None
