@@ -8,6 +8,14 @@ that many failing deliveries do not retry in step, until ``HEARTH_WEBHOOK_RETRY_
 the event; then the delivery is ``failed``. Receivers get at-least-once delivery: the same
 ``X-Hearth-Delivery`` id on every attempt lets them drop repeats.
 
+Attempts run side by side, at most ``PER_WEBHOOK`` to one webhook (and ``PARALLEL`` in all),
+each started as soon as there is room: a receiver that never answers holds its own deliveries
+back, not another webhook's. A delivery is claimed in the store before it is sent (its next
+attempt moved past the timeout), so controllers sharing a store do not send it twice, and one
+that dies mid-attempt leaves it to be tried again once the claim lapses. A stop gives the
+attempts in flight ``STOP_GRACE_S`` to be answered and recorded, so a receiver that was
+answering does not get the delivery again from the restarted controller.
+
 Every request goes to the address the URL's host was checked to resolve to
 (:mod:`hearth.events.targets`), with the URL's own ``Host`` and TLS name, no redirects followed.
 """
@@ -19,6 +27,7 @@ import contextlib
 import json
 import random
 import time
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -45,9 +54,16 @@ from hearth.store.records import (
 
 _log = get_logger("events.dispatch")
 MAX_BACKOFF_S = 900.0
+# Past this many doublings every delay is at its cap; 2 ** 1024 is no float.
+_MAX_DOUBLINGS = 64
 IDLE_POLL_S = 5.0  # looks at the store this often even when nothing was written here
-PARALLEL = 8  # deliveries in flight at once
+PARALLEL = 32  # attempts in flight at once, over every webhook
+PER_WEBHOOK = 2  # attempts in flight at once to one webhook
+CLAIM_MARGIN_S = 30.0  # a claim lapses this long after the attempt's timeout
+STOP_GRACE_S = 5.0  # how long a stop waits for the attempts in flight
 ERROR_MAX = 500  # characters of an attempt's error kept
+
+Due = tuple[DeliveryRecord, EventRecord, WebhookRecord]
 
 
 @dataclass(frozen=True)
@@ -59,7 +75,8 @@ class Backoff:
 
     def delay(self, attempts: int, *, rng: random.Random | None = None) -> float:
         """Seconds to wait after ``attempts`` failed tries (exponential, capped, jittered)."""
-        bound = min(self.base_s * 2 ** (attempts - 1), self.max_s)
+        doublings = min(attempts - 1, _MAX_DOUBLINGS)
+        bound = min(self.base_s * 2**doublings, self.max_s)
         return float(bound * (rng or random).uniform(0.5, 1.0))
 
     def next_status(
@@ -72,6 +89,11 @@ class Backoff:
         if retry_at > delivery.give_up_at:
             return DeliveryStatus.FAILED, now
         return DeliveryStatus.PENDING, retry_at
+
+
+def _busy(load: Counter[str]) -> set[str]:
+    """The webhooks with ``PER_WEBHOOK`` attempts in flight, of the attempts per webhook."""
+    return {hook_id for hook_id, n in load.items() if n >= PER_WEBHOOK}
 
 
 def body_of(event: EventRecord) -> bytes:
@@ -107,26 +129,36 @@ class WebhookDispatcher:
             limits=httpx.Limits(max_keepalive_connections=0),
         )
         self._task: asyncio.Task[None] | None = None
+        self._in_flight: dict[asyncio.Task[None], str] = {}  # each attempt: its webhook's id
+        self._attempt_ended = asyncio.Event()  # room for another attempt, maybe to that webhook
 
     def start(self) -> None:
         """Deliver in the background until :meth:`stop`."""
         self._task = asyncio.create_task(self._run())
 
     async def stop(self) -> None:
-        """Stop delivering (what is pending stays pending in the store) and close the client."""
+        """Stop starting attempts, give those in flight ``STOP_GRACE_S`` to end and be recorded
+        (one cut short is tried again when its claim lapses; what is pending stays pending in
+        the store), and close the client."""
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self._in_flight:
+            _, late = await asyncio.wait(set(self._in_flight), timeout=STOP_GRACE_S)
+            for attempt in late:
+                attempt.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
         await self._client.aclose()
 
     async def _run(self) -> None:
         while True:
             owed = self.events.on_deliveries_owed
             owed.clear()
+            self._attempt_ended.clear()
             try:
-                await self.deliver_due()
+                await self._start_due()
                 wait = await self._until_next_due()
             except HearthError as exc:  # the store is down: try again later
                 _log.warning("webhook_dispatch_error", error=exc.message[:300])
@@ -134,33 +166,73 @@ class WebhookDispatcher:
             except Exception:
                 _log.exception("webhook_dispatch_crashed")
                 wait = IDLE_POLL_S
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(owed.wait(), wait)
+            waits = [asyncio.ensure_future(e.wait()) for e in (owed, self._attempt_ended)]
+            try:
+                await asyncio.wait(waits, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for waiting in waits:
+                    waiting.cancel()
 
     async def _until_next_due(self) -> float:
-        due = await self.store.webhooks.next_due()
+        if len(self._in_flight) >= PARALLEL:
+            return IDLE_POLL_S  # an attempt that ends wakes the loop
+        busy = _busy(Counter(self._in_flight.values()))
+        due = await self.store.webhooks.next_due(skip_webhooks=busy)
         if due is None:
             return IDLE_POLL_S
         return min(max((due - utc_now()).total_seconds(), 0.0), IDLE_POLL_S)
 
-    async def deliver_due(self) -> int:
-        """Attempt every delivery that is due now; how many were attempted."""
-        attempted = 0
-        gate = asyncio.Semaphore(PARALLEL)
-
-        async def one(item: tuple[DeliveryRecord, EventRecord, WebhookRecord]) -> None:
-            async with gate:
-                await self._attempt(*item)
-
+    async def _start_due(self) -> int:
+        """Claim and start every due delivery there is room for; how many were started."""
+        started = 0
         try:
-            while batch := await self.store.webhooks.due(utc_now(), limit=PARALLEL * 4):
-                await asyncio.gather(*(one(item) for item in batch))
-                attempted += len(batch)
-                await self._count_backlog()
+            while (room := PARALLEL - len(self._in_flight)) > 0:
+                now = utc_now()
+                load = Counter(self._in_flight.values())
+                batch = await self.store.webhooks.due(now, limit=room, skip_webhooks=_busy(load))
+                if not batch:
+                    break
+                chosen: list[Due] = []
+                for item in batch:
+                    if load[item[2].id] < PER_WEBHOOK:
+                        load[item[2].id] += 1
+                        chosen.append(item)
+                until = now + timedelta(seconds=self.timeout_s + CLAIM_MARGIN_S)
+                claimed = await self.store.webhooks.claim(
+                    [delivery for delivery, _, _ in chosen], now=now, until=until
+                )
+                for item in chosen:
+                    if item[0].id in claimed:
+                        self._begin(item)
+                started += len(claimed)
+                if not claimed or (len(batch) < room and len(chosen) == len(batch)):
+                    break  # nothing more is due, or what is due is another controller's
         finally:
             with contextlib.suppress(HearthError):
                 await self._count_backlog()
-        return attempted
+        return started
+
+    def _begin(self, item: Due) -> None:
+        task = asyncio.create_task(self._attempt_logged(*item))
+        self._in_flight[task] = item[2].id
+        task.add_done_callback(self._ended)
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        self._in_flight.pop(task, None)
+        self._attempt_ended.set()
+
+    async def _attempt_logged(
+        self, delivery: DeliveryRecord, event: EventRecord, hook: WebhookRecord
+    ) -> None:
+        """One attempt; a store that fails to record it leaves it claimed, to be tried again."""
+        try:
+            await self._attempt(delivery, event, hook)
+        except HearthError as exc:
+            _log.warning(
+                "webhook_attempt_not_recorded", delivery_id=delivery.id, error=exc.message[:300]
+            )
+        except Exception:
+            _log.exception("webhook_attempt_crashed", delivery_id=delivery.id)
 
     async def _count_backlog(self) -> None:
         self.metrics.webhook_backlog.set(await self.store.webhooks.pending_count())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import builtins
 import json
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -98,10 +98,10 @@ class WebhookRepo(Repository):
                 raise NotFound(f"webhook {webhook_id} does not exist")
 
     async def due(
-        self, now: datetime, *, limit: int = 50
+        self, now: datetime, *, limit: int = 50, skip_webhooks: Collection[str] = ()
     ) -> builtins.list[tuple[DeliveryRecord, EventRecord, WebhookRecord]]:
         """Pending deliveries whose next attempt is due, soonest first, with their event and
-        webhook."""
+        webhook; none of the webhooks in ``skip_webhooks``."""
         statement = (
             select(
                 *_prefixed(_deliveries, "d_"),
@@ -117,6 +117,8 @@ class WebhookRepo(Repository):
             .order_by(_deliveries.c.next_attempt_at, _deliveries.c.id)
             .limit(limit)
         )
+        if skip_webhooks:
+            statement = statement.where(_deliveries.c.webhook_id.not_in(list(skip_webhooks)))
         async with self._engine.connect() as conn:
             rows = (await conn.execute(statement)).all()
         found = []
@@ -132,14 +134,40 @@ class WebhookRepo(Repository):
             )
         return found
 
-    async def next_due(self) -> datetime | None:
-        """When the soonest pending delivery is due; None if nothing is pending."""
-        row = await self._read_one(
-            select(func.min(_deliveries.c.next_attempt_at)).where(
-                _deliveries.c.status == DeliveryStatus.PENDING
-            )
+    async def next_due(self, *, skip_webhooks: Collection[str] = ()) -> datetime | None:
+        """When the soonest pending delivery is due (none of ``skip_webhooks``'); None if
+        nothing is pending."""
+        statement = select(func.min(_deliveries.c.next_attempt_at)).where(
+            _deliveries.c.status == DeliveryStatus.PENDING
         )
+        if skip_webhooks:
+            statement = statement.where(_deliveries.c.webhook_id.not_in(list(skip_webhooks)))
+        row = await self._read_one(statement)
         return None if row is None else row[0]
+
+    async def claim(
+        self, deliveries: Sequence[DeliveryRecord], *, now: datetime, until: datetime
+    ) -> set[str]:
+        """Take these deliveries for an attempt each: move the next attempt of every one still
+        pending, due at ``now`` and at the count read to ``until``, in one transaction; the ids
+        taken. Another controller cannot take them meanwhile, and one that dies mid-attempt
+        leaves them to be tried again at ``until``."""
+        claimed: set[str] = set()
+        async with self._writes.begin() as conn:
+            for delivery in deliveries:
+                moved = await conn.execute(
+                    update(_deliveries)
+                    .where(
+                        _deliveries.c.id == delivery.id,
+                        _deliveries.c.status == DeliveryStatus.PENDING,
+                        _deliveries.c.attempts == delivery.attempts,
+                        _deliveries.c.next_attempt_at <= now,
+                    )
+                    .values(next_attempt_at=until)
+                )
+                if moved.rowcount:
+                    claimed.add(delivery.id)
+        return claimed
 
     async def record_attempt(
         self, attempt: AttemptRecord, *, status: DeliveryStatus, next_attempt_at: datetime
