@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import resource
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +25,9 @@ from hearth.errors import ConfigError, HearthError
 from hearth.store import Store
 from hearth.vm.select import check_vmm
 
+# The most open files ``serve`` asks for (Linux's default ceiling, ``fs.nr_open``).
+_MOST_OPEN_FILES = 1 << 20
+
 keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
 
 
@@ -38,6 +42,7 @@ def serve(
     """Run the controller (REST API, reconciliation, monitor, warm pool)."""
     # Whatever the controller creates (database, logs, keys, VM files) is its owner's alone.
     os.umask(0o077)
+    raise_open_file_limit()
     settings = _with(load_settings(), state_dir)
     settings = settings.with_overrides(host=host or settings.host, port=port or settings.port)
     # A VMM that cannot run here is refused now, with the reason, not at the first VM.
@@ -55,6 +60,18 @@ def serve(
         app, host=settings.host, port=settings.port, log_config=None, access_log=False
     )
     asyncio.run(_GracefulServer(config).serve())
+
+
+def raise_open_file_limit() -> None:
+    """Raise the soft limit on open files to the hard one (at most ``_MOST_OPEN_FILES``): a
+    busy VM holds up to 64 egress tunnels of two descriptors each, besides its agent's, its
+    viewers' and the store's sockets, and the usual soft limit of 1024 runs out at about eight
+    such VMs. The hard limit is the operator's (a service manager's ``LimitNOFILE``)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    most = _MOST_OPEN_FILES if hard == resource.RLIM_INFINITY else min(hard, _MOST_OPEN_FILES)
+    if soft == resource.RLIM_INFINITY or soft >= most:
+        return
+    resource.setrlimit(resource.RLIMIT_NOFILE, (most, hard))
 
 
 class _GracefulServer(uvicorn.Server):
