@@ -30,10 +30,21 @@ from hearth_agent.wire import FILE_CHUNK_TIMEOUT_S
 
 
 class AgentError(BackendError):
-    """The agent answered with an error (its code and message are kept) or did not answer."""
+    """The agent answered with an error (its code and message are kept) or did not answer.
+
+    The message names the VM, never the agent's address inside the VM network (clients read
+    it: an API error, a VM's ``error``, an event); ``agent_url`` keeps that address for logs,
+    ``agent_code`` the agent's own error code (None when it did not answer)."""
 
     code = "agent_error"
     http_status = 502
+
+    def __init__(
+        self, message: str, *, agent_url: str | None = None, agent_code: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.agent_url = agent_url
+        self.agent_code = agent_code
 
 
 # Longer than the agent's own limits (180 s to start a vendor login, 120 s for a status command).
@@ -76,12 +87,20 @@ class AgentEvent:
 
 
 class AgentClient:
-    """Talks to one VM's agent with that VM's own token."""
+    """Talks to one VM's agent with that VM's own token; its errors name the VM (``vm_id``)."""
 
-    def __init__(self, url: str, token: str | None, *, timeout_s: float = 10.0) -> None:
+    def __init__(
+        self, url: str, token: str | None, *, timeout_s: float = 10.0, vm_id: str | None = None
+    ) -> None:
         self.url = url.rstrip("/")
+        # What errors call it: by its VM, never by its address inside the VM network.
+        self.name = f"the agent of VM {vm_id}" if vm_id else "the VM's agent"
         self._token = token
         self._timeout = timeout_s
+
+    def error(self, message: str, *, agent_code: str | None = None) -> AgentError:
+        """An AgentError about this agent (``message`` names it by ``name``), its URL apart."""
+        return AgentError(message, agent_url=self.url, agent_code=agent_code)
 
     def __repr__(self) -> str:
         return f"AgentClient({self.url!r})"
@@ -113,16 +132,16 @@ class AgentClient:
                     method, f"{self.url}{path}", content=content, json=json_body, headers=sent
                 )
         except httpx.HTTPError as exc:
-            raise AgentError(
-                f"agent at {self.url} did not answer {method} {path}: {type(exc).__name__}"
+            raise self.error(
+                f"{self.name} did not answer {method} {path}: {type(exc).__name__}"
             ) from exc
         if response.status_code >= 400:
             self._raise_for(response, method, path, client_request=client_request, errors=errors)
         try:
             return response.json()
         except ValueError as exc:  # whatever answers in the VM (its root may replace the agent)
-            raise AgentError(
-                f"agent at {self.url} answered {method} {path} with a body that is not JSON"
+            raise self.error(
+                f"{self.name} answered {method} {path} with a body that is not JSON"
             ) from exc
 
     def _raise_for(
@@ -143,12 +162,10 @@ class AgentClient:
         if errors is not None and code in errors:
             raise errors[code](message)
         if response.status_code == 404:
-            raise NotFound(f"agent at {self.url}: {message}")
+            raise NotFound(f"{self.name}: {message}")
         if client_request and response.status_code in _CLIENT_ERRORS:
             raise _CLIENT_ERRORS[response.status_code](message)
-        failure = AgentError(f"agent at {self.url} refused {method} {path}: {message}")
-        failure.agent_code = code  # type: ignore[attr-defined]
-        raise failure
+        raise self.error(f"{self.name} refused {method} {path}: {message}", agent_code=code)
 
     async def health(self) -> dict[str, Any]:
         """``GET /health`` (no token needed)."""
@@ -340,11 +357,10 @@ class AgentClient:
                     if event.type == "exit":
                         return
         except (httpx.HTTPError, SSEError, ValueError) as exc:
-            raise AgentError(
-                f"agent at {self.url}: the event stream of exec {exec_id} broke off "
-                f"({type(exc).__name__})"
+            raise self.error(
+                f"{self.name}: the event stream of exec {exec_id} broke off ({type(exc).__name__})"
             ) from exc
-        raise AgentError(f"agent at {self.url}: the event stream of exec {exec_id} ended early")
+        raise self.error(f"{self.name}: the event stream of exec {exec_id} ended early")
 
     # ---- files -----------------------------------------------------------------------------
 
@@ -375,8 +391,8 @@ class AgentClient:
                     headers=self._headers(**{"Content-Type": media}),
                 )
         except httpx.HTTPError as exc:
-            raise AgentError(
-                f"agent at {self.url}: the upload to {path!r} broke off ({type(exc).__name__})"
+            raise self.error(
+                f"{self.name}: the upload to {path!r} broke off ({type(exc).__name__})"
             ) from exc
         if response.status_code >= 400:
             self._raise_for(response, "PUT", "/files", errors=_FILE_ERRORS)
@@ -400,8 +416,8 @@ class AgentClient:
                 self._raise_for(response, "GET", "/files", errors=_FILE_ERRORS)
         except httpx.HTTPError as exc:
             await opened.aclose()
-            raise AgentError(
-                f"agent at {self.url} did not answer GET /files: {type(exc).__name__}"
+            raise self.error(
+                f"{self.name} did not answer GET /files: {type(exc).__name__}"
             ) from exc
         except BaseException:
             await opened.aclose()
@@ -412,7 +428,7 @@ class AgentClient:
             kind=kind,
             size=int(length) if kind == "file" and length is not None else None,
             content_type=response.headers.get("content-type", "application/octet-stream"),
-            agent_url=self.url,
+            agent=self,
             _response=response,
             _opened=opened,
         )
@@ -442,7 +458,7 @@ class AgentDownload:
     kind: str
     size: int | None
     content_type: str
-    agent_url: str
+    agent: AgentClient
     _response: httpx.Response
     _opened: contextlib.AsyncExitStack
 
@@ -452,8 +468,8 @@ class AgentDownload:
             async for chunk in self._response.aiter_raw():
                 yield chunk
         except httpx.HTTPError as exc:
-            raise AgentError(
-                f"agent at {self.agent_url}: the download broke off ({type(exc).__name__})"
+            raise self.agent.error(
+                f"{self.agent.name}: the download broke off ({type(exc).__name__})"
             ) from exc
 
     async def aclose(self) -> None:

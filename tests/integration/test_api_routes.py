@@ -43,16 +43,55 @@ def fake_backend() -> FakeBackend:
 # --- health, keys and who may do what ---------------------------------------------------------
 
 
-async def test_health_needs_no_key_and_shows_no_secrets(api: Api) -> None:
+async def test_health_needs_no_key_and_shows_no_secrets_or_host_paths(
+    api: Api, tmp_path: Path
+) -> None:
     response = await api.client.get("/health")
     assert response.status_code == 200
     body = response.json()
     assert body["status"] == "ok"
     assert body["store"]["ok"] is True
     assert body["backend"]["accel"] in ("kvm", "tcg")
+    # The images' states, not where they are on the host (the image, the state dir: tmp_path).
+    assert body["images"] == {"cli": "ready", "browser": "ready"}
+    assert "details" not in body
+    assert str(tmp_path) not in response.text
     assert api.admin_key not in response.text
     assert "password" not in response.text
     assert "hearth-test" not in response.text  # the test PostgreSQL role's password
+
+
+async def test_health_shows_the_admin_key_where_the_images_are(api: Api, tmp_path: Path) -> None:
+    response = await api.client.get("/health", headers=api.headers())
+    assert response.status_code == 200
+    body = response.json()
+    image = str(tmp_path / "image")
+    assert body["details"]["images"] == {"cli": image, "browser": image}
+    assert set(body["details"]["templates"]) == {"cli", "browser"}
+    assert body["images"] == {"cli": "ready", "browser": "ready"}
+
+
+async def test_health_without_a_store_is_503_and_public_whatever_key_it_gets(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def no_answer() -> bool:
+        return False
+
+    # A key cannot be checked without the store: the probe still answers, degraded.
+    monkeypatch.setattr(api.ctl.store, "ping", no_answer)
+    response = await api.client.get("/health", headers=api.headers())
+    assert response.status_code == 503
+    assert response.json()["status"] == "degraded"
+    assert "details" not in response.json()
+
+
+async def test_health_refuses_a_key_that_is_not_a_valid_admin_key(api: Api) -> None:
+    user = api.headers(await api.user_key("ann"))
+    assert_error(await api.client.get("/health", headers=user), 403, "forbidden")
+    for wrong in ("Bearer hk_not-a-key", "Bearer ", "Basic abc"):
+        response = await api.client.get("/health", headers={"Authorization": wrong})
+        assert_error(response, 401, "unauthorized")
+        assert response.headers["www-authenticate"] == "Bearer"
 
 
 async def test_admin_key_file_is_written_once_with_mode_0600(api: Api) -> None:

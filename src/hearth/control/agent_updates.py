@@ -184,8 +184,14 @@ class AgentUpdates:
     async def _update(self, record: VmRecord, started: datetime) -> UpdateResult:
         vm = self.vms.live_vm(record.id)
         old, new = record.agent_version, self.bundle.version
-        agent = AgentClient(str(vm.agent_url), self.vms.agent_token(record.id))
-        _log.info("agent_update_started", vm_id=record.id, from_version=old, to_version=new)
+        agent = AgentClient(str(vm.agent_url), self.vms.agent_token(record.id), vm_id=record.id)
+        _log.info(
+            "agent_update_started",
+            vm_id=record.id,
+            agent_url=agent.url,  # for the log only: clients get errors naming the VM
+            from_version=old,
+            to_version=new,
+        )
         status: Outcome = "rolled_back"
         error: str | None
         try:

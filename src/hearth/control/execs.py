@@ -154,7 +154,7 @@ class ExecService:
 
     def _agent_of(self, vm_id: str) -> AgentClient:
         vm = self.vms.live_vm(vm_id)
-        return AgentClient(str(vm.agent_url), self.vms.agent_token(vm_id))
+        return AgentClient(str(vm.agent_url), self.vms.agent_token(vm_id), vm_id=vm_id)
 
     async def start(
         self,

@@ -271,7 +271,7 @@ class Lifetimes:
         if not pending or vm_id not in self.vms.live:
             return False
         vm = self.vms.live_vm(vm_id)
-        agent = AgentClient(str(vm.agent_url), self.vms.agent_token(vm_id))
+        agent = AgentClient(str(vm.agent_url), self.vms.agent_token(vm_id), vm_id=vm_id)
         running = False
         for exec_id in sorted(pending):
             try:

@@ -93,7 +93,8 @@ class Workspaces:
         serial = await self.node.attach_volume(vm, self._volume(workspace))
         plugged = time.monotonic()
         if serial is not None:
-            mounted = await AgentClient(str(vm.agent_url), vm.token).mount_workspace(serial)
+            agent = AgentClient(str(vm.agent_url), vm.token, vm_id=vm.id)
+            mounted = await agent.mount_workspace(serial)
         _log.info(
             "workspace_attached",
             vm_id=vm.id,
@@ -150,7 +151,7 @@ class Workspaces:
         workspace = await self.store.workspaces.get(record.user_id)
         if workspace is None or workspace.vm_id != record.id or not record.agent_url:
             return None
-        return AgentClient(record.agent_url, token)
+        return AgentClient(record.agent_url, token, vm_id=record.id)
 
     async def get(self, user_id: str) -> WorkspaceRecord:
         """The user's workspace; NotFound when they have none."""

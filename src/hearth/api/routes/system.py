@@ -1,31 +1,67 @@
-"""``/health`` (no auth, no secrets) and ``/metrics`` (Prometheus, admin key)."""
+"""``/health`` (no key needed; details for the admin key) and ``/metrics`` (admin key)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 
 from hearth import __version__
-from hearth.api.auth import AdminKey, Ctl
+from hearth.api.auth import AdminKey, Ctl, admin_key, authenticate
 from hearth.api.schemas import error_responses
 from hearth.metrics import CONTENT_TYPE
+from hearth.store import ApiKeyRecord
 from hearth.vm.select import Vmm, check_vmm
 
 router = APIRouter(tags=["system"])
+
+# What ``ImageCatalog.status`` answers for a VM type without an image; otherwise the image's path.
+_MISSING_IMAGE = "missing: "
+
+
+async def optional_admin_key(request: Request, ctl: Ctl) -> ApiKeyRecord | None:
+    """The admin key the request presents, or None when it presents none. A key it presents is
+    checked as on every route: unknown or revoked is 401, a user's key 403 (the key guard lets
+    a public path's request through unchecked)."""
+    authorization = request.headers.get("authorization")
+    if authorization is None:
+        return None
+    key = await admin_key(await authenticate(ctl.store, authorization))
+    request.state.user_id = key.user_id
+    return key
+
+
+def _image_state(status: str) -> str:
+    """``ready`` or ``missing``: an image's state without its path or the reason it is missing."""
+    return "missing" if status.startswith(_MISSING_IMAGE) else "ready"
+
+
+def _template_state(status: str) -> str:
+    """``pending``, ``building``, ``ready``, ``no image``, ``failed`` or ``off``: a template's
+    state without its error text (``TemplateWarmer.status`` answers ``state: text``)."""
+    return status.partition(": ")[0]
 
 
 @router.get(
     "/health",
     responses={
         503: {"description": "The store does not answer (the same body, degraded)"},
-        **error_responses(400),
+        **error_responses(400, 401, 403),
     },
+    # The key is optional here: without one, the public body; with the admin key, the details.
+    openapi_extra={"security": [{}, {"apiKey": []}]},
 )
-async def health(ctl: Ctl, response: Response) -> dict[str, Any]:
-    """Store and backend status; 503 when the store does not answer."""
+async def health(ctl: Ctl, request: Request, response: Response) -> dict[str, Any]:
+    """Status, version, whether the store answers (503 when not), which VMM runs and, for each
+    VMM, whether it could run here and if not why; each VM type's image (`ready`, `missing`)
+    and restore template (`pending`, `building`, `ready`, `no image`, `failed`, `off`) states.
+    No key is needed. With the admin key, `details` adds the image paths on the host and the
+    templates' error texts; a key that is not valid is 401, one that is not an admin's 403.
+    While the store does not answer, no key can be checked: the public body, with 503."""
     store_ok = await ctl.store.ping()
-    body = {
+    admin = await optional_admin_key(request, ctl) if store_ok else None
+    images, templates = ctl.node.images_status(), ctl.templates.status()
+    body: dict[str, Any] = {
         "status": "ok" if store_ok else "degraded",
         "version": __version__,
         "store": {"ok": store_ok, "url": ctl.store.url_for_log().split("://", 1)[0]},
@@ -36,11 +72,14 @@ async def health(ctl: Ctl, response: Response) -> dict[str, Any]:
         },
         # Every VMM this controller knows: whether it could run here, and if not, why not.
         "vmms": {vmm.value: check_vmm(ctl.settings, vmm).to_dict() for vmm in Vmm},
-        "images": ctl.node.images_status(),
-        # Per VM type, the default size's restore template: building, ready, or why not.
-        "templates": ctl.templates.status(),
+        "images": {vm_type: _image_state(status) for vm_type, status in images.items()},
+        # Per VM type, the default size's restore template: building, ready, or failed.
+        "templates": {vm_type: _template_state(status) for vm_type, status in templates.items()},
         "vms": {"live": len(ctl.vms.live)},
     }
+    if admin is not None:
+        # Host paths and internal error texts: for the operator only.
+        body["details"] = {"images": images, "templates": templates}
     if not store_ok:
         response.status_code = 503
     return body
