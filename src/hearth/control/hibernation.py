@@ -10,8 +10,10 @@ survives controller restarts and host reboots: its files stay in the state dir.
 
 ``resume`` wakes it (through ``booting``, with the keys from its row, a fresh egress path for a
 CLI VM) with its token, files, running processes and delivered credentials; its guest clock is
-set to the host's. A saved state that is missing or does not open fails the VM with that reason
-(its files kept aside for inspection); any other failure to wake leaves it hibernated.
+set to the host's (an agent that answers it did not set it is logged as a warning: the VM wakes
+all the same). A saved state that is missing or does not open fails the VM with that reason
+(its files kept aside for inspection); any other failure to wake leaves it hibernated. A
+destroy during a hibernation waits for the save to end (the save is a task of its own).
 """
 
 from __future__ import annotations
@@ -47,10 +49,16 @@ class Hibernation:
     def __init__(self, vms: VmService, keys: VmKeys) -> None:
         self.vms = vms
         self.keys = keys
+        # The hibernations under way, by VM, each a task of its own: registered before its row
+        # moves to hibernating, so a row read ``hibernating`` has one here to wait for.
+        self._saving: dict[str, asyncio.Task[VmRecord]] = {}
 
     async def hibernate(self, vm_id: str, *, user_id: str | None = None) -> VmRecord:
         """Save a ready or paused CLI VM to disk and end its VMM; Conflict (naming its status)
-        for any other, NotSupported where the node's VMM cannot."""
+        for any other, NotSupported where the node's VMM cannot.
+
+        A caller that gives up (a dropped request, a lifetime check ended by a stop) does not
+        cut the save short: a destroy waits for it (``settled``), ``stop`` cancels it."""
         vms = self.vms
         record = await vms.get(vm_id, user_id=user_id)
         if record.vm_type is not VmType.CLI:
@@ -70,7 +78,39 @@ class Hibernation:
         keys = self.keys.open(record)
         if keys is None:
             raise Conflict(f"VM {vm_id}: its keys do not open; it cannot be hibernated")
-        was, disk_key = record.status, keys.disk or vm.disk_key
+        if vm_id in self._saving:  # its row is (or is about to be) hibernating
+            raise Conflict(
+                f"VM {vm_id} is hibernating; only a ready or paused VM can be hibernated"
+            )
+        task = asyncio.create_task(self._save(vm, record, keys.disk or vm.disk_key))
+        self._saving[vm_id] = task
+        task.add_done_callback(lambda _t: self._saving.pop(vm_id, None))
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved
+        return await asyncio.shield(task)
+
+    async def settled(self, vm_id: str) -> VmRecord:
+        """VM ``vm_id``'s row, once a hibernation of it under way (if any) has ended, however
+        it ended (hibernated, running or paused as it was, or failed)."""
+        task = self._saving.get(vm_id)
+        if task is not None:
+            await asyncio.wait([task])  # a waiter that gives up does not cancel it
+        return await self.vms.store.vms.get(vm_id)
+
+    def under_way(self) -> list[str]:
+        """The ids of the VMs being hibernated now."""
+        return list(self._saving)
+
+    async def stop(self) -> None:
+        """Cancel the hibernations under way (the controller stops): the next controller
+        settles each from what its VMM left."""
+        saving = list(self._saving.values())
+        for task in saving:
+            task.cancel()
+        await asyncio.gather(*saving, return_exceptions=True)
+
+    async def _save(self, vm: Vm, record: VmRecord, disk_key: bytes | None) -> VmRecord:
+        """``hibernate``'s work, from the row's move to hibernating on."""
+        vms, vm_id, was = self.vms, vm.id, record.status
         state_key = secrets.token_bytes(STATE_KEY_BYTES)
         # The row first, so nothing else (a resume, a command) takes the VM now; with it the
         # state's key, sealed before the save begins: a controller that ends mid-save leaves a
@@ -194,7 +234,13 @@ class Hibernation:
             VmState.READY,
             **vms.fields_of(vm),  # the disk key alone: the state key is spent
         )
-        _log.info("vm_woken", vm_id=vm_id, user_id=record.user_id, clock_offset_s=offset)
+        _log.info(
+            "vm_woken",
+            vm_id=vm_id,
+            user_id=record.user_id,
+            clock_set=offset is not None,
+            clock_offset_s=offset,
+        )
         return woken
 
     async def _fail(
@@ -219,14 +265,21 @@ class Hibernation:
 
 async def set_guest_clock(vm: Vm) -> float | None:
     """Set the guest's clock to the host's (it stood still while the VM was saved or paused);
-    how far off it was (None: not set, logged)."""
+    how far off it was. None when it was not set, logged as ``vm_clock_not_set`` with why: the
+    agent did not answer, or answered that it did not set it (its kernel refused, or it runs
+    outside a VM). The VM runs on either way, its clock behind."""
     try:
-        answer = await AgentClient(str(vm.agent_url), vm.token).set_clock(time.time())
+        answer = await AgentClient(str(vm.agent_url), vm.token, vm_id=vm.id).set_clock(time.time())
     except HearthError as exc:
-        _log.warning("vm_clock_not_set", vm_id=vm.id, error=exc.message[:300])
+        _log.warning("vm_clock_not_set", vm_id=vm.id, reason=exc.message[:300])
         return None
     offset = answer.get("offsetS")
-    return float(offset) if isinstance(offset, int | float) else None
+    offset_s = float(offset) if isinstance(offset, int | float) else None
+    if answer.get("clockSet") is not True or offset_s is None:
+        reason = "the agent did not answer that it set the clock"
+        _log.warning("vm_clock_not_set", vm_id=vm.id, reason=reason, offset_s=offset_s)
+        return None
+    return offset_s
 
 
 def _lost(vm_id: str, exc: BaseException, during: str) -> str:

@@ -55,6 +55,8 @@ KILL_TIMEOUT_S = 10.0
 # How often an open terminal looks whether the key that asked for it was revoked.
 KEY_RECHECK_S = 1.0
 _log = get_logger("control.terminals")
+# What a page is told when its terminal ends (or does not start) because the controller stops.
+_STOPPING = {"type": "error", "code": "stopping", "message": "the controller is stopping"}
 
 
 @dataclass(frozen=True)
@@ -206,7 +208,8 @@ class TerminalService:
         revoked: KeyRevoked | None = None,
     ) -> None:
         """Start the shell and relay until the page or the shell ends (or ``close``, or the
-        grant's key is ``revoked``: looked at every ``KEY_RECHECK_S``); then kill the exec."""
+        grant's key is ``revoked``: looked at every ``KEY_RECHECK_S``); then kill the exec.
+        Once ``close`` has begun none starts: the page is told the controller is stopping."""
         if revoked is not None and grant.key_id is not None and await revoked(grant.key_id):
             raise Unauthorized("the API key that asked for this terminal was revoked")
         request = ExecRequest(
@@ -215,29 +218,37 @@ class TerminalService:
             pty=(size.cols, size.rows),
             timeout_s=self.shell_timeout_s,  # not a command's: a shell is worked in for hours
         )
-        started = await self.execs.start(grant.vm_id, grant.user_id, request)
-        exec_id = str(started["execId"])
-        _log.info("terminal_started", terminal_id=grant.terminal_id, exec_id=exec_id)
+        if self._stopping.is_set():  # a link claimed just before ``close``: no shell starts
+            await peer.send_status(_STOPPING)
+            return
         ended = asyncio.Event()
-        self._open.add(ended)
+        self._open.add(ended)  # from here ``close`` waits for it, its shell's start too
         try:
-            await self._relay(grant, exec_id, peer, revoked)
+            started = await self.execs.start(grant.vm_id, grant.user_id, request)
+            exec_id = str(started["execId"])
+            _log.info("terminal_started", terminal_id=grant.terminal_id, exec_id=exec_id)
+            try:
+                await self._relay(grant, exec_id, peer, revoked)
+            finally:
+                await self._kill(grant, exec_id)
         finally:
-            await self._kill(grant, exec_id)
             self._open.discard(ended)
             ended.set()
 
     async def close(self) -> None:
         """End every terminal still open and wait (bounded) until each has killed its exec;
-        forget the unopened links."""
+        forget the unopened links. Once it has begun no terminal starts, and no kill is left
+        to run in the background: those waiting for a sleeping VM are cancelled and waited for
+        (its agent ends each shell at its timeout)."""
         self._pending.clear()
         self._stopping.set()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(2 * KILL_TIMEOUT_S):
                 await asyncio.gather(*(ended.wait() for ended in list(self._open)))
-        # Those still waiting for a sleeping VM: its agent ends each shell at its timeout.
-        for kill in list(self._kills):
+        kills = list(self._kills)  # none is added once stopping (``_kill``)
+        for kill in kills:
             kill.cancel()
+        await asyncio.gather(*kills, return_exceptions=True)
 
     async def _relay(
         self, grant: TerminalGrant, exec_id: str, peer: TerminalPeer, revoked: KeyRevoked | None
@@ -253,9 +264,7 @@ class TerminalService:
             *watching,
         )
         if self._stopping.is_set():
-            await peer.send_status(
-                {"type": "error", "code": "stopping", "message": "the controller is stopping"}
-            )
+            await peer.send_status(_STOPPING)
 
     async def _to_peer(self, grant: TerminalGrant, exec_id: str, peer: TerminalPeer) -> None:
         last, breaks = 0, 0  # breaks in a row: an event in between starts the count again
@@ -330,7 +339,16 @@ class TerminalService:
 
     async def _kill(self, grant: TerminalGrant, exec_id: str) -> None:
         """Kill the shell, waiting at most ``KILL_TIMEOUT_S``: a VM asleep meanwhile is not
-        woken for it, and its shell is killed once the VM runs again (while this runs)."""
+        woken for it, and its shell is killed once the VM runs again (while this runs). Once
+        ``close`` has begun the kill is this call's alone, not left to run after it, and a
+        sleeping VM's shell is left to its agent's timeout."""
+        if self._stopping.is_set():
+            with contextlib.suppress(HearthError):
+                if await self.execs.asleep(grant.vm_id):
+                    return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._kill_once_awake(grant, exec_id), KILL_TIMEOUT_S)
+            return
         kill = asyncio.create_task(self._kill_once_awake(grant, exec_id))
         self._kills.add(kill)
         kill.add_done_callback(self._kills.discard)

@@ -366,8 +366,9 @@ class VmService:
     async def _teardown(self, vm_id: str) -> VmRecord:
         for attempt in range(_TEARDOWN_RACES):
             # Re-read: the row may have moved since the caller looked (a teardown just ended,
-            # its boot just began), and again if it moves on between this read and a write.
-            record = await self.store.vms.get(vm_id)
+            # its boot just began), and again if it moves on between this read and a write;
+            # a hibernation under way is waited for (its save is not cut short).
+            record = await self.hibernation.settled(vm_id)
             if record.status is VmState.DESTROYED:
                 return record
             try:
@@ -474,7 +475,8 @@ class VmService:
                 self.metrics.vms.labels(status=status.value).set(count)
 
     async def shutdown(self, *, destroy_vms: bool) -> None:
-        """Stop background boots; with ``destroy_vms`` also tear every live VM down."""
+        """Stop background boots; with ``destroy_vms`` also tear every live VM down (one being
+        hibernated once its save ends), else cut short the saves under way (``Hibernation``)."""
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -482,11 +484,12 @@ class VmService:
         # destroying what it made): they end before the store closes under them.
         await self._teardowns.wait()
         if destroy_vms:
-            for vm_id in list(self.live):
+            for vm_id in dict.fromkeys([*self.live, *self.hibernation.under_way()]):
                 try:
                     await self.destroy(vm_id, include_pooled=True)
                 except HearthError as exc:
                     _log.warning("shutdown_destroy_error", vm_id=vm_id, error=exc.message[:300])
+        await self.hibernation.stop()
 
     async def wait_idle(self) -> None:
         """Wait for background boots (tests and shutdown)."""
