@@ -51,6 +51,18 @@ async def admin_key(key: Annotated[ApiKeyRecord, Depends(api_key)]) -> ApiKeyRec
     return key
 
 
+async def optional_admin_key(request: Request, ctl: Controller) -> ApiKeyRecord | None:
+    """The admin key the request presents, or None when it presents none. A key it presents is
+    checked as on every route: unknown or revoked is 401, a user's key 403 (the key guard lets
+    a public path's request through unchecked)."""
+    authorization = request.headers.get("authorization")
+    if authorization is None:
+        return None
+    key = await admin_key(await authenticate(ctl.store, authorization))
+    request.state.user_id = key.user_id
+    return key
+
+
 def scope_of(key: ApiKeyRecord) -> str | None:
     """The user a key is limited to; None for admin keys (they see everything)."""
     return None if key.is_admin else key.user_id

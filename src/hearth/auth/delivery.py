@@ -61,7 +61,10 @@ class Delivery:
         delivery and open the provider's API to the VM."""
         vm = self.vms.live_vm(vm_id)
         await self.deliver_with(
-            AgentClient(str(vm.agent_url), self.vms.agent_token(vm_id)), user_id, provider, vm_id
+            AgentClient(str(vm.agent_url), self.vms.agent_token(vm_id), vm_id=vm_id),
+            user_id,
+            provider,
+            vm_id,
         )
 
     async def deliver_with(
@@ -240,7 +243,7 @@ class Delivery:
 
     def _agent(self, vm_id: str) -> AgentClient:
         vm = self.vms.live_vm(vm_id)
-        return AgentClient(str(vm.agent_url), self.vms.agent_token(vm_id))
+        return AgentClient(str(vm.agent_url), self.vms.agent_token(vm_id), vm_id=vm_id)
 
     async def _holders(
         self, user_id: str, provider: str, *, but: str | None = None, strict: bool = False

@@ -469,7 +469,7 @@ class AuthFlow:
         return record
 
     def _agent_of(self, vm: VmRecord) -> AgentClient:
-        return AgentClient(str(vm.agent_url), self.vms.agent_token(vm.id))
+        return AgentClient(str(vm.agent_url), self.vms.agent_token(vm.id), vm_id=vm.id)
 
     async def _with_egress(self, session_id: str, plan: LoginPlan) -> LoginPlan:
         """Open the session's egress path on the node if its login may reach anything; the

@@ -55,7 +55,7 @@ class PullBack:
         documents are still read."""
         if record.vm_type is not VmType.CLI or not record.agent_url or token is None:
             return
-        agent = AgentClient(record.agent_url, token)
+        agent = AgentClient(record.agent_url, token, vm_id=record.id)
         for stored in await self.store.credentials.list(record.user_id):
             if stored.delivered_to_vm_id != record.id:
                 continue

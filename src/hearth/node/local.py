@@ -154,7 +154,7 @@ class LocalNode:
         """``GET /health`` of the VM's agent, from this host."""
         if vm.agent_url is None:
             raise AgentError(f"VM {vm.id} has no agent address")
-        health = await AgentClient(vm.agent_url, None, timeout_s=timeout_s).health()
+        health = await AgentClient(vm.agent_url, None, timeout_s=timeout_s, vm_id=vm.id).health()
         if health.get("status") != "ok":
             raise AgentError(f"VM {vm.id}: its agent answers status {health.get('status')!r}")
         return str(health.get("version") or "")

@@ -7,28 +7,15 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 
 from hearth import __version__
-from hearth.api.auth import AdminKey, Ctl, admin_key, authenticate
+from hearth.api.auth import AdminKey, Ctl, optional_admin_key
 from hearth.api.schemas import error_responses
 from hearth.metrics import CONTENT_TYPE
-from hearth.store import ApiKeyRecord
 from hearth.vm.select import Vmm, check_vmm
 
 router = APIRouter(tags=["system"])
 
 # What ``ImageCatalog.status`` answers for a VM type without an image; otherwise the image's path.
 _MISSING_IMAGE = "missing: "
-
-
-async def optional_admin_key(request: Request, ctl: Ctl) -> ApiKeyRecord | None:
-    """The admin key the request presents, or None when it presents none. A key it presents is
-    checked as on every route: unknown or revoked is 401, a user's key 403 (the key guard lets
-    a public path's request through unchecked)."""
-    authorization = request.headers.get("authorization")
-    if authorization is None:
-        return None
-    key = await admin_key(await authenticate(ctl.store, authorization))
-    request.state.user_id = key.user_id
-    return key
 
 
 def _image_state(status: str) -> str:
