@@ -7,16 +7,21 @@ though the login may already run in the Browser VM. QEMU forwards the VM's VNC p
 a loopback port, which any local process could open, so the VM's x11vnc asks for the VM's own
 password: the proxy answers that challenge (``hearth.auth.rfb``) and offers the user's noVNC
 security None, so the password never leaves the controller.
+
+A login's view takes at most ``view_max_viewers`` sockets at once, a socket still waiting for
+the login to be shown among them; the next is accepted only to be closed with 4429 and why.
+A socket that waits ends as soon as its client goes away.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
 
-from fastapi import APIRouter, Query, Request, WebSocket
+from fastapi import APIRouter, Query, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import RedirectResponse
 
 from hearth.api.context import Controller
@@ -35,6 +40,34 @@ _CHUNK = 65536
 _HANDSHAKE_TIMEOUT_S = 30.0
 _SHOWN_POLL_S = 0.2
 _log = get_logger("api.view")
+
+
+class _ViewerSeats:
+    """How many view sockets each login holds, against a cap per login.
+
+    One per process: the sockets are this process's, and a login's id names that login alone.
+    """
+
+    def __init__(self) -> None:
+        self._held: dict[str, int] = {}
+
+    @contextlib.contextmanager
+    def seat(self, session_id: str, limit: int) -> Iterator[bool]:
+        """Hold one of the login's ``limit`` seats for the block (True), or none when all are
+        taken (False); a seat is freed however the block ends, an error or a cancel too."""
+        if self._held.get(session_id, 0) >= limit:
+            yield False
+            return
+        self._held[session_id] = self._held.get(session_id, 0) + 1
+        try:
+            yield True
+        finally:
+            self._held[session_id] -= 1
+            if not self._held[session_id]:
+                del self._held[session_id]
+
+
+_SEATS = _ViewerSeats()
 
 
 class _ViewerStream:
@@ -86,26 +119,85 @@ async def view_page(
     )
 
 
+async def _shown(ctl: Controller, record: AuthSessionRecord, token: str) -> AuthSessionRecord:
+    """The login once the user is shown it: the login may already run in the Browser VM, but
+    the user signs in only once the CLI VM is proven healthy (awaiting_user)."""
+    while record.status in BEFORE_LOGIN:
+        await asyncio.sleep(_SHOWN_POLL_S)
+        record = await _session_for(ctl, record.id, token)
+    return record
+
+
+async def _shown_or_left(
+    ctl: Controller, websocket: WebSocket, record: AuthSessionRecord, token: str
+) -> AuthSessionRecord | None:
+    """The login once it is shown, or None when the viewer went away first. Before the socket
+    is accepted, the only thing a client can send is its leaving (``websocket.disconnect``):
+    the wait races it, rather than holding on until the stage's deadline."""
+    if record.status not in BEFORE_LOGIN:
+        return record
+    await websocket.receive()  # websocket.connect
+    left = asyncio.create_task(websocket.receive())
+    shown = asyncio.create_task(_shown(ctl, record, token))
+    try:
+        await asyncio.wait((left, shown), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (left, shown):
+            task.cancel()
+        await asyncio.gather(left, shown, return_exceptions=True)
+    if left.done() and not left.cancelled():
+        return None
+    return shown.result()
+
+
+async def _accept(websocket: WebSocket) -> None:
+    """Accept as noVNC asks: the ``binary`` subprotocol when it offers it."""
+    offered = websocket.scope.get("subprotocols") or []
+    await websocket.accept(subprotocol="binary" if "binary" in offered else None)
+
+
 @router.websocket("/view/{session_id}/websockify")
 async def view_socket(websocket: WebSocket, session_id: str, token: str = "") -> None:
-    """Relay bytes between noVNC and the Browser VM's VNC server."""
+    """Relay bytes between noVNC and the Browser VM's VNC server, for at most
+    ``view_max_viewers`` sockets of a login at once."""
     ctl: Controller = websocket.app.state.controller
+    limit = ctl.settings.view_max_viewers
     try:
-        record = await _session_for(ctl, session_id, token)
-        while record.status in BEFORE_LOGIN:
-            # The login may already run in the Browser VM, but the user signs in only once the
-            # CLI VM is proven healthy (awaiting_user); noVNC's connection waits for that.
-            await asyncio.sleep(_SHOWN_POLL_S)
+        try:
             record = await _session_for(ctl, session_id, token)
-        vm = ctl.vms.live_vm(record.browser_vm_id or "")
+        except Unauthorized:
+            await websocket.close(code=4401)
+            return
+        with _SEATS.seat(session_id, limit) as seated:
+            if not seated:
+                await _accept(websocket)  # accepted, so that the viewer is told why
+                reason = f"this login's view is open in {limit} places already, the most it may be"
+                await websocket.close(code=4429, reason=reason)
+                return
+            await _relay(ctl, websocket, record, token)
+    except (WebSocketDisconnect, OSError):
+        # The viewer went away while we were answering it (uvicorn's ClientDisconnected is an
+        # OSError): the end of this socket, not an error of the application's.
+        _log.info("view_viewer_left", session_id=session_id)
+
+
+async def _relay(
+    ctl: Controller, websocket: WebSocket, record: AuthSessionRecord, token: str
+) -> None:
+    """Once the login is shown: the VNC handshakes on both sides, then bytes both ways."""
+    session_id = record.id
+    try:
+        shown = await _shown_or_left(ctl, websocket, record, token)
+        if shown is None:
+            return
+        vm = ctl.vms.live_vm(shown.browser_vm_id or "")
         port = vm.ports[VNC_PORT]
         if vm.token is None:
             raise NotFound("the Browser VM is not claimed")
     except (Unauthorized, NotFound, KeyError):
         await websocket.close(code=4401)
         return
-    offered = websocket.scope.get("subprotocols") or []
-    await websocket.accept(subprotocol="binary" if "binary" in offered else None)
+    await _accept(websocket)
     viewer = _ViewerStream(websocket)
     try:
         async with asyncio.timeout(_HANDSHAKE_TIMEOUT_S):
