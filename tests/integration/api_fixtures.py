@@ -86,10 +86,6 @@ class FakeImages:
         """The one fake image."""
         return ImageDir(self.root)
 
-    def status(self) -> dict[str, str]:
-        """Every type served by the fake image."""
-        return {t.value: str(self.root) for t in VmType}
-
 
 @dataclass
 class Api:

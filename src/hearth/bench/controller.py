@@ -23,6 +23,7 @@ from hearth.bench.errors import BenchError
 from hearth.bench.loopback_server import LoopbackServer
 from hearth.closing import Closing
 from hearth.config import Settings
+from hearth.control.templates import TemplateState
 from hearth.runtime import ControlPlane
 from hearth.store import normalise_url
 from hearth.vm.host import free_local_port
@@ -107,7 +108,7 @@ class ControllerProcess(ChildServer):
             while not deadline.expired:
                 self.check_running()
                 templates: dict[str, str] = (await client.get("/health")).json()["templates"]
-                if not {"pending", "building"} & set(templates.values()):
+                if not {TemplateState.PENDING, TemplateState.BUILDING} & set(templates.values()):
                     return templates
                 await asyncio.sleep(0.2)
         raise BenchError(f"the controller's warm-up took over {START_DEADLINE_S:.0f} s")

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from dataclasses import dataclass
+from enum import StrEnum
 
 from hearth.control.vms import VmService
 from hearth.errors import HearthError, ImageNotBuilt
@@ -23,13 +25,37 @@ from hearth.vm.types import VmType
 _log = get_logger("control.templates")
 
 
+class TemplateState(StrEnum):
+    """How far one VM type's default-size template got (``/health`` shows it without a key)."""
+
+    PENDING = "pending"  # waiting for its turn in the warm-up
+    BUILDING = "building"  # being built now
+    READY = "ready"  # built (or found built): VMs of the type restore from it
+    NO_IMAGE = "no image"  # no image serves the VM type, so there is nothing to build from
+    FAILED = "failed"  # the build failed; the next VM of the type tries again
+    OFF = "off"  # not prepared ahead: each is built when a VM first needs it
+
+
+@dataclass(frozen=True, slots=True)
+class TemplateStatus:
+    """One template's state and, for ``no image`` and ``failed``, the error's text."""
+
+    state: TemplateState
+    error: str | None = None
+
+    @property
+    def text(self) -> str:
+        """For the operator: the state, then ``: <error>`` when there is one."""
+        return self.state.value if self.error is None else f"{self.state}: {self.error}"
+
+
 class TemplateWarmer:
     """Builds the default sizes' templates in the background; says how far it got."""
 
     def __init__(self, *, vms: VmService, enabled: bool = True) -> None:
         self.vms = vms
-        first = "pending" if enabled else "off"  # off: each is built when a VM first needs it
-        self._state: dict[str, str] = {vm_type.value: first for vm_type in VmType}
+        first = TemplateStatus(TemplateState.PENDING if enabled else TemplateState.OFF)
+        self._state: dict[str, TemplateStatus] = {vm_type.value: first for vm_type in VmType}
         self._task: asyncio.Task[None] | None = None
         self._again = False
 
@@ -41,9 +67,9 @@ class TemplateWarmer:
             return
         self._task = asyncio.create_task(self._warm())
 
-    def status(self) -> dict[str, str]:
-        """Per VM type: ``pending``, ``building``, ``ready``, ``no image: …``, ``failed: …``, or
-        ``off`` (not prepared ahead)."""
+    def status(self) -> dict[str, TemplateStatus]:
+        """Per VM type: its template's state, and the error of one that is ``no image`` or
+        ``failed``."""
         return dict(self._state)
 
     async def wait(self) -> None:
@@ -77,15 +103,15 @@ class TemplateWarmer:
 
     async def _prepare(self, vm_type: VmType) -> None:
         spec = self.vms.spec_for(vm_type, None, None)
-        self._state[vm_type.value] = "building"
+        self._state[vm_type.value] = TemplateStatus(TemplateState.BUILDING)
         try:
             await self.vms.node.prepare(vm_type, spec)
         except ImageNotBuilt as exc:
-            self._state[vm_type.value] = f"no image: {exc.message}"
+            self._state[vm_type.value] = TemplateStatus(TemplateState.NO_IMAGE, exc.message)
             return
         except HearthError as exc:
-            self._state[vm_type.value] = f"failed: {exc.message[:300]}"
+            self._state[vm_type.value] = TemplateStatus(TemplateState.FAILED, exc.message[:300])
             _log.warning("template_prepare_failed", vm_type=vm_type.value, error=exc.message[:300])
             return
-        self._state[vm_type.value] = "ready"
+        self._state[vm_type.value] = TemplateStatus(TemplateState.READY)
         _log.info("template_prepared", vm_type=vm_type.value, size=spec.size_key)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 
 from hearth.config import Settings
@@ -16,6 +19,38 @@ _log = get_logger("node.images")
 
 # Preferred recipes per VM type, best first; the minimal image serves until the others exist.
 _RECIPES = {VmType.CLI: ("cli", "minimal"), VmType.BROWSER: ("browser", "minimal")}
+
+
+class ImageState(StrEnum):
+    """Whether a VM type has an image to boot (``/health`` shows it without a key)."""
+
+    READY = "ready"  # a built image serves the VM type
+    MISSING = "missing"  # none is built; VMs of the type cannot start
+
+
+@dataclass(frozen=True, slots=True)
+class ImageStatus:
+    """One VM type's image: its state, and the image directory or why there is none."""
+
+    state: ImageState
+    detail: str  # READY: the image directory on the host; MISSING: which command builds one
+
+    @property
+    def text(self) -> str:
+        """For the operator: the image directory, or ``missing: <why>``."""
+        return self.detail if self.state is ImageState.READY else f"{self.state}: {self.detail}"
+
+
+def image_status(image_for: Callable[[VmType], ImageDir]) -> dict[str, ImageStatus]:
+    """Per VM type, the status of the image ``image_for`` resolves it to (or the
+    ImageNotBuilt it raises)."""
+    found: dict[str, ImageStatus] = {}
+    for vm_type in VmType:
+        try:
+            found[vm_type.value] = ImageStatus(ImageState.READY, str(image_for(vm_type).path))
+        except ImageNotBuilt as exc:
+            found[vm_type.value] = ImageStatus(ImageState.MISSING, exc.message)
+    return found
 
 
 class ImageCatalog:
@@ -38,16 +73,6 @@ class ImageCatalog:
             f"no image for {vm_type.value} VMs in {', '.join(str(c.path) for c in candidates)}; "
             f"run: hearth image build --recipe {_RECIPES[vm_type][0]} (or minimal)"
         )
-
-    def status(self) -> dict[str, str]:
-        """Per VM type: the image directory in use, or why there is none."""
-        found: dict[str, str] = {}
-        for vm_type in VmType:
-            try:
-                found[vm_type.value] = str(self.image_for(vm_type).path)
-            except ImageNotBuilt as exc:
-                found[vm_type.value] = f"missing: {exc.message}"
-        return found
 
 
 async def prepare_templates(settings: Settings, image_path: Path) -> list[tuple[str, str]]:

@@ -8,6 +8,7 @@ from typing import Protocol
 
 from hearth.agent_bundle import AgentBundle
 from hearth.node.egress import EgressPath
+from hearth.node.images import ImageStatus
 from hearth.vm.accel import Accel
 from hearth.vm.types import Vm, VmSpec, VmState, VmType, Volume
 
@@ -35,7 +36,7 @@ class Node(Protocol):
         ``vm_type``; the control plane asks before it admits a VM."""
         ...
 
-    def images_status(self) -> dict[str, str]:
+    def images_status(self) -> dict[str, ImageStatus]:
         """Per VM type: the image in use, or why there is none."""
         ...
 

@@ -16,6 +16,7 @@ from hearth.images.layout import build_payload
 from hearth.images.manifest import ImageDir
 from hearth.metrics import ControllerMetrics
 from hearth.node.egress import EgressPath, open_egress_path
+from hearth.node.images import ImageStatus, image_status
 from hearth.vm.accel import Accel
 from hearth.vm.backend import VmBackend
 from hearth.vm.types import Vm, VmSpec, VmState, VmType, Volume
@@ -26,10 +27,6 @@ class ImageSource(Protocol):
 
     def image_for(self, vm_type: VmType) -> ImageDir:
         """The image, or ImageNotBuilt."""
-        ...
-
-    def status(self) -> dict[str, str]:
-        """Per VM type: the image in use, or why there is none."""
         ...
 
 
@@ -71,9 +68,9 @@ class LocalNode:
         """ImageNotBuilt unless an image serves ``vm_type``."""
         self.images.image_for(vm_type)
 
-    def images_status(self) -> dict[str, str]:
-        """The catalog's status."""
-        return self.images.status()
+    def images_status(self) -> dict[str, ImageStatus]:
+        """Each VM type's image, as the catalog resolves it."""
+        return image_status(self.images.image_for)
 
     async def create(self, spec: VmSpec, *, vm_id: str) -> Vm:
         """Boot from the image of the spec's VM type."""

@@ -14,20 +14,6 @@ from hearth.vm.select import Vmm, check_vmm
 
 router = APIRouter(tags=["system"])
 
-# What ``ImageCatalog.status`` answers for a VM type without an image; otherwise the image's path.
-_MISSING_IMAGE = "missing: "
-
-
-def _image_state(status: str) -> str:
-    """``ready`` or ``missing``: an image's state without its path or the reason it is missing."""
-    return "missing" if status.startswith(_MISSING_IMAGE) else "ready"
-
-
-def _template_state(status: str) -> str:
-    """``pending``, ``building``, ``ready``, ``no image``, ``failed`` or ``off``: a template's
-    state without its error text (``TemplateWarmer.status`` answers ``state: text``)."""
-    return status.partition(": ")[0]
-
 
 @router.get(
     "/health",
@@ -59,14 +45,17 @@ async def health(ctl: Ctl, request: Request, response: Response) -> dict[str, An
         },
         # Every VMM this controller knows: whether it could run here, and if not, why not.
         "vmms": {vmm.value: check_vmm(ctl.settings, vmm).to_dict() for vmm in Vmm},
-        "images": {vm_type: _image_state(status) for vm_type, status in images.items()},
+        "images": {vm_type: status.state.value for vm_type, status in images.items()},
         # Per VM type, the default size's restore template: building, ready, or failed.
-        "templates": {vm_type: _template_state(status) for vm_type, status in templates.items()},
+        "templates": {vm_type: status.state.value for vm_type, status in templates.items()},
         "vms": {"live": len(ctl.vms.live)},
     }
     if admin is not None:
         # Host paths and internal error texts: for the operator only.
-        body["details"] = {"images": images, "templates": templates}
+        body["details"] = {
+            "images": {vm_type: status.text for vm_type, status in images.items()},
+            "templates": {vm_type: status.text for vm_type, status in templates.items()},
+        }
     if not store_ok:
         response.status_code = 503
     return body

@@ -1,0 +1,102 @@
+"""The images' and templates' statuses ``/health`` shows: a state, and the detail (the image's
+directory, why there is none, a build's error) apart from it, so nobody parses text."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, cast
+
+from hearth.config import Settings
+from hearth.control.templates import TemplateState, TemplateStatus, TemplateWarmer
+from hearth.control.vms import VmService
+from hearth.errors import ImageNotBuilt, VmError
+from hearth.images.manifest import ImageDir
+from hearth.node.images import ImageCatalog, ImageState, ImageStatus, image_status
+from hearth.vm.types import VmSpec, VmType
+
+
+def test_an_unbuilt_image_is_missing_and_says_which_command_builds_it(tmp_path: Path) -> None:
+    catalog = ImageCatalog(Settings.from_env({"HEARTH_STATE_DIR": str(tmp_path)}))
+    status = image_status(catalog.image_for)
+    assert set(status) == {"cli", "browser"}
+    cli = status["cli"]
+    assert cli.state is ImageState.MISSING
+    assert "hearth image build --recipe cli" in cli.detail
+    assert not cli.detail.startswith("missing")  # the state is not repeated in the detail
+    assert cli.text == f"missing: {cli.detail}"
+
+
+def test_a_built_image_is_ready_and_its_detail_is_its_directory(tmp_path: Path) -> None:
+    def image_for(vm_type: VmType) -> ImageDir:
+        if vm_type is VmType.BROWSER:
+            raise ImageNotBuilt("no browser image here")
+        return ImageDir(tmp_path / "cli")
+
+    status = image_status(image_for)
+    assert status["cli"] == ImageStatus(ImageState.READY, str(tmp_path / "cli"))
+    assert status["cli"].text == str(tmp_path / "cli")
+    assert status["browser"] == ImageStatus(ImageState.MISSING, "no browser image here")
+    assert status["browser"].text == "missing: no browser image here"
+
+
+class _Node:
+    """Prepares the CLI template; has no Browser image."""
+
+    async def prepare(self, vm_type: VmType, spec: VmSpec) -> None:
+        if vm_type is VmType.BROWSER:
+            raise ImageNotBuilt("run: hearth image build --recipe browser")
+
+
+class _FailingNode:
+    """Every template build fails."""
+
+    async def prepare(self, vm_type: VmType, spec: VmSpec) -> None:
+        raise VmError(f"the {vm_type.value} template VM never answered /health")
+
+
+class _Vms:
+    """What the warmer asks of the VM service: a spec per type, the node, no workspaces."""
+
+    workspaces = None
+
+    def __init__(self, node: Any) -> None:
+        self.node = node
+
+    def spec_for(self, vm_type: VmType, vcpus: int | None, mem_mib: int | None) -> VmSpec:
+        return VmSpec(vm_type=vm_type)
+
+
+def _warmer(node: Any, *, enabled: bool = True) -> TemplateWarmer:
+    return TemplateWarmer(vms=cast(VmService, _Vms(node)), enabled=enabled)
+
+
+def test_templates_are_pending_until_warmed_or_off_when_not_prepared_ahead() -> None:
+    assert _warmer(_Node()).status() == {
+        "cli": TemplateStatus(TemplateState.PENDING),
+        "browser": TemplateStatus(TemplateState.PENDING),
+    }
+    off = _warmer(_Node(), enabled=False).status()
+    assert {t: s.state for t, s in off.items()} == {"cli": "off", "browser": "off"}
+    assert {t: s.text for t, s in off.items()} == {"cli": "off", "browser": "off"}
+
+
+async def test_a_warmed_template_is_ready_and_one_without_an_image_keeps_the_reason() -> None:
+    warmer = _warmer(_Node())
+    warmer.start()
+    await warmer.wait()
+    status = warmer.status()
+    assert status["cli"] == TemplateStatus(TemplateState.READY)
+    assert status["cli"].text == "ready"
+    assert status["browser"].state is TemplateState.NO_IMAGE
+    assert status["browser"].error == "run: hearth image build --recipe browser"
+    assert status["browser"].text == "no image: run: hearth image build --recipe browser"
+
+
+async def test_a_failed_build_keeps_its_error_apart_from_its_state() -> None:
+    warmer = _warmer(_FailingNode())
+    warmer.start()
+    await warmer.wait()
+    browser = warmer.status()["browser"]
+    assert browser.state is TemplateState.FAILED
+    assert browser.error == "the browser template VM never answered /health"
+    assert browser.text == "failed: the browser template VM never answered /health"
