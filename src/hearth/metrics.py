@@ -102,7 +102,8 @@ class ControllerMetrics:
         self.credentials = Gauge(
             "hearth_credentials",
             "Credentials in the vault by provider and state (valid, expiring within "
-            "HEARTH_CREDENTIAL_EXPIRING_S, expired, unknown: no expiry known)",
+            "HEARTH_CREDENTIAL_EXPIRING_S, expired, needs_login: the provider refused its "
+            "refresh, unknown: no expiry known)",
             ["provider", "state"],
             registry=self.registry,
         )

@@ -12,7 +12,7 @@ class EventType(StrEnum):
     VM_UNHEALTHY = "vm.unhealthy"
     VM_RECOVERED = "vm.recovered"
     VM_FAILED = "vm.failed"
-    VM_TIMED_OUT = "vm.timed_out"  # its timeoutS or idleTimeoutS ran out; paused or destroyed
+    VM_TIMED_OUT = "vm.timed_out"  # its timeoutS or idleTimeoutS ran out; its action taken
     VM_AUTO_RESUMED = "vm.auto_resumed"  # a call that needed it running resumed it
     AUTH_COMPLETED = "auth.completed"
     AUTH_FAILED = "auth.failed"
