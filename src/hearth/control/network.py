@@ -15,11 +15,19 @@ The path's node port and the policy are kept in the store (``vm_egress``), writt
 change is reported: the VM's QEMU dials that port for as long as it runs, so a restarted
 controller reopens each adopted CLI VM's path on the same port with the same policy
 (:meth:`CliNetworks.reopen`). Its traffic counts start again from zero.
+
+Every change of one VM's path or policy (open, a ``PUT``, a credential's provider opened or
+closed, suspend, close) holds that VM's lock from reading the policy to storing it, so two
+changes never interleave: a change the store refuses is undone without undoing another, and
+what is enforced is what is stored. The lock is held only across this module's own awaits (the
+store's write, the proxy's start or stop), never across a caller's.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import asyncio
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 
 from hearth.config import Settings
@@ -70,6 +78,14 @@ def provider_hosts(settings: Settings) -> dict[Provider, tuple[str, ...]]:
     return hosts
 
 
+@dataclass
+class _VmLock:
+    """One VM's lock, and how many hold or await it (it is dropped when none do)."""
+
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0
+
+
 class CliNetworks:
     """The egress path and policy of every running CLI VM of this controller."""
 
@@ -85,21 +101,45 @@ class CliNetworks:
         self.hosts = hosts
         self._paths: dict[str, EgressPath] = {}
         self._policies: dict[str, NetworkPolicy] = {}
+        self._locks: dict[str, _VmLock] = {}
+
+    @asynccontextmanager
+    async def _held(self, vm_id: str) -> AsyncIterator[None]:
+        """Hold the VM's lock: one change of its path or policy at a time. Dropped once no
+        one holds or awaits it, so a waiter and a later caller always share one lock."""
+        entry = self._locks.setdefault(vm_id, _VmLock())
+        entry.users += 1
+        try:
+            async with entry.lock:
+                yield
+        finally:
+            entry.users -= 1
+            if not entry.users:
+                del self._locks[vm_id]
 
     async def open(self, vm_id: str) -> GuestForward:
         """Open the VM's path, with the policy stored for it (a VM woken from hibernation goes
         on with its providers, ``allowOut`` and ``denyOut``), else with nothing allowed yet;
-        the forward its spec must carry."""
-        stored = await self.store.egress.get(vm_id)
-        policy = NetworkPolicy(provider_hosts=self.hosts) if stored is None else self._of(stored)
-        path = await self.node.open_egress(policy.allow, deny=policy.deny_out, owner=vm_id)
-        self._paths[vm_id] = path
-        self._policies[vm_id] = policy
-        try:
-            await self._save(vm_id)
-        except BaseException:
-            await self.close(vm_id)
-            raise
+        the forward its spec must carry. If the store refuses the new port, the path is closed
+        and the error raised, and the stored policy stays as it was for the next wake."""
+        async with self._held(vm_id):
+            stored = await self.store.egress.get(vm_id)
+            policy = (
+                NetworkPolicy(provider_hosts=self.hosts) if stored is None else self._of(stored)
+            )
+            path = await self.node.open_egress(policy.allow, deny=policy.deny_out, owner=vm_id)
+            try:
+                await self._save(vm_id, path, policy)
+            except BaseException as exc:
+                await path.close()
+                _log.warning(
+                    "cli_egress_open_failed",
+                    vm_id=vm_id,
+                    stored_policy_kept=stored is not None,
+                    error=f"{type(exc).__name__}: {str(exc)[:300]}",
+                )
+                raise
+            self._paths[vm_id], self._policies[vm_id] = path, policy
         _log.info("cli_egress_opened", vm_id=vm_id, port=path.port)
         return path.forward
 
@@ -107,19 +147,21 @@ class CliNetworks:
         """Reopen the stored path of a running VM this controller adopts, on the port its VMM
         dials and with its policy; None when done (or it has none), else why it could not
         (the port is taken)."""
-        stored = await self.store.egress.get(vm_id)
-        if stored is None:
-            return None
-        policy = self._of(stored)
-        try:
-            path = await self.node.open_egress(
-                policy.allow, deny=policy.deny_out, owner=vm_id, port=stored.port
-            )
-        except (OSError, HearthError) as exc:
-            _log.warning("cli_egress_reopen_failed", vm_id=vm_id, port=stored.port, error=str(exc))
-            detail = exc.message if isinstance(exc, HearthError) else str(exc)
-            return f"its egress proxy could not listen on port {stored.port} again: {detail}"
-        self._paths[vm_id], self._policies[vm_id] = path, policy
+        async with self._held(vm_id):
+            stored = await self.store.egress.get(vm_id)
+            if stored is None:
+                return None
+            policy = self._of(stored)
+            try:
+                path = await self.node.open_egress(
+                    policy.allow, deny=policy.deny_out, owner=vm_id, port=stored.port
+                )
+            except (OSError, HearthError) as exc:
+                port = stored.port
+                _log.warning("cli_egress_reopen_failed", vm_id=vm_id, port=port, error=str(exc))
+                detail = exc.message if isinstance(exc, HearthError) else str(exc)
+                return f"its egress proxy could not listen on port {port} again: {detail}"
+            self._paths[vm_id], self._policies[vm_id] = path, policy
         _log.info("cli_egress_reopened", vm_id=vm_id, port=path.port)
         return None
 
@@ -138,14 +180,19 @@ class CliNetworks:
 
     async def close(self, vm_id: str) -> None:
         """The VM is gone: close its path and forget its policy; nothing to do if it has none."""
-        try:
-            await self.suspend(vm_id)
-        finally:
-            await self.store.egress.delete(vm_id)
+        async with self._held(vm_id):
+            try:
+                await self._drop(vm_id)
+            finally:
+                await self.store.egress.delete(vm_id)
 
     async def suspend(self, vm_id: str) -> None:
         """The VM stopped running but goes on (hibernated): close its path and keep its
         stored policy, which ``open`` takes up again at its wake."""
+        async with self._held(vm_id):
+            await self._drop(vm_id)
+
+    async def _drop(self, vm_id: str) -> None:
         path = self._paths.pop(vm_id, None)
         self._policies.pop(vm_id, None)
         if path is not None:
@@ -153,7 +200,8 @@ class CliNetworks:
 
     async def close_all(self) -> None:
         """Stop every path's proxy (the controller stops); the stored paths stay for the VMs
-        that go on running, to be reopened by the next controller."""
+        that go on running, to be reopened by the next controller. Takes no VM's lock: a
+        change still storing finds its path gone and leaves it gone."""
         paths, self._paths = self._paths, {}
         self._policies.clear()
         for path in paths.values():
@@ -199,9 +247,10 @@ class CliNetworks:
     ) -> int:
         """Replace the VM's own additions and removals (InvalidInput, changing nothing, for a
         bad entry); the open connections it no longer allows are cut (their count returned)."""
-        policy = self.policy(vm_id)
-        wanted = replace(policy, allow_out=tuple(allow_out), deny_out=tuple(deny_out))
-        cut = await self._apply(vm_id, wanted)
+        async with self._held(vm_id):
+            policy = self.policy(vm_id)
+            wanted = replace(policy, allow_out=tuple(allow_out), deny_out=tuple(deny_out))
+            cut = await self._apply(vm_id, policy, wanted)
         _log.info(
             "cli_egress_policy_set",
             vm_id=vm_id,
@@ -213,43 +262,46 @@ class CliNetworks:
 
     async def allow_provider(self, vm_id: str, provider: Provider) -> None:
         """A credential of ``provider`` was delivered into the VM: let it reach that API."""
-        policy = self._policies.get(vm_id)
-        if policy is None or provider in policy.providers:
-            return
-        wanted = replace(policy, providers=policy.providers | {provider})
-        await self._apply(vm_id, wanted)
+        async with self._held(vm_id):
+            policy = self._policies.get(vm_id)
+            if policy is None or provider in policy.providers:
+                return
+            wanted = replace(policy, providers=policy.providers | {provider})
+            await self._apply(vm_id, policy, wanted)
         _log.info("cli_egress_provider_allowed", vm_id=vm_id, provider=provider.value)
 
     async def forbid_provider(self, vm_id: str, provider: Provider) -> None:
         """The VM no longer holds a credential of ``provider``: close that API to it (hosts
         the VM's ``allowOut`` names stay open)."""
-        policy = self._policies.get(vm_id)
-        if policy is None or provider not in policy.providers:
-            return
-        wanted = replace(policy, providers=policy.providers - {provider})
-        await self._apply(vm_id, wanted)
+        async with self._held(vm_id):
+            policy = self._policies.get(vm_id)
+            if policy is None or provider not in policy.providers:
+                return
+            wanted = replace(policy, providers=policy.providers - {provider})
+            await self._apply(vm_id, policy, wanted)
         _log.info("cli_egress_provider_closed", vm_id=vm_id, provider=provider.value)
 
-    async def _apply(self, vm_id: str, wanted: NetworkPolicy) -> int:
-        """Enforce ``wanted`` (which checks it), then store it; the enforced policy goes back
-        to the one before if the store refuses, so the store never lags what is enforced."""
-        path, before = self._paths[vm_id], self._policies[vm_id]
+    async def _apply(self, vm_id: str, before: NetworkPolicy, wanted: NetworkPolicy) -> int:
+        """Enforce ``wanted`` (the proxy checks it), then store it; the enforced policy goes
+        back to ``before`` if the store refuses, so the store never lags what is enforced. The
+        caller holds the VM's lock, taken before it read ``before``."""
+        path = self._paths[vm_id]
         cut = path.set_policy(wanted.allow, wanted.deny_out)
         self._policies[vm_id] = wanted
         try:
-            await self._save(vm_id)
+            await self._save(vm_id, path, wanted)
         except BaseException:
-            self._policies[vm_id] = before
             path.set_policy(before.allow, before.deny_out)
+            if self._paths.get(vm_id) is path:  # not closed meanwhile (close_all)
+                self._policies[vm_id] = before
             raise
         return cut
 
-    async def _save(self, vm_id: str) -> None:
-        policy = self._policies[vm_id]
+    async def _save(self, vm_id: str, path: EgressPath, policy: NetworkPolicy) -> None:
         await self.store.egress.put(
             EgressRecord(
                 vm_id=vm_id,
-                port=self._paths[vm_id].port,
+                port=path.port,
                 providers=frozenset(policy.providers),
                 allow_out=policy.allow_out,
                 deny_out=policy.deny_out,
