@@ -1,16 +1,19 @@
 """A VM destroyed while it is being hibernated, in process over the fake backend, on SQLite and
 PostgreSQL: by ``DELETE /api/vms/{id}``, and by a controller stopping with ``--destroy-on-exit``
 (``VmService.shutdown(destroy_vms=True)``) while a lifetime's hibernation saves it. Either
-waits for the save to end, then destroys the VM: nothing is left running or saved.
+waits for the save to end, then destroys the VM: nothing is left running or saved. A stop with
+``--destroy-on-exit`` also destroys the VMs already hibernated (and their saved state) or paused.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import shutil
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -45,6 +48,31 @@ class HeldSave(FakeBackend):
     async def hibernate(self, vm: Vm, state_key: bytes) -> None:
         await self.release.wait()
         await super().hibernate(vm, state_key)
+
+
+class SavedOnDisk(FakeBackend):
+    """The fake, whose VMs have a work dir where a hibernation leaves a saved state (as QEMU's
+    ``state.bin``) and which their destroy removes, as the real backends' do."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__()
+        self.root = root
+
+    async def create(self, *args: Any, **kwargs: Any) -> Vm:
+        vm = await super().create(*args, **kwargs)
+        vm.workdir = self.root / vm.id
+        vm.workdir.mkdir(parents=True)
+        return vm
+
+    async def hibernate(self, vm: Vm, state_key: bytes) -> None:
+        await super().hibernate(vm, state_key)
+        assert vm.workdir is not None
+        (vm.workdir / "state.bin").write_bytes(b"saved")
+
+    async def destroy(self, vm: Vm) -> None:
+        await super().destroy(vm)
+        if vm.workdir is not None:
+            shutil.rmtree(vm.workdir, ignore_errors=True)
 
 
 @pytest.fixture
@@ -124,5 +152,32 @@ async def test_destroy_on_exit_destroys_a_vm_its_lifetime_is_hibernating(
     store = await bootstrap.open_store(settings)  # the controller's, closed with it
     try:
         assert (await store.vms.get(vm_id)).status is VmState.DESTROYED
+    finally:
+        await store.close()
+
+
+async def test_destroy_on_exit_destroys_hibernated_and_paused_vms_and_the_saved_state(
+    settings: Settings, tmp_path: Path
+) -> None:
+    # Only live VMs (and those being saved) were destroyed: a VM whose hibernation had ended
+    # before the stop was kept, its row "hibernated" and its saved state on disk.
+    backend = SavedOnDisk(tmp_path / "vms")
+    async with serving_destroy_on_exit(settings, backend, tmp_path / "image") as api:
+        asleep, paused = await new_vm(api), await new_vm(api)
+        for vm_id, action, status in (
+            (asleep, "hibernate", "hibernated"),
+            (paused, "pause", "paused"),
+        ):
+            answer = await api.client.post(f"/api/vms/{vm_id}/{action}", headers=api.headers())
+            assert (answer.status_code, answer.json()["status"]) == (200, status), answer.text
+        saved = backend.root / asleep / "state.bin"
+        assert saved.exists()
+    assert not saved.parent.exists(), "a hibernated VM's saved state was kept"
+    assert asleep not in backend.hibernated
+    assert not backend.running, "a VM was left running"
+    store = await bootstrap.open_store(settings)
+    try:
+        for vm_id in asleep, paused:
+            assert (await store.vms.get(vm_id)).status is VmState.DESTROYED, vm_id
     finally:
         await store.close()

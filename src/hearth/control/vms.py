@@ -14,6 +14,7 @@ from typing import Any
 from hearth.config import Settings
 from hearth.control.agent_hooks import BeforeDestroy, run_agent_hooks
 from hearth.control.agent_tokens import AgentTokens
+from hearth.control.destroy_on_exit import destroy_every_vm
 from hearth.control.hibernation import Hibernation, set_guest_clock
 from hearth.control.lifetimes import Lifetime, move_banking_time, running_fields
 from hearth.control.network import CliNetworks
@@ -475,8 +476,9 @@ class VmService:
                 self.metrics.vms.labels(status=status.value).set(count)
 
     async def shutdown(self, *, destroy_vms: bool) -> None:
-        """Stop background boots; with ``destroy_vms`` also tear every live VM down (one being
-        hibernated once its save ends), else cut short the saves under way (``Hibernation``)."""
+        """Stop background boots; with ``destroy_vms`` also destroy every VM, hibernated ones
+        and their saved state included (``destroy_on_exit``), else cut short the saves under
+        way (``Hibernation``)."""
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -484,11 +486,7 @@ class VmService:
         # destroying what it made): they end before the store closes under them.
         await self._teardowns.wait()
         if destroy_vms:
-            for vm_id in dict.fromkeys([*self.live, *self.hibernation.under_way()]):
-                try:
-                    await self.destroy(vm_id, include_pooled=True)
-                except HearthError as exc:
-                    _log.warning("shutdown_destroy_error", vm_id=vm_id, error=exc.message[:300])
+            await destroy_every_vm(self)
         await self.hibernation.stop()
 
     async def wait_idle(self) -> None:
