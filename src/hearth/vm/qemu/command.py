@@ -11,6 +11,7 @@ from hearth.network.namespace import TAP_NAME, NetworkSlot
 from hearth.vm.accel import Accel
 from hearth.vm.qemu.disk_keys import drive_key_option, secret_object
 from hearth.vm.qemu.hibernation import DiskLayer, drive_backing
+from hearth.vm.qemu.options import option_value
 from hearth.vm.qemu.volumes import slot_argv
 from hearth.vm.types import VmSpec
 
@@ -114,7 +115,8 @@ def qemu_argv(
         if not spec.allow_egress:
             # restrict=on: the guest reaches nothing outside, not even the host; forwards work.
             netdev += ",restrict=on"
-    drive = f"file={paths.overlay},if=virtio,format=qcow2,cache=writeback,discard=unmap"
+    overlay = option_value(paths.overlay)
+    drive = f"file={overlay},if=virtio,format=qcow2,cache=writeback,discard=unmap"
     key_object: list[str] = []
     if disk_key_fd is not None:
         # The secret must exist at startup: with -incoming the drive is opened before QMP is up.
@@ -160,7 +162,7 @@ def qemu_argv(
         "-serial",
         f"file:{paths.console}",
         "-qmp",
-        f"unix:{paths.qmp},server=on,wait=off",
+        f"unix:{option_value(paths.qmp)},server=on,wait=off",
         "-pidfile",
         str(paths.pidfile),
     ]

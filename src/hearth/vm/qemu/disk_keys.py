@@ -25,6 +25,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from hearth.vm.qemu.options import option_value
+
 KEY_BYTES = 32
 KEY_OBJECT_ID = "disk-key"
 # The key is 32 random bytes: stretching it buys nothing and every restore would pay for it.
@@ -69,7 +71,7 @@ def key_pipe(key: DiskKey | None) -> Iterator[int | None]:
 
 def secret_object(path: str) -> str:
     """The QEMU ``secret`` object reading the key from ``path`` (a pipe: never a real file)."""
-    return f"secret,id={KEY_OBJECT_ID},format=raw,file={path}"
+    return f"secret,id={KEY_OBJECT_ID},format=raw,file={option_value(path)}"
 
 
 def encrypt_create_options() -> str:

@@ -25,6 +25,7 @@ from hearth.errors import SavedStateCorrupt, SnapshotError
 from hearth.images.manifest import INITRAMFS_NAME, KERNEL_NAME, ImageDir
 from hearth.logging import get_logger
 from hearth.vm.qemu.monitor import Monitor
+from hearth.vm.qemu.options import option_value
 from hearth.vm.qemu.saved_state import STATE_FILE, StateWriter, read_state
 from hearth.vm.readiness import Backoff, Deadline
 from hearth.vm.types import Vm, VmState
@@ -106,7 +107,8 @@ def drive_backing(layers: tuple[DiskLayer, ...]) -> str:
     options: list[str] = []
     prefix = "backing"
     for layer in layers:
-        options += [f"{prefix}.driver={layer.fmt}", f"{prefix}.file.filename={layer.path}"]
+        path = option_value(layer.path)
+        options += [f"{prefix}.driver={layer.fmt}", f"{prefix}.file.filename={path}"]
         prefix += ".backing"
     return ",".join(options)
 

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from hearth.vm.qemu.monitor import Monitor
+from hearth.vm.qemu.options import option_value
 from hearth.vm.types import SLOT_SERIAL, VmSpec, Volume
 
 _FIRST_SLOT = 0x10  # PCI slots below are the VM's own devices
@@ -122,7 +123,7 @@ def wake_argv(index: int, volume: Volume, key_fd: int, *, slot: bool) -> list[st
             "driver=qcow2",
             f"node-name={node}",
             "file.driver=file",
-            f"file.filename={volume.path}",
+            f"file.filename={option_value(volume.path)}",
             "encrypt.format=luks",
             f"encrypt.key-secret={secret}",
         ]
