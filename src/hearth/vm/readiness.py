@@ -1,4 +1,10 @@
-"""Readiness: poll the agent's /health with backoff under a deadline, failing fast on VMM death."""
+"""Readiness: poll the agent's /health with backoff under a deadline, failing fast on VMM death.
+
+A wait that gives up says which VM and what kind of failure its last probe met ("connection
+refused", "timed out", an HTTP status): its message reaches API clients and the VM's row, and
+the text of an httpx error may quote the agent's address inside the VM network, so that text
+goes to the log (``vm_not_ready``) alone.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +17,21 @@ import httpx
 
 from hearth.errors import VmNotReady, VmProcessExited
 from hearth.httpclient import async_client
+from hearth.logging import get_logger
+
+_log = get_logger("vm.readiness")
+# What an OS error behind an httpx error means, in words that carry no address.
+_OS_FAILURES: tuple[tuple[type[OSError], str], ...] = (
+    (ConnectionRefusedError, "connection refused"),
+    (ConnectionResetError, "connection reset"),
+)
+# What an httpx error means when no OS error above is behind it (the first that matches).
+_HTTP_FAILURES: tuple[tuple[type[httpx.HTTPError], str], ...] = (
+    (httpx.TimeoutException, "timed out"),
+    (httpx.ConnectError, "could not connect"),
+    (httpx.RemoteProtocolError, "no valid HTTP answer"),
+    (httpx.NetworkError, "connection broke off"),
+)
 
 
 @dataclass(frozen=True)
@@ -68,11 +89,11 @@ async def wait_until_healthy(
 ) -> float:
     """Poll ``url`` + ``/health`` until it answers 200; return the seconds it took.
 
-    Raises VmProcessExited as soon as ``exit_status()`` reports the VMM gone, and VmNotReady with
-    the last probe error when the deadline passes.
+    Raises VmProcessExited as soon as ``exit_status()`` reports the VMM gone, and VmNotReady
+    naming the VM and the kind of the last probe's failure when the deadline passes.
     """
     started = time.monotonic()
-    last_error = "no probe completed"
+    last_error = last_detail = "no probe completed"
     own_client = client is None
     http = client or async_client()
     try:
@@ -89,15 +110,33 @@ async def wait_until_healthy(
                 )
                 if response.status_code == 200:
                     return time.monotonic() - started
-                last_error = f"HTTP {response.status_code}"
+                last_error = last_detail = f"HTTP {response.status_code}"
             except httpx.HTTPError as exc:
-                last_error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                last_error, last_detail = _probe_failure(exc), f"{type(exc).__name__}: {exc}"
             if deadline.expired:
                 break
             await asyncio.sleep(min(delay, deadline.remaining()))
+        _log.warning("vm_not_ready", vm_id=vm_id, url=url, error=last_detail[:300])
         raise VmNotReady(
             f"VM {vm_id} not ready after {deadline.seconds * 1000:.0f} ms: {last_error}"
         )
     finally:
         if own_client:
             await http.aclose()
+
+
+def _probe_failure(exc: httpx.HTTPError) -> str:
+    """The kind of failure ``exc`` is ("connection refused", "timed out", ...), in words that
+    carry no address (its own text may quote the URL or IP it failed on)."""
+    seen: set[int] = set()
+    cause = exc.__cause__ or exc.__context__
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        for os_error, words in _OS_FAILURES:
+            if isinstance(cause, os_error):
+                return words
+        cause = cause.__cause__ or cause.__context__
+    for http_error, words in _HTTP_FAILURES:
+        if isinstance(exc, http_error):
+            return words
+    return type(exc).__name__
