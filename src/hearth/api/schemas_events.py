@@ -9,8 +9,8 @@ from pydantic import Field, StrictStr
 
 from hearth.api.schemas import RequestModel, WireModel
 from hearth.events.types import DeliveryStatus, EventType
-from hearth.events.webhooks import Delivery
-from hearth.store.records import WebhookRecord
+from hearth.events.webhooks import LATEST_ATTEMPTS, Delivery
+from hearth.store.records import AttemptRecord, DeliveryRecord, WebhookRecord
 
 EVENT_NAMES = ", ".join(f"`{member.value}`" for member in EventType)
 
@@ -89,7 +89,11 @@ class DeliveryOut(WireModel):
     event_id: int
     event_type: str
     status: DeliveryStatus
-    attempts: list[AttemptOut]
+    attempts: list[AttemptOut] = Field(
+        description=f"the latest {LATEST_ATTEMPTS} attempts, oldest first; every one pages at "
+        "`GET /api/webhooks/{id}/deliveries/{deliveryId}/attempts`"
+    )
+    attempt_count: int = Field(description="how many attempts there were")
     next_attempt_at: datetime | None
     give_up_at: datetime
     created_at: datetime
@@ -105,6 +109,7 @@ class DeliveryOut(WireModel):
             event_type=delivery.event_type,
             status=record.status,
             attempts=[AttemptOut.of_record(attempt) for attempt in delivery.attempts],
+            attempt_count=record.attempts,
             next_attempt_at=record.next_attempt_at if pending else None,
             give_up_at=record.give_up_at,
             created_at=record.created_at,
@@ -115,3 +120,23 @@ class DeliveryList(WireModel):
     """``GET /api/webhooks/{id}/deliveries``: newest first."""
 
     deliveries: list[DeliveryOut]
+
+
+class AttemptList(WireModel):
+    """``GET /api/webhooks/{id}/deliveries/{deliveryId}/attempts``: newest first."""
+
+    attempts: list[AttemptOut]
+    attempt_count: int = Field(description="how many attempts the delivery has had")
+    next_before: int | None = Field(
+        description="`before` for the next (older) page; null when there is none"
+    )
+
+    @classmethod
+    def of(cls, delivery: DeliveryRecord, page: list[AttemptRecord], *, limit: int) -> AttemptList:
+        """A page of ``limit`` attempts at most, newest first."""
+        more = len(page) == limit and page[-1].n > 1
+        return cls(
+            attempts=[AttemptOut.of_record(attempt) for attempt in page],
+            attempt_count=delivery.attempts,
+            next_before=page[-1].n if more else None,
+        )

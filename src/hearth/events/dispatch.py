@@ -18,6 +18,8 @@ answering does not get the delivery again from the restarted controller.
 
 Every request goes to the address the URL's host was checked to resolve to
 (:mod:`hearth.events.targets`), with the URL's own ``Host`` and TLS name, no redirects followed.
+The lookup of that name and the whole exchange share one deadline, ``HEARTH_WEBHOOK_TIMEOUT_S``:
+a slow resolver costs a failed attempt, not a slot held past the delivery's claim.
 """
 
 from __future__ import annotations
@@ -279,11 +281,20 @@ class WebhookDispatcher:
         self, delivery: DeliveryRecord, event: EventRecord, hook: WebhookRecord
     ) -> tuple[int | None, str | None]:
         """POST the event: the receiver's status code, or None and why nothing came back."""
+        # One deadline for the lookup of the receiver's name and the exchange: a resolver that
+        # never answers must not hold the attempt's slot, nor outlast the delivery's claim.
+        deadline = asyncio.get_running_loop().time() + self.timeout_s
         body = body_of(event)
         try:
             target = Target.parse(hook.url)
-            address = await target.address(allow_private=self.allow_private)
+            async with asyncio.timeout_at(deadline):
+                address = await target.address(allow_private=self.allow_private)
             signature = sign(self.webhooks.secret_of(hook), body)
+        except TimeoutError:
+            return (
+                None,
+                f"the webhook host {target.host} did not resolve within {self.timeout_s:g} s",
+            )
         except HearthError as exc:  # a name that now resolves privately, a key gone
             return None, exc.message[:ERROR_MAX]
         host = f"[{address}]" if ":" in address else address
@@ -303,7 +314,7 @@ class WebhookDispatcher:
         try:
             # The whole exchange within the timeout (a receiver that trickles its answer must
             # not hold the others back); only the status is read, never the body.
-            async with asyncio.timeout(self.timeout_s):
+            async with asyncio.timeout_at(deadline):
                 response = await self._client.send(request, stream=True)
                 await response.aclose()
         except TimeoutError:

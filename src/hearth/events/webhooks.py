@@ -31,11 +31,15 @@ _log = get_logger("events.webhooks")
 _SEAL_USER = WEBHOOK_SECRET_SEAL.bound_to
 _SEAL_WHAT = "signing-secret"
 MAX_WEBHOOKS = 100
+# The attempts a listing shows of each delivery; the whole history pages by itself, as a
+# delivery retried for days has thousands.
+LATEST_ATTEMPTS = 5
 
 
 @dataclass(frozen=True)
 class Delivery:
-    """One delivery as shown: the row, its event's name, and every attempt."""
+    """One delivery as shown: the row (``record.attempts`` counts every attempt), its event's
+    name, and its latest ``LATEST_ATTEMPTS`` attempts, oldest first."""
 
     record: DeliveryRecord
     event_type: str
@@ -92,17 +96,33 @@ class WebhookService:
         _log.info("webhook_deleted", webhook_id=webhook_id)
 
     async def deliveries(self, webhook_id: str, *, limit: int = 100) -> builtins.list[Delivery]:
-        """The webhook's deliveries, newest first, with their attempts (NotFound)."""
+        """The webhook's deliveries, newest first, with their latest attempts (NotFound)."""
         await self.store.webhooks.get(webhook_id)
         rows = await self.store.webhooks.deliveries(webhook_id, limit=limit)
-        attempts = await self.store.webhooks.attempts([record.id for record, _ in rows])
+        ids = [record.id for record, _ in rows]
         by_delivery: dict[str, list[AttemptRecord]] = {}
-        for attempt in attempts:
+        for attempt in await self.store.webhooks.attempts(ids, latest=LATEST_ATTEMPTS):
             by_delivery.setdefault(attempt.delivery_id, []).append(attempt)
         return [
-            Delivery(record, event_type, tuple(by_delivery.get(record.id, ())))
+            Delivery(record, event_type, _latest(record, by_delivery.get(record.id, [])))
             for record, event_type in rows
         ]
+
+    async def attempts(
+        self, webhook_id: str, delivery_id: str, *, before: int | None = None, limit: int = 100
+    ) -> tuple[DeliveryRecord, builtins.list[AttemptRecord]]:
+        """The delivery and up to ``limit`` of its attempts numbered below ``before``, newest
+        first (NotFound for an unknown webhook, or a delivery that is not the webhook's)."""
+        await self.store.webhooks.get(webhook_id)
+        record = await self.store.webhooks.delivery(webhook_id, delivery_id)
+        page = await self.store.webhooks.attempt_page(delivery_id, before=before, limit=limit)
+        return record, page
+
+
+def _latest(record: DeliveryRecord, attempts: Sequence[AttemptRecord]) -> tuple[AttemptRecord, ...]:
+    """The delivery's latest attempts as of its row: one recorded since the row was read waits
+    for the next look, so what is shown agrees with the row's count."""
+    return tuple(attempt for attempt in attempts if attempt.n <= record.attempts)[-LATEST_ATTEMPTS:]
 
 
 def _event_names(events: Sequence[str]) -> tuple[str, ...]:

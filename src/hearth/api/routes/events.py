@@ -2,7 +2,8 @@
 
 A user's key sees that user's events, an admin key every event. ``Accept: text/event-stream``
 turns the same route into a stream that follows the log (``Last-Event-ID`` resumes). Webhooks
-are an admin's: made, listed, removed, and their deliveries with every attempt.
+are an admin's: made, listed, removed, and their deliveries, each with its latest attempts;
+a delivery's whole attempt history pages by itself.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from hearth.api.headers import MAX_INT64
 from hearth.api.routes.execs import resume_point
 from hearth.api.schemas import ERROR_RESPONSES
 from hearth.api.schemas_events import (
+    AttemptList,
     DeliveryList,
     DeliveryOut,
     EventList,
@@ -35,6 +37,7 @@ from hearth.api.streams import EVENT_STREAM, event_stream
 from hearth.events.log import event_payload
 
 router = APIRouter(tags=["events"], responses=ERROR_RESPONSES)
+MAX_ATTEMPT = 2**31 - 1  # attempts are numbered in a 32-bit column
 
 
 @router.get(
@@ -117,6 +120,25 @@ async def list_deliveries(
     ctl: Ctl,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> DeliveryList:
-    """The webhook's deliveries, newest first, each with every attempt (admin)."""
+    """The webhook's deliveries, newest first, each with its attempt count and latest
+    attempts (admin)."""
     found = await ctl.webhooks.deliveries(webhook_id, limit=limit)
     return DeliveryList(deliveries=[DeliveryOut.of(delivery) for delivery in found])
+
+
+@router.get("/api/webhooks/{webhook_id}/deliveries/{delivery_id}/attempts")
+async def list_attempts(
+    webhook_id: str,
+    delivery_id: str,
+    _: AdminKey,
+    ctl: Ctl,
+    before: Annotated[
+        int | None,
+        Query(ge=1, le=MAX_ATTEMPT, description="only attempts numbered below (`nextBefore`)"),
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> AttemptList:
+    """One delivery's attempts, newest first, paged by ``before`` (admin); 404 for an unknown
+    webhook or a delivery that is not the webhook's."""
+    record, page = await ctl.webhooks.attempts(webhook_id, delivery_id, before=before, limit=limit)
+    return AttemptList.of(record, page, limit=limit)

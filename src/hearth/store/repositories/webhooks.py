@@ -8,7 +8,7 @@ from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, delete, func, select, update
+from sqlalchemy import Row, Subquery, delete, func, select, true, update
 
 from hearth.errors import NotFound, QuotaExceeded
 from hearth.events.types import DeliveryStatus
@@ -39,6 +39,41 @@ def _prefixed(table: Any, prefix: str) -> list[Any]:
 
 def _unprefixed(row: Any, prefix: str) -> dict[str, Any]:
     return {k[len(prefix) :]: v for k, v in row._mapping.items() if k.startswith(prefix)}
+
+
+def _latest_attempts(delivery_ids: Sequence[str], latest: int, *, lateral: bool) -> Subquery:
+    """The last ``latest`` attempts of each delivery, each read through the primary key.
+
+    PostgreSQL's planner turns a plain join into a scan of every attempt (cut by a hash join)
+    once the deliveries hold much of the table; a lateral subquery with a LIMIT is an index
+    scan per delivery, from its newest attempt back. SQLite has no LATERAL but searches the
+    join's range per delivery: a delivery's attempts are numbered 1 to its count without a
+    gap (each is stored with the count it moves to), so its last ones are the numbers above
+    its count less ``latest``.
+    """
+    if lateral:
+        newest = (
+            select(_attempts)
+            .where(_attempts.c.delivery_id == _deliveries.c.id)
+            .order_by(_attempts.c.n.desc())
+            .limit(latest)
+            .lateral()
+        )
+        return (
+            select(newest)
+            .select_from(_deliveries.join(newest, true()))
+            .where(_deliveries.c.id.in_(list(delivery_ids)))
+            .subquery()
+        )
+    return (
+        select(_attempts)
+        .join(_deliveries, _deliveries.c.id == _attempts.c.delivery_id)
+        .where(
+            _attempts.c.delivery_id.in_(list(delivery_ids)),
+            _attempts.c.n > _deliveries.c.attempts - latest,
+        )
+        .subquery()
+    )
 
 
 class WebhookRepo(Repository):
@@ -220,14 +255,42 @@ class WebhookRepo(Repository):
             rows = (await conn.execute(statement)).all()
         return [(DeliveryRecord(**_unprefixed(row, "d_")), row.type) for row in rows]
 
-    async def attempts(self, delivery_ids: Sequence[str]) -> builtins.list[AttemptRecord]:
-        """The attempts of these deliveries, in order."""
-        statement = (
-            select(_attempts)
-            .where(_attempts.c.delivery_id.in_(list(delivery_ids)))
-            .order_by(_attempts.c.delivery_id, _attempts.c.n)
+    async def delivery(self, webhook_id: str, delivery_id: str) -> DeliveryRecord:
+        """The webhook's delivery ``delivery_id``; NotFound if the webhook has none of that id."""
+        row = await self._read_one(
+            select(_deliveries).where(
+                _deliveries.c.id == delivery_id, _deliveries.c.webhook_id == webhook_id
+            )
         )
-        return await self._read_records(AttemptRecord, statement)
+        if row is None:
+            raise NotFound(f"delivery {delivery_id} of webhook {webhook_id} does not exist")
+        return DeliveryRecord(**row._mapping)
+
+    async def attempts(
+        self, delivery_ids: Sequence[str], *, latest: int | None = None
+    ) -> builtins.list[AttemptRecord]:
+        """The attempts of these deliveries, in order; with ``latest``, each one's last
+        ``latest`` only, the older ones not read at all."""
+        ids = list(delivery_ids)
+        if latest is None:
+            found = select(_attempts).where(_attempts.c.delivery_id.in_(ids)).subquery()
+        else:
+            found = _latest_attempts(ids, latest, lateral=self._engine.dialect.name == "postgresql")
+        return await self._read_records(
+            AttemptRecord, select(found).order_by(found.c.delivery_id, found.c.n)
+        )
+
+    async def attempt_page(
+        self, delivery_id: str, *, before: int | None = None, limit: int = 100
+    ) -> builtins.list[AttemptRecord]:
+        """Up to ``limit`` of the delivery's attempts numbered below ``before`` (all, if None),
+        newest first."""
+        statement = select(_attempts).where(_attempts.c.delivery_id == delivery_id)
+        if before is not None:
+            statement = statement.where(_attempts.c.n < before)
+        return await self._read_records(
+            AttemptRecord, statement.order_by(_attempts.c.n.desc()).limit(limit)
+        )
 
     async def pending_count(self) -> int:
         """How many deliveries are still pending (the backlog)."""
