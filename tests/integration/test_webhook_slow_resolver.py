@@ -104,3 +104,23 @@ async def test_a_name_that_never_resolves_is_a_failed_attempt_within_the_timeout
     (arrived,) = await receiver.wait_for("vm.ready", timeout_s=10)
     assert arrived.headers["host"] == f"{NAME}:{receiver.port}"
     assert arrived.headers["x-hearth-delivery"] == delivery.record.id
+
+
+async def test_a_create_whose_name_never_resolves_is_422_within_the_timeout(
+    api_hooks: Api, slow_name: SlowName
+) -> None:
+    api = api_hooks
+    slow_name.slow = True
+
+    async with asyncio.timeout(TIMEOUT_S + 5):
+        created = await api.client.post(
+            "/api/webhooks",
+            json={"url": f"http://{NAME}:8443/hook", "events": ["vm.ready"]},
+            headers=api.headers(),
+        )
+
+    assert created.status_code == 422, created.text
+    assert created.json()["error"]["message"] == (
+        f"the webhook host {NAME} did not resolve within {TIMEOUT_S:g} s"
+    )
+    assert (await api.client.get("/api/webhooks", headers=api.headers())).json()["webhooks"] == []

@@ -6,6 +6,7 @@ the credential vault (bound to the webhook's id); it never reaches a log or an e
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -53,13 +54,22 @@ class WebhookService:
         self.store = store
         self.vault = vault
         self.allow_private = settings.webhook_allow_private
+        self.timeout_s = settings.webhook_timeout_s
 
     async def create(self, url: str, events: Sequence[str]) -> tuple[WebhookRecord, str]:
         """A new webhook and its signing secret (InvalidInput for a bad URL or event name,
         QuotaExceeded when there are ``MAX_WEBHOOKS`` already)."""
         names = _event_names(events)
         target = Target.parse(url)
-        await target.address(allow_private=self.allow_private)
+        try:
+            # A resolver that never answers must not hold the request (nor, in the dispatcher,
+            # an attempt) past the receivers' own timeout.
+            async with asyncio.timeout(self.timeout_s):
+                await target.address(allow_private=self.allow_private)
+        except TimeoutError:
+            raise InvalidInput(
+                f"the webhook host {target.host} did not resolve within {self.timeout_s:g} s"
+            ) from None
         webhook_id = new_webhook_id()
         secret = new_secret()
         sealed = self.vault.encrypt(secret.encode(), user_id=_SEAL_USER, provider=webhook_id)
