@@ -13,6 +13,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -157,3 +158,38 @@ async def test_a_delivery_being_answered_at_a_stop_is_recorded_and_not_sent_agai
     assert delivery.record.status == DeliveryStatus.DELIVERED
     assert [attempt.status_code for attempt in delivery.attempts] == [200]
     assert len(slow.deliveries) == 1, slow.deliveries
+
+
+async def test_a_delivery_claimed_as_the_controller_stops_is_tried_not_left_claimed(
+    hook_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The stop comes just after a delivery was claimed in the store, before its attempt began:
+    # the attempt is still made (and recorded), so the restarted controller sends the delivery
+    # at once instead of after the claim lapses (the timeout and 30 s).
+    backend = FakeBackend()
+    receiver = WebhookReceiver()
+    await receiver.start()
+    await receiver.stop()  # its port is known, nothing listens there yet
+    async with running_api(hook_settings, backend, tmp_path / "image") as first:
+        await make_webhook(first, receiver.url, ["vm.ready"])
+        repository = first.ctl.store.webhooks
+        claim = repository.claim
+        claimed = asyncio.Event()
+
+        async def claim_then_linger(*args: Any, **kwargs: Any) -> Any:
+            taken = await claim(*args, **kwargs)
+            if taken:
+                claimed.set()
+                await asyncio.sleep(0.5)  # the stop arrives here
+            return taken
+
+        monkeypatch.setattr(repository, "claim", claim_then_linger)
+        await first.ctl.events.emit(EventType.VM_READY, vm_id="vm-1")
+        await asyncio.wait_for(claimed.wait(), 5)
+    await receiver.start()
+    try:
+        async with running_api(hook_settings, backend, tmp_path / "image"):
+            (ready,) = await receiver.wait_for("vm.ready", timeout_s=5)
+    finally:
+        await receiver.stop()
+    assert ready.event["vmId"] == "vm-1"

@@ -133,6 +133,7 @@ class WebhookDispatcher:
         self._task: asyncio.Task[None] | None = None
         self._in_flight: dict[asyncio.Task[None], str] = {}  # each attempt: its webhook's id
         self._attempt_ended = asyncio.Event()  # room for another attempt, maybe to that webhook
+        self._stopping = asyncio.Event()
 
     def start(self) -> None:
         """Deliver in the background until :meth:`stop`."""
@@ -144,7 +145,13 @@ class WebhookDispatcher:
         the store), and close the client."""
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
+            # The loop ends between its rounds, so a delivery it has claimed always has its
+            # attempt begun (a cancel between the claim and the attempt would leave it claimed,
+            # untried, until the claim lapsed); a loop the store holds up is cancelled.
+            self._stopping.set()
+            done, _ = await asyncio.wait([task], timeout=STOP_GRACE_S)
+            if not done:
+                task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         if self._in_flight:
@@ -155,7 +162,7 @@ class WebhookDispatcher:
         await self._client.aclose()
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping.is_set():
             owed = self.events.on_deliveries_owed
             owed.clear()
             self._attempt_ended.clear()
@@ -168,7 +175,8 @@ class WebhookDispatcher:
             except Exception:
                 _log.exception("webhook_dispatch_crashed")
                 wait = IDLE_POLL_S
-            waits = [asyncio.ensure_future(e.wait()) for e in (owed, self._attempt_ended)]
+            events = (owed, self._attempt_ended, self._stopping)
+            waits = [asyncio.ensure_future(e.wait()) for e in events]
             try:
                 await asyncio.wait(waits, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
             finally:
