@@ -21,6 +21,7 @@ from hearth.config import Settings
 from hearth.events.dispatch import WebhookDispatcher
 from hearth.events.types import DeliveryStatus, EventType
 from hearth.metrics import ControllerMetrics
+from hearth.vm.host import free_local_port
 from tests.fake_backend import FakeBackend
 from tests.integration.api_fixtures import *  # noqa: F403
 from tests.integration.api_fixtures import Api, running_api
@@ -167,9 +168,7 @@ async def test_a_delivery_claimed_as_the_controller_stops_is_tried_not_left_clai
     # the attempt is still made (and recorded), so the restarted controller sends the delivery
     # at once instead of after the claim lapses (the timeout and 30 s).
     backend = FakeBackend()
-    receiver = WebhookReceiver()
-    await receiver.start()
-    await receiver.stop()  # its port is known, nothing listens there yet
+    receiver = WebhookReceiver(port=free_local_port())  # nothing listens there yet
     async with running_api(hook_settings, backend, tmp_path / "image") as first:
         await make_webhook(first, receiver.url, ["vm.ready"])
         repository = first.ctl.store.webhooks
