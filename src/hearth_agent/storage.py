@@ -1,14 +1,22 @@
-"""Credential files on disk: atomic writes, owner-only modes, one lock per provider."""
+"""Credential files on disk: atomic writes, owner-only modes, one lock per provider.
+
+Every document and side file is reached from a descriptor of its directory and never through a
+symlink at its own name or at the credential directory's: what sits there is refused, not
+followed, as is anything but a regular file (a FIFO would block the reader, holding the
+provider's lock) and a file above its cap (a read must end).
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
 import stat
 import tempfile
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,9 +24,19 @@ from hearth_agent.errors import StorageError
 from hearth_agent.jsontext import JsonTextError, decode_json
 from hearth_agent.log import JsonLogger
 from hearth_agent.providers import PROVIDERS, CredentialFormat, SideFile, merge_side_document
+from hearth_agent.workspace import DIR_FLAGS
 
 FILE_MODE = 0o600
 DIR_MODE = 0o700
+# The agent's request-body cap (server.MAX_BODY_BYTES; not imported: the server imports the app,
+# which imports this module). No delivery can store a larger document, so a larger file was not
+# put there by the agent and is refused rather than read.
+MAX_DOCUMENT_BYTES = 1024 * 1024
+# A vendor CLI's own config grows with use (claude keeps per-project state in ~/.claude.json),
+# so the side files the agent merges into may be larger than a document, but not without bound.
+MAX_SIDE_FILE_BYTES = 16 * MAX_DOCUMENT_BYTES
+# Non-blocking: a FIFO opens at once, with or without a writer, and is then refused by fstat.
+READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
 @dataclass(frozen=True)
@@ -72,26 +90,101 @@ def atomic_write(path: Path, data: bytes, *, mode: int = FILE_MODE) -> None:
     fsync_directory(path.parent)
 
 
+def open_private_dir(home: Path, relative_dir: str, *, create: bool = False) -> int:
+    """A descriptor of the credential directory ``home/relative_dir`` (home itself for ``.``).
+
+    Home and the existing directories on the way are taken as they are, symlinks included (a
+    dotfiles manager may link ``~/.config``). The credential directory itself (the last
+    component) is opened with ``O_NOFOLLOW``: a symlink there is refused (ELOOP), so nothing is
+    stored, removed or chmod-ed wherever it points. With ``create``, missing directories are
+    made 0700 and the credential directory is tightened to 0700, both through their descriptors;
+    home is never chmod-ed. FileNotFoundError (without ``create``) when a directory is missing.
+    """
+    if create and not home.exists():
+        home.mkdir(mode=DIR_MODE, parents=True)
+    parts = Path(relative_dir).parts
+    fd = os.open(home, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for index, part in enumerate(parts):
+            last = index == len(parts) - 1
+            made = False
+            if create:
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(part, DIR_MODE, dir_fd=fd)
+                    made = True
+            child = _open_dir_at(fd, part, nofollow=made or last)
+            os.close(fd)
+            fd = child
+            if made or (create and last):
+                os.fchmod(fd, DIR_MODE)  # mkdir's mode is filtered by the umask
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _open_dir_at(dir_fd: int, name: str, *, nofollow: bool) -> int:
+    flags = DIR_FLAGS if nofollow else DIR_FLAGS & ~os.O_NOFOLLOW
+    try:
+        return os.open(name, flags, dir_fd=dir_fd)
+    except OSError as exc:
+        # O_NOFOLLOW with O_DIRECTORY fails on a symlink with ENOTDIR, not ELOOP.
+        if nofollow and exc.errno in (errno.ELOOP, errno.ENOTDIR) and _is_symlink(dir_fd, name):
+            raise OSError(
+                errno.ELOOP, "its directory is a symlink, which the agent does not follow"
+            ) from exc
+        raise
+
+
+def _is_symlink(dir_fd: int, name: str) -> bool:
+    try:
+        return stat.S_ISLNK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+    except OSError:
+        return False
+
+
 def ensure_private_dirs(home: Path, relative_dir: str) -> Path:
     """Create ``home/relative_dir`` with mode 0700 where missing and return it.
 
     Directories that already exist are left alone, except the credential directory itself (the
-    last component), which is tightened to 0700. Home is never chmod-ed.
+    last component), which is tightened to 0700 and must not be a symlink (OSError, ELOOP; see
+    ``open_private_dir``). Home is never chmod-ed.
     """
-    if not home.exists():
-        home.mkdir(mode=DIR_MODE, parents=True)
-    current = home
-    parts = Path(relative_dir).parts
-    for part in parts:
-        current = current / part
-        try:
-            current.mkdir(mode=DIR_MODE)
-        except FileExistsError:
-            continue
-        os.chmod(current, DIR_MODE)  # mkdir's mode is filtered by the umask
-    if parts:
-        os.chmod(current, DIR_MODE)
-    return current
+    os.close(open_private_dir(home, relative_dir, create=True))
+    return home.joinpath(*Path(relative_dir).parts)
+
+
+def open_regular_file(name: str, *, dir_fd: int) -> int:
+    """A read-only descriptor of the regular file ``name`` in ``dir_fd``.
+
+    A symlink there is not followed and anything but a regular file (a FIFO, a device, a
+    directory) is refused, both with an OSError whose strerror says so; FileNotFoundError when
+    nothing is there.
+    """
+    try:
+        fd = os.open(name, READ_FLAGS, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise OSError(errno.ELOOP, "a symlink, which the agent does not follow") from exc
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, "not a regular file")
+    return fd
+
+
+def read_at_most(fd: int, limit: int) -> bytes:
+    """All of the file behind ``fd``; OSError (EFBIG) if it holds more than ``limit`` bytes."""
+    too_large = OSError(errno.EFBIG, f"larger than the cap of {limit} bytes")
+    if os.fstat(fd).st_size > limit:
+        raise too_large
+    data = bytearray()
+    # One byte past the cap tells a file that grew while being read from one that fits.
+    while len(data) <= limit and (chunk := os.read(fd, limit + 1 - len(data))):
+        data += chunk
+    if len(data) > limit:
+        raise too_large
+    return bytes(data)
 
 
 class CredentialStore:
@@ -158,12 +251,19 @@ class CredentialStore:
         )
 
     def read(self, provider: CredentialFormat) -> StoredFile | None:
-        """Read the primary file, or return None if it does not exist."""
+        """Read the primary file, or return None if it (or its directory) does not exist.
+
+        StorageError for a symlink, a non-regular file or one above ``MAX_DOCUMENT_BYTES``.
+        """
         try:
-            with open(self.path_of(provider), "rb") as stored:
-                content = stored.read()
-                status = os.fstat(stored.fileno())
-                mtime, mode = status.st_mtime, stat.S_IMODE(status.st_mode)
+            with self._directory_of(provider.path) as (dir_fd, name):
+                fd = open_regular_file(name, dir_fd=dir_fd)
+                try:
+                    content = read_at_most(fd, MAX_DOCUMENT_BYTES)
+                    status = os.fstat(fd)
+                finally:
+                    os.close(fd)
+            mtime, mode = status.st_mtime, stat.S_IMODE(status.st_mode)
         except FileNotFoundError:
             return None
         except OSError as exc:
@@ -177,41 +277,70 @@ class CredentialStore:
         )
 
     def delete(self, provider: CredentialFormat) -> bool:
-        """Remove the primary file (side files stay); return whether there was one."""
-        target = self.path_of(provider)
+        """Remove the primary file (side files stay); return whether there was one. A symlink
+        there is removed itself; a symlinked credential directory is refused (StorageError)."""
         with self._locks[provider.name]:
             try:
-                target.unlink()
+                with self._directory_of(provider.path) as (dir_fd, name):
+                    os.unlink(name, dir_fd=dir_fd)
+                    with contextlib.suppress(OSError):
+                        os.fsync(dir_fd)
             except FileNotFoundError:
                 return False
             except OSError as exc:
                 raise self._failure(provider, provider.display_path, "delete", exc) from exc
-            with contextlib.suppress(OSError):
-                fsync_directory(target.parent)
         return True
 
-    def _merge_side_file(self, side_file: SideFile) -> None:
-        path = self._home / side_file.path
-        ensure_private_dirs(self._home, str(Path(side_file.path).parent))
-        existing: object = None
+    @contextlib.contextmanager
+    def _directory_of(
+        self, relative_path: str, *, create: bool = False
+    ) -> Iterator[tuple[int, str]]:
+        """A descriptor of the credential directory of ``relative_path`` (see
+        ``open_private_dir``) and the file's name in it; closed when the block ends."""
+        where = Path(relative_path)
+        dir_fd = open_private_dir(self._home, str(where.parent), create=create)
         try:
-            existing = decode_json(path.read_bytes())
-        except FileNotFoundError:
-            pass
+            yield dir_fd, where.name
+        finally:
+            os.close(dir_fd)
+
+    def _merge_side_file(self, side_file: SideFile) -> None:
+        with self._directory_of(side_file.path, create=True) as (dir_fd, name):
+            try:
+                fd: int | None = open_regular_file(name, dir_fd=dir_fd)
+            except FileNotFoundError:
+                fd = None
+            try:
+                raw = None if fd is None else read_at_most(fd, MAX_SIDE_FILE_BYTES)
+                existing = self._decode_side_file(side_file, raw)
+                merged = merge_side_document(
+                    existing, side_file.sets, workspace=str(self._workspace)
+                )
+                if fd is not None and merged == existing:
+                    os.fchmod(fd, FILE_MODE)
+                    return
+            finally:
+                if fd is not None:
+                    os.close(fd)
+        text = json.dumps(merged, indent=2, ensure_ascii=False) + "\n"
+        atomic_write(self._home / side_file.path, text.encode("utf-8"))
+
+    def _decode_side_file(self, side_file: SideFile, raw: bytes | None) -> object:
+        """The side file's JSON (None when it is missing or not JSON: it is then replaced)."""
+        if raw is None:
+            return None
+        try:
+            existing = decode_json(raw)
         except JsonTextError as exc:
             self._logger.warning(
                 "side_file_replaced", path=f"~/{side_file.path}", reason=f"not valid JSON: {exc}"
             )
+            return None
         if existing is not None and not isinstance(existing, dict):
             self._logger.warning(
                 "side_file_replaced", path=f"~/{side_file.path}", reason="not a JSON object"
             )
-        merged = merge_side_document(existing, side_file.sets, workspace=str(self._workspace))
-        if merged == existing:
-            os.chmod(path, FILE_MODE)
-            return
-        text = json.dumps(merged, indent=2, ensure_ascii=False) + "\n"
-        atomic_write(path, text.encode("utf-8"))
+        return existing
 
     def _failure(
         self, provider: CredentialFormat, shown: str, action: str, exc: OSError
@@ -224,4 +353,7 @@ class CredentialStore:
             errno=exc.errno,
             reason=exc.strerror,
         )
-        return StorageError(f"could not {action} credentials for provider '{provider.name}'")
+        reason = exc.strerror or type(exc).__name__
+        return StorageError(
+            f"could not {action} credentials for provider '{provider.name}': {shown}: {reason}"
+        )
