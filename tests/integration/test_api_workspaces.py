@@ -8,6 +8,7 @@ user's disk quota. Mounting it in a real guest, and files surviving a VM's repla
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 import pytest
 
 from hearth.config import Settings
+from hearth.control.pool import POOL_USER
 from hearth.control.row_seal import RowSeal
 from hearth.errors import NotSupported
 from hearth.store import VmRecord
@@ -343,4 +345,25 @@ async def test_a_vm_writes_its_workspace_to_the_volume_before_it_is_hibernated(
     backend = api.backend
     assert isinstance(backend, AgentBackend)
     logged = [record.get("event") for record in backend.agent(vm_id).log_records()]
+    assert "workspace_synced" in logged
+
+
+async def test_a_pooled_vm_holding_a_workspace_writes_it_out_before_it_ends(
+    agent_api: Api,
+) -> None:
+    # A hand-out that fails after the mount (or a restart mid-hand-out) leaves a VM whose row
+    # still names the pool's user holding ann's workspace: it is synced and unmounted all the
+    # same before the VM is hibernated or destroyed.
+    api = agent_api
+    vm_id = await new_vm(api)
+    record = await api.ctl.store.vms.get(vm_id)
+    pooled = dataclasses.replace(record, user_id=POOL_USER)
+    workspaces = api.ctl.vms.workspaces
+    assert workspaces is not None
+
+    await workspaces.before_hibernate(pooled, api.ctl.vms.agent_token(vm_id))
+
+    backend = api.backend
+    assert isinstance(backend, AgentBackend)
+    logged = [entry.get("event") for entry in backend.agent(vm_id).log_records()]
     assert "workspace_synced" in logged

@@ -147,9 +147,11 @@ class Workspaces:
             _log.info("workspace_synced", vm_id=record.id)
 
     async def _agent_holding(self, record: VmRecord, token: str | None) -> AgentClient | None:
-        """The agent of ``record``'s VM if that VM holds its user's workspace, else None."""
-        workspace = await self.store.workspaces.get(record.user_id)
-        if workspace is None or workspace.vm_id != record.id or not record.agent_url:
+        """The agent of ``record``'s VM if that VM holds a workspace, else None (looked up by
+        the VM: a pooled VM whose hand-out failed after the mount holds its user's workspace
+        while its row still names the pool's user)."""
+        workspace = await self.store.workspaces.held_by(record.id)
+        if workspace is None or not record.agent_url:
             return None
         return AgentClient(record.agent_url, token, vm_id=record.id)
 
