@@ -43,7 +43,12 @@ from hearth_agent.oidc_protocol import (
 from hearth_agent.oidc_request import PROVIDER
 from hearth_agent.providers import get_provider
 from hearth_agent.routing import Request, Response, Route, json_response, read_json
-from hearth_agent.storage import CredentialStore, atomic_write, ensure_private_dirs
+from hearth_agent.storage import (
+    CredentialStore,
+    atomic_write,
+    ensure_private_dirs,
+    read_small_file,
+)
 
 DEFAULT_MARGIN_S = 60.0
 MAX_MARGIN_S = 86_400.0
@@ -210,7 +215,7 @@ class OidcRefresher:
 
     def _load(self) -> _Config:
         try:
-            saved = decode_json((self._store.home / CONFIG_FILE).read_bytes())
+            saved = decode_json(read_small_file(self._store.home / CONFIG_FILE))
             proxy = proxy_field(saved) if isinstance(saved, dict) else None
             margin_s = _margin(saved) if isinstance(saved, dict) else DEFAULT_MARGIN_S
         except (OSError, JsonTextError, AgentError):

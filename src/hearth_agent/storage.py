@@ -173,6 +173,20 @@ def open_regular_file(name: str, *, dir_fd: int) -> int:
     return fd
 
 
+def read_small_file(path: Path, limit: int = MAX_DOCUMENT_BYTES) -> bytes:
+    """The regular file at ``path`` (its final component not followed), at most ``limit`` bytes;
+    OSError otherwise (FileNotFoundError when nothing is there), never a wait on a FIFO."""
+    dir_fd = os.open(path.parent, DIR_FLAGS & ~os.O_NOFOLLOW)
+    try:
+        fd = open_regular_file(path.name, dir_fd=dir_fd)
+    finally:
+        os.close(dir_fd)
+    try:
+        return read_at_most(fd, limit)
+    finally:
+        os.close(fd)
+
+
 def read_at_most(fd: int, limit: int) -> bytes:
     """All of the file behind ``fd``; OSError (EFBIG) if it holds more than ``limit`` bytes."""
     too_large = OSError(errno.EFBIG, f"larger than the cap of {limit} bytes")

@@ -8,7 +8,9 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import os
 import stat
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -157,6 +159,29 @@ def test_settings_survive_an_agent_restart(tmp_path: Path) -> None:
     assert again.status()["margin_s"] == 30.0
     saved = tmp_path / ".config" / "hearth" / "oidc-refresh.json"
     assert stat.S_IMODE(saved.stat().st_mode) == 0o600
+
+
+def test_a_fifo_where_the_settings_are_does_not_hold_the_agents_start(tmp_path: Path) -> None:
+    # The refresher reads its settings as the agent starts: a FIFO there (or a link to
+    # /dev/zero) must not stop the agent from coming up; the defaults are taken instead.
+    saved = tmp_path / ".config" / "hearth" / "oidc-refresh.json"
+    saved.parent.mkdir(parents=True)
+    os.mkfifo(saved)
+    store = CredentialStore(home=tmp_path, logger=JsonLogger(stream=io.StringIO()))
+    made: list[OidcRefresher] = []
+    starting = threading.Thread(
+        target=lambda: made.append(
+            OidcRefresher(store=store, logger=JsonLogger(stream=io.StringIO()))
+        ),
+        daemon=True,
+    )
+    starting.start()
+    starting.join(timeout=5)
+    if starting.is_alive():
+        with open(saved, "wb"):  # let the old code's read end
+            pass
+        pytest.fail("the refresher was still reading its settings after 5 s")
+    assert made[0].status()["proxy"] is None
 
 
 def test_a_replace_loses_to_a_document_written_meanwhile(tmp_path: Path) -> None:
