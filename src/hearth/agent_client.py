@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import json
@@ -10,8 +11,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
-from httpx_sse import SSEError, aconnect_sse
 
+from hearth.agent_download import AgentDownload
+from hearth.capped_reads import ResponseTooLarge, capped_events, read_capped
 from hearth.errors import (
     BackendError,
     Conflict,
@@ -54,6 +56,17 @@ CLI_STATUS_TIMEOUT_S = 150.0
 EXEC_START_TIMEOUT_S = 60.0
 # An event stream is idle for at most the agent's keep-alive interval (15 s) between lines.
 EVENT_STREAM_READ_TIMEOUT_S = 60.0
+_MIB = 1024 * 1024
+# The most an agent's answer may hold: whatever answers in a VM is its root's, and may not end.
+# A JSON answer (or an error) of the agent's is a few KiB...
+MAX_ANSWER_BYTES = 4 * _MIB
+# ...but one with a credential document (at most 1 MiB, the agent's body limit) holds it twice,
+# parsed and as its text, each at most 3x its bytes once in JSON: 6 MiB.
+MAX_DOCUMENT_ANSWER_BYTES = 8 * _MIB
+# A directory's listing: up to 10,000 entries, a name (255 bytes, 6x once in JSON) each: 16 MiB.
+MAX_LISTING_BYTES = 32 * _MIB
+# One event of an exec's event stream: up to 64 KiB of output (6x once in JSON): 384 KiB.
+MAX_EVENT_BYTES = _MIB
 # What an agent's refusal of a client's own request (an exec's body, its stdin) becomes.
 _CLIENT_ERRORS: dict[int, type[HearthError]] = {
     400: InvalidInput,
@@ -116,48 +129,80 @@ class AgentClient:
         client_request: bool = False,
         errors: Mapping[str, type[HearthError]] | None = None,
         headers: Mapping[str, str] | None = None,
-    ) -> Any:
+        max_bytes: int = MAX_ANSWER_BYTES,
+    ) -> dict[str, Any]:
         """``headers``: sent as well (a ``Content-Type`` there wins over JSON's);
         ``client_request``: the body is a client's (an exec's), so the agent's refusals of it
         keep their meaning (422, 409, 429) instead of becoming a 502; ``errors``: what some of
-        the agent's error codes mean, before that."""
-        sent = {"Authorization": f"Bearer {self._token}"} if self._token else {}
+        the agent's error codes mean, before that; ``max_bytes``: the most the answer may hold.
+        The whole call, answer and all, takes at most ``timeout_s``."""
+        sent = self._headers()
         if content is not None:
             sent["Content-Type"] = "application/json"
         sent.update(headers or {})
+        timeout = self._timeout if timeout_s is None else timeout_s
         try:
-            timeout = self._timeout if timeout_s is None else timeout_s
-            async with async_client(timeout=timeout) as client:
-                response = await client.request(
+            # httpx's timeout bounds each read, not the whole: an answer that trickles in
+            # forever would hold the call.
+            async with (
+                asyncio.timeout(timeout),
+                async_client(timeout=timeout) as client,
+                client.stream(
                     method, f"{self.url}{path}", content=content, json=json_body, headers=sent
+                ) as response,
+            ):
+                return await self._answer(
+                    response, method, path, max_bytes, client_request=client_request, errors=errors
                 )
+        except TimeoutError as exc:
+            raise self.error(
+                f"{self.name} did not answer {method} {path} within {timeout:g} s"
+            ) from exc
         except httpx.HTTPError as exc:
             raise self.error(
                 f"{self.name} did not answer {method} {path}: {type(exc).__name__}"
             ) from exc
-        if response.status_code >= 400:
-            self._raise_for(response, method, path, client_request=client_request, errors=errors)
-        try:
-            return response.json()
-        except ValueError as exc:  # whatever answers in the VM (its root may replace the agent)
-            raise self.error(
-                f"{self.name} answered {method} {path} with a body that is not JSON"
-            ) from exc
 
-    def _raise_for(
+    def _headers(self, **extra: str) -> dict[str, str]:
+        # Answers are read raw (``read_capped``): none may come compressed.
+        headers = {"Accept-Encoding": "identity"}
+        if self._token:
+            headers["Authorization"] = f"Bearer {self._token}"
+        return {**headers, **extra}
+
+    async def _answer(
         self,
         response: httpx.Response,
         method: str,
         path: str,
+        max_bytes: int = MAX_ANSWER_BYTES,
         *,
         client_request: bool = True,
         errors: Mapping[str, type[HearthError]] | None = None,
-    ) -> None:
-        """Raise the error an agent's error answer means (its code kept as ``agent_code``)."""
+    ) -> dict[str, Any]:
+        """The JSON object of a streamed answer, read whole unless past ``max_bytes``
+        (AgentError), or the error an error answer means (its code kept as ``agent_code``)."""
+        if response.status_code >= 400:  # an error: a code and a message
+            max_bytes = min(max_bytes, MAX_ANSWER_BYTES)
         try:
-            error = response.json()["error"]
-            code, message = str(error["code"]), str(error["message"])
-        except (ValueError, KeyError, TypeError):
+            body = await read_capped(response, max_bytes)
+        except ResponseTooLarge as exc:
+            raise self.error(
+                f"{self.name} answered {method} {path} with more than {max_bytes} bytes"
+            ) from exc
+        try:
+            answer = json.loads(body)
+        except (ValueError, RecursionError):  # not JSON, or nested past what Python decodes
+            answer = None
+        if response.status_code < 400:
+            if not isinstance(answer, dict):  # whatever answers in the VM (its root's choice)
+                raise self.error(
+                    f"{self.name} answered {method} {path} with a body that is not a JSON object"
+                )
+            return answer
+        try:
+            code, message = str(answer["error"]["code"]), str(answer["error"]["message"])
+        except (KeyError, TypeError):
             code, message = "error", f"HTTP {response.status_code}"
         if errors is not None and code in errors:
             raise errors[code](message)
@@ -169,70 +214,58 @@ class AgentClient:
 
     async def health(self) -> dict[str, Any]:
         """``GET /health`` (no token needed)."""
-        result: dict[str, Any] = await self._call("GET", "/health")
-        return result
+        return await self._call("GET", "/health")
 
     async def version(self) -> dict[str, Any]:
         """``GET /version``: proves the token is accepted."""
-        result: dict[str, Any] = await self._call("GET", "/version")
-        return result
+        return await self._call("GET", "/version")
 
     async def set_clock(self, epoch: float) -> dict[str, Any]:
         """``POST /clock``: set the guest's clock to ``epoch``; whether it took, and the offset."""
-        result: dict[str, Any] = await self._call("POST", "/clock", json_body={"time": epoch})
-        return result
+        return await self._call("POST", "/clock", json_body={"time": epoch})
 
     async def mount_workspace(self, serial: str) -> dict[str, Any]:
         """``POST /workspace/volume``: mount the disk with ``serial`` as the workspace (formatted
         first when blank); where, and whether it was formatted."""
-        result: dict[str, Any] = await self._call(
+        return await self._call(
             "POST", "/workspace/volume", json_body={"serial": serial}, timeout_s=60.0
         )
-        return result
 
     async def sync_workspace(self) -> dict[str, Any]:
         """``POST /workspace/volume/sync``: write what the guest caches to its disks."""
-        result: dict[str, Any] = await self._call("POST", "/workspace/volume/sync")
-        return result
+        return await self._call("POST", "/workspace/volume/sync")
 
     async def unmount_workspace(self) -> dict[str, Any]:
         """``DELETE /workspace/volume``: sync, and unmount the workspace volume if nothing
         holds it."""
-        result: dict[str, Any] = await self._call("DELETE", "/workspace/volume")
-        return result
+        return await self._call("DELETE", "/workspace/volume")
 
     async def update_agent(
         self, bundle: bytes, *, headers: Mapping[str, str], timeout_s: float
     ) -> dict[str, Any]:
         """``POST /agent/update`` with a bundle and its headers (version, sha256, deadline); the
         agent's 202 answer, after which it restarts on the new build."""
-        result: dict[str, Any] = await self._call(
+        return await self._call(
             "POST",
             "/agent/update",
             content=bundle,
             headers={"Content-Type": "application/gzip", **headers},
             timeout_s=timeout_s,
         )
-        return result
 
     async def credentials_facts(self, provider: str) -> dict[str, Any]:
         """``GET /credentials/{provider}``: present, sha256, bytes, mode, expires_at (no secret)."""
-        result: dict[str, Any] = await self._call("GET", f"/credentials/{provider}")
-        return result
+        return await self._call("GET", f"/credentials/{provider}")
 
     async def configure_refresh(self, *, proxy: str | None, margin_s: float) -> dict[str, Any]:
         """``PUT /credentials/oidc/refresh``: where the agent's oidc refresh goes out, and how
         long before expiry; the refresher's state."""
         body = {"proxy": proxy, "margin_s": margin_s}
-        result: dict[str, Any] = await self._call(
-            "PUT", "/credentials/oidc/refresh", json_body=body
-        )
-        return result
+        return await self._call("PUT", "/credentials/oidc/refresh", json_body=body)
 
     async def refresh_state(self) -> dict[str, Any]:
         """``GET /credentials/oidc/refresh``: what the agent's oidc refresh last did (no token)."""
-        result: dict[str, Any] = await self._call("GET", "/credentials/oidc/refresh")
-        return result
+        return await self._call("GET", "/credentials/oidc/refresh")
 
     async def delete_credentials(self, provider: str) -> bool:
         """``DELETE /credentials/{provider}``; whether there was a document."""
@@ -247,7 +280,9 @@ class AgentClient:
     async def credentials_document(self, provider: str) -> bytes | None:
         """The current document of a provider (to pull back rotated tokens); None if absent."""
         try:
-            result = await self._call("GET", f"/credentials/{provider}?content=true")
+            result = await self._call(
+                "GET", f"/credentials/{provider}?content=true", max_bytes=MAX_DOCUMENT_ANSWER_BYTES
+            )
         except NotFound:
             return None
         content, document = result.get("content"), result.get("document")
@@ -263,17 +298,15 @@ class AgentClient:
         It answers once the login URL is known: a vendor CLI may take minutes to print it under
         emulation (the agent gives up after 180 s), so this call waits longer than the others.
         """
-        result: dict[str, Any] = await self._call(
+        return await self._call(
             "POST", "/login/start", json_body=body, timeout_s=LOGIN_START_TIMEOUT_S
         )
-        return result
 
     async def cli_status(self, provider: str) -> dict[str, Any]:
         """``GET /credentials/{provider}/status``: what the provider's own CLI says, offline."""
-        result: dict[str, Any] = await self._call(
+        return await self._call(
             "GET", f"/credentials/{provider}/status", timeout_s=CLI_STATUS_TIMEOUT_S
         )
-        return result
 
     async def login_status(
         self, login_id: str, *, content: bool = False, wait_s: float = 0.0
@@ -287,8 +320,12 @@ class AgentClient:
         if wait_s:
             query.append(f"wait={wait_s:g}")
         path = f"/login/{login_id}" + ("?" + "&".join(query) if query else "")
-        result: dict[str, Any] = await self._call("GET", path, timeout_s=self._timeout + wait_s)
-        return result
+        return await self._call(
+            "GET",
+            path,
+            timeout_s=self._timeout + wait_s,
+            max_bytes=MAX_DOCUMENT_ANSWER_BYTES if content else MAX_ANSWER_BYTES,
+        )
 
     async def login_cancel(self, login_id: str) -> None:
         """``DELETE /login/{id}``; a login that is already gone is fine."""
@@ -299,36 +336,31 @@ class AgentClient:
 
     async def exec_start(self, body: dict[str, Any]) -> dict[str, Any]:
         """``POST /exec``: ``{"exec_id", "pid"}`` of the command started in its own group."""
-        result: dict[str, Any] = await self._call(
+        return await self._call(
             "POST", "/exec", json_body=body, timeout_s=EXEC_START_TIMEOUT_S, client_request=True
         )
-        return result
 
     async def exec_status(self, exec_id: str) -> dict[str, Any]:
         """``GET /exec/{id}``: running or exited, and how."""
-        result: dict[str, Any] = await self._call("GET", f"/exec/{exec_id}", client_request=True)
-        return result
+        return await self._call("GET", f"/exec/{exec_id}", client_request=True)
 
     async def exec_stdin(self, exec_id: str, body: dict[str, Any]) -> dict[str, Any]:
         """``POST /exec/{id}/stdin``."""
-        result: dict[str, Any] = await self._call(
+        return await self._call(
             "POST", f"/exec/{exec_id}/stdin", json_body=body, client_request=True
         )
-        return result
 
     async def exec_kill(self, exec_id: str, body: dict[str, Any]) -> dict[str, Any]:
         """``POST /exec/{id}/kill``: a signal to the command's whole process group."""
-        result: dict[str, Any] = await self._call(
+        return await self._call(
             "POST", f"/exec/{exec_id}/kill", json_body=body, client_request=True
         )
-        return result
 
     async def exec_resize(self, exec_id: str, body: dict[str, Any]) -> dict[str, Any]:
         """``POST /exec/{id}/resize {"cols", "rows"}``: the size of a command's terminal."""
-        result: dict[str, Any] = await self._call(
+        return await self._call(
             "POST", f"/exec/{exec_id}/resize", json_body=body, client_request=True
         )
-        return result
 
     async def exec_events(self, exec_id: str, *, after: int = 0) -> AsyncIterator[AgentEvent]:
         """The command's events after id ``after``, as they happen, until its ``exit``.
@@ -336,37 +368,34 @@ class AgentClient:
         Reading acknowledges them to the agent (which then frees them); a caller that stops
         early resumes with the last id it saw.
         """
-        headers = {"Authorization": f"Bearer {self._token}"} if self._token else {}
         path = f"/exec/{exec_id}/events?after={after}"
         timeout = httpx.Timeout(self._timeout, read=EVENT_STREAM_READ_TIMEOUT_S)
+        sent = self._headers(Accept="text/event-stream")
         try:
             async with (
                 async_client(timeout=timeout) as client,
-                aconnect_sse(client, "GET", f"{self.url}{path}", headers=headers) as source,
+                client.stream("GET", f"{self.url}{path}", headers=sent) as response,
             ):
-                if source.response.status_code >= 400:
-                    await source.response.aread()
-                    self._raise_for(source.response, "GET", path)
-                async for sse in source.aiter_sse():
-                    if not sse.data:
-                        # The agent's keepalive (a comment, then a blank line), which httpx-sse
-                        # hands out as an empty event once it has seen an id: no event.
-                        continue
+                if response.status_code >= 400:
+                    async with asyncio.timeout(self._timeout):
+                        await self._answer(response, "GET", path)
+                async for sse in capped_events(response, MAX_EVENT_BYTES):
                     event = AgentEvent(id=int(sse.id), type=sse.event, data=sse.json())
                     yield event
                     if event.type == "exit":
                         return
-        except (httpx.HTTPError, SSEError, ValueError) as exc:
+        except ResponseTooLarge as exc:
+            raise self.error(
+                f"{self.name}: the event stream of exec {exec_id} sent an event of more than "
+                f"{exc.limit} bytes"
+            ) from exc
+        except (httpx.HTTPError, TimeoutError, ValueError, RecursionError) as exc:
             raise self.error(
                 f"{self.name}: the event stream of exec {exec_id} broke off ({type(exc).__name__})"
             ) from exc
         raise self.error(f"{self.name}: the event stream of exec {exec_id} ended early")
 
     # ---- files -----------------------------------------------------------------------------
-
-    def _headers(self, **extra: str) -> dict[str, str]:
-        headers = {"Authorization": f"Bearer {self._token}"} if self._token else {}
-        return {**headers, **extra}
 
     async def files_write(
         self,
@@ -382,22 +411,20 @@ class AgentClient:
         params = {"path": path, "max_bytes": str(max_bytes), **({"mode": mode} if mode else {})}
         media = "application/x-tar" if archive else "application/octet-stream"
         timeout = httpx.Timeout(FILE_CHUNK_TIMEOUT_S, read=FILE_WRITTEN_TIMEOUT_S)
+        sent = self._headers(**{"Content-Type": media})
         try:
-            async with async_client(timeout=timeout) as client:
-                response = await client.put(
-                    f"{self.url}/files",
-                    params=params,
-                    content=chunks,
-                    headers=self._headers(**{"Content-Type": media}),
-                )
-        except httpx.HTTPError as exc:
+            async with (
+                async_client(timeout=timeout) as client,
+                client.stream(
+                    "PUT", f"{self.url}/files", params=params, content=chunks, headers=sent
+                ) as response,
+            ):
+                async with asyncio.timeout(self._timeout):  # once it has begun to answer
+                    return await self._answer(response, "PUT", "/files", errors=_FILE_ERRORS)
+        except (httpx.HTTPError, TimeoutError) as exc:
             raise self.error(
                 f"{self.name}: the upload to {path!r} broke off ({type(exc).__name__})"
             ) from exc
-        if response.status_code >= 400:
-            self._raise_for(response, "PUT", "/files", errors=_FILE_ERRORS)
-        result: dict[str, Any] = response.json()
-        return result
 
     async def files_read(self, path: str) -> AgentDownload:
         """``GET /files``: the file at ``path``, or the tar of the directory there, opened as a
@@ -412,9 +439,9 @@ class AgentClient:
             response = await client.send(request, stream=True)
             opened.push_async_callback(response.aclose)
             if response.status_code >= 400:
-                await response.aread()
-                self._raise_for(response, "GET", "/files", errors=_FILE_ERRORS)
-        except httpx.HTTPError as exc:
+                async with asyncio.timeout(self._timeout):
+                    await self._answer(response, "GET", "/files", errors=_FILE_ERRORS)
+        except (httpx.HTTPError, TimeoutError) as exc:
             await opened.aclose()
             raise self.error(
                 f"{self.name} did not answer GET /files: {type(exc).__name__}"
@@ -436,45 +463,20 @@ class AgentClient:
     async def files_list(self, path: str) -> dict[str, Any]:
         """``GET /files/list``: the entries of the directory at ``path``."""
         query = httpx.QueryParams({"path": path})
-        result: dict[str, Any] = await self._call(
-            "GET", f"/files/list?{query}", client_request=True, errors=_FILE_ERRORS
+        return await self._call(
+            "GET",
+            f"/files/list?{query}",
+            client_request=True,
+            errors=_FILE_ERRORS,
+            max_bytes=MAX_LISTING_BYTES,
         )
-        return result
 
     async def files_remove(self, path: str, *, recursive: bool) -> dict[str, Any]:
         """``DELETE /files``: the file, symlink or (``recursive``) directory at ``path``."""
         query = httpx.QueryParams({"path": path, "recursive": "true" if recursive else "false"})
-        result: dict[str, Any] = await self._call(
+        return await self._call(
             "DELETE", f"/files?{query}", client_request=True, errors=_FILE_ERRORS
         )
-        return result
-
-
-@dataclass
-class AgentDownload:
-    """A file (``kind`` ``file``, ``size`` bytes) or a directory's tar (``dir``) streaming from
-    an agent; its bytes come from ``chunks()``, and ``aclose()`` lets the connection go."""
-
-    kind: str
-    size: int | None
-    content_type: str
-    agent: AgentClient
-    _response: httpx.Response
-    _opened: contextlib.AsyncExitStack
-
-    async def chunks(self) -> AsyncIterator[bytes]:
-        """The bytes as they arrive; AgentError if the stream breaks off before its end."""
-        try:
-            async for chunk in self._response.aiter_raw():
-                yield chunk
-        except httpx.HTTPError as exc:
-            raise self.agent.error(
-                f"{self.agent.name}: the download broke off ({type(exc).__name__})"
-            ) from exc
-
-    async def aclose(self) -> None:
-        """Close the response and its client; idempotent."""
-        await self._opened.aclose()
 
 
 def sha256_hex(data: bytes) -> str:

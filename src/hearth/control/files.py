@@ -15,7 +15,8 @@ from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from hearth.agent_client import AgentClient, AgentDownload
+from hearth.agent_client import AgentClient
+from hearth.agent_download import AgentDownload
 from hearth.config import Settings
 from hearth.control.execs import ExecService
 from hearth.control.vms import VmService

@@ -20,7 +20,7 @@ from fastapi.responses import Response, StreamingResponse
 from starlette.background import BackgroundTask
 from starlette.requests import ClientDisconnect
 
-from hearth.agent_client import AgentDownload
+from hearth.agent_download import AgentDownload
 from hearth.api.auth import Ctl, Key, scope_of
 from hearth.api.headers import decimal
 from hearth.api.schemas import ERROR_RESPONSES, error_responses
