@@ -5,6 +5,7 @@ probes go to agents stood in for on loopback."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 from collections.abc import AsyncIterator
 
@@ -80,3 +81,39 @@ async def test_an_error_whose_text_has_the_agents_address_leaves_it_out() -> Non
     assert "8080" not in message
     assert "vm-7" in message
     assert "could not connect" in message
+
+
+@pytest.fixture
+async def flooding_port() -> AsyncIterator[int]:
+    """A loopback port whose listener answers 200 with a body that never ends."""
+
+    async def flood(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1099511627776\r\n\r\n")
+        chunk = bytes(65536)
+        with contextlib.suppress(ConnectionError):
+            while True:
+                writer.write(chunk)
+                await writer.drain()
+
+    server = await asyncio.start_server(flood, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+
+
+async def test_a_health_answer_whose_body_never_ends_is_judged_by_its_status(
+    flooding_port: int,
+) -> None:
+    # Only the status counts: a guest that sends a body without end is not read until the
+    # controller's memory runs out (nor until the deadline).
+    async with asyncio.timeout(5):
+        took = await wait_until_healthy(
+            f"http://127.0.0.1:{flooding_port}",
+            vm_id="vm-7",
+            deadline=Deadline.after(30),
+            exit_status=lambda: None,
+            console_tail=lambda: "",
+        )
+    assert took < 5

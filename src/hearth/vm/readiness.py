@@ -104,13 +104,20 @@ async def wait_until_healthy(
                     f"VM {vm_id} exited with status {status} before its agent was healthy; "
                     f"console:\n{console_tail()}"
                 )
+            probe_s = max(0.05, min(2.0, deadline.remaining()))
             try:
-                response = await http.get(
-                    f"{url}/health", timeout=max(0.05, min(2.0, deadline.remaining()))
-                )
-                if response.status_code == 200:
+                # Only the status counts: the body is never read (a guest could send one
+                # without end), and the whole probe, not each read, is bounded.
+                async with (
+                    asyncio.timeout(probe_s),
+                    http.stream("GET", f"{url}/health", timeout=probe_s) as response,
+                ):
+                    status_code = response.status_code
+                if status_code == 200:
                     return time.monotonic() - started
-                last_error = last_detail = f"HTTP {response.status_code}"
+                last_error = last_detail = f"HTTP {status_code}"
+            except TimeoutError:
+                last_error = last_detail = "timed out"
             except httpx.HTTPError as exc:
                 last_error, last_detail = _probe_failure(exc), f"{type(exc).__name__}: {exc}"
             if deadline.expired:
