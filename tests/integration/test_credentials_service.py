@@ -14,8 +14,8 @@ from sqlalchemy import text
 
 from hearth.bench.standins.documents import unsigned_jwt
 from hearth.credentials import CredentialService, CredentialVault, DecryptionFailed
-from hearth.errors import InvalidInput, NotFound
-from hearth.store import CredentialSource, Store
+from hearth.errors import Conflict, InvalidInput, NotFound
+from hearth.store import CredentialRecord, CredentialSource, Store
 from hearth.store.repositories.credentials import CredentialRepo
 from hearth_agent import SUPPORTED_PROVIDERS
 from hearth_agent.providers import PROVIDERS
@@ -308,6 +308,14 @@ async def test_summary_describes_every_provider_without_the_document(
 # --- pull back ---------------------------------------------------------------------------------
 
 BASE_EXPIRY = 1_950_000_000
+VM = "vm-cli-3"
+
+
+async def delivered(service: CredentialService, provider: str, document: bytes) -> None:
+    """``document`` captured and delivered into ``VM``."""
+    await service.capture("alice", provider, document)
+    sha256 = hashlib.sha256(document).hexdigest()
+    await service.mark_delivered("alice", provider, VM, sha256=sha256)
 
 
 @pytest.mark.parametrize("provider", SUPPORTED_PROVIDERS)
@@ -315,20 +323,22 @@ async def test_a_pulled_back_document_with_a_later_expiry_replaces_the_stored_on
     service: CredentialService, store: Store, make_document: MakeDocument, provider: str
 ) -> None:
     stored = with_expiry(provider, make_document(provider, marker="old"), BASE_EXPIRY)
-    await service.capture("alice", provider, encode(stored))
+    await delivered(service, provider, encode(stored))
+    listed = await store.credentials.get("alice", provider)
     refreshed = encode(
         with_expiry(provider, make_document(provider, marker="new"), BASE_EXPIRY + 3600)
     )
 
-    assert await service.pull_back("alice", provider, refreshed, vm_id="vm-cli-3") is True
+    assert await service.pull_back("alice", provider, refreshed, vm_id=VM, listed=listed) is True
 
     assert await service.document("alice", provider) == refreshed
     record = await store.credentials.get("alice", provider)
     assert record is not None
+    assert listed is not None
     assert record.source is CredentialSource.PULLED_BACK
     assert record.expires_at == datetime.fromtimestamp(BASE_EXPIRY + 3600, UTC)
-    assert record.delivered_to_vm_id == "vm-cli-3"  # that VM already holds it
-    assert record.delivered_at is not None
+    # That VM already holds it, from the same delivery.
+    assert (record.delivered_to_vm_id, record.delivered_at) == (VM, listed.delivered_at)
 
 
 @pytest.mark.parametrize("offset", [0, -1, -86400])
@@ -336,28 +346,44 @@ async def test_a_pulled_back_document_that_is_not_newer_is_ignored(
     service: CredentialService, make_document: MakeDocument, offset: int
 ) -> None:
     stored = encode(with_expiry("oidc", make_document("oidc", marker="keep"), BASE_EXPIRY))
-    await service.capture("alice", "oidc", stored)
+    await delivered(service, "oidc", stored)
     stale = encode(with_expiry("oidc", make_document("oidc", marker="stale"), BASE_EXPIRY + offset))
-    assert await service.pull_back("alice", "oidc", stale) is False
+    assert await service.pull_back("alice", "oidc", stale, vm_id=VM) is False
     assert await service.document("alice", "oidc") == stored
 
 
-async def test_a_pulled_back_document_fills_an_empty_slot(
-    service: CredentialService, make_document: MakeDocument
+async def test_a_pulled_back_document_never_fills_an_empty_slot(
+    service: CredentialService, store: Store, make_document: MakeDocument
 ) -> None:
+    # The credential was deleted while the VM was asked: it stays deleted.
     data = encode(make_document("gemini_cli", marker="pb"))
-    assert await service.pull_back("alice", "gemini_cli", data) is True
-    assert await service.document("alice", "gemini_cli") == data
+    assert await service.pull_back("alice", "gemini_cli", data, vm_id=VM) is False
+    assert await store.credentials.get("alice", "gemini_cli") is None
+
+
+async def test_a_pulled_back_document_leaves_one_captured_since_it_was_listed(
+    service: CredentialService, store: Store, make_document: MakeDocument
+) -> None:
+    # A fresh login's document replaces the old one as it is, even when the VM's refreshed
+    # copy of the old one expires later.
+    await delivered(service, "codex", encode(with_expiry("codex", make_document("codex"), 1)))
+    listed = await store.credentials.get("alice", "codex")
+    fresh = encode(with_expiry("codex", make_document("codex", marker="fresh"), BASE_EXPIRY))
+    await service.capture("alice", "codex", fresh)
+    refreshed = encode(with_expiry("codex", make_document("codex", marker="vm"), BASE_EXPIRY + 1))
+    for seen in (listed, None):
+        assert await service.pull_back("alice", "codex", refreshed, vm_id=VM, listed=seen) is False
+    assert await service.document("alice", "codex") == fresh
 
 
 async def test_a_pulled_back_document_without_a_readable_expiry_is_not_kept(
     service: CredentialService, make_document: MakeDocument
 ) -> None:
     stored = encode(make_document("codex", marker="jwt"))
-    await service.capture("alice", "codex", stored)
+    await delivered(service, "codex", stored)
     opaque = make_document("codex", marker="opaque")
     opaque["tokens"]["access_token"] = "not-a-jwt-access-token"  # type: ignore[index]
-    assert await service.pull_back("alice", "codex", encode(opaque)) is False
+    assert await service.pull_back("alice", "codex", encode(opaque), vm_id=VM) is False
     assert await service.document("alice", "codex") == stored
 
 
@@ -365,7 +391,7 @@ async def test_a_pulled_back_document_is_checked_like_a_capture(
     service: CredentialService,
 ) -> None:
     with pytest.raises(InvalidInput, match="must be a JSON object"):
-        await service.pull_back("alice", "oidc", b"[]")
+        await service.pull_back("alice", "oidc", b"[]", vm_id=VM)
 
 
 # --- master-key rotation -----------------------------------------------------------------------
@@ -534,6 +560,28 @@ async def test_a_document_that_does_not_open_is_reported_after_the_rest_are_rese
     await assert_all_open(service, captured)
 
 
+async def test_a_document_that_keeps_changing_is_reported_after_the_rest_are_resealed(
+    service: CredentialService, store: Store, state_dir: Path, make_document: MakeDocument
+) -> None:
+    reseal = CredentialRepo.reseal
+
+    async def alice_codex_keeps_changing(
+        repo: CredentialRepo, record: CredentialRecord, **kwargs: object
+    ) -> object:
+        if (record.user_id, record.provider) == ("alice", "codex"):
+            return None  # someone wrote it again just before, every time
+        return await reseal(repo, record, **kwargs)  # type: ignore[arg-type]
+
+    captured = await capture_everything(service, make_document)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(CredentialRepo, "reseal", alice_codex_keeps_changing)
+        with pytest.raises(Conflict, match=r"re-encrypted 5 .* 1 kept changing.*alice/codex"):
+            await service.rotate_master(state_dir)
+    new_key = CredentialVault.load(state_dir).current_key_id
+    assert (await key_ids(store)).count(new_key) == 5
+    await assert_all_open(service, captured)
+
+
 # --- logs --------------------------------------------------------------------------------------
 
 
@@ -545,8 +593,10 @@ async def test_service_logs_never_carry_tokens(
         for provider, document in documents.items():
             await service.capture("alice", provider, encode(document))
             await service.document("alice", provider)
+        sha256 = hashlib.sha256(encode(documents["oidc"])).hexdigest()
+        await service.mark_delivered("alice", "oidc", VM, sha256=sha256)
         await service.pull_back(
-            "alice", "oidc", encode(with_expiry("oidc", documents["oidc"], 2**31))
+            "alice", "oidc", encode(with_expiry("oidc", documents["oidc"], 2**31)), vm_id=VM
         )
         await service.rotate_master(state_dir)
         await service.summary("alice")

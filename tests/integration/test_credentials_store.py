@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
 import secrets
 from datetime import UTC, datetime, timedelta, timezone
@@ -13,6 +14,7 @@ from sqlalchemy.exc import IntegrityError
 
 from hearth.errors import Conflict, InvalidInput, NotFound
 from hearth.store import CredentialRecord, CredentialSource, Store
+from hearth.store.repositories.credentials import CredentialRepo
 from hearth_agent import SUPPORTED_PROVIDERS
 from tests.integration.store_fixtures import *  # noqa: F403
 from tests.integration.store_fixtures import FakeClock, OpenStore
@@ -107,8 +109,6 @@ async def test_getting_a_credential_that_was_never_stored_is_none(store: Store, 
 async def test_storing_for_an_unknown_user_is_not_found(store: Store) -> None:
     with pytest.raises(NotFound, match="user ghost does not exist"):
         await store.credentials.put(sealed_record("ghost"))
-    with pytest.raises(NotFound, match="user ghost does not exist"):
-        await store.credentials.replace_if_newer(sealed_record("ghost"), newer_than=EXPIRY)
 
 
 async def test_storing_for_an_unknown_provider_is_invalid_input(store: Store, alice: str) -> None:
@@ -195,14 +195,35 @@ async def test_mark_delivered_without_a_document_is_not_found(store: Store, alic
 
 # --- replace_if_newer --------------------------------------------------------------------------
 
+VM = "vm-cli-1"
+DELIVERED = datetime(2030, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
 
-async def test_replace_if_newer_fills_an_empty_slot(store: Store, alice: str) -> None:
-    record = sealed_record(alice, source=CredentialSource.PULLED_BACK)
-    assert await store.credentials.replace_if_newer(record, newer_than=EXPIRY) is True
-    stored = await store.credentials.get(alice, "codex")
-    assert stored is not None
-    assert stored.nonce == record.nonce
-    assert stored.source is CredentialSource.PULLED_BACK
+
+def pulled_back(user_id: str, **overrides: object) -> CredentialRecord:
+    """A document read back from VM ``VM``."""
+    values: dict[str, object] = {"source": CredentialSource.PULLED_BACK, "delivered_to_vm_id": VM}
+    values.update(overrides)
+    return sealed_record(user_id, **values)
+
+
+async def delivered(repo: CredentialRepo, record: CredentialRecord) -> CredentialRecord:
+    """``record`` stored as delivered to ``VM`` at ``DELIVERED``."""
+    return await repo.put(
+        dataclasses.replace(record, delivered_to_vm_id=VM, delivered_at=DELIVERED)
+    )
+
+
+async def test_replace_if_newer_never_fills_an_empty_slot(store: Store, alice: str) -> None:
+    # A credential deleted while its VM was asked stays deleted (and so does one never stored).
+    for user in (alice, "ghost"):
+        record = pulled_back(user)
+        assert (
+            await store.credentials.replace_if_newer(
+                record, delivered_at=DELIVERED, newer_than=EXPIRY
+            )
+            is False
+        )
+    assert await store.credentials.all() == []
 
 
 @pytest.mark.parametrize(
@@ -223,12 +244,14 @@ async def test_replace_if_newer_keeps_whichever_expires_later(
     replaces: bool,
 ) -> None:
     repo = clocked_store.credentials
-    stored = await repo.put(sealed_record(clocked_alice))
+    stored = await delivered(repo, sealed_record(clocked_alice))
     clock.advance(10)
     later = EXPIRY + offset
-    pulled = sealed_record(clocked_alice, expires_at=later, source=CredentialSource.PULLED_BACK)
+    pulled = pulled_back(clocked_alice, expires_at=later, delivered_at=clock.now)
 
-    assert await repo.replace_if_newer(pulled, newer_than=later) is replaces
+    assert await repo.replace_if_newer(pulled, delivered_at=DELIVERED, newer_than=later) is (
+        replaces
+    )
 
     current = await repo.get(clocked_alice, "codex")
     assert current is not None
@@ -240,51 +263,94 @@ async def test_replace_if_newer_keeps_whichever_expires_later(
         )
         assert (current.id, current.created_at) == (stored.id, stored.created_at)
         assert current.updated_at == clock.now
+        # Still the same delivery: a later pull-back of that VM may replace it in turn.
+        assert (current.delivered_to_vm_id, current.delivered_at) == (VM, DELIVERED)
     else:
         assert current == stored
+
+
+@pytest.mark.parametrize(
+    "since",
+    ["captured", "delivered-again", "delivered-elsewhere"],
+)
+async def test_replace_if_newer_leaves_a_document_that_is_no_longer_that_delivery(
+    store: Store, alice: str, since: str
+) -> None:
+    # A fresh login's document replaces the old one as it is, even when the VM's refreshed
+    # copy of the old one expires later; so does a delivery made since the VM was asked.
+    repo = store.credentials
+    await delivered(repo, sealed_record(alice))
+    if since == "captured":
+        now = await repo.put(sealed_record(alice))
+    elif since == "delivered-again":
+        now = await repo.mark_delivered(alice, "codex", VM)
+    else:
+        now = await repo.mark_delivered(alice, "codex", "vm-cli-2")
+    later = EXPIRY + timedelta(days=1)
+
+    assert (
+        await repo.replace_if_newer(pulled_back(alice), delivered_at=DELIVERED, newer_than=later)
+        is False
+    )
+    assert await repo.get(alice, "codex") == now
 
 
 async def test_replace_if_newer_replaces_a_document_of_unknown_expiry(
     store: Store, alice: str
 ) -> None:
-    await store.credentials.put(sealed_record(alice, expires_at=None))
-    pulled = sealed_record(alice)
-    assert await store.credentials.replace_if_newer(pulled, newer_than=EXPIRY) is True
+    await delivered(store.credentials, sealed_record(alice, expires_at=None))
+    pulled = pulled_back(alice)
+    assert (
+        await store.credentials.replace_if_newer(pulled, delivered_at=DELIVERED, newer_than=EXPIRY)
+        is True
+    )
     current = await store.credentials.get(alice, "codex")
     assert current is not None
     assert current.expires_at == EXPIRY
 
 
 async def test_replace_if_newer_compares_instants_not_wall_clocks(store: Store, alice: str) -> None:
-    await store.credentials.put(sealed_record(alice))  # expires 05:06:07 UTC
+    repo = store.credentials
+    await delivered(repo, sealed_record(alice))  # expires 05:06:07 UTC
     # 06:06 at +02:00 is 04:06 UTC: a later wall clock, an earlier instant.
     earlier = datetime(2031, 3, 4, 6, 6, 7, tzinfo=timezone(timedelta(hours=2)))
-    pulled = sealed_record(alice, expires_at=earlier)
-    assert await store.credentials.replace_if_newer(pulled, newer_than=earlier) is False
+    pulled = pulled_back(alice, expires_at=earlier)
+    assert await repo.replace_if_newer(pulled, delivered_at=DELIVERED, newer_than=earlier) is False
     # 04:06 at -02:00 is 06:06 UTC: an earlier wall clock, a later instant.
     later = datetime(2031, 3, 4, 4, 6, 7, tzinfo=timezone(timedelta(hours=-2)))
-    pulled = sealed_record(alice, expires_at=later)
-    assert await store.credentials.replace_if_newer(pulled, newer_than=later) is True
+    pulled = pulled_back(alice, expires_at=later)
+    # The delivery's stamp, too, is an instant, whatever its offset.
+    stamp = DELIVERED.astimezone(timezone(timedelta(hours=5)))
+    assert await repo.replace_if_newer(pulled, delivered_at=stamp, newer_than=later) is True
 
 
-async def test_replace_if_newer_refuses_a_naive_time(store: Store, alice: str) -> None:
-    with pytest.raises(InvalidInput, match="timezone-aware"):
+async def test_replace_if_newer_refuses_a_naive_time_or_no_vm(store: Store, alice: str) -> None:
+    naive = datetime(2031, 1, 1)
+    for delivered_at, newer_than in ((DELIVERED, naive), (naive, EXPIRY)):
+        with pytest.raises(InvalidInput, match="timezone-aware"):
+            await store.credentials.replace_if_newer(
+                pulled_back(alice), delivered_at=delivered_at, newer_than=newer_than
+            )
+    with pytest.raises(InvalidInput, match="must name the VM"):
         await store.credentials.replace_if_newer(
-            sealed_record(alice), newer_than=datetime(2031, 1, 1)
+            sealed_record(alice), delivered_at=DELIVERED, newer_than=EXPIRY
         )
 
 
 async def test_racing_pull_backs_leave_the_latest_expiry(
     open_store: OpenStore, store: Store, alice: str
 ) -> None:
-    await store.credentials.put(sealed_record(alice))
+    # Pull-backs of one delivery (the interval's and a destroy's, or two controllers') race.
+    await delivered(store.credentials, sealed_record(alice))
     stores = [store, await open_store()]
     # Some older than the stored document, some newer, in no particular order.
     expiries = [EXPIRY + timedelta(minutes=m) for m in (2, -3, 5, 0, 4, -1, 1, 3, -2)]
-    records = [sealed_record(alice, expires_at=e) for e in expiries]
+    records = [pulled_back(alice, expires_at=e) for e in expiries]
     await asyncio.gather(
         *(
-            stores[i % 2].credentials.replace_if_newer(record, newer_than=expiry)
+            stores[i % 2].credentials.replace_if_newer(
+                record, delivered_at=DELIVERED, newer_than=expiry
+            )
             for i, (record, expiry) in enumerate(zip(records, expiries, strict=True))
         )
     )

@@ -23,7 +23,7 @@ from hearth.credentials import CredentialService, CredentialVault
 from hearth.credentials.pullback import PullBack
 from hearth.events.log import EventLog
 from hearth.metrics import ControllerMetrics
-from hearth.store import Store
+from hearth.store import Store, VmRecord
 from hearth.vm.types import VmState
 from tests.integration.api_fixtures import served
 from tests.integration.store_fixtures import *  # noqa: F403
@@ -44,6 +44,30 @@ def vm_answering(answers: dict[str, tuple[str, bytes]]) -> Starlette:
     return Starlette(routes=[Route("/credentials/{provider}", credentials)])
 
 
+async def delivered(
+    store: Store, credentials: CredentialService, documents: dict[str, bytes]
+) -> VmRecord:
+    """A ready CLI VM of alice's to which ``documents`` (by provider) were delivered."""
+    await store.users.ensure("alice")
+    record = await store.vms.insert(new_vm("alice", status=VmState.READY))
+    for provider, document in documents.items():
+        await credentials.capture("alice", provider, document)
+        sha256 = hashlib.sha256(document).hexdigest()
+        await credentials.mark_delivered("alice", provider, record.id, sha256=sha256)
+    return record
+
+
+async def pull_back(
+    store: Store, credentials: CredentialService, record: VmRecord, agent: Starlette
+) -> EventLog:
+    """Pull back from ``record`` with ``agent`` answering on its port; the events told."""
+    events = EventLog(store=store, settings=Settings(), metrics=ControllerMetrics())
+    async with served(agent) as url:  # type: ignore[arg-type]
+        record = await store.vms.update(record.id, agent_url=url)
+        await PullBack(store, credentials, events).before_destroy(record, "token")
+    return events
+
+
 @pytest.mark.parametrize(
     "codex_answer",
     [
@@ -58,28 +82,51 @@ async def test_one_answer_that_cannot_be_taken_does_not_stop_the_others(
     make_document: MakeDocument,
     codex_answer: tuple[str, bytes],
 ) -> None:
-    vault = CredentialVault.load(tmp_path / "state")
-    credentials = CredentialService(store, vault)
-    await store.users.ensure("alice")
-    record = await store.vms.insert(new_vm("alice", status=VmState.READY))
-    for provider in ("codex", "gemini_cli"):
-        document = json.dumps(make_document(provider, marker="old")).encode()
-        await credentials.capture("alice", provider, document)
-        sha256 = hashlib.sha256(document).hexdigest()
-        await credentials.mark_delivered("alice", provider, record.id, sha256=sha256)
+    credentials = CredentialService(store, CredentialVault.load(tmp_path / "state"))
+    old = {p: json.dumps(make_document(p, marker="old")).encode() for p in ("codex", "gemini_cli")}
+    record = await delivered(store, credentials, old)
     rotated = make_document("gemini_cli", marker="rotated")
     rotated["expiry_date"] = LATER * 1000
     answers = {
         "codex": codex_answer,
         "gemini_cli": ("application/json", json.dumps({"document": rotated}).encode()),
     }
-    events = EventLog(store=store, settings=Settings(), metrics=ControllerMetrics())
-    async with served(vm_answering(answers)) as url:  # type: ignore[arg-type]
-        record = await store.vms.update(record.id, agent_url=url)
-        await PullBack(store, credentials, events).before_destroy(record, "token")
+    await pull_back(store, credentials, record, vm_answering(answers))
 
     kept = json.loads(await credentials.document("alice", "gemini_cli"))
     assert kept == rotated
     assert json.loads(await credentials.document("alice", "codex")) == make_document(
         "codex", marker="old"
     )
+
+
+@pytest.mark.parametrize(
+    ("told", "expected"),
+    [({}, None), ({"error": "invalid_grant " * 1000}, ("invalid_grant " * 1000)[:300])],
+    ids=["no-error", "a-long-error"],
+)
+async def test_a_refused_refresh_tells_the_vms_error_capped_or_none(
+    store: Store,
+    tmp_path: Path,
+    make_document: MakeDocument,
+    told: dict[str, object],
+    expected: str | None,
+) -> None:
+    # The VM's error went into the event as it came: "None" when absent, any length.
+    credentials = CredentialService(store, CredentialVault.load(tmp_path / "state"))
+    document = json.dumps(make_document("oidc", marker="held")).encode()
+    record = await delivered(store, credentials, {"oidc": document})
+    refused = {"state": "refused", "sha256": hashlib.sha256(document).hexdigest(), **told}
+
+    async def refresh_state(request: Request) -> Response:
+        return Response(json.dumps(refused), media_type="application/json")
+
+    held = ("application/json", json.dumps({"content": document.decode()}).encode())
+    routes = vm_answering({"oidc": held}).routes
+    agent = Starlette(routes=[Route("/credentials/oidc/refresh", refresh_state), *routes])
+    events = await pull_back(store, credentials, record, agent)
+
+    (event,) = [e for e in await events.list(user_id="alice") if e.type == "credential.expired"]
+    data = json.loads(event.data)
+    assert data["reason"] == "refresh_refused"
+    assert data.get("error") == expected

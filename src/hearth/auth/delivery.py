@@ -8,25 +8,58 @@ The provider's own CLI in the VM is then asked, offline, whether it is logged in
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 from hearth.agent_client import AgentClient, AgentError, sha256_hex
 from hearth.control.network import CliNetworks
 from hearth.control.vms import VmService
 from hearth.credentials.service import CredentialService
-from hearth.errors import Conflict, HearthError, VmError
+from hearth.errors import Conflict, HearthError, NotFound, VmError
 from hearth.events.log import EventLog
 from hearth.events.types import EventType
 from hearth.logging import get_logger
 from hearth.store import VmRecord
-from hearth.vm.types import VmState, VmType
+from hearth.vm.types import BootMode, VmState, VmType
 from hearth_agent.wire import Provider
 
 _log = get_logger("auth.delivery")
 _DELIVERY_ATTEMPTS = 3
 _ASLEEP = (VmState.PAUSED, VmState.HIBERNATED)
-# A CLI VM in these may hold a document, but its agent cannot be asked now.
-_UNASKABLE = (VmState.UNHEALTHY, VmState.HIBERNATING)
+_ENDED = (VmState.DESTROYED, VmState.FAILED)
+
+
+def _in_passage(record: VmRecord) -> bool:
+    """Whether a CLI VM may hold a document but cannot be asked now: neither ready, asleep
+    nor ended (unhealthy, being hibernated or woken, stopping). A new VM still starting has
+    never been delivered into: it holds none."""
+    if record.status in (VmState.READY, *_ASLEEP, *_ENDED):
+        return False
+    starting = record.status is VmState.BOOTING and record.boot_mode is not BootMode.WAKE
+    return not (starting or record.status is VmState.CREATING)
+
+
+class _Turns:
+    """One asyncio lock per user, kept while someone holds or waits for it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def of(self, user_id: str) -> AsyncIterator[None]:
+        """Hold the user's turn for the block."""
+        lock, users = self._locks.get(user_id, (asyncio.Lock(), 0))
+        self._locks[user_id] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[user_id]
+            if users == 1:
+                del self._locks[user_id]
+            else:
+                self._locks[user_id] = (lock, users - 1)
 
 
 @dataclass
@@ -38,7 +71,13 @@ class Removal:
 
 
 class Delivery:
-    """Writes stored documents into CLI VMs (a few tries), and checks them with the CLI."""
+    """Writes stored documents into CLI VMs (a few tries), and checks them with the CLI.
+
+    A user's deliveries and removals take turns in this controller: each wakes the user's
+    sleeping VMs and puts them back, and a removal must not answer while a delivery it did not
+    see is still writing. Across controllers a delivery whose vault document went away while
+    it wrote takes it out of the VM again.
+    """
 
     def __init__(
         self,
@@ -54,6 +93,7 @@ class Delivery:
         self.networks = networks
         self.events = events
         self.oidc_refresh_margin_s = oidc_refresh_margin_s
+        self._turns = _Turns()
 
     async def deliver(self, user_id: str, provider: str, vm_id: str) -> None:
         """Write the user's stored document for ``provider`` into CLI VM ``vm_id`` (the flow's
@@ -79,6 +119,12 @@ class Delivery:
         that (whatever their autoResume; a capture forgets where the document was) and are
         put back as they were: left alone, one would come back with a second copy (whose
         refresh, where a provider rotates its tokens, would log the other VM's CLI out)."""
+        async with self._turns.of(user_id):
+            await self._wake_and_deliver(agent, user_id, provider, vm_id, fresh=fresh)
+
+    async def _wake_and_deliver(
+        self, agent: AgentClient, user_id: str, provider: str, vm_id: str, *, fresh: bool
+    ) -> None:
         woken = []
         for record in await self._asleep(user_id, but=vm_id):
             try:
@@ -112,7 +158,15 @@ class Delivery:
                 last = exc.message
             else:
                 if written == expected:
-                    await self.credentials.mark_delivered(user_id, provider, vm_id, sha256=expected)
+                    try:
+                        await self.credentials.mark_delivered(
+                            user_id, provider, vm_id, sha256=expected
+                        )
+                    except HearthError:
+                        # Deleted or replaced in the vault while it was written (by another
+                        # controller): the VM must not keep a copy nobody knows of.
+                        await self._withdraw(agent, vm_id, provider, expected)
+                        raise
                     await self.networks.allow_provider(vm_id, Provider(provider))
                     await self.events.emit(
                         EventType.CREDENTIAL_DELIVERED,
@@ -174,32 +228,52 @@ class Delivery:
 
     # ---- where a provider's document lives -------------------------------------------------
 
-    async def remove_everywhere(self, user_id: str, provider: str) -> Removal:
+    async def remove_everywhere(
+        self, user_id: str, provider: str, *, then: Callable[[], Awaitable[object]] | None = None
+    ) -> Removal:
         """Delete the provider's document from every CLI VM of the user (and close the
         provider's API to each): the VMs that held one, and what each held (read first: its
         CLI or agent may have refreshed it since the vault's copy). A paused or hibernated VM
         runs for it (woken, whatever its autoResume) and is put back as it was: left alone, it
-        would come back later with the document and its API open."""
-        removal = Removal()
-        for vm_id in await self._holders(user_id, provider, strict=True):
-            await self._take_out(vm_id, provider, removal)
-        for record in await self._asleep(user_id):
+        would come back later with the document and its API open. A VM that may hold it but
+        cannot be asked now makes this a Conflict naming it. ``then`` (the vault's delete)
+        runs after, in the same turn: no delivery of the user's lands in between."""
+        async with self._turns.of(user_id):
+            records = await self._cli_vms(user_id)
+            removal = Removal()
+            for vm_id in await self._ask(records, provider, strict=True):
+                await self._take_out(vm_id, provider, removal)
+            for record in records:
+                if record.status in _ASLEEP:
+                    await self._take_out_of_sleeper(record, provider, removal)
+            if then is not None:
+                await then()
+            return removal
+
+    async def _take_out_of_sleeper(self, record: VmRecord, provider: str, removal: Removal) -> None:
+        """``_take_out`` for a VM listed paused or hibernated: run for it, then put back."""
+        try:
+            await self.vms.resume(record.id)
+        except HearthError as exc:
             try:
-                await self.vms.resume(record.id)
-            except HearthError as exc:
-                if (await self.vms.get(record.id)).status is VmState.FAILED:
-                    continue  # its saved state was lost: nothing in it can be used any more
-                # Still asleep (no room to wake it now): the caller must know, and the vault's
-                # document must stay, to try again.
-                raise Conflict(
-                    f"VM {record.id} is {record.status.value} and could not run to have the "
-                    f"document removed ({exc.message}); retry, or destroy the VM"
-                ) from exc
-            try:
+                status = (await self.vms.get(record.id)).status
+            except NotFound:
+                return  # gone, its row too
+            if status in _ENDED:
+                return  # its saved state was lost, or it is gone: nothing in it can be used
+            if status is VmState.READY:  # run again since the listing, by someone else
                 await self._take_out(record.id, provider, removal)
-            finally:
-                await self._put_back(record)
-        return removal
+                return
+            # Still asleep (no room to wake it now) or on its way: the caller must know, and
+            # the vault's document must stay, to try again.
+            raise Conflict(
+                f"VM {record.id} is {status.value} and could not run to have the document "
+                f"removed ({exc.message}); retry, or destroy the VM"
+            ) from exc
+        try:
+            await self._take_out(record.id, provider, removal)
+        finally:
+            await self._put_back(record)
 
     async def _put_back(self, record: VmRecord) -> None:
         """Pause or hibernate again the VM of ``record``, run for a moment from that status;
@@ -215,13 +289,17 @@ class Delivery:
         except HearthError as exc:
             _log.warning("vm_not_put_back", vm_id=record.id, error=exc.message[:300])
 
-    async def _asleep(self, user_id: str, *, but: str | None = None) -> list[VmRecord]:
-        """The user's paused or hibernated CLI VMs (but ``but``)."""
+    async def _cli_vms(self, user_id: str, *, but: str | None = None) -> list[VmRecord]:
+        """The user's CLI VMs (but ``but``)."""
         return [
             record
             for record in await self.vms.list_vms(user_id=user_id)
-            if record.vm_type is VmType.CLI and record.status in _ASLEEP and record.id != but
+            if record.vm_type is VmType.CLI and record.id != but
         ]
+
+    async def _asleep(self, user_id: str, *, but: str | None = None) -> list[VmRecord]:
+        """The user's paused or hibernated CLI VMs (but ``but``)."""
+        return [r for r in await self._cli_vms(user_id, but=but) if r.status in _ASLEEP]
 
     async def _take_out(self, vm_id: str, provider: str, removal: Removal) -> None:
         """Read the VM's document (if any) into ``removal``, then remove it and close the
@@ -245,20 +323,20 @@ class Delivery:
         vm = self.vms.live_vm(vm_id)
         return AgentClient(str(vm.agent_url), self.vms.agent_token(vm_id), vm_id=vm_id)
 
-    async def _holders(
-        self, user_id: str, provider: str, *, but: str | None = None, strict: bool = False
-    ) -> list[str]:
-        """The user's running CLI VMs (but ``but``) whose agent holds a ``provider`` document.
+    async def _holders(self, user_id: str, provider: str, *, but: str) -> list[str]:
+        """The user's running CLI VMs (but ``but``) whose agent holds a ``provider`` document."""
+        return await self._ask(await self._cli_vms(user_id, but=but), provider, strict=False)
 
-        A VM that may hold one but cannot say now (its agent does not answer, it misses its
-        heartbeats, it is being hibernated) is logged and passed over, or with ``strict`` makes
-        this a Conflict naming it: a removal must not answer done while a copy may be left.
+    async def _ask(self, records: list[VmRecord], provider: str, *, strict: bool) -> list[str]:
+        """Those of ``records`` that are ready and whose agent holds a ``provider`` document.
+
+        A VM that may hold one but cannot say now (its agent does not answer, or it is between
+        states: see ``_in_passage``) is passed over, or with ``strict`` makes this a Conflict
+        naming it: a removal must not answer done while a copy may be left.
         """
         held, unknown = [], []
-        for record in await self.vms.list_vms(user_id=user_id):
-            if record.id == but or record.vm_type is not VmType.CLI:
-                continue
-            if record.status in _UNASKABLE:
+        for record in records:
+            if _in_passage(record):
                 unknown.append(f"VM {record.id} is {record.status.value}")
                 continue
             if record.status is not VmState.READY or self.vms.agent_token(record.id) is None:
@@ -280,13 +358,18 @@ class Delivery:
         return held
 
     async def _pull_back(self, vm_id: str, user_id: str, provider: str) -> None:
+        # The stored record is read before the VM is asked: one captured or delivered anew
+        # while the VM answers is then not replaced by the VM's older delivery.
+        listed = await self.credentials.stored(user_id, provider)
         try:
             document = await self._agent(vm_id).credentials_document(provider)
         except HearthError as exc:
             _log.warning("credential_pull_back_failed", vm_id=vm_id, error=exc.message)
             return
         if document is not None:
-            await self.credentials.pull_back(user_id, provider, document, vm_id=vm_id)
+            await self.credentials.pull_back(
+                user_id, provider, document, vm_id=vm_id, listed=listed
+            )
 
     async def _remove(self, vm_id: str, provider: str) -> bool:
         """Delete the VM's document and close the provider's API to it; whether it had one."""
@@ -294,3 +377,12 @@ class Delivery:
         await self.networks.forbid_provider(vm_id, Provider(provider))
         _log.info("credential_removed_from_vm", vm_id=vm_id, provider=provider, deleted=deleted)
         return deleted
+
+    async def _withdraw(self, agent: AgentClient, vm_id: str, provider: str, sha256: str) -> None:
+        """Remove from the VM the document with ``sha256`` just written there (unless another
+        replaced it since) and close the provider's API to it; a failure is logged."""
+        try:
+            if (await agent.credentials_facts(provider)).get("sha256") == sha256:
+                await self._remove(vm_id, provider)
+        except HearthError as exc:
+            _log.warning("credential_not_withdrawn", vm_id=vm_id, error=exc.message[:300])

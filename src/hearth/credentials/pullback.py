@@ -2,10 +2,11 @@
 
 Claude and Codex rotate refresh tokens on use, so once a document is delivered the CLI VM is its
 single owner: the controller never refreshes it. What the VM holds when it is destroyed may be
-newer than the vault's copy, so it is read back and kept if its token expires later. The same
-pull runs on an interval (``HEARTH_PULLBACK_INTERVAL_S``) over every ready CLI VM, so the vault
-follows the VMs' refreshes while they run (and its expiry watch does not call a refreshed
-credential expired).
+newer than the vault's copy, so it is read back and kept if its token expires later, and only
+in place of the document delivered to that VM (never into a slot emptied, or over a document
+replaced, while the VM was asked). The same pull runs on an interval
+(``HEARTH_PULLBACK_INTERVAL_S``) over every ready CLI VM, so the vault follows the VMs'
+refreshes while they run (and its expiry watch does not call a refreshed credential expired).
 
 An ``oidc`` document is refreshed by the VM's agent itself (``hearth_agent.oidc_refresh``); when
 the issuer refused that refresh (``invalid_grant``: the grant is gone), the pull-back marks the
@@ -23,7 +24,7 @@ from hearth.events.log import EventLog
 from hearth.events.types import EventType
 from hearth.logging import get_logger
 from hearth.periodic import every
-from hearth.store import Store, VmRecord
+from hearth.store import CredentialRecord, Store, VmRecord
 from hearth.vm.types import VmState, VmType
 from hearth_agent.wire import Provider
 
@@ -60,7 +61,7 @@ class PullBack:
             if stored.delivered_to_vm_id != record.id:
                 continue
             try:
-                await self._pull_one(agent, record, stored.provider)
+                await self._pull_one(agent, record, stored)
             except HearthError as exc:
                 _log.warning(
                     "pull_back_failed",
@@ -69,10 +70,18 @@ class PullBack:
                     error=exc.message[:300],
                 )
 
-    async def _pull_one(self, agent: AgentClient, record: VmRecord, provider: str) -> None:
+    async def _pull_one(
+        self, agent: AgentClient, record: VmRecord, stored: CredentialRecord
+    ) -> None:
+        """Keep the VM's copy of the ``stored`` document if it is newer and the vault's is still
+        that delivery (one deleted, or replaced by a fresh login, while the VM was asked stays
+        as it is)."""
+        provider = stored.provider
         document = await agent.credentials_document(provider)
         if document is not None:
-            await self.credentials.pull_back(record.user_id, provider, document, vm_id=record.id)
+            await self.credentials.pull_back(
+                record.user_id, provider, document, vm_id=record.id, listed=stored
+            )
         if provider == Provider.OIDC:
             await self._check_refresh(agent, record)
 
@@ -95,11 +104,14 @@ class PullBack:
         _log.warning(
             "credential_needs_login", user_id=record.user_id, provider=provider, vm_id=record.id
         )
+        # The VM's own words, so bounded; told only when it gave some.
+        error = state.get("error")
+        told = {} if error is None else {"error": str(error)[:300]}
         await self.events.emit(
             EventType.CREDENTIAL_EXPIRED,
             user_id=record.user_id,
             vm_id=record.id,
             provider=provider,
             reason="refresh_refused",
-            error=str(state.get("error")),
+            **told,
         )

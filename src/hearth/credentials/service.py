@@ -89,6 +89,10 @@ class CredentialService:
             raise NotFound(f"user {user_id} has no {provider} credentials")
         return self._open(record)
 
+    async def stored(self, user_id: str, provider: str) -> CredentialRecord | None:
+        """The user's stored ``provider`` record as it is now (sealed), or None."""
+        return await self._store.credentials.get(user_id, provider)
+
     async def mark_delivered(
         self, user_id: str, provider: str, vm_id: str, *, sha256: str
     ) -> CredentialRecord:
@@ -123,36 +127,51 @@ class CredentialService:
         return entries
 
     async def pull_back(
-        self, user_id: str, provider: str, document_bytes: bytes, *, vm_id: str | None = None
+        self,
+        user_id: str,
+        provider: str,
+        document_bytes: bytes,
+        *,
+        vm_id: str,
+        listed: CredentialRecord | None = None,
     ) -> bool:
-        """Keep a document read back from a CLI VM if its token expires later than the stored one.
+        """Keep a document read back from CLI VM ``vm_id`` if its token expires later than the
+        stored one, and the stored one is still of the delivery into that VM.
 
         CLIs refresh their tokens in place, so the VM's copy can be newer than the vault's.
-        The comparison and the write are one statement (see ``CredentialRepo.replace_if_newer``).
-        A document without a readable expiry cannot be shown to be newer and is not kept.
-        ``vm_id`` names the VM it came from, which is recorded as holding it. Returns whether
-        the document replaced the stored one.
+        ``listed`` is the stored record the caller saw delivered to ``vm_id`` before it asked
+        the VM (without it, the stored record now is taken): a credential deleted, captured
+        (a fresh login's document is kept as it is) or delivered again since is left as it
+        is. The checks and the write are one statement (see
+        ``CredentialRepo.replace_if_newer``). A document without a readable expiry cannot be
+        shown to be newer and is not kept. Returns whether the document replaced the stored one.
         """
         facts = inspect_document(provider, document_bytes)
         if facts.expires_at is None:
             _log.warning("credential_pull_back_without_expiry", user_id=user_id, provider=provider)
             return False
-        record = self._seal(
-            user_id,
-            facts,
-            document_bytes,
-            source=CredentialSource.PULLED_BACK,
-            delivered_to_vm_id=vm_id,
-        )
-        replaced = await self._store.credentials.replace_if_newer(
-            record, newer_than=facts.expires_at
-        )
+        if listed is None:
+            listed = await self._store.credentials.get(user_id, facts.provider)
+        delivered_at = None if listed is None else listed.delivered_at
+        replaced = False
+        if listed is not None and listed.delivered_to_vm_id == vm_id and delivered_at is not None:
+            record = self._seal(
+                user_id,
+                facts,
+                document_bytes,
+                source=CredentialSource.PULLED_BACK,
+                delivered_to_vm_id=vm_id,
+            )
+            replaced = await self._store.credentials.replace_if_newer(
+                record, delivered_at=delivered_at, newer_than=facts.expires_at
+            )
         # Every round reads every delivered document back: only a replacement is news.
         (_log.info if replaced else _log.debug)(
             "credential_pulled_back",
             user_id=user_id,
             provider=facts.provider,
             sha256=facts.sha256,
+            vm_id=vm_id,
             expires_at=_iso(facts.expires_at),
             replaced=replaced,
         )
@@ -163,16 +182,18 @@ class CredentialService:
 
         Each document is its own compare-and-set transaction, so an interrupted run leaves
         every document readable and a rerun skips those already under the current key. A
-        document that does not open is logged and skipped; if any were, DecryptionFailed
-        names them after the rest are done.
+        document that does not open, or that kept changing under the re-seal, is logged and
+        skipped; if any were, the rest are done first, then DecryptionFailed (Conflict if all
+        of them only kept changing) names them.
         """
         resealed = 0
         failed: list[str] = []
+        changing: list[str] = []
         for record in await self._store.credentials.all():
             try:
                 if await self._reseal(record):
                     resealed += 1
-            except DecryptionFailed as exc:
+            except (DecryptionFailed, Conflict) as exc:
                 _log.error(
                     "credential_reseal_failed",
                     user_id=record.user_id,
@@ -180,7 +201,14 @@ class CredentialService:
                     key_id=record.key_id,
                     error=exc.message,
                 )
-                failed.append(f"{record.user_id}/{record.provider}")
+                named = f"{record.user_id}/{record.provider}"
+                (failed if isinstance(exc, DecryptionFailed) else changing).append(named)
+        if changing:
+            kept = f"{len(changing)} kept changing (run it again): {', '.join(changing)}"
+            if not failed:
+                raise Conflict(f"re-encrypted {resealed} credential documents, but {kept}")
+            error = reseal_incomplete("credential documents", resealed, failed)
+            raise DecryptionFailed(f"{error.message}; {kept}")
         if failed:
             raise reseal_incomplete("credential documents", resealed, failed)
         _log.info("credentials_reencrypted", key_id=self._vault.current_key_id, count=resealed)

@@ -10,11 +10,14 @@ from fastapi import APIRouter
 from hearth.api.auth import Ctl, Key, scope_of
 from hearth.api.routes.auth import user_for
 from hearth.api.schemas import ERROR_RESPONSES
+from hearth.credentials.errors import DecryptionFailed
 from hearth.credentials.revoke import revoke_oidc_refresh_tokens
 from hearth.errors import NotFound
+from hearth.logging import get_logger
 from hearth_agent.wire import Provider
 
 router = APIRouter(tags=["credentials"], responses=ERROR_RESPONSES)
+_log = get_logger("api.credentials")
 
 
 @router.get("/api/credentials/{user_id}")
@@ -52,18 +55,31 @@ async def delete_credentials(
     closed to each; a paused or hibernated one runs for it and is put back) and from the
     vault; for ``oidc``, revoke its refresh tokens (the vault's, and each VM's, which may be
     newer) at the issuer (RFC 7009) when discovery names a ``revocation_endpoint``. 404 if
-    there is none."""
+    there is none; 409 naming a VM that may hold it but cannot be asked now."""
     user = user_for(user_id, key.user_id, key.is_admin)
     await _stored(ctl, user, provider)
-    document = await ctl.credentials.document(user, provider.value)
-    removal = await ctl.delivery.remove_everywhere(user, provider.value)
-    await ctl.store.credentials.delete(user, provider.value)
+    vault_copy = await _vault_copy(ctl, user) if provider is Provider.OIDC else []
+    removal = await ctl.delivery.remove_everywhere(
+        user, provider.value, then=lambda: ctl.store.credentials.delete(user, provider.value)
+    )
     revocation = None
     if provider is Provider.OIDC:  # the vault's copy and the VMs' (refreshed since, maybe)
-        documents = [document, *removal.documents]
+        documents = [*vault_copy, *removal.documents]
         revocation = await revoke_oidc_refresh_tokens(ctl.settings, documents)
+        if not vault_copy and revocation == "revoked":
+            revocation = "failed: the vault's copy did not open; its refresh token was not revoked"
     return {"userId": user, "provider": provider.value, "removedFrom": removal.vm_ids,
             "revocation": revocation}  # fmt: skip
+
+
+async def _vault_copy(ctl: Ctl, user_id: str) -> list[bytes]:
+    """The vault's ``oidc`` document (to revoke its refresh token), or none if it does not
+    open: the delete goes on, as one that no longer opens is of no use to anyone either."""
+    try:
+        return [await ctl.credentials.document(user_id, Provider.OIDC.value)]
+    except DecryptionFailed as exc:
+        _log.warning("credential_unreadable_at_delete", user_id=user_id, error=exc.message)
+        return []
 
 
 @router.get("/api/vms/{vm_id}/credentials")

@@ -50,30 +50,42 @@ class CredentialRepo(Repository):
         ).returning(*_table.c)
         return to_record(CredentialRecord, (await conn.execute(statement)).one())
 
-    async def replace_if_newer(self, record: CredentialRecord, *, newer_than: datetime) -> bool:
-        """Store ``record`` only if the stored document expires before ``newer_than``.
+    async def replace_if_newer(
+        self, record: CredentialRecord, *, delivered_at: datetime, newer_than: datetime
+    ) -> bool:
+        """Put ``record``, read back from the VM ``record.delivered_to_vm_id``, in place of the
+        stored document if that is still the one delivered there at ``delivered_at`` and it
+        expires before ``newer_than``.
 
-        Used when a CLI VM hands back a document its CLI refreshed: ``newer_than`` is that
-        document's expiry. It replaces a stored document that expires earlier or whose expiry
-        is unknown, and fills an empty slot; an equal or later stored expiry wins. One
-        statement, so a racing capture or pull-back cannot be overwritten by an older document.
-        Returns whether ``record`` was stored.
+        Used when a CLI VM hands back a document its CLI refreshed: ``delivered_at`` is the
+        delivery the caller saw stamped on the row before it asked the VM, ``newer_than`` the
+        handed-back document's expiry (an unknown stored expiry counts as earlier). An update
+        in one statement, never an insert: a credential deleted meanwhile stays deleted; one
+        captured meanwhile (a fresh login's is kept as it is) or delivered again stays; and
+        between racing pull-backs of that delivery the later expiry wins. The row keeps its
+        delivery (VM and ``delivered_at``). Returns whether ``record`` was stored.
         """
-        if newer_than.utcoffset() is None:
-            raise InvalidInput("newer_than must be a timezone-aware datetime")
-        values = self._values(record)
-        try:
-            async with self._writes.begin() as conn:
-                statement = dialect_insert(conn, _table).values(values)
-                statement = statement.on_conflict_do_update(
-                    index_elements=_CONFLICT_KEY,
-                    set_=self._replacement(statement),
-                    where=or_(_table.c.expires_at.is_(None), _table.c.expires_at < newer_than),
-                ).returning(_table.c.id)
-                stored = (await conn.execute(statement)).one_or_none()
-        except IntegrityError as exc:
-            await self._explain_write_failure(record, exc)
-        return stored is not None
+        vm_id = record.delivered_to_vm_id
+        if not vm_id:
+            raise InvalidInput("a pulled-back document must name the VM it came from")
+        for name, value in (("delivered_at", delivered_at), ("newer_than", newer_than)):
+            if value.utcoffset() is None:
+                raise InvalidInput(f"{name} must be a timezone-aware datetime")
+        kept = _IDENTITY | {"delivered_to_vm_id", "delivered_at"}
+        values = {k: v for k, v in self._values(record).items() if k not in kept}
+        statement = (
+            update(_table)
+            .where(
+                _table.c.user_id == record.user_id,
+                _table.c.provider == record.provider,
+                _table.c.delivered_to_vm_id == vm_id,
+                _table.c.delivered_at == delivered_at,
+                or_(_table.c.expires_at.is_(None), _table.c.expires_at < newer_than),
+            )
+            .values(**values)
+            .returning(_table.c.id)
+        )
+        return await self._write_one(statement) is not None
 
     async def get(self, user_id: str, provider: str) -> CredentialRecord | None:
         """The user's document for ``provider``, or None if there is none."""
