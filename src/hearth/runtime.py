@@ -6,6 +6,7 @@
 
 Entered by ``hearth serve`` (the HTTP app's lifespan), the CLI's local commands, the benchmarks
 and the tests. Every part gets its dependencies in its constructor; nothing is patched in later.
+A controller holds its state dir (``StateDirLock``) for its whole life, before it builds anything.
 Each part that needs stopping registers its own teardown right after it is built, so a start
 that fails half-way stops exactly what it started; teardown runs every step, newest first,
 whatever an earlier one raised, and the store closes last.
@@ -53,6 +54,7 @@ from hearth.metrics import ControllerMetrics
 from hearth.node.images import ImageCatalog
 from hearth.node.interface import Node
 from hearth.node.local import ImageSource, LocalNode
+from hearth.state_dir_lock import CONTROLLER, StateDirLock
 from hearth.store import Store
 from hearth.teardown import Teardown
 from hearth.vm.backend import VmBackend
@@ -131,6 +133,8 @@ async def open_hearth(
     ``destroy_on_exit``). Tests and benchmarks may pass their own backend and images, or a
     whole node; tests their own agent build (``agent_bundle``, default: this controller's)."""
     async with Teardown() as teardown:
+        lock = StateDirLock.take(settings.state_dir, holder=CONTROLLER)
+        teardown.push("let the state dir go", lock.close)
         metrics = ControllerMetrics()
         node = node or open_node(settings, backend=backend, images=images, metrics=metrics)
         store = await open_store(settings)

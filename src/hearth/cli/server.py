@@ -15,13 +15,14 @@ import typer
 import uvicorn
 
 from hearth.api.app import create_app
-from hearth.cli.common import console, fail, load_settings, plain
+from hearth.cli.common import console, fail, fail_sdk, load_settings, plain
 from hearth.config import Settings
 from hearth.control.bootstrap import ADMIN_USER, ensure_admin_key, open_store
-from hearth.credentials.reseal import reseal_rows
-from hearth.credentials.service import CredentialService
+from hearth.credentials.keys import KEYRING_DIR
+from hearth.credentials.reseal import ResealReport, reseal_everything
 from hearth.credentials.vault import CredentialVault
 from hearth.errors import ConfigError, HearthError
+from hearth.state_dir_lock import CONTROLLER, StateDirLock
 from hearth.store import Store
 from hearth.vm.select import check_vmm
 
@@ -45,6 +46,12 @@ def serve(
     raise_open_file_limit()
     settings = _with(load_settings(), state_dir)
     settings = settings.with_overrides(host=host or settings.host, port=port or settings.port)
+    # Another controller (or a master-key rotation) on this state dir is refused now, before
+    # anything starts; the controller then holds the state dir for its life (``open_hearth``).
+    try:
+        StateDirLock.take(settings.state_dir, holder=CONTROLLER).close()
+    except HearthError as exc:
+        fail(exc)
     # A VMM that cannot run here is refused now, with the reason, not at the first VM.
     check = check_vmm(settings)
     if not check.ok:
@@ -127,29 +134,47 @@ def keys_rotate_master(
     state_dir: Annotated[Path | None, typer.Option(help="Overrides HEARTH_STATE_DIR.")] = None,
 ) -> None:
     """Make a new master key and re-encrypt everything sealed under the old one: stored
-    credentials, VM agent tokens and keys, workspace keys, webhook secrets."""
+    credentials, VM agent tokens and keys, workspace keys, webhook secrets. The controller
+    must be stopped (it would keep sealing under the old key); exit 1 naming what stays under
+    an older key."""
     settings = _with(load_settings(), state_dir)
 
-    async def rotate() -> tuple[str, int, int]:
+    async def rotate() -> tuple[str, ResealReport]:
         store = await Store.open(settings.database())
         try:
             vault = CredentialVault.load(settings.state_dir, settings.master_key)
-            service = CredentialService(store, vault)
-            key_id, documents = await service.rotate_master(settings.state_dir)
-            return key_id, documents, await reseal_rows(store, vault)
+            key_id = vault.rotate(settings.state_dir)
+            return key_id, await reseal_everything(store, vault)
         finally:
             await store.close()
 
     try:
-        key_id, documents, others = asyncio.run(rotate())
+        with contextlib.closing(
+            StateDirLock.take(settings.state_dir, holder="the master-key rotation")
+        ):
+            key_id, report = asyncio.run(rotate())
     except HearthError as exc:
         fail(exc)
+    done = [
+        f"{count} {what}"
+        for count, what in [
+            (report.documents, "credential(s)"),
+            (report.others, "other sealed secret(s)"),
+        ]
+        if count is not None
+    ]
     console.print(
-        plain(
-            f"master key is now {key_id}; re-encrypted {documents} credential(s) "
-            f"and {others} other sealed secret(s)"
-        )
+        plain(f"master key is now {key_id}; re-encrypted {' and '.join(done) or 'nothing'}")
     )
+    if not report.complete:
+        problems = list(report.failures)
+        if report.left:
+            problems.append(
+                f"{report.left} sealed secret(s) are still under an older key: keep the older "
+                f"keys in {settings.state_dir / KEYRING_DIR} until a rerun of `hearth keys "
+                "rotate-master` leaves none"
+            )
+        fail_sdk("reseal_incomplete", "; ".join(problems))
 
 
 __all__ = ["ADMIN_USER", "keys_app", "serve"]
