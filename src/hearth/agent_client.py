@@ -54,6 +54,9 @@ LOGIN_START_TIMEOUT_S = 240.0
 CLI_STATUS_TIMEOUT_S = 150.0
 # Starting a process in a busy guest under emulation (ten at once, say) can take seconds.
 EXEC_START_TIMEOUT_S = 60.0
+# Writing out what a guest caches (hundreds of MB after a clone, through LUKS, under emulation)
+# before its VM is destroyed or hibernated: as long as the agent gives its own disk tools.
+SYNC_TIMEOUT_S = 120.0
 # An event stream is idle for at most the agent's keep-alive interval (15 s) between lines.
 EVENT_STREAM_READ_TIMEOUT_S = 60.0
 _MIB = 1024 * 1024
@@ -233,12 +236,12 @@ class AgentClient:
 
     async def sync_workspace(self) -> dict[str, Any]:
         """``POST /workspace/volume/sync``: write what the guest caches to its disks."""
-        return await self._call("POST", "/workspace/volume/sync")
+        return await self._call("POST", "/workspace/volume/sync", timeout_s=SYNC_TIMEOUT_S)
 
     async def unmount_workspace(self) -> dict[str, Any]:
         """``DELETE /workspace/volume``: sync, and unmount the workspace volume if nothing
         holds it."""
-        return await self._call("DELETE", "/workspace/volume")
+        return await self._call("DELETE", "/workspace/volume", timeout_s=SYNC_TIMEOUT_S)
 
     async def update_agent(
         self, bundle: bytes, *, headers: Mapping[str, str], timeout_s: float
