@@ -197,9 +197,7 @@ async def test_a_revoked_key_gets_no_more_events_on_a_stream_it_opened(api_hooks
     assert "vm.failed" in [e.type for e in await api.ctl.events.list()]
 
 
-async def test_bad_webhooks_are_refused_and_only_admins_may_make_them(
-    api: Api, api_hooks: Api
-) -> None:
+async def test_bad_webhooks_are_refused_and_only_admins_may_make_them(api: Api) -> None:
     url = "/api/webhooks"
     admin = api.headers()
     for body, fragment in [
