@@ -383,7 +383,13 @@ class AgentClient:
                     async with asyncio.timeout(self._timeout):
                         await self._answer(response, "GET", path)
                 async for sse in capped_events(response, MAX_EVENT_BYTES):
-                    event = AgentEvent(id=int(sse.id), type=sse.event, data=sse.json())
+                    data = sse.json()
+                    if not isinstance(data, dict):
+                        raise self.error(
+                            f"{self.name}: the event stream of exec {exec_id} sent an event "
+                            "that is not a JSON object"
+                        )
+                    event = AgentEvent(id=int(sse.id), type=sse.event, data=data)
                     yield event
                     if event.type == "exit":
                         return

@@ -287,3 +287,18 @@ async def test_the_largest_credential_document_an_agent_sends_passes_the_documen
         assert await agent.credentials_document("oidc") == content
         status = await agent.login_status("l1", content=True)
     assert status["document"] == json.loads(text)
+
+
+@pytest.mark.parametrize("data", [b"[1, 2]", b'"text"', b"null"])
+async def test_an_event_that_is_not_a_json_object_ends_the_stream_with_an_agent_error(
+    data: bytes,
+) -> None:
+    # What reads the events (a command's relay, a run's pump) takes each one's data as an
+    # object: a guest's root that sends anything else ends the stream, it does not crash them.
+    stream = b"id: 1\nevent: stdout\ndata: " + data + b"\n\n"
+    async with LoopbackAgent(200, "text/event-stream", exactly(stream)).serving() as server:
+        with pytest.raises(AgentError) as raised:
+            await _events(AgentClient(server.url, "token", vm_id="vm-1"), "e1")
+    assert raised.value.message == (
+        f"{VM}: the event stream of exec e1 sent an event that is not a JSON object"
+    )
