@@ -8,8 +8,7 @@ The provider's own CLI in the VM is then asked, offline, whether it is logged in
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from hearth.agent_client import AgentClient, AgentError, sha256_hex
@@ -19,6 +18,7 @@ from hearth.credentials.service import CredentialService
 from hearth.errors import Conflict, HearthError, NotFound, VmError
 from hearth.events.log import EventLog
 from hearth.events.types import EventType
+from hearth.keyed_locks import KeyedLocks
 from hearth.logging import get_logger
 from hearth.store import VmRecord
 from hearth.vm.types import BootMode, VmState, VmType
@@ -38,28 +38,6 @@ def _in_passage(record: VmRecord) -> bool:
         return False
     starting = record.status is VmState.BOOTING and record.boot_mode is not BootMode.WAKE
     return not (starting or record.status is VmState.CREATING)
-
-
-class _Turns:
-    """One asyncio lock per user, kept while someone holds or waits for it."""
-
-    def __init__(self) -> None:
-        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
-
-    @contextlib.asynccontextmanager
-    async def of(self, user_id: str) -> AsyncIterator[None]:
-        """Hold the user's turn for the block."""
-        lock, users = self._locks.get(user_id, (asyncio.Lock(), 0))
-        self._locks[user_id] = (lock, users + 1)
-        try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._locks[user_id]
-            if users == 1:
-                del self._locks[user_id]
-            else:
-                self._locks[user_id] = (lock, users - 1)
 
 
 @dataclass
@@ -93,7 +71,7 @@ class Delivery:
         self.networks = networks
         self.events = events
         self.oidc_refresh_margin_s = oidc_refresh_margin_s
-        self._turns = _Turns()
+        self._turns = KeyedLocks()  # one user's deliveries and deletes take turns
 
     async def deliver(self, user_id: str, provider: str, vm_id: str) -> None:
         """Write the user's stored document for ``provider`` into CLI VM ``vm_id`` (the flow's
@@ -119,7 +97,7 @@ class Delivery:
         that (whatever their autoResume; a capture forgets where the document was) and are
         put back as they were: left alone, one would come back with a second copy (whose
         refresh, where a provider rotates its tokens, would log the other VM's CLI out)."""
-        async with self._turns.of(user_id):
+        async with self._turns.held(user_id):
             await self._wake_and_deliver(agent, user_id, provider, vm_id, fresh=fresh)
 
     async def _wake_and_deliver(
@@ -238,7 +216,7 @@ class Delivery:
         would come back later with the document and its API open. A VM that may hold it but
         cannot be asked now makes this a Conflict naming it. ``then`` (the vault's delete)
         runs after, in the same turn: no delivery of the user's lands in between."""
-        async with self._turns.of(user_id):
+        async with self._turns.held(user_id):
             records = await self._cli_vms(user_id)
             removal = Removal()
             for vm_id in await self._ask(records, provider, strict=True):

@@ -25,13 +25,12 @@ store's write, the proxy's start or stop), never across a caller's.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from hearth.config import Settings
 from hearth.errors import Conflict, HearthError
+from hearth.keyed_locks import KeyedLocks
 from hearth.logging import get_logger
 from hearth.network.allowlist import url_target
 from hearth.network.egress import EgressTraffic
@@ -78,14 +77,6 @@ def provider_hosts(settings: Settings) -> dict[Provider, tuple[str, ...]]:
     return hosts
 
 
-@dataclass
-class _VmLock:
-    """One VM's lock, and how many hold or await it (it is dropped when none do)."""
-
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    users: int = 0
-
-
 class CliNetworks:
     """The egress path and policy of every running CLI VM of this controller."""
 
@@ -101,28 +92,15 @@ class CliNetworks:
         self.hosts = hosts
         self._paths: dict[str, EgressPath] = {}
         self._policies: dict[str, NetworkPolicy] = {}
-        self._locks: dict[str, _VmLock] = {}
-
-    @asynccontextmanager
-    async def _held(self, vm_id: str) -> AsyncIterator[None]:
-        """Hold the VM's lock: one change of its path or policy at a time. Dropped once no
-        one holds or awaits it, so a waiter and a later caller always share one lock."""
-        entry = self._locks.setdefault(vm_id, _VmLock())
-        entry.users += 1
-        try:
-            async with entry.lock:
-                yield
-        finally:
-            entry.users -= 1
-            if not entry.users:
-                del self._locks[vm_id]
+        # One change of a VM's path or policy at a time.
+        self._locks = KeyedLocks()
 
     async def open(self, vm_id: str) -> GuestForward:
         """Open the VM's path, with the policy stored for it (a VM woken from hibernation goes
         on with its providers, ``allowOut`` and ``denyOut``), else with nothing allowed yet;
         the forward its spec must carry. If the store refuses the new port, the path is closed
         and the error raised, and the stored policy stays as it was for the next wake."""
-        async with self._held(vm_id):
+        async with self._locks.held(vm_id):
             stored = await self.store.egress.get(vm_id)
             policy = (
                 NetworkPolicy(provider_hosts=self.hosts) if stored is None else self._of(stored)
@@ -147,7 +125,7 @@ class CliNetworks:
         """Reopen the stored path of a running VM this controller adopts, on the port its VMM
         dials and with its policy; None when done (or it has none), else why it could not
         (the port is taken)."""
-        async with self._held(vm_id):
+        async with self._locks.held(vm_id):
             stored = await self.store.egress.get(vm_id)
             if stored is None:
                 return None
@@ -180,7 +158,7 @@ class CliNetworks:
 
     async def close(self, vm_id: str) -> None:
         """The VM is gone: close its path and forget its policy; nothing to do if it has none."""
-        async with self._held(vm_id):
+        async with self._locks.held(vm_id):
             try:
                 await self._drop(vm_id)
             finally:
@@ -189,7 +167,7 @@ class CliNetworks:
     async def suspend(self, vm_id: str) -> None:
         """The VM stopped running but goes on (hibernated): close its path and keep its
         stored policy, which ``open`` takes up again at its wake."""
-        async with self._held(vm_id):
+        async with self._locks.held(vm_id):
             await self._drop(vm_id)
 
     async def _drop(self, vm_id: str) -> None:
@@ -247,7 +225,7 @@ class CliNetworks:
     ) -> int:
         """Replace the VM's own additions and removals (InvalidInput, changing nothing, for a
         bad entry); the open connections it no longer allows are cut (their count returned)."""
-        async with self._held(vm_id):
+        async with self._locks.held(vm_id):
             policy = self.policy(vm_id)
             wanted = replace(policy, allow_out=tuple(allow_out), deny_out=tuple(deny_out))
             cut = await self._apply(vm_id, policy, wanted)
@@ -262,7 +240,7 @@ class CliNetworks:
 
     async def allow_provider(self, vm_id: str, provider: Provider) -> None:
         """A credential of ``provider`` was delivered into the VM: let it reach that API."""
-        async with self._held(vm_id):
+        async with self._locks.held(vm_id):
             policy = self._policies.get(vm_id)
             if policy is None or provider in policy.providers:
                 return
@@ -273,7 +251,7 @@ class CliNetworks:
     async def forbid_provider(self, vm_id: str, provider: Provider) -> None:
         """The VM no longer holds a credential of ``provider``: close that API to it (hosts
         the VM's ``allowOut`` names stay open)."""
-        async with self._held(vm_id):
+        async with self._locks.held(vm_id):
             policy = self._policies.get(vm_id)
             if policy is None or provider not in policy.providers:
                 return
