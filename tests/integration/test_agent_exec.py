@@ -301,8 +301,10 @@ def test_processes_that_left_the_commands_group_end_with_it(
 def test_a_signal_the_command_survives_does_not_make_it_killed(
     agent_client: httpx.Client,
 ) -> None:
-    ignoring = "trap '' INT; sleep 1"
+    # The shell says when its trap is set: a SIGINT before that (a loaded machine) would end it.
+    ignoring = "trap '' INT; echo trapped; sleep 1"
     exec_id = start(agent_client, cmd=["sh", "-c", ignoring])
+    read_events(agent_client, exec_id, limit=1)
     assert agent_client.post(f"/exec/{exec_id}/kill", json={"signal": "SIGINT"}).status_code == 200
     assert read_events(agent_client, exec_id).exit == {
         **read_events(agent_client, exec_id).exit,
@@ -310,7 +312,9 @@ def test_a_signal_the_command_survives_does_not_make_it_killed(
         "reason": "exited",
     }
     # Its timeout after such a signal is a timeout.
-    exec_id = start(agent_client, cmd=["sh", "-c", "trap '' INT; sleep 30"], timeout_s=1)
+    ignoring = "trap '' INT; echo trapped; sleep 30"
+    exec_id = start(agent_client, cmd=["sh", "-c", ignoring], timeout_s=1)
+    read_events(agent_client, exec_id, limit=1)
     assert agent_client.post(f"/exec/{exec_id}/kill", json={"signal": "SIGINT"}).status_code == 200
     assert read_events(agent_client, exec_id).exit["reason"] == "timeout"
 
