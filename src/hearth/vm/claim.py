@@ -10,12 +10,14 @@ answer does not say so fails: such a VM would hand its user the template's rando
 from __future__ import annotations
 
 import base64
+import json
 import os
 import secrets
 import time
 
 import httpx
 
+from hearth.capped_reads import ResponseTooLarge, read_capped
 from hearth.errors import VmError
 from hearth.httpclient import async_client
 from hearth.vm.types import Vm
@@ -25,6 +27,8 @@ CLAIM_TIMEOUT_S = 10.0
 # must come from the host's CSPRNG (never a derived or reused value). 64 bytes = 512 bits, twice
 # what the kernel's CRNG key needs.
 CLAIM_ENTROPY_BYTES = 64
+# The most of the agent's answer read: it is a small JSON object; a guest may send anything.
+CLAIM_MAX_ANSWER_BYTES = 64 * 1024
 
 
 def new_agent_token() -> str:
@@ -42,17 +46,26 @@ async def claim_agent(vm_id: str, agent_url: str, token: str) -> str | None:
         "entropy": base64.b64encode(os.urandom(CLAIM_ENTROPY_BYTES)).decode(),
     }
     try:
-        async with async_client(timeout=CLAIM_TIMEOUT_S) as client:
-            response = await client.post(f"{agent_url}/init", json=body)
+        async with (
+            async_client(timeout=CLAIM_TIMEOUT_S) as client,
+            client.stream(
+                "POST", f"{agent_url}/init", json=body, headers={"Accept-Encoding": "identity"}
+            ) as response,
+        ):
+            status, raw = response.status_code, await read_capped(response, CLAIM_MAX_ANSWER_BYTES)
     except httpx.HTTPError as exc:
         raise VmError(f"VM {vm_id}: claiming the agent failed: {type(exc).__name__}") from exc
-    if response.status_code != 200:
-        reason = _error_message(response)
+    except ResponseTooLarge as exc:
         raise VmError(
-            f"VM {vm_id}: the agent refused its claim (HTTP {response.status_code}"
+            f"VM {vm_id}: the agent answered its claim with more than {exc.limit} bytes"
+        ) from exc
+    if status != 200:
+        reason = _error_message(raw)
+        raise VmError(
+            f"VM {vm_id}: the agent refused its claim (HTTP {status}"
             f"{': ' + reason if reason else ''}); was the template claimed?"
         )
-    answer = _json_object(response)
+    answer = _json_object(raw)
     if answer.get("reseeded") is not True:
         raise VmError(
             f"VM {vm_id}: the agent took its token but did not reseed the guest's random number "
@@ -75,16 +88,16 @@ async def claim_vm(vm: Vm, *, token: str | None = None) -> str:
     return token
 
 
-def _json_object(response: httpx.Response) -> dict[str, object]:
+def _json_object(raw: bytes) -> dict[str, object]:
     try:
-        data = response.json()
-    except ValueError:
+        data = json.loads(raw)
+    except (ValueError, RecursionError):
         return {}
     return data if isinstance(data, dict) else {}
 
 
-def _error_message(response: httpx.Response) -> str:
-    error = _json_object(response).get("error")
+def _error_message(raw: bytes) -> str:
+    error = _json_object(raw).get("error")
     if isinstance(error, dict) and isinstance(error.get("message"), str):
         return str(error["message"])[:200]
     return ""
