@@ -56,6 +56,7 @@ from hearth.node.interface import Node
 from hearth.node.local import ImageSource, LocalNode
 from hearth.state_dir_lock import CONTROLLER, StateDirLock
 from hearth.store import Store
+from hearth.store.controller_lease import ControllerLease
 from hearth.teardown import Teardown
 from hearth.vm.backend import VmBackend
 from hearth.vm.select import open_backend
@@ -139,6 +140,8 @@ async def open_hearth(
         node = node or open_node(settings, backend=backend, images=images, metrics=metrics)
         store = await open_store(settings)
         teardown.push("close the store", store.close)
+        lease = await ControllerLease.take(store)
+        teardown.push("let the database go", lease.close)
         await ensure_admin_key(store, settings)
         vault = CredentialVault.load(settings.state_dir, master_key=settings.master_key)
         credentials = CredentialService(store, vault)

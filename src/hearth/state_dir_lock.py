@@ -31,24 +31,18 @@ class StateDirLock:
     def take(cls, state_dir: Path, *, holder: str) -> StateDirLock:
         """Hold ``state_dir`` for ``holder`` (``CONTROLLER``, ...), without waiting: Conflict
         naming whoever holds it now; ConfigError if the lock file cannot be opened."""
-        path = state_dir / STATE_DIR_LOCK_FILE
         try:
             state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         except OSError as exc:
-            raise ConfigError(f"cannot open the state dir's lock {path}: {exc.strerror}") from exc
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            raise ConfigError(f"cannot make the state dir {state_dir}: {exc.strerror}") from exc
+        fd, held = lock_exclusively(state_dir / STATE_DIR_LOCK_FILE, "the state dir's lock")
+        if not held:
             who, whom = _holder_named_in(fd)
             os.close(fd)
             raise Conflict(
                 f"the state dir {state_dir} is in use by {who}: stop {whom} first (one "
                 "controller per state dir, and a master-key rotation only while none runs)"
-            ) from None
-        except OSError as exc:
-            os.close(fd)
-            raise ConfigError(f"cannot lock {path}: {exc.strerror}") from exc
+            )
         with contextlib.suppress(OSError):  # the name only helps whoever is refused
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()} {holder}\n".encode(), 0)
@@ -59,6 +53,24 @@ class StateDirLock:
         fd, self._fd = self._fd, None
         if fd is not None:
             os.close(fd)  # which drops the flock
+
+
+def lock_exclusively(path: Path, what: str) -> tuple[int, bool]:
+    """Open ``path`` (made 0600 if missing) and take its exclusive ``flock`` without waiting:
+    the close-on-exec descriptor, and whether it is held now (False: another process holds it;
+    the caller closes the descriptor). ConfigError naming ``what`` if it cannot be opened."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise ConfigError(f"cannot open {what} {path}: {exc.strerror}") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return fd, False
+    except OSError as exc:
+        os.close(fd)
+        raise ConfigError(f"cannot lock {path}: {exc.strerror}") from exc
+    return fd, True
 
 
 def _holder_named_in(fd: int) -> tuple[str, str]:

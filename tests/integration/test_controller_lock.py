@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from hearth.config import Settings
+from hearth.control.bootstrap import ADMIN_KEY_FILE
 from hearth.errors import Conflict
 from tests.conftest import hearth_cli
 from tests.fake_backend import FakeBackend
@@ -80,3 +81,56 @@ async def test_serve_is_refused_before_anything_starts_while_a_controller_runs(
     assert result.returncode == 1, result.stdout + result.stderr
     assert HELD in " ".join(result.stderr.split())
     assert "cannot run on this host" not in result.stderr, "refused before the VMM check"
+
+
+async def test_a_second_controller_on_the_database_is_refused_and_the_first_keeps_its_vms(
+    api: Api, tmp_path: Path
+) -> None:
+    # Another state dir, the same database: a second controller would fail the first one's
+    # VMs at its start (it cannot find their processes) and count quotas apart from it.
+    created = await api.client.post("/api/vms", json={"userId": "u1"}, headers=api.headers())
+    assert created.status_code == 201, created.text
+    elsewhere = Settings.from_env(
+        {
+            "HEARTH_STATE_DIR": str(tmp_path / "state-2"),
+            "HEARTH_DATABASE_URL": api.settings.database(),
+        }
+    )
+    with pytest.raises(Conflict, match="is in use by another controller: stop it first"):
+        async with running_api(elsewhere, FakeBackend(), tmp_path / "image-2"):
+            pytest.fail("a second controller started on the same database")
+    vm = await api.client.get(f"/api/vms/{created.json()['id']}", headers=api.headers())
+    assert vm.json()["status"] == "ready", vm.text
+
+
+async def test_the_database_is_free_again_once_its_controller_stopped(
+    api_settings: Settings, tmp_path: Path
+) -> None:
+    async with running_api(api_settings, FakeBackend(), tmp_path / "image"):
+        pass
+    (tmp_path / "state-2").mkdir(mode=0o700)
+    admin_key = api_settings.state_dir / ADMIN_KEY_FILE  # the database's admin, kept
+    (tmp_path / "state-2" / ADMIN_KEY_FILE).write_bytes(admin_key.read_bytes())
+    elsewhere = Settings.from_env(
+        {
+            "HEARTH_STATE_DIR": str(tmp_path / "state-2"),
+            "HEARTH_DATABASE_URL": api_settings.database(),
+        }
+    )
+    async with running_api(elsewhere, FakeBackend(), tmp_path / "image-2") as second:
+        assert (await second.client.get("/health")).status_code == 200
+
+
+async def test_serve_on_the_database_of_a_running_controller_is_refused_before_it_starts(
+    api: Api, tmp_path: Path
+) -> None:
+    env = {
+        "HEARTH_STATE_DIR": str(tmp_path / "state-2"),
+        "HEARTH_DATABASE_URL": api.settings.database(),
+        "HEARTH_VMM": "firecracker",
+        "HEARTH_FIRECRACKER_BIN": str(tmp_path / "no-firecracker"),
+    }
+    result = await asyncio.to_thread(hearth_cli, "serve", "--port", "1", env=env, timeout=60)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "is in use by another controller: stop it first" in " ".join(result.stderr.split())
+    assert "Traceback" not in result.stderr

@@ -24,6 +24,7 @@ from hearth.credentials.vault import CredentialVault
 from hearth.errors import ConfigError, HearthError
 from hearth.state_dir_lock import CONTROLLER, StateDirLock
 from hearth.store import Store
+from hearth.store.controller_lease import ControllerLease
 from hearth.vm.select import check_vmm
 
 # The most open files ``serve`` asks for (Linux's default ceiling, ``fs.nr_open``).
@@ -46,10 +47,12 @@ def serve(
     raise_open_file_limit()
     settings = _with(load_settings(), state_dir)
     settings = settings.with_overrides(host=host or settings.host, port=port or settings.port)
-    # Another controller (or a master-key rotation) on this state dir is refused now, before
-    # anything starts; the controller then holds the state dir for its life (``open_hearth``).
+    # Another controller (or a master-key rotation) on this state dir, or another controller on
+    # its database, is refused now, before anything starts; the controller then holds both for
+    # its life (``open_hearth``).
     try:
         StateDirLock.take(settings.state_dir, holder=CONTROLLER).close()
+        asyncio.run(_database_is_free(settings))
     except HearthError as exc:
         fail(exc)
     # A VMM that cannot run here is refused now, with the reason, not at the first VM.
@@ -100,6 +103,15 @@ def _with(settings: Settings, state_dir: Path | None) -> Settings:
     if state_dir is None:
         return settings
     return settings.with_overrides(state_dir=state_dir.absolute())
+
+
+async def _database_is_free(settings: Settings) -> None:
+    """Conflict if another controller holds the database ``settings`` name."""
+    store = await open_store(settings)
+    try:
+        await (await ControllerLease.take(store)).close()
+    finally:
+        await store.close()
 
 
 @keys_app.command("create")
