@@ -3,7 +3,8 @@
 ``put VM LOCAL REMOTE`` sends a file (its mode kept; ``-`` reads stdin; a pipe such as
 ``<(cmd)`` is read to its end) or a directory, packed as a tar as it is read and unpacked into
 the directory REMOTE. ``get VM REMOTE LOCAL`` saves a file (into LOCAL when that is a directory;
-``-`` writes stdout) or unpacks a directory into LOCAL. A path that ends with ``/`` names a
+``-`` writes stdout) or unpacks a directory into LOCAL (all of it or, when a member of its tar
+would write outside LOCAL, nothing: ``invalid_archive``). A path that ends with ``/`` names a
 directory, made if missing: a file goes into it under its own name. Paths in the VM are
 relative to its workspace. On a terminal a transfer shows its progress. Nothing is held in
 memory whole: the SDK streams both ways.

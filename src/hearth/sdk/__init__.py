@@ -21,6 +21,7 @@ from hearth.sdk._errors import (
     HearthConfigError,
     HearthConnectionError,
     HearthSdkError,
+    InvalidArchive,
     LocalFileChanged,
     WaitTimeout,
 )
@@ -59,6 +60,7 @@ __all__ = [
     "HearthConfigError",
     "HearthConnectionError",
     "HearthSdkError",
+    "InvalidArchive",
     "LocalFileChanged",
     "ResumePolicy",
     "RunEvent",

@@ -7,6 +7,8 @@
     │                            went out but its answer was lost (``outcome_unknown``), or a
     │                            stream stayed broken (``stream_broken``)
     ├── LocalFileChanged         a local file shrank while ``write`` sent it
+    ├── InvalidArchive           a directory's download came as a tar that is unreadable or
+    │                            would write outside its target; nothing was written
     ├── ExecFailed               ``ExecResult.check()``: the command did not exit 0
     └── WaitTimeout              a wait ran out of time (also a ``TimeoutError``)
 
@@ -103,6 +105,21 @@ class HearthConnectionError(HearthSdkError):
             f"{what}: the connection broke after the request went out, so whether it took "
             f"effect is unknown ({type(exc).__name__}: {exc})",
         )
+
+
+class InvalidArchive(HearthSdkError):
+    """A directory's download came as a tar that is unreadable or would write outside its
+    target (``member`` names the member refused); nothing of it was written."""
+
+    code = "invalid_archive"
+
+    def __init__(self, message: str, member: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.member = member
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.message, self.member))
 
 
 class LocalFileChanged(HearthSdkError):

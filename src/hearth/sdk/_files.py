@@ -18,6 +18,7 @@ from urllib.parse import quote
 
 import httpx
 
+from hearth.sdk._archive import extract_tar
 from hearth.sdk._calls import Call
 from hearth.sdk._config import ClientConfig
 from hearth.sdk._errors import HearthConnectionError
@@ -29,7 +30,6 @@ from hearth.sdk._transfer import (
     WriteSource,
     answer_kind,
     counted,
-    extract_tar,
     upload_of,
     write_local_file,
 )
@@ -210,7 +210,9 @@ class Files:
 
     def download(self, path: str, local: Path, *, progress: Progress | None = None) -> Path:
         """Save the file at ``path`` to ``local`` (into it, if it is a directory), or unpack
-        the directory at ``path`` into directory ``local``; where it went."""
+        the directory at ``path`` into directory ``local``; where it went. Either is all or
+        nothing; a tar member that would write outside ``local`` refuses the whole directory
+        (``InvalidArchive``)."""
         with self.read_stream(path) as stream:
             chunks: Iterator[bytes] = iter(stream)
             if progress is not None:

@@ -4,9 +4,8 @@ a directory packed as a tar as it is read) and what a download's answers are.
 A regular file goes up with its length declared, as long as it is when the upload begins (what
 it grows by meanwhile is left out); a pipe, a FIFO or a /proc file, whose size says nothing,
 goes chunked, read to its end. A directory goes up as a POSIX tar streamed from disk a chunk at
-a time, names relative to it, symlinks as links (never followed); one comes down as a tar that
-``extract_tar`` unpacks with Python's ``data`` filter (nothing outside the target, no devices,
-no absolute links).
+a time, names relative to it, symlinks as links (never followed); one comes down as a tar,
+read through ``ChunkReader`` and unpacked by ``_archive.extract_tar``.
 """
 
 from __future__ import annotations
@@ -225,14 +224,6 @@ class ChunkReader:
             size = len(self._buffer)
         data, self._buffer = self._buffer[:size], self._buffer[size:]
         return data
-
-
-def extract_tar(source: IO[bytes] | ChunkReader, target: Path) -> None:
-    """Unpack a tar read from ``source`` into directory ``target`` (made if missing), with the
-    ``data`` filter: nothing outside ``target``, no devices, links only within it."""
-    target.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(fileobj=source, mode="r|*") as archive:  # type: ignore[call-overload]
-        archive.extractall(target, filter="data")
 
 
 def write_local_file(chunks: Iterable[bytes], target: Path) -> None:
