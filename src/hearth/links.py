@@ -26,5 +26,10 @@ def link_token_hash(token: str) -> str:
 
 
 def link_token_matches(token: str, digest: str | None) -> bool:
-    """Whether ``token`` is the one whose hash is ``digest`` (False without a digest)."""
-    return bool(digest) and hmac.compare_digest(link_token_hash(token), digest or "")
+    """Whether ``token`` is the one whose hash is ``digest`` (False without a digest, or for
+    text UTF-8 cannot encode: a lone surrogate, which JSON can carry, is in no minted token)."""
+    try:
+        presented = link_token_hash(token)
+    except UnicodeEncodeError:
+        return False
+    return bool(digest) and hmac.compare_digest(presented, digest or "")

@@ -254,6 +254,18 @@ async def test_a_wrong_token_is_refused_and_leaves_the_link_usable(live_api: Liv
         await socket.until_line(ANSWER)
 
 
+async def test_a_token_with_a_lone_surrogate_is_refused_with_4401(live_api: Live) -> None:
+    # json.dumps escapes it ("\\ud800"); decoded, it is text UTF-8 cannot encode.
+    vm_id = await new_vm(live_api, "ann")
+    link = await open_link(live_api, vm_id, live_api.keys["ann"])
+
+    code, error = await refused(live_api, link, token="\ud800")
+    assert (code, error["code"]) == (4401, "unauthorized")
+
+    async with ready_terminal(live_api, link):  # the link was not spent
+        pass
+
+
 async def test_an_expired_link_is_refused(live_api: Live) -> None:
     vm_id = await new_vm(live_api, "ann")
     live_api.api.ctl.terminals.link_ttl_s = 0.3

@@ -150,6 +150,18 @@ def test_token_matching() -> None:
     assert not link_token_matches(token, "")
 
 
+async def test_a_token_utf8_cannot_encode_is_refused_like_a_wrong_one(
+    terminals: TerminalService,
+) -> None:
+    # JSON may carry a lone surrogate ("\\ud800"), which no token minted here contains.
+    link = await terminals.open_link("vm-1", "ann")
+
+    assert not link_token_matches("\ud800", link_token_hash(link.token))
+    with pytest.raises(Unauthorized):
+        terminals.claim(link.terminal_id, "\ud800")
+    assert terminals.is_pending(link.terminal_id)  # and the link is not spent
+
+
 @pytest.mark.parametrize(
     "message",
     [{"cols": 0, "rows": 1}, {"cols": 1, "rows": 1001}, {"cols": "80", "rows": 24}, [80, 24]],

@@ -10,8 +10,14 @@ through ``ExecService`` (the VM's egress proxy environment, the per-VM cap, the 
 as a PTY exec, then relays between the page and the agent until either side ends:
 
     agent → page   the terminal's output bytes; ``ready`` once the shell runs, ``exit`` at its end
-    page → agent   input bytes (written to the terminal, coalesced while a write is in flight);
-                   ``Resize`` (the kernel then signals SIGWINCH)
+    page → agent   input bytes (written to the terminal in pieces of at most 64 KiB,
+                   coalesced while a write is in flight); ``Resize`` (the kernel then signals
+                   SIGWINCH)
+
+While the shell does not read its input, what the page sends waits in the controller, at most
+``INPUT_QUEUE_BYTES``; past that the page's socket is not read until the shell takes some
+(backpressure: nothing is dropped for want of room). A piece the shell has refused for about
+20 s is dropped, and the page is told how many bytes were lost.
 
 Whatever ends the relay (the page closing, the shell exiting, the controller stopping), the exec
 is killed: the agent ends its whole session, so nothing the terminal started runs on.
@@ -24,6 +30,7 @@ import base64
 import contextlib
 import time
 import uuid
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -44,9 +51,13 @@ MAX_CELLS = 1000  # columns or rows (the agent's own limit)
 # Unopened links kept at once; past it a new link is refused until some expire.
 MAX_PENDING_LINKS = 1024
 MAX_PENDING_LINKS_PER_USER = 32  # of them, one caller's (all admins count as one)
-# Input coalesced into one write to the terminal, at most.
+# Input coalesced into one write to the terminal, at most; a bigger frame (a paste) is split.
 MAX_INPUT_CHUNK = 64 * 1024
-INPUT_QUEUE_ITEMS = 256
+# The page's input held while the shell does not take it, at most; then the page waits.
+INPUT_QUEUE_BYTES = 1024 * 1024
+# What each held piece costs beyond its bytes (a size change costs just this), so that a flood
+# of one-byte frames or size changes is bounded by the same budget.
+INPUT_ITEM_COST = 64
 # How often input the agent's full stdin backlog refused is sent again (about 20 s in all).
 BACKLOG_RETRIES = 25
 # How often a broken event stream from the agent is picked up again in a row.
@@ -287,24 +298,15 @@ class TerminalService:
             breaks += 1
 
     async def _from_peer(self, grant: TerminalGrant, exec_id: str, peer: TerminalPeer) -> None:
-        queue: asyncio.Queue[bytes | Resize | None] = asyncio.Queue(INPUT_QUEUE_ITEMS)
+        queue = _InputQueue(INPUT_QUEUE_BYTES)
 
         async def read() -> None:
             while (item := await peer.receive()) is not None:
-                await queue.put(item)
+                await queue.put(item)  # waits while the queue is full: the page is not read
 
         async def write() -> None:
-            held: bytes | Resize | None = None
             while True:
-                item = held if held is not None else await queue.get()
-                held = None
-                if isinstance(item, bytes):
-                    while len(item) < MAX_INPUT_CHUNK and not queue.empty():
-                        following = queue.get_nowait()
-                        if not isinstance(following, bytes):
-                            held = following
-                            break
-                        item += following
+                item = await queue.take()
                 try:
                     await self._deliver(grant, exec_id, item)
                 except HearthError as exc:
@@ -313,29 +315,26 @@ class TerminalService:
                     _log.info(
                         "terminal_input_dropped", terminal_id=grant.terminal_id, code=exc.code
                     )
+                    if isinstance(item, bytes) and _backlog_full(exc):
+                        await peer.send_status(_input_lost(len(item)))
 
         await _first_done(read(), write())
 
-    async def _deliver(
-        self, grant: TerminalGrant, exec_id: str, item: bytes | Resize | None
-    ) -> None:
+    async def _deliver(self, grant: TerminalGrant, exec_id: str, item: bytes | Resize) -> None:
+        """Resize the terminal, or write a piece (at most ``MAX_INPUT_CHUNK``) to it, again while
+        the shell has not read the ones before (the agent's backlog is full), for about 20 s."""
         if isinstance(item, Resize):
             await self.execs.resize(grant.vm_id, grant.user_id, exec_id, item.cols, item.rows)
             return
-        # A paste comes as one frame, however big: it goes in writes the agent takes, each
-        # again while the shell has not read the ones before (the agent's backlog is full).
-        for start in range(0, len(item or b""), MAX_INPUT_CHUNK):
-            chunk = (item or b"")[start : start + MAX_INPUT_CHUNK]
-            body = {"data": base64.b64encode(chunk).decode("ascii"), "encoding": "base64"}
-            for attempt in range(BACKLOG_RETRIES + 1):
-                try:
-                    await self.execs.stdin(grant.vm_id, grant.user_id, exec_id, body)
-                    break
-                except HearthError as exc:
-                    full = getattr(exc, "agent_code", None) == "stdin_backlog_full"
-                    if not full or attempt == BACKLOG_RETRIES:
-                        raise
-                    await asyncio.sleep(min(0.05 * 2**attempt, 1.0))
+        body = {"data": base64.b64encode(item).decode("ascii"), "encoding": "base64"}
+        for attempt in range(BACKLOG_RETRIES + 1):
+            try:
+                await self.execs.stdin(grant.vm_id, grant.user_id, exec_id, body)
+                return
+            except HearthError as exc:
+                if not _backlog_full(exc) or attempt == BACKLOG_RETRIES:
+                    raise
+                await asyncio.sleep(min(0.05 * 2**attempt, 1.0))
 
     async def _kill(self, grant: TerminalGrant, exec_id: str) -> None:
         """Kill the shell, waiting at most ``KILL_TIMEOUT_S``: a VM asleep meanwhile is not
@@ -366,6 +365,73 @@ class TerminalService:
             # timeout regardless.
             _log.warning("terminal_kill_failed", terminal_id=grant.terminal_id, error=exc.code)
         _log.info("terminal_ended", terminal_id=grant.terminal_id, exec_id=exec_id)
+
+
+class _InputQueue:
+    """The page's input waiting for the terminal, in order, holding at most ``budget`` bytes
+    (each piece costs ``INPUT_ITEM_COST`` more). A frame is split into pieces of at most
+    ``MAX_INPUT_CHUNK``, and bytes typed one after the other join the last piece up to that
+    size; a size change after a size change replaces it (only the last one matters)."""
+
+    def __init__(self, budget: int) -> None:
+        self._budget = budget
+        self._items: deque[bytearray | Resize] = deque()
+        self._held = 0
+        self._changed = asyncio.Condition()
+
+    async def put(self, item: bytes | Resize) -> None:
+        """Queue ``item``, waiting while there is no room for it (for each piece of a frame)."""
+        if isinstance(item, Resize):
+            await self._add(item)
+            return
+        for start in range(0, len(item), MAX_INPUT_CHUNK):
+            await self._add(item[start : start + MAX_INPUT_CHUNK])
+
+    async def take(self) -> bytes | Resize:
+        """The next piece or size change, waiting for one."""
+        async with self._changed:
+            await self._changed.wait_for(lambda: bool(self._items))
+            item = self._items.popleft()
+            self._held -= _cost(item)
+            self._changed.notify_all()
+        return bytes(item) if isinstance(item, bytearray) else item
+
+    async def _add(self, item: bytes | Resize) -> None:
+        async with self._changed:
+
+            def room() -> bool:  # into an empty queue, so that no piece waits forever
+                return not self._items or self._held + _cost(item) <= self._budget
+
+            await self._changed.wait_for(room)
+            last = self._items[-1] if self._items else None
+            if isinstance(item, Resize):
+                if isinstance(last, Resize):
+                    self._held -= _cost(self._items.pop())
+                self._items.append(item)
+                self._held += _cost(item)
+            elif isinstance(last, bytearray) and len(last) + len(item) <= MAX_INPUT_CHUNK:
+                last += item
+                self._held += len(item)
+            else:
+                self._items.append(bytearray(item))
+                self._held += _cost(item)
+            self._changed.notify_all()
+
+
+def _backlog_full(exc: HearthError) -> bool:
+    """Whether the agent refused a write because the shell has not read the ones before."""
+    return getattr(exc, "agent_code", None) == "stdin_backlog_full"
+
+
+def _input_lost(size: int) -> dict[str, Any]:
+    """What the page is told of input dropped because the shell would not read it: the
+    shell runs on, and so does the terminal."""
+    message = f"the shell did not read its input for about 20 s: {size} bytes typed were dropped"
+    return {"type": "error", "code": "stdin_backlog_full", "message": message}
+
+
+def _cost(item: bytes | bytearray | Resize) -> int:
+    return INPUT_ITEM_COST + (0 if isinstance(item, Resize) else len(item))
 
 
 async def _first_done(*coroutines: Any) -> None:

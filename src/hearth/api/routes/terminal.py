@@ -12,6 +12,11 @@ no request line, access log or Referer. The page presents it in the socket's fir
     page → binary frames (keystrokes); {"type": "resize", "cols", "rows"}
     controller → binary frames (the terminal's output); {"type": "ready" | "exit" | "error", …}
 
+A binary frame may be as big as uvicorn takes (``ws_max_size``, 16 MiB): the service splits it
+into the writes the agent takes, rather than closing with 1009, because xterm.js sends a whole
+paste as one frame. While the shell does not read, the socket is not read once the service holds
+``INPUT_QUEUE_BYTES`` of the page's input (backpressure).
+
 A refusal sends ``{"type": "error", "code", "message"}`` and closes with code 4000 + the HTTP
 status the same refusal has elsewhere: 4401 for a link unknown, used, expired or with a wrong
 token; 4404 for a VM gone; 4409 for a VM not ready or not a CLI VM; 4429 past the per-VM cap.
