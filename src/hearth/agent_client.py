@@ -19,6 +19,7 @@ from hearth.errors import (
     Conflict,
     FileTooLarge,
     HearthError,
+    InsufficientStorage,
     InvalidArchive,
     InvalidInput,
     NotFound,
@@ -86,6 +87,7 @@ _FILE_ERRORS: dict[str, type[HearthError]] = {
     "path_conflict": PathConflict,
     "file_too_large": FileTooLarge,
     "body_too_large": FileTooLarge,
+    "disk_full": InsufficientStorage,
 }
 # A file transfer: how long one chunk may take either way (``FILE_CHUNK_TIMEOUT_S``, the agent's
 # too), and the answer to an upload, which comes once the guest has synced the file to its disk.

@@ -20,6 +20,7 @@
     ├── Forbidden                    the key may not do this (admin only) (403)
     ├── BodyTooLarge                 the request body exceeds the configured limit (413)
     │   └── FileTooLarge             an upload exceeds HEARTH_FILES_MAX_BYTES
+    ├── InsufficientStorage          a VM's disk has no room left for an upload (507)
     ├── ImageError                   golden images: build, install-agent, verify, rollback
     │   ├── NotAnImage               the path is missing or is not an ext4 filesystem image
     │   ├── ImageReadOnly            the image (or its directory) cannot be written
@@ -210,6 +211,13 @@ class FileTooLarge(BodyTooLarge):
 
     code = "file_too_large"
     http_status = 413
+
+
+class InsufficientStorage(HearthError):
+    """A VM's disk (or its quota) has no room left for a write; nothing of it was kept."""
+
+    code = "insufficient_storage"
+    http_status = 507
 
 
 class TeardownError(HearthError):

@@ -35,15 +35,8 @@ from hearth_agent.errors import (
     PathOutsideWorkspace,
     StorageError,
 )
-from hearth_agent.workspace import (
-    DIR_FLAGS,
-    STAGING_PREFIX,
-    Located,
-    Workspace,
-    make_dirs_at,
-    open_dir_at,
-    staging_name,
-)
+from hearth_agent.staging import STAGING, StagingEntries
+from hearth_agent.workspace import DIR_FLAGS, Located, Workspace, make_dirs_at, open_dir_at
 
 BLOCK = 512
 COPY_CHUNK = 1024 * 1024
@@ -81,11 +74,12 @@ def _check_header_size(size: int) -> None:
 # ---- out ---------------------------------------------------------------------------------
 
 
-def tar_stream(dir_fd: int) -> Iterator[bytes]:
+def tar_stream(dir_fd: int, *, staging: StagingEntries = STAGING) -> Iterator[bytes]:
     """The tar (POSIX pax) of everything under directory ``dir_fd``, names relative to it;
-    sockets, fifos and devices are left out. The caller keeps ``dir_fd``."""
+    sockets, fifos, devices and uploads in flight are left out (an earlier agent's leftovers
+    removed: ``staging``). The caller keeps ``dir_fd``."""
     stack: list[tuple[int, str, Iterator[os.DirEntry[str]]]] = []
-    stack.append((os.dup(dir_fd), "", _sorted_entries(dir_fd)))
+    stack.append((os.dup(dir_fd), "", _sorted_entries(dir_fd, staging)))
     try:
         while stack:
             fd, prefix, entries = stack[-1]
@@ -94,18 +88,18 @@ def tar_stream(dir_fd: int) -> Iterator[bytes]:
                 os.close(fd)
                 stack.pop()
                 continue
-            yield from _entry_blocks(fd, prefix, entry, stack)
+            yield from _entry_blocks(fd, prefix, entry, stack, staging)
         yield b"\0" * (2 * BLOCK)
     finally:
         for fd, _, _ in stack:
             os.close(fd)
 
 
-def _sorted_entries(dir_fd: int) -> Iterator[os.DirEntry[str]]:
-    """The directory's entries by name, without the staging entries of uploads in flight."""
+def _sorted_entries(dir_fd: int, staging: StagingEntries) -> Iterator[os.DirEntry[str]]:
+    """The directory's entries by name, without staging entries."""
     with os.scandir(dir_fd) as entries:
-        kept = (entry for entry in entries if not entry.name.startswith(STAGING_PREFIX))
-        return iter(sorted(kept, key=lambda entry: entry.name))
+        kept = staging.user_entries(dir_fd, entries)
+    return iter(sorted(kept, key=lambda entry: entry.name))
 
 
 def _entry_blocks(
@@ -113,6 +107,7 @@ def _entry_blocks(
     prefix: str,
     entry: os.DirEntry[str],
     stack: list[tuple[int, str, Iterator[os.DirEntry[str]]]],
+    staging: StagingEntries,
 ) -> Iterator[bytes]:
     """One entry's header (and content); a directory is pushed on ``stack`` to walk next."""
     try:
@@ -129,8 +124,14 @@ def _entry_blocks(
         except OSError:
             return
         info.type = tarfile.DIRTYPE
+        # On the stack (which ``tar_stream`` closes) before the yield: a client gone at this
+        # header must not leave the descriptor open.
+        try:
+            stack.append((child, f"{info.name}/", _sorted_entries(child, staging)))
+        except OSError:
+            os.close(child)
+            return
         yield _header(info)
-        stack.append((child, f"{info.name}/", _sorted_entries(child)))
     elif stat.S_ISLNK(st.st_mode):
         info.type = tarfile.SYMTYPE
         info.linkname = os.readlink(entry.name, dir_fd=fd)
@@ -179,33 +180,40 @@ class Extracted:
 
 
 def extract_into(
-    workspace: Workspace, located: Located, body: RequestBody, *, shown: str, max_bytes: int
+    workspace: Workspace,
+    located: Located,
+    body: RequestBody,
+    *,
+    shown: str,
+    max_bytes: int,
+    staging: StagingEntries = STAGING,
 ) -> Extracted:
     """Extract the tar ``body`` into the directory at ``located`` (made if missing); see the
     module's docstring. The files together may not exceed ``max_bytes``."""
     if located.exists and not located.is_dir:
         raise PathConflict(f"{shown} is not a directory: a tar is extracted into a directory")
-    stage = staging_name()
-    try:
-        os.mkdir(stage, 0o700, dir_fd=located.dir_fd)
-    except OSError as exc:
-        raise StorageError(f"{shown}: cannot stage the archive: {exc.strerror}") from exc
-    try:
-        stage_fd = open_dir_at(located.dir_fd, stage)
+    with staging.entry() as stage:
         try:
-            extraction = _Extraction(workspace, stage_fd, located.location, shown, max_bytes)
-            extraction.run(body)
-            if not located.exists:
-                os.fchmod(stage_fd, extraction.root_mode)
+            staging.sweep(located.dir_fd)
+            os.mkdir(stage, 0o700, dir_fd=located.dir_fd)
+        except OSError as exc:
+            raise StorageError.from_os_error(f"{shown}: cannot stage the archive", exc) from exc
+        try:
+            stage_fd = open_dir_at(located.dir_fd, stage)
+            try:
+                extraction = _Extraction(workspace, stage_fd, located.location, shown, max_bytes)
+                extraction.run(body)
+                if not located.exists:
+                    os.fchmod(stage_fd, extraction.root_mode)
+            finally:
+                os.close(stage_fd)
+            _move_into_place(located, stage, shown)
+            return Extracted(members=extraction.members, size=extraction.size)
+        except OSError as exc:
+            raise StorageError.from_os_error(shown, exc) from exc
         finally:
-            os.close(stage_fd)
-        _move_into_place(located, stage, shown)
-        return Extracted(members=extraction.members, size=extraction.size)
-    except OSError as exc:
-        raise StorageError(f"{shown}: {exc.strerror}") from exc
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            shutil.rmtree(stage, dir_fd=located.dir_fd)
+            with contextlib.suppress(FileNotFoundError):
+                shutil.rmtree(stage, dir_fd=located.dir_fd)
 
 
 @dataclass

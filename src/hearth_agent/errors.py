@@ -35,6 +35,7 @@
     │   └── InvalidBundle       an update bundle (or its headers) is not what updates accept (422)
     ├── TooManyExecs            the cap on concurrently running execs is reached (429)
     ├── StorageError            the filesystem refused a write (500)
+    │   └── DiskFull            no room (or quota) left on the disk for the write (507)
     ├── UpdateFailed            an update could not be staged, handed to its guard or swapped (500)
     ├── VolumeFailed            formatting or mounting the workspace volume failed (500)
     └── ReseedFailed            the claim could not reseed the guest kernel's CRNG (500)
@@ -45,6 +46,8 @@ tokens or credential contents.
 """
 
 from __future__ import annotations
+
+import errno
 
 
 class AgentError(Exception):
@@ -208,6 +211,17 @@ class TooManyExecs(AgentError, code="too_many_execs", http_status=429):
 
 class StorageError(AgentError, code="storage_error", http_status=500):
     """The filesystem refused to store a document."""
+
+    @classmethod
+    def from_os_error(cls, what: str, exc: OSError) -> StorageError:
+        """The error a failed write of ``what`` is: DiskFull when no room is left."""
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return DiskFull(f"{what}: no room left on the disk ({exc.strerror})")
+        return cls(f"{what}: {exc.strerror}")
+
+
+class DiskFull(StorageError, code="disk_full", http_status=507):
+    """The disk (or the quota) has no room left for the write."""
 
 
 class UpdateFailed(AgentError, code="update_failed", http_status=500):

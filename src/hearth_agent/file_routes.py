@@ -15,7 +15,10 @@ Paths are relative to the workspace (``workspace``); the body of a PUT is read a
 Content-Length or chunked, and refused past ``max_bytes`` (the controller sends its cap; the
 agent's own default otherwise) with nothing left behind. A PUT refused before the end of its
 body reads the rest (up to the cap) before answering, as HTTP/1.1 without ``100-continue``
-needs: a client still sending would otherwise get a reset instead of the answer.
+needs: a client still sending would otherwise get a reset instead of the answer. A PUT that
+finds the disk (or its quota) full answers 507 ``disk_full``; any other write failure 500
+``storage_error``. Uploads in flight stage their bytes under hidden names (``staging``), which
+listings and directory downloads leave out.
 """
 
 from __future__ import annotations

@@ -23,13 +23,8 @@ from hearth_agent.archive import COPY_CHUNK, extract_into, tar_stream
 from hearth_agent.bodies import RequestBody
 from hearth_agent.errors import InvalidInput, PathConflict, StorageError
 from hearth_agent.log import JsonLogger
-from hearth_agent.workspace import (
-    STAGING_PREFIX,
-    Workspace,
-    make_dirs_at,
-    open_dir_at,
-    staging_name,
-)
+from hearth_agent.staging import STAGING, StagingEntries
+from hearth_agent.workspace import Workspace, make_dirs_at, open_dir_at
 
 DEFAULT_FILE_MODE = 0o644
 # A listing stops after this many entries (and says it was cut).
@@ -99,9 +94,12 @@ class Download:
 class WorkspaceFiles:
     """The file operations on one workspace."""
 
-    def __init__(self, workspace: Workspace, *, logger: JsonLogger) -> None:
+    def __init__(
+        self, workspace: Workspace, *, logger: JsonLogger, staging: StagingEntries = STAGING
+    ) -> None:
         self.workspace = workspace
         self._logger = logger
+        self._staging = staging
 
     def write_file(self, path: str, body: RequestBody, *, mode: int | None) -> dict[str, object]:
         """Write ``body`` to the file at ``path`` atomically (see the module's docstring)."""
@@ -117,32 +115,10 @@ class WorkspaceFiles:
             if mode is None:
                 old = located.st
                 mode = DEFAULT_FILE_MODE if old is None else stat.S_IMODE(old.st_mode) & 0o777
-            temp = staging_name()
-            placed = False
-            try:
-                fd = os.open(
-                    temp,
-                    os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                    0o600,
-                    dir_fd=located.dir_fd,
+            with self._staging.entry() as temp:
+                digest, size = self._write_staged(
+                    located.dir_fd, temp, located.rest, body, mode, shown
                 )
-                with os.fdopen(fd, "wb") as target:
-                    digest, size = _copy_hashing(body, target)
-                    os.fchmod(fd, mode)
-                    target.flush()
-                    os.fsync(fd)
-                parent = make_dirs_at(located.dir_fd, located.rest[:-1])
-                try:
-                    os.rename(temp, located.name, src_dir_fd=located.dir_fd, dst_dir_fd=parent)
-                finally:
-                    os.close(parent)
-                placed = True
-            except OSError as exc:
-                raise _storage_error(shown, exc) from exc
-            finally:
-                if not placed:
-                    with contextlib.suppress(OSError):
-                        os.unlink(temp, dir_fd=located.dir_fd)
         self._logger.info("file_written", bytes=size, mode=f"{mode:04o}")
         return {
             "path": shown,
@@ -157,7 +133,12 @@ class WorkspaceFiles:
         with self.workspace.locate(path, may_be_missing=True) as located:
             shown = self.workspace.display(located.location)
             extracted = extract_into(
-                self.workspace, located, body, shown=shown, max_bytes=max_bytes
+                self.workspace,
+                located,
+                body,
+                shown=shown,
+                max_bytes=max_bytes,
+                staging=self._staging,
             )
         self._logger.info("archive_extracted", members=extracted.members, bytes=extracted.size)
         return {"path": shown, "type": "dir", "size": extracted.size, "entries": extracted.members}
@@ -173,7 +154,8 @@ class WorkspaceFiles:
                 return Download("file", size, stream)
             if located.is_dir:
                 dir_fd = open_dir_at(located.dir_fd, located.name)
-                stream = ClosingStream(tar_stream(dir_fd), lambda: os.close(dir_fd))
+                blocks = tar_stream(dir_fd, staging=self._staging)
+                stream = ClosingStream(blocks, lambda: os.close(dir_fd))
                 return Download("dir", None, stream)
             raise PathConflict(f"{shown} is neither a regular file nor a directory")
 
@@ -188,7 +170,7 @@ class WorkspaceFiles:
                 return {"path": shown, "type": kind, "entries": [entry], "truncated": False}
             dir_fd = open_dir_at(located.dir_fd, located.name)
             try:
-                entries, truncated = _entries(dir_fd)
+                entries, truncated = _entries(dir_fd, self._staging)
             finally:
                 os.close(dir_fd)
         return {"path": shown, "type": "dir", "entries": entries, "truncated": truncated}
@@ -217,6 +199,45 @@ class WorkspaceFiles:
                 raise _storage_error(shown, exc) from exc
         self._logger.info("file_removed", type=kind, recursive=recursive)
         return {"path": shown, "type": kind, "removed": True}
+
+    def _write_staged(
+        self,
+        dir_fd: int,
+        temp: str,
+        rest: tuple[str, ...],
+        body: RequestBody,
+        mode: int,
+        shown: str,
+    ) -> tuple[str, int]:
+        """Write ``body`` to ``temp`` in ``dir_fd``, then rename it to ``rest`` (its missing
+        parents made); ``temp`` is removed whatever fails. The sha256 and size written."""
+        placed = False
+        try:
+            self._staging.sweep(dir_fd)
+            fd = os.open(
+                temp,
+                os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                0o600,
+                dir_fd=dir_fd,
+            )
+            with os.fdopen(fd, "wb") as target:
+                digest, size = _copy_hashing(body, target)
+                os.fchmod(fd, mode)
+                target.flush()
+                os.fsync(fd)
+            parent = make_dirs_at(dir_fd, rest[:-1])
+            try:
+                os.rename(temp, rest[-1], src_dir_fd=dir_fd, dst_dir_fd=parent)
+            finally:
+                os.close(parent)
+            placed = True
+        except OSError as exc:
+            raise _storage_error(shown, exc) from exc
+        finally:
+            if not placed:
+                with contextlib.suppress(OSError):
+                    os.unlink(temp, dir_fd=dir_fd)
+        return digest, size
 
     def _open_at(self, dir_fd: int, name: str, shown: str) -> int:
         try:
@@ -251,13 +272,10 @@ def _chunks(fd: int, size: int) -> Iterator[bytes]:
         yield chunk
 
 
-def _entries(dir_fd: int) -> tuple[list[dict[str, object]], bool]:
+def _entries(dir_fd: int, staging: StagingEntries) -> tuple[list[dict[str, object]], bool]:
     with os.scandir(dir_fd) as scanned:
         # Uploads in flight stage their temp files here; they are nobody's files yet.
-        found = sorted(
-            (entry for entry in scanned if not entry.name.startswith(STAGING_PREFIX)),
-            key=lambda entry: entry.name,
-        )
+        found = sorted(staging.user_entries(dir_fd, scanned), key=lambda entry: entry.name)
     entries: list[dict[str, object]] = []
     for entry in found[:MAX_LISTED]:
         try:
@@ -272,4 +290,4 @@ def _entries(dir_fd: int) -> tuple[list[dict[str, object]], bool]:
 def _storage_error(shown: str, exc: OSError) -> StorageError | PathConflict:
     if exc.errno in (errno.EISDIR, errno.ENOTDIR, errno.ELOOP, errno.EEXIST):
         return PathConflict(f"{shown} changed while it was written: {exc.strerror}")
-    return StorageError(f"{shown}: {exc.strerror}")
+    return StorageError.from_os_error(shown, exc)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 import stat
 from collections import deque
 from collections.abc import Iterator
@@ -25,9 +24,6 @@ from pathlib import Path, PurePosixPath
 
 from hearth_agent.errors import InvalidInput, PathConflict, PathNotFound, PathOutsideWorkspace
 
-# What the agent's own staging entries (an upload's temp file, an archive's temp directory) are
-# called: hidden, and unique per upload.
-STAGING_PREFIX = ".hearth-upload-"
 MAX_PATH_CHARS = 4096
 MAX_NAME_BYTES = 255
 # As the kernel does (ELOOP): a walk that meets more symlinks than this is refused.
@@ -261,8 +257,3 @@ def make_dirs_at(dir_fd: int, names: tuple[str, ...], *, mode: int = 0o755) -> i
         os.close(fd)
         raise
     return fd
-
-
-def staging_name() -> str:
-    """A fresh name for an upload's temporary file or directory, next to where it goes."""
-    return f"{STAGING_PREFIX}{secrets.token_hex(8)}"

@@ -30,6 +30,7 @@ from hearth.images.layout import (
     build_payload,
 )
 from tests.conftest import hearth_cli, require_tools
+from tests.integration.tmpfs import small_tmpfs_at
 
 pytestmark = pytest.mark.usefixtures("_needs_e2fsprogs")
 
@@ -204,17 +205,8 @@ def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
     """A 24 MiB tmpfs, so that the host side runs out of space for real."""
     mountpoint = tmp_path / "tmpfs"
     mountpoint.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", mountpoint],
-        capture_output=True,
-        check=False,
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
-    try:
+    with small_tmpfs_at(mountpoint, size="24m"):
         yield mountpoint
-    finally:
-        subprocess.run(["umount", mountpoint], check=False)
 
 
 def test_no_host_space_for_the_working_copy_is_refused_and_image_untouched(

@@ -30,7 +30,8 @@ from hearth_agent.errors import (
 )
 from hearth_agent.files import WorkspaceFiles
 from hearth_agent.log import JsonLogger
-from hearth_agent.workspace import STAGING_PREFIX, Workspace
+from hearth_agent.staging import STAGING_PREFIX
+from hearth_agent.workspace import Workspace
 
 MIB = 1024 * 1024
 

@@ -23,7 +23,7 @@ from starlette.requests import ClientDisconnect
 from hearth.agent_download import AgentDownload
 from hearth.api.auth import Ctl, Key, scope_of
 from hearth.api.headers import decimal
-from hearth.api.schemas import ERROR_RESPONSES, error_responses
+from hearth.api.schemas import ERROR_RESPONSES, ErrorOut, error_responses
 from hearth.api.schemas_files import (
     DOWNLOAD_RESPONSE,
     FILE_MEDIA_TYPE,
@@ -75,7 +75,13 @@ def _declared_length(request: Request) -> int | None:
             **error_responses(413)[413],
             "description": "Over HEARTH_FILES_MAX_BYTES (file_too_large), nothing kept; or a body "
             "declared over it, refused unread",
-        }
+        },
+        507: {
+            "model": ErrorOut,
+            "description": "The VM's disk has no room left for it (insufficient_storage; the "
+            "message says where), nothing kept",
+            "content": {"application/json": {}},
+        },
     },
 )
 async def put_file(
@@ -90,7 +96,8 @@ async def put_file(
     ] = None,
 ) -> FileWritten:
     """Write a file atomically (or extract a tar into a directory) in the CLI VM's workspace;
-    missing parent directories are made."""
+    missing parent directories are made. Nothing is kept of an upload that fails (507 when the
+    VM's disk is full)."""
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
     upload = FileUpload(
         chunks=_client_body(request),
