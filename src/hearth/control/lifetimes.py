@@ -8,21 +8,25 @@ hibernated time does not use up the lifetime, and an ended VM's stays as it was.
 memory: every API call naming the VM (the API's middleware), every command, run, terminal or
 file call (``ExecService.runnable``), a login still under way for the VM's user that delivers
 into it, and a command the controller started that still runs (its agent is asked before an
-idle VM is acted on). A restarted controller counts idleness from its own start.
+idle VM is acted on; one that does not answer keeps it in use: a VM whose agent never answers
+again is failed by its heartbeats). A restarted controller counts idleness from its own start.
 Browser VMs serve one login and end with it: lifetimes are for CLI VMs.
 
 Every ``HEARTH_LIFETIME_CHECK_INTERVAL_S`` the VMs whose time is up get their action: ``pause``,
 ``hibernate`` or ``destroy`` (the last two pull the delivered credentials back first, as a
 manual destroy does; where the VMM cannot hibernate, hibernate destroys instead); each is told
-as ``vm.timed_out`` and logged with the VM's id. With
+as ``vm.timed_out`` and logged with the VM's id. An unhealthy VM can only be destroyed: pause
+and hibernate wait until its heartbeats make it ready again (or fail it). With
 ``autoResume`` (the default) a call that needs a paused or hibernated VM running resumes it
-first, told as ``vm.auto_resumed``.
+first, told as ``vm.auto_resumed``; one being hibernated is woken once its save ends. A call
+that meets a wake under way waits for it (``WAKE_WAIT_S``) rather than being refused.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -36,7 +40,8 @@ from hearth.periodic import every
 from hearth.shared_tasks import SharedTasks
 from hearth.store import Store, VmRecord
 from hearth.store.records import utc_now
-from hearth.vm.types import LifetimeAction, VmState, VmType
+from hearth.vm.readiness import RESTORE_DEADLINE_S, Backoff, Deadline
+from hearth.vm.types import BootMode, LifetimeAction, VmState, VmType
 
 if TYPE_CHECKING:
     from hearth.control.vms import VmService
@@ -54,6 +59,10 @@ PRUNE_COMMANDS_AT = 64
 _MOVE_RACES = 5
 # A login in one of these may still deliver into its CLI VM.
 _LOGGING_IN = tuple(status for status in AuthStatus if status not in TERMINAL)
+# How long a call waits for a wake it did not start: the woken agent has RESTORE_DEADLINE_S to
+# answer, and the wake's admission and the guest clock's setting come on top.
+WAKE_WAIT_S = 2 * RESTORE_DEADLINE_S
+_WAKE_POLL = Backoff(initial_s=0.05, cap_s=1.0)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -175,14 +184,33 @@ class Lifetimes:
         self._execs.setdefault(vm_id, set()).add(exec_id)
 
     async def ensure_running(self, record: VmRecord) -> VmRecord:
-        """``record`` used now; resumed first when it is paused or hibernated and resumes
-        automatically."""
+        """``record`` used now; resumed first when it is paused or hibernated (or being
+        hibernated: once the save ends) and resumes automatically; once awake when a wake of it
+        is under way. The row as it is then (its status may still not be ready)."""
         self.touch(record.id)
-        asleep = record.status in (VmState.PAUSED, VmState.HIBERNATED) and record.auto_resume
-        # Joined when one is under way, whatever the row reads meanwhile ("booting").
-        if not asleep and not self._resuming.running(record.id):
-            return record
+        # An automatic resume under way is joined, whatever the row reads meanwhile ("booting").
+        if not self._resuming.running(record.id):
+            record = await self._settled(record)
+            asleep = record.status in (VmState.PAUSED, VmState.HIBERNATED)
+            if not (asleep and record.auto_resume):
+                return record
         return await self._resuming.join(record.id, lambda: self._auto_resume(record))
+
+    async def _settled(self, record: VmRecord) -> VmRecord:
+        """``record`` once what moves it on its own has ended: a hibernation under way (only
+        with autoResume: the VM is woken after it), then a wake under way (for at most
+        ``WAKE_WAIT_S``)."""
+        if record.status is VmState.HIBERNATING and record.auto_resume:
+            record = await self.vms.hibernation.settled(record.id)
+        deadline, delays = Deadline.after(WAKE_WAIT_S), _WAKE_POLL.delays()
+        while (
+            record.status is VmState.BOOTING
+            and record.boot_mode is BootMode.WAKE
+            and not deadline.expired
+        ):
+            await asyncio.sleep(min(next(delays), deadline.remaining()))
+            record = await self.vms.store.vms.get(record.id)
+        return record
 
     async def _auto_resume(self, record: VmRecord) -> VmRecord:
         try:
@@ -231,22 +259,29 @@ class Lifetimes:
             ):
                 await self._runs_command(record.id, every=True)
             now = utc_now()
-            due = self._due(record, now)
+            due = next(self._due(record, now), None)
             if due is None or (due.reason == "idle" and await self._busy(record)):
                 continue
             if await self._act(record, due, decided=now):
                 acted.append(record.id)
         return acted
 
-    def _due(self, record: VmRecord, now: datetime) -> _Due | None:
+    def _due(self, record: VmRecord, now: datetime) -> Iterator[_Due]:
+        """What is due for ``record`` at ``now``, its lifetime's action first. An unhealthy VM
+        can only be destroyed (pause needs it ready, hibernate ready or paused): its other
+        actions wait until its heartbeats make it ready again or fail it."""
+        for due in self._limits_reached(record, now):
+            if record.status is VmState.READY or due.action is LifetimeAction.DESTROY:
+                yield due
+
+    def _limits_reached(self, record: VmRecord, now: datetime) -> Iterator[_Due]:
         if record.timeout_s is not None and used_s(record, now) >= record.timeout_s:
-            return _Due("lifetime", record.timeout_action, record.timeout_s)
+            yield _Due("lifetime", record.timeout_action, record.timeout_s)
         if record.idle_timeout_s is None:
-            return None
+            return
         last = max(self._seen.get(record.id, self._started), record.running_since or self._started)
         if (now - last).total_seconds() >= record.idle_timeout_s:
-            return _Due("idle", record.idle_action, record.idle_timeout_s)
-        return None
+            yield _Due("idle", record.idle_action, record.idle_timeout_s)
 
     async def _busy(self, record: VmRecord) -> bool:
         """Whether a login delivers into the VM of ``record`` or a command the controller
@@ -264,9 +299,11 @@ class Lifetimes:
         return False
 
     async def _runs_command(self, vm_id: str, *, every: bool = False) -> bool:
-        """Whether a command the controller started in VM ``vm_id`` still runs; the ended ones
-        met on the way are forgotten (with ``every``, all ended ones are looked for, and an
-        agent that does not answer ends the look, forgetting nothing more)."""
+        """Whether a command the controller started in VM ``vm_id`` may still run; the ones the
+        agent says ended, or knows not, are forgotten on the way (with ``every``, all of them).
+        An agent that does not answer (slow under TCG, stalled) ends the look, forgetting
+        nothing more, and counts as running: only its answer says a command ended. One that
+        never answers again keeps the VM no longer than its heartbeats, which fail the VM."""
         pending = self._execs.get(vm_id, set())
         if not pending or vm_id not in self.vms.live:
             return False
@@ -279,9 +316,7 @@ class Lifetimes:
             except NotFound:
                 state = None  # unknown to the agent (restarted, or long gone): not running
             except HearthError:
-                if every:
-                    return running
-                state = None
+                return True
             if state != "running":
                 pending.discard(exec_id)
             elif not every:
