@@ -6,7 +6,7 @@ import dataclasses
 from datetime import datetime
 from typing import Annotated, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictInt
 from pydantic.alias_generators import to_camel
 
 from hearth.api.nul import NulFree
@@ -14,11 +14,21 @@ from hearth.config import MAX_TIMEOUT_S
 from hearth.control.lifetimes import Lifetime, used_s
 from hearth.store import ApiKeyRecord, VmRecord
 from hearth.store.records import utc_now
+from hearth.store.repositories.users import POOL_USER, USER_ID_PATTERN
 from hearth.versions import is_outdated
 from hearth.vm.types import MAX_MEM_MIB, MAX_VCPUS, MIN_MEM_MIB, LifetimeAction
 
+
+def _not_reserved(user_id: str) -> str:
+    if user_id == POOL_USER:
+        raise ValueError(f"{POOL_USER!r} is reserved for the warm pool's VMs")
+    return user_id
+
+
 UserId = Annotated[
-    str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._@-]*$")
+    str,
+    Field(min_length=1, max_length=128, pattern=USER_ID_PATTERN),
+    AfterValidator(_not_reserved),
 ]
 
 

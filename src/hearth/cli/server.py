@@ -25,6 +25,7 @@ from hearth.errors import ConfigError, HearthError
 from hearth.state_dir_lock import CONTROLLER, StateDirLock
 from hearth.store import Store
 from hearth.store.controller_lease import ControllerLease
+from hearth.store.repositories.users import check_new_user_id
 from hearth.vm.select import check_vmm
 
 # The most open files ``serve`` asks for (Linux's default ceiling, ``fs.nr_open``).
@@ -124,6 +125,10 @@ def keys_create(
 ) -> None:
     """Mint an API key straight in the store; it is printed once and stored hashed."""
     settings = _with(load_settings(), state_dir)
+    try:
+        check_new_user_id(user)
+    except HearthError as exc:
+        fail(exc)
 
     async def mint() -> str:
         store = await open_store(settings)

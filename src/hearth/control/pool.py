@@ -21,6 +21,7 @@ from hearth.events.types import EventType
 from hearth.logging import get_logger
 from hearth.store import VmRecord
 from hearth.store.records import utc_now
+from hearth.store.repositories.users import POOL_USER as POOL_USER  # its owner, named here too
 from hearth.vm.types import VmSpec, VmState, VmType
 
 if TYPE_CHECKING:
@@ -28,7 +29,6 @@ if TYPE_CHECKING:
     from hearth.control.vms import VmService
 
 _log = get_logger("control.pool")
-POOL_USER = "hearth-pool"  # the owner of pooled VMs' rows until one is handed out
 
 
 class WarmPool:

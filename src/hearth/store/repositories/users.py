@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import re
 from datetime import datetime
 
 from sqlalchemy import select
@@ -17,6 +18,25 @@ from hearth.store.repositories._base import (
     insert_ignoring_duplicates,
     to_record,
 )
+
+# What a new user id may look like: what the API's paths and bodies can carry as it is.
+USER_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._@-]*$"
+POOL_USER = "hearth-pool"  # the owner of pooled VMs' rows until one is handed out: nobody's id
+
+
+def check_new_user_id(user_id: str) -> str:
+    """``user_id`` if a key or VM may be made for it, else InvalidInput: ``check_user_id``, the
+    API's pattern (``hearth keys create`` took ids the API could not address), and not the
+    warm pool's owner (its VMs would count against that user's limits)."""
+    check_user_id(user_id)
+    if re.fullmatch(USER_ID_PATTERN, user_id) is None:
+        raise InvalidInput(
+            f"user id {user_id!r} must start with a letter or digit and hold only letters, "
+            "digits and ._@-"
+        )
+    if user_id == POOL_USER:
+        raise InvalidInput(f"user id {POOL_USER!r} is reserved for the warm pool's VMs")
+    return user_id
 
 
 def check_user_id(user_id: str) -> str:
