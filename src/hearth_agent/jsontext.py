@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import sys
 
 # Deeper than any document the agent reads (credential files nest 3 levels, request bodies 2),
 # and far below the interpreter's recursion limit, so nothing that later walks a decoded value
@@ -16,6 +18,13 @@ class JsonTextError(ValueError):
 
 def _reject_constant(name: str) -> object:
     raise JsonTextError(f"{name} is not valid JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise JsonTextError("a number is out of the range of a double")
+    return value
 
 
 def _depth(value: object) -> int:
@@ -36,21 +45,31 @@ def _depth(value: object) -> int:
 
 def decode_json(data: bytes) -> object:
     """Decode UTF-8 JSON strictly: no byte-order mark, no other encodings, no NaN or Infinity,
-    and at most ``MAX_DEPTH`` levels of nesting.
+    no number past a double or past the interpreter's digit limit for integers, and at most
+    ``MAX_DEPTH`` levels of nesting.
 
     ``json.loads`` alone would also accept UTF-16/32 and the non-standard constants; a CLI reading
-    the stored file might not, so they are refused here. Nesting deeper than the interpreter's
-    recursion limit makes ``json.loads`` raise RecursionError, which is the input's fault, not ours.
+    the stored file might not, so they are refused here. It turns ``1e999`` into infinity, which
+    ``json.dumps`` writes back as the constant, so that is refused too (RFC 8259 lets a reader
+    limit the range of numbers). An integer of more digits than ``sys.get_int_max_str_digits()``
+    makes it raise a plain ValueError, and nesting deeper than the interpreter's recursion limit a
+    RecursionError: both are the input's fault, not ours, so both are a JsonTextError here.
     """
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise JsonTextError(f"body is not valid UTF-8 (byte {exc.start})") from exc
     try:
-        value = json.loads(text, parse_constant=_reject_constant)
+        value = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+    except JsonTextError:
+        raise
     except json.JSONDecodeError as exc:
         # exc.msg and position only: str(exc) is safe too, but keep the input out by construction.
         raise JsonTextError(f"{exc.msg} at line {exc.lineno} column {exc.colno}") from exc
+    except ValueError as exc:
+        # The only other ValueError json.loads raises: an integer past the digit limit.
+        limit = sys.get_int_max_str_digits()
+        raise JsonTextError(f"an integer of more than {limit} digits") from exc
     except RecursionError:
         raise JsonTextError(f"nesting deeper than {MAX_DEPTH} levels") from None
     if _depth(value) > MAX_DEPTH:

@@ -16,7 +16,17 @@ import pytest
 
 from hearth.runs import RunEvent, RunEventType, StreamParser, parser_for
 from hearth_agent.wire import Provider
-from tests.unit.run_streams import THREAD, c_delta, c_init, c_start, end, feed, text
+from tests.unit.run_streams import (
+    SID,
+    THREAD,
+    c_assistant,
+    c_delta,
+    c_init,
+    c_start,
+    end,
+    feed,
+    text,
+)
 
 CAPTURES = Path(__file__).resolve().parents[1] / "data" / "runs"
 CLIS = [Provider.CLAUDE_CODE, Provider.CODEX, Provider.GEMINI_CLI]
@@ -70,6 +80,45 @@ def test_claudes_streamed_text_is_not_said_again_after_a_checkpoint() -> None:
     said = text(feed(parser, *before))
     said += text(feed(restored(parser, Provider.CLAUDE_CODE), assistant))
     assert said == "Hello, world."
+
+
+def test_claudes_checkpoint_stays_small_however_long_the_answer() -> None:
+    # The pump stores the checkpoint with every exec event: one that grew with the answer made
+    # the store writes of a long answer grow with its square (193 MB for 96 KB of text).
+    word = "lorem ipsum dolor sit am"
+    parser = parser_for(Provider.CLAUDE_CODE)
+    feed(parser, c_init(), c_start("msg_1"), c_delta(word))
+    first = len(json.dumps(parser.checkpoint()))
+    feed(parser, *[c_delta(word) for _ in range(3999)])
+    assert len(json.dumps(parser.checkpoint())) <= first + 4 < 1024  # digits of the length
+    # It still tells what of the whole block the deltas said: all of it, and nothing of another.
+    answer = word * 4000
+    for whole, rest in ((answer + "!", "!"), ("Another " + answer, "Another " + answer)):
+        again = restored(parser, Provider.CLAUDE_CODE)
+        assistant = c_assistant("msg_1", {"type": "text", "text": whole})
+        assert text(feed(again, assistant)) == rest
+
+
+def test_a_claude_checkpoint_that_kept_the_streamed_text_still_restores() -> None:
+    # What a controller before fingerprints stored: a controller upgraded mid-run reads on.
+    stored: dict[str, Any] = {
+        "sessionId": SID,
+        "usage": None,
+        "outcome": None,
+        "lastError": None,
+        "messageId": "msg_1",
+        "streamed": {"msg_1": [[0, "Hello, world"], [1, ""]]},
+        "accounted": {"msg_1": []},
+        "tools": {},
+        "refusal": None,
+    }
+    whole = parser_for(Provider.CLAUDE_CODE)
+    feed(whole, c_init(), c_start("msg_1"), c_delta("Hello, "), c_delta("world"), c_delta("", 1))
+    again = parser_for(Provider.CLAUDE_CODE)
+    again.restore(json.loads(json.dumps(stored)))
+    assert vars(again) == vars(whole)
+    rest = [c_delta("!"), c_assistant("msg_1", {"type": "text", "text": "Hello, world!."})]
+    assert text(feed(again, *rest)) == "!."  # the delta, then what the block adds
 
 
 def test_codex_message_updates_pass_on_only_what_is_new_after_a_checkpoint() -> None:

@@ -16,6 +16,7 @@ from tests.unit.run_streams import (
     c_delta,
     c_init,
     c_result,
+    c_start,
     end,
     feed,
     g,
@@ -99,3 +100,70 @@ def test_each_run_gets_a_fresh_parser() -> None:
     feed(first, {"type": "thread.started", "thread_id": THREAD})
     assert (first.session_id, second.session_id) == (THREAD, None)
     assert RunFailure.TIMEOUT.value == "timeout"
+
+
+# Numbers a JSON line may hold but no count means: past a double (decodes to infinity), past the
+# interpreter's 4300-digit limit for int conversion, and counts whose sum passes that limit.
+_HUGE = "9" * 4300
+_NUMBER_LINES = {
+    Provider.CLAUDE_CODE: {
+        "infinite count": ['{"type":"result","subtype":"success","usage":{"input_tokens":1e999}}'],
+        "infinite index": [
+            json.dumps(c_start("msg_1")),
+            '{"type":"stream_event","event":{"type":"content_block_delta","index":-1e999,'
+            '"delta":{"type":"text_delta","text":"x"}}}',
+        ],
+        "infinite in a raw event": ['{"type":"rate_limit_event","n":1e999}'],
+        "5000 digits": ['{"type":"system","subtype":"x","n":' + "9" * 5000 + "}"],
+        "sum past 4300 digits": [
+            '{"type":"result","subtype":"success","usage":{"input_tokens":H,'
+            '"cache_read_input_tokens":H,"cache_creation_input_tokens":H}}'.replace("H", _HUGE)
+        ],
+    },
+    Provider.CODEX: {
+        "infinite count": ['{"type":"turn.completed","usage":{"input_tokens":1e999}}'],
+        "infinite in a raw event": ['{"type":"error","message":"m","n":1e999}'],
+        "5000 digits": ['{"type":"thread.started","thread_id":"t","n":' + "9" * 5000 + "}"],
+        "sum past 4300 digits": [
+            '{"type":"turn.completed","usage":{"input_tokens":H,"output_tokens":H}}'.replace(
+                "H", _HUGE
+            )
+        ],
+    },
+    Provider.GEMINI_CLI: {
+        "infinite count": ['{"type":"result","status":"success","stats":{"input_tokens":1e999}}'],
+        "infinite in a raw event": ['{"type":"never-heard-of-it","n":-1e999}'],
+        "5000 digits": ['{"type":"init","session_id":"s","n":' + "9" * 5000 + "}"],
+        "sum past 4300 digits": [
+            '{"type":"result","status":"success","stats":{"input_tokens":H,"output_tokens":H}}'.replace(
+                "H", _HUGE
+            )
+        ],
+    },
+}
+
+
+def _strict_json(value: object) -> str:
+    return json.dumps(value, allow_nan=False)
+
+
+@pytest.mark.parametrize(
+    ("provider", "lines"),
+    [
+        pytest.param(provider, lines, id=f"{provider.value}-{name}")
+        for provider, cases in _NUMBER_LINES.items()
+        for name, lines in cases.items()
+    ],
+)
+def test_numbers_no_count_can_mean_neither_raise_nor_reach_what_is_stored(
+    provider: Provider, lines: list[str]
+) -> None:
+    # The pump stores each event's data, the usage and the checkpoint as JSON text: all of it
+    # must encode, strictly (no Infinity), whatever numbers a line held.
+    parser = parser_for(provider)
+    for line in lines:
+        for event in parser.feed_line(line):
+            _strict_json(event.data)
+    _strict_json(parser.checkpoint())
+    _strict_json(end(parser).data)
+    assert all(count < 2**63 for count in (parser.usage or {}).values())

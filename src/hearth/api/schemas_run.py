@@ -11,6 +11,7 @@ from pydantic import Field, StrictStr
 from hearth.api.schemas import RequestModel, WireModel
 from hearth.api.schemas_exec import MAX_TIMEOUT_S
 from hearth.control.runs import RunRequest
+from hearth.runs.commands import MODEL_PATTERN, SESSION_ID_PATTERN
 from hearth.store.records import RunRecord
 from hearth_agent.wire import Provider
 
@@ -31,10 +32,15 @@ class RunCreate(RequestModel):
     # The size cap is the controller's (HEARTH_RUN_PROMPT_MAX_BYTES, 413 past it).
     prompt: Annotated[StrictStr, Field(min_length=1)]
     cwd: Annotated[StrictStr, Field(min_length=1, max_length=4096)] | None = None
+    # The command line's own patterns (which also cap the length): a name the API takes is one
+    # a run takes.
     model: (
         Annotated[
             StrictStr,
-            Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/@-]*$"),
+            Field(
+                pattern=MODEL_PATTERN,
+                description="the CLI's model name or alias, e.g. `claude-sonnet-4-5[1m]`",
+            ),
         ]
         | None
     ) = None
@@ -42,9 +48,7 @@ class RunCreate(RequestModel):
         Annotated[
             StrictStr,
             Field(
-                min_length=1,
-                max_length=256,
-                pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$",
+                pattern=SESSION_ID_PATTERN,
                 description="the CLI's own session id (a run's `sessionId`) to continue",
             ),
         ]

@@ -40,6 +40,7 @@ from hearth.runs.events import (
     usage_event,
 )
 from hearth.runs.failures import classify_status
+from hearth.runs.fingerprint import Fingerprint
 from hearth.runs.stream import CliStream, Report, dict_of, int_of, list_of, status_of, text_of
 
 # Claude's error kinds (the ``error`` of an assistant line, ``api_error`` of a result, the
@@ -74,8 +75,9 @@ class ClaudeStream(CliStream):
         super().__init__()
         self._message_id: str | None = None  # the API message being streamed
         # Per API message: what each content block (by index) streamed as text_deltas, until an
-        # ``assistant`` line accounts for it, and which blocks one has accounted for.
-        self._streamed: dict[str, dict[int, str]] = {}
+        # ``assistant`` line accounts for it, and which blocks one has accounted for. A
+        # fingerprint, not the text: the checkpoint holding it is stored with every exec event.
+        self._streamed: dict[str, dict[int, Fingerprint]] = {}
         self._accounted: dict[str, set[int]] = {}
         self._tools: dict[str, str] = {}  # tool_use id → tool name
         self._refusal: Report | None = None  # the latest synthetic API-error message
@@ -84,7 +86,7 @@ class ClaudeStream(CliStream):
         return {
             "messageId": self._message_id,
             "streamed": {
-                message_id: [[index, text] for index, text in blocks.items()]
+                message_id: [[index, *said.data()] for index, said in blocks.items()]
                 for message_id, blocks in self._streamed.items()
             },
             "accounted": {
@@ -98,7 +100,7 @@ class ClaudeStream(CliStream):
         message_id = state["messageId"]
         self._message_id = None if message_id is None else str(message_id)
         self._streamed = {
-            str(message_id): {int(index): str(text) for index, text in blocks}
+            str(message_id): dict(_streamed_block(block) for block in blocks)
             for message_id, blocks in dict_of(state["streamed"]).items()
         }
         self._accounted = {
@@ -177,7 +179,7 @@ class ClaudeStream(CliStream):
         if message_id is not None:
             index = int_of(inner.get("index"))
             blocks = self._streamed.setdefault(message_id, {})
-            blocks[index] = blocks.get(index, "") + text
+            blocks[index] = blocks.get(index, Fingerprint()).extended(text)
         return [message_delta(text)] if text else []
 
     def _assistant(self, event: dict[str, Any]) -> list[RunEvent]:
@@ -229,10 +231,10 @@ class ClaudeStream(CliStream):
         streamed = self._streamed.get(message_id, {})
         accounted = self._accounted.setdefault(message_id, set())
         for index in sorted(streamed):
-            if index not in accounted and text.startswith(streamed[index]):
+            if index not in accounted and streamed[index].begins(text):
                 accounted.add(index)
                 # Never looked at again (a later delta of the block is accounted for too).
-                return text[len(streamed.pop(index)) :]
+                return text[streamed.pop(index).length :]
         return text
 
     def _user(self, event: dict[str, Any]) -> list[RunEvent]:
@@ -302,6 +304,16 @@ def _usage(usage: dict[str, Any]) -> dict[str, Any]:
         cached_input_tokens=cache_read,
         cacheWriteInputTokens=cache_write,
     )
+
+
+def _streamed_block(block: list[Any]) -> tuple[int, Fingerprint]:
+    """A block's index and fingerprint as a checkpoint has them: ``[index, length, value]``, or
+    ``[index, text]`` from a controller that kept the text (upgraded mid-run)."""
+    if len(block) == 2:
+        index, text = block
+        return int(index), Fingerprint.of(str(text))
+    index, length, value = block
+    return int(index), Fingerprint.of_data(length, value)
 
 
 def _joined_text(content: list[Any]) -> str:

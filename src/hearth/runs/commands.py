@@ -31,8 +31,11 @@ from hearth_agent.wire import Provider
 # Models and session ids become argv items: they must not read as an option (a leading "-") or
 # carry anything a shell-less argv would pass on verbatim to the CLI's own parser. Model names
 # allow what the three CLIs use (aliases, versions, "[1m]" context suffixes, provider ARNs).
-_MODEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@\[\]-]{0,199}")
-_SESSION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
+# The API's wire schema takes these same patterns, so it refuses no name a run would take.
+MODEL_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/@\[\]-]{0,199}$"
+SESSION_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$"
+_MODEL = re.compile(MODEL_PATTERN)
+_SESSION_ID = re.compile(SESSION_ID_PATTERN)
 
 # Headless environment beyond QUIET_ENV, per CLI.
 _HEADLESS_ENV: dict[Provider, dict[str, str]] = {

@@ -18,8 +18,9 @@ decides how it maps the next ones and how the run ends: ``checkpoint`` gives it 
 reads on as the stopped one would have. A subclass adds its own (``_own_checkpoint``,
 ``_own_restore``); what it keeps is what it needs later, not every line it read.
 
-A line is decoded by the depth-limited decoder the agent uses (``hearth_agent.jsontext``): a line
-nested too deep for the interpreter is an unparsable line like any other (``raw``).
+A line is decoded by the strict decoder the agent uses (``hearth_agent.jsontext``): a line nested
+too deep for the interpreter, or with a number past a double or past the interpreter's digit
+limit, is an unparsable line like any other (``raw``).
 """
 
 from __future__ import annotations
@@ -36,6 +37,11 @@ from hearth.runs.failures import (
     stderr_cause,
 )
 from hearth_agent.jsontext import JsonTextError, decode_json
+
+# No CLI counts past a signed 64-bit integer. A number beyond it (JSON allows any) is no count:
+# the sum of a few such (input plus output tokens) could pass the interpreter's digit limit for
+# int-to-text conversion, and the pump's ``json.dumps`` of the usage would then raise.
+MAX_COUNT = 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -173,8 +179,10 @@ def list_of(value: object) -> list[Any]:
 
 
 def int_of(value: object) -> int:
-    """A count field's value (0 when absent or not a number)."""
+    """A count field's value (0 when absent, not a number, or past any count: see MAX_COUNT)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
+        return 0
+    if not -MAX_COUNT <= value <= MAX_COUNT:  # also false for infinity and NaN
         return 0
     return int(value)
 
