@@ -215,9 +215,10 @@ class StorageError(AgentError, code="storage_error", http_status=500):
     @classmethod
     def from_os_error(cls, what: str, exc: OSError) -> StorageError:
         """The error a failed write of ``what`` is: DiskFull when no room is left."""
+        reason = exc.strerror or type(exc).__name__
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            return DiskFull(f"{what}: no room left on the disk ({exc.strerror})")
-        return cls(f"{what}: {exc.strerror}")
+            return DiskFull(f"{what}: no room left on the disk ({reason})")
+        return cls(f"{what}: {reason}")
 
 
 class DiskFull(StorageError, code="disk_full", http_status=507):

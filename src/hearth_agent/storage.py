@@ -367,7 +367,6 @@ class CredentialStore:
             errno=exc.errno,
             reason=exc.strerror,
         )
-        reason = exc.strerror or type(exc).__name__
-        return StorageError(
-            f"could not {action} credentials for provider '{provider.name}': {shown}: {reason}"
+        return StorageError.from_os_error(
+            f"could not {action} credentials for provider '{provider.name}': {shown}", exc
         )

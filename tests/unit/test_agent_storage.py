@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from hearth_agent.errors import StorageError
+from hearth_agent.errors import DiskFull, StorageError
 from hearth_agent.log import JsonLogger
 from hearth_agent.providers import get_provider
 from hearth_agent.server import MAX_BODY_BYTES
@@ -22,6 +22,7 @@ from hearth_agent.storage import (
     atomic_write,
     ensure_private_dirs,
 )
+from tests.integration.tmpfs import small_tmpfs_at
 
 # Far above a prompt refusal (microseconds), far below "forever".
 PROMPT_S = 5.0
@@ -236,3 +237,21 @@ def test_a_symlinked_directory_on_the_way_is_still_used(tmp_path: Path) -> None:
     assert stored is not None
     assert stored.content == b'{"a": 1}'
     assert mode_of(dotfiles / "hearth") == 0o700
+
+
+def test_a_credential_write_to_a_full_disk_is_disk_full_and_leaves_the_old_file(
+    tmp_path: Path,
+) -> None:
+    # The guest's disk (or the user's quota) full: the controller must be told so by name, not
+    # with the storage failure every other errno gets.
+    home = tmp_path / "home"
+    home.mkdir()
+    with small_tmpfs_at(home, size="64k"):
+        store = CredentialStore(home=home, logger=JsonLogger())
+        provider = get_provider("claude_code")
+        store.write(provider, b'{"old": true}')
+        with pytest.raises(DiskFull) as full:
+            store.write(provider, json.dumps({"pad": "x" * 200_000}).encode())
+        assert full.value.code == "disk_full"
+        assert "no room left on the disk" in str(full.value)
+        assert store.read(provider).content == b'{"old": true}'  # type: ignore[union-attr]
