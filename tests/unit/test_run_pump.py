@@ -98,6 +98,21 @@ class Runs:
         last = self.stored[-1].seq if self.stored else 0
         self.run = dataclasses.replace(self.run, exec_cursor=exec_cursor, last_event_id=last)
 
+    async def end(
+        self,
+        run_id: str,
+        events: list[RunEventRecord],
+        *,
+        status: RunStatus,
+        exec_cursor: int,
+        **_: Any,
+    ) -> None:
+        await self.append_events(run_id, events, exec_cursor=exec_cursor)
+        self.run = dataclasses.replace(self.run, status=status)
+
+    async def events(self, run_id: str, *, after: int, limit: int = 500) -> list[RunEventRecord]:
+        return [e for e in self.stored if e.seq > after][:limit]
+
     async def checkpoint(self, run_id: str) -> str | None:
         return self.saved
 

@@ -10,8 +10,8 @@ A cancel is recorded on the run's row first, then carried out: SIGTERM, SIGKILL 
 A cancel that cannot reach the CLI yet is carried out once it can: one that came while the CLI
 started, once it has; one in a VM asleep whose autoResume is off (the cancel may not wake it),
 once the VM runs again; one a restart interrupted, by the next controller (``recover``). A pump
-that fails here (not in the VM) ends its run ``cli_crashed`` and stops the CLI, rather than
-leave it running with nobody reading it.
+that fails here (not in the VM) ends its run ``cli_crashed`` and then stops the CLI, rather
+than leave it running with nobody reading it; a database outage is waited out, not a failure.
 
 Lifecycle (``RunStatus``)::
 
@@ -32,7 +32,7 @@ from typing import Any
 
 from hearth.config import Settings
 from hearth.control.execs import ExecRequest, ExecService, TimeLimit
-from hearth.control.run_pump import RunPump
+from hearth.control.run_pump import RunPump, StoreOutage, store_unavailable
 from hearth.control.vms import VmService
 from hearth.errors import BodyTooLarge, Conflict, EventsGone, HearthError, NotFound, NotLoggedIn
 from hearth.logging import get_logger
@@ -193,13 +193,24 @@ class RunService:
             self._wake(pump.run.id)
 
     async def _abandon(self, pump: RunPump) -> None:
-        try:
-            await pump.abandon(
-                "Hearth failed to read the CLI's output (an internal error, logged with the "
-                "run's id) and stopped the CLI"
-            )
-        except Exception:
-            _log.exception("run_abandon_failed", run_id=pump.run.id)
+        """End the run ``cli_crashed``, then SIGKILL its CLI: only once that is stored, so
+        the row never says ``running`` of a CLI that was killed. A database that cannot be
+        reached is waited out (``STORE_BACKOFF``) until the write lands or the controller
+        stops; a run that cannot be ended (the store refused it) is left running, CLI and all,
+        for the next controller's ``recover`` to read on."""
+        outage = StoreOutage(pump.run.id)
+        while True:
+            try:
+                await pump.abandon(
+                    "Hearth failed to read the CLI's output (an internal error, logged with the "
+                    "run's id) and stopped the CLI"
+                )
+                break
+            except Exception as exc:
+                if not store_unavailable(exc):
+                    _log.exception("run_abandon_failed", run_id=pump.run.id)
+                    return
+                await outage.wait(exc, doing="ending the run")
         self._chore(self._signal_once_awake(pump.run, "SIGKILL"))
 
     def _wake(self, run_id: str) -> None:
@@ -306,7 +317,12 @@ class RunService:
 
     async def _kill_after_grace(self, run: RunRecord) -> None:
         await asyncio.sleep(CANCEL_GRACE_S)
-        if not (await self.store.runs.get(run.id)).is_terminal:
+        try:
+            ended = (await self.store.runs.get(run.id)).is_terminal
+        except NotFound:
+            _log.info("run_signal_not_sent", run_id=run.id, signal="SIGKILL", error="no run")
+            return
+        if not ended:
             await self._signal_once_awake(run, "SIGKILL")
 
     async def _signal_once_awake(self, run: RunRecord, signal: str) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from sqlalchemy import delete, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from hearth.runs.states import RunStatus, check_transition
 from hearth.store.models import run_events_table, runs_table
@@ -91,32 +92,30 @@ class RunRepo(
         values = {"exec_cursor": exec_cursor, **fields}
         checked = check_fields(self._what, self._updatable, values)
         checked["updated_at"] = self._clock()
-        rows = [to_values(event) for event in events]
-        if checkpoint is not None:
-            saved = RunEventRecord(
-                run_id=run_id, seq=CHECKPOINT_SEQ, type=CHECKPOINT_TYPE, data=checkpoint
-            )
-            rows.append(to_values(saved))
         async with self._writes.begin() as conn:
-            if events:
-                checked["last_event_id"] = events[-1].seq
-            await conn.execute(
-                delete(run_events_table).where(
-                    run_events_table.c.run_id == run_id,
-                    run_events_table.c.seq == CHECKPOINT_SEQ,
-                )
-            )
-            if rows:
-                await conn.execute(run_events_table.insert(), rows)
-            await conn.execute(update(runs_table).where(runs_table.c.id == run_id).values(checked))
-            if events and events[-1].seq > keep:
-                await conn.execute(
-                    delete(run_events_table).where(
-                        run_events_table.c.run_id == run_id,
-                        run_events_table.c.seq > CHECKPOINT_SEQ,
-                        run_events_table.c.seq <= events[-1].seq - keep,
-                    )
-                )
+            await _write_events(conn, run_id, events, checked, checkpoint=checkpoint, keep=keep)
+
+    async def end(
+        self,
+        run_id: str,
+        events: Sequence[RunEventRecord],
+        *,
+        status: RunStatus,
+        exec_cursor: int,
+        keep: int,
+        **fields: object,
+    ) -> None:
+        """``append_events`` of a run's last events (its terminal one last), with its move from
+        ``running`` to ``status`` in the same transaction, its checkpoint dropped: both land or
+        neither does, so a run never has a terminal event it has not ended by, nor two. Conflict
+        (nothing written) if the run is not running."""
+
+        async def write(conn: AsyncConnection) -> None:
+            await _write_events(conn, run_id, events, {}, checkpoint=None, keep=keep)
+
+        await self.transition_with(
+            write, run_id, RunStatus.RUNNING, status, exec_cursor=exec_cursor, **fields
+        )
 
     async def checkpoint(self, run_id: str) -> str | None:
         """The pump's checkpoint kept with the run's exec cursor, if any."""
@@ -151,3 +150,41 @@ class RunRepo(
         )
         row = await self._read_one(statement)
         return None if row is None else int(row[0])
+
+
+async def _write_events(
+    conn: AsyncConnection,
+    run_id: str,
+    events: Sequence[RunEventRecord],
+    values: dict[str, object],
+    *,
+    checkpoint: str | None,
+    keep: int,
+) -> None:
+    """In ``conn``'s transaction: replace the checkpoint, add ``events``, set ``values`` (and the
+    last event's id) on the run's row, forget all but the newest ``keep`` events."""
+    rows = [to_values(event) for event in events]
+    if checkpoint is not None:
+        saved = RunEventRecord(
+            run_id=run_id, seq=CHECKPOINT_SEQ, type=CHECKPOINT_TYPE, data=checkpoint
+        )
+        rows.append(to_values(saved))
+    if events:
+        values = {**values, "last_event_id": events[-1].seq}
+    await conn.execute(
+        delete(run_events_table).where(
+            run_events_table.c.run_id == run_id, run_events_table.c.seq == CHECKPOINT_SEQ
+        )
+    )
+    if rows:
+        await conn.execute(run_events_table.insert(), rows)
+    if values:
+        await conn.execute(update(runs_table).where(runs_table.c.id == run_id).values(values))
+    if events and events[-1].seq > keep:
+        await conn.execute(
+            delete(run_events_table).where(
+                run_events_table.c.run_id == run_id,
+                run_events_table.c.seq > CHECKPOINT_SEQ,
+                run_events_table.c.seq <= events[-1].seq - keep,
+            )
+        )
