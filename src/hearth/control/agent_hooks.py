@@ -31,10 +31,11 @@ async def run_agent_hooks(
     pause_after: bool = False,
 ) -> None:
     """Run ``hooks`` against ``vm``'s agent, each failure logged as ``before_<before>_failed``.
-    A paused VM (``record``'s status) runs again for them and, with ``pause_after``, is paused
-    again after them; one that cannot run again gets no hooks."""
+    A paused VM (as the node left it: a row is written after the node acted) runs again for
+    them and, with ``pause_after``, is paused again after them; one that cannot run again gets
+    no hooks."""
     failed = f"before_{before}_failed"
-    paused = vm if record.status is VmState.PAUSED else None
+    paused = vm if vm is not None and vm.state is VmState.PAUSED else None
     if paused is not None:
         try:
             await node.resume(paused)

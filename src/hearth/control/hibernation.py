@@ -12,8 +12,10 @@ survives controller restarts and host reboots: its files stay in the state dir.
 CLI VM) with its token, files, running processes and delivered credentials; its guest clock is
 set to the host's (an agent that answers it did not set it is logged as a warning: the VM wakes
 all the same). A saved state that is missing or does not open fails the VM with that reason
-(its files kept aside for inspection); any other failure to wake leaves it hibernated. A
-destroy during a hibernation waits for the save to end (the save is a task of its own).
+(its files kept aside for inspection); any other failure to wake leaves it hibernated. Both
+run in the VM's turn (``VmService.turns``): a destroy during a hibernation or a wake waits for
+it to end (the save is a task of its own, which a caller that gives up does not cut short), then
+destroys the VM.
 """
 
 from __future__ import annotations
@@ -49,8 +51,8 @@ class Hibernation:
     def __init__(self, vms: VmService, keys: VmKeys) -> None:
         self.vms = vms
         self.keys = keys
-        # The hibernations under way, by VM, each a task of its own: registered before its row
-        # moves to hibernating, so a row read ``hibernating`` has one here to wait for.
+        # The hibernations under way, by VM, each a task of its own: registered before it waits
+        # for the VM's turn, so a second one is refused at once and a stop finds it.
         self._saving: dict[str, asyncio.Task[VmRecord]] = {}
 
     async def hibernate(self, vm_id: str, *, user_id: str | None = None) -> VmRecord:
@@ -58,9 +60,30 @@ class Hibernation:
         for any other, NotSupported where the node's VMM cannot.
 
         A caller that gives up (a dropped request, a lifetime check ended by a stop) does not
-        cut the save short: a destroy waits for it (``settled``), ``stop`` cancels it."""
+        cut the save short: a destroy waits for it (the VM's turn), ``stop`` cancels it."""
+        await self.vms.get(vm_id, user_id=user_id)
+        if vm_id in self._saving:  # its row is (or is about to be) hibernating
+            raise Conflict(
+                f"VM {vm_id} is hibernating; only a ready or paused VM can be hibernated"
+            )
+        task = asyncio.create_task(self._hibernate(vm_id))
+        self._saving[vm_id] = task
+        task.add_done_callback(lambda _t: self._saving.pop(vm_id, None))
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved
+        return await asyncio.shield(task)
+
+    async def _hibernate(self, vm_id: str) -> VmRecord:
+        """``hibernate``'s checks and save, in the VM's turn."""
         vms = self.vms
-        record = await vms.get(vm_id, user_id=user_id)
+        async with vms.turns.held(vm_id):
+            record = await vms.store.vms.get(vm_id)
+            vm, disk_key = self._hibernatable(record)
+            return await self._save(vm, record, disk_key)
+
+    def _hibernatable(self, record: VmRecord) -> tuple[Vm, bytes | None]:
+        """The VM of ``record`` and its disk key, if it can be hibernated; else Conflict (naming
+        its status) or NotSupported (the node's VMM cannot)."""
+        vms, vm_id = self.vms, record.id
         if record.vm_type is not VmType.CLI:
             raise Conflict(
                 f"VM {vm_id} is a {record.vm_type.value} VM; it lives for one login and cannot "
@@ -78,15 +101,7 @@ class Hibernation:
         keys = self.keys.open(record)
         if keys is None:
             raise Conflict(f"VM {vm_id}: its keys do not open; it cannot be hibernated")
-        if vm_id in self._saving:  # its row is (or is about to be) hibernating
-            raise Conflict(
-                f"VM {vm_id} is hibernating; only a ready or paused VM can be hibernated"
-            )
-        task = asyncio.create_task(self._save(vm, record, keys.disk or vm.disk_key))
-        self._saving[vm_id] = task
-        task.add_done_callback(lambda _t: self._saving.pop(vm_id, None))
-        task.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved
-        return await asyncio.shield(task)
+        return vm, keys.disk or vm.disk_key
 
     async def settled(self, vm_id: str) -> VmRecord:
         """VM ``vm_id``'s row, once a hibernation of it under way (if any) has ended, however
@@ -176,13 +191,11 @@ class Hibernation:
         await self._fail(vm.id, error=error, workdir=vm.workdir, was=VmState.HIBERNATING)
         raise error
 
-    async def wake(self, vm_id: str, *, user_id: str | None = None) -> VmRecord:
-        """Start a hibernated VM from its saved state, ready, its clock set; a VM whose saved
-        state is missing or corrupt becomes failed with that reason (SavedStateCorrupt)."""
-        vms = self.vms
-        record = await vms.get(vm_id, user_id=user_id)
-        if record.status is not VmState.HIBERNATED:
-            raise Conflict(f"VM {vm_id} is {record.status.value}; it is not hibernated")
+    async def wake(self, record: VmRecord) -> VmRecord:
+        """Start the hibernated VM of ``record`` (read in its turn: ``VmService.resume``) from
+        its saved state, ready, its clock set; a VM whose saved state is missing or corrupt
+        becomes failed with that reason (SavedStateCorrupt)."""
+        vms, vm_id = self.vms, record.id
         keys = self.keys.open(record)
         token = vms.tokens.open(record)
         if keys is None or keys.state is None or token is None:
@@ -228,12 +241,19 @@ class Hibernation:
             raise
         vms.live[vm_id] = vm
         offset = await set_guest_clock(vm)
-        woken = await vms.store.vms.transition(
-            vm_id,
-            VmState.BOOTING,
-            VmState.READY,
-            **vms.fields_of(vm),  # the disk key alone: the state key is spent
-        )
+        try:
+            woken = await vms.store.vms.transition(
+                vm_id,
+                VmState.BOOTING,
+                VmState.READY,
+                **vms.fields_of(vm),  # the disk key alone: the state key is spent
+            )
+        except Conflict:
+            # Its row moved on meanwhile (failed by the monitor, or by another controller): it
+            # says so; what was woken goes, unless whoever moved it took it already.
+            if vms.live.pop(vm_id, None) is not None:
+                await vms.discard(vm)
+            raise
         _log.info(
             "vm_woken",
             vm_id=vm_id,

@@ -28,13 +28,25 @@ async def reconcile(vms: VmService) -> dict[str, list[str]]:
     hibernated if its saved state was completed (its VMM, if still there, ended), else adopted
     paused (its save ended with the controller); hibernated VMs are left as they are,
     and one caught mid-wake goes back to hibernated while its saved state is there (the guest
-    never ran), or is adopted paused when its VMM runs from the consumed state; processes,
-    work dirs, namespaces and network slots with no active row are destroyed.
+    never ran), or is adopted paused when its VMM runs from the consumed state; a VM being
+    destroyed when the controller died is destroyed now (its destroy hooks run first if its
+    VMM still does: its credentials are pulled back); processes, work dirs, namespaces and
+    network slots with no active row are destroyed.
     """
-    report: dict[str, list[str]] = {"failed": [], "adopted": [], "reaped": [], "hibernated": []}
+    report: dict[str, list[str]] = {
+        "failed": [],
+        "adopted": [],
+        "reaped": [],
+        "hibernated": [],
+        "destroyed": [],
+    }
     running = {vm.id: vm for vm in await vms.node.list_running()}
     for record in await vms.store.vms.list(statuses=ACTIVE):
         vm = running.get(record.id)
+        if record.status is VmState.STOPPING:
+            await vms.teardowns.finish_after_restart(record, vm)
+            report["destroyed"].append(record.id)
+            continue
         if _waking(record) or _saving(vms, record):
             vm, settled = await _settle_wake(vms, record, vm)
             if settled is VmState.HIBERNATED:

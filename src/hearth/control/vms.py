@@ -8,11 +8,10 @@ import dataclasses
 import time
 from collections.abc import Coroutine, Sequence
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from hearth.config import Settings
-from hearth.control.agent_hooks import BeforeDestroy, run_agent_hooks
+from hearth.control.agent_hooks import BeforeDestroy
 from hearth.control.agent_tokens import AgentTokens
 from hearth.control.destroy_on_exit import destroy_every_vm
 from hearth.control.hibernation import Hibernation, set_guest_clock
@@ -20,24 +19,23 @@ from hearth.control.lifetimes import Lifetime, move_banking_time, running_fields
 from hearth.control.network import CliNetworks
 from hearth.control.pool import POOL_USER, WarmPool
 from hearth.control.quotas import Quotas
+from hearth.control.teardown import Teardowns
 from hearth.control.vm_keys import HeldKeys, VmKeys
 from hearth.control.workspaces import Workspaces
 from hearth.errors import Conflict, HearthError, NotFound, VmError
 from hearth.events.log import EventLog
 from hearth.events.types import EventType
+from hearth.keyed_locks import KeyedLocks
 from hearth.logging import get_logger
 from hearth.metrics import ControllerMetrics
 from hearth.node.interface import Node
 from hearth.periodic import every
-from hearth.shared_tasks import SharedTasks
 from hearth.store import INACTIVE_VM_STATES, Store, VmRecord
 from hearth.store.records import utc_now
 from hearth.vm.host import new_vm_id
 from hearth.vm.types import Vm, VmSpec, VmState, VmType
 
 _log = get_logger("control.vms")
-# How often a destroy reads the row again when it moved on between a read and a write.
-_TEARDOWN_RACES = 5
 ACTIVE = tuple(state for state in VmState if state not in INACTIVE_VM_STATES)
 # A VM whose VMM runs and which the controller adopts after a restart.
 RUNNING = (VmState.READY, VmState.UNHEALTHY, VmState.PAUSED)
@@ -84,10 +82,14 @@ class VmService:
         self.workspaces = workspaces
         self.live: dict[str, Vm] = {}
         self.admission = asyncio.Lock()
+        # One VM's pause, resume, hibernation, wake and teardown take turns: each reads the row
+        # and acts on the VM in its turn, so none meets a VM another is changing (a destroy's
+        # pull-back on a VM a pause just stopped). Taken inside a user's credential turn
+        # (``Delivery``), never the other way round; a wake takes ``admission`` inside it.
+        self.turns = KeyedLocks()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._boots: dict[str, asyncio.Task[VmRecord]] = {}
-        # One teardown per VM: a destroy arriving while one runs waits for it and shares its end.
-        self._teardowns: SharedTasks[VmRecord] = SharedTasks()
+        self.teardowns = Teardowns(self)
         # The warm pool, when any type has one: it creates through this service, which hands
         # its VMs out on create.
         pool = WarmPool(self, sizes=pool_sizes or {})
@@ -229,7 +231,7 @@ class VmService:
         except Conflict:
             # Destroyed (or failed) while booting: the row already says so; drop the VM.
             self.live.pop(vm.id, None)
-            await self._discard(vm)
+            await self.discard(vm)
             return await self.store.vms.get(vm.id)
         await self.announce(EventType.VM_READY, ready)
         return ready
@@ -281,7 +283,7 @@ class VmService:
         _log.warning("vm_failed", vm_id=vm_id, stage=stage, error=error.message[:300])
         vm = self.live.pop(vm_id, None)
         if vm is not None:
-            await self._discard(vm)
+            await self.discard(vm)
         elif self.networks is not None:
             await self.networks.close(vm_id)
         failable = (VmState.CREATING, VmState.BOOTING, *RUNNING)
@@ -297,7 +299,8 @@ class VmService:
             raise error
         return record
 
-    async def _discard(self, vm: Vm) -> None:
+    async def discard(self, vm: Vm) -> None:
+        """End ``vm``'s VMM and files (an error logged) and close its egress path."""
         try:
             await self.node.destroy(vm)
         except HearthError as exc:
@@ -357,75 +360,31 @@ class VmService:
 
         Concurrent destroys of one VM share a single teardown (so the ``before_destroy`` hooks,
         e.g. the credential pull-back, run once) and all return its destroyed record; destroying
-        a destroyed VM returns it unchanged.
+        a destroyed VM returns it unchanged. A pause, resume, hibernation or wake of the VM under
+        way ends first (``Teardowns``).
         """
         record = await self.get(vm_id, user_id=user_id, include_pooled=include_pooled)
         if record.status is VmState.DESTROYED:
             return record
-        return await self._teardowns.join(vm_id, lambda: self._teardown(vm_id))
-
-    async def _teardown(self, vm_id: str) -> VmRecord:
-        for attempt in range(_TEARDOWN_RACES):
-            # Re-read: the row may have moved since the caller looked (a teardown just ended,
-            # its boot just began), and again if it moves on between this read and a write;
-            # a hibernation under way is waited for (its save is not cut short).
-            record = await self.hibernation.settled(vm_id)
-            if record.status is VmState.DESTROYED:
-                return record
-            try:
-                if record.status in (VmState.CREATING, VmState.BOOTING):
-                    # The boot task sees the row gone from booting and discards what it made.
-                    record = await self.store.vms.transition(
-                        vm_id, record.status, VmState.FAILED, error="destroyed while booting"
-                    )
-                was = record
-                if record.status is not VmState.STOPPING:
-                    # Its row first, so nothing else (a pause, a hibernation, a command) takes
-                    # it now; its lifetime stops counting.
-                    times = running_fields(record, VmState.STOPPING, utc_now())
-                    record = await self.store.vms.transition(
-                        vm_id, record.status, VmState.STOPPING, **times
-                    )
-                break
-            except Conflict:
-                if attempt == _TEARDOWN_RACES - 1:
-                    raise
-        if was.status in (VmState.READY, VmState.UNHEALTHY, VmState.PAUSED):
-            await self._before_destroy(was)
-        vm = self.live.pop(vm_id, None)
-        if vm is None and record.workdir is not None:
-            vm = Vm(id=vm_id, spec=VmSpec(), backend=record.backend, workdir=Path(record.workdir))
-            vm.pid, vm.state = record.pid, VmState.FAILED
-        if vm is not None:
-            if vm.state is VmState.STOPPING:
-                vm.state = VmState.FAILED
-            await self._discard(vm)
-        _log.info("vm_destroyed", vm_id=vm_id, user_id=record.user_id)
-        return await self.store.vms.transition(vm_id, VmState.STOPPING, VmState.DESTROYED)
-
-    async def _before_destroy(self, record: VmRecord) -> None:
-        """The destroy hooks: the credential pull-back, the workspace's sync and unmount."""
-        workspaces = () if self.workspaces is None else (self.workspaces.before_destroy,)
-        vm, token = self.live.get(record.id), self.agent_token(record.id)
-        hooks = (*self.before_destroy, *workspaces)
-        await run_agent_hooks(self.node, vm, record, token, hooks, before="destroy")
+        return await self.teardowns.join(vm_id)
 
     async def pause(self, vm_id: str, *, user_id: str | None = None) -> VmRecord:
-        """Pause a ready VM."""
-        return await self._switch(vm_id, user_id, VmState.READY, VmState.PAUSED, "paused")
+        """Pause a ready VM (in its turn)."""
+        async with self.turns.held(vm_id):
+            record = await self.get(vm_id, user_id=user_id)
+            return await self._switch(record, VmState.READY, VmState.PAUSED, "paused")
 
     async def resume(self, vm_id: str, *, user_id: str | None = None) -> VmRecord:
-        """Resume a paused VM, or wake a hibernated one."""
-        record = await self.get(vm_id, user_id=user_id)
-        if record.status is VmState.HIBERNATED:
-            return await self.hibernation.wake(vm_id, user_id=user_id)
-        return await self._switch(vm_id, user_id, VmState.PAUSED, VmState.READY, "resumed")
+        """Resume a paused VM, or wake a hibernated one (in its turn)."""
+        async with self.turns.held(vm_id):
+            record = await self.get(vm_id, user_id=user_id)
+            if record.status is VmState.HIBERNATED:
+                return await self.hibernation.wake(record)
+            return await self._switch(record, VmState.PAUSED, VmState.READY, "resumed")
 
-    async def _switch(
-        self, vm_id: str, user_id: str | None, old: VmState, new: VmState, done: str
-    ) -> VmRecord:
+    async def _switch(self, record: VmRecord, old: VmState, new: VmState, done: str) -> VmRecord:
         """Pause or resume: the node moves the VM, then its row follows."""
-        record = await self.get(vm_id, user_id=user_id)
+        vm_id = record.id
         if record.status is not old:
             only = f"a {old.value} VM" if done == "paused" else "a paused or hibernated VM"
             raise Conflict(f"VM {vm_id} is {record.status.value}; only {only} can be {done}")
@@ -484,7 +443,7 @@ class VmService:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         # Teardowns run on when their callers are cancelled (a login stopped by this shutdown
         # destroying what it made): they end before the store closes under them.
-        await self._teardowns.wait()
+        await self.teardowns.wait()
         if destroy_vms:
             await destroy_every_vm(self)
         await self.hibernation.stop()
