@@ -5,7 +5,7 @@ Layered by lifecycle stage: ``postgres_server`` finds (or starts) the server onc
 by the hearth role), parametrized over both backends; ``database_url`` is a database already at
 the latest revision, copied per test from one that ``Store.open`` migrated for real once per
 session (SQLite's backup API, or PostgreSQL's ``CREATE DATABASE ... TEMPLATE``), so that a test
-does not pay for thirteen migrations; ``store`` is a ``Store`` opened on it; ``open_store``
+does not pay for every migration; ``store`` is a ``Store`` opened on it; ``open_store``
 opens more stores on the same database, as other controller processes would. The tests of the
 migrations themselves take ``empty_database_url``. Teardown closes every store, proves that no
 PostgreSQL connection was left open, and drops the database.

@@ -293,7 +293,12 @@ class EventRow(Base):
     """One event, written before anything is told of it (the outbox webhooks deliver from)."""
 
     __tablename__ = "events"
-    __table_args__ = (Index("ix_events_user_id_id", "user_id", "id"),)
+    __table_args__ = (
+        Index("ix_events_user_id_id", "user_id", "id"),
+        # Readers page by id, so an id must never come back once retention has forgotten the
+        # newest events: without AUTOINCREMENT SQLite numbers max(id)+1 over the rows left.
+        {"sqlite_autoincrement": True},
+    )
 
     id: Mapped[int] = mapped_column(SERIAL, primary_key=True, autoincrement=True)
     type: Mapped[str] = mapped_column(String(64))
