@@ -1,6 +1,6 @@
 """The API's event streams carry a keepalive comment while nothing else comes, pass what comes
 through as it is, in order, to its end, and end once the key that opened them no longer holds,
-whether anything comes or not."""
+whether anything comes or not, and at once when the server stops."""
 
 from __future__ import annotations
 
@@ -77,3 +77,38 @@ async def test_each_chunk_is_let_through_only_while_the_key_holds() -> None:
     source = quiet_then([b"a", b"b", b"c", b"d"], quiet_s=0)
     got = [c async for c in guarded(source, key_holds, each_chunk=True, recheck_s=60)]
     assert got == [b"a", b"b"]
+
+
+async def test_a_quiet_stream_ends_at_once_when_the_server_stops_and_ends_its_source() -> None:
+    # The event log's follower never ends by itself: a stopping server ends its stream.
+    stopping, ended = asyncio.Event(), asyncio.Event()
+
+    async def follower() -> AsyncIterator[bytes]:
+        try:
+            yield b"first"
+            await asyncio.sleep(3600)
+            yield b"never"
+        finally:
+            ended.set()
+
+    stream = guarded(follower(), holds, recheck_s=60, keepalive_s=60, stopping=stopping)
+    assert await anext(stream) == b"first"
+    reader = asyncio.ensure_future(anext(stream))
+    await asyncio.sleep(0.1)
+    assert not reader.done()
+    stopping.set()
+    async with asyncio.timeout(1):
+        try:
+            await reader
+        except StopAsyncIteration:
+            pass
+        else:
+            raise AssertionError("a chunk came after the server began to stop")
+    assert ended.is_set()
+
+
+async def test_a_stream_opened_while_the_server_stops_ends_before_its_first_chunk() -> None:
+    stopping = asyncio.Event()
+    stopping.set()
+    got = [c async for c in guarded(quiet_then([b"a"], quiet_s=0), holds, stopping=stopping)]
+    assert got == []

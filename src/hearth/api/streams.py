@@ -5,6 +5,11 @@ revoked key stops authenticating at once, its open streams included), and it car
 comment line every ``KEEPALIVE_S`` while nothing else comes, so a proxy that cuts idle
 connections leaves a quiet command's stream alone, and a client can tell a dead connection
 from a quiet one (the SDK's read timeout is a few of these).
+
+It also ends once the server stops (``stop_streams``): a stream follows something that need not
+end (the event log, a long command), and a stopping server waits for its connections, so an open
+stream would hold it forever. A stream that ends before its last event is a break to a client
+(the SDK resumes it after ``Last-Event-ID``), never the end of what it follows.
 """
 
 from __future__ import annotations
@@ -13,8 +18,11 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 from fastapi.responses import StreamingResponse
+from starlette.applications import Starlette
+from starlette.types import Receive, Scope, Send
 
 from hearth.store import ApiKeyRecord, Store
 
@@ -27,6 +35,24 @@ KEY_RECHECK_S = 1.0
 # event carrying the last id, which their callers then fail to parse.
 KEEPALIVE_S = 15.0
 KEEPALIVE = b": keepalive\n"
+# Where an app keeps the signal that ends its streams.
+_STOPPING = "streams_stopping"
+
+
+def streams_stopping(app: Starlette) -> asyncio.Event:
+    """The signal that ends every stream ``app`` serves, set by ``stop_streams`` (the app's
+    one, made on first use)."""
+    stopping: asyncio.Event | None = getattr(app.state, _STOPPING, None)
+    if stopping is None:
+        stopping = asyncio.Event()
+        setattr(app.state, _STOPPING, stopping)
+    return stopping
+
+
+def stop_streams(app: Starlette) -> None:
+    """End every stream ``app`` serves, open or opened from now on: its server is stopping, and
+    waits for its connections before the app's lifespan may end."""
+    streams_stopping(app).set()
 
 
 def event_stream(
@@ -37,18 +63,43 @@ def event_stream(
     each_chunk: bool = False,
     headers: dict[str, str] | None = None,
 ) -> StreamingResponse:
-    """The response streaming ``chunks`` (SSE bytes) while ``key`` holds, with keepalives; the
-    key is looked at every ``KEY_RECHECK_S``, quiet or not, and before every chunk when
-    ``each_chunk``."""
+    """The response streaming ``chunks`` (SSE bytes) while ``key`` holds and the server runs,
+    with keepalives; the key is looked at every ``KEY_RECHECK_S``, quiet or not, and before
+    every chunk when ``each_chunk``."""
 
     async def key_holds() -> bool:
         return not (await store.api_keys.get(key.id)).is_revoked
 
-    return StreamingResponse(
-        guarded(chunks, key_holds, each_chunk=each_chunk),
-        media_type=EVENT_STREAM,
-        headers={**STREAM_HEADERS, **(headers or {})},
+    return _GuardedStream(
+        chunks, key_holds, each_chunk=each_chunk, headers={**STREAM_HEADERS, **(headers or {})}
     )
+
+
+class _GuardedStream(StreamingResponse):
+    """``guarded(chunks, …)`` as an event stream; the app whose stopping also ends it is known
+    only once the response is sent."""
+
+    def __init__(
+        self,
+        chunks: AsyncIterator[bytes],
+        key_holds: Callable[[], Awaitable[bool]],
+        *,
+        each_chunk: bool,
+        headers: dict[str, str],
+    ) -> None:
+        super().__init__(chunks, media_type=EVENT_STREAM, headers=headers)
+        self._chunks = chunks
+        self._key_holds = key_holds
+        self._each_chunk = each_chunk
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self.body_iterator = guarded(
+            self._chunks,
+            self._key_holds,
+            each_chunk=self._each_chunk,
+            stopping=streams_stopping(scope["app"]),
+        )
+        await super().__call__(scope, receive, send)
 
 
 async def guarded(
@@ -58,21 +109,31 @@ async def guarded(
     each_chunk: bool = False,
     recheck_s: float | None = None,
     keepalive_s: float | None = None,
+    stopping: asyncio.Event | None = None,
 ) -> AsyncIterator[bytes]:
     """``chunks``, with ``KEEPALIVE`` after each ``keepalive_s`` (default ``KEEPALIVE_S``) that
     brought none, ended once ``key_holds()`` is false: asked every ``recheck_s`` (default
-    ``KEY_RECHECK_S``) whether chunks come or not, and before every chunk when ``each_chunk``."""
+    ``KEY_RECHECK_S``) whether chunks come or not, and before every chunk when ``each_chunk``;
+    ended at once when ``stopping`` is set (a chunk not yet sent is left to the resume)."""
     recheck_s = KEY_RECHECK_S if recheck_s is None else recheck_s
     keepalive_s = KEEPALIVE_S if keepalive_s is None else keepalive_s
     iterator = aiter(chunks)
     pending: asyncio.Future[bytes] | None = None
+    stopping = asyncio.Event() if stopping is None else stopping
+    stopped = asyncio.ensure_future(stopping.wait())
     looked = quiet_since = time.monotonic()
     try:
-        while True:
+        while not stopping.is_set():
             if pending is None:
                 pending = asyncio.ensure_future(anext(iterator))
             wake_at = min(looked + recheck_s, quiet_since + keepalive_s)
-            done, _ = await asyncio.wait({pending}, timeout=max(0.0, wake_at - time.monotonic()))
+            timeout = max(0.0, wake_at - time.monotonic())
+            waiting: list[asyncio.Future[Any]] = [pending, stopped]
+            done, _ = await asyncio.wait(
+                waiting, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+            if stopping.is_set():
+                return
             if (done and each_chunk) or time.monotonic() - looked >= recheck_s:
                 if not await key_holds():
                     return
@@ -90,6 +151,9 @@ async def guarded(
             yield chunk
             quiet_since = time.monotonic()
     finally:
+        stopped.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await stopped
         if pending is not None and not pending.done():
             pending.cancel()
             with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):

@@ -7,14 +7,18 @@ import contextlib
 import os
 import resource
 import signal
+import socket
 from collections.abc import Iterator
 from pathlib import Path
+from types import FrameType
 from typing import Annotated
 
 import typer
 import uvicorn
+from fastapi import FastAPI
 
 from hearth.api.app import create_app
+from hearth.api.streams import stop_streams
 from hearth.cli.common import console, fail, fail_sdk, load_settings, plain
 from hearth.config import Settings
 from hearth.control.bootstrap import ADMIN_USER, ensure_admin_key, open_store
@@ -30,6 +34,9 @@ from hearth.vm.select import check_vmm
 
 # The most open files ``serve`` asks for (Linux's default ceiling, ``fs.nr_open``).
 _MOST_OPEN_FILES = 1 << 20
+# How long a stopping controller waits for the requests still running (a VM's boot, an upload)
+# before it cancels them and stops; its event streams end at once and do not count.
+GRACEFUL_SHUTDOWN_S = 10
 
 keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
 
@@ -67,10 +74,7 @@ def serve(
             f"(state {settings.state_dir})"
         )
     )
-    config = uvicorn.Config(
-        app, host=settings.host, port=settings.port, log_config=None, access_log=False
-    )
-    asyncio.run(_GracefulServer(config).serve())
+    asyncio.run(ControllerServer(app, host=settings.host, port=settings.port).serve())
 
 
 def raise_open_file_limit() -> None:
@@ -85,8 +89,36 @@ def raise_open_file_limit() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (most, hard))
 
 
-class _GracefulServer(uvicorn.Server):
-    """uvicorn, but SIGTERM/SIGINT end in a clean exit 0 instead of re-raising the signal."""
+class ControllerServer(uvicorn.Server):
+    """uvicorn serving the controller's app. SIGTERM/SIGINT end in a clean exit 0 instead of
+    re-raising the signal. Once it begins to stop, every event stream of the app ends (a client
+    resumes it later, or from another controller), so that it waits only for the requests still
+    running, and those at most ``GRACEFUL_SHUTDOWN_S``; a second signal during that wait ends it
+    at once, and skips the app's teardown (uvicorn's own "force quit")."""
+
+    def __init__(self, app: FastAPI, *, host: str, port: int) -> None:
+        config = uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            log_config=None,
+            access_log=False,
+            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+        )
+        super().__init__(config)
+        self._app = app
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        """The first signal asks to stop; another one (of either kind) forces it."""
+        if self.should_exit:
+            self.force_exit = True
+        super().handle_exit(sig, frame)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        """Stop as uvicorn does, the app's streams ended first: uvicorn then waits for every
+        connection, and a stream that follows the event log never ends by itself."""
+        stop_streams(self._app)
+        await super().shutdown(sockets)
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -194,4 +226,4 @@ def keys_rotate_master(
         fail_sdk("reseal_incomplete", "; ".join(problems))
 
 
-__all__ = ["ADMIN_USER", "keys_app", "serve"]
+__all__ = ["ADMIN_USER", "GRACEFUL_SHUTDOWN_S", "ControllerServer", "keys_app", "serve"]
