@@ -27,7 +27,7 @@ from hearth.sdk import (
     VmInfo,
     VmStatus,
 )
-from hearth.sdk._config import Deadline
+from hearth.sdk._config import DEFAULT_RESUME, Deadline
 from hearth.sdk._errors import WaitTimeout
 
 URL = "http://hearth.test"
@@ -323,3 +323,9 @@ def test_a_deadline_pauses_at_most_its_interval_then_times_out() -> None:
     now[0] = 1.0
     with pytest.raises(WaitTimeout, match="thing"):
         deadline.next_pause_s()
+
+
+def test_the_default_resume_policy_outlasts_a_controller_restart() -> None:
+    # A stopping controller ends its streams at once; its successor needs some seconds to listen.
+    waited = sum(DEFAULT_RESUME.delay_s(n) for n in range(1, DEFAULT_RESUME.max_resumes + 1))
+    assert 15.0 <= waited <= 30.0
