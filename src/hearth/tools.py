@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from collections.abc import Mapping, Sequence
@@ -10,6 +11,11 @@ from pathlib import Path
 from hearth.errors import BuildFailed, HearthError, ToolMissing
 
 _TAIL_LINES = 15
+# What ``tail_of_file`` reads at most: a log a guest writes (its serial console) may be huge.
+TAIL_READ_BYTES = 64 * 1024
+# The controller's own settings, its keys and database URL among them, which no program it runs
+# is given.
+_CONTROLLER_PREFIX = "HEARTH_"
 
 # Which Debian package provides each host program, so a missing one is named with its fix.
 _PACKAGE_OF = {
@@ -44,6 +50,25 @@ def tail(text: str, lines: int = _TAIL_LINES) -> str:
     return "\n".join(text.strip().splitlines()[-lines:])
 
 
+def tail_of_file(path: Path, lines: int = _TAIL_LINES, *, max_bytes: int = TAIL_READ_BYTES) -> str:
+    """The last ``lines`` of the file at ``path``, from its last ``max_bytes`` only (the line
+    cut there is dropped), so a log of any size costs one bounded read; OSError as ``open``."""
+    with path.open("rb") as file:
+        size = file.seek(0, os.SEEK_END)
+        start = max(0, size - max_bytes)
+        file.seek(start)
+        data = file.read(max_bytes)
+    if start:
+        data = data[data.find(b"\n") + 1 :]
+    return tail(data.decode(errors="replace"), lines)
+
+
+def tool_env() -> dict[str, str]:
+    """The environment host programs run with: the controller's without its ``HEARTH_``
+    settings (a build's proxy and npm settings pass, the master key does not)."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(_CONTROLLER_PREFIX)}
+
+
 def run_tool(
     args: Sequence[str | Path],
     *,
@@ -64,7 +89,7 @@ def run_tool(
             capture_output=True,
             timeout=timeout,
             cwd=cwd,
-            env=dict(env) if env is not None else None,
+            env=dict(env) if env is not None else tool_env(),
             input=input_bytes,
             check=False,
         )

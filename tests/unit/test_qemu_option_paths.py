@@ -1,6 +1,6 @@
 """Host paths in QEMU's comma-separated option strings: a comma in one (a state dir or image
 path) is doubled, as QEMU's option syntax escapes it, so the path comes back whole; options that
-take a path literally (``-serial file:``, ``-incoming unix:``) keep it as it is.
+take a path literally (``-incoming unix:``) keep it as it is.
 
 Each option string here is split the way QEMU splits ``-drive``, ``-blockdev``, ``-object`` and
 ``-qmp unix:`` (checked against QEMU 7.2 by hand: ``a,,b`` opens ``a,b``; ``a,b`` is a parse
@@ -90,8 +90,9 @@ def test_a_vm_under_a_dir_with_a_comma_gets_its_paths_whole(tmp_path: Path) -> N
         "server": "on",
         "wait": "off",
     }
+    [console] = after(argv, "-chardev")
+    assert qemu_options(console, implied="backend")["path"] == str(paths.console)
     # These take the rest of the argument as the path: nothing to escape.
-    assert after(argv, "-serial") == [f"file:{paths.console}"]
     assert after(argv, "-incoming") == [f"unix:{paths.migration}"]
     assert after(argv, "-kernel") == [str(tmp_path / "image,z" / "vmlinuz")]
 

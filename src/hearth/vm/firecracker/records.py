@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hearth.tools import tail
+from hearth.tools import tail_of_file
 from hearth.vm.firecracker.disks import CowDisk
 from hearth.vm.firecracker.network import FirecrackerNetwork
 from hearth.vm.firecracker.process import API_SOCKET
@@ -50,11 +50,11 @@ class VmFiles:
         """The console's last lines, plus stderr and Firecracker's log when they said anything."""
         text = ""
         with contextlib.suppress(OSError):
-            text = tail(self.console.read_text(errors="replace"), lines)
+            text = tail_of_file(self.console, lines)  # a guest can make it any size
         record = VmRecord.read(self)
         for path in [self.stderr] + ([Path(record.root) / LOG_FILE] if record else []):
             with contextlib.suppress(OSError):
-                said = tail(path.read_text(errors="replace"), 5)
+                said = tail_of_file(path, 5)
                 if said:
                     text += f"\n[{path.name}] {said}"
         return text

@@ -27,11 +27,11 @@ from hearth.vm.qemu.command import VmPaths, qemu_argv
 from hearth.vm.qemu.disk_keys import DiskKey, key_pipe
 from hearth.vm.qemu.disks import Overlays
 from hearth.vm.qemu.hibernation import DiskLayer
-from hearth.vm.qemu.host import console_text, host_leftovers, reap_leftovers, running_vms
+from hearth.vm.qemu.host import console_text, host_leftovers, qemu_runs, reap_leftovers, running_vms
 from hearth.vm.qemu.incoming import finish_restore, run_incoming
 from hearth.vm.qemu.monitor import Monitor
 from hearth.vm.qemu.network import QemuNetworks
-from hearth.vm.qemu.process import is_our_process, spawn_qemu, stop_adopted
+from hearth.vm.qemu.process import spawn_qemu, stop_adopted
 from hearth.vm.qemu.records import read_record, recorded_layers, vm_from_record, write_record
 from hearth.vm.qemu.templates import Template, TemplateStore, build_vm_id, template_key
 from hearth.vm.readiness import COLD_BOOT_DEADLINE_S, RESTORE_DEADLINE_S, Deadline
@@ -102,8 +102,8 @@ class QemuBackend(BackendLifecycle[Template]):
         return vm_id
 
     def alive(self, vm: Vm) -> bool:
-        """True while the VM's QEMU process runs."""
-        return bool(vm.pid and vm.workdir and is_our_process(vm.pid, vm.workdir))
+        """True while the VM's QEMU process runs (its console log is kept capped meanwhile)."""
+        return bool(vm.pid and vm.workdir and qemu_runs(vm.pid, self._paths(vm.id, vm.workdir)))
 
     def _found_vm(self, workdir: Path) -> Vm | None:
         return vm_from_record(workdir, backend=self.name)

@@ -19,6 +19,13 @@ AGENT_PORT = 8080
 GUEST_MAC = "52:54:00:48:45:01"
 # Only the kernel's own command line: clones must boot with what their template booted with.
 KERNEL_APPEND = "console=ttyS0 root=/dev/vda rw panic=-1 loglevel=4"
+CONSOLE_CHARDEV = "console"
+
+
+def console_chardev(console: Path) -> str:
+    """The ``-chardev`` of the serial console: a file QEMU appends to (``append=on``), so the
+    host may cut it short under QEMU (``host.cut_console``) and QEMU writes on at its new end."""
+    return f"file,id={CONSOLE_CHARDEV},path={option_value(console)},append=on"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -130,7 +137,8 @@ def qemu_argv(
         "-name",
         f"hearth-{vm_id}",
         "-machine",
-        "pc",
+        # A core dump of QEMU would hold the guest's memory (its tokens, credentials) in clear.
+        "pc,dump-guest-core=off",
         "-accel",
         accel_opt,
         "-cpu",
@@ -159,8 +167,10 @@ def qemu_argv(
         f"virtio-net-pci,netdev=net0,mac={GUEST_MAC}",
         "-device",
         "virtio-rng-pci",
+        "-chardev",
+        console_chardev(paths.console),
         "-serial",
-        f"file:{paths.console}",
+        f"chardev:{CONSOLE_CHARDEV}",
         "-qmp",
         f"unix:{option_value(paths.qmp)},server=on,wait=off",
         "-pidfile",

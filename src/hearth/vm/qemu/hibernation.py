@@ -118,9 +118,10 @@ async def save(
 ) -> int:
     """Migrate the (stopped) VM behind ``monitor`` into ``target``, sealed under ``key``, through
     a unix socket this process listens on; the bytes of state saved. SnapshotError (and no
-    file) when QEMU fails or the deadline passes."""
+    file) when that socket cannot be bound, QEMU fails or the deadline passes."""
     socket.unlink(missing_ok=True)
     writer = StateWriter(target, key)
+    server: asyncio.Server | None = None
     received = asyncio.Event()
     failures: list[BaseException] = []
 
@@ -134,8 +135,11 @@ async def save(
             peer.close()
             received.set()
 
-    server = await asyncio.start_unix_server(receive, path=str(socket))
     try:
+        try:  # in the try: a socket that cannot be bound leaves no partial file, no open handle
+            server = await asyncio.start_unix_server(receive, path=str(socket))
+        except OSError as exc:
+            raise SnapshotError(f"cannot listen on {socket}: {exc.strerror or exc}") from exc
         os.chmod(socket, 0o600)
         deadline = Deadline.after(deadline_s)
         await monitor.execute("migrate-set-parameters", {"max-bandwidth": _UNTHROTTLED})
@@ -149,7 +153,8 @@ async def save(
         writer.abort()
         raise
     finally:
-        server.close()
+        if server is not None:
+            server.close()
         socket.unlink(missing_ok=True)
     return writer.plain_bytes
 

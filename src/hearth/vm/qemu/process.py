@@ -4,33 +4,62 @@ is not our child."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
+import os
+import resource
 from pathlib import Path
 
 from hearth.vm import host
 from hearth_agent.processes import live_args
+
+# All of the controller's environment QEMU gets, and with it what QEMU runs (``exec:cat`` of a
+# migration, a guest forward's socat): enough to find programs and speak the locale, none of the
+# controller's keys (``HEARTH_MASTER_KEY``, …) for a guest that breaks into QEMU to read.
+_QEMU_ENV = ("PATH", "LANG", "LC_ALL", "TMPDIR")
+
+
+def qemu_env() -> dict[str, str]:
+    """The environment QEMU is started with: ``_QEMU_ENV`` from the controller's, if set (PATH
+    always)."""
+    env = {name: os.environ[name] for name in _QEMU_ENV if os.environ.get(name)}
+    env.setdefault("PATH", os.defpath)
+    return env
 
 
 async def spawn_qemu(
     argv: list[str], *, stderr: Path, pass_fds: tuple[int, ...] = ()
 ) -> asyncio.subprocess.Process:
     """Start QEMU in a session of its own (a signal to the controller's group does not reach
-    it), stdio closed but stderr, which goes to ``stderr``."""
+    it), stdio closed but stderr, which goes to ``stderr``, with ``qemu_env`` and no core dump
+    (one would hold guest memory: tokens, credentials)."""
     with stderr.open("wb") as err:
-        return await asyncio.create_subprocess_exec(
+        proc = await asyncio.create_subprocess_exec(
             *argv,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=err,
             start_new_session=True,
             pass_fds=pass_fds,
+            env=qemu_env(),
         )
+    # From here (no preexec_fn: unsafe in a process with threads). QEMU is still starting; its
+    # guest's memory fills later, and ``-machine dump-guest-core=off`` keeps it out anyway.
+    with contextlib.suppress(ProcessLookupError):  # it ended already: the caller sees that
+        resource.prlimit(proc.pid, resource.RLIMIT_CORE, (0, 0))
+    return proc
 
 
 def is_our_process(pid: int, workdir: Path) -> bool:
     """True when ``pid`` is alive and is the QEMU running from ``workdir`` (not a reused PID,
     nor another program naming the directory, such as a ``tail`` of its console)."""
-    return _qemu_naming(live_args(pid), workdir)
+    return qemu_args(pid, workdir) is not None
+
+
+def qemu_args(pid: int, workdir: Path) -> list[str] | None:
+    """The command line of ``pid`` while it is the QEMU running from ``workdir``; else None."""
+    args = live_args(pid)
+    return args if _qemu_naming(args, workdir) else None
 
 
 def qemu_pids_running_from(directory: Path) -> list[int]:
