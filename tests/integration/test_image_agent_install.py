@@ -13,12 +13,13 @@ import pytest
 
 from hearth.errors import ImageNoSpace, ImageReadOnly, NoBackup, NotAnImage
 from hearth.images.agent_install import (
+    edit_image,
     install_agent,
     list_backups,
     rollback_image,
     verify_image,
 )
-from hearth.images.ext4 import Ext4Image
+from hearth.images.ext4 import Ext4Image, WriteFile
 from hearth.images.layout import (
     AGENT_MANIFEST,
     AGENT_PACKAGE_DIR,
@@ -145,6 +146,23 @@ def test_upgrade_keeps_backup_and_rollback_restores_it_idempotently(tmp_path: Pa
     assert verify_image(image).ok
     rollback_image(image)
     assert sha256(image) == old_digest
+
+
+def test_each_edit_keeps_only_the_newest_backups_and_rollback_still_restores_the_last(
+    tmp_path: Path,
+) -> None:
+    image = make_image(tmp_path)
+    digests = []
+    for release in range(5):
+        digests.append(sha256(image))
+        edit_image(image, [WriteFile(f"/etc/release-{release}", f"{release}\n".encode())])
+    backups = list_backups(image)
+    assert [sha256(b) for b in backups] == digests[-2:]  # the newest two
+    assert sorted(p.name for p in backups[0].parent.iterdir()) == [b.name for b in backups]
+
+    assert rollback_image(image) == backups[-1]
+    assert sha256(image) == digests[-1]
+    assert list_backups(image) == backups
 
 
 def test_rollback_without_backup_is_a_clear_error(tmp_path: Path) -> None:

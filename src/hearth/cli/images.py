@@ -116,6 +116,7 @@ def image_verify(image: Path) -> None:
 
 @image_app.command("rollback")
 def image_rollback(image: Path) -> None:
-    """Restore the image's latest backup (made by install-agent)."""
+    """Restore the image's latest backup (install-agent, trust-ca and agent rollouts each keep
+    one in IMAGE.backups/; the newest 2 are kept)."""
     used = _on_image(rollback_image, image)
     console.print(plain(f"restored {image} from {used} ({len(list_backups(image))} backups kept)"))

@@ -1,7 +1,8 @@
 """install-agent, verify and rollback on golden images: never mounted, never changed in place.
 
 Every change is made on a sparse copy next to the image, checked (e2fsck + verify), and only then
-renamed over the image; the previous image is kept as a hard link in ``<image>.backups/``. A failure
+renamed over the image; the previous image is kept as a hard link in ``<image>.backups/``, where
+the newest ``KEEP_BACKUPS`` are kept (each is a whole image: ~1 GB for a Browser image). A failure
 at any step leaves the original image byte-for-byte untouched.
 """
 
@@ -27,9 +28,16 @@ from hearth.images.layout import (
     build_payload,
     payload_edits,
 )
+from hearth.logging import get_logger
 from hearth.tools import run_tool
 
+_log = get_logger("images.agent_install")
+
 _SPACE_MARGIN = 64 * 1024 * 1024
+# Backups kept per image: rollback restores the newest, and one more is left to go back to
+# should the newest be the broken one (every edit of the image adds one: install-agent,
+# trust-ca, an agent rollout).
+KEEP_BACKUPS = 2
 
 
 @dataclass(frozen=True)
@@ -144,7 +152,19 @@ def _swap_in(image: Path, candidate: Path, *, keep_backup: bool) -> Path | None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+    if keep_backup:
+        _prune_backups(image)
     return backup
+
+
+def _prune_backups(image: Path) -> None:
+    """Remove all but the newest ``KEEP_BACKUPS`` backups of ``image``. The image is already
+    swapped in, so a backup that cannot be removed is logged, not raised."""
+    for old in list_backups(image)[:-KEEP_BACKUPS]:
+        try:
+            old.unlink(missing_ok=True)
+        except OSError as exc:
+            _log.warning("image_backup_not_pruned", backup=str(old), error=str(exc))
 
 
 def edit_image(

@@ -8,6 +8,10 @@ staging dir is renamed into place only once complete, so a half-built template i
 A new template of an origin (image + size) replaces the older ones of that origin, except one
 a VM is being restored from (``in_use``: a shared fcntl lock on ``.<key>.use`` from before the
 VMM opens its files until the VM is up): its removal waits for the next template of its origin.
+Each new template also removes the ``.lock`` and ``.use`` files of keys that have no template (nor
+build) left, so they do not pile up with every rebuild. Such a file is only removed by whoever
+holds its lock exclusively, and a lock taken on a file no longer at its path is taken again on the
+file there now (``_hold``), so two processes never hold "the" lock on two files of one name.
 Each backend subclasses ``SnapshotTemplate`` to name its files and ``SnapshotTemplateStore`` to
 pick it.
 """
@@ -18,6 +22,8 @@ import asyncio
 import fcntl
 import hashlib
 import json
+import os
+import re
 import shutil
 import tempfile
 import time
@@ -25,7 +31,7 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Generic, TypeVar, overload
+from typing import IO, Any, Generic, TypeVar, overload
 
 from hearth.errors import SnapshotError
 from hearth.logging import get_logger
@@ -35,6 +41,7 @@ _log = get_logger("vm.templates")
 # Builds a template into the given staging dir: boot, wait healthy, save its files there;
 # returns extra metadata for template.json, or None.
 TemplateBuilder = Callable[[Path], Awaitable[Mapping[str, Any] | None]]
+_KEY = re.compile(r"[0-9a-f]+")  # what ``template_key_of`` makes (tests use short ones)
 
 
 class TemplateFile:
@@ -94,6 +101,45 @@ def template_key_of(material: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:20]
 
 
+def _is_at(file: IO[str], path: Path) -> bool:
+    """Whether the open ``file`` is still the file at ``path`` (not removed nor replaced)."""
+    try:
+        return os.path.samestat(os.fstat(file.fileno()), os.stat(path))
+    except FileNotFoundError:
+        return False
+
+
+def _hold(path: Path, operation: int) -> IO[str] | None:
+    """Open ``path`` (made if missing) and ``flock`` it with ``operation``: the open file
+    (closing it lets go), or None when ``LOCK_NB`` is in ``operation`` and the lock is taken.
+
+    A waiter may end up holding a file its holder removed meanwhile (``_remove_held``): that
+    lock guards nothing any more, so it is let go and the file now at ``path`` is locked."""
+    while True:
+        file = path.open("a")
+        try:
+            fcntl.flock(file, operation)
+        except BlockingIOError:
+            file.close()
+            return None
+        except BaseException:
+            file.close()
+            raise
+        if _is_at(file, path):
+            return file
+        file.close()
+
+
+def _remove_held(path: Path) -> bool:
+    """Remove the lock file at ``path`` if nobody holds its lock; whether it is gone."""
+    file = _hold(path, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    if file is None:
+        return False
+    with file:
+        path.unlink(missing_ok=True)  # while held: a waiter on it then locks a new file
+    return True
+
+
 class SnapshotTemplateStore(Generic[TemplateT]):
     """Templates on disk under one root, built at most once per key (across processes too)."""
 
@@ -126,15 +172,19 @@ class SnapshotTemplateStore(Generic[TemplateT]):
             if found:
                 return found, False
             self.root.mkdir(parents=True, exist_ok=True)
-            with self._lock_path(key).open("w") as lock_file:
-                await asyncio.to_thread(fcntl.flock, lock_file, fcntl.LOCK_EX)
-                try:
-                    found = self.lookup(key)
-                    if found:
-                        return found, False
-                    return await self._build(key, origin=origin, build=build), True
-                finally:
-                    fcntl.flock(lock_file, fcntl.LOCK_UN)
+            lock_path = self._lock_path(key)
+            while True:
+                with lock_path.open("a") as lock_file:
+                    await asyncio.to_thread(fcntl.flock, lock_file, fcntl.LOCK_EX)
+                    if not _is_at(lock_file, lock_path):
+                        continue  # removed while we waited (see ``_hold``): lock the new one
+                    try:
+                        found = self.lookup(key)
+                        if found:
+                            return found, False
+                        return await self._build(key, origin=origin, build=build), True
+                    finally:
+                        fcntl.flock(lock_file, fcntl.LOCK_UN)
 
     def abandoned_builds(self) -> list[Path]:
         """Staging dirs of template builds that nobody is running (their builder died)."""
@@ -154,31 +204,23 @@ class SnapshotTemplateStore(Generic[TemplateT]):
             if not staging.is_dir():
                 continue
             key = staging.name[1:].rsplit("-", 1)[0]
-            with self._lock_path(key).open("w") as lock_file:
-                try:
-                    fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    found.append((staging, True))
-                    continue
-                fcntl.flock(lock_file, fcntl.LOCK_UN)
-            found.append((staging, False))
+            lock_file = _hold(self._lock_path(key), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if lock_file is not None:
+                lock_file.close()
+            found.append((staging, lock_file is None))
         return found
 
     @contextmanager
     def in_use(self, template: TemplateT) -> Iterator[None]:
         """Keep ``template`` from being pruned while a VM is restored from it (across processes
         too); SnapshotError when it is gone or going already (the caller boots cold)."""
-        with self._use_path(template.key).open("a") as use:
-            try:
-                fcntl.flock(use, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise SnapshotError(f"template {template.key} is being removed") from None
-            try:
-                if not template.is_complete():
-                    raise SnapshotError(f"template {template.key} was removed before its restore")
-                yield
-            finally:
-                fcntl.flock(use, fcntl.LOCK_UN)
+        use = _hold(self._use_path(template.key), fcntl.LOCK_SH | fcntl.LOCK_NB)
+        if use is None:
+            raise SnapshotError(f"template {template.key} is being removed")
+        with use:
+            if not template.is_complete():
+                raise SnapshotError(f"template {template.key} was removed before its restore")
+            yield
 
     def discard(self, template: TemplateT) -> None:
         """Remove a template (e.g. one that failed to restore) so the next create rebuilds it."""
@@ -226,20 +268,27 @@ class SnapshotTemplateStore(Generic[TemplateT]):
                 continue
             if meta.get("origin") == origin:
                 self._remove_unused(directory)
+        self._remove_lock_files(keep=keep)
 
     def _remove_unused(self, directory: Path) -> None:
         """Remove a template unless a VM is being restored from it. Running clones keep its
         files open (or pinned), so removal only drops the names; a restore still starting
         opens them by name."""
-        with self._use_path(directory.name).open("a") as use:
-            try:
-                fcntl.flock(use, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                _log.info("template_prune_deferred", key=directory.name, reason="restoring")
-                return
-            try:
-                shutil.rmtree(directory, ignore_errors=True)
-            finally:
-                fcntl.flock(use, fcntl.LOCK_UN)
-        self._use_path(directory.name).unlink(missing_ok=True)
+        use = _hold(self._use_path(directory.name), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if use is None:
+            _log.info("template_prune_deferred", key=directory.name, reason="restoring")
+            return
+        with use:
+            shutil.rmtree(directory, ignore_errors=True)
         _log.info("template_pruned", key=directory.name)
+
+    def _remove_lock_files(self, *, keep: str) -> None:
+        """Remove the ``.lock`` and ``.use`` files of keys with neither a template dir nor a
+        staging dir (pruned, discarded, or whose build failed), unless someone holds them."""
+        for path in [*self.root.glob(".*.lock"), *self.root.glob(".*.use")]:
+            key = path.name[1:].rsplit(".", 1)[0]
+            if not _KEY.fullmatch(key) or key == keep:
+                continue  # not a template's (keys are hex digests), or the one just built
+            if (self.root / key).exists() or any(self.root.glob(f".{key}-*")):
+                continue
+            _remove_held(path)

@@ -70,7 +70,11 @@ class Overlays:
     prototype per backing (overlays) or per size (volumes).
 
     A prototype is made by qemu-img under a throwaway key that is dropped at once, so it
-    unlocks nothing; it lives in memory only, and the first disk of its kind pays for it.
+    unlocks nothing; it lives in memory only, and the first disk of its kind pays for it. An
+    overlay prototype (≈ 2.3 MB) is kept while its backing file is there and the same: each
+    rollout replaces the image and each template rebuild prunes the older template, so the
+    next ``prepare`` forgets the prototypes of those (nothing can be layered on them any more;
+    a create already holding one keeps its bytes).
     """
 
     def __init__(self) -> None:
@@ -79,8 +83,9 @@ class Overlays:
         self._guard = threading.Lock()
 
     def made(self) -> list[str]:
-        """The kinds of the prototypes made so far (``overlay``, ``volume``), one per each."""
-        return [str(ident[0]) for ident in self._prototypes]
+        """The kinds of the prototypes kept now (``overlay``, ``volume``), one per each."""
+        with self._guard:
+            return [str(ident[0]) for ident in self._prototypes]
 
     def create(
         self, backing: Path, overlay: Path, *, backing_format: str, key: DiskKey | None
@@ -96,6 +101,7 @@ class Overlays:
         """The prototype of overlays on ``backing``, made (in ``scratch``) if there is none."""
         st = backing.stat()
         ident = ("overlay", str(backing.resolve()), backing_format, st.st_ino, st.st_mtime_ns)
+        self._forget_stale_overlays()
         return self._prototype(
             ident,
             lambda path: create_overlay(
@@ -117,18 +123,41 @@ class Overlays:
             scratch=scratch,
         )
 
+    def _forget_stale_overlays(self) -> None:
+        """Drop the overlay prototypes whose backing file is gone or was replaced since."""
+        with self._guard:
+            overlays = [ident for ident in self._prototypes if ident[0] == "overlay"]
+        stale = [ident for ident in overlays if not _same_file(ident)]
+        with self._guard:
+            for ident in stale:
+                self._prototypes.pop(ident, None)
+                self._locks.pop(ident, None)
+
     def _prototype(
         self, ident: tuple[object, ...], make: Callable[[Path], object], *, scratch: Path
     ) -> bytes:
         with self._guard:
             lock = self._locks.setdefault(ident, threading.Lock())
         with lock:
-            found = self._prototypes.get(ident)
+            with self._guard:
+                found = self._prototypes.get(ident)
             if found is None:
                 # A name of its own: prototypes of other kinds may be made beside it at once.
                 path = scratch / f".prototype-{secrets.token_hex(6)}.qcow2"
-                found = self._prototypes[ident] = _make_prototype(make, path)
+                found = _make_prototype(make, path)
+                with self._guard:
+                    self._prototypes[ident] = found
             return found
+
+
+def _same_file(ident: tuple[object, ...]) -> bool:
+    """Whether the backing an overlay prototype's ``ident`` names is still that very file."""
+    _, path, _, inode, mtime_ns = ident
+    try:
+        st = os.stat(str(path))
+    except OSError:
+        return False
+    return (st.st_ino, st.st_mtime_ns) == (inode, mtime_ns)
 
 
 def _write_rekeyed(prototype: bytes, path: Path, key: DiskKey) -> None:
