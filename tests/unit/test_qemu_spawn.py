@@ -1,4 +1,5 @@
-"""What a QEMU the node starts inherits: none of the controller's secrets, and no core dump.
+"""What a VMM the node starts (QEMU, Firecracker) inherits: none of the controller's secrets,
+and no core dump.
 
 QEMU runs the guest (and, for it, ``exec:cat`` of a migration and a guest forward's socat): its
 environment holds nothing but PATH and the locale, and it may not dump core, nor would a dump
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from hearth.tools import run_tool
+from hearth.vm.firecracker.process import FirecrackerProcess, VmRoot
 from hearth.vm.qemu.command import VmPaths
 from hearth.vm.qemu.process import spawn_qemu
 from tests.unit.test_qemu_console_log import argv_of
@@ -44,14 +46,19 @@ def controller_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         resource.setrlimit(resource.RLIMIT_CORE, (soft, hard))
 
 
+def environment_and_core_limit(pid: int) -> tuple[list[str], tuple[int, int]]:
+    """The names in ``pid``'s environment, and its core limit."""
+    environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    names = sorted(entry.split(b"=")[0].decode() for entry in environ if entry)
+    return names, resource.prlimit(pid, resource.RLIMIT_CORE)
+
+
 async def test_qemu_inherits_no_secret_and_may_not_dump_core(
     controller_env: None, tmp_path: Path
 ) -> None:
     proc = await spawn_qemu(["/bin/sleep", "30"], stderr=tmp_path / "qemu.stderr")
     try:
-        environ = Path(f"/proc/{proc.pid}/environ").read_bytes().split(b"\0")
-        names = sorted(entry.split(b"=")[0].decode() for entry in environ if entry)
-        core = resource.prlimit(proc.pid, resource.RLIMIT_CORE)
+        names, core = environment_and_core_limit(proc.pid)
     finally:
         proc.kill()
         await proc.wait()
@@ -59,6 +66,27 @@ async def test_qemu_inherits_no_secret_and_may_not_dump_core(
     assert not [name for name in names if name.startswith("HEARTH_")]
     assert "SOME_PROXY_SETTING" not in names
     assert "PATH" in names
+    assert core == (0, 0)
+
+
+async def test_firecracker_inherits_no_secret_and_may_not_dump_core(
+    controller_env: None, tmp_path: Path
+) -> None:
+    started = await FirecrackerProcess.start(
+        ["/bin/sleep", "30"],
+        vm_id="vm-1",
+        root=VmRoot(tmp_path),
+        console=tmp_path / "console.log",
+        stderr=tmp_path / "stderr.log",
+    )
+    try:
+        names, core = environment_and_core_limit(started.pid)
+    finally:
+        started.proc.kill()
+        await started.proc.wait()
+
+    assert not [name for name in names if name.startswith("HEARTH_")]
+    assert "SOME_PROXY_SETTING" not in names
     assert core == (0, 0)
 
 

@@ -1,11 +1,12 @@
 """Host-side facts and chores every VM backend shares: ids, loopback ports, disk use, and the
-identity and stopping of the VMM processes it started."""
+environment, identity and stopping of the VMM processes it started."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import os
+import resource
 import signal
 import socket
 import uuid
@@ -17,6 +18,27 @@ from hearth.vm.readiness import Deadline
 STOP_GRACE_S = 3.0
 # Where controllers before the sealed token (store migration 0009) kept it, in clear.
 LEGACY_TOKEN_FILE = "agent.token"  # noqa: S105 (a file name)
+# All of the controller's environment a VMM gets, and with it what the VMM runs (QEMU's
+# ``exec:cat`` of a migration, a guest forward's socat): enough to find programs and speak the
+# locale, none of the controller's keys (``HEARTH_MASTER_KEY``, …) for a guest that breaks into
+# its VMM to read.
+_VMM_ENV = ("PATH", "LANG", "LC_ALL", "TMPDIR")
+
+
+def vmm_env() -> dict[str, str]:
+    """The environment a VMM is started with: ``_VMM_ENV`` from the controller's, if set (PATH
+    always)."""
+    env = {name: os.environ[name] for name in _VMM_ENV if os.environ.get(name)}
+    env.setdefault("PATH", os.defpath)
+    return env
+
+
+def forbid_core_dumps(pid: int) -> None:
+    """Let the VMM ``pid``, just started, dump no core: one would hold guest memory (tokens,
+    credentials). Set from outside (no preexec_fn: unsafe in a process with threads) while the
+    VMM still starts, before its guest's memory fills; nothing if it has ended already."""
+    with contextlib.suppress(ProcessLookupError):
+        resource.prlimit(pid, resource.RLIMIT_CORE, (0, 0))
 
 
 def new_vm_id() -> str:

@@ -23,7 +23,7 @@ from hearth.errors import InvalidInput, ToolMissing, VmError, VmProcessExited
 from hearth.tools import require_tool, tail
 from hearth.vm import host
 from hearth.vm.firecracker.client import reachable_socket_path
-from hearth.vm.host import STOP_GRACE_S, stop_child
+from hearth.vm.host import STOP_GRACE_S, forbid_core_dumps, stop_child, vmm_env
 from hearth.vm.readiness import Backoff, Deadline
 from hearth_agent.processes import live_args
 
@@ -167,7 +167,8 @@ class FirecrackerProcess:
     async def start(
         cls, argv: list[str], *, vm_id: str, root: VmRoot, console: Path, stderr: Path
     ) -> FirecrackerProcess:
-        """Start ``argv`` in ``root`` with the serial console (stdout) going to ``console``."""
+        """Start ``argv`` in ``root`` with the serial console (stdout) going to ``console``,
+        none of the controller's settings in its environment and no core dump."""
         try:
             with console.open("ab") as out, stderr.open("ab") as err:
                 proc = await asyncio.create_subprocess_exec(
@@ -177,11 +178,13 @@ class FirecrackerProcess:
                     stdout=out,
                     stderr=err,
                     start_new_session=True,
+                    env=vmm_env(),
                 )
         except OSError as exc:
             raise VmError(
                 f"VM {vm_id}: could not start {Path(argv[0]).name}: {exc.strerror}"
             ) from exc
+        forbid_core_dumps(proc.pid)
         return cls(vm_id=vm_id, proc=proc, root=root, console=console, stderr=stderr)
 
     @property

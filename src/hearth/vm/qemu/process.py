@@ -4,34 +4,18 @@ is not our child."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
-import os
-import resource
 from pathlib import Path
 
 from hearth.vm import host
 from hearth_agent.processes import live_args
-
-# All of the controller's environment QEMU gets, and with it what QEMU runs (``exec:cat`` of a
-# migration, a guest forward's socat): enough to find programs and speak the locale, none of the
-# controller's keys (``HEARTH_MASTER_KEY``, …) for a guest that breaks into QEMU to read.
-_QEMU_ENV = ("PATH", "LANG", "LC_ALL", "TMPDIR")
-
-
-def qemu_env() -> dict[str, str]:
-    """The environment QEMU is started with: ``_QEMU_ENV`` from the controller's, if set (PATH
-    always)."""
-    env = {name: os.environ[name] for name in _QEMU_ENV if os.environ.get(name)}
-    env.setdefault("PATH", os.defpath)
-    return env
 
 
 async def spawn_qemu(
     argv: list[str], *, stderr: Path, pass_fds: tuple[int, ...] = ()
 ) -> asyncio.subprocess.Process:
     """Start QEMU in a session of its own (a signal to the controller's group does not reach
-    it), stdio closed but stderr, which goes to ``stderr``, with ``qemu_env`` and no core dump
+    it), stdio closed but stderr, which goes to ``stderr``, with ``host.vmm_env`` and no core dump
     (one would hold guest memory: tokens, credentials)."""
     with stderr.open("wb") as err:
         proc = await asyncio.create_subprocess_exec(
@@ -41,12 +25,9 @@ async def spawn_qemu(
             stderr=err,
             start_new_session=True,
             pass_fds=pass_fds,
-            env=qemu_env(),
+            env=host.vmm_env(),
         )
-    # From here (no preexec_fn: unsafe in a process with threads). QEMU is still starting; its
-    # guest's memory fills later, and ``-machine dump-guest-core=off`` keeps it out anyway.
-    with contextlib.suppress(ProcessLookupError):  # it ended already: the caller sees that
-        resource.prlimit(proc.pid, resource.RLIMIT_CORE, (0, 0))
+    host.forbid_core_dumps(proc.pid)  # and ``-machine dump-guest-core=off`` besides
     return proc
 
 
