@@ -11,14 +11,19 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import secrets
+import shutil
 import time
 from pathlib import Path
 
 from hearth.errors import InvalidInput, NotSupported, SavedStateCorrupt, VmError
 from hearth.images.manifest import ImageDir
 from hearth.vm.accel import Accel
-from hearth.vm.host import new_vm_id
+from hearth.vm.host import bytes_on_disk, new_vm_id
 from hearth.vm.types import BootMode, Vm, VmSpec, VmState, VmType, Volume
+
+_DISK = "disk.qcow2"
+_STATE = "state.enc"
+_EMPTY_LAYER_BYTES = 192 * 1024  # as an empty qcow2 overlay
 
 
 class FakeBackend:
@@ -26,7 +31,9 @@ class FakeBackend:
     when set) wait for it; ``fail_next``
     makes the next create (of ``fail_type`` only, when set) fail with that error; ``kill`` ends
     a VM as a dying VMM would; ``can_hibernate`` set False makes it a VMM that cannot hibernate
-    (as Firecracker's backend): its hibernate raises NotSupported."""
+    (as Firecracker's backend): its hibernate raises NotSupported. With ``workdirs`` set, each
+    VM holds files on the host as a real one does: a work dir with a disk layer that ``grow``
+    fills, and while hibernated a saved state of ``state_bytes``."""
 
     name = "fake"
     accel = Accel("tcg", "fake backend for tests")
@@ -57,6 +64,9 @@ class FakeBackend:
         # saved state kept whole (or lost too, with ``lose_failed_save``).
         self.fail_after_save: Exception | None = None
         self.lose_failed_save = False
+        # Set to give each VM a work dir here (its files removed when it is destroyed).
+        self.workdirs: Path | None = None
+        self.state_bytes = 4 * 1024 * 1024
 
     async def prepare(self, image: ImageDir, spec: VmSpec) -> None:
         """Templates are nothing here: record what was asked."""
@@ -92,6 +102,7 @@ class FakeBackend:
             if claim:
                 vm.token = secrets.token_urlsafe(32)
             vm.disk_key = secrets.token_bytes(32)
+            self._make_workdir(vm)
             vm.ready_at = time.time()
             vm.time_to_healthy_s = 0.0
             vm.move_to(VmState.READY)
@@ -149,6 +160,8 @@ class FakeBackend:
             vm.state = was
             raise error
         self.hibernated[vm.id] = (state_key, vm.disk_key)
+        if vm.workdir is not None:
+            (vm.workdir / _STATE).write_bytes(b"s" * self.state_bytes)
         self.running.pop(vm.id)
         if self.fail_after_save is not None:
             error, self.fail_after_save = self.fail_after_save, None
@@ -171,6 +184,8 @@ class FakeBackend:
             raise SavedStateCorrupt(f"VM {vm.id}: the fake's saved state does not open")
         vm.move_to(VmState.BOOTING)
         del self.hibernated[vm.id]
+        if vm.workdir is not None:
+            (vm.workdir / _STATE).unlink(missing_ok=True)  # read back in: the disk moves on
         if self.fail_next_wake is not None:
             error, self.fail_next_wake = self.fail_next_wake, None
             vm.state = VmState.FAILED
@@ -217,6 +232,7 @@ class FakeBackend:
             vm.move_to(VmState.STOPPING)
         self.destroyed.append(vm.id)
         self.running.pop(vm.id, None)
+        self._remove_workdir(vm.id)
         if vm.id in self._exits:
             self._exits[vm.id].set()
         vm.move_to(VmState.DESTROYED)
@@ -237,6 +253,7 @@ class FakeBackend:
                 reaped.append(vm.id)
         for vm_id in [v for v in self.hibernated if v not in keep]:
             del self.hibernated[vm_id]
+            self._remove_workdir(vm_id)
             self.destroyed.append(vm_id)
             reaped.append(vm_id)
         return sorted(reaped)
@@ -255,6 +272,24 @@ class FakeBackend:
             for vm_id in self._exits
             if vm_id not in destroyed
         ]
+
+    def grow(self, vm_id: str, size_bytes: int) -> None:
+        """Write ``size_bytes`` more into the VM's disk layer, as its guest would (``workdirs``)."""
+        assert self.workdirs is not None, "grow needs workdirs"
+        with (self.workdirs / vm_id / _DISK).open("ab") as disk:
+            disk.write(b"d" * size_bytes)
+
+    def _make_workdir(self, vm: Vm) -> None:
+        if self.workdirs is None:
+            return
+        vm.workdir = self.workdirs / vm.id
+        vm.workdir.mkdir(parents=True, exist_ok=True)
+        (vm.workdir / _DISK).write_bytes(b"d" * _EMPTY_LAYER_BYTES)
+        vm.disk_bytes = bytes_on_disk(vm.workdir / _DISK)
+
+    def _remove_workdir(self, vm_id: str) -> None:
+        if self.workdirs is not None:
+            shutil.rmtree(self.workdirs / vm_id, ignore_errors=True)
 
     def _running(self, vm: Vm) -> Vm:
         if not self.alive(vm):

@@ -29,6 +29,7 @@ from hearth.config import Settings
 from hearth.control.agent_tokens import AgentTokens
 from hearth.control.agent_updates import AgentUpdates
 from hearth.control.bootstrap import ensure_admin_key, open_store
+from hearth.control.disk_use import DiskUse
 from hearth.control.execs import ExecService
 from hearth.control.files import FileService
 from hearth.control.heartbeat import Heartbeat
@@ -140,7 +141,7 @@ async def open_hearth(
         node = node or open_node(settings, backend=backend, images=images, metrics=metrics)
         store = await open_store(settings)
         teardown.push("close the store", store.close)
-        lease = await ControllerLease.take(store)
+        lease = await ControllerLease.take(store.engine)
         teardown.push("let the database go", lease.close)
         await ensure_admin_key(store, settings)
         vault = CredentialVault.load(settings.state_dir, master_key=settings.master_key)
@@ -232,6 +233,7 @@ async def open_hearth(
             ("stop pulling credentials back", pullback.run(vms, settings.pullback_interval_s)),
             ("stop ending VMs whose time is up", lifetimes.run()),
             ("stop pruning the event log", events.prune()),
+            ("stop measuring the VMs' disks", DiskUse(store=store, node=node).run()),
         ]:
             teardown.push(name, functools.partial(_cancel, asyncio.create_task(loop)))
         control = ControlPlane(

@@ -16,6 +16,7 @@ from typing import Annotated
 import typer
 import uvicorn
 from fastapi import FastAPI
+from sqlalchemy import make_url
 
 from hearth.api.app import create_app
 from hearth.api.streams import stop_streams
@@ -27,7 +28,7 @@ from hearth.credentials.reseal import ResealReport, reseal_everything
 from hearth.credentials.vault import CredentialVault
 from hearth.errors import ConfigError, HearthError
 from hearth.state_dir_lock import CONTROLLER, StateDirLock
-from hearth.store import Store
+from hearth.store import Store, create_store_engine
 from hearth.store.controller_lease import ControllerLease
 from hearth.store.repositories.users import check_new_user_id
 from hearth.vm.select import check_vmm
@@ -139,12 +140,16 @@ def _with(settings: Settings, state_dir: Path | None) -> Settings:
 
 
 async def _database_is_free(settings: Settings) -> None:
-    """Conflict if another controller holds the database ``settings`` name."""
-    store = await open_store(settings)
+    """Conflict if another controller holds the database ``settings`` name (which is neither
+    made nor migrated here: a serve refused later must leave nothing behind)."""
+    url = settings.database()
+    if url.startswith("sqlite") and not Path(make_url(url).database or "").exists():
+        return  # no controller holds a database not made yet
+    engine = create_store_engine(url)
     try:
-        await (await ControllerLease.take(store)).close()
+        await (await ControllerLease.take(engine)).close()
     finally:
-        await store.close()
+        await engine.dispose()
 
 
 @keys_app.command("create")

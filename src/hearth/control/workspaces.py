@@ -10,8 +10,10 @@ user's repositories. One VM holds it at a time: a second CLI VM of the same user
 attached and wakes with it.
 
 ``DELETE /api/users/{id}/workspace`` removes it (409 while a VM holds it). A user's disk use is
-their workspace's full size plus the disk layers of their active VMs; ``HEARTH_USER_DISK_QUOTA_MIB``
-bounds it (409 at create).
+their workspace's full size plus what their active VMs hold on the node (``DiskUse``: disk
+layers as they have grown, hibernated VMs' saved state), in MiB rounded up;
+``HEARTH_USER_DISK_QUOTA_MIB`` bounds it, with the new VM's own layer, when a CLI VM is created
+(409). It is checked at admission only: a VM that grows past it runs on.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import uuid
 
 from hearth.agent_client import AgentClient
 from hearth.config import Settings
+from hearth.control.disk_use import NEW_VM_LAYER_MIB, DiskUse, mib_rounded_up
 from hearth.control.row_seal import RowSeal
 from hearth.credentials.vault import CredentialVault
 from hearth.errors import Conflict, HearthError, NotFound, NotSupported, QuotaExceeded
@@ -34,7 +37,6 @@ from hearth.vm.types import Vm, VmType, Volume
 
 _log = get_logger("control.workspaces")
 SERIAL = "hearth-workspace"  # its disk's serial when hot-plugged (a virtio serial: ≤ 20 bytes)
-_MIB = 1024 * 1024
 _CLAIM_TRIES = 5  # reads of a workspace that other VMs or a delete keep changing
 
 
@@ -48,6 +50,7 @@ class Workspaces:
         self.quota_mib = settings.user_disk_quota_mib
         self.store = store
         self.node = node
+        self.disk_use = DiskUse(store=store, node=node)
         self._seal = RowSeal(vault, WORKSPACE_KEY_SEAL)
 
     @property
@@ -62,18 +65,21 @@ class Workspaces:
             await self.node.prepare_volumes(self.size_mib)
 
     async def admit(self, user_id: str) -> None:
-        """QuotaExceeded unless ``user_id``'s disk use (their workspace, whether made yet or
-        not, and their active VMs' disk layers) is within the quota."""
+        """QuotaExceeded unless ``user_id``'s disk use with a new VM (their workspace, whether
+        made yet or not, what their active VMs hold on the node, measured now, and the new
+        VM's own layer as it starts) is within the quota."""
         if not self.enabled:
             return
         existing = await self.store.workspaces.get(user_id)
         workspace = existing.size_mib if existing else self.size_mib
-        layers = await self.store.vms.sum_active_disk_bytes(user_id) // _MIB
-        if workspace + layers > self.quota_mib:
+        await self.disk_use.refresh(user_id=user_id)
+        held = mib_rounded_up(await self.store.vms.sum_active_disk_bytes(user_id))
+        total = workspace + held + NEW_VM_LAYER_MIB
+        if total > self.quota_mib:
             raise QuotaExceeded(
-                f"user {user_id} would use {workspace + layers} MiB of disk (workspace "
-                f"{workspace} MiB, VM disks {layers} MiB); the quota is {self.quota_mib} MiB "
-                "(HEARTH_USER_DISK_QUOTA_MIB)"
+                f"user {user_id} would use {total} MiB of disk (workspace {workspace} MiB, "
+                f"their VMs' disks {held} MiB, the new VM's own layer {NEW_VM_LAYER_MIB} MiB); "
+                f"the quota is {self.quota_mib} MiB (HEARTH_USER_DISK_QUOTA_MIB)"
             )
 
     async def attach(self, user_id: str, vm: Vm) -> None:

@@ -97,6 +97,12 @@ class Node(Protocol):
         """Every VM of this node whose VMM process is alive (for reconciliation)."""
         ...
 
+    async def disk_held(self, workdir: Path) -> int | None:
+        """The bytes a VM's own files occupy in its work dir ``workdir`` on this node: its disk
+        layer, a hibernated VM's saved state, its logs (not the files it shares with images);
+        None when there is no such dir."""
+        ...
+
     async def reap(self, keep: set[str]) -> list[str]:
         """Remove every VM and leftover resource whose VM id is not in ``keep``."""
         ...

@@ -4,6 +4,8 @@ the egress paths of its VMs."""
 from __future__ import annotations
 
 import asyncio
+import os
+import stat
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
@@ -139,6 +141,12 @@ class LocalNode:
         """The backend's running VMs."""
         return await self.backend.list_running()
 
+    async def disk_held(self, workdir: Path) -> int | None:
+        """Every regular file directly in ``workdir`` that no other path links to (a layer
+        pinned by a hard link to an image, in a subdirectory or not, is the image's), by the
+        blocks it occupies; stat-ed in a thread."""
+        return await asyncio.to_thread(_bytes_held, workdir)
+
     async def reap(self, keep: set[str]) -> list[str]:
         """Reap through the backend."""
         return await self.backend.reap(keep)
@@ -192,3 +200,19 @@ class LocalNode:
         return await open_egress_path(
             allow, deny=deny, owner=owner, port=port, pins=self.egress_pins, metrics=self.metrics
         )
+
+
+def _bytes_held(workdir: Path) -> int | None:
+    try:
+        entries = list(os.scandir(workdir))
+    except OSError:  # gone, or never made
+        return None
+    held = 0
+    for entry in entries:
+        try:
+            info = entry.stat(follow_symlinks=False)
+        except OSError:
+            continue  # removed since the listing
+        if stat.S_ISREG(info.st_mode) and info.st_nlink == 1:
+            held += info.st_blocks * 512
+    return held

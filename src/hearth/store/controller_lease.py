@@ -18,11 +18,10 @@ import os
 from pathlib import Path
 
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from hearth.errors import Conflict
 from hearth.state_dir_lock import lock_exclusively
-from hearth.store.database import Store
 
 # A key unique to Hearth among the database's advisory locks ("HEARTHCT").
 CONTROLLER_LEASE_KEY = 0x4845_4152_5448_4354
@@ -44,18 +43,19 @@ class ControllerLease:
         self._fd = fd
 
     @classmethod
-    async def take(cls, store: Store) -> ControllerLease:
-        """Hold ``store``'s database, without waiting: Conflict if another controller does."""
-        if store.engine.dialect.name == "postgresql":
-            return await cls._take_postgresql(store)
-        database = store.engine.url.database
+    async def take(cls, engine: AsyncEngine) -> ControllerLease:
+        """Hold ``engine``'s database, without waiting: Conflict if another controller does."""
+        shown = engine.url.render_as_string(hide_password=True)
+        if engine.dialect.name == "postgresql":
+            return await cls._take_postgresql(engine, shown)
+        database = engine.url.database
         if not database or database == ":memory:":
             return cls()  # a database nobody else can open
-        return cls._take_file(Path(database + SQLITE_LEASE_SUFFIX), store.url_for_log())
+        return cls._take_file(Path(database + SQLITE_LEASE_SUFFIX), shown)
 
     @classmethod
-    async def _take_postgresql(cls, store: Store) -> ControllerLease:
-        conn = await store.engine.connect()
+    async def _take_postgresql(cls, engine: AsyncEngine, shown: str) -> ControllerLease:
+        conn = await engine.connect()
         try:
             held = await conn.scalar(
                 text("SELECT pg_try_advisory_lock(:key)"), {"key": CONTROLLER_LEASE_KEY}
@@ -66,7 +66,7 @@ class ControllerLease:
             raise
         if not held:
             await conn.close()
-            raise _refused(store.url_for_log())
+            raise _refused(shown)
         return cls(conn=conn)
 
     @classmethod
