@@ -72,6 +72,8 @@ class Settings:
     login_timeout_s: float = 600.0
     cli_vm_timeout_s: float = 300.0
     browser_vm_timeout_s: float = 600.0
+    # The last stage's: the captured document delivered into the CLI VM and checked there.
+    delivery_timeout_s: float = 300.0
     # How many view sockets (noVNC) one login may have open at once; the next is refused.
     view_max_viewers: int = 4
     oidc_issuer: str | None = None
@@ -245,6 +247,7 @@ class Settings:
             pool_browser=_int(env, "HEARTH_POOL_BROWSER", 0, 0, 100),
             prepare_templates=_choice(env, "HEARTH_PREPARE_TEMPLATES", "1", ("0", "1")) == "1",
             login_timeout_s=_float(env, "HEARTH_LOGIN_TIMEOUT_S", 600.0, 1.0, 86400.0),
+            delivery_timeout_s=_float(env, "HEARTH_DELIVERY_TIMEOUT_S", 300.0, 1.0, 3600.0),
             view_max_viewers=_int(env, "HEARTH_VIEW_MAX_VIEWERS", 4, 1, 100),
             oidc_issuer=env.get("HEARTH_OIDC_ISSUER") or None,
             oidc_client_id=env.get("HEARTH_OIDC_CLIENT_ID", "hearth"),

@@ -1,6 +1,6 @@
 """The auth API's contract and failure paths that need no VM, in process on SQLite and
-PostgreSQL: input validation, an unconfigured provider, and sessions and credentials private to
-their user.
+PostgreSQL: input validation, an unconfigured provider (refused at the start), and sessions and
+credentials private to their user.
 
 A vendor login whose Browser VM image lacks the vendor's CLI needs a real image and agent; it
 stays in ``tests/vm/test_auth_api.py``.
@@ -44,30 +44,27 @@ async def test_unknown_provider_is_422_and_starts_nothing(api: Api) -> None:
     assert api.backend.created == []
 
 
-async def test_unconfigured_oidc_fails_with_a_reason_and_no_browser_vm(api: Api) -> None:
+async def test_unconfigured_oidc_is_refused_at_once_with_its_reason_and_starts_nothing(
+    api: Api,
+) -> None:
+    # It answered 202 with a view link, and the session failed a moment later in the background.
     key = await api.user_key("u2")
     started = await api.client.post(
         "/api/auth/start", json={"provider": "oidc"}, headers=api.headers(key)
     )
-    assert started.status_code == 202
-    body = started.json()
-    assert body["viewUrl"].startswith(f"/view/{body['sessionId']}?token=")
 
-    session = await wait_for_end(api, body["sessionId"], key)
-    assert session["status"] == "failed"
-    assert "HEARTH_OIDC_ISSUER" in session["error_message"]
-    assert session["browser_vm_id"] is None
+    error = assert_error(started, 500, "config_invalid")
+    assert error["message"] == "the oidc provider is not configured: set HEARTH_OIDC_ISSUER"
+    sessions = await api.client.get("/api/auth/sessions", headers=api.headers(key))
+    assert sessions.json()["sessions"] == []
     assert api.backend.created == []
-    # The view link died with the session.
-    view = await api.client.get(body["viewUrl"], follow_redirects=False)
-    assert_error(view, 401, "unauthorized")
-    assert_error(
-        await api.client.post(
-            f"/api/auth/session/{body['sessionId']}/cancel", headers=api.headers(key)
-        ),
-        409,
-        "conflict",
-    )
+
+
+async def test_the_start_documents_its_refusal_of_an_unconfigured_provider(api: Api) -> None:
+    schema = (await api.client.get("/openapi.json")).json()
+    refusal = schema["paths"]["/api/auth/start"]["post"]["responses"]["500"]
+    assert "config_invalid" in refusal["description"]
+    assert "HEARTH_OIDC_ISSUER" in refusal["description"]
 
 
 async def test_sessions_and_credentials_are_private_to_their_user(api: Api) -> None:
@@ -75,7 +72,7 @@ async def test_sessions_and_credentials_are_private_to_their_user(api: Api) -> N
     a = api.headers(a_key)
     b = api.headers(await api.user_key("ub"))
     client = api.client
-    started = (await client.post("/api/auth/start", json={"provider": "oidc"}, headers=a)).json()
+    started = (await client.post("/api/auth/start", json={"provider": "codex"}, headers=a)).json()
     sid = started["sessionId"]
 
     assert_error(await client.get(f"/api/auth/session/{sid}", headers=b), 404, "not_found")
@@ -84,7 +81,7 @@ async def test_sessions_and_credentials_are_private_to_their_user(api: Api) -> N
     assert_error(await client.get("/api/auth/sessions?userId=ua", headers=b), 403, "forbidden")
     assert_error(await client.get("/api/credentials/ua", headers=b), 403, "forbidden")
     assert_error(
-        await client.post("/api/auth/start", json={"userId": "ua", "provider": "oidc"}, headers=b),
+        await client.post("/api/auth/start", json={"userId": "ua", "provider": "codex"}, headers=b),
         403,
         "forbidden",
     )

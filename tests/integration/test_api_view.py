@@ -373,3 +373,44 @@ async def test_a_viewer_that_leaves_during_the_vnc_handshake_frees_its_seat(
         view.vnc.gate.set()
         await until(lambda: seat_free(view))
     assert not [r for r in caplog.records if "Exception in ASGI application" in r.getMessage()]
+
+
+# --- a view once its login no longer awaits the user -----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("ending", "code", "reason"),
+    [
+        (AuthStatus.CANCELLED, 4401, "this login has ended (cancelled)"),
+        (AuthStatus.FAILED, 4401, "this login has ended (failed)"),
+        (
+            AuthStatus.CREDENTIALS_CAPTURED,
+            4409,
+            "this login no longer awaits the user (credentials_captured)",
+        ),
+    ],
+)
+async def test_an_open_view_is_closed_once_its_login_no_longer_awaits_the_user(
+    api: Api, ending: AuthStatus, code: int, reason: str
+) -> None:
+    # The relay never read the login again: a viewer connected while it awaited the user kept
+    # driving the Browser VM's screen after the login was cancelled, failed or captured.
+    async with viewed(api, AuthStatus.AWAITING_USER) as view:
+        viewer = await relayed(view.url)
+        await api.ctl.store.auth_sessions.transition(
+            view.session.id, AuthStatus.AWAITING_USER, ending
+        )
+
+        with pytest.raises(ConnectionClosed):
+            async with asyncio.timeout(WAIT_S):
+                await viewer.recv()
+
+        assert (viewer.close_code, viewer.close_reason) == (code, reason)
+        await until(lambda: _no_screen_open(view))
+        if code == 4409:  # a viewer that comes back (noVNC reconnects) is told why too
+            assert await refused(view.url) == (code, reason)
+            assert view.vnc.open == 0
+
+
+async def _no_screen_open(view: View) -> bool:
+    return view.vnc.open == 0

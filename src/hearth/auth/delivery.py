@@ -356,6 +356,19 @@ class Delivery:
         _log.info("credential_removed_from_vm", vm_id=vm_id, provider=provider, deleted=deleted)
         return deleted
 
+    async def withdraw(self, agent: AgentClient, user_id: str, provider: str, vm_id: str) -> None:
+        """Take a login's delivery back out of CLI VM ``vm_id`` (its session did not complete):
+        the vault's ``provider`` document, if that is what the VM holds, in the user's turn
+        (a failure is logged)."""
+        async with self._turns.held(user_id):
+            try:
+                stored = await self.credentials.stored(user_id, provider)
+            except HearthError as exc:
+                _log.warning("credential_not_withdrawn", vm_id=vm_id, error=exc.message[:300])
+                return
+            if stored is not None:
+                await self._withdraw(agent, vm_id, provider, stored.sha256)
+
     async def _withdraw(self, agent: AgentClient, vm_id: str, provider: str, sha256: str) -> None:
         """Remove from the VM the document with ``sha256`` just written there (unless another
         replaced it since) and close the provider's API to it; a failure is logged."""

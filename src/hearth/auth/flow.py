@@ -4,7 +4,8 @@ One background task per session walks the status table in ``hearth.auth.states``
 a compare-and-set in the store, so a cancel can never be overwritten by a runner that did not
 notice. Each stage has its own deadline. Whatever the ending, the Browser VM is destroyed. A
 controller that stops leaves its sessions where they are; the next one picks each up at its
-stage (``recover``), with the VMs reconciliation adopted.
+stage (``recover``), with the VMs reconciliation adopted. The last stage, the handover of the
+document into the CLI VM, is in ``hearth.auth.handover``.
 """
 
 from __future__ import annotations
@@ -19,14 +20,18 @@ from typing import Any, NamedTuple
 
 from hearth.agent_client import AgentClient
 from hearth.auth.delivery import Delivery
+from hearth.auth.handover import Handover, hand_over
 from hearth.auth.login_vms import (
     Login,
+    agent_of,
     create_browser_vm,
+    destroy_left_browser_vms,
     destroy_vm,
-    ensure_cli_vm,
+    ready_cli_vm,
+    say_on_session,
     wait_for_login,
 )
-from hearth.auth.providers import LoginPlan, login_plan, parse_provider
+from hearth.auth.providers import LoginPlan, login_plan
 from hearth.auth.stages import StageTimeout, within
 from hearth.auth.states import BEFORE_LOGIN, TERMINAL, AuthStatus
 from hearth.config import Settings
@@ -127,9 +132,10 @@ class AuthFlow:
         Racing starts agree on one session: the store admits one active session per user and
         provider, and a start that loses the race returns the winner's. If that one has already
         ended, the next attempt starts anew. The view link is in the result only for the call
-        that created the session: the store keeps its token's hash, never the token.
+        that created the session: the store keeps its token's hash, never the token. A
+        provider this controller cannot log in to (oidc without an issuer) is refused at once.
         """
-        provider = parse_provider(name)
+        provider = login_plan(name, self.settings).provider
         await self.store.users.ensure(user_id)
         for _attempt in range(_START_ATTEMPTS):
             active = await self.store.auth_sessions.find_active(user_id, provider)
@@ -187,7 +193,7 @@ class AuthFlow:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         else:
-            await self._destroy_browser(record)
+            await self._clean_up(session_id, None)
         _log.info("auth_cancelled", session_id=session_id)
         return await self.store.auth_sessions.get(session_id)
 
@@ -205,15 +211,9 @@ class AuthFlow:
         pending = [s for s in AuthStatus if s not in TERMINAL]
         records = await self.store.auth_sessions.list(statuses=pending)
         # A Browser VM that runs on for a login that ended (the last controller stopped during
-        # its cleanup) would hold its user's Browser VM quota for good: it goes now.
-        browsers = [
-            vm.id
-            for vm in await self.vms.list_vms()
-            if vm.vm_type is VmType.BROWSER and vm.is_active
-        ]
-        for ended in await self.store.auth_sessions.ended_naming(browsers):
-            _log.warning("browser_vm_outlived_its_login", session_id=ended.id)
-            await self._destroy_browser(ended)
+        # its cleanup, or failed to destroy it), or that a login admitted but never recorded
+        # (it stopped in between), would hold its user's Browser VM quota for good: it goes now.
+        await destroy_left_browser_vms(self.vms, self.store, records)
         resumed = []
         for record in records:
             _log.info("auth_resumed", session_id=record.id, status=record.status.value)
@@ -272,14 +272,16 @@ class AuthFlow:
         ``ending`` (if any): a session that reads as ended has neither left."""
         # A cancel arriving now must not interrupt the cleanup (see cancel()).
         self._cleaning.add(session_id)
+        left = None
         try:
-            latest = await self.store.auth_sessions.get(session_id)
-            await self._destroy_browser(latest)
+            left = await self._destroy_browser(await self.store.auth_sessions.get(session_id))
         finally:
             self._cleaning.discard(session_id)
             await self._close_egress(session_id)  # whatever failed above: it lives here
             if ending is not None:
                 await self._end(session_id, *ending)
+        if left is not None:  # said on the session, whichever way it ended
+            await say_on_session(self.store, session_id, left)
 
     async def _close_egress(self, session_id: str) -> None:
         path = self._egress.pop(session_id, None)
@@ -330,7 +332,9 @@ class AuthFlow:
             if status in (AuthStatus.PENDING, AuthStatus.CLI_VM_STARTING):
                 if status is AuthStatus.PENDING:
                     await self._move(sid, AuthStatus.PENDING, AuthStatus.CLI_VM_STARTING)
-                cli_vm = await self._start_cli_vm(user)
+                cli_vm = await ready_cli_vm(
+                    self.vms, self.lifetimes, user, self.settings.cli_vm_timeout_s
+                )
                 await self._move(
                     sid, AuthStatus.CLI_VM_STARTING, AuthStatus.CLI_VM_READY, vm_id=cli_vm.id
                 )
@@ -375,28 +379,22 @@ class AuthFlow:
             await self._move(sid, AuthStatus.CREDENTIALS_CAPTURED, AuthStatus.DELIVERING)
 
         # Delivering (again, after a restart: the sha256 check makes it idempotent).
-        await self.delivery.deliver_with(cli_agent, user, record.provider, cli_vm.id, fresh=True)
-        await self.delivery.check_with_cli(cli_agent, sid, record.provider, cli_vm.id)
-        await self._move(sid, AuthStatus.DELIVERING, AuthStatus.COMPLETED)
+        await hand_over(
+            self.delivery,
+            Handover(
+                session_id=sid,
+                user_id=user,
+                provider=record.provider,
+                vm_id=cli_vm.id,
+                agent=cli_agent,
+            ),
+            deadline_s=self.settings.delivery_timeout_s,
+            complete=lambda: self._move(sid, AuthStatus.DELIVERING, AuthStatus.COMPLETED),
+            stopping=lambda: self._stopping,
+        )
         self._count(record, AuthStatus.COMPLETED)
         _log.info("auth_completed", session_id=sid, user_id=user, provider=record.provider)
         await self._tell(EventType.AUTH_COMPLETED, record, vmId=cli_vm.id)
-
-    async def _start_cli_vm(self, user: str) -> VmRecord:
-        """The user's CLI VM, healthy and claimed (created unless one is ready)."""
-        cli_vm: VmRecord = await within(
-            ensure_cli_vm(self.vms, self.lifetimes, user),
-            self.settings.cli_vm_timeout_s,
-            "starting the CLI VM",
-            failed="the CLI VM did not start",
-        )
-        cli_agent = self._agent_of(cli_vm)
-        try:
-            await cli_agent.health()
-            await cli_agent.version()
-        except HearthError as exc:
-            raise VmError(f"CLI VM {cli_vm.id} is not healthy: {exc.message}") from exc
-        return cli_vm
 
     async def _boot_browser(self, sid: str, user: str, plan: LoginPlan) -> _Prepared:
         """The login's egress path opened, its Browser VM ready (recorded on the session as
@@ -469,7 +467,7 @@ class AuthFlow:
         return record
 
     def _agent_of(self, vm: VmRecord) -> AgentClient:
-        return AgentClient(str(vm.agent_url), self.vms.agent_token(vm.id), vm_id=vm.id)
+        return agent_of(self.vms, vm)
 
     async def _with_egress(self, session_id: str, plan: LoginPlan) -> LoginPlan:
         """Open the session's egress path on the node if its login may reach anything; the
@@ -494,6 +492,8 @@ class AuthFlow:
             plan, guest_forwards=(*plan.guest_forwards, path.forward), start_body=body
         )
 
-    async def _destroy_browser(self, record: AuthSessionRecord) -> None:
+    async def _destroy_browser(self, record: AuthSessionRecord) -> str | None:
+        """Destroy the session's Browser VM; None once it is gone, else why it is not."""
         if record.browser_vm_id:
-            await destroy_vm(self.vms, record.id, record.browser_vm_id)
+            return await destroy_vm(self.vms, record.id, record.browser_vm_id)
+        return None

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 
 from hearth.api.auth import Ctl, Key, scope_of
-from hearth.api.schemas import ERROR_RESPONSES, RequestModel, UserId
+from hearth.api.schemas import ERROR_RESPONSES, ERROR_STATUSES, RequestModel, UserId
 from hearth.errors import Forbidden, InvalidInput
 from hearth.store import AuthSessionRecord
 from hearth_agent.wire import Provider
@@ -54,7 +54,17 @@ def user_for(body_user: str | None, key_user: str, admin: bool) -> str:
     return user
 
 
-@router.post("/api/auth/start", status_code=202)
+# A provider this controller cannot log in to is refused at once, not failed in the background.
+_START_RESPONSES: dict[int | str, dict[str, Any]] = {
+    500: {
+        **ERROR_RESPONSES[500],
+        "description": f"{ERROR_STATUSES[500]}; config_invalid: the provider is not configured "
+        "on this controller (oidc without HEARTH_OIDC_ISSUER), and no login was started",
+    }
+}
+
+
+@router.post("/api/auth/start", status_code=202, responses=_START_RESPONSES)
 async def start_auth(body: AuthStart, key: Key, ctl: Ctl) -> dict[str, Any]:
     """Start a login (or return the active one); the flow runs in the background.
 

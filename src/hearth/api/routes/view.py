@@ -11,6 +11,11 @@ security None, so the password never leaves the controller.
 A login's view takes at most ``view_max_viewers`` sockets at once, a socket still waiting for
 the login to be shown among them; the next is accepted only to be closed with 4429 and why.
 A socket that waits ends as soon as its client goes away.
+
+The screen is the user's only while the login awaits them: an open view reads the login's row
+every ``_WATCH_POLL_S`` and ends once it has moved on, closed with 4401 once the login has ended
+(its token is dead) or 4409 once its credentials are captured, each with the reason; a socket
+opened after that is closed the same way before it reaches the screen.
 """
 
 from __future__ import annotations
@@ -25,10 +30,11 @@ from fastapi import APIRouter, Query, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import RedirectResponse
 
 from hearth.api.context import Controller
+from hearth.api.errors import websocket_close
 from hearth.auth import rfb
 from hearth.auth.flow import VNC_PORT
-from hearth.auth.states import BEFORE_LOGIN, TERMINAL
-from hearth.errors import NotFound, Unauthorized
+from hearth.auth.states import BEFORE_LOGIN, TERMINAL, AuthStatus
+from hearth.errors import Conflict, NotFound, Unauthorized
 from hearth.links import link_token_matches
 from hearth.logging import get_logger
 from hearth.store import AuthSessionRecord
@@ -39,6 +45,8 @@ NOVNC_DIR = Path("/usr/share/novnc")
 _CHUNK = 65536
 _HANDSHAKE_TIMEOUT_S = 30.0
 _SHOWN_POLL_S = 0.2
+# How often an open view reads its login's row, to end once the login no longer awaits the user.
+_WATCH_POLL_S = 1.0
 _log = get_logger("api.view")
 
 
@@ -104,6 +112,29 @@ async def _session_for(ctl: Controller, session_id: str, token: str) -> AuthSess
     if record.status in TERMINAL:
         raise Unauthorized(f"this login has ended ({record.status.value})")
     return record
+
+
+async def _awaiting_user(ctl: Controller, session_id: str, token: str) -> AuthSessionRecord:
+    """The login while it awaits the user; Unauthorized once it has ended, Conflict once its
+    credentials are captured (the user's part is over)."""
+    record = await _session_for(ctl, session_id, token)
+    if record.status is not AuthStatus.AWAITING_USER:
+        raise Conflict(f"this login no longer awaits the user ({record.status.value})")
+    return record
+
+
+async def _until_moved_on(ctl: Controller, session_id: str, token: str) -> tuple[int, str]:
+    """Wait while the login awaits the user; how the view closes once it no longer does (or
+    its row cannot be read: the screen is not left open on a guess)."""
+    while True:
+        await asyncio.sleep(_WATCH_POLL_S)
+        try:
+            await _awaiting_user(ctl, session_id, token)
+        except (Unauthorized, Conflict) as exc:
+            return websocket_close(exc)
+        except Exception as exc:
+            _log.warning("view_login_unread", session_id=session_id, error=type(exc).__name__)
+            return 1011, "the login could not be read"
 
 
 @router.get("/view/{session_id}", include_in_schema=False)
@@ -190,10 +221,16 @@ async def _relay(
         shown = await _shown_or_left(ctl, websocket, record, token)
         if shown is None:
             return
+        if shown.status is not AuthStatus.AWAITING_USER:
+            raise Conflict(f"this login no longer awaits the user ({shown.status.value})")
         vm = ctl.vms.live_vm(shown.browser_vm_id or "")
         port = vm.ports[VNC_PORT]
         if vm.token is None:
             raise NotFound("the Browser VM is not claimed")
+    except Conflict as exc:
+        await _accept(websocket)  # accepted, so that the viewer is told why
+        await websocket.close(*websocket_close(exc))
+        return
     except (Unauthorized, NotFound, KeyError):
         await websocket.close(code=4401)
         return
@@ -228,7 +265,8 @@ async def _relay(
         while data := await reader.read(_CHUNK):
             await websocket.send_bytes(data)
 
-    tasks = [asyncio.create_task(to_vm()), asyncio.create_task(to_browser())]
+    moved_on = asyncio.create_task(_until_moved_on(ctl, session_id, token))
+    tasks = [asyncio.create_task(to_vm()), asyncio.create_task(to_browser()), moved_on]
     try:
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     finally:
@@ -237,5 +275,7 @@ async def _relay(
         # Either side's end (a disconnect, a reset) is the relay's end, not an error to log.
         await asyncio.gather(*tasks, return_exceptions=True)
         writer.close()
+        # The login moved on: the viewer is told why (a code and reason noVNC shows).
+        close = moved_on.result() if not moved_on.cancelled() else (1000, "")
         with contextlib.suppress(Exception):
-            await websocket.close()
+            await websocket.close(*close)
