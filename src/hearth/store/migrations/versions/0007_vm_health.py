@@ -4,7 +4,8 @@ told with (so ``credential.expiring``/``expired`` go out once per document, whic
 controller sees it first).
 
 The status CHECK lists the values as they are at this revision, written out: a migration is a
-frozen record.
+frozen record. ``vm_egress`` refers to ``vms``, so on SQLite its rows are set aside while ``vms``
+is rebuilt (see ``hearth.store.migrations.referring_rows``).
 
 Revision ID: 0007
 Revises: 0006
@@ -16,6 +17,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 from alembic.operations import BatchOperations
+
+from hearth.store.migrations.referring_rows import rows_set_aside
 
 revision = "0007"
 down_revision = "0006"
@@ -37,7 +40,7 @@ def _status_check(batch: BatchOperations, values: tuple[str, ...]) -> None:
 
 def upgrade() -> None:
     """Allow ``unhealthy``; add ``agent_version``."""
-    with op.batch_alter_table("vms") as batch:
+    with rows_set_aside("vm_egress"), op.batch_alter_table("vms") as batch:
         batch.add_column(sa.Column("agent_version", sa.String(32), nullable=True))
         _status_check(batch, VM_STATES)
     with op.batch_alter_table("credentials") as batch:
@@ -49,6 +52,6 @@ def downgrade() -> None:
     with op.batch_alter_table("credentials") as batch:
         batch.drop_column("expiry_told")
     op.execute("UPDATE vms SET status = 'ready' WHERE status = 'unhealthy'")
-    with op.batch_alter_table("vms") as batch:
+    with rows_set_aside("vm_egress"), op.batch_alter_table("vms") as batch:
         _status_check(batch, BEFORE)
         batch.drop_column("agent_version")

@@ -2,7 +2,8 @@
 running time a VM has used (paused time does not count).
 
 The action CHECKs list the values as they are at this revision, written out: a migration is a
-frozen record.
+frozen record. ``vm_egress`` refers to ``vms``, so on SQLite its rows are set aside while ``vms``
+is rebuilt (see ``hearth.store.migrations.referring_rows``).
 
 Revision ID: 0010
 Revises: 0009
@@ -13,6 +14,8 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 from alembic import op
+
+from hearth.store.migrations.referring_rows import rows_set_aside
 
 revision = "0010"
 down_revision = "0009"
@@ -26,7 +29,7 @@ _ENUM_LENGTH = 32
 def upgrade() -> None:
     """Add the lifetime columns; every VM so far has no limit and resumes automatically."""
     listed = ", ".join(f"'{value}'" for value in ACTIONS)
-    with op.batch_alter_table("vms") as batch:
+    with rows_set_aside("vm_egress"), op.batch_alter_table("vms") as batch:
         batch.add_column(sa.Column("timeout_s", sa.Integer(), nullable=True))
         batch.add_column(
             sa.Column(
@@ -55,7 +58,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     """Drop the lifetime columns."""
-    with op.batch_alter_table("vms") as batch:
+    with rows_set_aside("vm_egress"), op.batch_alter_table("vms") as batch:
         batch.drop_constraint(op.f("ck_vms_idle_action"), type_="check")
         batch.drop_constraint(op.f("ck_vms_timeout_action"), type_="check")
         for name in (

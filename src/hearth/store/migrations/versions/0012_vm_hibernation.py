@@ -3,7 +3,8 @@
 was last hibernated.
 
 The CHECKs list the values as they are at this revision, written out: a migration is a frozen
-record.
+record. ``vm_egress`` refers to ``vms``, so on SQLite its rows are set aside while ``vms``
+is rebuilt (see ``hearth.store.migrations.referring_rows``).
 
 Revision ID: 0012
 Revises: 0011
@@ -15,6 +16,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 from alembic.operations import BatchOperations
+
+from hearth.store.migrations.referring_rows import rows_set_aside
 
 revision = "0012"
 down_revision = "0011"
@@ -44,7 +47,7 @@ def _check(batch: BatchOperations, column: str, values: tuple[str, ...]) -> None
 
 def upgrade() -> None:
     """Allow the new statuses and action; add the sealed keys and ``hibernated_at``."""
-    with op.batch_alter_table("vms") as batch:
+    with rows_set_aside("vm_egress"), op.batch_alter_table("vms") as batch:
         batch.add_column(sa.Column("keys_key_id", sa.String(_KEY_ID_MAX), nullable=True))
         batch.add_column(sa.Column("keys_nonce", sa.LargeBinary(), nullable=True))
         batch.add_column(sa.Column("keys_ciphertext", sa.LargeBinary(), nullable=True))
@@ -65,7 +68,7 @@ def downgrade() -> None:
     for column in ("timeout_action", "idle_action"):
         op.execute(f"UPDATE vms SET {column} = 'pause' WHERE {column} = 'hibernate'")  # noqa: S608
     op.execute("UPDATE vms SET boot_mode = 'restore' WHERE boot_mode = 'wake'")
-    with op.batch_alter_table("vms") as batch:
+    with rows_set_aside("vm_egress"), op.batch_alter_table("vms") as batch:
         for column in ("timeout_action", "idle_action"):
             _check(batch, column, BEFORE_ACTIONS)
         _check(batch, "boot_mode", BEFORE_BOOT_MODES)
