@@ -35,6 +35,7 @@ from hearth.control.files import FileService
 from hearth.control.heartbeat import Heartbeat
 from hearth.control.lifetimes import Lifetimes
 from hearth.control.network import CliNetworks, provider_hosts
+from hearth.control.pool import settle_adopted
 from hearth.control.quotas import Quotas
 from hearth.control.reconcile import reconcile
 from hearth.control.runs import RunService
@@ -213,6 +214,8 @@ async def open_hearth(
         if vms.pool is not None:
             await vms.pool.start()
             teardown.push("stop the warm pool", vms.pool.stop)
+        else:  # no pool to take in the pooled VMs a crash left: each is destroyed
+            await settle_adopted(vms, {})
         monitor = asyncio.create_task(vms.monitor(monitor_interval_s))
         teardown.push("stop the VM monitor", functools.partial(_cancel, monitor))
         heartbeat = Heartbeat(vms=vms, settings=settings, metrics=metrics)

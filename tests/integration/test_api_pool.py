@@ -60,6 +60,29 @@ async def until_pool_holds(pool: WarmPool, vm_type: VmType, size: int) -> None:
     assert pool.size(vm_type) == size
 
 
+def ends_as_killed(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make the controller's stop leave its pooled VMs as ``kill -9`` would (a clean stop
+    destroys them): still running, their rows pooled."""
+
+    async def killed() -> int:
+        return 0
+
+    monkeypatch.setattr(pool_of(api), "recycle", killed)
+
+
+async def left_by_a_crash(
+    settings: Settings, backend: FakeBackend, images: Path, monkeypatch: pytest.MonkeyPatch
+) -> list[str]:
+    """The pooled VMs a controller with ``settings``' pool, once full, left when it was
+    killed."""
+    async with pooled_api(settings, backend, images, DEFAULT_QUOTAS) as api:
+        pool = pool_of(api)
+        for vm_type, size in pool.sizes.items():
+            await until_pool_holds(pool, vm_type, size)
+        ends_as_killed(api, monkeypatch)
+    return list(backend.running)
+
+
 @pytest.fixture
 async def api(
     pool_settings: Settings, fake_backend: FakeBackend, tmp_path: Path
@@ -69,6 +92,12 @@ async def api(
         pool_settings, fake_backend, tmp_path / "image", DEFAULT_QUOTAS
     ) as running:
         yield running
+
+
+@pytest.fixture
+def images(tmp_path: Path) -> Path:
+    """The fake image's directory, the same for every controller of a test (its restarts)."""
+    return tmp_path / "image"
 
 
 async def test_warm_pool_hands_out_a_claimed_vm_and_refills(api: Api) -> None:
@@ -189,9 +218,11 @@ async def test_a_pooled_vm_whose_vmm_died_no_longer_counts_in_the_pool(api: Api)
 
 
 async def test_a_pooled_vm_left_holding_a_workspace_by_a_restart_is_not_kept(
-    pool_settings: Settings, fake_backend: FakeBackend, tmp_path: Path
+    pool_settings: Settings,
+    fake_backend: FakeBackend,
+    images: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    images = tmp_path / "image"
     async with pooled_api(pool_settings, fake_backend, images, DEFAULT_QUOTAS) as api:
         await until_pool_holds(pool_of(api), VmType.CLI, 1)
         [pooled_id] = api.backend.created
@@ -204,6 +235,7 @@ async def test_a_pooled_vm_left_holding_a_workspace_by_a_restart_is_not_kept(
         assert await api.ctl.store.workspaces.claim(
             workspace.id, pooled_id, held_by=workspace.vm_id
         )
+        ends_as_killed(api, monkeypatch)
     async with pooled_api(pool_settings, fake_backend, images, DEFAULT_QUOTAS) as api:
         assert (await api.ctl.store.vms.get(pooled_id)).status is VmState.DESTROYED
         await until_pool_holds(pool_of(api), VmType.CLI, 1)
@@ -257,3 +289,67 @@ async def test_a_refill_that_crashes_unforeseen_is_retried_not_the_end_of_the_po
         assert fake_backend.fail_next is None  # the first refill did fail
         rows = await api.ctl.store.vms.list(user_id=POOL_USER)
         assert [r.status for r in rows].count(VmState.FAILED) == 1, rows
+
+
+async def test_pooled_vms_a_crash_left_are_destroyed_by_a_controller_without_a_pool(
+    api_settings: Settings,
+    fake_backend: FakeBackend,
+    images: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Adopted at start, they stayed for good: no pool to hand them out or destroy them, never
+    # listed, yet holding memory and counted against the host's limits.
+    pooled = api_settings.with_overrides(pool_cli=1, pool_browser=1)
+    left = await left_by_a_crash(pooled, fake_backend, images, monkeypatch)
+    assert len(left) == 2
+    async with running_api(api_settings, fake_backend, images) as api:
+        assert api.ctl.vms.pool is None
+        for vm_id in left:
+            assert (await api.ctl.store.vms.get(vm_id)).status is VmState.DESTROYED
+        assert fake_backend.running == {}
+        assert sorted(fake_backend.destroyed) == sorted(left)
+
+
+@pytest.mark.parametrize(("before", "after"), [(3, 1), (2, 2)])
+async def test_a_pool_after_a_crash_keeps_up_to_its_size_of_the_pooled_vms_left_and_hands_them_out(
+    pool_settings: Settings,
+    fake_backend: FakeBackend,
+    images: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    before: int,
+    after: int,
+) -> None:
+    left = await left_by_a_crash(
+        pool_settings.with_overrides(pool_cli=before), fake_backend, images, monkeypatch
+    )
+    settings = pool_settings.with_overrides(pool_cli=after)
+    async with pooled_api(settings, fake_backend, images, DEFAULT_QUOTAS) as api:
+        assert pool_of(api).size(VmType.CLI) == after
+        kept = [vm_id for vm_id in left if vm_id in fake_backend.running]
+        assert len(kept) == after
+        for vm_id in set(left) - set(kept):
+            assert (await api.ctl.store.vms.get(vm_id)).status is VmState.DESTROYED
+        assert fake_backend.created == left  # none booted beside them
+        handed = []
+        for user in ("lee", "ann")[:after]:
+            made = await api.client.post("/api/vms", json={"userId": user}, headers=api.headers())
+            handed.append(made.json()["id"])
+        assert sorted(handed) == sorted(kept)
+
+
+async def test_pooled_vms_a_crash_left_of_another_size_than_the_default_now_are_replaced(
+    pool_settings: Settings,
+    fake_backend: FakeBackend,
+    images: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A hand-out is a VM of the type's default size: one the last controller pooled at its
+    # own default would be handed out at a size nobody asked for.
+    [old] = await left_by_a_crash(pool_settings, fake_backend, images, monkeypatch)
+    bigger = pool_settings.with_overrides(default_mem_mib=1024)
+    async with pooled_api(bigger, fake_backend, images, DEFAULT_QUOTAS) as api:
+        assert (await api.ctl.store.vms.get(old)).status is VmState.DESTROYED
+        await until_pool_holds(pool_of(api), VmType.CLI, 1)
+        lee = await api.client.post("/api/vms", json={"userId": "lee"}, headers=api.headers())
+        assert lee.json()["id"] != old
+        assert lee.json()["memMib"] == 1024

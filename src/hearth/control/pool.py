@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from hearth.errors import CapacityExhausted, HearthError, VmError
@@ -58,19 +59,10 @@ class WarmPool:
         return self.service.spec_for(vm_type, None, None)
 
     async def start(self) -> None:
-        """Adopt pooled VMs that survived a restart, then refill in the background."""
-        store = self.service.store
-        for record in await store.vms.list(user_id=POOL_USER):
-            vm = self.service.live.get(record.id)
-            if not record.pooled or vm is None:
-                continue
-            if await store.workspaces.held_by(record.id) is not None:
-                # The last controller ended mid-hand-out: a user's workspace is in it.
-                _log.warning("pool_vm_holds_a_workspace", vm_id=record.id)
-                with contextlib.suppress(HearthError):
-                    await self.service.destroy(record.id, include_pooled=True)
-                continue
-            self._ready[vm.spec.vm_type].append(record.id)
+        """Take in the pooled VMs that survived a restart (``settle_adopted``), then refill in
+        the background."""
+        for vm_type, kept in (await settle_adopted(self.service, self.sizes)).items():
+            self._ready[vm_type].extend(kept)
         self._task = asyncio.create_task(self._refill_forever())
 
     async def stop(self) -> None:
@@ -206,3 +198,38 @@ class WarmPool:
                         self.size(vm_type)
                     )
             await asyncio.sleep(self.refill_interval_s)
+
+
+async def settle_adopted(
+    service: VmService, sizes: Mapping[VmType, int]
+) -> dict[VmType, list[str]]:
+    """Settle the pooled VMs reconciliation adopted after a crash (a clean stop destroys them)
+    against this controller's pool: per type, up to ``sizes[type]`` ready ones of the type's
+    spec now are kept, returned for the pool; every other one is destroyed.
+
+    Run at every start, a pool or none: pooled VMs are nobody's, never listed nor ended by a
+    lifetime, so one that no pool takes in (the pool now off or smaller) would hold its memory
+    and its place under the host's limits for good. One of another size than the type's default
+    now would be handed out at a size nobody asked for; one not ready would hold a place in the
+    pool that the refill never fills again; one holding a workspace was being handed out.
+    """
+    kept: dict[VmType, list[str]] = {t: [] for t in VmType}
+    for record in await service.store.vms.list(user_id=POOL_USER):
+        if not record.pooled or record.id not in service.live:
+            continue  # not adopted: failed (or destroyed) by reconciliation
+        spec = service.spec_for(record.vm_type, None, None)
+        if await service.store.workspaces.held_by(record.id) is not None:
+            reason = "holds a workspace: the last controller ended mid-hand-out"
+        elif (record.vcpus, record.mem_mib) != (spec.vcpus, spec.mem_mib):
+            reason = "not of its type's default size now"
+        elif record.status is not VmState.READY:
+            reason = f"{record.status.value}, not ready"
+        elif len(kept[record.vm_type]) >= sizes.get(record.vm_type, 0):
+            reason = "beyond the pool's size now"
+        else:
+            kept[record.vm_type].append(record.id)
+            continue
+        _log.warning("pool_vm_left_by_a_crash_destroyed", vm_id=record.id, reason=reason)
+        with contextlib.suppress(HearthError):
+            await service.destroy(record.id, user_id=None, include_pooled=True)
+    return kept
