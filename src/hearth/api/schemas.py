@@ -155,9 +155,12 @@ class WorkspaceOut(WireModel):
 
 
 class VmList(WireModel):
-    """``GET /api/vms``."""
+    """``GET /api/vms``: a page of VMs, oldest first, and where the next one starts."""
 
     vms: list[VmOut]
+    next_after: str | None = Field(
+        None, description="`after` for the next page; null when this page is the last"
+    )
 
 
 class KeyCreate(RequestModel):

@@ -77,9 +77,20 @@ def vm_create(
 
 
 @vm_app.command("list")
-def vm_list() -> None:
-    """List VMs (yours, or everybody's with an admin key)."""
-    console.print(_table(_call("GET", "/api/vms")["vms"]))
+def vm_list(
+    status: Annotated[
+        str | None,
+        typer.Option(help="Only these statuses, comma-separated (default: all but destroyed)."),
+    ] = None,
+) -> None:
+    """List VMs (yours, or everybody's with an admin key), oldest first: every page."""
+    params = {"status": status} if status else {}
+    page = _call("GET", "/api/vms", params=params)
+    vms = page["vms"]
+    while page.get("nextAfter"):
+        page = _call("GET", "/api/vms", params={**params, "after": page["nextAfter"]})
+        vms += page["vms"]
+    console.print(_table(vms))
 
 
 @vm_app.command("show")

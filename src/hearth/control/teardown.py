@@ -1,10 +1,13 @@
 """Teardown of a VM: its row ``stopping`` first, the destroy hooks against its agent, its VMM and
 files ended, its row ``destroyed``.
 
-The row moves first, so nothing else (a command, a lifetime's action) takes the VM meanwhile, and
-its lifetime stops counting. A teardown runs in the VM's turn (``VmService.turns``): a pause,
-resume, hibernation or wake of the VM under way ends before it starts (a save or a wake is not
-cut short, and the hooks meet the VM as its row says it is), and none starts until it has ended.
+A boot under way ends first (``Boots.stop``: the node's create cancelled if its VMM is not up
+yet), its row still counting in every limit: a destroy must not free the VM's place while its
+VMM boots on. The row then moves first, so nothing else (a command, a lifetime's action) takes
+the VM meanwhile, and its lifetime stops counting. A teardown runs in the VM's turn
+(``VmService.turns``): a pause, resume, hibernation or wake of the VM under way ends before it
+starts (a save or a wake is not cut short, and the hooks meet the VM as its row says it is),
+and none starts until it has ended.
 The hooks (the credential pull-back, the workspace's sync and unmount) run for a VM whose agent
 runs: a paused one runs again for them; a hibernated one had them before its save. A
 controller that ends mid-teardown leaves the row ``stopping``: the next one finishes it at its
@@ -17,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hearth.control.agent_hooks import run_agent_hooks
+from hearth.control.boots import STOPPED_BOOT
 from hearth.control.lifetimes import running_fields
 from hearth.errors import Conflict
 from hearth.logging import get_logger
@@ -87,6 +91,7 @@ class Teardowns:
     async def _tear_down(self, vm_id: str) -> VmRecord:
         vms = self.vms
         async with vms.turns.held(vm_id):
+            await vms.boots.stop(vm_id)
             was, record = await self._stopping(vm_id)
             if record.status is VmState.DESTROYED:
                 return record
@@ -104,9 +109,10 @@ class Teardowns:
                 return record, record
             try:
                 if record.status in (VmState.CREATING, VmState.BOOTING):
-                    # The boot task sees the row gone from booting and discards what it made.
+                    # No boot of this controller's runs for it (``stop`` waited for any): a row
+                    # a boot has yet to take up, which then finds it gone from creating.
                     record = await store.vms.transition(
-                        vm_id, record.status, VmState.FAILED, error="destroyed while booting"
+                        vm_id, record.status, VmState.FAILED, error=STOPPED_BOOT
                     )
                 was = record
                 if record.status is not VmState.STOPPING:

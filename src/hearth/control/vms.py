@@ -6,13 +6,14 @@ import asyncio
 import contextlib
 import dataclasses
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import Collection, Coroutine, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from hearth.config import Settings
 from hearth.control.agent_hooks import BeforeDestroy
 from hearth.control.agent_tokens import AgentTokens
+from hearth.control.boots import STOPPED_BOOT, Boots, BootStopped
 from hearth.control.destroy_on_exit import destroy_every_vm
 from hearth.control.hibernation import Hibernation, set_guest_clock
 from hearth.control.lifetimes import Lifetime, move_banking_time, running_fields
@@ -22,7 +23,7 @@ from hearth.control.quotas import Quotas
 from hearth.control.teardown import Teardowns
 from hearth.control.vm_keys import HeldKeys, VmKeys
 from hearth.control.workspaces import Workspaces
-from hearth.errors import Conflict, HearthError, NotFound, VmError
+from hearth.errors import Conflict, HearthError, InvalidInput, NotFound, VmError
 from hearth.events.log import EventLog
 from hearth.events.types import EventType
 from hearth.keyed_locks import KeyedLocks
@@ -39,6 +40,9 @@ _log = get_logger("control.vms")
 ACTIVE = tuple(state for state in VmState if state not in INACTIVE_VM_STATES)
 # A VM whose VMM runs and which the controller adopts after a restart.
 RUNNING = (VmState.READY, VmState.UNHEALTHY, VmState.PAUSED)
+# What a listing shows unless asked for other statuses: every VM not destroyed (failed ones too,
+# with the error that ended them).
+LISTED = tuple(state for state in VmState if state is not VmState.DESTROYED)
 
 
 def _ts(epoch: float | None) -> datetime | None:
@@ -88,7 +92,8 @@ class VmService:
         # (``Delivery``), never the other way round; a wake takes ``admission`` inside it.
         self.turns = KeyedLocks()
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._boots: dict[str, asyncio.Task[VmRecord]] = {}
+        # The boots under way, which a destroy stops before it frees the VM's place.
+        self.boots = Boots()
         self.teardowns = Teardowns(self)
         # The warm pool, when any type has one: it creates through this service, which hands
         # its VMs out on create.
@@ -152,8 +157,7 @@ class VmService:
             )
         _log.info("vm_create_accepted", vm_id=record.id, user_id=owner, vm_type=spec.vm_type.value)
         task = self._spawn(self._boot(record, spec, pooled=pooled))
-        self._boots[record.id] = task
-        task.add_done_callback(lambda _t: self._boots.pop(record.id, None))
+        self.boots.add(record.id, task)
         if not wait:
             return record
         return await asyncio.shield(task)
@@ -180,9 +184,9 @@ class VmService:
         """Wait for a VM created with ``wait=False`` to finish booting; raises if the boot failed.
 
         Giving up on the wait (cancel, timeout) leaves the boot running: whoever gave up must
-        destroy the VM, which the boot then notices and discards what it made.
+        destroy the VM, which stops the boot (``Boots``).
         """
-        task = self._boots.get(vm_id)
+        task = self.boots.get(vm_id)
         if task is not None:
             return await asyncio.shield(task)
         # The boot is already over: its outcome is on the row.
@@ -204,7 +208,9 @@ class VmService:
         try:
             await self.store.vms.transition(record.id, VmState.CREATING, VmState.BOOTING)
             spec = await self.with_egress(record.id, spec)
-            vm = await self.node.create(spec, vm_id=record.id)
+            vm = await self.boots.vmm(record.id, self.node.create(spec, vm_id=record.id))
+        except BootStopped:
+            return await self._boot_stopped(record.id)
         except HearthError as exc:
             return await self._fail(record.id, stage="boot", error=exc)
         except Exception as exc:
@@ -215,7 +221,7 @@ class VmService:
         if not pooled:
             try:
                 if (await self.store.vms.get(vm.id)).status is VmState.BOOTING:
-                    await self.attach_workspace(record.user_id, vm)  # not once destroyed
+                    await self.attach_workspace(record.user_id, vm)  # not once failed
             except HearthError as exc:
                 return await self._fail(record.id, stage="workspace", error=exc)
             except Exception as exc:
@@ -229,12 +235,23 @@ class VmService:
             fields = {**self.fields_of(vm), "running_since": utc_now()}
             ready = await self.store.vms.transition(vm.id, VmState.BOOTING, VmState.READY, **fields)
         except Conflict:
-            # Destroyed (or failed) while booting: the row already says so; drop the VM.
+            # Failed while booting (the monitor saw its VMM end): the row says so; drop it.
             self.live.pop(vm.id, None)
             await self.discard(vm)
             return await self.store.vms.get(vm.id)
         await self.announce(EventType.VM_READY, ready)
         return ready
+
+    async def _boot_stopped(self, vm_id: str) -> VmRecord:
+        """A destroy stopped the boot before its VMM was up (the node ended all it had
+        started): its path out closed, its row failed for the teardown to finish."""
+        if self.networks is not None:
+            await self.networks.close(vm_id)
+        with contextlib.suppress(Conflict):
+            return await self.store.vms.transition(
+                vm_id, (VmState.CREATING, VmState.BOOTING), VmState.FAILED, error=STOPPED_BOOT
+            )
+        return await self.store.vms.get(vm_id)
 
     async def attach_workspace(self, user_id: str, vm: Vm) -> None:
         """Give ``user_id``'s CLI VM their workspace before it is handed to them (a booted VM
@@ -321,9 +338,28 @@ class VmService:
             raise NotFound(f"VM {vm_id} does not exist")
         return record
 
-    async def list_vms(self, *, user_id: str | None = None) -> list[VmRecord]:
-        """Users' VMs (pooled ones are not anybody's yet)."""
-        return [r for r in await self.store.vms.list(user_id=user_id) if not r.pooled]
+    async def list_vms(
+        self, *, user_id: str | None = None, statuses: Collection[VmState] = LISTED
+    ) -> list[VmRecord]:
+        """Users' VMs (pooled ones are not anybody's yet), oldest first; by default every one
+        not destroyed (the destroyed stay in the store: their history)."""
+        return await self.store.vms.page(user_id=user_id, statuses=statuses)
+
+    async def page_vms(
+        self, *, user_id: str | None, statuses: Collection[VmState], after: str | None, limit: int
+    ) -> tuple[list[VmRecord], str | None]:
+        """``list_vms`` a page at a time: ``limit`` VMs at most, after VM ``after`` (the last of
+        the page before), and the ``after`` of the next page (None: this one is the last).
+        InvalidInput when ``after`` names no VM the caller could have listed."""
+        if after is not None:
+            try:
+                await self.get(after, user_id=user_id)
+            except NotFound:
+                raise InvalidInput(f"after: VM {after} does not exist") from None
+        page = await self.store.vms.page(
+            user_id=user_id, statuses=statuses, after=after, limit=limit + 1
+        )
+        return page[:limit], page[limit - 1].id if len(page) > limit else None
 
     def console(self, record: VmRecord, lines: int = 100) -> str:
         """The VM's serial console tail."""

@@ -237,9 +237,13 @@ class AsyncVms:
         """One VM (``HearthApiError`` ``not_found`` for another user's)."""
         return AsyncVm(self._http, await self._http.call(calls.get_vm(vm_id)))
 
-    async def list(self) -> list[AsyncVm]:
-        """The caller's VMs (everybody's, for an admin key)."""
-        return [AsyncVm(self._http, info) for info in await self._http.call(calls.list_vms())]
+    async def list(self, *, status: Sequence[str] | None = None) -> list[AsyncVm]:
+        """The caller's VMs, every page read, as ``Vms.list`` lists them."""
+        infos, after = await self._http.call(calls.list_vms(status=status))
+        while after is not None:
+            more, after = await self._http.call(calls.list_vms(status=status, after=after))
+            infos += more
+        return [AsyncVm(self._http, info) for info in infos]
 
 
 class AsyncAuthSession(Bound[_AsyncHttp], AuthSessionInfo):

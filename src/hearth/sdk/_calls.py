@@ -4,7 +4,7 @@ and async clients send a ``Call`` and hand the answer back to ``Call.result``.""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 from urllib.parse import quote
@@ -96,9 +96,20 @@ def create_vm(
     )
 
 
-def list_vms() -> Call[list[VmInfo]]:
-    """``GET /api/vms``: the caller's VMs (everybody's for an admin key)."""
-    return Call("GET", "/api/vms", lambda body: [VmInfo.from_wire(vm) for vm in body["vms"]])
+def list_vms(
+    *, status: Sequence[str] | None = None, after: str | None = None
+) -> Call[tuple[list[VmInfo], str | None]]:
+    """``GET /api/vms``: a page of the caller's VMs (everybody's for an admin key), oldest
+    first, in ``status`` (default: all but destroyed), after VM ``after``; and the ``after``
+    of the next page (None: this is the last, or a server that does not page)."""
+    if isinstance(status, str):
+        status = [status]  # one status, not its letters
+    params = _given(status=",".join(status) if status else None, after=after)
+
+    def page(body: Any) -> tuple[list[VmInfo], str | None]:
+        return [VmInfo.from_wire(vm) for vm in body["vms"]], body.get("nextAfter")
+
+    return Call("GET", "/api/vms", page, params=params or None)
 
 
 def get_vm(vm_id: str) -> Call[VmInfo]:

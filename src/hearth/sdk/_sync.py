@@ -245,9 +245,14 @@ class Vms:
         """One VM (``HearthApiError`` ``not_found`` for another user's)."""
         return Vm(self._http, self._http.call(calls.get_vm(vm_id)))
 
-    def list(self) -> list[Vm]:
-        """The caller's VMs (everybody's, for an admin key)."""
-        return [Vm(self._http, info) for info in self._http.call(calls.list_vms())]
+    def list(self, *, status: Sequence[str] | None = None) -> list[Vm]:
+        """The caller's VMs (everybody's, for an admin key), oldest first, every page read: those
+        not destroyed, or those in ``status`` (``["destroyed"]``: the ended ones)."""
+        infos, after = self._http.call(calls.list_vms(status=status))
+        while after is not None:
+            more, after = self._http.call(calls.list_vms(status=status, after=after))
+            infos += more
+        return [Vm(self._http, info) for info in infos]
 
 
 class AuthSession(Bound[_Http], AuthSessionInfo):

@@ -19,6 +19,7 @@ from hearth.api.schemas import (
     VmOut,
 )
 from hearth.control.lifetimes import Lifetime
+from hearth.control.vms import LISTED
 from hearth.errors import Forbidden, InvalidInput
 from hearth.store import VmRecord
 from hearth.vm.types import VmState, VmType
@@ -83,11 +84,46 @@ async def create_vm_compat(
     return await _create(body, key, ctl, response, wait)
 
 
+def _statuses(given: list[str] | None) -> tuple[VmState, ...]:
+    """The statuses ``?status=`` names (repeated, or comma-separated); every status but
+    ``destroyed`` when none. InvalidInput naming what is not a status."""
+    if not given:
+        return LISTED
+    names = [name.strip() for value in given for name in value.split(",")]
+    known = [state.value for state in VmState]
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        shown = ", ".join(repr(name[:32]) for name in unknown[:5])
+        raise InvalidInput(f"status: not a VM status: {shown}; one of {', '.join(known)}")
+    return tuple(dict.fromkeys(VmState(name) for name in names))
+
+
 @router.get("/api/vms")
-async def list_vms(key: Key, ctl: Ctl) -> VmList:
-    """The caller's VMs (an admin key sees everybody's)."""
-    records = await ctl.vms.list_vms(user_id=scope_of(key))
-    return VmList(vms=[_out(ctl, r) for r in records])
+async def list_vms(
+    key: Key,
+    ctl: Ctl,
+    status: Annotated[
+        list[str] | None,
+        Query(
+            description="only VMs in these statuses, repeated or comma-separated "
+            "(`status=ready,paused`); default: every status but `destroyed`"
+        ),
+    ] = None,
+    after: Annotated[
+        str | None,
+        Query(min_length=1, max_length=128, description="`nextAfter` of the page before"),
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=1000, description="VMs per page at most")] = 100,
+) -> VmList:
+    """The caller's VMs (an admin key sees everybody's), oldest first, a page at a time: the
+    next page is ``?after=`` the answer's ``nextAfter`` (null on the last page). Destroyed VMs
+    are listed only when asked for (``status=destroyed``); failed ones are, with their error.
+    A status that is not a VM's, a ``limit`` outside 1 to 1000 or an ``after`` naming no VM
+    of the caller's is 422."""
+    records, next_after = await ctl.vms.page_vms(
+        user_id=scope_of(key), statuses=_statuses(status), after=after, limit=limit
+    )
+    return VmList(vms=[_out(ctl, r) for r in records], next_after=next_after)
 
 
 @router.get("/api/vms/{vm_id}")
