@@ -40,15 +40,13 @@ import signal as signals
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeout
-
 from hearth.control.execs import ExecEvent, ExecService, StreamSlept
 from hearth.errors import Conflict, HearthError, NotFound, VmEnded
 from hearth.logging import get_logger
 from hearth.runs import RunEvent, RunEventType, RunFailure, parser_for
 from hearth.runs.states import RunStatus
 from hearth.store import Store
+from hearth.store.outage import is_outage
 from hearth.store.records import RunEventRecord, RunRecord
 from hearth.vm.readiness import Backoff
 
@@ -122,16 +120,6 @@ def signal_number(name: object) -> int | None:
         return None
 
 
-def store_unavailable(exc: BaseException) -> bool:
-    """Whether ``exc`` says the database could not be reached, or was busy, for now (worth
-    waiting out), rather than that it refused a statement (a bug: not retried)."""
-    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
-        return True
-    return isinstance(
-        exc, (OperationalError, InterfaceError, DisconnectionError, PoolTimeout, OSError)
-    )
-
-
 class StoreOutage:
     """Waits, with ``STORE_BACKOFF``, between tries of a run's store writes that found the
     database unavailable; ``reset`` once one went through."""
@@ -197,7 +185,7 @@ class RunPump:
                 await self._read_to_end()
                 return
             except Exception as exc:
-                if not store_unavailable(exc):
+                if not is_outage(exc):
                     raise
                 await self._outage.wait(exc, doing="reading on")
 

@@ -32,13 +32,14 @@ from typing import Any
 
 from hearth.config import Settings
 from hearth.control.execs import ExecRequest, ExecService, TimeLimit
-from hearth.control.run_pump import RunPump, StoreOutage, store_unavailable
+from hearth.control.run_pump import RunPump, StoreOutage
 from hearth.control.vms import VmService
 from hearth.errors import BodyTooLarge, Conflict, EventsGone, HearthError, NotFound, NotLoggedIn
 from hearth.logging import get_logger
 from hearth.runs import RunEventType, run_command
 from hearth.runs.states import RunStatus
 from hearth.store import Store
+from hearth.store.outage import is_outage
 from hearth.store.records import RunEventRecord, RunRecord, VmRecord
 from hearth_agent.wire import Provider
 
@@ -207,7 +208,7 @@ class RunService:
                 )
                 break
             except Exception as exc:
-                if not store_unavailable(exc):
+                if not is_outage(exc):
                     _log.exception("run_abandon_failed", run_id=pump.run.id)
                     return
                 await outage.wait(exc, doing="ending the run")
