@@ -168,3 +168,29 @@ async def test_the_restart_leaves_the_users_own_browser_vms_alone(
             assert vm_id in vm_backend.running
         ended = await second.cancel(session_id)
         assert ended["status"] in TERMINAL
+
+
+async def test_a_browser_vm_the_user_made_during_a_login_that_recorded_its_own_stays(
+    flow_settings: Settings, vm_backend: AgentBackend, tmp_path: Path
+) -> None:
+    # Only a login that never recorded its Browser VM can have left one unrecorded: a Browser VM
+    # the user made meanwhile, beside a login that did record its own, is the user's.
+    images = tmp_path / "image"
+    vm_backend.hold, vm_backend.hold_type = asyncio.Event(), VmType.CLI
+    async with Login.running(flow_settings, vm_backend, images, quotas=ROOMY) as first:
+        session_id = await first.start()
+        async with asyncio.timeout(WAIT_DEADLINE_S):
+            while (await first.session(session_id))["browser_vm_id"] is None:
+                await asyncio.sleep(0.05)
+        made = await first.api.client.post(
+            "/api/vms", json={"userId": USER, "vmType": "browser"}, headers=first.api.headers()
+        )
+        assert made.status_code == 201, made.text
+        owned = made.json()["id"]
+    vm_backend.hold = None
+
+    async with Login.running(flow_settings, vm_backend, images, quotas=ROOMY) as second:
+        assert (await second.api.ctl.store.vms.get(owned)).status is VmState.READY
+        assert owned in vm_backend.running
+        ended = await second.cancel(session_id)
+        assert ended["status"] in TERMINAL

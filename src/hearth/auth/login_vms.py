@@ -224,14 +224,14 @@ def unrecorded_browser_vms(
     """Of ``browsers``, those a login admitted but never recorded on its session (the last
     controller stopped in between): named by no session of ``active``, and made for a user
     whose login was starting its Browser VM then, after that login began (a Browser VM the
-    user made through the API before it is theirs). Each as (that session's id, the VM's)."""
+    user made through the API before it is theirs, or beside a login that recorded its own, is
+    theirs too). Each as (that session's id, the VM's)."""
     named = {s.browser_vm_id for s in active}
     starting: dict[str, AuthSessionRecord] = {}
     for session in active:
         first = starting.get(session.user_id)
-        if session.status in BEFORE_LOGIN and (
-            first is None or session.created_at < first.created_at
-        ):
+        unrecorded = session.status in BEFORE_LOGIN and session.browser_vm_id is None
+        if unrecorded and (first is None or session.created_at < first.created_at):
             starting[session.user_id] = session
     return [
         (starting[vm.user_id].id, vm.id)
