@@ -90,6 +90,8 @@ async def test_a_cancel_during_the_delivery_lets_it_finish_then_takes_the_docume
         "cancelled by request",
     )
     assert not holds_document(login, session["vm_id"])
+    stored = await login.credential()  # the vault no longer names the VM it was taken out of
+    assert (stored["present"], stored["delivered_to"]) == (True, None)
     login.assert_browser_vm_gone(cancelled)
     login.assert_only_cli_vm_left(cancelled)
 

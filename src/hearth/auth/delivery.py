@@ -366,14 +366,22 @@ class Delivery:
             except HearthError as exc:
                 _log.warning("credential_not_withdrawn", vm_id=vm_id, error=exc.message[:300])
                 return
-            if stored is not None:
-                await self._withdraw(agent, vm_id, provider, stored.sha256)
+            if stored is not None and await self._withdraw(agent, vm_id, provider, stored.sha256):
+                try:  # the vault no longer names the VM as the document's holder
+                    await self.credentials.mark_withdrawn(
+                        user_id, provider, vm_id, sha256=stored.sha256
+                    )
+                except HearthError as exc:
+                    _log.warning("credential_withdrawal_unrecorded", vm_id=vm_id, error=exc.message)
 
-    async def _withdraw(self, agent: AgentClient, vm_id: str, provider: str, sha256: str) -> None:
+    async def _withdraw(self, agent: AgentClient, vm_id: str, provider: str, sha256: str) -> bool:
         """Remove from the VM the document with ``sha256`` just written there (unless another
-        replaced it since) and close the provider's API to it; a failure is logged."""
+        replaced it since) and close the provider's API to it; whether the VM no longer holds
+        it. A failure is logged."""
         try:
             if (await agent.credentials_facts(provider)).get("sha256") == sha256:
                 await self._remove(vm_id, provider)
+            return True
         except HearthError as exc:
             _log.warning("credential_not_withdrawn", vm_id=vm_id, error=exc.message[:300])
+            return False

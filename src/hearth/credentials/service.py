@@ -100,6 +100,11 @@ class CredentialService:
         capture replaced it meanwhile: a stale delivery is never credited to the new one)."""
         return await self._store.credentials.mark_delivered(user_id, provider, vm_id, sha256=sha256)
 
+    async def mark_withdrawn(self, user_id: str, provider: str, vm_id: str, *, sha256: str) -> bool:
+        """Record that the document with ``sha256`` no longer sits in VM ``vm_id`` (taken out
+        again); False if the row had moved on (another delivery or document) meanwhile."""
+        return await self._store.credentials.mark_withdrawn(user_id, provider, vm_id, sha256=sha256)
+
     async def summary(self, user_id: str) -> list[dict[str, object]]:
         """One entry per supported provider saying what is stored, never the document itself.
 

@@ -133,6 +133,15 @@ class CredentialRepo(Repository):
             f"{vm_id} was recorded"
         )
 
+    async def mark_withdrawn(self, user_id: str, provider: str, vm_id: str, *, sha256: str) -> bool:
+        """Record that the document ``sha256`` was taken out of VM ``vm_id`` again: the row no
+        longer names a VM, if it still named that one for that document (a compare-and-set);
+        whether it changed."""
+        held_there = _table.c.delivered_to_vm_id == vm_id
+        return await self._mark(
+            user_id, provider, sha256, held_there, delivered_to_vm_id=None, delivered_at=None
+        )
+
     async def mark_expiry_told(
         self, user_id: str, provider: str, *, sha256: str, told: str
     ) -> bool:
