@@ -24,11 +24,12 @@ class ResumePolicy:
 
     ``max_resumes`` counts breaks in a row: an event received in between starts the count anew,
     so a long command on a flaky link goes on while a stream that never gets anywhere gives up.
-    The default tries for about 20 s: long enough for a controller to restart (a stopping
-    controller ends its streams at once), short enough to tell a dead one soon.
+    The default tries for about 26 s (0.1 s doubling to 5 s, ten times): long enough for a
+    controller to restart (a stopping controller ends its streams at once), short enough to
+    tell a dead one soon.
     """
 
-    max_resumes: int = 8
+    max_resumes: int = 10
     first_delay_s: float = 0.1
     max_delay_s: float = 5.0
 
