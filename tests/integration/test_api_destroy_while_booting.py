@@ -14,6 +14,7 @@ import pytest
 
 from hearth.config import Settings
 from hearth.control.quotas import Quotas
+from hearth.errors import VmError
 from hearth.vm.types import Vm, VmType
 from tests.fake_backend import FakeBackend
 from tests.integration.api_fixtures import *  # noqa: F403
@@ -102,6 +103,22 @@ async def test_a_create_that_waits_gets_the_failed_vm_when_a_destroy_stops_its_b
     assert answered.json()["id"] == vm_id
     assert answered.json()["status"] in ("failed", "stopping", "destroyed")
     assert answered.json()["error"] == "destroyed while booting"
+
+
+async def test_a_wait_for_a_boot_a_destroy_stopped_raises_naming_why(held_api: Api) -> None:
+    # wait_booted (a login's wait for its VMs) got the failed row back as if it had booted.
+    api, backend, vms = held_api, held_api.backend, held_api.ctl.vms
+    record = await vms.create(user_id="eve", spec=vms.spec_for(VmType.CLI, None, None), wait=False)
+    waiting = asyncio.create_task(vms.wait_booted(record.id))
+    for _ in range(POLL_ROUNDS):
+        if backend.running:
+            break
+        await asyncio.sleep(POLL_S)
+
+    await api.client.delete(f"/api/vms/{record.id}", headers=api.headers())
+
+    with pytest.raises(VmError, match="destroyed while booting"):
+        await asyncio.wait_for(waiting, POLL_S * POLL_ROUNDS)
 
 
 async def test_a_destroy_meeting_a_boot_whose_vmm_is_up_waits_for_it_then_ends_the_vm(

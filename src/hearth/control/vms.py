@@ -187,10 +187,8 @@ class VmService:
         destroy the VM, which stops the boot (``Boots``).
         """
         task = self.boots.get(vm_id)
-        if task is not None:
-            return await asyncio.shield(task)
-        # The boot is already over: its outcome is on the row.
-        record = await self.store.vms.get(vm_id)
+        # The boot's outcome; once it is over, the row's.
+        record = await asyncio.shield(task) if task is not None else await self.store.vms.get(vm_id)
         if record.status is not VmState.READY:
             raise VmError(f"VM {vm_id} is {record.status.value}: {record.error or 'no reason'}")
         return record
