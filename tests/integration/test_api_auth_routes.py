@@ -53,8 +53,13 @@ async def test_unconfigured_oidc_is_refused_at_once_with_its_reason_and_starts_n
         "/api/auth/start", json={"provider": "oidc"}, headers=api.headers(key)
     )
 
-    error = assert_error(started, 500, "config_invalid")
-    assert error["message"] == "the oidc provider is not configured: set HEARTH_OIDC_ISSUER"
+    # Not a server error: the request names what this controller cannot do (and a fuzzer
+    # that sends it must not see a 5xx).
+    error = assert_error(started, 422, "invalid_input")
+    assert error["message"] == (
+        "provider: the oidc provider is not configured: set HEARTH_OIDC_ISSUER; "
+        "no login was started"
+    )
     sessions = await api.client.get("/api/auth/sessions", headers=api.headers(key))
     assert sessions.json()["sessions"] == []
     assert api.backend.created == []
@@ -62,8 +67,8 @@ async def test_unconfigured_oidc_is_refused_at_once_with_its_reason_and_starts_n
 
 async def test_the_start_documents_its_refusal_of_an_unconfigured_provider(api: Api) -> None:
     schema = (await api.client.get("/openapi.json")).json()
-    refusal = schema["paths"]["/api/auth/start"]["post"]["responses"]["500"]
-    assert "config_invalid" in refusal["description"]
+    refusal = schema["paths"]["/api/auth/start"]["post"]["responses"]["422"]
+    assert "not configured" in refusal["description"]
     assert "HEARTH_OIDC_ISSUER" in refusal["description"]
 
 

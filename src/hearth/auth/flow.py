@@ -31,7 +31,7 @@ from hearth.auth.login_vms import (
     say_on_session,
     wait_for_login,
 )
-from hearth.auth.providers import LoginPlan, login_plan
+from hearth.auth.providers import LoginPlan, login_plan, provider_to_start
 from hearth.auth.stages import StageTimeout, within
 from hearth.auth.states import BEFORE_LOGIN, TERMINAL, AuthStatus
 from hearth.config import Settings
@@ -135,7 +135,7 @@ class AuthFlow:
         that created the session: the store keeps its token's hash, never the token. A
         provider this controller cannot log in to (oidc without an issuer) is refused at once.
         """
-        provider = login_plan(name, self.settings).provider
+        provider = provider_to_start(name, self.settings)
         await self.store.users.ensure(user_id)
         for _attempt in range(_START_ATTEMPTS):
             active = await self.store.auth_sessions.find_active(user_id, provider)

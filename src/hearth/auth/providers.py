@@ -128,6 +128,15 @@ def parse_provider(value: str) -> Provider:
         raise InvalidInput(f"provider: must be one of {supported}, got {value[:64]!r}") from None
 
 
+def provider_to_start(name: str, settings: Settings) -> Provider:
+    """The provider a new login for ``name`` uses; InvalidInput if unknown or if this
+    controller is not configured for it (a client's request it cannot serve, not a fault)."""
+    try:
+        return login_plan(name, settings).provider
+    except ConfigError as exc:
+        raise InvalidInput(f"provider: {exc.message}; no login was started") from exc
+
+
 def login_plan(name: str, settings: Settings) -> LoginPlan:
     """The plan for provider ``name``: InvalidInput if unknown, ConfigError if unconfigured."""
     provider = parse_provider(name)

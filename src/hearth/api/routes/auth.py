@@ -56,10 +56,10 @@ def user_for(body_user: str | None, key_user: str, admin: bool) -> str:
 
 # A provider this controller cannot log in to is refused at once, not failed in the background.
 _START_RESPONSES: dict[int | str, dict[str, Any]] = {
-    500: {
-        **ERROR_RESPONSES[500],
-        "description": f"{ERROR_STATUSES[500]}; config_invalid: the provider is not configured "
-        "on this controller (oidc without HEARTH_OIDC_ISSUER), and no login was started",
+    422: {
+        **ERROR_RESPONSES[422],
+        "description": f"{ERROR_STATUSES[422]}; also a provider this controller is not "
+        "configured for (oidc without HEARTH_OIDC_ISSUER): no login was started",
     }
 }
 
