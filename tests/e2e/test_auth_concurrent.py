@@ -215,7 +215,8 @@ async def test_cancel_while_the_browser_vm_boots_leaves_no_browser_vm(
     release.set()
     await api.ctl.vms.wait_idle()
     async with api.client() as admin:
-        vms = (await admin.get("/api/vms")).json()["vms"]
+        listed = await admin.get("/api/vms", params={"status": "destroyed,failed"})
+        vms = listed.json()["vms"]
     browsers = [vm for vm in vms if vm["userId"] == "dan" and vm["vmType"] == "browser"]
     assert len(browsers) == 1, browsers
     assert browsers[0]["status"] in ("destroyed", "failed"), browsers[0]
