@@ -22,7 +22,7 @@ import httpx
 from hearth.bench.errors import BenchError
 from hearth.errors import VmNotReady, VmProcessExited
 from hearth.images.manifest import ImageDir
-from hearth.tools import tail
+from hearth.tools import tail_of_file
 from hearth.vm.accel import Accel
 from hearth.vm.host import bytes_on_disk, free_local_port, stop_child
 from hearth.vm.qemu.command import VmPaths, qemu_argv
@@ -153,7 +153,7 @@ class BaselineLauncher:
                 if proc.returncode is not None:
                     console = ""
                     with contextlib.suppress(OSError):
-                        console = tail(paths.console.read_text(errors="replace"), 15)
+                        console = tail_of_file(paths.console, 15)
                     raise VmProcessExited(
                         f"baseline VM {vm_id} exited with status {proc.returncode}; "
                         f"console:\n{console}"

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hearth.errors import InvalidInput, ToolMissing, VmError, VmProcessExited
-from hearth.tools import require_tool, tail
+from hearth.tools import require_tool, tail_of_file
 from hearth.vm import host
 from hearth.vm.firecracker.client import reachable_socket_path
 from hearth.vm.host import STOP_GRACE_S, forbid_core_dumps, stop_child, vmm_env
@@ -202,7 +202,7 @@ class FirecrackerProcess:
         parts = []
         for path in (self.stderr, self.console):
             with contextlib.suppress(OSError):
-                text = tail(path.read_text(errors="replace"), lines)
+                text = tail_of_file(path, lines)  # the console: a guest can make it any size
                 if text:
                     parts.append(f"[{path.name}] {text}")
         return "\n".join(parts) or "(no output)"

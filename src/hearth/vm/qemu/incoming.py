@@ -12,7 +12,7 @@ import contextlib
 from collections.abc import Callable
 
 from hearth.errors import HearthError, SnapshotError, VmProcessExited
-from hearth.tools import tail
+from hearth.tools import tail_of_file
 from hearth.vm.qemu.command import VmPaths
 from hearth.vm.qemu.monitor import Monitor
 from hearth.vm.readiness import Deadline
@@ -32,7 +32,7 @@ async def finish_restore(
     except HearthError as exc:
         stderr = ""
         with contextlib.suppress(OSError):
-            stderr = tail(paths.stderr.read_text(errors="replace"), 5)
+            stderr = tail_of_file(paths.stderr, 5)
         if "forwarding" in stderr:
             raise VmProcessExited(f"VM {vm.id}: QEMU could not forward: {stderr}") from exc
         raise SnapshotError(f"VM {vm.id}: restore failed: {exc.message} {stderr}") from exc
@@ -57,7 +57,7 @@ async def run_incoming(
         if proc.returncode is not None:
             raise VmProcessExited(
                 f"VM {vm.id} exited with status {proc.returncode} while restoring: "
-                f"{tail(paths.stderr.read_text(errors='replace'), 5)}"
+                f"{tail_of_file(paths.stderr, 5)}"
             )
         if status == "inmigrate":
             raise SnapshotError(f"VM {vm.id}: restore did not finish in time")
