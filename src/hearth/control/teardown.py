@@ -26,7 +26,7 @@ from hearth.errors import Conflict
 from hearth.logging import get_logger
 from hearth.shared_tasks import SharedTasks
 from hearth.store import VmRecord
-from hearth.store.records import utc_now
+from hearth.store.records import RUNNING_VM_STATES, utc_now
 from hearth.vm.types import Vm, VmSpec, VmState
 
 if TYPE_CHECKING:
@@ -35,8 +35,6 @@ if TYPE_CHECKING:
 _log = get_logger("control.teardown")
 # How often a teardown reads the row again when it moved on between a read and a write.
 _RACES = 5
-# The statuses of a VM whose agent runs (once resumed, for a paused one): the hooks are run.
-_AGENT_RUNS = (VmState.READY, VmState.UNHEALTHY, VmState.PAUSED)
 
 
 class Teardowns:
@@ -95,7 +93,7 @@ class Teardowns:
             was, record = await self._stopping(vm_id)
             if record.status is VmState.DESTROYED:
                 return record
-            if was.status in _AGENT_RUNS:
+            if was.status in RUNNING_VM_STATES:  # its agent runs: the hooks are run
                 await self.run_hooks(vms.live.get(vm_id), was, vms.agent_token(vm_id))
             return await self.finish(record, vms.live.pop(vm_id, None))
 

@@ -32,14 +32,14 @@ from hearth.metrics import ControllerMetrics
 from hearth.node.interface import Node
 from hearth.periodic import every
 from hearth.store import INACTIVE_VM_STATES, Store, VmRecord
-from hearth.store.records import utc_now
+from hearth.store.records import RUNNING_VM_STATES, utc_now
 from hearth.vm.host import new_vm_id
 from hearth.vm.types import Vm, VmSpec, VmState, VmType
 
 _log = get_logger("control.vms")
 ACTIVE = tuple(state for state in VmState if state not in INACTIVE_VM_STATES)
 # A VM whose VMM runs and which the controller adopts after a restart.
-RUNNING = (VmState.READY, VmState.UNHEALTHY, VmState.PAUSED)
+RUNNING = RUNNING_VM_STATES
 # What a listing shows unless asked for other statuses: every VM not destroyed (failed ones too,
 # with the error that ended them).
 LISTED = tuple(state for state in VmState if state is not VmState.DESTROYED)

@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     from _typeshed import DataclassInstance
 
 INACTIVE_VM_STATES = frozenset({VmState.DESTROYED, VmState.FAILED})
+# A VM whose VMM runs, and so its agent (once resumed, for a paused one).
+RUNNING_VM_STATES = (VmState.READY, VmState.UNHEALTHY, VmState.PAUSED)
 
 
 def utc_now() -> datetime:
