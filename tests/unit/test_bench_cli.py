@@ -85,3 +85,22 @@ def test_a_phase_label_and_a_note_are_shown_as_they_are() -> None:
     shown = console.file.getvalue()  # type: ignore[attr-defined]
     assert "copy /srv/[b]img/rootfs.ext4 (" in shown
     assert "wrote [red]x[/red]" in shown
+
+
+def test_a_bench_that_refuses_in_its_run_exits_1_and_keeps_the_state_dir_given(
+    tmp_path: Path,
+) -> None:
+    # The command line builds the bench's options for its state dir and runs it there; this
+    # bench stops at its own check (a manifest listing no files is not a built image).
+    image = tmp_path / "image"
+    image.mkdir()
+    write_manifest(image)
+    state_dir = tmp_path / "bench-state"
+
+    code, output = _bench(
+        tmp_path, "run", "--no-runs", "--image", str(image), "--state-dir", str(state_dir)
+    )
+
+    assert code == 1
+    assert output == f"error(bench_failed):{image}holdsnobuiltimage"
+    assert state_dir.is_dir(), "a state dir the user gave is kept"

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from hearth.auth.flow import DEVTOOLS_PORT
-from hearth.bench.controller import ControllerProcess
+from hearth.bench.controller import ControllerProcess, start_controller
 from hearth.bench.errors import BenchError
 from hearth.bench.machine import MachineFacts
 from hearth.bench.oidc import CLIENT_ID, TEST_LOGIN, TEST_PASSWORD, OidcServer
@@ -184,13 +184,9 @@ async def run_auth_bench(options: AuthBenchOptions, *, progress: Progress) -> Au
                 for name, outcome in await prepare_templates(settings, image_path):
                     if not outcome.startswith("ready"):
                         raise BenchError(f"template {name} was not prepared: {outcome}")
-        with progress.phase("controller", "start hearth serve"):
-            controller = await ControllerProcess.start(
-                state_dir=state,
-                env=controller_env(oidc),
-                destroy_on_exit=True,
-            )
-            teardown.push("stop the controller", controller.stop)
+        controller = await start_controller(
+            state_dir=state, env=controller_env(oidc), teardown=teardown, progress=progress
+        )
         with progress.phase("controller warm-up", "what its start prepares, as after setup"):
             await controller.wait_warm()
         flows = FlowRunner(controller=controller, oidc=oidc, poll_s=options.poll_s)

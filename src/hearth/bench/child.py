@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
@@ -18,15 +19,15 @@ from hearth.bench.processes import log_tail
 from hearth.vm.host import stop_child
 
 
+@dataclass(eq=False, kw_only=True)
 class ChildServer:
     """One child server process and its log; subclasses name it and start it."""
 
     what: ClassVar[str] = "the server"  # how errors name it
     stop_deadline_s: ClassVar[float] = 10.0
 
-    def __init__(self, *, process: asyncio.subprocess.Process, log: Path) -> None:
-        self.process = process
-        self.log = log
+    process: asyncio.subprocess.Process
+    log: Path
 
     @staticmethod
     async def spawn(

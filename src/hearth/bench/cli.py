@@ -16,8 +16,9 @@ import sys
 import tempfile
 from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, TypedDict, TypeVar
+from typing import Annotated, Any, NoReturn, Protocol, TypedDict, TypeVar
 
 import typer
 from rich.console import Console
@@ -59,7 +60,7 @@ from hearth.images.build import default_output_dir
 from hearth.images.manifest import ImageDir
 from hearth.images.recipes import get_recipe
 from hearth.logging import configure_logging
-from hearth.progress import default_progress
+from hearth.progress import Progress, default_progress
 from hearth.vm.types import VmSpec
 from hearth_agent.wire import Provider
 
@@ -69,6 +70,9 @@ bench_app = typer.Typer(
     no_args_is_help=True,
 )
 T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
+OptionsT = TypeVar("OptionsT")  # a bench's options
+OptionsT_contra = TypeVar("OptionsT_contra", contravariant=True)
 # What the bench prints (notes, error messages, machine details, paths) is text, never markup.
 console = Console(markup=False, emoji=False)
 err_console = Console(stderr=True, markup=False, emoji=False)
@@ -115,15 +119,14 @@ def bench_vm(
     command = ["hearth", "bench", "vm", "--n", str(n), "--concurrency", str(concurrency)]
     if image is not None:
         command += ["--image", str(image)]
-    with _scratch_dir(state_dir) as root:
-        options = VmBenchOptions(
-            image=image_dir,
-            n=n,
-            concurrency=concurrency,
-            state_dir=root,
-            spec=VmSpec(vcpus=settings.default_vcpus, mem_mib=settings.default_mem_mib),
-        )
-        result = _run(run_vm_bench(options, progress=default_progress("bench")))
+    options = partial(
+        VmBenchOptions,
+        image=image_dir,
+        n=n,
+        concurrency=concurrency,
+        spec=VmSpec(vcpus=settings.default_vcpus, mem_mib=settings.default_mem_mib),
+    )
+    result = _measure(run_vm_bench, options, state_dir)
     _report(result, vm_tables, vm_document, json_file=json_file, command=command)
 
 
@@ -153,16 +156,15 @@ def bench_api(
     _load_settings()
     command = ["hearth", "bench", "api", "--n", str(n), "--concurrency", str(concurrency)]
     command += ["--rate", f"{rate:g}"]
-    with _scratch_dir(state_dir) as root:
-        options = ApiBenchOptions(
-            n=n,
-            state_dir=root,
-            concurrency=concurrency,
-            rate_rps=rate,
-            warmup=min(200, n),
-            postgres_url=database_url or None,
-        )
-        result = _run(run_api_bench(options, progress=default_progress("bench")))
+    options = partial(
+        ApiBenchOptions,
+        n=n,
+        concurrency=concurrency,
+        rate_rps=rate,
+        warmup=min(200, n),
+        postgres_url=database_url or None,
+    )
+    result = _measure(run_api_bench, options, state_dir)
     for note in result.notes:
         console.print(Text.assemble(("note", "yellow"), f" {note}"))
     _report(result, api_tables, api_document, json_file=json_file, command=command)
@@ -222,9 +224,7 @@ def bench_auth(
     if oidc_server_dir is not None:
         command += ["--oidc-server-dir", str(oidc_server_dir)]
     login = _login_parts(cli_image, browser_image, oidc_server_dir)
-    with _scratch_dir(state_dir) as root:
-        options = AuthBenchOptions(n=n, state_dir=root, **login)
-        result = _run(run_auth_bench(options, progress=default_progress("bench")))
+    result = _measure(run_auth_bench, partial(AuthBenchOptions, n=n, **login), state_dir)
     _report(result, auth_tables, auth_document, json_file=json_file, command=command)
 
 
@@ -249,11 +249,8 @@ def bench_restarts(
     command = ["hearth", "bench", "restarts", "--n", str(n)]
     command += [arg for p in point or () for arg in ("--point", p)]
     login = _login_parts(cli_image, browser_image, None)
-    with _scratch_dir(state_dir) as root:
-        options = RestartsOptions(
-            n=n, state_dir=root, points=tuple(point or POINTS), seed=seed, **login
-        )
-        result = _run(run_restarts_bench(options, progress=default_progress("bench")))
+    options = partial(RestartsOptions, n=n, points=tuple(point or POINTS), seed=seed, **login)
+    result = _measure(run_restarts_bench, options, state_dir)
     _report(result, restarts_tables, restarts_document, json_file=json_file, command=command)
 
 
@@ -324,18 +321,17 @@ def bench_run(
         command += ["--run-image", str(run_image)] if run_image is not None else []
     else:
         command += ["--no-runs"]
-    with _scratch_dir(state_dir) as root:
-        options = RunBenchOptions(
-            n=n,
-            bytes=size,
-            rounds=rounds,
-            state_dir=root,
-            image=image_dir,
-            vmm=settings.vmm,
-            qemu_accel=settings.qemu_accel,
-            runs=run_options,
-        )
-        result = _run(run_run_bench(options, progress=default_progress("bench")))
+    options = partial(
+        RunBenchOptions,
+        n=n,
+        bytes=size,
+        rounds=rounds,
+        image=image_dir,
+        vmm=settings.vmm,
+        qemu_accel=settings.qemu_accel,
+        runs=run_options,
+    )
+    result = _measure(run_run_bench, options, state_dir)
     _report(result, run_tables, run_document, json_file=json_file, command=command)
 
 
@@ -353,6 +349,23 @@ def _built_image(
             )
         )
     return image_dir
+
+
+class _Bench(Protocol[OptionsT_contra, T_co]):
+    """A benchmark: ``run_*_bench(options, progress=...)``."""
+
+    def __call__(
+        self, options: OptionsT_contra, *, progress: Progress
+    ) -> Coroutine[Any, Any, T_co]: ...
+
+
+def _measure(
+    bench: _Bench[OptionsT, T], options: Callable[..., OptionsT], state_dir: Path | None
+) -> T:
+    """Run ``bench`` (see :func:`_run`) on ``options(state_dir=...)``: ``state_dir`` (kept), or a
+    fresh temp dir removed before this returns."""
+    with _scratch_dir(state_dir) as root:
+        return _run(bench(options(state_dir=root), progress=default_progress("bench")))
 
 
 def _report(

@@ -12,6 +12,7 @@ import asyncio
 import os
 import sys
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +25,10 @@ from hearth.bench.loopback_server import LoopbackServer
 from hearth.closing import Closing
 from hearth.config import Settings
 from hearth.control.templates import TemplateState
+from hearth.progress import Progress
 from hearth.runtime import ControlPlane
 from hearth.store import normalise_url
+from hearth.teardown import Teardown
 from hearth.vm.host import free_local_port
 from hearth.vm.readiness import Deadline
 
@@ -33,18 +36,15 @@ START_DEADLINE_S = 60.0
 STOP_DEADLINE_S = 15.0
 
 
+@dataclass(eq=False, kw_only=True)
 class ControllerProcess(ChildServer):
     """One ``hearth serve`` subprocess on 127.0.0.1, started by ``ControllerProcess.start``."""
 
     what = "the controller"
     stop_deadline_s = STOP_DEADLINE_S
 
-    def __init__(
-        self, *, process: asyncio.subprocess.Process, url: str, state_dir: Path, log: Path
-    ) -> None:
-        super().__init__(process=process, log=log)
-        self.url = url
-        self.state_dir = state_dir
+    url: str
+    state_dir: Path
 
     @classmethod
     async def start(
@@ -132,6 +132,19 @@ class ControllerProcess(ChildServer):
             f"the controller was not healthy after {START_DEADLINE_S:.0f} s ({last}):\n"
             f"{self.log_tail()}"
         )
+
+
+async def start_controller(
+    *, state_dir: Path, env: Mapping[str, str], teardown: Teardown, progress: Progress
+) -> ControllerProcess:
+    """A controller that destroys its VMs when it stops, started in the bench's "controller"
+    phase; ``teardown`` stops it."""
+    with progress.phase("controller", "start hearth serve"):
+        controller = await ControllerProcess.start(
+            state_dir=state_dir, env=env, destroy_on_exit=True
+        )
+        teardown.push("stop the controller", controller.stop)
+    return controller
 
 
 class InProcessController(Closing):

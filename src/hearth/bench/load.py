@@ -59,53 +59,49 @@ class _CpuMeter:
 
 
 @dataclass(frozen=True, kw_only=True)
-class ClosedLoopResult:
-    """``n`` requests by ``concurrency`` workers, each sending its next when the last answered."""
+class LoadResult:
+    """What every load phase measures: each request's latency, the phase's wall time, the CPU."""
 
-    concurrency: int
     latency: Summary
     wall_s: float
     cpu: CpuUse
 
     @property
-    def throughput_rps(self) -> float:
-        """Requests answered per second."""
+    def answered_rps(self) -> float:
+        """Requests answered per second (of an open loop: from its schedule's start)."""
         return self.latency.n / self.wall_s
 
     def to_dict(self) -> dict[str, object]:
-        """The JSON shape."""
+        """The JSON shape: the load applied, then what it measured."""
         return {
-            "concurrency": self.concurrency,
-            "throughput_rps": self.throughput_rps,
+            **self._load(),
             "wall_s": self.wall_s,
             **self.cpu.to_dict(),
             **self.latency.seconds(with_samples=False),
         }
+
+    def _load(self) -> dict[str, object]:
+        raise NotImplementedError
 
 
 @dataclass(frozen=True, kw_only=True)
-class OpenLoopResult:
+class ClosedLoopResult(LoadResult):
+    """``n`` requests by ``concurrency`` workers, each sending its next when the last answered."""
+
+    concurrency: int
+
+    def _load(self) -> dict[str, object]:
+        return {"concurrency": self.concurrency, "throughput_rps": self.answered_rps}
+
+
+@dataclass(frozen=True, kw_only=True)
+class OpenLoopResult(LoadResult):
     """``n`` requests sent on a fixed schedule of ``target_rps``, whatever the answers do."""
 
     target_rps: float
-    latency: Summary
-    wall_s: float
-    cpu: CpuUse
 
-    @property
-    def achieved_rps(self) -> float:
-        """Requests answered per second, start of the schedule to the last answer."""
-        return self.latency.n / self.wall_s
-
-    def to_dict(self) -> dict[str, object]:
-        """The JSON shape."""
-        return {
-            "target_rps": self.target_rps,
-            "achieved_rps": self.achieved_rps,
-            "wall_s": self.wall_s,
-            **self.cpu.to_dict(),
-            **self.latency.seconds(with_samples=False),
-        }
+    def _load(self) -> dict[str, object]:
+        return {"target_rps": self.target_rps, "achieved_rps": self.answered_rps}
 
 
 async def get_ok(client: httpx.AsyncClient, path: str) -> None:

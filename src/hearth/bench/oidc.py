@@ -13,6 +13,7 @@ import asyncio
 import json
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -30,18 +31,15 @@ START_DEADLINE_S = 30.0
 STOP_DEADLINE_S = 10.0
 
 
+@dataclass(eq=False, kw_only=True)
 class OidcServer(ChildServer):
     """One running test OAuth server, started by ``OidcServer.start``; ``stop`` is idempotent."""
 
     what = "the OAuth server"
     stop_deadline_s = STOP_DEADLINE_S
 
-    def __init__(
-        self, *, process: asyncio.subprocess.Process, port: int, issuer: str, log: Path
-    ) -> None:
-        super().__init__(process=process, log=log)
-        self.port = port
-        self.issuer = issuer  # as Browser VMs see it
+    port: int
+    issuer: str  # as Browser VMs see it
 
     @classmethod
     async def start(cls, *, server_dir: Path, log: Path) -> OidcServer:

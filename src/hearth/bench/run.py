@@ -41,7 +41,7 @@ import httpx
 from httpx_sse import aconnect_sse
 
 from hearth.agent_client import AgentClient
-from hearth.bench.controller import ControllerProcess
+from hearth.bench.controller import ControllerProcess, start_controller
 from hearth.bench.errors import BenchError
 from hearth.bench.guest_stream import GUEST_PORT, GuestStreamClient, guest_stream_command
 from hearth.bench.machine import MachineFacts
@@ -169,13 +169,9 @@ async def _measure_exec_and_files(
     async with Teardown(error=BenchError) as teardown:
         # Runs after the controller stopped (teardown is newest first).
         teardown.push("check that no VM is left", lambda: check_nothing_left(state))
-        with progress.phase("controller", "start hearth serve"):
-            controller = await ControllerProcess.start(
-                state_dir=state,
-                env=_controller_env(options),
-                destroy_on_exit=True,
-            )
-            teardown.push("stop the controller", controller.stop)
+        controller = await start_controller(
+            state_dir=state, env=_controller_env(options), teardown=teardown, progress=progress
+        )
         key = await controller.mint_user_key(BENCH_USER)
         api = await teardown.enter(_api_client(controller, key), "close the API client")
         with progress.phase("CLI VM", "POST /api/vms"):

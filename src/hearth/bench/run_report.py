@@ -113,26 +113,15 @@ class RunFigures:
                 "/health round trip",
                 at_most=EXEC_ROUND_TRIP_TARGET,
             ),
-            Ratio(
-                name="exec_output",
-                label="exec output / raw TCP out of the VM",
-                value=rate["exec_output"] / rate["raw_out"],
-                goal=f"exec output stream ≥ {STREAM_TARGET:g}x a raw TCP stream out of the VM",
-                at_least=STREAM_TARGET,
-            ),
-            Ratio(
-                name="file_upload",
-                label="file upload / raw TCP into the VM",
-                value=rate["upload"] / rate["raw_in"],
-                goal=f"file upload ≥ {STREAM_TARGET:g}x a raw TCP stream into the VM",
-                at_least=STREAM_TARGET,
-            ),
-            Ratio(
-                name="file_download",
-                label="file download / raw TCP out of the VM",
-                value=rate["download"] / rate["raw_out"],
-                goal=f"file download ≥ {STREAM_TARGET:g}x a raw TCP stream out of the VM",
-                at_least=STREAM_TARGET,
+            *(
+                Ratio(
+                    name=name,
+                    label=f"{stream.label} / raw TCP {stream.way} the VM",
+                    value=rate[stream.hearth] / rate[stream.raw],
+                    goal=f"{stream.goal} ≥ {STREAM_TARGET:g}x a raw TCP stream {stream.way} the VM",
+                    at_least=STREAM_TARGET,
+                )
+                for name, stream in _STREAMS.items()
             ),
             *(
                 Ratio(
@@ -165,18 +154,33 @@ class RunFigures:
                 f"{duration_text(run.hearth.p50)} / {duration_text(run.direct.p50)} "
                 f"= {ratio_text(ratio.value)}"
             )
-        hearth, raw = _RATE_PAIRS[ratio.name]
+        stream = _STREAMS[ratio.name]
         return (
-            f"{rate_text(self.transfers[hearth].p50)} / {rate_text(self.transfers[raw].p50)} "
-            f"= {ratio_text(ratio.value)}"
+            f"{rate_text(self.transfers[stream.hearth].p50)} / "
+            f"{rate_text(self.transfers[stream.raw].p50)} = {ratio_text(ratio.value)}"
         )
 
 
-# A throughput ratio's Hearth transfer and its raw counterpart.
-_RATE_PAIRS = {
-    "exec_output": ("exec_output", "raw_out"),
-    "file_upload": ("upload", "raw_in"),
-    "file_download": ("download", "raw_out"),
+@dataclass(frozen=True)
+class _Stream:
+    """A throughput ratio: a Hearth transfer over the raw TCP stream the same way."""
+
+    hearth: str  # the TRANSFERS key of Hearth's transfer
+    raw: str  # the TRANSFERS key of its raw counterpart: "raw_out" or "raw_in"
+    label: str  # what the table calls Hearth's side
+    goal: str  # what the goal calls it
+
+    @property
+    def way(self) -> str:
+        """Which way the bytes cross the VM's edge, as the label and goal say it."""
+        return "into" if self.raw == "raw_in" else "out of"
+
+
+# The throughput ratios, by name, in the order of the report.
+_STREAMS = {
+    "exec_output": _Stream("exec_output", "raw_out", "exec output", "exec output stream"),
+    "file_upload": _Stream("upload", "raw_in", "file upload", "file upload"),
+    "file_download": _Stream("download", "raw_out", "file download", "file download"),
 }
 
 

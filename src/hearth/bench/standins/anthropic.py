@@ -25,7 +25,13 @@ from starlette.responses import JSONResponse, Response
 
 from hearth.bench.standins.recording import RecordedRequest
 from hearth.bench.standins.scenarios import Scenario, text_chunks
-from hearth.bench.standins.standin import Endpoint, ProviderStandIn, SseEvent, cut_point
+from hearth.bench.standins.standin import (
+    Endpoint,
+    ProviderStandIn,
+    SseEvent,
+    cut_point,
+    oauth_error,
+)
 
 # The tool the ``tool_call`` scenario asks for. This build offers no Glob/LS tool; ``ls`` is a
 # read-only command, which ``claude -p`` lets Bash run without a permission prompt, and its
@@ -111,10 +117,7 @@ class AnthropicStandIn(ProviderStandIn):
 
     async def refresh(self, request: RecordedRequest) -> Response:
         """Refuse the refresh token, as the real endpoint refuses one it never issued."""
-        return JSONResponse(
-            {"error": "invalid_grant", "error_description": "Invalid refresh token"},
-            status_code=400,
-        )
+        return oauth_error("invalid_grant", "Invalid refresh token")
 
     async def profile(self, request: RecordedRequest) -> Response:
         """A Max subscriber's account and organization."""

@@ -22,7 +22,13 @@ from starlette.responses import JSONResponse, Response
 
 from hearth.bench.standins.recording import RecordedRequest
 from hearth.bench.standins.scenarios import Scenario, Usage, text_chunks
-from hearth.bench.standins.standin import Endpoint, ProviderStandIn, SseEvent, cut_point
+from hearth.bench.standins.standin import (
+    Endpoint,
+    ProviderStandIn,
+    SseEvent,
+    cut_point,
+    oauth_error,
+)
 
 # The tool the ``tool_call`` scenario calls: read-only, so ``gemini -p`` runs it without asking
 # (tools that need a confirmation are not offered in a non-interactive run).
@@ -152,9 +158,7 @@ class GeminiStandIn(ProviderStandIn):
     async def tokeninfo(self, request: RecordedRequest) -> Response:
         """What Google knows of the access token (sent as a bearer), or ``invalid_token``."""
         if request.bearer != self.expected_token:
-            return JSONResponse(
-                {"error": "invalid_token", "error_description": "Invalid Value"}, status_code=400
-            )
+            return oauth_error("invalid_token", "Invalid Value")
         return JSONResponse(
             {
                 "azp": "681255809395.apps.googleusercontent.com",
@@ -172,10 +176,7 @@ class GeminiStandIn(ProviderStandIn):
 
     async def refresh(self, request: RecordedRequest) -> Response:
         """Refuse the refresh token, as Google refuses one it never issued."""
-        return JSONResponse(
-            {"error": "invalid_grant", "error_description": "Token has been expired or revoked."},
-            status_code=400,
-        )
+        return oauth_error("invalid_grant", "Token has been expired or revoked.")
 
     # -- Code Assist -------------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
@@ -178,6 +178,12 @@ class ProviderStandIn:
             media_type="text/event-stream",
             headers={"cache-control": "no-cache", **(headers or {})},
         )
+
+
+def oauth_error(error: str, description: str) -> Response:
+    """An OAuth 2 error response (RFC 6749, section 5.2): HTTP 400, ``error`` and its
+    ``error_description``."""
+    return JSONResponse({"error": error, "error_description": description}, status_code=400)
 
 
 def cut_point(scenario: Scenario, events: int) -> int | None:
