@@ -85,6 +85,20 @@ def test_codex_tools_start_and_finish() -> None:
     assert (finished[3]["output"], finished[3]["isError"]) == ("boom", True)
 
 
+def test_codex_mcp_result_blocks_read_one_a_line_other_blocks_named() -> None:
+    parser = parser_for(Provider.CODEX)
+    content = [{"type": "text", "text": "hit"}, {"type": "image", "data": "iVBO"}, {"x": 1}]
+    events = feed(
+        parser,
+        x_item("completed", "item_0", "mcp_tool_call", server="docs", tool="shot", arguments={},
+               result={"content": content}, error=None, status="completed"),
+        x_item("completed", "item_1", "mcp_tool_call", server="docs", tool="shot", arguments={},
+               result={"content": "not blocks"}, error=None, status="completed"),
+    )  # fmt: skip
+    outputs = [e["output"] for e in of_type(events, RunEventType.TOOL_FINISHED)]
+    assert outputs == ["hit\n[image]\n[content]", ""]
+
+
 def test_codex_warning_items_and_reasoning_are_raw_and_do_not_fail_the_run() -> None:
     parser = parser_for(Provider.CODEX)
     warning = "Model metadata for `gpt-x` not found. Defaulting to fallback metadata"

@@ -41,7 +41,16 @@ from hearth.runs.events import (
 )
 from hearth.runs.failures import classify_status
 from hearth.runs.fingerprint import Fingerprint
-from hearth.runs.stream import CliStream, Report, dict_of, int_of, list_of, status_of, text_of
+from hearth.runs.stream import (
+    CliStream,
+    Report,
+    blocks_text,
+    dict_of,
+    int_of,
+    list_of,
+    status_of,
+    text_of,
+)
 
 # Claude's error kinds (the ``error`` of an assistant line, ``api_error`` of a result, the
 # ``error`` of an api_retry) and the failure each one is.
@@ -326,11 +335,4 @@ def _result_text(content: object) -> str | None:
         return None
     if isinstance(content, str):
         return content
-    parts = []
-    for block in list_of(content):
-        block = dict_of(block)
-        if block.get("type") == "text":
-            parts.append(text_of(block.get("text")))
-        else:
-            parts.append(f"[{text_of(block.get('type')) or 'content'}]")
-    return "\n".join(parts)
+    return blocks_text(content)

@@ -37,7 +37,16 @@ from hearth.runs.events import (
     tool_started,
     usage_event,
 )
-from hearth.runs.stream import CliStream, Report, dict_of, int_of, list_of, status_of, text_of
+from hearth.runs.stream import (
+    CliStream,
+    Report,
+    blocks_text,
+    dict_of,
+    int_of,
+    list_of,
+    status_of,
+    text_of,
+)
 
 _ITEM_EVENTS = frozenset({"item.started", "item.updated", "item.completed"})
 _FAILED = frozenset({"failed", "declined"})
@@ -170,7 +179,7 @@ def _finished(item_id: str, name: str, item: dict[str, Any]) -> RunEvent:
     elif error:
         output = error
     elif isinstance(item.get("result"), dict):
-        output = _mcp_result_text(dict_of(item.get("result")))
+        output = blocks_text(dict_of(item.get("result")).get("content"))
     else:
         output = None
     return tool_finished(
@@ -180,17 +189,6 @@ def _finished(item_id: str, name: str, item: dict[str, Any]) -> RunEvent:
         is_error=status in _FAILED or bool(error) or exit_code not in (None, 0),
         exit_code=exit_code,
     )
-
-
-def _mcp_result_text(result: dict[str, Any]) -> str:
-    parts = []
-    for block in list_of(result.get("content")):
-        block = dict_of(block)
-        if block.get("type") == "text":
-            parts.append(text_of(block.get("text")))
-        else:
-            parts.append(f"[{text_of(block.get('type')) or 'content'}]")
-    return "\n".join(parts)
 
 
 def _usage(usage: dict[str, Any]) -> dict[str, Any]:

@@ -22,6 +22,7 @@ working directory: a resumed run must start in the same ``cwd`` as the run it co
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from hearth.errors import InvalidInput
@@ -36,27 +37,6 @@ MODEL_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/@\[\]-]{0,199}$"
 SESSION_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$"
 _MODEL = re.compile(MODEL_PATTERN)
 _SESSION_ID = re.compile(SESSION_ID_PATTERN)
-
-# Headless environment beyond QUIET_ENV, per CLI.
-_HEADLESS_ENV: dict[Provider, dict[str, str]] = {
-    Provider.CLAUDE_CODE: {
-        # bypassPermissions refuses to start as root (the agent's user) unless the process says
-        # it runs in a sandbox on purpose: claude checks IS_SANDBOX === "1".
-        "IS_SANDBOX": "1",
-        "NO_COLOR": "1",
-    },
-    Provider.CODEX: {"NO_COLOR": "1"},
-    Provider.GEMINI_CLI: {
-        # The login the auth flow delivered is "Login with Google"; the delivered settings.json
-        # names it too, this keeps a headless run from stopping at "Please set an Auth method"
-        # should that file be missing (it selects the method; it carries no credential).
-        "GOOGLE_GENAI_USE_GCA": "true",
-        # One process: gemini otherwise re-runs itself in a second node with a larger heap, and
-        # a CLI killed by a signal would then show as exit status 1.
-        "GEMINI_CLI_NO_RELAUNCH": "true",
-        "NO_COLOR": "1",
-    },
-}
 
 
 @dataclass(frozen=True)
@@ -76,8 +56,8 @@ def run_command(
     Raises InvalidInput for a provider without a CLI (``oidc``), an empty prompt, or a model or
     session id that could be read as something else on the command line.
     """
-    build = _BUILDERS.get(provider)
-    if build is None:
+    cli = _CLIS.get(provider)
+    if cli is None:
         raise InvalidInput(f"provider {provider.value!r} has no CLI to run")
     if not prompt.strip():
         raise InvalidInput("the prompt is empty")
@@ -85,71 +65,92 @@ def run_command(
         raise InvalidInput("model: letters, digits and . _ : / @ [ ] -, not starting with -")
     if resume is not None and not _SESSION_ID.fullmatch(resume):
         raise InvalidInput("resume: a session id (letters, digits and . _ -)")
-    env = {**quiet_env([provider]), **_HEADLESS_ENV[provider]}
-    return RunCommand(argv=build(model, resume), stdin=prompt, env=env)
+    env = {**quiet_env([provider]), **cli.env}
+    return RunCommand(argv=cli.build(model, resume), stdin=prompt, env=env)
 
 
-def _claude(model: str | None, resume: str | None) -> list[str]:
-    argv = [
-        "claude",
-        "-p",  # print mode: answer once, then exit; the prompt is read from stdin
-        "--output-format",
-        "stream-json",
-        "--verbose",  # stream-json in print mode requires it
-        "--include-partial-messages",  # text deltas as they stream, not only whole blocks
-        "--permission-mode",
-        "bypassPermissions",  # run tools without asking; nobody could answer
-    ]
-    if model is not None:
-        argv += ["--model", model]
-    if resume is not None:
-        argv += ["--resume", resume]
-    return argv
+@dataclass(frozen=True, kw_only=True)
+class _Cli:
+    """One CLI's headless command line: its fixed argv, the word before a session id to resume
+    (``--model`` is the same for all three), what ends the argv, and its environment beyond
+    QUIET_ENV."""
+
+    argv: tuple[str, ...]
+    resume: str = "--resume"
+    tail: tuple[str, ...] = ()
+    env: Mapping[str, str]
+
+    def build(self, model: str | None, resume: str | None) -> list[str]:
+        """The argv for a run with ``model`` and continuing session ``resume`` (when given)."""
+        argv = list(self.argv)
+        if model is not None:
+            argv += ["--model", model]
+        if resume is not None:
+            argv += [self.resume, resume]
+        return [*argv, *self.tail]
 
 
-def _codex(model: str | None, resume: str | None) -> list[str]:
-    argv = [
-        "codex",
-        "exec",
-        "--json",  # JSONL events on stdout
-        "--skip-git-repo-check",  # the workspace need not be a git repository
-        # No approval prompts and no sandbox of codex's own: its Linux sandbox (bubblewrap,
-        # Landlock) is not what isolates a run in a VM; the flag exists for "environments that
-        # are externally sandboxed". `codex exec resume` has no --sandbox/--ask-for-approval.
-        "--dangerously-bypass-approvals-and-sandbox",
-        "--color",
-        "never",
-        "-c",
-        "analytics.enabled=false",  # no metrics exporter or analytics events (see QUIET_ENV)
-    ]
-    if model is not None:
-        argv += ["--model", model]
-    if resume is not None:
-        argv += ["resume", resume]
-    return [*argv, "-"]  # "-": the prompt is read from stdin
-
-
-def _gemini(model: str | None, resume: str | None) -> list[str]:
-    argv = [
-        "gemini",
-        # Headless mode; stdin is the prompt and -p's own text is appended to it: nothing.
-        "-p",
-        "",
-        "--output-format",
-        "stream-json",
-        "--skip-trust",  # else headless gemini exits (55) in a folder nobody trusted
-        "--approval-mode",
-        "yolo",  # run tools without asking; nobody could answer
-    ]
-    if model is not None:
-        argv += ["--model", model]
-    if resume is not None:
-        argv += ["--resume", resume]
-    return argv
-
-
-_BUILDERS = {
-    Provider.CLAUDE_CODE: _claude,
-    Provider.CODEX: _codex,
-    Provider.GEMINI_CLI: _gemini,
+_CLIS: dict[Provider, _Cli] = {
+    Provider.CLAUDE_CODE: _Cli(
+        argv=(
+            "claude",
+            "-p",  # print mode: answer once, then exit; the prompt is read from stdin
+            "--output-format",
+            "stream-json",
+            "--verbose",  # stream-json in print mode requires it
+            "--include-partial-messages",  # text deltas as they stream, not only whole blocks
+            "--permission-mode",
+            "bypassPermissions",  # run tools without asking; nobody could answer
+        ),
+        env={
+            # bypassPermissions refuses to start as root (the agent's user) unless the process
+            # says it runs in a sandbox on purpose: claude checks IS_SANDBOX === "1".
+            "IS_SANDBOX": "1",
+            "NO_COLOR": "1",
+        },
+    ),
+    Provider.CODEX: _Cli(
+        argv=(
+            "codex",
+            "exec",
+            "--json",  # JSONL events on stdout
+            "--skip-git-repo-check",  # the workspace need not be a git repository
+            # No approval prompts and no sandbox of codex's own: its Linux sandbox (bubblewrap,
+            # Landlock) is not what isolates a run in a VM; the flag exists for "environments
+            # that are externally sandboxed". `codex exec resume` has no --sandbox or
+            # --ask-for-approval.
+            "--dangerously-bypass-approvals-and-sandbox",
+            "--color",
+            "never",
+            "-c",
+            "analytics.enabled=false",  # no metrics exporter or analytics events (see QUIET_ENV)
+        ),
+        resume="resume",  # a subcommand, after the exec options
+        tail=("-",),  # "-": the prompt is read from stdin
+        env={"NO_COLOR": "1"},
+    ),
+    Provider.GEMINI_CLI: _Cli(
+        argv=(
+            "gemini",
+            # Headless mode; stdin is the prompt and -p's own text is appended to it: nothing.
+            "-p",
+            "",
+            "--output-format",
+            "stream-json",
+            "--skip-trust",  # else headless gemini exits (55) in a folder nobody trusted
+            "--approval-mode",
+            "yolo",  # run tools without asking; nobody could answer
+        ),
+        env={
+            # The login the auth flow delivered is "Login with Google"; the delivered
+            # settings.json names it too, this keeps a headless run from stopping at "Please set
+            # an Auth method" should that file be missing (it selects the method; it carries no
+            # credential).
+            "GOOGLE_GENAI_USE_GCA": "true",
+            # One process: gemini otherwise re-runs itself in a second node with a larger heap,
+            # and a CLI killed by a signal would then show as exit status 1.
+            "GEMINI_CLI_NO_RELAUNCH": "true",
+            "NO_COLOR": "1",
+        },
+    ),
 }

@@ -178,6 +178,19 @@ def list_of(value: object) -> list[Any]:
     return value if isinstance(value, list) else []
 
 
+def blocks_text(blocks: object) -> str:
+    """Content blocks (a tool result's, as Anthropic's API and MCP both shape them) as text, one
+    block a line: a text block's text, any other block named by its type (``[image]``)."""
+    parts = []
+    for block in list_of(blocks):
+        block = dict_of(block)
+        if block.get("type") == "text":
+            parts.append(text_of(block.get("text")))
+        else:
+            parts.append(f"[{text_of(block.get('type')) or 'content'}]")
+    return "\n".join(parts)
+
+
 def int_of(value: object) -> int:
     """A count field's value (0 when absent, not a number, or past any count: see MAX_COUNT)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
