@@ -90,12 +90,10 @@ class Workspace:
         if "\0" in path or len(path) > MAX_PATH_CHARS:
             raise InvalidInput(f"path must be at most {MAX_PATH_CHARS} characters, without NUL")
         if path.startswith("/"):
-            inside = self._relative_to_root(path)
-            if inside is None:
-                raise PathOutsideWorkspace(
-                    f"{path!r} is outside the workspace: paths are relative to {self.root}"
-                )
-            return inside
+            return self._inside_root(
+                path,
+                outside=f"{path!r} is outside the workspace: paths are relative to {self.root}",
+            )
         parts = tuple(part for part in path.split("/") if part not in ("", "."))
         if ".." in parts:
             raise PathOutsideWorkspace(f"{path!r}: '..' is not accepted in a workspace path")
@@ -104,16 +102,16 @@ class Workspace:
                 raise InvalidInput(f"{path!r}: a name is longer than {MAX_NAME_BYTES} bytes")
         return parts
 
-    def _relative_to_root(self, absolute: str) -> tuple[str, ...] | None:
+    def _inside_root(self, absolute: str, *, outside: str) -> tuple[str, ...]:
         """The components of an absolute path inside the workspace (as configured or as the
-        kernel resolves it), else None. ``..`` in it is never inside."""
+        kernel resolves it); PathOutsideWorkspace saying ``outside`` when it is not inside.
+        ``..`` in it is never inside."""
         target = PurePosixPath(absolute)
-        if ".." in target.parts:
-            return None
-        for root in {PurePosixPath(self.root), PurePosixPath(os.path.realpath(self.root))}:
-            if target == root or root in target.parents:
-                return target.relative_to(root).parts
-        return None
+        if ".." not in target.parts:
+            for root in {PurePosixPath(self.root), PurePosixPath(os.path.realpath(self.root))}:
+                if target == root or root in target.parents:
+                    return target.relative_to(root).parts
+        raise PathOutsideWorkspace(outside)
 
     def display(self, parts: tuple[str, ...]) -> str:
         """A path as the API shows it: relative, ``.`` for the workspace itself."""
@@ -148,12 +146,9 @@ class Workspace:
         when that is outside. ``..`` after a name is refused: it would follow that name as it
         is on disk (maybe a symlink itself), which a lexical check cannot see."""
         if target.startswith("/"):
-            inside = self._relative_to_root(target)
-            if inside is None:
-                raise PathOutsideWorkspace(
-                    f"{shown} is a symlink to {target!r}, out of the workspace"
-                )
-            return inside
+            return self._inside_root(
+                target, outside=f"{shown} is a symlink to {target!r}, out of the workspace"
+            )
         resolved = list(where[:-1])
         named = False
         for part in target.split("/"):

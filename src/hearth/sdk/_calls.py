@@ -27,6 +27,19 @@ class Call(Generic[T_co]):
     # The server answers once a VM has booted: the client's boot timeout, not its usual one.
     waits_for_boot: bool = False
 
+    def send_args(self, *, boot_timeout_s: float) -> dict[str, Any]:
+        """What ``httpx.Client.request`` / ``AsyncClient.request`` take to send this call (one
+        that waits for a boot with ``boot_timeout_s``, any other with the client's timeout)."""
+        args: dict[str, Any] = {
+            "method": self.method,
+            "url": self.path,
+            "json": self.json,
+            "params": self.params,
+        }
+        if self.waits_for_boot:
+            args["timeout"] = boot_timeout_s
+        return args
+
     def result(self, status: int, content: bytes) -> T_co:
         """The answer read; HearthApiError when it is the API's error, or not the API's answer
         at all (a redirect, a body that is not JSON: a proxy's, or a wrong URL's)."""

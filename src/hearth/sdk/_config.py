@@ -6,6 +6,9 @@ import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
 
 from hearth.sdk._errors import HearthConfigError, WaitTimeout
 
@@ -71,6 +74,15 @@ class ClientConfig:
     def headers(self) -> dict[str, str]:
         """What every request carries."""
         return {"Authorization": f"Bearer {self.key}"}
+
+    def client_args(self) -> dict[str, Any]:
+        """What ``httpx.Client`` / ``httpx.AsyncClient`` are built with, but the transport."""
+        return {"base_url": self.url, "headers": self.headers(), "timeout": self.timeout_s}
+
+    def stream_timeout(self) -> httpx.Timeout:
+        """An event stream's timeout: a stream quiet for ``STREAM_READ_TIMEOUT_S`` (not even a
+        keepalive) is a dead connection (a laptop that slept, a forgotten NAT entry)."""
+        return httpx.Timeout(self.timeout_s, read=STREAM_READ_TIMEOUT_S)
 
 
 class Deadline:

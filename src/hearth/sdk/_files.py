@@ -27,6 +27,7 @@ from hearth.sdk._transfer import (
     FileEntry,
     FileWritten,
     Progress,
+    Upload,
     WriteSource,
     answer_kind,
     counted,
@@ -93,6 +94,30 @@ def _timeout(config: ClientConfig) -> httpx.Timeout:
     return httpx.Timeout(config.timeout_s, read=TRANSFER_TIMEOUT_S, write=TRANSFER_TIMEOUT_S)
 
 
+def _write_request(
+    http: _SyncHttp | _AsyncHttp,
+    vm_id: str,
+    upload: Upload,
+    content: bytes | Iterator[bytes] | AsyncIterator[bytes],
+) -> httpx.Request:
+    """The PUT that writes ``upload``, its bytes sent as ``content``."""
+    return http.client.build_request(
+        "PUT",
+        _files_path(vm_id),
+        content=content,
+        headers=upload.headers,
+        params=upload.params,
+        timeout=_timeout(http.config),
+    )
+
+
+def _read_request(http: _SyncHttp | _AsyncHttp, vm_id: str, path: str) -> httpx.Request:
+    """The GET that reads the file (or a tar of the directory) at ``path``."""
+    return http.client.build_request(
+        "GET", _files_path(vm_id), params={"path": path}, timeout=_timeout(http.config)
+    )
+
+
 def _local_target(path: str, local: Path, kind: str) -> Path:
     """Where a download goes: into ``local`` if it is a directory and the remote is a file."""
     if kind == "file" and local.is_dir():
@@ -100,15 +125,20 @@ def _local_target(path: str, local: Path, kind: str) -> Path:
     return local
 
 
-class FileStream:
-    """A download in progress: ``kind`` (``file``, or ``dir`` for a tar of one), ``size`` (a
-    file's), and its bytes by iterating it. Use it in a ``with`` block."""
+class _Download:
+    """What a download in progress shows whichever client reads it: ``kind`` (``file``, or
+    ``dir`` for a tar of one) and ``size`` (a file's)."""
 
     def __init__(self, response: httpx.Response, kind: str) -> None:
         self._response = response
         self.kind = kind
         length = response.headers.get("content-length")
         self.size = int(length) if kind == "file" and length is not None else None
+
+
+class FileStream(_Download):
+    """A download in progress: ``kind`` (``file``, or ``dir`` for a tar of one), ``size`` (a
+    file's), and its bytes by iterating it. Use it in a ``with`` block."""
 
     def __iter__(self) -> Iterator[bytes]:
         try:
@@ -123,14 +153,8 @@ class FileStream:
         self._response.close()
 
 
-class AsyncFileStream:
+class AsyncFileStream(_Download):
     """``FileStream`` for ``async for`` and ``async with``."""
-
-    def __init__(self, response: httpx.Response, kind: str) -> None:
-        self._response = response
-        self.kind = kind
-        length = response.headers.get("content-length")
-        self.size = int(length) if kind == "file" and length is not None else None
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         try:
@@ -168,13 +192,8 @@ class Files:
         /proc file is read to its end."""
         upload = upload_of(path, data, mode=mode, progress=progress)
         try:
-            answer = self._http.client.put(
-                _files_path(self._vm_id),
-                content=upload.content,
-                headers=upload.headers,
-                params=upload.params,
-                timeout=_timeout(self._http.config),
-            )
+            request = _write_request(self._http, self._vm_id, upload, upload.content)
+            answer = self._http.client.send(request)
         except httpx.TransportError as exc:
             raise _no_answer(self._http.config, "PUT", exc) from exc
         finally:
@@ -184,12 +203,7 @@ class Files:
     @contextlib.contextmanager
     def read_stream(self, path: str) -> Iterator[FileStream]:
         """The file at ``path`` (or a tar of the directory there) as its bytes arrive."""
-        request = self._http.client.build_request(
-            "GET",
-            _files_path(self._vm_id),
-            params={"path": path},
-            timeout=_timeout(self._http.config),
-        )
+        request = _read_request(self._http, self._vm_id, path)
         try:
             response = self._http.client.send(request, stream=True)
         except httpx.TransportError as exc:
@@ -255,13 +269,8 @@ class AsyncFiles:
             upload.content if isinstance(upload.content, bytes) else _off_thread(upload.content)
         )
         try:
-            answer = await self._http.client.put(
-                _files_path(self._vm_id),
-                content=content,
-                headers=upload.headers,
-                params=upload.params,
-                timeout=_timeout(self._http.config),
-            )
+            request = _write_request(self._http, self._vm_id, upload, content)
+            answer = await self._http.client.send(request)
         except httpx.TransportError as exc:
             raise _no_answer(self._http.config, "PUT", exc) from exc
         finally:
@@ -271,15 +280,9 @@ class AsyncFiles:
     @contextlib.asynccontextmanager
     async def read_stream(self, path: str) -> AsyncIterator[AsyncFileStream]:
         """The file at ``path`` (or a tar of the directory there) as its bytes arrive."""
-        client = self._http.client
-        request = client.build_request(
-            "GET",
-            _files_path(self._vm_id),
-            params={"path": path},
-            timeout=_timeout(self._http.config),
-        )
+        request = _read_request(self._http, self._vm_id, path)
         try:
-            response = await client.send(request, stream=True)
+            response = await self._http.client.send(request, stream=True)
         except httpx.TransportError as exc:
             raise _no_answer(self._http.config, "GET", exc) from exc
         async with contextlib.aclosing(response):

@@ -18,7 +18,6 @@ from hearth.sdk import _calls as calls
 from hearth.sdk._config import (
     DEFAULT_RESUME,
     DEFAULT_TIMEOUT_S,
-    STREAM_READ_TIMEOUT_S,
     ClientConfig,
     Deadline,
     ResumePolicy,
@@ -60,27 +59,19 @@ class _Http:
 
     def __init__(self, config: ClientConfig, transport: httpx.BaseTransport | None) -> None:
         self.config = config
-        self._client = httpx.Client(
-            base_url=config.url,
-            headers=config.headers(),
-            timeout=config.timeout_s,
-            transport=transport,
-        )
+        self._client = httpx.Client(**config.client_args(), transport=transport)
 
     def call(self, call: calls.Call[T]) -> T:
-        timeout = self.config.boot_timeout_s if call.waits_for_boot else httpx.USE_CLIENT_DEFAULT
         try:
             answer = self._client.request(
-                call.method, call.path, json=call.json, params=call.params, timeout=timeout
+                **call.send_args(boot_timeout_s=self.config.boot_timeout_s)
             )
         except httpx.TransportError as exc:
             raise HearthConnectionError.of_transport(self.config.url, call.method, exc) from exc
         return call.result(answer.status_code, answer.content)
 
     def events(self, follower: Follower[E]) -> Iterator[E]:
-        # A quiet command's stream still carries the API's keepalives; nothing at all for this
-        # long is a dead connection (a laptop that slept, a forgotten NAT entry).
-        timeout = httpx.Timeout(self.config.timeout_s, read=STREAM_READ_TIMEOUT_S)
+        timeout = self.config.stream_timeout()
         while (request := follower.request()) is not None:
             try:
                 with connect_sse(self._client, **request.send_args(), timeout=timeout) as source:
