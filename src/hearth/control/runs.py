@@ -49,6 +49,9 @@ _log = get_logger("control.runs")
 READER_POLL_S = 5.0
 # A cancelled CLI gets this long to stop on SIGTERM before its whole group is killed.
 CANCEL_GRACE_S = 1.0
+# The id of a run's first event (its ``run.started``); each later one is numbered on from the
+# run's ``last_event_id`` (``RunPump``), so a reader from the start expects this id first.
+FIRST_EVENT_ID = 1
 
 
 @dataclass(frozen=True)
@@ -130,7 +133,7 @@ class RunService:
             await self._stop(run)  # cancelled while its CLI started, which had nothing to stop
         first = RunEventRecord(
             run_id=run.id,
-            seq=1,
+            seq=FIRST_EVENT_ID,
             type=RunEventType.STARTED.value,
             data=json.dumps(
                 {
@@ -240,15 +243,19 @@ class RunService:
     async def events(
         self, vm_id: str, run_id: str, user_id: str | None, *, after: int = 0
     ) -> AsyncIterator[RunEventRecord]:
-        """The run's events after id ``after``, as they come, ending with its last; checked
-        before the first is read (so a refusal is an error answer, not a broken stream)."""
+        """The run's events after id ``after`` (0: all of them), as they come, ending with its
+        last; EventsGone if the next one the reader needs is no longer kept, also when it reads
+        from the start. Checked before the first is read (so a refusal is an error answer, not a
+        broken stream)."""
         run = await self.get(vm_id, run_id, user_id)
-        if after and after < run.last_event_id:
+        after = max(after, FIRST_EVENT_ID - 1)
+        if after < run.last_event_id:
             first = await self.store.runs.first_event_id(run_id)
-            if first is not None and after < first - 1:
+            if first is not None and first > after + 1:
                 raise EventsGone(
-                    f"run {run_id} keeps events from id {first} on; event {after + 1} and "
-                    "older ones are no longer kept"
+                    f"run {run_id} keeps its events from id {first} on (the newest "
+                    f"HEARTH_RUN_EVENTS_KEEP); {_ids(after + 1, first - 1)} no longer kept: "
+                    f"Last-Event-ID {first - 1} reads what is"
                 )
         return self._follow(run_id, after)
 
@@ -257,9 +264,10 @@ class RunService:
             wakeup = self._wakeups.setdefault(run_id, asyncio.Event())
             batch = await self.store.runs.events(run_id, after=after)
             for event in batch:
-                if after and event.seq != after + 1:
-                    # Fallen behind what is kept: ended here, the reader's reconnect is told
-                    # which events are gone (410) instead of reading on past the hole.
+                if event.seq != after + 1:
+                    # Fallen behind what is kept (also before a first read from the start):
+                    # ended here, the reader's reconnect is told which events are gone (410)
+                    # instead of reading on past the hole.
                     _log.warning("run_reader_behind", run_id=run_id, after=after, next=event.seq)
                     return
                 yield event
@@ -372,3 +380,8 @@ class RunService:
         """Until every pump has ended (tests)."""
         while self._pumps:
             await asyncio.gather(*self._pumps.values(), return_exceptions=True)
+
+
+def _ids(low: int, high: int) -> str:
+    """Event ids ``low`` to ``high``, as a message names them."""
+    return f"event {low} is" if low == high else f"events {low} to {high} are"

@@ -2,7 +2,8 @@
 
 ``POST`` answers 202 with the run at once; its events come from ``GET …/runs/{runId}/events``
 (``text/event-stream``; ``Last-Event-ID`` or ``?after=`` resumes after the last event seen, and
-the stream ends after ``run.completed`` or ``run.failed``). The run goes on when a client goes
+the stream ends after ``run.completed`` or ``run.failed``; 410 ``events_gone`` when events asked
+for, all of them or those after that id, are no longer kept). The run goes on when a client goes
 away. Every refusal (another user's VM, a VM not ready, a provider not logged in there, the
 per-VM cap, a prompt too large) is a JSON error before anything starts.
 """
@@ -19,7 +20,7 @@ from fastapi.sse import format_sse_event
 
 from hearth.api.auth import Ctl, Key, scope_of
 from hearth.api.routes.execs import AfterQuery, resume_point
-from hearth.api.schemas import ERROR_RESPONSES
+from hearth.api.schemas import ERROR_RESPONSES, ErrorOut
 from hearth.api.schemas_exec import event_stream_doc
 from hearth.api.schemas_run import RUN_EVENTS, RunCreate, RunList, RunOut
 from hearth.api.streams import event_stream
@@ -69,7 +70,16 @@ async def _encoded(events: AsyncIterator[RunEventRecord]) -> AsyncIterator[bytes
 @router.get(
     "/api/vms/{vm_id}/runs/{run_id}/events",
     response_model=None,
-    responses=event_stream_doc("The run's events after the given id, as they come", RUN_EVENTS),
+    responses={
+        **event_stream_doc("The run's events after the given id, as they come", RUN_EVENTS),
+        410: {
+            "model": ErrorOut,
+            "description": "The events to read (all of them, or those after the given id) are "
+            "no longer all kept (events_gone: only the newest HEARTH_RUN_EVENTS_KEEP are; the "
+            "message says from which id)",
+            "content": {"application/json": {}},
+        },
+    },
 )
 async def run_events(
     vm_id: str,
@@ -79,7 +89,8 @@ async def run_events(
     after: AfterQuery = None,
     last_event_id: Annotated[str | None, Header(max_length=20)] = None,
 ) -> Response:
-    """The run's events (all, or those after ``Last-Event-ID`` / ``after``)."""
+    """The run's events (all, or those after ``Last-Event-ID`` / ``after``); 410 when some of
+    them are no longer kept, rather than a stream that silently starts later."""
     events = await ctl.runs.events(
         vm_id, run_id, scope_of(key), after=resume_point(after, last_event_id)
     )
