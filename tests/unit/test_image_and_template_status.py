@@ -3,6 +3,7 @@ directory, why there is none, a build's error) apart from it, so nobody parses t
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any, cast
 
@@ -54,6 +55,40 @@ class _FailingNode:
         raise VmError(f"the {vm_type.value} template VM never answered /health")
 
 
+class _GatedNode:
+    """Prepares every template, each build held until the test lets it end (``end``; or all,
+    until ``close``, after ``open``); says which builds began."""
+
+    def __init__(self) -> None:
+        self.began: list[VmType] = []
+        self._gates: list[asyncio.Event] = []
+        self._open = False
+
+    async def prepare(self, vm_type: VmType, spec: VmSpec) -> None:
+        gate = asyncio.Event()
+        if self._open:
+            gate.set()
+        self.began.append(vm_type)
+        self._gates.append(gate)
+        await gate.wait()
+
+    def end(self, build: int) -> None:
+        self._gates[build].set()
+
+    def open(self) -> None:
+        self._open = True
+        for gate in self._gates:
+            gate.set()
+
+    def close(self) -> None:
+        self._open = False
+
+    async def until_began(self, builds: int) -> None:
+        async with asyncio.timeout(5):
+            while len(self.began) < builds:
+                await asyncio.sleep(0)
+
+
 class _Vms:
     """What the warmer asks of the VM service: a spec per type, the node, no workspaces."""
 
@@ -100,3 +135,52 @@ async def test_a_failed_build_keeps_its_error_apart_from_its_state() -> None:
     assert browser.state is TemplateState.FAILED
     assert browser.error == "the browser template VM never answered /health"
     assert browser.text == "failed: the browser template VM never answered /health"
+
+
+def _states(warmer: TemplateWarmer) -> dict[str, str]:
+    return {vm_type: status.state.value for vm_type, status in warmer.status().items()}
+
+
+async def test_after_the_images_change_no_template_is_ready_until_it_is_rebuilt() -> None:
+    node = _GatedNode()
+    warmer = _warmer(node)
+    node.open()
+    warmer.start()
+    await warmer.wait()
+    assert _states(warmer) == {"cli": "ready", "browser": "ready"}
+
+    node.close()
+    warmer.start()  # what a rollout that changed the images calls
+    assert _states(warmer) == {"cli": "pending", "browser": "pending"}
+    await node.until_began(3)
+    assert _states(warmer) == {"cli": "building", "browser": "pending"}
+    node.open()
+    await warmer.wait()
+    assert _states(warmer) == {"cli": "ready", "browser": "ready"}
+
+
+async def test_a_template_built_from_the_images_before_they_changed_is_not_called_ready() -> None:
+    node = _GatedNode()
+    warmer = _warmer(node)
+    warmer.start()
+    await node.until_began(1)
+    assert _states(warmer) == {"cli": "building", "browser": "pending"}
+
+    warmer.start()  # the images change while the CLI template is built from the old ones
+    node.end(0)
+    await node.until_began(2)
+    assert _states(warmer) == {"cli": "pending", "browser": "building"}
+    node.open()
+    await warmer.wait()
+    assert node.began == [VmType.CLI, VmType.BROWSER, VmType.CLI, VmType.BROWSER]
+    assert _states(warmer) == {"cli": "ready", "browser": "ready"}
+
+
+async def test_a_type_without_an_image_still_says_so_once_the_images_change() -> None:
+    warmer = _warmer(_Node())
+    warmer.start()
+    await warmer.wait()
+    warmer.start()
+    assert _states(warmer) == {"cli": "pending", "browser": "no image"}
+    await warmer.wait()
+    assert _states(warmer) == {"cli": "ready", "browser": "no image"}

@@ -1,11 +1,14 @@
-"""``build_image`` around its phases: two builds of one image at once, and what a killed build
-left. debootstrap, the kernel download and the initramfs (busybox, cpio) are stood in for; the
-ext4 image, the agent install and its verification are real (mkfs.ext4, debugfs)."""
+"""``build_image`` around its phases: two builds of one image at once, what a killed build
+left, and what a failed one leaves (nothing). debootstrap, the kernel download and the
+initramfs (busybox, cpio) are stood in for; the ext4 image, the agent install and its
+verification are real (mkfs.ext4, debugfs)."""
 
 from __future__ import annotations
 
 import errno
 import hashlib
+import os
+import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
@@ -156,3 +159,25 @@ def test_a_full_disk_fails_the_build_saying_where_to_free_space_and_what_to_run(
     images = image_settings.cache_dir / "images"
     assert [p.name for p in images.iterdir()] == []
     assert ImageDir(tmp_path / "out").manifest is None
+
+
+def test_a_failed_initramfs_step_leaves_no_temp_file_and_no_open_fd(
+    phases: Phases,
+    image_settings: Settings,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+
+    def broken(modules_dir: Path, out: Path) -> str:
+        raise BuildFailed("/usr/bin/busybox is dynamically linked; install busybox-static")
+
+    monkeypatch.setattr(build, "build_initramfs", broken)
+    fds = sorted(os.listdir("/proc/self/fd"))
+    for _ in range(3):
+        with pytest.raises(BuildFailed, match="busybox-static"):
+            _build(image_settings, tmp_path / "out", QuietProgress())
+    assert list(temp.iterdir()) == []
+    assert sorted(os.listdir("/proc/self/fd")) == fds

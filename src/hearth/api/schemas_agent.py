@@ -48,10 +48,12 @@ class RolloutIn(RequestModel):
 
 
 class RolloutVm(WireModel):
-    """One VM of a rollout: ``pending``, ``updating``, or how its update ended."""
+    """One VM of a rollout: ``pending``, ``updating``, how its update ended, or ``skipped``
+    (when its turn came it was gone or no longer ready: destroyed, paused, hibernated; ``error``
+    says which). A skipped VM does not keep the version from the images."""
 
     vm_id: str
-    status: Literal["pending", "updating", "updated", "rolled_back", "current", "failed"]
+    status: Literal["pending", "updating", "updated", "rolled_back", "current", "failed", "skipped"]
     started_at: datetime | None = None
     ended_at: datetime | None = None
     error: str | None = None
@@ -75,7 +77,8 @@ class RolloutOut(WireModel):
     )
     pool_recycled: int = Field(description="pooled VMs replaced by ones on the new images")
     images_error: str | None = Field(
-        description="why the images were left as they were (a VM did not take the version)"
+        description="why the images were left as they were (a VM did not take the version: "
+        "rolled back or refused; a skipped VM does not count)"
     )
 
     @classmethod

@@ -12,7 +12,8 @@ the VM runs; meanwhile nothing new starts in the VM (``ExecService.hold``: a run
 terminal asked for then is refused with 409 naming the update). The VM is claimed before the
 first await, so two updates asked for at once cannot both push. A rollout updates every ready
 VM whose agent differs from the bundle, at most ``maxUnavailable`` at once, one rollout at a
-time (claimed under a lock before the VMs are listed); once all took it,
+time (claimed under a lock before the VMs are listed); a VM destroyed, paused or hibernated
+before its turn is ``skipped``; once all the others took it,
 the bundle is written into the node's images (their restore templates rebuilt in the
 background, ``hearth.control.templates``) and
 the warm pool's VMs are replaced, so new VMs carry it too.
@@ -36,7 +37,7 @@ from hearth.config import Settings
 from hearth.control.execs import ExecService
 from hearth.control.heartbeat import Heartbeat
 from hearth.control.vms import VmService
-from hearth.errors import Conflict, HearthError
+from hearth.errors import Conflict, HearthError, NotFound
 from hearth.events.types import EventType
 from hearth.logging import get_logger
 from hearth.runs.states import RunStatus
@@ -49,7 +50,9 @@ _log = get_logger("control.agent_updates")
 RESTART_GRACE_S = 30.0
 PROBE_EVERY_S = 0.25
 _RUNNING = (RunStatus.STARTING, RunStatus.RUNNING)
-Outcome = Literal["updated", "rolled_back", "current", "failed"]
+# ``skipped``: a rollout's VM that was gone (destroyed) or no longer ready (paused, hibernated,
+# stopping) when its turn came; it did not try the build, so it does not keep it from the images.
+Outcome = Literal["updated", "rolled_back", "current", "failed", "skipped"]
 _NOT_TAKEN = ("rolled_back", "failed")
 
 
@@ -129,6 +132,11 @@ class AgentUpdates:
             raise Conflict(
                 f"VM {vm_id} is {record.status.value}; only a ready VM's agent can be updated"
             )
+        return await self._update_ready(record, force=force)
+
+    async def _update_ready(self, record: VmRecord, *, force: bool) -> UpdateResult:
+        """``update`` of a VM found ready just now (no await since)."""
+        vm_id = record.id
         if vm_id in self._in_progress:
             raise Conflict(f"VM {vm_id}'s agent is being updated already")
         # Claimed before the next await; and held first, so that a run either is in the store
@@ -301,7 +309,7 @@ class AgentUpdates:
                 rollout.max_concurrent = max(rollout.max_concurrent, len(rollout.updating))
                 started = datetime.now(UTC)
                 try:
-                    rollout.results[vm_id] = await self.update(vm_id, force=rollout.force)
+                    rollout.results[vm_id] = await self._roll_one(vm_id, rollout, started)
                 except HearthError as exc:
                     ended = datetime.now(UTC)
                     rollout.results[vm_id] = UpdateResult(
@@ -319,10 +327,30 @@ class AgentUpdates:
                 "agent_rollout_ended", rollout_id=rollout.id, max_concurrent=rollout.max_concurrent
             )
 
+    async def _roll_one(self, vm_id: str, rollout: Rollout, started: datetime) -> UpdateResult:
+        """Update one of the rollout's VMs, or skip it when it is gone or no longer ready: its
+        owner destroyed, paused or hibernated it (or its lifetime did) since the rollout began."""
+        try:
+            record = await self.vms.get(vm_id)
+        except NotFound as exc:
+            return self._skipped(vm_id, None, rollout, started, f"the VM is gone: {exc.message}")
+        if record.status is not VmState.READY:
+            reason = f"the VM was {record.status.value}, no longer ready, when its turn came"
+            return self._skipped(vm_id, record.agent_version, rollout, started, reason)
+        return await self._update_ready(record, force=rollout.force)
+
+    def _skipped(
+        self, vm_id: str, version: str | None, rollout: Rollout, started: datetime, reason: str
+    ) -> UpdateResult:
+        _log.info("agent_rollout_vm_skipped", rollout_id=rollout.id, vm_id=vm_id, reason=reason)
+        ended = datetime.now(UTC)
+        return UpdateResult(vm_id, "skipped", version, rollout.version, started, ended, reason)
+
     async def _carry_into_images(self, rollout: Rollout) -> None:
         """Every VM took the bundle: write it into the node's images too, so that new VMs (from
         templates rebuilt on them) carry it, and replace the pooled VMs, which run the old
-        one. A rollout with a VM that did not take it leaves the images alone."""
+        one. A rollout with a VM that did not take it (rolled back, or refused) leaves the
+        images alone; a VM skipped (gone or not ready at its turn) does not count."""
         failed = [r.vm_id for r in rollout.results.values() if r.status in _NOT_TAKEN]
         if failed:
             rollout.images_error = f"{len(failed)} VM(s) did not take version {rollout.version}"

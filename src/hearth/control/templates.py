@@ -58,10 +58,18 @@ class TemplateWarmer:
         self._state: dict[str, TemplateStatus] = {vm_type.value: first for vm_type in VmType}
         self._task: asyncio.Task[None] | None = None
         self._again = False
+        # Bumped by each ``start``: a build begun before it is of images since replaced, so
+        # its outcome is not shown (its type stays ``pending`` for the pass that follows).
+        self._generation = 0
 
     def start(self) -> None:
         """Prepare every VM type's template now, in the background (once more after a run in
-        progress, when one is)."""
+        progress, when one is). Until its turn, each type with an image is ``pending``: what
+        was built before is of the images as they were."""
+        self._generation += 1
+        for vm_type, status in self._state.items():
+            if status.state not in (TemplateState.OFF, TemplateState.NO_IMAGE):
+                self._state[vm_type] = TemplateStatus(TemplateState.PENDING)
         if self._task is not None and not self._task.done():
             self._again = True
             return
@@ -103,15 +111,17 @@ class TemplateWarmer:
 
     async def _prepare(self, vm_type: VmType) -> None:
         spec = self.vms.spec_for(vm_type, None, None)
+        generation = self._generation
         self._state[vm_type.value] = TemplateStatus(TemplateState.BUILDING)
         try:
             await self.vms.node.prepare(vm_type, spec)
         except ImageNotBuilt as exc:
-            self._state[vm_type.value] = TemplateStatus(TemplateState.NO_IMAGE, exc.message)
-            return
+            outcome = TemplateStatus(TemplateState.NO_IMAGE, exc.message)
         except HearthError as exc:
-            self._state[vm_type.value] = TemplateStatus(TemplateState.FAILED, exc.message[:300])
+            outcome = TemplateStatus(TemplateState.FAILED, exc.message[:300])
             _log.warning("template_prepare_failed", vm_type=vm_type.value, error=exc.message[:300])
-            return
-        self._state[vm_type.value] = TemplateStatus(TemplateState.READY)
-        _log.info("template_prepared", vm_type=vm_type.value, size=spec.size_key)
+        else:
+            outcome = TemplateStatus(TemplateState.READY)
+            _log.info("template_prepared", vm_type=vm_type.value, size=spec.size_key)
+        if generation == self._generation:
+            self._state[vm_type.value] = outcome

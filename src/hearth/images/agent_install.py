@@ -3,7 +3,9 @@
 Every change is made on a sparse copy next to the image, checked (e2fsck + verify), and only then
 renamed over the image; the previous image is kept as a hard link in ``<image>.backups/``, where
 the newest ``KEEP_BACKUPS`` are kept (each is a whole image: ~1 GB for a Browser image). A failure
-at any step leaves the original image byte-for-byte untouched.
+at any step leaves the original image byte-for-byte untouched. Edits, rollbacks and a build's
+publish into the same directory take turns (``exclusive_image_dir``), and an edit whose image was
+replaced behind its back meanwhile is abandoned rather than renamed over the newer image.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from hearth.images.layout import (
     build_payload,
     payload_edits,
 )
+from hearth.images.locks import exclusive_image_dir
 from hearth.logging import get_logger
 from hearth.tools import run_tool
 
@@ -174,19 +177,37 @@ def edit_image(
     is wrong), then swap it in keeping the old image as a backup; returns the backup. A failure
     at any step leaves ``image`` untouched."""
     _require_writable(image)
-    _require_space(image, allocated_bytes(image))
-    candidate = image.with_name(f".{image.name}.edit-{os.getpid()}")
+    with exclusive_image_dir(image.parent):
+        _require_space(image, allocated_bytes(image))
+        candidate = image.with_name(f".{image.name}.edit-{os.getpid()}")
+        try:
+            copied = _identity(image)
+            _sparse_copy(image, candidate)
+            edited = Ext4Image(candidate)
+            edited.apply(edits)
+            edited.fsck()
+            if check is not None:
+                check(candidate)
+            if _identity(image) != copied:
+                raise ImageError(
+                    f"{image} was replaced, written or removed while it was being edited (by "
+                    "a writer that does not take its directory's lock); the edit was abandoned "
+                    "and the image left as that writer made it: run it again"
+                )
+            return _swap_in(image, candidate, keep_backup=True)
+        except BaseException:
+            candidate.unlink(missing_ok=True)
+            raise
+
+
+def _identity(image: Path) -> tuple[int, int, int, int] | None:
+    """What tells one image file from another, or from itself once written: device, inode,
+    size and modification time (None once it is gone)."""
     try:
-        _sparse_copy(image, candidate)
-        edited = Ext4Image(candidate)
-        edited.apply(edits)
-        edited.fsck()
-        if check is not None:
-            check(candidate)
-        return _swap_in(image, candidate, keep_backup=True)
-    except BaseException:
-        candidate.unlink(missing_ok=True)
-        raise
+        st = image.stat()
+    except FileNotFoundError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def install_agent(image: Path, payload: AgentPayload | None = None) -> InstallResult:
@@ -210,19 +231,20 @@ def install_agent(image: Path, payload: AgentPayload | None = None) -> InstallRe
 
 def rollback_image(image: Path) -> Path:
     """Restore the latest backup over ``image``; returns the backup used. Repeatable."""
-    backups = list_backups(image)
-    if not backups:
-        raise NoBackup(f"{image} has no backup in {backups_dir(image)}")
-    latest = backups[-1]
-    check_ext4(latest)
-    if image.exists():
-        _require_writable(image)
-    _require_space(image, allocated_bytes(latest))
-    candidate = image.with_name(f".{image.name}.rollback-{os.getpid()}")
-    try:
-        _sparse_copy(latest, candidate)
-        _swap_in(image, candidate, keep_backup=False)
-    except BaseException:
-        candidate.unlink(missing_ok=True)
-        raise
-    return latest
+    with exclusive_image_dir(image.parent):
+        backups = list_backups(image)  # under the lock: an edit that ran before added the newest
+        if not backups:
+            raise NoBackup(f"{image} has no backup in {backups_dir(image)}")
+        latest = backups[-1]
+        check_ext4(latest)
+        if image.exists():
+            _require_writable(image)
+        _require_space(image, allocated_bytes(latest))
+        candidate = image.with_name(f".{image.name}.rollback-{os.getpid()}")
+        try:
+            _sparse_copy(latest, candidate)
+            _swap_in(image, candidate, keep_backup=False)
+        except BaseException:
+            candidate.unlink(missing_ok=True)
+            raise
+        return latest

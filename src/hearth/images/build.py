@@ -24,6 +24,7 @@ from hearth.images.ext4 import Ext4Image
 from hearth.images.initramfs import build_initramfs
 from hearth.images.kernel import fetch_kernel
 from hearth.images.layout import build_payload, payload_edits
+from hearth.images.locks import exclusive_image_dir
 from hearth.images.manifest import (
     INITRAMFS_NAME,
     KERNEL_NAME,
@@ -100,24 +101,27 @@ def _build_or_reuse(
     payload = build_payload()
     with progress.phase("kernel", "(linux-image-cloud-amd64)"):
         kernel = fetch_kernel(settings.cache_dir)
-    with progress.phase("initramfs"):
-        initramfs_tmp = Path(tempfile.mkstemp(prefix="hearth-initramfs-")[1])
-        initramfs_sha = build_initramfs(kernel.modules_dir, initramfs_tmp)
-    inputs = {
-        "format": IMAGE_FORMAT,
-        "recipe": recipe.name,
-        "disk_mib": recipe.disk_mib,
-        "rootfs": rootfs_key(recipe, suite=settings.debian_suite, mirror=mirror),
-        "kernel": f"{kernel.package}_{kernel.version}",
-        "initramfs": initramfs_sha,
-        "agent": payload.digest,
-    }
-    if recipe.vendor_clis:
-        inputs["vendor"] = vendor_key()
-        inputs["vendor_settings"] = system_settings_key()
-    content_hash = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:20]
-    cached = settings.cache_dir / "images" / f"{recipe.name}-{content_hash}"
+    fd, name = tempfile.mkstemp(prefix="hearth-initramfs-")
+    os.close(fd)  # build_initramfs writes it by its path
+    initramfs_tmp = Path(name)
     try:
+        with progress.phase("initramfs"):
+            initramfs_sha = build_initramfs(kernel.modules_dir, initramfs_tmp)
+        inputs = {
+            "format": IMAGE_FORMAT,
+            "recipe": recipe.name,
+            "disk_mib": recipe.disk_mib,
+            "rootfs": rootfs_key(recipe, suite=settings.debian_suite, mirror=mirror),
+            "kernel": f"{kernel.package}_{kernel.version}",
+            "initramfs": initramfs_sha,
+            "agent": payload.digest,
+        }
+        if recipe.vendor_clis:
+            inputs["vendor"] = vendor_key()
+            inputs["vendor_settings"] = system_settings_key()
+        digest = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
+        content_hash = digest[:20]
+        cached = settings.cache_dir / "images" / f"{recipe.name}-{content_hash}"
         existing = ImageDir(out_dir).manifest
         if existing and existing.content_hash == content_hash and existing.files_present(out_dir):
             progress.note(f"{out_dir} is up to date (content hash {content_hash})")
@@ -237,15 +241,19 @@ def _prune_cache(directory: Path, recipe: str, *, keep: int) -> None:
 
 
 def _publish(cached: Path, out_dir: Path) -> None:
-    """Hard-link (or sparse-copy) the cached image files into ``out_dir``, manifest last."""
+    """Hard-link (or sparse-copy) the cached image files into ``out_dir``, manifest last, while
+    no edit or rollback of the image there runs (one that started first ends first)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     names = [p.name for p in sorted(cached.iterdir()) if p.name != "manifest.json"]
-    for name in [*names, "manifest.json"]:
-        source, dest = cached / name, out_dir / name
-        tmp = out_dir / f".{name}.publish"
-        tmp.unlink(missing_ok=True)
-        try:
-            os.link(source, tmp)
-        except OSError:
-            run_tool(["cp", "--sparse=always", source, tmp], what=f"copy {name}", error=BuildFailed)
-        tmp.replace(dest)
+    with exclusive_image_dir(out_dir):
+        for name in [*names, "manifest.json"]:
+            source, dest = cached / name, out_dir / name
+            tmp = out_dir / f".{name}.publish"
+            tmp.unlink(missing_ok=True)
+            try:
+                os.link(source, tmp)
+            except OSError:
+                run_tool(
+                    ["cp", "--sparse=always", source, tmp], what=f"copy {name}", error=BuildFailed
+                )
+            tmp.replace(dest)

@@ -7,7 +7,6 @@ the lock removes what a killed build left staged.
 
 from __future__ import annotations
 
-import fcntl
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
@@ -15,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from hearth.errors import BuildFailed
+from hearth.images.locks import held_exclusively
 from hearth.logging import get_logger
 
 _log = get_logger("images.staging")
@@ -57,18 +57,10 @@ def exclusive_builds(
             f"cannot take the image build lock {path}: {exc.strerror}; run as root, or set "
             "HEARTH_CACHE_DIR to a directory you can write"
         ) from exc
-    with lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            on_wait()
-            fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            for parent in staging_parents:
-                _remove_staged(parent)
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    with lock, held_exclusively(lock.fileno(), on_wait=on_wait):
+        for parent in staging_parents:
+            _remove_staged(parent)
+        yield
 
 
 def _remove_staged(parent: Path) -> None:
