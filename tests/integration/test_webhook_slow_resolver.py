@@ -1,16 +1,19 @@
 """A receiver's name that takes forever to resolve costs one failed attempt, within the timeout.
 
-In process over the fake backend, the receiver on loopback under a name of its own. The event
-loop's ``getaddrinfo`` (what the dispatcher's resolver calls) answers that name with 127.0.0.1,
-or, while ``slow``, never: the lookup must end with the attempt's timeout, recorded as a failed
-attempt, long before the delivery's claim lapses; once the name resolves again the retry arrives.
+In process over the fake backend, the receiver on loopback under a name of its own.
+``socket.getaddrinfo`` (what the resolver calls, on its lookup threads) answers that name with
+127.0.0.1, or, while ``slow``, not until it is no longer slow: the lookup must end with the
+attempt's timeout, recorded as a failed attempt, long before the delivery's claim lapses; once
+the name resolves again the retry arrives.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+import socket
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,30 +32,43 @@ from tests.webhook_receiver import WebhookReceiver
 NAME = "receiver.hearth.test"
 TIMEOUT_S = 1.0
 
-GetAddrInfo = Callable[..., Awaitable[list[Any]]]
+GetAddrInfo = Callable[..., list[Any]]
 
 
 @dataclass
 class SlowName:
-    """``NAME`` resolves to loopback at once, or (while ``slow``) never."""
+    """``NAME`` resolves to loopback at once, or (while ``slow``) only once it is not slow."""
 
     real: GetAddrInfo
-    slow: bool = False
+    answering: threading.Event = field(default_factory=threading.Event)
 
-    async def getaddrinfo(self, host: Any, port: Any, **options: Any) -> list[Any]:
+    @property
+    def slow(self) -> bool:
+        return not self.answering.is_set()
+
+    @slow.setter
+    def slow(self, slow: bool) -> None:
+        if slow:
+            self.answering.clear()
+        else:
+            self.answering.set()
+
+    def getaddrinfo(self, host: Any, port: Any, *args: Any, **options: Any) -> list[Any]:
         if host != NAME:
-            return await self.real(host, port, **options)
-        if self.slow:
-            await asyncio.Event().wait()
-        return await self.real("127.0.0.1", port, **options)
+            return self.real(host, port, *args, **options)
+        self.answering.wait(30)
+        return self.real("127.0.0.1", port, *args, **options)
 
 
 @pytest.fixture
-async def slow_name(monkeypatch: pytest.MonkeyPatch) -> SlowName:
-    loop = asyncio.get_running_loop()
-    name = SlowName(loop.getaddrinfo)
-    monkeypatch.setattr(loop, "getaddrinfo", name.getaddrinfo)
-    return name
+def slow_name(monkeypatch: pytest.MonkeyPatch) -> Iterator[SlowName]:
+    name = SlowName(socket.getaddrinfo)
+    name.slow = False
+    monkeypatch.setattr(socket, "getaddrinfo", name.getaddrinfo)
+    try:
+        yield name
+    finally:
+        name.slow = False  # no lookup thread outlives the test
 
 
 @pytest.fixture

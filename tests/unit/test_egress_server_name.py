@@ -4,13 +4,15 @@ fronting), over real sockets on 127.0.0.1 only (the allowlisted name is pinned t
 from __future__ import annotations
 
 import asyncio
+import os
 import ssl
 from collections.abc import AsyncIterator
 
 import pytest
 
+from hearth.images.layout import guest_asset
 from hearth.metrics import ControllerMetrics
-from hearth.network.client_hello import NotAClientHello, server_name
+from hearth.network.client_hello import NotAClientHello, parse_client_hello, server_name
 from hearth.network.egress import EgressProxy, EgressTimeouts
 
 LOOPBACK = "127.0.0.1"
@@ -27,6 +29,39 @@ def client_hello(name: str | None) -> bytes:
     with pytest.raises(ssl.SSLWantReadError):
         tls.do_handshake()
     return outgoing.read()
+
+
+def with_extension(record: bytes, kind: int, data: bytes) -> bytes:
+    """A one-record ClientHello (``record``) with one more extension appended to its list."""
+    body = bytearray(record[9:])
+    at = 2 + 32  # legacy_version, random
+    at += 1 + body[at]  # legacy_session_id
+    at += 2 + int.from_bytes(body[at : at + 2], "big")  # cipher_suites
+    at += 1 + body[at]  # legacy_compression_methods
+    extension = kind.to_bytes(2, "big") + len(data).to_bytes(2, "big") + data
+    body[at : at + 2] = (int.from_bytes(body[at : at + 2], "big") + len(extension)).to_bytes(
+        2, "big"
+    )
+    body += extension
+    handshake = b"\x01" + len(body).to_bytes(3, "big") + bytes(body)
+    return b"\x16\x03\x01" + len(handshake).to_bytes(2, "big") + handshake
+
+
+def outer_ech(inner: bytes) -> bytes:
+    """An outer ``encrypted_client_hello`` payload (type outer, an HPKE suite, config id, enc)
+    carrying ``inner`` as the sealed inner ClientHello."""
+    enc = os.urandom(32)
+    return (
+        b"\x00\x00\x01\x00\x01\x07"
+        + len(enc).to_bytes(2, "big")
+        + enc
+        + len(inner).to_bytes(2, "big")
+        + inner
+    )
+
+
+ECH = 0xFE0D  # encrypted_client_hello
+ESNI = 0xFFCE  # encrypted_server_name (the drafts before ECH)
 
 
 class Upstream:
@@ -202,3 +237,32 @@ def test_the_server_name_of_a_real_client_hello_is_read() -> None:
     hello = client_hello("Api.Allowed.Test")
     assert server_name(hello[9:]) == "api.allowed.test"  # after the record and handshake headers
     assert server_name(client_hello(None)[9:]) is None
+
+
+@pytest.mark.parametrize("kind", [ECH, ESNI])
+async def test_a_client_hello_that_hides_its_server_name_is_cut_although_its_outer_name_is_allowed(
+    proxy: EgressProxy, upstream: Upstream, metrics: ControllerMetrics, kind: int
+) -> None:
+    # The sealed inner ClientHello could name any site behind the same front end.
+    hello = with_extension(client_hello(ALLOWED), kind, outer_ech(os.urandom(200)))
+    assert server_name(hello[9:]) == ALLOWED  # the outer name alone would pass
+    reader, writer = await tunnel(proxy, f"{ALLOWED}:443", hello)
+    await assert_cut(reader, writer, upstream)
+    assert refused(metrics) == 1
+
+
+def test_an_encrypted_or_grease_ech_extension_marks_the_client_hello() -> None:
+    plain = client_hello(ALLOWED)
+    assert not parse_client_hello(plain[9:]).encrypted_name
+    # GREASE ECH (what Chromium sends without an ECH config) looks the same on the wire.
+    grease = with_extension(plain, ECH, outer_ech(os.urandom(144)))
+    assert parse_client_hello(grease[9:]).encrypted_name
+    assert parse_client_hello(with_extension(plain, ESNI, b"\x13\x01")[9:]).encrypted_name
+
+
+def test_the_browser_vms_chromium_sends_no_encrypted_client_hello() -> None:
+    script = guest_asset("hearth-browser").decode()
+    # Chromium honours only the last --disable-features: there must be one, naming ECH.
+    flags = [word for word in script.split() if word.startswith("--disable-features=")]
+    assert len(flags) == 1
+    assert "EncryptedClientHello" in flags[0].removeprefix("--disable-features=").split(",")

@@ -13,7 +13,10 @@ in the VM use that address as their HTTPS proxy. What the proxy does with each c
   line. ``set_policy`` replaces both lists while the proxy runs: new requests get the new policy
   at once, and open tunnels the new policy no longer allows are cut.
 * The name is resolved once (through the injected ``resolver``) and the proxy dials the resolved
-  address, never the name again, so a second DNS answer cannot steer the tunnel elsewhere. If any
+  address, never the name again, so a second DNS answer cannot steer the tunnel elsewhere. At most
+  ``max_lookups`` of one proxy's lookups run at once, on threads of their own
+  (:mod:`hearth.network.resolver`), so one VM's names that never resolve hold neither the other
+  VMs' lookups nor the controller's threads; a CONNECT waits for a place within its deadline. If any
   resolved address is not globally reachable unicast (:func:`hearth.network.addresses.
   is_public_address`: loopback, private, CGNAT, link-local, multicast, documentation, reserved,
   IPv6 ULA and site-local, or such an IPv4 address inside an IPv6 one) the request gets 403: an
@@ -51,8 +54,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
-import socket
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from http import HTTPStatus
@@ -71,6 +73,7 @@ from hearth.network.allowlist import (
 )
 from hearth.network.client_hello import server_name_check
 from hearth.network.connect_head import MAX_HEAD_BYTES, BadHead, parse_connect, read_head
+from hearth.network.resolver import LookupLimit, Resolver, system_resolver
 from hearth.network.tunnel import CHUNK, CLOSE_GRACE, TunnelPipe, close_stream
 
 # Callers import these from here; they live with the concept they belong to.
@@ -86,9 +89,6 @@ __all__ = [
     "is_public_address",
     "system_resolver",
 ]
-
-# Answers the addresses (IP literals, in preference order) of a host name; may raise OSError.
-Resolver = Callable[[str, int], Awaitable[Sequence[str]]]
 
 _LINGER_BYTES = 64 * 1024  # unread request bytes swallowed after a refusal, so no RST eats it
 
@@ -128,12 +128,6 @@ class EgressTimeouts:
     idle: float = 300.0  # a tunnel where no byte moved either way for this long is closed
 
 
-async def system_resolver(host: str, port: int) -> list[str]:
-    """The host's resolver (``getaddrinfo``): the TCP addresses of ``host``, in its order."""
-    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    return list(dict.fromkeys(str(info[4][0]) for info in infos))
-
-
 @dataclass
 class EgressTraffic:
     """What one proxy carried since it started: tunnels opened, requests refused, bytes."""
@@ -159,6 +153,7 @@ class EgressProxy(Closing):
         resolver: Resolver = system_resolver,
         timeouts: EgressTimeouts = EgressTimeouts(),
         max_connections: int = 64,
+        max_lookups: int = 4,
         metrics: ControllerMetrics | None = None,
         pins: Mapping[str, str] | None = None,
     ) -> None:
@@ -172,12 +167,13 @@ class EgressProxy(Closing):
             for name, target in (pins or {}).items()
         }
         self._bind = (host, port)
-        self._resolver = resolver
+        self._lookups = LookupLimit(resolver, limit=max_lookups)
         self._timeouts = timeouts
         self._max_connections = max_connections
         self._metrics = metrics if metrics is not None else ControllerMetrics()
         self._server: asyncio.Server | None = None
         self._port: int | None = None
+        self._closed = False  # set by close(), for good: a connection accepted after is reset
         self._connections: set[asyncio.Task[None]] = set()
         self._targets: dict[asyncio.Task[None], tuple[str, int]] = {}  # open tunnels' targets
         self.traffic = EgressTraffic()
@@ -186,6 +182,8 @@ class EgressProxy(Closing):
         """Listen; afterwards :attr:`port` is the port actually bound."""
         if self._server is not None:
             raise Conflict("the egress proxy is already started")
+        if self._closed:
+            raise Conflict("the egress proxy is closed")
         try:
             server = await asyncio.start_server(self._serve, *self._bind)
         except OSError as exc:
@@ -203,6 +201,7 @@ class EgressProxy(Closing):
 
     async def close(self) -> None:
         """Stop listening and reset every open connection and tunnel; safe to call twice."""
+        self._closed = True
         server, self._server = self._server, None
         if server is not None:
             server.close()
@@ -210,6 +209,7 @@ class EgressProxy(Closing):
         for task in connections:
             task.cancel()
         await asyncio.gather(*connections, return_exceptions=True)
+        await self._lookups.close()
         if server is not None:
             await server.wait_closed()
             self._log.info("egress_proxy_closed", port=self._port)
@@ -238,6 +238,11 @@ class EgressProxy(Closing):
         return is_public_address(address) or (unmapped(address), port) in self.private_exceptions
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._closed:
+            # Accepted by the listening socket before close(), started after it: close()
+            # could not cancel it, so it ends here, before a byte is read.
+            writer.transport.abort()
+            return
         task = asyncio.current_task()
         assert task is not None
         self._connections.add(task)
@@ -341,7 +346,7 @@ class EgressProxy(Closing):
         literal = ip_literal(host)
         if literal is not None:
             return [literal]
-        answers = [ipaddress.ip_address(a) for a in await self._resolver(host, port)]
+        answers = [ipaddress.ip_address(a) for a in await self._lookups.resolve(host, port)]
         if not answers:
             raise ValueError(f"no addresses for {host}")
         return answers
