@@ -1,8 +1,8 @@
 """The per-user disk quota (``HEARTH_USER_DISK_QUOTA_MIB``) counts what a user's VMs hold on the
 node, in process on SQLite and PostgreSQL, over the fake backend giving each VM a work dir of
 real files: disk layers as their guests fill them, hibernated VMs' saved state, the new VM's own
-layer, in MiB rounded up; and the rows' ``disk_bytes`` follow the disks (written only when they
-moved a MiB or more), refreshed by the controller on its own.
+layer, in MiB rounded up, workspaces on or off; and the rows' ``disk_bytes`` follow the disks
+(written only when they moved a MiB or more), refreshed by the controller on its own.
 """
 
 from __future__ import annotations
@@ -117,6 +117,24 @@ async def test_a_part_of_a_mib_counts_whole(
         first = await new_vm(api)  # 8 + 0 + 3
         fake_backend.grow(first, MIB)  # 1.2 MiB: 8 + 2 + 3 > 12, rounded down it would fit
         assert "their VMs' disks 2 MiB" in await refused(api)
+
+
+async def test_the_quota_holds_with_workspaces_off(
+    api_settings: Settings, fake_backend: FakeBackend, tmp_path: Path
+) -> None:
+    # Without workspaces a user's VMs alone can fill the host's disk: they count all the same.
+    settings = api_settings.with_overrides(workspace_size_mib=0, user_disk_quota_mib=10)
+    async with running_api(settings, fake_backend, tmp_path / "i") as api:
+        first = await new_vm(api)  # 0 + 1 + 3
+        fake_backend.grow(first, 7 * MIB)  # 7.2 MiB: 0 + 8 + 3 > 10
+        message = await refused(api)
+        assert "workspace 0 MiB, their VMs' disks 8 MiB" in message
+        assert "the quota is 10 MiB (HEARTH_USER_DISK_QUOTA_MIB)" in message
+        assert list(fake_backend.running) == [first]
+        destroyed = await api.client.delete(f"/api/vms/{first}", headers=api.headers())
+        assert destroyed.status_code in (200, 202, 204), destroyed.text
+        await new_vm(api)
+        assert await api.ctl.store.workspaces.get("ann") is None
 
 
 async def test_rows_follow_the_disks_written_only_when_they_moved_a_mib(api_dq: Api) -> None:

@@ -1,4 +1,5 @@
-"""Admission: VMs per user and type, Browser VMs host-wide, and memory against host RAM."""
+"""Admission: VMs per user and type, Browser VMs host-wide, memory against host RAM, and each
+user's disk (``HEARTH_USER_DISK_QUOTA_MIB``)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hearth.config import Settings
+from hearth.control.disk_use import NEW_VM_LAYER_MIB, DiskUse, mib_rounded_up
 from hearth.errors import CapacityExhausted, QuotaExceeded
 from hearth.store import Store
 from hearth.vm.types import VmSpec, VmType
@@ -71,4 +73,28 @@ class Quotas:
             raise CapacityExhausted(
                 f"not enough memory: {used} MiB in use + {spec.mem_mib} MiB requested exceeds "
                 f"the admission limit of {self.memory_limit_mib} MiB; retry later"
+            )
+
+
+@dataclass(frozen=True, kw_only=True)
+class DiskQuota:
+    """``HEARTH_USER_DISK_QUOTA_MIB``: what a user's disk use may reach when a CLI VM of theirs
+    is created. Checked at admission only: a VM that grows past it runs on."""
+
+    limit_mib: int
+    disk_use: DiskUse
+
+    async def admit(self, user_id: str, *, workspace_mib: int) -> None:
+        """QuotaExceeded (409) unless ``user_id``'s disk use with a new VM is within the limit:
+        ``workspace_mib`` for their workspace (its full size, made yet or not; 0 when workspaces
+        are off), what their active VMs hold on the node, measured now, and the new VM's own
+        layer as it starts."""
+        await self.disk_use.refresh(user_id=user_id)
+        held = mib_rounded_up(await self.disk_use.store.vms.sum_active_disk_bytes(user_id))
+        total = workspace_mib + held + NEW_VM_LAYER_MIB
+        if total > self.limit_mib:
+            raise QuotaExceeded(
+                f"user {user_id} would use {total} MiB of disk (workspace {workspace_mib} MiB, "
+                f"their VMs' disks {held} MiB, the new VM's own layer {NEW_VM_LAYER_MIB} MiB); "
+                f"the quota is {self.limit_mib} MiB (HEARTH_USER_DISK_QUOTA_MIB)"
             )

@@ -31,7 +31,8 @@ async def reconcile(vms: VmService) -> dict[str, list[str]]:
     never ran), or is adopted paused when its VMM runs from the consumed state; a VM being
     destroyed when the controller died is destroyed now (its destroy hooks run first if its
     VMM still does: its credentials are pulled back); processes, work dirs, namespaces and
-    network slots with no active row are destroyed.
+    network slots with no active row are destroyed, and so are volume files no workspace row
+    names (``Workspaces.reap_orphans``).
     """
     report: dict[str, list[str]] = {
         "failed": [],
@@ -39,6 +40,7 @@ async def reconcile(vms: VmService) -> dict[str, list[str]]:
         "reaped": [],
         "hibernated": [],
         "destroyed": [],
+        "volumes": [],
     }
     running = {vm.id: vm for vm in await vms.node.list_running()}
     for record in await vms.store.vms.list(statuses=ACTIVE):
@@ -91,6 +93,8 @@ async def reconcile(vms: VmService) -> dict[str, list[str]]:
         await vms.announce(EventType.VM_FAILED, failed, stage="restart", error=reason)
         report["failed"].append(record.id)
     report["reaped"] = await vms.node.reap(keep={*vms.live, *report["hibernated"]})
+    if vms.workspaces is not None:
+        report["volumes"] = await vms.workspaces.reap_orphans()
     if vms.networks is not None:
         await vms.networks.forget_others(keep={*vms.live, *report["hibernated"]})
     _log.info("reconciled", **{k: len(v) for k, v in report.items()})

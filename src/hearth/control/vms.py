@@ -15,11 +15,12 @@ from hearth.control.agent_hooks import BeforeDestroy
 from hearth.control.agent_tokens import AgentTokens
 from hearth.control.boots import STOPPED_BOOT, Boots, BootStopped
 from hearth.control.destroy_on_exit import destroy_every_vm
+from hearth.control.disk_use import DiskUse
 from hearth.control.hibernation import Hibernation, set_guest_clock
 from hearth.control.lifetimes import Lifetime, move_banking_time, running_fields
 from hearth.control.network import CliNetworks
 from hearth.control.pool import POOL_USER, WarmPool
-from hearth.control.quotas import Quotas
+from hearth.control.quotas import DiskQuota, Quotas
 from hearth.control.teardown import Teardowns
 from hearth.control.vm_keys import HeldKeys, VmKeys
 from hearth.control.workspaces import Workspaces
@@ -73,6 +74,8 @@ class VmService:
         self.node = node
         self.metrics = metrics
         self.quotas = quotas
+        disk_use = DiskUse(store=store, node=node)
+        self.disk_quota = DiskQuota(limit_mib=settings.user_disk_quota_mib, disk_use=disk_use)
         # Agent tokens sealed into the VMs' rows, for a controller that restarts.
         self.tokens = tokens
         # Disk keys (and hibernated VMs' saved-state keys) sealed into the rows.
@@ -130,8 +133,9 @@ class VmService:
         async with self.admission:
             if not pooled:
                 await self.quotas.admit_user(self.store, user_id=user_id, spec=spec)
-                if self.workspaces is not None and spec.vm_type is VmType.CLI:
-                    await self.workspaces.admit(user_id)
+                if spec.vm_type is VmType.CLI:
+                    ws_mib = await self.workspaces.counted_mib(user_id) if self.workspaces else 0
+                    await self.disk_quota.admit(user_id, workspace_mib=ws_mib)
                 if self.pool is not None:
                     handed = await self.pool.take(user_id, spec, lifetime)
                     if handed is not None:

@@ -9,15 +9,13 @@ user's repositories. One VM holds it at a time: a second CLI VM of the same user
 (logged). Before a VM is destroyed its agent syncs and unmounts it; a hibernated VM keeps it
 attached and wakes with it.
 
-``DELETE /api/users/{id}/workspace`` removes it (409 while a VM holds it). A user's disk use is
-their workspace's full size plus what their active VMs hold on the node (``DiskUse``: disk
-layers as they have grown, hibernated VMs' saved state), in MiB rounded up;
-``HEARTH_USER_DISK_QUOTA_MIB`` bounds it, with the new VM's own layer, when a CLI VM is created
-(409). It is checked at admission only: a VM that grows past it runs on.
+``DELETE /api/users/{id}/workspace`` removes it (409 while a VM holds it). Its full size counts
+in its user's disk quota (``quotas.DiskQuota``) from their first CLI VM's admission on.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import secrets
 import time
@@ -25,10 +23,9 @@ import uuid
 
 from hearth.agent_client import AgentClient
 from hearth.config import Settings
-from hearth.control.disk_use import NEW_VM_LAYER_MIB, DiskUse, mib_rounded_up
 from hearth.control.row_seal import RowSeal
 from hearth.credentials.vault import CredentialVault
-from hearth.errors import Conflict, HearthError, NotFound, NotSupported, QuotaExceeded
+from hearth.errors import Conflict, HearthError, NotFound, NotSupported
 from hearth.logging import get_logger
 from hearth.node.interface import Node
 from hearth.store import Store, VmRecord
@@ -47,10 +44,8 @@ class Workspaces:
         self, *, settings: Settings, store: Store, node: Node, vault: CredentialVault
     ) -> None:
         self.size_mib = settings.workspace_size_mib
-        self.quota_mib = settings.user_disk_quota_mib
         self.store = store
         self.node = node
-        self.disk_use = DiskUse(store=store, node=node)
         self._seal = RowSeal(vault, WORKSPACE_KEY_SEAL)
 
     @property
@@ -64,23 +59,13 @@ class Workspaces:
         if self.enabled:
             await self.node.prepare_volumes(self.size_mib)
 
-    async def admit(self, user_id: str) -> None:
-        """QuotaExceeded unless ``user_id``'s disk use with a new VM (their workspace, whether
-        made yet or not, what their active VMs hold on the node, measured now, and the new
-        VM's own layer as it starts) is within the quota."""
+    async def counted_mib(self, user_id: str) -> int:
+        """What ``user_id``'s workspace counts against their disk quota as a CLI VM of theirs is
+        created (``DiskQuota``): its full size, made yet or not; 0 when workspaces are off."""
         if not self.enabled:
-            return
+            return 0
         existing = await self.store.workspaces.get(user_id)
-        workspace = existing.size_mib if existing else self.size_mib
-        await self.disk_use.refresh(user_id=user_id)
-        held = mib_rounded_up(await self.store.vms.sum_active_disk_bytes(user_id))
-        total = workspace + held + NEW_VM_LAYER_MIB
-        if total > self.quota_mib:
-            raise QuotaExceeded(
-                f"user {user_id} would use {total} MiB of disk (workspace {workspace} MiB, "
-                f"their VMs' disks {held} MiB, the new VM's own layer {NEW_VM_LAYER_MIB} MiB); "
-                f"the quota is {self.quota_mib} MiB (HEARTH_USER_DISK_QUOTA_MIB)"
-            )
+        return existing.size_mib if existing else self.size_mib
 
     async def attach(self, user_id: str, vm: Vm) -> None:
         """Give a user's CLI VM (healthy, not yet theirs to use) their workspace, made first if
@@ -208,11 +193,37 @@ class Workspaces:
             size_mib=self.size_mib,
             **self._seal.seal(workspace_id, key),  # type: ignore[arg-type]
         )
-        stored = await self.store.workspaces.insert(record)
+        try:
+            stored = await self.store.workspaces.insert(record)
+        except BaseException:
+            await self._drop_unless_stored(user_id, workspace_id)
+            raise
         if stored.id != workspace_id:  # another create won the race: keep its volume
             self.node.remove_volume(workspace_id)
         _log.info("workspace_created", user_id=user_id, size_mib=self.size_mib)
         return stored
+
+    async def _drop_unless_stored(self, user_id: str, workspace_id: str) -> None:
+        """Remove the volume a failed or cancelled insert made, unless the user's row names it
+        after all (a store call runs to completion under a cancel, so that insert may have
+        committed). Kept when the store cannot say: the next start's ``reap_orphans`` decides."""
+        try:
+            stored = await self.store.workspaces.get(user_id)
+        except (Exception, asyncio.CancelledError):  # the insert's own error is the one raised
+            _log.warning("workspace_volume_kept", workspace_id=workspace_id)
+            return
+        if stored is None or stored.id != workspace_id:
+            self.node.remove_volume(workspace_id)
+
+    async def reap_orphans(self) -> list[str]:
+        """Remove the volume files no workspace row names (made by a create whose row was never
+        written: its controller died, or its insert failed, in between) and the scratch files of
+        volume prototypes a process left; what was removed. Run at the controller's start,
+        before any create; a volume whose row exists is kept, whatever its state."""
+        removed = self.node.reap_volumes(await self.store.workspaces.ids())
+        if removed:
+            _log.info("workspace_volumes_reaped", files=removed)
+        return removed
 
     def _volume(self, workspace: WorkspaceRecord) -> Volume:
         key = self._seal.open(workspace)

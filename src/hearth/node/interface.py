@@ -81,6 +81,11 @@ class Node(Protocol):
         """Remove volume ``name``'s file; whether there was one."""
         ...
 
+    def reap_volumes(self, keep: set[str]) -> list[str]:
+        """Remove every volume file not named in ``keep``, and volume prototypes' scratch files;
+        the names removed."""
+        ...
+
     def volume_path(self, name: str) -> Path:
         """Where volume ``name`` lives on the node."""
         ...

@@ -129,6 +129,19 @@ class LocalNode:
         path.unlink(missing_ok=True)
         return existed
 
+    def reap_volumes(self, keep: set[str]) -> list[str]:
+        """Remove the files in the volumes dir of volumes not named in ``keep`` and the scratch
+        of encrypted prototypes (``.prototype-*``, removed as soon as read unless their process
+        died first): every ``*.qcow2`` there whose name is not a kept volume's; the names."""
+        if self.volumes_dir is None or not self.volumes_dir.is_dir():
+            return []
+        removed = []
+        for path in sorted(self.volumes_dir.glob("*.qcow2")):
+            if path.stem not in keep and path.is_file():
+                path.unlink(missing_ok=True)
+                removed.append(path.name)
+        return removed
+
     async def attach_volume(self, vm: Vm, volume: Volume) -> str | None:
         """Attach through the backend."""
         return await self.backend.attach_volume(vm, volume)

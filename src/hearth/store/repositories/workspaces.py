@@ -32,6 +32,12 @@ class WorkspaceRepo(Repository):
         row = await self._read_one(select(_table).where(_table.c.user_id == user_id))
         return None if row is None else to_record(WorkspaceRecord, row)
 
+    async def ids(self) -> set[str]:
+        """Every stored workspace's id (its volume's name on the node)."""
+        async with self._engine.connect() as conn:
+            rows = await conn.execute(select(_table.c.id))
+        return {str(row.id) for row in rows}
+
     async def held_by(self, vm_id: str) -> WorkspaceRecord | None:
         """The workspace recorded as held by VM ``vm_id``, if any."""
         row = await self._read_one(select(_table).where(_table.c.vm_id == vm_id))

@@ -378,7 +378,7 @@ class QemuBackend(BackendLifecycle[Template]):
             vm.spec = replace(vm.spec, volume_slot_mib=slot_mib)
             proc = await self._launch(vm, paths, image, layers, wake=True)
             deadline = Deadline.after(self.restore_deadline_s)
-            await hibernation.load(paths.migration, source, state_key, deadline=deadline)
+            await hibernation.load(paths, proc, source, state_key, deadline=deadline)
             await run_incoming(
                 vm, paths, proc, deadline_s=self.restore_deadline_s, then=source.unlink
             )

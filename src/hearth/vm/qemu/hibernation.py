@@ -20,15 +20,20 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from hearth.errors import SavedStateCorrupt, SnapshotError
+from hearth.errors import SavedStateCorrupt, SnapshotError, VmProcessExited
 from hearth.images.manifest import INITRAMFS_NAME, KERNEL_NAME, ImageDir
 from hearth.logging import get_logger
+from hearth.tools import tail_of_file
 from hearth.vm.qemu.monitor import Monitor
 from hearth.vm.qemu.options import option_value
 from hearth.vm.qemu.saved_state import STATE_FILE, StateWriter, read_state
 from hearth.vm.readiness import Backoff, Deadline
 from hearth.vm.types import Vm, VmState
+
+if TYPE_CHECKING:  # command.py builds QEMU's -drive options with this module's drive_backing
+    from hearth.vm.qemu.command import VmPaths
 
 _log = get_logger("vm.qemu.hibernation")
 PINNED_DIR = "pinned"
@@ -159,11 +164,19 @@ async def save(
     return writer.plain_bytes
 
 
-async def load(socket: Path, source: Path, key: bytes, *, deadline: Deadline) -> None:
-    """Stream the state sealed in ``source`` into the ``-incoming`` socket of a QEMU that was
-    just started; SavedStateCorrupt at the first chunk that does not open (QEMU then gives up
-    on the cut stream and exits)."""
-    writer = await _connect(socket, deadline)
+async def load(
+    paths: VmPaths,
+    qemu: asyncio.subprocess.Process,
+    source: Path,
+    key: bytes,
+    *,
+    deadline: Deadline,
+) -> None:
+    """Stream the state sealed in ``source`` into the ``-incoming`` socket of ``qemu``, just
+    started on ``paths``; VmProcessExited (with the end of its stderr) as soon as it exits
+    before taking the stream, SavedStateCorrupt at the first chunk that does not open (QEMU
+    then gives up on the cut stream and exits)."""
+    writer = await _connect(paths, qemu, deadline)
     try:
         for chunk in read_state(source, key):
             writer.write(chunk)
@@ -174,9 +187,16 @@ async def load(socket: Path, source: Path, key: bytes, *, deadline: Deadline) ->
             await writer.wait_closed()
 
 
-async def _connect(socket: Path, deadline: Deadline) -> asyncio.StreamWriter:
-    last = "socket never appeared"
+async def _connect(
+    paths: VmPaths, qemu: asyncio.subprocess.Process, deadline: Deadline
+) -> asyncio.StreamWriter:
+    socket, last = paths.migration, "socket never appeared"
     for delay in Backoff(initial_s=0.01, cap_s=0.2).delays():
+        if qemu.returncode is not None:  # it will never listen: say why now, not at the deadline
+            raise VmProcessExited(
+                f"VM {paths.vm_id} exited with status {qemu.returncode} before its saved state "
+                f"came in: {tail_of_file(paths.stderr, 5)}"
+            )
         if socket.exists():
             try:
                 _reader, writer = await asyncio.open_unix_connection(str(socket))
@@ -191,10 +211,15 @@ async def _connect(socket: Path, deadline: Deadline) -> asyncio.StreamWriter:
 
 def set_aside(workdir: Path, kept: Path, error: SavedStateCorrupt) -> Path:
     """Move the work dir of a VM whose saved state is unusable into ``kept`` (where no reap
-    looks), for inspection; its new place, also named in ``error``'s message."""
+    looks), for inspection; its new place, also named in ``error``'s message. A work dir that
+    is gone leaves nothing to keep: ``workdir`` as it was, the message saying so."""
     target = kept / f"{workdir.name}-{int(time.time())}"
     kept.mkdir(mode=0o700, exist_ok=True)
-    workdir.rename(target)
+    try:
+        workdir.rename(target)
+    except FileNotFoundError:
+        error.message += f"; its work dir {workdir} is gone"
+        return workdir
     error.message += f"; the VM's files are kept in {target}"
     return target
 
