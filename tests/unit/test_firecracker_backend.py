@@ -20,11 +20,11 @@ import pytest
 
 from hearth.errors import ConfigError, NotAnImage, ToolMissing, VmError
 from hearth.images.manifest import ImageDir
+from hearth.network import namespace
 from hearth.network.namespace import NetworkSlot, names_for
 from hearth.tools import run_tool
 from hearth.vm.accel import Accel
 from hearth.vm.firecracker import disks
-from hearth.vm.firecracker import network as fc_network
 from hearth.vm.firecracker.backend import FirecrackerBackend
 from hearth.vm.firecracker.disks import CowMechanism, create_cow_disk
 from hearth.vm.firecracker.network import FirecrackerNetwork, SlotNetworks
@@ -236,7 +236,7 @@ async def test_teardown_after_a_restart_deletes_the_namespace_and_frees_the_slot
 ) -> None:
     """A new backend (the controller restarted) finds the slot in the record and frees it."""
     deleted: list[NetworkSlot] = []
-    monkeypatch.setattr(fc_network, "delete_namespace", deleted.append)
+    monkeypatch.setattr(namespace, "delete_namespace", deleted.append)
     backend = FirecrackerBackend(
         state_dir=tmp_path / "state", firecracker=str(binary), accel=Accel("kvm", "test")
     )

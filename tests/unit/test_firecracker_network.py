@@ -1,7 +1,8 @@
 """SlotNetworks: hearth.network's slots and namespaces, seen as Firecracker networks.
 
 The slot pool is real (its claims directory lives in tmp_path); creating and deleting the
-namespace is replaced by a recorder, so nothing here touches the host's network.
+namespace (in ``hearth.network.namespace``) is replaced by a recorder, so nothing here touches
+the host's network.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from hearth.errors import InvalidInput, VmError
+from hearth.network import namespace
 from hearth.network.namespace import NetworkSlot, names_for
 from hearth.network.pool import SlotAddresses, SlotPool
 from hearth.vm.firecracker import network as fc_network
@@ -46,8 +48,8 @@ class RecordingNamespaces:
 def namespaces(monkeypatch: pytest.MonkeyPatch) -> RecordingNamespaces:
     """The recorder, in place of the functions that run ``ip`` and ``nft``."""
     recorder = RecordingNamespaces()
-    monkeypatch.setattr(fc_network, "create_namespace", recorder.create)
-    monkeypatch.setattr(fc_network, "delete_namespace", recorder.delete)
+    monkeypatch.setattr(namespace, "create_namespace", recorder.create)
+    monkeypatch.setattr(namespace, "delete_namespace", recorder.delete)
     return recorder
 
 
@@ -105,12 +107,28 @@ async def test_release_leaves_a_slot_another_vm_has_claimed_since(
     assert pool.claims() == {1: "vm-0the4"}
 
 
-async def test_a_failed_namespace_gives_its_slot_back(
+async def test_a_failed_namespace_gives_its_slot_back_and_leaves_the_name_alone(
     pool: SlotPool, namespaces: RecordingNamespaces
 ) -> None:
+    # create_namespace removes what it made before failing; a namespace of that name that
+    # stopped it is another VM's (names keep 36 bits of the id) and must stay.
     namespaces.fail = True
     with pytest.raises(VmError, match="Operation not permitted"):
         await SlotNetworks(pool=pool).acquire(VM_ID, allow_egress=False)
+    assert namespaces.deleted == []
+    assert pool.claims() == {}
+
+
+async def test_a_tap_that_cannot_be_handed_to_the_jailed_vmm_takes_the_namespace_down(
+    pool: SlotPool, namespaces: RecordingNamespaces, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(netns: str, uid: int, gid: int) -> None:
+        raise VmError(f"ip tuntap add in {netns}: Device or resource busy")
+
+    monkeypatch.setattr(fc_network, "_hand_tap_to", refuse)
+    with pytest.raises(VmError, match="busy"):
+        await SlotNetworks(pool=pool, tap_owner=(1000, 1000)).acquire(VM_ID, allow_egress=False)
+    assert namespaces.deleted == namespaces.created
     assert [n.netns for n in namespaces.deleted] == ["hearth-5eed"]
     assert pool.claims() == {}
 

@@ -13,7 +13,7 @@ from hearth.vm.qemu.network import QemuNetworks
 from hearth.vm.qemu.templates import TemplateStore, build_vm_id
 
 
-def test_a_running_template_build_keeps_what_it_holds_and_a_dead_one_goes(
+async def test_a_running_template_build_keeps_what_it_holds_and_a_dead_one_goes(
     tmp_path: Path,
 ) -> None:
     templates = TemplateStore(tmp_path / "templates")
@@ -37,7 +37,7 @@ def test_a_running_template_build_keeps_what_it_holds_and_a_dead_one_goes(
     with (templates.root / ".key1.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
 
-        reaped = reap_leftovers(templates, run_dir, networks, keep={"vm-kept"})
+        reaped = await reap_leftovers(templates, run_dir, networks, keep={"vm-kept"})
 
     assert reaped == [dead.name]
     assert running.is_dir()

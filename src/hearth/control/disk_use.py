@@ -5,7 +5,7 @@ copy-on-write disk layer, which root in the guest can fill, and while it is hibe
 state too. A VM starts with an almost empty layer and grows, so every ``interval_s`` the active
 VMs are measured again; a row is written only when its figure moved by a MiB or more (or was
 unknown), so a guest writing all the time costs one store write per round, not one per page.
-``Workspaces.admit`` measures the user's VMs again before it counts them against
+``DiskQuota.admit`` measures the user's VMs again before it counts them against
 ``HEARTH_USER_DISK_QUOTA_MIB``; nothing here stops a VM that grows past the quota.
 """
 

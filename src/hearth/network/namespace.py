@@ -16,11 +16,14 @@ lets through.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from hearth.errors import VmError
-from hearth.network.pool import SlotAddresses
+from hearth.network.pool import SlotAddresses, SlotPool
 from hearth.tools import run_tool
+from hearth.vm.threads import finish_in_thread
 from hearth.vm.types import GuestForward
 
 GUEST_IP = "10.0.2.15"
@@ -186,6 +189,54 @@ def delete_namespace(network: NetworkSlot) -> None:
     run_tool(
         ["ip", "link", "del", network.host_veth], what="delete veth", error=VmError, check=False
     )
+
+
+async def open_namespace(
+    pool: SlotPool,
+    vm_id: str,
+    forwards: tuple[GuestForward, ...] = (),
+    *,
+    then: Callable[[NetworkSlot], None] | None = None,
+) -> NetworkSlot:
+    """Claim a slot of ``pool`` for ``vm_id`` and create its namespace on it, followed by
+    ``then`` (more set-up of it), in a worker thread: the ~15 ``ip``/``nft`` runs never hold up
+    the event loop. If that fails, or the caller is cancelled meanwhile, neither the slot nor the
+    namespace stays (a cancelled caller waits for the thread to end)."""
+    slot = pool.claim(vm_id)
+    try:
+        return await finish_in_thread(
+            functools.partial(_create_then, vm_id, slot, forwards, then), undo=delete_namespace
+        )
+    except BaseException:
+        pool.release(slot.index, vm_id)
+        raise
+
+
+def _create_then(
+    vm_id: str,
+    slot: SlotAddresses,
+    forwards: tuple[GuestForward, ...],
+    then: Callable[[NetworkSlot], None] | None,
+) -> NetworkSlot:
+    network = create_namespace(vm_id, slot, forwards)
+    if then is not None:
+        try:
+            then(network)
+        except BaseException:
+            delete_namespace(network)
+            raise
+    return network
+
+
+async def close_namespace(pool: SlotPool, network: NetworkSlot, owner: str) -> None:
+    """Delete ``network``'s namespace and free its slot if ``owner`` holds it, in a worker
+    thread that runs to its end even when the caller is cancelled meanwhile."""
+    await finish_in_thread(functools.partial(_delete_and_release, pool, network, owner))
+
+
+def _delete_and_release(pool: SlotPool, network: NetworkSlot, owner: str) -> None:
+    delete_namespace(network)
+    pool.release(network.slot.index, owner)
 
 
 def list_namespaces() -> list[str]:

@@ -26,21 +26,18 @@ or dm device made after it would be left to nobody.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import os
 import shutil
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from hearth.errors import VmError
 from hearth.logging import get_logger
 from hearth.tools import run_tool
-
-_T = TypeVar("_T")
+from hearth.vm.threads import finish_in_thread
 
 _CHUNK_SECTORS = 8  # 4 KiB copy-on-write chunks
 _PROC_MISC = Path("/proc/misc")
@@ -184,13 +181,13 @@ async def create_cow_disk_in_thread(
     create = functools.partial(
         create_cow_disk, base, workdir=workdir, name=name, mechanism=mechanism
     )
-    return await _through_cancel(create, undo=_remove_left_behind)
+    return await finish_in_thread(create, undo=_remove_left_behind)
 
 
 async def freeze_cow_disk_in_thread(disk: CowDisk, dest: Path) -> None:
     """``freeze_cow_disk`` in a worker thread; a cancel waits for the copy to end, so teardown
     never removes the devices it still reads."""
-    await _through_cancel(functools.partial(freeze_cow_disk, disk, dest))
+    await finish_in_thread(functools.partial(freeze_cow_disk, disk, dest))
 
 
 def freeze_cow_disk(disk: CowDisk, dest: Path) -> None:
@@ -232,22 +229,6 @@ def remove_cow_disk(disk: CowDisk) -> list[str]:
     except OSError as exc:
         errors.append(f"remove {disk.cow_file}: {exc.strerror}")
     return errors
-
-
-async def _through_cancel(
-    work: Callable[[], _T], *, undo: Callable[[_T], None] | None = None
-) -> _T:
-    """``work()`` in a worker thread. A cancel lets the thread end (it cannot be interrupted),
-    runs ``undo`` on what it returned (its own failures clean up after themselves), and then
-    propagates."""
-    running = asyncio.ensure_future(asyncio.to_thread(work))
-    try:
-        return await asyncio.shield(running)
-    except asyncio.CancelledError:
-        await asyncio.wait([running])
-        if undo is not None and not running.cancelled() and running.exception() is None:
-            await asyncio.to_thread(undo, running.result())
-        raise
 
 
 def _remove_left_behind(disk: CowDisk) -> None:

@@ -9,12 +9,11 @@ nftables policy DNATs the slot's agent address to the guest's agent port and dro
 the guest starts. The controller reaches the agent at that agent address (``agent_host``).
 
 ``NetworkProvider`` is what the backend needs; ``SlotNetworks`` is the real one, an adapter over
-``SlotPool`` and ``create_namespace``/``delete_namespace``. Tests of other code inject fakes.
+``SlotPool`` and ``open_namespace``/``close_namespace``. Tests of other code inject fakes.
 """
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,11 +27,11 @@ from hearth.network.namespace import (
     TAP_GATEWAY,
     TAP_NAME,
     NetworkSlot,
-    create_namespace,
-    delete_namespace,
+    close_namespace,
     names_for,
+    open_namespace,
 )
-from hearth.network.pool import SlotAddresses, SlotPool
+from hearth.network.pool import SlotPool
 from hearth.tools import run_tool
 from hearth.vm.types import GuestForward
 
@@ -136,28 +135,11 @@ class SlotNetworks:
         """Claim a slot and create the namespace, veth pair, tap and nftables policy on it."""
         if allow_egress:
             raise InvalidInput("network mode netns does not offer guest egress yet")
-        slot = self.pool.claim(vm_id)
-        netns, host_veth = names_for(vm_id)
-        planned = FirecrackerNetwork.from_slot(
-            NetworkSlot(netns=netns, host_veth=host_veth, slot=slot), owner=vm_id
-        )
-        creating = asyncio.ensure_future(asyncio.to_thread(self._create, vm_id, slot, forwards))
-        try:
-            network = await asyncio.shield(creating)
-        except BaseException:
-            # A thread cannot be interrupted: let it finish, so nothing it creates outlives this.
-            await asyncio.wait([creating])
-            await self.release(planned)
-            raise
-        _log.info("network_created", vm_id=vm_id, netns=network.netns, slot=slot.index)
-        return network
-
-    def _create(
-        self, vm_id: str, slot: SlotAddresses, forwards: tuple[GuestForward, ...]
-    ) -> FirecrackerNetwork:
-        network = FirecrackerNetwork.from_slot(create_namespace(vm_id, slot, forwards), owner=vm_id)
-        if self.tap_owner is not None:
-            _hand_tap_to(network.netns, *self.tap_owner)
+        owner = self.tap_owner
+        hand_tap = None if owner is None else lambda net: _hand_tap_to(net.netns, *owner)
+        made = await open_namespace(self.pool, vm_id, forwards, then=hand_tap)
+        network = FirecrackerNetwork.from_slot(made, owner=vm_id)
+        _log.info("network_created", vm_id=vm_id, netns=network.netns, slot=made.slot.index)
         return network
 
     async def release(self, network: FirecrackerNetwork) -> None:
@@ -169,8 +151,7 @@ class SlotNetworks:
             host_veth=network.host_veth,
             slot=self.pool.addresses(network.slot),
         )
-        await asyncio.to_thread(delete_namespace, namespace)
-        self.pool.release(network.slot, network.owner)
+        await close_namespace(self.pool, namespace, network.owner)
 
     async def reap(self, keep: set[str]) -> list[str]:
         """Delete the namespace and free the slot of every claim whose owner is not kept."""

@@ -110,7 +110,7 @@ class QemuBackend(BackendLifecycle[Template]):
 
     async def _reap_leftovers(self, keep: set[str]) -> list[str]:
         """Template builds whose builder died (and their QEMU), QMP sockets, network slots."""
-        return reap_leftovers(self.templates, self.run_dir, self.networks, keep)
+        return await reap_leftovers(self.templates, self.run_dir, self.networks, keep)
 
     def _host_leftovers(self) -> list[str]:
         """QEMU processes of the VMs' or templates' dirs, QMP sockets, claimed network slots."""
@@ -153,7 +153,7 @@ class QemuBackend(BackendLifecycle[Template]):
         finally:
             # On success and on failure (or cancellation): no process, network or socket stays.
             await self._stop_process(vm)
-            self.networks.delete(vm_id, None)
+            await self.networks.delete(vm_id, None)
             for leftover in ("qemu.pid", "vm.json"):
                 (directory / leftover).unlink(missing_ok=True)
             self._paths(vm_id, directory).qmp.unlink(missing_ok=True)
@@ -244,7 +244,7 @@ class QemuBackend(BackendLifecycle[Template]):
         port: int | None = None
         network: NetworkSlot | None = None
         if vm.spec.network is NetworkMode.NETNS:
-            network = self.networks.create(vm.id, vm.spec.guest_forwards)
+            network = await self.networks.create(vm.id, vm.spec.guest_forwards)
             vm.agent_url = network.agent_url
         else:
             port = free_local_port()
@@ -424,7 +424,7 @@ class QemuBackend(BackendLifecycle[Template]):
     async def _end_process(self, vm: Vm, paths: VmPaths) -> None:
         """Stop the VM's QEMU and free its network and sockets, keeping its work dir."""
         await self._stop_process(vm)
-        self.networks.delete(vm.id, read_record(paths.workdir))
+        await self.networks.delete(vm.id, read_record(paths.workdir))
         paths.qmp.unlink(missing_ok=True)
         paths.migration.unlink(missing_ok=True)
         vm.pid = None
@@ -477,7 +477,7 @@ class QemuBackend(BackendLifecycle[Template]):
         except (OSError, VmError) as exc:
             errors.append(f"stop: {exc}")
         try:
-            self.networks.delete(vm.id, read_record(vm.workdir) if vm.workdir else None)
+            await self.networks.delete(vm.id, read_record(vm.workdir) if vm.workdir else None)
         except (OSError, VmError) as exc:
             errors.append(f"network: {exc}")
         if vm.workdir is not None:

@@ -44,7 +44,7 @@ def running_vms(vms_dir: Path, *, backend: str) -> list[Vm]:
     return found
 
 
-def reap_leftovers(
+async def reap_leftovers(
     templates: SnapshotTemplateStore[Template],
     run_dir: Path,
     networks: QemuNetworks,
@@ -66,7 +66,7 @@ def reap_leftovers(
         for sock in [*run_dir.glob("*.qmp"), *run_dir.glob("*.mig")]:
             if sock.stem not in keep:
                 sock.unlink(missing_ok=True)
-    return reaped + networks.reap(keep)
+    return reaped + await networks.reap(keep)
 
 
 def host_leftovers(dirs: Iterable[Path], run_dir: Path, networks: QemuNetworks) -> list[str]:

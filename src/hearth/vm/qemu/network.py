@@ -4,47 +4,41 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hearth.network.namespace import NetworkSlot, create_namespace, delete_namespace, names_for
+from hearth.network.namespace import NetworkSlot, close_namespace, names_for, open_namespace
 from hearth.network.pool import SlotPool
 from hearth.vm.types import GuestForward
 
 
 class QemuNetworks:
-    """Claims a slot and builds a namespace per VM; frees both, also after a restart."""
+    """Claims a slot and builds a namespace per VM; frees both, also after a restart. The
+    ``ip``/``nft`` work runs in worker threads, off the event loop (``open_namespace``)."""
 
     def __init__(self, *, cidr: str, claims_dir: Path) -> None:
         self.pool = SlotPool(cidr=cidr, claims_dir=claims_dir)
         self._networks: dict[str, NetworkSlot] = {}
 
-    def create(self, vm_id: str, forwards: tuple[GuestForward, ...] = ()) -> NetworkSlot:
+    async def create(self, vm_id: str, forwards: tuple[GuestForward, ...] = ()) -> NetworkSlot:
         """A slot and a namespace for ``vm_id`` (with its guest ``forwards`` to loopback);
-        neither stays if the namespace fails."""
-        slot = self.pool.claim(vm_id)
-        try:
-            network = create_namespace(vm_id, slot, forwards)
-        except BaseException:
-            self.pool.release(slot.index, vm_id)
-            raise
+        neither stays if the namespace fails or the caller is cancelled meanwhile."""
+        network = await open_namespace(self.pool, vm_id, forwards)
         self._networks[vm_id] = network
         return network
 
-    def delete(self, vm_id: str, record: dict[str, object] | None) -> None:
+    async def delete(self, vm_id: str, record: dict[str, object] | None) -> None:
         """Remove the VM's namespace and free its slot; ``record`` names the slot of a VM
         this process did not create (found again after a restart)."""
         network = self._networks.pop(vm_id, None)
         if network is None and record and record.get("slot") is not None:
             network = self._slot_network(vm_id, int(str(record["slot"])))
         if network is not None:
-            delete_namespace(network)
-            self.pool.release(network.slot.index, vm_id)
+            await close_namespace(self.pool, network, vm_id)
 
-    def reap(self, keep: set[str]) -> list[str]:
+    async def reap(self, keep: set[str]) -> list[str]:
         """Delete the namespace and free the slot of every owner not in ``keep``."""
         reaped = []
         for index, owner in self.pool.claims().items():
             if owner not in keep:
-                delete_namespace(self._slot_network(owner, index))
-                self.pool.release(index, owner)
+                await close_namespace(self.pool, self._slot_network(owner, index), owner)
                 reaped.append(owner)
         return reaped
 
