@@ -41,8 +41,11 @@ async def live(
         yield served
 
 
-async def spawn_hearth(live: Live, *args: str) -> asyncio.subprocess.Process:
-    """``python -m hearth ARGS`` as ann, started, its three streams piped."""
+async def spawn_hearth(
+    live: Live, *args: str, stdout: int = asyncio.subprocess.PIPE
+) -> asyncio.subprocess.Process:
+    """``python -m hearth ARGS`` as ann, started, its three streams piped (stdout to the file
+    descriptor ``stdout`` when given)."""
     env = {**os.environ, "HEARTH_URL": live.url, "HEARTH_API_KEY": live.keys["ann"]}
     return await asyncio.create_subprocess_exec(
         sys.executable,
@@ -51,7 +54,7 @@ async def spawn_hearth(live: Live, *args: str) -> asyncio.subprocess.Process:
         *args,
         env=env,
         stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
+        stdout=stdout,
         stderr=asyncio.subprocess.PIPE,
     )
 
@@ -190,3 +193,25 @@ async def test_hearth_exec_whose_start_lost_its_answer_exits_255_not_125(
     assert "outcome_unknown" in result.output
     assert live.proxy.cuts_done == 1
     assert marker.read_text() == "ran\n"
+
+
+async def test_hearth_exec_whose_reader_goes_away_kills_the_command_and_exits_141(
+    live: Live, tmp_path: Path
+) -> None:
+    # `hearth exec VM -- producer | head -1`: once head has its line, nothing reads the output;
+    # the command must not run on in the VM, and hearth ends as a writer SIGPIPE ended would.
+    vm_id, _ = await logged_in_vm(live.api, "ann", providers=())
+    pidfile = tmp_path / "pid"
+    producer = f"echo $$ > {pidfile}; while :; do echo y; sleep 0.01; done"
+    read_end, write_end = os.pipe()
+    command = await spawn_hearth(live, "exec", vm_id, "--", "sh", "-c", producer, stdout=write_end)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as head:  # head reads its line, then exits
+        assert await asyncio.wait_for(asyncio.to_thread(head.readline), DEADLINE_S) == b"y\n"
+    pid = int(pidfile.read_text())
+
+    _, err = await asyncio.wait_for(command.communicate(), DEADLINE_S)
+
+    assert command.returncode == 141, err
+    assert err == b""  # no traceback, no "Exception ignored"
+    assert await gone(pid), "the command outlived its reader"

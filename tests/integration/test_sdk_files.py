@@ -314,6 +314,27 @@ def test_hearth_files_put_reads_a_process_substitution(
     assert (workspace(live, vm.id) / "greeting.txt").read_bytes() == b"hi\n"
 
 
+def test_hearth_files_get_to_stdout_whose_reader_goes_away_exits_141_quietly(
+    ann: Hearth, ann_env: dict[str, str], live: Live
+) -> None:
+    # `hearth files get VM big.bin - | head -c 10`: head exits once it has its bytes.
+    vm = ann.vms.create("cli")
+    (workspace(live, vm.id) / "big.bin").write_bytes(os.urandom(8 * MIB))
+    get = subprocess.Popen(
+        [*HEARTH, "files", "get", vm.id, "big.bin", "-"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, **ann_env},
+    )
+    assert get.stdout is not None
+    assert len(get.stdout.read(10)) == 10
+    get.stdout.close()
+    _, err = get.communicate(timeout=120)
+
+    assert get.returncode == 141, err
+    assert err == b""  # no traceback, no "Exception ignored"
+
+
 # --- what the command line prints, and where it puts things -------------------------------------
 
 

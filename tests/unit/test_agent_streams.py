@@ -5,7 +5,6 @@ would otherwise extract as a smaller tree). Served by the agent's own HTTP serve
 from __future__ import annotations
 
 import io
-import threading
 import time
 from collections.abc import Iterator
 
@@ -16,6 +15,7 @@ from hearth_agent.log import JsonLogger
 from hearth_agent.metrics import AgentMetrics
 from hearth_agent.routing import Request, Response
 from hearth_agent.server import AgentHTTPServer, AgentRequestHandler
+from tests.loopback_api import LOOPBACK, listening
 
 # More than loopback's socket buffers hold: the agent's write waits for the client to read.
 BIG = 32 * 1024 * 1024
@@ -51,17 +51,9 @@ class Streams:
 
 @pytest.fixture
 def url() -> Iterator[str]:
-    server = AgentHTTPServer(
-        ("127.0.0.1", 0), app=Streams(), logger=JsonLogger(stream=io.StringIO())
-    )  # type: ignore[arg-type]
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+    server = AgentHTTPServer(LOOPBACK, app=Streams(), logger=JsonLogger(stream=io.StringIO()))  # type: ignore[arg-type]
+    with listening(server) as served:
+        yield served
 
 
 def test_a_whole_stream_arrives_whole_and_chunked(url: str) -> None:

@@ -6,12 +6,12 @@ written, and only a whole, valid archive is put in place (the answers scripted w
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import tarfile
-import threading
 from collections.abc import AsyncIterator, Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -19,6 +19,7 @@ import pytest
 
 from hearth.sdk import AsyncHearth, Hearth, HearthConnectionError, HearthSdkError
 from tests.conftest import hearth_cli
+from tests.loopback_api import LOOPBACK, QuietHandler, listening
 
 URL = "http://hearth.test"
 VM = (
@@ -263,35 +264,19 @@ async def test_a_download_into_an_existing_directory_merges_only_a_whole_archive
 def stub_api() -> Iterator[Callable[[bytes], str]]:
     """Serves on loopback, as the API does for VM ``vm-1``, whose ``proj`` comes down as the
     tar given; the server's URL."""
-    servers: list[tuple[ThreadingHTTPServer, threading.Thread]] = []
+    with contextlib.ExitStack() as servers:
 
-    def serve(payload: bytes) -> str:
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                if self.path.startswith("/api/vms/vm-1/files"):
-                    body, headers = payload, TAR_HEADERS
-                else:
-                    body, headers = VM, {"content-type": "application/json"}
-                self.send_response(200)
-                for name, value in {**headers, "content-length": str(len(body))}.items():
-                    self.send_header(name, value)
-                self.end_headers()
-                self.wfile.write(body)
+        def serve(payload: bytes) -> str:
+            class Handler(QuietHandler):
+                def do_GET(self) -> None:
+                    if self.path.startswith("/api/vms/vm-1/files"):
+                        self.answer(200, payload, TAR_HEADERS)
+                    else:
+                        self.answer(200, VM, {"content-type": "application/json"})
 
-            def log_message(self, *args: object) -> None:
-                pass
+            return servers.enter_context(listening(ThreadingHTTPServer(LOOPBACK, Handler)))
 
-        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        thread = threading.Thread(target=server.serve_forever, daemon=True)
-        thread.start()
-        servers.append((server, thread))
-        return f"http://127.0.0.1:{server.server_address[1]}"
-
-    yield serve
-    for server, thread in servers:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+        yield serve
 
 
 def test_hearth_files_get_refuses_an_unsafe_tar_with_its_code(

@@ -10,6 +10,8 @@ from typing import Any
 import httpx
 
 from hearth.errors import HearthError, Unauthorized
+from hearth.sdk._config import api_key
+from hearth.sdk._errors import HearthConfigError, shown_url, transport_text
 
 CONFIG_FILE = Path.home() / ".config" / "hearth" / "cli.json"
 DEFAULT_URL = "http://127.0.0.1:4000"
@@ -36,6 +38,23 @@ def _config() -> dict[str, str]:
     return {k: str(v) for k, v in data.items()} if isinstance(data, dict) else {}
 
 
+def _key(given: str | None, config: dict[str, str]) -> str:
+    """The key given, else ``HEARTH_API_KEY``, else the config file's, as the SDK takes one:
+    without the whitespace around it; Unauthorized, never quoting it, for one no header can
+    carry."""
+    for source, raw in (
+        ("the key given", given),
+        ("HEARTH_API_KEY", os.environ.get("HEARTH_API_KEY")),
+        (f'"key" in {CONFIG_FILE}', config.get("key")),
+    ):
+        if raw:
+            try:
+                return api_key(raw, source=source)
+            except HearthConfigError as exc:
+                raise Unauthorized(str(exc)) from None
+    return ""
+
+
 class ApiClient:
     """Calls the controller; key and URL from the environment or ``~/.config/hearth/cli.json``."""
 
@@ -43,7 +62,7 @@ class ApiClient:
         config = _config()
         chosen = url or os.environ.get("HEARTH_URL") or config.get("url") or DEFAULT_URL
         self.url = chosen.rstrip("/")
-        self.key = key or os.environ.get("HEARTH_API_KEY") or config.get("key")
+        self.key = _key(key, config)
         if not self.key:
             raise Unauthorized(
                 f'no API key: set HEARTH_API_KEY or put {{"key": ...}} in {CONFIG_FILE}'
@@ -60,7 +79,9 @@ class ApiClient:
                 **kwargs,
             )
         except httpx.HTTPError as exc:
-            raise ApiError(0, "unreachable", f"cannot reach {self.url}: {exc}") from exc
+            raise ApiError(
+                0, "unreachable", f"cannot reach {shown_url(self.url)}: {transport_text(exc)}"
+            ) from exc
         _raise_for(response)
         if response.headers.get("content-type", "").startswith("application/json"):
             return response.json()
@@ -68,8 +89,9 @@ class ApiClient:
 
 
 def _raise_for(response: httpx.Response) -> None:
-    """ApiError for an error answer (its JSON code and message, or its text)."""
-    if response.status_code < 400:
+    """ApiError for any answer but a success (an error's JSON code and message, else its text:
+    a redirect's page is not the API's answer)."""
+    if response.is_success:
         return
     try:
         error = response.json()["error"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -56,6 +57,25 @@ EXIT_LOST = 255
 EXIT_CANCELLED = 130
 # A command or run ran out of its time (as coreutils' ``timeout`` exits).
 EXIT_TIMEOUT = 124
+# The reader of this command's output went away (``… | head``): as a shell reports a writer
+# that SIGPIPE ended (128 + 13).
+EXIT_OUTPUT_CLOSED = 141
+
+
+def output_closed() -> int:
+    """Stdout's reader went away (a BrokenPipeError): stdout pointed at /dev/null, so the
+    interpreter's last flush of what is left in its buffer does not raise again (Python's own
+    recipe for SIGPIPE); the status to exit with."""
+    try:
+        stdout = sys.stdout.fileno()
+    except (OSError, ValueError):  # not a file (stdout captured in process): nothing to flush
+        return EXIT_OUTPUT_CLOSED
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, stdout)
+    finally:
+        os.close(devnull)
+    return EXIT_OUTPUT_CLOSED
 
 
 def plain(value: object) -> Text:

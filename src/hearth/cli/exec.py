@@ -5,7 +5,8 @@ stdout and stderr go to this process's own, byte for byte; the exit status is th
 125 when it did not start, 255 when it started, or may have (the request went out, its answer
 was lost), but its end was not seen. A stream that breaks off is picked up again after the last
 event received (``Last-Event-ID``): the command runs under the VM's agent and loses nothing
-meanwhile. Ctrl-C kills the command in the VM (its whole process group) and exits 130.
+meanwhile. Ctrl-C kills the command in the VM (its whole process group) and exits 130; so does
+the reader of the output going away (``hearth exec … | head``), which exits 141, as SIGPIPE.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from hearth.cli.common import (
     EXIT_TIMEOUT,
     ending_on_errors,
     err_console,
+    output_closed,
 )
 from hearth.errors import InvalidInput
 from hearth.sdk import (
@@ -85,6 +87,8 @@ def _follow(vm: Vm, cmd: list[str], options: ExecOptions) -> int:
             )
     except KeyboardInterrupt:
         return _interrupted(vm, exec_id)
+    except BrokenPipeError:
+        return _output_closed(vm, exec_id)
 
 
 def _interrupted(vm: Vm, exec_id: str | None) -> int:
@@ -99,6 +103,16 @@ def _interrupted(vm: Vm, exec_id: str | None) -> int:
         f"killed command {shown}" if signalled else f"command {shown} had ended already"
     )
     return EXIT_CANCELLED
+
+
+def _output_closed(vm: Vm, exec_id: str | None) -> int:
+    """The reader of the output went away (``hearth exec … | head``): kill the command in the
+    VM, as Ctrl-C does, and end quietly as a writer that SIGPIPE ended would (141)."""
+    status = output_closed()
+    if exec_id is not None:
+        with ending_on_errors(code=EXIT_LOST):
+            vm.kill_exec(exec_id)
+    return status
 
 
 def exec_command(

@@ -3,11 +3,11 @@
 ``put VM LOCAL REMOTE`` sends a file (its mode kept; ``-`` reads stdin; a pipe such as
 ``<(cmd)`` is read to its end) or a directory, packed as a tar as it is read and unpacked into
 the directory REMOTE. ``get VM REMOTE LOCAL`` saves a file (into LOCAL when that is a directory;
-``-`` writes stdout) or unpacks a directory into LOCAL (all of it or, when a member of its tar
-would write outside LOCAL, nothing: ``invalid_archive``). A path that ends with ``/`` names a
-directory, made if missing: a file goes into it under its own name. Paths in the VM are
-relative to its workspace. On a terminal a transfer shows its progress. Nothing is held in
-memory whole: the SDK streams both ways.
+``-`` writes stdout, exiting 141, as SIGPIPE, when its reader goes away) or unpacks a directory
+into LOCAL (all of it or, when a member of its tar would write outside LOCAL, nothing:
+``invalid_archive``). A path that ends with ``/`` names a directory, made if missing: a file
+goes into it under its own name. Paths in the VM are relative to its workspace. On a terminal a
+transfer shows its progress. Nothing is held in memory whole: the SDK streams both ways.
 """
 
 from __future__ import annotations
@@ -33,7 +33,14 @@ from rich.progress import (
 from rich.table import Table
 
 from hearth.cli.client import ApiClient
-from hearth.cli.common import console, ending_on_errors, err_console, fail, plain
+from hearth.cli.common import (
+    console,
+    ending_on_errors,
+    err_console,
+    fail,
+    output_closed,
+    plain,
+)
 from hearth.errors import InvalidInput
 from hearth.sdk import Files, Hearth
 
@@ -159,10 +166,13 @@ def get(
     """Fetch a file, or a directory (unpacked here), from the CLI VM's workspace."""
     with _files(vm_id) as files:
         if local == "-":
-            with files.read_stream(remote) as stream:
-                for chunk in stream:
-                    sys.stdout.buffer.write(chunk)
-            sys.stdout.buffer.flush()
+            try:
+                with files.read_stream(remote) as stream:
+                    for chunk in stream:
+                        sys.stdout.buffer.write(chunk)
+                sys.stdout.buffer.flush()
+            except BrokenPipeError:  # ``hearth files get VM FILE - | head``
+                raise typer.Exit(output_closed()) from None
             return
         with _progress(f"get {remote}", None) as progress, _local_dir(local) as into:
             target = files.download(remote, into, progress=progress)

@@ -44,15 +44,32 @@ class ResumePolicy:
 DEFAULT_RESUME = ResumePolicy()
 
 
+def api_key(raw: str, *, source: str = "the API key") -> str:
+    """``raw`` (from ``source``) as a key to send: the whitespace around it (a key file's
+    newline) dropped. HearthConfigError for a character no HTTP header can carry (a control
+    character, one beyond ASCII); its message never quotes the key."""
+    key = raw.strip()
+    if any(not " " <= char <= "~" for char in key):
+        raise HearthConfigError(
+            f"{source} holds a control character or one beyond ASCII, which no HTTP header "
+            "can carry (the key itself is not shown)"
+        )
+    return key
+
+
 @dataclass(frozen=True, kw_only=True)
 class ClientConfig:
-    """The API's base URL and key, and the client's timeouts."""
+    """The API's base URL and key, and the client's timeouts. The key is kept without the
+    whitespace around it, and refused (HearthConfigError) when no header can carry it."""
 
     url: str
     key: str = field(repr=False)
     timeout_s: float = DEFAULT_TIMEOUT_S
     boot_timeout_s: float = DEFAULT_BOOT_TIMEOUT_S
     resume: ResumePolicy = DEFAULT_RESUME
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", api_key(self.key))
 
     @classmethod
     def resolve(
@@ -64,8 +81,10 @@ class ClientConfig:
         resume: ResumePolicy,
         environ: Mapping[str, str] = os.environ,
     ) -> ClientConfig:
-        """The arguments, else ``HEARTH_URL`` / ``HEARTH_API_KEY`` from ``environ``."""
-        key = key or environ.get("HEARTH_API_KEY")
+        """The arguments, else ``HEARTH_URL`` / ``HEARTH_API_KEY`` from ``environ`` (the key
+        without the whitespace around it: a file's newline)."""
+        source = "key=..." if key else "HEARTH_API_KEY"
+        key = api_key(key or environ.get("HEARTH_API_KEY") or "", source=source)
         if not key:
             raise HearthConfigError("no API key: pass key=... or set HEARTH_API_KEY")
         url = url or environ.get("HEARTH_URL") or DEFAULT_URL

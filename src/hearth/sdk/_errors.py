@@ -1,7 +1,7 @@
 """What the SDK raises: one tree, so ``except HearthSdkError`` catches everything of ours.
 
     HearthSdkError               root; never raised itself
-    ├── HearthConfigError        no API key to call the API with
+    ├── HearthConfigError        no API key to call the API with, or one no header can carry
     ├── HearthApiError           the API answered an error: status, code, message
     ├── HearthConnectionError    no answer: the request never went out (``unreachable``), it
     │                            went out but its answer was lost (``outcome_unknown``), or a
@@ -19,6 +19,7 @@ httpx's own exceptions never leave the SDK: they are translated where a request 
 from __future__ import annotations
 
 import json
+import re
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -32,7 +33,7 @@ class HearthSdkError(Exception):
 
 
 class HearthConfigError(HearthSdkError):
-    """The client lacks what it needs to call the API (an API key)."""
+    """The client lacks what it needs to call the API (an API key it can send)."""
 
 
 class HearthApiError(HearthSdkError):
@@ -76,6 +77,24 @@ def never_sent(exc: Exception) -> bool:
     return isinstance(exc, _NOT_SENT)
 
 
+def transport_text(exc: Exception) -> str:
+    """``exc`` as a message shows it: its type and text, but never a ``LocalProtocolError``'s
+    text, which quotes the header (the API key's among them) it refused."""
+    if isinstance(exc, httpx.LocalProtocolError):
+        what = "a header" if str(exc).startswith("Illegal header") else "the request"
+        return f"{type(exc).__name__}: {what} could not be sent as HTTP (its text withheld)"
+    return f"{type(exc).__name__}: {exc}"
+
+
+# The userinfo of a URL (``user:password@``), from after its scheme to the host's ``@``.
+_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)?[^/?#]*@")
+
+
+def shown_url(url: str) -> str:
+    """``url`` as a message shows it: a user and password in it masked (``***@host``)."""
+    return _USERINFO.sub(r"\1***@", url, count=1)
+
+
 class HearthConnectionError(HearthSdkError):
     """No answer. ``code`` says what that leaves: ``unreachable``, the request never reached the
     API (or changes nothing), so nothing happened; ``outcome_unknown``, a request that changes
@@ -94,8 +113,8 @@ class HearthConnectionError(HearthSdkError):
     def of_transport(cls, url: str, method: str, exc: Exception) -> HearthConnectionError:
         """The error for a ``method`` request to ``url`` that got no answer (``exc``)."""
         if method.upper() in _SAFE_METHODS or never_sent(exc):
-            return cls("unreachable", f"cannot reach {url}: {type(exc).__name__}: {exc}")
-        return cls.outcome_unknown(f"{method.upper()} {url}", exc)
+            return cls("unreachable", f"cannot reach {shown_url(url)}: {transport_text(exc)}")
+        return cls.outcome_unknown(f"{method.upper()} {shown_url(url)}", exc)
 
     @classmethod
     def outcome_unknown(cls, what: str, exc: Exception) -> HearthConnectionError:
@@ -103,7 +122,7 @@ class HearthConnectionError(HearthSdkError):
         return cls(
             "outcome_unknown",
             f"{what}: the connection broke after the request went out, so whether it took "
-            f"effect is unknown ({type(exc).__name__}: {exc})",
+            f"effect is unknown ({transport_text(exc)})",
         )
 
 

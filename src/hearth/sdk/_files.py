@@ -21,7 +21,7 @@ import httpx
 from hearth.sdk._archive import extract_tar
 from hearth.sdk._calls import Call
 from hearth.sdk._config import ClientConfig
-from hearth.sdk._errors import HearthConnectionError
+from hearth.sdk._errors import HearthConnectionError, transport_text
 from hearth.sdk._transfer import (
     ChunkReader,
     FileEntry,
@@ -144,7 +144,9 @@ class FileStream(_Download):
         try:
             yield from self._response.iter_raw()
         except httpx.HTTPError as exc:
-            raise HearthConnectionError("stream_broken", f"the download broke off: {exc}") from exc
+            raise HearthConnectionError(
+                "stream_broken", f"the download broke off: {transport_text(exc)}"
+            ) from exc
 
     def __enter__(self) -> FileStream:
         return self
@@ -161,7 +163,9 @@ class AsyncFileStream(_Download):
             async for chunk in self._response.aiter_raw():
                 yield chunk
         except httpx.HTTPError as exc:
-            raise HearthConnectionError("stream_broken", f"the download broke off: {exc}") from exc
+            raise HearthConnectionError(
+                "stream_broken", f"the download broke off: {transport_text(exc)}"
+            ) from exc
 
     async def __aenter__(self) -> AsyncFileStream:
         return self
@@ -210,7 +214,7 @@ class Files:
             raise _no_answer(self._http.config, "GET", exc) from exc
         with contextlib.closing(response):
             try:
-                content = response.read() if response.status_code >= 400 else None
+                content = response.read() if not response.is_success else None
             except httpx.TransportError as exc:
                 raise _no_answer(self._http.config, "GET", exc) from exc
             kind = answer_kind(response.status_code, response.headers, content)
@@ -287,7 +291,7 @@ class AsyncFiles:
             raise _no_answer(self._http.config, "GET", exc) from exc
         async with contextlib.aclosing(response):
             try:
-                content = await response.aread() if response.status_code >= 400 else None
+                content = await response.aread() if not response.is_success else None
             except httpx.TransportError as exc:
                 raise _no_answer(self._http.config, "GET", exc) from exc
             kind = answer_kind(response.status_code, response.headers, content)

@@ -239,7 +239,8 @@ def write_local_file(chunks: Iterable[bytes], target: Path) -> None:
 
 
 def answer_kind(status: int, headers: Mapping[str, str], content: bytes | None = None) -> str:
-    """``file`` or ``dir``, from a download's answer; HearthApiError for an error answer."""
-    if status >= 400:
+    """``file`` or ``dir``, from a download's answer; HearthApiError for any answer but a
+    success (an error, or a redirect: a proxy's or a login page is not the file)."""
+    if not 200 <= status < 300:
         raise HearthApiError.of_answer(status, content or b"")
     return headers.get(FILE_TYPE_HEADER, "file")
