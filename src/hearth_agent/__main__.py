@@ -14,10 +14,11 @@ from hearth_agent.app import AgentApp
 from hearth_agent.claim import AuthGate, AuthMode, set_system_clock
 from hearth_agent.entropy import reseed_kernel
 from hearth_agent.errors import ConfigError
+from hearth_agent.exec_records import ExecRecords
 from hearth_agent.execs import ExecLimits, ExecRegistry, prepare_workspace
 from hearth_agent.log import JsonLogger
 from hearth_agent.metrics import AgentMetrics
-from hearth_agent.server import AgentHTTPServer
+from hearth_agent.server import MAX_CONNECTIONS, AgentHTTPServer
 from hearth_agent.storage import CredentialStore
 from hearth_agent.updater import AgentUpdater
 
@@ -42,11 +43,20 @@ class Options:
     workspace: Path | None = None  # None: HOME/workspace
     max_execs: int = ExecLimits.max_running
     updates: Path | None = None  # the install root live updates swap releases in
+    run_dir: Path | None = None  # None: the token file's directory
 
     @property
     def workspace_dir(self) -> Path:
         """Where execs run unless they name another directory."""
         return self.workspace if self.workspace is not None else self.home / "workspace"
+
+    @property
+    def exec_records_dir(self) -> Path | None:
+        """Where running execs are recorded (None: nowhere, an insecure agent without a run dir)."""
+        run_dir = self.run_dir
+        if run_dir is None and self.token_file is not None:
+            run_dir = self.token_file.parent
+        return run_dir / "execs" if run_dir is not None else None
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -110,6 +120,14 @@ def parse_options(argv: list[str] | None = None) -> Options:
         help="file holding the bearer token every endpoint but /health requires",
     )
     parser.add_argument(
+        "--run-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="directory for the agent's state of this boot: records of running commands, which "
+        "an agent started after a crash kills (default: the token file's directory)",
+    )
+    parser.add_argument(
         "--allow-claim",
         action="store_true",
         help="if the token file is missing or empty, accept one token through POST /init",
@@ -118,8 +136,8 @@ def parse_options(argv: list[str] | None = None) -> Options:
         "--no-reseed",
         action="store_true",
         help="do not reseed the kernel's random number generator on POST /init, nor set the "
-        "system clock on POST /clock (an agent run outside a VM, for development; the claim "
-        "then answers reseeded: false, and the controller refuses such a VM)",
+        "system clock on POST /init or POST /clock (an agent run outside a VM, for development; "
+        "the claim then answers reseeded: false, and the controller refuses such a VM)",
     )
     parser.add_argument(
         "--insecure-no-auth",
@@ -148,6 +166,7 @@ def parse_options(argv: list[str] | None = None) -> Options:
         workspace=args.workspace,
         max_execs=args.max_execs,
         updates=args.updates,
+        run_dir=args.run_dir,
     )
 
 
@@ -160,6 +179,7 @@ def run(options: Options, logger: JsonLogger) -> int:
             allow_claim=options.allow_claim,
             logger=logger,
             reseed=reseed_kernel if options.reseed else None,
+            set_clock=set_system_clock if options.reseed else None,
         )
     except ConfigError as exc:
         logger.error("config_error", message=exc.message)
@@ -181,6 +201,7 @@ def run(options: Options, logger: JsonLogger) -> int:
         home=options.home,
         logger=logger,
         limits=ExecLimits(max_running=options.max_execs),
+        records=open_exec_records(options, logger),
     )
     app = AgentApp(
         store=CredentialStore(home=options.home, logger=logger, workspace=options.workspace_dir),
@@ -192,7 +213,13 @@ def run(options: Options, logger: JsonLogger) -> int:
         set_clock=set_system_clock if options.reseed else None,
     )
     try:
-        server = AgentHTTPServer((options.host, options.port), app=app, logger=logger)
+        server = AgentHTTPServer(
+            (options.host, options.port),
+            app=app,
+            logger=logger,
+            # Room for an event stream per exec the cap allows, and the calls around them.
+            max_connections=max(MAX_CONNECTIONS, 4 * options.max_execs),
+        )
     except OSError as exc:
         logger.error("listen_failed", host=options.host, port=options.port, reason=exc.strerror)
         return EXIT_LISTEN_FAILED
@@ -225,6 +252,21 @@ def run(options: Options, logger: JsonLogger) -> int:
     app.close()
     logger.info("stopped")
     return EXIT_OK
+
+
+def open_exec_records(options: Options, logger: JsonLogger) -> ExecRecords | None:
+    """The records of running execs, once what a previous agent left running is killed; None
+    without a directory for them (logged: execs then outlive a crash of the agent)."""
+    directory = options.exec_records_dir
+    if directory is None:
+        return None
+    try:
+        records = ExecRecords.create(directory, logger=logger)
+    except OSError as exc:
+        logger.error("exec_records_unavailable", path=str(directory), reason=exc.strerror)
+        return None
+    records.kill_left_over()
+    return records
 
 
 def start_updates(options: Options, logger: JsonLogger) -> AgentUpdater | None:

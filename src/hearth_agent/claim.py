@@ -35,6 +35,8 @@ from hearth_agent.storage import DIR_MODE, atomic_write
 
 # Credits entropy to the guest kernel and reseeds its CRNG; returns the bits credited.
 Reseeder = Callable[[bytes], int]
+# Sets the system clock to an epoch time; returns whether it did.
+ClockSetter = Callable[[float], bool]
 TOKEN_PATTERN = re.compile(r"[A-Za-z0-9_-]{32,512}")
 MAX_ENTROPY_BYTES = 4096
 
@@ -141,7 +143,9 @@ def set_system_clock(epoch: float) -> bool:
 class AuthGate:
     """Holds the agent's token and answers whether a request may pass; thread-safe.
 
-    An unclaimed gate becomes a token gate exactly once, through ``claim``.
+    An unclaimed gate becomes a token gate exactly once, through ``claim``. It sets the clock a
+    claim carries only with a ``set_clock`` (the agent's main passes ``set_system_clock`` unless
+    ``--no-reseed``): an agent outside a VM must not step its host's clock.
     """
 
     def __init__(
@@ -152,9 +156,11 @@ class AuthGate:
         token_file: Path | None,
         logger: JsonLogger,
         reseed: Reseeder | None = reseed_kernel,
+        set_clock: ClockSetter | None = None,
     ) -> None:
         self._mode = mode
         self._reseed = reseed
+        self._set_clock = set_clock
         self._token = token
         self._token_file = token_file
         self._logger = logger
@@ -169,6 +175,7 @@ class AuthGate:
         allow_claim: bool,
         logger: JsonLogger,
         reseed: Reseeder | None = reseed_kernel,
+        set_clock: ClockSetter | None = None,
     ) -> AuthGate:
         """Build the gate the command-line options ask for, or raise ConfigError."""
         if insecure:
@@ -196,6 +203,7 @@ class AuthGate:
             token_file=token_file,
             logger=logger,
             reseed=reseed,
+            set_clock=set_clock,
         )
 
     @property
@@ -251,7 +259,11 @@ class AuthGate:
                 )
                 raise StorageError("could not store the token") from exc
             self._mode, self._token = AuthMode.TOKEN, request.token
-        clock_set = set_system_clock(request.time) if request.time is not None else False
+        clock_set = (
+            self._set_clock(request.time)
+            if self._set_clock is not None and request.time is not None
+            else False
+        )
         result = ClaimResult(
             clock_set=clock_set, reseeded=entropy_bits > 0, entropy_bits=entropy_bits
         )

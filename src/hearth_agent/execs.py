@@ -12,7 +12,9 @@ Nothing outlives its exec: timeout and kill signal the whole group and the rest 
 (a shell with job control, or ``timeout``, puts processes in groups of their own), each process
 once; when the leader ends, whatever it left running in its session is killed before the leader
 is reaped (so the ids cannot have been reused). A process that makes itself a new session
-escapes; its output is abandoned shortly after the leader ends (``exec_pump.Drain``).
+escapes; its output is abandoned shortly after the leader ends (``exec_pump.Drain``). Nor does an
+exec outlive the agent: with ``ExecRecords`` each running exec is recorded on disk, and an agent
+started after a crash of this one kills what it left (``exec_records``).
 
 Lifecycle (``ExecStatus``)::
 
@@ -47,6 +49,7 @@ from hearth_agent.errors import (
 from hearth_agent.exec_events import EventLog, EventType
 from hearth_agent.exec_pty import Pty, PtySize, signal_session, spawn_on_pty
 from hearth_agent.exec_pump import PUMP_POLL_S, Drain, pump_pipes
+from hearth_agent.exec_records import ExecRecords
 from hearth_agent.exec_retention import expired
 from hearth_agent.exec_stdin import StdinFeeder
 from hearth_agent.log import JsonLogger
@@ -133,6 +136,7 @@ class Exec:
         timeout_s: float,
         limits: ExecLimits,
         logger: JsonLogger,
+        records: ExecRecords | None = None,
     ) -> None:
         self.exec_id = exec_id
         self.cmd = spec.cmd
@@ -167,6 +171,9 @@ class Exec:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             raise ExecStartFailed(f"cannot run {spec.cmd[0]!r}: {reason}") from exc
         self.pid = self._process.pid
+        self._records = records
+        if records is not None:  # so that an agent started after a crash of this one ends it
+            records.add(self.pid)
         self._stdin: StdinFeeder | None = None
         stdin = self.pty.input() if self.pty is not None else self._process.stdin
         if stdin is not None:
@@ -301,6 +308,8 @@ class Exec:
                 os.killpg(self.pid, signal.SIGKILL)  # what the leader left behind in its group
             signal_session(self.pid, signal.SIGKILL, except_group=self.pid)  # and its session
             returncode = self._process.wait()
+            if self._records is not None:
+                self._records.remove(self.pid)
             self._ended_at = time.monotonic()
             self._leader_ended.set()
             reason = self._reason or ExitReason.EXITED
@@ -361,11 +370,13 @@ class ExecRegistry:
         home: Path,
         logger: JsonLogger,
         limits: ExecLimits | None = None,
+        records: ExecRecords | None = None,
     ) -> None:
         self.workspace = workspace
         self.home = home
         self.limits = limits if limits is not None else ExecLimits()
         self._logger = logger
+        self._records = records
         self._lock = threading.Lock()
         self._execs: dict[str, Exec] = {}
         self._starting = 0
@@ -406,6 +417,7 @@ class ExecRegistry:
                 timeout_s=timeout_s,
                 limits=self.limits,
                 logger=self._logger,
+                records=self._records,
             )
         finally:
             with self._lock:

@@ -19,6 +19,7 @@ from hearth_agent.bodies import RequestBody
 from hearth_agent.errors import BadRequest, BodyTooLarge, LengthRequired
 from hearth_agent.httpserver import LocalHTTPServer
 from hearth_agent.log import JsonLogger
+from hearth_agent.request_head import HEAD_DEADLINE_S, RequestReader
 from hearth_agent.routing import UNMATCHED_ROUTE, Request, Response, error_response
 from hearth_agent.wire import FILE_CHUNK_TIMEOUT_S
 
@@ -31,6 +32,10 @@ STREAM_SOCKET_TIMEOUT_S = FILE_CHUNK_TIMEOUT_S
 # gets our response instead of a TCP reset; bounded so a huge upload cannot hold a thread.
 DRAIN_LIMIT_BYTES = 4 * MAX_BODY_BYTES
 DRAIN_DEADLINE_S = 2.0
+# Connections served at once (each a thread). Past it a new one is answered 503 and closed at
+# once, before anything of it is read: the controller holds an event stream per running exec and
+# a few calls besides, while anyone who reaches the port could otherwise open threads unbounded.
+MAX_CONNECTIONS = 64
 
 _DIGITS = re.compile(r"[0-9]{1,19}")
 
@@ -50,6 +55,8 @@ class AgentRequestHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = f"hearth-agent/{__version__}"
     timeout = SOCKET_TIMEOUT_S
+    # The request line and headers must all be in this long after the connection was accepted.
+    head_deadline_s = HEAD_DEADLINE_S
     server: AgentHTTPServer
 
     _started: float | None = None
@@ -60,10 +67,24 @@ class AgentRequestHandler(BaseHTTPRequestHandler):
         """The Server header: agent name and version only."""
         return self.server_version
 
+    def setup(self) -> None:
+        """Read the connection through a reader that bounds the request's head
+        (``request_head``): its deadline runs from now."""
+        super().setup()
+        self.rfile.close()  # the standard library's reader, of which nothing was read yet
+        self.rfile = RequestReader(
+            self.connection, read_timeout_s=self.timeout, deadline_s=self.head_deadline_s
+        )
+
     def parse_request(self) -> bool:
-        """Start the request clock, then let the standard library parse line and headers."""
+        """Start the request clock, then let the standard library parse line and headers; once
+        they are in, the head's bounds are lifted (a stream may outlast their deadline)."""
         self._started = time.monotonic()
-        return super().parse_request()
+        try:
+            return super().parse_request()
+        finally:
+            if isinstance(self.rfile, RequestReader):
+                self.rfile.head_read()
 
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         """Answer protocol-level failures (bad request line, unsupported method...) in JSON.
@@ -262,16 +283,26 @@ class AgentHTTPServer(LocalHTTPServer):
     """A ThreadingHTTPServer that carries the app and logger and logs errors as JSON.
 
     Request threads are daemons so a stalled client cannot block exit, but the server counts
-    them, so shutdown can give in-flight writes a bounded time to finish.
+    them, so shutdown can give in-flight writes a bounded time to finish, and serves at most
+    ``max_connections`` at once: past that a connection is answered 503 on the spot and closed.
     """
 
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], *, app: AgentApp, logger: JsonLogger) -> None:
+    def __init__(
+        self,
+        address: tuple[str, int],
+        *,
+        app: AgentApp,
+        logger: JsonLogger,
+        max_connections: int = MAX_CONNECTIONS,
+    ) -> None:
         self.app = app
         self.logger = logger
+        self.max_connections = max_connections
         self._idle = threading.Condition()
         self._in_flight = 0
+        self._refusing = False  # whether the last connection was refused (its run is logged once)
         # Taken once and never released: the first shutdown request wins, later ones are no-ops.
         # Non-blocking, so a signal handler interrupting the main thread can never deadlock on it.
         self._shutdown_once = threading.Lock()
@@ -290,16 +321,56 @@ class AgentHTTPServer(LocalHTTPServer):
         self.logger.info("stopping", reason=reason)
         threading.Thread(target=self.shutdown, name="shutdown", daemon=True).start()
 
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        """Handle one connection on its own thread, counted as in flight while it runs."""
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Start a thread for the connection, counted as in flight from now on; past
+        ``max_connections`` in flight, refuse it instead, without reading anything of it."""
         with self._idle:
-            self._in_flight += 1
+            full = self._in_flight >= self.max_connections
+            first_refusal = full and not self._refusing
+            self._refusing = full
+            if not full:
+                self._in_flight += 1
+        if full:
+            if first_refusal:  # once per run of refusals: a flood must not flood the log too
+                self.logger.warning("connections_refused", max_connections=self.max_connections)
+            self._refuse(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._leave()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        """Handle one connection on its own thread; then it no longer counts as in flight."""
         try:
             super().process_request_thread(request, client_address)
         finally:
-            with self._idle:
-                self._in_flight -= 1
-                self._idle.notify_all()
+            self._leave()
+
+    def _leave(self) -> None:
+        with self._idle:
+            self._in_flight -= 1
+            self._idle.notify_all()
+
+    def _refuse(self, request: socket.socket) -> None:
+        """Answer 503 if the socket takes it at once (it never blocks the accepting thread),
+        count it, and close the connection."""
+        response = error_response(
+            503, "too_many_connections", "the agent serves as many connections as it takes"
+        )
+        head = (
+            f"HTTP/1.1 503 {_phrase(503)}\r\nContent-Type: {response.content_type}\r\n"
+            f"Content-Length: {len(response.body)}\r\nRetry-After: 1\r\n"
+            "Connection: close\r\n\r\n"
+        )
+        self.app.metrics.observe_request(route=UNMATCHED_ROUTE, method="-", status=503)
+        try:
+            request.setblocking(False)
+            request.send(head.encode("ascii") + response.body)
+        except OSError:
+            pass  # the client went away, or its window is full: it gets the close alone
+        self.shutdown_request(request)
 
     def wait_until_idle(self, deadline_s: float) -> int:
         """Wait up to ``deadline_s`` for in-flight connections; return how many remain."""

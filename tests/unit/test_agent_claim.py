@@ -6,6 +6,8 @@ import base64
 import functools
 import os
 import stat
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -119,6 +121,39 @@ def test_claim_writes_the_token_file_privately_once(tmp_path: Path, logger: Json
     with pytest.raises(AlreadyClaimed):
         gate.claim(parse_claim({"token": "b" * 40}))
     assert token_file.read_text().strip() == TOKEN
+
+
+def unclaimed_gate(
+    token_file: Path, logger: JsonLogger, *, set_clock: Callable[[float], bool] | None
+) -> AuthGate:
+    """A gate waiting for its claim, without reseeding, with ``set_clock``."""
+    return AuthGate.from_options(
+        token_file=token_file,
+        insecure=False,
+        allow_claim=True,
+        logger=logger,
+        reseed=None,
+        set_clock=set_clock,
+    )
+
+
+def test_a_claim_sets_the_clock_only_through_the_gates_clock_setter(
+    tmp_path: Path, logger: JsonLogger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stepped: list[float] = []
+    monkeypatch.setattr(time, "clock_settime", lambda clock, epoch: stepped.append(epoch))
+    # As the agent's main builds it for --no-reseed: neither a reseeder nor a clock setter.
+    silent = unclaimed_gate(tmp_path / "a" / "token", logger, set_clock=None)
+    told: list[float] = []
+    setting = unclaimed_gate(
+        tmp_path / "b" / "token", logger, set_clock=lambda t: told.append(t) is None
+    )
+
+    left = silent.claim(parse_claim({"token": TOKEN, "time": 1.0e9}))
+    set_ = setting.claim(parse_claim({"token": TOKEN, "time": 1.5e9}))
+
+    assert (stepped, left.clock_set) == ([], False)
+    assert (told, set_.clock_set) == ([1.5e9], True)
 
 
 def test_insecure_gate_lets_everything_through_and_cannot_be_claimed(
