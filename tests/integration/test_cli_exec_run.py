@@ -215,3 +215,27 @@ async def test_hearth_exec_whose_reader_goes_away_kills_the_command_and_exits_14
     assert command.returncode == 141, err
     assert err == b""  # no traceback, no "Exception ignored"
     assert await gone(pid), "the command outlived its reader"
+
+
+async def test_hearth_run_whose_reader_goes_away_cancels_the_run_and_exits_141(live: Live) -> None:
+    # `hearth run … --json | head -1`: once head has its line nothing reads the answer; the run
+    # must not go on in the VM, and hearth ends as a writer SIGPIPE ended would.
+    vm_id, headers = await logged_in_vm(live.api, "ann")
+    prompt = script(answer_lines("claude_code"), pause_s=0.3, hang=True)
+    read_end, write_end = os.pipe()
+    command = await spawn_hearth(
+        live, "run", vm_id, "--provider", "claude_code", "--json", prompt, stdout=write_end
+    )
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as head:  # head reads its line, then exits
+        first = await asyncio.wait_for(asyncio.to_thread(head.readline), DEADLINE_S)
+    assert json.loads(first)["type"] == "run.started"
+
+    _, err = await asyncio.wait_for(command.communicate(), DEADLINE_S)
+
+    assert command.returncode == 141, err
+    assert err == b""  # no traceback, no "Exception ignored"
+    runs = (await live.api.client.get(f"/api/vms/{vm_id}/runs", headers=headers)).json()
+    assert [(run["status"], (run["failure"] or {}).get("code")) for run in runs["runs"]] == [
+        ("failed", "cancelled")
+    ]

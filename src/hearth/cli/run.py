@@ -25,6 +25,7 @@ from hearth.cli.common import (
     EXIT_TIMEOUT,
     ending_on_errors,
     err_console,
+    output_closed,
 )
 from hearth.sdk import Hearth, HearthSdkError, RunEvent, Vm
 from hearth_agent.wire import Provider
@@ -95,6 +96,14 @@ def _follow(vm: Vm, run_id: str, *, as_json: bool) -> int:
             vm.cancel_run(run_id)
             err_console.print(f"cancelling run {escape(run_id)}…")
             shown.show_from(vm, run_id)  # what came meanwhile, to its end (``cancelled``)
+    except BrokenPipeError:
+        # The answer's reader went away (``hearth run … | head``): the run is cancelled, as
+        # Ctrl-C would, and this ends quietly as a writer SIGPIPE ended (141).
+        status = output_closed()
+        if shown.final is None:
+            with ending_on_errors(code=EXIT_LOST):
+                vm.cancel_run(run_id)
+        return status
     if shown.final is None:
         raise HearthSdkError("the run's events ended before the run did")
     return run_status(shown.final)

@@ -23,6 +23,7 @@ from hearth.sdk._errors import (
     HearthConnectionError,
     HearthSdkError,
     never_sent,
+    transport_text,
 )
 
 E = TypeVar("E")
@@ -148,7 +149,7 @@ class Follower(Generic[E]):
 
     def _lost(self, exc: Exception) -> HearthConnectionError:
         """The error a transport error ``exc`` is, if the stream is not picked up again."""
-        what = f"{type(exc).__name__}: {exc}"
+        what = transport_text(exc)
         if self.resumable:
             return HearthConnectionError("stream_broken", what)
         if never_sent(exc):
