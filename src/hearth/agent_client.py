@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 
+from hearth.agent_credentials import checked_facts, document_bytes, written_sha256
 from hearth.agent_download import AgentDownload
 from hearth.capped_reads import ResponseTooLarge, capped_events, read_capped
 from hearth.errors import (
@@ -259,8 +260,9 @@ class AgentClient:
         )
 
     async def credentials_facts(self, provider: str) -> dict[str, Any]:
-        """``GET /credentials/{provider}``: present, sha256, bytes, mode, expires_at (no secret)."""
-        return await self._call("GET", f"/credentials/{provider}")
+        """``GET /credentials/{provider}``: present, sha256, bytes, mode, expires_at (no secret),
+        checked (``hearth.agent_credentials``)."""
+        return checked_facts(self, provider, await self._call("GET", f"/credentials/{provider}"))
 
     async def configure_refresh(self, *, proxy: str | None, margin_s: float) -> dict[str, Any]:
         """``PUT /credentials/oidc/refresh``: where the agent's oidc refresh goes out, and how
@@ -280,22 +282,18 @@ class AgentClient:
     async def put_credentials(self, provider: str, document: bytes) -> str:
         """Write a credential document; returns the sha256 the agent computed."""
         result = await self._call("PUT", f"/credentials/{provider}", content=document)
-        return str(result["sha256"])
+        return written_sha256(self, provider, result)
 
     async def credentials_document(self, provider: str) -> bytes | None:
-        """The current document of a provider (to pull back rotated tokens); None if absent."""
+        """The current document of a provider (to pull back rotated tokens); None if absent,
+        AgentError for an answer that holds none that can be kept."""
         try:
             result = await self._call(
                 "GET", f"/credentials/{provider}?content=true", max_bytes=MAX_DOCUMENT_ANSWER_BYTES
             )
         except NotFound:
             return None
-        content, document = result.get("content"), result.get("document")
-        if isinstance(content, str):  # the file's own bytes (an agent of this version)
-            return content.encode()
-        if document is None:
-            return None
-        return json.dumps(document, indent=2).encode() + b"\n"
+        return document_bytes(self, provider, result)
 
     async def login_start(self, body: dict[str, Any]) -> dict[str, Any]:
         """``POST /login/start`` on a Browser VM's agent.

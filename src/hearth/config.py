@@ -8,6 +8,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TypeVar
+from urllib.parse import urlsplit
 
 from hearth.errors import ConfigError
 from hearth.versions import parse_version
@@ -82,7 +83,8 @@ class Settings:
     oidc_upstream_port: int | None = None
     # Browser VM egress during logins: "proxy" (an allowlisting CONNECT proxy per Browser VM) or
     # "off" (no way out at all). The allowlist replaces the provider's own when set; pins map
-    # "host[:port]" to the "ip:port" dialled instead of resolving it (like curl --resolve).
+    # "host[:port]" to the "ip:port" dialled instead of resolving it (like curl --resolve), in
+    # every egress proxy; HEARTH_OIDC_UPSTREAM_PORT pins the issuer's address first.
     login_egress: str = "proxy"
     login_egress_allow: tuple[str, ...] | None = None
     egress_pins: tuple[tuple[str, str], ...] = ()
@@ -216,6 +218,12 @@ class Settings:
         network_mode = env.get("HEARTH_NETWORK_MODE", "user")
         if network_mode not in {"user", "netns"}:
             raise ConfigError("HEARTH_NETWORK_MODE must be user or netns")
+        oidc_issuer = env.get("HEARTH_OIDC_ISSUER") or None
+        upstream_port = (
+            _int(env, "HEARTH_OIDC_UPSTREAM_PORT", 0, 1, 65535)
+            if env.get("HEARTH_OIDC_UPSTREAM_PORT")
+            else None
+        )
         return cls(
             state_dir=state_dir,
             cache_dir=cache_dir,
@@ -249,21 +257,19 @@ class Settings:
             login_timeout_s=_float(env, "HEARTH_LOGIN_TIMEOUT_S", 600.0, 1.0, 86400.0),
             delivery_timeout_s=_float(env, "HEARTH_DELIVERY_TIMEOUT_S", 300.0, 1.0, 3600.0),
             view_max_viewers=_int(env, "HEARTH_VIEW_MAX_VIEWERS", 4, 1, 100),
-            oidc_issuer=env.get("HEARTH_OIDC_ISSUER") or None,
+            oidc_issuer=oidc_issuer,
             oidc_client_id=env.get("HEARTH_OIDC_CLIENT_ID", "hearth"),
             oidc_callback_port=_int(env, "HEARTH_OIDC_CALLBACK_PORT", 8765, 1, 65535),
-            oidc_upstream_port=(
-                _int(env, "HEARTH_OIDC_UPSTREAM_PORT", 0, 1, 65535)
-                if env.get("HEARTH_OIDC_UPSTREAM_PORT")
-                else None
-            ),
+            oidc_upstream_port=upstream_port,
             login_egress=_choice(env, "HEARTH_LOGIN_EGRESS", "proxy", ("proxy", "off")),
             login_egress_allow=(
                 _list(env["HEARTH_LOGIN_EGRESS_ALLOW"])
                 if env.get("HEARTH_LOGIN_EGRESS_ALLOW")
                 else None
             ),
-            egress_pins=_pins(env.get("HEARTH_EGRESS_PINS", "")),
+            egress_pins=(
+                _issuer_pin(oidc_issuer, upstream_port) + _pins(env.get("HEARTH_EGRESS_PINS", ""))
+            ),
             browser_devtools=_choice(env, "HEARTH_BROWSER_DEVTOOLS", "0", ("0", "1")) == "1",
             cli_egress=_choice(env, "HEARTH_CLI_EGRESS", "proxy", ("proxy", "off")),
             exec_max_per_vm=_int(env, "HEARTH_EXEC_MAX_PER_VM", 16, 1, 1000),
@@ -377,6 +383,23 @@ def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str,
 
 def _list(raw: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in raw.split(",") if item.strip())
+
+
+def _issuer_pin(issuer: str | None, upstream_port: int | None) -> tuple[tuple[str, str], ...]:
+    """With ``HEARTH_OIDC_UPSTREAM_PORT``, the issuer's guest address (``10.0.2.x:port``) pinned
+    to that forward's host end, ``127.0.0.1:<port>``: a CLI VM's egress proxy dials no private
+    address unpinned, and the VM's agent refreshes its ``oidc`` document there. A pin of
+    ``HEARTH_EGRESS_PINS`` for the same name comes later and wins."""
+    if not issuer or upstream_port is None:
+        return ()
+    try:
+        target = urlsplit(issuer)
+        port = target.port or (443 if target.scheme == "https" else 80)
+    except ValueError:
+        return ()  # not a URL: the login refuses it (hearth.auth.providers)
+    if not target.hostname:
+        return ()
+    return ((f"{target.hostname}:{port}", f"127.0.0.1:{upstream_port}"),)
 
 
 def _pins(raw: str) -> tuple[tuple[str, str], ...]:

@@ -1,15 +1,19 @@
 """The credential pull-back takes what a CLI VM answers as untrusted: the VM's root may change
 any file or put something else on the agent's port. An answer that cannot be taken (a
 document breaking its provider's rules, a body that is not JSON) is logged, and the VM's other
-documents are still pulled back. A real store and vault; the VM's side is a stand-in on
-loopback answering as such a VM would.
+documents are still pulled back; one VM's answer, whatever it is, does not stop the round on
+the interval for the VMs after it (another user's). A real store and vault; the VM's side is a
+stand-in on loopback answering as such a VM would.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import json
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -23,7 +27,7 @@ from hearth.credentials import CredentialService, CredentialVault
 from hearth.credentials.pullback import PullBack
 from hearth.events.log import EventLog
 from hearth.metrics import ControllerMetrics
-from hearth.store import Store, VmRecord
+from hearth.store import Store, VmRecord, utc_now
 from hearth.vm.types import VmState
 from tests.integration.api_fixtures import served
 from tests.integration.store_fixtures import *  # noqa: F403
@@ -130,3 +134,53 @@ async def test_a_refused_refresh_tells_the_vms_error_capped_or_none(
     data = json.loads(event.data)
     assert data["reason"] == "refresh_refused"
     assert data.get("error") == expected
+
+
+class StandInVms:
+    """What the pull-back's round uses of a ``VmService``: the VMs (oldest first), their tokens."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    async def list_vms(self) -> list[VmRecord]:
+        return await self.store.vms.list()
+
+    def agent_token(self, vm_id: str) -> str:
+        return "token"
+
+
+async def test_one_vms_answer_does_not_stop_the_round_for_the_vms_after_it(
+    store: Store, tmp_path: Path, make_document: MakeDocument
+) -> None:
+    credentials = CredentialService(store, CredentialVault.load(tmp_path / "state"))
+    old = json.dumps(make_document("gemini_cli", marker="old")).encode()
+    rotated = make_document("gemini_cli", marker="rotated")
+    rotated["expiry_date"] = LATER * 1000
+    answers = {  # mallory's: JSON's escape of a lone surrogate, text that has no UTF-8
+        "mallory": ("application/json", b'{"content": "\\ud800"}'),
+        "bob": ("application/json", json.dumps({"document": rotated}).encode()),
+    }
+    async with contextlib.AsyncExitStack() as stack:
+        # Listed oldest first: mallory's VM is asked before bob's in every round.
+        for age, user in enumerate(("bob", "mallory")):
+            await store.users.ensure(user)
+            url = await stack.enter_async_context(
+                served(vm_answering({"gemini_cli": answers[user]}))  # type: ignore[arg-type]
+            )
+            created = utc_now() - timedelta(minutes=age)
+            vm = await store.vms.insert(
+                new_vm(user, status=VmState.READY, agent_url=url, created_at=created)
+            )
+            stored = await credentials.capture(user, "gemini_cli", old)
+            await credentials.mark_delivered(user, "gemini_cli", vm.id, sha256=stored.sha256)
+        pulling = PullBack(store, credentials, None)  # type: ignore[arg-type]  # tells nothing here
+        rounds = asyncio.create_task(pulling.run(StandInVms(store), 0.05))  # type: ignore[arg-type]
+        try:
+            async with asyncio.timeout(10):
+                while (await credentials.document("bob", "gemini_cli")) == old:
+                    await asyncio.sleep(0.05)
+        finally:
+            rounds.cancel()
+            await asyncio.gather(rounds, return_exceptions=True)
+    assert json.loads(await credentials.document("bob", "gemini_cli")) == rotated
+    assert await credentials.document("mallory", "gemini_cli") == old

@@ -287,6 +287,9 @@ class Delivery:
         except HearthError as exc:  # removed all the same
             _log.warning("credential_unread_before_removal", vm_id=vm_id, error=exc.message)
             document = None
+        except Exception:  # a bug with one VM's answer must not stop the removal
+            _log.exception("credential_unread_before_removal", vm_id=vm_id)
+            document = None
         if document is not None:
             removal.documents.append(document)
         if await self._remove(vm_id, provider):

@@ -70,7 +70,9 @@ class NetworkPolicy:
 
 def provider_hosts(settings: Settings) -> dict[Provider, tuple[str, ...]]:
     """What each provider's credential opens to a CLI VM: its CLI's API hosts, and for ``oidc``
-    the configured issuer (``host:port``), where the agent refreshes the document."""
+    the configured issuer (``host:port``), where the agent refreshes the document (one that
+    guests reach through ``HEARTH_OIDC_UPSTREAM_PORT`` is pinned to the host's end of that
+    forward: ``Settings.egress_pins``)."""
     hosts = dict(PROVIDER_API_HOSTS)
     if settings.oidc_issuer:
         hosts[Provider.OIDC] = (url_target(settings.oidc_issuer),)

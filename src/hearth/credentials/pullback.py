@@ -11,20 +11,26 @@ refreshes while they run (and its expiry watch does not call a refreshed credent
 An ``oidc`` document is refreshed by the VM's agent itself (``hearth_agent.oidc_refresh``); when
 the issuer refused that refresh (``invalid_grant``: the grant is gone), the pull-back marks the
 vault's document ``needs_login`` and tells ``credential.expired`` (reason ``refresh_refused``),
-once per document.
+once per document. The expiry watch leaves such a document, kept fresh by the VM, to the
+pull-back: when even the newest copy (the vault's, after the pull) has expired, the agent could
+not refresh it (the issuer unreachable, the document gone from the VM), and ``credential.expired``
+is told with reason ``not_refreshed``, once per document.
+
+One VM's answer, whatever it is, costs only that VM's pull: the round goes on to the next VM.
 """
 
 from __future__ import annotations
 
 from hearth.agent_client import AgentClient
 from hearth.control.vms import VmService
+from hearth.credentials.expiry import tell_once
 from hearth.credentials.service import CredentialService
 from hearth.errors import HearthError
 from hearth.events.log import EventLog
 from hearth.events.types import EventType
 from hearth.logging import get_logger
 from hearth.periodic import every
-from hearth.store import CredentialRecord, Store, VmRecord
+from hearth.store import Clock, CredentialRecord, Store, VmRecord, utc_now
 from hearth.vm.types import VmState, VmType
 from hearth_agent.wire import Provider
 
@@ -34,10 +40,18 @@ _log = get_logger("credentials.pullback")
 class PullBack:
     """The VmService ``before_destroy`` hook that pulls delivered documents back."""
 
-    def __init__(self, store: Store, credentials: CredentialService, events: EventLog) -> None:
+    def __init__(
+        self,
+        store: Store,
+        credentials: CredentialService,
+        events: EventLog,
+        *,
+        clock: Clock = utc_now,
+    ) -> None:
         self.store = store
         self.credentials = credentials
         self.events = events
+        self._clock = clock
 
     async def run(self, vms: VmService, interval_s: float) -> None:
         """Pull back from every ready CLI VM every ``interval_s`` (cancel to stop)."""
@@ -45,9 +59,19 @@ class PullBack:
         async def pull_all() -> None:
             for record in await vms.list_vms():
                 if record.status is VmState.READY:
-                    await self.before_destroy(record, vms.agent_token(record.id))
+                    await self._pull_from(vms, record)
 
         await every(interval_s, pull_all, what="credential pull-back")
+
+    async def _pull_from(self, vms: VmService, record: VmRecord) -> None:
+        """``before_destroy`` for one VM of a round; whatever goes wrong there is logged with
+        the VM's id and the round goes on to the next VM (another user's, maybe)."""
+        try:
+            await self.before_destroy(record, vms.agent_token(record.id))
+        except HearthError as exc:
+            _log.warning("pull_back_failed", vm_id=record.id, error=exc.message[:300])
+        except Exception:
+            _log.exception("pull_back_crashed", vm_id=record.id)
 
     async def before_destroy(self, record: VmRecord, token: str | None) -> None:
         """Read back every document delivered to this CLI VM (whose agent ``token`` opens)
@@ -69,6 +93,8 @@ class PullBack:
                     provider=stored.provider,
                     error=exc.message[:300],
                 )
+            except Exception:  # a bug with one document must not keep the VM's others
+                _log.exception("pull_back_crashed", vm_id=record.id, provider=stored.provider)
 
     async def _pull_one(
         self, agent: AgentClient, record: VmRecord, stored: CredentialRecord
@@ -84,6 +110,7 @@ class PullBack:
             )
         if provider == Provider.OIDC:
             await self._check_refresh(agent, record)
+            await self._tell_if_lapsed(record)
 
     async def _check_refresh(self, agent: AgentClient, record: VmRecord) -> None:
         """Mark the vault's ``oidc`` document ``needs_login`` if the VM's agent says the issuer
@@ -115,3 +142,19 @@ class PullBack:
             reason="refresh_refused",
             **told,
         )
+
+    async def _tell_if_lapsed(self, record: VmRecord) -> None:
+        """Tell ``credential.expired`` (reason ``not_refreshed``) once if the vault's ``oidc``
+        document, still the one delivered to this VM and now the newest copy of the two, has
+        expired: the VM's agent did not refresh it in time."""
+        stored = await self.store.credentials.get(record.user_id, Provider.OIDC.value)
+        if (
+            stored is None
+            or stored.delivered_to_vm_id != record.id
+            or stored.needs_login  # told as refused already
+            or stored.expires_at is None
+            or stored.expires_at > self._clock()
+        ):
+            return
+        if await tell_once(self.store, self.events, stored, "expired", reason="not_refreshed"):
+            _log.warning("credential_not_refreshed", user_id=record.user_id, vm_id=record.id)

@@ -5,12 +5,17 @@ that names none cannot be asked, which is logged, not an error. Only the configu
 (``HEARTH_OIDC_ISSUER``) is asked, whatever issuer a document claims, so a stored document can
 never make the controller send a token elsewhere. The token is sent in the form body, never in
 a URL, and never logged.
+
+An issuer on the host's loopback that guests reach at a forwarded 10.0.2.x address
+(``HEARTH_OIDC_UPSTREAM_PORT``) is dialled where that forward leads, ``127.0.0.1:<port>``, with
+the issuer's own address as the ``Host``: the guest-only address leads nowhere from the host.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -58,14 +63,17 @@ async def revoke_oidc_refresh_token(settings: Settings, document: bytes) -> str:
         return "other_issuer"
     try:
         async with async_client(timeout=REVOKE_TIMEOUT_S) as client:
-            discovery = await client.get(f"{issuer}/.well-known/openid-configuration")
+            url, host = _dialled(settings, f"{issuer}/.well-known/openid-configuration")
+            discovery = await client.get(url, headers=host)
             discovery.raise_for_status()
             endpoint = discovery.json().get("revocation_endpoint")
             if not isinstance(endpoint, str) or not endpoint:
                 _log.info("oidc_revoke_skipped", reason="discovery names no revocation_endpoint")
                 return "no_endpoint"
+            url, host = _dialled(settings, endpoint)
             answer = await client.post(
-                endpoint,
+                url,
+                headers=host,
                 data={
                     "token": token,
                     "token_type_hint": "refresh_token",
@@ -80,3 +88,14 @@ async def revoke_oidc_refresh_token(settings: Settings, document: bytes) -> str:
         return f"failed: the issuer answered {answer.status_code}"
     _log.info("oidc_refresh_token_revoked")
     return "revoked"
+
+
+def _dialled(settings: Settings, url: str) -> tuple[str, dict[str, str]]:
+    """Where the controller dials ``url`` and the ``Host`` header it sends: a URL at the
+    issuer's own address, when guests reach it through ``HEARTH_OIDC_UPSTREAM_PORT``, goes to
+    that forward's host end, ``127.0.0.1:<port>``; any other as it is."""
+    port = settings.oidc_upstream_port
+    target, issuer = urlsplit(url), urlsplit(settings.oidc_issuer or "")
+    if port is None or (target.scheme, target.netloc) != (issuer.scheme, issuer.netloc):
+        return url, {}
+    return target._replace(netloc=f"127.0.0.1:{port}").geturl(), {"Host": target.netloc}
