@@ -4,7 +4,9 @@ fronting), over real sockets on 127.0.0.1 only (the allowlisted name is pinned t
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import re
 import ssl
 from collections.abc import AsyncIterator
 
@@ -262,7 +264,8 @@ def test_an_encrypted_or_grease_ech_extension_marks_the_client_hello() -> None:
 
 def test_the_browser_vms_chromium_sends_no_encrypted_client_hello() -> None:
     script = guest_asset("hearth-browser").decode()
-    # Chromium honours only the last --disable-features: there must be one, naming ECH.
-    flags = [word for word in script.split() if word.startswith("--disable-features=")]
-    assert len(flags) == 1
-    assert "EncryptedClientHello" in flags[0].removeprefix("--disable-features=").split(",")
+    # Chromium 156 sends a GREASE ECH extension even with --disable-features=EncryptedClientHello
+    # (measured); only its managed policy turns ECH off.
+    policy = re.search(r"printf '(\{.*\})\\n'[^>]*> /etc/chromium/policies/managed/", script, re.S)
+    assert policy is not None
+    assert json.loads(policy.group(1))["EncryptedClientHelloEnabled"] is False
