@@ -17,7 +17,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-from collections.abc import AsyncIterator
+import os
+import signal
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -58,7 +60,7 @@ from hearth.node.interface import Node
 from hearth.node.local import ImageSource, LocalNode
 from hearth.state_dir_lock import CONTROLLER, StateDirLock
 from hearth.store import Store
-from hearth.store.controller_lease import ControllerLease
+from hearth.store.controller_lease import CHECK_INTERVAL_S, ControllerLease
 from hearth.teardown import Teardown
 from hearth.vm.backend import VmBackend
 from hearth.vm.select import open_backend
@@ -131,10 +133,15 @@ async def open_hearth(
     destroy_on_exit: bool = False,
     monitor_interval_s: float = 1.0,
     agent_bundle: AgentBundle | None = None,
+    on_lease_lost: Callable[[], None] | None = None,
+    lease_check_interval_s: float = CHECK_INTERVAL_S,
 ) -> AsyncIterator[Hearth]:
     """Build, recover and start everything; on exit stop it all (VMs keep running unless
     ``destroy_on_exit``). Tests and benchmarks may pass their own backend and images, or a
-    whole node; tests their own agent build (``agent_bundle``, default: this controller's)."""
+    whole node; tests their own agent build (``agent_bundle``, default: this controller's).
+    When another controller took the database meanwhile (a PostgreSQL lease lost with its
+    connection, see ``ControllerLease``), ``on_lease_lost`` is called: by default this process
+    is sent SIGTERM, so that it stops as it would on one, teardown and all."""
     async with Teardown() as teardown:
         lock = StateDirLock.take(settings.state_dir, holder=CONTROLLER)
         teardown.push("let the state dir go", lock.close)
@@ -144,6 +151,7 @@ async def open_hearth(
         teardown.push("close the store", store.close)
         lease = await ControllerLease.take(store.engine)
         teardown.push("let the database go", lease.close)
+        lease.watch(on_lease_lost or stop_this_process, interval_s=lease_check_interval_s)
         await ensure_admin_key(store, settings)
         vault = CredentialVault.load(settings.state_dir, master_key=settings.master_key)
         credentials = CredentialService(store, vault)
@@ -273,6 +281,12 @@ async def open_hearth(
             )
         yield Hearth(control=control, node=node)
     _log.info("controller_stopped")
+
+
+def stop_this_process() -> None:
+    """Ask this process to stop as a SIGTERM does (``hearth serve`` then stops its server and
+    runs the whole teardown)."""
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:

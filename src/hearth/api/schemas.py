@@ -163,6 +163,33 @@ class VmList(WireModel):
     )
 
 
+class AuthSessionOut(BaseModel):
+    """A login session as the original controller's clients read it (snake_case inside)."""
+
+    session_id: str
+    user_id: str
+    provider: str
+    status: str
+    vm_id: str | None
+    vm_ip: str | None = Field(description="The CLI VM's address (only on a single session)")
+    browser_vm_id: str | None
+    login_url: str | None
+    error_message: str | None
+    created_at: str | None
+    updated_at: str | None
+    completed_at: str | None
+
+
+class AuthSessionList(WireModel):
+    """``GET /api/auth/sessions``: a page of sessions, oldest first, and where the next one
+    starts."""
+
+    sessions: list[AuthSessionOut]
+    next_after: str | None = Field(
+        None, description="`after` for the next page; null when this page is the last"
+    )
+
+
 class KeyCreate(RequestModel):
     """``POST /api/keys``."""
 

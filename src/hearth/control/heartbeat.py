@@ -10,6 +10,10 @@ Each answer carries the agent's version: the VM's row follows it, and the gauges
 per agent version and of agents older than ``HEARTH_AGENT_MIN_VERSION`` are set from the rows.
 Paused VMs are not asked (their vCPUs are stopped); they keep the version they last reported.
 Nor is a VM whose agent is being updated (``held``): its agent restarts on purpose.
+
+A guest's root may replace the agent, so an answer is not trusted: a version that is not short
+printable text counts as a missed heartbeat for that VM, and each VM's answer is handled on its
+own (an error for one VM is logged and the round goes on), so no VM can stop the others' checks.
 """
 
 from __future__ import annotations
@@ -35,6 +39,22 @@ from hearth.vm.types import VmState
 _log = get_logger("control.heartbeat")
 # Heartbeats in flight at once: hundreds of VMs are asked in a few rounds, not all at once.
 MAX_PROBES_AT_ONCE = 32
+# The longest version a VM's row holds (the store's ``agent_version`` column, String(32)).
+AGENT_VERSION_MAX = 32
+# How much of a refused version a log line or a VM's error quotes.
+QUOTED_VERSION_MAX = 40
+
+
+def version_problem(version: str) -> str | None:
+    """Why an agent's reported version cannot be recorded, or None when it is short printable
+    text (empty is fine: an agent that reports none)."""
+    if len(version) <= AGENT_VERSION_MAX and version.isprintable():
+        return None
+    return (
+        f"its agent reports a version that is not printable text of at most "
+        f"{AGENT_VERSION_MAX} characters: {version[:QUOTED_VERSION_MAX]!r} "
+        f"({len(version)} characters)"
+    )
 
 
 @dataclass
@@ -97,6 +117,10 @@ class Heartbeat:
                     await self._missed(record, reason)
             except Conflict:
                 continue  # destroyed, paused or failed meanwhile: that move wins
+            except HearthError as exc:  # one VM must not stop the others' checks
+                _log.warning("heartbeat_vm_failed", vm_id=record.id, error=exc.message[:300])
+            except Exception:  # a bug for one VM, too: logged, and the round goes on
+                _log.exception("heartbeat_vm_crashed", vm_id=record.id)
         for vm_id in set(self._misses) - {record.id for record in records}:
             del self._misses[vm_id]
         await self.refresh_gauges()
@@ -109,11 +133,16 @@ class Heartbeat:
         async with self._probes:
             try:
                 async with asyncio.timeout(self.timeout_s + 1.0):
-                    return await self.vms.node.probe_agent(vm, timeout_s=self.timeout_s), ""
+                    version = await self.vms.node.probe_agent(vm, timeout_s=self.timeout_s)
             except HearthError as exc:
                 return None, exc.message[:300]
             except TimeoutError:
                 return None, f"no answer within {self.timeout_s:g} s"
+        problem = version_problem(version)
+        if problem is not None:
+            _log.warning("agent_version_refused", vm_id=vm_id, reason=problem)
+            return None, problem
+        return version, ""
 
     async def _answered(self, record: VmRecord, version: str) -> None:
         self.metrics.heartbeats.labels(result="ok").inc()

@@ -57,6 +57,8 @@ _ASLEEP = (VmState.PAUSED, VmState.HIBERNATING, VmState.HIBERNATED, VmState.BOOT
 PRUNE_COMMANDS_AT = 64
 # How often ``move_banking_time`` reads a row again that moved on between its read and write.
 _MOVE_RACES = 5
+# How often ``Lifetimes.change`` reads a lifetime again that another change set meanwhile.
+_CHANGE_RACES = 8
 # A login in one of these may still deliver into its CLI VM.
 _LOGGING_IN = tuple(status for status in AuthStatus if status not in TERMINAL)
 # How long a call waits for a wake it did not start: the woken agent has RESTORE_DEADLINE_S to
@@ -226,20 +228,35 @@ class Lifetimes:
         self, vm_id: str, user_id: str | None, edit: Callable[[Lifetime], Lifetime]
     ) -> VmRecord:
         """Set a CLI VM's lifetime to ``edit`` of its current one (``PATCH /api/vms/{id}``);
-        Conflict for a Browser VM or one that has ended."""
-        record = await self.vms.get(vm_id, user_id=user_id)
-        if record.vm_type is not VmType.CLI:
-            raise Conflict(f"VM {vm_id} is a {record.vm_type.value} VM; lifetimes are for CLI VMs")
-        if not record.is_active:
-            raise Conflict(f"VM {vm_id} is {record.status.value}; its lifetime is over")
-        lifetime = edit(Lifetime.of(record))
-        lifetime.check_carried_out_by(self.vms.node)
-        self.touch(vm_id)
-        updated = await self.vms.store.vms.update(vm_id, **lifetime.fields())
-        _log.info(
-            "vm_lifetime_changed", vm_id=vm_id, **{k: str(v) for k, v in lifetime.fields().items()}
-        )
-        return updated
+        Conflict for a Browser VM or one that has ended.
+
+        Written by compare-and-set on the lifetime it was read with: when another change landed
+        meanwhile, the row is read again and ``edit`` applied to what it holds then, so two
+        changes of different fields at once both stick. Conflict after ``_CHANGE_RACES``
+        changes in a row beat this one."""
+        for _ in range(_CHANGE_RACES):
+            record = await self.vms.get(vm_id, user_id=user_id)
+            if record.vm_type is not VmType.CLI:
+                raise Conflict(
+                    f"VM {vm_id} is a {record.vm_type.value} VM; lifetimes are for CLI VMs"
+                )
+            if not record.is_active:
+                raise Conflict(f"VM {vm_id} is {record.status.value}; its lifetime is over")
+            current = Lifetime.of(record)
+            lifetime = edit(current)
+            lifetime.check_carried_out_by(self.vms.node)
+            self.touch(vm_id)
+            updated = await self.vms.store.vms.update_if(
+                vm_id, current.fields(), **lifetime.fields()
+            )
+            if updated is not None:
+                _log.info(
+                    "vm_lifetime_changed",
+                    vm_id=vm_id,
+                    **{k: str(v) for k, v in lifetime.fields().items()},
+                )
+                return updated
+        raise Conflict(f"VM {vm_id}: its lifetime kept changing meanwhile; try again")
 
     async def run(self) -> None:
         """Run ``check_once`` forever (cancel to stop)."""

@@ -272,9 +272,12 @@ class AsyncAuth:
         return AsyncAuthSession(self._http, await self._http.call(calls.get_auth(session_id)))
 
     async def list(self, user_id: str | None = None) -> list[AsyncAuthSession]:
-        """Sessions, oldest first (a user key sees its own only)."""
-        sessions = await self._http.call(calls.list_auth(user_id))
-        return [AsyncAuthSession(self._http, s) for s in sessions]
+        """Sessions, oldest first, every page read, as ``Auth.list`` lists them."""
+        infos, after = await self._http.call(calls.list_auth(user_id))
+        while after is not None:
+            more, after = await self._http.call(calls.list_auth(user_id, after=after))
+            infos += more
+        return [AsyncAuthSession(self._http, info) for info in infos]
 
 
 class AsyncHearth:

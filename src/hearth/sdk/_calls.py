@@ -184,11 +184,14 @@ def cancel_auth(session_id: str) -> Call[AuthSessionInfo]:
     return Call("POST", _session_path(session_id, "/cancel"), _session)
 
 
-def list_auth(user_id: str | None) -> Call[list[AuthSessionInfo]]:
-    """``GET /api/auth/sessions``, oldest first."""
-    return Call(
-        "GET",
-        "/api/auth/sessions",
-        lambda body: [AuthSessionInfo.from_wire(s) for s in body["sessions"]],
-        params=_given(userId=user_id),
-    )
+def list_auth(
+    user_id: str | None, *, after: str | None = None
+) -> Call[tuple[list[AuthSessionInfo], str | None]]:
+    """``GET /api/auth/sessions``: a page of sessions, oldest first, after session ``after``;
+    and the ``after`` of the next page (None: this is the last, or a server that does not
+    page)."""
+
+    def page(body: Any) -> tuple[list[AuthSessionInfo], str | None]:
+        return [AuthSessionInfo.from_wire(s) for s in body["sessions"]], body.get("nextAfter")
+
+    return Call("GET", "/api/auth/sessions", page, params=_given(userId=user_id, after=after))

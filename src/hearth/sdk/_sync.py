@@ -282,8 +282,12 @@ class Auth:
         return AuthSession(self._http, self._http.call(calls.get_auth(session_id)))
 
     def list(self, user_id: str | None = None) -> list[AuthSession]:
-        """Sessions, oldest first (a user key sees its own only)."""
-        return [AuthSession(self._http, s) for s in self._http.call(calls.list_auth(user_id))]
+        """Sessions, oldest first, every page read (a user key sees its own only)."""
+        infos, after = self._http.call(calls.list_auth(user_id))
+        while after is not None:
+            more, after = self._http.call(calls.list_auth(user_id, after=after))
+            infos += more
+        return [AuthSession(self._http, info) for info in infos]
 
 
 class Hearth:

@@ -8,7 +8,14 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 
 from hearth.api.auth import Ctl, Key, scope_of
-from hearth.api.schemas import ERROR_RESPONSES, ERROR_STATUSES, RequestModel, UserId
+from hearth.api.schemas import (
+    ERROR_RESPONSES,
+    ERROR_STATUSES,
+    AuthSessionList,
+    AuthSessionOut,
+    RequestModel,
+    UserId,
+)
 from hearth.errors import Forbidden, InvalidInput
 from hearth.store import AuthSessionRecord
 from hearth_agent.wire import Provider
@@ -98,11 +105,24 @@ async def cancel_session(session_id: str, key: Key, ctl: Ctl) -> dict[str, Any]:
 
 @router.get("/api/auth/sessions")
 async def list_sessions(
-    key: Key, ctl: Ctl, user_id: Annotated[str | None, Query(alias="userId")] = None
-) -> dict[str, Any]:
-    """Sessions, newest last (a user key sees its own only)."""
+    key: Key,
+    ctl: Ctl,
+    user_id: Annotated[str | None, Query(alias="userId")] = None,
+    after: Annotated[
+        str | None,
+        Query(min_length=1, max_length=128, description="`nextAfter` of the page before"),
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=1000, description="Sessions per page at most")] = 100,
+) -> AuthSessionList:
+    """Sessions, oldest first (a user key sees its own only), a page at a time: the next page
+    is ``?after=`` the answer's ``nextAfter`` (null on the last page). A ``limit`` outside 1 to
+    1000 or an ``after`` naming no session of the caller's is 422."""
     scope = scope_of(key)
     if scope is not None and user_id not in (None, scope):
         raise Forbidden(f"this key belongs to user {scope}, not {user_id}")
-    records = await ctl.store.auth_sessions.list(user_id=scope or user_id)
-    return {"sessions": [session_body(r) for r in records]}
+    records, next_after = await ctl.store.auth_sessions.page_for(
+        user_id=scope or user_id, after=after, limit=limit
+    )
+    return AuthSessionList(
+        sessions=[AuthSessionOut(**session_body(r)) for r in records], next_after=next_after
+    )

@@ -7,7 +7,8 @@ from collections.abc import Awaitable, Callable, Collection, Mapping
 from enum import StrEnum
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
-from sqlalchemy import Table, select
+from sqlalchemy import ColumnElement, Table, and_, or_, select
+from sqlalchemy import update as update_statement
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -110,14 +111,58 @@ class StatusRepository(Repository, Generic[R, S]):
         self, *, user_id: str | None = None, statuses: Collection[S] | None = None
     ) -> builtins.list[R]:
         """Rows, oldest first, optionally only ``user_id``'s and only in ``statuses``."""
+        return await self._page(user_id, statuses, None, None)
+
+    async def page(
+        self,
+        *,
+        user_id: str | None = None,
+        statuses: Collection[S] | None = None,
+        after: str | None = None,
+        limit: int | None = None,
+    ) -> builtins.list[R]:
+        """``list``, a page at a time: the rows after row ``after`` in that order (a place in
+        it, whatever that row's status or owner now), ``limit`` of them at most."""
+        return await self._page(user_id, statuses, after, limit)
+
+    async def _page(
+        self,
+        user_id: str | None,
+        statuses: Collection[S] | None,
+        after: str | None,
+        limit: int | None,
+    ) -> builtins.list[R]:
         table = self._table
-        statement = select(table).order_by(table.c.created_at, table.c.id)
+        statement = select(table).order_by(table.c.created_at, table.c.id).limit(limit)
         if user_id is not None:
             statement = statement.where(table.c.user_id == user_id)
         if statuses is not None:
             wanted = enum_members(self._status_type, statuses)
             statement = statement.where(table.c.status.in_(wanted))
+        if after is not None:
+            statement = statement.where(after_in_order(table, after))
         return await self._read_records(self._record_type, statement)
+
+    async def page_for(
+        self,
+        *,
+        user_id: str | None,
+        statuses: Collection[S] | None = None,
+        after: str | None,
+        limit: int,
+    ) -> tuple[builtins.list[R], str | None]:
+        """``page`` for an API's caller (``user_id``; None: an admin, who sees everybody's):
+        ``limit`` rows at most, and the ``after`` of the next page (None: this one is the
+        last). InvalidInput when ``after`` names no row the caller could have listed."""
+        if after is not None:
+            table = self._table
+            named = select(table.c.id).where(table.c.id == after)
+            if user_id is not None:
+                named = named.where(table.c.user_id == user_id)
+            if await self._read_one(named) is None:
+                raise InvalidInput(f"after: {self._what} {after} does not exist")
+        rows = await self.page(user_id=user_id, statuses=statuses, after=after, limit=limit + 1)
+        return rows[:limit], rows[limit - 1].id if len(rows) > limit else None
 
     async def transition(
         self, row_id: str, expected: S | Collection[S], new: S, **fields: object
@@ -165,16 +210,53 @@ class StatusRepository(Repository, Generic[R, S]):
 
     async def update(self, row_id: str, **fields: object) -> R:
         """Set non-status ``fields`` of ``row_id``; the status changes only through transition."""
-        if "status" in fields:
-            raise InvalidInput(f"{self._what} status changes only through transition()")
-        values = check_fields(self._what, self._updatable, fields)
-        values["updated_at"] = self._clock()
+        values = self._settable(fields)
         try:
             row = await self._update_by_id(self._table, row_id, values)
         except IntegrityError as exc:
             _raise_if_owner_unknown(values, exc)
             raise
         return found(self._record_type, row, f"{self._what} {row_id} does not exist")
+
+    async def update_if(
+        self, row_id: str, expected: Mapping[str, object], /, **fields: object
+    ) -> R | None:
+        """``update`` by compare-and-set on other fields than the status: set ``fields`` of
+        ``row_id`` in one statement only while each field in ``expected`` still holds its value
+        there; None when one of them changed meanwhile (read again and decide again). NotFound
+        when there is no such row."""
+        values = self._settable(fields)
+        held = check_fields(self._what, self._updatable, expected)
+        table = self._table
+        statement = (
+            update_statement(table)
+            .where(
+                table.c.id == row_id,
+                *(table.c[name].is_not_distinct_from(value) for name, value in held.items()),
+            )
+            .values(values)
+            .returning(*table.c)
+        )
+        row = await self._write_one(statement)
+        if row is None:
+            await self.get(row_id)  # NotFound when it is gone; else a field changed
+            return None
+        return to_record(self._record_type, row)
+
+    def _settable(self, fields: Mapping[str, object]) -> dict[str, object]:
+        """``fields`` checked for ``update``, with ``updated_at`` stamped."""
+        if "status" in fields:
+            raise InvalidInput(f"{self._what} status changes only through transition()")
+        values = check_fields(self._what, self._updatable, fields)
+        values["updated_at"] = self._clock()
+        return values
+
+
+def after_in_order(table: Table, after: str) -> ColumnElement[bool]:
+    """The rows of ``table`` after row ``after`` in the order of creation (then id): keyset
+    paging, so a row made or ended between two pages moves no other one across them."""
+    since = select(table.c.created_at).where(table.c.id == after).scalar_subquery()
+    return or_(table.c.created_at > since, and_(table.c.created_at == since, table.c.id > after))
 
 
 def _raise_if_owner_unknown(values: dict[str, object], exc: IntegrityError) -> None:
