@@ -133,7 +133,12 @@ class StatusRepository(Repository, Generic[R, S]):
         limit: int | None,
     ) -> builtins.list[R]:
         table = self._table
-        statement = select(table).order_by(table.c.created_at, table.c.id).limit(limit)
+        statement = (
+            select(table)
+            .where(*self._listed())
+            .order_by(table.c.created_at, table.c.id)
+            .limit(limit)
+        )
         if user_id is not None:
             statement = statement.where(table.c.user_id == user_id)
         if statuses is not None:
@@ -142,6 +147,10 @@ class StatusRepository(Repository, Generic[R, S]):
         if after is not None:
             statement = statement.where(after_in_order(table, after))
         return await self._read_records(self._record_type, statement)
+
+    def _listed(self) -> builtins.list[ColumnElement[bool]]:
+        """What every row a page lists meets (nothing: every row is listed)."""
+        return []
 
     async def page_for(
         self,

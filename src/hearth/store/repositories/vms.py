@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import ColumnElement, func, select
 
 from hearth.store.models import vms_table
 from hearth.store.records import (
@@ -97,38 +97,9 @@ class VmRepo(
             fields = {**_SEALED_GONE, **fields}
         return await super().transition(row_id, expected, new, **fields)
 
-    async def page(
-        self,
-        *,
-        user_id: str | None = None,
-        statuses: Collection[VmState] | None = None,
-        after: str | None = None,
-        limit: int | None = None,
-    ) -> list[VmRecord]:
-        """Users' VMs (never the warm pool's), oldest first: only ``user_id``'s and only in
-        ``statuses`` when given, those created after VM ``after`` (a place in the order, whatever
-        that VM's status or owner now), ``limit`` of them at most."""
-        table = vms_table
-        statement = (
-            select(table)
-            .where(table.c.pooled.is_(False))
-            .order_by(table.c.created_at, table.c.id)
-            .limit(limit)
-        )
-        if user_id is not None:
-            statement = statement.where(table.c.user_id == user_id)
-        if statuses is not None:
-            statement = statement.where(table.c.status.in_(enum_members(VmState, statuses)))
-        if after is not None:
-            # Keyset paging: a VM made or ended between two pages moves no other one across.
-            since = select(table.c.created_at).where(table.c.id == after).scalar_subquery()
-            statement = statement.where(
-                or_(
-                    table.c.created_at > since,
-                    and_(table.c.created_at == since, table.c.id > after),
-                )
-            )
-        return await self._read_records(VmRecord, statement)
+    def _listed(self) -> list[ColumnElement[bool]]:
+        """Users' VMs: never the warm pool's."""
+        return [vms_table.c.pooled.is_(False)]
 
     async def count_active(
         self, *, user_id: str | None = None, vm_type: VmType | None = None
