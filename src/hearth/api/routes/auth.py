@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 
 from hearth.api.auth import Ctl, Key, scope_of
+from hearth.api.paging import PAGE_LIMIT_DEFAULT, After, limit_of
 from hearth.api.schemas import (
     ERROR_RESPONSES,
     ERROR_STATUSES,
@@ -108,11 +109,8 @@ async def list_sessions(
     key: Key,
     ctl: Ctl,
     user_id: Annotated[str | None, Query(alias="userId")] = None,
-    after: Annotated[
-        str | None,
-        Query(min_length=1, max_length=128, description="`nextAfter` of the page before"),
-    ] = None,
-    limit: Annotated[int, Query(ge=1, le=1000, description="Sessions per page at most")] = 100,
+    after: After = None,
+    limit: Annotated[int, limit_of("Sessions")] = PAGE_LIMIT_DEFAULT,
 ) -> AuthSessionList:
     """Sessions, oldest first (a user key sees its own only), a page at a time: the next page
     is ``?after=`` the answer's ``nextAfter`` (null on the last page). A ``limit`` outside 1 to

@@ -10,6 +10,7 @@ from fastapi.responses import PlainTextResponse
 
 from hearth.api.auth import AdminKey, Ctl, Key, scope_of
 from hearth.api.context import Controller
+from hearth.api.paging import PAGE_LIMIT_DEFAULT, After, limit_of
 from hearth.api.schemas import (
     ERROR_RESPONSES,
     LIFETIME_FIELDS,
@@ -109,11 +110,8 @@ async def list_vms(
             "(`status=ready,paused`); default: every status but `destroyed`"
         ),
     ] = None,
-    after: Annotated[
-        str | None,
-        Query(min_length=1, max_length=128, description="`nextAfter` of the page before"),
-    ] = None,
-    limit: Annotated[int, Query(ge=1, le=1000, description="VMs per page at most")] = 100,
+    after: After = None,
+    limit: Annotated[int, limit_of("VMs")] = PAGE_LIMIT_DEFAULT,
 ) -> VmList:
     """The caller's VMs (an admin key sees everybody's), oldest first, a page at a time: the
     next page is ``?after=`` the answer's ``nextAfter`` (null on the last page). Destroyed VMs
