@@ -15,9 +15,10 @@ import pytest
 
 from hearth.agent_client import AgentError
 from hearth.config import Settings
-from hearth.control.heartbeat import AGENT_VERSION_MAX, Heartbeat
+from hearth.control.heartbeat import Heartbeat
 from hearth.metrics import ControllerMetrics
 from hearth.store import Store, VmRecord, utc_now
+from hearth.versions import AGENT_VERSION_MAX
 from hearth.vm.types import VmState
 from tests.integration.store_fixtures import *  # noqa: F403
 from tests.integration.store_fixtures import new_vm

@@ -33,28 +33,12 @@ from hearth.logging import get_logger
 from hearth.metrics import ControllerMetrics
 from hearth.periodic import every
 from hearth.store import VmRecord
-from hearth.versions import is_outdated
+from hearth.versions import is_outdated, version_problem
 from hearth.vm.types import VmState
 
 _log = get_logger("control.heartbeat")
 # Heartbeats in flight at once: hundreds of VMs are asked in a few rounds, not all at once.
 MAX_PROBES_AT_ONCE = 32
-# The longest version a VM's row holds (the store's ``agent_version`` column, String(32)).
-AGENT_VERSION_MAX = 32
-# How much of a refused version a log line or a VM's error quotes.
-QUOTED_VERSION_MAX = 40
-
-
-def version_problem(version: str) -> str | None:
-    """Why an agent's reported version cannot be recorded, or None when it is short printable
-    text (empty is fine: an agent that reports none)."""
-    if len(version) <= AGENT_VERSION_MAX and version.isprintable():
-        return None
-    return (
-        f"its agent reports a version that is not printable text of at most "
-        f"{AGENT_VERSION_MAX} characters: {version[:QUOTED_VERSION_MAX]!r} "
-        f"({len(version)} characters)"
-    )
 
 
 @dataclass

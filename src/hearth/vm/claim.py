@@ -20,6 +20,7 @@ import httpx
 from hearth.capped_reads import ResponseTooLarge, read_capped
 from hearth.errors import VmError
 from hearth.httpclient import async_client
+from hearth.versions import version_problem
 from hearth.vm.types import Vm
 
 CLAIM_TIMEOUT_S = 10.0
@@ -72,7 +73,9 @@ async def claim_agent(vm_id: str, agent_url: str, token: str) -> str | None:
             "generator (an agent older than the controller?); the VM is not handed out"
         )
     version = answer.get("version")
-    return version[:32] if isinstance(version, str) and version else None
+    if not isinstance(version, str) or not version or version_problem(version) is not None:
+        return None  # none told, or none a VM's row can hold (NUL, control characters, too long)
+    return version
 
 
 async def claim_vm(vm: Vm, *, token: str | None = None) -> str:
