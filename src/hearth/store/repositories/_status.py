@@ -110,8 +110,8 @@ class StatusRepository(Repository, Generic[R, S]):
     async def list(
         self, *, user_id: str | None = None, statuses: Collection[S] | None = None
     ) -> builtins.list[R]:
-        """Rows, oldest first, optionally only ``user_id``'s and only in ``statuses``."""
-        return await self._page(user_id, statuses, None, None)
+        """Every row, oldest first, optionally only ``user_id``'s and only in ``statuses``."""
+        return await self._page(user_id, statuses, None, None, paged=False)
 
     async def page(
         self,
@@ -121,9 +121,10 @@ class StatusRepository(Repository, Generic[R, S]):
         after: str | None = None,
         limit: int | None = None,
     ) -> builtins.list[R]:
-        """``list``, a page at a time: the rows after row ``after`` in that order (a place in
-        it, whatever that row's status or owner now), ``limit`` of them at most."""
-        return await self._page(user_id, statuses, after, limit)
+        """``list`` for callers who page (the API's listings: only the rows ``_paged`` lets
+        through), a page at a time: the rows after row ``after`` in that order (a place in it,
+        whatever that row's status or owner now), ``limit`` of them at most."""
+        return await self._page(user_id, statuses, after, limit, paged=True)
 
     async def _page(
         self,
@@ -131,14 +132,13 @@ class StatusRepository(Repository, Generic[R, S]):
         statuses: Collection[S] | None,
         after: str | None,
         limit: int | None,
+        *,
+        paged: bool,
     ) -> builtins.list[R]:
         table = self._table
-        statement = (
-            select(table)
-            .where(*self._listed())
-            .order_by(table.c.created_at, table.c.id)
-            .limit(limit)
-        )
+        statement = select(table).order_by(table.c.created_at, table.c.id).limit(limit)
+        if paged:
+            statement = statement.where(*self._paged())
         if user_id is not None:
             statement = statement.where(table.c.user_id == user_id)
         if statuses is not None:
@@ -148,8 +148,8 @@ class StatusRepository(Repository, Generic[R, S]):
             statement = statement.where(after_in_order(table, after))
         return await self._read_records(self._record_type, statement)
 
-    def _listed(self) -> builtins.list[ColumnElement[bool]]:
-        """What every row a page lists meets (nothing: every row is listed)."""
+    def _paged(self) -> builtins.list[ColumnElement[bool]]:
+        """What every row ``page`` lists meets (nothing: every row; ``list`` reads them all)."""
         return []
 
     async def page_for(

@@ -97,8 +97,8 @@ class VmRepo(
             fields = {**_SEALED_GONE, **fields}
         return await super().transition(row_id, expected, new, **fields)
 
-    def _listed(self) -> list[ColumnElement[bool]]:
-        """Users' VMs: never the warm pool's."""
+    def _paged(self) -> list[ColumnElement[bool]]:
+        """Pages are users' VMs: never the warm pool's (``list`` reads those too)."""
         return [vms_table.c.pooled.is_(False)]
 
     async def count_active(
