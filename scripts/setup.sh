@@ -3,6 +3,52 @@
 # (minimal; cli and browser with the vendor CLIs, for the auth flow),
 # start the controller (systemd unit when systemd runs, else a background process), and create a
 # first CLI VM through the API, showing how to call it.
+
+# Every exported HEARTH_* variable as a systemd EnvironmentFile, in double quotes with \ " $ `
+# escaped (systemd's rules, which are also the shell's). The file is made 0600 before anything is
+# written: it may hold HEARTH_MASTER_KEY, HEARTH_ADMIN_KEY, a database password.
+write_env_file() {
+  local file=$1 name value
+  (umask 077 && : >"$file")
+  chmod 0600 "$file"
+  for name in $(compgen -e | grep '^HEARTH_' | sort); do
+    value=${!name}
+    if [[ $value == *$'\n'* ]]; then
+      echo "$name holds a line break, which a systemd EnvironmentFile cannot keep" >&2
+      return 1
+    fi
+    value=${value//\\/\\\\}
+    value=${value//\"/\\\"}
+    value=${value//\$/\\\$}
+    value=${value//\`/\\\`}
+    printf '%s="%s"\n' "$name" "$value"
+  done >"$file"
+}
+
+# The controller's unit: the settings come from the EnvironmentFile, not from Environment= lines.
+render_unit() {
+  local repo=$1 env_file=$2
+  cat <<UNIT
+[Unit]
+Description=Hearth controller
+After=network-online.target postgresql.service
+Wants=network-online.target
+
+[Service]
+EnvironmentFile=$env_file
+ExecStart=$repo/.venv/bin/hearth serve
+UMask=0077
+Restart=on-failure
+KillMode=process
+
+[Install]
+WantedBy=multi-user.target
+UNIT
+}
+
+# Sourced (by the tests): the functions only.
+[[ ${BASH_SOURCE[0]} == "$0" ]] || return 0
+
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
@@ -25,23 +71,9 @@ healthy() { .venv/bin/python -c "import httpx,sys; sys.exit(httpx.get('$url/heal
 
 if ! healthy; then
   if [[ -d /run/systemd/system ]]; then
-    cat > /etc/systemd/system/hearth.service <<UNIT
-[Unit]
-Description=Hearth controller
-After=network-online.target postgresql.service
-Wants=network-online.target
-
-[Service]
-Environment=HEARTH_STATE_DIR=$state
-Environment=HEARTH_PORT=$port
-ExecStart=$repo/.venv/bin/hearth serve
-UMask=0077
-Restart=on-failure
-KillMode=process
-
-[Install]
-WantedBy=multi-user.target
-UNIT
+    export HEARTH_STATE_DIR="$state" HEARTH_PORT="$port"
+    write_env_file "$state/hearth.env"
+    render_unit "$repo" "$state/hearth.env" >/etc/systemd/system/hearth.service
     systemctl daemon-reload
     systemctl enable --now hearth.service
     echo "controller: systemd unit hearth.service (journalctl -u hearth)"

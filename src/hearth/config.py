@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -10,19 +12,22 @@ from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlsplit
 
-from hearth.errors import ConfigError
+from hearth.apt_sources import mirror_from_apt_sources
+from hearth.errors import ConfigError, InvalidInput
+from hearth.network.allowlist import parse_ip_port, parse_pin_key
+from hearth.network.pool import SlotPool
 from hearth.versions import parse_version
 from hearth.vm.types import LifetimeAction, NetworkMode, VmSpec, VmType
 
 _DEFAULT_STATE_DIR = Path("/var/lib/hearth")
 _DEFAULT_CACHE_DIR = Path("/var/cache/hearth")
-_APT_SOURCES = (Path("/etc/apt/sources.list"), Path("/etc/apt/sources.list.d"))
 MIB = 1024 * 1024
 SQLITE_FILE_NAME = "hearth.db"
 # The longest timeoutS / idleTimeoutS a VM may have (30 days); what either may do when it ends.
 MAX_TIMEOUT_S = 30 * 24 * 3600
 ACTIONS = tuple(action.value for action in LifetimeAction)
 N = TypeVar("N", int, float)
+_HOST_NAME = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -224,24 +229,27 @@ class Settings:
             if env.get("HEARTH_OIDC_UPSTREAM_PORT")
             else None
         )
+        workspace_mib = _int(env, "HEARTH_WORKSPACE_SIZE_MIB", 8192, 0, 1 << 24)
+        quota_mib = _int(env, "HEARTH_USER_DISK_QUOTA_MIB", 16384, 1, 1 << 26)
+        _check_workspace_fits(workspace_mib, quota_mib)
         return cls(
             state_dir=state_dir,
             cache_dir=cache_dir,
             debian_mirror=mirror,
             debian_suite=env.get("HEARTH_DEBIAN_SUITE", "bookworm"),
             log_json=None if log_format == "auto" else log_format == "json",
-            host=env.get("HEARTH_HOST", "127.0.0.1"),
+            host=_host(env.get("HEARTH_HOST") or "127.0.0.1"),
             port=_int(env, "HEARTH_PORT", 4000, 1, 65535),
             database_url=env.get("HEARTH_DATABASE_URL") or None,
             admin_key=admin_key,
-            master_key=env.get("HEARTH_MASTER_KEY") or None,
-            key_hash_secret=env.get("HEARTH_KEY_HASH_SECRET") or None,
+            master_key=_key(env, "HEARTH_MASTER_KEY"),
+            key_hash_secret=_key(env, "HEARTH_KEY_HASH_SECRET"),
             max_body_bytes=_int(env, "HEARTH_MAX_BODY_BYTES", MIB, 1024, 1024 * MIB),
             network_mode=network_mode,
             vmm=_choice(env, "HEARTH_VMM", "qemu", ("qemu", "firecracker")),
             firecracker_binary=env.get("HEARTH_FIRECRACKER_BIN") or None,
             qemu_accel=qemu_accel,
-            network_pool=env.get("HEARTH_NETWORK_POOL", "169.254.0.0/16"),
+            network_pool=_pool(env.get("HEARTH_NETWORK_POOL") or "169.254.0.0/16", state_dir),
             template_dir=Path(env["HEARTH_TEMPLATE_DIR"])
             if env.get("HEARTH_TEMPLATE_DIR")
             else None,
@@ -249,8 +257,8 @@ class Settings:
             max_browser_per_user=_int(env, "HEARTH_MAX_BROWSER_PER_USER", 1, 0, 1000),
             max_browser_vms=_int(env, "HEARTH_MAX_BROWSER_VMS", 2, 0, 10000),
             memory_share=_float(env, "HEARTH_MEMORY_SHARE", 0.8, 0.01, 1.0),
-            workspace_size_mib=_int(env, "HEARTH_WORKSPACE_SIZE_MIB", 8192, 0, 1 << 24),
-            user_disk_quota_mib=_int(env, "HEARTH_USER_DISK_QUOTA_MIB", 16384, 1, 1 << 26),
+            workspace_size_mib=workspace_mib,
+            user_disk_quota_mib=quota_mib,
             pool_cli=_int(env, "HEARTH_POOL_CLI", 0, 0, 100),
             pool_browser=_int(env, "HEARTH_POOL_BROWSER", 0, 0, 100),
             prepare_templates=_choice(env, "HEARTH_PREPARE_TEMPLATES", "1", ("0", "1")) == "1",
@@ -335,6 +343,51 @@ class Settings:
         return found
 
 
+def _host(host: str) -> str:
+    """``HEARTH_HOST``, an IP address or a host name (empty reaches here as 127.0.0.1: to the
+    server, an empty host means every interface)."""
+    with contextlib.suppress(ValueError):
+        ipaddress.ip_address(host)
+        return host
+    if not _HOST_NAME.fullmatch(host) or len(host) > 253:
+        raise ConfigError(f"HEARTH_HOST must be an IP address or a host name, got {host!r}")
+    return host
+
+
+def _key(env: Mapping[str, str], name: str) -> str | None:
+    """``env[name]`` checked as the vault and the key guard will read it (base64 of 32 bytes),
+    or None when unset or empty; ConfigError naming ``name``, never the value."""
+    # Imported here: ``hearth.credentials`` imports the store, which imports this module.
+    from hearth.credentials.keys import decode_master_key
+
+    value = env.get(name) or None
+    if value is not None:
+        decode_master_key(value, source=name)
+    return value
+
+
+def _pool(cidr: str, state_dir: Path) -> str:
+    """``HEARTH_NETWORK_POOL`` checked as the VMs' slot pool will read it."""
+    try:
+        SlotPool(cidr=cidr, claims_dir=state_dir / "net" / "slots")
+    except InvalidInput as exc:
+        raise ConfigError(f"HEARTH_NETWORK_POOL: {exc}") from None
+    return cidr
+
+
+def _check_workspace_fits(workspace_mib: int, quota_mib: int) -> None:
+    """With workspaces on, a user's workspace and one new VM's own layer must fit the quota,
+    else every VM with a workspace is refused."""
+    # Imported here: ``hearth.control`` imports the store, which imports this module.
+    from hearth.control.disk_use import NEW_VM_LAYER_MIB
+
+    if workspace_mib and workspace_mib + NEW_VM_LAYER_MIB > quota_mib:
+        raise ConfigError(
+            f"HEARTH_WORKSPACE_SIZE_MIB ({workspace_mib}) plus a new VM's own layer "
+            f"({NEW_VM_LAYER_MIB} MiB) exceeds HEARTH_USER_DISK_QUOTA_MIB ({quota_mib})"
+        )
+
+
 def _version(env: Mapping[str, str], name: str) -> str:
     """``env[name]`` as a dotted version ("1.2.3"), or "" when unset."""
     raw = env.get(name, "").strip()
@@ -410,45 +463,10 @@ def _pins(raw: str) -> tuple[tuple[str, str], ...]:
             raise ConfigError(
                 f"HEARTH_EGRESS_PINS entries must be host[:port]=ip:port, got {item!r}"
             )
+        try:
+            parse_pin_key(name)
+            parse_ip_port(target, what="pin target")
+        except InvalidInput as exc:
+            raise ConfigError(f"HEARTH_EGRESS_PINS: {exc}") from None
         pins.append((name.strip(), target.strip()))
     return tuple(pins)
-
-
-def mirror_from_apt_sources(suite: str, roots: tuple[Path, ...] = _APT_SOURCES) -> str | None:
-    """Find the URI that the host's apt uses for ``suite`` main (one-line and deb822 formats)."""
-    files: list[Path] = []
-    for root in roots:
-        if root.is_dir():
-            files.extend(sorted(p for p in root.iterdir() if p.suffix in {".list", ".sources"}))
-        elif root.is_file():
-            files.append(root)
-    for path in files:
-        text = path.read_text(errors="replace")
-        if path.suffix == ".sources":
-            for stanza in re.split(r"\n\s*\n", text):
-                fields = _deb822_fields(stanza)
-                if (
-                    "deb" in fields.get("types", "").split()
-                    and suite in fields.get("suites", "").split()
-                ):
-                    uris = fields.get("uris", "").split()
-                    if uris:
-                        return uris[0]
-        else:
-            for line in text.splitlines():
-                parts = line.split("#", 1)[0].split()
-                if len(parts) >= 3 and parts[0] == "deb":
-                    rest = [p for p in parts[1:] if not p.startswith("[")]
-                    if len(rest) >= 2 and rest[1] == suite:
-                        return rest[0]
-    return None
-
-
-def _deb822_fields(stanza: str) -> dict[str, str]:
-    fields: dict[str, str] = {}
-    for line in stanza.splitlines():
-        if line.startswith("#") or ":" not in line or line[:1].isspace():
-            continue
-        key, value = line.split(":", 1)
-        fields[key.strip().lower()] = value.strip()
-    return fields

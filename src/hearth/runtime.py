@@ -153,7 +153,12 @@ async def open_hearth(
         teardown.push("let the database go", lease.close)
         lease.watch(on_lease_lost or stop_this_process, interval_s=lease_check_interval_s)
         await ensure_admin_key(store, settings)
-        vault = CredentialVault.load(settings.state_dir, master_key=settings.master_key)
+        # Before anything touches a VM: without its master key, none of their tokens would open.
+        vault = CredentialVault.load(
+            settings.state_dir,
+            master_key=settings.master_key,
+            sealed=await store.sealed.count_by_key(),
+        )
         credentials = CredentialService(store, vault)
         events = EventLog(store=store, settings=settings, metrics=metrics)
         webhooks = WebhookService(store=store, vault=vault, settings=settings)

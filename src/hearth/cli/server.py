@@ -196,7 +196,9 @@ def keys_rotate_master(
     async def rotate() -> tuple[str, ResealReport]:
         store = await Store.open(settings.database())
         try:
-            vault = CredentialVault.load(settings.state_dir, settings.master_key)
+            vault = CredentialVault.load(
+                settings.state_dir, settings.master_key, sealed=await store.sealed.count_by_key()
+            )
             key_id = vault.rotate(settings.state_dir)
             return key_id, await reseal_everything(store, vault)
         finally:

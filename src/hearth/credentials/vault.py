@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,6 +70,20 @@ def _load_or_create_key_file(path: Path) -> MasterKey:
     return key
 
 
+def _missing_key_message(key_file: Path, sealed: Mapping[str, Mapping[str, int]]) -> str:
+    held = "; ".join(
+        f"{sum(by_key.values())} {what} ("
+        + ", ".join(f"{count} under key {key_id}" for key_id, count in sorted(by_key.items()))
+        + ")"
+        for what, by_key in sorted(sealed.items())
+    )
+    return (
+        f"no master key: {MASTER_KEY_ENV} is not set and {key_file} does not exist, but the "
+        f"store holds secrets sealed under a master key: {held}. A new key would open none of "
+        f"them. Set {MASTER_KEY_ENV} to the key they were sealed under, or restore {key_file}"
+    )
+
+
 class CredentialVault:
     """Seals and opens credential documents; holds the current master key and older ones.
 
@@ -91,12 +105,22 @@ class CredentialVault:
         self._current_from_env = current_from_env
 
     @classmethod
-    def load(cls, state_dir: Path, master_key: str | None = None) -> CredentialVault:
+    def load(
+        cls,
+        state_dir: Path,
+        master_key: str | None = None,
+        *,
+        sealed: Mapping[str, Mapping[str, int]] | None = None,
+    ) -> CredentialVault:
         """The vault of ``state_dir``: current key ``master_key`` (the setting
         ``HEARTH_MASTER_KEY``, base64) or ``master.key``.
 
         Without the variable (or with it empty) the key file is used, created on first use
-        (mode 0600). Older keys come from ``master.keys.d/<key id>.key``; with the variable
+        (mode 0600) -- but only while the store holds nothing sealed: ``sealed`` (what
+        ``store.sealed.count_by_key()`` returns) naming anything is a ConfigError, since a new
+        key would open none of it (and the VMs whose tokens no longer open would be destroyed).
+
+        Older keys come from ``master.keys.d/<key id>.key``; with the variable
         set, an existing ``master.key`` joins them, so documents sealed before the switch
         still open. Any malformed or group/other-accessible key file is a ConfigError.
         """
@@ -106,6 +130,8 @@ class CredentialVault:
         older = read_keyring(state_dir / KEYRING_DIR)
         key_file = state_dir / MASTER_KEY_FILE
         if from_env is None:
+            if sealed and not key_file.exists():
+                raise ConfigError(_missing_key_message(key_file, sealed))
             current = _load_or_create_key_file(key_file)
         else:
             current = from_env

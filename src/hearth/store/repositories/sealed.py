@@ -1,14 +1,15 @@
 """The secrets the vault sealed into rows, by kind (``SealedKind``): found under an older master
-key, and each replaced by a compare-and-set, for ``hearth keys rotate-master``."""
+key, and each replaced by a compare-and-set, for ``hearth keys rotate-master``; and counted by
+key id, so that a controller missing its master key refuses to start instead of making a new one."""
 
 from __future__ import annotations
 
 import builtins
 
-from sqlalchemy import Table, select, update
+from sqlalchemy import Table, func, select, update
 
 from hearth.store.models import Base
-from hearth.store.records import SealedKind, SealedValue
+from hearth.store.records import SEALED_KINDS, SealedKind, SealedValue
 from hearth.store.repositories._base import Repository
 
 
@@ -25,6 +26,25 @@ class SealedRepo(Repository):
         async with self._engine.connect() as conn:
             rows = (await conn.execute(statement)).all()
         return [SealedValue(row[0], row[1], row[2], row[3]) for row in rows]
+
+    async def count_by_key(self) -> dict[str, dict[str, int]]:
+        """How many secrets are sealed under each master key, by what they are (``credential``
+        or a kind's ``bound_to``); kinds with none are left out."""
+        sealed = [("credential", _CREDENTIALS, ("key_id", "nonce", "ciphertext"))]
+        sealed += [(kind.bound_to, _table(kind), kind.columns) for kind in SEALED_KINDS]
+        counts: dict[str, dict[str, int]] = {}
+        async with self._engine.connect() as conn:
+            for what, table, (key_column, _, ciphertext) in sealed:
+                key = table.c[key_column]
+                statement = (
+                    select(key, func.count())
+                    .where(key.is_not(None), table.c[ciphertext].is_not(None))
+                    .group_by(key)
+                )
+                rows = (await conn.execute(statement)).all()
+                if rows:
+                    counts[what] = {row[0]: int(row[1]) for row in rows}
+        return counts
 
     async def replace(self, kind: SealedKind, old: SealedValue, new: SealedValue) -> bool:
         """Put ``new`` in place of ``old`` if the row still holds ``old`` (else it changed
@@ -43,3 +63,6 @@ class SealedRepo(Repository):
 
 def _table(kind: SealedKind) -> Table:
     return Base.metadata.tables[kind.table]
+
+
+_CREDENTIALS = Base.metadata.tables["credentials"]
