@@ -14,22 +14,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING
 
-from hearth.errors import CapacityExhausted, HearthError, VmError
+from hearth.errors import CapacityExhausted, Conflict, HearthError, VmError
 from hearth.events.types import EventType
 from hearth.logging import get_logger
 from hearth.store import VmRecord
 from hearth.store.records import utc_now
 from hearth.store.repositories.users import POOL_USER as POOL_USER  # its owner, named here too
-from hearth.vm.types import VmSpec, VmState, VmType
+from hearth.vm.readiness import Backoff
+from hearth.vm.types import Vm, VmSpec, VmState, VmType
 
 if TYPE_CHECKING:
     from hearth.control.lifetimes import Lifetime
     from hearth.control.vms import VmService
 
 _log = get_logger("control.pool")
+
+# The longest a pool waits between refills of a type whose refills keep failing.
+REFILL_BACKOFF_CAP_S = 300.0
 
 
 class WarmPool:
@@ -44,6 +48,11 @@ class WarmPool:
         self._waiting_for_room: set[VmType] = set()
         self._ready: dict[VmType, list[str]] = {t: [] for t in VmType}
         self._task: asyncio.Task[None] | None = None
+        # Per type after a failed refill: its next delays, when it may try again, the delay
+        # last logged.
+        self._delays: dict[VmType, Iterator[float]] = {}
+        self._retry_at: dict[VmType, float] = {}
+        self._delay_logged: dict[VmType, float] = {}
         self._lock = asyncio.Lock()
         # Advanced by ``recycle``: a VM whose refill began before it may come from the old
         # images (an agent rollout carried into them meanwhile) and never joins the pool.
@@ -134,20 +143,42 @@ class WarmPool:
 
     async def _hand_out(self, vm_id: str, user_id: str, lifetime: Lifetime) -> VmRecord | None:
         """Give the pooled VM ``vm_id`` to ``user_id`` (its workspace attached); None, with the
-        VM destroyed, when it cannot serve (ended, unhealthy, the attach failed)."""
+        VM ended, when it cannot serve (ended, unhealthy, failed during the hand-out).
+
+        An attach that fails while the VM stays healthy is the user's workspace's fault, not
+        the VM's: raised (the next pooled VM would fail the same way), the VM kept in the pool
+        unless it holds that workspace still. A store error is raised too, the VM ended without
+        the store (``_end_failed``).
+        """
         vm = self.service.live.get(vm_id)
         if vm is None or not self.service.node.alive(vm):
             return None
         pooled = await self.service.store.vms.get(vm_id)
         if not pooled.pooled:
             return None
+        if pooled.status is not VmState.READY:
+            # Unhealthy: the monitor saw its agent stop answering.
+            _log.warning("pool_handout_failed", vm_id=vm_id, error=pooled.status.value)
+            with contextlib.suppress(HearthError):
+                await self.service.destroy(vm_id, user_id=None, include_pooled=True)
+            return None
         try:
-            if pooled.status is not VmState.READY:
-                # Unhealthy: the monitor saw its agent stop answering.
-                raise VmError(f"pooled VM {vm_id} is {pooled.status.value}")
             await self.service.attach_workspace(user_id, vm)
-            return await self.service.store.vms.update(
+        except Exception as exc:
+            if not await self._still_ready(vm):
+                await self._end_failed(vm, exc)
+                return None
+            await self._refuse(vm, exc)
+            if isinstance(exc, HearthError):
+                raise
+            raise VmError(f"attaching the workspace failed: {type(exc).__name__}") from exc
+        try:
+            # Compare-and-set: a row failed (or taken) meanwhile no longer holds its token and
+            # error as read, and is not handed out. Its status is no updatable field: checked
+            # after the write (a move to unhealthy in between is the heartbeat's to judge).
+            record = await self.service.store.vms.update_if(
                 vm_id,
+                {"pooled": True, "error": pooled.error, "token_hash": pooled.token_hash},
                 user_id=user_id,
                 pooled=False,
                 **lifetime.fields(),
@@ -155,14 +186,65 @@ class WarmPool:
                 running_since=utc_now(),
             )
         except Exception as exc:
-            _log.warning("pool_handout_failed", vm_id=vm_id, error=str(exc)[:300])
-            with contextlib.suppress(HearthError):
-                await self.service.destroy(vm_id, user_id=None, include_pooled=True)
+            await self._end_failed(vm, exc)
+            raise
+        if record is None:
+            await self._end_failed(vm, Conflict(f"pooled VM {vm_id} changed during its hand-out"))
             return None
+        return record
+
+    async def _still_ready(self, vm: Vm) -> bool:
+        """Whether ``vm`` still runs and its row is ready (a store that cannot say: no)."""
+        if not self.service.node.alive(vm):
+            return False
+        try:
+            return (await self.service.store.vms.get(vm.id)).status is VmState.READY
+        except Exception:
+            return False
+
+    async def _refuse(self, vm: Vm, exc: Exception) -> None:
+        """The user's workspace would not attach to the healthy pooled ``vm``: its claim given
+        up, the VM back at the pool's head; ended instead when the claim stays, or the volume
+        was plugged in (it would carry the user's disk to the next one)."""
+        _log.warning("pool_handout_refused", vm_id=vm.id, error=str(exc)[:300])
+        if not vm.volumes and await self._release_workspace(vm):
+            self._ready[vm.spec.vm_type].insert(0, vm.id)
+        else:
+            await self._end_failed(vm, exc)
+
+    async def _end_failed(self, vm: Vm, exc: Exception) -> None:
+        """End a pooled VM whose hand-out failed without the store (which may be what failed):
+        out of service, its VMM ended through the node, the workspace it may have claimed given
+        up when the store answers. Its row is left to the monitor or the next reconciliation."""
+        _log.warning("pool_handout_failed", vm_id=vm.id, error=str(exc)[:300])
+        self.service.live.pop(vm.id, None)
+        try:
+            await self.service.discard(vm)
+        except Exception as error:  # its egress path's row: the VMM itself is ended first
+            _log.warning("pool_handout_discard_error", vm_id=vm.id, error=str(error)[:300])
+        await self._release_workspace(vm)
+
+    async def _release_workspace(self, vm: Vm) -> bool:
+        """Give up the workspace ``vm`` claimed, if any; whether it holds none now."""
+        try:
+            workspace = await self.service.store.workspaces.held_by(vm.id)
+            if workspace is None:
+                return True
+            # None: no VM holds it (the repository's vm_id is typed for a claim's holder).
+            return await self.service.store.workspaces.claim(
+                workspace.id,
+                None,  # type: ignore[arg-type]
+                held_by=vm.id,
+            )
+        except Exception as error:
+            _log.warning("pool_workspace_release_failed", vm_id=vm.id, error=str(error)[:300])
+            return False
 
     async def _refill_forever(self) -> None:
         while True:
             for vm_type, wanted in self.sizes.items():
+                if time.monotonic() < self._retry_at.get(vm_type, 0.0):
+                    continue  # backing off after a failed refill
                 while self.size(vm_type) < wanted:
                     generation = self._generation
                     try:
@@ -181,13 +263,17 @@ class WarmPool:
                         break
                     except HearthError as exc:
                         _log.warning("pool_refill_failed", vm_type=vm_type.value, error=exc.message)
+                        self._back_off(vm_type)
                         break
                     except Exception:  # a full disk, a bug: tried again, never the pool's end
                         _log.exception("pool_refill_crashed", vm_type=vm_type.value)
+                        self._back_off(vm_type)
                         break
                     self._waiting_for_room.discard(vm_type)
                     if record.status is not VmState.READY:
+                        self._back_off(vm_type)
                         break
+                    self._recovered(vm_type)
                     if generation != self._generation:
                         _log.info("pool_refill_outdated", vm_id=record.id, vm_type=vm_type.value)
                         with contextlib.suppress(HearthError):
@@ -198,6 +284,27 @@ class WarmPool:
                         self.size(vm_type)
                     )
             await asyncio.sleep(self.refill_interval_s)
+
+    def _back_off(self, vm_type: VmType) -> None:
+        """A refill of ``vm_type`` failed: its next one waits twice as long as the last wait
+        (from the refill interval up to ``REFILL_BACKOFF_CAP_S``), not every interval for ever
+        (each attempt a boot and a failed row); the wait logged when it changes."""
+        delays = self._delays.get(vm_type)
+        if delays is None:
+            backoff = Backoff(initial_s=self.refill_interval_s, cap_s=REFILL_BACKOFF_CAP_S)
+            delays = self._delays[vm_type] = backoff.delays()
+        delay = next(delays)
+        self._retry_at[vm_type] = time.monotonic() + delay
+        if delay != self._delay_logged.get(vm_type):
+            self._delay_logged[vm_type] = delay
+            _log.warning("pool_refill_backing_off", vm_type=vm_type.value, retry_in_s=delay)
+
+    def _recovered(self, vm_type: VmType) -> None:
+        """A refill of ``vm_type`` came out ready: its next one waits no longer."""
+        self._retry_at.pop(vm_type, None)
+        if self._delays.pop(vm_type, None) is not None:
+            self._delay_logged.pop(vm_type, None)
+            _log.info("pool_refill_recovered", vm_type=vm_type.value)
 
 
 async def settle_adopted(

@@ -241,6 +241,10 @@ class VmService:
             self.live.pop(vm.id, None)
             await self.discard(vm)
             return await self.store.vms.get(vm.id)
+        except Exception as exc:  # a store error: its VMM must not run on, counted nowhere
+            _log.exception("vm_ready_crashed", vm_id=vm.id)
+            await self._fail(vm.id, stage="boot", error=VmError(f"{type(exc).__name__}"))
+            raise
         await self.announce(EventType.VM_READY, ready)
         return ready
 
