@@ -143,8 +143,11 @@ def _swap_in(image: Path, candidate: Path, *, keep_backup: bool) -> Path | None:
     if keep_backup:
         directory = backups_dir(image)
         directory.mkdir(mode=0o700, exist_ok=True)
-        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        backup = directory / f"{stamp}-{time.time_ns() % 10**9:09d}.ext4"
+        # One reading of the clock for both parts: read twice, a second could turn in between
+        # and a newer backup sort before an older one (then pruned as the oldest).
+        seconds, nanoseconds = divmod(time.time_ns(), 10**9)
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(seconds))
+        backup = directory / f"{stamp}-{nanoseconds:09d}.ext4"
         try:
             os.link(image, backup)
         except OSError:
