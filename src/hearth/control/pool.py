@@ -226,16 +226,10 @@ class WarmPool:
 
     async def _release_workspace(self, vm: Vm) -> bool:
         """Give up the workspace ``vm`` claimed, if any; whether it holds none now."""
+        if self.service.workspaces is None:
+            return True
         try:
-            workspace = await self.service.store.workspaces.held_by(vm.id)
-            if workspace is None:
-                return True
-            # None: no VM holds it (the repository's vm_id is typed for a claim's holder).
-            return await self.service.store.workspaces.claim(
-                workspace.id,
-                None,  # type: ignore[arg-type]
-                held_by=vm.id,
-            )
+            return await self.service.workspaces.release(vm.id)
         except Exception as error:
             _log.warning("pool_workspace_release_failed", vm_id=vm.id, error=str(error)[:300])
             return False

@@ -215,6 +215,14 @@ class Workspaces:
         if stored is None or stored.id != workspace_id:
             self.node.remove_volume(workspace_id)
 
+    async def release(self, vm_id: str) -> bool:
+        """Give up the workspace VM ``vm_id`` claimed, if any (a hand-out that failed before
+        the VM was the user's); whether it holds none now."""
+        workspace = await self.store.workspaces.held_by(vm_id)
+        if workspace is None:
+            return True
+        return await self.store.workspaces.claim(workspace.id, None, held_by=vm_id)
+
     async def reap_orphans(self) -> list[str]:
         """Remove the volume files no workspace row names (made by a create whose row was never
         written: its controller died, or its insert failed, in between) and the scratch files of

@@ -43,9 +43,10 @@ class WorkspaceRepo(Repository):
         row = await self._read_one(select(_table).where(_table.c.vm_id == vm_id))
         return None if row is None else to_record(WorkspaceRecord, row)
 
-    async def claim(self, workspace_id: str, vm_id: str, *, held_by: str | None) -> bool:
-        """Record VM ``vm_id`` as the workspace's holder if ``held_by`` still is (None: no VM);
-        whether it was (False: another VM claimed it, or it was deleted, meanwhile)."""
+    async def claim(self, workspace_id: str, vm_id: str | None, *, held_by: str | None) -> bool:
+        """Record VM ``vm_id`` as the workspace's holder (None: no VM, a release) if ``held_by``
+        still is (None: no VM); whether it was (False: another VM claimed it, or it was
+        deleted, meanwhile)."""
         return await self._change_if_held(update(_table).values(vm_id=vm_id), workspace_id, held_by)
 
     async def delete(self, workspace_id: str, *, held_by: str | None) -> bool:
