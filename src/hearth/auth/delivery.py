@@ -126,12 +126,16 @@ class Delivery:
             await self._pull_back(other, user_id, provider)
         if provider == Provider.OIDC:
             await self._configure_refresh(agent, vm_id)
+        held = await self._held_already(agent, vm_id, user_id, provider)
         document = await self.credentials.document(user_id, provider)
         expected = sha256_hex(document)
         last = "no attempt"
         for attempt in range(1, _DELIVERY_ATTEMPTS + 1):
             try:
-                written = await agent.put_credentials(provider, document)
+                if held == expected:
+                    written = held  # not written over: the VM's refresher may be running
+                else:
+                    written = await agent.put_credentials(provider, document)
             except AgentError as exc:
                 last = exc.message
             else:
@@ -351,6 +355,32 @@ class Delivery:
             await self.credentials.pull_back(
                 user_id, provider, document, vm_id=vm_id, listed=listed
             )
+
+    async def _held_already(
+        self, agent: AgentClient, vm_id: str, user_id: str, provider: str
+    ) -> str | None:
+        """The sha256 of what ``vm_id`` holds, if the vault names that VM as holding the user's
+        document (a delivery a stopped controller made, resumed now), else None.
+
+        The VM's agent or CLI may have refreshed it since: that refresh comes back into the
+        vault first. Written over, the vault's older document would have the VM present a
+        refresh token the provider has spent (rotating tokens) and lose the grant.
+        """
+        listed = await self.credentials.stored(user_id, provider)
+        if listed is None or listed.delivered_to_vm_id != vm_id or listed.delivered_at is None:
+            return None
+        try:
+            document = await agent.credentials_document(provider)
+        except HearthError as exc:
+            _log.warning("credential_unread_before_delivery", vm_id=vm_id, error=exc.message)
+            return None
+        if document is None:
+            return None
+        if sha256_hex(document) != listed.sha256:
+            await self.credentials.pull_back(
+                user_id, provider, document, vm_id=vm_id, listed=listed
+            )
+        return sha256_hex(document)
 
     async def _remove(self, vm_id: str, provider: str) -> bool:
         """Delete the VM's document and close the provider's API to it; whether it had one."""
