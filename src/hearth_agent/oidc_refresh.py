@@ -11,7 +11,15 @@ A refusal with ``invalid_grant`` means the grant is gone (revoked, expired, or i
 reused): no retry can help, so that document is not tried again and the state says ``refused``
 until another document arrives; the controller reads that state, marks the credential
 ``needs_login`` and tells ``credential.expired``. Anything else (issuer unreachable, a 5xx) is
-``failing`` and tried again on the next round.
+``failing`` and tried again; failing rounds in a row space out (``RetryDelay``: ``interval_s``
+doubling up to ``max_backoff_s``, 5 min), and any other outcome brings back ``interval_s``.
+
+The refresh spends the old refresh token (the issuer rotates it), so once the issuer has answered,
+the new document is the grant's only live copy. If it cannot be written (disk full, EIO), the
+store holds it in memory and serves it to the agent's credential reads (the controller's
+pull-back takes it from there), the state is ``failing`` with the store's error code
+(``storage_error``, ``disk_full``), and the next rounds write that document: they never refresh
+with the spent token. Held only in memory, it is lost if the agent restarts before it is written.
 
     GET /credentials/oidc/refresh → the state: {"state", "sha256", "error", "at", "refreshes",
                                      "proxy", "margin_s"} (no token, ever)
@@ -21,6 +29,7 @@ until another document arrives; the controller reads that state, marks the crede
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 import time
@@ -28,7 +37,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hearth_agent.errors import AgentError, InvalidInput
+from hearth_agent.errors import AgentError, InvalidInput, StorageError
 from hearth_agent.install_root import now_iso
 from hearth_agent.jsontext import JsonTextError, decode_json
 from hearth_agent.log import JsonLogger
@@ -45,6 +54,8 @@ from hearth_agent.providers import get_provider
 from hearth_agent.routing import Request, Response, Route, json_response, read_json
 from hearth_agent.storage import (
     CredentialStore,
+    StoredFile,
+    WriteResult,
     atomic_write,
     ensure_private_dirs,
     read_small_file,
@@ -53,6 +64,7 @@ from hearth_agent.storage import (
 DEFAULT_MARGIN_S = 60.0
 MAX_MARGIN_S = 86_400.0
 DEFAULT_INTERVAL_S = 2.0
+MAX_BACKOFF_S = 300.0  # the longest wait between two failing rounds
 MIN_GAP_S = 30.0  # the least time between two refreshes
 # Where PUT's settings are kept, so that a restarted agent (respawned, updated) goes on
 # refreshing through the same proxy.
@@ -67,6 +79,20 @@ class RefreshState:
     REFRESHED = "refreshed"
     FAILING = "failing"
     REFUSED = "refused"
+
+
+@dataclass(frozen=True)
+class RetryDelay:
+    """The wait before the next round: ``interval_s``, or after ``failures`` failing rounds in a
+    row, ``interval_s`` doubled once per failure after the first, at most ``max_s``."""
+
+    interval_s: float = DEFAULT_INTERVAL_S
+    max_s: float = MAX_BACKOFF_S
+
+    def after(self, failures: int) -> float:
+        """Seconds to wait after ``failures`` failing rounds in a row (0: none)."""
+        doublings = min(max(failures - 1, 0), 32)  # 2**32 intervals is past any cap
+        return max(self.interval_s, min(self.interval_s * 2.0**doublings, self.max_s))
 
 
 @dataclass
@@ -94,11 +120,13 @@ class OidcRefresher:
         store: CredentialStore,
         logger: JsonLogger,
         interval_s: float = DEFAULT_INTERVAL_S,
+        max_backoff_s: float = MAX_BACKOFF_S,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
         self._logger = logger
-        self._interval_s = interval_s
+        self._delay = RetryDelay(interval_s=interval_s, max_s=max_backoff_s)
+        self._failures = 0  # failing rounds in a row (guarded by _lock)
         self._clock = clock
         self._refreshed_at: float | None = None  # the clock's time of the last refresh
         self._format = get_provider(PROVIDER)
@@ -115,7 +143,8 @@ class OidcRefresher:
         )  # fmt: skip
 
     def start(self) -> None:
-        """Check every ``interval_s`` on a daemon thread until ``stop``."""
+        """Check every ``interval_s`` (backing off while rounds fail) on a daemon thread
+        until ``stop``."""
         self._thread = threading.Thread(target=self._loop, name="oidc-refresh", daemon=True)
         self._thread.start()
 
@@ -149,23 +178,37 @@ class OidcRefresher:
     # ---- internals ------------------------------------------------------------------------
 
     def _loop(self) -> None:
-        while not self._stop.wait(self._interval_s):
+        while not self._stop.wait(self._next_delay()):
             try:
                 self.check_once()
             except Exception as exc:  # the loop must outlive any one round
                 self._logger.error("oidc_refresh_crashed", error_type=type(exc).__name__)
+                with self._lock:
+                    self._failures += 1
+
+    def _next_delay(self) -> float:
+        with self._lock:
+            return self._delay.after(self._failures)
 
     def _check(self) -> None:
         with self._lock:
             status, margin_s, proxy = self._config.status, self._config.margin_s, self._config.proxy
             refused_sha = status.sha256 if status.state == RefreshState.REFUSED else None
-        stored = self._store.read(self._format)
+        try:
+            stored = self._store.read(self._format)
+        except StorageError as exc:
+            self._set(RefreshState.FAILING, status.sha256, exc.code)
+            return
         if stored is None:
             with self._lock:
                 self._config.status = _Status(refreshes=status.refreshes)
+                self._failures = 0
             return
         if refused_sha == stored.sha256:
             return  # that grant is gone; only a new document can help
+        if not stored.saved:
+            self._save_held(stored)  # a refresh's document the disk refused: write it first
+            return
         try:
             document = self._format.validate(decode_json(stored.content))
         except (JsonTextError, AgentError):
@@ -201,17 +244,45 @@ class OidcRefresher:
             self._set(RefreshState.FAILING, stored.sha256, exc.code)
             self._logger.error("oidc_refresh_failing", error=exc.code, message=exc.message)
             return
-        written = self._store.replace(self._format, fresh, sha256=stored.sha256)
+        try:
+            written = self._store.replace(self._format, fresh, sha256=stored.sha256)
+        except StorageError as exc:
+            # The old refresh token is spent: the store holds the new document (see replace).
+            self._refreshed_at = now
+            self._unsaved(hashlib.sha256(fresh).hexdigest(), exc)
+            return
         if written is None:
             self._logger.info("oidc_refresh_superseded")  # a delivery replaced the document
             return
         self._refreshed_at = now
+        self._saved(written, fresh)
+
+    def _save_held(self, stored: StoredFile) -> None:
+        """Write the refreshed document the store holds since a write failed."""
+        try:
+            written = self._store.save_held(self._format)
+        except StorageError as exc:
+            self._unsaved(stored.sha256, exc)
+            return
+        if written is None:
+            self._logger.info("oidc_refresh_superseded")  # a delivery replaced the document
+            return
+        self._saved(written, stored.content)
+
+    def _saved(self, written: WriteResult, fresh: bytes) -> None:
         self._set(RefreshState.REFRESHED, written.sha256, None, refreshed=True)
         self._logger.info(
             "oidc_refreshed", sha256=written.sha256, expires_at=self._format.expires_at(
                 decode_json(fresh)
             ),
         )  # fmt: skip
+
+    def _unsaved(self, sha256: str, exc: StorageError) -> None:
+        self._set(RefreshState.FAILING, sha256, exc.code)
+        # The store's message names the file and the system's reason, never its content.
+        self._logger.error(
+            "oidc_refresh_unsaved", sha256=sha256, error=exc.code, message=exc.message
+        )
 
     def _load(self) -> _Config:
         try:
@@ -229,6 +300,7 @@ class OidcRefresher:
             status = self._config.status
             status.state, status.sha256, status.error, status.at = state, sha256, error, now_iso()
             status.refreshes += refreshed
+            self._failures = self._failures + 1 if state == RefreshState.FAILING else 0
 
     def _get(self, request: Request, params: Mapping[str, str]) -> Response:
         return json_response(200, self.status())

@@ -4,6 +4,10 @@ Every document and side file is reached from a descriptor of its directory and n
 symlink at its own name or at the credential directory's: what sits there is refused, not
 followed, as is anything but a regular file (a FIFO would block the reader, holding the
 provider's lock) and a file above its cap (a read must end).
+
+A document that ``replace`` could not write (disk full, EIO) is held in memory, served by
+``read`` in place of the file it was to replace, until ``save_held`` writes it: an ``oidc``
+refresh rotates the refresh token, so those bytes may be the grant's only live copy.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import os
 import stat
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +63,16 @@ class StoredFile:
     sha256: str
     mtime: float
     mode: int  # permission bits, e.g. 0o600
+    saved: bool = True  # False: held in memory, not yet on disk (see ``CredentialStore.replace``)
+
+
+@dataclass(frozen=True)
+class _Held:
+    """A document ``replace`` could not write, in place of the file whose digest is ``over``."""
+
+    over: str
+    data: bytes
+    at: float  # when it was held: its ``mtime`` until written
 
 
 def fsync_directory(directory: Path) -> None:
@@ -213,6 +228,8 @@ class CredentialStore:
         self._workspace = workspace if workspace is not None else home / "workspace"
         self._logger = logger
         self._locks = {name: threading.Lock() for name in PROVIDERS}
+        # Written only with the provider's lock held; read without it (one dict lookup).
+        self._held: dict[str, _Held] = {}
 
     @property
     def home(self) -> Path:
@@ -229,20 +246,51 @@ class CredentialStore:
         return self._home / provider.path
 
     def write(self, provider: CredentialFormat, data: bytes) -> WriteResult:
-        """Store ``data`` byte-for-byte as the primary file, then merge the side files."""
+        """Store ``data`` byte-for-byte as the primary file, then merge the side files; a
+        document held for the provider is dropped (a delivery wins)."""
         with self._locks[provider.name]:
-            return self._write_locked(provider, data)
+            result = self._write_locked(provider, data)
+            self._held.pop(provider.name, None)
+            return result
 
     def replace(
         self, provider: CredentialFormat, data: bytes, *, sha256: str
     ) -> WriteResult | None:
-        """``write`` only if the primary file is still the one whose digest is ``sha256``; None
-        (nothing written) if it changed or went away meanwhile (a delivery won)."""
+        """``write`` only if the document ``read`` gives is still the one whose digest is
+        ``sha256``; None (nothing written) if it changed or went away meanwhile (a delivery won).
+
+        If the write fails (StorageError), ``data`` is held: ``read`` gives it in place of the
+        file (``saved`` False) for as long as the file is unchanged, and ``save_held`` (or the
+        next ``replace``) writes it.
+        """
         with self._locks[provider.name]:
-            current = self.read(provider)
-            if current is None or current.sha256 != sha256:
+            on_disk = self._read_file(provider)
+            current = self._with_held(provider, on_disk)
+            if on_disk is None or current is None or current.sha256 != sha256:
                 return None
-            return self._write_locked(provider, data)
+            try:
+                result = self._write_locked(provider, data)
+            except StorageError:
+                self._held[provider.name] = _Held(over=on_disk.sha256, data=data, at=time.time())
+                raise
+            self._held.pop(provider.name, None)
+            return result
+
+    def save_held(self, provider: CredentialFormat) -> WriteResult | None:
+        """Write the document ``replace`` could not, if the file is still the one it replaces;
+        None if none is held or the file changed meanwhile (the held one is then dropped).
+        StorageError if the write fails again (it stays held)."""
+        with self._locks[provider.name]:
+            held = self._held.get(provider.name)
+            if held is None:
+                return None
+            on_disk = self._read_file(provider)
+            if on_disk is None or on_disk.sha256 != held.over:
+                del self._held[provider.name]
+                return None
+            result = self._write_locked(provider, held.data)
+            del self._held[provider.name]
+            return result
 
     def _write_locked(self, provider: CredentialFormat, data: bytes) -> WriteResult:
         """``write`` with the provider's lock held."""
@@ -265,10 +313,31 @@ class CredentialStore:
         )
 
     def read(self, provider: CredentialFormat) -> StoredFile | None:
-        """Read the primary file, or return None if it (or its directory) does not exist.
+        """Read the primary file, or return None if it (or its directory) does not exist; the
+        document held in its place instead while there is one (see ``replace``).
 
         StorageError for a symlink, a non-regular file or one above ``MAX_DOCUMENT_BYTES``.
         """
+        return self._with_held(provider, self._read_file(provider))
+
+    def _with_held(
+        self, provider: CredentialFormat, on_disk: StoredFile | None
+    ) -> StoredFile | None:
+        """``on_disk``, or the document held in its place if it is the file that one replaces."""
+        held = self._held.get(provider.name)  # without the lock: a stale answer is a past one
+        if held is None or on_disk is None or on_disk.sha256 != held.over:
+            return on_disk
+        return StoredFile(
+            provider=provider.name,
+            content=held.data,
+            sha256=hashlib.sha256(held.data).hexdigest(),
+            mtime=held.at,
+            mode=FILE_MODE,
+            saved=False,
+        )
+
+    def _read_file(self, provider: CredentialFormat) -> StoredFile | None:
+        """The primary file as it is on disk (``read`` without a held document)."""
         try:
             with self._directory_of(provider.path) as (dir_fd, name):
                 fd = open_regular_file(name, dir_fd=dir_fd)
@@ -300,9 +369,11 @@ class CredentialStore:
                     with contextlib.suppress(OSError):
                         os.fsync(dir_fd)
             except FileNotFoundError:
+                self._held.pop(provider.name, None)
                 return False
             except OSError as exc:
                 raise self._failure(provider, provider.display_path, "delete", exc) from exc
+            self._held.pop(provider.name, None)
         return True
 
     @contextlib.contextmanager
