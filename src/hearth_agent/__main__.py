@@ -10,7 +10,7 @@ from pathlib import Path
 from types import FrameType
 
 from hearth_agent import SUPPORTED_PROVIDERS, __version__
-from hearth_agent.app import AgentApp
+from hearth_agent.app import AgentApp, default_login_runners
 from hearth_agent.claim import AuthGate, AuthMode, set_system_clock
 from hearth_agent.entropy import reseed_kernel
 from hearth_agent.errors import ConfigError
@@ -196,12 +196,13 @@ def run(options: Options, logger: JsonLogger) -> int:
         # Credentials still work; execs that rely on the default directory will be refused.
         logger.error("workspace_unavailable", path=str(options.workspace_dir), reason=exc.strerror)
     updater = start_updates(options, logger)
+    records = open_exec_records(options, logger)
     execs = ExecRegistry(
         workspace=options.workspace_dir,
         home=options.home,
         logger=logger,
         limits=ExecLimits(max_running=options.max_execs),
-        records=open_exec_records(options, logger),
+        records=records,
     )
     app = AgentApp(
         store=CredentialStore(home=options.home, logger=logger, workspace=options.workspace_dir),
@@ -209,6 +210,7 @@ def run(options: Options, logger: JsonLogger) -> int:
         metrics=AgentMetrics(version=__version__, providers=SUPPORTED_PROVIDERS),
         logger=logger,
         execs=execs,
+        login_runners=default_login_runners(logger, records=records),
         updater=updater,
         set_clock=set_system_clock if options.reseed else None,
     )

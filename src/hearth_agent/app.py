@@ -28,6 +28,7 @@ from hearth_agent.errors import (
     StorageError,
     UnknownProvider,
 )
+from hearth_agent.exec_records import ExecRecords
 from hearth_agent.exec_routes import ExecRoutes
 from hearth_agent.execs import ExecRegistry
 from hearth_agent.file_routes import FileRoutes
@@ -445,15 +446,18 @@ class AgentApp:
         return json_response(200, _login_payload(session.view()))
 
 
-def default_login_runners(logger: JsonLogger) -> dict[str, LoginRunnerFactory]:
-    """The login runners of a real agent: the generic OIDC one and one per vendor CLI."""
+def default_login_runners(
+    logger: JsonLogger, *, records: ExecRecords | None = None
+) -> dict[str, LoginRunnerFactory]:
+    """The login runners of a real agent: the generic OIDC one and one per vendor CLI (whose
+    CLI is recorded in ``records`` while it runs, as an exec is)."""
     work_root = Path(tempfile.gettempdir()) / "hearth-logins"
     runners: dict[str, LoginRunnerFactory] = {
         "oidc": lambda body: OidcLoginRunner.from_request(body, logger=logger)
     }
     for provider in VENDOR_LOGINS:
         runners[provider] = lambda body: VendorLoginRunner.from_request(
-            body, work_root=work_root, logger=logger
+            body, work_root=work_root, logger=logger, records=records
         )
     return runners
 

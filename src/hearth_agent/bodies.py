@@ -4,7 +4,11 @@ The JSON endpoints read their (small) bodies whole (``Request.read_body``); the 
 open the body as a stream instead (``Request.open_body``) and copy it to disk a chunk at a time.
 A body is refused with ``FileTooLarge`` the moment it passes its cap, and with ``BadRequest``
 when it breaks off before its end (a short Content-Length body, a chunked body without its last
-chunk): a reader that stops early never mistakes a truncated upload for a whole one.
+chunk): a reader that stops early never mistakes a truncated upload for a whole one. A chunked
+body's trailer section (header fields after its last chunk, which the agent skips) is bounded as
+the request's headers are (``request_head``): past ``MAX_TRAILER_LINES`` lines or
+``MAX_TRAILER_BYTES`` in all it is refused with ``TrailersTooLarge`` (431), so that a client
+cannot keep a thread reading trailer lines without end.
 """
 
 from __future__ import annotations
@@ -12,11 +16,21 @@ from __future__ import annotations
 import io
 import re
 
-from hearth_agent.errors import BadRequest, FileTooLarge
+from hearth_agent.errors import AgentError, BadRequest, FileTooLarge
+from hearth_agent.request_head import MAX_HEADERS
 
 _CHUNK_SIZE_LINE = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(;[^\r\n]*)?\r?\n")
-# A chunk-size line, or a trailer line, longer than this is not HTTP we speak.
+# A chunk-size line longer than this is not HTTP we speak.
 MAX_LINE_BYTES = 4096
+# The trailer section: as many lines as a request may have headers, and far fewer bytes (nobody
+# sends the agent trailers; the controller sends none), the empty line that ends it included.
+MAX_TRAILER_LINES = MAX_HEADERS
+MAX_TRAILER_BYTES = 8 * 1024
+_EMPTY_LINES = (b"\r\n", b"\n")
+
+
+class TrailersTooLarge(AgentError, code="trailers_too_large", http_status=431):
+    """A chunked body's trailer section has more lines, or more bytes, than the agent reads."""
 
 
 class RequestBody:
@@ -93,7 +107,7 @@ class RequestBody:
                 return b""
         data = self._read_raw(min(size, self._chunk_left))
         self._chunk_left -= len(data)
-        if self._chunk_left == 0 and self._line() not in (b"\r\n", b"\n"):
+        if self._chunk_left == 0 and self._line() not in _EMPTY_LINES:
             raise BadRequest("a chunk of the request body does not end with CRLF")
         return data
 
@@ -104,17 +118,35 @@ class RequestBody:
         return int(matched.group(1), 16)
 
     def _read_trailers(self) -> None:
-        while self._line() not in (b"\r\n", b"\n"):
-            pass
+        """Skip the trailer section up to the empty line that ends it, within its bounds."""
+        size = 0
+        for _ in range(MAX_TRAILER_LINES + 1):  # the trailer lines, then the empty line
+            # One byte past what is left: a line that reaches it is too large, not cut short.
+            line = self._readline(MAX_TRAILER_BYTES - size + 1)
+            size += len(line)
+            if size > MAX_TRAILER_BYTES:
+                break
+            if not line.endswith(b"\n"):
+                raise BadRequest("the request body ended before the end of its trailers")
+            if line in _EMPTY_LINES:
+                return
+        raise TrailersTooLarge(
+            f"the chunked body's trailers exceed {MAX_TRAILER_LINES} lines "
+            f"or {MAX_TRAILER_BYTES} bytes"
+        )
 
     def _line(self) -> bytes:
-        try:
-            line = self._source.readline(MAX_LINE_BYTES)
-        except OSError as exc:
-            raise BadRequest("could not read the request body") from exc
+        line = self._readline(MAX_LINE_BYTES)
         if not line.endswith(b"\n"):
             raise BadRequest("the request body ended before its last chunk")
         return line
+
+    def _readline(self, limit: int) -> bytes:
+        """A line of at most ``limit`` bytes; without its newline at the end of the body."""
+        try:
+            return self._source.readline(limit)
+        except OSError as exc:
+            raise BadRequest("could not read the request body") from exc
 
     def _read_raw(self, size: int) -> bytes:
         """Up to ``size`` bytes of what is there now (at least one), or BadRequest at EOF."""

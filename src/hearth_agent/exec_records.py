@@ -1,5 +1,7 @@
 """Records of running execs on disk: an agent started after a crash ends what the last one left.
 
+A vendor CLI's login (``vendor``) leads a session too, and is recorded here the same way.
+
 Each exec leads a session of its own, which outlives the agent that started it: its timeout was
 that agent's thread, and a new agent knows neither its id nor counts it against ``--max-execs``.
 So the registry keeps one record per running exec in a directory of the agent's run dir (in a VM

@@ -17,6 +17,8 @@ here (see the runner contract in ``hearth_agent.login``):
 - The credential file (``providers.CredentialFormat.path`` under the private home) is polled;
   once it parses and validates, its bytes are the captured document. The CLI exiting without it
   fails the login with ``cli_exited``.
+- The CLI leads a session of its own, recorded while it runs (``records``) as an exec's is: an
+  agent started after a crash of this one kills it and whatever it started (``exec_records``).
 - A CLI killed by a crash signal (SIGSEGV, SIGBUS, SIGILL, SIGABRT, SIGFPE), or ending with one of
   its recipe's ``crash_exits``, before it handed over its URL is started again (``START_ATTEMPTS``
   in all), in a fresh private directory: Node under emulation (TCG) was seen to crash Gemini at
@@ -49,6 +51,7 @@ from pathlib import Path
 
 from hearth_agent.child_exec import terminal_program_argv
 from hearth_agent.errors import AgentError, InvalidInput
+from hearth_agent.exec_records import ExecRecords
 from hearth_agent.log import JsonLogger
 from hearth_agent.login import LoginSession, proxy_field, timeout_field
 from hearth_agent.providers import CredentialFormat, get_provider
@@ -119,8 +122,10 @@ class VendorLoginRunner:
         display: str | None = None,
         search_path: str | None = None,
         proxy: str | None = None,
+        records: ExecRecords | None = None,
     ) -> None:
         self._login = login
+        self._records = records
         self._proxy = proxy
         self._provider: CredentialFormat = get_provider(login.provider)
         self._work_root = work_root
@@ -145,7 +150,12 @@ class VendorLoginRunner:
 
     @classmethod
     def from_request(
-        cls, body: Mapping[str, object], *, work_root: Path, logger: JsonLogger
+        cls,
+        body: Mapping[str, object],
+        *,
+        work_root: Path,
+        logger: JsonLogger,
+        records: ExecRecords | None = None,
     ) -> VendorLoginRunner:
         """The runner for a ``POST /login/start`` body naming a vendor provider."""
         name = body.get("provider")
@@ -158,6 +168,7 @@ class VendorLoginRunner:
             logger=logger,
             deadline_s=_deadline_from(body),
             proxy=proxy_field(body),
+            records=records,
         )
 
     @property
@@ -257,6 +268,8 @@ class VendorLoginRunner:
             finally:
                 os._exit(127)
         self._pid, self._fd = pid, fd
+        if self._records is not None:  # removed once it is reaped (``_reaped``)
+            self._records.add(pid)
         fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", SCREEN_ROWS, SCREEN_COLS, 0, 0))
         self._logger.info(
             "vendor_login_spawned",
@@ -381,6 +394,7 @@ class VendorLoginRunner:
             return True
         if done:
             self._pid = None
+            self._reaped(pid)
             self._exit = _describe_exit(status)
             self._crashed = (os.WIFSIGNALED(status) and os.WTERMSIG(status) in CRASH_SIGNALS) or (
                 os.WIFEXITED(status) and os.WEXITSTATUS(status) in self._login.crash_exits
@@ -444,8 +458,9 @@ class VendorLoginRunner:
                     try:
                         done, _ = os.waitpid(pid, os.WNOHANG)
                     except ChildProcessError:
-                        done = pid
+                        break  # the driver reaped it (and forgot its record)
                     if done:
+                        self._reaped(pid)
                         break
                     time.sleep(0.05)
                 else:
@@ -461,6 +476,11 @@ class VendorLoginRunner:
         directory, self._dir = self._dir, None
         if directory is not None:
             shutil.rmtree(directory, ignore_errors=True)
+
+    def _reaped(self, pid: int) -> None:
+        """The CLI ``pid`` was reaped: nothing of it is left for a later agent to kill."""
+        if self._records is not None:
+            self._records.remove(pid)
 
 
 def _describe_exit(status: int) -> str:
