@@ -122,6 +122,9 @@ class Settings:
     webhook_timeout_s: float = 10.0
     # The event log keeps this many days of events (those a webhook is still owed stay longer).
     events_keep_days: int = 30
+    # Login sessions that ended (completed, failed, timed out, cancelled) are forgotten this
+    # long after they ended (hourly, with the event log's pruning).
+    auth_session_retention_s: float = 30 * 24 * 3600.0
     # Heartbeats: each ready VM's agent is asked /health this often, each ask bounded by the
     # timeout; after this many misses in a row the VM is "unhealthy", and "failed" (torn down)
     # once it has been unhealthy for the deadline. An agent older than the minimum version is
@@ -300,6 +303,9 @@ class Settings:
             webhook_backoff_s=_float(env, "HEARTH_WEBHOOK_BACKOFF_S", 5.0, 0.01, 600.0),
             webhook_timeout_s=_float(env, "HEARTH_WEBHOOK_TIMEOUT_S", 10.0, 1.0, 120.0),
             events_keep_days=_int(env, "HEARTH_EVENTS_KEEP_DAYS", 30, 1, 3650),
+            auth_session_retention_s=_float(
+                env, "HEARTH_AUTH_SESSION_RETENTION_S", 30 * 24 * 3600.0, 3600.0, 3650 * 24 * 3600.0
+            ),
             heartbeat_interval_s=_float(env, "HEARTH_HEARTBEAT_INTERVAL_S", 5.0, 0.05, 3600.0),
             heartbeat_timeout_s=_float(env, "HEARTH_HEARTBEAT_TIMEOUT_S", 3.0, 0.05, 120.0),
             heartbeat_misses=_int(env, "HEARTH_HEARTBEAT_MISSES", 3, 1, 100),

@@ -216,9 +216,12 @@ class KeyOut(WireModel):
 
 
 class KeyList(WireModel):
-    """``GET /api/keys``."""
+    """``GET /api/keys``: a page of keys, oldest first, and where the next one starts."""
 
     keys: list[KeyOut]
+    next_after: str | None = Field(
+        None, description="`after` for the next page; null when this page is the last"
+    )
 
 
 class ErrorDetail(BaseModel):
@@ -242,7 +245,8 @@ ERROR_STATUSES: dict[int, str] = {
     401: "Missing or wrong API key",
     403: "Not allowed for this key (admin only, or another user's)",
     404: "Not found (or not yours)",
-    409: "Conflict or quota exceeded",
+    409: "Conflict or quota exceeded; workspace_unusable: the user's workspace volume will not "
+    "attach or mount (DELETE /api/users/{id}/workspace removes it, to start afresh)",
     413: "Request body over HEARTH_MAX_BODY_BYTES (refused unread)",
     422: "Invalid input; the message names the field",
     429: "Host capacity exhausted, or the VM runs as many commands as allowed; retry later",

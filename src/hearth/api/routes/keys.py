@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from fastapi import APIRouter
 
 from hearth.api.auth import AdminKey, Ctl
+from hearth.api.paging import PAGE_LIMIT_DEFAULT, After, limit_of
 from hearth.api.schemas import ERROR_RESPONSES, KeyCreate, KeyList, KeyOut
 
 router = APIRouter(tags=["keys"], responses=ERROR_RESPONSES)
@@ -18,9 +21,17 @@ async def create_key(body: KeyCreate, key: AdminKey, ctl: Ctl) -> KeyOut:
 
 
 @router.get("/api/keys")
-async def list_keys(key: AdminKey, ctl: Ctl) -> KeyList:
-    """Every key's metadata (never the keys)."""
-    return KeyList(keys=[KeyOut.of(r) for r in await ctl.store.api_keys.list()])
+async def list_keys(
+    key: AdminKey,
+    ctl: Ctl,
+    after: After = None,
+    limit: Annotated[int, limit_of("Keys")] = PAGE_LIMIT_DEFAULT,
+) -> KeyList:
+    """Every key's metadata (never the keys), revoked ones included, oldest first, a page at a
+    time: the next page is ``?after=`` the answer's ``nextAfter`` (null on the last page). A
+    ``limit`` outside 1 to 1000 or an ``after`` naming no key is 422."""
+    records, next_after = await ctl.store.api_keys.page_for(after=after, limit=limit)
+    return KeyList(keys=[KeyOut.of(r) for r in records], next_after=next_after)
 
 
 @router.delete("/api/keys/{key_id}")

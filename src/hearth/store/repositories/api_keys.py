@@ -16,7 +16,7 @@ from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import Row, or_, select, update
+from sqlalchemy import Row, Select, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from hearth.errors import ConfigError, Conflict, InvalidInput
@@ -29,6 +29,7 @@ from hearth.store.repositories._base import (
     insert_ignoring_duplicates,
     to_record,
 )
+from hearth.store.repositories._status import after_in_order
 from hearth.store.repositories.users import ensure_user
 
 KEY_PREFIX = "hk_"
@@ -53,6 +54,11 @@ def hash_key(plaintext: str, secret: bytes) -> str:
 def legacy_hash_key(plaintext: str) -> str:
     """The bare sha256 hex digest rows stored before revision 0003 hold."""
     return hashlib.sha256(plaintext.encode()).hexdigest()
+
+
+def _oldest_first() -> Select[Any]:
+    """Every key's public columns, oldest first (then by id: keys made in one instant)."""
+    return select(*_PUBLIC_COLUMNS).order_by(_table.c.created_at, _table.c.id)
 
 
 def _new_key_id() -> str:
@@ -208,12 +214,24 @@ class ApiKeyRepo(Repository):
 
     async def list(self, user_id: str | None = None) -> builtins.list[ApiKeyRecord]:
         """Every key (of ``user_id`` if given), revoked ones included, oldest first."""
-        statement = select(*_PUBLIC_COLUMNS).order_by(
-            api_keys_table.c.created_at, api_keys_table.c.id
-        )
+        statement = _oldest_first()
         if user_id is not None:
             statement = statement.where(api_keys_table.c.user_id == user_id)
         return await self._read_records(ApiKeyRecord, statement)
+
+    async def page_for(
+        self, *, after: str | None, limit: int
+    ) -> tuple[builtins.list[ApiKeyRecord], str | None]:
+        """``list`` a page at a time, for the API: ``limit`` keys at most after key ``after``
+        (a place in that order, revoked or not), and the ``after`` of the next page (None: this
+        one is the last). InvalidInput when ``after`` names no key."""
+        statement = _oldest_first().limit(limit + 1)
+        if after is not None:
+            if await self._read_one(select(_table.c.id).where(_table.c.id == after)) is None:
+                raise InvalidInput(f"after: API key {after} does not exist")
+            statement = statement.where(after_in_order(_table, after))
+        records = await self._read_records(ApiKeyRecord, statement)
+        return records[:limit], records[limit - 1].id if len(records) > limit else None
 
     async def revoke(self, key_id: str) -> ApiKeyRecord:
         """Stop ``key_id`` from authenticating; revoking twice keeps the first revocation time."""

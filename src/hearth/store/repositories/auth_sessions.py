@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Collection
+from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import delete, exists, func, select
 from sqlalchemy.exc import IntegrityError
 
 from hearth.auth.states import TERMINAL, AuthStatus, check_auth_transition
 from hearth.errors import ActiveSessionExists
-from hearth.store.models import ACTIVE_AUTH_STATUSES, auth_sessions_table
-from hearth.store.records import AuthSessionRecord
+from hearth.store.models import ACTIVE_AUTH_STATUSES, auth_sessions_table, vms_table
+from hearth.store.records import INACTIVE_VM_STATES, AuthSessionRecord
 from hearth.store.repositories._base import (
     Coerce,
     as_int,
@@ -34,6 +35,8 @@ UPDATABLE_FIELDS: dict[str, Coerce] = {
 }
 
 _table = auth_sessions_table
+_ENDED = tuple(status.value for status in TERMINAL)
+_VM_GONE = tuple(state.value for state in INACTIVE_VM_STATES)
 
 
 class AuthSessionRepo(
@@ -81,3 +84,20 @@ class AuthSessionRepo(
             _table.c.status.not_in(ACTIVE_AUTH_STATUSES),
         )
         return await self._read_records(AuthSessionRecord, statement)
+
+    async def prune_ended(self, before: datetime) -> int:
+        """Forget the sessions that ended before ``before``, in one statement; how many went.
+        A session that has not ended is never touched, nor one whose Browser VM still holds
+        resources: the controller's next start finds that VM by its session (``ended_naming``)
+        and destroys it."""
+        browser_vm_left = exists().where(
+            vms_table.c.id == _table.c.browser_vm_id, vms_table.c.status.not_in(_VM_GONE)
+        )
+        # A session stored ended without its end stamped has at least its last change.
+        ended_at = func.coalesce(_table.c.completed_at, _table.c.updated_at)
+        statement = delete(_table).where(
+            _table.c.status.in_(_ENDED), ended_at < before, ~browser_vm_left
+        )
+        async with self._writes.begin() as conn:
+            result = await conn.execute(statement)
+        return int(result.rowcount)
