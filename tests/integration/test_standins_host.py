@@ -27,10 +27,11 @@ from hearth.bench.standins.vendors import VENDORS, VendorCli
 from hearth.images.vendor import GUEST_VENDOR_DIR, ensure_vendor_tree
 from hearth.network.allowlist import AllowRule
 from hearth.network.provider_hosts import PROVIDER_API_HOSTS
+from hearth.runs import RunEvent, RunFailure, parser_for
 from hearth_agent.wire import Provider
 from tests.conftest import require_tools
 from tests.standins import headless
-from tests.standins.rig import StandInRig
+from tests.standins.rig import CliRun, StandInRig
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -69,6 +70,14 @@ MODEL_ENDPOINTS: dict[Provider, tuple[str, dict[str, object], str]] = {
 }
 # The CLIs that refresh the access token after a 401 (gemini's stream call does not retry).
 REFRESHES_ON_401 = {Provider.CLAUDE_CODE: "/v1/oauth/token", Provider.CODEX: "/oauth/token"}
+
+
+def outcome(vendor: VendorCli, run: CliRun) -> RunEvent:
+    """The run's terminal event as Hearth's own parser of the CLI's output decides it."""
+    parser = parser_for(vendor.provider)
+    for line in run.stdout.decode(errors="replace").splitlines():
+        parser.feed_line(line)
+    return parser.finish(exit_code=run.returncode, signal=None, stderr_tail=run.stderr_tail())
 
 
 @pytest.fixture(scope="session")
@@ -190,6 +199,7 @@ async def test_cli_reports_the_providers_rate_limit(
     assert run.returncode not in (0, None), run.describe()
     errors = headless.error_text(vendor.provider, run.events)
     assert RATE_LIMIT_WORDS[vendor.provider] in errors, run.describe()
+    assert outcome(vendor, run).data["code"] == RunFailure.RATE_LIMITED, run.describe()
     assert len(rig.standin.model_requests) == 1  # a used-up quota is not retried
 
 
@@ -203,6 +213,7 @@ async def test_cli_reports_the_providers_401_after_its_refresh_is_refused(
     assert run.returncode not in (0, None), run.describe()
     errors = headless.error_text(vendor.provider, run.events)
     assert UNAUTHORIZED_WORDS[vendor.provider] in errors, run.describe()
+    assert outcome(vendor, run).data["code"] == RunFailure.NOT_LOGGED_IN, run.describe()
     refresh = REFRESHES_ON_401.get(vendor.provider)
     if refresh is not None:
         assert refresh in [r.path for r in rig.standin.requests]

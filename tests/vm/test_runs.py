@@ -11,8 +11,9 @@ bearer is the access token that was delivered.
 Per vendor, in one VM: an answer streams as ``message.delta`` in order and completes with usage;
 ``resume`` continues that conversation (the same session id); a reconnect with
 ``Last-Event-ID`` loses no event; a cancel mid-stream leaves no CLI process in the VM within
-2 s; a 429 ends ``rate_limited`` and a 401 ``not_logged_in``. And ``hearth run`` streams
-claude's answer on a terminal.
+2 s. And ``hearth run`` streams claude's answer on a terminal. (How each CLI's 429 and 401 end,
+``rate_limited`` and ``not_logged_in``, is shown on the host with the same CLIs, stand-ins,
+egress proxy and parsers: ``tests/integration/test_standins_host.py``.)
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from httpx_sse import aconnect_sse
 from hearth.bench.run_first_event import trusted_image_copy
 from hearth.bench.standins.ca import TestCA
 from hearth.bench.standins.documents import sample_document
-from hearth.bench.standins.scenarios import Scenario, Script
+from hearth.bench.standins.scenarios import Script
 from hearth.bench.standins.server import StandInServer, egress_pins
 from hearth.bench.standins.standin import ProviderStandIn
 from hearth.bench.standins.vendors import VENDORS
@@ -255,18 +256,6 @@ async def test_each_vendor_cli_runs_through_hearth_against_its_stand_in(
     assert (ended[-1][1], ended[-1][2]["code"]) == ("run.failed", "cancelled")
     await asyncio.sleep(2.0)
     assert await cli_processes(controller, key, vm_id) == ""
-
-    # The provider's 429, then its 401, in its own words (a CLI whose token was refused may
-    # drop its login, so the 401 comes last of the runs that need one).
-    for scenario, code in ((Scenario.RATE_LIMITED, "rate_limited"),
-                           (Scenario.UNAUTHORIZED, "not_logged_in")):  # fmt: skip
-        standin.script = Script(scenario=scenario)
-        failed_id = await start_run(controller, key, vm_id, provider, "Say hello")
-        failed = await asyncio.wait_for(
-            run_events(controller, key, vm_id, failed_id), RUN_DEADLINE_S
-        )
-        assert failed[-1][1] == "run.failed", described(failed)
-        assert failed[-1][2]["code"] == code, described(failed)
 
 
 async def test_hearth_run_streams_the_answer_and_exits_with_the_runs_status(
