@@ -4,19 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import resource
 import signal
 import socket
-from collections.abc import Iterator
+import sqlite3
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from types import FrameType
-from typing import Annotated
+from typing import Annotated, Any, NoReturn
 
 import typer
 import uvicorn
 from fastapi import FastAPI
 from sqlalchemy import make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
+from starlette.types import Message, Receive, Scope, Send
 
 from hearth.api.app import create_app
 from hearth.api.streams import stop_streams
@@ -26,12 +30,16 @@ from hearth.control.bootstrap import ADMIN_USER, ensure_admin_key, open_store
 from hearth.credentials.keys import KEYRING_DIR
 from hearth.credentials.reseal import ResealReport, reseal_everything
 from hearth.credentials.vault import CredentialVault
-from hearth.errors import ConfigError, HearthError
+from hearth.errors import ConfigError, Conflict, HearthError
+from hearth.logging import get_logger
+from hearth.sdk._errors import shown_url
 from hearth.state_dir_lock import CONTROLLER, StateDirLock
 from hearth.store import Store, create_store_engine
 from hearth.store.controller_lease import ControllerLease
 from hearth.store.repositories.users import check_new_user_id
 from hearth.vm.select import check_vmm
+
+_log = get_logger("cli.server")
 
 # The most open files ``serve`` asks for (Linux's default ceiling, ``fs.nr_open``).
 _MOST_OPEN_FILES = 1 << 20
@@ -56,18 +64,25 @@ def serve(
     raise_open_file_limit()
     settings = _with(load_settings(), state_dir)
     settings = settings.with_overrides(host=host or settings.host, port=port or settings.port)
-    # Another controller (or a master-key rotation) on this state dir, or another controller on
-    # its database, is refused now, before anything starts; the controller then holds both for
-    # its life (``open_hearth``).
+    state_setting = "--state-dir" if state_dir is not None else "HEARTH_STATE_DIR"
+    # A state dir or database that cannot be used, another controller (or a master-key
+    # rotation) on this state dir, or another controller on its database, is refused now,
+    # before anything starts; the controller then holds both for its life (``open_hearth``).
     try:
-        StateDirLock.take(settings.state_dir, holder=CONTROLLER).close()
-        asyncio.run(_database_is_free(settings))
+        _state_dir_is_free(settings, setting=state_setting)
+        asyncio.run(
+            _database_is_free(
+                settings, setting="HEARTH_DATABASE_URL" if settings.database_url else state_setting
+            )
+        )
     except HearthError as exc:
-        fail(exc)
+        _refuse(exc)
     # A VMM that cannot run here is refused now, with the reason, not at the first VM.
     check = check_vmm(settings)
     if not check.ok:
-        fail(ConfigError(f"HEARTH_VMM={check.vmm.value} cannot run on this host: {check.reason}"))
+        _refuse(
+            ConfigError(f"HEARTH_VMM={check.vmm.value} cannot run on this host: {check.reason}")
+        )
     app = create_app(settings, destroy_on_exit=destroy_on_exit)
     console.print(
         plain(
@@ -75,7 +90,16 @@ def serve(
             f"(state {settings.state_dir})"
         )
     )
-    asyncio.run(ControllerServer(app, host=settings.host, port=settings.port).serve())
+    try:
+        asyncio.run(ControllerServer(app, host=settings.host, port=settings.port).serve())
+    except HearthError as exc:  # the start refused (a wrong master key, ...): nothing runs
+        _refuse(exc)
+
+
+def _refuse(exc: HearthError) -> NoReturn:
+    """Refuse to start the controller: an event in the log, one line on stderr, exit 1."""
+    _log.error("serve_refused", code=exc.code, reason=exc.message)
+    fail(exc)
 
 
 def raise_open_file_limit() -> None:
@@ -90,16 +114,51 @@ def raise_open_file_limit() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (most, hard))
 
 
+class _RefusalKept:
+    """The controller's app as uvicorn runs it, keeping the HearthError that refuses its start
+    (a wrong master key, a key file it cannot read, ...) for ``serve`` to show as one line,
+    where Starlette would hand uvicorn the error's traceback to log."""
+
+    def __init__(self, app: FastAPI) -> None:
+        self.app = app
+        self.refusal: HearthError | None = None
+        starting = app.router.lifespan_context
+
+        @contextlib.asynccontextmanager
+        async def lifespan(app: FastAPI) -> AsyncIterator[Any]:
+            started = False
+            try:
+                async with starting(app) as state:
+                    started = True
+                    yield state
+            except HearthError as exc:
+                if not started:
+                    self.refusal = exc
+                raise
+
+        app.router.lifespan_context = lifespan
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def told(message: Message) -> None:
+            if message["type"] == "lifespan.startup.failed" and self.refusal is not None:
+                message = {"type": message["type"], "message": ""}  # not the traceback
+            await send(message)
+
+        await self.app(scope, receive, told if scope["type"] == "lifespan" else send)
+
+
 class ControllerServer(uvicorn.Server):
     """uvicorn serving the controller's app. SIGTERM/SIGINT end in a clean exit 0 instead of
     re-raising the signal. Once it begins to stop, every event stream of the app ends (a client
     resumes it later, or from another controller), so that it waits only for the requests still
     running, and those at most ``GRACEFUL_SHUTDOWN_S``; a second signal during that wait ends it
-    at once, and skips the app's teardown (uvicorn's own "force quit")."""
+    at once, and skips the app's teardown (uvicorn's own "force quit"). A HearthError that
+    refuses the app's start comes out of ``serve`` as it is (uvicorn would exit 3)."""
 
     def __init__(self, app: FastAPI, *, host: str, port: int) -> None:
+        self._run = _RefusalKept(app)
         config = uvicorn.Config(
-            app,
+            self._run,
             host=host,
             port=port,
             log_config=None,
@@ -108,6 +167,15 @@ class ControllerServer(uvicorn.Server):
         )
         super().__init__(config)
         self._app = app
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        """Start as uvicorn does; a start the app refused raises its HearthError."""
+        try:
+            await super().startup(sockets)
+        except SystemExit:
+            if self._run.refusal is not None:
+                raise self._run.refusal from None
+            raise
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         """The first signal asks to stop; another one (of either kind) forces it."""
@@ -139,17 +207,74 @@ def _with(settings: Settings, state_dir: Path | None) -> Settings:
     return settings.with_overrides(state_dir=state_dir.absolute())
 
 
-async def _database_is_free(settings: Settings) -> None:
-    """Conflict if another controller holds the database ``settings`` name (which is neither
-    made nor migrated here: a serve refused later must leave nothing behind)."""
-    url = settings.database()
-    if url.startswith("sqlite") and not Path(make_url(url).database or "").exists():
-        return  # no controller holds a database not made yet
-    engine = create_store_engine(url)
+def _state_dir_is_free(settings: Settings, *, setting: str) -> None:
+    """Conflict if another controller holds the state dir; ConfigError naming ``setting``
+    (the state dir's) if it cannot be made or locked (a file in the way, not writable)."""
     try:
-        await (await ControllerLease.take(engine)).close()
-    finally:
-        await engine.dispose()
+        StateDirLock.take(settings.state_dir, holder=CONTROLLER).close()
+    except ConfigError as exc:
+        raise ConfigError(f"{setting}: {exc.message}") from exc
+
+
+async def _database_is_free(settings: Settings, *, setting: str) -> None:
+    """Conflict if another controller holds the database ``settings`` name; ConfigError naming
+    ``setting`` (the database's) and why if it cannot be reached or opened. It is neither made
+    nor migrated here: a serve refused later must leave nothing behind."""
+    url = settings.database()
+    try:
+        # A SQLite database's lease is a file beside it, which says nothing of the database.
+        if url.startswith("sqlite") and not _sqlite_is_readable(Path(make_url(url).database or "")):
+            return  # no controller holds a database not made yet
+        engine = create_store_engine(url)
+        try:
+            await (await ControllerLease.take(engine)).close()
+        finally:
+            await engine.dispose()
+    except Conflict:
+        raise
+    except (HearthError, SQLAlchemyError, sqlite3.Error, OSError) as exc:
+        raise ConfigError(
+            f"{setting}: cannot open the database {shown_url(url)}: {_cause(exc, url)}"
+        ) from exc
+
+
+def _sqlite_is_readable(database: Path) -> bool:
+    """Whether SQLite file ``database`` exists (and reads as a database); False if not made
+    yet, but could be. sqlite3's error (not a database, cannot be opened), or an OSError if
+    it could not be made: its directory missing or not writable."""
+    if not database.exists():
+        directory = database.parent
+        if not directory.is_dir():
+            raise FileNotFoundError(errno.ENOENT, f"its directory {directory} does not exist")
+        if not os.access(directory, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, f"its directory {directory} is not writable")
+        return False
+    # The standard driver, not aiosqlite: a connection that fails in aiosqlite's thread may
+    # report to an event loop that is closed by then (a traceback after the error line).
+    with contextlib.closing(sqlite3.connect(database)) as conn:
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchall()
+    return True
+
+
+def _cause(exc: BaseException, url: str) -> str:
+    """Why the database could not be opened, in one line: the driver's words rather than
+    SQLAlchemy's wrapping of them, and never the URL's password."""
+    if isinstance(exc, HearthError):
+        cause = exc.message
+    elif isinstance(exc, DBAPIError) and exc.orig is not None:
+        cause = str(exc.orig)
+    elif isinstance(exc, sqlite3.Error):
+        cause = str(exc)
+    elif isinstance(exc, OSError) and exc.strerror:
+        cause = exc.strerror
+    else:
+        cause = f"{type(exc).__name__}: {exc}"
+    cause = " ".join(cause.split())
+    with contextlib.suppress(ArgumentError, ValueError):  # an unparsable URL: said so already
+        password = make_url(url).password
+        if password:
+            cause = cause.replace(str(password), "***")
+    return cause
 
 
 @keys_app.command("create")

@@ -70,17 +70,54 @@ def _load_or_create_key_file(path: Path) -> MasterKey:
     return key
 
 
-def _missing_key_message(key_file: Path, sealed: Mapping[str, Mapping[str, int]]) -> str:
-    held = "; ".join(
+def _held(sealed: Mapping[str, Mapping[str, int]]) -> str:
+    """What ``sealed`` (``count_by_key``'s answer) holds, by kind and key id."""
+    return "; ".join(
         f"{sum(by_key.values())} {what} ("
         + ", ".join(f"{count} under key {key_id}" for key_id, count in sorted(by_key.items()))
         + ")"
         for what, by_key in sorted(sealed.items())
     )
+
+
+def _missing_key_message(key_file: Path, sealed: Mapping[str, Mapping[str, int]]) -> str:
     return (
         f"no master key: {MASTER_KEY_ENV} is not set and {key_file} does not exist, but the "
-        f"store holds secrets sealed under a master key: {held}. A new key would open none of "
-        f"them. Set {MASTER_KEY_ENV} to the key they were sealed under, or restore {key_file}"
+        f"store holds secrets sealed under a master key: {_held(sealed)}. A new key would open "
+        f"none of them. Set {MASTER_KEY_ENV} to the key they were sealed under, or restore "
+        f"{key_file}"
+    )
+
+
+def _unopenable(
+    sealed: Mapping[str, Mapping[str, int]], key_ids: Iterable[str]
+) -> dict[str, dict[str, int]]:
+    """What in ``sealed`` is under a key not among ``key_ids``, by kind and key id."""
+    known = set(key_ids)
+    left = {
+        what: {key_id: count for key_id, count in by_key.items() if key_id not in known}
+        for what, by_key in sealed.items()
+    }
+    return {what: by_key for what, by_key in left.items() if by_key}
+
+
+def _wrong_key_message(
+    vault: CredentialVault,
+    source: str,
+    keyring_dir: Path,
+    unopenable: Mapping[str, Mapping[str, int]],
+) -> str:
+    fix = (
+        f"Set {MASTER_KEY_ENV} to the key they were sealed under"
+        if source == MASTER_KEY_ENV
+        else f"Restore the {MASTER_KEY_FILE} they were sealed under (or set {MASTER_KEY_ENV})"
+    )
+    return (
+        f"wrong master key: {source} holds master key {vault.current_key_id}, but the store "
+        f"holds secrets sealed under master keys neither it nor the keyring has: "
+        f"{_held(unopenable)}; keys at hand: {', '.join(vault.key_ids)}. They would not open "
+        f"(and the VMs whose agent tokens do not open would be failed). {fix}, or put each "
+        f"missing key in {keyring_dir}/<key id>.key (mode 0600)"
     )
 
 
@@ -119,6 +156,8 @@ class CredentialVault:
         (mode 0600) -- but only while the store holds nothing sealed: ``sealed`` (what
         ``store.sealed.count_by_key()`` returns) naming anything is a ConfigError, since a new
         key would open none of it (and the VMs whose tokens no longer open would be destroyed).
+        Likewise, with the variable or the file, a ConfigError (naming the key ids, never a
+        key) when ``sealed`` names a key that is neither the current one nor in the keyring.
 
         Older keys come from ``master.keys.d/<key id>.key``; with the variable
         set, an existing ``master.key`` joins them, so documents sealed before the switch
@@ -140,10 +179,18 @@ class CredentialVault:
         vault = cls(
             current, older=older, state_dir=state_dir, current_from_env=from_env is not None
         )
+        source = MASTER_KEY_ENV if from_env is not None else str(key_file)
+        # A key that opens none (or not all) of what is sealed is refused as a missing one is:
+        # the secrets it cannot open would be lost the same way, VMs failed with them.
+        unopenable = _unopenable(sealed or {}, vault.key_ids)
+        if unopenable:
+            raise ConfigError(
+                _wrong_key_message(vault, source, state_dir / KEYRING_DIR, unopenable)
+            )
         _log.info(
             "master_key_loaded",
             key_id=current.key_id,
-            source=MASTER_KEY_ENV if from_env is not None else str(key_file),
+            source=source,
             keyring=len(vault.key_ids),
         )
         return vault
