@@ -12,7 +12,8 @@
     │   ├── ActiveSessionExists      the user already has a login in progress for that provider
     │   ├── PathConflict             a directory where a file goes, a non-empty one to remove, ...
     │   ├── NotLoggedIn              no login for that provider was delivered into the VM
-    │   └── VmEnded                  the VM a command ran in has ended (destroyed, failed)
+    │   ├── VmEnded                  the VM a command ran in has ended (destroyed, failed)
+    │   └── WorkspaceUnusable        the user's workspace volume will not attach or mount
     ├── EventsGone                   the events after that id are no longer kept (410)
     ├── CapacityExhausted            the host has no room: Browser VM slots or memory (429)
     ├── TooManyRunning               the VM already runs as many execs as allowed (429)
@@ -152,6 +153,15 @@ class VmEnded(Conflict):
     """The VM a command ran in has ended (stopping, destroyed or failed): following it ends."""
 
     code = "conflict"
+    http_status = 409
+
+
+class WorkspaceUnusable(Conflict):
+    """A user's workspace volume will not attach or mount while their CLI VM runs on (a volume
+    file cut short or corrupt, a filesystem the guest refuses): no CLI VM of theirs can have
+    their files until ``DELETE /api/users/{id}/workspace`` removes it (and them)."""
+
+    code = "workspace_unusable"
     http_status = 409
 
 

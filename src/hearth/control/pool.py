@@ -34,6 +34,9 @@ _log = get_logger("control.pool")
 
 # The longest a pool waits between refills of a type whose refills keep failing.
 REFILL_BACKOFF_CAP_S = 300.0
+# How many of the pool's failed VMs (each a failed refill, or a pooled VM that died) keep their
+# row failed, the newest, their errors there to read; older ones are destroyed.
+FAILED_KEPT = 3
 
 
 class WarmPool:
@@ -72,6 +75,7 @@ class WarmPool:
         the background."""
         for vm_type, kept in (await settle_adopted(self.service, self.sizes)).items():
             self._ready[vm_type].extend(kept)
+        await self.prune_failed()  # what the last controller (and reconciliation) left
         self._task = asyncio.create_task(self._refill_forever())
 
     async def stop(self) -> None:
@@ -96,6 +100,29 @@ class WarmPool:
                 destroyed += 1
         return destroyed
 
+    async def prune_failed(self) -> int:
+        """Destroy the pool's failed VMs but the newest ``FAILED_KEPT`` (by when they failed):
+        nobody else ever ends them (a pooled VM is nobody's), so each failed refill would leave
+        its row failed for good. Only rows the pool still owns: a user's VM is never one. How
+        many were destroyed; a store that does not answer is logged and tried next time."""
+        try:
+            failed = await self.service.store.vms.list(user_id=POOL_USER, statuses=[VmState.FAILED])
+        except Exception as exc:
+            _log.warning("pool_prune_failed", error=str(exc)[:300])
+            return 0
+        owned = sorted((r for r in failed if r.pooled), key=lambda r: (r.updated_at, r.id))
+        pruned = 0
+        for record in owned[: max(len(owned) - FAILED_KEPT, 0)]:
+            try:
+                await self.service.destroy(record.id, user_id=POOL_USER, include_pooled=True)
+            except Exception as exc:
+                _log.warning("pool_prune_failed", vm_id=record.id, error=str(exc)[:300])
+                continue
+            pruned += 1
+        if pruned:
+            _log.info("pool_failed_vms_pruned", count=pruned, kept=FAILED_KEPT)
+        return pruned
+
     def size(self, vm_type: VmType) -> int:
         """How many ready VMs of a type wait in the pool (one whose VMM died, which the
         monitor fails, no longer counts: the refill replaces it)."""
@@ -111,6 +138,10 @@ class WarmPool:
         (a login's deadline, a dropped request) would leave it running, counted nowhere and
         holding the user's workspace. So the hand-out is finished, and the VM destroyed, before
         the cancel goes on.
+
+        Called in the user's admission turn (``VmService.admitting``), not the host's: a
+        hand-out adds no VM to the host, and its mount, however slow, holds back only that
+        user's next create, which then counts the VM as theirs.
         """
         if spec != self.spec(spec.vm_type):
             return None
@@ -236,11 +267,15 @@ class WarmPool:
 
     async def _refill_forever(self) -> None:
         while True:
+            # A pass that refilled replaced a VM that left the pool: handed out, or failed (a
+            # refill that failed, a pooled VM that died), whose row the pass's end prunes.
+            refilled = False
             for vm_type, wanted in self.sizes.items():
                 if time.monotonic() < self._retry_at.get(vm_type, 0.0):
                     continue  # backing off after a failed refill
                 while self.size(vm_type) < wanted:
                     generation = self._generation
+                    refilled = True
                     try:
                         record = await self.service.create(
                             user_id=POOL_USER, spec=self.spec(vm_type), wait=True, pooled=True
@@ -277,6 +312,8 @@ class WarmPool:
                     self.service.metrics.pool_size.labels(vm_type=vm_type.value).set(
                         self.size(vm_type)
                     )
+            if refilled:
+                await self.prune_failed()
             await asyncio.sleep(self.refill_interval_s)
 
     def _back_off(self, vm_type: VmType) -> None:

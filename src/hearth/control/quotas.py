@@ -5,12 +5,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hearth.config import Settings
 from hearth.control.disk_use import NEW_VM_LAYER_MIB, DiskUse, mib_rounded_up
 from hearth.errors import CapacityExhausted, QuotaExceeded
 from hearth.store import Store
 from hearth.vm.types import VmSpec, VmType
+
+if TYPE_CHECKING:
+    from hearth.control.workspaces import Workspaces
 
 
 def host_memory_mib(meminfo: Path = Path("/proc/meminfo")) -> int:
@@ -83,6 +87,13 @@ class DiskQuota:
 
     limit_mib: int
     disk_use: DiskUse
+
+    async def admit_vm(self, user_id: str, spec: VmSpec, workspaces: Workspaces | None) -> None:
+        """``admit`` a new VM of ``spec`` for ``user_id``: a CLI VM, their workspace counted
+        (``Workspaces.counted_mib``: none without ``workspaces``); other VMs count no disk."""
+        if spec.vm_type is VmType.CLI:
+            workspace_mib = await workspaces.counted_mib(user_id) if workspaces else 0
+            await self.admit(user_id, workspace_mib=workspace_mib)
 
     async def admit(self, user_id: str, *, workspace_mib: int) -> None:
         """QuotaExceeded (409) unless ``user_id``'s disk use with a new VM is within the limit:

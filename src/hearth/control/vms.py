@@ -88,7 +88,8 @@ class VmService:
         # Users' persistent workspaces, attached to their CLI VMs (None: none).
         self.workspaces = workspaces
         self.live: dict[str, Vm] = {}
-        self.admission = asyncio.Lock()
+        self.admission = asyncio.Lock()  # the host's (memory, Browser VMs)
+        self.admitting = KeyedLocks()  # each owner's (their VMs, disk), through a hand-out's mount
         # One VM's pause, resume, hibernation, wake and teardown take turns: each reads the row
         # and acts on the VM in its turn, so none meets a VM another is changing (a destroy's
         # pull-back on a VM a pause just stopped). Taken inside a user's credential turn
@@ -130,18 +131,18 @@ class VmService:
         lifetime.check_carried_out_by(self.node)
         self.node.check_image(spec.vm_type)
         await self.store.users.ensure(owner)
-        async with self.admission:
+        async with contextlib.AsyncExitStack() as turns:  # the owner's, then the host's
+            await turns.enter_async_context(self.admitting.held(owner))  # through a hand-out
             if not pooled:
                 await self.quotas.admit_user(self.store, user_id=user_id, spec=spec)
-                if spec.vm_type is VmType.CLI:
-                    ws_mib = await self.workspaces.counted_mib(user_id) if self.workspaces else 0
-                    await self.disk_quota.admit(user_id, workspace_mib=ws_mib)
+                await self.disk_quota.admit_vm(user_id, spec, self.workspaces)
                 if self.pool is not None:
                     handed = await self.pool.take(user_id, spec, lifetime)
                     if handed is not None:
                         return handed
             # A VM that will start (the pool had none to hand out, or this is a refill): the host
-            # must have room for it.
+            # must have room for it, judged and taken in the host's turn.
+            await turns.enter_async_context(self.admission)
             await self.quotas.admit_new_vm(self.store, spec=spec)
             record = await self._insert(
                 VmRecord(
@@ -261,8 +262,7 @@ class VmService:
 
     async def attach_workspace(self, user_id: str, vm: Vm) -> None:
         """Give ``user_id``'s CLI VM their workspace before it is handed to them (a booted VM
-        or a pooled one); the error when it cannot be: the VM must not run without their
-        files."""
+        or a pooled one); the error when it cannot be: the VM must not run without their files."""
         if self.workspaces is not None:
             await self.workspaces.attach(user_id, vm)
 

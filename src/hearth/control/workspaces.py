@@ -21,11 +21,11 @@ import secrets
 import time
 import uuid
 
-from hearth.agent_client import AgentClient
+from hearth.agent_client import AgentClient, AgentError
 from hearth.config import Settings
 from hearth.control.row_seal import RowSeal
 from hearth.credentials.vault import CredentialVault
-from hearth.errors import Conflict, HearthError, NotFound, NotSupported
+from hearth.errors import Conflict, HearthError, NotFound, NotSupported, WorkspaceUnusable
 from hearth.logging import get_logger
 from hearth.node.interface import Node
 from hearth.store import Store, VmRecord
@@ -71,7 +71,8 @@ class Workspaces:
         """Give a user's CLI VM (healthy, not yet theirs to use) their workspace, made first if
         need be, mounted by its agent; a no-op for other VMs, when workspaces are off, or when
         another active VM of theirs holds it. Errors propagate (the VM, which holds it from
-        before the plug, is then failed or destroyed by the caller, which frees it)."""
+        before the plug, is then failed or destroyed by the caller, which frees it); a volume
+        that will not attach or mount in a VM that runs on is WorkspaceUnusable."""
         if not self.enabled or vm.spec.vm_type is not VmType.CLI:
             return
         if any(volume.serial == SERIAL for volume in vm.volumes):
@@ -79,13 +80,17 @@ class Workspaces:
         workspace = await self._claim(user_id, vm)
         if workspace is None:
             return
+        volume = self._volume(workspace)
         mounted: dict[str, object] = {}
         started = time.monotonic()
-        serial = await self.node.attach_volume(vm, self._volume(workspace))
-        plugged = time.monotonic()
-        if serial is not None:
-            agent = AgentClient(str(vm.agent_url), vm.token, vm_id=vm.id)
-            mounted = await agent.mount_workspace(serial)
+        try:
+            serial = await self.node.attach_volume(vm, volume)
+            plugged = time.monotonic()
+            if serial is not None:
+                agent = AgentClient(str(vm.agent_url), vm.token, vm_id=vm.id)
+                mounted = await agent.mount_workspace(serial)
+        except HearthError as exc:
+            raise self._unusable(workspace, vm, exc) from exc
         _log.info(
             "workspace_attached",
             vm_id=vm.id,
@@ -94,6 +99,20 @@ class Workspaces:
             plug_ms=round((plugged - started) * 1000),  # the node's slot swap or hot-plug
             mount_ms=round((time.monotonic() - plugged) * 1000),  # the agent's find and mount
             guest_ms=mounted.get("ms"),  # the agent's own split: find, format, mount
+        )
+
+    def _unusable(self, workspace: WorkspaceRecord, vm: Vm, exc: HearthError) -> HearthError:
+        """What an attach or mount that failed with ``exc`` means: the workspace's fault
+        (WorkspaceUnusable, naming it, the cause and the way out) while ``vm`` runs on and its
+        agent answered; else ``exc`` itself, the VM's (it ended, or its agent did not answer:
+        deleting the workspace would cost the user their files for nothing)."""
+        if not self.node.alive(vm) or (isinstance(exc, AgentError) and exc.agent_code is None):
+            return exc
+        user_id = workspace.user_id
+        return WorkspaceUnusable(
+            f"the workspace {workspace.id} of user {user_id} will not attach or mount: "
+            f"{exc.message[:500]}. DELETE /api/users/{user_id}/workspace removes it and the "
+            "files on it; their next CLI VM then starts with a new, empty one"
         )
 
     async def _claim(self, user_id: str, vm: Vm) -> WorkspaceRecord | None:
