@@ -17,6 +17,7 @@ from urllib.parse import SplitResult, urlsplit
 from hearth.errors import InvalidInput
 from hearth.network.addresses import is_public_address, unmapped
 from hearth.network.egress import Resolver, system_resolver
+from hearth.network.node_addresses import is_node_address, node_addresses
 
 URL_MAX = 2000
 
@@ -74,12 +75,24 @@ class Target:
                 raise InvalidInput(f"the webhook host {self.host} does not resolve") from exc
             candidates = [ipaddress.ip_address(entry) for entry in found]
         for candidate in candidates:
-            if allow_private or is_public_address(candidate):
+            if allow_private:
+                return str(unmapped(candidate))
+            # The node's own public address would reach its own services (the API, the store).
+            if is_public_address(candidate) and not _is_this_node(candidate):
                 return str(unmapped(candidate))
         raise InvalidInput(
-            f"the webhook host {self.host} is a private, loopback or link-local address; "
-            "set HEARTH_WEBHOOK_ALLOW_PRIVATE=1 to allow receivers on your own network"
+            f"the webhook host {self.host} is a private, loopback or link-local address, or "
+            "this host's own; set HEARTH_WEBHOOK_ALLOW_PRIVATE=1 to allow receivers on your own "
+            "network"
         )
+
+
+def _is_this_node(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """Whether ``address`` is one of this host's (when they cannot be read: taken as one)."""
+    try:
+        return is_node_address(address, node_addresses())
+    except OSError:
+        return True
 
 
 def _port(parts: SplitResult, *, default: int) -> int:

@@ -69,13 +69,13 @@ def is_public_address(address: IPAddress) -> bool:
     """Whether ``address`` is globally reachable unicast: the only kind dialled without a pin."""
     if isinstance(address, ipaddress.IPv4Address):
         return not any(address in network for network in REFUSED_IPV4)
-    embedded = _embedded_ipv4(address)
+    embedded = embedded_ipv4(address)
     if embedded is not None:  # the packets end up at the IPv4 address
         return is_public_address(embedded)
     return address in IPV6_GLOBAL_UNICAST and not any(address in net for net in REFUSED_IPV6)
 
 
-def _embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+def embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
     """The IPv4 address an IPv6 address stands for (mapped, NAT64 or 6to4), if it carries one."""
     if address.ipv4_mapped is not None:
         return address.ipv4_mapped

@@ -19,16 +19,19 @@ in the VM use that address as their HTTPS proxy. What the proxy does with each c
   VMs' lookups nor the controller's threads; a CONNECT waits for a place within its deadline. If any
   resolved address is not globally reachable unicast (:func:`hearth.network.addresses.
   is_public_address`: loopback, private, CGNAT, link-local, multicast, documentation, reserved,
-  IPv6 ULA and site-local, or such an IPv4 address inside an IPv6 one) the request gets 403: an
-  allowlisted name must not become a way into the host's own services (DNS rebinding).
-* ``allow_private`` is the one way around that check: exact ``ip:port`` strings
+  IPv6 ULA and site-local, or such an IPv4 address inside an IPv6 one) or is one of the node's
+  own (:mod:`hearth.network.node_addresses`: any interface's, public ones too) the request gets
+  403: an allowlisted name must not become a way into the host's own services (DNS rebinding).
+* ``allow_private`` is the one way around the first check: exact ``ip:port`` strings
   (``127.0.0.1:8443``, ``[::1]:8443``) the proxy may dial although they are not public. It is
   for tests and for an operator's own OAuth server on a private network. It does not widen the
-  allowlist: the name or IP literal the VM asks for must still be on it.
+  allowlist (the name or IP literal the VM asks for must still be on it), nor open the node's
+  own non-loopback addresses.
 * ``pins`` map an allowlisted ``host:port`` to the exact ``ip:port`` to dial instead of resolving
   it (like curl's ``--resolve``): for an operator's split-horizon names, and for tests, which
   pin a vendor's host to a server on 127.0.0.1 so nothing leaves the machine. A pinned
-  destination is dialled as given, private or not: pinning it is the operator's explicit choice.
+  destination is dialled as given, private or the node's own: pinning it is the operator's
+  explicit choice, and it opens that address to that ``host:port`` only.
 * Upstream failures are told apart: a name that does not resolve or a refused connection gets
   502, a resolve or connect that misses its deadline gets 504.
 * A tunnel to a name (not an IP literal) whose first bytes open a TLS handshake must send a
@@ -73,6 +76,7 @@ from hearth.network.allowlist import (
 )
 from hearth.network.client_hello import server_name_check
 from hearth.network.connect_head import MAX_HEAD_BYTES, BadHead, parse_connect, read_head
+from hearth.network.node_addresses import NodeAddressSource, is_node_address, node_addresses
 from hearth.network.resolver import LookupLimit, Resolver, system_resolver
 from hearth.network.tunnel import CHUNK, CLOSE_GRACE, TunnelPipe, close_stream
 
@@ -100,7 +104,7 @@ class EgressOutcome(StrEnum):
 
     TUNNELED = "tunneled"  # 200 sent; bytes piped until the tunnel closed
     DENIED_HOST = "denied_host"  # 403: host:port is not on the allowlist
-    DENIED_ADDRESS = "denied_address"  # 403: the target resolved to a non-public address
+    DENIED_ADDRESS = "denied_address"  # 403: the target resolved to a non-public or node address
     # After the 200 (also counted as tunneled): the tunnel's TLS ClientHello asked for another
     # name than the CONNECT target, none, or was malformed; cut before it reached the upstream.
     DENIED_SERVER_NAME = "denied_server_name"
@@ -156,6 +160,7 @@ class EgressProxy(Closing):
         max_lookups: int = 4,
         metrics: ControllerMetrics | None = None,
         pins: Mapping[str, str] | None = None,
+        node: NodeAddressSource = node_addresses,
     ) -> None:
         self.rules, self.deny_rules = _parse_policy(allow, deny)
         self._log = _log.bind(owner=owner) if owner else _log
@@ -166,6 +171,7 @@ class EgressProxy(Closing):
             parse_pin_key(name): parse_ip_port(target, what="pin target")
             for name, target in (pins or {}).items()
         }
+        self._node = node  # the node's own addresses, never dialled but at a pin
         self._bind = (host, port)
         self._lookups = LookupLimit(resolver, limit=max_lookups)
         self._timeouts = timeouts
@@ -234,7 +240,14 @@ class EgressProxy(Closing):
         return len(cut)
 
     def may_dial(self, address: IPAddress, port: int) -> bool:
-        """Whether the proxy may open a connection to ``address:port`` (public, or excepted)."""
+        """Whether the proxy may open a connection to ``address:port``: public or excepted, and
+        not the node's own (nor when the node's addresses cannot be read)."""
+        try:
+            if is_node_address(address, self._node()):
+                return False
+        except OSError as exc:
+            self._log.warning("egress_node_addresses_unknown", error=str(exc))
+            return False
         return is_public_address(address) or (unmapped(address), port) in self.private_exceptions
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
