@@ -89,6 +89,36 @@ async def test_a_pooled_vm_that_fails_during_its_hand_out_is_not_handed_out(
         assert (row.status, row.user_id != "ann") == (VmState.FAILED, True)
 
 
+async def test_a_pooled_vm_that_dies_during_its_hand_out_no_longer_holds_memory(
+    start_pool: StartPool, fake_backend: FakeBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Ended before the monitor saw it die, and taken out of the live set, the VM kept a
+    # "ready" row no monitor would look at again: counted against the host's memory until a
+    # restart.
+    async with start_pool(1) as (api, pool):
+        await until_pool_holds(pool, VmType.CLI, 1)
+        [pooled_id] = pool._ready[VmType.CLI]
+        pooled_mib = (await api.ctl.store.vms.get(pooled_id)).mem_mib
+        attach = fake_backend.attach_volume
+
+        async def dying_attach(vm: Vm, volume: Volume) -> str | None:
+            serial = await attach(vm, volume)
+            if vm.id == pooled_id:
+                fake_backend.kill(vm.id)  # its VMM dies as the workspace goes in
+            return serial
+
+        monkeypatch.setattr(fake_backend, "attach_volume", dying_attach)
+        created = await api.client.post("/api/vms", json={"userId": "ann"}, headers=api.headers())
+        assert created.status_code == 201, created.text
+        assert created.json()["id"] != pooled_id
+        row = await api.ctl.store.vms.get(pooled_id)
+        assert row.status is VmState.FAILED, row
+        await until_pool_holds(pool, VmType.CLI, 1)
+        running = [await api.ctl.store.vms.get(vm_id) for vm_id in fake_backend.running]
+        assert await api.ctl.store.vms.sum_active_mem_mib() == sum(r.mem_mib for r in running)
+        assert pooled_mib > 0
+
+
 async def test_a_store_error_during_a_hand_out_ends_the_vm_and_frees_the_workspace(
     start_pool: StartPool, fake_backend: FakeBackend, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -17,11 +17,12 @@ import time
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING
 
+from hearth.control.lifetimes import move_banking_time
 from hearth.errors import CapacityExhausted, Conflict, HearthError, VmError
 from hearth.events.types import EventType
 from hearth.logging import get_logger
 from hearth.store import VmRecord
-from hearth.store.records import utc_now
+from hearth.store.records import RUNNING_VM_STATES, utc_now
 from hearth.store.repositories.users import POOL_USER as POOL_USER  # its owner, named here too
 from hearth.vm.readiness import Backoff
 from hearth.vm.types import Vm, VmSpec, VmState, VmType
@@ -203,6 +204,9 @@ class WarmPool:
             if isinstance(exc, HearthError):
                 raise
             raise VmError(f"attaching the workspace failed: {type(exc).__name__}") from exc
+        if not self.service.node.alive(vm):  # died as the workspace went in
+            await self._end_failed(vm, VmError(f"pooled VM {vm_id} ended during its hand-out"))
+            return None
         try:
             # Compare-and-set: a row failed (or taken) meanwhile no longer holds its token and
             # error as read, and is not handed out. Its status is no updatable field: checked
@@ -246,7 +250,8 @@ class WarmPool:
     async def _end_failed(self, vm: Vm, exc: Exception) -> None:
         """End a pooled VM whose hand-out failed without the store (which may be what failed):
         out of service, its VMM ended through the node, the workspace it may have claimed given
-        up when the store answers. Its row is left to the monitor or the next reconciliation."""
+        up and its row failed when the store answers (out of the live set, no monitor would:
+        a row left ready counted against the host's memory until a restart)."""
         _log.warning("pool_handout_failed", vm_id=vm.id, error=str(exc)[:300])
         self.service.live.pop(vm.id, None)
         try:
@@ -254,6 +259,18 @@ class WarmPool:
         except Exception as error:  # its egress path's row: the VMM itself is ended first
             _log.warning("pool_handout_discard_error", vm_id=vm.id, error=str(error)[:300])
         await self._release_workspace(vm)
+        try:
+            await move_banking_time(
+                self.service.store,
+                vm.id,
+                (VmState.CREATING, VmState.BOOTING, *RUNNING_VM_STATES),
+                VmState.FAILED,
+                error=f"its hand-out failed: {str(exc)[:300]}",
+            )
+        except Conflict:
+            pass  # failed or destroyed already
+        except Exception as error:  # the store: the next reconciliation fails the row
+            _log.warning("pool_handout_row_not_failed", vm_id=vm.id, error=str(error)[:300])
 
     async def _release_workspace(self, vm: Vm) -> bool:
         """Give up the workspace ``vm`` claimed, if any; whether it holds none now."""
