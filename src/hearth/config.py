@@ -123,7 +123,7 @@ class Settings:
     # The event log keeps this many days of events (those a webhook is still owed stay longer).
     events_keep_days: int = 30
     # Login sessions that ended (completed, failed, timed out, cancelled) are forgotten this
-    # long after they ended (hourly, with the event log's pruning).
+    # long after they ended (hourly: auth/retention.py).
     auth_session_retention_s: float = 30 * 24 * 3600.0
     # Heartbeats: each ready VM's agent is asked /health this often, each ask bounded by the
     # timeout; after this many misses in a row the VM is "unhealthy", and "failed" (torn down)

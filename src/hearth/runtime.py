@@ -27,6 +27,7 @@ from hearth import __version__
 from hearth.agent_bundle import AgentBundle
 from hearth.auth.delivery import Delivery
 from hearth.auth.flow import AuthFlow
+from hearth.auth.retention import EndedLogins
 from hearth.config import Settings
 from hearth.control.agent_tokens import AgentTokens
 from hearth.control.agent_updates import AgentUpdates
@@ -249,6 +250,7 @@ async def open_hearth(
             ("stop pulling credentials back", pullback.run(vms, settings.pullback_interval_s)),
             ("stop ending VMs whose time is up", lifetimes.run()),
             ("stop pruning the event log", events.prune()),
+            ("stop forgetting ended logins", EndedLogins(store=store, settings=settings).run()),
             ("stop measuring the VMs' disks", DiskUse(store=store, node=node).run()),
         ]:
             teardown.push(name, functools.partial(_cancel, asyncio.create_task(loop)))

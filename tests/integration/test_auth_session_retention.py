@@ -1,8 +1,8 @@
 """Ended login sessions are forgotten after ``HEARTH_AUTH_SESSION_RETENTION_S``, on SQLite and
 PostgreSQL: every ended status goes once it ended longer ago than that, in one statement; a
 session that has not ended never goes, however old, nor one whose Browser VM still holds
-resources (the next start destroys that VM by its session); the event log's hourly
-housekeeping runs it."""
+resources (the next start destroys that VM by its session); an hourly loop of the controller's
+runs it."""
 
 from __future__ import annotations
 
@@ -12,11 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from hearth.auth.retention import EndedLogins
 from hearth.auth.states import TERMINAL, AuthStatus
 from hearth.config import Settings
 from hearth.errors import ConfigError
-from hearth.events.log import EventLog
-from hearth.metrics import ControllerMetrics
 from hearth.store import Store
 from hearth.vm.types import VmState, VmType
 from tests.integration.store_fixtures import *  # noqa: F403
@@ -77,7 +76,7 @@ async def test_sessions_ended_before_the_cut_go_and_no_other_does(
     assert [record.id for record in await store.auth_sessions.list()] == [still_running.id]
 
 
-async def test_the_event_logs_housekeeping_forgets_what_ended_before_the_setting(
+async def test_the_hourly_loop_forgets_what_ended_before_the_setting(
     open_store: OpenStore, tmp_path: Path
 ) -> None:
     clock = FakeClock(datetime.now(UTC) - timedelta(hours=3))
@@ -86,12 +85,12 @@ async def test_the_event_logs_housekeeping_forgets_what_ended_before_the_setting
     settings = Settings.from_env(
         {"HEARTH_STATE_DIR": str(tmp_path), "HEARTH_AUTH_SESSION_RETENTION_S": "7200"}
     )
-    log = EventLog(store=store, settings=settings, metrics=ControllerMetrics())
+    logins = EndedLogins(store=store, settings=settings)
     old = await ended(store, "ann", AuthStatus.TIMEOUT)
     clock.now = datetime.now(UTC) - timedelta(hours=1)
     kept = await ended(store, "ann", AuthStatus.COMPLETED, provider="codex")
 
-    pruning = asyncio.create_task(log.prune())
+    pruning = asyncio.create_task(logins.run())
     try:
         async with asyncio.timeout(10):
             while old in {record.id for record in await store.auth_sessions.list()}:
@@ -101,7 +100,7 @@ async def test_the_event_logs_housekeeping_forgets_what_ended_before_the_setting
         with pytest.raises(asyncio.CancelledError):
             await pruning
     assert [record.id for record in await store.auth_sessions.list()] == [kept]
-    assert await log.prune_ended_logins_once() == 0
+    assert await logins.prune_once() == 0
 
 
 def test_the_retention_is_thirty_days_unless_set_within_bounds(tmp_path: Path) -> None:

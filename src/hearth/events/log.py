@@ -3,8 +3,7 @@
 An event is stored (with the deliveries it owes every subscribed webhook, in one transaction)
 before anyone is told: the webhook dispatcher works from those rows, so a controller that dies
 right after loses no event and no delivery. Events older than ``HEARTH_EVENTS_KEEP_DAYS`` are
-forgotten (hourly), unless a webhook is still owed one; so are the login sessions that ended
-more than ``HEARTH_AUTH_SESSION_RETENTION_S`` ago, in the same housekeeping. Readers page by id
+forgotten (hourly), unless a webhook is still owed one. Readers page by id
 (``GET /api/events?since=``) or follow the log as it grows (the same route as SSE). A user's key
 sees that user's events; an admin key sees all.
 """
@@ -56,7 +55,6 @@ class EventLog:
         self.metrics = metrics
         self._retry_for = timedelta(seconds=settings.webhook_retry_for_s)
         self._keep = timedelta(days=settings.events_keep_days)
-        self._keep_ended_logins = timedelta(seconds=settings.auth_session_retention_s)
         self._written = asyncio.Event()
         self.on_deliveries_owed = asyncio.Event()  # set when a new event owes a webhook
 
@@ -120,20 +118,6 @@ class EventLog:
             _log.info("events_pruned", count=pruned, before=before.isoformat())
         return pruned
 
-    async def prune_ended_logins_once(self) -> int:
-        """Forget the login sessions that ended over ``HEARTH_AUTH_SESSION_RETENTION_S`` ago
-        (never one that has not ended); how many went."""
-        before = datetime.now(UTC) - self._keep_ended_logins
-        pruned = await self.store.auth_sessions.prune_ended(before)
-        if pruned:
-            _log.info("auth_sessions_pruned", count=pruned, before=before.isoformat())
-        return pruned
-
     async def prune(self) -> None:
-        """Run ``prune_once`` and ``prune_ended_logins_once`` now and every
-        ``PRUNE_INTERVAL_S``, each in its own loop: one failing does not stop the other (cancel
-        to stop both)."""
-        await asyncio.gather(
-            every(PRUNE_INTERVAL_S, self.prune_once, what="event log pruning"),
-            every(PRUNE_INTERVAL_S, self.prune_ended_logins_once, what="auth session pruning"),
-        )
+        """Run ``prune_once`` now and every ``PRUNE_INTERVAL_S`` (cancel to stop)."""
+        await every(PRUNE_INTERVAL_S, self.prune_once, what="event log pruning")
