@@ -10,9 +10,10 @@ import pytest
 from qemu.qmp import QMPClient
 
 from hearth.errors import SnapshotError
-from hearth.vm.qemu.hibernation import save, state_path
+from hearth.vm.qemu.hibernation import save
 from hearth.vm.qemu.monitor import Monitor
 from hearth.vm.qemu.saved_state import new_state_key
+from hearth.vm.saved_files import state_path
 
 
 def open_paths() -> set[str]:

@@ -25,10 +25,11 @@ from hearth.network.namespace import names_for
 from hearth.vm.accel import Accel
 from hearth.vm.qemu.backend import QemuBackend
 from hearth.vm.qemu.command import VmPaths
-from hearth.vm.qemu.hibernation import DiskLayer, state_path
+from hearth.vm.qemu.hibernation import DiskLayer
 from hearth.vm.qemu.network import QemuNetworks
 from hearth.vm.qemu.records import write_record
 from hearth.vm.qemu.saved_state import StateWriter, new_state_key
+from hearth.vm.saved_files import state_path
 from hearth.vm.types import BootMode, GuestForward, NetworkMode, Vm, VmSpec, VmState
 
 TOOL_S = 0.1

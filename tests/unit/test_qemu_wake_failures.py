@@ -15,9 +15,10 @@ from hearth.images.manifest import ImageDir
 from hearth.vm.accel import Accel
 from hearth.vm.qemu.backend import QemuBackend
 from hearth.vm.qemu.command import VmPaths
-from hearth.vm.qemu.hibernation import DiskLayer, state_path
+from hearth.vm.qemu.hibernation import DiskLayer
 from hearth.vm.qemu.records import write_record
 from hearth.vm.qemu.saved_state import StateWriter, new_state_key
+from hearth.vm.saved_files import state_path
 from hearth.vm.types import BootMode, Vm, VmSpec, VmState
 
 RESTORE_DEADLINE_S = 15.0

@@ -6,7 +6,8 @@ state too. A VM starts with an almost empty layer and grows, so every ``interval
 VMs are measured again; a row is written only when its figure moved by a MiB or more (or was
 unknown), so a guest writing all the time costs one store write per round, not one per page.
 ``DiskQuota.admit`` measures the user's VMs again before it counts them against
-``HEARTH_USER_DISK_QUOTA_MIB``; nothing here stops a VM that grows past the quota.
+``HEARTH_USER_DISK_QUOTA_MIB``, and a wake (``Hibernation.wake``) counts them the same way;
+nothing here stops a VM that grows past the quota.
 """
 
 from __future__ import annotations
@@ -65,6 +66,11 @@ class DiskUse:
             written += 1
             _log.debug("vm_disk_measured", vm_id=record.id, was=record.disk_bytes, now=held)
         return written
+
+    async def held_now(self, user_id: str) -> int:
+        """The bytes ``user_id``'s active VMs hold on the node, measured now (``refresh``)."""
+        await self.refresh(user_id=user_id)
+        return await self.store.vms.sum_active_disk_bytes(user_id)
 
 
 def _moved(recorded: int | None, measured: int) -> bool:

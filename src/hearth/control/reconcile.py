@@ -12,6 +12,7 @@ from hearth.events.types import EventType
 from hearth.logging import get_logger
 from hearth.store import VmRecord
 from hearth.store.records import utc_now
+from hearth.vm.saved_files import drop_stale_partial, state_path
 from hearth.vm.types import BootMode, Vm, VmSpec, VmState
 
 _log = get_logger("control.reconcile")
@@ -26,7 +27,8 @@ async def reconcile(vms: VmService) -> dict[str, list[str]]:
     VM's egress path reopened where its VMM dials it; one whose port another process took is
     failed), and one that was being hibernated is
     hibernated if its saved state was completed (its VMM, if still there, ended), else adopted
-    paused (its save ended with the controller); hibernated VMs are left as they are,
+    paused (its save ended with the controller, and what it had written of the saved state
+    is removed, as from every VM's work dir); hibernated VMs are left as they are,
     and one caught mid-wake goes back to hibernated while its saved state is there (the guest
     never ran), or is adopted paused when its VMM runs from the consumed state; a VM being
     destroyed when the controller died is destroyed now (its destroy hooks run first if its
@@ -49,6 +51,11 @@ async def reconcile(vms: VmService) -> dict[str, list[str]]:
             await vms.teardowns.finish_after_restart(record, vm)
             report["destroyed"].append(record.id)
             continue
+        if record.workdir is not None and record.id not in vms.hibernation.under_way():
+            # A save the last controller's end cut short (kill -9) left part of a saved state.
+            # No save writes it now: its writer was that controller (this one holds the state
+            # dir's lock, so it has exited), and this one has started none.
+            drop_stale_partial(state_path(Path(record.workdir)), during="restart")
         if _waking(record) or _saving(vms, record):
             vm, settled = await _settle_wake(vms, record, vm)
             if settled is VmState.HIBERNATED:

@@ -35,6 +35,7 @@ from hearth.vm.qemu.process import spawn_qemu, stop_adopted
 from hearth.vm.qemu.records import read_record, recorded_layers, vm_from_record, write_record
 from hearth.vm.qemu.templates import Template, TemplateStore, build_vm_id, template_key
 from hearth.vm.readiness import COLD_BOOT_DEADLINE_S, RESTORE_DEADLINE_S, Deadline
+from hearth.vm.saved_files import state_path
 from hearth.vm.types import BootMode, NetworkMode, Vm, VmSpec, VmState, Volume
 
 _log = get_logger("vm.qemu")
@@ -337,7 +338,7 @@ class QemuBackend(BackendLifecycle[Template]):
             size = await hibernation.save(
                 monitor,
                 socket=paths.migration,
-                target=hibernation.state_path(paths.workdir),
+                target=state_path(paths.workdir),
                 key=state_key,
                 deadline_s=_SAVE_DEADLINE_S,
             )
@@ -408,7 +409,7 @@ class QemuBackend(BackendLifecycle[Template]):
     async def settle_wake(self, vm: Vm) -> VmState:
         """See ``VmBackend.settle_wake``: the state file decides whether the guest ran."""
         paths = self._paths(vm.id, self._workdir(vm))
-        if hibernation.state_path(paths.workdir).is_file():
+        if state_path(paths.workdir).is_file():
             await self._end_process(vm, paths)
             return VmState.HIBERNATED
         if not self.alive(vm):

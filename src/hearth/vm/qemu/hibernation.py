@@ -28,8 +28,9 @@ from hearth.logging import get_logger
 from hearth.tools import tail_of_file
 from hearth.vm.qemu.monitor import Monitor
 from hearth.vm.qemu.options import option_value
-from hearth.vm.qemu.saved_state import STATE_FILE, StateWriter, read_state
+from hearth.vm.qemu.saved_state import StateWriter, read_state
 from hearth.vm.readiness import Backoff, Deadline
+from hearth.vm.saved_files import drop_stale_partial, state_path
 from hearth.vm.types import Vm, VmState
 
 if TYPE_CHECKING:  # command.py builds QEMU's -drive options with this module's drive_backing
@@ -57,11 +58,6 @@ class Pinned:
 
     image: ImageDir
     layers: tuple[DiskLayer, ...]
-
-
-def state_path(workdir: Path) -> Path:
-    """Where the VM in ``workdir`` keeps its saved state while hibernated."""
-    return workdir / STATE_FILE
 
 
 def pin(
@@ -125,6 +121,7 @@ async def save(
     a unix socket this process listens on; the bytes of state saved. SnapshotError (and no
     file) when that socket cannot be bound, QEMU fails or the deadline passes."""
     socket.unlink(missing_ok=True)
+    drop_stale_partial(target, during="hibernate")
     writer = StateWriter(target, key)
     server: asyncio.Server | None = None
     received = asyncio.Event()
@@ -225,10 +222,13 @@ def set_aside(workdir: Path, kept: Path, error: SavedStateCorrupt) -> Path:
 
 
 def check_saved(workdir: Path) -> Path:
-    """The saved state of the VM in ``workdir``; SavedStateCorrupt when it is missing."""
+    """The saved state of the VM in ``workdir``, a stale partial one beside it removed
+    (``drop_stale_partial``: a wake runs in the VM's turn, never beside its save);
+    SavedStateCorrupt when it is missing (then everything is kept, for inspection)."""
     path = state_path(workdir)
     if not path.is_file():
         raise SavedStateCorrupt(f"the saved state {path} is missing")
+    drop_stale_partial(path, during="wake")
     return path
 
 

@@ -27,13 +27,13 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from hearth.errors import SavedStateCorrupt
+from hearth.vm.saved_files import partial_path
 
 MAGIC = b"HEARTH-STATE-1\n"
 KEY_BYTES = 32
 CHUNK_BYTES = 1 << 20
 _LENGTH = struct.Struct(">I")
 _TAG_BYTES = 16
-STATE_FILE = "state.enc"
 
 
 def new_state_key() -> bytes:
@@ -54,7 +54,7 @@ class StateWriter:
 
     def __init__(self, path: Path, key: bytes) -> None:
         self.path = path
-        self._partial = path.with_name(path.name + ".partial")
+        self._partial = partial_path(path)
         self._aead = AESGCM(key)
         self._file: BinaryIO = self._partial.open("wb")
         os.chmod(self._partial, 0o600)
