@@ -20,6 +20,7 @@ import pytest
 
 from hearth.images.manifest import ImageDir
 from hearth.vm.accel import Accel
+from hearth.vm.console_log import CONSOLE_CUT_MARK, CONSOLE_KEEP_BYTES
 from hearth.vm.firecracker.records import VmFiles
 from hearth.vm.qemu import host
 from hearth.vm.qemu.backend import QemuBackend
@@ -185,10 +186,10 @@ def test_a_flooded_console_is_cut_to_its_tail_and_qemu_writes_on_after_it(
     assert backend.alive(vm)  # the VM monitor asks this every second
 
     kept = console.stat().st_size
-    assert kept <= host.CONSOLE_KEEP_BYTES + len(host.CONSOLE_CUT_MARK) < FLOOD_BYTES // 8
+    assert kept <= CONSOLE_KEEP_BYTES + len(CONSOLE_CUT_MARK) < FLOOD_BYTES // 8
     started.qemu.say("after the cut")
     log = console.read_bytes()
-    assert log.startswith(host.CONSOLE_CUT_MARK + b"flood ")
+    assert log.startswith(CONSOLE_CUT_MARK + b"flood ")
     assert log.endswith(b"before the cut\nafter the cut\n")
     assert len(log) == kept + len(b"after the cut\n")  # at the new end: no hole, no overwrite
     assert backend.console_tail(vm, 2).splitlines() == ["before the cut", "after the cut"]

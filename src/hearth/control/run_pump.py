@@ -340,7 +340,7 @@ class RunPump:
         session_id = self._parser.session_id
         if session_id and session_id != self._session_id:
             self._session_id = session_id
-            fields["session_id"] = session_id[:256]
+            fields["session_id"] = session_id  # resumable: short, no NUL (``runs.commands``)
         if self._parser.usage is not None:
             fields["usage"] = json.dumps(self._parser.usage, separators=(",", ":"))
         return fields

@@ -39,6 +39,13 @@ _MODEL = re.compile(MODEL_PATTERN)
 _SESSION_ID = re.compile(SESSION_ID_PATTERN)
 
 
+def resumable(session_id: str) -> bool:
+    """Whether ``session_id`` is one a run may resume: the parsers keep no other from a CLI's
+    output (text a broken CLI, or one a model steered, could fill with anything: a NUL, which
+    PostgreSQL's text cannot hold, or megabytes)."""
+    return _SESSION_ID.fullmatch(session_id) is not None
+
+
 @dataclass(frozen=True)
 class RunCommand:
     """What the agent runs for one run: argv (no shell), the prompt for stdin, extra env."""
@@ -63,7 +70,7 @@ def run_command(
         raise InvalidInput("the prompt is empty")
     if model is not None and not _MODEL.fullmatch(model):
         raise InvalidInput("model: letters, digits and . _ : / @ [ ] -, not starting with -")
-    if resume is not None and not _SESSION_ID.fullmatch(resume):
+    if resume is not None and not resumable(resume):
         raise InvalidInput("resume: a session id (letters, digits and . _ -)")
     env = {**quiet_env([provider]), **cli.env}
     return RunCommand(argv=cli.build(model, resume), stdin=prompt, env=env)

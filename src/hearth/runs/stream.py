@@ -28,6 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from hearth.runs.commands import resumable
 from hearth.runs.events import RunEvent, RunFailure, completed, failed, raw_line
 from hearth.runs.failures import (
     classify,
@@ -143,7 +144,8 @@ class CliStream:
         """Take back what ``checkpoint`` gave (KeyError, TypeError or ValueError for data it
         could not have given)."""
         session_id, usage = state["sessionId"], state["usage"]
-        self.session_id = None if session_id is None else str(session_id)
+        self.session_id = None
+        self._saw_session(session_id)
         self.usage = None if usage is None else dict(usage)
         self._outcome = Report.of(state["outcome"])
         self._last_error = Report.of(state["lastError"])
@@ -159,7 +161,9 @@ class CliStream:
         raise NotImplementedError
 
     def _saw_session(self, value: object) -> None:
-        if isinstance(value, str) and value:
+        # Only an id a later run could resume is kept: the run ends saying it has no session
+        # rather than storing text that may not fit the store (a NUL, an absurd length).
+        if isinstance(value, str) and resumable(value):
             self.session_id = value
 
 

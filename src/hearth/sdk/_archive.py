@@ -9,6 +9,12 @@ file earlier in the archive, a device or a fifo: each refuses the whole archive 
 ``InvalidArchive``. Python's ``data`` filter still runs after our checks, as a second layer (on
 its own it can be walked around before Python 3.11.13, 3.12.11 and 3.13.4: CVE-2025-4517).
 
+Before that, each header is checked before ``tarfile`` reads what follows it: ``tarfile`` reads
+an extended header (pax, GNU long name) whole into memory and a sparse member's map entry by
+entry, so a few compressed KiB could make it hold GiBs. The extended headers before one member
+may hold ``MAX_EXTENDED_BYTES`` together (and the archive's global ones as much), at most
+``MAX_EXTENDED_HEADERS`` of them; a sparse member is refused at its header.
+
 The archive is unpacked into a new directory beside the target; only a whole, valid archive is
 put in place: renamed to a target that does not exist yet, or merged into one that does (a
 file of the archive replaces one of the same name, a directory's other entries are kept;
@@ -24,13 +30,27 @@ import secrets
 import shutil
 import stat
 import tarfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, NoReturn
+from typing import IO, Any, NoReturn
 
 from hearth.sdk._errors import InvalidArchive
 from hearth.sdk._transfer import ChunkReader
 
 MAX_MTIME = 2**40  # seconds either side of 1970: past it os.utime overflows
+# A path is at most 4 KiB and an extended attribute 64 KiB: this leaves room for a few of them.
+MAX_EXTENDED_BYTES = 256 * 1024
+# Before one member (each nests tarfile's reading one level deeper): a real tar has one or two.
+MAX_EXTENDED_HEADERS = 8
+_EXTENDED_TYPES = frozenset(
+    {
+        tarfile.XHDTYPE,
+        tarfile.XGLTYPE,
+        tarfile.SOLARIS_XHDTYPE,
+        tarfile.GNUTYPE_LONGNAME,
+        tarfile.GNUTYPE_LONGLINK,
+    }
+)
 
 
 def extract_tar(source: IO[bytes] | ChunkReader, target: Path) -> None:
@@ -46,7 +66,7 @@ def extract_tar(source: IO[bytes] | ChunkReader, target: Path) -> None:
     stage.mkdir()
     try:
         try:
-            with tarfile.open(fileobj=source, mode="r|*") as archive:  # type: ignore[call-overload]
+            with _BoundedArchive.open(fileobj=source, mode="r|*") as archive:  # type: ignore[call-overload]
                 # Every member passes _MemberCheck, then the data filter, before it is written.
                 archive.extractall(stage, filter=_MemberCheck(stage, str(target)))  # noqa: S202
         except tarfile.TarError as exc:
@@ -58,6 +78,66 @@ def extract_tar(source: IO[bytes] | ChunkReader, target: Path) -> None:
             stage.rename(place)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+
+
+@dataclass
+class _HeaderBudget:
+    """What the extended headers read so far hold: those before the member being read, and
+    the archive's global ones."""
+
+    headers: int = 0
+    bytes: int = 0
+    global_bytes: int = 0
+
+    def admit(self, header: tarfile.TarInfo) -> None:
+        """Count ``header`` before its data is read: a HeaderError past the bounds."""
+        if header.type == tarfile.GNUTYPE_SPARSE:
+            _refuse_sparse()
+        if header.type not in _EXTENDED_TYPES:
+            self.headers = self.bytes = 0  # a member: the next one's headers start afresh
+            return
+        self.headers += 1
+        self.bytes += header.size
+        if header.type == tarfile.XGLTYPE:
+            self.global_bytes += header.size
+        if self.headers > MAX_EXTENDED_HEADERS:
+            raise tarfile.HeaderError(
+                f"more than {MAX_EXTENDED_HEADERS} extended headers (pax, long names) "
+                "before one member"
+            )
+        if max(self.bytes, self.global_bytes) > MAX_EXTENDED_BYTES:
+            raise tarfile.HeaderError(
+                f"extended headers (pax, long names) of more than {MAX_EXTENDED_BYTES} bytes "
+                f"({max(self.bytes, self.global_bytes)})"
+            )
+
+
+class _BoundedHeader(tarfile.TarInfo):
+    """A header that ``tarfile`` reads on from only once its archive's budget admits it."""
+
+    def _proc_member(self, archive: tarfile.TarFile) -> tarfile.TarInfo | None:
+        if isinstance(archive, _BoundedArchive):
+            archive.budget.admit(self)
+        member: tarfile.TarInfo | None = super()._proc_member(archive)  # type: ignore[misc]
+        return member
+
+    def _proc_gnusparse_10(self, *_: object) -> None:
+        # A pax sparse map, read from the member's data for as many entries as it claims.
+        _refuse_sparse()
+
+
+def _refuse_sparse() -> NoReturn:
+    raise tarfile.HeaderError("a sparse member (sparse files are refused)")
+
+
+class _BoundedArchive(tarfile.TarFile):
+    """A tar read with ``_BoundedHeader``'s checks, keeping the budget they count."""
+
+    tarinfo = _BoundedHeader
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.budget = _HeaderBudget()  # before the base reads the first header
+        super().__init__(*args, **kwargs)
 
 
 class _MemberCheck:

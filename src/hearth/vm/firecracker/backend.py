@@ -32,6 +32,7 @@ from hearth.logging import get_logger
 from hearth.network.pool import DEFAULT_POOL, SlotPool
 from hearth.vm.accel import Accel, detect_accel
 from hearth.vm.claim import new_agent_token
+from hearth.vm.console_log import cut_console
 from hearth.vm.firecracker import disks, payloads, process, sequences
 from hearth.vm.firecracker.client import FirecrackerClient
 from hearth.vm.firecracker.disks import CowMechanism
@@ -123,8 +124,13 @@ class FirecrackerBackend(BackendLifecycle[FcTemplate]):
         return process.check_vm_id(vm_id)
 
     def alive(self, vm: Vm) -> bool:
-        """True while the VM's Firecracker (or jailer) process runs."""
-        return bool(vm.pid and process.is_our_process(vm.pid, vm.id))
+        """True while the VM's Firecracker (or jailer) process runs; its console log is then
+        kept under its cap (``cut_console``: Firecracker's stdout appends to it)."""
+        if not (vm.pid and process.is_our_process(vm.pid, vm.id)):
+            return False
+        if vm.workdir is not None:
+            cut_console(VmFiles(workdir=vm.workdir).console)
+        return True
 
     def _found_vm(self, workdir: Path) -> Vm | None:
         record = VmRecord.read(VmFiles(workdir=workdir))

@@ -2,10 +2,9 @@
 their consoles, and the processes, QMP sockets and network slots left behind (reported, or
 removed when no kept VM holds them).
 
-A guest writes its serial console into ``console.log`` on the host, as much as it likes (its
-user is root in it). QEMU appends to that file, and each time the VM monitor asks whether the
-VM runs (every second) a log grown past ``CONSOLE_CAP_BYTES`` is cut back to its tail, the way
-logrotate's ``copytruncate`` does; reads take only the file's end (``tail_of_file``).
+A guest writes its serial console into ``console.log`` on the host, as much as it likes; QEMU
+appends to it, and each time the VM monitor asks whether the VM runs the log is kept under its
+cap (``hearth.vm.console_log``); reads take only the file's end (``tail_of_file``).
 """
 
 from __future__ import annotations
@@ -18,6 +17,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from hearth.tools import tail_of_file
+from hearth.vm.console_log import cut_console
 from hearth.vm.qemu.command import VmPaths, console_chardev
 from hearth.vm.qemu.network import QemuNetworks
 from hearth.vm.qemu.process import is_our_process, qemu_args, qemu_pids_running_from
@@ -26,10 +26,6 @@ from hearth.vm.qemu.templates import Template, build_vm_id
 from hearth.vm.templates import SnapshotTemplateStore
 from hearth.vm.types import Vm
 from hearth_agent.processes import live_args
-
-CONSOLE_CAP_BYTES = 4 << 20
-CONSOLE_KEEP_BYTES = 256 << 10
-CONSOLE_CUT_MARK = b"[hearth: the console log grew too long; its older lines were dropped]\n"
 
 
 def running_vms(vms_dir: Path, *, backend: str) -> list[Vm]:
@@ -97,7 +93,7 @@ def console_text(paths: VmPaths, lines: int) -> str:
 
 def qemu_runs(pid: int, paths: VmPaths) -> bool:
     """True while ``pid`` is the QEMU running from ``paths.workdir``; its console log is then
-    kept under ``CONSOLE_CAP_BYTES`` (``cut_console``) if that QEMU appends to it (one started
+    kept under its cap (``cut_console``) if that QEMU appends to it (one started
     by an older Hearth, with ``-serial file:``, would write on at its old offset)."""
     args = qemu_args(pid, paths.workdir)
     if args is None:
@@ -105,31 +101,6 @@ def qemu_runs(pid: int, paths: VmPaths) -> bool:
     if console_chardev(paths.console) in args:
         cut_console(paths.console)
     return True
-
-
-def cut_console(
-    console: Path, *, cap: int = CONSOLE_CAP_BYTES, keep: int = CONSOLE_KEEP_BYTES
-) -> bool:
-    """Cut the log at ``console`` back to its last ``keep`` bytes (from a line start, after
-    ``CONSOLE_CUT_MARK``) when it is longer than ``cap``; whether it did. Its QEMU appends
-    (``O_APPEND``), so it writes on at the new end; what it writes during the cut (microseconds)
-    may be lost or land before the kept tail."""
-    try:
-        fd = os.open(console, os.O_RDWR | os.O_APPEND)  # never created here
-    except OSError:
-        return False
-    try:
-        size = os.fstat(fd).st_size
-        if size <= cap:
-            return False
-        kept = os.pread(fd, keep, size - keep)
-        os.ftruncate(fd, 0)
-        os.write(fd, CONSOLE_CUT_MARK + kept[kept.find(b"\n") + 1 :])
-        return True
-    except OSError:
-        return False
-    finally:
-        os.close(fd)
 
 
 def _qemu_name(pid: int) -> str:
