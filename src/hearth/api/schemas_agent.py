@@ -22,10 +22,12 @@ class AgentUpdateIn(RequestModel):
 class AgentUpdateOut(WireModel):
     """How a VM's update ended: ``updated``; ``rolled_back`` (the new version did not answer
     healthy within the deadline, so the VM went back to the previous one; ``error`` says why);
-    ``current`` (it already ran that version); ``failed`` (refused before it began)."""
+    ``current`` (it already ran that version); ``failed`` (refused before it began);
+    ``interrupted`` (the VM was destroyed, paused or hibernated during the update, so the new
+    version was not judged there; ``error`` says which, and no ``agent.update_failed`` is told)."""
 
     vm_id: str
-    status: Literal["updated", "rolled_back", "current", "failed"]
+    status: Literal["updated", "rolled_back", "current", "failed", "interrupted"]
     from_version: str | None
     to_version: str
     started_at: datetime
@@ -48,12 +50,22 @@ class RolloutIn(RequestModel):
 
 
 class RolloutVm(WireModel):
-    """One VM of a rollout: ``pending``, ``updating``, how its update ended, or ``skipped``
-    (when its turn came it was gone or no longer ready: destroyed, paused, hibernated; ``error``
-    says which). A skipped VM does not keep the version from the images."""
+    """One VM of a rollout: ``pending``, ``updating``, how its update ended (``interrupted``:
+    destroyed, paused or hibernated during it), or ``skipped`` (when its turn came it was gone or
+    no longer ready: destroyed, paused, hibernated; ``error`` says which). A skipped or
+    interrupted VM neither keeps the version from the images nor vouches for it."""
 
     vm_id: str
-    status: Literal["pending", "updating", "updated", "rolled_back", "current", "failed", "skipped"]
+    status: Literal[
+        "pending",
+        "updating",
+        "updated",
+        "rolled_back",
+        "current",
+        "failed",
+        "skipped",
+        "interrupted",
+    ]
     started_at: datetime | None = None
     ended_at: datetime | None = None
     error: str | None = None
@@ -72,13 +84,14 @@ class RolloutOut(WireModel):
     max_concurrent: int = Field(description="the most VMs that were updating at once")
     vms: list[RolloutVm]
     images_changed: list[str] = Field(
-        description="once every VM took the version: the images written with it (new VMs "
-        "carry it; their restore templates are rebuilt)"
+        description="once every VM that tried the version took it, and at least one runs it: "
+        "the images written with it (new VMs carry it; their restore templates are rebuilt)"
     )
     pool_recycled: int = Field(description="pooled VMs replaced by ones on the new images")
     images_error: str | None = Field(
-        description="why the images were left as they were (a VM did not take the version: "
-        "rolled back or refused; a skipped VM does not count)"
+        description="why the images were left as they were: a VM did not take the version "
+        "(rolled back or refused; a skipped or interrupted VM does not count), or no VM ran it "
+        "healthy (every VM skipped or interrupted, or none to update: the version is untested)"
     )
 
     @classmethod

@@ -13,10 +13,11 @@ terminal asked for then is refused with 409 naming the update). The VM is claime
 first await, so two updates asked for at once cannot both push. A rollout updates every ready
 VM whose agent differs from the bundle, at most ``maxUnavailable`` at once, one rollout at a
 time (claimed under a lock before the VMs are listed); a VM destroyed, paused or hibernated
-before its turn is ``skipped``; once all the others took it,
-the bundle is written into the node's images (their restore templates rebuilt in the
-background, ``hearth.control.templates``) and
-the warm pool's VMs are replaced, so new VMs carry it too.
+before its turn is ``skipped``, and during its update ``interrupted`` (the build was not
+judged there: neither counts against it). Once at least one VM runs the build healthy and none
+of the others refused it or went back from it, the bundle is written into the node's images
+(their restore templates rebuilt in the background, ``hearth.control.templates``) and the warm
+pool's VMs are replaced, so new VMs carry it too; a build no VM ran is not.
 """
 
 from __future__ import annotations
@@ -51,9 +52,24 @@ RESTART_GRACE_S = 30.0
 PROBE_EVERY_S = 0.25
 _RUNNING = (RunStatus.STARTING, RunStatus.RUNNING)
 # ``skipped``: a rollout's VM that was gone (destroyed) or no longer ready (paused, hibernated,
-# stopping) when its turn came; it did not try the build, so it does not keep it from the images.
-Outcome = Literal["updated", "rolled_back", "current", "failed", "skipped"]
+# stopping) when its turn came; ``interrupted``: a VM ended so during its update, before the
+# build was judged there. Neither tried the build to its end, so neither keeps it from the
+# images, and neither vouches for it.
+Outcome = Literal["updated", "rolled_back", "current", "failed", "skipped", "interrupted"]
 _NOT_TAKEN = ("rolled_back", "failed")
+# Runs the build healthy: updated now, or (``current``) since an update or a boot before its turn.
+_TAKEN = ("updated", "current")
+# What a VM's row shows once its owner, its lifetime or an idle rule ended it, or is ending it
+# (no longer a ready VM whose agent can be judged), and what ended it. A VM that failed (its VMM
+# died) is not here: that may be the build's doing.
+_ENDED = {
+    VmState.PAUSED: "paused",
+    VmState.HIBERNATING: "hibernated",
+    VmState.HIBERNATED: "hibernated",
+    VmState.BOOTING: "hibernated",  # and woken again since
+    VmState.STOPPING: "destroyed",
+    VmState.DESTROYED: "destroyed",
+}
 
 
 @dataclass
@@ -200,8 +216,7 @@ class AgentUpdates:
             from_version=old,
             to_version=new,
         )
-        status: Outcome = "rolled_back"
-        error: str | None
+        outcome: tuple[Outcome, str] | None  # None: updated
         try:
             await agent.update_agent(
                 self.bundle.data,
@@ -213,17 +228,25 @@ class AgentUpdates:
                 timeout_s=60.0,
             )
         except HearthError as exc:
-            status, error = "failed", f"the agent refused the update: {exc.message}"
+            refused = f"the agent refused the update: {exc.message}"
+            outcome = await self._unjudged(record.id, "failed", refused)
         else:
-            error = await self._wait_for(record.id, old, new, agent)
+            outcome = await self._wait_for(record.id, old, new, agent)
         ended = datetime.now(UTC)
-        if error is None:
+        if outcome is None:
             updated = await self.store.vms.update(record.id, agent_version=new)
             _log.info("agent_updated", vm_id=record.id, from_version=old, to_version=new)
             await self.vms.announce(
                 EventType.AGENT_UPDATED, updated, fromVersion=old, toVersion=new
             )
             return UpdateResult(record.id, "updated", old, new, started, ended)
+        status, error = outcome
+        if status == "interrupted":
+            # Its owner (or its lifetime) ended the VM: nothing to tell about the build.
+            _log.info(
+                "agent_update_interrupted", vm_id=record.id, to_version=new, error=error[:300]
+            )
+            return UpdateResult(record.id, status, old, new, started, ended, error)
         _log.warning("agent_update_failed", vm_id=record.id, to_version=new, error=error[:300])
         await self.vms.announce(
             EventType.AGENT_UPDATE_FAILED, record, fromVersion=old, toVersion=new, error=error
@@ -232,16 +255,18 @@ class AgentUpdates:
 
     async def _wait_for(
         self, vm_id: str, old: str | None, new: str, agent: AgentClient
-    ) -> str | None:
-        """None once ``new`` answers and the VM's guard has called the update good; the reason
-        once ``old`` answers again past the VM's own deadline (its guard put it back), or once
-        nothing answered in time."""
+    ) -> tuple[Outcome, str] | None:
+        """None once ``new`` answers and the VM's guard has called the update good;
+        ``rolled_back`` and the reason once ``old`` answers again past the VM's own deadline
+        (its guard put it back), or once nothing answered in time; ``interrupted`` when the
+        VM was ended meanwhile (``_unjudged``)."""
         began = time.monotonic()
         last = "no answer yet"
         while time.monotonic() - began < self.deadline_s + RESTART_GRACE_S:
             vm = self.vms.live.get(vm_id)
             if vm is None:
-                return "the VM stopped during the update"
+                stopped = "the VM stopped during the update"
+                return await self._unjudged(vm_id, "rolled_back", stopped)
             try:
                 version = await self.vms.node.probe_agent(vm, timeout_s=2.0)
             except HearthError as exc:
@@ -251,11 +276,24 @@ class AgentUpdates:
                     return None
                 last = f"the agent answers version {version}"
                 if version == old and time.monotonic() - began > self.deadline_s:
-                    return await self._reason(agent, last)
+                    return "rolled_back", await self._reason(agent, last)
             await asyncio.sleep(PROBE_EVERY_S)
-        return (
-            f"version {new} did not answer within {self.deadline_s + RESTART_GRACE_S:g} s: {last}"
-        )
+        late = f"version {new} did not answer within {self.deadline_s + RESTART_GRACE_S:g} s"
+        return await self._unjudged(vm_id, "rolled_back", f"{late}: {last}")
+
+    async def _unjudged(self, vm_id: str, status: Outcome, error: str) -> tuple[Outcome, str]:
+        """``status`` and ``error`` for an update whose push or wait went wrong, unless the VM
+        was ended under it (destroyed, paused, hibernated: ``_ENDED``), which explains that
+        better than the build does: then ``interrupted``, which does not count against it."""
+        try:
+            record = await self.store.vms.get(vm_id)
+        except NotFound:
+            return "interrupted", f"the VM is gone, so the update was not judged ({error})"
+        ended = _ENDED.get(record.status)
+        if ended is None:
+            return status, error
+        judged = f"the VM was {ended} during its update, so the build was not judged there"
+        return "interrupted", f"{judged} ({error})"
 
     async def _verdict(self, agent: AgentClient) -> bool | None:
         """The VM guard's verdict on the update: True, False, or None while it watches."""
@@ -347,14 +385,27 @@ class AgentUpdates:
         return UpdateResult(vm_id, "skipped", version, rollout.version, started, ended, reason)
 
     async def _carry_into_images(self, rollout: Rollout) -> None:
-        """Every VM took the bundle: write it into the node's images too, so that new VMs (from
-        templates rebuilt on them) carry it, and replace the pooled VMs, which run the old
-        one. A rollout with a VM that did not take it (rolled back, or refused) leaves the
-        images alone; a VM skipped (gone or not ready at its turn) does not count."""
-        failed = [r.vm_id for r in rollout.results.values() if r.status in _NOT_TAKEN]
+        """Every VM that tried the bundle took it: write it into the node's images too, so that
+        new VMs (from templates rebuilt on them) carry it, and replace the pooled VMs, which run
+        the old one. A rollout with a VM that did not take it (rolled back, or refused) leaves
+        the images alone; a VM skipped or interrupted (ended before or during its update) does
+        not count either way, and a rollout in which no VM ran the bundle healthy leaves the
+        images alone too: nothing vouches for it (``hearth image install-agent`` installs it
+        regardless)."""
+        results = rollout.results.values()
+        failed = [r.vm_id for r in results if r.status in _NOT_TAKEN]
         if failed:
             rollout.images_error = f"{len(failed)} VM(s) did not take version {rollout.version}"
             _log.warning("agent_rollout_images_left", rollout_id=rollout.id, failed=failed)
+            return
+        if not any(r.status in _TAKEN for r in results):
+            unjudged = [r.vm_id for r in results]
+            why = f"{len(unjudged)} skipped or interrupted" if unjudged else "none to update"
+            rollout.images_error = (
+                f"no VM ran version {rollout.version} healthy ({why}), so it was not installed "
+                "into the images; `hearth image install-agent IMAGE` installs it regardless"
+            )
+            _log.warning("agent_rollout_images_untested", rollout_id=rollout.id, vms=unjudged)
             return
         try:
             rollout.images_changed = await self.vms.node.install_agent(self.bundle)
