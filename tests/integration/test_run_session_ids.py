@@ -13,7 +13,7 @@ import pytest
 
 from hearth.runs.states import RunStatus
 from hearth.store import Store
-from tests.integration.run_lines import answer_lines
+from tests.integration.run_lines import answer_lines, capture
 from tests.integration.store_fixtures import *  # noqa: F403
 from tests.integration.test_run_pump_store import AgentExec, pump, running_run, told
 
@@ -60,3 +60,23 @@ async def test_a_run_keeps_the_session_id_the_cli_prints(store: Store) -> None:
     ended = await store.runs.get(run.id)
     assert (ended.status, ended.session_id) == (RunStatus.COMPLETED, "s-1.a_B")
     assert (await told(store, run.id))[-1][1]["sessionId"] == "s-1.a_B"
+
+
+async def test_a_failure_the_cli_words_with_control_characters_is_stored_without_them(
+    store: Store,
+) -> None:
+    # The message is the CLI's own words: a NUL in them failed the run's row on PostgreSQL.
+    chunks = []
+    for line in capture("claude_code", "rate_limited").lines:
+        event = json.loads(line)
+        if event.get("type") == "result":
+            event["result"] = "You've hit your\x00 5-hour\x07 limit\x1b[31m · resets 2am"
+        chunks.append(json.dumps(event) + "\n")
+    run = await running_run(store)
+    await (await pump(store, run.id, AgentExec(chunks))).run_to_end()
+    ended = await store.runs.get(run.id)
+    assert (ended.status, ended.failure_code) == (RunStatus.FAILED, "rate_limited")
+    assert ended.error_message is not None
+    assert "You've hit your 5-hour limit · resets 2am" in ended.error_message
+    kind, data = (await told(store, run.id))[-1]
+    assert (kind, data["message"]) == ("run.failed", ended.error_message)

@@ -172,9 +172,14 @@ def readable(text: str) -> str:
     return f"API error {said}: {error['message']}" if said else f"API error: {error['message']}"
 
 
+# C0 controls but the whitespace ``split`` folds, and DEL (after the colours are taken out).
+_CONTROL = re.compile(r"[\x00-\x08\x0e-\x1f\x7f]")
+
+
 def scrub(text: str, *, limit: int = MESSAGE_MAX_CHARS) -> str:
-    """``text`` fit for a stored, client-visible message: no secrets, no colours, one line."""
-    text = _ANSI.sub("", text)
+    """``text`` fit for a stored, client-visible message: no secrets, no colours, no control
+    characters (PostgreSQL's text holds no NUL: the run's row would not be written), one line."""
+    text = _CONTROL.sub(" ", _ANSI.sub("", text))
     text = _URL_QUERY.sub(r"\1?[redacted]", text)
     text = _BEARER.sub(r"\1 [redacted]", text)
     text = _SECRET_FIELD.sub(r"\1\2[redacted]", text)
