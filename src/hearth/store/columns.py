@@ -38,6 +38,19 @@ class UtcDateTime(TypeDecorator[datetime]):
         return value.astimezone(UTC)
 
 
+class MessageText(TypeDecorator[str]):
+    """Text that may carry words from outside Hearth's control (a guest's console, an agent's or
+    a CLI's answer, a receiver's error): a NUL, which PostgreSQL's text cannot hold (the whole
+    row's write failed), is kept as U+FFFD on every backend."""
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value: str | None, dialect: Dialect) -> str | None:
+        """The text with each NUL replaced."""
+        return None if value is None else value.replace("\x00", "\ufffd")
+
+
 class PathText(TypeDecorator[Path]):
     """A filesystem path kept as text."""
 

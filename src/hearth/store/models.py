@@ -27,7 +27,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from hearth.auth.states import TERMINAL, AuthStatus
 from hearth.events.types import DeliveryStatus
 from hearth.runs.states import RunStatus
-from hearth.store.columns import PathText, UtcDateTime, str_enum
+from hearth.store.columns import MessageText, PathText, UtcDateTime, str_enum
 from hearth.store.records import CredentialSource
 from hearth.vm.types import BootMode, LifetimeAction, VmState, VmType
 from hearth_agent.wire import Provider
@@ -117,7 +117,7 @@ class VmRow(Base):
     ready_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     destroyed_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
-    error: Mapped[str | None] = mapped_column(Text())
+    error: Mapped[str | None] = mapped_column(MessageText())
     pooled: Mapped[bool] = mapped_column(Boolean(), server_default=false())
     agent_version: Mapped[str | None] = mapped_column(String(32))
     # Lifetimes (hearth.control.lifetimes): the limits, what each does, and the running time
@@ -167,7 +167,7 @@ class AuthSessionRow(Base):
     browser_vm_id: Mapped[str | None] = mapped_column(String(ID_MAX))
     login_url: Mapped[str | None] = mapped_column(Text())
     view_token_hash: Mapped[str | None] = mapped_column(String(64))
-    error_message: Mapped[str | None] = mapped_column(Text())
+    error_message: Mapped[str | None] = mapped_column(MessageText())
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
     completed_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
@@ -235,7 +235,7 @@ class RunRow(Base):
     exit_code: Mapped[int | None]
     exit_signal: Mapped[int | None]
     failure_code: Mapped[str | None] = mapped_column(String(32))
-    error_message: Mapped[str | None] = mapped_column(Text())
+    error_message: Mapped[str | None] = mapped_column(MessageText())
     cancel_requested: Mapped[bool] = mapped_column(Boolean(), server_default=false())
     timeout_s: Mapped[int]
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
@@ -339,7 +339,7 @@ class WebhookDeliveryRow(Base):
     next_attempt_at: Mapped[datetime] = mapped_column(UtcDateTime())
     give_up_at: Mapped[datetime] = mapped_column(UtcDateTime())
     last_status_code: Mapped[int | None]
-    last_error: Mapped[str | None] = mapped_column(Text())
+    last_error: Mapped[str | None] = mapped_column(MessageText())
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
@@ -353,7 +353,7 @@ class WebhookAttemptRow(Base):
     n: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
     at: Mapped[datetime] = mapped_column(UtcDateTime())
     status_code: Mapped[int | None]
-    error: Mapped[str | None] = mapped_column(Text())
+    error: Mapped[str | None] = mapped_column(MessageText())
     duration_ms: Mapped[int]
 
 
