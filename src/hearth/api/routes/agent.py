@@ -18,7 +18,8 @@ async def update_agent(
 ) -> AgentUpdateOut:
     """Push the controller's agent build into a ready VM and wait until it answers healthy on
     it (``updated``), or until the VM has put the previous version back (``rolled_back``,
-    ``agent.update_failed``). 409 while a login or run is in progress there, unless ``force``."""
+    ``agent.update_failed``); ``interrupted`` when the VM was destroyed, paused or hibernated
+    under it. 409 while a login or run is in progress there, unless ``force``."""
     force = body is not None and body.force
     result = await ctl.agent_updates.update(vm_id, user_id=scope_of(key), force=force)
     return AgentUpdateOut.of(result)

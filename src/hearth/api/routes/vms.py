@@ -163,7 +163,8 @@ async def hibernate_vm(vm_id: str, key: Key, ctl: Ctl) -> VmOut:
 async def resume_vm(vm_id: str, key: Key, ctl: Ctl) -> VmOut:
     """Resume a paused VM, or wake a hibernated one (with its token, files, processes and
     credentials; its clock set to the host's). A hibernated VM whose saved state is missing or
-    corrupt becomes ``failed`` with that reason (500 ``saved_state_corrupt``)."""
+    corrupt becomes ``failed`` with that reason (500 ``saved_state_corrupt``); a wake that would
+    take its user past their disk quota is 409 ``quota_exceeded`` (it stays hibernated)."""
     return _out(ctl, await ctl.vms.resume(vm_id, user_id=scope_of(key)))
 
 
