@@ -37,7 +37,8 @@ def reseed_kernel(entropy: bytes, *, device: Path = RANDOM_DEVICE) -> int:
         raise ReseedFailed(f"at least {MIN_RESEED_BYTES} bytes of entropy are needed to reseed")
     bits = len(entropy) * 8
     # struct rand_pool_info { int entropy_count; int buf_size; __u32 buf[]; }
-    request = struct.pack("ii", bits, len(entropy)) + entropy
+    # A mutable buffer: ``fcntl.ioctl`` refuses an immutable one past 1024 bytes (ValueError).
+    request = bytearray(struct.pack("ii", bits, len(entropy)) + entropy)
     try:
         fd = os.open(device, os.O_WRONLY)
     except OSError as exc:

@@ -214,5 +214,17 @@ def test_reseed_needs_at_least_32_bytes(tmp_path: Path) -> None:
         reseed_kernel(os.urandom(31), device=tmp_path / "unused")
 
 
+def test_the_largest_entropy_a_claim_takes_reaches_the_kernel(tmp_path: Path) -> None:
+    # Past 1016 bytes CPython refused the ioctl's immutable argument (ValueError): a claim the
+    # parser accepted (up to 4096) crashed the agent's /init into a 500. A regular file stands
+    # for the device: the kernel itself is reached, and refuses it as no random device.
+    largest = parse_claim({"token": "t" * 43, "entropy": _b64(os.urandom(4096))}).entropy
+    assert largest is not None
+    device = tmp_path / "not-a-random-device"
+    device.write_bytes(b"")
+    with pytest.raises(ReseedFailed, match="RNDADDENTROPY"):
+        reseed_kernel(largest, device=device)
+
+
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
