@@ -19,8 +19,11 @@ While the shell does not read its input, what the page sends waits in the contro
 (backpressure: nothing is dropped for want of room). A piece the shell has refused for about
 20 s is dropped, and the page is told how many bytes were lost.
 
-Whatever ends the relay (the page closing, the shell exiting, the controller stopping), the exec
-is killed: the agent ends its whole session, so nothing the terminal started runs on.
+Whatever ends the relay (the page closing, the shell exiting, the controller stopping, the key
+that asked for the link revoked), the exec is killed: the agent ends its whole session, so
+nothing the terminal started runs on. Why it ended is told to the page only after the kill, so a
+page that does not read cannot hold its shell open. A page is taken for gone once a send to it
+fails for want of room (``TerminalPeer``: it took nothing for a while): the relay ends there.
 """
 
 from __future__ import annotations
@@ -68,6 +71,12 @@ KEY_RECHECK_S = 1.0
 _log = get_logger("control.terminals")
 # What a page is told when its terminal ends (or does not start) because the controller stops.
 _STOPPING = {"type": "error", "code": "stopping", "message": "the controller is stopping"}
+# What a page is told when its terminal ends because the key that asked for its link was revoked.
+_REVOKED = {
+    "type": "error",
+    "code": "unauthorized",
+    "message": "the API key that asked for this terminal was revoked",
+}
 
 
 @dataclass(frozen=True)
@@ -125,7 +134,9 @@ class _Pending:
 
 
 class TerminalPeer(Protocol):
-    """The page's end of a terminal (a WebSocket, in the API)."""
+    """The page's end of a terminal (a WebSocket, in the API). A send raises TimeoutError once
+    the page has taken nothing for a while (it is gone, and stays so); the service then ends
+    the terminal."""
 
     async def receive(self) -> bytes | Resize | None:
         """The next input bytes or size change; None once the page has gone."""
@@ -134,7 +145,7 @@ class TerminalPeer(Protocol):
         """Bytes the terminal printed."""
 
     async def send_status(self, message: dict[str, Any]) -> None:
-        """A status message: ``ready`` or ``exit``."""
+        """A status message: ``ready``, ``exit`` or ``error``."""
 
 
 class TerminalService:
@@ -219,10 +230,11 @@ class TerminalService:
         revoked: KeyRevoked | None = None,
     ) -> None:
         """Start the shell and relay until the page or the shell ends (or ``close``, or the
-        grant's key is ``revoked``: looked at every ``KEY_RECHECK_S``); then kill the exec.
-        Once ``close`` has begun none starts: the page is told the controller is stopping."""
+        grant's key is ``revoked``: looked at every ``KEY_RECHECK_S``); then kill the exec, and
+        only then tell the page why it ended. Once ``close`` has begun none starts: the page is
+        told the controller is stopping."""
         if revoked is not None and grant.key_id is not None and await revoked(grant.key_id):
-            raise Unauthorized("the API key that asked for this terminal was revoked")
+            raise Unauthorized(_REVOKED["message"])
         request = ExecRequest(
             cmd=list(SHELL),
             env=SHELL_ENV,
@@ -230,21 +242,24 @@ class TerminalService:
             timeout_s=self.shell_timeout_s,  # not a command's: a shell is worked in for hours
         )
         if self._stopping.is_set():  # a link claimed just before ``close``: no shell starts
-            await peer.send_status(_STOPPING)
+            await _sent(peer.send_status(_STOPPING))
             return
         ended = asyncio.Event()
         self._open.add(ended)  # from here ``close`` waits for it, its shell's start too
+        why: dict[str, Any] | None = None
         try:
             started = await self.execs.start(grant.vm_id, grant.user_id, request)
             exec_id = str(started["execId"])
             _log.info("terminal_started", terminal_id=grant.terminal_id, exec_id=exec_id)
             try:
-                await self._relay(grant, exec_id, peer, revoked)
+                why = await self._relay(grant, exec_id, peer, revoked)
             finally:
                 await self._kill(grant, exec_id)
         finally:
             self._open.discard(ended)
             ended.set()
+        if why is not None:
+            await _sent(peer.send_status(why))
 
     async def close(self) -> None:
         """End every terminal still open and wait (bounded) until each has killed its exec;
@@ -263,11 +278,15 @@ class TerminalService:
 
     async def _relay(
         self, grant: TerminalGrant, exec_id: str, peer: TerminalPeer, revoked: KeyRevoked | None
-    ) -> None:
-        await peer.send_status({"type": "ready"})
+    ) -> dict[str, Any] | None:
+        """Relay until the terminal ends; what the page is to be told once its shell is killed
+        (None: nothing more)."""
+        if not await _sent(peer.send_status({"type": "ready"})):
+            return None
+        key_revoked = asyncio.Event()
         watching = []
         if revoked is not None and grant.key_id is not None:
-            watching.append(_until_revoked(grant.key_id, revoked, peer))
+            watching.append(_until_revoked(grant.key_id, revoked, key_revoked))
         await _first_done(
             self._to_peer(grant, exec_id, peer),
             self._from_peer(grant, exec_id, peer),
@@ -275,7 +294,8 @@ class TerminalService:
             *watching,
         )
         if self._stopping.is_set():
-            await peer.send_status(_STOPPING)
+            return _STOPPING
+        return _REVOKED if key_revoked.is_set() else None
 
     async def _to_peer(self, grant: TerminalGrant, exec_id: str, peer: TerminalPeer) -> None:
         last, breaks = 0, 0  # breaks in a row: an event in between starts the count again
@@ -286,9 +306,11 @@ class TerminalService:
                 async for event in self.execs.follow(grant.vm_id, exec_id, after=last):
                     last, breaks = event.id, 0
                     if event.type == "exit":
-                        await peer.send_status({"type": "exit", **event.data})
+                        await _sent(peer.send_status({"type": "exit", **event.data}))
                         return
-                    await peer.send_output(_output_bytes(event.data))
+                    if not await _sent(peer.send_output(_output_bytes(event.data))):
+                        _log.info("terminal_page_stalled", terminal_id=grant.terminal_id)
+                        return  # the page has gone: the terminal ends
             except StreamSlept:
                 continue  # the VM slept, and runs again: read on, no break counted
             except AgentError:
@@ -315,8 +337,9 @@ class TerminalService:
                     _log.info(
                         "terminal_input_dropped", terminal_id=grant.terminal_id, code=exc.code
                     )
-                    if isinstance(item, bytes) and _backlog_full(exc):
-                        await peer.send_status(_input_lost(len(item)))
+                    lost = len(item) if isinstance(item, bytes) and _backlog_full(exc) else 0
+                    if lost and not await _sent(peer.send_status(_input_lost(lost))):
+                        return  # the page has gone: the terminal ends
 
         await _first_done(read(), write())
 
@@ -454,10 +477,19 @@ def _output_bytes(data: dict[str, Any]) -> bytes:
     return base64.b64decode(chunk) if data.get("encoding") == "base64" else chunk.encode()
 
 
-async def _until_revoked(key_id: str, revoked: KeyRevoked, peer: TerminalPeer) -> None:
-    """Return once the key ``key_id`` is revoked (looked at every ``KEY_RECHECK_S``), having
-    told the page why its terminal ends."""
+async def _sent(sending: Awaitable[None]) -> bool:
+    """Whether the page took a message: False once it is gone for want of room (TimeoutError,
+    ``TerminalPeer``)."""
+    try:
+        await sending
+    except TimeoutError:
+        return False
+    return True
+
+
+async def _until_revoked(key_id: str, revoked: KeyRevoked, key_revoked: asyncio.Event) -> None:
+    """Return once the key ``key_id`` is revoked (looked at every ``KEY_RECHECK_S``), having set
+    ``key_revoked``. The page is told after the kill: a send may wait while it does not read."""
     while not await revoked(key_id):
         await asyncio.sleep(KEY_RECHECK_S)
-    message = "the API key that asked for this terminal was revoked"
-    await peer.send_status({"type": "error", "code": "unauthorized", "message": message})
+    key_revoked.set()

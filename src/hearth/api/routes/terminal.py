@@ -17,9 +17,18 @@ into the writes the agent takes, rather than closing with 1009, because xterm.js
 paste as one frame. While the shell does not read, the socket is not read once the service holds
 ``INPUT_QUEUE_BYTES`` of the page's input (backpressure).
 
+A text frame is JSON of at most ``MAX_TEXT_CHARS``, looked at before it is parsed: the first
+one comes before any token is checked. A first message that is not such a frame, or not an
+``open`` with a token, is refused as a wrong token is.
+
 A refusal sends ``{"type": "error", "code", "message"}`` and closes with code 4000 + the HTTP
 status the same refusal has elsewhere: 4401 for a link unknown, used, expired or with a wrong
-token; 4404 for a VM gone; 4409 for a VM not ready or not a CLI VM; 4429 past the per-VM cap.
+token, or a first message that is no opening; 4404 for a VM gone; 4409 for a VM not ready or not
+a CLI VM; 4429 past the per-VM cap.
+
+Every write to the page waits at most ``PAGE_WRITE_TIMEOUT_S`` (uvicorn's send waits while the
+page does not read): a page that took nothing for that long is gone, its terminal ends (the
+shell killed) and the socket is left to the server to close.
 """
 
 from __future__ import annotations
@@ -46,6 +55,12 @@ router = APIRouter(tags=["terminal"])
 _log = get_logger("api.terminal")
 OPEN_TIMEOUT_S = 10.0
 MAX_TOKEN_CHARS = 128
+# A text frame (an opening, a size change) holds a few dozen characters; a longer one is not
+# parsed: anyone may send the first one, and json.loads on uvicorn's 16 MiB holds the loop.
+MAX_TEXT_CHARS = 4096
+# How long a write to the page may wait for it to read what was sent before; past it, it is gone.
+PAGE_WRITE_TIMEOUT_S = 30.0
+_OPENING = 'the first message must be {"type": "open", "token", "cols", "rows"}'
 PAGE_HEADERS = {
     "Cache-Control": "no-store",
     "Referrer-Policy": "no-referrer",
@@ -88,11 +103,13 @@ async def terminal_page(terminal_id: str, request: Request) -> FileResponse:
 
 
 class _SocketPeer:
-    """The page's WebSocket as ``TerminalService`` sees it."""
+    """The page's WebSocket as ``TerminalService`` sees it. Each write waits at most
+    ``PAGE_WRITE_TIMEOUT_S``; past it the page is gone and every write raises TimeoutError."""
 
     def __init__(self, websocket: WebSocket) -> None:
         self._websocket = websocket
         self.gone = False
+        self._stalled = False
 
     async def receive(self) -> bytes | Resize | None:
         while not self.gone:
@@ -109,22 +126,45 @@ class _SocketPeer:
                     return Resize.of(control)
                 raise InvalidInput(f"unknown message type {str(control.get('type'))[:40]!r}")
             except InvalidInput as exc:
-                await self.send_status({"type": "error", "code": exc.code, "message": exc.message})
+                with contextlib.suppress(TimeoutError):  # gone: the loop ends
+                    await self.send_status(
+                        {"type": "error", "code": exc.code, "message": exc.message}
+                    )
         return None
 
     async def send_output(self, data: bytes) -> None:
-        with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
-            await self._websocket.send_bytes(data)
+        await self._send({"type": "websocket.send", "bytes": data})
 
     async def send_status(self, message: dict[str, Any]) -> None:
-        with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
-            await self._websocket.send_text(json.dumps(message, separators=(",", ":")))
+        text = json.dumps(message, separators=(",", ":"))
+        await self._send({"type": "websocket.send", "text": text})
+
+    async def close(self, code: int, reason: str = "") -> None:
+        """Close the socket, unless the page is gone."""
+        if not self.gone:
+            with contextlib.suppress(TimeoutError):
+                await self._send({"type": "websocket.close", "code": code, "reason": reason})
+
+    async def _send(self, message: dict[str, Any]) -> None:
+        if self._stalled:
+            raise TimeoutError
+        try:
+            async with asyncio.timeout(PAGE_WRITE_TIMEOUT_S):
+                await self._websocket.send(message)
+        except TimeoutError:
+            self.gone = self._stalled = True
+            raise
+        except (WebSocketDisconnect, RuntimeError, OSError):
+            pass  # the page has gone: ``receive`` says so
 
 
 def _control(text: str) -> dict[str, Any]:
+    """A text frame's JSON object; InvalidInput for anything else (a long one is not parsed)."""
+    if len(text) > MAX_TEXT_CHARS:
+        raise InvalidInput(f"a text message must be at most {MAX_TEXT_CHARS} characters")
     try:
         control = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested too deep
         control = None
     if not isinstance(control, dict):
         raise InvalidInput("a text message must be a JSON object with a 'type'")
@@ -140,10 +180,14 @@ async def _opening(websocket: WebSocket) -> tuple[str, Resize]:
         raise Unauthorized("the page did not present its token in time") from None
     if message["type"] == "websocket.disconnect":
         raise WebSocketDisconnect(message.get("code", 1000))
-    control = _control(message.get("text") or "")
+    text = message.get("text")
+    try:
+        control = _control(text if isinstance(text, str) else "")
+    except InvalidInput:
+        raise Unauthorized(_OPENING) from None
     token = control.get("token")
     if control.get("type") != "open" or not isinstance(token, str):
-        raise Unauthorized('the first message must be {"type": "open", "token", "cols", "rows"}')
+        raise Unauthorized(_OPENING)
     return token[:MAX_TOKEN_CHARS], Resize.of(control)
 
 
@@ -165,11 +209,8 @@ async def terminal_socket(websocket: WebSocket, terminal_id: str) -> None:
         return
     except HearthError as exc:
         _log.info("terminal_refused", terminal_id=terminal_id, code=exc.code)
-        await peer.send_status({"type": "error", "code": exc.code, "message": exc.message})
-        code, reason = websocket_close(exc)
-        with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
-            await websocket.close(code=code, reason=reason)
+        with contextlib.suppress(TimeoutError):
+            await peer.send_status({"type": "error", "code": exc.code, "message": exc.message})
+        await peer.close(*websocket_close(exc))
         return
-    if not peer.gone:
-        with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
-            await websocket.close(code=1000)
+    await peer.close(1000)
