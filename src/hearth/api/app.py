@@ -26,7 +26,6 @@ from hearth.api.routes import events, execs, files, keys, network, system, view,
 from hearth.api.routes import runs as run_routes
 from hearth.api.routes import terminal as terminal_routes
 from hearth.api.routes import workspaces as workspace_routes
-from hearth.api.routes.view import NOVNC_DIR
 from hearth.config import Settings
 from hearth.control.quotas import Quotas
 from hearth.metrics import HTTP_METHODS
@@ -147,8 +146,8 @@ def create_app(
     app.include_router(agent_routes.router)
     app.include_router(credential_routes.router)
     app.include_router(workspace_routes.router)
-    if NOVNC_DIR.is_dir():
-        app.mount("/novnc", StaticFiles(directory=NOVNC_DIR), name="novnc")
+    # noVNC's files, with the view's protective headers; the view link says how to install them.
+    app.mount("/novnc", view.novnc_files(), name="novnc")
     # The terminal page's files; xterm.js appears once installed (the page says how until then).
     app.mount("/static/terminal", StaticFiles(directory=PAGE_DIR), name="terminal-page")
     xterm = StaticFiles(directory=xterm_dir(settings.cache_dir), check_dir=False)

@@ -15,7 +15,13 @@ A socket that waits ends as soon as its client goes away.
 The screen is the user's only while the login awaits them: an open view reads the login's row
 every ``_WATCH_POLL_S`` and ends once it has moved on, closed with 4401 once the login has ended
 (its token is dead) or 4409 once its credentials are captured, each with the reason; a socket
-opened after that is closed the same way before it reaches the screen.
+opened after that is closed the same way before it reaches the screen, as is one whose token is
+wrong (4401): each is accepted first, so that the viewer gets the code and the reason (noVNC,
+still connecting, gives up on either and does not reconnect, as after a refused handshake).
+
+The link (``GET /view/{id}?token=``) and noVNC's files carry ``VIEW_HEADERS``: no page of another
+site may frame them (the user types their provider password there), no Referer carries the token
+on, nothing is cached. Until Debian's ``novnc`` is installed the link answers 503 naming it.
 """
 
 from __future__ import annotations
@@ -24,17 +30,24 @@ import asyncio
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 from fastapi import APIRouter, Query, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import RedirectResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException
+from starlette.responses import Response
+from starlette.types import Scope
 
 from hearth.api.context import Controller
 from hearth.api.errors import websocket_close
+from hearth.api.routes.terminal import PAGE_HEADERS
+from hearth.api.schemas import ERROR_RESPONSES, ERROR_STATUSES
 from hearth.auth import rfb
 from hearth.auth.flow import VNC_PORT
 from hearth.auth.states import BEFORE_LOGIN, TERMINAL, AuthStatus
-from hearth.errors import Conflict, NotFound, Unauthorized
+from hearth.errors import Conflict, NotFound, ToolMissing, Unauthorized
 from hearth.links import link_token_matches
 from hearth.logging import get_logger
 from hearth.store import AuthSessionRecord
@@ -48,6 +61,58 @@ _SHOWN_POLL_S = 0.2
 # How often an open view reads its login's row, to end once the login no longer awaits the user.
 _WATCH_POLL_S = 1.0
 _log = get_logger("api.view")
+# The terminal page's headers, with noVNC's own policy: its page loads its scripts, styles,
+# images, font, locale and bell from this host, draws the VM's cursor from a data: URL and opens
+# its WebSocket to this host; it sets styles through the DOM only, never inline.
+VIEW_HEADERS = {
+    **PAGE_HEADERS,
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; "
+    "connect-src 'self'; img-src 'self' data:; font-src 'self'; media-src 'self'; "
+    "base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+    # frame-ancestors' predecessor, for browsers that predate it.
+    "X-Frame-Options": "DENY",
+}
+_VIEW_RESPONSES: dict[int | str, dict[str, Any]] = {
+    302: {"description": "To noVNC's page (``/novnc/vnc.html``), connecting to this login's view"},
+    400: ERROR_RESPONSES[400],
+    401: {
+        **ERROR_RESPONSES[401],
+        "description": "The link is unknown, its token wrong, or its login has ended",
+    },
+    422: {**ERROR_RESPONSES[422], "description": f"{ERROR_STATUSES[422]} (the token)"},
+    503: {
+        **ERROR_RESPONSES[503],
+        "description": "noVNC is not installed on this host (tool_missing); the message names "
+        "the install step",
+    },
+}
+
+
+class _NoVncFiles(StaticFiles):
+    """noVNC's files, every answer with ``VIEW_HEADERS`` (a refusal too)."""
+
+    async def get_response(self, path: str, scope: Scope) -> Response:
+        try:
+            response = await super().get_response(path, scope)
+        except HTTPException as exc:
+            headers = {**(exc.headers or {}), **VIEW_HEADERS}
+            raise HTTPException(exc.status_code, exc.detail, headers=headers) from None
+        response.headers.update(VIEW_HEADERS)
+        return response
+
+
+def novnc_files() -> StaticFiles:
+    """What the app serves at ``/novnc``: noVNC's files once installed (404s until then)."""
+    return _NoVncFiles(directory=NOVNC_DIR, check_dir=False)
+
+
+def _require_novnc() -> None:
+    """ToolMissing (503) naming the install step unless noVNC's page is installed."""
+    if not (NOVNC_DIR / "vnc.html").is_file():
+        raise ToolMissing(
+            f"noVNC is not installed under {NOVNC_DIR}: install Debian's novnc package "
+            "(apt-get install novnc, as scripts/install.sh does)"
+        )
 
 
 class _ViewerSeats:
@@ -137,16 +202,25 @@ async def _until_moved_on(ctl: Controller, session_id: str, token: str) -> tuple
             return 1011, "the login could not be read"
 
 
-@router.get("/view/{session_id}", include_in_schema=False)
+@router.get(
+    "/view/{session_id}",
+    status_code=302,
+    response_class=RedirectResponse,
+    responses=_VIEW_RESPONSES,
+)
 async def view_page(
     session_id: str, request: Request, token: str = Query(min_length=8, max_length=128)
 ) -> RedirectResponse:
-    """Check the token, then open noVNC on this session's WebSocket."""
+    """A login's view link (``viewUrl``, no API key: its token gates it): noVNC's page on the
+    login's screen, while the login is in progress."""
     ctl: Controller = request.app.state.controller
     await _session_for(ctl, session_id, token)
+    _require_novnc()
     path = quote(f"view/{session_id}/websockify?token={token}", safe="")
     return RedirectResponse(
-        f"/novnc/vnc.html?autoconnect=1&resize=scale&reconnect=1&path={path}", status_code=302
+        f"/novnc/vnc.html?autoconnect=1&resize=scale&reconnect=1&path={path}",
+        status_code=302,
+        headers=VIEW_HEADERS,
     )
 
 
@@ -196,8 +270,9 @@ async def view_socket(websocket: WebSocket, session_id: str, token: str = "") ->
     try:
         try:
             record = await _session_for(ctl, session_id, token)
-        except Unauthorized:
-            await websocket.close(code=4401)
+        except Unauthorized as exc:
+            await _accept(websocket)  # accepted, so that the viewer is told why
+            await websocket.close(*websocket_close(exc))
             return
         with _SEATS.seat(session_id, limit) as seated:
             if not seated:
@@ -227,11 +302,12 @@ async def _relay(
         port = vm.ports[VNC_PORT]
         if vm.token is None:
             raise NotFound("the Browser VM is not claimed")
-    except Conflict as exc:
+    except (Conflict, Unauthorized) as exc:
         await _accept(websocket)  # accepted, so that the viewer is told why
         await websocket.close(*websocket_close(exc))
         return
-    except (Unauthorized, NotFound, KeyError):
+    except (NotFound, KeyError):
+        # No screen to reach (the Browser VM gone or without VNC): refused at the handshake.
         await websocket.close(code=4401)
         return
     await _accept(websocket)
