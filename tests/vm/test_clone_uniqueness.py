@@ -3,7 +3,9 @@
 Clones wake with their template's memory, the guest kernel's CRNG state included; the claim
 (``POST /init``) reseeds it with the host's entropy. These tests force the case the first issue
 met by chance: several clones of one template read ``getrandom`` right after their claim, and
-Chromium and a vendor CLI in two Browser VMs draw their own random values.
+Chromium and a vendor CLI in two Browser VMs draw their own random values, and Chromium's TLS
+(BoringSSL, whose per-thread generator a clone shares with its template unless it is drawn anew)
+sends its own ClientHello random and key share.
 """
 
 from __future__ import annotations
@@ -19,11 +21,13 @@ import pytest
 
 from hearth.bench.signin import CdpPage
 from hearth.images.manifest import ImageDir
+from hearth.network.client_hello import parse_client_hello
 from hearth.vm.types import BootMode, Vm, VmSpec
 from tests.vm.browser_fixtures import *  # noqa: F403
 from tests.vm.browser_fixtures import DEVTOOLS_RELAY_PORT
 from tests.vm.conftest import TrackingBackend
 from tests.vm.test_browser_vm import BROWSER_COLD_BOOT_DEADLINE_S, BROWSER_SPEC
+from tests.vm.test_exec import events_of
 from tests.vm.test_vendor_clis import agent_client
 
 pytestmark = [pytest.mark.slow, pytest.mark.vm]
@@ -134,3 +138,73 @@ async def test_a_vendor_login_in_two_browser_vms_asks_for_different_state_and_ch
     first, second = queries
     assert first["state"] != second["state"]
     assert first["code_challenge"] != second["code_challenge"]
+
+
+# Run in the guest: accept one TLS connection on loopback and print its first record in hex.
+CLIENT_HELLO_LISTENER = """
+import socket
+server = socket.create_server(("127.0.0.1", 8443))
+server.settimeout(240)
+print("listening", flush=True)
+conn, _ = server.accept()
+conn.settimeout(60)
+data = b""
+while len(data) < 5 or len(data) < 5 + int.from_bytes(data[3:5], "big"):
+    chunk = conn.recv(65536)
+    if not chunk:
+        break
+    data += chunk
+print(data.hex(), flush=True)
+"""
+KEY_SHARE = 51
+
+
+def random_parts(record: bytes) -> tuple[bytes, bytes, bytes]:
+    """A ClientHello record's random, legacy session id and key_share extension."""
+    body = record[5 + 4 :]  # the record's header, then the handshake's
+    parse_client_hello(body)  # a whole, well-formed ClientHello
+    random, at = body[2:34], 34
+    session_id = body[at + 1 : at + 1 + body[at]]
+    at += 1 + body[at]
+    at += 2 + int.from_bytes(body[at : at + 2], "big")  # cipher suites
+    at += 1 + body[at]  # compression methods
+    end, at = at + 2 + int.from_bytes(body[at : at + 2], "big"), at + 2
+    key_share = b""
+    while at < end:
+        kind, size = int.from_bytes(body[at : at + 2], "big"), int.from_bytes(body[at + 2 : at + 4])
+        if kind == KEY_SHARE:
+            key_share = body[at + 4 : at + 4 + size]
+        at += 4 + size
+    return random, session_id, key_share
+
+
+async def chromium_client_hello(vm: Vm) -> bytes:
+    """The first ClientHello Chromium sends in ``vm`` for a new tab's https page (on the guest's
+    loopback: no proxy, nothing leaves the VM)."""
+    async with agent_client(vm) as agent:
+        started = await agent.post("/exec", json={"cmd": ["python3", "-c", CLIENT_HELLO_LISTENER]})
+        assert started.status_code == 201, started.text
+        events_url = f"/exec/{started.json()['exec_id']}/events"
+        first = await events_of(agent, "GET", events_url, limit=1)
+        assert "listening" in json.dumps(first), first
+        port = vm.ports[DEVTOOLS_RELAY_PORT]
+        async with httpx.AsyncClient(timeout=60) as client:
+            await client.put(f"http://127.0.0.1:{port}/json/new?https://127.0.0.1:8443/")
+        events = await events_of(agent, "GET", events_url)
+    out = "".join(str(data.get("data", "")) for _, kind, data in events if kind == "stdout")
+    hex_line = out.split()[-1]
+    return bytes.fromhex(hex_line)
+
+
+async def test_two_browser_vms_from_one_template_send_their_own_tls_randoms(
+    browser_image: ImageDir, browser_backend: TrackingBackend
+) -> None:
+    vms = [await browser_backend.create(browser_image, BROWSER_SPEC) for _ in range(2)]
+    assert [vm.boot_mode for vm in vms] == [BootMode.RESTORE, BootMode.RESTORE]
+    hellos = [random_parts(await chromium_client_hello(vm)) for vm in vms]
+    print("ClientHello random, session id, key share:", [[p.hex()[:16] for p in h] for h in hellos])
+    first, second = hellos
+    assert all(len(part) >= 32 for part in first), first
+    assert first[0] != second[0], "the TLS random repeats across clones"
+    assert first[1] != second[1], "the TLS session id repeats across clones"
+    assert first[2] != second[2], "the TLS key share repeats across clones"
