@@ -12,9 +12,9 @@ survives controller restarts and host reboots: its files stay in the state dir.
 CLI VM) with its token, files, running processes and delivered credentials; its guest clock is
 set to the host's (an agent that answers it did not set it is logged as a warning: the VM wakes
 all the same). A wake that would take its user past their disk quota is refused as a create
-is (409 ``quota_exceeded``, ``_admit_disk``). A saved state that is missing or does not open
-fails the VM with that reason (its files kept aside for inspection); any other failure to wake
-leaves it hibernated. Both
+is (409 ``quota_exceeded``, ``DiskQuota.admit_wake``). A saved state that is missing or does
+not open fails the VM with that reason (its files kept aside for inspection); any other
+failure to wake leaves it hibernated. Both
 run in the VM's turn (``VmService.turns``): a destroy during a hibernation or a wake waits for
 it to end (the save is a task of its own, which a caller that gives up does not cut short), then
 destroys the VM.
@@ -30,14 +30,12 @@ from typing import TYPE_CHECKING
 
 from hearth.agent_client import AgentClient
 from hearth.control.agent_hooks import run_agent_hooks
-from hearth.control.disk_use import mib_rounded_up
 from hearth.control.lifetimes import running_fields
 from hearth.control.vm_keys import HeldKeys, VmKeys
 from hearth.errors import (
     Conflict,
     HearthError,
     NotSupported,
-    QuotaExceeded,
     SavedStateCorrupt,
     VmError,
 )
@@ -214,7 +212,11 @@ class Hibernation:
             error = SavedStateCorrupt(f"VM {vm_id}: the keys sealed in its row do not open")
             await self._fail(vm_id, error=error, workdir=record.workdir, was=VmState.HIBERNATED)
             raise error
-        await self._admit_disk(record)
+        # Nothing is changed when refused: the VM stays hibernated, its saved state kept.
+        saved = 0 if record.workdir is None else bytes_on_disk(state_path(record.workdir))
+        await vms.disk_quota.admit_wake(
+            record.user_id, record.id, saved_bytes=saved, workspaces=vms.workspaces
+        )
         spec = vms.spec_for(record.vm_type, record.vcpus, record.mem_mib)
         async with vms.admission:
             # It will hold host memory again.
@@ -275,27 +277,6 @@ class Hibernation:
             clock_offset_s=offset,
         )
         return woken
-
-    async def _admit_disk(self, record: VmRecord) -> None:
-        """QuotaExceeded (409, as a create gets) when ``record``'s user would be past their
-        disk quota with the VM woken: their workspace and their VMs' disks measured now, as a
-        create counts them, less the VM's saved state, which the wake reads in and drops (it
-        adds nothing else: its layer is on the node already). So a user already past it wakes
-        nothing, and one whose hibernation alone took them past it still can. Nothing is
-        changed: the VM stays hibernated, its saved state kept."""
-        vms, user_id = self.vms, record.user_id
-        quota = vms.disk_quota
-        workspace_mib = await vms.workspaces.counted_mib(user_id) if vms.workspaces else 0
-        saved = 0 if record.workdir is None else bytes_on_disk(state_path(record.workdir))
-        held_mib = mib_rounded_up(max(await quota.disk_use.held_now(user_id) - saved, 0))
-        total = workspace_mib + held_mib
-        if total > quota.limit_mib:
-            raise QuotaExceeded(
-                f"user {user_id} would use {total} MiB of disk with VM {record.id} woken "
-                f"(workspace {workspace_mib} MiB, their VMs' disks {held_mib} MiB, its saved "
-                f"state, dropped by the wake, not counted); the quota is {quota.limit_mib} MiB "
-                f"(HEARTH_USER_DISK_QUOTA_MIB). It stays hibernated: free disk first"
-            )
 
     async def _fail(
         self,

@@ -100,12 +100,30 @@ class DiskQuota:
         ``workspace_mib`` for their workspace (its full size, made yet or not; 0 when workspaces
         are off), what their active VMs hold on the node, measured now, and the new VM's own
         layer as it starts."""
-        await self.disk_use.refresh(user_id=user_id)
-        held = mib_rounded_up(await self.disk_use.store.vms.sum_active_disk_bytes(user_id))
+        held = mib_rounded_up(await self.disk_use.held_now(user_id))
         total = workspace_mib + held + NEW_VM_LAYER_MIB
         if total > self.limit_mib:
             raise QuotaExceeded(
                 f"user {user_id} would use {total} MiB of disk (workspace {workspace_mib} MiB, "
                 f"their VMs' disks {held} MiB, the new VM's own layer {NEW_VM_LAYER_MIB} MiB); "
                 f"the quota is {self.limit_mib} MiB (HEARTH_USER_DISK_QUOTA_MIB)"
+            )
+
+    async def admit_wake(
+        self, user_id: str, vm_id: str, *, saved_bytes: int, workspaces: Workspaces | None
+    ) -> None:
+        """QuotaExceeded (409, as a create gets) when ``user_id`` would be past the limit with
+        hibernated VM ``vm_id`` woken: their workspace and their VMs' disks measured now, as a
+        create counts them, less the VM's saved state (``saved_bytes``), which the wake reads in
+        and drops (it adds nothing else: its layer is on the node already). So a user already
+        past it wakes nothing, and one whose hibernation alone took them past it still can."""
+        workspace_mib = await workspaces.counted_mib(user_id) if workspaces else 0
+        held = mib_rounded_up(max(await self.disk_use.held_now(user_id) - saved_bytes, 0))
+        total = workspace_mib + held
+        if total > self.limit_mib:
+            raise QuotaExceeded(
+                f"user {user_id} would use {total} MiB of disk with VM {vm_id} woken "
+                f"(workspace {workspace_mib} MiB, their VMs' disks {held} MiB, its saved "
+                f"state, dropped by the wake, not counted); the quota is {self.limit_mib} MiB "
+                f"(HEARTH_USER_DISK_QUOTA_MIB). It stays hibernated: free disk first"
             )
