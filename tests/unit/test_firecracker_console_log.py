@@ -17,15 +17,14 @@ from pathlib import Path
 import pytest
 
 from hearth.vm.accel import Accel
-from hearth.vm.console_log import CONSOLE_CUT_MARK, CONSOLE_KEEP_BYTES
 from hearth.vm.firecracker.backend import FirecrackerBackend
 from hearth.vm.firecracker.process import FirecrackerProcess, VmRoot
 from hearth.vm.firecracker.records import VmFiles
 from hearth.vm.types import Vm, VmSpec
 from tests.processes import until_args_show
+from tests.unit.test_qemu_console_log import FLOOD_BYTES, cut_then_written_on
 
 VM_ID = "vm-c0501e"
-FLOOD_BYTES = 10 << 20  # past the cap
 
 # Floods its stdout (the console), then writes one line once the test says so (a file appears).
 _FIRECRACKER = """
@@ -91,21 +90,9 @@ async def flooded(tmp_path: Path) -> AsyncIterator[Flooded]:
 async def test_a_flooded_console_is_cut_to_its_tail_and_firecracker_writes_on_after_it(
     flooded: Flooded,
 ) -> None:
-    backend, vm, console = flooded.backend, flooded.vm, flooded.files.console
-    assert console.stat().st_size > FLOOD_BYTES // 2
-
-    assert backend.alive(vm)  # the VM monitor asks this every second
-
-    kept = console.stat().st_size
-    assert kept <= CONSOLE_KEEP_BYTES + len(CONSOLE_CUT_MARK) < FLOOD_BYTES // 8
-    flooded.say_after_the_cut()
-    log = console.read_bytes()
-    assert log.startswith(CONSOLE_CUT_MARK + b"flood ")
-    assert log.endswith(b"before the cut\nafter the cut\n")
-    assert len(log) == kept + len(b"after the cut\n")  # at the new end: no hole, no overwrite
-    assert backend.console_tail(vm, 2).splitlines() == ["before the cut", "after the cut"]
-    assert backend.alive(vm)
-    assert console.read_bytes() == log  # under the cap: left as it is
+    cut_then_written_on(
+        flooded.backend, flooded.vm, flooded.files.console, flooded.say_after_the_cut
+    )
 
 
 async def test_the_console_of_a_vm_that_is_not_running_is_left_as_it_is(

@@ -20,6 +20,7 @@ import pytest
 
 from hearth.images.manifest import ImageDir
 from hearth.vm.accel import Accel
+from hearth.vm.backend import VmBackend
 from hearth.vm.console_log import CONSOLE_CUT_MARK, CONSOLE_KEEP_BYTES
 from hearth.vm.firecracker.records import VmFiles
 from hearth.vm.qemu import host
@@ -180,14 +181,24 @@ def test_a_flooded_console_is_cut_to_its_tail_and_qemu_writes_on_after_it(
     backend: QemuBackend, flooded: Callable[..., Flooded]
 ) -> None:
     started = flooded("vm-1")
-    vm, console = started.vm, started.paths.console
+    cut_then_written_on(
+        backend, started.vm, started.paths.console, lambda: started.qemu.say("after the cut")
+    )
+
+
+def cut_then_written_on(
+    backend: VmBackend, vm: Vm, console: Path, say_after_the_cut: Callable[[], None]
+) -> None:
+    """The flooded ``console`` of running ``vm`` cut to its tail by ``backend.alive`` (as the
+    VM monitor asks every second), then written on at its new end by the VMM, once
+    ``say_after_the_cut`` has it write "after the cut"; a log under the cap left as it is."""
     assert console.stat().st_size > FLOOD_BYTES // 2
 
-    assert backend.alive(vm)  # the VM monitor asks this every second
+    assert backend.alive(vm)
 
     kept = console.stat().st_size
     assert kept <= CONSOLE_KEEP_BYTES + len(CONSOLE_CUT_MARK) < FLOOD_BYTES // 8
-    started.qemu.say("after the cut")
+    say_after_the_cut()
     log = console.read_bytes()
     assert log.startswith(CONSOLE_CUT_MARK + b"flood ")
     assert log.endswith(b"before the cut\nafter the cut\n")
