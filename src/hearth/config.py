@@ -7,7 +7,7 @@ import ipaddress
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlsplit
@@ -27,7 +27,61 @@ SQLITE_FILE_NAME = "hearth.db"
 MAX_TIMEOUT_S = 30 * 24 * 3600
 ACTIONS = tuple(action.value for action in LifetimeAction)
 N = TypeVar("N", int, float)
+T = TypeVar("T")
 _HOST_NAME = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?")
+
+
+# Where a field of Settings keeps how ``Settings.from_env`` reads it from the environment.
+_READ = "hearth.config.read"
+
+
+def _setting(default: T, read: Callable[[Mapping[str, str]], T], *, secret: bool = False) -> T:
+    """A setting's default, and how ``Settings.from_env`` reads it (in the field's metadata), so
+    that each variable, its default and its bounds are written once."""
+    return field(default=default, repr=not secret, metadata={_READ: read})
+
+
+def _int(name: str, default: int, low: int, high: int) -> int:
+    """An integer from ``name``, within ``[low, high]``."""
+    return _setting(default, lambda env: _read_int(env, name, default, low, high))
+
+
+def _float(name: str, default: float, low: float, high: float) -> float:
+    """A number from ``name``, within ``[low, high]``."""
+    return _setting(
+        default, lambda env: _number(env, name, default, low, high, parse=float, kind="a number")
+    )
+
+
+def _choice(name: str, default: str, choices: tuple[str, ...]) -> str:
+    """One of ``choices`` from ``name``."""
+    return _setting(default, lambda env: _read_choice(env, name, default, choices))
+
+
+def _flag(name: str, default: bool) -> bool:
+    """A switch from ``name``: "1" on, "0" off."""
+    fallback = "1" if default else "0"
+    return _setting(default, lambda env: _read_choice(env, name, fallback, ("0", "1")) == "1")
+
+
+def _text(name: str, default: str) -> str:
+    """``name`` as it is (empty stays empty); ``default`` when unset."""
+    return _setting(default, lambda env: env.get(name, default))
+
+
+def _optional_text(name: str) -> str | None:
+    """``name`` as it is, or None when unset or empty."""
+    return _setting(None, lambda env: env.get(name) or None)
+
+
+def _key(name: str) -> str | None:
+    """A key (base64 of 32 bytes) from ``name``, or None when unset or empty; never shown."""
+    return _setting(None, lambda env: _read_key(env, name), secret=True)
+
+
+def _version(name: str) -> str:
+    """A dotted version ("1.2.3") from ``name``, or "" when unset."""
+    return _setting("", lambda env: _read_version(env, name))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -37,125 +91,133 @@ class Settings:
     state_dir: Path = _DEFAULT_STATE_DIR
     cache_dir: Path = _DEFAULT_CACHE_DIR
     debian_mirror: str | None = None
-    debian_suite: str = "bookworm"
+    debian_suite: str = _text("HEARTH_DEBIAN_SUITE", "bookworm")
     log_json: bool | None = None
     # Controller
     host: str = "127.0.0.1"
-    port: int = 4000
-    database_url: str | None = None
+    port: int = _int("HEARTH_PORT", 4000, 1, 65535)
+    database_url: str | None = _optional_text("HEARTH_DATABASE_URL")
     admin_key: str | None = field(default=None, repr=False)
-    master_key: str | None = field(default=None, repr=False)
+    master_key: str | None = _key("HEARTH_MASTER_KEY")
     # What API keys are hashed under (base64 of 32 bytes); default: key-hash.key in the state dir.
-    key_hash_secret: str | None = field(default=None, repr=False)
+    key_hash_secret: str | None = _key("HEARTH_KEY_HASH_SECRET")
     # The largest request body the API reads; a larger one is refused with 413 unread.
-    max_body_bytes: int = MIB
+    max_body_bytes: int = _int("HEARTH_MAX_BODY_BYTES", MIB, 1024, 1024 * MIB)
     network_mode: str = "user"
     # Which VMM runs the VMs (hearth.vm.select): "qemu" or "firecracker".
-    vmm: str = "qemu"
-    firecracker_binary: str | None = None
+    vmm: str = _choice("HEARTH_VMM", "qemu", ("qemu", "firecracker"))
+    firecracker_binary: str | None = _optional_text("HEARTH_FIRECRACKER_BIN")
     qemu_accel: str = "auto"
     network_pool: str = "169.254.0.0/16"
     template_dir: Path | None = None
     # Quotas: VMs per user and type, Browser VMs host-wide, memory admission.
-    max_cli_per_user: int = 1
-    max_browser_per_user: int = 1
-    max_browser_vms: int = 2
-    memory_share: float = 0.8
+    max_cli_per_user: int = _int("HEARTH_MAX_CLI_PER_USER", 1, 0, 1000)
+    max_browser_per_user: int = _int("HEARTH_MAX_BROWSER_PER_USER", 1, 0, 1000)
+    max_browser_vms: int = _int("HEARTH_MAX_BROWSER_VMS", 2, 0, 10000)
+    memory_share: float = _float("HEARTH_MEMORY_SHARE", 0.8, 0.01, 1.0)
     # Each user's persistent workspace volume (0: none), and the disk a user may use in all.
-    workspace_size_mib: int = 8192
-    user_disk_quota_mib: int = 16384
+    workspace_size_mib: int = _int("HEARTH_WORKSPACE_SIZE_MIB", 8192, 0, 1 << 24)
+    user_disk_quota_mib: int = _int("HEARTH_USER_DISK_QUOTA_MIB", 16384, 1, 1 << 26)
     # Warm pool: healthy, unclaimed VMs kept ready per type (0 = off).
-    pool_cli: int = 0
-    pool_browser: int = 0
+    pool_cli: int = _int("HEARTH_POOL_CLI", 0, 0, 100)
+    pool_browser: int = _int("HEARTH_POOL_BROWSER", 0, 0, 100)
     # Build the default sizes' restore templates in the background at start (and after an agent
     # rollout changed the images), so the first VM of each type does not wait for one.
-    prepare_templates: bool = True
+    prepare_templates: bool = _flag("HEARTH_PREPARE_TEMPLATES", True)
     default_vcpus: int = 1
     default_mem_mib: int = 512
     browser_vcpus: int = 2
     browser_mem_mib: int = 2048
     # Auth flow: stage deadlines and the generic OIDC provider (issuer as Browser VMs see it).
-    login_timeout_s: float = 600.0
+    login_timeout_s: float = _float("HEARTH_LOGIN_TIMEOUT_S", 600.0, 1.0, 86400.0)
     cli_vm_timeout_s: float = 300.0
     browser_vm_timeout_s: float = 600.0
     # The last stage's: the captured document delivered into the CLI VM and checked there.
-    delivery_timeout_s: float = 300.0
+    delivery_timeout_s: float = _float("HEARTH_DELIVERY_TIMEOUT_S", 300.0, 1.0, 3600.0)
     # How many view sockets (noVNC) one login may have open at once; the next is refused.
-    view_max_viewers: int = 4
+    view_max_viewers: int = _int("HEARTH_VIEW_MAX_VIEWERS", 4, 1, 100)
     oidc_issuer: str | None = None
-    oidc_client_id: str = "hearth"
-    oidc_callback_port: int = 8765
+    oidc_client_id: str = _text("HEARTH_OIDC_CLIENT_ID", "hearth")
+    oidc_callback_port: int = _int("HEARTH_OIDC_CALLBACK_PORT", 8765, 1, 65535)
     oidc_upstream_port: int | None = None
     # Browser VM egress during logins: "proxy" (an allowlisting CONNECT proxy per Browser VM) or
     # "off" (no way out at all). The allowlist replaces the provider's own when set; pins map
     # "host[:port]" to the "ip:port" dialled instead of resolving it (like curl --resolve), in
     # every egress proxy; HEARTH_OIDC_UPSTREAM_PORT pins the issuer's address first.
-    login_egress: str = "proxy"
+    login_egress: str = _choice("HEARTH_LOGIN_EGRESS", "proxy", ("proxy", "off"))
     login_egress_allow: tuple[str, ...] | None = None
     egress_pins: tuple[tuple[str, str], ...] = ()
     # CLI VMs' way out: "proxy" (an allowlisting CONNECT proxy per CLI VM, reaching the API hosts
     # of the providers delivered into it) or "off" (no way out at all).
-    cli_egress: str = "proxy"
+    cli_egress: str = _choice("HEARTH_CLI_EGRESS", "proxy", ("proxy", "off"))
     # Commands run in CLI VMs (POST /api/vms/{id}/exec): how many at once per VM (429 past it),
     # and the longest a command may run (its timeoutS; the default when it gives none).
-    exec_max_per_vm: int = 16
-    exec_timeout_s: float = 3600.0
+    exec_max_per_vm: int = _int("HEARTH_EXEC_MAX_PER_VM", 16, 1, 1000)
+    exec_timeout_s: float = _float("HEARTH_EXEC_TIMEOUT_S", 3600.0, 1.0, 6 * 3600.0)
     # The files API (/api/vms/{id}/files): the largest upload, file or tar, and the most the
     # files of one tar may hold together (413 file_too_large past it, nothing kept).
-    files_max_bytes: int = 1024 * MIB
+    files_max_bytes: int = _int("HEARTH_FILES_MAX_BYTES", 1024 * MIB, 1024, 1024**2 * MIB)
     # How long a terminal link (POST /api/vms/{id}/terminal) may wait to be opened; it opens once.
-    terminal_link_ttl_s: float = 60.0
+    terminal_link_ttl_s: float = _float("HEARTH_TERMINAL_LINK_TTL_S", 60.0, 1.0, 3600.0)
     # The longest a terminal's shell may run, typed in or not (a command's limit is for commands).
-    terminal_timeout_s: float = 6 * 3600.0
+    terminal_timeout_s: float = _float("HEARTH_TERMINAL_TIMEOUT_S", 6 * 3600.0, 1.0, 6 * 3600.0)
     # Runs of the vendor CLIs (POST /api/vms/{id}/runs): the longest one may take (its timeoutS;
     # the default when it gives none), the largest prompt (413 past it), and how many of a
     # run's events are kept for clients that reconnect.
-    run_timeout_s: float = 3600.0
-    run_prompt_max_bytes: int = 256 * 1024
-    run_events_keep: int = 10_000
+    run_timeout_s: float = _float("HEARTH_RUN_TIMEOUT_S", 3600.0, 1.0, 6 * 3600.0)
+    run_prompt_max_bytes: int = _int("HEARTH_RUN_PROMPT_MAX_BYTES", 256 * 1024, 1, 16 * 1024 * 1024)
+    run_events_keep: int = _int("HEARTH_RUN_EVENTS_KEEP", 10_000, 100, 10_000_000)
     # Webhooks: receivers on private/loopback addresses (refused unless allowed), how long a
     # delivery is retried, its first retry delay (doubling, with jitter, up to 15 min), and how
     # long one attempt may take.
-    webhook_allow_private: bool = False
-    webhook_retry_for_s: float = 24 * 3600.0
-    webhook_backoff_s: float = 5.0
-    webhook_timeout_s: float = 10.0
+    webhook_allow_private: bool = _flag("HEARTH_WEBHOOK_ALLOW_PRIVATE", False)
+    webhook_retry_for_s: float = _float(
+        "HEARTH_WEBHOOK_RETRY_FOR_S", 24 * 3600.0, 3600.0, 30 * 24 * 3600.0
+    )
+    webhook_backoff_s: float = _float("HEARTH_WEBHOOK_BACKOFF_S", 5.0, 0.01, 600.0)
+    webhook_timeout_s: float = _float("HEARTH_WEBHOOK_TIMEOUT_S", 10.0, 1.0, 120.0)
     # The event log keeps this many days of events (those a webhook is still owed stay longer).
-    events_keep_days: int = 30
+    events_keep_days: int = _int("HEARTH_EVENTS_KEEP_DAYS", 30, 1, 3650)
     # Login sessions that ended (completed, failed, timed out, cancelled) are forgotten this
     # long after they ended (hourly: auth/retention.py).
-    auth_session_retention_s: float = 30 * 24 * 3600.0
+    auth_session_retention_s: float = _float(
+        "HEARTH_AUTH_SESSION_RETENTION_S", 30 * 24 * 3600.0, 3600.0, 3650 * 24 * 3600.0
+    )
     # Heartbeats: each ready VM's agent is asked /health this often, each ask bounded by the
     # timeout; after this many misses in a row the VM is "unhealthy", and "failed" (torn down)
     # once it has been unhealthy for the deadline. An agent older than the minimum version is
     # shown as outdated ("" : none is).
-    heartbeat_interval_s: float = 5.0
-    heartbeat_timeout_s: float = 3.0
-    heartbeat_misses: int = 3
-    unhealthy_deadline_s: float = 300.0
-    agent_min_version: str = ""
+    heartbeat_interval_s: float = _float("HEARTH_HEARTBEAT_INTERVAL_S", 5.0, 0.05, 3600.0)
+    heartbeat_timeout_s: float = _float("HEARTH_HEARTBEAT_TIMEOUT_S", 3.0, 0.05, 120.0)
+    heartbeat_misses: int = _int("HEARTH_HEARTBEAT_MISSES", 3, 1, 100)
+    unhealthy_deadline_s: float = _float("HEARTH_UNHEALTHY_DEADLINE_S", 300.0, 0.1, 7 * 24 * 3600.0)
+    agent_min_version: str = _version("HEARTH_AGENT_MIN_VERSION")
     # A live agent update: how long the new version has to answer healthy before the VM puts
     # the previous one back by itself.
-    agent_update_deadline_s: float = 60.0
+    agent_update_deadline_s: float = _float("HEARTH_AGENT_UPDATE_DEADLINE_S", 60.0, 5.0, 600.0)
     # A credential that expires within this is "expiring" (metrics, credential.expiring); the
     # vault is looked over this often. Documents delivered to running CLI VMs (whose CLIs
     # refresh them) are pulled back into the vault this often, and before a VM is destroyed.
-    credential_expiring_s: float = 24 * 3600.0
-    credential_check_interval_s: float = 60.0
-    pullback_interval_s: float = 900.0
+    credential_expiring_s: float = _float(
+        "HEARTH_CREDENTIAL_EXPIRING_S", 24 * 3600.0, 60.0, 90 * 24 * 3600.0
+    )
+    credential_check_interval_s: float = _float(
+        "HEARTH_CREDENTIAL_CHECK_INTERVAL_S", 60.0, 0.05, 24 * 3600.0
+    )
+    pullback_interval_s: float = _float("HEARTH_PULLBACK_INTERVAL_S", 900.0, 0.05, 7 * 24 * 3600.0)
     # The agent in a CLI VM refreshes an oidc document this long before its access token
     # expires.
-    oidc_refresh_margin_s: float = 60.0
+    oidc_refresh_margin_s: float = _float("HEARTH_OIDC_REFRESH_MARGIN_S", 60.0, 0.0, 86_400.0)
     # Lifetimes of users' CLI VMs (hearth.control.lifetimes), the defaults of a create's
     # timeoutS and idleTimeoutS (0: none) and what each does; how often they are checked.
-    vm_timeout_s: int = 0
-    vm_timeout_action: str = "destroy"
-    vm_idle_timeout_s: int = 0
-    vm_idle_action: str = "pause"
-    lifetime_check_interval_s: float = 5.0
+    vm_timeout_s: int = _int("HEARTH_VM_TIMEOUT_S", 0, 0, MAX_TIMEOUT_S)
+    vm_timeout_action: str = _choice("HEARTH_VM_TIMEOUT_ACTION", "destroy", ACTIONS)
+    vm_idle_timeout_s: int = _int("HEARTH_VM_IDLE_TIMEOUT_S", 0, 0, MAX_TIMEOUT_S)
+    vm_idle_action: str = _choice("HEARTH_VM_IDLE_ACTION", "pause", ACTIONS)
+    lifetime_check_interval_s: float = _float("HEARTH_LIFETIME_CHECK_INTERVAL_S", 5.0, 0.05, 3600.0)
     # Benchmarks and tests only: forward each Browser VM's Chromium DevTools to a loopback port,
     # where any local process could drive the login browser. Off, nothing but VNC is forwarded.
-    browser_devtools: bool = False
+    browser_devtools: bool = _flag("HEARTH_BROWSER_DEVTOOLS", False)
 
     def vm_spec(
         self, vm_type: VmType, vcpus: int | None = None, mem_mib: int | None = None
@@ -228,51 +290,27 @@ class Settings:
             raise ConfigError("HEARTH_NETWORK_MODE must be user or netns")
         oidc_issuer = env.get("HEARTH_OIDC_ISSUER") or None
         upstream_port = (
-            _int(env, "HEARTH_OIDC_UPSTREAM_PORT", 0, 1, 65535)
+            _read_int(env, "HEARTH_OIDC_UPSTREAM_PORT", 0, 1, 65535)
             if env.get("HEARTH_OIDC_UPSTREAM_PORT")
             else None
         )
-        workspace_mib = _int(env, "HEARTH_WORKSPACE_SIZE_MIB", 8192, 0, 1 << 24)
-        quota_mib = _int(env, "HEARTH_USER_DISK_QUOTA_MIB", 16384, 1, 1 << 26)
-        _check_workspace_fits(workspace_mib, quota_mib)
+        read = {f.name: f.metadata[_READ](env) for f in fields(cls) if _READ in f.metadata}
+        _check_workspace_fits(read["workspace_size_mib"], read["user_disk_quota_mib"])
         return cls(
             state_dir=state_dir,
             cache_dir=cache_dir,
             debian_mirror=mirror,
-            debian_suite=env.get("HEARTH_DEBIAN_SUITE", "bookworm"),
             log_json=None if log_format == "auto" else log_format == "json",
             host=_host(env.get("HEARTH_HOST") or "127.0.0.1"),
-            port=_int(env, "HEARTH_PORT", 4000, 1, 65535),
-            database_url=env.get("HEARTH_DATABASE_URL") or None,
             admin_key=admin_key,
-            master_key=_key(env, "HEARTH_MASTER_KEY"),
-            key_hash_secret=_key(env, "HEARTH_KEY_HASH_SECRET"),
-            max_body_bytes=_int(env, "HEARTH_MAX_BODY_BYTES", MIB, 1024, 1024 * MIB),
             network_mode=network_mode,
-            vmm=_choice(env, "HEARTH_VMM", "qemu", ("qemu", "firecracker")),
-            firecracker_binary=env.get("HEARTH_FIRECRACKER_BIN") or None,
             qemu_accel=qemu_accel,
             network_pool=_pool(env.get("HEARTH_NETWORK_POOL") or "169.254.0.0/16", state_dir),
             template_dir=Path(env["HEARTH_TEMPLATE_DIR"])
             if env.get("HEARTH_TEMPLATE_DIR")
             else None,
-            max_cli_per_user=_int(env, "HEARTH_MAX_CLI_PER_USER", 1, 0, 1000),
-            max_browser_per_user=_int(env, "HEARTH_MAX_BROWSER_PER_USER", 1, 0, 1000),
-            max_browser_vms=_int(env, "HEARTH_MAX_BROWSER_VMS", 2, 0, 10000),
-            memory_share=_float(env, "HEARTH_MEMORY_SHARE", 0.8, 0.01, 1.0),
-            workspace_size_mib=workspace_mib,
-            user_disk_quota_mib=quota_mib,
-            pool_cli=_int(env, "HEARTH_POOL_CLI", 0, 0, 100),
-            pool_browser=_int(env, "HEARTH_POOL_BROWSER", 0, 0, 100),
-            prepare_templates=_choice(env, "HEARTH_PREPARE_TEMPLATES", "1", ("0", "1")) == "1",
-            login_timeout_s=_float(env, "HEARTH_LOGIN_TIMEOUT_S", 600.0, 1.0, 86400.0),
-            delivery_timeout_s=_float(env, "HEARTH_DELIVERY_TIMEOUT_S", 300.0, 1.0, 3600.0),
-            view_max_viewers=_int(env, "HEARTH_VIEW_MAX_VIEWERS", 4, 1, 100),
             oidc_issuer=oidc_issuer,
-            oidc_client_id=env.get("HEARTH_OIDC_CLIENT_ID", "hearth"),
-            oidc_callback_port=_int(env, "HEARTH_OIDC_CALLBACK_PORT", 8765, 1, 65535),
             oidc_upstream_port=upstream_port,
-            login_egress=_choice(env, "HEARTH_LOGIN_EGRESS", "proxy", ("proxy", "off")),
             login_egress_allow=(
                 _list(env["HEARTH_LOGIN_EGRESS_ALLOW"])
                 if env.get("HEARTH_LOGIN_EGRESS_ALLOW")
@@ -281,56 +319,7 @@ class Settings:
             egress_pins=(
                 _issuer_pin(oidc_issuer, upstream_port) + _pins(env.get("HEARTH_EGRESS_PINS", ""))
             ),
-            browser_devtools=_choice(env, "HEARTH_BROWSER_DEVTOOLS", "0", ("0", "1")) == "1",
-            cli_egress=_choice(env, "HEARTH_CLI_EGRESS", "proxy", ("proxy", "off")),
-            exec_max_per_vm=_int(env, "HEARTH_EXEC_MAX_PER_VM", 16, 1, 1000),
-            exec_timeout_s=_float(env, "HEARTH_EXEC_TIMEOUT_S", 3600.0, 1.0, 6 * 3600.0),
-            files_max_bytes=_int(env, "HEARTH_FILES_MAX_BYTES", 1024 * MIB, 1024, 1024**2 * MIB),
-            terminal_link_ttl_s=_float(env, "HEARTH_TERMINAL_LINK_TTL_S", 60.0, 1.0, 3600.0),
-            terminal_timeout_s=_float(
-                env, "HEARTH_TERMINAL_TIMEOUT_S", 6 * 3600.0, 1.0, 6 * 3600.0
-            ),
-            run_timeout_s=_float(env, "HEARTH_RUN_TIMEOUT_S", 3600.0, 1.0, 6 * 3600.0),
-            run_prompt_max_bytes=_int(
-                env, "HEARTH_RUN_PROMPT_MAX_BYTES", 256 * 1024, 1, 16 * 1024 * 1024
-            ),
-            run_events_keep=_int(env, "HEARTH_RUN_EVENTS_KEEP", 10_000, 100, 10_000_000),
-            webhook_allow_private=_choice(env, "HEARTH_WEBHOOK_ALLOW_PRIVATE", "0", ("0", "1"))
-            == "1",
-            webhook_retry_for_s=_float(
-                env, "HEARTH_WEBHOOK_RETRY_FOR_S", 24 * 3600.0, 3600.0, 30 * 24 * 3600.0
-            ),
-            webhook_backoff_s=_float(env, "HEARTH_WEBHOOK_BACKOFF_S", 5.0, 0.01, 600.0),
-            webhook_timeout_s=_float(env, "HEARTH_WEBHOOK_TIMEOUT_S", 10.0, 1.0, 120.0),
-            events_keep_days=_int(env, "HEARTH_EVENTS_KEEP_DAYS", 30, 1, 3650),
-            auth_session_retention_s=_float(
-                env, "HEARTH_AUTH_SESSION_RETENTION_S", 30 * 24 * 3600.0, 3600.0, 3650 * 24 * 3600.0
-            ),
-            heartbeat_interval_s=_float(env, "HEARTH_HEARTBEAT_INTERVAL_S", 5.0, 0.05, 3600.0),
-            heartbeat_timeout_s=_float(env, "HEARTH_HEARTBEAT_TIMEOUT_S", 3.0, 0.05, 120.0),
-            heartbeat_misses=_int(env, "HEARTH_HEARTBEAT_MISSES", 3, 1, 100),
-            unhealthy_deadline_s=_float(
-                env, "HEARTH_UNHEALTHY_DEADLINE_S", 300.0, 0.1, 7 * 24 * 3600.0
-            ),
-            agent_min_version=_version(env, "HEARTH_AGENT_MIN_VERSION"),
-            agent_update_deadline_s=_float(env, "HEARTH_AGENT_UPDATE_DEADLINE_S", 60.0, 5.0, 600.0),
-            credential_expiring_s=_float(
-                env, "HEARTH_CREDENTIAL_EXPIRING_S", 24 * 3600.0, 60.0, 90 * 24 * 3600.0
-            ),
-            credential_check_interval_s=_float(
-                env, "HEARTH_CREDENTIAL_CHECK_INTERVAL_S", 60.0, 0.05, 24 * 3600.0
-            ),
-            pullback_interval_s=_float(
-                env, "HEARTH_PULLBACK_INTERVAL_S", 900.0, 0.05, 7 * 24 * 3600.0
-            ),
-            oidc_refresh_margin_s=_float(env, "HEARTH_OIDC_REFRESH_MARGIN_S", 60.0, 0.0, 86_400.0),
-            vm_timeout_s=_int(env, "HEARTH_VM_TIMEOUT_S", 0, 0, MAX_TIMEOUT_S),
-            vm_timeout_action=_choice(env, "HEARTH_VM_TIMEOUT_ACTION", "destroy", ACTIONS),
-            vm_idle_timeout_s=_int(env, "HEARTH_VM_IDLE_TIMEOUT_S", 0, 0, MAX_TIMEOUT_S),
-            vm_idle_action=_choice(env, "HEARTH_VM_IDLE_ACTION", "pause", ACTIONS),
-            lifetime_check_interval_s=_float(
-                env, "HEARTH_LIFETIME_CHECK_INTERVAL_S", 5.0, 0.05, 3600.0
-            ),
+            **read,
         )
 
     def with_overrides(self, **changes: object) -> Settings:
@@ -360,18 +349,6 @@ def _host(host: str) -> str:
     return host
 
 
-def _key(env: Mapping[str, str], name: str) -> str | None:
-    """``env[name]`` checked as the vault and the key guard will read it (base64 of 32 bytes),
-    or None when unset or empty; ConfigError naming ``name``, never the value."""
-    # Imported here: ``hearth.credentials`` imports the store, which imports this module.
-    from hearth.credentials.keys import decode_master_key
-
-    value = env.get(name) or None
-    if value is not None:
-        decode_master_key(value, source=name)
-    return value
-
-
 def _pool(cidr: str, state_dir: Path) -> str:
     """``HEARTH_NETWORK_POOL`` checked as the VMs' slot pool will read it."""
     try:
@@ -394,7 +371,19 @@ def _check_workspace_fits(workspace_mib: int, quota_mib: int) -> None:
         )
 
 
-def _version(env: Mapping[str, str], name: str) -> str:
+def _read_key(env: Mapping[str, str], name: str) -> str | None:
+    """``env[name]`` checked as the vault and the key guard will read it (base64 of 32 bytes),
+    or None when unset or empty; ConfigError naming ``name``, never the value."""
+    # Imported here: ``hearth.credentials`` imports the store, which imports this module.
+    from hearth.credentials.keys import decode_master_key
+
+    value = env.get(name) or None
+    if value is not None:
+        decode_master_key(value, source=name)
+    return value
+
+
+def _read_version(env: Mapping[str, str], name: str) -> str:
     """``env[name]`` as a dotted version ("1.2.3"), or "" when unset."""
     raw = env.get(name, "").strip()
     if raw and parse_version(raw) is None:
@@ -402,12 +391,8 @@ def _version(env: Mapping[str, str], name: str) -> str:
     return raw
 
 
-def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+def _read_int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
     return _number(env, name, default, low, high, parse=int, kind="an integer")
-
-
-def _float(env: Mapping[str, str], name: str, default: float, low: float, high: float) -> float:
-    return _number(env, name, default, low, high, parse=float, kind="a number")
 
 
 def _number(
@@ -433,7 +418,8 @@ def _number(
     return value
 
 
-def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
+def _read_choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
+    """``env[name]``, one of ``choices``; ``default`` when unset or empty."""
     value = env.get(name) or default
     if value not in choices:
         raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")

@@ -50,6 +50,13 @@ NAMING_CONVENTION = {
 ACTIVE_AUTH_STATUSES = tuple(s.value for s in AuthStatus if s not in TERMINAL)
 
 
+def _provider_check() -> CheckConstraint:
+    """A CHECK that the row's provider is exactly one of the ``Provider`` enum's values, so the
+    database refuses a provider the agent does not know (a new one per table: a constraint
+    belongs to one)."""
+    return CheckConstraint(column("provider").in_([p.value for p in Provider]), name="provider")
+
+
 class Base(DeclarativeBase):
     """Declarative base carrying the naming convention."""
 
@@ -188,7 +195,7 @@ class CredentialRow(Base):
     __tablename__ = "credentials"
     __table_args__ = (
         UniqueConstraint("user_id", "provider"),
-        CheckConstraint(column("provider").in_([p.value for p in Provider]), name="provider"),
+        _provider_check(),
     )
 
     id: Mapped[str] = mapped_column(String(ID_MAX), primary_key=True)
@@ -215,7 +222,7 @@ class RunRow(Base):
     __table_args__ = (
         Index("ix_runs_vm_id_created_at", "vm_id", "created_at"),
         Index("ix_runs_status", "status"),
-        CheckConstraint(column("provider").in_([p.value for p in Provider]), name="provider"),
+        _provider_check(),
     )
 
     id: Mapped[str] = mapped_column(String(ID_MAX), primary_key=True)
