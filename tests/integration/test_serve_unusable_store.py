@@ -1,8 +1,8 @@
-"""``hearth serve`` on a database or state dir it cannot use (PostgreSQL not listening or
-refusing the password, a SQLite file in a directory that does not exist or that is not a
-database, a file where the state dir should be): one error line naming the setting and the
-cause, never the URL's password, a ``serve_refused`` event in the log, exit 1, and no traceback.
-The real command line, refused before anything starts."""
+"""``hearth serve`` on a database or state dir it cannot use (PostgreSQL not listening, not
+answering within its connect timeout, or refusing the password, a SQLite file in a directory
+that does not exist or that is not a database, a file where the state dir should be): one error
+line naming the setting and the cause, never the URL's password, a ``serve_refused`` event in
+the log, exit 1, and no traceback. The real command line, refused before anything starts."""
 
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ import pytest
 from tests.conftest import hearth_cli
 from tests.integration.store_fixtures import *  # noqa: F403
 from tests.integration.store_fixtures import PostgresServer
+from tests.integration.test_store_connect_timeout import SHORT_S
+from tests.integration.test_store_connect_timeout import silent_port as silent_port  # fixture
 
 PASSWORD = "not-the-password-4b1d"
 
@@ -64,6 +66,21 @@ async def test_postgresql_not_listening_names_the_url_without_its_password(
         f"postgresql://***@127.0.0.1:{port}/hearth: "
     ), line
     assert "Connection refused" in line
+    assert PASSWORD not in result.stdout + result.stderr
+
+
+async def test_postgresql_not_answering_says_it_did_not_answer_in_time(
+    tmp_path: Path, silent_port: int
+) -> None:
+    # The URL's connect_timeout keeps the test short; the store's own bound is tested with it.
+    url = f"postgresql://hearth:{PASSWORD}@127.0.0.1:{silent_port}/hearth?connect_timeout={SHORT_S}"
+    result = await _serve(tmp_path, HEARTH_DATABASE_URL=url)
+    assert _refusal(result) == (
+        f"error (config_invalid): HEARTH_DATABASE_URL: cannot open the database "
+        f"postgresql://***@127.0.0.1:{silent_port}/hearth?connect_timeout={SHORT_S}: "
+        f"the server did not answer within {SHORT_S} s "
+        "(a connect_timeout=<seconds> in the URL waits longer)"
+    )
     assert PASSWORD not in result.stdout + result.stderr
 
 

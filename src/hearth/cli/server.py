@@ -36,6 +36,7 @@ from hearth.sdk._errors import shown_url
 from hearth.state_dir_lock import CONTROLLER, StateDirLock
 from hearth.store import Store, create_store_engine
 from hearth.store.controller_lease import ControllerLease
+from hearth.store.database import connect_timed_out, connect_timeout_s
 from hearth.store.repositories.users import check_new_user_id
 from hearth.vm.select import check_vmm
 
@@ -84,14 +85,13 @@ def serve(
             ConfigError(f"HEARTH_VMM={check.vmm.value} cannot run on this host: {check.reason}")
         )
     app = create_app(settings, destroy_on_exit=destroy_on_exit)
-    console.print(
-        plain(
-            f"hearth controller on http://{settings.host}:{settings.port} "
-            f"(state {settings.state_dir})"
-        )
+    # Said once the app started and listens: a start refused after this point says only that.
+    banner = (
+        f"hearth controller on http://{settings.host}:{settings.port} (state {settings.state_dir})"
     )
+    server = ControllerServer(app, host=settings.host, port=settings.port, banner=banner)
     try:
-        asyncio.run(ControllerServer(app, host=settings.host, port=settings.port).serve())
+        asyncio.run(server.serve())
     except HearthError as exc:  # the start refused (a wrong master key, ...): nothing runs
         _refuse(exc)
 
@@ -153,9 +153,10 @@ class ControllerServer(uvicorn.Server):
     resumes it later, or from another controller), so that it waits only for the requests still
     running, and those at most ``GRACEFUL_SHUTDOWN_S``; a second signal during that wait ends it
     at once, and skips the app's teardown (uvicorn's own "force quit"). A HearthError that
-    refuses the app's start comes out of ``serve`` as it is (uvicorn would exit 3)."""
+    refuses the app's start comes out of ``serve`` as it is (uvicorn would exit 3). ``banner``,
+    if given, is printed once the app started and its port listens, never before a refusal."""
 
-    def __init__(self, app: FastAPI, *, host: str, port: int) -> None:
+    def __init__(self, app: FastAPI, *, host: str, port: int, banner: str | None = None) -> None:
         self._run = _RefusalKept(app)
         config = uvicorn.Config(
             self._run,
@@ -167,6 +168,7 @@ class ControllerServer(uvicorn.Server):
         )
         super().__init__(config)
         self._app = app
+        self._banner = banner
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         """Start as uvicorn does; a start the app refused raises its HearthError."""
@@ -176,6 +178,8 @@ class ControllerServer(uvicorn.Server):
             if self._run.refusal is not None:
                 raise self._run.refusal from None
             raise
+        if self.started and self._banner is not None:
+            console.print(plain(self._banner))
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         """The first signal asks to stop; another one (of either kind) forces it."""
@@ -259,7 +263,12 @@ def _sqlite_is_readable(database: Path) -> bool:
 def _cause(exc: BaseException, url: str) -> str:
     """Why the database could not be opened, in one line: the driver's words rather than
     SQLAlchemy's wrapping of them, and never the URL's password."""
-    if isinstance(exc, HearthError):
+    if connect_timed_out(exc):  # the driver says only "connection timeout expired"
+        cause = (
+            f"the server did not answer within {connect_timeout_s(url)} s "
+            "(a connect_timeout=<seconds> in the URL waits longer)"
+        )
+    elif isinstance(exc, HearthError):
         cause = exc.message
     elif isinstance(exc, DBAPIError) and exc.orig is not None:
         cause = str(exc.orig)

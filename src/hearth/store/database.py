@@ -6,8 +6,10 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+from psycopg.conninfo import timeout_from_conninfo
+from psycopg.errors import ConnectionTimeout
 from sqlalchemy import URL, Connection, event, make_url, text
-from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from hearth.closing import Closing
@@ -33,6 +35,12 @@ from hearth.store.repositories import (
 
 SQLITE_BUSY_TIMEOUT_MS = 5000
 PING_TIMEOUT_S = 5.0
+# How long a new PostgreSQL connection (TCP and PostgreSQL's handshake) may take before it fails,
+# unless the URL sets ``connect_timeout``: a host that drops packets would otherwise hold the
+# controller's start, and every new pooled connection, for psycopg's default of 130 s. libpq
+# counts whole seconds, 2 at least.
+POSTGRES_CONNECT_TIMEOUT_S = 10
+_CONNECT_TIMEOUT = "connect_timeout"
 
 _log = get_logger("store")
 
@@ -94,14 +102,38 @@ def _tune_sqlite(engine: AsyncEngine) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
-def create_store_engine(url: str) -> AsyncEngine:
-    """An async engine for ``url`` with the per-backend settings the store relies on."""
+def create_store_engine(
+    url: str, *, connect_timeout_s: int = POSTGRES_CONNECT_TIMEOUT_S
+) -> AsyncEngine:
+    """An async engine for ``url`` with the per-backend settings the store relies on.
+
+    A new PostgreSQL connection fails after ``connect_timeout_s`` (the URL's own
+    ``connect_timeout`` wins); ``connect_timed_out`` tells that failure apart.
+    """
     parsed = normalise_url(url)
     if parsed.get_backend_name() == "sqlite":
         engine = create_async_engine(parsed)
         _tune_sqlite(engine)
         return engine
-    return create_async_engine(parsed, pool_pre_ping=True)
+    connect_args = {} if _CONNECT_TIMEOUT in parsed.query else {_CONNECT_TIMEOUT: connect_timeout_s}
+    return create_async_engine(parsed, pool_pre_ping=True, connect_args=connect_args)
+
+
+def connect_timeout_s(url: str) -> int | None:
+    """How many seconds a new connection of ``create_store_engine(url)`` may take, as the driver
+    counts them (None for SQLite, which opens a file)."""
+    parsed = normalise_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        return None
+    given = parsed.query.get(_CONNECT_TIMEOUT, POSTGRES_CONNECT_TIMEOUT_S)
+    return timeout_from_conninfo(
+        {_CONNECT_TIMEOUT: given if isinstance(given, str | int) else None}
+    )
+
+
+def connect_timed_out(exc: BaseException) -> bool:
+    """Whether ``exc`` is a new connection that got no answer in its time."""
+    return isinstance(exc, DBAPIError) and isinstance(exc.orig, ConnectionTimeout)
 
 
 class Store(Closing):
