@@ -13,7 +13,9 @@ Before that, each header is checked before ``tarfile`` reads what follows it: ``
 an extended header (pax, GNU long name) whole into memory and a sparse member's map entry by
 entry, so a few compressed KiB could make it hold GiBs. The extended headers before one member
 may hold ``MAX_EXTENDED_BYTES`` together (and the archive's global ones as much), at most
-``MAX_EXTENDED_HEADERS`` of them; a sparse member is refused at its header.
+``MAX_EXTENDED_HEADERS`` of them; a sparse member is refused at its header. The whole archive
+is bounded too (``ArchiveCap``): each header is counted with its data before either is read, so
+that no stream, compressed or not, writes past ``max_bytes``.
 
 The archive is unpacked into a new directory beside the target; only a whole, valid archive is
 put in place: renamed to a target that does not exist yet, or merged into one that does (a
@@ -42,6 +44,9 @@ MAX_MTIME = 2**40  # seconds either side of 1970: past it os.utime overflows
 MAX_EXTENDED_BYTES = 256 * 1024
 # Before one member (each nests tarfile's reading one level deeper): a real tar has one or two.
 MAX_EXTENDED_HEADERS = 8
+# What a directory's download may bring unless ``download(max_bytes=…)`` says otherwise: twice
+# the default workspace (``HEARTH_WORKSPACE_SIZE_MIB``, 8 GiB), whose tar is about as large.
+MAX_ARCHIVE_BYTES = 16 * 1024**3
 _EXTENDED_TYPES = frozenset(
     {
         tarfile.XHDTYPE,
@@ -53,9 +58,39 @@ _EXTENDED_TYPES = frozenset(
 )
 
 
-def extract_tar(source: IO[bytes] | ChunkReader, target: Path) -> None:
+@dataclass
+class ArchiveCap:
+    """The most of a directory's tar one download takes: ``max_bytes`` (None: no bound) as it
+    arrives (``arrive``, for a copy kept before unpacking) and as it unpacks (``unpack``: a
+    header with its data, before either is read). Past it: InvalidArchive naming the bound."""
+
+    target: Path
+    max_bytes: int | None
+    arrived: int = 0
+    unpacked: int = 0
+
+    def arrive(self, chunk: bytes) -> None:
+        """Count ``chunk`` of the tar as it came, before it is kept."""
+        self.arrived += len(chunk)
+        self._check(self.arrived)
+
+    def unpack(self, header: tarfile.TarInfo) -> None:
+        """Count ``header`` and the data it announces, in whole blocks, before they are read."""
+        self.unpacked += tarfile.BLOCKSIZE * (1 + -(-header.size // tarfile.BLOCKSIZE))
+        self._check(self.unpacked)
+
+    def _check(self, count: int) -> None:
+        if self.max_bytes is not None and count > self.max_bytes:
+            raise InvalidArchive(
+                f"{self.target}: the download's tar is larger than max_bytes "
+                f"({self.max_bytes} bytes); nothing was written"
+            )
+
+
+def extract_tar(source: IO[bytes] | ChunkReader, target: Path, cap: ArchiveCap) -> None:
     """Unpack the tar read from ``source`` into directory ``target`` (made with its parents if
-    missing, merged into if there), all of it or nothing; see the module's docstring."""
+    missing, merged into if there), all of it or nothing, at most ``cap``; see the module's
+    docstring."""
     existing = target.is_dir()
     if not existing and (target.exists() or target.is_symlink()):
         raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(target))
@@ -66,7 +101,7 @@ def extract_tar(source: IO[bytes] | ChunkReader, target: Path) -> None:
     stage.mkdir()
     try:
         try:
-            with _BoundedArchive.open(fileobj=source, mode="r|*") as archive:  # type: ignore[call-overload]
+            with _BoundedArchive.open(fileobj=source, mode="r|*", cap=cap) as archive:  # type: ignore[call-overload]
                 # Every member passes _MemberCheck, then the data filter, before it is written.
                 archive.extractall(stage, filter=_MemberCheck(stage, str(target)))  # noqa: S202
         except tarfile.TarError as exc:
@@ -118,6 +153,7 @@ class _BoundedHeader(tarfile.TarInfo):
     def _proc_member(self, archive: tarfile.TarFile) -> tarfile.TarInfo | None:
         if isinstance(archive, _BoundedArchive):
             archive.budget.admit(self)
+            archive.cap.unpack(self)
         member: tarfile.TarInfo | None = super()._proc_member(archive)  # type: ignore[misc]
         return member
 
@@ -131,12 +167,14 @@ def _refuse_sparse() -> NoReturn:
 
 
 class _BoundedArchive(tarfile.TarFile):
-    """A tar read with ``_BoundedHeader``'s checks, keeping the budget they count."""
+    """A tar read with ``_BoundedHeader``'s checks, keeping the budget and the cap they count."""
 
     tarinfo = _BoundedHeader
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self.budget = _HeaderBudget()  # before the base reads the first header
+    def __init__(self, *args: Any, cap: ArchiveCap, **kwargs: Any) -> None:
+        # Both before the base reads the first header.
+        self.budget = _HeaderBudget()
+        self.cap = cap
         super().__init__(*args, **kwargs)
 
 

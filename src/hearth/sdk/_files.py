@@ -13,21 +13,24 @@ import contextlib
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path, PurePosixPath
-from typing import IO, Protocol, TypeVar
+from typing import IO, Protocol, TypeVar, Unpack
 from urllib.parse import quote
 
 import httpx
 
-from hearth.sdk._archive import extract_tar
+from hearth.sdk import _archive
+from hearth.sdk._archive import ArchiveCap, extract_tar
 from hearth.sdk._calls import Call
 from hearth.sdk._config import ClientConfig
 from hearth.sdk._errors import HearthConnectionError, transport_text
 from hearth.sdk._transfer import (
     ChunkReader,
+    DownloadOptions,
     FileEntry,
     FileWritten,
     Progress,
     Upload,
+    WriteOptions,
     WriteSource,
     answer_kind,
     counted,
@@ -83,11 +86,14 @@ def _written(vm_id: str, answer: httpx.Response) -> FileWritten:
     return call.result(answer.status_code, answer.content)
 
 
-def _no_answer(
-    config: ClientConfig, method: str, exc: httpx.TransportError
-) -> HearthConnectionError:
-    """The SDK's error for a transfer's request that got no answer."""
-    return HearthConnectionError.of_transport(config.url, method, exc)
+@contextlib.contextmanager
+def _answered(config: ClientConfig, method: str) -> Iterator[None]:
+    """Around a transfer's request (or its answer read): one that gets no answer raises the
+    SDK's error for it, never httpx's."""
+    try:
+        yield
+    except httpx.TransportError as exc:
+        raise HearthConnectionError.of_transport(config.url, method, exc) from exc
 
 
 def _timeout(config: ClientConfig) -> httpx.Timeout:
@@ -116,6 +122,11 @@ def _read_request(http: _SyncHttp | _AsyncHttp, vm_id: str, path: str) -> httpx.
     return http.client.build_request(
         "GET", _files_path(vm_id), params={"path": path}, timeout=_timeout(http.config)
     )
+
+
+def _archive_cap(target: Path, options: DownloadOptions) -> ArchiveCap:
+    """The bound of a directory's download into ``target``, as ``options`` set it."""
+    return ArchiveCap(target, options.get("max_bytes", _archive.MAX_ARCHIVE_BYTES))
 
 
 def _local_target(path: str, local: Path, kind: str) -> Path:
@@ -181,42 +192,27 @@ class Files:
         self._http = http
         self._vm_id = vm_id
 
-    def write(
-        self,
-        path: str,
-        data: WriteSource,
-        *,
-        mode: int | None = None,
-        progress: Progress | None = None,
-    ) -> FileWritten:
+    def write(self, path: str, data: WriteSource, **options: Unpack[WriteOptions]) -> FileWritten:
         """Write ``data`` (bytes, a binary file, chunks, or a ``Path``: a file, or a directory,
         sent as a tar and unpacked into the directory ``path``) atomically; ``mode`` defaults to
         a local file's own, else the replaced file's, else 0644. A local file goes as long as
         it was when the write began (LocalFileChanged if it shrinks meanwhile); a pipe, FIFO or
         /proc file is read to its end."""
-        upload = upload_of(path, data, mode=mode, progress=progress)
-        try:
+        upload = upload_of(path, data, options)
+        with contextlib.closing(upload), _answered(self._http.config, "PUT"):
             request = _write_request(self._http, self._vm_id, upload, upload.content)
             answer = self._http.client.send(request)
-        except httpx.TransportError as exc:
-            raise _no_answer(self._http.config, "PUT", exc) from exc
-        finally:
-            upload.close()
         return _written(self._vm_id, answer)
 
     @contextlib.contextmanager
     def read_stream(self, path: str) -> Iterator[FileStream]:
         """The file at ``path`` (or a tar of the directory there) as its bytes arrive."""
         request = _read_request(self._http, self._vm_id, path)
-        try:
+        with _answered(self._http.config, "GET"):
             response = self._http.client.send(request, stream=True)
-        except httpx.TransportError as exc:
-            raise _no_answer(self._http.config, "GET", exc) from exc
         with contextlib.closing(response):
-            try:
+            with _answered(self._http.config, "GET"):
                 content = response.read() if not response.is_success else None
-            except httpx.TransportError as exc:
-                raise _no_answer(self._http.config, "GET", exc) from exc
             kind = answer_kind(response.status_code, response.headers, content)
             with FileStream(response, kind) as stream:
                 yield stream
@@ -226,18 +222,19 @@ class Files:
         with self.read_stream(path) as stream:
             return b"".join(stream)
 
-    def download(self, path: str, local: Path, *, progress: Progress | None = None) -> Path:
+    def download(self, path: str, local: Path, **options: Unpack[DownloadOptions]) -> Path:
         """Save the file at ``path`` to ``local`` (into it, if it is a directory), or unpack
         the directory at ``path`` into directory ``local``; where it went. Either is all or
-        nothing; a tar member that would write outside ``local`` refuses the whole directory
+        nothing; a tar member that would write outside ``local``, or a tar of more than
+        ``max_bytes`` (16 GiB unless given; None: no bound), refuses the whole directory
         (``InvalidArchive``)."""
         with self.read_stream(path) as stream:
             chunks: Iterator[bytes] = iter(stream)
-            if progress is not None:
+            if (progress := options.get("progress")) is not None:
                 chunks = counted(chunks, progress)
             target = _local_target(path, local, stream.kind)
             if stream.kind == "dir":
-                extract_tar(ChunkReader(chunks), target)
+                extract_tar(ChunkReader(chunks), target, _archive_cap(target, options))
             else:
                 write_local_file(chunks, target)
         return target
@@ -260,40 +257,27 @@ class AsyncFiles:
         self._vm_id = vm_id
 
     async def write(
-        self,
-        path: str,
-        data: WriteSource,
-        *,
-        mode: int | None = None,
-        progress: Progress | None = None,
+        self, path: str, data: WriteSource, **options: Unpack[WriteOptions]
     ) -> FileWritten:
         """Write ``data`` as ``Files.write`` does; local files are read on a worker thread."""
-        upload = upload_of(path, data, mode=mode, progress=progress)
+        upload = upload_of(path, data, options)
         content: bytes | AsyncIterator[bytes] = (
             upload.content if isinstance(upload.content, bytes) else _off_thread(upload.content)
         )
-        try:
+        with contextlib.closing(upload), _answered(self._http.config, "PUT"):
             request = _write_request(self._http, self._vm_id, upload, content)
             answer = await self._http.client.send(request)
-        except httpx.TransportError as exc:
-            raise _no_answer(self._http.config, "PUT", exc) from exc
-        finally:
-            upload.close()
         return _written(self._vm_id, answer)
 
     @contextlib.asynccontextmanager
     async def read_stream(self, path: str) -> AsyncIterator[AsyncFileStream]:
         """The file at ``path`` (or a tar of the directory there) as its bytes arrive."""
         request = _read_request(self._http, self._vm_id, path)
-        try:
+        with _answered(self._http.config, "GET"):
             response = await self._http.client.send(request, stream=True)
-        except httpx.TransportError as exc:
-            raise _no_answer(self._http.config, "GET", exc) from exc
         async with contextlib.aclosing(response):
-            try:
+            with _answered(self._http.config, "GET"):
                 content = await response.aread() if not response.is_success else None
-            except httpx.TransportError as exc:
-                raise _no_answer(self._http.config, "GET", exc) from exc
             kind = answer_kind(response.status_code, response.headers, content)
             async with AsyncFileStream(response, kind) as stream:
                 yield stream
@@ -303,16 +287,18 @@ class AsyncFiles:
         async with self.read_stream(path) as stream:
             return b"".join([chunk async for chunk in stream])
 
-    async def download(self, path: str, local: Path, *, progress: Progress | None = None) -> Path:
-        """As ``Files.download``; a directory's tar is spooled to a temporary file, then
-        unpacked on a worker thread."""
+    async def download(self, path: str, local: Path, **options: Unpack[DownloadOptions]) -> Path:
+        """As ``Files.download``; a directory's tar is spooled to a temporary file (at most
+        ``max_bytes`` of it), then unpacked on a worker thread."""
+        progress = options.get("progress")
         async with self.read_stream(path) as stream:
             target = _local_target(path, local, stream.kind)
             if stream.kind == "dir":
+                cap = _archive_cap(target, options)
                 with tempfile.TemporaryFile() as spool:
-                    await _save(stream, spool, progress)
+                    await _save(stream, spool, progress, cap)
                     spool.seek(0)
-                    await asyncio.to_thread(extract_tar, spool, target)
+                    await asyncio.to_thread(extract_tar, spool, target, cap)
                 return target
             partial = target.with_name(f".{target.name}.part")
             try:
@@ -332,9 +318,17 @@ class AsyncFiles:
         await self._http.call(_remove_call(self._vm_id, path, recursive))
 
 
-async def _save(stream: AsyncFileStream, handle: IO[bytes], progress: Progress | None) -> None:
+async def _save(
+    stream: AsyncFileStream,
+    handle: IO[bytes],
+    progress: Progress | None,
+    cap: ArchiveCap | None = None,
+) -> None:
+    """Write ``stream`` to ``handle`` (each chunk counted by ``cap`` first, if given)."""
     done = 0
     async for chunk in stream:
+        if cap is not None:
+            cap.arrive(chunk)
         await asyncio.to_thread(handle.write, chunk)
         done += len(chunk)
         if progress is not None:
