@@ -32,6 +32,12 @@ UserId = Annotated[
 ]
 
 
+# A listing page's ``nextAfter``: the keyset cursor of the page after it (``hearth.api.paging``).
+NextAfter = Annotated[
+    str | None, Field(description="`after` for the next page; null when this page is the last")
+]
+
+
 class WireModel(BaseModel):
     """camelCase on the wire, snake_case in Python, nothing unknown accepted."""
 
@@ -158,9 +164,7 @@ class VmList(WireModel):
     """``GET /api/vms``: a page of VMs, oldest first, and where the next one starts."""
 
     vms: list[VmOut]
-    next_after: str | None = Field(
-        None, description="`after` for the next page; null when this page is the last"
-    )
+    next_after: NextAfter = None
 
 
 class AuthSessionOut(BaseModel):
@@ -185,9 +189,7 @@ class AuthSessionList(WireModel):
     starts."""
 
     sessions: list[AuthSessionOut]
-    next_after: str | None = Field(
-        None, description="`after` for the next page; null when this page is the last"
-    )
+    next_after: NextAfter = None
 
 
 class KeyCreate(RequestModel):
@@ -219,9 +221,7 @@ class KeyList(WireModel):
     """``GET /api/keys``: a page of keys, oldest first, and where the next one starts."""
 
     keys: list[KeyOut]
-    next_after: str | None = Field(
-        None, description="`after` for the next page; null when this page is the last"
-    )
+    next_after: NextAfter = None
 
 
 class ErrorDetail(BaseModel):

@@ -14,7 +14,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query
+from fastapi import APIRouter, Depends, Header, Query
 from fastapi.responses import JSONResponse, Response
 from fastapi.sse import format_sse_event
 
@@ -105,6 +105,7 @@ async def exec_command(
 
 # ``?after=``: where a stream resumes when no Last-Event-ID says.
 AfterQuery = Annotated[int | None, Query(ge=0, le=MAX_INT64, description="the last event id seen")]
+LastEventIdHeader = Annotated[str | None, Header(max_length=20)]
 
 
 def resume_point(after: int | None, last_event_id: str | None) -> int:
@@ -114,6 +115,14 @@ def resume_point(after: int | None, last_event_id: str | None) -> int:
     if resume is None:
         raise InvalidInput("Last-Event-ID: must be the id of an event of this stream")
     return resume
+
+
+async def _resume_of(after: AfterQuery = None, last_event_id: LastEventIdHeader = None) -> int:
+    return resume_point(after, last_event_id)
+
+
+# The id of the last event a reader of an event stream saw (0: none), from its request.
+Resume = Annotated[int, Depends(_resume_of)]
 
 
 @router.get(
@@ -126,11 +135,9 @@ async def exec_events(
     exec_id: str,
     key: Key,
     ctl: Ctl,
-    after: AfterQuery = None,
-    last_event_id: Annotated[str | None, Header(max_length=20)] = None,
+    resume: Resume,
 ) -> Response:
     """The command's events (all of them, or those after ``Last-Event-ID`` / ``after``)."""
-    resume = resume_point(after, last_event_id)
     events = await ctl.execs.opened(vm_id, scope_of(key), exec_id, after=resume)
     return _stream(ctl, key, events, exec_id)
 

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from typing import Annotated
 
-from fastapi import APIRouter, Header
+from fastapi import APIRouter
 from fastapi.responses import Response
 from fastapi.sse import format_sse_event
 
 from hearth.api.auth import Ctl, Key, scope_of
-from hearth.api.routes.execs import AfterQuery, resume_point
+from hearth.api.routes.execs import Resume
 from hearth.api.schemas import ERROR_RESPONSES, ErrorOut
 from hearth.api.schemas_exec import event_stream_doc
 from hearth.api.schemas_run import RUN_EVENTS, RunCreate, RunList, RunOut
@@ -86,12 +85,9 @@ async def run_events(
     run_id: str,
     key: Key,
     ctl: Ctl,
-    after: AfterQuery = None,
-    last_event_id: Annotated[str | None, Header(max_length=20)] = None,
+    resume: Resume,
 ) -> Response:
     """The run's events (all, or those after ``Last-Event-ID`` / ``after``); 410 when some of
     them are no longer kept, rather than a stream that silently starts later."""
-    events = await ctl.runs.events(
-        vm_id, run_id, scope_of(key), after=resume_point(after, last_event_id)
-    )
+    events = await ctl.runs.events(vm_id, run_id, scope_of(key), after=resume)
     return event_stream(ctl.store, key, _encoded(events))
