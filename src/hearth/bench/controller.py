@@ -12,7 +12,7 @@ import asyncio
 import os
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,7 @@ class ControllerProcess(ChildServer):
 
     url: str
     state_dir: Path
+    database_url: str = field(repr=False)  # the store it must serve (may hold a password)
 
     @classmethod
     async def start(
@@ -77,19 +78,13 @@ class ControllerProcess(ChildServer):
         argv += ["--destroy-on-exit"] if destroy_on_exit else []
         process = await cls.spawn(argv, log=log, env=child_env)
         controller = cls(
-            process=process, url=f"http://127.0.0.1:{port}", state_dir=state_dir, log=log
+            process=process,
+            url=f"http://127.0.0.1:{port}",
+            state_dir=state_dir,
+            database_url=database_url,
+            log=log,
         )
-        try:
-            health = await controller._wait_healthy()
-            # A controller that silently fell back to another database would measure that one.
-            expected = normalise_url(database_url).drivername
-            serving = health.get("store", {}).get("url")
-            if serving != expected:
-                raise BenchError(f"the controller serves store {serving!r}, not {expected!r}")
-        except BaseException:
-            await controller.stop()
-            raise
-        return controller
+        return await controller.until_ready()
 
     @property
     def admin_key(self) -> str:
@@ -112,6 +107,15 @@ class ControllerProcess(ChildServer):
                     return templates
                 await asyncio.sleep(0.2)
         raise BenchError(f"the controller's warm-up took over {START_DEADLINE_S:.0f} s")
+
+    async def _wait_ready(self) -> None:
+        """Return once ``/health`` answers 200 and names the store the controller was given."""
+        health = await self._wait_healthy()
+        # A controller that silently fell back to another database would measure that one.
+        expected = normalise_url(self.database_url).drivername
+        serving = health.get("store", {}).get("url")
+        if serving != expected:
+            raise BenchError(f"the controller serves store {serving!r}, not {expected!r}")
 
     async def _wait_healthy(self) -> dict[str, Any]:
         deadline = Deadline.after(START_DEADLINE_S)

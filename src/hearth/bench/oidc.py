@@ -70,15 +70,10 @@ class OidcServer(ChildServer):
             "REDIRECT_URIS": "http://127.0.0.1/callback",
         }
         process = await cls.spawn([node, "server.mjs"], log=log, env=env, cwd=server_dir)
-        server = cls(process=process, port=port, issuer=issuer, log=log)
-        try:
-            await server._wait_serving()
-        except BaseException:
-            await server.stop()
-            raise
-        return server
+        return await cls(process=process, port=port, issuer=issuer, log=log).until_ready()
 
-    async def _wait_serving(self) -> None:
+    async def _wait_ready(self) -> None:
+        """Return once the server logged "listening" and its discovery names our issuer."""
         deadline = Deadline.after(START_DEADLINE_S)
         while b'"listening"' not in self.log.read_bytes():
             self.check_running()

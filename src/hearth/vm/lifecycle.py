@@ -203,6 +203,17 @@ class BackendLifecycle(ABC, Generic[TemplateT]):
 
     # ---- helpers for the subclasses --------------------------------------------------------
 
+    def _new_vm(self, vm_id: str, spec: VmSpec, workdir: Path, *, template: TemplateT | None) -> Vm:
+        """A VM of this backend about to start in ``workdir``: restored when it starts from
+        ``template``, cold-booted when there is none."""
+        return Vm(
+            id=vm_id,
+            spec=spec,
+            backend=self.name,
+            workdir=workdir,
+            boot_mode=BootMode.RESTORE if template else BootMode.COLD,
+        )
+
     async def _ensure_template(
         self, key_of: Callable[[], str], *, image: ImageDir, build: TemplateBuilder, spec: VmSpec
     ) -> TemplateT:

@@ -49,7 +49,7 @@ from hearth.vm.firecracker.templates import FcTemplate, FcTemplateStore, templat
 from hearth.vm.host import bytes_on_disk
 from hearth.vm.lifecycle import BackendLifecycle
 from hearth.vm.readiness import Deadline
-from hearth.vm.types import BootMode, NetworkMode, Vm, VmSpec, VmState, check_transition
+from hearth.vm.types import NetworkMode, Vm, VmSpec, VmState, check_transition
 from hearth_agent.processes import live_args
 
 _log = get_logger("vm.firecracker")
@@ -233,13 +233,7 @@ class FirecrackerBackend(BackendLifecycle[FcTemplate]):
         if files.workdir.exists():
             raise Conflict(f"VM {vm_id} already exists")
         files.workdir.mkdir(mode=0o700, parents=True)
-        vm = Vm(
-            id=vm_id,
-            spec=spec,
-            backend=self.name,
-            workdir=files.workdir,
-            boot_mode=BootMode.RESTORE if template else BootMode.COLD,
-        )
+        vm = self._new_vm(vm_id, spec, files.workdir, template=template)
         root = self._root(vm_id, files)
         try:
             record = self._new_record(vm, root)

@@ -36,7 +36,7 @@ from hearth.vm.qemu.records import read_record, recorded_layers, vm_from_record,
 from hearth.vm.qemu.templates import Template, TemplateStore, build_vm_id, template_key
 from hearth.vm.readiness import COLD_BOOT_DEADLINE_S, RESTORE_DEADLINE_S, Deadline
 from hearth.vm.saved_files import state_path
-from hearth.vm.types import BootMode, NetworkMode, Vm, VmSpec, VmState, Volume
+from hearth.vm.types import NetworkMode, Vm, VmSpec, VmState, Volume
 
 _log = get_logger("vm.qemu")
 DEFAULT_RUN_ROOT = Path("/run/hearth")
@@ -173,13 +173,7 @@ class QemuBackend(BackendLifecycle[Template]):
     ) -> Vm:
         paths = self._paths(vm_id, workdir or self.vms_dir / vm_id)
         paths.workdir.mkdir(mode=0o700, parents=True, exist_ok=workdir is not None)
-        vm = Vm(
-            id=vm_id,
-            spec=spec,
-            backend=self.name,
-            workdir=paths.workdir,
-            boot_mode=BootMode.RESTORE if template else BootMode.COLD,
-        )
+        vm = self._new_vm(vm_id, spec, paths.workdir, template=template)
         try:
             # qemu-img runs in a thread: the event loop keeps serving other creates and requests.
             layers: tuple[DiskLayer, ...] = (DiskLayer(image.rootfs, "raw"),)
