@@ -5,13 +5,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import platform
-import tempfile
 import time
 import traceback
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import replace
-from pathlib import Path
 
 from hearth_agent import __version__
 from hearth_agent.browser import open_url
@@ -36,6 +34,7 @@ from hearth_agent.files import WorkspaceFiles
 from hearth_agent.jsontext import JsonTextError, decode_json
 from hearth_agent.log import JsonLogger
 from hearth_agent.login import LoginRegistry, LoginRunnerFactory, LoginStatus, LoginView
+from hearth_agent.login_dirs import owned_work_root
 from hearth_agent.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from hearth_agent.metrics import AgentMetrics, WriteOutcome
 from hearth_agent.oidc import OidcLoginRunner
@@ -450,8 +449,9 @@ def default_login_runners(
     logger: JsonLogger, *, records: ExecRecords | None = None
 ) -> dict[str, LoginRunnerFactory]:
     """The login runners of a real agent: the generic OIDC one and one per vendor CLI (whose
-    CLI is recorded in ``records`` while it runs, as an exec is)."""
-    work_root = Path(tempfile.gettempdir()) / "hearth-logins"
+    CLI is recorded in ``records`` while it runs, as an exec is, and whose folder is in this
+    agent's work root: what dead agents' logins left there is removed first)."""
+    work_root = owned_work_root(logger)
     runners: dict[str, LoginRunnerFactory] = {
         "oidc": lambda body: OidcLoginRunner.from_request(body, logger=logger)
     }

@@ -7,10 +7,11 @@ In: ``extract_into`` reads a tar as it arrives (``tarfile``'s stream mode, gzip 
 detected) and checks every member before it writes it: a name with ``..`` or an absolute name, a
 symlink whose target leads out of the workspace (from where it will be), a hard link to anything
 but a file earlier in the same archive, a device, fifo or sparse file, or files together over the
-cap are refused, and so is a member below a symlink of the archive. Members are written into a
-staging directory next to the destination; only a whole, valid archive is then moved into place
-(a new directory renamed at once; an existing one merged into, after checking that no member
-would replace a directory by a file or the reverse). On any refusal the staging directory is
+cap are refused, and so is a member below a symlink of the archive; headers are bounded before
+``tarfile`` reads them (``tar_headers``). Members are written into a staging directory next to
+the destination; only a whole, valid archive is then moved into place (a new directory renamed
+at once; an existing one merged into, after checking that no member would replace a directory
+by a file or the reverse). On any refusal the staging directory is
 removed: nothing of the archive is left in the workspace. The guest's python3 (Debian 12's
 3.11.2) predates ``tarfile``'s extraction filters, hence these checks of our own.
 """
@@ -36,6 +37,7 @@ from hearth_agent.errors import (
     StorageError,
 )
 from hearth_agent.staging import STAGING, StagingEntries
+from hearth_agent.tar_headers import BoundedTarFile
 from hearth_agent.workspace import DIR_FLAGS, Located, Workspace, make_dirs_at, open_dir_at
 
 BLOCK = 512
@@ -43,32 +45,7 @@ COPY_CHUNK = 1024 * 1024
 MAX_MEMBERS = 100_000
 DEFAULT_DIR_MODE = 0o755
 FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-# A long name's or a pax header's size (tarfile reads either whole into memory; a path is at
-# most 4 KiB): a few compressed KiB must not make the agent hold hundreds of MiB.
-MAX_HEADER_BYTES = 1024 * 1024
 MAX_MTIME = 2**40  # seconds either side of 1970: past it os.utime overflows
-
-
-class _BoundedHeaders(tarfile.TarInfo):
-    """Members whose extended headers (GNU long names, pax) are refused past
-    ``MAX_HEADER_BYTES`` before ``tarfile`` reads them (its hooks for those headers)."""
-
-    def _proc_gnulong(self, archive: tarfile.TarFile) -> tarfile.TarInfo:
-        _check_header_size(self.size)
-        member: tarfile.TarInfo = super()._proc_gnulong(archive)  # type: ignore[misc]
-        return member
-
-    def _proc_pax(self, archive: tarfile.TarFile) -> tarfile.TarInfo:
-        _check_header_size(self.size)
-        member: tarfile.TarInfo = super()._proc_pax(archive)  # type: ignore[misc]
-        return member
-
-
-def _check_header_size(size: int) -> None:
-    if size > MAX_HEADER_BYTES:
-        raise tarfile.HeaderError(
-            f"an extended header of {size} bytes (at most {MAX_HEADER_BYTES})"
-        )
 
 
 # ---- out ---------------------------------------------------------------------------------
@@ -234,10 +211,8 @@ class _Extraction:
 
     def run(self, body: RequestBody) -> None:
         try:
-            with tarfile.open(  # type: ignore[call-overload]
-                fileobj=body, mode="r|*", tarinfo=_BoundedHeaders
-            ) as archive:
-                for member in archive:
+            with BoundedTarFile.open(fileobj=body, mode="r|*") as archive:  # type: ignore[call-overload]
+                while (member := archive.next()) is not None:
                     self._member(archive, member)
         except tarfile.TarError as exc:
             raise InvalidArchive(f"{self.shown}: the body is not a readable tar: {exc}") from exc
