@@ -37,6 +37,7 @@ from hearth.state_dir_lock import CONTROLLER, StateDirLock
 from hearth.store import Store, create_store_engine
 from hearth.store.controller_lease import ControllerLease
 from hearth.store.database import connect_timed_out, connect_timeout_s
+from hearth.store.migrate import check_revision_known
 from hearth.store.repositories.users import check_new_user_id
 from hearth.vm.select import check_vmm
 
@@ -222,8 +223,9 @@ def _state_dir_is_free(settings: Settings, *, setting: str) -> None:
 
 async def _database_is_free(settings: Settings, *, setting: str) -> None:
     """Conflict if another controller holds the database ``settings`` name; ConfigError naming
-    ``setting`` (the database's) and why if it cannot be reached or opened. It is neither made
-    nor migrated here: a serve refused later must leave nothing behind."""
+    ``setting`` (the database's) and why if it cannot be reached or opened, or is at a revision
+    this Hearth does not know (a newer one wrote it). It is neither made nor migrated here: a
+    serve refused later must leave nothing behind."""
     url = settings.database()
     try:
         # A SQLite database's lease is a file beside it, which says nothing of the database.
@@ -232,6 +234,7 @@ async def _database_is_free(settings: Settings, *, setting: str) -> None:
         engine = create_store_engine(url)
         try:
             await (await ControllerLease.take(engine)).close()
+            await check_revision_known(engine)
         finally:
             await engine.dispose()
     except Conflict:

@@ -166,7 +166,8 @@ class Store(Closing):
     async def open(
         cls, url: str, *, clock: Clock = utc_now, key_secret: bytes | None = None
     ) -> Store:
-        """Connect to ``url`` and bring its schema to the newest revision.
+        """Connect to ``url`` and bring its schema to the newest revision (ConfigError, the
+        database unchanged, if it is at a revision this Hearth does not know).
 
         ``key_secret`` is what API keys are hashed under (``load_key_hash_secret``); without it
         keys can be listed and revoked but not minted or checked.
@@ -174,6 +175,10 @@ class Store(Closing):
         engine = create_store_engine(url)
         try:
             await upgrade_to_head(engine)
+        except ConfigError as exc:  # at a revision this Hearth does not know: say which database
+            await engine.dispose()
+            shown = engine.url.render_as_string(hide_password=True)
+            raise ConfigError(f"cannot open the database {shown}: {exc.message}") from exc
         except BaseException:
             await engine.dispose()
             raise
