@@ -101,3 +101,23 @@ async def test_keys_commands_refuse_it_without_a_traceback(
         f"error (config_invalid): cannot open the database {shown}: {_refused_because()}"
     )
     assert await _contents(database_url) == before
+
+
+async def test_doctor_says_why_the_database_cannot_be_opened(
+    database_url: str, tmp_path: Path
+) -> None:
+    """``hearth doctor``'s database row gives serve's reason (it named only the error's class)."""
+    before = await _written_by_a_newer_hearth(database_url)
+    env = {
+        "HEARTH_STATE_DIR": str(tmp_path / "state"),
+        "HEARTH_DATABASE_URL": database_url,
+    }
+    result = await asyncio.to_thread(hearth_cli, "doctor", env=env, timeout=120)
+    # The table's cells wrap: its rows read as one text once its rules are taken out.
+    output = " ".join(result.stdout.replace("│", " ").split())
+    assert result.returncode == 1, result.stdout + result.stderr
+    shown = create_store_engine(database_url).url.render_as_string(hide_password=True)
+    assert f"cannot open the database {shown}: {_refused_because()}" in output
+    password = create_store_engine(database_url).url.password
+    assert not password or str(password) not in result.stdout + result.stderr
+    assert await _contents(database_url) == before

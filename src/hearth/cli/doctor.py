@@ -10,12 +10,14 @@ import typer
 from rich.table import Table
 
 from hearth.cli.common import console, load_settings, plain
+from hearth.cli.server import why_unopened
 from hearth.config import Settings
 from hearth.errors import HearthError
 from hearth.images.build import default_output_dir
 from hearth.images.initramfs import static_busybox
 from hearth.images.manifest import ImageDir
 from hearth.images.recipes import RECIPES
+from hearth.sdk._errors import shown_url
 from hearth.store import Store
 from hearth.tools import require_tool
 from hearth.vm.accel import detect_accel
@@ -80,11 +82,12 @@ def doctor() -> None:
 async def _database(settings: Settings) -> tuple[bool, str]:
     """Open the store (running migrations) and ping it; the detail never holds a password."""
     url = settings.database()
-    shown = url.split("://", 1)[0] + "://" + url.rsplit("@", 1)[-1].split("://", 1)[-1]
     try:
         store = await Store.open(url)
-    except Exception as exc:
-        return False, f"{shown}: cannot open ({type(exc).__name__})"
+    except HearthError as exc:  # it names the database (its password masked) and why
+        return False, exc.message
+    except Exception as exc:  # what serve would refuse it for, in the same words
+        return False, f"cannot open the database {shown_url(url)}: {why_unopened(exc, url)}"
     try:
         ok = await store.ping()
     finally:

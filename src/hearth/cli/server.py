@@ -241,7 +241,7 @@ async def _database_is_free(settings: Settings, *, setting: str) -> None:
         raise
     except (HearthError, SQLAlchemyError, sqlite3.Error, OSError) as exc:
         raise ConfigError(
-            f"{setting}: cannot open the database {shown_url(url)}: {_cause(exc, url)}"
+            f"{setting}: cannot open the database {shown_url(url)}: {why_unopened(exc, url)}"
         ) from exc
 
 
@@ -263,7 +263,7 @@ def _sqlite_is_readable(database: Path) -> bool:
     return True
 
 
-def _cause(exc: BaseException, url: str) -> str:
+def why_unopened(exc: BaseException, url: str) -> str:
     """Why the database could not be opened, in one line: the driver's words rather than
     SQLAlchemy's wrapping of them, and never the URL's password."""
     if connect_timed_out(exc):  # the driver says only "connection timeout expired"
