@@ -151,6 +151,8 @@ class _BoundedHeader(tarfile.TarInfo):
     """A header that ``tarfile`` reads on from only once its archive's budget admits it."""
 
     def _proc_member(self, archive: tarfile.TarFile) -> tarfile.TarInfo | None:
+        if self.size < 0:  # a base-256 size can be: it would take from the budget and the cap
+            raise tarfile.HeaderError(f"a header with a negative size ({self.size})")
         if isinstance(archive, _BoundedArchive):
             archive.budget.admit(self)
             archive.cap.unpack(self)
@@ -176,6 +178,13 @@ class _BoundedArchive(tarfile.TarFile):
         self.budget = _HeaderBudget()
         self.cap = cap
         super().__init__(*args, **kwargs)
+
+    def next(self) -> tarfile.TarInfo | None:
+        """The next member; those before it are no longer kept (tarfile keeps every member
+        it has read, with its pax records, though a stream is read once)."""
+        member = super().next()
+        self.members.clear()  # type: ignore[attr-defined]
+        return member
 
 
 class _MemberCheck:
