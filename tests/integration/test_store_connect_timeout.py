@@ -1,7 +1,8 @@
 """A PostgreSQL server that never answers (a host that drops packets, a port held by something
 that accepts and stays silent): a new connection gives up after the store's connect timeout,
-``POSTGRES_CONNECT_TIMEOUT_S`` or the URL's own ``connect_timeout``, rather than psycopg's
-130 s, and says it timed out. Against a real silent listener on loopback."""
+``POSTGRES_CONNECT_TIMEOUT_S``, the URL's own ``connect_timeout`` or ``PGCONNECT_TIMEOUT``,
+rather than psycopg's 130 s, and says it timed out. Against a real silent listener on
+loopback."""
 
 from __future__ import annotations
 
@@ -63,6 +64,18 @@ async def test_the_urls_connect_timeout_wins(silent_port: int) -> None:
     url = f"postgresql://hearth:pw@127.0.0.1:{silent_port}/hearth?connect_timeout={SHORT_S}"
     assert await _seconds_to_time_out(url, connect_timeout_s=GIVE_UP_S * 2) < SHORT_S + 3
     assert connect_timeout_s(url) == SHORT_S
+
+
+async def test_pgconnect_timeout_is_the_operators_bound_when_the_url_sets_none(
+    silent_port: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # libpq's variable, which psycopg reads: not overridden by the default bound.
+    monkeypatch.setenv("PGCONNECT_TIMEOUT", str(SHORT_S))
+    url = f"postgresql://hearth:pw@127.0.0.1:{silent_port}/hearth"
+    assert await _seconds_to_time_out(url, connect_timeout_s=GIVE_UP_S * 2) < SHORT_S + 3
+    assert connect_timeout_s(url) == SHORT_S
+    # The URL's own still wins over it.
+    assert connect_timeout_s(f"{url}?connect_timeout=7") == 7
 
 
 async def test_the_driver_is_asked_for_the_default_bound(silent_port: int) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 from typing import Any
 
@@ -36,11 +37,13 @@ from hearth.store.repositories import (
 SQLITE_BUSY_TIMEOUT_MS = 5000
 PING_TIMEOUT_S = 5.0
 # How long a new PostgreSQL connection (TCP and PostgreSQL's handshake) may take before it fails,
-# unless the URL sets ``connect_timeout``: a host that drops packets would otherwise hold the
-# controller's start, and every new pooled connection, for psycopg's default of 130 s. libpq
-# counts whole seconds, 2 at least.
+# unless the URL sets ``connect_timeout`` (or PGCONNECT_TIMEOUT is set): a host that drops
+# packets would otherwise hold the controller's start, and every new pooled connection, for
+# psycopg's default of 130 s. libpq counts whole seconds, 2 at least.
 POSTGRES_CONNECT_TIMEOUT_S = 10
 _CONNECT_TIMEOUT = "connect_timeout"
+# libpq's variable, which psycopg reads too: an operator's bound when the URL sets none.
+_CONNECT_TIMEOUT_ENV = "PGCONNECT_TIMEOUT"
 
 _log = get_logger("store")
 
@@ -108,14 +111,16 @@ def create_store_engine(
     """An async engine for ``url`` with the per-backend settings the store relies on.
 
     A new PostgreSQL connection fails after ``connect_timeout_s`` (the URL's own
-    ``connect_timeout`` wins); ``connect_timed_out`` tells that failure apart.
+    ``connect_timeout`` wins, then ``PGCONNECT_TIMEOUT``); ``connect_timed_out`` tells that
+    failure apart.
     """
     parsed = normalise_url(url)
     if parsed.get_backend_name() == "sqlite":
         engine = create_async_engine(parsed)
         _tune_sqlite(engine)
         return engine
-    connect_args = {} if _CONNECT_TIMEOUT in parsed.query else {_CONNECT_TIMEOUT: connect_timeout_s}
+    given = _CONNECT_TIMEOUT in parsed.query or os.environ.get(_CONNECT_TIMEOUT_ENV)
+    connect_args = {} if given else {_CONNECT_TIMEOUT: connect_timeout_s}
     return create_async_engine(parsed, pool_pre_ping=True, connect_args=connect_args)
 
 
@@ -125,9 +130,9 @@ def connect_timeout_s(url: str) -> int | None:
     parsed = normalise_url(url)
     if parsed.get_backend_name() == "sqlite":
         return None
-    given = parsed.query.get(_CONNECT_TIMEOUT, POSTGRES_CONNECT_TIMEOUT_S)
+    given = parsed.query.get(_CONNECT_TIMEOUT) or os.environ.get(_CONNECT_TIMEOUT_ENV)
     return timeout_from_conninfo(
-        {_CONNECT_TIMEOUT: given if isinstance(given, str | int) else None}
+        {_CONNECT_TIMEOUT: given if isinstance(given, str) else POSTGRES_CONNECT_TIMEOUT_S}
     )
 
 
