@@ -1,7 +1,11 @@
-"""Fixtures shared by every test layer: settings on temp dirs, and the real minimal image.
+"""Fixtures shared by every test layer: settings on temp dirs, and the real images.
 
-The minimal image is built once per session through the real CLI (``hearth image build``); the
-heavy parts are cached under HEARTH_CACHE_DIR by content hash, so reruns take seconds.
+Each image (minimal, browser, cli, and the cli image trusting the stand-ins' test CA) is built
+once per session through the real CLI (``hearth image build``); the heavy parts are cached under
+HEARTH_CACHE_DIR by content hash, so reruns take seconds. They are defined here, once, not in the
+modules that use them: a session fixture a test module imports is a fixture of that module, made
+again for each module that imports it, and every new copy of an image at a new path needs its
+restore templates built anew (a minute and more for a Browser VM's under TCG).
 """
 
 from __future__ import annotations
@@ -14,10 +18,13 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from hearth.bench.run_first_event import trusted_image_copy
+from hearth.bench.standins.ca import TestCA
 from hearth.config import Settings
 from hearth.images.manifest import ImageDir, ImageManifest
 
@@ -95,6 +102,64 @@ def minimal_image(
 ) -> ImageDir:
     """The built minimal image directory."""
     return minimal_image_build[0]
+
+
+@dataclass(frozen=True)
+class BuiltImage:
+    """An image built by the CLI, with what the CLI printed and how long it took."""
+
+    image: ImageDir
+    result: subprocess.CompletedProcess[str]
+    seconds: float
+
+
+@pytest.fixture(scope="session")
+def browser_image_build(tmp_path_factory: pytest.TempPathFactory) -> BuiltImage:
+    """``hearth image build --recipe browser`` run once for the session."""
+    require_tools("debootstrap", "debugfs", "mkfs.ext4", "qemu-img", "cpio", "lz4", "busybox")
+    out = tmp_path_factory.mktemp("image-browser")
+    started = time.monotonic()
+    result = hearth_cli("image", "build", "--recipe", "browser", "--out", str(out), timeout=3600)
+    seconds = time.monotonic() - started
+    if result.returncode != 0:
+        pytest.fail(
+            f"hearth image build --recipe browser failed:\n{result.stdout}\n{result.stderr}"
+        )
+    return BuiltImage(image=ImageDir(out), result=result, seconds=seconds)
+
+
+@pytest.fixture(scope="session")
+def browser_image(browser_image_build: BuiltImage) -> ImageDir:
+    """The built browser image directory."""
+    return browser_image_build.image
+
+
+@pytest.fixture(scope="session")
+def cli_image(tmp_path_factory: pytest.TempPathFactory) -> ImageDir:
+    """``hearth image build --recipe cli`` run once for the session."""
+    require_tools(
+        "debootstrap", "debugfs", "mkfs.ext4", "qemu-img", "cpio", "lz4", "busybox", "npm"
+    )
+    out = tmp_path_factory.mktemp("image-cli")
+    result = hearth_cli("image", "build", "--recipe", "cli", "--out", str(out), timeout=3600)
+    if result.returncode != 0:
+        pytest.fail(f"hearth image build --recipe cli failed:\n{result.stdout}\n{result.stderr}")
+    return ImageDir(out)
+
+
+@pytest.fixture(scope="session")
+def test_ca() -> TestCA:
+    """The CA of the stand-ins' certificates, trusted by the test image only."""
+    return TestCA()
+
+
+@pytest.fixture(scope="session")
+def trusted_cli_image(
+    cli_image: ImageDir, test_ca: TestCA, tmp_path_factory: pytest.TempPathFactory
+) -> ImageDir:
+    """The cli image, copied, with the test CA added by ``trust_ca`` (``hearth image
+    trust-ca``)."""
+    return trusted_image_copy(cli_image, tmp_path_factory.mktemp("image-cli-test-ca"), test_ca.pem)
 
 
 @pytest.fixture(scope="session")

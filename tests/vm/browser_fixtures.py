@@ -1,8 +1,7 @@
 """Browser VM test support: the real browser image, and small DevTools and VNC (RFB) clients.
 
-The image is built once per session through the real CLI (``hearth image build --recipe
-browser``); debootstrap of Chromium takes minutes, but the result is cached by content hash under
-HEARTH_CACHE_DIR, so only the first run on a machine pays for it. The clients speak just enough
+The image itself is tests/conftest.py's ``browser_image`` (built once per session through the real
+CLI, ``hearth image build --recipe browser``). The clients speak just enough
 of each protocol to prove, from the host, that Chromium runs and that the user would see it.
 """
 
@@ -13,8 +12,6 @@ import contextlib
 import json
 import re
 import struct
-import subprocess
-import time
 import urllib.parse
 import zlib
 from dataclasses import dataclass
@@ -22,23 +19,17 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from hearth.auth.rfb import authenticate
-from hearth.images.manifest import ImageDir
 from hearth.vm.readiness import Backoff, Deadline
-from tests.conftest import hearth_cli, require_tools
 
 __all__ = [
-    "BuiltImage",
     "DevTools",
     "Framebuffer",
     "RfbClient",
     "RfbError",
-    "browser_image",
-    "browser_image_build",
     "png_bytes",
     "wait_for_rfb_greeting",
 ]
@@ -47,36 +38,6 @@ __all__ = [
 VNC_PORT = 5900
 DEVTOOLS_RELAY_PORT = 9223
 RFB_GREETING = re.compile(rb"RFB 003\.00\d\n")
-
-
-@dataclass(frozen=True)
-class BuiltImage:
-    """An image built by the CLI, with what the CLI printed and how long it took."""
-
-    image: ImageDir
-    result: subprocess.CompletedProcess[str]
-    seconds: float
-
-
-@pytest.fixture(scope="session")
-def browser_image_build(tmp_path_factory: pytest.TempPathFactory) -> BuiltImage:
-    """``hearth image build --recipe browser`` run once for the session."""
-    require_tools("debootstrap", "debugfs", "mkfs.ext4", "qemu-img", "cpio", "lz4", "busybox")
-    out = tmp_path_factory.mktemp("image-browser")
-    started = time.monotonic()
-    result = hearth_cli("image", "build", "--recipe", "browser", "--out", str(out), timeout=3600)
-    seconds = time.monotonic() - started
-    if result.returncode != 0:
-        pytest.fail(
-            f"hearth image build --recipe browser failed:\n{result.stdout}\n{result.stderr}"
-        )
-    return BuiltImage(image=ImageDir(out), result=result, seconds=seconds)
-
-
-@pytest.fixture(scope="session")
-def browser_image(browser_image_build: BuiltImage) -> ImageDir:
-    """The built browser image directory."""
-    return browser_image_build.image
 
 
 class DevTools:

@@ -17,12 +17,11 @@ from hearth.images.manifest import ImageDir
 from hearth.vm.readiness import Deadline
 from hearth.vm.types import BootMode, VmSpec, VmState, VmType
 from hearth_agent.vnc import vnc_password
-from tests.conftest import hearth_cli
+from tests.conftest import BuiltImage, hearth_cli
 from tests.vm.browser_fixtures import *  # noqa: F403
 from tests.vm.browser_fixtures import (
     DEVTOOLS_RELAY_PORT,
     VNC_PORT,
-    BuiltImage,
     DevTools,
     RfbClient,
     RfbError,

@@ -30,7 +30,6 @@ from typing import Any
 import pytest
 from httpx_sse import aconnect_sse
 
-from hearth.bench.run_first_event import trusted_image_copy
 from hearth.bench.standins.ca import TestCA
 from hearth.bench.standins.documents import sample_document
 from hearth.bench.standins.scenarios import Script
@@ -45,9 +44,6 @@ from tests.integration.store_fixtures import *  # noqa: F403
 from tests.vm.api_fixtures import Api, serve_owned
 from tests.vm.test_api import sqlite_only, user_key
 from tests.vm.test_exec import events_of, exit_of, output
-from tests.vm.test_vendor_clis import cli_image
-
-__all__ = ["cli_image"]
 
 pytestmark = [pytest.mark.slow, pytest.mark.vm, sqlite_only]
 
@@ -55,21 +51,6 @@ ANSWER = "Hello from the stand-in. The answer is 42."
 # Under TCG a CLI takes seconds to start (claude is a 380 MB native binary).
 RUN_DEADLINE_S = 300.0
 Event = tuple[int, str, dict[str, Any]]
-
-
-@pytest.fixture(scope="session")
-def test_ca() -> TestCA:
-    """The CA of the stand-ins' certificates, trusted by the test image only."""
-    return TestCA()
-
-
-@pytest.fixture(scope="session")
-def trusted_cli_image(
-    cli_image: ImageDir, test_ca: TestCA, tmp_path_factory: pytest.TempPathFactory
-) -> ImageDir:
-    """The cli image, copied, with the test CA added by ``trust_ca`` (``hearth image
-    trust-ca``)."""
-    return trusted_image_copy(cli_image, tmp_path_factory.mktemp("image-cli-test-ca"), test_ca.pem)
 
 
 @dataclass

@@ -36,17 +36,14 @@ from tests.vm.test_api import sqlite_only
 from tests.vm.test_runs import (
     ANSWER,
     StandIns,
-    cli_image,
     cli_processes,
     controller,
     documents,
     logged_in_vm,
     standins,
-    test_ca,
-    trusted_cli_image,
 )
 
-__all__ = ["cli_image", "controller", "documents", "standins", "test_ca", "trusted_cli_image"]
+__all__ = ["controller", "documents", "standins"]
 
 pytestmark = [pytest.mark.slow, pytest.mark.vm, sqlite_only]
 

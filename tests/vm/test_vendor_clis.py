@@ -25,13 +25,10 @@ from hearth.images.manifest import ROOTFS_NAME, ImageDir
 from hearth.images.vendor import pinned_versions, system_settings
 from hearth.vm.readiness import Deadline
 from hearth.vm.types import Vm, VmSpec, VmType
-from tests.conftest import hearth_cli, require_tools
 from tests.integration.test_image_agent_install import debugfs_cat
-from tests.vm.browser_fixtures import DevTools, browser_image, browser_image_build
+from tests.vm.browser_fixtures import DevTools
 from tests.vm.conftest import TrackingBackend
 from tests.vm.test_browser_vm import BROWSER_SPEC, DEVTOOLS_RELAY_PORT, SERVICE_DEADLINE_S
-
-__all__ = ["browser_image", "browser_image_build"]
 
 pytestmark = [pytest.mark.slow, pytest.mark.vm]
 
@@ -41,19 +38,6 @@ CODEX_CLIENT_ID = "app_EMoamEEZ73f0CkXaXp7hrann"
 CLAUDE_CLIENT_ID = "9d1c250a-e61b-44d9-88ed-5944d1962f5e"
 GEMINI_CLIENT_ID = "681255809395-oo8ft2oprdrnp9e3aqf6av3hmdib135j.apps.googleusercontent.com"
 CLI_SPEC = VmSpec(vm_type=VmType.CLI, vcpus=1, mem_mib=1024)
-
-
-@pytest.fixture(scope="session")
-def cli_image(tmp_path_factory: pytest.TempPathFactory) -> ImageDir:
-    """``hearth image build --recipe cli`` run once for the session."""
-    require_tools(
-        "debootstrap", "debugfs", "mkfs.ext4", "qemu-img", "cpio", "lz4", "busybox", "npm"
-    )
-    out = tmp_path_factory.mktemp("image-cli")
-    result = hearth_cli("image", "build", "--recipe", "cli", "--out", str(out), timeout=3600)
-    if result.returncode != 0:
-        pytest.fail(f"hearth image build --recipe cli failed:\n{result.stdout}\n{result.stderr}")
-    return ImageDir(out)
 
 
 @pytest.fixture
