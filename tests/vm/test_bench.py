@@ -29,9 +29,6 @@ from tests.fake_backend import FakeBackend
 from tests.integration.store_fixtures import PostgresServer, postgres_server  # noqa: F401
 from tests.vm.browser_fixtures import *  # noqa: F403
 from tests.vm.conftest import qemu_pids_under
-from tests.vm.test_vendor_clis import cli_image
-
-__all__ = ["cli_image"]
 
 pytestmark = [pytest.mark.slow, pytest.mark.vm]
 
@@ -206,7 +203,7 @@ def test_bench_api_measures_the_read_routes_and_stops_its_controller(
 
 
 def test_bench_auth_measures_one_flow_by_stage_and_leaves_nothing(
-    minimal_image: ImageDir, browser_image: ImageDir, tmp_path: Path
+    minimal_image: ImageDir, browser_image: ImageDir, vm_state_dir: Path, tmp_path: Path
 ) -> None:
     # Installed ahead (scripts/test.sh does it), so the bench does not reach for the npm registry.
     reason = None if shutil.which("node") else "needs node (Node.js 20 or later)"
@@ -230,6 +227,10 @@ def test_bench_auth_measures_one_flow_by_stage_and_leaves_nothing(
         str(browser_image.path),
         "--state-dir",
         str(state),
+        # The session's templates (the end-to-end tests' ones): the bench prepares what is
+        # missing there and builds nothing twice.
+        "--template-dir",
+        str(vm_state_dir / "templates"),
         "--json",
         str(out),
     )

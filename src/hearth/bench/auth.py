@@ -111,6 +111,9 @@ class AuthBenchOptions:
     cli_image: ImageDir
     browser_image: ImageDir
     oidc_server_dir: Path
+    # Snapshot templates to use and keep (a controller's HEARTH_TEMPLATE_DIR); None: built
+    # afresh under the state dir.
+    template_dir: Path | None = None
     poll_s: float = 0.25  # how often the scripted user and the bench look
 
 
@@ -179,13 +182,18 @@ async def run_auth_bench(options: AuthBenchOptions, *, progress: Progress) -> Au
         oidc = await login_world(options, state, teardown, progress)
         result.issuer = oidc.issuer
         with progress.phase("templates", "as setup (hearth image build) prepares them"):
-            settings = Settings.from_env({"HEARTH_STATE_DIR": str(state)})
+            settings = Settings.from_env(
+                {"HEARTH_STATE_DIR": str(state), **template_env(options.template_dir)}
+            )
             for image_path in dict.fromkeys((options.cli_image.path, options.browser_image.path)):
                 for name, outcome in await prepare_templates(settings, image_path):
                     if not outcome.startswith("ready"):
                         raise BenchError(f"template {name} was not prepared: {outcome}")
         controller = await start_controller(
-            state_dir=state, env=controller_env(oidc), teardown=teardown, progress=progress
+            state_dir=state,
+            env=controller_env(oidc, options.template_dir),
+            teardown=teardown,
+            progress=progress,
         )
         with progress.phase("controller warm-up", "what its start prepares, as after setup"):
             await controller.wait_warm()
@@ -387,9 +395,16 @@ def _logged_marks(
     return marks, boot_modes, templates
 
 
-def controller_env(oidc: OidcServer) -> dict[str, str]:
-    """The controller's settings: the OAuth server reachable from Browser VMs, no warm pools."""
+def template_env(template_dir: Path | None) -> dict[str, str]:
+    """``HEARTH_TEMPLATE_DIR`` for ``template_dir``; nothing (under the state dir) for None."""
+    return {} if template_dir is None else {"HEARTH_TEMPLATE_DIR": str(template_dir)}
+
+
+def controller_env(oidc: OidcServer, template_dir: Path | None) -> dict[str, str]:
+    """The controller's settings: the OAuth server reachable from Browser VMs, no warm pools,
+    the templates in ``template_dir`` (None: under its state dir)."""
     return {
+        **template_env(template_dir),
         "HEARTH_OIDC_ISSUER": oidc.issuer,
         "HEARTH_OIDC_UPSTREAM_PORT": str(oidc.port),
         "HEARTH_OIDC_CLIENT_ID": CLIENT_ID,

@@ -89,6 +89,13 @@ BrowserImage = Annotated[
     Path | None,
     typer.Option(help="Browser VM image (default: the browser image under the state dir)."),
 ]
+TemplateDir = Annotated[
+    Path | None,
+    typer.Option(
+        help="Snapshot templates to use, and keep what is built there (e.g. a controller's "
+        "HEARTH_TEMPLATE_DIR; default: built afresh under the state dir)."
+    ),
+]
 
 
 def _state_dir_option(what: str) -> Any:
@@ -174,13 +181,18 @@ class _LoginParts(TypedDict):
     cli_image: ImageDir
     browser_image: ImageDir
     oidc_server_dir: Path
+    template_dir: Path | None
 
 
 def _login_parts(
-    cli_image: Path | None, browser_image: Path | None, oidc_server_dir: Path | None
+    cli_image: Path | None,
+    browser_image: Path | None,
+    oidc_server_dir: Path | None,
+    template_dir: Path | None,
 ) -> _LoginParts:
     """What a bench of logins runs: its two images (built ones, or exit 1 saying how to build
-    them) and the OAuth server (installed under the cache dir unless given)."""
+    them), the OAuth server (installed under the cache dir unless given) and where the
+    templates are."""
     settings = _load_settings()
     cli_image_dir = _built_image(settings, cli_image, "minimal", role="CLI")
     browser_image_dir = _built_image(settings, browser_image, "browser", role="Browser")
@@ -193,6 +205,7 @@ def _login_parts(
         cli_image=cli_image_dir,
         browser_image=browser_image_dir,
         oidc_server_dir=oidc_server_dir.absolute(),
+        template_dir=template_dir.absolute() if template_dir else None,
     )
 
 
@@ -211,6 +224,7 @@ def bench_auth(
     ] = None,
     json_file: JsonFile = None,
     state_dir: Annotated[Path | None, _state_dir_option("The controller's state dir")] = None,
+    template_dir: TemplateDir = None,
 ) -> None:
     """The controller's own time in an auth flow: total minus the user's time, by stage.
 
@@ -223,7 +237,9 @@ def bench_auth(
             command += [flag, str(given)]
     if oidc_server_dir is not None:
         command += ["--oidc-server-dir", str(oidc_server_dir)]
-    login = _login_parts(cli_image, browser_image, oidc_server_dir)
+    if template_dir is not None:
+        command += ["--template-dir", str(template_dir)]
+    login = _login_parts(cli_image, browser_image, oidc_server_dir, template_dir)
     result = _measure(run_auth_bench, partial(AuthBenchOptions, n=n, **login), state_dir)
     _report(result, auth_tables, auth_document, json_file=json_file, command=command)
 
@@ -240,6 +256,7 @@ def bench_restarts(
     browser_image: BrowserImage = None,
     json_file: JsonFile = None,
     state_dir: Annotated[Path | None, _state_dir_option("The controller's state dir")] = None,
+    template_dir: TemplateDir = None,
 ) -> None:
     """Logins that outlive their controller: stopped (kill -9, or SIGTERM between the sign-in
     pages) at a random moment of each stage, restarted, the user signs in; how many complete.
@@ -248,7 +265,9 @@ def bench_restarts(
     """
     command = ["hearth", "bench", "restarts", "--n", str(n)]
     command += [arg for p in point or () for arg in ("--point", p)]
-    login = _login_parts(cli_image, browser_image, None)
+    if template_dir is not None:
+        command += ["--template-dir", str(template_dir)]
+    login = _login_parts(cli_image, browser_image, None, template_dir)
     options = partial(RestartsOptions, n=n, points=tuple(point or POINTS), seed=seed, **login)
     result = _measure(run_restarts_bench, options, state_dir)
     _report(result, restarts_tables, restarts_document, json_file=json_file, command=command)

@@ -61,6 +61,7 @@ class RestartsOptions:
     cli_image: ImageDir
     browser_image: ImageDir
     oidc_server_dir: Path
+    template_dir: Path | None = None  # as AuthBenchOptions'
     points: tuple[str, ...] = tuple(POINTS)
     seed: int | None = None
 
@@ -112,7 +113,7 @@ async def run_restarts_bench(options: RestartsOptions, *, progress: Progress) ->
     state = options.state_dir / "controller"
     async with Teardown(error=BenchError) as teardown:
         oidc = await login_world(options, state, teardown, progress)
-        logins = Logins(state=state, oidc=oidc)
+        logins = Logins(state=state, oidc=oidc, template_dir=options.template_dir)
         # Through a controller that destroys every VM it runs as it stops.
         teardown.push("destroy the VMs, stop the controller", logins.stop_destroying)
         with progress.phase("controller", "start hearth serve"):
@@ -130,16 +131,17 @@ async def run_restarts_bench(options: RestartsOptions, *, progress: Progress) ->
 class Logins:
     """A controller that is stopped and started again under logins, and its scripted user."""
 
-    def __init__(self, *, state: Path, oidc: OidcServer) -> None:
+    def __init__(self, *, state: Path, oidc: OidcServer, template_dir: Path | None) -> None:
         self.state = state
         self.oidc = oidc
+        self.template_dir = template_dir
         self.controller: ControllerProcess | None = None
 
     async def start(self, *, destroy_on_exit: bool = False) -> None:
         """``hearth serve`` on the state dir (VMs outlive it unless ``destroy_on_exit``)."""
         self.controller = await ControllerProcess.start(
             state_dir=self.state,
-            env=controller_env(self.oidc),
+            env=controller_env(self.oidc, self.template_dir),
             destroy_on_exit=destroy_on_exit,
         )
 
