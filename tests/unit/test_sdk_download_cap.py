@@ -1,8 +1,8 @@
 """A directory's download through the SDK takes at most ``max_bytes`` of the guest's tar: as it
 arrives (the async client spools it to a temporary file first) and as it unpacks (a compressed
-tar counts by what it holds). A guest that streams without end is cut off at the bound with
-``InvalidArchive``, nothing left behind. The answers are made as ``httpx.MockTransport`` streams
-them; the default bound is lowered to ``CAP`` for the tests.
+tar counts by what it holds, a member by the size its pax records give it). A guest that streams
+without end is cut off at the bound with ``InvalidArchive``, nothing left behind. The answers are
+made as ``httpx.MockTransport`` streams them; the default bound is lowered to ``CAP`` for the tests.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from hearth.sdk import Hearth, InvalidArchive, _archive
+from hearth.sdk import Hearth, InvalidArchive
+from hearth.sdk._files import AsyncFiles, Files
 from tests.unit.test_sdk_download_archive import CLIENTS, URL, file, serving, tar_of, tree
 from tests.unit.test_sdk_download_headers import Pulled, download
 
@@ -47,6 +48,29 @@ def endless_member() -> Iterator[bytes]:
         yield b"\0" * PIECE
 
 
+def sized_by_pax(where: str, size: int) -> bytes:
+    """A tar whose member ``big`` has ``4 * CAP`` bytes of data and a header that says 0 (as
+    tar writes a size the header cannot hold), ``size`` in a pax record before it (``where``
+    is ``member``) or in a global pax header (``global``)."""
+    info = tarfile.TarInfo("big")
+    if where == "member":
+        info.pax_headers = {"size": str(size)}
+        head = info.tobuf(tarfile.PAX_FORMAT)
+    else:
+        head = tarfile.TarInfo.create_pax_global_header({"size": str(size)})
+        head += info.tobuf(tarfile.PAX_FORMAT)
+    return head + b"x" * (4 * CAP) + b"\0" * (2 * tarfile.BLOCKSIZE)
+
+
+def pieces(data: bytes) -> Iterator[bytes]:
+    yield from (data[at : at + PIECE] for at in range(0, len(data), PIECE))
+
+
+def gzipped(data: bytes) -> bytes:
+    packer = zlib.compressobj(wbits=31)  # the gzip container
+    return packer.compress(data) + packer.flush()
+
+
 def open_files() -> set[str]:
     return set(os.listdir("/proc/self/fd"))
 
@@ -57,7 +81,8 @@ def spool_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     spools = tmp_path / "spool"
     spools.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(spools))
-    monkeypatch.setattr(_archive, "MAX_ARCHIVE_BYTES", CAP, raising=False)
+    for files in (Files, AsyncFiles):
+        monkeypatch.setitem(files.download.__kwdefaults__, "max_bytes", CAP)
     return spools
 
 
@@ -86,12 +111,58 @@ async def test_a_compressed_tar_is_bounded_by_what_it_unpacks_to(
     client: str, tmp_path: Path, spool_dir: Path
 ) -> None:
     # A few KiB on the wire, 4 MiB of zeros once unpacked.
-    packer = zlib.compressobj(wbits=31)  # the gzip container
-    payload = tar_of(file("zeros", b"\0" * (4 * CAP)), file("after"))
-    body = Pulled([packer.compress(payload) + packer.flush()])
+    body = Pulled([gzipped(tar_of(file("zeros", b"\0" * (4 * CAP)), file("after")))])
     with pytest.raises(InvalidArchive) as refused:
         await download(client, body, tmp_path / "proj")
     assert f"larger than max_bytes ({CAP} bytes)" in str(refused.value)
+    assert tree(tmp_path) == {"spool": "/"}
+
+
+# The async client counts a tar as it arrives too: only a compressed one gets to unpacking.
+@pytest.mark.parametrize(
+    ("client", "packed"), [("sync", False), ("sync", True), ("async", True)], ids=str
+)
+@pytest.mark.parametrize("where", ["member", "global"])
+async def test_a_member_is_counted_by_the_size_its_pax_records_give_it(
+    client: str, packed: bool, where: str, tmp_path: Path, spool_dir: Path
+) -> None:
+    # Counted by its header's size (0), 4 MiB were unpacked past the bound of 1 MiB (from 4 KiB
+    # of gzip); with a global record, tarfile then stopped at its next header.
+    payload = sized_by_pax(where, 4 * CAP)
+    taken = Taken(pieces(gzipped(payload) if packed else payload))
+    with pytest.raises(InvalidArchive) as refused:
+        await download(client, Pulled(taken), tmp_path / "proj")
+    assert refused.value.code == "invalid_archive"
+    assert f"larger than max_bytes ({CAP} bytes); nothing was written" in str(refused.value)
+    assert taken.bytes <= PIECE  # refused at the member's header, before its data
+    assert tree(tmp_path) == {"spool": "/"}
+
+
+def stepped_over() -> bytes:
+    """A tar whose member is made 0 bytes by a global pax record, its header saying 4 MiB (which
+    tarfile steps over to the next header)."""
+    info = tarfile.TarInfo("big")
+    info.size = 4 * CAP
+    head = tarfile.TarInfo.create_pax_global_header({"size": "0"}) + info.tobuf()
+    return head + b"x" * (4 * CAP) + b"\0" * (2 * tarfile.BLOCKSIZE)
+
+
+@CLIENTS
+@pytest.mark.parametrize(
+    ("payload", "why"),
+    [
+        (sized_by_pax("member", -4 * CAP), r"a member with a negative size \(-4194304\)"),
+        (stepped_over(), rf"larger than max_bytes \({CAP} bytes\)"),
+    ],
+    ids=["negative-pax-size", "global-pax-size-below-the-header's"],
+)
+async def test_a_pax_size_cannot_take_from_the_count(
+    client: str, payload: bytes, why: str, tmp_path: Path, spool_dir: Path
+) -> None:
+    # Counted by the larger of what is extracted (the member's size) and what tarfile steps
+    # over; a negative size is refused at its header.
+    with pytest.raises(InvalidArchive, match=why):
+        await download(client, Pulled([gzipped(payload)]), tmp_path / "proj")
     assert tree(tmp_path) == {"spool": "/"}
 
 

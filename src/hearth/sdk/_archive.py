@@ -14,8 +14,10 @@ an extended header (pax, GNU long name) whole into memory and a sparse member's 
 entry, so a few compressed KiB could make it hold GiBs. The extended headers before one member
 may hold ``MAX_EXTENDED_BYTES`` together (and the archive's global ones as much), at most
 ``MAX_EXTENDED_HEADERS`` of them; a sparse member is refused at its header. The whole archive
-is bounded too (``ArchiveCap``): each header is counted with its data before either is read, so
-that no stream, compressed or not, writes past ``max_bytes``.
+is bounded too (``ArchiveCap``): each header is counted before it is read on, an extended one
+with its data; a member's data once ``tarfile`` has applied the pax records before it (a pax or
+global ``size`` record replaces the header's) and before it is read. So no stream, compressed or
+not, writes past ``max_bytes``.
 
 The archive is unpacked into a new directory beside the target; only a whole, valid archive is
 put in place: renamed to a target that does not exist yet, or merged into one that does (a
@@ -61,8 +63,8 @@ _EXTENDED_TYPES = frozenset(
 @dataclass
 class ArchiveCap:
     """The most of a directory's tar one download takes: ``max_bytes`` (None: no bound) as it
-    arrives (``arrive``, for a copy kept before unpacking) and as it unpacks (``unpack``: a
-    header with its data, before either is read). Past it: InvalidArchive naming the bound."""
+    arrives (``arrive``, for a copy kept before unpacking) and as it unpacks (``unpack``: each
+    part of the tar before it is read). Past it: InvalidArchive naming the bound."""
 
     target: Path
     max_bytes: int | None
@@ -74,9 +76,9 @@ class ArchiveCap:
         self.arrived += len(chunk)
         self._check(self.arrived)
 
-    def unpack(self, header: tarfile.TarInfo) -> None:
-        """Count ``header`` and the data it announces, in whole blocks, before they are read."""
-        self.unpacked += tarfile.BLOCKSIZE * (1 + -(-header.size // tarfile.BLOCKSIZE))
+    def unpack(self, size: int) -> None:
+        """Count ``size`` bytes of the tar, in whole blocks, before they are read."""
+        self.unpacked += tarfile.BLOCKSIZE * -(-size // tarfile.BLOCKSIZE)
         self._check(self.unpacked)
 
     def _check(self, count: int) -> None:
@@ -155,7 +157,10 @@ class _BoundedHeader(tarfile.TarInfo):
             raise tarfile.HeaderError(f"a header with a negative size ({self.size})")
         if isinstance(archive, _BoundedArchive):
             archive.budget.admit(self)
-            archive.cap.unpack(self)
+            # The block, and an extended header's data (read next); a member's data is counted
+            # by _BoundedArchive.next, once the pax records before it have set its size.
+            extended = self.type in _EXTENDED_TYPES
+            archive.cap.unpack(tarfile.BLOCKSIZE + (self.size if extended else 0))
         member: tarfile.TarInfo | None = super()._proc_member(archive)  # type: ignore[misc]
         return member
 
@@ -180,10 +185,19 @@ class _BoundedArchive(tarfile.TarFile):
         super().__init__(*args, **kwargs)
 
     def next(self) -> tarfile.TarInfo | None:
-        """The next member; those before it are no longer kept (tarfile keeps every member
-        it has read, with its pax records, though a stream is read once)."""
+        """The next member, its data counted by the cap before it is read; those before it
+        are no longer kept (tarfile keeps every member it has read, with its pax records,
+        though a stream is read once)."""
+        # tarfile reads the first member as it opens the archive (counted then), then hands it out.
+        fresh = self.firstmember is None  # type: ignore[attr-defined]
         member = super().next()
         self.members.clear()  # type: ignore[attr-defined]
+        if member is not None and fresh:
+            if member.size < 0:  # a pax size can be: it would take from the cap
+                raise tarfile.HeaderError(f"a member with a negative size ({member.size})")
+            # Extracting reads the member's size; tarfile steps to the next header by the
+            # header's own size when only a global pax record changed it: the larger is read.
+            self.cap.unpack(max(member.size, self.offset - member.offset_data))
         return member
 
 

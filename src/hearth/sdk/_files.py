@@ -13,24 +13,21 @@ import contextlib
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path, PurePosixPath
-from typing import IO, Protocol, TypeVar, Unpack
+from typing import IO, Protocol, TypeVar
 from urllib.parse import quote
 
 import httpx
 
-from hearth.sdk import _archive
-from hearth.sdk._archive import ArchiveCap, extract_tar
+from hearth.sdk._archive import MAX_ARCHIVE_BYTES, ArchiveCap, extract_tar
 from hearth.sdk._calls import Call
 from hearth.sdk._config import ClientConfig
 from hearth.sdk._errors import HearthConnectionError, transport_text
 from hearth.sdk._transfer import (
     ChunkReader,
-    DownloadOptions,
     FileEntry,
     FileWritten,
     Progress,
     Upload,
-    WriteOptions,
     WriteSource,
     answer_kind,
     counted,
@@ -124,11 +121,6 @@ def _read_request(http: _SyncHttp | _AsyncHttp, vm_id: str, path: str) -> httpx.
     )
 
 
-def _archive_cap(target: Path, options: DownloadOptions) -> ArchiveCap:
-    """The bound of a directory's download into ``target``, as ``options`` set it."""
-    return ArchiveCap(target, options.get("max_bytes", _archive.MAX_ARCHIVE_BYTES))
-
-
 def _local_target(path: str, local: Path, kind: str) -> Path:
     """Where a download goes: into ``local`` if it is a directory and the remote is a file."""
     if kind == "file" and local.is_dir():
@@ -192,13 +184,20 @@ class Files:
         self._http = http
         self._vm_id = vm_id
 
-    def write(self, path: str, data: WriteSource, **options: Unpack[WriteOptions]) -> FileWritten:
+    def write(
+        self,
+        path: str,
+        data: WriteSource,
+        *,
+        mode: int | None = None,
+        progress: Progress | None = None,
+    ) -> FileWritten:
         """Write ``data`` (bytes, a binary file, chunks, or a ``Path``: a file, or a directory,
         sent as a tar and unpacked into the directory ``path``) atomically; ``mode`` defaults to
         a local file's own, else the replaced file's, else 0644. A local file goes as long as
         it was when the write began (LocalFileChanged if it shrinks meanwhile); a pipe, FIFO or
         /proc file is read to its end."""
-        upload = upload_of(path, data, options)
+        upload = upload_of(path, data, mode=mode, progress=progress)
         with contextlib.closing(upload), _answered(self._http.config, "PUT"):
             request = _write_request(self._http, self._vm_id, upload, upload.content)
             answer = self._http.client.send(request)
@@ -222,7 +221,14 @@ class Files:
         with self.read_stream(path) as stream:
             return b"".join(stream)
 
-    def download(self, path: str, local: Path, **options: Unpack[DownloadOptions]) -> Path:
+    def download(
+        self,
+        path: str,
+        local: Path,
+        *,
+        progress: Progress | None = None,
+        max_bytes: int | None = MAX_ARCHIVE_BYTES,
+    ) -> Path:
         """Save the file at ``path`` to ``local`` (into it, if it is a directory), or unpack
         the directory at ``path`` into directory ``local``; where it went. Either is all or
         nothing; a tar member that would write outside ``local``, or a tar of more than
@@ -230,11 +236,11 @@ class Files:
         (``InvalidArchive``)."""
         with self.read_stream(path) as stream:
             chunks: Iterator[bytes] = iter(stream)
-            if (progress := options.get("progress")) is not None:
+            if progress is not None:
                 chunks = counted(chunks, progress)
             target = _local_target(path, local, stream.kind)
             if stream.kind == "dir":
-                extract_tar(ChunkReader(chunks), target, _archive_cap(target, options))
+                extract_tar(ChunkReader(chunks), target, ArchiveCap(target, max_bytes))
             else:
                 write_local_file(chunks, target)
         return target
@@ -257,10 +263,15 @@ class AsyncFiles:
         self._vm_id = vm_id
 
     async def write(
-        self, path: str, data: WriteSource, **options: Unpack[WriteOptions]
+        self,
+        path: str,
+        data: WriteSource,
+        *,
+        mode: int | None = None,
+        progress: Progress | None = None,
     ) -> FileWritten:
         """Write ``data`` as ``Files.write`` does; local files are read on a worker thread."""
-        upload = upload_of(path, data, options)
+        upload = upload_of(path, data, mode=mode, progress=progress)
         content: bytes | AsyncIterator[bytes] = (
             upload.content if isinstance(upload.content, bytes) else _off_thread(upload.content)
         )
@@ -287,14 +298,20 @@ class AsyncFiles:
         async with self.read_stream(path) as stream:
             return b"".join([chunk async for chunk in stream])
 
-    async def download(self, path: str, local: Path, **options: Unpack[DownloadOptions]) -> Path:
+    async def download(
+        self,
+        path: str,
+        local: Path,
+        *,
+        progress: Progress | None = None,
+        max_bytes: int | None = MAX_ARCHIVE_BYTES,
+    ) -> Path:
         """As ``Files.download``; a directory's tar is spooled to a temporary file (at most
         ``max_bytes`` of it), then unpacked on a worker thread."""
-        progress = options.get("progress")
         async with self.read_stream(path) as stream:
             target = _local_target(path, local, stream.kind)
             if stream.kind == "dir":
-                cap = _archive_cap(target, options)
+                cap = ArchiveCap(target, max_bytes)
                 with tempfile.TemporaryFile() as spool:
                     await _save(stream, spool, progress, cap)
                     spool.seek(0)

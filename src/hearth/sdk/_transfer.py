@@ -16,7 +16,7 @@ import tarfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, BinaryIO, TypedDict
+from typing import IO, Any, BinaryIO
 
 from hearth.sdk._errors import HearthApiError, LocalFileChanged
 
@@ -31,22 +31,6 @@ FILE_TYPE_HEADER = "x-hearth-file-type"
 WriteSource = bytes | bytearray | memoryview | BinaryIO | IO[bytes] | Path | Iterable[bytes]
 # Called with the bytes sent (or received) so far.
 Progress = Callable[[int], None]
-
-
-class WriteOptions(TypedDict, total=False):
-    """How ``vm.files.write`` writes (each optional)."""
-
-    mode: int | None  # permission bits (default: a local file's own, else the replaced file's)
-    progress: Progress | None  # called with the bytes sent so far
-
-
-class DownloadOptions(TypedDict, total=False):
-    """How ``vm.files.download`` saves (each optional)."""
-
-    progress: Progress | None  # called with the bytes received so far
-    # The most of a directory's tar it takes (``_archive.MAX_ARCHIVE_BYTES``, 16 GiB, if not
-    # given; None: no bound); past it, InvalidArchive and nothing written.
-    max_bytes: int | None
 
 
 @dataclass(frozen=True)
@@ -115,9 +99,12 @@ def _nothing_to_close() -> None:
     """What an upload of bytes, or of the caller's own file, closes when it is done."""
 
 
-def upload_of(path: str, data: WriteSource, options: WriteOptions) -> Upload:
-    """The request that writes ``data`` to ``path`` in the VM (a directory: a tar of it)."""
-    mode, progress = options.get("mode"), options.get("progress")
+def upload_of(
+    path: str, data: WriteSource, *, mode: int | None, progress: Progress | None
+) -> Upload:
+    """The request that writes ``data`` to ``path`` in the VM (a directory: a tar of it), with
+    permission bits ``mode`` (None: a local file's own, else the replaced file's), calling
+    ``progress`` with the bytes sent so far."""
     params = {"path": path}
     headers = {"Content-Type": FILE_MEDIA_TYPE}
     close: Callable[[], None] = _nothing_to_close
