@@ -182,6 +182,15 @@ def test_hearth_files_put_get_ls_rm(
     got = hearth_cli("files", "get", vm.id, "proj", str(tmp_path / "back"), env=env, timeout=120)
     assert got.returncode == 0, got.stderr
     assert contents(tmp_path / "back") == contents(tree)
+    # A directory's tar past --max-bytes (the SDK's bound) is refused, nothing saved.
+    capped = tmp_path / "capped"
+    too_big = hearth_cli(
+        "files", "get", vm.id, "proj", str(capped), "--max-bytes", "1024", env=env, timeout=120
+    )
+    assert too_big.returncode == 1, too_big.stdout + too_big.stderr
+    assert "invalid_archive" in too_big.stderr
+    assert "larger than max_bytes (1024 bytes)" in " ".join(too_big.stderr.split())
+    assert not capped.exists()
     cat = hearth_cli("files", "get", vm.id, "bin/run.sh", "-", env=env, timeout=120)
     assert cat.stdout == "#!/bin/sh\necho run\n"
 

@@ -43,6 +43,7 @@ from hearth.cli.common import (
 )
 from hearth.errors import InvalidInput
 from hearth.sdk import Files, Hearth
+from hearth.sdk._archive import MAX_ARCHIVE_BYTES
 
 # Called with the bytes moved so far.
 ProgressCallback = Callable[[int], None]
@@ -162,6 +163,14 @@ def get(
     vm_id: VmArg,
     remote: Annotated[str, typer.Argument(help="a file or directory in the VM's workspace")],
     local: Annotated[str, typer.Argument(help="where here; - for stdout (a file)")],
+    max_bytes: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="The most a directory's tar may bring (a guest could send without end); "
+            "0: no bound.",
+        ),
+    ] = MAX_ARCHIVE_BYTES,
 ) -> None:
     """Fetch a file, or a directory (unpacked here), from the CLI VM's workspace."""
     with _files(vm_id) as files:
@@ -175,7 +184,7 @@ def get(
                 raise typer.Exit(output_closed()) from None
             return
         with _progress(f"get {remote}", None) as progress, _local_dir(local) as into:
-            target = files.download(remote, into, progress=progress)
+            target = files.download(remote, into, progress=progress, max_bytes=max_bytes or None)
     err_console.print(f"saved {escape(str(target))}")
 
 
