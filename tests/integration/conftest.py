@@ -196,6 +196,7 @@ class AgentLauncher:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.home = root / "home"
+        self.tmp = root / "tmp"
         self.token_file = root / "secrets" / "token"
         self._agents: list[AgentProcess] = []
 
@@ -215,6 +216,9 @@ class AgentLauncher:
             command += ["--listen", "127.0.0.1:0", "--home", str(self.home)]
         command += list(args)
         log_path = self.root / f"agent-{len(self._agents)}.log"
+        # The launcher's own temp dir (the agents' logins' folders are made under it): agents
+        # of other tests, which remove the folders dead agents left, keep out of this one's.
+        self.tmp.mkdir(exist_ok=True)
         with open(log_path, "wb") as log:
             process = subprocess.Popen(
                 command,
@@ -222,7 +226,11 @@ class AgentLauncher:
                 stdout=log,
                 stderr=log,
                 cwd=self.root,
-                env={"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(AGENT_SOURCE)},
+                env={
+                    "PATH": os.environ.get("PATH", ""),
+                    "PYTHONPATH": str(AGENT_SOURCE),
+                    "TMPDIR": str(self.tmp),
+                },
             )
         agent = AgentProcess(
             home=self.home, token_file=self.token_file, log_path=log_path, process=process

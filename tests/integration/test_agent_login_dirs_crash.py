@@ -1,9 +1,10 @@
 """A vendor login's private folder across a crash of its agent, on real agents: the agent that
 starts next removes the folder the crashed one's login left, and keeps a live agent's.
 
-Each agent runs as ``python3 -m hearth_agent`` (its logins root the real one, in ``/tmp``, which
-other agents may share: only the folders this test made are looked at), with a stand-in named
-``codex`` first on its PATH (the scripted CLI of ``test_agent_vendor_login``).
+Each agent runs as ``python3 -m hearth_agent`` (its logins root in the launcher's own TMPDIR: in
+the shared ``/tmp`` an agent that another test starts meanwhile would remove the crashed one's
+folder first, as it should), with a stand-in named ``codex`` first on its PATH (the scripted CLI of
+``test_agent_vendor_login``).
 """
 
 from __future__ import annotations
@@ -74,6 +75,7 @@ def test_an_agent_started_after_a_crash_removes_the_login_folders_the_crashed_on
     crashed_folder = login_folder(crashed)
     assert crashed_folder.is_dir()
     assert live_folder.is_dir()
+    assert crashed_folder.parent.parent == agent_launcher.tmp / "hearth-logins"
 
     crashed.kill()  # SIGKILL, and its CLI's session: no cancel, no cleanup
     assert crashed.process.returncode == -signal.SIGKILL
@@ -83,7 +85,6 @@ def test_an_agent_started_after_a_crash_removes_the_login_folders_the_crashed_on
 
     assert not crashed_folder.exists()
     assert live_folder.is_dir(), "a live agent's login keeps its folder"
-    # At least this one (other agents' leftovers in the shared root may go with it).
     assert any(r["event"] == "left_over_login_dirs_removed" for r in restarted.log_records())
     assert live.stop() == 0  # its login cancelled, its folder removed
     assert not live_folder.exists()
