@@ -119,9 +119,15 @@ def create_store_engine(
         engine = create_async_engine(parsed)
         _tune_sqlite(engine)
         return engine
-    given = _CONNECT_TIMEOUT in parsed.query or os.environ.get(_CONNECT_TIMEOUT_ENV)
-    connect_args = {} if given else {_CONNECT_TIMEOUT: connect_timeout_s}
+    connect_args = {} if _operators_timeout(parsed) else {_CONNECT_TIMEOUT: connect_timeout_s}
     return create_async_engine(parsed, pool_pre_ping=True, connect_args=connect_args)
+
+
+def _operators_timeout(parsed: URL) -> str | None:
+    """The connect timeout the operator set: the URL's ``connect_timeout``, else
+    ``PGCONNECT_TIMEOUT``; None when neither is (the store's default applies)."""
+    given = parsed.query.get(_CONNECT_TIMEOUT) or os.environ.get(_CONNECT_TIMEOUT_ENV)
+    return given if isinstance(given, str) and given else None
 
 
 def connect_timeout_s(url: str) -> int | None:
@@ -130,9 +136,8 @@ def connect_timeout_s(url: str) -> int | None:
     parsed = normalise_url(url)
     if parsed.get_backend_name() == "sqlite":
         return None
-    given = parsed.query.get(_CONNECT_TIMEOUT) or os.environ.get(_CONNECT_TIMEOUT_ENV)
     return timeout_from_conninfo(
-        {_CONNECT_TIMEOUT: given if isinstance(given, str) else POSTGRES_CONNECT_TIMEOUT_S}
+        {_CONNECT_TIMEOUT: _operators_timeout(parsed) or POSTGRES_CONNECT_TIMEOUT_S}
     )
 
 
