@@ -28,6 +28,12 @@ from hearth.bench.standins.ca import TestCA
 from hearth.config import Settings
 from hearth.images.manifest import ImageDir, ImageManifest
 
+# Session fixtures defined beside their helpers, taken here for the same reason as the images.
+from tests.integration.oidc_fixtures import oidc_server
+from tests.integration.store_fixtures import migrated_templates, postgres_server
+
+__all__ = ["migrated_templates", "oidc_server", "postgres_server"]
+
 REPO = Path(__file__).resolve().parent.parent
 HEARTH = [sys.executable, "-m", "hearth"]
 # A runtime dir untouched this long belongs to no running test session.

@@ -29,7 +29,8 @@ from hearth.config import Settings
 from hearth.images.manifest import ImageDir
 from tests.vm.api_fixtures import Api, serve_app
 
-__all__ = ["E2eOidc", "auth_controller", "e2e_oidc"]
+# e2e_oidc, session-scoped, is taken by tests/e2e/conftest.py (once per session, not per module).
+__all__ = ["E2eOidc", "auth_controller"]
 
 GUEST_ISSUER_IP = "10.0.2.100"
 CLIENT_ID = "hearth-test"

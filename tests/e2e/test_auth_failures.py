@@ -26,7 +26,7 @@ from hearth.vm.qemu.records import read_record
 from tests.e2e.flow_fixtures import *  # noqa: F403
 from tests.e2e.flow_fixtures import CLIENT_ID, E2eOidc
 from tests.e2e.test_auth_flow import DEVTOOLS_PORT, ENDED, start, wait_status
-from tests.integration.store_fixtures import PostgresServer, postgres_server  # noqa: F401
+from tests.integration.store_fixtures import PostgresServer
 from tests.vm.api_fixtures import serve_app
 from tests.vm.browser_fixtures import *  # noqa: F403
 from tests.vm.conftest import qemu_pids_under

@@ -32,7 +32,8 @@ from hearth.bench.oidc_install import ready_dir
 from hearth.config import Settings
 
 # The fixtures; test modules take them with ``from ... import *`` (pytest finds them by name).
-__all__ = ["oidc_server", "short_lived_oidc_server"]
+# oidc_server, session-scoped, is taken by tests/conftest.py (once per session, not per module).
+__all__ = ["short_lived_oidc_server"]
 
 CLIENT_ID = "hearth-test"
 TEST_LOGIN = "alice"

@@ -42,15 +42,15 @@ from hearth.store.records import WebhookRecord
 from hearth.vm.types import VmState, VmType
 
 # The fixtures; test modules take them with ``from ... import *`` (pytest finds them by name).
+# The session-scoped ones (postgres_server, migrated_templates) are taken by tests/conftest.py
+# instead: imported into a module, a session fixture would be made again for each module.
 __all__ = [
     "backend",
     "clock",
     "clocked_store",
     "database_url",
     "empty_database_url",
-    "migrated_templates",
     "open_store",
-    "postgres_server",
     "store",
 ]
 

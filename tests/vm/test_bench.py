@@ -26,7 +26,7 @@ from hearth.config import Settings
 from hearth.images.manifest import ImageDir
 from hearth.progress import LogProgress
 from tests.fake_backend import FakeBackend
-from tests.integration.store_fixtures import PostgresServer, postgres_server  # noqa: F401
+from tests.integration.store_fixtures import PostgresServer
 from tests.vm.browser_fixtures import *  # noqa: F403
 from tests.vm.conftest import qemu_pids_under
 
