@@ -44,6 +44,18 @@ POSTGRES_CONNECT_TIMEOUT_S = 10
 _CONNECT_TIMEOUT = "connect_timeout"
 # libpq's variable, which psycopg reads too: an operator's bound when the URL sets none.
 _CONNECT_TIMEOUT_ENV = "PGCONNECT_TIMEOUT"
+# An open PostgreSQL connection whose server goes silent (its packets dropped: a failover, a
+# firewall, a host gone) fails within seconds instead of TCP's 15 minutes of retransmits, or for
+# ever while it waits on an answer: libpq's ``tcp_user_timeout`` bounds how long what it sent may
+# go unacknowledged, its keepalives how long an awaited answer may be silent (5 + 3 * 2 s). Each
+# is the URL's own where it sets one (libpq's names).
+POSTGRES_LIVENESS: dict[str, int] = {
+    "tcp_user_timeout": 15_000,  # ms
+    "keepalives": 1,
+    "keepalives_idle": 5,
+    "keepalives_interval": 2,
+    "keepalives_count": 3,
+}
 
 _log = get_logger("store")
 
@@ -112,14 +124,19 @@ def create_store_engine(
 
     A new PostgreSQL connection fails after ``connect_timeout_s`` (the URL's own
     ``connect_timeout`` wins, then ``PGCONNECT_TIMEOUT``); ``connect_timed_out`` tells that
-    failure apart.
+    failure apart. An open one whose server goes silent fails too (``POSTGRES_LIVENESS``).
     """
     parsed = normalise_url(url)
     if parsed.get_backend_name() == "sqlite":
         engine = create_async_engine(parsed)
         _tune_sqlite(engine)
         return engine
-    connect_args = {} if _operators_timeout(parsed) else {_CONNECT_TIMEOUT: connect_timeout_s}
+    # ``connect_args`` would override the URL's values: only what the operator left unset.
+    connect_args: dict[str, int] = {
+        name: value for name, value in POSTGRES_LIVENESS.items() if name not in parsed.query
+    }
+    if not _operators_timeout(parsed):
+        connect_args[_CONNECT_TIMEOUT] = connect_timeout_s
     return create_async_engine(parsed, pool_pre_ping=True, connect_args=connect_args)
 
 
