@@ -1,6 +1,6 @@
-"""``vm.files.write`` and ``download`` take their options by keyword, by these names only: a
-misspelt one raises TypeError before any request, rather than being dropped unseen (a file
-written without the mode asked for, a download without its bound).
+"""``vm.files.write``, ``download`` and ``read`` take their options by keyword, by these names
+only: a misspelt one raises TypeError before any request, rather than being dropped unseen (a
+file written without the mode asked for, a download without its bound).
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import httpx
 import pytest
 
 from hearth.sdk import AsyncHearth, Hearth
-from hearth.sdk._archive import MAX_ARCHIVE_BYTES
 from hearth.sdk._files import AsyncFiles, Files
+from hearth.sdk._transfer import MAX_DOWNLOAD_BYTES
 from tests.unit.test_sdk_download_archive import CLIENTS, URL, VM
 
 MISSPELT = pytest.mark.parametrize(
@@ -22,8 +22,9 @@ MISSPELT = pytest.mark.parametrize(
     [
         ("write", ("a.txt", b"hi"), {"mdoe": 0o600}),
         ("download", ("proj", Path("out")), {"max_byte": 1000}),
+        ("read", ("a.txt",), {"max_byte": 1000}),
     ],
-    ids=["write-mdoe", "download-max_byte"],
+    ids=["write-mdoe", "download-max_byte", "read-max_byte"],
 )
 
 
@@ -62,4 +63,7 @@ def test_the_options_are_keyword_only_with_the_documented_defaults(files: type[A
         return {p.name: p.default for p in parameters if p.kind is p.KEYWORD_ONLY}
 
     assert options("write") == {"mode": None, "progress": None}
-    assert options("download") == {"progress": None, "max_bytes": MAX_ARCHIVE_BYTES}
+    assert options("download") == {"progress": None, "max_bytes": MAX_DOWNLOAD_BYTES}
+    # Every read of a file is bounded as a directory's download is, unless told otherwise.
+    assert options("read") == {"max_bytes": MAX_DOWNLOAD_BYTES}
+    assert options("read_stream") == {"max_bytes": MAX_DOWNLOAD_BYTES}

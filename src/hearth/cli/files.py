@@ -6,8 +6,10 @@ the directory REMOTE. ``get VM REMOTE LOCAL`` saves a file (into LOCAL when that
 ``-`` writes stdout, exiting 141, as SIGPIPE, when its reader goes away) or unpacks a directory
 into LOCAL (all of it or, when a member of its tar would write outside LOCAL, nothing:
 ``invalid_archive``). A path that ends with ``/`` names a directory, made if missing: a file
-goes into it under its own name. Paths in the VM are relative to its workspace. On a terminal a
-transfer shows its progress. Nothing is held in memory whole: the SDK streams both ways.
+goes into it under its own name. A download (a file, or a directory's tar) brings at most
+``--max-bytes`` (``invalid_archive`` past it, nothing saved). Paths in the VM are relative to
+its workspace. On a terminal a transfer shows its progress. Nothing is held in memory whole:
+the SDK streams both ways.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from hearth.cli.common import (
 )
 from hearth.errors import InvalidInput
 from hearth.sdk import Files, Hearth
-from hearth.sdk._archive import MAX_ARCHIVE_BYTES
+from hearth.sdk._transfer import MAX_DOWNLOAD_BYTES
 
 # Called with the bytes moved so far.
 ProgressCallback = Callable[[int], None]
@@ -167,16 +169,16 @@ def get(
         int,
         typer.Option(
             min=0,
-            help="The most a directory's tar may bring (a guest could send without end); "
-            "0: no bound.",
+            help="The most a file, or a directory's tar, may bring (a guest could send "
+            "without end); 0: no bound.",
         ),
-    ] = MAX_ARCHIVE_BYTES,
+    ] = MAX_DOWNLOAD_BYTES,
 ) -> None:
     """Fetch a file, or a directory (unpacked here), from the CLI VM's workspace."""
     with _files(vm_id) as files:
         if local == "-":
             try:
-                with files.read_stream(remote) as stream:
+                with files.read_stream(remote, max_bytes=max_bytes or None) as stream:
                     for chunk in stream:
                         sys.stdout.buffer.write(chunk)
                 sys.stdout.buffer.flush()

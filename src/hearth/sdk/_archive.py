@@ -14,10 +14,10 @@ an extended header (pax, GNU long name) whole into memory and a sparse member's 
 entry, so a few compressed KiB could make it hold GiBs. The extended headers before one member
 may hold ``MAX_EXTENDED_BYTES`` together (and the archive's global ones as much), at most
 ``MAX_EXTENDED_HEADERS`` of them; a sparse member is refused at its header. The whole archive
-is bounded too (``ArchiveCap``): each header is counted before it is read on, an extended one
-with its data; a member's data once ``tarfile`` has applied the pax records before it (a pax or
-global ``size`` record replaces the header's) and before it is read. So no stream, compressed or
-not, writes past ``max_bytes``.
+is bounded too (``_transfer.DownloadCap``, which counts it as it arrives as well): each header
+is counted before it is read on, an extended one with its data; a member's data once
+``tarfile`` has applied the pax records before it (a pax or global ``size`` record replaces the
+header's) and before it is read. So no stream, compressed or not, writes past ``max_bytes``.
 
 The archive is unpacked into a new directory beside the target; only a whole, valid archive is
 put in place: renamed to a target that does not exist yet, or merged into one that does (a
@@ -39,16 +39,13 @@ from pathlib import Path
 from typing import IO, Any, NoReturn
 
 from hearth.sdk._errors import InvalidArchive
-from hearth.sdk._transfer import ChunkReader
+from hearth.sdk._transfer import ChunkReader, DownloadCap
 
 MAX_MTIME = 2**40  # seconds either side of 1970: past it os.utime overflows
 # A path is at most 4 KiB and an extended attribute 64 KiB: this leaves room for a few of them.
 MAX_EXTENDED_BYTES = 256 * 1024
 # Before one member (each nests tarfile's reading one level deeper): a real tar has one or two.
 MAX_EXTENDED_HEADERS = 8
-# What a directory's download may bring unless ``download(max_bytes=…)`` says otherwise: twice
-# the default workspace (``HEARTH_WORKSPACE_SIZE_MIB``, 8 GiB), whose tar is about as large.
-MAX_ARCHIVE_BYTES = 16 * 1024**3
 _EXTENDED_TYPES = frozenset(
     {
         tarfile.XHDTYPE,
@@ -60,36 +57,7 @@ _EXTENDED_TYPES = frozenset(
 )
 
 
-@dataclass
-class ArchiveCap:
-    """The most of a directory's tar one download takes: ``max_bytes`` (None: no bound) as it
-    arrives (``arrive``, for a copy kept before unpacking) and as it unpacks (``unpack``: each
-    part of the tar before it is read). Past it: InvalidArchive naming the bound."""
-
-    target: Path
-    max_bytes: int | None
-    arrived: int = 0
-    unpacked: int = 0
-
-    def arrive(self, chunk: bytes) -> None:
-        """Count ``chunk`` of the tar as it came, before it is kept."""
-        self.arrived += len(chunk)
-        self._check(self.arrived)
-
-    def unpack(self, size: int) -> None:
-        """Count ``size`` bytes of the tar, in whole blocks, before they are read."""
-        self.unpacked += tarfile.BLOCKSIZE * -(-size // tarfile.BLOCKSIZE)
-        self._check(self.unpacked)
-
-    def _check(self, count: int) -> None:
-        if self.max_bytes is not None and count > self.max_bytes:
-            raise InvalidArchive(
-                f"{self.target}: the download's tar is larger than max_bytes "
-                f"({self.max_bytes} bytes); nothing was written"
-            )
-
-
-def extract_tar(source: IO[bytes] | ChunkReader, target: Path, cap: ArchiveCap) -> None:
+def extract_tar(source: IO[bytes] | ChunkReader, target: Path, cap: DownloadCap) -> None:
     """Unpack the tar read from ``source`` into directory ``target`` (made with its parents if
     missing, merged into if there), all of it or nothing, at most ``cap``; see the module's
     docstring."""
@@ -178,7 +146,7 @@ class _BoundedArchive(tarfile.TarFile):
 
     tarinfo = _BoundedHeader
 
-    def __init__(self, *args: Any, cap: ArchiveCap, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, cap: DownloadCap, **kwargs: Any) -> None:
         # Both before the base reads the first header.
         self.budget = _HeaderBudget()
         self.cap = cap

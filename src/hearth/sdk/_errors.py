@@ -8,7 +8,8 @@
     │                            stream stayed broken (``stream_broken``)
     ├── LocalFileChanged         a local file shrank while ``write`` sent it
     ├── InvalidArchive           a directory's download came as a tar that is unreadable or
-    │                            would write outside its target; nothing was written
+    │                            would write outside its target, or a download (a file's
+    │                            too) brought more than ``max_bytes``; nothing was written
     ├── ExecFailed               ``ExecResult.check()``: the command did not exit 0
     └── WaitTimeout              a wait ran out of time (also a ``TimeoutError``)
 
@@ -128,7 +129,8 @@ class HearthConnectionError(HearthSdkError):
 
 class InvalidArchive(HearthSdkError):
     """A directory's download came as a tar that is unreadable or would write outside its
-    target (``member`` names the member refused); nothing of it was written."""
+    target (``member`` names the member refused), or a download, a file's too, brought more
+    than its ``max_bytes``; nothing of it was written."""
 
     code = "invalid_archive"
 

@@ -3,7 +3,9 @@
 
 Paths are relative to the VM's workspace. Nothing is held whole in memory unless asked for
 (``read``): ``write`` sends a file or a directory (as a tar) as it reads it, ``read_stream``
-and ``download`` hand the bytes on as they arrive.
+and ``download`` hand the bytes on as they arrive. What comes down comes from the guest: each
+read takes at most ``max_bytes`` of it (16 GiB unless given; None: no bound), counted as it
+arrives (``_transfer.DownloadCap``).
 """
 
 from __future__ import annotations
@@ -18,12 +20,14 @@ from urllib.parse import quote
 
 import httpx
 
-from hearth.sdk._archive import MAX_ARCHIVE_BYTES, ArchiveCap, extract_tar
+from hearth.sdk._archive import extract_tar
 from hearth.sdk._calls import Call
 from hearth.sdk._config import ClientConfig
 from hearth.sdk._errors import HearthConnectionError, transport_text
 from hearth.sdk._transfer import (
+    MAX_DOWNLOAD_BYTES,
     ChunkReader,
+    DownloadCap,
     FileEntry,
     FileWritten,
     Progress,
@@ -31,8 +35,8 @@ from hearth.sdk._transfer import (
     WriteSource,
     answer_kind,
     counted,
+    replacing,
     upload_of,
-    write_local_file,
 )
 
 T = TypeVar("T")
@@ -130,22 +134,42 @@ def _local_target(path: str, local: Path, kind: str) -> Path:
 
 class _Download:
     """What a download in progress shows whichever client reads it: ``kind`` (``file``, or
-    ``dir`` for a tar of one) and ``size`` (a file's)."""
+    ``dir`` for a tar of one) and ``size`` (a file's); its bytes, at most ``max_bytes``, are
+    counted as they arrive."""
 
-    def __init__(self, response: httpx.Response, kind: str) -> None:
+    def __init__(
+        self, response: httpx.Response, kind: str, path: str, max_bytes: int | None
+    ) -> None:
         self._response = response
         self.kind = kind
         length = response.headers.get("content-length")
         self.size = int(length) if kind == "file" and length is not None else None
+        what = "the download's tar" if kind == "dir" else "the file"
+        self._cap = DownloadCap(path, max_bytes, what)
+
+    def _saved_to(self, target: Path) -> DownloadCap:
+        """The bound of this download, its refusals naming ``target``, where it is saved."""
+        self._cap.target = target
+        return self._cap
+
+    def _declared(self) -> None:
+        """Refuse, before any of its body is read, a file whose declared size is past the
+        bound (what arrives is counted all the same)."""
+        if self.size is not None:
+            self._cap.declare(self.size)
 
 
 class FileStream(_Download):
     """A download in progress: ``kind`` (``file``, or ``dir`` for a tar of one), ``size`` (a
-    file's), and its bytes by iterating it. Use it in a ``with`` block."""
+    file's), and its bytes by iterating it (``InvalidArchive`` past ``max_bytes``). Use it in a
+    ``with`` block."""
 
     def __iter__(self) -> Iterator[bytes]:
+        self._declared()
         try:
-            yield from self._response.iter_raw()
+            for chunk in self._response.iter_raw():
+                self._cap.arrive(chunk)
+                yield chunk
         except httpx.HTTPError as exc:
             raise HearthConnectionError(
                 "stream_broken", f"the download broke off: {transport_text(exc)}"
@@ -162,8 +186,10 @@ class AsyncFileStream(_Download):
     """``FileStream`` for ``async for`` and ``async with``."""
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
+        self._declared()
         try:
             async for chunk in self._response.aiter_raw():
+                self._cap.arrive(chunk)
                 yield chunk
         except httpx.HTTPError as exc:
             raise HearthConnectionError(
@@ -204,8 +230,12 @@ class Files:
         return _written(self._vm_id, answer)
 
     @contextlib.contextmanager
-    def read_stream(self, path: str) -> Iterator[FileStream]:
-        """The file at ``path`` (or a tar of the directory there) as its bytes arrive."""
+    def read_stream(
+        self, path: str, *, max_bytes: int | None = MAX_DOWNLOAD_BYTES
+    ) -> Iterator[FileStream]:
+        """The file at ``path`` (or a tar of the directory there) as its bytes arrive, at most
+        ``max_bytes`` of them (16 GiB unless given; None: no bound): past it, or with a size
+        declared past it, iterating raises ``InvalidArchive``."""
         request = _read_request(self._http, self._vm_id, path)
         with _answered(self._http.config, "GET"):
             response = self._http.client.send(request, stream=True)
@@ -213,12 +243,13 @@ class Files:
             with _answered(self._http.config, "GET"):
                 content = response.read() if not response.is_success else None
             kind = answer_kind(response.status_code, response.headers, content)
-            with FileStream(response, kind) as stream:
+            with FileStream(response, kind, path, max_bytes) as stream:
                 yield stream
 
-    def read(self, path: str) -> bytes:
-        """The whole file at ``path`` (a directory's comes as a tar)."""
-        with self.read_stream(path) as stream:
+    def read(self, path: str, *, max_bytes: int | None = MAX_DOWNLOAD_BYTES) -> bytes:
+        """The whole file at ``path`` (a directory's comes as a tar), at most ``max_bytes``
+        (16 GiB unless given; None: no bound), else ``InvalidArchive``."""
+        with self.read_stream(path, max_bytes=max_bytes) as stream:
             return b"".join(stream)
 
     def download(
@@ -227,22 +258,24 @@ class Files:
         local: Path,
         *,
         progress: Progress | None = None,
-        max_bytes: int | None = MAX_ARCHIVE_BYTES,
+        max_bytes: int | None = MAX_DOWNLOAD_BYTES,
     ) -> Path:
         """Save the file at ``path`` to ``local`` (into it, if it is a directory), or unpack
         the directory at ``path`` into directory ``local``; where it went. Either is all or
-        nothing; a tar member that would write outside ``local``, or a tar of more than
-        ``max_bytes`` (16 GiB unless given; None: no bound), refuses the whole directory
-        (``InvalidArchive``)."""
-        with self.read_stream(path) as stream:
+        nothing; a tar member that would write outside ``local``, or a file or a tar of more
+        than ``max_bytes`` (16 GiB unless given; None: no bound), refuses the whole download
+        (``InvalidArchive``), and a file already at ``local`` stays as it was."""
+        with self.read_stream(path, max_bytes=max_bytes) as stream:
+            target = _local_target(path, local, stream.kind)
+            cap = stream._saved_to(target)
             chunks: Iterator[bytes] = iter(stream)
             if progress is not None:
                 chunks = counted(chunks, progress)
-            target = _local_target(path, local, stream.kind)
             if stream.kind == "dir":
-                extract_tar(ChunkReader(chunks), target, ArchiveCap(target, max_bytes))
+                extract_tar(ChunkReader(chunks), target, cap)
             else:
-                write_local_file(chunks, target)
+                with replacing(target) as handle:
+                    handle.writelines(chunks)
         return target
 
     def list(self, path: str = ".") -> list[FileEntry]:
@@ -281,8 +314,10 @@ class AsyncFiles:
         return _written(self._vm_id, answer)
 
     @contextlib.asynccontextmanager
-    async def read_stream(self, path: str) -> AsyncIterator[AsyncFileStream]:
-        """The file at ``path`` (or a tar of the directory there) as its bytes arrive."""
+    async def read_stream(
+        self, path: str, *, max_bytes: int | None = MAX_DOWNLOAD_BYTES
+    ) -> AsyncIterator[AsyncFileStream]:
+        """As ``Files.read_stream``: at most ``max_bytes`` (None: no bound)."""
         request = _read_request(self._http, self._vm_id, path)
         with _answered(self._http.config, "GET"):
             response = await self._http.client.send(request, stream=True)
@@ -290,12 +325,12 @@ class AsyncFiles:
             with _answered(self._http.config, "GET"):
                 content = await response.aread() if not response.is_success else None
             kind = answer_kind(response.status_code, response.headers, content)
-            async with AsyncFileStream(response, kind) as stream:
+            async with AsyncFileStream(response, kind, path, max_bytes) as stream:
                 yield stream
 
-    async def read(self, path: str) -> bytes:
-        """The whole file at ``path`` (a directory's comes as a tar)."""
-        async with self.read_stream(path) as stream:
+    async def read(self, path: str, *, max_bytes: int | None = MAX_DOWNLOAD_BYTES) -> bytes:
+        """As ``Files.read``: at most ``max_bytes`` (None: no bound)."""
+        async with self.read_stream(path, max_bytes=max_bytes) as stream:
             return b"".join([chunk async for chunk in stream])
 
     async def download(
@@ -304,26 +339,21 @@ class AsyncFiles:
         local: Path,
         *,
         progress: Progress | None = None,
-        max_bytes: int | None = MAX_ARCHIVE_BYTES,
+        max_bytes: int | None = MAX_DOWNLOAD_BYTES,
     ) -> Path:
         """As ``Files.download``; a directory's tar is spooled to a temporary file (at most
         ``max_bytes`` of it), then unpacked on a worker thread."""
-        async with self.read_stream(path) as stream:
+        async with self.read_stream(path, max_bytes=max_bytes) as stream:
             target = _local_target(path, local, stream.kind)
+            cap = stream._saved_to(target)
             if stream.kind == "dir":
-                cap = ArchiveCap(target, max_bytes)
                 with tempfile.TemporaryFile() as spool:
-                    await _save(stream, spool, progress, cap)
+                    await _save(stream, spool, progress)
                     spool.seek(0)
                     await asyncio.to_thread(extract_tar, spool, target, cap)
                 return target
-            partial = target.with_name(f".{target.name}.part")
-            try:
-                with partial.open("wb") as handle:
-                    await _save(stream, handle, progress)
-                partial.replace(target)
-            finally:
-                partial.unlink(missing_ok=True)
+            with replacing(target) as handle:
+                await _save(stream, handle, progress)
         return target
 
     async def list(self, path: str = ".") -> list[FileEntry]:
@@ -335,17 +365,10 @@ class AsyncFiles:
         await self._http.call(_remove_call(self._vm_id, path, recursive))
 
 
-async def _save(
-    stream: AsyncFileStream,
-    handle: IO[bytes],
-    progress: Progress | None,
-    cap: ArchiveCap | None = None,
-) -> None:
-    """Write ``stream`` to ``handle`` (each chunk counted by ``cap`` first, if given)."""
+async def _save(stream: AsyncFileStream, handle: IO[bytes], progress: Progress | None) -> None:
+    """Write ``stream`` (counted by its bound as it arrives) to ``handle``."""
     done = 0
     async for chunk in stream:
-        if cap is not None:
-            cap.arrive(chunk)
         await asyncio.to_thread(handle.write, chunk)
         done += len(chunk)
         if progress is not None:

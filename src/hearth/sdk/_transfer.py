@@ -6,11 +6,19 @@ it grows by meanwhile is left out); a pipe, a FIFO or a /proc file, whose size s
 goes chunked, read to its end. A directory goes up as a POSIX tar streamed from disk a chunk at
 a time, names relative to it, symlinks as links (never followed); one comes down as a tar,
 read through ``ChunkReader`` and unpacked by ``_archive.extract_tar``.
+
+What comes down comes from the guest, which user code may have taken over: every download, a
+file's or a directory's, to a path, to bytes or streamed, takes at most ``max_bytes``
+(``DownloadCap``), counted as it arrives (a Content-Length past the bound refuses it before the
+body is read, but one within it is not trusted). A file is written beside its target and put in
+its place only when whole (``replacing``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import secrets
 import stat
 import tarfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -18,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, BinaryIO
 
-from hearth.sdk._errors import HearthApiError, LocalFileChanged
+from hearth.sdk._errors import HearthApiError, InvalidArchive, LocalFileChanged
 
 CHUNK_BYTES = 1024 * 1024
 BLOCK = 512
@@ -31,6 +39,9 @@ FILE_TYPE_HEADER = "x-hearth-file-type"
 WriteSource = bytes | bytearray | memoryview | BinaryIO | IO[bytes] | Path | Iterable[bytes]
 # Called with the bytes sent (or received) so far.
 Progress = Callable[[int], None]
+# What one download may bring unless ``max_bytes=…`` says otherwise: twice the default workspace
+# (``HEARTH_WORKSPACE_SIZE_MIB``, 8 GiB), whose tar is about as large.
+MAX_DOWNLOAD_BYTES = 16 * 1024**3
 
 
 @dataclass(frozen=True)
@@ -228,16 +239,53 @@ class ChunkReader:
         return data
 
 
-def write_local_file(chunks: Iterable[bytes], target: Path) -> None:
-    """Write ``chunks`` to ``target`` through a temporary file beside it, renamed when whole."""
-    partial = target.with_name(f".{target.name}.part")
+@contextlib.contextmanager
+def replacing(target: Path) -> Iterator[IO[bytes]]:
+    """A new file beside ``target`` to write, renamed to ``target`` when the block ends well and
+    removed when it does not: nothing half-written is left, and what was at ``target`` stays."""
+    partial = target.with_name(f".{target.name}.{secrets.token_hex(4)}.part")
     try:
-        with partial.open("wb") as handle:
-            for chunk in chunks:
-                handle.write(chunk)
+        with partial.open("xb") as handle:
+            yield handle
         partial.replace(target)
     finally:
         partial.unlink(missing_ok=True)
+
+
+@dataclass
+class DownloadCap:
+    """The most one download takes: ``max_bytes`` (None: no bound) as it arrives (``arrive``)
+    and, a directory's tar, as it unpacks (``unpack``: each part before it is read). Past it:
+    InvalidArchive naming ``target`` (the remote path, or where a download saves it), ``what``
+    came (``the file``, ``the download's tar``), the bound and how to raise it."""
+
+    target: str | Path
+    max_bytes: int | None
+    what: str = "the file"
+    arrived: int = 0
+    unpacked: int = 0
+
+    def declare(self, length: int) -> None:
+        """Refuse a download whose Content-Length is ``length``, already past the bound."""
+        self._check(length)
+
+    def arrive(self, chunk: bytes) -> None:
+        """Count ``chunk`` as it came, before it is handed on or kept."""
+        self.arrived += len(chunk)
+        self._check(self.arrived)
+
+    def unpack(self, size: int) -> None:
+        """Count ``size`` bytes of a tar, in whole blocks, before they are read."""
+        self.unpacked += tarfile.BLOCKSIZE * -(-size // tarfile.BLOCKSIZE)
+        self._check(self.unpacked)
+
+    def _check(self, count: int) -> None:
+        if self.max_bytes is not None and count > self.max_bytes:
+            raise InvalidArchive(
+                f"{self.target}: {self.what} is larger than max_bytes ({self.max_bytes} bytes); "
+                "nothing was written (a larger max_bytes, or hearth files get --max-bytes N, "
+                "raises the bound; None or 0: no bound)"
+            )
 
 
 def answer_kind(status: int, headers: Mapping[str, str], content: bytes | None = None) -> str:
