@@ -10,10 +10,11 @@ import resource
 import signal
 import socket
 import sqlite3
-from collections.abc import AsyncIterator, Iterator
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from types import FrameType
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 import uvicorn
@@ -27,11 +28,20 @@ from hearth.api.streams import stop_streams
 from hearth.cli.common import console, fail, fail_sdk, load_settings, plain
 from hearth.config import Settings
 from hearth.control.bootstrap import ADMIN_USER, ensure_admin_key, open_store
+from hearth.credentials.forget import (
+    Forgotten,
+    LostKey,
+    forget_master_key,
+    keys_at_hand,
+    what_is_lost,
+)
 from hearth.credentials.keys import KEYRING_DIR
 from hearth.credentials.reseal import ResealReport, reseal_everything
 from hearth.credentials.vault import CredentialVault
-from hearth.errors import ConfigError, Conflict, HearthError
+from hearth.errors import ConfigError, Conflict, HearthError, InvalidInput
+from hearth.events.log import EventLog
 from hearth.logging import get_logger
+from hearth.metrics import ControllerMetrics
 from hearth.sdk._errors import shown_url
 from hearth.state_dir_lock import CONTROLLER, StateDirLock
 from hearth.store import Store, create_store_engine
@@ -50,6 +60,7 @@ _MOST_OPEN_FILES = 1 << 20
 GRACEFUL_SHUTDOWN_S = 10
 
 keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
+_T = TypeVar("_T")
 
 
 def serve(
@@ -330,24 +341,14 @@ def keys_rotate_master(
     an older key."""
     settings = _with(load_settings(), state_dir)
 
-    async def rotate() -> tuple[str, ResealReport]:
-        store = await Store.open(settings.database())
-        try:
-            vault = CredentialVault.load(
-                settings.state_dir, settings.master_key, sealed=await store.sealed.count_by_key()
-            )
-            key_id = vault.rotate(settings.state_dir)
-            return key_id, await reseal_everything(store, vault)
-        finally:
-            await store.close()
+    async def rotate(store: Store) -> tuple[str, ResealReport]:
+        vault = CredentialVault.load(
+            settings.state_dir, settings.master_key, sealed=await store.sealed.count_by_key()
+        )
+        key_id = vault.rotate(settings.state_dir)
+        return key_id, await reseal_everything(store, vault)
 
-    try:
-        with contextlib.closing(
-            StateDirLock.take(settings.state_dir, holder="the master-key rotation")
-        ):
-            key_id, report = asyncio.run(rotate())
-    except HearthError as exc:
-        fail(exc)
+    key_id, report = _alone(settings, "the master-key rotation", rotate)
     done = [
         f"{count} {what}"
         for count, what in [
@@ -368,6 +369,71 @@ def keys_rotate_master(
                 "rotate-master` leaves none"
             )
         fail_sdk("reseal_incomplete", "; ".join(problems))
+
+
+@keys_app.command("forget-master")
+def keys_forget_master(
+    key_id: Annotated[
+        str,
+        typer.Argument(
+            metavar="KEY_ID", help="The lost key's id, as `hearth serve` names it when it refuses."
+        ),
+    ],
+    state_dir: Annotated[Path | None, typer.Option(help="Overrides HEARTH_STATE_DIR.")] = None,
+    yes: Annotated[bool, typer.Option("--yes", help="Drop without asking.")] = False,
+) -> None:
+    """Drop everything sealed under the lost master key KEY_ID, so that the controller starts
+    again: stored credentials (removed: their users log in again), VMs whose agent token or
+    disk keys it sealed, or that hold a workspace it sealed (failed), workspaces (deleted, with
+    their files), webhooks (deleted). The controller must be stopped; refused, with nothing
+    changed, when the key is at hand or nothing is sealed under it. Asks first on a terminal;
+    elsewhere needs --yes."""
+    settings = _with(load_settings(), state_dir)
+
+    async def forget(store: Store) -> Forgotten:
+        keys = keys_at_hand(settings.state_dir, settings.master_key)
+        lost = await what_is_lost(store, key_id, keys=keys)
+        _confirmed(lost, yes=yes)
+        events = EventLog(store=store, settings=settings, metrics=ControllerMetrics())
+        return await forget_master_key(store, lost, keys=keys, events=events)
+
+    for line in _alone(settings, "forgetting a master key", forget).lines():
+        console.print(plain(line), soft_wrap=True)  # one line per kind, however long
+
+
+def _confirmed(lost: LostKey, *, yes: bool) -> None:
+    """Go on with dropping what ``lost`` holds only if ``yes``, or the operator says so on a
+    terminal; InvalidInput (nothing changed) otherwise."""
+    what = f"what is sealed under master key {lost.key_id}: {lost.summary()}"
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise InvalidInput(f"this drops {what}; pass --yes to confirm (nothing changed)")
+    if not typer.confirm(f"Drop {what}? This cannot be undone", default=False):
+        raise InvalidInput("not confirmed: nothing changed")
+
+
+def _alone(settings: Settings, holder: str, work: Callable[[Store], Awaitable[_T]]) -> _T:
+    """``work`` on the store while no controller runs: the state dir held for ``holder`` (as a
+    controller holds it) and the database's controller lease taken (so a controller on another
+    state dir sharing the database refuses it too); a HearthError exits 1 with its message."""
+
+    async def run() -> _T:
+        store = await Store.open(settings.database())
+        try:
+            lease = await ControllerLease.take(store.engine)
+            try:
+                return await work(store)
+            finally:
+                await lease.close()
+        finally:
+            await store.close()
+
+    try:
+        with contextlib.closing(StateDirLock.take(settings.state_dir, holder=holder)):
+            return asyncio.run(run())
+    except HearthError as exc:
+        fail(exc)
 
 
 __all__ = ["ADMIN_USER", "GRACEFUL_SHUTDOWN_S", "ControllerServer", "keys_app", "serve"]

@@ -3,10 +3,11 @@ active VMs add up to."""
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Mapping, Sequence
 
-from sqlalchemy import ColumnElement, func, select
+from sqlalchemy import ColumnElement, func, select, update
 
+from hearth.errors import Conflict, NotFound
 from hearth.store.models import vms_table
 from hearth.store.records import (
     INACTIVE_VM_STATES,
@@ -24,8 +25,11 @@ from hearth.store.repositories._base import (
     as_path,
     as_str,
     as_timestamp,
+    check_fields,
+    compare_and_set,
     enum_members,
     optional,
+    to_record,
 )
 from hearth.store.repositories._status import StatusRepository
 from hearth.vm.types import BootMode, LifetimeAction, VmState, VmType, check_transition
@@ -96,6 +100,35 @@ class VmRepo(
         if new in INACTIVE_VM_STATES:
             fields = {**_SEALED_GONE, **fields}
         return await super().transition(row_id, expected, new, **fields)
+
+    async def fail_each(
+        self, moves: Sequence[tuple[VmRecord, Mapping[str, object]]], *, unseal_key_id: str
+    ) -> list[VmRecord]:
+        """In one transaction: move each VM ``record`` from the status it was read in to
+        ``failed`` with its ``fields`` (its error, ...), its sealed secrets dropped as every
+        failure drops them; then drop whatever VM row still holds a secret sealed under master
+        key ``unseal_key_id`` (an ended VM's). A VM that moved on meanwhile is left out (its
+        secrets stay: a rerun sees it again). The VMs failed. For ``hearth keys
+        forget-master``, which runs while no controller does."""
+        now = self._clock()
+        failed = []
+        async with self._writes.begin() as conn:
+            for record, fields in moves:
+                self._check_move(record.id, record.status, VmState.FAILED)
+                values = check_fields(self._what, self._updatable, {**_SEALED_GONE, **fields})
+                values.update(status=VmState.FAILED, updated_at=now)
+                try:
+                    row = await compare_and_set(
+                        conn, vms_table, what=self._what, row_id=record.id,
+                        expected=(record.status,), values=values,
+                    )  # fmt: skip
+                except (Conflict, NotFound):
+                    continue
+                failed.append(to_record(VmRecord, row))
+            for columns in (SEALED_TOKEN_FIELDS, SEALED_KEYS_FIELDS):
+                under = vms_table.c[columns[0]] == unseal_key_id
+                await conn.execute(update(vms_table).where(under).values(dict.fromkeys(columns)))
+        return failed
 
     def _paged(self) -> list[ColumnElement[bool]]:
         """Pages are users' VMs: never the warm pool's (``list`` reads those too)."""

@@ -8,7 +8,8 @@ from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, Subquery, delete, func, select, true, update
+from sqlalchemy import ColumnElement, Row, Subquery, delete, func, select, true, update
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from hearth.errors import NotFound, QuotaExceeded
 from hearth.events.types import DeliveryStatus
@@ -76,6 +77,21 @@ def _latest_attempts(delivery_ids: Sequence[str], latest: int, *, lateral: bool)
     )
 
 
+async def _delete_hooks(conn: AsyncConnection, which: ColumnElement[bool]) -> list[str]:
+    """Delete the webhooks ``which`` selects, with their deliveries and their attempts, in the
+    caller's transaction; their ids, in order."""
+    # First the webhooks' rows: an event being written for one commits its deliveries before
+    # they are read here (``EventRepo.append``), and none comes after.
+    locked = select(_hooks.c.id).where(which).order_by(_hooks.c.id).with_for_update()
+    ids = [str(row.id) for row in await conn.execute(locked)]
+    if ids:
+        theirs = select(_deliveries.c.id).where(_deliveries.c.webhook_id.in_(ids))
+        await conn.execute(delete(_attempts).where(_attempts.c.delivery_id.in_(theirs)))
+        await conn.execute(delete(_deliveries).where(_deliveries.c.webhook_id.in_(ids)))
+        await conn.execute(delete(_hooks).where(_hooks.c.id.in_(ids)))
+    return ids
+
+
 class WebhookRepo(Repository):
     """Persists webhooks and the state of every delivery owed to them."""
 
@@ -119,18 +135,16 @@ class WebhookRepo(Repository):
 
     async def delete(self, webhook_id: str) -> None:
         """Remove the webhook with its deliveries and their attempts; NotFound if none."""
-        mine = select(_deliveries.c.id).where(_deliveries.c.webhook_id == webhook_id)
         async with self._writes.begin() as conn:
-            # First the webhook's row: an event being written for it commits its deliveries
-            # before they are read here (``EventRepo.append``), and none comes after.
-            await conn.execute(
-                select(_hooks.c.id).where(_hooks.c.id == webhook_id).with_for_update()
-            )
-            await conn.execute(delete(_attempts).where(_attempts.c.delivery_id.in_(mine)))
-            await conn.execute(delete(_deliveries).where(_deliveries.c.webhook_id == webhook_id))
-            gone = await conn.execute(delete(_hooks).where(_hooks.c.id == webhook_id))
-            if not gone.rowcount:
+            if not await _delete_hooks(conn, _hooks.c.id == webhook_id):
                 raise NotFound(f"webhook {webhook_id} does not exist")
+
+    async def delete_sealed_under(self, key_id: str) -> builtins.list[str]:
+        """Remove, in one transaction, every webhook whose signing secret is sealed under master
+        key ``key_id`` (lost: it can sign nothing again), with their deliveries and attempts;
+        their ids, in order."""
+        async with self._writes.begin() as conn:
+            return await _delete_hooks(conn, _hooks.c.key_id == key_id)
 
     async def due(
         self, now: datetime, *, limit: int = 50, skip_webhooks: Collection[str] = ()
