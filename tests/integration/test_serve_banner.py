@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -72,3 +73,27 @@ async def test_a_started_controller_prints_its_banner_once_it_listens(
     finally:
         server.should_exit = True
         await asyncio.wait_for(serving, 20)
+
+
+async def test_a_port_in_use_is_refused_in_one_line_before_anything_starts(
+    tmp_path: Path,
+) -> None:
+    # Another program listens on the port: the start is refused naming the address and what
+    # to do, exit 1, before the controller opens its vault or reconciles a VM (uvicorn would
+    # bind only after the whole start, then exit 3 with its own message).
+    state = tmp_path / "state"
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        env = {"HEARTH_STATE_DIR": str(state), "HEARTH_PORT": str(port)}
+        result = await asyncio.to_thread(hearth_cli, "serve", env=env, timeout=90)
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in output, output
+    assert "set HEARTH_PORT (or --port) to another" in output, output
+    assert '"event": "serve_refused"' in result.stderr, output
+    for started in ("master_key_loaded", "reconciled", "controller_started", BANNER):
+        assert started not in output, output
+    assert "Traceback" not in output
+    assert not (state / "master.key").exists()
