@@ -14,9 +14,11 @@ in the VM use that address as their HTTPS proxy. What the proxy does with each c
   at once, and open tunnels the new policy no longer allows are cut.
 * The name is resolved once (through the injected ``resolver``) and the proxy dials the resolved
   address, never the name again, so a second DNS answer cannot steer the tunnel elsewhere. At most
-  ``max_lookups`` of one proxy's lookups run at once, on threads of their own
-  (:mod:`hearth.network.resolver`), so one VM's names that never resolve hold neither the other
-  VMs' lookups nor the controller's threads; a CONNECT waits for a place within its deadline. If any
+  ``max_lookups`` of one proxy's lookups run at once, and (with the host's resolver, the default)
+  at most 4 of its ``owner``'s on threads of their own, counted until each thread returns, even
+  after the proxy closed (:mod:`hearth.network.resolver`): one VM's names that never resolve hold
+  neither the other VMs' lookups nor the controller's threads, however often its path reopens;
+  a CONNECT waits for a place within its deadline. If any
   resolved address is not globally reachable unicast (:func:`hearth.network.addresses.
   is_public_address`: loopback, private, CGNAT, link-local, multicast, documentation, reserved,
   IPv6 ULA and site-local, or such an IPv4 address inside an IPv6 one) or is one of the node's
@@ -32,8 +34,10 @@ in the VM use that address as their HTTPS proxy. What the proxy does with each c
   pin a vendor's host to a server on 127.0.0.1 so nothing leaves the machine. A pinned
   destination is dialled as given, private or the node's own: pinning it is the operator's
   explicit choice, and it opens that address to that ``host:port`` only.
-* Upstream failures are told apart: a name that does not resolve or a refused connection gets
-  502, a resolve or connect that misses its deadline gets 504.
+* A name's addresses are dialled in turn, the next one started while the last is still silent
+  (:mod:`hearth.network.dialler`), so one dead address does not fail the name. Upstream failures
+  are told apart: a name that does not resolve or every address refusing gets 502, a resolve or
+  connect that misses its deadline gets 504.
 * A tunnel to a name (not an IP literal) whose first bytes open a TLS handshake must send a
   ClientHello asking for that very name (:mod:`hearth.network.client_hello`): one address of a
   CDN or a cloud front end serves many sites, chosen by that name, so an allowlisted name must
@@ -55,12 +59,10 @@ in ``hearth_egress_requests_total{outcome}`` and open tunnels in ``hearth_egress
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
+import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from enum import StrEnum
-from http import HTTPStatus
 
 from hearth.closing import Closing
 from hearth.errors import Conflict
@@ -76,9 +78,17 @@ from hearth.network.allowlist import (
 )
 from hearth.network.client_hello import server_name_check
 from hearth.network.connect_head import MAX_HEAD_BYTES, BadHead, parse_connect, read_head
+from hearth.network.dialler import dial_first
 from hearth.network.node_addresses import NodeAddressSource, is_node_address, node_addresses
-from hearth.network.resolver import LookupLimit, Resolver, system_resolver
-from hearth.network.tunnel import CHUNK, CLOSE_GRACE, TunnelPipe, close_stream
+from hearth.network.refusal import DENIALS, EgressOutcome, Refusal, send_refusal
+from hearth.network.resolver import (
+    LOOKUPS_PER_OWNER,
+    LookupLimit,
+    Resolver,
+    owner_lookups,
+    system_resolver,
+)
+from hearth.network.tunnel import TunnelPipe, close_stream
 
 # Callers import these from here; they live with the concept they belong to.
 __all__ = [
@@ -94,33 +104,8 @@ __all__ = [
     "system_resolver",
 ]
 
-_LINGER_BYTES = 64 * 1024  # unread request bytes swallowed after a refusal, so no RST eats it
-
 _log = get_logger("network.egress")
-
-
-class EgressOutcome(StrEnum):
-    """How one proxy request ended: the ``outcome`` label of ``hearth_egress_requests_total``."""
-
-    TUNNELED = "tunneled"  # 200 sent; bytes piped until the tunnel closed
-    DENIED_HOST = "denied_host"  # 403: host:port is not on the allowlist
-    DENIED_ADDRESS = "denied_address"  # 403: the target resolved to a non-public or node address
-    # After the 200 (also counted as tunneled): the tunnel's TLS ClientHello asked for another
-    # name than the CONNECT target, none, or was malformed; cut before it reached the upstream.
-    DENIED_SERVER_NAME = "denied_server_name"
-    METHOD_NOT_ALLOWED = "method_not_allowed"  # 405: plain-HTTP proxying (GET http://...)
-    BAD_REQUEST = "bad_request"  # 400: malformed request line or headers, or head too large
-    CLIENT_TIMEOUT = "client_timeout"  # 408: the request head did not arrive in time
-    UPSTREAM_FAILED = "upstream_failed"  # 502: the name did not resolve or the connect failed
-    UPSTREAM_TIMEOUT = "upstream_timeout"  # 504: resolve + connect missed the deadline
-    # 503: the proxy already holds max_connections; past twice that, reset without an answer
-    OVERLOADED = "overloaded"
-
-
-# Refusals of what the policy forbids: logged as warnings (``egress_denied``).
-_DENIALS = frozenset(
-    {EgressOutcome.DENIED_HOST, EgressOutcome.DENIED_ADDRESS, EgressOutcome.DENIED_SERVER_NAME}
-)
+_unowned = itertools.count()  # a proxy without an owner owns its lookups alone
 
 
 @dataclass(frozen=True)
@@ -154,10 +139,10 @@ class EgressProxy(Closing):
         allow_private: Sequence[str] = (),
         host: str = "127.0.0.1",
         port: int = 0,
-        resolver: Resolver = system_resolver,
+        resolver: Resolver | None = None,
         timeouts: EgressTimeouts = EgressTimeouts(),
         max_connections: int = 64,
-        max_lookups: int = 4,
+        max_lookups: int = LOOKUPS_PER_OWNER,
         metrics: ControllerMetrics | None = None,
         pins: Mapping[str, str] | None = None,
         node: NodeAddressSource = node_addresses,
@@ -173,10 +158,14 @@ class EgressProxy(Closing):
         }
         self._node = node  # the node's own addresses, never dialled but at a pin
         self._bind = (host, port)
+        if resolver is None:  # the host's, on lookup threads counted against the owner
+            resolver = owner_lookups.resolver(owner or f"proxy-{next(_unowned)}")
         self._lookups = LookupLimit(resolver, limit=max_lookups)
         self._timeouts = timeouts
         self._max_connections = max_connections
         self._metrics = metrics if metrics is not None else ControllerMetrics()
+        self._bytes_up = self._metrics.egress_bytes.labels(direction="up")
+        self._bytes_down = self._metrics.egress_bytes.labels(direction="down")
         self._server: asyncio.Server | None = None
         self._port: int | None = None
         self._closed = False  # set by close(), for good: a connection accepted after is reset
@@ -256,9 +245,21 @@ class EgressProxy(Closing):
             # could not cancel it, so it ends here, before a byte is read.
             writer.transport.abort()
             return
+        # The connection runs in a task of its own, the one a cut or close() cancels: on Python
+        # 3.11 the stream's callback logs its own task's cancellation as an error.
+        connection = asyncio.create_task(self._connection(reader, writer))
+        self._connections.add(connection)
+        try:
+            await connection
+        except asyncio.CancelledError:
+            serving = asyncio.current_task()
+            if serving is not None and serving.cancelling():
+                raise  # this callback itself is cancelled (the loop shuts down): so is the task
+            # Cut or closed by the proxy: the connection is already reset, nothing to report.
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self._connections.add(task)
         aborted = False
         try:
             await self._handle(reader, writer)
@@ -274,7 +275,7 @@ class EgressProxy(Closing):
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if len(self._connections) > self._max_connections:
-            overloaded = _Refusal(503, EgressOutcome.OVERLOADED, "too many connections")
+            overloaded = Refusal(503, EgressOutcome.OVERLOADED, "too many connections")
             if len(self._connections) > 2 * self._max_connections:
                 # A 503 takes a while (its linger): past as many of them as the limit, a flood is
                 # reset at once, unlogged, so a guest cannot pile up the controller's descriptors.
@@ -289,25 +290,23 @@ class EgressProxy(Closing):
                     head, early = await read_head(reader)
                 host, port = parse_connect(head)
             except TimeoutError as exc:
-                raise _Refusal(408, EgressOutcome.CLIENT_TIMEOUT, "request timed out") from exc
+                raise Refusal(408, EgressOutcome.CLIENT_TIMEOUT, "request timed out") from exc
             except BadHead as exc:
                 bad = (
                     EgressOutcome.METHOD_NOT_ALLOWED
                     if exc.status == 405
                     else EgressOutcome.BAD_REQUEST
                 )
-                raise _Refusal(exc.status, bad, exc.reason) from exc
+                raise Refusal(exc.status, bad, exc.reason) from exc
             if not self.allows(host, port):
-                raise _Refusal(
-                    403, EgressOutcome.DENIED_HOST, "destination not allowed", host, port
-                )
+                raise Refusal(403, EgressOutcome.DENIED_HOST, "destination not allowed", host, port)
             # Known before it is dialled: a policy set while the name resolves or the
             # connection opens cuts it like an open tunnel.
             task = asyncio.current_task()
             assert task is not None
             self._targets[task] = (host, port)
             address, upstream = await self._open_upstream(host, port)
-        except _Refusal as refusal:
+        except Refusal as refusal:
             await self._refuse(reader, writer, refusal)
             return
         await self._tunnel(host, port, address, (reader, writer), upstream, early)
@@ -324,36 +323,34 @@ class EgressProxy(Closing):
             async with asyncio.timeout_at(deadline):
                 addresses = await self._resolve(host, port)
         except TimeoutError as exc:
-            raise _Refusal(
+            raise Refusal(
                 504, EgressOutcome.UPSTREAM_TIMEOUT, "name resolution timed out", host, port
             ) from exc
         except (OSError, ValueError) as exc:
-            raise _Refusal(
+            raise Refusal(
                 502, EgressOutcome.UPSTREAM_FAILED, "name did not resolve", host, port
             ) from exc
         if not all(self.may_dial(a, port) for a in addresses):
-            raise _Refusal(403, EgressOutcome.DENIED_ADDRESS, "destination not allowed", host, port)
+            raise Refusal(403, EgressOutcome.DENIED_ADDRESS, "destination not allowed", host, port)
         return await self._dial([(a, port) for a in addresses], deadline, host, port)
 
     @staticmethod
     async def _dial(
         targets: Sequence[tuple[IPAddress, int]], deadline: float, host: str, port: int
     ) -> tuple[IPAddress, tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
-        """Connect to the first target that answers before ``deadline`` (502/504 otherwise)."""
-        failure: OSError | None = None
-        for address, dial_port in targets:
-            try:
-                async with asyncio.timeout_at(deadline):
-                    return address, await asyncio.open_connection(str(address), dial_port)
-            except TimeoutError as exc:
-                raise _Refusal(
-                    504, EgressOutcome.UPSTREAM_TIMEOUT, "upstream connect timed out", host, port
-                ) from exc
-            except OSError as exc:
-                failure = exc
-        raise _Refusal(
-            502, EgressOutcome.UPSTREAM_FAILED, "upstream connect failed", host, port
-        ) from failure
+        """Connect to the first target that answers before ``deadline``, the next one tried
+        while the last is silent (:mod:`hearth.network.dialler`); 504 when the deadline passed,
+        502 when every target failed."""
+        try:
+            return await dial_first(targets, deadline)
+        except TimeoutError as exc:
+            raise Refusal(
+                504, EgressOutcome.UPSTREAM_TIMEOUT, "upstream connect timed out", host, port
+            ) from exc
+        except OSError as exc:
+            raise Refusal(
+                502, EgressOutcome.UPSTREAM_FAILED, "upstream connect failed", host, port
+            ) from exc
 
     async def _resolve(self, host: str, port: int) -> list[IPAddress]:
         literal = ip_literal(host)
@@ -365,35 +362,18 @@ class EgressProxy(Closing):
         return answers
 
     async def _refuse(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, refusal: _Refusal
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, refusal: Refusal
     ) -> None:
         self._count_refusal(refusal)
-        body = f"{refusal.status} {HTTPStatus(refusal.status).phrase}: {refusal.reason}\n".encode()
-        allow = "Allow: CONNECT\r\n" if refusal.status == 405 else ""
-        writer.write(
-            f"HTTP/1.1 {refusal.status} {HTTPStatus(refusal.status).phrase}\r\n"
-            f"Content-Type: text/plain; charset=utf-8\r\nContent-Length: {len(body)}\r\n"
-            f"{allow}Connection: close\r\n\r\n".encode()
-            + body
-        )
-        with contextlib.suppress(OSError, TimeoutError):
-            async with asyncio.timeout(CLOSE_GRACE):
-                await writer.drain()
-                if writer.can_write_eof():
-                    writer.write_eof()
-                # Swallow what the client still sends: closing with unread input would reset the
-                # connection and could destroy the response before the client reads it.
-                swallowed = 0
-                while swallowed < _LINGER_BYTES and (chunk := await reader.read(CHUNK)):
-                    swallowed += len(chunk)
+        await send_refusal(reader, writer, refusal)
 
-    def _count_refusal(self, refusal: _Refusal, *, log: bool = True) -> None:
+    def _count_refusal(self, refusal: Refusal, *, log: bool = True) -> None:
         """Count a refused request (metric, traffic) and log it, a denial as a warning."""
         self._metrics.egress_requests.labels(outcome=refusal.outcome.value).inc()
         self.traffic.refused += 1
         if not log:
             return
-        if refusal.outcome in _DENIALS:
+        if refusal.outcome in DENIALS:
             self._log.warning(
                 "egress_denied",
                 host=refusal.host,
@@ -425,7 +405,7 @@ class EgressProxy(Closing):
         self._metrics.egress_tunnels_open.inc()
         self.traffic.tunnels += 1
         self._log.info("egress_tunnel_opened", host=host, port=port, address=str(address))
-        pipe = TunnelPipe(loop.time())
+        pipe = TunnelPipe(loop.time(), count=self._count_bytes)
         # An IP literal names no site, so the ClientHello's name is not held to it.
         check = (
             server_name_check(host, timeout=self._timeouts.request)
@@ -443,10 +423,9 @@ class EgressProxy(Closing):
             raise
         finally:
             self._metrics.egress_tunnels_open.dec()
-            self._count_bytes(pipe)
             if pipe.refusal is not None:
                 outcome = EgressOutcome.DENIED_SERVER_NAME
-                self._count_refusal(_Refusal(403, outcome, pipe.refusal, host, port))
+                self._count_refusal(Refusal(403, outcome, pipe.refusal, host, port))
             await close_stream(upstream[1], abort=aborted)
             self._log.info(
                 "egress_tunnel_closed",
@@ -458,11 +437,15 @@ class EgressProxy(Closing):
                 seconds=round(loop.time() - pipe.opened, 3),
             )
 
-    def _count_bytes(self, pipe: TunnelPipe) -> None:
-        self.traffic.bytes_up += pipe.bytes_up
-        self.traffic.bytes_down += pipe.bytes_down
-        self._metrics.egress_bytes.labels(direction="up").inc(pipe.bytes_up)
-        self._metrics.egress_bytes.labels(direction="down").inc(pipe.bytes_down)
+    def _count_bytes(self, up: bool, size: int) -> None:
+        """Count one chunk passed on (a tunnel's bytes count as they flow, so a long-lived
+        tunnel shows its traffic, and a controller that dies loses none already carried)."""
+        if up:
+            self.traffic.bytes_up += size
+            self._bytes_up.inc(size)
+        else:
+            self.traffic.bytes_down += size
+            self._bytes_down.inc(size)
 
 
 def _parse_policy(
@@ -470,22 +453,3 @@ def _parse_policy(
 ) -> tuple[tuple[AllowRule, ...], tuple[AllowRule, ...]]:
     """Both lists parsed (InvalidInput naming the first bad entry)."""
     return tuple(AllowRule.parse(e) for e in allow), tuple(AllowRule.parse(e) for e in deny)
-
-
-class _Refusal(Exception):
-    """A request the proxy answers with an error status; never leaves this module."""
-
-    def __init__(
-        self,
-        status: int,
-        outcome: EgressOutcome,
-        reason: str,
-        host: str | None = None,
-        port: int | None = None,
-    ) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.outcome = outcome
-        self.reason = reason  # fixed text: never echoes what the client sent
-        self.host = host
-        self.port = port

@@ -22,11 +22,17 @@ class TunnelRefused(Exception):
         self.reason = reason  # fixed text: never echoes what the client sent
 
 
+# Told of every chunk as it is passed on (``up``: from the client), so traffic is counted while
+# it flows, not when the tunnel closes.
+ChunkCounter = Callable[[bool, int], None]
+
+
 class TunnelPipe:
     """Both directions of one tunnel: copies bytes, counts them, and notes when data last moved."""
 
-    def __init__(self, opened: float) -> None:
+    def __init__(self, opened: float, *, count: ChunkCounter | None = None) -> None:
         self.opened = opened
+        self._count = count
         self.last_activity = opened
         self.bytes_up = 0
         self.bytes_down = 0
@@ -104,6 +110,8 @@ class TunnelPipe:
             self.bytes_up += len(chunk)
         else:
             self.bytes_down += len(chunk)
+        if self._count is not None:
+            self._count(up, len(chunk))
         writer.write(chunk)
         await writer.drain()
         self.last_activity = loop.time()
