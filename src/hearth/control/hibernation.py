@@ -53,6 +53,9 @@ if TYPE_CHECKING:
 _log = get_logger("control.hibernation")
 STATE_KEY_BYTES = 32  # an AES-256 key for the saved state, which the backend seals under it
 HIBERNATABLE = (VmState.READY, VmState.PAUSED)
+# About 317 years: no guest clock, however long it stood still, is further off than that.
+MAX_CLOCK_OFFSET_S = 1e10
+SHOWN_CHARS = 80  # of an answer the guest chose, in a log line
 
 
 class Hibernation:
@@ -255,20 +258,11 @@ class Hibernation:
                 await vms.store.vms.transition(vm_id, VmState.BOOTING, VmState.HIBERNATED)
             raise
         vms.live[vm_id] = vm
-        offset = await set_guest_clock(vm)
         try:
-            woken = await vms.store.vms.transition(
-                vm_id,
-                VmState.BOOTING,
-                VmState.READY,
-                **vms.fields_of(vm),  # the disk key alone: the state key is spent
-            )
-        except Conflict:
-            # Its row moved on meanwhile (failed by the monitor, or by another controller): it
-            # says so; what was woken goes, unless whoever moved it took it already.
-            if vms.live.pop(vm_id, None) is not None:
-                await vms.discard(vm)
-            raise
+            offset = await set_guest_clock(vm)
+        finally:
+            # The VM runs: its row says so however the clock's setting (best effort) ended.
+            woken = await self._woken(vm)
         _log.info(
             "vm_woken",
             vm_id=vm_id,
@@ -277,6 +271,24 @@ class Hibernation:
             clock_offset_s=offset,
         )
         return woken
+
+    async def _woken(self, vm: Vm) -> VmRecord:
+        """The row of ``vm``, just woken and running, moved from booting to ready; Conflict
+        if it moved on meanwhile."""
+        vms = self.vms
+        try:
+            return await vms.store.vms.transition(
+                vm.id,
+                VmState.BOOTING,
+                VmState.READY,
+                **vms.fields_of(vm),  # the disk key alone: the state key is spent
+            )
+        except Conflict:
+            # Its row moved on meanwhile (failed by the monitor, or by another controller): it
+            # says so; what was woken goes, unless whoever moved it took it already.
+            if vms.live.pop(vm.id, None) is not None:
+                await vms.discard(vm)
+            raise
 
     async def _fail(
         self,
@@ -301,20 +313,46 @@ class Hibernation:
 async def set_guest_clock(vm: Vm) -> float | None:
     """Set the guest's clock to the host's (it stood still while the VM was saved or paused);
     how far off it was. None when it was not set, logged as ``vm_clock_not_set`` with why: the
-    agent did not answer, or answered that it did not set it (its kernel refused, or it runs
-    outside a VM). The VM runs on either way, its clock behind."""
+    agent did not answer, answered that it did not set it (its kernel refused, or it runs
+    outside a VM), or answered an offset that is no number of seconds a clock can be off (the
+    guest's root chooses the answer). The VM runs on either way, its clock behind."""
     try:
         answer = await AgentClient(str(vm.agent_url), vm.token, vm_id=vm.id).set_clock(time.time())
     except HearthError as exc:
         _log.warning("vm_clock_not_set", vm_id=vm.id, reason=exc.message[:300])
         return None
     offset = answer.get("offsetS")
-    offset_s = float(offset) if isinstance(offset, int | float) else None
-    if answer.get("clockSet") is not True or offset_s is None:
+    offset_s = _seconds(offset)
+    if answer.get("clockSet") is not True:
         reason = "the agent did not answer that it set the clock"
         _log.warning("vm_clock_not_set", vm_id=vm.id, reason=reason, offset_s=offset_s)
         return None
+    if offset_s is None:
+        reason = f"the agent answered an offset that is not a number of seconds: {_shown(offset)}"
+        _log.warning("vm_clock_not_set", vm_id=vm.id, reason=reason)
+        return None
     return offset_s
+
+
+def _seconds(offset: object) -> float | None:
+    """``offset`` as a clock offset in seconds: a finite number (not a bool) within
+    ``MAX_CLOCK_OFFSET_S`` either way; else None."""
+    if isinstance(offset, bool) or not isinstance(offset, int | float):
+        return None
+    # Compared before any conversion: an int too large for a float compares exactly, and NaN
+    # (as JSON's NaN decodes) compares false.
+    if not -MAX_CLOCK_OFFSET_S <= offset <= MAX_CLOCK_OFFSET_S:
+        return None
+    return float(offset)
+
+
+def _shown(value: object) -> str:
+    """``value`` as the guest answered it, cut short for a log line."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int past Python's digit limit for str()
+        text = f"an {type(value).__name__} too long to show"
+    return text if len(text) <= SHOWN_CHARS else f"{text[:SHOWN_CHARS]}..."
 
 
 def _lost(vm_id: str, exc: BaseException, during: str) -> str:

@@ -432,11 +432,15 @@ class VmService:
             raise Conflict(f"VM {vm_id} is {record.status.value}; only {only} can be {done}")
         vm = self.live_vm(vm_id)
         await (self.node.pause(vm) if new is VmState.PAUSED else self.node.resume(vm))
-        if new is VmState.READY:
-            await set_guest_clock(vm)  # it stood still while the VM was paused
-        return await self.store.vms.transition(
-            vm_id, old, new, **running_fields(record, new, utc_now())
-        )
+        try:
+            if new is VmState.READY:
+                await set_guest_clock(vm)  # it stood still while the VM was paused
+        finally:
+            # The VM has moved: its row follows, however the clock's setting (best effort) ended.
+            moved = await self.store.vms.transition(
+                vm_id, old, new, **running_fields(record, new, utc_now())
+            )
+        return moved
 
     # ---- reliability -----------------------------------------------------------------------
 
