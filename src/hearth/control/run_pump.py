@@ -15,8 +15,9 @@ exit; tool names; the stderr tail). Those lines cannot be read again: the agent 
 events once they are read past, and keeping the whole output in the store would grow with it.
 So with every cursor it stores, the pump stores its checkpoint (``StreamParser.checkpoint``, the
 stderr tail and the start of a line the output has not ended yet: a parser keeps what it needs
-later, not the lines) in the same transaction, and a new pump restores it before it reads on:
-the re-attached parser is in the state the stopped one was at that cursor. Every exec event is
+later, not the lines, within ``hearth.runs.stream.MAX_CHECKPOINT_CHARS``) in the same
+transaction, and a new pump restores it before it reads on: the re-attached parser is in the
+state the stopped one was at that cursor. Every exec event is
 stored at its own id, whether or not it ends on a line's end, so the pump holds nothing beyond
 the cursor: the cursor keeps up with what the agent has sent (the agent keeps only a few MiB of
 events a follower has read), and memory is bounded by the longest line (``MAX_LINE_BYTES``). A

@@ -41,6 +41,7 @@ from hearth.runs.events import (
 )
 from hearth.runs.failures import classify_status
 from hearth.runs.fingerprint import Fingerprint
+from hearth.runs.recall import RECENT_MESSAGES, ToolCalls, id_of, newest, remember
 from hearth.runs.stream import (
     CliStream,
     Report,
@@ -73,6 +74,10 @@ _QUIET_STREAM_EVENTS = frozenset(
 )
 _QUIET_DELTAS = frozenset({"input_json_delta", "signature_delta", "citations_delta"})
 _QUIET_BLOCKS = frozenset({"text", "tool_use", "thinking", "redacted_thinking"})
+_TOOL_BLOCKS = frozenset({"tool_use", "server_tool_use"})
+# Text blocks of one message remembered (streamed, or accounted for): the CLI sends a block's
+# ``assistant`` line when the block ends, so one at a time waits for it.
+RECENT_BLOCKS = 64
 
 
 class ClaudeStream(CliStream):
@@ -83,12 +88,13 @@ class ClaudeStream(CliStream):
     def __init__(self) -> None:
         super().__init__()
         self._message_id: str | None = None  # the API message being streamed
-        # Per API message: what each content block (by index) streamed as text_deltas, until an
-        # ``assistant`` line accounts for it, and which blocks one has accounted for. A
-        # fingerprint, not the text: the checkpoint holding it is stored with every exec event.
+        # Per API message (the latest RECENT_MESSAGES): what each content block (by index)
+        # streamed as text_deltas, until an ``assistant`` line accounts for it, and which blocks
+        # one has accounted for. A fingerprint, not the text: the checkpoint holding it is stored
+        # with every exec event.
         self._streamed: dict[str, dict[int, Fingerprint]] = {}
         self._accounted: dict[str, set[int]] = {}
-        self._tools: dict[str, str] = {}  # tool_use id → tool name
+        self._tools = ToolCalls()  # tool_use id → tool name
         self._refusal: Report | None = None  # the latest synthetic API-error message
 
     def _own_checkpoint(self) -> dict[str, Any]:
@@ -101,22 +107,28 @@ class ClaudeStream(CliStream):
             "accounted": {
                 message_id: sorted(indexes) for message_id, indexes in self._accounted.items()
             },
-            "tools": self._tools,
+            **self._tools.data(),
             "refusal": None if self._refusal is None else self._refusal.data(),
         }
 
     def _own_restore(self, state: dict[str, Any]) -> None:
         message_id = state["messageId"]
         self._message_id = None if message_id is None else str(message_id)
-        self._streamed = {
-            str(message_id): dict(_streamed_block(block) for block in blocks)
-            for message_id, blocks in dict_of(state["streamed"]).items()
-        }
-        self._accounted = {
-            str(message_id): {int(index) for index in indexes}
-            for message_id, indexes in dict_of(state["accounted"]).items()
-        }
-        self._tools = {str(tool_id): str(name) for tool_id, name in state["tools"].items()}
+        self._streamed = newest(
+            (
+                (str(message_id), newest(map(_streamed_block, blocks), limit=RECENT_BLOCKS))
+                for message_id, blocks in dict_of(state["streamed"]).items()
+            ),
+            limit=RECENT_MESSAGES,
+        )
+        self._accounted = newest(
+            (
+                (str(message_id), set(sorted({int(index) for index in indexes})[-RECENT_BLOCKS:]))
+                for message_id, indexes in dict_of(state["accounted"]).items()
+            ),
+            limit=RECENT_MESSAGES,
+        )
+        self._tools = ToolCalls.of(state)
         self._refusal = Report.of(state["refusal"])
 
     def _on_event(self, event: dict[str, Any]) -> list[RunEvent]:
@@ -156,14 +168,14 @@ class ClaudeStream(CliStream):
         kind = inner.get("type")
         if event.get("parent_tool_use_id"):
             return [raw_event(event)]  # a subagent's stream: not the run's answer
-        message_id = text_of(event.get("api_message_id")) or self._message_id
+        message_id = id_of(event.get("api_message_id")) or self._message_id
         if kind == "message_start":
-            message_id = text_of(dict_of(inner.get("message")).get("id")) or message_id
+            message_id = id_of(dict_of(inner.get("message")).get("id")) or message_id
             self._message_id = message_id
             if message_id:
                 # A retry streams the same message again from its start.
-                self._streamed[message_id] = {}
-                self._accounted[message_id] = set()
+                remember(self._streamed, message_id, {}, limit=RECENT_MESSAGES)
+                remember(self._accounted, message_id, set(), limit=RECENT_MESSAGES)
             return []
         if kind == "content_block_start":
             block = dict_of(inner.get("content_block"))
@@ -187,8 +199,12 @@ class ClaudeStream(CliStream):
     ) -> list[RunEvent]:
         if message_id is not None:
             index = int_of(inner.get("index"))
-            blocks = self._streamed.setdefault(message_id, {})
-            blocks[index] = blocks.get(index, Fingerprint()).extended(text)
+            blocks = self._streamed.get(message_id)
+            if blocks is None:
+                blocks = {}
+                remember(self._streamed, message_id, blocks, limit=RECENT_MESSAGES)
+            said = blocks.get(index, Fingerprint()).extended(text)
+            remember(blocks, index, said, limit=RECENT_BLOCKS)
         return [message_delta(text)] if text else []
 
     def _assistant(self, event: dict[str, Any]) -> list[RunEvent]:
@@ -207,7 +223,12 @@ class ClaudeStream(CliStream):
             self._last_error = self._refusal
             return []
         parent = text_of(event.get("parent_tool_use_id")) or None
-        message_id = text_of(message.get("id"))
+        message_id = id_of(message.get("id"))
+        for item in content:  # an id no CLI gives makes the line raw, before any is kept
+            block = dict_of(item)
+            if block.get("type") in _TOOL_BLOCKS:
+                id_of(block.get("id"))
+                id_of(block.get("name"))
         events: list[RunEvent] = []
         unmapped: list[Any] = []
         for item in content:
@@ -217,14 +238,14 @@ class ClaudeStream(CliStream):
                 rest = self._unstreamed(message_id, text_of(block.get("text")))
                 if rest:
                     events.append(message_delta(rest))
-            elif block_type in ("tool_use", "server_tool_use"):
+            elif block_type in _TOOL_BLOCKS:
                 tool_id = text_of(block.get("id"))
                 if tool_id and tool_id not in self._tools:
-                    self._tools[tool_id] = text_of(block.get("name"))
+                    self._tools.started(tool_id, text_of(block.get("name")))
                     events.append(
                         tool_started(
                             tool_id,
-                            self._tools[tool_id],
+                            self._tools.name(tool_id),
                             block.get("input"),
                             parent_tool_id=parent,
                         )
@@ -238,10 +259,15 @@ class ClaudeStream(CliStream):
     def _unstreamed(self, message_id: str, text: str) -> str:
         """What of a finished text block its deltas did not already pass on."""
         streamed = self._streamed.get(message_id, {})
-        accounted = self._accounted.setdefault(message_id, set())
+        accounted = self._accounted.get(message_id)
+        if accounted is None:
+            accounted = set()
+            remember(self._accounted, message_id, accounted, limit=RECENT_MESSAGES)
         for index in sorted(streamed):
             if index not in accounted and streamed[index].begins(text):
                 accounted.add(index)
+                if len(accounted) > RECENT_BLOCKS:  # blocks come in order: the first gives way
+                    accounted.remove(min(accounted))
                 # Never looked at again (a later delta of the block is accounted for too).
                 return text[streamed.pop(index).length :]
         return text
@@ -251,8 +277,10 @@ class ClaudeStream(CliStream):
         parent = text_of(event.get("parent_tool_use_id")) or None
         events: list[RunEvent] = []
         unmapped = not isinstance(content, list)
-        for block in list_of(content):
-            block = dict_of(block)
+        results = [dict_of(block) for block in list_of(content)]
+        for block in results:  # an id no CLI gives makes the line raw, before any is forgotten
+            id_of(block.get("tool_use_id"))
+        for block in results:
             if block.get("type") != "tool_result":
                 unmapped = True
                 continue
@@ -260,7 +288,7 @@ class ClaudeStream(CliStream):
             events.append(
                 tool_finished(
                     tool_id,
-                    self._tools.get(tool_id, ""),
+                    self._tools.finished(tool_id),
                     output=_result_text(block.get("content")),
                     is_error=block.get("is_error") is True,
                     parent_tool_id=parent,

@@ -37,6 +37,7 @@ from hearth.runs.events import (
     tool_started,
     usage_event,
 )
+from hearth.runs.recall import RECENT_MESSAGES, ToolCalls, id_of, newest, remember
 from hearth.runs.stream import (
     CliStream,
     Report,
@@ -94,25 +95,34 @@ class CodexStream(CliStream):
     def __init__(self) -> None:
         super().__init__()
         # agent_message id → the text passed on so far, as its length and digest: all that
-        # telling what is new needs, and small enough to checkpoint after every line.
+        # telling what is new needs, and small enough to checkpoint after every line (the
+        # latest RECENT_MESSAGES: an item is updated until it completes, then done with).
         self._said: dict[str, tuple[int, str]] = {}
-        self._started: set[str] = set()  # tool items whose tool.started was emitted
-        self._finished: set[str] = set()
+        # Tool items whose tool.started was emitted: running (``open``), or finished (``done``:
+        # their tool.finished was emitted too). Names are not needed again.
+        self._tools = ToolCalls()
 
     def _own_checkpoint(self) -> dict[str, Any]:
         return {
             "said": {item_id: list(said) for item_id, said in self._said.items()},
-            "started": sorted(self._started),
-            "finished": sorted(self._finished),
+            "started": [*self._tools.open, *self._tools.done],
+            "finished": list(self._tools.done),
         }
 
     def _own_restore(self, state: dict[str, Any]) -> None:
-        self._said = {
-            str(item_id): (int(length), str(digest))
-            for item_id, (length, digest) in state["said"].items()
-        }
-        self._started = {str(item_id) for item_id in state["started"]}
-        self._finished = {str(item_id) for item_id in state["finished"]}
+        self._said = newest(
+            (
+                (str(item_id), (int(length), str(digest)))
+                for item_id, (length, digest) in state["said"].items()
+            ),
+            limit=RECENT_MESSAGES,
+        )
+        finished = [str(item_id) for item_id in state["finished"]]
+        done = set(finished)
+        running = [str(item_id) for item_id in state["started"] if str(item_id) not in done]
+        self._tools = ToolCalls.of(
+            {"tools": dict.fromkeys(running, ""), "done": dict.fromkeys(finished, "")}
+        )
 
     def _on_event(self, event: dict[str, Any]) -> list[RunEvent]:
         kind = event.get("type")
@@ -140,7 +150,7 @@ class CodexStream(CliStream):
 
     def _item(self, kind: str, item: dict[str, Any], event: dict[str, Any]) -> list[RunEvent]:
         item_type = text_of(item.get("type"))
-        item_id = text_of(item.get("id"))
+        item_id = id_of(item.get("id"))
         if item_type == "agent_message":
             # Whole messages today; should a later codex update one as it grows, only what is
             # new is passed on.
@@ -148,7 +158,7 @@ class CodexStream(CliStream):
             length, digest = self._said.get(item_id, (0, _digest("")))
             if _digest(text[:length]) != digest:
                 return []  # not a continuation of what was passed on
-            self._said[item_id] = (len(text), _digest(text))
+            remember(self._said, item_id, (len(text), _digest(text)), limit=RECENT_MESSAGES)
             rest = text[length:]
             return [message_delta(rest)] if rest else []
         describe = _TOOLS.get(item_type)
@@ -156,11 +166,11 @@ class CodexStream(CliStream):
             return [raw_event(event)]
         events: list[RunEvent] = []
         name, tool_input = describe(item)
-        if item_id not in self._started:
-            self._started.add(item_id)
+        if item_id not in self._tools:
+            self._tools.started(item_id, "")
             events.append(tool_started(item_id, name, tool_input))
-        if kind == "item.completed" and item_id not in self._finished:
-            self._finished.add(item_id)
+        if kind == "item.completed" and item_id not in self._tools.done:
+            self._tools.finished(item_id)
             events.append(_finished(item_id, name, item))
         return events
 

@@ -33,6 +33,7 @@ from hearth.runs.events import (
     tool_started,
     usage_event,
 )
+from hearth.runs.recall import ToolCalls, id_of
 from hearth.runs.stream import CliStream, Report, dict_of, int_of, text_of
 
 # The error types (class names) gemini reports in a result, and the failure each one is.
@@ -53,13 +54,13 @@ class GeminiStream(CliStream):
 
     def __init__(self) -> None:
         super().__init__()
-        self._tools: dict[str, str] = {}  # tool_id → tool name
+        self._tools = ToolCalls()  # tool_id → tool name
 
     def _own_checkpoint(self) -> dict[str, Any]:
-        return {"tools": self._tools}
+        return self._tools.data()
 
     def _own_restore(self, state: dict[str, Any]) -> None:
-        self._tools = {str(tool_id): str(name) for tool_id, name in state["tools"].items()}
+        self._tools = ToolCalls.of(state)
 
     def _on_event(self, event: dict[str, Any]) -> list[RunEvent]:
         kind = event.get("type")
@@ -73,9 +74,9 @@ class GeminiStream(CliStream):
                 text = text_of(event.get("content"))
                 return [message_delta(text)] if text else []
         if kind == "tool_use":
-            tool_id = text_of(event.get("tool_id"))
-            self._tools[tool_id] = text_of(event.get("tool_name"))
-            return [tool_started(tool_id, self._tools[tool_id], event.get("parameters"))]
+            tool_id, name = id_of(event.get("tool_id")), id_of(event.get("tool_name"))
+            self._tools.started(tool_id, name)
+            return [tool_started(tool_id, name, event.get("parameters"))]
         if kind == "tool_result":
             return [self._tool_result(event)]
         if kind == "error":
@@ -85,12 +86,12 @@ class GeminiStream(CliStream):
         return [raw_event(event)]
 
     def _tool_result(self, event: dict[str, Any]) -> RunEvent:
-        tool_id = text_of(event.get("tool_id"))
+        tool_id = id_of(event.get("tool_id"))
         error = dict_of(event.get("error"))
         output = event.get("output")
         return tool_finished(
             tool_id,
-            self._tools.get(tool_id, ""),
+            self._tools.finished(tool_id),
             output=output if isinstance(output, str) else text_of(error.get("message")) or None,
             is_error=event.get("status") == "error",
         )

@@ -16,7 +16,13 @@ What a parser has learnt from the lines so far (its outcome, the text it passed 
 decides how it maps the next ones and how the run ends: ``checkpoint`` gives it as JSON data and
 ``restore`` takes it back into a new parser of the same CLI, so that a restarted controller
 reads on as the stopped one would have. A subclass adds its own (``_own_checkpoint``,
-``_own_restore``); what it keeps is what it needs later, not every line it read.
+``_own_restore``); what it keeps is what it needs later, not every line it read, and bounded
+(``hearth.runs.recall``). A checkpoint is at most ``MAX_CHECKPOINT_CHARS`` as compact JSON. Past
+that (an error message of megabytes; hundreds of ids of hundreds of characters, which no CLI
+writes) the outcome's and latest error's messages are cut to ``LEAN_MESSAGE_CHARS``; if it is
+still past, it keeps only the session, usage, outcome and latest error, none of the subclass's
+own: a parser restored from it ends the run as the CLI said, but names no tool in a result and
+may say a streamed text again.
 
 A line is decoded by the strict decoder the agent uses (``hearth_agent.jsontext``): a line nested
 too deep for the interpreter, or with a number past a double or past the interpreter's digit
@@ -25,6 +31,7 @@ limit, is an unparsable line like any other (``raw``).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -43,6 +50,11 @@ from hearth_agent.jsontext import JsonTextError, decode_json
 # the sum of a few such (input plus output tokens) could pass the interpreter's digit limit for
 # int-to-text conversion, and the pump's ``json.dumps`` of the usage would then raise.
 MAX_COUNT = 2**63 - 1
+# The pump stores the checkpoint with every exec event; a real run's is a few KiB.
+MAX_CHECKPOINT_CHARS = 64 * 1024
+# The messages of a cut-down checkpoint: two, at up to twelve characters of JSON a character (an
+# astral one, escaped), stay well under MAX_CHECKPOINT_CHARS.
+LEAN_MESSAGE_CHARS = 2000
 
 
 @dataclass(frozen=True)
@@ -53,9 +65,9 @@ class Report:
     message: str = ""
     code: RunFailure | None = None  # when the CLI said it in a field rather than in words
 
-    def data(self) -> dict[str, Any]:
-        """The report as JSON data (``of`` reads it back)."""
-        return {"ok": self.ok, "message": self.message, "code": self.code}
+    def data(self, limit: int | None = None) -> dict[str, Any]:
+        """The report as JSON data (``of`` reads it back), its message cut to ``limit``."""
+        return {"ok": self.ok, "message": self.message[:limit], "code": self.code}
 
     @classmethod
     def of(cls, data: object) -> Report | None:
@@ -131,13 +143,23 @@ class CliStream:
         return failed(code, scrub(readable(said)))
 
     def checkpoint(self) -> dict[str, Any]:
-        """What this parser has learnt from the lines so far, as JSON data."""
+        """What this parser has learnt from the lines so far, as JSON data: at most
+        ``MAX_CHECKPOINT_CHARS`` as compact JSON, cut down past it (see the module docstring)."""
+        own = self._own_checkpoint()
+        state = {**self._base_checkpoint(limit=None), **own}
+        if _fits(state):
+            return state
+        state = {**self._base_checkpoint(limit=LEAN_MESSAGE_CHARS), **own}
+        if _fits(state):
+            return state
+        return {**self._base_checkpoint(limit=LEAN_MESSAGE_CHARS), **type(self)()._own_checkpoint()}
+
+    def _base_checkpoint(self, *, limit: int | None) -> dict[str, Any]:
         return {
             "sessionId": self.session_id,
             "usage": self.usage,
-            "outcome": None if self._outcome is None else self._outcome.data(),
-            "lastError": None if self._last_error is None else self._last_error.data(),
-            **self._own_checkpoint(),
+            "outcome": None if self._outcome is None else self._outcome.data(limit),
+            "lastError": None if self._last_error is None else self._last_error.data(limit),
         }
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -165,6 +187,10 @@ class CliStream:
         # rather than storing text that may not fit the store (a NUL, an absurd length).
         if isinstance(value, str) and resumable(value):
             self.session_id = value
+
+
+def _fits(state: dict[str, Any]) -> bool:
+    return len(json.dumps(state, separators=(",", ":"))) <= MAX_CHECKPOINT_CHARS
 
 
 def text_of(value: object) -> str:
