@@ -12,31 +12,40 @@ idle VM is acted on; one that does not answer keeps it in use: a VM whose agent 
 again is failed by its heartbeats). A restarted controller counts idleness from its own start.
 Browser VMs serve one login and end with it: lifetimes are for CLI VMs.
 
+Command ids are the guest's own, and its agent may say they all run: at most ``KEEP_COMMANDS``
+are kept per VM (the oldest go first, logged), and one look at a VM's commands asks its agent
+for at most ``ASK_DEADLINE_S`` in all (an unfinished look counts them as running).
+
 Every ``HEARTH_LIFETIME_CHECK_INTERVAL_S`` the VMs whose time is up get their action: ``pause``,
 ``hibernate`` or ``destroy`` (the last two pull the delivered credentials back first, as a
 manual destroy does; where the VMM cannot hibernate, hibernate destroys instead); each is told
 as ``vm.timed_out`` and logged with the VM's id. An unhealthy VM can only be destroyed: pause
-and hibernate wait until its heartbeats make it ready again (or fail it). With
-``autoResume`` (the default) a call that needs a paused or hibernated VM running resumes it
-first, told as ``vm.auto_resumed``; one being hibernated is woken once its save ends. A call
-that meets a wake under way waits for it (``WAKE_WAIT_S``) rather than being refused.
+and hibernate wait until its heartbeats make it ready again (or fail it). Each VM's look (its
+agent asked about its commands) and action run in a task of their own, one at a time per VM
+(``VmChores``): what one VM's agent or VMM takes (an answer comes within 10 s, a save takes
+what it takes) holds up no other VM's lifetime. With ``autoResume`` (the default) a call that
+needs a paused or hibernated VM running resumes it first, told as ``vm.auto_resumed``; one
+being hibernated is woken once its save ends. A call that meets a wake under way waits for it
+(``WAKE_WAIT_S``) rather than being refused.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Callable, Collection, Iterator
+import functools
+from collections.abc import Callable, Collection, Iterator, MutableSet
 from datetime import datetime
 from typing import TYPE_CHECKING
 
 from hearth.agent_client import AgentClient
 from hearth.auth.states import TERMINAL, AuthStatus
 from hearth.config import Settings
+from hearth.control.vm_chores import VmChores
 from hearth.errors import Conflict, HearthError, InvalidInput, NotFound, NotSupported
 from hearth.events.types import EventType
 from hearth.logging import get_logger
-from hearth.periodic import every
+from hearth.periodic import STEP_GRACE_S, every
 from hearth.shared_tasks import SharedTasks
 from hearth.store import Store, VmRecord
 from hearth.store.records import utc_now
@@ -55,6 +64,12 @@ _ASLEEP = (VmState.PAUSED, VmState.HIBERNATING, VmState.HIBERNATED, VmState.BOOT
 # Commands kept per VM before the ended ones are looked for: with no idle timeout nothing else
 # asks, and a VM running command after command would keep every id.
 PRUNE_COMMANDS_AT = 64
+# The most command ids kept per VM, past which the oldest are forgotten: above the most a VM
+# may run at once (HEARTH_EXEC_MAX_PER_VM, at most 1000), so only a guest whose agent says
+# commands run that do not (ids it chose) loses any, and memory does not grow with its answers.
+KEEP_COMMANDS = 1024
+# How long one look at a VM's commands asks its agent, all asks together.
+ASK_DEADLINE_S = 30.0
 # How often ``move_banking_time`` reads a row again that moved on between its read and write.
 _MOVE_RACES = 5
 # How often ``Lifetimes.change`` reads a lifetime again that another change set meanwhile.
@@ -112,6 +127,11 @@ class Lifetime:
                 )
 
 
+def _has_lifetime(record: VmRecord) -> bool:
+    """Whether ``record`` is a running, user-held CLI VM: one its lifetime applies to now."""
+    return record.status in _RUNNING and not record.pooled and record.vm_type is VmType.CLI
+
+
 def used_s(record: VmRecord, now: datetime) -> float:
     """The running seconds ``record`` has used of its lifetime by ``now``."""
     since = record.running_since
@@ -156,6 +176,28 @@ class _Due:
     limit_s: int
 
 
+class _ExecIds(MutableSet[str]):
+    """Command ids in the order they were followed (a set to its readers)."""
+
+    def __init__(self) -> None:
+        self._ids: dict[str, None] = {}
+
+    def __contains__(self, exec_id: object) -> bool:
+        return exec_id in self._ids
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._ids)
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def add(self, exec_id: str) -> None:
+        self._ids[exec_id] = None
+
+    def discard(self, exec_id: str) -> None:
+        self._ids.pop(exec_id, None)
+
+
 class Lifetimes:
     """Keeps track of use, acts on VMs whose time is up, and resumes paused ones on demand."""
 
@@ -165,7 +207,8 @@ class Lifetimes:
         self._started = utc_now()
         self._seen: dict[str, datetime] = {}
         # Commands the controller started in each VM and has not yet seen end.
-        self._execs: dict[str, set[str]] = {}
+        self._execs: dict[str, _ExecIds] = {}
+        self._chores = VmChores()
         # Automatic resumes under way: concurrent calls on one VM share one.
         self._resuming: SharedTasks[VmRecord] = SharedTasks()
 
@@ -182,8 +225,13 @@ class Lifetimes:
 
     def follows_exec(self, vm_id: str, exec_id: str) -> None:
         """The controller follows a command in VM ``vm_id`` on its own (a run after a restart):
-        not use in itself, but the VM is not idle while the command runs."""
-        self._execs.setdefault(vm_id, set()).add(exec_id)
+        not use in itself, but the VM is not idle while the command runs. Past
+        ``KEEP_COMMANDS`` the oldest is forgotten."""
+        pending = self._execs.setdefault(vm_id, _ExecIds())
+        pending.add(exec_id)
+        if len(pending) > KEEP_COMMANDS:
+            pending.discard(next(iter(pending)))
+            _log.warning("vm_commands_forgotten", vm_id=vm_id, kept=KEEP_COMMANDS, forgotten=1)
 
     async def ensure_running(self, record: VmRecord) -> VmRecord:
         """``record`` used now; resumed first when it is paused or hibernated (or being
@@ -259,29 +307,46 @@ class Lifetimes:
         raise Conflict(f"VM {vm_id}: its lifetime kept changing meanwhile; try again")
 
     async def run(self) -> None:
-        """Run ``check_once`` forever (cancel to stop)."""
-        await every(self.interval_s, self.check_once, what="VM lifetimes")
+        """Run ``check_once`` forever (cancel to stop: the looks and actions under way get
+        ``STEP_GRACE_S`` to end)."""
+        try:
+            await every(self.interval_s, self.check_once, what="VM lifetimes")
+        finally:
+            await self._chores.stop(STEP_GRACE_S)
 
     async def check_once(self) -> list[str]:
-        """Act on every running CLI VM whose lifetime or idle time is up; their ids."""
+        """Start acting on every running CLI VM whose lifetime or idle time is up, and looking
+        for the ended ones among the commands of each that keeps more than
+        ``PRUNE_COMMANDS_AT``, each in a task of its own; the ids of the VMs whose action this
+        started (one still under way from an earlier round is not started again)."""
         rows = await self.vms.store.vms.list(statuses=(*_RUNNING, *_ASLEEP))
         self._forget_gone({record.id for record in rows})
-        acted = []
+        started = []
         for record in rows:
-            if record.status not in _RUNNING or record.pooled or record.vm_type is not VmType.CLI:
+            if not _has_lifetime(record):
                 continue
+            vm_id = record.id
             if (
                 record.status is VmState.READY
-                and len(self._execs.get(record.id, ())) > PRUNE_COMMANDS_AT
+                and len(self._execs.get(vm_id, ())) > PRUNE_COMMANDS_AT
             ):
-                await self._runs_command(record.id, every=True)
-            now = utc_now()
-            due = next(self._due(record, now), None)
-            if due is None or (due.reason == "idle" and await self._busy(record)):
+                prune = functools.partial(self._runs_command, vm_id, every=True)
+                self._chores.start(vm_id, "prune", prune)
+            if next(self._due(record, utc_now()), None) is None:
                 continue
-            if await self._act(record, due, decided=now):
-                acted.append(record.id)
-        return acted
+            if self._chores.start(vm_id, "end", functools.partial(self._end, vm_id)):
+                started.append(vm_id)
+        return started
+
+    async def _end(self, vm_id: str) -> bool:
+        """Act on VM ``vm_id`` if its time is up, read again (an action of an earlier round may
+        have ended since the round's read); whether it did."""
+        record = await self.vms.store.vms.get(vm_id)
+        now = utc_now()
+        due = next(self._due(record, now), None) if _has_lifetime(record) else None
+        if due is None or (due.reason == "idle" and await self._busy(record)):
+            return False
+        return await self._act(record, due, decided=now)
 
     def _due(self, record: VmRecord, now: datetime) -> Iterator[_Due]:
         """What is due for ``record`` at ``now``, its lifetime's action first. An unhealthy VM
@@ -318,28 +383,31 @@ class Lifetimes:
     async def _runs_command(self, vm_id: str, *, every: bool = False) -> bool:
         """Whether a command the controller started in VM ``vm_id`` may still run; the ones the
         agent says ended, or knows not, are forgotten on the way (with ``every``, all of them).
-        An agent that does not answer (slow under TCG, stalled) ends the look, forgetting
-        nothing more, and counts as running: only its answer says a command ended. One that
-        never answers again keeps the VM no longer than its heartbeats, which fail the VM."""
-        pending = self._execs.get(vm_id, set())
+        An agent that does not answer (slow under TCG, stalled), or not all within
+        ``ASK_DEADLINE_S``, ends the look, forgetting nothing more, and counts as running: only
+        its answer says a command ended. One that never answers again keeps the VM no longer
+        than its heartbeats, which fail the VM."""
+        pending = self._execs.get(vm_id, _ExecIds())
         if not pending or vm_id not in self.vms.live:
             return False
         vm = self.vms.live_vm(vm_id)
         agent = AgentClient(str(vm.agent_url), self.vms.agent_token(vm_id), vm_id=vm_id)
         running = False
-        for exec_id in sorted(pending):
-            try:
-                state = (await agent.exec_status(exec_id)).get("status")
-            except NotFound:
-                state = None  # unknown to the agent (restarted, or long gone): not running
-            except HearthError:
-                return True
-            if state != "running":
-                pending.discard(exec_id)
-            elif not every:
-                return True
-            else:
-                running = True
+        try:
+            async with asyncio.timeout(ASK_DEADLINE_S):
+                for exec_id in list(pending):
+                    try:
+                        state = (await agent.exec_status(exec_id)).get("status")
+                    except NotFound:
+                        state = None  # unknown to the agent (restarted, or long gone)
+                    if state != "running":
+                        pending.discard(exec_id)
+                    elif not every:
+                        return True
+                    else:
+                        running = True
+        except (HearthError, TimeoutError):
+            return True
         return running
 
     async def _act(self, record: VmRecord, due: _Due, *, decided: datetime) -> bool:
