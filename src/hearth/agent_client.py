@@ -4,31 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import json
-from collections.abc import AsyncIterable, AsyncIterator, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
+from hearth import agent_answers as answers
 from hearth.agent_credentials import checked_facts, document_bytes, written_sha256
 from hearth.agent_download import AgentDownload
 from hearth.capped_reads import ResponseTooLarge, capped_events, read_capped
-from hearth.errors import (
-    BackendError,
-    Conflict,
-    FileTooLarge,
-    HearthError,
-    InsufficientStorage,
-    InvalidArchive,
-    InvalidInput,
-    NotFound,
-    PathConflict,
-    PathNotFound,
-    PathOutsideWorkspace,
-    TooManyRunning,
-)
+from hearth.errors import BackendError, HearthError, NotFound
 from hearth.httpclient import async_client
 from hearth_agent.wire import FILE_CHUNK_TIMEOUT_S
 
@@ -68,28 +57,9 @@ MAX_ANSWER_BYTES = 4 * _MIB
 # ...but one with a credential document (at most 1 MiB, the agent's body limit) holds it twice,
 # parsed and as its text, each at most 3x its bytes once in JSON: 6 MiB.
 MAX_DOCUMENT_ANSWER_BYTES = 8 * _MIB
-# A directory's listing: up to 10,000 entries, a name (255 bytes, 6x once in JSON) each: 16 MiB.
-MAX_LISTING_BYTES = 32 * _MIB
 # One event of an exec's event stream: up to 64 KiB of output (6x once in JSON): 384 KiB.
 MAX_EVENT_BYTES = _MIB
-# What an agent's refusal of a client's own request (an exec's body, its stdin) becomes.
-_CLIENT_ERRORS: dict[int, type[HearthError]] = {
-    400: InvalidInput,
-    409: Conflict,
-    422: InvalidInput,
-    429: TooManyRunning,
-}
 
-# What the agent's refusals of a file request mean, by its code (its message is kept).
-_FILE_ERRORS: dict[str, type[HearthError]] = {
-    "path_outside_workspace": PathOutsideWorkspace,
-    "invalid_archive": InvalidArchive,
-    "path_not_found": PathNotFound,
-    "path_conflict": PathConflict,
-    "file_too_large": FileTooLarge,
-    "body_too_large": FileTooLarge,
-    "disk_full": InsufficientStorage,
-}
 # A file transfer: how long one chunk may take either way (``FILE_CHUNK_TIMEOUT_S``, the agent's
 # too), and the answer to an upload, which comes once the guest has synced the file to its disk.
 FILE_WRITTEN_TIMEOUT_S = 600.0
@@ -136,12 +106,14 @@ class AgentClient:
         errors: Mapping[str, type[HearthError]] | None = None,
         headers: Mapping[str, str] | None = None,
         max_bytes: int = MAX_ANSWER_BYTES,
+        decode: Callable[[bytes], Any] = json.loads,
     ) -> dict[str, Any]:
         """``headers``: sent as well (a ``Content-Type`` there wins over JSON's);
         ``client_request``: the body is a client's (an exec's), so the agent's refusals of it
         keep their meaning (422, 409, 429) instead of becoming a 502; ``errors``: what some of
-        the agent's error codes mean, before that; ``max_bytes``: the most the answer may hold.
-        The whole call, answer and all, takes at most ``timeout_s``."""
+        the agent's error codes mean, before that; ``max_bytes``: the most the answer may hold;
+        ``decode``: how a 2xx answer is parsed. The whole call, answer and all, takes at most
+        ``timeout_s``."""
         sent = self._headers()
         if content is not None:
             sent["Content-Type"] = "application/json"
@@ -158,7 +130,13 @@ class AgentClient:
                 ) as response,
             ):
                 return await self._answer(
-                    response, method, path, max_bytes, client_request=client_request, errors=errors
+                    response,
+                    method,
+                    path,
+                    max_bytes,
+                    client_request=client_request,
+                    errors=errors,
+                    decode=decode,
                 )
         except TimeoutError as exc:
             raise self.error(
@@ -185,9 +163,11 @@ class AgentClient:
         *,
         client_request: bool = True,
         errors: Mapping[str, type[HearthError]] | None = None,
+        decode: Callable[[bytes], Any] = json.loads,
     ) -> dict[str, Any]:
-        """The JSON object of a streamed answer, read whole unless past ``max_bytes``
-        (AgentError), or the error an error answer means (its code kept as ``agent_code``)."""
+        """The JSON object of a streamed answer (a 2xx one parsed by ``decode``), read whole
+        unless past ``max_bytes`` (AgentError), or the error an error answer means (its code kept
+        as ``agent_code``, its message cut: ``guest_text``)."""
         if response.status_code >= 400:  # an error: a code and a message
             max_bytes = min(max_bytes, MAX_ANSWER_BYTES)
         try:
@@ -197,7 +177,7 @@ class AgentClient:
                 f"{self.name} answered {method} {path} with more than {max_bytes} bytes"
             ) from exc
         try:
-            answer = json.loads(body)
+            answer = decode(body) if response.status_code < 400 else json.loads(body)
         except (ValueError, RecursionError):  # not JSON, or nested past what Python decodes
             answer = None
         if response.status_code < 400:
@@ -207,15 +187,16 @@ class AgentClient:
                 )
             return answer
         try:
-            code, message = str(answer["error"]["code"]), str(answer["error"]["message"])
+            code = answers.guest_text(answer["error"]["code"], 100)
+            message = answers.guest_text(answer["error"]["message"])
         except (KeyError, TypeError):
             code, message = "error", f"HTTP {response.status_code}"
         if errors is not None and code in errors:
             raise errors[code](message)
         if response.status_code == 404:
             raise NotFound(f"{self.name}: {message}")
-        if client_request and response.status_code in _CLIENT_ERRORS:
-            raise _CLIENT_ERRORS[response.status_code](message)
+        if client_request and response.status_code in answers.CLIENT_ERRORS:
+            raise answers.CLIENT_ERRORS[response.status_code](message)
         raise self.error(f"{self.name} refused {method} {path}: {message}", agent_code=code)
 
     async def health(self) -> dict[str, Any]:
@@ -337,33 +318,50 @@ class AgentClient:
 
     # ---- commands (exec) -----------------------------------------------------------------
 
+    async def _checked(
+        self, shape: answers.Shape, method: str, path: str, **call: Any
+    ) -> dict[str, Any]:
+        """``_call``, its answer checked and kept as ``shape`` says (``hearth.agent_answers``)."""
+        answer = await self._call(method, path, **call)
+        return answers.checked(self, f"{method} {path.split('?')[0]}", shape, answer)
+
+    async def _exec_call(
+        self, shape: answers.Shape, method: str, exec_id: str, action: str = "", **call: Any
+    ) -> dict[str, Any]:
+        """``_checked`` of a call about exec ``exec_id``, answered about that exec."""
+        path = f"/exec/{exec_id}{action}"
+        answer = await self._checked(shape, method, path, client_request=True, **call)
+        return answers.same_exec(self, f"{method} {path}", exec_id, answer)
+
     async def exec_start(self, body: dict[str, Any]) -> dict[str, Any]:
         """``POST /exec``: ``{"exec_id", "pid"}`` of the command started in its own group."""
-        return await self._call(
-            "POST", "/exec", json_body=body, timeout_s=EXEC_START_TIMEOUT_S, client_request=True
+        return await self._checked(
+            answers.EXEC_STARTED,
+            "POST",
+            "/exec",
+            json_body=body,
+            timeout_s=EXEC_START_TIMEOUT_S,
+            client_request=True,
         )
 
     async def exec_status(self, exec_id: str) -> dict[str, Any]:
         """``GET /exec/{id}``: running or exited, and how."""
-        return await self._call("GET", f"/exec/{exec_id}", client_request=True)
+        return await self._exec_call(answers.EXEC_STATE, "GET", exec_id)
 
     async def exec_stdin(self, exec_id: str, body: dict[str, Any]) -> dict[str, Any]:
-        """``POST /exec/{id}/stdin``."""
-        return await self._call(
-            "POST", f"/exec/{exec_id}/stdin", json_body=body, client_request=True
-        )
+        """``POST /exec/{id}/stdin``: how many bytes wait for the command to read them."""
+        shape = answers.EXEC_STDIN_QUEUED
+        return await self._exec_call(shape, "POST", exec_id, "/stdin", json_body=body)
 
     async def exec_kill(self, exec_id: str, body: dict[str, Any]) -> dict[str, Any]:
         """``POST /exec/{id}/kill``: a signal to the command's whole process group."""
-        return await self._call(
-            "POST", f"/exec/{exec_id}/kill", json_body=body, client_request=True
-        )
+        shape = answers.EXEC_SIGNALLED
+        return await self._exec_call(shape, "POST", exec_id, "/kill", json_body=body)
 
     async def exec_resize(self, exec_id: str, body: dict[str, Any]) -> dict[str, Any]:
         """``POST /exec/{id}/resize {"cols", "rows"}``: the size of a command's terminal."""
-        return await self._call(
-            "POST", f"/exec/{exec_id}/resize", json_body=body, client_request=True
-        )
+        shape = answers.EXEC_RESIZED
+        return await self._exec_call(shape, "POST", exec_id, "/resize", json_body=body)
 
     async def exec_events(self, exec_id: str, *, after: int = 0) -> AsyncIterator[AgentEvent]:
         """The command's events after id ``after``, as they happen, until its ``exit``.
@@ -429,7 +427,10 @@ class AgentClient:
                 ) as response,
             ):
                 async with asyncio.timeout(self._timeout):  # once it has begun to answer
-                    return await self._answer(response, "PUT", "/files", errors=_FILE_ERRORS)
+                    written = await self._answer(
+                        response, "PUT", "/files", errors=answers.FILE_ERRORS
+                    )
+                    return answers.checked(self, "PUT /files", answers.FILE_WRITTEN, written)
         except (httpx.HTTPError, TimeoutError) as exc:
             raise self.error(
                 f"{self.name}: the upload to {path!r} broke off ({type(exc).__name__})"
@@ -449,7 +450,8 @@ class AgentClient:
             opened.push_async_callback(response.aclose)
             if response.status_code >= 400:
                 async with asyncio.timeout(self._timeout):
-                    await self._answer(response, "GET", "/files", errors=_FILE_ERRORS)
+                    await self._answer(response, "GET", "/files", errors=answers.FILE_ERRORS)
+            kind = answers.file_kind(self, response.headers.get(FILE_TYPE_HEADER, "file"))
         except (httpx.HTTPError, TimeoutError) as exc:
             await opened.aclose()
             raise self.error(
@@ -458,7 +460,6 @@ class AgentClient:
         except BaseException:
             await opened.aclose()
             raise
-        kind = response.headers.get(FILE_TYPE_HEADER, "file")
         length = response.headers.get("content-length")
         return AgentDownload(
             kind=kind,
@@ -469,23 +470,27 @@ class AgentClient:
             _opened=opened,
         )
 
+    async def _file_call(
+        self, shape: answers.Shape, method: str, route: str, query: dict[str, str], **call: Any
+    ) -> dict[str, Any]:
+        """``_checked`` of a file request (its refusals meaning what ``FILE_ERRORS`` says)."""
+        path = f"{route}?{httpx.QueryParams(query)}"
+        errors = answers.FILE_ERRORS
+        return await self._checked(shape, method, path, client_request=True, errors=errors, **call)
+
     async def files_list(self, path: str) -> dict[str, Any]:
         """``GET /files/list``: the entries of the directory at ``path``."""
-        query = httpx.QueryParams({"path": path})
-        return await self._call(
-            "GET",
-            f"/files/list?{query}",
-            client_request=True,
-            errors=_FILE_ERRORS,
-            max_bytes=MAX_LISTING_BYTES,
+        # Its tokens are counted before it is parsed (``listing_json``).
+        listing, decode = answers.FILE_LISTING, functools.partial(answers.listing_json, self)
+        query, most = {"path": path}, answers.MAX_LISTING_BYTES
+        return await self._file_call(
+            listing, "GET", "/files/list", query, decode=decode, max_bytes=most
         )
 
     async def files_remove(self, path: str, *, recursive: bool) -> dict[str, Any]:
         """``DELETE /files``: the file, symlink or (``recursive``) directory at ``path``."""
-        query = httpx.QueryParams({"path": path, "recursive": "true" if recursive else "false"})
-        return await self._call(
-            "DELETE", f"/files?{query}", client_request=True, errors=_FILE_ERRORS
-        )
+        query = {"path": path, "recursive": "true" if recursive else "false"}
+        return await self._file_call(answers.FILE_REMOVED, "DELETE", "/files", query)
 
 
 def sha256_hex(data: bytes) -> str:

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Literal
 
+from hearth.agent_answers import guest_text
 from hearth.agent_bundle import AgentBundle
 from hearth.agent_client import AgentClient
 from hearth.auth.states import TERMINAL, AuthStatus
@@ -240,7 +241,8 @@ class AgentUpdates:
                 EventType.AGENT_UPDATED, updated, fromVersion=old, toVersion=new
             )
             return UpdateResult(record.id, "updated", old, new, started, ended)
-        status, error = outcome
+        # What the guest said (its refusal, its reason, its version), cut: an event keeps it.
+        status, error = outcome[0], guest_text(outcome[1])
         if status == "interrupted":
             # Its owner (or its lifetime) ended the VM: nothing to tell about the build.
             _log.info(

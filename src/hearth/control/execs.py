@@ -173,9 +173,10 @@ class ExecService:
         agent = await self.agent(vm_id, user_id)
         if (why := self._holds.get(vm_id)) is not None:
             raise Conflict(why)
+        # The agent client checked its answer: a short exec id and an integer pid (502 else).
         started = await agent.exec_start(self.agent_request(vm_id, request))
-        self.lifetimes.started_exec(vm_id, str(started["exec_id"]))
-        return {"execId": str(started["exec_id"]), "pid": int(started["pid"])}
+        self.lifetimes.started_exec(vm_id, started["exec_id"])
+        return {"execId": started["exec_id"], "pid": started["pid"]}
 
     def agent_request(self, vm_id: str, request: ExecRequest) -> dict[str, Any]:
         """The body of the agent's ``POST /exec`` that runs ``request`` in VM ``vm_id``: the
