@@ -11,6 +11,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from hearth.agent_answers import guest_text
 from hearth.agent_client import AgentClient, AgentError, sha256_hex
 from hearth.control.network import CliNetworks
 from hearth.control.vms import VmService
@@ -28,6 +29,9 @@ _log = get_logger("auth.delivery")
 _DELIVERY_ATTEMPTS = 3
 _ASLEEP = (VmState.PAUSED, VmState.HIBERNATED)
 _ENDED = (VmState.DESTROYED, VmState.FAILED)
+# Of a guest's words (an agent's error message, what its CLI's status check answered), what a
+# log line or an error quotes: the VM's root chooses them, up to the size of an agent's answer.
+_SHOWN_CHARS = 300
 
 
 def _in_passage(record: VmRecord) -> bool:
@@ -137,7 +141,7 @@ class Delivery:
                 else:
                     written = await agent.put_credentials(provider, document)
             except AgentError as exc:
-                last = exc.message
+                last = guest_text(exc.message, _SHOWN_CHARS)
             else:
                 if written == expected:
                     try:
@@ -180,21 +184,23 @@ class Delivery:
         try:
             report = await agent.cli_status(provider)
         except HearthError as exc:
-            _log.warning("cli_status_unavailable", session_id=session_id, error=exc.message)
+            error = guest_text(exc.message, _SHOWN_CHARS)
+            _log.warning("cli_status_unavailable", session_id=session_id, error=error)
             return
+        command, exit_code = _shown(report.get("command")), _shown(report.get("exit_code"))
         _log.info(
             "cli_status_checked",
             session_id=session_id,
             provider=provider,
-            command=report.get("command"),
-            exit_code=report.get("exit_code"),
-            logged_in=report.get("logged_in"),
-            reason=report.get("reason"),
+            command=command,
+            exit_code=exit_code,
+            logged_in=_shown(report.get("logged_in")),
+            reason=_shown(report.get("reason")),
         )
         if report.get("logged_in") is False:
             raise VmError(
-                f"credentials were delivered to CLI VM {vm_id}, but `{report.get('command')}` "
-                f"there says it is not logged in (exit code {report.get('exit_code')})"
+                f"credentials were delivered to CLI VM {vm_id}, but `{command}` "
+                f"there says it is not logged in (exit code {exit_code})"
             )
 
     async def _configure_refresh(self, agent: AgentClient, vm_id: str) -> None:
@@ -289,7 +295,8 @@ class Delivery:
         try:
             document = await self._agent(vm_id).credentials_document(provider)
         except HearthError as exc:  # removed all the same
-            _log.warning("credential_unread_before_removal", vm_id=vm_id, error=exc.message)
+            error = guest_text(exc.message, _SHOWN_CHARS)
+            _log.warning("credential_unread_before_removal", vm_id=vm_id, error=error)
             document = None
         except Exception:  # a bug with one VM's answer must not stop the removal
             _log.exception("credential_unread_before_removal", vm_id=vm_id)
@@ -329,8 +336,9 @@ class Delivery:
             try:
                 facts = await self._agent(record.id).credentials_facts(provider)
             except HearthError as exc:
-                _log.warning("credential_holder_unknown", vm_id=record.id, error=exc.message)
-                unknown.append(f"the agent of VM {record.id} did not answer ({exc.message})")
+                error = guest_text(exc.message, _SHOWN_CHARS)
+                _log.warning("credential_holder_unknown", vm_id=record.id, error=error)
+                unknown.append(f"the agent of VM {record.id} did not answer ({error})")
                 continue
             if facts.get("present"):
                 held.append(record.id)
@@ -349,7 +357,8 @@ class Delivery:
         try:
             document = await self._agent(vm_id).credentials_document(provider)
         except HearthError as exc:
-            _log.warning("credential_pull_back_failed", vm_id=vm_id, error=exc.message)
+            error = guest_text(exc.message, _SHOWN_CHARS)
+            _log.warning("credential_pull_back_failed", vm_id=vm_id, error=error)
             return
         if document is not None:
             await self.credentials.pull_back(
@@ -372,7 +381,8 @@ class Delivery:
         try:
             document = await agent.credentials_document(provider)
         except HearthError as exc:
-            _log.warning("credential_unread_before_delivery", vm_id=vm_id, error=exc.message)
+            error = guest_text(exc.message, _SHOWN_CHARS)
+            _log.warning("credential_unread_before_delivery", vm_id=vm_id, error=error)
             return None
         if document is None:
             return None
@@ -418,3 +428,11 @@ class Delivery:
         except HearthError as exc:
             _log.warning("credential_not_withdrawn", vm_id=vm_id, error=exc.message[:300])
             return False
+
+
+def _shown(value: object) -> object:
+    """A field of a guest's answer as a log line or an error quotes it: None, a bool or a short
+    number as it is, anything else as text cut to ``_SHOWN_CHARS`` (``guest_text``)."""
+    if value is None or (isinstance(value, bool | int | float) and len(repr(value)) <= 20):
+        return value
+    return guest_text(value, _SHOWN_CHARS)

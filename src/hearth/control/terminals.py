@@ -33,14 +33,17 @@ import base64
 import contextlib
 import time
 import uuid
-from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from hearth.agent_client import AgentError
 from hearth.control.execs import ExecRequest, ExecService, StreamSlept
-from hearth.errors import HearthError, InvalidInput, TooManyRunning, Unauthorized
+from hearth.control.terminal_input import INPUT_ITEM_COST as INPUT_ITEM_COST
+from hearth.control.terminal_input import INPUT_QUEUE_BYTES, InputQueue
+from hearth.control.terminal_input import MAX_INPUT_CHUNK as MAX_INPUT_CHUNK
+from hearth.control.terminal_input import Resize as Resize
+from hearth.errors import HearthError, TooManyRunning, Unauthorized
 from hearth.links import link_token_hash, link_token_matches, mint_link_token
 from hearth.logging import get_logger
 from hearth.network.provider_hosts import quiet_env
@@ -50,17 +53,9 @@ from hearth.network.provider_hosts import quiet_env
 # gives a vendor CLI to keep it quiet behind the proxy, for whichever CLI the user starts.
 SHELL = ("bash", "-l")
 SHELL_ENV = {"SHELL": "/bin/bash", "COLORTERM": "truecolor", **quiet_env()}
-MAX_CELLS = 1000  # columns or rows (the agent's own limit)
 # Unopened links kept at once; past it a new link is refused until some expire.
 MAX_PENDING_LINKS = 1024
 MAX_PENDING_LINKS_PER_USER = 32  # of them, one caller's (all admins count as one)
-# Input coalesced into one write to the terminal, at most; a bigger frame (a paste) is split.
-MAX_INPUT_CHUNK = 64 * 1024
-# The page's input held while the shell does not take it, at most; then the page waits.
-INPUT_QUEUE_BYTES = 1024 * 1024
-# What each held piece costs beyond its bytes (a size change costs just this), so that a flood
-# of one-byte frames or size changes is bounded by the same budget.
-INPUT_ITEM_COST = 64
 # How often input the agent's full stdin backlog refused is sent again (about 20 s in all).
 BACKLOG_RETRIES = 25
 # How often a broken event stream from the agent is picked up again in a row.
@@ -77,27 +72,6 @@ _REVOKED = {
     "code": "unauthorized",
     "message": "the API key that asked for this terminal was revoked",
 }
-
-
-@dataclass(frozen=True)
-class Resize:
-    """A terminal size in character cells (the page's size, or a change of it)."""
-
-    cols: int
-    rows: int
-
-    @classmethod
-    def of(cls, message: Any) -> Resize:
-        """``{"cols", "rows"}`` (other keys ignored) as a size; InvalidInput if out of range."""
-        if not isinstance(message, dict):
-            raise InvalidInput("a terminal size is an object with cols and rows")
-        cells: dict[str, int] = {}
-        for name in ("cols", "rows"):
-            value = message.get(name)
-            if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_CELLS:
-                raise InvalidInput(f"{name} must be a whole number from 1 to {MAX_CELLS}")
-            cells[name] = value
-        return cls(**cells)
 
 
 @dataclass(frozen=True)
@@ -308,19 +282,20 @@ class TerminalService:
                     if event.type == "exit":
                         await _sent(peer.send_status({"type": "exit", **event.data}))
                         return
-                    if not await _sent(peer.send_output(_output_bytes(event.data))):
+                    output = _output_bytes(grant.vm_id, event.data)
+                    if not await _sent(peer.send_output(output)):
                         _log.info("terminal_page_stalled", terminal_id=grant.terminal_id)
                         return  # the page has gone: the terminal ends
             except StreamSlept:
                 continue  # the VM slept, and runs again: read on, no break counted
-            except AgentError:
-                if breaks == OUTPUT_RESUMES:
+            except AgentError as exc:
+                if breaks == OUTPUT_RESUMES or isinstance(exc, _GarbledOutput):
                     raise
                 await asyncio.sleep(0.2 * 2**breaks)
             breaks += 1
 
     async def _from_peer(self, grant: TerminalGrant, exec_id: str, peer: TerminalPeer) -> None:
-        queue = _InputQueue(INPUT_QUEUE_BYTES)
+        queue = InputQueue(INPUT_QUEUE_BYTES)
 
         async def read() -> None:
             while (item := await peer.receive()) is not None:
@@ -390,57 +365,6 @@ class TerminalService:
         _log.info("terminal_ended", terminal_id=grant.terminal_id, exec_id=exec_id)
 
 
-class _InputQueue:
-    """The page's input waiting for the terminal, in order, holding at most ``budget`` bytes
-    (each piece costs ``INPUT_ITEM_COST`` more). A frame is split into pieces of at most
-    ``MAX_INPUT_CHUNK``, and bytes typed one after the other join the last piece up to that
-    size; a size change after a size change replaces it (only the last one matters)."""
-
-    def __init__(self, budget: int) -> None:
-        self._budget = budget
-        self._items: deque[bytearray | Resize] = deque()
-        self._held = 0
-        self._changed = asyncio.Condition()
-
-    async def put(self, item: bytes | Resize) -> None:
-        """Queue ``item``, waiting while there is no room for it (for each piece of a frame)."""
-        if isinstance(item, Resize):
-            await self._add(item)
-            return
-        for start in range(0, len(item), MAX_INPUT_CHUNK):
-            await self._add(item[start : start + MAX_INPUT_CHUNK])
-
-    async def take(self) -> bytes | Resize:
-        """The next piece or size change, waiting for one."""
-        async with self._changed:
-            await self._changed.wait_for(lambda: bool(self._items))
-            item = self._items.popleft()
-            self._held -= _cost(item)
-            self._changed.notify_all()
-        return bytes(item) if isinstance(item, bytearray) else item
-
-    async def _add(self, item: bytes | Resize) -> None:
-        async with self._changed:
-
-            def room() -> bool:  # into an empty queue, so that no piece waits forever
-                return not self._items or self._held + _cost(item) <= self._budget
-
-            await self._changed.wait_for(room)
-            last = self._items[-1] if self._items else None
-            if isinstance(item, Resize):
-                if isinstance(last, Resize):
-                    self._held -= _cost(self._items.pop())
-                self._items.append(item)
-                self._held += _cost(item)
-            elif isinstance(last, bytearray) and len(last) + len(item) <= MAX_INPUT_CHUNK:
-                last += item
-                self._held += len(item)
-            else:
-                self._items.append(bytearray(item))
-                self._held += _cost(item)
-            self._changed.notify_all()
-
-
 def _backlog_full(exc: HearthError) -> bool:
     """Whether the agent refused a write because the shell has not read the ones before."""
     return getattr(exc, "agent_code", None) == "stdin_backlog_full"
@@ -451,10 +375,6 @@ def _input_lost(size: int) -> dict[str, Any]:
     shell runs on, and so does the terminal."""
     message = f"the shell did not read its input for about 20 s: {size} bytes typed were dropped"
     return {"type": "error", "code": "stdin_backlog_full", "message": message}
-
-
-def _cost(item: bytes | bytearray | Resize) -> int:
-    return INPUT_ITEM_COST + (0 if isinstance(item, Resize) else len(item))
 
 
 async def _first_done(*coroutines: Any) -> None:
@@ -472,9 +392,21 @@ async def _first_done(*coroutines: Any) -> None:
         task.result()
 
 
-def _output_bytes(data: dict[str, Any]) -> bytes:
+class _GarbledOutput(AgentError):
+    """Terminal output from the agent that holds no bytes: its error, which ends the terminal
+    (not a break in its event stream, read on from after it)."""
+
+
+def _output_bytes(vm_id: str, data: dict[str, Any]) -> bytes:
+    """An output event's bytes (base64 or text on the wire); ``_GarbledOutput`` if it holds none
+    (base64 that is not, text no UTF-8 can encode: a guest's root may send either)."""
     chunk = str(data.get("data", ""))
-    return base64.b64decode(chunk) if data.get("encoding") == "base64" else chunk.encode()
+    try:
+        return base64.b64decode(chunk) if data.get("encoding") == "base64" else chunk.encode()
+    except ValueError as exc:  # binascii.Error, UnicodeEncodeError
+        raise _GarbledOutput(
+            f"the agent of VM {vm_id} sent terminal output that is no bytes"
+        ) from exc
 
 
 async def _sent(sending: Awaitable[None]) -> bool:

@@ -17,9 +17,14 @@ not refresh it (the issuer unreachable, the document gone from the VM), and ``cr
 is told with reason ``not_refreshed``, once per document.
 
 One VM's answer, whatever it is, costs only that VM's pull: the round goes on to the next VM.
+Nor does its silence (an agent call waits up to 10 s, a VM may hold several documents): the
+round pulls from ``PULLS_AT_ONCE`` VMs at a time, each within ``VM_PULL_DEADLINE_S``, so a VM
+that answers slowly holds one of them, not everyone else's pull.
 """
 
 from __future__ import annotations
+
+import asyncio
 
 from hearth.agent_client import AgentClient
 from hearth.control.vms import VmService
@@ -35,6 +40,10 @@ from hearth.vm.types import VmState, VmType
 from hearth_agent.wire import Provider
 
 _log = get_logger("credentials.pullback")
+# VMs a round pulls from at once, and how long one VM's pull may take there (a few documents,
+# each answered in milliseconds by an honest agent).
+PULLS_AT_ONCE = 8
+VM_PULL_DEADLINE_S = 30.0
 
 
 class PullBack:
@@ -56,18 +65,23 @@ class PullBack:
     async def run(self, vms: VmService, interval_s: float) -> None:
         """Pull back from every ready CLI VM every ``interval_s`` (cancel to stop)."""
 
+        slots = asyncio.Semaphore(PULLS_AT_ONCE)
+
         async def pull_all() -> None:
-            for record in await vms.list_vms():
-                if record.status is VmState.READY:
-                    await self._pull_from(vms, record)
+            ready = [r for r in await vms.list_vms() if r.status is VmState.READY]
+            await asyncio.gather(*(self._pull_from(vms, record, slots) for record in ready))
 
         await every(interval_s, pull_all, what="credential pull-back")
 
-    async def _pull_from(self, vms: VmService, record: VmRecord) -> None:
-        """``before_destroy`` for one VM of a round; whatever goes wrong there is logged with
-        the VM's id and the round goes on to the next VM (another user's, maybe)."""
+    async def _pull_from(self, vms: VmService, record: VmRecord, slots: asyncio.Semaphore) -> None:
+        """``before_destroy`` for one VM of a round, in one of the round's ``slots`` and within
+        ``VM_PULL_DEADLINE_S``; whatever goes wrong there is logged with the VM's id and the
+        round goes on with the other VMs (another user's, maybe)."""
         try:
-            await self.before_destroy(record, vms.agent_token(record.id))
+            async with slots, asyncio.timeout(VM_PULL_DEADLINE_S):
+                await self.before_destroy(record, vms.agent_token(record.id))
+        except TimeoutError:
+            _log.warning("pull_back_timed_out", vm_id=record.id, after_s=VM_PULL_DEADLINE_S)
         except HearthError as exc:
             _log.warning("pull_back_failed", vm_id=record.id, error=exc.message[:300])
         except Exception:
