@@ -15,6 +15,7 @@ import json
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from starlette.applications import Starlette
@@ -49,15 +50,21 @@ def vm_answering(answers: dict[str, tuple[str, bytes]]) -> Starlette:
 
 
 async def delivered(
-    store: Store, credentials: CredentialService, documents: dict[str, bytes]
+    store: Store,
+    credentials: CredentialService,
+    documents: dict[str, bytes],
+    *,
+    user: str = "alice",
+    **row: Any,
 ) -> VmRecord:
-    """A ready CLI VM of alice's to which ``documents`` (by provider) were delivered."""
-    await store.users.ensure("alice")
-    record = await store.vms.insert(new_vm("alice", status=VmState.READY))
+    """A ready CLI VM of ``user``'s (``row``: more of its fields) to which ``documents`` (by
+    provider) were delivered."""
+    await store.users.ensure(user)
+    record = await store.vms.insert(new_vm(user, status=VmState.READY, **row))
     for provider, document in documents.items():
-        await credentials.capture("alice", provider, document)
+        await credentials.capture(user, provider, document)
         sha256 = hashlib.sha256(document).hexdigest()
-        await credentials.mark_delivered("alice", provider, record.id, sha256=sha256)
+        await credentials.mark_delivered(user, provider, record.id, sha256=sha256)
     return record
 
 
@@ -163,16 +170,18 @@ async def test_one_vms_answer_does_not_stop_the_round_for_the_vms_after_it(
     async with contextlib.AsyncExitStack() as stack:
         # Listed oldest first: mallory's VM is asked before bob's in every round.
         for age, user in enumerate(("bob", "mallory")):
-            await store.users.ensure(user)
             url = await stack.enter_async_context(
                 served(vm_answering({"gemini_cli": answers[user]}))  # type: ignore[arg-type]
             )
             created = utc_now() - timedelta(minutes=age)
-            vm = await store.vms.insert(
-                new_vm(user, status=VmState.READY, agent_url=url, created_at=created)
+            await delivered(
+                store,
+                credentials,
+                {"gemini_cli": old},
+                user=user,
+                agent_url=url,
+                created_at=created,
             )
-            stored = await credentials.capture(user, "gemini_cli", old)
-            await credentials.mark_delivered(user, "gemini_cli", vm.id, sha256=stored.sha256)
         pulling = PullBack(store, credentials, None)  # type: ignore[arg-type]  # tells nothing here
         rounds = asyncio.create_task(pulling.run(StandInVms(store), 0.05))  # type: ignore[arg-type]
         try:

@@ -25,14 +25,13 @@ from hearth.credentials import CredentialService, CredentialVault
 from hearth.credentials import pullback as pullback_module
 from hearth.credentials.pullback import PullBack
 from hearth.store import Store, utc_now
-from hearth.vm.types import VmState
 from tests.integration.api_fixtures import served
 from tests.integration.store_fixtures import *  # noqa: F403
-from tests.integration.store_fixtures import new_vm
 from tests.integration.test_pullback_faults import (
     LATER,
     MakeDocument,
     StandInVms,
+    delivered,
     vm_answering,
 )
 
@@ -69,13 +68,15 @@ async def round_with(
         bob_url = await stack.enter_async_context(served(bobs))  # type: ignore[arg-type]
         owners = [(f"mallory{i}", silent_url) for i in range(silent)] + [("bob", bob_url)]
         for age, (user, url) in enumerate(owners):
-            await store.users.ensure(user)
             created = utc_now() - timedelta(minutes=len(owners) - age)  # oldest first
-            vm = await store.vms.insert(
-                new_vm(user, status=VmState.READY, agent_url=url, created_at=created)
+            await delivered(
+                store,
+                credentials,
+                {"gemini_cli": old},
+                user=user,
+                agent_url=url,
+                created_at=created,
             )
-            stored = await credentials.capture(user, "gemini_cli", old)
-            await credentials.mark_delivered(user, "gemini_cli", vm.id, sha256=stored.sha256)
         pulling = PullBack(store, credentials, None)  # type: ignore[arg-type]  # tells nothing here
         rounds = asyncio.create_task(pulling.run(StandInVms(store), 0.05))  # type: ignore[arg-type]
         try:
