@@ -118,6 +118,21 @@ def _is_number(value: object) -> bool:
 
 
 _STR = _typed(lambda v: isinstance(v, str), "not a string")
+
+
+def _name(value: object) -> str:
+    """A file's name or path as JSON answers may carry it: the agent sends a name that is not
+    UTF-8 with its bytes escaped (lone surrogates, which no JSON answer can hold), shown here
+    with U+FFFD for each such byte."""
+    text = _STR(value)
+    assert isinstance(text, str)
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate no byte escapes to: no name of a file
+        raise Malformed("not a file's name") from None
+    return raw.decode("utf-8", "replace")
+
+
 _INT = _typed(_is_integer, "not an integer")
 _NUMBER = _typed(_is_number, "not a finite number")
 _BOOL = _typed(lambda v: isinstance(v, bool), "not true or false")
@@ -191,7 +206,7 @@ EXEC_SIGNALLED = _object({"exec_id": _EXEC_ID, "signalled": _BOOL, "status": _ST
 EXEC_STDIN_QUEUED = _object({"exec_id": _EXEC_ID, "queued_bytes": _INT})
 FILE_WRITTEN = _object(
     {
-        "path": _STR,
+        "path": _name,
         "type": _one_of(FILE_KINDS),
         "size": _INT,
         "sha256": _optional(_STR),
@@ -201,23 +216,23 @@ FILE_WRITTEN = _object(
 )
 _ENTRY = _object(
     {
-        "name": _STR,
+        "name": _name,
         "type": _one_of(ENTRY_TYPES),
         "size": _INT,
         "mode": _STR,
         "mtime": _NUMBER,
-        "target": _optional(_STR),
+        "target": _optional(_name),
     }
 )
 FILE_LISTING = _object(
     {
-        "path": _STR,
+        "path": _name,
         "type": _one_of(ENTRY_TYPES),
         "entries": _list_of(_ENTRY, MAX_LISTED),
         "truncated": _BOOL,
     }
 )
-FILE_REMOVED = _object({"path": _STR, "type": _one_of(ENTRY_TYPES), "removed": _BOOL})
+FILE_REMOVED = _object({"path": _name, "type": _one_of(ENTRY_TYPES), "removed": _BOOL})
 
 
 def checked(agent: AgentClient, request: str, shape: Shape, answer: object) -> dict[str, Any]:
