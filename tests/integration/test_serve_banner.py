@@ -91,7 +91,7 @@ async def test_a_port_in_use_is_refused_in_one_line_before_anything_starts(
     output = result.stdout + result.stderr
     assert result.returncode == 1, output
     assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in output, output
-    assert "set HEARTH_PORT (or --port) to another" in output, output
+    assert "stop it, or set HEARTH_PORT to another port" in output, output
     assert '"event": "serve_refused"' in result.stderr, output
     for started in ("master_key_loaded", "reconciled", "controller_started", BANNER):
         assert started not in output, output

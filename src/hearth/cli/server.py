@@ -26,6 +26,7 @@ from starlette.types import Message, Receive, Scope, Send
 from hearth.api.app import create_app
 from hearth.api.streams import stop_streams
 from hearth.cli.common import console, fail, fail_sdk, load_settings, plain
+from hearth.cli.listeners import listening_sockets
 from hearth.config import Settings
 from hearth.control.bootstrap import ADMIN_USER, ensure_admin_key, open_store
 from hearth.credentials.forget import (
@@ -78,11 +79,10 @@ def serve(
     settings = _with(load_settings(), state_dir)
     settings = settings.with_overrides(host=host or settings.host, port=port or settings.port)
     state_setting = "--state-dir" if state_dir is not None else "HEARTH_STATE_DIR"
-    port_hint = (
-        "another program listens there: stop it, or give another --port"
-        if port is not None
-        else "another program listens there: stop it, or set HEARTH_PORT (or --port) to another"
-    )
+    setting = {
+        "host": "--host" if host is not None else "HEARTH_HOST",
+        "port": "--port" if port is not None else "HEARTH_PORT",
+    }
     # A state dir or database that cannot be used, another controller (or a master-key
     # rotation) on this state dir, or another controller on its database, is refused now,
     # before anything starts; the controller then holds both for its life (``open_hearth``).
@@ -104,7 +104,7 @@ def serve(
     # The address is taken now: one in use is refused before the controller reconciles a VM
     # or its pool boots one (uvicorn binds only after the app has started).
     try:
-        listener = _listening_socket(settings.host, settings.port, in_use_hint=port_hint)
+        listeners = listening_sockets(settings.host, settings.port, setting=setting)
     except HearthError as exc:
         _refuse(exc)
     app = create_app(settings, destroy_on_exit=destroy_on_exit)
@@ -114,29 +114,12 @@ def serve(
     )
     server = ControllerServer(app, host=settings.host, port=settings.port, banner=banner)
     try:
-        with contextlib.closing(listener):
-            asyncio.run(server.serve(sockets=[listener]))
+        with contextlib.ExitStack() as held:
+            for listener in listeners:
+                held.enter_context(contextlib.closing(listener))
+            asyncio.run(server.serve(sockets=listeners))
     except HearthError as exc:  # the start refused (a wrong master key, ...): nothing runs
         _refuse(exc)
-
-
-def _listening_socket(host: str, port: int, *, in_use_hint: str) -> socket.socket:
-    """A socket bound to ``host:port`` (as uvicorn binds one; it listens once the app has
-    started); ConfigError naming the address and the cause when it cannot be had."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        hint = f" ({in_use_hint})" if exc.errno == errno.EADDRINUSE else ""
-        where = f"[{host}]:{port}" if family == socket.AF_INET6 else f"{host}:{port}"
-        raise ConfigError(
-            f"cannot listen on {where}: {exc.strerror or exc}{hint}; nothing was started"
-        ) from None
-    sock.set_inheritable(True)
-    return sock
 
 
 def _refuse(exc: HearthError) -> NoReturn:
