@@ -23,6 +23,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from hearth.config import Settings
+from hearth.control import lifetimes as lifetimes_module
 from hearth.control.lifetimes import KEEP_COMMANDS, PRUNE_COMMANDS_AT
 from hearth.vm.types import Vm
 from tests.fake_backend import FakeBackend
@@ -205,3 +206,40 @@ async def test_the_command_ids_kept_per_vm_are_capped_oldest_first(
         forgotten = [log for log in logs if log["event"] == "vm_commands_forgotten"]
         assert len(forgotten) == 5
         assert forgotten[0]["vm_id"] == vm["id"]
+
+
+class _CountedPause(FakeBackend):
+    """Pauses that take a while, counted: how many ran at once at most."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pausing = self.most = 0
+
+    async def pause(self, vm: Vm) -> None:
+        self.pausing += 1
+        self.most = max(self.most, self.pausing)
+        try:
+            await asyncio.sleep(0.3)
+            await super().pause(vm)
+        finally:
+            self.pausing -= 1
+
+
+async def test_vms_due_together_take_turns_and_all_end(
+    lifetime_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Many VMs' time up together (a batch made at once, a controller back after downtime):
+    # their actions run at most ENDS_AT_ONCE at a time, and every one of them ends.
+    monkeypatch.setattr(lifetimes_module, "ENDS_AT_ONCE", 2)
+    backend = _CountedPause()
+    async with running_api(lifetime_settings, backend, tmp_path / "image") as api:
+        ids = [
+            (await new_vm(api, userId=f"u{n}", timeoutS=1, timeoutAction="pause"))["id"]
+            for n in range(5)
+        ]
+
+        async def all_paused() -> bool:
+            return all([await status_of(api, vm_id) == "paused" for vm_id in ids])
+
+        await until(all_paused, timeout_s=30)
+    assert backend.most == 2

@@ -70,6 +70,9 @@ PRUNE_COMMANDS_AT = 64
 KEEP_COMMANDS = 1024
 # How long one look at a VM's commands asks its agent, all asks together.
 ASK_DEADLINE_S = 30.0
+# The most VMs whose action (pause, hibernation, destroy) runs at once: many VMs due together (a
+# batch made at once, a controller back after downtime) take turns, as pull-back rounds do.
+ENDS_AT_ONCE = 8
 # How often ``move_banking_time`` reads a row again that moved on between its read and write.
 _MOVE_RACES = 5
 # How often ``Lifetimes.change`` reads a lifetime again that another change set meanwhile.
@@ -208,7 +211,7 @@ class Lifetimes:
         self._seen: dict[str, datetime] = {}
         # Commands the controller started in each VM and has not yet seen end.
         self._execs: dict[str, _ExecIds] = {}
-        self._chores = VmChores()
+        self._chores = VmChores(at_once={"end": ENDS_AT_ONCE})
         # Automatic resumes under way: concurrent calls on one VM share one.
         self._resuming: SharedTasks[VmRecord] = SharedTasks()
 
