@@ -21,10 +21,9 @@ async def test_names_that_are_not_utf8_are_listed_with_replacement_characters(
     vm_id, headers = await new_vm(api, "ann")
     folder = workspace(api, vm_id) / "odd"
     folder.mkdir(parents=True)
-    raw = os.fsencode(folder)
-    with open(os.path.join(raw, b"caf\xe9.txt"), "wb") as handle:
-        handle.write(b"latin-1")
-    os.symlink(b"tar\xffget", os.path.join(raw, b"link"))
+    # Bytes that are not UTF-8 travel in a str as the file system's escapes (os.fsdecode).
+    (folder / os.fsdecode(b"caf\xe9.txt")).write_bytes(b"latin-1")
+    (folder / "link").symlink_to(os.fsdecode(b"tar\xffget"))
     (folder / "plain.txt").write_text("utf-8")
 
     listed = await api.client.get(
