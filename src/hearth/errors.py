@@ -50,7 +50,8 @@
         ├── RfbRefused               the VM's VNC server refused the view      [hearth.auth.rfb]
         └── BackendError             the VMM refused a request (e.g. Firecracker fault_message)
             └── AgentError           the agent erred or did not answer     [hearth.agent_client]
-                └── StreamSlept      a followed stream broke as its VM slept [hearth.control.execs]
+                ├── StreamSlept      a followed stream broke as its VM slept [hearth.control.execs]
+                └── GarbledOutput    terminal output that holds no bytes [hearth.control.terminals]
 
 A class defined outside this module names its module in brackets; a unit test walks every
 subclass of ``HearthError`` and fails when one is missing here or sits under another parent.

@@ -289,7 +289,7 @@ class TerminalService:
             except StreamSlept:
                 continue  # the VM slept, and runs again: read on, no break counted
             except AgentError as exc:
-                if breaks == OUTPUT_RESUMES or isinstance(exc, _GarbledOutput):
+                if breaks == OUTPUT_RESUMES or isinstance(exc, GarbledOutput):
                     raise
                 await asyncio.sleep(0.2 * 2**breaks)
             breaks += 1
@@ -392,19 +392,22 @@ async def _first_done(*coroutines: Any) -> None:
         task.result()
 
 
-class _GarbledOutput(AgentError):
+class GarbledOutput(AgentError):
     """Terminal output from the agent that holds no bytes: its error, which ends the terminal
     (not a break in its event stream, read on from after it)."""
 
+    code = "agent_error"
+    http_status = 502
+
 
 def _output_bytes(vm_id: str, data: dict[str, Any]) -> bytes:
-    """An output event's bytes (base64 or text on the wire); ``_GarbledOutput`` if it holds none
+    """An output event's bytes (base64 or text on the wire); ``GarbledOutput`` if it holds none
     (base64 that is not, text no UTF-8 can encode: a guest's root may send either)."""
     chunk = str(data.get("data", ""))
     try:
         return base64.b64decode(chunk) if data.get("encoding") == "base64" else chunk.encode()
     except ValueError as exc:  # binascii.Error, UnicodeEncodeError
-        raise _GarbledOutput(
+        raise GarbledOutput(
             f"the agent of VM {vm_id} sent terminal output that is no bytes"
         ) from exc
 
