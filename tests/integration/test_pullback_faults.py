@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -156,6 +156,18 @@ class StandInVms:
         return "token"
 
 
+@contextlib.asynccontextmanager
+async def pull_rounds(store: Store, credentials: CredentialService) -> AsyncIterator[None]:
+    """Pull-back rounds every 0.05 s over the store's ready VMs while the block runs."""
+    pulling = PullBack(store, credentials, None)  # type: ignore[arg-type]  # tells nothing here
+    rounds = asyncio.create_task(pulling.run(StandInVms(store), 0.05))  # type: ignore[arg-type]
+    try:
+        yield
+    finally:
+        rounds.cancel()
+        await asyncio.gather(rounds, return_exceptions=True)
+
+
 async def test_one_vms_answer_does_not_stop_the_round_for_the_vms_after_it(
     store: Store, tmp_path: Path, make_document: MakeDocument
 ) -> None:
@@ -182,14 +194,8 @@ async def test_one_vms_answer_does_not_stop_the_round_for_the_vms_after_it(
                 agent_url=url,
                 created_at=created,
             )
-        pulling = PullBack(store, credentials, None)  # type: ignore[arg-type]  # tells nothing here
-        rounds = asyncio.create_task(pulling.run(StandInVms(store), 0.05))  # type: ignore[arg-type]
-        try:
-            async with asyncio.timeout(10):
-                while (await credentials.document("bob", "gemini_cli")) == old:
-                    await asyncio.sleep(0.05)
-        finally:
-            rounds.cancel()
-            await asyncio.gather(rounds, return_exceptions=True)
+        async with pull_rounds(store, credentials), asyncio.timeout(10):
+            while (await credentials.document("bob", "gemini_cli")) == old:
+                await asyncio.sleep(0.05)
     assert json.loads(await credentials.document("bob", "gemini_cli")) == rotated
     assert await credentials.document("mallory", "gemini_cli") == old

@@ -23,15 +23,14 @@ from structlog.testing import capture_logs
 
 from hearth.credentials import CredentialService, CredentialVault
 from hearth.credentials import pullback as pullback_module
-from hearth.credentials.pullback import PullBack
 from hearth.store import Store, utc_now
 from tests.integration.api_fixtures import served
 from tests.integration.store_fixtures import *  # noqa: F403
 from tests.integration.test_pullback_faults import (
     LATER,
     MakeDocument,
-    StandInVms,
     delivered,
+    pull_rounds,
     vm_answering,
 )
 
@@ -77,14 +76,11 @@ async def round_with(
                 agent_url=url,
                 created_at=created,
             )
-        pulling = PullBack(store, credentials, None)  # type: ignore[arg-type]  # tells nothing here
-        rounds = asyncio.create_task(pulling.run(StandInVms(store), 0.05))  # type: ignore[arg-type]
-        try:
-            yield credentials, old, rotated, asked
-        finally:
-            rounds.cancel()
-            hold.set()  # before the servers wait for their connections
-            await asyncio.gather(rounds, return_exceptions=True)
+        async with pull_rounds(store, credentials):
+            try:
+                yield credentials, old, rotated, asked
+            finally:
+                hold.set()  # before the servers wait for their connections
 
 
 async def pulled_within(
