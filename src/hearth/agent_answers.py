@@ -31,6 +31,7 @@ from hearth.errors import (
     PathOutsideWorkspace,
     TooManyRunning,
 )
+from hearth.runs.events import capped
 from hearth.store.models import ID_MAX
 from hearth_agent.exec_pty import MAX_CELLS
 from hearth_agent.files import MAX_LISTED
@@ -92,10 +93,7 @@ Shape = Callable[[object], dict[str, Any]]
 def guest_text(text: object, limit: int = GUEST_TEXT_CHARS) -> str:
     """``text`` (a guest's words) as a message may quote it: at most ``limit`` characters, a
     longer one cut and saying how much was left out."""
-    text = str(text)
-    if len(text) <= limit:
-        return text
-    return f"{text[:limit]}… ({len(text) - limit} more characters)"
+    return capped(str(text), limit)
 
 
 def _typed(test: Callable[[object], bool], what: str) -> Check:
