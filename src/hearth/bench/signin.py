@@ -27,6 +27,13 @@ _LOADED = (
 LOGIN_FORM_SHOWN = f"{_LOADED} && !!document.querySelector('input[name=\"login\"]')"
 CONSENT_SHOWN = f"{_LOADED} && document.body.innerText.includes('Authorize')"
 _CALL_TIMEOUT_S = 60.0
+# DevTools' answers to an evaluate that a navigation overtook: the page the expression ran in is
+# gone (the form was just submitted); the next page answers the next poll.
+_NAVIGATED = ("Inspected target navigated or closed", "Execution context was destroyed")
+
+
+class PageNavigated(BenchError):
+    """The tab navigated away while DevTools ran a command in it."""
 
 
 class CdpPage:
@@ -82,7 +89,9 @@ class CdpPage:
                 ) from None
             if message.get("id") == self._next:
                 if "error" in message:
-                    raise BenchError(f"DevTools {method} failed: {message['error']}")
+                    error = message["error"]
+                    failure = PageNavigated if _navigated(error) else BenchError
+                    raise failure(f"DevTools {method} failed: {error}")
                 return message.get("result", {})
 
     async def evaluate(self, expression: str) -> Any:
@@ -95,13 +104,21 @@ class CdpPage:
     async def wait_for(
         self, expression: str, timeout_s: float = 90, *, poll_s: float = 0.5
     ) -> None:
-        """Poll until ``expression`` is truthy in the page."""
+        """Poll until ``expression`` is truthy in the page (a page that navigated: not yet)."""
         deadline = asyncio.get_running_loop().time() + timeout_s
-        while not await self.evaluate(expression):
+        while not await self._evaluate_unless_navigating(expression):
             if asyncio.get_running_loop().time() > deadline:
-                seen = await self.evaluate("location.href + ' | ' + document.body.innerText")
+                seen = await self._evaluate_unless_navigating(
+                    "location.href + ' | ' + document.body.innerText"
+                )
                 raise BenchError(f"never true: {expression}; the page: {seen!r:.500}")
             await asyncio.sleep(poll_s)
+
+    async def _evaluate_unless_navigating(self, expression: str) -> Any:
+        try:
+            return await self.evaluate(expression)
+        except PageNavigated:
+            return None
 
     async def _on_element(self, selector: str, action: str) -> None:
         """Run ``element.<action>()`` on the element; BenchError if the page has none."""
@@ -125,6 +142,11 @@ class CdpPage:
     async def close(self) -> None:
         """Close the DevTools connection (the tab stays)."""
         await self._ws.close()
+
+
+def _navigated(error: Any) -> bool:
+    message = error.get("message", "") if isinstance(error, dict) else ""
+    return any(message.startswith(known) for known in _NAVIGATED)
 
 
 async def open_sign_in_page(
