@@ -97,6 +97,18 @@ def _answered(config: ClientConfig, method: str) -> Iterator[None]:
         raise HearthConnectionError.of_transport(config.url, method, exc) from exc
 
 
+@contextlib.contextmanager
+def _arriving() -> Iterator[None]:
+    """Around a download's bytes as they arrive: a break raises the SDK's ``stream_broken``,
+    never httpx's error."""
+    try:
+        yield
+    except httpx.HTTPError as exc:
+        raise HearthConnectionError(
+            "stream_broken", f"the download broke off: {transport_text(exc)}"
+        ) from exc
+
+
 def _timeout(config: ClientConfig) -> httpx.Timeout:
     return httpx.Timeout(config.timeout_s, read=TRANSFER_TIMEOUT_S, write=TRANSFER_TIMEOUT_S)
 
@@ -166,14 +178,10 @@ class FileStream(_Download):
 
     def __iter__(self) -> Iterator[bytes]:
         self._declared()
-        try:
+        with _arriving():
             for chunk in self._response.iter_raw():
                 self._cap.arrive(chunk)
                 yield chunk
-        except httpx.HTTPError as exc:
-            raise HearthConnectionError(
-                "stream_broken", f"the download broke off: {transport_text(exc)}"
-            ) from exc
 
     def __enter__(self) -> FileStream:
         return self
@@ -187,14 +195,10 @@ class AsyncFileStream(_Download):
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         self._declared()
-        try:
+        with _arriving():
             async for chunk in self._response.aiter_raw():
                 self._cap.arrive(chunk)
                 yield chunk
-        except httpx.HTTPError as exc:
-            raise HearthConnectionError(
-                "stream_broken", f"the download broke off: {transport_text(exc)}"
-            ) from exc
 
     async def __aenter__(self) -> AsyncFileStream:
         return self
