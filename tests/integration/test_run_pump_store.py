@@ -4,7 +4,8 @@ log (``EventLog``: what a follower has read more than its replay window past is 
 Output whose every event ends inside a line, read again after a break or by the next
 controller's pump; a run an older controller ended in two writes and stopped between them; a
 database that cannot be reached for a moment while a pump writes, or while a failed pump ends
-its run; a kill after the cancel's grace for a run whose row is gone.
+its run; a kill after the cancel's grace for a run whose row is gone; output the agent sends
+garbled.
 """
 
 from __future__ import annotations
@@ -60,14 +61,14 @@ class AgentExec:
 
     def __init__(
         self,
-        chunks: list[str],
+        chunks: list[str] | list[str | dict[str, Any]],
         *,
         breaks_after: int | None = None,
         hangs_after: int | None = None,
     ) -> None:
         self.log = EventLog(buffer_bytes=64 * 1024 * 1024, replay_bytes=REPLAY_BYTES)
-        for chunk in chunks:
-            self.log.append(EventType.STDOUT, {"data": chunk})
+        for chunk in chunks:  # text, or an event's payload as the agent sends it
+            self.log.append(EventType.STDOUT, {"data": chunk} if isinstance(chunk, str) else chunk)
         self.log.append(EventType.EXIT, {"code": 0, "signal": None, "reason": "exited"})
         self.breaks_after, self.hangs_after = breaks_after, hangs_after
         self.hanging = asyncio.Event()
@@ -348,3 +349,35 @@ async def test_a_kill_after_the_grace_for_a_run_whose_row_is_gone_sends_nothing(
     gone = RunRecord(user_id="ann", vm_id="vm-1", provider=Provider.CLAUDE_CODE, timeout_s=60)
     await service(store, agent, gone.id)._kill_after_grace(gone)
     assert agent.signals == []
+
+
+@pytest.mark.parametrize(
+    "garbled",
+    [
+        {"data": "bm90IGJhc2U2N", "encoding": "base64"},  # cut short: no padding fits it
+        {"data": "aGVsbG8=!!", "encoding": "base64"},  # a character base64 has not
+        {"data": "\ud800 a lone surrogate"},  # text no UTF-8 encodes
+    ],
+)
+async def test_output_the_agent_sends_garbled_ends_the_run_as_the_agents_failure(
+    store: Store, garbled: dict[str, Any]
+) -> None:
+    # The guest's root may replace its agent. chunk_bytes raised binascii.Error out of the
+    # pump: "run_pump_crashed" with a traceback, the run ended as "Hearth failed to read the
+    # CLI's output (an internal error…)" and the CLI was killed; base64 with a stray character
+    # lost it silently.
+    run = await running_run(store)
+    lines = answer_lines("claude_code")
+    agent = AgentExec([lines[0] + "\n", garbled, "\n".join(lines[1:]) + "\n"])
+    runs_service = service(store, agent, run.id)
+    runs_service._attach(run)
+    await asyncio.wait_for(runs_service.wait_idle(), 20)
+    ended = await store.runs.get(run.id)
+    assert (ended.status, ended.failure_code) == (RunStatus.FAILED, "cli_crashed")
+    message = ended.error_message or ""
+    assert message.startswith("the VM's agent sent output that is no bytes ("), message
+    events = await told(store, run.id)
+    assert events[-1] == ("run.failed", {"code": "cli_crashed", "message": message})
+    assert [kind for kind, _ in events].count("run.failed") == 1
+    assert (await store.runs.get(run.id)).exec_cursor == 1  # the first line stored, read past
+    assert agent.signals == []  # the CLI did nothing wrong

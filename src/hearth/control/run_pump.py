@@ -42,9 +42,11 @@ from collections.abc import Callable
 from typing import Any
 
 from hearth.control.execs import ExecEvent, ExecService, StreamSlept
+from hearth.control.terminals import GarbledOutput
 from hearth.errors import Conflict, HearthError, NotFound, VmEnded
 from hearth.logging import get_logger
 from hearth.runs import RunEvent, RunEventType, RunFailure, parser_for
+from hearth.runs.events import capped
 from hearth.runs.states import RunStatus
 from hearth.store import Store
 from hearth.store.outage import is_outage
@@ -104,11 +106,17 @@ class LineSplitter:
 
 
 def chunk_bytes(data: dict[str, Any]) -> bytes:
-    """An output event's bytes (text or base64 on the wire)."""
+    """An output event's bytes (text or base64 on the wire); ``GarbledOutput`` if it holds none
+    (base64 that is not, text no UTF-8 can encode: a guest's root may send either)."""
     text = str(data.get("data", ""))
-    if data.get("encoding") == "base64":
-        return base64.b64decode(text)
-    return text.encode("utf-8")
+    try:
+        if data.get("encoding") == "base64":
+            return base64.b64decode(text, validate=True)
+        return text.encode("utf-8")
+    except ValueError as exc:  # binascii.Error, UnicodeEncodeError
+        raise GarbledOutput(
+            f"the VM's agent sent output that is no bytes ({capped(str(exc), 200)})"
+        ) from exc
 
 
 def signal_number(name: object) -> int | None:
@@ -209,6 +217,9 @@ class RunPump:
                 continue  # not the agent's failure: read on from the cursor
             except NotFound as exc:
                 await self._end_unread(f"the CLI's process is gone from the VM: {exc.message}")
+                return
+            except GarbledOutput as exc:  # the agent's failure: reading again gives the same
+                await self._end_unread(exc.message)
                 return
             except HearthError as exc:
                 if attempts >= RESUME_ATTEMPTS:
