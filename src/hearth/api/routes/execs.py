@@ -11,6 +11,7 @@ JSON error before any event is sent.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -18,6 +19,8 @@ from fastapi import APIRouter, Depends, Header, Query
 from fastapi.responses import JSONResponse, Response
 from fastapi.sse import format_sse_event
 
+from hearth.agent_answers import guest_text
+from hearth.agent_client import AgentError
 from hearth.api.auth import Ctl, Key, scope_of
 from hearth.api.context import Controller
 from hearth.api.headers import MAX_INT64, decimal
@@ -41,6 +44,11 @@ from hearth.store import ApiKeyRecord
 router = APIRouter(tags=["exec"], responses=ERROR_RESPONSES)
 _log = get_logger("api.exec")
 EXEC_ID_HEADER = "X-Hearth-Exec-Id"
+# What may name an event relayed from a VM's agent (its own are stdout, stderr, exit, error).
+# The name is written raw on the ``event:`` line, and the guest's root may send any: a lone CR in
+# it (which the agent's reader keeps in the line, an SSE client ends the line at) would start
+# fields of the guest's choosing, a whole forged event whose id moves the client's Last-Event-ID.
+_EVENT_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
 def _sse(event: str, data: dict[str, Any], event_id: int | None = None) -> bytes:
@@ -52,13 +60,20 @@ def _sse(event: str, data: dict[str, Any], event_id: int | None = None) -> bytes
 
 
 async def _encoded(
-    events: AsyncIterator[ExecEvent], first: bytes | None = None
+    events: AsyncIterator[ExecEvent], vm_id: str, exec_id: str, first: bytes | None = None
 ) -> AsyncIterator[bytes]:
-    """The SSE bytes of ``events``; a stream that breaks off ends with an ``error`` event."""
+    """The SSE bytes of ``events``; a stream that breaks off ends with an ``error`` event, as
+    one does at an event whose name is not ``_EVENT_NAME``'s (the agent's error)."""
     if first is not None:
         yield first
     try:
         async for event in events:
+            if _EVENT_NAME.fullmatch(event.type) is None:
+                named = guest_text(event.type, 64)
+                raise AgentError(
+                    f"the agent of VM {vm_id}: the event stream of exec {exec_id} sent an event "
+                    f"named {named!r}, which is not a word"
+                )
             yield _sse(event.type, event.data, event.id)
     except HearthError as exc:
         _log.warning("exec_stream_broken", code=exc.code, error=exc.message[:300])
@@ -69,10 +84,12 @@ def _stream(
     ctl: Controller,
     key: ApiKeyRecord,
     events: AsyncIterator[ExecEvent],
+    vm_id: str,
     exec_id: str,
     first: bytes | None = None,
 ) -> Response:
-    return event_stream(ctl.store, key, _encoded(events, first), headers={EXEC_ID_HEADER: exec_id})
+    encoded = _encoded(events, vm_id, exec_id, first)
+    return event_stream(ctl.store, key, encoded, headers={EXEC_ID_HEADER: exec_id})
 
 
 @router.post(
@@ -100,7 +117,7 @@ async def exec_command(
         accepted = ExecAccepted(exec_id=exec_id, pid=started["pid"])
         return JSONResponse(accepted.model_dump(by_alias=True), status_code=202)
     events = ctl.execs.events(vm_id, scope_of(key), exec_id)
-    return _stream(ctl, key, events, exec_id, first=_sse("started", started, 0))
+    return _stream(ctl, key, events, vm_id, exec_id, first=_sse("started", started, 0))
 
 
 # ``?after=``: where a stream resumes when no Last-Event-ID says.
@@ -139,7 +156,7 @@ async def exec_events(
 ) -> Response:
     """The command's events (all of them, or those after ``Last-Event-ID`` / ``after``)."""
     events = await ctl.execs.opened(vm_id, scope_of(key), exec_id, after=resume)
-    return _stream(ctl, key, events, exec_id)
+    return _stream(ctl, key, events, vm_id, exec_id)
 
 
 @router.get("/api/vms/{vm_id}/exec/{exec_id}")
