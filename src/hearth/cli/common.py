@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import NoReturn
+from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
@@ -76,6 +76,22 @@ def output_closed() -> int:
     finally:
         os.close(devnull)
     return EXIT_OUTPUT_CLOSED
+
+
+def output_closed_stopping(stop: Callable[[], object] | None) -> int:
+    """Stdout's reader went away (``hearth exec … | head``): ``output_closed``, then ``stop``
+    what runs in the VM (the command killed, the run cancelled), as Ctrl-C would, an error of
+    it ending with ``EXIT_LOST``; the status to exit with. None: nothing there to stop (it had
+    ended, or was not seen to start)."""
+    status = output_closed()
+    if stop is not None:
+        with ending_on_errors(code=EXIT_LOST):
+            stop()
+    return status
+
+
+# Where a command or a run starts in the VM.
+CwdOption = Annotated[str | None, typer.Option(help="directory in the VM (default: workspace)")]
 
 
 def plain(value: object) -> Text:

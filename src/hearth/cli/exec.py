@@ -11,6 +11,7 @@ the reader of the output going away (``hearth exec … | head``), which exits 14
 
 from __future__ import annotations
 
+import functools
 import itertools
 import signal
 import sys
@@ -25,9 +26,10 @@ from hearth.cli.common import (
     EXIT_LOST,
     EXIT_NOT_STARTED,
     EXIT_TIMEOUT,
+    CwdOption,
     ending_on_errors,
     err_console,
-    output_closed,
+    output_closed_stopping,
 )
 from hearth.errors import InvalidInput
 from hearth.sdk import (
@@ -88,7 +90,11 @@ def _follow(vm: Vm, cmd: list[str], options: ExecOptions) -> int:
     except KeyboardInterrupt:
         return _interrupted(vm, exec_id)
     except BrokenPipeError:
-        return _output_closed(vm, exec_id)
+        # The reader went away (``hearth exec … | head``): the command is killed, as Ctrl-C
+        # would, and this ends quietly as a writer SIGPIPE ended (141).
+        return output_closed_stopping(
+            None if exec_id is None else functools.partial(vm.kill_exec, exec_id)
+        )
 
 
 def _interrupted(vm: Vm, exec_id: str | None) -> int:
@@ -105,25 +111,13 @@ def _interrupted(vm: Vm, exec_id: str | None) -> int:
     return EXIT_CANCELLED
 
 
-def _output_closed(vm: Vm, exec_id: str | None) -> int:
-    """The reader of the output went away (``hearth exec … | head``): kill the command in the
-    VM, as Ctrl-C does, and end quietly as a writer that SIGPIPE ended would (141)."""
-    status = output_closed()
-    if exec_id is not None:
-        with ending_on_errors(code=EXIT_LOST):
-            vm.kill_exec(exec_id)
-    return status
-
-
 def exec_command(
     vm_id: Annotated[str, typer.Argument(help="the CLI VM")],
     cmd: Annotated[list[str], typer.Argument(help="the command and its arguments (after --)")],
     env: Annotated[
         list[str] | None, typer.Option("--env", "-e", help="NAME=VALUE, repeatable")
     ] = None,
-    cwd: Annotated[
-        str | None, typer.Option(help="directory in the VM (default: workspace)")
-    ] = None,
+    cwd: CwdOption = None,
     timeout: Annotated[
         float | None, typer.Option(help="seconds before the whole process group is killed")
     ] = None,

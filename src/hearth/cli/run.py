@@ -10,6 +10,7 @@ instead.
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from typing import Annotated, Any
@@ -23,9 +24,10 @@ from hearth.cli.common import (
     EXIT_LOST,
     EXIT_NOT_STARTED,
     EXIT_TIMEOUT,
+    CwdOption,
     ending_on_errors,
     err_console,
-    output_closed,
+    output_closed_stopping,
 )
 from hearth.sdk import Hearth, HearthSdkError, RunEvent, Vm
 from hearth_agent.wire import Provider
@@ -99,11 +101,9 @@ def _follow(vm: Vm, run_id: str, *, as_json: bool) -> int:
     except BrokenPipeError:
         # The answer's reader went away (``hearth run … | head``): the run is cancelled, as
         # Ctrl-C would, and this ends quietly as a writer SIGPIPE ended (141).
-        status = output_closed()
-        if shown.final is None:
-            with ending_on_errors(code=EXIT_LOST):
-                vm.cancel_run(run_id)
-        return status
+        return output_closed_stopping(
+            functools.partial(vm.cancel_run, run_id) if shown.final is None else None
+        )
     if shown.final is None:
         raise HearthSdkError("the run's events ended before the run did")
     return run_status(shown.final)
@@ -117,9 +117,7 @@ def run_command(
     resume: Annotated[
         str | None, typer.Option(help="a previous run's session id: continue that conversation")
     ] = None,
-    cwd: Annotated[
-        str | None, typer.Option(help="directory in the VM (default: workspace)")
-    ] = None,
+    cwd: CwdOption = None,
     timeout: Annotated[float | None, typer.Option(help="seconds before the run fails")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="every event as a JSON line")] = False,
 ) -> None:
