@@ -17,7 +17,9 @@ from hearth.bench.auth import (
 from hearth.bench.report import (
     Target,
     document_head,
+    duration_cells,
     duration_text,
+    durations_table,
     image_facts,
     machine_table,
     targets_table,
@@ -163,15 +165,12 @@ def auth_document(result: AuthBenchResult, *, command: str) -> dict[str, object]
 def auth_tables(result: AuthBenchResult) -> list[Table]:
     """The Rich tables of a ``hearth bench auth`` run."""
     n = len(result.samples)
-    table = Table(
-        title=f"auth flow, {n} flows ({result.machine.accel}, {result.machine.cores} cores)"
+    table = durations_table(
+        f"auth flow, {n} flows ({result.machine.accel}, {result.machine.cores} cores)", "stage"
     )
-    for column in ("stage", "n", "p50", "p95", "max"):
-        table.add_column(column, justify="left" if column == "stage" else "right")
 
     def row(label: str, summary: Summary, style: str | None = None) -> None:
-        cells = (duration_text(summary.p50), duration_text(summary.p95), duration_text(summary.max))
-        table.add_row(label, str(summary.n), *cells, style=style)
+        table.add_row(label, *duration_cells(summary), style=style)
 
     for stage in STAGES[:3]:
         row(stage.label, _summary(result, stage))

@@ -213,11 +213,12 @@ def vm_tables(result: VmBenchResult) -> list[Table]:
     """The Rich tables of a ``hearth bench vm`` run."""
     figures = VmFigures.of(result)
     c = result.options.concurrency
-    timing = Table(
-        title=f"VM create → healthy ({result.machine.accel}, {result.machine.cores} cores)"
+    timing = durations_table(
+        f"VM create → healthy ({result.machine.accel}, {result.machine.cores} cores)",
+        "path",
+        "disk / VM",
+        "RSS / VM",
     )
-    for column in ("path", "n", "p50", "p95", "max", "disk / VM", "RSS / VM"):
-        timing.add_column(column, justify="left" if column == "path" else "right")
     rows: list[tuple[str, Summary, str, str]] = [
         (
             f"baseline: copy + cold + {HEALTH_POLL_INTERVAL_S:.0f} s polls",
@@ -244,15 +245,7 @@ def vm_tables(result: VmBenchResult) -> list[Table]:
         ("destroy", figures.destroy, "", ""),
     ]
     for label, summary, disk, rss in rows:
-        timing.add_row(
-            label,
-            str(summary.n),
-            duration_text(summary.p50),
-            duration_text(summary.p95),
-            duration_text(summary.max),
-            disk,
-            rss,
-        )
+        timing.add_row(label, *duration_cells(summary), disk, rss)
     best_name, _ = figures.best_hearth_p50
     ratios = Table(show_header=False, title="ratios")
     ratios.add_row(
@@ -422,6 +415,26 @@ def _cpu(cpu: CpuUse) -> str:
 def now_text() -> str:
     """The current UTC time, ISO 8601 to the second."""
     return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def durations_table(title: str, label: str, *more: str) -> Table:
+    """A table of duration summaries: a row's ``label`` left, then its n, p50, p95 and max
+    (``duration_cells``) and the columns ``more``, right-aligned."""
+    table = Table(title=title)
+    table.add_column(label, justify="left")
+    for column in ("n", "p50", "p95", "max", *more):
+        table.add_column(column, justify="right")
+    return table
+
+
+def duration_cells(summary: Summary) -> tuple[str, str, str, str]:
+    """The n, p50, p95 and max of ``summary`` (seconds) in a ``durations_table``."""
+    return (
+        str(summary.n),
+        duration_text(summary.p50),
+        duration_text(summary.p95),
+        duration_text(summary.max),
+    )
 
 
 def duration_text(seconds: float) -> str:

@@ -10,7 +10,9 @@ from rich.table import Table
 from hearth.bench.report import (
     Target,
     document_head,
+    duration_cells,
     duration_text,
+    durations_table,
     image_facts,
     machine_table,
     targets_table,
@@ -255,9 +257,9 @@ def run_tables(result: RunBenchResult) -> list[Table]:
     figures = RunFigures.of(result)
     options = result.options
     where = f"({result.machine.accel}, {result.machine.cores} cores)"
-    trips = Table(title=f"round trips, {options.n} each after {WARMUP} warm-up {where}")
-    for column in ("round trip", "n", "p50", "p95", "max"):
-        trips.add_column(column, justify="left" if column == "round trip" else "right")
+    trips = durations_table(
+        f"round trips, {options.n} each after {WARMUP} warm-up {where}", "round trip"
+    )
     for label, summary in (
         ("exec `true`: POST …/exec → exit event", figures.exec_round_trip),
         ("agent GET /health, a connection per call (as the controller)", figures.agent_health),
@@ -267,8 +269,7 @@ def run_tables(result: RunBenchResult) -> list[Table]:
             figures.agent_exec_round_trip,
         ),
     ):
-        cells = (duration_text(summary.p50), duration_text(summary.p95), duration_text(summary.max))
-        trips.add_row(label, str(summary.n), *cells)
+        trips.add_row(label, *duration_cells(summary))
 
     streams = Table(title=f"transfers of {_size(options.bytes)}, at the client {where}")
     for column in ("transfer", "n", "p50", "min", "max", "CPU qemu/ctl/cli"):
