@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
+from hearth.agent_answers import guest_text
 from hearth.agent_bundle import AgentBundle
 from hearth.agent_client import AgentClient, AgentError
 from hearth.errors import ImageNotBuilt, NotSupported
@@ -169,13 +170,15 @@ class LocalNode:
         return self.backend.console_tail(vm, lines)
 
     async def probe_agent(self, vm: Vm, *, timeout_s: float) -> str:
-        """``GET /health`` of the VM's agent, from this host."""
+        """``GET /health`` of the VM's agent, from this host; its version. What the guest says
+        (a status, a version) is cut (``guest_text``) before an error or a caller quotes it."""
         if vm.agent_url is None:
             raise AgentError(f"VM {vm.id} has no agent address")
         health = await AgentClient(vm.agent_url, None, timeout_s=timeout_s, vm_id=vm.id).health()
         if health.get("status") != "ok":
-            raise AgentError(f"VM {vm.id}: its agent answers status {health.get('status')!r}")
-        return str(health.get("version") or "")
+            status = guest_text(repr(health.get("status")))
+            raise AgentError(f"VM {vm.id}: its agent answers status {status}")
+        return guest_text(health.get("version") or "")
 
     async def prepare(self, vm_type: VmType, spec: VmSpec) -> None:
         """The backend's template of ``spec`` on the image of ``vm_type``, built if needed."""
