@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
+from hearth.agent_answers import guest_text
 from hearth.agent_client import AgentClient
 from hearth.auth.delivery import Delivery
 from hearth.auth.handover import Handover, hand_over
@@ -39,13 +40,7 @@ from hearth.control.lifetimes import Lifetimes
 from hearth.control.network import CliNetworks
 from hearth.control.vms import VmService
 from hearth.credentials.service import CredentialService, Write
-from hearth.errors import (
-    ActiveSessionExists,
-    Conflict,
-    HearthError,
-    NotFound,
-    VmError,
-)
+from hearth.errors import ActiveSessionExists, Conflict, HearthError, NotFound, VmError
 from hearth.events.log import EventLog
 from hearth.events.types import EventType
 from hearth.links import link_token_hash, mint_link_token
@@ -292,9 +287,10 @@ class AuthFlow:
         record = await self.store.auth_sessions.get(session_id)
         if record.status in TERMINAL:
             return
+        message = guest_text(message)  # it may quote a guest: kept and sent (webhooks) cut
         with contextlib.suppress(Conflict):
             await self.store.auth_sessions.transition(
-                session_id, record.status, status, error_message=message[:2000]
+                session_id, record.status, status, error_message=message
             )
             self._count(record, status)
             if status is not AuthStatus.CANCELLED:
