@@ -32,7 +32,7 @@ from pathlib import Path
 
 from hearth.control.lifetimes import running_fields
 from hearth.credentials.keys import KEYRING_DIR, MASTER_KEY_FILE, is_key_id, read_keyring
-from hearth.credentials.vault import CredentialVault, _held
+from hearth.credentials.vault import CredentialVault, describe_sealed, unopenable
 from hearth.errors import Conflict, InvalidInput, NotFound
 from hearth.events.log import EventLog
 from hearth.events.types import EventType
@@ -143,8 +143,8 @@ class Forgotten:
         if self.still_lost:
             return (
                 "the controller still refuses to start: other secrets are sealed under master "
-                f"keys not at hand: {_held(self.still_lost)}; restore those keys, or forget them "
-                f"too with `{COMMAND}`"
+                f"keys not at hand: {describe_sealed(self.still_lost)}; restore those keys, or "
+                f"forget them too with `{COMMAND}`"
             )
         leftovers = []
         if self.failed:
@@ -165,8 +165,9 @@ async def forget_master_key(
     store: Store, lost: LostKey, *, keys: Iterable[str], events: EventLog
 ) -> Forgotten:
     """Drop everything sealed under ``lost.key_id`` as the module says, kind by kind; tell
-    ``events`` of each user's VM failed (``vm.failed``); and find what stays sealed under keys
-    not among ``keys`` (those at hand)."""
+    ``events`` of each user's VM failed (``vm.failed``: after the VMs' transaction, as the
+    event store appends each event in one of its own; a crash in between loses them); and find
+    what stays sealed under keys not among ``keys`` (those at hand)."""
     key = lost.key_id
     token_vms = await store.sealed.under(AGENT_TOKEN_SEAL, key)
     keys_vms = await store.sealed.under(VM_KEYS_SEAL, key)
@@ -186,12 +187,7 @@ async def forget_master_key(
     await store.sealed.delete_rows_under(WORKSPACE_KEY_SEAL, key)
     credentials = await store.sealed.delete_credentials_under(key)
     webhooks = await store.webhooks.delete_sealed_under(key)
-    at_hand = set(keys)
-    left = await store.sealed.count_by_key()
-    still_lost = {
-        what: {other: n for other, n in by_key.items() if other not in at_hand}
-        for what, by_key in left.items()
-    }
+    still_lost = unopenable(await store.sealed.count_by_key(), keys)
     forgotten = Forgotten(
         key_id=key,
         credentials=credentials,
@@ -200,7 +196,7 @@ async def forget_master_key(
         workspaces=workspace_users,
         webhooks=webhooks,
         failed=[record.id for record in failed],
-        still_lost={what: by_key for what, by_key in still_lost.items() if by_key},
+        still_lost=still_lost,
     )
     _log.warning(
         "master_key_forgotten",

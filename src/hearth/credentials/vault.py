@@ -70,8 +70,8 @@ def _load_or_create_key_file(path: Path) -> MasterKey:
     return key
 
 
-def _held(sealed: Mapping[str, Mapping[str, int]]) -> str:
-    """What ``sealed`` (``count_by_key``'s answer) holds, by kind and key id."""
+def describe_sealed(sealed: Mapping[str, Mapping[str, int]]) -> str:
+    """What ``sealed`` (``count_by_key``'s answer) holds, by kind and key id, in one line."""
     return "; ".join(
         f"{sum(by_key.values())} {what} ("
         + ", ".join(f"{count} under key {key_id}" for key_id, count in sorted(by_key.items()))
@@ -83,16 +83,17 @@ def _held(sealed: Mapping[str, Mapping[str, int]]) -> str:
 def _missing_key_message(key_file: Path, sealed: Mapping[str, Mapping[str, int]]) -> str:
     return (
         f"no master key: {MASTER_KEY_ENV} is not set and {key_file} does not exist, but the "
-        f"store holds secrets sealed under a master key: {_held(sealed)}. A new key would open "
-        f"none of them. Set {MASTER_KEY_ENV} to the key they were sealed under, or restore "
-        f"{key_file}"
+        f"store holds secrets sealed under a master key: {describe_sealed(sealed)}. A new key "
+        f"would open none of them. Set {MASTER_KEY_ENV} to the key they were sealed under, or "
+        f"restore {key_file}"
     )
 
 
-def _unopenable(
+def unopenable(
     sealed: Mapping[str, Mapping[str, int]], key_ids: Iterable[str]
 ) -> dict[str, dict[str, int]]:
-    """What in ``sealed`` is under a key not among ``key_ids``, by kind and key id."""
+    """What in ``sealed`` (``count_by_key``'s answer) is under a key not among ``key_ids``, by
+    kind and key id; no kind with nothing left."""
     known = set(key_ids)
     left = {
         what: {key_id: count for key_id, count in by_key.items() if key_id not in known}
@@ -105,7 +106,7 @@ def _wrong_key_message(
     vault: CredentialVault,
     source: str,
     keyring_dir: Path,
-    unopenable: Mapping[str, Mapping[str, int]],
+    lost: Mapping[str, Mapping[str, int]],
 ) -> str:
     fix = (
         f"Set {MASTER_KEY_ENV} to the key they were sealed under"
@@ -115,7 +116,7 @@ def _wrong_key_message(
     return (
         f"wrong master key: {source} holds master key {vault.current_key_id}, but the store "
         f"holds secrets sealed under master keys neither it nor the keyring has: "
-        f"{_held(unopenable)}; keys at hand: {', '.join(vault.key_ids)}. They would not open "
+        f"{describe_sealed(lost)}; keys at hand: {', '.join(vault.key_ids)}. They would not open "
         f"(and the VMs whose agent tokens do not open would be failed). {fix}, or put each "
         f"missing key in {keyring_dir}/<key id>.key (mode 0600)"
     )
@@ -182,11 +183,9 @@ class CredentialVault:
         source = MASTER_KEY_ENV if from_env is not None else str(key_file)
         # A key that opens none (or not all) of what is sealed is refused as a missing one is:
         # the secrets it cannot open would be lost the same way, VMs failed with them.
-        unopenable = _unopenable(sealed or {}, vault.key_ids)
-        if unopenable:
-            raise ConfigError(
-                _wrong_key_message(vault, source, state_dir / KEYRING_DIR, unopenable)
-            )
+        lost = unopenable(sealed or {}, vault.key_ids)
+        if lost:
+            raise ConfigError(_wrong_key_message(vault, source, state_dir / KEYRING_DIR, lost))
         _log.info(
             "master_key_loaded",
             key_id=current.key_id,
