@@ -1,9 +1,10 @@
 """The duration tables of ``hearth bench vm`` and ``hearth bench auth``: each row a label, then
 n, p50, p95 and max of its samples, the figures right-aligned (``hearth bench run``'s round
-trips are in ``tests/integration/test_bench_run.py``)."""
+trips are in ``tests/integration/test_bench_run.py``); and the stages in auth's JSON document."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from rich.table import Table
@@ -18,7 +19,7 @@ from hearth.bench.auth import (
     AuthBenchResult,
     FlowSample,
 )
-from hearth.bench.auth_report import auth_tables
+from hearth.bench.auth_report import auth_document, auth_tables
 from hearth.bench.report import vm_tables
 from hearth.bench.vm import VmBenchOptions, VmBenchResult, VmSample
 from hearth.images.manifest import ImageDir
@@ -106,15 +107,18 @@ def _flow(n: int, step_s: float) -> FlowSample:
     )
 
 
-def test_the_auth_table_shows_each_stage_with_n_p50_p95_and_max(tmp_path: Path) -> None:
+def _auth_result(tmp_path: Path) -> AuthBenchResult:
+    """Two measured flows, of half-second and of 1.5 s steps."""
     image = ImageDir(tmp_path)
     options = AuthBenchOptions(
         n=2, state_dir=tmp_path, cli_image=image, browser_image=image, oidc_server_dir=tmp_path
     )
     flows = [_flow(1, 0.5), _flow(2, 1.5)]
-    result = AuthBenchResult(options=options, machine=machine(), samples=flows)
+    return AuthBenchResult(options=options, machine=machine(), samples=flows)
 
-    stages = auth_tables(result)[1]
+
+def test_the_auth_table_shows_each_stage_with_n_p50_p95_and_max(tmp_path: Path) -> None:
+    stages = auth_tables(_auth_result(tmp_path))[1]
 
     assert _header(stages) == ["stage", "n", "p50", "p95", "max"]
     assert _aligned(stages) == ["left"] + ["right"] * 4
@@ -150,3 +154,27 @@ def test_the_auth_table_shows_each_stage_with_n_p50_p95_and_max(tmp_path: Path) 
         "3.00 s",
         "dim",
     ]
+
+
+def test_the_auth_document_names_each_stage_its_marks_and_its_durations(tmp_path: Path) -> None:
+    # As written to the file: the test reads it as JSON.
+    document = json.loads(json.dumps(auth_document(_auth_result(tmp_path), command="c")))
+
+    # Both stages below take 1 s in the first flow and 3 s in the second.
+    durations = {"n": 2, "p50_s": 1.0, "p95_s": 3.0, "p99_s": 3.0, "min_s": 1.0, "max_s": 3.0}
+    durations |= {"mean_s": 2.0, "samples_s": [1.0, 3.0]}
+    assert document["stages"]["cli_vm"] == {
+        "label": STAGES[0].label,
+        "from": "start",
+        "to": "cli_vm_ready",
+        **durations,
+    }
+    assert list(document["stages"]) == [s.name for s in STAGES]
+    assert document["vm_starts"]["browser_vm"] == {
+        "label": VM_STARTS[1].label,
+        "from": "browser_vm_created",
+        "to": "browser_vm_ready",
+        **durations,
+    }
+    assert list(document["user_detail"]) == [s.name for s in USER_DETAIL]
+    assert document["user_detail"]["consent_page_shown"]["to"] == "consent_shown"

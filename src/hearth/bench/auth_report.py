@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from rich.table import Table
 
 from hearth.bench.auth import (
@@ -33,6 +35,15 @@ FIRST_LOGIN_RATIO_TARGET = 2.0  # the first login after setup against warm ones,
 
 def _summary(result: AuthBenchResult, stage: Stage) -> Summary:
     return Summary.of([s.seconds(stage) for s in result.samples])
+
+
+def _stages_doc(result: AuthBenchResult, stages: Sequence[Stage]) -> dict[str, object]:
+    """Each of ``stages`` in the JSON document: its label, the marks it runs from and to, and
+    its durations over the measured flows."""
+    return {
+        s.name: {"label": s.label, "from": s.start, "to": s.end, **_summary(result, s).seconds()}
+        for s in stages
+    }
 
 
 def overhead_summary(result: AuthBenchResult) -> Summary:
@@ -124,35 +135,11 @@ def auth_document(result: AuthBenchResult, *, command: str) -> dict[str, object]
         "controller": {"database": "sqlite", "warm_pools": False},
         "poll_interval_s": options.poll_s,
         "n": len(result.samples),
-        "stages": {
-            s.name: {
-                "label": s.label,
-                "from": s.start,
-                "to": s.end,
-                **_summary(result, s).seconds(),
-            }
-            for s in STAGES
-        },
-        "vm_starts": {
-            s.name: {
-                "label": s.label,
-                "from": s.start,
-                "to": s.end,
-                **_summary(result, s).seconds(),
-            }
-            for s in VM_STARTS
-        },
+        "stages": _stages_doc(result, STAGES),
+        "vm_starts": _stages_doc(result, VM_STARTS),
         "total": _summary(result, TOTAL).seconds(),
         "user": _summary(result, USER).seconds(),
-        "user_detail": {
-            s.name: {
-                "label": s.label,
-                "from": s.start,
-                "to": s.end,
-                **_summary(result, s).seconds(),
-            }
-            for s in USER_DETAIL
-        },
+        "user_detail": _stages_doc(result, USER_DETAIL),
         "overhead": overhead_summary(result).seconds(),
         "warmup": warmup.to_dict() if warmup is not None else None,
         "samples": [s.to_dict() for s in result.samples],
