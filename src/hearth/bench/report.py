@@ -219,25 +219,16 @@ def vm_tables(result: VmBenchResult) -> list[Table]:
         "disk / VM",
         "RSS / VM",
     )
+    # What a VM of each path occupies on disk and in memory (p50s); the other rows start none.
+    held = {k: (_size(figures.disk[k].p50), _size(figures.rss[k].p50)) for k in figures.disk}
     rows: list[tuple[str, Summary, str, str]] = [
         (
             f"baseline: copy + cold + {HEALTH_POLL_INTERVAL_S:.0f} s polls",
             figures.baseline,
-            _size(figures.disk["baseline"].p50),
-            _size(figures.rss["baseline"].p50),
+            *held["baseline"],
         ),
-        (
-            "cold boot",
-            figures.cold,
-            _size(figures.disk["cold"].p50),
-            _size(figures.rss["cold"].p50),
-        ),
-        (
-            "snapshot restore",
-            figures.restore,
-            _size(figures.disk["restore"].p50),
-            _size(figures.rss["restore"].p50),
-        ),
+        ("cold boot", figures.cold, *held["cold"]),
+        ("snapshot restore", figures.restore, *held["restore"]),
         ("warm-pool hand-out", figures.pool, "", ""),
         ("  of which: the user's workspace", figures.pool_workspace, "", ""),
         ("agent GET /health round trip", figures.agent_health, "", ""),
