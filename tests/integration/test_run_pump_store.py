@@ -104,6 +104,17 @@ class AgentExec:
         return {}
 
 
+@contextmanager
+def listening(store: Store, listener: Callable[..., None]) -> Iterator[None]:
+    """``listener`` called with each statement ``store`` sends, before it is sent."""
+    engine = store.engine.sync_engine
+    event.listen(engine, "before_cursor_execute", listener)
+    try:
+        yield
+    finally:
+        event.remove(engine, "before_cursor_execute", listener)
+
+
 class Database:
     """Makes the next statements of ``store`` fail as a dropped connection does: an outage
     that lasts a given number of tries, however slow the machine."""
@@ -118,16 +129,12 @@ class Database:
                 self.refused += 1
                 raise OperationalError("statement", {}, ConnectionResetError("server closed"))
 
-        self._fail = fail
-        self._engine = store.engine.sync_engine
+        self._fail, self._store = fail, store
 
     @contextmanager
     def watched(self) -> Iterator[Database]:
-        event.listen(self._engine, "before_cursor_execute", self._fail)
-        try:
+        with listening(self._store, self._fail):
             yield self
-        finally:
-            event.remove(self._engine, "before_cursor_execute", self._fail)
 
     def go_down(self) -> None:
         self.failing = OUTAGE_STATEMENTS
@@ -381,3 +388,49 @@ async def test_output_the_agent_sends_garbled_ends_the_run_as_the_agents_failure
     assert [kind for kind, _ in events].count("run.failed") == 1
     assert (await store.runs.get(run.id)).exec_cursor == 1  # the first line stored, read past
     assert agent.signals == []  # the CLI did nothing wrong
+
+
+def run_event_writes(sent: list[tuple[str, str]]) -> Callable[..., None]:
+    """A statement listener (``listening``) that adds to ``sent`` each write of ``run_events``:
+    its verb and its parameters, as sent."""
+
+    def seen(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        if statement.startswith(("INSERT INTO run_events", "DELETE FROM run_events")):
+            sent.append((statement.split(" ")[0], repr(parameters)))
+
+    return seen
+
+
+def checkpoints_written(sent: list[tuple[str, str]]) -> int:
+    return sum(1 for verb, parameters in sent if verb == "INSERT" and "checkpoint" in parameters)
+
+
+async def test_a_checkpoint_that_has_not_changed_is_not_written_again(store: Store) -> None:
+    # Every stored cursor deleted and inserted the checkpoint row, the same as it was.
+    run = await running_run(store)
+    first = answer_lines("claude_code")[0] + "\n"
+    pad = " " * 10 + "\n"  # lines of nothing: the parser learns nothing from them
+    # The first line, three pads, then a line cut across two events (the partial changes).
+    agent = AgentExec([first, pad, pad, pad, '{"type": "x"', ', "y": 1}\n'], hangs_after=4)
+    sent: list[tuple[str, str]] = []
+    with listening(store, run_event_writes(sent)):
+        reading = asyncio.create_task((await pump(store, run.id, agent)).run_to_end())
+        await agent.hanging.wait()
+        stored = await store.runs.get(run.id)
+        assert stored.exec_cursor == 4  # the pads' cursors stored...
+        assert checkpoints_written(sent) == 1  # ...with no checkpoint written again
+        assert [verb for verb, _ in sent] == ["DELETE", "INSERT"]  # the first line's
+        saved = json.loads(await store.runs.checkpoint(run.id) or "{}")
+        assert saved["partial"] == ""
+        reading.cancel()
+        await asyncio.gather(reading, return_exceptions=True)
+    agent = AgentExec([first, pad, pad, pad, '{"type": "x"', ', "y": 1}\n'])
+    agent.log.read(4)  # the same exec: what the first pump read past is dropped
+    sent.clear()
+    with listening(store, run_event_writes(sent)):
+        await (await pump(store, run.id, agent)).run_to_end()
+    assert agent.reads_after == [4]
+    assert checkpoints_written(sent) == 2  # each change of the partial line written
+    assert (await store.runs.checkpoint(run.id)) is None  # gone with the run's end
+    kinds = [kind for kind, _ in await told(store, run.id)]
+    assert kinds == ["run.started", "raw", "run.failed"], kinds

@@ -94,7 +94,8 @@ class Runs:
         **_: Any,
     ) -> None:
         self.stored += events
-        self.saved = checkpoint
+        if checkpoint is not None:  # None: the one stored is left as it is
+            self.saved = checkpoint
         last = self.stored[-1].seq if self.stored else 0
         self.run = dataclasses.replace(self.run, exec_cursor=exec_cursor, last_event_id=last)
 
@@ -108,7 +109,7 @@ class Runs:
         **_: Any,
     ) -> None:
         await self.append_events(run_id, events, exec_cursor=exec_cursor)
-        self.run = dataclasses.replace(self.run, status=status)
+        self.run, self.saved = dataclasses.replace(self.run, status=status), None
 
     async def events(self, run_id: str, *, after: int, limit: int = 500) -> list[RunEventRecord]:
         return [e for e in self.stored if e.seq > after][:limit]

@@ -180,6 +180,7 @@ class RunPump:
         # stderr tail are always as they were after it (every event is stored at its own id).
         self._cursor = run.exec_cursor
         self._next_seq = run.last_event_id + 1
+        self._saved: str | None = None  # the checkpoint stored with the cursor, if any
 
     async def run_to_end(self) -> None:
         """Read and store until the exec's ``exit`` (or until it cannot be read any more).
@@ -254,7 +255,7 @@ class RunPump:
             LineSplitter(),
             bytearray(),
         )
-        saved = await self._store.runs.checkpoint(run.id)
+        saved = self._saved = await self._store.runs.checkpoint(run.id)
         if saved is None:
             return False
         parser = parser_for(run.provider)
@@ -359,15 +360,17 @@ class RunPump:
 
     async def _store_events(self, events: list[RunEvent], *, cursor: int) -> None:
         fields = self._progress_fields()
+        checkpoint = self._checkpoint()
         await self._store.runs.append_events(
             self.run.id,
             self._records(events),
             exec_cursor=cursor,
             keep=self._keep,
-            checkpoint=self._checkpoint(),
+            # Not sent again while it is as stored (lines that teach the parser nothing).
+            checkpoint=None if checkpoint == self._saved else checkpoint,
             **fields,
         )
-        self._cursor = cursor
+        self._cursor, self._saved = cursor, checkpoint
         self._outage.reset()
         if events:
             self._notify(self.run.id)

@@ -3,7 +3,8 @@
 Beside a running run's events, ``run_events`` keeps its pump's checkpoint (what the CLI's
 stream parser has learnt, ``hearth.control.run_pump``) as the row numbered ``CHECKPOINT_SEQ``,
 below every event's id (from 1): never read, counted or forgotten as an event, written with the
-exec cursor it belongs to in one transaction, and gone once the run has ended.
+exec cursor it belongs to in one transaction (a cursor stored without one keeps the row as it
+is: the pump's state has not changed since), and gone once the run has ended.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ from hearth.store.repositories._status import StatusRepository
 
 CHECKPOINT_SEQ = 0
 CHECKPOINT_TYPE = "checkpoint"
+# ``_write_events``' checkpoint of a run that has ended: none is kept.
+DROP = ""
 
 UPDATABLE_FIELDS: dict[str, Coerce] = {
     "session_id": optional(as_str),
@@ -87,8 +90,9 @@ class RunRepo(
         **fields: object,
     ) -> None:
         """Store ``events`` (numbered on from the run's last), move its exec cursor, keep
-        ``checkpoint`` as the pump's state at that cursor (None: keep none), set ``fields``,
-        and forget all but the newest ``keep`` events: one transaction."""
+        ``checkpoint`` as the pump's state at that cursor (None: the one stored is, and is left
+        as it is), set ``fields``, and forget all but the newest ``keep`` events: one
+        transaction."""
         values = {"exec_cursor": exec_cursor, **fields}
         checked = check_fields(self._what, self._updatable, values)
         checked["updated_at"] = self._clock()
@@ -111,7 +115,7 @@ class RunRepo(
         (nothing written) if the run is not running."""
 
         async def write(conn: AsyncConnection) -> None:
-            await _write_events(conn, run_id, events, {}, checkpoint=None, keep=keep)
+            await _write_events(conn, run_id, events, {}, checkpoint=DROP, keep=keep)
 
         await self.transition_with(
             write, run_id, RunStatus.RUNNING, status, exec_cursor=exec_cursor, **fields
@@ -161,21 +165,23 @@ async def _write_events(
     checkpoint: str | None,
     keep: int,
 ) -> None:
-    """In ``conn``'s transaction: replace the checkpoint, add ``events``, set ``values`` (and the
-    last event's id) on the run's row, forget all but the newest ``keep`` events."""
+    """In ``conn``'s transaction: replace the checkpoint (None: leave it, ``DROP``: delete it),
+    add ``events``, set ``values`` (and the last event's id) on the run's row, forget all but
+    the newest ``keep`` events."""
     rows = [to_values(event) for event in events]
-    if checkpoint is not None:
+    if checkpoint:
         saved = RunEventRecord(
             run_id=run_id, seq=CHECKPOINT_SEQ, type=CHECKPOINT_TYPE, data=checkpoint
         )
         rows.append(to_values(saved))
     if events:
         values = {**values, "last_event_id": events[-1].seq}
-    await conn.execute(
-        delete(run_events_table).where(
-            run_events_table.c.run_id == run_id, run_events_table.c.seq == CHECKPOINT_SEQ
+    if checkpoint is not None:
+        await conn.execute(
+            delete(run_events_table).where(
+                run_events_table.c.run_id == run_id, run_events_table.c.seq == CHECKPOINT_SEQ
+            )
         )
-    )
     if rows:
         await conn.execute(run_events_table.insert(), rows)
     if values:
