@@ -31,7 +31,8 @@ CODEX_CLIENT_ID = "app_EMoamEEZ73f0CkXaXp7hrann"
 
 
 class StandIn:
-    """A TCP server on 127.0.0.1 that records the first bytes of every connection."""
+    """A TCP server on 127.0.0.1 that records the first TLS record of every connection (a
+    ClientHello with a post-quantum key share is larger than one segment: read it whole)."""
 
     def __init__(self) -> None:
         self.first_bytes: list[bytes] = []
@@ -44,8 +45,8 @@ class StandIn:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            self.first_bytes.append(await asyncio.wait_for(reader.read(4096), 30))
-        except (TimeoutError, ConnectionError):
+            self.first_bytes.append(await asyncio.wait_for(_first_record(reader), 30))
+        except (TimeoutError, ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
             writer.close()
@@ -54,6 +55,12 @@ class StandIn:
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
+
+
+async def _first_record(reader: asyncio.StreamReader) -> bytes:
+    """The connection's first TLS record: its 5-byte header, then as many bytes as it says."""
+    header = await reader.readexactly(5)
+    return header + await reader.readexactly(int.from_bytes(header[3:5], "big"))
 
 
 @pytest.fixture

@@ -102,6 +102,9 @@ async def chromium_random_values(vm: Vm) -> tuple[str, str]:
         target = (await client.put(f"http://127.0.0.1:{port}/json/new?data:text/html,new")).json()
     new_tab = await CdpPage.find(port, "data:text/html,new", timeout_s=180)
     try:
+        # DevTools lists the tab by the URL it is still navigating to: wait for the page.
+        loaded = "location.href.startsWith('data:') && document.readyState === 'complete'"
+        await new_tab.wait_for(loaded, timeout_s=180)
         in_new_tab = await new_tab.evaluate(RANDOM_VALUES_JS)
     finally:
         await new_tab.close()

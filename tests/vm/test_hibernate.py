@@ -41,6 +41,8 @@ COUNTER = (
     "setsid -f sh -c 'i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.2; done' "
     ">/dev/null 2>&1 && while [ ! -s /tmp/count ]; do sleep 0.05; done"
 )
+# Longer than a check command takes under TCG (~2 s), which must find the VM still running.
+IDLE_S = 5
 PAUSED_S = 12.0  # a pause long enough that a guest clock left standing would show it
 # Appends the cycle's line to a file on the VM's disk and shows the file and two counts a
 # moment apart.
@@ -211,7 +213,7 @@ async def test_an_idle_vm_is_hibernated_and_survives_a_host_reboot_to_be_woken(
     first = await anext(served)
     async with first.client() as admin:
         created = await admin.post(
-            "/api/vms", json={"userId": "ann", "idleTimeoutS": 2, "idleAction": "hibernate"}
+            "/api/vms", json={"userId": "ann", "idleTimeoutS": IDLE_S, "idleAction": "hibernate"}
         )
         assert created.status_code == 201, created.text
         vm_id = created.json()["id"]
@@ -220,7 +222,7 @@ async def test_an_idle_vm_is_hibernated_and_survives_a_host_reboot_to_be_woken(
         count = await _check(admin, vm_id, lines, 0)
         # The event is told just after the VM's row says hibernated: wait for both.
         events: list[str] = []
-        for _ in range(200):
+        for _ in range(400):
             events = [e.type for e in await first.ctl.events.list() if e.vm_id == vm_id]
             if "vm.timed_out" in events:
                 break

@@ -20,6 +20,9 @@ from tests.vm.api_fixtures import Api, serve_owned
 from tests.vm.test_api import sqlite_only
 from tests.vm.test_exec import events_of, exit_of, output
 
+# Longer than the check command takes under TCG (~2 s), which must find the VM still running.
+IDLE_S = 5
+
 pytestmark = [pytest.mark.slow, pytest.mark.vm, sqlite_only]
 
 
@@ -40,7 +43,7 @@ async def test_an_idle_vm_is_paused_and_the_next_command_resumes_it_intact(
 ) -> None:
     api = lifetimes_api
     async with api.client() as admin, httpx.AsyncClient() as agent:
-        created = await admin.post("/api/vms", json={"userId": "ann", "idleTimeoutS": 2})
+        created = await admin.post("/api/vms", json={"userId": "ann", "idleTimeoutS": IDLE_S})
         assert created.status_code == 201, created.text
         vm = created.json()
         url = f"/api/vms/{vm['id']}"
@@ -55,7 +58,7 @@ async def test_an_idle_vm_is_paused_and_the_next_command_resumes_it_intact(
         )
         started = await events_of(admin, "POST", f"{url}/exec", json={"cmd": ["sh", "-c", script]})
         assert exit_of(started)["code"] == 0
-        for _ in range(150):
+        for _ in range(300):
             if (await api.ctl.store.vms.get(vm["id"])).status.value == "paused":
                 break
             await asyncio.sleep(0.1)

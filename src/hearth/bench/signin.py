@@ -29,7 +29,12 @@ CONSENT_SHOWN = f"{_LOADED} && document.body.innerText.includes('Authorize')"
 _CALL_TIMEOUT_S = 60.0
 # DevTools' answers to an evaluate that a navigation overtook: the page the expression ran in is
 # gone (the form was just submitted); the next page answers the next poll.
-_NAVIGATED = ("Inspected target navigated or closed", "Execution context was destroyed")
+_NAVIGATED = (
+    "Inspected target navigated or closed",
+    "Execution context was destroyed",
+    "Cannot find default execution context",  # the old page gone, the next one not yet running
+    "Not attached to an active page",
+)
 
 
 class PageNavigated(BenchError):
