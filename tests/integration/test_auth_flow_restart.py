@@ -115,3 +115,28 @@ async def test_a_browser_vm_left_running_by_a_login_that_ended_goes_at_the_resta
         # The user's next login gets a Browser VM and completes.
         done = await second.signed_in(await second.start())
         assert (done["status"], done["error_message"]) == ("completed", None)
+
+
+async def test_a_login_whose_cli_vm_missed_heartbeats_goes_on_after_a_restart(
+    flow_settings: Settings, vm_backend: AgentBackend, tmp_path: Path
+) -> None:
+    # A CLI VM marked unhealthy (its agent missed heartbeats: a host under load, a VM briefly
+    # stopped) when the controller went down still runs; a login with no restart between
+    # would deliver into it when its agent answers again, and so does one picked up.
+    images = tmp_path / "image"
+    session_id, waiting = await awaiting_user_then_stop(flow_settings, vm_backend, images)
+    cli_id = waiting["vm_id"]
+    store = await Store.open(flow_settings.database_url)
+    try:
+        await store.vms.transition(
+            cli_id, VmState.READY, VmState.UNHEALTHY, error="missed 3 heartbeats"
+        )
+    finally:
+        await store.close()
+    async with Login.running(flow_settings, vm_backend, images) as second:
+        landing = await asyncio.to_thread(sign_in, waiting["login_url"])
+        assert "You can close this window" in landing.text
+        done = await second.wait_for(session_id, TERMINAL)
+        assert (done["status"], done["error_message"]) == ("completed", None)
+        stored = await second.credential()
+        assert stored["delivered_to"] == cli_id

@@ -453,11 +453,13 @@ class AuthFlow:
         return browser.id, self._agent_of(browser), record.login_id
 
     async def _session_vm(self, vm_id: str | None, what: str) -> VmRecord:
-        """The session's ``what``, ready and reachable; VmError naming why otherwise."""
+        """The session's ``what``, running and claimed (one whose agent missed heartbeats too:
+        its next call waits for it, as with no restart); VmError naming why otherwise."""
         if vm_id is None:
             raise VmError(f"this login has no {what}")
         record = await self.vms.get(vm_id)
-        if record.status is not VmState.READY or self.vms.agent_token(vm_id) is None:
+        running = record.status in (VmState.READY, VmState.UNHEALTHY)
+        if not running or self.vms.agent_token(vm_id) is None:
             why = f": {record.error}" if record.error else ""
             raise VmError(f"the {what} {vm_id} of this login is {record.status.value}{why}")
         return record
