@@ -9,6 +9,8 @@ in is in tests/e2e/test_auth_failures.py.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,16 @@ async def awaiting_user_then_stop(
     async with Login.running(settings, backend, images) as first:
         session_id = await first.start()
         return session_id, await first.wait_for(session_id, {"awaiting_user"})
+
+
+@asynccontextmanager
+async def store_between(settings: Settings) -> AsyncIterator[Store]:
+    """The store, opened while no controller runs (what happened while it was down)."""
+    store = await Store.open(settings.database_url)
+    try:
+        yield store
+    finally:
+        await store.close()
 
 
 async def test_a_login_awaiting_the_user_goes_on_after_a_controller_restart(
@@ -101,13 +113,10 @@ async def test_a_browser_vm_left_running_by_a_login_that_ended_goes_at_the_resta
     images = tmp_path / "image"
     session_id, waiting = await awaiting_user_then_stop(flow_settings, vm_backend, images)
     browser_id = waiting["browser_vm_id"]
-    store = await Store.open(flow_settings.database_url)
-    try:
+    async with store_between(flow_settings) as store:
         await store.auth_sessions.transition(
             session_id, AuthStatus.AWAITING_USER, AuthStatus.CANCELLED, error_message="cancelled"
         )
-    finally:
-        await store.close()
     assert browser_id in vm_backend.running
     async with Login.running(flow_settings, vm_backend, images) as second:
         assert (await second.api.ctl.store.vms.get(browser_id)).status is VmState.DESTROYED
@@ -126,17 +135,11 @@ async def test_a_login_whose_cli_vm_missed_heartbeats_goes_on_after_a_restart(
     images = tmp_path / "image"
     session_id, waiting = await awaiting_user_then_stop(flow_settings, vm_backend, images)
     cli_id = waiting["vm_id"]
-    store = await Store.open(flow_settings.database_url)
-    try:
+    async with store_between(flow_settings) as store:
         await store.vms.transition(
             cli_id, VmState.READY, VmState.UNHEALTHY, error="missed 3 heartbeats"
         )
-    finally:
-        await store.close()
     async with Login.running(flow_settings, vm_backend, images) as second:
-        landing = await asyncio.to_thread(sign_in, waiting["login_url"])
-        assert "You can close this window" in landing.text
-        done = await second.wait_for(session_id, TERMINAL)
+        done = await second.signed_in(session_id)
         assert (done["status"], done["error_message"]) == ("completed", None)
-        stored = await second.credential()
-        assert stored["delivered_to"] == cli_id
+        assert (await second.credential())["delivered_to"] == cli_id
