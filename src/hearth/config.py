@@ -108,6 +108,9 @@ class Settings:
     vmm: str = _choice("HEARTH_VMM", "qemu", ("qemu", "firecracker"))
     firecracker_binary: str | None = _optional_text("HEARTH_FIRECRACKER_BIN")
     qemu_accel: str = "auto"
+    # How long a cold boot may take to answer healthy (a template's build is one); 0: the VMM's
+    # own (QEMU 120 s, Firecracker 30 s). A Browser VM under TCG on a loaded host may need more.
+    cold_boot_deadline_s: float = _float("HEARTH_COLD_BOOT_DEADLINE_S", 0.0, 0.0, 3600.0)
     network_pool: str = "169.254.0.0/16"
     template_dir: Path | None = None
     # Quotas: VMs per user and type, Browser VMs host-wide, memory admission.

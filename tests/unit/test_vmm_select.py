@@ -9,6 +9,7 @@ import pytest
 from hearth.config import Settings
 from hearth.errors import ConfigError
 from hearth.vm.backend import VmBackend
+from hearth.vm.readiness import COLD_BOOT_DEADLINE_S
 from hearth.vm.select import Vmm, check_vmm, open_backend
 from tests.conftest import require_tools
 
@@ -78,3 +79,15 @@ def test_qemu_opens_as_a_vm_backend_when_its_tools_exist(tmp_path: Path) -> None
     backend = open_backend(settings)
     assert isinstance(backend, VmBackend)
     assert backend.name == "qemu"
+
+
+def test_the_cold_boot_deadline_is_the_vmms_own_unless_set(tmp_path: Path) -> None:
+    require_tools("qemu-system-x86_64", "qemu-img")
+    assert open_backend(settings_for(tmp_path)).cold_deadline_s == COLD_BOOT_DEADLINE_S
+    slow_host = settings_for(tmp_path, HEARTH_COLD_BOOT_DEADLINE_S="300")
+    assert open_backend(slow_host).cold_deadline_s == 300.0
+
+
+def test_a_cold_boot_deadline_out_of_bounds_is_refused_naming_it() -> None:
+    with pytest.raises(ConfigError, match="HEARTH_COLD_BOOT_DEADLINE_S"):
+        Settings.from_env({"HEARTH_COLD_BOOT_DEADLINE_S": "-1"})

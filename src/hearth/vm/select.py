@@ -16,9 +16,10 @@ from hearth.errors import ConfigError, HearthError
 from hearth.tools import require_tool
 from hearth.vm.accel import Accel, detect_accel
 from hearth.vm.backend import VmBackend
-from hearth.vm.firecracker.backend import FirecrackerBackend
+from hearth.vm.firecracker.backend import FC_COLD_BOOT_DEADLINE_S, FirecrackerBackend
 from hearth.vm.firecracker.process import require_firecracker
 from hearth.vm.qemu.backend import QemuBackend
+from hearth.vm.readiness import COLD_BOOT_DEADLINE_S
 from hearth.vm.types import LifetimeAction
 
 
@@ -99,16 +100,19 @@ def open_backend(settings: Settings) -> VmBackend:
     check = check_vmm(settings)
     if not check.ok:
         raise ConfigError(f"HEARTH_VMM={check.vmm.value} cannot run on this host: {check.reason}")
+    cold_s = settings.cold_boot_deadline_s  # 0: each VMM's own deadline
     if check.vmm is Vmm.FIRECRACKER:
         return FirecrackerBackend(
             state_dir=settings.state_dir,
             firecracker=settings.firecracker_binary,
             accel=check.accel,
             network_pool=settings.network_pool,
+            cold_deadline_s=cold_s or FC_COLD_BOOT_DEADLINE_S,
         )
     return QemuBackend(
         state_dir=settings.state_dir,
         accel=check.accel,
         network_pool=settings.network_pool,
         template_dir=settings.template_dir,
+        cold_deadline_s=cold_s or COLD_BOOT_DEADLINE_S,
     )
