@@ -29,16 +29,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hearth.runs.events import (
-    RunEvent,
-    RunFailure,
-    message_delta,
-    raw_event,
-    token_usage,
-    tool_finished,
-    tool_started,
-    usage_event,
-)
+from hearth.runs.events import RunEvent, RunFailure, deltas, raw_event, token_usage
 from hearth.runs.failures import classify_status
 from hearth.runs.fingerprint import Fingerprint
 from hearth.runs.recall import RECENT_MESSAGES, ToolCalls, id_of, newest, remember
@@ -94,7 +85,6 @@ class ClaudeStream(CliStream):
         # with every exec event.
         self._streamed: dict[str, dict[int, Fingerprint]] = {}
         self._accounted: dict[str, set[int]] = {}
-        self._tools = ToolCalls()  # tool_use id → tool name
         self._refusal: Report | None = None  # the latest synthetic API-error message
 
     def _own_checkpoint(self) -> dict[str, Any]:
@@ -191,7 +181,7 @@ class ClaudeStream(CliStream):
             return [raw_event(event)] if "abandoned_blocks" in event else []
         if kind == "error":
             error = dict_of(inner.get("error"))
-            self._last_error = Report(ok=False, message=text_of(error.get("message")))
+            self._erred(error)
         return [] if kind in _QUIET_STREAM_EVENTS else [raw_event(event)]
 
     def _streamed_text(
@@ -205,7 +195,7 @@ class ClaudeStream(CliStream):
                 remember(self._streamed, message_id, blocks, limit=RECENT_MESSAGES)
             said = blocks.get(index, Fingerprint()).extended(text)
             remember(blocks, index, said, limit=RECENT_BLOCKS)
-        return [message_delta(text)] if text else []
+        return deltas(text)
 
     def _assistant(self, event: dict[str, Any]) -> list[RunEvent]:
         message = dict_of(event.get("message"))
@@ -235,20 +225,13 @@ class ClaudeStream(CliStream):
             block = dict_of(item)
             block_type = block.get("type")
             if block_type == "text" and parent is None:
-                rest = self._unstreamed(message_id, text_of(block.get("text")))
-                if rest:
-                    events.append(message_delta(rest))
+                events += deltas(self._unstreamed(message_id, text_of(block.get("text"))))
             elif block_type in _TOOL_BLOCKS:
                 tool_id = text_of(block.get("id"))
                 if tool_id and tool_id not in self._tools:
-                    self._tools.started(tool_id, text_of(block.get("name")))
+                    name, tool_input = text_of(block.get("name")), block.get("input")
                     events.append(
-                        tool_started(
-                            tool_id,
-                            self._tools.name(tool_id),
-                            block.get("input"),
-                            parent_tool_id=parent,
-                        )
+                        self._tool_started(tool_id, name, tool_input, parent_tool_id=parent)
                     )
             elif block_type not in ("thinking", "redacted_thinking"):
                 unmapped.append(block)
@@ -286,9 +269,8 @@ class ClaudeStream(CliStream):
                 continue
             tool_id = text_of(block.get("tool_use_id"))
             events.append(
-                tool_finished(
+                self._tool_finished(
                     tool_id,
-                    self._tools.finished(tool_id),
                     output=_result_text(block.get("content")),
                     is_error=block.get("is_error") is True,
                     parent_tool_id=parent,
@@ -302,11 +284,10 @@ class ClaudeStream(CliStream):
         events: list[RunEvent] = []
         usage = dict_of(event.get("usage"))
         if usage:
-            self.usage = _usage(usage)
-            if self.usage["totalTokens"]:
-                events.append(usage_event(self.usage))
+            counted = self._counted(_usage(usage))
+            events += [counted] if counted.data["totalTokens"] else []
         if event.get("subtype") == "success" and event.get("is_error") is not True:
-            self._outcome = Report(ok=True)
+            self._answered(True)
             return events
         refusal = self._refusal
         reason = text_of(event.get("terminal_reason"))
@@ -317,7 +298,7 @@ class ClaudeStream(CliStream):
             or (refusal.message if refusal else "")
             or f"claude ended the run with {text_of(event.get('subtype')) or 'an error'}"
         )
-        self._outcome = Report(ok=False, message=message, code=self._result_code(event))
+        self._answered(False, message, self._result_code(event))
         return events
 
     def _result_code(self, event: dict[str, Any]) -> RunFailure | None:

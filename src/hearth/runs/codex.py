@@ -30,24 +30,14 @@ from typing import Any
 
 from hearth.runs.events import (
     RunEvent,
-    message_delta,
+    deltas,
     raw_event,
     token_usage,
     tool_finished,
     tool_started,
-    usage_event,
 )
 from hearth.runs.recall import RECENT_MESSAGES, ToolCalls, id_of, newest, remember
-from hearth.runs.stream import (
-    CliStream,
-    Report,
-    blocks_text,
-    dict_of,
-    int_of,
-    list_of,
-    status_of,
-    text_of,
-)
+from hearth.runs.stream import CliStream, blocks_text, dict_of, int_of, list_of, status_of, text_of
 
 _ITEM_EVENTS = frozenset({"item.started", "item.updated", "item.completed"})
 _FAILED = frozenset({"failed", "declined"})
@@ -98,9 +88,8 @@ class CodexStream(CliStream):
         # telling what is new needs, and small enough to checkpoint after every line (the
         # latest RECENT_MESSAGES: an item is updated until it completes, then done with).
         self._said: dict[str, tuple[int, str]] = {}
-        # Tool items whose tool.started was emitted: running (``open``), or finished (``done``:
-        # their tool.finished was emitted too). Names are not needed again.
-        self._tools = ToolCalls()
+        # ``_tools``: tool items whose tool.started was emitted, running (``open``) or finished
+        # (``done``: their tool.finished was emitted too). Names are not needed again.
 
     def _own_checkpoint(self) -> dict[str, Any]:
         return {
@@ -134,18 +123,15 @@ class CodexStream(CliStream):
         if kind in _ITEM_EVENTS:
             return self._item(kind, dict_of(event.get("item")), event)
         if kind == "turn.completed":
-            self._outcome = Report(ok=True)
+            self._answered(True)
             usage = dict_of(event.get("usage"))
-            if not usage:
-                return []
-            self.usage = _usage(usage)
-            return [usage_event(self.usage)]
+            return [self._counted(_usage(usage))] if usage else []
         if kind == "turn.failed":
             message = text_of(dict_of(event.get("error")).get("message"))
-            self._outcome = Report(ok=False, message=message or "codex reported a failed turn")
+            self._answered(False, message or "codex reported a failed turn")
             return []
         if kind == "error":
-            self._last_error = Report(ok=False, message=text_of(event.get("message")))
+            self._erred(event)
         return [raw_event(event)]
 
     def _item(self, kind: str, item: dict[str, Any], event: dict[str, Any]) -> list[RunEvent]:
@@ -159,15 +145,14 @@ class CodexStream(CliStream):
             if _digest(text[:length]) != digest:
                 return []  # not a continuation of what was passed on
             remember(self._said, item_id, (len(text), _digest(text)), limit=RECENT_MESSAGES)
-            rest = text[length:]
-            return [message_delta(rest)] if rest else []
+            return deltas(text[length:])
         describe = _TOOLS.get(item_type)
         if describe is None or not item_id:
             return [raw_event(event)]
         events: list[RunEvent] = []
         name, tool_input = describe(item)
         if item_id not in self._tools:
-            self._tools.started(item_id, "")
+            self._tools.started(item_id, "")  # not its name: unbounded (an MCP server's)
             events.append(tool_started(item_id, name, tool_input))
         if kind == "item.completed" and item_id not in self._tools.done:
             self._tools.finished(item_id)

@@ -94,6 +94,11 @@ def message_delta(text: str) -> RunEvent:
     return RunEvent(RunEventType.MESSAGE_DELTA, {"text": text})
 
 
+def deltas(text: str) -> list[RunEvent]:
+    """The next piece of the assistant's text as events: none for no text."""
+    return [message_delta(text)] if text else []
+
+
 def tool_started(
     tool_id: str, name: str, tool_input: Any, *, parent_tool_id: str | None = None
 ) -> RunEvent:

@@ -23,18 +23,9 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from hearth.runs.events import (
-    RunEvent,
-    RunFailure,
-    message_delta,
-    raw_event,
-    token_usage,
-    tool_finished,
-    tool_started,
-    usage_event,
-)
+from hearth.runs.events import RunEvent, RunFailure, deltas, raw_event, token_usage
 from hearth.runs.recall import ToolCalls, id_of
-from hearth.runs.stream import CliStream, Report, dict_of, int_of, text_of
+from hearth.runs.stream import CliStream, dict_of, int_of, text_of
 
 # The error types (class names) gemini reports in a result, and the failure each one is.
 ERROR_TYPES: dict[str, RunFailure] = {
@@ -52,10 +43,6 @@ class GeminiStream(CliStream):
         130: RunFailure.CANCELLED,
     }
 
-    def __init__(self) -> None:
-        super().__init__()
-        self._tools = ToolCalls()  # tool_id → tool name
-
     def _own_checkpoint(self) -> dict[str, Any]:
         return self._tools.data()
 
@@ -71,16 +58,14 @@ class GeminiStream(CliStream):
             if event.get("role") == "user":
                 return []
             if event.get("role") == "assistant":
-                text = text_of(event.get("content"))
-                return [message_delta(text)] if text else []
+                return deltas(text_of(event.get("content")))
         if kind == "tool_use":
             tool_id, name = id_of(event.get("tool_id")), id_of(event.get("tool_name"))
-            self._tools.started(tool_id, name)
-            return [tool_started(tool_id, name, event.get("parameters"))]
+            return [self._tool_started(tool_id, name, event.get("parameters"))]
         if kind == "tool_result":
             return [self._tool_result(event)]
         if kind == "error":
-            self._last_error = Report(ok=False, message=text_of(event.get("message")))
+            self._erred(event)
         if kind == "result":
             return self._result(event)
         return [raw_event(event)]
@@ -89,9 +74,8 @@ class GeminiStream(CliStream):
         tool_id = id_of(event.get("tool_id"))
         error = dict_of(event.get("error"))
         output = event.get("output")
-        return tool_finished(
+        return self._tool_finished(
             tool_id,
-            self._tools.finished(tool_id),
             output=output if isinstance(output, str) else text_of(error.get("message")) or None,
             is_error=event.get("status") == "error",
         )
@@ -100,16 +84,13 @@ class GeminiStream(CliStream):
         events: list[RunEvent] = []
         stats = dict_of(event.get("stats"))
         if stats:
-            self.usage = _usage(stats)
-            events.append(usage_event(self.usage))
+            events.append(self._counted(_usage(stats)))
         if event.get("status") == "success":
-            self._outcome = Report(ok=True)
+            self._answered(True)
             return events
         error = dict_of(event.get("error"))
-        self._outcome = Report(
-            ok=False,
-            message=text_of(error.get("message")),
-            code=ERROR_TYPES.get(text_of(error.get("type"))),
+        self._answered(
+            False, text_of(error.get("message")), ERROR_TYPES.get(text_of(error.get("type")))
         )
         return events
 

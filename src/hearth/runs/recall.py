@@ -19,8 +19,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from hearth.runs.stream import text_of
-
 # Real ids are tens of characters: claude's ``toolu_…`` and ``msg_…``, codex's ``item_…``,
 # gemini's ``<tool name>-<ms>-<random>``; tool names (MCP's ``server__tool``) as short.
 MAX_ID_CHARS = 256
@@ -35,7 +33,7 @@ V = TypeVar("V")
 def id_of(value: object) -> str:
     """An id (or name) field's value, "" for anything but a string; ValueError for one past
     ``MAX_ID_CHARS``, which makes its line ``raw`` (``CliStream.feed_line``)."""
-    text = text_of(value)
+    text = value if isinstance(value, str) else ""
     if len(text) > MAX_ID_CHARS:
         raise ValueError(f"an id of {len(text)} characters (at most {MAX_ID_CHARS})")
     return text

@@ -36,7 +36,16 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from hearth.runs.commands import resumable
-from hearth.runs.events import RunEvent, RunFailure, completed, failed, raw_line
+from hearth.runs.events import (
+    RunEvent,
+    RunFailure,
+    completed,
+    failed,
+    raw_line,
+    tool_finished,
+    tool_started,
+    usage_event,
+)
 from hearth.runs.failures import (
     classify,
     exit_description,
@@ -44,6 +53,7 @@ from hearth.runs.failures import (
     scrub,
     stderr_cause,
 )
+from hearth.runs.recall import ToolCalls
 from hearth_agent.jsontext import JsonTextError, decode_json
 
 # No CLI counts past a signed 64-bit integer. A number beyond it (JSON allows any) is no count:
@@ -84,7 +94,9 @@ class Report:
 
 
 class CliStream:
-    """Base of the per-CLI parsers: line decoding, session id, usage, terminal event."""
+    """Base of the per-CLI parsers: line decoding, session id, usage, tool calls, terminal
+    event. A subclass maps its CLI's lines; what they all do with what a line says (counts,
+    an error on the way, the CLI's own verdict, a tool call's start and result) is here."""
 
     cli: ClassVar[str] = "cli"
     # Exit statuses the CLI documents with a fixed meaning.
@@ -95,6 +107,7 @@ class CliStream:
         self.usage: dict[str, Any] | None = None
         self._outcome: Report | None = None
         self._last_error: Report | None = None
+        self._tools = ToolCalls()  # tool id → tool name (a subclass checkpoints them its way)
 
     def feed_line(self, line: str) -> list[RunEvent]:
         """The events one stdout line adds: non-JSON or non-object lines pass on as ``raw``."""
@@ -181,6 +194,43 @@ class CliStream:
 
     def _on_event(self, event: dict[str, Any]) -> list[RunEvent]:
         raise NotImplementedError
+
+    def _counted(self, usage: dict[str, Any]) -> RunEvent:
+        """Take ``usage`` (normalised: ``token_usage``) as the run's latest counts."""
+        self.usage = usage
+        return usage_event(usage)
+
+    def _erred(self, error: dict[str, Any]) -> None:
+        """The CLI reported an error on the way (``error``'s ``message``): the latest."""
+        self._last_error = Report(ok=False, message=text_of(error.get("message")))
+
+    def _answered(self, ok: bool, message: str = "", code: RunFailure | None = None) -> None:
+        """The CLI's own verdict on the run (its result, its turn's end)."""
+        self._outcome = Report(ok=ok, message=message, code=code)
+
+    def _tool_started(
+        self, tool_id: str, name: str, tool_input: Any, *, parent_tool_id: str | None = None
+    ) -> RunEvent:
+        """A tool call began: remembered by its id with its name, for its result's event."""
+        self._tools.started(tool_id, name)
+        return tool_started(tool_id, name, tool_input, parent_tool_id=parent_tool_id)
+
+    def _tool_finished(
+        self,
+        tool_id: str,
+        *,
+        output: str | None,
+        is_error: bool,
+        parent_tool_id: str | None = None,
+    ) -> RunEvent:
+        """A tool call ended, named as it started (``_tool_started``)."""
+        return tool_finished(
+            tool_id,
+            self._tools.finished(tool_id),
+            output=output,
+            is_error=is_error,
+            parent_tool_id=parent_tool_id,
+        )
 
     def _saw_session(self, value: object) -> None:
         # Only an id a later run could resume is kept: the run ends saying it has no session
