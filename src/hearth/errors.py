@@ -38,6 +38,7 @@
     │       └── UnknownMasterKey     its master key is unknown       [hearth.credentials.errors]
     ├── StageTimeout                 a login stage missed its deadline (504)  [hearth.auth.stages]
     ├── BenchError                   a benchmark run failed or leaked      [hearth.bench.errors]
+    │   ├── PageNavigated            the tab navigated under a DevTools call [hearth.bench.signin]
     │   ├── StreamCut                a stand-in's cut  [hearth.bench.standins.standin]
     │   └── UndecodableBody          unreadable body [hearth.bench.standins.recording]
     ├── ApiError                     an error the controller answered        [hearth.cli.client]
@@ -51,7 +52,7 @@
         └── BackendError             the VMM refused a request (e.g. Firecracker fault_message)
             └── AgentError           the agent erred or did not answer     [hearth.agent_client]
                 ├── StreamSlept      a followed stream broke as its VM slept [hearth.control.execs]
-                └── GarbledOutput    terminal output that holds no bytes [hearth.control.terminals]
+                └── GarbledOutput    output that holds no bytes [hearth.agent_output]
 
 A class defined outside this module names its module in brackets; a unit test walks every
 subclass of ``HearthError`` and fails when one is missing here or sits under another parent.

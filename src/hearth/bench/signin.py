@@ -40,6 +40,9 @@ _NAVIGATED = (
 class PageNavigated(BenchError):
     """The tab navigated away while DevTools ran a command in it."""
 
+    code = "page_navigated"
+    http_status = 500
+
 
 class CdpPage:
     """One tab of the Browser VM's Chromium, driven over DevTools as a user would type."""
