@@ -277,3 +277,22 @@ async def test_an_unreadable_checkpoint_reads_on_with_a_fresh_parser() -> None:
     await pump(store, Exec()).run_to_end()
     events = told(store)
     assert [text for _, kind, text in events if kind == "message.delta"] == ["HELLO", "WORLD"]
+
+
+class Silent(Exec):
+    """An agent whose every answer is a long error (a guest's root may write any text)."""
+
+    async def follow(self, vm_id: str, exec_id: str, *, after: int = 0) -> AsyncIterator[ExecEvent]:
+        raise AgentError("refused: " + "x" * 100_000)
+        yield  # pragma: no cover  (an async generator)
+
+
+async def test_the_agents_words_in_the_runs_end_are_cut() -> None:
+    # The run.failed event (kept, sent to webhooks) quoted the agent's error whole.
+    store = new_store()
+    await pump(store, Silent()).run_to_end()
+    final = json.loads(store.runs.stored[-1].data)
+    assert store.runs.stored[-1].type == "run.failed"
+    assert final["message"].startswith("the VM's agent stopped answering: refused: xxx")
+    assert len(final["message"]) < 2100
+    assert final["message"].endswith("more characters)")

@@ -47,6 +47,7 @@ from pathlib import Path
 import httpx
 
 from hearth.agent_client import AgentClient
+from hearth.agent_output import output_bytes
 from hearth.bench.controller import InProcessController
 from hearth.bench.errors import BenchError
 from hearth.bench.standins.ca import TestCA
@@ -56,7 +57,7 @@ from hearth.bench.standins.vendors import VENDORS
 from hearth.bench.state import check_nothing_left, link_images
 from hearth.config import Settings
 from hearth.control.execs import ExecService
-from hearth.control.run_pump import LineSplitter, chunk_bytes
+from hearth.control.run_pump import LineSplitter
 from hearth.control.runs import RunRequest, run_exec_request
 from hearth.images.manifest import ImageDir
 from hearth.images.trust import trust_ca
@@ -277,14 +278,14 @@ class FirstEventProbe:
             exec_id = str((await self.agent.exec_start(body))["exec_id"])
             async for event in self.agent.exec_events(exec_id):
                 if event.type == "stdout":
-                    for line in lines.feed(chunk_bytes(event.data)):
+                    for line in lines.feed(output_bytes(event.data)):
                         at = time.perf_counter() - started
                         if first_line is None and line.strip():
                             first_line = at
                         if first_event is None and parser.feed_line(line):
                             first_event = at
                 elif event.type == "stderr":
-                    stderr += chunk_bytes(event.data)
+                    stderr += output_bytes(event.data)
                     del stderr[:-_STDERR_TAIL_BYTES]
                 elif event.type == "exit":
                     exit_data = event.data

@@ -41,12 +41,12 @@ import signal as signals
 from collections.abc import Callable
 from typing import Any
 
+from hearth.agent_answers import guest_text
+from hearth.agent_output import GarbledOutput, output_bytes
 from hearth.control.execs import ExecEvent, ExecService, StreamSlept
-from hearth.control.terminals import GarbledOutput
 from hearth.errors import Conflict, HearthError, NotFound, VmEnded
 from hearth.logging import get_logger
 from hearth.runs import RunEvent, RunEventType, RunFailure, parser_for
-from hearth.runs.events import capped
 from hearth.runs.states import RunStatus
 from hearth.store import Store
 from hearth.store.outage import is_outage
@@ -103,20 +103,6 @@ class LineSplitter:
         """The partial line left at the end of the output, if any."""
         rest, self._pending = bytes(self._pending), bytearray()
         return [rest.decode("utf-8", errors="replace")] if rest.strip() else []
-
-
-def chunk_bytes(data: dict[str, Any]) -> bytes:
-    """An output event's bytes (text or base64 on the wire); ``GarbledOutput`` if it holds none
-    (base64 that is not, text no UTF-8 can encode: a guest's root may send either)."""
-    text = str(data.get("data", ""))
-    try:
-        if data.get("encoding") == "base64":
-            return base64.b64decode(text, validate=True)
-        return text.encode("utf-8")
-    except ValueError as exc:  # binascii.Error, UnicodeEncodeError
-        raise GarbledOutput(
-            f"the VM's agent sent output that is no bytes ({capped(str(exc), 200)})"
-        ) from exc
 
 
 def signal_number(name: object) -> int | None:
@@ -299,9 +285,9 @@ class RunPump:
         neither repeats an event nor splices a line to a copy of itself."""
         lines: list[str] = []
         if event.type == "stdout":
-            lines = self._lines.feed(chunk_bytes(event.data))
+            lines = self._lines.feed(output_bytes(event.data))
         elif event.type == "stderr":
-            self._stderr += chunk_bytes(event.data)
+            self._stderr += output_bytes(event.data)
             del self._stderr[:-STDERR_TAIL_BYTES]
         elif event.type == "exit":
             lines = self._lines.flush()
@@ -424,4 +410,6 @@ class RunPump:
 
 
 def _failed(code: RunFailure, message: str) -> RunEvent:
-    return RunEvent(type=RunEventType.FAILED, data={"code": code.value, "message": message})
+    """The run's end as the controller tells it; ``message`` may quote the VM's agent: cut."""
+    data = {"code": code.value, "message": guest_text(message)}
+    return RunEvent(type=RunEventType.FAILED, data=data)

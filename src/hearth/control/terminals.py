@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from hearth.agent_client import AgentError
+from hearth.agent_output import GarbledOutput, output_bytes
 from hearth.control.execs import ExecRequest, ExecService, StreamSlept
 from hearth.control.terminal_input import INPUT_ITEM_COST as INPUT_ITEM_COST
 from hearth.control.terminal_input import INPUT_QUEUE_BYTES, InputQueue
@@ -282,7 +283,7 @@ class TerminalService:
                     if event.type == "exit":
                         await _sent(peer.send_status({"type": "exit", **event.data}))
                         return
-                    output = _output_bytes(grant.vm_id, event.data)
+                    output = output_bytes(event.data, f"the agent of VM {grant.vm_id}")
                     if not await _sent(peer.send_output(output)):
                         _log.info("terminal_page_stalled", terminal_id=grant.terminal_id)
                         return  # the page has gone: the terminal ends
@@ -390,26 +391,6 @@ async def _first_done(*coroutines: Any) -> None:
                 await task
     for task in done:
         task.result()
-
-
-class GarbledOutput(AgentError):
-    """Terminal output from the agent that holds no bytes: its error, which ends the terminal
-    (not a break in its event stream, read on from after it)."""
-
-    code = "agent_error"
-    http_status = 502
-
-
-def _output_bytes(vm_id: str, data: dict[str, Any]) -> bytes:
-    """An output event's bytes (base64 or text on the wire); ``GarbledOutput`` if it holds none
-    (base64 that is not, text no UTF-8 can encode: a guest's root may send either)."""
-    chunk = str(data.get("data", ""))
-    try:
-        return base64.b64decode(chunk) if data.get("encoding") == "base64" else chunk.encode()
-    except ValueError as exc:  # binascii.Error, UnicodeEncodeError
-        raise GarbledOutput(
-            f"the agent of VM {vm_id} sent terminal output that is no bytes"
-        ) from exc
 
 
 async def _sent(sending: Awaitable[None]) -> bool:
