@@ -379,6 +379,9 @@ async def test_output_the_agent_sends_garbled_ends_the_run_as_the_agents_failure
     runs_service = service(store, agent, run.id)
     runs_service._attach(run)
     await asyncio.wait_for(runs_service.wait_idle(), 20)
+    async with asyncio.timeout(5):
+        while not agent.signals:
+            await asyncio.sleep(0.01)
     ended = await store.runs.get(run.id)
     assert (ended.status, ended.failure_code) == (RunStatus.FAILED, "cli_crashed")
     message = ended.error_message or ""
@@ -387,7 +390,8 @@ async def test_output_the_agent_sends_garbled_ends_the_run_as_the_agents_failure
     assert events[-1] == ("run.failed", {"code": "cli_crashed", "message": message})
     assert [kind for kind, _ in events].count("run.failed") == 1
     assert (await store.runs.get(run.id)).exec_cursor == 1  # the first line stored, read past
-    assert agent.signals == []  # the CLI did nothing wrong
+    # The CLI did nothing wrong, but nobody would read it: stopped once the end is stored.
+    assert agent.signals == [("SIGKILL", RunStatus.FAILED)]
 
 
 def run_event_writes(sent: list[tuple[str, str]]) -> Callable[..., None]:

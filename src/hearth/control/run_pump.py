@@ -41,12 +41,12 @@ import signal as signals
 from collections.abc import Callable
 from typing import Any
 
-from hearth.agent_answers import guest_text
 from hearth.agent_output import GarbledOutput, output_bytes
 from hearth.control.execs import ExecEvent, ExecService, StreamSlept
 from hearth.errors import Conflict, HearthError, NotFound, VmEnded
 from hearth.logging import get_logger
 from hearth.runs import RunEvent, RunEventType, RunFailure, parser_for
+from hearth.runs.events import failed
 from hearth.runs.states import RunStatus
 from hearth.store import Store
 from hearth.store.outage import is_outage
@@ -167,6 +167,8 @@ class RunPump:
         self._cursor = run.exec_cursor
         self._next_seq = run.last_event_id + 1
         self._saved: str | None = None  # the checkpoint stored with the cursor, if any
+        # The run was ended while its CLI may run on, unread: its owner stops the CLI.
+        self.cli_unread = False
 
     async def run_to_end(self) -> None:
         """Read and store until the exec's ``exit`` (or until it cannot be read any more).
@@ -207,6 +209,7 @@ class RunPump:
                 return
             except GarbledOutput as exc:  # the agent's failure: reading again gives the same
                 await self._end_unread(exc.message)
+                self.cli_unread = True
                 return
             except HearthError as exc:
                 if attempts >= RESUME_ATTEMPTS:
@@ -315,9 +318,9 @@ class RunPump:
             stderr_tail=self._stderr.decode("utf-8", errors="replace"),
         )
         if current.cancel_requested and final.type is not RunEventType.COMPLETED:
-            return _failed(RunFailure.CANCELLED, "the run was cancelled")
+            return failed(RunFailure.CANCELLED, "the run was cancelled")
         if exit_data.get("reason") == "timeout":
-            return _failed(RunFailure.TIMEOUT, f"the run took longer than {current.timeout_s} s")
+            return failed(RunFailure.TIMEOUT, f"the run took longer than {current.timeout_s} s")
         return final
 
     def _records(self, events: list[RunEvent]) -> list[RunEventRecord]:
@@ -368,7 +371,7 @@ class RunPump:
         fields = self._progress_fields()
         if final.type is RunEventType.FAILED:
             fields["failure_code"] = str(final.data.get("code", RunFailure.CLI_CRASHED.value))
-            fields["error_message"] = str(final.data.get("message", ""))[:2000]
+            fields["error_message"] = str(final.data.get("message", ""))
         status = RunStatus.COMPLETED if final.type is RunEventType.COMPLETED else RunStatus.FAILED
         try:
             await self._store.runs.end(
@@ -397,7 +400,7 @@ class RunPump:
 
     async def _end_unread(self, why: str) -> None:
         """End a run whose exec can no longer be read: the CLI's fate is unknown."""
-        await self._finish([_failed(RunFailure.CLI_CRASHED, why)], cursor=self._cursor)
+        await self._finish([failed(RunFailure.CLI_CRASHED, why)], cursor=self._cursor)
 
     async def abandon(self, why: str) -> None:
         """End the run ``cli_crashed`` after this pump failed (unless it has ended): its
@@ -406,10 +409,4 @@ class RunPump:
         if current.is_terminal or await self._settle_stored_end(current):
             return
         self._next_seq = current.last_event_id + 1
-        await self._finish([_failed(RunFailure.CLI_CRASHED, why)], cursor=current.exec_cursor)
-
-
-def _failed(code: RunFailure, message: str) -> RunEvent:
-    """The run's end as the controller tells it; ``message`` may quote the VM's agent: cut."""
-    data = {"code": code.value, "message": guest_text(message)}
-    return RunEvent(type=RunEventType.FAILED, data=data)
+        await self._finish([failed(RunFailure.CLI_CRASHED, why)], cursor=current.exec_cursor)

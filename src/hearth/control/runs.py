@@ -185,6 +185,8 @@ class RunService:
     async def _pump(self, pump: RunPump) -> None:
         try:
             await pump.run_to_end()
+            if pump.cli_unread:  # ended for the agent's garbled output: nobody reads the CLI
+                self._chore(self._signal_once_awake(pump.run, "SIGKILL"))
         except asyncio.CancelledError:
             raise
         except Exception:
