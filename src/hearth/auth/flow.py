@@ -336,7 +336,8 @@ class AuthFlow:
                 )
                 status = AuthStatus.CLI_VM_READY
             else:
-                cli_vm = await self._session_vm(record.vm_id, "CLI VM")
+                shown = status not in BEFORE_LOGIN
+                cli_vm = await self._session_vm(record.vm_id, "CLI VM", shown=shown)
             if booting is not None:
                 if status is AuthStatus.CLI_VM_READY:
                     await self._move(sid, AuthStatus.CLI_VM_READY, AuthStatus.BROWSER_VM_STARTING)
@@ -436,7 +437,7 @@ class AuthFlow:
         """A login left ``awaiting_user`` by a controller that stopped: its Browser VM (adopted
         with its agent and the user's view) and the login in its agent, reached again; its
         egress path reopened on the node port the Browser VM's QEMU dials."""
-        browser = await self._session_vm(record.browser_vm_id, "Browser VM")
+        browser = await self._session_vm(record.browser_vm_id, "Browser VM", shown=True)
         if record.login_id is None:
             raise VmError(f"the login in Browser VM {browser.id} is unknown (started before 0011)")
         if plan.egress_allow:
@@ -452,13 +453,14 @@ class AuthFlow:
         _log.info("auth_reattached", session_id=record.id, browser_vm_id=browser.id)
         return browser.id, self._agent_of(browser), record.login_id
 
-    async def _session_vm(self, vm_id: str | None, what: str) -> VmRecord:
-        """The session's ``what``, running and claimed (one whose agent missed heartbeats too:
-        its next call waits for it, as with no restart); VmError naming why otherwise."""
+    async def _session_vm(self, vm_id: str | None, what: str, *, shown: bool) -> VmRecord:
+        """The session's ``what``, ready and claimed; once the login was ``shown``, one whose
+        agent missed heartbeats too (the calls that follow decide, as with no restart between).
+        VmError naming why otherwise."""
         if vm_id is None:
             raise VmError(f"this login has no {what}")
         record = await self.vms.get(vm_id)
-        running = record.status in (VmState.READY, VmState.UNHEALTHY)
+        running = record.status is VmState.READY or (shown and record.status is VmState.UNHEALTHY)
         if not running or self.vms.agent_token(vm_id) is None:
             why = f": {record.error}" if record.error else ""
             raise VmError(f"the {what} {vm_id} of this login is {record.status.value}{why}")
