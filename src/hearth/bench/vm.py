@@ -130,9 +130,11 @@ async def run_vm_bench(options: VmBenchOptions, *, progress: Progress) -> VmBenc
 
 def _bench_settings(options: VmBenchOptions) -> Settings:
     """The settings of the bench's QEMU backend and of its pool phase's controller: everything
-    in the bench's state dir (templates too), a warm pool of ``pool_size`` VMs of its spec."""
+    in the bench's state dir (templates too), a warm pool of ``pool_size`` VMs of its spec;
+    the environment's cold boot deadline (HEARTH_COLD_BOOT_DEADLINE_S)."""
     return Settings(
         state_dir=options.state_dir,
+        cold_boot_deadline_s=Settings.from_env().cold_boot_deadline_s,
         vmm=Vmm.QEMU.value,
         template_dir=options.state_dir / "templates",
         pool_cli=options.pool_size,
