@@ -5,8 +5,11 @@ restarted controller goes on where the last one stopped, and a delivery is marke
 after its receiver answered 2xx. Each attempt is recorded. A failed attempt is tried again after
 ``HEARTH_WEBHOOK_BACKOFF_S`` * 2^(n-1) (at most 15 min), times a random factor in [0.5, 1] so
 that many failing deliveries do not retry in step, until ``HEARTH_WEBHOOK_RETRY_FOR_S`` after
-the event; then the delivery is ``failed``. Receivers get at-least-once delivery: the same
-``X-Hearth-Delivery`` id on every attempt lets them drop repeats.
+the event; then the delivery is ``failed``. One found past that deadline (the controller or its
+receiver was down) is marked ``failed`` without an attempt, not sent days late. Receivers get
+at-least-once delivery, in no set order (each webhook's attempts run side by side, each with its
+own backoff): they drop repeats and order by the signed body's event ``id``; the same
+``X-Hearth-Delivery`` id comes on every attempt, but no signature covers it.
 
 Attempts run side by side, at most ``PER_WEBHOOK`` to one webhook (and ``PARALLEL`` in all),
 each started as soon as there is room: a receiver that never answers holds its own deliveries
@@ -167,6 +170,7 @@ class WebhookDispatcher:
             owed.clear()
             self._attempt_ended.clear()
             try:
+                await self._give_up()
                 await self._start_due()
                 wait = await self._until_next_due()
             except HearthError as exc:  # the store is down: try again later
@@ -191,6 +195,18 @@ class WebhookDispatcher:
         if due is None:
             return IDLE_POLL_S
         return min(max((due - utc_now()).total_seconds(), 0.0), IDLE_POLL_S)
+
+    async def _give_up(self) -> None:
+        """Mark failed what is still owed past its deadline (a controller or a receiver was
+        down meanwhile): never due, it gets no attempt days late."""
+        expired = Counter(await self.store.webhooks.give_up(utc_now()))
+        if not expired:
+            return
+        self.metrics.webhook_deliveries.labels(outcome="failed").inc(expired.total())
+        for hook_id, count in expired.items():
+            _log.warning(
+                "webhook_deliveries_expired", webhook_id=hook_id, deliveries=count, outcome="failed"
+            )
 
     async def _start_due(self) -> int:
         """Claim and start every due delivery there is room for; how many were started."""

@@ -149,8 +149,9 @@ class WebhookRepo(Repository):
     async def due(
         self, now: datetime, *, limit: int = 50, skip_webhooks: Collection[str] = ()
     ) -> builtins.list[tuple[DeliveryRecord, EventRecord, WebhookRecord]]:
-        """Pending deliveries whose next attempt is due, soonest first, with their event and
-        webhook; none of the webhooks in ``skip_webhooks``."""
+        """Pending deliveries whose next attempt is due and whose deadline has not passed,
+        soonest first, with their event and webhook; none of the webhooks in
+        ``skip_webhooks``."""
         statement = (
             select(
                 *_prefixed(_deliveries, "d_"),
@@ -162,6 +163,7 @@ class WebhookRepo(Repository):
             .where(
                 _deliveries.c.status == DeliveryStatus.PENDING,
                 _deliveries.c.next_attempt_at <= now,
+                _deliveries.c.give_up_at > now,
             )
             .order_by(_deliveries.c.next_attempt_at, _deliveries.c.id)
             .limit(limit)
@@ -193,6 +195,28 @@ class WebhookRepo(Repository):
             statement = statement.where(_deliveries.c.webhook_id.not_in(list(skip_webhooks)))
         row = await self._read_one(statement)
         return None if row is None else row[0]
+
+    async def give_up(self, now: datetime) -> builtins.list[str]:
+        """Mark failed, in one statement, every pending delivery whose deadline has passed by
+        ``now`` and that is not claimed for an attempt (an attempt in flight moves its own on);
+        the webhook of each one marked. Such a delivery is never due again, and its event can
+        go with the others once retention reaches it."""
+        late = (
+            _deliveries.c.status == DeliveryStatus.PENDING,
+            _deliveries.c.next_attempt_at <= now,
+            _deliveries.c.give_up_at <= now,
+        )
+        # Read first: the dispatcher asks every round, and a write would take SQLite's lock.
+        if await self._read_one(select(_deliveries.c.id).where(*late).limit(1)) is None:
+            return []
+        async with self._writes.begin() as conn:
+            rows = await conn.execute(
+                update(_deliveries)
+                .where(*late)
+                .values(status=DeliveryStatus.FAILED, updated_at=self._clock())
+                .returning(_deliveries.c.webhook_id)
+            )
+            return [str(row.webhook_id) for row in rows]
 
     async def claim(
         self, deliveries: Sequence[DeliveryRecord], *, now: datetime, until: datetime
