@@ -8,7 +8,10 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 
+import pytest
+
 from hearth.api.streams import KEEPALIVE, guarded
+from hearth.errors import Unauthorized
 
 
 async def quiet_then(chunks: list[bytes], *, quiet_s: float) -> AsyncIterator[bytes]:
@@ -112,3 +115,24 @@ async def test_a_stream_opened_while_the_server_stops_ends_before_its_first_chun
     stopping.set()
     got = [c async for c in guarded(quiet_then([b"a"], quiet_s=0), holds, stopping=stopping)]
     assert got == []
+
+
+async def test_a_binary_body_gets_no_keepalive_and_breaks_once_its_key_is_revoked() -> None:
+    # A download: a keepalive would corrupt it, and an end without error would pass for whole.
+    answers = iter([True, False])
+
+    async def key_holds() -> bool:
+        return next(answers)
+
+    source = quiet_then([b"a", b"b", b"c"], quiet_s=0.2)
+    got: list[bytes] = []
+    with pytest.raises(Unauthorized):
+        await read_into(
+            guarded(source, key_holds, each_chunk=True, keepalive_s=0.05, binary=True), got
+        )
+    assert got == [b"a"]
+
+
+async def read_into(stream: AsyncIterator[bytes], got: list[bytes]) -> None:
+    async for chunk in stream:
+        got.append(chunk)

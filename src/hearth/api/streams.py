@@ -10,12 +10,17 @@ It also ends once the server stops (``stop_streams``): a stream follows somethin
 end (the event log, a long command), and a stopping server waits for its connections, so an open
 stream would hold it forever. A stream that ends before its last event is a break to a client
 (the SDK resumes it after ``Last-Event-ID``), never the end of what it follows.
+
+A file download's binary body goes through ``guarded`` too (``binary``): no keepalive, and its
+key revoked breaks it (short of its length, a chunked tar without its last chunk), never an end
+a client could take for the whole.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -24,6 +29,7 @@ from fastapi.responses import StreamingResponse
 from starlette.applications import Starlette
 from starlette.types import Receive, Scope, Send
 
+from hearth.errors import Unauthorized
 from hearth.store import ApiKeyRecord, Store
 
 EVENT_STREAM = "text/event-stream"
@@ -35,6 +41,8 @@ KEY_RECHECK_S = 1.0
 # event carrying the last id, which their callers then fail to parse.
 KEEPALIVE_S = 15.0
 KEEPALIVE = b": keepalive\n"
+# Whether the key a stream was opened with still holds (asked again and again while it runs).
+KeyHolds = Callable[[], Awaitable[bool]]
 # Where an app keeps the signal that ends its streams.
 _STOPPING = "streams_stopping"
 
@@ -66,13 +74,21 @@ def event_stream(
     """The response streaming ``chunks`` (SSE bytes) while ``key`` holds and the server runs,
     with keepalives; the key is looked at every ``KEY_RECHECK_S``, quiet or not, and before
     every chunk when ``each_chunk``."""
+    return _GuardedStream(
+        chunks,
+        key_holds(store, key),
+        each_chunk=each_chunk,
+        headers={**STREAM_HEADERS, **(headers or {})},
+    )
 
-    async def key_holds() -> bool:
+
+def key_holds(store: Store, key: ApiKeyRecord) -> KeyHolds:
+    """The look ``guarded`` takes at ``key``: whether it is still not revoked."""
+
+    async def holds() -> bool:
         return not (await store.api_keys.get(key.id)).is_revoked
 
-    return _GuardedStream(
-        chunks, key_holds, each_chunk=each_chunk, headers={**STREAM_HEADERS, **(headers or {})}
-    )
+    return holds
 
 
 class _GuardedStream(StreamingResponse):
@@ -82,7 +98,7 @@ class _GuardedStream(StreamingResponse):
     def __init__(
         self,
         chunks: AsyncIterator[bytes],
-        key_holds: Callable[[], Awaitable[bool]],
+        key_holds: KeyHolds,
         *,
         each_chunk: bool,
         headers: dict[str, str],
@@ -104,19 +120,23 @@ class _GuardedStream(StreamingResponse):
 
 async def guarded(
     chunks: AsyncIterator[bytes],
-    key_holds: Callable[[], Awaitable[bool]],
+    key_holds: KeyHolds,
     *,
     each_chunk: bool = False,
     recheck_s: float | None = None,
     keepalive_s: float | None = None,
     stopping: asyncio.Event | None = None,
+    binary: bool = False,
 ) -> AsyncIterator[bytes]:
     """``chunks``, with ``KEEPALIVE`` after each ``keepalive_s`` (default ``KEEPALIVE_S``) that
     brought none, ended once ``key_holds()`` is false: asked every ``recheck_s`` (default
     ``KEY_RECHECK_S``) whether chunks come or not, and before every chunk when ``each_chunk``;
-    ended at once when ``stopping`` is set (a chunk not yet sent is left to the resume)."""
+    ended at once when ``stopping`` is set (a chunk not yet sent is left to the resume). A
+    ``binary`` body gets no keepalive, and a key that no longer holds breaks it: Unauthorized
+    is raised, which the server answers by cutting the body off."""
     recheck_s = KEY_RECHECK_S if recheck_s is None else recheck_s
     keepalive_s = KEEPALIVE_S if keepalive_s is None else keepalive_s
+    keepalive_s = math.inf if binary else keepalive_s
     iterator = aiter(chunks)
     pending: asyncio.Future[bytes] | None = None
     stopping = asyncio.Event() if stopping is None else stopping
@@ -136,6 +156,8 @@ async def guarded(
                 return
             if (done and each_chunk) or time.monotonic() - looked >= recheck_s:
                 if not await key_holds():
+                    if binary:
+                        raise Unauthorized("the key this body was sent for was revoked")
                     return
                 looked = time.monotonic()
             if not done:

@@ -35,6 +35,7 @@ from hearth.api.schemas_files import (
     FileRemoved,
     FileWritten,
 )
+from hearth.api.streams import KeyHolds, guarded, key_holds
 from hearth.control.files import FileService, FileUpload
 from hearth.errors import HearthError, InvalidInput
 from hearth.logging import get_logger
@@ -110,11 +111,14 @@ async def put_file(
     return FileWritten.model_validate(written)
 
 
-async def _relay(files: FileService, vm_id: str, download: AgentDownload) -> AsyncIterator[bytes]:
-    """The download's bytes; one that breaks off ends the response unfinished (a file short
-    of its Content-Length, a chunked tar without its last chunk), never as if whole."""
+async def _relay(
+    files: FileService, vm_id: str, download: AgentDownload, holds: KeyHolds
+) -> AsyncIterator[bytes]:
+    """The download's bytes while its key holds; one that breaks off (or whose key is revoked)
+    ends the response unfinished (a file short of its Content-Length, a chunked tar without its
+    last chunk), never as if whole."""
     try:
-        async for chunk in files.stream(vm_id, download):
+        async for chunk in guarded(files.stream(vm_id, download), holds, binary=True):
             yield chunk
     except HearthError as exc:
         _log.warning("file_download_broken", code=exc.code, error=exc.message[:300])
@@ -137,7 +141,7 @@ async def get_file(vm_id: str, key: Key, ctl: Ctl, path: PathQuery = "") -> Resp
     if download.size is not None:
         headers["Content-Length"] = str(download.size)
     return StreamingResponse(
-        _relay(ctl.files, vm_id, download),
+        _relay(ctl.files, vm_id, download, key_holds(ctl.store, key)),
         media_type=TAR_MEDIA_TYPE if download.kind == "dir" else FILE_MEDIA_TYPE,
         headers=headers,
         # Also when the client is gone before the first byte: the agent's connection goes.
