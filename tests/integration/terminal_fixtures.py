@@ -64,10 +64,10 @@ async def live_api(
 
 
 async def new_vm(live: Live, user: str, vm_type: str = "cli") -> str:
-    """A ready VM of ``user``'s."""
-    created = await live.api.client.post(
-        "/api/vms", json={"vmType": vm_type}, headers=live.api.headers(live.keys[user])
-    )
+    """A ready VM of ``user``'s (a Browser VM made with the admin key: only it may)."""
+    maker = live.api.headers(live.keys[user] if vm_type == "cli" else None)
+    body = {"userId": user, "vmType": vm_type}
+    created = await live.api.client.post("/api/vms", json=body, headers=maker)
     assert created.status_code == 201, created.text
     vm_id: str = created.json()["id"]
     return vm_id

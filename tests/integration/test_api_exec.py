@@ -46,9 +46,12 @@ async def api_agents(
 
 
 async def new_vm(api: Api, user: str, vm_type: str = "cli") -> tuple[str, dict[str, str]]:
-    """A ready VM of ``user``'s, and that user's headers."""
+    """A ready VM of ``user``'s (a Browser VM made with the admin key: only it may), and that
+    user's headers."""
     headers = api.headers(await api.user_key(user))
-    created = await api.client.post("/api/vms", json={"vmType": vm_type}, headers=headers)
+    maker = headers if vm_type == "cli" else api.headers()
+    body = {"userId": user, "vmType": vm_type}
+    created = await api.client.post("/api/vms", json=body, headers=maker)
     assert created.status_code == 201, created.text
     return created.json()["id"], headers
 

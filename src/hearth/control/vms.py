@@ -338,9 +338,8 @@ class VmService:
     ) -> VmRecord:
         """The VM, if it exists and (for a user key) belongs to ``user_id``; else NotFound."""
         record = await self.store.vms.get(vm_id)
-        if (user_id is not None and record.user_id != user_id) or (
-            record.pooled and not include_pooled
-        ):
+        theirs = user_id is None or record.user_id == user_id
+        if not theirs or (record.pooled and not include_pooled):
             raise NotFound(f"VM {vm_id} does not exist")
         return record
 
@@ -412,12 +411,14 @@ class VmService:
 
     async def pause(self, vm_id: str, *, user_id: str | None = None) -> VmRecord:
         """Pause a ready VM (in its turn)."""
+        await self.get(vm_id, user_id=user_id)  # not theirs: 404 before any wait for its turn
         async with self.turns.held(vm_id):
             record = await self.get(vm_id, user_id=user_id)
             return await self._switch(record, VmState.READY, VmState.PAUSED, "paused")
 
     async def resume(self, vm_id: str, *, user_id: str | None = None) -> VmRecord:
         """Resume a paused VM, or wake a hibernated one (in its turn)."""
+        await self.get(vm_id, user_id=user_id)  # as pause: 404 before any wait for its turn
         async with self.turns.held(vm_id):
             record = await self.get(vm_id, user_id=user_id)
             if record.status is VmState.HIBERNATED:
@@ -473,12 +474,11 @@ class VmService:
 
     async def refresh_gauges(self) -> None:
         """Set the VMs-by-status gauge from the store."""
-        counts = dict.fromkeys(VmState, 0)
+        counts = dict.fromkeys(ACTIVE, 0)
         for record in await self.store.vms.list(statuses=ACTIVE):
             counts[record.status] += 1
         for status, count in counts.items():
-            if status in ACTIVE:
-                self.metrics.vms.labels(status=status.value).set(count)
+            self.metrics.vms.labels(status=status.value).set(count)
 
     async def shutdown(self, *, destroy_vms: bool) -> None:
         """Stop background boots; with ``destroy_vms`` also destroy every VM, hibernated ones

@@ -18,6 +18,7 @@ from hearth.api.schemas import (
     VmLifetimePatch,
     VmList,
     VmOut,
+    error_responses,
 )
 from hearth.control.lifetimes import Lifetime
 from hearth.control.vms import LISTED
@@ -35,6 +36,10 @@ def _out(ctl: Controller, record: VmRecord, *, agent_token: str | None = None) -
 
 
 async def _create(body: VmCreate, key: Key, ctl: Ctl, response: Response, wait: bool) -> VmOut:
+    if VmType(body.vm_type) is VmType.BROWSER and not key.is_admin:
+        # A Browser VM has no lifetime and holds one of the host's few places (the leftover
+        # sweep spares it): one a user kept would block everybody's logins.
+        raise Forbidden("vmType browser: admin keys only (Browser VMs are the login flow's)")
     user_id = body.user_id or (None if key.is_admin else key.user_id)
     if user_id is None:
         raise InvalidInput("userId: required with an admin key")
@@ -53,7 +58,12 @@ async def _create(body: VmCreate, key: Key, ctl: Ctl, response: Response, wait: 
 
 
 _ACCEPTED: dict[int | str, dict[str, object]] = {
-    202: {"model": VmOut, "description": "Accepted (wait=false, or not ready yet); poll it"}
+    202: {"model": VmOut, "description": "Accepted (wait=false, or not ready yet); poll it"},
+    403: {
+        **error_responses(403)[403],
+        "description": "vmType browser with a user key (Browser VMs are the login flow's: admin "
+        "keys only), or a userId not the key's",
+    },
 }
 
 
@@ -69,7 +79,8 @@ async def create_vm(
 ) -> VmOut:
     """Create a VM; 201 once its agent is healthy (``agentToken`` is shown this once). A
     ``timeoutAction`` or ``idleAction`` of ``hibernate`` where this host's VMM cannot hibernate
-    (Firecracker) is 422, naming the field: such a lifetime could never end."""
+    (Firecracker) is 422, naming the field: such a lifetime could never end. A Browser VM is
+    the login flow's: made with an admin key only (403 for a user's)."""
     return await _create(body, key, ctl, response, wait)
 
 
