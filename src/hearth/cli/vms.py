@@ -56,7 +56,7 @@ def _version(vm: dict[str, Any]) -> str:
 @vm_app.command("create")
 def vm_create(
     user: Annotated[str | None, typer.Option(help="Owner (required with an admin key).")] = None,
-    vm_type: Annotated[str, typer.Option("--type", help="cli or browser")] = "cli",
+    vm_type: Annotated[str, typer.Option("--type", help="cli; browser: admin keys only")] = "cli",
     vcpus: Annotated[int | None, typer.Option()] = None,
     mem_mib: Annotated[int | None, typer.Option()] = None,
 ) -> None:
