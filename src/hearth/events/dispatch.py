@@ -7,9 +7,9 @@ after its receiver answered 2xx. Each attempt is recorded. A failed attempt is t
 that many failing deliveries do not retry in step, until ``HEARTH_WEBHOOK_RETRY_FOR_S`` after
 the event; then the delivery is ``failed``. One found past that deadline (the controller or its
 receiver was down) is marked ``failed`` without an attempt, not sent days late. Receivers get
-at-least-once delivery, in no set order (each webhook's attempts run side by side, each with its
-own backoff): they drop repeats and order by the signed body's event ``id``; the same
-``X-Hearth-Delivery`` id comes on every attempt, but no signature covers it.
+at-least-once delivery until that deadline, in no set order (each webhook's attempts run side
+by side, each with its own backoff): they drop repeats and order by the signed body's event
+``id``; the same ``X-Hearth-Delivery`` id comes on every attempt, but no signature covers it.
 
 Attempts run side by side, at most ``PER_WEBHOOK`` to one webhook (and ``PARALLEL`` in all),
 each started as soon as there is room: a receiver that never answers holds its own deliveries

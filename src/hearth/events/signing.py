@@ -44,4 +44,6 @@ def verify(
     # In integers: a float cannot hold every timestamp a forged header may carry.
     if abs(int(time.time()) - timestamp) > tolerance_s:
         return False
-    return hmac.compare_digest(parts.get("v1", ""), _mac(secret, timestamp, body))
+    # As bytes: compare_digest refuses str holding other than ASCII (a forged v1 may).
+    given = parts.get("v1", "").encode("utf-8", "surrogatepass")
+    return hmac.compare_digest(given, _mac(secret, timestamp, body).encode("ascii"))
