@@ -7,11 +7,15 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from types import SimpleNamespace
 
 import pytest
+from sqlalchemy.exc import DisconnectionError
 
-from hearth.api.streams import KEEPALIVE, guarded
-from hearth.errors import Unauthorized
+from hearth.api.streams import KEEPALIVE, KeyHolds, guarded, key_holds
+from hearth.errors import NotFound, Unauthorized
+from hearth.store import ApiKeyRecord
+from hearth.store.records import utc_now
 
 
 async def quiet_then(chunks: list[bytes], *, quiet_s: float) -> AsyncIterator[bytes]:
@@ -136,3 +140,29 @@ async def test_a_binary_body_gets_no_keepalive_and_breaks_once_its_key_is_revoke
 async def read_into(stream: AsyncIterator[bytes], got: list[bytes]) -> None:
     async for chunk in stream:
         got.append(chunk)
+
+
+class Keys:
+    """The store's api_keys, failing each look with ``error``."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    async def get(self, key_id: str) -> ApiKeyRecord:
+        raise self.error
+
+
+def looking_through(error: Exception) -> KeyHolds:
+    store = SimpleNamespace(api_keys=Keys(error))
+    key = ApiKeyRecord(id="k1", user_id="ann", prefix="hk_", is_admin=False, created_at=utc_now())
+    return key_holds(store, key)  # type: ignore[arg-type]
+
+
+async def test_a_store_outage_says_nothing_against_the_key() -> None:
+    # A download read the key every second and broke off on a database blip.
+    assert await looking_through(DisconnectionError("the server went away"))() is True
+
+
+async def test_any_other_failure_to_look_at_the_key_still_ends_the_stream() -> None:
+    with pytest.raises(NotFound):
+        await looking_through(NotFound("no key k1"))()

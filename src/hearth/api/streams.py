@@ -31,6 +31,7 @@ from starlette.types import Receive, Scope, Send
 
 from hearth.errors import Unauthorized
 from hearth.store import ApiKeyRecord, Store
+from hearth.store.outage import is_outage
 
 EVENT_STREAM = "text/event-stream"
 STREAM_HEADERS = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
@@ -83,10 +84,17 @@ def event_stream(
 
 
 def key_holds(store: Store, key: ApiKeyRecord) -> KeyHolds:
-    """The look ``guarded`` takes at ``key``: whether it is still not revoked."""
+    """The look ``guarded`` takes at ``key``: whether it is still not revoked. A store that
+    cannot be reached (an outage: a failover, a restart) says nothing against it: the key is
+    looked at again at the next round, and a long download is not broken by a blip."""
 
     async def holds() -> bool:
-        return not (await store.api_keys.get(key.id)).is_revoked
+        try:
+            return not (await store.api_keys.get(key.id)).is_revoked
+        except Exception as exc:
+            if is_outage(exc):
+                return True
+            raise
 
     return holds
 
