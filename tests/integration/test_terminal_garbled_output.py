@@ -26,6 +26,7 @@ from tests.integration.api_fixtures import Api, served
 WAIT_S = 10.0
 GARBLED = {
     "invalid-base64": {"data": "abc", "encoding": "base64"},
+    "stray-character": {"data": "aGVsbG8=!!", "encoding": "base64"},  # was read as "hello"
     "lone-surrogate": {"data": "\ud800"},
 }
 

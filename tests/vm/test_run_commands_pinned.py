@@ -47,7 +47,6 @@ def _help(home: Path, *argv: str) -> str:
     return done.stdout
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(
     ("provider", "help_of"),
     [

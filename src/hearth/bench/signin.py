@@ -33,6 +33,7 @@ _NAVIGATED = (
     "Inspected target navigated or closed",
     "Execution context was destroyed",
     "Cannot find default execution context",  # the old page gone, the next one not yet running
+    "Not attached to an active page",  # a cross-site navigation committing
 )
 
 

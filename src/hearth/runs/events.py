@@ -31,7 +31,7 @@ from typing import Any, Protocol
 TOOL_OUTPUT_MAX_CHARS = 32 * 1024
 # A stdout line that is not JSON is passed on up to this many characters.
 RAW_LINE_MAX_CHARS = 16 * 1024
-MESSAGE_MAX_CHARS = 2000  # a failed run's message, which may quote the CLI or the VM's agent
+FAILED_MESSAGE_MAX_CHARS = 2000  # a failed run's message, which may quote the CLI or the VM's agent
 
 
 class RunEventType(StrEnum):
@@ -152,10 +152,9 @@ def completed(usage: dict[str, Any] | None, session_id: str | None) -> RunEvent:
 
 def failed(code: RunFailure, message: str) -> RunEvent:
     """The terminal event of a run that failed; ``message`` must carry no secret (cut to
-    ``MESSAGE_MAX_CHARS``: it may quote the CLI or the VM's agent)."""
-    return RunEvent(
-        RunEventType.FAILED, {"code": code.value, "message": capped(message, MESSAGE_MAX_CHARS)}
-    )
+    ``FAILED_MESSAGE_MAX_CHARS``: it may quote the CLI or the VM's agent)."""
+    said = capped(message, FAILED_MESSAGE_MAX_CHARS)
+    return RunEvent(RunEventType.FAILED, {"code": code.value, "message": said})
 
 
 def token_usage(
