@@ -273,7 +273,9 @@ async def _open_view(url: str) -> int:
 async def test_cli_vm_that_never_becomes_ready_times_the_session_out_naming_the_stage(
     flow_settings: Settings, vm_backend: AgentBackend, tmp_path: Path
 ) -> None:
-    settings = flow_settings.with_overrides(cli_vm_timeout_s=1.0)
+    # 3 s: time enough on a loaded host for both VMs' starts to be under way (CI once saw 1 s
+    # pass before the Browser VM was recorded on the session).
+    settings = flow_settings.with_overrides(cli_vm_timeout_s=3.0)
     vm_backend.hold = asyncio.Event()  # never set: the CLI VM's boot does not end
     async with Login.running(settings, vm_backend, tmp_path / "image") as login:
         session_id = await login.start()
@@ -281,11 +283,14 @@ async def test_cli_vm_that_never_becomes_ready_times_the_session_out_naming_the_
         session = await login.wait_for(session_id, TERMINAL)
 
         assert session["status"] == "timeout"
-        assert session["error_message"] == "timed out after 1 s starting the CLI VM"
+        assert session["error_message"] == "timed out after 3 s starting the CLI VM"
         assert session["vm_id"] is None
-        # The Browser VM booting beside the CLI VM went with the session.
-        browser = await login.api.ctl.store.vms.get(session["browser_vm_id"])
-        assert browser.status is VmState.DESTROYED
+        # The Browser VM booting beside the CLI VM went with the session (recorded on it if its
+        # start got that far: on a loaded host the CLI VM's 1 s may pass before).
+        mine = await login.api.ctl.vms.list_vms(user_id=USER, statuses=tuple(VmState))
+        browsers = {vm.id: vm.status for vm in mine if vm.vm_type is VmType.BROWSER}
+        assert set(browsers.values()) <= {VmState.DESTROYED}, browsers
+        assert session["browser_vm_id"] in {*browsers, None}
         assert vm_backend.agents == {}
         # The boot the session gave up on goes on: the VM, once up, is the user's CLI VM (the
         # next login reuses it), and the session that timed out stays timed out.
