@@ -9,6 +9,7 @@ an operator's hotfix build).
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import io
@@ -49,6 +50,13 @@ class AgentBundle:
             sha256=hashlib.sha256(data).hexdigest(),
             sources=sources,
         )
+
+
+@functools.cache
+def this_controllers_bundle() -> AgentBundle:
+    """This controller's agent build (its own sources, their version), built once per process:
+    a process serves one controller, but a test session starts hundreds."""
+    return AgentBundle.build()
 
 
 def stamped(init_py: bytes, version: str) -> bytes:

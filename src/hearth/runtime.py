@@ -24,7 +24,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from hearth import __version__
-from hearth.agent_bundle import AgentBundle
+from hearth.agent_bundle import AgentBundle, this_controllers_bundle
 from hearth.auth.delivery import Delivery
 from hearth.auth.flow import AuthFlow
 from hearth.auth.retention import EndedLogins
@@ -239,7 +239,7 @@ async def open_hearth(
             vms=vms,
             heartbeat=heartbeat,
             settings=settings,
-            bundle=agent_bundle or AgentBundle.build(),
+            bundle=agent_bundle or this_controllers_bundle(),
             on_images_changed=templates.start if settings.prepare_templates else None,
             execs=execs,
         )

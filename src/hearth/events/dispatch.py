@@ -46,6 +46,7 @@ from hearth.events.signing import sign
 from hearth.events.targets import Target
 from hearth.events.types import DeliveryStatus
 from hearth.events.webhooks import WebhookService
+from hearth.httpclient import async_client
 from hearth.logging import get_logger
 from hearth.metrics import ControllerMetrics
 from hearth.store import Store
@@ -127,10 +128,9 @@ class WebhookDispatcher:
         self.timeout_s = settings.webhook_timeout_s
         # No connection is kept for the next request: TLS names are checked per connection,
         # and two receivers' names may share an address.
-        self._client = httpx.AsyncClient(
+        self._client = async_client(
             timeout=settings.webhook_timeout_s,
             follow_redirects=False,
-            trust_env=False,
             limits=httpx.Limits(max_keepalive_connections=0),
         )
         self._task: asyncio.Task[None] | None = None
