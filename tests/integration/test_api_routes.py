@@ -55,6 +55,7 @@ async def test_health_needs_no_key_and_shows_no_secrets_or_host_paths(
     # The images' states, not where they are on the host (the image, the state dir: tmp_path).
     assert body["images"] == {"cli": "ready", "browser": "ready"}
     assert "details" not in body
+    assert "vms" not in body  # how busy the host is: the admin's to see
     assert str(tmp_path) not in response.text
     assert api.admin_key not in response.text
     assert "password" not in response.text
@@ -69,6 +70,11 @@ async def test_health_shows_the_admin_key_where_the_images_are(api: Api, tmp_pat
     assert body["details"]["images"] == {"cli": image, "browser": image}
     assert set(body["details"]["templates"]) == {"cli", "browser"}
     assert body["images"] == {"cli": "ready", "browser": "ready"}
+    assert body["details"]["vms"] == {"live": 0}
+    vm = await api.client.post("/api/vms", json={"userId": "ann"}, headers=api.headers())
+    assert vm.status_code == 201, vm.text
+    shown = (await api.client.get("/health", headers=api.headers())).json()
+    assert shown["details"]["vms"] == {"live": 1}
 
 
 async def test_health_without_a_store_is_503_and_public_whatever_key_it_gets(

@@ -28,8 +28,9 @@ async def health(ctl: Ctl, request: Request, response: Response) -> dict[str, An
     """Status, version, whether the store answers (503 when not), which VMM runs and, for each
     VMM, whether it could run here and if not why; each VM type's image (`ready`, `missing`)
     and restore template (`pending`, `building`, `ready`, `no image`, `failed`, `off`) states.
-    No key is needed. With the admin key, `details` adds the image paths on the host and the
-    templates' error texts; a key that is not valid is 401, one that is not an admin's 403.
+    No key is needed. With the admin key, `details` adds the image paths on the host, the
+    templates' error texts and how many VMs this controller runs (`vms.live`); a key that is not
+    valid is 401, one that is not an admin's 403.
     While the store does not answer, no key can be checked: the public body, with 503."""
     store_ok = await ctl.store.ping()
     admin = await optional_admin_key(request, ctl) if store_ok else None
@@ -48,13 +49,13 @@ async def health(ctl: Ctl, request: Request, response: Response) -> dict[str, An
         "images": {vm_type: status.state.value for vm_type, status in images.items()},
         # Per VM type, the default size's restore template: building, ready, or failed.
         "templates": {vm_type: status.state.value for vm_type, status in templates.items()},
-        "vms": {"live": len(ctl.vms.live)},
     }
     if admin is not None:
-        # Host paths and internal error texts: for the operator only.
+        # Host paths, internal error texts and how busy the host is: for the operator only.
         body["details"] = {
             "images": {vm_type: status.text for vm_type, status in images.items()},
             "templates": {vm_type: status.text for vm_type, status in templates.items()},
+            "vms": {"live": len(ctl.vms.live)},
         }
     if not store_ok:
         response.status_code = 503
