@@ -26,9 +26,11 @@ fi
 # busy (1.04 cores measured), a Browser VM's about 1.7. The in-process tiers run beside them at a
 # lower priority on HEARTH_TEST_WORKERS pytest-xdist workers, on the CPU the guests leave idle, so
 # that they take little from the guests' deadlines. Their output follows the real-VM tiers'. Both
-# must pass.
+# must pass. A command put in the background gets SIGINT and SIGQUIT ignored (no job control in a
+# script); the tests see what their commands inherit, so the two are set back to their defaults.
 status=0
-nice -n 10 .venv/bin/pytest -v -n "${HEARTH_TEST_WORKERS:-2}" --durations=30 \
+env --default-signal=INT,QUIT nice -n 10 \
+  .venv/bin/pytest -v -n "${HEARTH_TEST_WORKERS:-2}" --durations=30 \
   --junitxml=artifacts/junit-in-process.xml tests/unit tests/integration \
   >artifacts/in-process.log 2>&1 &
 in_process=$!
