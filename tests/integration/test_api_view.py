@@ -126,9 +126,11 @@ class View:
 
 
 @contextlib.asynccontextmanager
-async def viewed(api: Api, status: AuthStatus) -> AsyncIterator[View]:
+async def viewed(
+    api: Api, status: AuthStatus, api_key_id: str | None = None
+) -> AsyncIterator[View]:
     """A Browser VM whose VNC port reaches a ``FakeVnc``, a login at ``status`` naming it with a
-    view token, and the API served on loopback."""
+    view token (started by API key ``api_key_id``), and the API served on loopback."""
     created = await api.client.post(
         "/api/vms", json={"userId": "ann", "vmType": "browser"}, headers=api.headers()
     )
@@ -144,6 +146,7 @@ async def viewed(api: Api, status: AuthStatus) -> AsyncIterator[View]:
             status=status,
             browser_vm_id=vm.id,
             view_token_hash=link_token_hash(token),
+            api_key_id=api_key_id,
         )
     )
     async with FakeVnc(vnc_password(vm.token)) as vnc, served(api.app) as base:

@@ -1,6 +1,7 @@
 """The login's view link and noVNC's files: the headers that keep them out of other sites'
 frames, keep the token out of Referers and out of caches; the link's answer without noVNC; and
-how the view's WebSocket refuses a viewer whose token is wrong or whose login has ended.
+how the view's WebSocket refuses a viewer whose token is wrong or whose login has ended; and how
+the view dies with the API key whose request started its login.
 
 The API is served in process over the fake backend, as in ``test_api_view``; noVNC is a stand-in
 directory (what is tested is the controller's answer, not noVNC: ``test_view_browser`` opens the
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from websockets.exceptions import ConnectionClosed
 
 from hearth.api.app import create_app
 from hearth.api.routes import view
@@ -23,7 +25,7 @@ from hearth.config import Settings
 from tests.fake_backend import FakeBackend
 from tests.integration.api_fixtures import *  # noqa: F403
 from tests.integration.api_fixtures import Api, assert_error, running_api
-from tests.integration.test_api_view import reads_of_logins, refused, until, viewed
+from tests.integration.test_api_view import reads_of_logins, refused, relayed, until, viewed
 
 
 @pytest.fixture
@@ -146,3 +148,46 @@ async def test_a_waiting_view_socket_whose_login_ends_is_closed_with_4401_and_wh
 
         assert await waiting == (4401, "this login has ended (cancelled)")
         assert view_of.vnc.open == 0
+
+
+# --- the view dies with the API key that started its login ----------------------------------
+
+REVOKED = "the API key that started this login was revoked"
+
+
+async def test_a_login_started_through_the_api_keeps_the_key_that_asked(api: Api) -> None:
+    minted = await api.client.post("/api/keys", json={"userId": "ann"}, headers=api.headers())
+    key = minted.json()
+    started = await api.client.post(
+        "/api/auth/start", json={"provider": "codex"}, headers=api.headers(key["key"])
+    )
+    assert started.status_code == 202, started.text
+    session_id = started.json()["sessionId"]
+
+    assert (await api.ctl.store.auth_sessions.get(session_id)).api_key_id == key["id"]
+    await api.client.post(f"/api/auth/session/{session_id}/cancel", headers=api.headers())
+
+
+async def test_a_view_whose_key_is_revoked_closes_with_4401_and_its_link_is_dead(
+    novnc_api: Api,
+) -> None:
+    # The view link and an open view went on after the key that started the login was revoked,
+    # unlike every stream of that key (exec, events, downloads), which breaks off.
+    api = novnc_api
+    minted = await api.client.post("/api/keys", json={"userId": "ann"}, headers=api.headers())
+    key_id = minted.json()["id"]
+    async with viewed(api, AuthStatus.AWAITING_USER, api_key_id=key_id) as view_of:
+        viewer = await relayed(view_of.url)
+        revoked = await api.client.delete(f"/api/keys/{key_id}", headers=api.headers())
+        assert revoked.status_code == 200, revoked.text
+
+        with pytest.raises(ConnectionClosed):
+            async with asyncio.timeout(10):
+                await viewer.recv()
+        assert (viewer.close_code, viewer.close_reason) == (4401, REVOKED)
+        assert await refused(view_of.url) == (4401, REVOKED)
+        link = await api.client.get(f"/view/{view_of.session.id}?token={view_of.token}")
+        assert assert_error(link, 401, "unauthorized")["message"] == REVOKED
+        # The login itself is the user's, not the key's: it goes on awaiting them.
+        row = await api.ctl.store.auth_sessions.get(view_of.session.id)
+        assert row.status is AuthStatus.AWAITING_USER

@@ -37,7 +37,7 @@ from hearth_agent.wire import Provider
 from tests.integration.store_fixtures import *  # noqa: F403
 from tests.integration.store_fixtures import TEST_KEY_SECRET, OpenStore, new_vm
 
-HEAD = "0014"
+HEAD = "0015"
 
 # Every status-like column and the enum whose values it must hold.
 ENUM_COLUMNS: list[tuple[str, str, type[StrEnum]]] = [

@@ -121,15 +121,15 @@ class AuthFlow:
 
     # ---- API-facing ------------------------------------------------------------------------
 
-    async def start(self, user_id: str, name: str) -> StartedLogin:
-        """Start a login, or return the user's active one for that provider (no duplicates).
+    async def start(self, user_id: str, name: str, api_key_id: str | None = None) -> StartedLogin:
+        """Start a login, or return the user's active one for that provider (no duplicates);
+        ``api_key_id`` is the key that asked, whose revocation ends the view link.
 
         Racing starts agree on one session: the store admits one active session per user and
         provider, and a start that loses the race returns the winner's. If that one has already
         ended, the next attempt starts anew. The view link is in the result only for the call
-        that created the session: the store keeps its token's hash, never the token. A
-        provider this controller cannot log in to (oidc without an issuer) is refused at once.
-        """
+        that created the session: the store keeps its token's hash, never the token. A provider
+        this controller cannot log in to (oidc without an issuer) is refused at once."""
         provider = provider_to_start(name, self.settings)
         await self.store.users.ensure(user_id)
         for _attempt in range(_START_ATTEMPTS):
@@ -145,6 +145,7 @@ class AuthFlow:
                         user_id=user_id,
                         provider=provider,
                         view_token_hash=view_token_hash(token),
+                        api_key_id=api_key_id,
                     )
                 )
             except ActiveSessionExists:

@@ -183,6 +183,8 @@ class AuthSessionRow(Base):
     # id, and the node port of the login's egress path (the Browser VM's QEMU dials it).
     login_id: Mapped[str | None] = mapped_column(String(ID_MAX))
     egress_port: Mapped[int | None]
+    # The API key whose request started the login: its view link dies once that key is revoked.
+    api_key_id: Mapped[str | None] = mapped_column(String(ID_MAX))
 
 
 class CredentialRow(Base):

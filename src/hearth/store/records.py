@@ -161,6 +161,7 @@ class AuthSessionRecord:
     stage_deadline_at: datetime | None = None
     login_id: str | None = None  # the Browser VM agent's login, once it started
     egress_port: int | None = None  # the node port of the login's egress path, when it has one
+    api_key_id: str | None = None  # the API key that started it: its view ends once revoked
 
     def __post_init__(self) -> None:
         _require_aware(self)

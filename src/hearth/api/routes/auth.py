@@ -81,7 +81,7 @@ async def start_auth(body: AuthStart, key: Key, ctl: Ctl) -> dict[str, Any]:
     was already in progress (cancel it and start again for a new link).
     """
     user = user_for(body.user_id, key.user_id, key.is_admin)
-    started = await ctl.auth.start(user, body.provider)
+    started = await ctl.auth.start(user, body.provider, api_key_id=key.id)
     session = started.session
     return {"sessionId": session.id, "status": session.status.value, "viewUrl": started.view_url}
 

@@ -1,7 +1,8 @@
 """The Browser VM's screen for the user: a noVNC page and its WebSocket, proxied to the VM's VNC.
 
 Both are gated by the session's unguessable view token (only its hash is stored), and only while
-the session is in progress: the token dies with the session. The WebSocket reaches the screen
+the session is in progress: the token dies with the session, or once the API key whose request
+started the login is revoked. The WebSocket reaches the screen
 only once the user is shown the login (``awaiting_user``), never while the CLI VM is unproven,
 though the login may already run in the Browser VM. QEMU forwards the VM's VNC port to
 a loopback port, which any local process could open, so the VM's x11vnc asks for the VM's own
@@ -14,10 +15,11 @@ A socket that waits ends as soon as its client goes away.
 
 The screen is the user's only while the login awaits them: an open view reads the login's row
 every ``_WATCH_POLL_S`` and ends once it has moved on, closed with 4401 once the login has ended
-(its token is dead) or 4409 once its credentials are captured, each with the reason; a socket
-opened after that is closed the same way before it reaches the screen, as is one whose token is
-wrong (4401): each is accepted first, so that the viewer gets the code and the reason (noVNC,
-still connecting, gives up on either and does not reconnect, as after a refused handshake).
+or its key was revoked (its token is dead) or 4409 once its credentials are captured, each with
+the reason; a socket opened after that is closed the same way before it reaches the screen, as
+is one whose token is wrong (4401): each is accepted first, so that the viewer gets the code and
+the reason (noVNC, still connecting, gives up on either and does not reconnect, as after a
+refused handshake).
 
 The link (``GET /view/{id}?token=``) and noVNC's files carry ``VIEW_HEADERS``: no page of another
 site may frame them (the user types their provider password there), no Referer carries the token
@@ -77,7 +79,8 @@ _VIEW_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: ERROR_RESPONSES[400],
     401: {
         **ERROR_RESPONSES[401],
-        "description": "The link is unknown, its token wrong, or its login has ended",
+        "description": "The link is unknown, its token wrong, its login has ended, or the "
+        "API key that started the login was revoked",
     },
     422: {**ERROR_RESPONSES[422], "description": f"{ERROR_STATUSES[422]} (the token)"},
     503: {
@@ -176,7 +179,17 @@ async def _session_for(ctl: Controller, session_id: str, token: str) -> AuthSess
         raise Unauthorized("wrong view token")
     if record.status in TERMINAL:
         raise Unauthorized(f"this login has ended ({record.status.value})")
+    if record.api_key_id is not None and await _revoked(ctl, record.api_key_id):
+        raise Unauthorized("the API key that started this login was revoked")
     return record
+
+
+async def _revoked(ctl: Controller, key_id: str) -> bool:
+    """Whether API key ``key_id`` was revoked (one no longer stored is no key either)."""
+    try:
+        return (await ctl.store.api_keys.get(key_id)).is_revoked
+    except NotFound:
+        return True
 
 
 async def _awaiting_user(ctl: Controller, session_id: str, token: str) -> AuthSessionRecord:
