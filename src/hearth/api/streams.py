@@ -83,6 +83,11 @@ def event_stream(
     )
 
 
+async def key_revoked(store: Store, key_id: str) -> bool:
+    """Whether API key ``key_id`` was revoked (keys are revoked, never deleted)."""
+    return (await store.api_keys.get(key_id)).is_revoked
+
+
 def key_holds(store: Store, key: ApiKeyRecord) -> KeyHolds:
     """The look ``guarded`` takes at ``key``: whether it is still not revoked. A store that
     cannot be reached (an outage: a failover, a restart) says nothing against it: the key is
@@ -90,7 +95,7 @@ def key_holds(store: Store, key: ApiKeyRecord) -> KeyHolds:
 
     async def holds() -> bool:
         try:
-            return not (await store.api_keys.get(key.id)).is_revoked
+            return not await key_revoked(store, key.id)
         except Exception as exc:
             if is_outage(exc):
                 return True

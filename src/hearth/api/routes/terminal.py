@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 from typing import Any
 
@@ -46,6 +47,7 @@ from hearth.api.auth import Ctl, Key, scope_of
 from hearth.api.context import Controller
 from hearth.api.errors import websocket_close
 from hearth.api.schemas import ERROR_RESPONSES, WireModel
+from hearth.api.streams import key_revoked
 from hearth.control.terminals import Resize
 from hearth.errors import HearthError, InvalidInput, NotFound, Unauthorized
 from hearth.logging import get_logger
@@ -201,9 +203,7 @@ async def terminal_socket(websocket: WebSocket, terminal_id: str) -> None:
         token, size = await _opening(websocket)
         grant = ctl.terminals.claim(terminal_id, token)
 
-        async def revoked(key_id: str) -> bool:
-            return (await ctl.store.api_keys.get(key_id)).is_revoked
-
+        revoked = functools.partial(key_revoked, ctl.store)
         await ctl.terminals.run(grant, peer, size, revoked=revoked)
     except WebSocketDisconnect:
         return

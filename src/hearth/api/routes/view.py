@@ -2,12 +2,12 @@
 
 Both are gated by the session's unguessable view token (only its hash is stored), and only while
 the session is in progress: the token dies with the session, or once the API key whose request
-started the login is revoked. The WebSocket reaches the screen
-only once the user is shown the login (``awaiting_user``), never while the CLI VM is unproven,
-though the login may already run in the Browser VM. QEMU forwards the VM's VNC port to
-a loopback port, which any local process could open, so the VM's x11vnc asks for the VM's own
-password: the proxy answers that challenge (``hearth.auth.rfb``) and offers the user's noVNC
-security None, so the password never leaves the controller.
+started the login is revoked. The WebSocket reaches the screen only once the user is shown the
+login (``awaiting_user``), never while the CLI VM is unproven, though the login may already run in
+the Browser VM. QEMU forwards the VM's VNC port to a loopback port, which any local process could
+open, so the VM's x11vnc asks for the VM's own password: the proxy answers that challenge
+(``hearth.auth.rfb``) and offers the user's noVNC security None, so the password never leaves the
+controller.
 
 A login's view takes at most ``view_max_viewers`` sockets at once, a socket still waiting for
 the login to be shown among them; the next is accepted only to be closed with 4429 and why.
@@ -46,6 +46,7 @@ from hearth.api.context import Controller
 from hearth.api.errors import websocket_close
 from hearth.api.routes.terminal import PAGE_HEADERS
 from hearth.api.schemas import ERROR_RESPONSES, ERROR_STATUSES
+from hearth.api.streams import key_revoked
 from hearth.auth import rfb
 from hearth.auth.flow import VNC_PORT
 from hearth.auth.states import BEFORE_LOGIN, TERMINAL, AuthStatus
@@ -179,17 +180,9 @@ async def _session_for(ctl: Controller, session_id: str, token: str) -> AuthSess
         raise Unauthorized("wrong view token")
     if record.status in TERMINAL:
         raise Unauthorized(f"this login has ended ({record.status.value})")
-    if record.api_key_id is not None and await _revoked(ctl, record.api_key_id):
+    if record.api_key_id is not None and await key_revoked(ctl.store, record.api_key_id):
         raise Unauthorized("the API key that started this login was revoked")
     return record
-
-
-async def _revoked(ctl: Controller, key_id: str) -> bool:
-    """Whether API key ``key_id`` was revoked (one no longer stored is no key either)."""
-    try:
-        return (await ctl.store.api_keys.get(key_id)).is_revoked
-    except NotFound:
-        return True
 
 
 async def _awaiting_user(ctl: Controller, session_id: str, token: str) -> AuthSessionRecord:
